@@ -1,0 +1,235 @@
+"""Safe checkpoint files: atomic writes, ``weights_only`` loads, rebuilt models.
+
+A checkpoint is one ``.pt`` file holding only tensors and plain containers (dict, list,
+tuple, str, int, float, bool, None), so ``torch.load(path, weights_only=True)`` reads it
+and nothing is ever unpickled beyond that allow-list. Layout (format version 1)::
+
+    format            "sharpscope-checkpoint"
+    format_version    1
+    sharpscope_version, torch_version
+    model_spec        dict (see sharpscope.models): registry name or factory
+    model_state       the model's state_dict
+    optimizer_state   the optimizer's state_dict (SAM: the base optimizer's) or None
+    data_spec         dict (see sharpscope.data.DataSpec.to_dict) or None
+    config            training configuration dict or None
+    progress          {"epoch": completed epochs, "step": optimizer steps,
+                       "batch_in_epoch": batches done in the running epoch, "finished": bool}
+    rng               {"torch": ByteTensor, "cuda": [ByteTensor, ...]} or None
+    metrics           list of per-epoch metric dicts
+    partial           running sums of an interrupted epoch (or None)
+    metadata          anything else the caller passed (plain values only)
+
+Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the
+target, so a crash leaves either the old file or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import CheckpointError, ModelSpecError
+
+FORMAT = "sharpscope-checkpoint"
+FORMAT_VERSION = 1
+
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "Checkpoint", "atomic_write_bytes"]
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse anything ``weights_only`` loading could not read back."""
+    if isinstance(value, _PLAIN) or isinstance(value, torch.Tensor):
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise CheckpointError(f"{where}: key {k!r} is not a str or int")
+            _check_plain(v, f"{where}.{k}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise CheckpointError(f"{where}: {type(value).__name__} cannot be stored in a safe checkpoint "
+                          "(only tensors, numbers, strings, None, lists and dicts)")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], writer: Any) -> Path:
+    """Call ``writer(fileobj)`` on a temp file next to ``path``, fsync, rename over ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    model_spec: dict,
+    data_spec: dict | None = None,
+    optimizer_state: dict | None = None,
+    config: dict | None = None,
+    progress: dict | None = None,
+    rng: dict | None = None,
+    metrics: list | None = None,
+    partial: dict | None = None,
+    **metadata: Any,
+) -> Path:
+    """Write a checkpoint of ``model`` atomically; returns the path written.
+
+    Every argument must hold plain values (see the module docstring); anything else is
+    refused with :class:`CheckpointError` before a byte is written.
+    """
+    if not isinstance(model_spec, dict) or not ({"name", "factory"} & model_spec.keys()):
+        raise CheckpointError("model_spec must be a dict with a 'name' or a 'factory' key")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sharpscope_version": __version__,
+        "torch_version": torch.__version__,
+        "model_spec": model_spec,
+        "model_state": state,
+        "optimizer_state": optimizer_state,
+        "data_spec": data_spec,
+        "config": config,
+        "progress": progress or {"epoch": 0, "step": 0, "batch_in_epoch": 0, "finished": True},
+        "rng": rng,
+        "metrics": metrics or [],
+        "partial": partial,
+        "metadata": metadata,
+    }
+    _check_plain(payload, "checkpoint")
+    return atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
+
+
+def _describe_unpickling_error(err: Exception) -> str:
+    text = str(err).splitlines()
+    detail = next((ln.strip() for ln in text if "Unsupported" in ln or "global" in ln.lower()), "")
+    return ("refused: the file needs arbitrary unpickling, which sharpscope never does "
+            f"(weights_only=True){': ' + detail if detail else ''}")
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate the raw checkpoint dict with ``weights_only=True``.
+
+    Raises :class:`CheckpointError` for a missing, empty, truncated, foreign or unsafe file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint file")
+    if p.is_dir():
+        candidate = p / "checkpoint.pt"
+        if candidate.is_file():
+            p = candidate
+        else:
+            raise CheckpointError(f"{p}: is a folder without checkpoint.pt")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: empty file, not a checkpoint")
+    try:
+        raw = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{p}: {_describe_unpickling_error(err)}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0][:160]
+        raise CheckpointError(f"{p}: unreadable (truncated or corrupt?): {first}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not a sharpscope checkpoint (no '{FORMAT}' format field); "
+                              "a bare state_dict can be loaded with torch.load(..., weights_only=True)")
+    version = raw.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{p}: checkpoint format version {version!r} is newer than this "
+                              f"sharpscope understands ({FORMAT_VERSION}); upgrade sharpscope")
+    for key in ("model_spec", "model_state"):
+        if key not in raw:
+            raise CheckpointError(f"{p}: checkpoint lacks '{key}'")
+    return raw
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model (eval mode, CPU) and everything stored with it."""
+
+    path: Path
+    model: nn.Module
+    model_spec: dict
+    data_spec: dict | None
+    config: dict | None
+    progress: dict
+    metrics: list
+    metadata: dict
+    optimizer_state: dict | None = None
+    rng: dict | None = None
+    partial: dict | None = None
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def epoch(self) -> int:
+        return int(self.progress.get("epoch", 0))
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool = False,
+                    map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint and rebuild its model.
+
+    A model built by a custom factory (``"package.module:function"``) is only imported
+    when ``allow_factory=True``: a checkpoint from elsewhere must not run code on load.
+    """
+    from .models import build_model
+
+    raw = read_checkpoint(path)
+    try:
+        model = build_model(raw["model_spec"], allow_factory=allow_factory)
+    except ModelSpecError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    try:
+        model.load_state_dict(raw["model_state"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[0][:200]
+        raise CheckpointError(f"{path}: weights do not fit the model spec: {first}") from None
+    model.to(map_location)
+    model.eval()
+    return Checkpoint(
+        path=Path(path), model=model, model_spec=raw["model_spec"], data_spec=raw.get("data_spec"),
+        config=raw.get("config"), progress=raw.get("progress") or {}, metrics=raw.get("metrics") or [],
+        metadata=raw.get("metadata") or {}, optimizer_state=raw.get("optimizer_state"),
+        rng=raw.get("rng"), partial=raw.get("partial"), raw=raw,
+    )
+

@@ -1,0 +1,44 @@
+"""The ``sharpscope`` command line: one typer app, one thin module per verb.
+
+No maths here: every command parses options, calls a library function and prints.
+Any :class:`~sharpscope.errors.SharpscopeError` or usage error becomes one line on
+stderr and exit code 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from ..errors import SharpscopeError
+from ._app import app
+from . import info_cmd, train_cmd  # noqa: F401  (registers the commands)
+
+__all__ = ["app", "main"]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    first_line = " ".join(str(message).split())
+    print(f"sharpscope: error: {first_line}", file=sys.stderr)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="sharpscope", standalone_mode=False)
+    except click.exceptions.UsageError as err:
+        where = f" (see 'sharpscope {err.ctx.info_name} --help')" if err.ctx and err.ctx.parent else ""
+        _fail(f"{err.format_message()}{where}")
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except SharpscopeError as err:
+        _fail(str(err))
+    except OSError as err:
+        _fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
+    sys.exit(code if isinstance(code, int) else 0)

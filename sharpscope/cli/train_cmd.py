@@ -1,0 +1,100 @@
+"""``sharpscope train``: SGD / SAM / ASAM training to a resumable checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import ConfigError
+from ..train import OPTIMIZERS, TrainConfig, train
+from ._app import app
+from .progress import RichProgress
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``["depth=32", "bn=false"]`` -> ``{"depth": 32, "bn": False}`` (values read as JSON, else strings)."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--model-opt expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value.replace("'", '"')) if value.lower() not in ("true", "false") \
+                else value.lower() == "true"
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def parse_p(text: str) -> float:
+    if text.lower() in ("inf", "infinity"):
+        return math.inf
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--p must be a number > 1 or 'inf', got {text!r}") from None
+
+
+@app.command("train")
+def train_command(
+    optimizer: str = typer.Option("sam", "--optimizer", "-o", help=f"One of {', '.join(OPTIMIZERS)}."),
+    model: str = typer.Option("cnn", help="mlp, cnn, resnet, wrn, aliases like resnet20 / wrn16-4, "
+                                          "or a factory 'package.module:function'."),
+    model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE, repeatable "
+                                                                 "(e.g. --model-opt bn=true --model-opt width=32)."),
+    data: str = typer.Option("digits", help="digits, synthetic, npz, mnist, fashion-mnist, cifar10, cifar100."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder (mnist, cifar) or .npz file."),
+    label_noise: float = typer.Option(0.0, "--label-noise", help="Fraction of training labels replaced "
+                                                                 "by uniformly random classes, in [0, 1)."),
+    n_train: Optional[int] = typer.Option(None, "--n-train", help="Train on a seeded subset of this size."),
+    epochs: int = typer.Option(30, help="Number of epochs."),
+    batch_size: int = typer.Option(128, "--batch-size", "-b", help="Mini-batch size."),
+    lr: float = typer.Option(0.05, help="Peak learning rate."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    nesterov: bool = typer.Option(False, help="Nesterov momentum."),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay", "--wd", help="L2 weight decay."),
+    schedule: str = typer.Option("cosine", help="cosine or constant."),
+    warmup: float = typer.Option(0.0, help="Linear warm-up length in epochs."),
+    rho: Optional[float] = typer.Option(None, help="SAM radius (default 0.05; ASAM 0.5)."),
+    p: str = typer.Option("2", "--p", help="Norm of the SAM neighbourhood: 2 or inf (any p > 1)."),
+    eta: float = typer.Option(0.01, help="ASAM's offset in T_w = |w| + eta."),
+    m: Optional[int] = typer.Option(None, "--m", help="m-SAM: one perturbation per m examples of a batch."),
+    seed: int = typer.Option(0, help="Seed of the initialisation, data split, order and label noise."),
+    checkpoint_every: int = typer.Option(1, "--checkpoint-every", help="Save every N epochs (and at the end)."),
+    snapshots: bool = typer.Option(True, help="Keep model snapshots per checkpoint in OUT/checkpoints/."),
+    augment: Optional[bool] = typer.Option(None, help="Random crop + flip (default: on for CIFAR only)."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Output folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored options win)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a model with SGD, SAM or ASAM; writes OUT/checkpoint.pt and OUT/metrics.jsonl.
+
+    Example: sharpscope train --optimizer sam --rho 0.05 --epochs 30 --out runs/sam
+    """
+    console = Console(stderr=True)
+    config = None
+    if not resume or not (out / "checkpoint.pt").exists():
+        config = TrainConfig(
+            optimizer=optimizer, model=model, model_kwargs=parse_options(model_opt), data=data,
+            data_root=data_root, label_noise=label_noise, n_train=n_train, epochs=epochs,
+            batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+            schedule=schedule, warmup_epochs=warmup, rho=rho, p=parse_p(p), eta=eta, m=m, seed=seed,
+            checkpoint_every=checkpoint_every, keep_snapshots=snapshots, augment=augment, device=device,
+        )
+    result = train(config, out, resume=resume, callbacks=[RichProgress(console, enabled=progress)])
+    if result.resumed_from is not None:
+        console.print(f"resumed {out} at epoch {result.resumed_from['epoch']}"
+                      f" (batch {result.resumed_from['batch_in_epoch']})", highlight=False)
+    if result.interrupted:
+        console.print(f"interrupted: saved {result.checkpoint}; continue with "
+                      f"'sharpscope train --resume --out {out}'", highlight=False)
+        raise typer.Exit(130)
+    final = result.final
+    print(f"done: test acc {final.get('test_acc', float('nan')):.4f}, "
+          f"train loss {final.get('train_loss', float('nan')):.4f}, {result.wall_time:.1f}s -> {result.checkpoint}")

@@ -1,0 +1,31 @@
+"""Exceptions raised by sharpscope.
+
+Every error a user can cause with bad input derives from :class:`SharpscopeError`; the
+CLI turns any of them into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class SharpscopeError(Exception):
+    """Base class of every error caused by bad input (as opposed to a bug)."""
+
+
+class ConfigError(SharpscopeError, ValueError):
+    """An option is out of range or inconsistent (rho < 0, label noise outside [0, 1), ...)."""
+
+
+class DataError(SharpscopeError, ValueError):
+    """A data set is unknown, missing, or its files are malformed."""
+
+
+class ModelSpecError(SharpscopeError, ValueError):
+    """A model name or factory spec cannot be turned into a model."""
+
+
+class CheckpointError(SharpscopeError):
+    """A checkpoint file is missing, truncated, foreign, or needs unsafe unpickling."""
+
+
+class NonFiniteLossError(SharpscopeError, FloatingPointError):
+    """Training met a NaN or infinite loss; the last good checkpoint is kept."""

@@ -1,0 +1,460 @@
+"""The training loop: SGD / SAM / ASAM to resumable checkpoints and a metrics log.
+
+Determinism: the model is initialised from ``seed``; the order of the examples in epoch
+``e`` (and the crop/flip augmentation, when on) comes from a generator seeded with
+``(seed, e)``; the global torch RNG (dropout) is saved in every checkpoint. A run stopped
+at any step boundary and resumed therefore produces bit-for-bit the same weights on CPU
+as a run that never stopped.
+
+Files written in ``out_dir``::
+
+    checkpoint.pt            the latest full checkpoint (model, optimizer, RNG, metrics)
+    metrics.jsonl            one JSON object per finished epoch
+    checkpoints/epoch_NNNN.pt  model-only snapshots (epoch 0 = initialisation), for
+                             trajectory analyses; off with keep_snapshots=False
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
+from .data import DataSpec, Dataset, load_dataset
+from .errors import CheckpointError, ConfigError, NonFiniteLossError
+from .models import build_model, make_factory_spec, make_model_spec
+from .optim import SAM, sam_step
+
+__all__ = ["TrainConfig", "TrainResult", "Callback", "train", "learning_rate", "OPTIMIZERS"]
+
+OPTIMIZERS = ("sgd", "sam", "asam")
+SCHEDULES = ("cosine", "constant")
+DEFAULT_RHO = {"sgd": 0.0, "sam": 0.05, "asam": 0.5}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in every checkpoint)."""
+
+    optimizer: str = "sam"
+    model: str = "cnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "digits"
+    data_root: str | None = None
+    label_noise: float = 0.0
+    n_train: int | None = None
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    rho: float | None = None  # None: 0.05 for SAM, 0.5 for ASAM (Kwon et al.)
+    p: float = 2.0
+    eta: float = 0.01
+    m: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 1
+    keep_snapshots: bool = True
+    augment: bool | None = None  # None: random crop + flip for CIFAR, off otherwise
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def effective_rho(self) -> float:
+        return DEFAULT_RHO[self.optimizer] if self.rho is None else float(self.rho)
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        checks = [
+            (self.rho is None or (math.isfinite(self.rho) and self.rho >= 0), f"rho must be >= 0, got {self.rho}"),
+            (0.0 <= self.label_noise < 1.0, f"label noise must be in [0, 1), got {self.label_noise}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.warmup_epochs <= self.epochs, f"warm-up must be within [0, epochs], got {self.warmup_epochs}"),
+            (self.p == math.inf or self.p > 1, f"p must be > 1 or inf, got {self.p}"),
+            (self.eta >= 0, f"eta must be >= 0, got {self.eta}"),
+            (self.m is None or self.m >= 1, f"m must be >= 1, got {self.m}"),
+            (self.checkpoint_every >= 1, f"checkpoint interval must be >= 1, got {self.checkpoint_every}"),
+            (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"),
+             f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.optimizer == "sgd" and self.m is not None:
+            raise ConfigError("m (m-SAM) needs --optimizer sam or asam")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec(name=self.data, root=self.data_root, seed=self.seed,
+                        label_noise=self.label_noise, noise_seed=self.seed, n_train=self.n_train)
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`."""
+
+    out_dir: Path
+    checkpoint: Path
+    metrics: list[dict[str, Any]]
+    interrupted: bool
+    resumed_from: dict[str, int] | None
+    wall_time: float
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.metrics[-1] if self.metrics else {}
+
+
+class Callback:
+    """Hooks into the loop; ``on_epoch_end`` may add keys to the epoch's metrics."""
+
+    def on_train_begin(self, state: TrainState) -> None: ...
+
+    def on_step_end(self, state: TrainState) -> None: ...
+
+    def on_epoch_end(self, state: TrainState, metrics: dict[str, Any]) -> None: ...
+
+    def on_train_end(self, state: TrainState) -> None: ...
+
+
+@dataclass
+class TrainState:
+    """What callbacks can see (and ``stop_requested`` they may set)."""
+
+    config: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    data: Dataset
+    out_dir: Path
+    epoch: int = 0           # completed epochs
+    step: int = 0            # optimizer steps taken
+    batch_in_epoch: int = 0  # batches done in the running epoch
+    steps_per_epoch: int = 0
+    stop_requested: bool = False
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at optimizer step ``step`` (0-based): linear warm-up then cosine or constant.
+
+    cosine: lr * (1 + cos(pi * t)) / 2 with t the fraction of post-warm-up steps done.
+    """
+    total = config.epochs * steps_per_epoch
+    warm = int(round(config.warmup_epochs * steps_per_epoch))
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    if config.schedule == "constant":
+        return config.lr
+    t = (step - warm) / max(1, total - warm)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1))
+
+
+def _epoch_plan(data: Dataset, config: TrainConfig, epoch: int, augment: bool) -> dict[str, torch.Tensor]:
+    """The order of examples (and augmentation draws) of one epoch, reproducible from (seed, epoch)."""
+    n = data.x_train.shape[0]
+    gen = _epoch_generator(config.seed, epoch)
+    plan = {"order": torch.randperm(n, generator=gen)}
+    if augment:
+        plan["shift"] = torch.randint(-4, 5, (n, 2), generator=gen)
+        plan["flip"] = torch.rand(n, generator=gen) < 0.5
+    return plan
+
+
+def _augment(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Random crop with 4 pixels of zero padding and horizontal flip (He et al. 2016)."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (4, 4, 4, 4))
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        dy, dx = int(shift[i, 0]) + 4, int(shift[i, 1]) + 4
+        out[i] = padded[i, :, dy:dy + h, dx:dx + w]
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _model_spec(config: TrainConfig, data: Dataset) -> dict:
+    if ":" in config.model:
+        return make_factory_spec(config.model, **config.model_kwargs)
+    return make_model_spec(config.model, data.input_shape, data.num_classes, **config.model_kwargs)
+
+
+def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    sgd = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+               nesterov=config.nesterov)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), **sgd)
+    return SAM(model.parameters(), torch.optim.SGD, rho=config.effective_rho, p=config.p,
+               adaptive=config.optimizer == "asam", eta=config.eta, **sgd)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) on (x, y); restores the mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for lo in range(0, x.shape[0], batch_size):
+        out = model(x[lo:lo + batch_size])
+        loss_sum += F.cross_entropy(out, y[lo:lo + batch_size], reduction="sum").item()
+        correct += (out.argmax(1) == y[lo:lo + batch_size]).sum().item()
+    model.train(was_training)
+    n = max(1, x.shape[0])
+    return loss_sum / n, correct / n
+
+
+@contextmanager
+def _sigint_requests_stop(state: TrainState) -> Iterator[None]:
+    """First Ctrl-C asks the loop to save and stop at the next step boundary; a second one aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if state.stop_requested:
+            raise KeyboardInterrupt
+        state.stop_requested = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any] | None, device: torch.device) -> None:
+    if not state:
+        return
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_metrics_file(path: Path, metrics: Sequence[dict[str, Any]]) -> None:
+    text = "".join(json.dumps(m) + "\n" for m in metrics).encode()
+    atomic_write_bytes(path, lambda fh: fh.write(text))
+
+
+def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+_SUMS = ("loss", "correct", "loss_clean", "correct_clean", "perturbed_loss", "count", "seconds")
+
+
+def train(
+    config: TrainConfig | None = None,
+    out_dir: str | os.PathLike[str] = "runs/train",
+    *,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train a model as ``config`` says, checkpointing to ``out_dir``.
+
+    ``resume=True`` continues from ``out_dir/checkpoint.pt`` with the stored
+    configuration (``config`` may then be None); a finished run is returned as it is.
+    Without ``resume``, an existing checkpoint in ``out_dir`` is an error, never
+    overwritten. A NaN/Inf loss raises :class:`NonFiniteLossError` and leaves the last
+    good checkpoint in place. Ctrl-C (or a callback setting ``state.stop_requested``)
+    saves a checkpoint at the next step boundary and returns with ``interrupted=True``.
+    """
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    raw = None
+    if resume and ckpt_path.exists():
+        raw = read_checkpoint(ckpt_path)
+        if not raw.get("config") or raw.get("optimizer_state") is None:
+            raise CheckpointError(f"{ckpt_path}: has no training state to resume from")
+        config = TrainConfig.from_dict(raw["config"])
+    elif ckpt_path.exists():
+        raise ConfigError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
+    if config is None:
+        raise ConfigError(f"nothing to resume in {out} and no configuration given")
+    config.validate()
+    device = _resolve_device(config.device)
+
+    data_spec = config.data_spec()
+    data = load_dataset(data_spec)
+    augment = config.augment if config.augment is not None else config.data in ("cifar10", "cifar100")
+    if augment and len(data.input_shape) != 3:
+        raise ConfigError("augmentation needs image data (C, H, W)")
+    torch.manual_seed(config.seed)
+    model_spec = _model_spec(config, data)
+    model = build_model(model_spec).to(device)
+    optimizer = _make_optimizer(config, model)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    y_clean = data.y_train_clean.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    n_train = x_train.shape[0]
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+
+    state = TrainState(config, model, optimizer, data, out, steps_per_epoch=steps_per_epoch)
+    metrics: list[dict[str, Any]] = []
+    sums = dict.fromkeys(_SUMS, 0.0)
+    resumed_from = None
+    if raw is not None:
+        model.load_state_dict(raw["model_state"])
+        optimizer.load_state_dict(raw["optimizer_state"])
+        prog = raw["progress"]
+        state.epoch, state.step, state.batch_in_epoch = prog["epoch"], prog["step"], prog["batch_in_epoch"]
+        metrics = list(raw.get("metrics") or [])
+        sums.update(raw.get("partial") or {})
+        _set_rng_state(raw.get("rng"), device)
+        resumed_from = {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
+        _write_metrics_file(out / "metrics.jsonl", metrics)
+        if prog.get("finished"):
+            return TrainResult(out, ckpt_path, metrics, False, resumed_from, time.perf_counter() - t_start)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_metrics_file(out / "metrics.jsonl", [])
+        if config.keep_snapshots:
+            save_checkpoint(out / "checkpoints" / "epoch_0000.pt", model, model_spec=model_spec,
+                            data_spec=data_spec.to_dict(), config=config.to_dict(),
+                            progress={"epoch": 0, "step": 0, "batch_in_epoch": 0, "finished": False})
+
+    def save(finished: bool) -> None:
+        save_checkpoint(
+            ckpt_path, model, model_spec=model_spec, data_spec=data_spec.to_dict(),
+            optimizer_state=optimizer.state_dict(), config=config.to_dict(),
+            progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch,
+                      "finished": finished},
+            rng=_rng_state(device), metrics=metrics,
+            partial=dict(sums) if state.batch_in_epoch else None,
+        )
+
+    model.train()
+    for cb in callbacks:
+        cb.on_train_begin(state)
+    interrupted = False
+    with _sigint_requests_stop(state):
+        while state.epoch < config.epochs:
+            plan = _epoch_plan(data, config, state.epoch, augment)
+            order = plan["order"].to(device)
+            for b in range(state.batch_in_epoch, steps_per_epoch):
+                t0 = time.perf_counter()
+                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                xb = x_train[idx]
+                if augment:
+                    cpu_idx = idx.cpu()
+                    xb = _augment(xb, plan["shift"][cpu_idx].to(device), plan["flip"][cpu_idx].to(device))
+                lr = learning_rate(config, state.step, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                result = sam_step(model, F.cross_entropy, xb, y_train[idx], optimizer, m=config.m)
+                losses = [result.loss] + ([result.perturbed_loss] if result.perturbed_loss is not None else [])
+                for value in losses:
+                    if not torch.isfinite(value):
+                        kept = (f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists()
+                                else "no checkpoint had been written yet")
+                        raise NonFiniteLossError(
+                            f"loss became {value.item()} at epoch {state.epoch + 1}, step {state.step + 1} "
+                            f"(lr {lr:.4g}); stopped, {kept}; try a smaller --lr or --rho")
+                with torch.no_grad():
+                    nb = idx.shape[0]
+                    pred = result.outputs.argmax(1)
+                    sums["loss"] += result.loss.item() * nb
+                    sums["correct"] += (pred == y_train[idx]).sum().item()
+                    sums["loss_clean"] += F.cross_entropy(result.outputs, y_clean[idx]).item() * nb
+                    sums["correct_clean"] += (pred == y_clean[idx]).sum().item()
+                    if result.perturbed_loss is not None:
+                        sums["perturbed_loss"] += result.perturbed_loss.item() * nb
+                    sums["count"] += nb
+                state.step += 1
+                state.batch_in_epoch = b + 1
+                sums["seconds"] += time.perf_counter() - t0
+                for cb in callbacks:
+                    cb.on_step_end(state)
+                if state.stop_requested and state.batch_in_epoch < steps_per_epoch:
+                    interrupted = True
+                    break
+            if interrupted:
+                save(finished=False)
+                break
+            count = max(1.0, sums["count"])
+            test_loss, test_acc = evaluate(model, x_test, y_test)
+            record = {
+                "epoch": state.epoch + 1, "step": state.step, "lr": lr,
+                "train_loss": sums["loss"] / count, "train_acc": sums["correct"] / count,
+                "train_loss_clean": sums["loss_clean"] / count, "train_acc_clean": sums["correct_clean"] / count,
+                "test_loss": test_loss, "test_acc": test_acc, "epoch_time": sums["seconds"],
+            }
+            if isinstance(optimizer, SAM):
+                record["perturbed_loss"] = sums["perturbed_loss"] / count
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            sums = dict.fromkeys(_SUMS, 0.0)
+            for cb in callbacks:
+                cb.on_epoch_end(state, record)
+            metrics.append(record)
+            last = state.epoch == config.epochs
+            if last or state.epoch % config.checkpoint_every == 0 or state.stop_requested:
+                save(finished=last)
+                if config.keep_snapshots:
+                    save_checkpoint(out / "checkpoints" / f"epoch_{state.epoch:04d}.pt", model,
+                                    model_spec=model_spec, data_spec=data_spec.to_dict(), config=config.to_dict(),
+                                    progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": 0,
+                                              "finished": last})
+            _append_metrics(out / "metrics.jsonl", record)
+            if state.stop_requested and not last:
+                interrupted = True
+                break
+    for cb in callbacks:
+        cb.on_train_end(state)
+    return TrainResult(out, ckpt_path, metrics, interrupted, resumed_from, time.perf_counter() - t_start)

@@ -1,0 +1,278 @@
+"""SAM / ASAM / m-SAM against hand computations (float64, tiny models)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sharpscope import SAM, ConfigError, frozen_bn_stats, sam_step
+
+
+class Quadratic(nn.Module):
+    """L(w) = 0.5 w^T A w - b^T w with a fixed symmetric A: gradients are A w - b."""
+
+    def __init__(self, w0: list[float]) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+        self.A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        self.b = torch.tensor([1.0, -1.0], dtype=torch.float64)
+
+    def loss(self) -> torch.Tensor:
+        return 0.5 * self.w @ self.A @ self.w - self.b @ self.w
+
+
+def _closure(model: Quadratic):
+    def closure() -> torch.Tensor:
+        loss = model.loss()
+        loss.backward()
+        return loss
+    return closure
+
+
+def test_sam_p2_step_equals_hand_computation():
+    # w = (1, 2): g = A w - b = (3+2-1, 1+4+1) = (4, 6), ||g|| = sqrt(52)
+    # e = rho g / ||g||; g2 = A (w + e) - b; w_new = w - lr g2   (numpy, independently)
+    rho, lr = 0.1, 0.01
+    A = np.array([[3.0, 1.0], [1.0, 2.0]]); b = np.array([1.0, -1.0]); w = np.array([1.0, 2.0])
+    g = A @ w - b
+    assert np.allclose(g, [4.0, 6.0])
+    e = rho * g / np.sqrt(52.0)
+    expected = w - lr * (A @ (w + e) - b)
+    model = Quadratic([1.0, 2.0])
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=lr)
+    opt.step(_closure(model))
+    np.testing.assert_allclose(model.w.detach().numpy(), expected, rtol=0, atol=1e-15)
+
+
+def test_sam_pinf_step_equals_hand_computation():
+    # p = inf: e = rho sign(g) = rho (1, 1) for g = (4, 6)
+    rho, lr = 0.1, 0.01
+    A = np.array([[3.0, 1.0], [1.0, 2.0]]); b = np.array([1.0, -1.0]); w = np.array([1.0, 2.0])
+    expected = w - lr * (A @ (w + rho * np.array([1.0, 1.0])) - b)
+    model = Quadratic([1.0, 2.0])
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, p=math.inf, lr=lr)
+    opt.step(_closure(model))
+    np.testing.assert_allclose(model.w.detach().numpy(), expected, rtol=0, atol=1e-15)
+
+
+def test_asam_step_equals_hand_computation():
+    # ASAM: T = |w| + eta = (1.01, 2.01); e = rho T^2 g / ||T g||
+    rho, lr, eta = 0.5, 0.01, 0.01
+    A = np.array([[3.0, 1.0], [1.0, 2.0]]); b = np.array([1.0, -1.0]); w = np.array([1.0, -2.0])
+    g = A @ w - b
+    T = np.abs(w) + eta
+    e = rho * T**2 * g / np.linalg.norm(T * g)
+    expected = w - lr * (A @ (w + e) - b)
+    model = Quadratic([1.0, -2.0])
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, adaptive=True, eta=eta, lr=lr)
+    opt.step(_closure(model))
+    np.testing.assert_allclose(model.w.detach().numpy(), expected, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("p", [1.5, 2.0, 3.0, math.inf])
+def test_perturbation_solves_the_dual_norm_problem(p):
+    """e_hat maximizes <e, g> over ||e||_p <= rho: ||e||_p = rho and <e, g> = rho ||g||_q."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(7, dtype=torch.float64))
+    w0 = w.detach().clone()
+    w.grad = torch.randn(7, dtype=torch.float64)
+    rho = 0.3
+    opt = SAM([w], torch.optim.SGD, rho=rho, p=p, lr=0.1)
+    opt.first_step()
+    e = (w.detach() - w0).numpy()
+    g = w.grad.numpy()
+    q = 1.0 if p == math.inf else p / (p - 1)
+    assert np.linalg.norm(e, ord=p) == pytest.approx(rho, rel=1e-12)
+    assert e @ g == pytest.approx(rho * np.linalg.norm(g, ord=q), rel=1e-12)
+    opt.unperturb()
+    assert torch.equal(w.detach(), w0)
+
+
+def test_rho_zero_reproduces_base_optimizer_exactly():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    twin = copy.deepcopy(net)
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sam = SAM(net.parameters(), torch.optim.SGD, rho=0.0, **kw)
+    sgd = torch.optim.SGD(twin.parameters(), **kw)
+    for step in range(6):
+        x = torch.randn(16, 5); y = torch.randint(0, 3, (16,))
+        sam_step(net, F.cross_entropy, x, y, sam)
+        sgd.zero_grad(); F.cross_entropy(twin(x), y).backward(); sgd.step()
+    for a, b in zip(net.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("p,adaptive", [(2.0, False), (math.inf, False), (3.0, False), (2.0, True)])
+def test_zero_gradient_gives_no_nan(p, adaptive):
+    w = nn.Parameter(torch.tensor([1.0, -2.0]))
+    w.grad = torch.zeros(2)
+    opt = SAM([w], torch.optim.SGD, rho=0.05, p=p, adaptive=adaptive, lr=0.1)
+    opt.first_step()
+    assert torch.equal(w.detach(), torch.tensor([1.0, -2.0]))
+    opt.second_step()
+    assert torch.isfinite(w).all()
+
+
+def test_step_with_closure_equals_two_manual_steps():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)).double()
+    twin = copy.deepcopy(net)
+    x = torch.randn(10, 4, dtype=torch.float64); y = torch.randint(0, 2, (10,))
+    a = SAM(net.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+    b = SAM(twin.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+    for _ in range(3):
+        def closure():
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+            return loss
+        a.step(closure)
+        F.cross_entropy(twin(x), y).backward(); b.first_step(zero_grad=True)
+        F.cross_entropy(twin(x), y).backward(); b.second_step(zero_grad=True)
+    for u, v in zip(net.parameters(), twin.parameters()):
+        assert torch.equal(u, v)
+
+
+def test_bad_hyperparameters_are_refused():
+    w = [nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ConfigError, match="rho"):
+        SAM(w, torch.optim.SGD, rho=-0.1, lr=0.1)
+    with pytest.raises(ConfigError, match="p must"):
+        SAM(w, torch.optim.SGD, p=1.0, lr=0.1)
+    with pytest.raises(ConfigError, match="rho"):
+        SAM(w, torch.optim.SGD, rho=float("nan"), lr=0.1)
+    with pytest.raises(ConfigError, match="base_optimizer"):
+        SAM(w, "sgd", lr=0.1)  # type: ignore[arg-type]
+
+
+def _mlp(bn: bool = False) -> nn.Module:
+    torch.manual_seed(3)
+    layers = [nn.Linear(6, 12)] + ([nn.BatchNorm1d(12)] if bn else []) + [nn.ReLU(), nn.Linear(12, 3)]
+    return nn.Sequential(*layers).double()
+
+
+def test_msam_with_m_equal_batch_is_sam():
+    net, twin = _mlp(bn=True), _mlp(bn=True)
+    x = torch.randn(16, 6, dtype=torch.float64); y = torch.randint(0, 3, (16,))
+    a = SAM(net.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+    b = SAM(twin.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+    for _ in range(3):
+        sam_step(net, F.cross_entropy, x, y, a, m=16)
+        sam_step(twin, F.cross_entropy, x, y, b, m=None)
+    for u, v in zip(net.state_dict().values(), twin.state_dict().values()):
+        assert torch.equal(u, v)
+
+
+def test_msam_equals_average_of_per_chunk_sam_gradients():
+    """m-SAM by hand: for each chunk k, e_k from the chunk's own gradient, g_k = grad L_k(w + e_k)."""
+    net = _mlp()
+    ref = copy.deepcopy(net)
+    x = torch.randn(12, 6, dtype=torch.float64); y = torch.randint(0, 3, (12,))
+    rho, lr, m = 0.1, 0.2, 4
+    opt = SAM(net.parameters(), torch.optim.SGD, rho=rho, lr=lr)
+    sam_step(net, F.cross_entropy, x, y, opt, m=m)
+
+    params = list(ref.parameters())
+    total = [torch.zeros_like(w) for w in params]
+    for lo in range(0, 12, m):
+        xb, yb = x[lo:lo + m], y[lo:lo + m]
+        g = torch.autograd.grad(F.cross_entropy(ref(xb), yb), params)
+        norm = torch.sqrt(sum((t ** 2).sum() for t in g))
+        shifted = copy.deepcopy(ref)
+        with torch.no_grad():
+            for w, t in zip(shifted.parameters(), g):
+                w.add_(rho * t / norm)
+        g2 = torch.autograd.grad(F.cross_entropy(shifted(xb), yb), list(shifted.parameters()))
+        total = [s + t * (xb.shape[0] / 12) for s, t in zip(total, g2)]
+    for w, w_ref, g in zip(net.parameters(), params, total):
+        torch.testing.assert_close(w, w_ref - lr * g, rtol=0, atol=1e-14)
+
+
+def test_msam_with_uneven_last_chunk_weights_by_size():
+    net = _mlp()
+    x = torch.randn(10, 6, dtype=torch.float64); y = torch.randint(0, 3, (10,))
+    opt = SAM(net.parameters(), torch.optim.SGD, rho=0.0, lr=0.3)
+    twin = copy.deepcopy(net)
+    sam_step(net, F.cross_entropy, x, y, opt, m=4)  # chunks 4, 4, 2; rho = 0: plain gradient of the mean
+    sgd = torch.optim.SGD(twin.parameters(), lr=0.3)
+    F.cross_entropy(twin(x), y).backward(); sgd.step()
+    for u, v in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-14)
+
+
+def test_bn_running_stats_come_from_the_clean_pass_only():
+    net = _mlp(bn=True)
+    clean = copy.deepcopy(net)
+    x = torch.randn(16, 6, dtype=torch.float64); y = torch.randint(0, 3, (16,))
+    opt = SAM(net.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
+    sam_step(net, F.cross_entropy, x, y, opt)
+    clean.train()
+    clean(x)  # one clean forward pass at the same (pre-update) weights
+    bn, bn_clean = net[1], clean[1]
+    assert torch.equal(bn.running_mean, bn_clean.running_mean)
+    assert torch.equal(bn.running_var, bn_clean.running_var)
+    assert int(bn.num_batches_tracked) == 1
+
+
+def test_msam_bn_running_stats_are_the_mean_of_per_chunk_updates():
+    net = _mlp(bn=True)
+    x = torch.randn(16, 6, dtype=torch.float64); y = torch.randint(0, 3, (16,))
+    means, variances = [], []
+    for lo in range(0, 16, 8):
+        probe = copy.deepcopy(net).train()
+        probe(x[lo:lo + 8])
+        means.append(probe[1].running_mean); variances.append(probe[1].running_var)
+    opt = SAM(net.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
+    sam_step(net, F.cross_entropy, x, y, opt, m=8)
+    torch.testing.assert_close(net[1].running_mean, (means[0] + means[1]) / 2, rtol=0, atol=1e-15)
+    torch.testing.assert_close(net[1].running_var, (variances[0] + variances[1]) / 2, rtol=0, atol=1e-15)
+    assert int(net[1].num_batches_tracked) == 1
+
+
+def test_frozen_bn_stats_restores_buffers():
+    net = _mlp(bn=True).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with frozen_bn_stats(net):
+        net(torch.randn(8, 6, dtype=torch.float64))
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_state_dict_round_trip_continues_identically():
+    torch.manual_seed(5)
+    data = [(torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))) for _ in range(6)]
+    net = _mlp()
+    opt = SAM(net.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for x, y in data[:3]:
+        sam_step(net, F.cross_entropy, x, y, opt)
+    saved_model = copy.deepcopy(net.state_dict())
+    saved_opt = copy.deepcopy(opt.state_dict())
+    assert saved_opt["state"], "momentum buffers must be in SAM's state_dict"
+    assert saved_opt["param_groups"][0]["rho"] == 0.05
+    for x, y in data[3:]:
+        sam_step(net, F.cross_entropy, x, y, opt)
+
+    fresh = _mlp()
+    fresh.load_state_dict(saved_model)
+    opt2 = SAM(fresh.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    opt2.load_state_dict(saved_opt)
+    assert opt2.param_groups is opt2.base_optimizer.param_groups
+    for x, y in data[3:]:
+        sam_step(fresh, F.cross_entropy, x, y, opt2)
+    for u, v in zip(net.parameters(), fresh.parameters()):
+        assert torch.equal(u, v)
+
+
+def test_lr_scheduler_drives_the_shared_param_groups():
+    w = nn.Parameter(torch.ones(2))
+    opt = SAM([w], torch.optim.SGD, lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    w.grad = torch.ones(2); opt.first_step(); w.grad = torch.ones(2); opt.second_step()
+    sched.step()
+    assert opt.base_optimizer.param_groups[0]["lr"] == 0.5
