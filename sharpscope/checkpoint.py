@@ -29,11 +29,11 @@ import contextlib
 import os
 import pickle
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,23 +45,31 @@ FORMAT_VERSION = 1
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "Checkpoint", "atomic_write_bytes"]
 
-_PLAIN = (str, int, float, bool, type(None))
+def _to_plain(value: Any, where: str) -> Any:
+    """A copy of ``value`` that ``weights_only`` loading can read back.
 
-
-def _check_plain(value: Any, where: str) -> None:
-    """Refuse anything ``weights_only`` loading could not read back."""
-    if isinstance(value, _PLAIN) or isinstance(value, torch.Tensor):
-        return
+    str/int/float subclasses (e.g. ``torch.__version__``) and numpy scalars become the
+    built-in types; anything that is not a tensor, number, string, None, list, tuple or
+    dict is refused.
+    """
+    if value is None or type(value) in (str, int, float, bool) or isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    for plain in (bool, int, float, str):
+        if isinstance(value, plain):
+            return plain(value)
     if isinstance(value, dict):
+        out = {}
         for k, v in value.items():
             if not isinstance(k, (str, int)):
                 raise CheckpointError(f"{where}: key {k!r} is not a str or int")
-            _check_plain(v, f"{where}.{k}")
-        return
+            key = str(k) if isinstance(k, str) else int(k)
+            out[key] = _to_plain(v, f"{where}.{k}")
+        return out
     if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
-        return
+        items = [_to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
     raise CheckpointError(f"{where}: {type(value).__name__} cannot be stored in a safe checkpoint "
                           "(only tensors, numbers, strings, None, lists and dicts)")
 
@@ -136,7 +144,7 @@ def save_checkpoint(
         "partial": partial,
         "metadata": metadata,
     }
-    _check_plain(payload, "checkpoint")
+    payload = _to_plain(payload, "checkpoint")
     return atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
 
 
@@ -167,7 +175,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raw = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{p}: {_describe_unpickling_error(err)}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, UnicodeDecodeError) as err:
+    except Exception as err:  # any parser failure on an untrusted file means "corrupt"
         first = (str(err).splitlines() or [type(err).__name__])[0][:160]
         raise CheckpointError(f"{p}: unreadable (truncated or corrupt?): {first}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:

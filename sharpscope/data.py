@@ -570,7 +570,8 @@ def _load_digits() -> RawData:
 
     bunch = load_digits()
     x = np.asarray(bunch.data, dtype=np.float32).reshape(-1, 1, 8, 8)
-    return RawData(x, np.asarray(bunch.target, dtype=np.int64), None, None, num_classes=10, scale=16.0, normalize="scalar")
+    y = np.asarray(bunch.target, dtype=np.int64)
+    return RawData(x, y, None, None, num_classes=10, scale=16.0, normalize="scalar")
 
 
 def _make_synthetic(spec: DataSpec) -> RawData:
@@ -657,7 +658,9 @@ def _to_float(x: np.ndarray, raw: RawData, stats: tuple[np.ndarray, np.ndarray] 
     return torch.from_numpy(out)
 
 
-def _take(x: np.ndarray, y: np.ndarray, n: int | None, seed: int, stream: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _take(
+    x: np.ndarray, y: np.ndarray, n: int | None, seed: int, stream: str, what: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Return the first ``n`` examples after a seeded shuffle (all of them, in order, if n is None)."""
     if n is None:
         return x, y

@@ -510,6 +510,12 @@ def _accepted_options(base: str) -> tuple[str, ...]:
     return tuple(sorted(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY))
 
 
+def _default_options(base: str) -> dict[str, Any]:
+    params = inspect.signature(_BUILDERS[base]).parameters.values()
+    return {p.name: p.default for p in params
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -564,7 +570,8 @@ def make_model_spec(
 
     The name, the option names and values, and their fit to ``input_shape`` are all
     checked (by a dry build on the ``meta`` device: no memory, no use of the RNG).
-    The spec keeps the (normalised) name and only the options given explicitly.
+    The spec keeps the (normalised) name and every option, defaults filled in, so a
+    checkpoint rebuilds the same architecture even if a default changes later.
     """
     shape = _check_input_shape(input_shape)
     classes = _check_int("num_classes", num_classes)
@@ -573,7 +580,8 @@ def make_model_spec(
     key = name.strip().lower()
     with torch.device("meta"):
         _BUILDERS[base](shape, classes, **full)
-    return {"name": key, "kwargs": options, "input_shape": list(shape), "num_classes": classes}
+    resolved = _plain({**_default_options(base), **full}, "model options")
+    return {"name": key, "kwargs": resolved, "input_shape": list(shape), "num_classes": classes}
 
 
 def _parse_factory(factory: Any) -> tuple[str, str]:

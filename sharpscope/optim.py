@@ -143,10 +143,15 @@ class SAM(torch.optim.Optimizer):
     def second_step(self, zero_grad: bool = False) -> None:
         """Return to w and update it with the base optimizer using the gradient at w + e_hat."""
         self.unperturb()
-        self.base_optimizer.step()
-        self._opt_called = True  # tells torch LR schedulers that this optimizer has stepped
+        self.base_step()
         if zero_grad:
             self.zero_grad()
+
+    @torch.no_grad()
+    def base_step(self) -> None:
+        """Apply the base optimizer with the gradients now in ``.grad`` (used by m-SAM)."""
+        self.base_optimizer.step()
+        self._opt_called = True  # tells torch LR schedulers that this optimizer has stepped
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
         """One full SAM update; ``closure`` computes forward + backward and returns the loss."""
@@ -314,5 +319,5 @@ def sam_step(
             for k, total in acc.items():
                 b._buffers[k].copy_((total / n_chunks).to(b._buffers[k].dtype)
                                     if k != "num_batches_tracked" else b._buffers[k] + 1)
-    optimizer.base_optimizer.step()
+    optimizer.base_step()
     return StepResult(torch.stack(losses).sum(), torch.cat(outs), torch.stack(perturbed_losses).sum())

@@ -238,7 +238,7 @@ def test_spec_is_plain_and_survives_json() -> None:
     spec = make_model_spec("cnn", (1, 8, 8), 10, channels=(8, 16), bn=True, dropout=0.1)
     assert spec == {
         "name": "cnn",
-        "kwargs": {"channels": [8, 16], "bn": True, "dropout": 0.1},
+        "kwargs": {"channels": [8, 16], "bn": True, "dropout": 0.1, "hidden": 64},  # defaults filled in
         "input_shape": [1, 8, 8],
         "num_classes": 10,
     }
@@ -279,7 +279,8 @@ def test_alias_option_consistency() -> None:
     with pytest.raises(ModelSpecError, match="fixes depth=20"):
         make_model_spec("resnet20", (3, 32, 32), 10, depth=32)
     spec = make_model_spec("wrn28-10", (3, 32, 32), 10, dropout=0.3)
-    assert spec["name"] == "wrn28-10" and spec["kwargs"] == {"dropout": 0.3}
+    assert spec["name"] == "wrn28-10"
+    assert spec["kwargs"] == {"dropout": 0.3, "depth": 28, "widen_factor": 10, "bn": True}
 
 
 def test_count_parameters_counts_shared_once() -> None:

@@ -45,9 +45,9 @@ class RichProgress(Callback):
         if state.config.label_noise > 0:
             line += f"  (clean-label train acc {metrics['train_acc_clean']:.3f})"
         if self.progress is not None:
-            self.progress.console.print(line, highlight=False)
+            self.progress.console.print(line, highlight=False, soft_wrap=True)
         elif self.enabled:
-            self.console.print(line, highlight=False)
+            self.console.print(line, highlight=False, soft_wrap=True)
 
     def on_train_end(self, state: TrainState) -> None:
         if self.progress is not None:
