@@ -370,6 +370,11 @@ def train(
                             progress={"epoch": 0, "step": 0, "batch_in_epoch": 0, "finished": False})
 
     def save(finished: bool) -> None:
+        if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+            kept = (f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists()
+                    else "no checkpoint had been written yet")
+            raise NonFiniteLossError(f"weights became NaN/Inf by epoch {state.epoch}, step {state.step}; "
+                                     f"not saved, {kept}; try a smaller --lr or --rho")
         save_checkpoint(
             ckpt_path, model, model_spec=model_spec, data_spec=data_spec.to_dict(),
             optimizer_state=optimizer.state_dict(), config=config.to_dict(),
