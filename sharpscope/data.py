@@ -176,7 +176,7 @@ class DataSpec:
         if self.name in ("npz", "mnist", "fashion-mnist", "cifar10", "cifar100") and self.root is None:
             what = "an .npz file path" if self.name == "npz" else "a folder"
             raise DataError(
-                f"{self.name}: no root given; set root to {what} holding {_expected_files(self.name)}"
+                f"{self.name}: no root given; set root (--data-root) to {what} holding {_expected_files(self.name)}"
             )
 
     def _validate_types(self) -> None:

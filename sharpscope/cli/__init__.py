@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from ..errors import SharpscopeError
@@ -17,6 +16,12 @@ from ._app import app
 from . import info_cmd, train_cmd  # noqa: F401  (registers the commands)
 
 __all__ = ["app", "main"]
+
+# Recent typer releases vendor click; older ones use the click package. Find the classes
+# through typer's public BadParameter either way.
+_CLICK_ERRORS = {c.__name__: c for c in typer.BadParameter.__mro__}
+_USAGE_ERROR: type[Exception] = _CLICK_ERRORS["UsageError"]
+_CLICK_EXCEPTION: type[Exception] = _CLICK_ERRORS["ClickException"]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -30,10 +35,13 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="sharpscope", standalone_mode=False)
-    except click.exceptions.UsageError as err:
-        where = f" (see 'sharpscope {err.ctx.info_name} --help')" if err.ctx and err.ctx.parent else ""
-        _fail(f"{err.format_message()}{where}")
-    except click.exceptions.Abort:
+    except _USAGE_ERROR as err:
+        ctx = getattr(err, "ctx", None)
+        where = f" (see 'sharpscope {ctx.info_name} --help')" if ctx is not None and ctx.parent else ""
+        _fail(f"{err.format_message()}{where}")  # type: ignore[attr-defined]
+    except _CLICK_EXCEPTION as err:
+        _fail(err.format_message())  # type: ignore[attr-defined]
+    except typer.Abort:
         _fail("aborted", 130)
     except KeyboardInterrupt:
         _fail("interrupted", 130)

@@ -1,0 +1,93 @@
+"""The command line: a tiny training run, `info`, and every bad input as one line + exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sharpscope.cli import main
+
+TINY = ["--model", "mlp", "--model-opt", "hidden=[16]", "--n-train", "200", "--epochs", "2",
+        "--batch-size", "50", "--no-progress"]
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_train_then_info(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(["train", *TINY, "--out", str(out)], capsys)
+    assert code == 0, stdout
+    assert "done: test acc" in stdout
+    assert (out / "checkpoint.pt").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    code, stdout, _ = run_cli(["info", str(out), "--json", "-"], capsys)
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["model_spec"]["name"] == "mlp" and summary["progress"]["finished"]
+    assert summary["parameters"] == 64 * 16 + 16 + 16 * 10 + 10
+    code, stdout, _ = run_cli(["info", str(out / "checkpoint.pt")], capsys)
+    assert code == 0 and "model_spec" in stdout
+
+
+def test_resume_via_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["train", *TINY, "--out", str(out)], capsys)[0] == 0
+    code, _, err = run_cli(["train", *TINY, "--out", str(out)], capsys)
+    assert code == 2 and "--resume" in err
+    code, stdout, err = run_cli(["train", "--resume", "--out", str(out), "--no-progress"], capsys)
+    assert code == 0 and "resumed" in err
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["train", "--model", "nosuchnet"], "nosuchnet"),
+    (["train", "--data", "imagenet"], "imagenet"),
+    (["train", "--rho", "-0.1"], "rho"),
+    (["train", "--label-noise", "1.0"], "label noise"),
+    (["train", "--label-noise", "-0.2"], "label noise"),
+    (["train", "--data", "mnist", "--data-root", "/nonexistent/mnist"], "/nonexistent/mnist"),
+    (["train", "--data", "cifar10"], "cifar10"),
+    (["train", "--epochs", "many"], "--epochs"),
+    (["train", "--optimizer", "adam"], "adam"),
+    (["train", "--p", "one"], "--p"),
+    (["train", "--model-opt", "depth"], "KEY=VALUE"),
+    (["train", "--model", "cnn", "--model-opt", "width=3"], "width"),
+    (["train", "--model", "nopkg.nomodule:fn"], "nopkg"),
+    (["train", "--no-such-flag"], "no-such-flag"),
+    (["info", "/nonexistent.pt"], "no such checkpoint"),
+    (["frobnicate"], "frobnicate"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, fragment, capsys, tmp_path):
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sharpscope: error:") and fragment in lines[0]
+    assert "Traceback" not in err
+
+
+def test_unreadable_checkpoint_via_info(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x04garbage")
+    code, _, err = run_cli(["info", str(bad)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_help_lists_the_options(capsys):
+    code, stdout, _ = run_cli(["train", "--help"], capsys)
+    assert code == 0
+    for option in ("--optimizer", "--rho", "--label-noise", "--m", "--resume", "--epochs", "--seed", "--out"):
+        assert option in stdout
+
+
+def test_console_script_in_a_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sharpscope", "train", "--rho", "-1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["sharpscope: error: rho must be >= 0, got -1.0"]
