@@ -57,9 +57,9 @@ class TrainConfig:
     data_root: str | None = None
     label_noise: float = 0.0
     n_train: int | None = None
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.05
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4

@@ -38,6 +38,8 @@ def test_train_then_info(tmp_path, capsys):
 
 def test_resume_via_cli(tmp_path, capsys):
     out = tmp_path / "run"
+    code, _, err = run_cli(["train", *TINY, "--resume", "--out", str(tmp_path / "fresh")], capsys)
+    assert code == 0 and "resumed" not in err  # nothing to resume: starts a new run
     assert run_cli(["train", *TINY, "--out", str(out)], capsys)[0] == 0
     code, _, err = run_cli(["train", *TINY, "--out", str(out)], capsys)
     assert code == 2 and "--resume" in err

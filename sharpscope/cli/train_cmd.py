@@ -52,9 +52,9 @@ def train_command(
     label_noise: float = typer.Option(0.0, "--label-noise", help="Fraction of training labels replaced "
                                                                  "by uniformly random classes, in [0, 1)."),
     n_train: Optional[int] = typer.Option(None, "--n-train", help="Train on a seeded subset of this size."),
-    epochs: int = typer.Option(30, help="Number of epochs."),
-    batch_size: int = typer.Option(128, "--batch-size", "-b", help="Mini-batch size."),
-    lr: float = typer.Option(0.05, help="Peak learning rate."),
+    epochs: int = typer.Option(40, help="Number of epochs."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Mini-batch size."),
+    lr: float = typer.Option(0.1, help="Peak learning rate."),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     nesterov: bool = typer.Option(False, help="Nesterov momentum."),
     weight_decay: float = typer.Option(5e-4, "--weight-decay", "--wd", help="L2 weight decay."),
@@ -70,12 +70,13 @@ def train_command(
     augment: Optional[bool] = typer.Option(None, help="Random crop + flip (default: on for CIFAR only)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Output folder."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored options win)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored options win); "
+                                                        "starts a new run if there is none."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train a model with SGD, SAM or ASAM; writes OUT/checkpoint.pt and OUT/metrics.jsonl.
 
-    Example: sharpscope train --optimizer sam --rho 0.05 --epochs 30 --out runs/sam
+    Example: sharpscope train --optimizer sam --rho 0.05 --epochs 40 --out runs/sam
     """
     console = Console(stderr=True)
     config = None
