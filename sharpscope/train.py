@@ -76,6 +76,8 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.data_root is not None:  # checkpoints must find the data from any working directory
+            self.data_root = os.path.abspath(os.path.expanduser(str(self.data_root)))
         self.validate()
 
     @property

@@ -196,3 +196,9 @@ def test_config_round_trips_through_a_dict():
 def test_default_sam_run_reaches_97_percent_on_digits(tmp_path):
     result = train(TrainConfig(), tmp_path / "run")
     assert result.final["test_acc"] >= 0.97
+
+
+def test_data_root_is_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(data="npz", data_root="data/x.npz")
+    assert cfg.data_root == str(tmp_path / "data" / "x.npz")
