@@ -1,0 +1,226 @@
+"""Hessian analyses of a model's loss: top eigenvalues, trace, spectral density, per layer.
+
+All of them use Hessian-vector products of :class:`sharpscope.objective.Objective` (the
+mean loss over the whole data set, eval mode) and the generic algorithms of
+:mod:`sharpscope.linalg`; the Hessian is never formed. Every result records the number of
+Hessian-vector products (HVPs) it used and its wall time.
+
+- :func:`eigenvalues`: Lanczos with full reorthogonalization (Ritz residuals and a
+  converged flag per eigenvalue), plus the ratio lambda_1 / lambda_k that Foret et al.
+  (ICLR 2021, Sec. 4.2 / App. C.3) report for SGD vs SAM minima (lambda_max / lambda_5).
+- :func:`trace`: Hutch++ (Meyer et al. 2021) or Hutchinson, with a standard error.
+- :func:`density`: stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019).
+- :func:`layer_summary`: the top eigenvalue and trace of each layer's (or block's)
+  diagonal Hessian block.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import linalg
+from .errors import ConfigError
+from .objective import Objective, parameter_groups
+
+__all__ = [
+    "eigenvalues", "trace", "density", "layer_summary",
+    "EigenvaluesResult", "TraceResult", "DensityResult", "LayerSummary", "LayerRow",
+]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _objective(model: nn.Module | Objective, loss_fn: LossFn | None, data: Iterable | None,
+               params: Any, hvp_mode: str) -> Objective:
+    if isinstance(model, Objective):
+        return model
+    if loss_fn is None or data is None:
+        raise ConfigError("pass loss_fn and data (or an Objective)")
+    return Objective(model, loss_fn, data, params=params, hvp_mode=hvp_mode)
+
+
+@dataclass
+class EigenvaluesResult:
+    """Extreme eigenvalues of the Hessian of the mean loss."""
+
+    eigenvalues: list[float]
+    residuals: list[float]
+    converged: list[bool]
+    which: str
+    tol: float
+    n_hvp: int
+    n_iter: int
+    wall_time: float
+    n_params: int
+    n_examples: int
+    eigenvectors: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def ratio(self) -> float | None:
+        """lambda_1 / lambda_k (lambda_max / lambda_5 for k = 5, which = "LA")."""
+        if len(self.eigenvalues) < 2 or self.eigenvalues[-1] == 0:
+            return None
+        return self.eigenvalues[0] / self.eigenvalues[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("eigenvectors")
+        d["ratio"] = self.ratio
+        return d
+
+
+def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
+                k: int = 5, which: str = "LA", tol: float = 1e-4, max_iter: int | None = None,
+                params: Any = None, seed: int = 0, hvp_mode: str = "auto",
+                return_eigenvectors: bool = False, callback: Callable | None = None) -> EigenvaluesResult:
+    """The k extreme Hessian eigenvalues (``which``: LA largest, SA smallest, LM largest |.|).
+
+    Converged means a relative Ritz residual ||H x - theta x|| <= tol |theta|; the eigenvalue
+    error is then at most residual^2 / gap (Parlett, The Symmetric Eigenvalue Problem, 11.7).
+    """
+    start = time.perf_counter()
+    obj = _objective(model, loss_fn, data, params, hvp_mode)
+    op = obj.operator()
+    res = linalg.lanczos(op, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, callback=callback)
+    return EigenvaluesResult(
+        eigenvalues=[float(x) for x in res.eigenvalues], residuals=[float(x) for x in res.residuals],
+        converged=[bool(x) for x in res.converged], which=which, tol=tol, n_hvp=res.n_matvecs,
+        n_iter=res.n_iter, wall_time=time.perf_counter() - start, n_params=obj.n, n_examples=obj.n_examples,
+        eigenvectors=res.eigenvectors if return_eigenvectors else None,
+    )
+
+
+@dataclass
+class TraceResult:
+    """tr(H) with its standard error."""
+
+    trace: float
+    stderr: float
+    method: str
+    n_hvp: int
+    wall_time: float
+    n_params: int
+    n_examples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def trace(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
+          n_matvecs: int = 99, method: str = "hutch++", params: Any = None, seed: int = 0,
+          hvp_mode: str = "auto") -> TraceResult:
+    """Estimate tr(H) with ``n_matvecs`` HVPs by Hutch++ (default) or Hutchinson."""
+    if method not in ("hutch++", "hutchinson"):
+        raise ConfigError(f"trace method must be 'hutch++' or 'hutchinson', got {method!r}")
+    start = time.perf_counter()
+    obj = _objective(model, loss_fn, data, params, hvp_mode)
+    op = obj.operator()
+    fn = linalg.hutchpp if method == "hutch++" else linalg.hutchinson
+    res = fn(op, n_matvecs=n_matvecs, seed=seed)
+    return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method,
+                       n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n,
+                       n_examples=obj.n_examples)
+
+
+@dataclass
+class DensityResult:
+    """Smoothed eigenvalue density of H (stochastic Lanczos quadrature)."""
+
+    grid: list[float]
+    density: list[float]
+    nodes: list[list[float]]
+    weights: list[list[float]]
+    sigma: float
+    n_runs: int
+    n_steps: int
+    n_hvp: int
+    wall_time: float
+    n_params: int
+    n_examples: int
+
+    @property
+    def mean(self) -> float:
+        """Estimate of tr(H) / n: the mean of the quadrature over runs."""
+        return sum(sum(t * w for t, w in zip(ts, ws)) for ts, ws in zip(self.nodes, self.weights)) / self.n_runs
+
+    @property
+    def trace_estimate(self) -> float:
+        return self.mean * self.n_params
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["trace_estimate"] = self.trace_estimate
+        return d
+
+
+def density(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
+            n_runs: int = 10, n_steps: int = 80, sigma_squared: float = 1e-5, grid_points: int = 2000,
+            params: Any = None, seed: int = 0, hvp_mode: str = "auto") -> DensityResult:
+    """Spectral density by SLQ: ``n_runs`` Lanczos runs of ``n_steps`` steps each, Gaussian
+    kernel of variance sigma_squared * max(1, lambda_max - lambda_min) (Ghorbani et al. 2019)."""
+    start = time.perf_counter()
+    obj = _objective(model, loss_fn, data, params, hvp_mode)
+    op = obj.operator()
+    res = linalg.spectral_density(op, n_runs=n_runs, n_steps=n_steps, seed=seed,
+                                  sigma_squared=sigma_squared, grid_points=grid_points)
+    return DensityResult(
+        grid=res.grid.tolist(), density=res.density.tolist(), nodes=res.nodes.tolist(),
+        weights=res.weights.tolist(), sigma=float(res.sigma), n_runs=res.n_runs, n_steps=res.n_steps,
+        n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n, n_examples=obj.n_examples,
+    )
+
+
+@dataclass
+class LayerRow:
+    name: str
+    n_params: int
+    lambda_max: float
+    converged: bool
+    trace: float
+    trace_stderr: float
+    n_hvp: int
+
+
+@dataclass
+class LayerSummary:
+    """Top eigenvalue and trace of each diagonal block H_ll of the Hessian."""
+
+    by: str
+    rows: list[LayerRow]
+    n_hvp: int
+    wall_time: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "layer", tol: float = 1e-3,
+                  trace_matvecs: int = 30, seed: int = 0, hvp_mode: str = "auto",
+                  callback: Callable[[str], None] | None = None) -> LayerSummary:
+    """Per layer (or block): lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++."""
+    start = time.perf_counter()
+    groups = parameter_groups(model, by=by)
+    batches = Objective(model, loss_fn, data, hvp_mode=hvp_mode).batches  # read the data once
+    rows = []
+    for name, names in groups.items():
+        if callback is not None:
+            callback(name)
+        obj = Objective(model, loss_fn, batches, params=names, hvp_mode=hvp_mode)
+        top = eigenvalues(obj, k=1, tol=tol, seed=seed)
+        tr = trace(obj, n_matvecs=min(trace_matvecs, max(3, obj.n)), seed=seed)
+        rows.append(LayerRow(name, obj.n, top.eigenvalues[0], top.converged[0], tr.trace, tr.stderr,
+                             top.n_hvp + tr.n_hvp))
+        obj.release()
+    return LayerSummary(by, rows, sum(r.n_hvp for r in rows), time.perf_counter() - start)
+
+
+def finite(x: float | None) -> float | None:
+    """JSON has no NaN / Inf."""
+    return None if x is None or not math.isfinite(x) else x

@@ -1,0 +1,288 @@
+"""A model, a loss and a data set as a function of (some of) the model's parameters.
+
+For parameters theta (a selection of the model's parameters, the rest held fixed) and data
+batches (x_b, y_b) of sizes n_b, N = sum_b n_b,
+
+    L(theta) = sum_b (n_b / N) * loss_fn(f(x_b; theta), y_b),
+
+with ``loss_fn`` returning the mean loss of a batch, so L is the mean loss over the whole
+data set whatever the batching. :class:`Objective` gives L, its gradient and
+Hessian-vector products H v = d/dt grad L(theta + t v) |_{t=0}, on flat vectors.
+
+Everything is computed with ``torch.func.functional_call`` on detached copies of the
+parameters, in eval mode (BatchNorm uses its running statistics, dropout is off), over the
+batches in the order they were given. The user's model is never modified: its parameters,
+buffers and train/eval flags are the same afterwards.
+
+Hessian-vector products (Pearlmutter 1994) are computed in one of two ways:
+
+- ``"forward-over-reverse"``: ``jvp(grad(L))`` with ``torch.func``; memory of one gradient
+  per batch; several vectors at once share the primal pass through ``vmap``.
+- ``"reuse-graph"``: the gradient of every batch is computed once with ``create_graph=True``
+  and kept; each product is then one backward pass through that graph (PyHessian's
+  single-batch trick, extended to many batches). Fastest per product, but it holds the
+  double-backward graph of the whole data set in memory.
+
+``"auto"`` (the default) takes ``reuse-graph`` when the data set is small (at most
+``reuse_graph_max_examples`` examples) and ``forward-over-reverse`` otherwise;
+``benchmarks/bench_hessian.py`` measures both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from .errors import ConfigError
+
+__all__ = ["Objective", "select_parameters", "parameter_groups", "HVP_MODES", "ParamSelection"]
+
+HVP_MODES = ("auto", "forward-over-reverse", "reuse-graph")
+ParamSelection = "str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None"
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _biasbn_names(model: nn.Module) -> set[str]:
+    """Names of biases and of every parameter of a normalization layer."""
+    names = set()
+    for mod_name, module in model.named_modules():
+        for p_name, _ in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if isinstance(module, _NORM_TYPES) or p_name == "bias":
+                names.add(full)
+    return names
+
+
+def select_parameters(model: nn.Module, params: Any = None) -> list[str]:
+    """Names of the trainable parameters chosen by ``params``.
+
+    ``None`` or ``"all"``: every parameter with ``requires_grad``; ``"no-biasbn"``: all but
+    biases and normalization-layer parameters; a string or list of strings: glob patterns on
+    parameter names (``"stages.0.*"``, ``"fc.weight"``), a leading ``!`` excluding; a callable
+    ``(name, parameter) -> bool``. An empty selection is a :class:`ConfigError`.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if params is None or params == "all":
+        chosen = [n for n, _ in named]
+    elif params == "no-biasbn":
+        skip = _biasbn_names(model)
+        chosen = [n for n, _ in named if n not in skip]
+    elif callable(params):
+        chosen = [n for n, p in named if params(n, p)]
+    else:
+        patterns = [params] if isinstance(params, str) else list(params)
+        include = [p for p in patterns if not p.startswith("!")]
+        exclude = [p[1:] for p in patterns if p.startswith("!")]
+        chosen = [n for n, _ in named
+                  if (not include or any(fnmatch.fnmatchcase(n, pat) for pat in include))
+                  and not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)]
+    if not chosen:
+        raise ConfigError(f"parameter selection {params!r} matches no trainable parameter; names look like "
+                          f"{', '.join(n for n, _ in named[:4])}")
+    return chosen
+
+
+def parameter_groups(model: nn.Module, by: str = "layer") -> dict[str, list[str]]:
+    """Parameter names grouped per ``"layer"`` (the module that owns them) or per ``"block"``
+    (the outermost module below the root that is not a Sequential/ModuleList/ModuleDict, e.g.
+    a residual block), in model order."""
+    if by not in ("layer", "block"):
+        raise ConfigError(f"group by 'layer' or 'block', got {by!r}")
+    modules = dict(model.named_modules())
+    groups: dict[str, list[str]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        owner = name.rpartition(".")[0]
+        key = owner
+        if by == "block" and owner:
+            parts = owner.split(".")
+            for i in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:i])
+                if not isinstance(modules[prefix], _CONTAINERS):
+                    key = prefix
+                    break
+        groups.setdefault(key or "(root)", []).append(name)
+    return groups
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+class Objective:
+    """L(theta): mean loss of ``model`` over ``data`` as a function of the selected parameters.
+
+    Args:
+        model: any ``nn.Module``; evaluated at its current parameters, never modified.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean loss of a batch.
+        data: an iterable of ``(inputs, targets)`` batches (a ``DataLoader``, a list); it is
+            read once, moved to the model's device and kept, so every evaluation sees the
+            same batches in the same order.
+        params: which parameters theta holds (see :func:`select_parameters`).
+        hvp_mode: one of ``HVP_MODES``.
+        reuse_graph_max_examples: ``"auto"`` reuses the double-backward graph up to this
+            many examples in total.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        data: Iterable[tuple[Tensor, Tensor]],
+        params: Any = None,
+        hvp_mode: str = "auto",
+        reuse_graph_max_examples: int = 4096,
+    ) -> None:
+        if hvp_mode not in HVP_MODES:
+            raise ConfigError(f"hvp_mode must be one of {', '.join(HVP_MODES)}, got {hvp_mode!r}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.names = select_parameters(model, params)
+        all_params = dict(model.named_parameters())
+        self.theta = {n: all_params[n].detach() for n in self.names}
+        self.fixed = {n: p.detach() for n, p in all_params.items() if n not in self.theta}
+        self.fixed.update({n: b.detach() for n, b in model.named_buffers()})
+        first = next(iter(self.theta.values()))
+        self.device, self.dtype = first.device, first.dtype
+        self.shapes = [self.theta[n].shape for n in self.names]
+        self.sizes = [self.theta[n].numel() for n in self.names]
+        self.n = sum(self.sizes)
+        self.batches: list[tuple[Tensor, Tensor]] = []
+        for batch in data:
+            try:
+                x, y = batch
+            except (TypeError, ValueError):
+                raise ConfigError("data must yield (inputs, targets) pairs") from None
+            x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
+            self.batches.append((x, y.to(self.device)))
+        if not self.batches:
+            raise ConfigError("data holds no batches")
+        self.n_examples = sum(int(x.shape[0]) for x, _ in self.batches)
+        self.weights = [int(x.shape[0]) / self.n_examples for x, _ in self.batches]
+        if hvp_mode == "auto":
+            hvp_mode = "reuse-graph" if self.n_examples <= reuse_graph_max_examples else "forward-over-reverse"
+        self.hvp_mode = hvp_mode
+        self._graph: list[tuple[Tensor, ...]] | None = None
+        self._graph_leaves: list[Tensor] | None = None
+        self.n_hvp = 0
+        self.n_grad = 0
+
+    # -- flat vectors <-> parameter dicts -----------------------------------------------
+    def flatten(self, tensors: dict[str, Tensor] | Sequence[Tensor]) -> Tensor:
+        items = [tensors[n] for n in self.names] if isinstance(tensors, dict) else list(tensors)
+        return torch.cat([t.reshape(-1) for t in items])
+
+    def unflatten(self, v: Tensor) -> dict[str, Tensor]:
+        """A flat (n,) vector -> {name: tensor}; an (n, b) block -> leaves with a leading b dim."""
+        v = v.to(self.device, self.dtype)
+        if v.dim() == 1:
+            return {n: c.view(s) for n, c, s in zip(self.names, v.split(self.sizes), self.shapes)}
+        b = v.shape[1]
+        return {n: c.T.reshape(b, *s) for n, c, s in zip(self.names, v.split(self.sizes), self.shapes)}
+
+    def parameters_vector(self) -> Tensor:
+        """theta at the model's current weights, flat."""
+        return self.flatten(self.theta)
+
+    # -- the function and its derivatives ------------------------------------------------
+    def _batch_loss(self, theta: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return self.loss_fn(functional_call(self.model, {**self.fixed, **theta}, (x,)), y)
+
+    def loss(self, theta: Tensor | None = None) -> float:
+        """L at the current weights, or at the flat parameter vector ``theta``."""
+        params = self.theta if theta is None else self.unflatten(theta)
+        with _eval_mode(self.model), torch.no_grad():
+            total = sum(w * self._batch_loss(params, x, y).double() for w, (x, y) in zip(self.weights, self.batches))
+        return float(total)
+
+    def grad(self, theta: Tensor | None = None) -> Tensor:
+        """grad L, flat (n,)."""
+        params = self.theta if theta is None else self.unflatten(theta)
+        g = torch.zeros(self.n, device=self.device, dtype=self.dtype)
+        with _eval_mode(self.model):
+            for w, (x, y) in zip(self.weights, self.batches):
+                g.add_(self.flatten(grad(self._batch_loss)(params, x, y)), alpha=w)
+        self.n_grad += 1
+        return g
+
+    def hvp(self, v: Tensor) -> Tensor:
+        """H v for a flat (n,) vector, or H V column by column for an (n, b) block."""
+        if v.shape[0] != self.n or v.dim() not in (1, 2):
+            raise ConfigError(f"vector of shape {tuple(v.shape)} does not match {self.n} parameters")
+        cols = 1 if v.dim() == 1 else v.shape[1]
+        with _eval_mode(self.model):
+            if self.hvp_mode == "reuse-graph":
+                out = self._hvp_reuse(v)
+            else:
+                out = self._hvp_forward_over_reverse(v)
+        self.n_hvp += cols
+        return out
+
+    def _hvp_forward_over_reverse(self, v: Tensor) -> Tensor:
+        tangents = self.unflatten(v)
+        out = torch.zeros(v.shape, device=self.device, dtype=self.dtype)
+        for w, (x, y) in zip(self.weights, self.batches):
+            def grad_fn(theta: dict[str, Tensor]) -> dict[str, Tensor]:
+                return grad(self._batch_loss)(theta, x, y)
+
+            def hv(t: dict[str, Tensor]) -> dict[str, Tensor]:
+                return jvp(grad_fn, (self.theta,), (t,))[1]
+
+            if v.dim() == 1:
+                out.add_(self.flatten(hv(tangents)), alpha=w)
+            else:
+                res = vmap(hv)(tangents)
+                out.add_(torch.cat([res[n].reshape(v.shape[1], -1).T for n in self.names]), alpha=w)
+        return out
+
+    def _build_graph(self) -> None:
+        leaves = [self.theta[n].clone().requires_grad_(True) for n in self.names]
+        params = dict(zip(self.names, leaves))
+        graph = []
+        with torch.enable_grad():
+            for w, (x, y) in zip(self.weights, self.batches):
+                loss = self._batch_loss(params, x, y) * w
+                graph.append(torch.autograd.grad(loss, leaves, create_graph=True))
+        self._graph, self._graph_leaves = graph, leaves
+
+    def _hvp_reuse(self, v: Tensor) -> Tensor:
+        if self._graph is None:
+            self._build_graph()
+        assert self._graph is not None and self._graph_leaves is not None
+        vecs = [v] if v.dim() == 1 else list(v.T)
+        cols = []
+        for vec in vecs:
+            parts = [t.to(self.dtype) for t in self.unflatten(vec).values()]
+            total = None
+            for g in self._graph:
+                hv = torch.autograd.grad(g, self._graph_leaves, grad_outputs=parts, retain_graph=True)
+                flat = self.flatten(hv)
+                total = flat if total is None else total.add_(flat)
+            cols.append(total)
+        return cols[0] if v.dim() == 1 else torch.stack(cols, dim=1)
+
+    def release(self) -> None:
+        """Drop the cached double-backward graph (reuse-graph mode)."""
+        self._graph = self._graph_leaves = None
+
+    def operator(self) -> Any:
+        """The Hessian as a :class:`sharpscope.linalg.SymmetricOperator` (counts products)."""
+        from .linalg import SymmetricOperator
+
+        return SymmetricOperator(self.hvp, self.n, dtype=self.dtype, device=self.device, matmat=self.hvp)
