@@ -341,6 +341,15 @@ class Dataset:
         idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(_torch_seed(seed)))[: int(n)]
         return x[idx], y[idx]
 
+    def batches(self, split: str = "train", samples: int | None = None, batch_size: int = 256,
+                seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A fixed list of ``(x, y)`` batches of ``split`` (optionally a seeded subset of
+        ``samples`` examples), in order: the input of every analysis."""
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+        x, y = self.subset(split, samples, seed)
+        return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+
 
 # --------------------------------------------------------------------------------------------
 # Raw readers

@@ -182,6 +182,7 @@ class Objective:
         self._graph_leaves: list[Tensor] | None = None
         self.n_hvp = 0
         self.n_grad = 0
+        self.on_hvp: Callable[[int], None] | None = None  # called with the number of products done
 
     # -- flat vectors <-> parameter dicts -----------------------------------------------
     def flatten(self, tensors: dict[str, Tensor] | Sequence[Tensor]) -> Tensor:
@@ -232,6 +233,8 @@ class Objective:
             else:
                 out = self._hvp_forward_over_reverse(v)
         self.n_hvp += cols
+        if self.on_hvp is not None:
+            self.on_hvp(cols)
         return out
 
     def _hvp_forward_over_reverse(self, v: Tensor) -> Tensor:

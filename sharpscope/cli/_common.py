@@ -1,0 +1,58 @@
+"""Glue shared by the analysis commands: checkpoint + data -> model and batches, JSON output."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..data import DataSpec, load_dataset
+from ..errors import CheckpointError, ConfigError
+
+
+def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: int, seed: int,
+                      trust_factory: bool) -> tuple[Checkpoint, list]:
+    """The checkpoint's model and a fixed list of batches of its data set."""
+    ckpt = load_checkpoint(path, allow_factory=trust_factory)
+    if not ckpt.data_spec:
+        raise CheckpointError(f"{path}: records no data set; analyse it from Python with your own data")
+    data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
+    if split not in ("train", "test"):
+        raise ConfigError(f"--split must be train or test, got {split!r}")
+    return ckpt, data.batches(split, samples, batch_size, seed)
+
+
+def _plain(value: Any) -> Any:
+    """JSON has no NaN/Inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write_json(obj: dict, where: str | None) -> None:
+    """Write ``obj`` to the path ``where`` ('-' for stdout); nothing when None."""
+    if where is None:
+        return
+    text = json.dumps(_plain(obj), indent=2) + "\n"
+    if where == "-":
+        sys.stdout.write(text)
+    else:
+        Path(where).parent.mkdir(parents=True, exist_ok=True)
+        Path(where).write_text(text)
+
+
+def hvp_progress(console: Console, enabled: bool) -> Progress:
+    """A progress bar counting Hessian-vector products."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("HVPs"), TimeElapsedColumn(), console=console, transient=True,
+                    disable=not enabled)

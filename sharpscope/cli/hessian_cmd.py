@@ -1,0 +1,125 @@
+"""``sharpscope hessian``: top eigenvalues, trace, spectral density and per-layer curvature."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch.nn.functional as F
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import hessian as hs
+from .. import plots
+from ..objective import HVP_MODES, Objective
+from ._app import app
+from ._common import hvp_progress, load_for_analysis, write_json
+
+
+@app.command("hessian")
+def hessian_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
+    top_k: int = typer.Option(5, "--top-k", "-k", help="Number of extreme eigenvalues (0: skip)."),
+    which: str = typer.Option("LA", help="LA largest, SA smallest, LM largest magnitude."),
+    tol: float = typer.Option(1e-4, help="Relative Ritz-residual tolerance of Lanczos."),
+    trace: bool = typer.Option(False, "--trace", help="Estimate tr(H) by Hutch++."),
+    trace_matvecs: int = typer.Option(99, "--trace-matvecs", help="HVPs for the trace estimate."),
+    density: bool = typer.Option(False, "--density", help="Spectral density by stochastic Lanczos quadrature."),
+    runs: int = typer.Option(10, help="SLQ runs (density)."),
+    steps: int = typer.Option(80, help="Lanczos steps per SLQ run (density)."),
+    sigma_squared: float = typer.Option(1e-5, "--sigma-squared", help="Kernel variance factor (density)."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Top eigenvalue and trace of each layer's block."),
+    by: str = typer.Option("layer", help="Per-layer grouping: layer or block."),
+    params: str = typer.Option("all", help="Parameters: all, no-biasbn, or comma-separated glob patterns."),
+    samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples."),
+    split: str = typer.Option("train", help="train (the labels trained on) or test."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Examples per batch (the result does not depend on it)."),
+    seed: int = typer.Option(0, help="Seed of the subset and of the random start vectors."),
+    hvp_mode: str = typer.Option("auto", "--hvp-mode", help=f"One of {', '.join(HVP_MODES)}."),
+    plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
+    plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
+) -> None:
+    """Hessian spectrum of a checkpoint's loss (eval mode, whole data set or --samples).
+
+    Example: sharpscope hessian runs/sam --top-k 5 --trace --density --plot --json h.json
+    """
+    console = Console(stderr=True)
+    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory)
+    selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
+    obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=hvp_mode)
+    report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,
+                    "n_params": obj.n, "params": params, "hvp_mode": obj.hvp_mode}
+    results: dict = {}
+    with hvp_progress(console, progress) as bar:
+        def track(description: str, total: int | None):
+            task = bar.add_task(description, total=total)
+            obj.on_hvp = lambda n: bar.advance(task, n)
+
+        if top_k > 0:
+            track(f"eigenvalues ({which})", None)
+            results["eigenvalues"] = hs.eigenvalues(obj, k=top_k, which=which, tol=tol, seed=seed)
+        if trace:
+            track("trace (Hutch++)", trace_matvecs)
+            results["trace"] = hs.trace(obj, n_matvecs=trace_matvecs, seed=seed)
+        if density:
+            track("density (SLQ)", runs * min(steps, obj.n))
+            results["density"] = hs.density(obj, n_runs=runs, n_steps=steps, sigma_squared=sigma_squared, seed=seed)
+        obj.release()
+        if per_layer:
+            task = bar.add_task("per layer", total=None)
+            results["per_layer"] = hs.layer_summary(ckpt.model, F.cross_entropy, batches, by=by, seed=seed,
+                                                    hvp_mode=hvp_mode, callback=lambda name: bar.advance(task))
+    report.update({k: v.to_dict() for k, v in results.items()})
+
+    out = Console()
+    out.print(f"[bold]{ckpt.path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {split} examples")
+    if "eigenvalues" in results:
+        r = results["eigenvalues"]
+        table = Table(title=f"Hessian eigenvalues ({which}; {r.n_hvp} HVPs, {r.wall_time:.1f}s)")
+        for col in ("#", "eigenvalue", "residual", "converged"):
+            table.add_column(col, justify="right")
+        for i, (lam, res, ok) in enumerate(zip(r.eigenvalues, r.residuals, r.converged), 1):
+            table.add_row(str(i), f"{lam:.6g}", f"{res:.2e}", "yes" if ok else "[red]no[/]")
+        out.print(table)
+        if r.ratio is not None:
+            out.print(f"lambda_1 / lambda_{len(r.eigenvalues)} = {r.ratio:.4g}")
+    if "trace" in results:
+        t = results["trace"]
+        out.print(f"trace = {t.trace:.6g} +/- {t.stderr:.2g} (standard error; {t.method}, {t.n_hvp} HVPs, "
+                  f"{t.wall_time:.1f}s)")
+    if "density" in results:
+        d = results["density"]
+        out.print(f"density: {d.n_runs} runs x {d.n_steps} steps, support [{min(map(min, d.nodes)):.4g}, "
+                  f"{max(map(max, d.nodes)):.4g}], kernel sigma {d.sigma:.3g}, implied trace "
+                  f"{d.trace_estimate:.6g} ({d.n_hvp} HVPs, {d.wall_time:.1f}s)")
+    if "per_layer" in results:
+        s = results["per_layer"]
+        table = Table(title=f"Per {s.by} ({s.n_hvp} HVPs, {s.wall_time:.1f}s)")
+        for col in (s.by, "params", "lambda_max", "trace", "+/-"):
+            table.add_column(col, justify="right" if col != s.by else "left")
+        for row in s.rows:
+            table.add_row(row.name, f"{row.n_params:,}", f"{row.lambda_max:.5g}" + ("" if row.converged else "*"),
+                          f"{row.trace:.5g}", f"{row.trace_stderr:.2g}")
+        out.print(table)
+
+    if plot:
+        folder = plot_dir or (ckpt.path.parent if ckpt.path.is_file() else ckpt.path)
+        formats = ("png", "pdf") if pdf else ("png",)
+        label = ckpt.config.get("optimizer", "model").upper() if ckpt.config else "model"
+        written = []
+        if "density" in results:
+            written += plots.plot_density({label: results["density"]}, folder / "hessian_density", formats=formats)
+            written += plots.plot_density({label: results["density"]}, folder / "hessian_density_log", log=True,
+                                          formats=formats)
+        if "eigenvalues" in results:
+            written += plots.plot_eigenvalues({label: results["eigenvalues"]}, folder / "hessian_eigenvalues",
+                                              formats=formats)
+        report["figures"] = [str(p) for p in written]
+        for p in written:
+            console.print(f"wrote {p}", highlight=False)
+    write_json(report, json_out)

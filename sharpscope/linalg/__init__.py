@@ -1,0 +1,34 @@
+"""Generic algorithms on symmetric linear operators known only through matrix-vector products.
+
+Nothing here knows about neural networks: the algorithms are handed a
+:class:`SymmetricOperator` (for instance a Hessian-vector product) and are frugal with its
+products, which dominate the cost; orthogonalization and small eigenproblems are cheap.
+
+* :func:`lanczos` - a few extreme eigenpairs (full reorthogonalization, relative residual
+  stopping rule).
+* :func:`hutchinson`, :func:`hutchpp` - stochastic trace estimates with standard errors.
+* :func:`slq`, :func:`smooth_density`, :func:`spectral_density` - spectral density by
+  stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao, ICML 2019).
+"""
+
+from __future__ import annotations
+
+from .density import DensityResult, slq, smooth_density, spectral_density
+from .lanczos import EigenResult, lanczos, tridiagonal_eigh
+from .operator import SymmetricOperator
+from .trace import TraceResult, exact_trace, hutchinson, hutchpp
+
+__all__ = [
+    "SymmetricOperator",
+    "EigenResult",
+    "lanczos",
+    "tridiagonal_eigh",
+    "TraceResult",
+    "hutchinson",
+    "hutchpp",
+    "exact_trace",
+    "DensityResult",
+    "slq",
+    "smooth_density",
+    "spectral_density",
+]

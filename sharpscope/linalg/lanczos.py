@@ -1,0 +1,438 @@
+"""Lanczos with full reorthogonalization for a few extreme eigenpairs of a symmetric operator.
+
+Lanczos (1950; Golub & Van Loan, *Matrix Computations*, 4th ed., Sec. 10.1) builds an
+orthonormal basis ``Q_m = [q_1 .. q_m]`` of the Krylov space ``K_m(A, q_1)`` with
+
+    A Q_m = Q_m T_m + beta_m q_{m+1} e_m^T,     T_m = tridiag(beta, alpha, beta),
+
+using ONE product with ``A`` per step. The eigenpairs ``(theta_j, s_j)`` of the small
+``T_m`` give Ritz pairs ``(theta_j, x_j = Q_m s_j)`` whose residual is known for free:
+
+    ||A x_j - theta_j x_j|| = beta_m |e_m^T s_j|                                   (*)
+
+For a symmetric ``A`` and a unit ``x`` with residual ``r`` there is an eigenvalue within
+``r`` of ``theta`` (Weyl / Bauer-Fike), and within ``r^2 / gap`` once ``r`` is below the
+gap separating ``theta`` from the rest of the spectrum (Kato-Temple; Parlett, *The
+Symmetric Eigenvalue Problem*, Thm. 11.7.1). Stopping at a relative residual ``tol`` (the
+default ``1e-4``) therefore typically yields eigenvalues with relative error far below
+``1e-6``: the eigenvalue converges twice as fast as the vector.
+
+Design choices, all because one product may cost two gradient evaluations of a network:
+
+* FULL reorthogonalization (classical Gram-Schmidt against every previous basis vector,
+  done twice - "twice is enough", Giraud, Langou & Rozloznik 2005) in float64. It costs
+  O(n m) flops per step, negligible next to an HVP, and keeps (*) valid, avoids ghost
+  copies of converged eigenvalues and makes ``m <= n`` steps exhaust the space exactly.
+* The basis is float64 even when the operator computes in float32 (cast in and out).
+* Convergence is checked on the small ``T_m`` (cheap), every ``check_every`` steps.
+
+Invariant subspaces (``beta ~ 0``: few distinct eigenvalues, a rank-deficient matrix, or a
+start vector inside an invariant subspace) end a Krylov sequence early. The run then
+continues with a fresh random vector orthogonalized against the basis (a new "block" of
+``T``, which becomes block diagonal). This is how repeated eigenvalues are found with their
+multiplicity: in exact arithmetic a Krylov space holds one vector per distinct eigenvalue,
+and each restart uncovers one more copy. A block counts as invariant when ``beta`` is at
+rounding level OR when every one of its Ritz pairs has converged. Stopping rule:
+
+* every wanted Ritz pair has converged, and so has the current block's leader (its most
+  wanted Ritz value: after a restart, the estimate of the best value left in the
+  complement); and
+* if the current block is invariant, it grew from a random vector (with probability 1 it
+  then holds every distinct eigenvalue left in the complement, but copies may remain) and
+  its leader does not rank strictly ahead of the ``k``-th wanted value (by more than the
+  tolerance). Otherwise the run restarts.
+
+Limitation, shared by every single-vector Krylov method (ARPACK included): a repeated
+eigenvalue in a generic spectrum (no invariant subspace is met) is found with its
+multiplicity only through rounding errors, i.e. possibly not at all; a block method would be
+needed for that. Hessians of networks rarely have exactly repeated extreme eigenvalues.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from .operator import SymmetricOperator
+
+__all__ = ["EigenResult", "lanczos", "tridiagonal_eigh"]
+
+_WHICH = ("LA", "SA", "LM")
+
+
+# ------------------------------------------------------------------------------------------
+# Small shared pieces (also used by slq)
+# ------------------------------------------------------------------------------------------
+
+
+def tridiagonal_eigh(alpha: Tensor | np.ndarray, beta: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+    """Eigen-decomposition of the symmetric tridiagonal ``T = tridiag(beta, alpha, beta)``.
+
+    Args:
+        alpha: the ``m`` diagonal entries.
+        beta: the ``m - 1`` off-diagonal entries.
+
+    Returns:
+        ``(values, vectors)`` in float64 on the CPU: ``values`` ascending, shape ``(m,)``;
+        ``vectors`` of shape ``(m, m)`` with orthonormal columns, ``T = V diag(values) V^T``.
+
+    LAPACK's tridiagonal solver (``scipy.linalg.eigh_tridiagonal``) is used, falling back
+    to a dense ``torch.linalg.eigh`` should it fail to converge.
+    """
+    a = np.asarray(torch.as_tensor(alpha).detach().cpu().double().numpy(), dtype=np.float64).reshape(-1)
+    b = np.asarray(torch.as_tensor(beta).detach().cpu().double().numpy(), dtype=np.float64).reshape(-1)
+    m = a.shape[0]
+    if m == 0:
+        raise ConfigError("tridiagonal_eigh needs at least one diagonal entry")
+    if b.shape[0] != m - 1:
+        raise ConfigError(f"tridiagonal_eigh needs {m - 1} off-diagonal entries, got {b.shape[0]}")
+    if m == 1:
+        return torch.from_numpy(a.copy()), torch.ones(1, 1, dtype=torch.float64)
+    try:
+        values, vectors = scipy.linalg.eigh_tridiagonal(a, b)
+        values_t, vectors_t = torch.from_numpy(values), torch.from_numpy(vectors)
+    except (np.linalg.LinAlgError, ValueError):
+        T = torch.diag(torch.from_numpy(a)) + torch.diag(torch.from_numpy(b), 1) + torch.diag(torch.from_numpy(b), -1)
+        values_t, vectors_t = torch.linalg.eigh(T)
+    return values_t.contiguous(), vectors_t.contiguous()
+
+
+class _Basis:
+    """A growing float64 orthonormal basis ``Q`` (n x size) with CGS2 orthogonalization."""
+
+    def __init__(self, n: int, device: torch.device, capacity: int) -> None:
+        self.n = n
+        self.device = device
+        self.size = 0
+        self._Q = torch.empty(n, max(1, capacity), dtype=torch.float64, device=device)
+
+    @property
+    def Q(self) -> Tensor:
+        return self._Q[:, : self.size]
+
+    def append(self, q: Tensor) -> None:
+        if self.size == self._Q.shape[1]:
+            grown = torch.empty(self.n, 2 * self._Q.shape[1], dtype=torch.float64, device=self.device)
+            grown[:, : self.size] = self._Q[:, : self.size]
+            self._Q = grown
+        self._Q[:, self.size] = q
+        self.size += 1
+
+    def orthogonalize(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """``w - Q Q^T w`` by classical Gram-Schmidt done twice; returns it and ``Q^T w_original``."""
+        Q = self.Q
+        if Q.shape[1] == 0:
+            return w, torch.zeros(0, dtype=torch.float64, device=w.device)
+        h = Q.T @ w
+        w = w - Q @ h
+        h2 = Q.T @ w
+        w = w - Q @ h2
+        return w, h + h2
+
+
+def _apply(op: SymmetricOperator, q: Tensor) -> Tensor:
+    """One product in the operator's dtype, returned in float64 on the basis device."""
+    return op.matvec(q).to(device=q.device, dtype=torch.float64)
+
+
+def _breakdown_threshold(op: SymmetricOperator, anorm: float) -> float:
+    """``beta`` below this counts as an invariant subspace: 100 eps(op dtype) ||T||."""
+    eps = max(torch.finfo(op.dtype).eps, torch.finfo(torch.float64).eps)
+    return 100.0 * eps * max(anorm, torch.finfo(torch.float64).tiny)
+
+
+def _random_unit(gen: torch.Generator, n: int, device: torch.device, rademacher: bool = False) -> Tensor:
+    if rademacher:
+        z = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int64).to(torch.float64) * 2.0 - 1.0
+    else:
+        z = torch.randn(n, generator=gen, dtype=torch.float64)
+    z = z.to(device)
+    return z / torch.linalg.vector_norm(z)
+
+
+# ------------------------------------------------------------------------------------------
+# Lanczos for extreme eigenpairs
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EigenResult:
+    """Ritz pairs from :func:`lanczos`.
+
+    Attributes:
+        eigenvalues: ``(k,)`` float64, ordered by ``which``: ``"LA"`` descending,
+            ``"SA"`` ascending, ``"LM"`` by ``|lambda|`` descending.
+        eigenvectors: ``(n, k)`` unit Ritz vectors (operator dtype), columns matching.
+        residuals: ``(k,)`` the Lanczos estimates ``beta_m |s_last|`` of
+            ``||A x - theta x||`` (exact in exact arithmetic; with full
+            reorthogonalization they match the true residual down to rounding level).
+        converged: ``(k,)`` bool, ``residual <= tol * max(|theta|, tiny)`` with
+            ``tiny = sqrt(eps(op dtype)) * ||T||`` (the criterion turns absolute for
+            eigenvalues near zero). Pairs of an exhausted Krylov space are exact and
+            always converged.
+        n_matvecs: products spent by this call.
+        n_iter: Lanczos steps (basis size; equals ``n_matvecs``).
+        tol: the relative residual tolerance used.
+        which: ``"LA"``, ``"SA"`` or ``"LM"``.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    residuals: Tensor
+    converged: Tensor
+    n_matvecs: int
+    n_iter: int
+    tol: float
+    which: str
+
+    @property
+    def all_converged(self) -> bool:
+        return bool(self.converged.all())
+
+
+@dataclass
+class _Block:
+    """One Krylov sequence (a diagonal block of T): start column, alphas, betas."""
+
+    start: int
+    random_start: bool
+    alphas: list[float] = field(default_factory=list)
+    betas: list[float] = field(default_factory=list)  # len(alphas) after each step: last is the trailing beta
+    cache: tuple[Tensor, Tensor, Tensor] | None = None  # (values, vectors, residuals) once closed
+
+    def ritz(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self.cache is not None:
+            return self.cache
+        alphas = torch.tensor(self.alphas, dtype=torch.float64)
+        values, vectors = tridiagonal_eigh(alphas, torch.tensor(self.betas[:-1], dtype=torch.float64))
+        residuals = abs(self.betas[-1]) * vectors[-1, :].abs()
+        return values, vectors, residuals
+
+    def close(self) -> None:
+        self.cache = None
+        self.cache = self.ritz()
+
+
+def _sort_key(values: Tensor, which: str) -> Tensor:
+    """A key that is larger for the more wanted value."""
+    if which == "LA":
+        return values
+    if which == "SA":
+        return -values
+    return values.abs()
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def default_max_iter(n: int, k: int) -> int:
+    """``min(n, max(2k + 40, 10k))``: the default cap on Lanczos steps."""
+    return min(n, max(2 * k + 40, 10 * k))
+
+
+def lanczos(
+    op: SymmetricOperator,
+    k: int = 1,
+    which: str = "LA",
+    tol: float = 1e-4,
+    max_iter: int | None = None,
+    seed: int = 0,
+    v0: Tensor | None = None,
+    check_every: int = 1,
+    callback: Callable[[int, Tensor], None] | None = None,
+) -> EigenResult:
+    """The ``k`` extreme eigenpairs of a symmetric operator by Lanczos with full reorthogonalization.
+
+    Args:
+        op: the operator; only ``op.matvec`` is used, once per step.
+        k: how many eigenpairs.
+        which: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"LM"`` largest
+            magnitude.
+        tol: relative residual tolerance: stop when every wanted Ritz pair has
+            ``beta_m |s_last| <= tol * max(|theta|, tiny)``. The eigenvalue error is then
+            at most the residual and, past the gap, about ``residual^2 / gap``: ``1e-4``
+            typically gives eigenvalues accurate far below ``1e-6`` relative.
+        max_iter: cap on steps (= products); default ``min(n, max(2k + 40, 10k))``. Never
+            more than ``n``: after ``n`` steps the space is exhausted and the Ritz values
+            are the exact eigenvalues.
+        seed: seeds the Gaussian start vector and the restart vectors.
+        v0: optional start vector (normalized here).
+        check_every: solve the small tridiagonal problem every this many steps (from step
+            ``k`` on; always at a breakdown and at the last step).
+        callback: ``callback(iteration, ritz_values)`` at each check, the wanted Ritz
+            values ordered by ``which`` (for progress bars).
+
+    Returns:
+        An :class:`EigenResult`. Unconverged pairs are reported as such (``converged``
+        False), never silently.
+    """
+    if not isinstance(op, SymmetricOperator):
+        raise ConfigError("lanczos expects a SymmetricOperator")
+    n = op.n
+    k = _check_int("k", k, 1)
+    if k > n:
+        raise ConfigError(f"k = {k} exceeds the dimension n = {n}")
+    if which not in _WHICH:
+        raise ConfigError(f"which must be one of {_WHICH}, got {which!r}")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        raise ConfigError(f"tol must be a finite number > 0, got {tol!r}")
+    check_every = _check_int("check_every", check_every, 1)
+    if max_iter is None:
+        max_iter = default_max_iter(n, k)
+    else:
+        max_iter = _check_int("max_iter", max_iter, 1)
+        if max_iter < k:
+            raise ConfigError(f"max_iter = {max_iter} is smaller than k = {k}")
+        max_iter = min(max_iter, n)
+    if callback is not None and not callable(callback):
+        raise ConfigError("callback must be callable")
+
+    device = op.device
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    if v0 is not None:
+        if not isinstance(v0, Tensor) or v0.numel() != n:
+            raise ConfigError(f"v0 must be a tensor with {n} entries")
+        q = v0.detach().reshape(n).to(device=device, dtype=torch.float64)
+        norm = float(torch.linalg.vector_norm(q))
+        if not (math.isfinite(norm) and norm > 0):
+            raise ConfigError("v0 must be finite and nonzero")
+        q = q / norm
+    else:
+        q = _random_unit(gen, n, device)
+
+    eps_op = torch.finfo(op.dtype).eps
+    start_count = op.n_matvecs
+    basis = _Basis(n, device, capacity=min(max_iter, max(2 * k + 20, 32)))
+    blocks = [_Block(start=0, random_start=v0 is None)]
+    anorm = 0.0
+    it = 0
+
+    while True:
+        block = blocks[-1]
+        basis.append(q)
+        it += 1
+        w, h = basis.orthogonalize(_apply(op, q))
+        alpha = float(h[-1])
+        beta = float(torch.linalg.vector_norm(w))
+        prev_beta = block.betas[-1] if block.betas else 0.0
+        block.alphas.append(alpha)
+        block.betas.append(beta)
+        anorm = max(anorm, abs(alpha) + beta + prev_beta)  # Gershgorin bound on ||T||, estimates ||A||
+
+        exhausted = it >= n
+        breakdown = (not exhausted) and beta <= _breakdown_threshold(op, anorm)
+        last = it >= max_iter
+        if not (exhausted or breakdown or last or (it >= k and (it - k) % check_every == 0)):
+            q = w / beta
+            continue
+
+        state = _State.build(blocks, which, k, tol, math.sqrt(eps_op) * anorm, exhausted)
+        if callback is not None:
+            callback(it, state.values[state.wanted].clone())
+        if exhausted or last:
+            break
+        # the current block is (numerically) invariant when beta ~ 0 or when every one of its
+        # Ritz pairs has converged: its Krylov sequence has nothing more to say
+        invariant = breakdown or state.block_converged
+        if state.enough:
+            if not invariant:
+                break
+            # an invariant block grown from a random vector holds every distinct eigenvalue left
+            # in the complement (with probability 1); copies of them may remain, which matters
+            # only if its leader ranks strictly ahead of the k-th wanted value
+            if block.random_start and not state.leader_ahead:
+                break
+        if invariant:
+            # close this block, continue with a random vector orthogonal to the whole basis
+            # (T becomes block diagonal; the dropped coupling beta is below the tolerance)
+            block.close()
+            r, _ = basis.orthogonalize(_random_unit(gen, n, device))
+            rnorm = float(torch.linalg.vector_norm(r))
+            if rnorm <= 1e-8:  # numerically the basis already spans everything
+                state.converged[:] = True
+                break
+            q = r / rnorm
+            blocks.append(_Block(start=basis.size, random_start=True))
+        else:
+            q = w / beta
+
+    Q = basis.Q
+    vectors = torch.empty(n, k, dtype=torch.float64, device=device)
+    for out_col, idx in enumerate(state.wanted.tolist()):
+        blk = blocks[int(state.owner[idx])]
+        _, S, _ = blk.ritz()
+        s = S[:, int(state.column[idx])].to(device)
+        vectors[:, out_col] = Q[:, blk.start : blk.start + len(blk.alphas)] @ s
+    wanted = state.wanted
+    return EigenResult(
+        eigenvalues=state.values[wanted].clone(),
+        eigenvectors=vectors.to(op.dtype),
+        residuals=state.residuals[wanted].clone(),
+        converged=state.converged[wanted].clone(),
+        n_matvecs=op.n_matvecs - start_count,
+        n_iter=it,
+        tol=float(tol),
+        which=which,
+    )
+
+
+@dataclass
+class _State:
+    """All Ritz values at a convergence check, and the facts the stopping rule needs."""
+
+    values: Tensor  # all Ritz values, blocks concatenated
+    residuals: Tensor
+    converged: Tensor
+    owner: Tensor  # block index of each Ritz value
+    column: Tensor  # column in its block's eigenvector matrix
+    wanted: Tensor  # indices of the k most wanted values, best first
+    enough: bool  # >= k values, wanted ones and the current block's leader converged
+    block_converged: bool  # every Ritz pair of the current block converged
+    leader_ahead: bool  # current block's leader ranks strictly ahead of the k-th wanted value
+
+    @classmethod
+    def build(cls, blocks: list[_Block], which: str, k: int, tol: float, tiny: float, exhausted: bool) -> _State:
+        values, residuals, owner, column = _gather(blocks)
+        tiny = max(tiny, torch.finfo(torch.float64).tiny)
+        converged = residuals <= tol * torch.clamp(values.abs(), min=tiny)
+        if exhausted:  # Krylov space = whole space: the Ritz values are the eigenvalues
+            converged = torch.ones_like(converged)
+        key = _sort_key(values, which)
+        wanted = torch.sort(key, descending=True, stable=True).indices[:k]
+        current = torch.nonzero(owner == len(blocks) - 1).reshape(-1)
+        leader = current[torch.argmax(key[current])]
+        kth = wanted[-1]
+        margin = tol * max(abs(float(values[kth])), tiny)
+        return cls(
+            values=values,
+            residuals=residuals,
+            converged=converged,
+            owner=owner,
+            column=column,
+            wanted=wanted,
+            enough=values.numel() >= k and bool(converged[wanted].all()) and bool(converged[leader]),
+            block_converged=bool(converged[current].all()),
+            leader_ahead=float(key[leader] - key[kth]) > margin,
+        )
+
+
+def _gather(blocks: list[_Block]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Ritz values and residuals of all blocks, with the owning block and column of each."""
+    values, residuals, owner, column = [], [], [], []
+    for b, blk in enumerate(blocks):
+        v, _, r = blk.ritz()
+        values.append(v)
+        residuals.append(r)
+        owner.append(torch.full((v.numel(),), b, dtype=torch.int64))
+        column.append(torch.arange(v.numel()))
+    return torch.cat(values), torch.cat(residuals), torch.cat(owner), torch.cat(column)

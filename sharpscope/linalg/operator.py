@@ -1,0 +1,121 @@
+"""A symmetric linear operator known only through its products, with a product counter.
+
+The algorithms of :mod:`sharpscope.linalg` never see a matrix: they are handed a
+:class:`SymmetricOperator` whose ``matvec`` may be a Hessian-vector product costing about
+two gradient evaluations. The operator counts every vector it multiplies
+(``n_matvecs``), so each algorithm can report exactly what it spent and tests can check
+that the reported cost is the real one (the design of f-dangel/curvlinops: algorithms
+separate from models, every algorithm testable against an explicit matrix).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+
+__all__ = ["SymmetricOperator"]
+
+
+class SymmetricOperator:
+    """A symmetric ``n x n`` linear operator given by its products; counts products.
+
+    Args:
+        matvec: ``v -> A v`` for a vector of shape ``(n,)``. It receives ``v`` already cast
+            to ``dtype`` / ``device``; its output is reshaped to ``(n,)``.
+        n: the dimension.
+        dtype: the floating dtype the products are computed in (``float32`` HVPs are fine:
+            the algorithms keep their own bases in float64 and cast in and out).
+        device: where the products are computed.
+        matmat: optional ``V -> A V`` for ``V`` of shape ``(n, b)`` (a batched HVP, or
+            ``A @ V`` for an explicit matrix). Without it :meth:`matmat` loops over columns.
+
+    ``n_matvecs`` counts vectors, not calls: a :meth:`matmat` with ``b`` columns adds ``b``.
+    Symmetry is the caller's promise; nothing here checks it (except :meth:`from_matrix`).
+    """
+
+    def __init__(
+        self,
+        matvec: Callable[[Tensor], Tensor],
+        n: int,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device = "cpu",
+        matmat: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        if not callable(matvec):
+            raise ConfigError("matvec must be callable")
+        if matmat is not None and not callable(matmat):
+            raise ConfigError("matmat must be callable or None")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"n must be a positive int, got {n!r}")
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ConfigError(f"dtype must be a floating torch dtype, got {dtype!r}")
+        self._matvec = matvec
+        self._matmat = matmat
+        self.n: int = n
+        self.dtype: torch.dtype = dtype
+        self.device: torch.device = torch.device(device)
+        self.n_matvecs: int = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"SymmetricOperator(n={self.n}, dtype={self.dtype}, device={self.device}, "
+            f"n_matvecs={self.n_matvecs})"
+        )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.n)
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """``A v`` for ``v`` of shape ``(n,)``; ``v`` is cast to the operator's dtype/device first."""
+        if v.shape != (self.n,):
+            raise ConfigError(f"matvec expects a vector of shape ({self.n},), got {tuple(v.shape)}")
+        out = self._matvec(v.to(device=self.device, dtype=self.dtype))
+        self.n_matvecs += 1
+        return out.reshape(self.n)
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """``A V`` for ``V`` of shape ``(n, b)``; counts ``b`` products."""
+        if V.ndim != 2 or V.shape[0] != self.n:
+            raise ConfigError(f"matmat expects a matrix of shape ({self.n}, b), got {tuple(V.shape)}")
+        V = V.to(device=self.device, dtype=self.dtype)
+        b = V.shape[1]
+        if self._matmat is not None:
+            out = self._matmat(V).reshape(self.n, b)
+        elif b == 0:
+            out = V.clone()
+        else:
+            out = torch.stack([self._matvec(V[:, j]).reshape(self.n) for j in range(b)], dim=1)
+        self.n_matvecs += b
+        return out
+
+    def __matmul__(self, x: Tensor) -> Tensor:
+        return self.matvec(x) if x.ndim == 1 else self.matmat(x)
+
+    @classmethod
+    def from_matrix(cls, A: Tensor) -> SymmetricOperator:
+        """The operator of an explicit symmetric matrix (tests, small problems).
+
+        Dtype and device are those of ``A``. ``A`` must be square, floating and symmetric
+        up to ``sqrt(eps) * max|A|`` (products such as ``Q diag(lam) Q^T`` are symmetric
+        only to rounding).
+        """
+        if not isinstance(A, Tensor) or A.ndim != 2 or A.shape[0] != A.shape[1]:
+            raise ConfigError("from_matrix expects a square 2-D tensor")
+        if not A.dtype.is_floating_point:
+            raise ConfigError(f"from_matrix expects a floating matrix, got {A.dtype}")
+        if A.shape[0] == 0:
+            raise ConfigError("from_matrix expects a non-empty matrix")
+        if not bool(torch.isfinite(A).all()):
+            raise ConfigError("from_matrix expects a finite matrix")
+        scale = float(A.abs().max())
+        asym = float((A - A.T).abs().max())
+        if asym > torch.finfo(A.dtype).eps ** 0.5 * max(scale, torch.finfo(A.dtype).tiny):
+            raise ConfigError(f"matrix is not symmetric (max |A - A^T| = {asym:.3g})")
+        M = A.detach()
+        return cls(lambda v: M @ v, M.shape[0], dtype=M.dtype, device=M.device, matmat=lambda V: M @ V)
