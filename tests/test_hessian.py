@@ -1,0 +1,148 @@
+"""Hessian analyses of a digits-trained MLP (2,410 parameters) against its exact Hessian.
+
+The exact Hessian of the mean loss over all 1,438 training examples is formed once with
+``torch.func.hessian`` in float64; the analyses see the same data as 6 uneven batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sharpscope.hessian as sh
+from sharpscope import load_checkpoint
+from sharpscope.cli import main
+from sharpscope.data import load_dataset
+from sharpscope.objective import parameter_groups
+from sharpscope.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mlp")
+    train(TrainConfig(optimizer="sgd", model="mlp", model_kwargs={"hidden": [32]}, epochs=8,
+                      keep_snapshots=False), out)
+    model = load_checkpoint(out).model.double()
+    data = load_dataset("digits")
+    x, y = data.x_train.double(), data.y_train
+    batches = [(x[i:i + 256], y[i:i + 256]) for i in range(0, len(x), 256)]
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(flat):
+        params = {n: c.view(s) for n, c, s in zip(names, flat.split(sizes), shapes)}
+        return F.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
+
+    H = torch.func.hessian(loss)(theta)
+    return {"dir": out, "model": model, "batches": batches, "H": H, "eig": torch.linalg.eigvalsh(H),
+            "names": names, "sizes": sizes}
+
+
+def test_setting(trained):
+    assert trained["H"].shape == (2410, 2410) and len(trained["batches"]) == 6
+    assert trained["eig"][0] < 0  # a real trained net: a few small negative eigenvalues
+
+
+def test_top5_eigenvalues_within_1e_4(trained):
+    res = sh.eigenvalues(trained["model"], F.cross_entropy, trained["batches"], k=5)
+    exact = trained["eig"].flip(0)[:5]
+    rel = ((torch.tensor(res.eigenvalues, dtype=torch.float64) - exact).abs() / exact.abs()).max().item()
+    assert rel <= 1e-4, rel
+    assert all(res.converged) and res.n_hvp < 60 and res.n_params == 2410 and res.n_examples == 1438
+    assert res.ratio == pytest.approx(float(exact[0] / exact[4]), rel=1e-4)
+
+
+def test_lambda_min_within_1e_3(trained):
+    # lambda_min sits at the edge of a dense bulk: slow Lanczos convergence, so a larger budget
+    res = sh.eigenvalues(trained["model"], F.cross_entropy, trained["batches"], k=1, which="SA",
+                         max_iter=600)
+    exact = trained["eig"][0].item()
+    assert abs(res.eigenvalues[0] - exact) / abs(exact) <= 1e-3
+    assert res.converged[0]
+
+
+def test_trace_within_2_percent_and_covered_by_its_stderr(trained):
+    exact = trained["H"].trace().item()
+    for seed in range(3):
+        res = sh.trace(trained["model"], F.cross_entropy, trained["batches"], n_matvecs=99, seed=seed)
+        assert abs(res.trace - exact) / exact <= 0.02
+        assert abs(res.trace - exact) <= 3 * res.stderr  # 3 standard errors: 99.7% coverage
+        assert res.n_hvp == 99
+
+
+def test_density_integrates_to_one_and_matches_the_trace(trained):
+    res = sh.density(trained["model"], F.cross_entropy, trained["batches"], n_runs=10, n_steps=80)
+    grid, dens = torch.tensor(res.grid, dtype=torch.float64), torch.tensor(res.density, dtype=torch.float64)
+    assert torch.trapezoid(dens, grid).item() == pytest.approx(1.0, abs=1e-9)
+    assert (dens >= 0).all()
+    exact = trained["H"].trace().item()
+    assert abs(res.trace_estimate - exact) / exact <= 0.05
+    assert res.n_hvp == 800
+    assert grid[0] < trained["eig"][0] and grid[-1] > trained["eig"][-1]  # support covers the spectrum
+
+
+def test_per_layer_blocks_match_the_exact_diagonal_blocks(trained):
+    summary = sh.layer_summary(trained["model"], F.cross_entropy, trained["batches"], tol=1e-6,
+                               trace_matvecs=99)
+    H, sizes = trained["H"], trained["sizes"]
+    groups = parameter_groups(trained["model"])
+    offsets = {n: sum(sizes[:i]) for i, n in enumerate(trained["names"])}
+    for row in summary.rows:
+        idx = torch.cat([torch.arange(offsets[n], offsets[n] + sizes[trained["names"].index(n)])
+                         for n in groups[row.name]])
+        block = H[idx][:, idx]
+        assert row.lambda_max == pytest.approx(torch.linalg.eigvalsh(block)[-1].item(), rel=1e-6)
+        assert abs(row.trace - block.trace().item()) <= max(3 * row.trace_stderr, 1e-9)
+
+
+def test_analyses_leave_the_model_unchanged(trained):
+    model = trained["model"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    sh.eigenvalues(model, F.cross_entropy, trained["batches"], k=2)
+    sh.trace(model, F.cross_entropy, trained["batches"], n_matvecs=6)
+    assert model.training
+    model.eval()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_results_serialize_to_json(trained):
+    res = sh.eigenvalues(trained["model"], F.cross_entropy, trained["batches"], k=3, return_eigenvectors=True)
+    assert res.eigenvectors.shape == (2410, 3)
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["n_hvp"] == res.n_hvp and "eigenvectors" not in d and math.isfinite(d["wall_time"])
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out = capsys.readouterr()
+    return info.value.code, out.out, out.err
+
+
+def test_cli_hessian_json_and_plots(trained, tmp_path, capsys):
+    code, out, err = run_cli(["hessian", str(trained["dir"]), "--top-k", "3", "--trace", "--trace-matvecs", "12",
+                              "--density", "--runs", "2", "--steps", "20", "--per-layer", "--samples", "300",
+                              "--plot", "--plot-dir", str(tmp_path), "--json", "-", "--no-progress"], capsys)
+    assert code == 0, err
+    report = json.loads(out[out.index("{"):])
+    assert report["n_examples"] == 300 and report["n_params"] == 2410
+    assert len(report["eigenvalues"]["eigenvalues"]) == 3 and report["trace"]["n_hvp"] == 12
+    assert report["density"]["n_runs"] == 2 and len(report["per_layer"]["rows"]) == 2
+    for name in ("hessian_density.png", "hessian_density_log.png", "hessian_eigenvalues.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--split", "validation"], "split"), (["--samples", "0"], "subset size"), (["--which", "XX"], "which"),
+    (["--hvp-mode", "fast"], "hvp_mode"), (["--params", "nothing.*"], "matches no"),
+])
+def test_cli_hessian_bad_input(trained, capsys, args, fragment):
+    code, _, err = run_cli(["hessian", str(trained["dir"]), "--no-progress", *args], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err
