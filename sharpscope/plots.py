@@ -65,21 +65,19 @@ def plot_density(densities: Mapping[str, Any], path: str | Path, log: bool = Fal
 
 def plot_eigenvalues(results: Mapping[str, Any], path: str | Path, formats: Sequence[str] = ("png",),
                      title: str | None = None) -> list[Path]:
-    """Top Hessian eigenvalues per label as grouped bars (index 1 = largest), log y-axis
-    when every value is positive."""
+    """Top Hessian eigenvalues per label, index 1 = largest, as markers joined by lines
+    (log y-axis when every value is positive; bars would mislead on a log axis)."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
-    n_labels = max(1, len(results))
-    width = 0.8 / n_labels
     all_positive = True
     for i, (label, res) in enumerate(results.items()):
         values = np.asarray(_get(res, "eigenvalues"), dtype=float)
         all_positive &= bool((values > 0).all())
-        xs = np.arange(1, len(values) + 1) + (i - (n_labels - 1) / 2) * width
-        ax.bar(xs, values, width=width, color=_color(label, i), label=label)
+        ax.plot(np.arange(1, len(values) + 1), values, "o-", color=_color(label, i), label=label)
     if all_positive:
         ax.set_yscale("log")
     ax.set_xlabel("eigenvalue index (1 = largest)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("Hessian eigenvalue")
     ax.set_title(title or "Top Hessian eigenvalues")
     ax.grid(alpha=0.3, axis="y")
