@@ -41,16 +41,15 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from .errors import ConfigError
 
-__all__ = ["Objective", "select_parameters", "parameter_groups", "HVP_MODES", "ParamSelection"]
+__all__ = ["Objective", "select_parameters", "parameter_groups", "biasbn_names", "eval_mode", "HVP_MODES"]
 
 HVP_MODES = ("auto", "forward-over-reverse", "reuse-graph")
-ParamSelection = "str | Sequence[str] | Callable[[str, nn.Parameter], bool] | None"
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-def _biasbn_names(model: nn.Module) -> set[str]:
+def biasbn_names(model: nn.Module) -> set[str]:
     """Names of biases and of every parameter of a normalization layer."""
     names = set()
     for mod_name, module in model.named_modules():
@@ -73,7 +72,7 @@ def select_parameters(model: nn.Module, params: Any = None) -> list[str]:
     if params is None or params == "all":
         chosen = [n for n, _ in named]
     elif params == "no-biasbn":
-        skip = _biasbn_names(model)
+        skip = biasbn_names(model)
         chosen = [n for n, _ in named if n not in skip]
     elif callable(params):
         chosen = [n for n, p in named if params(n, p)]
@@ -115,7 +114,8 @@ def parameter_groups(model: nn.Module, by: str = "layer") -> dict[str, list[str]
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block; every module's own train/eval flag restored afterwards."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
@@ -208,7 +208,7 @@ class Objective:
     def loss(self, theta: Tensor | None = None) -> float:
         """L at the current weights, or at the flat parameter vector ``theta``."""
         params = self.theta if theta is None else self.unflatten(theta)
-        with _eval_mode(self.model), torch.no_grad():
+        with eval_mode(self.model), torch.no_grad():
             total = sum(w * self._batch_loss(params, x, y).double() for w, (x, y) in zip(self.weights, self.batches))
         return float(total)
 
@@ -216,7 +216,7 @@ class Objective:
         """grad L, flat (n,)."""
         params = self.theta if theta is None else self.unflatten(theta)
         g = torch.zeros(self.n, device=self.device, dtype=self.dtype)
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             for w, (x, y) in zip(self.weights, self.batches):
                 g.add_(self.flatten(grad(self._batch_loss)(params, x, y)), alpha=w)
         self.n_grad += 1
@@ -227,7 +227,7 @@ class Objective:
         if v.shape[0] != self.n or v.dim() not in (1, 2):
             raise ConfigError(f"vector of shape {tuple(v.shape)} does not match {self.n} parameters")
         cols = 1 if v.dim() == 1 else v.shape[1]
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             if self.hvp_mode == "reuse-graph":
                 out = self._hvp_reuse(v)
             else:

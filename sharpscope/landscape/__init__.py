@@ -1,0 +1,19 @@
+"""Loss landscapes: directions, 1-D / 2-D surfaces, interpolation and trajectory PCA
+(Li et al., NeurIPS 2018; Goodfellow et al., ICLR 2015)."""
+
+from .directions import (IGNORES, NORMS, Direction, normalize_direction, orthogonalize,
+                         random_direction)
+from .surface import SurfaceResult, interpolate, parse_grid, surface
+from .trajectory import TrajectoryDirections, trajectory_directions
+
+__all__ = ["Direction", "NORMS", "IGNORES", "random_direction", "normalize_direction", "orthogonalize",
+           "surface", "interpolate", "parse_grid", "SurfaceResult", "trajectory_directions",
+           "TrajectoryDirections", "plane_directions"]
+
+
+def plane_directions(model_a, model_b, model_c) -> list[Direction]:
+    """Affine plane through three models: A at (0, 0), B at (1, 0), C at (0, 1); the
+    directions are B - A and C - A (centre the surface on A)."""
+    from .directions import difference
+    pa = dict(model_a.named_parameters())
+    return [difference(dict(model_b.named_parameters()), pa), difference(dict(model_c.named_parameters()), pa)]

@@ -1,0 +1,72 @@
+"""PCA directions of a training trajectory (Li et al. 2018, Sec. 7).
+
+Given the parameters theta_0, ..., theta_E of the per-epoch snapshots of one run, the centre
+is the final point theta_E and the rows of M are theta_e - theta_E. The two directions are
+the first two principal components of M (rows centred on their mean, as scikit-learn's PCA
+that the paper uses), as unit vectors; ``explained_variance`` is the fraction of the
+variance of the rows that each explains; ``path`` holds the coordinates (theta_e -
+theta_E) . d_k of every snapshot, so the path ends at (0, 0). Parameters ignored by
+``ignore="biasbn"`` are left out of the PCA (zero in the directions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .directions import Direction, ignored_names
+
+__all__ = ["TrajectoryDirections", "trajectory_directions"]
+
+
+@dataclass
+class TrajectoryDirections:
+    directions: list[Direction]
+    explained_variance: list[float]
+    path: np.ndarray  # (E + 1, 2): coordinates of every snapshot, the last is (0, 0)
+
+
+def trajectory_directions(model: nn.Module, snapshots: Sequence[dict[str, Tensor]],
+                          ignore: str = "biasbn", n_components: int = 2) -> TrajectoryDirections:
+    """PCA directions of ``snapshots`` (parameter dicts in training order, the last one being
+    the centre) for the architecture of ``model`` (used only for names and the ignore rule)."""
+    if len(snapshots) < n_components + 1:
+        raise ConfigError(f"a trajectory needs at least {n_components + 1} snapshots, got {len(snapshots)}")
+    skip = ignored_names(model, ignore)
+    names = [n for n, _ in model.named_parameters() if n not in skip]
+    if not names:
+        raise ConfigError("no parameters left for the trajectory PCA")
+    for i, snap in enumerate(snapshots):
+        missing = [n for n in names if n not in snap]
+        if missing:
+            raise ConfigError(f"snapshot {i} lacks parameter {missing[0]}")
+    final = torch.cat([snapshots[-1][n].detach().double().reshape(-1) for n in names])
+    rows = torch.stack([torch.cat([s[n].detach().double().reshape(-1) for n in names]) - final for s in snapshots])
+    centred = rows - rows.mean(0, keepdim=True)
+    # the rows are few: SVD of the small Gram matrix instead of the (E x n) matrix
+    gram = centred @ centred.T
+    evals, evecs = torch.linalg.eigh(gram)
+    order = torch.argsort(evals, descending=True)
+    evals, evecs = evals[order].clamp_min(0), evecs[:, order]
+    total = float(evals.sum())
+    if total == 0:
+        raise ConfigError("the snapshots are all identical: no trajectory to analyse")
+    comps = []
+    for k in range(n_components):
+        v = centred.T @ evecs[:, k]
+        comps.append(v / v.norm())
+    path = torch.stack([rows @ c for c in comps], dim=1).numpy()
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    sizes = [shapes[n].numel() for n in names]
+    ref = dict(model.named_parameters())
+    directions = []
+    for c in comps:
+        parts = dict(zip(names, c.split(sizes)))
+        directions.append({n: (parts[n].view(shapes[n]) if n in parts else torch.zeros(shapes[n], dtype=torch.float64))
+                           .to(ref[n].dtype).to(ref[n].device) for n in shapes})
+    return TrajectoryDirections(directions, [float(e) / total for e in evals[:n_components]], path)
