@@ -51,8 +51,16 @@ def write_json(obj: dict, where: str | None) -> None:
         Path(where).write_text(text)
 
 
-def hvp_progress(console: Console, enabled: bool) -> Progress:
-    """A progress bar counting Hessian-vector products."""
+def progress_bar(console: Console, enabled: bool, unit: str) -> Progress:
+    """A progress bar counting ``unit`` (HVPs, grid points, ...)."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("HVPs"), TimeElapsedColumn(), console=console, transient=True,
+                    TextColumn(unit), TimeElapsedColumn(), console=console, transient=True,
                     disable=not enabled)
+
+
+def hvp_progress(console: Console, enabled: bool) -> Progress:
+    return progress_bar(console, enabled, "HVPs")
+
+
+def point_progress(console: Console, enabled: bool) -> Progress:
+    return progress_bar(console, enabled, "points")

@@ -1,0 +1,207 @@
+"""``sharpscope surface`` and ``sharpscope interpolate``: loss landscapes of checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch.nn.functional as F
+import typer
+from rich.console import Console
+
+from .. import landscape as ls
+from .. import plots
+from ..checkpoint import load_checkpoint, read_checkpoint
+from ..errors import CheckpointError, ConfigError
+from ._app import app
+from ._common import load_for_analysis, point_progress, write_json
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _grids(text: str, dim: int) -> tuple:
+    parts = [p for p in text.split(",") if p.strip()]
+    if dim == 1:
+        if len(parts) != 1:
+            raise ConfigError(f"--dim 1 takes one grid MIN:MAX:POINTS, got {text!r}")
+        return ls.parse_grid(parts[0]), None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise ConfigError(f"--dim 2 takes one or two grids (x,y), got {text!r}")
+    return ls.parse_grid(parts[0]), ls.parse_grid(parts[1])
+
+
+def _figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console) -> list[str]:
+    formats = ("png", "pdf") if pdf else ("png",)
+    first = next(iter(results.values()))
+    written: list[Path] = []
+    if first.dim == 1:
+        written += plots.plot_curve(results, folder / stem, formats=formats)
+    elif first.kind == "trajectory":
+        written += plots.plot_trajectory(first, folder / stem, formats=formats)
+    else:
+        written += plots.plot_contour(results, folder / f"{stem}_contour", formats=formats)
+        written += plots.plot_contour(results, folder / f"{stem}_filled", filled=True, formats=formats)
+        written += plots.plot_surface3d(results, folder / f"{stem}_3d", formats=formats)
+    for p in written:
+        console.print(f"wrote {p}", highlight=False)
+    return [str(p) for p in written]
+
+
+def _print_summary(console: Console, result: ls.SurfaceResult, radii: list[float], delta: float) -> dict:
+    s = result.summary(radii, delta)
+    console.print(f"{result.kind} surface, {result.dim}-D, {result.n_points} points over {result.n_examples} "
+                  f"examples in {result.wall_time:.1f}s ({result.n_points / max(result.wall_time, 1e-9):.1f} points/s)",
+                  highlight=False)
+    console.print(f"centre loss {s['centre_loss']:.5g}, accuracy {s['centre_accuracy'] or float('nan'):.4f}", highlight=False)
+    inc = ", ".join(f"r={r}: {v:+.4g}" if v is not None else f"r={r}: outside grid"
+                    for r, v in s["loss_increase_at_radius"].items())
+    console.print(f"mean loss increase at radius: {inc}", highlight=False)
+    edge = " (reaches the grid edge: at least)" if s["basin_reaches_grid_edge"] else ""
+    console.print(f"basin width (loss within +{delta} of the centre): {s['basin_width']:.4g}{edge}", highlight=False)
+    if "barrier" in s:
+        console.print(f"loss at B {s['loss_at_b']:.5g}; barrier on [0, 1]: {s['barrier']:+.4g}", highlight=False)
+    return s
+
+
+def _snapshots(run_dir: Path) -> list[Path]:
+    files = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))
+    if len(files) < 3:
+        raise CheckpointError(f"{run_dir}: needs at least 3 snapshots in {run_dir / 'checkpoints'} "
+                              "(train with snapshots on, the default)")
+    return files
+
+
+@app.command("surface")
+def surface_command(
+    checkpoint: Optional[Path] = typer.Argument(None, help="A checkpoint file or run folder (not with --trajectory)."),
+    trajectory: Optional[Path] = typer.Option(None, "--trajectory", help="A run folder: PCA plane of its per-epoch "
+                                                                          "snapshots, centred on the last one."),
+    dim: int = typer.Option(2, "--dim", help="1 or 2 directions."),
+    grid: Optional[str] = typer.Option(None, help="MIN:MAX:POINTS[,MIN:MAX:POINTS] (default -1:1:51; "
+                                                  "for --trajectory, the path's range plus a margin, 31 points)."),
+    norm: str = typer.Option("filter", help="Direction normalization: filter, layer, weight, none."),
+    ignore: str = typer.Option("biasbn", help="biasbn (zero on biases and norm layers) or none."),
+    orthogonalize: bool = typer.Option(False, "--orthogonalize", help="Make direction 2 orthogonal to direction 1."),
+    seed: int = typer.Option(0, help="Seed of the directions (direction 2 uses seed + 1) and of --samples."),
+    samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples."),
+    split: str = typer.Option("train", help="train or test."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Examples per forward pass."),
+    radii: str = typer.Option("0.1,0.25,0.5,1", help="Radii at which to report the mean loss increase."),
+    basin_delta: float = typer.Option(0.1, "--basin-delta", help="Basin = where the loss is within this of the centre."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <run>/surface)."),
+    plot: bool = typer.Option(False, "--plot", help="Write figures (1-D curve; 2-D contour, filled contour, 3-D)."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON to PATH (- for stdout)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
+) -> None:
+    """Loss surface around a checkpoint along filter-normalized random directions (Li et al.
+    2018), or over the PCA plane of a run's trajectory. Resumable: rerun the same command.
+
+    Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
+    """
+    console = Console(stderr=True)
+    if (checkpoint is None) == (trajectory is None):
+        raise ConfigError("give either a CHECKPOINT or --trajectory RUN_DIR")
+    if dim not in (1, 2):
+        raise ConfigError(f"--dim must be 1 or 2, got {dim}")
+    radii_list = _floats(radii, "--radii")
+    source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
+    ckpt, batches = load_for_analysis(source, split, samples, batch_size, seed, trust_factory)
+    model = ckpt.model
+    folder = out or ((ckpt.path.parent if ckpt.path.is_file() else ckpt.path) / "surface")
+    options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path)}
+    path = explained = None
+    if trajectory is not None:
+        snaps = [read_checkpoint(p)["model_state"] for p in _snapshots(trajectory)]
+        traj = ls.trajectory_directions(model, snaps, ignore=ignore)
+        directions, explained, path, kind = traj.directions, traj.explained_variance, traj.path, "trajectory"
+        if grid is None:
+            lo, hi = path.min(0), path.max(0)
+            pad = 0.2 * (hi - lo) + 1e-6
+            grid = ",".join(f"{lo[k] - pad[k]:.6g}:{hi[k] + pad[k]:.6g}:31" for k in range(2))
+        xs, ys = _grids(grid, 2)
+        options.update({"trajectory": str(trajectory), "ignore": ignore, "snapshots": len(snaps)})
+        stem = "trajectory"
+    else:
+        xs, ys = _grids(grid or ("-1:1:51" if dim == 1 else "-1:1:51,-1:1:51"), dim)
+        directions = [ls.random_direction(model, norm=norm, ignore=ignore, seed=seed)]
+        if dim == 2:
+            d2 = ls.random_direction(model, norm=norm, ignore=ignore, seed=seed + 1)
+            directions.append(ls.orthogonalize(d2, directions[0]) if orthogonalize else d2)
+        kind = "random"
+        options.update({"norm": norm, "ignore": ignore, "orthogonalize": orthogonalize})
+        stem = f"surface_{dim}d"
+    n_points = len(xs) * (1 if ys is None else len(ys))
+    with point_progress(console, progress) as bar:
+        task = bar.add_task(f"{kind} surface", total=n_points)
+        result = ls.surface(model, F.cross_entropy, batches, directions, xs, ys, kind=kind, options=options,
+                            chunk_size=batch_size, resume_path=folder / f"{stem}.partial.npz",
+                            on_point=lambda k, lv, av: bar.advance(task))
+    result.explained_variance, result.path = explained, path
+    result.save(folder / f"{stem}.npz", directions)
+    (folder / f"{stem}.partial.npz").unlink(missing_ok=True)
+    summary = _print_summary(Console(), result, radii_list, basin_delta)
+    if explained is not None:
+        Console().print(f"PCA explained variance: {explained[0]:.1%}, {explained[1]:.1%}", highlight=False)
+    report = result.to_dict(radii_list, basin_delta)
+    report["summary"] = summary
+    report["npz"] = str(folder / f"{stem}.npz")
+    if plot:
+        label = (ckpt.config or {}).get("optimizer", "model").upper()
+        report["figures"] = _figures({label: result}, folder, stem, pdf, console)
+    write_json(report, json_out)
+    write_json(report, str(folder / f"{stem}.json"))
+
+
+@app.command("interpolate")
+def interpolate_command(
+    checkpoint_a: Path = typer.Argument(..., help="Model A (alpha = 0)."),
+    checkpoint_b: Path = typer.Argument(..., help="Model B (alpha = 1)."),
+    grid: str = typer.Option("-0.5:1.5:41", help="alpha grid MIN:MAX:POINTS."),
+    buffers: str = typer.Option("interpolate", help="BN statistics: interpolate between A and B, or keep A's."),
+    samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples (A's data set)."),
+    split: str = typer.Option("train", help="train or test."),
+    seed: int = typer.Option(0, help="Seed of --samples."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Examples per forward pass."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: A's run folder /interpolate)."),
+    plot: bool = typer.Option(False, "--plot", help="Write the loss / accuracy curve."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write the figure as PDF."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON to PATH (- for stdout)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
+) -> None:
+    """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
+
+    Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
+    """
+    console = Console(stderr=True)
+    ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size, seed, trust_factory)
+    ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory)
+    if ckpt_a.data_spec and ckpt_b.data_spec and ckpt_a.data_spec.get("name") != ckpt_b.data_spec.get("name"):
+        raise ConfigError(f"A was trained on {ckpt_a.data_spec.get('name')} and B on {ckpt_b.data_spec.get('name')}")
+    alphas = ls.parse_grid(grid)
+    name_a = (ckpt_a.config or {}).get("optimizer", "A").upper()
+    name_b = (ckpt_b.config or {}).get("optimizer", "B").upper()
+    with point_progress(console, progress) as bar:
+        task = bar.add_task("interpolation", total=len(alphas))
+        result = ls.interpolate(ckpt_a.model, ckpt_b.model, F.cross_entropy, batches, alphas, buffers=buffers,
+                                chunk_size=batch_size, name_a=name_a, name_b=name_b,
+                                on_point=lambda k, lv, av: bar.advance(task))
+    result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples})
+    folder = out or ((ckpt_a.path.parent if ckpt_a.path.is_file() else ckpt_a.path) / "interpolate")
+    result.save(folder / "interpolation.npz")
+    summary = _print_summary(Console(), result, [0.5], 0.1)
+    report = result.to_dict((0.5,), 0.1)
+    report["summary"] = summary
+    if plot:
+        report["figures"] = _figures({f"{name_a} -> {name_b}": result}, folder, "interpolation", pdf, console)
+    write_json(report, json_out)
+    write_json(report, str(folder / "interpolation.json"))
