@@ -92,7 +92,8 @@ def surface_command(
     seed: int = typer.Option(0, help="Seed of the directions (direction 2 uses seed + 1) and of --samples."),
     samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples."),
     split: str = typer.Option("train", help="train or test."),
-    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Examples per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Examples per forward pass "
+                                                                          "(default: the fastest, timed)."),
     radii: str = typer.Option("0.1,0.25,0.5,1", help="Radii at which to report the mean loss increase."),
     basin_delta: float = typer.Option(0.1, "--basin-delta", help="Basin = where the loss is within this of the centre."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <run>/surface)."),
@@ -114,7 +115,7 @@ def surface_command(
         raise ConfigError(f"--dim must be 1 or 2, got {dim}")
     radii_list = _floats(radii, "--radii")
     source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
-    ckpt, batches = load_for_analysis(source, split, samples, batch_size, seed, trust_factory)
+    ckpt, batches = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory)
     model = ckpt.model
     folder = out or ((ckpt.path.parent if ckpt.path.is_file() else ckpt.path) / "surface")
     options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path)}
@@ -170,7 +171,8 @@ def interpolate_command(
     samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples (A's data set)."),
     split: str = typer.Option("train", help="train or test."),
     seed: int = typer.Option(0, help="Seed of --samples."),
-    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Examples per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Examples per forward pass "
+                                                                          "(default: the fastest, timed)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: A's run folder /interpolate)."),
     plot: bool = typer.Option(False, "--plot", help="Write the loss / accuracy curve."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write the figure as PDF."),
@@ -183,7 +185,7 @@ def interpolate_command(
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """
     console = Console(stderr=True)
-    ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size, seed, trust_factory)
+    ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory)
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory)
     if ckpt_a.data_spec and ckpt_b.data_spec and ckpt_a.data_spec.get("name") != ckpt_b.data_spec.get("name"):
         raise ConfigError(f"A was trained on {ckpt_a.data_spec.get('name')} and B on {ckpt_b.data_spec.get('name')}")

@@ -8,10 +8,11 @@ so non-square grids need no transposing.
 
 Evaluation never touches the user's model: parameters are passed to
 ``torch.func.functional_call``. On the CPU, conv nets are evaluated in channels-last
-memory format, which mkldnn runs 1.5-2x faster for these small convolutions
-(``benchmarks/bench_surface.py``). Evaluating many grid points at once with ``vmap``
+memory format (mkldnn runs these small convolutions faster that way), and the number of
+examples per forward pass is picked by timing (``evaluate_points``); see
+``benchmarks/bench_surface.py``. Evaluating many grid points at once with ``vmap``
 was measured slower than one at a time on the CPU (grouped convolutions), so points are
-evaluated one by one; results do not depend on ``chunk_size``.
+evaluated one by one.
 
 Batch norm running statistics: by default every point uses the centre model's buffers
 (``buffers="keep"``); interpolation between two checkpoints can instead interpolate them
@@ -63,8 +64,11 @@ def parse_grid(text: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------
-def _stack_data(data: Iterable[tuple[Tensor, Tensor]], device: torch.device, dtype: torch.dtype,
-                chunk_size: int) -> list[tuple[Tensor, Tensor]]:
+CHUNK_CANDIDATES = (64, 256, 1024, 4096)
+
+
+def _stack_data(data: Iterable[tuple[Tensor, Tensor]], device: torch.device, dtype: torch.dtype
+                ) -> tuple[Tensor, Tensor]:
     xs, ys = [], []
     for batch in data:
         try:
@@ -75,14 +79,17 @@ def _stack_data(data: Iterable[tuple[Tensor, Tensor]], device: torch.device, dty
         ys.append(y.to(device))
     if not xs:
         raise ConfigError("data holds no batches")
-    x, y = torch.cat(xs), torch.cat(ys)
-    return [(x[i:i + chunk_size], y[i:i + chunk_size]) for i in range(0, x.shape[0], chunk_size)]
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _chunks(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
+    return [(x[i:i + size], y[i:i + size]) for i in range(0, x.shape[0], size)]
 
 
 def evaluate_points(
     model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]] | list,
     points: Callable[[int], tuple[dict[str, Tensor], dict[str, Tensor] | None]], n_points: int,
-    chunk_size: int = 256, channels_last: bool | None = None, done: np.ndarray | None = None,
+    chunk_size: int | None = None, channels_last: bool | None = None, done: np.ndarray | None = None,
     on_point: Callable[[int, float, float], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean loss and accuracy at ``n_points`` parameter settings.
@@ -90,38 +97,60 @@ def evaluate_points(
     ``points(k)`` returns the parameters (and optionally buffers; None keeps the model's)
     of point k. Accuracy is the fraction of argmax(outputs) == targets for class-index
     targets, NaN otherwise. Points with ``done[k]`` True are skipped (their entries NaN).
+    The examples are fed in chunks of ``chunk_size``; ``None`` times the first point with
+    each of ``CHUNK_CANDIDATES`` and keeps the fastest for every point (small conv nets
+    prefer small chunks on the CPU, MLPs large ones; the values agree to rounding).
     """
     first = next(iter(model.parameters()))
-    batches = _stack_data(data, first.device, first.dtype, chunk_size)
-    n_examples = sum(x.shape[0] for x, _ in batches)
+    x_all, y_all = _stack_data(data, first.device, first.dtype)
+    n_examples = x_all.shape[0]
     if channels_last is None:
-        channels_last = first.device.type == "cpu" and batches[0][0].dim() == 4
+        channels_last = first.device.type == "cpu" and x_all.dim() == 4
     if channels_last:
-        batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
+        x_all = x_all.contiguous(memory_format=torch.channels_last)
     buffers = {n: b.detach() for n, b in model.named_buffers()}
     loss = np.full(n_points, np.nan)
     acc = np.full(n_points, np.nan)
+
+    def state_at(k: int) -> dict[str, Tensor]:
+        params, bufs = points(k)
+        if channels_last:
+            params = {n: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+                      for n, t in params.items()}
+        return {**buffers, **(bufs or {}), **params}
+
+    def run(state: dict[str, Tensor], batches: list[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+        total = torch.zeros((), dtype=torch.float64, device=first.device)
+        correct = torch.zeros((), dtype=torch.long, device=first.device)
+        classify = True
+        for x, y in batches:
+            out = functional_call(model, state, (x,))
+            total += loss_fn(out, y).double() * x.shape[0]
+            if classify and out.dim() == 2 and y.dim() == 1 and not y.is_floating_point():
+                correct += (out.argmax(1) == y).sum()
+            else:
+                classify = False
+        return float(total) / n_examples, (float(correct) / n_examples if classify else math.nan)
+
+    todo = [k for k in range(n_points) if done is None or not done[k]]
     with eval_mode(model), torch.inference_mode():
-        for k in range(n_points):
-            if done is not None and done[k]:
-                continue
-            params, bufs = points(k)
-            if channels_last:
-                params = {n: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
-                          for n, t in params.items()}
-            state = {**buffers, **(bufs or {}), **params}
-            total = torch.zeros((), dtype=torch.float64, device=first.device)
-            correct = torch.zeros((), dtype=torch.long, device=first.device)
-            classify = True
-            for x, y in batches:
-                out = functional_call(model, state, (x,))
-                total += loss_fn(out, y).double() * x.shape[0]
-                if classify and out.dim() == 2 and y.dim() == 1 and not y.is_floating_point():
-                    correct += (out.argmax(1) == y).sum()
-                else:
-                    classify = False
-            loss[k] = float(total) / n_examples
-            acc[k] = float(correct) / n_examples if classify else np.nan
+        if chunk_size is None:
+            sizes = sorted({min(c, n_examples) for c in CHUNK_CANDIDATES})
+            if todo and len(sizes) > 1:
+                probe = state_at(todo[0])
+                timings = []
+                for size in sizes:
+                    batches = _chunks(x_all, y_all, size)
+                    run(probe, batches)  # warm-up
+                    t0 = time.perf_counter()
+                    run(probe, batches)
+                    timings.append(time.perf_counter() - t0)
+                chunk_size = sizes[int(np.argmin(timings))]
+            else:
+                chunk_size = sizes[-1]
+        batches = _chunks(x_all, y_all, chunk_size)
+        for k in todo:
+            loss[k], acc[k] = run(state_at(k), batches)
             if on_point is not None:
                 on_point(k, loss[k], acc[k])
     return loss, acc
@@ -300,7 +329,7 @@ def surface(
     model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]], directions: Sequence[Direction],
     xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray | None = None, *,
     center: dict[str, Tensor] | None = None, kind: str = "random", options: dict[str, Any] | None = None,
-    chunk_size: int = 256, resume_path: str | Path | None = None, save_every: int = 100,
+    chunk_size: int | None = None, resume_path: str | Path | None = None, save_every: int = 100,
     on_point: Callable[[int, float, float], None] | None = None,
 ) -> SurfaceResult:
     """Loss and accuracy over the grid ``xs`` (x ``ys``) along ``directions`` (1 or 2).
@@ -375,7 +404,7 @@ def _count(data: Iterable[tuple[Tensor, Tensor]]) -> int:
 
 def interpolate(
     model_a: nn.Module, model_b: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]],
-    alphas: Sequence[float] | np.ndarray, *, buffers: str = "interpolate", chunk_size: int = 256,
+    alphas: Sequence[float] | np.ndarray, *, buffers: str = "interpolate", chunk_size: int | None = None,
     name_a: str = "A", name_b: str = "B", on_point: Callable[[int, float, float], None] | None = None,
 ) -> SurfaceResult:
     """Loss and accuracy along theta(alpha) = (1 - alpha) theta_A + alpha theta_B
