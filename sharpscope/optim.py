@@ -246,6 +246,7 @@ def sam_step(
     targets: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     m: int | None = None,
+    second_order: bool = False,
 ) -> StepResult:
     """One training step with SAM (or a plain step if ``optimizer`` is not a :class:`SAM`).
 
@@ -256,10 +257,16 @@ def sam_step(
     plain SAM. BatchNorm: running statistics come from the clean pass only; with m-SAM
     the clean pass runs per chunk and the stored statistics are the average of the
     per-chunk updates (what averaging per-device buffers would give).
+
+    ``second_order`` (p = 2, not adaptive, no m): the update uses the full gradient of
+    L(w + e_hat(w)), i.e. SAM's gradient plus (d e_hat / dw)^T grad L|_{w + e_hat} (see
+    :func:`sharpscope.sharpness.sam_gradient_cosine`), at the cost of one double backward.
     """
     batch = inputs.shape[0]
     if m is not None and m < 1:
         raise ConfigError(f"m must be a positive number of examples, got {m}")
+    if second_order:
+        return _second_order_step(model, loss_fn, inputs, targets, optimizer, m)
     optimizer.zero_grad(set_to_none=True)
     if not isinstance(optimizer, SAM):
         outputs = model(inputs)
@@ -321,3 +328,46 @@ def sam_step(
                                     if k != "num_batches_tracked" else b._buffers[k] + 1)
     optimizer.base_step()
     return StepResult(torch.stack(losses).sum(), torch.cat(outs), torch.stack(perturbed_losses).sum())
+
+
+def _second_order_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                       inputs: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
+                       m: int | None) -> StepResult:
+    """SAM with the full gradient of L(w + rho g / ||g||) (Foret et al., Sec. 2, App. C.4).
+
+    Works on detached copies of the parameters through ``functional_call``, so nothing is
+    modified in place while the double-backward graph is alive.
+    """
+    if not isinstance(optimizer, SAM):
+        raise ConfigError("second-order SAM needs the SAM optimizer")
+    groups = optimizer.param_groups
+    if m is not None or any(g["adaptive"] or g["p"] != 2.0 for g in groups) or len({g["rho"] for g in groups}) > 1:
+        raise ConfigError("second-order SAM supports p = 2, one rho, no ASAM and no m-SAM")
+    rho = groups[0]["rho"]
+    named = [(n, w) for n, w in model.named_parameters() if w.requires_grad]
+    names = [n for n, _ in named]
+    leaves = [w.detach().requires_grad_(True) for _, w in named]
+    outputs = torch.func.functional_call(model, dict(zip(names, leaves)), (inputs,))
+    loss = loss_fn(outputs, targets)
+    grads = torch.autograd.grad(loss, leaves, create_graph=True)
+    with torch.no_grad():
+        g = [t.detach() for t in grads]
+        gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in g]))
+        if gnorm == 0:  # no ascent direction: a plain step
+            for (_, w), t in zip(named, g):
+                w.grad = t.clone()
+            optimizer.base_step()
+            return StepResult(loss.detach(), outputs.detach(), loss.detach())
+        shifted = [(w.detach() + rho * t / gnorm).requires_grad_(True) for (_, w), t in zip(named, g)]
+    with frozen_bn_stats(model):
+        perturbed = loss_fn(torch.func.functional_call(model, dict(zip(names, shifted)), (inputs,)), targets)
+    g_sam = torch.autograd.grad(perturbed, shifted)
+    with torch.no_grad():
+        dot = sum((a * b).sum() for a, b in zip(g, g_sam)) / gnorm
+        u = [(rho / gnorm) * (b - a * (dot / gnorm)) for a, b in zip(g, g_sam)]
+    hu = torch.autograd.grad(grads, leaves, grad_outputs=u)
+    with torch.no_grad():
+        for (_, w), a, b in zip(named, g_sam, hu):
+            w.grad = a + b
+    optimizer.base_step()
+    return StepResult(loss.detach(), outputs.detach(), perturbed.detach())

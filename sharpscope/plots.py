@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["save_figure", "plot_density", "plot_eigenvalues", "COLORS"]
+__all__ = ["save_figure", "plot_density", "plot_eigenvalues", "plot_m_sharpness", "plot_tracking", "COLORS"]
 
 COLORS = {"SGD": "#d62728", "SAM": "#1f77b4", "ASAM": "#2ca02c"}
 _CYCLE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -466,3 +466,66 @@ def plot_trajectory(result: Any, path: str | Path, formats: Sequence[str] = ("pn
     return plot_contour({label: result}, path, formats=formats,
                         title=title or "Training trajectory in the PCA plane",
                         return_figure=return_figure, **contour_kwargs)
+
+
+# --------------------------------------------------------------------------------------
+# SAM diagnostics
+# --------------------------------------------------------------------------------------
+_LINESTYLES = ["-", "--", ":", "-."]
+
+
+def plot_m_sharpness(results: Mapping[str, Any], path: str | Path, against: str = "m",
+                     formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
+    """m-sharpness with standard-error bars against m (log axis; one line per label and rho)
+    or against rho (one line per label and m). ``results`` hold ``.results`` lists of
+    objects with m, rho, mean, stderr (``sharpscope.sharpness.SharpnessResult``)."""
+    if against not in ("m", "rho"):
+        raise ValueError("against must be 'm' or 'rho'")
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    for i, (label, res) in enumerate(results.items()):
+        rows = _get(res, "results")
+        rows = [r if isinstance(r, Mapping) else r.__dict__ for r in rows]
+        groups = sorted({r["rho" if against == "m" else "m"] for r in rows})
+        for j, key in enumerate(groups):
+            sel = sorted((r for r in rows if r["rho" if against == "m" else "m"] == key), key=lambda r: r[against])
+            xs = [r[against] for r in sel]
+            ys = [r["mean"] for r in sel]
+            err = [r["stderr"] if np.isfinite(r["stderr"]) else 0.0 for r in sel]
+            name = label if len(groups) == 1 else f"{label}, {'rho' if against == 'm' else 'm'} = {key:g}"
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=_color(label, i),
+                        linestyle=_LINESTYLES[j % len(_LINESTYLES)], label=name)
+    if against == "m":
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("m (examples per perturbation)")
+    else:
+        ax.set_xlabel("rho")
+    ax.set_ylabel("m-sharpness  max L_b(w+e) - L_b(w)")
+    ax.set_title(title or f"m-sharpness against {against}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path, formats)
+
+
+def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[str], path: str | Path,
+                  formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
+    """Quantities tracked during training (``metrics.jsonl`` records with ``epoch`` and the
+    given keys), one panel per key, one line per run."""
+    keys = [k for k in keys if any(k in rec for recs in runs.values() for rec in recs)]
+    if not keys:
+        raise ValueError("none of the keys appear in the metrics")
+    fig = Figure(figsize=(4.2 * len(keys), 3.6))
+    axes = np.atleast_1d(fig.subplots(1, len(keys)))
+    for ax, key in zip(axes, keys):
+        for i, (label, records) in enumerate(runs.items()):
+            pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, color=_color(label, i), label=label)
+        ax.set_xlabel("epoch")
+        ax.set_title(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path, formats)

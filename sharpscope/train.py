@@ -74,6 +74,10 @@ class TrainConfig:
     keep_snapshots: bool = True
     augment: bool | None = None  # None: random crop + flip for CIFAR, off otherwise
     device: str = "cpu"
+    second_order: bool = False  # SAM with the full gradient of L(w + e_hat(w))
+    track: list[str] = field(default_factory=list)  # see sharpscope.tracking.TRACKABLE
+    track_every: int = 1
+    track_samples: int = 512
 
     def __post_init__(self) -> None:
         if self.data_root is not None:  # checkpoints must find the data from any working directory
@@ -110,6 +114,14 @@ class TrainConfig:
                 raise ConfigError(message)
         if self.optimizer == "sgd" and self.m is not None:
             raise ConfigError("m (m-SAM) needs --optimizer sam or asam")
+        if self.second_order and (self.optimizer != "sam" or self.p != 2 or self.m is not None):
+            raise ConfigError("--second-order needs --optimizer sam with p = 2 and no m")
+        from .tracking import TRACKABLE
+        unknown = sorted(set(self.track) - set(TRACKABLE))
+        if unknown:
+            raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(TRACKABLE)}")
+        if self.track_every < 1 or self.track_samples < 1:
+            raise ConfigError("track interval and track samples must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -387,6 +399,11 @@ def train(
         )
 
     model.train()
+    if config.track:
+        from .tracking import TrackingCallback
+        rho = config.effective_rho if config.optimizer != "sgd" else DEFAULT_RHO["sam"]
+        callbacks = [TrackingCallback(config.track, config.track_every, config.track_samples, rho, config.seed),
+                     *callbacks]
     for cb in callbacks:
         cb.on_train_begin(state)
     interrupted = False
@@ -404,7 +421,8 @@ def train(
                 lr = learning_rate(config, state.step, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                result = sam_step(model, F.cross_entropy, xb, y_train[idx], optimizer, m=config.m)
+                result = sam_step(model, F.cross_entropy, xb, y_train[idx], optimizer, m=config.m,
+                                  second_order=config.second_order)
                 losses = [result.loss] + ([result.perturbed_loss] if result.perturbed_loss is not None else [])
                 for value in losses:
                     if not torch.isfinite(value):

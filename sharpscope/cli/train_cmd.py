@@ -10,7 +10,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from .. import plots
 from ..errors import ConfigError
+from ..tracking import TRACKABLE
 from ..train import OPTIMIZERS, TrainConfig, train
 from ._app import app
 from .progress import RichProgress
@@ -69,6 +71,12 @@ def train_command(
     snapshots: bool = typer.Option(True, help="Keep model snapshots per checkpoint in OUT/checkpoints/."),
     augment: Optional[bool] = typer.Option(None, help="Random crop + flip (default: on for CIFAR only)."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
+    second_order: bool = typer.Option(False, "--second-order", help="SAM with the full gradient "
+                                      "(keeps (d e_hat/dw)^T grad L; one extra double backward per step)."),
+    track: str = typer.Option("", help="Track during training, comma-separated: gradcos, lambda_max, "
+                                       "trace, m_sharpness (written to metrics.jsonl, plotted to tracking.png)."),
+    track_every: int = typer.Option(1, "--track-every", help="Track every N epochs."),
+    track_samples: int = typer.Option(512, "--track-samples", help="Seeded training subset used for tracking."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Output folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored options win); "
                                                         "starts a new run if there is none."),
@@ -87,6 +95,8 @@ def train_command(
             batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
             schedule=schedule, warmup_epochs=warmup, rho=rho, p=parse_p(p), eta=eta, m=m, seed=seed,
             checkpoint_every=checkpoint_every, keep_snapshots=snapshots, augment=augment, device=device,
+            second_order=second_order, track=[t.strip() for t in track.split(",") if t.strip()],
+            track_every=track_every, track_samples=track_samples,
         )
     result = train(config, out, resume=resume, callbacks=[RichProgress(console, enabled=progress)])
     if result.resumed_from is not None:
@@ -97,5 +107,10 @@ def train_command(
                       f"'sharpscope train --resume --out {out}'", highlight=False)
         raise typer.Exit(130)
     final = result.final
+    tracked = [k for k in TRACKABLE if any(k in rec for rec in result.metrics)]
+    if tracked:
+        label = (config.optimizer if config else "run").upper()
+        for f in plots.plot_tracking({label: result.metrics}, tracked, out / "tracking"):
+            console.print(f"wrote {f}", highlight=False)
     print(f"done: test acc {final.get('test_acc', float('nan')):.4f}, "
           f"train loss {final.get('train_loss', float('nan')):.4f}, {result.wall_time:.1f}s -> {result.checkpoint}")

@@ -1,0 +1,121 @@
+"""``sharpscope sharpness`` (m-sharpness) and ``sharpscope gradcos`` (first- vs second-order SAM gradient)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch.nn.functional as F
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import plots
+from .. import sharpness as sh
+from ..errors import ConfigError
+from ._app import app
+from ._common import load_for_analysis, progress_bar, write_json
+from .train_cmd import parse_p
+
+
+def _numbers(text: str, kind: type, what: str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated {kind.__name__}s, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{what} is empty")
+    return values
+
+
+@app.command("sharpness")
+def sharpness_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
+    m: str = typer.Option("1,4,16,64", "--m", help="Subset sizes, comma-separated."),
+    rho: str = typer.Option("0.05", help="Radius (or several, comma-separated)."),
+    steps: int = typer.Option(5, help="Projected gradient-ascent steps (1 = SAM's first-order maximizer)."),
+    p: str = typer.Option("2", "--p", help="2 or inf."),
+    max_subsets: Optional[int] = typer.Option(None, "--max-subsets", help="Cap on subsets per m (seeded)."),
+    samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples."),
+    split: str = typer.Option("train", help="train or test."),
+    seed: int = typer.Option(0, help="Seed of the subsets and of --samples."),
+    gap: bool = typer.Option(True, help="Also report the surrogate gap L(w + e_hat) - L(w) for each rho."),
+    plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
+    plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
+    pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+    trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
+) -> None:
+    """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1): the mean over disjoint subsets
+    of m examples of max_{||e|| <= rho} L_b(w + e) - L_b(w), by projected gradient ascent.
+
+    Example: sharpscope sharpness runs/sam --m 1,4,16,64 --rho 0.05 --steps 5 --plot
+    """
+    console = Console(stderr=True)
+    ms = _numbers(m, int, "--m")
+    rhos = _numbers(rho, float, "--rho")
+    p_value = parse_p(p)
+    ckpt, batches = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory)
+    n = sum(x.shape[0] for x, _ in batches)
+    per_m = [min(n // size, max_subsets or n) for size in ms]
+    with progress_bar(console, progress, "subsets") as bar:
+        task = bar.add_task("m-sharpness", total=sum(per_m) * len(rhos))
+        result = sh.m_sharpness(ckpt.model, F.cross_entropy, batches, m=ms, rho=rhos, steps=steps, p=p_value,
+                                seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k))
+    report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
+    for r in report["results"]:
+        r.pop("values")
+    out = Console()
+    table = Table(title=f"m-sharpness ({steps} ascent steps, p = {p}; {result.n_examples} {split} examples, "
+                        f"{result.wall_time:.1f}s)")
+    for col in ("m", "rho", "m-sharpness", "+/- (s.e.)", "subsets"):
+        table.add_column(col, justify="right")
+    for r in result.results:
+        table.add_row(str(r.m), f"{r.rho:g}", f"{r.mean:.5g}", f"{r.stderr:.2g}", str(r.n_subsets))
+    out.print(table)
+    if gap:
+        gaps = {str(r): sh.surrogate_gap(ckpt.model, F.cross_entropy, batches, rho=r, p=p_value) for r in rhos}
+        report["surrogate_gap"] = gaps
+        out.print("surrogate gap L(w + e_hat) - L(w): " + ", ".join(f"rho={r}: {v:.5g}" for r, v in gaps.items()),
+                  highlight=False)
+    if plot:
+        folder = plot_dir or (ckpt.path.parent if ckpt.path.is_file() else ckpt.path)
+        label = (ckpt.config or {}).get("optimizer", "model").upper()
+        formats = ("png", "pdf") if pdf else ("png",)
+        written = plots.plot_m_sharpness({label: result}, folder / "m_sharpness", formats=formats)
+        if len(rhos) > 1:
+            written += plots.plot_m_sharpness({label: result}, folder / "m_sharpness_rho", against="rho",
+                                              formats=formats)
+        report["figures"] = [str(f) for f in written]
+        for f in written:
+            console.print(f"wrote {f}", highlight=False)
+    write_json(report, json_out)
+
+
+@app.command("gradcos")
+def gradcos_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
+    rho: float = typer.Option(0.05, help="SAM radius."),
+    samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples."),
+    split: str = typer.Option("train", help="train or test."),
+    seed: int = typer.Option(0, help="Seed of --samples."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Examples per batch (the result does not depend on it)."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout)."),
+    trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
+) -> None:
+    """Cosine between SAM's gradient grad L(w + e_hat) and the full gradient of L(w + e_hat(w))
+    (which keeps (d e_hat / dw)^T grad L; one extra Hessian-vector product), p = 2.
+
+    Example: sharpscope gradcos runs/sam --rho 0.05 --json -
+    """
+    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory)
+    res = sh.sam_gradient_cosine(ckpt.model, F.cross_entropy, batches, rho=rho)
+    out = Console(stderr=json_out == "-")
+    out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)
+    out.print(f"||grad L(w)|| = {res.gradient_norm:.4g}, ||SAM gradient|| = {res.sam_gradient_norm:.4g}, "
+              f"||second-order term|| = {res.second_order_norm:.4g} ({res.wall_time:.1f}s)", highlight=False)
+    if not math.isfinite(res.cosine):
+        raise ConfigError("the cosine is not finite (zero gradient?)")
+    write_json({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, json_out)

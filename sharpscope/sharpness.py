@@ -1,0 +1,242 @@
+"""SAM's own diagnostics (Foret et al., ICLR 2021, Sec. 4.1 and App. C.4).
+
+m-sharpness. The data set is split (seeded shuffle) into disjoint subsets b of m examples
+(the last, incomplete one dropped) and, for each,
+
+    S_b = max_{||e||_p <= rho} L_b(w + e) - L_b(w),
+
+found by ``steps`` of projected normalized gradient ascent started at e = 0:
+e <- Proj_{||.||_p <= rho}(e + rho * dual(grad L_b(w + e))), with dual(g) the dual-norm
+direction of g (g / ||g||_2 for p = 2, sign(g) for p = inf). The first step is exactly
+SAM's e_hat, and the value reported per subset is the best over the iterates, so more
+steps never give less. m-sharpness is the mean of S_b over subsets, with its standard
+error. Subsets of one size are processed together with ``torch.func.vmap``.
+
+First- vs second-order SAM gradient. With e_hat(w) = rho g / ||g|| (p = 2), the gradient
+of the SAM objective L(w + e_hat(w)) is
+
+    grad L|_{w + e_hat} + (d e_hat / dw)^T grad L|_{w + e_hat},
+    d e_hat / dw = (rho / ||g||) (I - g_hat g_hat^T) H(w),
+
+SAM drops the second term. ``sam_gradient_cosine`` returns the cosine between the SAM
+gradient and the full one and the norms of both terms; the second term costs one
+Hessian-vector product at w, since H is symmetric:
+(d e_hat / dw)^T v = H(w) (rho / ||g||) (v - g_hat (g_hat . v)).
+
+All functions use eval mode (batch norm with running statistics) and never modify the
+model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from .errors import ConfigError
+from .objective import Objective, eval_mode
+
+__all__ = ["m_sharpness", "MSharpness", "SharpnessResult", "surrogate_gap", "sam_gradient_cosine",
+           "GradientCosine", "dual_direction", "project"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def dual_direction(g: Tensor, p: float) -> Tensor:
+    """argmax_{||e||_p <= 1} <e, g> along the last dimension (rows of a batch of flat vectors)."""
+    if p == math.inf:
+        return torch.sign(g)
+    if p == 2:
+        n = g.norm(dim=-1, keepdim=True)
+        return torch.where(n > 0, g / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
+    q = p / (p - 1)
+    t = torch.sign(g) * g.abs() ** (q - 1)
+    n = t.norm(p=p, dim=-1, keepdim=True)
+    return torch.where(n > 0, t / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
+
+
+def project(e: Tensor, rho: float, p: float) -> Tensor:
+    """Euclidean-style projection onto {||e||_p <= rho}: clamp for p = inf, rescaling for p = 2
+    (the exact Euclidean projection in both cases)."""
+    if p == math.inf:
+        return e.clamp(-rho, rho)
+    if p != 2:
+        raise ConfigError("projected ascent supports p = 2 and p = inf")
+    n = e.norm(dim=-1, keepdim=True)
+    return torch.where(n > rho, e * (rho / n.clamp_min(torch.finfo(e.dtype).tiny)), e)
+
+
+@dataclass
+class MSharpness:
+    """m-sharpness for one (m, rho)."""
+
+    m: int
+    rho: float
+    mean: float
+    stderr: float
+    n_subsets: int
+    values: list[float]
+
+
+@dataclass
+class SharpnessResult:
+    """m-sharpness for every m (and rho) asked, plus cost."""
+
+    p: float
+    steps: int
+    results: list[MSharpness]
+    n_examples: int
+    n_gradients: int
+    wall_time: float
+
+    def table(self) -> list[tuple[int, float, float, float]]:
+        return [(r.m, r.rho, r.mean, r.stderr) for r in self.results]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["p"] = "inf" if self.p == math.inf else self.p
+        return d
+
+
+def _examples(data: Iterable[tuple[Tensor, Tensor]], device: torch.device, dtype: torch.dtype
+              ) -> tuple[Tensor, Tensor]:
+    xs, ys = [], []
+    for batch in data:
+        x, y = batch
+        xs.append(x.to(device, dtype if x.is_floating_point() else x.dtype))
+        ys.append(y.to(device))
+    if not xs:
+        raise ConfigError("data holds no batches")
+    return torch.cat(xs), torch.cat(ys)
+
+
+def m_sharpness(
+    model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]], m: int | Sequence[int] = 32,
+    rho: float | Sequence[float] = 0.05, steps: int = 5, p: float = 2.0, seed: int = 0,
+    max_subsets: int | None = None, group_examples: int = 512,
+    callback: Callable[[int], None] | None = None,
+) -> SharpnessResult:
+    """m-sharpness (module docstring) for each m in ``m`` and each rho in ``rho``.
+
+    ``max_subsets`` caps the number of subsets per m (a seeded choice); ``group_examples``
+    is about how many examples are processed per vectorized call.
+    """
+    ms = [m] if isinstance(m, int) else list(m)
+    rhos = [rho] if isinstance(rho, (int, float)) else list(rho)
+    if not ms or any(not isinstance(v, int) or v < 1 for v in ms):
+        raise ConfigError(f"m must be positive integers, got {m!r}")
+    if not rhos or any(not (math.isfinite(r) and r >= 0) for r in rhos):
+        raise ConfigError(f"rho must be >= 0, got {rho!r}")
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    if p not in (2, 2.0, math.inf):
+        raise ConfigError(f"m-sharpness supports p = 2 and p = inf, got {p}")
+    start = time.perf_counter()
+    first = next(iter(model.parameters()))
+    x_all, y_all = _examples(data, first.device, first.dtype)
+    n = x_all.shape[0]
+    names = [nm for nm, _ in model.named_parameters()]
+    theta = {nm: t.detach() for nm, t in model.named_parameters()}
+    buffers = {nm: b.detach() for nm, b in model.named_buffers()}
+    shapes = [theta[nm].shape for nm in names]
+    sizes = [theta[nm].numel() for nm in names]
+    w0 = torch.cat([theta[nm].reshape(-1) for nm in names])
+
+    def subset_loss(w_flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        params = {nm: c.view(s) for nm, c, s in zip(names, w_flat.split(sizes), shapes)}
+        return loss_fn(functional_call(model, {**buffers, **params}, (x,)), y)
+
+    value_and_grad = vmap(torch.func.grad_and_value(subset_loss), in_dims=(0, 0, 0))
+    value_only = vmap(subset_loss, in_dims=(None, 0, 0))
+    results: list[MSharpness] = []
+    n_grad = 0
+    gen = torch.Generator().manual_seed(seed)
+    with eval_mode(model):
+        for size in ms:
+            if size > n:
+                raise ConfigError(f"m = {size} is larger than the {n} examples")
+            order = torch.randperm(n, generator=gen)[: (n // size) * size].to(first.device)
+            subsets = order.view(-1, size)
+            if max_subsets is not None and subsets.shape[0] > max_subsets:
+                subsets = subsets[:max_subsets]
+            per_call = max(1, group_examples // size)
+            for r in rhos:
+                values = []
+                for lo in range(0, subsets.shape[0], per_call):
+                    idx = subsets[lo:lo + per_call]
+                    x, y = x_all[idx], y_all[idx]
+                    g_count = idx.shape[0]
+                    with torch.no_grad():
+                        base = value_only(w0, x, y)
+                    e = torch.zeros(g_count, w0.numel(), dtype=w0.dtype, device=w0.device)
+                    best = torch.full((g_count,), -math.inf, dtype=torch.float64, device=w0.device)
+                    g, _ = value_and_grad(w0.expand(g_count, -1), x, y)
+                    n_grad += g_count
+                    for step in range(steps):
+                        e = project(e + r * dual_direction(g, p), r, p)
+                        g, val = value_and_grad(w0 + e, x, y)
+                        n_grad += g_count
+                        best = torch.maximum(best, (val - base).double().detach())
+                    values.extend(best.tolist())
+                    if callback is not None:
+                        callback(g_count)
+                t = torch.tensor(values, dtype=torch.float64)
+                se = float(t.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else math.nan
+                results.append(MSharpness(size, float(r), float(t.mean()), se, len(values), values))
+    return SharpnessResult(p, steps, results, n, n_grad, time.perf_counter() - start)
+
+
+def surrogate_gap(model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]], rho: float = 0.05,
+                  p: float = 2.0) -> float:
+    """L(w + e_hat) - L(w) on the whole data set, e_hat = rho * dual(grad L(w)) (SAM's first-order
+    maximizer; the quantity SAM's second pass sees)."""
+    obj = Objective(model, loss_fn, data)
+    g = obj.grad()
+    e = rho * dual_direction(g, p)
+    return obj.loss(obj.parameters_vector() + e) - obj.loss()
+
+
+@dataclass
+class GradientCosine:
+    """First- vs second-order SAM gradient at one point (p = 2)."""
+
+    rho: float
+    cosine: float                # cos(g_sam, g_sam + second-order term)
+    sam_gradient_norm: float     # ||grad L(w + e_hat)||
+    second_order_norm: float     # ||(d e_hat / dw)^T grad L(w + e_hat)||
+    full_gradient_norm: float
+    gradient_norm: float         # ||grad L(w)||
+    n_hvp: int
+    wall_time: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sam_gradient_cosine(model: nn.Module | Objective, loss_fn: LossFn | None = None,
+                        data: Iterable[tuple[Tensor, Tensor]] | None = None, rho: float = 0.05,
+                        params: object = None) -> GradientCosine:
+    """Cosine between SAM's gradient and the full gradient of L(w + e_hat(w)) (p = 2)."""
+    if not (math.isfinite(rho) and rho >= 0):
+        raise ConfigError(f"rho must be >= 0, got {rho}")
+    start = time.perf_counter()
+    obj = model if isinstance(model, Objective) else Objective(model, loss_fn, data, params=params)
+    n_hvp0 = obj.n_hvp
+    w = obj.parameters_vector()
+    g = obj.grad()
+    gn = g.norm()
+    if gn == 0:
+        raise ConfigError("the gradient is zero: e_hat and the SAM gradient are undefined")
+    g_hat = g / gn
+    g_sam = obj.grad(w + rho * g_hat)
+    u = (rho / gn) * (g_sam - g_hat * (g_hat @ g_sam))
+    second = obj.hvp(u)
+    full = g_sam + second
+    cos = float((g_sam @ full) / (g_sam.norm() * full.norm()).clamp_min(torch.finfo(full.dtype).tiny))
+    return GradientCosine(rho, cos, float(g_sam.norm()), float(second.norm()), float(full.norm()), float(gn),
+                          obj.n_hvp - n_hvp0, time.perf_counter() - start)

@@ -1,0 +1,274 @@
+"""m-sharpness, surrogate gap and the first- vs second-order SAM gradient against exact answers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sharpscope import ConfigError
+from sharpscope.sharpness import dual_direction, m_sharpness, project, sam_gradient_cosine, surrogate_gap
+
+
+class LinearRegression(nn.Module):
+    """f(x) = W x + c; with MSE every subset loss L_b is an exact quadratic in (W, c)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.W = nn.Parameter(torch.randn(2, 3, generator=g, dtype=torch.float64))
+        self.c = nn.Parameter(torch.randn(2, generator=g, dtype=torch.float64))
+
+    def forward(self, x):
+        return x @ self.W.T + self.c
+
+
+def _regression(n: int = 24):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return x, y, [(x[i:i + 10], y[i:i + 10]) for i in range(0, n, 10)]
+
+
+def _subsets(n: int, m: int, seed: int = 0) -> torch.Tensor:
+    """The documented subset rule: consecutive slices of a seeded permutation."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[: (n // m) * m].view(-1, m)
+
+
+def _flat_loss(model, x, y):
+    """L_b as a function of the flat parameter vector (MSE)."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+
+    def loss(w):
+        params = {n: c.view(s) for n, c, s in zip(names, w.split(sizes), shapes)}
+        return F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
+    return loss
+
+
+def test_one_step_m_sharpness_of_a_quadratic_has_its_closed_form():
+    # L_b(w + e) - L_b(w) = g.e + 0.5 e^T A_b e exactly, with e = rho g / ||g||
+    model = LinearRegression()
+    x, y, batches = _regression()
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    rho = 0.3
+    res = m_sharpness(model, F.mse_loss, batches, m=4, rho=rho, steps=1, seed=7)
+    expected = []
+    for idx in _subsets(24, 4, seed=7):
+        loss = _flat_loss(model, x[idx], y[idx])
+        g = torch.func.grad(loss)(w)
+        A = torch.func.hessian(loss)(w)
+        e = rho * g / g.norm()
+        expected.append((g @ e + 0.5 * e @ A @ e).item())
+    assert res.results[0].n_subsets == 6
+    for got, want in zip(res.results[0].values, expected):
+        assert got == pytest.approx(want, rel=1e-10)
+    assert res.results[0].mean == pytest.approx(sum(expected) / 6, rel=1e-10)
+
+
+def test_p_inf_first_step_is_rho_sign_g():
+    model = LinearRegression()
+    x, y, batches = _regression()
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    res = m_sharpness(model, F.mse_loss, batches, m=24, rho=0.01, steps=1, p=math.inf, seed=0)
+    loss = _flat_loss(model, x, y)
+    g = torch.func.grad(loss)(w)
+    assert res.results[0].values[0] == pytest.approx((loss(w + 0.01 * torch.sign(g)) - loss(w)).item(), rel=1e-10)
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+
+
+def _classification(n: int = 48):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return x, y, [(x[i:i + 16], y[i:i + 16]) for i in range(0, n, 16)]
+
+
+def test_more_steps_never_give_a_smaller_maximum():
+    model = _mlp()
+    _, _, batches = _classification()
+    one = m_sharpness(model, F.cross_entropy, batches, m=[1, 4, 16], rho=0.5, steps=1)
+    five = m_sharpness(model, F.cross_entropy, batches, m=[1, 4, 16], rho=0.5, steps=5)
+    for a, b in zip(one.results, five.results):
+        assert a.m == b.m and all(v5 >= v1 for v1, v5 in zip(a.values, b.values))
+        assert b.mean > a.mean  # a curved loss: ascent beyond the first-order step finds more
+    assert five.n_gradients == sum(r.n_subsets for r in five.results) * 6
+
+
+def test_vectorized_subsets_equal_a_plain_loop():
+    model = _mlp()
+    x, y, batches = _classification()
+    rho = 0.2
+    res = m_sharpness(model, F.cross_entropy, batches, m=3, rho=rho, steps=2, seed=3, group_examples=7)
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+    for got, idx in zip(res.results[0].values, _subsets(48, 3, seed=3)):
+        def loss(v):
+            params = {n: c.view(s) for n, c, s in zip(names, v.split(sizes), shapes)}
+            return F.cross_entropy(torch.func.functional_call(model, params, (x[idx],)), y[idx])
+        e, best = torch.zeros_like(w), -math.inf
+        for _ in range(2):
+            g = torch.func.grad(loss)(w + e)
+            e = e + rho * g / g.norm()
+            e = e * min(1.0, rho / e.norm().item())
+            best = max(best, (loss(w + e) - loss(w)).item())
+        assert got == pytest.approx(best, rel=1e-9, abs=1e-14)
+
+
+def test_several_rho_and_sharpness_grows_with_rho():
+    model = _mlp()
+    _, _, batches = _classification()
+    res = m_sharpness(model, F.cross_entropy, batches, m=8, rho=[0.01, 0.1, 0.5], steps=2)
+    means = [r.mean for r in res.results]
+    assert [r.rho for r in res.results] == [0.01, 0.1, 0.5] and means == sorted(means)
+    assert all(r.stderr > 0 for r in res.results)
+
+
+def test_surrogate_gap_by_hand():
+    model = _mlp()
+    x, y, batches = _classification()
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+
+    def loss(v):
+        return F.cross_entropy(torch.func.functional_call(
+            model, {n: c.view(s) for n, c, s in zip(names, v.split(sizes), shapes)}, (x,)), y)
+    g = torch.func.grad(loss)(w)
+    assert surrogate_gap(model, F.cross_entropy, batches, rho=0.1) == pytest.approx(
+        (loss(w + 0.1 * g / g.norm()) - loss(w)).item(), rel=1e-10)
+
+
+def test_gradient_cosine_equals_autograd_through_e_hat():
+    model = _mlp()
+    x, y, batches = _classification()
+    rho = 0.3
+    res = sam_gradient_cosine(model, F.cross_entropy, batches, rho=rho)
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+
+    def loss(v):
+        return F.cross_entropy(torch.func.functional_call(
+            model, {n: c.view(s) for n, c, s in zip(names, v.split(sizes), shapes)}, (x,)), y)
+
+    def sam_objective(v):  # L(w + e_hat(w)), differentiated through e_hat
+        g = torch.func.grad(loss)(v)
+        return loss(v + rho * g / g.norm())
+
+    full = torch.func.grad(sam_objective)(w)
+    g_hat = torch.func.grad(loss)(w)
+    g_sam = torch.func.grad(loss)(w + rho * g_hat / g_hat.norm())
+    cos = (g_sam @ full / (g_sam.norm() * full.norm())).item()
+    assert res.cosine == pytest.approx(cos, rel=1e-10)
+    assert res.full_gradient_norm == pytest.approx(full.norm().item(), rel=1e-10)
+    assert res.sam_gradient_norm == pytest.approx(g_sam.norm().item(), rel=1e-10)
+    assert res.second_order_norm == pytest.approx((full - g_sam).norm().item(), rel=1e-9)
+    assert res.n_hvp == 1 and res.cosine < 1.0
+
+
+def test_analyses_leave_the_model_unchanged():
+    model = _mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _, _, batches = _classification()
+    model.train()
+    m_sharpness(model, F.cross_entropy, batches, m=4, steps=2)
+    sam_gradient_cosine(model, F.cross_entropy, batches)
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_dual_direction_and_projection():
+    g = torch.tensor([[3.0, -4.0], [0.0, 0.0]])
+    torch.testing.assert_close(dual_direction(g, 2), torch.tensor([[0.6, -0.8], [0.0, 0.0]]))
+    torch.testing.assert_close(dual_direction(g, math.inf), torch.tensor([[1.0, -1.0], [0.0, 0.0]]))
+    torch.testing.assert_close(project(torch.tensor([[3.0, 4.0]]), 1.0, 2), torch.tensor([[0.6, 0.8]]))
+    torch.testing.assert_close(project(torch.tensor([[3.0, -0.5]]), 1.0, math.inf), torch.tensor([[1.0, -0.5]]))
+
+
+@pytest.mark.parametrize("kwargs,match", [({"m": 0}, "m must"), ({"rho": -1.0}, "rho"), ({"steps": 0}, "steps"),
+                                          ({"p": 3.0}, "p = 2"), ({"m": 1000}, "larger than")])
+def test_bad_arguments(kwargs, match):
+    model = _mlp()
+    _, _, batches = _classification()
+    with pytest.raises(ConfigError, match=match):
+        m_sharpness(model, F.cross_entropy, batches, **kwargs)
+
+
+def test_second_order_step_equals_autograd_through_e_hat():
+    import copy
+
+    from sharpscope import SAM, sam_step
+    model = _mlp()
+    twin = copy.deepcopy(model)
+    x, y, _ = _classification(16)
+    rho, lr = 0.2, 0.1
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=lr)
+    result = sam_step(model, F.cross_entropy, x, y, opt, second_order=True)
+    w = torch.cat([p.detach().reshape(-1) for p in twin.parameters()])
+    names = [n for n, _ in twin.named_parameters()]
+    shapes = [p.shape for p in twin.parameters()]
+    sizes = [p.numel() for p in twin.parameters()]
+
+    def loss(v):
+        return F.cross_entropy(torch.func.functional_call(
+            twin, {n: c.view(s) for n, c, s in zip(names, v.split(sizes), shapes)}, (x,)), y)
+
+    def sam_objective(v):
+        g = torch.func.grad(loss)(v)
+        return loss(v + rho * g / g.norm())
+
+    expected = w - lr * torch.func.grad(sam_objective)(w)
+    got = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-13)
+    assert result.loss.item() == pytest.approx(loss(w).item(), rel=1e-12)
+
+
+def test_second_order_refuses_unsupported_settings():
+    from sharpscope import SAM, sam_step
+    model = _mlp()
+    x, y, _ = _classification(8)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, adaptive=True, lr=0.1)
+    with pytest.raises(ConfigError, match="second-order"):
+        sam_step(model, F.cross_entropy, x, y, opt, second_order=True)
+
+
+def test_tracking_adds_metrics_and_leaves_training_unchanged(tmp_path):
+    from sharpscope import load_checkpoint
+    from sharpscope.train import TrainConfig, train
+    base = dict(optimizer="sam", model="mlp", model_kwargs={"hidden": [16]}, n_train=200, epochs=2, batch_size=50,
+                keep_snapshots=False)
+    plain = train(TrainConfig(**base), tmp_path / "plain")
+    tracked = train(TrainConfig(**base, track=["gradcos", "lambda_max", "trace", "m_sharpness"],
+                                track_samples=64), tmp_path / "tracked")
+    for rec in tracked.metrics:
+        assert -1.0 <= rec["gradcos"] <= 1.0 and rec["lambda_max"] > 0 and rec["m_sharpness"] > 0
+        assert "trace" in rec
+    a = load_checkpoint(tmp_path / "plain").model.state_dict()
+    b = load_checkpoint(tmp_path / "tracked").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # tracking does not perturb training
+    assert plain.metrics[-1]["test_acc"] == tracked.metrics[-1]["test_acc"]
+
+
+def test_second_order_training_runs_and_is_refused_with_m(tmp_path):
+    from sharpscope.train import TrainConfig, train
+    result = train(TrainConfig(optimizer="sam", second_order=True, model="mlp", model_kwargs={"hidden": [16]},
+                               n_train=200, epochs=2, batch_size=50, keep_snapshots=False), tmp_path / "run")
+    assert result.metrics[-1]["train_loss"] < result.metrics[0]["train_loss"]
+    with pytest.raises(ConfigError, match="second-order"):
+        TrainConfig(optimizer="sam", second_order=True, m=8)
+    with pytest.raises(ConfigError, match="cannot track"):
+        TrainConfig(track=["sharpness"])
