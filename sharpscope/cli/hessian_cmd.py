@@ -76,7 +76,7 @@ def hessian_command(
                                                     hvp_mode=hvp_mode, callback=lambda name: bar.advance(task))
     report.update({k: v.to_dict() for k, v in results.items()})
 
-    out = Console()
+    out = Console(stderr=json_out == "-")  # keep stdout clean for --json -
     out.print(f"[bold]{ckpt.path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {split} examples")
     if "eigenvalues" in results:
         r = results["eigenvalues"]

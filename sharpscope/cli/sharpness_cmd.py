@@ -67,7 +67,7 @@ def sharpness_command(
     report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
     for r in report["results"]:
         r.pop("values")
-    out = Console()
+    out = Console(stderr=json_out == "-")  # keep stdout clean for --json -
     table = Table(title=f"m-sharpness ({steps} ascent steps, p = {p}; {result.n_examples} {split} examples, "
                         f"{result.wall_time:.1f}s)")
     for col in ("m", "rho", "m-sharpness", "+/- (s.e.)", "subsets"):

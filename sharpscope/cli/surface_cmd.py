@@ -149,9 +149,9 @@ def surface_command(
     result.explained_variance, result.path = explained, path
     result.save(folder / f"{stem}.npz", directions)
     (folder / f"{stem}.partial.npz").unlink(missing_ok=True)
-    summary = _print_summary(Console(), result, radii_list, basin_delta)
+    summary = _print_summary(Console(stderr=json_out == "-"), result, radii_list, basin_delta)
     if explained is not None:
-        Console().print(f"PCA explained variance: {explained[0]:.1%}, {explained[1]:.1%}", highlight=False)
+        Console(stderr=json_out == "-").print(f"PCA explained variance: {explained[0]:.1%}, {explained[1]:.1%}", highlight=False)
     report = result.to_dict(radii_list, basin_delta)
     report["summary"] = summary
     report["npz"] = str(folder / f"{stem}.npz")
@@ -200,7 +200,7 @@ def interpolate_command(
     result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples})
     folder = out or ((ckpt_a.path.parent if ckpt_a.path.is_file() else ckpt_a.path) / "interpolate")
     result.save(folder / "interpolation.npz")
-    summary = _print_summary(Console(), result, [0.5], 0.1)
+    summary = _print_summary(Console(stderr=json_out == "-"), result, [0.5], 0.1)
     report = result.to_dict((0.5,), 0.1)
     report["summary"] = summary
     if plot:
