@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["save_figure", "plot_density", "plot_eigenvalues", "plot_m_sharpness", "plot_tracking", "COLORS"]
+__all__ = ["save_figure", "plot_density", "plot_eigenvalues", "plot_m_sharpness", "plot_tracking", "plot_training_curves", "COLORS"]
 
 COLORS = {"SGD": "#d62728", "SAM": "#1f77b4", "ASAM": "#2ca02c"}
 _CYCLE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -524,6 +524,33 @@ def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequenc
         ax.set_xlabel("epoch")
         ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path, formats)
+
+
+def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
+                         formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
+    """Train loss (log), test loss and test accuracy per epoch, one line per run; with label
+    noise also the training accuracy on the clean labels (dashed)."""
+    fig = Figure(figsize=(13.0, 3.8))
+    axes = fig.subplots(1, 3)
+    for i, (label, records) in enumerate(runs.items()):
+        epochs = [r["epoch"] for r in records]
+        color = _color(label, i)
+        axes[0].semilogy(epochs, [r["train_loss"] for r in records], color=color, label=label)
+        axes[1].plot(epochs, [r["test_loss"] for r in records], color=color, label=label)
+        axes[2].plot(epochs, [r["test_acc"] for r in records], color=color, label=f"{label} test")
+        if any(r.get("train_acc_clean") != r.get("train_acc") for r in records):
+            axes[2].plot(epochs, [r["train_acc_clean"] for r in records], color=color, ls="--",
+                         label=f"{label} train (clean labels)")
+    for ax, name in zip(axes, ("train loss", "test loss", "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
     axes[0].legend()
     if title:
         fig.suptitle(title)

@@ -13,7 +13,7 @@ import typer
 
 from ..errors import SharpscopeError
 from ._app import app
-from . import hessian_cmd, info_cmd, sharpness_cmd, surface_cmd, train_cmd  # noqa: F401  (registers the commands)
+from . import compare_cmd, hessian_cmd, info_cmd, sharpness_cmd, surface_cmd, train_cmd  # noqa: F401  (registers the commands)
 
 __all__ = ["app", "main"]
 

@@ -194,12 +194,20 @@ class SurfaceResult:
             if not self.xs[0] <= x <= self.xs[-1]:
                 return math.nan
             return float(np.interp(x, self.xs, z))
-        from scipy.interpolate import RegularGridInterpolator
         if not (self.xs[0] <= x <= self.xs[-1] and self.ys[0] <= y <= self.ys[-1]):
             return math.nan
         if len(self.xs) < 2 or len(self.ys) < 2:
             return math.nan
-        return float(RegularGridInterpolator((self.ys, self.xs), z)((y, x)))
+        return float(self._interpolator(metric)((y, x)))
+
+    def _interpolator(self, metric: str) -> Any:
+        """Bilinear interpolator of a 2-D metric, built once per (metric, array)."""
+        from scipy.interpolate import RegularGridInterpolator
+        z = getattr(self, metric)
+        cache = self.__dict__.setdefault("_interpolators", {})  # not a field: never saved
+        if metric not in cache or cache[metric][0] is not z:
+            cache[metric] = (z, RegularGridInterpolator((self.ys, self.xs), z))
+        return cache[metric][1]
 
     def summary(self, radii: Sequence[float] = (0.1, 0.25, 0.5, 1.0), delta: float = 0.1,
                 n_angles: int = 72) -> dict[str, Any]:
