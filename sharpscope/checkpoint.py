@@ -138,7 +138,7 @@ def save_checkpoint(
         "optimizer_state": optimizer_state,
         "data_spec": data_spec,
         "config": config,
-        "progress": progress or {"epoch": 0, "step": 0, "batch_in_epoch": 0, "finished": True},
+        "progress": progress,  # None for a model saved outside the trainer
         "rng": rng,
         "metrics": metrics or [],
         "partial": partial,
@@ -200,7 +200,7 @@ class Checkpoint:
     model_spec: dict
     data_spec: dict | None
     config: dict | None
-    progress: dict
+    progress: dict  # empty for a model saved outside the trainer
     metrics: list
     metadata: dict
     optimizer_state: dict | None = None
@@ -209,8 +209,8 @@ class Checkpoint:
     raw: dict = field(default_factory=dict, repr=False)
 
     @property
-    def epoch(self) -> int:
-        return int(self.progress.get("epoch", 0))
+    def epoch(self) -> int | None:
+        return self.progress.get("epoch")
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool = False,

@@ -50,7 +50,7 @@ def plot_density(densities: Mapping[str, Any], path: str | Path, log: bool = Fal
         grid = np.asarray(_get(res, "grid"))
         dens = np.asarray(_get(res, "density"))
         if log:
-            floor = max(dens.max() * 1e-12, 1e-300)
+            floor = max(dens.max() * 1e-7, 1e-300)  # seven decades below the peak: the outliers stay visible
             ax.semilogy(grid, np.maximum(dens, floor), color=_color(label, i), label=label, lw=1.2)
         else:
             ax.plot(grid, dens, color=_color(label, i), label=label, lw=1.2)

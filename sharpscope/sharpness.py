@@ -123,6 +123,10 @@ def m_sharpness(
 ) -> SharpnessResult:
     """m-sharpness (module docstring) for each m in ``m`` and each rho in ``rho``.
 
+    The subsets are consecutive slices of ``torch.randperm(n, generator=seed)`` over the
+    examples in the order ``data`` yields them: pass an unshuffled iterable (or a fixed list
+    of batches) for reproducible subsets.
+
     ``max_subsets`` caps the number of subsets per m (a seeded choice); ``group_examples``
     is about how many examples are processed per vectorized call.
     """

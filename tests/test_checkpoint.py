@@ -32,6 +32,7 @@ def test_round_trip_rebuilds_model_and_keeps_everything(tmp_path):
     assert ckpt.model_spec == spec and ckpt.data_spec == {"name": "digits"}
     assert ckpt.metadata == {"note": "hello", "numbers": [1, 2.5, None]}
     assert ckpt.metrics == [{"epoch": 1, "test_acc": 0.5}]
+    assert ckpt.progress == {} and ckpt.epoch is None  # saved outside the trainer: no progress claimed
     for (k, a), (k2, b) in zip(model.state_dict().items(), ckpt.model.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
     raw = torch.load(path, weights_only=True)  # what any user can do, safely

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharpscope import ConfigError
-from sharpscope.landscape import (SurfaceResult, interpolate, normalize_direction, orthogonalize, parse_grid,
+from sharpscope.landscape import (SurfaceResult, interpolate, load_directions, normalize_direction, orthogonalize, parse_grid,
                                   plane_directions, random_direction, surface, trajectory_directions)
 from sharpscope.landscape.directions import dot, ignored_names
 from sharpscope.models import build_model, make_model_spec
@@ -239,6 +239,8 @@ def test_save_and_load_round_trip(tmp_path):
     assert back.options == {"seed": 1} and back.ys is None
     with np.load(tmp_path / "s.npz", allow_pickle=False) as z:
         np.testing.assert_array_equal(z["d0/W"], d1["W"].numpy())
+    (back_d1,) = load_directions(tmp_path / "s.npz")
+    assert back_d1.keys() == d1.keys() and all(torch.equal(back_d1[n], d1[n]) for n in d1)
 
 
 @pytest.mark.parametrize("text", ["-1:1", "1:-1:5", "a:b:c", "-1:1:0", "0:inf:3"])

@@ -3,11 +3,11 @@
 
 from .directions import (IGNORES, NORMS, Direction, normalize_direction, orthogonalize,
                          random_direction)
-from .surface import SurfaceResult, interpolate, parse_grid, surface
+from .surface import SurfaceResult, interpolate, load_directions, parse_grid, surface
 from .trajectory import TrajectoryDirections, trajectory_directions
 
 __all__ = ["Direction", "NORMS", "IGNORES", "random_direction", "normalize_direction", "orthogonalize",
-           "surface", "interpolate", "parse_grid", "SurfaceResult", "trajectory_directions",
+           "surface", "interpolate", "parse_grid", "load_directions", "SurfaceResult", "trajectory_directions",
            "TrajectoryDirections", "plane_directions"]
 
 

@@ -44,7 +44,7 @@ from ..errors import ConfigError
 from ..objective import eval_mode
 from .directions import Direction, difference
 
-__all__ = ["SurfaceResult", "surface", "interpolate", "parse_grid", "evaluate_points"]
+__all__ = ["SurfaceResult", "surface", "interpolate", "parse_grid", "evaluate_points", "load_directions"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -311,6 +311,17 @@ class SurfaceResult:
                        n_examples=int(z["n_examples"]), wall_time=0.0,
                        explained_variance=z["explained_variance"].tolist() if "explained_variance" in z else None,
                        path=z["path"] if "path" in z else None)
+
+
+def load_directions(path: str | Path) -> list[Direction]:
+    """The directions a :meth:`SurfaceResult.save` call stored (``d0/<name>``, ``d1/<name>``)."""
+    found: dict[int, Direction] = {}
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            head, _, name = key.partition("/")
+            if name and head.startswith("d") and head[1:].isdigit():
+                found.setdefault(int(head[1:]), {})[name] = torch.from_numpy(z[key])
+    return [found[k] for k in sorted(found)]
 
 
 def _num(x: float) -> float | None:
