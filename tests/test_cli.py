@@ -8,42 +8,34 @@ import sys
 
 import pytest
 
-from sharpscope.cli import main
 
 TINY = ["--model", "mlp", "--model-opt", "hidden=[16]", "--n-train", "200", "--epochs", "2",
         "--batch-size", "50", "--no-progress"]
 
 
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
-def test_train_then_info(tmp_path, capsys):
+def test_train_then_info(tmp_path, cli):
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(["train", *TINY, "--out", str(out)], capsys)
+    code, stdout, _ = cli(["train", *TINY, "--out", str(out)])
     assert code == 0, stdout
     assert "done: test acc" in stdout
     assert (out / "checkpoint.pt").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) == 2
-    code, stdout, _ = run_cli(["info", str(out), "--json", "-"], capsys)
+    code, stdout, _ = cli(["info", str(out), "--json", "-"])
     assert code == 0
     summary = json.loads(stdout)
     assert summary["model_spec"]["name"] == "mlp" and summary["progress"]["finished"]
     assert summary["parameters"] == 64 * 16 + 16 + 16 * 10 + 10
-    code, stdout, _ = run_cli(["info", str(out / "checkpoint.pt")], capsys)
+    code, stdout, _ = cli(["info", str(out / "checkpoint.pt")])
     assert code == 0 and "model_spec" in stdout
 
 
-def test_resume_via_cli(tmp_path, capsys):
+def test_resume_via_cli(tmp_path, cli):
     out = tmp_path / "run"
-    code, _, err = run_cli(["train", *TINY, "--resume", "--out", str(tmp_path / "fresh")], capsys)
+    code, _, err = cli(["train", *TINY, "--resume", "--out", str(tmp_path / "fresh")])
     assert code == 0 and "resumed" not in err  # nothing to resume: starts a new run
-    assert run_cli(["train", *TINY, "--out", str(out)], capsys)[0] == 0
-    code, _, err = run_cli(["train", *TINY, "--out", str(out)], capsys)
+    assert cli(["train", *TINY, "--out", str(out)])[0] == 0
+    code, _, err = cli(["train", *TINY, "--out", str(out)])
     assert code == 2 and "--resume" in err
-    code, stdout, err = run_cli(["train", "--resume", "--out", str(out), "--no-progress"], capsys)
+    code, stdout, err = cli(["train", "--resume", "--out", str(out), "--no-progress"])
     assert code == 0 and "resumed" in err
 
 
@@ -65,8 +57,8 @@ def test_resume_via_cli(tmp_path, capsys):
     (["info", "/nonexistent.pt"], "no such checkpoint"),
     (["frobnicate"], "frobnicate"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, fragment, capsys, tmp_path):
-    code, _, err = run_cli([*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args, capsys)
+def test_bad_input_is_one_line_and_exit_2(args, fragment, cli, tmp_path):
+    code, _, err = cli([*args, "--out", str(tmp_path / "o")] if args[0] == "train" else args)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -74,15 +66,15 @@ def test_bad_input_is_one_line_and_exit_2(args, fragment, capsys, tmp_path):
     assert "Traceback" not in err
 
 
-def test_unreadable_checkpoint_via_info(tmp_path, capsys):
+def test_unreadable_checkpoint_via_info(tmp_path, cli):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x80\x04garbage")
-    code, _, err = run_cli(["info", str(bad)], capsys)
+    code, _, err = cli(["info", str(bad)])
     assert code == 2 and len(err.strip().splitlines()) == 1
 
 
-def test_help_lists_the_options(capsys):
-    code, stdout, _ = run_cli(["train", "--help"], capsys)
+def test_help_lists_the_options(cli):
+    code, stdout, _ = cli(["train", "--help"])
     assert code == 0
     for option in ("--optimizer", "--rho", "--label-noise", "--m", "--resume", "--epochs", "--seed", "--out"):
         assert option in stdout

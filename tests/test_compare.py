@@ -14,13 +14,6 @@ PER_OPTIMIZER = ["final", "metrics", "eigenvalues", "lambda_max", "ratio", "trac
                  "surrogate_gap", "gradcos", "surface", "gradcos_over_training"]
 
 
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
@@ -66,18 +59,18 @@ def test_every_results_key(compared):
 
 
 @pytest.mark.slow
-def test_rerun_reuses_and_conflicting_settings_are_refused(compared, capsys):
+def test_rerun_reuses_and_conflicting_settings_are_refused(compared, cli):
     before = json.loads((compared / "results.json").read_text())
-    code, out, err = run_cli(["compare", "--quick", "--out", str(compared)], capsys)
+    code, out, err = cli(["compare", "--quick", "--out", str(compared)])
     assert code == 0 and "reusing the analyses of SGD" in err
     after = json.loads((compared / "results.json").read_text())
     assert after["optimizers"]["sam"]["lambda_max"] == before["optimizers"]["sam"]["lambda_max"]
-    code, _, err = run_cli(["compare", "--quick", "--rho", "0.1", "--out", str(compared), "--no-progress"], capsys)
+    code, _, err = cli(["compare", "--quick", "--rho", "0.1", "--out", str(compared), "--no-progress"])
     assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1
 
 
-def test_bad_optimizer_list(capsys, tmp_path):
-    code, _, err = run_cli(["compare", "--optimizers", "sgd,adam", "--out", str(tmp_path)], capsys)
+def test_bad_optimizer_list(cli, tmp_path):
+    code, _, err = cli(["compare", "--optimizers", "sgd,adam", "--out", str(tmp_path)])
     assert code == 2 and "adam" in err
-    code, _, err = run_cli(["compare", "--optimizers", "sam,sam", "--out", str(tmp_path)], capsys)
+    code, _, err = cli(["compare", "--optimizers", "sam,sam", "--out", str(tmp_path)])
     assert code == 2 and "distinct" in err

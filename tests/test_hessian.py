@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 import sharpscope.hessian as sh
 from sharpscope import load_checkpoint
-from sharpscope.cli import main
 from sharpscope.data import load_dataset
 from sharpscope.objective import parameter_groups
 from sharpscope.train import TrainConfig, train
@@ -119,17 +118,10 @@ def test_results_serialize_to_json(trained):
     assert d["n_hvp"] == res.n_hvp and "eigenvectors" not in d and math.isfinite(d["wall_time"])
 
 
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
-def test_cli_hessian_json_and_plots(trained, tmp_path, capsys):
-    code, out, err = run_cli(["hessian", str(trained["dir"]), "--top-k", "3", "--trace", "--trace-matvecs", "12",
+def test_cli_hessian_json_and_plots(trained, tmp_path, cli):
+    code, out, err = cli(["hessian", str(trained["dir"]), "--top-k", "3", "--trace", "--trace-matvecs", "12",
                               "--density", "--runs", "2", "--steps", "20", "--per-layer", "--samples", "300",
-                              "--plot", "--plot-dir", str(tmp_path), "--json", "-", "--no-progress"], capsys)
+                              "--plot", "--plot-dir", str(tmp_path), "--json", "-", "--no-progress"])
     assert code == 0, err
     report = json.loads(out[out.index("{"):])
     assert report["n_examples"] == 300 and report["n_params"] == 2410
@@ -143,6 +135,6 @@ def test_cli_hessian_json_and_plots(trained, tmp_path, capsys):
     (["--split", "validation"], "split"), (["--samples", "0"], "subset size"), (["--which", "XX"], "which"),
     (["--hvp-mode", "fast"], "hvp_mode"), (["--params", "nothing.*"], "matches no"),
 ])
-def test_cli_hessian_bad_input(trained, capsys, args, fragment):
-    code, _, err = run_cli(["hessian", str(trained["dir"]), "--no-progress", *args], capsys)
+def test_cli_hessian_bad_input(trained, cli, args, fragment):
+    code, _, err = cli(["hessian", str(trained["dir"]), "--no-progress", *args])
     assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err

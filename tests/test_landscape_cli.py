@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from sharpscope.cli import main
 from sharpscope.landscape import SurfaceResult
 from sharpscope.train import TrainConfig, train
 
@@ -21,16 +20,9 @@ def runs(tmp_path_factory):
     return root
 
 
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
-def test_surface_2d_non_square_with_files(runs, tmp_path, capsys):
-    code, out, err = run_cli(["surface", str(runs / "sam"), "--grid", "-1:1:5,-0.5:0.5:3", "--samples", "100",
-                              "--out", str(tmp_path), "--plot", "--json", "-", "--no-progress"], capsys)
+def test_surface_2d_non_square_with_files(runs, tmp_path, cli):
+    code, out, err = cli(["surface", str(runs / "sam"), "--grid", "-1:1:5,-0.5:0.5:3", "--samples", "100",
+                              "--out", str(tmp_path), "--plot", "--json", "-", "--no-progress"])
     assert code == 0, err
     report = json.loads(out[out.index("{"):])
     assert len(report["xs"]) == 5 and len(report["ys"]) == 3
@@ -44,24 +36,24 @@ def test_surface_2d_non_square_with_files(runs, tmp_path, capsys):
         assert any(k.startswith("d1/") for k in z.files)  # both directions saved
 
 
-def test_surface_1d_and_trajectory(runs, tmp_path, capsys):
-    code, _, err = run_cli(["surface", str(runs / "sgd"), "--dim", "1", "--grid", "-1:1:7", "--samples", "60",
-                            "--out", str(tmp_path), "--plot", "--no-progress"], capsys)
+def test_surface_1d_and_trajectory(runs, tmp_path, cli):
+    code, _, err = cli(["surface", str(runs / "sgd"), "--dim", "1", "--grid", "-1:1:7", "--samples", "60",
+                            "--out", str(tmp_path), "--plot", "--no-progress"])
     assert code == 0, err
     assert SurfaceResult.load(tmp_path / "surface_1d.npz").loss.shape == (7,)
-    code, out, err = run_cli(["surface", "--trajectory", str(runs / "sam"), "--grid", "-2:2:4,-1:1:3",
+    code, out, err = cli(["surface", "--trajectory", str(runs / "sam"), "--grid", "-2:2:4,-1:1:3",
                               "--samples", "60", "--out", str(tmp_path), "--plot", "--json", "-",
-                              "--no-progress"], capsys)
+                              "--no-progress"])
     assert code == 0, err
     report = json.loads(out[out.index("{"):])
     assert len(report["explained_variance"]) == 2 and (tmp_path / "trajectory.png").is_file()
     assert SurfaceResult.load(tmp_path / "trajectory.npz").path.shape == (5, 2)  # epochs 0..4
 
 
-def test_interpolate(runs, tmp_path, capsys):
-    code, out, err = run_cli(["interpolate", str(runs / "sgd"), str(runs / "sam"), "--grid", "0:1:5",
+def test_interpolate(runs, tmp_path, cli):
+    code, out, err = cli(["interpolate", str(runs / "sgd"), str(runs / "sam"), "--grid", "0:1:5",
                               "--samples", "80", "--out", str(tmp_path), "--plot", "--json", "-",
-                              "--no-progress"], capsys)
+                              "--no-progress"])
     assert code == 0, err
     report = json.loads(out[out.index("{"):])
     assert report["name_a"] == "SGD" and report["name_b"] == "SAM" and "barrier" in report["summary"]
@@ -72,11 +64,11 @@ def test_interpolate(runs, tmp_path, capsys):
     (["--grid", "-1:1"], "MIN:MAX:POINTS"), (["--dim", "3"], "--dim"), (["--norm", "spectral"], "norm"),
     (["--ignore", "all"], "ignore"), (["--dim", "1", "--grid", "-1:1:3,-1:1:3"], "one grid"),
 ])
-def test_surface_bad_input(runs, capsys, args, fragment):
-    code, _, err = run_cli(["surface", str(runs / "sam"), "--no-progress", *args], capsys)
+def test_surface_bad_input(runs, cli, args, fragment):
+    code, _, err = cli(["surface", str(runs / "sam"), "--no-progress", *args])
     assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err
 
 
-def test_surface_needs_exactly_one_source(runs, capsys):
-    code, _, err = run_cli(["surface", "--no-progress"], capsys)
+def test_surface_needs_exactly_one_source(runs, cli):
+    code, _, err = cli(["surface", "--no-progress"])
     assert code == 2 and "--trajectory" in err

@@ -39,23 +39,27 @@ def _subsets(n: int, m: int, seed: int = 0) -> torch.Tensor:
     return order[: (n // m) * m].view(-1, m)
 
 
-def _flat_loss(model, x, y):
-    """L_b as a function of the flat parameter vector (MSE)."""
+def _flat_loss(model, x, y, loss_fn=F.mse_loss):
+    """The loss on (x, y) as a function of the flat parameter vector, and that vector now."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
     sizes = [p.numel() for p in model.parameters()]
 
     def loss(w):
         params = {n: c.view(s) for n, c, s in zip(names, w.split(sizes), shapes)}
-        return F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
+        return loss_fn(torch.func.functional_call(model, params, (x,)), y)
     return loss
+
+
+def _theta(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
 def test_one_step_m_sharpness_of_a_quadratic_has_its_closed_form():
     # L_b(w + e) - L_b(w) = g.e + 0.5 e^T A_b e exactly, with e = rho g / ||g||
     model = LinearRegression()
     x, y, batches = _regression()
-    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    w = _theta(model)
     rho = 0.3
     res = m_sharpness(model, F.mse_loss, batches, m=4, rho=rho, steps=1, seed=7)
     expected = []
@@ -74,7 +78,7 @@ def test_one_step_m_sharpness_of_a_quadratic_has_its_closed_form():
 def test_p_inf_first_step_is_rho_sign_g():
     model = LinearRegression()
     x, y, batches = _regression()
-    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    w = _theta(model)
     res = m_sharpness(model, F.mse_loss, batches, m=24, rho=0.01, steps=1, p=math.inf, seed=0)
     loss = _flat_loss(model, x, y)
     g = torch.func.grad(loss)(w)
@@ -109,14 +113,9 @@ def test_vectorized_subsets_equal_a_plain_loop():
     x, y, batches = _classification()
     rho = 0.2
     res = m_sharpness(model, F.cross_entropy, batches, m=3, rho=rho, steps=2, seed=3, group_examples=7)
-    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
+    w = _theta(model)
     for got, idx in zip(res.results[0].values, _subsets(48, 3, seed=3)):
-        def loss(v):
-            params = {n: c.view(s) for n, c, s in zip(names, v.split(sizes), shapes)}
-            return F.cross_entropy(torch.func.functional_call(model, params, (x[idx],)), y[idx])
+        loss = _flat_loss(model, x[idx], y[idx], F.cross_entropy)
         e, best = torch.zeros_like(w), -math.inf
         for _ in range(2):
             g = torch.func.grad(loss)(w + e)
@@ -138,14 +137,8 @@ def test_several_rho_and_sharpness_grows_with_rho():
 def test_surrogate_gap_by_hand():
     model = _mlp()
     x, y, batches = _classification()
-    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-
-    def loss(v):
-        return F.cross_entropy(torch.func.functional_call(
-            model, {n: c.view(s) for n, c, s in zip(names, v.split(sizes), shapes)}, (x,)), y)
+    w = _theta(model)
+    loss = _flat_loss(model, x, y, F.cross_entropy)
     g = torch.func.grad(loss)(w)
     assert surrogate_gap(model, F.cross_entropy, batches, rho=0.1) == pytest.approx(
         (loss(w + 0.1 * g / g.norm()) - loss(w)).item(), rel=1e-10)
@@ -156,14 +149,8 @@ def test_gradient_cosine_equals_autograd_through_e_hat():
     x, y, batches = _classification()
     rho = 0.3
     res = sam_gradient_cosine(model, F.cross_entropy, batches, rho=rho)
-    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-
-    def loss(v):
-        return F.cross_entropy(torch.func.functional_call(
-            model, {n: c.view(s) for n, c, s in zip(names, v.split(sizes), shapes)}, (x,)), y)
+    w = _theta(model)
+    loss = _flat_loss(model, x, y, F.cross_entropy)
 
     def sam_objective(v):  # L(w + e_hat(w)), differentiated through e_hat
         g = torch.func.grad(loss)(v)
@@ -218,14 +205,8 @@ def test_second_order_step_equals_autograd_through_e_hat():
     rho, lr = 0.2, 0.1
     opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=lr)
     result = sam_step(model, F.cross_entropy, x, y, opt, second_order=True)
-    w = torch.cat([p.detach().reshape(-1) for p in twin.parameters()])
-    names = [n for n, _ in twin.named_parameters()]
-    shapes = [p.shape for p in twin.parameters()]
-    sizes = [p.numel() for p in twin.parameters()]
-
-    def loss(v):
-        return F.cross_entropy(torch.func.functional_call(
-            twin, {n: c.view(s) for n, c, s in zip(names, v.split(sizes), shapes)}, (x,)), y)
+    w = _theta(twin)
+    loss = _flat_loss(twin, x, y, F.cross_entropy)
 
     def sam_objective(v):
         g = torch.func.grad(loss)(v)

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from sharpscope.cli import main
 from sharpscope.train import TrainConfig, train
 
 
@@ -18,17 +17,10 @@ def run(tmp_path_factory):
     return out
 
 
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return info.value.code, out.out, out.err
-
-
-def test_sharpness_json_is_clean_stdout(run, tmp_path, capsys):
-    code, out, err = run_cli(["sharpness", str(run), "--m", "1,4,16", "--rho", "0.01,0.05", "--steps", "2",
+def test_sharpness_json_is_clean_stdout(run, tmp_path, cli):
+    code, out, err = cli(["sharpness", str(run), "--m", "1,4,16", "--rho", "0.01,0.05", "--steps", "2",
                               "--samples", "64", "--plot", "--plot-dir", str(tmp_path), "--json", "-",
-                              "--no-progress"], capsys)
+                              "--no-progress"])
     assert code == 0, err
     report = json.loads(out)  # nothing but JSON on stdout
     assert [(r["m"], r["rho"]) for r in report["results"]] == [(1, 0.01), (1, 0.05), (4, 0.01), (4, 0.05),
@@ -38,8 +30,8 @@ def test_sharpness_json_is_clean_stdout(run, tmp_path, capsys):
     assert (tmp_path / "m_sharpness.png").is_file() and (tmp_path / "m_sharpness_rho.png").is_file()
 
 
-def test_gradcos(run, capsys):
-    code, out, err = run_cli(["gradcos", str(run), "--rho", "0.05", "--samples", "100", "--json", "-"], capsys)
+def test_gradcos(run, cli):
+    code, out, err = cli(["gradcos", str(run), "--rho", "0.05", "--samples", "100", "--json", "-"])
     assert code == 0, err
     report = json.loads(out)
     assert -1 <= report["cosine"] <= 1 and report["n_hvp"] == 1 and report["rho"] == 0.05
@@ -49,20 +41,20 @@ def test_gradcos(run, capsys):
     (["sharpness", "--m", "a,b"], "--m"), (["sharpness", "--rho", "-1"], "rho"), (["sharpness", "--p", "3"], "p = 2"),
     (["sharpness", "--steps", "0"], "steps"), (["gradcos", "--rho", "-0.5"], "rho"),
 ])
-def test_bad_input(run, capsys, args, fragment):
-    code, _, err = run_cli([args[0], str(run), "--samples", "50", *args[1:]] + (["--no-progress"] if args[0] == "sharpness" else []), capsys)
+def test_bad_input(run, cli, args, fragment):
+    code, _, err = cli([args[0], str(run), "--samples", "50", *args[1:]] + (["--no-progress"] if args[0] == "sharpness" else []))
     assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err
 
 
-def test_train_with_tracking_writes_metrics_and_figure(tmp_path, capsys):
+def test_train_with_tracking_writes_metrics_and_figure(tmp_path, cli):
     out = tmp_path / "tracked"
-    code, _, err = run_cli(["train", "--model", "mlp", "--model-opt", "hidden=[16]", "--n-train", "150",
+    code, _, err = cli(["train", "--model", "mlp", "--model-opt", "hidden=[16]", "--n-train", "150",
                             "--epochs", "2", "--batch-size", "50", "--track", "gradcos,lambda_max",
                             "--track-samples", "64", "--second-order", "--no-snapshots", "--no-progress",
-                            "--out", str(out)], capsys)
+                            "--out", str(out)])
     assert code == 0, err
     records = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     assert all("gradcos" in r and "lambda_max" in r for r in records)
     assert (out / "tracking.png").is_file()
-    code, _, err = run_cli(["train", "--track", "bogus", "--out", str(tmp_path / "x")], capsys)
+    code, _, err = cli(["train", "--track", "bogus", "--out", str(tmp_path / "x")])
     assert code == 2 and "cannot track" in err
