@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
+from . import distributed as dist_utils
 from .errors import ConfigError
 
 __all__ = ["Objective", "select_parameters", "parameter_groups", "biasbn_names", "eval_mode", "HVP_MODES"]
@@ -148,6 +149,7 @@ class Objective:
         params: Any = None,
         hvp_mode: str = "auto",
         reuse_graph_max_examples: int = 4096,
+        distributed: bool | None = None,
     ) -> None:
         if hvp_mode not in HVP_MODES:
             raise ConfigError(f"hvp_mode must be one of {', '.join(HVP_MODES)}, got {hvp_mode!r}")
@@ -175,6 +177,11 @@ class Objective:
             raise ConfigError("data holds no batches")
         self.n_examples = sum(int(x.shape[0]) for x, _ in self.batches)
         self.weights = [int(x.shape[0]) / self.n_examples for x, _ in self.batches]
+        # torch.distributed: every rank holds the same batches, evaluates its share (round
+        # robin) and the sums are all-reduced, so every rank gets the single-process answer
+        self.distributed = dist_utils.is_distributed() if distributed is None else bool(distributed)
+        owned = dist_utils.shard(len(self.batches)) if self.distributed else range(len(self.batches))
+        self.own = [(self.weights[i], self.batches[i]) for i in owned]
         if hvp_mode == "auto":
             hvp_mode = "reuse-graph" if self.n_examples <= reuse_graph_max_examples else "forward-over-reverse"
         self.hvp_mode = hvp_mode
@@ -208,19 +215,24 @@ class Objective:
     def loss(self, theta: Tensor | None = None) -> float:
         """L at the current weights, or at the flat parameter vector ``theta``."""
         params = self.theta if theta is None else self.unflatten(theta)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         with eval_mode(self.model), torch.no_grad():
-            total = sum(w * self._batch_loss(params, x, y).double() for w, (x, y) in zip(self.weights, self.batches))
-        return float(total)
+            for w, (x, y) in self.own:
+                total += w * self._batch_loss(params, x, y).double()
+        return float(self._reduce(total))
+
+    def _reduce(self, t: Tensor) -> Tensor:
+        return dist_utils.all_reduce_sum(t) if self.distributed else t
 
     def grad(self, theta: Tensor | None = None) -> Tensor:
         """grad L, flat (n,)."""
         params = self.theta if theta is None else self.unflatten(theta)
         g = torch.zeros(self.n, device=self.device, dtype=self.dtype)
         with eval_mode(self.model):
-            for w, (x, y) in zip(self.weights, self.batches):
+            for w, (x, y) in self.own:
                 g.add_(self.flatten(grad(self._batch_loss)(params, x, y)), alpha=w)
         self.n_grad += 1
-        return g
+        return self._reduce(g)
 
     def hvp(self, v: Tensor) -> Tensor:
         """H v for a flat (n,) vector, or H V column by column for an (n, b) block."""
@@ -232,6 +244,7 @@ class Objective:
                 out = self._hvp_reuse(v)
             else:
                 out = self._hvp_forward_over_reverse(v)
+        out = self._reduce(out)
         self.n_hvp += cols
         if self.on_hvp is not None:
             self.on_hvp(cols)
@@ -240,7 +253,7 @@ class Objective:
     def _hvp_forward_over_reverse(self, v: Tensor) -> Tensor:
         tangents = self.unflatten(v)
         out = torch.zeros(v.shape, device=self.device, dtype=self.dtype)
-        for w, (x, y) in zip(self.weights, self.batches):
+        for w, (x, y) in self.own:
             def grad_fn(theta: dict[str, Tensor]) -> dict[str, Tensor]:
                 return grad(self._batch_loss)(theta, x, y)
 
@@ -259,7 +272,7 @@ class Objective:
         params = dict(zip(self.names, leaves))
         graph = []
         with torch.enable_grad():
-            for w, (x, y) in zip(self.weights, self.batches):
+            for w, (x, y) in self.own:
                 loss = self._batch_loss(params, x, y) * w
                 graph.append(torch.autograd.grad(loss, leaves, create_graph=True))
         self._graph, self._graph_leaves = graph, leaves
@@ -272,11 +285,10 @@ class Objective:
         cols = []
         for vec in vecs:
             parts = [t.to(self.dtype) for t in self.unflatten(vec).values()]
-            total = None
+            total = torch.zeros(self.n, device=self.device, dtype=self.dtype)
             for g in self._graph:
                 hv = torch.autograd.grad(g, self._graph_leaves, grad_outputs=parts, retain_graph=True)
-                flat = self.flatten(hv)
-                total = flat if total is None else total.add_(flat)
+                total.add_(self.flatten(hv))
             cols.append(total)
         return cols[0] if v.dim() == 1 else torch.stack(cols, dim=1)
 

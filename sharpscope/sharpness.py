@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from . import distributed as dist_utils
 from .errors import ConfigError
 from .objective import Objective, eval_mode
 
@@ -169,9 +170,11 @@ def m_sharpness(
             if max_subsets is not None and subsets.shape[0] > max_subsets:
                 subsets = subsets[:max_subsets]
             per_call = max(1, group_examples // size)
+            starts = list(range(0, subsets.shape[0], per_call))
+            mine = starts[dist_utils.rank()::dist_utils.world_size()]  # all groups in one process
             for r in rhos:
-                values = []
-                for lo in range(0, subsets.shape[0], per_call):
+                values = torch.zeros(subsets.shape[0], dtype=torch.float64, device=w0.device)
+                for lo in mine:
                     idx = subsets[lo:lo + per_call]
                     x, y = x_all[idx], y_all[idx]
                     g_count = idx.shape[0]
@@ -186,12 +189,14 @@ def m_sharpness(
                         g, val = value_and_grad(w0 + e, x, y)
                         n_grad += g_count
                         best = torch.maximum(best, (val - base).double().detach())
-                    values.extend(best.tolist())
+                    values[lo:lo + g_count] = best
                     if callback is not None:
                         callback(g_count)
-                t = torch.tensor(values, dtype=torch.float64)
+                t = dist_utils.all_reduce_sum(values).cpu()
+                values = t.tolist()
                 se = float(t.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else math.nan
                 results.append(MSharpness(size, float(r), float(t.mean()), se, len(values), values))
+    n_grad = int(dist_utils.all_reduce_sum(torch.tensor(float(n_grad), dtype=torch.float64)).item())
     return SharpnessResult(p, steps, results, n, n_grad, time.perf_counter() - start)
 
 

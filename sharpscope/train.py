@@ -33,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed as dist_utils
 from .checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
 from .data import DataSpec, Dataset, load_dataset
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .models import build_model, make_factory_spec, make_model_spec
-from .optim import SAM, sam_step
+from .optim import SAM, StepResult, sam_step
 
 __all__ = ["TrainConfig", "TrainResult", "Callback", "train", "learning_rate", "OPTIMIZERS"]
 
@@ -75,6 +76,7 @@ class TrainConfig:
     augment: bool | None = None  # None: random crop + flip for CIFAR, off otherwise
     device: str = "cpu"
     second_order: bool = False  # SAM with the full gradient of L(w + e_hat(w))
+    sync_perturbation: bool = False  # several ranks: one perturbation from the global gradient
     track: list[str] = field(default_factory=list)  # see sharpscope.tracking.TRACKABLE
     track_every: int = 1
     track_samples: int = 512
@@ -248,6 +250,47 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
                adaptive=config.optimizer == "asam", eta=config.eta, **sgd)
 
 
+def _ddp_step(ddp: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float,
+              optimizer: torch.optim.Optimizer, sync_perturbation: bool):
+    """One step on this rank's slice of the global batch under DistributedDataParallel.
+
+    SAM: the first pass runs under ``no_sync`` (each rank perturbs with its own gradient:
+    m-SAM with m = the per-rank batch, the paper's per-device SAM) unless
+    ``sync_perturbation``; the second-pass gradients are averaged by DDP. ``scale`` =
+    n_rank * world / n_batch makes DDP's plain average the batch-size-weighted mean. Batch
+    norm running statistics are averaged over ranks afterwards (what single-process m-SAM
+    stores). Returns (loss, outputs, perturbed loss) of this rank's slice at w.
+    """
+    from contextlib import nullcontext
+
+    from .optim import frozen_bn_stats, _bn_modules
+    optimizer.zero_grad(set_to_none=True)
+    perturbed = None
+    if isinstance(optimizer, SAM):
+        with (nullcontext() if sync_perturbation else ddp.no_sync()):
+            outputs = ddp(x)
+            loss = F.cross_entropy(outputs, y)
+            (loss * scale).backward()
+        optimizer.first_step(zero_grad=True)
+        with frozen_bn_stats(model):
+            perturbed = F.cross_entropy(ddp(x), y)
+            (perturbed * scale).backward()
+        optimizer.second_step()
+    else:
+        outputs = ddp(x)
+        loss = F.cross_entropy(outputs, y)
+        (loss * scale).backward()
+        optimizer.step()
+    with torch.no_grad():
+        world = dist_utils.world_size()
+        for bn in _bn_modules(model):
+            for name in ("running_mean", "running_var"):
+                buf = getattr(bn, name, None)
+                if buf is not None:
+                    buf.copy_(dist_utils.all_reduce_sum(buf.clone()) / world)
+    return loss.detach(), outputs.detach(), None if perturbed is None else perturbed.detach()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` (eval mode) on (x, y); restores the mode."""
@@ -343,6 +386,13 @@ def train(
         raise ConfigError(f"nothing to resume in {out} and no configuration given")
     config.validate()
     device = _resolve_device(config.device)
+    world, rank, main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main()
+    if world > 1 and (config.m is not None or config.second_order):
+        raise ConfigError("with several ranks each rank already perturbs with its own gradient (m-SAM with "
+                          "m = per-rank batch); --m and --second-order need a single process")
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    dist_utils.barrier()  # every rank has checked the folder before rank 0 writes to it
 
     data_spec = config.data_spec()
     data = load_dataset(data_spec)
@@ -369,13 +419,17 @@ def train(
         prog = raw["progress"]
         state.epoch, state.step, state.batch_in_epoch = prog["epoch"], prog["step"], prog["batch_in_epoch"]
         metrics = list(raw.get("metrics") or [])
-        sums.update(raw.get("partial") or {})
+        if world == 1:  # a run saved by several ranks holds global sums; per-rank sums restart at 0
+            sums.update(raw.get("partial") or {})
+        elif main:
+            sums.update(raw.get("partial") or {})
         _set_rng_state(raw.get("rng"), device)
         resumed_from = {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
-        _write_metrics_file(out / "metrics.jsonl", metrics)
+        if main:
+            _write_metrics_file(out / "metrics.jsonl", metrics)
         if prog.get("finished"):
             return TrainResult(out, ckpt_path, metrics, False, resumed_from, time.perf_counter() - t_start)
-    else:
+    elif main:
         out.mkdir(parents=True, exist_ok=True)
         _write_metrics_file(out / "metrics.jsonl", [])
         if config.keep_snapshots:
@@ -384,19 +438,37 @@ def train(
                             progress={"epoch": 0, "step": 0, "batch_in_epoch": 0, "finished": False})
 
     def save(finished: bool) -> None:
+        # every rank takes part (the sums are all-reduced, the checks agree); rank 0 writes
+        partial = dict(reduced_sums()) if state.batch_in_epoch else None
         if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
             kept = (f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists()
                     else "no checkpoint had been written yet")
             raise NonFiniteLossError(f"weights became NaN/Inf by epoch {state.epoch}, step {state.step}; "
                                      f"not saved, {kept}; try a smaller --lr or --rho")
+        if not main:
+            return
         save_checkpoint(
             ckpt_path, model, model_spec=model_spec, data_spec=data_spec.to_dict(),
             optimizer_state=optimizer.state_dict(), config=config.to_dict(),
             progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch,
                       "finished": finished},
             rng=_rng_state(device), metrics=metrics,
-            partial=dict(sums) if state.batch_in_epoch else None,
+            partial=partial, world_size=world,
         )
+
+    def reduced_sums() -> dict[str, float]:
+        if world == 1:
+            return sums
+        t = dist_utils.all_reduce_sum(torch.tensor([sums[k] for k in _SUMS], dtype=torch.float64))
+        out_sums = dict(zip(_SUMS, t.tolist()))
+        out_sums["seconds"] = sums["seconds"]
+        return out_sums
+
+    ddp = None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        ddp = DistributedDataParallel(model, broadcast_buffers=False,
+                                      device_ids=[device.index] if device.type == "cuda" else None)
 
     model.train()
     if config.track:
@@ -421,9 +493,24 @@ def train(
                 lr = learning_rate(config, state.step, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                result = sam_step(model, F.cross_entropy, xb, y_train[idx], optimizer, m=config.m,
-                                  second_order=config.second_order)
+                yb = y_train[idx]
+                if ddp is not None:  # this rank's consecutive slice of the global batch
+                    part = torch.tensor_split(torch.arange(idx.shape[0], device=idx.device), world)[rank]
+                    scale = part.shape[0] * world / idx.shape[0]
+                    idx, xb, yb = idx[part], xb[part], yb[part]
+                    loss_, out_, pert_ = _ddp_step(ddp, model, xb, yb, scale, optimizer, config.sync_perturbation)
+                    result = StepResult(loss_, out_, pert_)
+                else:
+                    result = sam_step(model, F.cross_entropy, xb, yb, optimizer, m=config.m,
+                                      second_order=config.second_order)
                 losses = [result.loss] + ([result.perturbed_loss] if result.perturbed_loss is not None else [])
+                if world > 1:  # every rank must take the same branch: agree on NaN and on stopping
+                    flags = torch.tensor([float(not all(torch.isfinite(v) for v in losses)),
+                                          float(state.stop_requested)])
+                    dist_utils.all_reduce_sum(flags)
+                    if flags[0] > 0:
+                        losses = [torch.tensor(float("nan"))]
+                    state.stop_requested = bool(flags[1] > 0)
                 for value in losses:
                     if not torch.isfinite(value):
                         kept = (f"the last good checkpoint {ckpt_path} is kept" if ckpt_path.exists()
@@ -452,6 +539,7 @@ def train(
             if interrupted:
                 save(finished=False)
                 break
+            sums = reduced_sums()
             count = max(1.0, sums["count"])
             test_loss, test_acc = evaluate(model, x_test, y_test)
             record = {
@@ -471,15 +559,17 @@ def train(
             last = state.epoch == config.epochs
             if last or state.epoch % config.checkpoint_every == 0 or state.stop_requested:
                 save(finished=last)
-                if config.keep_snapshots:
+                if config.keep_snapshots and main:
                     save_checkpoint(out / "checkpoints" / f"epoch_{state.epoch:04d}.pt", model,
                                     model_spec=model_spec, data_spec=data_spec.to_dict(), config=config.to_dict(),
                                     progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": 0,
                                               "finished": last})
-            _append_metrics(out / "metrics.jsonl", record)
+            if main:
+                _append_metrics(out / "metrics.jsonl", record)
             if state.stop_requested and not last:
                 interrupted = True
                 break
     for cb in callbacks:
         cb.on_train_end(state)
+    dist_utils.barrier()  # the other ranks return once rank 0 has written everything
     return TrainResult(out, ckpt_path, metrics, interrupted, resumed_from, time.perf_counter() - t_start)

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .. import distributed as dist_utils
 from ..checkpoint import atomic_write_bytes
 from ..errors import ConfigError
 from ..objective import eval_mode
@@ -90,7 +91,7 @@ def evaluate_points(
     model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]] | list,
     points: Callable[[int], tuple[dict[str, Tensor], dict[str, Tensor] | None]], n_points: int,
     chunk_size: int | None = None, channels_last: bool | None = None, done: np.ndarray | None = None,
-    on_point: Callable[[int, float, float], None] | None = None,
+    on_point: Callable[[int, float, float], None] | None = None, distributed: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean loss and accuracy at ``n_points`` parameter settings.
 
@@ -100,7 +101,10 @@ def evaluate_points(
     The examples are fed in chunks of ``chunk_size``; ``None`` times the first point with
     each of ``CHUNK_CANDIDATES`` and keeps the fastest for every point (small conv nets
     prefer small chunks on the CPU, MLPs large ones; the values agree to rounding).
+    Under torch.distributed the points are split round robin over the ranks and the
+    values all-reduced, so every rank returns every value.
     """
+    distributed = dist_utils.is_distributed() if distributed is None else distributed
     first = next(iter(model.parameters()))
     x_all, y_all = _stack_data(data, first.device, first.dtype)
     n_examples = x_all.shape[0]
@@ -133,6 +137,8 @@ def evaluate_points(
         return float(total) / n_examples, (float(correct) / n_examples if classify else math.nan)
 
     todo = [k for k in range(n_points) if done is None or not done[k]]
+    if distributed:
+        todo = todo[dist_utils.rank()::dist_utils.world_size()]
     with eval_mode(model), torch.inference_mode():
         if chunk_size is None:
             sizes = sorted({min(c, n_examples) for c in CHUNK_CANDIDATES})
@@ -153,6 +159,17 @@ def evaluate_points(
             loss[k], acc[k] = run(state_at(k), batches)
             if on_point is not None:
                 on_point(k, loss[k], acc[k])
+    if distributed:
+        mine = torch.zeros(3, n_points, dtype=torch.float64, device=first.device)
+        idx = torch.tensor(todo, dtype=torch.long, device=first.device)
+        mine[0, idx] = torch.as_tensor(loss[todo], dtype=torch.float64, device=first.device)
+        mine[1, idx] = torch.as_tensor(np.nan_to_num(acc[todo]), dtype=torch.float64, device=first.device)
+        mine[2, idx] = torch.as_tensor(np.isnan(acc[todo]).astype(float), device=first.device)
+        mine[2, idx] += 2.0  # marks "computed somewhere"
+        total = dist_utils.all_reduce_sum(mine).cpu().numpy()
+        computed = total[2] >= 2.0
+        loss = np.where(computed, total[0], loss)
+        acc = np.where(computed, np.where(total[2] >= 3.0, np.nan, total[1]), acc)
     return loss, acc
 
 
@@ -396,6 +413,8 @@ def surface(
                 loss, acc, done = z["loss"].copy(), z["accuracy"].copy(), z["done"].copy()
 
     def save_partial() -> None:
+        if not dist_utils.is_main():  # one writer; other ranks' points are recomputed on resume
+            return
         buf = io.BytesIO()
         np.savez(buf, loss=loss, accuracy=acc, done=done, fingerprint=np.array(fingerprint))
         atomic_write_bytes(resume_path, lambda fh: fh.write(buf.getvalue()))
@@ -409,7 +428,10 @@ def surface(
 
     first = done.copy()
     n_examples = _count(data)
-    evaluate_points(model, loss_fn, data, point, len(coords), chunk_size=chunk_size, done=first, on_point=record)
+    new_loss, new_acc = evaluate_points(model, loss_fn, data, point, len(coords), chunk_size=chunk_size, done=first,
+                                        on_point=record)
+    fresh = ~first & ~np.isnan(new_loss)  # includes the points other ranks computed
+    loss[fresh], acc[fresh], done[fresh] = new_loss[fresh], new_acc[fresh], True
     if resume_path:
         save_partial()
     shape = (len(xs),) if ys is None else (ny, len(xs))

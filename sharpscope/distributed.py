@@ -1,0 +1,83 @@
+"""Thin helpers over ``torch.distributed`` (launched with ``torchrun``; gloo on CPU, NCCL on GPU).
+
+Nothing here is home-made communication: it is rank bookkeeping and the few collectives
+the analyses need. Every function works unchanged in a single process (world size 1).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main", "all_reduce_sum", "barrier",
+           "shard", "main_first", "broadcast_object"]
+
+
+def is_distributed() -> bool:
+    """True inside an initialized process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: str = "cpu") -> bool:
+    """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...);
+    gloo for CPU, NCCL for CUDA. Returns whether this process is part of a group of more than one."""
+    if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return is_distributed()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (a no-op in one process); returns the tensor."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shard(n: int) -> range:
+    """The indices 0..n-1 this rank owns (round robin: rank, rank + world, ...)."""
+    return range(rank(), n, world_size())
+
+
+@contextmanager
+def main_first() -> Iterator[bool]:
+    """Rank 0 runs the block first (e.g. writes a file), the others after it; yields is_main()."""
+    if not is_main():
+        barrier()
+    try:
+        yield is_main()
+    finally:
+        if is_main():
+            barrier()
