@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main", "all_reduce_sum", "barrier",
+__all__ = ["init_from_env", "finish", "is_distributed", "rank", "world_size", "is_main", "all_reduce_sum", "barrier",
            "shard", "main_first", "broadcast_object"]
 
 
@@ -81,3 +81,11 @@ def main_first() -> Iterator[bool]:
     finally:
         if is_main():
             barrier()
+
+
+def finish(ok: bool = True) -> None:
+    """Leave the process group (after a barrier when every rank finished normally)."""
+    if dist.is_available() and dist.is_initialized():
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()

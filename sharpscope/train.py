@@ -466,9 +466,13 @@ def train(
 
     ddp = None
     if world > 1:
+        import warnings
+
         from torch.nn.parallel import DistributedDataParallel
-        ddp = DistributedDataParallel(model, broadcast_buffers=False,
-                                      device_ids=[device.index] if device.type == "cuda" else None)
+        with warnings.catch_warnings():  # torch 2.13 deprecates it but advises keeping it for rank-local buffers
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            ddp = DistributedDataParallel(model, broadcast_buffers=False,
+                                          device_ids=[device.index] if device.type == "cuda" else None)
 
     model.train()
     if config.track:

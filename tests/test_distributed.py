@@ -147,3 +147,27 @@ def test_a_two_rank_run_resumes_on_one_rank(tmp_path):
     assert ckpt.progress["finished"] and all(torch.isfinite(t).all() for t in ckpt.model.state_dict().values())
     assert ckpt.metadata["world_size"] == 1 and math.isfinite(resumed.metrics[-1]["test_loss"])
     assert os.path.exists(tmp_path / "run" / "checkpoint.pt")
+
+
+@pytest.mark.slow
+def test_cli_launches_torchrun_and_analyses_agree(tmp_path):
+    """`sharpscope train --nproc 2` and `torchrun -m sharpscope hessian` end to end, as a user runs them."""
+    import json
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "sharpscope", "train", "--nproc", "2", "--model", "mlp", "--model-opt",
+           "hidden=[16]", "--n-train", "200", "--epochs", "2", "--batch-size", "40", "--no-progress",
+           "--no-snapshots", "--out", str(tmp_path / "run")]
+    assert subprocess.run(run, env=env, timeout=300, capture_output=True).returncode == 0
+    assert load_checkpoint(tmp_path / "run").metadata["world_size"] == 2
+    reports = []
+    for launcher in ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+                     [sys.executable]):
+        out = tmp_path / f"h{len(reports)}.json"
+        proc = subprocess.run([*launcher, "-m", "sharpscope", "hessian", str(tmp_path / "run"), "--top-k", "2",
+                               "--samples", "100", "--no-progress", "--json", str(out)],
+                              env=env, timeout=300, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        reports.append(json.loads(out.read_text()))
+    assert _close(reports[0]["eigenvalues"]["eigenvalues"], reports[1]["eigenvalues"]["eigenvalues"])

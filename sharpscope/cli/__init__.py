@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from .. import distributed as dist_utils
 from ..errors import SharpscopeError
 from ._app import app
 from . import compare_cmd, hessian_cmd, info_cmd, sharpness_cmd, surface_cmd, train_cmd  # noqa: F401  (registers the commands)
@@ -30,11 +31,40 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _torchrun(argv: list[str]) -> int | None:
+    """``sharpscope train --nproc N ...`` -> ``torchrun --standalone --nproc-per-node N -m sharpscope train ...``."""
+    if not argv or argv[0] != "train" or not any(a == "--nproc" or a.startswith("--nproc=") for a in argv):
+        return None
+    rest, nproc, i = [], "1", 1
+    while i < len(argv):
+        if argv[i] == "--nproc" and i + 1 < len(argv):
+            nproc, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith("--nproc="):
+            nproc = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    if not nproc.isdigit() or int(nproc) < 1:
+        _fail(f"--nproc must be a positive integer, got {nproc!r}")
+    if int(nproc) == 1:
+        return None
+    import subprocess
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "sharpscope", "train", *rest]
+    return subprocess.call(cmd)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    launched = _torchrun(args)
+    if launched is not None:
+        sys.exit(launched)
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=argv, prog_name="sharpscope", standalone_mode=False)
+        code = command.main(args=[a for a in args if not a.startswith("--nproc")] if "--nproc=1" in args else args,
+                            prog_name="sharpscope", standalone_mode=False)
     except _USAGE_ERROR as err:
         ctx = getattr(err, "ctx", None)
         where = f" (see 'sharpscope {ctx.info_name} --help')" if ctx is not None and ctx.parent else ""
@@ -49,4 +79,6 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(err))
     except OSError as err:
         _fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
+    finally:
+        dist_utils.finish(ok=sys.exc_info()[0] is None)
     sys.exit(code if isinstance(code, int) else 0)

@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .. import distributed as dist_utils
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..data import DataSpec, load_dataset
 from ..errors import CheckpointError, ConfigError
@@ -18,7 +19,9 @@ from ..errors import CheckpointError, ConfigError
 
 def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: int, seed: int,
                       trust_factory: bool) -> tuple[Checkpoint, list]:
-    """The checkpoint's model and a fixed list of batches of its data set."""
+    """The checkpoint's model and a fixed list of batches of its data set (joins a torchrun
+    process group first, if launched by torchrun: the analyses then split their work)."""
+    dist_utils.init_from_env()
     ckpt = load_checkpoint(path, allow_factory=trust_factory)
     if not ckpt.data_spec:
         raise CheckpointError(f"{path}: records no data set; analyse it from Python with your own data")
@@ -41,7 +44,7 @@ def _plain(value: Any) -> Any:
 
 def write_json(obj: dict, where: str | None) -> None:
     """Write ``obj`` to the path ``where`` ('-' for stdout); nothing when None."""
-    if where is None:
+    if where is None or not dist_utils.is_main():
         return
     text = json.dumps(_plain(obj), indent=2) + "\n"
     if where == "-":
@@ -55,7 +58,7 @@ def progress_bar(console: Console, enabled: bool, unit: str) -> Progress:
     """A progress bar counting ``unit`` (HVPs, grid points, ...)."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn(unit), TimeElapsedColumn(), console=console, transient=True,
-                    disable=not enabled)
+                    disable=not enabled or not dist_utils.is_main())
 
 
 def hvp_progress(console: Console, enabled: bool) -> Progress:
@@ -64,3 +67,8 @@ def hvp_progress(console: Console, enabled: bool) -> Progress:
 
 def point_progress(console: Console, enabled: bool) -> Progress:
     return progress_bar(console, enabled, "points")
+
+
+def console(stderr: bool = False) -> Console:
+    """A console that prints on rank 0 only."""
+    return Console(stderr=stderr, quiet=not dist_utils.is_main())

@@ -11,10 +11,11 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import hessian as hs
+from .. import distributed as dist_utils
 from .. import plots
 from ..objective import HVP_MODES, Objective
 from ._app import app
-from ._common import hvp_progress, load_for_analysis, write_json
+from ._common import console as rank0_console, hvp_progress, load_for_analysis, write_json
 
 
 @app.command("hessian")
@@ -48,7 +49,7 @@ def hessian_command(
 
     Example: sharpscope hessian runs/sam --top-k 5 --trace --density --plot --json h.json
     """
-    console = Console(stderr=True)
+    console = rank0_console(stderr=True)
     ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory)
     selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
     obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=hvp_mode)
@@ -74,9 +75,11 @@ def hessian_command(
             task = bar.add_task("per layer", total=None)
             results["per_layer"] = hs.layer_summary(ckpt.model, F.cross_entropy, batches, by=by, seed=seed,
                                                     hvp_mode=hvp_mode, callback=lambda name: bar.advance(task))
+    if not dist_utils.is_main():  # every rank took part in the products; rank 0 reports
+        return
     report.update({k: v.to_dict() for k, v in results.items()})
 
-    out = Console(stderr=json_out == "-")  # keep stdout clean for --json -
+    out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
     out.print(f"[bold]{ckpt.path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {split} examples")
     if "eigenvalues" in results:
         r = results["eigenvalues"]

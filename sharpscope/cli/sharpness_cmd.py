@@ -11,11 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .. import distributed as dist_utils
 from .. import plots
 from .. import sharpness as sh
 from ..errors import ConfigError
 from ._app import app
-from ._common import load_for_analysis, progress_bar, write_json
+from ._common import console as rank0_console, load_for_analysis, progress_bar, write_json
 from .train_cmd import parse_p
 
 
@@ -32,7 +33,8 @@ def _numbers(text: str, kind: type, what: str) -> list:
 @app.command("sharpness")
 def sharpness_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
-    m: str = typer.Option("1,4,16,64", "--m", help="Subset sizes, comma-separated."),
+    m: str = typer.Option("1,4,16,64", "--m", "--subset-sizes", help="Subset sizes, comma-separated "
+                          "(under torchrun use --subset-sizes: torchrun's own parser claims --m)."),
     rho: str = typer.Option("0.05", help="Radius (or several, comma-separated)."),
     steps: int = typer.Option(5, help="Projected gradient-ascent steps (1 = SAM's first-order maximizer)."),
     p: str = typer.Option("2", "--p", help="2 or inf."),
@@ -53,7 +55,7 @@ def sharpness_command(
 
     Example: sharpscope sharpness runs/sam --m 1,4,16,64 --rho 0.05 --steps 5 --plot
     """
-    console = Console(stderr=True)
+    console = rank0_console(stderr=True)
     ms = _numbers(m, int, "--m")
     rhos = _numbers(rho, float, "--rho")
     p_value = parse_p(p)
@@ -64,10 +66,14 @@ def sharpness_command(
         task = bar.add_task("m-sharpness", total=sum(per_m) * len(rhos))
         result = sh.m_sharpness(ckpt.model, F.cross_entropy, batches, m=ms, rho=rhos, steps=steps, p=p_value,
                                 seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k))
+    gaps = {str(r): sh.surrogate_gap(ckpt.model, F.cross_entropy, batches, rho=r, p=p_value) for r in rhos} \
+        if gap else None
+    if not dist_utils.is_main():  # the subsets were shared out; rank 0 reports
+        return
     report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
     for r in report["results"]:
         r.pop("values")
-    out = Console(stderr=json_out == "-")  # keep stdout clean for --json -
+    out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
     table = Table(title=f"m-sharpness ({steps} ascent steps, p = {p}; {result.n_examples} {split} examples, "
                         f"{result.wall_time:.1f}s)")
     for col in ("m", "rho", "m-sharpness", "+/- (s.e.)", "subsets"):
@@ -75,8 +81,7 @@ def sharpness_command(
     for r in result.results:
         table.add_row(str(r.m), f"{r.rho:g}", f"{r.mean:.5g}", f"{r.stderr:.2g}", str(r.n_subsets))
     out.print(table)
-    if gap:
-        gaps = {str(r): sh.surrogate_gap(ckpt.model, F.cross_entropy, batches, rho=r, p=p_value) for r in rhos}
+    if gaps is not None:
         report["surrogate_gap"] = gaps
         out.print("surrogate gap L(w + e_hat) - L(w): " + ", ".join(f"rho={r}: {v:.5g}" for r, v in gaps.items()),
                   highlight=False)
@@ -112,7 +117,7 @@ def gradcos_command(
     """
     ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory)
     res = sh.sam_gradient_cosine(ckpt.model, F.cross_entropy, batches, rho=rho)
-    out = Console(stderr=json_out == "-")
+    out = rank0_console(stderr=json_out == "-")
     out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)
     out.print(f"||grad L(w)|| = {res.gradient_norm:.4g}, ||SAM gradient|| = {res.sam_gradient_norm:.4g}, "
               f"||second-order term|| = {res.second_order_norm:.4g} ({res.wall_time:.1f}s)", highlight=False)

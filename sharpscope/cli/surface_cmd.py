@@ -10,11 +10,12 @@ import typer
 from rich.console import Console
 
 from .. import landscape as ls
+from .. import distributed as dist_utils
 from .. import plots
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..errors import CheckpointError, ConfigError
 from ._app import app
-from ._common import load_for_analysis, point_progress, write_json
+from ._common import console as rank0_console, load_for_analysis, point_progress, write_json
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -108,7 +109,7 @@ def surface_command(
 
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """
-    console = Console(stderr=True)
+    console = rank0_console(stderr=True)
     if (checkpoint is None) == (trajectory is None):
         raise ConfigError("give either a CHECKPOINT or --trajectory RUN_DIR")
     if dim not in (1, 2):
@@ -146,12 +147,14 @@ def surface_command(
         result = ls.surface(model, F.cross_entropy, batches, directions, xs, ys, kind=kind, options=options,
                             chunk_size=batch_size, resume_path=folder / f"{stem}.partial.npz",
                             on_point=lambda k, lv, av: bar.advance(task))
+    if not dist_utils.is_main():  # the points were shared out; rank 0 writes
+        return
     result.explained_variance, result.path = explained, path
     result.save(folder / f"{stem}.npz", directions)
     (folder / f"{stem}.partial.npz").unlink(missing_ok=True)
-    summary = _print_summary(Console(stderr=json_out == "-"), result, radii_list, basin_delta)
+    summary = _print_summary(rank0_console(stderr=json_out == "-"), result, radii_list, basin_delta)
     if explained is not None:
-        Console(stderr=json_out == "-").print(f"PCA explained variance: {explained[0]:.1%}, {explained[1]:.1%}", highlight=False)
+        rank0_console(stderr=json_out == "-").print(f"PCA explained variance: {explained[0]:.1%}, {explained[1]:.1%}", highlight=False)
     report = result.to_dict(radii_list, basin_delta)
     report["summary"] = summary
     report["npz"] = str(folder / f"{stem}.npz")
@@ -184,7 +187,7 @@ def interpolate_command(
 
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """
-    console = Console(stderr=True)
+    console = rank0_console(stderr=True)
     ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory)
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory)
     if ckpt_a.data_spec and ckpt_b.data_spec and ckpt_a.data_spec.get("name") != ckpt_b.data_spec.get("name"):
@@ -197,10 +200,12 @@ def interpolate_command(
         result = ls.interpolate(ckpt_a.model, ckpt_b.model, F.cross_entropy, batches, alphas, buffers=buffers,
                                 chunk_size=batch_size, name_a=name_a, name_b=name_b,
                                 on_point=lambda k, lv, av: bar.advance(task))
+    if not dist_utils.is_main():
+        return
     result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples})
     folder = out or ((ckpt_a.path.parent if ckpt_a.path.is_file() else ckpt_a.path) / "interpolate")
     result.save(folder / "interpolation.npz")
-    summary = _print_summary(Console(stderr=json_out == "-"), result, [0.5], 0.1)
+    summary = _print_summary(rank0_console(stderr=json_out == "-"), result, [0.5], 0.1)
     report = result.to_dict((0.5,), 0.1)
     report["summary"] = summary
     if plot:

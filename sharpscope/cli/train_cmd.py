@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from .. import distributed as dist_utils
 from .. import plots
 from ..errors import ConfigError
 from ..tracking import TRACKABLE
@@ -77,6 +78,11 @@ def train_command(
                                        "trace, m_sharpness (written to metrics.jsonl, plotted to tracking.png)."),
     track_every: int = typer.Option(1, "--track-every", help="Track every N epochs."),
     track_samples: int = typer.Option(512, "--track-samples", help="Seeded training subset used for tracking."),
+    nproc: int = typer.Option(1, "--nproc", help="Train on N processes with torch.distributed (launches "
+                                                 "torchrun; gloo on CPU, NCCL on GPU)."),
+    sync_perturbation: bool = typer.Option(False, "--sync-perturbation", help="Several ranks: one perturbation "
+                                           "from the all-reduced gradient (SAM over the global batch) instead of "
+                                           "one per rank (m-SAM with m = per-rank batch)."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Output folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored options win); "
                                                         "starts a new run if there is none."),
@@ -86,7 +92,8 @@ def train_command(
 
     Example: sharpscope train --optimizer sam --rho 0.05 --epochs 40 --out runs/sam
     """
-    console = Console(stderr=True)
+    dist_utils.init_from_env(device)
+    console = Console(stderr=True, quiet=not dist_utils.is_main())
     config = None
     if not resume or not (out / "checkpoint.pt").exists():
         config = TrainConfig(
@@ -96,9 +103,12 @@ def train_command(
             schedule=schedule, warmup_epochs=warmup, rho=rho, p=parse_p(p), eta=eta, m=m, seed=seed,
             checkpoint_every=checkpoint_every, keep_snapshots=snapshots, augment=augment, device=device,
             second_order=second_order, track=[t.strip() for t in track.split(",") if t.strip()],
-            track_every=track_every, track_samples=track_samples,
+            track_every=track_every, track_samples=track_samples, sync_perturbation=sync_perturbation,
         )
-    result = train(config, out, resume=resume, callbacks=[RichProgress(console, enabled=progress)])
+    result = train(config, out, resume=resume,
+                   callbacks=[RichProgress(console, enabled=progress and dist_utils.is_main())])
+    if not dist_utils.is_main():
+        return
     if result.resumed_from is not None:
         console.print(f"resumed {out} at epoch {result.resumed_from['epoch']}"
                       f" (batch {result.resumed_from['batch_in_epoch']})", highlight=False)
