@@ -16,13 +16,11 @@ Hessian-vector products (HVPs) it used and its wall time.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from . import linalg
@@ -220,7 +218,3 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
         obj.release()
     return LayerSummary(by, rows, sum(r.n_hvp for r in rows), time.perf_counter() - start)
 
-
-def finite(x: float | None) -> float | None:
-    """JSON has no NaN / Inf."""
-    return None if x is None or not math.isfinite(x) else x

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vmap
 
 from . import distributed as dist_utils
 from .errors import ConfigError

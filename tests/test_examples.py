@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT = 120  # seconds per script; each takes ~5-10 s on 2 idle cores

@@ -91,8 +91,9 @@ def test_ctrl_c_saves_and_resume_continues(tmp_path):
     part = train(TrainConfig(**cfg), tmp_path / "part", callbacks=[StopAt(3, real_signal=True)])
     assert part.interrupted
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    train(None, tmp_path / "part", resume=True)
+    resumed = train(None, tmp_path / "part", resume=True)
     assert _same_weights(_weights(tmp_path / "full" / "checkpoint.pt"), _weights(tmp_path / "part" / "checkpoint.pt"))
+    assert _strip_times(resumed.metrics) == _strip_times(full.metrics)
 
 
 def test_resuming_a_finished_run_returns_it_unchanged(tmp_path):

@@ -7,7 +7,6 @@ from typing import Optional
 
 import torch.nn.functional as F
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .. import hessian as hs

@@ -8,7 +8,6 @@ from typing import Optional
 
 import torch.nn.functional as F
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from .. import distributed as dist_utils
