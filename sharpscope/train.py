@@ -241,6 +241,26 @@ def _model_spec(config: TrainConfig, data: Dataset) -> dict:
     return make_model_spec(config.model, data.input_shape, data.num_classes, **config.model_kwargs)
 
 
+def _check_fits(model: nn.Module, data: Dataset) -> None:
+    """One example through the model (eval mode, no grad, RNG untouched): a model that does
+    not fit the data fails here with one clear line instead of a traceback mid-training."""
+    device = next(model.parameters()).device
+    x = data.x_train[:1].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model(x)
+    except RuntimeError as err:
+        first = (str(err).splitlines() or ["?"])[0][:200]
+        raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}: {first}") from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise ConfigError(f"the model outputs shape {tuple(out.shape[1:])} per example; "
+                          f"{data.num_classes} class scores are needed")
+
+
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     sgd = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                nesterov=config.nesterov)
@@ -402,6 +422,7 @@ def train(
     torch.manual_seed(config.seed)
     model_spec = _model_spec(config, data)
     model = build_model(model_spec).to(device)
+    _check_fits(model, data)
     optimizer = _make_optimizer(config, model)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     y_clean = data.y_train_clean.to(device)

@@ -85,3 +85,17 @@ def test_console_script_in_a_real_process(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["sharpscope: error: rho must be >= 0, got -1.0"]
+
+
+def test_a_custom_model_that_does_not_fit_the_data(tmp_path, monkeypatch, cli):
+    (tmp_path / "wrong_nets.py").write_text(
+        "import torch\n"
+        "def flat(n_in=10):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n_in, 10))\n"
+        "def three(n_in=64):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(n_in, 3))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, _, err = cli(["train", "--model", "wrong_nets:flat", "--out", str(tmp_path / "a"), "--no-progress"])
+    assert code == 2 and "does not accept inputs of shape (1, 8, 8)" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(["train", "--model", "wrong_nets:three", "--out", str(tmp_path / "b"), "--no-progress"])
+    assert code == 2 and "10 class scores" in err
