@@ -32,9 +32,11 @@ def compare_command(
     quick: bool = typer.Option(False, "--quick", help="Tiny profile for tests and CI (well under a minute)."),
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
-    """Train SGD and SAM from the same seed and data, then measure both: Hessian spectrum,
-    loss surfaces, interpolation, m-sharpness and the SAM gradient cosine over training.
-    Writes OUT/report.md, OUT/results.json and OUT/figures/*.png; rerunning reuses what is done.
+    """SGD vs SAM in one command: train both, run every analysis, write figures and a report.
+
+    Trains from the same seed and data, then measures each minimum: Hessian spectrum, loss
+    surfaces, interpolation, m-sharpness and the SAM gradient cosine over training. Writes
+    OUT/report.md, OUT/results.json and OUT/figures/*.png; rerunning reuses what is done.
 
     Example: sharpscope compare --out runs/compare --label-noise 0.4 --rho 0.1
     """

@@ -49,8 +49,10 @@ def sharpness_command(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
 ) -> None:
-    """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1): the mean over disjoint subsets
-    of m examples of max_{||e|| <= rho} L_b(w + e) - L_b(w), by projected gradient ascent.
+    """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1), with the surrogate gap.
+
+    The mean over disjoint subsets of m examples of max_{||e|| <= rho} L_b(w + e) - L_b(w),
+    found by projected gradient ascent.
 
     Example: sharpscope sharpness runs/sam --m 1,4,16,64 --rho 0.05 --steps 5 --plot
     """
@@ -109,8 +111,10 @@ def gradcos_command(
     json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout)."),
     trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
 ) -> None:
-    """Cosine between SAM's gradient grad L(w + e_hat) and the full gradient of L(w + e_hat(w))
-    (which keeps (d e_hat / dw)^T grad L; one extra Hessian-vector product), p = 2.
+    """Cosine between the first-order (SAM) and the full second-order SAM gradient.
+
+    SAM's gradient is grad L(w + e_hat); the full gradient of L(w + e_hat(w)) also keeps
+    (d e_hat / dw)^T grad L, at the cost of one Hessian-vector product (p = 2).
 
     Example: sharpscope gradcos runs/sam --rho 0.05 --json -
     """

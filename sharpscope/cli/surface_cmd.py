@@ -104,8 +104,10 @@ def surface_command(
     progress: bool = typer.Option(True, help="Show a progress bar."),
     trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
 ) -> None:
-    """Loss surface around a checkpoint along filter-normalized random directions (Li et al.
-    2018), or over the PCA plane of a run's trajectory. Resumable: rerun the same command.
+    """Loss surface around a checkpoint (random directions) or over a run's trajectory plane.
+
+    Filter-normalized Gaussian directions (Li et al. 2018), or the PCA plane of the run's
+    per-epoch snapshots with --trajectory. Resumable: rerun the same command.
 
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """
