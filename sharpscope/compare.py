@@ -132,7 +132,10 @@ def _train_one(cfg: TrainConfig, out: Path, callbacks: list) -> list[dict]:
         if diff:
             raise ConfigError(f"{out} holds a run with other settings ({', '.join(diff)}); "
                               "use another --out or remove it")
-    return train(cfg, out, resume=True, callbacks=callbacks).metrics
+    result = train(cfg, out, resume=True, callbacks=callbacks)
+    if result.interrupted:  # Ctrl-C: the run is saved; stop here rather than analyse half a run
+        raise KeyboardInterrupt(f"{out} saved mid-run; rerun the same command to continue")
+    return result.metrics
 
 
 def _analyse(ckpt_path: Path, batches: list, s: AnalysisSettings, rho: float, seed: int,

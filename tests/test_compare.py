@@ -74,3 +74,22 @@ def test_bad_optimizer_list(cli, tmp_path):
     assert code == 2 and "adam" in err
     code, _, err = cli(["compare", "--optimizers", "sam,sam", "--out", str(tmp_path)])
     assert code == 2 and "distinct" in err
+
+
+def test_an_interrupted_compare_stops_and_then_continues(tmp_path, monkeypatch):
+    """Ctrl-C during training saves the run and stops; the same command then finishes it."""
+    import sharpscope.compare as cmp
+    from sharpscope.train import Callback
+
+    class CtrlC(Callback):
+        def on_step_end(self, state):
+            if state.step == 3:
+                state.stop_requested = True
+
+    config = cmp.CompareConfig(quick=True, optimizers=["sgd"])
+    with pytest.raises(KeyboardInterrupt, match="rerun"):
+        cmp.run_compare(config, tmp_path, callbacks_for=lambda opt: [CtrlC()])
+    assert not (tmp_path / "results.json").exists()
+    assert (tmp_path / "sgd" / "checkpoint.pt").is_file()
+    results = cmp.run_compare(config, tmp_path)
+    assert len(results["optimizers"]["sgd"]["metrics"]) == config.epochs

@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(err.format_message())  # type: ignore[attr-defined]
     except typer.Abort:
         _fail("aborted", 130)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except KeyboardInterrupt as err:
+        _fail(f"interrupted{': ' + str(err) if str(err) else ''}", 130)
     except SharpscopeError as err:
         _fail(str(err))
     except OSError as err:
