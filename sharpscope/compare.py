@@ -126,7 +126,8 @@ def _plain(value: Any) -> Any:
 def _train_one(cfg: TrainConfig, out: Path, callbacks: list) -> list[dict]:
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
-        stored = read_checkpoint(ckpt).get("config") or {}
+        # through TrainConfig: options added since the run was saved take their defaults
+        stored = TrainConfig.from_dict(read_checkpoint(ckpt).get("config") or {}).to_dict()
         wanted = cfg.to_dict()
         diff = sorted(k for k in wanted if stored.get(k) != wanted[k])
         if diff:

@@ -93,3 +93,20 @@ def test_an_interrupted_compare_stops_and_then_continues(tmp_path, monkeypatch):
     assert (tmp_path / "sgd" / "checkpoint.pt").is_file()
     results = cmp.run_compare(config, tmp_path)
     assert len(results["optimizers"]["sgd"]["metrics"]) == config.epochs
+
+
+def test_runs_saved_before_a_new_option_existed_are_reused(tmp_path):
+    """A checkpoint whose stored config lacks an option added later counts as the default."""
+    import sharpscope.compare as cmp
+    from sharpscope.checkpoint import read_checkpoint, save_checkpoint
+    from sharpscope.models import build_model
+    config = cmp.CompareConfig(quick=True, optimizers=["sgd"])
+    cmp.run_compare(config, tmp_path)
+    raw = read_checkpoint(tmp_path / "sgd" / "checkpoint.pt")
+    del raw["config"]["sync_perturbation"]  # as written by an older sharpscope
+    model = build_model(raw["model_spec"])
+    model.load_state_dict(raw["model_state"])
+    save_checkpoint(tmp_path / "sgd" / "checkpoint.pt", model, model_spec=raw["model_spec"],
+                    data_spec=raw["data_spec"], optimizer_state=raw["optimizer_state"], config=raw["config"],
+                    progress=raw["progress"], rng=raw["rng"], metrics=raw["metrics"])
+    assert cmp.run_compare(config, tmp_path)["optimizers"]["sgd"]["final"]["epoch"] == config.epochs
