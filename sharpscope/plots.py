@@ -496,7 +496,13 @@ def plot_m_sharpness(results: Mapping[str, Any], path: str | Path, against: str 
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=_color(label, i),
                         linestyle=_LINESTYLES[j % len(_LINESTYLES)], label=name)
     if against == "m":
+        from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
         ax.set_xscale("log", base=2)
+        ms = sorted({(r if isinstance(r, Mapping) else r.__dict__)["m"]
+                     for res in results.values() for r in _get(res, "results")})
+        ax.xaxis.set_major_locator(FixedLocator(ms))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("m (examples per perturbation)")
     else:
         ax.set_xlabel("rho")
