@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "finish", "is_distributed", "rank", "world_size", "is_main", "all_reduce_sum", "barrier",
+__all__ = ["init_from_env", "finish", "resolve_device", "is_distributed", "rank", "world_size", "is_main", "all_reduce_sum", "barrier",
            "shard", "main_first", "broadcast_object"]
 
 
@@ -89,3 +89,18 @@ def finish(ok: bool = True) -> None:
         if ok:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available); under torchrun on
+    GPUs, ``cuda`` means this process's GPU (LOCAL_RANK)."""
+    from .errors import ConfigError
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if not (name == "cpu" or name == "cuda" or name.startswith("cuda:")):
+        raise ConfigError(f"device must be cpu, cuda, cuda:N or auto, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} requested but CUDA is not available")
+    if name == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)

@@ -227,14 +227,6 @@ def _augment(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> torch.
     return out
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} requested but CUDA is not available")
-    return torch.device(name)
-
-
 def _model_spec(config: TrainConfig, data: Dataset) -> dict:
     if ":" in config.model:
         return make_factory_spec(config.model, **config.model_kwargs)
@@ -405,13 +397,11 @@ def train(
     if config is None:
         raise ConfigError(f"nothing to resume in {out} and no configuration given")
     config.validate()
-    device = _resolve_device(config.device)
+    device = dist_utils.resolve_device(config.device)
     world, rank, main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main()
     if world > 1 and (config.m is not None or config.second_order):
         raise ConfigError("with several ranks each rank already perturbs with its own gradient (m-SAM with "
                           "m = per-rank batch); --m and --second-order need a single process")
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())
     dist_utils.barrier()  # every rank has checked the folder before rank 0 writes to it
 
     data_spec = config.data_spec()

@@ -134,6 +134,7 @@ def test_cli_hessian_json_and_plots(trained, tmp_path, cli):
 @pytest.mark.parametrize("args,fragment", [
     (["--split", "validation"], "split"), (["--samples", "0"], "subset size"), (["--which", "XX"], "which"),
     (["--hvp-mode", "fast"], "hvp_mode"), (["--params", "nothing.*"], "matches no"),
+    (["--device", "tpu"], "device must be"),
 ])
 def test_cli_hessian_bad_input(trained, cli, args, fragment):
     code, _, err = cli(["hessian", str(trained["dir"]), "--no-progress", *args])

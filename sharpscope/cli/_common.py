@@ -18,11 +18,13 @@ from ..errors import CheckpointError, ConfigError
 
 
 def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: int, seed: int,
-                      trust_factory: bool) -> tuple[Checkpoint, list]:
-    """The checkpoint's model and a fixed list of batches of its data set (joins a torchrun
-    process group first, if launched by torchrun: the analyses then split their work)."""
-    dist_utils.init_from_env()
-    ckpt = load_checkpoint(path, allow_factory=trust_factory)
+                      trust_factory: bool, device: str = "cpu") -> tuple[Checkpoint, list]:
+    """The checkpoint's model (on ``device``) and a fixed list of batches of its data set
+    (joins a torchrun process group first, if launched by torchrun: the analyses then split
+    their work; the batches move to the model's device inside the analyses)."""
+    dist_utils.init_from_env(device)
+    target = dist_utils.resolve_device(device)
+    ckpt = load_checkpoint(path, allow_factory=trust_factory, map_location=target)
     if not ckpt.data_spec:
         raise CheckpointError(f"{path}: records no data set; analyse it from Python with your own data")
     data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
@@ -72,3 +74,6 @@ def point_progress(console: Console, enabled: bool) -> Progress:
 def console(stderr: bool = False) -> Console:
     """A console that prints on rank 0 only."""
     return Console(stderr=stderr, quiet=not dist_utils.is_main())
+
+
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (under torchrun, cuda is each process's own GPU)."

@@ -14,7 +14,7 @@ from .. import distributed as dist_utils
 from .. import plots
 from ..objective import HVP_MODES, Objective
 from ._app import app
-from ._common import console as rank0_console, hvp_progress, load_for_analysis, write_json
+from ._common import DEVICE_HELP, console as rank0_console, hvp_progress, load_for_analysis, write_json
 
 
 @app.command("hessian")
@@ -43,13 +43,14 @@ def hessian_command(
     json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
     """Hessian spectrum of a checkpoint's loss (eval mode, whole data set or --samples).
 
     Example: sharpscope hessian runs/sam --top-k 5 --trace --density --plot --json h.json
     """
     console = rank0_console(stderr=True)
-    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory)
+    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device)
     selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
     obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=hvp_mode)
     report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,

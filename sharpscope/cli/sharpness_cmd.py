@@ -15,7 +15,7 @@ from .. import plots
 from .. import sharpness as sh
 from ..errors import ConfigError
 from ._app import app
-from ._common import console as rank0_console, load_for_analysis, progress_bar, write_json
+from ._common import DEVICE_HELP, console as rank0_console, load_for_analysis, progress_bar, write_json
 from .train_cmd import parse_p
 
 
@@ -48,6 +48,7 @@ def sharpness_command(
     json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
     """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1), with the surrogate gap.
 
@@ -60,7 +61,7 @@ def sharpness_command(
     ms = _numbers(m, int, "--m")
     rhos = _numbers(rho, float, "--rho")
     p_value = parse_p(p)
-    ckpt, batches = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory)
+    ckpt, batches = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device)
     n = sum(x.shape[0] for x, _ in batches)
     per_m = [min(n // size, max_subsets or n) for size in ms]
     with progress_bar(console, progress, "subsets") as bar:
@@ -110,6 +111,7 @@ def gradcos_command(
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="Examples per batch (the result does not depend on it)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout)."),
     trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
     """Cosine between the first-order (SAM) and the full second-order SAM gradient.
 
@@ -118,7 +120,7 @@ def gradcos_command(
 
     Example: sharpscope gradcos runs/sam --rho 0.05 --json -
     """
-    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory)
+    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device)
     res = sh.sam_gradient_cosine(ckpt.model, F.cross_entropy, batches, rho=rho)
     out = rank0_console(stderr=json_out == "-")
     out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)

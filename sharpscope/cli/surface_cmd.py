@@ -15,7 +15,7 @@ from .. import plots
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..errors import CheckpointError, ConfigError
 from ._app import app
-from ._common import console as rank0_console, load_for_analysis, point_progress, write_json
+from ._common import DEVICE_HELP, console as rank0_console, load_for_analysis, point_progress, write_json
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -103,6 +103,7 @@ def surface_command(
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON to PATH (- for stdout)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
     """Loss surface around a checkpoint (random directions) or over a run's trajectory plane.
 
@@ -118,7 +119,7 @@ def surface_command(
         raise ConfigError(f"--dim must be 1 or 2, got {dim}")
     radii_list = _floats(radii, "--radii")
     source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
-    ckpt, batches = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory)
+    ckpt, batches = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory, device)
     model = ckpt.model
     folder = out or ((ckpt.path.parent if ckpt.path.is_file() else ckpt.path) / "surface")
     options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path)}
@@ -184,14 +185,15 @@ def interpolate_command(
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON to PATH (- for stdout)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
+    device: str = typer.Option("cpu", help=DEVICE_HELP),
 ) -> None:
     """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
 
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """
     console = rank0_console(stderr=True)
-    ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory)
-    ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory)
+    ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory, device)
+    ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory, map_location=next(ckpt_a.model.parameters()).device)
     if ckpt_a.data_spec and ckpt_b.data_spec and ckpt_a.data_spec.get("name") != ckpt_b.data_spec.get("name"):
         raise ConfigError(f"A was trained on {ckpt_a.data_spec.get('name')} and B on {ckpt_b.data_spec.get('name')}")
     alphas = ls.parse_grid(grid)
