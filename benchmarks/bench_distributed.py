@@ -31,6 +31,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from sharpscope.data import load_dataset
+from sharpscope.distributed import finish
 from sharpscope.landscape import random_direction, surface
 from sharpscope.models import build_model, make_model_spec
 from sharpscope.objective import Objective
@@ -73,8 +74,10 @@ def _worker(rank: int, world: int, init_file: str, result_file: str) -> None:
         result = measure()
         if rank == 0:
             Path(result_file).write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        finish(ok=False)  # leave without the barrier: the other rank may never reach it
+        raise
+    finish()  # barrier, then leave: no rank tears gloo down under another
 
 
 def main() -> None:

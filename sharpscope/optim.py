@@ -35,7 +35,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["SAM", "sam_step", "frozen_bn_stats", "StepResult"]
+__all__ = ["SAM", "sam_step", "frozen_bn_stats", "bn_modules", "StepResult"]
 
 
 def _check_hyper(rho: float, p: float, eta: float) -> None:
@@ -212,22 +212,32 @@ class SAM(torch.optim.Optimizer):
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
 
-def _bn_modules(model: nn.Module) -> list[nn.Module]:
+def bn_modules(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``model`` that keep running statistics."""
     return [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
+
+
+def _bn_snapshot(bns: list[nn.Module]) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.clone() for k, v in m._buffers.items() if v is not None} for m in bns]
+
+
+@torch.no_grad()
+def _bn_restore(bns: list[nn.Module], snapshot: list[dict[str, torch.Tensor]]) -> None:
+    for m, bufs in zip(bns, snapshot):
+        for k, v in bufs.items():
+            m._buffers[k].copy_(v)
 
 
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     """Inside this block BatchNorm layers normalize with batch statistics as usual, but
     their running statistics (mean, var, num_batches_tracked) are restored on exit."""
-    saved = [{k: v.clone() for k, v in m._buffers.items() if v is not None} for m in _bn_modules(model)]
+    bns = bn_modules(model)
+    saved = _bn_snapshot(bns)
     try:
         yield
     finally:
-        with torch.no_grad():
-            for m, bufs in zip(_bn_modules(model), saved):
-                for k, v in bufs.items():
-                    m._buffers[k].copy_(v)
+        _bn_restore(bns, saved)
 
 
 @dataclass
@@ -247,6 +257,8 @@ def sam_step(
     optimizer: torch.optim.Optimizer,
     m: int | None = None,
     second_order: bool = False,
+    loss_scale: float = 1.0,
+    sync_first_pass: bool = True,
 ) -> StepResult:
     """One training step with SAM (or a plain step if ``optimizer`` is not a :class:`SAM`).
 
@@ -261,38 +273,49 @@ def sam_step(
     ``second_order`` (p = 2, not adaptive, no m): the update uses the full gradient of
     L(w + e_hat(w)), i.e. SAM's gradient plus (d e_hat / dw)^T grad L|_{w + e_hat} (see
     :func:`sharpscope.sharpness.sam_gradient_cosine`), at the cost of one double backward.
+
+    For DistributedDataParallel: ``loss_scale`` multiplies the losses that are
+    back-propagated (the reported losses are not scaled), and ``sync_first_pass=False``
+    runs the first pass under ``model.no_sync()``, so each rank perturbs with its own
+    gradient.
     """
     batch = inputs.shape[0]
     if m is not None and m < 1:
         raise ConfigError(f"m must be a positive number of examples, got {m}")
     if second_order:
         return _second_order_step(model, loss_fn, inputs, targets, optimizer, m)
+    if (loss_scale != 1.0 or not sync_first_pass) and m is not None:
+        raise ConfigError("loss_scale and sync_first_pass are for data-parallel SAM, not m-SAM")
+
+    def backward(loss: torch.Tensor) -> None:
+        (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+
     optimizer.zero_grad(set_to_none=True)
     if not isinstance(optimizer, SAM):
         outputs = model(inputs)
         loss = loss_fn(outputs, targets)
-        loss.backward()
+        backward(loss)
         optimizer.step()
         return StepResult(loss.detach(), outputs.detach(), None)
 
     if m is None or m >= batch:
-        outputs = model(inputs)
-        loss = loss_fn(outputs, targets)
-        loss.backward()
+        with (contextlib.nullcontext() if sync_first_pass else model.no_sync()):
+            outputs = model(inputs)
+            loss = loss_fn(outputs, targets)
+            backward(loss)
         optimizer.first_step(zero_grad=True)
         with frozen_bn_stats(model):
             perturbed = loss_fn(model(inputs), targets)
-            perturbed.backward()
+            backward(perturbed)
         optimizer.second_step()
         return StepResult(loss.detach(), outputs.detach(), perturbed.detach())
 
     params = [w for g in optimizer.param_groups for w in g["params"] if w.requires_grad]
     grad_sum: list[torch.Tensor | None] = [None] * len(params)
-    bns = _bn_modules(model)
-    start = [{k: v.clone() for k, v in b._buffers.items() if v is not None} for b in bns]
+    bns = bn_modules(model)
+    start = _bn_snapshot(bns)
     bn_sum = [{k: torch.zeros_like(v, dtype=torch.float64) for k, v in s.items()} for s in start]
     losses, perturbed_losses, outs = [], [], []
-    n_chunks = 0
     for lo in range(0, batch, m):
         x, y = inputs[lo:lo + m], targets[lo:lo + m]
         weight = x.shape[0] / batch
@@ -300,10 +323,10 @@ def sam_step(
         loss = loss_fn(outputs, y)
         loss.backward()
         with torch.no_grad():  # collect this chunk's running-stat update, then rewind
-            for b, s, acc in zip(bns, start, bn_sum):
+            for b, acc in zip(bns, bn_sum):
                 for k in acc:
                     acc[k] += b._buffers[k].double()
-                    b._buffers[k].copy_(s[k])
+        _bn_restore(bns, start)
         optimizer.first_step(zero_grad=True)
         with frozen_bn_stats(model):
             perturbed = loss_fn(model(x), y)
@@ -318,7 +341,7 @@ def sam_step(
         losses.append(loss.detach() * weight)
         perturbed_losses.append(perturbed.detach() * weight)
         outs.append(outputs.detach())
-        n_chunks += 1
+    n_chunks = len(outs)
     with torch.no_grad():
         for w, g in zip(params, grad_sum):
             w.grad = g

@@ -38,7 +38,7 @@ from .checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
 from .data import DataSpec, Dataset, load_dataset
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .models import build_model, make_factory_spec, make_model_spec
-from .optim import SAM, StepResult, sam_step
+from .optim import SAM, bn_modules, sam_step
 
 __all__ = ["TrainConfig", "TrainResult", "Callback", "train", "learning_rate", "OPTIMIZERS"]
 
@@ -262,45 +262,16 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
                adaptive=config.optimizer == "asam", eta=config.eta, **sgd)
 
 
-def _ddp_step(ddp: nn.Module, model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: float,
-              optimizer: torch.optim.Optimizer, sync_perturbation: bool):
-    """One step on this rank's slice of the global batch under DistributedDataParallel.
-
-    SAM: the first pass runs under ``no_sync`` (each rank perturbs with its own gradient:
-    m-SAM with m = the per-rank batch, the paper's per-device SAM) unless
-    ``sync_perturbation``; the second-pass gradients are averaged by DDP. ``scale`` =
-    n_rank * world / n_batch makes DDP's plain average the batch-size-weighted mean. Batch
-    norm running statistics are averaged over ranks afterwards (what single-process m-SAM
-    stores). Returns (loss, outputs, perturbed loss) of this rank's slice at w.
-    """
-    from contextlib import nullcontext
-
-    from .optim import frozen_bn_stats, _bn_modules
-    optimizer.zero_grad(set_to_none=True)
-    perturbed = None
-    if isinstance(optimizer, SAM):
-        with (nullcontext() if sync_perturbation else ddp.no_sync()):
-            outputs = ddp(x)
-            loss = F.cross_entropy(outputs, y)
-            (loss * scale).backward()
-        optimizer.first_step(zero_grad=True)
-        with frozen_bn_stats(model):
-            perturbed = F.cross_entropy(ddp(x), y)
-            (perturbed * scale).backward()
-        optimizer.second_step()
-    else:
-        outputs = ddp(x)
-        loss = F.cross_entropy(outputs, y)
-        (loss * scale).backward()
-        optimizer.step()
-    with torch.no_grad():
-        world = dist_utils.world_size()
-        for bn in _bn_modules(model):
-            for name in ("running_mean", "running_var"):
-                buf = getattr(bn, name, None)
-                if buf is not None:
-                    buf.copy_(dist_utils.all_reduce_sum(buf.clone()) / world)
-    return loss.detach(), outputs.detach(), None if perturbed is None else perturbed.detach()
+@torch.no_grad()
+def _average_bn_stats(model: nn.Module) -> None:
+    """Running statistics averaged over ranks: what single-process m-SAM stores (the mean
+    of the per-chunk updates); DDP itself leaves them rank-local (broadcast_buffers=False)."""
+    world = dist_utils.world_size()
+    for bn in bn_modules(model):
+        for name in ("running_mean", "running_var"):
+            buf = getattr(bn, name, None)
+            if buf is not None:
+                buf.copy_(dist_utils.all_reduce_sum(buf.clone()) / world)
 
 
 @torch.no_grad()
@@ -513,8 +484,12 @@ def train(
                     part = torch.tensor_split(torch.arange(idx.shape[0], device=idx.device), world)[rank]
                     scale = part.shape[0] * world / idx.shape[0]
                     idx, xb, yb = idx[part], xb[part], yb[part]
-                    loss_, out_, pert_ = _ddp_step(ddp, model, xb, yb, scale, optimizer, config.sync_perturbation)
-                    result = StepResult(loss_, out_, pert_)
+                    # first pass under no_sync unless --sync-perturbation: each rank perturbs with its
+                    # own gradient (m-SAM with m = per-rank batch); DDP averages the second pass, and
+                    # the scale n_rank * world / n_batch makes that average size-weighted
+                    result = sam_step(ddp, F.cross_entropy, xb, yb, optimizer, loss_scale=scale,
+                                      sync_first_pass=config.sync_perturbation)
+                    _average_bn_stats(model)
                 else:
                     result = sam_step(model, F.cross_entropy, xb, yb, optimizer, m=config.m,
                                       second_order=config.second_order)

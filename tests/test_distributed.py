@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharpscope import load_checkpoint
+from sharpscope.distributed import finish
 from sharpscope.train import Callback, TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
@@ -81,8 +82,10 @@ def _worker(rank: int, world: int, init_file: str, target: str, args: tuple, out
         result = globals()[target](*args)
         if rank == 0:
             torch.save(result, out_file)
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        finish(ok=False)  # leave without the barrier: the other rank may never reach it
+        raise
+    finish()  # barrier, then leave: no rank tears gloo down under another
 
 
 def run_on_two_ranks(tmp_path, target: str, *args):
