@@ -401,9 +401,7 @@ def train(
         prog = raw["progress"]
         state.epoch, state.step, state.batch_in_epoch = prog["epoch"], prog["step"], prog["batch_in_epoch"]
         metrics = list(raw.get("metrics") or [])
-        if world == 1:  # a run saved by several ranks holds global sums; per-rank sums restart at 0
-            sums.update(raw.get("partial") or {})
-        elif main:
+        if main:  # the saved sums are global (all ranks'); the other ranks restart theirs at 0
             sums.update(raw.get("partial") or {})
         _set_rng_state(raw.get("rng"), device)
         resumed_from = {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
@@ -465,6 +463,7 @@ def train(
     for cb in callbacks:
         cb.on_train_begin(state)
     interrupted = False
+    noisy = bool(data.noise.n_flipped)
     with _sigint_requests_stop(state):
         while state.epoch < config.epochs:
             plan = _epoch_plan(data, config, state.epoch, augment)
@@ -508,15 +507,20 @@ def train(
                         raise NonFiniteLossError(
                             f"loss became {value.item()} at epoch {state.epoch + 1}, step {state.step + 1} "
                             f"(lr {lr:.4g}); stopped, {kept}; try a smaller --lr or --rho")
-                with torch.no_grad():
+                with torch.no_grad():  # one host sync for all the step's metrics
                     nb = idx.shape[0]
                     pred = result.outputs.argmax(1)
-                    sums["loss"] += result.loss.item() * nb
-                    sums["correct"] += (pred == y_train[idx]).sum().item()
-                    sums["loss_clean"] += F.cross_entropy(result.outputs, y_clean[idx]).item() * nb
-                    sums["correct_clean"] += (pred == y_clean[idx]).sum().item()
-                    if result.perturbed_loss is not None:
-                        sums["perturbed_loss"] += result.perturbed_loss.item() * nb
+                    loss = result.loss.double()
+                    correct = (pred == y_train[idx]).sum().double()
+                    if noisy:
+                        loss_clean = F.cross_entropy(result.outputs, y_clean[idx]).double()
+                        correct_clean = (pred == y_clean[idx]).sum().double()
+                    else:  # clean labels are the training labels
+                        loss_clean, correct_clean = loss, correct
+                    perturbed = result.perturbed_loss.double() if result.perturbed_loss is not None else loss * 0
+                    values = torch.stack([loss * nb, correct, loss_clean * nb, correct_clean, perturbed * nb]).tolist()
+                    for key, value in zip(_SUMS, values):
+                        sums[key] += value
                     sums["count"] += nb
                 state.step += 1
                 state.batch_in_epoch = b + 1
