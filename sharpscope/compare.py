@@ -150,13 +150,13 @@ def _analyse(ckpt_path: Path, batches: list, s: AnalysisSettings, rho: float, se
     tr = hessian.trace(obj, n_matvecs=s.trace_matvecs, seed=seed)
     say("spectral density")
     dens = hessian.density(obj, n_runs=s.density_runs, n_steps=s.density_steps, seed=seed)
+    say("gradient cosine")
+    cos = sharpness.sam_gradient_cosine(obj, rho=rho)  # also gives the surrogate gap
     obj.release()
     say("m-sharpness")
     msh = sharpness.m_sharpness(model, loss, batches, m=[m for m in s.m_values if m <= s.samples], rho=rho,
                                 steps=s.m_steps, seed=seed)
-    gap = sharpness.surrogate_gap(model, loss, batches, rho=rho)
-    say("gradient cosine")
-    cos = sharpness.sam_gradient_cosine(model, loss, batches, rho=rho)
+    gap = cos.surrogate_gap
     out = {"eigenvalues": eig.to_dict(), "lambda_max": eig.eigenvalues[0], "ratio": eig.ratio,
            "trace": tr.to_dict(), "density": dens.to_dict(), "m_sharpness": msh.to_dict(), "surrogate_gap": gap,
            "gradcos": cos.to_dict()}

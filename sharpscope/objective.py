@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, grad_and_value, jvp, vmap
 
 from . import distributed as dist_utils
 from .errors import ConfigError
@@ -226,13 +226,20 @@ class Objective:
 
     def grad(self, theta: Tensor | None = None) -> Tensor:
         """grad L, flat (n,)."""
+        return self.value_and_grad(theta)[1]
+
+    def value_and_grad(self, theta: Tensor | None = None) -> tuple[float, Tensor]:
+        """(L, grad L) in one pass over the data."""
         params = self.theta if theta is None else self.unflatten(theta)
-        g = torch.zeros(self.n, device=self.device, dtype=self.dtype)
+        packed = torch.zeros(self.n + 1, device=self.device, dtype=self.dtype)  # [grad, loss]: one all-reduce
         with eval_mode(self.model):
             for w, (x, y) in self.own:
-                g.add_(self.flatten(grad(self._batch_loss)(params, x, y)), alpha=w)
+                g, value = grad_and_value(self._batch_loss)(params, x, y)
+                packed[:-1].add_(self.flatten(g), alpha=w)
+                packed[-1] += w * value.detach()
         self.n_grad += 1
-        return self._reduce(g)
+        packed = self._reduce(packed)
+        return float(packed[-1]), packed[:-1]
 
     def hvp(self, v: Tensor) -> Tensor:
         """H v for a flat (n,) vector, or H V column by column for an (n, b) block."""

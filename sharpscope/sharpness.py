@@ -42,7 +42,7 @@ from . import distributed as dist_utils
 from .errors import ConfigError
 from .objective import Objective, eval_mode
 
-__all__ = ["m_sharpness", "MSharpness", "SharpnessResult", "surrogate_gap", "sam_gradient_cosine",
+__all__ = ["m_sharpness", "MSharpness", "SharpnessResult", "surrogate_gap", "surrogate_gaps", "sam_gradient_cosine",
            "GradientCosine", "dual_direction", "project"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -200,14 +200,22 @@ def m_sharpness(
     return SharpnessResult(p, steps, results, n, n_grad, time.perf_counter() - start)
 
 
-def surrogate_gap(model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]], rho: float = 0.05,
-                  p: float = 2.0) -> float:
-    """L(w + e_hat) - L(w) on the whole data set, e_hat = rho * dual(grad L(w)) (SAM's first-order
-    maximizer; the quantity SAM's second pass sees)."""
-    obj = Objective(model, loss_fn, data)
-    g = obj.grad()
-    e = rho * dual_direction(g, p)
-    return obj.loss(obj.parameters_vector() + e) - obj.loss()
+def surrogate_gaps(model: nn.Module | Objective, loss_fn: LossFn | None = None,
+                   data: Iterable[tuple[Tensor, Tensor]] | None = None, rhos: Sequence[float] = (0.05,),
+                   p: float = 2.0) -> dict[float, float]:
+    """rho -> L(w + e_hat) - L(w) on the whole data set, e_hat = rho * dual(grad L(w)) (SAM's
+    first-order maximizer: the quantity SAM's second pass sees); one gradient for all rho."""
+    obj = model if isinstance(model, Objective) else Objective(model, loss_fn, data)
+    loss_w, g = obj.value_and_grad()
+    direction = dual_direction(g, p)
+    w = obj.parameters_vector()
+    return {float(r): obj.loss(w + r * direction) - loss_w for r in rhos}
+
+
+def surrogate_gap(model: nn.Module | Objective, loss_fn: LossFn | None = None,
+                  data: Iterable[tuple[Tensor, Tensor]] | None = None, rho: float = 0.05, p: float = 2.0) -> float:
+    """L(w + e_hat) - L(w) for one rho (see :func:`surrogate_gaps`)."""
+    return surrogate_gaps(model, loss_fn, data, rhos=(rho,), p=p)[float(rho)]
 
 
 @dataclass
@@ -220,6 +228,7 @@ class GradientCosine:
     second_order_norm: float     # ||(d e_hat / dw)^T grad L(w + e_hat)||
     full_gradient_norm: float
     gradient_norm: float         # ||grad L(w)||
+    surrogate_gap: float         # L(w + e_hat) - L(w), free from the same two passes
     n_hvp: int
     wall_time: float
 
@@ -237,15 +246,15 @@ def sam_gradient_cosine(model: nn.Module | Objective, loss_fn: LossFn | None = N
     obj = model if isinstance(model, Objective) else Objective(model, loss_fn, data, params=params)
     n_hvp0 = obj.n_hvp
     w = obj.parameters_vector()
-    g = obj.grad()
+    loss_w, g = obj.value_and_grad()
     gn = g.norm()
     if gn == 0:
         raise ConfigError("the gradient is zero: e_hat and the SAM gradient are undefined")
     g_hat = g / gn
-    g_sam = obj.grad(w + rho * g_hat)
+    loss_e, g_sam = obj.value_and_grad(w + rho * g_hat)
     u = (rho / gn) * (g_sam - g_hat * (g_hat @ g_sam))
     second = obj.hvp(u)
     full = g_sam + second
     cos = float((g_sam @ full) / (g_sam.norm() * full.norm()).clamp_min(torch.finfo(full.dtype).tiny))
     return GradientCosine(rho, cos, float(g_sam.norm()), float(second.norm()), float(full.norm()), float(gn),
-                          obj.n_hvp - n_hvp0, time.perf_counter() - start)
+                          loss_e - loss_w, obj.n_hvp - n_hvp0, time.perf_counter() - start)

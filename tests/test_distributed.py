@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,6 +84,7 @@ def _worker(rank: int, world: int, init_file: str, target: str, args: tuple, out
         result = globals()[target](*args)
         if rank == 0:
             torch.save(result, out_file)
+        Path(f"{out_file}.rank{rank}.done").touch()  # this rank's work is complete
     except BaseException:
         finish(ok=False)  # leave without the barrier: the other rank may never reach it
         raise
@@ -90,7 +93,16 @@ def _worker(rank: int, world: int, init_file: str, target: str, args: tuple, out
 
 def run_on_two_ranks(tmp_path, target: str, *args):
     out_file = str(tmp_path / f"{target}.result.pt")
-    mp.spawn(_worker, args=(2, str(tmp_path / f"{target}.init"), target, args, out_file), nprocs=2, join=True)
+    try:
+        mp.spawn(_worker, args=(2, str(tmp_path / f"{target}.init"), target, args, out_file), nprocs=2, join=True)
+    except mp.ProcessExitedException as err:
+        # gloo occasionally aborts a process while tearing the group down at exit ("terminate
+        # called without an active exception"). Only that is tolerated: both ranks must have
+        # finished their work (their markers exist) and the death must be that SIGABRT.
+        finished = all(Path(f"{out_file}.rank{r}.done").exists() for r in range(2))
+        if not (finished and err.signal_name == "SIGABRT"):
+            raise
+        warnings.warn(f"a rank aborted while leaving the gloo group after finishing: {err}")
     return torch.load(out_file, weights_only=False)  # our own test file, written a moment ago
 
 

@@ -70,6 +70,8 @@ def test_loss_and_gradient_are_the_full_data_mean():
     expected_grad = torch.autograd.grad(full, list(model.parameters()))
     model.train()
     assert obj.loss() == pytest.approx(full.item(), rel=1e-12)
+    value, g = obj.value_and_grad()
+    assert value == pytest.approx(full.item(), rel=1e-12) and torch.equal(g, obj.grad())
     torch.testing.assert_close(obj.grad(), torch.cat([t.reshape(-1) for t in expected_grad]), rtol=0, atol=1e-12)
     # at another point theta: the loss of the displaced model
     theta = obj.parameters_vector() + 0.1

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharpscope import ConfigError
-from sharpscope.sharpness import dual_direction, m_sharpness, project, sam_gradient_cosine, surrogate_gap
+from sharpscope.sharpness import (dual_direction, m_sharpness, project, sam_gradient_cosine, surrogate_gap,
+                                  surrogate_gaps)
 
 
 class LinearRegression(nn.Module):
@@ -142,6 +143,9 @@ def test_surrogate_gap_by_hand():
     g = torch.func.grad(loss)(w)
     assert surrogate_gap(model, F.cross_entropy, batches, rho=0.1) == pytest.approx(
         (loss(w + 0.1 * g / g.norm()) - loss(w)).item(), rel=1e-10)
+    gaps = surrogate_gaps(model, F.cross_entropy, batches, rhos=[0.05, 0.1])
+    assert gaps[0.1] == pytest.approx((loss(w + 0.1 * g / g.norm()) - loss(w)).item(), rel=1e-10)
+    assert gaps[0.05] == pytest.approx((loss(w + 0.05 * g / g.norm()) - loss(w)).item(), rel=1e-10)
 
 
 def test_gradient_cosine_equals_autograd_through_e_hat():
@@ -165,6 +169,7 @@ def test_gradient_cosine_equals_autograd_through_e_hat():
     assert res.sam_gradient_norm == pytest.approx(g_sam.norm().item(), rel=1e-10)
     assert res.second_order_norm == pytest.approx((full - g_sam).norm().item(), rel=1e-9)
     assert res.n_hvp == 1 and res.cosine < 1.0
+    assert res.surrogate_gap == pytest.approx((loss(w + rho * g_hat / g_hat.norm()) - loss(w)).item(), rel=1e-10)
 
 
 def test_analyses_leave_the_model_unchanged():

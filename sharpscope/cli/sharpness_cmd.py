@@ -68,8 +68,8 @@ def sharpness_command(
         task = bar.add_task("m-sharpness", total=sum(per_m) * len(rhos))
         result = sh.m_sharpness(ckpt.model, F.cross_entropy, batches, m=ms, rho=rhos, steps=steps, p=p_value,
                                 seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k))
-    gaps = {str(r): sh.surrogate_gap(ckpt.model, F.cross_entropy, batches, rho=r, p=p_value) for r in rhos} \
-        if gap else None
+    gaps = {str(r): v for r, v in sh.surrogate_gaps(ckpt.model, F.cross_entropy, batches, rhos=rhos,
+                                                    p=p_value).items()} if gap else None
     if not dist_utils.is_main():  # the subsets were shared out; rank 0 reports
         return
     report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
@@ -125,7 +125,8 @@ def gradcos_command(
     out = rank0_console(stderr=json_out == "-")
     out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)
     out.print(f"||grad L(w)|| = {res.gradient_norm:.4g}, ||SAM gradient|| = {res.sam_gradient_norm:.4g}, "
-              f"||second-order term|| = {res.second_order_norm:.4g} ({res.wall_time:.1f}s)", highlight=False)
+              f"||second-order term|| = {res.second_order_norm:.4g}, surrogate gap {res.surrogate_gap:.4g} "
+              f"({res.wall_time:.1f}s)", highlight=False)
     if not math.isfinite(res.cosine):
         raise ConfigError("the cosine is not finite (zero gradient?)")
     write_json({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, json_out)
