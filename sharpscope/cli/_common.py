@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -76,4 +77,10 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, quiet=not dist_utils.is_main())
 
 
-DEVICE_HELP = "cpu, cuda, cuda:N or auto (under torchrun, cuda is each process's own GPU)."
+# Options every analysis command shares: one definition, one help text.
+SAMPLES = typer.Option(None, help="Use a seeded subset of this many examples.")
+SPLIT = typer.Option("train", help="train (the labels trained on) or test.")
+JSON_OUT = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout).")
+PROGRESS = typer.Option(True, help="Show a progress bar.")
+TRUST_FACTORY = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names.")
+DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (under torchrun, cuda is each process's own GPU).")

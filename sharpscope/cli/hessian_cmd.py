@@ -14,7 +14,9 @@ from .. import distributed as dist_utils
 from .. import plots
 from ..objective import HVP_MODES, Objective
 from ._app import app
-from ._common import DEVICE_HELP, console as rank0_console, hvp_progress, load_for_analysis, write_json
+from ._common import (
+    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, hvp_progress,
+    load_for_analysis, write_json)
 
 
 @app.command("hessian")
@@ -32,18 +34,18 @@ def hessian_command(
     per_layer: bool = typer.Option(False, "--per-layer", help="Top eigenvalue and trace of each layer's block."),
     by: str = typer.Option("layer", help="Per-layer grouping: layer or block."),
     params: str = typer.Option("all", help="Parameters: all, no-biasbn, or comma-separated glob patterns."),
-    samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples."),
-    split: str = typer.Option("train", help="train (the labels trained on) or test."),
+    samples: Optional[int] = SAMPLES,
+    split: str = SPLIT,
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="Examples per batch (the result does not depend on it)."),
     seed: int = typer.Option(0, help="Seed of the subset and of the random start vectors."),
     hvp_mode: str = typer.Option("auto", "--hvp-mode", help=f"One of {', '.join(HVP_MODES)}."),
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
     plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-    trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
-    device: str = typer.Option("cpu", help=DEVICE_HELP),
+    json_out: Optional[str] = JSON_OUT,
+    progress: bool = PROGRESS,
+    trust_factory: bool = TRUST_FACTORY,
+    device: str = DEVICE,
 ) -> None:
     """Hessian spectrum of a checkpoint's loss (eval mode, whole data set or --samples).
 

@@ -15,7 +15,9 @@ from .. import plots
 from .. import sharpness as sh
 from ..errors import ConfigError
 from ._app import app
-from ._common import DEVICE_HELP, console as rank0_console, load_for_analysis, progress_bar, write_json
+from ._common import (
+    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, load_for_analysis,
+    progress_bar, write_json)
 from .train_cmd import parse_p
 
 
@@ -38,17 +40,17 @@ def sharpness_command(
     steps: int = typer.Option(5, help="Projected gradient-ascent steps (1 = SAM's first-order maximizer)."),
     p: str = typer.Option("2", "--p", help="2 or inf."),
     max_subsets: Optional[int] = typer.Option(None, "--max-subsets", help="Cap on subsets per m (seeded)."),
-    samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples."),
-    split: str = typer.Option("train", help="train or test."),
+    samples: Optional[int] = SAMPLES,
+    split: str = SPLIT,
     seed: int = typer.Option(0, help="Seed of the subsets and of --samples."),
     gap: bool = typer.Option(True, help="Also report the surrogate gap L(w + e_hat) - L(w) for each rho."),
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
     plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-    trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
-    device: str = typer.Option("cpu", help=DEVICE_HELP),
+    json_out: Optional[str] = JSON_OUT,
+    progress: bool = PROGRESS,
+    trust_factory: bool = TRUST_FACTORY,
+    device: str = DEVICE,
 ) -> None:
     """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1), with the surrogate gap.
 
@@ -105,13 +107,13 @@ def sharpness_command(
 def gradcos_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
     rho: float = typer.Option(0.05, help="SAM radius."),
-    samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples."),
-    split: str = typer.Option("train", help="train or test."),
+    samples: Optional[int] = SAMPLES,
+    split: str = SPLIT,
     seed: int = typer.Option(0, help="Seed of --samples."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", help="Examples per batch (the result does not depend on it)."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout)."),
-    trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
-    device: str = typer.Option("cpu", help=DEVICE_HELP),
+    json_out: Optional[str] = JSON_OUT,
+    trust_factory: bool = TRUST_FACTORY,
+    device: str = DEVICE,
 ) -> None:
     """Cosine between the first-order (SAM) and the full second-order SAM gradient.
 

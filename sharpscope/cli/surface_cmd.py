@@ -15,7 +15,9 @@ from .. import plots
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..errors import CheckpointError, ConfigError
 from ._app import app
-from ._common import DEVICE_HELP, console as rank0_console, load_for_analysis, point_progress, write_json
+from ._common import (
+    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, load_for_analysis,
+    point_progress, write_json)
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -91,8 +93,8 @@ def surface_command(
     ignore: str = typer.Option("biasbn", help="biasbn (zero on biases and norm layers) or none."),
     orthogonalize: bool = typer.Option(False, "--orthogonalize", help="Make direction 2 orthogonal to direction 1."),
     seed: int = typer.Option(0, help="Seed of the directions (direction 2 uses seed + 1) and of --samples."),
-    samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples."),
-    split: str = typer.Option("train", help="train or test."),
+    samples: Optional[int] = SAMPLES,
+    split: str = SPLIT,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Examples per forward pass "
                                                                           "(default: the fastest, timed)."),
     radii: str = typer.Option("0.1,0.25,0.5,1", help="Radii at which to report the mean loss increase."),
@@ -100,10 +102,10 @@ def surface_command(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <run>/surface)."),
     plot: bool = typer.Option(False, "--plot", help="Write figures (1-D curve; 2-D contour, filled contour, 3-D)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON to PATH (- for stdout)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-    trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
-    device: str = typer.Option("cpu", help=DEVICE_HELP),
+    json_out: Optional[str] = JSON_OUT,
+    progress: bool = PROGRESS,
+    trust_factory: bool = TRUST_FACTORY,
+    device: str = DEVICE,
 ) -> None:
     """Loss surface around a checkpoint (random directions) or over a run's trajectory plane.
 
@@ -174,18 +176,18 @@ def interpolate_command(
     checkpoint_b: Path = typer.Argument(..., help="Model B (alpha = 1)."),
     grid: str = typer.Option("-0.5:1.5:41", help="alpha grid MIN:MAX:POINTS."),
     buffers: str = typer.Option("interpolate", help="BN statistics: interpolate between A and B, or keep A's."),
-    samples: Optional[int] = typer.Option(None, help="Use a seeded subset of this many examples (A's data set)."),
-    split: str = typer.Option("train", help="train or test."),
+    samples: Optional[int] = SAMPLES,
+    split: str = SPLIT,
     seed: int = typer.Option(0, help="Seed of --samples."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Examples per forward pass "
                                                                           "(default: the fastest, timed)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: A's run folder /interpolate)."),
     plot: bool = typer.Option(False, "--plot", help="Write the loss / accuracy curve."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write the figure as PDF."),
-    json_out: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON to PATH (- for stdout)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
-    trust_factory: bool = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names."),
-    device: str = typer.Option("cpu", help=DEVICE_HELP),
+    json_out: Optional[str] = JSON_OUT,
+    progress: bool = PROGRESS,
+    trust_factory: bool = TRUST_FACTORY,
+    device: str = DEVICE,
 ) -> None:
     """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
 
