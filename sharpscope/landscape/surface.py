@@ -30,7 +30,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +192,6 @@ class SurfaceResult:
     path: np.ndarray | None = None
     name_a: str | None = None
     name_b: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
