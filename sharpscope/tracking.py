@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from . import hessian, sharpness
 from .errors import ConfigError
+from .objective import Objective
 from .train import Callback, TrainState
 
 __all__ = ["TRACKABLE", "TrackingCallback"]
@@ -49,12 +50,14 @@ class TrackingCallback(Callback):
     def measure(self, state: TrainState) -> dict[str, Any]:
         assert self.batches is not None
         model, loss, out = state.model, F.cross_entropy, {}
+        obj = Objective(model, loss, self.batches)  # one double-backward graph for all three
         if "gradcos" in self.keys:
-            out["gradcos"] = sharpness.sam_gradient_cosine(model, loss, self.batches, rho=self.rho).cosine
+            out["gradcos"] = sharpness.sam_gradient_cosine(obj, rho=self.rho).cosine
         if "lambda_max" in self.keys:
-            out["lambda_max"] = hessian.eigenvalues(model, loss, self.batches, k=1, tol=1e-3, seed=self.seed).eigenvalues[0]
+            out["lambda_max"] = hessian.eigenvalues(obj, k=1, tol=1e-3, seed=self.seed).eigenvalues[0]
         if "trace" in self.keys:
-            out["trace"] = hessian.trace(model, loss, self.batches, n_matvecs=30, seed=self.seed).trace
+            out["trace"] = hessian.trace(obj, n_matvecs=30, seed=self.seed).trace
+        obj.release()
         if "m_sharpness" in self.keys:
             res = sharpness.m_sharpness(model, loss, self.batches, m=16, rho=self.rho, steps=3, seed=self.seed)
             out["m_sharpness"] = res.results[0].mean
