@@ -1,0 +1,172 @@
+"""One training step: SAM's two passes (plain, m-SAM, data-parallel) and second-order SAM."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .bn import _bn_restore, _bn_snapshot, bn_modules, frozen_bn_stats
+from .sam import SAM
+
+__all__ = ["sam_step", "StepResult"]
+
+
+@dataclass
+class StepResult:
+    """What one training step saw at the unperturbed weights (for metrics)."""
+
+    loss: torch.Tensor      # mean loss of the batch at w (0-dim, detached)
+    outputs: torch.Tensor   # model outputs at w (detached)
+    perturbed_loss: torch.Tensor | None  # mean loss at w + e (SAM only)
+
+
+def sam_step(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    m: int | None = None,
+    second_order: bool = False,
+    loss_scale: float = 1.0,
+    sync_first_pass: bool = True,
+) -> StepResult:
+    """One training step with SAM (or a plain step if ``optimizer`` is not a :class:`SAM`).
+
+    ``m`` (m-SAM, Foret et al. Sec. 4.1 / App. C.3): the batch is split into consecutive
+    chunks of ``m`` examples; each chunk gets its own perturbation e_k from its own
+    gradient, the gradient at w + e_k of that chunk's loss is taken, and the chunk
+    gradients are averaged weighted by chunk size. ``m = None`` or ``m >= batch size`` is
+    plain SAM. BatchNorm: running statistics come from the clean pass only; with m-SAM
+    the clean pass runs per chunk and the stored statistics are the average of the
+    per-chunk updates (what averaging per-device buffers would give).
+
+    ``second_order`` (p = 2, not adaptive, no m): the update uses the full gradient of
+    L(w + e_hat(w)), i.e. SAM's gradient plus (d e_hat / dw)^T grad L|_{w + e_hat} (see
+    :func:`sharpscope.sharpness.sam_gradient_cosine`), at the cost of one double backward.
+
+    For DistributedDataParallel: ``loss_scale`` multiplies the losses that are
+    back-propagated (the reported losses are not scaled), and ``sync_first_pass=False``
+    runs the first pass under ``model.no_sync()``, so each rank perturbs with its own
+    gradient.
+    """
+    batch = inputs.shape[0]
+    if m is not None and m < 1:
+        raise ConfigError(f"m must be a positive number of examples, got {m}")
+    if second_order:
+        return _second_order_step(model, loss_fn, inputs, targets, optimizer, m)
+    if (loss_scale != 1.0 or not sync_first_pass) and m is not None:
+        raise ConfigError("loss_scale and sync_first_pass are for data-parallel SAM, not m-SAM")
+
+    def backward(loss: torch.Tensor) -> None:
+        (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+
+    optimizer.zero_grad(set_to_none=True)
+    if not isinstance(optimizer, SAM):
+        outputs = model(inputs)
+        loss = loss_fn(outputs, targets)
+        backward(loss)
+        optimizer.step()
+        return StepResult(loss.detach(), outputs.detach(), None)
+
+    if m is None or m >= batch:
+        with (contextlib.nullcontext() if sync_first_pass else model.no_sync()):
+            outputs = model(inputs)
+            loss = loss_fn(outputs, targets)
+            backward(loss)
+        optimizer.first_step(zero_grad=True)
+        with frozen_bn_stats(model):
+            perturbed = loss_fn(model(inputs), targets)
+            backward(perturbed)
+        optimizer.second_step()
+        return StepResult(loss.detach(), outputs.detach(), perturbed.detach())
+
+    params = [w for g in optimizer.param_groups for w in g["params"] if w.requires_grad]
+    grad_sum: list[torch.Tensor | None] = [None] * len(params)
+    bns = bn_modules(model)
+    start = _bn_snapshot(bns)
+    bn_sum = [{k: torch.zeros_like(v, dtype=torch.float64) for k, v in s.items()} for s in start]
+    losses, perturbed_losses, outs = [], [], []
+    for lo in range(0, batch, m):
+        x, y = inputs[lo:lo + m], targets[lo:lo + m]
+        weight = x.shape[0] / batch
+        outputs = model(x)
+        loss = loss_fn(outputs, y)
+        loss.backward()
+        with torch.no_grad():  # collect this chunk's running-stat update, then rewind
+            for b, acc in zip(bns, bn_sum):
+                for k in acc:
+                    acc[k] += b._buffers[k].double()
+        _bn_restore(bns, start)
+        optimizer.first_step(zero_grad=True)
+        with frozen_bn_stats(model):
+            perturbed = loss_fn(model(x), y)
+            perturbed.backward()
+        optimizer.unperturb()
+        with torch.no_grad():
+            for i, w in enumerate(params):
+                if w.grad is None:
+                    continue
+                grad_sum[i] = w.grad * weight if grad_sum[i] is None else grad_sum[i].add_(w.grad, alpha=weight)
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach() * weight)
+        perturbed_losses.append(perturbed.detach() * weight)
+        outs.append(outputs.detach())
+    n_chunks = len(outs)
+    with torch.no_grad():
+        for w, g in zip(params, grad_sum):
+            w.grad = g
+        for b, acc in zip(bns, bn_sum):
+            for k, total in acc.items():
+                b._buffers[k].copy_((total / n_chunks).to(b._buffers[k].dtype)
+                                    if k != "num_batches_tracked" else b._buffers[k] + 1)
+    optimizer.base_step()
+    return StepResult(torch.stack(losses).sum(), torch.cat(outs), torch.stack(perturbed_losses).sum())
+
+
+def _second_order_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                       inputs: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
+                       m: int | None) -> StepResult:
+    """SAM with the full gradient of L(w + rho g / ||g||) (Foret et al., Sec. 2, App. C.4).
+
+    Works on detached copies of the parameters through ``functional_call``, so nothing is
+    modified in place while the double-backward graph is alive.
+    """
+    if not isinstance(optimizer, SAM):
+        raise ConfigError("second-order SAM needs the SAM optimizer")
+    groups = optimizer.param_groups
+    if m is not None or any(g["adaptive"] or g["p"] != 2.0 for g in groups) or len({g["rho"] for g in groups}) > 1:
+        raise ConfigError("second-order SAM supports p = 2, one rho, no ASAM and no m-SAM")
+    rho = groups[0]["rho"]
+    named = [(n, w) for n, w in model.named_parameters() if w.requires_grad]
+    names = [n for n, _ in named]
+    leaves = [w.detach().requires_grad_(True) for _, w in named]
+    outputs = torch.func.functional_call(model, dict(zip(names, leaves)), (inputs,))
+    loss = loss_fn(outputs, targets)
+    grads = torch.autograd.grad(loss, leaves, create_graph=True)
+    with torch.no_grad():
+        g = [t.detach() for t in grads]
+        gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in g]))
+        if gnorm == 0:  # no ascent direction: a plain step
+            for (_, w), t in zip(named, g):
+                w.grad = t.clone()
+            optimizer.base_step()
+            return StepResult(loss.detach(), outputs.detach(), loss.detach())
+        shifted = [(w.detach() + rho * t / gnorm).requires_grad_(True) for (_, w), t in zip(named, g)]
+    with frozen_bn_stats(model):
+        perturbed = loss_fn(torch.func.functional_call(model, dict(zip(names, shifted)), (inputs,)), targets)
+    g_sam = torch.autograd.grad(perturbed, shifted)
+    with torch.no_grad():
+        dot = sum((a * b).sum() for a, b in zip(g, g_sam)) / gnorm
+        u = [(rho / gnorm) * (b - a * (dot / gnorm)) for a, b in zip(g, g_sam)]
+    hu = torch.autograd.grad(grads, leaves, grad_outputs=u)
+    with torch.no_grad():
+        for (_, w), a, b in zip(named, g_sam, hu):
+            w.grad = a + b
+    optimizer.base_step()
+    return StepResult(loss.detach(), outputs.detach(), perturbed.detach())
