@@ -244,6 +244,32 @@ def test_frozen_bn_stats_restores_buffers():
         assert torch.equal(v, before[k]), k
 
 
+@pytest.mark.parametrize("backward_inside", [True, False])
+def test_frozen_bn_stats_allows_backward_after_the_block(backward_inside):
+    # Issue 10.3: `with frozen_bn_stats(m): loss2 = ...` then `loss2.backward()` (the AMP
+    # layout) must work and give the same step as backward inside the block, bit for bit.
+    net, twin = _mlp(bn=True), _mlp(bn=True)
+    x = torch.randn(16, 6, dtype=torch.float64); y = torch.randint(0, 3, (16,))
+    a = SAM(net.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
+    b = SAM(twin.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9)
+    held = dict(net[1].named_buffers())  # a user's references to the buffers stay valid
+    for _ in range(2):
+        sam_step(twin, F.cross_entropy, x, y, b)
+        F.cross_entropy(net(x), y).backward()
+        a.first_step(zero_grad=True)
+        with frozen_bn_stats(net):
+            perturbed = F.cross_entropy(net(x), y)
+            if backward_inside:
+                perturbed.backward()
+        if not backward_inside:
+            perturbed.backward()
+        a.second_step(zero_grad=True)
+    for u, v in zip(net.state_dict().values(), twin.state_dict().values()):
+        assert torch.equal(u, v)
+    assert all(t is net[1]._buffers[k] for k, t in held.items())
+    assert int(net[1].num_batches_tracked) == 2
+
+
 def test_state_dict_round_trip_continues_identically():
     torch.manual_seed(5)
     data = [(torch.randn(8, 6, dtype=torch.float64), torch.randint(0, 3, (8,))) for _ in range(6)]

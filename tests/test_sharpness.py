@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -274,3 +275,36 @@ def test_sam_minimum_is_flatter_than_sgd_on_digits(tmp_path):
         res = m_sharpness(model, F.cross_entropy, batches, m=[1, 4, 16, 64], rho=0.05, steps=3)
         values[opt] = [r.mean for r in res.results]
     assert all(sam < sgd for sam, sgd in zip(values["sam"], values["sgd"])), values
+
+
+def test_second_order_step_with_batchnorm_equals_autograd_through_e_hat():
+    # Issue 10.2: the double-backward graph of the clean pass saves the BN buffers; the
+    # perturbed pass must not write to them in place. Reference: the same network with a BN
+    # layer that keeps no running statistics (identical train-mode forward), through autograd.
+    from sharpscope import SAM, sam_step
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)).double().train()
+    reference = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6, track_running_stats=False), nn.Tanh(),
+                              nn.Linear(6, 3)).double().train()
+    reference.load_state_dict({k: v for k, v in model.state_dict().items()
+                               if not k.startswith("1.running") and k != "1.num_batches_tracked"})
+    x, y, _ = _classification(16)
+    rho, lr = 0.2, 0.1
+    probe = copy.deepcopy(model)
+    with torch.no_grad():  # the running statistics one clean forward pass leaves
+        probe(x)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=lr)
+    sam_step(model, F.cross_entropy, x, y, opt, second_order=True)
+
+    loss = _flat_loss(reference, x, y, F.cross_entropy)
+
+    def sam_objective(v):
+        g = torch.func.grad(loss)(v)
+        return loss(v + rho * g / g.norm())
+
+    w = _theta(reference)
+    expected = w - lr * torch.func.grad(sam_objective)(w)
+    torch.testing.assert_close(_theta(model), expected, rtol=0, atol=1e-13)
+    torch.testing.assert_close(model[1].running_mean, probe[1].running_mean, rtol=0, atol=0)
+    torch.testing.assert_close(model[1].running_var, probe[1].running_var, rtol=0, atol=0)
+    assert int(model[1].num_batches_tracked) == 1

@@ -32,10 +32,24 @@ def _bn_restore(bns: list[nn.Module], snapshot: list[dict[str, torch.Tensor]]) -
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
     """Inside this block BatchNorm layers normalize with batch statistics as usual, but
-    their running statistics (mean, var, num_batches_tracked) are restored on exit."""
+    their running statistics (mean, var, num_batches_tracked) are the same after it.
+
+    Nothing is written in place: for the duration of the block each BatchNorm buffer is
+    replaced by a copy (which the forward passes inside update), and the untouched originals
+    are put back on exit. Autograd graphs that saved the buffers therefore stay valid, so
+    ``backward()`` may run inside the block or after it (``with frozen_bn_stats(m),
+    torch.autocast(...): loss = ...`` then ``loss.backward()``), and so may a
+    double-backward graph built before the block (second-order SAM). Code that holds
+    references to the buffer tensors sees them unchanged throughout.
+    """
     bns = bn_modules(model)
-    saved = _bn_snapshot(bns)
+    originals = [dict(m._buffers) for m in bns]
+    for m, bufs in zip(bns, originals):
+        for k, v in bufs.items():
+            if v is not None:
+                m._buffers[k] = v.clone()
     try:
         yield
     finally:
-        _bn_restore(bns, saved)
+        for m, bufs in zip(bns, originals):
+            m._buffers.update(bufs)
