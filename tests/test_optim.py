@@ -302,3 +302,60 @@ def test_lr_scheduler_drives_the_shared_param_groups():
     w.grad = torch.ones(2); opt.first_step(); w.grad = torch.ones(2); opt.second_step()
     sched.step()
     assert opt.base_optimizer.param_groups[0]["lr"] == 0.5
+
+
+class _Bag(nn.Module):
+    """Embedding bag + linear head: with ``sparse=True`` the embedding's gradient is sparse."""
+
+    def __init__(self, sparse: bool) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.emb = nn.Embedding(20, 4, sparse=sparse).double()
+        self.head = nn.Linear(4, 3).double()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(idx).mean(dim=1))
+
+
+@pytest.mark.parametrize("options", [{}, {"p": math.inf}, {"p": 3.0}, {"adaptive": True, "rho": 0.5}])
+def test_sparse_gradients_step_like_the_same_gradients_stored_densely(options):
+    # Issue 10.4: rows 12-19 of the embedding are never looked up, so the sparse gradient has
+    # entries for rows 0-11 only; e_hat and the update must equal the dense computation.
+    idx = torch.randint(0, 12, (16, 5), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(1))
+    sparse, dense = _Bag(sparse=True), _Bag(sparse=False)
+    opts = dict(dict(rho=0.1), **options)
+    a = SAM(sparse.parameters(), torch.optim.SGD, lr=0.1, **opts)
+    b = SAM(dense.parameters(), torch.optim.SGD, lr=0.1, **opts)
+    for _ in range(3):
+        sam_step(sparse, F.cross_entropy, idx, y, a)
+        sam_step(dense, F.cross_entropy, idx, y, b)
+    for (name, u), v in zip(sparse.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(u, v, rtol=1e-14, atol=1e-15, msg=name)
+    assert torch.equal(sparse.emb.weight[12:], _Bag(sparse=True).emb.weight[12:])  # untouched rows stay put
+
+
+def test_groups_added_later_are_validated_and_get_sams_defaults():
+    # Issue 10.5
+    w, v, u = (nn.Parameter(torch.ones(2)) for _ in range(3))
+    opt = SAM([w], torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+    with pytest.raises(ConfigError, match="rho"):
+        opt.add_param_group({"params": [v], "rho": -1})
+    with pytest.raises(ConfigError, match="same p"):
+        opt.add_param_group({"params": [v], "p": math.inf})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [u], "rho": 0.2})
+    added = opt.param_groups[-1]
+    assert opt.param_groups is opt.base_optimizer.param_groups
+    assert (added["rho"], added["p"], added["adaptive"], added["momentum"], added["lr"]) == (0.2, 2.0, False, 0.9, 0.1)
+    with pytest.raises(ConfigError, match="rho"):
+        SAM([{"params": [v], "rho": float("nan")}], torch.optim.SGD, lr=0.1)
+
+
+def test_sync_first_pass_without_ddp_is_a_config_error():
+    # Issue 10.6
+    net = _mlp()
+    opt = SAM(net.parameters(), torch.optim.SGD, lr=0.1)
+    x = torch.randn(4, 6, dtype=torch.float64); y = torch.randint(0, 3, (4,))
+    with pytest.raises(ConfigError, match="DistributedDataParallel"):
+        sam_step(net, F.cross_entropy, x, y, opt, sync_first_pass=False)

@@ -44,6 +44,41 @@ def _check_hyper(rho: float, p: float, eta: float) -> None:
         raise ConfigError(f"eta must be a finite number >= 0, got {eta!r}")
 
 
+def _dual_exponent(p: float) -> float:
+    """q with 1/p + 1/q = 1 (p = inf -> q = 1)."""
+    return 1.0 if p == math.inf else p / (p - 1.0)
+
+
+def _gradient_entries(w: torch.Tensor) -> torch.Tensor:
+    """The stored entries of ``w.grad``: the tensor itself when dense; the values of the
+    coalesced gradient when sparse (its other entries are zero and add nothing to a norm)."""
+    g = w.grad
+    if g.is_sparse:
+        w.grad = g = g.coalesce()
+        return g._values()
+    return g
+
+
+def _scaled_gradients(params: list[torch.Tensor], adaptive: bool,
+                      eta: float) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """(T g, T) on the gradients' stored entries; T = |w| + eta for ASAM, else identity."""
+    grads = [_gradient_entries(w) for w in params]
+    if not adaptive:
+        return grads, None
+    scales = [torch.abs(w.sparse_mask(w.grad)._values() if w.grad.is_sparse else w) + eta for w in params]
+    return torch._foreach_mul(grads, scales), scales
+
+
+def _add_entries(params: list[torch.Tensor], entries: list[torch.Tensor]) -> None:
+    """w += e, with e given on the gradients' stored entries (see :func:`_gradient_entries`)."""
+    dense = [(w, e) for w, e in zip(params, entries) if not w.grad.is_sparse]
+    if dense:
+        torch._foreach_add_([w for w, _ in dense], [e for _, e in dense])
+    for w, e in zip(params, entries):
+        if w.grad.is_sparse:
+            w.add_(torch.sparse_coo_tensor(w.grad._indices(), e, w.shape, is_coalesced=True, check_invariants=False))
+
+
 class SAM(torch.optim.Optimizer):
     """SAM / ASAM around any base optimizer.
 
@@ -84,18 +119,34 @@ class SAM(torch.optim.Optimizer):
             raise ConfigError(f"base_optimizer must be a torch.optim.Optimizer class, got {base_optimizer!r}")
         defaults = dict(rho=float(rho), p=float(p), adaptive=bool(adaptive), eta=float(eta), **kwargs)
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            _check_hyper(group["rho"], group["p"], group["eta"])
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (SAM's options checked as in ``__init__``; after construction the group
+        goes to the base optimizer, whose ``param_groups`` SAM shares, so it gets its defaults)."""
+        base = self.__dict__.get("base_optimizer")
+        group = dict(param_group)
+        for key in ("rho", "p", "adaptive", "eta"):
+            group.setdefault(key, self.defaults[key])
+        _check_hyper(group["rho"], group["p"], group["eta"])
+        if any(_dual_exponent(g["p"]) != _dual_exponent(group["p"]) for g in self.param_groups):
+            raise ConfigError("all parameter groups of one SAM optimizer must use the same p, "
+                              f"got p = {group['p']} beside p = {self.param_groups[0]['p']}")
+        if base is None:  # during __init__
+            super().add_param_group(group)
+        else:
+            base.add_param_group(group)
 
     # -- the two steps -------------------------------------------------------------
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> torch.Tensor:
         """Move every parameter to w + e_hat(w) and remember w. Returns ||T g||_q.
 
-        A zero gradient gives e_hat = 0 (no NaN).
+        A zero gradient gives e_hat = 0 (no NaN). Sparse gradients (``nn.Embedding(sparse=True)``)
+        give a sparse e_hat: its entries are those of the gradient, the rest are zero, exactly
+        as for the same gradient stored densely.
         """
         qnorm = self._dual_norm()
         for group in self.param_groups:
@@ -105,9 +156,7 @@ class SAM(torch.optim.Optimizer):
                 continue
             for w in params:
                 self.state[w]["old_p"] = w.detach().clone()
-            grads = [w.grad for w in params]
-            scales = [torch.abs(w) + eta for w in params] if adaptive else None
-            tg = torch._foreach_mul(grads, scales) if adaptive else grads
+            tg, scales = _scaled_gradients(params, adaptive, eta)
             if p == math.inf:
                 e = [torch.sign(t) for t in tg]
                 torch._foreach_mul_(e, rho)
@@ -122,7 +171,7 @@ class SAM(torch.optim.Optimizer):
                     e = [torch.sign(t) * torch.abs(t) ** (q - 1.0) * factor for t in tg]
             if adaptive:
                 torch._foreach_mul_(e, scales)
-            torch._foreach_add_(params, e)
+            _add_entries(params, e)
         if zero_grad:
             self.zero_grad()
         return qnorm
@@ -169,22 +218,16 @@ class SAM(torch.optim.Optimizer):
         """||T g||_q over all parameters with gradients (q = p / (p - 1); inf -> 1-norm)."""
         parts = []
         for group in self.param_groups:
-            p, adaptive, eta = group["p"], group["adaptive"], group["eta"]
-            q = 1.0 if p == math.inf else p / (p - 1.0)
+            q = _dual_exponent(group["p"])
             params = [w for w in group["params"] if w.grad is not None]
             if not params:
                 continue
-            grads = [w.grad for w in params]
-            if adaptive:
-                grads = torch._foreach_mul(grads, [torch.abs(w) + eta for w in params])
-            norms = torch._foreach_norm(grads, q)
+            tg, _ = _scaled_gradients(params, group["adaptive"], group["eta"])
+            norms = torch._foreach_norm(tg, q)
             parts.append(torch.stack(norms).pow(q).sum())
         if not parts:
             return torch.zeros(())
-        qs = {1.0 if g["p"] == math.inf else g["p"] / (g["p"] - 1.0) for g in self.param_groups}
-        if len(qs) != 1:
-            raise ConfigError("all parameter groups of one SAM optimizer must use the same p")
-        return torch.stack(parts).sum().pow(1.0 / qs.pop())
+        return torch.stack(parts).sum().pow(1.0 / _dual_exponent(self.param_groups[0]["p"]))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)

@@ -62,6 +62,9 @@ def sam_step(
         return _second_order_step(model, loss_fn, inputs, targets, optimizer, m)
     if (loss_scale != 1.0 or not sync_first_pass) and m is not None:
         raise ConfigError("loss_scale and sync_first_pass are for data-parallel SAM, not m-SAM")
+    if not sync_first_pass and not callable(getattr(model, "no_sync", None)):
+        raise ConfigError("sync_first_pass=False needs a DistributedDataParallel model (its no_sync() keeps "
+                          f"the first pass rank-local); got a {type(model).__name__}")
 
     def backward(loss: torch.Tensor) -> None:
         (loss * loss_scale if loss_scale != 1.0 else loss).backward()
