@@ -1,6 +1,15 @@
-"""sharpscope: sharpness and loss-landscape analysis built around SAM (Foret et al., ICLR 2021)."""
+"""sharpscope: sharpness and loss-landscape analysis built around SAM (Foret et al., ICLR 2021).
+
+``import sharpscope`` loads only the optimizer, the checkpoint reader and the errors; the
+analysis submodules (``sharpscope.hessian``, ``.landscape``, ``.sharpness``, ``.plots``, ...)
+are imported on first attribute access (PEP 562), so ``ss.hessian.eigenvalues(...)`` works
+without an explicit ``import sharpscope.hessian`` and without slowing down the bare import.
+"""
 
 from __future__ import annotations
+
+import importlib
+from types import ModuleType
 
 __version__ = "0.1.0"
 
@@ -14,6 +23,10 @@ from .errors import (  # noqa: E402
 )
 from .optim import SAM, frozen_bn_stats, sam_step  # noqa: E402
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+
+# Submodules reachable as attributes of the package, imported on first access.
+_SUBMODULES = ("checkpoint", "cli", "compare", "data", "distributed", "errors", "hessian", "landscape", "linalg",
+               "models", "objective", "optim", "plots", "report", "sharpness", "tracking", "train")
 
 __all__ = [
     "__version__",
@@ -30,3 +43,14 @@ __all__ = [
     "CheckpointError",
     "NonFiniteLossError",
 ]
+
+
+def __getattr__(name: str) -> ModuleType:
+    """Import a submodule on first access (``ss.hessian``); anything else is an AttributeError."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")  # the import also binds it in globals()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_SUBMODULES))
