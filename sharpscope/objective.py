@@ -37,10 +37,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, grad_and_value, jvp, vmap
+from torch.func import grad, grad_and_value, jvp, vmap
 
 from . import distributed as dist_utils
-from .errors import ConfigError
+from .batches import BatchLoss, higher_order_attention
+from .errors import ConfigError, NonFiniteLossError
 
 __all__ = ["Objective", "select_parameters", "parameter_groups", "biasbn_names", "eval_mode", "HVP_MODES"]
 
@@ -114,6 +115,19 @@ def parameter_groups(model: nn.Module, by: str = "layer") -> dict[str, list[str]
     return groups
 
 
+def _check_finite(theta: dict[str, Tensor]) -> None:
+    bad = [n for n, t in theta.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteLossError(f"the model's parameters hold NaN or infinite values ({', '.join(bad[:3])}"
+                                 f"{', ...' if len(bad) > 3 else ''}): there is nothing to analyse")
+
+
+def _finite(t: Tensor, what: str) -> Tensor:
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteLossError(f"{what} is NaN or infinite at these weights on this data")
+    return t
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode inside the block; every module's own train/eval flag restored afterwards."""
@@ -131,10 +145,13 @@ class Objective:
 
     Args:
         model: any ``nn.Module``; evaluated at its current parameters, never modified.
-        loss_fn: ``loss_fn(outputs, targets)`` -> mean loss of a batch.
-        data: an iterable of ``(inputs, targets)`` batches (a ``DataLoader``, a list); it is
-            read once, moved to the model's device and kept, so every evaluation sees the
-            same batches in the same order.
+        loss_fn: ``loss_fn(outputs, targets)`` -> mean loss of a batch, or
+            :class:`sharpscope.batches.ModelLoss` ``(fn)`` with ``fn(model, batch)`` for
+            batches of any structure (see :mod:`sharpscope.batches`).
+        data: an iterable of batches (a ``DataLoader``, a list): ``(inputs, targets)``
+            pairs, inputs being a tensor or a pytree of tensors (a dict, a tuple), or any
+            structure under ``ModelLoss``. It is read once, moved to the model's device and
+            kept, so every evaluation sees the same batches in the same order.
         params: which parameters theta holds (see :func:`select_parameters`).
         hvp_mode: one of ``HVP_MODES``.
         reuse_graph_max_examples: ``"auto"`` reuses the double-backward graph up to this
@@ -155,6 +172,7 @@ class Objective:
             raise ConfigError(f"hvp_mode must be one of {', '.join(HVP_MODES)}, got {hvp_mode!r}")
         self.model = model
         self.loss_fn = loss_fn
+        self.batch_loss = BatchLoss(model, loss_fn)
         self.names = select_parameters(model, params)
         all_params = dict(model.named_parameters())
         self.theta = {n: all_params[n].detach() for n in self.names}
@@ -165,18 +183,11 @@ class Objective:
         self.shapes = [self.theta[n].shape for n in self.names]
         self.sizes = [self.theta[n].numel() for n in self.names]
         self.n = sum(self.sizes)
-        self.batches: list[tuple[Tensor, Tensor]] = []
-        for batch in data:
-            try:
-                x, y = batch
-            except (TypeError, ValueError):
-                raise ConfigError("data must yield (inputs, targets) pairs") from None
-            x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
-            self.batches.append((x, y.to(self.device)))
-        if not self.batches:
-            raise ConfigError("data holds no batches")
-        self.n_examples = sum(int(x.shape[0]) for x, _ in self.batches)
-        self.weights = [int(x.shape[0]) / self.n_examples for x, _ in self.batches]
+        _check_finite(self.theta)
+        prepared = self.batch_loss.read(data, self.device, self.dtype)
+        self.batches: list[Any] = prepared.batches
+        self.n_examples = prepared.n_examples
+        self.weights = [c / self.n_examples for c in prepared.counts]
         # torch.distributed: every rank holds the same batches, evaluates its share (round
         # robin) and the sums are all-reduced, so every rank gets the single-process answer
         self.distributed = dist_utils.is_distributed() if distributed is None else bool(distributed)
@@ -209,17 +220,17 @@ class Objective:
         return self.flatten(self.theta)
 
     # -- the function and its derivatives ------------------------------------------------
-    def _batch_loss(self, theta: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        return self.loss_fn(functional_call(self.model, {**self.fixed, **theta}, (x,)), y)
+    def _batch_loss(self, theta: dict[str, Tensor], batch: Any) -> Tensor:
+        return self.batch_loss({**self.fixed, **theta}, batch)
 
     def loss(self, theta: Tensor | None = None) -> float:
         """L at the current weights, or at the flat parameter vector ``theta``."""
         params = self.theta if theta is None else self.unflatten(theta)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         with eval_mode(self.model), torch.no_grad():
-            for w, (x, y) in self.own:
-                total += w * self._batch_loss(params, x, y).double()
-        return float(self._reduce(total))
+            for w, batch in self.own:
+                total += w * self._batch_loss(params, batch).double()
+        return float(_finite(self._reduce(total), "the loss"))
 
     def _reduce(self, t: Tensor) -> Tensor:
         return dist_utils.all_reduce_sum(t) if self.distributed else t
@@ -232,13 +243,13 @@ class Objective:
         """(L, grad L) in one pass over the data."""
         params = self.theta if theta is None else self.unflatten(theta)
         packed = torch.zeros(self.n + 1, device=self.device, dtype=self.dtype)  # [grad, loss]: one all-reduce
-        with eval_mode(self.model):
-            for w, (x, y) in self.own:
-                g, value = grad_and_value(self._batch_loss)(params, x, y)
+        with eval_mode(self.model), higher_order_attention():
+            for w, batch in self.own:
+                g, value = grad_and_value(self._batch_loss)(params, batch)
                 packed[:-1].add_(self.flatten(g), alpha=w)
                 packed[-1] += w * value.detach()
         self.n_grad += 1
-        packed = self._reduce(packed)
+        packed = _finite(self._reduce(packed), "the loss or its gradient")
         return float(packed[-1]), packed[:-1]
 
     def hvp(self, v: Tensor) -> Tensor:
@@ -246,12 +257,12 @@ class Objective:
         if v.shape[0] != self.n or v.dim() not in (1, 2):
             raise ConfigError(f"vector of shape {tuple(v.shape)} does not match {self.n} parameters")
         cols = 1 if v.dim() == 1 else v.shape[1]
-        with eval_mode(self.model):
+        with eval_mode(self.model), higher_order_attention():
             if self.hvp_mode == "reuse-graph":
                 out = self._hvp_reuse(v)
             else:
                 out = self._hvp_forward_over_reverse(v)
-        out = self._reduce(out)
+        out = _finite(self._reduce(out), "a Hessian-vector product")
         self.n_hvp += cols
         if self.on_hvp is not None:
             self.on_hvp(cols)
@@ -260,9 +271,9 @@ class Objective:
     def _hvp_forward_over_reverse(self, v: Tensor) -> Tensor:
         tangents = self.unflatten(v)
         out = torch.zeros(v.shape, device=self.device, dtype=self.dtype)
-        for w, (x, y) in self.own:
+        for w, batch in self.own:
             def grad_fn(theta: dict[str, Tensor]) -> dict[str, Tensor]:
-                return grad(self._batch_loss)(theta, x, y)
+                return grad(self._batch_loss)(theta, batch)
 
             def hv(t: dict[str, Tensor]) -> dict[str, Tensor]:
                 return jvp(grad_fn, (self.theta,), (t,))[1]
@@ -279,8 +290,8 @@ class Objective:
         params = dict(zip(self.names, leaves))
         graph = []
         with torch.enable_grad():
-            for w, (x, y) in self.own:
-                loss = self._batch_loss(params, x, y) * w
+            for w, batch in self.own:
+                loss = self._batch_loss(params, batch) * w
                 graph.append(torch.autograd.grad(loss, leaves, create_graph=True))
         self._graph, self._graph_leaves = graph, leaves
 

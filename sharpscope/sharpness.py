@@ -33,12 +33,14 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 from . import distributed as dist_utils
+from .batches import BatchLoss, higher_order_attention, take, tensor_leaves
 from .errors import ConfigError
 from .objective import Objective, eval_mode
 
@@ -104,18 +106,6 @@ class SharpnessResult:
         return d
 
 
-def _examples(data: Iterable[tuple[Tensor, Tensor]], device: torch.device, dtype: torch.dtype
-              ) -> tuple[Tensor, Tensor]:
-    xs, ys = [], []
-    for batch in data:
-        x, y = batch
-        xs.append(x.to(device, dtype if x.is_floating_point() else x.dtype))
-        ys.append(y.to(device))
-    if not xs:
-        raise ConfigError("data holds no batches")
-    return torch.cat(xs), torch.cat(ys)
-
-
 def m_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]], m: int | Sequence[int] = 32,
     rho: float | Sequence[float] = 0.05, steps: int = 5, p: float = 2.0, seed: int = 0,
@@ -143,8 +133,9 @@ def m_sharpness(
         raise ConfigError(f"m-sharpness supports p = 2 and p = inf, got {p}")
     start = time.perf_counter()
     first = next(iter(model.parameters()))
-    x_all, y_all = _examples(data, first.device, first.dtype)
-    n = x_all.shape[0]
+    batch_loss = BatchLoss(model, loss_fn)
+    examples = batch_loss.read(data, first.device, first.dtype).joined()
+    n = tensor_leaves(examples)[0].shape[0]
     names = [nm for nm, _ in model.named_parameters()]
     theta = {nm: t.detach() for nm, t in model.named_parameters()}
     buffers = {nm: b.detach() for nm, b in model.named_buffers()}
@@ -152,16 +143,16 @@ def m_sharpness(
     sizes = [theta[nm].numel() for nm in names]
     w0 = torch.cat([theta[nm].reshape(-1) for nm in names])
 
-    def subset_loss(w_flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def subset_loss(w_flat: Tensor, batch: Any) -> Tensor:
         params = {nm: c.view(s) for nm, c, s in zip(names, w_flat.split(sizes), shapes)}
-        return loss_fn(functional_call(model, {**buffers, **params}, (x,)), y)
+        return batch_loss({**buffers, **params}, batch)
 
-    value_and_grad = vmap(torch.func.grad_and_value(subset_loss), in_dims=(0, 0, 0))
-    value_only = vmap(subset_loss, in_dims=(None, 0, 0))
+    value_and_grad = vmap(torch.func.grad_and_value(subset_loss), in_dims=(0, 0))
+    value_only = vmap(subset_loss, in_dims=(None, 0))
     results: list[MSharpness] = []
     n_grad = 0
     gen = torch.Generator().manual_seed(seed)
-    with eval_mode(model):
+    with eval_mode(model), higher_order_attention():  # the math attention kernel has vmap rules
         for size in ms:
             if size > n:
                 raise ConfigError(f"m = {size} is larger than the {n} examples")
@@ -176,17 +167,17 @@ def m_sharpness(
                 values = torch.zeros(subsets.shape[0], dtype=torch.float64, device=w0.device)
                 for lo in mine:
                     idx = subsets[lo:lo + per_call]
-                    x, y = x_all[idx], y_all[idx]
+                    group = take(examples, idx)
                     g_count = idx.shape[0]
                     with torch.no_grad():
-                        base = value_only(w0, x, y)
+                        base = value_only(w0, group)
                     e = torch.zeros(g_count, w0.numel(), dtype=w0.dtype, device=w0.device)
                     best = torch.full((g_count,), -math.inf, dtype=torch.float64, device=w0.device)
-                    g, _ = value_and_grad(w0.expand(g_count, -1), x, y)
+                    g, _ = value_and_grad(w0.expand(g_count, -1), group)
                     n_grad += g_count
                     for step in range(steps):
                         e = project(e + r * dual_direction(g, p), r, p)
-                        g, val = value_and_grad(w0 + e, x, y)
+                        g, val = value_and_grad(w0 + e, group)
                         n_grad += g_count
                         best = torch.maximum(best, (val - base).double().detach())
                     values[lo:lo + g_count] = best

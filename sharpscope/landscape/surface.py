@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
-
 from .. import distributed as dist_utils
+from ..batches import BatchLoss, Prepared
 from ..checkpoint import atomic_write_bytes
+from ..checks import require_grid_memory
 from ..errors import ConfigError
 from ..objective import eval_mode
 from .directions import Direction, difference
@@ -59,6 +59,7 @@ def parse_grid(text: str) -> np.ndarray:
         raise ConfigError(f"grid must look like MIN:MAX:POINTS (e.g. -1:1:51), got {text!r}") from None
     if len(parts) != 3 or n < 1 or not (math.isfinite(lo) and math.isfinite(hi)) or (n > 1 and hi <= lo):
         raise ConfigError(f"grid must look like MIN:MAX:POINTS with MIN < MAX and POINTS >= 1, got {text!r}")
+    require_grid_memory(n)  # before allocating: POINTS can be any size
     return np.linspace(lo, hi, n)
 
 
@@ -68,23 +69,16 @@ def parse_grid(text: str) -> np.ndarray:
 CHUNK_CANDIDATES = (64, 256, 1024, 4096)
 
 
-def _stack_data(data: Iterable[tuple[Tensor, Tensor]], device: torch.device, dtype: torch.dtype
-                ) -> tuple[Tensor, Tensor]:
-    xs, ys = [], []
-    for batch in data:
-        try:
-            x, y = batch
-        except (TypeError, ValueError):
-            raise ConfigError("data must yield (inputs, targets) pairs") from None
-        xs.append(x.to(device, dtype if x.is_floating_point() else x.dtype))
-        ys.append(y.to(device))
-    if not xs:
-        raise ConfigError("data holds no batches")
-    return torch.cat(xs), torch.cat(ys)
+def _image_inputs(prepared: Prepared) -> bool:
+    """(inputs, targets) batches whose inputs are 4-D image tensors."""
+    return not prepared.loss.takes_model and all(isinstance(b[0], Tensor) and b[0].dim() == 4
+                                                  for b in prepared.batches)
 
 
-def _chunks(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, x.shape[0], size)]
+def _class_indices(outputs: Any, targets: Any) -> bool:
+    """Whether accuracy is defined: (N, C) logits and (N,) integer class indices."""
+    return (isinstance(outputs, Tensor) and isinstance(targets, Tensor) and outputs.dim() == 2
+            and targets.dim() == 1 and not targets.is_floating_point())
 
 
 def evaluate_points(
@@ -96,8 +90,9 @@ def evaluate_points(
     """Mean loss and accuracy at ``n_points`` parameter settings.
 
     ``points(k)`` returns the parameters (and optionally buffers; None keeps the model's)
-    of point k. Accuracy is the fraction of argmax(outputs) == targets for class-index
-    targets, NaN otherwise. Points with ``done[k]`` True are skipped (their entries NaN).
+    of point k. ``data`` holds batches in either loss convention of :mod:`sharpscope.batches`
+    (or is already :class:`~sharpscope.batches.Prepared`). Accuracy is the fraction of
+    argmax(outputs) == targets for class-index targets, NaN otherwise (and under ModelLoss). Points with ``done[k]`` True are skipped (their entries NaN).
     The examples are fed in chunks of ``chunk_size``; ``None`` times the first point with
     each of ``CHUNK_CANDIDATES`` and keeps the fastest for every point (small conv nets
     prefer small chunks on the CPU, MLPs large ones; the values agree to rounding).
@@ -106,12 +101,13 @@ def evaluate_points(
     """
     distributed = dist_utils.is_distributed() if distributed is None else distributed
     first = next(iter(model.parameters()))
-    x_all, y_all = _stack_data(data, first.device, first.dtype)
-    n_examples = x_all.shape[0]
+    prepared = data if isinstance(data, Prepared) else BatchLoss(model, loss_fn).read(data, first.device, first.dtype)
+    batch_loss, n_examples = prepared.loss, prepared.n_examples
     if channels_last is None:
-        channels_last = first.device.type == "cpu" and x_all.dim() == 4
-    if channels_last:
-        x_all = x_all.contiguous(memory_format=torch.channels_last)
+        channels_last = first.device.type == "cpu" and _image_inputs(prepared)
+    if channels_last and _image_inputs(prepared):
+        prepared = Prepared(batch_loss, [(x.contiguous(memory_format=torch.channels_last), y)
+                                         for x, y in prepared.batches], prepared.counts)
     buffers = {n: b.detach() for n, b in model.named_buffers()}
     loss = np.full(n_points, np.nan)
     acc = np.full(n_points, np.nan)
@@ -123,15 +119,15 @@ def evaluate_points(
                       for n, t in params.items()}
         return {**buffers, **(bufs or {}), **params}
 
-    def run(state: dict[str, Tensor], batches: list[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+    def run(state: dict[str, Tensor], batches: list[tuple[Any, int]]) -> tuple[float, float]:
         total = torch.zeros((), dtype=torch.float64, device=first.device)
         correct = torch.zeros((), dtype=torch.long, device=first.device)
-        classify = True
-        for x, y in batches:
-            out = functional_call(model, state, (x,))
-            total += loss_fn(out, y).double() * x.shape[0]
-            if classify and out.dim() == 2 and y.dim() == 1 and not y.is_floating_point():
-                correct += (out.argmax(1) == y).sum()
+        classify = not batch_loss.takes_model
+        for batch, count in batches:
+            out, value = batch_loss.outputs_and_loss(state, batch)
+            total += value.double() * count
+            if classify and _class_indices(out, batch[1]):
+                correct += (out.argmax(1) == batch[1]).sum()
             else:
                 classify = False
         return float(total) / n_examples, (float(correct) / n_examples if classify else math.nan)
@@ -141,12 +137,12 @@ def evaluate_points(
         todo = todo[dist_utils.rank()::dist_utils.world_size()]
     with eval_mode(model), torch.inference_mode():
         if chunk_size is None:
-            sizes = sorted({min(c, n_examples) for c in CHUNK_CANDIDATES})
+            sizes = sorted({min(c, n_examples) for c in CHUNK_CANDIDATES}) if prepared.per_example() else [None]
             if todo and len(sizes) > 1:
                 probe = state_at(todo[0])
                 timings = []
                 for size in sizes:
-                    batches = _chunks(x_all, y_all, size)
+                    batches = prepared.chunks(size)
                     run(probe, batches)  # warm-up
                     t0 = time.perf_counter()
                     run(probe, batches)
@@ -154,7 +150,7 @@ def evaluate_points(
                 chunk_size = sizes[int(np.argmin(timings))]
             else:
                 chunk_size = sizes[-1]
-        batches = _chunks(x_all, y_all, chunk_size)
+        batches = prepared.chunks(chunk_size)
         for k in todo:
             loss[k], acc[k] = run(state_at(k), batches)
             if on_point is not None:
@@ -373,8 +369,8 @@ def surface(
     there (atomically, every ``save_every`` points) and an interrupted call with the same
     grid, directions and options continues where it stopped.
     """
+    require_grid_memory(len(xs) * (1 if ys is None else len(ys)))
     start = time.perf_counter()
-    data = list(data)  # read once: it is used twice
     xs = np.asarray(xs, dtype=np.float64)
     ys = None if ys is None else np.asarray(ys, dtype=np.float64)
     if len(directions) != (1 if ys is None else 2):
@@ -426,8 +422,8 @@ def surface(
             on_point(k, lv, av)
 
     first = done.copy()
-    n_examples = _count(data)
-    new_loss, new_acc = evaluate_points(model, loss_fn, data, point, len(coords), chunk_size=chunk_size, done=first,
+    prepared = _read(model, loss_fn, data)
+    new_loss, new_acc = evaluate_points(model, loss_fn, prepared, point, len(coords), chunk_size=chunk_size, done=first,
                                         on_point=record)
     fresh = ~first & ~np.isnan(new_loss)  # includes the points other ranks computed
     loss[fresh], acc[fresh], done[fresh] = new_loss[fresh], new_acc[fresh], True
@@ -435,11 +431,12 @@ def surface(
         save_partial()
     shape = (len(xs),) if ys is None else (ny, len(xs))
     return SurfaceResult(xs=xs, ys=ys, loss=loss.reshape(shape), accuracy=acc.reshape(shape), kind=kind,
-                         options=opts, n_examples=n_examples, wall_time=time.perf_counter() - start)
+                         options=opts, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start)
 
 
-def _count(data: Iterable[tuple[Tensor, Tensor]]) -> int:
-    return sum(int(x.shape[0]) for x, _ in data)
+def _read(model: nn.Module, loss_fn: LossFn, data: Iterable[Any]) -> Prepared:
+    first = next(iter(model.parameters()))
+    return BatchLoss(model, loss_fn).read(data, first.device, first.dtype)
 
 
 def interpolate(
@@ -450,10 +447,10 @@ def interpolate(
     """Loss and accuracy along theta(alpha) = (1 - alpha) theta_A + alpha theta_B
     (Goodfellow, Vinyals, Saxe 2015), alpha = 0 at A. ``buffers="interpolate"`` also
     interpolates floating-point buffers (BN running statistics); ``"keep"`` uses A's."""
+    require_grid_memory(len(alphas))
     if buffers not in ("interpolate", "keep"):
         raise ConfigError(f"buffers must be 'interpolate' or 'keep', got {buffers!r}")
     start = time.perf_counter()
-    data = list(data)
     pa = {n: p.detach() for n, p in model_a.named_parameters()}
     pb = {n: p.detach() for n, p in model_b.named_parameters()}
     direction = difference(pb, pa)
@@ -471,7 +468,9 @@ def interpolate(
         bufs = {n: (ba[n] + a * (bb[n].to(ba[n].device) - ba[n]) if ba[n].is_floating_point() else ba[n]) for n in ba}
         return params, bufs
 
-    loss, acc = evaluate_points(model_a, loss_fn, data, point, len(alphas), chunk_size=chunk_size, on_point=on_point)
+    prepared = _read(model_a, loss_fn, data)
+    loss, acc = evaluate_points(model_a, loss_fn, prepared, point, len(alphas), chunk_size=chunk_size,
+                                on_point=on_point)
     return SurfaceResult(xs=alphas, ys=None, loss=loss, accuracy=acc, kind="interpolation",
-                         options={"buffers": buffers}, n_examples=_count(data), wall_time=time.perf_counter() - start,
+                         options={"buffers": buffers}, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start,
                          name_a=name_a, name_b=name_b)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..batches import higher_order_attention, leading_size, take
 from ..errors import ConfigError
 from .bn import _bn_restore, _bn_snapshot, bn_modules, frozen_bn_stats
 from .sam import SAM
@@ -28,8 +30,8 @@ class StepResult:
 def sam_step(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    inputs: Any,
+    targets: Any,
     optimizer: torch.optim.Optimizer,
     m: int | None = None,
     second_order: bool = False,
@@ -50,16 +52,20 @@ def sam_step(
     L(w + e_hat(w)), i.e. SAM's gradient plus (d e_hat / dw)^T grad L|_{w + e_hat} (see
     :func:`sharpscope.sharpness.sam_gradient_cosine`), at the cost of one double backward.
 
+    ``inputs`` is a tensor or any pytree of tensors (a dict, a tuple), passed to the model as
+    one argument; ``targets`` a tensor (or pytree) whose leading size is the batch size.
+
     For DistributedDataParallel: ``loss_scale`` multiplies the losses that are
     back-propagated (the reported losses are not scaled), and ``sync_first_pass=False``
     runs the first pass under ``model.no_sync()``, so each rank perturbs with its own
     gradient.
     """
-    batch = inputs.shape[0]
+    batch = leading_size(targets, "targets")
     if m is not None and m < 1:
         raise ConfigError(f"m must be a positive number of examples, got {m}")
     if second_order:
-        return _second_order_step(model, loss_fn, inputs, targets, optimizer, m)
+        with higher_order_attention():
+            return _second_order_step(model, loss_fn, inputs, targets, optimizer, m)
     if (loss_scale != 1.0 or not sync_first_pass) and m is not None:
         raise ConfigError("loss_scale and sync_first_pass are for data-parallel SAM, not m-SAM")
     if not sync_first_pass and not callable(getattr(model, "no_sync", None)):
@@ -96,8 +102,8 @@ def sam_step(
     bn_sum = [{k: torch.zeros_like(v, dtype=torch.float64) for k, v in s.items()} for s in start]
     losses, perturbed_losses, outs = [], [], []
     for lo in range(0, batch, m):
-        x, y = inputs[lo:lo + m], targets[lo:lo + m]
-        weight = x.shape[0] / batch
+        x, y = take(inputs, slice(lo, lo + m)), take(targets, slice(lo, lo + m))
+        weight = leading_size(y, "targets") / batch
         outputs = model(x)
         loss = loss_fn(outputs, y)
         loss.backward()
@@ -133,7 +139,7 @@ def sam_step(
 
 
 def _second_order_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                       inputs: torch.Tensor, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
+                       inputs: Any, targets: Any, optimizer: torch.optim.Optimizer,
                        m: int | None) -> StepResult:
     """SAM with the full gradient of L(w + rho g / ||g||) (Foret et al., Sec. 2, App. C.4).
 

@@ -1,0 +1,220 @@
+"""Batches of any structure, and the two loss conventions every analysis accepts.
+
+A batch is whatever the data yields. The loss of a batch is computed in one of two ways:
+
+- ``loss_fn(outputs, targets)`` (the default, as ``F.cross_entropy``): each batch is a pair
+  ``(inputs, targets)``; the model is called as ``model(inputs)``, ``inputs`` being a tensor
+  or any pytree of tensors (a dict of Hugging Face style fields, a tuple, ...), passed as
+  one argument.
+- :class:`ModelLoss` ``(fn)``: ``fn(model, batch)`` returns the mean loss of a batch of any
+  structure (hessian-eigenthings' ``loss_fn(model, batch)`` convention); inside ``fn`` the
+  model carries the parameters being evaluated, so ``fn`` may call it any way it likes
+  (``model(**batch)``, several outputs, an auxiliary loss, ...).
+
+Every analysis averages batch losses weighted by the number of examples n_b in the batch,
+L = sum_b (n_b / N) loss_b. n_b is the leading size of the first tensor of the targets
+(pair form) or of the batch (:class:`ModelLoss`), or what ``ModelLoss(fn, count=...)``
+returns for the batch.
+
+Floating-point tensors of a batch are cast to the model's dtype when they are moved to its
+device (the pair form casts the inputs only, targets are moved as they are); other tensors
+only move. Pytrees are those of ``torch.utils._pytree`` (tuple, list, dict, namedtuple,
+OrderedDict), the structure ``torch.func`` itself uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .errors import ConfigError
+
+__all__ = ["ModelLoss", "BatchLoss", "Prepared", "move", "concat", "take", "tensor_leaves", "higher_order_attention"]
+
+LossFn = Callable[[Any, Any], Tensor]
+
+
+def tensor_leaves(tree: Any) -> list[Tensor]:
+    """The tensors of a pytree, in its flattening order."""
+    return [t for t in pytree.tree_leaves(tree) if isinstance(t, Tensor)]
+
+
+def move(tree: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
+    """Every tensor of ``tree`` on ``device``; floating ones cast to ``dtype`` (when given)."""
+    def one(t: Any) -> Any:
+        if not isinstance(t, Tensor):
+            return t
+        return t.to(device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
+    return pytree.tree_map(one, tree)
+
+
+def concat(trees: list[Any]) -> Any:
+    """Batches of one structure joined along dim 0, leaf by leaf."""
+    flat = [pytree.tree_flatten(t) for t in trees]
+    spec = flat[0][1]
+    if any(s != spec for _, s in flat):
+        raise ConfigError("batches differ in structure; they cannot be joined")
+    leaves = [torch.cat(parts) if isinstance(parts[0], Tensor) else parts[0]
+              for parts in zip(*(leaves for leaves, _ in flat))]
+    return pytree.tree_unflatten(leaves, spec)
+
+
+def take(tree: Any, index: Tensor | slice) -> Any:
+    """The examples ``index`` of every tensor of ``tree`` (dim 0)."""
+    return pytree.tree_map(lambda t: t[index] if isinstance(t, Tensor) else t, tree)
+
+
+def leading_size(tree: Any, what: str) -> int:
+    """The leading size of the first tensor of ``tree``."""
+    leaves = tensor_leaves(tree)
+    if not leaves or leaves[0].dim() == 0:
+        raise ConfigError(f"cannot count the examples of a batch: its {what} hold no tensor with a leading "
+                          "batch dimension (pass ModelLoss(fn, count=...) to say how)")
+    return int(leaves[0].shape[0])
+
+
+@contextlib.contextmanager
+def higher_order_attention() -> Iterator[None]:
+    """``F.scaled_dot_product_attention`` restricted to its math kernel inside the block.
+
+    The fused kernels (flash, memory-efficient, the CPU flash kernel) have neither a
+    forward-mode derivative nor a double backward, so forward-over-reverse HVPs, reused
+    double-backward graphs and second-order SAM fail on any model that uses them
+    (``nn.TransformerEncoderLayer``, most modern attention); the math kernel computes the
+    same function with every derivative and has batching rules for ``vmap`` (the fused CPU
+    kernel falls back to a slow per-example loop there). Outside the block the user's choice
+    stands.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+class ModelLoss:
+    """A loss that takes the model and a whole batch: ``fn(model, batch)`` -> mean loss.
+
+    Args:
+        fn: called with the model (carrying the parameters under evaluation) and a batch
+            exactly as the data yields it (moved to the model's device).
+        count: ``count(batch)`` -> the number of examples in a batch (its weight in the
+            mean over batches); default: the leading size of the batch's first tensor.
+    """
+
+    def __init__(self, fn: Callable[[nn.Module, Any], Tensor], count: Callable[[Any], int] | None = None) -> None:
+        if not callable(fn):
+            raise ConfigError(f"ModelLoss needs a callable fn(model, batch), got {fn!r}")
+        self.fn = fn
+        self.count = count
+
+    def __repr__(self) -> str:
+        return f"ModelLoss({getattr(self.fn, '__name__', self.fn)!r})"
+
+
+class _Call(nn.Module):
+    """``fn(model, batch)`` as a module, so that ``functional_call`` can swap the model's
+    parameters for the duration of the call (the public way to run arbitrary code on a
+    reparametrized module)."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, Any], Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.fn(self.model, batch)
+
+
+class BatchLoss:
+    """The mean loss of one batch as a function of the model's state (parameters and
+    buffers by name), for either convention (module docstring)."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn | ModelLoss) -> None:
+        if not callable(loss_fn) and not isinstance(loss_fn, ModelLoss):
+            raise ConfigError(f"loss_fn must be callable or a ModelLoss, got {loss_fn!r}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.takes_model = isinstance(loss_fn, ModelLoss)
+        self._call = _Call(model, loss_fn.fn) if isinstance(loss_fn, ModelLoss) else None
+
+    def prepare(self, batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
+        """``batch`` checked and moved to ``device`` (floating inputs cast to ``dtype``)."""
+        if self.takes_model:
+            return move(batch, device, dtype)
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ConfigError("data must yield (inputs, targets) pairs; for batches of another structure "
+                              "pass loss_fn=ModelLoss(fn) with fn(model, batch) -> loss")
+        inputs, targets = batch
+        return move(inputs, device, dtype), move(targets, device)
+
+    def count(self, batch: Any) -> int:
+        """The number of examples in a (prepared) batch."""
+        if self.takes_model:
+            counter = self.loss_fn.count  # type: ignore[union-attr]
+            n = int(counter(batch)) if counter is not None else leading_size(batch, "fields")
+        else:
+            n = leading_size(batch[1], "targets") if tensor_leaves(batch[1]) else leading_size(batch[0], "inputs")
+        if n < 1:
+            raise ConfigError(f"a batch holds {n} examples")
+        return n
+
+    def read(self, data: Iterable[Any], device: torch.device, dtype: torch.dtype) -> Prepared:
+        """Every batch of ``data`` prepared (read once), with its number of examples."""
+        batches = [self.prepare(batch, device, dtype) for batch in data]
+        if not batches:
+            raise ConfigError("data holds no batches")
+        return Prepared(self, batches, [self.count(b) for b in batches])
+
+    def outputs_and_loss(self, state: dict[str, Tensor], batch: Any) -> tuple[Any, Tensor]:
+        """(model outputs or None under ModelLoss, mean loss of the batch) at ``state``."""
+        if self._call is not None:
+            state = {f"model.{k}": v for k, v in state.items()}
+            return None, functional_call(self._call, state, (batch,))
+        inputs, targets = batch
+        outputs = functional_call(self.model, state, (inputs,))
+        return outputs, self.loss_fn(outputs, targets)  # type: ignore[operator]
+
+    def __call__(self, state: dict[str, Tensor], batch: Any) -> Tensor:
+        return self.outputs_and_loss(state, batch)[1]
+
+
+@dataclass
+class Prepared:
+    """Batches on the model's device with their numbers of examples."""
+
+    loss: BatchLoss
+    batches: list[Any]
+    counts: list[int]
+
+    @property
+    def n_examples(self) -> int:
+        return sum(self.counts)
+
+    def per_example(self) -> bool:
+        """Whether every tensor of every batch holds the batch's examples along dim 0 (so
+        the examples can be joined and re-split)."""
+        return all(t.dim() > 0 and t.shape[0] == n for b, n in zip(self.batches, self.counts)
+                   for t in tensor_leaves(b))
+
+    def joined(self) -> Any:
+        """All examples as one batch (dim 0); a :class:`ConfigError` when they cannot be."""
+        if not self.per_example():
+            raise ConfigError("this analysis splits the data into examples along dim 0, but a batch holds a tensor "
+                              "whose leading size is not its number of examples")
+        return self.batches[0] if len(self.batches) == 1 else concat(self.batches)
+
+    def chunks(self, size: int | None) -> list[tuple[Any, int]]:
+        """(batch, examples) pairs of at most ``size`` examples each; the batches as given
+        when ``size`` is None or the examples cannot be re-split."""
+        if size is None or not self.per_example():
+            return list(zip(self.batches, self.counts))
+        everything = self.joined()
+        parts = [take(everything, slice(lo, lo + size)) for lo in range(0, self.n_examples, size)]
+        return [(part, self.loss.count(part)) for part in parts]
