@@ -24,6 +24,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from . import linalg
+from .checks import (finite_float, int_at_least, parameter_count, require_lanczos_memory,
+                     require_trace_memory)
+from .linalg.lanczos import default_max_iter
 from .errors import ConfigError
 from .objective import Objective, parameter_groups
 
@@ -83,6 +86,9 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
     Converged means a relative Ritz residual ||H x - theta x|| <= tol |theta|; the eigenvalue
     error is then at most residual^2 / gap (Parlett, The Symmetric Eigenvalue Problem, 11.7).
     """
+    n = parameter_count(model)  # refuse a Krylov basis (n x steps) that cannot fit, before any product
+    steps = max_iter if max_iter is not None else default_max_iter(n, int_at_least("k", k, 1))
+    require_lanczos_memory(n, int_at_least("max_iter", steps, 1))
     start = time.perf_counter()
     obj = _objective(model, loss_fn, data, params, hvp_mode)
     op = obj.operator()
@@ -115,6 +121,7 @@ def trace(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Ite
           n_matvecs: int = 99, method: str = "hutch++", params: Any = None, seed: int = 0,
           hvp_mode: str = "auto") -> TraceResult:
     """Estimate tr(H) with ``n_matvecs`` HVPs by Hutch++ (default) or Hutchinson."""
+    require_trace_memory(parameter_count(model), int_at_least("n_matvecs", n_matvecs, 1))
     if method not in ("hutch++", "hutchinson"):
         raise ConfigError(f"trace method must be 'hutch++' or 'hutchinson', got {method!r}")
     start = time.perf_counter()
@@ -163,6 +170,8 @@ def density(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: I
             params: Any = None, seed: int = 0, hvp_mode: str = "auto") -> DensityResult:
     """Spectral density by SLQ: ``n_runs`` Lanczos runs of ``n_steps`` steps each, Gaussian
     kernel of variance sigma_squared * max(1, lambda_max - lambda_min) (Ghorbani et al. 2019)."""
+    finite_float("sigma_squared", sigma_squared, above=0)  # checked again only after the SLQ runs
+    require_lanczos_memory(parameter_count(model), int_at_least("n_steps", n_steps, 1), int_at_least("n_runs", n_runs, 1))
     start = time.perf_counter()
     obj = _objective(model, loss_fn, data, params, hvp_mode)
     op = obj.operator()

@@ -41,6 +41,7 @@ from torch.func import vmap
 
 from . import distributed as dist_utils
 from .batches import BatchLoss, higher_order_attention, take, tensor_leaves
+from .checks import int_at_least
 from .errors import ConfigError
 from .objective import Objective, eval_mode
 
@@ -121,6 +122,8 @@ def m_sharpness(
     ``max_subsets`` caps the number of subsets per m (a seeded choice); ``group_examples``
     is about how many examples are processed per vectorized call.
     """
+    if max_subsets is not None:
+        int_at_least("max_subsets", max_subsets, 1)
     ms = [m] if isinstance(m, int) else list(m)
     rhos = [rho] if isinstance(rho, (int, float)) else list(rho)
     if not ms or any(not isinstance(v, int) or v < 1 for v in ms):
