@@ -29,6 +29,7 @@ import contextlib
 import os
 import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,16 @@ from .errors import CheckpointError, ModelSpecError
 FORMAT = "sharpscope-checkpoint"
 FORMAT_VERSION = 1
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "Checkpoint", "atomic_write_bytes"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "Checkpoint", "atomic_write_bytes",
+           "nonfinite_tensors"]
+
+# The fields a reader relies on, and the types they must have (None allowed where noted).
+_FIELD_TYPES: dict[str, tuple[type, bool]] = {
+    "model_spec": (dict, False), "model_state": (dict, False), "optimizer_state": (dict, True),
+    "data_spec": (dict, True), "config": (dict, True), "progress": (dict, True), "rng": (dict, True),
+    "metrics": (list, True), "partial": (dict, True), "metadata": (dict, True),
+}
+_PROGRESS_COUNTERS = ("epoch", "step", "batch_in_epoch")
 
 def _to_plain(value: Any, where: str) -> Any:
     """A copy of ``value`` that ``weights_only`` loading can read back.
@@ -149,10 +159,49 @@ def save_checkpoint(
 
 
 def _describe_unpickling_error(err: Exception) -> str:
-    text = str(err).splitlines()
-    detail = next((ln.strip() for ln in text if "Unsupported" in ln or "global" in ln.lower()), "")
+    """A pickle naming a class or function is refused as unsafe; any other failure of the
+    weights-only unpickler (an unknown opcode, a bad stack) means the bytes are garbage."""
+    text = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    detail = next((ln for ln in text if "global" in ln.lower()), "")
+    if not detail:  # torch wraps the unpickler's own words ("Unsupported operand 103") in advice
+        words = [ln for ln in text if not ln.startswith(("Weights only load failed", "Please file", "Check the"))]
+        return f"unreadable (truncated or corrupt?): {(words or text or [type(err).__name__])[0][:160]}"
+    detail = detail.removeprefix("WeightsUnpickler error:").split(" was not an allowed")[0].strip()
     return ("refused: the file needs arbitrary unpickling, which sharpscope never does "
-            f"(weights_only=True){': ' + detail if detail else ''}")
+            f"(weights_only=True): {detail[:160]}")
+
+
+def _type_name(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _check_fields(raw: dict[str, Any], p: Path) -> None:
+    """Refuse a checkpoint whose fields do not have the types readers rely on."""
+    for key, (kind, optional) in _FIELD_TYPES.items():
+        value = raw.get(key)
+        if not isinstance(value, kind) and not (optional and value is None):
+            raise CheckpointError(f"{p}: field '{key}' must be a {kind.__name__}"
+                                  f"{' or None' if optional else ''}, got {_type_name(value)}")
+    for name, tensor in raw["model_state"].items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{p}: field 'model_state' must map parameter names to tensors, "
+                                  f"got {name!r}: {_type_name(tensor)}")
+    for i, record in enumerate(raw.get("metrics") or []):
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{p}: field 'metrics' must be a list of dicts, item {i} is {_type_name(record)}")
+    progress = raw.get("progress") or {}
+    for key in _PROGRESS_COUNTERS:
+        value = progress.get(key, 0)
+        if type(value) is not int or value < 0:
+            raise CheckpointError(f"{p}: field 'progress.{key}' must be an int >= 0, got {value!r}")
+    if not isinstance(progress.get("finished", False), bool):
+        raise CheckpointError(f"{p}: field 'progress.finished' must be a bool, got {progress['finished']!r}")
+
+
+def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding a NaN or an infinity."""
+    return [name for name, t in state.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -172,7 +221,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: empty file, not a checkpoint")
     try:
-        raw = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says enough
+            warnings.simplefilter("ignore")
+            raw = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{p}: {_describe_unpickling_error(err)}") from None
     except Exception as err:  # any parser failure on an untrusted file means "corrupt"
@@ -188,6 +239,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     for key in ("model_spec", "model_state"):
         if key not in raw:
             raise CheckpointError(f"{p}: checkpoint lacks '{key}'")
+    _check_fields(raw, p)
     return raw
 
 
@@ -214,15 +266,22 @@ class Checkpoint:
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool = False,
-                    map_location: str | torch.device = "cpu") -> Checkpoint:
+                    map_location: str | torch.device = "cpu", allow_nonfinite: bool = False) -> Checkpoint:
     """Load a checkpoint and rebuild its model.
 
     A model built by a custom factory (``"package.module:function"``) is only imported
     when ``allow_factory=True``: a checkpoint from elsewhere must not run code on load.
+    Weights or buffers holding NaN or Inf are refused (every analysis of such a model is
+    meaningless) unless ``allow_nonfinite=True``.
     """
     from .models import build_model
 
     raw = read_checkpoint(path)
+    bad = [] if allow_nonfinite else nonfinite_tensors(raw["model_state"])
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(f"{path}: weights hold NaN or Inf (in {', '.join(bad[:3])}{more}); "
+                              "the run diverged, nothing can be measured on it")
     try:
         model = build_model(raw["model_spec"], allow_factory=allow_factory)
     except ModelSpecError as err:
