@@ -29,3 +29,8 @@ class CheckpointError(SharpscopeError):
 
 class NonFiniteLossError(SharpscopeError, FloatingPointError):
     """Training met a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class UnconvergedWarning(UserWarning):
+    """An iterative method stopped at its cap before reaching the requested tolerance; its
+    result is reported with per-value convergence flags and may be far off."""

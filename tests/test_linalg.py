@@ -23,7 +23,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sharpscope.errors import ConfigError
+from sharpscope.errors import ConfigError, UnconvergedWarning
 from sharpscope.linalg import (
     DensityResult,
     EigenResult,
@@ -293,13 +293,30 @@ def test_lanczos_reports_non_convergence_honestly() -> None:
     lam = torch.linspace(0.0, 1.0, n, dtype=F64)  # tiny gaps: slow convergence
     A = with_spectrum(lam, seed=8)
     op = SymmetricOperator.from_matrix(A)
-    res = lanczos(op, k=4, tol=1e-8, max_iter=8)
+    with pytest.warns(UnconvergedWarning, match=r"0 of 4 eigenvalues converged .*larger max_iter"):
+        res = lanczos(op, k=4, tol=1e-8, max_iter=8)
     assert res.n_iter == res.n_matvecs == op.n_matvecs == 8
     assert not res.all_converged and not bool(res.converged.all())
     # the flag agrees with the criterion and with the true residuals
     X = res.eigenvectors
     true_res = torch.linalg.vector_norm(A @ X - X * res.eigenvalues, dim=0)
     assert torch.all(true_res[~res.converged] > 1e-8 * res.eigenvalues.abs()[~res.converged])
+
+
+def test_default_cap_is_generous_but_fits_in_memory() -> None:
+    from sharpscope.linalg.lanczos import default_max_iter
+    assert default_max_iter(2410, 5, memory=1e12) == 300 and default_max_iter(2410, 20, memory=1e12) == 600
+    assert default_max_iter(120, 5, memory=1e12) == 120  # never more than n
+    # 11 M parameters, 16 GiB: the float64 basis may take 8 GiB, i.e. 97 steps
+    assert default_max_iter(11_000_000, 5, memory=16 * 2**30) == 97
+    # a basis that does not fit: the old default, max(2k + 40, 10k), and no less
+    assert default_max_iter(36_000_000, 5, memory=2**30) == 50
+
+
+def test_converged_runs_do_not_warn(recwarn) -> None:
+    lam = torch.linspace(0.0, 1.0, 60, dtype=F64) ** 3
+    res = lanczos(SymmetricOperator.from_matrix(with_spectrum(lam, seed=2)), k=2, tol=1e-6)
+    assert res.all_converged and not [w for w in recwarn if w.category is UnconvergedWarning]
 
 
 def test_lanczos_float32_operator() -> None:
