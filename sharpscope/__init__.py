@@ -20,12 +20,14 @@ from .errors import (  # noqa: E402
     ModelSpecError,
     NonFiniteLossError,
     SharpscopeError,
+    UnconvergedWarning,
 )
+from .batches import ModelLoss  # noqa: E402
 from .optim import SAM, frozen_bn_stats, sam_step  # noqa: E402
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 
 # Submodules reachable as attributes of the package, imported on first access.
-_SUBMODULES = ("checkpoint", "cli", "compare", "data", "distributed", "errors", "hessian", "landscape", "linalg",
+_SUBMODULES = ("batches", "checkpoint", "cli", "compare", "data", "distributed", "errors", "hessian", "landscape", "linalg",
                "models", "objective", "optim", "plots", "report", "sharpness", "tracking", "train")
 
 __all__ = [
@@ -42,6 +44,8 @@ __all__ = [
     "ModelSpecError",
     "CheckpointError",
     "NonFiniteLossError",
+    "UnconvergedWarning",
+    "ModelLoss",
 ]
 
 

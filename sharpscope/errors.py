@@ -28,7 +28,8 @@ class CheckpointError(SharpscopeError):
 
 
 class NonFiniteLossError(SharpscopeError, FloatingPointError):
-    """Training met a NaN or infinite loss; the last good checkpoint is kept."""
+    """Training met a NaN or infinite loss (the last good checkpoint is kept), or an analysis
+    met non-finite weights, a non-finite loss or Hessian-vector product."""
 
 
 class UnconvergedWarning(UserWarning):
