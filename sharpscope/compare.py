@@ -29,6 +29,7 @@ import numpy as np
 import torch.nn.functional as F
 
 from . import hessian, landscape, plots, sharpness
+from .checks import finite_float
 from .checkpoint import atomic_write_bytes, load_checkpoint, read_checkpoint
 from .data import DataSpec, load_dataset
 from .errors import ConfigError
@@ -89,6 +90,10 @@ class CompareConfig:
         if self.quick:
             self.epochs = min(self.epochs, 4)
             self.n_train = self.n_train or 400
+        for name in ("rho", "asam_rho"):  # both, even when one optimizer is not compared
+            finite_float(name, getattr(self, name), at_least=0)
+        for optimizer in self.optimizers:  # every training option, before the first run starts
+            self.train_config(optimizer)
 
     @property
     def settings(self) -> AnalysisSettings:

@@ -23,11 +23,9 @@ import torch.nn.functional as F
 from . import hessian, sharpness
 from .errors import ConfigError
 from .objective import Objective
-from .train import Callback, TrainState
+from .train import TRACKABLE, Callback, TrainState
 
 __all__ = ["TRACKABLE", "TrackingCallback"]
-
-TRACKABLE = ("gradcos", "lambda_max", "trace", "m_sharpness")
 
 
 class TrackingCallback(Callback):

@@ -40,11 +40,19 @@ from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .models import build_model, make_factory_spec, make_model_spec
 from .optim import SAM, bn_modules, sam_step
 
-__all__ = ["TrainConfig", "TrainResult", "Callback", "train", "learning_rate", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "TrainResult", "Callback", "train", "learning_rate", "OPTIMIZERS", "TRACKABLE"]
 
 OPTIMIZERS = ("sgd", "sam", "asam")
 SCHEDULES = ("cosine", "constant")
 DEFAULT_RHO = {"sgd": 0.0, "sam": 0.05, "asam": 0.5}
+# What sharpscope.tracking can measure during training (here, so that validating a
+# configuration does not import the analyses).
+TRACKABLE = ("gradcos", "lambda_max", "trace", "m_sharpness")
+SEED_RANGE = (0, 2**63 - 1)  # what torch generators take
+# An epoch whose mean training loss exceeds this many times the chance-level cross-entropy
+# log(classes) has diverged (a run that learns stays below about 1x; 100x means logits off
+# by hundreds), even while every number is still finite.
+DIVERGED_FACTOR = 100.0
 
 
 @dataclass
@@ -77,7 +85,7 @@ class TrainConfig:
     device: str = "cpu"
     second_order: bool = False  # SAM with the full gradient of L(w + e_hat(w))
     sync_perturbation: bool = False  # several ranks: one perturbation from the global gradient
-    track: list[str] = field(default_factory=list)  # see sharpscope.tracking.TRACKABLE
+    track: list[str] = field(default_factory=list)  # names from TRACKABLE
     track_every: int = 1
     track_samples: int = 512
 
@@ -107,6 +115,9 @@ class TrainConfig:
             (self.p == math.inf or self.p > 1, f"p must be > 1 or inf, got {self.p}"),
             (self.eta >= 0, f"eta must be >= 0, got {self.eta}"),
             (self.m is None or self.m >= 1, f"m must be >= 1, got {self.m}"),
+            (self.m is None or self.m <= self.batch_size,
+             f"m (examples per m-SAM perturbation) must be <= the batch size {self.batch_size}, got {self.m}"),
+            (SEED_RANGE[0] <= self.seed <= SEED_RANGE[1], f"seed must be in [0, 2**63), got {self.seed}"),
             (self.checkpoint_every >= 1, f"checkpoint interval must be >= 1, got {self.checkpoint_every}"),
             (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"),
              f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}"),
@@ -118,7 +129,6 @@ class TrainConfig:
             raise ConfigError("m (m-SAM) needs --optimizer sam or asam")
         if self.second_order and (self.optimizer != "sam" or self.p != 2 or self.m is not None):
             raise ConfigError("--second-order needs --optimizer sam with p = 2 and no m")
-        from .tracking import TRACKABLE
         unknown = sorted(set(self.track) - set(TRACKABLE))
         if unknown:
             raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(TRACKABLE)}")
@@ -251,6 +261,17 @@ def _check_fits(model: nn.Module, data: Dataset) -> None:
     if out.dim() != 2 or out.shape[1] != data.num_classes:
         raise ConfigError(f"the model outputs shape {tuple(out.shape[1:])} per example; "
                           f"{data.num_classes} class scores are needed")
+
+
+def _check_diverged(record: dict[str, Any], num_classes: int, kept: str) -> None:
+    """Stop a run whose epoch ended with a non-finite or exploded loss (before it is saved)."""
+    chance = math.log(max(num_classes, 2))
+    train_loss, test_loss = record["train_loss"], record["test_loss"]
+    if math.isfinite(train_loss) and math.isfinite(test_loss) and train_loss <= DIVERGED_FACTOR * chance:
+        return
+    raise NonFiniteLossError(
+        f"training diverged in epoch {record['epoch']} (lr {record['lr']:.4g}): mean train loss {train_loss:.4g}, "
+        f"test loss {test_loss:.4g}, chance level {chance:.3g}; not saved, {kept}; try a smaller --lr or --rho")
 
 
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -544,6 +565,8 @@ def train(
             }
             if isinstance(optimizer, SAM):
                 record["perturbed_loss"] = sums["perturbed_loss"] / count
+            _check_diverged(record, data.num_classes, f"the last good checkpoint {ckpt_path} is kept"
+                            if ckpt_path.exists() else "no checkpoint had been written yet")
             state.epoch += 1
             state.batch_in_epoch = 0
             sums = dict.fromkeys(_SUMS, 0.0)
