@@ -14,7 +14,10 @@ import typer
 from .. import distributed as dist_utils
 from ..errors import SharpscopeError
 from ._app import app
-from . import compare_cmd, hessian_cmd, info_cmd, sharpness_cmd, surface_cmd, train_cmd  # noqa: F401  (registers the commands)
+# Registers the commands. These modules import only typer and the option checks: what a
+# verb needs (torch.func, scipy, matplotlib, the trainer) is imported when it runs, so
+# 'sharpscope info missing.pt' fails fast (tests/test_startup.py keeps it so).
+from . import compare_cmd, hessian_cmd, info_cmd, sharpness_cmd, surface_cmd, train_cmd  # noqa: F401,E402
 
 __all__ = ["app", "main"]
 
@@ -77,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"interrupted{': ' + str(err) if str(err) else ''}", 130)
     except SharpscopeError as err:
         _fail(str(err))
+    except MemoryError:
+        _fail("out of memory: ask for less (--samples, --batch-size, the grid, --runs or --steps)")
     except OSError as err:
         _fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
     finally:

@@ -1,21 +1,32 @@
-"""Glue shared by the analysis commands: checkpoint + data -> model and batches, JSON output."""
+"""Glue shared by the analysis commands: checkpoint + data -> model and batches, JSON output,
+and the option definitions and checks every command shares.
+
+Only cheap modules are imported here (this runs for every verb, even ``--help``); the
+data sets, rich's progress bars and everything heavier load when a command runs.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import distributed as dist_utils
-from ..checkpoint import Checkpoint, load_checkpoint
-from ..data import DataSpec, load_dataset
+from ..checks import float_problem
 from ..errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from ..checkpoint import Checkpoint
+
+SEED_MAX = 2**63 - 1  # torch generators take seeds in [0, 2**63)
 
 
 def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: int, seed: int,
@@ -23,14 +34,17 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
     """The checkpoint's model (on ``device``) and a fixed list of batches of its data set
     (joins a torchrun process group first, if launched by torchrun: the analyses then split
     their work; the batches move to the model's device inside the analyses)."""
+    from ..checkpoint import load_checkpoint
+    from ..data import DataSpec, load_dataset
+
+    if split not in ("train", "test"):
+        raise ConfigError(f"--split must be train or test, got {split!r}")
     dist_utils.init_from_env(device)
     target = dist_utils.resolve_device(device)
     ckpt = load_checkpoint(path, allow_factory=trust_factory, map_location=target)
     if not ckpt.data_spec:
         raise CheckpointError(f"{path}: records no data set; analyse it from Python with your own data")
     data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
-    if split not in ("train", "test"):
-        raise ConfigError(f"--split must be train or test, got {split!r}")
     return ckpt, data.batches(split, samples, batch_size, seed)
 
 
@@ -59,6 +73,8 @@ def write_json(obj: dict, where: str | None) -> None:
 
 def progress_bar(console: Console, enabled: bool, unit: str) -> Progress:
     """A progress bar counting ``unit`` (HVPs, grid points, ...)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn(unit), TimeElapsedColumn(), console=console, transient=True,
                     disable=not enabled or not dist_utils.is_main())
@@ -74,11 +90,69 @@ def point_progress(console: Console, enabled: bool) -> Progress:
 
 def console(stderr: bool = False) -> Console:
     """A console that prints on rank 0 only."""
+    from rich.console import Console
+
     return Console(stderr=stderr, quiet=not dist_utils.is_main())
 
 
+def finite(*, above: float | None = None, at_least: float | None = None) -> Callable[[Any], Any]:
+    """A typer callback refusing NaN, infinities and values out of range (None passes)."""
+    def check(value: Any) -> Any:
+        expected = None if value is None else float_problem(value, above=above, at_least=at_least)
+        if expected is not None:
+            raise typer.BadParameter(f"must be {expected}, got {value!r}")
+        return value
+    return check
+
+
+def numbers(text: str, kind: type, what: str, *, at_least: float | None = None, above: float | None = None
+            ) -> list:
+    """Comma-separated numbers (``"1,4,16"``), each finite and in range, or a ConfigError."""
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated {kind.__name__}s, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{what} is empty")
+    for v in values:
+        expected = float_problem(v, above=above, at_least=at_least)
+        if expected is not None:
+            raise ConfigError(f"{what} must be comma-separated {'integers' if kind is int else 'numbers'}, each "
+                              f"{expected.removeprefix('a finite number ')}, got {text!r}")
+    return values
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``["depth=32", "bn=false"]`` -> ``{"depth": 32, "bn": False}`` (values read as JSON, else strings)."""
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--model-opt expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value.replace("'", '"')) if value.lower() not in ("true", "false") \
+                else value.lower() == "true"
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def parse_p(text: str) -> float:
+    """``--p``: a number, or inf / infinity (the range is checked where p is used)."""
+    if text.lower() in ("inf", "infinity"):
+        return math.inf
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--p must be a number > 1 or 'inf', got {text!r}") from None
+
+
+def seed_option(help_text: str) -> Any:
+    return typer.Option(0, min=0, max=SEED_MAX, help=help_text)
+
+
 # Options every analysis command shares: one definition, one help text.
-SAMPLES = typer.Option(None, help="Use a seeded subset of this many examples.")
+SAMPLES = typer.Option(None, min=1, help="Use a seeded subset of this many examples.")
 SPLIT = typer.Option("train", help="train (the labels trained on) or test.")
 JSON_OUT = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout).")
 PROGRESS = typer.Option(True, help="Show a progress bar.")

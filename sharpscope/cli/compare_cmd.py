@@ -6,13 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from ..compare import CompareConfig, run_compare
-from ..report import summary_rows
 from ._app import app
-from .progress import RichProgress
-from .train_cmd import parse_options
+from ._common import parse_options
 
 
 @app.command("compare")
@@ -40,6 +36,12 @@ def compare_command(
 
     Example: sharpscope compare --out runs/compare --label-noise 0.4 --rho 0.1
     """
+    from rich.console import Console
+
+    from ..compare import CompareConfig, run_compare
+    from ..report import summary_rows
+    from .progress import RichProgress
+
     console = Console(stderr=True)
     config = CompareConfig(
         optimizers=[o.strip() for o in optimizers.split(",") if o.strip()], model=model,

@@ -3,41 +3,54 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch.nn.functional as F
 import typer
-from rich.table import Table
 
-from .. import hessian as hs
-from .. import distributed as dist_utils
-from .. import plots
-from ..objective import HVP_MODES, Objective
+from ..objective import HVP_MODES
 from ._app import app
 from ._common import (
-    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, hvp_progress,
-    load_for_analysis, write_json)
+    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress,
+    load_for_analysis, seed_option, write_json)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def _preflight(n: int, model: Any, trace: bool, trace_matvecs: int, density: bool, runs: int, steps: int,
+               per_layer: bool, by: str) -> None:
+    """Refuse, before the first product, a trace or density whose arrays would not fit and an
+    unknown per-layer grouping (the per-layer summary runs last)."""
+    from ..checks import require_lanczos_memory, require_trace_memory
+    from ..objective import parameter_groups
+
+    if trace:
+        require_trace_memory(n, trace_matvecs)
+    if density:
+        require_lanczos_memory(n, steps, runs)
+    if per_layer:
+        parameter_groups(model, by=by)
 
 
 @app.command("hessian")
 def hessian_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
-    top_k: int = typer.Option(5, "--top-k", "-k", help="Number of extreme eigenvalues (0: skip)."),
+    top_k: int = typer.Option(5, "--top-k", "-k", min=0, help="Number of extreme eigenvalues (0: skip)."),
     which: str = typer.Option("LA", help="LA largest, SA smallest, LM largest magnitude."),
-    tol: float = typer.Option(1e-4, help="Relative Ritz-residual tolerance of Lanczos."),
+    tol: float = typer.Option(1e-4, callback=finite(above=0), help="Relative Ritz-residual tolerance of Lanczos."),
     trace: bool = typer.Option(False, "--trace", help="Estimate tr(H) by Hutch++."),
-    trace_matvecs: int = typer.Option(99, "--trace-matvecs", help="HVPs for the trace estimate."),
+    trace_matvecs: int = typer.Option(99, "--trace-matvecs", min=3, help="HVPs for the trace estimate."),
     density: bool = typer.Option(False, "--density", help="Spectral density by stochastic Lanczos quadrature."),
-    runs: int = typer.Option(10, help="SLQ runs (density)."),
-    steps: int = typer.Option(80, help="Lanczos steps per SLQ run (density)."),
-    sigma_squared: float = typer.Option(1e-5, "--sigma-squared", help="Kernel variance factor (density)."),
+    runs: int = typer.Option(10, min=1, help="SLQ runs (density)."),
+    steps: int = typer.Option(80, min=1, help="Lanczos steps per SLQ run (density)."),
+    sigma_squared: float = typer.Option(1e-5, "--sigma-squared", callback=finite(above=0), help="Kernel variance factor (density)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Top eigenvalue and trace of each layer's block."),
     by: str = typer.Option("layer", help="Per-layer grouping: layer or block."),
     params: str = typer.Option("all", help="Parameters: all, no-biasbn, or comma-separated glob patterns."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
-    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Examples per batch (the result does not depend on it)."),
-    seed: int = typer.Option(0, help="Seed of the subset and of the random start vectors."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
+    seed: int = seed_option("Seed of the subset and of the random start vectors."),
     hvp_mode: str = typer.Option("auto", "--hvp-mode", help=f"One of {', '.join(HVP_MODES)}."),
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
     plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
@@ -51,10 +64,17 @@ def hessian_command(
 
     Example: sharpscope hessian runs/sam --top-k 5 --trace --density --plot --json h.json
     """
+    import torch.nn.functional as F
+
+    from .. import distributed as dist_utils
+    from ..objective import Objective
+
     console = rank0_console(stderr=True)
     ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device)
+    from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
     selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
     obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=hvp_mode)
+    _preflight(obj.n, ckpt.model, trace, trace_matvecs, density, runs, steps, per_layer, by)
     report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,
                     "n_params": obj.n, "params": params, "hvp_mode": obj.hvp_mode}
     results: dict = {}
@@ -80,9 +100,17 @@ def hessian_command(
     if not dist_utils.is_main():  # every rank took part in the products; rank 0 reports
         return
     report.update({k: v.to_dict() for k, v in results.items()})
-
     out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
-    out.print(f"[bold]{ckpt.path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {split} examples")
+    _print_results(out, ckpt.path, obj, split, which, results)
+    if plot:
+        report["figures"] = _figures(ckpt, results, plot_dir, pdf, console)
+    write_json(report, json_out)
+
+
+def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, results: dict) -> None:
+    from rich.table import Table
+
+    out.print(f"[bold]{path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {split} examples")
     if "eigenvalues" in results:
         r = results["eigenvalues"]
         table = Table(title=f"Hessian eigenvalues ({which}; {r.n_hvp} HVPs, {r.wall_time:.1f}s)")
@@ -112,19 +140,21 @@ def hessian_command(
                           f"{row.trace:.5g}", f"{row.trace_stderr:.2g}")
         out.print(table)
 
-    if plot:
-        folder = plot_dir or (ckpt.path.parent if ckpt.path.is_file() else ckpt.path)
-        formats = ("png", "pdf") if pdf else ("png",)
-        label = ckpt.config.get("optimizer", "model").upper() if ckpt.config else "model"
-        written = []
-        if "density" in results:
-            written += plots.plot_density({label: results["density"]}, folder / "hessian_density", formats=formats)
-            written += plots.plot_density({label: results["density"]}, folder / "hessian_density_log", log=True,
+
+def _figures(ckpt: Any, results: dict, plot_dir: Path | None, pdf: bool, console: Console) -> list[str]:
+    from .. import plots
+
+    folder = plot_dir or (ckpt.path.parent if ckpt.path.is_file() else ckpt.path)
+    formats = ("png", "pdf") if pdf else ("png",)
+    label = ckpt.config.get("optimizer", "model").upper() if ckpt.config else "model"
+    written = []
+    if "density" in results:
+        written += plots.plot_density({label: results["density"]}, folder / "hessian_density", formats=formats)
+        written += plots.plot_density({label: results["density"]}, folder / "hessian_density_log", log=True,
+                                      formats=formats)
+    if "eigenvalues" in results:
+        written += plots.plot_eigenvalues({label: results["eigenvalues"]}, folder / "hessian_eigenvalues",
                                           formats=formats)
-        if "eigenvalues" in results:
-            written += plots.plot_eigenvalues({label: results["eigenvalues"]}, folder / "hessian_eigenvalues",
-                                              formats=formats)
-        report["figures"] = [str(p) for p in written]
-        for p in written:
-            console.print(f"wrote {p}", highlight=False)
-    write_json(report, json_out)
+    for p in written:
+        console.print(f"wrote {p}", highlight=False)
+    return [str(p) for p in written]

@@ -7,25 +7,38 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ..checkpoint import read_checkpoint
 from ._app import app
 
 
 def summarize(raw: dict, path: Path) -> dict:
-    """A JSON-able summary of a raw checkpoint dict."""
+    """A JSON-able summary of a raw checkpoint dict (as :func:`~sharpscope.checkpoint.read_checkpoint`
+    returns it: its fields have been type-checked)."""
+    from ..checkpoint import nonfinite_tensors
+
     n_params = sum(t.numel() for k, t in raw["model_state"].items()
                    if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     return {
         "path": str(path), "bytes": path.stat().st_size if path.is_file() else None,
         "format_version": raw.get("format_version"), "sharpscope_version": raw.get("sharpscope_version"),
         "torch_version": raw.get("torch_version"), "model_spec": raw["model_spec"], "parameters": n_params,
+        "nonfinite_tensors": nonfinite_tensors(raw["model_state"]),
         "data_spec": raw.get("data_spec"), "config": raw.get("config"), "progress": raw.get("progress"),
         "has_optimizer_state": raw.get("optimizer_state") is not None,
         "last_metrics": (raw.get("metrics") or [None])[-1], "metadata": raw.get("metadata") or {},
     }
+
+
+def _jsonable(value: object) -> object:
+    """Tensors (allowed in metadata) appear as their shape and dtype."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"tensor{list(shape)} {dtype}"
+    return repr(value)
+
+
+def _dumps(value: object, indent: int | None = None) -> str:
+    return json.dumps(value, indent=indent, default=_jsonable)
 
 
 @app.command("info")
@@ -34,20 +47,27 @@ def info_command(
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON to PATH (- for stdout)."),
 ) -> None:
     """Print what a checkpoint holds (loaded safely with weights_only=True)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..checkpoint import read_checkpoint
+
     raw = read_checkpoint(checkpoint)
     path = checkpoint / "checkpoint.pt" if checkpoint.is_dir() else checkpoint
     summary = summarize(raw, path)
     if json_out == "-":
-        print(json.dumps(summary, indent=2))
+        print(_dumps(summary, indent=2))
         return
     if json_out:
-        Path(json_out).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(json_out).write_text(_dumps(summary, indent=2) + "\n")
     table = Table(title=str(path), show_header=False)
     for key in ("format_version", "sharpscope_version", "torch_version", "parameters", "bytes",
                 "has_optimizer_state"):
         table.add_row(key, str(summary[key]))
+    if summary["nonfinite_tensors"]:
+        table.add_row("[red]NaN/Inf in[/]", ", ".join(summary["nonfinite_tensors"]))
     for key in ("model_spec", "data_spec", "progress", "last_metrics", "metadata"):
-        table.add_row(key, json.dumps(summary[key]))
+        table.add_row(key, _dumps(summary[key]))
     if summary["config"]:
-        table.add_row("config", json.dumps(summary["config"]))
+        table.add_row("config", _dumps(summary["config"]))
     Console().print(table)

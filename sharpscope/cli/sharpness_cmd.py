@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
-import torch.nn.functional as F
 import typer
-from rich.table import Table
 
-from .. import distributed as dist_utils
-from .. import plots
-from .. import sharpness as sh
-from ..errors import ConfigError
 from ._app import app
 from ._common import (
-    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, load_for_analysis,
-    progress_bar, write_json)
-from .train_cmd import parse_p
-
-
-def _numbers(text: str, kind: type, what: str) -> list:
-    try:
-        values = [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated {kind.__name__}s, got {text!r}") from None
-    if not values:
-        raise ConfigError(f"{what} is empty")
-    return values
+    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, load_for_analysis,
+    numbers, parse_p, progress_bar, seed_option, write_json)
 
 
 @app.command("sharpness")
@@ -37,12 +19,12 @@ def sharpness_command(
     m: str = typer.Option("1,4,16,64", "--m", "--subset-sizes", help="Subset sizes, comma-separated "
                           "(under torchrun use --subset-sizes: torchrun's own parser claims --m)."),
     rho: str = typer.Option("0.05", help="Radius (or several, comma-separated)."),
-    steps: int = typer.Option(5, help="Projected gradient-ascent steps (1 = SAM's first-order maximizer)."),
+    steps: int = typer.Option(5, min=1, help="Projected gradient-ascent steps (1 = SAM's first-order maximizer)."),
     p: str = typer.Option("2", "--p", help="2 or inf."),
-    max_subsets: Optional[int] = typer.Option(None, "--max-subsets", help="Cap on subsets per m (seeded)."),
+    max_subsets: Optional[int] = typer.Option(None, "--max-subsets", min=1, help="Cap on subsets per m (seeded)."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
-    seed: int = typer.Option(0, help="Seed of the subsets and of --samples."),
+    seed: int = seed_option("Seed of the subsets and of --samples."),
     gap: bool = typer.Option(True, help="Also report the surrogate gap L(w + e_hat) - L(w) for each rho."),
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
     plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
@@ -59,12 +41,25 @@ def sharpness_command(
 
     Example: sharpscope sharpness runs/sam --m 1,4,16,64 --rho 0.05 --steps 5 --plot
     """
+    import math
+
+    import torch.nn.functional as F
+    from rich.table import Table
+
+    from .. import distributed as dist_utils
+    from .. import sharpness as sh
+    from ..errors import ConfigError
+
     console = rank0_console(stderr=True)
-    ms = _numbers(m, int, "--m")
-    rhos = _numbers(rho, float, "--rho")
+    ms = numbers(m, int, "--m", at_least=1)
+    rhos = numbers(rho, float, "--rho", at_least=0)
     p_value = parse_p(p)
+    if p_value not in (2.0, math.inf):  # refused before loading (the library says the same)
+        raise ConfigError(f"--p must be 2 or inf (m-sharpness supports p = 2 and p = inf), got {p!r}")
     ckpt, batches = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device)
     n = sum(x.shape[0] for x, _ in batches)
+    if max(ms) > n:
+        raise ConfigError(f"--m {max(ms)} is larger than the {n} examples analysed")
     per_m = [min(n // size, max_subsets or n) for size in ms]
     with progress_bar(console, progress, "subsets") as bar:
         task = bar.add_task("m-sharpness", total=sum(per_m) * len(rhos))
@@ -90,6 +85,8 @@ def sharpness_command(
         out.print("surrogate gap L(w + e_hat) - L(w): " + ", ".join(f"rho={r}: {v:.5g}" for r, v in gaps.items()),
                   highlight=False)
     if plot:
+        from .. import plots
+
         folder = plot_dir or (ckpt.path.parent if ckpt.path.is_file() else ckpt.path)
         label = (ckpt.config or {}).get("optimizer", "model").upper()
         formats = ("png", "pdf") if pdf else ("png",)
@@ -106,11 +103,11 @@ def sharpness_command(
 @app.command("gradcos")
 def gradcos_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
-    rho: float = typer.Option(0.05, help="SAM radius."),
+    rho: float = typer.Option(0.05, callback=finite(at_least=0), help="SAM radius."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
-    seed: int = typer.Option(0, help="Seed of --samples."),
-    batch_size: int = typer.Option(256, "--batch-size", "-b", help="Examples per batch (the result does not depend on it)."),
+    seed: int = seed_option("Seed of --samples."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
     json_out: Optional[str] = JSON_OUT,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
@@ -122,6 +119,13 @@ def gradcos_command(
 
     Example: sharpscope gradcos runs/sam --rho 0.05 --json -
     """
+    import math
+
+    import torch.nn.functional as F
+
+    from .. import sharpness as sh
+    from ..errors import ConfigError
+
     ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device)
     res = sh.sam_gradient_cosine(ckpt.model, F.cross_entropy, batches, rho=rho)
     out = rank0_console(stderr=json_out == "-")

@@ -3,44 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import torch.nn.functional as F
 import typer
-from rich.console import Console
 
-from .. import landscape as ls
-from .. import distributed as dist_utils
-from .. import plots
-from ..checkpoint import load_checkpoint, read_checkpoint
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, load_for_analysis,
-    point_progress, write_json)
+    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, load_for_analysis,
+    numbers, point_progress, seed_option, write_json)
 
+if TYPE_CHECKING:
+    from rich.console import Console
 
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    from ..landscape import SurfaceResult
 
 
 def _grids(text: str, dim: int) -> tuple:
+    """``--grid`` as (xs, ys) (ys None in 1-D), refused if it is malformed or would not fit in memory."""
+    from .. import landscape as ls
+    from ..checks import require_grid_memory
+
     parts = [p for p in text.split(",") if p.strip()]
-    if dim == 1:
-        if len(parts) != 1:
-            raise ConfigError(f"--dim 1 takes one grid MIN:MAX:POINTS, got {text!r}")
-        return ls.parse_grid(parts[0]), None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2:
+    if dim == 1 and len(parts) != 1:
+        raise ConfigError(f"--dim 1 takes one grid MIN:MAX:POINTS, got {text!r}")
+    if dim == 2 and len(parts) not in (1, 2):
         raise ConfigError(f"--dim 2 takes one or two grids (x,y), got {text!r}")
-    return ls.parse_grid(parts[0]), ls.parse_grid(parts[1])
+    axes = [ls.parse_grid(part) for part in (parts * 2 if dim == 2 and len(parts) == 1 else parts)]
+    require_grid_memory(len(axes[0]) * (len(axes[1]) if dim == 2 else 1))
+    return axes[0], (axes[1] if dim == 2 else None)
 
 
 def _figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console) -> list[str]:
+    from .. import plots
+
     formats = ("png", "pdf") if pdf else ("png",)
     first = next(iter(results.values()))
     written: list[Path] = []
@@ -57,28 +53,43 @@ def _figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console
     return [str(p) for p in written]
 
 
-def _print_summary(console: Console, result: ls.SurfaceResult, radii: list[float], delta: float) -> dict:
+def _fmt(value: Any, spec: str) -> str:
+    """A summary value, or n/a where the grid could not give it (None: a NaN loss, a point off the grid)."""
+    return "n/a" if value is None else format(value, spec)
+
+
+def _print_summary(console: Console, result: SurfaceResult, radii: list[float], delta: float) -> dict:
     s = result.summary(radii, delta)
     console.print(f"{result.kind} surface, {result.dim}-D, {result.n_points} points over {result.n_examples} "
                   f"examples in {result.wall_time:.1f}s ({result.n_points / max(result.wall_time, 1e-9):.1f} points/s)",
                   highlight=False)
-    console.print(f"centre loss {s['centre_loss']:.5g}, accuracy {s['centre_accuracy'] or float('nan'):.4f}", highlight=False)
+    console.print(f"centre loss {_fmt(s['centre_loss'], '.5g')}, accuracy {_fmt(s['centre_accuracy'], '.4f')}",
+                  highlight=False)
     inc = ", ".join(f"r={r}: {v:+.4g}" if v is not None else f"r={r}: outside grid"
                     for r, v in s["loss_increase_at_radius"].items())
     console.print(f"mean loss increase at radius: {inc}", highlight=False)
     edge = " (reaches the grid edge: at least)" if s["basin_reaches_grid_edge"] else ""
-    console.print(f"basin width (loss within +{delta} of the centre): {s['basin_width']:.4g}{edge}", highlight=False)
+    console.print(f"basin width (loss within +{delta} of the centre): {_fmt(s['basin_width'], '.4g')}{edge}",
+                  highlight=False)
     if "barrier" in s:
-        console.print(f"loss at B {s['loss_at_b']:.5g}; barrier on [0, 1]: {s['barrier']:+.4g}", highlight=False)
+        console.print(f"loss at B {_fmt(s['loss_at_b'], '.5g')}; barrier on [0, 1]: {_fmt(s['barrier'], '+.4g')}",
+                      highlight=False)
     return s
 
 
-def _snapshots(run_dir: Path) -> list[Path]:
+def _snapshots(run_dir: Path) -> list[dict]:
+    """The model states of a run's per-epoch snapshots (at least 3, all finite)."""
+    from ..checkpoint import nonfinite_tensors, read_checkpoint
+
     files = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))
     if len(files) < 3:
         raise CheckpointError(f"{run_dir}: needs at least 3 snapshots in {run_dir / 'checkpoints'} "
                               "(train with snapshots on, the default)")
-    return files
+    states = [read_checkpoint(f)["model_state"] for f in files]
+    for f, state in zip(files, states):
+        if nonfinite_tensors(state):
+            raise CheckpointError(f"{f}: weights hold NaN or Inf; the trajectory cannot include it")
+    return states
 
 
 @app.command("surface")
@@ -92,13 +103,13 @@ def surface_command(
     norm: str = typer.Option("filter", help="Direction normalization: filter, layer, weight, none."),
     ignore: str = typer.Option("biasbn", help="biasbn (zero on biases and norm layers) or none."),
     orthogonalize: bool = typer.Option(False, "--orthogonalize", help="Make direction 2 orthogonal to direction 1."),
-    seed: int = typer.Option(0, help="Seed of the directions (direction 2 uses seed + 1) and of --samples."),
+    seed: int = seed_option("Seed of the directions (direction 2 uses seed + 1) and of --samples."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Examples per forward pass "
-                                                                          "(default: the fastest, timed)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Examples per forward pass "
+                                                                                 "(default: the fastest, timed)."),
     radii: str = typer.Option("0.1,0.25,0.5,1", help="Radii at which to report the mean loss increase."),
-    basin_delta: float = typer.Option(0.1, "--basin-delta", help="Basin = where the loss is within this of the centre."),
+    basin_delta: float = typer.Option(0.1, "--basin-delta", callback=finite(above=0), help="Basin = where the loss is within this of the centre."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <run>/surface)."),
     plot: bool = typer.Option(False, "--plot", help="Write figures (1-D curve; 2-D contour, filled contour, 3-D)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
@@ -114,12 +125,20 @@ def surface_command(
 
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """
+    import torch.nn.functional as F
+
+    from .. import distributed as dist_utils
+    from .. import landscape as ls
+
     console = rank0_console(stderr=True)
     if (checkpoint is None) == (trajectory is None):
         raise ConfigError("give either a CHECKPOINT or --trajectory RUN_DIR")
     if dim not in (1, 2):
         raise ConfigError(f"--dim must be 1 or 2, got {dim}")
-    radii_list = _floats(radii, "--radii")
+    radii_list = numbers(radii, float, "--radii", above=0)
+    if grid is None and trajectory is None:
+        grid = "-1:1:51" if dim == 1 else "-1:1:51,-1:1:51"
+    axes = None if grid is None else _grids(grid, 2 if trajectory is not None else dim)  # before any work
     source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
     ckpt, batches = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory, device)
     model = ckpt.model
@@ -127,18 +146,18 @@ def surface_command(
     options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path)}
     path = explained = None
     if trajectory is not None:
-        snaps = [read_checkpoint(p)["model_state"] for p in _snapshots(trajectory)]
+        snaps = _snapshots(trajectory)
         traj = ls.trajectory_directions(model, snaps, ignore=ignore)
         directions, explained, path, kind = traj.directions, traj.explained_variance, traj.path, "trajectory"
-        if grid is None:
+        if axes is None:
             lo, hi = path.min(0), path.max(0)
             pad = 0.2 * (hi - lo) + 1e-6
-            grid = ",".join(f"{lo[k] - pad[k]:.6g}:{hi[k] + pad[k]:.6g}:31" for k in range(2))
-        xs, ys = _grids(grid, 2)
+            axes = _grids(",".join(f"{lo[k] - pad[k]:.6g}:{hi[k] + pad[k]:.6g}:31" for k in range(2)), 2)
+        xs, ys = axes
         options.update({"trajectory": str(trajectory), "ignore": ignore, "snapshots": len(snaps)})
         stem = "trajectory"
     else:
-        xs, ys = _grids(grid or ("-1:1:51" if dim == 1 else "-1:1:51,-1:1:51"), dim)
+        xs, ys = axes
         directions = [ls.random_direction(model, norm=norm, ignore=ignore, seed=seed)]
         if dim == 2:
             d2 = ls.random_direction(model, norm=norm, ignore=ignore, seed=seed + 1)
@@ -178,9 +197,9 @@ def interpolate_command(
     buffers: str = typer.Option("interpolate", help="BN statistics: interpolate between A and B, or keep A's."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
-    seed: int = typer.Option(0, help="Seed of --samples."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Examples per forward pass "
-                                                                          "(default: the fastest, timed)."),
+    seed: int = seed_option("Seed of --samples."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Examples per forward pass "
+                                                                                 "(default: the fastest, timed)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: A's run folder /interpolate)."),
     plot: bool = typer.Option(False, "--plot", help="Write the loss / accuracy curve."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write the figure as PDF."),
@@ -193,12 +212,18 @@ def interpolate_command(
 
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """
+    import torch.nn.functional as F
+
+    from .. import distributed as dist_utils
+    from .. import landscape as ls
+    from ..checkpoint import load_checkpoint
+
     console = rank0_console(stderr=True)
+    alphas = ls.parse_grid(grid)
     ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory, device)
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory, map_location=next(ckpt_a.model.parameters()).device)
     if ckpt_a.data_spec and ckpt_b.data_spec and ckpt_a.data_spec.get("name") != ckpt_b.data_spec.get("name"):
         raise ConfigError(f"A was trained on {ckpt_a.data_spec.get('name')} and B on {ckpt_b.data_spec.get('name')}")
-    alphas = ls.parse_grid(grid)
     name_a = (ckpt_a.config or {}).get("optimizer", "A").upper()
     name_b = (ckpt_b.config or {}).get("optimizer", "B").upper()
     with point_progress(console, progress) as bar:

@@ -2,50 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from .. import distributed as dist_utils
-from .. import plots
-from ..errors import ConfigError
-from ..tracking import TRACKABLE
-from ..train import OPTIMIZERS, TrainConfig, train
 from ._app import app
-from .progress import RichProgress
+from ._common import parse_options, parse_p
 
-
-def parse_options(pairs: list[str]) -> dict:
-    """``["depth=32", "bn=false"]`` -> ``{"depth": 32, "bn": False}`` (values read as JSON, else strings)."""
-    out: dict = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--model-opt expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value.replace("'", '"')) if value.lower() not in ("true", "false") \
-                else value.lower() == "true"
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def parse_p(text: str) -> float:
-    if text.lower() in ("inf", "infinity"):
-        return math.inf
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"--p must be a number > 1 or 'inf', got {text!r}") from None
+__all__ = ["train_command", "parse_options", "parse_p"]
 
 
 @app.command("train")
 def train_command(
-    optimizer: str = typer.Option("sam", "--optimizer", "-o", help=f"One of {', '.join(OPTIMIZERS)}."),
+    optimizer: str = typer.Option("sam", "--optimizer", "-o", help="One of sgd, sam, asam."),
     model: str = typer.Option("cnn", help="mlp, cnn, resnet, wrn, aliases like resnet20 / wrn16-4, "
                                           "or a factory 'package.module:function'."),
     model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE, repeatable "
@@ -92,6 +62,12 @@ def train_command(
 
     Example: sharpscope train --optimizer sam --rho 0.05 --epochs 40 --out runs/sam
     """
+    from rich.console import Console
+
+    from .. import distributed as dist_utils
+    from ..train import TRACKABLE, TrainConfig, train
+    from .progress import RichProgress
+
     dist_utils.init_from_env(device)
     console = Console(stderr=True, quiet=not dist_utils.is_main())
     config = None
@@ -119,6 +95,8 @@ def train_command(
     final = result.final
     tracked = [k for k in TRACKABLE if any(k in rec for rec in result.metrics)]
     if tracked:
+        from .. import plots
+
         label = (config.optimizer if config else "run").upper()
         for f in plots.plot_tracking({label: result.metrics}, tracked, out / "tracking"):
             console.print(f"wrote {f}", highlight=False)
