@@ -27,8 +27,10 @@ from .optim import SAM, frozen_bn_stats, sam_step  # noqa: E402
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 
 # Submodules reachable as attributes of the package, imported on first access.
-_SUBMODULES = ("batches", "checkpoint", "cli", "compare", "data", "distributed", "errors", "hessian", "landscape", "linalg",
-               "models", "objective", "optim", "plots", "report", "sharpness", "tracking", "train")
+# (tests/test_startup.py checks that every public module of the package is listed.)
+_SUBMODULES = ("batches", "checkpoint", "checks", "cli", "compare", "data", "distributed", "errors", "hessian",
+               "landscape", "linalg", "models", "objective", "optim", "plots", "report", "sharpness", "tracking",
+               "train")
 
 __all__ = [
     "__version__",
