@@ -98,8 +98,8 @@ OPTION_CASES: list[tuple[list[str], str]] = [
     (["hessian", "{run}", *FAST, "--density", "--steps", "-3"], "--steps"),
     (["hessian", "{run}", *FAST, "--density", "--sigma-squared", "nan"], "--sigma-squared"),
     (["hessian", "{run}", *FAST, "--density", "--sigma-squared", "-1"], "--sigma-squared"),
-    (["hessian", "{run}", "--samples", "0", "--no-progress"], "--samples"),
-    (["hessian", "{run}", "--samples", "-5", "--no-progress"], "--samples"),
+    (["hessian", "{run}", "--samples", "0", "--no-progress"], "subset size"),
+    (["hessian", "{run}", "--samples", "-5", "--no-progress"], "subset size"),
     (["hessian", "{run}", *FAST, "--batch-size", "0"], "--batch-size"),
     (["hessian", "{run}", *FAST, "--seed", "-1"], "--seed"),
     (["hessian", "{run}", *FAST, "--seed", "1" + "0" * 25], "--seed"),
@@ -111,7 +111,7 @@ OPTION_CASES: list[tuple[list[str], str]] = [
     # surface
     (["surface", "{run}", *FAST, "--grid", "-1:1:3", "--batch-size", "0", "--out", "{out}"], "--batch-size"),
     (["surface", "{run}", *FAST, "--grid", "-1:1:3", "--batch-size", "-2", "--out", "{out}"], "--batch-size"),
-    (["surface", "{run}", "--samples", "0", "--no-progress", "--grid", "-1:1:3", "--out", "{out}"], "--samples"),
+    (["surface", "{run}", "--samples", "0", "--no-progress", "--grid", "-1:1:3", "--out", "{out}"], "subset size"),
     (["surface", "{run}", *FAST, "--grid", "-1:1:3", "--radii=-1", "--out", "{out}"], "--radii"),
     (["surface", "{run}", *FAST, "--grid", "-1:1:3", "--radii", "0.1,nan", "--out", "{out}"], "--radii"),
     (["surface", "{run}", *FAST, "--grid", "-1:1:3", "--basin-delta", "-1", "--out", "{out}"], "--basin-delta"),
@@ -134,7 +134,7 @@ OPTION_CASES: list[tuple[list[str], str]] = [
     (["surface", "--trajectory", "{root}/missing_run", *FAST, "--out", "{out}"], "no such checkpoint"),
     # interpolate
     (["interpolate", "{run}", "{run}", *FAST, "--grid", "0:1:3", "--batch-size", "0", "--out", "{out}"], "--batch-size"),
-    (["interpolate", "{run}", "{run}", "--samples", "0", "--no-progress", "--out", "{out}"], "--samples"),
+    (["interpolate", "{run}", "{run}", "--samples", "0", "--no-progress", "--out", "{out}"], "subset size"),
     (["interpolate", "{run}", "{run}", *FAST, "--grid", f"0:1:{HUGE}", "--out", "{out}"], "memory"),
     (["interpolate", "{run}", "{run}", *FAST, "--grid", "0:1", "--out", "{out}"], "MIN:MAX:POINTS"),
     (["interpolate", "{run}", "{run}", *FAST, "--buffers", "average", "--out", "{out}"], "buffers"),
@@ -153,12 +153,12 @@ OPTION_CASES: list[tuple[list[str], str]] = [
     (["sharpness", "{run}", *FAST, "--m", "4", "--p", "3"], "--p"),
     (["sharpness", "{run}", *FAST, "--m", "4", "--p", "nan"], "--p"),
     (["sharpness", "{run}", *FAST, "--m", "4", "--p", "one"], "--p"),
-    (["sharpness", "{run}", "--samples", "0", "--no-progress"], "--samples"),
+    (["sharpness", "{run}", "--samples", "0", "--no-progress"], "subset size"),
     # gradcos
     (["gradcos", "{run}", "--samples", "32", "--rho", "nan"], "--rho"),
     (["gradcos", "{run}", "--samples", "32", "--rho", "-1"], "--rho"),
     (["gradcos", "{run}", "--samples", "32", "--batch-size", "0"], "--batch-size"),
-    (["gradcos", "{run}", "--samples", "-1"], "--samples"),
+    (["gradcos", "{run}", "--samples", "-1"], "subset size"),
     # train
     (["train", *TINY_TRAIN, "--lr", "nan", "--out", "{out}"], "learning rate"),
     (["train", *TINY_TRAIN, "--lr", "-1", "--out", "{out}"], "learning rate"),

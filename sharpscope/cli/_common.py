@@ -152,7 +152,7 @@ def seed_option(help_text: str) -> Any:
 
 
 # Options every analysis command shares: one definition, one help text.
-SAMPLES = typer.Option(None, min=1, help="Use a seeded subset of this many examples.")
+SAMPLES = typer.Option(None, help="Use a seeded subset of this many examples.")
 SPLIT = typer.Option("train", help="train (the labels trained on) or test.")
 JSON_OUT = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout).")
 PROGRESS = typer.Option(True, help="Show a progress bar.")
