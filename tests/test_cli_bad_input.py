@@ -92,6 +92,7 @@ OPTION_CASES: list[tuple[list[str], str]] = [
     (["hessian", "{run}", *FAST, "--top-k", "1000000"], "exceeds the dimension"),
     (["hessian", "{run}", *FAST, "--tol", "nan"], "--tol"),
     (["hessian", "{run}", *FAST, "--tol", "0"], "--tol"),
+    (["hessian", "{run}", *FAST, "--tol", "2"], "< 1"),
     (["hessian", "{run}", *FAST, "--trace", "--trace-matvecs", "0"], "--trace-matvecs"),
     (["hessian", "{run}", *FAST, "--density", "--runs", "0"], "--runs"),
     (["hessian", "{run}", *FAST, "--density", "--runs", HUGE], "memory"),
@@ -294,3 +295,11 @@ def test_the_library_refuses_the_same_values(env):
     with pytest.raises(CheckpointError, match="NaN or Inf"):
         load_checkpoint(env["nan_weights"])
     assert not torch.isfinite(next(load_checkpoint(env["nan_weights"], allow_nonfinite=True).model.parameters())).all()
+
+
+def test_info_shows_tensors_stored_in_metadata(tmp_path, cli):
+    """Metadata may hold tensors (a safe checkpoint allows them); info must not crash on them."""
+    from sharpscope import save_checkpoint
+    save_checkpoint(tmp_path / "meta.pt", torch.nn.Linear(2, 2), model_spec={"name": "mlp"}, extra=torch.ones(3))
+    code, out, err = cli(["info", str(tmp_path / "meta.pt"), "--json", "-"])
+    assert code == 0 and '"extra": "tensor[3] torch.float32"' in out, err

@@ -95,10 +95,11 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, quiet=not dist_utils.is_main())
 
 
-def finite(*, above: float | None = None, at_least: float | None = None) -> Callable[[Any], Any]:
+def finite(*, above: float | None = None, at_least: float | None = None, below: float | None = None
+           ) -> Callable[[Any], Any]:
     """A typer callback refusing NaN, infinities and values out of range (None passes)."""
     def check(value: Any) -> Any:
-        expected = None if value is None else float_problem(value, above=above, at_least=at_least)
+        expected = None if value is None else float_problem(value, above=above, at_least=at_least, below=below)
         if expected is not None:
             raise typer.BadParameter(f"must be {expected}, got {value!r}")
         return value
