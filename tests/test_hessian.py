@@ -148,3 +148,18 @@ def test_cli_hessian_json_and_plots(trained, tmp_path, cli):
 def test_cli_hessian_bad_input(trained, cli, args, fragment):
     code, _, err = cli(["hessian", str(trained["dir"]), "--no-progress", *args])
     assert code == 2 and len(err.strip().splitlines()) == 1 and fragment in err
+
+
+def test_cli_warns_in_one_line_when_lanczos_stops_short(trained):
+    # Issue 10.9: the CLI says so on stderr (one line, no source path) and shows --max-iter
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "sharpscope", "hessian", str(trained["dir"]), "--which", "SA",
+                           "--top-k", "5", "--max-iter", "12", "--samples", "300", "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    warning_lines = [ln for ln in proc.stderr.splitlines() if "warning" in ln.lower()]
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("sharpscope: warning: Lanczos stopped")
+    assert "--max-iter" in warning_lines[0] and ".py" not in warning_lines[0]

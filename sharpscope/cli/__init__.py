@@ -58,8 +58,18 @@ def _torchrun(argv: list[str]) -> int | None:
     return subprocess.call(cmd)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    """Warnings on the command line: one line, no source path ('sharpscope: warning: ...')."""
+    return f"sharpscope: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
+    import warnings
+
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
     args = list(sys.argv[1:] if argv is None else argv)
     launched = _torchrun(args)
     if launched is not None:
@@ -85,5 +95,6 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as err:
         _fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
     finally:
+        warnings.formatwarning = previous_format
         dist_utils.finish(ok=sys.exc_info()[0] is None)
     sys.exit(code if isinstance(code, int) else 0)

@@ -39,6 +39,8 @@ def hessian_command(
     which: str = typer.Option("LA", help="LA largest, SA smallest, LM largest magnitude."),
     tol: float = typer.Option(1e-4, callback=finite(above=0, below=1),
                              help="Relative Ritz-residual tolerance of Lanczos (in (0, 1))."),
+    max_iter: Optional[int] = typer.Option(None, "--max-iter", min=1,
+                                           help="Cap on Lanczos steps (default: 300 or 30 k, less if memory is short)."),
     trace: bool = typer.Option(False, "--trace", help="Estimate tr(H) by Hutch++."),
     trace_matvecs: int = typer.Option(99, "--trace-matvecs", min=3, help="HVPs for the trace estimate."),
     density: bool = typer.Option(False, "--density", help="Spectral density by stochastic Lanczos quadrature."),
@@ -86,7 +88,7 @@ def hessian_command(
 
         if top_k > 0:
             track(f"eigenvalues ({which})", None)
-            results["eigenvalues"] = hs.eigenvalues(obj, k=top_k, which=which, tol=tol, seed=seed)
+            results["eigenvalues"] = hs.eigenvalues(obj, k=top_k, which=which, tol=tol, max_iter=max_iter, seed=seed)
         if trace:
             track("trace (Hutch++)", trace_matvecs)
             results["trace"] = hs.trace(obj, n_matvecs=trace_matvecs, seed=seed)
