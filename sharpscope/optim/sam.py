@@ -71,11 +71,13 @@ def _scaled_gradients(params: list[torch.Tensor], adaptive: bool,
 
 def _add_entries(params: list[torch.Tensor], entries: list[torch.Tensor]) -> None:
     """w += e, with e given on the gradients' stored entries (see :func:`_gradient_entries`)."""
-    dense = [(w, e) for w, e in zip(params, entries) if not w.grad.is_sparse]
-    if dense:
-        torch._foreach_add_([w for w, _ in dense], [e for _, e in dense])
-    for w, e in zip(params, entries):
-        if w.grad.is_sparse:
+    sparse = [w.grad.is_sparse for w in params]
+    if not any(sparse):
+        torch._foreach_add_(params, entries)
+        return
+    torch._foreach_add_([w for w, s in zip(params, sparse) if not s], [e for e, s in zip(entries, sparse) if not s])
+    for w, e, s in zip(params, entries, sparse):
+        if s:
             w.add_(torch.sparse_coo_tensor(w.grad._indices(), e, w.shape, is_coalesced=True, check_invariants=False))
 
 
