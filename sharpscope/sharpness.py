@@ -151,7 +151,6 @@ def m_sharpness(
         return batch_loss({**buffers, **params}, batch)
 
     value_and_grad = vmap(torch.func.grad_and_value(subset_loss), in_dims=(0, 0))
-    value_only = vmap(subset_loss, in_dims=(None, 0))
     results: list[MSharpness] = []
     n_grad = 0
     gen = torch.Generator().manual_seed(seed)
@@ -172,11 +171,10 @@ def m_sharpness(
                     idx = subsets[lo:lo + per_call]
                     group = take(examples, idx)
                     g_count = idx.shape[0]
-                    with torch.no_grad():
-                        base = value_only(w0, group)
                     e = torch.zeros(g_count, w0.numel(), dtype=w0.dtype, device=w0.device)
                     best = torch.full((g_count,), -math.inf, dtype=torch.float64, device=w0.device)
-                    g, _ = value_and_grad(w0.expand(g_count, -1), group)
+                    g, base = value_and_grad(w0.expand(g_count, -1), group)  # L_b(w) and its gradient
+                    base = base.detach()
                     n_grad += g_count
                     for step in range(steps):
                         e = project(e + r * dual_direction(g, p), r, p)
