@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-HEAVY = ("matplotlib", "scipy", "sklearn", "sharpscope.compare", "sharpscope.train", "sharpscope.plots")
+HEAVY = ("matplotlib", "scipy", "sklearn", "sharpscope.experiments", "sharpscope.train", "sharpscope.plots")
 
 INFO = ("import sys; from sharpscope.cli import main\n"
         "try:\n    main(['info', '/nonexistent/missing.pt'])\nexcept SystemExit:\n    pass\n"

@@ -28,8 +28,8 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E4
 
 # Submodules reachable as attributes of the package, imported on first access.
 # (tests/test_startup.py checks that every public module of the package is listed.)
-_SUBMODULES = ("batches", "checkpoint", "checks", "cli", "compare", "data", "distributed", "errors", "hessian",
-               "landscape", "linalg", "models", "objective", "optim", "plots", "report", "sharpness", "stats", "tracking",
+_SUBMODULES = ("batches", "checkpoint", "checks", "cli", "data", "distributed", "errors", "experiments", "hessian",
+               "landscape", "linalg", "models", "objective", "optim", "plots", "sharpness", "stats", "tracking",
                "train")
 
 __all__ = [

@@ -268,7 +268,7 @@ def test_a_one_point_grid_reports_what_it_can(env, cli, tmp_path):
 def test_the_library_refuses_the_same_values(env):
     """API users get the same refusals as the command line, as ConfigError / CheckpointError."""
     from sharpscope import hessian, landscape, sharpness
-    from sharpscope.compare import CompareConfig
+    from sharpscope.experiments.compare import CompareConfig
 
     model = torch.nn.Linear(3, 2)
     data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]

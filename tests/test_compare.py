@@ -78,7 +78,7 @@ def test_bad_optimizer_list(cli, tmp_path):
 
 def test_an_interrupted_compare_stops_and_then_continues(tmp_path, monkeypatch):
     """Ctrl-C during training saves the run and stops; the same command then finishes it."""
-    import sharpscope.compare as cmp
+    import sharpscope.experiments.compare as cmp
     from sharpscope.train import Callback
 
     class CtrlC(Callback):
@@ -97,7 +97,7 @@ def test_an_interrupted_compare_stops_and_then_continues(tmp_path, monkeypatch):
 
 def test_runs_saved_before_a_new_option_existed_are_reused(tmp_path):
     """A checkpoint whose stored config lacks an option added later counts as the default."""
-    import sharpscope.compare as cmp
+    import sharpscope.experiments.compare as cmp
     from sharpscope.checkpoint import read_checkpoint, save_checkpoint
     from sharpscope.models import build_model
     config = cmp.CompareConfig(quick=True, optimizers=["sgd"])

@@ -12,8 +12,8 @@ import pytest
 
 HEAVY = ("matplotlib", "scipy", "sklearn")
 # The design's public names; the test also finds every other public module of the package.
-SUBMODULES = ("checkpoint", "cli", "compare", "data", "distributed", "errors", "hessian", "landscape", "linalg",
-              "models", "objective", "optim", "plots", "report", "sharpness", "tracking", "train")
+SUBMODULES = ("checkpoint", "cli", "data", "distributed", "errors", "hessian", "landscape", "linalg",
+              "models", "objective", "optim", "plots", "sharpness", "tracking", "train")
 
 
 def _fresh(code: str) -> dict:

@@ -38,8 +38,8 @@ def compare_command(
     """
     from rich.console import Console
 
-    from ..compare import CompareConfig, run_compare
-    from ..report import summary_rows
+    from ..experiments.compare import CompareConfig, run_compare
+    from ..experiments.report import summary_rows
     from .progress import RichProgress
 
     console = Console(stderr=True)

@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
-from . import hessian, landscape, plots, sharpness
-from .checks import finite_float
-from .checkpoint import atomic_write_bytes, load_checkpoint, read_checkpoint
-from .data import DataSpec, load_dataset
-from .errors import ConfigError
-from .objective import Objective
-from .train import OPTIMIZERS, TrainConfig, train
+from .. import hessian, landscape, plots, sharpness
+from ..checks import finite_float
+from ..checkpoint import atomic_write_bytes, load_checkpoint, read_checkpoint
+from ..data import DataSpec, load_dataset
+from ..errors import ConfigError
+from ..objective import Objective
+from ..train import OPTIMIZERS, TrainConfig, train
 
 __all__ = ["CompareConfig", "run_compare", "PROFILES"]
 
