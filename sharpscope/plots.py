@@ -562,3 +562,82 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: 
         fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path, formats)
+
+
+__all__ += ["plot_sweep"]
+
+
+def plot_sweep(groups: Mapping[str, Mapping[Any, Mapping[Any, float | None]]], path: str | Path, *,
+               xlabel: str, ylabel: str, formats: Sequence[str] = ("png",), title: str | None = None,
+               confidence: float = 0.95) -> list[Path]:
+    """A metric against one swept option, one line per group of the other options.
+
+    ``groups[label][seed] = {x: value}``. Each seed is a thin line with points; the mean over
+    the seeds that have a finite value at x is the bold line, with its Student-t confidence
+    band (:func:`sharpscope.stats.summarize`; no band with one seed). A group whose only x is
+    None (the option does not apply, e.g. SGD against rho) is a horizontal reference: its
+    mean dashed across the axis with its band. x values that are not all numbers are drawn
+    as categories in the order first met; positive numbers spanning a decade or more get a
+    log axis ticked at the values swept.
+    """
+    from . import stats
+
+    xs_all: list[Any] = []
+    for per_seed in groups.values():
+        for points in per_seed.values():
+            xs_all += [x for x in points if x is not None and x not in xs_all]
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs_all)
+    if numeric:
+        xs_all = sorted(xs_all)
+    position = (lambda x: float(x)) if numeric else (lambda x: float(xs_all.index(x)))
+    fig = Figure(figsize=(7.2, 4.2))
+    ax = fig.subplots()
+
+    def summary(values: list[float]) -> Any:
+        return stats.summarize(values, confidence) if values else None
+
+    for i, (label, per_seed) in enumerate(groups.items()):
+        color = _color(label, i)
+        n_seeds = len(per_seed)
+        if all(set(points) <= {None} for points in per_seed.values()):  # a reference level
+            t = summary([v for points in per_seed.values() for v in points.values()
+                         if v is not None and np.isfinite(v)])
+            if t is None:
+                continue
+            ax.axhline(t.mean, color=color, ls="--", lw=1.5, label=f"{label} (mean of {t.n})")
+            if np.isfinite(t.ci_low):
+                ax.axhspan(t.ci_low, t.ci_high, color=color, alpha=0.12, lw=0)
+            continue
+        by_x: dict[Any, list[float]] = {}
+        for points in per_seed.values():
+            pts = sorted(((position(x), v) for x, v in points.items()
+                          if x is not None and v is not None and np.isfinite(v)), key=lambda p: p[0])
+            for (x, v) in pts:
+                by_x.setdefault(x, []).append(v)
+            if n_seeds > 1 and pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, lw=0.7, ms=2.5, alpha=0.35)
+        xs = sorted(by_x)
+        if not xs:
+            continue
+        summaries = [summary(by_x[x]) for x in xs]
+        ax.plot(xs, [t.mean for t in summaries], "o-", color=color, lw=1.8, ms=4,
+                label=label if n_seeds == 1 else f"{label} (mean of {n_seeds})")
+        band = [(x, t) for x, t in zip(xs, summaries) if np.isfinite(t.ci_low)]
+        if band:
+            ax.fill_between([x for x, _ in band], [t.ci_low for _, t in band], [t.ci_high for _, t in band],
+                            color=color, alpha=0.18, lw=0)
+    from matplotlib.ticker import FixedLocator, NullLocator
+    if numeric and xs_all and min(xs_all) > 0 and max(xs_all) >= 10 * min(xs_all):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+    if xs_all:
+        ticks = [position(x) for x in xs_all]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.set_xticklabels([f"{x:g}" if numeric else str(x) for x in xs_all])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel} against {xlabel} (thin: seeds; band: {confidence:.0%} CI)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return save_figure(fig, path, formats)
