@@ -23,7 +23,7 @@ from .errors import (  # noqa: E402
     UnconvergedWarning,
 )
 from .batches import ModelLoss  # noqa: E402
-from .optim import SAM, frozen_bn_stats, sam_step  # noqa: E402
+from .optim import RSAM, SAM, frozen_bn_stats, sam_step  # noqa: E402
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 
 # Submodules reachable as attributes of the package, imported on first access.
@@ -35,6 +35,7 @@ _SUBMODULES = ("batches", "checkpoint", "checks", "cli", "data", "distributed", 
 __all__ = [
     "__version__",
     "SAM",
+    "RSAM",
     "sam_step",
     "frozen_bn_stats",
     "save_checkpoint",

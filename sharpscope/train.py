@@ -1,4 +1,4 @@
-"""The training loop: SGD / SAM / ASAM to resumable checkpoints and a metrics log.
+"""The training loop: SGD / SAM / ASAM / RSAM to resumable checkpoints and a metrics log.
 
 Determinism: the model is initialised from ``seed``; the order of the examples in epoch
 ``e`` (and the crop/flip augmentation, when on) comes from a generator seeded with
@@ -17,6 +17,7 @@ Files written in ``out_dir``::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -38,13 +39,13 @@ from .checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
 from .data import DataSpec, Dataset, load_dataset
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .models import build_model, make_factory_spec, make_model_spec
-from .optim import SAM, bn_modules, sam_step
+from .optim import RSAM, SAM, bn_modules, sam_step
 
 __all__ = ["TrainConfig", "TrainResult", "Callback", "train", "learning_rate", "OPTIMIZERS", "TRACKABLE"]
 
-OPTIMIZERS = ("sgd", "sam", "asam")
+OPTIMIZERS = ("sgd", "sam", "asam", "rsam")  # rsam: SAM with a random e (the control)
 SCHEDULES = ("cosine", "constant")
-DEFAULT_RHO = {"sgd": 0.0, "sam": 0.05, "asam": 0.5}
+DEFAULT_RHO = {"sgd": 0.0, "sam": 0.05, "asam": 0.5, "rsam": 0.05}
 # What sharpscope.tracking can measure during training (here, so that validating a
 # configuration does not import the analyses).
 TRACKABLE = ("gradcos", "lambda_max", "trace", "m_sharpness")
@@ -74,7 +75,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
-    rho: float | None = None  # None: 0.05 for SAM, 0.5 for ASAM (Kwon et al.)
+    rho: float | None = None  # None: 0.05 for SAM and RSAM, 0.5 for ASAM (Kwon et al.)
     p: float = 2.0
     eta: float = 0.01
     m: int | None = None
@@ -126,7 +127,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         if self.optimizer == "sgd" and self.m is not None:
-            raise ConfigError("m (m-SAM) needs --optimizer sam or asam")
+            raise ConfigError("m (m-SAM) needs --optimizer sam, asam or rsam")
         if self.second_order and (self.optimizer != "sam" or self.p != 2 or self.m is not None):
             raise ConfigError("--second-order needs --optimizer sam with p = 2 and no m")
         unknown = sorted(set(self.track) - set(TRACKABLE))
@@ -274,11 +275,21 @@ def _check_diverged(record: dict[str, Any], num_classes: int, kept: str) -> None
         f"test loss {test_loss:.4g}, chance level {chance:.3g}; not saved, {kept}; try a smaller --lr or --rho")
 
 
+def _stream_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for the named random stream ``stream`` of run ``seed`` (independent of the
+    other streams drawn from ``seed``)."""
+    digest = hashlib.blake2b(f"{int(seed)}:{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     sgd = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                nesterov=config.nesterov)
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), **sgd)
+    if config.optimizer == "rsam":  # its own stream: seeding with config.seed would replay the init's draws
+        return RSAM(model.parameters(), torch.optim.SGD, rho=config.effective_rho, p=config.p,
+                    seed=_stream_seed(config.seed, "rsam"), **sgd)
     return SAM(model.parameters(), torch.optim.SGD, rho=config.effective_rho, p=config.p,
                adaptive=config.optimizer == "asam", eta=config.eta, **sgd)
 

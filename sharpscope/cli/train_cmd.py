@@ -1,4 +1,4 @@
-"""``sharpscope train``: SGD / SAM / ASAM training to a resumable checkpoint."""
+"""``sharpscope train``: SGD / SAM / ASAM / RSAM training to a resumable checkpoint."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ __all__ = ["train_command", "parse_options", "parse_p"]
 
 @app.command("train")
 def train_command(
-    optimizer: str = typer.Option("sam", "--optimizer", "-o", help="One of sgd, sam, asam."),
+    optimizer: str = typer.Option("sam", "--optimizer", "-o", help="One of sgd, sam, asam, rsam (SAM's step at a random e of norm rho: the control for SAM's ascent direction)."),
     model: str = typer.Option("cnn", help="mlp, cnn, resnet, wrn, aliases like resnet20 / wrn16-4, "
                                           "or a factory 'package.module:function'."),
     model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE, repeatable "
                                                                  "(e.g. --model-opt bn=true --model-opt width=32)."),
-    data: str = typer.Option("digits", help="digits, synthetic, npz, mnist, fashion-mnist, cifar10, cifar100."),
+    data: str = typer.Option("digits", help="digits, mnist1d, synthetic, npz, mnist, fashion-mnist, cifar10, cifar100."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder (mnist, cifar) or .npz file."),
     label_noise: float = typer.Option(0.0, "--label-noise", help="Fraction of training labels replaced "
                                                                  "by uniformly random classes, in [0, 1)."),
@@ -33,7 +33,7 @@ def train_command(
     weight_decay: float = typer.Option(5e-4, "--weight-decay", "--wd", help="L2 weight decay."),
     schedule: str = typer.Option("cosine", help="cosine or constant."),
     warmup: float = typer.Option(0.0, help="Linear warm-up length in epochs."),
-    rho: Optional[float] = typer.Option(None, help="SAM radius (default 0.05; ASAM 0.5)."),
+    rho: Optional[float] = typer.Option(None, help="SAM radius (default 0.05; ASAM 0.5; RSAM 0.05)."),
     p: str = typer.Option("2", "--p", help="Norm of the SAM neighbourhood: 2 or inf (any p > 1)."),
     eta: float = typer.Option(0.01, help="ASAM's offset in T_w = |w| + eta."),
     m: Optional[int] = typer.Option(None, "--m", help="m-SAM: one perturbation per m examples of a batch."),
@@ -58,7 +58,7 @@ def train_command(
                                                         "starts a new run if there is none."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Train a model with SGD, SAM or ASAM; writes OUT/checkpoint.pt and OUT/metrics.jsonl.
+    """Train a model with SGD, SAM, ASAM or RSAM; writes OUT/checkpoint.pt and OUT/metrics.jsonl.
 
     Example: sharpscope train --optimizer sam --rho 0.05 --epochs 40 --out runs/sam
     """

@@ -1,9 +1,11 @@
-"""SAM and its training step, as torch optimizers (see :mod:`.sam`, :mod:`.bn`, :mod:`.step`)."""
+"""SAM and its training step, as torch optimizers (see :mod:`.sam`, :mod:`.bn`, :mod:`.step`;
+variants over SAM's two steps: :mod:`.rsam`)."""
 
 from __future__ import annotations
 
 from .bn import bn_modules, frozen_bn_stats
+from .rsam import RSAM
 from .sam import SAM
 from .step import StepResult, sam_step
 
-__all__ = ["SAM", "sam_step", "frozen_bn_stats", "bn_modules", "StepResult"]
+__all__ = ["SAM", "RSAM", "sam_step", "frozen_bn_stats", "bn_modules", "StepResult"]

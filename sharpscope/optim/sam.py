@@ -70,8 +70,10 @@ def _scaled_gradients(params: list[torch.Tensor], adaptive: bool,
 
 
 def _add_entries(params: list[torch.Tensor], entries: list[torch.Tensor]) -> None:
-    """w += e, with e given on the gradients' stored entries (see :func:`_gradient_entries`)."""
-    sparse = [w.grad.is_sparse for w in params]
+    """w += e, with e dense (shaped like w) or given on the stored entries of w's sparse gradient
+    (see :func:`_gradient_entries`). Values shaped like w itself are added densely: coalesced
+    entries that many cover every row of w in order, so the two adds are the same."""
+    sparse = [e.shape != w.shape for w, e in zip(params, entries)]
     if not any(sparse):
         torch._foreach_add_(params, entries)
         return
@@ -79,6 +81,22 @@ def _add_entries(params: list[torch.Tensor], entries: list[torch.Tensor]) -> Non
     for w, e, s in zip(params, entries, sparse):
         if s:
             w.add_(torch.sparse_coo_tensor(w.grad._indices(), e, w.shape, is_coalesced=True, check_invariants=False))
+
+
+def _dual_vector(t: list[torch.Tensor], qnorm: torch.Tensor, rho: float, p: float) -> list[torch.Tensor]:
+    """rho * sign(t) |t|^(q-1) / ||t||_q^(q-1): the maximizer of <e, t> over ||e||_p <= rho, given
+    ||t||_q (global, over every group) as ``qnorm``; zero where ``qnorm`` is 0 (p = inf: rho sign(t))."""
+    if p == math.inf:
+        e = [torch.sign(x) for x in t]
+        torch._foreach_mul_(e, rho)
+        return e
+    q = p / (p - 1.0)
+    # (||t||_q^q)^(1/p) = ||t||_q^(q-1)
+    denom = qnorm ** (q - 1.0)
+    factor = torch.where(denom > 0, rho / denom, torch.zeros_like(denom))
+    if p == 2.0:
+        return torch._foreach_mul(t, factor)
+    return [torch.sign(x) * torch.abs(x) ** (q - 1.0) * factor for x in t]
 
 
 class SAM(torch.optim.Optimizer):
@@ -105,6 +123,10 @@ class SAM(torch.optim.Optimizer):
 
     The perturbation norm is global: one norm over every parameter with a gradient.
     """
+
+    #: Whether the perturbation needs the gradient at w (:func:`sam_step` skips the first
+    #: backward pass of a variant that sets this to False).
+    perturbation_uses_gradient = True
 
     def __init__(
         self,
@@ -144,39 +166,38 @@ class SAM(torch.optim.Optimizer):
     # -- the two steps -------------------------------------------------------------
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> torch.Tensor:
-        """Move every parameter to w + e_hat(w) and remember w. Returns ||T g||_q.
+        """Move every parameter to w + e (:meth:`_perturbation`) and remember w. Returns the
+        norm that scaled e (SAM: ||T g||_q).
 
         A zero gradient gives e_hat = 0 (no NaN). Sparse gradients (``nn.Embedding(sparse=True)``)
         give a sparse e_hat: its entries are those of the gradient, the rest are zero, exactly
         as for the same gradient stored densely.
         """
-        qnorm = self._dual_norm()
-        for group in self.param_groups:
-            rho, p, adaptive, eta = group["rho"], group["p"], group["adaptive"], group["eta"]
-            params = [w for w in group["params"] if w.grad is not None]
-            if not params:
-                continue
+        norm, perturbations = self._perturbation()
+        for params, e in perturbations:
             for w in params:
                 self.state[w]["old_p"] = w.detach().clone()
-            tg, scales = _scaled_gradients(params, adaptive, eta)
-            if p == math.inf:
-                e = [torch.sign(t) for t in tg]
-                torch._foreach_mul_(e, rho)
-            else:
-                q = p / (p - 1.0)
-                # rho * sign(t) |t|^(q-1) / ||t||_q^(q-1)   (since (||t||_q^q)^(1/p) = ||t||_q^(q-1))
-                denom = qnorm ** (q - 1.0)
-                factor = torch.where(denom > 0, rho / denom, torch.zeros_like(denom))
-                if p == 2.0:
-                    e = torch._foreach_mul(tg, factor)
-                else:
-                    e = [torch.sign(t) * torch.abs(t) ** (q - 1.0) * factor for t in tg]
-            if adaptive:
-                torch._foreach_mul_(e, scales)
             _add_entries(params, e)
         if zero_grad:
             self.zero_grad()
-        return qnorm
+        return norm
+
+    def _perturbation(self) -> tuple[torch.Tensor, list[tuple[list[torch.Tensor], list[torch.Tensor]]]]:
+        """The perturbation rule, the one method a variant overrides: ``(norm, [(params, e), ...])``
+        with one pair per non-empty parameter group, e dense or on the entries of a sparse
+        gradient. SAM / ASAM: the dual-norm vector of T g, with norm = ||T g||_q."""
+        qnorm = self._dual_norm()
+        out = []
+        for group in self.param_groups:
+            params = [w for w in group["params"] if w.grad is not None]
+            if not params:
+                continue
+            tg, scales = _scaled_gradients(params, group["adaptive"], group["eta"])
+            e = _dual_vector(tg, qnorm, group["rho"], group["p"])
+            if group["adaptive"]:
+                torch._foreach_mul_(e, scales)
+            out.append((params, e))
+        return qnorm, out
 
     @torch.no_grad()
     def unperturb(self) -> None:

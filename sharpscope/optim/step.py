@@ -48,6 +48,11 @@ def sam_step(
     the clean pass runs per chunk and the stored statistics are the average of the
     per-chunk updates (what averaging per-device buffers would give).
 
+    A variant whose perturbation does not use the gradient at w (``perturbation_uses_gradient``
+    false: :class:`~sharpscope.optim.RSAM`) gets a clean pass without backward: a forward at w
+    under ``no_grad`` (BatchNorm statistics and the reported loss), then one forward-backward at
+    w + e. With m-SAM each chunk draws its own e.
+
     ``second_order`` (p = 2, not adaptive, no m): the update uses the full gradient of
     L(w + e_hat(w)), i.e. SAM's gradient plus (d e_hat / dw)^T grad L|_{w + e_hat} (see
     :func:`sharpscope.sharpness.sam_gradient_cosine`), at the cost of one double backward.
@@ -83,11 +88,15 @@ def sam_step(
         optimizer.step()
         return StepResult(loss.detach(), outputs.detach(), None)
 
+    uses_gradient = optimizer.perturbation_uses_gradient
     if m is None or m >= batch:
-        with (contextlib.nullcontext() if sync_first_pass else model.no_sync()):
-            outputs = model(inputs)
-            loss = loss_fn(outputs, targets)
-            backward(loss)
+        if uses_gradient:
+            with (contextlib.nullcontext() if sync_first_pass else model.no_sync()):
+                outputs = model(inputs)
+                loss = loss_fn(outputs, targets)
+                backward(loss)
+        else:
+            outputs, loss = _clean_forward(model, loss_fn, inputs, targets)
         optimizer.first_step(zero_grad=True)
         with frozen_bn_stats(model):
             perturbed = loss_fn(model(inputs), targets)
@@ -104,9 +113,12 @@ def sam_step(
     for lo in range(0, batch, m):
         x, y = take(inputs, slice(lo, lo + m)), take(targets, slice(lo, lo + m))
         weight = leading_size(y, "targets") / batch
-        outputs = model(x)
-        loss = loss_fn(outputs, y)
-        loss.backward()
+        if uses_gradient:
+            outputs = model(x)
+            loss = loss_fn(outputs, y)
+            loss.backward()
+        else:
+            outputs, loss = _clean_forward(model, loss_fn, x, y)
         with torch.no_grad():  # collect this chunk's running-stat update, then rewind
             for b, acc in zip(bns, bn_sum):
                 for k in acc:
@@ -138,6 +150,16 @@ def sam_step(
     return StepResult(torch.stack(losses).sum(), torch.cat(outs), torch.stack(perturbed_losses).sum())
 
 
+def _clean_forward(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   inputs: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pass at w of a variant whose perturbation needs no gradient (RSAM): a forward in the
+    model's own mode without a graph, for the running BatchNorm statistics (updated exactly as
+    SAM's clean pass updates them) and the loss and outputs reported at w."""
+    with torch.no_grad():
+        outputs = model(inputs)
+        return outputs, loss_fn(outputs, targets)
+
+
 def _second_order_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                        inputs: Any, targets: Any, optimizer: torch.optim.Optimizer,
                        m: int | None) -> StepResult:
@@ -146,8 +168,8 @@ def _second_order_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.
     Works on detached copies of the parameters through ``functional_call``, so nothing is
     modified in place while the double-backward graph is alive.
     """
-    if not isinstance(optimizer, SAM):
-        raise ConfigError("second-order SAM needs the SAM optimizer")
+    if not isinstance(optimizer, SAM) or type(optimizer)._perturbation is not SAM._perturbation:
+        raise ConfigError("second-order SAM needs the SAM optimizer (its gradient term is that of SAM's e_hat(w))")
     groups = optimizer.param_groups
     if m is not None or any(g["adaptive"] or g["p"] != 2.0 for g in groups) or len({g["rho"] for g in groups}) > 1:
         raise ConfigError("second-order SAM supports p = 2, one rho, no ASAM and no m-SAM")

@@ -1,0 +1,101 @@
+"""Random-perturbation SAM (RSAM): the control for SAM's ascent direction.
+
+The update is SAM's, w <- w - lr * grad L(w + e), but e is a random direction of norm rho,
+drawn independently of the gradient: SAM's dual-norm rule applied to a Gaussian vector z
+instead of the gradient g,
+
+    e = rho * sign(z) |z|^(q-1) / ||z||_q^(q-1),   z ~ N(0, I),   1/p + 1/q = 1,
+
+so ||e||_p = rho exactly. For p = 2 this is e = rho z / ||z||_2, a uniformly random point
+of the rho-sphere; for p = inf it is e = rho sign(z), a uniformly random corner of the
+l_inf ball (where SAM's own p = inf step lands too: rho sign(g)). Like SAM's, the norm is
+global over every trainable parameter (a parameter group's ``rho`` scales its share), and
+every parameter with ``requires_grad`` is perturbed, whether or not it has a gradient.
+
+The draws come from a ``torch.Generator`` owned by the optimizer, seeded with ``seed``, on
+the device of the first parameter (so CPU and CUDA draw different numbers); its state is in
+``state_dict()`` so a resumed run continues bit for bit. Since e does not depend on the
+gradient at w, :func:`sharpscope.optim.sam_step` runs the clean pass at w without a backward
+(a forward under ``no_grad``, for the running BatchNorm statistics and the reported loss).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .sam import SAM, _dual_exponent, _dual_vector
+
+__all__ = ["RSAM"]
+
+_STATE_KEY = "rsam_generator"
+
+
+class RSAM(SAM):
+    """SAM with a random perturbation of norm ``rho`` (see the module docstring).
+
+    Args:
+        params, base_optimizer, rho, p, **kwargs: as for :class:`SAM` (no ``adaptive``: the
+            direction is isotropic).
+        seed: seed of the optimizer's generator (use a stream of its own, not the seed that
+            initialised the model: the same seed would replay the initialisation's draws).
+    """
+
+    perturbation_uses_gradient = False
+
+    def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
+                 p: float = 2.0, seed: int = 0, **kwargs: Any) -> None:
+        if "adaptive" in kwargs or "eta" in kwargs:
+            raise ConfigError("RSAM draws an isotropic random direction; it takes no adaptive / eta (ASAM)")
+        if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**64):
+            raise ConfigError(f"RSAM seed must be an integer in [0, 2**64), got {seed!r}")
+        super().__init__(params, base_optimizer, rho=rho, p=p, **kwargs)
+        device = next((w.device for g in self.param_groups for w in g["params"]), torch.device("cpu"))
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if param_group.get("adaptive"):
+            raise ConfigError("RSAM parameter groups cannot be adaptive (ASAM's scaling needs a gradient)")
+        super().add_param_group(param_group)
+
+    def _perturbation(self) -> tuple[torch.Tensor, list[tuple[list[torch.Tensor], list[torch.Tensor]]]]:
+        """e = the dual-norm vector of a fresh Gaussian z; norm = ||z||_q (global)."""
+        gen = self.generator
+        groups = [(g, [w for w in g["params"] if w.requires_grad]) for g in self.param_groups]
+        groups = [(g, params) for g, params in groups if params]
+        z = [[torch.randn(w.shape, generator=gen, device=gen.device, dtype=w.dtype).to(w.device) for w in params]
+             for _, params in groups]
+        if not groups:
+            return torch.zeros(()), []
+        q = _dual_exponent(groups[0][0]["p"])
+        parts = [torch.stack(torch._foreach_norm(zs, q)).pow(q).sum() for zs in z]
+        znorm = torch.stack([t.to(parts[0].device) for t in parts]).sum().pow(1.0 / q)
+        out = []
+        for (group, params), zs in zip(groups, z):
+            out.append((params, _dual_vector(zs, znorm.to(zs[0].device), group["rho"], group["p"])))
+        return znorm, out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict plus the generator's state (key ``rsam_generator``)."""
+        state = super().state_dict()
+        state[_STATE_KEY] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        gen_state = state.pop(_STATE_KEY, None)
+        if gen_state is None:
+            raise ConfigError("this optimizer state has no RSAM generator state (saved by another optimizer?)")
+        try:
+            self.generator.set_state(gen_state.cpu())
+        except RuntimeError as err:
+            raise ConfigError(f"cannot restore the RSAM generator on {self.generator.device} (its state was "
+                              f"saved on another kind of device?): {str(err).splitlines()[0]}") from None
+        super().load_state_dict(state)
+
+    def __repr__(self) -> str:
+        g = self.param_groups[0]
+        return (f"RSAM(base={type(self.base_optimizer).__name__}, rho={g['rho']}, p={g['p']}, "
+                f"lr={g.get('lr')})")
