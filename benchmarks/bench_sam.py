@@ -1,4 +1,4 @@
-"""SAM / SGD and m-SAM / SGD step-time ratios, measured side by side in one process.
+"""SAM / SGD, RSAM / SGD and m-SAM / SGD step-time ratios, measured side by side in one process.
 
     python benchmarks/bench_sam.py                      # digits CNN (85k params), batch 128
     python benchmarks/bench_sam.py --model resnet20 --model-opt bn=true
@@ -7,7 +7,8 @@ Each round times ``--steps`` consecutive steps of every method, the methods in a
 order so that none always runs first; the reported figure per method is the median over
 rounds of the mean step time, and the ratios are taken against plain SGD (same model,
 same batch, same base optimizer settings). Two forward-backward passes make 2.0x the floor
-for SAM; everything above it is the optimizer's own overhead.
+for SAM; everything above it is the optimizer's own overhead. RSAM (random e) needs no gradient at
+w: one forward without graph plus one forward-backward.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sharpscope import SAM, sam_step
+from sharpscope import RSAM, SAM, sam_step
 from sharpscope.data import load_dataset
 from sharpscope.models import build_model, count_parameters, make_model_spec
 
@@ -49,10 +50,12 @@ def main() -> None:
     sgd_kw = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     methods = {}
-    for name in ("sgd", "sam", f"m-sam (m={m})", f"sgd in {args.batch_size // m} chunks"):
+    for name in ("sgd", "sam", "rsam", f"m-sam (m={m})", f"sgd in {args.batch_size // m} chunks"):
         model = copy.deepcopy(base)
         if name.startswith("sgd"):
             opt = torch.optim.SGD(model.parameters(), **sgd_kw)
+        elif name == "rsam":
+            opt = RSAM(model.parameters(), torch.optim.SGD, rho=0.05, **sgd_kw)
         else:
             opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, **sgd_kw)
         methods[name] = (model, opt, m if "m-sam" in name else None)
