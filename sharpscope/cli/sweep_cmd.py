@@ -104,8 +104,13 @@ def sweep_command(
     def say(msg: str) -> None:
         print(f"sweep: {msg}", file=sys.stderr, flush=True)
 
-    result = sweep.run_sweep(config, out, jobs=jobs, plots=wanted, formats=formats,
-                             say=say if progress else (lambda msg: None))
+    try:
+        result = sweep.run_sweep(config, out, jobs=jobs, plots=wanted, formats=formats,
+                                 say=say if progress else (lambda msg: None))
+    except KeyboardInterrupt as err:  # typer turns it into a silent exit 130: say what was kept
+        why = " ".join(str(err).split()) or "finished runs and analyses are kept; rerun the same command to continue"
+        print(f"sharpscope: interrupted: {why}", file=sys.stderr)
+        raise typer.Exit(130) from None
     _print_summary(result)
 
 

@@ -44,6 +44,8 @@ import json
 import math
 import os
 import re
+import signal
+import threading
 import time
 import typing
 import warnings
@@ -611,6 +613,8 @@ def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> Run
     """Train (or resume, or reuse) one run, then compute the analyses not yet stored."""
     spec, run_dir = task.spec, Path(task.run_dir)
     prefix = f"[{spec.index + 1}/{task.total}] {spec.label}"
+    if stop is not None and stop.is_set():  # queued before the stop: do not start
+        return RunOutcome(spec.index, spec.name, "interrupted", {}, 0, 0.0)
     _check_folder(spec, run_dir)
     done = _complete(task)
     if done is not None:
@@ -681,8 +685,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(threads: int, queue: Any, stop: Any) -> None:
-    import signal
-
     import torch
 
     torch.set_num_threads(threads)
@@ -695,6 +697,10 @@ def _init_worker(threads: int, queue: Any, stop: Any) -> None:
 def _worker_run(task: _Task) -> RunOutcome:
     queue = _WORKER["queue"]
     return _run_task(task, lambda msg: queue.put(msg), _WORKER["stop"])
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _cores() -> int:
@@ -1029,7 +1035,14 @@ def _run_pool(pending: list[_Task], jobs: int, say: Callable[[str], None],
 
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
                                initargs=(threads, messages, stop))
-    futures = {pool.submit(_worker_run, task): task for task in pending}
+    # The workers start (on submit) with SIGINT ignored, which a new interpreter keeps: a
+    # Ctrl-C while they import torch would otherwise kill them with a traceback each.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+    try:
+        futures = {pool.submit(_worker_run, task): task for task in pending}
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     waiting = set(futures)
     try:
         while waiting:
@@ -1037,21 +1050,32 @@ def _run_pool(pending: list[_Task], jobs: int, say: Callable[[str], None],
             drain()
             for fut in sorted(done, key=lambda f: futures[f].spec.index):
                 record(futures[fut], fut.result())
+    except KeyboardInterrupt as err:
+        _stop_pool(pool, stop, waiting, drain)
+        raise KeyboardInterrupt(str(err) or "the running runs are saved; rerun the same command to continue") \
+            from None
     except BaseException:
-        stop.set()  # the running runs save at their next step and return
-        for fut in waiting:
-            fut.cancel()
-        try:
-            pool.shutdown(wait=True, cancel_futures=True)
-        except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoints stay
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                proc.terminate()
-            raise
-        finally:
-            drain()
+        _stop_pool(pool, stop, waiting, drain)
         raise
     pool.shutdown(wait=True)
     drain()
+
+
+def _stop_pool(pool: Any, stop: Any, waiting: set, drain: Callable[[], None]) -> None:
+    """Ask the running runs to save at their next step, drop the queued ones, wait for the
+    workers; a second Ctrl-C meanwhile ends them at once (the last checkpoints stay)."""
+    stop.set()
+    for fut in waiting:
+        fut.cancel()
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        raise KeyboardInterrupt("stopped at once; rerun the same command to continue from the last "
+                                "checkpoints") from None
+    finally:
+        drain()
 
 
 def _write_tables(out: Path, config: SweepConfig, rows: list[dict], summary: list[dict], options: list[str],
