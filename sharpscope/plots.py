@@ -40,6 +40,39 @@ def _get(result: Any, key: str) -> Any:
     return result[key] if isinstance(result, Mapping) else getattr(result, key)
 
 
+def _seed_runs(value: Any) -> list[Any]:
+    """One run (a list of records, or a result) or several runs (a list of them, one per seed)."""
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+        return list(value)
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], Mapping) and "eigenvalues" in value[0]:
+        return list(value)  # eigenvalue results, one per seed
+    return [value]
+
+
+def _seed_lines(ax, series: Sequence[tuple[Sequence[float], Sequence[float]]], color: str, label: str,
+                semilogy: bool = False, **style: Any) -> None:
+    """Each seed's (x, y) as a thin line; with several seeds also their mean (bold) and its
+    95 % Student-t band at the x values every seed has (:func:`sharpscope.stats.summarize`)."""
+    from . import stats
+
+    plot = ax.semilogy if semilogy else ax.plot
+    if len(series) == 1:
+        plot(series[0][0], series[0][1], color=color, label=label, **style)
+        return
+    for xs, ys in series:
+        plot(xs, ys, color=color, lw=0.7, alpha=0.35, **{k: v for k, v in style.items() if k != "marker"})
+    points: dict[float, list[float]] = {}
+    for xs, ys in series:
+        for x, y in zip(xs, ys):
+            if y is not None and np.isfinite(y):
+                points.setdefault(x, []).append(y)
+    common = sorted(x for x, v in points.items() if len(v) == len(series))
+    summaries = [stats.summarize(points[x]) for x in common]
+    plot(common, [t.mean for t in summaries], color=color, lw=1.8, label=f"{label} (mean of {len(series)})", **style)
+    ax.fill_between(common, [t.ci_low for t in summaries], [t.ci_high for t in summaries], color=color, alpha=0.18,
+                    lw=0)
+
+
 def plot_density(densities: Mapping[str, Any], path: str | Path, log: bool = False,
                  formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
     """Hessian eigenvalue densities (SLQ), overlaid; ``log=True`` puts the density on a log
@@ -66,14 +99,18 @@ def plot_density(densities: Mapping[str, Any], path: str | Path, log: bool = Fal
 def plot_eigenvalues(results: Mapping[str, Any], path: str | Path, formats: Sequence[str] = ("png",),
                      title: str | None = None) -> list[Path]:
     """Top Hessian eigenvalues per label, index 1 = largest, as markers joined by lines
-    (log y-axis when every value is positive; bars would mislead on a log axis)."""
+    (log y-axis when every value is positive; bars would mislead on a log axis). A label may
+    hold one result per seed: each seed thin, the mean with its 95 % band."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
     all_positive = True
     for i, (label, res) in enumerate(results.items()):
-        values = np.asarray(_get(res, "eigenvalues"), dtype=float)
-        all_positive &= bool((values > 0).all())
-        ax.plot(np.arange(1, len(values) + 1), values, "o-", color=_color(label, i), label=label)
+        series = []
+        for one in _seed_runs(res):
+            values = np.asarray(_get(one, "eigenvalues"), dtype=float)
+            all_positive &= bool((values > 0).all())
+            series.append((np.arange(1, len(values) + 1).tolist(), values.tolist()))
+        _seed_lines(ax, series, _color(label, i), label, marker="o")
     if all_positive:
         ax.set_yscale("log")
     ax.set_xlabel("eigenvalue index (1 = largest)")
@@ -516,17 +553,22 @@ def plot_m_sharpness(results: Mapping[str, Any], path: str | Path, against: str 
 def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[str], path: str | Path,
                   formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
     """Quantities tracked during training (``metrics.jsonl`` records with ``epoch`` and the
-    given keys), one panel per key, one line per run."""
-    keys = [k for k in keys if any(k in rec for recs in runs.values() for rec in recs)]
+    given keys), one panel per key, one line per run; a label may hold one run per seed
+    (each seed thin, the mean with its 95 % band)."""
+    keys = [k for k in keys if any(k in rec for value in runs.values() for recs in _seed_runs(value) for rec in recs)]
     if not keys:
         raise ValueError("none of the keys appear in the metrics")
     fig = Figure(figsize=(4.2 * len(keys), 3.6))
     axes = np.atleast_1d(fig.subplots(1, len(keys)))
     for ax, key in zip(axes, keys):
-        for i, (label, records) in enumerate(runs.items()):
-            pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, color=_color(label, i), label=label)
+        for i, (label, value) in enumerate(runs.items()):
+            series = []
+            for records in _seed_runs(value):
+                pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+                if pts:
+                    series.append(tuple(map(list, zip(*pts))))
+            if series:
+                _seed_lines(ax, series, _color(label, i), label, marker="o", ms=3)
         ax.set_xlabel("epoch")
         ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
@@ -540,18 +582,22 @@ def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequenc
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
                          formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
     """Train loss (log), test loss and test accuracy per epoch, one line per run; with label
-    noise also the training accuracy on the clean labels (dashed)."""
+    noise also the training accuracy on the clean labels (dashed). A label may hold one run
+    per seed: each seed thin, the mean with its 95 % band."""
     fig = Figure(figsize=(13.0, 3.8))
     axes = fig.subplots(1, 3)
-    for i, (label, records) in enumerate(runs.items()):
-        epochs = [r["epoch"] for r in records]
+    for i, (label, value) in enumerate(runs.items()):
+        seeds = _seed_runs(value)
         color = _color(label, i)
-        axes[0].semilogy(epochs, [r["train_loss"] for r in records], color=color, label=label)
-        axes[1].plot(epochs, [r["test_loss"] for r in records], color=color, label=label)
-        axes[2].plot(epochs, [r["test_acc"] for r in records], color=color, label=f"{label} test")
-        if any(r.get("train_acc_clean") != r.get("train_acc") for r in records):
-            axes[2].plot(epochs, [r["train_acc_clean"] for r in records], color=color, ls="--",
-                         label=f"{label} train (clean labels)")
+
+        def series(key: str) -> list[tuple[list, list]]:
+            return [([r["epoch"] for r in recs], [r.get(key) for r in recs]) for recs in seeds]
+
+        _seed_lines(axes[0], series("train_loss"), color, label, semilogy=True)
+        _seed_lines(axes[1], series("test_loss"), color, label)
+        _seed_lines(axes[2], series("test_acc"), color, f"{label} test")
+        if any(r.get("train_acc_clean") != r.get("train_acc") for recs in seeds for r in recs):
+            _seed_lines(axes[2], series("train_acc_clean"), color, f"{label} train (clean labels)", ls="--")
     for ax, name in zip(axes, ("train loss", "test loss", "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_title(name)
@@ -562,6 +608,82 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: 
         fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path, formats)
+
+
+__all__ += ["plot_m_sharpness_seeds", "plot_paired_differences"]
+
+
+def plot_m_sharpness_seeds(results: Mapping[str, Sequence[Any]], path: str | Path,
+                           formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
+    """m-sharpness against m over seeds: each seed's mean over subsets as a point, the mean
+    over seeds with its 95 % Student-t interval as error bars (one line per label and rho)."""
+    from . import stats
+
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    ms_all: set[int] = set()
+    for i, (label, per_seed) in enumerate(results.items()):
+        rows = [r if isinstance(r, Mapping) else r.__dict__ for res in per_seed for r in _get(res, "results")]
+        rhos = sorted({r["rho"] for r in rows})
+        for j, rho in enumerate(rhos):
+            ms = sorted({r["m"] for r in rows if r["rho"] == rho})
+            ms_all.update(ms)
+            values = [[r["mean"] for r in rows if r["rho"] == rho and r["m"] == m] for m in ms]
+            for m, vs in zip(ms, values):
+                ax.plot([m] * len(vs), vs, "o", ms=3, alpha=0.4, color=_color(label, i))
+            summaries = [stats.summarize(vs) for vs in values]
+            means = [t.mean for t in summaries]
+            err = [0.0 if not np.isfinite(t.ci_high) else t.ci_high - t.mean for t in summaries]
+            name = label if len(rhos) == 1 else f"{label}, rho = {rho:g}"
+            n = len(per_seed)
+            ax.errorbar(ms, means, yerr=err, marker="o", capsize=3, color=_color(label, i),
+                        linestyle=_LINESTYLES[j % len(_LINESTYLES)], label=f"{name} (mean of {n}, 95% CI)")
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(ms_all)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("m (examples per perturbation)")
+    ax.set_ylabel("m-sharpness  max L_b(w+e) - L_b(w)")
+    ax.set_title(title or "m-sharpness against m (points: seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path, formats)
+
+
+def plot_paired_differences(differences: Mapping[str, Mapping[str, Any]], metrics: Sequence[str],
+                            path: str | Path, baseline: str = "SGD", formats: Sequence[str] = ("png",),
+                            title: str | None = None) -> list[Path]:
+    """Paired differences to ``baseline`` (``{label: {metric: PairedDifference dict}}``), one
+    panel per metric: the mean difference with its confidence interval per label, and a line
+    at zero; a difference whose interval holds zero is drawn hollow."""
+    metrics = [m for m in metrics if any(m in d for d in differences.values())]
+    if not metrics:
+        raise ValueError("none of the metrics has a paired difference")
+    fig = Figure(figsize=(2.6 * len(metrics), 3.2))
+    axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    labels = list(differences)
+    for ax, metric in zip(axes, metrics):
+        for i, label in enumerate(labels):
+            d = differences[label].get(metric)
+            if d is None:
+                continue
+            low, high = d["ci_low"], d["ci_high"]
+            spans_zero = not (np.isfinite(low) and np.isfinite(high)) or low <= 0 <= high
+            color = _color(label, i + 1)
+            if np.isfinite(low) and np.isfinite(high):
+                ax.plot([i, i], [low, high], color=color, lw=2)
+            ax.plot([i], [d["mean"]], "o", ms=7, color=color, mfc="white" if spans_zero else color)
+        ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlim(-0.6, len(labels) - 0.4)
+        ax.set_title(metric.replace("_", " "), fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title or f"difference to {baseline} over paired seeds (mean, 95% CI; hollow: CI holds 0)",
+                 fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, formats)
+
 
 
 __all__ += ["plot_sweep"]

@@ -1,17 +1,21 @@
-"""`sharpscope compare --quick` end to end: every output file and every results.json key."""
+"""`sharpscope compare --quick` over paired seeds end to end: every output file, every
+results.json key, the statistics against sharpscope.stats, the pairing of seeds."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
+from sharpscope import stats
 from sharpscope.cli import main
 
 FIGURES = ["training_curves.png", "density.png", "eigenvalues.png", "surfaces.png", "surfaces_3d.png",
-           "interpolation.png", "m_sharpness.png", "gradcos.png"]
-PER_OPTIMIZER = ["final", "metrics", "eigenvalues", "lambda_max", "ratio", "trace", "density", "m_sharpness",
-                 "surrogate_gap", "gradcos", "surface", "gradcos_over_training"]
+           "interpolation.png", "m_sharpness.png", "gradcos.png", "differences.png"]
+PER_SEED = ["final", "scalars", "eigenvalues", "lambda_max", "ratio", "trace", "m_sharpness", "surrogate_gap",
+            "gradcos", "gradcos_over_training"]
+SEEDS = [0, 1, 2]
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +23,7 @@ def compared(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     with pytest.MonkeyPatch.context():
         try:
-            main(["compare", "--quick", "--out", str(out), "--no-progress"])
+            main(["compare", "--quick", "--out", str(out), "--no-progress", "--seeds", "3"])
         except SystemExit as exit_info:
             assert exit_info.code == 0
     return out
@@ -30,31 +34,47 @@ def test_every_output_file(compared):
     for name in FIGURES:
         assert (compared / "figures" / name).stat().st_size > 5000, name
     for opt in ("sgd", "sam"):
-        for name in ("checkpoint.pt", "metrics.jsonl", "analysis.json", "surface_2d.npz"):
-            assert (compared / opt / name).is_file(), (opt, name)
+        for seed in SEEDS:
+            for name in ("checkpoint.pt", "metrics.jsonl", "analysis.json"):
+                assert (compared / opt / f"seed{seed}" / name).is_file(), (opt, seed, name)
+        assert (compared / opt / "seed0" / "surface_2d.npz").is_file()
+        assert not (compared / opt / "seed1" / "surface_2d.npz").exists()  # figures: first seed only
     assert (compared / "interpolation.npz").is_file()
     report = (compared / "report.md").read_text()
-    assert "| SGD |" in report and "| SAM |" in report
+    assert "| SGD | SAM |" in report and "## Paired differences to SGD" in report and "Student t" in report
     for name in FIGURES:
         assert f"(figures/{name})" in report
 
 
 @pytest.mark.slow
-def test_every_results_key(compared):
+def test_every_results_key_and_the_statistics(compared):
     results = json.loads((compared / "results.json").read_text())
-    assert set(results) == {"config", "settings", "optimizers", "interpolation", "figures", "wall_time"}
+    assert set(results) == {"config", "settings", "baseline", "ci_method", "optimizers", "interpolation", "warnings",
+                            "figures", "wall_time"}
+    assert results["baseline"] == "sgd" and results["config"]["seeds"] == SEEDS
     assert set(results["optimizers"]) == {"sgd", "sam"}
+    assert "difference" not in results["optimizers"]["sgd"]
     for opt, r in results["optimizers"].items():
-        assert set(r) == set(PER_OPTIMIZER), opt
-        assert len(r["eigenvalues"]["eigenvalues"]) == 5 and r["lambda_max"] == r["eigenvalues"]["eigenvalues"][0]
-        assert r["ratio"] == pytest.approx(r["lambda_max"] / r["eigenvalues"]["eigenvalues"][4])
-        assert r["trace"]["n_hvp"] == 12 and r["density"]["n_runs"] == 2
-        assert [x["m"] for x in r["m_sharpness"]["results"]] == [4, 16]
-        assert -1 <= r["gradcos"]["cosine"] <= 1
-        assert len(r["gradcos_over_training"]) == results["config"]["epochs"] == len(r["metrics"])
-        assert {"centre_loss", "basin_width", "loss_increase_at_radius"} <= set(r["surface"])
-    interp = results["interpolation"]
-    assert len(interp["alphas"]) == len(interp["loss"]) == 11 and "barrier" in interp
+        assert set(r["seeds"]) == {"0", "1", "2"}
+        for seed, run in r["seeds"].items():
+            assert set(PER_SEED) <= set(run), (opt, seed)
+            assert ("density" in run) == (seed == "0")
+            assert len(run["eigenvalues"]["eigenvalues"]) == 5 and run["lambda_max"] == run["eigenvalues"]["eigenvalues"][0]
+            assert [x["m"] for x in run["m_sharpness"]["results"]] == [4, 16]
+            assert len(run["gradcos_over_training"]) == results["config"]["epochs"]
+        # every summary is sharpscope.stats.summarize of the per-seed scalars
+        for metric, summary in r["summary"].items():
+            values = [r["seeds"][str(s)]["scalars"][metric] for s in SEEDS]
+            assert summary == pytest.approx({**stats.summarize(values).to_dict(), "method": summary["method"]})
+        assert {"test_acc", "lambda_max", "trace", "surrogate_gap", "m_sharpness_m4"} <= set(r["summary"])
+        assert "train_acc_clean" not in r["summary"]  # no label noise
+        assert r["surface"]["seed"] == 0 and {"centre_loss", "basin_width"} <= set(r["surface"])
+    sam, sgd = results["optimizers"]["sam"], results["optimizers"]["sgd"]
+    for metric, d in sam["difference"].items():
+        expected = stats.paired_difference([sgd["seeds"][str(s)]["scalars"][metric] for s in SEEDS],
+                                           [sam["seeds"][str(s)]["scalars"][metric] for s in SEEDS])
+        assert d["mean"] == pytest.approx(expected.mean) and d["p_value"] == pytest.approx(expected.p_value, nan_ok=True)
+        assert d["verdict"] == stats.verdict(expected)
     assert sorted(f.split("/")[-1] for f in results["figures"]) == sorted(FIGURES)
 
 
@@ -62,11 +82,62 @@ def test_every_results_key(compared):
 def test_rerun_reuses_and_conflicting_settings_are_refused(compared, cli):
     before = json.loads((compared / "results.json").read_text())
     code, out, err = cli(["compare", "--quick", "--out", str(compared)])
-    assert code == 0 and "reusing the analyses of SGD" in err
+    assert code == 0 and "reusing the analyses of SGD, seed 2" in err and "(mean of 3)" in out
     after = json.loads((compared / "results.json").read_text())
-    assert after["optimizers"]["sam"]["lambda_max"] == before["optimizers"]["sam"]["lambda_max"]
+    assert after["optimizers"]["sam"]["summary"] == before["optimizers"]["sam"]["summary"]
     code, _, err = cli(["compare", "--quick", "--rho", "0.1", "--out", str(compared), "--no-progress"])
     assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1
+
+
+def test_paired_seeds_share_split_label_flips_and_initial_weights(tmp_path):
+    """What compare's pairing rests on: for one seed, every optimizer's run starts from the
+    same weights on the same training examples with the same flipped labels; another seed
+    changes all three."""
+    import sharpscope.experiments.compare as cmp
+    from sharpscope.train import Callback, train
+
+    seen = {}
+
+    class Record(Callback):
+        def __init__(self, key):
+            self.key = key
+
+        def on_train_begin(self, state):
+            seen[self.key] = ({k: v.clone() for k, v in state.model.state_dict().items()},
+                              state.data.x_train.clone(), state.data.y_train.clone(), state.data.y_train_clean.clone())
+
+    config = cmp.CompareConfig(quick=True, optimizers=["sgd", "sam", "asam"], label_noise=0.4, epochs=1, seeds=[0, 1])
+    for seed in config.seeds:
+        for opt in config.optimizers:
+            train(config.train_config(opt, seed), tmp_path / f"{opt}{seed}", callbacks=[Record((opt, seed))])
+    for seed in config.seeds:
+        weights, x, y, clean = seen[("sgd", seed)]
+        assert not torch.equal(y, clean)  # labels were flipped
+        for opt in ("sam", "asam"):
+            w2, x2, y2, _ = seen[(opt, seed)]
+            assert all(torch.equal(weights[k], w2[k]) for k in weights) and torch.equal(x, x2) and torch.equal(y, y2)
+    w0, x0, y0, _ = seen[("sgd", 0)]
+    w1, x1, y1, _ = seen[("sgd", 1)]
+    first = next(iter(w0))
+    assert not torch.equal(w0[first], w1[first]) and not torch.equal(y0, y1)
+
+
+def test_not_a_minimum_is_flagged():
+    import sharpscope.experiments.compare as cmp
+    config = cmp.CompareConfig(quick=True, seeds=[0, 1])
+    statistics = {"sgd": {"summary": {"train_loss": {"mean": 0.009}, "gradient_norm": {"mean": 0.1}}},
+                  "sam": {"summary": {"train_loss": {"mean": 0.127}, "gradient_norm": {"mean": 0.2},
+                                      "lambda_max_clean": {"mean": 1.0}}}}
+    notes = cmp.not_a_minimum_warnings(config, statistics)
+    assert len(notes) == 1 and "training loss" in notes[0] and "14x" in notes[0] and "lambda_max_clean" in notes[0]
+    statistics["sam"]["summary"]["train_loss"]["mean"] = 0.05
+    assert cmp.not_a_minimum_warnings(config, statistics) == []
+
+
+@pytest.mark.parametrize("seeds,fragment", [("0", "count N >= 1"), ("1,1", "twice"), ("a", "count N"), ("-1", "count")])
+def test_bad_seeds(cli, tmp_path, seeds, fragment):
+    code, _, err = cli(["compare", "--quick", "--seeds", seeds, "--out", str(tmp_path), "--no-progress"])
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
 
 
 def test_bad_optimizer_list(cli, tmp_path):
@@ -86,13 +157,13 @@ def test_an_interrupted_compare_stops_and_then_continues(tmp_path, monkeypatch):
             if state.step == 3:
                 state.stop_requested = True
 
-    config = cmp.CompareConfig(quick=True, optimizers=["sgd"])
+    config = cmp.CompareConfig(quick=True, optimizers=["sgd"], seeds=[0])
     with pytest.raises(KeyboardInterrupt, match="rerun"):
         cmp.run_compare(config, tmp_path, callbacks_for=lambda opt: [CtrlC()])
     assert not (tmp_path / "results.json").exists()
-    assert (tmp_path / "sgd" / "checkpoint.pt").is_file()
+    assert (tmp_path / "sgd" / "seed0" / "checkpoint.pt").is_file()
     results = cmp.run_compare(config, tmp_path)
-    assert len(results["optimizers"]["sgd"]["metrics"]) == config.epochs
+    assert results["optimizers"]["sgd"]["seeds"]["0"]["final"]["epoch"] == config.epochs
 
 
 def test_runs_saved_before_a_new_option_existed_are_reused(tmp_path):
@@ -100,13 +171,14 @@ def test_runs_saved_before_a_new_option_existed_are_reused(tmp_path):
     import sharpscope.experiments.compare as cmp
     from sharpscope.checkpoint import read_checkpoint, save_checkpoint
     from sharpscope.models import build_model
-    config = cmp.CompareConfig(quick=True, optimizers=["sgd"])
+    config = cmp.CompareConfig(quick=True, optimizers=["sgd"], seeds=[0])
     cmp.run_compare(config, tmp_path)
-    raw = read_checkpoint(tmp_path / "sgd" / "checkpoint.pt")
+    path = tmp_path / "sgd" / "seed0" / "checkpoint.pt"
+    raw = read_checkpoint(path)
     del raw["config"]["sync_perturbation"]  # as written by an older sharpscope
     model = build_model(raw["model_spec"])
     model.load_state_dict(raw["model_state"])
-    save_checkpoint(tmp_path / "sgd" / "checkpoint.pt", model, model_spec=raw["model_spec"],
+    save_checkpoint(path, model, model_spec=raw["model_spec"],
                     data_spec=raw["data_spec"], optimizer_state=raw["optimizer_state"], config=raw["config"],
                     progress=raw["progress"], rng=raw["rng"], metrics=raw["metrics"])
-    assert cmp.run_compare(config, tmp_path)["optimizers"]["sgd"]["final"]["epoch"] == config.epochs
+    assert cmp.run_compare(config, tmp_path)["optimizers"]["sgd"]["seeds"]["0"]["final"]["epoch"] == config.epochs

@@ -1,4 +1,5 @@
-"""``sharpscope compare``: SGD vs SAM (vs ASAM), every analysis, figures and a report."""
+"""``sharpscope compare``: optimizers side by side over paired seeds, every analysis, figures
+and a report with confidence intervals."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import parse_options
+from ._common import parse_options, parse_seeds
 
 
 @app.command("compare")
 def compare_command(
     out: Path = typer.Option(Path("runs/compare"), "--out", help="Output folder (reused when rerun)."),
-    optimizers: str = typer.Option("sgd,sam", help="Comma-separated: sgd, sam, asam."),
+    optimizers: str = typer.Option("sgd,sam", help="Comma-separated optimizers (see 'sharpscope train --help'); "
+                                   "the first, or sgd when listed, is the baseline of the paired differences."),
     model: str = typer.Option("cnn", help="Model name (see 'sharpscope train --help')."),
     model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE, repeatable."),
     data: str = typer.Option("digits", help="Data set."),
@@ -24,35 +26,48 @@ def compare_command(
     asam_rho: float = typer.Option(0.5, "--asam-rho", help="ASAM radius."),
     m: Optional[int] = typer.Option(None, "--m", help="m-SAM: one perturbation per m examples."),
     epochs: int = typer.Option(40, help="Epochs per run."),
-    seed: int = typer.Option(0, help="Seed shared by every run."),
+    seeds: str = typer.Option("3", help="Seeds every optimizer is trained on (paired): a count N (seeds 0..N-1) "
+                              "or a comma-separated list."),
     quick: bool = typer.Option(False, "--quick", help="Tiny profile for tests and CI (well under a minute)."),
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
-    """SGD vs SAM in one command: train both, run every analysis, write figures and a report.
+    """Optimizers side by side over paired seeds: train, measure, summarize with 95 % CIs.
 
-    Trains from the same seed and data, then measures each minimum: Hessian spectrum, loss
-    surfaces, interpolation, m-sharpness and the SAM gradient cosine over training. Writes
+    Trains every optimizer on the same seeds (same split, label flips and initial weights per
+    seed), measures each minimum (Hessian spectrum, m-sharpness, SAM gradient cosine and
+    surrogate gap on every seed; density, loss surfaces and interpolation on the first) and
+    reports each metric's mean, standard deviation and 95 % Student-t interval, and each
+    optimizer's paired difference to the baseline with its interval and p-value. Writes
     OUT/report.md, OUT/results.json and OUT/figures/*.png; rerunning reuses what is done.
 
-    Example: sharpscope compare --out runs/compare --label-noise 0.4 --rho 0.1
+    Example: sharpscope compare --out runs/compare --label-noise 0.4 --rho 0.1 --seeds 5
     """
     from rich.console import Console
 
-    from ..experiments.compare import CompareConfig, run_compare
-    from ..experiments.report import summary_rows
+    from ..experiments.compare import KEY_METRICS, CompareConfig, run_compare
+    from ..experiments.report import METRIC_NAMES
     from .progress import RichProgress
 
     console = Console(stderr=True)
     config = CompareConfig(
         optimizers=[o.strip() for o in optimizers.split(",") if o.strip()], model=model,
         model_kwargs=parse_options(model_opt), data=data, data_root=data_root, label_noise=label_noise, rho=rho,
-        asam_rho=asam_rho, m=m, epochs=epochs, seed=seed, quick=quick,
+        asam_rho=asam_rho, m=m, epochs=epochs, seeds=parse_seeds(seeds), quick=quick,
     )
     say = (lambda msg: console.print(f"[bold]compare[/]: {msg}", highlight=False)) if progress else (lambda msg: None)
     results = run_compare(config, out, say=say, callbacks_for=lambda opt: [RichProgress(console, enabled=progress)])
-    for row in summary_rows(results):
-        ms = ", ".join(f"m={k}: {v:.3g}" for k, v in row["m_sharpness"].items())
-        print(f"{row['optimizer']:>5}: test acc {row['test_acc']:.4f}, lambda_max {row['lambda_max']:.4g}, "
-              f"lambda_max/lambda_5 {row['ratio']:.3g}, trace {row['trace']:.4g}, m-sharpness {ms}, "
-              f"surrogate gap {row['surrogate_gap']:.3g}")
+    n = len(config.seeds)
+    for opt, r in results["optimizers"].items():
+        parts = []
+        for metric in KEY_METRICS:
+            t, d = r["summary"].get(metric), r.get("difference", {}).get(metric)
+            if t is None:
+                continue
+            text = f"{METRIC_NAMES.get(metric, metric)} {t['mean']:.4g}"
+            if d is not None:
+                text += f" ({d['mean']:+.3g} [{d['ci_low']:.3g}, {d['ci_high']:.3g}]: {d['verdict']})"
+            parts.append(text)
+        print(f"{opt.upper():>5} (mean of {n}): " + ", ".join(parts))
+    for warning in results["warnings"]:
+        print(f"warning: {warning}")
     print(f"report: {out / 'report.md'} ({results['wall_time']:.0f}s)")

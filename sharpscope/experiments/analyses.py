@@ -41,10 +41,13 @@ PROFILES = {
 
 
 def analyse_checkpoint(ckpt_path: Path, batches: list, s: AnalysisSettings, rho: float, seed: int,
-                       say: Callable[[str], None] = lambda what: None) -> dict[str, Any]:
-    """Every scalar analysis of a checkpoint's final weights on ``batches`` (cross-entropy,
-    one Objective for all of them): top eigenvalues, trace, spectral density, the SAM
-    gradient cosine and surrogate gap at ``rho``, and m-sharpness for ``s.m_values``."""
+                       say: Callable[[str], None] = lambda what: None, density: bool = True,
+                       clean_batches: list | None = None) -> dict[str, Any]:
+    """Every analysis of a checkpoint's final weights on ``batches`` (cross-entropy, one
+    Objective for all of them): top eigenvalues, trace, the SAM gradient cosine and
+    surrogate gap at ``rho``, m-sharpness for ``s.m_values``, the spectral density unless
+    ``density`` is False, and, given ``clean_batches`` (the same examples with their clean
+    labels, under label noise), lambda_max on the clean labels."""
     model = load_checkpoint(ckpt_path).model
     loss = F.cross_entropy
     obj = Objective(model, loss, batches)
@@ -52,18 +55,23 @@ def analyse_checkpoint(ckpt_path: Path, batches: list, s: AnalysisSettings, rho:
     eig = hessian.eigenvalues(obj, k=s.top_k, tol=s.eig_tol, seed=seed)
     say("trace")
     tr = hessian.trace(obj, n_matvecs=s.trace_matvecs, seed=seed)
-    say("spectral density")
-    dens = hessian.density(obj, n_runs=s.density_runs, n_steps=s.density_steps, seed=seed)
+    out: dict[str, Any] = {"eigenvalues": eig.to_dict(), "lambda_max": eig.eigenvalues[0], "ratio": eig.ratio,
+                           "trace": tr.to_dict()}
+    if density:
+        say("spectral density")
+        out["density"] = hessian.density(obj, n_runs=s.density_runs, n_steps=s.density_steps, seed=seed).to_dict()
     say("gradient cosine")
     cos = sharpness.sam_gradient_cosine(obj, rho=rho)  # also gives the surrogate gap
     obj.release()
+    out.update(gradcos=cos.to_dict(), surrogate_gap=cos.surrogate_gap)
     say("m-sharpness")
     msh = sharpness.m_sharpness(model, loss, batches, m=[m for m in s.m_values if m <= s.samples], rho=rho,
-                                steps=s.m_steps, seed=seed)
-    gap = cos.surrogate_gap
-    out = {"eigenvalues": eig.to_dict(), "lambda_max": eig.eigenvalues[0], "ratio": eig.ratio,
-           "trace": tr.to_dict(), "density": dens.to_dict(), "m_sharpness": msh.to_dict(), "surrogate_gap": gap,
-           "gradcos": cos.to_dict()}
-    for r in out["m_sharpness"]["results"]:
+                                steps=s.m_steps, seed=seed).to_dict()
+    for r in msh["results"]:
         r.pop("values")
+    out["m_sharpness"] = msh
+    if clean_batches is not None:
+        say("lambda_max on the clean labels")
+        out["lambda_max_clean"] = hessian.eigenvalues(model, loss, clean_batches, k=1, tol=s.eig_tol,
+                                                      seed=seed).eigenvalues[0]
     return out

@@ -1,14 +1,24 @@
-"""SGD vs SAM (vs ASAM) in one call: train from the same seed and data, run every analysis,
-draw the figures, write ``report.md`` and ``results.json``.
+"""Optimizers side by side over paired seeds: train each optimizer on the same seeds, run
+every analysis, summarize each metric with a 95 % confidence interval and each optimizer's
+paired difference to the baseline (SGD), draw the figures, write ``report.md`` and
+``results.json``.
+
+Pairing: for seed s every optimizer gets the same training split, the same flipped labels
+and the same initial weights (all are drawn from s), so the per-seed differences remove the
+variance the runs share (:mod:`sharpscope.stats`).
 
 Layout of ``out_dir``::
 
-    <optimizer>/              one training run each (checkpoint.pt, metrics.jsonl, ...)
-    <optimizer>/analysis.json the analyses of its final checkpoint (reused when rerun)
-    figures/*.png             training curves, spectra, surfaces, interpolation, m-sharpness,
-                              gradient cosine over training
-    report.md                 tables per optimizer with the figures embedded
-    results.json              every number
+    <optimizer>/seed<s>/          one training run (checkpoint.pt, metrics.jsonl, ...)
+    <optimizer>/seed<s>/analysis.json   its analyses (reused when rerun)
+    <optimizer>/seed<s>/surface_2d.npz  loss surface (first seed only)
+    figures/*.png                 every seed drawn thin, the mean with its 95 % band
+    report.md, results.json
+
+Work per seed: training and the scalar analyses (top eigenvalues, trace, m-sharpness,
+gradient cosine, surrogate gap) run for every seed; the figure-only analyses (spectral
+density, 2-D surfaces, interpolation) for the first seed only, which keeps the default
+three-seed run within six minutes on 2 CPU cores (BENCHMARKS.md).
 
 Everything is resumable: finished training runs and analyses found in ``out_dir`` are
 reused when they were made with the same settings, an interrupted run continues where it
@@ -17,6 +27,7 @@ stopped, and a folder holding runs with other settings is refused rather than ov
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -28,20 +39,27 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
-from .. import landscape, plots
-from ..checks import finite_float
+from .. import landscape, plots, stats
+from ..checks import finite_float, int_at_least
 from ..checkpoint import atomic_write_bytes, load_checkpoint, read_checkpoint
 from ..data import DataSpec, load_dataset
 from ..errors import ConfigError
 from ..train import OPTIMIZERS, TrainConfig, train
 from .analyses import PROFILES, AnalysisSettings, analyse_checkpoint
 
-__all__ = ["CompareConfig", "run_compare", "PROFILES"]
+__all__ = ["CompareConfig", "run_compare", "run_dir", "run_scalars", "PROFILES", "KEY_METRICS"]
+
+# The metrics the difference figure and the console summary show.
+KEY_METRICS = ("test_acc", "train_loss", "lambda_max", "ratio", "trace", "surrogate_gap")
+# A training loss or gradient norm this many times another optimizer's: curvature compared
+# between points that are not both minima (the report says so).
+NOT_A_MINIMUM_FACTOR = 10.0
 
 
 @dataclass
 class CompareConfig:
-    """What to compare (training options shared by every optimizer) and how much to analyse."""
+    """What to compare (training options shared by every optimizer), on which seeds, and how
+    much to analyse. ``seeds``: the seeds every optimizer is trained on (paired)."""
 
     optimizers: list[str] = field(default_factory=lambda: ["sgd", "sam"])
     model: str = "cnn"
@@ -54,7 +72,7 @@ class CompareConfig:
     m: int | None = None
     epochs: int = 40
     n_train: int | None = None
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     quick: bool = False
 
     def __post_init__(self) -> None:
@@ -63,26 +81,40 @@ class CompareConfig:
         unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
         if unknown:
             raise ConfigError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(OPTIMIZERS)}")
+        self.seeds = [int_at_least("seed", s, 0) for s in self.seeds]
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"--seeds must name distinct seeds (or a count >= 1), got {self.seeds}")
         if self.quick:
             self.epochs = min(self.epochs, 4)
             self.n_train = self.n_train or 400
         for name in ("rho", "asam_rho"):  # both, even when one optimizer is not compared
             finite_float(name, getattr(self, name), at_least=0)
         for optimizer in self.optimizers:  # every training option, before the first run starts
-            self.train_config(optimizer)
+            for seed in self.seeds:
+                self.train_config(optimizer, seed)
 
     @property
     def settings(self) -> AnalysisSettings:
         return PROFILES["quick" if self.quick else "default"]
 
-    def train_config(self, optimizer: str) -> TrainConfig:
-        rho = {"sgd": None, "sam": self.rho, "asam": self.asam_rho}[optimizer]
+    @property
+    def baseline(self) -> str:
+        """The optimizer every other one is compared with: SGD when present, else the first."""
+        return "sgd" if "sgd" in self.optimizers else self.optimizers[0]
+
+    def train_config(self, optimizer: str, seed: int) -> TrainConfig:
+        rho = {"sgd": None, "asam": self.asam_rho}.get(optimizer, self.rho)
         return TrainConfig(
             optimizer=optimizer, model=self.model, model_kwargs=dict(self.model_kwargs), data=self.data,
             data_root=self.data_root, label_noise=self.label_noise, n_train=self.n_train, epochs=self.epochs,
-            rho=rho, m=self.m if optimizer != "sgd" else None, seed=self.seed, keep_snapshots=False,
+            rho=rho, m=self.m if optimizer != "sgd" else None, seed=seed, keep_snapshots=False,
             track=["gradcos"], track_every=self.settings.track_every, track_samples=self.settings.samples,
         )
+
+
+def run_dir(out: Path, optimizer: str, seed: int) -> Path:
+    """Where the run of ``optimizer`` on ``seed`` lives."""
+    return out / optimizer / f"seed{seed}"
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -120,90 +152,209 @@ def _train_one(cfg: TrainConfig, out: Path, callbacks: list) -> list[dict]:
     return result.metrics
 
 
-def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str], None] = lambda msg: None,
-                callbacks_for: Callable[[str], list] = lambda opt: []) -> dict[str, Any]:
-    """Train, analyse and report (module docstring). Returns the results.json content."""
-    start = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def _train_all(config: CompareConfig, out: Path, say: Callable[[str], None],
+               callbacks_for: Callable[[str], list]) -> dict[str, dict[int, list[dict]]]:
+    """Every optimizer on every seed (seed-major: a stopped compare has whole seeds done)."""
+    runs: dict[str, dict[int, list[dict]]] = {opt: {} for opt in config.optimizers}
+    for seed in config.seeds:
+        for opt in config.optimizers:
+            say(f"training {opt.upper()}, seed {seed}")
+            runs[opt][seed] = _train_one(config.train_config(opt, seed), run_dir(out, opt, seed), callbacks_for(opt))
+    return runs
+
+
+def _analysis_data(config: CompareConfig, out: Path, seed: int) -> tuple[list, list | None, int]:
+    """The seed's analysis subset (the labels trained on), the same examples with clean
+    labels under label noise (else None), and its size."""
+    raw = read_checkpoint(run_dir(out, config.optimizers[0], seed) / "checkpoint.pt")
+    data = load_dataset(DataSpec.from_dict(raw["data_spec"]))
+    n = min(config.settings.samples, data.x_train.shape[0])
+    batches = data.batches("train", n, 4096, seed)
+    clean = None
+    if config.label_noise > 0:
+        clean = dataclasses.replace(data, y_train=data.y_train_clean).batches("train", n, 4096, seed)
+    return batches, clean, n
+
+
+def _analyse_all(config: CompareConfig, out: Path, runs: dict[str, dict[int, list[dict]]],
+                 say: Callable[[str], None]) -> tuple[dict[str, dict[int, dict]], list, int]:
+    """Analyses of every run (cached in its folder); the density on the first seed only.
+    Also returns the first seed's batches and their size (for the surfaces)."""
     s = config.settings
-    figures = out / "figures"
-    results: dict[str, Any] = {"config": asdict(config), "settings": asdict(s), "optimizers": {}}
-    runs: dict[str, list[dict]] = {}
-    for opt in config.optimizers:
-        say(f"training {opt.upper()}")
-        runs[opt] = _train_one(config.train_config(opt), out / opt, callbacks_for(opt))
+    analyses: dict[str, dict[int, dict]] = {opt: {} for opt in config.optimizers}
+    first: tuple[list, int] = ([], 0)
+    for seed in config.seeds:
+        batches, clean, n = _analysis_data(config, out, seed)
+        if seed == config.seeds[0]:
+            first = (batches, n)
+        density = seed == config.seeds[0]
+        key = json.dumps({"settings": asdict(s), "n": n, "rho": config.rho, "density": density,
+                          "clean": clean is not None}, sort_keys=True)
+        for opt in config.optimizers:
+            folder, step = run_dir(out, opt, seed), runs[opt][seed][-1]["step"]
+            cache = folder / "analysis.json"
+            if cache.exists():
+                stored = json.loads(cache.read_text())
+                if stored.get("key") == key and stored.get("checkpoint_step") == step:
+                    analyses[opt][seed] = stored["analysis"]
+                    say(f"reusing the analyses of {opt.upper()}, seed {seed}")
+                    continue
+            analyses[opt][seed] = analyse_checkpoint(
+                folder / "checkpoint.pt", batches, s, config.rho, seed,
+                lambda what, o=opt: say(f"{o.upper()}, seed {seed}: {what}"), density=density, clean_batches=clean)
+            _write_json(cache, {"key": key, "checkpoint_step": step, "analysis": analyses[opt][seed]})
+    return analyses, first[0], first[1]
 
-    spec = DataSpec.from_dict(read_checkpoint(out / config.optimizers[0] / "checkpoint.pt")["data_spec"])
-    data = load_dataset(spec)
-    n = min(s.samples, data.x_train.shape[0])
-    batches = data.batches("train", n, 4096, config.seed)
-    key = json.dumps({"settings": asdict(s), "n": n, "rho": config.rho}, sort_keys=True)
-    analyses: dict[str, dict] = {}
-    for opt in config.optimizers:
-        cache = out / opt / "analysis.json"
-        if cache.exists():
-            stored = json.loads(cache.read_text())
-            if stored.get("key") == key and stored.get("checkpoint_step") == runs[opt][-1]["step"]:
-                analyses[opt] = stored["analysis"]
-                say(f"reusing the analyses of {opt.upper()}")
-                continue
-        rho = config.rho
-        analyses[opt] = analyse_checkpoint(out / opt / "checkpoint.pt", batches, s, rho, config.seed,
-                                 lambda what, o=opt: say(f"{o.upper()}: {what}"))
-        _write_json(cache, {"key": key, "checkpoint_step": runs[opt][-1]["step"], "analysis": analyses[opt]})
 
+def _landscapes(config: CompareConfig, out: Path, runs: dict[str, dict[int, list[dict]]], batches: list, n: int,
+                say: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
+    """2-D loss surfaces of every optimizer and the interpolation between the first two, on
+    the first seed (figures; their summaries are reported as the first seed's)."""
+    s, seed = config.settings, config.seeds[0]
     say("loss surfaces")
-    models = {opt: load_checkpoint(out / opt / "checkpoint.pt").model for opt in config.optimizers}
+    models = {opt: load_checkpoint(run_dir(out, opt, seed) / "checkpoint.pt").model for opt in config.optimizers}
     grid = np.linspace(-1.0, 1.0, s.surface_points)
     surfaces = {}
-    options = {"norm": "filter", "ignore": "biasbn", "seed": config.seed, "n_examples": n,
-               "step": None}
     for opt, model in models.items():
-        saved = out / opt / "surface_2d.npz"
-        options["step"] = runs[opt][-1]["step"]
+        folder = run_dir(out, opt, seed)
+        saved = folder / "surface_2d.npz"
+        options = {"norm": "filter", "ignore": "biasbn", "seed": seed, "n_examples": n,
+                   "step": runs[opt][seed][-1]["step"]}
         if saved.exists():
             previous = landscape.SurfaceResult.load(saved)
             if previous.options == options and np.array_equal(previous.xs, grid) and np.array_equal(previous.ys, grid):
                 surfaces[opt] = previous
                 continue
-        dirs = [landscape.random_direction(model, seed=config.seed), landscape.random_direction(model, seed=config.seed + 1)]
+        dirs = [landscape.random_direction(model, seed=seed), landscape.random_direction(model, seed=seed + 1)]
         surfaces[opt] = landscape.surface(model, F.cross_entropy, batches, dirs, grid, grid, options=dict(options),
-                                          resume_path=out / opt / "surface.partial.npz")
+                                          resume_path=folder / "surface.partial.npz")
         surfaces[opt].save(saved, dirs)
-        (out / opt / "surface.partial.npz").unlink(missing_ok=True)
+        (folder / "surface.partial.npz").unlink(missing_ok=True)
     interp = None
     if len(config.optimizers) >= 2:
         a, b = config.optimizers[0], config.optimizers[1]
         say(f"interpolating {a.upper()} -> {b.upper()}")
         interp = landscape.interpolate(models[a], models[b], F.cross_entropy, batches,
-                                       np.linspace(-0.5, 1.5, s.interpolation_points), name_a=a.upper(), name_b=b.upper())
+                                       np.linspace(-0.5, 1.5, s.interpolation_points), name_a=a.upper(),
+                                       name_b=b.upper())
         interp.save(out / "interpolation.npz")
+    return surfaces, interp
 
-    for opt in config.optimizers:
-        final = runs[opt][-1]
-        results["optimizers"][opt] = {
-            "final": final, "metrics": runs[opt], **analyses[opt],
-            "surface": surfaces[opt].summary(), "gradcos_over_training": [
-                {"epoch": r["epoch"], "gradcos": r["gradcos"]} for r in runs[opt] if "gradcos" in r],
-        }
-    if interp is not None:
-        results["interpolation"] = {**interp.summary(), "alphas": interp.xs.tolist(), "loss": interp.loss.tolist(),
-                                    "accuracy": interp.accuracy.tolist()}
 
-    say("figures")
+def run_scalars(final: dict[str, Any], analysis: dict[str, Any], label_noise: bool = False) -> dict[str, float]:
+    """The scalar metrics of one run: final training metrics (with the clean-label training
+    accuracy under label noise) and every scalar analysis."""
+    keys = ("test_acc", "test_loss", "train_loss", "train_acc") + (("train_acc_clean",) if label_noise else ())
+    values = {k: final[k] for k in keys if final.get(k) is not None}
+    values.update(lambda_max=analysis["lambda_max"], ratio=analysis["ratio"], trace=analysis["trace"]["trace"],
+                  surrogate_gap=analysis["surrogate_gap"], gradcos=analysis["gradcos"]["cosine"],
+                  gradient_norm=analysis["gradcos"]["gradient_norm"])
+    if "lambda_max_clean" in analysis:
+        values["lambda_max_clean"] = analysis["lambda_max_clean"]
+    for r in analysis["m_sharpness"]["results"]:
+        values[f"m_sharpness_m{r['m']}"] = r["mean"]
+    return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
+
+
+def _statistics(config: CompareConfig, scalars: dict[str, dict[int, dict[str, float]]]) -> dict[str, dict]:
+    """Per optimizer: each metric's summary over seeds and, but for the baseline, its paired
+    difference to the baseline (on the metrics every seed of both has)."""
+    out: dict[str, dict] = {}
+    base = scalars[config.baseline]
+    for opt, per_seed in scalars.items():
+        metrics = sorted(set.intersection(*(set(v) for v in per_seed.values())))
+        entry: dict[str, Any] = {"summary": {m: stats.summarize([per_seed[s][m] for s in config.seeds]).to_dict()
+                                             for m in metrics}}
+        if opt != config.baseline:
+            shared = [m for m in metrics if all(m in base[s] for s in config.seeds)]
+            entry["difference"] = {m: stats.paired_difference([base[s][m] for s in config.seeds],
+                                                              [per_seed[s][m] for s in config.seeds]).to_dict()
+                                   for m in shared}
+        out[opt] = entry
+    return out
+
+
+def not_a_minimum_warnings(config: CompareConfig, statistics: dict[str, dict]) -> list[str]:
+    """Warn when curvature is compared between points that are not both minima: mean
+    training losses or gradient norms that differ by more than ``NOT_A_MINIMUM_FACTOR``."""
+    notes = []
+    base = statistics[config.baseline]["summary"]
+    for opt, entry in statistics.items():
+        if opt == config.baseline:
+            continue
+        for metric, what in (("train_loss", "training loss"), ("gradient_norm", "gradient norm")):
+            a, b = base.get(metric, {}).get("mean"), entry["summary"].get(metric, {}).get("mean")
+            if not a or not b:
+                continue
+            factor = max(a, b) / min(a, b)
+            if factor > NOT_A_MINIMUM_FACTOR:
+                clean = (" Compare lambda_max_clean (the same examples with their clean labels)."
+                         if "lambda_max_clean" in entry["summary"] else "")
+                notes.append(f"{opt.upper()}'s mean {what} ({b:.3g}) and {config.baseline.upper()}'s ({a:.3g}) "
+                             f"differ {factor:.0f}x: at least one of them is not at a minimum of the loss its "
+                             "curvature is measured on, so lambda_max, trace and m-sharpness compare different "
+                             "kinds of points." + clean)
+    return notes
+
+
+def _figures(config: CompareConfig, runs: dict, analyses: dict, surfaces: dict, interp: Any,
+             statistics: dict, figures: Path) -> list[Path]:
     labels = {opt: opt.upper() for opt in config.optimizers}
+    seeds = config.seeds
+    first = seeds[0]
     written: list[Path] = []
-    written += plots.plot_training_curves({labels[o]: runs[o] for o in runs}, figures / "training_curves")
-    written += plots.plot_density({labels[o]: analyses[o]["density"] for o in analyses}, figures / "density", log=True)
-    written += plots.plot_eigenvalues({labels[o]: analyses[o]["eigenvalues"] for o in analyses}, figures / "eigenvalues")
+    written += plots.plot_training_curves({labels[o]: [runs[o][s] for s in seeds] for o in runs},
+                                          figures / "training_curves")
+    written += plots.plot_density({labels[o]: analyses[o][first]["density"] for o in analyses},
+                                  figures / "density", log=True, title=f"Hessian spectral density (SLQ, seed {first})")
+    written += plots.plot_eigenvalues({labels[o]: [analyses[o][s]["eigenvalues"] for s in seeds] for o in analyses},
+                                      figures / "eigenvalues")
     written += plots.plot_contour({labels[o]: surfaces[o] for o in surfaces}, figures / "surfaces", filled=True)
     written += plots.plot_surface3d({labels[o]: surfaces[o] for o in surfaces}, figures / "surfaces_3d")
     if interp is not None:
         written += plots.plot_curve({f"{interp.name_a} -> {interp.name_b}": interp}, figures / "interpolation")
-    written += plots.plot_m_sharpness({labels[o]: analyses[o]["m_sharpness"] for o in analyses}, figures / "m_sharpness")
-    written += plots.plot_tracking({labels[o]: runs[o] for o in runs}, ["gradcos"], figures / "gradcos",
+    written += plots.plot_m_sharpness_seeds({labels[o]: [analyses[o][s]["m_sharpness"] for s in seeds]
+                                             for o in analyses}, figures / "m_sharpness")
+    written += plots.plot_tracking({labels[o]: [runs[o][s] for s in seeds] for o in runs}, ["gradcos"],
+                                   figures / "gradcos",
                                    title="cos(first-order, second-order SAM gradient) during training")
+    diffs = {labels[o]: e["difference"] for o, e in statistics.items() if "difference" in e}
+    if diffs:
+        written += plots.plot_paired_differences(diffs, KEY_METRICS, figures / "differences",
+                                                 baseline=labels[config.baseline])
+    return written
+
+
+def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str], None] = lambda msg: None,
+                callbacks_for: Callable[[str], list] = lambda opt: []) -> dict[str, Any]:
+    """Train, analyse, summarize and report (module docstring). Returns the results.json content."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = _train_all(config, out, say, callbacks_for)
+    analyses, batches, n = _analyse_all(config, out, runs, say)
+    surfaces, interp = _landscapes(config, out, runs, batches, n, say)
+    scalars = {opt: {s: run_scalars(runs[opt][s][-1], analyses[opt][s], config.label_noise > 0)
+                     for s in config.seeds} for opt in runs}
+    statistics = _statistics(config, scalars)
+    first = config.seeds[0]
+    results: dict[str, Any] = {"config": asdict(config), "settings": asdict(config.settings),
+                               "baseline": config.baseline, "ci_method": stats.CI_METHOD, "optimizers": {}}
+    for opt in config.optimizers:
+        results["optimizers"][opt] = {
+            **statistics[opt],
+            "seeds": {str(s): {"final": runs[opt][s][-1], "scalars": scalars[opt][s], **analyses[opt][s],
+                               "gradcos_over_training": [{"epoch": r["epoch"], "gradcos": r["gradcos"]}
+                                                         for r in runs[opt][s] if "gradcos" in r]}
+                      for s in config.seeds},
+            "surface": {"seed": first, **surfaces[opt].summary()},
+        }
+    if interp is not None:
+        results["interpolation"] = {"seed": first, **interp.summary(), "alphas": interp.xs.tolist(),
+                                    "loss": interp.loss.tolist(), "accuracy": interp.accuracy.tolist()}
+    results["warnings"] = not_a_minimum_warnings(config, statistics)
+    say("figures")
+    written = _figures(config, runs, analyses, surfaces, interp, statistics, out / "figures")
     results["figures"] = [str(p.relative_to(out)) for p in written]
     results["wall_time"] = time.perf_counter() - start
     _write_json(out / "results.json", results)

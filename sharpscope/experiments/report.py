@@ -2,82 +2,123 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint import atomic_write_bytes
 
-__all__ = ["write_report", "summary_rows"]
+__all__ = ["write_report", "summary_rows", "METRIC_NAMES"]
 
 _FIGURES = [
-    ("Training curves", "training_curves.png"),
-    ("Hessian spectral density (SLQ, log scale)", "density.png"),
+    ("Paired differences to the baseline", "differences.png"),
+    ("Training curves (each seed thin, mean and 95 % band bold)", "training_curves.png"),
     ("Top Hessian eigenvalues", "eigenvalues.png"),
-    ("Loss surfaces (filter-normalized random directions, shared colour scale)", "surfaces.png"),
-    ("Loss surfaces in 3-D", "surfaces_3d.png"),
-    ("Linear interpolation between the minima", "interpolation.png"),
     ("m-sharpness against m", "m_sharpness.png"),
     ("First- vs second-order SAM gradient during training", "gradcos.png"),
+    ("Hessian spectral density (SLQ, log scale; first seed)", "density.png"),
+    ("Loss surfaces (filter-normalized random directions, shared colour scale; first seed)", "surfaces.png"),
+    ("Loss surfaces in 3-D (first seed)", "surfaces_3d.png"),
+    ("Linear interpolation between the minima (first seed)", "interpolation.png"),
 ]
+
+METRIC_NAMES = {
+    "test_acc": "test accuracy", "test_loss": "test loss", "train_loss": "train loss", "train_acc": "train accuracy",
+    "train_acc_clean": "train accuracy (clean labels)", "lambda_max": "lambda_max",
+    "lambda_max_clean": "lambda_max (clean labels)", "ratio": "lambda_max / lambda_5", "trace": "trace (Hutch++)",
+    "surrogate_gap": "surrogate gap", "gradcos": "gradient cosine (final)", "gradient_norm": "gradient norm",
+}
 
 
 def _f(x: Any, fmt: str = ".4g") -> str:
-    return "n/a" if x is None else format(x, fmt)
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
+def _name(metric: str) -> str:
+    if metric.startswith("m_sharpness_m"):
+        return f"m-sharpness (m={metric.removeprefix('m_sharpness_m')})"
+    return METRIC_NAMES.get(metric, metric)
+
+
+def _order(metrics: set[str]) -> list[str]:
+    known = [m for m in METRIC_NAMES if m in metrics]
+    msh = sorted((m for m in metrics if m.startswith("m_sharpness_m")), key=lambda m: int(m.rsplit("m", 1)[1]))
+    return known + msh + sorted(metrics - set(known) - set(msh))
 
 
 def summary_rows(results: dict) -> list[dict[str, Any]]:
-    """One row per optimizer with the headline numbers."""
+    """One row per optimizer: each metric's mean over seeds and, but for the baseline, the
+    paired difference to the baseline with its interval, p-value and verdict."""
     rows = []
     for opt, r in results["optimizers"].items():
-        m_rows = r["m_sharpness"]["results"]
-        rows.append({
-            "optimizer": opt.upper(), "test_acc": r["final"]["test_acc"], "train_loss": r["final"]["train_loss"],
-            "lambda_max": r["lambda_max"], "ratio": r["ratio"], "trace": r["trace"]["trace"],
-            "trace_stderr": r["trace"]["stderr"], "m_sharpness": {x["m"]: x["mean"] for x in m_rows},
-            "surrogate_gap": r["surrogate_gap"],
-        })
+        rows.append({"optimizer": opt.upper(), "summary": r["summary"], "difference": r.get("difference", {})})
     return rows
+
+
+def _summary_table(results: dict) -> list[str]:
+    metrics = _order(set().union(*(r["summary"] for r in results["optimizers"].values())))
+    opts = list(results["optimizers"])
+    lines = ["| metric | " + " | ".join(o.upper() for o in opts) + " |", "|---|" + "---|" * len(opts)]
+    for m in metrics:
+        cells = []
+        for o in opts:
+            t = results["optimizers"][o]["summary"].get(m)
+            cells.append("n/a" if t is None else
+                         f"{_f(t['mean'])} +/- {_f(t['std'], '.2g')} [{_f(t['ci_low'])}, {_f(t['ci_high'])}]")
+        lines.append(f"| {_name(m)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _difference_table(results: dict) -> list[str]:
+    base = results["baseline"].upper()
+    lines = [f"| metric | optimizer | difference to {base} | 95 % CI | p (paired t) | verdict |",
+             "|---|---|---:|---|---:|---|"]
+    for opt, r in results["optimizers"].items():
+        for m in _order(set(r.get("difference", {}))):
+            d = r["difference"][m]
+            lines.append(f"| {_name(m)} | {opt.upper()} | {_f(d['mean'], '+.4g')} | [{_f(d['ci_low'])}, "
+                         f"{_f(d['ci_high'])}] | {_f(d['p_value'], '.3g')} | {d['verdict']} |")
+    return lines
+
+
+def _first_seed_lines(results: dict) -> list[str]:
+    lines = []
+    for opt, r in results["optimizers"].items():
+        surf = r["surface"]
+        lines.append(f"- {opt.upper()} (seed {surf['seed']}): loss surface centre {_f(surf['centre_loss'])}, mean "
+                     f"increase at radius 0.5: {_f(surf['loss_increase_at_radius'].get('0.5'))}, basin width "
+                     f"{_f(surf['basin_width'])}")
+    if "interpolation" in results:
+        it = results["interpolation"]
+        lines.append(f"- interpolation (seed {it['seed']}): loss at the first minimum {_f(it['centre_loss'])}, at the "
+                     f"second {_f(it.get('loss_at_b'))}, barrier on the segment {_f(it.get('barrier'))}")
+    return lines
 
 
 def write_report(results: dict, path: str | Path) -> Path:
     """Write ``report.md`` next to the figures folder."""
     cfg, s = results["config"], results["settings"]
-    rows = summary_rows(results)
-    ms = sorted({m for row in rows for m in row["m_sharpness"]})
+    seeds = cfg["seeds"]
+    names = " vs ".join(o.upper() for o in results["optimizers"])
     lines = [
-        "# SGD vs SAM: sharpscope compare", "",
-        f"{cfg['model']} on {cfg['data']}, {cfg['epochs']} epochs, seed {cfg['seed']}, rho {cfg['rho']}"
+        f"# {names}: sharpscope compare", "",
+        f"{cfg['model']} on {cfg['data']}, {cfg['epochs']} epochs, rho {cfg['rho']}"
         + (f", label noise {cfg['label_noise']}" if cfg["label_noise"] else "")
-        + (f", m-SAM m = {cfg['m']}" if cfg["m"] else "") + (" (quick profile)" if cfg["quick"] else "") + ".",
-        f"Analyses on a seeded subset of {s['samples']} training examples (the labels trained on); "
-        f"m-sharpness and gradient cosine at rho = {cfg['rho']} for every optimizer.", "",
-        "| optimizer | test acc. | train loss | lambda_max | lambda_max / lambda_5 | trace | "
-        + " | ".join(f"m-sharpness (m={m})" for m in ms) + " | surrogate gap |",
-        "|---|" + "---:|" * (6 + len(ms)),
+        + (f", m-SAM m = {cfg['m']}" if cfg["m"] else "") + (" (quick profile)" if cfg["quick"] else "")
+        + f"; {len(seeds)} paired seeds ({', '.join(map(str, seeds))}): every optimizer is trained on the same "
+        "split, label flips and initial weights per seed.",
+        f"Analyses on a seeded subset of {s['samples']} training examples (the labels trained on); m-sharpness "
+        f"and gradient cosine at rho = {cfg['rho']} for every optimizer.", "",
+        f"Each cell: mean +/- standard deviation over seeds [95 % confidence interval, {results['ci_method']}]. "
+        "A difference is reported as higher or lower only when its paired interval excludes zero; otherwise "
+        "as no difference at this scale.", "",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['optimizer']} | {row['test_acc']:.4f} | {row['train_loss']:.3g} | {_f(row['lambda_max'])} | "
-            f"{_f(row['ratio'])} | {_f(row['trace'])} +/- {_f(row['trace_stderr'], '.2g')} | "
-            + " | ".join(_f(row["m_sharpness"].get(m)) for m in ms) + f" | {_f(row['surrogate_gap'])} |")
-    lines.append("")
-    for opt, r in results["optimizers"].items():
-        eig = r["eigenvalues"]
-        lines += [f"## {opt.upper()}", "",
-                  f"- top-{len(eig['eigenvalues'])} Hessian eigenvalues: "
-                  + ", ".join(_f(v) for v in eig["eigenvalues"])
-                  + f" ({eig['n_hvp']} HVPs, all converged: {all(eig['converged'])})",
-                  f"- trace {_f(r['trace']['trace'])} +/- {_f(r['trace']['stderr'], '.2g')} (Hutch++, "
-                  f"{r['trace']['n_hvp']} HVPs); SLQ density implies {_f(r['density']['trace_estimate'])}",
-                  f"- loss surface: centre {_f(r['surface']['centre_loss'])}, mean increase at radius 0.5: "
-                  f"{_f(r['surface']['loss_increase_at_radius'].get('0.5'))}, basin width "
-                  f"{_f(r['surface']['basin_width'])}",
-                  f"- gradient cosine at the end: {_f(r['gradcos']['cosine'], '.5f')}", ""]
-    if "interpolation" in results:
-        it = results["interpolation"]
-        lines += ["## Interpolation", "",
-                  f"Loss at the first minimum {_f(it['centre_loss'])}, at the second {_f(it.get('loss_at_b'))}, "
-                  f"barrier on the segment {_f(it.get('barrier'))}.", ""]
+    if results.get("warnings"):
+        lines += ["## Warnings", ""] + [f"- {w}" for w in results["warnings"]] + [""]
+    lines += ["## Metrics over seeds", ""] + _summary_table(results) + [""]
+    if any(r.get("difference") for r in results["optimizers"].values()):
+        lines += [f"## Paired differences to {results['baseline'].upper()}", ""] + _difference_table(results) + [""]
+    lines += ["## Landscapes (first seed)", ""] + _first_seed_lines(results) + [""]
     lines += ["## Figures", ""]
     available = {Path(f).name for f in results.get("figures", [])}
     for caption, name in _FIGURES:

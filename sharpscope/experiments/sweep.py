@@ -939,12 +939,14 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
               plots: Sequence[tuple[str, str] | str] | None = None, formats: Sequence[str] = ("png",),
               say: Callable[[str], None] = lambda msg: None,
               callbacks_for: Callable[[RunSpec], list[Callback]] | None = None,
-              on_run_done: Callable[[RunSpec, RunOutcome], None] | None = None) -> SweepResult:
+              on_run_done: Callable[[RunSpec, RunOutcome], None] | None = None,
+              threads: int | None = None) -> SweepResult:
     """Train every run of ``config`` into ``out_dir/runs``, analyse them, write the tables and
     figures (module docstring); returns a :class:`SweepResult`.
 
     ``jobs`` runs at once in spawned worker processes with ``max(1, cores // jobs)`` threads
-    each (runs that need no work are read here, without a worker). ``plots``: METRIC:OPTION
+    each (``threads`` overrides that; runs that need no work are read here, without a
+    worker; ``jobs=1`` runs in this process with its own threads). ``plots``: METRIC:OPTION
     pairs (strings or tuples); None draws :func:`default_plots`, ``[]`` none. ``say`` gets one
     progress line at a time ("[3/24] sam rho=0.05 seed=0: training epoch 4/10 ...").
     ``callbacks_for(spec)`` adds training callbacks to a run (pickled to the worker when
@@ -955,6 +957,8 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     """
     start = time.perf_counter()
     jobs = int_at_least("--jobs", jobs, 1)
+    if threads is not None:
+        int_at_least("threads", threads, 1)
     out = Path(out_dir)
     specs = config.runs()
     s = config.settings()
@@ -998,7 +1002,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
         for task in pending:
             record(task, _run_task(task, say))
     else:
-        _run_pool(pending, jobs, say, record)
+        _run_pool(pending, jobs, say, record, threads)
 
     ordered = [outcomes[spec.index] for spec in specs]
     rows = [_row(spec, o) for spec, o in zip(specs, ordered)]
@@ -1014,7 +1018,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
 
 
 def _run_pool(pending: list[_Task], jobs: int, say: Callable[[str], None],
-              record: Callable[[_Task, RunOutcome], None]) -> None:
+              record: Callable[[_Task, RunOutcome], None], threads: int | None = None) -> None:
     """Run ``pending`` on ``jobs`` spawned workers; progress lines come back through a queue."""
     import multiprocessing
     import queue as queue_mod
@@ -1023,7 +1027,7 @@ def _run_pool(pending: list[_Task], jobs: int, say: Callable[[str], None],
     ctx = multiprocessing.get_context("spawn")
     messages = ctx.Queue()
     stop = ctx.Event()
-    threads = max(1, _cores() // jobs)
+    threads = threads or max(1, _cores() // jobs)
     say(f"{min(jobs, len(pending))} worker processes, {threads} thread{'s' if threads > 1 else ''} each")
 
     def drain() -> None:
