@@ -120,9 +120,20 @@ class _Count(Callback):
             state.stop_requested = True
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny runs are 5-10x faster on one thread than on two (more so on a busy machine); the
+    reference sweep keeps torch's default, so the comparisons also span thread counts."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The grid swept in one go, one run at a time."""
+    """The grid swept in one go, one run at a time, with torch's default threads."""
     return run_sweep(_config(), tmp_path_factory.mktemp("ref"), jobs=1)
 
 
@@ -131,7 +142,7 @@ def parallel(tmp_path_factory):
     return run_sweep(_config(), tmp_path_factory.mktemp("par"), jobs=2)
 
 
-def test_a_stopped_sweep_computes_only_what_is_missing(reference, tmp_path):
+def test_a_stopped_sweep_computes_only_what_is_missing(reference, tmp_path, one_thread):
     config, log = _config(), []
     done = []
 
@@ -152,7 +163,7 @@ def test_a_stopped_sweep_computes_only_what_is_missing(reference, tmp_path):
     assert log[2:] == [(third, 0)]
 
     log.clear()
-    result = run_sweep(config, tmp_path, callbacks_for=lambda s: [_Count(log, s.name)])
+    result = run_sweep(config, tmp_path, callbacks_for=lambda s: [_Count(log, s.name)], plots=[])
     # only the missing runs train, the third from its step 3
     assert log == [(third, 3)] + [(n, 0) for n in names[3:]] and len(names) == 6
     assert [o.status for o in result.outcomes] == ["reused", "reused", "resumed", "trained", "trained", "trained"]
@@ -225,7 +236,7 @@ def test_summary_is_sharpscope_stats_on_the_rows(reference):
     assert {"metric", "mean", "ci_low", "ci_high", "diff_mean", "diff_ci_low", "p_value", "verdict"} <= set(lines[0])
 
 
-def test_another_grid_in_the_same_folder_reuses_runs_and_other_settings_are_refused(reference, tmp_path):
+def test_another_grid_in_the_same_folder_reuses_runs_and_other_settings_are_refused(reference, tmp_path, one_thread):
     out = tmp_path / "copy"
     import shutil
     shutil.copytree(reference.out_dir, out)
@@ -244,7 +255,7 @@ def test_another_grid_in_the_same_folder_reuses_runs_and_other_settings_are_refu
         run_sweep(_config(), tmp_path / "compare")
 
 
-def test_a_diverged_run_is_reported_and_not_retrained(tmp_path):
+def test_a_diverged_run_is_reported_and_not_retrained(tmp_path, one_thread):
     config = SweepConfig(grid={"optimizer": "sgd", "lr": "0.1,1e6"}, seeds=1, base=dict(BASE), profile="quick",
                          analyses="none")
     first = run_sweep(config, tmp_path, plots=[])
@@ -259,7 +270,7 @@ def test_a_diverged_run_is_reported_and_not_retrained(tmp_path):
 # ----------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------
-def test_cli_end_to_end_and_replot(cli, tmp_path):
+def test_cli_end_to_end_and_replot(cli, tmp_path, one_thread):
     out = tmp_path / "sweep"
     code, stdout, err = cli(["sweep", "--out", str(out), "--optimizer", "sgd,sam", "--rho", "0.05,0.1",
                              "--seeds", "2", *CLI_TINY, "--analyses", "eigenvalues,gradcos",
