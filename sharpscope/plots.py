@@ -700,7 +700,9 @@ def plot_sweep(groups: Mapping[str, Mapping[Any, Mapping[Any, float | None]]], p
     None (the option does not apply, e.g. SGD against rho) is a horizontal reference: its
     mean dashed across the axis with its band. x values that are not all numbers are drawn
     as categories in the order first met; positive numbers spanning a decade or more get a
-    log axis ticked at the values swept.
+    log axis ticked at the values swept. The y-axis spans the values with a margin of 60 %
+    of their range: the wide bands of two or three seeds run off it rather than flatten
+    every line. Each group has its own colour (SGD its usual one).
     """
     from . import stats
 
@@ -718,8 +720,14 @@ def plot_sweep(groups: Mapping[str, Mapping[Any, Mapping[Any, float | None]]], p
     def summary(values: list[float]) -> Any:
         return stats.summarize(values, confidence) if values else None
 
-    for i, (label, per_seed) in enumerate(groups.items()):
-        color = _color(label, i)
+    colors: list[str] = []
+    for label in groups:
+        fixed = COLORS.get(label.upper())
+        free = [c for c in _CYCLE if c not in colors and c not in COLORS.values()] or _CYCLE
+        colors.append(fixed if fixed and fixed not in colors else free[0])
+    shown: list[float] = []
+    for (label, per_seed), color in zip(groups.items(), colors):
+        shown += [v for points in per_seed.values() for v in points.values() if v is not None and np.isfinite(v)]
         n_seeds = len(per_seed)
         if all(set(points) <= {None} for points in per_seed.values()):  # a reference level
             t = summary([v for points in per_seed.values() for v in points.values()
@@ -756,6 +764,10 @@ def plot_sweep(groups: Mapping[str, Mapping[Any, Mapping[Any, float | None]]], p
         ticks = [position(x) for x in xs_all]
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.set_xticklabels([f"{x:g}" if numeric else str(x) for x in xs_all])
+    if shown:
+        lo, hi = min(shown), max(shown)
+        pad = 0.6 * (hi - lo) or 0.05 * abs(hi) or 0.05
+        ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"{ylabel} against {xlabel} (thin: seeds; band: {confidence:.0%} CI)")
