@@ -1,6 +1,7 @@
 """Data sets for sharpscope: loading, splitting, normalization and symmetric label noise.
 
-Everything here is offline: ``digits`` is bundled with scikit-learn, ``synthetic`` is generated,
+Everything here is offline: ``digits`` is bundled with scikit-learn, ``mnist1d`` and ``synthetic``
+are generated,
 and ``npz`` / ``mnist`` / ``fashion-mnist`` / ``cifar10`` / ``cifar100`` are read from files the
 user has already put on disk (raw IDX files, the official CIFAR "binary version", or an ``.npz``
 archive).  Nothing is ever downloaded.
@@ -24,6 +25,7 @@ import gzip
 import hashlib
 import math
 import os
+import random
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +50,7 @@ __all__ = [
     "read_idx",
 ]
 
-DATASETS: tuple[str, ...] = ("digits", "synthetic", "npz", "mnist", "fashion-mnist", "cifar10", "cifar100")
+DATASETS: tuple[str, ...] = ("digits", "mnist1d", "synthetic", "npz", "mnist", "fashion-mnist", "cifar10", "cifar100")
 
 _MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -105,7 +107,9 @@ class DataSpec:
     """Everything needed to (re)build a :class:`Dataset` deterministically.
 
     ``root`` is a folder for ``mnist`` / ``fashion-mnist`` / ``cifar10`` / ``cifar100`` and an
-    ``.npz`` file path for ``npz``; it is ignored by ``digits`` and ``synthetic``.
+    ``.npz`` file path for ``npz``; it is ignored by ``digits``, ``mnist1d`` and ``synthetic``.
+    ``seed`` also generates ``mnist1d`` (and ``synthetic``); data sets with an official test split
+    (``mnist1d``, the file-backed ones given a test part) ignore ``test_fraction``.
     """
 
     name: str = "digits"
@@ -583,6 +587,52 @@ def _load_digits() -> RawData:
     return RawData(x, y, None, None, num_classes=10, scale=16.0, normalize="scalar")
 
 
+# MNIST-1D (Greydanus & Kobak, "Scaling down deep learning with MNIST-1D", ICML 2024): ten 1-D
+# digit templates padded, scaled, translated, sheared and noised into 40-point signals by the
+# mnist1d package's own generator. Generated in memory (about 1 s for the default 5,000 signals);
+# the last few seeds' arrays are kept for this process only.
+_MNIST1D_CACHE: dict[int, RawData] = {}
+_MNIST1D_CACHE_SIZE = 4
+
+
+def _mnist1d_seed(seed: int) -> int:
+    """The numpy seed of ``mnist1d.make_dataset``: ``seed`` itself in [0, 2**32) (so seed 42 is the
+    package's default draw), a 32-bit hash of it otherwise."""
+    if 0 <= seed < 2**32:
+        return int(seed)
+    return int.from_bytes(hashlib.blake2b(f"{int(seed)}:mnist1d".encode(), digest_size=4).digest(), "little")
+
+
+def _make_mnist1d(seed: int) -> RawData:
+    """MNIST-1D with the package's default arguments (4,000 train / 1,000 test signals of 40
+    points, 10 balanced classes, already standardized by the generator) and numpy seed
+    :func:`_mnist1d_seed`. The generator seeds numpy's and Python's global RNGs; both are
+    restored afterwards, so loading the data leaves every global RNG as it was."""
+    key = _mnist1d_seed(seed)
+    if key not in _MNIST1D_CACHE:
+        try:
+            from mnist1d.data import get_dataset_args, make_dataset
+        except ImportError as exc:
+            raise DataError(f"mnist1d: the generator package is missing ({exc}); pip install mnist1d") from None
+        args = get_dataset_args()
+        args.seed = key
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            made = make_dataset(args)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        while len(_MNIST1D_CACHE) >= _MNIST1D_CACHE_SIZE:
+            _MNIST1D_CACHE.pop(next(iter(_MNIST1D_CACHE)))
+        _MNIST1D_CACHE[key] = RawData(
+            np.asarray(made["x"], dtype=np.float64), np.asarray(made["y"], dtype=np.int64),
+            np.asarray(made["x_test"], dtype=np.float64), np.asarray(made["y_test"], dtype=np.int64), num_classes=10,
+        )
+    cached = _MNIST1D_CACHE[key]
+    return dataclasses.replace(cached, x_train=cached.x_train.copy(), y_train=cached.y_train.copy(),
+                               x_test=cached.x_test.copy(), y_test=cached.y_test.copy())
+
+
 def _make_synthetic(spec: DataSpec) -> RawData:
     """Generate seeded Gaussian-mixture classification data: each class is 2 unit-variance clusters.
 
@@ -606,6 +656,8 @@ def load_raw(spec: DataSpec) -> RawData:
     spec.validate()
     if spec.name == "digits":
         return _load_digits()
+    if spec.name == "mnist1d":
+        return _make_mnist1d(spec.seed)
     if spec.name == "synthetic":
         return _make_synthetic(spec)
     root = Path(os.fspath(spec.root)).expanduser()  # validate() guarantees root is set

@@ -15,9 +15,12 @@ it can be stored in checkpoints and rebuilt later:
   imports and runs third-party code, so :func:`build_model` does it only when the caller
   passes ``allow_factory=True`` (the CLI maps ``--trust-factory`` onto it).
 
-Built-in architectures (every one accepts ``input_shape`` ``(C, H, W)``; ``mlp`` also ``(D,)``):
+Built-in architectures (every one but ``cnn1d`` accepts ``input_shape`` ``(C, H, W)``; ``mlp``
+also ``(D,)``, ``cnn1d`` only ``(L,)``):
 
 * ``mlp`` -- multi-layer perceptron.
+* ``cnn1d`` -- the small 1-D convnet of the MNIST-1D paper (Greydanus & Kobak); on 40 features
+  and 10 classes it has 5,210 parameters.
 * ``cnn`` -- small VGG-style convolutional net; with its defaults on 8x8 one-channel digits
   and 10 classes it has exactly 85,066 parameters.
 * ``resnet`` -- CIFAR ResNet of He et al., "Deep Residual Learning for Image Recognition",
@@ -48,6 +51,7 @@ __all__ = [
     "MODEL_NAMES",
     "MLP",
     "SimpleCNN",
+    "Conv1dNet",
     "BasicBlock",
     "CifarResNet",
     "WideBasicBlock",
@@ -262,6 +266,39 @@ class SimpleCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class Conv1dNet(nn.Module):
+    """1-D convnet for signals such as MNIST-1D (Greydanus & Kobak 2020, their "CNN" baseline).
+
+    ``[Conv1d(stride 2, padding 1) -> (BatchNorm1d) -> ReLU] * len(channels) -> flatten ->
+    Linear(num_classes)``; the first conv has kernel 5, the others kernel 3. Input ``(N, L)`` is
+    read as one channel. Convs carry a bias only without BatchNorm. PyTorch's default
+    initialisation, as in the paper. Defaults on 40 features with 10 classes: 5,210 parameters
+    (25 channels of length 19, 10, 5; the paper's ``ConvBase``).
+    """
+
+    def __init__(self, length: int, num_classes: int, channels: Sequence[int] = (25, 25, 25),
+                 bn: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for i, out_ch in enumerate(channels):
+            layers += [nn.Conv1d(in_ch, out_ch, 5 if i == 0 else 3, stride=2, padding=1, bias=not bn),
+                       nn.BatchNorm1d(out_ch) if bn else nn.Identity(), nn.ReLU()]
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(in_ch * _conv1d_length(length, len(channels)), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.features(x.unsqueeze(1)), 1))
+
+
+def _conv1d_length(length: int, n_convs: int) -> int:
+    """Signal length after :class:`Conv1dNet`'s convs (kernel 5 then 3, stride 2, padding 1)."""
+    for i in range(n_convs):
+        length = (length + 2 - (5 if i == 0 else 3)) // 2 + 1
+    return length
+
+
 class BasicBlock(nn.Module):
     """Post-activation residual block of He et al. 2016: conv-BN-ReLU-conv-BN, add, ReLU.
 
@@ -449,6 +486,25 @@ def _build_cnn(
     )
 
 
+def _build_cnn1d(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    channels: int | Sequence[int] = (25, 25, 25),
+    bn: bool = False,
+) -> Conv1dNet:
+    """Build :class:`Conv1dNet`; needs 1-D input (L,) long enough for its convs."""
+    shape = _check_input_shape(input_shape)
+    if len(shape) != 1:
+        raise ModelSpecError(f"model 'cnn1d' needs 1-D input (L,) such as mnist1d's 40 features; "
+                             f"got input_shape {list(shape)}")
+    widths = _check_widths("cnn1d option 'channels'", channels, allow_empty=False)
+    if any(_conv1d_length(shape[0], k) < 1 for k in range(1, len(widths) + 1)):
+        raise ModelSpecError(f"model 'cnn1d' with {len(widths)} conv(s) needs longer inputs than {shape[0]} "
+                             "(each conv halves the length; the first needs at least 3)")
+    return Conv1dNet(shape[0], _check_int("num_classes", num_classes), widths, _check_bool("cnn1d option 'bn'", bn))
+
+
 def _build_resnet(
     input_shape: Sequence[int],
     num_classes: int,
@@ -489,7 +545,7 @@ def _build_wrn(
 
 #: Read-only registry: base model name -> builder(input_shape, num_classes, **options).
 _BUILDERS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
-    {"mlp": _build_mlp, "cnn": _build_cnn, "resnet": _build_resnet, "wrn": _build_wrn}
+    {"mlp": _build_mlp, "cnn": _build_cnn, "resnet": _build_resnet, "wrn": _build_wrn, "cnn1d": _build_cnn1d}
 )
 
 MODEL_NAMES: tuple[str, ...] = (

@@ -65,7 +65,7 @@ def test_parse_model_name_unknown(name: str) -> None:
 
 
 @pytest.mark.parametrize("shape", IMAGE_SHAPES)
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", [n for n in MODEL_NAMES if n != "cnn1d"])  # cnn1d: 1-D signals only, below
 def test_every_name_builds_and_runs(name: str, shape: tuple[int, ...]) -> None:
     model = build_model(make_model_spec(name, shape, 10))
     assert _forward(model, shape).shape == (3, 10)
@@ -78,6 +78,34 @@ def test_mnist_shape_and_train_mode(name: str) -> None:
     out = model(torch.randn(4, 1, 28, 28))
     assert out.shape == (4, 7)
     out.sum().backward()  # gradients flow through every builder
+
+
+def test_cnn1d_parameter_count_by_hand_and_forward_shape() -> None:
+    # the MNIST-1D paper's ConvBase on 40 points: conv k5 s2 p1 -> 19, k3 s2 p1 -> 10 -> 5
+    model = build_model(make_model_spec("cnn1d", [40], 10))
+    convs = (1 * 25 * 5 + 25) + 2 * (25 * 25 * 3 + 25)
+    assert count_parameters(model) == convs + 25 * 5 * 10 + 10 == 5210
+    assert _forward(model, (40,)).shape == (3, 10)
+    bn = build_model(make_model_spec("cnn1d", [40], 10, bn=True))  # no conv bias; BN weight + bias
+    assert count_parameters(bn) == 5210 - 3 * 25 + 3 * 2 * 25
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in bn.modules()) == 3
+    small = build_model(make_model_spec("cnn1d", [12], 4, channels=[6, 8]))  # 12 -> 5 -> 3
+    assert count_parameters(small) == (6 * 5 + 6) + (6 * 8 * 3 + 8) + 8 * 3 * 4 + 4
+    small.train()
+    small(torch.randn(5, 12)).sum().backward()
+    assert all(p.grad is not None for p in small.parameters())
+
+
+@pytest.mark.parametrize("kwargs,shape,fragment", [
+    ({}, [1, 8, 8], "1-D input"),
+    ({}, [2], "longer inputs"),
+    ({"channels": []}, [40], "non-empty"),
+    ({"bn": 1}, [40], "true or false"),
+    ({"kernel": 3}, [40], "accepted: bn, channels"),
+])
+def test_cnn1d_bad_options(kwargs, shape, fragment) -> None:
+    with pytest.raises(ModelSpecError, match=fragment):
+        make_model_spec("cnn1d", shape, 10, **kwargs)
 
 
 def test_mlp_vector_input() -> None:

@@ -16,7 +16,7 @@ __all__ = ["train_command", "parse_options", "parse_p"]
 @app.command("train")
 def train_command(
     optimizer: str = typer.Option("sam", "--optimizer", "-o", help="One of sgd, sam, asam, rsam (SAM's step at a random e of norm rho: the control for SAM's ascent direction)."),
-    model: str = typer.Option("cnn", help="mlp, cnn, resnet, wrn, aliases like resnet20 / wrn16-4, "
+    model: str = typer.Option("cnn", help="mlp, cnn, cnn1d (1-D signals: mnist1d), resnet, wrn, aliases like resnet20 / wrn16-4, "
                                           "or a factory 'package.module:function'."),
     model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE, repeatable "
                                                                  "(e.g. --model-opt bn=true --model-opt width=32)."),
