@@ -14,7 +14,9 @@ every parameter with ``requires_grad`` is perturbed, whether or not it has a gra
 
 The draws come from a ``torch.Generator`` owned by the optimizer, seeded with ``seed``, on
 the device of the first parameter (so CPU and CUDA draw different numbers); its state is in
-``state_dict()`` so a resumed run continues bit for bit. Since e does not depend on the
+``state_dict()`` so a resumed run continues bit for bit. Data-parallel ranks seeded alike draw the
+same e (one perturbation for the global batch, whatever ``sync_first_pass`` says, and rank 0's
+checkpointed generator state is every rank's state). Since e does not depend on the
 gradient at w, :func:`sharpscope.optim.sam_step` runs the clean pass at w without a backward
 (a forward under ``no_grad``, for the running BatchNorm statistics and the reported loss).
 """
