@@ -245,6 +245,11 @@ def test_another_grid_in_the_same_folder_reuses_runs_and_other_settings_are_refu
                         callbacks_for=lambda s: [_Count(log, s.name)], plots=[])
     assert log == [] and [o.status for o in smaller.outcomes] == ["reused", "reused"]  # the rho = 0.05 runs
     assert smaller.rows[0]["test_acc"] == next(r for r in reference.rows if r["rho"] == 0.05)["test_acc"]
+    assert smaller.analyses_computed == 0
+    more = run_sweep(SweepConfig(grid={"optimizer": "sam"}, seeds=2, base=dict(BASE), profile="quick",
+                                 analyses="eigenvalues,trace"), out, plots=[])  # only the trace is new
+    assert [o.analysis_status for o in more.outcomes] == [{"eigenvalues": "reused", "trace": "computed"}] * 2
+    assert more.rows[0]["lambda_max"] == smaller.rows[0]["lambda_max"] and more.rows[0]["trace"] > 0
     before = sorted(p.name for p in (out / "runs").iterdir())
     with pytest.raises(ConfigError, match="other settings .*model_kwargs"):
         run_sweep(_config(base={**BASE, "model_kwargs": {"hidden": [6]}}), out)

@@ -289,15 +289,15 @@ class SweepConfig:
             if name in grid:
                 raise ConfigError(f"{_flag(name)} is given twice")
             grid[name] = parse_values(name, values)
+        base = {_option_name(k): v for k, v in self.base.items()}
         if "optimizer" not in grid:  # every row says which optimizer trained it
-            grid = {"optimizer": [self.base.get("optimizer", TrainConfig.optimizer)], **grid}
+            grid = {"optimizer": parse_values("optimizer", [base.pop("optimizer", TrainConfig.optimizer)]), **grid}
         unknown = [o for o in grid["optimizer"] if o not in OPTIMIZERS]
         if unknown:
             raise ConfigError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(OPTIMIZERS)}")
         self.grid = grid
         self.seeds = parse_seeds(self.seeds)
         known = {f.name for f in fields(TrainConfig)}
-        base = {_option_name(k): v for k, v in self.base.items()}
         bad = sorted(k for k in base if k not in known or k == "seed" or k in grid)
         if bad:
             why = ("not a training option" if bad[0] not in known else
@@ -587,9 +587,20 @@ def _complete(task: _Task) -> RunOutcome | None:
     stored, todo = _cached_analyses(task, int(outcome.final.get("step", 0)))
     if todo:
         return None
-    outcome.analyses = {n: stored[n]["result"] for n in task.analyses}
     outcome.analysis_status = dict.fromkeys(task.analyses, "reused")
+    _take_analyses(outcome, stored, task.analyses)
     return outcome
+
+
+def _take_analyses(outcome: RunOutcome, stored: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Results, failures and warnings of the stored analyses into the outcome."""
+    for name in names:
+        entry = stored.get(name) or {}
+        if entry.get("result") is not None:
+            outcome.analyses[name] = entry["result"]
+        if entry.get("error"):
+            outcome.notes.append(f"{name} failed: {entry['error']}")
+        outcome.notes += [f"{name}: {w}" for w in entry.get("warnings", [])]
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -653,29 +664,25 @@ def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> Run
         for name in todo:
             if stop is not None and stop.is_set():
                 return RunOutcome(spec.index, spec.name, "interrupted", {}, outcome.epochs, 0.0)
+            entry: dict[str, Any] = {"key": _analysis_key(name, s, task.analysis_rho, seed,
+                                                          int(outcome.final.get("step", 0)))}
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
-                    result_one = analyse_selected(ckpt.model, batches, [name], s, task.analysis_rho, seed,
-                                                  lambda what: emit(f"{prefix}: {what}")).get(name)
-                except SharpscopeError as err:  # e.g. a zero gradient: note it, keep the sweep going
-                    outcome.notes.append(f"{name}: {err}")
-                    emit(f"{prefix}: {name} failed: {err}")
-                    continue
-            for w in caught:
-                note = f"{name}: {' '.join(str(w.message).split())}"
-                outcome.notes.append(note)
-                emit(f"{prefix}: warning: {note}")
-            if result_one is None:
-                continue
-            stored[name] = {"key": _analysis_key(name, s, task.analysis_rho, seed, int(outcome.final.get("step", 0))),
-                            "result": result_one}
+                    entry["result"] = analyse_selected(ckpt.model, batches, [name], s, task.analysis_rho, seed,
+                                                       lambda what: emit(f"{prefix}: {what}")).get(name)
+                except SharpscopeError as err:  # e.g. a zero gradient: stored and noted, the sweep goes on
+                    entry["error"] = " ".join(str(err).split())
+                    emit(f"{prefix}: {name} failed: {entry['error']}")
+            entry["warnings"] = [" ".join(str(w.message).split()) for w in caught]
+            for w in entry["warnings"]:
+                emit(f"{prefix}: warning: {name}: {w}")
+            stored[name] = entry
             outcome.analysis_status[name] = "computed"
             _write_json(run_dir / "analysis.json", {"analyses": stored})
     for name in task.analyses:
-        if name in stored and name not in outcome.analysis_status and name not in todo:
-            outcome.analysis_status[name] = "reused"
-    outcome.analyses = {n: stored[n]["result"] for n in task.analyses if n in stored}
+        outcome.analysis_status.setdefault(name, "reused")
+    _take_analyses(outcome, stored, task.analyses)
     emit(f"{prefix}: done, test acc {outcome.final.get('test_acc', math.nan):.4f}")
     return outcome
 
