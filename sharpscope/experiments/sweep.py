@@ -31,7 +31,8 @@ with an old one.
 process inherits another's threads or locks). Each worker uses ``max(1, cores // jobs)``
 intra-op threads: torch's default is one thread per core in every process, and two
 processes each running two threads on two cores oversubscribe them; on this project's
-2-core machines that made runs 3-35x slower than running them one after the other.
+2-core machines that took 2.5-3x the wall time of single-thread workers, and 11x while
+another process wanted the cores (BENCHMARKS.md, ``benchmarks/bench_sweep_jobs.py``).
 """
 
 from __future__ import annotations
