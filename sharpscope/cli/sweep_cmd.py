@@ -53,15 +53,15 @@ def sweep_command(
 ) -> None:
     """Train the product of option lists over seeds, analyse every run, write one table.
 
-    Options that an optimizer does not use collapse (SGD is trained once per setting, not
-    once per rho). Writes OUT/results.csv|json (one row per run: options, seed, every
-    metric), OUT/summary.csv|json (per setting: mean, std, 95% CI, and the paired
-    difference to the matching SGD setting with its CI, p-value and verdict) and
-    OUT/figures/METRIC_vs_OPTION.png. Rerunning reuses finished runs and continues
-    interrupted ones.
+    Options an optimizer does not use collapse: SGD is trained once per setting, not once per rho.
 
-    Example: sharpscope sweep --out runs/sweep --optimizer sgd,sam --rho 0.02,0.05,0.1
-    --label-noise 0,0.4 --seeds 3 --epochs 10 --jobs 2
+    OUT/results.csv and .json: one row per run (its options, seed and every metric).
+
+    OUT/summary.csv and .json: per setting, mean, std and 95% CI over seeds, and the paired difference to SGD.
+
+    OUT/figures/METRIC_vs_OPTION.png (--plot). A rerun reuses finished runs and continues interrupted ones.
+
+    Example: sharpscope sweep --out runs/sweep --rho 0.02,0.05,0.1 --label-noise 0,0.4 --epochs 10 --jobs 2
     """
     from ..errors import ConfigError
     from ..experiments import sweep
