@@ -287,6 +287,9 @@ def test_cli_end_to_end_and_replot(cli, tmp_path, one_thread):
         assert (out / name).is_file(), name
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert len(rows) == 6 and {"lambda_max", "gradcos", "surrogate_gap"} <= set(rows[0])
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)) and "epochs" in header and "epochs_done" in header  # option vs metric
+    assert all(r["epochs"] == 1 and r["epochs_done"] == 1 for r in rows)
     code, stdout, err = cli(["sweep", "--out", str(out), "--replot", "--plot", "lambda_max:optimizer"])
     assert code == 0 and (out / "figures" / "lambda_max_vs_optimizer.png").is_file(), err
     with pytest.MonkeyPatch.context() as mp:  # a rerun trains nothing

@@ -724,7 +724,7 @@ def _cores() -> int:
 def metric_names(analyses: Sequence[str], settings: Any) -> list[str]:
     """The metric columns a sweep with these analyses writes (m-sharpness: one per m of the
     profile; fewer when a run has fewer examples than m)."""
-    names = list(_TRAIN_METRICS) + ["epochs", "train_seconds"]
+    names = list(_TRAIN_METRICS) + ["epochs_done", "train_seconds"]
     if "eigenvalues" in analyses:
         names += ["lambda_max", "lambda_ratio"]
     if "trace" in analyses:
@@ -745,7 +745,7 @@ def _row(spec: RunSpec, outcome: RunOutcome) -> dict[str, Any]:
     row: dict[str, Any] = {"run": spec.name, "status": outcome.status, **spec.options}
     for key in _TRAIN_METRICS:
         row[key] = f.get(key)
-    row["epochs"] = outcome.epochs
+    row["epochs_done"] = outcome.epochs
     row["train_seconds"] = outcome.train_seconds if outcome.epochs else None
     a = outcome.analyses
     if "eigenvalues" in a:
@@ -972,6 +972,9 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     s = config.settings()
     options = [*config.grid, "seed"]
     metrics = metric_names(config.analyses, s)
+    clash = sorted(set(metrics) & set(options))
+    if clash:  # a training option named like a metric would share its column
+        raise ConfigError(f"grid option {clash[0]!r} has the name of a metric")
     wanted = default_plots(config.grid, config.analyses) if plots is None else \
         [parse_plot(p) if isinstance(p, str) else (p[0], _option_name(p[1])) for p in plots]
     _check_plots(wanted, metrics, options)
