@@ -134,7 +134,7 @@ def test_not_a_minimum_is_flagged():
     assert cmp.not_a_minimum_warnings(config, statistics) == []
 
 
-@pytest.mark.parametrize("seeds,fragment", [("0", "count N >= 1"), ("1,1", "twice"), ("a", "count N"), ("-1", "count")])
+@pytest.mark.parametrize("seeds,fragment", [("0", "count N"), ("1,1", "twice"), ("a", "count N"), ("-1", "count")])
 def test_bad_seeds(cli, tmp_path, seeds, fragment):
     code, _, err = cli(["compare", "--quick", "--seeds", seeds, "--out", str(tmp_path), "--no-progress"])
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1

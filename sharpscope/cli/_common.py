@@ -138,21 +138,6 @@ def parse_options(pairs: list[str]) -> dict:
     return out
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``"3"`` -> seeds 0, 1, 2; ``"0,4,7"`` -> those seeds (each >= 0, distinct)."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
-        raise ConfigError(f"--seeds must be a count N >= 1 or a comma-separated list of seeds >= 0, got {text!r}")
-    values = [int(p) for p in parts]
-    if len(values) == 1:
-        if values[0] < 1:
-            raise ConfigError(f"--seeds must be a count N >= 1 or a comma-separated list of seeds >= 0, got {text!r}")
-        return list(range(values[0]))
-    if len(set(values)) != len(values):
-        raise ConfigError(f"--seeds lists a seed twice: {text!r}")
-    return values
-
-
 def parse_p(text: str) -> float:
     """``--p``: a number, or inf / infinity (the range is checked where p is used)."""
     if text.lower() in ("inf", "infinity"):

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import parse_options, parse_seeds
+from ._common import parse_options
 
 
 @app.command("compare")
@@ -27,7 +27,7 @@ def compare_command(
     m: Optional[int] = typer.Option(None, "--m", help="m-SAM: one perturbation per m examples."),
     epochs: int = typer.Option(40, help="Epochs per run."),
     seeds: str = typer.Option("3", help="Seeds every optimizer is trained on (paired): a count N (seeds 0..N-1) "
-                              "or a comma-separated list."),
+                              "a comma-separated list, or a range A:B."),
     quick: bool = typer.Option(False, "--quick", help="Tiny profile for tests and CI (well under a minute)."),
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
@@ -46,6 +46,7 @@ def compare_command(
 
     from ..experiments.compare import KEY_METRICS, CompareConfig, run_compare
     from ..experiments.report import METRIC_NAMES
+    from ..experiments.sweep import parse_seeds
     from .progress import RichProgress
 
     console = Console(stderr=True)

@@ -41,11 +41,12 @@ import torch.nn.functional as F
 
 from .. import landscape, plots, stats
 from ..checks import finite_float, int_at_least
-from ..checkpoint import atomic_write_bytes, load_checkpoint, read_checkpoint
+from ..checkpoint import load_checkpoint, read_checkpoint
 from ..data import DataSpec, load_dataset
 from ..errors import ConfigError
 from ..train import OPTIMIZERS, TrainConfig, train
 from .analyses import PROFILES, AnalysisSettings, analyse_checkpoint
+from .files import write_json
 
 __all__ = ["CompareConfig", "run_compare", "run_dir", "run_scalars", "PROFILES", "KEY_METRICS"]
 
@@ -117,25 +118,6 @@ def run_dir(out: Path, optimizer: str, seed: int) -> Path:
     return out / optimizer / f"seed{seed}"
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(_plain(obj), indent=2).encode()
-    atomic_write_bytes(path, lambda fh: fh.write(text))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return _plain(value.item())
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    return value
-
-
 def _train_one(cfg: TrainConfig, out: Path, callbacks: list) -> list[dict]:
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
@@ -202,7 +184,7 @@ def _analyse_all(config: CompareConfig, out: Path, runs: dict[str, dict[int, lis
             analyses[opt][seed] = analyse_checkpoint(
                 folder / "checkpoint.pt", batches, s, config.rho, seed,
                 lambda what, o=opt: say(f"{o.upper()}, seed {seed}: {what}"), density=density, clean_batches=clean)
-            _write_json(cache, {"key": key, "checkpoint_step": step, "analysis": analyses[opt][seed]})
+            write_json(cache, {"key": key, "checkpoint_step": step, "analysis": analyses[opt][seed]})
     return analyses, first[0], first[1]
 
 
@@ -357,7 +339,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     written = _figures(config, runs, analyses, surfaces, interp, statistics, out / "figures")
     results["figures"] = [str(p.relative_to(out)) for p in written]
     results["wall_time"] = time.perf_counter() - start
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     from .report import write_report
     write_report(results, out / "report.md")
     return results

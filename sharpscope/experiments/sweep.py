@@ -59,6 +59,7 @@ from ..checks import finite_float, int_at_least
 from ..checkpoint import atomic_write_bytes, read_checkpoint
 from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
 from ..train import OPTIMIZERS, Callback, TrainConfig, TrainState, train
+from .files import write_json
 
 __all__ = [
     "SweepConfig", "SweepResult", "RunSpec", "RunOutcome", "run_sweep", "replot", "expand_grid",
@@ -604,23 +605,6 @@ def _take_analyses(outcome: RunOutcome, stored: Mapping[str, Any], names: Sequen
         outcome.notes += [f"{name}: {w}" for w in entry.get("warnings", [])]
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(_json_safe(obj), indent=2).encode()
-    atomic_write_bytes(path, lambda fh: fh.write(text))
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        return _json_safe(value.item())
-    return value
-
-
 def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> RunOutcome:
     """Train (or resume, or reuse) one run, then compute the analyses not yet stored."""
     spec, run_dir = task.spec, Path(task.run_dir)
@@ -680,7 +664,7 @@ def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> Run
                 emit(f"{prefix}: warning: {name}: {w}")
             stored[name] = entry
             outcome.analysis_status[name] = "computed"
-            _write_json(run_dir / "analysis.json", {"analyses": stored})
+            write_json(run_dir / "analysis.json", {"analyses": stored})
     for name in task.analyses:
         outcome.analysis_status.setdefault(name, "reused")
     _take_analyses(outcome, stored, task.analyses)
@@ -982,7 +966,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     for spec in specs:  # every folder is checked before the first run trains
         _check_folder(spec, out / "runs" / spec.name)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "sweep.json", {"kind": _RESULTS_KIND, "config": config.to_dict(),
+    write_json(out / "sweep.json", {"kind": _RESULTS_KIND, "config": config.to_dict(),
                                      "runs": [{"name": r.name, "options": r.options} for r in specs]})
 
     total = len(specs)
@@ -1097,12 +1081,12 @@ def _write_tables(out: Path, config: SweepConfig, rows: list[dict], summary: lis
                   metrics: list[str]) -> None:
     header = ["run", "status", *options, *metrics, "notes"]
     _write_csv(out / "results.csv", header, rows)
-    _write_json(out / "results.json", {"kind": _RESULTS_KIND, "config": config.to_dict(), "options": options,
+    write_json(out / "results.json", {"kind": _RESULTS_KIND, "config": config.to_dict(), "options": options,
                                        "metrics": metrics, "rows": rows})
     setting_options = [o for o in options if o != "seed"]
     s_header, s_records = _summary_records(summary, setting_options)
     _write_csv(out / "summary.csv", s_header, s_records)
-    _write_json(out / "summary.json", {"kind": _RESULTS_KIND, "confidence": 0.95, "ci_method": "Student t",
+    write_json(out / "summary.json", {"kind": _RESULTS_KIND, "confidence": 0.95, "ci_method": "Student t",
                                        "difference": "setting - matching SGD setting, paired by seed",
                                        "options": setting_options, "settings": summary})
 
