@@ -182,3 +182,15 @@ def test_runs_saved_before_a_new_option_existed_are_reused(tmp_path):
                     data_spec=raw["data_spec"], optimizer_state=raw["optimizer_state"], config=raw["config"],
                     progress=raw["progress"], rng=raw["rng"], metrics=raw["metrics"])
     assert cmp.run_compare(config, tmp_path)["optimizers"]["sgd"]["seeds"]["0"]["final"]["epoch"] == config.epochs
+
+
+def test_ctrl_c_on_the_command_line_says_what_was_kept(cli, tmp_path, monkeypatch):
+    import sharpscope.experiments.compare as cmp
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt(f"{tmp_path}/sam/seed0 saved mid-run; rerun the same command to continue")
+
+    monkeypatch.setattr(cmp, "run_compare", stopped)
+    code, _, err = cli(["compare", "--quick", "--out", str(tmp_path), "--no-progress"])
+    assert code == 130 and err.strip() == (f"sharpscope: interrupted: {tmp_path}/sam/seed0 saved mid-run; "
+                                           "rerun the same command to continue")

@@ -7,10 +7,11 @@ data sets, rich's progress bars and everything heavier load when a command runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,3 +160,17 @@ JSON_OUT = typer.Option(None, "--json", help="Write results as JSON to PATH (- f
 PROGRESS = typer.Option(True, help="Show a progress bar.")
 TRUST_FACTORY = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names.")
 DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (under torchrun, cuda is each process's own GPU).")
+
+
+@contextlib.contextmanager
+def interrupt_says(default: str) -> Iterator[None]:
+    """Ctrl-C inside the block: one line saying what was kept (the interrupt's own message, or
+    ``default``) and exit code 130. typer 0.29 turns a KeyboardInterrupt raised in a command into
+    a silent exit 130, so the command has to say it itself."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        why = " ".join(str(err).split()) or default
+        print(f"sharpscope: interrupted: {why}", file=sys.stderr)
+        raise typer.Exit(130) from None
+

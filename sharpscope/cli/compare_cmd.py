@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import parse_options
+from ._common import interrupt_says, parse_options
 
 
 @app.command("compare")
@@ -56,7 +56,9 @@ def compare_command(
         asam_rho=asam_rho, m=m, epochs=epochs, seeds=parse_seeds(seeds), quick=quick,
     )
     say = (lambda msg: console.print(f"[bold]compare[/]: {msg}", highlight=False)) if progress else (lambda msg: None)
-    results = run_compare(config, out, say=say, callbacks_for=lambda opt: [RichProgress(console, enabled=progress)])
+    with interrupt_says("finished runs and analyses are kept; rerun the same command to continue"):
+        results = run_compare(config, out, say=say,
+                              callbacks_for=lambda opt: [RichProgress(console, enabled=progress)])
     n = len(config.seeds)
     for opt, r in results["optimizers"].items():
         parts = []

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 
 from ._app import app
-from ._common import parse_options
+from ._common import interrupt_says, parse_options
 
 
 
@@ -104,13 +104,9 @@ def sweep_command(
     def say(msg: str) -> None:
         print(f"sweep: {msg}", file=sys.stderr, flush=True)
 
-    try:
+    with interrupt_says("finished runs and analyses are kept; rerun the same command to continue"):
         result = sweep.run_sweep(config, out, jobs=jobs, plots=wanted, formats=formats,
                                  say=say if progress else (lambda msg: None))
-    except KeyboardInterrupt as err:  # typer turns it into a silent exit 130: say what was kept
-        why = " ".join(str(err).split()) or "finished runs and analyses are kept; rerun the same command to continue"
-        print(f"sharpscope: interrupted: {why}", file=sys.stderr)
-        raise typer.Exit(130) from None
     _print_summary(result)
 
 
