@@ -59,6 +59,7 @@ from ..checks import finite_float, int_at_least
 from ..checkpoint import atomic_write_bytes, read_checkpoint
 from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
 from ..train import OPTIMIZERS, Callback, TrainConfig, TrainState, train
+from .analyses import ANALYSES, analyse_selected
 from .files import write_json
 
 __all__ = [
@@ -68,7 +69,6 @@ __all__ = [
 ]
 
 # The analyses a sweep can run on each finished run (and aliases that name the same one).
-ANALYSES = ("eigenvalues", "trace", "density", "m-sharpness", "gradcos")
 ALIASES = {"surrogate-gap": "gradcos", "m_sharpness": "m-sharpness", "msharpness": "m-sharpness",
            "lambda_max": "eigenvalues", "eigs": "eigenvalues", "hessian": "eigenvalues"}
 # lambda_max (Lanczos), the surrogate gap and the first-/second-order gradient cosine (one
@@ -419,50 +419,6 @@ def _analysis_key(name: str, s: Any, rho: float, seed: int, step: int) -> dict[s
     if name in _USES_RHO:
         key["rho"] = rho
     return key
-
-
-def analyse_selected(model: Any, batches: list, which: Sequence[str], s: Any, rho: float, seed: int,
-                     say: Callable[[str], None] = lambda what: None) -> dict[str, dict[str, Any]]:
-    """The analyses named in ``which`` (from :data:`ANALYSES`) of ``model`` on ``batches``
-    (cross-entropy; the Hessian analyses share one Objective), at the work of ``s`` (an
-    AnalysisSettings): name -> result dict (each with its ``wall_time``). m-sharpness uses
-    the m values of ``s`` that fit in the examples."""
-    import torch.nn.functional as F
-
-    from .. import hessian, sharpness
-    from ..objective import Objective
-
-    loss = F.cross_entropy
-    out: dict[str, dict[str, Any]] = {}
-    hessian_ones = [w for w in which if w in ("eigenvalues", "trace", "density", "gradcos")]
-    if hessian_ones:
-        obj = Objective(model, loss, batches)
-        try:
-            for name in hessian_ones:
-                say(name)
-                if name == "eigenvalues":
-                    out[name] = hessian.eigenvalues(obj, k=s.top_k, tol=s.eig_tol, seed=seed).to_dict()
-                elif name == "trace":
-                    out[name] = hessian.trace(obj, n_matvecs=s.trace_matvecs, seed=seed).to_dict()
-                elif name == "density":
-                    d = hessian.density(obj, n_runs=s.density_runs, n_steps=s.density_steps, seed=seed).to_dict()
-                    for bulky in ("nodes", "weights"):
-                        d.pop(bulky)
-                    out[name] = d
-                else:
-                    out[name] = sharpness.sam_gradient_cosine(obj, rho=rho).to_dict()
-        finally:
-            obj.release()
-    if "m-sharpness" in which:
-        say("m-sharpness")
-        n = sum(int(b[1].shape[0]) for b in batches)
-        ms = [m for m in s.m_values if m <= n]
-        if ms:
-            res = sharpness.m_sharpness(model, loss, batches, m=ms, rho=rho, steps=s.m_steps, seed=seed).to_dict()
-            for r in res["results"]:
-                r.pop("values")
-            out["m-sharpness"] = res
-    return out
 
 
 # ---------------------------------------------------------------------------------------
