@@ -699,7 +699,8 @@ def plot_sweep(groups: Mapping[str, Mapping[Any, Mapping[Any, float | None]]], p
     band (:func:`sharpscope.stats.summarize`; no band with one seed). A group whose only x is
     None (the option does not apply, e.g. SGD against rho) is a horizontal reference: its
     mean dashed across the axis with its band. x values that are not all numbers are drawn
-    as categories in the order first met; positive numbers spanning a decade or more get a
+    as categories in the order first met, with the seeds as points and the mean with its
+    interval as an error bar (no lines between categories); positive numbers spanning a decade or more get a
     log axis ticked at the values swept. The y-axis spans the values with a margin of 60 %
     of their range: the wide bands of two or three seeds run off it rather than flatten
     every line. Each group has its own colour (SGD its usual one).
@@ -744,15 +745,21 @@ def plot_sweep(groups: Mapping[str, Mapping[Any, Mapping[Any, float | None]]], p
                           if x is not None and v is not None and np.isfinite(v)), key=lambda p: p[0])
             for (x, v) in pts:
                 by_x.setdefault(x, []).append(v)
-            if n_seeds > 1 and pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, lw=0.7, ms=2.5, alpha=0.35)
+            if n_seeds > 1 and pts:  # categories are not joined: a line between them would mean nothing
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if numeric else "o", color=color, lw=0.7,
+                        ms=2.5, alpha=0.35)
         xs = sorted(by_x)
         if not xs:
             continue
         summaries = [summary(by_x[x]) for x in xs]
-        ax.plot(xs, [t.mean for t in summaries], "o-", color=color, lw=1.8, ms=4,
-                label=label if n_seeds == 1 else f"{label} (mean of {n_seeds})")
+        name = label if n_seeds == 1 else f"{label} (mean of {n_seeds})"
         band = [(x, t) for x, t in zip(xs, summaries) if np.isfinite(t.ci_low)]
+        if not numeric:  # categories: the mean with its interval as an error bar at each
+            err = [[t.mean - t.ci_low if np.isfinite(t.ci_low) else 0.0 for t in summaries],
+                   [t.ci_high - t.mean if np.isfinite(t.ci_high) else 0.0 for t in summaries]]
+            ax.errorbar(xs, [t.mean for t in summaries], yerr=err, fmt="o", color=color, ms=5, capsize=4, label=name)
+            continue
+        ax.plot(xs, [t.mean for t in summaries], "o-", color=color, lw=1.8, ms=4, label=name)
         if band:
             ax.fill_between([x for x, _ in band], [t.ci_low for _, t in band], [t.ci_high for _, t in band],
                             color=color, alpha=0.18, lw=0)
