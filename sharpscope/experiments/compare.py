@@ -47,6 +47,7 @@ from ..errors import ConfigError
 from ..train import OPTIMIZERS, TrainConfig, train
 from .analyses import PROFILES, AnalysisSettings, analyse_checkpoint
 from .files import write_json
+from .runs import refuse_other_settings
 
 __all__ = ["CompareConfig", "run_compare", "run_dir", "run_scalars", "PROFILES", "KEY_METRICS"]
 
@@ -119,15 +120,7 @@ def run_dir(out: Path, optimizer: str, seed: int) -> Path:
 
 
 def _train_one(cfg: TrainConfig, out: Path, callbacks: list) -> list[dict]:
-    ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        # through TrainConfig: options added since the run was saved take their defaults
-        stored = TrainConfig.from_dict(read_checkpoint(ckpt).get("config") or {}).to_dict()
-        wanted = cfg.to_dict()
-        diff = sorted(k for k in wanted if stored.get(k) != wanted[k])
-        if diff:
-            raise ConfigError(f"{out} holds a run with other settings ({', '.join(diff)}); "
-                              "use another --out or remove it")
+    refuse_other_settings(out, cfg.to_dict())
     result = train(cfg, out, resume=True, callbacks=callbacks)
     if result.interrupted:  # Ctrl-C: the run is saved; stop here rather than analyse half a run
         raise KeyboardInterrupt(f"{out} saved mid-run; rerun the same command to continue")

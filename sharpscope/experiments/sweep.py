@@ -61,6 +61,7 @@ from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
 from ..train import OPTIMIZERS, Callback, TrainConfig, TrainState, train
 from .analyses import ANALYSES, analyse_selected
 from .files import write_json
+from .runs import refuse_other_settings
 
 __all__ = [
     "SweepConfig", "SweepResult", "RunSpec", "RunOutcome", "run_sweep", "replot", "expand_grid",
@@ -472,29 +473,6 @@ class _Reporter(Callback):
                   f"({metrics['epoch_time']:.1f}s)")
 
 
-def _stored_config(run_dir: Path) -> dict[str, Any] | None:
-    """The configuration held in a run folder (checkpoint or divergence marker), through
-    TrainConfig so that options added since it was saved take their defaults."""
-    ckpt = run_dir / "checkpoint.pt"
-    if ckpt.exists():
-        return TrainConfig.from_dict(read_checkpoint(ckpt).get("config") or {}).to_dict()
-    marker = run_dir / "diverged.json"
-    if marker.exists():
-        return TrainConfig.from_dict(json.loads(marker.read_text())["config"]).to_dict()
-    return None
-
-
-def _check_folder(spec: RunSpec, run_dir: Path) -> None:
-    stored = _stored_config(run_dir)
-    if stored is None:
-        return
-    wanted = spec.config
-    diff = sorted(k for k in wanted if stored.get(k) != wanted[k])
-    if diff:
-        raise ConfigError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
-                          "use another --out or remove that folder")
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -567,7 +545,7 @@ def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> Run
     prefix = f"[{spec.index + 1}/{task.total}] {spec.label}"
     if stop is not None and stop.is_set():  # queued before the stop: do not start
         return RunOutcome(spec.index, spec.name, "interrupted", {}, 0, 0.0)
-    _check_folder(spec, run_dir)
+    refuse_other_settings(run_dir, spec.config)
     done = _complete(task)
     if done is not None:
         emit(f"{prefix}: reused ({done.status if done.status == 'diverged' else 'finished before'})")
@@ -920,7 +898,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     _check_plots(wanted, metrics, options)
     _check_out(out)
     for spec in specs:  # every folder is checked before the first run trains
-        _check_folder(spec, out / "runs" / spec.name)
+        refuse_other_settings(out / "runs" / spec.name, spec.config)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "sweep.json", {"kind": _RESULTS_KIND, "config": config.to_dict(),
                                      "runs": [{"name": r.name, "options": r.options} for r in specs]})
