@@ -49,22 +49,13 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
     return ckpt, data.batches(split, samples, batch_size, seed)
 
 
-def _plain(value: Any) -> Any:
-    """JSON has no NaN/Inf: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def write_json(obj: dict, where: str | None) -> None:
     """Write ``obj`` to the path ``where`` ('-' for stdout); nothing when None."""
     if where is None or not dist_utils.is_main():
         return
-    text = json.dumps(_plain(obj), indent=2) + "\n"
+    from ..experiments.files import json_safe  # JSON has no NaN/Inf: written as null
+
+    text = json.dumps(json_safe(obj), indent=2) + "\n"
     if where == "-":
         sys.stdout.write(text)
     else:
