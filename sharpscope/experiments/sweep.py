@@ -807,7 +807,7 @@ def _draw(rows: Sequence[Mapping[str, Any]], options: Sequence[str], plots_wante
         for r in rows:
             parts = [str(r.get("optimizer"))] if "optimizer" in others else []
             parts += [f"{o}={_show(r.get(o))}" for o in others if o != "optimizer" and r.get(o) is not None]
-            label = " ".join(parts) or metric
+            label = " ".join(parts) or str(r.get("optimizer"))  # no other option varies: name the optimizer
             if r.get(option) is None and option != "optimizer":
                 label += f" ({option} n/a)"
             groups.setdefault(label, {}).setdefault(r["seed"], {})[r.get(option)] = r.get(metric)
