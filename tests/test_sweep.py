@@ -96,7 +96,8 @@ def test_values_are_parsed_typed_and_refused_when_bad():
     for bad in [dict(grid={"optimizer": "sgd,adam"}), dict(grid={"optimizer": "sam", "m": "64"}),  # m > batch 32
                 dict(grid={"rho": "-1"}), dict(analyses="eigenvalues,bogus"), dict(profile="huge"),
                 dict(analysis_rho=math.nan), dict(base={**BASE, "seed": 3}), dict(base={**BASE, "nosuch": 1}),
-                dict(grid={"optimizer": "sam", "rho": "0.1"}, base={**BASE, "rho": 0.2})]:
+                dict(grid={"optimizer": "sam", "rho": "0.1"}, base={**BASE, "rho": 0.2}),
+                dict(analysis_m="0,4"), dict(analysis_m="4,4"), dict(analysis_m="none"), dict(analysis_m="1.5")]:
         with pytest.raises(ConfigError):
             SweepConfig(**{"seeds": 1, "base": dict(BASE), **bad})
     with pytest.raises(ConfigError, match="run 'sam m=64"):
@@ -250,6 +251,10 @@ def test_another_grid_in_the_same_folder_reuses_runs_and_other_settings_are_refu
                                  analyses="eigenvalues,trace"), out, plots=[])  # only the trace is new
     assert [o.analysis_status for o in more.outcomes] == [{"eigenvalues": "reused", "trace": "computed"}] * 2
     assert more.rows[0]["lambda_max"] == smaller.rows[0]["lambda_max"] and more.rows[0]["trace"] > 0
+    other_m = run_sweep(SweepConfig(grid={"optimizer": "sam"}, seeds=2, base=dict(BASE), profile="quick",
+                                    analyses="m-sharpness", analysis_m="2,8"), out, plots=[])
+    assert [o.analysis_status for o in other_m.outcomes] == [{"m-sharpness": "computed"}] * 2  # new m: new result
+    assert {k for k in other_m.rows[0] if k.startswith("m_sharpness")} == {"m_sharpness_m2", "m_sharpness_m8"}
     before = sorted(p.name for p in (out / "runs").iterdir())
     with pytest.raises(ConfigError, match="other settings .*model_kwargs"):
         run_sweep(_config(base={**BASE, "model_kwargs": {"hidden": [6]}}), out)

@@ -43,6 +43,8 @@ def sweep_command(
     profile: str = typer.Option("default", help="Work the analyses get: quick or default."),
     analysis_rho: float = typer.Option(0.05, "--analysis-rho", help="rho of m-sharpness and the gradient cosine, "
                                                                     "the same for every run."),
+    analysis_m: Optional[str] = typer.Option(None, "--analysis-m", help="m values of the m-sharpness analysis, e.g. "
+                                                                        "1,4,16,64,256 (default: the profile's)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at once, in separate processes with cores/jobs "
                                                      "threads each."),
     plot: list[str] = typer.Option([], "--plot", help="METRIC:OPTION figure (e.g. test_acc:rho), repeatable; "
@@ -99,7 +101,7 @@ def sweep_command(
     if data_root is not None:
         base["data_root"] = data_root
     config = sweep.SweepConfig(grid=grid, seeds=seeds, base=base, analyses=analyses, profile=profile,
-                               analysis_rho=analysis_rho)
+                               analysis_rho=analysis_rho, analysis_m=analysis_m)
 
     def say(msg: str) -> None:
         print(f"sweep: {msg}", file=sys.stderr, flush=True)

@@ -51,7 +51,7 @@ import time
 import typing
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +275,8 @@ class SweepConfig:
     ``data_root``; snapshots are off unless ``keep_snapshots=True``). ``analyses`` come from
     :data:`ANALYSES` at the work ``profile`` of :data:`sharpscope.experiments.analyses.PROFILES`;
     m-sharpness and the gradient cosine use ``analysis_rho`` for every run, so that their
-    columns compare minima rather than probes of different sizes.
+    columns compare minima rather than probes of different sizes; ``analysis_m`` (a list or a
+    comma string of positive ints) replaces the profile's m values of m-sharpness.
     """
 
     grid: dict[str, Any] = field(default_factory=lambda: {"optimizer": ["sgd", "sam"]})
@@ -284,6 +285,7 @@ class SweepConfig:
     analyses: Sequence[str] = DEFAULT_ANALYSES
     profile: str = "default"
     analysis_rho: float = 0.05
+    analysis_m: Any = None
 
     def __post_init__(self) -> None:
         grid: dict[str, list[Any]] = {}
@@ -321,12 +323,20 @@ class SweepConfig:
         if self.profile not in PROFILES:
             raise ConfigError(f"unknown profile {self.profile!r}; choose from {', '.join(PROFILES)}")
         self.analysis_rho = finite_float("--analysis-rho", self.analysis_rho, at_least=0)
+        if self.analysis_m is not None:
+            ms = parse_values("m", self.analysis_m, "--analysis-m")
+            if not ms or any(m is None or m < 1 for m in ms) or len(set(ms)) != len(ms):
+                raise ConfigError(f"--analysis-m expects distinct positive sizes, e.g. 1,4,16,64; got "
+                                  f"{self.analysis_m!r}")
+            self.analysis_m = sorted(ms)
         self.runs()  # every run's TrainConfig is valid before the first one trains
 
     def settings(self) -> Any:
-        """The :class:`~sharpscope.experiments.analyses.AnalysisSettings` of the profile."""
+        """The :class:`~sharpscope.experiments.analyses.AnalysisSettings` of the profile (with
+        ``analysis_m`` as its m values when given)."""
         from .analyses import PROFILES
-        return PROFILES[self.profile]
+        s = PROFILES[self.profile]
+        return s if self.analysis_m is None else replace(s, m_values=list(self.analysis_m))
 
     def runs(self) -> list[RunSpec]:
         return expand_grid(self)
@@ -334,7 +344,7 @@ class SweepConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"grid": {k: [_plain_option(v) for v in vs] for k, vs in self.grid.items()}, "seeds": list(self.seeds),
                 "base": {k: _plain_option(v) for k, v in self.base.items()}, "analyses": list(self.analyses),
-                "profile": self.profile, "analysis_rho": self.analysis_rho}
+                "profile": self.profile, "analysis_rho": self.analysis_rho, "analysis_m": self.analysis_m}
 
 
 def _defaults() -> dict[str, Any]:
