@@ -11,6 +11,12 @@ Ground floor: numpy and scipy.stats only, nothing about networks or training.
   comparison is made on differences and never on two separate intervals.
 - :func:`verdict`: "higher" / "lower" only when the interval of the difference excludes
   zero; otherwise "no difference at this scale".
+- :func:`rank_correlation`: Kendall's tau-b or Spearman's rho between a measure and an
+  outcome over runs (e.g. a sharpness measure and the generalization gap, Jiang et al.,
+  ICLR 2020), with scipy's p-value and a percentile bootstrap interval over runs (pairs
+  resampled with replacement, seeded).
+- :func:`correlation_difference`: r(a, y) - r(b, y) for two measures of the same runs, with
+  a paired bootstrap interval (the same resampled runs for both): does a tracks y better?
 
 With one run there is no spread: standard deviations, intervals and p-values are NaN.
 """
@@ -18,14 +24,16 @@ With one run there is no spread: standard deviations, intervals and p-values are
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["Summary", "PairedDifference", "summarize", "paired_difference", "verdict", "CI_METHOD"]
+__all__ = ["Summary", "PairedDifference", "summarize", "paired_difference", "verdict", "CI_METHOD",
+           "RankCorrelation", "CorrelationDifference", "rank_correlation", "correlation_difference",
+           "kendall_tau_b", "spearman_rho", "BOOTSTRAP_METHOD"]
 
 CI_METHOD = "Student t"
 
@@ -117,7 +125,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
     return PairedDifference(d.n, d.mean, d.std, d.ci_low, d.ci_high, p, confidence)
 
 
-def verdict(diff: PairedDifference | Summary) -> str:
+def verdict(diff: PairedDifference | Summary | RankCorrelation | CorrelationDifference) -> str:
     """"higher" or "lower" when the confidence interval excludes 0, else "no difference at
     this scale" (also with a single run, whose interval is undefined)."""
     if not (math.isfinite(diff.ci_low) and math.isfinite(diff.ci_high)):
@@ -127,3 +135,146 @@ def verdict(diff: PairedDifference | Summary) -> str:
     if diff.ci_high < 0:
         return "lower"
     return "no difference at this scale"
+
+
+# ---------------------------------------------------------------------------------------
+# Rank correlations over runs
+# ---------------------------------------------------------------------------------------
+BOOTSTRAP_METHOD = "percentile bootstrap over runs"
+CORRELATIONS = ("kendall", "spearman")
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row pair of ``x`` and ``y`` (shape (..., n)):
+    sum_ij s_x s_y / sqrt(sum_ij s_x^2 sum_ij s_y^2) with s_x = sign(x_i - x_j), the form
+    that counts tied pairs as scipy.stats.kendalltau (variant 'b') does. NaN where one row
+    is constant."""
+    sx = np.sign(x[..., :, None] - x[..., None, :])
+    sy = np.sign(y[..., :, None] - y[..., None, :])
+    num = (sx * sy).sum(axis=(-2, -1))
+    den = np.sqrt((sx * sx).sum(axis=(-2, -1)) * (sy * sy).sum(axis=(-2, -1)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def spearman_rho(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair: the Pearson correlation of the average ranks (ties
+    share their mean rank, as scipy.stats.spearmanr). NaN where one row is constant."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x, axis=-1), rankdata(y, axis=-1)
+    rx, ry = rx - rx.mean(axis=-1, keepdims=True), ry - ry.mean(axis=-1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(axis=-1) * (ry * ry).sum(axis=-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (rx * ry).sum(axis=-1) / np.where(den > 0, den, 1.0), np.nan)
+
+
+_STATISTICS = {"kendall": kendall_tau_b, "spearman": spearman_rho}
+
+
+@dataclass(frozen=True)
+class RankCorrelation:
+    """A rank correlation of ``n`` runs, its two-sided p-value (no association) and its
+    bootstrap confidence interval (``resamples`` resamples of the runs; those where a
+    resampled column is constant are dropped)."""
+
+    method: str
+    n: int
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    resamples: int
+    confidence: float = 0.95
+    ci_method: str = BOOTSTRAP_METHOD
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"verdict": verdict(self)}
+
+
+@dataclass(frozen=True)
+class CorrelationDifference:
+    """r(a, y) - r(b, y) over the same ``n`` runs with a paired bootstrap interval."""
+
+    method: str
+    n: int
+    estimate: float
+    ci_low: float
+    ci_high: float
+    resamples: int
+    confidence: float = 0.95
+    ci_method: str = f"paired {BOOTSTRAP_METHOD}"
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"verdict": verdict(self)}
+
+
+def _columns(what: str, *cols: Sequence[float]) -> list[np.ndarray]:
+    arrs = [_values(c, what) for c in cols]
+    if len({a.size for a in arrs}) != 1:
+        raise ConfigError(f"{what}: the columns have different lengths {[a.size for a in arrs]}")
+    if not all(np.isfinite(a).all() for a in arrs):
+        raise ConfigError(f"{what}: non-finite values (drop failed runs first)")
+    if arrs[0].size < 3:
+        raise ConfigError(f"{what}: a rank correlation needs at least 3 runs, got {arrs[0].size}")
+    return arrs
+
+
+def _check_method(method: str, resamples: int) -> None:
+    if method not in _STATISTICS:
+        raise ConfigError(f"unknown correlation {method!r}; choose from {', '.join(CORRELATIONS)}")
+    if not (isinstance(resamples, int) and 100 <= resamples <= 1_000_000):
+        raise ConfigError(f"resamples must be an integer in [100, 1e6], got {resamples!r}")
+
+
+def _bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, resamples: int, seed: int) -> np.ndarray:
+    """``stat(idx)`` for ``resamples`` index rows drawn with replacement from range(n), in
+    chunks that keep the n x n sign matrices of Kendall's tau near 16 MB; NaNs dropped."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // (n * n))
+    out = []
+    for lo in range(0, resamples, chunk):
+        out.append(stat(rng.integers(0, n, size=(min(chunk, resamples - lo), n))))
+    values = np.concatenate(out)
+    return values[np.isfinite(values)]
+
+
+def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    if values.size == 0:
+        return math.nan, math.nan
+    low, high = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
+
+
+def rank_correlation(x: Sequence[float], y: Sequence[float], method: str = "kendall", confidence: float = 0.95,
+                     resamples: int = 2000, seed: int = 0) -> RankCorrelation:
+    """Kendall's tau-b (``method="kendall"``) or Spearman's rho between paired values over
+    runs, with scipy's two-sided p-value and a percentile bootstrap interval over runs."""
+    _check_confidence(confidence)
+    _check_method(method, resamples)
+    xs, ys = _columns("rank_correlation", x, y)
+    from scipy import stats
+
+    fn = _STATISTICS[method]
+    estimate = float(fn(xs, ys))
+    p = math.nan  # a constant column has no correlation to test
+    if math.isfinite(estimate):
+        p = float((stats.kendalltau if method == "kendall" else stats.spearmanr)(xs, ys).pvalue)
+    boot = _bootstrap(lambda idx: fn(xs[idx], ys[idx]), xs.size, resamples, seed)
+    low, high = _percentile_interval(boot, confidence)
+    return RankCorrelation(method, int(xs.size), estimate, low, high, p, int(boot.size), confidence)
+
+
+def correlation_difference(a: Sequence[float], b: Sequence[float], y: Sequence[float], method: str = "kendall",
+                           confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> CorrelationDifference:
+    """r(a, y) - r(b, y) with a percentile interval from resampling the runs once for both
+    (the measures share the runs, so their estimates are correlated and must be resampled
+    together)."""
+    _check_confidence(confidence)
+    _check_method(method, resamples)
+    xa, xb, ys = _columns("correlation_difference", a, b, y)
+    fn = _STATISTICS[method]
+    estimate = float(fn(xa, ys) - fn(xb, ys))
+    boot = _bootstrap(lambda idx: fn(xa[idx], ys[idx]) - fn(xb[idx], ys[idx]), ys.size, resamples, seed)
+    low, high = _percentile_interval(boot, confidence)
+    return CorrelationDifference(method, int(ys.size), estimate, low, high, int(boot.size), confidence)
