@@ -1,15 +1,19 @@
-"""JSON files of experiments: written atomically, NaN/Inf as null, numpy values as plain ones."""
+"""Tables of experiments, written atomically: JSON (NaN/Inf as null, numpy values as plain
+ones) and CSV (None as an empty cell, floats in full precision)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..checkpoint import atomic_write_bytes
 
-__all__ = ["write_json", "json_safe"]
+__all__ = ["write_json", "json_safe", "write_csv", "csv_cell"]
 
 
 def json_safe(value: Any) -> Any:
@@ -30,3 +34,25 @@ def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically (temp file, fsync, rename)."""
     text = json.dumps(json_safe(obj), indent=2).encode()
     atomic_write_bytes(path, lambda fh: fh.write(text))
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell: None empty, floats by repr (inf as "inf", nan as "nan"), bools lower case."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "inf" if value == math.inf else repr(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return value
+
+
+def write_csv(path: Path, header: Sequence[str], records: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``records`` (dicts; missing keys empty) under ``header`` to ``path`` atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for r in records:
+        writer.writerow([csv_cell(r.get(h)) for h in header])
+    data = buf.getvalue().encode()
+    atomic_write_bytes(path, lambda fh: fh.write(data))

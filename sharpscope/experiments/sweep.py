@@ -37,9 +37,7 @@ another process wanted the cores (BENCHMARKS.md, ``benchmarks/bench_sweep_jobs.p
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import itertools
 import json
 import math
@@ -60,7 +58,7 @@ from ..checkpoint import atomic_write_bytes, read_checkpoint
 from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
 from ..train import OPTIMIZERS, Callback, TrainConfig, TrainState, train
 from .analyses import ANALYSES, analyse_selected
-from .files import write_json
+from .files import write_csv, write_json
 from .runs import refuse_other_settings
 
 __all__ = [
@@ -734,26 +732,6 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], options: Sequence[str], me
     return out
 
 
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return "inf" if value == math.inf else repr(value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    return value
-
-
-def _write_csv(path: Path, header: Sequence[str], records: Sequence[Mapping[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for r in records:
-        writer.writerow([_csv_cell(r.get(h)) for h in header])
-    data = buf.getvalue().encode()
-    atomic_write_bytes(path, lambda fh: fh.write(data))
-
-
 _SUMMARY_FIELDS = ("n", "mean", "std", "ci_low", "ci_high")
 _DIFF_FIELDS = ("n", "mean", "std", "ci_low", "ci_high", "p_value", "verdict")
 
@@ -1024,12 +1002,12 @@ def _stop_pool(pool: Any, stop: Any, waiting: set, drain: Callable[[], None]) ->
 def _write_tables(out: Path, config: SweepConfig, rows: list[dict], summary: list[dict], options: list[str],
                   metrics: list[str]) -> None:
     header = ["run", "status", *options, *metrics, "notes"]
-    _write_csv(out / "results.csv", header, rows)
+    write_csv(out / "results.csv", header, rows)
     write_json(out / "results.json", {"kind": _RESULTS_KIND, "config": config.to_dict(), "options": options,
                                        "metrics": metrics, "rows": rows})
     setting_options = [o for o in options if o != "seed"]
     s_header, s_records = _summary_records(summary, setting_options)
-    _write_csv(out / "summary.csv", s_header, s_records)
+    write_csv(out / "summary.csv", s_header, s_records)
     write_json(out / "summary.json", {"kind": _RESULTS_KIND, "confidence": 0.95, "ci_method": "Student t",
                                        "difference": "setting - matching SGD setting, paired by seed",
                                        "options": setting_options, "settings": summary})
