@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -49,6 +50,9 @@ def sweep_command(
                                                      "threads each."),
     plot: list[str] = typer.Option([], "--plot", help="METRIC:OPTION figure (e.g. test_acc:rho), repeatable; "
                                                       "default: test_acc against rho and label noise."),
+    correlate: bool = typer.Option(False, "--correlate", help="Also rank-correlate every measure with the "
+                                                               "generalization gap over the runs (Kendall tau, "
+                                                               "Spearman rho, bootstrap CIs): correlations.csv."),
     replot: bool = typer.Option(False, "--replot", help="Only redraw the figures of the finished sweep in --out."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
     progress: bool = typer.Option(True, help="Print progress lines on stderr."),
@@ -90,7 +94,7 @@ def sweep_command(
         if grid:
             raise ConfigError(f"--replot redraws the sweep in --out; it takes no grid options (got "
                               f"--{next(iter(grid)).replace('_', '-')})")
-        for f in sweep.replot(out, wanted, formats):
+        for f in sweep.replot(out, wanted, formats, correlate=correlate):
             print(f"wrote {f}")
         return
     if "optimizer" not in grid:
@@ -108,8 +112,10 @@ def sweep_command(
 
     with interrupt_says("finished runs and analyses are kept; rerun the same command to continue"):
         result = sweep.run_sweep(config, out, jobs=jobs, plots=wanted, formats=formats,
-                                 say=say if progress else (lambda msg: None))
+                                 say=say if progress else (lambda msg: None), correlate=correlate)
     _print_summary(result)
+    if result.correlations is not None:
+        _print_correlations(result.correlations)
 
 
 def _print_summary(result: Any) -> None:
@@ -135,6 +141,26 @@ def _print_summary(result: Any) -> None:
     out = result.out_dir
     print(f"tables: {out / 'results.csv'}, {out / 'summary.csv'}; figures: "
           + (", ".join(str(f) for f in result.figures) or "none"))
+
+
+def _print_correlations(table: Any) -> None:
+    """Kendall's tau of each measure with the error gap, and the m-sharpness comparisons."""
+    for e in table.entries:
+        if e["gap"] != "gap_error":
+            continue
+        k = e["kendall"]
+        if not math.isfinite(k["estimate"]):
+            print(f"{e['measure']} vs error gap: tau undefined (n={e['n']})")
+            continue
+        print(f"{e['measure']} vs error gap: tau {k['estimate']:+.3f} [{k['ci_low']:+.3f}, {k['ci_high']:+.3f}] "
+              f"(n={e['n']}, p={k['p_value']:.2g})")
+    for c in table.m_comparisons:
+        if c["gap"] == "gap_error":
+            d = c["kendall_difference"]
+            print(f"tau(m={c['m']}) - tau(m={c['against_m']}) vs error gap: {d['estimate']:+.3f} "
+                  f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['verdict']})")
+    for why in table.skipped:
+        print(f"not correlated: {why}")
 
 
 def _show(value: Any) -> str:

@@ -824,6 +824,7 @@ class SweepResult:
     metrics: list[str]            # the metric columns
     figures: list[Path]
     wall_time: float
+    correlations: Any = None      # a CorrelationTable when the sweep was asked to correlate
 
     @property
     def counts(self) -> dict[str, int]:
@@ -854,7 +855,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
               say: Callable[[str], None] = lambda msg: None,
               callbacks_for: Callable[[RunSpec], list[Callback]] | None = None,
               on_run_done: Callable[[RunSpec, RunOutcome], None] | None = None,
-              threads: int | None = None) -> SweepResult:
+              threads: int | None = None, correlate: bool = False) -> SweepResult:
     """Train every run of ``config`` into ``out_dir/runs``, analyse them, write the tables and
     figures (module docstring); returns a :class:`SweepResult`.
 
@@ -865,6 +866,8 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     progress line at a time ("[3/24] sam rho=0.05 seed=0: training epoch 4/10 ...").
     ``callbacks_for(spec)`` adds training callbacks to a run (pickled to the worker when
     ``jobs > 1``); ``on_run_done(spec, outcome)`` is called here as each run completes.
+    ``correlate``: also the rank correlations of every measure with the generalization gap
+    over the runs (:func:`sharpscope.experiments.correlate.report_correlations`).
 
     Ctrl-C (or a callback's ``stop_requested``) saves the running runs at their next step and
     raises KeyboardInterrupt; the same call again continues them and reuses the rest.
@@ -928,7 +931,13 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     summary = summarize_rows(rows, [o for o in options if o != "seed"], metrics)
     _write_tables(out, config, rows, summary, options, metrics)
     figures = _draw(rows, options, wanted, out / "figures", formats)
-    result = SweepResult(out, specs, ordered, rows, summary, options, metrics, figures, time.perf_counter() - start)
+    table = None
+    if correlate:
+        from .correlate import report_correlations
+        table, files = report_correlations(rows, out, formats)
+        figures += [f for f in files if f.parent == out / "figures"]
+    result = SweepResult(out, specs, ordered, rows, summary, options, metrics, figures, time.perf_counter() - start,
+                         table)
     counts = ", ".join(f"{n} {k}" for k, n in result.counts.items())
     say(f"{total} runs ({counts}), {result.analyses_computed} analyses computed, {result.wall_time:.0f}s")
     return result
@@ -1014,8 +1023,9 @@ def _write_tables(out: Path, config: SweepConfig, rows: list[dict], summary: lis
 
 
 def replot(out_dir: str | os.PathLike[str], plots: Sequence[tuple[str, str] | str] | None = None,
-           formats: Sequence[str] = ("png",)) -> list[Path]:
-    """Redraw the figures of a finished sweep from ``out_dir/results.json`` (no training)."""
+           formats: Sequence[str] = ("png",), correlate: bool = False) -> list[Path]:
+    """Redraw the figures of a finished sweep from ``out_dir/results.json`` (no training);
+    ``correlate``: also (re)compute its correlation tables and figures."""
     out = Path(out_dir)
     stored = _read_json(out / "results.json")
     if not (isinstance(stored, dict) and stored.get("kind") == _RESULTS_KIND):
@@ -1025,4 +1035,8 @@ def replot(out_dir: str | os.PathLike[str], plots: Sequence[tuple[str, str] | st
     wanted = default_plots(grid, stored["config"]["analyses"]) if plots is None else \
         [parse_plot(p) if isinstance(p, str) else (p[0], _option_name(p[1])) for p in plots]
     _check_plots(wanted, metrics, options)
-    return _draw(rows, options, wanted, out / "figures", formats)
+    written = _draw(rows, options, wanted, out / "figures", formats)
+    if correlate:
+        from .correlate import report_correlations
+        written += report_correlations(rows, out, formats)[1]
+    return written

@@ -1,0 +1,187 @@
+"""Which sharpness measure tracks the generalization gap of a set of runs.
+
+Jiang et al. (ICLR 2020, "Fantastic generalization measures") and Andriushchenko et al.
+(ICML 2023) judge a measure by the rank correlation, over many trained models, between the
+measure and the generalization gap. Foret et al. (ICLR 2021, Fig. 3) use the same test for
+m-sharpness: at small m it correlates better with the gap than at large m.
+
+For the rows of a sweep (one per run) this module computes
+- the gaps: ``gap_error`` = test error - train error = train_acc - test_acc (the train
+  accuracy on the labels trained on), and ``gap_loss`` = test_loss - train_loss;
+- for every measure column present (lambda_max, lambda_ratio, trace, density_trace,
+  m_sharpness_m*, gradcos, surrogate_gap) Kendall's tau-b and Spearman's rho with each gap,
+  with bootstrap intervals over runs (:func:`sharpscope.stats.rank_correlation`);
+- for m-sharpness, tau(m, gap) - tau(largest m, gap) for every smaller m with a paired
+  bootstrap interval (:func:`sharpscope.stats.correlation_difference`): does a small m track
+  the gap better than the largest?
+
+Runs that diverged or lack a value are left out of the pairs that need it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import stats
+from .files import write_csv, write_json
+
+__all__ = ["GAPS", "MEASURES", "CorrelationTable", "generalization_gaps", "measure_columns", "correlate_rows",
+           "write_correlations", "draw_correlations", "report_correlations"]
+
+GAPS = ("gap_error", "gap_loss")
+# Columns of a sweep's rows that are sharpness or curvature measures, in the order reported.
+MEASURES = ("lambda_max", "lambda_ratio", "trace", "density_trace", "gradcos", "surrogate_gap")
+_M_PREFIX = "m_sharpness_m"
+_KIND = "sharpscope correlations"
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def generalization_gaps(row: Mapping[str, Any]) -> dict[str, float | None]:
+    """``gap_error`` (train_acc - test_acc) and ``gap_loss`` (test_loss - train_loss) of a
+    run's row; None where a value is missing or not finite."""
+    tr_acc, te_acc = _number(row.get("train_acc")), _number(row.get("test_acc"))
+    tr_loss, te_loss = _number(row.get("train_loss")), _number(row.get("test_loss"))
+    return {"gap_error": tr_acc - te_acc if tr_acc is not None and te_acc is not None else None,
+            "gap_loss": te_loss - tr_loss if tr_loss is not None and te_loss is not None else None}
+
+
+def _m_of(column: str) -> int:
+    return int(column.removeprefix(_M_PREFIX))
+
+
+def measure_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The measure columns that hold a finite value in at least one row: :data:`MEASURES`
+    first, then m-sharpness by increasing m."""
+    present = {k for r in rows for k, v in r.items() if _number(v) is not None}
+    m_cols = sorted((k for k in present if k.startswith(_M_PREFIX) and k[len(_M_PREFIX):].isdigit()), key=_m_of)
+    return [m for m in MEASURES if m in present] + m_cols
+
+
+@dataclass
+class CorrelationTable:
+    """Rank correlations of measures with the gaps over ``n_runs`` runs (module docstring).
+
+    ``entries``: one dict per (measure, gap) with ``n`` and the ``kendall`` and ``spearman``
+    :class:`~sharpscope.stats.RankCorrelation` dicts; ``m_comparisons``: one dict per smaller
+    m and gap with the tau difference to the largest m; ``skipped``: why a pair is missing."""
+
+    n_runs: int
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    m_comparisons: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    confidence: float = 0.95
+    resamples: int = 2000
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": _KIND, "n_runs": self.n_runs, "confidence": self.confidence, "resamples": self.resamples,
+                "ci_method": stats.BOOTSTRAP_METHOD, "gaps": {"gap_error": "train_acc - test_acc",
+                                                             "gap_loss": "test_loss - train_loss"},
+                "entries": self.entries, "m_comparisons": self.m_comparisons, "skipped": self.skipped}
+
+
+def _pairs(rows: Sequence[Mapping[str, Any]], gaps: Sequence[Mapping[str, Any]], *columns: str,
+           gap: str) -> list[tuple[float, ...]]:
+    out = []
+    for row, g in zip(rows, gaps):
+        values = [_number(row.get(c)) for c in columns] + [g[gap]]
+        if all(v is not None for v in values):
+            out.append(tuple(values))  # type: ignore[arg-type]
+    return out
+
+
+def correlate_rows(rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | None = None,
+                   gaps: Sequence[str] = GAPS, confidence: float = 0.95, resamples: int = 2000,
+                   seed: int = 0) -> CorrelationTable:
+    """The :class:`CorrelationTable` of ``rows`` (sweep rows; diverged runs dropped) for
+    ``measures`` (default: :func:`measure_columns`). Every interval uses ``resamples``
+    bootstrap resamples drawn from ``seed``."""
+    usable = [r for r in rows if r.get("status") != "diverged"]
+    measures = measure_columns(usable) if measures is None else list(measures)
+    table = CorrelationTable(len(usable), confidence=confidence, resamples=resamples)
+    row_gaps = [generalization_gaps(r) for r in usable]
+    for measure in measures:
+        for gap in gaps:
+            pairs = _pairs(usable, row_gaps, measure, gap=gap)
+            if len(pairs) < 3:
+                table.skipped.append(f"{measure} vs {gap}: {len(pairs)} runs with both values (3 needed)")
+                continue
+            x, y = [p[0] for p in pairs], [p[1] for p in pairs]
+            table.entries.append({"measure": measure, "gap": gap, "n": len(pairs), **{
+                method: stats.rank_correlation(x, y, method, confidence, resamples, seed).to_dict()
+                for method in stats.CORRELATIONS}})
+    m_cols = [m for m in measures if m.startswith(_M_PREFIX)]
+    if len(m_cols) > 1:
+        largest = max(m_cols, key=_m_of)
+        for small in sorted((m for m in m_cols if m != largest), key=_m_of):
+            for gap in gaps:
+                pairs = _pairs(usable, row_gaps, small, largest, gap=gap)
+                if len(pairs) < 3:
+                    continue
+                d = stats.correlation_difference([p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs],
+                                                 "kendall", confidence, resamples, seed)
+                table.m_comparisons.append({"m": _m_of(small), "against_m": _m_of(largest), "gap": gap,
+                                            "kendall_difference": d.to_dict()})
+    return table
+
+
+def write_correlations(out_dir: str | Path, table: CorrelationTable) -> list[Path]:
+    """``correlations.json`` (the table) and ``correlations.csv`` (one row per measure and
+    gap: tau and rho with their intervals and p-values) in ``out_dir``."""
+    out = Path(out_dir)
+    write_json(out / "correlations.json", table.to_dict())
+    fields = ("estimate", "ci_low", "ci_high", "p_value")
+    header = ["measure", "gap", "n"] + [f"{m}_{k}" for m in stats.CORRELATIONS for k in fields]
+    records = [{"measure": e["measure"], "gap": e["gap"], "n": e["n"],
+                **{f"{m}_{k}": e[m][k] for m in stats.CORRELATIONS for k in fields}} for e in table.entries]
+    write_csv(out / "correlations.csv", header, records)
+    return [out / "correlations.json", out / "correlations.csv"]
+
+
+def _note(entry: Mapping[str, Any]) -> str:
+    k = entry["kendall"]
+    if k["estimate"] is None or not math.isfinite(k["estimate"]):
+        return f"tau undefined (n={entry['n']})"
+    return f"tau {k['estimate']:+.2f} [{k['ci_low']:+.2f}, {k['ci_high']:+.2f}], n={entry['n']}"
+
+
+def draw_correlations(rows: Sequence[Mapping[str, Any]], table: CorrelationTable, figures_dir: str | Path,
+                      formats: Sequence[str] = ("png",), group_by: str = "optimizer") -> list[Path]:
+    """figures/correlations_GAP.png for each gap of ``table``: every measure against the gap,
+    one point per run coloured by ``group_by``, Kendall's tau with its interval per panel."""
+    from .. import plots
+
+    usable = [r for r in rows if r.get("status") != "diverged"]
+    written: list[Path] = []
+    for gap in dict.fromkeys(e["gap"] for e in table.entries):
+        panels: dict[str, dict[str, list]] = {}
+        notes: dict[str, str] = {}
+        for e in (e for e in table.entries if e["gap"] == gap):
+            pts = [(_number(r.get(e["measure"])), generalization_gaps(r)[gap], r.get(group_by)) for r in usable]
+            pts = [p for p in pts if p[0] is not None and p[1] is not None]
+            panels[e["measure"]] = {"x": [p[0] for p in pts], "y": [p[1] for p in pts], "group": [p[2] for p in pts]}
+            notes[e["measure"]] = _note(e)
+        label = "test error - train error" if gap == "gap_error" else "test loss - train loss"
+        written += plots.plot_correlations(panels, Path(figures_dir) / f"correlations_{gap}", ylabel=label,
+                                           notes=notes, formats=formats,
+                                           title=f"Measures against the generalization gap over {table.n_runs} runs "
+                                                 f"(Kendall tau, {table.confidence:.0%} bootstrap CI)")
+    return written
+
+
+def report_correlations(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, formats: Sequence[str] = ("png",),
+                        resamples: int = 2000, seed: int = 0) -> tuple[CorrelationTable, list[Path]]:
+    """:func:`correlate_rows`, then its tables in ``out_dir`` and its figures in
+    ``out_dir/figures``; returns the table and the files written."""
+    table = correlate_rows(rows, resamples=resamples, seed=seed)
+    files = write_correlations(out_dir, table)
+    if table.entries:
+        files += draw_correlations(rows, table, Path(out_dir) / "figures", formats)
+    return table, files
