@@ -42,6 +42,7 @@ def test_every_output_file(compared):
     assert (compared / "interpolation.npz").is_file()
     report = (compared / "report.md").read_text()
     assert "| SGD | SAM |" in report and "## Paired differences to SGD" in report and "Student t" in report
+    assert "## First- vs second-order SAM gradient over training" in report
     for name in FIGURES:
         assert f"(figures/{name})" in report
 
@@ -69,6 +70,12 @@ def test_every_results_key_and_the_statistics(compared):
         assert {"test_acc", "lambda_max", "trace", "surrogate_gap", "m_sharpness_m4"} <= set(r["summary"])
         assert "train_acc_clean" not in r["summary"]  # no label noise
         assert r["surface"]["seed"] == 0 and {"centre_loss", "basin_width"} <= set(r["surface"])
+        g = r["gradcos_change"]  # first vs last tracked epoch, paired over seeds
+        early = [r["seeds"][str(s)]["gradcos_over_training"][0]["gradcos"] for s in SEEDS]
+        late = [r["seeds"][str(s)]["gradcos_over_training"][-1]["gradcos"] for s in SEEDS]
+        assert (g["early_epoch"], g["late_epoch"]) == (1, results["config"]["epochs"])
+        assert g["early"]["mean"] == pytest.approx(sum(early) / 3)
+        assert g["change"]["mean"] == pytest.approx(stats.paired_difference(early, late).mean)
     sam, sgd = results["optimizers"]["sam"], results["optimizers"]["sgd"]
     for metric, d in sam["difference"].items():
         expected = stats.paired_difference([sgd["seeds"][str(s)]["scalars"][metric] for s in SEEDS],

@@ -31,7 +31,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,6 +231,25 @@ def run_scalars(final: dict[str, Any], analysis: dict[str, Any], label_noise: bo
     return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
 
 
+def gradcos_change(runs: Mapping[int, Sequence[Mapping[str, Any]]], seeds: Sequence[int]) -> dict[str, Any] | None:
+    """The cosine between the first- and second-order SAM gradients (tracked during training)
+    at the first and the last tracked epoch over seeds, and the paired change late - early.
+    Foret et al. (Fig. 5) find it near 1 early and lower near convergence. None when a seed
+    has fewer than two finite tracked values."""
+    early, late = [], []
+    epochs: tuple[int, int] | None = None
+    for seed in seeds:
+        tracked = [r for r in runs[seed] if isinstance(r.get("gradcos"), (int, float)) and math.isfinite(r["gradcos"])]
+        if len(tracked) < 2:
+            return None
+        early.append(float(tracked[0]["gradcos"]))
+        late.append(float(tracked[-1]["gradcos"]))
+        epochs = epochs or (int(tracked[0]["epoch"]), int(tracked[-1]["epoch"]))
+    assert epochs is not None
+    return {"early_epoch": epochs[0], "late_epoch": epochs[1], "early": stats.summarize(early).to_dict(),
+            "late": stats.summarize(late).to_dict(), "change": stats.paired_difference(early, late).to_dict()}
+
+
 def _statistics(config: CompareConfig, scalars: dict[str, dict[int, dict[str, float]]]) -> dict[str, dict]:
     """Per optimizer: each metric's summary over seeds and, but for the baseline, its paired
     difference to the baseline (on the metrics every seed of both has)."""
@@ -323,6 +342,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
                                                          for r in runs[opt][s] if "gradcos" in r]}
                       for s in config.seeds},
             "surface": {"seed": first, **surfaces[opt].summary()},
+            "gradcos_change": gradcos_change(runs[opt], config.seeds),
         }
     if interp is not None:
         results["interpolation"] = {"seed": first, **interp.summary(), "alphas": interp.xs.tolist(),

@@ -81,6 +81,24 @@ def _difference_table(results: dict) -> list[str]:
     return lines
 
 
+def _gradcos_lines(results: dict) -> list[str]:
+    """The gradient cosine at the first and last tracked epoch and its paired change."""
+    rows = [(o, r["gradcos_change"]) for o, r in results["optimizers"].items() if r.get("gradcos_change")]
+    if not rows:
+        return []
+    lines = ["## First- vs second-order SAM gradient over training", "",
+             "cos(first-order, second-order SAM gradient) at the first and last tracked epoch of every seed "
+             "(Foret et al., Fig. 5: near 1 early, lower near convergence), and the paired change late - early.", "",
+             "| optimizer | early (epoch) | late (epoch) | change late - early | 95 % CI | p (paired t) | verdict |",
+             "|---|---|---|---:|---|---:|---|"]
+    for opt, g in rows:
+        e, la, d = g["early"], g["late"], g["change"]
+        lines.append(f"| {opt.upper()} | {_f(e['mean'])} ({g['early_epoch']}) | {_f(la['mean'])} ({g['late_epoch']}) "
+                     f"| {_f(d['mean'], '+.4g')} | [{_f(d['ci_low'])}, {_f(d['ci_high'])}] | {_f(d['p_value'], '.3g')} "
+                     f"| {d['verdict']} |")
+    return lines + [""]
+
+
 def _first_seed_lines(results: dict) -> list[str]:
     lines = []
     for opt, r in results["optimizers"].items():
@@ -118,6 +136,7 @@ def write_report(results: dict, path: str | Path) -> Path:
     lines += ["## Metrics over seeds", ""] + _summary_table(results) + [""]
     if any(r.get("difference") for r in results["optimizers"].values()):
         lines += [f"## Paired differences to {results['baseline'].upper()}", ""] + _difference_table(results) + [""]
+    lines += _gradcos_lines(results)
     lines += ["## Landscapes (first seed)", ""] + _first_seed_lines(results) + [""]
     lines += ["## Figures", ""]
     available = {Path(f).name for f in results.get("figures", [])}
