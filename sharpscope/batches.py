@@ -20,6 +20,20 @@ Floating-point tensors of a batch are cast to the model's dtype when they are mo
 device (the pair form casts the inputs only, targets are moved as they are); other tensors
 only move. Pytrees are those of ``torch.utils._pytree`` (tuple, list, dict, namedtuple,
 OrderedDict), the structure ``torch.func`` itself uses.
+
+Caching or streaming (:meth:`BatchLoss.read`). An analysis passes over the data many times
+(Lanczos: one pass per Hessian-vector product). By default the batches are read once, moved
+to the model's device and kept there, as long as they take at most ``cache_bytes``
+(:data:`DEFAULT_CACHE_BYTES`, 1 GiB of batch tensors, the bytes of the moved tensors
+counted); data that takes more is streamed: the loader is iterated again on every pass and
+each batch is moved to the device when it is used, so the device holds one batch at a time.
+``cache=True`` always caches, ``cache=False`` always streams. Both see the same batches in
+the same order, so the numbers agree to float rounding. A streamed loader must yield the same
+batches on every pass: the first pass records each batch's fingerprint (its shapes and the
+float64 sum and sum of squares of every tensor) and a later pass that differs (a
+``DataLoader(shuffle=True)`` without a seeded generator, random augmentation) raises
+:class:`~sharpscope.errors.ConfigError` rather than mixing two data sets. A one-shot
+iterator (a generator) cannot be read twice and is refused when it would have to stream.
 """
 
 from __future__ import annotations
@@ -36,9 +50,35 @@ from torch.func import functional_call
 
 from .errors import ConfigError
 
-__all__ = ["ModelLoss", "BatchLoss", "Prepared", "move", "concat", "take", "tensor_leaves", "higher_order_attention"]
+__all__ = ["ModelLoss", "BatchLoss", "Prepared", "Streamed", "move", "concat", "take", "tensor_leaves",
+           "higher_order_attention", "batch_bytes", "fingerprint", "DEFAULT_CACHE_BYTES"]
 
 LossFn = Callable[[Any, Any], Tensor]
+
+DEFAULT_CACHE_BYTES = 1 << 30  # batches kept on the device up to this many bytes; more are streamed
+
+
+def batch_bytes(tree: Any) -> int:
+    """The bytes the tensors of a batch take."""
+    return sum(t.numel() * t.element_size() for t in tensor_leaves(tree))
+
+
+def fingerprint(tree: Any) -> tuple:
+    """Shapes, dtypes and, for every tensor of a batch, the float64 sum, sum of squares and
+    position-weighted sum sum_i (i + 1) * sum(t[i]) over its leading dimension: equal for the
+    same batch read twice; different (but for a collision of all three) for other examples,
+    examples in another order or labels moved between examples."""
+    leaves = tensor_leaves(tree)
+    sums = []
+    for t in leaves:
+        if not t.numel():
+            continue
+        d = t.detach().double()
+        rows = d.reshape(d.shape[0], -1).sum(1) if d.dim() else d.reshape(1)
+        position = torch.arange(1, rows.numel() + 1, dtype=torch.float64, device=rows.device)
+        sums.append(torch.stack([d.sum(), d.square().sum(), (position * rows).sum()]))
+    values = tuple(torch.stack(sums).cpu().reshape(-1).tolist()) if sums else ()
+    return tuple((tuple(t.shape), str(t.dtype)) for t in leaves), values
 
 
 def tensor_leaves(tree: Any) -> list[Tensor]:
@@ -165,12 +205,35 @@ class BatchLoss:
             raise ConfigError(f"a batch holds {n} examples")
         return n
 
-    def read(self, data: Iterable[Any], device: torch.device, dtype: torch.dtype) -> Prepared:
-        """Every batch of ``data`` prepared (read once), with its number of examples."""
-        batches = [self.prepare(batch, device, dtype) for batch in data]
-        if not batches:
+    def read(self, data: Iterable[Any], device: torch.device, dtype: torch.dtype, cache: bool | str = "auto",
+             cache_bytes: int | None = None) -> Prepared:
+        """Every batch of ``data`` prepared, with its number of examples: kept on ``device``
+        or streamed (module docstring: ``cache`` is "auto", True or False; ``cache_bytes``
+        the budget of "auto", default :data:`DEFAULT_CACHE_BYTES`). One pass over ``data``."""
+        if cache not in ("auto", True, False):
+            raise ConfigError(f"cache must be 'auto', True or False, got {cache!r}")
+        budget = DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes
+        if not (isinstance(budget, int) and budget >= 0):
+            raise ConfigError(f"cache_bytes must be a non-negative number of bytes, got {cache_bytes!r}")
+        kept: list[Any] | None = [] if cache is not False else None
+        counts, prints, size = [], [], 0
+        for raw in data:
+            batch = self.prepare(raw, device, dtype)
+            counts.append(self.count(batch))
+            prints.append(fingerprint(batch))
+            size += batch_bytes(batch)
+            if kept is not None:
+                kept.append(batch)
+                if cache == "auto" and size > budget:
+                    kept = None  # over the budget: drop what was kept and stream from here on
+        if not counts:
             raise ConfigError("data holds no batches")
-        return Prepared(self, batches, [self.count(b) for b in batches])
+        if kept is not None:
+            return Prepared(self, kept, counts)
+        if iter(data) is data:  # type: ignore[comparison-overlap]
+            raise ConfigError(f"the data ({size / 2**20:.0f} MiB of batches) would have to be streamed, but it is a "
+                              "one-shot iterator that cannot be read again; pass a DataLoader or a list")
+        return Prepared(self, Streamed(self, data, device, dtype, prints), counts, streamed=True)
 
     def outputs_and_loss(self, state: dict[str, Tensor], batch: Any) -> tuple[Any, Tensor]:
         """(model outputs or None under ModelLoss, mean loss of the batch) at ``state``."""
@@ -185,13 +248,40 @@ class BatchLoss:
         return self.outputs_and_loss(state, batch)[1]
 
 
+class Streamed:
+    """The batches of a loader read again on every iteration and moved to the device one at
+    a time; each is checked against the fingerprint of the first pass (module docstring)."""
+
+    def __init__(self, loss: BatchLoss, data: Iterable[Any], device: torch.device, dtype: torch.dtype,
+                 prints: list[tuple]) -> None:
+        self.loss, self.data, self.device, self.dtype, self.prints = loss, data, device, dtype, prints
+
+    def __len__(self) -> int:
+        return len(self.prints)
+
+    def __iter__(self) -> Iterator[Any]:
+        i = -1
+        for i, raw in enumerate(self.data):
+            batch = self.loss.prepare(raw, self.device, self.dtype)
+            if i >= len(self.prints) or fingerprint(batch) != self.prints[i]:
+                raise ConfigError(f"the data yielded a different batch {i} on a later pass (a DataLoader with "
+                                  "shuffle=True, whose order changes on every pass even with a seeded generator, "
+                                  "or random augmentation?): a streamed analysis needs the same batches on every "
+                                  "pass")
+            yield batch
+        if i + 1 != len(self.prints):
+            raise ConfigError(f"the data yielded {i + 1} batches on a later pass, {len(self.prints)} on the first")
+
+
 @dataclass
 class Prepared:
-    """Batches on the model's device with their numbers of examples."""
+    """Batches on the model's device with their numbers of examples: a list, or
+    :class:`Streamed` (``streamed``) when they are read from the loader on every pass."""
 
     loss: BatchLoss
-    batches: list[Any]
+    batches: list[Any] | Streamed
     counts: list[int]
+    streamed: bool = False
 
     @property
     def n_examples(self) -> int:
@@ -199,7 +289,10 @@ class Prepared:
 
     def per_example(self) -> bool:
         """Whether every tensor of every batch holds the batch's examples along dim 0 (so
-        the examples can be joined and re-split)."""
+        the examples can be joined and re-split); never for streamed batches, which are used
+        as the loader gives them."""
+        if self.streamed:
+            return False
         return all(t.dim() > 0 and t.shape[0] == n for b, n in zip(self.batches, self.counts)
                    for t in tensor_leaves(b))
 
@@ -210,11 +303,29 @@ class Prepared:
                               "whose leading size is not its number of examples")
         return self.batches[0] if len(self.batches) == 1 else concat(self.batches)
 
-    def chunks(self, size: int | None) -> list[tuple[Any, int]]:
+    def pairs(self) -> Iterable[tuple[Any, int]]:
+        """(batch, examples) for every batch as given; re-iterable (streamed: read again on
+        every iteration)."""
+        return _Pairs(self.batches, self.counts)
+
+    def chunks(self, size: int | None) -> Iterable[tuple[Any, int]]:
         """(batch, examples) pairs of at most ``size`` examples each; the batches as given
-        when ``size`` is None or the examples cannot be re-split."""
+        when ``size`` is None or the examples cannot be re-split (always when streamed)."""
         if size is None or not self.per_example():
-            return list(zip(self.batches, self.counts))
+            return self.pairs() if self.streamed else list(zip(self.batches, self.counts))
         everything = self.joined()
         parts = [take(everything, slice(lo, lo + size)) for lo in range(0, self.n_examples, size)]
         return [(part, self.loss.count(part)) for part in parts]
+
+
+class _Pairs:
+    """Re-iterable (batch, count) pairs over batches that may be streamed."""
+
+    def __init__(self, batches: list[Any] | Streamed, counts: list[int]) -> None:
+        self.batches, self.counts = batches, counts
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        return zip(self.batches, self.counts)

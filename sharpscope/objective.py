@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.func import grad, grad_and_value, jvp, vmap
 
 from . import distributed as dist_utils
-from .batches import BatchLoss, higher_order_attention
+from .batches import BatchLoss, Streamed, higher_order_attention
 from .errors import ConfigError, NonFiniteLossError
 
 __all__ = ["Objective", "select_parameters", "parameter_groups", "biasbn_names", "eval_mode", "HVP_MODES"]
@@ -128,6 +128,19 @@ def _finite(t: Tensor, what: str) -> Tensor:
     return t
 
 
+class _Owned:
+    """(weight, batch) of the batches this rank evaluates, read from a streamed loader on
+    every iteration (the other ranks' batches are read and skipped)."""
+
+    def __init__(self, weights: list[float], batches: Streamed, owned: Iterable[int]) -> None:
+        self.weights, self.batches, self.owned = weights, batches, set(owned)
+
+    def __iter__(self) -> Iterator[tuple[float, Any]]:
+        for i, batch in enumerate(self.batches):
+            if i in self.owned:
+                yield self.weights[i], batch
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode inside the block; every module's own train/eval flag restored afterwards."""
@@ -150,12 +163,18 @@ class Objective:
             batches of any structure (see :mod:`sharpscope.batches`).
         data: an iterable of batches (a ``DataLoader``, a list): ``(inputs, targets)``
             pairs, inputs being a tensor or a pytree of tensors (a dict, a tuple), or any
-            structure under ``ModelLoss``. It is read once, moved to the model's device and
-            kept, so every evaluation sees the same batches in the same order.
+            structure under ``ModelLoss``. Every evaluation sees the same batches in the
+            same order: read once and kept on the model's device, or, when they take more
+            than ``cache_bytes``, streamed from the loader on every pass and checked to be
+            the same batches (:meth:`sharpscope.batches.BatchLoss.read`).
         params: which parameters theta holds (see :func:`select_parameters`).
         hvp_mode: one of ``HVP_MODES``.
         reuse_graph_max_examples: ``"auto"`` reuses the double-backward graph up to this
-            many examples in total.
+            many examples in total (never when streaming: the graph would hold every batch).
+        cache: ``"auto"`` (keep the batches up to ``cache_bytes``, else stream), ``True``
+            (keep) or ``False`` (stream).
+        cache_bytes: the budget of ``"auto"``; default
+            :data:`sharpscope.batches.DEFAULT_CACHE_BYTES` (1 GiB).
     """
 
     def __init__(
@@ -167,6 +186,8 @@ class Objective:
         hvp_mode: str = "auto",
         reuse_graph_max_examples: int = 4096,
         distributed: bool | None = None,
+        cache: bool | str = "auto",
+        cache_bytes: int | None = None,
     ) -> None:
         if hvp_mode not in HVP_MODES:
             raise ConfigError(f"hvp_mode must be one of {', '.join(HVP_MODES)}, got {hvp_mode!r}")
@@ -184,17 +205,24 @@ class Objective:
         self.sizes = [self.theta[n].numel() for n in self.names]
         self.n = sum(self.sizes)
         _check_finite(self.theta)
-        prepared = self.batch_loss.read(data, self.device, self.dtype)
-        self.batches: list[Any] = prepared.batches
+        prepared = self.batch_loss.read(data, self.device, self.dtype, cache, cache_bytes)
+        self.batches: list[Any] | Streamed = prepared.batches
+        self.streamed = prepared.streamed
         self.n_examples = prepared.n_examples
         self.weights = [c / self.n_examples for c in prepared.counts]
         # torch.distributed: every rank holds the same batches, evaluates its share (round
         # robin) and the sums are all-reduced, so every rank gets the single-process answer
         self.distributed = dist_utils.is_distributed() if distributed is None else bool(distributed)
         owned = dist_utils.shard(len(self.batches)) if self.distributed else range(len(self.batches))
-        self.own = [(self.weights[i], self.batches[i]) for i in owned]
+        self.own: Iterable[tuple[float, Any]] = (
+            _Owned(self.weights, self.batches, owned) if self.streamed
+            else [(self.weights[i], self.batches[i]) for i in owned])  # type: ignore[index]
+        if self.streamed and hvp_mode == "reuse-graph":
+            raise ConfigError("hvp_mode='reuse-graph' keeps the graph of every batch, which streamed data cannot "
+                              "afford; use 'forward-over-reverse' (or 'auto'), or cache=True")
         if hvp_mode == "auto":
-            hvp_mode = "reuse-graph" if self.n_examples <= reuse_graph_max_examples else "forward-over-reverse"
+            small = self.n_examples <= reuse_graph_max_examples and not self.streamed
+            hvp_mode = "reuse-graph" if small else "forward-over-reverse"
         self.hvp_mode = hvp_mode
         self._graph: list[tuple[Tensor, ...]] | None = None
         self._graph_leaves: list[Tensor] | None = None

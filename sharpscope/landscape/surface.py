@@ -71,8 +71,8 @@ CHUNK_CANDIDATES = (64, 256, 1024, 4096)
 
 def _image_inputs(prepared: Prepared) -> bool:
     """(inputs, targets) batches whose inputs are 4-D image tensors."""
-    return not prepared.loss.takes_model and all(isinstance(b[0], Tensor) and b[0].dim() == 4
-                                                  for b in prepared.batches)
+    return not prepared.loss.takes_model and not prepared.streamed and all(
+        isinstance(b[0], Tensor) and b[0].dim() == 4 for b in prepared.batches)
 
 
 def _class_indices(outputs: Any, targets: Any) -> bool:
@@ -361,13 +361,16 @@ def surface(
     xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray | None = None, *,
     center: dict[str, Tensor] | None = None, kind: str = "random", options: dict[str, Any] | None = None,
     chunk_size: int | None = None, resume_path: str | Path | None = None, save_every: int = 100,
-    on_point: Callable[[int, float, float], None] | None = None,
+    on_point: Callable[[int, float, float], None] | None = None, cache: bool | str = "auto",
+    cache_bytes: int | None = None,
 ) -> SurfaceResult:
     """Loss and accuracy over the grid ``xs`` (x ``ys``) along ``directions`` (1 or 2).
 
     ``center`` defaults to the model's parameters. With ``resume_path``, progress is saved
     there (atomically, every ``save_every`` points) and an interrupted call with the same
-    grid, directions and options continues where it stopped.
+    grid, directions and options continues where it stopped. ``cache``/``cache_bytes``: keep
+    the batches on the device or stream them (:meth:`sharpscope.batches.BatchLoss.read`;
+    streamed batches are used as the loader gives them, without re-chunking).
     """
     require_grid_memory(len(xs) * (1 if ys is None else len(ys)))
     start = time.perf_counter()
@@ -422,7 +425,7 @@ def surface(
             on_point(k, lv, av)
 
     first = done.copy()
-    prepared = _read(model, loss_fn, data)
+    prepared = _read(model, loss_fn, data, cache, cache_bytes)
     new_loss, new_acc = evaluate_points(model, loss_fn, prepared, point, len(coords), chunk_size=chunk_size, done=first,
                                         on_point=record)
     fresh = ~first & ~np.isnan(new_loss)  # includes the points other ranks computed
@@ -434,19 +437,22 @@ def surface(
                          options=opts, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start)
 
 
-def _read(model: nn.Module, loss_fn: LossFn, data: Iterable[Any]) -> Prepared:
+def _read(model: nn.Module, loss_fn: LossFn, data: Iterable[Any], cache: bool | str = "auto",
+          cache_bytes: int | None = None) -> Prepared:
     first = next(iter(model.parameters()))
-    return BatchLoss(model, loss_fn).read(data, first.device, first.dtype)
+    return BatchLoss(model, loss_fn).read(data, first.device, first.dtype, cache, cache_bytes)
 
 
 def interpolate(
     model_a: nn.Module, model_b: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]],
     alphas: Sequence[float] | np.ndarray, *, buffers: str = "interpolate", chunk_size: int | None = None,
     name_a: str = "A", name_b: str = "B", on_point: Callable[[int, float, float], None] | None = None,
+    cache: bool | str = "auto", cache_bytes: int | None = None,
 ) -> SurfaceResult:
     """Loss and accuracy along theta(alpha) = (1 - alpha) theta_A + alpha theta_B
     (Goodfellow, Vinyals, Saxe 2015), alpha = 0 at A. ``buffers="interpolate"`` also
-    interpolates floating-point buffers (BN running statistics); ``"keep"`` uses A's."""
+    interpolates floating-point buffers (BN running statistics); ``"keep"`` uses A's.
+    ``cache``/``cache_bytes`` as in :func:`surface`."""
     require_grid_memory(len(alphas))
     if buffers not in ("interpolate", "keep"):
         raise ConfigError(f"buffers must be 'interpolate' or 'keep', got {buffers!r}")
@@ -468,7 +474,7 @@ def interpolate(
         bufs = {n: (ba[n] + a * (bb[n].to(ba[n].device) - ba[n]) if ba[n].is_floating_point() else ba[n]) for n in ba}
         return params, bufs
 
-    prepared = _read(model_a, loss_fn, data)
+    prepared = _read(model_a, loss_fn, data, cache, cache_bytes)
     loss, acc = evaluate_points(model_a, loss_fn, prepared, point, len(alphas), chunk_size=chunk_size,
                                 on_point=on_point)
     return SurfaceResult(xs=alphas, ys=None, loss=loss, accuracy=acc, kind="interpolation",
