@@ -222,11 +222,28 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer.step()
         self._opt_called = True  # tells torch LR schedulers that this optimizer has stepped
 
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:  # type: ignore[override]
-        """One full SAM update; ``closure`` computes forward + backward and returns the loss."""
+    # GradScaler.step(sam) calls step() itself (with ``grad_scale`` and ``found_inf`` set)
+    # instead of skipping it on an inf, so SAM can always put the weights back to w.
+    _step_supports_amp_scaling = True
+
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
+        """One full SAM update; ``closure`` computes forward + backward and returns the loss.
+
+        Under mixed precision, ``scaler.step(sam)`` (a ``torch.amp.GradScaler``) is SAM's
+        second step: after ``scaler.scale(loss).backward()`` at w, :meth:`first_step` (the
+        perturbation is invariant to the gradient's scale, so the scaled gradient gives the
+        same e) and ``scaler.scale(perturbed_loss).backward()`` at w + e, it unscales the
+        gradient and calls :meth:`second_step`, or, when the scaler found an inf or NaN in
+        it, puts the weights back to w and skips the update; then call ``scaler.update()``.
+        Without a closure outside a scaler it raises, after putting the weights back to w.
+        """
+        found_inf = getattr(self, "found_inf", None)
+        if closure is None and found_inf is not None:
+            return self._scaled_second_step(getattr(self, "grad_scale", None), found_inf)
         if closure is None:
-            raise ConfigError("SAM.step needs a closure that runs forward and backward; "
-                              "or call first_step() and second_step() yourself")
+            self.unperturb()  # never leave w + e behind
+            raise ConfigError("SAM.step needs a closure that runs forward and backward; or call first_step() and "
+                              "second_step() yourself (with a GradScaler: first_step(), then scaler.step(sam))")
         self.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = closure()
@@ -235,6 +252,26 @@ class SAM(torch.optim.Optimizer):
             closure()
         self.second_step()
         return loss
+
+    @torch.no_grad()
+    def _scaled_second_step(self, grad_scale: torch.Tensor | None, found_inf: torch.Tensor) -> None:
+        """The second step as ``GradScaler.step`` asks for it (see :meth:`step`)."""
+        if not any("old_p" in self.state[w] for g in self.param_groups for w in g["params"]):
+            for name in ("found_inf", "grad_scale"):  # GradScaler removes them only when step() returns
+                self.__dict__.pop(name, None)
+            raise ConfigError("scaler.step(sam) is SAM's second step: call sam.first_step() after the first scaled "
+                              "backward pass, then backward at w + e, then scaler.step(sam)")
+        if float(found_inf) > 0:  # an inf or NaN at w or at w + e: back to w, no update
+            self.unperturb()
+            return None
+        if grad_scale is not None:  # the scaler did not unscale: divide here (sparse gradients too)
+            inv = 1.0 / float(grad_scale)
+            for g in self.param_groups:
+                for w in g["params"]:
+                    if w.grad is not None:
+                        w.grad.mul_(inv)
+        self.second_step()
+        return None
 
     # -- helpers ---------------------------------------------------------------------
     def _dual_norm(self) -> torch.Tensor:

@@ -25,6 +25,17 @@ class StepResult:
     loss: torch.Tensor      # mean loss of the batch at w (0-dim, detached)
     outputs: torch.Tensor   # model outputs at w (detached)
     perturbed_loss: torch.Tensor | None  # mean loss at w + e (SAM only)
+    skipped: bool = False   # mixed precision: an inf/NaN gradient, the weights left at w, no update
+
+
+def _autocast(model: nn.Module, dtype: torch.dtype | None) -> Any:
+    """``torch.autocast`` on the model's device type, or nothing when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ConfigError(f"autocast runs in bfloat16 or float16, got {dtype}")
+    device = next((w.device for w in model.parameters()), torch.device("cpu"))
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def sam_step(
@@ -37,6 +48,8 @@ def sam_step(
     second_order: bool = False,
     loss_scale: float = 1.0,
     sync_first_pass: bool = True,
+    autocast: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> StepResult:
     """One training step with SAM (or a plain step if ``optimizer`` is not a :class:`SAM`).
 
@@ -57,6 +70,16 @@ def sam_step(
     L(w + e_hat(w)), i.e. SAM's gradient plus (d e_hat / dw)^T grad L|_{w + e_hat} (see
     :func:`sharpscope.sharpness.sam_gradient_cosine`), at the cost of one double backward.
 
+    Mixed precision: ``autocast`` (``torch.bfloat16`` or ``torch.float16``) runs every forward
+    pass under ``torch.autocast``; the weights, gradients, perturbation and optimizer state
+    stay in the parameters' dtype. ``scaler`` (a ``torch.amp.GradScaler``, needed for
+    float16) scales every loss that is back-propagated. e is computed from the scaled
+    gradient, which gives the same e (e is invariant to the gradient's scale); the update's
+    gradient is unscaled by the scaler, and when it holds an inf or NaN (from either pass)
+    the weights go back to w and the update is skipped (``skipped``), as GradScaler skips a
+    plain step; BatchNorm statistics follow the same policy as in float32. ``scaler.update()``
+    is called here. Second-order SAM is not supported under mixed precision.
+
     ``inputs`` is a tensor or any pytree of tensors (a dict, a tuple), passed to the model as
     one argument; ``targets`` a tensor (or pytree) whose leading size is the batch size.
 
@@ -69,6 +92,9 @@ def sam_step(
     if m is not None and m < 1:
         raise ConfigError(f"m must be a positive number of examples, got {m}")
     if second_order:
+        if autocast is not None or scaler is not None:
+            raise ConfigError("second-order SAM does not run under mixed precision (its double backward would "
+                              "be taken in reduced precision); train it in float32")
         with higher_order_attention():
             return _second_order_step(model, loss_fn, inputs, targets, optimizer, m)
     if (loss_scale != 1.0 or not sync_first_pass) and m is not None:
@@ -76,34 +102,61 @@ def sam_step(
     if not sync_first_pass and not callable(getattr(model, "no_sync", None)):
         raise ConfigError("sync_first_pass=False needs a DistributedDataParallel model (its no_sync() keeps "
                           f"the first pass rank-local); got a {type(model).__name__}")
+    amp = _autocast(model, autocast)
 
     def backward(loss: torch.Tensor) -> None:
-        (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+        loss = loss * loss_scale if loss_scale != 1.0 else loss
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def forward(x: Any, y: Any) -> tuple[Any, torch.Tensor]:
+        with amp:
+            out = model(x)
+            return out, loss_fn(out, y)
 
     optimizer.zero_grad(set_to_none=True)
     if not isinstance(optimizer, SAM):
-        outputs = model(inputs)
-        loss = loss_fn(outputs, targets)
+        outputs, loss = forward(inputs, targets)
         backward(loss)
-        optimizer.step()
-        return StepResult(loss.detach(), outputs.detach(), None)
+        if scaler is None:
+            optimizer.step()
+            return StepResult(loss.detach(), outputs.detach(), None)
+        return StepResult(loss.detach(), outputs.detach(), None, _scaler_step(scaler, optimizer))
 
     uses_gradient = optimizer.perturbation_uses_gradient
     if m is None or m >= batch:
         if uses_gradient:
             with (contextlib.nullcontext() if sync_first_pass else model.no_sync()):
-                outputs = model(inputs)
-                loss = loss_fn(outputs, targets)
+                outputs, loss = forward(inputs, targets)
                 backward(loss)
         else:
-            outputs, loss = _clean_forward(model, loss_fn, inputs, targets)
+            with amp:
+                outputs, loss = _clean_forward(model, loss_fn, inputs, targets)
         optimizer.first_step(zero_grad=True)
         with frozen_bn_stats(model):
-            perturbed = loss_fn(model(inputs), targets)
+            perturbed = forward(inputs, targets)[1]
             backward(perturbed)
-        optimizer.second_step()
-        return StepResult(loss.detach(), outputs.detach(), perturbed.detach())
+        if scaler is None:
+            optimizer.second_step()
+            return StepResult(loss.detach(), outputs.detach(), perturbed.detach())
+        skipped = _scaler_step(scaler, optimizer)  # SAM.step under the scaler: second step or back to w
+        return StepResult(loss.detach(), outputs.detach(), perturbed.detach(), skipped)
+    return _m_sam_step(model, loss_fn, inputs, targets, optimizer, m, batch, forward, scaler)
 
+
+def _scaler_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """``scaler.step`` then ``scaler.update``; True when the step was skipped (the scale fell)."""
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() < before
+
+
+def _m_sam_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: Any,
+                targets: Any, optimizer: SAM, m: int, batch: int,
+                forward: Callable[[Any, Any], tuple[Any, torch.Tensor]],
+                scaler: torch.amp.GradScaler | None) -> StepResult:
+    """m-SAM (see :func:`sam_step`): one perturbation per chunk of ``m`` examples."""
+    uses_gradient = optimizer.perturbation_uses_gradient
     params = [w for g in optimizer.param_groups for w in g["params"] if w.requires_grad]
     grad_sum: list[torch.Tensor | None] = [None] * len(params)
     bns = bn_modules(model)
@@ -114,11 +167,11 @@ def sam_step(
         x, y = take(inputs, slice(lo, lo + m)), take(targets, slice(lo, lo + m))
         weight = leading_size(y, "targets") / batch
         if uses_gradient:
-            outputs = model(x)
-            loss = loss_fn(outputs, y)
-            loss.backward()
+            outputs, loss = forward(x, y)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
         else:
-            outputs, loss = _clean_forward(model, loss_fn, x, y)
+            with torch.no_grad():
+                outputs, loss = forward(x, y)
         with torch.no_grad():  # collect this chunk's running-stat update, then rewind
             for b, acc in zip(bns, bn_sum):
                 for k in acc:
@@ -126,8 +179,8 @@ def sam_step(
         _bn_restore(bns, start)
         optimizer.first_step(zero_grad=True)
         with frozen_bn_stats(model):
-            perturbed = loss_fn(model(x), y)
-            perturbed.backward()
+            perturbed = forward(x, y)[1]
+            (scaler.scale(perturbed) if scaler is not None else perturbed).backward()
         optimizer.unperturb()
         with torch.no_grad():
             for i, w in enumerate(params):
@@ -146,8 +199,18 @@ def sam_step(
             for k, total in acc.items():
                 b._buffers[k].copy_((total / n_chunks).to(b._buffers[k].dtype)
                                     if k != "num_batches_tracked" else b._buffers[k] + 1)
-    optimizer.base_step()
-    return StepResult(torch.stack(losses).sum(), torch.cat(outs), torch.stack(perturbed_losses).sum())
+    skipped = False
+    if scaler is None:
+        optimizer.base_step()
+    else:  # the summed chunk gradients are unscaled by the scaler; an inf or NaN skips the update
+        before = scaler.get_scale()
+        scaler.unscale_(optimizer)
+        finite = all(bool(torch.isfinite(w.grad).all()) for w in params if w.grad is not None)
+        if finite:
+            optimizer.base_step()
+        scaler.update()
+        skipped = scaler.get_scale() < before or not finite
+    return StepResult(torch.stack(losses).sum(), torch.cat(outs), torch.stack(perturbed_losses).sum(), skipped)
 
 
 def _clean_forward(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
