@@ -54,6 +54,8 @@ SEED_RANGE = (0, 2**63 - 1)  # what torch generators take
 # log(classes) has diverged (a run that learns stays below about 1x; 100x means logits off
 # by hundreds), even while every number is still finite.
 DIVERGED_FACTOR = 100.0
+# --amp: the autocast dtype of each choice (None: float32 throughout)
+AMP_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -85,6 +87,7 @@ class TrainConfig:
     augment: bool | None = None  # None: random crop + flip for CIFAR, off otherwise
     device: str = "cpu"
     second_order: bool = False  # SAM with the full gradient of L(w + e_hat(w))
+    amp: str | None = None  # mixed precision: "bf16" (autocast) or "fp16" (autocast and a GradScaler)
     sync_perturbation: bool = False  # several ranks: one perturbation from the global gradient
     track: list[str] = field(default_factory=list)  # names from TRACKABLE
     track_every: int = 1
@@ -130,6 +133,11 @@ class TrainConfig:
             raise ConfigError("m (m-SAM) needs --optimizer sam, asam or rsam")
         if self.second_order and (self.optimizer != "sam" or self.p != 2 or self.m is not None):
             raise ConfigError("--second-order needs --optimizer sam with p = 2 and no m")
+        if self.amp not in AMP_DTYPES:
+            raise ConfigError(f"--amp must be bf16 or fp16, got {self.amp!r}")
+        if self.amp is not None and self.second_order:
+            raise ConfigError("--second-order runs in float32 only (its double backward in reduced precision would "
+                              "not be the second-order gradient); drop --amp")
         unknown = sorted(set(self.track) - set(TRACKABLE))
         if unknown:
             raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(TRACKABLE)}")
@@ -367,7 +375,9 @@ def _append_metrics(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-_SUMS = ("loss", "correct", "loss_clean", "correct_clean", "perturbed_loss", "count", "seconds")
+_SUMS = ("loss", "correct", "loss_clean", "correct_clean", "perturbed_loss", "count", "perturbed_count", "skipped",
+         "seconds")
+_LOCAL_SUMS = ("skipped", "seconds")  # the same on every rank (or this rank's own): not all-reduced
 
 
 def train(
@@ -417,6 +427,8 @@ def train(
     model = build_model(model_spec).to(device)
     _check_fits(model, data)
     optimizer = _make_optimizer(config, model)
+    autocast = AMP_DTYPES[config.amp]
+    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     y_clean = data.y_train_clean.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
@@ -430,11 +442,18 @@ def train(
     if raw is not None:
         model.load_state_dict(raw["model_state"])
         optimizer.load_state_dict(raw["optimizer_state"])
+        saved_scaler = (raw.get("metadata") or {}).get("scaler_state")
+        if scaler is not None and saved_scaler:
+            scaler.load_state_dict(saved_scaler)
         prog = raw["progress"]
         state.epoch, state.step, state.batch_in_epoch = prog["epoch"], prog["step"], prog["batch_in_epoch"]
         metrics = list(raw.get("metrics") or [])
         if main:  # the saved sums are global (all ranks'); the other ranks restart theirs at 0
-            sums.update(raw.get("partial") or {})
+            partial = raw.get("partial") or {}
+            sums.update(partial)
+            sums.setdefault("perturbed_count", 0.0)
+            if partial and "perturbed_count" not in partial:  # saved before AMP: every step counted
+                sums["perturbed_count"] = partial.get("count", 0.0)
         _set_rng_state(raw.get("rng"), device)
         resumed_from = {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
         if main:
@@ -465,15 +484,16 @@ def train(
             progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch,
                       "finished": finished},
             rng=_rng_state(device), metrics=metrics,
-            partial=partial, world_size=world,
+            partial=partial, world_size=world, scaler_state=scaler.state_dict() if scaler is not None else None,
         )
 
     def reduced_sums() -> dict[str, float]:
         if world == 1:
             return sums
-        t = dist_utils.all_reduce_sum(torch.tensor([sums[k] for k in _SUMS], dtype=torch.float64))
-        out_sums = dict(zip(_SUMS, t.tolist()))
-        out_sums["seconds"] = sums["seconds"]
+        reduced = [k for k in _SUMS if k not in _LOCAL_SUMS]
+        t = dist_utils.all_reduce_sum(torch.tensor([sums[k] for k in reduced], dtype=torch.float64))
+        out_sums = dict(zip(reduced, t.tolist()))
+        out_sums.update({k: sums[k] for k in _LOCAL_SUMS})
         return out_sums
 
     ddp = None
@@ -519,12 +539,16 @@ def train(
                     # own gradient (m-SAM with m = per-rank batch); DDP averages the second pass, and
                     # the scale n_rank * world / n_batch makes that average size-weighted
                     result = sam_step(ddp, F.cross_entropy, xb, yb, optimizer, loss_scale=scale,
-                                      sync_first_pass=config.sync_perturbation)
+                                      sync_first_pass=config.sync_perturbation, autocast=autocast, scaler=scaler)
                     _average_bn_stats(model)
                 else:
                     result = sam_step(model, F.cross_entropy, xb, yb, optimizer, m=config.m,
-                                      second_order=config.second_order)
-                losses = [result.loss] + ([result.perturbed_loss] if result.perturbed_loss is not None else [])
+                                      second_order=config.second_order, autocast=autocast, scaler=scaler)
+                # a step the scaler skipped (inf/NaN gradient) left the weights at w: only the loss at w
+                # must be finite then (float16 overflow at w + e is what the scaler is for)
+                losses = [result.loss] + ([result.perturbed_loss] if result.perturbed_loss is not None
+                                          and not result.skipped else [])
+                sums["skipped"] += float(result.skipped)
                 if world > 1:  # every rank must take the same branch: agree on NaN and on stopping
                     flags = torch.tensor([float(not all(torch.isfinite(v) for v in losses)),
                                           float(state.stop_requested)])
@@ -541,19 +565,22 @@ def train(
                             f"(lr {lr:.4g}); stopped, {kept}; try a smaller --lr or --rho")
                 with torch.no_grad():  # one host sync for all the step's metrics
                     nb = idx.shape[0]
-                    pred = result.outputs.argmax(1)
+                    outputs = result.outputs.float() if autocast is not None else result.outputs
+                    pred = outputs.argmax(1)
                     loss = result.loss.double()
                     correct = (pred == y_train[idx]).sum().double()
                     if noisy:
-                        loss_clean = F.cross_entropy(result.outputs, y_clean[idx]).double()
+                        loss_clean = F.cross_entropy(outputs, y_clean[idx]).double()
                         correct_clean = (pred == y_clean[idx]).sum().double()
                     else:  # clean labels are the training labels
                         loss_clean, correct_clean = loss, correct
-                    perturbed = result.perturbed_loss.double() if result.perturbed_loss is not None else loss * 0
+                    perturbed = (result.perturbed_loss.double() if result.perturbed_loss is not None and
+                                 not result.skipped else loss * 0)
                     values = torch.stack([loss * nb, correct, loss_clean * nb, correct_clean, perturbed * nb]).tolist()
                     for key, value in zip(_SUMS, values):
                         sums[key] += value
                     sums["count"] += nb
+                    sums["perturbed_count"] += 0 if result.skipped else nb
                 state.step += 1
                 state.batch_in_epoch = b + 1
                 sums["seconds"] += time.perf_counter() - t0
@@ -574,8 +601,11 @@ def train(
                 "train_loss_clean": sums["loss_clean"] / count, "train_acc_clean": sums["correct_clean"] / count,
                 "test_loss": test_loss, "test_acc": test_acc, "epoch_time": sums["seconds"],
             }
-            if isinstance(optimizer, SAM):
-                record["perturbed_loss"] = sums["perturbed_loss"] / count
+            if isinstance(optimizer, SAM):  # over the steps not skipped (all of them in float32)
+                record["perturbed_loss"] = sums["perturbed_loss"] / max(1.0, sums["perturbed_count"])
+            if scaler is not None:
+                record["skipped_steps"] = int(sums["skipped"])
+                record["loss_scale"] = float(scaler.get_scale())
             _check_diverged(record, data.num_classes, f"the last good checkpoint {ckpt_path} is kept"
                             if ckpt_path.exists() else "no checkpoint had been written yet")
             state.epoch += 1
