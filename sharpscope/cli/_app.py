@@ -12,3 +12,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def _global_options(
+    threads: int = typer.Option(None, "--threads", help="torch threads for this process (default: the CPUs this "
+                                                        "process may use, from its affinity mask and CFS quota; "
+                                                        "or SHARPSCOPE_THREADS / OMP_NUM_THREADS)."),
+) -> None:
+    """Sharpness and loss-landscape analysis around SAM: train SGD/SAM/ASAM models, then measure them."""
+    from ..cpu import configure_threads
+    from ..errors import ConfigError
+
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be a positive number, got {threads}")
+    configure_threads(threads)

@@ -638,10 +638,9 @@ def _main_thread() -> bool:
 
 
 def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    from ..cpu import available_cores
+
+    return available_cores()
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""How many threads torch may use without oversubscribing the CPUs this process may run on.
+
+torch's default intra-op thread count is the number of physical cores of the machine. Two
+things make that too many:
+
+- a container or job scheduler gives the process fewer CPUs than the machine has: a CPU
+  affinity mask (``taskset``, Slurm, ``docker --cpuset-cpus``) or a CFS quota
+  (``docker --cpus``, Kubernetes limits; cgroup v2 ``cpu.max`` or v1
+  ``cpu.cfs_quota_us / cpu.cfs_period_us``);
+- several processes share the CPUs (``sweep --jobs``): each should get its share.
+
+Threads beyond the CPUs available spin and wait on each other; on 2 cores, two processes
+with 2 threads each ran 3-35x slower than one (``benchmarks/bench_threads.py`` measures
+it). :func:`available_cores` reads the affinity mask and the quota; :func:`configure_threads`
+sets torch's thread count to ``available_cores() // jobs`` unless the user chose one
+(``sharpscope --threads N``, or the environment variables ``SHARPSCOPE_THREADS`` or
+``OMP_NUM_THREADS``, which torch itself reads).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["available_cores", "cgroup_cpu_limit", "default_threads", "configure_threads", "THREADS_ENV"]
+
+THREADS_ENV = "SHARPSCOPE_THREADS"
+
+
+def cgroup_cpu_limit(root: str | os.PathLike[str] = "/sys/fs/cgroup") -> float | None:
+    """The CPUs a CFS quota allows (quota / period), or None without a quota: cgroup v2's
+    ``cpu.max`` ("max 100000" or "200000 100000"), else v1's ``cpu/cpu.cfs_quota_us`` (-1:
+    none) over ``cpu/cpu.cfs_period_us``."""
+    base = Path(root)
+    try:
+        text = (base / "cpu.max").read_text().split()
+    except OSError:
+        text = []
+    if len(text) == 2 and text[0] == "max":
+        return None
+    try:
+        if len(text) == 2 and float(text[1]) > 0:
+            return float(text[0]) / float(text[1])
+    except ValueError:  # unreadable: try cgroup v1
+        pass
+    try:
+        quota = float((base / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = float((base / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def available_cores() -> int:
+    """The CPUs this process may use: its affinity mask, capped by the CFS quota (rounded up)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
+
+
+def default_threads(jobs: int = 1) -> int:
+    """Threads per process when ``jobs`` processes share :func:`available_cores`."""
+    return max(1, available_cores() // max(1, jobs))
+
+
+def _from_env() -> int | None:
+    text = os.environ.get(THREADS_ENV)
+    if text is None or not text.strip():
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{THREADS_ENV} must be a positive number of threads, got {text!r}")
+    return value
+
+
+def configure_threads(threads: int | None = None, jobs: int = 1) -> int:
+    """Set torch's intra-op thread count and return it: ``threads`` when given, else
+    ``SHARPSCOPE_THREADS``, else torch's own choice when ``OMP_NUM_THREADS`` is set, else
+    :func:`default_threads` (``jobs``)."""
+    import torch
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive number, got {threads!r}")
+    chosen = threads or _from_env()
+    if chosen is None and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    chosen = chosen or default_threads(jobs)
+    if torch.get_num_threads() != chosen:
+        torch.set_num_threads(chosen)
+    return chosen

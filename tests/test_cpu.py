@@ -1,0 +1,69 @@
+"""Thread counts that cannot oversubscribe: the CPUs a process may use and --threads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sharpscope import cpu
+from sharpscope.errors import ConfigError
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _cgroup(tmp_path, v2: str | None = None, v1: tuple[str, str] | None = None):
+    if v2 is not None:
+        (tmp_path / "cpu.max").write_text(v2)
+    if v1 is not None:
+        (tmp_path / "cpu").mkdir()
+        (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(v1[0])
+        (tmp_path / "cpu" / "cpu.cfs_period_us").write_text(v1[1])
+    return tmp_path
+
+
+@pytest.mark.parametrize("v2,v1,want", [("max 100000\n", None, None), ("150000 100000\n", None, 1.5),
+                                        (None, ("-1", "100000"), None), (None, ("200000", "100000"), 2.0),
+                                        (None, None, None), ("garbage", ("50000", "100000"), 0.5)])
+def test_cgroup_quota(tmp_path, v2, v1, want):
+    assert cpu.cgroup_cpu_limit(_cgroup(tmp_path, v2, v1)) == want
+
+
+def test_available_cores_is_capped_by_the_quota(monkeypatch):
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(cpu, "cgroup_cpu_limit", lambda root="/sys/fs/cgroup": None)
+    assert cpu.available_cores() == 4 and cpu.default_threads(jobs=2) == 2 and cpu.default_threads(jobs=8) == 1
+    monkeypatch.setattr(cpu, "cgroup_cpu_limit", lambda root="/sys/fs/cgroup": 1.5)
+    assert cpu.available_cores() == 2
+
+
+def test_configure_threads_order_of_choice(monkeypatch, restore_threads):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(cpu.THREADS_ENV, raising=False)
+    monkeypatch.setattr(cpu, "available_cores", lambda: 3)
+    assert cpu.configure_threads() == 3 and torch.get_num_threads() == 3
+    assert cpu.configure_threads(jobs=2) == 1 and torch.get_num_threads() == 1
+    monkeypatch.setenv(cpu.THREADS_ENV, "2")
+    assert cpu.configure_threads() == 2 and torch.get_num_threads() == 2
+    assert cpu.configure_threads(1) == 1  # the explicit choice wins
+    monkeypatch.delenv(cpu.THREADS_ENV)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(2)
+    assert cpu.configure_threads() == 2  # the user's OMP_NUM_THREADS: torch's choice stands
+    for bad in ("0", "x", "-3"):
+        monkeypatch.setenv(cpu.THREADS_ENV, bad)
+        with pytest.raises(ConfigError, match=cpu.THREADS_ENV):
+            cpu.configure_threads()
+    with pytest.raises(ConfigError):
+        cpu.configure_threads(0)
+
+
+def test_cli_threads_option(cli, restore_threads):
+    code, _, err = cli(["--threads", "1", "info", "/nonexistent/missing.pt"])
+    assert code == 2 and "no such checkpoint" in err and torch.get_num_threads() == 1
+    code, _, err = cli(["--threads", "0", "info", "/nonexistent/missing.pt"])
+    assert code == 2 and "--threads must be a positive number" in err
