@@ -35,16 +35,24 @@ import time
 MODELS = ("cnn", "resnet20", "resnet56", "wrn16-4")
 
 
-def _median_time(fn, repeats: int) -> float:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def _median_time(fn, repeats: int, device: str = "cpu") -> float:
     times = []
     for _ in range(repeats):
+        _sync(device)
         t0 = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def worker(name: str, sizes: list[int], lanczos: bool, threads: int) -> dict:
+def worker(name: str, sizes: list[int], lanczos: bool, threads: int, device: str = "cpu") -> dict:
     """Every measurement of one model (runs in its own process)."""
     import resource
 
@@ -59,24 +67,24 @@ def worker(name: str, sizes: list[int], lanczos: bool, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = build_model({"name": name, "input_shape": [3, 32, 32], "num_classes": 10})
+    model = build_model({"name": name, "input_shape": [3, 32, 32], "num_classes": 10}).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(0)
 
     def data(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        x = torch.randn(n, 3, 32, 32, generator=gen)
-        y = torch.randint(0, 10, (n,), generator=gen)
+        x = torch.randn(n, 3, 32, 32, generator=gen).to(device)
+        y = torch.randint(0, 10, (n,), generator=gen).to(device)
         return [(x[i:i + 256], y[i:i + 256]) for i in range(0, n, 256)]
 
-    out: dict = {"model": name, "parameters": n_params, "threads": threads, "gradient_s": {}}
+    out: dict = {"model": name, "parameters": n_params, "threads": threads, "device": device, "gradient_s": {}}
     for n in sizes:
         obj = Objective(model, F.cross_entropy, data(n), hvp_mode="forward-over-reverse")
         obj.grad()  # warm-up (allocator, kernels)
-        out["gradient_s"][n] = _median_time(obj.grad, 1 if n > sizes[0] else 2)
+        out["gradient_s"][n] = _median_time(obj.grad, 1 if n > sizes[0] else 2, device)
         if n == sizes[0]:
-            v = torch.randn(obj.n, generator=gen)
+            v = torch.randn(obj.n, generator=gen).to(device)
             obj.hvp(v)
-            out["hvp_s"] = _median_time(lambda: obj.hvp(v), 2)
+            out["hvp_s"] = _median_time(lambda: obj.hvp(v), 2, device)
             if lanczos:
                 t0 = time.perf_counter()
                 res = hessian.eigenvalues(obj, k=5, tol=1e-3, seed=0)
@@ -87,21 +95,23 @@ def worker(name: str, sizes: list[int], lanczos: bool, threads: int) -> dict:
             batches = data(n)
             evaluate_points(model, F.cross_entropy, batches, lambda k: (params, None), 1, chunk_size=256)
             t = _median_time(lambda: evaluate_points(model, F.cross_entropy, batches, lambda k: (params, None), 2,
-                                                     chunk_size=256), 2)
+                                                     chunk_size=256), 2, device)
             out["surface_points_per_s"] = 2 / t
     x, y = data(128)[0]
     step_times = {}
     for kind, m in (("sgd", None), ("sam", None), ("msam", 16)):
         torch.manual_seed(0)
-        net = build_model({"name": name, "input_shape": [3, 32, 32], "num_classes": 10})
+        net = build_model({"name": name, "input_shape": [3, 32, 32], "num_classes": 10}).to(device)
         opt = (torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9) if kind == "sgd"
                else SAM(net.parameters(), torch.optim.SGD, rho=0.05, lr=0.01, momentum=0.9))
         sam_step(net, F.cross_entropy, x, y, opt, m=m)  # warm-up
-        step_times[kind] = _median_time(lambda: sam_step(net, F.cross_entropy, x, y, opt, m=m), 3)
+        step_times[kind] = _median_time(lambda: sam_step(net, F.cross_entropy, x, y, opt, m=m), 3, device)
     out["step_s"] = step_times
     out["sam_over_sgd"] = step_times["sam"] / step_times["sgd"]
     out["msam_over_sgd"] = step_times["msam"] / step_times["sgd"]
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.startswith("cuda"):
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
@@ -124,6 +134,7 @@ def main() -> None:
     parser.add_argument("--grow", default="cnn,resnet20", help="models timed at every size")
     parser.add_argument("--lanczos", default="cnn,resnet20", help="models whose Lanczos top-5 is run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: available cores)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (times then synchronize the GPU)")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -134,16 +145,18 @@ def main() -> None:
     if args.worker:
         grow = args.worker in args.grow.split(",")
         print(json.dumps(worker(args.worker, sizes if grow else sizes[:1], args.worker in args.lanczos.split(","),
-                                args.threads)))
+                                args.threads, args.device)))
         return
     import torch
-    print(f"sharpscope bench_scale: torch {torch.__version__}, {args.threads} threads, CPU "
-          f"({os.cpu_count()} logical CPUs); synthetic 3x32x32 inputs, batches of 256")
+    where = (torch.cuda.get_device_name(0) if args.device.startswith("cuda") else
+             f"CPU ({os.cpu_count()} logical CPUs)")
+    print(f"sharpscope bench_scale: torch {torch.__version__}, {args.threads} threads, {where}; synthetic "
+          "3x32x32 inputs, batches of 256")
     results = []
     start = time.perf_counter()
     for name in args.models.split(","):
         cmd = [sys.executable, __file__, "--worker", name, "--sizes", args.sizes, "--grow", args.grow,
-               "--lanczos", args.lanczos, "--threads", str(args.threads)]
+               "--lanczos", args.lanczos, "--threads", str(args.threads), "--device", args.device]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
@@ -159,7 +172,8 @@ def main() -> None:
               if "lanczos_top5_s" in r else "-")
         print(f"{r['model']:<10} {r['parameters']:>9,} {r['gradient_s'][n0]:>8.2f} "
               f"{r['hvp_s'] / r['gradient_s'][n0]:>9.2f} {lz:>15} {r['sam_over_sgd']:>8.2f} "
-              f"{r['msam_over_sgd']:>9.2f} {r['surface_points_per_s']:>10.2f} {r['peak_rss_mb']:>12.0f}")
+              f"{r['msam_over_sgd']:>9.2f} {r['surface_points_per_s']:>10.2f} {r['peak_rss_mb']:>12.0f}"
+              + (f"  GPU peak {r['peak_gpu_mb']:.0f} MB" if "peak_gpu_mb" in r else ""))
     print(f"(idle process with torch imported: {_idle_rss(args.threads):.0f} MB peak RSS; * = not converged)")
     grads = [r["gradient_s"][n0] for r in results]
     if len(results) > 1:
