@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..batches import higher_order_attention, leading_size, take
+from ..batches import higher_order_attention, leading_size
 from ..errors import ConfigError
-from .bn import _bn_restore, _bn_snapshot, bn_modules, frozen_bn_stats
+from .bn import frozen_bn_stats
+from .msam import m_sam_loop, m_sam_vmapped, vmappable
+from .result import StepResult
 from .sam import SAM
 
 __all__ = ["sam_step", "StepResult"]
-
-
-@dataclass
-class StepResult:
-    """What one training step saw at the unperturbed weights (for metrics)."""
-
-    loss: torch.Tensor      # mean loss of the batch at w (0-dim, detached)
-    outputs: torch.Tensor   # model outputs at w (detached)
-    perturbed_loss: torch.Tensor | None  # mean loss at w + e (SAM only)
-    skipped: bool = False   # mixed precision: an inf/NaN gradient, the weights left at w, no update
 
 
 def _autocast(model: nn.Module, dtype: torch.dtype | None) -> Any:
@@ -50,6 +41,7 @@ def sam_step(
     sync_first_pass: bool = True,
     autocast: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    vectorize: bool | None = None,
 ) -> StepResult:
     """One training step with SAM (or a plain step if ``optimizer`` is not a :class:`SAM`).
 
@@ -79,6 +71,12 @@ def sam_step(
     the weights go back to w and the update is skipped (``skipped``), as GradScaler skips a
     plain step; BatchNorm statistics follow the same policy as in float32. ``scaler.update()``
     is called here. Second-order SAM is not supported under mixed precision.
+
+    ``vectorize`` (m-SAM): compute all chunks at once with ``torch.func.vmap``
+    (:func:`~sharpscope.optim.msam.m_sam_vmapped`; the same step to float rounding, 1.5-2x
+    faster than the loop on small CNNs) instead of one chunk at a time. ``None`` (default)
+    vectorizes whenever it can (:func:`~sharpscope.optim.msam.vmappable`), ``False`` always
+    loops, ``True`` refuses a step it cannot vectorize.
 
     ``inputs`` is a tensor or any pytree of tensors (a dict, a tuple), passed to the model as
     one argument; ``targets`` a tensor (or pytree) whose leading size is the batch size.
@@ -140,7 +138,13 @@ def sam_step(
             return StepResult(loss.detach(), outputs.detach(), perturbed.detach())
         skipped = _scaler_step(scaler, optimizer)  # SAM.step under the scaler: second step or back to w
         return StepResult(loss.detach(), outputs.detach(), perturbed.detach(), skipped)
-    return _m_sam_step(model, loss_fn, inputs, targets, optimizer, m, batch, forward, scaler)
+    if vectorize is not False and vmappable(model, inputs, targets, optimizer, m, batch, autocast, scaler):
+        return m_sam_vmapped(model, loss_fn, inputs, targets, optimizer, m)
+    if vectorize:
+        raise ConfigError("vectorize=True: this m-SAM step cannot be vectorized (it needs m dividing the batch, "
+                          "tensor inputs and targets, SAM's or ASAM's own perturbation, dense gradients and no "
+                          "mixed precision)")
+    return m_sam_loop(model, loss_fn, inputs, targets, optimizer, m, batch, forward, scaler)
 
 
 def _scaler_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
@@ -149,68 +153,6 @@ def _scaler_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer)
     scaler.step(optimizer)
     scaler.update()
     return scaler.get_scale() < before
-
-
-def _m_sam_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], inputs: Any,
-                targets: Any, optimizer: SAM, m: int, batch: int,
-                forward: Callable[[Any, Any], tuple[Any, torch.Tensor]],
-                scaler: torch.amp.GradScaler | None) -> StepResult:
-    """m-SAM (see :func:`sam_step`): one perturbation per chunk of ``m`` examples."""
-    uses_gradient = optimizer.perturbation_uses_gradient
-    params = [w for g in optimizer.param_groups for w in g["params"] if w.requires_grad]
-    grad_sum: list[torch.Tensor | None] = [None] * len(params)
-    bns = bn_modules(model)
-    start = _bn_snapshot(bns)
-    bn_sum = [{k: torch.zeros_like(v, dtype=torch.float64) for k, v in s.items()} for s in start]
-    losses, perturbed_losses, outs = [], [], []
-    for lo in range(0, batch, m):
-        x, y = take(inputs, slice(lo, lo + m)), take(targets, slice(lo, lo + m))
-        weight = leading_size(y, "targets") / batch
-        if uses_gradient:
-            outputs, loss = forward(x, y)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-        else:
-            with torch.no_grad():
-                outputs, loss = forward(x, y)
-        with torch.no_grad():  # collect this chunk's running-stat update, then rewind
-            for b, acc in zip(bns, bn_sum):
-                for k in acc:
-                    acc[k] += b._buffers[k].double()
-        _bn_restore(bns, start)
-        optimizer.first_step(zero_grad=True)
-        with frozen_bn_stats(model):
-            perturbed = forward(x, y)[1]
-            (scaler.scale(perturbed) if scaler is not None else perturbed).backward()
-        optimizer.unperturb()
-        with torch.no_grad():
-            for i, w in enumerate(params):
-                if w.grad is None:
-                    continue
-                grad_sum[i] = w.grad * weight if grad_sum[i] is None else grad_sum[i].add_(w.grad, alpha=weight)
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach() * weight)
-        perturbed_losses.append(perturbed.detach() * weight)
-        outs.append(outputs.detach())
-    n_chunks = len(outs)
-    with torch.no_grad():
-        for w, g in zip(params, grad_sum):
-            w.grad = g
-        for b, acc in zip(bns, bn_sum):
-            for k, total in acc.items():
-                b._buffers[k].copy_((total / n_chunks).to(b._buffers[k].dtype)
-                                    if k != "num_batches_tracked" else b._buffers[k] + 1)
-    skipped = False
-    if scaler is None:
-        optimizer.base_step()
-    else:  # the summed chunk gradients are unscaled by the scaler; an inf or NaN skips the update
-        before = scaler.get_scale()
-        scaler.unscale_(optimizer)
-        finite = all(bool(torch.isfinite(w.grad).all()) for w in params if w.grad is not None)
-        if finite:
-            optimizer.base_step()
-        scaler.update()
-        skipped = scaler.get_scale() < before or not finite
-    return StepResult(torch.stack(losses).sum(), torch.cat(outs), torch.stack(perturbed_losses).sum(), skipped)
 
 
 def _clean_forward(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
