@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="steps per method per round")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--layouts", action="store_true", help="also SAM with a channels-last model and batch, and "
+                                                           "SAM through torch.compile (compiled in the warm-up)")
     args = ap.parse_args()
 
     import json
@@ -51,7 +53,9 @@ def main() -> None:
     sgd_kw = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
 
     methods = {}
-    for name in ("sgd", "sam", "rsam", f"m-sam (m={m})", f"m-sam loop (m={m})", f"sgd in {args.batch_size // m} chunks"):
+    names = ["sgd", "sam", "rsam", f"m-sam (m={m})", f"m-sam loop (m={m})", f"sgd in {args.batch_size // m} chunks"]
+    names += ["sam channels-last", "sam compiled"] if args.layouts else []
+    for name in names:
         model = copy.deepcopy(base)
         if name.startswith("sgd"):
             opt = torch.optim.SGD(model.parameters(), **sgd_kw)
@@ -59,6 +63,10 @@ def main() -> None:
             opt = RSAM(model.parameters(), torch.optim.SGD, rho=0.05, **sgd_kw)
         else:
             opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, **sgd_kw)
+        if name == "sam channels-last":
+            model = model.to(memory_format=torch.channels_last)
+        if name == "sam compiled":
+            model = torch.compile(model)
         methods[name] = (model, opt, m if "m-sam" in name else None)
 
     def run(name: str, steps: int) -> float:
@@ -68,6 +76,8 @@ def main() -> None:
         t0 = time.perf_counter()
         for s in range(steps):
             x, y = batches[s % len(batches)]
+            if name == "sam channels-last":
+                x = x.contiguous(memory_format=torch.channels_last)
             if "chunks" in name:  # the floor of a chunked loop: one SGD pass per chunk of m examples
                 for lo in range(0, x.shape[0], m):
                     sam_step(model, F.cross_entropy, x[lo:lo + m], y[lo:lo + m], opt)

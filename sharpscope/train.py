@@ -88,6 +88,8 @@ class TrainConfig:
     device: str = "cpu"
     second_order: bool = False  # SAM with the full gradient of L(w + e_hat(w))
     amp: str | None = None  # mixed precision: "bf16" (autocast) or "fp16" (autocast and a GradScaler)
+    channels_last: bool = False  # image models and inputs in channels-last memory format
+    compile: bool = False  # the training steps run a torch.compile'd model (evaluation stays eager)
     sync_perturbation: bool = False  # several ranks: one perturbation from the global gradient
     track: list[str] = field(default_factory=list)  # names from TRACKABLE
     track_every: int = 1
@@ -426,10 +428,17 @@ def train(
     model_spec = _model_spec(config, data)
     model = build_model(model_spec).to(device)
     _check_fits(model, data)
+    channels_last = config.channels_last and len(data.input_shape) == 3
+    if config.channels_last and not channels_last:
+        raise ConfigError("--channels-last needs image data (C, H, W)")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = _make_optimizer(config, model)
     autocast = AMP_DTYPES[config.amp]
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    if channels_last:
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
     y_clean = data.y_train_clean.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     n_train = x_train.shape[0]
@@ -507,6 +516,7 @@ def train(
                                           device_ids=[device.index] if device.type == "cuda" else None)
 
     model.train()
+    stepped = torch.compile(model) if config.compile else model  # shares the parameters and buffers
     if config.track:
         from .tracking import TrackingCallback
         rho = config.effective_rho if config.optimizer != "sgd" else DEFAULT_RHO["sam"]
@@ -527,6 +537,8 @@ def train(
                 if augment:
                     cpu_idx = idx.cpu()
                     xb = _augment(xb, plan["shift"][cpu_idx].to(device), plan["flip"][cpu_idx].to(device))
+                if channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
                 lr = learning_rate(config, state.step, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -542,7 +554,7 @@ def train(
                                       sync_first_pass=config.sync_perturbation, autocast=autocast, scaler=scaler)
                     _average_bn_stats(model)
                 else:
-                    result = sam_step(model, F.cross_entropy, xb, yb, optimizer, m=config.m,
+                    result = sam_step(stepped, F.cross_entropy, xb, yb, optimizer, m=config.m,
                                       second_order=config.second_order, autocast=autocast, scaler=scaler)
                 # a step the scaler skipped (inf/NaN gradient) left the weights at w: only the loss at w
                 # must be finite then (float16 overflow at w + e is what the scaler is for)

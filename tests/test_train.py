@@ -231,3 +231,29 @@ def test_mixed_precision_trains_and_resumes_bit_for_bit(tmp_path, amp):
         TrainConfig(**dict(SMALL, amp=amp, second_order=True))
     with pytest.raises(ConfigError, match="bf16 or fp16"):
         TrainConfig(**dict(SMALL, amp="fp8"))
+
+
+def test_channels_last_trains_the_same_run(tmp_path):
+    """Channels-last only changes the memory layout: after one epoch (5 steps) the weights equal
+    the contiguous run's to float32 rounding of the other convolution kernels (1e-4 relative)."""
+    cfg = dict(SMALL, epochs=1, model_kwargs={**SMALL["model_kwargs"], "dropout": 0.0})
+    train(TrainConfig(**cfg), tmp_path / "plain")
+    train(TrainConfig(**dict(cfg, channels_last=True)), tmp_path / "cl")
+    a, b = _weights(tmp_path / "plain" / "checkpoint.pt"), _weights(tmp_path / "cl" / "checkpoint.pt")
+    for k in a:
+        torch.testing.assert_close(b[k].contiguous(), a[k], rtol=1e-4, atol=1e-5, msg=k)
+    with pytest.raises(ConfigError, match="image data"):
+        train(TrainConfig(optimizer="sgd", model="mlp", data="synthetic", epochs=1, channels_last=True), tmp_path / "x")
+
+
+@pytest.mark.slow
+def test_compiled_steps_train_the_same_run(tmp_path):
+    """--compile runs the steps through torch.compile (inductor): the same run to float32
+    rounding of the fused kernels after one epoch (1e-4 relative)."""
+    cfg = dict(optimizer="sam", model="mlp", model_kwargs={"hidden": [16]}, data="synthetic", epochs=1,
+               batch_size=64, keep_snapshots=False)
+    train(TrainConfig(**cfg), tmp_path / "eager")
+    train(TrainConfig(**dict(cfg, compile=True)), tmp_path / "compiled")
+    a, b = _weights(tmp_path / "eager" / "checkpoint.pt"), _weights(tmp_path / "compiled" / "checkpoint.pt")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)

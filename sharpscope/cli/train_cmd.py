@@ -46,6 +46,10 @@ def train_command(
                                       "(keeps (d e_hat/dw)^T grad L; one extra double backward per step)."),
     amp: Optional[str] = typer.Option(None, "--amp", help="Mixed precision: bf16 (autocast) or fp16 (autocast and "
                                                            "a gradient scaler; inf/NaN steps are skipped)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Image models and batches in channels-last "
+                                       "memory format (faster convolutions on many CPUs and GPUs)."),
+    compile_model: bool = typer.Option(False, "--compile", help="Run the training steps through torch.compile "
+                                       "(tens of seconds to compile; pays on long runs)."),
     track: str = typer.Option("", help="Track during training, comma-separated: gradcos, lambda_max, "
                                        "trace, m_sharpness (written to metrics.jsonl, plotted to tracking.png)."),
     track_every: int = typer.Option(1, "--track-every", help="Track every N epochs."),
@@ -80,7 +84,7 @@ def train_command(
             batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
             schedule=schedule, warmup_epochs=warmup, rho=rho, p=parse_p(p), eta=eta, m=m, seed=seed,
             checkpoint_every=checkpoint_every, keep_snapshots=snapshots, augment=augment, device=device,
-            second_order=second_order, amp=amp, track=[t.strip() for t in track.split(",") if t.strip()],
+            second_order=second_order, amp=amp, channels_last=channels_last, compile=compile_model, track=[t.strip() for t in track.split(",") if t.strip()],
             track_every=track_every, track_samples=track_samples, sync_perturbation=sync_perturbation,
         )
     result = train(config, out, resume=resume,

@@ -108,12 +108,13 @@ def vmappable(model: nn.Module, inputs: Any, targets: Any, optimizer: torch.opti
               autocast: torch.dtype | None, scaler: Any) -> bool:
     """Whether :func:`m_sam_vmapped` can take this step: m divides the batch, tensor inputs and
     targets, SAM's or ASAM's own perturbation rule (not a variant's), no mixed precision, no
-    module that makes sparse gradients."""
+    module that makes sparse gradients, not a ``torch.compile`` wrapper."""
     sparse = any(getattr(mod, "sparse", False) for mod in model.modules()
                  if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)))
+    compiled = hasattr(model, "_orig_mod")  # torch.compile's wrapper: vmap does not go through dynamo
     return (isinstance(optimizer, SAM) and type(optimizer)._perturbation is SAM._perturbation
             and isinstance(inputs, torch.Tensor) and isinstance(targets, torch.Tensor) and batch % m == 0
-            and autocast is None and scaler is None and not sparse)
+            and autocast is None and scaler is None and not sparse and not compiled)
 
 
 def chunk_perturbations(optimizer: SAM, named: list[tuple[str, torch.Tensor]],
