@@ -128,7 +128,8 @@ def trace(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Ite
     obj = _objective(model, loss_fn, data, params, hvp_mode)
     op = obj.operator()
     fn = linalg.hutchpp if method == "hutch++" else linalg.hutchinson
-    res = fn(op, n_matvecs=n_matvecs, seed=seed)
+    block = obj.hvp_block_size()  # batched products in blocks whose memory stays within a budget
+    res = fn(op, n_matvecs=n_matvecs, seed=seed, block_size=block if method == "hutch++" else (block or 1))
     return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method,
                        n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n,
                        n_examples=obj.n_examples)

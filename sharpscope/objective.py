@@ -46,6 +46,7 @@ from .errors import ConfigError, NonFiniteLossError
 __all__ = ["Objective", "select_parameters", "parameter_groups", "biasbn_names", "eval_mode", "HVP_MODES"]
 
 HVP_MODES = ("auto", "forward-over-reverse", "reuse-graph")
+DEFAULT_BLOCK_BYTES = 512 * 2**20  # extra memory a block of batched HVPs may take (hvp_block_size)
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -226,6 +227,7 @@ class Objective:
         self.hvp_mode = hvp_mode
         self._graph: list[tuple[Tensor, ...]] | None = None
         self._graph_leaves: list[Tensor] | None = None
+        self._activation_bytes: int | None = None
         self.n_hvp = 0
         self.n_grad = 0
         self.on_hvp: Callable[[int], None] | None = None  # called with the number of products done
@@ -337,6 +339,47 @@ class Objective:
                 total.add_(self.flatten(hv))
             cols.append(total)
         return cols[0] if v.dim() == 1 else torch.stack(cols, dim=1)
+
+    def hvp_block_size(self, budget_bytes: int = DEFAULT_BLOCK_BYTES) -> int | None:
+        """Columns per block of a batched product (:meth:`hvp` with an (n, b) block) that keep its
+        extra memory near ``budget_bytes``; None (no limit) in reuse-graph mode, which multiplies
+        one column at a time anyway.
+
+        A vmapped forward-over-reverse product carries, per column, a tangent and a
+        cotangent of every activation of the largest batch besides the shared primal pass:
+        per column ~ 3 x (the bytes of every module output on that batch) + 2 x the
+        parameters. The activations are measured once with forward hooks on the largest
+        batch (an estimate: fused kernels and views need less, some nonlinearities save more).
+        """
+        if self.hvp_mode == "reuse-graph":
+            return None
+        if budget_bytes < 1:
+            raise ConfigError(f"budget_bytes must be positive, got {budget_bytes}")
+        if self._activation_bytes is None:
+            self._activation_bytes = self._measure_activation_bytes()
+        per_column = 3 * self._activation_bytes + 2 * self.n * self.theta[self.names[0]].element_size()
+        return max(1, int(budget_bytes // max(1, per_column)))
+
+    def _measure_activation_bytes(self) -> int:
+        """The bytes of every module output in one forward pass of the largest batch."""
+        largest = max(range(len(self.weights)), key=lambda i: self.weights[i])
+        batch = next(b for i, b in enumerate(self.batches) if i == largest)
+        total = 0
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            nonlocal total
+            for t in torch.utils._pytree.tree_leaves(output):
+                if isinstance(t, Tensor):
+                    total += t.numel() * t.element_size()
+
+        handles = [m.register_forward_hook(hook) for m in self.model.modules()]
+        try:
+            with eval_mode(self.model), torch.no_grad():
+                self._batch_loss(self.theta, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        return total
 
     def release(self) -> None:
         """Drop the cached double-backward graph (reuse-graph mode)."""

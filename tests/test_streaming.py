@@ -104,3 +104,26 @@ def test_fingerprint_sees_reordered_examples_and_labels():
     assert fingerprint(b) == fingerprint(loss.prepare((x.clone(), y.clone()), torch.device("cpu"), torch.float64))
     assert fingerprint(b) != fingerprint((x, y.flip(0)))  # same examples, labels moved
     assert fingerprint(b) != fingerprint((x[:7], y[:7]))
+
+
+def test_hvp_block_size_follows_the_memory_budget():
+    """Per column ~ 3 x the activations of the largest batch + 2 x the parameters (float64
+    here): the MLP's outputs per example are 8 + 8 + 3 values, the largest batch 16 examples."""
+    model, loader = _model(), _loader()
+    obj = Objective(model, F.cross_entropy, loader, hvp_mode="forward-over-reverse")
+    per_column = 3 * (16 * (8 + 8 + 3 + 3) * 8) + 2 * obj.n * 8  # Sequential's own output counted too
+    assert obj.hvp_block_size(budget_bytes=10 * per_column) == 10
+    assert obj.hvp_block_size(budget_bytes=1) == 1
+    assert Objective(model, F.cross_entropy, loader, hvp_mode="reuse-graph").hvp_block_size() is None
+    with pytest.raises(ConfigError):
+        obj.hvp_block_size(budget_bytes=0)
+
+
+def test_trace_is_the_same_whatever_the_block_size(monkeypatch):
+    from sharpscope import objective
+    model, loader = _model(), _loader()
+    whole = hessian.trace(model, F.cross_entropy, loader, n_matvecs=30, seed=1, hvp_mode="forward-over-reverse")
+    monkeypatch.setattr(objective, "DEFAULT_BLOCK_BYTES", 1)  # one column per product
+    monkeypatch.setattr(objective.Objective.hvp_block_size, "__defaults__", (1,))
+    single = hessian.trace(model, F.cross_entropy, loader, n_matvecs=30, seed=1, hvp_mode="forward-over-reverse")
+    assert single.trace == pytest.approx(whole.trace, rel=1e-10) and single.n_hvp == whole.n_hvp
