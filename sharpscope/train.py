@@ -39,7 +39,8 @@ from .checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
 from .data import DataSpec, Dataset, load_dataset
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .models import build_model, make_factory_spec, make_model_spec
-from .optim import RSAM, SAM, bn_modules, sam_step
+from .optim import RSAM, SAM, asam_groups, bn_modules, sam_step
+from .optim.asam import ASAM_RULES
 
 __all__ = ["TrainConfig", "TrainResult", "Callback", "train", "learning_rate", "OPTIMIZERS", "TRACKABLE"]
 
@@ -80,6 +81,7 @@ class TrainConfig:
     rho: float | None = None  # None: 0.05 for SAM and RSAM, 0.5 for ASAM (Kwon et al.)
     p: float = 2.0
     eta: float = 0.01
+    asam_rule: str = "official"  # which parameters ASAM scales by |w| + eta (sharpscope.optim.asam)
     m: int | None = None
     seed: int = 0
     checkpoint_every: int = 1
@@ -135,6 +137,8 @@ class TrainConfig:
             raise ConfigError("m (m-SAM) needs --optimizer sam, asam or rsam")
         if self.second_order and (self.optimizer != "sam" or self.p != 2 or self.m is not None):
             raise ConfigError("--second-order needs --optimizer sam with p = 2 and no m")
+        if self.asam_rule not in ASAM_RULES:
+            raise ConfigError(f"--asam-rule must be one of {', '.join(ASAM_RULES)}, got {self.asam_rule!r}")
         if self.amp not in AMP_DTYPES:
             raise ConfigError(f"--amp must be bf16 or fp16, got {self.amp!r}")
         if self.amp is not None and self.second_order:
@@ -155,6 +159,8 @@ class TrainConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        if d.get("optimizer") == "asam" and "asam_rule" not in d:  # saved before the official rule
+            d = {**d, "asam_rule": "all"}
         return cls(**d)
 
     def data_spec(self) -> DataSpec:
@@ -300,8 +306,8 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     if config.optimizer == "rsam":  # its own stream: seeding with config.seed would replay the init's draws
         return RSAM(model.parameters(), torch.optim.SGD, rho=config.effective_rho, p=config.p,
                     seed=_stream_seed(config.seed, "rsam"), **sgd)
-    return SAM(model.parameters(), torch.optim.SGD, rho=config.effective_rho, p=config.p,
-               adaptive=config.optimizer == "asam", eta=config.eta, **sgd)
+    params = asam_groups(model, config.eta, config.asam_rule) if config.optimizer == "asam" else model.parameters()
+    return SAM(params, torch.optim.SGD, rho=config.effective_rho, p=config.p, eta=config.eta, **sgd)
 
 
 @torch.no_grad()

@@ -359,3 +359,41 @@ def test_sync_first_pass_without_ddp_is_a_config_error():
     x = torch.randn(4, 6, dtype=torch.float64); y = torch.randint(0, 3, (4,))
     with pytest.raises(ConfigError, match="DistributedDataParallel"):
         sam_step(net, F.cross_entropy, x, y, opt, sync_first_pass=False)
+
+
+def test_official_asam_scales_only_parameters_named_weight():
+    """SamsungLabs/ASAM's ascent step: T = |w| + eta for parameters whose name contains
+    'weight' (linear and batch-norm scales), T = 1 for biases; e = rho T^2 g / ||T g||_2 with
+    the norm over every parameter (its 1e-16 added to the norm changes e by < 1e-15 here)."""
+    from sharpscope.optim import asam_groups
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    rho, eta = 0.5, 0.01
+    opt = SAM(asam_groups(model, eta=eta), torch.optim.SGD, rho=rho, lr=0.1)
+    F.cross_entropy(model(x), y).backward()
+    named = list(model.named_parameters())
+    w0 = {n: w.detach().clone() for n, w in named}
+    scale = {n: (w.detach().abs() + eta if "weight" in n else torch.ones_like(w)) for n, w in named}
+    tg = {n: scale[n] * w.grad for n, w in named}
+    norm = torch.sqrt(sum((t ** 2).sum() for t in tg.values()))
+    opt.first_step()
+    for n, w in named:
+        torch.testing.assert_close(w.detach() - w0[n], rho * scale[n] * tg[n] / norm, rtol=1e-12, atol=1e-15)
+    assert {n for n, _ in named if "weight" in n} == {"0.weight", "1.weight", "3.weight"}
+    everything = asam_groups(model, eta=eta, rule="all")
+    assert len(everything) == 1 and everything[0]["adaptive"] and len(everything[0]["params"]) == len(named)
+    with pytest.raises(ConfigError, match="ASAM rule"):
+        asam_groups(model, rule="weights")
+
+
+def test_asam_runs_saved_before_the_official_rule_keep_their_rule():
+    from sharpscope.train import TrainConfig
+
+    old = TrainConfig(optimizer="asam").to_dict()
+    old.pop("asam_rule")
+    assert TrainConfig.from_dict(old).asam_rule == "all"
+    assert TrainConfig(optimizer="asam").asam_rule == "official"
+    with pytest.raises(ConfigError, match="asam-rule"):
+        TrainConfig(optimizer="asam", asam_rule="bias")

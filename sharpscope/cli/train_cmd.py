@@ -44,6 +44,8 @@ def train_command(
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N or auto."),
     second_order: bool = typer.Option(False, "--second-order", help="SAM with the full gradient "
                                       "(keeps (d e_hat/dw)^T grad L; one extra double backward per step)."),
+    asam_rule: str = typer.Option("official", "--asam-rule", help="ASAM: 'official' scales only parameters named "
+                                  "weight by |w| + eta, as SamsungLabs/ASAM does; 'all' scales every parameter."),
     amp: Optional[str] = typer.Option(None, "--amp", help="Mixed precision: bf16 (autocast) or fp16 (autocast and "
                                                            "a gradient scaler; inf/NaN steps are skipped)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Image models and batches in channels-last "
@@ -84,7 +86,7 @@ def train_command(
             batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
             schedule=schedule, warmup_epochs=warmup, rho=rho, p=parse_p(p), eta=eta, m=m, seed=seed,
             checkpoint_every=checkpoint_every, keep_snapshots=snapshots, augment=augment, device=device,
-            second_order=second_order, amp=amp, channels_last=channels_last, compile=compile_model, track=[t.strip() for t in track.split(",") if t.strip()],
+            second_order=second_order, asam_rule=asam_rule, amp=amp, channels_last=channels_last, compile=compile_model, track=[t.strip() for t in track.split(",") if t.strip()],
             track_every=track_every, track_samples=track_samples, sync_perturbation=sync_perturbation,
         )
     result = train(config, out, resume=resume,

@@ -3,9 +3,10 @@ variants over SAM's two steps: :mod:`.rsam`)."""
 
 from __future__ import annotations
 
+from .asam import asam_groups
 from .bn import bn_modules, frozen_bn_stats
 from .rsam import RSAM
 from .sam import SAM
 from .step import StepResult, sam_step
 
-__all__ = ["SAM", "RSAM", "sam_step", "frozen_bn_stats", "bn_modules", "StepResult"]
+__all__ = ["SAM", "RSAM", "sam_step", "frozen_bn_stats", "bn_modules", "StepResult", "asam_groups"]

@@ -1,0 +1,41 @@
+"""ASAM's parameter groups: which parameters get the adaptive scale T_w = |w| + eta.
+
+Kwon et al. (ICML 2021, "ASAM: Adaptive Sharpness-Aware Minimization") perturb within the
+ellipsoid ||T_w^-1 e||_p <= rho, which for p = 2 gives e = rho T_w^2 g / ||T_w g||. Their
+official code (SamsungLabs/ASAM, ``asam.py``, ``ascent_step``) applies T_w only to
+parameters whose name contains ``weight`` (convolution and linear weights, and batch-norm
+scales, which are named ``weight`` too); biases keep T = 1, and the norm ||T g|| runs over all
+of them. The paper's rho = 0.5 was tuned with that rule.
+
+- ``rule="official"`` (the default of ``--optimizer asam``): that rule;
+- ``rule="all"``: every parameter scaled (sharpscope's rule before it followed the official
+  code, kept for runs made with it).
+
+The groups go straight into :class:`~sharpscope.optim.SAM` (one global norm over the groups,
+each with its own T).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["asam_groups", "ASAM_RULES"]
+
+ASAM_RULES = ("official", "all")
+
+
+def asam_groups(model: nn.Module, eta: float = 0.01, rule: str = "official") -> list[dict[str, Any]]:
+    """SAM parameter groups for ASAM under ``rule`` (module docstring); empty groups are left out."""
+    if rule not in ASAM_RULES:
+        raise ConfigError(f"ASAM rule must be one of {', '.join(ASAM_RULES)}, got {rule!r}")
+    named = [(n, w) for n, w in model.named_parameters() if w.requires_grad]
+    if rule == "all":
+        return [{"params": [w for _, w in named], "adaptive": True, "eta": eta}]
+    scaled = [w for n, w in named if "weight" in n]
+    plain = [w for n, w in named if "weight" not in n]
+    groups = [{"params": scaled, "adaptive": True, "eta": eta}, {"params": plain, "adaptive": False, "eta": eta}]
+    return [g for g in groups if g["params"]]
