@@ -108,3 +108,30 @@ def test_auto_vectorizes_only_what_it_can():
     with pytest.raises(ConfigError, match="cannot be vectorized"):
         sam_step(model, F.cross_entropy, x, y, sam, m=8, vectorize=True)
     sam_step(model, F.cross_entropy, x, y, sam, m=8)  # auto: the loop takes the uneven chunks
+
+
+class _Counter(nn.Module):
+    """A module with buffers that are not BatchNorm's: m-SAM must leave them alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("offset", torch.full((1,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.offset
+
+
+def test_buffers_other_than_batch_norm_are_untouched():
+    torch.manual_seed(0)
+    a = nn.Sequential(_Counter(), nn.Flatten(), nn.Linear(64, 10), nn.BatchNorm1d(10))
+    b = nn.Sequential(_Counter(), nn.Flatten(), nn.Linear(64, 10), nn.BatchNorm1d(10))
+    b.load_state_dict(a.state_dict())
+    opt_a = SAM(a.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+    opt_b = SAM(b.parameters(), torch.optim.SGD, rho=0.05, lr=0.1)
+    x, y = _batch()
+    sam_step(a, F.cross_entropy, x, y, opt_a, m=8, vectorize=False)
+    sam_step(b, F.cross_entropy, x, y, opt_b, m=8, vectorize=True)
+    assert int(b[0].steps) == 0 and float(b[0].offset) == 0.5 and int(b[3].num_batches_tracked) == 1
+    for (name, wa), wb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(wb, wa, rtol=1e-5, atol=1e-6, msg=name)

@@ -184,10 +184,13 @@ def m_sam_vmapped(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tenso
     shifted = {n: theta[n].unsqueeze(0) + e[n] for n in theta}
     g_sam, (perturbed, _) = vmap(step, in_dims=(0, 0, 0, 0), randomness="different")(shifted, per_chunk_buffers(),
                                                                                        xs, ys)
+    bn_ids = {id(b) for mod in bn_modules(model) for b in mod._buffers.values() if b is not None}
     with torch.no_grad():
         for n, w in named:
             w.grad = g_sam[n].mean(0)
-        for n, b in model.named_buffers():
+        for n, b in model.named_buffers():  # BatchNorm's, as the loop does; other buffers untouched
+            if id(b) not in bn_ids:
+                continue
             if b.is_floating_point():
                 b.copy_(clean_buffers[n].double().mean(0).to(b.dtype))
             else:  # num_batches_tracked: one step
