@@ -1,7 +1,16 @@
-"""sharpscope's curvature estimates side by side with hessian-eigenthings 1.0 (alpha), in one process.
+"""sharpscope's curvature estimates side by side with hessian-eigenthings 1.0 (alpha) and
+curvlinops 3, in one process.
 
     pip install --no-deps "hessian-eigenthings==1.0.0a5"     # benchmark only, never a dependency
+    pip install --no-deps "curvlinops-for-pytorch==3.0.1" backpack-for-pytorch einops opt-einsum \
+        einconv linear_operator jaxtyping tqdm                # --no-deps: its torchvision pin would
+                                                              # replace the CPU torch with a CUDA build
     python benchmarks/bench_peers_curvature.py --threads 2
+
+curvlinops has no eigensolver of its own: its operator goes to ``scipy.sparse.linalg.eigsh``
+(ARPACK, ``tol=1e-4``) through ``to_scipy()``, as its documentation does; its trace is
+``hutchpp_trace`` and its density ``lanczos_approximate_spectrum`` (Papyan's smoothed
+Lanczos, 10 repeats of 80 steps), whose W1 distance is taken from the gridded density.
 
 Part 1, exact answers. A digits MLP (64-32-10, tanh, 2,410 parameters, trained a few epochs
 with SGD in this process) on 1,000 training examples given as a DataLoader with batches of
@@ -75,6 +84,55 @@ def _w1(nodes: np.ndarray, weights: np.ndarray, exact: np.ndarray) -> float:
     fa = np.concatenate([[0.0], np.cumsum(a_w)])[fa]
     fb = np.searchsorted(b_x, xs, side="right") / len(b_x)
     return float(np.sum(np.abs(fa - fb)[:-1] * np.diff(xs)))
+
+
+def _w1_grid(grid: np.ndarray, density: np.ndarray, exact: np.ndarray) -> float:
+    """Wasserstein-1 distance between a density on a regular grid and the exact spectrum."""
+    cdf = np.concatenate([[0.0], np.cumsum((density[1:] + density[:-1]) / 2 * np.diff(grid))])
+    cdf = cdf / cdf[-1]
+    xs = np.union1d(grid, np.sort(exact))
+    fa = np.interp(xs, grid, cdf, left=0.0, right=1.0)
+    fb = np.searchsorted(np.sort(exact), xs, side="right") / len(exact)
+    return float(np.sum(np.abs(fa - fb)[:-1] * np.diff(xs)))
+
+
+def _curvlinops_rows(model: torch.nn.Module, data, top5, lmin, tr, evals, rel) -> list[tuple]:
+    """curvlinops 3: eigsh on its operator, hutchpp_trace, lanczos_approximate_spectrum."""
+    import curvlinops
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = []
+
+    def op():
+        return curvlinops.HessianLinearOperator(model, torch.nn.CrossEntropyLoss(), params, data)
+
+    def counted(A):
+        sci = A.to_scipy()
+        calls = [0]
+
+        def mv(v):
+            calls[0] += 1 if v.ndim == 1 or v.shape[1] == 1 else v.shape[1]
+            return sci @ v
+        return LinearOperator(sci.shape, matvec=mv, matmat=mv, dtype=sci.dtype), calls
+
+    for what, which, k, want in (("top-5", "LA", 5, top5), ("lambda_min", "SA", 1, [lmin])):
+        A, calls = counted(op())
+        t0 = time.perf_counter()
+        vals = eigsh(A, k=k, which=which, tol=1e-4, return_eigenvectors=False)
+        vals = sorted(vals.tolist(), reverse=(which == "LA"))
+        rows.append(("curvlinops (scipy eigsh)", what, calls[0], time.perf_counter() - t0, rel(vals, want)))
+    torch.manual_seed(0)
+    A = op()
+    t0 = time.perf_counter()
+    est = float(curvlinops.hutchpp_trace(A, num_matvecs=99))
+    rows.append(("curvlinops", "trace (Hutch++ 99)", 99, time.perf_counter() - t0, abs(est - tr) / abs(tr)))
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    grid, density = curvlinops.lanczos_approximate_spectrum(op(), ncv=80, num_repeats=10)
+    rows.append(("curvlinops", "density W1", "800+", time.perf_counter() - t0,  # + eigsh for the boundaries
+                 _w1_grid(np.asarray(grid), np.asarray(density), evals)))
+    return rows
 
 
 def part1(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -151,9 +209,13 @@ def part1(x: torch.Tensor, y: torch.Tensor) -> None:
         else:
             err = _w1(np.asarray(res.nodes).reshape(-1), np.asarray(res.weights).reshape(-1), evals)
         rows.append(("sharpscope", what, obj.n_hvp - before, wall, err))
+    try:
+        rows += _curvlinops_rows(model, loader, top5, lmin, tr, evals, rel)
+    except ImportError as err:
+        print(f"  (curvlinops not installed: {err})")
     print(f"  {'tool':<36}{'quantity':<20}{'HVPs':>6}{'wall s':>8}{'error':>11}")
     for r in rows:
-        print(f"  {r[0]:<36}{r[1]:<20}{r[2]:>6}{r[3]:>8.2f}{r[4]:>11.2e}")
+        print(f"  {r[0]:<36}{r[1]:<20}{str(r[2]):>6}{r[3]:>8.2f}{r[4]:>11.2e}")
     print("  errors: worst relative error (eigenvalues), relative error (trace), W1 distance to the exact "
           "spectrum (density; the spectrum spans "
           f"{evals[0]:.3g} .. {evals[-1]:.3g})")
@@ -189,7 +251,16 @@ def part2(x: torch.Tensor, y: torch.Tensor, repeats: int) -> None:
     print(f"\nPart 2: digits CNN, {obj.n:,} parameters, 1,024 examples in 8 batches of 128")
     print(f"  one product / one gradient: sharpscope {timed(lambda: obj.hvp(v)) / g:.2f}x, "
           f"hessian-eigenthings {timed(lambda: op.matvec(v)) / g:.2f}x")
-    results = {"sharpscope": [], "hessian-eigenthings": [], "hessian-eigenthings max_iter=100": []}
+    results = {"sharpscope": [], "hessian-eigenthings": [], "hessian-eigenthings max_iter=100": [],
+               "curvlinops (scipy eigsh)": []}
+    try:
+        import curvlinops
+        from scipy.sparse.linalg import LinearOperator, eigsh
+        cl_op = curvlinops.HessianLinearOperator(model, torch.nn.CrossEntropyLoss(),
+                                                 [p for p in model.parameters()], batches).to_scipy()
+    except ImportError:
+        cl_op = None
+        del results["curvlinops (scipy eigsh)"]
     for seed in range(repeats):
         before = obj.n_hvp
         t0 = time.perf_counter()
@@ -203,6 +274,18 @@ def part2(x: torch.Tensor, y: torch.Tensor, repeats: int) -> None:
             vals = sorted(r.eigenvalues.tolist(), reverse=True)
             results[label].append((cop.n, time.perf_counter() - t0,
                                    max(abs(a - b) / abs(b) for a, b in zip(vals, ref))))
+        if cl_op is not None:
+            calls = [0]
+
+            def mv(v, calls=calls):
+                calls[0] += 1
+                return cl_op @ v
+            t0 = time.perf_counter()
+            vals = sorted(eigsh(LinearOperator(cl_op.shape, matvec=mv, dtype=cl_op.dtype), k=5, which="LA", tol=1e-4,
+                                v0=np.random.default_rng(seed).standard_normal(cl_op.shape[0]),
+                                return_eigenvectors=False).tolist(), reverse=True)
+            results["curvlinops (scipy eigsh)"].append((calls[0], time.perf_counter() - t0,
+                                                        max(abs(a - b) / abs(b) for a, b in zip(vals, ref))))
     print(f"  top-5 eigenvalues, medians over {repeats} seeds (reference: float64 Lanczos to 1e-10)")
     print(f"  {'tool':<36}{'HVPs':>6}{'wall s':>8}{'error':>11}")
     for label, rs in results.items():
