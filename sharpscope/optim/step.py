@@ -73,8 +73,8 @@ def sam_step(
     is called here. Second-order SAM is not supported under mixed precision.
 
     ``vectorize`` (m-SAM): compute all chunks at once with ``torch.func.vmap``
-    (:func:`~sharpscope.optim.msam.m_sam_vmapped`; the same step to float rounding, 1.5-2x
-    faster than the loop on small CNNs) instead of one chunk at a time. ``None`` (default)
+    (:func:`~sharpscope.optim.msam.m_sam_vmapped`; the same step to float rounding, 1.1x
+    (digits CNN) to 1.9x (ResNet-20) faster than the loop on 2 CPU cores, BENCHMARKS.md) instead of one chunk at a time. ``None`` (default)
     vectorizes whenever it can (:func:`~sharpscope.optim.msam.vmappable`), ``False`` always
     loops, ``True`` refuses a step it cannot vectorize.
 
