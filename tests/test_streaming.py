@@ -121,9 +121,19 @@ def test_hvp_block_size_follows_the_memory_budget():
 
 def test_trace_is_the_same_whatever_the_block_size(monkeypatch):
     from sharpscope import objective
+    columns: list[int] = []
+    original = objective.Objective.hvp
+
+    def spy(self, v):
+        columns.append(1 if v.dim() == 1 else v.shape[1])
+        return original(self, v)
+
+    monkeypatch.setattr(objective.Objective, "hvp", spy)
     model, loader = _model(), _loader()
     whole = hessian.trace(model, F.cross_entropy, loader, n_matvecs=30, seed=1, hvp_mode="forward-over-reverse")
-    monkeypatch.setattr(objective, "DEFAULT_BLOCK_BYTES", 1)  # one column per product
-    monkeypatch.setattr(objective.Objective.hvp_block_size, "__defaults__", (1,))
+    assert max(columns) == 10  # Hutch++ phases of 10 columns, each in one block under the budget
+    columns.clear()
+    monkeypatch.setattr(objective.Objective.hvp_block_size, "__defaults__", (1,))  # a budget of 1 byte
     single = hessian.trace(model, F.cross_entropy, loader, n_matvecs=30, seed=1, hvp_mode="forward-over-reverse")
+    assert max(columns) == 1 and sum(columns) == 30
     assert single.trace == pytest.approx(whole.trace, rel=1e-10) and single.n_hvp == whole.n_hvp
