@@ -79,7 +79,7 @@ def test_a_bfloat16_step_is_the_float32_step_within_bfloat16_rounding(kind, m):
     error = torch.cat([(wb[i] - wa[i]).reshape(-1) for i in floats])
     assert delta.norm() > 0.1 and error.norm() / delta.norm() < 0.05  # measured 0.004-0.006
     for p in b.parameters():
-        assert p.dtype == torch.float32 and p.grad is None or p.grad.dtype == torch.float32
+        assert p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32)
 
 
 class _Blowup(nn.Module):
