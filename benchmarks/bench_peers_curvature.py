@@ -231,7 +231,7 @@ def part2(x: torch.Tensor, y: torch.Tensor, repeats: int) -> None:
     batches = [(xs[i:i + 128], ys[i:i + 128]) for i in range(0, 1024, 128)]
     ref = sh.eigenvalues(copy.deepcopy(model).double(), F.cross_entropy, [(b.double(), t) for b, t in batches], k=5,
                          tol=1e-10, seed=0).eigenvalues
-    obj = Objective(model, F.cross_entropy, batches, hvp_mode="forward-over-reverse")
+    obj = Objective(model, F.cross_entropy, batches)  # the default (auto) mode: reuse-graph at 1,024 examples
     op = he.HessianOperator(model, batches, he.supervised_loss(F.cross_entropy))
     v = torch.randn(obj.n)
 
