@@ -23,7 +23,7 @@ from .errors import (  # noqa: E402
     UnconvergedWarning,
 )
 from .batches import ModelLoss  # noqa: E402
-from .optim import RSAM, SAM, frozen_bn_stats, sam_step  # noqa: E402
+from .optim import GSAM, RSAM, SAM, WSAM, FriendlySAM, LookSAM, frozen_bn_stats, sam_step  # noqa: E402
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
 
 # Submodules reachable as attributes of the package, imported on first access.
@@ -36,6 +36,10 @@ __all__ = [
     "__version__",
     "SAM",
     "RSAM",
+    "GSAM",
+    "WSAM",
+    "LookSAM",
+    "FriendlySAM",
     "sam_step",
     "frozen_bn_stats",
     "save_checkpoint",

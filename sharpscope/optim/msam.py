@@ -112,7 +112,7 @@ def vmappable(model: nn.Module, inputs: Any, targets: Any, optimizer: torch.opti
     sparse = any(getattr(mod, "sparse", False) for mod in model.modules()
                  if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)))
     compiled = hasattr(model, "_orig_mod")  # torch.compile's wrapper: vmap does not go through dynamo
-    return (isinstance(optimizer, SAM) and type(optimizer)._perturbation is SAM._perturbation
+    return (type(optimizer) is SAM
             and isinstance(inputs, torch.Tensor) and isinstance(targets, torch.Tensor) and batch % m == 0
             and autocast is None and scaler is None and not sparse and not compiled)
 

@@ -24,8 +24,9 @@ second forward pass in :func:`frozen_bn_stats`.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -99,6 +100,45 @@ def _dual_vector(t: list[torch.Tensor], qnorm: torch.Tensor, rho: float, p: floa
     return [torch.sign(x) * torch.abs(x) ** (q - 1.0) * factor for x in t]
 
 
+_SAM_STATE_KEY = "sam_state"
+
+
+def _dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
+    """<x, y> over a list of tensors (one flat vector), accumulated in float64."""
+    if not xs:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack([(x.double() * y.double()).sum() for x, y in zip(xs, ys)]).sum()
+
+
+@contextlib.contextmanager
+def _substituted_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> Iterator[None]:
+    """``w.grad = g`` for the duration of the block (the original gradients are put back)."""
+    saved = [w.grad for w in params]
+    for w, g in zip(params, grads):
+        w.grad = g
+    try:
+        yield
+    finally:
+        for w, g in zip(params, saved):
+            w.grad = g
+
+
+def _weight_decayed_gradients(groups: list[dict[str, Any]]) -> contextlib.AbstractContextManager[None]:
+    """For groups with ``perturbation_weight_decay``: g + weight_decay * w in place of g while
+    the perturbation is computed (google-research/sam ``flax_training.py`` adds the L2 term to
+    the loss whose gradient sets e); other groups unchanged."""
+    params, grads = [], []
+    for group in groups:
+        wd = group.get("weight_decay", 0.0)
+        if not group.get("perturbation_weight_decay") or not wd:
+            continue
+        for w in group["params"]:
+            if w.grad is not None and not w.grad.is_sparse:
+                params.append(w)
+                grads.append(w.grad + wd * w.detach())
+    return _substituted_gradients(params, grads) if params else contextlib.nullcontext()
+
+
 class SAM(torch.optim.Optimizer):
     """SAM / ASAM around any base optimizer.
 
@@ -110,6 +150,11 @@ class SAM(torch.optim.Optimizer):
         p: the norm of the neighbourhood, any p > 1 or ``math.inf``.
         adaptive: ASAM's scale-invariant neighbourhood with ``T_w = |w| + eta``.
         eta: ASAM's offset (Kwon et al. use 0.01).
+        perturbation_weight_decay: set e from g + weight_decay * w, the gradient of the loss
+            plus its L2 term, as the official implementation does (google-research/sam
+            ``flax_training.py`` puts the L2 term in the loss it differentiates for e); the
+            default sets e from the loss's own gradient (davda54/sam), the base optimizer
+            applying the weight decay to the update only.
         **kwargs: passed to the base optimizer (lr, momentum, weight_decay, ...).
 
     Use either the two steps by hand::
@@ -127,6 +172,14 @@ class SAM(torch.optim.Optimizer):
     #: Whether the perturbation needs the gradient at w (:func:`sam_step` skips the first
     #: backward pass of a variant that sets this to False).
     perturbation_uses_gradient = True
+    #: Whether :meth:`first_step` keeps the gradient at w (``state[w]["clean_grad"]``) for
+    #: :meth:`_update_gradient` (GSAM, WSAM, LookSAM combine it with the gradient at w + e).
+    keeps_clean_gradient = False
+    #: Whether the variant's two steps can run per m-SAM chunk and under a ``GradScaler``
+    #: (its extra state is not chunk-wise, and a kept gradient would be the scaled one).
+    supports_m_and_scaler = True
+    #: Per-parameter state entries (in ``self.state[w]``) that :meth:`state_dict` saves.
+    _saved_state_keys: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -136,12 +189,14 @@ class SAM(torch.optim.Optimizer):
         p: float = 2.0,
         adaptive: bool = False,
         eta: float = 0.01,
+        perturbation_weight_decay: bool = False,
         **kwargs: Any,
     ) -> None:
         _check_hyper(rho, p, eta)
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
             raise ConfigError(f"base_optimizer must be a torch.optim.Optimizer class, got {base_optimizer!r}")
-        defaults = dict(rho=float(rho), p=float(p), adaptive=bool(adaptive), eta=float(eta), **kwargs)
+        defaults = dict(rho=float(rho), p=float(p), adaptive=bool(adaptive), eta=float(eta),
+                        perturbation_weight_decay=bool(perturbation_weight_decay), **kwargs)
         super().__init__(params, defaults)
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         self.param_groups = self.base_optimizer.param_groups
@@ -152,7 +207,7 @@ class SAM(torch.optim.Optimizer):
         goes to the base optimizer, whose ``param_groups`` SAM shares, so it gets its defaults)."""
         base = self.__dict__.get("base_optimizer")
         group = dict(param_group)
-        for key in ("rho", "p", "adaptive", "eta"):
+        for key in ("rho", "p", "adaptive", "eta", "perturbation_weight_decay"):
             group.setdefault(key, self.defaults[key])
         _check_hyper(group["rho"], group["p"], group["eta"])
         if any(_dual_exponent(g["p"]) != _dual_exponent(group["p"]) for g in self.param_groups):
@@ -173,7 +228,13 @@ class SAM(torch.optim.Optimizer):
         give a sparse e_hat: its entries are those of the gradient, the rest are zero, exactly
         as for the same gradient stored densely.
         """
-        norm, perturbations = self._perturbation()
+        if self.keeps_clean_gradient:
+            for group in self.param_groups:
+                for w in group["params"]:
+                    if w.grad is not None:
+                        self.state[w]["clean_grad"] = w.grad.detach().clone()
+        with _weight_decayed_gradients(self.param_groups):
+            norm, perturbations = self._perturbation()
         for params, e in perturbations:
             for w in params:
                 self.state[w]["old_p"] = w.detach().clone()
@@ -193,11 +254,28 @@ class SAM(torch.optim.Optimizer):
             if not params:
                 continue
             tg, scales = _scaled_gradients(params, group["adaptive"], group["eta"])
-            e = _dual_vector(tg, qnorm, group["rho"], group["p"])
+            e = _dual_vector(tg, qnorm, self._radius(group), group["p"])
             if group["adaptive"]:
                 torch._foreach_mul_(e, scales)
             out.append((params, e))
         return qnorm, out
+
+    def _radius(self, group: dict[str, Any]) -> float:
+        """The radius of this step's neighbourhood for ``group`` (SAM: its ``rho``; GSAM: a
+        value that follows the learning rate)."""
+        return group["rho"]
+
+    def perturbs_this_step(self) -> bool:
+        """Whether this step perturbs (two passes) or updates from the gradient at w alone (one
+        pass: LookSAM between its full steps). :func:`sam_step` and :meth:`step` ask it."""
+        return True
+
+    def _update_gradient(self) -> None:
+        """Turn ``.grad`` (the gradient at w + e, or at w on a step that did not perturb) into
+        the update's gradient, after the weights are back at w (SAM: unchanged)."""
+
+    def _after_base_step(self) -> None:
+        """Anything applied after the base optimizer's update (WSAM's decoupled sharpness step)."""
 
     @torch.no_grad()
     def unperturb(self) -> None:
@@ -212,7 +290,12 @@ class SAM(torch.optim.Optimizer):
     def second_step(self, zero_grad: bool = False) -> None:
         """Return to w and update it with the base optimizer using the gradient at w + e_hat."""
         self.unperturb()
+        self._update_gradient()
         self.base_step()
+        self._after_base_step()
+        for group in self.param_groups:
+            for w in group["params"]:
+                self.state[w].pop("clean_grad", None)
         if zero_grad:
             self.zero_grad()
 
@@ -247,6 +330,9 @@ class SAM(torch.optim.Optimizer):
         self.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = closure()
+        if not self.perturbs_this_step():  # one pass: the update from the gradient at w
+            self.second_step()
+            return loss
         self.first_step(zero_grad=True)
         with torch.enable_grad():
             closure()
@@ -293,12 +379,30 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict (its param_groups carry rho, p, adaptive, eta)."""
-        return self.base_optimizer.state_dict()
+        """The base optimizer's state dict (its param_groups carry rho, p, adaptive, eta and a
+        variant's options), plus a variant's own per-parameter state (key ``sam_state``: for
+        each of ``_saved_state_keys``, one entry per parameter in group order, None where unset)."""
+        state = self.base_optimizer.state_dict()
+        if self._saved_state_keys:
+            params = [w for g in self.param_groups for w in g["params"]]
+            state[_SAM_STATE_KEY] = {key: [self.state[w].get(key) for w in params] for key in self._saved_state_keys}
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop(_SAM_STATE_KEY, None)
+        if self._saved_state_keys and extra is None:
+            raise ConfigError(f"this optimizer state has no {type(self).__name__} state (saved by another optimizer?)")
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
+        params = [w for g in self.param_groups for w in g["params"]]
+        for key, values in (extra or {}).items():
+            if len(values) != len(params):
+                raise ConfigError(f"saved {type(self).__name__} state has {len(values)} entries for {len(params)} "
+                                  "parameters")
+            for w, value in zip(params, values):
+                if value is not None:
+                    self.state[w][key] = value.to(device=w.device, dtype=w.dtype)
 
     def __repr__(self) -> str:
         g = self.param_groups[0]

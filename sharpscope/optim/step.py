@@ -42,6 +42,7 @@ def sam_step(
     autocast: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
     vectorize: bool | None = None,
+    same_dropout_mask: bool = False,
 ) -> StepResult:
     """One training step with SAM (or a plain step if ``optimizer`` is not a :class:`SAM`).
 
@@ -77,6 +78,17 @@ def sam_step(
     (digits CNN) to 1.9x (ResNet-20) faster than the loop on 2 CPU cores, BENCHMARKS.md) instead of one chunk at a time. ``None`` (default)
     vectorizes whenever it can (:func:`~sharpscope.optim.msam.vmappable`), ``False`` always
     loops, ``True`` refuses a step it cannot vectorize.
+
+    ``same_dropout_mask``: the pass at w + e draws the same dropout masks (and any other
+    random numbers of the forward pass) as the pass at w, by replaying the random-number
+    generator's state, as the official implementation does (google-research/sam
+    ``flax_training.py`` passes one dropout key to both passes); by default each pass draws
+    its own (davda54/sam). The generator continues from where the pass at w left it.
+
+    A variant that does not perturb on this step (:meth:`SAM.perturbs_this_step` false:
+    LookSAM between its full steps) takes one pass at w and its :meth:`SAM.second_step`.
+    Variants with ``supports_m_and_scaler`` false (GSAM, WSAM, LookSAM, Friendly SAM) refuse
+    ``m`` and ``scaler``.
 
     ``inputs`` is a tensor or any pytree of tensors (a dict, a tuple), passed to the model as
     one argument; ``targets`` a tensor (or pytree) whose leading size is the batch size.
@@ -120,8 +132,12 @@ def sam_step(
             return StepResult(loss.detach(), outputs.detach(), None)
         return StepResult(loss.detach(), outputs.detach(), None, _scaler_step(scaler, optimizer))
 
+    if not optimizer.supports_m_and_scaler and ((m is not None and m < batch) or scaler is not None):
+        raise ConfigError(f"{type(optimizer).__name__} runs without m-SAM chunks and without a GradScaler (its "
+                          "state is per step and it combines unscaled gradients); use bf16 autocast or float32")
     uses_gradient = optimizer.perturbation_uses_gradient
     if m is None or m >= batch:
+        rng = _rng_snapshot(model) if same_dropout_mask else None
         if uses_gradient:
             with (contextlib.nullcontext() if sync_first_pass else model.no_sync()):
                 outputs, loss = forward(inputs, targets)
@@ -129,8 +145,11 @@ def sam_step(
         else:
             with amp:
                 outputs, loss = _clean_forward(model, loss_fn, inputs, targets)
+        if uses_gradient and not optimizer.perturbs_this_step():  # one pass: the update from the gradient at w
+            optimizer.second_step()
+            return StepResult(loss.detach(), outputs.detach(), None)
         optimizer.first_step(zero_grad=True)
-        with frozen_bn_stats(model):
+        with frozen_bn_stats(model), _replayed_rng(rng):
             perturbed = forward(inputs, targets)[1]
             backward(perturbed)
         if scaler is None:
@@ -138,6 +157,8 @@ def sam_step(
             return StepResult(loss.detach(), outputs.detach(), perturbed.detach())
         skipped = _scaler_step(scaler, optimizer)  # SAM.step under the scaler: second step or back to w
         return StepResult(loss.detach(), outputs.detach(), perturbed.detach(), skipped)
+    if same_dropout_mask:
+        raise ConfigError("same_dropout_mask is supported for plain SAM steps, not m-SAM chunks")
     if vectorize is not False and vmappable(model, inputs, targets, optimizer, m, batch, autocast, scaler):
         return m_sam_vmapped(model, loss_fn, inputs, targets, optimizer, m)
     if vectorize:
@@ -145,6 +166,38 @@ def sam_step(
                           "tensor inputs and targets, SAM's or ASAM's own perturbation, dense gradients and no "
                           "mixed precision)")
     return m_sam_loop(model, loss_fn, inputs, targets, optimizer, m, batch, forward, scaler)
+
+
+def _rng_snapshot(model: nn.Module) -> tuple[torch.Tensor, torch.device | None, torch.Tensor | None]:
+    """The CPU generator's state and, for a model on a CUDA device, that device's."""
+    device = next((w.device for w in model.parameters()), torch.device("cpu"))
+    if device.type == "cuda":
+        return torch.get_rng_state(), device, torch.cuda.get_rng_state(device)
+    return torch.get_rng_state(), None, None
+
+
+@contextlib.contextmanager
+def _replayed_rng(snapshot: tuple[torch.Tensor, torch.device | None, torch.Tensor | None] | None) -> Any:
+    """Run the block from the generator state ``snapshot`` (so it draws what the block after the
+    snapshot drew), then leave the generators where they were before the block."""
+    if snapshot is None:
+        yield
+        return
+    cpu, device, cuda = snapshot
+    after = _rng_snapshot_at(device)
+    torch.set_rng_state(cpu)
+    if device is not None:
+        torch.cuda.set_rng_state(cuda, device)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(after[0])
+        if device is not None:
+            torch.cuda.set_rng_state(after[1], device)
+
+
+def _rng_snapshot_at(device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device is not None else None)
 
 
 def _scaler_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
@@ -173,7 +226,7 @@ def _second_order_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.
     Works on detached copies of the parameters through ``functional_call``, so nothing is
     modified in place while the double-backward graph is alive.
     """
-    if not isinstance(optimizer, SAM) or type(optimizer)._perturbation is not SAM._perturbation:
+    if type(optimizer) is not SAM:
         raise ConfigError("second-order SAM needs the SAM optimizer (its gradient term is that of SAM's e_hat(w))")
     groups = optimizer.param_groups
     if m is not None or any(g["adaptive"] or g["p"] != 2.0 for g in groups) or len({g["rho"] for g in groups}) > 1:

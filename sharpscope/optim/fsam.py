@@ -1,0 +1,76 @@
+"""Friendly SAM (F-SAM; Li et al., CVPR 2024, "Friendly Sharpness-Aware Minimization").
+
+F-SAM argues that the full-gradient component of SAM's perturbation does not help
+generalization, and perturbs along the batch gradient minus an exponential moving average
+of past batch gradients (an estimate of the full gradient):
+
+    d_t = g_t - sigma m_{t-1},    m_t = lambda m_{t-1} + (1 - lambda) g_t,    m_1 = g_1,
+    e_t = SAM's perturbation of d_t (rho d_t / ||d_t||; ASAM's with ``adaptive``),
+
+and updates with grad L(w + e_t) as SAM does. The first step (no average yet) is SAM's.
+
+Defaults: sigma = 1, lambda = 0.9 (the official code's class defaults, nblt/F-SAM
+``utils.py``; its CIFAR-100 script uses lambda = 0.95 and rho = 0.2), rho = 0.05. The moving
+average is in :meth:`state_dict`. pytorch-optimizer 4.1 and the official code divide by
+||d|| + 1e-12 where this returns a zero e for a zero d; bounded in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .sam import SAM, _substituted_gradients
+
+__all__ = ["FriendlySAM"]
+
+_MOMENTUM = "fsam_momentum"
+
+
+class FriendlySAM(SAM):
+    """SAM perturbing along g - sigma * (moving average of g) (module docstring).
+
+    Args:
+        params, base_optimizer, rho, p, adaptive, eta, **kwargs: as for :class:`SAM`.
+        sigma: how much of the moving average is removed from g.
+        lmbda: the moving average's decay (lambda).
+    """
+
+    supports_m_and_scaler = False
+    _saved_state_keys = (_MOMENTUM,)
+
+    def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
+                 sigma: float = 1.0, lmbda: float = 0.9, **kwargs: Any) -> None:
+        for name, value in (("sigma", sigma), ("lmbda", lmbda)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"Friendly SAM {name} must be a finite number >= 0, got {value!r}")
+        if lmbda > 1:
+            raise ConfigError(f"Friendly SAM lmbda must be in [0, 1], got {lmbda!r}")
+        super().__init__(params, base_optimizer, rho=rho, **kwargs)
+        self.sigma, self.lmbda = float(sigma), float(lmbda)
+
+    def _perturbation(self) -> tuple[torch.Tensor, list[tuple[list[torch.Tensor], list[torch.Tensor]]]]:
+        """SAM's rule applied to d = g - sigma m (g itself on the first step); updates m."""
+        params = [w for g in self.param_groups for w in g["params"] if w.grad is not None]
+        directions = []
+        for w in params:
+            g = w.grad
+            if g.is_sparse:
+                raise ConfigError("Friendly SAM needs dense gradients")
+            m = self.state[w].get(_MOMENTUM)
+            if m is None:
+                self.state[w][_MOMENTUM] = g.detach().clone()
+                directions.append(g)
+            else:
+                directions.append(g - self.sigma * m)
+                m.mul_(self.lmbda).add_(g, alpha=1.0 - self.lmbda)
+        with _substituted_gradients(params, directions):
+            return super()._perturbation()
+
+    def __repr__(self) -> str:
+        g = self.param_groups[0]
+        return (f"FriendlySAM(base={type(self.base_optimizer).__name__}, rho={g['rho']}, sigma={self.sigma}, "
+                f"lambda={self.lmbda}, lr={g.get('lr')})")

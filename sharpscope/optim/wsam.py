@@ -1,0 +1,85 @@
+"""WSAM: Weighted SAM (Yue et al., KDD 2023, "Sharpness-Aware Minimization Revisited:
+Weighted Sharpness as a Regularization Term").
+
+WSAM minimizes L(w) + gamma / (1 - gamma) [L(w + e) - L(w)], the loss plus a weighted
+sharpness term (gamma = 1/2 gives SAM's objective). With g = grad L(w), g_p = grad L(w + e)
+(SAM's e) and alpha = gamma / (1 - gamma), its gradient is g + alpha (g_p - g).
+
+- ``decouple=True`` (the paper's and the official code's default, as in pytorch-optimizer
+  4.1): the base optimizer updates with g alone (its momentum and weight decay see only the
+  loss), then the sharpness term is applied apart, like AdamW's weight decay:
+  w <- w - lr * alpha * (g_p - g);
+- ``decouple=False``: the base optimizer updates with g + alpha (g_p - g).
+
+Defaults: gamma = 0.9 and decouple = True (the paper's; rho = 0.05, SAM's). The
+perturbation is SAM's (ASAM's with ``adaptive``). pytorch-optimizer 4.1 divides by
+||g|| + 1e-12 where this returns a zero e for a zero gradient; its ``adaptive`` is ASAM with
+eta = 0. Both bounded in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from .sam import SAM
+
+__all__ = ["WSAM"]
+
+
+class WSAM(SAM):
+    """SAM with WSAM's weighted sharpness (module docstring).
+
+    Args:
+        params, base_optimizer, rho, p, adaptive, eta, **kwargs: as for :class:`SAM`.
+        gamma: sharpness weight in [0, 1); the update weighs g_p - g by gamma / (1 - gamma).
+        decouple: apply the sharpness term after the base optimizer's update (default) or
+            inside the gradient it sees.
+    """
+
+    keeps_clean_gradient = True
+    supports_m_and_scaler = False
+
+    def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
+                 gamma: float = 0.9, decouple: bool = True, **kwargs: Any) -> None:
+        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and 0 <= gamma < 1):
+            raise ConfigError(f"WSAM gamma must be in [0, 1), got {gamma!r}")
+        super().__init__(params, base_optimizer, rho=rho, **kwargs)
+        self.gamma, self.decouple = float(gamma), bool(decouple)
+
+    @property
+    def alpha(self) -> float:
+        return self.gamma / (1.0 - self.gamma)
+
+    @torch.no_grad()
+    def _update_gradient(self) -> None:
+        """decouple: keep g_p - g for :meth:`_after_base_step` and hand g to the base optimizer;
+        else grad <- g + alpha (g_p - g). g is zero where there was no gradient at w."""
+        for group in self.param_groups:
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                clean = self.state[w].get("clean_grad")
+                clean = torch.zeros_like(w.grad) if clean is None else clean
+                if self.decouple:
+                    self.state[w]["sharpness_grad"] = w.grad - clean
+                    w.grad.copy_(clean)
+                else:
+                    w.grad.sub_(clean).mul_(self.alpha).add_(clean)
+
+    @torch.no_grad()
+    def _after_base_step(self) -> None:
+        """The decoupled sharpness step w <- w - lr * alpha * (g_p - g)."""
+        for group in self.param_groups:
+            for w in group["params"]:
+                sharp = self.state[w].pop("sharpness_grad", None)
+                if sharp is not None:
+                    w.add_(sharp, alpha=-group["lr"] * self.alpha)
+
+    def __repr__(self) -> str:
+        g = self.param_groups[0]
+        return (f"WSAM(base={type(self.base_optimizer).__name__}, rho={g['rho']}, gamma={self.gamma}, "
+                f"decouple={self.decouple}, lr={g.get('lr')})")
