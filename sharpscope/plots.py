@@ -17,7 +17,10 @@ from matplotlib.figure import Figure
 __all__ = ["save_figure", "plot_density", "plot_eigenvalues", "plot_m_sharpness", "plot_tracking", "plot_training_curves",
            "plot_correlations", "COLORS"]
 
-COLORS = {"SGD": "#d62728", "SAM": "#1f77b4", "ASAM": "#2ca02c"}
+# one colour per optimizer (tab10), so that five on one figure stay apart and keep their colour
+# from figure to figure
+COLORS = {"SGD": "#d62728", "SAM": "#1f77b4", "ASAM": "#2ca02c", "RSAM": "#7f7f7f", "GSAM": "#9467bd",
+          "WSAM": "#ff7f0e", "LOOKSAM": "#8c564b", "FSAM": "#17becf"}
 _CYCLE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 

@@ -17,6 +17,7 @@ Files written in ``out_dir``::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -39,14 +40,25 @@ from .checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
 from .data import DataSpec, Dataset, load_dataset
 from .errors import CheckpointError, ConfigError, NonFiniteLossError
 from .models import build_model, make_factory_spec, make_model_spec
-from .optim import RSAM, SAM, asam_groups, bn_modules, sam_step
+from .optim import GSAM, RSAM, SAM, WSAM, FriendlySAM, LookSAM, asam_groups, bn_modules, sam_step
 from .optim.asam import ASAM_RULES
 
 __all__ = ["TrainConfig", "TrainResult", "Callback", "train", "learning_rate", "OPTIMIZERS", "TRACKABLE"]
 
-OPTIMIZERS = ("sgd", "sam", "asam", "rsam")  # rsam: SAM with a random e (the control)
+# rsam: SAM with a random e (the control); gsam, wsam, looksam, fsam: SAM's successors (sharpscope.optim)
+OPTIMIZERS = ("sgd", "sam", "asam", "rsam", "gsam", "wsam", "looksam", "fsam")
 SCHEDULES = ("cosine", "constant")
-DEFAULT_RHO = {"sgd": 0.0, "sam": 0.05, "asam": 0.5, "rsam": 0.05}
+DEFAULT_RHO = {"sgd": 0.0, "sam": 0.05, "asam": 0.5, "rsam": 0.05, "gsam": 0.05, "wsam": 0.05, "looksam": 0.05,
+               "fsam": 0.05}
+# The variants' own options (--optimizer-opt KEY=VALUE) and their classes; the defaults are the classes'.
+VARIANTS: dict[str, tuple[type[SAM], tuple[str, ...]]] = {
+    "gsam": (GSAM, ("alpha", "rho_min")),
+    "wsam": (WSAM, ("gamma", "decouple")),
+    "looksam": (LookSAM, ("k", "alpha")),
+    "fsam": (FriendlySAM, ("sigma", "lmbda")),
+}
+# Optimizers whose steps run per m-SAM chunk, under a GradScaler and on several ranks.
+M_SAM_OPTIMIZERS = ("sam", "asam", "rsam")
 # What sharpscope.tracking can measure during training (here, so that validating a
 # configuration does not import the analyses).
 TRACKABLE = ("gradcos", "lambda_max", "trace", "m_sharpness")
@@ -82,6 +94,10 @@ class TrainConfig:
     p: float = 2.0
     eta: float = 0.01
     asam_rule: str = "official"  # which parameters ASAM scales by |w| + eta (sharpscope.optim.asam)
+    optimizer_options: dict[str, Any] = field(default_factory=dict)  # a variant's options (VARIANTS)
+    label_smoothing: float = 0.0  # in the training loss of both passes (evaluation: plain cross-entropy)
+    same_dropout_mask: bool = False  # the pass at w + e replays the dropout masks of the pass at w
+    perturbation_weight_decay: bool = False  # e from g + weight_decay * w (google-research/sam)
     m: int | None = None
     seed: int = 0
     checkpoint_every: int = 1
@@ -133,8 +149,26 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.optimizer == "sgd" and self.m is not None:
-            raise ConfigError("m (m-SAM) needs --optimizer sam, asam or rsam")
+        if self.m is not None and self.optimizer not in M_SAM_OPTIMIZERS:
+            raise ConfigError(f"m (m-SAM) needs --optimizer sam, asam or rsam, not {self.optimizer}")
+        if self.amp == "fp16" and self.optimizer in VARIANTS:
+            raise ConfigError(f"--optimizer {self.optimizer} does not run under fp16's gradient scaler; use --amp bf16")
+        allowed = VARIANTS.get(self.optimizer, (None, ()))[1]
+        unknown_opts = sorted(set(self.optimizer_options) - set(allowed))
+        if unknown_opts:
+            raise ConfigError(f"--optimizer {self.optimizer} has no option {unknown_opts[0]!r}"
+                              + (f"; its options: {', '.join(allowed)}" if allowed else ""))
+        if not (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0):
+            raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.same_dropout_mask and self.m is not None:
+            raise ConfigError("--same-dropout-mask applies to whole-batch SAM steps, not m-SAM chunks")
+        if self.optimizer == "gsam" and self.p != 2:
+            raise ConfigError("GSAM's gradient decomposition is Euclidean: it needs p = 2")
+        if self.optimizer in VARIANTS:  # the option values, on a stand-in parameter
+            try:
+                _make_variant(self, [torch.zeros(1, requires_grad=True)])
+            except TypeError as err:
+                raise ConfigError(f"--optimizer-opt for {self.optimizer}: {err}") from None
         if self.second_order and (self.optimizer != "sam" or self.p != 2 or self.m is not None):
             raise ConfigError("--second-order needs --optimizer sam with p = 2 and no m")
         if self.asam_rule not in ASAM_RULES:
@@ -299,15 +333,31 @@ def _stream_seed(seed: int, stream: str) -> int:
 
 
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    sgd = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-               nesterov=config.nesterov)
+    sgd = _sgd_options(config)
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), **sgd)
     if config.optimizer == "rsam":  # its own stream: seeding with config.seed would replay the init's draws
         return RSAM(model.parameters(), torch.optim.SGD, rho=config.effective_rho, p=config.p,
                     seed=_stream_seed(config.seed, "rsam"), **sgd)
+    if config.optimizer in VARIANTS:
+        return _make_variant(config, model.parameters())
     params = asam_groups(model, config.eta, config.asam_rule) if config.optimizer == "asam" else model.parameters()
-    return SAM(params, torch.optim.SGD, rho=config.effective_rho, p=config.p, eta=config.eta, **sgd)
+    return SAM(params, torch.optim.SGD, rho=config.effective_rho, p=config.p, eta=config.eta,
+               perturbation_weight_decay=config.perturbation_weight_decay, **_sgd_options(config))
+
+
+def _sgd_options(config: TrainConfig) -> dict[str, Any]:
+    return dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov)
+
+
+def _make_variant(config: TrainConfig, params: Any) -> SAM:
+    """GSAM, WSAM, LookSAM or Friendly SAM around SGD, with the run's options (``p`` for all but
+    GSAM, whose decomposition is Euclidean)."""
+    cls = VARIANTS[config.optimizer][0]
+    extra = {} if cls is GSAM else {"p": config.p}
+    return cls(params, torch.optim.SGD, rho=config.effective_rho, eta=config.eta,
+               perturbation_weight_decay=config.perturbation_weight_decay, **extra, **_sgd_options(config),
+               **config.optimizer_options)
 
 
 @torch.no_grad()
@@ -420,6 +470,9 @@ def train(
     config.validate()
     device = dist_utils.resolve_device(config.device)
     world, rank, main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main()
+    if world > 1 and config.optimizer in VARIANTS:
+        raise ConfigError(f"--optimizer {config.optimizer} runs in a single process (its update combines both "
+                          "passes' gradients, which data-parallel SAM averages separately)")
     if world > 1 and (config.m is not None or config.second_order):
         raise ConfigError("with several ranks each rank already perturbs with its own gradient (m-SAM with "
                           "m = per-rank batch); --m and --second-order need a single process")
@@ -523,6 +576,8 @@ def train(
 
     model.train()
     stepped = torch.compile(model) if config.compile else model  # shares the parameters and buffers
+    loss_fn = (functools.partial(F.cross_entropy, label_smoothing=config.label_smoothing) if config.label_smoothing
+               else F.cross_entropy)  # the same loss in both passes (and so in the gradient that sets e)
     if config.track:
         from .tracking import TrackingCallback
         rho = config.effective_rho if config.optimizer != "sgd" else DEFAULT_RHO["sam"]
@@ -556,12 +611,13 @@ def train(
                     # first pass under no_sync unless --sync-perturbation: each rank perturbs with its
                     # own gradient (m-SAM with m = per-rank batch); DDP averages the second pass, and
                     # the scale n_rank * world / n_batch makes that average size-weighted
-                    result = sam_step(ddp, F.cross_entropy, xb, yb, optimizer, loss_scale=scale,
+                    result = sam_step(ddp, loss_fn, xb, yb, optimizer, loss_scale=scale,
                                       sync_first_pass=config.sync_perturbation, autocast=autocast, scaler=scaler)
                     _average_bn_stats(model)
                 else:
-                    result = sam_step(stepped, F.cross_entropy, xb, yb, optimizer, m=config.m,
-                                      second_order=config.second_order, autocast=autocast, scaler=scaler)
+                    result = sam_step(stepped, loss_fn, xb, yb, optimizer, m=config.m,
+                                      second_order=config.second_order, autocast=autocast, scaler=scaler,
+                                      same_dropout_mask=config.same_dropout_mask)
                 # a step the scaler skipped (inf/NaN gradient) left the weights at w: only the loss at w
                 # must be finite then (float16 overflow at w + e is what the scaler is for)
                 losses = [result.loss] + ([result.perturbed_loss] if result.perturbed_loss is not None
@@ -598,7 +654,8 @@ def train(
                     for key, value in zip(_SUMS, values):
                         sums[key] += value
                     sums["count"] += nb
-                    sums["perturbed_count"] += 0 if result.skipped else nb
+                    # steps with a perturbed pass (not skipped by the scaler, not LookSAM's one-pass steps)
+                    sums["perturbed_count"] += 0 if result.skipped or result.perturbed_loss is None else nb
                 state.step += 1
                 state.batch_in_epoch = b + 1
                 sums["seconds"] += time.perf_counter() - t0

@@ -1,4 +1,5 @@
-"""``sharpscope train``: SGD / SAM / ASAM / RSAM training to a resumable checkpoint."""
+"""``sharpscope train``: SGD / SAM / ASAM / RSAM / GSAM / WSAM / LookSAM / Friendly SAM training to a
+resumable checkpoint."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ __all__ = ["train_command", "parse_options", "parse_p"]
 
 @app.command("train")
 def train_command(
-    optimizer: str = typer.Option("sam", "--optimizer", "-o", help="One of sgd, sam, asam, rsam (SAM's step at a random e of norm rho: the control for SAM's ascent direction)."),
+    optimizer: str = typer.Option("sam", "--optimizer", "-o", help="One of sgd, sam, asam, rsam (SAM's step at a random e of norm rho: "
+                                   "the control for SAM's ascent direction), gsam, wsam, looksam, fsam (Friendly SAM)."),
+    optimizer_opt: list[str] = typer.Option([], "--optimizer-opt", help="A variant's option KEY=VALUE, repeatable: "
+                                            "gsam alpha, rho_min; wsam gamma, decouple; looksam k, alpha; "
+                                            "fsam sigma, lmbda (defaults: sharpscope.optim)."),
     model: str = typer.Option("cnn", help="mlp, cnn, cnn1d (1-D signals: mnist1d), resnet, wrn, aliases like resnet20 / wrn16-4, "
                                           "or a factory 'package.module:function'."),
     model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE, repeatable "
@@ -36,6 +41,12 @@ def train_command(
     rho: Optional[float] = typer.Option(None, help="SAM radius (default 0.05; ASAM 0.5; RSAM 0.05)."),
     p: str = typer.Option("2", "--p", help="Norm of the SAM neighbourhood: 2 or inf (any p > 1)."),
     eta: float = typer.Option(0.01, help="ASAM's offset in T_w = |w| + eta."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing of the training loss "
+                                          "(both SAM passes), in [0, 1)."),
+    same_dropout_mask: bool = typer.Option(False, "--same-dropout-mask", help="The pass at w + e reuses the "
+                                           "dropout masks of the pass at w (the official SAM code's rule)."),
+    perturbation_weight_decay: bool = typer.Option(False, "--perturbation-weight-decay", help="Set e from the "
+                                                   "gradient of loss + L2 term (the official SAM code's rule)."),
     m: Optional[int] = typer.Option(None, "--m", help="m-SAM: one perturbation per m examples of a batch."),
     seed: int = typer.Option(0, help="Seed of the initialisation, data split, order and label noise."),
     checkpoint_every: int = typer.Option(1, "--checkpoint-every", help="Save every N epochs (and at the end)."),
@@ -66,7 +77,7 @@ def train_command(
                                                         "starts a new run if there is none."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Train a model with SGD, SAM, ASAM or RSAM; writes OUT/checkpoint.pt and OUT/metrics.jsonl.
+    """Train a model with SGD, SAM or a SAM variant; writes OUT/checkpoint.pt and OUT/metrics.jsonl.
 
     Example: sharpscope train --optimizer sam --rho 0.05 --epochs 40 --out runs/sam
     """
@@ -86,7 +97,9 @@ def train_command(
             batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
             schedule=schedule, warmup_epochs=warmup, rho=rho, p=parse_p(p), eta=eta, m=m, seed=seed,
             checkpoint_every=checkpoint_every, keep_snapshots=snapshots, augment=augment, device=device,
-            second_order=second_order, asam_rule=asam_rule, amp=amp, channels_last=channels_last, compile=compile_model, track=[t.strip() for t in track.split(",") if t.strip()],
+            second_order=second_order, asam_rule=asam_rule, optimizer_options=parse_options(optimizer_opt),
+            label_smoothing=label_smoothing, same_dropout_mask=same_dropout_mask,
+            perturbation_weight_decay=perturbation_weight_decay, amp=amp, channels_last=channels_last, compile=compile_model, track=[t.strip() for t in track.split(",") if t.strip()],
             track_every=track_every, track_samples=track_samples, sync_perturbation=sync_perturbation,
         )
     result = train(config, out, resume=resume,
