@@ -7,7 +7,9 @@ Each round times ``--steps`` consecutive steps of every method, the methods in a
 order so that none always runs first; the reported figure per method is the median over
 rounds of the mean step time, and the ratios are taken against plain SGD (same model,
 same batch, same base optimizer settings). Two forward-backward passes make 2.0x the floor
-for SAM; everything above it is the optimizer's own overhead. RSAM (random e) needs no gradient at
+for SAM; everything above it is the optimizer's own overhead. GSAM, WSAM and Friendly SAM take
+SAM's two passes plus their own vector arithmetic; LookSAM (k = 5) takes two passes on one step
+in five and one on the others (each run of ``--steps`` 20 holds four full steps). RSAM (random e) needs no gradient at
 w: one forward without graph plus one forward-backward. ``m-sam`` is the default step (all chunks
 at once with torch.func.vmap), ``m-sam loop`` the same step one chunk at a time.
 """
@@ -22,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sharpscope import RSAM, SAM, sam_step
+from sharpscope import GSAM, RSAM, SAM, WSAM, FriendlySAM, LookSAM, sam_step
 from sharpscope.data import load_dataset
 from sharpscope.models import build_model, count_parameters, make_model_spec
 
@@ -54,6 +56,8 @@ def main() -> None:
 
     methods = {}
     names = ["sgd", "sam", "rsam", f"m-sam (m={m})", f"m-sam loop (m={m})", f"sgd in {args.batch_size // m} chunks"]
+    variants = {"gsam": GSAM, "wsam": WSAM, "looksam (k=5)": LookSAM, "fsam": FriendlySAM}
+    names += list(variants)
     names += ["sam channels-last", "sam compiled"] if args.layouts else []
     for name in names:
         model = copy.deepcopy(base)
@@ -61,6 +65,8 @@ def main() -> None:
             opt = torch.optim.SGD(model.parameters(), **sgd_kw)
         elif name == "rsam":
             opt = RSAM(model.parameters(), torch.optim.SGD, rho=0.05, **sgd_kw)
+        elif name in variants:  # each with its defaults
+            opt = variants[name](model.parameters(), torch.optim.SGD, rho=0.05, **sgd_kw)
         else:
             opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, **sgd_kw)
         if name == "sam channels-last":
