@@ -53,10 +53,23 @@ def _seed_runs(value: Any) -> list[Any]:
     return [value]
 
 
+# the values a tracked quantity can take (its confidence band is drawn clipped to them)
+_TRACK_BOUNDS = {"gradcos": (-1.0, 1.0), "lambda_max": (-np.inf, np.inf), "trace": (-np.inf, np.inf),
+                 "m_sharpness": (-np.inf, np.inf)}
+
+
+def _band_alpha(n_labels: int) -> float:
+    """Opacity of each label's confidence band: fainter when many bands overlap, so that five
+    optimizers on one axis stay apart."""
+    return 0.18 if n_labels <= 3 else 0.5 / n_labels
+
+
 def _seed_lines(ax, series: Sequence[tuple[Sequence[float], Sequence[float]]], color: str, label: str,
-                semilogy: bool = False, **style: Any) -> None:
+                semilogy: bool = False, band_alpha: float = 0.18, bounds: tuple[float, float] | None = None,
+                **style: Any) -> None:
     """Each seed's (x, y) as a thin line; with several seeds also their mean (bold) and its
-    95 % Student-t band at the x values every seed has (:func:`sharpscope.stats.summarize`)."""
+    95 % Student-t band at the x values every seed has (:func:`sharpscope.stats.summarize`),
+    drawn clipped to ``bounds`` (the values the metric can take, e.g. [0, 1] for accuracy)."""
     from . import stats
 
     plot = ax.semilogy if semilogy else ax.plot
@@ -73,8 +86,10 @@ def _seed_lines(ax, series: Sequence[tuple[Sequence[float], Sequence[float]]], c
     common = sorted(x for x, v in points.items() if len(v) == len(series))
     summaries = [stats.summarize(points[x]) for x in common]
     plot(common, [t.mean for t in summaries], color=color, lw=1.8, label=f"{label} (mean of {len(series)})", **style)
-    ax.fill_between(common, [t.ci_low for t in summaries], [t.ci_high for t in summaries], color=color, alpha=0.18,
-                    lw=0)
+    low, high = [t.ci_low for t in summaries], [t.ci_high for t in summaries]
+    if bounds is not None:
+        low, high = np.clip(low, *bounds), np.clip(high, *bounds)
+    ax.fill_between(common, low, high, color=color, alpha=band_alpha, lw=0)
 
 
 def plot_density(densities: Mapping[str, Any], path: str | Path, log: bool = False,
@@ -114,7 +129,7 @@ def plot_eigenvalues(results: Mapping[str, Any], path: str | Path, formats: Sequ
             values = np.asarray(_get(one, "eigenvalues"), dtype=float)
             all_positive &= bool((values > 0).all())
             series.append((np.arange(1, len(values) + 1).tolist(), values.tolist()))
-        _seed_lines(ax, series, _color(label, i), label, marker="o")
+        _seed_lines(ax, series, _color(label, i), label, marker="o", band_alpha=_band_alpha(len(results)))
     if all_positive:
         ax.set_yscale("log")
     ax.set_xlabel("eigenvalue index (1 = largest)")
@@ -572,7 +587,8 @@ def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequenc
                 if pts:
                     series.append(tuple(map(list, zip(*pts))))
             if series:
-                _seed_lines(ax, series, _color(label, i), label, marker="o", ms=3)
+                _seed_lines(ax, series, _color(label, i), label, marker="o", ms=3, band_alpha=_band_alpha(len(runs)),
+                            bounds=_TRACK_BOUNDS.get(key))
         ax.set_xlabel("epoch")
         ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
@@ -590,6 +606,7 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: 
     per seed: each seed thin, the mean with its 95 % band."""
     fig = Figure(figsize=(13.0, 3.8))
     axes = fig.subplots(1, 3)
+    band = _band_alpha(len(runs))
     for i, (label, value) in enumerate(runs.items()):
         seeds = _seed_runs(value)
         color = _color(label, i)
@@ -597,11 +614,13 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: 
         def series(key: str) -> list[tuple[list, list]]:
             return [([r["epoch"] for r in recs], [r.get(key) for r in recs]) for recs in seeds]
 
-        _seed_lines(axes[0], series("train_loss"), color, label, semilogy=True)
-        _seed_lines(axes[1], series("test_loss"), color, label)
-        _seed_lines(axes[2], series("test_acc"), color, f"{label} test")
+        _seed_lines(axes[0], series("train_loss"), color, label, semilogy=True, band_alpha=band,
+                    bounds=(1e-12, np.inf))
+        _seed_lines(axes[1], series("test_loss"), color, label, band_alpha=band, bounds=(0.0, np.inf))
+        _seed_lines(axes[2], series("test_acc"), color, f"{label} test", band_alpha=band, bounds=(0.0, 1.0))
         if any(r.get("train_acc_clean") != r.get("train_acc") for recs in seeds for r in recs):
-            _seed_lines(axes[2], series("train_acc_clean"), color, f"{label} train (clean labels)", ls="--")
+            _seed_lines(axes[2], series("train_acc_clean"), color, f"{label} train (clean labels)", ls="--",
+                        band_alpha=band, bounds=(0.0, 1.0))
     for ax, name in zip(axes, ("train loss", "test loss", "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_title(name)
@@ -629,18 +648,19 @@ def plot_m_sharpness_seeds(results: Mapping[str, Sequence[Any]], path: str | Pat
     for i, (label, per_seed) in enumerate(results.items()):
         rows = [r if isinstance(r, Mapping) else r.__dict__ for res in per_seed for r in _get(res, "results")]
         rhos = sorted({r["rho"] for r in rows})
+        dodge = 2.0 ** (0.06 * (i - (len(results) - 1) / 2))  # labels side by side around each m (log axis)
         for j, rho in enumerate(rhos):
             ms = sorted({r["m"] for r in rows if r["rho"] == rho})
             ms_all.update(ms)
             values = [[r["mean"] for r in rows if r["rho"] == rho and r["m"] == m] for m in ms]
             for m, vs in zip(ms, values):
-                ax.plot([m] * len(vs), vs, "o", ms=3, alpha=0.4, color=_color(label, i))
+                ax.plot([m * dodge] * len(vs), vs, "o", ms=3, alpha=0.4, color=_color(label, i))
             summaries = [stats.summarize(vs) for vs in values]
             means = [t.mean for t in summaries]
             err = [0.0 if not np.isfinite(t.ci_high) else t.ci_high - t.mean for t in summaries]
             name = label if len(rhos) == 1 else f"{label}, rho = {rho:g}"
             n = len(per_seed)
-            ax.errorbar(ms, means, yerr=err, marker="o", capsize=3, color=_color(label, i),
+            ax.errorbar([m * dodge for m in ms], means, yerr=err, marker="o", capsize=3, color=_color(label, i),
                         linestyle=_LINESTYLES[j % len(_LINESTYLES)], label=f"{name} (mean of {n}, 95% CI)")
     from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
     ax.set_xscale("log", base=2)
@@ -664,9 +684,9 @@ def plot_paired_differences(differences: Mapping[str, Mapping[str, Any]], metric
     metrics = [m for m in metrics if any(m in d for d in differences.values())]
     if not metrics:
         raise ValueError("none of the metrics has a paired difference")
-    fig = Figure(figsize=(2.6 * len(metrics), 3.2))
-    axes = np.atleast_1d(fig.subplots(1, len(metrics)))
     labels = list(differences)
+    fig = Figure(figsize=(max(2.6, 0.55 * len(labels) + 1.2) * len(metrics), 3.4))
+    axes = np.atleast_1d(fig.subplots(1, len(metrics)))
     for ax, metric in zip(axes, metrics):
         for i, label in enumerate(labels):
             d = differences[label].get(metric)
@@ -679,7 +699,10 @@ def plot_paired_differences(differences: Mapping[str, Mapping[str, Any]], metric
                 ax.plot([i, i], [low, high], color=color, lw=2)
             ax.plot([i], [d["mean"]], "o", ms=7, color=color, mfc="white" if spans_zero else color)
         ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
-        ax.set_xticks(range(len(labels)), labels)
+        if len(labels) > 2:  # several names side by side: slanted so they do not run into each other
+            ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=9)
+        else:
+            ax.set_xticks(range(len(labels)), labels)
         ax.set_xlim(-0.6, len(labels) - 0.4)
         ax.set_title(metric.replace("_", " "), fontsize=10)
         ax.grid(alpha=0.3, axis="y")
