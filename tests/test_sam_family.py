@@ -472,3 +472,23 @@ def test_cli_trains_a_variant_with_options(cli, tmp_path):
     assert raw["config"]["optimizer_options"] == {"alpha": 0.2} and raw["config"]["label_smoothing"] == 0.1
     code, _, err = cli(["train", "--optimizer", "looksam", "--optimizer-opt", "gamma=0.9", "--out", str(tmp_path / "x")])
     assert code == 2 and "has no option 'gamma'" in err and "Traceback" not in err
+
+
+def test_pytorch_optimizer_looksam_loop_takes_two_passes_on_every_step():
+    """Its documented loop (closure() at w, then step(closure)) recomputes the gradient at w on
+    the steps between full ones: 2 passes per step, 20 over 10 steps, where ours takes 12."""
+    po = pytest.importorskip("pytorch_optimizer")
+    model, x, y = _problem()
+    calls = _count_forwards(model)
+    opt = po.LookSAM(model.parameters(), torch.optim.SGD, rho=RHO, k=5, lr=LR)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(10):
+        closure()
+        opt.step(closure)
+    assert calls[0] == 20

@@ -12,7 +12,8 @@ and updates with grad L(w + e_t) as SAM does. The first step (no average yet) is
 Defaults: sigma = 1, lambda = 0.9 (the official code's class defaults, nblt/F-SAM
 ``utils.py``; its CIFAR-100 script uses lambda = 0.95 and rho = 0.2), rho = 0.05. The moving
 average is in :meth:`state_dict`. pytorch-optimizer 4.1 and the official code divide by
-||d|| + 1e-12 where this returns a zero e for a zero d; bounded in the tests.
+||d|| + 1e-12 where this returns a zero e for a zero d, and pytorch-optimizer computes ||d||
+in float32 whatever the parameters' dtype; bounded in the tests.
 """
 
 from __future__ import annotations

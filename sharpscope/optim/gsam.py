@@ -17,7 +17,8 @@ read from the group's current ``lr`` at each step, so any learning-rate schedule
 Defaults: rho_max = ``rho`` = 0.05 (SAM's), rho_min = 0 (rho proportional to the learning
 rate) and alpha = 0.4 (pytorch-optimizer 4.1's default; the paper tunes rho_max, rho_min and
 alpha per model). Differences from the official PyTorch code (juntang-zhuang/GSAM) and from
-pytorch-optimizer 4.1, both bounded in the tests: they divide by ||g|| + 1e-12 where this
+pytorch-optimizer 4.1, both bounded in the tests: pytorch-optimizer computes the norm that
+scales e in float32 whatever the parameters' dtype; they divide by ||g|| + 1e-12 where this
 returns a zero e for a zero gradient, sum the decomposition's inner product in the
 parameters' dtype where this uses float64, and return to w by subtracting e where this
 restores the saved copy of w; their ``adaptive`` is ASAM with eta = 0 (|w|^2 g / ||w g||).

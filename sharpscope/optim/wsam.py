@@ -5,16 +5,16 @@ WSAM minimizes L(w) + gamma / (1 - gamma) [L(w + e) - L(w)], the loss plus a wei
 sharpness term (gamma = 1/2 gives SAM's objective). With g = grad L(w), g_p = grad L(w + e)
 (SAM's e) and alpha = gamma / (1 - gamma), its gradient is g + alpha (g_p - g).
 
-- ``decouple=True`` (the paper's and the official code's default, as in pytorch-optimizer
-  4.1): the base optimizer updates with g alone (its momentum and weight decay see only the
+- ``decouple=True`` (the default): the base optimizer updates with g alone (its momentum and weight decay see only the
   loss), then the sharpness term is applied apart, like AdamW's weight decay:
   w <- w - lr * alpha * (g_p - g);
 - ``decouple=False``: the base optimizer updates with g + alpha (g_p - g).
 
-Defaults: gamma = 0.9 and decouple = True (the paper's; rho = 0.05, SAM's). The
-perturbation is SAM's (ASAM's with ``adaptive``). pytorch-optimizer 4.1 divides by
-||g|| + 1e-12 where this returns a zero e for a zero gradient; its ``adaptive`` is ASAM with
-eta = 0. Both bounded in the tests.
+Defaults: gamma = 0.9 and decouple = True (pytorch-optimizer 4.1's, which follows the
+authors' code; the paper tunes gamma per task), rho = 0.05 (SAM's). The perturbation is
+SAM's (ASAM's with ``adaptive``). pytorch-optimizer 4.1 computes the norm that scales e in
+float32 whatever the parameters' dtype and divides by ||g|| + 1e-12 where this returns a
+zero e for a zero gradient; its ``adaptive`` is ASAM with eta = 0. Bounded in the tests.
 """
 
 from __future__ import annotations
