@@ -5,9 +5,9 @@ WSAM minimizes L(w) + gamma / (1 - gamma) [L(w + e) - L(w)], the loss plus a wei
 sharpness term (gamma = 1/2 gives SAM's objective). With g = grad L(w), g_p = grad L(w + e)
 (SAM's e) and alpha = gamma / (1 - gamma), its gradient is g + alpha (g_p - g).
 
-- ``decouple=True`` (the default): the base optimizer updates with g alone (its momentum and weight decay see only the
-  loss), then the sharpness term is applied apart, like AdamW's weight decay:
-  w <- w - lr * alpha * (g_p - g);
+- ``decouple=True`` (the default): the base optimizer updates with g alone (its momentum
+  and weight decay see only the loss), then the sharpness term is applied apart, like
+  AdamW's weight decay: w <- w - lr * alpha * (g_p - g);
 - ``decouple=False``: the base optimizer updates with g + alpha (g_p - g).
 
 Defaults: gamma = 0.9 and decouple = True (pytorch-optimizer 4.1's, which follows the
