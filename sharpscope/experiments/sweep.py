@@ -56,7 +56,7 @@ from typing import Any
 from ..checks import finite_float, int_at_least
 from ..checkpoint import atomic_write_bytes, read_checkpoint
 from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
-from ..train import OPTIMIZERS, Callback, TrainConfig, TrainState, train
+from ..train import M_SAM_OPTIMIZERS, OPTIMIZERS, Callback, TrainConfig, TrainState, train
 from .analyses import ANALYSES, analyse_selected
 from .files import write_csv, write_json
 from .runs import refuse_other_settings
@@ -83,10 +83,10 @@ _USES_RHO = {"m-sharpness", "gradcos"}
 
 # Options that only perturbation-based (SAM-family) optimizers read; SGD ignores them. A new
 # optimizer in sharpscope.train.OPTIMIZERS is SAM-family unless it is "sgd".
-PERTURBATION_OPTIONS = ("rho", "p", "m", "eta", "second_order")
+PERTURBATION_OPTIONS = ("rho", "p", "m", "eta", "second_order", "same_dropout_mask", "perturbation_weight_decay")
 # Fields that describe where or how a run is done rather than what is trained: fixed for a
 # whole sweep (``SweepConfig.base``), never a grid axis. The seed is the sweep's own axis.
-_NOT_SWEPT = {"seed", "device", "data_root", "model_kwargs", "checkpoint_every", "keep_snapshots", "track",
+_NOT_SWEPT = {"seed", "device", "data_root", "model_kwargs", "optimizer_options", "checkpoint_every", "keep_snapshots", "track",
               "track_every", "track_samples", "sync_perturbation"}
 # Short names in run folders; the other options appear under their own names.
 _ABBREVIATIONS = {"label_noise": "noise", "batch_size": "bs", "weight_decay": "wd", "warmup_epochs": "warmup",
@@ -102,12 +102,15 @@ def uses_option(optimizer: str, option: str) -> bool:
     """Whether runs with ``optimizer`` read ``option`` (else it collapses in the grid).
 
     SGD reads none of :data:`PERTURBATION_OPTIONS`; ``eta`` (T_w = |w| + eta) is ASAM's own;
-    every other optimizer reads everything (``TrainConfig.validate`` refuses combinations
-    that make no sense, e.g. the second-order switch with ASAM)."""
+    ``m`` (m-SAM chunks) is read by SAM, ASAM and RSAM only (GSAM, WSAM, LookSAM and Friendly
+    SAM take whole batches); every other optimizer reads everything (``TrainConfig.validate``
+    refuses combinations that make no sense, e.g. the second-order switch with ASAM)."""
     if optimizer == "sgd":
         return option not in PERTURBATION_OPTIONS
     if option == "eta":
         return optimizer == "asam"
+    if option == "m":
+        return optimizer in M_SAM_OPTIMIZERS
     return True
 
 
