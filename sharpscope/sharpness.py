@@ -8,8 +8,10 @@ m-sharpness. The data set is split (seeded shuffle) into disjoint subsets b of m
 found by ``steps`` of projected normalized gradient ascent started at e = 0:
 e <- Proj_{||.||_p <= rho}(e + rho * dual(grad L_b(w + e))), with dual(g) the dual-norm
 direction of g (g / ||g||_2 for p = 2, sign(g) for p = inf). The first step is exactly
-SAM's e_hat, and the value reported per subset is the best over the iterates, so more
-steps never give less. m-sharpness is the mean of S_b over subsets, with its standard
+SAM's e_hat, and the value reported per subset is the best over the iterates and the start
+e = 0, so more steps never give less and no value is negative (a subset whose every ascent
+step lowers its loss reads 0). :mod:`sharpscope.measures` has the stronger APGD-style
+worst case, the average case and their adaptive versions. m-sharpness is the mean of S_b over subsets, with its standard
 error. Subsets of one size are processed together with ``torch.func.vmap``.
 
 First- vs second-order SAM gradient. With e_hat(w) = rho g / ||g|| (p = 2), the gradient
@@ -172,7 +174,8 @@ def m_sharpness(
                     group = take(examples, idx)
                     g_count = idx.shape[0]
                     e = torch.zeros(g_count, w0.numel(), dtype=w0.dtype, device=w0.device)
-                    best = torch.full((g_count,), -math.inf, dtype=torch.float64, device=w0.device)
+                    # the start e = 0 is a point of the ball: the maximum is never below 0
+                    best = torch.zeros(g_count, dtype=torch.float64, device=w0.device)
                     g, base = value_and_grad(w0.expand(g_count, -1), group)  # L_b(w) and its gradient
                     base = base.detach()
                     n_grad += g_count

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -19,8 +19,19 @@ def sharpness_command(
     m: str = typer.Option("1,4,16,64", "--m", "--subset-sizes", help="Subset sizes, comma-separated "
                           "(under torchrun use --subset-sizes: torchrun's own parser claims --m)."),
     rho: str = typer.Option("0.05", help="Radius (or several, comma-separated)."),
-    steps: int = typer.Option(5, min=1, help="Projected gradient-ascent steps (1 = SAM's first-order maximizer)."),
-    p: str = typer.Option("2", "--p", help="2 or inf."),
+    measure: str = typer.Option("m-sharpness", "--measure", help="m-sharpness (the SAM paper's: fixed-step "
+                                "ascent from e = 0), worst (worst case by APGD-style ascent, Andriushchenko et "
+                                "al. 2023) or average (mean over random perturbations)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Ascent steps (default 5 for m-sharpness, 20 for "
+                                        "worst; 1 = SAM's first-order maximizer under m-sharpness)."),
+    p: str = typer.Option("2", "--p", "--norm", help="The norm of the neighbourhood: 2 or inf."),
+    adaptive: bool = typer.Option(False, "--adaptive", help="worst / average: scale-invariant neighbourhood "
+                                  "||e / (|w| + eta)||_p <= rho."),
+    eta: float = typer.Option(0.0, callback=finite(at_least=0), help="--adaptive: the offset in |w| + eta "
+                              "(the reference uses 0)."),
+    draws: int = typer.Option(100, min=1, help="average: random perturbations per subset."),
+    random_start: bool = typer.Option(False, "--random-start", help="worst: start the ascent at a random "
+                                      "point of the boundary (default e = 0)."),
     max_subsets: Optional[int] = typer.Option(None, "--max-subsets", min=1, help="Cap on subsets per m (seeded)."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
@@ -34,12 +45,15 @@ def sharpness_command(
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
 ) -> None:
-    """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1), with the surrogate gap.
+    """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1), with the surrogate gap; or
+    worst-case / average-case sharpness, plain or adaptive (Andriushchenko et al. 2023).
 
-    The mean over disjoint subsets of m examples of max_{||e|| <= rho} L_b(w + e) - L_b(w),
-    found by projected gradient ascent.
+    The mean over disjoint subsets of m examples of max_{||e|| <= rho} L_b(w + e) - L_b(w)
+    (m-sharpness: fixed-step projected ascent; worst: APGD-style ascent, also the error
+    increase), or of E_e L_b(w + e) - L_b(w) under random e (average).
 
     Example: sharpscope sharpness runs/sam --m 1,4,16,64 --rho 0.05 --steps 5 --plot
+    Example: sharpscope sharpness runs/sam --measure worst --adaptive --norm inf --m 128 --rho 0.002
     """
     import math
 
@@ -51,6 +65,10 @@ def sharpness_command(
     from ..errors import ConfigError
 
     console = rank0_console(stderr=True)
+    if measure not in ("m-sharpness", "worst", "average"):
+        raise ConfigError(f"--measure must be m-sharpness, worst or average, got {measure!r}")
+    if measure == "m-sharpness" and (adaptive or random_start):
+        raise ConfigError("--adaptive and --random-start apply to --measure worst or average")
     ms = numbers(m, int, "--m", at_least=1)
     rhos = numbers(rho, float, "--rho", at_least=0)
     p_value = parse_p(p)
@@ -61,6 +79,11 @@ def sharpness_command(
     if max(ms) > n:
         raise ConfigError(f"--m {max(ms)} is larger than the {n} examples analysed")
     per_m = [min(n // size, max_subsets or n) for size in ms]
+    if measure != "m-sharpness":
+        _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start, seed,
+                        max_subsets, split, console, progress, sum(per_m) * len(rhos), json_out)
+        return
+    steps = 5 if steps is None else steps
     with progress_bar(console, progress, "subsets") as bar:
         task = bar.add_task("m-sharpness", total=sum(per_m) * len(rhos))
         result = sh.m_sharpness(ckpt.model, F.cross_entropy, batches, m=ms, rho=rhos, steps=steps, p=p_value,
@@ -97,6 +120,47 @@ def sharpness_command(
         report["figures"] = [str(f) for f in written]
         for f in written:
             console.print(f"wrote {f}", highlight=False)
+    write_json(report, json_out)
+
+
+def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos: list[float], p: float,
+                    adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool, seed: int,
+                    max_subsets: int | None, split: str, console: Any, progress: bool, total: int,
+                    json_out: str | None) -> None:
+    """``--measure worst|average``: run it, print its table, write its JSON."""
+    import torch.nn.functional as F
+    from rich.table import Table
+
+    from .. import distributed as dist_utils
+    from .. import measures
+
+    options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=seed, max_subsets=max_subsets)
+    if measure == "worst":
+        options.update(steps=20 if steps is None else steps, random_start=random_start)
+    else:
+        options.update(samples=draws)
+    with progress_bar(console, progress, "subsets") as bar:
+        task = bar.add_task(f"{measure}-case sharpness", total=total)
+        result = measures.sharpness(ckpt.model, F.cross_entropy, batches, measure=measure,
+                                    callback=lambda k: bar.advance(task, k), **options)
+    if not dist_utils.is_main():
+        return
+    report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
+    for r in report["results"]:
+        r.pop("values")
+        r.pop("error_values")
+    out = rank0_console(stderr=json_out == "-")
+    how = f"{result.steps} ascent steps" if measure == "worst" else f"{result.steps} draws per subset"
+    kind = ("adaptive " if adaptive else "") + f"{measure}-case"
+    cost = (f"{result.n_gradients} gradients" if measure == "worst" else f"{result.n_forwards} forward passes")
+    table = Table(title=f"{kind} sharpness ({how}, p = {'inf' if p == float('inf') else 2}; {result.n_examples} "
+                        f"{split} examples; {cost}, {result.wall_time:.1f}s)")
+    for col in ("m", "rho", "loss increase", "+/- (s.e.)", "error increase", "+/- (s.e.)", "subsets"):
+        table.add_column(col, justify="right")
+    for r in result.results:
+        table.add_row(str(r.m), f"{r.rho:g}", f"{r.loss_increase:.5g}", f"{r.loss_stderr:.2g}",
+                      f"{r.error_increase:.4g}", f"{r.error_stderr:.2g}", str(r.n_subsets))
+    out.print(table)
     write_json(report, json_out)
 
 

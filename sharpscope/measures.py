@@ -1,0 +1,442 @@
+"""Worst-case and average-case sharpness, plain or adaptive (Andriushchenko et al., ICML 2023,
+"A modern look at the relationship between sharpness and generalization"; reference code
+tml-epfl/sharpness-vs-generalization ``sharpness.py``).
+
+The examples are split (seeded shuffle) into disjoint subsets b of m examples, as for
+m-sharpness (:func:`sharpscope.sharpness.m_sharpness`). With the elementwise scale
+T = 1 (plain) or T = |w| + eta (adaptive; the reference uses eta = 0) and the set
+
+    B = {e : ||e / T||_p <= rho},  p = 2 (a ball or an ellipsoid) or p = inf (a box),
+
+- worst-case:   S_b = max_{e in B} L_b(w + e) - L_b(w),
+- average-case: A_b = E_e [L_b(w + e)] - L_b(w), e = rho T z elementwise with z ~ N(0, 1)
+  (p = 2) or z ~ U[-1, 1] (p = inf), as the reference draws it,
+
+and the same for the error rate (the error at the worst-loss point; the mean error under the
+noise). Each measure is the mean over subsets with its standard error.
+
+The worst case is found by the reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020):
+the step size starts at 2 rho; with dir(g) = T g / ||g||_2 (p = 2) or T sign(g) (p = inf),
+
+    z_{k+1} = Proj_B(e_k + eta_k dir(grad L_b(w + e_k))),   e_{k+1} = 0.75 z_{k+1} + 0.25 e_{k-1},
+
+(the reference code's momentum; APGD's paper writes it with e_k, the code with e_{k-1}); at the
+checkpoints ceil(p_j K) of K steps (p_0 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06))
+the step is halved when fewer than 75 % of the steps since the last checkpoint raised the
+best loss, or when neither the step nor the best loss changed, and the ascent restarts from
+the best point. The value is the best loss over every point visited, the start included, so
+S_b >= 0. Proj_B is exact: clamping for the box, rescaling for the ball, and for the ellipsoid
+x_i = d_i / (1 + lambda / T_i^2) with lambda >= 0 found by bisection to float rounding.
+
+Differences from the reference code, on purpose: at a step reduction it reloads the best
+weights for the next gradient but keeps stepping from the current perturbation; here the
+ascent restarts from the best point (perturbation, previous point and gradient), as APGD
+does. Its random start for p = 2 draws rho * T * N(0, 1) per element (norm about
+rho sqrt(n), far outside the ball) and its first momentum step keeps a quarter of it, so the
+first iterate it scores lies outside B; here the random start (``random_start=True``; the
+default is e = 0, the reference's ``rand_init=False`` used in its evaluations) is a uniform
+point of the sphere or box boundary of B. Each step costs one gradient, which also gives the
+loss at that point (the reference spends a gradient and a forward pass).
+
+All functions use eval mode and never modify the model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad_and_value, vmap
+
+from . import distributed as dist_utils
+from .batches import BatchLoss, higher_order_attention, take, tensor_leaves
+from .checks import int_at_least
+from .errors import ConfigError
+from .objective import eval_mode
+
+__all__ = ["worst_case_sharpness", "average_case_sharpness", "sharpness", "MEASURES", "MeasureValue",
+           "MeasureResult", "project_onto_set", "ascent_direction", "apgd_checkpoints"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+MOMENTUM = 0.75           # the reference's (and APGD's) alpha
+MIN_UPDATE_RATIO = 0.75   # halve the step when fewer than this share of steps raised the best loss
+
+
+# -- the geometry: pure functions on rows of flat vectors (G, n) -----------------------------------
+def ascent_direction(g: Tensor, p: float, scale: Tensor | None) -> Tensor:
+    """The reference's ascent direction: T g / ||g||_2 (p = 2) or T sign(g) (p = inf); rows of
+    a zero gradient give zero."""
+    if p == math.inf:
+        d = torch.sign(g)
+    else:
+        n = g.norm(dim=-1, keepdim=True)
+        d = torch.where(n > 0, g / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
+    return d if scale is None else d * scale
+
+
+def _scaled_norm(e: Tensor, scale: Tensor | None) -> Tensor:
+    """||e / T||_2 per row (coordinates with T = 0 hold e = 0 and count as 0)."""
+    if scale is None:
+        return e.norm(dim=-1)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.where(scale > 0, e / safe, torch.zeros_like(e)).norm(dim=-1)
+
+
+def _ellipsoid_projection(d: Tensor, rho: float, scale: Tensor, iters: int = 200) -> Tensor:
+    """The Euclidean projection of each row of ``d`` onto {x : ||x / T||_2 <= rho}:
+    x_i = d_i T_i^2 / (T_i^2 + lambda), with lambda >= 0 the root of ||x(lambda) / T|| = rho
+    (bisection in float64; rows already inside are returned unchanged)."""
+    t2 = (scale.double() ** 2).expand_as(d)
+    dd = d.double()
+    inside = _scaled_norm(d, scale) <= rho
+
+    def norm_at(lam: Tensor) -> Tensor:
+        x = dd * t2 / (t2 + lam[:, None])
+        return _scaled_norm(x, scale.double())
+
+    lo = torch.zeros(d.shape[0], dtype=torch.float64, device=d.device)
+    hi = torch.ones_like(lo)
+    while bool(((norm_at(hi) > rho) & ~inside).any()):
+        hi = torch.where(norm_at(hi) > rho, hi * 2, hi)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        over = norm_at(mid) > rho
+        lo, hi = torch.where(over, mid, lo), torch.where(over, hi, mid)
+        if bool(((hi - lo) <= 1e-15 * hi.clamp_min(1e-300)).all()):
+            break
+    x = (dd * t2 / (t2 + hi[:, None])).to(d.dtype)
+    return torch.where(inside[:, None], d, x)
+
+
+def project_onto_set(e: Tensor, rho: float, p: float, scale: Tensor | None) -> Tensor:
+    """The Euclidean projection of each row onto B = {||e / T||_p <= rho} (module docstring):
+    a clamp to [-rho T, rho T] for p = inf, a rescaling for the ball, the bisection for the
+    ellipsoid; coordinates with T = 0 are set to 0."""
+    if p == math.inf:
+        bound = rho if scale is None else rho * scale
+        return torch.maximum(torch.minimum(e, bound * torch.ones_like(e)), -bound * torch.ones_like(e))
+    if scale is None:
+        n = e.norm(dim=-1, keepdim=True)
+        return torch.where(n > rho, e * (rho / n.clamp_min(torch.finfo(e.dtype).tiny)), e)
+    e = torch.where(scale > 0, e, torch.zeros_like(e))
+    return _ellipsoid_projection(e, rho, scale)
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """The iterations (0-based) after which APGD may halve its step: ceil(p_j * steps) for
+    p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), below ``steps``."""
+    p = [0.0, 0.22]
+    w = [0, math.ceil(steps * 0.22)]
+    while w[-1] < steps and w[-1] != w[-2]:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+        w.append(math.ceil(p[-1] * steps))
+    return w[1:]
+
+
+def random_start(shape: tuple[int, int], rho: float, p: float, scale: Tensor | None, gen: torch.Generator,
+                 dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A uniform point of the boundary of B: a Gaussian rescaled to ||e / T||_2 = rho (p = 2) or
+    a uniformly random vertex rho T sign(z) (p = inf)."""
+    z = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+    if p == math.inf:
+        return rho * torch.sign(z) * (1.0 if scale is None else scale)
+    e = z if scale is None else z * scale
+    n = _scaled_norm(e, scale).clamp_min(torch.finfo(dtype).tiny)
+    return e * (rho / n)[:, None]
+
+
+def noise(shape: tuple[int, int], rho: float, p: float, scale: Tensor | None, gen: torch.Generator,
+          dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The reference's average-case perturbation: rho T z with z ~ N(0, 1) (p = 2) or U[-1, 1]
+    (p = inf), elementwise."""
+    if p == math.inf:
+        z = 2 * torch.rand(shape, generator=gen, dtype=torch.float64) - 1
+    else:
+        z = torch.randn(shape, generator=gen, dtype=torch.float64)
+    z = z.to(device=device, dtype=dtype) * rho
+    return z if scale is None else z * scale
+
+
+# -- results -------------------------------------------------------------------------------------
+@dataclass
+class MeasureValue:
+    """One measure at one (m, rho): the mean over subsets of the loss and error increases."""
+
+    m: int
+    rho: float
+    loss_increase: float
+    loss_stderr: float
+    error_increase: float
+    error_stderr: float
+    n_subsets: int
+    values: list[float] = field(default_factory=list)        # per-subset loss increase
+    error_values: list[float] = field(default_factory=list)  # per-subset error increase
+
+
+@dataclass
+class MeasureResult:
+    """A sharpness measure for every m and rho asked, with what it cost."""
+
+    measure: str           # "worst" or "average"
+    p: float
+    adaptive: bool
+    eta: float
+    steps: int             # ascent steps (worst) or noise draws per subset (average)
+    random_start: bool
+    seed: int
+    results: list[MeasureValue]
+    n_examples: int
+    n_gradients: int       # per-subset gradients (worst case)
+    n_forwards: int        # per-subset loss evaluations without a gradient (average case)
+    wall_time: float
+
+    def table(self) -> list[tuple[int, float, float, float, float, float]]:
+        return [(r.m, r.rho, r.loss_increase, r.loss_stderr, r.error_increase, r.error_stderr) for r in self.results]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["p"] = "inf" if self.p == math.inf else self.p
+        return d
+
+
+# -- shared set-up ---------------------------------------------------------------------------------
+@dataclass
+class _Setup:
+    """The examples as one batch, the flat weights, and per-subset loss/error evaluators."""
+
+    examples: Any
+    n: int
+    w0: Tensor
+    scale: Tensor | None
+    value_and_grad: Callable[[Tensor, Any], tuple[Tensor, tuple[Tensor, Tensor]]]  # (grad, (loss, error))
+    value: Callable[[Tensor, Any], tuple[Tensor, Tensor]]
+
+
+def _setup(model: nn.Module, loss_fn: LossFn, data: Iterable, adaptive: bool, eta: float) -> _Setup:
+    first = next(iter(model.parameters()))
+    batch_loss = BatchLoss(model, loss_fn)
+    examples = batch_loss.read(data, first.device, first.dtype).joined()
+    n = tensor_leaves(examples)[0].shape[0]
+    names = [nm for nm, _ in model.named_parameters()]
+    theta = {nm: t.detach() for nm, t in model.named_parameters()}
+    buffers = {nm: b.detach() for nm, b in model.named_buffers()}
+    shapes, sizes = [theta[nm].shape for nm in names], [theta[nm].numel() for nm in names]
+    w0 = torch.cat([theta[nm].reshape(-1) for nm in names])
+
+    def loss_and_error(w_flat: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
+        params = {nm: c.view(s) for nm, c, s in zip(names, w_flat.split(sizes), shapes)}
+        outputs, loss = batch_loss.outputs_and_loss({**buffers, **params}, batch)
+        return loss, _error_rate(outputs, batch, batch_loss.takes_model, loss.detach())
+
+    scale = (w0.abs() + eta) if adaptive else None
+    value = vmap(lambda w, b: tuple(t.detach() for t in loss_and_error(w, b)), in_dims=(0, 0))
+    return _Setup(examples, n, w0, scale, vmap(grad_and_value(loss_and_error, has_aux=True), in_dims=(0, 0)),
+                  value)
+
+
+def _error_rate(outputs: Any, batch: Any, takes_model: bool, like: Tensor) -> Tensor:
+    """The classification error of a batch (argmax of class scores against integer targets);
+    NaN when the outputs are not class scores."""
+    if takes_model or not isinstance(outputs, Tensor) or outputs.dim() != 2 or outputs.shape[1] < 2:
+        return torch.full_like(like, math.nan)
+    targets = batch[1]
+    if not isinstance(targets, Tensor) or targets.dtype.is_floating_point or targets.dim() != 1:
+        return torch.full_like(like, math.nan)
+    return (outputs.argmax(-1) != targets).to(like.dtype).mean()
+
+
+def _check(ms: Sequence[int], rhos: Sequence[float], p: float, eta: float, count: int, what: str) -> None:
+    if not ms or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in ms):
+        raise ConfigError(f"m must be positive integers, got {list(ms)!r}")
+    if not rhos or any(not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0) for r in rhos):
+        raise ConfigError(f"rho must be finite numbers >= 0, got {list(rhos)!r}")
+    if p not in (2, 2.0, math.inf):
+        raise ConfigError(f"sharpness measures support p = 2 and p = inf, got {p}")
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+        raise ConfigError(f"eta must be a finite number >= 0, got {eta!r}")
+    int_at_least(what, count, 1)
+
+
+def _subsets(n: int, size: int, gen: torch.Generator, max_subsets: int | None, device: torch.device) -> Tensor:
+    if size > n:
+        raise ConfigError(f"m = {size} is larger than the {n} examples")
+    order = torch.randperm(n, generator=gen)[: (n // size) * size].to(device)
+    subsets = order.view(-1, size)
+    return subsets[:max_subsets] if max_subsets is not None else subsets
+
+
+def _summary(size: int, rho: float, loss: Tensor, err: Tensor) -> MeasureValue:
+    """The all-reduced per-subset values -> mean and standard error over subsets."""
+    loss, err = dist_utils.all_reduce_sum(loss).cpu(), dist_utils.all_reduce_sum(err).cpu()
+    k = loss.numel()
+
+    def se(t: Tensor) -> float:
+        return float(t.std(unbiased=True) / math.sqrt(k)) if k > 1 else math.nan
+
+    return MeasureValue(size, float(rho), float(loss.mean()), se(loss), float(err.mean()), se(err), k,
+                        loss.tolist(), err.tolist())
+
+
+def _groups(subsets: Tensor, group_examples: int) -> list[Tensor]:
+    """This rank's groups of subsets (about ``group_examples`` examples per vectorized call)."""
+    per_call = max(1, group_examples // subsets.shape[1])
+    starts = list(range(0, subsets.shape[0], per_call))[dist_utils.rank()::dist_utils.world_size()]
+    return [torch.arange(lo, min(lo + per_call, subsets.shape[0])) for lo in starts]
+
+
+def _group_generator(seed: int, *keys: int) -> torch.Generator:
+    """A generator for one (m, rho, group): the draws do not depend on how groups are shared out."""
+    mixed = seed
+    for k in keys:
+        mixed = (mixed * 1_000_003 + k * 7919 + 17) % (2**63 - 1)
+    return torch.Generator().manual_seed(mixed)
+
+
+# -- worst case ----------------------------------------------------------------------------------
+def _apgd(s: _Setup, batch: Any, rows: int, rho: float, p: float, steps: int,
+          start: Tensor | None) -> tuple[Tensor, Tensor, int]:
+    """The ascent of the module docstring for ``rows`` subsets at once: (loss increase, error
+    increase at the best point, gradients per subset)."""
+    w0 = s.w0.expand(rows, -1)
+    g, (base_loss, base_err) = s.value_and_grad(w0, batch)
+    n_grad = 1
+    e = torch.zeros_like(w0)
+    best_loss, best_err, best_e, best_g = base_loss.clone(), base_err.clone(), e.clone(), g.clone()
+    if start is not None:  # a random start: one more gradient, and the start is a candidate too
+        e = start
+        g, (loss, err) = s.value_and_grad(w0 + e, batch)
+        n_grad += 1
+        up = loss > best_loss
+        best_loss, best_err = torch.where(up, loss, best_loss), torch.where(up, err, best_err)
+        best_e, best_g = torch.where(up[:, None], e, best_e), torch.where(up[:, None], g, best_g)
+    e_prev = e.clone()
+    step = torch.full((rows,), 2.0 * rho, dtype=w0.dtype, device=w0.device)
+    prev_step, prev_best, updates, prev_cp = step.clone(), best_loss.clone(), torch.zeros_like(step), 0
+    checkpoints = set(apgd_checkpoints(steps))
+    for i in range(steps):
+        z = project_onto_set(e + step[:, None] * ascent_direction(g, p, s.scale), rho, p, s.scale)
+        e, e_prev = MOMENTUM * z + (1.0 - MOMENTUM) * e_prev, e
+        g, (loss, err) = s.value_and_grad(w0 + e, batch)
+        n_grad += 1
+        up = loss > best_loss
+        best_loss, best_err = torch.where(up, loss, best_loss), torch.where(up, err, best_err)
+        best_e, best_g = torch.where(up[:, None], e, best_e), torch.where(up[:, None], g, best_g)
+        updates += up.to(updates.dtype)
+        if i in checkpoints:
+            few = updates < MIN_UPDATE_RATIO * (i - prev_cp)
+            stalled = (prev_step == step) & (prev_best == best_loss)
+            prev_step, prev_best, prev_cp = step.clone(), best_loss.clone(), i
+            updates.zero_()
+            cut = few | stalled
+            step = torch.where(cut, step * 0.5, step)
+            e = torch.where(cut[:, None], best_e, e)
+            e_prev = torch.where(cut[:, None], best_e, e_prev)
+            g = torch.where(cut[:, None], best_g, g)
+    return (best_loss - base_loss).double(), (best_err - base_err).double(), n_grad
+
+
+def worst_case_sharpness(
+    model: nn.Module, loss_fn: LossFn, data: Iterable, m: int | Sequence[int] = 128,
+    rho: float | Sequence[float] = 0.05, p: float = 2.0, adaptive: bool = False, eta: float = 0.0,
+    steps: int = 20, random_start: bool = False, seed: int = 0, max_subsets: int | None = None,
+    group_examples: int = 256, callback: Callable[[int], None] | None = None,
+) -> MeasureResult:
+    """max_{||e / T||_p <= rho} L_b(w + e) - L_b(w), averaged over subsets of m examples
+    (module docstring), by ``steps`` steps of the APGD-style ascent."""
+    ms, rhos = ([m] if isinstance(m, int) else list(m)), ([rho] if isinstance(rho, (int, float)) else list(rho))
+    _check(ms, rhos, p, eta, steps, "steps")
+    if max_subsets is not None:
+        int_at_least("max_subsets", max_subsets, 1)
+    start_time = time.perf_counter()
+    s = _setup(model, loss_fn, data, adaptive, eta)
+    gen = torch.Generator().manual_seed(seed)
+    results, n_grad = [], 0
+    with eval_mode(model), higher_order_attention():
+        for size in ms:
+            subsets = _subsets(s.n, size, gen, max_subsets, s.w0.device)
+            for j, r in enumerate(rhos):
+                loss = torch.zeros(subsets.shape[0], dtype=torch.float64, device=s.w0.device)
+                err = torch.zeros_like(loss)
+                for rows in _groups(subsets, group_examples):
+                    batch = take(s.examples, subsets[rows.to(subsets.device)])
+                    start = (random_start_rows(s, len(rows), float(r), p, seed, size, j, int(rows[0]))
+                             if random_start else None)
+                    li, ei, k = _apgd(s, batch, len(rows), float(r), p, steps, start)
+                    loss[rows], err[rows] = li, ei
+                    n_grad += k * len(rows)
+                    if callback is not None:
+                        callback(len(rows))
+                results.append(_summary(size, float(r), loss, err))
+    n_grad = int(dist_utils.all_reduce_sum(torch.tensor(float(n_grad), dtype=torch.float64)).item())
+    return MeasureResult("worst", p, adaptive, eta, steps, random_start, seed, results, s.n, n_grad, 0,
+                         time.perf_counter() - start_time)
+
+
+def random_start_rows(s: _Setup, rows: int, rho: float, p: float, seed: int, *keys: int) -> Tensor:
+    """Seeded random starts (:func:`random_start`) for one group of subsets."""
+    gen = _group_generator(seed, *keys)
+    return random_start((rows, s.w0.numel()), rho, p, s.scale, gen, s.w0.dtype, s.w0.device)
+
+
+# -- average case --------------------------------------------------------------------------------
+def average_case_sharpness(
+    model: nn.Module, loss_fn: LossFn, data: Iterable, m: int | Sequence[int] = 128,
+    rho: float | Sequence[float] = 0.01, p: float = 2.0, adaptive: bool = False, eta: float = 0.0,
+    samples: int = 100, seed: int = 0, max_subsets: int | None = None, group_examples: int = 256,
+    callback: Callable[[int], None] | None = None,
+) -> MeasureResult:
+    """E_e[L_b(w + e)] - L_b(w) over ``samples`` draws of the reference's noise per subset
+    (module docstring), averaged over subsets of m examples. The standard error is over subsets
+    (each subset's value already averages ``samples`` draws)."""
+    ms, rhos = ([m] if isinstance(m, int) else list(m)), ([rho] if isinstance(rho, (int, float)) else list(rho))
+    _check(ms, rhos, p, eta, samples, "samples")
+    if max_subsets is not None:
+        int_at_least("max_subsets", max_subsets, 1)
+    start_time = time.perf_counter()
+    s = _setup(model, loss_fn, data, adaptive, eta)
+    gen = torch.Generator().manual_seed(seed)
+    results, n_fwd = [], 0
+    with eval_mode(model), torch.no_grad():
+        for size in ms:
+            subsets = _subsets(s.n, size, gen, max_subsets, s.w0.device)
+            for j, r in enumerate(rhos):
+                loss = torch.zeros(subsets.shape[0], dtype=torch.float64, device=s.w0.device)
+                err = torch.zeros_like(loss)
+                for rows in _groups(subsets, group_examples):
+                    batch = take(s.examples, subsets[rows.to(subsets.device)])
+                    draw_gen = _group_generator(seed, size, j, int(rows[0]))
+                    w0 = s.w0.expand(len(rows), -1)
+                    base_loss, base_err = s.value(w0, batch)
+                    total_loss = torch.zeros(len(rows), dtype=torch.float64, device=w0.device)
+                    total_err = torch.zeros_like(total_loss)
+                    for _ in range(samples):
+                        d = noise(tuple(w0.shape), float(r), p, s.scale, draw_gen, w0.dtype, w0.device)
+                        li, ei = s.value(w0 + d, batch)
+                        total_loss += li.double()
+                        total_err += ei.double()
+                    loss[rows] = total_loss / samples - base_loss.double()
+                    err[rows] = total_err / samples - base_err.double()
+                    n_fwd += (samples + 1) * len(rows)
+                    if callback is not None:
+                        callback(len(rows))
+                results.append(_summary(size, float(r), loss, err))
+    n_fwd = int(dist_utils.all_reduce_sum(torch.tensor(float(n_fwd), dtype=torch.float64)).item())
+    return MeasureResult("average", p, adaptive, eta, samples, False, seed, results, s.n, 0, n_fwd,
+                         time.perf_counter() - start_time)
+
+
+#: The measures by name (``sharpscope sharpness --measure``).
+MEASURES: dict[str, Callable[..., MeasureResult]] = {"worst": worst_case_sharpness, "average": average_case_sharpness}
+
+
+def sharpness(model: nn.Module, loss_fn: LossFn, data: Iterable, measure: str = "worst", **options: Any
+              ) -> MeasureResult:
+    """The measure named ``measure`` (:data:`MEASURES`) with its ``options``."""
+    if measure not in MEASURES:
+        raise ConfigError(f"unknown sharpness measure {measure!r}; choose from {', '.join(MEASURES)}")
+    return MEASURES[measure](model, loss_fn, data, **options)
