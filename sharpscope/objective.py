@@ -215,6 +215,7 @@ class Objective:
         # robin) and the sums are all-reduced, so every rank gets the single-process answer
         self.distributed = dist_utils.is_distributed() if distributed is None else bool(distributed)
         owned = dist_utils.shard(len(self.batches)) if self.distributed else range(len(self.batches))
+        self.owned_indices = list(owned)  # the positions of this rank's batches in ``batches``, as ``own`` yields them
         self.own: Iterable[tuple[float, Any]] = (
             _Owned(self.weights, self.batches, owned) if self.streamed
             else [(self.weights[i], self.batches[i]) for i in owned])  # type: ignore[index]
@@ -293,10 +294,15 @@ class Objective:
             else:
                 out = self._hvp_forward_over_reverse(v)
         out = _finite(self._reduce(out), "a Hessian-vector product")
+        self.count_products(cols)
+        return out
+
+    def count_products(self, cols: int) -> None:
+        """Record ``cols`` products (of the Hessian or of another curvature operator built on
+        this objective, :mod:`sharpscope.curvature`) in ``n_hvp`` and tell ``on_hvp``."""
         self.n_hvp += cols
         if self.on_hvp is not None:
             self.on_hvp(cols)
-        return out
 
     def _hvp_forward_over_reverse(self, v: Tensor) -> Tensor:
         tangents = self.unflatten(v)
@@ -340,10 +346,11 @@ class Objective:
             cols.append(total)
         return cols[0] if v.dim() == 1 else torch.stack(cols, dim=1)
 
-    def hvp_block_size(self, budget_bytes: int = DEFAULT_BLOCK_BYTES) -> int | None:
+    def hvp_block_size(self, budget_bytes: int = DEFAULT_BLOCK_BYTES, vmapped: bool | None = None) -> int | None:
         """Columns per block of a batched product (:meth:`hvp` with an (n, b) block) that keep its
         extra memory near ``budget_bytes``; None (no limit) in reuse-graph mode, which multiplies
-        one column at a time anyway.
+        one column at a time anyway. ``vmapped=True`` asks for the vmapped estimate whatever the
+        mode (the products of :mod:`sharpscope.curvature` are always vmapped over columns).
 
         A vmapped forward-over-reverse product carries, per column, a tangent and a
         cotangent of every activation of the largest batch besides the shared primal pass:
@@ -351,7 +358,7 @@ class Objective:
         parameters. The activations are measured once with forward hooks on the largest
         batch (an estimate: fused kernels and views need less, some nonlinearities save more).
         """
-        if self.hvp_mode == "reuse-graph":
+        if not (vmapped if vmapped is not None else self.hvp_mode != "reuse-graph"):
             return None
         if budget_bytes < 1:
             raise ConfigError(f"budget_bytes must be positive, got {budget_bytes}")
