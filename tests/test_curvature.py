@@ -250,7 +250,8 @@ def test_per_layer_blocks_are_diagonal_blocks_of_one_matrix(mlp):
     offsets = {n: sum(mlp.sizes[:i]) for i, n in enumerate(mlp.names)}
     groups = parameter_groups(mlp.model)
     for row in summary.rows:
-        idx = torch.cat([torch.arange(offsets[n], offsets[n] + mlp.sizes[mlp.names.index(n)]) for n in groups[row.name]])
+        idx = torch.cat([torch.arange(offsets[n], offsets[n] + mlp.sizes[mlp.names.index(n)])
+                         for n in groups[row.name]])
         block = A[idx][:, idx]
         assert row.lambda_max == pytest.approx(torch.linalg.eigvalsh(block)[-1].item(), rel=1e-10)
         assert row.trace == pytest.approx(block.trace().item(), rel=1e-12)  # exact: 99 >= block size

@@ -54,7 +54,7 @@ def hessian_command(
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
-    seed: int = seed_option("Seed of the subset and of the random start vectors."),
+    seed: int = seed_option("Seed of the subset, of the random start vectors and of the Fisher's labels."),
     hvp_mode: str = typer.Option("auto", "--hvp-mode", help=f"One of {', '.join(HVP_MODES)}."),
     operator: str = typer.Option("hessian", "--operator",
                                  help="Curvature matrix: hessian, ggn, fisher (true Fisher) or empirical-fisher."),
@@ -135,15 +135,12 @@ def _fisher_samples(operator: str, value: str | None) -> int | str:
         return 1
     if operator != "fisher":
         raise ConfigError(f"--fisher-samples applies to --operator fisher only, not {operator}")
-    if value.strip() == "exact":
+    text = value.strip()
+    if text == "exact":
         return "exact"
-    try:
-        samples = int(value)
-    except ValueError:
-        samples = 0
-    if samples < 1:
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
         raise ConfigError(f"--fisher-samples must be an integer >= 1 or 'exact', got {value!r}")
-    return samples
+    return int(text)
 
 
 def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, results: dict,
