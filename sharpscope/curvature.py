@@ -121,7 +121,7 @@ def operator(objective: Objective, kind: str = "hessian", *, mc_samples: int | s
     _check_outputs(objective, kind, mc_samples)
 
     def product(v: Tensor) -> Tensor:
-        return _product(objective, middle, v, f"a {title(kind)}-vector product")
+        return _product(objective, middle, v, f"a product of the {title(kind)}")
 
     return SymmetricOperator(product, objective.n, dtype=objective.dtype, device=objective.device, matmat=product)
 
@@ -196,7 +196,8 @@ def _fisher_middle(obj: Objective, mc_samples: int | str, seed: int) -> Middle:
 def sample_labels(p: Tensor, samples: int, seed: int, index: int) -> Tensor:
     """``samples`` labels per row of the probabilities ``p`` (n, C), drawn on the CPU in
     float64 by a generator seeded with (seed, index) through NumPy's SeedSequence: the
-    same labels for the same batch on every call, device and rank count."""
+    same labels for the same batch on every call and on any number of ranks (on another
+    device too, unless p differs there by rounding at a sampling boundary)."""
     state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
     gen = torch.Generator().manual_seed(int(state) >> 1)  # torch seeds are < 2**63
     probs = p.detach().to("cpu", torch.float64)
