@@ -52,7 +52,7 @@ tensor; a :class:`~sharpscope.batches.ModelLoss` hides them and is refused.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -63,8 +63,10 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from .batches import higher_order_attention
 from .checks import require_memory
 from .errors import ConfigError
-from .linalg import SymmetricOperator
 from .objective import Objective, _finite, eval_mode
+
+if TYPE_CHECKING:
+    from .linalg import SymmetricOperator
 
 __all__ = ["OPERATORS", "operator", "check", "block_size", "check_mc_samples", "sample_labels", "title"]
 
@@ -106,6 +108,8 @@ def operator(objective: Objective, kind: str = "hessian", *, mc_samples: int | s
     ``objective.n_hvp``; a NaN or infinite product raises
     :class:`~sharpscope.errors.NonFiniteLossError`, as :meth:`Objective.hvp` does.
     """
+    from .linalg import SymmetricOperator  # (scipy) when an operator is built, not when the CLI starts
+
     check(kind, mc_samples)
     if kind == "hessian":
         return objective.operator()
@@ -128,8 +132,9 @@ def operator(objective: Objective, kind: str = "hessian", *, mc_samples: int | s
 
 def block_size(objective: Objective, kind: str = "hessian") -> int | None:
     """Columns per batched product that keep its extra memory near the objective's budget
-    (:meth:`Objective.hvp_block_size`); the operators here are always vmapped over columns."""
-    return objective.hvp_block_size() if kind == "hessian" else objective.hvp_block_size(vmapped=True)
+    (:meth:`Objective.hvp_block_size`); the operators here are always vmapped over columns
+    (:meth:`Objective.vmapped_block_size`), whatever the objective's ``hvp_mode``."""
+    return objective.hvp_block_size() if kind == "hessian" else objective.vmapped_block_size()
 
 
 def _product(obj: Objective, middle: Middle, v: Tensor, what: str) -> Tensor:

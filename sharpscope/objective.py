@@ -346,11 +346,18 @@ class Objective:
             cols.append(total)
         return cols[0] if v.dim() == 1 else torch.stack(cols, dim=1)
 
-    def hvp_block_size(self, budget_bytes: int = DEFAULT_BLOCK_BYTES, vmapped: bool | None = None) -> int | None:
+    def hvp_block_size(self, budget_bytes: int = DEFAULT_BLOCK_BYTES) -> int | None:
         """Columns per block of a batched product (:meth:`hvp` with an (n, b) block) that keep its
         extra memory near ``budget_bytes``; None (no limit) in reuse-graph mode, which multiplies
-        one column at a time anyway. ``vmapped=True`` asks for the vmapped estimate whatever the
-        mode (the products of :mod:`sharpscope.curvature` are always vmapped over columns).
+        one column at a time anyway; else :meth:`vmapped_block_size`.
+        """
+        if self.hvp_mode == "reuse-graph":
+            return None
+        return self.vmapped_block_size(budget_bytes)
+
+    def vmapped_block_size(self, budget_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
+        """Columns per block of a product vmapped over columns (a forward-over-reverse HVP, or a
+        product of :mod:`sharpscope.curvature`) that keep its extra memory near ``budget_bytes``.
 
         A vmapped forward-over-reverse product carries, per column, a tangent and a
         cotangent of every activation of the largest batch besides the shared primal pass:
@@ -358,8 +365,6 @@ class Objective:
         parameters. The activations are measured once with forward hooks on the largest
         batch (an estimate: fused kernels and views need less, some nonlinearities save more).
         """
-        if not (vmapped if vmapped is not None else self.hvp_mode != "reuse-graph"):
-            return None
         if budget_bytes < 1:
             raise ConfigError(f"budget_bytes must be positive, got {budget_bytes}")
         if self._activation_bytes is None:
