@@ -12,6 +12,12 @@ Hessian-vector products (HVPs) it used and its wall time.
 - :func:`density`: stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019).
 - :func:`layer_summary`: the top eigenvalue and trace of each layer's (or block's)
   diagonal Hessian block.
+
+Each takes ``operator`` (one of :data:`sharpscope.curvature.OPERATORS`: ``"hessian"``, the
+default, ``"ggn"``, ``"fisher"``, ``"empirical-fisher"``) to analyse that curvature matrix of
+the same mean loss instead, through the same algorithms; ``mc_samples`` (labels per example
+or ``"exact"``) and ``seed`` fix the true Fisher's Monte-Carlo draw (:mod:`sharpscope.curvature`).
+The results record the operator, and ``n_hvp`` counts its products.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from . import linalg
+from . import curvature, linalg
 from .checks import (finite_float, int_at_least, parameter_count, require_lanczos_memory,
                      require_trace_memory)
 from .linalg.lanczos import default_max_iter
@@ -62,6 +68,8 @@ class EigenvaluesResult:
     n_params: int
     n_examples: int
     eigenvectors: Tensor | None = field(default=None, repr=False)
+    operator: str = "hessian"
+    mc_samples: int | str | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -80,24 +88,29 @@ class EigenvaluesResult:
 def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
                 k: int = 5, which: str = "LA", tol: float = 1e-4, max_iter: int | None = None,
                 params: Any = None, seed: int = 0, hvp_mode: str = "auto",
-                return_eigenvectors: bool = False, callback: Callable | None = None) -> EigenvaluesResult:
-    """The k extreme Hessian eigenvalues (``which``: LA largest, SA smallest, LM largest |.|).
+                return_eigenvectors: bool = False, callback: Callable | None = None,
+                operator: str = "hessian", mc_samples: int | str = 1) -> EigenvaluesResult:
+    """The k extreme Hessian eigenvalues (``which``: LA largest, SA smallest, LM largest |.|),
+    or those of another curvature ``operator`` (module docstring). The GGN (of a loss convex in
+    the outputs) and both Fishers are PSD: their ``which="SA"`` values are >= 0 up to the
+    Lanczos tolerance and rounding.
 
     Converged means a relative Ritz residual ||H x - theta x|| <= tol |theta|; the eigenvalue
     error is then at most residual^2 / gap (Parlett, The Symmetric Eigenvalue Problem, 11.7).
     """
+    mc = curvature.check(operator, mc_samples)
     n = parameter_count(model)  # refuse a Krylov basis (n x steps) that cannot fit, before any product
     steps = max_iter if max_iter is not None else default_max_iter(n, int_at_least("k", k, 1))
     require_lanczos_memory(n, int_at_least("max_iter", steps, 1))
     start = time.perf_counter()
     obj = _objective(model, loss_fn, data, params, hvp_mode)
-    op = obj.operator()
+    op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
     res = linalg.lanczos(op, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, callback=callback)
     return EigenvaluesResult(
         eigenvalues=[float(x) for x in res.eigenvalues], residuals=[float(x) for x in res.residuals],
         converged=[bool(x) for x in res.converged], which=which, tol=tol, n_hvp=res.n_matvecs,
         n_iter=res.n_iter, wall_time=time.perf_counter() - start, n_params=obj.n, n_examples=obj.n_examples,
-        eigenvectors=res.eigenvectors if return_eigenvectors else None,
+        eigenvectors=res.eigenvectors if return_eigenvectors else None, operator=operator, mc_samples=mc,
     )
 
 
@@ -112,6 +125,8 @@ class TraceResult:
     wall_time: float
     n_params: int
     n_examples: int
+    operator: str = "hessian"
+    mc_samples: int | str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,20 +134,22 @@ class TraceResult:
 
 def trace(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
           n_matvecs: int = 99, method: str = "hutch++", params: Any = None, seed: int = 0,
-          hvp_mode: str = "auto") -> TraceResult:
-    """Estimate tr(H) with ``n_matvecs`` HVPs by Hutch++ (default) or Hutchinson."""
+          hvp_mode: str = "auto", operator: str = "hessian", mc_samples: int | str = 1) -> TraceResult:
+    """Estimate tr(H) (or the trace of another curvature ``operator``) with ``n_matvecs``
+    products by Hutch++ (default) or Hutchinson."""
+    mc = curvature.check(operator, mc_samples)
     require_trace_memory(parameter_count(model), int_at_least("n_matvecs", n_matvecs, 1))
     if method not in ("hutch++", "hutchinson"):
         raise ConfigError(f"trace method must be 'hutch++' or 'hutchinson', got {method!r}")
     start = time.perf_counter()
     obj = _objective(model, loss_fn, data, params, hvp_mode)
-    op = obj.operator()
+    op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
     fn = linalg.hutchpp if method == "hutch++" else linalg.hutchinson
-    block = obj.hvp_block_size()  # batched products in blocks whose memory stays within a budget
+    block = curvature.block_size(obj, operator)  # batched products in blocks whose memory stays within a budget
     res = fn(op, n_matvecs=n_matvecs, seed=seed, block_size=block if method == "hutch++" else (block or 1))
     return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method,
                        n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n,
-                       n_examples=obj.n_examples)
+                       n_examples=obj.n_examples, operator=operator, mc_samples=mc)
 
 
 @dataclass
@@ -150,6 +167,8 @@ class DensityResult:
     wall_time: float
     n_params: int
     n_examples: int
+    operator: str = "hessian"
+    mc_samples: int | str | None = None
 
     @property
     def mean(self) -> float:
@@ -168,20 +187,24 @@ class DensityResult:
 
 def density(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
             n_runs: int = 10, n_steps: int = 80, sigma_squared: float = 1e-5, grid_points: int = 2000,
-            params: Any = None, seed: int = 0, hvp_mode: str = "auto") -> DensityResult:
+            params: Any = None, seed: int = 0, hvp_mode: str = "auto", operator: str = "hessian",
+            mc_samples: int | str = 1) -> DensityResult:
     """Spectral density by SLQ: ``n_runs`` Lanczos runs of ``n_steps`` steps each, Gaussian
-    kernel of variance sigma_squared * max(1, lambda_max - lambda_min) (Ghorbani et al. 2019)."""
+    kernel of variance sigma_squared * max(1, lambda_max - lambda_min) (Ghorbani et al. 2019);
+    of the Hessian or of another curvature ``operator``."""
+    mc = curvature.check(operator, mc_samples)
     finite_float("sigma_squared", sigma_squared, above=0)  # checked again only after the SLQ runs
     require_lanczos_memory(parameter_count(model), int_at_least("n_steps", n_steps, 1), int_at_least("n_runs", n_runs, 1))
     start = time.perf_counter()
     obj = _objective(model, loss_fn, data, params, hvp_mode)
-    op = obj.operator()
+    op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
     res = linalg.spectral_density(op, n_runs=n_runs, n_steps=n_steps, seed=seed,
                                   sigma_squared=sigma_squared, grid_points=grid_points)
     return DensityResult(
         grid=res.grid.tolist(), density=res.density.tolist(), nodes=res.nodes.tolist(),
         weights=res.weights.tolist(), sigma=float(res.sigma), n_runs=res.n_runs, n_steps=res.n_steps,
         n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n, n_examples=obj.n_examples,
+        operator=operator, mc_samples=mc,
     )
 
 
@@ -204,6 +227,8 @@ class LayerSummary:
     rows: list[LayerRow]
     n_hvp: int
     wall_time: float
+    operator: str = "hessian"
+    mc_samples: int | str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,8 +236,12 @@ class LayerSummary:
 
 def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "layer", tol: float = 1e-3,
                   trace_matvecs: int = 30, seed: int = 0, hvp_mode: str = "auto",
-                  callback: Callable[[str], None] | None = None) -> LayerSummary:
-    """Per layer (or block): lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++."""
+                  callback: Callable[[str], None] | None = None, operator: str = "hessian",
+                  mc_samples: int | str = 1) -> LayerSummary:
+    """Per layer (or block): lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++ (or the
+    diagonal blocks of another curvature ``operator``; the true Fisher's draw depends on the
+    seed and the batch only, so its blocks are those of one matrix)."""
+    mc = curvature.check(operator, mc_samples)
     start = time.perf_counter()
     groups = parameter_groups(model, by=by)
     batches = Objective(model, loss_fn, data, hvp_mode=hvp_mode).batches  # read the data once
@@ -221,10 +250,11 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
         if callback is not None:
             callback(name)
         obj = Objective(model, loss_fn, batches, params=names, hvp_mode=hvp_mode)
-        top = eigenvalues(obj, k=1, tol=tol, seed=seed)
-        tr = trace(obj, n_matvecs=min(trace_matvecs, max(3, obj.n)), seed=seed)
+        top = eigenvalues(obj, k=1, tol=tol, seed=seed, operator=operator, mc_samples=mc_samples)
+        tr = trace(obj, n_matvecs=min(trace_matvecs, max(3, obj.n)), seed=seed, operator=operator,
+                   mc_samples=mc_samples)
         rows.append(LayerRow(name, obj.n, top.eigenvalues[0], top.converged[0], tr.trace, tr.stderr,
                              top.n_hvp + tr.n_hvp))
         obj.release()
-    return LayerSummary(by, rows, sum(r.n_hvp for r in rows), time.perf_counter() - start)
+    return LayerSummary(by, rows, sum(r.n_hvp for r in rows), time.perf_counter() - start, operator, mc)
 

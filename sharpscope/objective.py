@@ -215,6 +215,7 @@ class Objective:
         # robin) and the sums are all-reduced, so every rank gets the single-process answer
         self.distributed = dist_utils.is_distributed() if distributed is None else bool(distributed)
         owned = dist_utils.shard(len(self.batches)) if self.distributed else range(len(self.batches))
+        self.owned_indices = list(owned)  # the positions of this rank's batches in ``batches``, as ``own`` yields them
         self.own: Iterable[tuple[float, Any]] = (
             _Owned(self.weights, self.batches, owned) if self.streamed
             else [(self.weights[i], self.batches[i]) for i in owned])  # type: ignore[index]
@@ -293,10 +294,15 @@ class Objective:
             else:
                 out = self._hvp_forward_over_reverse(v)
         out = _finite(self._reduce(out), "a Hessian-vector product")
+        self.count_products(cols)
+        return out
+
+    def count_products(self, cols: int) -> None:
+        """Record ``cols`` products (of the Hessian or of another curvature operator built on
+        this objective, :mod:`sharpscope.curvature`) in ``n_hvp`` and tell ``on_hvp``."""
         self.n_hvp += cols
         if self.on_hvp is not None:
             self.on_hvp(cols)
-        return out
 
     def _hvp_forward_over_reverse(self, v: Tensor) -> Tensor:
         tangents = self.unflatten(v)
@@ -343,7 +349,15 @@ class Objective:
     def hvp_block_size(self, budget_bytes: int = DEFAULT_BLOCK_BYTES) -> int | None:
         """Columns per block of a batched product (:meth:`hvp` with an (n, b) block) that keep its
         extra memory near ``budget_bytes``; None (no limit) in reuse-graph mode, which multiplies
-        one column at a time anyway.
+        one column at a time anyway; else :meth:`vmapped_block_size`.
+        """
+        if self.hvp_mode == "reuse-graph":
+            return None
+        return self.vmapped_block_size(budget_bytes)
+
+    def vmapped_block_size(self, budget_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
+        """Columns per block of a product vmapped over columns (a forward-over-reverse HVP, or a
+        product of :mod:`sharpscope.curvature`) that keep its extra memory near ``budget_bytes``.
 
         A vmapped forward-over-reverse product carries, per column, a tangent and a
         cotangent of every activation of the largest batch besides the shared primal pass:
@@ -351,8 +365,6 @@ class Objective:
         parameters. The activations are measured once with forward hooks on the largest
         batch (an estimate: fused kernels and views need less, some nonlinearities save more).
         """
-        if self.hvp_mode == "reuse-graph":
-            return None
         if budget_bytes < 1:
             raise ConfigError(f"budget_bytes must be positive, got {budget_bytes}")
         if self._activation_bytes is None:

@@ -62,6 +62,17 @@ def analyses() -> dict:
     return results
 
 
+def curvature_products() -> dict:
+    """GGN, Fisher (seeded Monte Carlo and exact) and empirical-Fisher products: the Monte-Carlo
+    labels are seeded per (seed, batch index), so 2 ranks draw what 1 process draws."""
+    from sharpscope import curvature
+    from sharpscope.objective import Objective
+    obj = Objective(_model(), F.cross_entropy, _batches())
+    V = torch.linspace(-1, 1, obj.n * 2, dtype=torch.float64).reshape(obj.n, 2)
+    return {f"{kind}-{mc}": curvature.operator(obj, kind, mc_samples=mc, seed=3).matmat(V)
+            for kind, mc in (("ggn", 1), ("empirical-fisher", 1), ("fisher", 2), ("fisher", "exact"))}
+
+
 class StopAfter(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
@@ -121,6 +132,12 @@ def test_analyses_on_two_ranks_equal_one_process(tmp_path):
                 assert r2.m == r1.m and _close(r2.values, r1.values), key
         else:
             assert _close(two[key], one[key]), key  # 1e-5 relative; float64 gives ~1e-15
+
+
+def test_curvature_operators_on_two_ranks_equal_one_process(tmp_path):
+    two = run_on_two_ranks(tmp_path, "curvature_products")
+    for key, one in curvature_products().items():
+        assert torch.allclose(two[key], one, rtol=0, atol=1e-12 * float(one.abs().max())), key
 
 
 BASE = dict(optimizer="sam", model="mlp", model_kwargs={"hidden": [12], "bn": True}, n_train=200, epochs=2,

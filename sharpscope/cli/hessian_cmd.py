@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
+from ..errors import ConfigError
 from ..objective import HVP_MODES
 from ._app import app
 from ._common import (
@@ -53,8 +54,13 @@ def hessian_command(
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
-    seed: int = seed_option("Seed of the subset and of the random start vectors."),
+    seed: int = seed_option("Seed of the subset, of the random start vectors and of the Fisher's labels."),
     hvp_mode: str = typer.Option("auto", "--hvp-mode", help=f"One of {', '.join(HVP_MODES)}."),
+    operator: str = typer.Option("hessian", "--operator",
+                                 help="Curvature matrix: hessian, ggn, fisher (true Fisher) or empirical-fisher."),
+    fisher_samples: Optional[str] = typer.Option(
+        None, "--fisher-samples", help="Labels drawn per example for --operator fisher (seeded by --seed), or "
+                                       "'exact' (sum over classes); default 1."),
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
     plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
@@ -72,6 +78,7 @@ def hessian_command(
     from .. import distributed as dist_utils
     from ..objective import Objective
 
+    mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
     ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device)
     from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
@@ -79,7 +86,12 @@ def hessian_command(
     obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=hvp_mode)
     _preflight(obj.n, ckpt.model, trace, trace_matvecs, density, runs, steps, per_layer, by)
     report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,
-                    "n_params": obj.n, "params": params, "hvp_mode": obj.hvp_mode}
+                    "n_params": obj.n, "params": params, "hvp_mode": obj.hvp_mode, "operator": operator,
+                    "fisher_samples": mc_samples if operator == "fisher" else None}
+    curv = {"operator": operator, "mc_samples": mc_samples}
+    if operator != "hessian":
+        from .. import curvature
+        curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)  # refuse an unfit loss or model now
     results: dict = {}
     with hvp_progress(console, progress) as bar:
         def track(description: str, total: int | None):
@@ -88,35 +100,61 @@ def hessian_command(
 
         if top_k > 0:
             track(f"eigenvalues ({which})", None)
-            results["eigenvalues"] = hs.eigenvalues(obj, k=top_k, which=which, tol=tol, max_iter=max_iter, seed=seed)
+            results["eigenvalues"] = hs.eigenvalues(obj, k=top_k, which=which, tol=tol, max_iter=max_iter, seed=seed,
+                                                    **curv)
         if trace:
             track("trace (Hutch++)", trace_matvecs)
-            results["trace"] = hs.trace(obj, n_matvecs=trace_matvecs, seed=seed)
+            results["trace"] = hs.trace(obj, n_matvecs=trace_matvecs, seed=seed, **curv)
         if density:
             track("density (SLQ)", runs * min(steps, obj.n))
-            results["density"] = hs.density(obj, n_runs=runs, n_steps=steps, sigma_squared=sigma_squared, seed=seed)
+            results["density"] = hs.density(obj, n_runs=runs, n_steps=steps, sigma_squared=sigma_squared, seed=seed,
+                                            **curv)
         obj.release()
         if per_layer:
             task = bar.add_task("per layer", total=None)
             results["per_layer"] = hs.layer_summary(ckpt.model, F.cross_entropy, batches, by=by, seed=seed,
-                                                    hvp_mode=hvp_mode, callback=lambda name: bar.advance(task))
+                                                    hvp_mode=hvp_mode, callback=lambda name: bar.advance(task), **curv)
     if not dist_utils.is_main():  # every rank took part in the products; rank 0 reports
         return
     report.update({k: v.to_dict() for k, v in results.items()})
     out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
-    _print_results(out, ckpt.path, obj, split, which, results)
+    _print_results(out, ckpt.path, obj, split, which, results, operator)
     if plot:
-        report["figures"] = _figures(ckpt, results, plot_dir, pdf, console)
+        report["figures"] = _figures(ckpt, results, plot_dir, pdf, console, operator)
     write_json(report, json_out)
 
 
-def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, results: dict) -> None:
+def _fisher_samples(operator: str, value: str | None) -> int | str:
+    """``--fisher-samples`` as an int >= 1 or 'exact' (1 when not given); refused with an
+    unknown ``--operator`` or with an operator other than fisher."""
+    from ..curvature import OPERATORS
+
+    if operator not in OPERATORS:
+        raise ConfigError(f"--operator must be one of {', '.join(OPERATORS)}, got {operator!r}")
+    if value is None:
+        return 1
+    if operator != "fisher":
+        raise ConfigError(f"--fisher-samples applies to --operator fisher only, not {operator}")
+    text = value.strip()
+    if text == "exact":
+        return "exact"
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise ConfigError(f"--fisher-samples must be an integer >= 1 or 'exact', got {value!r}")
+    return int(text)
+
+
+def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, results: dict,
+                   operator: str = "hessian") -> None:
     from rich.table import Table
 
-    out.print(f"[bold]{path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {split} examples")
+    from ..curvature import title
+
+    name, unit = title(operator), "HVPs" if operator == "hessian" else "products"
+    out.print(f"[bold]{path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {split} examples"
+              + ("" if operator == "hessian" else f"; operator: {name}"))
     if "eigenvalues" in results:
         r = results["eigenvalues"]
-        table = Table(title=f"Hessian eigenvalues ({which}; {r.n_hvp} HVPs, {r.wall_time:.1f}s)")
+        table = Table(title=f"{name} eigenvalues ({which}; {r.n_hvp} {unit}, {r.wall_time:.1f}s)")
         for col in ("#", "eigenvalue", "residual", "converged"):
             table.add_column(col, justify="right")
         for i, (lam, res, ok) in enumerate(zip(r.eigenvalues, r.residuals, r.converged), 1):
@@ -126,16 +164,16 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
             out.print(f"lambda_1 / lambda_{len(r.eigenvalues)} = {r.ratio:.4g}")
     if "trace" in results:
         t = results["trace"]
-        out.print(f"trace = {t.trace:.6g} +/- {t.stderr:.2g} (standard error; {t.method}, {t.n_hvp} HVPs, "
+        out.print(f"trace = {t.trace:.6g} +/- {t.stderr:.2g} (standard error; {t.method}, {t.n_hvp} {unit}, "
                   f"{t.wall_time:.1f}s)")
     if "density" in results:
         d = results["density"]
         out.print(f"density: {d.n_runs} runs x {d.n_steps} steps, support [{min(map(min, d.nodes)):.4g}, "
                   f"{max(map(max, d.nodes)):.4g}], kernel sigma {d.sigma:.3g}, implied trace "
-                  f"{d.trace_estimate:.6g} ({d.n_hvp} HVPs, {d.wall_time:.1f}s)")
+                  f"{d.trace_estimate:.6g} ({d.n_hvp} {unit}, {d.wall_time:.1f}s)")
     if "per_layer" in results:
         s = results["per_layer"]
-        table = Table(title=f"Per {s.by} ({s.n_hvp} HVPs, {s.wall_time:.1f}s)")
+        table = Table(title=f"Per {s.by} ({s.n_hvp} {unit}, {s.wall_time:.1f}s)")
         for col in (s.by, "params", "lambda_max", "trace", "+/-"):
             table.add_column(col, justify="right" if col != s.by else "left")
         for row in s.rows:
@@ -144,20 +182,26 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
         out.print(table)
 
 
-def _figures(ckpt: Any, results: dict, plot_dir: Path | None, pdf: bool, console: Console) -> list[str]:
+def _figures(ckpt: Any, results: dict, plot_dir: Path | None, pdf: bool, console: Console,
+             operator: str = "hessian") -> list[str]:
     from .. import plots
+    from ..curvature import title
 
     folder = plot_dir or (ckpt.path.parent if ckpt.path.is_file() else ckpt.path)
     formats = ("png", "pdf") if pdf else ("png",)
     label = ckpt.config.get("optimizer", "model").upper() if ckpt.config else "model"
+    stem, name = operator.replace("-", "_"), title(operator)  # hessian_*.png as before; ggn_*.png, ...
+    titles = {} if operator == "hessian" else {"density": f"{name} spectral density (SLQ)",
+                                               "eigenvalues": f"Top {name} eigenvalues"}
     written = []
     if "density" in results:
-        written += plots.plot_density({label: results["density"]}, folder / "hessian_density", formats=formats)
-        written += plots.plot_density({label: results["density"]}, folder / "hessian_density_log", log=True,
-                                      formats=formats)
+        written += plots.plot_density({label: results["density"]}, folder / f"{stem}_density", formats=formats,
+                                      title=titles.get("density"))
+        written += plots.plot_density({label: results["density"]}, folder / f"{stem}_density_log", log=True,
+                                      formats=formats, title=titles.get("density"))
     if "eigenvalues" in results:
-        written += plots.plot_eigenvalues({label: results["eigenvalues"]}, folder / "hessian_eigenvalues",
-                                          formats=formats)
+        written += plots.plot_eigenvalues({label: results["eigenvalues"]}, folder / f"{stem}_eigenvalues",
+                                          formats=formats, title=titles.get("eigenvalues"))
     for p in written:
         console.print(f"wrote {p}", highlight=False)
     return [str(p) for p in written]

@@ -1,0 +1,261 @@
+"""Curvature operators beside the Hessian: the GGN, the true Fisher and the empirical Fisher.
+
+Every operator is a :class:`sharpscope.linalg.SymmetricOperator` on the parameters theta
+selected by an :class:`~sharpscope.objective.Objective`, so the algorithms of
+:mod:`sharpscope.linalg` (Lanczos, Hutchinson / Hutch++, SLQ) and the analyses of
+:mod:`sharpscope.hessian` use them unchanged; :func:`operator` picks one by name from
+:data:`OPERATORS`. They reuse the objective's data handling: its batches (cached or
+streamed), their weights, eval mode, and the all-reduce under ``torch.distributed``.
+
+Convention. For N examples (x_n, y_n), network outputs f_n = f(x_n; theta), the per-example
+loss l_n = l(f_n, y_n), J_n = d f_n / d theta and w_n = 1/N, the objective is the mean loss
+L = sum_n w_n l_n, whose Hessian is :meth:`Objective.hvp`'s. With the same w_n:
+
+- GGN (Schraudolph 2002; Martens 2020, "New insights and perspectives on the natural
+  gradient method", JMLR 21, Sec. 8): G = sum_n w_n J_n^T H_n J_n, H_n = d^2 l_n / d f_n^2.
+  Computed per batch b as w_b J_b^T (d^2 loss_b / d F_b^2) J_b with F_b the batch's outputs
+  and w_b = n_b / N, which is the sum above when ``loss_fn`` is the mean of per-example
+  losses, and the GGN of the batch loss for any ``loss_fn`` of the outputs. PSD when the loss
+  is convex in the outputs (cross-entropy, squared error).
+- true Fisher (Martens 2020, Sec. 5; Kunstner, Balles & Hennig 2019, "Limitations of the
+  empirical Fisher approximation", NeurIPS): F = sum_n w_n E_{y ~ p(y|x_n)} [g_n(y) g_n(y)^T],
+  g_n(y) = grad_theta -log p(y | x_n), for class logits f_n and p = softmax(f_n), i.e. for
+  ``loss_fn`` the cross-entropy. g_n(y) = J_n^T r_n(y), r_n(y) = softmax(f_n) - e_y, so
+  F = sum_n w_n J_n^T E_y[r r^T] J_n. ``mc_samples=S`` estimates the expectation with S
+  labels per example drawn from p with a ``torch.Generator`` seeded by (seed, batch index):
+  the draw is the same in every product, so the operator is one fixed PSD matrix (an
+  unbiased estimate of F), the same on every rank count, and the per-layer operators built
+  with the same seed are exact diagonal blocks of the full one. ``mc_samples="exact"`` takes
+  the expectation over all C classes weighted by p, E_y[r r^T] = diag(p) - p p^T (the
+  enumeration sum_c p_c (p - e_c)(p - e_c)^T in closed form, O(C) per example), which is
+  the Hessian of the cross-entropy in the logits: the exact Fisher equals the GGN here
+  (Martens 2020, Sec. 9.2). Refused (ConfigError) for any other loss or output shape.
+- empirical Fisher: F_emp = sum_n w_n g_n g_n^T with g_n = grad_theta l_n at the true label
+  (Kunstner et al. 2019, Eq. 3): J_n^T r_n r_n^T J_n with r_n = d l_n / d f_n. r_n is
+  n_b times the gradient of the batch's mean loss in row n of the outputs, so ``loss_fn``
+  must be the mean over examples of per-example losses and the outputs must have the
+  examples along dim 0.
+
+Every product goes through output space, v -> J v (forward mode) -> M J v -> J^T M J v
+(reverse mode), never forming a per-example gradient or a Jacobian; an (n, b) block of
+vectors shares the primal passes through ``vmap``. Cost per product: about one forward, one
+forward-mode and one backward pass over the data, as a forward-over-reverse HVP.
+
+Other libraries: curvlinops' ``GGNLinearOperator``, ``EFLinearOperator`` and
+``FisherMCLinearOperator`` with ``loss_func`` of ``reduction="mean"`` use the same 1/N
+normalization over the whole data set (with ``reduction="sum"`` theirs are N times ours);
+hessian-eigenthings has the Hessian only and averages per-batch products unweighted, which
+is this convention when the batches are of equal size. The outputs must be one floating
+tensor; a :class:`~sharpscope.batches.ModelLoss` hides them and is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call, grad, jvp, vjp, vmap
+
+from .batches import higher_order_attention
+from .checks import require_memory
+from .errors import ConfigError
+from .objective import Objective, _finite, eval_mode
+
+if TYPE_CHECKING:
+    from .linalg import SymmetricOperator
+
+__all__ = ["OPERATORS", "operator", "check", "block_size", "check_mc_samples", "sample_labels", "title"]
+
+OPERATORS = ("hessian", "ggn", "fisher", "empirical-fisher")
+_TITLES = {"hessian": "Hessian", "ggn": "GGN", "fisher": "Fisher", "empirical-fisher": "empirical Fisher"}
+
+# (outputs, batch, batch index, batch weight) -> u -> M u, the output-space matrix with its weights
+Middle = Callable[[Tensor, Any, int, float], Callable[[Tensor], Tensor]]
+
+
+def title(kind: str) -> str:
+    """The operator's name for people ("GGN", "empirical Fisher", ...)."""
+    return _TITLES[kind]
+
+
+def check_mc_samples(mc_samples: object) -> int | str:
+    """``mc_samples`` checked: an integer >= 1 or ``"exact"``."""
+    if mc_samples == "exact":
+        return "exact"
+    if isinstance(mc_samples, bool) or not isinstance(mc_samples, (int, np.integer)) or mc_samples < 1:
+        raise ConfigError(f"mc_samples must be an integer >= 1 or 'exact', got {mc_samples!r}")
+    return int(mc_samples)
+
+
+def check(kind: str, mc_samples: object = 1) -> int | str | None:
+    """``kind`` and ``mc_samples`` checked before any work; returns the ``mc_samples`` a
+    result records (None unless ``kind`` is the true Fisher)."""
+    if kind not in OPERATORS:
+        raise ConfigError(f"operator must be one of {', '.join(OPERATORS)}, got {kind!r}")
+    return check_mc_samples(mc_samples) if kind == "fisher" else None
+
+
+def operator(objective: Objective, kind: str = "hessian", *, mc_samples: int | str = 1,
+             seed: int = 0) -> SymmetricOperator:
+    """The curvature operator ``kind`` (one of :data:`OPERATORS`) of ``objective``'s mean loss.
+
+    ``mc_samples`` (labels per example, or ``"exact"``) and ``seed`` apply to the true
+    Fisher only (module docstring). Products are counted by the returned operator and in
+    ``objective.n_hvp``; a NaN or infinite product raises
+    :class:`~sharpscope.errors.NonFiniteLossError`, as :meth:`Objective.hvp` does.
+    """
+    from .linalg import SymmetricOperator  # (scipy) when an operator is built, not when the CLI starts
+
+    check(kind, mc_samples)
+    if kind == "hessian":
+        return objective.operator()
+    middle: Middle
+    if kind == "ggn":
+        middle = _ggn_middle(objective)
+    elif kind == "empirical-fisher":
+        middle = _empirical_fisher_middle(objective)
+    else:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+        middle = _fisher_middle(objective, check_mc_samples(mc_samples), int(seed))
+    _check_outputs(objective, kind, mc_samples)
+
+    def product(v: Tensor) -> Tensor:
+        return _product(objective, middle, v, f"a product of the {title(kind)}")
+
+    return SymmetricOperator(product, objective.n, dtype=objective.dtype, device=objective.device, matmat=product)
+
+
+def block_size(objective: Objective, kind: str = "hessian") -> int | None:
+    """Columns per batched product that keep its extra memory near the objective's budget
+    (:meth:`Objective.hvp_block_size`); the operators here are always vmapped over columns
+    (:meth:`Objective.vmapped_block_size`), whatever the objective's ``hvp_mode``."""
+    return objective.hvp_block_size() if kind == "hessian" else objective.vmapped_block_size()
+
+
+def _product(obj: Objective, middle: Middle, v: Tensor, what: str) -> Tensor:
+    """sum over batches of J_b^T M_b J_b v, for a flat (n,) vector or an (n, b) block."""
+    if v.shape[0] != obj.n or v.dim() not in (1, 2):
+        raise ConfigError(f"vector of shape {tuple(v.shape)} does not match {obj.n} parameters")
+    tangents = obj.unflatten(v)
+    out = torch.zeros(v.shape, device=obj.device, dtype=obj.dtype)
+    with eval_mode(obj.model), higher_order_attention():
+        for index, (w, batch) in zip(obj.owned_indices, obj.own):
+            inputs = batch[0]
+
+            def f(theta: dict[str, Tensor]) -> Tensor:
+                return functional_call(obj.model, {**obj.fixed, **theta}, (inputs,))
+
+            outputs, pullback = vjp(f, obj.theta)
+            m = middle(outputs, batch, index, w)
+
+            def one(t: dict[str, Tensor]) -> dict[str, Tensor]:
+                return pullback(m(jvp(f, (obj.theta,), (t,))[1]))[0]
+
+            if v.dim() == 1:
+                out.add_(obj.flatten(one(tangents)))
+            else:
+                res = vmap(one)(tangents)
+                out.add_(torch.cat([res[n].reshape(v.shape[1], -1).T for n in obj.names]))
+    out = _finite(obj._reduce(out), what)
+    obj.count_products(1 if v.dim() == 1 else v.shape[1])
+    return out
+
+
+def _ggn_middle(obj: Objective) -> Middle:
+    """u -> w_b (d^2 loss_b / d F^2) u, by forward-over-reverse on the loss of the outputs."""
+    def middle(outputs: Tensor, batch: Any, index: int, w: float) -> Callable[[Tensor], Tensor]:
+        g = grad(lambda out: obj.loss_fn(out, batch[1]))
+        return lambda u: w * jvp(g, (outputs,), (u,))[1]
+    return middle
+
+
+def _empirical_fisher_middle(obj: Objective) -> Middle:
+    """u -> (1/N) sum_n r_n (r_n . u_n), r_n = n_b * d loss_b / d F_n (the per-example gradient)."""
+    def middle(outputs: Tensor, batch: Any, index: int, w: float) -> Callable[[Tensor], Tensor]:
+        n_b = _examples(obj, outputs, w, "the empirical Fisher")
+        r = grad(lambda out: obj.loss_fn(out, batch[1]))(outputs) * n_b
+        return lambda u: r * _rowdot(r, u) / obj.n_examples
+    return middle
+
+
+def _fisher_middle(obj: Objective, mc_samples: int | str, seed: int) -> Middle:
+    """u -> (1/N) sum_n E_y[r r^T] u_n with r = softmax(f_n) - e_y: diag(p) - p p^T exactly, or
+    the mean over ``mc_samples`` labels drawn from p (module docstring)."""
+    def middle(outputs: Tensor, batch: Any, index: int, w: float) -> Callable[[Tensor], Tensor]:
+        _examples(obj, outputs, w, "the Fisher")
+        p = torch.softmax(outputs, dim=-1)
+        if mc_samples == "exact":
+            return lambda u: (p * u - p * (p * u).sum(-1, keepdim=True)) / obj.n_examples
+        labels = sample_labels(p, int(mc_samples), seed, index)  # (n_b, S)
+        r = p.unsqueeze(1) - F.one_hot(labels, p.shape[-1]).to(p.dtype)  # (n_b, S, C)
+        scale = 1.0 / (obj.n_examples * int(mc_samples))
+        return lambda u: scale * torch.einsum("nsc,ns->nc", r, torch.einsum("nsc,nc->ns", r, u))
+    return middle
+
+
+def sample_labels(p: Tensor, samples: int, seed: int, index: int) -> Tensor:
+    """``samples`` labels per row of the probabilities ``p`` (n, C), drawn on the CPU in
+    float64 by a generator seeded with (seed, index) through NumPy's SeedSequence: the
+    same labels for the same batch on every call and on any number of ranks (on another
+    device too, unless p differs there by rounding at a sampling boundary)."""
+    state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
+    gen = torch.Generator().manual_seed(int(state) >> 1)  # torch seeds are < 2**63
+    probs = p.detach().to("cpu", torch.float64)
+    return torch.multinomial(probs, samples, replacement=True, generator=gen).to(p.device)
+
+
+def _rowdot(r: Tensor, u: Tensor) -> Tensor:
+    """The per-example dot products r_n . u_n, shaped to broadcast against r."""
+    return (r * u).reshape(r.shape[0], -1).sum(1).reshape(r.shape[0], *([1] * (r.dim() - 1)))
+
+
+def _examples(obj: Objective, outputs: Tensor, w: float, what: str) -> int:
+    """The batch's number of examples, refused unless the outputs hold them along dim 0."""
+    n_b = round(w * obj.n_examples)
+    if outputs.dim() == 0 or outputs.shape[0] != n_b:
+        raise ConfigError(f"{what} needs per-example outputs: a batch of {n_b} examples gave outputs of shape "
+                          f"{tuple(outputs.shape)}")
+    return n_b
+
+
+def _check_outputs(obj: Objective, kind: str, mc_samples: int | str = 1) -> None:
+    """Refuse, before any product, a loss or model output the operator is not defined for
+    (checked on the first batch: one forward pass)."""
+    name = title(kind)
+    if obj.batch_loss.takes_model:
+        raise ConfigError(f"the {name} needs the model's outputs, which a ModelLoss hides; pass "
+                          "loss_fn(outputs, targets) instead")
+    inputs, targets = next(iter(obj.batches))
+    with eval_mode(obj.model), higher_order_attention(), torch.no_grad():
+        outputs = functional_call(obj.model, {**obj.fixed, **obj.theta}, (inputs,))
+        if not isinstance(outputs, Tensor) or not outputs.is_floating_point():
+            raise ConfigError(f"the {name} needs a model whose output is one floating tensor, got "
+                              f"{type(outputs).__name__}")
+        if kind == "fisher":
+            _check_cross_entropy(obj, outputs, targets)
+            if mc_samples != "exact":  # the residuals r (n_b, S, C), the one-hot labels and a product
+                n_max = round(max(obj.weights) * obj.n_examples)
+                require_memory(24.0 * n_max * int(mc_samples) * outputs.shape[1],
+                               f"{mc_samples:,} Fisher labels per example of a batch of {n_max:,}")
+
+
+def _check_cross_entropy(obj: Objective, outputs: Tensor, targets: Any) -> None:
+    """The true Fisher is defined here for class logits (n, C) under the cross-entropy only:
+    ``loss_fn`` must equal ``F.cross_entropy`` at the outputs and at the outputs reversed."""
+    refusal = ("the true Fisher is defined here for class logits of shape (examples, classes) with the "
+               "cross-entropy loss (-log softmax); use --operator ggn or empirical-fisher for other losses")
+    if outputs.dim() != 2 or outputs.shape[1] < 2:
+        raise ConfigError(f"{refusal}; the model's output has shape {tuple(outputs.shape)}")
+    try:
+        pairs = [(float(obj.loss_fn(out, targets)), float(F.cross_entropy(out, targets)))
+                 for out in (outputs, outputs.flip(-1))]
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise ConfigError(f"{refusal}; the cross-entropy cannot be evaluated on these targets ({err})") from None
+    tol = 1e-4 if outputs.dtype in (torch.float64, torch.float32) else 1e-2
+    if any(abs(a - b) > tol * max(1.0, abs(b)) for a, b in pairs):
+        raise ConfigError(f"{refusal}; this loss differs from it ({pairs[0][0]:.6g} vs {pairs[0][1]:.6g})")
