@@ -359,7 +359,8 @@ def test_cli_surface_along_eigenvectors(mlp_runs, tmp_path, cli):
     report = json.loads(out[out.index("{"):])
     assert report["options"]["directions"] == "hessian" and len(report["options"]["eigenvalues"]) == 1
     assert report["random"]["options"]["scaled_to_norm"] == 1.0
-    (d_eig,), (d_rand,) = load_directions(tmp_path / "hessian_1d.npz"), load_directions(tmp_path / "hessian_1d_random.npz")
+    (d_eig,) = load_directions(tmp_path / "hessian_1d.npz")
+    (d_rand,) = load_directions(tmp_path / "hessian_1d_random.npz")
     assert norm(d_eig) == pytest.approx(1.0, rel=1e-5) and norm(d_rand) == pytest.approx(1.0, rel=1e-5)  # float32
     assert (tmp_path / "hessian_1d.png").stat().st_size > 1000
     code, out, err = cli(["surface", str(mlp_runs / "wide"), "--directions", "hessian", "--grid", "-1:1:3",
