@@ -22,9 +22,10 @@ The results record the operator, and ``n_hvp`` counts its products.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from torch import Tensor, nn
@@ -55,7 +56,13 @@ def _objective(model: nn.Module | Objective, loss_fn: LossFn | None, data: Itera
 
 @dataclass
 class EigenvaluesResult:
-    """Extreme eigenvalues of the Hessian of the mean loss."""
+    """Extreme eigenvalues of the Hessian of the mean loss.
+
+    With ``return_vectors``: ``eigenvectors`` is the flat ``(n, k)`` tensor of unit Ritz
+    vectors (column j goes with ``eigenvalues[j]``; the objective's dtype and device), laid
+    out over the parameters ``names`` of shapes ``shapes``; :meth:`vector_views` gives each as
+    ``{name: tensor shaped like the parameter}``. ``residuals`` are ||H v - lambda v|| per pair.
+    """
 
     eigenvalues: list[float]
     residuals: list[float]
@@ -70,6 +77,17 @@ class EigenvaluesResult:
     eigenvectors: Tensor | None = field(default=None, repr=False)
     operator: str = "hessian"
     mc_samples: int | str | None = None
+    names: list[str] | None = field(default=None, repr=False)
+    shapes: list[tuple[int, ...]] | None = field(default=None, repr=False)
+
+    def vector_views(self) -> list[dict[str, Tensor]]:
+        """Each eigenvector as ``{parameter name: view shaped like the parameter}`` (views of
+        ``eigenvectors``: no copy; the columns are stored contiguously)."""
+        if self.eigenvectors is None or self.names is None or self.shapes is None:
+            raise ConfigError("no eigenvectors: call eigenvalues(..., return_vectors=True)")
+        sizes = [math.prod(s) for s in self.shapes]
+        return [{n: c.view(s) for n, c, s in zip(self.names, self.eigenvectors[:, j].split(sizes), self.shapes)}
+                for j in range(self.eigenvectors.shape[1])]
 
     @property
     def ratio(self) -> float | None:
@@ -79,8 +97,8 @@ class EigenvaluesResult:
         return self.eigenvalues[0] / self.eigenvalues[-1]
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("eigenvectors")
+        """JSON-friendly: the vectors and their layout are left out (they stay on the object)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("eigenvectors", "names", "shapes")}
         d["ratio"] = self.ratio
         return d
 
@@ -89,7 +107,8 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
                 k: int = 5, which: str = "LA", tol: float = 1e-4, max_iter: int | None = None,
                 params: Any = None, seed: int = 0, hvp_mode: str = "auto",
                 return_eigenvectors: bool = False, callback: Callable | None = None,
-                operator: str = "hessian", mc_samples: int | str = 1) -> EigenvaluesResult:
+                operator: str = "hessian", mc_samples: int | str = 1,
+                return_vectors: bool = False) -> EigenvaluesResult:
     """The k extreme Hessian eigenvalues (``which``: LA largest, SA smallest, LM largest |.|),
     or those of another curvature ``operator`` (module docstring). The GGN (of a loss convex in
     the outputs) and both Fishers are PSD: their ``which="SA"`` values are >= 0 up to the
@@ -97,6 +116,12 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
 
     Converged means a relative Ritz residual ||H x - theta x|| <= tol |theta|; the eigenvalue
     error is then at most residual^2 / gap (Parlett, The Symmetric Eigenvalue Problem, 11.7).
+
+    ``return_vectors`` (or its older name ``return_eigenvectors``) keeps the Ritz vectors,
+    which Lanczos forms anyway (no extra product): flat in ``eigenvectors`` and per parameter
+    through :meth:`EigenvaluesResult.vector_views`. A vector's angle to the true eigenvector is
+    at most residual / gap (Davis-Kahan sin theta), so it is accurate only for an eigenvalue
+    well separated from the rest of the spectrum; its sign is arbitrary.
     """
     mc = curvature.check(operator, mc_samples)
     n = parameter_count(model)  # refuse a Krylov basis (n x steps) that cannot fit, before any product
@@ -106,11 +131,14 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
     obj = _objective(model, loss_fn, data, params, hvp_mode)
     op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
     res = linalg.lanczos(op, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, callback=callback)
+    keep = return_vectors or return_eigenvectors
     return EigenvaluesResult(
         eigenvalues=[float(x) for x in res.eigenvalues], residuals=[float(x) for x in res.residuals],
         converged=[bool(x) for x in res.converged], which=which, tol=tol, n_hvp=res.n_matvecs,
         n_iter=res.n_iter, wall_time=time.perf_counter() - start, n_params=obj.n, n_examples=obj.n_examples,
-        eigenvectors=res.eigenvectors if return_eigenvectors else None, operator=operator, mc_samples=mc,
+        eigenvectors=res.eigenvectors.T.contiguous().T if keep else None,  # columns contiguous: views
+        names=list(obj.names) if keep else None, shapes=[tuple(s) for s in obj.shapes] if keep else None,
+        operator=operator, mc_samples=mc,
     )
 
 
@@ -258,3 +286,41 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
         obj.release()
     return LayerSummary(by, rows, sum(r.n_hvp for r in rows), time.perf_counter() - start, operator, mc)
 
+
+
+# ------------------------------------------------------------------------------------------
+# Overlap of the top eigenspaces of two checkpoints
+# ------------------------------------------------------------------------------------------
+__all__ += ["eigenspace_overlap", "EigenspaceOverlap"]
+
+
+@dataclass
+class EigenspaceOverlap:
+    """Overlap of two eigenspaces, tr(P_a P_b) / k (:func:`sharpscope.linalg.subspace_overlap`)."""
+
+    overlap: float
+    k: int
+    cos2: list[list[float]]  # squared cosines <v_a_i, v_b_j>^2 between the two sets of eigenvectors
+    n_params: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def eigenspace_overlap(a: EigenvaluesResult, b: EigenvaluesResult) -> EigenspaceOverlap:
+    """Overlap ||V_a^T V_b||_F^2 / k in [0, 1] of the eigenspaces of two :func:`eigenvalues`
+    results taken with ``return_vectors=True`` (e.g. the top-k of two checkpoints), after
+    Gur-Ari, Roberts & Dyer, "Gradient Descent Happens in a Tiny Subspace" (2018). 1: the same
+    space, 0: orthogonal; independent of the signs and of any rotation of the vectors within a
+    space. Results over different parameters (names or shapes) are a :class:`ConfigError`."""
+    for name, r in (("first", a), ("second", b)):
+        if r.eigenvectors is None or r.names is None or r.shapes is None:
+            raise ConfigError(f"the {name} result holds no eigenvectors: call eigenvalues(..., return_vectors=True)")
+    if a.names != b.names or a.shapes != b.shapes:
+        diff = next((f"{na} {tuple(sa)} vs {nb} {tuple(sb)}" for na, sa, nb, sb in
+                     zip(a.names, a.shapes, b.names, b.shapes) if na != nb or sa != sb),
+                    f"{len(a.names)} vs {len(b.names)} tensors")
+        raise ConfigError(f"the two models have different parameters ({diff}): their eigenspaces cannot be compared")
+    C = linalg.principal_cosines(a.eigenvectors, b.eigenvectors)
+    return EigenspaceOverlap(overlap=linalg.subspace_overlap(a.eigenvectors, b.eigenvectors), k=min(C.shape),
+                             cos2=(C**2).tolist(), n_params=int(a.eigenvectors.shape[0]))

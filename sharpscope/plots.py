@@ -150,7 +150,7 @@ def plot_eigenvalues(results: Mapping[str, Any], path: str | Path, formats: Sequ
 # any other shape is an error.
 # ---------------------------------------------------------------------------------------
 
-__all__ += ["plot_curve", "plot_contour", "plot_surface3d", "plot_trajectory"]
+__all__ += ["plot_curve", "plot_contour", "plot_surface3d", "plot_trajectory", "plot_eigen_curve"]
 
 _LANDSCAPE_CMAP = "viridis"
 _LOG_DECADES = 8  # log scales reach at most this many decades below the maximum
@@ -181,10 +181,17 @@ def _pc_label(result: Any, k: int) -> str:
     return f"PC {k + 1}"
 
 
+def _eigen_label(result: Any, k: int) -> str:
+    values = (_opt(result, "options") or {}).get("eigenvalues") or []
+    return f"eigenvector {k + 1}" + (f" (lambda = {values[k]:.4g})" if len(values) > k else "")
+
+
 def _axis_labels(result: Any) -> tuple[str, str]:
     kind = _kind(result)
     if kind == "trajectory":
         return _pc_label(result, 0), _pc_label(result, 1)
+    if kind == "hessian":
+        return _eigen_label(result, 0), _eigen_label(result, 1)
     if kind == "interpolation":
         a, b = _endpoint_names(result)
         return f"alpha (0 = {a}, 1 = {b})", "direction 2"
@@ -197,7 +204,8 @@ def _metric_label(metric: str) -> str:
 
 def _default_title(result: Any, metric: str) -> str:
     where = {"random": "random directions", "interpolation": "interpolation",
-             "trajectory": "PCA plane of the training trajectory"}.get(_kind(result), _kind(result))
+             "trajectory": "PCA plane of the training trajectory",
+             "hessian": "top Hessian eigenvectors"}.get(_kind(result), _kind(result))
     return f"{_metric_label(metric).capitalize()} landscape ({where})"
 
 
@@ -319,8 +327,8 @@ def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss
         top.tick_params(length=0, labelsize=10)
 
     ax.set_ylabel(_metric_label(metric) + (" (log scale)" if log and floor is not None else ""), fontsize=11)
-    default = ("linear interpolation" if interp else
-               "the PCA plane" if _kind(first) == "trajectory" else "a random direction")
+    default = ("linear interpolation" if interp else "the PCA plane" if _kind(first) == "trajectory" else
+               "the top Hessian eigenvector" if _kind(first) == "hessian" else "a random direction")
     ax.set_title(title or f"{_metric_label(metric).capitalize()} along {default}", fontsize=12)
     ax.grid(alpha=0.3)
     if any(label for label, _ in items):
@@ -330,6 +338,45 @@ def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss
         ax_acc.set_ylabel("accuracy", fontsize=11)
         ax_acc.grid(alpha=0.3)
     bottom.set_xlabel(xlabel, fontsize=11)
+    return _finish(fig, path, formats, return_figure)
+
+
+def plot_eigen_curve(eigen: Any, random: Any, eigenvalue: float, slope: float, loss0: float, path: str | Path,
+                     formats: Sequence[str] = ("png",), title: str | None = None, return_figure: bool = False):
+    """The loss along the top Hessian eigenvector next to the loss along a random direction,
+    both unit vectors in parameter space (the random one, filter-normalized or not, rescaled
+    to norm 1, so equal coordinates are equal distances and the comparison is fair), over the
+    same grid, with the second-order model L_0 + (g . v) t + lambda t^2 / 2 dashed. Accuracy
+    below when finite. Returns the files written, or ``(files, figure)``."""
+    xs, le = _curve(eigen, "loss")
+    xr, lr = _curve(random, "loss")
+    with_acc = _has_finite(eigen, "accuracy") or _has_finite(random, "accuracy")
+    fig = Figure(figsize=(6.4, 6.0 if with_acc else 4.0), layout="constrained")
+    if with_acc:
+        ax, ax_acc = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    else:
+        ax, ax_acc = fig.subplots(), None
+    c_eig, c_rand = _CYCLE[1], _CYCLE[0]
+    ax.plot(xs, le, color=c_eig, lw=1.8, label=f"top eigenvector (lambda = {eigenvalue:.4g})")
+    ax.plot(xr, lr, color=c_rand, lw=1.8, label="random direction, rescaled to unit norm")
+    t = np.linspace(float(xs.min()), float(xs.max()), 201)
+    quad = loss0 + slope * t + 0.5 * eigenvalue * t * t
+    finite = le[np.isfinite(le)]
+    if finite.size:  # keep the parabola from stretching the axis far beyond the data
+        span = float(finite.max() - finite.min()) or 1.0
+        quad = np.where(quad <= float(finite.max()) + 0.25 * span, quad, np.nan)
+    ax.plot(t, quad, color=c_eig, lw=1.2, ls="--", label="second-order model at the centre")
+    ax.set_ylabel("loss", fontsize=11)
+    ax.set_title(title or "Loss along the top Hessian eigenvector and a random direction", fontsize=12)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    if ax_acc is not None:
+        for res, color in ((eigen, c_eig), (random, c_rand)):
+            if _has_finite(res, "accuracy"):
+                ax_acc.plot(*_curve(res, "accuracy"), color=color, lw=1.6)
+        ax_acc.set_ylabel("accuracy", fontsize=11)
+        ax_acc.grid(alpha=0.3)
+    (ax_acc or ax).set_xlabel("distance along the unit direction (parameter space)", fontsize=11)
     return _finish(fig, path, formats, return_figure)
 
 

@@ -50,6 +50,19 @@ def test_surface_1d_and_trajectory(runs, tmp_path, cli):
     assert SurfaceResult.load(tmp_path / "trajectory.npz").path.shape == (5, 2)  # epochs 0..4
 
 
+def test_surface_states_direction_moves_the_bn_statistics(runs, tmp_path, cli):
+    code, out, err = cli(["surface", str(runs / "sam"), "--dim", "1", "--grid", "-0.5:0.5:3", "--dir-type", "states",
+                          "--ignore", "none", "--norm", "dlayer", "--samples", "60", "--out", str(tmp_path),
+                          "--json", "-", "--no-progress"])
+    assert code == 0, err
+    report = json.loads(out[out.index("{"):])
+    assert report["options"]["dir_type"] == "states" and report["options"]["norm"] == "dlayer"
+    with np.load(tmp_path / "surface_1d.npz", allow_pickle=False) as z:
+        stats = [k for k in z.files if k.endswith("running_var")]
+        assert stats and all(np.all(z[k] > 0) for k in stats)  # d = the running variance (ignore none)
+        assert not any(k.endswith("num_batches_tracked") for k in z.files)
+
+
 def test_interpolate(runs, tmp_path, cli):
     code, out, err = cli(["interpolate", str(runs / "sgd"), str(runs / "sam"), "--grid", "0:1:5",
                               "--samples", "80", "--out", str(tmp_path), "--plot", "--json", "-",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -33,6 +34,49 @@ def _preflight(n: int, model: Any, trace: bool, trace_matvecs: int, density: boo
         parameter_groups(model, by=by)
 
 
+@dataclass
+class _Overlap:
+    """--overlap-with: the second checkpoint, the overlap and B's eigenvalues."""
+
+    path: str
+    label: str
+    result: Any
+    b: Any
+
+    def to_dict(self) -> dict:
+        return {"with": self.path, **self.result.to_dict(), "eigenvalues_b": self.b.to_dict()}
+
+
+def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, hvp_mode: str,
+            trust_factory: bool) -> tuple[Any, str]:
+    """--overlap-with: B's objective on A's batches, refused (before any product) unless A and B
+    have the same parameters and data set."""
+    if path is None:
+        return None, ""
+    import torch.nn.functional as F
+
+    from ..checkpoint import load_checkpoint
+    from ..errors import ConfigError
+    from ..objective import Objective
+
+    if top_k < 1:
+        raise ConfigError("--overlap-with compares the top-k eigenspaces: give --top-k 1 or more")
+    ckpt_b = load_checkpoint(path, allow_factory=trust_factory, map_location=obj.device)
+    name_a, name_b = (ckpt.data_spec or {}).get("name"), (ckpt_b.data_spec or {}).get("name")
+    if name_a and name_b and name_a != name_b:
+        raise ConfigError(f"--overlap-with: A was trained on {name_a} and B on {name_b}")
+    shapes_a = {n: tuple(p.shape) for n, p in ckpt.model.named_parameters()}
+    shapes_b = {n: tuple(p.shape) for n, p in ckpt_b.model.named_parameters()}
+    if shapes_a != shapes_b:
+        diff = sorted(n for n in shapes_a.keys() | shapes_b.keys() if shapes_a.get(n) != shapes_b.get(n))
+        raise ConfigError(f"--overlap-with: the two checkpoints have different parameters ({diff[0]}: "
+                          f"{shapes_a.get(diff[0])} vs {shapes_b.get(diff[0])}); their eigenspaces cannot be compared")
+    label = (ckpt_b.config or {}).get("optimizer", "B").upper()
+    label_a = (ckpt.config or {}).get("optimizer", "model").upper()
+    label = f"{label} (B)" if label == label_a else label
+    return Objective(ckpt_b.model, F.cross_entropy, obj.batches, params=selection, hvp_mode=hvp_mode), label
+
+
 @app.command("hessian")
 def hessian_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
@@ -51,6 +95,8 @@ def hessian_command(
     per_layer: bool = typer.Option(False, "--per-layer", help="Top eigenvalue and trace of each layer's block."),
     by: str = typer.Option("layer", help="Per-layer grouping: layer or block."),
     params: str = typer.Option("all", help="Parameters: all, no-biasbn, or comma-separated glob patterns."),
+    overlap_with: Optional[Path] = typer.Option(None, "--overlap-with", help="A second checkpoint: its top-k "
+                                                "eigenvalues too, and the overlap of the two top-k eigenspaces."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
@@ -72,6 +118,9 @@ def hessian_command(
     """Hessian spectrum of a checkpoint's loss (eval mode, whole data set or --samples).
 
     Example: sharpscope hessian runs/sam --top-k 5 --trace --density --plot --json h.json
+
+    With --overlap-with B: the overlap ||V_A^T V_B||_F^2 / k of the top-k eigenspaces of the two
+    checkpoints on the same data (Gur-Ari et al. 2018), e.g. two epochs of one run.
     """
     import torch.nn.functional as F
 
@@ -85,6 +134,7 @@ def hessian_command(
     selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
     obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=hvp_mode)
     _preflight(obj.n, ckpt.model, trace, trace_matvecs, density, runs, steps, per_layer, by)
+    obj_b, label_b = _second(overlap_with, ckpt, obj, top_k, selection, hvp_mode, trust_factory)
     report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,
                     "n_params": obj.n, "params": params, "hvp_mode": obj.hvp_mode, "operator": operator,
                     "fisher_samples": mc_samples if operator == "fisher" else None}
@@ -101,7 +151,15 @@ def hessian_command(
         if top_k > 0:
             track(f"eigenvalues ({which})", None)
             results["eigenvalues"] = hs.eigenvalues(obj, k=top_k, which=which, tol=tol, max_iter=max_iter, seed=seed,
-                                                    **curv)
+                                                    return_vectors=obj_b is not None, **curv)
+        if obj_b is not None:
+            task = bar.add_task(f"eigenvalues of B ({which})", total=None)
+            obj_b.on_hvp = lambda n: bar.advance(task, n)
+            eig_b = hs.eigenvalues(obj_b, k=top_k, which=which, tol=tol, max_iter=max_iter, seed=seed,
+                                   return_vectors=True, **curv)
+            obj_b.release()
+            results["overlap"] = _Overlap(str(overlap_with), label_b,
+                                          hs.eigenspace_overlap(results["eigenvalues"], eig_b), eig_b)
         if trace:
             track("trace (Hutch++)", trace_matvecs)
             results["trace"] = hs.trace(obj, n_matvecs=trace_matvecs, seed=seed, **curv)
@@ -171,6 +229,12 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
         out.print(f"density: {d.n_runs} runs x {d.n_steps} steps, support [{min(map(min, d.nodes)):.4g}, "
                   f"{max(map(max, d.nodes)):.4g}], kernel sigma {d.sigma:.3g}, implied trace "
                   f"{d.trace_estimate:.6g} ({d.n_hvp} {unit}, {d.wall_time:.1f}s)")
+    if "overlap" in results:
+        o = results["overlap"]
+        out.print(f"B = {o.path}: eigenvalues {', '.join(f'{v:.6g}' for v in o.b.eigenvalues)} "
+                  f"({o.b.n_hvp} {unit}{'' if all(o.b.converged) else '; some unconverged'})", highlight=False)
+        out.print(f"top-{o.result.k} eigenspace overlap ||V_A^T V_B||_F^2 / k = {o.result.overlap:.4f} "
+                  "(1: same space, 0: orthogonal)", highlight=False)
     if "per_layer" in results:
         s = results["per_layer"]
         table = Table(title=f"Per {s.by} ({s.n_hvp} {unit}, {s.wall_time:.1f}s)")
@@ -200,8 +264,11 @@ def _figures(ckpt: Any, results: dict, plot_dir: Path | None, pdf: bool, console
         written += plots.plot_density({label: results["density"]}, folder / f"{stem}_density_log", log=True,
                                       formats=formats, title=titles.get("density"))
     if "eigenvalues" in results:
-        written += plots.plot_eigenvalues({label: results["eigenvalues"]}, folder / f"{stem}_eigenvalues",
-                                          formats=formats, title=titles.get("eigenvalues"))
+        both = {label: results["eigenvalues"]}
+        if "overlap" in results:
+            both[results["overlap"].label] = results["overlap"].b
+        written += plots.plot_eigenvalues(both, folder / f"{stem}_eigenvalues", formats=formats,
+                                          title=titles.get("eigenvalues"))
     for p in written:
         console.print(f"wrote {p}", highlight=False)
     return [str(p) for p in written]

@@ -10,8 +10,8 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, load_for_analysis,
-    numbers, point_progress, seed_option, write_json)
+    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress,
+    load_for_analysis, numbers, point_progress, seed_option, write_json)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,6 +48,17 @@ def _figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console
         written += plots.plot_contour(results, folder / f"{stem}_contour", formats=formats)
         written += plots.plot_contour(results, folder / f"{stem}_filled", filled=True, formats=formats)
         written += plots.plot_surface3d(results, folder / f"{stem}_3d", formats=formats)
+    for p in written:
+        console.print(f"wrote {p}", highlight=False)
+    return [str(p) for p in written]
+
+
+def _eigen_figure(result: SurfaceResult, random_result: SurfaceResult, eig: Any, folder: Path, stem: str, pdf: bool,
+                  console: Console) -> list[str]:
+    from .. import plots
+
+    written = plots.plot_eigen_curve(result, random_result, eig.eigenvalues[0], eig.slopes[0], eig.loss,
+                                     folder / stem, formats=("png", "pdf") if pdf else ("png",))
     for p in written:
         console.print(f"wrote {p}", highlight=False)
     return [str(p) for p in written]
@@ -100,8 +111,15 @@ def surface_command(
     dim: int = typer.Option(2, "--dim", help="1 or 2 directions."),
     grid: Optional[str] = typer.Option(None, help="MIN:MAX:POINTS[,MIN:MAX:POINTS] (default -1:1:51; "
                                                   "for --trajectory, the path's range plus a margin, 31 points)."),
-    norm: str = typer.Option("filter", help="Direction normalization: filter, layer, weight, none."),
-    ignore: str = typer.Option("biasbn", help="biasbn (zero on biases and norm layers) or none."),
+    directions_kind: str = typer.Option("random", "--directions", help="random (Gaussian, normalized by --norm) or "
+                                        "hessian (the top --dim Hessian eigenvectors, unit norm; in 1-D next to a "
+                                        "random direction rescaled to unit norm)."),
+    norm: str = typer.Option("filter", help="Random direction normalization: filter, layer, weight, dfilter, dlayer, "
+                                            "none (Li et al.'s options)."),
+    ignore: str = typer.Option("biasbn", help="biasbn (zero on biases, norm layers and 1-D tensors) or none "
+                                              "(1-D tensors take d = w, as Li et al.'s code)."),
+    dir_type: str = typer.Option("weights", "--dir-type", help="weights (parameters) or states (also BN running "
+                                                               "statistics, used perturbed in eval mode)."),
     orthogonalize: bool = typer.Option(False, "--orthogonalize", help="Make direction 2 orthogonal to direction 1."),
     seed: int = seed_option("Seed of the directions (direction 2 uses seed + 1) and of --samples."),
     samples: Optional[int] = SAMPLES,
@@ -120,8 +138,9 @@ def surface_command(
 ) -> None:
     """Loss surface around a checkpoint (random directions) or over a run's trajectory plane.
 
-    Filter-normalized Gaussian directions (Li et al. 2018), or the PCA plane of the run's
-    per-epoch snapshots with --trajectory. Resumable: rerun the same command.
+    Filter-normalized Gaussian directions (Li et al. 2018), the top Hessian eigenvectors with
+    --directions hessian, or the PCA plane of the run's per-epoch snapshots with --trajectory.
+    Resumable: rerun the same command.
 
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """
@@ -129,12 +148,18 @@ def surface_command(
 
     from .. import distributed as dist_utils
     from .. import landscape as ls
+    from ..landscape.directions import check_options
 
     console = rank0_console(stderr=True)
     if (checkpoint is None) == (trajectory is None):
         raise ConfigError("give either a CHECKPOINT or --trajectory RUN_DIR")
     if dim not in (1, 2):
         raise ConfigError(f"--dim must be 1 or 2, got {dim}")
+    if directions_kind not in ("random", "hessian"):
+        raise ConfigError(f"--directions must be random or hessian, got {directions_kind!r}")
+    if directions_kind == "hessian" and (trajectory is not None or dir_type != "weights"):
+        raise ConfigError("--directions hessian spans parameters only: not with --trajectory or --dir-type states")
+    check_options(norm, ignore, dir_type)  # before loading anything
     radii_list = numbers(radii, float, "--radii", above=0)
     if grid is None and trajectory is None:
         grid = "-1:1:51" if dim == 1 else "-1:1:51,-1:1:51"
@@ -145,6 +170,7 @@ def surface_command(
     folder = out or ((ckpt.path.parent if ckpt.path.is_file() else ckpt.path) / "surface")
     options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path)}
     path = explained = None
+    compare: list = []  # a random direction beside the top eigenvector (--directions hessian --dim 1)
     if trajectory is not None:
         snaps = _snapshots(trajectory)
         traj = ls.trajectory_directions(model, snaps, ignore=ignore)
@@ -156,35 +182,66 @@ def surface_command(
         xs, ys = axes
         options.update({"trajectory": str(trajectory), "ignore": ignore, "snapshots": len(snaps)})
         stem = "trajectory"
+    elif directions_kind == "hessian":
+        xs, ys = axes
+        with hvp_progress(console, progress) as bar:
+            task = bar.add_task(f"top-{dim} Hessian eigenvectors", total=None)
+            eig = ls.hessian_directions(model, F.cross_entropy, batches, k=dim, seed=seed,
+                                        on_hvp=lambda n: bar.advance(task, n))
+        directions, kind, stem = eig.directions, "hessian", f"hessian_{dim}d"
+        options.update({"directions": "hessian", "eigenvalues": eig.eigenvalues, "slopes": eig.slopes,
+                        "residuals": eig.result.residuals, "converged": eig.result.converged,
+                        "n_hvp": eig.result.n_hvp})
+        if dim == 1:  # the comparison: a random direction of the same (unit) norm
+            options.update({"random_norm": norm, "ignore": ignore})
+            compare = [ls.scale_to_norm(ls.random_direction(model, norm=norm, ignore=ignore, seed=seed), 1.0)]
     else:
         xs, ys = axes
-        directions = [ls.random_direction(model, norm=norm, ignore=ignore, seed=seed)]
+        directions = [ls.random_direction(model, norm=norm, ignore=ignore, seed=seed, dir_type=dir_type)]
         if dim == 2:
-            d2 = ls.random_direction(model, norm=norm, ignore=ignore, seed=seed + 1)
+            d2 = ls.random_direction(model, norm=norm, ignore=ignore, seed=seed + 1, dir_type=dir_type)
             directions.append(ls.orthogonalize(d2, directions[0]) if orthogonalize else d2)
         kind = "random"
-        options.update({"norm": norm, "ignore": ignore, "orthogonalize": orthogonalize})
+        options.update({"norm": norm, "ignore": ignore, "orthogonalize": orthogonalize, "dir_type": dir_type})
         stem = f"surface_{dim}d"
     n_points = len(xs) * (1 if ys is None else len(ys))
     with point_progress(console, progress) as bar:
-        task = bar.add_task(f"{kind} surface", total=n_points)
+        task = bar.add_task(f"{kind} surface", total=n_points * (1 + len(compare)))
         result = ls.surface(model, F.cross_entropy, batches, directions, xs, ys, kind=kind, options=options,
                             chunk_size=batch_size, resume_path=folder / f"{stem}.partial.npz",
                             on_point=lambda k, lv, av: bar.advance(task))
+        random_result = None if not compare else ls.surface(
+            model, F.cross_entropy, batches, compare, xs, ys, kind="random",
+            options={**options, "directions": "random", "scaled_to_norm": 1.0}, chunk_size=batch_size,
+            resume_path=folder / f"{stem}_random.partial.npz", on_point=lambda k, lv, av: bar.advance(task))
     if not dist_utils.is_main():  # the points were shared out; rank 0 writes
         return
     result.explained_variance, result.path = explained, path
     result.save(folder / f"{stem}.npz", directions)
     (folder / f"{stem}.partial.npz").unlink(missing_ok=True)
-    summary = _print_summary(rank0_console(stderr=json_out == "-"), result, radii_list, basin_delta)
+    human = rank0_console(stderr=json_out == "-")
+    summary = _print_summary(human, result, radii_list, basin_delta)
     if explained is not None:
-        rank0_console(stderr=json_out == "-").print(f"PCA explained variance: {explained[0]:.1%}, {explained[1]:.1%}", highlight=False)
+        human.print(f"PCA explained variance: {explained[0]:.1%}, {explained[1]:.1%}", highlight=False)
     report = result.to_dict(radii_list, basin_delta)
     report["summary"] = summary
     report["npz"] = str(folder / f"{stem}.npz")
+    if kind == "hessian":
+        human.print("Hessian eigenvalues " + ", ".join(f"{v:.6g}" for v in options["eigenvalues"])
+                    + f" ({options['n_hvp']} HVPs); the directions are unit eigenvectors", highlight=False)
+    if random_result is not None:
+        random_result.save(folder / f"{stem}_random.npz", compare)
+        (folder / f"{stem}_random.partial.npz").unlink(missing_ok=True)
+        human.print(f"random {norm}-normalized direction rescaled to unit norm, for comparison:", highlight=False)
+        report["random"] = {**random_result.to_dict(radii_list, basin_delta),
+                            "summary": _print_summary(human, random_result, radii_list, basin_delta),
+                            "npz": str(folder / f"{stem}_random.npz")}
     if plot:
         label = (ckpt.config or {}).get("optimizer", "model").upper()
-        report["figures"] = _figures({label: result}, folder, stem, pdf, console)
+        if random_result is not None:
+            report["figures"] = _eigen_figure(result, random_result, eig, folder, stem, pdf, console)
+        else:
+            report["figures"] = _figures({label: result}, folder, stem, pdf, console)
     write_json(report, json_out)
     write_json(report, str(folder / f"{stem}.json"))
 

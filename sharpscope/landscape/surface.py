@@ -14,8 +14,11 @@ examples per forward pass is picked by timing (``evaluate_points``); see
 was measured slower than one at a time on the CPU (grouped convolutions), so points are
 evaluated one by one.
 
-Batch norm running statistics: by default every point uses the centre model's buffers
-(``buffers="keep"``); interpolation between two checkpoints can instead interpolate them
+Batch norm running statistics: every point uses the centre model's buffers, except those a
+direction covers (a "states" direction, :func:`~sharpscope.landscape.random_direction` with
+``dir_type="states"``): those move with the parameters, theta_0 + x d_1 + y d_2 for the
+buffers too, and the perturbed statistics are the ones eval mode uses (as Li et al.'s code,
+``set_states``). Interpolation between two checkpoints can interpolate them
 (``buffers="interpolate"``, the buffers being "states" in the sense of Li et al.'s code).
 
 Large grids are resumable: with ``resume_path`` the values computed so far are saved
@@ -43,7 +46,7 @@ from ..checkpoint import atomic_write_bytes
 from ..checks import require_grid_memory
 from ..errors import ConfigError
 from ..objective import eval_mode
-from .directions import Direction, difference
+from .directions import Direction, difference, state_buffer_names
 
 __all__ = ["SurfaceResult", "surface", "interpolate", "parse_grid", "evaluate_points", "load_directions"]
 
@@ -180,7 +183,7 @@ class SurfaceResult:
     ys: np.ndarray | None
     loss: np.ndarray
     accuracy: np.ndarray
-    kind: str  # "random" | "interpolation" | "plane" | "trajectory"
+    kind: str  # "random" | "hessian" | "interpolation" | "plane" | "trajectory"
     options: dict[str, Any]
     n_examples: int
     wall_time: float
@@ -366,7 +369,8 @@ def surface(
 ) -> SurfaceResult:
     """Loss and accuracy over the grid ``xs`` (x ``ys``) along ``directions`` (1 or 2).
 
-    ``center`` defaults to the model's parameters. With ``resume_path``, progress is saved
+    ``center`` defaults to the model's parameters (and, for the buffers a states direction
+    covers, its buffers). With ``resume_path``, progress is saved
     there (atomically, every ``save_every`` points) and an interrupted call with the same
     grid, directions and options continues where it stopped. ``cache``/``cache_bytes``: keep
     the batches on the device or stream them (:meth:`sharpscope.batches.BatchLoss.read`;
@@ -382,23 +386,31 @@ def surface(
     if xs.ndim != 1 or xs.size == 0 or (ys is not None and (ys.ndim != 1 or ys.size == 0)):
         raise ConfigError("grid coordinates must be non-empty 1-D sequences")
     names = [n for n, _ in model.named_parameters()]
+    states = set(state_buffer_names(model))
     for d in directions:
-        if set(d) != set(names):
-            raise ConfigError("a direction must cover exactly the model's parameters "
-                              f"(missing {sorted(set(names) - set(d))[:3]}, extra {sorted(set(d) - set(names))[:3]})")
+        if not set(names) <= set(d) or not set(d) <= set(names) | states:
+            raise ConfigError("a direction must cover exactly the model's parameters, plus for a states direction "
+                              f"floating-point buffers (missing {sorted(set(names) - set(d))[:3]}, "
+                              f"extra {sorted(set(d) - set(names) - states)[:3]})")
+    moved = sorted(set().union(*(set(d) for d in directions)) - set(names))  # state buffers along the directions
+    buffers = dict(model.named_buffers())
     base = {n: (center[n] if center is not None else p).detach() for n, p in model.named_parameters()}
+    base_buffers = {n: (center[n] if center is not None and n in center else buffers[n]).detach() for n in moved}
     ny = 1 if ys is None else len(ys)
     coords = [(float(x), None if ys is None else float(y)) for y in (ys if ys is not None else [0.0]) for x in xs]
 
-    def point(k: int) -> tuple[dict[str, Tensor], None]:
-        cx, cy = coords[k]
-        params = {}
-        for n, t in base.items():
-            v = t + cx * directions[0][n] if cx else t
-            if cy:
+    def shifted(start: dict[str, Tensor], cx: float, cy: float | None) -> dict[str, Tensor]:
+        out = {}
+        for n, t in start.items():
+            v = t + cx * directions[0][n] if cx and n in directions[0] else t
+            if cy and n in directions[1]:
                 v = v + cy * directions[1][n]
-            params[n] = v
-        return params, None
+            out[n] = v
+        return out
+
+    def point(k: int) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+        cx, cy = coords[k]
+        return shifted(base, cx, cy), (shifted(base_buffers, cx, cy) if moved else None)
 
     opts = dict(options or {})
     loss = np.full(len(coords), np.nan)

@@ -9,6 +9,7 @@ products, which dominate the cost; orthogonalization and small eigenproblems are
 * :func:`hutchinson`, :func:`hutchpp` - stochastic trace estimates with standard errors.
 * :func:`slq`, :func:`smooth_density`, :func:`spectral_density` - spectral density by
   stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao, ICML 2019).
+* :func:`subspace_overlap` - overlap of two subspaces (e.g. top eigenspaces), tr(P1 P2) / k.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from .density import DensityResult, slq, smooth_density, spectral_density
 from .lanczos import EigenResult, lanczos, tridiagonal_eigh
 from .operator import SymmetricOperator
+from .subspace import orthonormal_basis, principal_cosines, subspace_overlap
 from .trace import TraceResult, exact_trace, hutchinson, hutchpp
 
 __all__ = [
@@ -31,4 +33,7 @@ __all__ = [
     "slq",
     "smooth_density",
     "spectral_density",
+    "subspace_overlap",
+    "principal_cosines",
+    "orthonormal_basis",
 ]

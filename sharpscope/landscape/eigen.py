@@ -1,0 +1,107 @@
+"""Directions along the top Hessian eigenvectors, for surfaces of the sharpest directions.
+
+:func:`hessian_directions` runs :func:`sharpscope.hessian.eigenvalues` (Lanczos, eval mode,
+the same mean loss the surface shows) and turns its Ritz vectors into directions (dicts over
+every parameter, zero on the parameters outside ``params``).
+
+Scale, a deliberate choice: each direction is a UNIT vector in the flat parameter space,
+not filter-normalized. The Ritz vectors are orthonormal eigenvectors of H; rescaling their
+filters to the weights' norms would make them neither orthogonal nor eigenvectors, and the
+second-order model of the loss along them would lose its simple form
+
+    L(theta_0 + t v) = L_0 + (g . v) t + (lambda / 2) t^2 + O(t^3),
+
+with g the gradient and lambda the eigenvalue. A grid coordinate t along an eigenvector is
+therefore a Euclidean distance in parameter space: to compare with a random direction,
+rescale that one to unit norm too (:func:`~sharpscope.landscape.directions.scale_to_norm`),
+which is what ``sharpscope surface --directions hessian --dim 1`` does. The sign of an
+eigenvector is arbitrary; it is fixed here so that the entry of largest magnitude is
+positive (reproducible runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .directions import Direction
+
+__all__ = ["HessianDirections", "hessian_directions", "eigenvector_directions"]
+
+
+@dataclass
+class HessianDirections:
+    """Top Hessian eigenvectors as directions, and the second-order model along each.
+
+    Attributes:
+        directions: unit, orthonormal directions over every parameter of the model.
+        eigenvalues: lambda_i of each direction.
+        slopes: g . v_i, the directional derivative of the loss at the centre.
+        loss: L_0, the loss at the centre (eval mode).
+        result: the :class:`sharpscope.hessian.EigenvaluesResult` (residuals, convergence, HVPs).
+    """
+
+    directions: list[Direction]
+    eigenvalues: list[float]
+    slopes: list[float]
+    loss: float
+    result: Any = field(repr=False)
+
+    def quadratic(self, i: int, t: Any) -> Any:
+        """The second-order model L_0 + (g . v_i) t + lambda_i t^2 / 2 along direction i."""
+        return self.loss + self.slopes[i] * t + 0.5 * self.eigenvalues[i] * t * t
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"eigenvalues": self.eigenvalues, "slopes": self.slopes, "loss": self.loss,
+                "lanczos": self.result.to_dict()}
+
+
+def eigenvector_directions(model: nn.Module, result: Any) -> list[Direction]:
+    """The eigenvectors of an :class:`~sharpscope.hessian.EigenvaluesResult` (taken with
+    ``return_vectors=True`` on ``model``) as directions over every parameter of ``model``:
+    zero on parameters outside the Hessian's selection, sign fixed so that the entry of
+    largest magnitude is positive."""
+    if result.eigenvectors is None:
+        raise ConfigError("the result holds no eigenvectors: call eigenvalues(..., return_vectors=True)")
+    params = dict(model.named_parameters())
+    for name, shape in zip(result.names, result.shapes):
+        if name not in params or tuple(params[name].shape) != tuple(shape):
+            raise ConfigError(f"the eigenvectors do not fit this model (parameter {name} {tuple(shape)})")
+    out = []
+    for j, views in enumerate(result.vector_views()):
+        col = result.eigenvectors[:, j]
+        sign = 1.0 if float(col[int(col.abs().argmax())]) >= 0 else -1.0
+        out.append({n: (sign * views[n] if n in views else torch.zeros_like(p)).detach().to(p.device, p.dtype).clone()
+                    for n, p in params.items()})
+    return out
+
+
+def hessian_directions(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], data: Iterable, k: int = 2,
+                       which: str = "LA", tol: float = 1e-4, max_iter: int | None = None, params: Any = None,
+                       seed: int = 0, hvp_mode: str = "auto", callback: Callable | None = None,
+                       on_hvp: Callable[[int], None] | None = None) -> HessianDirections:
+    """The ``k`` top (``which``) Hessian eigenvectors of the mean loss as unit directions
+    (module docstring), with their eigenvalues, slopes g . v and the centre loss.
+
+    Costs the Lanczos products of :func:`sharpscope.hessian.eigenvalues` and one gradient.
+    ``on_hvp(n)`` is told of every n products (progress bars)."""
+    from .. import hessian
+    from ..objective import Objective
+
+    obj = Objective(model, loss_fn, data, params=params, hvp_mode=hvp_mode)
+    obj.on_hvp = on_hvp
+    try:
+        res = hessian.eigenvalues(obj, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed,
+                                  callback=callback, return_vectors=True)
+        loss, g = obj.value_and_grad()
+    finally:
+        obj.release()
+    directions = eigenvector_directions(model, res)
+    flat = [obj.flatten({n: d[n] for n in obj.names}).to(g.dtype) for d in directions]
+    slopes = [float(torch.dot(g.double(), v.double())) for v in flat]
+    return HessianDirections(directions, list(res.eigenvalues), slopes, float(loss), res)
