@@ -29,8 +29,8 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E4
 # Submodules reachable as attributes of the package, imported on first access.
 # (tests/test_startup.py checks that every public module of the package is listed.)
 _SUBMODULES = ("batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "distributed", "errors",
-               "experiments", "hessian", "landscape", "linalg", "measures", "models", "objective", "optim", "plots", "sharpness",
-               "stats", "tracking", "train")
+               "experiments", "hessian", "landscape", "linalg", "measures", "models", "objective", "optim", "plots",
+               "sharpness", "stats", "tracking", "train")
 
 __all__ = [
     "__version__",
