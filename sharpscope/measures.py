@@ -15,28 +15,38 @@ T = 1 (plain) or T = |w| + eta (adaptive; the reference uses eta = 0) and the se
 and the same for the error rate (the error at the worst-loss point; the mean error under the
 noise). Each measure is the mean over subsets with its standard error.
 
-The worst case is found by the reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020):
-the step size starts at 2 rho; with dir(g) = T g / ||g||_2 (p = 2) or T sign(g) (p = inf),
+The worst case is found by the reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020),
+run in u = e / T, where B is the ball or box ||u||_p <= rho: the step size starts at 2 rho;
+with dir the dual-norm direction of the gradient in u, T g (T g / ||T g||_2 for p = 2,
+sign(g) for p = inf),
 
-    z_{k+1} = Proj_B(e_k + eta_k dir(grad L_b(w + e_k))),   e_{k+1} = 0.75 z_{k+1} + 0.25 e_{k-1},
+    z_{k+1} = Proj(u_k + eta_k dir),   u_{k+1} = 0.75 z_{k+1} + 0.25 u_{k-1},   e = T u,
 
-(the reference code's momentum; APGD's paper writes it with e_k, the code with e_{k-1}); at the
-checkpoints ceil(p_j K) of K steps (p_0 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06))
-the step is halved when fewer than 75 % of the steps since the last checkpoint raised the
-best loss, or when neither the step nor the best loss changed, and the ascent restarts from
-the best point. The value is the best loss over every point visited, the start included, so
-S_b >= 0. Proj_B is exact: clamping for the box, rescaling for the ball, and for the ellipsoid
-x_i = d_i / (1 + lambda / T_i^2) with lambda >= 0 found by bisection to float rounding.
+(the reference code's momentum; APGD's paper writes it with u_k, the code with u_{k-1}); at
+the checkpoints ceil(p_j K) of K steps (p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
+0.06)) the step is halved when fewer than 75 % of the steps since the last checkpoint raised
+the best loss, or when neither the step nor the best loss changed, and the ascent restarts
+from the best point. The value is the best loss over every point visited, the start
+included, so S_b >= 0. Plain sharpness (T = 1) and the adaptive box (p = inf) take exactly
+the reference's steps (tested against a re-implementation of its loop).
 
-Differences from the reference code, on purpose: at a step reduction it reloads the best
-weights for the next gradient but keeps stepping from the current perturbation; here the
-ascent restarts from the best point (perturbation, previous point and gradient), as APGD
-does. Its random start for p = 2 draws rho * T * N(0, 1) per element (norm about
-rho sqrt(n), far outside the ball) and its first momentum step keeps a quarter of it, so the
-first iterate it scores lies outside B; here the random start (``random_start=True``; the
-default is e = 0, the reference's ``rand_init=False`` used in its evaluations) is a uniform
-point of the sphere or box boundary of B. Each step costs one gradient, which also gives the
-loss at that point (the reference spends a gradient and a forward pass).
+Differences from the reference code, on purpose:
+
+- adaptive p = 2: the reference steps along T g / ||g|| and projects onto the ellipsoid in
+  Euclidean distance. At a fixed point of that pair T g is normal to the ellipsoid (along
+  e / T^2), while a maximum needs g itself normal to it (KKT), so it can stop short of the
+  maximum: 1.5 % below it on a quadratic (``tests/test_measures.py``). Here the step is the
+  gradient step in u (T g / ||T g||, ASAM's geometry) with the projection onto the ball in u,
+  whose fixed points are the KKT points;
+- at a step reduction the reference reloads the best weights for the next gradient but keeps
+  stepping from the current perturbation; here the ascent restarts from the best point
+  (perturbation, previous point and gradient), as APGD does;
+- its random start for p = 2 draws rho T N(0, 1) per element (norm about rho sqrt(n), far
+  outside B) and its first momentum step keeps a quarter of it, so the first iterate it scores
+  lies outside B; here the random start (``random_start=True``; the default is e = 0, the
+  reference's ``rand_init=False`` used in its evaluations) is a uniform point of the boundary;
+- each step costs one gradient, which also gives the loss at that point (the reference spends
+  a gradient and a forward pass).
 
 All functions use eval mode and never modify the model.
 """
@@ -58,73 +68,22 @@ from .batches import BatchLoss, higher_order_attention, take, tensor_leaves
 from .checks import int_at_least
 from .errors import ConfigError
 from .objective import eval_mode
+from .sharpness import dual_direction, project
 
 __all__ = ["worst_case_sharpness", "average_case_sharpness", "sharpness", "MEASURES", "MeasureValue",
-           "MeasureResult", "project_onto_set", "ascent_direction", "apgd_checkpoints"]
+           "MeasureResult", "ascent_direction", "apgd_checkpoints"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 MOMENTUM = 0.75           # the reference's (and APGD's) alpha
 MIN_UPDATE_RATIO = 0.75   # halve the step when fewer than this share of steps raised the best loss
 
 
-# -- the geometry: pure functions on rows of flat vectors (G, n) -----------------------------------
+# -- the geometry: pure functions on rows of flat vectors (G, n), in u = e / T -----------------------
 def ascent_direction(g: Tensor, p: float, scale: Tensor | None) -> Tensor:
-    """The reference's ascent direction: T g / ||g||_2 (p = 2) or T sign(g) (p = inf); rows of
-    a zero gradient give zero."""
-    if p == math.inf:
-        d = torch.sign(g)
-    else:
-        n = g.norm(dim=-1, keepdim=True)
-        d = torch.where(n > 0, g / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
-    return d if scale is None else d * scale
-
-
-def _scaled_norm(e: Tensor, scale: Tensor | None) -> Tensor:
-    """||e / T||_2 per row (coordinates with T = 0 hold e = 0 and count as 0)."""
-    if scale is None:
-        return e.norm(dim=-1)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    return torch.where(scale > 0, e / safe, torch.zeros_like(e)).norm(dim=-1)
-
-
-def _ellipsoid_projection(d: Tensor, rho: float, scale: Tensor, iters: int = 200) -> Tensor:
-    """The Euclidean projection of each row of ``d`` onto {x : ||x / T||_2 <= rho}:
-    x_i = d_i T_i^2 / (T_i^2 + lambda), with lambda >= 0 the root of ||x(lambda) / T|| = rho
-    (bisection in float64; rows already inside are returned unchanged)."""
-    t2 = (scale.double() ** 2).expand_as(d)
-    dd = d.double()
-    inside = _scaled_norm(d, scale) <= rho
-
-    def norm_at(lam: Tensor) -> Tensor:
-        x = dd * t2 / (t2 + lam[:, None])
-        return _scaled_norm(x, scale.double())
-
-    lo = torch.zeros(d.shape[0], dtype=torch.float64, device=d.device)
-    hi = torch.ones_like(lo)
-    while bool(((norm_at(hi) > rho) & ~inside).any()):
-        hi = torch.where(norm_at(hi) > rho, hi * 2, hi)
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        over = norm_at(mid) > rho
-        lo, hi = torch.where(over, mid, lo), torch.where(over, hi, mid)
-        if bool(((hi - lo) <= 1e-15 * hi.clamp_min(1e-300)).all()):
-            break
-    x = (dd * t2 / (t2 + hi[:, None])).to(d.dtype)
-    return torch.where(inside[:, None], d, x)
-
-
-def project_onto_set(e: Tensor, rho: float, p: float, scale: Tensor | None) -> Tensor:
-    """The Euclidean projection of each row onto B = {||e / T||_p <= rho} (module docstring):
-    a clamp to [-rho T, rho T] for p = inf, a rescaling for the ball, the bisection for the
-    ellipsoid; coordinates with T = 0 are set to 0."""
-    if p == math.inf:
-        bound = rho if scale is None else rho * scale
-        return torch.maximum(torch.minimum(e, bound * torch.ones_like(e)), -bound * torch.ones_like(e))
-    if scale is None:
-        n = e.norm(dim=-1, keepdim=True)
-        return torch.where(n > rho, e * (rho / n.clamp_min(torch.finfo(e.dtype).tiny)), e)
-    e = torch.where(scale > 0, e, torch.zeros_like(e))
-    return _ellipsoid_projection(e, rho, scale)
+    """The ascent direction in u = e / T, where B is the ball or box ||u||_p <= rho: the dual-norm
+    direction of the gradient in u, T g (T g / ||T g||_2 for p = 2, sign(g) for p = inf); rows
+    of a zero gradient give zero."""
+    return dual_direction(g if scale is None else g * scale, p)
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
@@ -138,16 +97,14 @@ def apgd_checkpoints(steps: int) -> list[int]:
     return w[1:]
 
 
-def random_start(shape: tuple[int, int], rho: float, p: float, scale: Tensor | None, gen: torch.Generator,
-                 dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A uniform point of the boundary of B: a Gaussian rescaled to ||e / T||_2 = rho (p = 2) or
-    a uniformly random vertex rho T sign(z) (p = inf)."""
+def random_start(shape: tuple[int, int], rho: float, p: float, gen: torch.Generator, dtype: torch.dtype,
+                 device: torch.device) -> Tensor:
+    """A uniform point of the boundary of {||u||_p <= rho} (u = e / T): a Gaussian rescaled to
+    norm rho (p = 2) or a uniformly random vertex rho sign(z) (p = inf)."""
     z = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
     if p == math.inf:
-        return rho * torch.sign(z) * (1.0 if scale is None else scale)
-    e = z if scale is None else z * scale
-    n = _scaled_norm(e, scale).clamp_min(torch.finfo(dtype).tiny)
-    return e * (rho / n)[:, None]
+        return rho * torch.sign(z)
+    return z * (rho / z.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny))
 
 
 def noise(shape: tuple[int, int], rho: float, p: float, scale: Tensor | None, gen: torch.Generator,
@@ -300,32 +257,36 @@ def _group_generator(seed: int, *keys: int) -> torch.Generator:
 # -- worst case ----------------------------------------------------------------------------------
 def _apgd(s: _Setup, batch: Any, rows: int, rho: float, p: float, steps: int,
           start: Tensor | None) -> tuple[Tensor, Tensor, int]:
-    """The ascent of the module docstring for ``rows`` subsets at once: (loss increase, error
-    increase at the best point, gradients per subset)."""
+    """The ascent of the module docstring for ``rows`` subsets at once, in u = e / T: (loss
+    increase, error increase at the best point, gradients per subset)."""
     w0 = s.w0.expand(rows, -1)
-    g, (base_loss, base_err) = s.value_and_grad(w0, batch)
+
+    def at(u: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        return s.value_and_grad(w0 + (u if s.scale is None else u * s.scale), batch)
+
+    u = torch.zeros_like(w0)
+    g, (base_loss, base_err) = at(u)
     n_grad = 1
-    e = torch.zeros_like(w0)
-    best_loss, best_err, best_e, best_g = base_loss.clone(), base_err.clone(), e.clone(), g.clone()
+    best_loss, best_err, best_u, best_g = base_loss.clone(), base_err.clone(), u.clone(), g.clone()
     if start is not None:  # a random start: one more gradient, and the start is a candidate too
-        e = start
-        g, (loss, err) = s.value_and_grad(w0 + e, batch)
+        u = start
+        g, (loss, err) = at(u)
         n_grad += 1
         up = loss > best_loss
         best_loss, best_err = torch.where(up, loss, best_loss), torch.where(up, err, best_err)
-        best_e, best_g = torch.where(up[:, None], e, best_e), torch.where(up[:, None], g, best_g)
-    e_prev = e.clone()
+        best_u, best_g = torch.where(up[:, None], u, best_u), torch.where(up[:, None], g, best_g)
+    u_prev = u.clone()
     step = torch.full((rows,), 2.0 * rho, dtype=w0.dtype, device=w0.device)
     prev_step, prev_best, updates, prev_cp = step.clone(), best_loss.clone(), torch.zeros_like(step), 0
     checkpoints = set(apgd_checkpoints(steps))
     for i in range(steps):
-        z = project_onto_set(e + step[:, None] * ascent_direction(g, p, s.scale), rho, p, s.scale)
-        e, e_prev = MOMENTUM * z + (1.0 - MOMENTUM) * e_prev, e
-        g, (loss, err) = s.value_and_grad(w0 + e, batch)
+        z = project(u + step[:, None] * ascent_direction(g, p, s.scale), rho, p)
+        u, u_prev = MOMENTUM * z + (1.0 - MOMENTUM) * u_prev, u
+        g, (loss, err) = at(u)
         n_grad += 1
         up = loss > best_loss
         best_loss, best_err = torch.where(up, loss, best_loss), torch.where(up, err, best_err)
-        best_e, best_g = torch.where(up[:, None], e, best_e), torch.where(up[:, None], g, best_g)
+        best_u, best_g = torch.where(up[:, None], u, best_u), torch.where(up[:, None], g, best_g)
         updates += up.to(updates.dtype)
         if i in checkpoints:
             few = updates < MIN_UPDATE_RATIO * (i - prev_cp)
@@ -334,8 +295,8 @@ def _apgd(s: _Setup, batch: Any, rows: int, rho: float, p: float, steps: int,
             updates.zero_()
             cut = few | stalled
             step = torch.where(cut, step * 0.5, step)
-            e = torch.where(cut[:, None], best_e, e)
-            e_prev = torch.where(cut[:, None], best_e, e_prev)
+            u = torch.where(cut[:, None], best_u, u)
+            u_prev = torch.where(cut[:, None], best_u, u_prev)
             g = torch.where(cut[:, None], best_g, g)
     return (best_loss - base_loss).double(), (best_err - base_err).double(), n_grad
 
@@ -378,9 +339,9 @@ def worst_case_sharpness(
 
 
 def random_start_rows(s: _Setup, rows: int, rho: float, p: float, seed: int, *keys: int) -> Tensor:
-    """Seeded random starts (:func:`random_start`) for one group of subsets."""
+    """Seeded random starts (:func:`random_start`, in u = e / T) for one group of subsets."""
     gen = _group_generator(seed, *keys)
-    return random_start((rows, s.w0.numel()), rho, p, s.scale, gen, s.w0.dtype, s.w0.device)
+    return random_start((rows, s.w0.numel()), rho, p, gen, s.w0.dtype, s.w0.device)
 
 
 # -- average case --------------------------------------------------------------------------------
