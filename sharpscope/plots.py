@@ -624,7 +624,7 @@ def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequenc
     keys = [k for k in keys if any(k in rec for value in runs.values() for recs in _seed_runs(value) for rec in recs)]
     if not keys:
         raise ValueError("none of the keys appear in the metrics")
-    fig = Figure(figsize=(4.2 * len(keys), 3.6))
+    fig = Figure(figsize=(max(4.2 * len(keys), 6.4), 3.8))
     axes = np.atleast_1d(fig.subplots(1, len(keys)))
     for ax, key in zip(axes, keys):
         for i, (label, value) in enumerate(runs.items()):
@@ -636,14 +636,40 @@ def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequenc
             if series:
                 _seed_lines(ax, series, _color(label, i), label, marker="o", ms=3, band_alpha=_band_alpha(len(runs)),
                             bounds=_TRACK_BOUNDS.get(key))
+                if key == "lambda_max":
+                    _edge_lines(ax, _seed_runs(value), _color(label, i), label)
         ax.set_xlabel("epoch")
         ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
+        if key == "lambda_max":
+            ax.legend(fontsize=7)
     axes[0].legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path, formats)
+
+
+_EDGES = (("edge_of_stability", "--", "(2 + 2 beta) / lr"), ("sam_edge_of_stability", ":", "SAM's edge"))
+
+
+def _edge_lines(ax, seeds: Sequence[Sequence[Mapping[str, Any]]], color: str, label: str) -> None:
+    """The edges of stability recorded beside lambda_max (first seed's; the learning rate is the
+    same on every seed, the gradient norm of SAM's edge nearly so), on a log axis whose top
+    stops at 3x the largest lambda_max so that the edge's climb as lr -> 0 does not flatten
+    the curves."""
+    records = seeds[0]
+    top = max((r["lambda_max"] for recs in seeds for r in recs if r.get("lambda_max") is not None), default=None)
+    drawn = False
+    for key, style, name in _EDGES:
+        pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None and np.isfinite(r[key])]
+        if pts:
+            ax.plot(*zip(*pts), ls=style, color=color, lw=1.2, label=f"{label}: {name}")
+            drawn = True
+    if drawn and top is not None and top > 0:
+        ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, max(min(high, 3.0 * top), top * 1.5))
 
 
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,

@@ -5,7 +5,10 @@ on), the callback measures any of
 
 - ``gradcos``: cosine between SAM's gradient and the full second-order one (rho = the run's
   rho, or 0.05 for SGD), :func:`sharpscope.sharpness.sam_gradient_cosine`;
-- ``lambda_max``: the top Hessian eigenvalue (Lanczos, tol 1e-3);
+- ``lambda_max``: the top Hessian eigenvalue (Lanczos, tol 1e-3), with the edge of stability
+  of the epoch's last learning rate beside it (:func:`stability_threshold`; for SAM also
+  :func:`sam_stability_threshold`, from the gradient norm on the same subset), under
+  ``edge_of_stability`` and ``sam_edge_of_stability``;
 - ``trace``: the Hessian trace (Hutch++, 30 products);
 - ``m_sharpness``: m-sharpness with m = 16, 3 ascent steps at the same rho,
 
@@ -16,6 +19,7 @@ random stream of training: a tracked run ends with the same weights as an untrac
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch.nn.functional as F
@@ -25,7 +29,35 @@ from .errors import ConfigError
 from .objective import Objective
 from .train import TRACKABLE, Callback, TrainState
 
-__all__ = ["TRACKABLE", "TrackingCallback"]
+__all__ = ["TRACKABLE", "TrackingCallback", "stability_threshold", "sam_stability_threshold"]
+
+
+def stability_threshold(lr: float, momentum: float = 0.0) -> float:
+    """The edge of stability of gradient descent with heavy-ball momentum beta on a quadratic:
+    it diverges along an eigenvector whose eigenvalue exceeds (2 + 2 beta) / lr (2 / lr without
+    momentum). Full-batch training drives lambda_max up to it and hovers there (Cohen et al.,
+    ICLR 2021, "Gradient descent on neural networks typically occurs at the edge of
+    stability", Sec. 3 and App. for momentum)."""
+    return (2.0 + 2.0 * momentum) / lr
+
+
+def sam_stability_threshold(lr: float, rho: float, grad_norm: float, momentum: float = 0.0) -> float:
+    """SAM's edge of stability (Long & Bartlett, 2023, "Sharpness-Aware Minimization and the
+    Edge of Stability"): SAM with e = rho g / ||g|| multiplies the gradient along an eigenvector
+    of eigenvalue lambda by lambda (1 + rho lambda / ||g||), so it is stable while
+    lr lambda (1 + rho lambda / ||g||) <= 2 + 2 beta, i.e. up to
+
+        lambda = ||g|| / (2 rho) (sqrt(1 + 4 rho (2 + 2 beta) / (lr ||g||)) - 1),
+
+    their threshold for beta = 0 (the momentum factor is carried over from
+    :func:`stability_threshold` by the same argument). It lies below (2 + 2 beta) / lr and
+    tends to it as rho -> 0; 0 for a zero gradient."""
+    if rho == 0:
+        return stability_threshold(lr, momentum)
+    if grad_norm <= 0:
+        return 0.0
+    c = 4.0 * rho * (2.0 + 2.0 * momentum) / (lr * grad_norm)
+    return grad_norm / (2.0 * rho) * (math.sqrt(1.0 + c) - 1.0)
 
 
 class TrackingCallback(Callback):
@@ -53,6 +85,7 @@ class TrackingCallback(Callback):
             out["gradcos"] = sharpness.sam_gradient_cosine(obj, rho=self.rho).cosine
         if "lambda_max" in self.keys:
             out["lambda_max"] = hessian.eigenvalues(obj, k=1, tol=1e-3, seed=self.seed).eigenvalues[0]
+            out.update(self._edges(state, obj))
         if "trace" in self.keys:
             out["trace"] = hessian.trace(obj, n_matvecs=30, seed=self.seed).trace
         obj.release()
@@ -60,6 +93,18 @@ class TrackingCallback(Callback):
             res = sharpness.m_sharpness(model, loss, self.batches, m=16, rho=self.rho, steps=3, seed=self.seed)
             out["m_sharpness"] = res.results[0].mean
         return out
+
+    def _edges(self, state: TrainState, obj: Objective) -> dict[str, float]:
+        """The edge of stability at the last step's learning rate; for SAM (p = 2, whole-batch
+        perturbations) also its own, from ||grad L|| on the tracking subset (one gradient)."""
+        config = state.config
+        lr = float(state.optimizer.param_groups[0]["lr"])
+        edges = {"edge_of_stability": stability_threshold(lr, config.momentum)}
+        if config.optimizer == "sam" and config.p == 2 and config.m is None and config.effective_rho > 0:
+            grad_norm = float(obj.grad().norm())
+            edges["sam_edge_of_stability"] = sam_stability_threshold(lr, config.effective_rho, grad_norm,
+                                                                     config.momentum)
+        return edges
 
     def on_epoch_end(self, state: TrainState, metrics: dict[str, Any]) -> None:
         if state.epoch % self.every == 0 or state.epoch == state.config.epochs:

@@ -110,7 +110,8 @@ class CompareConfig:
             optimizer=optimizer, model=self.model, model_kwargs=dict(self.model_kwargs), data=self.data,
             data_root=self.data_root, label_noise=self.label_noise, n_train=self.n_train, epochs=self.epochs,
             rho=rho, m=self.m if optimizer != "sgd" else None, seed=seed, keep_snapshots=False,
-            track=["gradcos"], track_every=self.settings.track_every, track_samples=self.settings.samples,
+            track=["gradcos", "lambda_max"], track_every=self.settings.track_every,
+            track_samples=self.settings.samples,
         )
 
 
@@ -312,6 +313,10 @@ def _figures(config: CompareConfig, runs: dict, analyses: dict, surfaces: dict, 
     written += plots.plot_tracking({labels[o]: [runs[o][s] for s in seeds] for o in runs}, ["gradcos"],
                                    figures / "gradcos",
                                    title="cos(first-order, second-order SAM gradient) during training")
+    if any("lambda_max" in r for o in runs for s in seeds for r in runs[o][s]):  # runs tracked before lack it
+        written += plots.plot_tracking({labels[o]: [runs[o][s] for s in seeds] for o in runs}, ["lambda_max"],
+                                       figures / "edge_of_stability",
+                                       title="lambda_max during training and the edge of stability")
     diffs = {labels[o]: e["difference"] for o, e in statistics.items() if "difference" in e}
     if diffs:
         written += plots.plot_paired_differences(diffs, KEY_METRICS, figures / "differences",

@@ -16,6 +16,7 @@ _FIGURES = [
     ("Top Hessian eigenvalues", "eigenvalues.png"),
     ("m-sharpness against m", "m_sharpness.png"),
     ("First- vs second-order SAM gradient during training", "gradcos.png"),
+    ("lambda_max during training and the edge of stability", "edge_of_stability.png"),
     ("Hessian spectral density (SLQ, log scale; first seed)", "density.png"),
     ("Loss surfaces (filter-normalized random directions, shared colour scale; first seed)", "surfaces.png"),
     ("Loss surfaces in 3-D (first seed)", "surfaces_3d.png"),

@@ -28,13 +28,19 @@ def stored_config(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+# What is tracked during a run does not change what is trained (tracking leaves the weights and
+# the random stream alone, sharpscope.tracking): a run tracked otherwise is still the same run.
+_MEASURED_ONLY = {"track", "track_every", "track_samples"}
+
+
 def refuse_other_settings(run_dir: Path, wanted: Mapping[str, Any]) -> None:
     """A ConfigError naming the options in which the run ``run_dir`` holds differs from
-    ``wanted`` (a ``TrainConfig.to_dict()``); nothing when the folder is empty or agrees."""
+    ``wanted`` (a ``TrainConfig.to_dict()``), tracking options aside; nothing when the folder
+    is empty or agrees."""
     stored = stored_config(run_dir)
     if stored is None:
         return
-    diff = sorted(k for k in wanted if stored.get(k) != wanted[k])
+    diff = sorted(k for k in wanted if k not in _MEASURED_ONLY and stored.get(k) != wanted[k])
     if diff:
         raise ConfigError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
                           "use another --out or remove that folder")
