@@ -165,3 +165,28 @@ def interrupt_says(default: str) -> Iterator[None]:
         print(f"sharpscope: interrupted: {why}", file=sys.stderr)
         raise typer.Exit(130) from None
 
+
+
+def print_correlations(table: Any) -> None:
+    """Kendall's tau of each measure with the error gap, the m-sharpness comparisons and the
+    granulated coefficients (one line each)."""
+    for e in table.entries:
+        if e["gap"] != "gap_error":
+            continue
+        k = e["kendall"]
+        if not math.isfinite(k["estimate"]):
+            print(f"{e['measure']} vs error gap: tau undefined (n={e['n']})")
+            continue
+        print(f"{e['measure']} vs error gap: tau {k['estimate']:+.3f} [{k['ci_low']:+.3f}, {k['ci_high']:+.3f}] "
+              f"(n={e['n']}, p={k['p_value']:.2g})")
+    for c in table.m_comparisons:
+        if c["gap"] == "gap_error":
+            d = c["kendall_difference"]
+            print(f"tau(m={c['m']}) - tau(m={c['against_m']}) vs error gap: {d['estimate']:+.3f} "
+                  f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['verdict']})")
+    for g in table.granulated:
+        if g["gap"] == "gap_error" and g["Psi"] is not None:
+            parts = ", ".join(f"{t} {v:+.2f} ({g['groups'][t]} groups)" for t, v in g["psi"].items() if v is not None)
+            print(f"{g['measure']} vs error gap: granulated Psi {g['Psi']:+.3f} ({parts})")
+    for why in table.skipped:
+        print(f"not correlated: {why}")

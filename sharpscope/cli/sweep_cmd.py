@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -10,7 +9,7 @@ from typing import Any, Optional
 import typer
 
 from ._app import app
-from ._common import interrupt_says, parse_options
+from ._common import interrupt_says, parse_options, print_correlations
 
 
 
@@ -115,7 +114,7 @@ def sweep_command(
                                  say=say if progress else (lambda msg: None), correlate=correlate)
     _print_summary(result)
     if result.correlations is not None:
-        _print_correlations(result.correlations)
+        print_correlations(result.correlations)
 
 
 def _print_summary(result: Any) -> None:
@@ -141,26 +140,6 @@ def _print_summary(result: Any) -> None:
     out = result.out_dir
     print(f"tables: {out / 'results.csv'}, {out / 'summary.csv'}; figures: "
           + (", ".join(str(f) for f in result.figures) or "none"))
-
-
-def _print_correlations(table: Any) -> None:
-    """Kendall's tau of each measure with the error gap, and the m-sharpness comparisons."""
-    for e in table.entries:
-        if e["gap"] != "gap_error":
-            continue
-        k = e["kendall"]
-        if not math.isfinite(k["estimate"]):
-            print(f"{e['measure']} vs error gap: tau undefined (n={e['n']})")
-            continue
-        print(f"{e['measure']} vs error gap: tau {k['estimate']:+.3f} [{k['ci_low']:+.3f}, {k['ci_high']:+.3f}] "
-              f"(n={e['n']}, p={k['p_value']:.2g})")
-    for c in table.m_comparisons:
-        if c["gap"] == "gap_error":
-            d = c["kendall_difference"]
-            print(f"tau(m={c['m']}) - tau(m={c['against_m']}) vs error gap: {d['estimate']:+.3f} "
-                  f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['verdict']})")
-    for why in table.skipped:
-        print(f"not correlated: {why}")
 
 
 def _show(value: Any) -> str:

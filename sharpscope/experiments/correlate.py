@@ -14,6 +14,12 @@ For the rows of a sweep (one per run) this module computes
 - for m-sharpness, tau(m, gap) - tau(largest m, gap) for every smaller m with a paired
   bootstrap interval (:func:`sharpscope.stats.correlation_difference`): does a small m track
   the gap better than the largest?
+- Jiang et al.'s granulated Kendall coefficient (their Sec. 6, Eq. 4-5) for each
+  hyperparameter theta_i that varies over the runs: psi_i is the mean, over the groups of runs
+  that agree on every other hyperparameter (and on the seed), of tau(measure, gap) within the
+  group, so it credits a measure only for the changes of theta_i it ranks correctly;
+  Psi = the mean of the psi_i. Groups with fewer than two runs, or a tau left undefined by
+  ties, are left out; each psi_i says over how many groups it is taken.
 
 Runs that diverged or lack a value are left out of the pairs that need it.
 """
@@ -26,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import stats
 from .files import write_csv, write_json
 
@@ -34,7 +42,8 @@ __all__ = ["GAPS", "MEASURES", "CorrelationTable", "generalization_gaps", "measu
 
 GAPS = ("gap_error", "gap_loss")
 # Columns of a sweep's rows that are sharpness or curvature measures, in the order reported.
-MEASURES = ("lambda_max", "lambda_ratio", "trace", "density_trace", "gradcos", "surrogate_gap")
+MEASURES = ("lambda_max", "lambda_ratio", "trace", "density_trace", "gradcos", "surrogate_gap", "worst",
+            "worst_adaptive", "average", "average_adaptive")
 _M_PREFIX = "m_sharpness_m"
 _KIND = "sharpscope correlations"
 
@@ -76,6 +85,7 @@ class CorrelationTable:
     n_runs: int
     entries: list[dict[str, Any]] = field(default_factory=list)
     m_comparisons: list[dict[str, Any]] = field(default_factory=list)
+    granulated: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     confidence: float = 0.95
     resamples: int = 2000
@@ -84,7 +94,8 @@ class CorrelationTable:
         return {"kind": _KIND, "n_runs": self.n_runs, "confidence": self.confidence, "resamples": self.resamples,
                 "ci_method": stats.BOOTSTRAP_METHOD, "gaps": {"gap_error": "train_acc - test_acc",
                                                              "gap_loss": "test_loss - train_loss"},
-                "entries": self.entries, "m_comparisons": self.m_comparisons, "skipped": self.skipped}
+                "entries": self.entries, "m_comparisons": self.m_comparisons, "granulated": self.granulated,
+                "skipped": self.skipped}
 
 
 def _pairs(rows: Sequence[Mapping[str, Any]], gaps: Sequence[Mapping[str, Any]], *columns: str,
@@ -97,12 +108,40 @@ def _pairs(rows: Sequence[Mapping[str, Any]], gaps: Sequence[Mapping[str, Any]],
     return out
 
 
+def granulated_tau(rows: Sequence[Mapping[str, Any]], measure: str, gap: str, hyperparameters: Sequence[str],
+                   group_keys: Sequence[str] = ("seed",)) -> dict[str, Any]:
+    """Jiang et al.'s granulated Kendall coefficient of ``measure`` against ``gap`` (module
+    docstring): ``{"psi": {theta: value or None}, "groups": {theta: groups used}, "Psi": mean}``.
+    Runs are grouped by every other hyperparameter and by ``group_keys``."""
+    gaps = [generalization_gaps(r)[gap] for r in rows]
+    psi: dict[str, float | None] = {}
+    used: dict[str, int] = {}
+    for theta in hyperparameters:
+        others = [k for k in (*hyperparameters, *group_keys) if k != theta]
+        groups: dict[tuple, list[tuple[float, float]]] = {}
+        for row, g in zip(rows, gaps):
+            x = _number(row.get(measure))
+            if x is not None and g is not None:
+                groups.setdefault(tuple(repr(row.get(k)) for k in others), []).append((x, g))
+        taus = []
+        for pairs in groups.values():
+            if len(pairs) >= 2:
+                tau = float(stats.kendall_tau_b(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])))
+                if math.isfinite(tau):
+                    taus.append(tau)
+        psi[theta] = sum(taus) / len(taus) if taus else None
+        used[theta] = len(taus)
+    defined = [v for v in psi.values() if v is not None]
+    return {"psi": psi, "groups": used, "Psi": sum(defined) / len(defined) if defined else None}
+
+
 def correlate_rows(rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | None = None,
                    gaps: Sequence[str] = GAPS, confidence: float = 0.95, resamples: int = 2000,
-                   seed: int = 0) -> CorrelationTable:
+                   seed: int = 0, hyperparameters: Sequence[str] = ()) -> CorrelationTable:
     """The :class:`CorrelationTable` of ``rows`` (sweep rows; diverged runs dropped) for
     ``measures`` (default: :func:`measure_columns`). Every interval uses ``resamples``
-    bootstrap resamples drawn from ``seed``."""
+    bootstrap resamples drawn from ``seed``. ``hyperparameters``: the row keys that vary over
+    the runs, for the granulated coefficients (none: not computed)."""
     usable = [r for r in rows if r.get("status") != "diverged"]
     measures = measure_columns(usable) if measures is None else list(measures)
     table = CorrelationTable(len(usable), confidence=confidence, resamples=resamples)
@@ -117,6 +156,11 @@ def correlate_rows(rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | 
             table.entries.append({"measure": measure, "gap": gap, "n": len(pairs), **{
                 method: stats.rank_correlation(x, y, method, confidence, resamples, seed).to_dict()
                 for method in stats.CORRELATIONS}})
+    if hyperparameters:
+        for measure in measures:
+            for gap in gaps:
+                table.granulated.append({"measure": measure, "gap": gap,
+                                         **granulated_tau(usable, measure, gap, hyperparameters)})
     m_cols = [m for m in measures if m.startswith(_M_PREFIX)]
     if len(m_cols) > 1:
         largest = max(m_cols, key=_m_of)
@@ -142,7 +186,15 @@ def write_correlations(out_dir: str | Path, table: CorrelationTable) -> list[Pat
     records = [{"measure": e["measure"], "gap": e["gap"], "n": e["n"],
                 **{f"{m}_{k}": e[m][k] for m in stats.CORRELATIONS for k in fields}} for e in table.entries]
     write_csv(out / "correlations.csv", header, records)
-    return [out / "correlations.json", out / "correlations.csv"]
+    files = [out / "correlations.json", out / "correlations.csv"]
+    if table.granulated:
+        thetas = list(table.granulated[0]["psi"])
+        header = ["measure", "gap", "Psi"] + [f"psi_{t}" for t in thetas]
+        write_csv(out / "granulated.csv", header, [{"measure": g["measure"], "gap": g["gap"], "Psi": g["Psi"],
+                                                    **{f"psi_{t}": g["psi"][t] for t in thetas}}
+                                                   for g in table.granulated])
+        files.append(out / "granulated.csv")
+    return files
 
 
 def _note(entry: Mapping[str, Any]) -> str:
@@ -177,10 +229,11 @@ def draw_correlations(rows: Sequence[Mapping[str, Any]], table: CorrelationTable
 
 
 def report_correlations(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, formats: Sequence[str] = ("png",),
-                        resamples: int = 2000, seed: int = 0) -> tuple[CorrelationTable, list[Path]]:
+                        resamples: int = 2000, seed: int = 0, hyperparameters: Sequence[str] = ()
+                        ) -> tuple[CorrelationTable, list[Path]]:
     """:func:`correlate_rows`, then its tables in ``out_dir`` and its figures in
     ``out_dir/figures``; returns the table and the files written."""
-    table = correlate_rows(rows, resamples=resamples, seed=seed)
+    table = correlate_rows(rows, resamples=resamples, seed=seed, hyperparameters=hyperparameters)
     files = write_correlations(out_dir, table)
     if table.entries:
         files += draw_correlations(rows, table, Path(out_dir) / "figures", formats)

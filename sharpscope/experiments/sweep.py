@@ -694,6 +694,12 @@ def _row(spec: RunSpec, outcome: RunOutcome) -> dict[str, Any]:
     return row
 
 
+def varying_options(rows: Sequence[Mapping[str, Any]], options: Sequence[str]) -> list[str]:
+    """The options (seed aside) that take more than one value over ``rows``: the
+    hyperparameters of the granulated correlations."""
+    return [o for o in options if o != "seed" and len({repr(r.get(o)) for r in rows}) > 1]
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -936,7 +942,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     table = None
     if correlate:
         from .correlate import report_correlations
-        table, files = report_correlations(rows, out, formats)
+        table, files = report_correlations(rows, out, formats, hyperparameters=varying_options(rows, options))
         figures += [f for f in files if f.parent == out / "figures"]
     result = SweepResult(out, specs, ordered, rows, summary, options, metrics, figures, time.perf_counter() - start,
                          table)
@@ -1040,5 +1046,5 @@ def replot(out_dir: str | os.PathLike[str], plots: Sequence[tuple[str, str] | st
     written = _draw(rows, options, wanted, out / "figures", formats)
     if correlate:
         from .correlate import report_correlations
-        written += report_correlations(rows, out, formats)[1]
+        written += report_correlations(rows, out, formats, hyperparameters=varying_options(rows, options))[1]
     return written

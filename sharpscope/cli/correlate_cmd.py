@@ -1,0 +1,65 @@
+"""``sharpscope correlate``: which sharpness measure tracks the generalization gap of a set of runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import app
+from ._common import interrupt_says, numbers, print_correlations, seed_option
+
+
+@app.command("correlate")
+def correlate_command(
+    runs: list[Path] = typer.Argument(..., help="Run folders (holding checkpoint.pt), or folders holding runs "
+                                      "(a sweep's or compare's --out)."),
+    out: Path = typer.Option(..., "--out", help="Output folder for correlations.json/.csv, granulated.csv, "
+                             "rows.csv and figures/."),
+    measures: str = typer.Option("lambda_max,trace,m_sharpness,gradcos,worst,worst_adaptive,average",
+                                 help="Comma-separated: lambda_max, trace, m_sharpness, gradcos, worst, "
+                                      "worst_adaptive, average, average_adaptive."),
+    samples: int = typer.Option(512, min=1, help="Seeded training subset every measure uses."),
+    rho: float = typer.Option(0.05, help="Radius of m-sharpness, gradcos and worst (p = 2)."),
+    adaptive_rho: float = typer.Option(0.002, "--adaptive-rho", help="Radius of worst_adaptive (p = inf) and "
+                                       "average_adaptive."),
+    average_rho: float = typer.Option(0.01, "--average-rho", help="Noise scale of average and average_adaptive."),
+    m: str = typer.Option("16,128", "--m", help="m values of m_sharpness."),
+    worst_m: int = typer.Option(128, "--worst-m", min=1, help="Examples per subset of the worst/average measures."),
+    resamples: int = typer.Option(2000, min=100, help="Bootstrap resamples of every interval."),
+    seed: int = seed_option("Seed of the subset, the measures and the bootstrap."),
+    progress: bool = typer.Option(True, help="Say which run and measure is computed."),
+) -> None:
+    """Measure every run (cached per run: a rerun computes only what is new) and rank-correlate
+    each measure with the generalization gap (test - train error and loss): Kendall's tau and
+    Spearman's rho with bootstrap 95 % intervals, and Jiang et al.'s granulated tau for each
+    training option that varies over the runs.
+
+    Example: sharpscope correlate runs/sweep --out runs/correlate --measures lambda_max,worst_adaptive
+    """
+    import sys
+
+    from ..experiments.correlate import report_correlations
+    from ..experiments.files import write_csv
+    from ..experiments.measure_runs import MeasureSettings, find_runs, measure_runs, varying_config_options
+
+    names = [n.strip() for n in measures.split(",") if n.strip()]
+    settings = MeasureSettings(samples=samples, seed=seed, rho=rho, m_values=numbers(m, int, "--m", at_least=1),
+                               worst_m=worst_m, adaptive_rho=adaptive_rho, average_rho=average_rho)
+    for name, value in (("--rho", rho), ("--adaptive-rho", adaptive_rho), ("--average-rho", average_rho)):
+        numbers(str(value), float, name, at_least=0)
+    found = find_runs(runs)
+    say = (lambda msg: print(f"correlate: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    say(f"{len(found)} runs")
+    with interrupt_says("measured runs are kept (measures.json in each run); rerun the same command to continue"):
+        rows = measure_runs(found, names, settings, say)
+    hyper = varying_config_options(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    header = list(dict.fromkeys(k for r in rows for k in r))
+    write_csv(out / "rows.csv", header, rows)
+    table, files = report_correlations(rows, out, resamples=resamples, seed=seed, hyperparameters=hyper)
+    print(f"{len(rows)} runs; hyperparameters varying: {', '.join(hyper) or 'none'}")
+    print_correlations(table)
+    for f in files:
+        say(f"wrote {f}")

@@ -1,0 +1,197 @@
+"""Measures of finished runs, for ``sharpscope correlate``: every run folder's final checkpoint
+measured on the same seeded training subset (the labels trained on), one row per run with its
+training options, its final train/test metrics and the measures. Each run keeps what was
+measured in ``RUN/measures.json`` under a key naming the measure, its settings, the subset and
+the checkpoint's step, so a rerun (or another selection of measures) computes only what is new,
+and a run trained further is measured again.
+
+The measures (``RUN_MEASURES``; columns in parentheses):
+
+- ``lambda_max`` (lambda_max, lambda_ratio): top-5 Hessian eigenvalues (Lanczos);
+- ``trace`` (trace): Hutch++;
+- ``m_sharpness`` (m_sharpness_m<m>): the SAM paper's m-sharpness, fixed-step ascent;
+- ``gradcos`` (gradcos, surrogate_gap): the first- vs second-order SAM gradient at rho;
+- ``worst`` (worst): worst-case sharpness, APGD-style, p = 2 (sharpscope.measures);
+- ``worst_adaptive`` (worst_adaptive): adaptive worst case, p = inf, the measure that
+  correlated best in Andriushchenko et al. (ICML 2023) at their rho = 0.002 (the default here);
+- ``average`` / ``average_adaptive`` (average, average_adaptive): average case, p = 2.
+
+Each ``worst*`` and ``average*`` measure also gives its error increase (column + ``_error``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from torch import nn
+
+from .. import hessian, measures, sharpness
+from ..checkpoint import load_checkpoint, read_checkpoint
+from ..data import DataSpec, load_dataset
+from ..errors import CheckpointError, ConfigError
+from ..objective import Objective
+from .files import write_json
+
+__all__ = ["MeasureSettings", "RUN_MEASURES", "DEFAULT_MEASURES", "find_runs", "measure_run", "measure_runs",
+           "varying_config_options"]
+
+_CACHE = "measures.json"
+# Config fields that say where or how a run was done, not what was trained: never a hyperparameter.
+_NOT_HYPERPARAMETERS = {"seed", "device", "data_root", "checkpoint_every", "keep_snapshots", "track", "track_every",
+                        "track_samples", "compile", "channels_last"}
+
+
+@dataclass
+class MeasureSettings:
+    """How each measure is computed (all of it goes into the cache key)."""
+
+    samples: int = 512               # seeded training subset
+    seed: int = 0
+    rho: float = 0.05                # m-sharpness, gradcos, worst (p = 2)
+    m_values: list[int] = field(default_factory=lambda: [16, 128])
+    m_steps: int = 5
+    eig_tol: float = 1e-3
+    trace_matvecs: int = 30
+    worst_m: int = 128
+    worst_steps: int = 20
+    adaptive_rho: float = 0.002      # worst_adaptive (p = inf) and average_adaptive
+    average_rho: float = 0.01
+    average_draws: int = 50
+
+
+Measure = Callable[[nn.Module, list, MeasureSettings], dict[str, float]]
+
+
+def _lambda_max(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
+    r = hessian.eigenvalues(Objective(model, F.cross_entropy, batches), k=5, tol=s.eig_tol, seed=s.seed)
+    return {"lambda_max": r.eigenvalues[0], "lambda_ratio": r.ratio}
+
+
+def _trace(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
+    return {"trace": hessian.trace(model, F.cross_entropy, batches, n_matvecs=s.trace_matvecs, seed=s.seed).trace}
+
+
+def _m_sharpness(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
+    n = sum(int(b[1].shape[0]) for b in batches)
+    ms = [m for m in s.m_values if m <= n]
+    r = sharpness.m_sharpness(model, F.cross_entropy, batches, m=ms, rho=s.rho, steps=s.m_steps, seed=s.seed)
+    return {f"m_sharpness_m{x.m}": x.mean for x in r.results}
+
+
+def _gradcos(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
+    r = sharpness.sam_gradient_cosine(model, F.cross_entropy, batches, rho=s.rho)
+    return {"gradcos": r.cosine, "surrogate_gap": r.surrogate_gap}
+
+
+def _measure(name: str, kind: str, **options: Any) -> Measure:
+    def run(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
+        n = sum(int(b[1].shape[0]) for b in batches)
+        rho = {"worst": s.rho, "worst_adaptive": s.adaptive_rho, "average": s.average_rho,
+               "average_adaptive": s.average_rho}[name]
+        extra = ({"steps": s.worst_steps} if kind == "worst" else {"samples": s.average_draws})
+        r = measures.sharpness(model, F.cross_entropy, batches, measure=kind, m=min(s.worst_m, n), rho=rho,
+                               seed=s.seed, **extra, **options).results[0]
+        return {name: r.loss_increase, f"{name}_error": r.error_increase}
+    return run
+
+
+RUN_MEASURES: dict[str, Measure] = {
+    "lambda_max": _lambda_max, "trace": _trace, "m_sharpness": _m_sharpness, "gradcos": _gradcos,
+    "worst": _measure("worst", "worst"),
+    "worst_adaptive": _measure("worst_adaptive", "worst", p=math.inf, adaptive=True),
+    "average": _measure("average", "average"),
+    "average_adaptive": _measure("average_adaptive", "average", adaptive=True),
+}
+DEFAULT_MEASURES = ("lambda_max", "trace", "m_sharpness", "gradcos", "worst", "worst_adaptive", "average")
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run folders (holding ``checkpoint.pt``) named in ``paths`` or found below them (a sweep's
+    or compare's output folder), sorted, each once."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if (p / "checkpoint.pt").is_file():
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(c.parent for c in p.rglob("checkpoint.pt") if c.parent.name != "checkpoints")
+        else:
+            raise ConfigError(f"{p}: not a run folder (no checkpoint.pt) nor a folder holding runs")
+    unique = list(dict.fromkeys(r.resolve() for r in found))
+    if not unique:
+        raise ConfigError("no runs found (folders holding checkpoint.pt)")
+    return unique
+
+
+def _cache_key(name: str, s: MeasureSettings, step: int) -> str:
+    return json.dumps({"measure": name, "settings": asdict(s), "step": step}, sort_keys=True)
+
+
+def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
+                say: Callable[[str], None] = lambda what: None) -> dict[str, Any]:
+    """One row: the run's options (its training configuration), its final metrics and the
+    measures ``names`` (cached in ``run_dir/measures.json``, module docstring)."""
+    raw = read_checkpoint(run_dir / "checkpoint.pt")
+    config, progress = raw.get("config") or {}, raw.get("progress") or {}
+    metrics = raw.get("metrics") or []
+    if not metrics or not progress.get("finished"):
+        raise CheckpointError(f"{run_dir}: not a finished training run (no final metrics)")
+    cache_path = run_dir / _CACHE
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    row: dict[str, Any] = {"run": str(run_dir), "status": "finished", **_options(config),
+                           **{k: metrics[-1].get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}}
+    model, batches = None, None
+    for name in names:
+        key = _cache_key(name, s, int(progress.get("step", 0)))
+        if key not in cache:
+            if model is None:
+                model, batches = _model_and_batches(run_dir, s)
+            say(f"{run_dir.name}: {name}")
+            start = time.perf_counter()
+            cache[key] = {**RUN_MEASURES[name](model, batches, s), "seconds": time.perf_counter() - start}
+            write_json(cache_path, cache)  # after every measure: an interrupted run keeps what it did
+        row.update({k: v for k, v in cache[key].items() if k != "seconds"})
+        row[f"{name}_seconds"] = cache[key]["seconds"]
+    return row
+
+
+def _model_and_batches(run_dir: Path, s: MeasureSettings) -> tuple[nn.Module, list]:
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+    if not ckpt.data_spec:
+        raise CheckpointError(f"{run_dir}: records no data set")
+    data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
+    return ckpt.model, data.batches("train", s.samples, 4096, s.seed)
+
+
+def _options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The training options as row columns (dict values such as model_kwargs as sorted JSON)."""
+    return {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in config.items()}
+
+
+def varying_config_options(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Training options that differ over the runs (seed and run mechanics aside): the
+    hyperparameters of the granulated correlation."""
+    keys = dict.fromkeys(k for r in rows for k in r)
+    skip = _NOT_HYPERPARAMETERS | {"run", "status", "train_loss", "train_acc", "test_loss", "test_acc"}
+    return [k for k in keys if k not in skip and not k.endswith("_seconds") and k not in RUN_MEASURES
+            and len({repr(r.get(k)) for r in rows}) > 1 and not _is_measure_column(k)]
+
+
+def _is_measure_column(key: str) -> bool:
+    return key.startswith("m_sharpness_m") or key in ("lambda_ratio", "surrogate_gap") or key.endswith("_error")
+
+
+def measure_runs(run_dirs: Sequence[Path], names: Sequence[str], s: MeasureSettings,
+                 say: Callable[[str], None] = lambda what: None) -> list[dict[str, Any]]:
+    """:func:`measure_run` for each run, in order."""
+    unknown = [n for n in names if n not in RUN_MEASURES]
+    if unknown or not names:
+        raise ConfigError(f"unknown measure {unknown[0] if unknown else '(none)'}; choose from "
+                          f"{', '.join(RUN_MEASURES)}")
+    return [measure_run(r, names, s, say) for r in run_dirs]
