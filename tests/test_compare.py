@@ -12,7 +12,7 @@ from sharpscope import stats
 from sharpscope.cli import main
 
 FIGURES = ["training_curves.png", "density.png", "eigenvalues.png", "surfaces.png", "surfaces_3d.png",
-           "interpolation.png", "m_sharpness.png", "gradcos.png", "differences.png"]
+           "interpolation.png", "m_sharpness.png", "gradcos.png", "edge_of_stability.png", "differences.png"]
 PER_SEED = ["final", "scalars", "eigenvalues", "lambda_max", "ratio", "trace", "m_sharpness", "surrogate_gap",
             "gradcos", "gradcos_over_training"]
 SEEDS = [0, 1, 2]
@@ -63,6 +63,9 @@ def test_every_results_key_and_the_statistics(compared):
             assert len(run["eigenvalues"]["eigenvalues"]) == 5 and run["lambda_max"] == run["eigenvalues"]["eigenvalues"][0]
             assert [x["m"] for x in run["m_sharpness"]["results"]] == [4, 16]
             assert len(run["gradcos_over_training"]) == results["config"]["epochs"]
+            eos = run["lambda_max_over_training"]
+            assert len(eos) == results["config"]["epochs"] and all(e["edge_of_stability"] > 0 for e in eos)
+            assert all(("sam_edge_of_stability" in e) == (opt == "sam") for e in eos)
         # every summary is sharpscope.stats.summarize of the per-seed scalars
         for metric, summary in r["summary"].items():
             values = [r["seeds"][str(s)]["scalars"][metric] for s in SEEDS]

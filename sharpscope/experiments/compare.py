@@ -344,7 +344,11 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
             **statistics[opt],
             "seeds": {str(s): {"final": runs[opt][s][-1], "scalars": scalars[opt][s], **analyses[opt][s],
                                "gradcos_over_training": [{"epoch": r["epoch"], "gradcos": r["gradcos"]}
-                                                         for r in runs[opt][s] if "gradcos" in r]}
+                                                         for r in runs[opt][s] if "gradcos" in r],
+                               "lambda_max_over_training": [
+                                   {k: r[k] for k in ("epoch", "lr", "lambda_max", "edge_of_stability",
+                                                      "sam_edge_of_stability") if k in r}
+                                   for r in runs[opt][s] if "lambda_max" in r]}
                       for s in config.seeds},
             "surface": {"seed": first, **surfaces[opt].summary()},
             "gradcos_change": gradcos_change(runs[opt], config.seeds),
