@@ -76,9 +76,10 @@ def test_measures_are_cached_per_run_and_redone_for_new_settings(three_runs, mon
 
 def test_cli_correlates_runs(three_runs, tmp_path, cli):
     code, out, err = cli(["correlate", str(three_runs), "--out", str(tmp_path / "c"), "--measures",
-                          "lambda_max,worst", "--samples", "64", "--worst-m", "32", "--no-progress"])
+                          "lambda_max,worst", "--samples", "64", "--worst-m", "32", "--no-progress",
+                          "--min-train-acc", "0"])
     assert code in (0, None), err
-    assert "3 runs; hyperparameters varying: lr" in out
+    assert "3 runs correlated (0 below --min-train-acc 0 left out); hyperparameters varying: lr" in out
     table = json.loads((tmp_path / "c" / "correlations.json").read_text())
     assert {e["measure"] for e in table["entries"]} >= {"lambda_max", "worst"}
     assert (tmp_path / "c" / "granulated.csv").is_file() and (tmp_path / "c" / "rows.csv").is_file()

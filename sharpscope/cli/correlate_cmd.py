@@ -27,12 +27,16 @@ def correlate_command(
     average_rho: float = typer.Option(0.01, "--average-rho", help="Noise scale of average and average_adaptive."),
     m: str = typer.Option("16,128", "--m", help="m values of m_sharpness."),
     worst_m: int = typer.Option(128, "--worst-m", min=1, help="Examples per subset of the worst/average measures."),
+    min_train_acc: float = typer.Option(0.99, "--min-train-acc", help="Correlate only runs that fit their "
+                                        "training labels at least this well (Jiang et al. train to about 99 %; "
+                                        "a run stuck at chance has no gap to explain). 0 keeps every run."),
     resamples: int = typer.Option(2000, min=100, help="Bootstrap resamples of every interval."),
     seed: int = seed_option("Seed of the subset, the measures and the bootstrap."),
     progress: bool = typer.Option(True, help="Say which run and measure is computed."),
 ) -> None:
     """Measure every run (cached per run: a rerun computes only what is new) and rank-correlate
-    each measure with the generalization gap (test - train error and loss): Kendall's tau and
+    each measure with the generalization gap (test - train error and loss) over the runs that
+    fit their training labels (--min-train-acc): Kendall's tau and
     Spearman's rho with bootstrap 95 % intervals, and Jiang et al.'s granulated tau for each
     training option that varies over the runs.
 
@@ -54,12 +58,17 @@ def correlate_command(
     say(f"{len(found)} runs")
     with interrupt_says("measured runs are kept (measures.json in each run); rerun the same command to continue"):
         rows = measure_runs(found, names, settings, say)
-    hyper = varying_config_options(rows)
+    for row in rows:
+        if (row.get("train_acc") or 0.0) < min_train_acc:
+            row["status"] = "underfit"
+    kept = [r for r in rows if r["status"] == "finished"]
+    hyper = varying_config_options(kept)
     out.mkdir(parents=True, exist_ok=True)
     header = list(dict.fromkeys(k for r in rows for k in r))
     write_csv(out / "rows.csv", header, rows)
-    table, files = report_correlations(rows, out, resamples=resamples, seed=seed, hyperparameters=hyper)
-    print(f"{len(rows)} runs; hyperparameters varying: {', '.join(hyper) or 'none'}")
+    table, files = report_correlations(kept, out, resamples=resamples, seed=seed, hyperparameters=hyper)
+    print(f"{len(kept)} runs correlated ({len(rows) - len(kept)} below --min-train-acc {min_train_acc:g} left out); "
+          f"hyperparameters varying: {', '.join(hyper) or 'none'}")
     print_correlations(table)
     for f in files:
         say(f"wrote {f}")
