@@ -59,16 +59,17 @@ def correlate_command(
     with interrupt_says("measured runs are kept (measures.json in each run); rerun the same command to continue"):
         rows = measure_runs(found, names, settings, say)
     for row in rows:
-        if (row.get("train_acc") or 0.0) < min_train_acc:
+        if row["status"] == "finished" and (row.get("train_acc") or 0.0) < min_train_acc:
             row["status"] = "underfit"
     kept = [r for r in rows if r["status"] == "finished"]
+    unfinished = sum(r["status"] == "unfinished" for r in rows)
     hyper = varying_config_options(kept)
     out.mkdir(parents=True, exist_ok=True)
     header = list(dict.fromkeys(k for r in rows for k in r))
     write_csv(out / "rows.csv", header, rows)
     table, files = report_correlations(kept, out, resamples=resamples, seed=seed, hyperparameters=hyper)
-    print(f"{len(kept)} runs correlated ({len(rows) - len(kept)} below --min-train-acc {min_train_acc:g} left out); "
-          f"hyperparameters varying: {', '.join(hyper) or 'none'}")
+    print(f"{len(kept)} runs correlated ({unfinished} unfinished and {len(rows) - len(kept) - unfinished} below "
+          f"--min-train-acc {min_train_acc:g} left out); hyperparameters varying: {', '.join(hyper) or 'none'}")
     print_correlations(table)
     for f in files:
         say(f"wrote {f}")

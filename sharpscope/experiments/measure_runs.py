@@ -136,12 +136,13 @@ def _cache_key(name: str, s: MeasureSettings, step: int) -> str:
 def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
                 say: Callable[[str], None] = lambda what: None) -> dict[str, Any]:
     """One row: the run's options (its training configuration), its final metrics and the
-    measures ``names`` (cached in ``run_dir/measures.json``, module docstring)."""
+    measures ``names`` (cached in ``run_dir/measures.json``, module docstring); a run that did
+    not finish (diverged, interrupted) gives a row with status "unfinished" and nothing else."""
     raw = read_checkpoint(run_dir / "checkpoint.pt")
     config, progress = raw.get("config") or {}, raw.get("progress") or {}
     metrics = raw.get("metrics") or []
-    if not metrics or not progress.get("finished"):
-        raise CheckpointError(f"{run_dir}: not a finished training run (no final metrics)")
+    if not metrics or not progress.get("finished"):  # diverged or interrupted: nothing to correlate
+        return {"run": str(run_dir), "status": "unfinished", **_options(config)}
     cache_path = run_dir / _CACHE
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     row: dict[str, Any] = {"run": str(run_dir), "status": "finished", **_options(config),
