@@ -207,6 +207,16 @@ def _error_rate(outputs: Any, batch: Any, takes_model: bool, like: Tensor) -> Te
     return (outputs.argmax(-1) != targets).to(like.dtype).mean()
 
 
+def _lists(m: int | Sequence[int], rho: float | Sequence[float], p: float, eta: float, count: int, what: str,
+           max_subsets: int | None) -> tuple[list[int], list[float]]:
+    """The m and rho lists of a measure's call, every option checked."""
+    ms, rhos = ([m] if isinstance(m, int) else list(m)), ([rho] if isinstance(rho, (int, float)) else list(rho))
+    _check(ms, rhos, p, eta, count, what)
+    if max_subsets is not None:
+        int_at_least("max_subsets", max_subsets, 1)
+    return ms, rhos
+
+
 def _check(ms: Sequence[int], rhos: Sequence[float], p: float, eta: float, count: int, what: str) -> None:
     if not ms or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in ms):
         raise ConfigError(f"m must be positive integers, got {list(ms)!r}")
@@ -309,10 +319,7 @@ def worst_case_sharpness(
 ) -> MeasureResult:
     """max_{||e / T||_p <= rho} L_b(w + e) - L_b(w), averaged over subsets of m examples
     (module docstring), by ``steps`` steps of the APGD-style ascent."""
-    ms, rhos = ([m] if isinstance(m, int) else list(m)), ([rho] if isinstance(rho, (int, float)) else list(rho))
-    _check(ms, rhos, p, eta, steps, "steps")
-    if max_subsets is not None:
-        int_at_least("max_subsets", max_subsets, 1)
+    ms, rhos = _lists(m, rho, p, eta, steps, "steps", max_subsets)
     start_time = time.perf_counter()
     s = _setup(model, loss_fn, data, adaptive, eta)
     gen = torch.Generator().manual_seed(seed)
@@ -354,10 +361,7 @@ def average_case_sharpness(
     """E_e[L_b(w + e)] - L_b(w) over ``samples`` draws of the reference's noise per subset
     (module docstring), averaged over subsets of m examples. The standard error is over subsets
     (each subset's value already averages ``samples`` draws)."""
-    ms, rhos = ([m] if isinstance(m, int) else list(m)), ([rho] if isinstance(rho, (int, float)) else list(rho))
-    _check(ms, rhos, p, eta, samples, "samples")
-    if max_subsets is not None:
-        int_at_least("max_subsets", max_subsets, 1)
+    ms, rhos = _lists(m, rho, p, eta, samples, "samples", max_subsets)
     start_time = time.perf_counter()
     s = _setup(model, loss_fn, data, adaptive, eta)
     gen = torch.Generator().manual_seed(seed)
