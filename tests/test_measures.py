@@ -15,11 +15,16 @@ from sharpscope.errors import ConfigError
 from sharpscope.measures import apgd_checkpoints, average_case_sharpness, sharpness, worst_case_sharpness
 from sharpscope.sharpness import m_sharpness
 
-torch.set_default_dtype(torch.float64)
 
 
-def teardown_module(module) -> None:
-    torch.set_default_dtype(torch.float32)
+@pytest.fixture(autouse=True)
+def _float64():
+    """The quadratics and the reference loop run in float64 (restored after every test, so no
+    other test module sees it)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 # -- a quadratic: linear regression with the squared error --------------------------------------
@@ -343,20 +348,17 @@ def test_cli_reports_a_measure(cli, tmp_path):
 
     from sharpscope.train import TrainConfig, train
 
-    torch.set_default_dtype(torch.float32)
-    try:
-        train(TrainConfig(model="mlp", model_kwargs={"hidden": [16]}, n_train=128, epochs=1, optimizer="sgd"),
-              tmp_path / "run")
-        code, out, err = cli(["sharpness", str(tmp_path / "run"), "--measure", "worst", "--adaptive", "--norm", "inf",
-                              "--m", "32", "--rho", "0.002", "--steps", "5", "--no-progress", "--json", "-"])
-        assert code in (0, None), err
-        report = json.loads(out)
-        assert report["measure"] == "worst" and report["adaptive"] and report["p"] == "inf"
-        assert report["n_gradients"] == 4 * 6 and report["results"][0]["loss_increase"] >= 0
-        code, out, err = cli(["sharpness", str(tmp_path / "run"), "--measure", "average", "--m", "64", "--rho",
-                              "0.01", "--draws", "3", "--no-progress", "--json", "-"])
-        assert code in (0, None), err
-        report = json.loads(out)
-        assert report["measure"] == "average" and report["n_forwards"] == 2 * 4
-    finally:
-        torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(torch.float32)  # the trainer's checkpoints in the usual dtype (the fixture restores)
+    train(TrainConfig(model="mlp", model_kwargs={"hidden": [16]}, n_train=128, epochs=1, optimizer="sgd"),
+          tmp_path / "run")
+    code, out, err = cli(["sharpness", str(tmp_path / "run"), "--measure", "worst", "--adaptive", "--norm", "inf",
+                          "--m", "32", "--rho", "0.002", "--steps", "5", "--no-progress", "--json", "-"])
+    assert code in (0, None), err
+    report = json.loads(out)
+    assert report["measure"] == "worst" and report["adaptive"] and report["p"] == "inf"
+    assert report["n_gradients"] == 4 * 6 and report["results"][0]["loss_increase"] >= 0
+    code, out, err = cli(["sharpness", str(tmp_path / "run"), "--measure", "average", "--m", "64", "--rho",
+                          "0.01", "--draws", "3", "--no-progress", "--json", "-"])
+    assert code in (0, None), err
+    report = json.loads(out)
+    assert report["measure"] == "average" and report["n_forwards"] == 2 * 4
