@@ -322,27 +322,41 @@ def worst_case_sharpness(
     ms, rhos = _lists(m, rho, p, eta, steps, "steps", max_subsets)
     start_time = time.perf_counter()
     s = _setup(model, loss_fn, data, adaptive, eta)
-    gen = torch.Generator().manual_seed(seed)
-    results, n_grad = [], 0
+
+    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int]:
+        start = random_start_rows(s, rows, r, p, seed, *keys) if random_start else None
+        return _apgd(s, batch, rows, r, p, steps, start)
+
     with eval_mode(model), higher_order_attention():
-        for size in ms:
-            subsets = _subsets(s.n, size, gen, max_subsets, s.w0.device)
-            for j, r in enumerate(rhos):
-                loss = torch.zeros(subsets.shape[0], dtype=torch.float64, device=s.w0.device)
-                err = torch.zeros_like(loss)
-                for rows in _groups(subsets, group_examples):
-                    batch = take(s.examples, subsets[rows.to(subsets.device)])
-                    start = (random_start_rows(s, len(rows), float(r), p, seed, size, j, int(rows[0]))
-                             if random_start else None)
-                    li, ei, k = _apgd(s, batch, len(rows), float(r), p, steps, start)
-                    loss[rows], err[rows] = li, ei
-                    n_grad += k * len(rows)
-                    if callback is not None:
-                        callback(len(rows))
-                results.append(_summary(size, float(r), loss, err))
-    n_grad = int(dist_utils.all_reduce_sum(torch.tensor(float(n_grad), dtype=torch.float64)).item())
+        results, n_grad = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group)
     return MeasureResult("worst", p, adaptive, eta, steps, random_start, seed, results, s.n, n_grad, 0,
                          time.perf_counter() - start_time)
+
+
+def _over_subsets(s: _Setup, ms: Sequence[int], rhos: Sequence[float], seed: int, max_subsets: int | None,
+                  group_examples: int, callback: Callable[[int], None] | None,
+                  one_group: Callable[[Any, int, float, tuple[int, ...]], tuple[Tensor, Tensor, int]]
+                  ) -> tuple[list[MeasureValue], int]:
+    """For each m and rho, ``one_group(batch, rows, rho, keys)`` -> (loss increases, error
+    increases, evaluations per subset) over this rank's groups of subsets; the per-subset
+    values are all-reduced into one :class:`MeasureValue` each. Returns them and the total
+    number of per-subset evaluations (all ranks)."""
+    gen = torch.Generator().manual_seed(seed)
+    results, count = [], 0
+    for size in ms:
+        subsets = _subsets(s.n, size, gen, max_subsets, s.w0.device)
+        for j, r in enumerate(rhos):
+            loss = torch.zeros(subsets.shape[0], dtype=torch.float64, device=s.w0.device)
+            err = torch.zeros_like(loss)
+            for rows in _groups(subsets, group_examples):
+                batch = take(s.examples, subsets[rows.to(subsets.device)])
+                li, ei, k = one_group(batch, len(rows), float(r), (size, j, int(rows[0])))
+                loss[rows], err[rows] = li, ei
+                count += k * len(rows)
+                if callback is not None:
+                    callback(len(rows))
+            results.append(_summary(size, float(r), loss, err))
+    return results, int(dist_utils.all_reduce_sum(torch.tensor(float(count), dtype=torch.float64)).item())
 
 
 def random_start_rows(s: _Setup, rows: int, rho: float, p: float, seed: int, *keys: int) -> Tensor:
@@ -364,33 +378,21 @@ def average_case_sharpness(
     ms, rhos = _lists(m, rho, p, eta, samples, "samples", max_subsets)
     start_time = time.perf_counter()
     s = _setup(model, loss_fn, data, adaptive, eta)
-    gen = torch.Generator().manual_seed(seed)
-    results, n_fwd = [], 0
+
+    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int]:
+        draw_gen = _group_generator(seed, *keys)
+        w0 = s.w0.expand(rows, -1)
+        base_loss, base_err = s.value(w0, batch)
+        total_loss = torch.zeros(rows, dtype=torch.float64, device=w0.device)
+        total_err = torch.zeros_like(total_loss)
+        for _ in range(samples):
+            li, ei = s.value(w0 + noise(tuple(w0.shape), r, p, s.scale, draw_gen, w0.dtype, w0.device), batch)
+            total_loss += li.double()
+            total_err += ei.double()
+        return total_loss / samples - base_loss.double(), total_err / samples - base_err.double(), samples + 1
+
     with eval_mode(model), torch.no_grad():
-        for size in ms:
-            subsets = _subsets(s.n, size, gen, max_subsets, s.w0.device)
-            for j, r in enumerate(rhos):
-                loss = torch.zeros(subsets.shape[0], dtype=torch.float64, device=s.w0.device)
-                err = torch.zeros_like(loss)
-                for rows in _groups(subsets, group_examples):
-                    batch = take(s.examples, subsets[rows.to(subsets.device)])
-                    draw_gen = _group_generator(seed, size, j, int(rows[0]))
-                    w0 = s.w0.expand(len(rows), -1)
-                    base_loss, base_err = s.value(w0, batch)
-                    total_loss = torch.zeros(len(rows), dtype=torch.float64, device=w0.device)
-                    total_err = torch.zeros_like(total_loss)
-                    for _ in range(samples):
-                        d = noise(tuple(w0.shape), float(r), p, s.scale, draw_gen, w0.dtype, w0.device)
-                        li, ei = s.value(w0 + d, batch)
-                        total_loss += li.double()
-                        total_err += ei.double()
-                    loss[rows] = total_loss / samples - base_loss.double()
-                    err[rows] = total_err / samples - base_err.double()
-                    n_fwd += (samples + 1) * len(rows)
-                    if callback is not None:
-                        callback(len(rows))
-                results.append(_summary(size, float(r), loss, err))
-    n_fwd = int(dist_utils.all_reduce_sum(torch.tensor(float(n_fwd), dtype=torch.float64)).item())
+        results, n_fwd = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group)
     return MeasureResult("average", p, adaptive, eta, samples, False, seed, results, s.n, 0, n_fwd,
                          time.perf_counter() - start_time)
 
