@@ -19,7 +19,7 @@ def correlate_command(
                              "rows.csv and figures/."),
     measures: str = typer.Option("lambda_max,trace,m_sharpness,gradcos,worst,worst_adaptive,average",
                                  help="Comma-separated: lambda_max, trace, m_sharpness, gradcos, worst, "
-                                      "worst_adaptive, average, average_adaptive."),
+                                      "worst_adaptive, average, average_adaptive, weights (data-free)."),
     samples: int = typer.Option(512, min=1, help="Seeded training subset every measure uses."),
     rho: float = typer.Option(0.05, help="Radius of m-sharpness, gradcos and worst (p = 2)."),
     adaptive_rho: float = typer.Option(0.002, "--adaptive-rho", help="Radius of worst_adaptive (p = inf) and "

@@ -43,7 +43,8 @@ __all__ = ["GAPS", "MEASURES", "CorrelationTable", "generalization_gaps", "measu
 GAPS = ("gap_error", "gap_loss")
 # Columns of a sweep's rows that are sharpness or curvature measures, in the order reported.
 MEASURES = ("lambda_max", "lambda_ratio", "trace", "density_trace", "gradcos", "surrogate_gap", "worst",
-            "worst_adaptive", "average", "average_adaptive")
+            "worst_adaptive", "average", "average_adaptive", "ww_alpha", "ww_alpha_weighted", "ww_log_norm",
+            "ww_log_spectral_norm", "ww_log_alpha_norm", "ww_stable_rank")
 _M_PREFIX = "m_sharpness_m"
 _KIND = "sharpscope correlations"
 

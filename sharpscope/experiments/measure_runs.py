@@ -14,7 +14,10 @@ The measures (``RUN_MEASURES``; columns in parentheses):
 - ``worst`` (worst): worst-case sharpness, APGD-style, p = 2 (sharpscope.measures);
 - ``worst_adaptive`` (worst_adaptive): adaptive worst case, p = inf, the measure that
   correlated best in Andriushchenko et al. (ICML 2023) at their rho = 0.002 (the default here);
-- ``average`` / ``average_adaptive`` (average, average_adaptive): average case, p = 2.
+- ``average`` / ``average_adaptive`` (average, average_adaptive): average case, p = 2;
+- ``weights`` (ww_alpha, ww_alpha_weighted, ww_log_norm, ww_log_spectral_norm, ww_log_alpha_norm,
+  ww_stable_rank): the data-free weight-spectrum measures' means over layers
+  (sharpscope.weight_spectra, after weightwatcher).
 
 Each ``worst*`` and ``average*`` measure also gives its error increase (column + ``_error``).
 """
@@ -102,12 +105,18 @@ def _measure(name: str, kind: str, **options: Any) -> Measure:
     return run
 
 
+def _weights(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
+    from ..weight_spectra import weight_spectra  # data-free: the batches are not used
+    return {f"ww_{k}": v for k, v in weight_spectra(model).summary.items()}
+
+
 RUN_MEASURES: dict[str, Measure] = {
     "lambda_max": _lambda_max, "trace": _trace, "m_sharpness": _m_sharpness, "gradcos": _gradcos,
     "worst": _measure("worst", "worst"),
     "worst_adaptive": _measure("worst_adaptive", "worst", p=math.inf, adaptive=True),
     "average": _measure("average", "average"),
     "average_adaptive": _measure("average_adaptive", "average", adaptive=True),
+    "weights": _weights,
 }
 DEFAULT_MEASURES = ("lambda_max", "trace", "m_sharpness", "gradcos", "worst", "worst_adaptive", "average")
 
@@ -167,7 +176,8 @@ def _model_and_batches(run_dir: Path, s: MeasureSettings) -> tuple[nn.Module, li
     if not ckpt.data_spec:
         raise CheckpointError(f"{run_dir}: records no data set")
     data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
-    return ckpt.model, data.batches("train", s.samples, 4096, s.seed)
+    n = min(s.samples, int(data.x_train.shape[0]))  # a run trained on fewer examples: all of them
+    return ckpt.model, data.batches("train", n, 4096, s.seed)
 
 
 def _options(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -185,7 +195,8 @@ def varying_config_options(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _is_measure_column(key: str) -> bool:
-    return key.startswith("m_sharpness_m") or key in ("lambda_ratio", "surrogate_gap") or key.endswith("_error")
+    return (key.startswith(("m_sharpness_m", "ww_")) or key in ("lambda_ratio", "surrogate_gap")
+            or key.endswith("_error"))
 
 
 def measure_runs(run_dirs: Sequence[Path], names: Sequence[str], s: MeasureSettings,

@@ -1,0 +1,44 @@
+"""``sharpscope weights``: data-free weight-spectrum measures of a checkpoint (after weightwatcher)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import app
+from ._common import JSON_OUT, TRUST_FACTORY, console as rank0_console, write_json
+
+
+@app.command("weights")
+def weights_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
+    json_out: Optional[str] = JSON_OUT,
+    trust_factory: bool = TRUST_FACTORY,
+) -> None:
+    """Per layer: the power-law exponent alpha of the eigenvalues of W^T W (KS-chosen xmin),
+    alpha-weighted, log Frobenius and spectral norms, stable rank; and their means. No data.
+
+    Example: sharpscope weights runs/sam --json -
+    """
+    from rich.table import Table
+
+    from ..checkpoint import load_checkpoint
+    from ..weight_spectra import weight_spectra
+
+    ckpt = load_checkpoint(checkpoint, allow_factory=trust_factory)
+    res = weight_spectra(ckpt.model)
+    out = rank0_console(stderr=json_out == "-")
+    table = Table(title=f"Weight spectra of {ckpt.path} ({len(res.layers)} layers)")
+    for col in ("layer", "shape", "evals", "alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
+        table.add_column(col, justify="left" if col in ("layer", "shape") else "right")
+    for layer in res.layers:
+        table.add_row(layer.name, "x".join(map(str, layer.shape)), str(layer.n_evals), f"{layer.alpha:.3f}",
+                      f"{layer.alpha_weighted:.3f}", f"{layer.log_norm:.3f}", f"{layer.log_spectral_norm:.3f}",
+                      f"{layer.stable_rank:.3f}")
+    out.print(table)
+    out.print("mean over layers: " + ", ".join(f"{k} {v:.4g}" for k, v in res.summary.items()), highlight=False)
+    if res.skipped:
+        out.print(f"skipped (fewer than 8 eigenvalues): {', '.join(res.skipped)}", highlight=False)
+    write_json({"checkpoint": str(ckpt.path), **res.to_dict()}, json_out)

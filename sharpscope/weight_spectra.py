@@ -1,0 +1,163 @@
+"""Data-free weight-spectrum measures after weightwatcher (Martin & Mahoney, "Implicit
+self-regularization in deep neural networks", JMLR 2021; "Predicting trends in the quality of
+state-of-the-art neural networks without access to training or testing data", Nature
+Communications 2021; the weightwatcher 0.7.7 package's default rules, followed here).
+
+For each ``nn.Linear`` and ``nn.Conv2d`` layer, the empirical spectral density (ESD) of its
+weight matrix W: the eigenvalues lambda_i = sigma_i^2 of W^T W. A Conv2d weight of shape
+(out, in, kh, kw) is read as kh * kw matrices W[:, :, i, j] of shape out x in (one per kernel
+position), and their eigenvalues are pooled into one ESD, each halved: weightwatcher's default
+``conv2d_norm`` scales a slice by sqrt(conv2d_count / 2) with conv2d_count = 1 outside its
+``ww2x`` mode (``weightwatcher.py``, ``apply_normalize_Wmats``), so that its numbers and these
+compare. Layers with fewer than 8 eigenvalues in all are skipped
+(weightwatcher's ``min_evals``); biases are not part of W. Per layer:
+
+- ``alpha``: the exponent of a power law p(lambda) ~ lambda^-alpha fitted to the ESD's tail
+  (the eigenvalues above 1e-5, weightwatcher's ``thresh``). For every candidate xmin (each
+  eigenvalue but the largest), the continuous maximum-likelihood exponent of the tail
+  lambda >= xmin is alpha = 1 + n / sum_i log(lambda_i / xmin), and xmin is the candidate with
+  the smallest Kolmogorov-Smirnov distance D between the empirical and the fitted tail CDF
+  (Clauset, Shalizi & Newman, SIAM Review 2009). With fewer than 20 eigenvalues weightwatcher
+  switches to its small-sample rule: the bias-corrected 1 + (n - 1) / sum log(lambda / xmin)
+  over tails of at least 8. Its ``fit_powerlaw_smallN`` picks xmin by D - 0.868 / sqrt(n), but
+  ``WWFit.__init__`` then re-picks the candidate with the smallest D, discarding that
+  objective; sharpscope reproduces what weightwatcher returns (the smallest D among tails of
+  at least 8);
+- ``log_norm`` = log10 ||W||_F^2 = log10 sum lambda, ``log_spectral_norm`` = log10 lambda_max,
+  ``alpha_weighted`` = alpha log10 lambda_max, ``log_alpha_norm`` = log10 sum lambda^alpha,
+  ``stable_rank`` = sum lambda / lambda_max.
+
+:func:`weight_spectra` also reports their means over layers (weightwatcher's summary). No data
+is needed: the measures read the weights only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["LayerSpectrum", "WeightSpectra", "weight_spectra", "layer_eigenvalues", "fit_power_law",
+           "SUMMARY_METRICS"]
+
+EVALS_THRESH = 1e-5   # eigenvalues at or below this are left out of the power-law fit
+MIN_EVALS = 8         # layers with fewer eigenvalues are skipped
+SMALL_N = 20          # below this many eigenvalues in the fit, the small-sample rule
+SUMMARY_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank")
+
+
+def layer_eigenvalues(module: nn.Module) -> np.ndarray | None:
+    """The pooled, sorted eigenvalues of W^T W of a Linear or Conv2d layer (module docstring),
+    in float64; None for any other module."""
+    if isinstance(module, nn.Linear):
+        mats = [module.weight.detach().double()]
+    elif isinstance(module, nn.Conv2d):
+        w = module.weight.detach().double()
+        kh, kw = w.shape[2], w.shape[3]
+        mats = [w[:, :, i, j] * math.sqrt(0.5) for i in range(kh) for j in range(kw)]
+    else:
+        return None
+    sv = torch.cat([torch.linalg.svdvals(m.cpu()) for m in mats])
+    return np.sort((sv * sv).numpy())
+
+
+def fit_power_law(evals: np.ndarray) -> tuple[float, float, float]:
+    """(alpha, xmin, D) of the power-law tail of the sorted positive ``evals`` (module
+    docstring: KS-optimal xmin, the small-sample rule below 20 values)."""
+    x = np.sort(np.asarray(evals, dtype=np.float64))
+    n_all = len(x)
+    if n_all < 2:
+        raise ConfigError(f"a power-law fit needs at least 2 eigenvalues, got {n_all}")
+    logs = np.log(x)
+    tail_log_sums = np.cumsum(logs[::-1])[::-1]  # sum of logs from i to the end
+    best = (math.nan, math.nan, math.inf)  # alpha, xmin, D
+    for i in range(n_all - 1):
+        n = n_all - i
+        s = tail_log_sums[i] - n * logs[i]
+        if n_all < SMALL_N:
+            if n < 8 or s <= 1e-12:
+                continue
+            alpha = 1.0 + (n - 1.0) / s
+        else:
+            alpha = 1.0 + n / s if s > 0 else math.inf
+        if not alpha > 1:
+            continue
+        d = float(np.max(np.abs(1.0 - (x[i:] / x[i]) ** (1.0 - alpha) - np.arange(n) / n)))
+        if d < best[2]:
+            best = (alpha, float(x[i]), d)
+    return best
+
+
+@dataclass
+class LayerSpectrum:
+    """One layer's ESD summary (module docstring)."""
+
+    name: str
+    kind: str               # "linear" or "conv2d"
+    shape: list[int]
+    n_evals: int
+    lambda_max: float
+    alpha: float
+    xmin: float
+    ks_distance: float
+    alpha_weighted: float
+    log_norm: float
+    log_spectral_norm: float
+    log_alpha_norm: float
+    stable_rank: float
+
+
+@dataclass
+class WeightSpectra:
+    """Every analysed layer and the means over layers (``summary``)."""
+
+    layers: list[LayerSpectrum]
+    skipped: list[str] = field(default_factory=list)   # layers with fewer than 8 eigenvalues
+
+    @property
+    def summary(self) -> dict[str, float]:
+        out = {}
+        for metric in SUMMARY_METRICS:
+            values = [getattr(layer, metric) for layer in self.layers if math.isfinite(getattr(layer, metric))]
+            out[metric] = float(np.mean(values)) if values else math.nan
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [asdict(layer) for layer in self.layers], "skipped": self.skipped, "summary": self.summary}
+
+
+def _layer(name: str, module: nn.Module, evals: np.ndarray) -> LayerSpectrum:
+    fit_evals = evals[evals > EVALS_THRESH]
+    alpha, xmin, d = fit_power_law(fit_evals) if len(fit_evals) >= 2 else (math.nan, math.nan, math.nan)
+    lam_max, total = float(evals.max()), float(evals.sum())
+    log_spec = math.log10(lam_max) if lam_max > 0 else -math.inf
+    return LayerSpectrum(
+        name=name, kind="linear" if isinstance(module, nn.Linear) else "conv2d",
+        shape=list(module.weight.shape), n_evals=len(evals), lambda_max=lam_max, alpha=alpha, xmin=xmin,
+        ks_distance=d, alpha_weighted=alpha * log_spec, log_norm=math.log10(total) if total > 0 else -math.inf,
+        log_spectral_norm=log_spec,
+        log_alpha_norm=math.log10(float(np.sum(evals ** alpha))) if math.isfinite(alpha) else math.nan,
+        stable_rank=total / lam_max if lam_max > 0 else math.nan)
+
+
+def weight_spectra(model: nn.Module) -> WeightSpectra:
+    """The weight-spectrum measures of every Linear and Conv2d layer of ``model`` (module
+    docstring); the model is read, never modified."""
+    layers, skipped = [], []
+    for name, module in model.named_modules():
+        evals = layer_eigenvalues(module)
+        if evals is None:
+            continue
+        if len(evals) < MIN_EVALS:
+            skipped.append(name)
+            continue
+        layers.append(_layer(name, module, evals))
+    if not layers:
+        raise ConfigError("the model has no Linear or Conv2d layer with at least 8 eigenvalues to analyse")
+    return WeightSpectra(layers, skipped)
