@@ -82,6 +82,11 @@ def _print_summary(console: Console, result: SurfaceResult, radii: list[float], 
     edge = " (reaches the grid edge: at least)" if s["basin_reaches_grid_edge"] else ""
     console.print(f"basin width (loss within +{delta} of the centre): {_fmt(s['basin_width'], '.4g')}{edge}",
                   highlight=False)
+    if result.dim == 2:
+        t = result.topology().summary()
+        console.print(f"topology: {t['n_minima']} local minima ({t['n_minima_interior']} interior), mean saddle-minimum "
+                      f"depth {_fmt(t['mean_depth'], '.4g')}, max persistence {_fmt(t['max_persistence'], '.4g')}",
+                      highlight=False)
     if "barrier" in s:
         console.print(f"loss at B {_fmt(s['loss_at_b'], '.5g')}; barrier on [0, 1]: {_fmt(s['barrier'], '+.4g')}",
                       highlight=False)

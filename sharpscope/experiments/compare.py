@@ -350,7 +350,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
                                                       "sam_edge_of_stability") if k in r}
                                    for r in runs[opt][s] if "lambda_max" in r]}
                       for s in config.seeds},
-            "surface": {"seed": first, **surfaces[opt].summary()},
+            "surface": {"seed": first, **surfaces[opt].summary(), "topology": surfaces[opt].topology().summary()},
             "gradcos_change": gradcos_change(runs[opt], config.seeds),
         }
     if interp is not None:

@@ -100,13 +100,20 @@ def _gradcos_lines(results: dict) -> list[str]:
     return lines + [""]
 
 
+def _topology_text(topo: dict | None) -> str:
+    """", N local minima, mean saddle-minimum depth X" (empty for results written before topology existed)."""
+    if not topo:
+        return ""
+    return f", {topo['n_minima']} local minima, mean saddle-minimum depth {_f(topo['mean_depth'])}"
+
+
 def _first_seed_lines(results: dict) -> list[str]:
     lines = []
     for opt, r in results["optimizers"].items():
         surf = r["surface"]
         lines.append(f"- {opt.upper()} (seed {surf['seed']}): loss surface centre {_f(surf['centre_loss'])}, mean "
                      f"increase at radius 0.5: {_f(surf['loss_increase_at_radius'].get('0.5'))}, basin width "
-                     f"{_f(surf['basin_width'])}")
+                     f"{_f(surf['basin_width'])}" + _topology_text(surf.get("topology")))
     if "interpolation" in results:
         it = results["interpolation"]
         lines.append(f"- interpolation (seed {it['seed']}): loss at the first minimum {_f(it['centre_loss'])}, at the "

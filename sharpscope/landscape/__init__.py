@@ -1,17 +1,19 @@
 """Loss landscapes: directions, 1-D / 2-D surfaces, interpolation and trajectory PCA
 (Li et al., NeurIPS 2018; Goodfellow et al., ICLR 2015), and directions along the top
-Hessian eigenvectors."""
+Hessian eigenvectors; topological summaries (minima, merge tree, persistence) of a grid."""
 
 from .directions import (DIR_TYPES, IGNORES, NORMS, Direction, normalize_direction, orthogonalize,
                          random_direction, scale_to_norm, state_buffer_names)
 from .eigen import HessianDirections, eigenvector_directions, hessian_directions
 from .surface import SurfaceResult, interpolate, load_directions, parse_grid, surface
+from .topology import SurfaceTopology, surface_topology
 from .trajectory import TrajectoryDirections, trajectory_directions
 
 __all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "normalize_direction", "orthogonalize",
            "scale_to_norm", "state_buffer_names", "surface", "interpolate", "parse_grid", "load_directions",
            "SurfaceResult", "trajectory_directions", "TrajectoryDirections", "plane_directions",
-           "hessian_directions", "eigenvector_directions", "HessianDirections"]
+           "hessian_directions", "eigenvector_directions", "HessianDirections",
+           "SurfaceTopology", "surface_topology"]
 
 
 def plane_directions(model_a, model_b, model_c) -> list[Direction]:

@@ -291,9 +291,17 @@ class SurfaceResult:
             prev_t, prev_v = t, v
         return float(prev_t), False
 
+    def topology(self, connectivity: str = "full", threshold: float = 0.0) -> Any:
+        """Minima, merge tree and saddle-minimum depths of the loss grid
+        (:func:`sharpscope.landscape.topology.surface_topology`; coordinates in array order, (y, x) in 2-D)."""
+        from .topology import surface_topology
+        return surface_topology(self.loss, axes=(self.xs,) if self.ys is None else (self.ys, self.xs),
+                                connectivity=connectivity, threshold=threshold)
+
     def to_dict(self, radii: Sequence[float] = (0.1, 0.25, 0.5, 1.0), delta: float = 0.1) -> dict[str, Any]:
-        """JSON summary: the options, the grid axes and :meth:`summary` (arrays go in the npz)."""
-        return {"summary": self.summary(radii, delta), "options": self.options,
+        """JSON summary: the options, the grid axes and :meth:`summary` (arrays go in the npz); 2-D: also
+        ``topology`` (:meth:`topology`, default settings)."""
+        return {**({"topology": self.topology().to_dict()} if self.dim == 2 else {}),"summary": self.summary(radii, delta), "options": self.options,
                 "xs": [float(v) for v in self.xs], "ys": None if self.ys is None else [float(v) for v in self.ys],
                 "explained_variance": self.explained_variance, "wall_time": self.wall_time,
                 "points_per_second": self.n_points / self.wall_time if self.wall_time > 0 else None,
