@@ -17,8 +17,8 @@ from ._app import app
 # Registers the commands. These modules import only typer and the option checks: what a
 # verb needs (torch.func, scipy, matplotlib, the trainer) is imported when it runs, so
 # 'sharpscope info missing.pt' fails fast (tests/test_startup.py keeps it so).
-from . import (compare_cmd, correlate_cmd, hessian_cmd, info_cmd, sharpness_cmd, surface_cmd,  # noqa: F401,E402
-               sweep_cmd, train_cmd, weights_cmd)
+from . import (compare_cmd, correlate_cmd, hessian_cmd, info_cmd, report_cmd, sharpness_cmd,  # noqa: F401,E402
+               surface_cmd, sweep_cmd, train_cmd, weights_cmd)
 
 __all__ = ["app", "main"]
 

@@ -29,6 +29,8 @@ def compare_command(
     seeds: str = typer.Option("3", help="Seeds every optimizer is trained on (paired): a count N (seeds 0..N-1) "
                               "a comma-separated list, or a range A:B."),
     quick: bool = typer.Option(False, "--quick", help="Tiny profile for tests and CI (well under a minute)."),
+    html: bool = typer.Option(False, "--html", help="Also write OUT/report.html: one self-contained interactive "
+                              "page (plotly, embedded: opens with no network); needs the html extra."),
     progress: bool = typer.Option(True, help="Show progress."),
 ) -> None:
     """Optimizers side by side over paired seeds: train, measure, summarize with 95 % CIs.
@@ -50,6 +52,10 @@ def compare_command(
     from .progress import RichProgress
 
     console = Console(stderr=True)
+    if html:  # refuse before hours of training, not after
+        from ..plots_html import require_plotly
+
+        require_plotly()
     config = CompareConfig(
         optimizers=[o.strip() for o in optimizers.split(",") if o.strip()], model=model,
         model_kwargs=parse_options(model_opt), data=data, data_root=data_root, label_noise=label_noise, rho=rho,
@@ -74,3 +80,8 @@ def compare_command(
     for warning in results["warnings"]:
         print(f"warning: {warning}")
     print(f"report: {out / 'report.md'} ({results['wall_time']:.0f}s)")
+    if html:
+        from ..experiments.html_report import write_compare_html
+
+        page = write_compare_html(out)
+        print(f"interactive report: {page} ({page.stat().st_size / 2**20:.1f} MiB)")

@@ -1,0 +1,140 @@
+"""The offline interactive report of a finished ``compare`` (``compare --html``,
+``sharpscope report OUT``): one self-contained ``report.html`` built from what the folder
+holds (results.json, every run's metrics.jsonl, the first seed's surface_2d.npz and the
+interpolation), with the tables of report.md, every figure interactive, and the command,
+options and versions behind them."""
+
+from __future__ import annotations
+
+import html
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ConfigError
+from .compare import KEY_METRICS, run_dir
+from .files import atomic_write_bytes
+from .report import METRIC_NAMES, _difference_table, _gradcos_lines, _summary_table
+
+__all__ = ["write_compare_html", "markdown_table"]
+
+
+def markdown_table(lines: list[str]) -> str:
+    """A Markdown pipe table (header, rule, rows) as an HTML table."""
+    rows = [[html.escape(c.strip()) for c in line.strip().strip("|").split("|")] for line in lines if line.strip()]
+    head, body = rows[0], rows[2:]
+    out = ["<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body]
+    return "\n".join(out) + "</table>"
+
+
+def _command(cfg: dict[str, Any]) -> str:
+    parts = ["sharpscope compare", f"--optimizers {','.join(cfg['optimizers'])}", f"--model {cfg['model']}",
+             f"--data {cfg['data']}", f"--epochs {cfg['epochs']}", f"--rho {cfg['rho']}",
+             f"--seeds {','.join(map(str, cfg['seeds']))}"]
+    parts += [f"--model-opt {k}={json.dumps(v)}" for k, v in cfg.get("model_kwargs", {}).items()]
+    parts += [f"--label-noise {cfg['label_noise']}"] if cfg.get("label_noise") else []
+    parts += [f"--m {cfg['m']}"] if cfg.get("m") else []
+    parts += ["--quick"] if cfg.get("quick") else []
+    return " ".join(parts) + " --html"
+
+
+def _provenance(results: dict[str, Any]) -> str:
+    import plotly
+    import torch
+
+    versions = {"sharpscope": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                "python": platform.python_version(), "plotly": plotly.__version__}
+    return ("<h2>How this was made</h2><pre>" + html.escape(_command(results["config"])) + "</pre>"
+            + "<p>Versions: " + html.escape(", ".join(f"{k} {v}" for k, v in versions.items())) + ".</p>"
+            + "<details><summary>Every option (results.json: config and analysis settings)</summary><pre>"
+            + html.escape(json.dumps({"config": results["config"], "settings": results["settings"]}, indent=1))
+            + "</pre></details>")
+
+
+def _records(out: Path, opt: str, seed: int) -> list[dict[str, Any]]:
+    path = run_dir(out, opt, seed) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _over_epochs(out: Path, results: dict[str, Any], key: str) -> dict[str, dict[int, tuple[list, list]]]:
+    series: dict[str, dict[int, tuple[list, list]]] = {}
+    for opt in results["optimizers"]:
+        for seed in results["config"]["seeds"]:
+            pts = [(r["epoch"], r[key]) for r in _records(out, opt, seed) if r.get(key) is not None]
+            if pts:
+                series.setdefault(opt.upper(), {})[seed] = tuple(map(list, zip(*pts)))  # type: ignore[assignment]
+    return series
+
+
+def _figures(out: Path, results: dict[str, Any]) -> list[Any]:
+    from .. import plots_html as ph
+    from ..landscape import SurfaceResult
+
+    seeds, opts = results["config"]["seeds"], results["optimizers"]
+    diffs = {o.upper(): r["difference"] for o, r in opts.items() if r.get("difference")}
+    figs: list[Any] = ["<h2>Figures</h2><p>Click a legend entry to hide a seed, double-click to isolate it; "
+                       "hover for values.</p>"]
+    if diffs:
+        figs.append(ph.difference_bars(diffs, KEY_METRICS, METRIC_NAMES, results["baseline"].upper()))
+    figs.append(ph.seed_lines(_over_epochs(out, results, "test_acc"), "Test accuracy", "epoch", "test accuracy"))
+    figs.append(ph.seed_lines(_over_epochs(out, results, "train_loss"), "Training loss", "epoch", "train loss",
+                              log_y=True))
+    figs.append(ph.eigenvalue_lines({o.upper(): {int(s): r["seeds"][str(s)]["eigenvalues"]["eigenvalues"]
+                                                 for s in seeds} for o, r in opts.items()}))
+    msh = {o.upper(): {int(s): ([x["m"] for x in r["seeds"][str(s)]["m_sharpness"]["results"]],
+                                [x["mean"] for x in r["seeds"][str(s)]["m_sharpness"]["results"]]) for s in seeds}
+           for o, r in opts.items()}
+    figs.append(ph.seed_lines(msh, "m-sharpness against m", "m", "max L_b(w + e) - L_b(w)"))
+    figs.append(ph.seed_lines(_over_epochs(out, results, "gradcos"), "cos(first-, second-order SAM gradient)",
+                              "epoch", "cosine"))
+    eos = _over_epochs(out, results, "lambda_max")
+    if eos:
+        edges = {f"{o}: edge (2 + 2 beta) / lr": v for o, v in _over_epochs(out, results, "edge_of_stability").items()}
+        edges.update({f"{o}: SAM edge": v for o, v in _over_epochs(out, results, "sam_edge_of_stability").items()})
+        figs.append(ph.seed_lines({**eos, **edges}, "lambda_max and the edge of stability", "epoch", "lambda_max",
+                                  log_y=True, dash={k: "dot" for k in edges}))
+    for opt in opts:
+        path = run_dir(out, opt, seeds[0]) / "surface_2d.npz"
+        if path.exists():
+            s = SurfaceResult.load(path)
+            figs.append(ph.surface_3d(f"{opt.upper()} (seed {seeds[0]})", s.xs, s.ys, s.loss))
+    if (out / "interpolation.npz").exists():
+        it = SurfaceResult.load(out / "interpolation.npz")
+        figs.append(ph.curve(it.xs, it.loss, "Linear interpolation between the first two minima (first seed)",
+                             "t (0: first, 1: second)", "loss"))
+    return figs
+
+
+def write_compare_html(out_dir: str | Path) -> Path:
+    """``OUT/report.html`` for the finished compare in ``out_dir`` (module docstring)."""
+    from .. import plots_html as ph
+
+    out = Path(out_dir)
+    path = out / "results.json"
+    if not path.exists():
+        raise ConfigError(f"no finished compare in {out} (results.json missing)")
+    results = json.loads(path.read_text())
+    if "optimizers" not in results or "config" not in results:
+        raise ConfigError(f"{path} is not a compare's results.json")
+    names = " vs ".join(o.upper() for o in results["optimizers"])
+    blocks: list[Any] = [f"<h1>{html.escape(names)}: sharpscope compare</h1>",
+                         "<p>Each cell: mean +/- standard deviation over paired seeds [95 % confidence interval, "
+                         f"{html.escape(results['ci_method'])}]. A difference is reported as higher or lower only "
+                         "when its paired interval excludes zero.</p>",
+                         *_figures(out, results),
+                         "<h2>Metrics over seeds</h2>", markdown_table(_summary_table(results)),
+                         f"<h2>Paired differences to {html.escape(results['baseline'].upper())}</h2>",
+                         "<details><summary>Every metric, its interval, p-value and verdict</summary>"
+                         + markdown_table(_difference_table(results)) + "</details>"]
+    gradcos = _gradcos_lines(results)
+    if gradcos:
+        blocks += ["<h2>First- vs second-order SAM gradient over training</h2>",
+                   markdown_table([ln for ln in gradcos if ln.startswith("|")])]
+    blocks.append(_provenance(results))
+    text = ph.page(f"{names}: sharpscope compare", blocks).encode()
+    return atomic_write_bytes(out / "report.html", lambda fh: fh.write(text))
