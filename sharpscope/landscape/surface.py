@@ -191,6 +191,7 @@ class SurfaceResult:
     path: np.ndarray | None = None
     name_a: str | None = None
     name_b: str | None = None
+    path_residual: np.ndarray | None = None  # (E,): each path point's distance to the plane
 
     @property
     def dim(self) -> int:
@@ -305,7 +306,9 @@ class SurfaceResult:
                 "xs": [float(v) for v in self.xs], "ys": None if self.ys is None else [float(v) for v in self.ys],
                 "explained_variance": self.explained_variance, "wall_time": self.wall_time,
                 "points_per_second": self.n_points / self.wall_time if self.wall_time > 0 else None,
-                **({"name_a": self.name_a, "name_b": self.name_b} if self.kind == "interpolation" else {})}
+                **({"name_a": self.name_a, "name_b": self.name_b} if self.kind == "interpolation" else {}),
+                **({"path": np.asarray(self.path).tolist()} if self.path is not None else {}),
+                **({"path_residual": [float(v) for v in self.path_residual]} if self.path_residual is not None else {})}
 
     def save(self, path: str | Path, directions: Sequence[Direction] = ()) -> Path:
         """Write an ``.npz`` (grid, values, options as JSON, directions as d{k}/{name})."""
@@ -316,6 +319,8 @@ class SurfaceResult:
             arrays["ys"] = self.ys
         if self.path is not None:
             arrays["path"] = self.path
+        if self.path_residual is not None:
+            arrays["path_residual"] = np.asarray(self.path_residual)
         if self.explained_variance is not None:
             arrays["explained_variance"] = np.asarray(self.explained_variance)
         for k, d in enumerate(directions):
@@ -333,7 +338,8 @@ class SurfaceResult:
                        kind=str(z["kind"]), options=json.loads(str(z["options_json"])),
                        n_examples=int(z["n_examples"]), wall_time=0.0,
                        explained_variance=z["explained_variance"].tolist() if "explained_variance" in z else None,
-                       path=z["path"] if "path" in z else None)
+                       path=z["path"] if "path" in z else None,
+                       path_residual=z["path_residual"] if "path_residual" in z else None)
 
 
 def load_directions(path: str | Path) -> list[Direction]:
