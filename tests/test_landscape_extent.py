@@ -94,3 +94,48 @@ def test_projection_recovers_coordinates_and_the_orthogonal_residual():
     assert p.residual[2] == 0.0 and (p.coords[2] == 0).all()
     with pytest.raises(ConfigError, match="dependent"):
         project_snapshots(centre, [d1, d1], [on_plane])
+
+
+# ---------------------------------------------------------------- CLI: --range auto, --path, trajectory residual
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from sharpscope.train import TrainConfig, train
+    root = tmp_path_factory.mktemp("run")
+    train(TrainConfig(optimizer="sgd", model="mlp", model_kwargs={"hidden": [8]}, n_train=100, epochs=3,
+                      batch_size=50), root / "sgd")
+    return root / "sgd"
+
+
+def _report(out):
+    import json
+    return json.loads(out[out.index("{"):])
+
+
+def test_cli_range_auto_and_path(run, tmp_path, cli):
+    from sharpscope.landscape import SurfaceResult
+    code, out, err = cli(["surface", str(run), "--grid", "-1:1:5,-1:1:3", "--range", "auto", "--range-factor", "1.5",
+                          "--path", str(run), "--samples", "60", "--out", str(tmp_path), "--plot", "--json", "-",
+                          "--no-progress"])
+    assert code == 0, err
+    rep = _report(out)
+    ra = rep["options"]["range_auto"]
+    ex, ey = ra["extents"]
+    assert rep["xs"][0] == pytest.approx(-ex) and rep["xs"][-1] == pytest.approx(ex) and len(rep["xs"]) == 5
+    assert rep["ys"][-1] == pytest.approx(ey) and len(rep["ys"]) == 3
+    res = SurfaceResult.load(tmp_path / "surface_2d.npz")
+    assert res.path.shape == (4, 2) and res.path_residual.shape == (4,)  # epochs 0..3
+    assert len(rep["path_residual"]) == 4 and "distance to the plane" in err
+    for name in ("surface_2d_contour.png", "surface_2d_3d.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    code, _, err = cli(["surface", "--trajectory", str(run), "--path", str(run), "--no-progress"])
+    assert code != 0
+
+
+def test_cli_trajectory_reports_the_residual(run, tmp_path, cli):
+    from sharpscope.landscape import SurfaceResult
+    code, out, err = cli(["surface", "--trajectory", str(run), "--grid", "-2:2:4,-1:1:3", "--samples", "60",
+                          "--out", str(tmp_path), "--plot", "--json", "-", "--no-progress"])
+    assert code == 0, err
+    res = SurfaceResult.load(tmp_path / "trajectory.npz")
+    assert res.path_residual.shape == (4,) and res.path_residual[-1] == 0.0  # the centre snapshot
+    assert (tmp_path / "trajectory_3d.png").is_file()
