@@ -583,6 +583,25 @@ def plot_surface3d(results: Mapping[str, Any], path: str | Path, metric: str = "
     return _finish(fig, path, formats, return_figure)
 
 
+def plot_slices(result: Any, path: str | Path, metric: str = "loss", indices: Sequence[int] | None = None,
+                formats: Sequence[str] = ("png",), title: str | None = None, return_figure: bool = False,
+                **contour_kwargs):
+    """A 3-D grid (``loss[k, i, j]`` at (xs[j], ys[i], zs[k])) as 2-D contour panels at fixed
+    third coordinates, side by side on one shared scale: by default at the smallest, the
+    nearest-to-centre and the largest ``zs`` (``result.slice(k)`` for each index). ``contour_kwargs``
+    go to :func:`plot_contour` (``filled``, ``levels``, ``log_levels``)."""
+    zs = _opt(result, "zs")
+    if zs is None:
+        raise ValueError("plot_slices needs a 3-D result (with zs)")
+    zs = np.asarray(zs, dtype=float)
+    if indices is None:
+        indices = sorted({0, int(np.argmin(np.abs(zs))), len(zs) - 1})
+    panels = {f"direction 3 = {zs[k]:.3g}": result.slice(k) for k in indices}
+    return plot_contour(panels, path, metric=metric, formats=formats, return_figure=return_figure,
+                        title=title or f"{_default_title(result.slice(indices[0]), metric)}: slices of a 3-D grid",
+                        **contour_kwargs)
+
+
 def plot_trajectory(result: Any, path: str | Path, formats: Sequence[str] = ("png",), title: str | None = None,
                     label: str = "", return_figure: bool = False, **contour_kwargs):
     """The optimisation trajectory in the PCA plane over the loss contours (Li et al. 2018,

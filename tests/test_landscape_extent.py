@@ -69,6 +69,9 @@ class Lin(nn.Module):
         self.W = nn.Parameter(torch.randn(3, 4, generator=g, dtype=torch.float64))
         self.c = nn.Parameter(torch.randn(3, generator=g, dtype=torch.float64))
 
+    def forward(self, x):
+        return x @ self.W.T + self.c
+
 
 def test_projection_recovers_coordinates_and_the_orthogonal_residual():
     model = Lin()
@@ -139,3 +142,45 @@ def test_cli_trajectory_reports_the_residual(run, tmp_path, cli):
     res = SurfaceResult.load(tmp_path / "trajectory.npz")
     assert res.path_residual.shape == (4,) and res.path_residual[-1] == 0.0  # the centre snapshot
     assert (tmp_path / "trajectory_3d.png").is_file()
+
+
+# ---------------------------------------------------------------- 3-D grids
+def test_3d_grid_shapes_slice_equals_2d_and_topology(tmp_path):
+    from sharpscope.landscape import SurfaceResult, surface, surface_topology
+    import torch.nn.functional as F
+    model = Lin()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(20, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(20, 3, generator=g, dtype=torch.float64)
+    batches = [(x[:10], y[:10]), (x[10:], y[10:])]
+    ds = [random_direction(model, norm="none", ignore="none", seed=s) for s in (1, 2, 3)]
+    xs, ys, zs = np.linspace(-1, 1, 5), np.linspace(-0.5, 0.5, 3), np.linspace(-0.4, 0.4, 4)
+    res = surface(model, F.mse_loss, batches, ds, xs, ys, zs=zs)
+    assert res.dim == 3 and res.loss.shape == (4, 3, 5) and res.n_points == 60
+    for k, z in enumerate(zs):  # each slice = the 2-D surface centred at z d3
+        centre = {n: p.detach() + z * ds[2][n] for n, p in model.named_parameters()}
+        flat = surface(model, F.mse_loss, batches, ds[:2], xs, ys, center=centre)
+        np.testing.assert_allclose(res.slice(k).loss, flat.loss, rtol=1e-12, atol=0)
+    topo = res.topology()
+    assert topo.n_minima >= 1 and topo.to_dict()
+    assert surface_topology(res.loss, axes=(zs, ys, xs)).n_minima == topo.n_minima
+    assert res.summary()["dim"] == 3 and res.to_dict()["zs"] == list(zs)
+    back = SurfaceResult.load(res.save(tmp_path / "s3.npz", ds))
+    np.testing.assert_array_equal(back.loss, res.loss)
+    np.testing.assert_array_equal(back.zs, zs)
+    with pytest.raises(ConfigError, match="3-D surface needs 3"):
+        surface(model, F.mse_loss, batches, ds[:2], xs, ys, zs=zs)
+
+
+def test_cli_dim3(run, tmp_path, cli):
+    from sharpscope.landscape import SurfaceResult
+    code, out, err = cli(["surface", str(run), "--dim", "3", "--grid", "-1:1:3,-1:1:4,-0.5:0.5:3", "--samples", "40",
+                          "--out", str(tmp_path), "--plot", "--json", "-", "--no-progress"])
+    assert code == 0, err
+    rep = _report(out)
+    assert len(rep["zs"]) == 3 and rep["summary"]["dim"] == 3 and "topology" in rep
+    res = SurfaceResult.load(tmp_path / "surface_3d.npz")
+    assert res.loss.shape == (3, 4, 3) and np.isfinite(res.loss).all()
+    assert (tmp_path / "surface_3d_slices.png").stat().st_size > 0
+    code, _, err = cli(["surface", str(run), "--dim", "3", "--grid", "-1:1:3,-1:1:3", "--no-progress"])
+    assert code != 0 and "--dim 3" in err
