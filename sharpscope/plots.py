@@ -396,6 +396,29 @@ def _draw_path(ax, result: Any, filled: bool, color: str) -> bool:
     return True
 
 
+def _draw_path3d(ax, result: Any, xs: np.ndarray, ys: np.ndarray, z: np.ndarray, color: str) -> bool:
+    """A result's ``path`` (E, 2) on a 3-D surface view, at the height of the (bilinearly
+    interpolated) grid values; points off the grid are left out."""
+    raw = _opt(result, "path")
+    if raw is None:
+        return False
+    pts = np.asarray(raw, dtype=float)
+    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+        return False
+    from scipy.interpolate import RegularGridInterpolator
+
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    if len(xs) < 2 or len(ys) < 2:
+        return False
+    heights = RegularGridInterpolator((ys, xs), np.asarray(z, dtype=float), bounds_error=False,
+                                      fill_value=np.nan)(pts[:, ::-1])
+    ax.plot(pts[:, 0], pts[:, 1], heights, "-o", color=color, mec="black", mew=0.5, ms=3, lw=1.6, zorder=10,
+            label="trajectory (per epoch)")
+    ax.plot(pts[-1:, 0], pts[-1:, 1], heights[-1:], ls="none", marker="*", ms=12, color=_PATH_STAR, mec="black",
+            mew=0.8, zorder=11)
+    return True
+
+
 def plot_contour(results: Mapping[str, Any], path: str | Path, metric: str = "loss", filled: bool = False,
                  levels: int = 30, log_levels: bool | None = True, formats: Sequence[str] = ("png",),
                  title: str | None = None, shared_scale: bool = True, return_figure: bool = False):
@@ -508,7 +531,8 @@ def plot_surface3d(results: Mapping[str, Any], path: str | Path, metric: str = "
     """2-D landscapes as 3-D surfaces, one panel per label. With ``shared_scale`` all panels share
     the z range and the colour normalisation (from the union of finite values) and one colorbar.
     ``log=True`` draws log10 of the metric (clipped at a small positive floor) -- the linear
-    view of a surface spanning decades is one spike. NaN values leave holes. Returns the files
+    view of a surface spanning decades is one spike. NaN values leave holes. A result's ``path``
+    (E, 2), if any, is drawn on the surface at the interpolated grid height. Returns the files
     written, or ``(files, figure)`` with ``return_figure``."""
     from matplotlib.colors import Normalize
     from matplotlib.ticker import MaxNLocator
@@ -541,6 +565,7 @@ def plot_surface3d(results: Mapping[str, Any], path: str | Path, metric: str = "
                             rcount=min(z.shape[0], 200), ccount=min(z.shape[1], 200),
                             linewidth=0, antialiased=False)
         ax.set_zlim(norm.vmin, norm.vmax)
+        _draw_path3d(ax, res, xs, ys, z, _color(label, 0))
         xlabel, ylabel = _axis_labels(res)
         ax.set_xlabel(xlabel, fontsize=9, labelpad=2)
         ax.set_ylabel(ylabel, fontsize=9, labelpad=2)
@@ -556,6 +581,25 @@ def plot_surface3d(results: Mapping[str, Any], path: str | Path, metric: str = "
         _colorbar(fig, None, shared, cmap, axes, zlabel if log else metric, shrink=0.6, pad=0.05)
     fig.suptitle(title or _default_title(items[0][1], metric), fontsize=13)
     return _finish(fig, path, formats, return_figure)
+
+
+def plot_slices(result: Any, path: str | Path, metric: str = "loss", indices: Sequence[int] | None = None,
+                formats: Sequence[str] = ("png",), title: str | None = None, return_figure: bool = False,
+                **contour_kwargs):
+    """A 3-D grid (``loss[k, i, j]`` at (xs[j], ys[i], zs[k])) as 2-D contour panels at fixed
+    third coordinates, side by side on one shared scale: by default at the smallest, the
+    nearest-to-centre and the largest ``zs`` (``result.slice(k)`` for each index). ``contour_kwargs``
+    go to :func:`plot_contour` (``filled``, ``levels``, ``log_levels``)."""
+    zs = _opt(result, "zs")
+    if zs is None:
+        raise ValueError("plot_slices needs a 3-D result (with zs)")
+    zs = np.asarray(zs, dtype=float)
+    if indices is None:
+        indices = sorted({0, int(np.argmin(np.abs(zs))), len(zs) - 1})
+    panels = {f"direction 3 = {zs[k]:.3g}": result.slice(k) for k in indices}
+    return plot_contour(panels, path, metric=metric, formats=formats, return_figure=return_figure,
+                        title=title or f"{_default_title(result.slice(indices[0]), metric)}: slices of a 3-D grid",
+                        **contour_kwargs)
 
 
 def plot_trajectory(result: Any, path: str | Path, formats: Sequence[str] = ("png",), title: str | None = None,

@@ -123,7 +123,7 @@ OPTION_CASES: list[tuple[list[str], str]] = [
     (["surface", "{run}", *FAST, "--grid", "-1:1:3", "--radii", "0.1,nan", "--out", "{out}"], "--radii"),
     (["surface", "{run}", *FAST, "--grid", "-1:1:3", "--basin-delta", "-1", "--out", "{out}"], "--basin-delta"),
     (["surface", "{run}", *FAST, "--grid", "-1:1:3", "--basin-delta", "nan", "--out", "{out}"], "--basin-delta"),
-    (["surface", "{run}", *FAST, "--dim", "3", "--out", "{out}"], "--dim"),
+    (["surface", "{run}", *FAST, "--dim", "4", "--out", "{out}"], "--dim"),
     (["surface", "{run}", *FAST, "--dim", "1", "--grid", f"-1:1:{HUGE}", "--out", "{out}"], "memory"),
     (["surface", "{run}", *FAST, "--dim", "2", "--grid", f"-1:1:{HUGE}", "--out", "{out}"], "memory"),
     (["surface", "{run}", *FAST, "--dim", "2", "--grid", "-1:1:10000000,-1:1:10000000", "--out", "{out}"], "memory"),

@@ -74,7 +74,7 @@ def test_interpolate(runs, tmp_path, cli):
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["--grid", "-1:1"], "MIN:MAX:POINTS"), (["--dim", "3"], "--dim"), (["--norm", "spectral"], "norm"),
+    (["--grid", "-1:1"], "MIN:MAX:POINTS"), (["--dim", "4"], "--dim"), (["--norm", "spectral"], "norm"),
     (["--ignore", "all"], "ignore"), (["--dim", "1", "--grid", "-1:1:3,-1:1:3"], "one grid"),
 ])
 def test_surface_bad_input(runs, cli, args, fragment):

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 def _grids(text: str, dim: int) -> tuple:
     """``--grid`` as (xs, ys) (ys None in 1-D), refused if it is malformed or would not fit in memory."""
+    import numpy as np
+
     from .. import landscape as ls
     from ..checks import require_grid_memory
 
@@ -29,8 +31,12 @@ def _grids(text: str, dim: int) -> tuple:
         raise ConfigError(f"--dim 1 takes one grid MIN:MAX:POINTS, got {text!r}")
     if dim == 2 and len(parts) not in (1, 2):
         raise ConfigError(f"--dim 2 takes one or two grids (x,y), got {text!r}")
-    axes = [ls.parse_grid(part) for part in (parts * 2 if dim == 2 and len(parts) == 1 else parts)]
-    require_grid_memory(len(axes[0]) * (len(axes[1]) if dim == 2 else 1))
+    if dim == 3 and len(parts) not in (1, 3):
+        raise ConfigError(f"--dim 3 takes one shared grid or three grids (x,y,z), got {text!r}")
+    axes = [ls.parse_grid(part) for part in (parts * dim if dim >= 2 and len(parts) == 1 else parts)]
+    require_grid_memory(int(np.prod([len(a) for a in axes])))
+    if dim == 3:
+        return axes[0], axes[1], axes[2]
     return axes[0], (axes[1] if dim == 2 else None)
 
 
@@ -42,8 +48,11 @@ def _figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console
     written: list[Path] = []
     if first.dim == 1:
         written += plots.plot_curve(results, folder / stem, formats=formats)
+    elif first.dim == 3:
+        written += plots.plot_slices(first, folder / f"{stem}_slices", formats=formats)
     elif first.kind == "trajectory":
         written += plots.plot_trajectory(first, folder / stem, formats=formats)
+        written += plots.plot_surface3d(results, folder / f"{stem}_3d", formats=formats)
     else:
         written += plots.plot_contour(results, folder / f"{stem}_contour", formats=formats)
         written += plots.plot_contour(results, folder / f"{stem}_filled", filled=True, formats=formats)
@@ -82,7 +91,9 @@ def _print_summary(console: Console, result: SurfaceResult, radii: list[float], 
     edge = " (reaches the grid edge: at least)" if s["basin_reaches_grid_edge"] else ""
     console.print(f"basin width (loss within +{delta} of the centre): {_fmt(s['basin_width'], '.4g')}{edge}",
                   highlight=False)
-    if result.dim == 2:
+    if result.dim == 3:
+        console.print(f"(the summary above is of the slice at direction 3 = {s['slice_z']:.4g})", highlight=False)
+    if result.dim >= 2:
         t = result.topology().summary()
         console.print(f"topology: {t['n_minima']} local minima ({t['n_minima_interior']} interior), mean saddle-minimum "
                       f"depth {_fmt(t['mean_depth'], '.4g')}, max persistence {_fmt(t['max_persistence'], '.4g')}",
@@ -93,13 +104,13 @@ def _print_summary(console: Console, result: SurfaceResult, radii: list[float], 
     return s
 
 
-def _snapshots(run_dir: Path) -> list[dict]:
-    """The model states of a run's per-epoch snapshots (at least 3, all finite)."""
+def _snapshots(run_dir: Path, minimum: int = 3) -> list[dict]:
+    """The model states of a run's per-epoch snapshots (at least ``minimum``, all finite)."""
     from ..checkpoint import nonfinite_tensors, read_checkpoint
 
     files = sorted((run_dir / "checkpoints").glob("epoch_*.pt"))
-    if len(files) < 3:
-        raise CheckpointError(f"{run_dir}: needs at least 3 snapshots in {run_dir / 'checkpoints'} "
+    if len(files) < minimum:
+        raise CheckpointError(f"{run_dir}: needs at least {minimum} snapshots in {run_dir / 'checkpoints'} "
                               "(train with snapshots on, the default)")
     states = [read_checkpoint(f)["model_state"] for f in files]
     for f, state in zip(files, states):
@@ -113,8 +124,13 @@ def surface_command(
     checkpoint: Optional[Path] = typer.Argument(None, help="A checkpoint file or run folder (not with --trajectory)."),
     trajectory: Optional[Path] = typer.Option(None, "--trajectory", help="A run folder: PCA plane of its per-epoch "
                                                                           "snapshots, centred on the last one."),
-    dim: int = typer.Option(2, "--dim", help="1 or 2 directions."),
-    grid: Optional[str] = typer.Option(None, help="MIN:MAX:POINTS[,MIN:MAX:POINTS] (default -1:1:51; "
+    path_run: Optional[Path] = typer.Option(None, "--path", help="A run folder: project its per-epoch snapshots "
+                                            "(checkpoints/epoch_*.pt) onto the plane of the directions (least squares), "
+                                            "report each one's residual distance and draw the path (--dim 2)."),
+    dim: int = typer.Option(2, "--dim", help="1, 2 or 3 directions (3: a 3-D grid, stored whole, plotted as slices "
+                                             "at the third coordinate's min, centre and max)."),
+    grid: Optional[str] = typer.Option(None, help="MIN:MAX:POINTS[,MIN:MAX:POINTS[,...]], one per direction or "
+                                                  "one shared (default -1:1:51; --dim 3 -1:1:21; "
                                                   "for --trajectory, the path's range plus a margin, 31 points)."),
     directions_kind: str = typer.Option("random", "--directions", help="random (Gaussian, normalized by --norm) or "
                                         "hessian (the top --dim Hessian eigenvectors, unit norm; in 1-D next to a "
@@ -125,12 +141,21 @@ def surface_command(
                                               "(1-D tensors take d = w, as Li et al.'s code)."),
     dir_type: str = typer.Option("weights", "--dir-type", help="weights (parameters) or states (also BN running "
                                                                "statistics, used perturbed in eval mode)."),
-    orthogonalize: bool = typer.Option(False, "--orthogonalize", help="Make direction 2 orthogonal to direction 1."),
+    orthogonalize: bool = typer.Option(False, "--orthogonalize", help="Make direction 2 orthogonal to direction 1 "
+                                                                     "(and direction 3 to both)."),
     seed: int = seed_option("Seed of the directions (direction 2 uses seed + 1) and of --samples."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Examples per forward pass "
                                                                                  "(default: the fastest, timed)."),
+    range_mode: str = typer.Option("grid", "--range", help="grid (the MIN:MAX of --grid) or auto: each direction "
+                                   "spans [-t, t], t the larger of the two distances (+ and -) at which the loss first "
+                                   "reaches --range-factor x the centre loss (doubling from 0.05, then 6 bisections), "
+                                   "capped at --range-max with a warning; --grid then gives only the POINTS."),
+    range_factor: float = typer.Option(2.0, "--range-factor", callback=finite(above=1), help="--range auto: the "
+                                       "loss factor the extent reaches."),
+    range_max: float = typer.Option(10.0, "--range-max", callback=finite(above=0), help="--range auto: the largest "
+                                    "extent (a side that never reaches the factor is capped here, with a warning)."),
     radii: str = typer.Option("0.1,0.25,0.5,1", help="Radii at which to report the mean loss increase."),
     basin_delta: float = typer.Option(0.1, "--basin-delta", callback=finite(above=0), help="Basin = where the loss is within this of the centre."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <run>/surface)."),
@@ -149,6 +174,9 @@ def surface_command(
 
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """
+    import warnings
+
+    import numpy as np
     import torch.nn.functional as F
 
     from .. import distributed as dist_utils
@@ -158,28 +186,40 @@ def surface_command(
     console = rank0_console(stderr=True)
     if (checkpoint is None) == (trajectory is None):
         raise ConfigError("give either a CHECKPOINT or --trajectory RUN_DIR")
-    if dim not in (1, 2):
-        raise ConfigError(f"--dim must be 1 or 2, got {dim}")
+    if dim not in (1, 2, 3):
+        raise ConfigError(f"--dim must be 1, 2 or 3, got {dim}")
+    if dim == 3 and trajectory is not None:
+        raise ConfigError("--trajectory spans the 2-D PCA plane: not with --dim 3")
+    if range_mode not in ("grid", "auto"):
+        raise ConfigError(f"--range must be grid or auto, got {range_mode!r}")
+    if path_run is not None and (trajectory is not None or dim != 2):
+        raise ConfigError("--path draws a run's snapshots on a 2-D surface of chosen directions: with --dim 2, "
+                          "not with --trajectory (which draws its own path)")
     if directions_kind not in ("random", "hessian"):
         raise ConfigError(f"--directions must be random or hessian, got {directions_kind!r}")
     if directions_kind == "hessian" and (trajectory is not None or dir_type != "weights"):
         raise ConfigError("--directions hessian spans parameters only: not with --trajectory or --dir-type states")
     check_options(norm, ignore, dir_type)  # before loading anything
     radii_list = numbers(radii, float, "--radii", above=0)
-    if grid is None and trajectory is None:
-        grid = "-1:1:51" if dim == 1 else "-1:1:51,-1:1:51"
+    if grid is None and (trajectory is None or range_mode == "auto"):
+        grid = ("-1:1:51" if dim == 1 else "-1:1:51,-1:1:51" if dim == 2 else "-1:1:21") if trajectory is None \
+            else "-1:1:31,-1:1:31"
     axes = None if grid is None else _grids(grid, 2 if trajectory is not None else dim)  # before any work
+    zs = None
+    if axes is not None and len(axes) == 3:
+        zs, axes = axes[2], axes[:2]
     source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
     ckpt, batches = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory, device)
     model = ckpt.model
     folder = out or ((ckpt.path.parent if ckpt.path.is_file() else ckpt.path) / "surface")
     options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path)}
-    path = explained = None
+    path = explained = path_residual = None
     compare: list = []  # a random direction beside the top eigenvector (--directions hessian --dim 1)
     if trajectory is not None:
         snaps = _snapshots(trajectory)
         traj = ls.trajectory_directions(model, snaps, ignore=ignore)
         directions, explained, path, kind = traj.directions, traj.explained_variance, traj.path, "trajectory"
+        path_residual = ls.project_snapshots(snaps[-1], directions, snaps).residual
         if axes is None:
             lo, hi = path.min(0), path.max(0)
             pad = 0.2 * (hi - lo) + 1e-6
@@ -203,31 +243,60 @@ def surface_command(
     else:
         xs, ys = axes
         directions = [ls.random_direction(model, norm=norm, ignore=ignore, seed=seed, dir_type=dir_type)]
-        if dim == 2:
+        if dim >= 2:
             d2 = ls.random_direction(model, norm=norm, ignore=ignore, seed=seed + 1, dir_type=dir_type)
             directions.append(ls.orthogonalize(d2, directions[0]) if orthogonalize else d2)
+        if dim == 3:
+            d3 = ls.random_direction(model, norm=norm, ignore=ignore, seed=seed + 2, dir_type=dir_type)
+            directions.append(ls.orthogonalize(ls.orthogonalize(d3, directions[0]), directions[1]) if orthogonalize
+                              else d3)
         kind = "random"
         options.update({"norm": norm, "ignore": ignore, "orthogonalize": orthogonalize, "dir_type": dir_type})
         stem = f"surface_{dim}d"
-    n_points = len(xs) * (1 if ys is None else len(ys))
+    if path_run is not None:
+        snaps = _snapshots(path_run, minimum=1)
+        centre = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+        proj = ls.project_snapshots(centre, directions, snaps)
+        path, path_residual = proj.coords, proj.residual
+        options.update({"path_run": str(path_run), "path_snapshots": len(snaps)})
+    if range_mode == "auto":
+        with warnings.catch_warnings():  # printed below instead
+            warnings.simplefilter("ignore")
+            rng = ls.auto_range(model, F.cross_entropy, batches, directions, range_factor, max_extent=range_max,
+                                chunk_size=batch_size)
+        for note in rng.warnings:
+            console.print(f"warning: {note}", highlight=False)
+        xs = np.linspace(-rng.extents[0], rng.extents[0], len(xs))
+        if ys is not None:
+            ys = np.linspace(-rng.extents[1], rng.extents[1], len(ys))
+        if zs is not None:
+            zs = np.linspace(-rng.extents[2], rng.extents[2], len(zs))
+        options["range_auto"] = rng.to_dict()
+        console.print("--range auto: extents " + ", ".join(f"{e:.4g}" for e in rng.extents)
+                      + f" (loss reaches {range_factor:g} x the centre loss {rng.centre_loss:.5g})", highlight=False)
+    n_points = len(xs) * (1 if ys is None else len(ys)) * (1 if zs is None else len(zs))
     with point_progress(console, progress) as bar:
         task = bar.add_task(f"{kind} surface", total=n_points * (1 + len(compare)))
         result = ls.surface(model, F.cross_entropy, batches, directions, xs, ys, kind=kind, options=options,
                             chunk_size=batch_size, resume_path=folder / f"{stem}.partial.npz",
-                            on_point=lambda k, lv, av: bar.advance(task))
+                            on_point=lambda k, lv, av: bar.advance(task), zs=zs)
         random_result = None if not compare else ls.surface(
             model, F.cross_entropy, batches, compare, xs, ys, kind="random",
             options={**options, "directions": "random", "scaled_to_norm": 1.0}, chunk_size=batch_size,
             resume_path=folder / f"{stem}_random.partial.npz", on_point=lambda k, lv, av: bar.advance(task))
     if not dist_utils.is_main():  # the points were shared out; rank 0 writes
         return
-    result.explained_variance, result.path = explained, path
+    result.explained_variance, result.path, result.path_residual = explained, path, path_residual
     result.save(folder / f"{stem}.npz", directions)
     (folder / f"{stem}.partial.npz").unlink(missing_ok=True)
     human = rank0_console(stderr=json_out == "-")
     summary = _print_summary(human, result, radii_list, basin_delta)
     if explained is not None:
         human.print(f"PCA explained variance: {explained[0]:.1%}, {explained[1]:.1%}", highlight=False)
+    if path_residual is not None:
+        human.print(f"path: {len(path_residual)} snapshots; distance to the plane (residual) "
+                    f"min {path_residual.min():.4g}, max {path_residual.max():.4g}, last {path_residual[-1]:.4g}",
+                    highlight=False)
     report = result.to_dict(radii_list, basin_delta)
     report["summary"] = summary
     report["npz"] = str(folder / f"{stem}.npz")

@@ -4,6 +4,7 @@ Hessian eigenvectors; topological summaries (minima, merge tree, persistence) of
 
 from .directions import (DIR_TYPES, IGNORES, NORMS, Direction, normalize_direction, orthogonalize,
                          random_direction, scale_to_norm, state_buffer_names)
+from .extent import AutoRange, PathProjection, auto_range, project_snapshots
 from .eigen import HessianDirections, eigenvector_directions, hessian_directions
 from .surface import SurfaceResult, interpolate, load_directions, parse_grid, surface
 from .topology import SurfaceTopology, surface_topology
@@ -13,7 +14,8 @@ __all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "no
            "scale_to_norm", "state_buffer_names", "surface", "interpolate", "parse_grid", "load_directions",
            "SurfaceResult", "trajectory_directions", "TrajectoryDirections", "plane_directions",
            "hessian_directions", "eigenvector_directions", "HessianDirections",
-           "SurfaceTopology", "surface_topology"]
+           "SurfaceTopology", "surface_topology", "auto_range", "AutoRange", "project_snapshots",
+           "PathProjection"]
 
 
 def plane_directions(model_a, model_b, model_c) -> list[Direction]:

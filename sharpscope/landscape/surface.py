@@ -191,10 +191,24 @@ class SurfaceResult:
     path: np.ndarray | None = None
     name_a: str | None = None
     name_b: str | None = None
+    path_residual: np.ndarray | None = None  # (E,): each path point's distance to the plane
+    zs: np.ndarray | None = None  # 3-D grids: loss[k, i, j] at (xs[j], ys[i], zs[k])
 
     @property
     def dim(self) -> int:
-        return 1 if self.ys is None else 2
+        return 1 if self.ys is None else 2 if self.zs is None else 3
+
+    def slice(self, k: int) -> SurfaceResult:
+        """The 2-D surface at the third coordinate ``zs[k]`` of a 3-D grid."""
+        if self.zs is None:
+            raise ConfigError("slice() is for 3-D surfaces")
+        return SurfaceResult(xs=self.xs, ys=self.ys, loss=self.loss[k], accuracy=self.accuracy[k], kind=self.kind,
+                             options={**self.options, "slice_z": float(self.zs[k])}, n_examples=self.n_examples,
+                             wall_time=self.wall_time, path=self.path if self.zs[k] == 0 else None)
+
+    def centre_slice(self) -> int:
+        """Index of the slice of a 3-D grid nearest the centre (third coordinate 0)."""
+        return int(np.argmin(np.abs(self.zs)))
 
     @property
     def n_points(self) -> int:
@@ -235,7 +249,12 @@ class SurfaceResult:
         exceeds delta. Values that need points outside the grid are None.
         For interpolation also the loss at alpha = 1 and the barrier
         max_{alpha in [0,1]} L(alpha) - max(L(0), L(1)).
+        3-D: the 2-D summary of the slice nearest z = 0 (``slice_z``), over all the points.
         """
+        if self.dim == 3:
+            k = self.centre_slice()
+            return {**self.slice(k).summary(radii, delta, n_angles), "dim": 3, "n_points": self.n_points,
+                    "min_loss": _num(float(np.nanmin(self.loss))), "slice_z": float(self.zs[k])}
         centre = self.value_at(0.0, 0.0)
         out: dict[str, Any] = {"dim": self.dim, "kind": self.kind, "n_points": self.n_points,
                                "n_examples": self.n_examples, "centre_loss": _num(centre),
@@ -295,17 +314,21 @@ class SurfaceResult:
         """Minima, merge tree and saddle-minimum depths of the loss grid
         (:func:`sharpscope.landscape.topology.surface_topology`; coordinates in array order, (y, x) in 2-D)."""
         from .topology import surface_topology
-        return surface_topology(self.loss, axes=(self.xs,) if self.ys is None else (self.ys, self.xs),
+        return surface_topology(self.loss, axes=(self.xs,) if self.ys is None else (self.ys, self.xs) if self.zs is None
+                                else (self.zs, self.ys, self.xs),
                                 connectivity=connectivity, threshold=threshold)
 
     def to_dict(self, radii: Sequence[float] = (0.1, 0.25, 0.5, 1.0), delta: float = 0.1) -> dict[str, Any]:
         """JSON summary: the options, the grid axes and :meth:`summary` (arrays go in the npz); 2-D: also
         ``topology`` (:meth:`topology`, default settings)."""
-        return {**({"topology": self.topology().to_dict()} if self.dim == 2 else {}),"summary": self.summary(radii, delta), "options": self.options,
+        return {**({"topology": self.topology().to_dict()} if self.dim >= 2 else {}),"summary": self.summary(radii, delta), "options": self.options,
                 "xs": [float(v) for v in self.xs], "ys": None if self.ys is None else [float(v) for v in self.ys],
+                **({"zs": [float(v) for v in self.zs]} if self.zs is not None else {}),
                 "explained_variance": self.explained_variance, "wall_time": self.wall_time,
                 "points_per_second": self.n_points / self.wall_time if self.wall_time > 0 else None,
-                **({"name_a": self.name_a, "name_b": self.name_b} if self.kind == "interpolation" else {})}
+                **({"name_a": self.name_a, "name_b": self.name_b} if self.kind == "interpolation" else {}),
+                **({"path": np.asarray(self.path).tolist()} if self.path is not None else {}),
+                **({"path_residual": [float(v) for v in self.path_residual]} if self.path_residual is not None else {})}
 
     def save(self, path: str | Path, directions: Sequence[Direction] = ()) -> Path:
         """Write an ``.npz`` (grid, values, options as JSON, directions as d{k}/{name})."""
@@ -314,8 +337,12 @@ class SurfaceResult:
                                          "options_json": np.array(json.dumps(self.options))}
         if self.ys is not None:
             arrays["ys"] = self.ys
+        if self.zs is not None:
+            arrays["zs"] = self.zs
         if self.path is not None:
             arrays["path"] = self.path
+        if self.path_residual is not None:
+            arrays["path_residual"] = np.asarray(self.path_residual)
         if self.explained_variance is not None:
             arrays["explained_variance"] = np.asarray(self.explained_variance)
         for k, d in enumerate(directions):
@@ -333,7 +360,9 @@ class SurfaceResult:
                        kind=str(z["kind"]), options=json.loads(str(z["options_json"])),
                        n_examples=int(z["n_examples"]), wall_time=0.0,
                        explained_variance=z["explained_variance"].tolist() if "explained_variance" in z else None,
-                       path=z["path"] if "path" in z else None)
+                       path=z["path"] if "path" in z else None,
+                       path_residual=z["path_residual"] if "path_residual" in z else None,
+                       zs=z["zs"] if "zs" in z else None)
 
 
 def load_directions(path: str | Path) -> list[Direction]:
@@ -355,11 +384,13 @@ def _num(x: float) -> float | None:
 # Drivers
 # --------------------------------------------------------------------------------------
 def _fingerprint(options: dict[str, Any], directions: Sequence[Direction], xs: np.ndarray,
-                 ys: np.ndarray | None) -> str:
+                 ys: np.ndarray | None, zs: np.ndarray | None = None) -> str:
     h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
     h.update(np.ascontiguousarray(xs).tobytes())
     if ys is not None:
         h.update(np.ascontiguousarray(ys).tobytes())
+    if zs is not None:
+        h.update(b"zs" + np.ascontiguousarray(zs).tobytes())
     for d in directions:
         for name in sorted(d):
             h.update(name.encode())
@@ -373,9 +404,9 @@ def surface(
     center: dict[str, Tensor] | None = None, kind: str = "random", options: dict[str, Any] | None = None,
     chunk_size: int | None = None, resume_path: str | Path | None = None, save_every: int = 100,
     on_point: Callable[[int, float, float], None] | None = None, cache: bool | str = "auto",
-    cache_bytes: int | None = None,
+    cache_bytes: int | None = None, zs: Sequence[float] | np.ndarray | None = None,
 ) -> SurfaceResult:
-    """Loss and accuracy over the grid ``xs`` (x ``ys``) along ``directions`` (1 or 2).
+    """Loss and accuracy over the grid ``xs`` (x ``ys`` (x ``zs``)) along ``directions`` (1, 2 or 3).
 
     ``center`` defaults to the model's parameters (and, for the buffers a states direction
     covers, its buffers). With ``resume_path``, progress is saved
@@ -383,15 +414,22 @@ def surface(
     grid, directions and options continues where it stopped. ``cache``/``cache_bytes``: keep
     the batches on the device or stream them (:meth:`sharpscope.batches.BatchLoss.read`;
     streamed batches are used as the loader gives them, without re-chunking).
+    With ``zs`` (and ``ys``), a 3-D grid along three directions: ``loss[k, i, j]`` at
+    (xs[j], ys[i], zs[k]), shape (len(zs), len(ys), len(xs)); ``result.slice(k)`` is the 2-D
+    surface at zs[k].
     """
-    require_grid_memory(len(xs) * (1 if ys is None else len(ys)))
+    if zs is not None and ys is None:
+        raise ConfigError("a 3-D surface needs ys as well as zs")
+    require_grid_memory(len(xs) * (1 if ys is None else len(ys)) * (1 if zs is None else len(zs)))
     start = time.perf_counter()
     xs = np.asarray(xs, dtype=np.float64)
     ys = None if ys is None else np.asarray(ys, dtype=np.float64)
-    if len(directions) != (1 if ys is None else 2):
-        raise ConfigError(f"a {'1-D' if ys is None else '2-D'} surface needs {1 if ys is None else 2} direction(s), "
-                          f"got {len(directions)}")
-    if xs.ndim != 1 or xs.size == 0 or (ys is not None and (ys.ndim != 1 or ys.size == 0)):
+    zs = None if zs is None else np.asarray(zs, dtype=np.float64)
+    ndim = 1 if ys is None else 2 if zs is None else 3
+    if len(directions) != ndim:
+        raise ConfigError(f"a {ndim}-D surface needs {ndim} direction(s), got {len(directions)}")
+    if xs.ndim != 1 or xs.size == 0 or (ys is not None and (ys.ndim != 1 or ys.size == 0)) or (
+            zs is not None and (zs.ndim != 1 or zs.size == 0)):
         raise ConfigError("grid coordinates must be non-empty 1-D sequences")
     names = [n for n, _ in model.named_parameters()]
     states = set(state_buffer_names(model))
@@ -405,26 +443,29 @@ def surface(
     base = {n: (center[n] if center is not None else p).detach() for n, p in model.named_parameters()}
     base_buffers = {n: (center[n] if center is not None and n in center else buffers[n]).detach() for n in moved}
     ny = 1 if ys is None else len(ys)
-    coords = [(float(x), None if ys is None else float(y)) for y in (ys if ys is not None else [0.0]) for x in xs]
+    coords = [(float(x), None if ys is None else float(y), None if zs is None else float(z))
+              for z in (zs if zs is not None else [0.0]) for y in (ys if ys is not None else [0.0]) for x in xs]
 
-    def shifted(start: dict[str, Tensor], cx: float, cy: float | None) -> dict[str, Tensor]:
+    def shifted(start: dict[str, Tensor], cx: float, cy: float | None, cz: float | None = None) -> dict[str, Tensor]:
         out = {}
         for n, t in start.items():
             v = t + cx * directions[0][n] if cx and n in directions[0] else t
             if cy and n in directions[1]:
                 v = v + cy * directions[1][n]
+            if cz and n in directions[2]:
+                v = v + cz * directions[2][n]
             out[n] = v
         return out
 
     def point(k: int) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-        cx, cy = coords[k]
-        return shifted(base, cx, cy), (shifted(base_buffers, cx, cy) if moved else None)
+        cx, cy, cz = coords[k]
+        return shifted(base, cx, cy, cz), (shifted(base_buffers, cx, cy, cz) if moved else None)
 
     opts = dict(options or {})
     loss = np.full(len(coords), np.nan)
     acc = np.full(len(coords), np.nan)
     done = np.zeros(len(coords), dtype=bool)
-    fingerprint = _fingerprint(opts, directions, xs, ys) if resume_path else ""
+    fingerprint = _fingerprint(opts, directions, xs, ys, zs) if resume_path else ""
     if resume_path and Path(resume_path).is_file():
         with np.load(resume_path, allow_pickle=False) as z:
             if str(z["fingerprint"]) == fingerprint:
@@ -452,9 +493,9 @@ def surface(
     loss[fresh], acc[fresh], done[fresh] = new_loss[fresh], new_acc[fresh], True
     if resume_path:
         save_partial()
-    shape = (len(xs),) if ys is None else (ny, len(xs))
+    shape = (len(xs),) if ys is None else (ny, len(xs)) if zs is None else (len(zs), ny, len(xs))
     return SurfaceResult(xs=xs, ys=ys, loss=loss.reshape(shape), accuracy=acc.reshape(shape), kind=kind,
-                         options=opts, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start)
+                         options=opts, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start, zs=zs)
 
 
 def _read(model: nn.Module, loss_fn: LossFn, data: Iterable[Any], cache: bool | str = "auto",

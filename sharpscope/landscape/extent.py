@@ -1,0 +1,162 @@
+"""Grid extents chosen from the loss (``--range auto``) and snapshots projected onto a plane.
+
+The range rule (:func:`auto_range`): for each direction d and each sign s = +1, -1, the
+distance t_s is the smallest t at which the loss along the ray reaches ``factor`` times the
+centre loss, L(centre + s t d) >= factor * L(centre). It is bracketed by doubling t from
+``start`` (start, 2 start, 4 start, ...) and then refined by ``bisect`` bisection steps on the
+last doubling interval (so it is found to within t / 2**(bisect + 1), and to the doubling
+value itself with ``bisect=0``). The direction's extent is max(t_+, t_-), the grid being
+symmetric, [-extent, extent]. The search stops at ``max_extent``: a side whose loss never
+reaches the factor within it counts as ``max_extent`` and a warning says so (the extent is
+capped). The centre loss must be positive.
+
+The path on a plane (:func:`project_snapshots`): each snapshot theta_e is written as
+centre + sum_k a_k d_k + r_e with the coordinates a found by least squares in the flat
+parameter space (the directions need not be orthogonal: a = G^-1 D^T (theta_e - centre),
+G = D^T D), and r_e the part outside the plane; ``residual`` is ||r_e||_2 over every
+tensor the directions cover (parameters a direction leaves at zero, such as the biases
+under ``ignore="biasbn"``, count entirely in the residual).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from .directions import Direction
+
+__all__ = ["AutoRange", "auto_range", "PathProjection", "project_snapshots"]
+
+
+@dataclass
+class AutoRange:
+    """Per direction: the symmetric extent, the two one-sided distances and whether each side
+    reached the factor (False: capped at ``max_extent``)."""
+
+    extents: list[float]
+    sides: list[tuple[float, float]]  # (t_plus, t_minus)
+    reached: list[tuple[bool, bool]]
+    centre_loss: float
+    factor: float
+    max_extent: float
+    n_evaluations: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": f"smallest t with L(centre +/- t d) >= {self.factor:g} * L(centre) (doubling, then bisection);"
+                        f" extent = max over the two sides, capped at {self.max_extent:g}",
+                "extents": self.extents, "sides": [list(s) for s in self.sides],
+                "reached": [list(r) for r in self.reached], "centre_loss": self.centre_loss, "factor": self.factor,
+                "max_extent": self.max_extent, "n_evaluations": self.n_evaluations, "warnings": self.warnings}
+
+
+def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], data: Iterable[Any],
+               directions: Sequence[Direction], factor: float = 2.0, *, start: float = 0.05,
+               max_extent: float = 10.0, bisect: int = 6, center: dict[str, Tensor] | None = None,
+               chunk_size: int | None = None) -> AutoRange:
+    """Extent per direction where the loss has risen to ``factor`` x the centre loss (module docstring)."""
+    from .surface import _read, evaluate_points
+
+    if not (factor > 1 and math.isfinite(factor)):
+        raise ConfigError(f"the range factor must be a finite number > 1, got {factor!r}")
+    if not (0 < start <= max_extent and math.isfinite(max_extent)):
+        raise ConfigError(f"need 0 < start <= max_extent (finite), got start={start!r}, max_extent={max_extent!r}")
+    if bisect < 0:
+        raise ConfigError(f"bisect must be >= 0, got {bisect!r}")
+    params = {n: (center[n] if center is not None and n in center else p).detach() for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    prepared = _read(model, loss_fn, data)
+    if chunk_size is None and prepared.per_example():
+        chunk_size = min(1024, prepared.n_examples)
+    count = [0]
+
+    def loss_at(d: Direction | None, t: float) -> float:
+        def point(_: int):
+            if d is None:
+                return params, None
+            moved = {n: params[n] + t * d[n] if n in d else params[n] for n in params}
+            bufs = {n: (center[n] if center is not None and n in center else buffers[n]).detach() + t * d[n]
+                    for n in d if n not in params}
+            return moved, (bufs or None)
+        count[0] += 1
+        return float(evaluate_points(model, loss_fn, prepared, point, 1, chunk_size=chunk_size, distributed=False)[0][0])
+
+    l0 = loss_at(None, 0.0)
+    if not (l0 > 0 and math.isfinite(l0)):
+        raise ConfigError(f"--range auto needs a positive, finite centre loss, got {l0!r}")
+    target = factor * l0
+    extents, sides, reached, notes = [], [], [], []
+    for k, d in enumerate(directions):
+        pair, hits = [], []
+        for sign in (1.0, -1.0):
+            lo, t, hit = 0.0, start, False
+            while True:
+                if loss_at(d, sign * t) >= target:
+                    hit = True
+                    break
+                if t >= max_extent:
+                    break
+                lo, t = t, min(2 * t, max_extent)
+            if hit:
+                hi = t
+                for _ in range(bisect):
+                    mid = 0.5 * (lo + hi)
+                    if loss_at(d, sign * mid) >= target:
+                        hi = mid
+                    else:
+                        lo = mid
+                t = hi
+            pair.append(float(t))
+            hits.append(hit)
+            if not hit:
+                notes.append(f"direction {k + 1}, {'+' if sign > 0 else '-'} side: the loss stays below "
+                             f"{factor:g} x the centre loss up to the cap {max_extent:g}; the extent is capped")
+        extents.append(max(pair))
+        sides.append((pair[0], pair[1]))
+        reached.append((hits[0], hits[1]))
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return AutoRange(extents, sides, reached, l0, float(factor), float(max_extent), count[0], notes)
+
+
+@dataclass
+class PathProjection:
+    coords: np.ndarray  # (E, k): least-squares coordinates of every snapshot in the plane
+    residual: np.ndarray  # (E,): ||theta_e - centre - sum_k coords[e, k] d_k||_2
+
+
+def project_snapshots(center: dict[str, Tensor], directions: Sequence[Direction],
+                      snapshots: Sequence[dict[str, Tensor]]) -> PathProjection:
+    """Coordinates and residual distances of ``snapshots`` on the plane centre + span(directions)
+    (least squares in the flat space of the tensors the directions cover; module docstring)."""
+    if not directions:
+        raise ConfigError("project_snapshots needs at least one direction")
+    names = sorted(directions[0])
+    for i, s in enumerate([center, *snapshots]):
+        missing = [n for n in names if n not in s]
+        if missing:
+            raise ConfigError(f"{'the centre' if i == 0 else f'snapshot {i - 1}'} lacks {missing[0]}")
+
+    def flat(t: dict[str, Tensor]) -> Tensor:
+        return torch.cat([t[n].detach().cpu().double().reshape(-1) for n in names])
+
+    D = torch.stack([flat(d) for d in directions], dim=1)  # (P, k)
+    gram = D.T @ D
+    if torch.linalg.matrix_rank(gram) < len(directions):
+        raise ConfigError("the directions are linearly dependent: no plane to project onto")
+    c = flat(center)
+    coords, residual = [], []
+    for s in snapshots:
+        r = flat(s) - c
+        a = torch.linalg.solve(gram, D.T @ r)
+        coords.append(a.numpy())
+        residual.append(float((r - D @ a).norm()))
+    return PathProjection(np.array(coords).reshape(len(snapshots), len(directions)), np.array(residual))
