@@ -6,6 +6,7 @@ from .directions import (DIR_TYPES, IGNORES, NORMS, Direction, normalize_directi
                          random_direction, scale_to_norm, state_buffer_names)
 from .eigen import HessianDirections, eigenvector_directions, hessian_directions
 from .surface import SurfaceResult, interpolate, load_directions, parse_grid, surface
+from .metrics import MetricFn, import_metric
 from .topology import SurfaceTopology, surface_topology
 from .trajectory import TrajectoryDirections, trajectory_directions
 
@@ -14,6 +15,7 @@ __all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "no
            "SurfaceResult", "trajectory_directions", "TrajectoryDirections", "plane_directions",
            "hessian_directions", "eigenvector_directions", "HessianDirections",
            "SurfaceTopology", "surface_topology"]
+__all__ += ["MetricFn", "import_metric"]  # custom per-batch metrics (sharpscope.landscape.metrics)
 
 
 def plane_directions(model_a, model_b, model_c) -> list[Direction]:
