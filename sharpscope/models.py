@@ -640,15 +640,16 @@ def make_model_spec(
     return {"name": key, "kwargs": resolved, "input_shape": list(shape), "num_classes": classes}
 
 
-def _parse_factory(factory: Any) -> tuple[str, str]:
+def _parse_factory(factory: Any, what: str = "model factory", error: type[Exception] = ModelSpecError
+                   ) -> tuple[str, str]:
     if not isinstance(factory, str) or factory.count(":") != 1:
-        raise ModelSpecError(
-            f"model factory must look like 'package.module:function', got {factory!r}"
+        raise error(
+            f"{what} must look like 'package.module:function', got {factory!r}"
         )
     module, attr = (part.strip() for part in factory.split(":"))
     if not _DOTTED.fullmatch(module) or not _DOTTED.fullmatch(attr):
-        raise ModelSpecError(
-            f"model factory must look like 'package.module:function', got {factory!r}"
+        raise error(
+            f"{what} must look like 'package.module:function', got {factory!r}"
         )
     return module, attr
 
@@ -681,6 +682,35 @@ def _check_keys(spec: Mapping[str, Any], allowed: Sequence[str], required: Seque
         raise ModelSpecError(f"model spec is missing {', '.join(map(repr, missing))}")
 
 
+def import_callable(module_name: str, attr: str, what: str, error: type[Exception] = ModelSpecError) -> Any:
+    """``module_name:attr`` imported and checked to be callable; every failure one ``error``
+    naming ``what`` (e.g. "model factory"). Callers decide first whether importing user code
+    is allowed (``allow_factory`` / ``--trust-factory``): this function always imports."""
+    path = f"{module_name}:{attr}"
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise error(
+            f"cannot import module {module_name!r} of {what} {path}: {_one_line(exc)}"
+        ) from exc
+    except Exception as exc:  # the module's own code failed while importing
+        raise error(
+            f"importing module {module_name!r} of {what} {path} failed: {_one_line(exc)}"
+        ) from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise error(
+                f"module {module_name!r} has no attribute {attr!r} ({what} {path})"
+            ) from exc
+    if not callable(obj):
+        raise error(
+            f"{what} {path} is a {type(obj).__name__}, not a callable"
+        )
+    return obj
+
+
 def _build_from_factory(spec: Mapping[str, Any], allow_factory: bool) -> nn.Module:
     _check_keys(spec, _FACTORY_KEYS, ("factory",))
     module_name, attr = _parse_factory(spec["factory"])
@@ -691,27 +721,7 @@ def _build_from_factory(spec: Mapping[str, Any], allow_factory: bool) -> nn.Modu
             "to import and run it"
         )
     kwargs = _spec_kwargs(spec)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelSpecError(
-            f"cannot import module {module_name!r} of model factory {factory}: {_one_line(exc)}"
-        ) from exc
-    except Exception as exc:  # the module's own code failed while importing
-        raise ModelSpecError(
-            f"importing module {module_name!r} of model factory {factory} failed: {_one_line(exc)}"
-        ) from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as exc:
-            raise ModelSpecError(
-                f"module {module_name!r} has no attribute {attr!r} (model factory {factory})"
-            ) from exc
-    if not callable(obj):
-        raise ModelSpecError(
-            f"model factory {factory} is a {type(obj).__name__}, not a callable"
-        )
+    obj = import_callable(module_name, attr, "model factory", ModelSpecError)
     try:
         model = obj(**kwargs)
     except ModelSpecError:

@@ -209,9 +209,15 @@ def _default_title(result: Any, metric: str) -> str:
     return f"{_metric_label(metric).capitalize()} landscape ({where})"
 
 
+def _values(result: Any, metric: str) -> Any:
+    """``metric``'s grid: a custom metric of ``result.metrics`` (``SurfaceResult``), else the field."""
+    custom = _opt(result, "metrics") or {}
+    return custom[metric] if metric in custom else _get(result, metric)
+
+
 def _curve(result: Any, metric: str) -> tuple[np.ndarray, np.ndarray]:
     xs = np.asarray(_get(result, "xs"), dtype=float).ravel()
-    values = np.asarray(_get(result, metric), dtype=float)
+    values = np.asarray(_values(result, metric), dtype=float)
     if _opt(result, "ys") is not None or values.shape != xs.shape:
         raise ValueError(f"plot_curve needs 1-D results: {metric} of shape (nx,) = {xs.shape}, "
                          f"got {values.shape} (use plot_contour for 2-D results)")
@@ -224,7 +230,7 @@ def _surface(result: Any, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     if ys_raw is None:
         raise ValueError("a 2-D plot needs a 2-D result (ys is None; use plot_curve)")
     ys = np.asarray(ys_raw, dtype=float).ravel()
-    values = np.asarray(_get(result, metric), dtype=float)
+    values = np.asarray(_values(result, metric), dtype=float)
     if values.shape != (ys.size, xs.size):
         raise ValueError(f"{metric} must have shape (len(ys), len(xs)) = ({ys.size}, {xs.size}), "
                          f"got {values.shape}")
@@ -282,7 +288,8 @@ def _finish(fig: Figure, path: str | Path, formats: Sequence[str], return_figure
 def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss",
                formats: Sequence[str] = ("png",), title: str | None = None, log: bool = False,
                return_figure: bool = False):
-    """1-D landscapes: one line per label of ``r.<metric>`` against ``r.xs``.
+    """1-D landscapes: one line per label of ``r.<metric>`` against ``r.xs`` (``metric``: loss,
+    accuracy, or a custom metric's name in ``r.metrics``; likewise in the 2-D plots).
 
     For ``metric="loss"`` a second panel below shows the accuracy of every result that has a
     finite one. ``log=True`` puts the metric on a log axis (values clipped at a small positive

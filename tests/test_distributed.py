@@ -55,8 +55,10 @@ def analyses() -> dict:
     results["eigenvalues"] = sh.eigenvalues(model, F.cross_entropy, batches, k=3, tol=1e-8).eigenvalues
     results["trace"] = sh.trace(model, F.cross_entropy, batches, n_matvecs=15).trace
     dirs = [random_direction(model, seed=0), random_direction(model, seed=1)]
-    res = surface(model, F.cross_entropy, batches, dirs, np.linspace(-1, 1, 5), np.linspace(-1, 1, 3))
+    res = surface(model, F.cross_entropy, batches, dirs, np.linspace(-1, 1, 5), np.linspace(-1, 1, 3),
+                  metrics={"sq": lambda m, b: m(b[0]).square().sum(1).mean()})
     results["surface_loss"], results["surface_acc"] = res.loss, res.accuracy
+    results["surface_metric"] = res.metrics["sq"]  # custom metrics are all-reduced like the loss
     results["m_sharpness"] = m_sharpness(model, F.cross_entropy, batches, m=[2, 5], rho=0.1, steps=2,
                                          group_examples=6).results
     return results

@@ -62,6 +62,44 @@ def _figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console
     return [str(p) for p in written]
 
 
+def _metrics(specs: list[str] | None, trust: bool) -> dict:
+    """``--metric [NAME=]package.module:function`` (repeatable) -> {name: fn}; imported only with --trust-factory."""
+    from ..landscape.metrics import import_metric
+
+    out: dict = {}
+    for spec in specs or []:
+        name, fn = import_metric(spec, allow_import=trust)
+        if name in out:
+            raise ConfigError(f"--metric {name} is given twice (name one of them: NAME=package.module:function)")
+        out[name] = fn
+    return out
+
+
+def _metric_figures(results: dict, names: list[str], folder: Path, stem: str, pdf: bool, console: Console) -> list[str]:
+    """One figure per custom metric: a curve (1-D) or contour plot (2-D, linear levels: a metric may be negative)."""
+    from .. import plots
+
+    formats = ("png", "pdf") if pdf else ("png",)
+    first = next(iter(results.values()))
+    written: list[Path] = []
+    for name in names:
+        if first.dim == 1:
+            written += plots.plot_curve(results, folder / f"{stem}_{name}", metric=name, formats=formats)
+        else:
+            written += plots.plot_contour(results, folder / f"{stem}_{name}_contour", metric=name, log_levels=False,
+                                          formats=formats)
+    for p in written:
+        console.print(f"wrote {p}", highlight=False)
+    return [str(p) for p in written]
+
+
+def _print_metrics(console: Console, summary: dict) -> None:
+    for name, m in (summary.get("metrics") or {}).items():
+        at_b = f", at B {_fmt(m['at_b'], '.5g')}" if "at_b" in m else ""
+        console.print(f"metric {name}: centre {_fmt(m['centre'], '.5g')}, min {_fmt(m['min'], '.5g')}, "
+                      f"max {_fmt(m['max'], '.5g')}{at_b}", highlight=False)
+
+
 def _eigen_figure(result: SurfaceResult, random_result: SurfaceResult, eig: Any, folder: Path, stem: str, pdf: bool,
                   console: Console) -> list[str]:
     from .. import plots
@@ -165,6 +203,9 @@ def surface_command(
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
+    metric: Optional[list[str]] = typer.Option(None, "--metric", help="[NAME=]package.module:function: a custom "
+                                               "metric fn(model, batch) -> scalar, evaluated next to the loss "
+                                               "(repeatable; needs --trust-factory)."),
 ) -> None:
     """Loss surface around a checkpoint (random directions) or over a run's trajectory plane.
 
@@ -200,6 +241,7 @@ def surface_command(
     if directions_kind == "hessian" and (trajectory is not None or dir_type != "weights"):
         raise ConfigError("--directions hessian spans parameters only: not with --trajectory or --dir-type states")
     check_options(norm, ignore, dir_type)  # before loading anything
+    metric_fns = _metrics(metric, trust_factory)
     radii_list = numbers(radii, float, "--radii", above=0)
     if grid is None and (trajectory is None or range_mode == "auto"):
         grid = ("-1:1:51" if dim == 1 else "-1:1:51,-1:1:51" if dim == 2 else "-1:1:21") if trajectory is None \
@@ -213,6 +255,8 @@ def surface_command(
     model = ckpt.model
     folder = out or ((ckpt.path.parent if ckpt.path.is_file() else ckpt.path) / "surface")
     options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path)}
+    if metric_fns:
+        options["metrics"] = list(metric)
     path = explained = path_residual = None
     compare: list = []  # a random direction beside the top eigenvector (--directions hessian --dim 1)
     if trajectory is not None:
@@ -279,11 +323,12 @@ def surface_command(
         task = bar.add_task(f"{kind} surface", total=n_points * (1 + len(compare)))
         result = ls.surface(model, F.cross_entropy, batches, directions, xs, ys, kind=kind, options=options,
                             chunk_size=batch_size, resume_path=folder / f"{stem}.partial.npz",
-                            on_point=lambda k, lv, av: bar.advance(task), zs=zs)
+                            on_point=lambda k, lv, av: bar.advance(task), zs=zs, metrics=metric_fns or None)
         random_result = None if not compare else ls.surface(
             model, F.cross_entropy, batches, compare, xs, ys, kind="random",
             options={**options, "directions": "random", "scaled_to_norm": 1.0}, chunk_size=batch_size,
-            resume_path=folder / f"{stem}_random.partial.npz", on_point=lambda k, lv, av: bar.advance(task))
+            resume_path=folder / f"{stem}_random.partial.npz", on_point=lambda k, lv, av: bar.advance(task),
+            metrics=metric_fns or None)
     if not dist_utils.is_main():  # the points were shared out; rank 0 writes
         return
     result.explained_variance, result.path, result.path_residual = explained, path, path_residual
@@ -291,6 +336,7 @@ def surface_command(
     (folder / f"{stem}.partial.npz").unlink(missing_ok=True)
     human = rank0_console(stderr=json_out == "-")
     summary = _print_summary(human, result, radii_list, basin_delta)
+    _print_metrics(human, summary)
     if explained is not None:
         human.print(f"PCA explained variance: {explained[0]:.1%}, {explained[1]:.1%}", highlight=False)
     if path_residual is not None:
@@ -316,6 +362,9 @@ def surface_command(
             report["figures"] = _eigen_figure(result, random_result, eig, folder, stem, pdf, console)
         else:
             report["figures"] = _figures({label: result}, folder, stem, pdf, console)
+        if metric_fns:
+            both = {label: result} if random_result is None else {"eigenvector": result, "random": random_result}
+            report["figures"] += _metric_figures(both, list(metric_fns), folder, stem, pdf, console)
     write_json(report, json_out)
     write_json(report, str(folder / f"{stem}.json"))
 
@@ -338,6 +387,9 @@ def interpolate_command(
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
+    metric: Optional[list[str]] = typer.Option(None, "--metric", help="[NAME=]package.module:function: a custom "
+                                               "metric fn(model, batch) -> scalar, evaluated next to the loss "
+                                               "(repeatable; needs --trust-factory)."),
 ) -> None:
     """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
 
@@ -351,6 +403,7 @@ def interpolate_command(
 
     console = rank0_console(stderr=True)
     alphas = ls.parse_grid(grid)
+    metric_fns = _metrics(metric, trust_factory)
     ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory, device)
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory, map_location=next(ckpt_a.model.parameters()).device)
     if ckpt_a.data_spec and ckpt_b.data_spec and ckpt_a.data_spec.get("name") != ckpt_b.data_spec.get("name"):
@@ -361,16 +414,22 @@ def interpolate_command(
         task = bar.add_task("interpolation", total=len(alphas))
         result = ls.interpolate(ckpt_a.model, ckpt_b.model, F.cross_entropy, batches, alphas, buffers=buffers,
                                 chunk_size=batch_size, name_a=name_a, name_b=name_b,
-                                on_point=lambda k, lv, av: bar.advance(task))
+                                on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None)
     if not dist_utils.is_main():
         return
     result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples})
+    if metric_fns:
+        result.options["metrics"] = list(metric)
     folder = out or ((ckpt_a.path.parent if ckpt_a.path.is_file() else ckpt_a.path) / "interpolate")
     result.save(folder / "interpolation.npz")
     summary = _print_summary(rank0_console(stderr=json_out == "-"), result, [0.5], 0.1)
+    _print_metrics(rank0_console(stderr=json_out == "-"), summary)
     report = result.to_dict((0.5,), 0.1)
     report["summary"] = summary
     if plot:
         report["figures"] = _figures({f"{name_a} -> {name_b}": result}, folder, "interpolation", pdf, console)
+        if metric_fns:
+            report["figures"] += _metric_figures({f"{name_a} -> {name_b}": result}, list(metric_fns), folder,
+                                                 "interpolation", pdf, console)
     write_json(report, json_out)
     write_json(report, str(folder / "interpolation.json"))

@@ -7,6 +7,7 @@ from .directions import (DIR_TYPES, IGNORES, NORMS, Direction, normalize_directi
 from .extent import AutoRange, PathProjection, auto_range, project_snapshots
 from .eigen import HessianDirections, eigenvector_directions, hessian_directions
 from .surface import SurfaceResult, interpolate, load_directions, parse_grid, surface
+from .metrics import MetricFn, import_metric
 from .topology import SurfaceTopology, surface_topology
 from .trajectory import TrajectoryDirections, trajectory_directions
 
@@ -16,6 +17,7 @@ __all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "no
            "hessian_directions", "eigenvector_directions", "HessianDirections",
            "SurfaceTopology", "surface_topology", "auto_range", "AutoRange", "project_snapshots",
            "PathProjection"]
+__all__ += ["MetricFn", "import_metric"]  # custom per-batch metrics (sharpscope.landscape.metrics)
 
 
 def plane_directions(model_a, model_b, model_c) -> list[Direction]:

@@ -32,14 +32,15 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from .. import distributed as dist_utils
 from ..batches import BatchLoss, Prepared
 from ..checkpoint import atomic_write_bytes
@@ -47,6 +48,7 @@ from ..checks import require_grid_memory
 from ..errors import ConfigError
 from ..objective import eval_mode
 from .directions import Direction, difference, state_buffer_names
+from .metrics import MetricCall, MetricFn, check_metrics, metric_value
 
 __all__ = ["SurfaceResult", "surface", "interpolate", "parse_grid", "evaluate_points", "load_directions"]
 
@@ -89,7 +91,8 @@ def evaluate_points(
     points: Callable[[int], tuple[dict[str, Tensor], dict[str, Tensor] | None]], n_points: int,
     chunk_size: int | None = None, channels_last: bool | None = None, done: np.ndarray | None = None,
     on_point: Callable[[int, float, float], None] | None = None, distributed: bool | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    metrics: Mapping[str, MetricFn] | None = None, on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Mean loss and accuracy at ``n_points`` parameter settings.
 
     ``points(k)`` returns the parameters (and optionally buffers; None keeps the model's)
@@ -101,7 +104,12 @@ def evaluate_points(
     prefer small chunks on the CPU, MLPs large ones; the values agree to rounding).
     Under torch.distributed the points are split round robin over the ranks and the
     values all-reduced, so every rank returns every value.
+    ``metrics`` ({name: fn(model, batch)}, :mod:`sharpscope.landscape.metrics`): their means
+    too, returned as a third element {name: values}; ``on_metrics(k, {name: value})`` is called
+    before ``on_point`` for each point.
     """
+    metric_fns = check_metrics(metrics)
+    calls = {name: MetricCall(model, fn) for name, fn in metric_fns.items()}
     distributed = dist_utils.is_distributed() if distributed is None else distributed
     first = next(iter(model.parameters()))
     prepared = data if isinstance(data, Prepared) else BatchLoss(model, loss_fn).read(data, first.device, first.dtype)
@@ -114,6 +122,7 @@ def evaluate_points(
     buffers = {n: b.detach() for n, b in model.named_buffers()}
     loss = np.full(n_points, np.nan)
     acc = np.full(n_points, np.nan)
+    extra = {name: np.full(n_points, np.nan) for name in calls}
 
     def state_at(k: int) -> dict[str, Tensor]:
         params, bufs = points(k)
@@ -122,18 +131,23 @@ def evaluate_points(
                       for n, t in params.items()}
         return {**buffers, **(bufs or {}), **params}
 
-    def run(state: dict[str, Tensor], batches: list[tuple[Any, int]]) -> tuple[float, float]:
+    def run(state: dict[str, Tensor], batches: list[tuple[Any, int]]) -> tuple[float, float, dict[str, float]]:
         total = torch.zeros((), dtype=torch.float64, device=first.device)
+        sums = {name: torch.zeros((), dtype=torch.float64, device=first.device) for name in calls}
+        wrapped = {f"model.{n}": t for n, t in state.items()} if calls else {}
         correct = torch.zeros((), dtype=torch.long, device=first.device)
         classify = not batch_loss.takes_model
         for batch, count in batches:
             out, value = batch_loss.outputs_and_loss(state, batch)
             total += value.double() * count
+            for name, call in calls.items():
+                sums[name] += metric_value(name, functional_call(call, wrapped, (batch,))).to(first.device) * count
             if classify and _class_indices(out, batch[1]):
                 correct += (out.argmax(1) == batch[1]).sum()
             else:
                 classify = False
-        return float(total) / n_examples, (float(correct) / n_examples if classify else math.nan)
+        return (float(total) / n_examples, (float(correct) / n_examples if classify else math.nan),
+                {name: float(v) / n_examples for name, v in sums.items()})
 
     todo = [k for k in range(n_points) if done is None or not done[k]]
     if distributed:
@@ -155,21 +169,28 @@ def evaluate_points(
                 chunk_size = sizes[-1]
         batches = prepared.chunks(chunk_size)
         for k in todo:
-            loss[k], acc[k] = run(state_at(k), batches)
+            loss[k], acc[k], got = run(state_at(k), batches)
+            for name, v in got.items():
+                extra[name][k] = v
+            if on_metrics is not None and calls:
+                on_metrics(k, got)
             if on_point is not None:
                 on_point(k, loss[k], acc[k])
     if distributed:
-        mine = torch.zeros(3, n_points, dtype=torch.float64, device=first.device)
+        mine = torch.zeros(3 + len(extra), n_points, dtype=torch.float64, device=first.device)
         idx = torch.tensor(todo, dtype=torch.long, device=first.device)
         mine[0, idx] = torch.as_tensor(loss[todo], dtype=torch.float64, device=first.device)
         mine[1, idx] = torch.as_tensor(np.nan_to_num(acc[todo]), dtype=torch.float64, device=first.device)
         mine[2, idx] = torch.as_tensor(np.isnan(acc[todo]).astype(float), device=first.device)
         mine[2, idx] += 2.0  # marks "computed somewhere"
+        for row, values in enumerate(extra.values(), start=3):
+            mine[row, idx] = torch.as_tensor(values[todo], dtype=torch.float64, device=first.device)
         total = dist_utils.all_reduce_sum(mine).cpu().numpy()
         computed = total[2] >= 2.0
         loss = np.where(computed, total[0], loss)
         acc = np.where(computed, np.where(total[2] >= 3.0, np.nan, total[1]), acc)
-    return loss, acc
+        extra = {name: np.where(computed, total[row], extra[name]) for row, name in enumerate(extra, start=3)}
+    return (loss, acc) if metrics is None else (loss, acc, extra)
 
 
 # --------------------------------------------------------------------------------------
@@ -177,7 +198,8 @@ def evaluate_points(
 # --------------------------------------------------------------------------------------
 @dataclass
 class SurfaceResult:
-    """Loss / accuracy on a 1-D (``ys is None``) or 2-D grid; ``loss[i, j]`` at (xs[j], ys[i])."""
+    """Loss / accuracy on a 1-D (``ys is None``) or 2-D grid; ``loss[i, j]`` at (xs[j], ys[i]).
+    ``metrics``: each custom metric's grid ({name: array shaped like ``loss``})."""
 
     xs: np.ndarray
     ys: np.ndarray | None
@@ -193,6 +215,15 @@ class SurfaceResult:
     name_b: str | None = None
     path_residual: np.ndarray | None = None  # (E,): each path point's distance to the plane
     zs: np.ndarray | None = None  # 3-D grids: loss[k, i, j] at (xs[j], ys[i], zs[k])
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def values(self, metric: str) -> np.ndarray:
+        """The grid of ``metric``: "loss", "accuracy" or a custom metric's name."""
+        if metric in ("loss", "accuracy"):
+            return getattr(self, metric)
+        if metric not in self.metrics:
+            raise KeyError(f"no metric {metric!r} (have loss, accuracy{''.join(', ' + m for m in self.metrics)})")
+        return self.metrics[metric]
 
     @property
     def dim(self) -> int:
@@ -216,7 +247,7 @@ class SurfaceResult:
 
     def value_at(self, x: float, y: float = 0.0, metric: str = "loss") -> float:
         """Linear (1-D) or bilinear (2-D) interpolation of the grid; NaN outside it."""
-        z = getattr(self, metric)
+        z = self.values(metric)
         if self.ys is None:
             if len(self.xs) == 1:
                 return float(z[0]) if x == self.xs[0] else math.nan
@@ -232,7 +263,7 @@ class SurfaceResult:
     def _interpolator(self, metric: str) -> Any:
         """Bilinear interpolator of a 2-D metric, built once per (metric, array)."""
         from scipy.interpolate import RegularGridInterpolator
-        z = getattr(self, metric)
+        z = self.values(metric)
         cache = self.__dict__.setdefault("_interpolators", {})  # not a field: never saved
         if metric not in cache or cache[metric][0] is not z:
             cache[metric] = (z, RegularGridInterpolator((self.ys, self.xs), z))
@@ -287,6 +318,13 @@ class SurfaceResult:
             out["loss_at_b"] = _num(l1)
             if inside.any() and not math.isnan(l1):
                 out["barrier"] = float(np.nanmax(self.loss[inside]) - max(centre, l1))
+        if self.metrics:  # each custom metric at the centre (alpha = 0), its extremes (and at B)
+            out["metrics"] = {name: {"centre": _num(self.value_at(0.0, 0.0, name)),
+                                     "min": _num(float(np.nanmin(z))) if np.isfinite(z).any() else None,
+                                     "max": _num(float(np.nanmax(z))) if np.isfinite(z).any() else None,
+                                     **({"at_b": _num(self.value_at(1.0, 0.0, name))}
+                                        if self.kind == "interpolation" else {})}
+                              for name, z in self.metrics.items()}
         return out
 
     def _ray_crossing(self, ux: float, uy: float, level: float, steps: int = 400) -> tuple[float, bool]:
@@ -343,6 +381,8 @@ class SurfaceResult:
             arrays["path"] = self.path
         if self.path_residual is not None:
             arrays["path_residual"] = np.asarray(self.path_residual)
+        for name, z in self.metrics.items():
+            arrays[f"metric/{name}"] = z
         if self.explained_variance is not None:
             arrays["explained_variance"] = np.asarray(self.explained_variance)
         for k, d in enumerate(directions):
@@ -362,7 +402,8 @@ class SurfaceResult:
                        explained_variance=z["explained_variance"].tolist() if "explained_variance" in z else None,
                        path=z["path"] if "path" in z else None,
                        path_residual=z["path_residual"] if "path_residual" in z else None,
-                       zs=z["zs"] if "zs" in z else None)
+                       zs=z["zs"] if "zs" in z else None,
+                       metrics={k.partition("/")[2]: z[k] for k in z.files if k.startswith("metric/")})
 
 
 def load_directions(path: str | Path) -> list[Direction]:
@@ -384,8 +425,10 @@ def _num(x: float) -> float | None:
 # Drivers
 # --------------------------------------------------------------------------------------
 def _fingerprint(options: dict[str, Any], directions: Sequence[Direction], xs: np.ndarray,
-                 ys: np.ndarray | None, zs: np.ndarray | None = None) -> str:
+                 ys: np.ndarray | None, zs: np.ndarray | None = None, metric_names: Sequence[str] = ()) -> str:
     h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
+    if metric_names:  # without metrics the fingerprint is unchanged (older partial files still resume)
+        h.update(json.dumps(["metrics", list(metric_names)]).encode())
     h.update(np.ascontiguousarray(xs).tobytes())
     if ys is not None:
         h.update(np.ascontiguousarray(ys).tobytes())
@@ -405,6 +448,7 @@ def surface(
     chunk_size: int | None = None, resume_path: str | Path | None = None, save_every: int = 100,
     on_point: Callable[[int, float, float], None] | None = None, cache: bool | str = "auto",
     cache_bytes: int | None = None, zs: Sequence[float] | np.ndarray | None = None,
+    metrics: Mapping[str, MetricFn] | None = None,
 ) -> SurfaceResult:
     """Loss and accuracy over the grid ``xs`` (x ``ys`` (x ``zs``)) along ``directions`` (1, 2 or 3).
 
@@ -417,7 +461,12 @@ def surface(
     With ``zs`` (and ``ys``), a 3-D grid along three directions: ``loss[k, i, j]`` at
     (xs[j], ys[i], zs[k]), shape (len(zs), len(ys), len(xs)); ``result.slice(k)`` is the 2-D
     surface at zs[k].
+    ``metrics``: {name: fn(model, batch) -> scalar tensor}, each averaged over the batches as the
+    loss is and stored in ``result.metrics[name]`` (shaped like ``loss``; also in the npz and the
+    resume file); see :mod:`sharpscope.landscape.metrics` for how ``fn`` sees the perturbed model
+    and how non-finite values are kept.
     """
+    metric_fns = check_metrics(metrics)
     if zs is not None and ys is None:
         raise ConfigError("a 3-D surface needs ys as well as zs")
     require_grid_memory(len(xs) * (1 if ys is None else len(ys)) * (1 if zs is None else len(zs)))
@@ -465,18 +514,25 @@ def surface(
     loss = np.full(len(coords), np.nan)
     acc = np.full(len(coords), np.nan)
     done = np.zeros(len(coords), dtype=bool)
-    fingerprint = _fingerprint(opts, directions, xs, ys, zs) if resume_path else ""
+    extra = {name: np.full(len(coords), np.nan) for name in metric_fns}
+    fingerprint = _fingerprint(opts, directions, xs, ys, zs, list(metric_fns)) if resume_path else ""
     if resume_path and Path(resume_path).is_file():
         with np.load(resume_path, allow_pickle=False) as z:
-            if str(z["fingerprint"]) == fingerprint:
+            if str(z["fingerprint"]) == fingerprint and all(f"metric/{name}" in z.files for name in extra):
                 loss, acc, done = z["loss"].copy(), z["accuracy"].copy(), z["done"].copy()
+                extra = {name: z[f"metric/{name}"].copy() for name in extra}
 
     def save_partial() -> None:
         if not dist_utils.is_main():  # one writer; other ranks' points are recomputed on resume
             return
         buf = io.BytesIO()
-        np.savez(buf, loss=loss, accuracy=acc, done=done, fingerprint=np.array(fingerprint))
+        np.savez(buf, loss=loss, accuracy=acc, done=done, fingerprint=np.array(fingerprint),
+                 **{f"metric/{name}": values for name, values in extra.items()})
         atomic_write_bytes(resume_path, lambda fh: fh.write(buf.getvalue()))
+
+    def record_metrics(k: int, got: dict[str, float]) -> None:
+        for name, v in got.items():
+            extra[name][k] = v
 
     def record(k: int, lv: float, av: float) -> None:
         loss[k], acc[k], done[k] = lv, av, True
@@ -487,15 +543,19 @@ def surface(
 
     first = done.copy()
     prepared = _read(model, loss_fn, data, cache, cache_bytes)
-    new_loss, new_acc = evaluate_points(model, loss_fn, prepared, point, len(coords), chunk_size=chunk_size, done=first,
-                                        on_point=record)
+    new_loss, new_acc, *new_extra = evaluate_points(model, loss_fn, prepared, point, len(coords), chunk_size=chunk_size,
+                                                    done=first, on_point=record, metrics=metric_fns or None,
+                                                    on_metrics=record_metrics)
     fresh = ~first & ~np.isnan(new_loss)  # includes the points other ranks computed
     loss[fresh], acc[fresh], done[fresh] = new_loss[fresh], new_acc[fresh], True
+    for name, values in (new_extra[0] if new_extra else {}).items():
+        extra[name][fresh] = values[fresh]
     if resume_path:
         save_partial()
     shape = (len(xs),) if ys is None else (ny, len(xs)) if zs is None else (len(zs), ny, len(xs))
     return SurfaceResult(xs=xs, ys=ys, loss=loss.reshape(shape), accuracy=acc.reshape(shape), kind=kind,
-                         options=opts, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start, zs=zs)
+                         options=opts, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start, zs=zs,
+                         metrics={name: values.reshape(shape) for name, values in extra.items()})
 
 
 def _read(model: nn.Module, loss_fn: LossFn, data: Iterable[Any], cache: bool | str = "auto",
@@ -508,12 +568,14 @@ def interpolate(
     model_a: nn.Module, model_b: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]],
     alphas: Sequence[float] | np.ndarray, *, buffers: str = "interpolate", chunk_size: int | None = None,
     name_a: str = "A", name_b: str = "B", on_point: Callable[[int, float, float], None] | None = None,
-    cache: bool | str = "auto", cache_bytes: int | None = None,
+    cache: bool | str = "auto", cache_bytes: int | None = None, metrics: Mapping[str, MetricFn] | None = None,
 ) -> SurfaceResult:
     """Loss and accuracy along theta(alpha) = (1 - alpha) theta_A + alpha theta_B
     (Goodfellow, Vinyals, Saxe 2015), alpha = 0 at A. ``buffers="interpolate"`` also
     interpolates floating-point buffers (BN running statistics); ``"keep"`` uses A's.
-    ``cache``/``cache_bytes`` as in :func:`surface`."""
+    ``cache``/``cache_bytes`` and ``metrics`` as in :func:`surface` (the metrics see model A's
+    module with theta(alpha) swapped in)."""
+    metric_fns = check_metrics(metrics)
     require_grid_memory(len(alphas))
     if buffers not in ("interpolate", "keep"):
         raise ConfigError(f"buffers must be 'interpolate' or 'keep', got {buffers!r}")
@@ -536,8 +598,8 @@ def interpolate(
         return params, bufs
 
     prepared = _read(model_a, loss_fn, data, cache, cache_bytes)
-    loss, acc = evaluate_points(model_a, loss_fn, prepared, point, len(alphas), chunk_size=chunk_size,
-                                on_point=on_point)
+    loss, acc, *extra = evaluate_points(model_a, loss_fn, prepared, point, len(alphas), chunk_size=chunk_size,
+                                        on_point=on_point, metrics=metric_fns or None)
     return SurfaceResult(xs=alphas, ys=None, loss=loss, accuracy=acc, kind="interpolation",
                          options={"buffers": buffers}, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start,
-                         name_a=name_a, name_b=name_b)
+                         name_a=name_a, name_b=name_b, metrics=extra[0] if extra else {})

@@ -1,0 +1,111 @@
+"""Custom per-batch metrics evaluated next to the loss on a landscape grid.
+
+A metric is ``fn(model, batch) -> tensor``: a scalar (one element, real dtype), the mean over
+the batch's examples, as the loss is. At every grid point it is called once per batch with
+
+- ``model``: the user's module with the point's parameters (and buffers) swapped in by
+  ``torch.func.functional_call`` for the duration of the call (the same mechanism
+  :class:`~sharpscope.batches.ModelLoss` uses): ``model(x)`` evaluates the perturbed network.
+  The module is in eval mode and the call runs under ``torch.inference_mode()`` (no grad); the
+  original parameters, buffers and train/eval flags are restored afterwards, so the user's
+  model is never left modified.
+- ``batch``: the batch the loss sees, on the model's device (the pair form ``(inputs,
+  targets)``, or the batch as yielded under ``ModelLoss``). When the examples are re-split into
+  chunks (``chunk_size``) ``fn`` sees the chunks, so a metric that is a mean over its batch's
+  examples gives the same value for any chunking (to rounding).
+
+Averaging over batches: sum_b (n_b / N) metric_b, n_b the examples of batch b (the loss's
+weights). Each metric costs its own forward passes (``fn`` calls the model itself).
+
+Non-finite values: as for the loss, a NaN or infinite value at a point is kept (NaN / inf in
+the grid, null in JSON, masked in plots): far from the minimum the network may overflow. A
+value that is not a real scalar (a non-tensor, a tensor of several elements, complex) is a
+:class:`~sharpscope.errors.ConfigError` naming the metric.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+__all__ = ["MetricFn", "RESERVED", "check_metrics", "metric_value", "import_metric", "MetricCall"]
+
+MetricFn = Callable[[nn.Module, Any], Tensor]
+RESERVED = ("loss", "accuracy")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def check_metrics(metrics: Mapping[str, MetricFn] | None) -> dict[str, MetricFn]:
+    """``metrics`` as a dict, refused (ConfigError) if a name clashes with loss / accuracy, is
+    not a plain name (letters, digits, ``_``, ``-``; it names files and npz keys) or a value is
+    not callable."""
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise ConfigError(f"metrics must be a dict {{name: fn(model, batch)}}, got {type(metrics).__name__}")
+    for name, fn in metrics.items():
+        _check_name(name)
+        if not callable(fn):
+            raise ConfigError(f"metric {name!r} must be a callable fn(model, batch), got {type(fn).__name__}")
+    return dict(metrics)
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"metric name {name!r} must be letters, digits, '_' or '-' (not starting with a digit)")
+    if name in RESERVED:
+        raise ConfigError(f"metric name {name!r} clashes with the built-in {name}; choose another name")
+
+
+def metric_value(name: str, value: Any) -> Tensor:
+    """The 0-d float64 tensor of a metric's value on one batch, or a ConfigError naming it."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = torch.tensor(float(value), dtype=torch.float64)
+    if not isinstance(value, Tensor):
+        raise ConfigError(f"metric {name!r} returned a {type(value).__name__}, not a scalar tensor")
+    if value.numel() != 1:
+        raise ConfigError(f"metric {name!r} returned a tensor of shape {tuple(value.shape)}, not a scalar "
+                          "(return the mean over the batch's examples)")
+    if value.is_complex():
+        raise ConfigError(f"metric {name!r} returned a complex value")
+    return value.reshape(()).double()
+
+
+class MetricCall(nn.Module):
+    """``fn(model, batch)`` as a module, so that ``functional_call`` swaps the model's state in
+    for the call (``state`` keys prefixed with ``model.``)."""
+
+    def __init__(self, model: nn.Module, fn: MetricFn) -> None:
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, batch: Any) -> Any:
+        return self.fn(self.model, batch)
+
+
+def import_metric(spec: str, allow_import: bool = False) -> tuple[str, MetricFn]:
+    """``"package.module:function"`` or ``"name=package.module:function"`` -> (name, function).
+
+    The name defaults to the function's name. User code is imported only with
+    ``allow_import=True`` (the CLI's ``--trust-factory``, as for custom model factories);
+    otherwise, and for any import failure, a ConfigError.
+    """
+    from ..models import _parse_factory, import_callable
+
+    name, sep, path = spec.partition("=")
+    if not sep:
+        name, path = "", spec
+    module_name, attr = _parse_factory(path.strip(), "metric", ConfigError)
+    name = name.strip() or attr.rsplit(".", 1)[-1]
+    _check_name(name)
+    if not allow_import:
+        raise ConfigError(f"metric {name}={module_name}:{attr} is custom code; pass --trust-factory "
+                          "(Python: allow_import=True) to import and run it")
+    return name, import_callable(module_name, attr, "metric", ConfigError)
