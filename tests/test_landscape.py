@@ -16,6 +16,8 @@ from sharpscope.landscape import (SurfaceResult, interpolate, load_directions, n
 from sharpscope.landscape.directions import dot, ignored_names
 from sharpscope.models import build_model, make_model_spec
 
+from _quadratic import LinearRegression, regression_data
+
 
 def _cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
@@ -74,26 +76,6 @@ def test_orthogonalize():
         normalize_direction(d1, model, norm="spectral")
 
 
-class LinearRegression(nn.Module):
-    """f(x) = W x + c; with MSE the loss is an exact quadratic in (W, c)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.W = nn.Parameter(torch.randn(3, 4, generator=g, dtype=torch.float64))
-        self.c = nn.Parameter(torch.randn(3, generator=g, dtype=torch.float64))
-
-    def forward(self, x):
-        return x @ self.W.T + self.c
-
-
-def _regression_data():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(30, 4, generator=g, dtype=torch.float64)
-    y = torch.randn(30, 3, generator=g, dtype=torch.float64)
-    return x, y, [(x[i:i + 8], y[i:i + 8]) for i in range(0, 30, 8)]
-
-
 def _quadratic_loss(model, d1, d2, x, y, a, b):
     W = model.W.detach() + a * d1["W"] + b * d2["W"]
     c = model.c.detach() + a * d1["c"] + b * d2["c"]
@@ -102,7 +84,7 @@ def _quadratic_loss(model, d1, d2, x, y, a, b):
 
 def test_surface_matches_the_exact_quadratic_on_a_non_square_grid():
     model = LinearRegression()
-    x, y, batches = _regression_data()
+    x, y, batches = regression_data()
     d1 = random_direction(model, norm="none", ignore="none", seed=1)
     d2 = random_direction(model, norm="none", ignore="none", seed=2)
     xs, ys = np.linspace(-1.0, 2.0, 7), np.linspace(-0.5, 0.25, 4)  # non-square, different ranges
@@ -143,7 +125,7 @@ def test_channels_last_gives_the_same_values():
 def test_one_dimensional_summary_of_a_known_parabola():
     # L(x) = c + a x^2 along the direction: increase a r^2, basin width 2 sqrt(delta / a)
     model = LinearRegression()
-    x, y, batches = _regression_data()
+    x, y, batches = regression_data()
     d1 = random_direction(model, norm="none", ignore="none", seed=1)
     res = surface(model, F.mse_loss, batches, [d1], np.linspace(-2, 2, 401))
     zero = {n: torch.zeros_like(t) for n, t in d1.items()}
@@ -186,7 +168,7 @@ def test_plane_through_three_models():
 
 def test_resume_continues_an_interrupted_grid(tmp_path):
     model = LinearRegression()
-    _, _, batches = _regression_data()
+    _, _, batches = regression_data()
     d1, d2 = (random_direction(model, norm="none", ignore="none", seed=s) for s in (1, 2))
     xs, ys = np.linspace(-1, 1, 6), np.linspace(-1, 1, 5)
     full = surface(model, F.mse_loss, batches, [d1, d2], xs, ys)
@@ -230,7 +212,7 @@ def test_trajectory_pca_recovers_a_planar_path():
 
 def test_save_and_load_round_trip(tmp_path):
     model = LinearRegression()
-    _, _, batches = _regression_data()
+    _, _, batches = regression_data()
     d1 = random_direction(model, norm="none", ignore="none", seed=1)
     res = surface(model, F.mse_loss, batches, [d1], [-1.0, 0.0, 1.0], options={"seed": 1})
     res.save(tmp_path / "s.npz", [d1])
@@ -255,7 +237,7 @@ def test_parse_grid():
 
 def test_wrong_number_of_directions():
     model = LinearRegression()
-    _, _, batches = _regression_data()
+    _, _, batches = regression_data()
     d1 = random_direction(model, seed=1)
     with pytest.raises(ConfigError, match="2 direction"):
         surface(model, F.mse_loss, batches, [d1], [0.0], [0.0])

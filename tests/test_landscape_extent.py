@@ -12,6 +12,8 @@ from torch import nn
 from sharpscope import ConfigError
 from sharpscope.landscape import auto_range, project_snapshots, random_direction
 
+from _quadratic import LinearRegression
+
 
 class Bowl(nn.Module):
     """L(w) = 1 + w0 + w0^2 + 4 w1^2 (the output is the loss; w = 0 is the centre, L = 1)."""
@@ -62,19 +64,8 @@ def test_auto_range_cap_warns():
         auto_range(Bowl(), _mean, BATCHES, [E1], factor=1.0)
 
 
-class Lin(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.W = nn.Parameter(torch.randn(3, 4, generator=g, dtype=torch.float64))
-        self.c = nn.Parameter(torch.randn(3, generator=g, dtype=torch.float64))
-
-    def forward(self, x):
-        return x @ self.W.T + self.c
-
-
 def test_projection_recovers_coordinates_and_the_orthogonal_residual():
-    model = Lin()
+    model = LinearRegression()
     centre = {n: p.detach() for n, p in model.named_parameters()}
     d1 = random_direction(model, norm="none", ignore="none", seed=1)
     d2 = random_direction(model, norm="none", ignore="none", seed=2)  # not orthogonal to d1
@@ -148,7 +139,7 @@ def test_cli_trajectory_reports_the_residual(run, tmp_path, cli):
 def test_3d_grid_shapes_slice_equals_2d_and_topology(tmp_path):
     from sharpscope.landscape import SurfaceResult, surface, surface_topology
     import torch.nn.functional as F
-    model = Lin()
+    model = LinearRegression()
     g = torch.Generator().manual_seed(5)
     x = torch.randn(20, 4, generator=g, dtype=torch.float64)
     y = torch.randn(20, 3, generator=g, dtype=torch.float64)

@@ -12,29 +12,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sharpscope import ConfigError
 from sharpscope.landscape import SurfaceResult, import_metric, interpolate, random_direction, surface
 from sharpscope.models import build_model, make_model_spec
 
-
-class LinearRegression(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.W = nn.Parameter(torch.randn(3, 4, generator=g, dtype=torch.float64))
-        self.c = nn.Parameter(torch.randn(3, generator=g, dtype=torch.float64))
-
-    def forward(self, x):
-        return x @ self.W.T + self.c
+from _quadratic import LinearRegression, regression_data
 
 
 def _regression():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(30, 4, generator=g, dtype=torch.float64)
-    y = torch.randn(30, 3, generator=g, dtype=torch.float64)
-    return LinearRegression(), [(x[i:i + 8], y[i:i + 8]) for i in range(0, 30, 8)]
+    return LinearRegression(), regression_data()[2]
 
 
 def _cnn64():
