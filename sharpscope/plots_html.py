@@ -15,7 +15,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["require_plotly", "seed_lines", "eigenvalue_lines", "difference_bars", "surface_3d", "curve", "page"]
+__all__ = ["require_plotly", "seed_lines", "eigenvalue_lines", "difference_bars", "surface_3d", "curve", "scatter",
+           "page"]
 
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
 
@@ -111,6 +112,18 @@ def curve(xs: Sequence[float], ys: Sequence[float], title: str, xlabel: str, yla
     go = require_plotly()
     fig = go.Figure(go.Scatter(x=list(xs), y=list(ys), mode="lines+markers", name=ylabel))
     return _layout(fig, title, xlabel, ylabel, log_y=all(y > 0 for y in ys))
+
+
+def scatter(points: Mapping[str, Sequence[tuple[float, float, str]]], title: str, xlabel: str, ylabel: str) -> Any:
+    """``{group: [(x, y, hover text), ...]}``: one marker trace per group (click to hide a
+    group), the text on hover (e.g. a run's name and options)."""
+    go = require_plotly()
+    fig = go.Figure()
+    for i, (group, pts) in enumerate(points.items()):
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], text=[p[2] for p in pts],
+                                 mode="markers", name=str(group), marker={"size": 8, "color": _color(str(group), i)},
+                                 hovertemplate="%{text}<br>x %{x:.4g}, y %{y:.4g}<extra></extra>"))
+    return _layout(fig, title, xlabel, ylabel)
 
 
 def page(title: str, blocks: Sequence[Any]) -> str:

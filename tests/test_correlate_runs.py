@@ -102,3 +102,16 @@ def test_unfinished_run_is_left_out(tmp_path):
     assert row["status"] == "unfinished" and "trace" not in row and not (tmp_path / "half" / "measures.json").exists()
     with pytest.raises(ConfigError, match="unknown measure"):
         mr.measure_runs([tmp_path / "half"], ["best"], mr.MeasureSettings())
+
+
+def test_cli_writes_the_interactive_correlations_page(three_runs, tmp_path, cli):
+    pytest.importorskip("plotly")
+    import re
+    code, out, err = cli(["correlate", str(three_runs), "--out", str(tmp_path / "h"), "--measures", "lambda_max,weights",
+                          "--samples", "64", "--no-progress", "--min-train-acc", "0", "--html"])
+    assert code in (0, None), err
+    page = (tmp_path / "h" / "correlations.html").read_text()
+    table = json.loads((tmp_path / "h" / "correlations.json").read_text())
+    n_error = sum(e["gap"] == "gap_error" for e in table["entries"])
+    assert page.count('class="figure"') == n_error > 0
+    assert not re.search(r"<script[^>]+src=", page) and "lr=0.05" in page

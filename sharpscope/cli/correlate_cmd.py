@@ -29,6 +29,8 @@ def correlate_command(
                                         "training labels at least this well (Jiang et al. train to about 99 %; "
                                         "a run stuck at chance has no gap to explain). 0 keeps every run."),
     resamples: int = typer.Option(2000, min=100, help="Bootstrap resamples of every interval."),
+    html: bool = typer.Option(False, "--html", help="Also write OUT/correlations.html: the tables and one "
+                              "interactive scatter per measure (a run's options on hover), self-contained."),
     seed: int = seed_option("Seed of the subset, the measures and the bootstrap."),
     progress: bool = typer.Option(True, help="Say which run and measure is computed."),
 ) -> None:
@@ -46,6 +48,10 @@ def correlate_command(
     from ..experiments.files import write_csv
     from ..experiments.measure_runs import MeasureSettings, find_runs, measure_runs, varying_config_options
 
+    if html:  # refuse before measuring, not after
+        from ..plots_html import require_plotly
+
+        require_plotly()
     names = [n.strip() for n in measures.split(",") if n.strip()]
     settings = MeasureSettings(samples=samples, seed=seed, rho=rho, m_values=numbers(m, int, "--m", at_least=1),
                                worst_m=worst_m, adaptive_rho=adaptive_rho, average_rho=average_rho)
@@ -69,5 +75,12 @@ def correlate_command(
     print(f"{len(kept)} runs correlated ({unfinished} unfinished and {len(rows) - len(kept) - unfinished} below "
           f"--min-train-acc {min_train_acc:g} left out); hyperparameters varying: {', '.join(hyper) or 'none'}")
     print_correlations(table)
+    if html:
+        from dataclasses import asdict
+
+        from ..experiments.html_report import write_correlate_html
+
+        files.append(write_correlate_html(out, rows, table, "sharpscope " + " ".join(sys.argv[1:]),
+                                          {"measures": names, **asdict(settings), "min_train_acc": min_train_acc}))
     for f in files:
         say(f"wrote {f}")

@@ -20,7 +20,7 @@ from .compare import KEY_METRICS, run_dir
 from .files import atomic_write_bytes
 from .report import METRIC_NAMES, _difference_table, _gradcos_lines, _summary_table
 
-__all__ = ["write_compare_html", "markdown_table"]
+__all__ = ["write_compare_html", "write_correlate_html", "markdown_table"]
 
 
 def markdown_table(lines: list[str]) -> str:
@@ -43,17 +43,16 @@ def _command(cfg: dict[str, Any]) -> str:
     return " ".join(parts) + " --html"
 
 
-def _provenance(results: dict[str, Any]) -> str:
+def _provenance(command: str, options: dict[str, Any], what: str) -> str:
     import plotly
     import torch
 
     versions = {"sharpscope": __version__, "torch": torch.__version__, "numpy": np.__version__,
                 "python": platform.python_version(), "plotly": plotly.__version__}
-    return ("<h2>How this was made</h2><pre>" + html.escape(_command(results["config"])) + "</pre>"
+    return ("<h2>How this was made</h2><pre>" + html.escape(command) + "</pre>"
             + "<p>Versions: " + html.escape(", ".join(f"{k} {v}" for k, v in versions.items())) + ".</p>"
-            + "<details><summary>Every option (results.json: config and analysis settings)</summary><pre>"
-            + html.escape(json.dumps({"config": results["config"], "settings": results["settings"]}, indent=1))
-            + "</pre></details>")
+            + f"<details><summary>Every option ({html.escape(what)})</summary><pre>"
+            + html.escape(json.dumps(options, indent=1, default=str)) + "</pre></details>")
 
 
 def _records(out: Path, opt: str, seed: int) -> list[dict[str, Any]]:
@@ -135,6 +134,58 @@ def write_compare_html(out_dir: str | Path) -> Path:
     if gradcos:
         blocks += ["<h2>First- vs second-order SAM gradient over training</h2>",
                    markdown_table([ln for ln in gradcos if ln.startswith("|")])]
-    blocks.append(_provenance(results))
+    blocks.append(_provenance(_command(results["config"]), {"config": results["config"],
+                                                             "settings": results["settings"]},
+                              "results.json: config and analysis settings"))
     text = ph.page(f"{names}: sharpscope compare", blocks).encode()
     return atomic_write_bytes(out / "report.html", lambda fh: fh.write(text))
+
+
+def _tau_cell(e: dict[str, Any], method: str = "kendall") -> str:
+    k = e[method]
+    if k["estimate"] is None or not np.isfinite(k["estimate"]):
+        return "undefined"
+    return f"{k['estimate']:+.3f} [{k['ci_low']:+.3f}, {k['ci_high']:+.3f}]"
+
+
+def write_correlate_html(out_dir: str | Path, rows: list[dict[str, Any]], table: Any, command: str,
+                         settings: dict[str, Any], group_by: str = "optimizer") -> Path:
+    """``OUT/correlations.html``: the rank correlations and granulated coefficients as tables, and
+    one interactive scatter per measure against the error gap (a run's options on hover)."""
+    from .. import plots_html as ph
+    from .correlate import generalization_gaps
+
+    out = Path(out_dir)
+    lines = ["| measure | gap | n | Kendall tau [95 % CI] | Spearman rho [95 % CI] |", "|---|---|---|---|---|"]
+    lines += [f"| {e['measure']} | {e['gap']} | {e['n']} | {_tau_cell(e)} | {_tau_cell(e, 'spearman')} |"
+              for e in table.entries]
+    blocks: list[Any] = [f"<h1>Which measure tracks the generalization gap ({table.n_runs} runs)</h1>",
+                         "<p>gap_error = train accuracy - test accuracy, gap_loss = test loss - train loss; "
+                         f"intervals: {table.confidence:.0%} percentile bootstrap over runs, "
+                         f"{table.resamples} resamples.</p>", markdown_table(lines)]
+    if table.granulated:
+        thetas = list(table.granulated[0]["psi"])
+        glines = ["| measure | gap | Psi | " + " | ".join(f"psi {t}" for t in thetas) + " |",
+                  "|---|---|---|" + "---|" * len(thetas)]
+        glines += [f"| {g['measure']} | {g['gap']} | {_num(g['Psi'])} | "
+                   + " | ".join(_num(g["psi"][t]) for t in thetas) + " |" for g in table.granulated]
+        blocks += ["<h2>Granulated Kendall coefficients (Jiang et al. 2020)</h2>", markdown_table(glines)]
+    usable = [r for r in rows if r.get("status") != "diverged"]
+    thetas = list(table.granulated[0]["psi"]) if table.granulated else []
+    for e in (e for e in table.entries if e["gap"] == "gap_error"):
+        points: dict[str, list[tuple[float, float, str]]] = {}
+        for r in usable:
+            x, y = r.get(e["measure"]), generalization_gaps(r)["gap_error"]
+            if isinstance(x, (int, float)) and y is not None and np.isfinite(x):
+                text = html.escape(", ".join([Path(str(r.get("run", ""))).name]
+                                             + [f"{t}={r.get(t)}" for t in thetas]))
+                points.setdefault(str(r.get(group_by, "run")).upper(), []).append((float(x), y, text))
+        blocks.append(ph.scatter(points, f"{e['measure']} against the error gap: tau {_tau_cell(e)}",
+                                 e["measure"], "test error - train error"))
+    blocks.append(_provenance(command, settings, "the measures' settings"))
+    text = ph.page("sharpscope correlate", blocks).encode()
+    return atomic_write_bytes(out / "correlations.html", lambda fh: fh.write(text))
+
+
+def _num(x: Any) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"
