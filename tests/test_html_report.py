@@ -65,3 +65,20 @@ def test_report_renders_in_headless_chromium_with_the_network_off(compare_dir):
     console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln]
     bad = [ln for ln in console if re.search(r"Uncaught|Error|Failed to load|net::ERR", ln)]
     assert not bad, bad
+
+
+@pytest.mark.slow
+def test_sweep_html_and_report_verb(tmp_path, cli):
+    """sweep --html: one interactive scatter per metric and swept option (here test_acc and
+    train_loss against rho: 2), self-contained; ``sharpscope report`` rebuilds it."""
+    out = tmp_path / "sw"
+    code, _, err = cli(["sweep", "--out", str(out), "--optimizer", "sam", "--rho", "0.02,0.05", "--epochs", "1",
+                        "--n-train", "128", "--seeds", "1", "--analyses", "none", "--no-progress", "--html"])
+    assert code in (0, None), err
+    page = (out / "report.html").read_text()
+    assert page.count('class="figure"') == 2 and not re.search(r"<script[^>]+src=", page)
+    assert "optimizer=sam, rho=0.02" in page
+    (out / "report.html").unlink()
+    code, _, err = cli(["report", str(out)])
+    assert code in (0, None), err
+    assert (out / "report.html").read_text() == page

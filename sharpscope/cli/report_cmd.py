@@ -1,4 +1,4 @@
-"""``sharpscope report``: rebuild the interactive HTML report of a finished compare."""
+"""``sharpscope report``: rebuild the interactive HTML report of a finished compare or sweep."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from ._app import app
 
 @app.command("report")
 def report_command(
-    out: Path = typer.Argument(..., help="The --out folder of a finished 'sharpscope compare'."),
+    out: Path = typer.Argument(..., help="The --out folder of a finished 'sharpscope compare' or 'sweep'."),
 ) -> None:
     """Write OUT/report.html from what the folder holds (results.json, the runs' metrics, the
     surfaces): one self-contained interactive page that opens with no network.
 
     Example: sharpscope report runs/compare
     """
-    from ..experiments.html_report import write_compare_html
+    from ..experiments.html_report import write_report_html
     from ..plots_html import require_plotly
 
     require_plotly()
-    page = write_compare_html(out)
+    page = write_report_html(out)
     print(f"interactive report: {page} ({page.stat().st_size / 2**20:.1f} MiB)")

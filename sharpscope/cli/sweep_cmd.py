@@ -52,6 +52,8 @@ def sweep_command(
     correlate: bool = typer.Option(False, "--correlate", help="Also rank-correlate every measure with the "
                                                                "generalization gap over the runs (Kendall tau, "
                                                                "Spearman rho, bootstrap CIs): correlations.csv."),
+    html: bool = typer.Option(False, "--html", help="Also write OUT/report.html: every run against every swept "
+                              "option, interactive and self-contained (the html extra)."),
     replot: bool = typer.Option(False, "--replot", help="Only redraw the figures of the finished sweep in --out."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
     progress: bool = typer.Option(True, help="Print progress lines on stderr."),
@@ -88,6 +90,10 @@ def sweep_command(
         if name in grid:
             raise ConfigError(f"--vary {key}: that option is given twice")
         grid[name] = sweep.parse_values(name, values, f"--vary {key}")
+    if html:  # refuse before training, not after
+        from ..plots_html import require_plotly
+
+        require_plotly()
     wanted = [sweep.parse_plot(p_) for p_ in plot] or None
     if replot:
         if grid:
@@ -95,6 +101,7 @@ def sweep_command(
                               f"--{next(iter(grid)).replace('_', '-')})")
         for f in sweep.replot(out, wanted, formats, correlate=correlate):
             print(f"wrote {f}")
+        _html(out, html)
         return
     if "optimizer" not in grid:
         grid = {"optimizer": ["sgd", "sam"], **grid}
@@ -115,6 +122,15 @@ def sweep_command(
     _print_summary(result)
     if result.correlations is not None:
         print_correlations(result.correlations)
+    _html(out, html)
+
+
+def _html(out: Path, wanted: bool) -> None:
+    if wanted:
+        from ..experiments.html_report import write_sweep_html
+
+        page = write_sweep_html(out)
+        print(f"interactive report: {page} ({page.stat().st_size / 2**20:.1f} MiB)")
 
 
 def _print_summary(result: Any) -> None:

@@ -20,7 +20,7 @@ from .compare import KEY_METRICS, run_dir
 from .files import atomic_write_bytes
 from .report import METRIC_NAMES, _difference_table, _gradcos_lines, _summary_table
 
-__all__ = ["write_compare_html", "write_correlate_html", "markdown_table"]
+__all__ = ["write_compare_html", "write_correlate_html", "write_sweep_html", "write_report_html", "markdown_table"]
 
 
 def markdown_table(lines: list[str]) -> str:
@@ -189,3 +189,51 @@ def write_correlate_html(out_dir: str | Path, rows: list[dict[str, Any]], table:
 
 def _num(x: Any) -> str:
     return "n/a" if x is None else f"{x:+.2f}"
+
+
+def write_sweep_html(out_dir: str | Path) -> Path:
+    """``OUT/report.html`` for the finished sweep in ``out_dir``: for every swept option, each
+    run's test accuracy (and lambda_max when analysed) against that option, one point per run
+    and seed (its options on hover, one legend entry per optimizer), the summary table with its
+    intervals (summary.csv), and the command's configuration and versions."""
+    from .. import plots_html as ph
+    from .sweep import _RESULTS_KIND
+
+    out = Path(out_dir)
+    path = out / "results.json"
+    stored = json.loads(path.read_text()) if path.exists() else None
+    if not (isinstance(stored, dict) and stored.get("kind") == _RESULTS_KIND):
+        raise ConfigError(f"no finished sweep in {out} (results.json missing or not a sweep's)")
+    rows, options, grid = stored["rows"], stored["options"], stored["config"]["grid"]
+    varying = [o for o in options if o != "seed" and len(grid.get(o, ())) > 1]
+    metrics = [m for m in ("test_acc", "lambda_max", "train_loss") if any(r.get(m) is not None for r in rows)]
+    blocks: list[Any] = [f"<h1>sharpscope sweep: {len(rows)} runs</h1>",
+                         "<p>One point per run (every seed); hover for its options; click a legend entry to hide "
+                         "an optimizer.</p>"]
+    for metric in metrics:
+        for option in varying:
+            points: dict[str, list[tuple[float, float, str]]] = {}
+            for r in rows:
+                x, y = r.get(option), r.get(metric)
+                if isinstance(y, (int, float)) and np.isfinite(y) and isinstance(x, (int, float)):
+                    text = html.escape(", ".join(f"{o}={r.get(o)}" for o in options) + f", status {r['status']}")
+                    points.setdefault(str(r.get("optimizer", "run")).upper(), []).append((float(x), float(y), text))
+            if points:
+                blocks.append(ph.scatter(points, f"{metric} against {option}", option, metric))
+    summary = out / "summary.csv"
+    if summary.exists():
+        lines = summary.read_text().splitlines()
+        blocks += ["<h2>Summary over seeds (summary.csv)</h2>",
+                   markdown_table(["|" + "|".join(lines[0].split(",")) + "|", "|---|"]
+                                  + ["|" + "|".join(ln.split(",")) + "|" for ln in lines[1:]])]
+    blocks.append(_provenance("sharpscope sweep (see the configuration below)", stored["config"],
+                              "results.json: the sweep's configuration"))
+    text = ph.page("sharpscope sweep", blocks).encode()
+    return atomic_write_bytes(out / "report.html", lambda fh: fh.write(text))
+
+
+def write_report_html(out_dir: str | Path) -> Path:
+    """The interactive report of whatever finished experiment ``out_dir`` holds (compare or sweep)."""
+    path = Path(out_dir) / "results.json"
+    kind = json.loads(path.read_text()).get("kind") if path.exists() else None
+    return write_sweep_html(out_dir) if kind == "sharpscope sweep" else write_compare_html(out_dir)
