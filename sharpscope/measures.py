@@ -64,11 +64,11 @@ from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 
 from . import distributed as dist_utils
-from .batches import BatchLoss, higher_order_attention, take, tensor_leaves
+from .batches import higher_order_attention, take
 from .checks import int_at_least
 from .errors import ConfigError
 from .objective import eval_mode
-from .sharpness import dual_direction, project
+from .sharpness import dual_direction, flat_examples, project, rank_groups, seeded_subsets
 
 __all__ = ["worst_case_sharpness", "average_case_sharpness", "sharpness", "MEASURES", "MeasureValue",
            "MeasureResult", "ascent_direction", "apgd_checkpoints"]
@@ -175,25 +175,16 @@ class _Setup:
 
 
 def _setup(model: nn.Module, loss_fn: LossFn, data: Iterable, adaptive: bool, eta: float) -> _Setup:
-    first = next(iter(model.parameters()))
-    batch_loss = BatchLoss(model, loss_fn)
-    examples = batch_loss.read(data, first.device, first.dtype).joined()
-    n = tensor_leaves(examples)[0].shape[0]
-    names = [nm for nm, _ in model.named_parameters()]
-    theta = {nm: t.detach() for nm, t in model.named_parameters()}
-    buffers = {nm: b.detach() for nm, b in model.named_buffers()}
-    shapes, sizes = [theta[nm].shape for nm in names], [theta[nm].numel() for nm in names]
-    w0 = torch.cat([theta[nm].reshape(-1) for nm in names])
+    flat = flat_examples(model, loss_fn, data)
 
     def loss_and_error(w_flat: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
-        params = {nm: c.view(s) for nm, c, s in zip(names, w_flat.split(sizes), shapes)}
-        outputs, loss = batch_loss.outputs_and_loss({**buffers, **params}, batch)
-        return loss, _error_rate(outputs, batch, batch_loss.takes_model, loss.detach())
+        outputs, loss = flat.batch_loss.outputs_and_loss(flat.state(w_flat), batch)
+        return loss, _error_rate(outputs, batch, flat.batch_loss.takes_model, loss.detach())
 
-    scale = (w0.abs() + eta) if adaptive else None
+    scale = (flat.w0.abs() + eta) if adaptive else None
     value = vmap(lambda w, b: tuple(t.detach() for t in loss_and_error(w, b)), in_dims=(0, 0))
-    return _Setup(examples, n, w0, scale, vmap(grad_and_value(loss_and_error, has_aux=True), in_dims=(0, 0)),
-                  value)
+    return _Setup(flat.examples, flat.n, flat.w0, scale,
+                  vmap(grad_and_value(loss_and_error, has_aux=True), in_dims=(0, 0)), value)
 
 
 def _error_rate(outputs: Any, batch: Any, takes_model: bool, like: Tensor) -> Tensor:
@@ -229,14 +220,6 @@ def _check(ms: Sequence[int], rhos: Sequence[float], p: float, eta: float, count
     int_at_least(what, count, 1)
 
 
-def _subsets(n: int, size: int, gen: torch.Generator, max_subsets: int | None, device: torch.device) -> Tensor:
-    if size > n:
-        raise ConfigError(f"m = {size} is larger than the {n} examples")
-    order = torch.randperm(n, generator=gen)[: (n // size) * size].to(device)
-    subsets = order.view(-1, size)
-    return subsets[:max_subsets] if max_subsets is not None else subsets
-
-
 def _summary(size: int, rho: float, loss: Tensor, err: Tensor) -> MeasureValue:
     """The all-reduced per-subset values -> mean and standard error over subsets."""
     loss, err = dist_utils.all_reduce_sum(loss).cpu(), dist_utils.all_reduce_sum(err).cpu()
@@ -247,13 +230,6 @@ def _summary(size: int, rho: float, loss: Tensor, err: Tensor) -> MeasureValue:
 
     return MeasureValue(size, float(rho), float(loss.mean()), se(loss), float(err.mean()), se(err), k,
                         loss.tolist(), err.tolist())
-
-
-def _groups(subsets: Tensor, group_examples: int) -> list[Tensor]:
-    """This rank's groups of subsets (about ``group_examples`` examples per vectorized call)."""
-    per_call = max(1, group_examples // subsets.shape[1])
-    starts = list(range(0, subsets.shape[0], per_call))[dist_utils.rank()::dist_utils.world_size()]
-    return [torch.arange(lo, min(lo + per_call, subsets.shape[0])) for lo in starts]
 
 
 def _group_generator(seed: int, *keys: int) -> torch.Generator:
@@ -344,11 +320,11 @@ def _over_subsets(s: _Setup, ms: Sequence[int], rhos: Sequence[float], seed: int
     gen = torch.Generator().manual_seed(seed)
     results, count = [], 0
     for size in ms:
-        subsets = _subsets(s.n, size, gen, max_subsets, s.w0.device)
+        subsets = seeded_subsets(s.n, size, gen, max_subsets, s.w0.device)
         for j, r in enumerate(rhos):
             loss = torch.zeros(subsets.shape[0], dtype=torch.float64, device=s.w0.device)
             err = torch.zeros_like(loss)
-            for rows in _groups(subsets, group_examples):
+            for rows in rank_groups(subsets, group_examples):
                 batch = take(s.examples, subsets[rows.to(subsets.device)])
                 li, ei, k = one_group(batch, len(rows), float(r), (size, j, int(rows[0])))
                 loss[rows], err[rows] = li, ei

@@ -48,7 +48,8 @@ from .errors import ConfigError
 from .objective import Objective, eval_mode
 
 __all__ = ["m_sharpness", "MSharpness", "SharpnessResult", "surrogate_gap", "surrogate_gaps", "sam_gradient_cosine",
-           "GradientCosine", "dual_direction", "project"]
+           "GradientCosine", "dual_direction", "project", "FlatExamples", "flat_examples", "seeded_subsets",
+           "rank_groups"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -109,6 +110,59 @@ class SharpnessResult:
         return d
 
 
+@dataclass
+class FlatExamples:
+    """The analysed examples joined into one batch, and the model's state as a function of its
+    parameters flattened into one vector ``w0`` (buffers fixed): what the per-subset measures
+    (m-sharpness, :mod:`sharpscope.measures`) vectorize over."""
+
+    batch_loss: BatchLoss
+    examples: Any
+    n: int
+    w0: Tensor
+    names: list[str]
+    shapes: list[torch.Size]
+    sizes: list[int]
+    buffers: dict[str, Tensor]
+
+    def state(self, w_flat: Tensor) -> dict[str, Tensor]:
+        """The model's buffers and the parameters ``w_flat`` by name (for ``functional_call``)."""
+        params = {nm: c.view(s) for nm, c, s in zip(self.names, w_flat.split(self.sizes), self.shapes)}
+        return {**self.buffers, **params}
+
+
+def flat_examples(model: nn.Module, loss_fn: LossFn, data: Iterable) -> FlatExamples:
+    """:class:`FlatExamples` of ``model`` on every example of ``data`` (read once, joined)."""
+    first = next(iter(model.parameters()))
+    batch_loss = BatchLoss(model, loss_fn)
+    examples = batch_loss.read(data, first.device, first.dtype).joined()
+    theta = dict(model.named_parameters())
+    names = list(theta)
+    return FlatExamples(batch_loss, examples, tensor_leaves(examples)[0].shape[0],
+                        torch.cat([theta[nm].detach().reshape(-1) for nm in names]), names,
+                        [theta[nm].shape for nm in names], [theta[nm].numel() for nm in names],
+                        {nm: b.detach() for nm, b in model.named_buffers()})
+
+
+def seeded_subsets(n: int, size: int, gen: torch.Generator, max_subsets: int | None,
+                   device: torch.device) -> Tensor:
+    """Disjoint subsets of ``size`` examples, (k, size): consecutive slices of a seeded shuffle
+    of the n examples (the incomplete last one dropped), the first ``max_subsets`` of them."""
+    if size > n:
+        raise ConfigError(f"m = {size} is larger than the {n} examples")
+    order = torch.randperm(n, generator=gen)[: (n // size) * size].to(device)
+    subsets = order.view(-1, size)
+    return subsets[:max_subsets] if max_subsets is not None else subsets
+
+
+def rank_groups(subsets: Tensor, group_examples: int) -> list[Tensor]:
+    """The row indices of this rank's groups of subsets (about ``group_examples`` examples per
+    vectorized call; groups dealt round robin over torch.distributed ranks, all in one process)."""
+    per_call = max(1, group_examples // subsets.shape[1])
+    starts = list(range(0, subsets.shape[0], per_call))[dist_utils.rank()::dist_utils.world_size()]
+    return [torch.arange(lo, min(lo + per_call, subsets.shape[0])) for lo in starts]
+
+
 def m_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]], m: int | Sequence[int] = 32,
     rho: float | Sequence[float] = 0.05, steps: int = 5, p: float = 2.0, seed: int = 0,
@@ -137,20 +191,11 @@ def m_sharpness(
     if p not in (2, 2.0, math.inf):
         raise ConfigError(f"m-sharpness supports p = 2 and p = inf, got {p}")
     start = time.perf_counter()
-    first = next(iter(model.parameters()))
-    batch_loss = BatchLoss(model, loss_fn)
-    examples = batch_loss.read(data, first.device, first.dtype).joined()
-    n = tensor_leaves(examples)[0].shape[0]
-    names = [nm for nm, _ in model.named_parameters()]
-    theta = {nm: t.detach() for nm, t in model.named_parameters()}
-    buffers = {nm: b.detach() for nm, b in model.named_buffers()}
-    shapes = [theta[nm].shape for nm in names]
-    sizes = [theta[nm].numel() for nm in names]
-    w0 = torch.cat([theta[nm].reshape(-1) for nm in names])
+    flat = flat_examples(model, loss_fn, data)
+    w0 = flat.w0
 
     def subset_loss(w_flat: Tensor, batch: Any) -> Tensor:
-        params = {nm: c.view(s) for nm, c, s in zip(names, w_flat.split(sizes), shapes)}
-        return batch_loss({**buffers, **params}, batch)
+        return flat.batch_loss(flat.state(w_flat), batch)
 
     value_and_grad = vmap(torch.func.grad_and_value(subset_loss), in_dims=(0, 0))
     results: list[MSharpness] = []
@@ -158,21 +203,12 @@ def m_sharpness(
     gen = torch.Generator().manual_seed(seed)
     with eval_mode(model), higher_order_attention():  # the math attention kernel has vmap rules
         for size in ms:
-            if size > n:
-                raise ConfigError(f"m = {size} is larger than the {n} examples")
-            order = torch.randperm(n, generator=gen)[: (n // size) * size].to(first.device)
-            subsets = order.view(-1, size)
-            if max_subsets is not None and subsets.shape[0] > max_subsets:
-                subsets = subsets[:max_subsets]
-            per_call = max(1, group_examples // size)
-            starts = list(range(0, subsets.shape[0], per_call))
-            mine = starts[dist_utils.rank()::dist_utils.world_size()]  # all groups in one process
+            subsets = seeded_subsets(flat.n, size, gen, max_subsets, w0.device)
             for r in rhos:
                 values = torch.zeros(subsets.shape[0], dtype=torch.float64, device=w0.device)
-                for lo in mine:
-                    idx = subsets[lo:lo + per_call]
-                    group = take(examples, idx)
-                    g_count = idx.shape[0]
+                for rows in rank_groups(subsets, group_examples):
+                    group = take(flat.examples, subsets[rows.to(subsets.device)])
+                    g_count = len(rows)
                     e = torch.zeros(g_count, w0.numel(), dtype=w0.dtype, device=w0.device)
                     # the start e = 0 is a point of the ball: the maximum is never below 0
                     best = torch.zeros(g_count, dtype=torch.float64, device=w0.device)
@@ -184,7 +220,7 @@ def m_sharpness(
                         g, val = value_and_grad(w0 + e, group)
                         n_grad += g_count
                         best = torch.maximum(best, (val - base).double().detach())
-                    values[lo:lo + g_count] = best
+                    values[rows.to(values.device)] = best
                     if callback is not None:
                         callback(g_count)
                 t = dist_utils.all_reduce_sum(values).cpu()
@@ -192,7 +228,7 @@ def m_sharpness(
                 se = float(t.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else math.nan
                 results.append(MSharpness(size, float(r), float(t.mean()), se, len(values), values))
     n_grad = int(dist_utils.all_reduce_sum(torch.tensor(float(n_grad), dtype=torch.float64)).item())
-    return SharpnessResult(p, steps, results, n, n_grad, time.perf_counter() - start)
+    return SharpnessResult(p, steps, results, flat.n, n_grad, time.perf_counter() - start)
 
 
 def surrogate_gaps(model: nn.Module | Objective, loss_fn: LossFn | None = None,

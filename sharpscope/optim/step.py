@@ -179,25 +179,16 @@ def _rng_snapshot(model: nn.Module) -> tuple[torch.Tensor, torch.device | None, 
 @contextlib.contextmanager
 def _replayed_rng(snapshot: tuple[torch.Tensor, torch.device | None, torch.Tensor | None] | None) -> Any:
     """Run the block from the generator state ``snapshot`` (so it draws what the block after the
-    snapshot drew), then leave the generators where they were before the block."""
+    snapshot drew); ``fork_rng`` then leaves the generators where they were before the block."""
     if snapshot is None:
         yield
         return
     cpu, device, cuda = snapshot
-    after = _rng_snapshot_at(device)
-    torch.set_rng_state(cpu)
-    if device is not None:
-        torch.cuda.set_rng_state(cuda, device)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(after[0])
+    with torch.random.fork_rng(devices=[device] if device is not None else []):
+        torch.set_rng_state(cpu)
         if device is not None:
-            torch.cuda.set_rng_state(after[1], device)
-
-
-def _rng_snapshot_at(device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device is not None else None)
+            torch.cuda.set_rng_state(cuda, device)
+        yield
 
 
 def _scaler_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
