@@ -95,7 +95,9 @@ class TrainConfig:
     eta: float = 0.01
     asam_rule: str = "official"  # which parameters ASAM scales by |w| + eta (sharpscope.optim.asam)
     optimizer_options: dict[str, Any] = field(default_factory=dict)  # a variant's options (VARIANTS)
-    label_smoothing: float = 0.0  # in the training loss of both passes (evaluation: plain cross-entropy)
+    # in the training loss of both passes, so the metrics' train_loss is the smoothed loss; evaluation
+    # (test_loss, and every analysis) uses plain cross-entropy
+    label_smoothing: float = 0.0
     same_dropout_mask: bool = False  # the pass at w + e replays the dropout masks of the pass at w
     perturbation_weight_decay: bool = False  # e from g + weight_decay * w (google-research/sam)
     m: int | None = None
@@ -343,7 +345,7 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
         return _make_variant(config, model.parameters())
     params = asam_groups(model, config.eta, config.asam_rule) if config.optimizer == "asam" else model.parameters()
     return SAM(params, torch.optim.SGD, rho=config.effective_rho, p=config.p, eta=config.eta,
-               perturbation_weight_decay=config.perturbation_weight_decay, **_sgd_options(config))
+               perturbation_weight_decay=config.perturbation_weight_decay, **sgd)
 
 
 def _sgd_options(config: TrainConfig) -> dict[str, Any]:

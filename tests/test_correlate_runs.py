@@ -69,6 +69,8 @@ def test_measures_are_cached_per_run_and_redone_for_new_settings(three_runs, mon
     assert calls == [] and [r["trace"] for r in again] == [r["trace"] for r in first]
     mr.measure_runs(runs[:1], ["trace"], mr.MeasureSettings(samples=32, trace_matvecs=6))
     assert calls == [1]
+    mr.measure_runs(runs[:1], ["trace"], mr.MeasureSettings(samples=32, trace_matvecs=6, average_draws=7))
+    assert calls == [1]  # a setting trace does not read leaves its cache alone
     cached = json.loads((runs[0] / "measures.json").read_text())
     assert len(cached) == 2
     assert mr.varying_config_options(first) == ["lr"]

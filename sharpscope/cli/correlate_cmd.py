@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from ._app import app
-from ._common import interrupt_says, numbers, print_correlations, seed_option
+from ._common import finite, interrupt_says, numbers, print_correlations, seed_option
 
 
 @app.command("correlate")
@@ -19,10 +19,11 @@ def correlate_command(
                                  help="Comma-separated: lambda_max, trace, m_sharpness, gradcos, worst, "
                                       "worst_adaptive, average, average_adaptive, weights (data-free)."),
     samples: int = typer.Option(512, min=1, help="Seeded training subset every measure uses."),
-    rho: float = typer.Option(0.05, help="Radius of m-sharpness, gradcos and worst (p = 2)."),
-    adaptive_rho: float = typer.Option(0.002, "--adaptive-rho", help="Radius of worst_adaptive (p = inf) and "
+    rho: float = typer.Option(0.05, callback=finite(at_least=0), help="Radius of m-sharpness, gradcos and worst "
+                              "(p = 2)."),
+    adaptive_rho: float = typer.Option(0.002, "--adaptive-rho", callback=finite(at_least=0), help="Radius of worst_adaptive (p = inf) and "
                                        "average_adaptive."),
-    average_rho: float = typer.Option(0.01, "--average-rho", help="Noise scale of average and average_adaptive."),
+    average_rho: float = typer.Option(0.01, "--average-rho", callback=finite(at_least=0), help="Noise scale of average and average_adaptive."),
     m: str = typer.Option("16,128", "--m", help="m values of m_sharpness."),
     worst_m: int = typer.Option(128, "--worst-m", min=1, help="Examples per subset of the worst/average measures."),
     min_train_acc: float = typer.Option(0.99, "--min-train-acc", help="Correlate only runs that fit their "
@@ -55,8 +56,6 @@ def correlate_command(
     names = [n.strip() for n in measures.split(",") if n.strip()]
     settings = MeasureSettings(samples=samples, seed=seed, rho=rho, m_values=numbers(m, int, "--m", at_least=1),
                                worst_m=worst_m, adaptive_rho=adaptive_rho, average_rho=average_rho)
-    for name, value in (("--rho", rho), ("--adaptive-rho", adaptive_rho), ("--average-rho", average_rho)):
-        numbers(str(value), float, name, at_least=0)
     found = find_runs(runs)
     say = (lambda msg: print(f"correlate: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     say(f"{len(found)} runs")

@@ -2,8 +2,8 @@
 measured on the same seeded training subset (the labels trained on), one row per run with its
 training options, its final train/test metrics and the measures. Each run keeps what was
 measured in ``RUN/measures.json`` under a key naming the measure, its settings, the subset and
-the checkpoint's step, so a rerun (or another selection of measures) computes only what is new,
-and a run trained further is measured again.
+the checkpoint's step, so a rerun (or another selection of measures, or another setting of one
+measure) computes only what is new, and a run trained further is measured again.
 
 The measures (``RUN_MEASURES``; columns in parentheses):
 
@@ -119,6 +119,17 @@ RUN_MEASURES: dict[str, Measure] = {
     "weights": _weights,
 }
 DEFAULT_MEASURES = ("lambda_max", "trace", "m_sharpness", "gradcos", "worst", "worst_adaptive", "average")
+# The settings each measure reads (its cache key): changing one measure's setting recomputes that
+# measure only. Data-free measures read none.
+_SUBSET = ("samples", "seed")
+_READS: dict[str, tuple[str, ...]] = {
+    "lambda_max": (*_SUBSET, "eig_tol"), "trace": (*_SUBSET, "trace_matvecs"),
+    "m_sharpness": (*_SUBSET, "rho", "m_values", "m_steps"), "gradcos": (*_SUBSET, "rho"),
+    "worst": (*_SUBSET, "rho", "worst_m", "worst_steps"),
+    "worst_adaptive": (*_SUBSET, "adaptive_rho", "worst_m", "worst_steps"),
+    "average": (*_SUBSET, "average_rho", "worst_m", "average_draws"),
+    "average_adaptive": (*_SUBSET, "average_rho", "worst_m", "average_draws"), "weights": (),
+}
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -139,7 +150,9 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def _cache_key(name: str, s: MeasureSettings, step: int) -> str:
-    return json.dumps({"measure": name, "settings": asdict(s), "step": step}, sort_keys=True)
+    settings = asdict(s)
+    return json.dumps({"measure": name, "settings": {k: settings[k] for k in _READS[name]}, "step": step},
+                      sort_keys=True)
 
 
 def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
