@@ -55,18 +55,26 @@ def _provenance(command: str, options: dict[str, Any], what: str) -> str:
             + html.escape(json.dumps(options, indent=1, default=str)) + "</pre></details>")
 
 
-def _records(out: Path, opt: str, seed: int) -> list[dict[str, Any]]:
-    path = run_dir(out, opt, seed) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _over_epochs(out: Path, results: dict[str, Any], key: str) -> dict[str, dict[int, tuple[list, list]]]:
-    series: dict[str, dict[int, tuple[list, list]]] = {}
+def _all_records(out: Path, results: dict[str, Any]) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """Every run's metrics.jsonl records, read once: {OPTIMIZER: {seed: records}}."""
+    records: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for opt in results["optimizers"]:
         for seed in results["config"]["seeds"]:
-            pts = [(r["epoch"], r[key]) for r in _records(out, opt, seed) if r.get(key) is not None]
+            path = run_dir(out, opt, seed) / "metrics.jsonl"
+            lines = path.read_text().splitlines() if path.exists() else []
+            records.setdefault(opt.upper(), {})[seed] = [json.loads(ln) for ln in lines if ln.strip()]
+    return records
+
+
+def _over_epochs(records: dict[str, dict[int, list[dict[str, Any]]]], key: str
+                 ) -> dict[str, dict[int, tuple[list, list]]]:
+    """{OPTIMIZER: {seed: (epochs, values of ``key``)}} over the records that hold ``key``."""
+    series: dict[str, dict[int, tuple[list, list]]] = {}
+    for label, seeds in records.items():
+        for seed, recs in seeds.items():
+            pts = [(r["epoch"], r[key]) for r in recs if r.get(key) is not None]
             if pts:
-                series.setdefault(opt.upper(), {})[seed] = tuple(map(list, zip(*pts)))  # type: ignore[assignment]
+                series.setdefault(label, {})[seed] = tuple(map(list, zip(*pts)))  # type: ignore[assignment]
     return series
 
 
@@ -75,13 +83,14 @@ def _figures(out: Path, results: dict[str, Any]) -> list[Any]:
     from ..landscape import SurfaceResult
 
     seeds, opts = results["config"]["seeds"], results["optimizers"]
+    records = _all_records(out, results)
     diffs = {o.upper(): r["difference"] for o, r in opts.items() if r.get("difference")}
     figs: list[Any] = ["<h2>Figures</h2><p>Click a legend entry to hide a seed, double-click to isolate it; "
                        "hover for values.</p>"]
     if diffs:
         figs.append(ph.difference_bars(diffs, KEY_METRICS, METRIC_NAMES, results["baseline"].upper()))
-    figs.append(ph.seed_lines(_over_epochs(out, results, "test_acc"), "Test accuracy", "epoch", "test accuracy"))
-    figs.append(ph.seed_lines(_over_epochs(out, results, "train_loss"), "Training loss", "epoch", "train loss",
+    figs.append(ph.seed_lines(_over_epochs(records, "test_acc"), "Test accuracy", "epoch", "test accuracy"))
+    figs.append(ph.seed_lines(_over_epochs(records, "train_loss"), "Training loss", "epoch", "train loss",
                               log_y=True))
     figs.append(ph.eigenvalue_lines({o.upper(): {int(s): r["seeds"][str(s)]["eigenvalues"]["eigenvalues"]
                                                  for s in seeds} for o, r in opts.items()}))
@@ -89,12 +98,12 @@ def _figures(out: Path, results: dict[str, Any]) -> list[Any]:
                                 [x["mean"] for x in r["seeds"][str(s)]["m_sharpness"]["results"]]) for s in seeds}
            for o, r in opts.items()}
     figs.append(ph.seed_lines(msh, "m-sharpness against m", "m", "max L_b(w + e) - L_b(w)"))
-    figs.append(ph.seed_lines(_over_epochs(out, results, "gradcos"), "cos(first-, second-order SAM gradient)",
+    figs.append(ph.seed_lines(_over_epochs(records, "gradcos"), "cos(first-, second-order SAM gradient)",
                               "epoch", "cosine"))
-    eos = _over_epochs(out, results, "lambda_max")
+    eos = _over_epochs(records, "lambda_max")
     if eos:
-        edges = {f"{o}: edge (2 + 2 beta) / lr": v for o, v in _over_epochs(out, results, "edge_of_stability").items()}
-        edges.update({f"{o}: SAM edge": v for o, v in _over_epochs(out, results, "sam_edge_of_stability").items()})
+        edges = {f"{o}: edge (2 + 2 beta) / lr": v for o, v in _over_epochs(records, "edge_of_stability").items()}
+        edges.update({f"{o}: SAM edge": v for o, v in _over_epochs(records, "sam_edge_of_stability").items()})
         figs.append(ph.seed_lines({**eos, **edges}, "lambda_max and the edge of stability", "epoch", "lambda_max",
                                   log_y=True, dash={k: "dot" for k in edges}))
     for opt in opts:
