@@ -79,7 +79,7 @@ class GSAM(SAM):
         if not params:
             return
         perturbed = [w.grad for w in params]
-        clean = [self.state[w].get("clean_grad", torch.zeros_like(w.grad)) for w in params]
+        clean = [self._clean_gradient(w) for w in params]
         pp = _dot(perturbed, perturbed)
         coef = float(_dot(clean, perturbed) / pp) if pp > 0 else 0.0
         for gp, g in zip(perturbed, clean):

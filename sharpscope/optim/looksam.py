@@ -74,7 +74,7 @@ class LookSAM(SAM):
         params = [w for w in self._params() if w.grad is not None]
         full = any("clean_grad" in self.state[w] for w in params)
         if full:  # grad = g_s; keep g_v = g_s - (<g_s, g> / ||g||^2) g
-            clean = [self.state[w].get("clean_grad", torch.zeros_like(w.grad)) for w in params]
+            clean = [self._clean_gradient(w) for w in params]
             gg = _dot(clean, clean)
             coef = float(_dot([w.grad for w in params], clean) / gg) if gg > 0 else 0.0
             for w, g in zip(params, clean):

@@ -274,6 +274,11 @@ class SAM(torch.optim.Optimizer):
         """Turn ``.grad`` (the gradient at w + e, or at w on a step that did not perturb) into
         the update's gradient, after the weights are back at w (SAM: unchanged)."""
 
+    def _clean_gradient(self, w: torch.Tensor) -> torch.Tensor:
+        """The gradient at w kept by :meth:`first_step` (zeros where ``w`` had none then)."""
+        kept = self.state[w].get("clean_grad")
+        return torch.zeros_like(w.grad) if kept is None else kept
+
     def _after_base_step(self) -> None:
         """Anything applied after the base optimizer's update (WSAM's decoupled sharpness step)."""
 

@@ -62,8 +62,7 @@ class WSAM(SAM):
             for w in group["params"]:
                 if w.grad is None:
                     continue
-                clean = self.state[w].get("clean_grad")
-                clean = torch.zeros_like(w.grad) if clean is None else clean
+                clean = self._clean_gradient(w)
                 if self.decouple:
                     self.state[w]["sharpness_grad"] = w.grad - clean
                     w.grad.copy_(clean)
