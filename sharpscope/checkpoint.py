@@ -17,7 +17,8 @@ and nothing is ever unpickled beyond that allow-list. Layout (format version 1):
     rng               {"torch": ByteTensor, "cuda": [ByteTensor, ...]} or None
     metrics           list of per-epoch metric dicts
     partial           running sums of an interrupted epoch (or None)
-    metadata          anything else the caller passed (plain values only)
+    metadata          anything else the caller passed (plain values only), and
+                      "environment": what wrote the checkpoint (sharpscope.provenance)
 
 Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the
 target, so a crash leaves either the old file or the new one, never a torn file.
@@ -133,10 +134,15 @@ def save_checkpoint(
     """Write a checkpoint of ``model`` atomically; returns the path written.
 
     Every argument must hold plain values (see the module docstring); anything else is
-    refused with :class:`CheckpointError` before a byte is written.
+    refused with :class:`CheckpointError` before a byte is written. ``metadata["environment"]``
+    records what wrote it (:func:`sharpscope.provenance.of_model`: versions, device, dtype,
+    threads, ranks, deterministic mode) unless the caller passes its own.
     """
     if not isinstance(model_spec, dict) or not ({"name", "factory"} & model_spec.keys()):
         raise CheckpointError("model_spec must be a dict with a 'name' or a 'factory' key")
+    if "environment" not in metadata:
+        from .provenance import of_model
+        metadata = {**metadata, "environment": of_model(model)}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["available_cores", "cgroup_cpu_limit", "default_threads", "configure_threads", "THREADS_ENV"]
+__all__ = ["available_cores", "cgroup_cpu_limit", "default_threads", "configure_threads", "chosen_threads",
+           "THREADS_ENV"]
 
 THREADS_ENV = "SHARPSCOPE_THREADS"
 
@@ -84,6 +85,15 @@ def _from_env() -> int | None:
     return value
 
 
+_CHOSEN: dict[str, int] = {}  # the thread count the user asked for in this process (--threads)
+
+
+def chosen_threads() -> int | None:
+    """The thread count the user chose: ``--threads`` (through :func:`configure_threads`) or
+    ``SHARPSCOPE_THREADS``; None when torch's default or a derived share is in use."""
+    return _CHOSEN.get("threads") or _from_env()
+
+
 def configure_threads(threads: int | None = None, jobs: int = 1) -> int:
     """Set torch's intra-op thread count and return it: ``threads`` when given, else
     ``SHARPSCOPE_THREADS``, else torch's own choice when ``OMP_NUM_THREADS`` is set, else
@@ -92,6 +102,8 @@ def configure_threads(threads: int | None = None, jobs: int = 1) -> int:
 
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"threads must be a positive number, got {threads!r}")
+    if threads is not None:
+        _CHOSEN["threads"] = threads
     chosen = threads or _from_env()
     if chosen is None and os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()

@@ -30,7 +30,10 @@ def test_round_trip_rebuilds_model_and_keeps_everything(tmp_path):
     ckpt = load_checkpoint(path)
     assert not ckpt.model.training
     assert ckpt.model_spec == spec and ckpt.data_spec == {"name": "digits"}
+    env = ckpt.metadata.pop("environment")  # what wrote it (sharpscope.provenance)
     assert ckpt.metadata == {"note": "hello", "numbers": [1, 2.5, None]}
+    assert env["device"] == "cpu" and env["dtype"] == "float32" and env["torch_version"] == torch.__version__
+    assert env["threads"] == torch.get_num_threads() and env["world_size"] == 1 and env["deterministic"] is False
     assert ckpt.metrics == [{"epoch": 1, "test_acc": 0.5}]
     assert ckpt.progress == {} and ckpt.epoch is None  # saved outside the trainer: no progress claimed
     for (k, a), (k2, b) in zip(model.state_dict().items(), ckpt.model.state_dict().items()):

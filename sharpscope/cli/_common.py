@@ -43,17 +43,33 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
     dist_utils.init_from_env(device)
     target = dist_utils.resolve_device(device)
     ckpt = load_checkpoint(path, allow_factory=trust_factory, map_location=target)
+    first = next(iter(ckpt.model.parameters()), None)
+    _ANALYSED.update(device=target, dtype=first.dtype if first is not None else None,
+                     trained_in=ckpt.metadata.get("environment"))
     if not ckpt.data_spec:
         raise CheckpointError(f"{path}: records no data set; analyse it from Python with your own data")
     data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
     return ckpt, data.batches(split, samples, batch_size, seed)
 
 
+# What load_for_analysis loaded (device, dtype, the checkpoint's recorded environment): the
+# provenance write_json adds to an analysis' JSON.
+_ANALYSED: dict[str, Any] = {}
+
+
 def write_json(obj: dict, where: str | None) -> None:
-    """Write ``obj`` to the path ``where`` ('-' for stdout); nothing when None."""
+    """Write ``obj`` to the path ``where`` ('-' for stdout); nothing when None. Adds
+    ``environment`` (this process: :func:`sharpscope.provenance.environment`) and, for an
+    analysis of a checkpoint, ``trained_in`` (the environment the checkpoint recorded)."""
     if where is None or not dist_utils.is_main():
         return
     from ..experiments.files import json_safe  # JSON has no NaN/Inf: written as null
+    from ..provenance import environment
+
+    if "environment" not in obj:
+        obj = {**obj, "environment": environment(_ANALYSED.get("device"), _ANALYSED.get("dtype"))}
+        if "device" in _ANALYSED:
+            obj["trained_in"] = _ANALYSED.get("trained_in")
 
     text = json.dumps(json_safe(obj), indent=2) + "\n"
     if where == "-":
@@ -151,6 +167,16 @@ JSON_OUT = typer.Option(None, "--json", help="Write results as JSON to PATH (- f
 PROGRESS = typer.Option(True, help="Show a progress bar.")
 TRUST_FACTORY = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names.")
 DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (under torchrun, cuda is each process's own GPU).")
+DETERMINISTIC = typer.Option(False, "--deterministic", help="Deterministic algorithms and a fixed thread count "
+                             "(sharpscope --threads N, else 1): the same command on the same machine and "
+                             "software gives the same bits (docs/reproducibility.md).")
+
+
+def apply_determinism(on: bool) -> None:
+    """``--deterministic``: :func:`sharpscope.determinism.enable_deterministic` for this process."""
+    if on:
+        from ..determinism import enable_deterministic
+        enable_deterministic()
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import interrupt_says, parse_options
+from ._common import DETERMINISTIC, apply_determinism, interrupt_says, parse_options
 
 
 @app.command("compare")
@@ -32,6 +32,7 @@ def compare_command(
     html: bool = typer.Option(False, "--html", help="Also write OUT/report.html: one self-contained interactive "
                               "page (plotly, embedded: opens with no network); needs the html extra."),
     progress: bool = typer.Option(True, help="Show progress."),
+    deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Optimizers side by side over paired seeds: train, measure, summarize with 95 % CIs.
 
@@ -44,6 +45,7 @@ def compare_command(
 
     Example: sharpscope compare --out runs/compare --label-noise 0.4 --rho 0.1 --seeds 5
     """
+    apply_determinism(deterministic)
     from rich.console import Console
 
     from ..experiments.compare import KEY_METRICS, CompareConfig, run_compare

@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 
 from ._app import app
-from ._common import finite, interrupt_says, numbers, print_correlations, seed_option
+from ._common import DETERMINISTIC, apply_determinism, finite, interrupt_says, numbers, print_correlations, seed_option
 
 
 @app.command("correlate")
@@ -34,6 +34,7 @@ def correlate_command(
                               "interactive scatter per measure (a run's options on hover), self-contained."),
     seed: int = seed_option("Seed of the subset, the measures and the bootstrap."),
     progress: bool = typer.Option(True, help="Say which run and measure is computed."),
+    deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Measure every run (cached per run: a rerun computes only what is new) and rank-correlate
     each measure with the generalization gap (test - train error and loss) over the runs that
@@ -45,14 +46,16 @@ def correlate_command(
     """
     import sys
 
-    from ..experiments.correlate import report_correlations
+    from ..experiments.correlate import report_correlations, rows_environment
     from ..experiments.files import write_csv
     from ..experiments.measure_runs import MeasureSettings, find_runs, measure_runs, varying_config_options
+    from ..provenance import unlike_runs_warning
 
     if html:  # refuse before measuring, not after
         from ..plots_html import require_plotly
 
         require_plotly()
+    apply_determinism(deterministic)
     names = [n.strip() for n in measures.split(",") if n.strip()]
     settings = MeasureSettings(samples=samples, seed=seed, rho=rho, m_values=numbers(m, int, "--m", at_least=1),
                                worst_m=worst_m, adaptive_rho=adaptive_rho, average_rho=average_rho)
@@ -74,12 +77,16 @@ def correlate_command(
     print(f"{len(kept)} runs correlated ({unfinished} unfinished and {len(rows) - len(kept) - unfinished} below "
           f"--min-train-acc {min_train_acc:g} left out); hyperparameters varying: {', '.join(hyper) or 'none'}")
     print_correlations(table)
+    unlike = rows_environment(kept)["environment_differences"]
+    if unlike:
+        print(f"warning: {unlike_runs_warning(unlike)}")
     if html:
         from dataclasses import asdict
 
         from ..experiments.html_report import write_correlate_html
 
         files.append(write_correlate_html(out, rows, table, "sharpscope " + " ".join(sys.argv[1:]),
-                                          {"measures": names, **asdict(settings), "min_train_acc": min_train_acc}))
+                                          {"measures": names, **asdict(settings), "min_train_acc": min_train_acc},
+                                          recorded=rows_environment(kept)))
     for f in files:
         say(f"wrote {f}")

@@ -12,8 +12,8 @@ from ..errors import ConfigError
 from ..objective import HVP_MODES
 from ._app import app
 from ._common import (
-    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress,
-    load_for_analysis, seed_option, write_json)
+    DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
+    console as rank0_console, finite, hvp_progress, load_for_analysis, seed_option, write_json)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -114,6 +114,7 @@ def hessian_command(
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
+    deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Hessian spectrum of a checkpoint's loss (eval mode, whole data set or --samples).
 
@@ -122,6 +123,7 @@ def hessian_command(
     With --overlap-with B: the overlap ||V_A^T V_B||_F^2 / k of the top-k eigenspaces of the two
     checkpoints on the same data (Gur-Ari et al. 2018), e.g. two epochs of one run.
     """
+    apply_determinism(deterministic)
     import torch.nn.functional as F
 
     from .. import distributed as dist_utils

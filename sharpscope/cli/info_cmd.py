@@ -1,4 +1,4 @@
-"""``sharpscope info``: what a checkpoint holds."""
+"""``sharpscope info``: what a checkpoint holds and what wrote it, or this machine's environment."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def summarize(raw: dict, path: Path) -> dict:
         "data_spec": raw.get("data_spec"), "config": raw.get("config"), "progress": raw.get("progress"),
         "has_optimizer_state": raw.get("optimizer_state") is not None,
         "last_metrics": (raw.get("metrics") or [None])[-1], "metadata": raw.get("metadata") or {},
+        "environment": (raw.get("metadata") or {}).get("environment"),
     }
 
 
@@ -43,13 +44,30 @@ def _dumps(value: object, indent: int | None = None) -> str:
 
 @app.command("info")
 def info_command(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
+    checkpoint: Optional[Path] = typer.Argument(None, help="A checkpoint file or a run folder (none: this "
+                                                            "machine's environment)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON to PATH (- for stdout)."),
 ) -> None:
-    """Print what a checkpoint holds (loaded safely with weights_only=True)."""
+    """Print what a checkpoint holds and the environment that wrote it (versions, device,
+    dtype, threads, ranks, deterministic mode; loaded safely with weights_only=True); without a
+    checkpoint, this machine's environment (what a result computed here would record)."""
     from rich.console import Console
     from rich.table import Table
 
+    from ..provenance import describe, environment
+
+    if checkpoint is None:
+        here = environment()
+        if json_out == "-":
+            print(_dumps(here, indent=2))
+            return
+        if json_out:
+            Path(json_out).write_text(_dumps(here, indent=2) + "\n")
+        table = Table(title="this machine", show_header=False)
+        for key, value in here.items():
+            table.add_row(key, str(value))
+        Console().print(table)
+        return
     from ..checkpoint import read_checkpoint
 
     raw = read_checkpoint(checkpoint)
@@ -64,10 +82,12 @@ def info_command(
     for key in ("format_version", "sharpscope_version", "torch_version", "parameters", "bytes",
                 "has_optimizer_state"):
         table.add_row(key, str(summary[key]))
+    table.add_row("written by", describe(summary["environment"]))
     if summary["nonfinite_tensors"]:
         table.add_row("[red]NaN/Inf in[/]", ", ".join(summary["nonfinite_tensors"]))
-    for key in ("model_spec", "data_spec", "progress", "last_metrics", "metadata"):
+    for key in ("model_spec", "data_spec", "progress", "last_metrics"):
         table.add_row(key, _dumps(summary[key]))
+    table.add_row("metadata", _dumps({k: v for k, v in summary["metadata"].items() if k != "environment"}))
     if summary["config"]:
         table.add_row("config", _dumps(summary["config"]))
     Console().print(table)

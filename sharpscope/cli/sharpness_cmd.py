@@ -9,8 +9,8 @@ import typer
 
 from ._app import app
 from ._common import (
-    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, load_for_analysis,
-    numbers, parse_p, progress_bar, seed_option, write_json)
+    DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
+    console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option, write_json)
 
 
 @app.command("sharpness")
@@ -44,6 +44,7 @@ def sharpness_command(
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
+    deterministic: bool = DETERMINISTIC,
 ) -> None:
     """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1), with the surrogate gap; or
     worst-case / average-case sharpness, plain or adaptive (Andriushchenko et al. 2023).
@@ -55,6 +56,7 @@ def sharpness_command(
     Example: sharpscope sharpness runs/sam --m 1,4,16,64 --rho 0.05 --steps 5 --plot
     Example: sharpscope sharpness runs/sam --measure worst --adaptive --norm inf --m 128 --rho 0.002
     """
+    apply_determinism(deterministic)
     import math
 
     import torch.nn.functional as F
@@ -175,6 +177,7 @@ def gradcos_command(
     json_out: Optional[str] = JSON_OUT,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
+    deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Cosine between the first-order (SAM) and the full second-order SAM gradient.
 
@@ -183,6 +186,7 @@ def gradcos_command(
 
     Example: sharpscope gradcos runs/sam --rho 0.05 --json -
     """
+    apply_determinism(deterministic)
     import math
 
     import torch.nn.functional as F

@@ -10,8 +10,9 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress,
-    load_for_analysis, numbers, point_progress, seed_option, write_json)
+    DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
+    console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, point_progress, seed_option,
+    write_json)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -206,6 +207,7 @@ def surface_command(
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="[NAME=]package.module:function: a custom "
                                                "metric fn(model, batch) -> scalar, evaluated next to the loss "
                                                "(repeatable; needs --trust-factory)."),
+    deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Loss surface around a checkpoint (random directions) or over a run's trajectory plane.
 
@@ -215,6 +217,7 @@ def surface_command(
 
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """
+    apply_determinism(deterministic)
     import warnings
 
     import numpy as np
@@ -390,11 +393,13 @@ def interpolate_command(
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="[NAME=]package.module:function: a custom "
                                                "metric fn(model, batch) -> scalar, evaluated next to the loss "
                                                "(repeatable; needs --trust-factory)."),
+    deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
 
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """
+    apply_determinism(deterministic)
     import torch.nn.functional as F
 
     from .. import distributed as dist_utils

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import typer
 
 from ._app import app
-from ._common import interrupt_says, parse_options, print_correlations
+from ._common import DETERMINISTIC, apply_determinism, interrupt_says, parse_options, print_correlations
 
 
 
@@ -57,6 +57,7 @@ def sweep_command(
     replot: bool = typer.Option(False, "--replot", help="Only redraw the figures of the finished sweep in --out."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
     progress: bool = typer.Option(True, help="Print progress lines on stderr."),
+    deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Train the product of option lists over seeds, analyse every run, write one table.
 
@@ -70,6 +71,7 @@ def sweep_command(
 
     Example: sharpscope sweep --out runs/sweep --rho 0.02,0.05,0.1 --label-noise 0,0.4 --epochs 10 --jobs 2
     """
+    apply_determinism(deterministic)
     from ..errors import ConfigError
     from ..experiments import sweep
 
@@ -117,8 +119,10 @@ def sweep_command(
         print(f"sweep: {msg}", file=sys.stderr, flush=True)
 
     with interrupt_says("finished runs and analyses are kept; rerun the same command to continue"):
+        from ..cpu import chosen_threads
         result = sweep.run_sweep(config, out, jobs=jobs, plots=wanted, formats=formats,
-                                 say=say if progress else (lambda msg: None), correlate=correlate)
+                                 say=say if progress else (lambda msg: None), correlate=correlate,
+                                 deterministic=deterministic, threads=chosen_threads() if deterministic else None)
     _print_summary(result)
     if result.correlations is not None:
         print_correlations(result.correlations)

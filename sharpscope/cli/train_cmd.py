@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import parse_options, parse_p
+from ._common import DETERMINISTIC, apply_determinism, parse_options, parse_p
 
 __all__ = ["train_command", "parse_options", "parse_p"]
 
@@ -76,11 +76,13 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored options win); "
                                                         "starts a new run if there is none."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Train a model with SGD, SAM or a SAM variant; writes OUT/checkpoint.pt and OUT/metrics.jsonl.
 
     Example: sharpscope train --optimizer sam --rho 0.05 --epochs 40 --out runs/sam
     """
+    apply_determinism(deterministic)
     from rich.console import Console
 
     from .. import distributed as dist_utils

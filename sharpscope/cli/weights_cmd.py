@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import JSON_OUT, TRUST_FACTORY, console as rank0_console, write_json
+from ._common import DETERMINISTIC, apply_determinism, JSON_OUT, TRUST_FACTORY, console as rank0_console, write_json
 
 
 @app.command("weights")
@@ -16,12 +16,14 @@ def weights_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
     json_out: Optional[str] = JSON_OUT,
     trust_factory: bool = TRUST_FACTORY,
+    deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Per layer: the power-law exponent alpha of the eigenvalues of W^T W (KS-chosen xmin),
     alpha-weighted, log Frobenius and spectral norms, stable rank; and their means. No data.
 
     Example: sharpscope weights runs/sam --json -
     """
+    apply_determinism(deterministic)
     from rich.table import Table
 
     from ..checkpoint import load_checkpoint

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
-from .. import landscape, plots, stats
+from .. import landscape, plots, provenance, stats
 from ..checks import finite_float, int_at_least
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..data import DataSpec, load_dataset
@@ -337,12 +337,18 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
                      for s in config.seeds} for opt in runs}
     statistics = _statistics(config, scalars)
     first = config.seeds[0]
+    trained_in = {opt: {s: (read_checkpoint(run_dir(out, opt, s) / "checkpoint.pt").get("metadata") or {}).get(
+        "environment") for s in config.seeds} for opt in config.optimizers}
+    unlike = provenance.differences([env for by_seed in trained_in.values() for env in by_seed.values()])
     results: dict[str, Any] = {"config": asdict(config), "settings": asdict(config.settings),
-                               "baseline": config.baseline, "ci_method": stats.CI_METHOD, "optimizers": {}}
+                               "baseline": config.baseline, "ci_method": stats.CI_METHOD,
+                               "environment": provenance.environment(), "environment_differences": unlike,
+                               "optimizers": {}}
     for opt in config.optimizers:
         results["optimizers"][opt] = {
             **statistics[opt],
             "seeds": {str(s): {"final": runs[opt][s][-1], "scalars": scalars[opt][s], **analyses[opt][s],
+                               "trained_in": trained_in[opt][s],
                                "gradcos_over_training": [{"epoch": r["epoch"], "gradcos": r["gradcos"]}
                                                          for r in runs[opt][s] if "gradcos" in r],
                                "lambda_max_over_training": [
@@ -357,6 +363,8 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
         results["interpolation"] = {"seed": first, **interp.summary(), "alphas": interp.xs.tolist(),
                                     "loss": interp.loss.tolist(), "accuracy": interp.accuracy.tolist()}
     results["warnings"] = not_a_minimum_warnings(config, statistics)
+    if unlike:
+        results["warnings"].append(provenance.unlike_runs_warning(unlike))
     say("figures")
     written = _figures(config, runs, analyses, surfaces, interp, statistics, out / "figures")
     results["figures"] = [str(p.relative_to(out)) for p in written]

@@ -177,11 +177,22 @@ def correlate_rows(rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | 
     return table
 
 
-def write_correlations(out_dir: str | Path, table: CorrelationTable) -> list[Path]:
-    """``correlations.json`` (the table) and ``correlations.csv`` (one row per measure and
-    gap: tau and rho with their intervals and p-values) in ``out_dir``."""
+def rows_environment(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """This process's environment, and the distinct ``trained_in`` records of the rows when
+    there is more than one (the runs were not produced alike: :mod:`sharpscope.provenance`)."""
+    from ..provenance import environment
+    distinct = list(dict.fromkeys(r["trained_in"] for r in rows if r.get("trained_in")))
+    return {"environment": environment(), "environment_differences": {"trained_in": distinct} if len(distinct) > 1
+            else {}}
+
+
+def write_correlations(out_dir: str | Path, table: CorrelationTable,
+                       extra: Mapping[str, Any] | None = None) -> list[Path]:
+    """``correlations.json`` (the table, and ``extra``: e.g. :func:`rows_environment`) and
+    ``correlations.csv`` (one row per measure and gap: tau and rho with their intervals and
+    p-values) in ``out_dir``."""
     out = Path(out_dir)
-    write_json(out / "correlations.json", table.to_dict())
+    write_json(out / "correlations.json", {**table.to_dict(), **(extra or {})})
     fields = ("estimate", "ci_low", "ci_high", "p_value")
     header = ["measure", "gap", "n"] + [f"{m}_{k}" for m in stats.CORRELATIONS for k in fields]
     records = [{"measure": e["measure"], "gap": e["gap"], "n": e["n"],
@@ -235,7 +246,7 @@ def report_correlations(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, 
     """:func:`correlate_rows`, then its tables in ``out_dir`` and its figures in
     ``out_dir/figures``; returns the table and the files written."""
     table = correlate_rows(rows, resamples=resamples, seed=seed, hyperparameters=hyperparameters)
-    files = write_correlations(out_dir, table)
+    files = write_correlations(out_dir, table, rows_environment(rows))
     if table.entries:
         files += draw_correlations(rows, table, Path(out_dir) / "figures", formats)
     return table, files

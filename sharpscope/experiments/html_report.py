@@ -43,14 +43,23 @@ def _command(cfg: dict[str, Any]) -> str:
     return " ".join(parts) + " --html"
 
 
-def _provenance(command: str, options: dict[str, Any], what: str) -> str:
+def _provenance(command: str, options: dict[str, Any], what: str, results: dict[str, Any]) -> str:
+    """The command, the environment results.json recorded (and whether the runs were trained
+    alike), this page's own versions, and every option."""
     import plotly
     import torch
 
+    from ..provenance import describe, unlike_runs_warning
+
     versions = {"sharpscope": __version__, "torch": torch.__version__, "numpy": np.__version__,
                 "python": platform.python_version(), "plotly": plotly.__version__}
-    return ("<h2>How this was made</h2><pre>" + html.escape(command) + "</pre>"
-            + "<p>Versions: " + html.escape(", ".join(f"{k} {v}" for k, v in versions.items())) + ".</p>"
+    recorded = ""
+    if "environment" in results:
+        unlike = results.get("environment_differences") or {}
+        recorded = ("<p>Computed with: " + html.escape(describe(results["environment"])) + ".</p>"
+                    + (f"<p><b>Warning:</b> {html.escape(unlike_runs_warning(unlike))}.</p>" if unlike else ""))
+    return ("<h2>How this was made</h2><pre>" + html.escape(command) + "</pre>" + recorded
+            + "<p>This page: " + html.escape(", ".join(f"{k} {v}" for k, v in versions.items())) + ".</p>"
             + f"<details><summary>Every option ({html.escape(what)})</summary><pre>"
             + html.escape(json.dumps(options, indent=1, default=str)) + "</pre></details>")
 
@@ -145,7 +154,7 @@ def write_compare_html(out_dir: str | Path) -> Path:
                    markdown_table([ln for ln in gradcos if ln.startswith("|")])]
     blocks.append(_provenance(_command(results["config"]), {"config": results["config"],
                                                              "settings": results["settings"]},
-                              "results.json: config and analysis settings"))
+                              "results.json: config and analysis settings", results))
     text = ph.page(f"{names}: sharpscope compare", blocks).encode()
     return atomic_write_bytes(out / "report.html", lambda fh: fh.write(text))
 
@@ -158,7 +167,8 @@ def _tau_cell(e: dict[str, Any], method: str = "kendall") -> str:
 
 
 def write_correlate_html(out_dir: str | Path, rows: list[dict[str, Any]], table: Any, command: str,
-                         settings: dict[str, Any], group_by: str = "optimizer") -> Path:
+                         settings: dict[str, Any], group_by: str = "optimizer",
+                         recorded: dict[str, Any] | None = None) -> Path:
     """``OUT/correlations.html``: the rank correlations and granulated coefficients as tables, and
     one interactive scatter per measure against the error gap (a run's options on hover)."""
     from .. import plots_html as ph
@@ -191,7 +201,7 @@ def write_correlate_html(out_dir: str | Path, rows: list[dict[str, Any]], table:
                 points.setdefault(str(r.get(group_by, "run")).upper(), []).append((float(x), y, text))
         blocks.append(ph.scatter(points, f"{e['measure']} against the error gap: tau {_tau_cell(e)}",
                                  e["measure"], "test error - train error"))
-    blocks.append(_provenance(command, settings, "the measures' settings"))
+    blocks.append(_provenance(command, settings, "the measures' settings", recorded or {}))
     text = ph.page("sharpscope correlate", blocks).encode()
     return atomic_write_bytes(out / "correlations.html", lambda fh: fh.write(text))
 
@@ -236,7 +246,7 @@ def write_sweep_html(out_dir: str | Path) -> Path:
                    markdown_table(["|" + "|".join(lines[0].split(",")) + "|", "|---|"]
                                   + ["|" + "|".join(ln.split(",")) + "|" for ln in lines[1:]])]
     blocks.append(_provenance("sharpscope sweep (see the configuration below)", stored["config"],
-                              "results.json: the sweep's configuration"))
+                              "results.json: the sweep's configuration", stored))
     text = ph.page("sharpscope sweep", blocks).encode()
     return atomic_write_bytes(out / "report.html", lambda fh: fh.write(text))
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from .. import hessian, measures, sharpness
 from ..checkpoint import load_checkpoint, read_checkpoint
+from ..provenance import describe
 from ..data import DataSpec, load_dataset
 from ..errors import CheckpointError, ConfigError
 from ..objective import Objective
@@ -163,11 +164,13 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
     raw = read_checkpoint(run_dir / "checkpoint.pt")
     config, progress = raw.get("config") or {}, raw.get("progress") or {}
     metrics = raw.get("metrics") or []
+    env = (raw.get("metadata") or {}).get("environment")
+    trained_in = describe(env) if env else None
     if not metrics or not progress.get("finished"):  # diverged or interrupted: nothing to correlate
-        return {"run": str(run_dir), "status": "unfinished", **_options(config)}
+        return {"run": str(run_dir), "status": "unfinished", **_options(config), "trained_in": trained_in}
     cache_path = run_dir / _CACHE
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    row: dict[str, Any] = {"run": str(run_dir), "status": "finished", **_options(config),
+    row: dict[str, Any] = {"run": str(run_dir), "status": "finished", **_options(config), "trained_in": trained_in,
                            **{k: metrics[-1].get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}}
     model, batches = None, None
     for name in names:

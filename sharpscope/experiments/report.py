@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import atomic_write_bytes
+from ..provenance import describe, unlike_runs_warning
 
 __all__ = ["write_report", "summary_rows", "METRIC_NAMES"]
 
@@ -121,6 +122,25 @@ def _first_seed_lines(results: dict) -> list[str]:
     return lines
 
 
+def _environment_lines(results: dict) -> list[str]:
+    """What trained the runs and what analysed them (empty for results written before
+    sharpscope recorded its environment)."""
+    if "environment" not in results:
+        return []
+    envs = [e.get("trained_in") for r in results["optimizers"].values() for e in r["seeds"].values()]
+    unlike = results.get("environment_differences") or {}
+    lines = ["## Environment", "", f"- analysed with: {describe(results['environment'])}"]
+    if unlike:
+        lines.append(f"- trained with: not all alike ({unlike_runs_warning(unlike)}); each run's record is in "
+                     "results.json (`trained_in`)")
+    else:
+        lines.append(f"- trained with: {describe(next((e for e in envs if e), None))}"
+                     + (" (every run)" if all(envs) else " (the runs that recorded it)"))
+    lines += ["- Results differ across thread counts, devices, CPU instruction sets and torch versions by float "
+              "rounding; docs/reproducibility.md measures how much against the seed-to-seed spread.", ""]
+    return lines
+
+
 def write_report(results: dict, path: str | Path) -> Path:
     """Write ``report.md`` next to the figures folder."""
     cfg, s = results["config"], results["settings"]
@@ -151,6 +171,7 @@ def write_report(results: dict, path: str | Path) -> Path:
     for caption, name in _FIGURES:
         if name in available:
             lines += [f"### {caption}", "", f"![{caption}](figures/{name})", ""]
+    lines += _environment_lines(results)
     lines.append(f"Total time: {results['wall_time']:.0f} s.")
     text = "\n".join(lines) + "\n"
     return atomic_write_bytes(path, lambda fh: fh.write(text.encode()))

@@ -56,6 +56,7 @@ from typing import Any
 from ..checks import finite_float, int_at_least
 from ..checkpoint import atomic_write_bytes, read_checkpoint
 from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
+from ..provenance import describe, differences, environment, unlike_runs_warning
 from ..train import M_SAM_OPTIMIZERS, OPTIMIZERS, Callback, TrainConfig, TrainState, train
 from .analyses import ANALYSES, analyse_selected
 from .files import write_csv, write_json
@@ -449,6 +450,7 @@ class RunOutcome:
     analyses: dict[str, dict[str, Any]] = field(default_factory=dict)
     analysis_status: dict[str, str] = field(default_factory=dict)  # name -> computed / reused
     notes: list[str] = field(default_factory=list)   # warnings, analysis errors, the divergence
+    environment: dict[str, Any] | None = None        # what trained it (sharpscope.provenance), from its checkpoint
 
 
 @dataclass
@@ -503,7 +505,8 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
 def _outcome_from(spec: RunSpec, raw: dict[str, Any], status: str) -> RunOutcome:
     metrics = list(raw.get("metrics") or [])
     return RunOutcome(spec.index, spec.name, status, dict(metrics[-1]) if metrics else {}, len(metrics),
-                      float(sum(r.get("epoch_time", 0.0) for r in metrics)))
+                      float(sum(r.get("epoch_time", 0.0) for r in metrics)),
+                      environment=(raw.get("metadata") or {}).get("environment"))
 
 
 def _cached_analyses(task: _Task, step: int) -> tuple[dict[str, Any], list[str]]:
@@ -621,9 +624,12 @@ def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> Run
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(threads: int, queue: Any, stop: Any) -> None:
+def _init_worker(threads: int, queue: Any, stop: Any, deterministic: bool = False) -> None:
     import torch
 
+    if deterministic:
+        from ..determinism import enable_deterministic
+        enable_deterministic(threads)
     torch.set_num_threads(threads)
     # Ctrl-C reaches every process of the terminal's group: the parent decides, the workers
     # finish their step, save and return (the trainer's own handler does that while training).
@@ -690,6 +696,7 @@ def _row(spec: RunSpec, outcome: RunOutcome) -> dict[str, Any]:
         row["gradcos"], row["surrogate_gap"] = a["gradcos"]["cosine"], a["gradcos"]["surrogate_gap"]
     if a:
         row["analysis_seconds"] = float(sum(r.get("wall_time", 0.0) for r in a.values()))
+    row["trained_in"] = describe(outcome.environment) if outcome.environment else None
     row["notes"] = "; ".join(outcome.notes)
     return row
 
@@ -863,7 +870,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
               say: Callable[[str], None] = lambda msg: None,
               callbacks_for: Callable[[RunSpec], list[Callback]] | None = None,
               on_run_done: Callable[[RunSpec, RunOutcome], None] | None = None,
-              threads: int | None = None, correlate: bool = False) -> SweepResult:
+              threads: int | None = None, correlate: bool = False, deterministic: bool = False) -> SweepResult:
     """Train every run of ``config`` into ``out_dir/runs``, analyse them, write the tables and
     figures (module docstring); returns a :class:`SweepResult`.
 
@@ -876,6 +883,9 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     ``jobs > 1``); ``on_run_done(spec, outcome)`` is called here as each run completes.
     ``correlate``: also the rank correlations of every measure with the generalization gap
     over the runs (:func:`sharpscope.experiments.correlate.report_correlations`).
+    ``deterministic``: the workers run with :func:`sharpscope.determinism.enable_deterministic`
+    and ``threads`` (default 1, not a share of the cores, so the bits do not depend on ``jobs``);
+    with ``jobs=1`` the caller sets up this process (the CLI's ``--deterministic`` does).
 
     Ctrl-C (or a callback's ``stop_requested``) saves the running runs at their next step and
     raises KeyboardInterrupt; the same call again continues them and reuses the rest.
@@ -930,14 +940,18 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
         for task in pending:
             record(task, _run_task(task, say))
     else:
-        _run_pool(pending, jobs, say, record, threads)
+        _run_pool(pending, jobs, say, record, threads, deterministic)
 
     ordered = [outcomes[spec.index] for spec in specs]
     rows = [_row(spec, o) for spec, o in zip(specs, ordered)]
-    extra = [k for r in rows for k in r if k not in options and k not in metrics and k not in ("run", "status", "notes")]
+    extra = [k for r in rows for k in r
+             if k not in options and k not in metrics and k not in ("run", "status", "trained_in", "notes")]
     metrics = metrics + list(dict.fromkeys(extra))  # e.g. m-sharpness at an m the profile did not predict
     summary = summarize_rows(rows, [o for o in options if o != "seed"], metrics)
-    _write_tables(out, config, rows, summary, options, metrics)
+    unlike = differences([o.environment for o in ordered])
+    if unlike:
+        say(f"warning: {unlike_runs_warning(unlike)}")
+    _write_tables(out, config, rows, summary, options, metrics, unlike)
     figures = _draw(rows, options, wanted, out / "figures", formats)
     table = None
     if correlate:
@@ -952,7 +966,8 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
 
 
 def _run_pool(pending: list[_Task], jobs: int, say: Callable[[str], None],
-              record: Callable[[_Task, RunOutcome], None], threads: int | None = None) -> None:
+              record: Callable[[_Task, RunOutcome], None], threads: int | None = None,
+              deterministic: bool = False) -> None:
     """Run ``pending`` on ``jobs`` spawned workers; progress lines come back through a queue."""
     import multiprocessing
     import queue as queue_mod
@@ -961,7 +976,7 @@ def _run_pool(pending: list[_Task], jobs: int, say: Callable[[str], None],
     ctx = multiprocessing.get_context("spawn")
     messages = ctx.Queue()
     stop = ctx.Event()
-    threads = threads or max(1, _cores() // jobs)
+    threads = threads or (1 if deterministic else max(1, _cores() // jobs))
     say(f"{min(jobs, len(pending))} worker processes, {threads} thread{'s' if threads > 1 else ''} each")
 
     def drain() -> None:
@@ -972,7 +987,7 @@ def _run_pool(pending: list[_Task], jobs: int, say: Callable[[str], None],
                 return
 
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
-                               initargs=(threads, messages, stop))
+                               initargs=(threads, messages, stop, deterministic))
     # The workers start (on submit) with SIGINT ignored, which a new interpreter keeps: a
     # Ctrl-C while they import torch would otherwise kill them with a traceback each.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
@@ -1017,11 +1032,12 @@ def _stop_pool(pool: Any, stop: Any, waiting: set, drain: Callable[[], None]) ->
 
 
 def _write_tables(out: Path, config: SweepConfig, rows: list[dict], summary: list[dict], options: list[str],
-                  metrics: list[str]) -> None:
-    header = ["run", "status", *options, *metrics, "notes"]
+                  metrics: list[str], unlike: dict[str, list[Any]]) -> None:
+    header = ["run", "status", *options, *metrics, "trained_in", "notes"]
     write_csv(out / "results.csv", header, rows)
     write_json(out / "results.json", {"kind": _RESULTS_KIND, "config": config.to_dict(), "options": options,
-                                       "metrics": metrics, "rows": rows})
+                                       "metrics": metrics, "rows": rows, "environment": environment(),
+                                       "environment_differences": unlike})
     setting_options = [o for o in options if o != "seed"]
     s_header, s_records = _summary_records(summary, setting_options)
     write_csv(out / "summary.csv", s_header, s_records)

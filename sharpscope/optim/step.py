@@ -15,6 +15,7 @@ from .bn import frozen_bn_stats
 from .msam import m_sam_loop, m_sam_vmapped, vmappable
 from .result import StepResult
 from .sam import SAM
+from .sync_bn import has_global_bn
 
 __all__ = ["sam_step", "StepResult"]
 
@@ -96,7 +97,9 @@ def sam_step(
     For DistributedDataParallel: ``loss_scale`` multiplies the losses that are
     back-propagated (the reported losses are not scaled), and ``sync_first_pass=False``
     runs the first pass under ``model.no_sync()``, so each rank perturbs with its own
-    gradient.
+    gradient. A model with :class:`~sharpscope.optim.sync_bn.GlobalBatchNorm` layers (batch
+    statistics over every rank's slice) needs ``sync_first_pass=True``: one perturbation for
+    all ranks, so that the pass at w + e pools the statistics of one model.
     """
     batch = leading_size(targets, "targets")
     if m is not None and m < 1:
@@ -112,6 +115,10 @@ def sam_step(
     if not sync_first_pass and not callable(getattr(model, "no_sync", None)):
         raise ConfigError("sync_first_pass=False needs a DistributedDataParallel model (its no_sync() keeps "
                           f"the first pass rank-local); got a {type(model).__name__}")
+    if not sync_first_pass and isinstance(optimizer, SAM) and has_global_bn(model):
+        raise ConfigError("batch norm over the global batch needs one perturbation for all ranks "
+                          "(sync_first_pass=True, --sync-perturbation): with a per-rank perturbation each "
+                          "rank's pass at w + e_r would pool the statistics of differently perturbed models")
     amp = _autocast(model, autocast)
 
     def backward(loss: torch.Tensor) -> None:

@@ -1,0 +1,125 @@
+"""Batch norm over the global batch of every rank, built from all-reduces (any backend, CPU too).
+
+In data-parallel training each rank sees a slice of the global batch, and an ordinary
+BatchNorm layer normalizes with that slice's statistics. :class:`GlobalBatchNorm`
+normalizes with the statistics of the whole global batch instead, as one process holding
+the whole batch would:
+
+    mean_c = S_c / N,   var_c = Q_c / N,   S_c = sum_r sum_{i in r} x_ic,
+    Q_c = sum_r sum_{i in r} (x_ic - mean_c)^2,   N = sum_r n_r
+
+(n_r: the values per channel on rank r, i.e. batch x spatial size), two passes as in
+the single-process kernel rather than the one-pass E[x^2] - E[x]^2, which loses digits
+when |mean| >> std. Both sums are all-reduced through an autograd function whose backward
+all-reduces the incoming gradient (the derivative of a sum over ranks), so each rank's
+backward includes the other ranks' losses' dependence on the shared statistics: summed
+over ranks (what DistributedDataParallel does, up to its 1/world), the gradients are those
+of the global-batch loss. The running statistics get the same update on every rank
+(momentum, or the cumulative average when ``momentum=None``; the running variance is the
+unbiased N/(N-1) var, as in ``torch.nn.BatchNorm``).
+
+Why not ``torch.nn.SyncBatchNorm``: its training forward refuses CPU tensors ("SyncBatchNorm
+expected input tensor to be on GPU", torch 2.13), so it cannot run on gloo. This layer
+runs on every device and backend; on GPUs torch's fused kernels would be faster (not
+measured here). In eval mode, or outside a process group of more than one rank, it is
+``F.batch_norm`` with the running statistics, exactly like the layer it replaced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .. import distributed as dist_utils
+
+__all__ = ["GlobalBatchNorm", "convert_to_global_bn", "has_global_bn"]
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """y = sum over ranks of x (the same on every rank); dy/dx_r routes sum_r' dL_r'/dy to x_r."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return _SumOverRanks.apply(grad)
+
+
+def _reduce_dims(x: torch.Tensor) -> list[int]:
+    return [0, *range(2, x.dim())]
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """A BatchNorm layer (1-, 2- or 3-d input: (N, C, ...)) whose training-mode statistics
+    are those of the global batch over all ranks (module docstring). Same parameters,
+    buffers and ``state_dict`` keys as ``nn.BatchNorm*d``, so checkpoints load either way."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (N, C, ...), got {input.dim()}-D")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        if not (self.training and dist_utils.is_distributed()):
+            return super().forward(input)
+        dims = _reduce_dims(input)
+        x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
+        local_count = x.numel() // x.shape[1]
+        # one all-reduce for the sums and the count (no host sync unless this rank holds <= 1 value)
+        sums = _SumOverRanks.apply(torch.cat([x.sum(dims), x.new_full((1,), float(local_count))]))
+        count = sums[-1].detach()
+        if local_count <= 1 and float(count) <= 1:
+            raise ValueError(f"expected more than 1 value per channel over all ranks when training, got "
+                             f"{int(count)} (input {list(input.shape)} on this rank)")
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        mean = sums[:-1] / count
+        centred = x - mean.reshape(shape)
+        var = _SumOverRanks.apply(centred.square().sum(dims)) / count
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), count)
+        out = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        if self.affine:
+            out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return out.to(input.dtype)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+        """torch.nn.BatchNorm's rule: EMA with ``momentum`` (cumulative average when None) of the
+        batch mean and of the unbiased batch variance."""
+        assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
+        unbiased = var * (count / (count - 1))
+        self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+
+
+def convert_to_global_bn(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm1d/2d/3d`` (and ``SyncBatchNorm``) in ``module`` by a
+    :class:`GlobalBatchNorm` that shares its parameters and buffers (so the optimizer's
+    references and the ``state_dict`` stay valid). In place for children; returns the
+    (possibly new) root, like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        new._parameters = module._parameters  # the same Parameter objects
+        new._buffers = module._buffers
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        converted = convert_to_global_bn(child)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
+
+
+def has_global_bn(module: nn.Module) -> bool:
+    return any(isinstance(m, GlobalBatchNorm) for m in module.modules())

@@ -1,0 +1,148 @@
+"""What produced a number: the software, the device and the settings that change float rounding.
+
+Results differ across thread counts, devices, CPU instruction sets and torch versions by
+float rounding (summation order changes; docs/reproducibility.md measures how much against
+the seed-to-seed spread). :func:`environment` records all of it, and every result sharpscope
+writes carries it: checkpoint metadata (``metadata["environment"]``), ``results.json`` of
+compare and sweep, sweep rows, the analyses' JSON and the reports. :func:`differences`
+says in which fields several records disagree, so that a report can warn when it puts side
+by side runs that were not produced alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+
+__all__ = ["environment", "of_model", "git_commit", "differences", "describe", "unlike_runs_warning",
+           "COMPARABLE_FIELDS"]
+
+# The fields whose difference can change a result (by rounding); the versions of python and
+# the platform string are recorded but do not make two runs unlike.
+COMPARABLE_FIELDS = ("sharpscope_version", "git_commit", "torch_version", "numpy_version", "device", "device_name",
+                     "cpu_capability", "dtype", "threads", "world_size", "deterministic")
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout sharpscope runs from; (None, None) for an installed copy
+    (no ``.git`` beside the package) or when git is unavailable. ``dirty``: tracked files differ
+    from the commit."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None, None
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit or None, bool(status.strip())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return _cpu_name()
+    return device.type
+
+
+def environment(device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
+                world_size: int | None = None, autocast: str | None = None) -> dict[str, Any]:
+    """The record of this process: versions (sharpscope and its git commit when run from a
+    checkout, python, torch, numpy), the device and its name (the CPU model, or the GPU's),
+    the CPU instruction set torch dispatches to (``cpu_capability``: AVX2, AVX512...), the
+    parameters' dtype and the autocast dtype, torch's intra-op thread count, the number of
+    ranks (from the process group unless given), and whether deterministic algorithms are on."""
+    import numpy as np
+
+    from . import distributed as dist_utils
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    commit, dirty = git_commit()
+    record: dict[str, Any] = {
+        "sharpscope_version": __version__, "git_commit": commit, "git_dirty": dirty,
+        "python_version": platform.python_version(), "torch_version": str(torch.__version__),
+        "numpy_version": np.__version__, "platform": platform.platform(),
+        "device": str(device), "device_name": _device_name(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "dtype": str(dtype).replace("torch.", "") if dtype is not None else str(torch.get_default_dtype()).replace(
+            "torch.", ""),
+        "autocast": autocast,
+        "threads": torch.get_num_threads(),
+        "world_size": dist_utils.world_size() if world_size is None else int(world_size),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+    }
+    if device.type == "cuda":
+        record["cuda_version"] = torch.version.cuda
+        record["cudnn_version"] = torch.backends.cudnn.version()
+    return record
+
+
+def of_model(model: torch.nn.Module, **kwargs: Any) -> dict[str, Any]:
+    """:func:`environment` with the device and dtype of ``model``'s first parameter (or buffer)."""
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    if tensor is None:
+        return environment(**kwargs)
+    return environment(tensor.device, tensor.dtype, **kwargs)
+
+
+def differences(records: Sequence[Mapping[str, Any] | None],
+                fields: Sequence[str] = COMPARABLE_FIELDS) -> dict[str, list[Any]]:
+    """The fields (of ``fields``) that take more than one value over ``records`` (missing
+    records, e.g. checkpoints written before provenance was recorded, are skipped), each with
+    its distinct values in order of appearance."""
+    found: dict[str, list[Any]] = {}
+    for field in fields:
+        values: list[Any] = []
+        for record in records:
+            if record is not None and record.get(field) not in values:
+                values.append(record.get(field))
+        if len(values) > 1:
+            found[field] = values
+    return found
+
+
+def describe(record: Mapping[str, Any] | None) -> str:
+    """One line: 'sharpscope 0.1.0 (git 1a2b3c4d, modified), torch 2.13.0+cpu, numpy 2.1.0, cpu
+    (Intel Xeon ..., AVX2), float32, 2 threads, 1 rank, deterministic off'."""
+    if not record:
+        return "not recorded (written before sharpscope recorded its environment)"
+    commit = record.get("git_commit")
+    git = f" (git {commit[:8]}{', modified' if record.get('git_dirty') else ''})" if commit else ""
+    dtype = record.get("dtype", "?") + (f" + autocast {record['autocast']}" if record.get("autocast") else "")
+    ranks = record.get("world_size", 1)
+    return (f"sharpscope {record.get('sharpscope_version')}{git}, torch {record.get('torch_version')}, "
+            f"numpy {record.get('numpy_version')}, {record.get('device')} ({record.get('device_name')}, "
+            f"{record.get('cpu_capability')}), {dtype}, {record.get('threads')} thread"
+            f"{'s' if record.get('threads') != 1 else ''}, {ranks} rank{'s' if ranks != 1 else ''}, "
+            f"deterministic {'on' if record.get('deterministic') else 'off'}")
+
+
+def unlike_runs_warning(unlike: Mapping[str, Sequence[Any]]) -> str:
+    """The one-line warning for runs put side by side that :func:`differences` found unlike."""
+    parts = "; ".join(f"{field} {' vs '.join(map(str, values))}" for field, values in unlike.items())
+    return (f"the runs were not all produced alike ({parts}): their differences mix float rounding with the "
+            "effect compared (docs/reproducibility.md)")
