@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed as dist_utils
-from .checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
-from .data import DataSpec, Dataset, load_dataset
-from .errors import CheckpointError, ConfigError, NonFiniteLossError
-from .models import build_model, make_factory_spec, make_model_spec
-from .optim import GSAM, RSAM, SAM, WSAM, FriendlySAM, LookSAM, asam_groups, bn_modules, sam_step
-from .optim.asam import ASAM_RULES
+from .. import distributed as dist_utils
+from ..checkpoint import atomic_write_bytes, read_checkpoint, save_checkpoint
+from ..data import DataSpec, Dataset, load_dataset
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..models import build_model, make_factory_spec, make_model_spec
+from ..optim import GSAM, RSAM, SAM, WSAM, FriendlySAM, LookSAM, asam_groups, bn_modules, sam_step
+from ..optim.asam import ASAM_RULES
 
 __all__ = ["TrainConfig", "TrainResult", "Callback", "train", "learning_rate", "OPTIMIZERS", "TRACKABLE"]
 
@@ -59,7 +59,7 @@ VARIANTS: dict[str, tuple[type[SAM], tuple[str, ...]]] = {
 }
 # Optimizers whose steps run per m-SAM chunk, under a GradScaler and on several ranks.
 M_SAM_OPTIMIZERS = ("sam", "asam", "rsam")
-# What sharpscope.tracking can measure during training (here, so that validating a
+# What sharpscope.train.tracking can measure during training (here, so that validating a
 # configuration does not import the analyses).
 TRACKABLE = ("gradcos", "lambda_max", "trace", "m_sharpness")
 SEED_RANGE = (0, 2**63 - 1)  # what torch generators take
