@@ -1,8 +1,20 @@
-"""Training: the loop (:mod:`.loop`) and the diagnostics tracked during it (:mod:`.tracking`)."""
+"""Training with SGD and the SAM family to resumable checkpoints and a metrics log.
+
+The modules, each importing only those before it:
+
+    config.py     TrainConfig, TrainResult, the learning-rate schedule, the optimizer a
+                  configuration names, and the names one may choose (OPTIMIZERS, VARIANTS, TRACKABLE, ...)
+    callbacks.py  Callback and the TrainState callbacks see
+    state.py      what a run keeps across a restart: RNG state, metrics files; Ctrl-C
+    loop.py       train(): the loop, in short steps (determinism and the files written: its docstring)
+    tracking.py   diagnostics tracked during training (``--track``); the loop imports it
+                  only when a run tracks something
+"""
 
 from __future__ import annotations
 
-from .loop import (
+from .callbacks import Callback, TrainState
+from .config import (
     AMP_DTYPES,
     DEFAULT_RHO,
     M_SAM_OPTIMIZERS,
@@ -10,14 +22,11 @@ from .loop import (
     SCHEDULES,
     TRACKABLE,
     VARIANTS,
-    Callback,
     TrainConfig,
     TrainResult,
-    TrainState,
-    evaluate,
     learning_rate,
-    train,
 )
+from .loop import evaluate, train
 
 __all__ = ["TrainConfig", "TrainResult", "Callback", "TrainState", "train", "learning_rate", "evaluate",
            "OPTIMIZERS", "VARIANTS", "M_SAM_OPTIMIZERS", "TRACKABLE", "DEFAULT_RHO", "SCHEDULES", "AMP_DTYPES"]

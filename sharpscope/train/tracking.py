@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from .. import hessian, sharpness
 from ..errors import ConfigError
 from ..objective import Objective
-from .loop import TRACKABLE, Callback, TrainState
+from .callbacks import Callback, TrainState
+from .config import TRACKABLE
 
 __all__ = ["TRACKABLE", "TrackingCallback", "stability_threshold", "sam_stability_threshold"]
 
