@@ -30,7 +30,9 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E4
 # (tests/test_startup.py checks that every public module of the package is listed.)
 _SUBMODULES = ("batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism", "distributed", "errors",
                "experiments", "hessian", "landscape", "linalg", "measures", "models", "objective", "optim", "plots",
-               "plots_html", "provenance", "sharpness", "stats", "tracking", "train", "weight_spectra")
+_SUBMODULES = ("batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism", "distributed",
+               "errors", "experiments", "hessian", "landscape", "linalg", "measures", "models", "objective", "optim",
+               "plots", "plots_html", "provenance", "sharpness", "stats", "train", "weight_spectra")
 
 __all__ = [
     "__version__",

@@ -1,4 +1,4 @@
-"""The edge of stability beside lambda_max (sharpscope.tracking)."""
+"""The edge of stability beside lambda_max (sharpscope.train.tracking)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from sharpscope import plots
 from sharpscope.errors import ConfigError
 from sharpscope.experiments.runs import refuse_other_settings
-from sharpscope.tracking import sam_stability_threshold, stability_threshold
+from sharpscope.train.tracking import sam_stability_threshold, stability_threshold
 from sharpscope.train import TrainConfig, train
 
 

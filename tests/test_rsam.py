@@ -250,7 +250,7 @@ def test_rsam_resume_after_interrupt_is_bit_for_bit(tmp_path, stop_step):
 
 def test_rsam_generator_does_not_replay_the_initialisation(tmp_path):
     # the trainer seeds RSAM with its own stream: its first draw is not the init's first draw
-    from sharpscope.train import _make_optimizer
+    from sharpscope.train.config import _make_optimizer
     cfg = TrainConfig(**dict(SMALL, optimizer="rsam"))
     torch.manual_seed(cfg.seed)
     first_init = torch.randn(5)

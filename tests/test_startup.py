@@ -13,7 +13,7 @@ import pytest
 HEAVY = ("matplotlib", "scipy", "sklearn")
 # The design's public names; the test also finds every other public module of the package.
 SUBMODULES = ("checkpoint", "cli", "data", "distributed", "errors", "hessian", "landscape", "linalg",
-              "models", "objective", "optim", "plots", "sharpness", "tracking", "train")
+              "models", "objective", "optim", "plots", "sharpness", "train")
 
 
 def _fresh(code: str) -> dict:

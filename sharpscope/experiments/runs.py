@@ -29,7 +29,7 @@ def stored_config(run_dir: Path) -> dict[str, Any] | None:
 
 
 # What is tracked during a run does not change what is trained (tracking leaves the weights and
-# the random stream alone, sharpscope.tracking): a run tracked otherwise is still the same run.
+# the random stream alone, sharpscope.train.tracking): a run tracked otherwise is still the same run.
 _MEASURED_ONLY = {"track", "track_every", "track_samples"}
 
 

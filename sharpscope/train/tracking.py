@@ -24,10 +24,11 @@ from typing import Any
 
 import torch.nn.functional as F
 
-from . import hessian, sharpness
-from .errors import ConfigError
-from .objective import Objective
-from .train import TRACKABLE, Callback, TrainState
+from .. import hessian, sharpness
+from ..errors import ConfigError
+from ..objective import Objective
+from .callbacks import Callback, TrainState
+from .config import TRACKABLE
 
 __all__ = ["TRACKABLE", "TrackingCallback", "stability_threshold", "sam_stability_threshold"]
 

@@ -1,0 +1,32 @@
+"""Training with SGD and the SAM family to resumable checkpoints and a metrics log.
+
+The modules, each importing only those before it:
+
+    config.py     TrainConfig, TrainResult, the learning-rate schedule, the optimizer a
+                  configuration names, and the names one may choose (OPTIMIZERS, VARIANTS, TRACKABLE, ...)
+    callbacks.py  Callback and the TrainState callbacks see
+    state.py      what a run keeps across a restart: RNG state, metrics files; Ctrl-C
+    loop.py       train(): the loop, in short steps (determinism and the files written: its docstring)
+    tracking.py   diagnostics tracked during training (``--track``); the loop imports it
+                  only when a run tracks something
+"""
+
+from __future__ import annotations
+
+from .callbacks import Callback, TrainState
+from .config import (
+    AMP_DTYPES,
+    DEFAULT_RHO,
+    M_SAM_OPTIMIZERS,
+    OPTIMIZERS,
+    SCHEDULES,
+    TRACKABLE,
+    VARIANTS,
+    TrainConfig,
+    TrainResult,
+    learning_rate,
+)
+from .loop import evaluate, train
+
+__all__ = ["TrainConfig", "TrainResult", "Callback", "TrainState", "train", "learning_rate", "evaluate",
+           "OPTIMIZERS", "VARIANTS", "M_SAM_OPTIMIZERS", "TRACKABLE", "DEFAULT_RHO", "SCHEDULES", "AMP_DTYPES"]

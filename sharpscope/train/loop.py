@@ -1,0 +1,546 @@
+"""The training loop: SGD / SAM / ASAM / RSAM to resumable checkpoints and a metrics log.
+
+Determinism: the model is initialised from ``seed``; the order of the examples in epoch
+``e`` (and the crop/flip augmentation, when on) comes from a generator seeded with
+``(seed, e)``; the global torch RNG (dropout) is saved in every checkpoint. A run stopped
+at any step boundary and resumed therefore produces bit-for-bit the same weights on CPU
+as a run that never stopped.
+
+Files written in ``out_dir``::
+
+    checkpoint.pt            the latest full checkpoint (model, optimizer, RNG, metrics)
+    metrics.jsonl            one JSON object per finished epoch
+    checkpoints/epoch_NNNN.pt  model-only snapshots (epoch 0 = initialisation), for
+                             trajectory analyses; off with keep_snapshots=False
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import distributed as dist_utils
+from ..checkpoint import read_checkpoint, save_checkpoint
+from ..data import DataSpec, Dataset, load_dataset
+from ..errors import CheckpointError, ConfigError, NonFiniteLossError
+from ..models import build_model, make_factory_spec, make_model_spec
+from ..optim import SAM, StepResult, bn_modules, sam_step
+from .callbacks import Callback, TrainState
+from .config import (
+    AMP_DTYPES,
+    DEFAULT_RHO,
+    DIVERGED_FACTOR,
+    VARIANTS,
+    TrainConfig,
+    TrainResult,
+    _make_optimizer,
+    learning_rate,
+)
+from .state import _append_metrics, _rng_state, _set_rng_state, _sigint_requests_stop, _write_metrics_file
+
+__all__ = ["train", "evaluate"]
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1))
+
+
+def _epoch_plan(data: Dataset, config: TrainConfig, epoch: int, augment: bool) -> dict[str, torch.Tensor]:
+    """The order of examples (and augmentation draws) of one epoch, reproducible from (seed, epoch)."""
+    n = data.x_train.shape[0]
+    gen = _epoch_generator(config.seed, epoch)
+    plan = {"order": torch.randperm(n, generator=gen)}
+    if augment:
+        plan["shift"] = torch.randint(-4, 5, (n, 2), generator=gen)
+        plan["flip"] = torch.rand(n, generator=gen) < 0.5
+    return plan
+
+
+def _augment(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Random crop with 4 pixels of zero padding and horizontal flip (He et al. 2016)."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (4, 4, 4, 4))
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        dy, dx = int(shift[i, 0]) + 4, int(shift[i, 1]) + 4
+        out[i] = padded[i, :, dy:dy + h, dx:dx + w]
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def _model_spec(config: TrainConfig, data: Dataset) -> dict:
+    if ":" in config.model:
+        return make_factory_spec(config.model, **config.model_kwargs)
+    return make_model_spec(config.model, data.input_shape, data.num_classes, **config.model_kwargs)
+
+
+def _check_fits(model: nn.Module, data: Dataset) -> None:
+    """One example through the model (eval mode, no grad, RNG untouched): a model that does
+    not fit the data fails here with one clear line instead of a traceback mid-training."""
+    device = next(model.parameters()).device
+    x = data.x_train[:1].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model(x)
+    except RuntimeError as err:
+        first = (str(err).splitlines() or ["?"])[0][:200]
+        raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}: {first}") from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise ConfigError(f"the model outputs shape {tuple(out.shape[1:])} per example; "
+                          f"{data.num_classes} class scores are needed")
+
+
+def _check_diverged(record: dict[str, Any], num_classes: int, kept: str) -> None:
+    """Stop a run whose epoch ended with a non-finite or exploded loss (before it is saved)."""
+    chance = math.log(max(num_classes, 2))
+    train_loss, test_loss = record["train_loss"], record["test_loss"]
+    if math.isfinite(train_loss) and math.isfinite(test_loss) and train_loss <= DIVERGED_FACTOR * chance:
+        return
+    raise NonFiniteLossError(
+        f"training diverged in epoch {record['epoch']} (lr {record['lr']:.4g}): mean train loss {train_loss:.4g}, "
+        f"test loss {test_loss:.4g}, chance level {chance:.3g}; not saved, {kept}; try a smaller --lr or --rho")
+
+
+@torch.no_grad()
+def _average_bn_stats(model: nn.Module) -> None:
+    """Running statistics averaged over ranks: what single-process m-SAM stores (the mean
+    of the per-chunk updates); DDP itself leaves them rank-local (broadcast_buffers=False)."""
+    world = dist_utils.world_size()
+    for bn in bn_modules(model):
+        for name in ("running_mean", "running_var"):
+            buf = getattr(bn, name, None)
+            if buf is not None:
+                buf.copy_(dist_utils.all_reduce_sum(buf.clone()) / world)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) on (x, y); restores the mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for lo in range(0, x.shape[0], batch_size):
+        out = model(x[lo:lo + batch_size])
+        loss_sum += F.cross_entropy(out, y[lo:lo + batch_size], reduction="sum").item()
+        correct += (out.argmax(1) == y[lo:lo + batch_size]).sum().item()
+    model.train(was_training)
+    n = max(1, x.shape[0])
+    return loss_sum / n, correct / n
+
+
+_SUMS = ("loss", "correct", "loss_clean", "correct_clean", "perturbed_loss", "count", "perturbed_count", "skipped",
+         "seconds")
+_LOCAL_SUMS = ("skipped", "seconds")  # the same on every rank (or this rank's own): not all-reduced
+
+
+
+@dataclass
+class _Run:
+    """One call of :func:`train`: what its steps share. Set up once; ``metrics``, ``sums`` (this
+    epoch's running totals, _SUMS) and ``lr`` (the last step's learning rate) change as it goes."""
+
+    config: TrainConfig
+    out: Path
+    device: torch.device
+    world: int
+    rank: int
+    main: bool
+    data: Dataset
+    data_spec: DataSpec
+    model_spec: dict
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    augment: bool
+    channels_last: bool
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    y_clean: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    state: TrainState
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_SUMS, 0.0))
+    ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, with several ranks
+    stepped: nn.Module | None = None  # what the steps run: the model or its torch.compile'd wrapper
+    loss_fn: Callable[..., torch.Tensor] = F.cross_entropy
+    lr: float | None = None
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    @property
+    def autocast(self) -> torch.dtype | None:
+        return AMP_DTYPES[self.config.amp]
+
+    @property
+    def kept(self) -> str:
+        """What an error that stops the run says about the checkpoint left behind."""
+        return (f"the last good checkpoint {self.ckpt_path} is kept" if self.ckpt_path.exists()
+                else "no checkpoint had been written yet")
+
+
+def train(
+    config: TrainConfig | None = None,
+    out_dir: str | os.PathLike[str] = "runs/train",
+    *,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
+    """Train a model as ``config`` says, checkpointing to ``out_dir``.
+
+    ``resume=True`` continues from ``out_dir/checkpoint.pt`` with the stored
+    configuration (``config`` may then be None); a finished run is returned as it is.
+    Without ``resume``, an existing checkpoint in ``out_dir`` is an error, never
+    overwritten. A NaN/Inf loss raises :class:`NonFiniteLossError` and leaves the last
+    good checkpoint in place. Ctrl-C (or a callback setting ``state.stop_requested``)
+    saves a checkpoint at the next step boundary and returns with ``interrupted=True``.
+    """
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    config, raw = _open(config, out, resume)
+    run = _set_up(config, out)
+    resumed_from = None
+    if raw is not None:
+        resumed_from = _resume(run, raw)
+        if raw["progress"].get("finished"):
+            return TrainResult(out, run.ckpt_path, run.metrics, False, resumed_from, time.perf_counter() - t_start)
+    elif run.main:
+        _start_fresh(run)
+    _prepare_model(run)
+    callbacks = _with_tracking(config, callbacks)
+    for cb in callbacks:
+        cb.on_train_begin(run.state)
+    with _sigint_requests_stop(run.state):
+        interrupted = _run_epochs(run, callbacks)
+    for cb in callbacks:
+        cb.on_train_end(run.state)
+    dist_utils.barrier()  # the other ranks return once rank 0 has written everything
+    return TrainResult(out, run.ckpt_path, run.metrics, interrupted, resumed_from, time.perf_counter() - t_start)
+
+
+def _open(config: TrainConfig | None, out: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The configuration to run and, with ``resume``, the checkpoint it continues (its stored
+    configuration wins); an existing checkpoint is never overwritten."""
+    ckpt_path = out / "checkpoint.pt"
+    raw = None
+    if resume and ckpt_path.exists():
+        raw = read_checkpoint(ckpt_path)
+        if not raw.get("config") or raw.get("optimizer_state") is None:
+            raise CheckpointError(f"{ckpt_path}: has no training state to resume from")
+        config = TrainConfig.from_dict(raw["config"])
+    elif ckpt_path.exists():
+        raise ConfigError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
+    if config is None:
+        raise ConfigError(f"nothing to resume in {out} and no configuration given")
+    config.validate()
+    return config, raw
+
+
+def _set_up(config: TrainConfig, out: Path) -> _Run:
+    """Device, data, model (initialised from the seed) and optimizer, checked against each other."""
+    device = dist_utils.resolve_device(config.device)
+    world, rank, main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main()
+    if world > 1 and config.optimizer in VARIANTS:
+        raise ConfigError(f"--optimizer {config.optimizer} runs in a single process (its update combines both "
+                          "passes' gradients, which data-parallel SAM averages separately)")
+    if world > 1 and (config.m is not None or config.second_order):
+        raise ConfigError("with several ranks each rank already perturbs with its own gradient (m-SAM with "
+                          "m = per-rank batch); --m and --second-order need a single process")
+    dist_utils.barrier()  # every rank has checked the folder before rank 0 writes to it
+
+    data_spec = config.data_spec()
+    data = load_dataset(data_spec)
+    augment = config.augment if config.augment is not None else config.data in ("cifar10", "cifar100")
+    if augment and len(data.input_shape) != 3:
+        raise ConfigError("augmentation needs image data (C, H, W)")
+    torch.manual_seed(config.seed)
+    model_spec = _model_spec(config, data)
+    model = build_model(model_spec).to(device)
+    _check_fits(model, data)
+    channels_last = config.channels_last and len(data.input_shape) == 3
+    if config.channels_last and not channels_last:
+        raise ConfigError("--channels-last needs image data (C, H, W)")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _make_optimizer(config, model)
+    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    if channels_last:
+        x_train = x_train.contiguous(memory_format=torch.channels_last)
+    y_clean = data.y_train_clean.to(device)
+    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+    steps_per_epoch = math.ceil(x_train.shape[0] / config.batch_size)
+    state = TrainState(config, model, optimizer, data, out, steps_per_epoch=steps_per_epoch)
+    return _Run(config, out, device, world, rank, main, data, data_spec, model_spec, model, optimizer, scaler,
+                augment, channels_last, x_train, y_train, y_clean, x_test, y_test, state)
+
+
+def _resume(run: _Run, raw: dict[str, Any]) -> dict[str, int]:
+    """Weights, optimizer, scaler, progress, metrics, this epoch's sums and the RNG from the
+    checkpoint; returns where the run resumes."""
+    state = run.state
+    run.model.load_state_dict(raw["model_state"])
+    run.optimizer.load_state_dict(raw["optimizer_state"])
+    saved_scaler = (raw.get("metadata") or {}).get("scaler_state")
+    if run.scaler is not None and saved_scaler:
+        run.scaler.load_state_dict(saved_scaler)
+    prog = raw["progress"]
+    state.epoch, state.step, state.batch_in_epoch = prog["epoch"], prog["step"], prog["batch_in_epoch"]
+    run.metrics = list(raw.get("metrics") or [])
+    if run.main:  # the saved sums are global (all ranks'); the other ranks restart theirs at 0
+        partial = raw.get("partial") or {}
+        run.sums.update(partial)
+        run.sums.setdefault("perturbed_count", 0.0)
+        if partial and "perturbed_count" not in partial:  # saved before AMP: every step counted
+            run.sums["perturbed_count"] = partial.get("count", 0.0)
+    _set_rng_state(raw.get("rng"), run.device)
+    resumed_from = {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
+    if run.main:
+        _write_metrics_file(run.out / "metrics.jsonl", run.metrics)
+    return resumed_from
+
+
+def _start_fresh(run: _Run) -> None:
+    """The output folder, an empty metrics file and the snapshot of the initialisation (rank 0)."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    _write_metrics_file(run.out / "metrics.jsonl", [])
+    if run.config.keep_snapshots:
+        _save_snapshot(run, finished=False)
+
+
+def _prepare_model(run: _Run) -> None:
+    """The DDP wrapper (several ranks), train mode, the compiled model and the loss of the steps."""
+    if run.world > 1:
+        import warnings
+
+        from torch.nn.parallel import DistributedDataParallel
+        with warnings.catch_warnings():  # torch 2.13 deprecates it but advises keeping it for rank-local buffers
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            run.ddp = DistributedDataParallel(run.model, broadcast_buffers=False,
+                                              device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    run.model.train()
+    run.stepped = torch.compile(run.model) if run.config.compile else run.model  # shares parameters and buffers
+    if run.config.label_smoothing:  # the same loss in both passes (and so in the gradient that sets e)
+        run.loss_fn = functools.partial(F.cross_entropy, label_smoothing=run.config.label_smoothing)
+
+
+def _with_tracking(config: TrainConfig, callbacks: Sequence[Callback]) -> Sequence[Callback]:
+    """The callbacks, preceded by the tracking one when ``config.track`` names something."""
+    if not config.track:
+        return callbacks
+    from .tracking import TrackingCallback
+    rho = config.effective_rho if config.optimizer != "sgd" else DEFAULT_RHO["sam"]
+    return [TrackingCallback(config.track, config.track_every, config.track_samples, rho, config.seed), *callbacks]
+
+
+def _run_epochs(run: _Run, callbacks: Sequence[Callback]) -> bool:
+    """The remaining epochs; True when the run stopped early (on request) and saved."""
+    while run.state.epoch < run.config.epochs:
+        if _run_steps(run, callbacks):
+            _save(run, finished=False)
+            return True
+        record = _epoch_record(run)
+        if _end_epoch(run, record, callbacks):
+            return True
+    return False
+
+
+def _run_steps(run: _Run, callbacks: Sequence[Callback]) -> bool:
+    """The remaining steps of the running epoch; True when a stop was requested before its end."""
+    config, state = run.config, run.state
+    plan = _epoch_plan(run.data, config, state.epoch, run.augment)
+    order = plan["order"].to(run.device)
+    for b in range(state.batch_in_epoch, state.steps_per_epoch):
+        t0 = time.perf_counter()
+        idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+        xb = _batch_inputs(run, plan, idx)
+        run.lr = learning_rate(config, state.step, state.steps_per_epoch)
+        for group in run.optimizer.param_groups:
+            group["lr"] = run.lr
+        result, idx = _step(run, idx, xb, run.y_train[idx])
+        run.sums["skipped"] += float(result.skipped)
+        _check_step(run, result)
+        _add_step_sums(run, result, idx)
+        state.step += 1
+        state.batch_in_epoch = b + 1
+        run.sums["seconds"] += time.perf_counter() - t0
+        for cb in callbacks:
+            cb.on_step_end(state)
+        if state.stop_requested and state.batch_in_epoch < state.steps_per_epoch:
+            return True
+    return False
+
+
+def _batch_inputs(run: _Run, plan: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    """The inputs of the examples ``idx``: augmented as the epoch's plan says, in the memory format."""
+    xb = run.x_train[idx]
+    if run.augment:
+        cpu_idx = idx.cpu()
+        xb = _augment(xb, plan["shift"][cpu_idx].to(run.device), plan["flip"][cpu_idx].to(run.device))
+    if run.channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    return xb
+
+
+def _step(run: _Run, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> tuple[StepResult, torch.Tensor]:
+    """One optimizer step on the batch; with several ranks on this rank's part of it, whose
+    indices are returned with the result."""
+    config = run.config
+    if run.ddp is None:
+        result = sam_step(run.stepped, run.loss_fn, xb, yb, run.optimizer, m=config.m,
+                          second_order=config.second_order, autocast=run.autocast, scaler=run.scaler,
+                          same_dropout_mask=config.same_dropout_mask)
+        return result, idx
+    # this rank's consecutive slice of the global batch
+    part = torch.tensor_split(torch.arange(idx.shape[0], device=idx.device), run.world)[run.rank]
+    scale = part.shape[0] * run.world / idx.shape[0]
+    idx, xb, yb = idx[part], xb[part], yb[part]
+    # first pass under no_sync unless --sync-perturbation: each rank perturbs with its
+    # own gradient (m-SAM with m = per-rank batch); DDP averages the second pass, and
+    # the scale n_rank * world / n_batch makes that average size-weighted
+    result = sam_step(run.ddp, run.loss_fn, xb, yb, run.optimizer, loss_scale=scale,
+                      sync_first_pass=config.sync_perturbation, autocast=run.autocast, scaler=run.scaler)
+    _average_bn_stats(run.model)
+    return result, idx
+
+
+def _check_step(run: _Run, result: StepResult) -> None:
+    """Stop on a non-finite loss; with several ranks, the ranks agree on that and on stopping."""
+    state = run.state
+    # a step the scaler skipped (inf/NaN gradient) left the weights at w: only the loss at w
+    # must be finite then (float16 overflow at w + e is what the scaler is for)
+    losses = [result.loss] + ([result.perturbed_loss] if result.perturbed_loss is not None
+                              and not result.skipped else [])
+    if run.world > 1:  # every rank must take the same branch: agree on NaN and on stopping
+        flags = torch.tensor([float(not all(torch.isfinite(v) for v in losses)),
+                              float(state.stop_requested)])
+        dist_utils.all_reduce_sum(flags)
+        if flags[0] > 0:
+            losses = [torch.tensor(float("nan"))]
+        state.stop_requested = bool(flags[1] > 0)
+    for value in losses:
+        if not torch.isfinite(value):
+            raise NonFiniteLossError(
+                f"loss became {value.item()} at epoch {state.epoch + 1}, step {state.step + 1} "
+                f"(lr {run.lr:.4g}); stopped, {run.kept}; try a smaller --lr or --rho")
+
+
+@torch.no_grad()
+def _add_step_sums(run: _Run, result: StepResult, idx: torch.Tensor) -> None:
+    """The step's losses and accuracies (on the noisy and the clean labels) added to the
+    epoch's sums, with one host sync for all of them."""
+    sums, nb = run.sums, idx.shape[0]
+    outputs = result.outputs.float() if run.autocast is not None else result.outputs
+    pred = outputs.argmax(1)
+    loss = result.loss.double()
+    correct = (pred == run.y_train[idx]).sum().double()
+    if run.data.noise.n_flipped:
+        loss_clean = F.cross_entropy(outputs, run.y_clean[idx]).double()
+        correct_clean = (pred == run.y_clean[idx]).sum().double()
+    else:  # clean labels are the training labels
+        loss_clean, correct_clean = loss, correct
+    perturbed = (result.perturbed_loss.double() if result.perturbed_loss is not None and
+                 not result.skipped else loss * 0)
+    values = torch.stack([loss * nb, correct, loss_clean * nb, correct_clean, perturbed * nb]).tolist()
+    for key, value in zip(_SUMS, values):
+        sums[key] += value
+    sums["count"] += nb
+    # steps with a perturbed pass (not skipped by the scaler, not LookSAM's one-pass steps)
+    sums["perturbed_count"] += 0 if result.skipped or result.perturbed_loss is None else nb
+
+
+def _epoch_record(run: _Run) -> dict[str, Any]:
+    """The finished epoch's line of metrics.jsonl: the means of its sums (over all ranks) and
+    the test loss and accuracy."""
+    run.sums = sums = _reduced_sums(run)
+    count = max(1.0, sums["count"])
+    test_loss, test_acc = evaluate(run.model, run.x_test, run.y_test)
+    record = {
+        "epoch": run.state.epoch + 1, "step": run.state.step, "lr": run.lr,
+        "train_loss": sums["loss"] / count, "train_acc": sums["correct"] / count,
+        "train_loss_clean": sums["loss_clean"] / count, "train_acc_clean": sums["correct_clean"] / count,
+        "test_loss": test_loss, "test_acc": test_acc, "epoch_time": sums["seconds"],
+    }
+    if isinstance(run.optimizer, SAM):  # over the steps not skipped (all of them in float32)
+        record["perturbed_loss"] = sums["perturbed_loss"] / max(1.0, sums["perturbed_count"])
+    if run.scaler is not None:
+        record["skipped_steps"] = int(sums["skipped"])
+        record["loss_scale"] = float(run.scaler.get_scale())
+    return record
+
+
+def _end_epoch(run: _Run, record: dict[str, Any], callbacks: Sequence[Callback]) -> bool:
+    """Check, count and record the finished epoch (callbacks may add to ``record``), checkpoint
+    it when due; True when a stop was requested before the last epoch."""
+    config, state = run.config, run.state
+    _check_diverged(record, run.data.num_classes, run.kept)
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    run.sums = dict.fromkeys(_SUMS, 0.0)
+    for cb in callbacks:
+        cb.on_epoch_end(state, record)
+    run.metrics.append(record)
+    last = state.epoch == config.epochs
+    if last or state.epoch % config.checkpoint_every == 0 or state.stop_requested:
+        _save(run, finished=last)
+        if config.keep_snapshots and run.main:
+            _save_snapshot(run, finished=last)
+    if run.main:
+        _append_metrics(run.out / "metrics.jsonl", record)
+    return state.stop_requested and not last
+
+
+def _save(run: _Run, finished: bool) -> None:
+    """The full checkpoint (refused for non-finite weights). Every rank takes part (the sums
+    are all-reduced, the checks agree); rank 0 writes."""
+    state = run.state
+    partial = dict(_reduced_sums(run)) if state.batch_in_epoch else None
+    if not all(torch.isfinite(t).all() for t in run.model.state_dict().values() if t.is_floating_point()):
+        raise NonFiniteLossError(f"weights became NaN/Inf by epoch {state.epoch}, step {state.step}; "
+                                 f"not saved, {run.kept}; try a smaller --lr or --rho")
+    if not run.main:
+        return
+    save_checkpoint(
+        run.ckpt_path, run.model, model_spec=run.model_spec, data_spec=run.data_spec.to_dict(),
+        optimizer_state=run.optimizer.state_dict(), config=run.config.to_dict(),
+        progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch,
+                  "finished": finished},
+        rng=_rng_state(run.device), metrics=run.metrics, partial=partial, world_size=run.world,
+        scaler_state=run.scaler.state_dict() if run.scaler is not None else None,
+    )
+
+
+def _save_snapshot(run: _Run, finished: bool) -> None:
+    """The model-only snapshot ``checkpoints/epoch_NNNN.pt`` of the completed epochs (0: the
+    initialisation)."""
+    state = run.state
+    save_checkpoint(run.out / "checkpoints" / f"epoch_{state.epoch:04d}.pt", run.model,
+                    model_spec=run.model_spec, data_spec=run.data_spec.to_dict(), config=run.config.to_dict(),
+                    progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": 0, "finished": finished})
+
+
+def _reduced_sums(run: _Run) -> dict[str, float]:
+    """The epoch's sums over all ranks (this rank's own timing and skip counts)."""
+    if run.world == 1:
+        return run.sums
+    reduced = [k for k in _SUMS if k not in _LOCAL_SUMS]
+    t = dist_utils.all_reduce_sum(torch.tensor([run.sums[k] for k in reduced], dtype=torch.float64))
+    out_sums = dict(zip(reduced, t.tolist()))
+    out_sums.update({k: run.sums[k] for k in _LOCAL_SUMS})
+    return out_sums
