@@ -28,8 +28,6 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E4
 
 # Submodules reachable as attributes of the package, imported on first access.
 # (tests/test_startup.py checks that every public module of the package is listed.)
-_SUBMODULES = ("batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism", "distributed", "errors",
-               "experiments", "hessian", "landscape", "linalg", "measures", "models", "objective", "optim", "plots",
 _SUBMODULES = ("batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism", "distributed",
                "errors", "experiments", "hessian", "landscape", "linalg", "measures", "models", "objective", "optim",
                "plots", "plots_html", "provenance", "sharpness", "stats", "train", "weight_spectra")
