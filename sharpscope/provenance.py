@@ -22,7 +22,7 @@ import torch
 
 from . import __version__
 
-__all__ = ["environment", "of_model", "git_commit", "differences", "describe", "unlike_runs_warning",
+__all__ = ["environment", "of_model", "git_commit", "differences", "describe", "unlike_runs_warning", "recorded",
            "COMPARABLE_FIELDS"]
 
 # The fields whose difference can change a result (by rounding); the versions of python and
@@ -146,3 +146,15 @@ def unlike_runs_warning(unlike: Mapping[str, Sequence[Any]]) -> str:
     parts = "; ".join(f"{field} {' vs '.join(map(str, values))}" for field, values in unlike.items())
     return (f"the runs were not all produced alike ({parts}): their differences mix float rounding with the "
             "effect compared (docs/reproducibility.md)")
+
+
+def recorded(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every environment a checkpoint's run was trained in, oldest first: its ``environments``
+    history (the trainer appends a record whenever a resume changes one of
+    :data:`COMPARABLE_FIELDS`), else its single ``environment``, else none (written before
+    sharpscope recorded it)."""
+    history = metadata.get("environments")
+    if isinstance(history, list) and history:
+        return [dict(h) for h in history]
+    single = metadata.get("environment")
+    return [dict(single)] if isinstance(single, Mapping) else []

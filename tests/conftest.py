@@ -10,9 +10,21 @@ from sharpscope.cli import main
 @pytest.fixture
 def cli(capsys):
     """Run the CLI in-process: ``code, stdout, stderr = cli([...])``."""
+    import torch
+
+    from sharpscope import cpu
+
     def run(args: list[str]) -> tuple[int, str, str]:
-        with pytest.raises(SystemExit) as info:
-            main(args)
+        # --threads and --deterministic set process-wide torch state: put it back for the next test
+        before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), dict(cpu._CHOSEN))
+        try:
+            with pytest.raises(SystemExit) as info:
+                main(args)
+        finally:
+            torch.set_num_threads(before[0])
+            torch.use_deterministic_algorithms(before[1])
+            cpu._CHOSEN.clear()
+            cpu._CHOSEN.update(before[2])
         out = capsys.readouterr()
         return info.value.code, out.out, out.err
     return run

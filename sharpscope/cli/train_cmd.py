@@ -72,6 +72,9 @@ def train_command(
     sync_perturbation: bool = typer.Option(False, "--sync-perturbation", help="Several ranks: one perturbation "
                                            "from the all-reduced gradient (SAM over the global batch) instead of "
                                            "one per rank (m-SAM with m = per-rank batch)."),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Several ranks: batch-norm statistics over the global "
+                                 "batch in both passes (with --sync-perturbation: plain SAM over the global batch); "
+                                 "without it each rank normalizes with its own slice."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Output folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored options win); "
                                                         "starts a new run if there is none."),
@@ -103,6 +106,7 @@ def train_command(
             label_smoothing=label_smoothing, same_dropout_mask=same_dropout_mask,
             perturbation_weight_decay=perturbation_weight_decay, amp=amp, channels_last=channels_last, compile=compile_model, track=[t.strip() for t in track.split(",") if t.strip()],
             track_every=track_every, track_samples=track_samples, sync_perturbation=sync_perturbation,
+            sync_bn=sync_bn,
         )
     result = train(config, out, resume=resume,
                    callbacks=[RichProgress(console, enabled=progress and dist_utils.is_main())])

@@ -337,9 +337,10 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
                      for s in config.seeds} for opt in runs}
     statistics = _statistics(config, scalars)
     first = config.seeds[0]
-    trained_in = {opt: {s: (read_checkpoint(run_dir(out, opt, s) / "checkpoint.pt").get("metadata") or {}).get(
-        "environment") for s in config.seeds} for opt in config.optimizers}
-    unlike = provenance.differences([env for by_seed in trained_in.values() for env in by_seed.values()])
+    trained_in = {opt: {s: provenance.recorded(read_checkpoint(run_dir(out, opt, s) / "checkpoint.pt").get("metadata")
+                                               or {}) for s in config.seeds} for opt in config.optimizers}
+    unlike = provenance.differences([env for by_seed in trained_in.values() for envs in by_seed.values()
+                                     for env in envs])
     results: dict[str, Any] = {"config": asdict(config), "settings": asdict(config.settings),
                                "baseline": config.baseline, "ci_method": stats.CI_METHOD,
                                "environment": provenance.environment(), "environment_differences": unlike,
@@ -348,7 +349,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
         results["optimizers"][opt] = {
             **statistics[opt],
             "seeds": {str(s): {"final": runs[opt][s][-1], "scalars": scalars[opt][s], **analyses[opt][s],
-                               "trained_in": trained_in[opt][s],
+                               "trained_in": trained_in[opt][s][-1] if trained_in[opt][s] else None,
                                "gradcos_over_training": [{"epoch": r["epoch"], "gradcos": r["gradcos"]}
                                                          for r in runs[opt][s] if "gradcos" in r],
                                "lambda_max_over_training": [

@@ -37,7 +37,7 @@ from torch import nn
 
 from .. import hessian, measures, sharpness
 from ..checkpoint import load_checkpoint, read_checkpoint
-from ..provenance import describe
+from ..provenance import describe, recorded
 from ..data import DataSpec, load_dataset
 from ..errors import CheckpointError, ConfigError
 from ..objective import Objective
@@ -164,8 +164,7 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
     raw = read_checkpoint(run_dir / "checkpoint.pt")
     config, progress = raw.get("config") or {}, raw.get("progress") or {}
     metrics = raw.get("metrics") or []
-    env = (raw.get("metadata") or {}).get("environment")
-    trained_in = describe(env) if env else None
+    trained_in = " | ".join(describe(e) for e in recorded(raw.get("metadata") or {})) or None
     if not metrics or not progress.get("finished"):  # diverged or interrupted: nothing to correlate
         return {"run": str(run_dir), "status": "unfinished", **_options(config), "trained_in": trained_in}
     cache_path = run_dir / _CACHE

@@ -56,7 +56,7 @@ from typing import Any
 from ..checks import finite_float, int_at_least
 from ..checkpoint import atomic_write_bytes, read_checkpoint
 from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
-from ..provenance import describe, differences, environment, unlike_runs_warning
+from ..provenance import describe, differences, environment, recorded, unlike_runs_warning
 from ..train import M_SAM_OPTIMIZERS, OPTIMIZERS, Callback, TrainConfig, TrainState, train
 from .analyses import ANALYSES, analyse_selected
 from .files import write_csv, write_json
@@ -450,7 +450,7 @@ class RunOutcome:
     analyses: dict[str, dict[str, Any]] = field(default_factory=dict)
     analysis_status: dict[str, str] = field(default_factory=dict)  # name -> computed / reused
     notes: list[str] = field(default_factory=list)   # warnings, analysis errors, the divergence
-    environment: dict[str, Any] | None = None        # what trained it (sharpscope.provenance), from its checkpoint
+    environments: list[dict[str, Any]] = field(default_factory=list)  # what trained it (provenance.recorded)
 
 
 @dataclass
@@ -506,7 +506,7 @@ def _outcome_from(spec: RunSpec, raw: dict[str, Any], status: str) -> RunOutcome
     metrics = list(raw.get("metrics") or [])
     return RunOutcome(spec.index, spec.name, status, dict(metrics[-1]) if metrics else {}, len(metrics),
                       float(sum(r.get("epoch_time", 0.0) for r in metrics)),
-                      environment=(raw.get("metadata") or {}).get("environment"))
+                      environments=recorded(raw.get("metadata") or {}))
 
 
 def _cached_analyses(task: _Task, step: int) -> tuple[dict[str, Any], list[str]]:
@@ -581,7 +581,7 @@ def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> Run
         if result.interrupted:
             emit(f"{prefix}: stopped; saved at epoch {len(result.metrics)} (rerun to continue)")
             return RunOutcome(spec.index, spec.name, "interrupted", {}, len(result.metrics), 0.0)
-        outcome = _outcome_from(spec, {"metrics": result.metrics}, "resumed" if resuming else "trained")
+        outcome = _outcome_from(spec, read_checkpoint(run_dir / "checkpoint.pt"), "resumed" if resuming else "trained")
     stored, todo = _cached_analyses(task, int(outcome.final.get("step", 0)))
     if todo:
         from ..checkpoint import load_checkpoint
@@ -696,7 +696,7 @@ def _row(spec: RunSpec, outcome: RunOutcome) -> dict[str, Any]:
         row["gradcos"], row["surrogate_gap"] = a["gradcos"]["cosine"], a["gradcos"]["surrogate_gap"]
     if a:
         row["analysis_seconds"] = float(sum(r.get("wall_time", 0.0) for r in a.values()))
-    row["trained_in"] = describe(outcome.environment) if outcome.environment else None
+    row["trained_in"] = " | ".join(describe(e) for e in outcome.environments) or None
     row["notes"] = "; ".join(outcome.notes)
     return row
 
@@ -948,7 +948,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
              if k not in options and k not in metrics and k not in ("run", "status", "trained_in", "notes")]
     metrics = metrics + list(dict.fromkeys(extra))  # e.g. m-sharpness at an m the profile did not predict
     summary = summarize_rows(rows, [o for o in options if o != "seed"], metrics)
-    unlike = differences([o.environment for o in ordered])
+    unlike = differences([e for o in ordered for e in o.environments])
     if unlike:
         say(f"warning: {unlike_runs_warning(unlike)}")
     _write_tables(out, config, rows, summary, options, metrics, unlike)

@@ -89,6 +89,9 @@ class TrainConfig:
     channels_last: bool = False  # image models and inputs in channels-last memory format
     compile: bool = False  # the training steps run a torch.compile'd model (evaluation stays eager)
     sync_perturbation: bool = False  # several ranks: one perturbation from the global gradient
+    # several ranks: batch-norm statistics over the global batch (sharpscope.optim.sync_bn) in both
+    # passes; with a perturbation it needs sync_perturbation (one perturbed model for all ranks)
+    sync_bn: bool = False
     track: list[str] = field(default_factory=list)  # names from TRACKABLE
     track_every: int = 1
     track_samples: int = 512
@@ -161,6 +164,11 @@ class TrainConfig:
         unknown = sorted(set(self.track) - set(TRACKABLE))
         if unknown:
             raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(TRACKABLE)}")
+        if self.sync_bn and self.optimizer != "sgd" and not self.sync_perturbation:
+            raise ConfigError("--sync-bn needs --sync-perturbation: with one perturbation per rank, each rank's "
+                              "pass at w + e_r would pool batch statistics of differently perturbed models")
+        if self.sync_bn and self.optimizer == "rsam":
+            raise ConfigError("--sync-bn is for sgd, sam and asam: rsam draws its random perturbation on each rank")
         if self.track_every < 1 or self.track_samples < 1:
             raise ConfigError("track interval and track samples must be >= 1")
 

@@ -20,6 +20,7 @@ import functools
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,8 @@ from ..checkpoint import read_checkpoint, save_checkpoint
 from ..data import DataSpec, Dataset, load_dataset
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..models import build_model, make_factory_spec, make_model_spec
-from ..optim import SAM, StepResult, bn_modules, sam_step
+from .. import provenance
+from ..optim import SAM, StepResult, bn_modules, convert_to_global_bn, sam_step
 from .callbacks import Callback, TrainState
 from .config import (
     AMP_DTYPES,
@@ -179,6 +181,7 @@ class _Run:
     stepped: nn.Module | None = None  # what the steps run: the model or its torch.compile'd wrapper
     loss_fn: Callable[..., torch.Tensor] = F.cross_entropy
     lr: float | None = None
+    environments: list[dict[str, Any]] = field(default_factory=list)  # what trained it, one record per change
 
     @property
     def ckpt_path(self) -> Path:
@@ -273,6 +276,10 @@ def _set_up(config: TrainConfig, out: Path) -> _Run:
     model_spec = _model_spec(config, data)
     model = build_model(model_spec).to(device)
     _check_fits(model, data)
+    if world > 1 and config.sync_bn:  # the same parameters and buffers: the state_dict is unchanged
+        model = convert_to_global_bn(model)
+    elif world > 1 and main and bn_modules(model):
+        warnings.warn(_per_rank_bn_note(config, world), stacklevel=3)
     channels_last = config.channels_last and len(data.input_shape) == 3
     if config.channels_last and not channels_last:
         raise ConfigError("--channels-last needs image data (C, H, W)")
@@ -289,6 +296,21 @@ def _set_up(config: TrainConfig, out: Path) -> _Run:
     state = TrainState(config, model, optimizer, data, out, steps_per_epoch=steps_per_epoch)
     return _Run(config, out, device, world, rank, main, data, data_spec, model_spec, model, optimizer, scaler,
                 augment, channels_last, x_train, y_train, y_clean, x_test, y_test, state)
+
+
+def _per_rank_bn_note(config: TrainConfig, world: int) -> str:
+    """What a run on several ranks computes when its batch norm is rank-local (README,
+    'Running on several processes'); tests/test_sync_bn.py checks each statement."""
+    per_rank = f"about {config.batch_size / world:.3g}" if config.batch_size % world else str(config.batch_size // world)
+    if config.optimizer == "sgd":
+        what = "ghost batch norm: SGD with batch statistics per slice of that size"
+    elif config.sync_perturbation:
+        what = ("one perturbation from the global gradient with batch statistics per slice (ghost batch norm); "
+                "plain SAM over the global batch needs --sync-bn too")
+    else:
+        what = f"single-process m-SAM with --m {per_rank}"
+    return (f"{world} ranks, batch norm without --sync-bn: each rank normalizes with the statistics of its own "
+            f"{per_rank} examples of every batch; this computes {what}")
 
 
 def _resume(run: _Run, raw: dict[str, Any]) -> dict[str, int]:
@@ -310,6 +332,7 @@ def _resume(run: _Run, raw: dict[str, Any]) -> dict[str, int]:
         if partial and "perturbed_count" not in partial:  # saved before AMP: every step counted
             run.sums["perturbed_count"] = partial.get("count", 0.0)
     _set_rng_state(raw.get("rng"), run.device)
+    run.environments = provenance.recorded(raw.get("metadata") or {})
     resumed_from = {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
     if run.main:
         _write_metrics_file(run.out / "metrics.jsonl", run.metrics)
@@ -416,7 +439,8 @@ def _step(run: _Run, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> t
     # the scale n_rank * world / n_batch makes that average size-weighted
     result = sam_step(run.ddp, run.loss_fn, xb, yb, run.optimizer, loss_scale=scale,
                       sync_first_pass=config.sync_perturbation, autocast=run.autocast, scaler=run.scaler)
-    _average_bn_stats(run.model)
+    if not config.sync_bn:  # with --sync-bn every rank already holds the global statistics
+        _average_bn_stats(run.model)
     return result, idx
 
 
@@ -516,6 +540,9 @@ def _save(run: _Run, finished: bool) -> None:
                                  f"not saved, {run.kept}; try a smaller --lr or --rho")
     if not run.main:
         return
+    here = provenance.of_model(run.model, autocast=run.config.amp)
+    if not run.environments or provenance.differences([run.environments[-1], here]):
+        run.environments.append(here)  # a resume on another machine, thread count, torch...
     save_checkpoint(
         run.ckpt_path, run.model, model_spec=run.model_spec, data_spec=run.data_spec.to_dict(),
         optimizer_state=run.optimizer.state_dict(), config=run.config.to_dict(),
@@ -523,6 +550,7 @@ def _save(run: _Run, finished: bool) -> None:
                   "finished": finished},
         rng=_rng_state(run.device), metrics=run.metrics, partial=partial, world_size=run.world,
         scaler_state=run.scaler.state_dict() if run.scaler is not None else None,
+        environment=here, environments=run.environments,
     )
 
 
