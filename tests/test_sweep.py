@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from sharpscope import stats
 from sharpscope.errors import ConfigError
@@ -195,8 +196,11 @@ def test_tables_hold_every_option_and_metric(reference):
         assert metric in reference.metrics, metric
     with open(out / "results.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == ["run", "status", *reference.options, *reference.metrics, "notes"]
+    assert list(table[0]) == ["run", "status", *reference.options, *reference.metrics, "trained_in", "notes"]
     stored = json.loads((out / "results.json").read_text())
+    # provenance: every row says what trained it; the runs were trained alike
+    assert all(f"torch {torch.__version__}" in r["trained_in"] for r in reference.rows)
+    assert stored["environment"]["torch_version"] == torch.__version__ and stored["environment_differences"] == {}
     assert stored["rows"] == reference.rows and stored["metrics"] == reference.metrics
     for row, line in zip(reference.rows, table):
         for key, value in row.items():

@@ -8,12 +8,14 @@ stderr and exit code 2; Ctrl-C exits with 130.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
 from .. import distributed as dist_utils
 from ..errors import SharpscopeError
 from ._app import app
+from ._common import CHECK_LAUNCH_ENV
 # Registers the commands. These modules import only typer and the option checks: what a
 # verb needs (torch.func, scipy, matplotlib, the trainer) is imported when it runs, so
 # 'sharpscope info missing.pt' fails fast (tests/test_startup.py keeps it so).
@@ -35,28 +37,41 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def _torchrun(argv: list[str]) -> int | None:
-    """``sharpscope train --nproc N ...`` -> ``torchrun --standalone --nproc-per-node N -m sharpscope train ...``."""
-    if not argv or argv[0] != "train" or not any(a == "--nproc" or a.startswith("--nproc=") for a in argv):
-        return None
-    rest, nproc, i = [], "1", 1
-    while i < len(argv):
-        if argv[i] == "--nproc" and i + 1 < len(argv):
-            nproc, i = argv[i + 1], i + 2
+def _launch_plan(argv: list[str]) -> tuple[int, list[str]]:
+    """For ``sharpscope [--threads N] train ... --nproc P ...``: (P, the arguments without
+    --nproc); (1, argv) for anything else. The global options may precede ``train``."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("--threads"):
+        i += 1 if "=" in argv[i] else 2
+    if i >= len(argv) or argv[i] != "train" or not any(a == "--nproc" or a.startswith("--nproc=") for a in argv):
+        return 1, argv
+    rest, nproc, j = argv[:i + 1], "1", i + 1
+    while j < len(argv):
+        if argv[j] == "--nproc" and j + 1 < len(argv):
+            nproc, j = argv[j + 1], j + 2
             continue
-        if argv[i].startswith("--nproc="):
-            nproc = argv[i].split("=", 1)[1]
+        if argv[j].startswith("--nproc="):
+            nproc = argv[j].split("=", 1)[1]
         else:
-            rest.append(argv[i])
-        i += 1
+            rest.append(argv[j])
+        j += 1
     if not nproc.isdigit() or int(nproc) < 1:
         _fail(f"--nproc must be a positive integer, got {nproc!r}")
-    if int(nproc) == 1:
-        return None
+    return int(nproc), rest
+
+
+def _torchrun(command: Any, nproc: int, args: list[str]) -> int:
+    """Check the input here (one line and exit 2 if bad), then run ``torchrun --standalone
+    --nproc-per-node N -m sharpscope ARGS`` and return its exit code."""
+    import os
     import subprocess
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "sharpscope", "train", *rest]
-    return subprocess.call(cmd)
+    os.environ[CHECK_LAUNCH_ENV] = str(nproc)
+    try:
+        command.main(args=args, prog_name="sharpscope", standalone_mode=False)
+    finally:
+        os.environ.pop(CHECK_LAUNCH_ENV, None)
+    return subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc-per-node={nproc}", "-m", "sharpscope", *args])
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -71,14 +86,13 @@ def main(argv: list[str] | None = None) -> None:
 
     previous_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
-    args = list(sys.argv[1:] if argv is None else argv)
-    launched = _torchrun(args)
-    if launched is not None:
-        sys.exit(launched)
+    nproc, args = _launch_plan(list(sys.argv[1:] if argv is None else argv))
     command = typer.main.get_command(app)
     try:
-        code = command.main(args=[a for a in args if not a.startswith("--nproc")] if "--nproc=1" in args else args,
-                            prog_name="sharpscope", standalone_mode=False)
+        if nproc > 1:
+            code = _torchrun(command, nproc, args)
+        else:
+            code = command.main(args=args, prog_name="sharpscope", standalone_mode=False)
     except _USAGE_ERROR as err:
         ctx = getattr(err, "ctx", None)
         where = f" (see 'sharpscope {ctx.info_name} --help')" if ctx is not None and ctx.parent else ""

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
 
 SEED_MAX = 2**63 - 1  # torch generators take seeds in [0, 2**63)
+# Set while `sharpscope train --nproc N` checks its input in the launching process: the train
+# command then validates (sharpscope.train.check_launch on N ranks) and returns without training.
+CHECK_LAUNCH_ENV = "SHARPSCOPE_CHECK_LAUNCH"
 
 
 def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: int, seed: int,

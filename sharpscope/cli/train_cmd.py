@@ -3,13 +3,14 @@ resumable checkpoint."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, apply_determinism, parse_options, parse_p
+from ._common import CHECK_LAUNCH_ENV, DETERMINISTIC, apply_determinism, parse_options, parse_p
 
 __all__ = ["train_command", "parse_options", "parse_p"]
 
@@ -108,6 +109,11 @@ def train_command(
             track_every=track_every, track_samples=track_samples, sync_perturbation=sync_perturbation,
             sync_bn=sync_bn,
         )
+    launching = os.environ.get(CHECK_LAUNCH_ENV)
+    if launching:  # `--nproc N` in the launching process: check, then torchrun trains
+        from ..train import check_launch
+        check_launch(config, out, resume, int(launching))
+        return
     result = train(config, out, resume=resume,
                    callbacks=[RichProgress(console, enabled=progress and dist_utils.is_main())])
     if not dist_utils.is_main():

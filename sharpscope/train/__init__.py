@@ -26,7 +26,7 @@ from .config import (
     TrainResult,
     learning_rate,
 )
-from .loop import evaluate, train
+from .loop import check_launch, evaluate, train
 
-__all__ = ["TrainConfig", "TrainResult", "Callback", "TrainState", "train", "learning_rate", "evaluate",
+__all__ = ["TrainConfig", "TrainResult", "Callback", "TrainState", "train", "check_launch", "learning_rate", "evaluate",
            "OPTIMIZERS", "VARIANTS", "M_SAM_OPTIMIZERS", "TRACKABLE", "DEFAULT_RHO", "SCHEDULES", "AMP_DTYPES"]

@@ -255,16 +255,30 @@ def _open(config: TrainConfig | None, out: Path, resume: bool) -> tuple[TrainCon
     return config, raw
 
 
-def _set_up(config: TrainConfig, out: Path) -> _Run:
-    """Device, data, model (initialised from the seed) and optimizer, checked against each other."""
-    device = dist_utils.resolve_device(config.device)
-    world, rank, main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main()
+def check_ranks(config: TrainConfig, world: int) -> None:
+    """What ``config`` cannot do on ``world`` ranks (ConfigError)."""
     if world > 1 and config.optimizer in VARIANTS:
         raise ConfigError(f"--optimizer {config.optimizer} runs in a single process (its update combines both "
                           "passes' gradients, which data-parallel SAM averages separately)")
     if world > 1 and (config.m is not None or config.second_order):
         raise ConfigError("with several ranks each rank already perturbs with its own gradient (m-SAM with "
                           "m = per-rank batch); --m and --second-order need a single process")
+
+
+def check_launch(config: TrainConfig | None, out_dir: str | os.PathLike[str], resume: bool, world: int) -> None:
+    """Everything :func:`train` would refuse before training, checked without training (and
+    without a process group): the folder, the configuration (or the one a resume continues)
+    and what it cannot do on ``world`` ranks. ``sharpscope train --nproc N`` runs it before it
+    launches torchrun, so that bad input is one line and exit code 2, not N tracebacks."""
+    config, _ = _open(config, Path(out_dir), resume)
+    check_ranks(config, world)
+
+
+def _set_up(config: TrainConfig, out: Path) -> _Run:
+    """Device, data, model (initialised from the seed) and optimizer, checked against each other."""
+    device = dist_utils.resolve_device(config.device)
+    world, rank, main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main()
+    check_ranks(config, world)
     dist_utils.barrier()  # every rank has checked the folder before rank 0 writes to it
 
     data_spec = config.data_spec()
