@@ -3,18 +3,21 @@
 In data-parallel training each rank sees a slice of the global batch, and an ordinary
 BatchNorm layer normalizes with that slice's statistics. :class:`GlobalBatchNorm`
 normalizes with the statistics of the whole global batch instead, as one process holding
-the whole batch would:
+the whole batch would. Each rank computes its slice's per-channel mean m_r and sum of
+squared deviations M2_r over its n_r values per channel (batch x spatial size); one
+all-gather brings every rank's (m_r, M2_r, n_r), and the global statistics follow from
+Chan, Golub & LeVeque's pairwise combination (1979):
 
-    mean_c = S_c / N,   var_c = Q_c / N,   S_c = sum_r sum_{i in r} x_ic,
-    Q_c = sum_r sum_{i in r} (x_ic - mean_c)^2,   N = sum_r n_r
+    N = sum_r n_r,   mean = sum_r n_r m_r / N,
+    var = (sum_r M2_r + sum_r n_r (m_r - mean)^2) / N,
 
-(n_r: the values per channel on rank r, i.e. batch x spatial size), two passes as in
-the single-process kernel rather than the one-pass E[x^2] - E[x]^2, which loses digits
-when |mean| >> std. Both sums are all-reduced through an autograd function whose backward
-all-reduces the incoming gradient (the derivative of a sum over ranks), so each rank's
-backward includes the other ranks' losses' dependence on the shared statistics: summed
-over ranks (what DistributedDataParallel does, up to its 1/world), the gradients are those
-of the global-batch loss. The running statistics get the same update on every rank
+which keeps the digits that the one-pass E[x^2] - E[x]^2 loses when |mean| >> std. The
+all-gather is an autograd function whose backward sums over ranks the gradients reaching
+the gathered statistics and returns each rank its own row: each rank's backward includes
+the other ranks' losses' dependence on the shared statistics, so summed over ranks (what
+DistributedDataParallel does, up to its 1/world) the gradients are those of the
+global-batch loss. One collective per layer in the forward and one in the backward, as in
+``torch.nn.SyncBatchNorm``. The running statistics get the same update on every rank
 (momentum, or the cumulative average when ``momentum=None``; the running variance is the
 unbiased N/(N-1) var, as in ``torch.nn.BatchNorm``).
 
@@ -39,18 +42,23 @@ from .. import distributed as dist_utils
 __all__ = ["GlobalBatchNorm", "convert_to_global_bn", "has_global_bn"]
 
 
-class _SumOverRanks(torch.autograd.Function):
-    """y = sum over ranks of x (the same on every rank); dy/dx_r routes sum_r' dL_r'/dy to x_r."""
+class _GatherOverRanks(torch.autograd.Function):
+    """y = stack of every rank's x (the same on every rank). Its backward sums over ranks the
+    gradients that reach y (each rank's loss depends on every rank's x) and routes row r to
+    rank r: dL/dx_r = sum_r' dL_r'/dy[r]."""
 
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        ctx.rank = dist.get_rank()
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return _SumOverRanks.apply(grad)
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total[ctx.rank]
 
 
 def _reduce_dims(x: torch.Tensor) -> list[int]:
@@ -72,17 +80,22 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(input)
         dims = _reduce_dims(input)
         x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
-        local_count = x.numel() // x.shape[1]
-        # one all-reduce for the sums and the count (no host sync unless this rank holds <= 1 value)
-        sums = _SumOverRanks.apply(torch.cat([x.sum(dims), x.new_full((1,), float(local_count))]))
-        count = sums[-1].detach()
+        channels, local_count = x.shape[1], x.numel() // x.shape[1]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        local_mean = x.sum(dims) / max(local_count, 1)
+        local_m2 = (x - local_mean.reshape(shape)).square().sum(dims)
+        # one collective per forward (and one in the backward): every rank's (mean, M2, count)
+        stats = _GatherOverRanks.apply(torch.cat([local_mean, local_m2, x.new_full((1,), float(local_count))]))
+        counts = stats[:, -1:].detach()
+        count = counts.sum()
         if local_count <= 1 and float(count) <= 1:
             raise ValueError(f"expected more than 1 value per channel over all ranks when training, got "
                              f"{int(count)} (input {list(input.shape)} on this rank)")
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        mean = sums[:-1] / count
+        means = stats[:, :channels]
+        mean = (counts * means).sum(0) / count
+        # Chan et al.'s pairwise combination: M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2
+        var = (stats[:, channels:2 * channels].sum(0) + (counts * (means - mean).square()).sum(0)) / count
         centred = x - mean.reshape(shape)
-        var = _SumOverRanks.apply(centred.square().sum(dims)) / count
         if self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach(), count)
         out = centred * torch.rsqrt(var + self.eps).reshape(shape)
