@@ -15,7 +15,8 @@ import torch
 from sharpscope import load_checkpoint, provenance
 from sharpscope.determinism import DETERMINISTIC_THREADS, deterministic, enable_deterministic
 from sharpscope.experiments.report import _environment_lines
-from sharpscope.train import Callback, TrainConfig, train
+from _callbacks import StopAt
+from sharpscope.train import TrainConfig, train
 
 TINY = dict(optimizer="sam", model="mlp", model_kwargs={"hidden": [8], "bn": True}, data="synthetic", n_train=96,
             epochs=2, batch_size=32, keep_snapshots=False)
@@ -75,20 +76,12 @@ def test_deterministic_takes_the_users_thread_count(monkeypatch):
         enable_deterministic(0)
 
 
-class _StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, state) -> None:
-        if state.step == self.step:
-            state.stop_requested = True
-
 
 def test_a_resume_in_another_environment_is_kept_in_the_history(tmp_path):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        first = train(TrainConfig(**TINY), tmp_path / "run", callbacks=[_StopAt(2)])
+        first = train(TrainConfig(**TINY), tmp_path / "run", callbacks=[StopAt(2)])
         assert first.interrupted
         assert len(load_checkpoint(tmp_path / "run").metadata["environments"]) == 1
         torch.set_num_threads(2)

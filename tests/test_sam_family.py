@@ -403,19 +403,12 @@ if __name__ == "__main__":
 
 # -- the trainer and the CLI ---------------------------------------------------------------------
 from sharpscope.checkpoint import read_checkpoint  # noqa: E402
-from sharpscope.train import Callback, TrainConfig, train  # noqa: E402
+from _callbacks import StopAt
+from sharpscope.train import TrainConfig, train  # noqa: E402
 
 _SMALL = dict(model="cnn", model_kwargs={"channels": [8, 8], "hidden": 16, "bn": True, "dropout": 0.2},
               n_train=300, epochs=2, batch_size=64, lr=0.05, seed=1)
 
-
-class _StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, state) -> None:
-        if state.step == self.step:
-            state.stop_requested = True
 
 
 @pytest.mark.parametrize("variant", ["looksam", "fsam"])
@@ -424,7 +417,7 @@ def test_trainer_resumes_a_variant_bit_for_bit(tmp_path, variant):
     same weights as an uninterrupted run (its counter, g_v or moving average are checkpointed)."""
     cfg = dict(_SMALL, optimizer=variant)
     train(TrainConfig(**cfg), tmp_path / "full")
-    assert train(TrainConfig(**cfg), tmp_path / "part", callbacks=[_StopAt(7)]).interrupted
+    assert train(TrainConfig(**cfg), tmp_path / "part", callbacks=[StopAt(7)]).interrupted
     train(None, tmp_path / "part", resume=True)
     full = read_checkpoint(tmp_path / "full" / "checkpoint.pt")["model_state"]
     part = read_checkpoint(tmp_path / "part" / "checkpoint.pt")["model_state"]
