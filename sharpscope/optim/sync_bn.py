@@ -81,10 +81,13 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
         channels, local_count = x.shape[1], x.numel() // x.shape[1]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        local_mean = x.sum(dims) / max(local_count, 1)
-        local_m2 = (x - local_mean.reshape(shape)).square().sum(dims)
+        if local_count:
+            local_var, local_mean = torch.var_mean(x, dims, correction=0)  # one fused pass
+        else:  # an empty slice contributes nothing
+            local_var = local_mean = x.new_zeros(channels)
         # one collective per forward (and one in the backward): every rank's (mean, M2, count)
-        stats = _GatherOverRanks.apply(torch.cat([local_mean, local_m2, x.new_full((1,), float(local_count))]))
+        stats = _GatherOverRanks.apply(torch.cat([local_mean, local_var * local_count,
+                                                  x.new_full((1,), float(local_count))]))
         counts = stats[:, -1:].detach()
         count = counts.sum()
         if local_count <= 1 and float(count) <= 1:
@@ -94,12 +97,14 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = (counts * means).sum(0) / count
         # Chan et al.'s pairwise combination: M2 = sum_r M2_r + sum_r n_r (mean_r - mean)^2
         var = (stats[:, channels:2 * channels].sum(0) + (counts * (means - mean).square()).sum(0)) / count
-        centred = x - mean.reshape(shape)
         if self.track_running_stats:
             self._update_running_stats(mean.detach(), var.detach(), count)
-        out = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        # y = (x - mean) / sqrt(var + eps) * weight + bias as x * scale + shift: two passes over x
+        scale = torch.rsqrt(var + self.eps)
         if self.affine:
-            out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
+            scale = scale * self.weight
+        shift = -mean * scale + (self.bias if self.affine else 0.0)
+        out = torch.addcmul(shift.reshape(shape), x, scale.reshape(shape))
         return out.to(input.dtype)
 
     @torch.no_grad()
