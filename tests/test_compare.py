@@ -51,10 +51,13 @@ def test_every_output_file(compared):
 def test_every_results_key_and_the_statistics(compared):
     results = json.loads((compared / "results.json").read_text())
     assert set(results) == {"config", "settings", "baseline", "ci_method", "optimizers", "interpolation", "warnings",
-                            "figures", "wall_time", "environment", "environment_differences"}
+                            "figures", "wall_time", "environment", "environment_differences",
+                            "analysis_environment_differences"}
     # provenance: this process analysed; every run recorded what trained it, and they were alike
     assert results["environment"]["torch_version"] == torch.__version__ and results["environment_differences"] == {}
-    assert all(run["trained_in"]["threads"] >= 1 for r in results["optimizers"].values() for run in r["seeds"].values())
+    assert all(run["trained_in"]["threads"] >= 1 and run["analysed_in"]["torch_version"] == torch.__version__
+               for r in results["optimizers"].values() for run in r["seeds"].values())
+    assert results["analysis_environment_differences"] == {}
     assert "## Environment" in (compared / "report.md").read_text()
     assert results["baseline"] == "sgd" and results["config"]["seeds"] == SEEDS
     assert set(results["optimizers"]) == {"sgd", "sam"}

@@ -196,10 +196,11 @@ def test_tables_hold_every_option_and_metric(reference):
         assert metric in reference.metrics, metric
     with open(out / "results.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == ["run", "status", *reference.options, *reference.metrics, "trained_in", "notes"]
+    assert list(table[0]) == ["run", "status", *reference.options, *reference.metrics, "trained_in", "analysed_in",
+                              "notes"]
     stored = json.loads((out / "results.json").read_text())
     # provenance: every row says what trained it; the runs were trained alike
-    assert all(f"torch {torch.__version__}" in r["trained_in"] for r in reference.rows)
+    assert all(f"torch {torch.__version__}" in r["trained_in"] and r["analysed_in"] for r in reference.rows)
     assert stored["environment"]["torch_version"] == torch.__version__ and stored["environment_differences"] == {}
     assert stored["rows"] == reference.rows and stored["metrics"] == reference.metrics
     for row, line in zip(reference.rows, table):

@@ -175,9 +175,10 @@ def _analyse_all(config: CompareConfig, out: Path, runs: dict[str, dict[int, lis
                     analyses[opt][seed] = stored["analysis"]
                     say(f"reusing the analyses of {opt.upper()}, seed {seed}")
                     continue
-            analyses[opt][seed] = analyse_checkpoint(
+            analyses[opt][seed] = {**analyse_checkpoint(
                 folder / "checkpoint.pt", batches, s, config.rho, seed,
-                lambda what, o=opt: say(f"{o.upper()}, seed {seed}: {what}"), density=density, clean_batches=clean)
+                lambda what, o=opt: say(f"{o.upper()}, seed {seed}: {what}"), density=density, clean_batches=clean),
+                "analysed_in": provenance.environment()}  # kept with the cache: a rerun reuses it
             write_json(cache, {"key": key, "checkpoint_step": step, "analysis": analyses[opt][seed]})
     return analyses, first[0], first[1]
 
@@ -341,9 +342,12 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
                                                or {}) for s in config.seeds} for opt in config.optimizers}
     unlike = provenance.differences([env for by_seed in trained_in.values() for envs in by_seed.values()
                                      for env in envs])
+    unlike_analyses = provenance.differences([a.get("analysed_in") for by_seed in analyses.values()
+                                              for a in by_seed.values()])
     results: dict[str, Any] = {"config": asdict(config), "settings": asdict(config.settings),
                                "baseline": config.baseline, "ci_method": stats.CI_METHOD,
                                "environment": provenance.environment(), "environment_differences": unlike,
+                               "analysis_environment_differences": unlike_analyses,
                                "optimizers": {}}
     for opt in config.optimizers:
         results["optimizers"][opt] = {
@@ -366,6 +370,8 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     results["warnings"] = not_a_minimum_warnings(config, statistics)
     if unlike:
         results["warnings"].append(provenance.unlike_runs_warning(unlike))
+    if unlike_analyses:
+        results["warnings"].append("analyses: " + provenance.unlike_runs_warning(unlike_analyses))
     say("figures")
     written = _figures(config, runs, analyses, surfaces, interp, statistics, out / "figures")
     results["figures"] = [str(p.relative_to(out)) for p in written]

@@ -128,8 +128,14 @@ def _environment_lines(results: dict) -> list[str]:
     if "environment" not in results:
         return []
     envs = [e.get("trained_in") for r in results["optimizers"].values() for e in r["seeds"].values()]
+    analysed = [e.get("analysed_in") for r in results["optimizers"].values() for e in r["seeds"].values()]
     unlike = results.get("environment_differences") or {}
-    lines = ["## Environment", "", f"- analysed with: {describe(results['environment'])}"]
+    unlike_analyses = results.get("analysis_environment_differences") or {}
+    if unlike_analyses:
+        lines = ["## Environment", "", f"- analysed with: not all alike ({unlike_runs_warning(unlike_analyses)})"]
+    else:
+        lines = ["## Environment", "", "- analysed with: "
+                 + describe(next((e for e in analysed if e), None) or results["environment"])]
     if unlike:
         lines.append(f"- trained with: not all alike ({unlike_runs_warning(unlike)}); each run's record is in "
                      "results.json (`trained_in`)")

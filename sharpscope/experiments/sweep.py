@@ -451,6 +451,7 @@ class RunOutcome:
     analysis_status: dict[str, str] = field(default_factory=dict)  # name -> computed / reused
     notes: list[str] = field(default_factory=list)   # warnings, analysis errors, the divergence
     environments: list[dict[str, Any]] = field(default_factory=list)  # what trained it (provenance.recorded)
+    analysis_environments: list[dict[str, Any]] = field(default_factory=list)  # what computed its analyses
 
 
 @dataclass
@@ -551,6 +552,8 @@ def _take_analyses(outcome: RunOutcome, stored: Mapping[str, Any], names: Sequen
         if entry.get("error"):
             outcome.notes.append(f"{name} failed: {entry['error']}")
         outcome.notes += [f"{name}: {w}" for w in entry.get("warnings", [])]
+        if entry.get("environment") and entry["environment"] not in outcome.analysis_environments:
+            outcome.analysis_environments.append(entry["environment"])
 
 
 def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> RunOutcome:
@@ -608,6 +611,7 @@ def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> Run
                     entry["error"] = " ".join(str(err).split())
                     emit(f"{prefix}: {name} failed: {entry['error']}")
             entry["warnings"] = [" ".join(str(w.message).split()) for w in caught]
+            entry["environment"] = environment()  # what computed it (a rerun reuses the entry)
             for w in entry["warnings"]:
                 emit(f"{prefix}: warning: {name}: {w}")
             stored[name] = entry
@@ -697,6 +701,7 @@ def _row(spec: RunSpec, outcome: RunOutcome) -> dict[str, Any]:
     if a:
         row["analysis_seconds"] = float(sum(r.get("wall_time", 0.0) for r in a.values()))
     row["trained_in"] = " | ".join(describe(e) for e in outcome.environments) or None
+    row["analysed_in"] = " | ".join(describe(e) for e in outcome.analysis_environments) or None
     row["notes"] = "; ".join(outcome.notes)
     return row
 
@@ -945,13 +950,16 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     ordered = [outcomes[spec.index] for spec in specs]
     rows = [_row(spec, o) for spec, o in zip(specs, ordered)]
     extra = [k for r in rows for k in r
-             if k not in options and k not in metrics and k not in ("run", "status", "trained_in", "notes")]
+             if k not in options and k not in metrics and k not in ("run", "status", "trained_in", "analysed_in",
+                                                                     "notes")]
     metrics = metrics + list(dict.fromkeys(extra))  # e.g. m-sharpness at an m the profile did not predict
     summary = summarize_rows(rows, [o for o in options if o != "seed"], metrics)
     unlike = differences([e for o in ordered for e in o.environments])
-    if unlike:
-        say(f"warning: {unlike_runs_warning(unlike)}")
-    _write_tables(out, config, rows, summary, options, metrics, unlike)
+    unlike_analyses = differences([e for o in ordered for e in o.analysis_environments])
+    for what, found in (("", unlike), ("analyses: ", unlike_analyses)):
+        if found:
+            say(f"warning: {what}{unlike_runs_warning(found)}")
+    _write_tables(out, config, rows, summary, options, metrics, unlike, unlike_analyses)
     figures = _draw(rows, options, wanted, out / "figures", formats)
     table = None
     if correlate:
@@ -1032,12 +1040,13 @@ def _stop_pool(pool: Any, stop: Any, waiting: set, drain: Callable[[], None]) ->
 
 
 def _write_tables(out: Path, config: SweepConfig, rows: list[dict], summary: list[dict], options: list[str],
-                  metrics: list[str], unlike: dict[str, list[Any]]) -> None:
-    header = ["run", "status", *options, *metrics, "trained_in", "notes"]
+                  metrics: list[str], unlike: dict[str, list[Any]], unlike_analyses: dict[str, list[Any]]) -> None:
+    header = ["run", "status", *options, *metrics, "trained_in", "analysed_in", "notes"]
     write_csv(out / "results.csv", header, rows)
     write_json(out / "results.json", {"kind": _RESULTS_KIND, "config": config.to_dict(), "options": options,
                                        "metrics": metrics, "rows": rows, "environment": environment(),
-                                       "environment_differences": unlike})
+                                       "environment_differences": unlike,
+                                       "analysis_environment_differences": unlike_analyses})
     setting_options = [o for o in options if o != "seed"]
     s_header, s_records = _summary_records(summary, setting_options)
     write_csv(out / "summary.csv", s_header, s_records)
