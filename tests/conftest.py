@@ -10,24 +10,28 @@ from sharpscope.cli import main
 @pytest.fixture
 def cli(capsys):
     """Run the CLI in-process: ``code, stdout, stderr = cli([...])``."""
+    def run(args: list[str]) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as info:
+            main(args)
+        out = capsys.readouterr()
+        return info.value.code, out.out, out.err
+    return run
+
+
+@pytest.fixture(autouse=True)
+def _process_settings_restored():
+    """--threads, --deterministic and configure_threads set process-wide torch state (and
+    sharpscope.cpu's record of the user's choice): each test starts from the same."""
     import torch
 
     from sharpscope import cpu
 
-    def run(args: list[str]) -> tuple[int, str, str]:
-        # --threads and --deterministic set process-wide torch state: put it back for the next test
-        before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), dict(cpu._CHOSEN))
-        try:
-            with pytest.raises(SystemExit) as info:
-                main(args)
-        finally:
-            torch.set_num_threads(before[0])
-            torch.use_deterministic_algorithms(before[1])
-            cpu._CHOSEN.clear()
-            cpu._CHOSEN.update(before[2])
-        out = capsys.readouterr()
-        return info.value.code, out.out, out.err
-    return run
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), dict(cpu._CHOSEN))
+    yield
+    torch.set_num_threads(before[0])
+    torch.use_deterministic_algorithms(before[1])
+    cpu._CHOSEN.clear()
+    cpu._CHOSEN.update(before[2])
 
 
 def pytest_collection_modifyitems(config, items):

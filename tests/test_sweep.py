@@ -27,7 +27,8 @@ from sharpscope.train import OPTIMIZERS, Callback
 BASE = {"model": "mlp", "model_kwargs": {"hidden": [8]}, "data": "synthetic", "n_train": 200, "epochs": 2,
         "batch_size": 32}
 GRID = {"optimizer": ["sgd", "sam"], "rho": [0.05, 0.1]}  # sgd once, sam twice: 3 settings
-TIMING = {"train_seconds", "analysis_seconds", "status"}
+# not numbers of the run: timing, and provenance (the thread count differs between jobs=1 and jobs=2)
+TIMING = {"train_seconds", "analysis_seconds", "status", "trained_in", "analysed_in"}
 CLI_TINY = ["--model", "mlp", "--model-opt", "hidden=[8]", "--data", "synthetic", "--n-train", "200",
             "--epochs", "1", "--batch-size", "32", "--profile", "quick", "--no-progress"]
 
