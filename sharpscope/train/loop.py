@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as dist_utils
+from .. import provenance
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..data import DataSpec, Dataset, load_dataset
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..models import build_model, make_factory_spec, make_model_spec
-from .. import provenance
 from ..optim import SAM, StepResult, bn_modules, convert_to_global_bn, sam_step
 from .callbacks import Callback, TrainState
 from .config import (
@@ -50,7 +50,7 @@ from .config import (
 )
 from .state import _append_metrics, _rng_state, _set_rng_state, _sigint_requests_stop, _write_metrics_file
 
-__all__ = ["train", "evaluate"]
+__all__ = ["train", "evaluate", "check_launch", "check_ranks"]
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
