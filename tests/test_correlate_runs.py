@@ -10,7 +10,7 @@ from scipy import stats as sps
 
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import measure_runs as mr
-from sharpscope.experiments.correlate import granulated_tau
+from sharpscope.experiments.correlate import granulated_tau, rows_environment
 from sharpscope.train import TrainConfig, train
 
 
@@ -74,6 +74,12 @@ def test_measures_are_cached_per_run_and_redone_for_new_settings(three_runs, mon
     cached = json.loads((runs[0] / "measures.json").read_text())
     assert len(cached) == 2
     assert mr.varying_config_options(first) == ["lr"]
+    # provenance: what trained and what measured each run; unlike runs are warned about, not correlated
+    assert all(r["trained_in"] and r["measured_in"] and "deterministic off" in r["measured_in"] for r in first)
+    unlike = [{**first[0], "trained_in": "elsewhere"}, *first[1:]]
+    assert mr.varying_config_options(unlike) == ["lr"]
+    assert set(rows_environment(unlike)["environment_differences"]) == {"trained_in"}
+    assert rows_environment(first)["environment_differences"] == {}
 
 
 def test_cli_correlates_runs(three_runs, tmp_path, cli):

@@ -111,6 +111,10 @@ def test_analysis_json_records_both_environments(tmp_path, cli):
     assert code == 0, err
     report = json.loads(out)
     assert report["environment"]["device"] == "cpu" and report["trained_in"]["world_size"] == 1
+    code, out, err = cli(["interpolate", str(tmp_path / "run"), str(tmp_path / "run"), "--grid", "0:1:2", "--samples",
+                          "64", "--no-progress", "--json", "-"])
+    assert code in (0, None), err
+    assert [e["world_size"] for e in json.loads(out)["trained_in"]] == [1, 1]  # A's and B's records
     code, out, _ = cli(["info", "--json", "-"])
     assert code == 0 and json.loads(out)["torch_version"] == torch.__version__
     code, out, _ = cli(["info", str(tmp_path / "run")])

@@ -47,17 +47,23 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
     target = dist_utils.resolve_device(device)
     ckpt = load_checkpoint(path, allow_factory=trust_factory, map_location=target)
     first = next(iter(ckpt.model.parameters()), None)
-    _ANALYSED.update(device=target, dtype=first.dtype if first is not None else None,
-                     trained_in=ckpt.metadata.get("environment"))
+    _ANALYSED.update(device=target, dtype=first.dtype if first is not None else None)
+    analysed_too(ckpt)
     if not ckpt.data_spec:
         raise CheckpointError(f"{path}: records no data set; analyse it from Python with your own data")
     data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
     return ckpt, data.batches(split, samples, batch_size, seed)
 
 
-# What load_for_analysis loaded (device, dtype, the checkpoint's recorded environment): the
-# provenance write_json adds to an analysis' JSON.
+# What load_for_analysis loaded (device, dtype, each checkpoint's recorded environment: two for
+# interpolate): the provenance write_json adds to an analysis' JSON.
 _ANALYSED: dict[str, Any] = {}
+
+
+def analysed_too(ckpt: Checkpoint) -> None:
+    """Record another checkpoint this command analyses (interpolate's B): its environment
+    joins ``trained_in`` in the JSON."""
+    _ANALYSED.setdefault("trained_in", []).append(ckpt.metadata.get("environment"))
 
 
 def write_json(obj: dict, where: str | None) -> None:
@@ -72,7 +78,8 @@ def write_json(obj: dict, where: str | None) -> None:
     if "environment" not in obj:
         obj = {**obj, "environment": environment(_ANALYSED.get("device"), _ANALYSED.get("dtype"))}
         if "device" in _ANALYSED:
-            obj["trained_in"] = _ANALYSED.get("trained_in")
+            trained = _ANALYSED["trained_in"]
+            obj["trained_in"] = trained[0] if len(trained) == 1 else trained
 
     text = json.dumps(json_safe(obj), indent=2) + "\n"
     if where == "-":

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..objective import HVP_MODES
 from ._app import app
 from ._common import (
-    DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
+    DETERMINISTIC, analysed_too, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
     console as rank0_console, finite, hvp_progress, load_for_analysis, seed_option, write_json)
 
 if TYPE_CHECKING:
@@ -62,6 +62,7 @@ def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, 
     if top_k < 1:
         raise ConfigError("--overlap-with compares the top-k eigenspaces: give --top-k 1 or more")
     ckpt_b = load_checkpoint(path, allow_factory=trust_factory, map_location=obj.device)
+    analysed_too(ckpt_b)
     name_a, name_b = (ckpt.data_spec or {}).get("name"), (ckpt_b.data_spec or {}).get("name")
     if name_a and name_b and name_a != name_b:
         raise ConfigError(f"--overlap-with: A was trained on {name_a} and B on {name_b}")

@@ -10,7 +10,7 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
+    DETERMINISTIC, analysed_too, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
     console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, point_progress, seed_option,
     write_json)
 
@@ -411,6 +411,7 @@ def interpolate_command(
     metric_fns = _metrics(metric, trust_factory)
     ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory, device)
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory, map_location=next(ckpt_a.model.parameters()).device)
+    analysed_too(ckpt_b)
     if ckpt_a.data_spec and ckpt_b.data_spec and ckpt_a.data_spec.get("name") != ckpt_b.data_spec.get("name"):
         raise ConfigError(f"A was trained on {ckpt_a.data_spec.get('name')} and B on {ckpt_b.data_spec.get('name')}")
     name_a = (ckpt_a.config or {}).get("optimizer", "A").upper()

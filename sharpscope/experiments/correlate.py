@@ -178,12 +178,16 @@ def correlate_rows(rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | 
 
 
 def rows_environment(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """This process's environment, and the distinct ``trained_in`` records of the rows when
-    there is more than one (the runs were not produced alike: :mod:`sharpscope.provenance`)."""
+    """This process's environment, and the distinct ``trained_in`` (and ``measured_in`` /
+    ``analysed_in``) records of the rows where there is more than one: the runs were not
+    produced or measured alike (:mod:`sharpscope.provenance`)."""
     from ..provenance import environment
-    distinct = list(dict.fromkeys(r["trained_in"] for r in rows if r.get("trained_in")))
-    return {"environment": environment(), "environment_differences": {"trained_in": distinct} if len(distinct) > 1
-            else {}}
+    unlike = {}
+    for column in ("trained_in", "measured_in", "analysed_in"):
+        distinct = list(dict.fromkeys(r[column] for r in rows if r.get(column)))
+        if len(distinct) > 1:
+            unlike[column] = distinct
+    return {"environment": environment(), "environment_differences": unlike}
 
 
 def write_correlations(out_dir: str | Path, table: CorrelationTable,

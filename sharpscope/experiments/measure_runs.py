@@ -37,7 +37,7 @@ from torch import nn
 
 from .. import hessian, measures, sharpness
 from ..checkpoint import load_checkpoint, read_checkpoint
-from ..provenance import describe, recorded
+from ..provenance import describe, environment, recorded
 from ..data import DataSpec, load_dataset
 from ..errors import CheckpointError, ConfigError
 from ..objective import Objective
@@ -49,7 +49,8 @@ __all__ = ["MeasureSettings", "RUN_MEASURES", "DEFAULT_MEASURES", "find_runs", "
 _CACHE = "measures.json"
 # Config fields that say where or how a run was done, not what was trained: never a hyperparameter.
 _NOT_HYPERPARAMETERS = {"seed", "device", "data_root", "checkpoint_every", "keep_snapshots", "track", "track_every",
-                        "track_samples", "compile", "channels_last"}
+                        "track_samples", "compile", "channels_last",
+                        "trained_in", "measured_in", "analysed_in"}  # provenance (warned about, not correlated)
 
 
 @dataclass
@@ -172,6 +173,7 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
     row: dict[str, Any] = {"run": str(run_dir), "status": "finished", **_options(config), "trained_in": trained_in,
                            **{k: metrics[-1].get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}}
     model, batches = None, None
+    measured_in: list[str] = []
     for name in names:
         key = _cache_key(name, s, int(progress.get("step", 0)))
         if key not in cache:
@@ -179,10 +181,15 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
                 model, batches = _model_and_batches(run_dir, s)
             say(f"{run_dir.name}: {name}")
             start = time.perf_counter()
-            cache[key] = {**RUN_MEASURES[name](model, batches, s), "seconds": time.perf_counter() - start}
+            cache[key] = {**RUN_MEASURES[name](model, batches, s), "seconds": time.perf_counter() - start,
+                          "environment": environment()}  # what computed it: a rerun reuses it
             write_json(cache_path, cache)  # after every measure: an interrupted run keeps what it did
-        row.update({k: v for k, v in cache[key].items() if k != "seconds"})
+        row.update({k: v for k, v in cache[key].items() if k not in ("seconds", "environment")})
         row[f"{name}_seconds"] = cache[key]["seconds"]
+        where = describe(cache[key].get("environment"))  # cached before provenance: "not recorded"
+        if where not in measured_in:
+            measured_in.append(where)
+    row["measured_in"] = " | ".join(measured_in) or None
     return row
 
 
