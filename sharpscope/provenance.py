@@ -144,8 +144,9 @@ def describe(record: Mapping[str, Any] | None) -> str:
 def unlike_runs_warning(unlike: Mapping[str, Sequence[Any]]) -> str:
     """The one-line warning for runs put side by side that :func:`differences` found unlike."""
     parts = "; ".join(f"{field} {' vs '.join(map(str, values))}" for field, values in unlike.items())
-    return (f"the runs were not all produced alike ({parts}): their differences mix float rounding with the "
-            "effect compared (docs/reproducibility.md)")
+    return (f"the runs were not all produced alike ({parts}): another code version, thread count, device or "
+            "library changes results (by float rounding or more), so their differences mix that with the effect "
+            "compared (docs/reproducibility.md)")
 
 
 def recorded(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
