@@ -25,10 +25,12 @@ from . import __version__
 __all__ = ["environment", "of_model", "git_commit", "differences", "describe", "unlike_runs_warning", "recorded",
            "COMPARABLE_FIELDS"]
 
-# The fields whose difference can change a result (by rounding); the versions of python and
-# the platform string are recorded but do not make two runs unlike.
-COMPARABLE_FIELDS = ("sharpscope_version", "git_commit", "torch_version", "numpy_version", "device", "device_name",
-                     "cpu_capability", "dtype", "threads", "world_size", "deterministic")
+# The fields whose difference can change a result (another code version, or rounding): exactly
+# the fields :func:`describe` prints, so two records are unlike when their descriptions differ
+# (correlate compares the descriptions its rows hold). The python version and the platform
+# string are recorded but do not make two runs unlike.
+COMPARABLE_FIELDS = ("sharpscope_version", "git_commit", "git_dirty", "torch_version", "numpy_version", "device",
+                     "device_name", "cpu_capability", "dtype", "autocast", "threads", "world_size", "deterministic")
 
 
 @functools.lru_cache(maxsize=1)

@@ -51,6 +51,23 @@ def test_differences_describe_and_recorded():
     assert provenance.recorded({}) == []
 
 
+def test_descriptions_differ_exactly_when_records_are_unlike():
+    """correlate compares its rows' descriptions, compare and sweep the records: the two must agree."""
+    a = {**provenance.environment(), "git_commit": "0" * 40, "git_dirty": False}
+    changed = {"sharpscope_version": "9.9", "git_commit": "1" * 40, "git_dirty": True, "torch_version": "0.0",
+               "numpy_version": "0.0", "device": "cuda:0", "device_name": "GPU", "cpu_capability": "AVX2",
+               "dtype": "float64", "autocast": "bf16", "threads": a["threads"] + 1, "world_size": 2,
+               "deterministic": True}
+    assert set(changed) == set(provenance.COMPARABLE_FIELDS)
+    for field, value in changed.items():
+        b = {**a, field: value}
+        assert provenance.differences([a, b]) == {field: [a[field], value]}
+        assert provenance.describe(a) != provenance.describe(b), field
+    for field in ("python_version", "platform"):  # recorded, not compared, not described
+        b = {**a, field: "other"}
+        assert provenance.differences([a, b]) == {} and provenance.describe(a) == provenance.describe(b)
+
+
 def test_deterministic_block_fixes_threads_and_restores():
     threads, mode = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     with deterministic() as n:

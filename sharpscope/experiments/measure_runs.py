@@ -186,8 +186,9 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
             write_json(cache_path, cache)  # after every measure: an interrupted run keeps what it did
         row.update({k: v for k, v in cache[key].items() if k not in ("seconds", "environment")})
         row[f"{name}_seconds"] = cache[key]["seconds"]
-        where = describe(cache[key].get("environment"))  # cached before provenance: "not recorded"
-        if where not in measured_in:
+        env = cache[key].get("environment")  # None: cached before sharpscope recorded it (skipped, like
+        where = describe(env) if env else None  # provenance.differences skips missing records)
+        if where and where not in measured_in:
             measured_in.append(where)
     row["measured_in"] = " | ".join(measured_in) or None
     return row
