@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -17,6 +17,7 @@ __all__ = ["train_command", "parse_options", "parse_p"]
 
 @app.command("train")
 def train_command(
+    ctx: typer.Context,
     optimizer: str = typer.Option("sam", "--optimizer", "-o", help="One of sgd, sam, asam, rsam (SAM's step at a random e of norm rho: "
                                    "the control for SAM's ascent direction), gsam, wsam, looksam, fsam (Friendly SAM)."),
     optimizer_opt: list[str] = typer.Option([], "--optimizer-opt", help="A variant's option KEY=VALUE, repeatable: "
@@ -77,8 +78,9 @@ def train_command(
                                  "batch in both passes (with --sync-perturbation: plain SAM over the global batch); "
                                  "without it each rank normalizes with its own slice."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Output folder."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out (its stored options win); "
-                                                        "starts a new run if there is none."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out with its stored options (options "
+                                "given again must equal them; a larger --epochs extends a --schedule constant run); "
+                                "starts a new run if there is none."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     deterministic: bool = DETERMINISTIC,
 ) -> None:
@@ -95,20 +97,23 @@ def train_command(
 
     dist_utils.init_from_env(device)
     console = Console(stderr=True, quiet=not dist_utils.is_main())
-    config = None
-    if not resume or not (out / "checkpoint.pt").exists():
-        config = TrainConfig(
-            optimizer=optimizer, model=model, model_kwargs=parse_options(model_opt), data=data,
-            data_root=data_root, label_noise=label_noise, n_train=n_train, epochs=epochs,
-            batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-            schedule=schedule, warmup_epochs=warmup, rho=rho, p=parse_p(p), eta=eta, m=m, seed=seed,
-            checkpoint_every=checkpoint_every, keep_snapshots=snapshots, augment=augment, device=device,
-            second_order=second_order, asam_rule=asam_rule, optimizer_options=parse_options(optimizer_opt),
-            label_smoothing=label_smoothing, same_dropout_mask=same_dropout_mask,
-            perturbation_weight_decay=perturbation_weight_decay, amp=amp, channels_last=channels_last, compile=compile_model, track=[t.strip() for t in track.split(",") if t.strip()],
-            track_every=track_every, track_samples=track_samples, sync_perturbation=sync_perturbation,
-            sync_bn=sync_bn,
-        )
+    fields = dict(
+        optimizer=optimizer, model=model, model_kwargs=parse_options(model_opt), data=data,
+        data_root=data_root, label_noise=label_noise, n_train=n_train, epochs=epochs,
+        batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+        schedule=schedule, warmup_epochs=warmup, rho=rho, p=parse_p(p), eta=eta, m=m, seed=seed,
+        checkpoint_every=checkpoint_every, keep_snapshots=snapshots, augment=augment, device=device,
+        second_order=second_order, asam_rule=asam_rule, optimizer_options=parse_options(optimizer_opt),
+        label_smoothing=label_smoothing, same_dropout_mask=same_dropout_mask,
+        perturbation_weight_decay=perturbation_weight_decay, amp=amp, channels_last=channels_last,
+        compile=compile_model, track=[t.strip() for t in track.split(",") if t.strip()],
+        track_every=track_every, track_samples=track_samples, sync_perturbation=sync_perturbation,
+        sync_bn=sync_bn,
+    )
+    if resume and (out / "checkpoint.pt").exists():
+        config = _resumed_config(ctx, out, fields)
+    else:
+        config = TrainConfig(**fields)
     launching = os.environ.get(CHECK_LAUNCH_ENV)
     if launching:  # `--nproc N` in the launching process: check, then torchrun trains
         from ..train import check_launch
@@ -135,3 +140,24 @@ def train_command(
             console.print(f"wrote {f}", highlight=False)
     print(f"done: test acc {final.get('test_acc', float('nan')):.4f}, "
           f"train loss {final.get('train_loss', float('nan')):.4f}, {result.wall_time:.1f}s -> {result.checkpoint}")
+
+
+# TrainConfig fields whose command-line parameter has another name.
+_PARAMETER_OF_FIELD = {"model_kwargs": "model_opt", "optimizer_options": "optimizer_opt", "warmup_epochs": "warmup",
+                       "keep_snapshots": "snapshots", "compile": "compile_model"}
+
+
+def _resumed_config(ctx: typer.Context, out: Path, fields: dict[str, Any]) -> Any:
+    """``--resume`` of the run in ``out``: its stored TrainConfig, extended to ``--epochs`` where
+    that is well defined; every option given on this command line that differs from the stored
+    one is refused, all in one line (sharpscope.train.resume)."""
+    from ..train.resume import resumed_config, stored_run_config
+
+    flags = {param.name: param.opts[0] for param in ctx.command.params}
+    given, names = {}, {}
+    for field, value in fields.items():
+        param = _PARAMETER_OF_FIELD.get(field, field)
+        source = ctx.get_parameter_source(param)  # click's ParameterSource (typer 0.29 vendors its own click)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            given[field], names[field] = value, flags[param]
+    return resumed_config(stored_run_config(out), given, names)

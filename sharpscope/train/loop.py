@@ -48,6 +48,7 @@ from .config import (
     _make_optimizer,
     learning_rate,
 )
+from .resume import resumed_config
 from .state import _append_metrics, _rng_state, _set_rng_state, _sigint_requests_stop, _write_metrics_file
 
 __all__ = ["train", "evaluate", "check_launch", "check_ranks"]
@@ -208,7 +209,9 @@ def train(
     """Train a model as ``config`` says, checkpointing to ``out_dir``.
 
     ``resume=True`` continues from ``out_dir/checkpoint.pt`` with the stored
-    configuration (``config`` may then be None); a finished run is returned as it is.
+    configuration (``config`` may then be None; a given one must agree with it, except for
+    more epochs on a schedule that extends and for tracking options:
+    :mod:`sharpscope.train.resume`); a finished run is returned as it is, or extended.
     Without ``resume``, an existing checkpoint in ``out_dir`` is an error, never
     overwritten. A NaN/Inf loss raises :class:`NonFiniteLossError` and leaves the last
     good checkpoint in place. Ctrl-C (or a callback setting ``state.stop_requested``)
@@ -221,7 +224,7 @@ def train(
     resumed_from = None
     if raw is not None:
         resumed_from = _resume(run, raw)
-        if raw["progress"].get("finished"):
+        if raw["progress"].get("finished") and run.state.epoch >= config.epochs:  # else: extended
             return TrainResult(out, run.ckpt_path, run.metrics, False, resumed_from, time.perf_counter() - t_start)
     elif run.main:
         _start_fresh(run)
@@ -237,16 +240,29 @@ def train(
     return TrainResult(out, run.ckpt_path, run.metrics, interrupted, resumed_from, time.perf_counter() - t_start)
 
 
+# What is tracked during a run does not change what is trained: a configuration given with
+# ``resume`` may track otherwise (the stored tracking continues), as compare and sweep rely on.
+_TRACKING = ("track", "track_every", "track_samples")
+
+
+def _given(config: TrainConfig) -> dict[str, Any]:
+    """The options of a configuration passed with ``resume`` that must agree with the stored ones."""
+    return {k: v for k, v in config.to_dict().items() if k not in _TRACKING}
+
+
 def _open(config: TrainConfig | None, out: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """The configuration to run and, with ``resume``, the checkpoint it continues (its stored
-    configuration wins); an existing checkpoint is never overwritten."""
+    """The configuration to run and, with ``resume``, the checkpoint it continues: the stored
+    configuration, which a given ``config`` must equal but for more epochs where the schedule
+    extends (:func:`sharpscope.train.resume.resumed_config`; tracking options aside); an
+    existing checkpoint is never overwritten."""
     ckpt_path = out / "checkpoint.pt"
     raw = None
     if resume and ckpt_path.exists():
         raw = read_checkpoint(ckpt_path)
         if not raw.get("config") or raw.get("optimizer_state") is None:
             raise CheckpointError(f"{ckpt_path}: has no training state to resume from")
-        config = TrainConfig.from_dict(raw["config"])
+        stored = TrainConfig.from_dict(raw["config"])
+        config = stored if config is None else resumed_config(stored, _given(config))
     elif ckpt_path.exists():
         raise ConfigError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
     if config is None:

@@ -1,0 +1,134 @@
+"""What a resumed run may change: nothing that defines it, except more epochs where the
+learning-rate schedule extends.
+
+A resumed run continues the stored :class:`~sharpscope.train.TrainConfig`. Options given
+again are compared with the stored ones by their effect (``rho=None`` is the optimizer's
+default radius, ``augment=None`` is "on for CIFAR", a variant's options with its defaults
+filled in, ``data_root`` as an absolute path); any that differ are refused, all named in one
+line, never silently ignored.
+
+``epochs`` larger than the stored value extends the run where that is well defined, i.e.
+where the first ``E`` epochs of an ``E'``-epoch run are the ``E``-epoch run itself:
+
+- ``constant`` (with or without warm-up: the warm-up lasts ``warmup_epochs``, whatever the
+  total): lr(step) does not depend on the total, so training ``E`` epochs and extending to
+  ``E'`` gives the weights of ``E'`` epochs trained straight (the example order of epoch e
+  comes from (seed, e), the optimizer state and the RNG are in the checkpoint);
+- ``cosine``: lr(step) = lr (1 + cos(pi t)) / 2 with t the fraction of the *total* steps
+  done, so the steps already taken followed a schedule that ends at ``E``; no ``E'``-epoch
+  run starts that way, and the extension is refused.
+
+Fewer epochs than stored are refused (a run is never shortened; its snapshots in
+``checkpoints/`` hold the earlier epochs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import read_checkpoint
+from ..errors import ConfigError
+from .config import DEFAULT_RHO, VARIANTS, TrainConfig
+
+__all__ = ["EXTENDABLE_SCHEDULES", "resumed_config", "resume_conflicts", "stored_run_config"]
+
+# Schedules whose learning rate at a step does not depend on the total number of epochs.
+EXTENDABLE_SCHEDULES = ("constant",)
+
+
+def stored_run_config(out_dir: str | os.PathLike[str]) -> TrainConfig | None:
+    """The configuration of the run a ``--resume`` in ``out_dir`` continues; None when the
+    folder holds no checkpoint (a new run starts there)."""
+    ckpt = Path(out_dir) / "checkpoint.pt"
+    if not ckpt.exists():
+        return None
+    return TrainConfig.from_dict(read_checkpoint(ckpt).get("config") or {})
+
+
+def _effective(config: Mapping[str, Any], name: str) -> Any:
+    """The value of option ``name`` in the configuration ``config`` (field -> value) by its
+    effect on training (module docstring)."""
+    value = config.get(name)
+    if name == "rho":
+        return DEFAULT_RHO.get(config.get("optimizer", ""), 0.0) if value is None else float(value)
+    if name == "augment":
+        return config.get("data") in ("cifar10", "cifar100") if value is None else bool(value)
+    if name == "data_root" and value is not None:
+        return os.path.abspath(os.path.expanduser(str(value)))
+    if name == "optimizer_options":
+        return _with_variant_defaults(config.get("optimizer", ""), dict(value or {}))
+    if name in ("p", "lr", "momentum", "weight_decay", "eta", "label_noise", "label_smoothing",
+                "warmup_epochs") and value is not None:
+        return float(value)
+    return value
+
+
+def _with_variant_defaults(optimizer: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A variant's options with the defaults of its class's keyword arguments filled in."""
+    if optimizer not in VARIANTS:
+        return options
+    cls, names = VARIANTS[optimizer]
+    params = inspect.signature(cls.__init__).parameters
+    defaults = {n: params[n].default for n in names if n in params and params[n].default is not inspect.Parameter.empty}
+    return {**defaults, **options}
+
+
+def resume_conflicts(stored: TrainConfig, given: Mapping[str, Any]) -> list[str]:
+    """The fields of ``given`` (TrainConfig field -> value) whose effect differs from the
+    stored configuration's, ``epochs`` aside (see :func:`resumed_config`), in field order."""
+    unknown = sorted(set(given) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+    old = stored.to_dict()
+    new = {**old, **given}  # what the run would be with the given options (rho's default follows optimizer)
+    return [f.name for f in dataclasses.fields(TrainConfig)
+            if f.name in given and f.name != "epochs" and _effective(new, f.name) != _effective(old, f.name)]
+
+
+def _epochs_problem(stored: TrainConfig, epochs: int) -> str | None:
+    """Why the stored run cannot be continued to ``epochs`` epochs (None: it can)."""
+    if epochs == stored.epochs:
+        return None
+    if epochs < stored.epochs:
+        return f"fewer than the run's {stored.epochs}: a run is not shortened"
+    if stored.schedule not in EXTENDABLE_SCHEDULES:
+        return (f"the run's {stored.schedule} schedule sets every step's learning rate from the total of "
+                f"{stored.epochs} epochs, so its steps so far are not those of a {epochs}-epoch run; only a "
+                f"{' or '.join(EXTENDABLE_SCHEDULES)} schedule extends")
+    return None
+
+
+def _show(value: Any) -> str:
+    """An option's value as one types it: strings bare, everything else as Python writes it."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def resumed_config(stored: TrainConfig, given: Mapping[str, Any], names: Mapping[str, str] | None = None
+                   ) -> TrainConfig:
+    """The configuration a resumed run continues with: ``stored``, with ``epochs`` from
+    ``given`` where the run extends to it (module docstring).
+
+    ``given`` holds the options the user gave again (TrainConfig field -> value); every one
+    whose effect differs from the stored value, and an ``epochs`` the run cannot be continued
+    to, is refused by one :class:`ConfigError` naming them all (``names`` maps a field to what
+    to call it, e.g. its command-line flag; default: the field's name).
+    """
+    def call(field: str) -> str:
+        return (names or {}).get(field, field)
+
+    old = stored.to_dict()
+    problems = [f"{call(f)} {_show(given[f])} (the run's: {_show(_effective(old, f))})"
+                for f in resume_conflicts(stored, given)]
+    epochs = int(given.get("epochs", stored.epochs))
+    why = _epochs_problem(stored, epochs)
+    if why is not None:
+        problems.append(f"{call('epochs')} {epochs} ({why})")
+    if problems:
+        raise ConfigError(f"a resumed run keeps its stored options; these differ: {'; '.join(problems)}. Drop them "
+                          "to continue the run as it was, or train a new run in another folder")
+    return stored if epochs == stored.epochs else dataclasses.replace(stored, epochs=epochs)
