@@ -13,7 +13,7 @@ import os
 
 from .errors import ConfigError
 
-__all__ = ["int_at_least", "finite_float", "float_problem", "available_memory", "require_memory",
+__all__ = ["bool_option", "BOOL_WORDS", "int_at_least", "finite_float", "float_problem", "available_memory", "require_memory",
            "require_grid_memory", "require_lanczos_memory", "require_trace_memory", "parameter_count",
            "GRID_POINT_BYTES"]
 
@@ -21,6 +21,23 @@ __all__ = ["int_at_least", "finite_float", "float_problem", "available_memory", 
 # accuracy and done flags, its coordinates and its place in the work list (measured about
 # 215-240 bytes per point on 1-D and 2-D grids of 200,000 points, CPython 3.11).
 GRID_POINT_BYTES = 256
+
+
+# How an option's true/false may be written (case aside); anything else is refused.
+BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
+
+
+def bool_option(name: str, value: object) -> bool:
+    """A boolean option's value: True/False, the integers 1/0 (what ``1`` reads as), or one of
+    :data:`BOOL_WORDS` as text; anything else is refused (``bool("no")`` is True, so text is
+    never passed through ``bool``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.strip().lower()]
+    raise ConfigError(f"{name} must be true or false (or yes/no, on/off, 1/0), got {value!r}")
 
 
 def int_at_least(name: str, value: object, minimum: int) -> int:

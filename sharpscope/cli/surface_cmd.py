@@ -250,6 +250,9 @@ def surface_command(
         grid = ("-1:1:51" if dim == 1 else "-1:1:51,-1:1:51" if dim == 2 else "-1:1:21") if trajectory is None \
             else "-1:1:31,-1:1:31"
     axes = None if grid is None else _grids(grid, 2 if trajectory is not None else dim)  # before any work
+    if range_mode == "auto" and axes is not None and min(len(a) for a in axes if a is not None) < 2:
+        raise ConfigError(f"--range auto spreads each direction's POINTS over [-extent, extent]: it needs POINTS "
+                          f">= 2, got --grid {grid}")
     zs = None
     if axes is not None and len(axes) == 3:
         zs, axes = axes[2], axes[:2]

@@ -56,7 +56,10 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def parse_grid(text: str) -> np.ndarray:
-    """``"-1:1:51"`` -> 51 evenly spaced points from -1 to 1 (both included)."""
+    """``"-1:1:51"`` -> 51 evenly spaced points from -1 to 1 (both included).
+
+    One point is a grid only where it is unambiguous: ``"a:a:1"`` is the point a (``"0:0:1"``
+    the centre alone); ``"-1:1:1"`` is refused, as linspace would silently keep MIN alone."""
     parts = text.split(":")
     try:
         lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
@@ -64,6 +67,9 @@ def parse_grid(text: str) -> np.ndarray:
         raise ConfigError(f"grid must look like MIN:MAX:POINTS (e.g. -1:1:51), got {text!r}") from None
     if len(parts) != 3 or n < 1 or not (math.isfinite(lo) and math.isfinite(hi)) or (n > 1 and hi <= lo):
         raise ConfigError(f"grid must look like MIN:MAX:POINTS with MIN < MAX and POINTS >= 1, got {text!r}")
+    if n == 1 and lo != hi:
+        raise ConfigError(f"grid MIN:MAX:POINTS with MIN < MAX needs POINTS >= 2 (one point is MIN = MAX, e.g. "
+                          f"0:0:1 for the centre alone), got {text!r}")
     require_grid_memory(n)  # before allocating: POINTS can be any size
     return np.linspace(lo, hi, n)
 

@@ -19,6 +19,11 @@ parameter tensor instead of over the whole model (equal only for a one-tensor mo
 ``step`` runs the closure at w again on the steps in between (two passes on every step,
 so it is not cheaper than SAM), and its defaults are k = 10 and rho = 0.1. The step counter and
 g_v are in :meth:`state_dict`, so a resumed run continues the cycle.
+
+Driven by hand, a step is ``first_step`` / backward at w + e / ``second_step`` only where
+:meth:`LookSAM.perturbs_this_step` is true; elsewhere ``second_step`` follows the backward at w
+directly (``first_step`` raises there rather than run SAM's full step).
+
 """
 
 from __future__ import annotations
@@ -68,6 +73,21 @@ class LookSAM(SAM):
         """A full SAM step at every k-th step, and whenever there is no g_v to reuse yet."""
         has_gv = any(_GV in self.state[w] for w in self._params())
         return self.param_groups[0].get(_STEP, 0) % self.k == 0 or not has_gv
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> torch.Tensor:
+        """SAM's first step on a full step. On a step that reuses g_v (:meth:`perturbs_this_step`
+        false) there is no perturbation: it raises, leaving the weights and gradients as they
+        are, so that the two-step recipe cannot silently run plain SAM (a full step every step,
+        two passes each). After the backward at w, call :meth:`second_step` directly on such a
+        step, or drive LookSAM with ``step(closure)`` or :func:`~sharpscope.optim.sam_step`."""
+        if not self.perturbs_this_step():
+            step = self.param_groups[0].get(_STEP, 0)
+            raise ConfigError(
+                f"LookSAM step {step + 1} reuses its stored direction (one pass at w, no perturbation): call "
+                "second_step() now, after the backward at w; call first_step() only when perturbs_this_step() "
+                "is true, or drive LookSAM with step(closure) or sam_step")
+        return super().first_step(zero_grad=zero_grad)
 
     @torch.no_grad()
     def _update_gradient(self) -> None:

@@ -193,10 +193,13 @@ class SAM(torch.optim.Optimizer):
         **kwargs: Any,
     ) -> None:
         _check_hyper(rho, p, eta)
+        for name, flag in (("adaptive", adaptive), ("perturbation_weight_decay", perturbation_weight_decay)):
+            if not isinstance(flag, bool):  # bool("no") is True: only a real bool is taken
+                raise ConfigError(f"{name} must be True or False, got {flag!r}")
         if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, torch.optim.Optimizer)):
             raise ConfigError(f"base_optimizer must be a torch.optim.Optimizer class, got {base_optimizer!r}")
-        defaults = dict(rho=float(rho), p=float(p), adaptive=bool(adaptive), eta=float(eta),
-                        perturbation_weight_decay=bool(perturbation_weight_decay), **kwargs)
+        defaults = dict(rho=float(rho), p=float(p), adaptive=adaptive, eta=float(eta),
+                        perturbation_weight_decay=perturbation_weight_decay, **kwargs)
         super().__init__(params, defaults)
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         self.param_groups = self.base_optimizer.param_groups

@@ -47,8 +47,10 @@ class WSAM(SAM):
                  gamma: float = 0.9, decouple: bool = True, **kwargs: Any) -> None:
         if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and 0 <= gamma < 1):
             raise ConfigError(f"WSAM gamma must be in [0, 1), got {gamma!r}")
+        if not isinstance(decouple, bool):  # bool("no") is True: only a real bool is taken
+            raise ConfigError(f"WSAM decouple must be True or False, got {decouple!r}")
         super().__init__(params, base_optimizer, rho=rho, **kwargs)
-        self.gamma, self.decouple = float(gamma), bool(decouple)
+        self.gamma, self.decouple = float(gamma), decouple
 
     @property
     def alpha(self) -> float:

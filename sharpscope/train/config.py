@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import bool_option
 from ..data import DataSpec
 from ..errors import ConfigError
 from ..optim import GSAM, RSAM, SAM, WSAM, FriendlySAM, LookSAM, asam_groups
@@ -99,6 +101,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.data_root is not None:  # checkpoints must find the data from any working directory
             self.data_root = os.path.abspath(os.path.expanduser(str(self.data_root)))
+        self.optimizer_options = _typed_variant_options(self.optimizer, dict(self.optimizer_options))
         self.validate()
 
     @property
@@ -244,6 +247,19 @@ def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
 
 def _sgd_options(config: TrainConfig) -> dict[str, Any]:
     return dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov)
+
+
+def _typed_variant_options(optimizer: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A variant's options with its boolean ones (annotated ``bool`` in its class) read strictly
+    (:func:`sharpscope.checks.bool_option`: ``decouple=no`` is False, ``decouple=maybe`` is
+    refused); the other options are checked by the class itself."""
+    if optimizer not in VARIANTS:
+        return options
+    params = inspect.signature(VARIANTS[optimizer][0].__init__).parameters
+    for name, value in options.items():
+        if name in params and params[name].annotation in (bool, "bool"):
+            options[name] = bool_option(f"--optimizer-opt {name} of {optimizer}", value)
+    return options
 
 
 def _make_variant(config: TrainConfig, params: Any) -> SAM:
