@@ -269,11 +269,15 @@ def test_nan_weights_are_shown_by_info_and_refused_by_analyses(env, cli, tmp_pat
     assert code == 2 and "NaN or Inf" in err
 
 
-def test_a_one_point_grid_reports_what_it_can(env, cli, tmp_path):
-    """A grid without the centre leaves the centre loss undefined: printed as n/a, not a TypeError."""
-    code, out, err, _ = _run(cli, ["surface", "{run}", *FAST, "--dim", "1", "--grid", "-1:1:1", "--out", "{out}"],
+def test_a_grid_without_the_centre_reports_what_it_can(env, cli, tmp_path):
+    """A grid without the centre leaves the centre loss undefined: printed as n/a, not a TypeError;
+    a one-point grid that is not MIN = MAX (linspace keeps MIN alone) is refused in one line."""
+    code, out, err, _ = _run(cli, ["surface", "{run}", *FAST, "--dim", "1", "--grid", "0.5:1:2", "--out", "{out}"],
                              env, tmp_path)
     assert code == 0 and "centre loss n/a" in out, err
+    code, out, err, _ = _run(cli, ["surface", "{run}", *FAST, "--dim", "1", "--grid", "-1:1:1", "--out", "{out}"],
+                             env, tmp_path)
+    assert code == 2 and "POINTS >= 2" in err and len(err.strip().splitlines()) == 1
 
 
 def test_the_library_refuses_the_same_values(env):
