@@ -13,7 +13,8 @@ import os
 
 from .errors import ConfigError
 
-__all__ = ["bool_option", "BOOL_WORDS", "int_at_least", "finite_float", "float_problem", "available_memory", "require_memory",
+__all__ = ["bool_option", "BOOL_WORDS",
+           "int_at_least", "finite_float", "float_problem", "available_memory", "require_memory",
            "require_grid_memory", "require_lanczos_memory", "require_trace_memory", "parameter_count",
            "GRID_POINT_BYTES"]
 

@@ -6,6 +6,8 @@ The modules, each importing only those before it:
                   configuration names, and the names one may choose (OPTIMIZERS, VARIANTS, TRACKABLE, ...)
     callbacks.py  Callback and the TrainState callbacks see
     state.py      what a run keeps across a restart: RNG state, metrics files; Ctrl-C
+    resume.py     what a resumed run may change: options given again must equal the stored
+                  ones; a larger epochs extends a run whose schedule allows it
     loop.py       train(): the loop, in short steps (determinism and the files written: its docstring)
     tracking.py   diagnostics tracked during training (``--track``); the loop imports it
                   only when a run tracks something
