@@ -163,7 +163,9 @@ class SAM(torch.optim.Optimizer):
         loss_fn(model(x), y).backward(); opt.second_step(zero_grad=True)
 
     or ``opt.step(closure)`` where ``closure`` runs forward and backward and returns the
-    loss. Unlike davda54/sam, ``step`` runs the first pass too (as every closure-taking
+    loss. By hand, a variant that does not perturb on every step (:class:`LookSAM`) takes
+    ``first_step`` and the pass at w + e only where :meth:`perturbs_this_step` is true, and
+    ``second_step`` straight after the backward at w otherwise (its ``first_step`` raises there). Unlike davda54/sam, ``step`` runs the first pass too (as every closure-taking
     torch optimizer does) and returns the loss at the unperturbed weights.
 
     The perturbation norm is global: one norm over every parameter with a gradient.
