@@ -190,8 +190,13 @@ def test_correlate_refuses_a_factory_run_before_measuring_any(own_module, cli) -
 # --------------------------------------------------------------------------- item 2: compare, sweep
 
 
-def test_sweep_trains_and_analyses_a_factory_named_on_the_command_line(own_module, cli) -> None:
+@pytest.mark.parametrize("where", ["current folder", "sys.path"])
+def test_sweep_trains_and_analyses_a_factory_named_on_the_command_line(own_module, cli, monkeypatch, where) -> None:
+    """Found in the current folder as ``python -m`` would (the console script does not put it on
+    sys.path), or on sys.path; trusted for the analyses of the runs the sweep made."""
     name, marker, folder = own_module
+    if where == "sys.path":
+        monkeypatch.syspath_prepend(str(folder))
     code, out, err = cli(["sweep", "--model", f"{name}:build", "--data", "synthetic", "--n-train", "64",
                           "--epochs", "1", "--seeds", "2", "--profile", "quick", "--analyses", "eigenvalues",
                           "--out", "sw", "--no-progress"])
@@ -217,9 +222,10 @@ def test_compare_trains_and_analyses_a_factory_named_on_the_command_line(own_mod
 @pytest.mark.parametrize(("attr", "fragment"), [("broken", "my factory is broken"),
                                                  ("wrong_shape", "does not accept inputs"),
                                                  ("missing", "has no attribute 'missing'")])
-def test_a_bad_factory_fails_before_any_folder_or_training_step(own_module, cli, verb: str, attr: str,
+def test_a_bad_factory_fails_before_any_folder_or_training_step(own_module, cli, monkeypatch, verb: str, attr: str,
                                                                 fragment: str) -> None:
     name, marker, folder = own_module
+    monkeypatch.syspath_prepend(str(folder))  # importable: what is checked is the factory itself
     args = {"compare": ["compare", "--quick", "--seeds", "2"],
             "sweep": ["sweep", "--seeds", "2", "--profile", "quick"]}[verb]
     start = time.perf_counter()
