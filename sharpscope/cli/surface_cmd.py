@@ -11,8 +11,8 @@ from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, analysed_too, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
-    TRUST_FACTORY, console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, point_progress, seed_option,
-    write_json)
+    TRUST_FACTORY, console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, point_progress,
+    seed_option, write_json)
 
 if TYPE_CHECKING:
     from rich.console import Console
