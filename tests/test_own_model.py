@@ -402,3 +402,13 @@ def test_readme_own_model_walkthrough(tmp_path: Path, monkeypatch: pytest.Monkey
         code, _, err = cli(shlex.split(command)[1:])
         assert code == 0, (command, err)
     assert list((tmp_path / "surface").glob("*.png"))
+
+
+@pytest.mark.parametrize("verb", ["train", "compare", "sweep", "correlate", "hessian", "sharpness", "gradcos",
+                                  "surface", "interpolate", "weights"])
+def test_every_verb_that_builds_a_stored_model_takes_trust_factory(cli, verb: str) -> None:
+    code, out, err = cli([verb, "--help"])
+    assert code == 0, err
+    assert "--trust-factory" in out
+    if verb in VERBS:
+        assert "--data " in out and "--data-root" in out
