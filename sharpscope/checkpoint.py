@@ -137,6 +137,19 @@ def save_checkpoint(
     refused with :class:`CheckpointError` before a byte is written. ``metadata["environment"]``
     records what wrote it (:func:`sharpscope.provenance.of_model`: versions, device, dtype,
     threads, ranks, deterministic mode) unless the caller passes its own.
+
+    ``model_spec`` says how to rebuild the model (:mod:`sharpscope.models`): a built-in name
+    or your own factory ``{"factory": "package.module:function", "kwargs": {...}}``.
+    ``data_spec`` (:meth:`sharpscope.data.DataSpec.to_dict`, or a dict of its fields; missing
+    fields take their defaults) names the data the analyses load; without it every analysis
+    verb needs ``--data``. A model trained by your own code, for the CLI::
+
+        import sharpscope as ss
+        model = mynets.build(width=64)          # ... trained by your own loop
+        ss.save_checkpoint("mine.pt", model,
+                           model_spec={"factory": "mynets:build", "kwargs": {"width": 64}},
+                           data_spec={"name": "npz", "root": "my.npz"})
+        # sharpscope hessian mine.pt --trust-factory --top-k 5
     """
     if not isinstance(model_spec, dict) or not ({"name", "factory"} & model_spec.keys()):
         raise CheckpointError("model_spec must be a dict with a 'name' or a 'factory' key")
@@ -210,6 +223,16 @@ def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
             if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def _wrap_hint(raw: Any) -> str:
+    """How to make a sharpscope checkpoint of what a foreign file holds (one line)."""
+    tensors = isinstance(raw, dict) and bool(raw) and all(isinstance(v, torch.Tensor) for v in raw.values())
+    nested = isinstance(raw, dict) and any(k in raw for k in ("state_dict", "model_state_dict", "model"))
+    what = "a bare state_dict" if tensors else "a training checkpoint of other code" if nested else "this file"
+    return (f"; to analyse {what}, load the weights into your model and wrap them once with "
+            "sharpscope.save_checkpoint(path, model, model_spec={'factory': 'mymodule:build', 'kwargs': {}}, "
+            "data_spec={'name': 'npz', 'root': 'data.npz'})")
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read and validate the raw checkpoint dict with ``weights_only=True``.
 
@@ -236,8 +259,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         first = (str(err).splitlines() or [type(err).__name__])[0][:160]
         raise CheckpointError(f"{p}: unreadable (truncated or corrupt?): {first}") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"{p}: not a sharpscope checkpoint (no '{FORMAT}' format field); "
-                              "a bare state_dict can be loaded with torch.load(..., weights_only=True)")
+        raise CheckpointError(f"{p}: not a sharpscope checkpoint (no '{FORMAT}' format field){_wrap_hint(raw)}")
     version = raw.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{p}: checkpoint format version {version!r} is newer than this "
@@ -271,12 +293,13 @@ class Checkpoint:
         return self.progress.get("epoch")
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool = False,
+def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool | str = False,
                     map_location: str | torch.device = "cpu", allow_nonfinite: bool = False) -> Checkpoint:
     """Load a checkpoint and rebuild its model.
 
     A model built by a custom factory (``"package.module:function"``) is only imported
-    when ``allow_factory=True``: a checkpoint from elsewhere must not run code on load.
+    when ``allow_factory`` allows it (``True``: any factory, the CLI's ``--trust-factory``;
+    a factory's name: that one only): a checkpoint from elsewhere must not run code on load.
     Weights or buffers holding NaN or Inf are refused (every analysis of such a model is
     meaningless) unless ``allow_nonfinite=True``.
     """

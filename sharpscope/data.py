@@ -46,6 +46,7 @@ __all__ = [
     "RawData",
     "load_dataset",
     "load_raw",
+    "analysis_data_spec",
     "add_label_noise",
     "read_idx",
 ]
@@ -729,6 +730,32 @@ def _take(
         raise ConfigError(f"{what}={n} is larger than the {len(x)} available examples")
     idx = torch.randperm(len(x), generator=_generator(seed, stream))[:n].numpy()
     return x[idx], y[idx]
+
+
+def analysis_data_spec(stored: Mapping[str, Any] | None, name: str | None = None, root: str | None = None,
+                       where: str = "the checkpoint") -> DataSpec:
+    """The data an analysis of a checkpoint loads: the spec it recorded (``stored``), or the one
+    the user names instead (the CLI's ``--data`` / ``--data-root``).
+
+    - ``name`` other than the recorded one (or nothing recorded): that data set with its default
+      split and no label noise, at ``root``;
+    - ``name`` equal to the recorded one, or ``root`` alone: the recorded spec (its split seed,
+      subset and label noise) with ``root`` replaced, e.g. for files that moved.
+
+    :class:`DataError` when nothing is recorded and no ``name`` is given."""
+    given_root = None if root is None else os.path.abspath(os.path.expanduser(str(root)))
+    if not stored and name is None:
+        extra = " (--data-root alone replaces a recorded data set's root)" if root is not None else ""
+        raise DataError(f"{where} records no data set; name one with --data NAME [--data-root PATH]{extra}, or "
+                        "store it once with sharpscope.save_checkpoint(..., data_spec={'name': ..., 'root': ...})")
+    if stored and (name is None or name == stored.get("name")):
+        spec = DataSpec.from_dict(stored)
+        if given_root is not None:
+            spec = dataclasses.replace(spec, root=given_root)
+    else:
+        spec = DataSpec(name=str(name), root=given_root)
+    spec.validate()
+    return spec
 
 
 def load_dataset(spec: DataSpec | str | Mapping[str, Any] | None = None, **overrides: Any) -> Dataset:

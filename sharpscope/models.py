@@ -12,8 +12,12 @@ it can be stored in checkpoints and rebuilt later:
     {"factory": "package.module:function", "kwargs": {"width": 32}}
 
   ``function(**kwargs)`` must return a :class:`torch.nn.Module`.  Building a factory spec
-  imports and runs third-party code, so :func:`build_model` does it only when the caller
-  passes ``allow_factory=True`` (the CLI maps ``--trust-factory`` onto it).
+  imports and runs code named by the spec, and a spec may come from a checkpoint or run
+  folder made elsewhere, so :func:`build_model` does it only when the caller allows it:
+  ``allow_factory="package.module:function"`` (that factory only: the one the user named,
+  e.g. ``--model`` on the command line) or ``allow_factory=True`` (any factory: the CLI's
+  ``--trust-factory``). The module is imported as ``python -m`` would: the current folder
+  is on the path.
 
 Built-in architectures (every one but ``cnn1d`` accepts ``input_shape`` ``(C, H, W)``; ``mlp``
 also ``(D,)``, ``cnn1d`` only ``(L,)``):
@@ -57,7 +61,10 @@ __all__ = [
     "WideBasicBlock",
     "WideResNet",
     "build_model",
+    "check_factory_allowed",
     "count_parameters",
+    "factory_name",
+    "is_factory",
     "make_factory_spec",
     "make_model_spec",
     "parse_model_name",
@@ -654,6 +661,19 @@ def _parse_factory(factory: Any, what: str = "model factory", error: type[Except
     return module, attr
 
 
+def is_factory(model: Any) -> bool:
+    """Whether a model name (``--model``, ``TrainConfig.model``) names a custom factory
+    (``package.module:function``) rather than a built-in architecture."""
+    return isinstance(model, str) and ":" in model
+
+
+def factory_name(factory: str) -> str:
+    """The canonical ``module:function`` form of a factory name (spaces around the parts
+    dropped); :class:`ModelSpecError` when it does not have that form."""
+    module, attr = _parse_factory(factory)
+    return f"{module}:{attr}"
+
+
 def make_factory_spec(factory: str, **kwargs: Any) -> dict:
     """Return ``{"factory": factory, "kwargs": kwargs}`` after checking the ``module:function``
     form and that the kwargs are JSON-plain.  Nothing is imported."""
@@ -687,6 +707,7 @@ def import_callable(module_name: str, attr: str, what: str, error: type[Exceptio
     naming ``what`` (e.g. "model factory"). Callers decide first whether importing user code
     is allowed (``allow_factory`` / ``--trust-factory``): this function always imports."""
     path = f"{module_name}:{attr}"
+    _current_folder_on_path()
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -711,16 +732,53 @@ def import_callable(module_name: str, attr: str, what: str, error: type[Exceptio
     return obj
 
 
-def _build_from_factory(spec: Mapping[str, Any], allow_factory: bool) -> nn.Module:
+def _current_folder_on_path() -> None:
+    """Put the current folder first on ``sys.path`` when it is not there, as ``python -m``
+    does, so ``--model mynets:build`` finds ``./mynets.py`` from the console script too.
+    Called only once importing user code has been allowed."""
+    import os
+    import sys
+
+    here = os.getcwd()
+    if not any(entry in ("", ".") or os.path.abspath(entry) == here for entry in sys.path):
+        sys.path.insert(0, here)
+
+
+def _refuse_factory(factory: str, kwargs: dict, allow_factory: bool | str) -> None:
+    """ModelSpecError unless ``allow_factory`` lets ``factory`` run (module docstring)."""
+    if allow_factory is True:
+        return
+    shown = repr(kwargs)
+    call = f"{factory}(**{shown if len(shown) <= 200 else shown[:197] + '...'})"
+    if isinstance(allow_factory, str) and allow_factory:
+        named = factory_name(allow_factory)
+        if named == factory:
+            return
+        raise ModelSpecError(
+            f"model uses custom factory {factory}, not the {named} that was named; name {factory} "
+            f"(--model {factory}) or pass allow_factory=True / --trust-factory to run {call}"
+        )
+    raise ModelSpecError(
+        f"model uses custom factory {factory}; a checkpoint never chooses what code runs: pass "
+        f"--trust-factory (allow_factory=True), or --model {factory} where the command takes it, to import "
+        f"it and run {call}"
+    )
+
+
+def check_factory_allowed(spec: Mapping[str, Any], allow_factory: bool | str) -> None:
+    """The refusal :func:`build_model` would raise for ``spec`` under ``allow_factory``
+    (:class:`ModelSpecError`), without importing or building anything; nothing for a
+    built-in spec or an allowed factory."""
+    if isinstance(spec, Mapping) and "factory" in spec:
+        _refuse_factory(factory_name(spec["factory"]), _spec_kwargs(spec), allow_factory)
+
+
+def _build_from_factory(spec: Mapping[str, Any], allow_factory: bool | str) -> nn.Module:
     _check_keys(spec, _FACTORY_KEYS, ("factory",))
     module_name, attr = _parse_factory(spec["factory"])
     factory = f"{module_name}:{attr}"
-    if not allow_factory:
-        raise ModelSpecError(
-            f"model uses custom factory {factory}; pass allow_factory=True / --trust-factory "
-            "to import and run it"
-        )
     kwargs = _spec_kwargs(spec)
+    _refuse_factory(factory, kwargs, allow_factory)
     obj = import_callable(module_name, attr, "model factory", ModelSpecError)
     try:
         model = obj(**kwargs)
@@ -735,13 +793,15 @@ def _build_from_factory(spec: Mapping[str, Any], allow_factory: bool) -> nn.Modu
     return model
 
 
-def build_model(spec: Mapping[str, Any], *, allow_factory: bool = True) -> nn.Module:
+def build_model(spec: Mapping[str, Any], *, allow_factory: bool | str = False) -> nn.Module:
     """Build a model from a spec dict (see the module docstring).
 
     Weights are drawn from torch's global RNG, so the same seed gives the same weights.
-    A factory spec is imported and called only when ``allow_factory`` is true; otherwise
-    :class:`ModelSpecError` is raised before anything is imported.  Every problem with
-    the spec raises :class:`ModelSpecError` with a one-line message.
+    A factory spec is imported and called only when ``allow_factory`` allows it: ``True``
+    (any factory) or the factory's own ``"package.module:function"`` name (the one the user
+    named); otherwise :class:`ModelSpecError` is raised before anything is imported, so a
+    spec read from a checkpoint never chooses what code runs.  Every problem with the spec
+    raises :class:`ModelSpecError` with a one-line message.
     """
     if not isinstance(spec, Mapping):
         raise ModelSpecError(f"model spec must be a dict, got {type(spec).__name__}")

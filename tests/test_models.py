@@ -359,18 +359,21 @@ def test_factory_spec_builds(factory_module) -> None:
     spec = make_factory_spec(f"{name}:make", width=5, classes=3)
     assert spec == {"factory": f"{name}:make", "kwargs": {"width": 5, "classes": 3}}
     assert not marker.exists()  # make_factory_spec does not import
-    model = build_model(json.loads(json.dumps(spec)))
+    model = build_model(json.loads(json.dumps(spec)), allow_factory=True)
     assert marker.exists()
     assert model(torch.randn(2, 3)).shape == (2, 3)
     assert count_parameters(model) == 3 * 5 + 5 + 5 * 3 + 3
-    assert isinstance(build_model(make_factory_spec(f"{name}:Holder.make")), nn.Linear)
+    assert isinstance(build_model(make_factory_spec(f"{name}:Holder.make"), allow_factory=f"{name}:Holder.make"),
+                      nn.Linear)
 
 
 def test_factory_refused_without_import(factory_module) -> None:
     name, marker = factory_module
     spec = make_factory_spec(f"{name}:make")
-    with pytest.raises(ModelSpecError, match="allow_factory=True / --trust-factory"):
+    with pytest.raises(ModelSpecError, match="--trust-factory"):
         build_model(spec, allow_factory=False)
+    with pytest.raises(ModelSpecError, match="--trust-factory"):
+        build_model(spec)  # the default: a spec never chooses what code runs
     assert not marker.exists()
     assert name not in sys.modules
 
@@ -388,16 +391,16 @@ def test_factory_refused_without_import(factory_module) -> None:
 def test_factory_errors(factory_module, attr: str, match: str) -> None:
     name, _ = factory_module
     with pytest.raises(ModelSpecError, match=match) as info:
-        build_model(make_factory_spec(f"{name}:{attr}"))
+        build_model(make_factory_spec(f"{name}:{attr}"), allow_factory=True)
     assert "\n" not in str(info.value)
 
 
 def test_factory_bad_kwargs_and_missing_module(factory_module) -> None:
     name, _ = factory_module
     with pytest.raises(ModelSpecError, match="raised TypeError"):
-        build_model(make_factory_spec(f"{name}:make", depth=3))
+        build_model(make_factory_spec(f"{name}:make", depth=3), allow_factory=True)
     with pytest.raises(ModelSpecError, match="cannot import module 'no_such_module_xyz.sub'"):
-        build_model(make_factory_spec("no_such_module_xyz.sub:make"))
+        build_model(make_factory_spec("no_such_module_xyz.sub:make"), allow_factory=True)
 
 
 def test_factory_module_failing_at_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -405,7 +408,7 @@ def test_factory_module_failing_at_import(tmp_path: Path, monkeypatch: pytest.Mo
     (tmp_path / f"{name}.py").write_text("raise ValueError('broken module')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModelSpecError, match="failed: ValueError: broken module"):
-        build_model(make_factory_spec(f"{name}:make"))
+        build_model(make_factory_spec(f"{name}:make"), allow_factory=True)
     sys.modules.pop(name, None)
 
 

@@ -19,7 +19,7 @@ import typer
 
 from .. import distributed as dist_utils
 from ..checks import float_problem
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -34,12 +34,15 @@ CHECK_LAUNCH_ENV = "SHARPSCOPE_CHECK_LAUNCH"
 
 
 def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: int, seed: int,
-                      trust_factory: bool, device: str = "cpu") -> tuple[Checkpoint, list]:
-    """The checkpoint's model (on ``device``) and a fixed list of batches of its data set
-    (joins a torchrun process group first, if launched by torchrun: the analyses then split
-    their work; the batches move to the model's device inside the analyses)."""
+                      trust_factory: bool, device: str = "cpu",
+                      data_override: tuple[str | None, str | None] = (None, None)) -> tuple[Checkpoint, list]:
+    """The checkpoint's model (on ``device``) and a fixed list of batches of its data set, or
+    of the one ``data_override`` = (``--data``, ``--data-root``) names instead
+    (:func:`sharpscope.data.analysis_data_spec`). Joins a torchrun process group first, if
+    launched by torchrun: the analyses then split their work; the batches move to the model's
+    device inside the analyses."""
     from ..checkpoint import load_checkpoint
-    from ..data import DataSpec, load_dataset
+    from ..data import analysis_data_spec, load_dataset
 
     if split not in ("train", "test"):
         raise ConfigError(f"--split must be train or test, got {split!r}")
@@ -49,9 +52,7 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
     first = next(iter(ckpt.model.parameters()), None)
     _ANALYSED.update(device=target, dtype=first.dtype if first is not None else None)
     analysed_too(ckpt)
-    if not ckpt.data_spec:
-        raise CheckpointError(f"{path}: records no data set; analyse it from Python with your own data")
-    data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
+    data = load_dataset(analysis_data_spec(ckpt.data_spec, *data_override, where=str(path)))
     return ckpt, data.batches(split, samples, batch_size, seed)
 
 
@@ -175,7 +176,15 @@ SAMPLES = typer.Option(None, help="Use a seeded subset of this many examples.")
 SPLIT = typer.Option("train", help="train (the labels trained on) or test.")
 JSON_OUT = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout).")
 PROGRESS = typer.Option(True, help="Show a progress bar.")
-TRUST_FACTORY = typer.Option(False, "--trust-factory", help="Import the custom model factory a checkpoint names.")
+DATA = typer.Option(None, "--data", help="Data set to analyse on instead of the one the checkpoint records (needed "
+                    "when it records none): digits, mnist1d, synthetic, npz, mnist, fashion-mnist, cifar10, cifar100.")
+DATA_ROOT = typer.Option(None, "--data-root", help="Folder or .npz file of --data; alone, it replaces the root of "
+                         "the recorded data set (e.g. files that moved).")
+TRUST_FACTORY = typer.Option(False, "--trust-factory", help="Import and run the custom model factory a checkpoint "
+                             "or run folder names, with its stored keyword arguments (only for files you trust).")
+# compare and sweep build only runs they make from their own --model: that factory is trusted.
+TRUST_NAMED_FACTORY = typer.Option(False, "--trust-factory", help="Implied: the factory named by --model is "
+                                   "trusted for the runs this command makes (kept so the flag works on every verb).")
 DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (under torchrun, cuda is each process's own GPU).")
 DETERMINISTIC = typer.Option(False, "--deterministic", help="Deterministic algorithms and a fixed thread count "
                              "(sharpscope --threads N, else 1): the same command on the same machine and "

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, apply_determinism, interrupt_says, parse_options
+from ._common import DETERMINISTIC, TRUST_NAMED_FACTORY, apply_determinism, interrupt_says, parse_options
 
 
 @app.command("compare")
@@ -32,6 +32,7 @@ def compare_command(
     html: bool = typer.Option(False, "--html", help="Also write OUT/report.html: one self-contained interactive "
                               "page (plotly, embedded: opens with no network); needs the html extra."),
     progress: bool = typer.Option(True, help="Show progress."),
+    trust_factory: bool = TRUST_NAMED_FACTORY,
     deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Optimizers side by side over paired seeds: train, measure, summarize with 95 % CIs.
@@ -42,6 +43,8 @@ def compare_command(
     reports each metric's mean, standard deviation and 95 % Student-t interval, and each
     optimizer's paired difference to the baseline with its interval and p-value. Writes
     OUT/report.md, OUT/results.json and OUT/figures/*.png; rerunning reuses what is done.
+    Your own model: --model mynets:build (./mynets.py, function build) is imported, called once
+    and checked on the data before the first run trains.
 
     Example: sharpscope compare --out runs/compare --label-noise 0.4 --rho 0.1 --seeds 5
     """

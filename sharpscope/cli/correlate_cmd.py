@@ -6,7 +6,8 @@ from pathlib import Path
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, apply_determinism, finite, interrupt_says, numbers, print_correlations, seed_option
+from ._common import (DETERMINISTIC, TRUST_FACTORY, apply_determinism, finite, interrupt_says, numbers,
+                      print_correlations, seed_option)
 
 
 @app.command("correlate")
@@ -34,6 +35,7 @@ def correlate_command(
                               "interactive scatter per measure (a run's options on hover), self-contained."),
     seed: int = seed_option("Seed of the subset, the measures and the bootstrap."),
     progress: bool = typer.Option(True, help="Say which run and measure is computed."),
+    trust_factory: bool = TRUST_FACTORY,
     deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Measure every run (cached per run: a rerun computes only what is new) and rank-correlate
@@ -63,7 +65,7 @@ def correlate_command(
     say = (lambda msg: print(f"correlate: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     say(f"{len(found)} runs")
     with interrupt_says("measured runs are kept (measures.json in each run); rerun the same command to continue"):
-        rows = measure_runs(found, names, settings, say)
+        rows = measure_runs(found, names, settings, say, allow_factory=trust_factory)
     for row in rows:
         if row["status"] == "finished" and (row.get("train_acc") or 0.0) < min_train_acc:
             row["status"] = "underfit"

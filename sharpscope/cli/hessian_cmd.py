@@ -12,7 +12,8 @@ from ..errors import ConfigError
 from ..objective import HVP_MODES
 from ._app import app
 from ._common import (
-    DETERMINISTIC, analysed_too, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
+    DATA, DATA_ROOT, DETERMINISTIC, analysed_too, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
+    TRUST_FACTORY,
     console as rank0_console, finite, hvp_progress, load_for_analysis, seed_option, write_json)
 
 if TYPE_CHECKING:
@@ -100,6 +101,8 @@ def hessian_command(
                                                 "eigenvalues too, and the overlap of the two top-k eigenspaces."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
+    data: Optional[str] = DATA,
+    data_root: Optional[str] = DATA_ROOT,
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
     seed: int = seed_option("Seed of the subset, of the random start vectors and of the Fisher's labels."),
     hvp_mode: str = typer.Option("auto", "--hvp-mode", help=f"One of {', '.join(HVP_MODES)}."),
@@ -132,7 +135,8 @@ def hessian_command(
 
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
-    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device)
+    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
+                                      (data, data_root))
     from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
     selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
     obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=hvp_mode)

@@ -9,7 +9,7 @@ import typer
 
 from ._app import app
 from ._common import (
-    DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
+    DATA, DATA_ROOT, DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
     console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option, write_json)
 
 
@@ -35,6 +35,8 @@ def sharpness_command(
     max_subsets: Optional[int] = typer.Option(None, "--max-subsets", min=1, help="Cap on subsets per m (seeded)."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
+    data: Optional[str] = DATA,
+    data_root: Optional[str] = DATA_ROOT,
     seed: int = seed_option("Seed of the subsets and of --samples."),
     gap: bool = typer.Option(True, help="Also report the surrogate gap L(w + e_hat) - L(w) for each rho."),
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
@@ -76,7 +78,7 @@ def sharpness_command(
     p_value = parse_p(p)
     if p_value not in (2.0, math.inf):  # refused before loading (the library says the same)
         raise ConfigError(f"--p must be 2 or inf (m-sharpness supports p = 2 and p = inf), got {p!r}")
-    ckpt, batches = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device)
+    ckpt, batches = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device, (data, data_root))
     n = sum(x.shape[0] for x, _ in batches)
     if max(ms) > n:
         raise ConfigError(f"--m {max(ms)} is larger than the {n} examples analysed")
@@ -172,6 +174,8 @@ def gradcos_command(
     rho: float = typer.Option(0.05, callback=finite(at_least=0), help="SAM radius."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
+    data: Optional[str] = DATA,
+    data_root: Optional[str] = DATA_ROOT,
     seed: int = seed_option("Seed of --samples."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
     json_out: Optional[str] = JSON_OUT,
@@ -194,7 +198,8 @@ def gradcos_command(
     from .. import sharpness as sh
     from ..errors import ConfigError
 
-    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device)
+    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
+                                      (data, data_root))
     res = sh.sam_gradient_cosine(ckpt.model, F.cross_entropy, batches, rho=rho)
     out = rank0_console(stderr=json_out == "-")
     out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)

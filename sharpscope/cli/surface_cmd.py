@@ -10,9 +10,9 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DETERMINISTIC, analysed_too, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
-    console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, point_progress, seed_option,
-    write_json)
+    DATA, DATA_ROOT, DETERMINISTIC, analysed_too, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
+    TRUST_FACTORY, console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, point_progress,
+    seed_option, write_json)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -185,6 +185,8 @@ def surface_command(
     seed: int = seed_option("Seed of the directions (direction 2 uses seed + 1) and of --samples."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
+    data: Optional[str] = DATA,
+    data_root: Optional[str] = DATA_ROOT,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Examples per forward pass "
                                                                                  "(default: the fastest, timed)."),
     range_mode: str = typer.Option("grid", "--range", help="grid (the MIN:MAX of --grid) or auto: each direction "
@@ -257,7 +259,8 @@ def surface_command(
     if axes is not None and len(axes) == 3:
         zs, axes = axes[2], axes[:2]
     source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
-    ckpt, batches = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory, device)
+    ckpt, batches = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory, device,
+                                      (data, data_root))
     model = ckpt.model
     folder = out or ((ckpt.path.parent if ckpt.path.is_file() else ckpt.path) / "surface")
     options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path)}
@@ -383,6 +386,8 @@ def interpolate_command(
     buffers: str = typer.Option("interpolate", help="BN statistics: interpolate between A and B, or keep A's."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
+    data: Optional[str] = DATA,
+    data_root: Optional[str] = DATA_ROOT,
     seed: int = seed_option("Seed of --samples."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Examples per forward pass "
                                                                                  "(default: the fastest, timed)."),
@@ -412,7 +417,8 @@ def interpolate_command(
     console = rank0_console(stderr=True)
     alphas = ls.parse_grid(grid)
     metric_fns = _metrics(metric, trust_factory)
-    ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory, device)
+    ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory, device,
+                                        (data, data_root))
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory, map_location=next(ckpt_a.model.parameters()).device)
     analysed_too(ckpt_b)
     if ckpt_a.data_spec and ckpt_b.data_spec and ckpt_a.data_spec.get("name") != ckpt_b.data_spec.get("name"):

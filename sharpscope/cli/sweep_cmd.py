@@ -9,7 +9,8 @@ from typing import Any, Optional
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, apply_determinism, interrupt_says, parse_options, print_correlations
+from ._common import (DETERMINISTIC, TRUST_NAMED_FACTORY, apply_determinism, interrupt_says, parse_options,
+                      print_correlations)
 
 
 
@@ -57,6 +58,7 @@ def sweep_command(
     replot: bool = typer.Option(False, "--replot", help="Only redraw the figures of the finished sweep in --out."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
     progress: bool = typer.Option(True, help="Print progress lines on stderr."),
+    trust_factory: bool = TRUST_NAMED_FACTORY,
     deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Train the product of option lists over seeds, analyse every run, write one table.

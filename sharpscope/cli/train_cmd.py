@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 
 from ._app import app
-from ._common import CHECK_LAUNCH_ENV, DETERMINISTIC, apply_determinism, parse_options, parse_p
+from ._common import CHECK_LAUNCH_ENV, DETERMINISTIC, TRUST_FACTORY, apply_determinism, parse_options, parse_p
 
 __all__ = ["train_command", "parse_options", "parse_p"]
 
@@ -82,9 +82,13 @@ def train_command(
                                 "given again must equal them; a larger --epochs extends a --schedule constant run); "
                                 "starts a new run if there is none."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    trust_factory: bool = TRUST_FACTORY,
     deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Train a model with SGD, SAM or a SAM variant; writes OUT/checkpoint.pt and OUT/metrics.jsonl.
+
+    A run resumed with --resume whose stored model is a factory runs it only when --model names
+    that factory again or --trust-factory is given.
 
     Example: sharpscope train --optimizer sam --rho 0.05 --epochs 40 --out runs/sam
     """
@@ -110,16 +114,22 @@ def train_command(
         track_every=track_every, track_samples=track_samples, sync_perturbation=sync_perturbation,
         sync_bn=sync_bn,
     )
+    # a resumed run's stored factory runs only when named here (--model) or trusted
+    allow_factory = True if trust_factory else (model if ":" in model else False)
     if resume and (out / "checkpoint.pt").exists():
         config = _resumed_config(ctx, out, fields)
+        # checked here: the resumed configuration carries the stored factory's name, which
+        # train() would take as named by the caller
+        from ..train import trusted_factory
+        trusted_factory(config, allow_factory, None, out / "checkpoint.pt")
     else:
         config = TrainConfig(**fields)
     launching = os.environ.get(CHECK_LAUNCH_ENV)
     if launching:  # `--nproc N` in the launching process: check, then torchrun trains
         from ..train import check_launch
-        check_launch(config, out, resume, int(launching))
+        check_launch(config, out, resume, int(launching), allow_factory)
         return
-    result = train(config, out, resume=resume,
+    result = train(config, out, resume=resume, allow_factory=allow_factory,
                    callbacks=[RichProgress(console, enabled=progress and dist_utils.is_main())])
     if not dist_utils.is_main():
         return

@@ -86,12 +86,13 @@ def analyse_selected(model: nn.Module, batches: list, which: Sequence[str], s: A
 
 def analyse_checkpoint(ckpt_path: Path, batches: list, s: AnalysisSettings, rho: float, seed: int,
                        say: Callable[[str], None] = lambda what: None, density: bool = True,
-                       clean_batches: list | None = None) -> dict[str, Any]:
+                       clean_batches: list | None = None, allow_factory: bool | str = False) -> dict[str, Any]:
     """Every analysis of a checkpoint's final weights on ``batches`` (:func:`analyse_selected`
     with all of :data:`ANALYSES`, the density only when ``density``), in compare's layout,
     and, given ``clean_batches`` (the same examples with their clean labels, under label
-    noise), lambda_max on the clean labels."""
-    model = load_checkpoint(ckpt_path).model
+    noise), lambda_max on the clean labels. ``allow_factory``: as for
+    :func:`~sharpscope.checkpoint.load_checkpoint`."""
+    model = load_checkpoint(ckpt_path, allow_factory=allow_factory).model
     which = [a for a in ANALYSES if density or a != "density"]
     res = analyse_selected(model, batches, which, s, rho, seed, say)
     eig = res["eigenvalues"]

@@ -44,7 +44,8 @@ from ..checks import finite_float, int_at_least
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..data import DataSpec, load_dataset
 from ..errors import ConfigError
-from ..train import OPTIMIZERS, TrainConfig, train
+from ..models import is_factory
+from ..train import OPTIMIZERS, TrainConfig, check_model, train
 from .analyses import PROFILES, AnalysisSettings, analyse_checkpoint
 from .files import write_json
 from .runs import refuse_other_settings
@@ -98,6 +99,12 @@ class CompareConfig:
     @property
     def settings(self) -> AnalysisSettings:
         return PROFILES["quick" if self.quick else "default"]
+
+    @property
+    def factory(self) -> str | bool:
+        """What may be built from the runs' checkpoints: the model factory this comparison
+        names (its own runs are made from it), else nothing (``allow_factory``)."""
+        return self.model if is_factory(self.model) else False
 
     @property
     def baseline(self) -> str:
@@ -177,7 +184,8 @@ def _analyse_all(config: CompareConfig, out: Path, runs: dict[str, dict[int, lis
                     continue
             analyses[opt][seed] = {**analyse_checkpoint(
                 folder / "checkpoint.pt", batches, s, config.rho, seed,
-                lambda what, o=opt: say(f"{o.upper()}, seed {seed}: {what}"), density=density, clean_batches=clean),
+                lambda what, o=opt: say(f"{o.upper()}, seed {seed}: {what}"), density=density, clean_batches=clean,
+                allow_factory=config.factory),
                 "analysed_in": provenance.environment()}  # kept with the cache: a rerun reuses it
             write_json(cache, {"key": key, "checkpoint_step": step, "analysis": analyses[opt][seed]})
     return analyses, first[0], first[1]
@@ -189,7 +197,8 @@ def _landscapes(config: CompareConfig, out: Path, runs: dict[str, dict[int, list
     the first seed (figures; their summaries are reported as the first seed's)."""
     s, seed = config.settings, config.seeds[0]
     say("loss surfaces")
-    models = {opt: load_checkpoint(run_dir(out, opt, seed) / "checkpoint.pt").model for opt in config.optimizers}
+    models = {opt: load_checkpoint(run_dir(out, opt, seed) / "checkpoint.pt", allow_factory=config.factory).model
+              for opt in config.optimizers}
     grid = np.linspace(-1.0, 1.0, s.surface_points)
     surfaces = {}
     for opt, model in models.items():
@@ -330,6 +339,10 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     """Train, analyse, summarize and report (module docstring). Returns the results.json content."""
     start = time.perf_counter()
     out = Path(out_dir)
+    for seed in config.seeds:  # before a folder is made or a step is taken: the folders, the model
+        for opt in config.optimizers:
+            refuse_other_settings(run_dir(out, opt, seed), config.train_config(opt, seed).to_dict())
+    check_model(config.train_config(config.optimizers[0], config.seeds[0]))
     out.mkdir(parents=True, exist_ok=True)
     runs = _train_all(config, out, say, callbacks_for)
     analyses, batches, n = _analyse_all(config, out, runs, say)

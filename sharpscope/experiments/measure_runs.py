@@ -39,7 +39,8 @@ from .. import hessian, measures, sharpness
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..provenance import describe, environment, recorded
 from ..data import DataSpec, load_dataset
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, ModelSpecError
+from ..models import check_factory_allowed
 from ..objective import Objective
 from .files import write_json
 
@@ -158,10 +159,11 @@ def _cache_key(name: str, s: MeasureSettings, step: int) -> str:
 
 
 def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
-                say: Callable[[str], None] = lambda what: None) -> dict[str, Any]:
+                say: Callable[[str], None] = lambda what: None, allow_factory: bool | str = False) -> dict[str, Any]:
     """One row: the run's options (its training configuration), its final metrics and the
     measures ``names`` (cached in ``run_dir/measures.json``, module docstring); a run that did
-    not finish (diverged, interrupted) gives a row with status "unfinished" and nothing else."""
+    not finish (diverged, interrupted) gives a row with status "unfinished" and nothing else.
+    ``allow_factory``: as for :func:`~sharpscope.checkpoint.load_checkpoint`."""
     raw = read_checkpoint(run_dir / "checkpoint.pt")
     config, progress = raw.get("config") or {}, raw.get("progress") or {}
     metrics = raw.get("metrics") or []
@@ -178,7 +180,7 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
         key = _cache_key(name, s, int(progress.get("step", 0)))
         if key not in cache:
             if model is None:
-                model, batches = _model_and_batches(run_dir, s)
+                model, batches = _model_and_batches(run_dir, s, allow_factory)
             say(f"{run_dir.name}: {name}")
             start = time.perf_counter()
             cache[key] = {**RUN_MEASURES[name](model, batches, s), "seconds": time.perf_counter() - start,
@@ -194,8 +196,9 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
     return row
 
 
-def _model_and_batches(run_dir: Path, s: MeasureSettings) -> tuple[nn.Module, list]:
-    ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+def _model_and_batches(run_dir: Path, s: MeasureSettings, allow_factory: bool | str = False
+                       ) -> tuple[nn.Module, list]:
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt", allow_factory=allow_factory)
     if not ckpt.data_spec:
         raise CheckpointError(f"{run_dir}: records no data set")
     data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
@@ -223,10 +226,32 @@ def _is_measure_column(key: str) -> bool:
 
 
 def measure_runs(run_dirs: Sequence[Path], names: Sequence[str], s: MeasureSettings,
-                 say: Callable[[str], None] = lambda what: None) -> list[dict[str, Any]]:
-    """:func:`measure_run` for each run, in order."""
+                 say: Callable[[str], None] = lambda what: None, allow_factory: bool | str = False
+                 ) -> list[dict[str, Any]]:
+    """:func:`measure_run` for each run, in order; a run whose model is a custom factory that
+    ``allow_factory`` does not allow is refused before any run is measured."""
     unknown = [n for n in names if n not in RUN_MEASURES]
     if unknown or not names:
         raise ConfigError(f"unknown measure {unknown[0] if unknown else '(none)'}; choose from "
                           f"{', '.join(RUN_MEASURES)}")
-    return [measure_run(r, names, s, say) for r in run_dirs]
+    for run_dir in run_dirs:
+        _refuse_factory(run_dir, names, s, allow_factory)
+    return [measure_run(r, names, s, say, allow_factory) for r in run_dirs]
+
+
+def _refuse_factory(run_dir: Path, names: Sequence[str], s: MeasureSettings, allow_factory: bool | str) -> None:
+    """CheckpointError when :func:`measure_run` would have to build the run's model (a
+    finished run with a measure not cached) and it is a factory ``allow_factory`` does not
+    allow (:func:`sharpscope.models.check_factory_allowed`; nothing is imported)."""
+    raw = read_checkpoint(run_dir / "checkpoint.pt")
+    progress = raw.get("progress") or {}
+    if not raw.get("metrics") or not progress.get("finished"):
+        return
+    cache_path = run_dir / _CACHE
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    if all(_cache_key(n, s, int(progress.get("step", 0))) in cache for n in names):
+        return
+    try:
+        check_factory_allowed(raw["model_spec"], allow_factory)
+    except ModelSpecError as err:
+        raise CheckpointError(f"{run_dir}: {err}") from None

@@ -57,7 +57,8 @@ from ..checks import finite_float, int_at_least
 from ..checkpoint import atomic_write_bytes, read_checkpoint
 from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
 from ..provenance import describe, differences, environment, recorded, unlike_runs_warning
-from ..train import M_SAM_OPTIMIZERS, OPTIMIZERS, Callback, TrainConfig, TrainState, train
+from ..models import is_factory
+from ..train import M_SAM_OPTIMIZERS, OPTIMIZERS, Callback, TrainConfig, TrainState, check_model, train
 from .analyses import ANALYSES, analyse_selected
 from .files import write_csv, write_json
 from .runs import refuse_other_settings
@@ -556,6 +557,26 @@ def _take_analyses(outcome: RunOutcome, stored: Mapping[str, Any], names: Sequen
             outcome.analysis_environments.append(entry["environment"])
 
 
+def _named_factory(spec: RunSpec) -> str | bool:
+    """The model factory the sweep's own configuration names for this run (trusted: the
+    user named it), else False: a run folder never chooses what code runs."""
+    model = spec.config.get("model")
+    return model if is_factory(model) else False
+
+
+def _check_models(specs: Sequence[RunSpec]) -> None:
+    """Each model of the grid built once on its data (:func:`sharpscope.train.check_model`),
+    before the first folder is written or run trained."""
+    seen = set()
+    for spec in specs:
+        c = spec.config
+        key = json.dumps([c.get("model"), c.get("model_kwargs"), c.get("data"), c.get("data_root")],
+                         sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            check_model(spec.train_config())
+
+
 def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> RunOutcome:
     """Train (or resume, or reuse) one run, then compute the analyses not yet stored."""
     spec, run_dir = task.spec, Path(task.run_dir)
@@ -593,7 +614,7 @@ def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> Run
 
         s = AnalysisSettings(**task.settings)
         seed = spec.config["seed"]
-        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+        ckpt = load_checkpoint(run_dir / "checkpoint.pt", allow_factory=_named_factory(spec))
         data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
         n = min(s.samples, int(data.x_train.shape[0]))
         batches = data.batches("train", n, 4096, seed)
@@ -913,6 +934,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     _check_out(out)
     for spec in specs:  # every folder is checked before the first run trains
         refuse_other_settings(out / "runs" / spec.name, spec.config)
+    _check_models(specs)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "sweep.json", {"kind": _RESULTS_KIND, "config": config.to_dict(),
                                      "runs": [{"name": r.name, "options": r.options} for r in specs]})

@@ -28,7 +28,8 @@ from .config import (
     TrainResult,
     learning_rate,
 )
-from .loop import check_launch, evaluate, train
+from .loop import check_launch, check_model, evaluate, train, trusted_factory
 
-__all__ = ["TrainConfig", "TrainResult", "Callback", "TrainState", "train", "check_launch", "learning_rate", "evaluate",
+__all__ = ["TrainConfig", "TrainResult", "Callback", "TrainState", "train", "check_launch", "check_model",
+           "trusted_factory", "learning_rate", "evaluate",
            "OPTIMIZERS", "VARIANTS", "M_SAM_OPTIMIZERS", "TRACKABLE", "DEFAULT_RHO", "SCHEDULES", "AMP_DTYPES"]

@@ -35,7 +35,7 @@ from .. import provenance
 from ..checkpoint import read_checkpoint, save_checkpoint
 from ..data import DataSpec, Dataset, load_dataset
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
-from ..models import build_model, make_factory_spec, make_model_spec
+from ..models import build_model, factory_name, is_factory, make_factory_spec, make_model_spec
 from ..optim import SAM, StepResult, bn_modules, convert_to_global_bn, sam_step
 from .callbacks import Callback, TrainState
 from .config import (
@@ -51,7 +51,7 @@ from .config import (
 from .resume import resumed_config
 from .state import _append_metrics, _rng_state, _set_rng_state, _sigint_requests_stop, _write_metrics_file
 
-__all__ = ["train", "evaluate", "check_launch", "check_ranks"]
+__all__ = ["train", "evaluate", "check_launch", "check_ranks", "check_model", "trusted_factory"]
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -205,6 +205,7 @@ def train(
     *,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
+    allow_factory: bool | str = False,
 ) -> TrainResult:
     """Train a model as ``config`` says, checkpointing to ``out_dir``.
 
@@ -212,6 +213,10 @@ def train(
     configuration (``config`` may then be None; a given one must agree with it, except for
     more epochs on a schedule that extends and for tracking options:
     :mod:`sharpscope.train.resume`); a finished run is returned as it is, or extended.
+    A custom model factory (``model="package.module:function"``) in the ``config`` you pass
+    is yours and runs; one that only the stored configuration names runs only when
+    ``allow_factory`` is True or that factory's name (:func:`trusted_factory`), else
+    :class:`ConfigError` before anything is imported: a run folder never chooses what code runs.
     Without ``resume``, an existing checkpoint in ``out_dir`` is an error, never
     overwritten. A NaN/Inf loss raises :class:`NonFiniteLossError` and leaves the last
     good checkpoint in place. Ctrl-C (or a callback setting ``state.stop_requested``)
@@ -219,8 +224,12 @@ def train(
     """
     t_start = time.perf_counter()
     out = Path(out_dir)
+    named = config.model if config is not None and is_factory(config.model) else None
     config, raw = _open(config, out, resume)
-    run = _set_up(config, out)
+    # a fresh run builds the caller's own configuration; a resume, the stored one
+    allowed = trusted_factory(config, allow_factory if raw is not None else config.model, named,
+                              out / "checkpoint.pt")
+    run = _set_up(config, out, allowed)
     resumed_from = None
     if raw is not None:
         resumed_from = _resume(run, raw)
@@ -281,17 +290,61 @@ def check_ranks(config: TrainConfig, world: int) -> None:
                           "m = per-rank batch); --m and --second-order need a single process")
 
 
-def check_launch(config: TrainConfig | None, out_dir: str | os.PathLike[str], resume: bool, world: int) -> None:
+def check_launch(config: TrainConfig | None, out_dir: str | os.PathLike[str], resume: bool, world: int,
+                 allow_factory: bool | str = False) -> None:
     """Everything :func:`train` would refuse before training, checked without training (and
-    without a process group): the folder, the configuration (or the one a resume continues)
-    and what it cannot do on ``world`` ranks. ``sharpscope train --nproc N`` runs it before it
-    launches torchrun, so that bad input is one line and exit code 2, not N tracebacks."""
-    config, _ = _open(config, Path(out_dir), resume)
+    without a process group): the folder, the configuration (or the one a resume continues),
+    whether its model factory may run, and what it cannot do on ``world`` ranks. ``sharpscope
+    train --nproc N`` runs it before it launches torchrun, so that bad input is one line and
+    exit code 2, not N tracebacks."""
+    named = config.model if config is not None and is_factory(config.model) else None
+    config, raw = _open(config, Path(out_dir), resume)
+    if raw is not None:
+        trusted_factory(config, allow_factory, named, Path(out_dir) / "checkpoint.pt")
     check_ranks(config, world)
 
 
-def _set_up(config: TrainConfig, out: Path) -> _Run:
-    """Device, data, model (initialised from the seed) and optimizer, checked against each other."""
+def trusted_factory(config: TrainConfig, allow_factory: bool | str, named: str | None = None,
+                    where: Path | None = None) -> bool | str:
+    """What :func:`~sharpscope.models.build_model` may run for ``config`` (its
+    ``allow_factory``): nothing to decide for a built-in model; for a factory, ``True`` when
+    ``allow_factory`` is True, else the factory's name when the user named it (``allow_factory``
+    or ``named``, e.g. the configuration they passed); a ConfigError when they named another
+    one or none (``where``: the checkpoint whose configuration names it)."""
+    if not is_factory(config.model):
+        return False
+    if allow_factory is True:
+        return True
+    stored = factory_name(config.model)
+    given = [factory_name(n) for n in (allow_factory, named) if isinstance(n, str) and n]
+    source = f"{where}: the run" if where is not None else "the run"
+    if given and any(g != stored for g in given):
+        other = next(g for g in given if g != stored)
+        raise ConfigError(f"{source} was trained with model factory {stored}, but --model names {other}; "
+                          f"give --model {stored} (or start a new run in another --out)")
+    if not given:
+        raise ConfigError(f"{source} names the custom model factory {stored}, which would be imported and run "
+                          f"as {stored}(**{config.model_kwargs!r}); name it with --model {stored} or pass "
+                          "--trust-factory if you trust where the run came from")
+    return stored
+
+
+def check_model(config: TrainConfig, allow_factory: bool | str | None = None) -> None:
+    """Build ``config``'s model once on its data and push one example through it, writing
+    nothing: a factory that cannot be imported, raises, returns no module or does not fit the
+    data fails here, before an experiment's first training step. ``allow_factory`` defaults
+    to the factory ``config`` names (the caller's own configuration)."""
+    config.validate()
+    data = load_dataset(config.data_spec())
+    allowed = trusted_factory(config, config.model if allow_factory is None else allow_factory)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(_model_spec(config, data), allow_factory=allowed)
+    _check_fits(model, data)
+
+
+def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str) -> _Run:
+    """Device, data, model (initialised from the seed; a factory only as ``allow_factory``
+    allows) and optimizer, checked against each other."""
     device = dist_utils.resolve_device(config.device)
     world, rank, main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main()
     check_ranks(config, world)
@@ -304,7 +357,7 @@ def _set_up(config: TrainConfig, out: Path) -> _Run:
         raise ConfigError("augmentation needs image data (C, H, W)")
     torch.manual_seed(config.seed)
     model_spec = _model_spec(config, data)
-    model = build_model(model_spec).to(device)
+    model = build_model(model_spec, allow_factory=allow_factory).to(device)
     _check_fits(model, data)
     if world > 1 and config.sync_bn:  # the same parameters and buffers: the state_dict is unchanged
         model = convert_to_global_bn(model)
