@@ -35,7 +35,7 @@ Differences from the reference code, on purpose:
 - adaptive p = 2: the reference steps along T g / ||g|| and projects onto the ellipsoid in
   Euclidean distance. At a fixed point of that pair T g is normal to the ellipsoid (along
   e / T^2), while a maximum needs g itself normal to it (KKT), so it can stop short of the
-  maximum: 1.5 % below it on a quadratic (``tests/test_measures.py``). Here the step is the
+  maximum: 2.89 % below it on a quadratic (``tests/test_measures.py``). Here the step is the
   gradient step in u (T g / ||T g||, ASAM's geometry) with the projection onto the ball in u,
   whose fixed points are the KKT points;
 - at a step reduction the reference reloads the best weights for the next gradient but keeps
