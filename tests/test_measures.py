@@ -249,20 +249,25 @@ def test_worst_case_matches_the_reference_loop_while_it_keeps_improving(norm, ad
     ref_loss, ref_err, reduced = _reference_apgd(model, x, y, rho, 8, norm, adaptive)
     assert not reduced
     p = 2.0 if norm == "l2" else math.inf
-    res = worst_case_sharpness(model, F.cross_entropy, [(x, y)], m=40, rho=rho, p=p, adaptive=adaptive, steps=8)
+    res = worst_case_sharpness(model, F.cross_entropy, [(x, y)], m=40, rho=rho, p=p, adaptive=adaptive, steps=8,
+                               restarts=1)  # the single ascent from e = 0 is the reference's
     assert res.results[0].loss_increase == pytest.approx(ref_loss, rel=1e-10, abs=1e-14)
     assert res.results[0].error_increase == pytest.approx(ref_err, abs=1e-12)
     assert ref_loss > 0
 
 
 def test_worst_case_counts_its_gradients():
-    """Each subset spends steps + 1 gradients (the one at w gives L_b(w) and the first step),
-    plus one with a random start."""
+    """Each subset spends one gradient at w (L_b(w) and the first step from e = 0), then steps
+    per restart, plus one for each random start (every restart after the first, and the first
+    with ``random_start``): 4 subsets of 10."""
     model, x, y = _classifier(1)
     data = [(x, y)]
-    assert worst_case_sharpness(model, F.cross_entropy, data, m=10, rho=0.5, steps=20).n_gradients == 4 * 21
-    assert worst_case_sharpness(model, F.cross_entropy, data, m=10, rho=0.5, steps=20,
-                                random_start=True).n_gradients == 4 * 22
+    count = lambda **kw: worst_case_sharpness(model, F.cross_entropy, data, m=10, rho=0.5, steps=20,  # noqa: E731
+                                              **kw).n_gradients
+    assert count(restarts=1) == 4 * 21
+    assert count(restarts=1, random_start=True) == 4 * 22
+    assert count() == count(restarts=4) == 4 * (1 + 20 + 3 * 21)
+    assert count(restarts=3, random_start=True) == 4 * (1 + 3 * 21)
 
 
 def test_values_are_never_negative_and_the_model_is_untouched():
@@ -358,7 +363,12 @@ def test_cli_reports_a_measure(cli, tmp_path):
     assert code in (0, None), err
     report = json.loads(out)
     assert report["measure"] == "worst" and report["adaptive"] and report["p"] == "inf"
-    assert report["n_gradients"] == 4 * 6 and report["results"][0]["loss_increase"] >= 0
+    assert report["n_gradients"] == 4 * (1 + 5 + 3 * 6) and report["results"][0]["loss_increase"] >= 0
+    assert report["restarts"] == 4 and report["results"][0]["restart_spread"] >= 0
+    code, out, err = cli(["sharpness", str(tmp_path / "run"), "--measure", "worst", "--restarts", "1", "--m", "32",
+                          "--rho", "0.002", "--steps", "5", "--no-progress", "--json", "-"])
+    assert code in (0, None), err
+    assert json.loads(out)["n_gradients"] == 4 * 6
     code, out, err = cli(["sharpness", str(tmp_path / "run"), "--measure", "average", "--m", "64", "--rho",
                           "0.01", "--draws", "3", "--no-progress", "--json", "-"])
     assert code in (0, None), err
