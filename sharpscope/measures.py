@@ -67,9 +67,10 @@ from torch.func import grad_and_value, vmap
 from . import distributed as dist_utils
 from .batches import higher_order_attention, take
 from .checks import int_at_least
-from .errors import ConfigError, NonFiniteLossError, RestartsDisagreeWarning, ZeroGradientWarning
+from .errors import ConfigError, NonFiniteLossError, RestartsDisagreeWarning
 from .objective import eval_mode
-from .sharpness import dual_direction, flat_examples, project, rank_groups, seeded_subsets
+from .sharpness import (dual_direction, flat_examples, project, rank_groups, seeded_generator, seeded_subsets,
+                        warn_zero_gradient)
 
 __all__ = ["worst_case_sharpness", "average_case_sharpness", "sharpness", "MEASURES", "MeasureValue",
            "MeasureResult", "ascent_direction", "apgd_checkpoints"]
@@ -266,10 +267,7 @@ def _summary(size: int, rho: float, loss: Tensor, err: Tensor, mc_var: Tensor | 
 
 def _group_generator(seed: int, *keys: int) -> torch.Generator:
     """A generator for one (m, rho, group): the draws do not depend on how groups are shared out."""
-    mixed = seed
-    for k in keys:
-        mixed = (mixed * 1_000_003 + k * 7919 + 17) % (2**63 - 1)
-    return torch.Generator().manual_seed(mixed)
+    return seeded_generator(seed, *keys)
 
 
 # -- worst case ----------------------------------------------------------------------------------
@@ -393,8 +391,9 @@ def worst_case_sharpness(
         results, n_grad = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group)
     for i, res in enumerate(results):
         _record_restarts(res, spreads.get((res.m, i % len(rhos)), []))
-    _warn_stationary(sum(zero_rows), "worst case", "its e = 0 restart started from a seeded random point "
-                     "of the boundary instead")
+    if sum(zero_rows):
+        warn_zero_gradient("worst-case sharpness", f"on {sum(zero_rows)} subset(s)", "their e = 0 restart started "
+                           "from a seeded random point of the boundary instead")
     _warn_spread(results, restarts)
     return MeasureResult("worst", p, adaptive, eta, steps, random_start, seed, results, s.n, n_grad, 0,
                          time.perf_counter() - start_time, restarts=restarts)
@@ -420,13 +419,6 @@ def _warn_spread(results: Sequence[MeasureValue], restarts: int) -> None:
                       f"{100 * (r.restart_spread or 0.0):.1f} % (m = {r.m}, rho = {r.rho:g}; margin "
                       f"{100 * RESTART_TOLERANCE:g} %): the ascent stops at local maxima, so the value is a lower "
                       f"bound that more restarts or steps may raise", RestartsDisagreeWarning, stacklevel=3)
-
-
-def _warn_stationary(count: int, what: str, how: str) -> None:
-    if count:
-        warnings.warn(f"{what}: the gradient at the weights is exactly zero on {count} subset(s) (a minimum, a "
-                      f"saddle or a zero-initialised model), so e = 0 gives no ascent direction; {how}",
-                      ZeroGradientWarning, stacklevel=3)
 
 
 def _over_subsets(s: _Setup, ms: Sequence[int], rhos: Sequence[float], seed: int, max_subsets: int | None,
