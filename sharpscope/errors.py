@@ -49,3 +49,9 @@ class RestartsDisagreeWarning(UserWarning):
     """The restarts of the worst-case ascent reached maxima that differ by more than the stated
     relative margin: the ascent finds local maxima, and the reported best is a lower bound on
     the true maximum that more restarts or steps may raise."""
+
+
+class SampledFisherWarning(UserWarning):
+    """The true Fisher estimated with a few sampled labels per example has an unbiased trace but
+    overestimates its largest eigenvalues (E lambda_max(F_S) >= lambda_max(F), Jensen): use
+    ``mc_samples="exact"`` (the default; the same cost per product) for eigenvalues and densities."""
