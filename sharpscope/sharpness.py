@@ -25,6 +25,17 @@ gradient and the full one and the norms of both terms; the second term costs one
 Hessian-vector product at w, since H is symmetric:
 (d e_hat / dw)^T v = H(w) (rho / ||g||) (v - g_hat (g_hat . v)).
 
+Zero gradient (one rule, shared with :mod:`sharpscope.measures`): where the gradient at w is
+exactly zero (a minimum, a saddle, a zero-initialised model) the ascent direction rho g / ||g||
+is undefined. m-sharpness, a maximum over the ball, then takes its first step along a seeded
+random direction (at a minimum it reads about rho^2 lambda_max / 2 instead of 0); the
+quantities defined through SAM's e_hat itself, the surrogate gap and the gradient cosine, are
+undefined and read NaN. Each warns :class:`~sharpscope.errors.ZeroGradientWarning`.
+
+Non-finite values: NaN or infinite weights, or a NaN or infinite loss or gradient at w or at any
+point visited, raise :class:`~sharpscope.errors.NonFiniteLossError` (as
+:class:`~sharpscope.objective.Objective` does for the surrogate gap and the cosine).
+
 All functions use eval mode (batch norm with running statistics) and never modify the
 model.
 """
