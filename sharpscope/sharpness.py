@@ -263,7 +263,8 @@ def m_sharpness(
                     zero = g.norm(dim=-1) == 0  # no ascent direction: the first step goes a seeded random way
                     if bool(zero.any()):
                         n_zero += int(zero.sum())
-                        rand = random_directions(g_count, w0.numel(), p, seeded_generator(seed, size, j, int(rows[0])), g)
+                        gen_j = seeded_generator(seed, size, j, int(rows[0]))
+                        rand = random_directions(g_count, w0.numel(), p, gen_j, g)
                         g = torch.where(zero[:, None], rand, g)
                     for step in range(steps):
                         e = project(e + r * dual_direction(g, p), r, p)
