@@ -32,9 +32,9 @@ def sharpness_command(
     draws: int = typer.Option(100, min=1, help="average: random perturbations per subset."),
     random_start: bool = typer.Option(False, "--random-start", help="worst: start the ascent at a random "
                                       "point of the boundary (default e = 0)."),
-    restarts: int = typer.Option(4, "--restarts", min=1, help="worst: ascents per subset, from e = 0 and from "
-                                 "seeded random points of the boundary; the best is kept and a spread over 1 % warns "
-                                 "(1 = the reference's single ascent, a lower bound)."),
+    restarts: Optional[int] = typer.Option(None, "--restarts", min=1, help="worst: ascents per subset (default 4), "
+                                           "from e = 0 and from seeded random points of the boundary; the best is "
+                                           "kept, a spread over 1 % warns (1 = the reference's single ascent)."),
     max_subsets: Optional[int] = typer.Option(None, "--max-subsets", min=1, help="Cap on subsets per m (seeded)."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
@@ -74,7 +74,7 @@ def sharpness_command(
         raise ConfigError(f"--measure must be m-sharpness, worst or average, got {measure!r}")
     if measure == "m-sharpness" and (adaptive or random_start):
         raise ConfigError("--adaptive and --random-start apply to --measure worst or average")
-    if measure != "worst" and restarts != 4:
+    if measure != "worst" and restarts is not None:
         raise ConfigError("--restarts applies to --measure worst")
     ms = numbers(m, int, "--m", at_least=1)
     rhos = numbers(rho, float, "--rho", at_least=0)
@@ -133,7 +133,7 @@ def sharpness_command(
 def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos: list[float], p: float,
                     adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool, seed: int,
                     max_subsets: int | None, split: str, console: Any, progress: bool, total: int,
-                    json_out: str | None, restarts: int = 4) -> None:
+                    json_out: str | None, restarts: int | None = None) -> None:
     """``--measure worst|average``: run it, print its table, write its JSON."""
     import torch.nn.functional as F
     from rich.table import Table
@@ -143,7 +143,8 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
 
     options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=seed, max_subsets=max_subsets)
     if measure == "worst":
-        options.update(steps=20 if steps is None else steps, random_start=random_start, restarts=restarts)
+        options.update(steps=20 if steps is None else steps, random_start=random_start,
+                       restarts=measures.DEFAULT_RESTARTS if restarts is None else restarts)
     else:
         options.update(samples=draws)
     with progress_bar(console, progress, "subsets") as bar:
