@@ -260,16 +260,14 @@ def _check(ms: Sequence[int], rhos: Sequence[float], p: float, eta: float, count
     int_at_least(what, count, 1)
 
 
-def _summary(size: int, rho: float, loss: Tensor, err: Tensor, mc_var: Tensor | None = None) -> MeasureValue:
+def _summary(size: int, rho: float, loss: Tensor, err: Tensor) -> MeasureValue:
     """The all-reduced per-subset values -> mean and standard error over subsets.
 
     The standard error over k subsets, s / sqrt(k) with s the sample standard deviation of the
     per-subset values, is reported only for k >= :data:`MIN_SUBSETS_FOR_STDERR` (with fewer, s
     has k - 1 < 4 degrees of freedom and can be off by orders of magnitude: with two subsets it
     read 3.5e-8 where the Monte Carlo error alone was 6.3e-6); otherwise it is None and
-    ``stderr_note`` says why. ``mc_var`` (average case): the Monte Carlo variance of each
-    subset's mean over its draws, giving ``loss_mc_stderr`` = sqrt(sum_b var_b) / k, the error
-    of the mean from the noise draws alone, for any k."""
+    ``stderr_note`` says why."""
     loss, err = dist_utils.all_reduce_sum(loss).cpu(), dist_utils.all_reduce_sum(err).cpu()
     k = loss.numel()
     enough = k >= MIN_SUBSETS_FOR_STDERR
@@ -279,12 +277,8 @@ def _summary(size: int, rho: float, loss: Tensor, err: Tensor, mc_var: Tensor | 
 
     note = None if enough else (f"no standard error over {k} subset(s): it needs at least {MIN_SUBSETS_FOR_STDERR} "
                                 "(use a smaller m or more examples)")
-    mc = None
-    if mc_var is not None:
-        mc_var = dist_utils.all_reduce_sum(mc_var).cpu()
-        mc = float(mc_var.sum().sqrt() / k) if bool(torch.isfinite(mc_var).all()) else None
     return MeasureValue(size, float(rho), float(loss.mean()), se(loss), float(err.mean()), se(err), k,
-                        loss.tolist(), err.tolist(), stderr_note=note, loss_mc_stderr=mc)
+                        loss.tolist(), err.tolist(), stderr_note=note)
 
 
 def _group_generator(seed: int, *keys: int) -> torch.Generator:
@@ -402,17 +396,15 @@ def worst_case_sharpness(
     start_time = time.perf_counter()
     s = _setup(model, loss_fn, data, adaptive, eta)
     zero_rows: list[int] = []
-    spreads: dict[tuple[int, int], list[Tensor]] = {}
 
-    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int]:
-        best, err, k, values = _restarts(s, batch, rows, r, p, steps, restarts, random_start, seed, keys, zero_rows)
-        spreads.setdefault(keys[:2], []).append(values)
-        return best, err, k
+    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int, Tensor]:
+        return _restarts(s, batch, rows, r, p, steps, restarts, random_start, seed, keys, zero_rows)
 
     with eval_mode(model), higher_order_attention():
-        results, n_grad = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group)
-    for i, res in enumerate(results):
-        _record_restarts(res, spreads.get((res.m, i % len(rhos)), []))
+        results, n_grad, per_restart = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback,
+                                                     one_group)
+    for res, values in zip(results, per_restart):
+        _record_restarts(res, values)
     if sum(zero_rows):
         warn_zero_gradient("worst-case sharpness", f"on {sum(zero_rows)} subset(s)", "their e = 0 restart started "
                            "from a seeded random point of the boundary instead")
@@ -421,12 +413,11 @@ def worst_case_sharpness(
                          time.perf_counter() - start_time, restarts=restarts)
 
 
-def _record_restarts(res: MeasureValue, groups: list[Tensor]) -> None:
-    """Every restart's value per subset (this rank's groups, in subset order) and the largest
-    relative spread (max - min) / max over the subsets whose best is positive."""
-    if not groups:
+def _record_restarts(res: MeasureValue, values: Tensor | None) -> None:
+    """Every restart's value per subset, (subsets, restarts), and the largest relative spread
+    (max - min) / max over the subsets whose best is positive."""
+    if values is None:
         return
-    values = torch.cat(groups).cpu()
     res.restart_values = values.tolist()
     top, low = values.amax(1), values.amin(1)
     rel = torch.where(top > 0, (top - low) / top.clamp_min(torch.finfo(top.dtype).tiny), torch.zeros_like(top))
@@ -446,31 +437,34 @@ def _warn_spread(results: Sequence[MeasureValue], restarts: int) -> None:
 def _over_subsets(s: _Setup, ms: Sequence[int], rhos: Sequence[float], seed: int, max_subsets: int | None,
                   group_examples: int, callback: Callable[[int], None] | None,
                   one_group: Callable[[Any, int, float, tuple[int, ...]], tuple[Tensor, ...]]
-                  ) -> tuple[list[MeasureValue], int]:
+                  ) -> tuple[list[MeasureValue], int, list[Tensor | None]]:
     """For each m and rho, ``one_group(batch, rows, rho, keys)`` -> (loss increases, error
-    increases, evaluations per subset[, Monte Carlo variances of the loss increases]) over this
-    rank's groups of subsets; the per-subset
-    values are all-reduced into one :class:`MeasureValue` each. Returns them and the total
-    number of per-subset evaluations (all ranks)."""
+    increases, evaluations per subset[, a per-subset extra of shape (rows, ...)]) over this
+    rank's groups of subsets; the per-subset values (and extras) are all-reduced into one
+    :class:`MeasureValue` (and one (subsets, ...) tensor, None without extras) each. Returns
+    them and the total number of per-subset evaluations (all ranks)."""
     gen = torch.Generator().manual_seed(seed)
-    results, count = [], 0
+    results, extras, count = [], [], 0
     for size in ms:
         subsets = seeded_subsets(s.n, size, gen, max_subsets, s.w0.device)
         for j, r in enumerate(rhos):
             loss = torch.zeros(subsets.shape[0], dtype=torch.float64, device=s.w0.device)
-            err, mc_var, has_var = torch.zeros_like(loss), torch.zeros_like(loss), False
+            err, extra = torch.zeros_like(loss), None
             for rows in rank_groups(subsets, group_examples):
                 batch = take(s.examples, subsets[rows.to(subsets.device)])
                 out = one_group(batch, len(rows), float(r), (size, j, int(rows[0])))
-                li, ei, k = out[0], out[1], int(out[2])
-                loss[rows], err[rows] = li, ei
+                loss[rows], err[rows] = out[0], out[1]
                 if len(out) > 3:
-                    mc_var[rows], has_var = out[3], True
-                count += k * len(rows)
+                    if extra is None:
+                        extra = torch.zeros((subsets.shape[0], *out[3].shape[1:]), dtype=torch.float64,
+                                            device=s.w0.device)
+                    extra[rows] = out[3].double()
+                count += int(out[2]) * len(rows)
                 if callback is not None:
                     callback(len(rows))
-            results.append(_summary(size, float(r), loss, err, mc_var if has_var else None))
-    return results, int(dist_utils.all_reduce_sum(torch.tensor(float(count), dtype=torch.float64)).item())
+            results.append(_summary(size, float(r), loss, err))
+            extras.append(None if extra is None else dist_utils.all_reduce_sum(extra).cpu())
+    return results, int(dist_utils.all_reduce_sum(torch.tensor(float(count), dtype=torch.float64)).item()), extras
 
 
 def random_start_rows(s: _Setup, rows: int, rho: float, p: float, seed: int, *keys: int) -> Tensor:
@@ -515,7 +509,11 @@ def average_case_sharpness(
         return mean, total_err / samples - base_err.double(), samples + 1, var
 
     with eval_mode(model), torch.no_grad():
-        results, n_fwd = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group)
+        results, n_fwd, mc_vars = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group)
+    for res, var in zip(results, mc_vars):
+        # the Monte Carlo error of the mean over k subsets: sqrt(sum_b var_b) / k, var_b = s_b^2 / S
+        res.loss_mc_stderr = (float(var.sum().sqrt() / res.n_subsets)
+                              if var is not None and bool(torch.isfinite(var).all()) else None)
     return MeasureResult("average", p, adaptive, eta, samples, False, seed, results, s.n, 0, n_fwd,
                          time.perf_counter() - start_time)
 
