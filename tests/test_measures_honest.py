@@ -288,3 +288,31 @@ def test_one_sampled_label_biases_lambda_max_up_but_not_the_trace():
     se_l, se_t = float(lams_t.std() / math.sqrt(60)), float(trs_t.std() / math.sqrt(60))
     assert float(lams_t.mean()) - lam > 5 * se_l
     assert abs(float(trs_t.mean()) - tr) < 4 * se_t
+
+
+# -- under torch.distributed -----------------------------------------------------------------------
+def _both_measures():
+    torch.set_default_dtype(torch.float64)
+    model, x, y = _classifier()
+    data = [(x, y)]
+    worst = worst_case_sharpness(model, F.cross_entropy, data, m=4, rho=0.5, steps=4, restarts=3, group_examples=8)
+    average = average_case_sharpness(model, F.cross_entropy, data, m=4, rho=0.05, samples=4, group_examples=8)
+    return worst, average
+
+
+@pytest.mark.slow  # spawns two processes (about 10 s); tests/_ranks.py bounds how long they may take
+def test_restart_values_and_monte_carlo_error_cover_every_subset_on_two_ranks(tmp_path):
+    """Six subsets in three groups dealt over two gloo ranks: the restarts' values, their spread
+    and the Monte Carlo error equal one process's (every subset, not rank 0's own)."""
+    from _ranks import run_on_ranks
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RestartsDisagreeWarning)
+        worst1, average1 = _both_measures()
+    worst2, average2 = run_on_ranks(tmp_path, _both_measures)
+    a, b = worst1.results[0], worst2.results[0]
+    assert len(b.restart_values) == 6
+    assert torch.allclose(torch.tensor(b.restart_values), torch.tensor(a.restart_values), rtol=1e-12, atol=0)
+    assert b.restart_spread == pytest.approx(a.restart_spread, rel=1e-12)
+    assert b.loss_increase == pytest.approx(a.loss_increase, rel=1e-12)
+    assert average2.results[0].loss_mc_stderr == pytest.approx(average1.results[0].loss_mc_stderr, rel=1e-12)
