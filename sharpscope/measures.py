@@ -95,7 +95,8 @@ from .sharpness import (dual_direction, flat_examples, project, rank_groups, see
                         warn_zero_gradient)
 
 __all__ = ["worst_case_sharpness", "average_case_sharpness", "sharpness", "MEASURES", "MeasureValue",
-           "MeasureResult", "ascent_direction", "apgd_checkpoints"]
+           "MeasureResult", "ascent_direction", "apgd_checkpoints", "DEFAULT_RESTARTS", "RESTART_TOLERANCE",
+           "MIN_SUBSETS_FOR_STDERR"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 MOMENTUM = 0.75           # the reference's (and APGD's) alpha

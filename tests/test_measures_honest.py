@@ -300,7 +300,7 @@ def _both_measures():
     return worst, average
 
 
-@pytest.mark.slow  # spawns two processes (about 10 s); tests/_ranks.py bounds how long they may take
+@pytest.mark.slow  # spawns two gloo processes (about 10 s)
 def test_restart_values_and_monte_carlo_error_cover_every_subset_on_two_ranks(tmp_path):
     """Six subsets in three groups dealt over two gloo ranks: the restarts' values, their spread
     and the Monte Carlo error equal one process's (every subset, not rank 0's own)."""

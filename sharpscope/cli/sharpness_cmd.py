@@ -214,6 +214,9 @@ def gradcos_command(
     out.print(f"||grad L(w)|| = {res.gradient_norm:.4g}, ||SAM gradient|| = {res.sam_gradient_norm:.4g}, "
               f"||second-order term|| = {res.second_order_norm:.4g}, surrogate gap {res.surrogate_gap:.4g} "
               f"({res.wall_time:.1f}s)", highlight=False)
+    if res.gradient_norm == 0:
+        raise ConfigError("the gradient is exactly zero here (a minimum, a saddle or a zero-initialised model): "
+                          "SAM's e_hat and the cosine are undefined")
     if not math.isfinite(res.cosine):
-        raise ConfigError("the cosine is not finite (zero gradient?)")
+        raise ConfigError("the cosine is not finite")
     write_json({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, json_out)
