@@ -176,6 +176,12 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
     out.print(table)
     for note in dict.fromkeys(r.stderr_note for r in result.results if r.stderr_note):
         out.print(f"s.e.: {note}", highlight=False)
+    if measure == "average":
+        out.print("Monte Carlo s.e. of the loss increase (the draws alone): " + ", ".join(
+            f"m={r.m} rho={r.rho:g}: {se(r.loss_mc_stderr)}" for r in result.results), highlight=False)
+    else:
+        out.print(f"spread between the {result.restarts} restarts, (max - min) / max: " + ", ".join(
+            f"m={r.m} rho={r.rho:g}: {100 * (r.restart_spread or 0.0):.2g} %" for r in result.results), highlight=False)
     write_json(report, json_out)
 
 
