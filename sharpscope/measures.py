@@ -291,7 +291,8 @@ def _group_generator(seed: int, *keys: int) -> torch.Generator:
 def _require_finite(loss: Tensor, g: Tensor | None, where: str) -> None:
     """One rule for non-finite values (as :mod:`sharpscope.objective`): a NaN or infinite loss
     (or gradient) at any point a measure evaluates raises :class:`NonFiniteLossError`."""
-    if not bool(torch.isfinite(loss).all()) or (g is not None and not bool(torch.isfinite(g).all())):
+    ok = torch.isfinite(loss).all() if g is None else torch.isfinite(loss).all() & torch.isfinite(g).all()
+    if not bool(ok):  # one device sync per evaluation
         raise NonFiniteLossError(f"the loss or its gradient is NaN or infinite {where}")
 
 
