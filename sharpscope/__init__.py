@@ -19,8 +19,11 @@ from .errors import (  # noqa: E402
     DataError,
     ModelSpecError,
     NonFiniteLossError,
+    RestartsDisagreeWarning,
+    SampledFisherWarning,
     SharpscopeError,
     UnconvergedWarning,
+    ZeroGradientWarning,
 )
 from .batches import ModelLoss  # noqa: E402
 from .optim import GSAM, RSAM, SAM, WSAM, FriendlySAM, LookSAM, frozen_bn_stats, sam_step  # noqa: E402
@@ -52,6 +55,9 @@ __all__ = [
     "CheckpointError",
     "NonFiniteLossError",
     "UnconvergedWarning",
+    "RestartsDisagreeWarning",
+    "SampledFisherWarning",
+    "ZeroGradientWarning",
     "ModelLoss",
 ]
 

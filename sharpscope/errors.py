@@ -35,3 +35,23 @@ class NonFiniteLossError(SharpscopeError, FloatingPointError):
 class UnconvergedWarning(UserWarning):
     """An iterative method stopped at its cap before reaching the requested tolerance; its
     result is reported with per-value convergence flags and may be far off."""
+
+
+class ZeroGradientWarning(UserWarning):
+    """The gradient is exactly zero (a minimum, a saddle, a zero-initialised model), so the
+    ascent direction rho g / ||g|| is undefined. One rule everywhere: the maxima over the ball
+    (worst case, m-sharpness) start their ascent from a seeded random point of the boundary
+    instead of e = 0; the quantities defined by SAM's e_hat = rho g / ||g|| itself (surrogate
+    gap, SAM gradient cosine) are undefined there and read NaN. Either way this warning says so."""
+
+
+class RestartsDisagreeWarning(UserWarning):
+    """The restarts of the worst-case ascent reached maxima that differ by more than the stated
+    relative margin: the ascent finds local maxima, and the reported best is a lower bound on
+    the true maximum that more restarts or steps may raise."""
+
+
+class SampledFisherWarning(UserWarning):
+    """The true Fisher estimated with a few sampled labels per example has an unbiased trace but
+    overestimates its largest eigenvalues (E lambda_max(F_S) >= lambda_max(F), Jensen): use
+    ``mc_samples="exact"`` (the default; the same cost per product) for eigenvalues and densities."""

@@ -25,6 +25,17 @@ gradient and the full one and the norms of both terms; the second term costs one
 Hessian-vector product at w, since H is symmetric:
 (d e_hat / dw)^T v = H(w) (rho / ||g||) (v - g_hat (g_hat . v)).
 
+Zero gradient (one rule, shared with :mod:`sharpscope.measures`): where the gradient at w is
+exactly zero (a minimum, a saddle, a zero-initialised model) the ascent direction rho g / ||g||
+is undefined. m-sharpness, a maximum over the ball, then takes its first step along a seeded
+random direction (at a minimum it reads about rho^2 lambda_max / 2 instead of 0); the
+quantities defined through SAM's e_hat itself, the surrogate gap and the gradient cosine, are
+undefined and read NaN. Each warns :class:`~sharpscope.errors.ZeroGradientWarning`.
+
+Non-finite values: NaN or infinite weights, or a NaN or infinite loss or gradient at w or at any
+point visited, raise :class:`~sharpscope.errors.NonFiniteLossError` (as
+:class:`~sharpscope.objective.Objective` does for the surrogate gap and the cosine).
+
 All functions use eval mode (batch norm with running statistics) and never modify the
 model.
 """
@@ -33,6 +44,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -44,7 +56,7 @@ from torch.func import vmap
 from . import distributed as dist_utils
 from .batches import BatchLoss, higher_order_attention, take, tensor_leaves
 from .checks import int_at_least
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteLossError, ZeroGradientWarning
 from .objective import Objective, eval_mode
 
 __all__ = ["m_sharpness", "MSharpness", "SharpnessResult", "surrogate_gap", "surrogate_gaps", "sam_gradient_cosine",
@@ -155,6 +167,37 @@ def seeded_subsets(n: int, size: int, gen: torch.Generator, max_subsets: int | N
     return subsets[:max_subsets] if max_subsets is not None else subsets
 
 
+def seeded_generator(seed: int, *keys: int) -> torch.Generator:
+    """A CPU generator seeded by ``seed`` mixed with integer ``keys`` (e.g. m, rho index, first
+    subset of a group): draws that do not depend on how groups are shared out over ranks."""
+    mixed = seed
+    for k in keys:
+        mixed = (mixed * 1_000_003 + k * 7919 + 17) % (2**63 - 1)
+    return torch.Generator().manual_seed(mixed)
+
+
+def random_directions(rows: int, n: int, p: float, gen: torch.Generator, like: Tensor) -> Tensor:
+    """``rows`` seeded uniformly random unit directions of the p-norm (a normalized Gaussian for
+    p = 2, a random vertex sign(z) of the unit box for p = inf)."""
+    z = torch.randn((rows, n), generator=gen, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
+    return torch.sign(z) if p == math.inf else z / z.norm(dim=-1, keepdim=True)
+
+
+def check_finite(t: Tensor, where: str) -> None:
+    """One rule for non-finite values in every analysis: a NaN or infinite loss, gradient or
+    weight raises :class:`~sharpscope.errors.NonFiniteLossError` naming where it was met."""
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteLossError(f"{where} is NaN or infinite")
+
+
+def warn_zero_gradient(what: str, where: str, how: str) -> None:
+    """:class:`~sharpscope.errors.ZeroGradientWarning`: the gradient at the weights is exactly
+    zero ``where`` (on some subsets, on the data set), so ``what`` did ``how`` (module docstring)."""
+    warnings.warn(f"{what}: the gradient at the weights is exactly zero {where} (a minimum, a saddle or a "
+                  f"zero-initialised model), so the ascent direction rho g / ||g|| is undefined; {how}",
+                  ZeroGradientWarning, stacklevel=3)
+
+
 def rank_groups(subsets: Tensor, group_examples: int) -> list[Tensor]:
     """The row indices of this rank's groups of subsets (about ``group_examples`` examples per
     vectorized call; groups dealt round robin over torch.distributed ranks, all in one process)."""
@@ -193,18 +236,19 @@ def m_sharpness(
     start = time.perf_counter()
     flat = flat_examples(model, loss_fn, data)
     w0 = flat.w0
+    check_finite(w0, "a parameter of the model (nothing to analyse)")
 
     def subset_loss(w_flat: Tensor, batch: Any) -> Tensor:
         return flat.batch_loss(flat.state(w_flat), batch)
 
     value_and_grad = vmap(torch.func.grad_and_value(subset_loss), in_dims=(0, 0))
     results: list[MSharpness] = []
-    n_grad = 0
+    n_grad, n_zero = 0, 0
     gen = torch.Generator().manual_seed(seed)
     with eval_mode(model), higher_order_attention():  # the math attention kernel has vmap rules
         for size in ms:
             subsets = seeded_subsets(flat.n, size, gen, max_subsets, w0.device)
-            for r in rhos:
+            for j, r in enumerate(rhos):
                 values = torch.zeros(subsets.shape[0], dtype=torch.float64, device=w0.device)
                 for rows in rank_groups(subsets, group_examples):
                     group = take(flat.examples, subsets[rows.to(subsets.device)])
@@ -214,10 +258,19 @@ def m_sharpness(
                     best = torch.zeros(g_count, dtype=torch.float64, device=w0.device)
                     g, base = value_and_grad(w0.expand(g_count, -1), group)  # L_b(w) and its gradient
                     base = base.detach()
+                    check_finite(torch.cat([base[:, None], g], 1), "the loss or its gradient at the weights")
                     n_grad += g_count
+                    zero = g.norm(dim=-1) == 0  # no ascent direction: the first step goes a seeded random way
+                    if bool(zero.any()):
+                        n_zero += int(zero.sum())
+                        gen_j = seeded_generator(seed, size, j, int(rows[0]))
+                        rand = random_directions(g_count, w0.numel(), p, gen_j, g)
+                        g = torch.where(zero[:, None], rand, g)
                     for step in range(steps):
                         e = project(e + r * dual_direction(g, p), r, p)
                         g, val = value_and_grad(w0 + e, group)
+                        check_finite(torch.cat([val[:, None], g], 1).detach(),
+                                     f"the loss or its gradient at a point within rho = {r:g} of the weights")
                         n_grad += g_count
                         best = torch.maximum(best, (val - base).double().detach())
                     values[rows.to(values.device)] = best
@@ -228,6 +281,9 @@ def m_sharpness(
                 se = float(t.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else math.nan
                 results.append(MSharpness(size, float(r), float(t.mean()), se, len(values), values))
     n_grad = int(dist_utils.all_reduce_sum(torch.tensor(float(n_grad), dtype=torch.float64)).item())
+    if n_zero:
+        warn_zero_gradient("m-sharpness", f"on {n_zero} subset(s)", "their first step went in a seeded random "
+                           "direction instead")
     return SharpnessResult(p, steps, results, flat.n, n_grad, time.perf_counter() - start)
 
 
@@ -238,6 +294,10 @@ def surrogate_gaps(model: nn.Module | Objective, loss_fn: LossFn | None = None,
     first-order maximizer: the quantity SAM's second pass sees); one gradient for all rho."""
     obj = model if isinstance(model, Objective) else Objective(model, loss_fn, data)
     loss_w, g = obj.value_and_grad()
+    if not bool((g != 0).any()):
+        warn_zero_gradient("surrogate gap", "on the data set", "SAM's e_hat and the surrogate gap are undefined "
+                           "and read NaN (worst-case sharpness measures the maximum there)")
+        return {float(r): math.nan for r in rhos}
     direction = dual_direction(g, p)
     w = obj.parameters_vector()
     return {float(r): obj.loss(w + r * direction) - loss_w for r in rhos}
@@ -280,7 +340,10 @@ def sam_gradient_cosine(model: nn.Module | Objective, loss_fn: LossFn | None = N
     loss_w, g = obj.value_and_grad()
     gn = g.norm()
     if gn == 0:
-        raise ConfigError("the gradient is zero: e_hat and the SAM gradient are undefined")
+        warn_zero_gradient("SAM gradient cosine", "on the data set", "SAM's e_hat, its gradient and the cosine are "
+                           "undefined and read NaN")
+        nan = math.nan
+        return GradientCosine(rho, nan, nan, nan, nan, 0.0, nan, obj.n_hvp - n_hvp0, time.perf_counter() - start)
     g_hat = g / gn
     loss_e, g_sam = obj.value_and_grad(w + rho * g_hat)
     u = (rho / gn) * (g_sam - g_hat * (g_hat @ g_sam))

@@ -110,7 +110,8 @@ def hessian_command(
                                  help="Curvature matrix: hessian, ggn, fisher (true Fisher) or empirical-fisher."),
     fisher_samples: Optional[str] = typer.Option(
         None, "--fisher-samples", help="Labels drawn per example for --operator fisher (seeded by --seed), or "
-                                       "'exact' (sum over classes); default 1."),
+                                       "'exact' (sum over classes, the default: sampled labels push the top "
+                                       "eigenvalues up, +13-69 % with 1 label; the trace is unbiased)."),
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
     plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
@@ -190,14 +191,14 @@ def hessian_command(
 
 
 def _fisher_samples(operator: str, value: str | None) -> int | str:
-    """``--fisher-samples`` as an int >= 1 or 'exact' (1 when not given); refused with an
+    """``--fisher-samples`` as an int >= 1 or 'exact' ('exact' when not given); refused with an
     unknown ``--operator`` or with an operator other than fisher."""
     from ..curvature import OPERATORS
 
     if operator not in OPERATORS:
         raise ConfigError(f"--operator must be one of {', '.join(OPERATORS)}, got {operator!r}")
     if value is None:
-        return 1
+        return "exact" if operator == "fisher" else 1
     if operator != "fisher":
         raise ConfigError(f"--fisher-samples applies to --operator fisher only, not {operator}")
     text = value.strip()

@@ -32,6 +32,9 @@ def sharpness_command(
     draws: int = typer.Option(100, min=1, help="average: random perturbations per subset."),
     random_start: bool = typer.Option(False, "--random-start", help="worst: start the ascent at a random "
                                       "point of the boundary (default e = 0)."),
+    restarts: Optional[int] = typer.Option(None, "--restarts", min=1, help="worst: ascents per subset (default 4), "
+                                           "from e = 0 and from seeded random points of the boundary; the best is "
+                                           "kept, a spread over 1 % warns (1 = the reference's single ascent)."),
     max_subsets: Optional[int] = typer.Option(None, "--max-subsets", min=1, help="Cap on subsets per m (seeded)."),
     samples: Optional[int] = SAMPLES,
     split: str = SPLIT,
@@ -73,6 +76,8 @@ def sharpness_command(
         raise ConfigError(f"--measure must be m-sharpness, worst or average, got {measure!r}")
     if measure == "m-sharpness" and (adaptive or random_start):
         raise ConfigError("--adaptive and --random-start apply to --measure worst or average")
+    if measure != "worst" and restarts is not None:
+        raise ConfigError("--restarts applies to --measure worst")
     ms = numbers(m, int, "--m", at_least=1)
     rhos = numbers(rho, float, "--rho", at_least=0)
     p_value = parse_p(p)
@@ -85,7 +90,7 @@ def sharpness_command(
     per_m = [min(n // size, max_subsets or n) for size in ms]
     if measure != "m-sharpness":
         _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start, seed,
-                        max_subsets, split, console, progress, sum(per_m) * len(rhos), json_out)
+                        max_subsets, split, console, progress, sum(per_m) * len(rhos), json_out, restarts)
         return
     steps = 5 if steps is None else steps
     with progress_bar(console, progress, "subsets") as bar:
@@ -130,7 +135,7 @@ def sharpness_command(
 def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos: list[float], p: float,
                     adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool, seed: int,
                     max_subsets: int | None, split: str, console: Any, progress: bool, total: int,
-                    json_out: str | None) -> None:
+                    json_out: str | None, restarts: int | None = None) -> None:
     """``--measure worst|average``: run it, print its table, write its JSON."""
     import torch.nn.functional as F
     from rich.table import Table
@@ -140,7 +145,8 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
 
     options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=seed, max_subsets=max_subsets)
     if measure == "worst":
-        options.update(steps=20 if steps is None else steps, random_start=random_start)
+        options.update(steps=20 if steps is None else steps, random_start=random_start,
+                       restarts=measures.DEFAULT_RESTARTS if restarts is None else restarts)
     else:
         options.update(samples=draws)
     with progress_bar(console, progress, "subsets") as bar:
@@ -153,18 +159,31 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
     for r in report["results"]:
         r.pop("values")
         r.pop("error_values")
+        r.pop("restart_values")
     out = rank0_console(stderr=json_out == "-")
-    how = f"{result.steps} ascent steps" if measure == "worst" else f"{result.steps} draws per subset"
+    how = (f"{result.steps} ascent steps x {result.restarts} restarts" if measure == "worst"
+           else f"{result.steps} draws per subset")
     kind = ("adaptive " if adaptive else "") + f"{measure}-case"
     cost = (f"{result.n_gradients} gradients" if measure == "worst" else f"{result.n_forwards} forward passes")
     table = Table(title=f"{kind} sharpness ({how}, p = {'inf' if p == float('inf') else 2}; {result.n_examples} "
                         f"{split} examples; {cost}, {result.wall_time:.1f}s)")
     for col in ("m", "rho", "loss increase", "+/- (s.e.)", "error increase", "+/- (s.e.)", "subsets"):
         table.add_column(col, justify="right")
+    def se(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2g}"
+
     for r in result.results:
-        table.add_row(str(r.m), f"{r.rho:g}", f"{r.loss_increase:.5g}", f"{r.loss_stderr:.2g}",
-                      f"{r.error_increase:.4g}", f"{r.error_stderr:.2g}", str(r.n_subsets))
+        table.add_row(str(r.m), f"{r.rho:g}", f"{r.loss_increase:.5g}", se(r.loss_stderr),
+                      f"{r.error_increase:.4g}", se(r.error_stderr), str(r.n_subsets))
     out.print(table)
+    for note in dict.fromkeys(r.stderr_note for r in result.results if r.stderr_note):
+        out.print(f"s.e.: {note}", highlight=False)
+    if measure == "average":
+        out.print("Monte Carlo s.e. of the loss increase (the draws alone): " + ", ".join(
+            f"m={r.m} rho={r.rho:g}: {se(r.loss_mc_stderr)}" for r in result.results), highlight=False)
+    else:
+        out.print(f"spread between the {result.restarts} restarts, (max - min) / max: " + ", ".join(
+            f"m={r.m} rho={r.rho:g}: {100 * (r.restart_spread or 0.0):.2g} %" for r in result.results), highlight=False)
     write_json(report, json_out)
 
 
@@ -206,6 +225,9 @@ def gradcos_command(
     out.print(f"||grad L(w)|| = {res.gradient_norm:.4g}, ||SAM gradient|| = {res.sam_gradient_norm:.4g}, "
               f"||second-order term|| = {res.second_order_norm:.4g}, surrogate gap {res.surrogate_gap:.4g} "
               f"({res.wall_time:.1f}s)", highlight=False)
+    if res.gradient_norm == 0:
+        raise ConfigError("the gradient is exactly zero here (a minimum, a saddle or a zero-initialised model): "
+                          "SAM's e_hat and the cosine are undefined")
     if not math.isfinite(res.cosine):
-        raise ConfigError("the cosine is not finite (zero gradient?)")
+        raise ConfigError("the cosine is not finite")
     write_json({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, json_out)

@@ -67,6 +67,7 @@ class MeasureSettings:
     trace_matvecs: int = 30
     worst_m: int = 128
     worst_steps: int = 20
+    worst_restarts: int = 4          # ascents per subset (sharpscope.measures.DEFAULT_RESTARTS)
     adaptive_rho: float = 0.002      # worst_adaptive (p = inf) and average_adaptive
     average_rho: float = 0.01
     average_draws: int = 50
@@ -101,7 +102,8 @@ def _measure(name: str, kind: str, **options: Any) -> Measure:
         n = sum(int(b[1].shape[0]) for b in batches)
         rho = {"worst": s.rho, "worst_adaptive": s.adaptive_rho, "average": s.average_rho,
                "average_adaptive": s.average_rho}[name]
-        extra = ({"steps": s.worst_steps} if kind == "worst" else {"samples": s.average_draws})
+        extra = ({"steps": s.worst_steps, "restarts": s.worst_restarts} if kind == "worst"
+                 else {"samples": s.average_draws})
         r = measures.sharpness(model, F.cross_entropy, batches, measure=kind, m=min(s.worst_m, n), rho=rho,
                                seed=s.seed, **extra, **options).results[0]
         return {name: r.loss_increase, f"{name}_error": r.error_increase}
@@ -128,8 +130,8 @@ _SUBSET = ("samples", "seed")
 _READS: dict[str, tuple[str, ...]] = {
     "lambda_max": (*_SUBSET, "eig_tol"), "trace": (*_SUBSET, "trace_matvecs"),
     "m_sharpness": (*_SUBSET, "rho", "m_values", "m_steps"), "gradcos": (*_SUBSET, "rho"),
-    "worst": (*_SUBSET, "rho", "worst_m", "worst_steps"),
-    "worst_adaptive": (*_SUBSET, "adaptive_rho", "worst_m", "worst_steps"),
+    "worst": (*_SUBSET, "rho", "worst_m", "worst_steps", "worst_restarts"),
+    "worst_adaptive": (*_SUBSET, "adaptive_rho", "worst_m", "worst_steps", "worst_restarts"),
     "average": (*_SUBSET, "average_rho", "worst_m", "average_draws"),
     "average_adaptive": (*_SUBSET, "average_rho", "worst_m", "average_draws"), "weights": (),
 }
