@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import ConfigError
 from .compare import KEY_METRICS, run_dir
 from .files import atomic_write_bytes
-from .report import METRIC_NAMES, _difference_table, _gradcos_lines, _summary_table
+from .report import METRIC_NAMES, _difference_table, _gradcos_lines, _summary_table, convergence_lines
 
 __all__ = ["write_compare_html", "write_correlate_html", "write_sweep_html", "write_report_html", "markdown_table"]
 
@@ -143,6 +143,9 @@ def write_compare_html(out_dir: str | Path) -> Path:
                          "<p>Each cell: mean +/- standard deviation over paired seeds [95 % confidence interval, "
                          f"{html.escape(results['ci_method'])}]. A difference is reported as higher or lower only "
                          "when its paired interval excludes zero.</p>",
+                         *[f"<p>{html.escape(line).replace('**', '')}</p>" for line in convergence_lines(results)
+                           if line],
+                         *[f"<p><b>Warning:</b> {html.escape(w)}</p>" for w in results.get("warnings", [])],
                          *_figures(out, results),
                          "<h2>Metrics over seeds</h2>", markdown_table(_summary_table(results)),
                          f"<h2>Paired differences to {html.escape(results['baseline'].upper())}</h2>",
