@@ -177,17 +177,22 @@ def test_not_a_minimum_is_flagged():
 
 
 def test_convergence_definition_on_hand_made_records():
-    """Converged: final train accuracy >= 0.99, or the loss fell < 5 % over the last
-    k = max(1, ceil(E / 4)) epochs. 8 epochs: k = 2, drop (L[6th] - L[8th]) / L[6th]."""
+    """Converged: final train accuracy >= 0.99, or the last k = max(1, ceil(E / 4)) epochs
+    brought < 10 % of the loss decrease since epoch 1. 8 epochs: k = 2,
+    share = (L[6th] - L[8th]) / (L[1st] - L[8th])."""
     def recs(losses, acc):
         return [{"epoch": i + 1, "train_loss": v, "train_acc": acc} for i, v in enumerate(losses)]
     falling = recs([2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6], 0.57)
     r = run_convergence(falling)
-    assert not r["converged"] and r["over_epochs"] == 2 and r["loss_drop"] == pytest.approx(0.25)
+    assert not r["converged"] and r["over_epochs"] == 2 and r["late_share"] == pytest.approx(0.2 / 1.4)
     assert run_convergence(recs([2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6], 0.995))["converged"]  # fits its labels
-    flat = run_convergence(recs([2.0, 1.5, 1.2, 1.0, 0.9, 0.80, 0.79, 0.77], 0.7))  # 3.75 % < 5 %: levelled off
-    assert flat["converged"] and flat["loss_drop"] == pytest.approx(0.0375)
+    flat = run_convergence(recs([2.0, 1.5, 1.2, 1.0, 0.9, 0.80, 0.79, 0.77], 0.7))  # 0.03 / 1.23: levelled off
+    assert flat["converged"] and flat["late_share"] == pytest.approx(0.03 / 1.23)
+    stall = run_convergence(recs([1.10, 1.09, 1.08, 1.07], 0.34))  # tiny lr: < 1 % a step, but 1/3 of the progress
+    assert not stall["converged"] and stall["late_share"] == pytest.approx(1 / 3)
     assert not run_convergence(recs([2.0], 0.5))["converged"]  # one epoch: no trend
+    assert not run_convergence(recs([2.0, 1.0], 0.5))["converged"]  # two epochs: the last made all the progress
+    assert not run_convergence(recs([1.0, 1.0, 1.1], 0.5))["converged"]  # did not fall
     assert run_convergence(recs([2.0], 1.0))["converged"]
     assert not run_convergence([])["converged"]
 
