@@ -9,6 +9,11 @@ Ground floor: numpy and scipy.stats only, nothing about networks or training.
   Student-t interval and the two-sided paired t-test p-value (``scipy.stats.ttest_rel``).
   Pairing removes the between-seed variance that both settings share, which is why a
   comparison is made on differences and never on two separate intervals.
+- Bounded quantities (an accuracy in [0, 1], a cosine in [-1, 1]): ``bounds=(lo, hi)``
+  intersects the t interval with [lo, hi] (a paired difference of two such values with
+  [lo - hi, hi - lo]). The mean lies in that range with certainty, so the intersection covers
+  it exactly as often as the t interval does (same coverage, never out of range), and a
+  verdict never changes (0 is inside the range). The method string then says "clipped to".
 - :func:`verdict`: "higher" / "lower" only when the interval of the difference excludes
   zero; otherwise "no difference at this scale".
 - :func:`rank_correlation`: Kendall's tau-b or Spearman's rho between a measure and an
@@ -33,7 +38,7 @@ from .errors import ConfigError
 
 __all__ = ["Summary", "PairedDifference", "summarize", "paired_difference", "verdict", "CI_METHOD",
            "RankCorrelation", "CorrelationDifference", "rank_correlation", "correlation_difference",
-           "kendall_tau_b", "spearman_rho", "BOOTSTRAP_METHOD"]
+           "kendall_tau_b", "spearman_rho", "BOOTSTRAP_METHOD", "clipped_method"]
 
 CI_METHOD = "Student t"
 
@@ -48,6 +53,35 @@ def _values(values: Sequence[float], what: str) -> np.ndarray:
 def _check_confidence(confidence: float) -> None:
     if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
         raise ConfigError(f"confidence must be in (0, 1), got {confidence!r}")
+
+
+def _check_bounds(bounds: tuple[float, float] | None) -> None:
+    if bounds is not None and not (len(bounds) == 2 and all(math.isfinite(b) for b in bounds)
+                                   and bounds[0] < bounds[1]):
+        raise ConfigError(f"bounds must be (low, high) with low < high, got {bounds!r}")
+
+
+def _check_in_range(arr: np.ndarray, bounds: tuple[float, float] | None, what: str) -> None:
+    """Refuse values outside ``bounds`` by more than float rounding (1e-6 of the range: a
+    float32 cosine can read 1 + 1e-7); e.g. accuracies given in percent."""
+    if bounds is None:
+        return
+    slack = 1e-6 * (bounds[1] - bounds[0])
+    if ((arr < bounds[0] - slack) | (arr > bounds[1] + slack)).any():
+        raise ConfigError(f"{what}: values {arr.tolist()} outside their range [{bounds[0]:g}, {bounds[1]:g}]")
+
+
+def clipped_method(method: str, bounds: tuple[float, float] | None) -> str:
+    """``method`` naming the range it is clipped to (unchanged without bounds)."""
+    return method if bounds is None else f"{method}, clipped to [{bounds[0]:g}, {bounds[1]:g}]"
+
+
+def _clip(low: float, high: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
+    """[low, high] intersected with ``bounds`` (NaN stays NaN)."""
+    if bounds is None or not (math.isfinite(low) and math.isfinite(high)):
+        return low, high
+    lo, hi = float(bounds[0]), float(bounds[1])
+    return min(max(low, lo), hi), max(min(high, hi), lo)
 
 
 def _t_interval(mean: float, std: float, n: int, confidence: float) -> tuple[float, float]:
@@ -93,27 +127,39 @@ class PairedDifference:
         return asdict(self) | {"verdict": verdict(self)}
 
 
-def summarize(values: Sequence[float], confidence: float = 0.95) -> Summary:
+def summarize(values: Sequence[float], confidence: float = 0.95,
+              bounds: tuple[float, float] | None = None) -> Summary:
     """Student-t summary of independent values (module docstring); NaN spread for one value.
-    Non-finite values are refused: a diverged run must be reported, not averaged."""
+    ``bounds``: the range every value (so the mean) lies in; the interval is clipped to it.
+    Non-finite values, and values outside ``bounds``, are refused: a diverged run must be
+    reported, not averaged."""
     _check_confidence(confidence)
+    _check_bounds(bounds)
     arr = _values(values, "summarize")
     if not np.isfinite(arr).all():
         raise ConfigError(f"summarize: non-finite values {arr.tolist()}")
+    _check_in_range(arr, bounds, "summarize")
     n = int(arr.size)
     mean = float(arr.mean())
     std = float(arr.std(ddof=1)) if n > 1 else math.nan
-    low, high = _t_interval(mean, std, n, confidence)
-    return Summary(n, mean, std, low, high, confidence)
+    low, high = _clip(*_t_interval(mean, std, n, confidence), bounds)
+    return Summary(n, mean, std, low, high, confidence, clipped_method(CI_METHOD, bounds))
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> PairedDifference:
-    """b - a over paired runs (same seeds, in the same order)."""
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
+                      bounds: tuple[float, float] | None = None) -> PairedDifference:
+    """b - a over paired runs (same seeds, in the same order). ``bounds``: the range of each
+    value; the difference then lies in [lo - hi, hi - lo] and its interval is clipped to that."""
     _check_confidence(confidence)
+    _check_bounds(bounds)
     xa, xb = _values(a, "paired_difference"), _values(b, "paired_difference")
     if xa.shape != xb.shape:
         raise ConfigError(f"paired_difference needs the same number of runs, got {xa.size} and {xb.size}")
-    d = summarize(xb - xa, confidence)
+    if bounds is not None:
+        for x in (xa, xb):
+            _check_in_range(x[np.isfinite(x)], bounds, "paired_difference")
+    width = None if bounds is None else float(bounds[1]) - float(bounds[0])
+    d = summarize(xb - xa, confidence, None if width is None else (-width, width))
     if d.n < 2:
         p = math.nan
     elif d.std == 0:  # identical differences: no spread, the sign is certain unless they are all 0
@@ -122,7 +168,8 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
         from scipy import stats
 
         p = float(stats.ttest_rel(xb, xa).pvalue)
-    return PairedDifference(d.n, d.mean, d.std, d.ci_low, d.ci_high, p, confidence)
+    return PairedDifference(d.n, d.mean, d.std, d.ci_low, d.ci_high, p, confidence,
+                            clipped_method(f"paired {CI_METHOD}", None if width is None else (-width, width)))
 
 
 def verdict(diff: PairedDifference | Summary | RankCorrelation | CorrelationDifference) -> str:

@@ -10,6 +10,7 @@ import torch
 
 from sharpscope import stats
 from sharpscope.cli import main
+from sharpscope.experiments.verdicts import METRIC_BOUNDS, run_convergence
 
 FIGURES = ["training_curves.png", "density.png", "eigenvalues.png", "surfaces.png", "surfaces_3d.png",
            "interpolation.png", "m_sharpness.png", "gradcos.png", "edge_of_stability.png", "differences.png"]
@@ -52,7 +53,7 @@ def test_every_results_key_and_the_statistics(compared):
     results = json.loads((compared / "results.json").read_text())
     assert set(results) == {"config", "settings", "baseline", "ci_method", "optimizers", "interpolation", "warnings",
                             "figures", "wall_time", "environment", "environment_differences",
-                            "analysis_environment_differences"}
+                            "analysis_environment_differences", "convergence"}
     # provenance: this process analysed; every run recorded what trained it, and they were alike
     assert results["environment"]["torch_version"] == torch.__version__ and results["environment_differences"] == {}
     assert all(run["trained_in"]["threads"] >= 1 and run["analysed_in"]["torch_version"] == torch.__version__
@@ -76,7 +77,10 @@ def test_every_results_key_and_the_statistics(compared):
         # every summary is sharpscope.stats.summarize of the per-seed scalars
         for metric, summary in r["summary"].items():
             values = [r["seeds"][str(s)]["scalars"][metric] for s in SEEDS]
-            assert summary == pytest.approx({**stats.summarize(values).to_dict(), "method": summary["method"]})
+            expected = stats.summarize(values, bounds=METRIC_BOUNDS.get(metric)).to_dict()
+            assert summary == pytest.approx(expected)
+            low, high = METRIC_BOUNDS.get(metric, (-float("inf"), float("inf")))
+            assert low <= summary["ci_low"] <= summary["ci_high"] <= high, metric
         assert {"test_acc", "lambda_max", "trace", "surrogate_gap", "m_sharpness_m4"} <= set(r["summary"])
         assert "train_acc_clean" not in r["summary"]  # no label noise
         assert r["surface"]["seed"] == 0 and {"centre_loss", "basin_width"} <= set(r["surface"])
@@ -89,10 +93,31 @@ def test_every_results_key_and_the_statistics(compared):
     sam, sgd = results["optimizers"]["sam"], results["optimizers"]["sgd"]
     for metric, d in sam["difference"].items():
         expected = stats.paired_difference([sgd["seeds"][str(s)]["scalars"][metric] for s in SEEDS],
-                                           [sam["seeds"][str(s)]["scalars"][metric] for s in SEEDS])
+                                           [sam["seeds"][str(s)]["scalars"][metric] for s in SEEDS],
+                                           bounds=METRIC_BOUNDS.get(metric))
+        assert (d["ci_low"], d["ci_high"]) == pytest.approx((expected.ci_low, expected.ci_high), nan_ok=True)
         assert d["mean"] == pytest.approx(expected.mean) and d["p_value"] == pytest.approx(expected.p_value, nan_ok=True)
         assert d["verdict"] == stats.verdict(expected)
     assert sorted(f.split("/")[-1] for f in results["figures"]) == sorted(FIGURES)
+
+
+@pytest.mark.slow
+def test_quick_runs_are_reported_unconverged_and_their_verdicts_say_so(compared):
+    """Issue 23: compare --quick wrote "test accuracy: lower, p = 0.029" for runs at 57 % train
+    accuracy with no word that they had not converged."""
+    results = json.loads((compared / "results.json").read_text())
+    conv = results["convergence"]
+    for opt in ("sgd", "sam"):
+        for s in SEEDS:
+            path = compared / opt / f"seed{s}" / "metrics.jsonl"
+            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            assert conv["runs"][opt][str(s)] == run_convergence(records)
+    assert conv["unconverged"], "4 epochs on 400 examples should not reach 99 % train accuracy"
+    assert results["warnings"][0].startswith(f"{len(conv['unconverged'])} of 6 runs have not converged")
+    assert all(d["about_unconverged_runs"] for d in results["optimizers"]["sam"]["difference"].values())
+    report = (compared / "report.md").read_text()
+    assert "runs have not converged" in report and "(unconverged runs) |" in report
+    assert conv["definition"] in report and "clipped to that range" in report
 
 
 @pytest.mark.slow
@@ -149,6 +174,40 @@ def test_not_a_minimum_is_flagged():
     assert len(notes) == 1 and "training loss" in notes[0] and "14x" in notes[0] and "lambda_max_clean" in notes[0]
     statistics["sam"]["summary"]["train_loss"]["mean"] = 0.05
     assert cmp.not_a_minimum_warnings(config, statistics) == []
+
+
+def test_convergence_definition_on_hand_made_records():
+    """Converged: final train accuracy >= 0.99, or the last k = max(1, ceil(E / 4)) epochs
+    brought < 10 % of the loss decrease since epoch 1. 8 epochs: k = 2,
+    share = (L[6th] - L[8th]) / (L[1st] - L[8th])."""
+    def recs(losses, acc):
+        return [{"epoch": i + 1, "train_loss": v, "train_acc": acc} for i, v in enumerate(losses)]
+    falling = recs([2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6], 0.57)
+    r = run_convergence(falling)
+    assert not r["converged"] and r["over_epochs"] == 2 and r["late_share"] == pytest.approx(0.2 / 1.4)
+    assert run_convergence(recs([2.0, 1.5, 1.2, 1.0, 0.9, 0.8, 0.7, 0.6], 0.995))["converged"]  # fits its labels
+    flat = run_convergence(recs([2.0, 1.5, 1.2, 1.0, 0.9, 0.80, 0.79, 0.77], 0.7))  # 0.03 / 1.23: levelled off
+    assert flat["converged"] and flat["late_share"] == pytest.approx(0.03 / 1.23)
+    stall = run_convergence(recs([1.10, 1.09, 1.08, 1.07], 0.34))  # tiny lr: < 1 % a step, but 1/3 of the progress
+    assert not stall["converged"] and stall["late_share"] == pytest.approx(1 / 3)
+    assert not run_convergence(recs([2.0], 0.5))["converged"]  # one epoch: no trend
+    assert not run_convergence(recs([2.0, 1.0], 0.5))["converged"]  # two epochs: the last made all the progress
+    assert not run_convergence(recs([1.0, 1.0, 1.1], 0.5))["converged"]  # did not fall
+    assert run_convergence(recs([2.0], 1.0))["converged"]
+    assert not run_convergence([])["converged"]
+
+
+def test_differences_are_marked_when_a_run_has_not_converged():
+    import sharpscope.experiments.compare as cmp
+    config = cmp.CompareConfig(quick=True, seeds=[0, 1, 2])
+    scalars = {"sgd": {s: {"test_acc": 0.5 + 0.1 * s} for s in range(3)},
+               "sam": {s: {"test_acc": 0.9 + 0.05 * s} for s in range(3)}}
+    ok = {"sgd": {0: True, 1: True, 2: True}, "sam": {0: True, 1: True, 2: True}}
+    st = cmp._statistics(config, scalars, ok)
+    assert st["sam"]["difference"]["test_acc"]["about_unconverged_runs"] is False
+    assert st["sam"]["summary"]["test_acc"]["ci_high"] <= 1.0  # 0.9, 0.95, 1.0: t interval reaches 1.074
+    ok["sgd"][1] = False
+    assert cmp._statistics(config, scalars, ok)["sam"]["difference"]["test_acc"]["about_unconverged_runs"] is True
 
 
 @pytest.mark.parametrize("seeds,fragment", [("0", "count N"), ("1,1", "twice"), ("a", "count N"), ("-1", "count")])

@@ -88,13 +88,44 @@ def test_sweep_correlate_end_to_end(tmp_path):
             "batch_size": 32}
     config = SweepConfig(grid={"optimizer": ["sgd", "sam"], "lr": [0.05, 0.2]}, seeds=2, base=base,
                          profile="quick", analyses="eigenvalues,m-sharpness", analysis_m="4,32")
-    result = run_sweep(config, tmp_path / "sw", plots=[], correlate=True)
+    result = run_sweep(config, tmp_path / "sw", plots=[], correlate=True, min_train_acc=0)
     assert result.correlations is not None and result.correlations.n_runs == 8
     measures = {e["measure"] for e in result.correlations.entries}
     assert measures == {"lambda_max", "lambda_ratio", "m_sharpness_m4", "m_sharpness_m32"}
     assert (tmp_path / "sw" / "figures" / "correlations_gap_error.png") in result.figures
     (tmp_path / "sw" / "correlations.json").unlink()
     out = CliRunner().invoke(app, ["sweep", "--out", str(tmp_path / "sw"), "--replot", "--correlate",
-                                   "--plot", "test_acc:lr"])
+                                   "--plot", "test_acc:lr", "--min-train-acc", "0"])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "sw" / "correlations.json").exists() and "correlations_gap_loss.png" in out.output
+
+
+def test_sweep_correlate_and_correlate_keep_the_same_runs_and_agree(tmp_path, cli):
+    """Issue 23: on the same runs ``sweep --correlate`` said n = 6 and ``correlate`` n = 0 (the
+    sweep kept every run, correlate only those at train accuracy >= 0.99). Both now keep runs
+    by the one rule (correlate.select_runs) and go through report_correlations. The runs are
+    trained on 96 examples, fewer than either path's subset, so both measure lambda_max and
+    the gradient cosine on the same examples: the same n and the same tau."""
+    base = {"model": "mlp", "model_kwargs": {"hidden": [8]}, "data": "synthetic", "n_train": 96, "epochs": 3,
+            "batch_size": 32}
+    config = SweepConfig(grid={"optimizer": ["sgd", "sam"], "lr": [0.02, 0.5]}, seeds=2, base=base,
+                         profile="quick", analyses="eigenvalues,gradcos")
+    first = run_sweep(config, tmp_path / "sw", plots=[])
+    accs = sorted(r["train_acc"] for r in first.rows)
+    threshold = accs[-5]  # keeps at least 5 of the 8 runs, and leaves some out unless they tie
+    swept = run_sweep(config, tmp_path / "sw", plots=[], correlate=True, min_train_acc=threshold).correlations
+    code, out, err = cli(["correlate", str(tmp_path / "sw" / "runs"), "--out", str(tmp_path / "c"), "--measures",
+                          "lambda_max,gradcos", "--samples", "128", "--min-train-acc", repr(threshold),
+                          "--no-progress"])
+    assert code in (0, None), err
+    measured = json.loads((tmp_path / "c" / "correlations.json").read_text())
+    kept = sum(a >= threshold for a in accs)
+    assert swept.n_runs == measured["n_runs"] == kept >= 5
+    assert swept.left_out == measured["left_out"] == {"unfinished": 0, "underfit": 8 - kept}
+    assert f"{kept} runs correlated" in out
+    by_sweep = {(e["measure"], e["gap"]): e for e in swept.entries}
+    by_correlate = {(e["measure"], e["gap"]): e for e in measured["entries"]}
+    for key in [("lambda_max", "gap_error"), ("gradcos", "gap_error"), ("lambda_max", "gap_loss")]:
+        assert by_sweep[key]["n"] == by_correlate[key]["n"] == kept
+        assert by_sweep[key]["kendall"]["estimate"] == pytest.approx(by_correlate[key]["kendall"]["estimate"],
+                                                                     abs=1e-12), key

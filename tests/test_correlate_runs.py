@@ -123,3 +123,30 @@ def test_cli_writes_the_interactive_correlations_page(three_runs, tmp_path, cli)
     n_error = sum(e["gap"] == "gap_error" for e in table["entries"])
     assert page.count('class="figure"') == n_error > 0
     assert not re.search(r"<script[^>]+src=", page) and "lr=0.05" in page
+
+
+def test_min_train_acc_is_applied_before_measuring(three_runs, tmp_path, monkeypatch, cli):
+    """Issue 23: correlate measured every run for minutes, then reported "0 runs correlated"
+    because none reached --min-train-acc. The accuracy is read from each checkpoint first; the
+    runs below it are not measured, and fewer than 3 kept is refused before any measuring."""
+    runs = mr.find_runs([three_runs])
+    accs = sorted(mr.run_row(r)["train_acc"] for r in runs)
+    calls = []
+    real = mr.RUN_MEASURES["trace"]
+    monkeypatch.setitem(mr.RUN_MEASURES, "trace", lambda *a: calls.append(1) or real(*a))
+    rows = mr.measure_runs(runs, ["trace"], mr.MeasureSettings(samples=16, trace_matvecs=3), min_train_acc=accs[1])
+    kept = [r for r in rows if r["status"] == "finished"]
+    assert len(calls) == len(kept) == sum(a >= accs[1] for a in accs) >= 2
+    assert all("trace" not in r for r in rows if r["status"] == "underfit")
+    too_high = accs[-1] + 1e-9
+    with pytest.raises(ConfigError, match="3 are needed"):
+        mr.measure_runs(runs, ["trace"], mr.MeasureSettings(samples=16, trace_matvecs=3), min_train_acc=too_high,
+                        need=3)
+    assert len(calls) == len(kept)  # nothing measured before the refusal
+    before = [(r / "measures.json").read_text() if (r / "measures.json").exists() else None for r in runs]
+    code, out, err = cli(["correlate", str(three_runs), "--out", str(tmp_path / "c"), "--measures", "average_adaptive",
+                          "--min-train-acc", "1.0", "--no-progress"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--min-train-acc 1" in err, err
+    assert before == [(r / "measures.json").read_text() if (r / "measures.json").exists() else None for r in runs]
+    code, _, err = cli(["correlate", str(three_runs), "--out", str(tmp_path / "d"), "--min-train-acc", "1.5"])
+    assert code == 2 and "must be a number in [0, 1]" in err

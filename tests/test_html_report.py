@@ -38,6 +38,8 @@ def test_report_is_self_contained(compare_dir):
     assert "Computed with: sharpscope" in page and "deterministic off" in page  # results.json's record
     assert "Paired differences to SGD" in page and page.count("<table>") >= 3
     assert (compare_dir / "report.html").stat().st_size < 8 * 2**20
+    # issue 23: the quick runs have not converged, and the page says so beside its verdicts
+    assert "runs have not converged" in page and "(unconverged runs)" in page and "clipped to that range" in page
 
 
 @pytest.mark.slow
@@ -79,6 +81,7 @@ def test_sweep_html_and_report_verb(tmp_path, cli):
     page = (out / "report.html").read_text()
     assert page.count('class="figure"') == 2 and not re.search(r"<script[^>]+src=", page)
     assert "optimizer=sam, rho=0.02" in page
+    assert "Warning:</b> 2 of 2 runs have not converged" in page  # one epoch: no trend (issue 23)
     (out / "report.html").unlink()
     code, _, err = cli(["report", str(out)])
     assert code in (0, None), err

@@ -241,3 +241,33 @@ def test_wrong_number_of_directions():
     d1 = random_direction(model, seed=1)
     with pytest.raises(ConfigError, match="2 direction"):
         surface(model, F.mse_loss, batches, [d1], [0.0], [0.0])
+
+
+def _curve(xs: np.ndarray, loss: np.ndarray) -> SurfaceResult:
+    return SurfaceResult(xs=xs, ys=None, loss=loss, accuracy=np.zeros_like(loss), kind="interpolation", options={},
+                         n_examples=1, wall_time=0.0)
+
+
+def test_interpolation_barrier_is_never_negative_off_grid_endpoints():
+    """compare --quick interpolates on linspace(-0.5, 1.5, 11), where neither 0 nor 1 is a grid
+    point. For L(a) = a^2 the loss at B is interpolated between a = 0.9 (0.81) and 1.1 (1.21):
+    1.01, above every grid point inside [0, 1] (at most 0.81), so max inside - max(L(0), L(1))
+    read 0.81 - 1.01 = -0.2 (issue 23: -0.029). The curve itself never rises above its higher
+    endpoint: the barrier is exactly 0."""
+    xs = np.linspace(-0.5, 1.5, 11)
+    s = _curve(xs, xs ** 2).summary()
+    assert s["loss_at_b"] == pytest.approx(1.01, abs=1e-12)
+    assert s["barrier"] == 0.0
+    assert s["barrier_endpoints_on_grid"] is False
+    # a bump on a grid holding 0 and 1: L = sin(pi a) peaks at 1 (a = 0.5), endpoints 0 -> barrier 1
+    xs = np.linspace(-0.5, 1.5, 9)
+    s = _curve(xs, np.sin(np.pi * xs) + 2.0).summary()
+    assert s["barrier"] == pytest.approx(1.0, abs=1e-12) and s["barrier_endpoints_on_grid"] is True
+
+
+def test_compare_interpolates_on_a_grid_holding_both_minima():
+    from sharpscope.experiments.compare import interpolation_alphas
+
+    quick = interpolation_alphas(11)
+    assert 0.0 in quick and 1.0 in quick and len(quick) == 13 and np.all(np.diff(quick) > 0)
+    assert len(interpolation_alphas(41)) == 41  # the default grid already holds both

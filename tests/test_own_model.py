@@ -172,6 +172,8 @@ def test_correlate_refuses_a_factory_run_before_measuring_any(own_module, cli) -
     runs = folder / "runs"
     train(TrainConfig(optimizer="sgd", model="mlp", model_kwargs={"hidden": [8]}, data="synthetic", n_train=64,
                       epochs=1, batch_size=32, keep_snapshots=False), runs / "a_builtin")
+    train(TrainConfig(optimizer="sgd", model="mlp", model_kwargs={"hidden": [8]}, data="synthetic", n_train=64,
+                      epochs=1, batch_size=32, keep_snapshots=False, seed=1), runs / "c_builtin")  # correlate needs 3
     train(TrainConfig(optimizer="sgd", model=f"{name}:build", data="synthetic", n_train=64, epochs=1,
                       batch_size=32, keep_snapshots=False), runs / "b_factory")
     marker.unlink()

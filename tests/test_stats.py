@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from sharpscope import ConfigError
+from sharpscope import ConfigError, stats
 from sharpscope.stats import (
     correlation_difference, kendall_tau_b, paired_difference, rank_correlation, spearman_rho, summarize, verdict,
 )
@@ -160,3 +160,39 @@ def test_rank_correlation_refusals_and_degenerate_input():
                 dict(x=[1, 2, 3], y=[1, 2, 3], confidence=1.0)):
         with pytest.raises(ConfigError):
             rank_correlation(**bad)
+
+
+def test_bounded_interval_is_clipped_to_the_range_against_a_hand_computed_answer():
+    """Accuracies 0.5, 1, 1: mean 5/6, s = sqrt(1/12) = 0.288675, t_{2, 0.975} = 4.302653,
+    half-width 4.302653 * 0.288675 / sqrt(3) = 0.717109: the t interval [0.116224, 1.550442]
+    leaves [0, 1]; clipped it is [0.116224, 1]. (Issue 23: accuracy [0.57, 1.02].)"""
+    s = stats.summarize([0.5, 1.0, 1.0], bounds=(0.0, 1.0))
+    assert s.mean == pytest.approx(5 / 6, abs=1e-12)
+    assert s.ci_low == pytest.approx(0.116224, abs=1e-6)
+    assert s.ci_high == 1.0
+    assert s.method == "Student t, clipped to [0, 1]"
+    free = stats.summarize([0.5, 1.0, 1.0])
+    assert free.ci_high == pytest.approx(1.550442, abs=1e-6) and free.method == "Student t"
+    # a cosine in [-1, 1]: 0.99, 1, 1 -> t interval [0.98, 1.01] before clipping
+    c = stats.summarize([0.99, 1.0, 1.0], bounds=(-1.0, 1.0))
+    half = 4.302653 * (0.01 * math.sqrt(1 / 3)) / math.sqrt(3)  # s = 0.01 sqrt(1/3)
+    assert c.ci_high == 1.0 and c.ci_low == pytest.approx(1 - 0.01 / 3 - half, abs=1e-6)
+    # rounding above the bound (a float32 cosine of 1 + 1e-7) is kept in range, not refused
+    r = stats.summarize([1 + 1e-7] * 3, bounds=(-1.0, 1.0))
+    assert r.ci_low == r.ci_high == 1.0
+    with pytest.raises(ConfigError, match="outside their range"):
+        stats.summarize([57.0, 60.0], bounds=(0.0, 1.0))  # percent, not a fraction
+    with pytest.raises(ConfigError, match="bounds"):
+        stats.summarize([0.5, 0.6], bounds=(1.0, 0.0))
+
+
+def test_paired_difference_of_bounded_values_is_clipped_to_twice_the_range():
+    """b - a for accuracies lies in [-1, 1]: differences 1, 1, 0 (a = 0, 0, 0.5; b = 1, 1, 0.5)
+    have mean 2/3, s = sqrt(1/3) = 0.577350, half-width 4.302653 * 0.577350 / sqrt(3) = 1.434218:
+    t interval [-0.767551, 2.100885], clipped [-0.767551, 1]; the verdict is unchanged."""
+    d = stats.paired_difference([0.0, 0.0, 0.5], [1.0, 1.0, 0.5], bounds=(0.0, 1.0))
+    assert d.ci_low == pytest.approx(-0.767551, abs=1e-6)
+    assert d.ci_high == 1.0
+    assert d.method == "paired Student t, clipped to [-1, 1]"
+    assert d.to_dict()["verdict"] == stats.verdict(stats.paired_difference([0.0, 0.0, 0.5], [1.0, 1.0, 0.5]))
+    assert d.p_value == stats.paired_difference([0.0, 0.0, 0.5], [1.0, 1.0, 0.5]).p_value

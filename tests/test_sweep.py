@@ -22,6 +22,7 @@ from sharpscope.experiments.sweep import (
     PERTURBATION_OPTIONS, SweepConfig, expand_grid, parse_seeds, parse_values, run_sweep, summarize_rows,
     uses_option,
 )
+from sharpscope.experiments.verdicts import METRIC_BOUNDS, run_convergence
 from sharpscope.train import OPTIMIZERS, Callback
 
 BASE = {"model": "mlp", "model_kwargs": {"hidden": [8]}, "data": "synthetic", "n_train": 200, "epochs": 2,
@@ -197,8 +198,8 @@ def test_tables_hold_every_option_and_metric(reference):
         assert metric in reference.metrics, metric
     with open(out / "results.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
-    assert list(table[0]) == ["run", "status", *reference.options, *reference.metrics, "trained_in", "analysed_in",
-                              "notes"]
+    assert list(table[0]) == ["run", "status", *reference.options, *reference.metrics, "converged", "trained_in",
+                              "analysed_in", "notes"]
     stored = json.loads((out / "results.json").read_text())
     # provenance: every row says what trained it; the runs were trained alike
     assert all(f"torch {torch.__version__}" in r["trained_in"] and r["analysed_in"] for r in reference.rows)
@@ -210,6 +211,8 @@ def test_tables_hold_every_option_and_metric(reference):
                 assert float(line[key]) == value  # full precision in the CSV
             elif value is None:
                 assert line[key] == ""
+            elif isinstance(value, bool):  # the converged column
+                assert line[key] == str(value).lower()
             else:
                 assert line[key] == str(value)
     sgd = [r for r in reference.rows if r["optimizer"] == "sgd"]
@@ -217,6 +220,35 @@ def test_tables_hold_every_option_and_metric(reference):
     assert all(r["perturbed_loss"] is not None for r in reference.rows if r["optimizer"] == "sam")
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["lambda_max_vs_rho.png", "test_acc_vs_rho.png"]
     assert all(p.stat().st_size > 10_000 for p in reference.figures)
+
+
+def test_unconverged_runs_are_flagged_in_every_table_and_marked_in_verdicts(reference):
+    """Issue 23: a sweep's verdicts say when they compare runs that had not converged
+    (verdicts.run_convergence of each run's metrics.jsonl), and its accuracy intervals stay in [0, 1]."""
+    out = Path(reference.out_dir)
+    for row in reference.rows:
+        path = out / "runs" / row["run"] / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        assert row["converged"] is run_convergence(records)["converged"]
+    unconverged = [r["run"] for r in reference.rows if r["converged"] is False]
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["convergence"]["unconverged"] == unconverged
+    summary = json.loads((out / "summary.json").read_text())
+    assert "clipped to that range" in summary["ci_method"]
+    for entry in summary["settings"]:
+        assert entry["unconverged"] == sum(r["run"] in unconverged for r in reference.rows
+                                           if r["optimizer"] == entry["options"]["optimizer"]
+                                           and r["rho"] == entry["options"]["rho"])
+        acc = entry["metrics"]["test_acc"]["summary"]
+        assert 0 <= acc["ci_low"] <= acc["ci_high"] <= 1
+        d = entry["metrics"]["test_acc"].get("vs_sgd")
+        if d:
+            assert d["about_unconverged_runs"] is bool(unconverged)
+    if unconverged:  # the tiny grid trains for 2 epochs: some runs cannot have levelled off
+        assert reference.warnings and reference.warnings[0].startswith(f"{len(unconverged)} of 6 runs have not")
+        assert stored["warnings"] == reference.warnings
+    with open(out / "summary.csv", newline="") as fh:
+        assert "verdict_about_unconverged_runs" in next(csv.reader(fh))
 
 
 def test_summary_is_sharpscope_stats_on_the_rows(reference):
@@ -229,10 +261,11 @@ def test_summary_is_sharpscope_stats_on_the_rows(reference):
                 and r["rho"] == entry["options"]["rho"]]
         sgd = [r for r in rows if r["optimizer"] == "sgd"]
         for metric in ("test_acc", "lambda_max", "m_sharpness_m4"):
-            want = stats.summarize([r[metric] for r in mine]).to_dict()
+            bounds = METRIC_BOUNDS.get(metric)
+            want = stats.summarize([r[metric] for r in mine], bounds=bounds).to_dict()
             assert entry["metrics"][metric]["summary"] == pytest.approx(want, nan_ok=True)
             if entry["options"]["optimizer"] == "sam":
-                diff = stats.paired_difference([r[metric] for r in sgd], [r[metric] for r in mine])
+                diff = stats.paired_difference([r[metric] for r in sgd], [r[metric] for r in mine], bounds=bounds)
                 got = entry["metrics"][metric]["vs_sgd"]
                 assert {k: got[k] for k in ("n", "mean", "ci_low", "ci_high", "p_value")} == pytest.approx(
                     {"n": diff.n, "mean": diff.mean, "ci_low": diff.ci_low, "ci_high": diff.ci_high,

@@ -54,6 +54,7 @@ def compare_command(
     from ..experiments.compare import KEY_METRICS, CompareConfig, run_compare
     from ..experiments.report import METRIC_NAMES
     from ..experiments.sweep import parse_seeds
+    from ..experiments.verdicts import qualified_verdict
     from .progress import RichProgress
 
     console = Console(stderr=True)
@@ -79,7 +80,8 @@ def compare_command(
                 continue
             text = f"{METRIC_NAMES.get(metric, metric)} {t['mean']:.4g}"
             if d is not None:
-                text += f" ({d['mean']:+.3g} [{d['ci_low']:.3g}, {d['ci_high']:.3g}]: {d['verdict']})"
+                text += (f" ({d['mean']:+.3g} [{d['ci_low']:.3g}, {d['ci_high']:.3g}]: "
+                         f"{qualified_verdict(d['verdict'], bool(d.get('about_unconverged_runs')))})")
             parts.append(text)
         print(f"{opt.upper():>5} (mean of {n}): " + ", ".join(parts))
     for warning in results["warnings"]:

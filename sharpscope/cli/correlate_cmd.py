@@ -29,7 +29,9 @@ def correlate_command(
     worst_m: int = typer.Option(128, "--worst-m", min=1, help="Examples per subset of the worst/average measures."),
     min_train_acc: float = typer.Option(0.99, "--min-train-acc", help="Correlate only runs that fit their "
                                         "training labels at least this well (Jiang et al. train to about 99 %; "
-                                        "a run stuck at chance has no gap to explain). 0 keeps every run."),
+                                        "a run stuck at chance has no gap to explain), read from each checkpoint "
+                                        "before measuring; the runs below it are not measured. 0 keeps every "
+                                        "finished run. The same rule as 'sweep --correlate --min-train-acc'."),
     resamples: int = typer.Option(2000, min=100, help="Bootstrap resamples of every interval."),
     html: bool = typer.Option(False, "--html", help="Also write OUT/correlations.html: the tables and one "
                               "interactive scatter per measure (a run's options on hover), self-contained."),
@@ -48,7 +50,7 @@ def correlate_command(
     """
     import sys
 
-    from ..experiments.correlate import report_correlations, rows_environment
+    from ..experiments.correlate import report_correlations, rows_environment, select_runs
     from ..experiments.files import write_csv
     from ..experiments.measure_runs import MeasureSettings, find_runs, measure_runs, varying_config_options
     from ..provenance import unlike_runs_warning
@@ -65,18 +67,16 @@ def correlate_command(
     say = (lambda msg: print(f"correlate: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     say(f"{len(found)} runs")
     with interrupt_says("measured runs are kept (measures.json in each run); rerun the same command to continue"):
-        rows = measure_runs(found, names, settings, say, allow_factory=trust_factory)
-    for row in rows:
-        if row["status"] == "finished" and (row.get("train_acc") or 0.0) < min_train_acc:
-            row["status"] = "underfit"
-    kept = [r for r in rows if r["status"] == "finished"]
-    unfinished = sum(r["status"] == "unfinished" for r in rows)
+        rows = measure_runs(found, names, settings, say, min_train_acc=min_train_acc, need=3,
+                            allow_factory=trust_factory)
+    kept, left_out = select_runs(rows, min_train_acc)
     hyper = varying_config_options(kept)
     out.mkdir(parents=True, exist_ok=True)
     header = list(dict.fromkeys(k for r in rows for k in r))
     write_csv(out / "rows.csv", header, rows)
-    table, files = report_correlations(kept, out, resamples=resamples, seed=seed, hyperparameters=hyper)
-    print(f"{len(kept)} runs correlated ({unfinished} unfinished and {len(rows) - len(kept) - unfinished} below "
+    table, files = report_correlations(rows, out, resamples=resamples, seed=seed, hyperparameters=hyper,
+                                       min_train_acc=min_train_acc)
+    print(f"{table.n_runs} runs correlated ({left_out['unfinished']} unfinished and {left_out['underfit']} below "
           f"--min-train-acc {min_train_acc:g} left out); hyperparameters varying: {', '.join(hyper) or 'none'}")
     print_correlations(table)
     unlike = rows_environment(kept)["environment_differences"]

@@ -53,6 +53,9 @@ def sweep_command(
     correlate: bool = typer.Option(False, "--correlate", help="Also rank-correlate every measure with the "
                                                                "generalization gap over the runs (Kendall tau, "
                                                                "Spearman rho, bootstrap CIs): correlations.csv."),
+    min_train_acc: float = typer.Option(0.99, "--min-train-acc", help="--correlate: correlate only runs that "
+                                        "fit their training labels at least this well (0 keeps every finished run); "
+                                        "the same rule as 'sharpscope correlate'."),
     html: bool = typer.Option(False, "--html", help="Also write OUT/report.html: every run against every swept "
                               "option, interactive and self-contained (the html extra)."),
     replot: bool = typer.Option(False, "--replot", help="Only redraw the figures of the finished sweep in --out."),
@@ -103,7 +106,7 @@ def sweep_command(
         if grid:
             raise ConfigError(f"--replot redraws the sweep in --out; it takes no grid options (got "
                               f"--{next(iter(grid)).replace('_', '-')})")
-        for f in sweep.replot(out, wanted, formats, correlate=correlate):
+        for f in sweep.replot(out, wanted, formats, correlate=correlate, min_train_acc=min_train_acc):
             print(f"wrote {f}")
         _html(out, html)
         return
@@ -124,10 +127,16 @@ def sweep_command(
         from ..cpu import chosen_threads
         result = sweep.run_sweep(config, out, jobs=jobs, plots=wanted, formats=formats,
                                  say=say if progress else (lambda msg: None), correlate=correlate,
-                                 deterministic=deterministic, threads=chosen_threads() if deterministic else None)
+                                 deterministic=deterministic, threads=chosen_threads() if deterministic else None,
+                                 min_train_acc=min_train_acc)
     _print_summary(result)
     if result.correlations is not None:
+        left = result.correlations.left_out
+        print(f"{result.correlations.n_runs} runs correlated ({left['unfinished']} unfinished and {left['underfit']} "
+              f"below --min-train-acc {min_train_acc:g} left out)")
         print_correlations(result.correlations)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     _html(out, html)
 
 
@@ -140,7 +149,10 @@ def _html(out: Path, wanted: bool) -> None:
 
 
 def _print_summary(result: Any) -> None:
-    """Per setting: test accuracy (and lambda_max) over seeds, and the paired difference to SGD."""
+    """Per setting: test accuracy (and lambda_max) over seeds, and the paired difference to SGD
+    (marked when it compares runs that had not converged)."""
+    from ..experiments.verdicts import qualified_verdict
+
     options = [o for o in result.options if o != "seed"]
     varying = [o for o in options if len({repr(e["options"].get(o)) for e in result.summary}) > 1]
     for entry in result.summary:
@@ -156,7 +168,8 @@ def _print_summary(result: Any) -> None:
             text = f"{metric} {s['mean']:.4g}" + (f" [{s['ci_low']:.4g}, {s['ci_high']:.4g}]" if s["n"] > 1 else "")
             d = item.get("vs_sgd")
             if d:
-                text += f" (vs SGD {d['mean']:+.3g}: {d['verdict']})"
+                verdict = qualified_verdict(d["verdict"], bool(d.get("about_unconverged_runs")))
+                text += f" (vs SGD {d['mean']:+.3g}: {verdict})"
             parts.append(text)
         print(f"{name} (n={len(entry['seeds'])}): " + "; ".join(parts))
     out = result.out_dir

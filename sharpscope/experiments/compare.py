@@ -49,6 +49,7 @@ from ..train import OPTIMIZERS, TrainConfig, check_model, train
 from .analyses import PROFILES, AnalysisSettings, analyse_checkpoint
 from .files import write_json
 from .runs import refuse_other_settings
+from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, run_convergence, unconverged_warning
 
 __all__ = ["CompareConfig", "run_compare", "run_dir", "run_scalars", "PROFILES", "KEY_METRICS"]
 
@@ -221,10 +222,16 @@ def _landscapes(config: CompareConfig, out: Path, runs: dict[str, dict[int, list
         a, b = config.optimizers[0], config.optimizers[1]
         say(f"interpolating {a.upper()} -> {b.upper()}")
         interp = landscape.interpolate(models[a], models[b], F.cross_entropy, batches,
-                                       np.linspace(-0.5, 1.5, s.interpolation_points), name_a=a.upper(),
+                                       interpolation_alphas(s.interpolation_points), name_a=a.upper(),
                                        name_b=b.upper())
         interp.save(out / "interpolation.npz")
     return surfaces, interp
+
+
+def interpolation_alphas(points: int) -> np.ndarray:
+    """``points`` values evenly on [-0.5, 1.5], with 0 and 1 (the two minima) added where they
+    are not among them: the barrier is read at the endpoints, not interpolated to them."""
+    return np.union1d(np.linspace(-0.5, 1.5, points), [0.0, 1.0])
 
 
 def run_scalars(final: dict[str, Any], analysis: dict[str, Any], label_noise: bool = False) -> dict[str, float]:
@@ -257,26 +264,48 @@ def gradcos_change(runs: Mapping[int, Sequence[Mapping[str, Any]]], seeds: Seque
         late.append(float(tracked[-1]["gradcos"]))
         epochs = epochs or (int(tracked[0]["epoch"]), int(tracked[-1]["epoch"]))
     assert epochs is not None
-    return {"early_epoch": epochs[0], "late_epoch": epochs[1], "early": stats.summarize(early).to_dict(),
-            "late": stats.summarize(late).to_dict(), "change": stats.paired_difference(early, late).to_dict()}
+    cos = METRIC_BOUNDS["gradcos"]
+    return {"early_epoch": epochs[0], "late_epoch": epochs[1], "early": stats.summarize(early, bounds=cos).to_dict(),
+            "late": stats.summarize(late, bounds=cos).to_dict(),
+            "change": stats.paired_difference(early, late, bounds=cos).to_dict()}
 
 
-def _statistics(config: CompareConfig, scalars: dict[str, dict[int, dict[str, float]]]) -> dict[str, dict]:
+def _statistics(config: CompareConfig, scalars: dict[str, dict[int, dict[str, float]]],
+                converged: Mapping[str, Mapping[int, bool]] | None = None) -> dict[str, dict]:
     """Per optimizer: each metric's summary over seeds and, but for the baseline, its paired
-    difference to the baseline (on the metrics every seed of both has)."""
+    difference to the baseline (on the metrics every seed of both has). Intervals of the
+    metrics in ``METRIC_BOUNDS`` are clipped to their range; a difference is marked
+    ``about_unconverged_runs`` when a run of either optimizer has not converged."""
     out: dict[str, dict] = {}
     base = scalars[config.baseline]
     for opt, per_seed in scalars.items():
         metrics = sorted(set.intersection(*(set(v) for v in per_seed.values())))
-        entry: dict[str, Any] = {"summary": {m: stats.summarize([per_seed[s][m] for s in config.seeds]).to_dict()
+        entry: dict[str, Any] = {"summary": {m: stats.summarize([per_seed[s][m] for s in config.seeds],
+                                                                bounds=METRIC_BOUNDS.get(m)).to_dict()
                                              for m in metrics}}
         if opt != config.baseline:
             shared = [m for m in metrics if all(m in base[s] for s in config.seeds)]
-            entry["difference"] = {m: stats.paired_difference([base[s][m] for s in config.seeds],
-                                                              [per_seed[s][m] for s in config.seeds]).to_dict()
+            unconverged = converged is not None and not all(converged[o][s] for o in (opt, config.baseline)
+                                                            for s in config.seeds)
+            entry["difference"] = {m: {**stats.paired_difference([base[s][m] for s in config.seeds],
+                                                                 [per_seed[s][m] for s in config.seeds],
+                                                                 bounds=METRIC_BOUNDS.get(m)).to_dict(),
+                                       "about_unconverged_runs": unconverged}
                                    for m in shared}
         out[opt] = entry
     return out
+
+
+def convergence(config: CompareConfig, runs: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]]
+                ) -> dict[str, Any]:
+    """Every run's :func:`~sharpscope.experiments.verdicts.run_convergence`, the definition,
+    the unconverged runs by name and the warning (None when every run converged)."""
+    per_run = {opt: {seed: run_convergence(runs[opt][seed]) for seed in config.seeds} for opt in config.optimizers}
+    names = [f"{opt.upper()} seed {seed}" for opt in config.optimizers for seed in config.seeds
+             if not per_run[opt][seed]["converged"]]
+    return {"definition": CONVERGENCE_DEFINITION, "unconverged": names,
+            "warning": unconverged_warning(names, len(config.optimizers) * len(config.seeds)),
+            "runs": {opt: {str(s): v for s, v in by_seed.items()} for opt, by_seed in per_run.items()}}
 
 
 def not_a_minimum_warnings(config: CompareConfig, statistics: dict[str, dict]) -> list[str]:
@@ -349,7 +378,9 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     surfaces, interp = _landscapes(config, out, runs, batches, n, say)
     scalars = {opt: {s: run_scalars(runs[opt][s][-1], analyses[opt][s], config.label_noise > 0)
                      for s in config.seeds} for opt in runs}
-    statistics = _statistics(config, scalars)
+    converged = convergence(config, runs)
+    statistics = _statistics(config, scalars, {opt: {s: converged["runs"][opt][str(s)]["converged"]
+                                                     for s in config.seeds} for opt in config.optimizers})
     first = config.seeds[0]
     trained_in = {opt: {s: provenance.recorded(read_checkpoint(run_dir(out, opt, s) / "checkpoint.pt").get("metadata")
                                                or {}) for s in config.seeds} for opt in config.optimizers}
@@ -358,7 +389,8 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     unlike_analyses = provenance.differences([a.get("analysed_in") for by_seed in analyses.values()
                                               for a in by_seed.values()])
     results: dict[str, Any] = {"config": asdict(config), "settings": asdict(config.settings),
-                               "baseline": config.baseline, "ci_method": stats.CI_METHOD,
+                               "baseline": config.baseline, "ci_method": CI_METHOD_TEXT,
+                               "convergence": converged,
                                "environment": provenance.environment(), "environment_differences": unlike,
                                "analysis_environment_differences": unlike_analyses,
                                "optimizers": {}}
@@ -380,7 +412,8 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     if interp is not None:
         results["interpolation"] = {"seed": first, **interp.summary(), "alphas": interp.xs.tolist(),
                                     "loss": interp.loss.tolist(), "accuracy": interp.accuracy.tolist()}
-    results["warnings"] = not_a_minimum_warnings(config, statistics)
+    results["warnings"] = ([converged["warning"]] if converged["warning"] else []) + \
+        not_a_minimum_warnings(config, statistics)
     if unlike:
         results["warnings"].append(provenance.unlike_runs_warning(unlike))
     if unlike_analyses:

@@ -21,7 +21,11 @@ For the rows of a sweep (one per run) this module computes
   Psi = the mean of the psi_i. Groups with fewer than two runs, or a tau left undefined by
   ties, are left out; each psi_i says over how many groups it is taken.
 
-Runs that diverged or lack a value are left out of the pairs that need it.
+Which runs are correlated (:func:`run_status`, one rule for ``sharpscope correlate`` and
+``sweep --correlate``): runs that finished and fit their training labels, final train accuracy
+>= ``min_train_acc`` (default 0.99, the level Jiang et al. train to: a run stuck near chance
+has no gap to explain). Diverged or unfinished runs and the ones below that level are left out
+and counted; runs that lack a value are left out of the pairs that need it.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from typing import Any
 import numpy as np
 
 from .. import stats
+from ..errors import ConfigError
 from .files import write_csv, write_json
 
-__all__ = ["GAPS", "MEASURES", "CorrelationTable", "generalization_gaps", "measure_columns", "correlate_rows",
-           "write_correlations", "draw_correlations", "report_correlations"]
+__all__ = ["GAPS", "MEASURES", "DEFAULT_MIN_TRAIN_ACC", "check_min_train_acc", "run_status", "select_runs",
+           "CorrelationTable", "generalization_gaps", "measure_columns", "correlate_rows", "write_correlations",
+           "draw_correlations", "report_correlations"]
 
 GAPS = ("gap_error", "gap_loss")
 # Columns of a sweep's rows that are sharpness or curvature measures, in the order reported.
@@ -46,12 +52,44 @@ MEASURES = ("lambda_max", "lambda_ratio", "trace", "density_trace", "gradcos", "
             "worst_adaptive", "average", "average_adaptive", "ww_alpha", "ww_alpha_weighted", "ww_log_norm",
             "ww_log_spectral_norm", "ww_log_alpha_norm", "ww_stable_rank")
 _M_PREFIX = "m_sharpness_m"
+DEFAULT_MIN_TRAIN_ACC = 0.99
+_NOT_FINISHED = ("diverged", "unfinished", "interrupted")
 _KIND = "sharpscope correlations"
 
 
 def _number(value: Any) -> float | None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return float(value) if ok else None
+
+
+def check_min_train_acc(min_train_acc: float) -> float:
+    """``min_train_acc`` as a float in [0, 1], else ConfigError."""
+    value = _number(min_train_acc)
+    if value is None or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--min-train-acc must be a number in [0, 1], got {min_train_acc!r}")
+    return value
+
+
+def run_status(row: Mapping[str, Any], min_train_acc: float = DEFAULT_MIN_TRAIN_ACC) -> str:
+    """Whether a run's row is correlated: "unfinished" (diverged, interrupted, not finished),
+    "underfit" (final train accuracy below ``min_train_acc``, or none recorded while
+    ``min_train_acc > 0``) or "kept"."""
+    if row.get("status") in _NOT_FINISHED:
+        return "unfinished"
+    acc = _number(row.get("train_acc"))
+    if min_train_acc > 0 and (acc is None or acc < min_train_acc):
+        return "underfit"
+    return "kept"
+
+
+def select_runs(rows: Sequence[Mapping[str, Any]], min_train_acc: float = DEFAULT_MIN_TRAIN_ACC
+                ) -> tuple[list[Mapping[str, Any]], dict[str, int]]:
+    """The rows :func:`run_status` keeps, and how many were left out and why
+    (``{"unfinished": n, "underfit": n}``)."""
+    min_train_acc = check_min_train_acc(min_train_acc)
+    status = [run_status(r, min_train_acc) for r in rows]
+    return ([r for r, st in zip(rows, status) if st == "kept"],
+            {"unfinished": status.count("unfinished"), "underfit": status.count("underfit")})
 
 
 def generalization_gaps(row: Mapping[str, Any]) -> dict[str, float | None]:
@@ -81,7 +119,8 @@ class CorrelationTable:
 
     ``entries``: one dict per (measure, gap) with ``n`` and the ``kendall`` and ``spearman``
     :class:`~sharpscope.stats.RankCorrelation` dicts; ``m_comparisons``: one dict per smaller
-    m and gap with the tau difference to the largest m; ``skipped``: why a pair is missing."""
+    m and gap with the tau difference to the largest m; ``skipped``: why a pair is missing;
+    ``left_out``: the runs :func:`select_runs` left out at ``min_train_acc``, by reason."""
 
     n_runs: int
     entries: list[dict[str, Any]] = field(default_factory=list)
@@ -90,9 +129,12 @@ class CorrelationTable:
     skipped: list[str] = field(default_factory=list)
     confidence: float = 0.95
     resamples: int = 2000
+    min_train_acc: float = DEFAULT_MIN_TRAIN_ACC
+    left_out: dict[str, int] = field(default_factory=lambda: {"unfinished": 0, "underfit": 0})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": _KIND, "n_runs": self.n_runs, "confidence": self.confidence, "resamples": self.resamples,
+        return {"kind": _KIND, "n_runs": self.n_runs, "min_train_acc": self.min_train_acc, "left_out": self.left_out,
+                "confidence": self.confidence, "resamples": self.resamples,
                 "ci_method": stats.BOOTSTRAP_METHOD, "gaps": {"gap_error": "train_acc - test_acc",
                                                              "gap_loss": "test_loss - train_loss"},
                 "entries": self.entries, "m_comparisons": self.m_comparisons, "granulated": self.granulated,
@@ -138,15 +180,22 @@ def granulated_tau(rows: Sequence[Mapping[str, Any]], measure: str, gap: str, hy
 
 def correlate_rows(rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | None = None,
                    gaps: Sequence[str] = GAPS, confidence: float = 0.95, resamples: int = 2000,
-                   seed: int = 0, hyperparameters: Sequence[str] = ()) -> CorrelationTable:
-    """The :class:`CorrelationTable` of ``rows`` (sweep rows; diverged runs dropped) for
-    ``measures`` (default: :func:`measure_columns`). Every interval uses ``resamples``
-    bootstrap resamples drawn from ``seed``. ``hyperparameters``: the row keys that vary over
-    the runs, for the granulated coefficients (none: not computed)."""
-    usable = [r for r in rows if r.get("status") != "diverged"]
+                   seed: int = 0, hyperparameters: Sequence[str] = (),
+                   min_train_acc: float = DEFAULT_MIN_TRAIN_ACC) -> CorrelationTable:
+    """The :class:`CorrelationTable` of the ``rows`` (one per run: a sweep's or correlate's)
+    that :func:`select_runs` keeps at ``min_train_acc``, for ``measures`` (default:
+    :func:`measure_columns`). Every interval uses ``resamples`` bootstrap resamples drawn from
+    ``seed``. ``hyperparameters``: the row keys that vary over the runs, for the granulated
+    coefficients (none: not computed)."""
+    usable, left_out = select_runs(rows, min_train_acc)
     measures = measure_columns(usable) if measures is None else list(measures)
-    table = CorrelationTable(len(usable), confidence=confidence, resamples=resamples)
+    table = CorrelationTable(len(usable), confidence=confidence, resamples=resamples,
+                             min_train_acc=float(min_train_acc), left_out=left_out)
     row_gaps = [generalization_gaps(r) for r in usable]
+    if len(usable) < 3:
+        table.skipped.append(f"every measure: {len(usable)} runs kept ({left_out['unfinished']} unfinished, "
+                             f"{left_out['underfit']} with train accuracy below {min_train_acc:g}); 3 needed")
+        return table
     for measure in measures:
         for gap in gaps:
             pairs = _pairs(usable, row_gaps, measure, gap=gap)
@@ -226,7 +275,7 @@ def draw_correlations(rows: Sequence[Mapping[str, Any]], table: CorrelationTable
     one point per run coloured by ``group_by``, Kendall's tau with its interval per panel."""
     from .. import plots
 
-    usable = [r for r in rows if r.get("status") != "diverged"]
+    usable = select_runs(rows, table.min_train_acc)[0]
     written: list[Path] = []
     for gap in dict.fromkeys(e["gap"] for e in table.entries):
         panels: dict[str, dict[str, list]] = {}
@@ -245,12 +294,14 @@ def draw_correlations(rows: Sequence[Mapping[str, Any]], table: CorrelationTable
 
 
 def report_correlations(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, formats: Sequence[str] = ("png",),
-                        resamples: int = 2000, seed: int = 0, hyperparameters: Sequence[str] = ()
-                        ) -> tuple[CorrelationTable, list[Path]]:
-    """:func:`correlate_rows`, then its tables in ``out_dir`` and its figures in
-    ``out_dir/figures``; returns the table and the files written."""
-    table = correlate_rows(rows, resamples=resamples, seed=seed, hyperparameters=hyperparameters)
-    files = write_correlations(out_dir, table, rows_environment(rows))
+                        resamples: int = 2000, seed: int = 0, hyperparameters: Sequence[str] = (),
+                        min_train_acc: float = DEFAULT_MIN_TRAIN_ACC) -> tuple[CorrelationTable, list[Path]]:
+    """:func:`correlate_rows` (the runs kept at ``min_train_acc``), then its tables in
+    ``out_dir`` and its figures in ``out_dir/figures``; returns the table and the files
+    written. The one path of ``sharpscope correlate`` and ``sweep --correlate``."""
+    table = correlate_rows(rows, resamples=resamples, seed=seed, hyperparameters=hyperparameters,
+                           min_train_acc=min_train_acc)
+    files = write_correlations(out_dir, table, rows_environment(select_runs(rows, min_train_acc)[0]))
     if table.entries:
         files += draw_correlations(rows, table, Path(out_dir) / "figures", formats)
     return table, files

@@ -18,7 +18,7 @@ from .. import __version__
 from ..errors import ConfigError
 from .compare import KEY_METRICS, run_dir
 from .files import atomic_write_bytes
-from .report import METRIC_NAMES, _difference_table, _gradcos_lines, _summary_table
+from .report import METRIC_NAMES, _difference_table, _gradcos_lines, _summary_table, convergence_lines
 
 __all__ = ["write_compare_html", "write_correlate_html", "write_sweep_html", "write_report_html", "markdown_table"]
 
@@ -143,6 +143,9 @@ def write_compare_html(out_dir: str | Path) -> Path:
                          "<p>Each cell: mean +/- standard deviation over paired seeds [95 % confidence interval, "
                          f"{html.escape(results['ci_method'])}]. A difference is reported as higher or lower only "
                          "when its paired interval excludes zero.</p>",
+                         *[f"<p>{html.escape(line).replace('**', '')}</p>" for line in convergence_lines(results)
+                           if line],
+                         *[f"<p><b>Warning:</b> {html.escape(w)}</p>" for w in results.get("warnings", [])],
                          *_figures(out, results),
                          "<h2>Metrics over seeds</h2>", markdown_table(_summary_table(results)),
                          f"<h2>Paired differences to {html.escape(results['baseline'].upper())}</h2>",
@@ -172,13 +175,16 @@ def write_correlate_html(out_dir: str | Path, rows: list[dict[str, Any]], table:
     """``OUT/correlations.html``: the rank correlations and granulated coefficients as tables, and
     one interactive scatter per measure against the error gap (a run's options on hover)."""
     from .. import plots_html as ph
-    from .correlate import generalization_gaps
+    from .correlate import generalization_gaps, select_runs
 
     out = Path(out_dir)
     lines = ["| measure | gap | n | Kendall tau [95 % CI] | Spearman rho [95 % CI] |", "|---|---|---|---|---|"]
     lines += [f"| {e['measure']} | {e['gap']} | {e['n']} | {_tau_cell(e)} | {_tau_cell(e, 'spearman')} |"
               for e in table.entries]
+    left = table.left_out
     blocks: list[Any] = [f"<h1>Which measure tracks the generalization gap ({table.n_runs} runs)</h1>",
+                         f"<p>Runs that finished with train accuracy >= {table.min_train_acc:g}; left out: "
+                         f"{left['unfinished']} unfinished, {left['underfit']} below that.</p>",
                          "<p>gap_error = train accuracy - test accuracy, gap_loss = test loss - train loss; "
                          f"intervals: {table.confidence:.0%} percentile bootstrap over runs, "
                          f"{table.resamples} resamples.</p>", markdown_table(lines)]
@@ -189,7 +195,7 @@ def write_correlate_html(out_dir: str | Path, rows: list[dict[str, Any]], table:
         glines += [f"| {g['measure']} | {g['gap']} | {_num(g['Psi'])} | "
                    + " | ".join(_num(g["psi"][t]) for t in thetas) + " |" for g in table.granulated]
         blocks += ["<h2>Granulated Kendall coefficients (Jiang et al. 2020)</h2>", markdown_table(glines)]
-    usable = [r for r in rows if r.get("status") != "diverged"]
+    usable = select_runs(rows, table.min_train_acc)[0]  # the runs the table correlates
     thetas = list(table.granulated[0]["psi"]) if table.granulated else []
     for e in (e for e in table.entries if e["gap"] == "gap_error"):
         points: dict[str, list[tuple[float, float, str]]] = {}
@@ -228,7 +234,8 @@ def write_sweep_html(out_dir: str | Path) -> Path:
     metrics = [m for m in ("test_acc", "lambda_max", "train_loss") if any(r.get(m) is not None for r in rows)]
     blocks: list[Any] = [f"<h1>sharpscope sweep: {len(rows)} runs</h1>",
                          "<p>One point per run (every seed); hover for its options; click a legend entry to hide "
-                         "an optimizer.</p>"]
+                         "an optimizer.</p>",
+                         *[f"<p><b>Warning:</b> {html.escape(w)}</p>" for w in stored.get("warnings", [])]]
     for metric in metrics:
         for option in varying:
             points: dict[str, list[tuple[float, float, str]]] = {}

@@ -44,7 +44,7 @@ from ..models import check_factory_allowed
 from ..objective import Objective
 from .files import write_json
 
-__all__ = ["MeasureSettings", "RUN_MEASURES", "DEFAULT_MEASURES", "find_runs", "measure_run", "measure_runs",
+__all__ = ["MeasureSettings", "RUN_MEASURES", "DEFAULT_MEASURES", "find_runs", "run_row", "measure_run", "measure_runs",
            "varying_config_options"]
 
 _CACHE = "measures.json"
@@ -160,26 +160,37 @@ def _cache_key(name: str, s: MeasureSettings, step: int) -> str:
                       sort_keys=True)
 
 
-def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
-                say: Callable[[str], None] = lambda what: None, allow_factory: bool | str = False) -> dict[str, Any]:
-    """One row: the run's options (its training configuration), its final metrics and the
-    measures ``names`` (cached in ``run_dir/measures.json``, module docstring); a run that did
-    not finish (diverged, interrupted) gives a row with status "unfinished" and nothing else.
-    ``allow_factory``: as for :func:`~sharpscope.checkpoint.load_checkpoint`."""
+def run_row(run_dir: Path) -> dict[str, Any]:
+    """A run's row before measuring: its options (training configuration), where it was
+    trained, and status "finished" with its final train/test metrics, or "unfinished"
+    (diverged, interrupted) with nothing else."""
     raw = read_checkpoint(run_dir / "checkpoint.pt")
     config, progress = raw.get("config") or {}, raw.get("progress") or {}
     metrics = raw.get("metrics") or []
     trained_in = " | ".join(describe(e) for e in recorded(raw.get("metadata") or {})) or None
     if not metrics or not progress.get("finished"):  # diverged or interrupted: nothing to correlate
         return {"run": str(run_dir), "status": "unfinished", **_options(config), "trained_in": trained_in}
+    return {"run": str(run_dir), "status": "finished", **_options(config), "trained_in": trained_in,
+            **{k: metrics[-1].get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+            "_step": int(progress.get("step", 0))}
+
+
+def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
+                say: Callable[[str], None] = lambda what: None, row: dict[str, Any] | None = None,
+                allow_factory: bool | str = False) -> dict[str, Any]:
+    """One row: :func:`run_row` (or the ``row`` given) and, for a finished run, the measures
+    ``names`` (cached in ``run_dir/measures.json``, module docstring). ``allow_factory``: as for
+    :func:`~sharpscope.checkpoint.load_checkpoint`."""
+    row = dict(run_row(run_dir) if row is None else row)
+    step = row.pop("_step", 0)
+    if row["status"] != "finished":
+        return row
     cache_path = run_dir / _CACHE
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    row: dict[str, Any] = {"run": str(run_dir), "status": "finished", **_options(config), "trained_in": trained_in,
-                           **{k: metrics[-1].get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")}}
     model, batches = None, None
     measured_in: list[str] = []
     for name in names:
-        key = _cache_key(name, s, int(progress.get("step", 0)))
+        key = _cache_key(name, s, step)
         if key not in cache:
             if model is None:
                 model, batches = _model_and_batches(run_dir, s, allow_factory)
@@ -228,17 +239,45 @@ def _is_measure_column(key: str) -> bool:
 
 
 def measure_runs(run_dirs: Sequence[Path], names: Sequence[str], s: MeasureSettings,
-                 say: Callable[[str], None] = lambda what: None, allow_factory: bool | str = False
-                 ) -> list[dict[str, Any]]:
-    """:func:`measure_run` for each run, in order; a run whose model is a custom factory that
-    ``allow_factory`` does not allow is refused before any run is measured."""
+                 say: Callable[[str], None] = lambda what: None, min_train_acc: float = 0.0,
+                 need: int = 0, allow_factory: bool | str = False) -> list[dict[str, Any]]:
+    """:func:`measure_run` for each run, in order, measuring only the runs
+    :func:`~sharpscope.experiments.correlate.run_status` keeps at ``min_train_acc`` (read from
+    each checkpoint first); the others' rows say "unfinished" or "underfit" and hold no
+    measure. Fewer than ``need`` kept runs (correlate: 3, a rank correlation's minimum) is
+    refused before anything is measured, and so is a kept run whose model is a custom factory
+    that ``allow_factory`` does not allow."""
+    from .correlate import check_min_train_acc, run_status
+
     unknown = [n for n in names if n not in RUN_MEASURES]
     if unknown or not names:
         raise ConfigError(f"unknown measure {unknown[0] if unknown else '(none)'}; choose from "
                           f"{', '.join(RUN_MEASURES)}")
-    for run_dir in run_dirs:
-        _refuse_factory(run_dir, names, s, allow_factory)
-    return [measure_run(r, names, s, say, allow_factory) for r in run_dirs]
+    min_train_acc = check_min_train_acc(min_train_acc)
+    rows = [run_row(r) for r in run_dirs]
+    for row in rows:
+        if run_status(row, min_train_acc) == "underfit":
+            row["status"] = "underfit"
+    kept = sum(r["status"] == "finished" for r in rows)
+    if kept < need:
+        accs = [r["train_acc"] for r in rows if isinstance(r.get("train_acc"), (int, float))]
+        best = f" (best final train accuracy {max(accs):.3g})" if accs else ""
+        raise ConfigError(f"{kept} of {len(rows)} runs finished with train accuracy >= --min-train-acc "
+                          f"{min_train_acc:g}{best}; {need} are needed: train longer or lower "
+                          "--min-train-acc (0 keeps every finished run)")
+    for run_dir, row in zip(run_dirs, rows):
+        if row["status"] == "finished":
+            _refuse_factory(run_dir, names, s, allow_factory)
+    say(f"measuring {kept} of {len(rows)} runs" + (f" ({len(rows) - kept} unfinished or below --min-train-acc "
+                                                   f"{min_train_acc:g} left out)" if kept < len(rows) else ""))
+    out = []
+    for run_dir, row in zip(run_dirs, rows):
+        if row["status"] == "finished":
+            out.append(measure_run(run_dir, names, s, say, row=row, allow_factory=allow_factory))
+        else:
+            row.pop("_step", None)
+            out.append(row)
+    return out
 
 
 def _refuse_factory(run_dir: Path, names: Sequence[str], s: MeasureSettings, allow_factory: bool | str) -> None:

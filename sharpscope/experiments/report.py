@@ -8,8 +8,9 @@ from typing import Any
 
 from ..checkpoint import atomic_write_bytes
 from ..provenance import describe, unlike_runs_warning
+from .verdicts import qualified_verdict
 
-__all__ = ["write_report", "summary_rows", "METRIC_NAMES"]
+__all__ = ["write_report", "summary_rows", "convergence_lines", "METRIC_NAMES"]
 
 _FIGURES = [
     ("Paired differences to the baseline", "differences.png"),
@@ -79,7 +80,8 @@ def _difference_table(results: dict) -> list[str]:
         for m in _order(set(r.get("difference", {}))):
             d = r["difference"][m]
             lines.append(f"| {_name(m)} | {opt.upper()} | {_f(d['mean'], '+.4g')} | [{_f(d['ci_low'])}, "
-                         f"{_f(d['ci_high'])}] | {_f(d['p_value'], '.3g')} | {d['verdict']} |")
+                         f"{_f(d['ci_high'])}] | {_f(d['p_value'], '.3g')} | "
+                         f"{qualified_verdict(d['verdict'], bool(d.get('about_unconverged_runs')))} |")
     return lines
 
 
@@ -147,6 +149,20 @@ def _environment_lines(results: dict) -> list[str]:
     return lines
 
 
+def convergence_lines(results: dict) -> list[str]:
+    """What "converged" means and which runs had not (empty for results written before
+    sharpscope judged convergence)."""
+    conv = results.get("convergence")
+    if not conv:
+        return []
+    total = sum(len(by_seed) for by_seed in conv["runs"].values())
+    if not conv["unconverged"]:
+        return [f"Convergence: all {total} runs converged ({conv['definition']}).", ""]
+    return [f"**Convergence: {len(conv['unconverged'])} of {total} runs have not converged** "
+            f"({', '.join(conv['unconverged'])}); {conv['definition']}. Verdicts marked \"(unconverged runs)\" "
+            "compare points on the way to a minimum, not minima.", ""]
+
+
 def write_report(results: dict, path: str | Path) -> Path:
     """Write ``report.md`` next to the figures folder."""
     cfg, s = results["config"], results["settings"]
@@ -164,7 +180,7 @@ def write_report(results: dict, path: str | Path) -> Path:
         f"Each cell: mean +/- standard deviation over seeds [95 % confidence interval, {results['ci_method']}]. "
         "A difference is reported as higher or lower only when its paired interval excludes zero; otherwise "
         "as no difference at this scale.", "",
-    ]
+    ] + convergence_lines(results)
     if results.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in results["warnings"]] + [""]
     lines += ["## Metrics over seeds", ""] + _summary_table(results) + [""]

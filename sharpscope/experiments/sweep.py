@@ -60,8 +60,10 @@ from ..provenance import describe, differences, environment, recorded, unlike_ru
 from ..models import is_factory
 from ..train import M_SAM_OPTIMIZERS, OPTIMIZERS, Callback, TrainConfig, TrainState, check_model, train
 from .analyses import ANALYSES, analyse_selected
+from .correlate import DEFAULT_MIN_TRAIN_ACC, check_min_train_acc
 from .files import write_csv, write_json
 from .runs import refuse_other_settings
+from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, run_convergence, unconverged_warning
 
 __all__ = [
     "SweepConfig", "SweepResult", "RunSpec", "RunOutcome", "run_sweep", "replot", "expand_grid",
@@ -453,6 +455,7 @@ class RunOutcome:
     notes: list[str] = field(default_factory=list)   # warnings, analysis errors, the divergence
     environments: list[dict[str, Any]] = field(default_factory=list)  # what trained it (provenance.recorded)
     analysis_environments: list[dict[str, Any]] = field(default_factory=list)  # what computed its analyses
+    convergence: dict[str, Any] | None = None  # verdicts.run_convergence of its epochs (None: diverged)
 
 
 @dataclass
@@ -508,7 +511,7 @@ def _outcome_from(spec: RunSpec, raw: dict[str, Any], status: str) -> RunOutcome
     metrics = list(raw.get("metrics") or [])
     return RunOutcome(spec.index, spec.name, status, dict(metrics[-1]) if metrics else {}, len(metrics),
                       float(sum(r.get("epoch_time", 0.0) for r in metrics)),
-                      environments=recorded(raw.get("metadata") or {}))
+                      environments=recorded(raw.get("metadata") or {}), convergence=run_convergence(metrics))
 
 
 def _cached_analyses(task: _Task, step: int) -> tuple[dict[str, Any], list[str]]:
@@ -721,6 +724,7 @@ def _row(spec: RunSpec, outcome: RunOutcome) -> dict[str, Any]:
         row["gradcos"], row["surrogate_gap"] = a["gradcos"]["cosine"], a["gradcos"]["surrogate_gap"]
     if a:
         row["analysis_seconds"] = float(sum(r.get("wall_time", 0.0) for r in a.values()))
+    row["converged"] = outcome.convergence["converged"] if outcome.convergence else None
     row["trained_in"] = " | ".join(describe(e) for e in outcome.environments) or None
     row["analysed_in"] = " | ".join(describe(e) for e in outcome.analysis_environments) or None
     row["notes"] = "; ".join(outcome.notes)
@@ -757,17 +761,23 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], options: Sequence[str], me
     for key, group in settings.items():
         opts = dict(zip(options, key))
         entry: dict[str, Any] = {"options": opts, "seeds": [r["seed"] for r in group],
-                                 "failed": sum(r.get("status") == "diverged" for r in group), "metrics": {}}
+                                 "failed": sum(r.get("status") == "diverged" for r in group),
+                                 "unconverged": sum(r.get("converged") is False for r in group), "metrics": {}}
         base = sgd.get(baseline_key(key)) if opts.get("optimizer") != "sgd" else None
         for metric in metrics:
+            bounds = METRIC_BOUNDS.get(metric)
             values = [r.get(metric) for r in group if _finite(r.get(metric))]
-            item: dict[str, Any] = {"summary": stats.summarize(values, confidence).to_dict() if values else None}
+            item: dict[str, Any] = {"summary": stats.summarize(values, confidence, bounds).to_dict() if values
+                                    else None}
             if base is not None:
                 mine = {r["seed"]: r.get(metric) for r in group}
                 theirs = {r["seed"]: r.get(metric) for r in base}
                 seeds = [s for s in mine if s in theirs and _finite(mine[s]) and _finite(theirs[s])]
                 item["vs_sgd"] = (stats.paired_difference([theirs[s] for s in seeds], [mine[s] for s in seeds],
-                                                          confidence).to_dict() if seeds else None)
+                                                          confidence, bounds).to_dict() if seeds else None)
+                if item["vs_sgd"] is not None:
+                    pair = [r for r in (*group, *base) if r["seed"] in seeds]
+                    item["vs_sgd"]["about_unconverged_runs"] = any(r.get("converged") is False for r in pair)
             entry["metrics"][metric] = item
         out.append(entry)
     return out
@@ -778,17 +788,22 @@ _DIFF_FIELDS = ("n", "mean", "std", "ci_low", "ci_high", "p_value", "verdict")
 
 
 def _summary_records(summary: Sequence[Mapping[str, Any]], options: Sequence[str]) -> tuple[list[str], list[dict]]:
-    header = [*options, "metric", *_SUMMARY_FIELDS, *(f"diff_{k}" if k not in ("p_value", "verdict") else k
-                                                       for k in _DIFF_FIELDS)]
+    """summary.csv: one record per setting and metric; ``unconverged`` counts the setting's
+    runs that had not converged, and ``verdict_about_unconverged_runs`` marks a verdict that
+    compares such runs (verdicts.py)."""
+    header = [*options, "metric", "unconverged", *_SUMMARY_FIELDS,
+              *(f"diff_{k}" if k not in ("p_value", "verdict") else k for k in _DIFF_FIELDS),
+              "verdict_about_unconverged_runs"]
     records = []
     for entry in summary:
         for metric, item in entry["metrics"].items():
-            rec: dict[str, Any] = {**entry["options"], "metric": metric}
+            rec: dict[str, Any] = {**entry["options"], "metric": metric, "unconverged": entry.get("unconverged")}
             for k in _SUMMARY_FIELDS:
                 rec[k] = (item["summary"] or {}).get(k)
             diff = item.get("vs_sgd") or {}
             for k in _DIFF_FIELDS:
                 rec[k if k in ("p_value", "verdict") else f"diff_{k}"] = diff.get(k)
+            rec["verdict_about_unconverged_runs"] = diff.get("about_unconverged_runs")
             records.append(rec)
     return header, records
 
@@ -866,6 +881,7 @@ class SweepResult:
     figures: list[Path]
     wall_time: float
     correlations: Any = None      # a CorrelationTable when the sweep was asked to correlate
+    warnings: list[str] = field(default_factory=list)  # e.g. runs that had not converged
 
     @property
     def counts(self) -> dict[str, int]:
@@ -896,7 +912,8 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
               say: Callable[[str], None] = lambda msg: None,
               callbacks_for: Callable[[RunSpec], list[Callback]] | None = None,
               on_run_done: Callable[[RunSpec, RunOutcome], None] | None = None,
-              threads: int | None = None, correlate: bool = False, deterministic: bool = False) -> SweepResult:
+              threads: int | None = None, correlate: bool = False, deterministic: bool = False,
+              min_train_acc: float = DEFAULT_MIN_TRAIN_ACC) -> SweepResult:
     """Train every run of ``config`` into ``out_dir/runs``, analyse them, write the tables and
     figures (module docstring); returns a :class:`SweepResult`.
 
@@ -908,7 +925,9 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     ``callbacks_for(spec)`` adds training callbacks to a run (pickled to the worker when
     ``jobs > 1``); ``on_run_done(spec, outcome)`` is called here as each run completes.
     ``correlate``: also the rank correlations of every measure with the generalization gap
-    over the runs (:func:`sharpscope.experiments.correlate.report_correlations`).
+    over the runs that :func:`sharpscope.experiments.correlate.select_runs` keeps at
+    ``min_train_acc`` (:func:`~sharpscope.experiments.correlate.report_correlations`, the path
+    ``sharpscope correlate`` takes).
     ``deterministic``: the workers run with :func:`sharpscope.determinism.enable_deterministic`
     and ``threads`` (default 1, not a share of the cores, so the bits do not depend on ``jobs``);
     with ``jobs=1`` the caller sets up this process (the CLI's ``--deterministic`` does).
@@ -918,6 +937,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     """
     start = time.perf_counter()
     jobs = int_at_least("--jobs", jobs, 1)
+    min_train_acc = check_min_train_acc(min_train_acc)
     if threads is not None:
         int_at_least("threads", threads, 1)
     out = Path(out_dir)
@@ -972,8 +992,8 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     ordered = [outcomes[spec.index] for spec in specs]
     rows = [_row(spec, o) for spec, o in zip(specs, ordered)]
     extra = [k for r in rows for k in r
-             if k not in options and k not in metrics and k not in ("run", "status", "trained_in", "analysed_in",
-                                                                     "notes")]
+             if k not in options and k not in metrics and k not in ("run", "status", "converged", "trained_in",
+                                                                     "analysed_in", "notes")]
     metrics = metrics + list(dict.fromkeys(extra))  # e.g. m-sharpness at an m the profile did not predict
     summary = summarize_rows(rows, [o for o in options if o != "seed"], metrics)
     unlike = differences([e for o in ordered for e in o.environments])
@@ -981,15 +1001,15 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
     for what, found in (("", unlike), ("analyses: ", unlike_analyses)):
         if found:
             say(f"warning: {what}{unlike_runs_warning(found)}")
+    warning = sweep_convergence(rows)["warning"]
     _write_tables(out, config, rows, summary, options, metrics, unlike, unlike_analyses)
     figures = _draw(rows, options, wanted, out / "figures", formats)
     table = None
     if correlate:
-        from .correlate import report_correlations
-        table, files = report_correlations(rows, out, formats, hyperparameters=varying_options(rows, options))
+        table, files = _correlate(rows, options, out, formats, min_train_acc)
         figures += [f for f in files if f.parent == out / "figures"]
     result = SweepResult(out, specs, ordered, rows, summary, options, metrics, figures, time.perf_counter() - start,
-                         table)
+                         table, [warning] if warning else [])
     counts = ", ".join(f"{n} {k}" for k, n in result.counts.items())
     say(f"{total} runs ({counts}), {result.analyses_computed} analyses computed, {result.wall_time:.0f}s")
     return result
@@ -1061,26 +1081,42 @@ def _stop_pool(pool: Any, stop: Any, waiting: set, drain: Callable[[], None]) ->
         drain()
 
 
+def sweep_convergence(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The convergence definition, the runs (by name) that had not converged and the warning
+    (None when all converged; diverged runs are counted as failures elsewhere)."""
+    names = [str(r["run"]) for r in rows if r.get("converged") is False]
+    judged = sum(r.get("converged") is not None for r in rows)
+    return {"definition": CONVERGENCE_DEFINITION, "unconverged": names,
+            "warning": unconverged_warning(names, judged)}
+
+
 def _write_tables(out: Path, config: SweepConfig, rows: list[dict], summary: list[dict], options: list[str],
                   metrics: list[str], unlike: dict[str, list[Any]], unlike_analyses: dict[str, list[Any]]) -> None:
-    header = ["run", "status", *options, *metrics, "trained_in", "analysed_in", "notes"]
+    header = ["run", "status", *options, *metrics, "converged", "trained_in", "analysed_in", "notes"]
     write_csv(out / "results.csv", header, rows)
+    convergence = sweep_convergence(rows)
     write_json(out / "results.json", {"kind": _RESULTS_KIND, "config": config.to_dict(), "options": options,
                                        "metrics": metrics, "rows": rows, "environment": environment(),
                                        "environment_differences": unlike,
-                                       "analysis_environment_differences": unlike_analyses})
+                                       "analysis_environment_differences": unlike_analyses,
+                                       "convergence": convergence,
+                                       "warnings": [convergence["warning"]] if convergence["warning"] else []})
     setting_options = [o for o in options if o != "seed"]
     s_header, s_records = _summary_records(summary, setting_options)
     write_csv(out / "summary.csv", s_header, s_records)
-    write_json(out / "summary.json", {"kind": _RESULTS_KIND, "confidence": 0.95, "ci_method": "Student t",
+    write_json(out / "summary.json", {"kind": _RESULTS_KIND, "confidence": 0.95, "ci_method": CI_METHOD_TEXT,
                                        "difference": "setting - matching SGD setting, paired by seed",
-                                       "options": setting_options, "settings": summary})
+                                       "convergence": convergence, "options": setting_options,
+                                       "settings": summary})
 
 
 def replot(out_dir: str | os.PathLike[str], plots: Sequence[tuple[str, str] | str] | None = None,
-           formats: Sequence[str] = ("png",), correlate: bool = False) -> list[Path]:
+           formats: Sequence[str] = ("png",), correlate: bool = False,
+           min_train_acc: float = DEFAULT_MIN_TRAIN_ACC) -> list[Path]:
     """Redraw the figures of a finished sweep from ``out_dir/results.json`` (no training);
-    ``correlate``: also (re)compute its correlation tables and figures."""
+    ``correlate``: also (re)compute its correlation tables and figures (runs kept at
+    ``min_train_acc``)."""
+    min_train_acc = check_min_train_acc(min_train_acc)
     out = Path(out_dir)
     stored = _read_json(out / "results.json")
     if not (isinstance(stored, dict) and stored.get("kind") == _RESULTS_KIND):
@@ -1092,6 +1128,15 @@ def replot(out_dir: str | os.PathLike[str], plots: Sequence[tuple[str, str] | st
     _check_plots(wanted, metrics, options)
     written = _draw(rows, options, wanted, out / "figures", formats)
     if correlate:
-        from .correlate import report_correlations
-        written += report_correlations(rows, out, formats, hyperparameters=varying_options(rows, options))[1]
+        written += _correlate(rows, options, out, formats, min_train_acc)[1]
     return written
+
+
+def _correlate(rows: Sequence[Mapping[str, Any]], options: Sequence[str], out: Path, formats: Sequence[str],
+               min_train_acc: float) -> tuple[Any, list[Path]]:
+    """The sweep's rank correlations over the runs kept at ``min_train_acc``; the granulated
+    coefficients vary the options that vary over those runs."""
+    from .correlate import report_correlations, select_runs
+    kept = select_runs(rows, min_train_acc)[0]
+    return report_correlations(rows, out, formats, hyperparameters=varying_options(kept, options),
+                               min_train_acc=min_train_acc)

@@ -285,7 +285,11 @@ class SurfaceResult:
         basin width = 2 x the mean over rays of the distance at which L - L(0) first
         exceeds delta. Values that need points outside the grid are None.
         For interpolation also the loss at alpha = 1 and the barrier
-        max_{alpha in [0,1]} L(alpha) - max(L(0), L(1)).
+        max_{alpha in [0,1]} L(alpha) - max(L(0), L(1)) of the piecewise-linear curve through
+        the grid: the max runs over the grid points inside [0, 1] and the curve's values at 0
+        and 1 themselves (interpolated where 0 or 1 is not a grid point, see
+        ``barrier_endpoints_on_grid``), so the barrier is >= 0 by construction (0: the loss
+        never rises above the higher endpoint).
         3-D: the 2-D summary of the slice nearest z = 0 (``slice_z``), over all the points.
         """
         if self.dim == 3:
@@ -322,8 +326,12 @@ class SurfaceResult:
             l1 = self.value_at(1.0)
             inside = (self.xs >= 0) & (self.xs <= 1)
             out["loss_at_b"] = _num(l1)
-            if inside.any() and not math.isnan(l1):
-                out["barrier"] = float(np.nanmax(self.loss[inside]) - max(centre, l1))
+            if not (math.isnan(l1) or math.isnan(centre)):
+                ends = max(centre, l1)
+                seg = self.loss[inside][np.isfinite(self.loss[inside])]
+                top = float(seg.max()) if seg.size else ends
+                out["barrier"] = max(top, ends) - ends
+                out["barrier_endpoints_on_grid"] = bool(np.isin([0.0, 1.0], self.xs).all())
         if self.metrics:  # each custom metric at the centre (alpha = 0), its extremes (and at B)
             out["metrics"] = {name: {"centre": _num(self.value_at(0.0, 0.0, name)),
                                      "min": _num(float(np.nanmin(z))) if np.isfinite(z).any() else None,
