@@ -19,6 +19,11 @@ class DataError(SharpscopeError, ValueError):
     """A data set is unknown, missing, or its files are malformed."""
 
 
+class DataMismatchError(DataError):
+    """The data does not fit the model it is to be analysed (or trained) with: labels the
+    model has no class score for, or inputs of a shape the model rejects."""
+
+
 class ModelSpecError(SharpscopeError, ValueError):
     """A model name or factory spec cannot be turned into a model."""
 
@@ -35,3 +40,9 @@ class NonFiniteLossError(SharpscopeError, FloatingPointError):
 class UnconvergedWarning(UserWarning):
     """An iterative method stopped at its cap before reaching the requested tolerance; its
     result is reported with per-value convergence flags and may be far off."""
+
+
+class DataChangedWarning(UserWarning):
+    """The data reloaded for a checkpoint differs from the training split recorded in its
+    fingerprint (number of examples, input shape, classes, or the contents' hashes): the
+    analysis measures the model on data it was not trained on."""

@@ -19,7 +19,7 @@ import typer
 
 from .. import distributed as dist_utils
 from ..checks import float_problem
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -35,11 +35,11 @@ CHECK_LAUNCH_ENV = "SHARPSCOPE_CHECK_LAUNCH"
 
 def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: int, seed: int,
                       trust_factory: bool, device: str = "cpu") -> tuple[Checkpoint, list]:
-    """The checkpoint's model (on ``device``) and a fixed list of batches of its data set
+    """The checkpoint's model (on ``device``) and a fixed list of batches of its data set,
+    checked against the model and the recorded fingerprint (:func:`sharpscope.checkpoint.checkpoint_data`)
     (joins a torchrun process group first, if launched by torchrun: the analyses then split
     their work; the batches move to the model's device inside the analyses)."""
-    from ..checkpoint import load_checkpoint
-    from ..data import DataSpec, load_dataset
+    from ..checkpoint import checkpoint_data, load_checkpoint
 
     if split not in ("train", "test"):
         raise ConfigError(f"--split must be train or test, got {split!r}")
@@ -49,9 +49,7 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
     first = next(iter(ckpt.model.parameters()), None)
     _ANALYSED.update(device=target, dtype=first.dtype if first is not None else None)
     analysed_too(ckpt)
-    if not ckpt.data_spec:
-        raise CheckpointError(f"{path}: records no data set; analyse it from Python with your own data")
-    data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
+    data = checkpoint_data(ckpt)  # refuses data that does not fit the model, warns if it changed since training
     return ckpt, data.batches(split, samples, batch_size, seed)
 
 

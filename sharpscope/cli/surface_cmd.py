@@ -372,6 +372,19 @@ def surface_command(
     write_json(report, str(folder / f"{stem}.json"))
 
 
+def _different_data(ckpt_a: Any, ckpt_b: Any, use_a_data: bool, split: str) -> list[str]:
+    """How A's and B's training data differ ([] if not): refused (ConfigError) unless
+    ``--use-a-data``, since every point is evaluated on A's data and "loss at B" would not be
+    B's training loss."""
+    from ..checkpoint import training_data_differences
+
+    diffs = training_data_differences(ckpt_a, ckpt_b)
+    if diffs and not use_a_data:
+        raise ConfigError(f"A and B were trained on different data ({'; '.join(diffs)}); both would be evaluated "
+                          f"on A's {split} data: pass --use-a-data to do so anyway")
+    return diffs
+
+
 @app.command("interpolate")
 def interpolate_command(
     checkpoint_a: Path = typer.Argument(..., help="Model A (alpha = 0)."),
@@ -393,9 +406,15 @@ def interpolate_command(
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="[NAME=]package.module:function: a custom "
                                                "metric fn(model, batch) -> scalar, evaluated next to the loss "
                                                "(repeatable; needs --trust-factory)."),
+    use_a_data: bool = typer.Option(False, "--use-a-data", help="Evaluate both models on A's data even when A and "
+                                    "B were trained on different data (another seed, label noise or data set; "
+                                    "refused without this option): the loss at B is then not B's training loss."),
     deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
+
+    Both are evaluated on A's data (its --split); A and B trained on different data (their
+    recorded fingerprints or data specs differ) are refused unless --use-a-data.
 
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """
@@ -412,8 +431,7 @@ def interpolate_command(
     ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory, device)
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory, map_location=next(ckpt_a.model.parameters()).device)
     analysed_too(ckpt_b)
-    if ckpt_a.data_spec and ckpt_b.data_spec and ckpt_a.data_spec.get("name") != ckpt_b.data_spec.get("name"):
-        raise ConfigError(f"A was trained on {ckpt_a.data_spec.get('name')} and B on {ckpt_b.data_spec.get('name')}")
+    data_note = _different_data(ckpt_a, ckpt_b, use_a_data, split)
     name_a = (ckpt_a.config or {}).get("optimizer", "A").upper()
     name_b = (ckpt_b.config or {}).get("optimizer", "B").upper()
     with point_progress(console, progress) as bar:
@@ -423,7 +441,11 @@ def interpolate_command(
                                 on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None)
     if not dist_utils.is_main():
         return
-    result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples})
+    result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples,
+                           "data": "A's", "data_differences": data_note})
+    if data_note:
+        console.print(f"note: both evaluated on A's {split} data; B was trained on other data "
+                      f"({'; '.join(data_note)})", highlight=False)
     if metric_fns:
         result.options["metrics"] = list(metric)
     folder = out or ((ckpt_a.path.parent if ckpt_a.path.is_file() else ckpt_a.path) / "interpolate")
