@@ -60,7 +60,7 @@ def figure_files(folder: Path, stems: Iterable[str], pdf: bool) -> list[Path]:
 def saved(where: Path | None, console: object) -> None:
     """Say where the numbers were saved (nothing for stdout)."""
     if where is not None:
-        console.print(f"saved {where}", highlight=False)  # type: ignore[attr-defined]
+        console.print(f"saved {where}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
 
 
 @dataclass
