@@ -54,8 +54,8 @@ __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "Checkpoint"
 # The fields a reader relies on, and the types they must have (None allowed where noted).
 _FIELD_TYPES: dict[str, tuple[type, bool]] = {
     "model_spec": (dict, False), "model_state": (dict, False), "optimizer_state": (dict, True),
-    "data_spec": (dict, True), "data_fingerprint": (dict, True), "config": (dict, True), "progress": (dict, True), "rng": (dict, True),
-    "metrics": (list, True), "partial": (dict, True), "metadata": (dict, True),
+    "data_spec": (dict, True), "data_fingerprint": (dict, True), "config": (dict, True), "progress": (dict, True),
+    "rng": (dict, True), "metrics": (list, True), "partial": (dict, True), "metadata": (dict, True),
 }
 _PROGRESS_COUNTERS = ("epoch", "step", "batch_in_epoch")
 

@@ -371,8 +371,9 @@ FINGERPRINT_VERSION = 1
 
 
 def _sha256(t: torch.Tensor, dtype: torch.dtype) -> str:
-    """SHA-256 of the C-contiguous bytes of ``t`` as ``dtype`` on the CPU."""
-    return hashlib.sha256(t.detach().to("cpu", dtype).contiguous().numpy().tobytes()).hexdigest()
+    """SHA-256 of the C-contiguous bytes of ``t`` as ``dtype`` on the CPU (hashed in place: no
+    copy of a tensor that is already so)."""
+    return hashlib.sha256(t.detach().to("cpu", dtype).contiguous().numpy()).hexdigest()
 
 
 def fingerprint(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> dict[str, Any]:
@@ -382,7 +383,7 @@ def fingerprint(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None
     labels as int64 (C order, native byte order), the labels as trained on (after label noise).
 
     Two splits with equal fingerprints hold the same examples in the same order, up to a hash
-    collision. Hashing 50,000 CIFAR images (614 MB as float32) takes about a second.
+    collision. Hashing 50,000 CIFAR images (614 MB as float32) takes about 1.2 s on one core.
     """
     y = torch.as_tensor(y)
     if y.ndim != 1 or len(y) != len(x):
@@ -420,23 +421,27 @@ def fingerprint_differences(recorded: Mapping[str, Any], current: Mapping[str, A
                             names: tuple[str, str] = ("recorded", "now")) -> list[str]:
     """What differs between two fingerprints (:func:`fingerprint`), one phrase each, the first
     value first ("1200 examples recorded, 1437 now"; ``names`` say what the two are); [] when
-    they agree. The hashes are named only where the sizes, shapes and class counts agree."""
+    they agree. A hash is named only where the sizes do not already explain it: the inputs'
+    where the number of examples and the input shape agree, the labels' where the number of
+    examples and the class counts agree."""
     first, second = names
+
+    def same(key: str) -> bool:
+        return list(recorded.get(key) or []) == list(current.get(key) or [])
+
+    same_n = recorded.get("n_examples") == current.get("n_examples")
     out = []
-    if recorded.get("n_examples") != current.get("n_examples"):
+    if not same_n:
         out.append(f"{recorded.get('n_examples')} examples {first}, {current.get('n_examples')} {second}")
-    if list(recorded.get("input_shape") or []) != list(current.get("input_shape") or []):
+    if not same("input_shape"):
         out.append(f"input shape {tuple(recorded.get('input_shape') or [])} {first}, "
                    f"{tuple(current.get('input_shape') or [])} {second}")
     classes = _classes_difference(recorded, current, first, second)
     if classes is not None:
         out.append(classes)
-    same_n = recorded.get("n_examples") == current.get("n_examples")
-    comparable = {"inputs": same_n and list(recorded.get("input_shape") or []) == list(current.get("input_shape") or []),
-                  "labels": same_n and list(recorded.get("class_counts") or []) == list(current.get("class_counts") or [])}
-    for what, ok in comparable.items():  # contents: said only where the layout above does not say it already
+    for what, comparable in (("inputs", same_n and same("input_shape")), ("labels", same_n and same("class_counts"))):
         key = f"{what}_sha256"
-        if ok and recorded.get(key) != current.get(key):
+        if comparable and recorded.get(key) != current.get(key):
             out.append(f"the {what} differ (SHA-256 {str(recorded.get(key))[:12]} {first}, "
                        f"{str(current.get(key))[:12]} {second})")
     return out

@@ -148,7 +148,8 @@ def test_analyses_refuse_data_with_more_classes_than_the_model(grown, verb, cli,
     args = [verb[0], str(grown), *[str(grown) if a == "SAME" else a for a in verb[1:]]]
     if verb[0] in ("surface", "interpolate"):
         args += ["--out", str(tmp_path)]
-    code, _, err = cli([*args, "--json", str(tmp_path / "r.json")] + (["--no-progress"] if verb[0] != "gradcos" else []))
+    quiet = ["--no-progress"] if verb[0] != "gradcos" else []
+    code, _, err = cli([*args, "--json", str(tmp_path / "r.json"), *quiet])
     line = _one_line_error(code, err)
     assert "does not fit the model: it has labels up to 4 (5 classes) but the model scores 3 classes" in line
     assert "3 classes recorded, 5 now" in line
