@@ -26,6 +26,9 @@ from ..errors import ConfigError
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an earlier result at the same place (its JSON, data "
                          "and figures, stale ones included) instead of refusing.")
 
+JSON_SAVED = typer.Option(None, "--json", help="Save the JSON to PATH instead of <run>/analyses/ (- for stdout "
+                          "only, nothing saved).")
+
 # Only files of these kinds, listed by an earlier result in a folder this result writes to, are removed.
 _RESULT_SUFFIXES = (".json", ".npz", ".png", ".pdf")
 

@@ -12,9 +12,9 @@ from ..errors import ConfigError
 from ..objective import HVP_MODES
 from ._app import app
 from ._common import (
-    DETERMINISTIC, analysed_too, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
+    DETERMINISTIC, analysed_too, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
     console as rank0_console, finite, hvp_progress, load_for_analysis, seed_option, write_json)
-from ._results import OVERWRITE, claim, figure_files, json_target, run_folder, saved
+from ._results import JSON_SAVED, OVERWRITE, claim, figure_files, json_target, run_folder, saved
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -112,7 +112,7 @@ def hessian_command(
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
     plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
-    json_out: Optional[str] = JSON_OUT,
+    json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,

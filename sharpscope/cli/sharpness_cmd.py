@@ -9,9 +9,9 @@ import typer
 
 from ._app import app
 from ._common import (
-    DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
+    DETERMINISTIC, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
     console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option, write_json)
-from ._results import OVERWRITE, Claim, claim, figure_files, json_target, run_folder, saved
+from ._results import JSON_SAVED, OVERWRITE, Claim, claim, figure_files, json_target, run_folder, saved
 
 
 @app.command("sharpness")
@@ -41,7 +41,7 @@ def sharpness_command(
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
     plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
-    json_out: Optional[str] = JSON_OUT,
+    json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
@@ -190,7 +190,7 @@ def gradcos_command(
     split: str = SPLIT,
     seed: int = seed_option("Seed of --samples."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
-    json_out: Optional[str] = JSON_OUT,
+    json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,

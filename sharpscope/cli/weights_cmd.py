@@ -8,14 +8,14 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, apply_determinism, JSON_OUT, TRUST_FACTORY, console as rank0_console, write_json
-from ._results import OVERWRITE, claim, json_target, saved
+from ._common import DETERMINISTIC, apply_determinism, TRUST_FACTORY, console as rank0_console, write_json
+from ._results import JSON_SAVED, OVERWRITE, claim, json_target, saved
 
 
 @app.command("weights")
 def weights_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
-    json_out: Optional[str] = JSON_OUT,
+    json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
     trust_factory: bool = TRUST_FACTORY,
     deterministic: bool = DETERMINISTIC,
