@@ -130,6 +130,16 @@ def test_trainer_records_the_fingerprint_in_checkpoint_and_snapshots(tmp_path):
     assert read_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_0001.pt")["data_fingerprint"] == expected
 
 
+def test_info_shows_the_recorded_training_split(tmp_path, cli):
+    npz = _write_npz(tmp_path / "d.npz")
+    run = _train(tmp_path / "run", npz)
+    code, out, err = cli(["info", str(run), "--json", "-"])
+    assert code == 0, err
+    assert json.loads(out)["data_fingerprint"] == read_checkpoint(run)["data_fingerprint"]
+    code, out, err = cli(["info", str(run)])
+    assert code == 0 and "96 examples of shape (6,), 3 classes" in out
+
+
 # --- data that does not fit: one line, exit code 2 ---------------------------------------------
 
 @pytest.fixture(scope="module")
