@@ -34,9 +34,9 @@ rm -rf "$OUT/resnet56"
 step "train resnet56 (SAM, fp16, 2 epochs)" sharpscope train --model resnet56 --data npz --data-root "$OUT/cifar_shaped.npz" \
     --optimizer sam --epochs 2 --batch-size 128 --amp fp16 --device cuda --no-progress --out "$OUT/resnet56"
 step "hessian top-5, trace, density" sharpscope hessian "$CK" --top-k 5 --trace --density --samples 2048 \
-    --device cuda --no-progress --json "$OUT/hessian.json"
+    --device cuda --no-progress --overwrite --json "$OUT/hessian.json"
 step "surface 2-D 11x11" sharpscope surface "$CK" --dim 2 --grid -1:1:11 --samples 2048 --device cuda \
-    --no-progress --out "$OUT/surface" --json "$OUT/surface.json"
-step "sharpness m=16,128" sharpscope sharpness "$CK" --m 16,128 --samples 2048 --device cuda --no-progress \
+    --no-progress --overwrite --out "$OUT/surface" --json "$OUT/surface.json"
+step "sharpness m=16,128" sharpscope sharpness "$CK" --m 16,128 --samples 2048 --device cuda --no-progress --overwrite \
     --json "$OUT/sharpness.json"
 echo "gpu_suite: done; log in $OUT/suite.log"

@@ -16,7 +16,9 @@ __version__ = "0.1.0"
 from .errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
+    DataChangedWarning,
     DataError,
+    DataMismatchError,
     ModelSpecError,
     NonFiniteLossError,
     RestartsDisagreeWarning,
@@ -51,6 +53,8 @@ __all__ = [
     "SharpscopeError",
     "ConfigError",
     "DataError",
+    "DataMismatchError",
+    "DataChangedWarning",
     "ModelSpecError",
     "CheckpointError",
     "NonFiniteLossError",

@@ -11,6 +11,8 @@ and nothing is ever unpickled beyond that allow-list. Layout (format version 1):
     model_state       the model's state_dict
     optimizer_state   the optimizer's state_dict (SAM: the base optimizer's) or None
     data_spec         dict (see sharpscope.data.DataSpec.to_dict) or None
+    data_fingerprint  dict (see sharpscope.data.fingerprint: the training split's size, input
+                      shape, classes and SHA-256 hashes) or None (absent in older checkpoints)
     config            training configuration dict or None
     progress          {"epoch": completed epochs, "step": optimizer steps,
                        "batch_in_epoch": batches done in the running epoch, "finished": bool}
@@ -40,19 +42,20 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import CheckpointError, ModelSpecError
+from .errors import CheckpointError, DataChangedWarning, DataMismatchError, ModelSpecError
 
 FORMAT = "sharpscope-checkpoint"
 FORMAT_VERSION = 1
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "Checkpoint", "atomic_write_bytes",
-           "nonfinite_tensors"]
+           "nonfinite_tensors", "check_data_fits", "check_fingerprint", "check_checkpoint_data", "checkpoint_data",
+           "training_data_differences"]
 
 # The fields a reader relies on, and the types they must have (None allowed where noted).
 _FIELD_TYPES: dict[str, tuple[type, bool]] = {
     "model_spec": (dict, False), "model_state": (dict, False), "optimizer_state": (dict, True),
-    "data_spec": (dict, True), "config": (dict, True), "progress": (dict, True), "rng": (dict, True),
-    "metrics": (list, True), "partial": (dict, True), "metadata": (dict, True),
+    "data_spec": (dict, True), "data_fingerprint": (dict, True), "config": (dict, True), "progress": (dict, True),
+    "rng": (dict, True), "metrics": (list, True), "partial": (dict, True), "metadata": (dict, True),
 }
 _PROGRESS_COUNTERS = ("epoch", "step", "batch_in_epoch")
 
@@ -123,6 +126,8 @@ def save_checkpoint(
     *,
     model_spec: dict,
     data_spec: dict | None = None,
+    data: Any = None,
+    data_fingerprint: dict | None = None,
     optimizer_state: dict | None = None,
     config: dict | None = None,
     progress: dict | None = None,
@@ -142,7 +147,12 @@ def save_checkpoint(
     or your own factory ``{"factory": "package.module:function", "kwargs": {...}}``.
     ``data_spec`` (:meth:`sharpscope.data.DataSpec.to_dict`, or a dict of its fields; missing
     fields take their defaults) names the data the analyses load; without it every analysis
-    verb needs ``--data``. A model trained by your own code, for the CLI::
+    verb needs ``--data``. ``data`` is the data the model was trained on: a
+    :class:`sharpscope.data.Dataset` (its training split; its spec becomes ``data_spec`` when
+    none is given) or an ``(x, y)`` pair of training inputs and labels. Its fingerprint
+    (:func:`sharpscope.data.fingerprint`) is recorded, so that an analysis that reloads the
+    data warns when it has changed; ``data_fingerprint`` passes a fingerprint computed before
+    instead. A model trained by your own code, for the CLI::
 
         import sharpscope as ss
         model = mynets.build(width=64)          # ... trained by your own loop
@@ -153,6 +163,8 @@ def save_checkpoint(
     """
     if not isinstance(model_spec, dict) or not ({"name", "factory"} & model_spec.keys()):
         raise CheckpointError("model_spec must be a dict with a 'name' or a 'factory' key")
+    if data is not None:
+        data_spec, data_fingerprint = _data_record(data, data_spec, data_fingerprint)
     if "environment" not in metadata:
         from .provenance import of_model
         metadata = {**metadata, "environment": of_model(model)}
@@ -166,6 +178,7 @@ def save_checkpoint(
         "model_state": state,
         "optimizer_state": optimizer_state,
         "data_spec": data_spec,
+        "data_fingerprint": data_fingerprint,
         "config": config,
         "progress": progress,  # None for a model saved outside the trainer
         "rng": rng,
@@ -175,6 +188,21 @@ def save_checkpoint(
     }
     payload = _to_plain(payload, "checkpoint")
     return atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
+
+
+def _data_record(data: Any, data_spec: dict | None, data_fingerprint: dict | None) -> tuple[dict | None, dict]:
+    """``save_checkpoint(data=...)``: the data spec (a Dataset's own when none is given) and
+    the fingerprint of the training split."""
+    from .data import Dataset, fingerprint
+
+    if data_fingerprint is not None:
+        raise CheckpointError("give data or data_fingerprint, not both")
+    if isinstance(data, Dataset):
+        return (data_spec if data_spec is not None else data.spec.to_dict()), data.fingerprint()
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return data_spec, fingerprint(data[0], data[1])
+    raise CheckpointError(f"data must be a sharpscope Dataset or an (inputs, labels) pair of tensors, "
+                          f"got {type(data).__name__}")
 
 
 def _describe_unpickling_error(err: Exception) -> str:
@@ -287,6 +315,7 @@ class Checkpoint:
     rng: dict | None = None
     partial: dict | None = None
     raw: dict = field(default_factory=dict, repr=False)
+    data_fingerprint: dict | None = None  # of the training split; None in older checkpoints
 
     @property
     def epoch(self) -> int | None:
@@ -326,6 +355,117 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool | str =
         path=Path(path), model=model, model_spec=raw["model_spec"], data_spec=raw.get("data_spec"),
         config=raw.get("config"), progress=raw.get("progress") or {}, metrics=raw.get("metrics") or [],
         metadata=raw.get("metadata") or {}, optimizer_state=raw.get("optimizer_state"),
-        rng=raw.get("rng"), partial=raw.get("partial"), raw=raw,
+        rng=raw.get("rng"), partial=raw.get("partial"), raw=raw, data_fingerprint=raw.get("data_fingerprint"),
     )
 
+
+def check_data_fits(model: nn.Module, data: Any, *, n: int = 8) -> int:
+    """Refuse data that ``model`` cannot be evaluated on, with :class:`DataMismatchError`: the
+    first ``n`` training inputs (cast to the model's device and dtype, eval mode, no grad, the
+    RNG untouched) must go through the model, which must give ``(n, K)`` class scores, and every
+    label of ``data`` (a :class:`sharpscope.data.Dataset`; train labels clean and noisy, test
+    labels) must be below K. Returns K."""
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    x = data.x_train[:n].to(device, dtype)
+    shape = tuple(data.x_train.shape[1:])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model(x)
+    except Exception as err:  # a model of the user's may raise anything on inputs it does not take
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise DataMismatchError(f"the data does not fit the model: it rejects inputs of shape {shape} "
+                                f"({type(err).__name__}: {first_line})") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DataMismatchError(f"the data does not fit the model: {len(x)} inputs of shape {shape} give outputs "
+                                f"{got}, not ({len(x)}, K) class scores")
+    k = int(out.shape[1])
+    labels = [t for t in (data.y_train, data.y_train_clean, data.y_test) if t.numel()]
+    top = max(int(t.max()) for t in labels) if labels else -1
+    if top >= k:
+        raise DataMismatchError(f"the data does not fit the model: it has labels up to {top} ({top + 1} classes) "
+                                f"but the model scores {k} classes")
+    return k
+
+
+def _fingerprint_note(recorded: dict | None, data: Any) -> list[str]:
+    """The differences between a recorded fingerprint and ``data``'s training split ([] when
+    nothing was recorded)."""
+    from .data import fingerprint_differences
+
+    return fingerprint_differences(recorded, data.fingerprint()) if recorded else []
+
+
+def check_fingerprint(recorded: dict | None, data: Any, where: str | os.PathLike[str]) -> list[str]:
+    """Compare the training split of ``data`` (a :class:`sharpscope.data.Dataset`) with the
+    fingerprint a checkpoint recorded; warn (:class:`DataChangedWarning`) naming what differs
+    and return the differences. A checkpoint without a fingerprint (older ones, or saved
+    without ``data``) is not compared: []."""
+    diffs = _fingerprint_note(recorded, data)
+    if diffs:
+        warnings.warn(f"{where}: the data loaded for it ({_describe_data(data)}) differs from its training split: "
+                      f"{'; '.join(diffs)} "
+                      "(analysed as loaded: on data the model was not trained on)", DataChangedWarning, stacklevel=2)
+    return diffs
+
+
+def _describe_data(data: Any) -> str:
+    """'npz from my.npz' / 'digits' (what a Dataset was loaded from)."""
+    spec = getattr(data, "spec", None)
+    if spec is None:
+        return "given data"
+    return f"{spec.name} from {spec.root}" if spec.root is not None else str(spec.name)
+
+
+def training_data_differences(a: Checkpoint, b: Checkpoint) -> list[str]:
+    """How the training splits of two checkpoints differ ("seed 0 for A, 1 for B" phrases; []
+    when they agree or cannot be compared). With a fingerprint in both, the fingerprints decide
+    whether they differ (the same file may lie under another path) and the data-spec fields
+    that choose the split say how (:func:`sharpscope.data.spec_differences`), or, where the
+    specs agree (a file rewritten between the runs), the fingerprints do; without, the spec
+    fields alone, the root included."""
+    from .data import fingerprint_differences, spec_differences
+
+    names = ("for A", "for B")
+    specs = spec_differences(a.data_spec or {}, b.data_spec or {}, root=False, names=names) \
+        if a.data_spec and b.data_spec else []
+    if a.data_fingerprint and b.data_fingerprint:
+        prints = fingerprint_differences(a.data_fingerprint, b.data_fingerprint, names=names)
+        return (specs or prints) if prints else []
+    if a.data_spec and b.data_spec:
+        return spec_differences(a.data_spec, b.data_spec, names=names)
+    return []
+
+
+def check_checkpoint_data(model: nn.Module, recorded: dict | None, data: Any, where: str | os.PathLike[str]) -> None:
+    """:func:`check_data_fits` (its error names ``where`` and, when the checkpoint recorded a
+    fingerprint, how the data changed), then :func:`check_fingerprint`."""
+    try:
+        check_data_fits(model, data)
+    except DataMismatchError as err:
+        diffs = _fingerprint_note(recorded, data)
+        changed = f"; since training, {'; '.join(diffs)}" if diffs else ""
+        raise DataMismatchError(f"{where}: {err}{changed}") from None
+    check_fingerprint(recorded, data, where)
+
+
+def checkpoint_data(ckpt: Checkpoint, spec: Any = None) -> Any:
+    """The data set to analyse ``ckpt`` on: ``spec`` (a DataSpec or dict; default the one the
+    checkpoint records) loaded, refused with :class:`DataMismatchError` if it does not fit the
+    model (:func:`check_data_fits`), and compared with the recorded fingerprint
+    (:func:`check_fingerprint`: a warning naming what differs). A checkpoint recording no data
+    set and given no ``spec`` is a :class:`CheckpointError`."""
+    from .data import DataSpec, load_dataset
+
+    spec = spec if spec is not None else ckpt.data_spec
+    if not spec:
+        raise CheckpointError(f"{ckpt.path}: records no data set; analyse it from Python with your own data")
+    data = load_dataset(spec if isinstance(spec, DataSpec) else DataSpec.from_dict(spec))
+    check_checkpoint_data(ckpt.model, ckpt.data_fingerprint, data, ckpt.path)
+    return data

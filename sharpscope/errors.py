@@ -19,6 +19,11 @@ class DataError(SharpscopeError, ValueError):
     """A data set is unknown, missing, or its files are malformed."""
 
 
+class DataMismatchError(DataError):
+    """The data does not fit the model it is to be analysed (or trained) with: labels the
+    model has no class score for, or inputs of a shape the model rejects."""
+
+
 class ModelSpecError(SharpscopeError, ValueError):
     """A model name or factory spec cannot be turned into a model."""
 
@@ -55,3 +60,7 @@ class SampledFisherWarning(UserWarning):
     """The true Fisher estimated with a few sampled labels per example has an unbiased trace but
     overestimates its largest eigenvalues (E lambda_max(F_S) >= lambda_max(F), Jensen): use
     ``mc_samples="exact"`` (the default; the same cost per product) for eigenvalues and densities."""
+class DataChangedWarning(UserWarning):
+    """The data reloaded for a checkpoint differs from the training split recorded in its
+    fingerprint (number of examples, input shape, classes, or the contents' hashes): the
+    analysis measures the model on data it was not trained on."""

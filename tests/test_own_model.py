@@ -366,7 +366,7 @@ README_TRAINING = [
 README_ANALYSES = [
     "sharpscope hessian mine.pt --trust-factory --top-k 5 --trace",
     "sharpscope surface mine.pt --trust-factory --grid -1:1:21 --plot",
-    "sharpscope hessian mine.pt --trust-factory --data npz --data-root my.npz",
+    "sharpscope hessian mine.pt --trust-factory --data npz --data-root my.npz --json hessian_npz.json",
 ]
 
 

@@ -38,11 +38,12 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
                       data_override: tuple[str | None, str | None] = (None, None)) -> tuple[Checkpoint, list]:
     """The checkpoint's model (on ``device``) and a fixed list of batches of its data set, or
     of the one ``data_override`` = (``--data``, ``--data-root``) names instead
-    (:func:`sharpscope.data.analysis_data_spec`). Joins a torchrun process group first, if
-    launched by torchrun: the analyses then split their work; the batches move to the model's
-    device inside the analyses."""
-    from ..checkpoint import load_checkpoint
-    from ..data import analysis_data_spec, load_dataset
+    (:func:`sharpscope.data.analysis_data_spec`), checked against the model and the recorded
+    fingerprint (:func:`sharpscope.checkpoint.checkpoint_data`). Joins a torchrun process
+    group first, if launched by torchrun: the analyses then split their work; the batches
+    move to the model's device inside the analyses."""
+    from ..checkpoint import checkpoint_data, load_checkpoint
+    from ..data import analysis_data_spec
 
     if split not in ("train", "test"):
         raise ConfigError(f"--split must be train or test, got {split!r}")
@@ -52,7 +53,8 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
     first = next(iter(ckpt.model.parameters()), None)
     _ANALYSED.update(device=target, dtype=first.dtype if first is not None else None)
     analysed_too(ckpt)
-    data = load_dataset(analysis_data_spec(ckpt.data_spec, *data_override, where=str(path)))
+    # refuses data that does not fit the model, warns if it changed since training
+    data = checkpoint_data(ckpt, analysis_data_spec(ckpt.data_spec, *data_override, where=str(path)))
     return ckpt, data.batches(split, samples, batch_size, seed)
 
 

@@ -12,9 +12,10 @@ from ..errors import ConfigError
 from ..objective import HVP_MODES
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, analysed_too, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
+    DATA, DATA_ROOT, DETERMINISTIC, analysed_too, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
     TRUST_FACTORY,
     console as rank0_console, finite, hvp_progress, load_for_analysis, seed_option, write_json)
+from ._results import JSON_SAVED, OVERWRITE, claim, figure_files, json_target, run_folder, saved
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -115,7 +116,8 @@ def hessian_command(
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
     plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
-    json_out: Optional[str] = JSON_OUT,
+    json_out: Optional[str] = JSON_SAVED,
+    overwrite: bool = OVERWRITE,
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
@@ -127,6 +129,9 @@ def hessian_command(
 
     With --overlap-with B: the overlap ||V_A^T V_B||_F^2 / k of the top-k eigenspaces of the two
     checkpoints on the same data (Gur-Ari et al. 2018), e.g. two epochs of one run.
+
+    The numbers are saved as <run>/analyses/hessian.json (ggn.json, ... for other operators;
+    --json PATH instead, --json - on stdout only); an earlier result there is kept unless --overwrite.
     """
     apply_determinism(deterministic)
     import torch.nn.functional as F
@@ -136,6 +141,13 @@ def hessian_command(
 
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
+    stem = operator.replace("-", "_")  # hessian.json and hessian_*.png as before; ggn.json, ggn_*.png, ...
+    target = json_target(json_out, checkpoint, stem)
+    figures = (([f"{stem}_density", f"{stem}_density_log"] if density else [])
+               + ([f"{stem}_eigenvalues"] if top_k > 0 else [])) if plot else []
+    figure_folder = plot_dir or run_folder(checkpoint)
+    outputs = claim([target, *figure_files(figure_folder, figures, pdf)], overwrite,
+                    "--json PATH (and --plot-dir DIR)", records=[target], folders=[figure_folder])
     ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
                                       (data, data_root))
     from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
@@ -185,9 +197,11 @@ def hessian_command(
     report.update({k: v.to_dict() for k, v in results.items()})
     out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
     _print_results(out, ckpt.path, obj, split, which, results, operator)
+    outputs.clear()
     if plot:
         report["figures"] = _figures(ckpt, results, plot_dir, pdf, console, operator)
-    write_json(report, json_out)
+    write_json(report, "-" if target is None else str(target))
+    saved(target, console)
 
 
 def _fisher_samples(operator: str, value: str | None) -> int | str:

@@ -23,7 +23,8 @@ def summarize(raw: dict, path: Path) -> dict:
         "format_version": raw.get("format_version"), "sharpscope_version": raw.get("sharpscope_version"),
         "torch_version": raw.get("torch_version"), "model_spec": raw["model_spec"], "parameters": n_params,
         "nonfinite_tensors": nonfinite_tensors(raw["model_state"]),
-        "data_spec": raw.get("data_spec"), "config": raw.get("config"), "progress": raw.get("progress"),
+        "data_spec": raw.get("data_spec"), "data_fingerprint": raw.get("data_fingerprint"),
+        "config": raw.get("config"), "progress": raw.get("progress"),
         "has_optimizer_state": raw.get("optimizer_state") is not None,
         "last_metrics": (raw.get("metrics") or [None])[-1], "metadata": raw.get("metadata") or {},
         "environment": (raw.get("metadata") or {}).get("environment"),
@@ -87,6 +88,12 @@ def info_command(
         table.add_row("[red]NaN/Inf in[/]", ", ".join(summary["nonfinite_tensors"]))
     for key in ("model_spec", "data_spec", "progress", "last_metrics"):
         table.add_row(key, _dumps(summary[key]))
+        if key == "data_spec" and summary["data_fingerprint"]:
+            fp = summary["data_fingerprint"]
+            shape = tuple(fp.get("input_shape") or [])
+            table.add_row("training split", f"{fp.get('n_examples')} examples of shape {shape}, {fp.get('num_classes')} "
+                          f"classes; SHA-256 inputs {str(fp.get('inputs_sha256'))[:12]}, "
+                          f"labels {str(fp.get('labels_sha256'))[:12]}")
     table.add_row("metadata", _dumps({k: v for k, v in summary["metadata"].items() if k != "environment"}))
     if summary["config"]:
         table.add_row("config", _dumps(summary["config"]))

@@ -9,8 +9,9 @@ import typer
 
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
+    DATA, DATA_ROOT, DETERMINISTIC, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
     console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option, write_json)
+from ._results import JSON_SAVED, OVERWRITE, Claim, claim, figure_files, json_target, run_folder, saved
 
 
 @app.command("sharpness")
@@ -45,7 +46,8 @@ def sharpness_command(
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
     plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
-    json_out: Optional[str] = JSON_OUT,
+    json_out: Optional[str] = JSON_SAVED,
+    overwrite: bool = OVERWRITE,
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
@@ -60,6 +62,10 @@ def sharpness_command(
 
     Example: sharpscope sharpness runs/sam --m 1,4,16,64 --rho 0.05 --steps 5 --plot
     Example: sharpscope sharpness runs/sam --measure worst --adaptive --norm inf --m 128 --rho 0.002
+
+    The numbers are saved as <run>/analyses/m_sharpness.json (sharpness_worst.json,
+    sharpness_average.json; --json PATH instead, --json - on stdout only); an earlier result
+    there is kept unless --overwrite.
     """
     apply_determinism(deterministic)
     import math
@@ -83,6 +89,12 @@ def sharpness_command(
     p_value = parse_p(p)
     if p_value not in (2.0, math.inf):  # refused before loading (the library says the same)
         raise ConfigError(f"--p must be 2 or inf (m-sharpness supports p = 2 and p = inf), got {p!r}")
+    target = json_target(json_out, checkpoint, "m_sharpness" if measure == "m-sharpness" else f"sharpness_{measure}")
+    figure_folder = plot_dir or run_folder(checkpoint)
+    figures = (["m_sharpness"] + (["m_sharpness_rho"] if len(rhos) > 1 else [])) \
+        if plot and measure == "m-sharpness" else []
+    outputs = claim([target, *figure_files(figure_folder, figures, pdf)], overwrite,
+                    "--json PATH (and --plot-dir DIR)", records=[target], folders=[figure_folder])
     ckpt, batches = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device, (data, data_root))
     n = sum(x.shape[0] for x, _ in batches)
     if max(ms) > n:
@@ -90,7 +102,8 @@ def sharpness_command(
     per_m = [min(n // size, max_subsets or n) for size in ms]
     if measure != "m-sharpness":
         _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start, seed,
-                        max_subsets, split, console, progress, sum(per_m) * len(rhos), json_out, restarts)
+                        max_subsets, split, console, progress, sum(per_m) * len(rhos), json_out, outputs, target,
+                        restarts)
         return
     steps = 5 if steps is None else steps
     with progress_bar(console, progress, "subsets") as bar:
@@ -116,10 +129,11 @@ def sharpness_command(
         report["surrogate_gap"] = gaps
         out.print("surrogate gap L(w + e_hat) - L(w): " + ", ".join(f"rho={r}: {v:.5g}" for r, v in gaps.items()),
                   highlight=False)
+    outputs.clear()
     if plot:
         from .. import plots
 
-        folder = plot_dir or (ckpt.path.parent if ckpt.path.is_file() else ckpt.path)
+        folder = figure_folder
         label = (ckpt.config or {}).get("optimizer", "model").upper()
         formats = ("png", "pdf") if pdf else ("png",)
         written = plots.plot_m_sharpness({label: result}, folder / "m_sharpness", formats=formats)
@@ -129,13 +143,14 @@ def sharpness_command(
         report["figures"] = [str(f) for f in written]
         for f in written:
             console.print(f"wrote {f}", highlight=False)
-    write_json(report, json_out)
+    write_json(report, "-" if target is None else str(target))
+    saved(target, console)
 
 
 def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos: list[float], p: float,
                     adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool, seed: int,
                     max_subsets: int | None, split: str, console: Any, progress: bool, total: int,
-                    json_out: str | None, restarts: int | None = None) -> None:
+                    json_out: str | None, outputs: Claim, target: Path | None, restarts: int | None = None) -> None:
     """``--measure worst|average``: run it, print its table, write its JSON."""
     import torch.nn.functional as F
     from rich.table import Table
@@ -184,7 +199,9 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
     else:
         out.print(f"spread between the {result.restarts} restarts, (max - min) / max: " + ", ".join(
             f"m={r.m} rho={r.rho:g}: {100 * (r.restart_spread or 0.0):.2g} %" for r in result.results), highlight=False)
-    write_json(report, json_out)
+    outputs.clear()
+    write_json(report, "-" if target is None else str(target))
+    saved(target, console)
 
 
 @app.command("gradcos")
@@ -197,7 +214,8 @@ def gradcos_command(
     data_root: Optional[str] = DATA_ROOT,
     seed: int = seed_option("Seed of --samples."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
-    json_out: Optional[str] = JSON_OUT,
+    json_out: Optional[str] = JSON_SAVED,
+    overwrite: bool = OVERWRITE,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
     deterministic: bool = DETERMINISTIC,
@@ -208,6 +226,9 @@ def gradcos_command(
     (d e_hat / dw)^T grad L, at the cost of one Hessian-vector product (p = 2).
 
     Example: sharpscope gradcos runs/sam --rho 0.05 --json -
+
+    The numbers are saved as <run>/analyses/gradcos.json (--json PATH instead, --json - on
+    stdout only); an earlier result there is kept unless --overwrite.
     """
     apply_determinism(deterministic)
     import math
@@ -217,6 +238,8 @@ def gradcos_command(
     from .. import sharpness as sh
     from ..errors import ConfigError
 
+    target = json_target(json_out, checkpoint, "gradcos")
+    outputs = claim([target], overwrite, "--json PATH", records=[target])
     ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
                                       (data, data_root))
     res = sh.sam_gradient_cosine(ckpt.model, F.cross_entropy, batches, rho=rho)
@@ -230,4 +253,6 @@ def gradcos_command(
                           "SAM's e_hat and the cosine are undefined")
     if not math.isfinite(res.cosine):
         raise ConfigError("the cosine is not finite")
-    write_json({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, json_out)
+    outputs.clear()
+    write_json({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, "-" if target is None else str(target))
+    saved(target, rank0_console(stderr=True))

@@ -13,6 +13,7 @@ from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, analysed_too, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
     TRUST_FACTORY, console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, point_progress,
     seed_option, write_json)
+from ._results import OVERWRITE, claim, figure_files, run_folder
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -143,6 +144,34 @@ def _print_summary(console: Console, result: SurfaceResult, radii: list[float], 
     return s
 
 
+def surface_stem(dim: int, trajectory: bool, directions: str) -> str:
+    """The name of a surface's files in its folder: trajectory, hessian_<dim>d or surface_<dim>d."""
+    return "trajectory" if trajectory else f"hessian_{dim}d" if directions == "hessian" else f"surface_{dim}d"
+
+
+def _claim_surface(folder: Path, dim: int, trajectory: bool, directions: str, metrics: list[str], plot: bool,
+                   pdf: bool, json_out: str | None, overwrite: bool) -> Any:
+    """Claim the files a surface writes (its npz and JSON, the random comparison's npz, the
+    figures with --plot, a --json PATH): refused if one exists, unless --overwrite."""
+    stem = surface_stem(dim, trajectory, directions)
+    dim = 2 if trajectory else dim  # the PCA plane
+    compare = directions == "hessian" and dim == 1
+    files = [folder / f"{stem}.npz", folder / f"{stem}.json"] + ([folder / f"{stem}_random.npz"] if compare else [])
+    if plot:
+        if trajectory:
+            figures = [stem, f"{stem}_3d"]
+        elif dim == 1:
+            figures = [stem]
+        elif dim == 3:
+            figures = [f"{stem}_slices"]
+        else:
+            figures = [f"{stem}_contour", f"{stem}_filled", f"{stem}_3d"]
+        figures += [f"{stem}_{name}" if dim == 1 else f"{stem}_{name}_contour" for name in metrics]
+        files += figure_files(folder, figures, pdf)
+    extra = Path(json_out) if json_out not in (None, "-") else None
+    return claim([*files, extra], overwrite, "--out DIR", records=[folder / f"{stem}.json", extra])
+
+
 def _snapshots(run_dir: Path, minimum: int = 3) -> list[dict]:
     """The model states of a run's per-epoch snapshots (at least ``minimum``, all finite)."""
     from ..checkpoint import nonfinite_tensors, read_checkpoint
@@ -203,6 +232,7 @@ def surface_command(
     plot: bool = typer.Option(False, "--plot", help="Write figures (1-D curve; 2-D contour, filled contour, 3-D)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
     json_out: Optional[str] = JSON_OUT,
+    overwrite: bool = OVERWRITE,
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
@@ -215,7 +245,9 @@ def surface_command(
 
     Filter-normalized Gaussian directions (Li et al. 2018), the top Hessian eigenvectors with
     --directions hessian, or the PCA plane of the run's per-epoch snapshots with --trajectory.
-    Resumable: rerun the same command.
+    Resumable: rerun the same command. The result (<out>/<name>.npz, .json and figures) is
+    never replaced: a second surface with the same name is refused unless --overwrite (which
+    removes every file of the earlier one, stale figures included) or another --out.
 
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """
@@ -259,10 +291,12 @@ def surface_command(
     if axes is not None and len(axes) == 3:
         zs, axes = axes[2], axes[:2]
     source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
+    folder = out or (run_folder(source) / "surface")
+    outputs = _claim_surface(folder, dim, trajectory is not None, directions_kind, list(metric_fns), plot, pdf,
+                             json_out, overwrite)
     ckpt, batches = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory, device,
                                       (data, data_root))
     model = ckpt.model
-    folder = out or ((ckpt.path.parent if ckpt.path.is_file() else ckpt.path) / "surface")
     options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path)}
     if metric_fns:
         options["metrics"] = list(metric)
@@ -341,6 +375,7 @@ def surface_command(
     if not dist_utils.is_main():  # the points were shared out; rank 0 writes
         return
     result.explained_variance, result.path, result.path_residual = explained, path, path_residual
+    outputs.clear()
     result.save(folder / f"{stem}.npz", directions)
     (folder / f"{stem}.partial.npz").unlink(missing_ok=True)
     human = rank0_console(stderr=json_out == "-")
@@ -378,6 +413,19 @@ def surface_command(
     write_json(report, str(folder / f"{stem}.json"))
 
 
+def _different_data(ckpt_a: Any, ckpt_b: Any, use_a_data: bool, split: str) -> list[str]:
+    """How A's and B's training data differ ([] if not): refused (ConfigError) unless
+    ``--use-a-data``, since every point is evaluated on A's data and "loss at B" would not be
+    B's training loss."""
+    from ..checkpoint import training_data_differences
+
+    diffs = training_data_differences(ckpt_a, ckpt_b)
+    if diffs and not use_a_data:
+        raise ConfigError(f"A and B were trained on different data ({'; '.join(diffs)}); both would be evaluated "
+                          f"on A's {split} data: pass --use-a-data to do so anyway")
+    return diffs
+
+
 @app.command("interpolate")
 def interpolate_command(
     checkpoint_a: Path = typer.Argument(..., help="Model A (alpha = 0)."),
@@ -401,9 +449,17 @@ def interpolate_command(
     metric: Optional[list[str]] = typer.Option(None, "--metric", help="[NAME=]package.module:function: a custom "
                                                "metric fn(model, batch) -> scalar, evaluated next to the loss "
                                                "(repeatable; needs --trust-factory)."),
+    overwrite: bool = OVERWRITE,
+    use_a_data: bool = typer.Option(False, "--use-a-data", help="Evaluate both models on A's data even when A and "
+                                    "B were trained on different data (another seed, label noise or data set; "
+                                    "refused without this option): the loss at B is then not B's training loss."),
     deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
+
+    Both are evaluated on A's data (its --split); A and B trained on different data (their
+    recorded fingerprints or data specs differ) are refused unless --use-a-data. The result
+    (<out>/interpolation.npz, .json and figures) is never replaced unless --overwrite.
 
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """
@@ -417,12 +473,16 @@ def interpolate_command(
     console = rank0_console(stderr=True)
     alphas = ls.parse_grid(grid)
     metric_fns = _metrics(metric, trust_factory)
+    folder = out or (run_folder(checkpoint_a) / "interpolate")
+    figures = (["interpolation"] + [f"interpolation_{name}" for name in metric_fns]) if plot else []
+    extra = Path(json_out) if json_out not in (None, "-") else None
+    outputs = claim([folder / "interpolation.npz", folder / "interpolation.json", *figure_files(folder, figures, pdf),
+                     extra], overwrite, "--out DIR", records=[folder / "interpolation.json", extra])
     ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory, device,
                                         (data, data_root))
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory, map_location=next(ckpt_a.model.parameters()).device)
     analysed_too(ckpt_b)
-    if ckpt_a.data_spec and ckpt_b.data_spec and ckpt_a.data_spec.get("name") != ckpt_b.data_spec.get("name"):
-        raise ConfigError(f"A was trained on {ckpt_a.data_spec.get('name')} and B on {ckpt_b.data_spec.get('name')}")
+    data_note = _different_data(ckpt_a, ckpt_b, use_a_data, split)
     name_a = (ckpt_a.config or {}).get("optimizer", "A").upper()
     name_b = (ckpt_b.config or {}).get("optimizer", "B").upper()
     with point_progress(console, progress) as bar:
@@ -432,15 +492,20 @@ def interpolate_command(
                                 on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None)
     if not dist_utils.is_main():
         return
-    result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples})
+    result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples,
+                           "data": "A's", "data_differences": data_note})
+    if data_note:
+        console.print(f"note: both evaluated on A's {split} data; B was trained on other data "
+                      f"({'; '.join(data_note)})", highlight=False)
     if metric_fns:
         result.options["metrics"] = list(metric)
-    folder = out or ((ckpt_a.path.parent if ckpt_a.path.is_file() else ckpt_a.path) / "interpolate")
+    outputs.clear()
     result.save(folder / "interpolation.npz")
     summary = _print_summary(rank0_console(stderr=json_out == "-"), result, [0.5], 0.1)
     _print_metrics(rank0_console(stderr=json_out == "-"), summary)
     report = result.to_dict((0.5,), 0.1)
     report["summary"] = summary
+    report["npz"] = str(folder / "interpolation.npz")
     if plot:
         report["figures"] = _figures({f"{name_a} -> {name_b}": result}, folder, "interpolation", pdf, console)
         if metric_fns:

@@ -8,13 +8,15 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, apply_determinism, JSON_OUT, TRUST_FACTORY, console as rank0_console, write_json
+from ._common import DETERMINISTIC, apply_determinism, TRUST_FACTORY, console as rank0_console, write_json
+from ._results import JSON_SAVED, OVERWRITE, claim, json_target, saved
 
 
 @app.command("weights")
 def weights_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
-    json_out: Optional[str] = JSON_OUT,
+    json_out: Optional[str] = JSON_SAVED,
+    overwrite: bool = OVERWRITE,
     trust_factory: bool = TRUST_FACTORY,
     deterministic: bool = DETERMINISTIC,
 ) -> None:
@@ -22,6 +24,9 @@ def weights_command(
     alpha-weighted, log Frobenius and spectral norms, stable rank; and their means. No data.
 
     Example: sharpscope weights runs/sam --json -
+
+    The numbers are saved as <run>/analyses/weights.json (--json PATH instead, --json - on
+    stdout only); an earlier result there is kept unless --overwrite.
     """
     apply_determinism(deterministic)
     from rich.table import Table
@@ -29,6 +34,8 @@ def weights_command(
     from ..checkpoint import load_checkpoint
     from ..weight_spectra import weight_spectra
 
+    target = json_target(json_out, checkpoint, "weights")
+    outputs = claim([target], overwrite, "--json PATH", records=[target])
     ckpt = load_checkpoint(checkpoint, allow_factory=trust_factory)
     res = weight_spectra(ckpt.model)
     out = rank0_console(stderr=json_out == "-")
@@ -43,4 +50,6 @@ def weights_command(
     out.print("mean over layers: " + ", ".join(f"{k} {v:.4g}" for k, v in res.summary.items()), highlight=False)
     if res.skipped:
         out.print(f"skipped (fewer than 8 eigenvalues): {', '.join(res.skipped)}", highlight=False)
-    write_json({"checkpoint": str(ckpt.path), **res.to_dict()}, json_out)
+    outputs.clear()
+    write_json({"checkpoint": str(ckpt.path), **res.to_dict()}, "-" if target is None else str(target))
+    saved(target, rank0_console(stderr=True))

@@ -36,9 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import hessian, measures, sharpness
-from ..checkpoint import load_checkpoint, read_checkpoint
+from ..checkpoint import checkpoint_data, load_checkpoint, read_checkpoint
 from ..provenance import describe, environment, recorded
-from ..data import DataSpec, load_dataset
 from ..errors import CheckpointError, ConfigError, ModelSpecError
 from ..models import check_factory_allowed
 from ..objective import Objective
@@ -212,9 +211,7 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
 def _model_and_batches(run_dir: Path, s: MeasureSettings, allow_factory: bool | str = False
                        ) -> tuple[nn.Module, list]:
     ckpt = load_checkpoint(run_dir / "checkpoint.pt", allow_factory=allow_factory)
-    if not ckpt.data_spec:
-        raise CheckpointError(f"{run_dir}: records no data set")
-    data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
+    data = checkpoint_data(ckpt)  # refused if it no longer fits the model; a warning if it changed
     n = min(s.samples, int(data.x_train.shape[0]))  # a run trained on fewer examples: all of them
     return ckpt.model, data.batches("train", n, 4096, s.seed)
 

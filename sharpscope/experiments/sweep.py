@@ -611,14 +611,13 @@ def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> Run
         outcome = _outcome_from(spec, read_checkpoint(run_dir / "checkpoint.pt"), "resumed" if resuming else "trained")
     stored, todo = _cached_analyses(task, int(outcome.final.get("step", 0)))
     if todo:
-        from ..checkpoint import load_checkpoint
-        from ..data import DataSpec, load_dataset
+        from ..checkpoint import checkpoint_data, load_checkpoint
         from .analyses import AnalysisSettings
 
         s = AnalysisSettings(**task.settings)
         seed = spec.config["seed"]
         ckpt = load_checkpoint(run_dir / "checkpoint.pt", allow_factory=_named_factory(spec))
-        data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
+        data = checkpoint_data(ckpt)
         n = min(s.samples, int(data.x_train.shape[0]))
         batches = data.batches("train", n, 4096, seed)
         for name in todo:

@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .. import provenance
-from ..checkpoint import read_checkpoint, save_checkpoint
+from ..checkpoint import check_checkpoint_data, check_data_fits, read_checkpoint, save_checkpoint
 from ..data import DataSpec, Dataset, load_dataset
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..models import build_model, factory_name, is_factory, make_factory_spec, make_model_spec
@@ -183,6 +183,7 @@ class _Run:
     loss_fn: Callable[..., torch.Tensor] = F.cross_entropy
     lr: float | None = None
     environments: list[dict[str, Any]] = field(default_factory=list)  # what trained it, one record per change
+    data_fingerprint: dict[str, Any] | None = None  # of the training split (rank 0), recorded in every checkpoint
 
     @property
     def ckpt_path(self) -> Path:
@@ -229,7 +230,7 @@ def train(
     # a fresh run builds the caller's own configuration; a resume, the stored one
     allowed = trusted_factory(config, allow_factory if raw is not None else config.model, named,
                               out / "checkpoint.pt")
-    run = _set_up(config, out, allowed)
+    run = _set_up(config, out, allowed, raw)
     resumed_from = None
     if raw is not None:
         resumed_from = _resume(run, raw)
@@ -342,9 +343,11 @@ def check_model(config: TrainConfig, allow_factory: bool | str | None = None) ->
     _check_fits(model, data)
 
 
-def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str) -> _Run:
-    """Device, data, model (initialised from the seed; a factory only as ``allow_factory``
-    allows) and optimizer, checked against each other."""
+def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str, raw: dict[str, Any] | None = None) -> _Run:
+    """Device, data, model (initialised from the seed; resuming ``raw``, built from its stored
+    spec; a factory only as ``allow_factory`` allows) and optimizer, checked against each
+    other. Resuming, data that no longer fits the stored model is a DataMismatchError and data
+    that differs from the recorded fingerprint a DataChangedWarning (rank 0)."""
     device = dist_utils.resolve_device(config.device)
     world, rank, main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main()
     check_ranks(config, world)
@@ -356,9 +359,14 @@ def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str) -> _Run:
     if augment and len(data.input_shape) != 3:
         raise ConfigError("augmentation needs image data (C, H, W)")
     torch.manual_seed(config.seed)
-    model_spec = _model_spec(config, data)
+    model_spec = _model_spec(config, data) if raw is None else raw["model_spec"]
     model = build_model(model_spec, allow_factory=allow_factory).to(device)
-    _check_fits(model, data)
+    if raw is None:
+        _check_fits(model, data)
+    elif main:
+        check_checkpoint_data(model, raw.get("data_fingerprint"), data, out / "checkpoint.pt")
+    else:
+        check_data_fits(model, data)
     if world > 1 and config.sync_bn:  # the same parameters and buffers: the state_dict is unchanged
         model = convert_to_global_bn(model)
     elif world > 1 and main and bn_modules(model):
@@ -378,7 +386,8 @@ def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str) -> _Run:
     steps_per_epoch = math.ceil(x_train.shape[0] / config.batch_size)
     state = TrainState(config, model, optimizer, data, out, steps_per_epoch=steps_per_epoch)
     return _Run(config, out, device, world, rank, main, data, data_spec, model_spec, model, optimizer, scaler,
-                augment, channels_last, x_train, y_train, y_clean, x_test, y_test, state)
+                augment, channels_last, x_train, y_train, y_clean, x_test, y_test, state,
+                data_fingerprint=data.fingerprint() if main else None)
 
 
 def _per_rank_bn_note(config: TrainConfig, world: int) -> str:
@@ -628,7 +637,7 @@ def _save(run: _Run, finished: bool) -> None:
         run.environments.append(here)  # a resume on another machine, thread count, torch...
     save_checkpoint(
         run.ckpt_path, run.model, model_spec=run.model_spec, data_spec=run.data_spec.to_dict(),
-        optimizer_state=run.optimizer.state_dict(), config=run.config.to_dict(),
+        data_fingerprint=run.data_fingerprint, optimizer_state=run.optimizer.state_dict(), config=run.config.to_dict(),
         progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch,
                   "finished": finished},
         rng=_rng_state(run.device), metrics=run.metrics, partial=partial, world_size=run.world,
@@ -642,7 +651,8 @@ def _save_snapshot(run: _Run, finished: bool) -> None:
     initialisation)."""
     state = run.state
     save_checkpoint(run.out / "checkpoints" / f"epoch_{state.epoch:04d}.pt", run.model,
-                    model_spec=run.model_spec, data_spec=run.data_spec.to_dict(), config=run.config.to_dict(),
+                    model_spec=run.model_spec, data_spec=run.data_spec.to_dict(),
+                    data_fingerprint=run.data_fingerprint, config=run.config.to_dict(),
                     progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": 0, "finished": finished})
 
 
