@@ -45,7 +45,7 @@ from .. import distributed as dist_utils
 from ..batches import BatchLoss, Prepared
 from ..checkpoint import atomic_write_bytes
 from ..checks import require_grid_memory
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteLossError
 from ..objective import eval_mode
 from .directions import Direction, difference, state_buffer_names
 from .metrics import MetricCall, MetricFn, check_metrics, metric_value
@@ -555,6 +555,7 @@ def surface(
         if on_point is not None:
             on_point(k, lv, av)
 
+    require_finite_weights({**base, **base_buffers}, "the centre's weights")
     first = done.copy()
     prepared = _read(model, loss_fn, data, cache, cache_bytes)
     new_loss, new_acc, *new_extra = evaluate_points(model, loss_fn, prepared, point, len(coords), chunk_size=chunk_size,
@@ -566,10 +567,37 @@ def surface(
         extra[name][fresh] = values[fresh]
     if resume_path:
         save_partial()
+    centre = next((k for k, c in enumerate(coords) if all(v in (None, 0.0) for v in c)), None)
+    require_finite_reference(loss, centre, "the centre")
     shape = (len(xs),) if ys is None else (ny, len(xs)) if zs is None else (len(zs), ny, len(xs))
     return SurfaceResult(xs=xs, ys=ys, loss=loss.reshape(shape), accuracy=acc.reshape(shape), kind=kind,
                          options=opts, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start, zs=zs,
                          metrics={name: values.reshape(shape) for name, values in extra.items()})
+
+
+def require_finite_weights(tensors: Mapping[str, Tensor], what: str) -> None:
+    """The non-finite rule every analysis follows (as :func:`sharpscope.sharpness.check_finite`):
+    NaN or infinite weights (or floating-point buffers) at a surface's centre or an
+    interpolation's endpoint raise :class:`NonFiniteLossError`; there is nothing to map."""
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteLossError(f"{what} holds NaN or infinite values ({', '.join(bad[:3])}"
+                                 f"{', ...' if len(bad) > 3 else ''}): there is nothing to map")
+
+
+def require_finite_reference(loss: np.ndarray, reference: int | None, what: str) -> None:
+    """A non-finite loss at the reference point (the surface's centre, interpolation's A) when
+    it is on the grid, or at every point when it is not, raises :class:`NonFiniteLossError`
+    (NaN data, a loss undefined at the trained weights). Non-finite values elsewhere are kept:
+    they are what the landscape holds there (a loss that blows up far out), counted by
+    :func:`sharpscope.landscape.topology` as ``n_nonfinite``."""
+    flat = np.asarray(loss, dtype=np.float64).ravel()
+    if reference is not None and not math.isfinite(flat[reference]):
+        raise NonFiniteLossError(f"the loss at {what} is {flat[reference]}: NaN in the data, or a loss undefined "
+                                 "at these weights; there is nothing to map")
+    if reference is None and flat.size and not np.isfinite(flat).any():
+        raise NonFiniteLossError(f"the loss is NaN or infinite at every grid point (NaN in the data?); {what} is "
+                                 "not on the grid")
 
 
 def _read(model: nn.Module, loss_fn: LossFn, data: Iterable[Any], cache: bool | str = "auto",
@@ -611,9 +639,12 @@ def interpolate(
         bufs = {n: (ba[n] + a * (bb[n].to(ba[n].device) - ba[n]) if ba[n].is_floating_point() else ba[n]) for n in ba}
         return params, bufs
 
+    require_finite_weights({**pa, **(ba if buffers == "interpolate" else {})}, f"{name_a}'s weights")
+    require_finite_weights({**pb, **(bb if buffers == "interpolate" else {})}, f"{name_b}'s weights")
     prepared = _read(model_a, loss_fn, data, cache, cache_bytes)
     loss, acc, *extra = evaluate_points(model_a, loss_fn, prepared, point, len(alphas), chunk_size=chunk_size,
                                         on_point=on_point, metrics=metric_fns or None)
+    require_finite_reference(loss, next((k for k, a in enumerate(alphas) if a == 0.0), None), f"{name_a} (alpha = 0)")
     return SurfaceResult(xs=alphas, ys=None, loss=loss, accuracy=acc, kind="interpolation",
                          options={"buffers": buffers}, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start,
                          name_a=name_a, name_b=name_b, metrics=extra[0] if extra else {})
