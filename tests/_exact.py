@@ -1,7 +1,7 @@
 """Independent float64 references for tests that check what sharpscope reports about a
 checkpoint: the loss as a function of the flat weight vector, its explicit Hessian
-(``torch.func.hessian``), the full gradient of L(w + e_hat(w)) by differentiating through
-the gradient, and the spread of a textbook Hutch++ on an explicit matrix.
+(``torch.func.hessian``), and the full gradient of L(w + e_hat(w)) by differentiating through
+the gradient.
 
 Nothing here calls sharpscope's analyses: only its checkpoint and data loaders, which are
 what the analyses under test read too.
@@ -65,24 +65,6 @@ def sam_cosine(f: Callable, w: torch.Tensor, rho: float) -> float:
     sam = grad(w + rho * g / g.norm())
     full = torch.func.grad(perturbed)(w)
     return float(sam @ full / (sam.norm() * full.norm()))
-
-
-def hutchpp_spread(A: torch.Tensor, n_matvecs: int, draws: int = 400, seed: int = 0) -> float:
-    """Standard deviation over ``draws`` seeds of textbook Hutch++ (Meyer et al. 2021, Alg. 1:
-    k = m // 3 sketch columns, tr(Q^T A Q) exactly, the rest Hutchinson on (I - QQ^T) A (I - QQ^T))
-    on the explicit symmetric matrix A. The scale of the error any correct Hutch++ with that
-    budget makes."""
-    g = torch.Generator().manual_seed(seed)
-    n, k = A.shape[0], n_matvecs // 3
-    r = n_matvecs - 2 * k
-    estimates = []
-    for _ in range(draws):
-        S = torch.randint(0, 2, (n, k), generator=g, dtype=torch.float64) * 2 - 1
-        Q, _ = torch.linalg.qr(A @ S)
-        G = torch.randint(0, 2, (n, r), generator=g, dtype=torch.float64) * 2 - 1
-        G = G - Q @ (Q.T @ G)
-        estimates.append(torch.trace(Q.T @ A @ Q) + torch.einsum("ij,ij->", G, A @ G) / r)
-    return float(torch.stack(estimates).std())
 
 
 def load(path: Path):
