@@ -6,15 +6,18 @@ the analyses need. Every function works unchanged in a single process (world siz
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "finish", "resolve_device", "is_distributed", "rank", "world_size", "is_main", "all_reduce_sum", "barrier",
-           "shard", "main_first", "broadcast_object"]
+__all__ = ["init_from_env", "timeout_from_env", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S", "finish", "resolve_device",
+           "is_distributed", "rank", "world_size", "is_main", "all_reduce_sum", "barrier", "shard", "main_first",
+           "broadcast_object"]
 
 
 def is_distributed() -> bool:
@@ -34,14 +37,40 @@ def is_main() -> bool:
     return rank() == 0
 
 
+TIMEOUT_ENV = "SHARPSCOPE_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def timeout_from_env() -> timedelta:
+    """How long a rank waits for the others, in joining the group and in each collective,
+    before it fails with an error naming the operation (and torchrun stops the other ranks):
+    ``SHARPSCOPE_DIST_TIMEOUT`` seconds, default 600. Every rank of a sharpscope job does the
+    same work between collectives, so a longer wait means a rank is stuck or gone; PyTorch's
+    own default (30 minutes for gloo) would leave a stuck job idle that long."""
+    from .errors import ConfigError
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or raw.strip() == "":
+        return timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return timedelta(seconds=seconds)
+
+
 def init_from_env(device: str = "cpu") -> bool:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...);
-    gloo for CPU, NCCL for CUDA. Returns whether this process is part of a group of more than one."""
+    gloo for CPU, NCCL for CUDA, with the timeout of :func:`timeout_from_env` (checked in
+    every process, so a bad value stops ``train --nproc`` before it launches). Returns whether
+    this process is part of a group of more than one."""
+    timeout = timeout_from_env()
     if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timeout)
     return is_distributed()
 
 

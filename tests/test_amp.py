@@ -23,10 +23,10 @@ def _batch(n: int = 32, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 10, generator=g), torch.randint(0, 4, (n,), generator=g)
 
 
-def _opt(model: nn.Module, kind: str = "sam", **kw) -> torch.optim.Optimizer:
+def _opt(model: nn.Module, kind: str = "sam", rho: float = 0.1, **kw) -> torch.optim.Optimizer:
     if kind == "rsam":
-        return RSAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9, seed=0)
-    return SAM(model.parameters(), torch.optim.SGD, rho=0.1, lr=0.1, momentum=0.9, **kw)
+        return RSAM(model.parameters(), torch.optim.SGD, rho=rho, lr=0.1, momentum=0.9, seed=0)
+    return SAM(model.parameters(), torch.optim.SGD, rho=rho, lr=0.1, momentum=0.9, **kw)
 
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
@@ -63,21 +63,30 @@ def test_a_scaled_step_equals_the_unscaled_one(options):
 def test_a_bfloat16_step_is_the_float32_step_within_bfloat16_rounding(kind, m):
     """bfloat16 keeps 8 significant bits (relative rounding 2^-9 ~ 0.002 per operation); through
     two layers, the loss and the two backward passes the gradient picks up a few such errors.
-    The measured relative error of three updates (weights and BN statistics together) is
-    0.004-0.006; 0.05 allows for other seeds, and an
-    error of 1 (a wrong update) or a step skipped would fail."""
-    a, b = _net(bn=True), _net(bn=True)
+    Three updates at rho = 0.5 (weights and BN statistics together), seeds 0-3: measured
+    0.001-0.005 relative to the update for SAM and RSAM, up to 0.014 for m-SAM; 0.02 is
+    allowed. That must sit below what another optimizer would give (issue 23.10: at rho = 0.1
+    plain SGD was 0.014 from RSAM, inside the old 0.05): the float32 SGD steps are 0.05
+    (RSAM), 0.18 (SAM), 0.25 (m-SAM) away, and the test asserts that gap is over twice the
+    tolerance, so SGD in place of the variant, an error of 1 or a skipped step fails."""
+    a, b, c = _net(bn=True), _net(bn=True), _net(bn=True)
     start = _weights(a)
-    opt_a, opt_b = _opt(a, kind), _opt(b, kind)
+    opt_a, opt_b = _opt(a, kind, rho=0.5), _opt(b, kind, rho=0.5)
     _step(a, opt_a, m=m)
     _step(b, opt_b, m=m, autocast=torch.bfloat16)
-    wa, wb = _weights(a), _weights(b)
+    sgd, (x, y) = torch.optim.SGD(c.parameters(), lr=0.1, momentum=0.9), _batch()
+    for _ in range(3):  # the same steps without a perturbation: plain SGD
+        sgd.zero_grad()
+        F.cross_entropy(c(x), y).backward()
+        sgd.step()
+    wa, wb, wc = _weights(a), _weights(b), _weights(c)
     floats = [i for i, w0 in enumerate(start) if w0.is_floating_point()]
     for i in set(range(len(start))) - set(floats):
         assert torch.equal(wa[i], wb[i])  # num_batches_tracked
     delta = torch.cat([(wa[i] - start[i]).reshape(-1) for i in floats])
-    error = torch.cat([(wb[i] - wa[i]).reshape(-1) for i in floats])
-    assert delta.norm() > 0.1 and error.norm() / delta.norm() < 0.05  # measured 0.004-0.006
+    error = torch.cat([(wb[i] - wa[i]).reshape(-1) for i in floats]).norm() / delta.norm()
+    gap = torch.cat([(wc[i] - wa[i]).reshape(-1) for i in floats]).norm() / delta.norm()
+    assert delta.norm() > 0.1 and error < 0.02 < gap / 2, (error, gap)
     for p in b.parameters():
         assert p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32)
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from _ranks import run_on_ranks
+from _ranks import run_on_ranks, run_ranks_command
 from sharpscope import load_checkpoint
 from _callbacks import StopAt
 from sharpscope.train import TrainConfig, train
@@ -198,21 +198,20 @@ def test_a_two_rank_run_resumes_on_one_rank(tmp_path):
 def test_cli_launches_torchrun_and_analyses_agree(tmp_path):
     """`sharpscope train --nproc 2` and `torchrun -m sharpscope hessian` end to end, as a user runs them."""
     import json
-    import subprocess
     import sys
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = [sys.executable, "-m", "sharpscope", "train", "--nproc", "2", "--model", "mlp", "--model-opt",
            "hidden=[16]", "--n-train", "200", "--epochs", "2", "--batch-size", "40", "--no-progress",
            "--no-snapshots", "--out", str(tmp_path / "run")]
-    assert subprocess.run(run, env=env, timeout=300, capture_output=True).returncode == 0
+    proc = run_ranks_command(run, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert load_checkpoint(tmp_path / "run").metadata["world_size"] == 2
     reports = []
     for launcher in ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
                      [sys.executable]):
         out = tmp_path / f"h{len(reports)}.json"
-        proc = subprocess.run([*launcher, "-m", "sharpscope", "hessian", str(tmp_path / "run"), "--top-k", "2",
-                               "--samples", "100", "--no-progress", "--json", str(out)],
-                              env=env, timeout=300, capture_output=True, text=True)
+        proc = run_ranks_command([*launcher, "-m", "sharpscope", "hessian", str(tmp_path / "run"), "--top-k", "2",
+                                  "--samples", "100", "--no-progress", "--json", str(out)], env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         reports.append(json.loads(out.read_text()))
     assert _close(reports[0]["eigenvalues"]["eigenvalues"], reports[1]["eigenvalues"]["eigenvalues"])
@@ -227,7 +226,6 @@ def test_cli_sync_bn_run_equals_single_process_sam(tmp_path):
     threads vs 1 thread 7.94e-4 (the same size), without --sync-bn 0.11. The bound (3x the
     control) separates the last from the first two. Bad input stops in the launching process
     with one line and exit code 2 (no torchrun tracebacks)."""
-    import subprocess
     import sys
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = ["--model", "cnn", "--model-opt", "bn=true", "--epochs", "1", "--batch-size", "64", "--n-train", "512",
@@ -235,15 +233,68 @@ def test_cli_sync_bn_run_equals_single_process_sam(tmp_path):
     runs = {"synced": ["1", "--nproc", "2", "--sync-perturbation", "--sync-bn"],
             "ghost": ["1", "--nproc", "2", "--sync-perturbation"], "single": ["1"], "single_2_threads": ["2"]}
     for out, (threads, *extra) in runs.items():
-        proc = subprocess.run([sys.executable, "-m", "sharpscope", "--threads", threads, "train", *extra, *base,
-                               "--out", str(tmp_path / out)], env=env, timeout=300, capture_output=True, text=True)
+        proc = run_ranks_command([sys.executable, "-m", "sharpscope", "--threads", threads, "train", *extra, *base,
+                                  "--out", str(tmp_path / out)], env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
     synced, ghost, single, control = _states(*(tmp_path / name for name in runs))
     bound = 3 * _gap(control, single) + 1e-6
     assert _gap(synced, single) <= bound, (_gap(synced, single), bound)
     assert _gap(ghost, single) > 10 * bound, (_gap(ghost, single), bound)
     assert load_checkpoint(tmp_path / "synced").config["sync_bn"]
-    bad = subprocess.run([sys.executable, "-m", "sharpscope", "train", "--nproc", "2", "--sync-bn", *base, "--out",
-                          str(tmp_path / "bad")], env=env, timeout=300, capture_output=True, text=True)
+    bad = run_ranks_command([sys.executable, "-m", "sharpscope", "train", "--nproc", "2", "--sync-bn", *base, "--out",
+                             str(tmp_path / "bad")], env=env, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--sync-perturbation" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+# --- nothing multi-process can hang (issue 23.10) -----------------------------------------
+
+def _rank1_never_arrives(seconds: float) -> None:
+    """Rank 0 waits in a barrier that rank 1, asleep, never reaches."""
+    import time
+    if dist.get_rank() == 1:
+        time.sleep(seconds)
+    else:
+        dist.barrier()
+
+
+def _both_asleep(seconds: float) -> None:
+    import time
+    time.sleep(seconds)
+
+
+def test_a_rank_waiting_for_a_stuck_one_fails_within_the_group_timeout(tmp_path):
+    import time
+    start = time.monotonic()
+    with pytest.raises(Exception, match="(?s)Process 0 terminated.*(imed out|timeout)"):
+        run_on_ranks(tmp_path, _rank1_never_arrives, 300.0, timeout_s=3.0)
+    assert time.monotonic() - start < 60  # 3 s of waiting plus spawning two interpreters
+
+
+def test_ranks_still_running_at_the_deadline_are_killed_and_named(tmp_path):
+    import time
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"_both_asleep on 2 ranks: rank\(s\) \[0, 1\] still running"):
+        run_on_ranks(tmp_path, _both_asleep, 300.0, deadline_s=4.0)
+    assert time.monotonic() - start < 60
+
+
+def test_the_process_group_timeout_comes_from_the_environment(monkeypatch):
+    from datetime import timedelta
+
+    from sharpscope import distributed as dist_utils
+    from sharpscope.errors import ConfigError
+    monkeypatch.delenv("SHARPSCOPE_DIST_TIMEOUT", raising=False)
+    assert dist_utils.timeout_from_env() == timedelta(seconds=600)
+    monkeypatch.setenv("SHARPSCOPE_DIST_TIMEOUT", "2.5")
+    assert dist_utils.timeout_from_env() == timedelta(seconds=2.5)
+    seen = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: seen.update(kw))
+    dist_utils.init_from_env("cpu")
+    assert seen == {"backend": "gloo", "timeout": timedelta(seconds=2.5)}
+    for bad in ("0", "-1", "nan", "inf", "ten"):
+        monkeypatch.setenv("SHARPSCOPE_DIST_TIMEOUT", bad)
+        with pytest.raises(ConfigError, match="SHARPSCOPE_DIST_TIMEOUT"):
+            dist_utils.init_from_env("cpu")

@@ -48,13 +48,23 @@ def test_setting(trained):
     assert trained["eig"][0] < 0  # a real trained net: a few small negative eigenvalues
 
 
-def test_top5_eigenvalues_within_1e_4(trained):
+def test_top5_eigenvalues_within_their_residual_bound(trained):
+    """Issue 23.10: a Ritz pair (theta, x) with residual r = ||H x - theta x|| has an eigenvalue
+    within r^2 / gap of theta, gap = the distance from theta to the rest of the spectrum
+    (Parlett, The Symmetric Eigenvalue Problem, Thm 11.7.1): the bound each reported value
+    must meet, plus the float64 rounding floor of a product H v (eps ||H|| sqrt(n) ~ 1e-14
+    relative: 1e-12 allowed). Measured: 3.4e-10 relative at most (BENCHMARKS.md), so 1e-9
+    holds too; tol = 1e-4 alone would only promise 1e-4."""
     res = sh.eigenvalues(trained["model"], F.cross_entropy, trained["batches"], k=5)
     exact = trained["eig"].flip(0)[:5]
-    rel = ((torch.tensor(res.eigenvalues, dtype=torch.float64) - exact).abs() / exact.abs()).max().item()
-    assert rel <= 1e-4, rel
+    got = torch.tensor(res.eigenvalues, dtype=torch.float64)
+    for j, (theta, r) in enumerate(zip(res.eigenvalues, res.residuals)):
+        gap = torch.cat([exact[:j], exact[j + 1:], trained["eig"][:-5]]).sub(theta).abs().min().item()
+        assert abs(theta - exact[j].item()) <= r ** 2 / gap + 1e-12 * exact[0].item(), (j, theta, r, gap)
+    rel = ((got - exact).abs() / exact.abs()).max().item()
+    assert rel <= 1e-9, rel  # measured 3.4e-10 (the 5th, r = 1.3e-5); what BENCHMARKS.md states
     assert all(res.converged) and res.n_hvp < 60 and res.n_params == 2410 and res.n_examples == 1438
-    assert res.ratio == pytest.approx(float(exact[0] / exact[4]), rel=1e-4)
+    assert res.ratio == pytest.approx(float(exact[0] / exact[4]), rel=2e-9)
 
 
 @pytest.mark.parametrize("k", [1, 5])

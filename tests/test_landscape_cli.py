@@ -73,6 +73,40 @@ def test_interpolate(runs, tmp_path, cli):
     assert (tmp_path / "interpolation.png").is_file()
 
 
+def test_interpolate_losses_equal_an_independent_computation(runs, tmp_path, cli):
+    """Issue 23.10: the loss at alpha is the eval-mode loss of (1 - alpha) A + alpha B, BN
+    statistics interpolated too, on --samples examples (the first 80 of the seeded
+    permutation): at 0 A's loss, at 1 B's, between them the loss of the averaged weights,
+    each recomputed in float64 from the two checkpoints (functional_call; tests/_exact.py).
+    The float32 CLI differs by rounding (measured 9.5e-8 relative); A and B differ by far
+    more, so swapped endpoints fail, and so does interpolating the two losses instead of the
+    weights."""
+    import torch
+    import torch.nn.functional as F
+    from _exact import load, seeded_subset, training_data
+    from sharpscope.landscape import SurfaceResult
+
+    code, _, err = cli(["interpolate", str(runs / "sgd"), str(runs / "sam"), "--grid", "0:1:5", "--samples", "80",
+                        "--out", str(tmp_path), "--no-progress"])
+    assert code == 0, err
+    (npz,) = tmp_path.glob("*.npz")
+    got = SurfaceResult.load(npz)
+    a, b = load(runs / "sgd"), load(runs / "sam")
+    x, y = seeded_subset(*training_data(a), 80, seed=0)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    model = a.model.double().eval()
+
+    def loss_at(t: float) -> float:
+        mixed = {k: ((1 - t) * v.double() + t * sb[k].double()) if v.is_floating_point() else v for k, v in sa.items()}
+        with torch.no_grad():
+            return F.cross_entropy(torch.func.functional_call(model, mixed, (x,)), y).item()
+    want = [loss_at(t) for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    np.testing.assert_allclose(got.xs, [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(got.loss, want, rtol=1e-6)  # measured 9.5e-8
+    assert abs(want[0] - want[-1]) > 1e-2 * want[0]  # swapped endpoints fail (measured 10%)
+    assert abs(want[2] - (want[0] + want[-1]) / 2) > 1e-4 * want[2]  # so do interpolated losses (1.2e-3)
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--grid", "-1:1"], "MIN:MAX:POINTS"), (["--dim", "4"], "--dim"), (["--norm", "spectral"], "norm"),
     (["--ignore", "all"], "ignore"), (["--dim", "1", "--grid", "-1:1:3,-1:1:3"], "one grid"),
