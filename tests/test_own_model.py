@@ -370,6 +370,19 @@ README_ANALYSES = [
 ]
 
 
+def test_the_readme_shows_the_walkthrough_this_file_runs() -> None:
+    """The README's own-model section holds these commands and this factory verbatim, so the
+    slow walkthrough below runs what a reader copies."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Your own model, data and checkpoints"):]
+    section = section[:section.index("\n## ", 5)]
+    assert README_MYNETS in section
+    for command in [*README_TRAINING, *README_ANALYSES]:
+        assert command in section, command
+    assert 'ss.save_checkpoint("mine.pt", model, model_spec={"factory": "mynets:build", "kwargs": {"width": 32}},' \
+        in section
+
+
 @pytest.mark.slow
 def test_readme_own_model_walkthrough(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli) -> None:
     """The README's commands for a researcher's own model, in a fresh folder: their factory through
