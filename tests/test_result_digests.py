@@ -138,6 +138,20 @@ def test_numbers_survive_renamed_keys_but_not_changed_values():
     assert rd.where(old, "1.25") == [".m-sharpness.ratio"]
 
 
+def test_numbers_mode_tolerates_a_removed_duplicate(tmp_path, capsys):
+    path = tmp_path / "b.json"
+    both = _results(1.0)
+    both["hessian"]["outputs"] = {"hessian.json": {"ratio": 1.5, "lambda_ratio": 1.5, "top": [1.0, 0.5]}}
+    rd.store(path, both)
+    one = _results(1.0)
+    one["hessian"]["outputs"] = {"hessian.json": {"lambda_ratio": 1.5, "top": [1.0, 0.5]}}
+    assert rd.check(path, one, numbers_only=True) == 0
+    assert "1 number(s) appear fewer times" in capsys.readouterr().out
+    one["hessian"]["outputs"]["hessian.json"]["top"] = [1.0, 0.25]
+    assert rd.check(path, one, numbers_only=True) == 1
+    assert "1 baseline number(s) not found now, e.g. 0.5 at hessian.json.top[1]" in capsys.readouterr().out
+
+
 def _results(value):
     return {"hessian": {"command": "sharpscope hessian ...", "seconds": 1.0, "skipped": {}, "dropped": {},
                         "outputs": {"hessian.json": _canon({"eigenvalues": [value, 0.5]})}}}
