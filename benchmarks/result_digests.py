@@ -5,11 +5,12 @@ Runs ``train`` with tracking, every analysis verb on that run (``info``, ``hessi
 ways, ``sharpness`` four ways, ``gradcos``, ``surface`` 1-D / 2-D / auto-range / trajectory,
 ``interpolate``, ``weights``), ``compare --quick``, a 4-run ``sweep`` and ``correlate`` on
 it, each as ``python -m sharpscope --threads 1 VERB ... --deterministic`` in a temporary
-folder (about 2.5 minutes of CPU time; 135-330 s of wall time on a shared 2-core machine). Every file a command writes (JSON, JSONL, CSV, npz,
-checkpoints) is read back into a canonical form and hashed: wall times, provenance
-(versions, platform, git commit, threads) and absolute paths are dropped (:data:`DROP_KEYS`);
-every number is kept exactly (``repr`` of floats, the bytes of tensors and arrays). Figures
-and Markdown/HTML reports are not read: they render the numbers of the JSON files.
+folder (about 2.5 minutes of CPU time; 135-330 s of wall time on a shared 2-core machine).
+Every file a command writes (JSON, JSONL, CSV, npz, checkpoints) is read back into a
+canonical form and hashed: wall times, provenance (versions, platform, git commit, threads)
+and absolute paths are dropped (:data:`DROP_KEYS`); every number is kept exactly (``repr``
+of floats, the bytes of tensors and arrays). Figures and Markdown/HTML reports are not read:
+they render the numbers of the JSON files.
 
     # store the digests of this checkout (the baseline):
     python benchmarks/result_digests.py --store benchmarks/digests/baseline.json
@@ -32,7 +33,8 @@ One pin (:data:`PIN`): ``compare`` evaluates its loss surfaces and interpolation
 whose size is picked by timing (``landscape.surface.CHUNK_CANDIDATES``), and the chunk size
 moves the loss by rounding (2.3231762647628784 vs 2.323176622390747 at 64 vs 128 examples
 per chunk), so under load ``--deterministic`` does not fix those bits. The script runs
-``compare`` with a single candidate, which is the largest chunk the timing could pick.
+``compare`` with a single candidate, which is the largest chunk the timing could pick (and
+the one it picked in two unpinned runs here: their results equal the baseline's bit for bit).
 """
 
 from __future__ import annotations
@@ -488,8 +490,9 @@ def run_all(commands: list[Command], repo: Path, work: Path, timeout: float) -> 
     """Runs the commands in ``work``; per command its command line, seconds, outputs
     (relative path -> canonical tree), skipped files and dropped keys."""
     env = child_env(repo)
-    canon_roots = {str(work.resolve()): "<work>", str(work): "<work>", str(repo): "<repo>",
-                   str(Path.home()): "<home>"}
+    work = work.resolve()  # a relative --keep would replace its name in every string
+    canon_roots = {root: label for root, label in ((str(work), "<work>"), (str(repo), "<repo>"),
+                                                   (str(Path.home()), "<home>")) if len(root) > 1}
     results: dict[str, dict[str, Any]] = {}
     for cmd in commands:
         before = snapshot(work)
