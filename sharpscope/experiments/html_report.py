@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError
 from .compare import KEY_METRICS, run_dir
-from .files import atomic_write_bytes
+from ..io import atomic_write_bytes
 from .report import METRIC_NAMES, _difference_table, _gradcos_lines, _summary_table, convergence_lines
 
 __all__ = ["write_compare_html", "write_correlate_html", "write_sweep_html", "write_report_html", "markdown_table"]

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..provenance import describe, unlike_runs_warning
 from .verdicts import qualified_verdict
 

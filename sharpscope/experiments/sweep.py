@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import finite_float, int_at_least
-from ..checkpoint import atomic_write_bytes, read_checkpoint
+from ..checkpoint import read_checkpoint
+from ..io import atomic_write_bytes
 from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
 from ..provenance import describe, differences, environment, recorded, unlike_runs_warning
 from ..models import is_factory

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from .. import distributed as dist_utils
 from ..batches import BatchLoss, Prepared
-from ..checkpoint import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..checks import require_grid_memory
 from ..errors import ConfigError, NonFiniteLossError
 from ..objective import eval_mode

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write_bytes
+from ..io import atomic_write_bytes
 from .callbacks import TrainState
 
 
