@@ -100,7 +100,7 @@ _NAME_FIRST = ("rho", "m", "p", "eta", "second_order")
 _MAX_NAME = 80
 _TRAIN_METRICS = ("train_loss", "train_acc", "train_loss_clean", "train_acc_clean", "test_loss", "test_acc",
                   "perturbed_loss")
-_RESULTS_KIND = "sharpscope sweep"
+RESULTS_KIND = "sharpscope sweep"
 
 
 def uses_option(optimizer: str, option: str) -> bool:
@@ -901,7 +901,7 @@ def _check_out(out: Path) -> None:
     results = out / "results.json"
     if results.exists():
         stored = _read_json(results)
-        if not (isinstance(stored, dict) and stored.get("kind") == _RESULTS_KIND):
+        if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
             raise ConfigError(f"{out} holds a results.json that is not a sweep's; choose another --out")
     if (out / "checkpoint.pt").exists():
         raise ConfigError(f"{out} holds a training run; choose another --out")
@@ -956,7 +956,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
         refuse_other_settings(out / "runs" / spec.name, spec.config)
     _check_models(specs)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", {"kind": _RESULTS_KIND, "config": config.to_dict(),
+    write_json(out / "sweep.json", {"kind": RESULTS_KIND, "config": config.to_dict(),
                                      "runs": [{"name": r.name, "options": r.options} for r in specs]})
 
     total = len(specs)
@@ -1095,7 +1095,7 @@ def _write_tables(out: Path, config: SweepConfig, rows: list[dict], summary: lis
     header = ["run", "status", *options, *metrics, "converged", "trained_in", "analysed_in", "notes"]
     write_csv(out / "results.csv", header, rows)
     convergence = sweep_convergence(rows)
-    write_json(out / "results.json", {"kind": _RESULTS_KIND, "config": config.to_dict(), "options": options,
+    write_json(out / "results.json", {"kind": RESULTS_KIND, "config": config.to_dict(), "options": options,
                                        "metrics": metrics, "rows": rows, "environment": environment(),
                                        "environment_differences": unlike,
                                        "analysis_environment_differences": unlike_analyses,
@@ -1104,7 +1104,7 @@ def _write_tables(out: Path, config: SweepConfig, rows: list[dict], summary: lis
     setting_options = [o for o in options if o != "seed"]
     s_header, s_records = _summary_records(summary, setting_options)
     write_csv(out / "summary.csv", s_header, s_records)
-    write_json(out / "summary.json", {"kind": _RESULTS_KIND, "confidence": 0.95, "ci_method": CI_METHOD_TEXT,
+    write_json(out / "summary.json", {"kind": RESULTS_KIND, "confidence": 0.95, "ci_method": CI_METHOD_TEXT,
                                        "difference": "setting - matching SGD setting, paired by seed",
                                        "convergence": convergence, "options": setting_options,
                                        "settings": summary})
@@ -1119,7 +1119,7 @@ def replot(out_dir: str | os.PathLike[str], plots: Sequence[tuple[str, str] | st
     min_train_acc = check_min_train_acc(min_train_acc)
     out = Path(out_dir)
     stored = _read_json(out / "results.json")
-    if not (isinstance(stored, dict) and stored.get("kind") == _RESULTS_KIND):
+    if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
         raise ConfigError(f"no finished sweep in {out} (results.json missing or not a sweep's)")
     options, metrics, rows = stored["options"], stored["metrics"], stored["rows"]
     grid = stored["config"]["grid"]
