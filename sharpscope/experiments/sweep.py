@@ -653,12 +653,12 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(threads: int, queue: Any, stop: Any, deterministic: bool = False) -> None:
-    import torch
+    from ..cpu import set_threads
 
     if deterministic:
         from ..determinism import enable_deterministic
         enable_deterministic(threads)
-    torch.set_num_threads(threads)
+    set_threads(threads)
     # Ctrl-C reaches every process of the terminal's group: the parent decides, the workers
     # finish their step, save and return (the trainer's own handler does that while training).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -672,12 +672,6 @@ def _worker_run(task: _Task) -> RunOutcome:
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
-
-
-def _cores() -> int:
-    from ..cpu import available_cores
-
-    return available_cores()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1026,7 +1020,9 @@ def _run_pool(pending: list[_Task], jobs: int, say: Callable[[str], None],
     ctx = multiprocessing.get_context("spawn")
     messages = ctx.Queue()
     stop = ctx.Event()
-    threads = threads or (1 if deterministic else max(1, _cores() // jobs))
+    from ..cpu import worker_threads
+
+    threads = worker_threads(jobs, threads, deterministic)
     say(f"{min(jobs, len(pending))} worker processes, {threads} thread{'s' if threads > 1 else ''} each")
 
     def drain() -> None:
