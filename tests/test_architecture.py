@@ -160,6 +160,13 @@ def test_no_layer_imports_a_layer_above_it():
     assert upward == []
 
 
+def test_the_generic_floors_know_nothing_about_networks_or_training():
+    """design.md: stats, linalg, plots and errors know nothing about networks or training."""
+    generic = {"stats", "linalg", "plots", "errors"}
+    reach = {u: {t for t in targets if LAYER_OF[t] > 1} for u, targets in unit_imports().items() if u in generic}
+    assert {u: t for u, t in reach.items() if t} == {}
+
+
 def test_nothing_imports_the_package_root():
     """The version comes from sharpscope._version: no arrow back up to ``sharpscope/__init__``."""
     assert {u: w for u, t in unit_imports().items() for r, w in t.items() if r == "<root>"} == {}
