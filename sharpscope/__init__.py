@@ -11,8 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__version__ = "0.1.0"
-
+from ._version import __version__  # the one source of the version (pyproject.toml reads it too)
 from .errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
@@ -34,7 +33,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E4
 # Submodules reachable as attributes of the package, imported on first access.
 # (tests/test_startup.py checks that every public module of the package is listed.)
 _SUBMODULES = ("batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism", "distributed",
-               "errors", "experiments", "hessian", "landscape", "linalg", "measures", "models", "objective", "optim",
+               "errors", "experiments", "hessian", "io", "landscape", "linalg", "measures", "models", "objective", "optim",
                "plots", "plots_html", "provenance", "sharpness", "stats", "train", "weight_spectra")
 
 __all__ = [

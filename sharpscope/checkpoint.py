@@ -28,10 +28,9 @@ target, so a crash leaves either the old file or the new one, never a torn file.
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import os
 import pickle
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,15 +40,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .errors import CheckpointError, DataChangedWarning, DataMismatchError, ModelSpecError
+from .io import atomic_write_bytes as _atomic_write  # (not bound as a public name here: see __getattr__)
 
 FORMAT = "sharpscope-checkpoint"
 FORMAT_VERSION = 1
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "Checkpoint", "atomic_write_bytes",
-           "nonfinite_tensors", "check_data_fits", "check_fingerprint", "check_checkpoint_data", "checkpoint_data",
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "Checkpoint", "nonfinite_tensors",
+           "check_data_fits", "check_fingerprint", "check_checkpoint_data", "checkpoint_data",
            "training_data_differences"]
+
+_MOVED = {"atomic_write_bytes": "sharpscope.io"}  # old spelling -> where the name lives now
+
+
+def __getattr__(name: str) -> Any:
+    """``checkpoint.atomic_write_bytes`` (moved to :mod:`sharpscope.io`) keeps working, with a notice."""
+    if name in _MOVED:
+        warnings.warn(f"sharpscope.checkpoint.{name} moved to {_MOVED[name]}.{name}; import it from there",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The fields a reader relies on, and the types they must have (None allowed where noted).
 _FIELD_TYPES: dict[str, tuple[type, bool]] = {
@@ -86,38 +98,6 @@ def _to_plain(value: Any, where: str) -> Any:
         return items if isinstance(value, list) else tuple(items)
     raise CheckpointError(f"{where}: {type(value).__name__} cannot be stored in a safe checkpoint "
                           "(only tensors, numbers, strings, None, lists and dicts)")
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], writer: Any) -> Path:
-    """Call ``writer(fileobj)`` on a temp file next to ``path``, fsync, rename over ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
-    return target
 
 
 def save_checkpoint(
@@ -187,7 +167,7 @@ def save_checkpoint(
         "metadata": metadata,
     }
     payload = _to_plain(payload, "checkpoint")
-    return atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
+    return _atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def _data_record(data: Any, data_spec: dict | None, data_fingerprint: dict | None) -> tuple[dict | None, dict]:

@@ -15,6 +15,11 @@ it). :func:`available_cores` reads the affinity mask and the quota; :func:`confi
 sets torch's thread count to ``available_cores() // jobs`` unless the user chose one
 (``sharpscope --threads N``, or the environment variables ``SHARPSCOPE_THREADS`` or
 ``OMP_NUM_THREADS``, which torch itself reads).
+
+This module owns the thread policy: :func:`set_threads` is the one place in sharpscope that
+writes torch's thread count, and the choices (:func:`configure_threads` for a command,
+:func:`deterministic_threads` under ``--deterministic``, :func:`worker_threads` for the
+worker processes of ``sweep --jobs``) are made here.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = ["available_cores", "cgroup_cpu_limit", "default_threads", "configure_threads", "chosen_threads",
-           "THREADS_ENV"]
+           "set_threads", "deterministic_threads", "worker_threads", "THREADS_ENV", "DETERMINISTIC_THREADS"]
 
 THREADS_ENV = "SHARPSCOPE_THREADS"
+DETERMINISTIC_THREADS = 1  # the same on every machine; --threads N chooses another fixed count
 
 
 def cgroup_cpu_limit(root: str | os.PathLike[str] = "/sys/fs/cgroup") -> float | None:
@@ -100,14 +106,39 @@ def configure_threads(threads: int | None = None, jobs: int = 1) -> int:
     :func:`default_threads` (``jobs``)."""
     import torch
 
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be a positive number, got {threads!r}")
+    _check_count(threads)
     if threads is not None:
         _CHOSEN["threads"] = threads
     chosen = threads or _from_env()
     if chosen is None and os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    chosen = chosen or default_threads(jobs)
-    if torch.get_num_threads() != chosen:
-        torch.set_num_threads(chosen)
-    return chosen
+    return set_threads(chosen or default_threads(jobs))
+
+
+def _check_count(threads: int | None) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive number, got {threads!r}")
+
+
+def set_threads(threads: int) -> int:
+    """Set torch's intra-op thread count to ``threads`` (a no-op when it already is) and return
+    it: the one writer of the thread count in sharpscope."""
+    import torch
+
+    _check_count(threads)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def deterministic_threads(threads: int | None = None) -> int:
+    """The thread count of a ``--deterministic`` run: ``threads``, else the user's choice
+    (:func:`chosen_threads`), else :data:`DETERMINISTIC_THREADS`, never a share of the cores."""
+    _check_count(threads)
+    return threads or chosen_threads() or DETERMINISTIC_THREADS
+
+
+def worker_threads(jobs: int, threads: int | None = None, deterministic: bool = False) -> int:
+    """Threads for each of ``jobs`` worker processes: ``threads`` when given, else
+    :data:`DETERMINISTIC_THREADS` for deterministic runs, else :func:`default_threads` (``jobs``)."""
+    return threads or (DETERMINISTIC_THREADS if deterministic else default_threads(jobs))

@@ -72,7 +72,7 @@ from torch.func import functional_call, grad, jvp, vjp, vmap
 from .batches import higher_order_attention
 from .checks import require_memory
 from .errors import ConfigError, SampledFisherWarning
-from .objective import Objective, _finite, eval_mode
+from .objective import Objective, require_finite, eval_mode
 
 if TYPE_CHECKING:
     from .linalg import SymmetricOperator
@@ -180,7 +180,7 @@ def _product(obj: Objective, middle: Middle, v: Tensor, what: str) -> Tensor:
             else:
                 res = vmap(one)(tangents)
                 out.add_(torch.cat([res[n].reshape(v.shape[1], -1).T for n in obj.names]))
-    out = _finite(obj._reduce(out), what)
+    out = require_finite(obj.reduce_over_ranks(out), what)
     obj.count_products(1 if v.dim() == 1 else v.shape[1])
     return out
 

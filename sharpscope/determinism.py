@@ -25,27 +25,21 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["enable_deterministic", "deterministic", "DETERMINISTIC_THREADS"]
+from .cpu import DETERMINISTIC_THREADS, deterministic_threads, set_threads
 
-DETERMINISTIC_THREADS = 1  # the same on every machine; --threads N chooses another fixed count
+__all__ = ["enable_deterministic", "deterministic", "DETERMINISTIC_THREADS"]
 
 
 def enable_deterministic(threads: int | None = None) -> int:
     """Turn on deterministic algorithms for the rest of the process and fix the thread count
     (``threads``, else the user's choice, else :data:`DETERMINISTIC_THREADS`); returns it.
     Sets ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless already set (CUDA's deterministic GEMMs)."""
-    from .cpu import chosen_threads
-    from .errors import ConfigError
-
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be a positive number, got {threads!r}")
+    count = deterministic_threads(threads)  # (checks ``threads`` before anything changes)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-    count = threads or chosen_threads() or DETERMINISTIC_THREADS
-    torch.set_num_threads(count)
-    return count
+    return set_threads(count)
 
 
 @contextlib.contextmanager
@@ -60,4 +54,4 @@ def deterministic(threads: int | None = None) -> Iterator[int]:
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
-        torch.set_num_threads(before[4])
+        set_threads(before[4])

@@ -647,8 +647,9 @@ def make_model_spec(
     return {"name": key, "kwargs": resolved, "input_shape": list(shape), "num_classes": classes}
 
 
-def _parse_factory(factory: Any, what: str = "model factory", error: type[Exception] = ModelSpecError
-                   ) -> tuple[str, str]:
+def parse_factory(factory: Any, what: str = "model factory", error: type[Exception] = ModelSpecError
+                  ) -> tuple[str, str]:
+    """``(module, attribute)`` of a ``'package.module:function'`` spec; ``error`` when it is not one."""
     if not isinstance(factory, str) or factory.count(":") != 1:
         raise error(
             f"{what} must look like 'package.module:function', got {factory!r}"
@@ -670,14 +671,14 @@ def is_factory(model: Any) -> bool:
 def factory_name(factory: str) -> str:
     """The canonical ``module:function`` form of a factory name (spaces around the parts
     dropped); :class:`ModelSpecError` when it does not have that form."""
-    module, attr = _parse_factory(factory)
+    module, attr = parse_factory(factory)
     return f"{module}:{attr}"
 
 
 def make_factory_spec(factory: str, **kwargs: Any) -> dict:
     """Return ``{"factory": factory, "kwargs": kwargs}`` after checking the ``module:function``
     form and that the kwargs are JSON-plain.  Nothing is imported."""
-    module, attr = _parse_factory(factory)
+    module, attr = parse_factory(factory)
     return {"factory": f"{module}:{attr}", "kwargs": _plain(kwargs, "factory kwargs")}
 
 
@@ -775,7 +776,7 @@ def check_factory_allowed(spec: Mapping[str, Any], allow_factory: bool | str) ->
 
 def _build_from_factory(spec: Mapping[str, Any], allow_factory: bool | str) -> nn.Module:
     _check_keys(spec, _FACTORY_KEYS, ("factory",))
-    module_name, attr = _parse_factory(spec["factory"])
+    module_name, attr = parse_factory(spec["factory"])
     factory = f"{module_name}:{attr}"
     kwargs = _spec_kwargs(spec)
     _refuse_factory(factory, kwargs, allow_factory)

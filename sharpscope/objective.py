@@ -123,7 +123,8 @@ def _check_finite(theta: dict[str, Tensor]) -> None:
                                  f"{', ...' if len(bad) > 3 else ''}): there is nothing to analyse")
 
 
-def _finite(t: Tensor, what: str) -> Tensor:
+def require_finite(t: Tensor, what: str) -> Tensor:
+    """``t`` itself when every entry is finite; otherwise NonFiniteLossError naming ``what``."""
     if not bool(torch.isfinite(t).all()):
         raise NonFiniteLossError(f"{what} is NaN or infinite at these weights on this data")
     return t
@@ -261,9 +262,10 @@ class Objective:
         with eval_mode(self.model), torch.no_grad():
             for w, batch in self.own:
                 total += w * self._batch_loss(params, batch).double()
-        return float(_finite(self._reduce(total), "the loss"))
+        return float(require_finite(self.reduce_over_ranks(total), "the loss"))
 
-    def _reduce(self, t: Tensor) -> Tensor:
+    def reduce_over_ranks(self, t: Tensor) -> Tensor:
+        """``t`` summed over the ranks of a distributed objective (all-reduce), else ``t`` itself."""
         return dist_utils.all_reduce_sum(t) if self.distributed else t
 
     def grad(self, theta: Tensor | None = None) -> Tensor:
@@ -280,7 +282,7 @@ class Objective:
                 packed[:-1].add_(self.flatten(g), alpha=w)
                 packed[-1] += w * value.detach()
         self.n_grad += 1
-        packed = _finite(self._reduce(packed), "the loss or its gradient")
+        packed = require_finite(self.reduce_over_ranks(packed), "the loss or its gradient")
         return float(packed[-1]), packed[:-1]
 
     def hvp(self, v: Tensor) -> Tensor:
@@ -293,7 +295,7 @@ class Objective:
                 out = self._hvp_reuse(v)
             else:
                 out = self._hvp_forward_over_reverse(v)
-        out = _finite(self._reduce(out), "a Hessian-vector product")
+        out = require_finite(self.reduce_over_ranks(out), "a Hessian-vector product")
         self.count_products(cols)
         return out
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from ._version import __version__
 
 __all__ = ["environment", "of_model", "git_commit", "differences", "describe", "unlike_runs_warning", "recorded",
            "COMPARABLE_FIELDS"]

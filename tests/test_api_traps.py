@@ -89,8 +89,8 @@ def test_wsam_decouple_no_is_coupled_wsam():
     optimizer the run builds is the coupled one; ``maybe`` is refused; the classes take real bools."""
     config = TrainConfig(optimizer="wsam", optimizer_options={"decouple": "no"})
     assert config.optimizer_options == {"decouple": False}
-    from sharpscope.train.config import _make_optimizer
-    assert _make_optimizer(config, nn.Linear(2, 2)).decouple is False
+    from sharpscope.train.config import make_optimizer
+    assert make_optimizer(config, nn.Linear(2, 2)).decouple is False
     with pytest.raises(ConfigError, match="decouple of wsam must be true or false"):
         TrainConfig(optimizer="wsam", optimizer_options={"decouple": "maybe"})
     w = [torch.zeros(1, requires_grad=True)]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from sharpscope import CheckpointError, load_checkpoint, save_checkpoint
-from sharpscope.checkpoint import FORMAT, FORMAT_VERSION, atomic_write_bytes, read_checkpoint
+from sharpscope.checkpoint import FORMAT, FORMAT_VERSION, read_checkpoint
+from sharpscope.io import atomic_write_bytes
 from sharpscope.models import build_model, make_model_spec
 
 
@@ -75,6 +76,17 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp file left behind
     assert load_checkpoint(path).metadata["version"] == "old"
+
+
+def test_atomic_writes_live_in_io_and_the_old_spelling_still_works_with_a_notice():
+    import sharpscope.checkpoint as ckpt_mod
+    import sharpscope.io as io_mod
+
+    assert "atomic_write_bytes" not in vars(ckpt_mod) and "atomic_write_bytes" not in ckpt_mod.__all__
+    with pytest.warns(DeprecationWarning, match="moved to sharpscope.io.atomic_write_bytes"):
+        assert ckpt_mod.atomic_write_bytes is io_mod.atomic_write_bytes
+    with pytest.raises(AttributeError):
+        ckpt_mod.no_such_name
 
 
 def test_missing_empty_truncated_garbage_and_folder(tmp_path):

@@ -67,3 +67,26 @@ def test_cli_threads_option(cli, restore_threads):
     assert code == 2 and "no such checkpoint" in err and torch.get_num_threads() == 1
     code, _, err = cli(["--threads", "0", "info", "/nonexistent/missing.pt"])
     assert code == 2 and "--threads must be a positive number" in err
+
+
+def test_one_module_chooses_and_writes_the_thread_count(monkeypatch, restore_threads):
+    """cpu owns the policy: the counts for --deterministic and for sweep's workers, and the one
+    writer every other module calls (tests/test_architecture.py checks there is no other)."""
+    from sharpscope import determinism
+
+    monkeypatch.delenv(cpu.THREADS_ENV, raising=False)
+    monkeypatch.setattr(cpu, "available_cores", lambda: 4)
+    assert [cpu.worker_threads(j) for j in (1, 2, 3, 8)] == [4, 2, 1, 1]  # a share of the cores
+    assert cpu.worker_threads(2, deterministic=True) == cpu.DETERMINISTIC_THREADS == 1  # not a share
+    assert cpu.worker_threads(2, threads=3, deterministic=True) == 3
+    assert cpu.deterministic_threads() == 1 and cpu.deterministic_threads(2) == 2
+    monkeypatch.setenv(cpu.THREADS_ENV, "3")
+    assert cpu.deterministic_threads() == 3  # the user's choice
+    assert determinism.DETERMINISTIC_THREADS is cpu.DETERMINISTIC_THREADS
+    assert cpu.set_threads(2) == 2 and torch.get_num_threads() == 2
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ConfigError, match="threads must be a positive number"):
+            cpu.set_threads(bad)
+        with pytest.raises(ConfigError, match="threads must be a positive number"):
+            cpu.deterministic_threads(bad)
+    assert torch.get_num_threads() == 2

@@ -250,12 +250,12 @@ def test_rsam_resume_after_interrupt_is_bit_for_bit(tmp_path, stop_step):
 
 def test_rsam_generator_does_not_replay_the_initialisation(tmp_path):
     # the trainer seeds RSAM with its own stream: its first draw is not the init's first draw
-    from sharpscope.train.config import _make_optimizer
+    from sharpscope.train.config import make_optimizer
     cfg = TrainConfig(**dict(SMALL, optimizer="rsam"))
     torch.manual_seed(cfg.seed)
     first_init = torch.randn(5)
     model = nn.Linear(5, 1, bias=False)
-    opt = _make_optimizer(cfg, model)
+    opt = make_optimizer(cfg, model)
     assert isinstance(opt, RSAM) and opt.param_groups[0]["rho"] == 0.05
     z = torch.randn(5, generator=torch.Generator().manual_seed(cfg.seed))
     assert torch.equal(z, first_init)  # what seeding with cfg.seed would have drawn

@@ -15,7 +15,6 @@ import typer
 from .. import distributed as dist_utils
 from ..errors import SharpscopeError
 from ._app import app
-from . import _common
 from ._common import CHECK_LAUNCH_ENV
 # Registers the commands. These modules import only typer and the option checks: what a
 # verb needs (torch.func, scipy, matplotlib, the trainer) is imported when it runs, so
@@ -88,7 +87,6 @@ def main(argv: list[str] | None = None) -> None:
     previous_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
     nproc, args = _launch_plan(list(sys.argv[1:] if argv is None else argv))
-    _common._ANALYSED.clear()  # per command (tests call main() many times in one process)
     command = typer.main.get_command(app)
     try:
         if nproc > 1:

@@ -12,6 +12,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,15 +34,42 @@ SEED_MAX = 2**63 - 1  # torch generators take seeds in [0, 2**63)
 CHECK_LAUNCH_ENV = "SHARPSCOPE_CHECK_LAUNCH"
 
 
+@dataclass
+class AnalysisContext:
+    """What an analysis command loaded, i.e. the provenance :func:`write_json` adds to its
+    JSON: the device and dtype the analysis ran in, and the environment each analysed
+    checkpoint recorded when it was trained (two for interpolate and ``--overlap-with``)."""
+
+    device: Any = None
+    dtype: Any = None
+    trained_in: list[dict | None] = field(default_factory=list)
+
+    def add(self, ckpt: Checkpoint) -> None:
+        """Record another checkpoint this command analyses (interpolate's B): its environment
+        joins ``trained_in`` in the JSON."""
+        self.trained_in.append(ckpt.metadata.get("environment"))
+
+    def provenance(self) -> dict[str, Any]:
+        """``environment`` (this process, on this device and dtype) and ``trained_in`` (one
+        checkpoint's recorded environment, or the list of them)."""
+        from ..provenance import environment
+
+        trained = self.trained_in
+        return {"environment": environment(self.device, self.dtype),
+                "trained_in": trained[0] if len(trained) == 1 else trained}
+
+
 def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: int, seed: int,
                       trust_factory: bool, device: str = "cpu",
-                      data_override: tuple[str | None, str | None] = (None, None)) -> tuple[Checkpoint, list]:
-    """The checkpoint's model (on ``device``) and a fixed list of batches of its data set, or
+                      data_override: tuple[str | None, str | None] = (None, None)
+                      ) -> tuple[Checkpoint, list, AnalysisContext]:
+    """The checkpoint's model (on ``device``), a fixed list of batches of its data set, or
     of the one ``data_override`` = (``--data``, ``--data-root``) names instead
     (:func:`sharpscope.data.analysis_data_spec`), checked against the model and the recorded
-    fingerprint (:func:`sharpscope.checkpoint.checkpoint_data`). Joins a torchrun process
-    group first, if launched by torchrun: the analyses then split their work; the batches
-    move to the model's device inside the analyses."""
+    fingerprint (:func:`sharpscope.checkpoint.checkpoint_data`), and the
+    :class:`AnalysisContext` to hand to :func:`write_json`. Joins a torchrun process group
+    first, if launched by torchrun: the analyses then split their work; the batches move to
+    the model's device inside the analyses."""
     from ..checkpoint import checkpoint_data, load_checkpoint
     from ..data import analysis_data_spec
 
@@ -51,38 +79,25 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
     target = dist_utils.resolve_device(device)
     ckpt = load_checkpoint(path, allow_factory=trust_factory, map_location=target)
     first = next(iter(ckpt.model.parameters()), None)
-    _ANALYSED.update(device=target, dtype=first.dtype if first is not None else None)
-    analysed_too(ckpt)
+    context = AnalysisContext(device=target, dtype=first.dtype if first is not None else None)
+    context.add(ckpt)
     # refuses data that does not fit the model, warns if it changed since training
     data = checkpoint_data(ckpt, analysis_data_spec(ckpt.data_spec, *data_override, where=str(path)))
-    return ckpt, data.batches(split, samples, batch_size, seed)
+    return ckpt, data.batches(split, samples, batch_size, seed), context
 
 
-# What load_for_analysis loaded (device, dtype, each checkpoint's recorded environment: two for
-# interpolate): the provenance write_json adds to an analysis' JSON.
-_ANALYSED: dict[str, Any] = {}
-
-
-def analysed_too(ckpt: Checkpoint) -> None:
-    """Record another checkpoint this command analyses (interpolate's B): its environment
-    joins ``trained_in`` in the JSON."""
-    _ANALYSED.setdefault("trained_in", []).append(ckpt.metadata.get("environment"))
-
-
-def write_json(obj: dict, where: str | None) -> None:
+def write_json(obj: dict, where: str | None, context: AnalysisContext | None = None) -> None:
     """Write ``obj`` to the path ``where`` ('-' for stdout); nothing when None. Adds
     ``environment`` (this process: :func:`sharpscope.provenance.environment`) and, for an
-    analysis of a checkpoint, ``trained_in`` (the environment the checkpoint recorded)."""
+    analysis of a checkpoint (``context`` from :func:`load_for_analysis`), ``trained_in``
+    (the environment the checkpoint recorded)."""
     if where is None or not dist_utils.is_main():
         return
     from ..experiments.files import json_safe  # JSON has no NaN/Inf: written as null
     from ..provenance import environment
 
     if "environment" not in obj:
-        obj = {**obj, "environment": environment(_ANALYSED.get("device"), _ANALYSED.get("dtype"))}
-        if "device" in _ANALYSED:
-            trained = _ANALYSED["trained_in"]
-            obj["trained_in"] = trained[0] if len(trained) == 1 else trained
+        obj = {**obj, **(context.provenance() if context is not None else {"environment": environment(None, None)})}
 
     text = json.dumps(json_safe(obj), indent=2) + "\n"
     if where == "-":

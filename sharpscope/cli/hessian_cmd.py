@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..objective import HVP_MODES
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, analysed_too, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
+    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
     TRUST_FACTORY,
     console as rank0_console, finite, hvp_progress, load_for_analysis, seed_option, write_json)
 from ._results import JSON_SAVED, OVERWRITE, claim, figure_files, json_target, run_folder, saved
@@ -50,9 +50,9 @@ class _Overlap:
 
 
 def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, hvp_mode: str,
-            trust_factory: bool) -> tuple[Any, str]:
+            trust_factory: bool, context: AnalysisContext) -> tuple[Any, str]:
     """--overlap-with: B's objective on A's batches, refused (before any product) unless A and B
-    have the same parameters and data set."""
+    have the same parameters and data set; B joins ``context`` (its training environment)."""
     if path is None:
         return None, ""
     import torch.nn.functional as F
@@ -64,7 +64,7 @@ def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, 
     if top_k < 1:
         raise ConfigError("--overlap-with compares the top-k eigenspaces: give --top-k 1 or more")
     ckpt_b = load_checkpoint(path, allow_factory=trust_factory, map_location=obj.device)
-    analysed_too(ckpt_b)
+    context.add(ckpt_b)
     name_a, name_b = (ckpt.data_spec or {}).get("name"), (ckpt_b.data_spec or {}).get("name")
     if name_a and name_b and name_a != name_b:
         raise ConfigError(f"--overlap-with: A was trained on {name_a} and B on {name_b}")
@@ -148,13 +148,13 @@ def hessian_command(
     figure_folder = plot_dir or run_folder(checkpoint)
     outputs = claim([target, *figure_files(figure_folder, figures, pdf)], overwrite,
                     "--json PATH (and --plot-dir DIR)", records=[target], folders=[figure_folder])
-    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
-                                      (data, data_root))
+    ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
+                                               (data, data_root))
     from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
     selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
     obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=hvp_mode)
     _preflight(obj.n, ckpt.model, trace, trace_matvecs, density, runs, steps, per_layer, by)
-    obj_b, label_b = _second(overlap_with, ckpt, obj, top_k, selection, hvp_mode, trust_factory)
+    obj_b, label_b = _second(overlap_with, ckpt, obj, top_k, selection, hvp_mode, trust_factory, context)
     report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,
                     "n_params": obj.n, "params": params, "hvp_mode": obj.hvp_mode, "operator": operator,
                     "fisher_samples": mc_samples if operator == "fisher" else None}
@@ -200,7 +200,7 @@ def hessian_command(
     outputs.clear()
     if plot:
         report["figures"] = _figures(ckpt, results, plot_dir, pdf, console, operator)
-    write_json(report, "-" if target is None else str(target))
+    write_json(report, "-" if target is None else str(target), context)
     saved(target, console)
 
 

@@ -9,8 +9,9 @@ import typer
 
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
-    console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option, write_json)
+    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
+    TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option,
+    write_json)
 from ._results import JSON_SAVED, OVERWRITE, Claim, claim, figure_files, json_target, run_folder, saved
 
 
@@ -95,7 +96,8 @@ def sharpness_command(
         if plot and measure == "m-sharpness" else []
     outputs = claim([target, *figure_files(figure_folder, figures, pdf)], overwrite,
                     "--json PATH (and --plot-dir DIR)", records=[target], folders=[figure_folder])
-    ckpt, batches = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device, (data, data_root))
+    ckpt, batches, context = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device,
+                                               (data, data_root))
     n = sum(x.shape[0] for x, _ in batches)
     if max(ms) > n:
         raise ConfigError(f"--m {max(ms)} is larger than the {n} examples analysed")
@@ -103,7 +105,7 @@ def sharpness_command(
     if measure != "m-sharpness":
         _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start, seed,
                         max_subsets, split, console, progress, sum(per_m) * len(rhos), json_out, outputs, target,
-                        restarts)
+                        restarts, context)
         return
     steps = 5 if steps is None else steps
     with progress_bar(console, progress, "subsets") as bar:
@@ -143,14 +145,15 @@ def sharpness_command(
         report["figures"] = [str(f) for f in written]
         for f in written:
             console.print(f"wrote {f}", highlight=False)
-    write_json(report, "-" if target is None else str(target))
+    write_json(report, "-" if target is None else str(target), context)
     saved(target, console)
 
 
 def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos: list[float], p: float,
                     adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool, seed: int,
                     max_subsets: int | None, split: str, console: Any, progress: bool, total: int,
-                    json_out: str | None, outputs: Claim, target: Path | None, restarts: int | None = None) -> None:
+                    json_out: str | None, outputs: Claim, target: Path | None, restarts: int | None = None,
+                    context: AnalysisContext | None = None) -> None:
     """``--measure worst|average``: run it, print its table, write its JSON."""
     import torch.nn.functional as F
     from rich.table import Table
@@ -200,7 +203,7 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
         out.print(f"spread between the {result.restarts} restarts, (max - min) / max: " + ", ".join(
             f"m={r.m} rho={r.rho:g}: {100 * (r.restart_spread or 0.0):.2g} %" for r in result.results), highlight=False)
     outputs.clear()
-    write_json(report, "-" if target is None else str(target))
+    write_json(report, "-" if target is None else str(target), context)
     saved(target, console)
 
 
@@ -240,8 +243,8 @@ def gradcos_command(
 
     target = json_target(json_out, checkpoint, "gradcos")
     outputs = claim([target], overwrite, "--json PATH", records=[target])
-    ckpt, batches = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
-                                      (data, data_root))
+    ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
+                                               (data, data_root))
     res = sh.sam_gradient_cosine(ckpt.model, F.cross_entropy, batches, rho=rho)
     out = rank0_console(stderr=json_out == "-")
     out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)
@@ -254,5 +257,6 @@ def gradcos_command(
     if not math.isfinite(res.cosine):
         raise ConfigError("the cosine is not finite")
     outputs.clear()
-    write_json({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, "-" if target is None else str(target))
+    write_json({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, "-" if target is None else str(target),
+               context)
     saved(target, rank0_console(stderr=True))

@@ -10,7 +10,7 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, analysed_too, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
+    DATA, DATA_ROOT, DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
     TRUST_FACTORY, console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, point_progress,
     seed_option, write_json)
 from ._results import OVERWRITE, claim, figure_files, run_folder
@@ -294,8 +294,8 @@ def surface_command(
     folder = out or (run_folder(source) / "surface")
     outputs = _claim_surface(folder, dim, trajectory is not None, directions_kind, list(metric_fns), plot, pdf,
                              json_out, overwrite)
-    ckpt, batches = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory, device,
-                                      (data, data_root))
+    ckpt, batches, context = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory,
+                                               device, (data, data_root))
     model = ckpt.model
     options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path)}
     if metric_fns:
@@ -409,8 +409,8 @@ def surface_command(
         if metric_fns:
             both = {label: result} if random_result is None else {"eigenvector": result, "random": random_result}
             report["figures"] += _metric_figures(both, list(metric_fns), folder, stem, pdf, console)
-    write_json(report, json_out)
-    write_json(report, str(folder / f"{stem}.json"))
+    write_json(report, json_out, context)
+    write_json(report, str(folder / f"{stem}.json"), context)
 
 
 def _different_data(ckpt_a: Any, ckpt_b: Any, use_a_data: bool, split: str) -> list[str]:
@@ -478,10 +478,10 @@ def interpolate_command(
     extra = Path(json_out) if json_out not in (None, "-") else None
     outputs = claim([folder / "interpolation.npz", folder / "interpolation.json", *figure_files(folder, figures, pdf),
                      extra], overwrite, "--out DIR", records=[folder / "interpolation.json", extra])
-    ckpt_a, batches = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed, trust_factory, device,
-                                        (data, data_root))
+    ckpt_a, batches, context = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed,
+                                                 trust_factory, device, (data, data_root))
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory, map_location=next(ckpt_a.model.parameters()).device)
-    analysed_too(ckpt_b)
+    context.add(ckpt_b)
     data_note = _different_data(ckpt_a, ckpt_b, use_a_data, split)
     name_a = (ckpt_a.config or {}).get("optimizer", "A").upper()
     name_b = (ckpt_b.config or {}).get("optimizer", "B").upper()
@@ -511,5 +511,5 @@ def interpolate_command(
         if metric_fns:
             report["figures"] += _metric_figures({f"{name_a} -> {name_b}": result}, list(metric_fns), folder,
                                                  "interpolation", pdf, console)
-    write_json(report, json_out)
-    write_json(report, str(folder / "interpolation.json"))
+    write_json(report, json_out, context)
+    write_json(report, str(folder / "interpolation.json"), context)

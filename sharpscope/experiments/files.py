@@ -11,7 +11,7 @@ from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..checkpoint import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 __all__ = ["write_json", "json_safe", "write_csv", "csv_cell"]
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError
 from .compare import KEY_METRICS, run_dir
-from .files import atomic_write_bytes
-from .report import METRIC_NAMES, _difference_table, _gradcos_lines, _summary_table, convergence_lines
+from ..io import atomic_write_bytes
+from .report import METRIC_NAMES, difference_table, gradcos_lines, summary_table, convergence_lines
 
 __all__ = ["write_compare_html", "write_correlate_html", "write_sweep_html", "write_report_html", "markdown_table"]
 
@@ -147,11 +147,11 @@ def write_compare_html(out_dir: str | Path) -> Path:
                            if line],
                          *[f"<p><b>Warning:</b> {html.escape(w)}</p>" for w in results.get("warnings", [])],
                          *_figures(out, results),
-                         "<h2>Metrics over seeds</h2>", markdown_table(_summary_table(results)),
+                         "<h2>Metrics over seeds</h2>", markdown_table(summary_table(results)),
                          f"<h2>Paired differences to {html.escape(results['baseline'].upper())}</h2>",
                          "<details><summary>Every metric, its interval, p-value and verdict</summary>"
-                         + markdown_table(_difference_table(results)) + "</details>"]
-    gradcos = _gradcos_lines(results)
+                         + markdown_table(difference_table(results)) + "</details>"]
+    gradcos = gradcos_lines(results)
     if gradcos:
         blocks += ["<h2>First- vs second-order SAM gradient over training</h2>",
                    markdown_table([ln for ln in gradcos if ln.startswith("|")])]
@@ -222,12 +222,12 @@ def write_sweep_html(out_dir: str | Path) -> Path:
     and seed (its options on hover, one legend entry per optimizer), the summary table with its
     intervals (summary.csv), and the command's configuration and versions."""
     from .. import plots_html as ph
-    from .sweep import _RESULTS_KIND
+    from .sweep import RESULTS_KIND
 
     out = Path(out_dir)
     path = out / "results.json"
     stored = json.loads(path.read_text()) if path.exists() else None
-    if not (isinstance(stored, dict) and stored.get("kind") == _RESULTS_KIND):
+    if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
         raise ConfigError(f"no finished sweep in {out} (results.json missing or not a sweep's)")
     rows, options, grid = stored["rows"], stored["options"], stored["config"]["grid"]
     varying = [o for o in options if o != "seed" and len(grid.get(o, ())) > 1]

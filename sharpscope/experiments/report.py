@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..provenance import describe, unlike_runs_warning
 from .verdicts import qualified_verdict
 
@@ -58,7 +58,8 @@ def summary_rows(results: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def _summary_table(results: dict) -> list[str]:
+def summary_table(results: dict) -> list[str]:
+    """Markdown rows: each metric's mean +/- std [95 % CI] per optimizer of a compare result."""
     metrics = _order(set().union(*(r["summary"] for r in results["optimizers"].values())))
     opts = list(results["optimizers"])
     lines = ["| metric | " + " | ".join(o.upper() for o in opts) + " |", "|---|" + "---|" * len(opts)]
@@ -72,7 +73,8 @@ def _summary_table(results: dict) -> list[str]:
     return lines
 
 
-def _difference_table(results: dict) -> list[str]:
+def difference_table(results: dict) -> list[str]:
+    """Markdown rows: each optimizer's paired difference to the baseline, CI, p-value and verdict."""
     base = results["baseline"].upper()
     lines = [f"| metric | optimizer | difference to {base} | 95 % CI | p (paired t) | verdict |",
              "|---|---|---:|---|---:|---|"]
@@ -85,7 +87,7 @@ def _difference_table(results: dict) -> list[str]:
     return lines
 
 
-def _gradcos_lines(results: dict) -> list[str]:
+def gradcos_lines(results: dict) -> list[str]:
     """The gradient cosine at the first and last tracked epoch and its paired change."""
     rows = [(o, r["gradcos_change"]) for o, r in results["optimizers"].items() if r.get("gradcos_change")]
     if not rows:
@@ -183,10 +185,10 @@ def write_report(results: dict, path: str | Path) -> Path:
     ] + convergence_lines(results)
     if results.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in results["warnings"]] + [""]
-    lines += ["## Metrics over seeds", ""] + _summary_table(results) + [""]
+    lines += ["## Metrics over seeds", ""] + summary_table(results) + [""]
     if any(r.get("difference") for r in results["optimizers"].values()):
-        lines += [f"## Paired differences to {results['baseline'].upper()}", ""] + _difference_table(results) + [""]
-    lines += _gradcos_lines(results)
+        lines += [f"## Paired differences to {results['baseline'].upper()}", ""] + difference_table(results) + [""]
+    lines += gradcos_lines(results)
     lines += ["## Landscapes (first seed)", ""] + _first_seed_lines(results) + [""]
     lines += ["## Figures", ""]
     available = {Path(f).name for f in results.get("figures", [])}

@@ -54,7 +54,8 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import finite_float, int_at_least
-from ..checkpoint import atomic_write_bytes, read_checkpoint
+from ..checkpoint import read_checkpoint
+from ..io import atomic_write_bytes
 from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
 from ..provenance import describe, differences, environment, recorded, unlike_runs_warning
 from ..models import is_factory
@@ -99,7 +100,7 @@ _NAME_FIRST = ("rho", "m", "p", "eta", "second_order")
 _MAX_NAME = 80
 _TRAIN_METRICS = ("train_loss", "train_acc", "train_loss_clean", "train_acc_clean", "test_loss", "test_acc",
                   "perturbed_loss")
-_RESULTS_KIND = "sharpscope sweep"
+RESULTS_KIND = "sharpscope sweep"
 
 
 def uses_option(optimizer: str, option: str) -> bool:
@@ -652,12 +653,12 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(threads: int, queue: Any, stop: Any, deterministic: bool = False) -> None:
-    import torch
+    from ..cpu import set_threads
 
     if deterministic:
         from ..determinism import enable_deterministic
         enable_deterministic(threads)
-    torch.set_num_threads(threads)
+    set_threads(threads)
     # Ctrl-C reaches every process of the terminal's group: the parent decides, the workers
     # finish their step, save and return (the trainer's own handler does that while training).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -671,12 +672,6 @@ def _worker_run(task: _Task) -> RunOutcome:
 
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
-
-
-def _cores() -> int:
-    from ..cpu import available_cores
-
-    return available_cores()
 
 
 # ---------------------------------------------------------------------------------------
@@ -900,7 +895,7 @@ def _check_out(out: Path) -> None:
     results = out / "results.json"
     if results.exists():
         stored = _read_json(results)
-        if not (isinstance(stored, dict) and stored.get("kind") == _RESULTS_KIND):
+        if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
             raise ConfigError(f"{out} holds a results.json that is not a sweep's; choose another --out")
     if (out / "checkpoint.pt").exists():
         raise ConfigError(f"{out} holds a training run; choose another --out")
@@ -955,7 +950,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
         refuse_other_settings(out / "runs" / spec.name, spec.config)
     _check_models(specs)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", {"kind": _RESULTS_KIND, "config": config.to_dict(),
+    write_json(out / "sweep.json", {"kind": RESULTS_KIND, "config": config.to_dict(),
                                      "runs": [{"name": r.name, "options": r.options} for r in specs]})
 
     total = len(specs)
@@ -1025,7 +1020,9 @@ def _run_pool(pending: list[_Task], jobs: int, say: Callable[[str], None],
     ctx = multiprocessing.get_context("spawn")
     messages = ctx.Queue()
     stop = ctx.Event()
-    threads = threads or (1 if deterministic else max(1, _cores() // jobs))
+    from ..cpu import worker_threads
+
+    threads = worker_threads(jobs, threads, deterministic)
     say(f"{min(jobs, len(pending))} worker processes, {threads} thread{'s' if threads > 1 else ''} each")
 
     def drain() -> None:
@@ -1094,7 +1091,7 @@ def _write_tables(out: Path, config: SweepConfig, rows: list[dict], summary: lis
     header = ["run", "status", *options, *metrics, "converged", "trained_in", "analysed_in", "notes"]
     write_csv(out / "results.csv", header, rows)
     convergence = sweep_convergence(rows)
-    write_json(out / "results.json", {"kind": _RESULTS_KIND, "config": config.to_dict(), "options": options,
+    write_json(out / "results.json", {"kind": RESULTS_KIND, "config": config.to_dict(), "options": options,
                                        "metrics": metrics, "rows": rows, "environment": environment(),
                                        "environment_differences": unlike,
                                        "analysis_environment_differences": unlike_analyses,
@@ -1103,7 +1100,7 @@ def _write_tables(out: Path, config: SweepConfig, rows: list[dict], summary: lis
     setting_options = [o for o in options if o != "seed"]
     s_header, s_records = _summary_records(summary, setting_options)
     write_csv(out / "summary.csv", s_header, s_records)
-    write_json(out / "summary.json", {"kind": _RESULTS_KIND, "confidence": 0.95, "ci_method": CI_METHOD_TEXT,
+    write_json(out / "summary.json", {"kind": RESULTS_KIND, "confidence": 0.95, "ci_method": CI_METHOD_TEXT,
                                        "difference": "setting - matching SGD setting, paired by seed",
                                        "convergence": convergence, "options": setting_options,
                                        "settings": summary})
@@ -1118,7 +1115,7 @@ def replot(out_dir: str | os.PathLike[str], plots: Sequence[tuple[str, str] | st
     min_train_acc = check_min_train_acc(min_train_acc)
     out = Path(out_dir)
     stored = _read_json(out / "results.json")
-    if not (isinstance(stored, dict) and stored.get("kind") == _RESULTS_KIND):
+    if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
         raise ConfigError(f"no finished sweep in {out} (results.json missing or not a sweep's)")
     options, metrics, rows = stored["options"], stored["metrics"], stored["rows"]
     grid = stored["config"]["grid"]

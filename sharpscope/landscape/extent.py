@@ -63,7 +63,7 @@ def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], da
                max_extent: float = 10.0, bisect: int = 6, center: dict[str, Tensor] | None = None,
                chunk_size: int | None = None) -> AutoRange:
     """Extent per direction where the loss has risen to ``factor`` x the centre loss (module docstring)."""
-    from .surface import _read, evaluate_points
+    from .surface import read_batches, evaluate_points
 
     if not (factor > 1 and math.isfinite(factor)):
         raise ConfigError(f"the range factor must be a finite number > 1, got {factor!r}")
@@ -73,7 +73,7 @@ def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], da
         raise ConfigError(f"bisect must be >= 0, got {bisect!r}")
     params = {n: (center[n] if center is not None and n in center else p).detach() for n, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
-    prepared = _read(model, loss_fn, data)
+    prepared = read_batches(model, loss_fn, data)
     if chunk_size is None and prepared.per_example():
         chunk_size = min(1024, prepared.n_examples)
     count = [0]

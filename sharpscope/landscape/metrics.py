@@ -97,12 +97,12 @@ def import_metric(spec: str, allow_import: bool = False) -> tuple[str, MetricFn]
     ``allow_import=True`` (the CLI's ``--trust-factory``, as for custom model factories);
     otherwise, and for any import failure, a ConfigError.
     """
-    from ..models import _parse_factory, import_callable
+    from ..models import parse_factory, import_callable
 
     name, sep, path = spec.partition("=")
     if not sep:
         name, path = "", spec
-    module_name, attr = _parse_factory(path.strip(), "metric", ConfigError)
+    module_name, attr = parse_factory(path.strip(), "metric", ConfigError)
     name = name.strip() or attr.rsplit(".", 1)[-1]
     _check_name(name)
     if not allow_import:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from .. import distributed as dist_utils
 from ..batches import BatchLoss, Prepared
-from ..checkpoint import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..checks import require_grid_memory
 from ..errors import ConfigError, NonFiniteLossError
 from ..objective import eval_mode
@@ -557,7 +557,7 @@ def surface(
 
     require_finite_weights({**base, **base_buffers}, "the centre's weights")
     first = done.copy()
-    prepared = _read(model, loss_fn, data, cache, cache_bytes)
+    prepared = read_batches(model, loss_fn, data, cache, cache_bytes)
     new_loss, new_acc, *new_extra = evaluate_points(model, loss_fn, prepared, point, len(coords), chunk_size=chunk_size,
                                                     done=first, on_point=record, metrics=metric_fns or None,
                                                     on_metrics=record_metrics)
@@ -600,8 +600,9 @@ def require_finite_reference(loss: np.ndarray, reference: int | None, what: str)
                                  "not on the grid")
 
 
-def _read(model: nn.Module, loss_fn: LossFn, data: Iterable[Any], cache: bool | str = "auto",
-          cache_bytes: int | None = None) -> Prepared:
+def read_batches(model: nn.Module, loss_fn: LossFn, data: Iterable[Any], cache: bool | str = "auto",
+                 cache_bytes: int | None = None) -> Prepared:
+    """``data`` prepared for ``model``'s device and dtype by :meth:`BatchLoss.read` (kept or streamed per ``cache``)."""
     first = next(iter(model.parameters()))
     return BatchLoss(model, loss_fn).read(data, first.device, first.dtype, cache, cache_bytes)
 
@@ -641,7 +642,7 @@ def interpolate(
 
     require_finite_weights({**pa, **(ba if buffers == "interpolate" else {})}, f"{name_a}'s weights")
     require_finite_weights({**pb, **(bb if buffers == "interpolate" else {})}, f"{name_b}'s weights")
-    prepared = _read(model_a, loss_fn, data, cache, cache_bytes)
+    prepared = read_batches(model_a, loss_fn, data, cache, cache_bytes)
     loss, acc, *extra = evaluate_points(model_a, loss_fn, prepared, point, len(alphas), chunk_size=chunk_size,
                                         on_point=on_point, metrics=metric_fns or None)
     require_finite_reference(loss, next((k for k, a in enumerate(alphas) if a == 0.0), None), f"{name_a} (alpha = 0)")

@@ -9,13 +9,16 @@ products, which dominate the cost; orthogonalization and small eigenproblems are
 * :func:`hutchinson`, :func:`hutchpp` - stochastic trace estimates with standard errors.
 * :func:`slq`, :func:`smooth_density`, :func:`spectral_density` - spectral density by
   stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao, ICML 2019).
+* :mod:`.basis` - the pieces Lanczos and SLQ share (:class:`~.basis.Basis`, CGS2 in float64;
+  random unit start vectors; :func:`tridiagonal_eigh`).
 * :func:`subspace_overlap` - overlap of two subspaces (e.g. top eigenspaces), tr(P1 P2) / k.
 """
 
 from __future__ import annotations
 
+from .basis import tridiagonal_eigh
 from .density import DensityResult, slq, smooth_density, spectral_density
-from .lanczos import EigenResult, lanczos, tridiagonal_eigh
+from .lanczos import EigenResult, lanczos
 from .operator import SymmetricOperator
 from .subspace import orthonormal_basis, principal_cosines, subspace_overlap
 from .trace import TraceResult, exact_trace, hutchinson, hutchpp

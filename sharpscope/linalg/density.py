@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .lanczos import _apply, _Basis, _breakdown_threshold, _random_unit, tridiagonal_eigh
+from .basis import Basis, breakdown_threshold, matvec_float64, random_unit, tridiagonal_eigh
 from .operator import SymmetricOperator
 
 __all__ = ["DensityResult", "slq", "smooth_density", "spectral_density"]
@@ -105,19 +105,19 @@ def slq(op: SymmetricOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 
     nodes = torch.empty(n_runs, m, dtype=torch.float64)
     weights = torch.zeros(n_runs, m, dtype=torch.float64)
     for r in range(n_runs):
-        q = _random_unit(gen, n, op.device, rademacher=True)
-        basis = _Basis(n, op.device, capacity=m)
+        q = random_unit(gen, n, op.device, rademacher=True)
+        basis = Basis(n, op.device, capacity=m)
         alphas: list[float] = []
         betas: list[float] = []
         anorm = 0.0
         for j in range(m):
             basis.append(q)
-            w, h = basis.orthogonalize(_apply(op, q))
+            w, h = basis.orthogonalize(matvec_float64(op, q))
             alpha = float(h[-1])
             beta = float(torch.linalg.vector_norm(w))
             anorm = max(anorm, abs(alpha) + beta + (betas[-1] if betas else 0.0))
             alphas.append(alpha)
-            if j == m - 1 or beta <= _breakdown_threshold(op, anorm):
+            if j == m - 1 or beta <= breakdown_threshold(op, anorm):
                 break
             betas.append(beta)
             q = w / beta

@@ -56,107 +56,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch import Tensor
 
 from ..checks import available_memory
 from ..errors import ConfigError, UnconvergedWarning
+from .basis import Basis, breakdown_threshold, matvec_float64, random_unit, tridiagonal_eigh
 from .operator import SymmetricOperator
 
 __all__ = ["EigenResult", "lanczos", "tridiagonal_eigh"]
 
 _WHICH = ("LA", "SA", "LM")
-
-
-# ------------------------------------------------------------------------------------------
-# Small shared pieces (also used by slq)
-# ------------------------------------------------------------------------------------------
-
-
-def tridiagonal_eigh(alpha: Tensor | np.ndarray, beta: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
-    """Eigen-decomposition of the symmetric tridiagonal ``T = tridiag(beta, alpha, beta)``.
-
-    Args:
-        alpha: the ``m`` diagonal entries.
-        beta: the ``m - 1`` off-diagonal entries.
-
-    Returns:
-        ``(values, vectors)`` in float64 on the CPU: ``values`` ascending, shape ``(m,)``;
-        ``vectors`` of shape ``(m, m)`` with orthonormal columns, ``T = V diag(values) V^T``.
-
-    LAPACK's tridiagonal solver (``scipy.linalg.eigh_tridiagonal``) is used, falling back
-    to a dense ``torch.linalg.eigh`` should it fail to converge.
-    """
-    a = np.asarray(torch.as_tensor(alpha).detach().cpu().double().numpy(), dtype=np.float64).reshape(-1)
-    b = np.asarray(torch.as_tensor(beta).detach().cpu().double().numpy(), dtype=np.float64).reshape(-1)
-    m = a.shape[0]
-    if m == 0:
-        raise ConfigError("tridiagonal_eigh needs at least one diagonal entry")
-    if b.shape[0] != m - 1:
-        raise ConfigError(f"tridiagonal_eigh needs {m - 1} off-diagonal entries, got {b.shape[0]}")
-    if m == 1:
-        return torch.from_numpy(a.copy()), torch.ones(1, 1, dtype=torch.float64)
-    try:
-        values, vectors = scipy.linalg.eigh_tridiagonal(a, b)
-        values_t, vectors_t = torch.from_numpy(values), torch.from_numpy(vectors)
-    except (np.linalg.LinAlgError, ValueError):
-        T = torch.diag(torch.from_numpy(a)) + torch.diag(torch.from_numpy(b), 1) + torch.diag(torch.from_numpy(b), -1)
-        values_t, vectors_t = torch.linalg.eigh(T)
-    return values_t.contiguous(), vectors_t.contiguous()
-
-
-class _Basis:
-    """A growing float64 orthonormal basis ``Q`` (n x size) with CGS2 orthogonalization."""
-
-    def __init__(self, n: int, device: torch.device, capacity: int) -> None:
-        self.n = n
-        self.device = device
-        self.size = 0
-        self._Q = torch.empty(n, max(1, capacity), dtype=torch.float64, device=device)
-
-    @property
-    def Q(self) -> Tensor:
-        return self._Q[:, : self.size]
-
-    def append(self, q: Tensor) -> None:
-        if self.size == self._Q.shape[1]:
-            grown = torch.empty(self.n, 2 * self._Q.shape[1], dtype=torch.float64, device=self.device)
-            grown[:, : self.size] = self._Q[:, : self.size]
-            self._Q = grown
-        self._Q[:, self.size] = q
-        self.size += 1
-
-    def orthogonalize(self, w: Tensor) -> tuple[Tensor, Tensor]:
-        """``w - Q Q^T w`` by classical Gram-Schmidt done twice; returns it and ``Q^T w_original``."""
-        Q = self.Q
-        if Q.shape[1] == 0:
-            return w, torch.zeros(0, dtype=torch.float64, device=w.device)
-        h = Q.T @ w
-        w = w - Q @ h
-        h2 = Q.T @ w
-        w = w - Q @ h2
-        return w, h + h2
-
-
-def _apply(op: SymmetricOperator, q: Tensor) -> Tensor:
-    """One product in the operator's dtype, returned in float64 on the basis device."""
-    return op.matvec(q).to(device=q.device, dtype=torch.float64)
-
-
-def _breakdown_threshold(op: SymmetricOperator, anorm: float) -> float:
-    """``beta`` below this counts as an invariant subspace: 100 eps(op dtype) ||T||."""
-    eps = max(torch.finfo(op.dtype).eps, torch.finfo(torch.float64).eps)
-    return 100.0 * eps * max(anorm, torch.finfo(torch.float64).tiny)
-
-
-def _random_unit(gen: torch.Generator, n: int, device: torch.device, rademacher: bool = False) -> Tensor:
-    if rademacher:
-        z = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int64).to(torch.float64) * 2.0 - 1.0
-    else:
-        z = torch.randn(n, generator=gen, dtype=torch.float64)
-    z = z.to(device)
-    return z / torch.linalg.vector_norm(z)
 
 
 # ------------------------------------------------------------------------------------------
@@ -326,11 +236,11 @@ def lanczos(
             raise ConfigError("v0 must be finite and nonzero")
         q = q / norm
     else:
-        q = _random_unit(gen, n, device)
+        q = random_unit(gen, n, device)
 
     eps_op = torch.finfo(op.dtype).eps
     start_count = op.n_matvecs
-    basis = _Basis(n, device, capacity=min(max_iter, max(2 * k + 20, 32)))
+    basis = Basis(n, device, capacity=min(max_iter, max(2 * k + 20, 32)))
     blocks = [_Block(start=0, random_start=v0 is None)]
     anorm = 0.0
     it = 0
@@ -339,7 +249,7 @@ def lanczos(
         block = blocks[-1]
         basis.append(q)
         it += 1
-        w, h = basis.orthogonalize(_apply(op, q))
+        w, h = basis.orthogonalize(matvec_float64(op, q))
         alpha = float(h[-1])
         beta = float(torch.linalg.vector_norm(w))
         prev_beta = block.betas[-1] if block.betas else 0.0
@@ -348,7 +258,7 @@ def lanczos(
         anorm = max(anorm, abs(alpha) + beta + prev_beta)  # Gershgorin bound on ||T||, estimates ||A||
 
         exhausted = it >= n
-        breakdown = (not exhausted) and beta <= _breakdown_threshold(op, anorm)
+        breakdown = (not exhausted) and beta <= breakdown_threshold(op, anorm)
         last = it >= max_iter
         if not (exhausted or breakdown or last or (it >= k and (it - k) % check_every == 0)):
             q = w / beta
@@ -374,7 +284,7 @@ def lanczos(
             # close this block, continue with a random vector orthogonal to the whole basis
             # (T becomes block diagonal; the dropped coupling beta is below the tolerance)
             block.close()
-            r, _ = basis.orthogonalize(_random_unit(gen, n, device))
+            r, _ = basis.orthogonalize(random_unit(gen, n, device))
             rnorm = float(torch.linalg.vector_norm(r))
             if rnorm <= 1e-8:  # numerically the basis already spans everything
                 state.converged[:] = True

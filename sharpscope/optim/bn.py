@@ -18,12 +18,14 @@ def bn_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
 
 
-def _bn_snapshot(bns: list[nn.Module]) -> list[dict[str, torch.Tensor]]:
+def bn_snapshot(bns: list[nn.Module]) -> list[dict[str, torch.Tensor]]:
+    """Copies of the buffers (running statistics) of the BatchNorm layers ``bns``."""
     return [{k: v.clone() for k, v in m._buffers.items() if v is not None} for m in bns]
 
 
 @torch.no_grad()
-def _bn_restore(bns: list[nn.Module], snapshot: list[dict[str, torch.Tensor]]) -> None:
+def bn_restore(bns: list[nn.Module], snapshot: list[dict[str, torch.Tensor]]) -> None:
+    """Copy a :func:`bn_snapshot` back into the buffers of ``bns``, in place."""
     for m, bufs in zip(bns, snapshot):
         for k, v in bufs.items():
             m._buffers[k].copy_(v)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .sam import SAM, _substituted_gradients
+from .sam import SAM, substituted_gradients
 
 __all__ = ["FriendlySAM"]
 
@@ -68,7 +68,7 @@ class FriendlySAM(SAM):
             else:
                 directions.append(g - self.sigma * m)
                 m.mul_(self.lmbda).add_(g, alpha=1.0 - self.lmbda)
-        with _substituted_gradients(params, directions):
+        with substituted_gradients(params, directions):
             return super()._perturbation()
 
     def __repr__(self) -> str:

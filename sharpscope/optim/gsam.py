@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .sam import SAM, _dot
+from .sam import SAM, flat_dot
 
 __all__ = ["GSAM"]
 
@@ -80,8 +80,8 @@ class GSAM(SAM):
             return
         perturbed = [w.grad for w in params]
         clean = [self._clean_gradient(w) for w in params]
-        pp = _dot(perturbed, perturbed)
-        coef = float(_dot(clean, perturbed) / pp) if pp > 0 else 0.0
+        pp = flat_dot(perturbed, perturbed)
+        coef = float(flat_dot(clean, perturbed) / pp) if pp > 0 else 0.0
         for gp, g in zip(perturbed, clean):
             gp.add_(g - coef * gp, alpha=-self.alpha)
 

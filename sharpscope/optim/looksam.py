@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .sam import SAM, _dot
+from .sam import SAM, flat_dot
 
 __all__ = ["LookSAM"]
 
@@ -95,16 +95,16 @@ class LookSAM(SAM):
         full = any("clean_grad" in self.state[w] for w in params)
         if full:  # grad = g_s; keep g_v = g_s - (<g_s, g> / ||g||^2) g
             clean = [self._clean_gradient(w) for w in params]
-            gg = _dot(clean, clean)
-            coef = float(_dot([w.grad for w in params], clean) / gg) if gg > 0 else 0.0
+            gg = flat_dot(clean, clean)
+            coef = float(flat_dot([w.grad for w in params], clean) / gg) if gg > 0 else 0.0
             for w, g in zip(params, clean):
                 self.state[w][_GV] = w.grad - coef * g
         else:  # grad = g; add alpha ||g|| / ||g_v|| g_v
             with_gv = [w for w in params if _GV in self.state[w]]
             gv = [self.state[w][_GV] for w in with_gv]
-            gv_norm = math.sqrt(float(_dot(gv, gv)))
+            gv_norm = math.sqrt(float(flat_dot(gv, gv)))
             if gv_norm > 0:
-                g_norm = math.sqrt(float(_dot([w.grad for w in params], [w.grad for w in params])))
+                g_norm = math.sqrt(float(flat_dot([w.grad for w in params], [w.grad for w in params])))
                 for w, v in zip(with_gv, gv):
                     w.grad.add_(v, alpha=self.alpha * g_norm / gv_norm)
         for group in self.param_groups:

@@ -32,9 +32,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ..batches import leading_size, take
-from .bn import _bn_restore, _bn_snapshot, bn_modules, frozen_bn_stats
+from .bn import bn_restore, bn_snapshot, bn_modules, frozen_bn_stats
 from .result import StepResult
-from .sam import SAM, _dual_exponent
+from .sam import SAM, dual_exponent
 
 __all__ = ["m_sam_loop", "m_sam_vmapped", "vmappable", "chunk_perturbations"]
 
@@ -50,7 +50,7 @@ def m_sam_loop(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor],
     params = [w for g in optimizer.param_groups for w in g["params"] if w.requires_grad]
     grad_sum: list[torch.Tensor | None] = [None] * len(params)
     bns = bn_modules(model)
-    start = _bn_snapshot(bns)
+    start = bn_snapshot(bns)
     bn_sum = [{k: torch.zeros_like(v, dtype=torch.float64) for k, v in s.items()} for s in start]
     losses, perturbed_losses, outs = [], [], []
     for lo in range(0, batch, m):
@@ -66,7 +66,7 @@ def m_sam_loop(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor],
             for b, acc in zip(bns, bn_sum):
                 for k in acc:
                     acc[k] += b._buffers[k].double()
-        _bn_restore(bns, start)
+        bn_restore(bns, start)
         optimizer.first_step(zero_grad=True)
         with frozen_bn_stats(model):
             perturbed = forward(x, y)[1]
@@ -126,7 +126,7 @@ def chunk_perturbations(optimizer: SAM, named: list[tuple[str, torch.Tensor]],
     for ASAM groups, else 1."""
     group_of = {id(w): g for g in optimizer.param_groups for w in g["params"]}
     p = optimizer.param_groups[0]["p"]
-    q = _dual_exponent(p)
+    q = dual_exponent(p)
     t, scales = {}, {}
     for name, w in named:
         group = group_of[id(w)]

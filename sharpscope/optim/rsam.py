@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .sam import SAM, _dual_exponent, _dual_vector
+from .sam import SAM, dual_exponent, dual_vector
 
 __all__ = ["RSAM"]
 
@@ -71,12 +71,12 @@ class RSAM(SAM):
              for _, params in groups]
         if not groups:
             return torch.zeros(()), []
-        q = _dual_exponent(groups[0][0]["p"])
+        q = dual_exponent(groups[0][0]["p"])
         parts = [torch.stack(torch._foreach_norm(zs, q)).pow(q).sum() for zs in z]
         znorm = torch.stack([t.to(parts[0].device) for t in parts]).sum().pow(1.0 / q)
         out = []
         for (group, params), zs in zip(groups, z):
-            out.append((params, _dual_vector(zs, znorm.to(zs[0].device), group["rho"], group["p"])))
+            out.append((params, dual_vector(zs, znorm.to(zs[0].device), group["rho"], group["p"])))
         return znorm, out
 
     def state_dict(self) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def _check_hyper(rho: float, p: float, eta: float) -> None:
         raise ConfigError(f"eta must be a finite number >= 0, got {eta!r}")
 
 
-def _dual_exponent(p: float) -> float:
+def dual_exponent(p: float) -> float:
     """q with 1/p + 1/q = 1 (p = inf -> q = 1)."""
     return 1.0 if p == math.inf else p / (p - 1.0)
 
@@ -84,7 +84,7 @@ def _add_entries(params: list[torch.Tensor], entries: list[torch.Tensor]) -> Non
             w.add_(torch.sparse_coo_tensor(w.grad._indices(), e, w.shape, is_coalesced=True, check_invariants=False))
 
 
-def _dual_vector(t: list[torch.Tensor], qnorm: torch.Tensor, rho: float, p: float) -> list[torch.Tensor]:
+def dual_vector(t: list[torch.Tensor], qnorm: torch.Tensor, rho: float, p: float) -> list[torch.Tensor]:
     """rho * sign(t) |t|^(q-1) / ||t||_q^(q-1): the maximizer of <e, t> over ||e||_p <= rho, given
     ||t||_q (global, over every group) as ``qnorm``; zero where ``qnorm`` is 0 (p = inf: rho sign(t))."""
     if p == math.inf:
@@ -103,7 +103,7 @@ def _dual_vector(t: list[torch.Tensor], qnorm: torch.Tensor, rho: float, p: floa
 _SAM_STATE_KEY = "sam_state"
 
 
-def _dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
+def flat_dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
     """<x, y> over a list of tensors (one flat vector), accumulated in float64."""
     if not xs:
         return torch.zeros((), dtype=torch.float64)
@@ -111,7 +111,7 @@ def _dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _substituted_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> Iterator[None]:
+def substituted_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> Iterator[None]:
     """``w.grad = g`` for the duration of the block (the original gradients are put back)."""
     saved = [w.grad for w in params]
     for w, g in zip(params, grads):
@@ -136,7 +136,7 @@ def _weight_decayed_gradients(groups: list[dict[str, Any]]) -> contextlib.Abstra
             if w.grad is not None and not w.grad.is_sparse:
                 params.append(w)
                 grads.append(w.grad + wd * w.detach())
-    return _substituted_gradients(params, grads) if params else contextlib.nullcontext()
+    return substituted_gradients(params, grads) if params else contextlib.nullcontext()
 
 
 class SAM(torch.optim.Optimizer):
@@ -215,7 +215,7 @@ class SAM(torch.optim.Optimizer):
         for key in ("rho", "p", "adaptive", "eta", "perturbation_weight_decay"):
             group.setdefault(key, self.defaults[key])
         _check_hyper(group["rho"], group["p"], group["eta"])
-        if any(_dual_exponent(g["p"]) != _dual_exponent(group["p"]) for g in self.param_groups):
+        if any(dual_exponent(g["p"]) != dual_exponent(group["p"]) for g in self.param_groups):
             raise ConfigError("all parameter groups of one SAM optimizer must use the same p, "
                               f"got p = {group['p']} beside p = {self.param_groups[0]['p']}")
         if base is None:  # during __init__
@@ -259,7 +259,7 @@ class SAM(torch.optim.Optimizer):
             if not params:
                 continue
             tg, scales = _scaled_gradients(params, group["adaptive"], group["eta"])
-            e = _dual_vector(tg, qnorm, self._radius(group), group["p"])
+            e = dual_vector(tg, qnorm, self._radius(group), group["p"])
             if group["adaptive"]:
                 torch._foreach_mul_(e, scales)
             out.append((params, e))
@@ -374,7 +374,7 @@ class SAM(torch.optim.Optimizer):
         """||T g||_q over all parameters with gradients (q = p / (p - 1); inf -> 1-norm)."""
         parts = []
         for group in self.param_groups:
-            q = _dual_exponent(group["p"])
+            q = dual_exponent(group["p"])
             params = [w for w in group["params"] if w.grad is not None]
             if not params:
                 continue
@@ -383,7 +383,7 @@ class SAM(torch.optim.Optimizer):
             parts.append(torch.stack(norms).pow(q).sum())
         if not parts:
             return torch.zeros(())
-        return torch.stack(parts).sum().pow(1.0 / _dual_exponent(self.param_groups[0]["p"]))
+        return torch.stack(parts).sum().pow(1.0 / dual_exponent(self.param_groups[0]["p"]))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base_optimizer.zero_grad(set_to_none=set_to_none)

@@ -231,7 +231,8 @@ def _stream_seed(seed: int, stream: str) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names, over ``model``'s parameters (SGD as SAM's base optimizer)."""
     sgd = _sgd_options(config)
     if config.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), **sgd)

@@ -45,11 +45,11 @@ from .config import (
     VARIANTS,
     TrainConfig,
     TrainResult,
-    _make_optimizer,
+    make_optimizer,
     learning_rate,
 )
 from .resume import resumed_config
-from .state import _append_metrics, _rng_state, _set_rng_state, _sigint_requests_stop, _write_metrics_file
+from .state import append_metrics, rng_state, set_rng_state, sigint_requests_stop, write_metrics_file
 
 __all__ = ["train", "evaluate", "check_launch", "check_ranks", "check_model", "trusted_factory"]
 
@@ -242,7 +242,7 @@ def train(
     callbacks = _with_tracking(config, callbacks)
     for cb in callbacks:
         cb.on_train_begin(run.state)
-    with _sigint_requests_stop(run.state):
+    with sigint_requests_stop(run.state):
         interrupted = _run_epochs(run, callbacks)
     for cb in callbacks:
         cb.on_train_end(run.state)
@@ -376,7 +376,7 @@ def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str, raw: dict
         raise ConfigError("--channels-last needs image data (C, H, W)")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(config, model)
+    optimizer = make_optimizer(config, model)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     if channels_last:
@@ -423,18 +423,18 @@ def _resume(run: _Run, raw: dict[str, Any]) -> dict[str, int]:
         run.sums.setdefault("perturbed_count", 0.0)
         if partial and "perturbed_count" not in partial:  # saved before AMP: every step counted
             run.sums["perturbed_count"] = partial.get("count", 0.0)
-    _set_rng_state(raw.get("rng"), run.device)
+    set_rng_state(raw.get("rng"), run.device)
     run.environments = provenance.recorded(raw.get("metadata") or {})
     resumed_from = {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
     if run.main:
-        _write_metrics_file(run.out / "metrics.jsonl", run.metrics)
+        write_metrics_file(run.out / "metrics.jsonl", run.metrics)
     return resumed_from
 
 
 def _start_fresh(run: _Run) -> None:
     """The output folder, an empty metrics file and the snapshot of the initialisation (rank 0)."""
     run.out.mkdir(parents=True, exist_ok=True)
-    _write_metrics_file(run.out / "metrics.jsonl", [])
+    write_metrics_file(run.out / "metrics.jsonl", [])
     if run.config.keep_snapshots:
         _save_snapshot(run, finished=False)
 
@@ -618,7 +618,7 @@ def _end_epoch(run: _Run, record: dict[str, Any], callbacks: Sequence[Callback])
         if config.keep_snapshots and run.main:
             _save_snapshot(run, finished=last)
     if run.main:
-        _append_metrics(run.out / "metrics.jsonl", record)
+        append_metrics(run.out / "metrics.jsonl", record)
     return state.stop_requested and not last
 
 
@@ -640,7 +640,7 @@ def _save(run: _Run, finished: bool) -> None:
         data_fingerprint=run.data_fingerprint, optimizer_state=run.optimizer.state_dict(), config=run.config.to_dict(),
         progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch,
                   "finished": finished},
-        rng=_rng_state(run.device), metrics=run.metrics, partial=partial, world_size=run.world,
+        rng=rng_state(run.device), metrics=run.metrics, partial=partial, world_size=run.world,
         scaler_state=run.scaler.state_dict() if run.scaler is not None else None,
         environment=here, environments=run.environments,
     )

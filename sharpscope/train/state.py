@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write_bytes
+from ..io import atomic_write_bytes
 from .callbacks import TrainState
 
 
 @contextmanager
-def _sigint_requests_stop(state: TrainState) -> Iterator[None]:
+def sigint_requests_stop(state: TrainState) -> Iterator[None]:
     """First Ctrl-C asks the loop to save and stop at the next step boundary; a second one aborts."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -37,14 +37,16 @@ def _sigint_requests_stop(state: TrainState) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global torch RNG state (and every CUDA device's on ``cuda``), for a checkpoint."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict[str, Any] | None, device: torch.device) -> None:
+def set_rng_state(state: dict[str, Any] | None, device: torch.device) -> None:
+    """Restore an :func:`rng_state` (nothing when ``state`` is empty)."""
     if not state:
         return
     torch.set_rng_state(state["torch"])
@@ -52,12 +54,14 @@ def _set_rng_state(state: dict[str, Any] | None, device: torch.device) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_metrics_file(path: Path, metrics: Sequence[dict[str, Any]]) -> None:
+def write_metrics_file(path: Path, metrics: Sequence[dict[str, Any]]) -> None:
+    """Write ``metrics`` as JSON lines to ``path`` atomically."""
     text = "".join(json.dumps(m) + "\n" for m in metrics).encode()
     atomic_write_bytes(path, lambda fh: fh.write(text))
 
 
-def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to ``path`` and fsync it."""
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
         fh.flush()

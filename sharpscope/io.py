@@ -1,0 +1,49 @@
+"""Atomic file writes: a file is either the old one or the complete new one, never half written.
+
+The writer fills a temp file in the target's own folder (so the rename stays on one file
+system), the data is fsync'ed, the temp file is renamed over the target (``os.replace`` is
+atomic on POSIX and Windows) and the folder is fsync'ed so the rename itself survives a
+crash. Checkpoints, metrics files, tables, reports and surface caches all go through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write_bytes"]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], writer: Any) -> Path:
+    """Call ``writer(fileobj)`` on a temp file next to ``path``, fsync, rename over ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            writer(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+    return target
