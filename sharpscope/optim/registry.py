@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Protocol
 from ..errors import ConfigError
 
 __all__ = ["Registered", "OptimizerSpec", "OptionSpec", "register", "unregister", "specs", "names", "get",
-           "lookup", "base_options", "PERTURBATION_OPTIONS", "CAPABILITIES"]
+           "lookup", "base_options", "import_package", "PERTURBATION_OPTIONS", "CAPABILITIES"]
 
 # The training options (TrainConfig fields) that only perturbation-based optimizers read.
 PERTURBATION_OPTIONS = ("rho", "p", "m", "eta", "second_order", "same_dropout_mask", "perturbation_weight_decay")
@@ -178,15 +178,21 @@ def unregister(name: str) -> None:
     _TABLE.pop(name, None)
 
 
-def _discover() -> None:
-    """Import every module of :mod:`sharpscope.optim` once, so that each registered class is listed."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    package = importlib.import_module(__package__ or "sharpscope.optim")
+def import_package(package_name: str) -> None:
+    """Import every module of package ``package_name`` (alphabetically), so that each class
+    registered in one of them is in the table."""
+    package = importlib.import_module(package_name)
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
         importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def _discover() -> None:
+    """Import every module of :mod:`sharpscope.optim` once (a variant's own file needs no import
+    line anywhere)."""
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        import_package(__package__ or "sharpscope.optim")
 
 
 def specs() -> tuple[OptimizerSpec, ...]:
