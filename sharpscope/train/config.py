@@ -22,8 +22,9 @@ from ..errors import ConfigError
 from ..optim import registry
 from ..optim.asam import ASAM_RULES
 
-__all__ = ["TrainConfig", "TrainResult", "learning_rate", "OPTIMIZERS", "SCHEDULES", "DEFAULT_RHO", "VARIANTS",
-           "M_SAM_OPTIMIZERS", "TRACKABLE", "SEED_RANGE", "DIVERGED_FACTOR", "AMP_DTYPES"]
+# (also OPTIMIZERS, DEFAULT_RHO, VARIANTS, M_SAM_OPTIMIZERS: registry views, module __getattr__)
+__all__ = ["TrainConfig", "TrainResult", "learning_rate", "SCHEDULES", "TRACKABLE", "SEED_RANGE", "DIVERGED_FACTOR",
+           "AMP_DTYPES"]
 
 SCHEDULES = ("cosine", "constant")
 # What sharpscope.train.tracking can measure during training (here, so that validating a
