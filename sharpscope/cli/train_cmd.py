@@ -1,13 +1,15 @@
-"""``sharpscope train``: SGD / SAM / ASAM / RSAM / GSAM / WSAM / LookSAM / Friendly SAM training to a
-resumable checkpoint."""
+"""``sharpscope train``: SGD / SAM / ASAM / RSAM / GSAM / WSAM / LookSAM / Friendly SAM (every
+optimizer of :mod:`sharpscope.optim.registry`) training to a resumable checkpoint."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from typer.models import OptionInfo
 
 from ._app import app
 from ._common import CHECK_LAUNCH_ENV, DETERMINISTIC, TRUST_FACTORY, apply_determinism, parse_options, parse_p
@@ -15,14 +17,47 @@ from ._common import CHECK_LAUNCH_ENV, DETERMINISTIC, TRUST_FACTORY, apply_deter
 __all__ = ["train_command", "parse_options", "parse_p"]
 
 
+class _RegistryHelp(OptionInfo):
+    """An option whose help text is written from the optimizer registry when the command is
+    built (each run), so that every registered optimizer is listed, one defined after this
+    module was imported too."""
+
+    def __init__(self, option: OptionInfo, text: Callable[[Any], str]) -> None:
+        self.__dict__.update(option.__dict__)
+        self._text = text
+
+    @property  # type: ignore[override]
+    def help(self) -> str:
+        from ..optim import registry
+
+        return self._text(registry.specs())
+
+    @help.setter
+    def help(self, value: str | None) -> None:  # typer's __init__ sets it; the registry writes it
+        pass
+
+
+def _optimizer_help(specs: Any) -> str:
+    names = ", ".join(f"{s.name} ({s.summary})" if s.summary else s.name for s in specs)
+    return f"One of {names}."
+
+
+def _optimizer_opt_help(specs: Any) -> str:
+    options = "; ".join(f"{s.name} {', '.join(s.option_names)}" for s in specs if s.option_names)
+    return f"An optimizer's option KEY=VALUE, repeatable: {options} (defaults: sharpscope.optim)."
+
+
+def _rho_help(specs: Any) -> str:
+    sam = next((s.default_rho for s in specs if s.name == "sam"), 0.05)
+    others = "".join(f"; {s.name} {s.default_rho:g}" for s in specs if s.perturbs and s.default_rho != sam)
+    return f"SAM radius (default {sam:g}{others})."
+
+
 @app.command("train")
 def train_command(
     ctx: typer.Context,
-    optimizer: str = typer.Option("sam", "--optimizer", "-o", help="One of sgd, sam, asam, rsam (SAM's step at a random e of norm rho: "
-                                   "the control for SAM's ascent direction), gsam, wsam, looksam, fsam (Friendly SAM)."),
-    optimizer_opt: list[str] = typer.Option([], "--optimizer-opt", help="A variant's option KEY=VALUE, repeatable: "
-                                            "gsam alpha, rho_min; wsam gamma, decouple; looksam k, alpha; "
-                                            "fsam sigma, lmbda (defaults: sharpscope.optim)."),
+    optimizer: str = _RegistryHelp(typer.Option("sam", "--optimizer", "-o"), _optimizer_help),
+    optimizer_opt: list[str] = _RegistryHelp(typer.Option([], "--optimizer-opt"), _optimizer_opt_help),
     model: str = typer.Option("cnn", help="mlp, cnn, cnn1d (1-D signals: mnist1d), resnet, wrn, aliases like resnet20 / wrn16-4, "
                                           "or a factory 'package.module:function'."),
     model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE, repeatable "
@@ -40,7 +75,7 @@ def train_command(
     weight_decay: float = typer.Option(5e-4, "--weight-decay", "--wd", help="L2 weight decay."),
     schedule: str = typer.Option("cosine", help="cosine or constant."),
     warmup: float = typer.Option(0.0, help="Linear warm-up length in epochs."),
-    rho: Optional[float] = typer.Option(None, help="SAM radius (default 0.05; ASAM 0.5; RSAM 0.05)."),
+    rho: Optional[float] = _RegistryHelp(typer.Option(None), _rho_help),
     p: str = typer.Option("2", "--p", help="Norm of the SAM neighbourhood: 2 or inf (any p > 1)."),
     eta: float = typer.Option(0.01, help="ASAM's offset in T_w = |w| + eta."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing of the training loss "

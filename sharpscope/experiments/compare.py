@@ -45,7 +45,8 @@ from ..checkpoint import load_checkpoint, read_checkpoint
 from ..data import DataSpec, load_dataset
 from ..errors import ConfigError
 from ..models import is_factory
-from ..train import OPTIMIZERS, TrainConfig, check_model, train
+from ..optim import registry
+from ..train import TrainConfig, check_model, train
 from .analyses import PROFILES, AnalysisSettings, analyse_checkpoint
 from .files import write_json
 from .runs import refuse_other_settings
@@ -82,9 +83,9 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if not self.optimizers or len(set(self.optimizers)) != len(self.optimizers):
             raise ConfigError(f"--optimizers must name distinct optimizers, got {self.optimizers}")
-        unknown = [o for o in self.optimizers if o not in OPTIMIZERS]
+        unknown = [o for o in self.optimizers if registry.lookup(o) is None]
         if unknown:
-            raise ConfigError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(OPTIMIZERS)}")
+            raise ConfigError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(registry.names())}")
         self.seeds = [int_at_least("seed", s, 0) for s in self.seeds]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds must name distinct seeds (or a count >= 1), got {self.seeds}")
@@ -113,11 +114,12 @@ class CompareConfig:
         return "sgd" if "sgd" in self.optimizers else self.optimizers[0]
 
     def train_config(self, optimizer: str, seed: int) -> TrainConfig:
-        rho = {"sgd": None, "asam": self.asam_rho}.get(optimizer, self.rho)
+        perturbs = registry.get(optimizer).perturbs
+        rho = (self.asam_rho if optimizer == "asam" else self.rho) if perturbs else None
         return TrainConfig(
             optimizer=optimizer, model=self.model, model_kwargs=dict(self.model_kwargs), data=self.data,
             data_root=self.data_root, label_noise=self.label_noise, n_train=self.n_train, epochs=self.epochs,
-            rho=rho, m=self.m if optimizer != "sgd" else None, seed=seed, keep_snapshots=False,
+            rho=rho, m=self.m if perturbs else None, seed=seed, keep_snapshots=False,
             track=["gradcos", "lambda_max"], track_every=self.settings.track_every,
             track_samples=self.settings.samples,
         )

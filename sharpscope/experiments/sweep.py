@@ -59,7 +59,9 @@ from ..io import atomic_write_bytes
 from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
 from ..provenance import describe, differences, environment, recorded, unlike_runs_warning
 from ..models import is_factory
-from ..train import M_SAM_OPTIMIZERS, OPTIMIZERS, Callback, TrainConfig, TrainState, check_model, train
+from ..optim import registry
+from ..optim.registry import PERTURBATION_OPTIONS
+from ..train import Callback, TrainConfig, TrainState, check_model, train
 from .analyses import ANALYSES, analyse_selected
 from .correlate import DEFAULT_MIN_TRAIN_ACC, check_min_train_acc
 from .files import write_csv, write_json
@@ -86,9 +88,6 @@ _ANALYSIS_SETTINGS = {"eigenvalues": ("top_k", "eig_tol"), "trace": ("trace_matv
                       "gradcos": ()}
 _USES_RHO = {"m-sharpness", "gradcos"}
 
-# Options that only perturbation-based (SAM-family) optimizers read; SGD ignores them. A new
-# optimizer in sharpscope.train.OPTIMIZERS is SAM-family unless it is "sgd".
-PERTURBATION_OPTIONS = ("rho", "p", "m", "eta", "second_order", "same_dropout_mask", "perturbation_weight_decay")
 # Fields that describe where or how a run is done rather than what is trained: fixed for a
 # whole sweep (``SweepConfig.base``), never a grid axis. The seed is the sweep's own axis.
 _NOT_SWEPT = {"seed", "device", "data_root", "model_kwargs", "optimizer_options", "checkpoint_every", "keep_snapshots", "track",
@@ -104,19 +103,15 @@ RESULTS_KIND = "sharpscope sweep"
 
 
 def uses_option(optimizer: str, option: str) -> bool:
-    """Whether runs with ``optimizer`` read ``option`` (else it collapses in the grid).
+    """Whether runs with ``optimizer`` read ``option`` (else it collapses in the grid): the
+    registry's answer (:meth:`sharpscope.optim.registry.OptimizerSpec.uses`).
 
-    SGD reads none of :data:`PERTURBATION_OPTIONS`; ``eta`` (T_w = |w| + eta) is ASAM's own;
-    ``m`` (m-SAM chunks) is read by SAM, ASAM and RSAM only (GSAM, WSAM, LookSAM and Friendly
-    SAM take whole batches); every other optimizer reads everything (``TrainConfig.validate``
-    refuses combinations that make no sense, e.g. the second-order switch with ASAM)."""
-    if optimizer == "sgd":
-        return option not in PERTURBATION_OPTIONS
-    if option == "eta":
-        return optimizer == "asam"
-    if option == "m":
-        return optimizer in M_SAM_OPTIMIZERS
-    return True
+    SGD reads none of :data:`PERTURBATION_OPTIONS` (the perturbation options); ``eta``
+    (T_w = |w| + eta) is ASAM's own; ``m`` (m-SAM chunks) is read by SAM, ASAM and RSAM only
+    (GSAM, WSAM, LookSAM and Friendly SAM take whole batches); the SAM family reads the others
+    (``TrainConfig.validate`` refuses combinations that make no sense, e.g. the second-order
+    switch with ASAM)."""
+    return registry.get(optimizer).uses(option)
 
 
 def _scalar_type(tp: Any) -> tuple[type, bool] | None:
@@ -303,9 +298,9 @@ class SweepConfig:
         base = {_option_name(k): v for k, v in self.base.items()}
         if "optimizer" not in grid:  # every row says which optimizer trained it
             grid = {"optimizer": parse_values("optimizer", [base.pop("optimizer", TrainConfig.optimizer)]), **grid}
-        unknown = [o for o in grid["optimizer"] if o not in OPTIMIZERS]
+        unknown = [o for o in grid["optimizer"] if registry.lookup(o) is None]
         if unknown:
-            raise ConfigError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(OPTIMIZERS)}")
+            raise ConfigError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(registry.names())}")
         self.grid = grid
         self.seeds = parse_seeds(self.seeds)
         known = {f.name for f in fields(TrainConfig)}
@@ -406,7 +401,7 @@ def expand_grid(config: SweepConfig) -> list[RunSpec]:
             label = " ".join(label_parts)
             try:
                 cfg = TrainConfig(**kwargs)
-                if optimizer != "sgd":
+                if registry.get(optimizer).perturbs:
                     cfg.rho = cfg.effective_rho  # the same run whether rho was listed or left to its default
             except (ConfigError, TypeError) as err:
                 raise ConfigError(f"run '{label}': {err}") from None

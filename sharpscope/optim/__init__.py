@@ -1,20 +1,24 @@
 """SAM and its training step, as torch optimizers (see :mod:`.sam`, :mod:`.bn`, :mod:`.step`;
 variants over SAM's two steps: :mod:`.rsam`, :mod:`.gsam`, :mod:`.wsam`, :mod:`.looksam`,
-:mod:`.fsam`; batch norm over the global batch of every rank: :mod:`.sync_bn`)."""
+:mod:`.fsam`; the table of every optimizer a training run may name, built from
+their classes: :mod:`.registry`; batch norm over the global batch of every rank: :mod:`.sync_bn`)."""
 
 from __future__ import annotations
 
-from .asam import asam_groups
-from .bn import bn_modules, frozen_bn_stats
-from .fsam import FriendlySAM
-from .gsam import GSAM
-from .looksam import LookSAM
-from .rsam import RSAM
+# The registered optimizers, in the order the registry lists them (sharpscope train --help).
+from .sgd import SGD
 from .sam import SAM
+from .asam import ASAM, asam_groups
+from .rsam import RSAM
+from .gsam import GSAM
+from .wsam import WSAM
+from .looksam import LookSAM
+from .fsam import FriendlySAM
+from .bn import bn_modules, frozen_bn_stats
 from .step import StepResult, sam_step
 from .sync_bn import GlobalBatchNorm, convert_to_global_bn, has_global_bn
-from .wsam import WSAM
+from . import registry
 
-__all__ = ["SAM", "RSAM", "GSAM", "WSAM", "LookSAM", "FriendlySAM", "sam_step", "frozen_bn_stats", "bn_modules",
-           "StepResult", "asam_groups",
+__all__ = ["SGD", "SAM", "ASAM", "RSAM", "GSAM", "WSAM", "LookSAM", "FriendlySAM", "sam_step", "frozen_bn_stats",
+           "bn_modules", "StepResult", "asam_groups", "registry",
            "GlobalBatchNorm", "convert_to_global_bn", "has_global_bn"]

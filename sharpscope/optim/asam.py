@@ -12,18 +12,22 @@ of them. The paper's rho = 0.5 was tuned with that rule.
   code, kept for runs made with it).
 
 The groups go straight into :class:`~sharpscope.optim.SAM` (one global norm over the groups,
-each with its own T).
+each with its own T); :class:`ASAM` is SAM with every parameter adaptive by default, registered
+as ``asam`` (rho 0.5, the training configuration's ``eta`` and ``asam_rule``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .registry import RunOptions, register
+from .sam import SAM
 
-__all__ = ["asam_groups", "ASAM_RULES"]
+__all__ = ["ASAM", "asam_groups", "ASAM_RULES"]
 
 ASAM_RULES = ("official", "all")
 
@@ -39,3 +43,28 @@ def asam_groups(model: nn.Module, eta: float = 0.01, rule: str = "official") -> 
     plain = [w for n, w in named if "weight" not in n]
     groups = [{"params": scaled, "adaptive": True, "eta": eta}, {"params": plain, "adaptive": False, "eta": eta}]
     return [g for g in groups if g["params"]]
+
+
+@register
+class ASAM(SAM):
+    """ASAM (Kwon et al.): :class:`SAM` with ``adaptive=True`` and rho = 0.5 by default.
+
+    Its steps are SAM's own (nothing is overridden), so it takes m-SAM chunks (vectorized like
+    SAM's), a ``GradScaler`` and several ranks; a training configuration builds it on
+    :func:`asam_groups` of the model under its ``asam_rule``.
+    """
+
+    name = "asam"
+    default_rho = 0.5
+    reads = SAM.reads | {"eta"}
+    supports_m = True
+    supports_scaler = True
+    supports_ranks = True
+
+    def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.5,
+                 p: float = 2.0, adaptive: bool = True, eta: float = 0.01, **kwargs: Any) -> None:
+        super().__init__(params, base_optimizer, rho=rho, p=p, adaptive=adaptive, eta=eta, **kwargs)
+
+    @classmethod
+    def config_params(cls, config: RunOptions, model: Any) -> Any:
+        return asam_groups(model, config.eta, config.asam_rule)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .registry import register
 from .sam import SAM, substituted_gradients
 
 __all__ = ["FriendlySAM"]
@@ -31,6 +32,7 @@ __all__ = ["FriendlySAM"]
 _MOMENTUM = "fsam_momentum"
 
 
+@register
 class FriendlySAM(SAM):
     """SAM perturbing along g - sigma * (moving average of g) (module docstring).
 
@@ -40,7 +42,9 @@ class FriendlySAM(SAM):
         lmbda: the moving average's decay (lambda).
     """
 
-    supports_m_and_scaler = False
+    name = "fsam"
+    summary = "Friendly SAM"
+    option_names = ("sigma", "lmbda")
     _saved_state_keys = (_MOMENTUM,)
 
     def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,

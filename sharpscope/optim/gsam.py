@@ -32,11 +32,13 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .registry import RunOptions, register
 from .sam import SAM, flat_dot
 
 __all__ = ["GSAM"]
 
 
+@register
 class GSAM(SAM):
     """SAM with GSAM's update direction and learning-rate-following radius (module docstring).
 
@@ -50,8 +52,9 @@ class GSAM(SAM):
         lr_min: the learning rate that maps to ``rho_min``.
     """
 
+    name = "gsam"
+    option_names = ("alpha", "rho_min")
     keeps_clean_gradient = True
-    supports_m_and_scaler = False
 
     def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
                  rho_min: float = 0.0, alpha: float = 0.4, lr_max: float | None = None, lr_min: float = 0.0,
@@ -64,6 +67,18 @@ class GSAM(SAM):
         if rho_min > rho:
             raise ConfigError(f"GSAM rho_min ({rho_min}) must not exceed rho ({rho})")
         self.alpha, self.rho_min, self.lr_max, self.lr_min = float(alpha), float(rho_min), float(lr_max), float(lr_min)
+
+    @classmethod
+    def config_kwargs(cls, config: RunOptions) -> dict[str, Any]:
+        """SAM's, without p (the decomposition is Euclidean: :meth:`check_config`)."""
+        kwargs = super().config_kwargs(config)
+        del kwargs["p"]
+        return kwargs
+
+    @classmethod
+    def check_config(cls, config: RunOptions) -> None:
+        if config.p != 2:
+            raise ConfigError("GSAM's gradient decomposition is Euclidean: it needs p = 2")
 
     def _radius(self, group: dict[str, Any]) -> float:
         """rho_t from the group's current learning rate (module docstring), at least 0."""

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .registry import register
 from .sam import SAM, flat_dot
 
 __all__ = ["LookSAM"]
@@ -42,6 +43,7 @@ _STEP = "looksam_step"
 _GV = "looksam_gv"
 
 
+@register
 class LookSAM(SAM):
     """SAM every ``k`` steps, its reused orthogonal component in between (module docstring).
 
@@ -51,8 +53,9 @@ class LookSAM(SAM):
         alpha: weight of the reused component.
     """
 
+    name = "looksam"
+    option_names = ("k", "alpha")
     keeps_clean_gradient = True
-    supports_m_and_scaler = False
     _saved_state_keys = (_GV,)
 
     def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,

@@ -34,6 +34,7 @@ from torch.func import functional_call, grad, vmap
 from ..batches import leading_size, take
 from .bn import bn_restore, bn_snapshot, bn_modules, frozen_bn_stats
 from .result import StepResult
+from .asam import ASAM
 from .sam import SAM, dual_exponent
 
 __all__ = ["m_sam_loop", "m_sam_vmapped", "vmappable", "chunk_perturbations"]
@@ -112,7 +113,7 @@ def vmappable(model: nn.Module, inputs: Any, targets: Any, optimizer: torch.opti
     sparse = any(getattr(mod, "sparse", False) for mod in model.modules()
                  if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)))
     compiled = hasattr(model, "_orig_mod")  # torch.compile's wrapper: vmap does not go through dynamo
-    return (type(optimizer) is SAM
+    return (type(optimizer) in (SAM, ASAM)
             and isinstance(inputs, torch.Tensor) and isinstance(targets, torch.Tensor) and batch % m == 0
             and autocast is None and scaler is None and not sparse and not compiled)
 

@@ -23,18 +23,28 @@ gradient at w, :func:`sharpscope.optim.sam_step` runs the clean pass at w withou
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
+from .registry import RunOptions, register
 from .sam import SAM, dual_exponent, dual_vector
 
-__all__ = ["RSAM"]
+__all__ = ["RSAM", "stream_seed"]
 
 _STATE_KEY = "rsam_generator"
 
 
+def stream_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for the named random stream ``stream`` of run ``seed`` (independent of the
+    other streams drawn from ``seed``)."""
+    digest = hashlib.blake2b(f"{int(seed)}:{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@register
 class RSAM(SAM):
     """SAM with a random perturbation of norm ``rho`` (see the module docstring).
 
@@ -45,6 +55,11 @@ class RSAM(SAM):
             initialised the model: the same seed would replay the initialisation's draws).
     """
 
+    name = "rsam"
+    summary = "SAM's step at a random e of norm rho: the control for SAM's ascent direction"
+    supports_m = True
+    supports_scaler = True
+    supports_ranks = True
     perturbation_uses_gradient = False
 
     def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
@@ -56,6 +71,17 @@ class RSAM(SAM):
         super().__init__(params, base_optimizer, rho=rho, p=p, **kwargs)
         device = next((w.device for g in self.param_groups for w in g["params"]), torch.device("cpu"))
         self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    @classmethod
+    def config_kwargs(cls, config: RunOptions) -> dict[str, Any]:
+        """rho and p, and the seed of the run's ``rsam`` stream (:func:`stream_seed`): seeding
+        with the run's seed would replay the draws of the model's initialisation."""
+        return dict(rho=config.effective_rho, p=config.p, seed=stream_seed(config.seed, "rsam"))
+
+    @classmethod
+    def check_config(cls, config: RunOptions) -> None:
+        if config.sync_bn:
+            raise ConfigError("--sync-bn is for sgd, sam and asam: rsam draws its random perturbation on each rank")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if param_group.get("adaptive"):

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .registry import Registered, RunOptions, base_options, register
 
 __all__ = ["SAM"]
 
@@ -139,7 +140,8 @@ def _weight_decayed_gradients(groups: list[dict[str, Any]]) -> contextlib.Abstra
     return substituted_gradients(params, grads) if params else contextlib.nullcontext()
 
 
-class SAM(torch.optim.Optimizer):
+@register
+class SAM(Registered, torch.optim.Optimizer):
     """SAM / ASAM around any base optimizer.
 
     Args:
@@ -177,9 +179,21 @@ class SAM(torch.optim.Optimizer):
     #: Whether :meth:`first_step` keeps the gradient at w (``state[w]["clean_grad"]``) for
     #: :meth:`_update_gradient` (GSAM, WSAM, LookSAM combine it with the gradient at w + e).
     keeps_clean_gradient = False
-    #: Whether the variant's two steps can run per m-SAM chunk and under a ``GradScaler``
-    #: (its extra state is not chunk-wise, and a kept gradient would be the scaled one).
-    supports_m_and_scaler = True
+    # Registry facts (sharpscope.optim.registry): a registered subclass states its own ``name``,
+    # and each capability it has in its own body (undeclared ones are False for it).
+    name = "sam"
+    default_rho = 0.05
+    perturbs = True
+    #: The perturbation options of a training configuration it reads (``m``: ``supports_m``).
+    reads = frozenset({"rho", "p", "second_order", "same_dropout_mask", "perturbation_weight_decay"})
+    #: Whether the two steps can run per m-SAM chunk, under a ``GradScaler`` and on several
+    #: data-parallel ranks (a variant's extra state is not chunk-wise, a kept gradient would be
+    #: the scaled one, and data-parallel SAM averages the two passes' gradients separately).
+    supports_m = True
+    supports_scaler = True
+    supports_ranks = True
+    #: Whether ``sam_step(..., second_order=True)`` takes its full gradient (SAM's e_hat only).
+    supports_second_order = True
     #: Per-parameter state entries (in ``self.state[w]``) that :meth:`state_dict` saves.
     _saved_state_keys: tuple[str, ...] = ()
 
@@ -222,6 +236,31 @@ class SAM(torch.optim.Optimizer):
             super().add_param_group(group)
         else:
             base.add_param_group(group)
+
+    # -- the registry ----------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: RunOptions, model: Any) -> SAM:
+        """This optimizer around ``torch.optim.SGD`` as a training configuration names it:
+        :meth:`config_params` of ``model``, :meth:`config_kwargs`, the SGD options and the
+        configuration's ``optimizer_options``."""
+        return cls(cls.config_params(config, model), torch.optim.SGD, **cls.config_kwargs(config),
+                   **base_options(config), **config.optimizer_options)
+
+    @classmethod
+    def config_params(cls, config: RunOptions, model: Any) -> Any:
+        """The parameters (or groups) it optimizes: all of ``model``'s."""
+        return model.parameters()
+
+    @classmethod
+    def config_kwargs(cls, config: RunOptions) -> dict[str, Any]:
+        """The SAM options a configuration sets: rho, p, eta and the perturbation's weight decay."""
+        return dict(rho=config.effective_rho, p=config.p, eta=config.eta,
+                    perturbation_weight_decay=config.perturbation_weight_decay)
+
+    @property
+    def supports_m_and_scaler(self) -> bool:
+        """Both :attr:`supports_m` and :attr:`supports_scaler` (the name before the registry)."""
+        return self.supports_m and self.supports_scaler
 
     # -- the two steps -------------------------------------------------------------
     @torch.no_grad()

@@ -88,8 +88,8 @@ def sam_step(
 
     A variant that does not perturb on this step (:meth:`SAM.perturbs_this_step` false:
     LookSAM between its full steps) takes one pass at w and its :meth:`SAM.second_step`.
-    Variants with ``supports_m_and_scaler`` false (GSAM, WSAM, LookSAM, Friendly SAM) refuse
-    ``m`` and ``scaler``.
+    Variants without ``supports_m`` / ``supports_scaler`` (GSAM, WSAM, LookSAM, Friendly SAM:
+    :mod:`.registry`) refuse ``m`` / ``scaler``.
 
     ``inputs`` is a tensor or any pytree of tensors (a dict, a tuple), passed to the model as
     one argument; ``targets`` a tensor (or pytree) whose leading size is the batch size.
@@ -139,7 +139,8 @@ def sam_step(
             return StepResult(loss.detach(), outputs.detach(), None)
         return StepResult(loss.detach(), outputs.detach(), None, _scaler_step(scaler, optimizer))
 
-    if not optimizer.supports_m_and_scaler and ((m is not None and m < batch) or scaler is not None):
+    if (m is not None and m < batch and not optimizer.supports_m) or (scaler is not None
+                                                                      and not optimizer.supports_scaler):
         raise ConfigError(f"{type(optimizer).__name__} runs without m-SAM chunks and without a GradScaler (its "
                           "state is per step and it combines unscaled gradients); use bf16 autocast or float32")
     uses_gradient = optimizer.perturbation_uses_gradient

@@ -25,11 +25,13 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .registry import register
 from .sam import SAM
 
 __all__ = ["WSAM"]
 
 
+@register
 class WSAM(SAM):
     """SAM with WSAM's weighted sharpness (module docstring).
 
@@ -40,8 +42,9 @@ class WSAM(SAM):
             inside the gradient it sees.
     """
 
+    name = "wsam"
+    option_names = ("gamma", "decouple")
     keeps_clean_gradient = True
-    supports_m_and_scaler = False
 
     def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
                  gamma: float = 0.9, decouple: bool = True, **kwargs: Any) -> None:

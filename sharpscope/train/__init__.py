@@ -3,7 +3,8 @@
 The modules, each importing only those before it:
 
     config.py     TrainConfig, TrainResult, the learning-rate schedule, the optimizer a
-                  configuration names, and the names one may choose (OPTIMIZERS, VARIANTS, TRACKABLE, ...)
+                  configuration names, and the names one may choose (TRACKABLE, SCHEDULES, ...;
+                  OPTIMIZERS, VARIANTS, DEFAULT_RHO, M_SAM_OPTIMIZERS: views of sharpscope.optim.registry)
     callbacks.py  Callback and the TrainState callbacks see
     state.py      what a run keeps across a restart: RNG state, metrics files; Ctrl-C
     resume.py     what a resumed run may change: options given again must equal the stored
@@ -15,21 +16,18 @@ The modules, each importing only those before it:
 
 from __future__ import annotations
 
+from typing import Any
+
+from . import config as _config
 from .callbacks import Callback, TrainState
-from .config import (
-    AMP_DTYPES,
-    DEFAULT_RHO,
-    M_SAM_OPTIMIZERS,
-    OPTIMIZERS,
-    SCHEDULES,
-    TRACKABLE,
-    VARIANTS,
-    TrainConfig,
-    TrainResult,
-    learning_rate,
-)
+from .config import AMP_DTYPES, SCHEDULES, TRACKABLE, TrainConfig, TrainResult, learning_rate
 from .loop import check_launch, check_model, evaluate, train, trusted_factory
 
 __all__ = ["TrainConfig", "TrainResult", "Callback", "TrainState", "train", "check_launch", "check_model",
            "trusted_factory", "learning_rate", "evaluate",
            "OPTIMIZERS", "VARIANTS", "M_SAM_OPTIMIZERS", "TRACKABLE", "DEFAULT_RHO", "SCHEDULES", "AMP_DTYPES"]
+
+
+def __getattr__(name: str) -> Any:
+    """OPTIMIZERS, VARIANTS, DEFAULT_RHO, M_SAM_OPTIMIZERS: the registry as it is now."""
+    return getattr(_config, name)

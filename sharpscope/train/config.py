@@ -1,12 +1,12 @@
 """What defines a training run: :class:`TrainConfig` (validated, stored in every checkpoint),
 :class:`TrainResult`, the learning-rate schedule, the optimizer a configuration names, and the
-names one may choose (optimizers, variants, schedules, what may be tracked, AMP dtypes)."""
+names one may choose (schedules, what may be tracked, AMP dtypes). The optimizers, their
+defaults, options and capabilities are the registry's (:mod:`sharpscope.optim.registry`);
+``OPTIMIZERS``, ``DEFAULT_RHO``, ``VARIANTS`` and ``M_SAM_OPTIMIZERS`` are views of it."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import inspect
 import math
 import os
 from dataclasses import dataclass, field
@@ -19,26 +19,14 @@ from torch import nn
 from ..checks import bool_option
 from ..data import DataSpec
 from ..errors import ConfigError
-from ..optim import GSAM, RSAM, SAM, WSAM, FriendlySAM, LookSAM, asam_groups
+from ..optim import registry
 from ..optim.asam import ASAM_RULES
 
-__all__ = ["TrainConfig", "TrainResult", "learning_rate", "OPTIMIZERS", "SCHEDULES", "DEFAULT_RHO", "VARIANTS",
-           "M_SAM_OPTIMIZERS", "TRACKABLE", "SEED_RANGE", "DIVERGED_FACTOR", "AMP_DTYPES"]
+# (also OPTIMIZERS, DEFAULT_RHO, VARIANTS, M_SAM_OPTIMIZERS: registry views, module __getattr__)
+__all__ = ["TrainConfig", "TrainResult", "learning_rate", "SCHEDULES", "TRACKABLE", "SEED_RANGE", "DIVERGED_FACTOR",
+           "AMP_DTYPES"]
 
-# rsam: SAM with a random e (the control); gsam, wsam, looksam, fsam: SAM's successors (sharpscope.optim)
-OPTIMIZERS = ("sgd", "sam", "asam", "rsam", "gsam", "wsam", "looksam", "fsam")
 SCHEDULES = ("cosine", "constant")
-DEFAULT_RHO = {"sgd": 0.0, "sam": 0.05, "asam": 0.5, "rsam": 0.05, "gsam": 0.05, "wsam": 0.05, "looksam": 0.05,
-               "fsam": 0.05}
-# The variants' own options (--optimizer-opt KEY=VALUE) and their classes; the defaults are the classes'.
-VARIANTS: dict[str, tuple[type[SAM], tuple[str, ...]]] = {
-    "gsam": (GSAM, ("alpha", "rho_min")),
-    "wsam": (WSAM, ("gamma", "decouple")),
-    "looksam": (LookSAM, ("k", "alpha")),
-    "fsam": (FriendlySAM, ("sigma", "lmbda")),
-}
-# Optimizers whose steps run per m-SAM chunk, under a GradScaler and on several ranks.
-M_SAM_OPTIMIZERS = ("sam", "asam", "rsam")
 # What sharpscope.train.tracking can measure during training (here, so that validating a
 # configuration does not import the analyses).
 TRACKABLE = ("gradcos", "lambda_max", "trace", "m_sharpness")
@@ -70,11 +58,11 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     warmup_epochs: float = 0.0
-    rho: float | None = None  # None: 0.05 for SAM and RSAM, 0.5 for ASAM (Kwon et al.)
+    rho: float | None = None  # None: the optimizer's default_rho (0.05; ASAM 0.5, Kwon et al.)
     p: float = 2.0
     eta: float = 0.01
     asam_rule: str = "official"  # which parameters ASAM scales by |w| + eta (sharpscope.optim.asam)
-    optimizer_options: dict[str, Any] = field(default_factory=dict)  # a variant's options (VARIANTS)
+    optimizer_options: dict[str, Any] = field(default_factory=dict)  # its registry option_names
     # in the training loss of both passes, so the metrics' train_loss is the smoothed loss; evaluation
     # (test_loss, and every analysis) uses plain cross-entropy
     label_smoothing: float = 0.0
@@ -106,11 +94,10 @@ class TrainConfig:
 
     @property
     def effective_rho(self) -> float:
-        return DEFAULT_RHO[self.optimizer] if self.rho is None else float(self.rho)
+        return registry.get(self.optimizer).default_rho if self.rho is None else float(self.rho)
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        spec = registry.get(self.optimizer)  # an unknown name: ConfigError listing the choices
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         checks = [
@@ -135,11 +122,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.m is not None and self.optimizer not in M_SAM_OPTIMIZERS:
-            raise ConfigError(f"m (m-SAM) needs --optimizer sam, asam or rsam, not {self.optimizer}")
-        if self.amp == "fp16" and self.optimizer in VARIANTS:
+        if self.m is not None and not spec.supports_m:
+            raise ConfigError(f"m (m-SAM) needs --optimizer {_one_of('supports_m')}, not {self.optimizer}")
+        if self.amp == "fp16" and not spec.supports_scaler:
             raise ConfigError(f"--optimizer {self.optimizer} does not run under fp16's gradient scaler; use --amp bf16")
-        allowed = VARIANTS.get(self.optimizer, (None, ()))[1]
+        allowed = spec.option_names
         unknown_opts = sorted(set(self.optimizer_options) - set(allowed))
         if unknown_opts:
             raise ConfigError(f"--optimizer {self.optimizer} has no option {unknown_opts[0]!r}"
@@ -148,15 +135,14 @@ class TrainConfig:
             raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.same_dropout_mask and self.m is not None:
             raise ConfigError("--same-dropout-mask applies to whole-batch SAM steps, not m-SAM chunks")
-        if self.optimizer == "gsam" and self.p != 2:
-            raise ConfigError("GSAM's gradient decomposition is Euclidean: it needs p = 2")
-        if self.optimizer in VARIANTS:  # the option values, on a stand-in parameter
+        if spec.options:  # the option values, on a stand-in parameter (no random draw)
             try:
-                _make_variant(self, [torch.zeros(1, requires_grad=True)])
+                spec.build(self, nn.ParameterList([nn.Parameter(torch.zeros(1))]))
             except TypeError as err:
                 raise ConfigError(f"--optimizer-opt for {self.optimizer}: {err}") from None
-        if self.second_order and (self.optimizer != "sam" or self.p != 2 or self.m is not None):
-            raise ConfigError("--second-order needs --optimizer sam with p = 2 and no m")
+        if self.second_order and (not spec.supports_second_order or self.p != 2 or self.m is not None):
+            raise ConfigError(f"--second-order needs --optimizer {_one_of('supports_second_order')} with p = 2 "
+                              "and no m")
         if self.asam_rule not in ASAM_RULES:
             raise ConfigError(f"--asam-rule must be one of {', '.join(ASAM_RULES)}, got {self.asam_rule!r}")
         if self.amp not in AMP_DTYPES:
@@ -167,11 +153,10 @@ class TrainConfig:
         unknown = sorted(set(self.track) - set(TRACKABLE))
         if unknown:
             raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(TRACKABLE)}")
-        if self.sync_bn and self.optimizer != "sgd" and not self.sync_perturbation:
+        if self.sync_bn and spec.perturbs and not self.sync_perturbation:
             raise ConfigError("--sync-bn needs --sync-perturbation: with one perturbation per rank, each rank's "
                               "pass at w + e_r would pool batch statistics of differently perturbed models")
-        if self.sync_bn and self.optimizer == "rsam":
-            raise ConfigError("--sync-bn is for sgd, sam and asam: rsam draws its random perturbation on each rank")
+        spec.check(self)  # the optimizer class's own rules (e.g. GSAM: p = 2)
         if self.track_every < 1 or self.track_samples < 1:
             raise ConfigError("track interval and track samples must be >= 1")
 
@@ -224,50 +209,38 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-def _stream_seed(seed: int, stream: str) -> int:
-    """A 63-bit seed for the named random stream ``stream`` of run ``seed`` (independent of the
-    other streams drawn from ``seed``)."""
-    digest = hashlib.blake2b(f"{int(seed)}:{stream}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer ``config`` names, over ``model``'s parameters (SGD as SAM's base optimizer)."""
-    sgd = _sgd_options(config)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), **sgd)
-    if config.optimizer == "rsam":  # its own stream: seeding with config.seed would replay the init's draws
-        return RSAM(model.parameters(), torch.optim.SGD, rho=config.effective_rho, p=config.p,
-                    seed=_stream_seed(config.seed, "rsam"), **sgd)
-    if config.optimizer in VARIANTS:
-        return _make_variant(config, model.parameters())
-    params = asam_groups(model, config.eta, config.asam_rule) if config.optimizer == "asam" else model.parameters()
-    return SAM(params, torch.optim.SGD, rho=config.effective_rho, p=config.p, eta=config.eta,
-               perturbation_weight_decay=config.perturbation_weight_decay, **sgd)
-
-
-def _sgd_options(config: TrainConfig) -> dict[str, Any]:
-    return dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov)
+    """The optimizer ``config`` names, over ``model``'s parameters (its registry class builds it)."""
+    return registry.get(config.optimizer).build(config, model)
 
 
 def _typed_variant_options(optimizer: str, options: dict[str, Any]) -> dict[str, Any]:
-    """A variant's options with its boolean ones (annotated ``bool`` in its class) read strictly
+    """An optimizer's options with its boolean ones (annotated ``bool`` in its class) read strictly
     (:func:`sharpscope.checks.bool_option`: ``decouple=no`` is False, ``decouple=maybe`` is
     refused); the other options are checked by the class itself."""
-    if optimizer not in VARIANTS:
-        return options
-    params = inspect.signature(VARIANTS[optimizer][0].__init__).parameters
-    for name, value in options.items():
-        if name in params and params[name].annotation in (bool, "bool"):
-            options[name] = bool_option(f"--optimizer-opt {name} of {optimizer}", value)
+    spec = registry.lookup(optimizer)
+    for option in spec.options if spec is not None else ():
+        if option.name in options and option.is_bool:
+            options[option.name] = bool_option(f"--optimizer-opt {option.name} of {optimizer}", options[option.name])
     return options
 
 
-def _make_variant(config: TrainConfig, params: Any) -> SAM:
-    """GSAM, WSAM, LookSAM or Friendly SAM around SGD, with the run's options (``p`` for all but
-    GSAM, whose decomposition is Euclidean)."""
-    cls = VARIANTS[config.optimizer][0]
-    extra = {} if cls is GSAM else {"p": config.p}
-    return cls(params, torch.optim.SGD, rho=config.effective_rho, eta=config.eta,
-               perturbation_weight_decay=config.perturbation_weight_decay, **extra, **_sgd_options(config),
-               **config.optimizer_options)
+def _one_of(capability: str) -> str:
+    """The registered optimizers with ``capability``, as prose: "sam, asam or rsam"."""
+    named = [s.name for s in registry.specs() if getattr(s, capability)]
+    return named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}"
+
+
+# Views of the registry under the names they had before it (each read builds them afresh).
+_VIEWS = {
+    "OPTIMIZERS": lambda: registry.names(),
+    "DEFAULT_RHO": lambda: {s.name: s.default_rho for s in registry.specs()},
+    "VARIANTS": lambda: {s.name: (s.cls, s.option_names) for s in registry.specs() if s.options},
+    "M_SAM_OPTIMIZERS": lambda: tuple(s.name for s in registry.specs() if s.supports_m),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VIEWS:
+        return _VIEWS[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

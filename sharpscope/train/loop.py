@@ -36,18 +36,9 @@ from ..checkpoint import check_checkpoint_data, check_data_fits, read_checkpoint
 from ..data import DataSpec, Dataset, load_dataset
 from ..errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..models import build_model, factory_name, is_factory, make_factory_spec, make_model_spec
-from ..optim import SAM, StepResult, bn_modules, convert_to_global_bn, sam_step
+from ..optim import SAM, StepResult, bn_modules, convert_to_global_bn, registry, sam_step
 from .callbacks import Callback, TrainState
-from .config import (
-    AMP_DTYPES,
-    DEFAULT_RHO,
-    DIVERGED_FACTOR,
-    VARIANTS,
-    TrainConfig,
-    TrainResult,
-    make_optimizer,
-    learning_rate,
-)
+from .config import AMP_DTYPES, DIVERGED_FACTOR, TrainConfig, TrainResult, learning_rate
 from .resume import resumed_config
 from .state import append_metrics, rng_state, set_rng_state, sigint_requests_stop, write_metrics_file
 
@@ -283,7 +274,7 @@ def _open(config: TrainConfig | None, out: Path, resume: bool) -> tuple[TrainCon
 
 def check_ranks(config: TrainConfig, world: int) -> None:
     """What ``config`` cannot do on ``world`` ranks (ConfigError)."""
-    if world > 1 and config.optimizer in VARIANTS:
+    if world > 1 and not registry.get(config.optimizer).supports_ranks:
         raise ConfigError(f"--optimizer {config.optimizer} runs in a single process (its update combines both "
                           "passes' gradients, which data-parallel SAM averages separately)")
     if world > 1 and (config.m is not None or config.second_order):
@@ -376,7 +367,7 @@ def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str, raw: dict
         raise ConfigError("--channels-last needs image data (C, H, W)")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(config, model)
+    optimizer = registry.get(config.optimizer).build(config, model)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     if channels_last:
@@ -394,8 +385,8 @@ def _per_rank_bn_note(config: TrainConfig, world: int) -> str:
     """What a run on several ranks computes when its batch norm is rank-local (README,
     'Running on several processes'); tests/test_sync_bn.py checks each statement."""
     per_rank = f"about {config.batch_size / world:.3g}" if config.batch_size % world else str(config.batch_size // world)
-    if config.optimizer == "sgd":
-        what = "ghost batch norm: SGD with batch statistics per slice of that size"
+    if not registry.get(config.optimizer).perturbs:
+        what = f"ghost batch norm: {config.optimizer.upper()} with batch statistics per slice of that size"
     elif config.sync_perturbation:
         what = ("one perturbation from the global gradient with batch statistics per slice (ghost batch norm); "
                 "plain SAM over the global batch needs --sync-bn too")
@@ -460,7 +451,7 @@ def _with_tracking(config: TrainConfig, callbacks: Sequence[Callback]) -> Sequen
     if not config.track:
         return callbacks
     from .tracking import TrackingCallback
-    rho = config.effective_rho if config.optimizer != "sgd" else DEFAULT_RHO["sam"]
+    rho = config.effective_rho if registry.get(config.optimizer).perturbs else registry.get("sam").default_rho
     return [TrackingCallback(config.track, config.track_every, config.track_samples, rho, config.seed), *callbacks]
 
 

@@ -25,7 +25,6 @@ Fewer epochs than stored are refused (a run is never shortened; its snapshots in
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +32,8 @@ from typing import Any
 
 from ..checkpoint import read_checkpoint
 from ..errors import ConfigError
-from .config import DEFAULT_RHO, VARIANTS, TrainConfig
+from ..optim import registry
+from .config import TrainConfig
 
 __all__ = ["EXTENDABLE_SCHEDULES", "resumed_config", "resume_conflicts", "stored_run_config"]
 
@@ -55,7 +55,8 @@ def _effective(config: Mapping[str, Any], name: str) -> Any:
     effect on training (module docstring)."""
     value = config.get(name)
     if name == "rho":
-        return DEFAULT_RHO.get(config.get("optimizer", ""), 0.0) if value is None else float(value)
+        spec = registry.lookup(config.get("optimizer", ""))
+        return (spec.default_rho if spec is not None else 0.0) if value is None else float(value)
     if name == "augment":
         return config.get("data") in ("cifar10", "cifar100") if value is None else bool(value)
     if name == "data_root" and value is not None:
@@ -69,13 +70,9 @@ def _effective(config: Mapping[str, Any], name: str) -> Any:
 
 
 def _with_variant_defaults(optimizer: str, options: dict[str, Any]) -> dict[str, Any]:
-    """A variant's options with the defaults of its class's keyword arguments filled in."""
-    if optimizer not in VARIANTS:
-        return options
-    cls, names = VARIANTS[optimizer]
-    params = inspect.signature(cls.__init__).parameters
-    defaults = {n: params[n].default for n in names if n in params and params[n].default is not inspect.Parameter.empty}
-    return {**defaults, **options}
+    """An optimizer's options with the defaults of its class's keyword arguments filled in."""
+    spec = registry.lookup(optimizer)
+    return options if spec is None else {**spec.defaults(), **options}
 
 
 def resume_conflicts(stored: TrainConfig, given: Mapping[str, Any]) -> list[str]:
