@@ -39,9 +39,15 @@ VARIANTS: dict[str, tuple[type[SAM], tuple[str, ...]]] = {
 }
 # Optimizers whose steps run per m-SAM chunk, under a GradScaler and on several ranks.
 M_SAM_OPTIMIZERS = ("sam", "asam", "rsam")
-# What sharpscope.train.tracking can measure during training (here, so that validating a
-# configuration does not import the analyses).
-TRACKABLE = ("gradcos", "lambda_max", "trace", "m_sharpness")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TRACKABLE":  # what sharpscope.train.tracking can measure, read from the table of measures
+        from .tracking import trackable
+        return tuple(trackable())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 SEED_RANGE = (0, 2**63 - 1)  # what torch generators take
 # An epoch whose mean training loss exceeds this many times the chance-level cross-entropy
 # log(classes) has diverged (a run that learns stays below about 1x; 100x means logits off
@@ -164,9 +170,10 @@ class TrainConfig:
         if self.amp is not None and self.second_order:
             raise ConfigError("--second-order runs in float32 only (its double backward in reduced precision would "
                               "not be the second-order gradient); drop --amp")
-        unknown = sorted(set(self.track) - set(TRACKABLE))
+        from .tracking import trackable  # the table of measures, imported when validating
+        unknown = sorted(set(self.track) - set(trackable()))
         if unknown:
-            raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(TRACKABLE)}")
+            raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(trackable())}")
         if self.sync_bn and self.optimizer != "sgd" and not self.sync_perturbation:
             raise ConfigError("--sync-bn needs --sync-perturbation: with one perturbation per rank, each rank's "
                               "pass at w + e_r would pool batch statistics of differently perturbed models")
