@@ -113,8 +113,10 @@ class TrackingCallback(Callback):
         obj.release()
         for m in [m for m in measures if not m.shares_objective]:
             result = m.compute(model, self.batches, settings, None)
-            if result is not None:  # None: nothing at these settings (m-sharpness on fewer than 16 examples)
-                out[m.name] = m.headline(result)
+            if result is None:  # nothing at these settings: m-sharpness at m = 16 on fewer examples
+                raise ConfigError(f"cannot track {m.name} on {sum(len(b[1]) for b in self.batches)} examples: "
+                                  "raise --track-samples")
+            out[m.name] = m.headline(result)
         return out
 
     def _edges(self, state: TrainState, obj: Objective) -> dict[str, float]:
