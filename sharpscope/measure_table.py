@@ -24,7 +24,7 @@ below); every place then offers it where its settings are provided.
 
 The maths lives in :mod:`sharpscope.hessian`, :mod:`sharpscope.sharpness`,
 :mod:`sharpscope.measures` and :mod:`sharpscope.weight_spectra`, imported when a measure is
-computed (the table itself is cheap to import).
+computed.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .weight_spectra import SUMMARY_METRICS
 
 __all__ = ["Measure", "MEASURES", "COST_UNITS", "SUBSET", "register", "get", "resolve", "resolve_all",
            "available", "all_columns", "correlated_columns", "is_column"]
@@ -246,9 +247,6 @@ def _weights(model: Any, batches: list, s: Mapping[str, Any], objective: Any) ->
     return dict(weight_spectra(model).summary)
 
 
-_WEIGHT_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank")
-
-
 def _increase_row(name: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
     return lambda r: {name: r["loss_increase"], f"{name}_error": r["error_increase"]}
 
@@ -288,7 +286,7 @@ for _m in (
               "average-case sharpness, p = 2", "forward"),
     _increase("average_adaptive", "average", "average_rho", ("worst_m", "average_draws"),
               "adaptive average-case sharpness", "forward", adaptive=True),
-    Measure("weights", _weights, (), tuple(f"ww_{k}" for k in _WEIGHT_METRICS),
+    Measure("weights", _weights, (), tuple(f"ww_{k}" for k in SUMMARY_METRICS),
             lambda r: {f"ww_{k}": v for k, v in r.items()}, "none",
             "data-free weight-spectrum measures, means over layers (after weightwatcher)"),
 ):
