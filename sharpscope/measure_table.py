@@ -38,7 +38,7 @@ from typing import Any
 from .errors import ConfigError
 from .weight_spectra import SUMMARY_METRICS
 
-__all__ = ["Measure", "MEASURES", "COST_UNITS", "SUBSET", "register", "get", "resolve", "resolve_all",
+__all__ = ["Measure", "MEASURES", "COST_UNITS", "SUBSET", "register", "resolve", "resolve_all",
            "available", "all_columns", "correlated_columns", "is_column"]
 
 # What one unit of a measure's cost is: a Hessian-vector product (a double backward), a
@@ -64,7 +64,9 @@ class Measure:
     ``prefix<m>`` whose members depend on the settings (m-sharpness). ``details``: supporting
     columns (not correlated), column -> kind (``stderr``, ``error``); each place says which
     kinds it writes. ``headline``: the one number tracking writes under the measure's name (None:
-    not trackable). ``aliases``: old names, accepted with a one-line notice."""
+    not trackable). ``row``: the result's columns. ``cost``: its unit of work (:data:`COST_UNITS`).
+    ``summary``: one line saying what it is. ``aliases``: old names, accepted with a one-line
+    notice. ``shares_objective``: it runs on the shared double-backward graph."""
 
     name: str
     compute: Compute
@@ -122,10 +124,6 @@ def register(measure: Measure) -> Measure:
     return measure
 
 
-def get(name: str) -> Measure:
-    return MEASURES[resolve(name)]
-
-
 def _old_names() -> dict[str, str]:
     return {a: m.name for m in MEASURES.values() for a in m.aliases}
 
@@ -153,10 +151,9 @@ def available(settings: Collection[str]) -> list[str]:
     return [m.name for m in MEASURES.values() if set(m.reads) <= have]
 
 
-def all_columns(names: Iterable[str] | None = None) -> set[str]:
-    """Every fixed column (values and details) the measures ``names`` (all: None) write."""
-    chosen = MEASURES.values() if names is None else [MEASURES[n] for n in names]
-    return {c for m in chosen for c in (*m.columns, *m.details)}
+def all_columns() -> set[str]:
+    """Every fixed column (values and details) the measures write."""
+    return {c for m in MEASURES.values() for c in (*m.columns, *m.details)}
 
 
 def correlated_columns() -> tuple[str, ...]:

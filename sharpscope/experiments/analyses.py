@@ -10,7 +10,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-from .. import hessian, measure_table
+from .. import measure_table
 from ..checkpoint import load_checkpoint
 from ..objective import Objective
 
@@ -111,6 +111,7 @@ def analyse_checkpoint(ckpt_path: Path, batches: list, s: AnalysisSettings, rho:
         out["density"] = res["density"]
     if clean_batches is not None:
         say("lambda_max on the clean labels")
-        out["lambda_max_clean"] = hessian.eigenvalues(model, F.cross_entropy, clean_batches, k=1, tol=s.eig_tol,
-                                                      seed=seed).eigenvalues[0]
+        top = measure_table.MEASURES["lambda_max"]  # the top eigenvalue only
+        out["lambda_max_clean"] = top.headline(top.compute(model, clean_batches,
+                                                           {**analysis_settings(s, rho, seed), "top_k": 1}, None))
     return out
