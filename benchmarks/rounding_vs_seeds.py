@@ -26,12 +26,17 @@ import statistics
 import sys
 from pathlib import Path
 
-METRICS = ("test_acc", "test_loss", "train_loss", "lambda_max", "ratio", "trace", "m_sharpness_m1",
+METRICS = ("test_acc", "test_loss", "train_loss", "lambda_max", "lambda_ratio", "trace", "m_sharpness_m1",
            "m_sharpness_m64", "surrogate_gap", "gradcos")
 
 
 def _load(folder: str) -> dict:
     return json.loads((Path(folder) / "results.json").read_text())
+
+
+def _scalar(scalars: dict, metric: str) -> float | None:
+    """A scalar of a compare's results.json; lambda_ratio was "ratio" before sharpscope's table of measures."""
+    return scalars.get(metric, scalars.get("ratio") if metric == "lambda_ratio" else None)
 
 
 def main(a_dir: str, b_dir: str) -> None:
@@ -46,8 +51,8 @@ def main(a_dir: str, b_dir: str) -> None:
     for opt, ra in a["optimizers"].items():
         rb = b["optimizers"][opt]
         for metric in METRICS:
-            va = [ra["seeds"][s]["scalars"].get(metric) for s in ra["seeds"]]
-            vb = [rb["seeds"][s]["scalars"].get(metric) for s in ra["seeds"]]
+            va = [_scalar(ra["seeds"][s]["scalars"], metric) for s in ra["seeds"]]
+            vb = [_scalar(rb["seeds"][s]["scalars"], metric) for s in ra["seeds"]]
             if any(v is None for v in va + vb):
                 continue
             gap = max(abs(x - y) for x, y in zip(va, vb))

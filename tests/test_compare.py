@@ -14,7 +14,7 @@ from sharpscope.experiments.verdicts import METRIC_BOUNDS, run_convergence
 
 FIGURES = ["training_curves.png", "density.png", "eigenvalues.png", "surfaces.png", "surfaces_3d.png",
            "interpolation.png", "m_sharpness.png", "gradcos.png", "edge_of_stability.png", "differences.png"]
-PER_SEED = ["final", "scalars", "eigenvalues", "lambda_max", "ratio", "trace", "m_sharpness", "surrogate_gap",
+PER_SEED = ["final", "scalars", "eigenvalues", "lambda_max", "lambda_ratio", "trace", "m_sharpness", "surrogate_gap",
             "gradcos", "gradcos_over_training"]
 SEEDS = [0, 1, 2]
 

@@ -87,7 +87,7 @@ def test_sweep_correlate_end_to_end(tmp_path):
     base = {"model": "mlp", "model_kwargs": {"hidden": [8]}, "data": "synthetic", "n_train": 200, "epochs": 2,
             "batch_size": 32}
     config = SweepConfig(grid={"optimizer": ["sgd", "sam"], "lr": [0.05, 0.2]}, seeds=2, base=base,
-                         profile="quick", analyses="eigenvalues,m-sharpness", analysis_m="4,32")
+                         profile="quick", analyses="lambda_max,m_sharpness", analysis_m="4,32")
     result = run_sweep(config, tmp_path / "sw", plots=[], correlate=True, min_train_acc=0)
     assert result.correlations is not None and result.correlations.n_runs == 8
     measures = {e["measure"] for e in result.correlations.entries}
@@ -109,7 +109,7 @@ def test_sweep_correlate_and_correlate_keep_the_same_runs_and_agree(tmp_path, cl
     base = {"model": "mlp", "model_kwargs": {"hidden": [8]}, "data": "synthetic", "n_train": 96, "epochs": 3,
             "batch_size": 32}
     config = SweepConfig(grid={"optimizer": ["sgd", "sam"], "lr": [0.02, 0.5]}, seeds=2, base=base,
-                         profile="quick", analyses="eigenvalues,gradcos")
+                         profile="quick", analyses="lambda_max,gradcos")
     first = run_sweep(config, tmp_path / "sw", plots=[])
     accs = sorted(r["train_acc"] for r in first.rows)
     threshold = accs[-5]  # keeps at least 5 of the 8 runs, and leaves some out unless they tie

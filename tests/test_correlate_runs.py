@@ -3,11 +3,13 @@ granulated Kendall coefficient."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from scipy import stats as sps
 
+from sharpscope import measure_table
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import measure_runs as mr
 from sharpscope.experiments.correlate import granulated_tau, rows_environment
@@ -63,8 +65,9 @@ def test_measures_are_cached_per_run_and_redone_for_new_settings(three_runs, mon
     s = mr.MeasureSettings(samples=64, trace_matvecs=6)
     first = mr.measure_runs(runs, ["trace"], s)
     calls = []
-    real = mr.RUN_MEASURES["trace"]
-    monkeypatch.setitem(mr.RUN_MEASURES, "trace", lambda *a: calls.append(1) or real(*a))
+    real = measure_table.MEASURES["trace"]
+    monkeypatch.setitem(measure_table.MEASURES, "trace",
+                        dataclasses.replace(real, compute=lambda *a: calls.append(1) or real.compute(*a)))
     again = mr.measure_runs(runs, ["trace"], s)
     assert calls == [] and [r["trace"] for r in again] == [r["trace"] for r in first]
     mr.measure_runs(runs[:1], ["trace"], mr.MeasureSettings(samples=32, trace_matvecs=6))
@@ -132,8 +135,9 @@ def test_min_train_acc_is_applied_before_measuring(three_runs, tmp_path, monkeyp
     runs = mr.find_runs([three_runs])
     accs = sorted(mr.run_row(r)["train_acc"] for r in runs)
     calls = []
-    real = mr.RUN_MEASURES["trace"]
-    monkeypatch.setitem(mr.RUN_MEASURES, "trace", lambda *a: calls.append(1) or real(*a))
+    real = measure_table.MEASURES["trace"]
+    monkeypatch.setitem(measure_table.MEASURES, "trace",
+                        dataclasses.replace(real, compute=lambda *a: calls.append(1) or real.compute(*a)))
     rows = mr.measure_runs(runs, ["trace"], mr.MeasureSettings(samples=16, trace_matvecs=3), min_train_acc=accs[1])
     kept = [r for r in rows if r["status"] == "finished"]
     assert len(calls) == len(kept) == sum(a >= accs[1] for a in accs) >= 2

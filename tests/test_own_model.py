@@ -200,7 +200,7 @@ def test_sweep_trains_and_analyses_a_factory_named_on_the_command_line(own_modul
     if where == "sys.path":
         monkeypatch.syspath_prepend(str(folder))
     code, out, err = cli(["sweep", "--model", f"{name}:build", "--data", "synthetic", "--n-train", "64",
-                          "--epochs", "1", "--seeds", "2", "--profile", "quick", "--analyses", "eigenvalues",
+                          "--epochs", "1", "--seeds", "2", "--profile", "quick", "--analyses", "lambda_max",
                           "--out", "sw", "--no-progress"])
     assert code == 0, err
     assert len(list((folder / "sw" / "runs").glob("*/analysis.json"))) == 4  # sgd and sam, 2 seeds each

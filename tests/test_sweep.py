@@ -101,7 +101,7 @@ def test_values_are_parsed_typed_and_refused_when_bad():
         with pytest.raises(ConfigError, match="seed"):
             parse_seeds(text)
     for bad in [dict(grid={"optimizer": "sgd,adam"}), dict(grid={"optimizer": "sam", "m": "64"}),  # m > batch 32
-                dict(grid={"rho": "-1"}), dict(analyses="eigenvalues,bogus"), dict(profile="huge"),
+                dict(grid={"rho": "-1"}), dict(analyses="lambda_max,bogus"), dict(profile="huge"),
                 dict(analysis_rho=math.nan), dict(base={**BASE, "seed": 3}), dict(base={**BASE, "nosuch": 1}),
                 dict(grid={"optimizer": "sam", "rho": "0.1"}, base={**BASE, "rho": 0.2}),
                 dict(analysis_m="0,4"), dict(analysis_m="4,4"), dict(analysis_m="none"), dict(analysis_m="1.5")]:
@@ -291,12 +291,12 @@ def test_another_grid_in_the_same_folder_reuses_runs_and_other_settings_are_refu
     assert smaller.rows[0]["test_acc"] == next(r for r in reference.rows if r["rho"] == 0.05)["test_acc"]
     assert smaller.analyses_computed == 0
     more = run_sweep(SweepConfig(grid={"optimizer": "sam"}, seeds=2, base=dict(BASE), profile="quick",
-                                 analyses="eigenvalues,trace"), out, plots=[])  # only the trace is new
-    assert [o.analysis_status for o in more.outcomes] == [{"eigenvalues": "reused", "trace": "computed"}] * 2
+                                 analyses="lambda_max,trace"), out, plots=[])  # only the trace is new
+    assert [o.analysis_status for o in more.outcomes] == [{"lambda_max": "reused", "trace": "computed"}] * 2
     assert more.rows[0]["lambda_max"] == smaller.rows[0]["lambda_max"] and more.rows[0]["trace"] > 0
     other_m = run_sweep(SweepConfig(grid={"optimizer": "sam"}, seeds=2, base=dict(BASE), profile="quick",
-                                    analyses="m-sharpness", analysis_m="2,8"), out, plots=[])
-    assert [o.analysis_status for o in other_m.outcomes] == [{"m-sharpness": "computed"}] * 2  # new m: new result
+                                    analyses="m_sharpness", analysis_m="2,8"), out, plots=[])
+    assert [o.analysis_status for o in other_m.outcomes] == [{"m_sharpness": "computed"}] * 2  # new m: new result
     assert {k for k in other_m.rows[0] if k.startswith("m_sharpness")} == {"m_sharpness_m2", "m_sharpness_m8"}
     before = sorted(p.name for p in (out / "runs").iterdir())
     with pytest.raises(ConfigError, match="other settings .*model_kwargs"):
@@ -326,7 +326,7 @@ def test_a_diverged_run_is_reported_and_not_retrained(tmp_path, one_thread):
 def test_cli_end_to_end_and_replot(cli, tmp_path, one_thread):
     out = tmp_path / "sweep"
     code, stdout, err = cli(["sweep", "--out", str(out), "--optimizer", "sgd,sam", "--rho", "0.05,0.1",
-                             "--seeds", "2", *CLI_TINY, "--analyses", "eigenvalues,gradcos",
+                             "--seeds", "2", *CLI_TINY, "--analyses", "lambda_max,gradcos",
                              "--plot", "test_acc:rho", "--plot", "surrogate_gap:rho"])
     assert code == 0, err
     assert "sam rho=0.1 (n=2): test_acc" in stdout and "vs SGD" in stdout
@@ -343,7 +343,7 @@ def test_cli_end_to_end_and_replot(cli, tmp_path, one_thread):
     with pytest.MonkeyPatch.context() as mp:  # a rerun trains nothing
         mp.setattr("sharpscope.experiments.sweep.train", lambda *a, **k: pytest.fail("trained again"))
         code, _, err = cli(["sweep", "--out", str(out), "--optimizer", "sgd,sam", "--rho", "0.05,0.1",
-                            "--seeds", "2", *CLI_TINY, "--analyses", "eigenvalues,gradcos"])
+                            "--seeds", "2", *CLI_TINY, "--analyses", "lambda_max,gradcos"])
     assert code == 0, err
 
 
@@ -361,7 +361,7 @@ BAD = [
     (["--jobs", "0"], "--jobs"),
     (["--seeds", "0"], "--seeds"),
     (["--seeds", "1,1"], "twice"),
-    (["--analyses", "eigenvalues,bogus"], "bogus"),
+    (["--analyses", "lambda_max,bogus"], "bogus"),
     (["--analyses", "trace,trace"], "twice"),
     (["--profile", "huge"], "huge"),
     (["--analysis-rho", "-1"], "--analysis-rho"),

@@ -38,9 +38,10 @@ def sweep_command(
     seeds: str = typer.Option("3", help="A count N (seeds 0..N-1), a list 0,5,7 or a range A:B."),
     model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE for every run, repeatable."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder or file of the data set."),
-    analyses: str = typer.Option("eigenvalues,gradcos,m-sharpness",
-                                 help="Per run, comma-separated: eigenvalues, trace, density, m-sharpness, "
-                                      "gradcos (= surrogate-gap), or none."),
+    analyses: str = typer.Option("lambda_max,gradcos,m_sharpness",
+                                 help="Per run, comma-separated measures: lambda_max, trace, density, m_sharpness, "
+                                      "gradcos (with the surrogate gap), weights (data-free), or none. Old names "
+                                      "(eigenvalues, m-sharpness, surrogate-gap) still work."),
     profile: str = typer.Option("default", help="Work the analyses get: quick or default."),
     analysis_rho: float = typer.Option(0.05, "--analysis-rho", help="rho of m-sharpness and the gradient cosine, "
                                                                     "the same for every run."),

@@ -131,7 +131,8 @@ def train_command(
     from rich.console import Console
 
     from .. import distributed as dist_utils
-    from ..train import TRACKABLE, TrainConfig, train
+    from ..train import TrainConfig, train
+    from ..train.tracking import trackable
     from .progress import RichProgress
 
     dist_utils.init_from_env(device)
@@ -176,7 +177,7 @@ def train_command(
                       f"'sharpscope train --resume --out {out}'", highlight=False)
         raise typer.Exit(130)
     final = result.final
-    tracked = [k for k in TRACKABLE if any(k in rec for rec in result.metrics)]
+    tracked = [k for k in trackable() if any(k in rec for rec in result.metrics)]
     if tracked:
         from .. import plots
 

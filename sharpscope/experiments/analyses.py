@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
 from torch import nn
 
-from .. import hessian, sharpness
+from .. import measure_table
 from ..checkpoint import load_checkpoint
 from ..objective import Objective
 
-__all__ = ["AnalysisSettings", "PROFILES", "ANALYSES", "analyse_selected", "analyse_checkpoint"]
+__all__ = ["AnalysisSettings", "PROFILES", "ANALYSES", "analysis_names", "analysis_settings", "analyse_selected",
+           "analyse_checkpoint"]
 
-# The analyses an experiment can run on a checkpoint, in the order they run.
-ANALYSES = ("eigenvalues", "trace", "density", "m-sharpness", "gradcos")
+
+def __getattr__(name: str) -> Any:
+    if name == "ANALYSES":  # the names of analysis_names(), as before: read from the table when asked
+        return tuple(analysis_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -42,68 +46,72 @@ PROFILES = {
     "quick": AnalysisSettings(samples=128, top_k=5, eig_tol=1e-3, trace_matvecs=12, density_runs=2, density_steps=20,
                               m_values=[4, 16], m_steps=2, surface_points=7, interpolation_points=11, track_every=1),
 }
+# What compare measures on every checkpoint (the density on the first seed only), in table order.
+_COMPARED = ("lambda_max", "trace", "density", "m_sharpness", "gradcos")
+
+
+def analysis_names() -> list[str]:
+    """The measures of :mod:`sharpscope.measure_table` an experiment can run on a checkpoint
+    (those whose settings :class:`AnalysisSettings` provides, with the analysis rho and the
+    run's seed), in table order: the order they run and their columns appear."""
+    return measure_table.available([*(f.name for f in fields(AnalysisSettings)), "rho", "seed"])
+
+
+def analysis_settings(s: AnalysisSettings, rho: float, seed: int) -> dict[str, Any]:
+    """The settings the measures read: ``s`` with the analysis ``rho`` and the run's ``seed``."""
+    return {**asdict(s), "rho": rho, "seed": seed}
 
 
 def analyse_selected(model: nn.Module, batches: list, which: Sequence[str], s: AnalysisSettings, rho: float,
                      seed: int, say: Callable[[str], None] = lambda what: None) -> dict[str, dict[str, Any]]:
-    """The analyses named in ``which`` (from :data:`ANALYSES`) of ``model`` on ``batches``
-    (cross-entropy; the Hessian analyses share one Objective), at the work of ``s``: name ->
-    result dict (each with its ``wall_time``). ``gradcos`` also holds the surrogate gap at
-    ``rho``; m-sharpness uses the m values of ``s`` that fit in the examples (per-subset
-    values dropped); the density drops its quadrature nodes and weights."""
-    loss = F.cross_entropy
+    """The measures named in ``which`` (canonical names of :func:`analysis_names`) of ``model``
+    on ``batches`` (cross-entropy; the Hessian measures share one Objective and run first), at
+    the work of ``s``: name -> result dict (each with its ``wall_time``). ``gradcos`` also
+    holds the surrogate gap at ``rho``; m-sharpness uses the m values of ``s`` that fit in the
+    examples (per-subset values dropped; no result when none fits); the density drops its
+    quadrature nodes and weights."""
+    settings = analysis_settings(s, rho, seed)
     out: dict[str, dict[str, Any]] = {}
-    hessian_ones = [w for w in which if w in ("eigenvalues", "trace", "density", "gradcos")]
-    if hessian_ones:
-        obj = Objective(model, loss, batches)
+    measures = [measure_table.MEASURES[w] for w in which]
+    shared = [m for m in measures if m.shares_objective]
+    if shared:
+        obj = Objective(model, F.cross_entropy, batches)
         try:
-            for name in hessian_ones:
-                say(name)
-                if name == "eigenvalues":
-                    out[name] = hessian.eigenvalues(obj, k=s.top_k, tol=s.eig_tol, seed=seed).to_dict()
-                elif name == "trace":
-                    out[name] = hessian.trace(obj, n_matvecs=s.trace_matvecs, seed=seed).to_dict()
-                elif name == "density":
-                    d = hessian.density(obj, n_runs=s.density_runs, n_steps=s.density_steps, seed=seed).to_dict()
-                    for bulky in ("nodes", "weights"):
-                        d.pop(bulky)
-                    out[name] = d
-                else:
-                    out[name] = sharpness.sam_gradient_cosine(obj, rho=rho).to_dict()
+            for m in shared:
+                say(m.name)
+                out[m.name] = m.compute(model, batches, settings, obj)
         finally:
             obj.release()
-    if "m-sharpness" in which:
-        say("m-sharpness")
-        n = sum(int(b[1].shape[0]) for b in batches)
-        ms = [m for m in s.m_values if m <= n]
-        if ms:
-            res = sharpness.m_sharpness(model, loss, batches, m=ms, rho=rho, steps=s.m_steps, seed=seed).to_dict()
-            for r in res["results"]:
-                r.pop("values")
-            out["m-sharpness"] = res
+    for m in measures:
+        if not m.shares_objective:
+            say(m.name)
+            result = m.compute(model, batches, settings, None)
+            if result is not None:
+                out[m.name] = result
     return out
 
 
 def analyse_checkpoint(ckpt_path: Path, batches: list, s: AnalysisSettings, rho: float, seed: int,
                        say: Callable[[str], None] = lambda what: None, density: bool = True,
                        clean_batches: list | None = None, allow_factory: bool | str = False) -> dict[str, Any]:
-    """Every analysis of a checkpoint's final weights on ``batches`` (:func:`analyse_selected`
-    with all of :data:`ANALYSES`, the density only when ``density``), in compare's layout,
+    """The analyses of a checkpoint's final weights on ``batches`` that compare reports
+    (:func:`analyse_selected` of its measures, the density only when ``density``), in compare's layout,
     and, given ``clean_batches`` (the same examples with their clean labels, under label
     noise), lambda_max on the clean labels. ``allow_factory``: as for
     :func:`~sharpscope.checkpoint.load_checkpoint`."""
     model = load_checkpoint(ckpt_path, allow_factory=allow_factory).model
-    which = [a for a in ANALYSES if density or a != "density"]
+    which = [a for a in _COMPARED if density or a != "density"]
     res = analyse_selected(model, batches, which, s, rho, seed, say)
-    eig = res["eigenvalues"]
+    eig = res["lambda_max"]
     values = eig["eigenvalues"]
-    out: dict[str, Any] = {"eigenvalues": eig, "lambda_max": values[0], "ratio": eig["ratio"], "trace": res["trace"],
-                           "gradcos": res["gradcos"], "surrogate_gap": res["gradcos"]["surrogate_gap"],
-                           "m_sharpness": res["m-sharpness"]}
+    out: dict[str, Any] = {"eigenvalues": eig, "lambda_max": values[0], "lambda_ratio": eig["ratio"],
+                           "trace": res["trace"], "gradcos": res["gradcos"],
+                           "surrogate_gap": res["gradcos"]["surrogate_gap"], "m_sharpness": res["m_sharpness"]}
     if density:
         out["density"] = res["density"]
     if clean_batches is not None:
         say("lambda_max on the clean labels")
-        out["lambda_max_clean"] = hessian.eigenvalues(model, F.cross_entropy, clean_batches, k=1, tol=s.eig_tol,
-                                                      seed=seed).eigenvalues[0]
+        top = measure_table.MEASURES["lambda_max"]  # the top eigenvalue only
+        out["lambda_max_clean"] = top.headline(top.compute(model, clean_batches,
+                                                           {**analysis_settings(s, rho, seed), "top_k": 1}, None))
     return out

@@ -55,7 +55,7 @@ from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, run
 __all__ = ["CompareConfig", "run_compare", "run_dir", "run_scalars", "PROFILES", "KEY_METRICS"]
 
 # The metrics the difference figure and the console summary show.
-KEY_METRICS = ("test_acc", "train_loss", "lambda_max", "ratio", "trace", "surrogate_gap")
+KEY_METRICS = ("test_acc", "train_loss", "lambda_max", "lambda_ratio", "trace", "surrogate_gap")
 # A training loss or gradient norm this many times another optimizer's: curvature compared
 # between points that are not both minima (the report says so).
 NOT_A_MINIMUM_FACTOR = 10.0
@@ -182,7 +182,7 @@ def _analyse_all(config: CompareConfig, out: Path, runs: dict[str, dict[int, lis
             if cache.exists():
                 stored = json.loads(cache.read_text())
                 if stored.get("key") == key and stored.get("checkpoint_step") == step:
-                    analyses[opt][seed] = stored["analysis"]
+                    analyses[opt][seed] = _renamed(stored["analysis"])
                     say(f"reusing the analyses of {opt.upper()}, seed {seed}")
                     continue
             analyses[opt][seed] = {**analyse_checkpoint(
@@ -192,6 +192,14 @@ def _analyse_all(config: CompareConfig, out: Path, runs: dict[str, dict[int, lis
                 "analysed_in": provenance.environment()}  # kept with the cache: a rerun reuses it
             write_json(cache, {"key": key, "checkpoint_step": step, "analysis": analyses[opt][seed]})
     return analyses, first[0], first[1]
+
+
+def _renamed(analysis: dict[str, Any]) -> dict[str, Any]:
+    """A stored analysis with its quantities under today's names: ``ratio`` (kept by
+    sharpscope before the table of measures) is ``lambda_ratio``, in its place."""
+    if "ratio" not in analysis or "lambda_ratio" in analysis:
+        return analysis
+    return {("lambda_ratio" if k == "ratio" else k): v for k, v in analysis.items()}
 
 
 def _landscapes(config: CompareConfig, out: Path, runs: dict[str, dict[int, list[dict]]], batches: list, n: int,
@@ -241,7 +249,8 @@ def run_scalars(final: dict[str, Any], analysis: dict[str, Any], label_noise: bo
     accuracy under label noise) and every scalar analysis."""
     keys = ("test_acc", "test_loss", "train_loss", "train_acc") + (("train_acc_clean",) if label_noise else ())
     values = {k: final[k] for k in keys if final.get(k) is not None}
-    values.update(lambda_max=analysis["lambda_max"], ratio=analysis["ratio"], trace=analysis["trace"]["trace"],
+    values.update(lambda_max=analysis["lambda_max"], lambda_ratio=analysis["lambda_ratio"],
+                  trace=analysis["trace"]["trace"],
                   surrogate_gap=analysis["surrogate_gap"], gradcos=analysis["gradcos"]["cosine"],
                   gradient_norm=analysis["gradcos"]["gradient_norm"])
     if "lambda_max_clean" in analysis:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import stats
+from .. import measure_table, stats
 from ..errors import ConfigError
 from .files import write_csv, write_json
 
@@ -47,14 +47,16 @@ __all__ = ["GAPS", "MEASURES", "DEFAULT_MIN_TRAIN_ACC", "check_min_train_acc", "
            "draw_correlations", "report_correlations"]
 
 GAPS = ("gap_error", "gap_loss")
-# Columns of a sweep's rows that are sharpness or curvature measures, in the order reported.
-MEASURES = ("lambda_max", "lambda_ratio", "trace", "density_trace", "gradcos", "surrogate_gap", "worst",
-            "worst_adaptive", "average", "average_adaptive", "ww_alpha", "ww_alpha_weighted", "ww_log_norm",
-            "ww_log_spectral_norm", "ww_log_alpha_norm", "ww_stable_rank")
 _M_PREFIX = "m_sharpness_m"
 DEFAULT_MIN_TRAIN_ACC = 0.99
 _NOT_FINISHED = ("diverged", "unfinished", "interrupted")
 _KIND = "sharpscope correlations"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MEASURES":  # the columns of rows that are sharpness or curvature measures, in the order reported
+        return measure_table.correlated_columns()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _number(value: Any) -> float | None:
@@ -106,11 +108,11 @@ def _m_of(column: str) -> int:
 
 
 def measure_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The measure columns that hold a finite value in at least one row: :data:`MEASURES`
-    first, then m-sharpness by increasing m."""
+    """The measure columns that hold a finite value in at least one row: the value columns of
+    :mod:`sharpscope.measure_table` first (in table order), then m-sharpness by increasing m."""
     present = {k for r in rows for k, v in r.items() if _number(v) is not None}
     m_cols = sorted((k for k in present if k.startswith(_M_PREFIX) and k[len(_M_PREFIX):].isdigit()), key=_m_of)
-    return [m for m in MEASURES if m in present] + m_cols
+    return [m for m in measure_table.correlated_columns() if m in present] + m_cols
 
 
 @dataclass

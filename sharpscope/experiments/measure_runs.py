@@ -5,7 +5,8 @@ measured in ``RUN/measures.json`` under a key naming the measure, its settings, 
 the checkpoint's step, so a rerun (or another selection of measures, or another setting of one
 measure) computes only what is new, and a run trained further is measured again.
 
-The measures (``RUN_MEASURES``; columns in parentheses):
+The measures are those of :mod:`sharpscope.measure_table` whose settings :class:`MeasureSettings`
+provides (:func:`run_measures`; columns in parentheses):
 
 - ``lambda_max`` (lambda_max, lambda_ratio): top-5 Hessian eigenvalues (Lanczos);
 - ``trace`` (trace): Hutch++;
@@ -25,26 +26,23 @@ Each ``worst*`` and ``average*`` measure also gives its error increase (column +
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch.nn.functional as F
 from torch import nn
 
-from .. import hessian, measures, sharpness
+from .. import measure_table
 from ..checkpoint import checkpoint_data, load_checkpoint, read_checkpoint
 from ..provenance import describe, environment, recorded
 from ..errors import CheckpointError, ConfigError, ModelSpecError
 from ..models import check_factory_allowed
-from ..objective import Objective
 from .files import write_json
 
-__all__ = ["MeasureSettings", "RUN_MEASURES", "DEFAULT_MEASURES", "find_runs", "run_row", "measure_run", "measure_runs",
-           "varying_config_options"]
+__all__ = ["MeasureSettings", "RUN_MEASURES", "DEFAULT_MEASURES", "run_measures", "compute_measure", "find_runs",
+           "run_row", "measure_run", "measure_runs", "varying_config_options"]
 
 _CACHE = "measures.json"
 # Config fields that say where or how a run was done, not what was trained: never a hyperparameter.
@@ -55,7 +53,8 @@ _NOT_HYPERPARAMETERS = {"seed", "device", "data_root", "checkpoint_every", "keep
 
 @dataclass
 class MeasureSettings:
-    """How each measure is computed (all of it goes into the cache key)."""
+    """How each measure is computed (a measure's cache key holds the settings it reads,
+    :attr:`sharpscope.measure_table.Measure.reads`)."""
 
     samples: int = 512               # seeded training subset
     seed: int = 0
@@ -72,68 +71,37 @@ class MeasureSettings:
     average_draws: int = 50
 
 
-Measure = Callable[[nn.Module, list, MeasureSettings], dict[str, float]]
-
-
-def _lambda_max(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
-    r = hessian.eigenvalues(Objective(model, F.cross_entropy, batches), k=5, tol=s.eig_tol, seed=s.seed)
-    return {"lambda_max": r.eigenvalues[0], "lambda_ratio": r.ratio}
-
-
-def _trace(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
-    return {"trace": hessian.trace(model, F.cross_entropy, batches, n_matvecs=s.trace_matvecs, seed=s.seed).trace}
-
-
-def _m_sharpness(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
-    n = sum(int(b[1].shape[0]) for b in batches)
-    ms = [m for m in s.m_values if m <= n]
-    r = sharpness.m_sharpness(model, F.cross_entropy, batches, m=ms, rho=s.rho, steps=s.m_steps, seed=s.seed)
-    return {f"m_sharpness_m{x.m}": x.mean for x in r.results}
-
-
-def _gradcos(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
-    r = sharpness.sam_gradient_cosine(model, F.cross_entropy, batches, rho=s.rho)
-    return {"gradcos": r.cosine, "surrogate_gap": r.surrogate_gap}
-
-
-def _measure(name: str, kind: str, **options: Any) -> Measure:
-    def run(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
-        n = sum(int(b[1].shape[0]) for b in batches)
-        rho = {"worst": s.rho, "worst_adaptive": s.adaptive_rho, "average": s.average_rho,
-               "average_adaptive": s.average_rho}[name]
-        extra = ({"steps": s.worst_steps, "restarts": s.worst_restarts} if kind == "worst"
-                 else {"samples": s.average_draws})
-        r = measures.sharpness(model, F.cross_entropy, batches, measure=kind, m=min(s.worst_m, n), rho=rho,
-                               seed=s.seed, **extra, **options).results[0]
-        return {name: r.loss_increase, f"{name}_error": r.error_increase}
-    return run
-
-
-def _weights(model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, float]:
-    from ..weight_spectra import weight_spectra  # data-free: the batches are not used
-    return {f"ww_{k}": v for k, v in weight_spectra(model).summary.items()}
-
-
-RUN_MEASURES: dict[str, Measure] = {
-    "lambda_max": _lambda_max, "trace": _trace, "m_sharpness": _m_sharpness, "gradcos": _gradcos,
-    "worst": _measure("worst", "worst"),
-    "worst_adaptive": _measure("worst_adaptive", "worst", p=math.inf, adaptive=True),
-    "average": _measure("average", "average"),
-    "average_adaptive": _measure("average_adaptive", "average", adaptive=True),
-    "weights": _weights,
-}
+# Settings correlate fixes for every run (not in the cache key): the top 5 eigenvalues.
+_FIXED = {"top_k": 5}
+# The supporting columns correlate's rows hold beside each measure's value (worst*/average*:
+# the error increase).
+_DETAILS = ("error",)
 DEFAULT_MEASURES = ("lambda_max", "trace", "m_sharpness", "gradcos", "worst", "worst_adaptive", "average")
-# The settings each measure reads (its cache key): changing one measure's setting recomputes that
-# measure only. Data-free measures read none.
-_SUBSET = ("samples", "seed")
-_READS: dict[str, tuple[str, ...]] = {
-    "lambda_max": (*_SUBSET, "eig_tol"), "trace": (*_SUBSET, "trace_matvecs"),
-    "m_sharpness": (*_SUBSET, "rho", "m_values", "m_steps"), "gradcos": (*_SUBSET, "rho"),
-    "worst": (*_SUBSET, "rho", "worst_m", "worst_steps", "worst_restarts"),
-    "worst_adaptive": (*_SUBSET, "adaptive_rho", "worst_m", "worst_steps", "worst_restarts"),
-    "average": (*_SUBSET, "average_rho", "worst_m", "average_draws"),
-    "average_adaptive": (*_SUBSET, "average_rho", "worst_m", "average_draws"), "weights": (),
-}
+
+
+def run_measures() -> list[str]:
+    """The measures of :mod:`sharpscope.measure_table` correlate can compute: those whose
+    settings :class:`MeasureSettings` provides (with the fixed top-k), in table order."""
+    return measure_table.available([*(f.name for f in fields(MeasureSettings)), *_FIXED])
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RUN_MEASURES":  # as before, name -> measure, read from the table when asked
+        return {n: measure_table.MEASURES[n] for n in run_measures()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _settings(s: MeasureSettings) -> dict[str, Any]:
+    return {**asdict(s), **_FIXED}
+
+
+def compute_measure(name: str, model: nn.Module, batches: list, s: MeasureSettings) -> dict[str, Any]:
+    """Measure ``name`` of ``model`` on ``batches`` at ``s``: its row columns."""
+    measure = measure_table.MEASURES[name]
+    result = measure.compute(model, batches, _settings(s), None)
+    if result is None:  # e.g. every m of m_sharpness above the subset: refused, not an empty column
+        raise ConfigError(f"{name}: nothing to measure at these settings (--m above the {s.samples} examples?)")
+    return measure.columns_of(result, _DETAILS)
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -154,9 +122,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def _cache_key(name: str, s: MeasureSettings, step: int) -> str:
-    settings = asdict(s)
-    return json.dumps({"measure": name, "settings": {k: settings[k] for k in _READS[name]}, "step": step},
-                      sort_keys=True)
+    return json.dumps({"measure": name, "settings": measure_table.MEASURES[name].key(_settings(s), _FIXED),
+                       "step": step}, sort_keys=True)
 
 
 def run_row(run_dir: Path) -> dict[str, Any]:
@@ -180,6 +147,7 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
     """One row: :func:`run_row` (or the ``row`` given) and, for a finished run, the measures
     ``names`` (cached in ``run_dir/measures.json``, module docstring). ``allow_factory``: as for
     :func:`~sharpscope.checkpoint.load_checkpoint`."""
+    names = measure_table.resolve_all(names)
     row = dict(run_row(run_dir) if row is None else row)
     step = row.pop("_step", 0)
     if row["status"] != "finished":
@@ -195,7 +163,7 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
                 model, batches = _model_and_batches(run_dir, s, allow_factory)
             say(f"{run_dir.name}: {name}")
             start = time.perf_counter()
-            cache[key] = {**RUN_MEASURES[name](model, batches, s), "seconds": time.perf_counter() - start,
+            cache[key] = {**compute_measure(name, model, batches, s), "seconds": time.perf_counter() - start,
                           "environment": environment()}  # what computed it: a rerun reuses it
             write_json(cache_path, cache)  # after every measure: an interrupted run keeps what it did
         row.update({k: v for k, v in cache[key].items() if k not in ("seconds", "environment")})
@@ -226,13 +194,8 @@ def varying_config_options(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     hyperparameters of the granulated correlation."""
     keys = dict.fromkeys(k for r in rows for k in r)
     skip = _NOT_HYPERPARAMETERS | {"run", "status", "train_loss", "train_acc", "test_loss", "test_acc"}
-    return [k for k in keys if k not in skip and not k.endswith("_seconds") and k not in RUN_MEASURES
-            and len({repr(r.get(k)) for r in rows}) > 1 and not _is_measure_column(k)]
-
-
-def _is_measure_column(key: str) -> bool:
-    return (key.startswith(("m_sharpness_m", "ww_")) or key in ("lambda_ratio", "surrogate_gap")
-            or key.endswith("_error"))
+    return [k for k in keys if k not in skip and not k.endswith("_seconds") and k not in measure_table.MEASURES
+            and len({repr(r.get(k)) for r in rows}) > 1 and not measure_table.is_column(k)]
 
 
 def measure_runs(run_dirs: Sequence[Path], names: Sequence[str], s: MeasureSettings,
@@ -246,10 +209,12 @@ def measure_runs(run_dirs: Sequence[Path], names: Sequence[str], s: MeasureSetti
     that ``allow_factory`` does not allow."""
     from .correlate import check_min_train_acc, run_status
 
-    unknown = [n for n in names if n not in RUN_MEASURES]
+    names = measure_table.resolve_all(names)
+    known = run_measures()
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise ConfigError(f"unknown measure {unknown[0] if unknown else '(none)'}; choose from "
-                          f"{', '.join(RUN_MEASURES)}")
+                          f"{', '.join(known)}")
     min_train_acc = check_min_train_acc(min_train_acc)
     rows = [run_row(r) for r in run_dirs]
     for row in rows:

@@ -28,7 +28,8 @@ _FIGURES = [
 METRIC_NAMES = {
     "test_acc": "test accuracy", "test_loss": "test loss", "train_loss": "train loss", "train_acc": "train accuracy",
     "train_acc_clean": "train accuracy (clean labels)", "lambda_max": "lambda_max",
-    "lambda_max_clean": "lambda_max (clean labels)", "ratio": "lambda_max / lambda_5", "trace": "trace (Hutch++)",
+    "lambda_max_clean": "lambda_max (clean labels)", "lambda_ratio": "lambda_max / lambda_5",
+    "trace": "trace (Hutch++)",
     "surrogate_gap": "surrogate gap", "gradcos": "gradient cosine (final)", "gradient_norm": "gradient norm",
 }
 

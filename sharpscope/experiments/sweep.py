@@ -62,7 +62,8 @@ from ..models import is_factory
 from ..optim import registry
 from ..optim.registry import PERTURBATION_OPTIONS
 from ..train import Callback, TrainConfig, TrainState, check_model, train
-from .analyses import ANALYSES, analyse_selected
+from .. import measure_table
+from .analyses import analyse_selected, analysis_names, analysis_settings
 from .correlate import DEFAULT_MIN_TRAIN_ACC, check_min_train_acc
 from .files import write_csv, write_json
 from .runs import refuse_other_settings
@@ -74,19 +75,13 @@ __all__ = [
     "analyse_selected", "summarize_rows", "ANALYSES", "DEFAULT_ANALYSES", "PERTURBATION_OPTIONS",
 ]
 
-# The analyses a sweep can run on each finished run (and aliases that name the same one).
-ALIASES = {"surrogate-gap": "gradcos", "m_sharpness": "m-sharpness", "msharpness": "m-sharpness",
-           "lambda_max": "eigenvalues", "eigs": "eigenvalues", "hessian": "eigenvalues"}
-# lambda_max (Lanczos), the surrogate gap and the first-/second-order gradient cosine (one
-# HVP), and m-sharpness: the three quantities SAM papers report, at a fraction of the cost
-# of the trace and the density.
-DEFAULT_ANALYSES = ("eigenvalues", "gradcos", "m-sharpness")
-# The settings of AnalysisSettings each analysis depends on (its cache key), and whether it
-# depends on the analysis rho.
-_ANALYSIS_SETTINGS = {"eigenvalues": ("top_k", "eig_tol"), "trace": ("trace_matvecs",),
-                      "density": ("density_runs", "density_steps"), "m-sharpness": ("m_values", "m_steps"),
-                      "gradcos": ()}
-_USES_RHO = {"m-sharpness", "gradcos"}
+# The analyses a sweep can run on each finished run are the measures of sharpscope.measure_table
+# that AnalysisSettings provides (analyses.analysis_names). By default lambda_max (Lanczos),
+# the surrogate gap and the first-/second-order gradient cosine (one HVP), and m-sharpness:
+# the three quantities SAM papers report, at a fraction of the cost of the trace and the density.
+DEFAULT_ANALYSES = ("lambda_max", "gradcos", "m_sharpness")
+# The supporting columns a sweep's rows hold beside each measure's values (the trace's standard error).
+_DETAILS = ("stderr",)
 
 # Fields that describe where or how a run is done rather than what is trained: fixed for a
 # whole sweep (``SweepConfig.base``), never a grid axis. The seed is the sweep's own axis.
@@ -100,6 +95,12 @@ _MAX_NAME = 80
 _TRAIN_METRICS = ("train_loss", "train_acc", "train_loss_clean", "train_acc_clean", "test_loss", "test_acc",
                   "perturbed_loss")
 RESULTS_KIND = "sharpscope sweep"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ANALYSES":  # as before: the analyses a sweep can run, read from the table when asked
+        return tuple(analysis_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def uses_option(optimizer: str, option: str) -> bool:
@@ -273,8 +274,9 @@ class SweepConfig:
     ``grid`` maps TrainConfig field names (dashes allowed) to lists of values, or to comma
     strings parsed by :func:`parse_values`; ``seeds`` is a list or a count N (seeds 0..N-1);
     ``base`` holds TrainConfig fields every run shares (e.g. ``model_kwargs``, ``n_train``,
-    ``data_root``; snapshots are off unless ``keep_snapshots=True``). ``analyses`` come from
-    :data:`ANALYSES` at the work ``profile`` of :data:`sharpscope.experiments.analyses.PROFILES`;
+    ``data_root``; snapshots are off unless ``keep_snapshots=True``). ``analyses`` are measures
+    of :func:`~sharpscope.experiments.analyses.analysis_names` (old names accepted with a
+    notice) at the work ``profile`` of :data:`sharpscope.experiments.analyses.PROFILES`;
     m-sharpness and the gradient cosine use ``analysis_rho`` for every run, so that their
     columns compare minima rather than probes of different sizes; ``analysis_m`` (a list or a
     comma string of positive ints) replaces the profile's m values of m-sharpness.
@@ -310,16 +312,16 @@ class SweepConfig:
                    "set by --seeds" if bad[0] == "seed" else "also a grid option")
             raise ConfigError(f"fixed option {bad[0]!r}: {why}")
         self.base = {"keep_snapshots": False, **base}
-        analyses = [ALIASES.get(a.strip().lower(), a.strip().lower()) for a in
-                    (self.analyses.split(",") if isinstance(self.analyses, str) else self.analyses)]
-        analyses = [a for a in analyses if a and a != "none"]
-        wrong = [a for a in analyses if a not in ANALYSES]
+        names = [a for a in (self.analyses.split(",") if isinstance(self.analyses, str) else self.analyses)
+                 if a.strip() and a.strip().lower() != "none"]
+        analyses = measure_table.resolve_all(names, "analysis")
+        known = analysis_names()
+        wrong = [a for a in analyses if a not in known]
         if wrong:
-            raise ConfigError(f"unknown analysis {wrong[0]!r}; choose from {', '.join(ANALYSES)}, "
-                              f"surrogate-gap (= gradcos) or none")
+            raise ConfigError(f"unknown analysis {wrong[0]!r}; choose from {', '.join(known)} or none")
         if len(set(analyses)) != len(analyses):
             raise ConfigError(f"--analyses names an analysis twice: {', '.join(analyses)}")
-        self.analyses = [a for a in ANALYSES if a in analyses]
+        self.analyses = [a for a in known if a in analyses]
         from .analyses import PROFILES
         if self.profile not in PROFILES:
             raise ConfigError(f"unknown profile {self.profile!r}; choose from {', '.join(PROFILES)}")
@@ -426,11 +428,19 @@ def expand_grid(config: SweepConfig) -> list[RunSpec]:
 # Analyses
 # ---------------------------------------------------------------------------------------
 def _analysis_key(name: str, s: Any, rho: float, seed: int, step: int) -> dict[str, Any]:
-    key: dict[str, Any] = {"analysis": name, "samples": s.samples, "seed": seed, "step": step}
-    key.update({f: getattr(s, f) for f in _ANALYSIS_SETTINGS[name]})
-    if name in _USES_RHO:
-        key["rho"] = rho
-    return key
+    """The key an analysis is stored under in ``analysis.json``: its name, the checkpoint's
+    step and the settings the measure reads (the subset's size and seed among them)."""
+    return {"analysis": name, **measure_table.MEASURES[name].key(analysis_settings(s, rho, seed)), "step": step}
+
+
+def _stored_under_old_name(stored: dict[str, Any], name: str, key: Mapping[str, Any]) -> None:
+    """Move an entry stored under an old name of measure ``name`` (e.g. "eigenvalues", before
+    the table of measures) to ``name`` when it was made with the same settings: a run folder
+    analysed before keeps its analyses."""
+    for old in measure_table.MEASURES[name].aliases:
+        entry = stored.get(old)
+        if name not in stored and isinstance(entry, dict) and entry.get("key") == {**key, "analysis": old}:
+            stored[name] = {**stored.pop(old), "key": dict(key)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -519,8 +529,10 @@ def _cached_analyses(task: _Task, step: int) -> tuple[dict[str, Any], list[str]]
     todo = []
     seed = task.spec.config["seed"]
     for name in task.analyses:
+        key = _analysis_key(name, s, task.analysis_rho, seed, step)
+        _stored_under_old_name(stored, name, key)
         entry = stored.get(name)
-        if not (isinstance(entry, dict) and entry.get("key") == _analysis_key(name, s, task.analysis_rho, seed, step)):
+        if not (isinstance(entry, dict) and entry.get("key") == key):
             todo.append(name)
     return stored, todo
 
@@ -676,16 +688,9 @@ def metric_names(analyses: Sequence[str], settings: Any) -> list[str]:
     """The metric columns a sweep with these analyses writes (m-sharpness: one per m of the
     profile; fewer when a run has fewer examples than m)."""
     names = list(_TRAIN_METRICS) + ["epochs_done", "train_seconds"]
-    if "eigenvalues" in analyses:
-        names += ["lambda_max", "lambda_ratio"]
-    if "trace" in analyses:
-        names += ["trace", "trace_stderr"]
-    if "density" in analyses:
-        names += ["density_trace"]
-    if "m-sharpness" in analyses:
-        names += [f"m_sharpness_m{m}" for m in settings.m_values if m <= settings.samples]
-    if "gradcos" in analyses:
-        names += ["gradcos", "surrogate_gap"]
+    chosen = measure_table.resolve_all(analyses, "analysis")
+    for name in [n for n in measure_table.MEASURES if n in chosen]:
+        names += measure_table.MEASURES[name].column_names(asdict(settings), _DETAILS)
     if analyses:
         names += ["analysis_seconds"]
     return names
@@ -699,18 +704,9 @@ def _row(spec: RunSpec, outcome: RunOutcome) -> dict[str, Any]:
     row["epochs_done"] = outcome.epochs
     row["train_seconds"] = outcome.train_seconds if outcome.epochs else None
     a = outcome.analyses
-    if "eigenvalues" in a:
-        row["lambda_max"] = a["eigenvalues"]["eigenvalues"][0]
-        row["lambda_ratio"] = a["eigenvalues"].get("ratio")
-    if "trace" in a:
-        row["trace"], row["trace_stderr"] = a["trace"]["trace"], a["trace"]["stderr"]
-    if "density" in a:
-        row["density_trace"] = a["density"].get("trace_estimate")
-    if "m-sharpness" in a:
-        for r in a["m-sharpness"]["results"]:
-            row[f"m_sharpness_m{r['m']}"] = r["mean"]
-    if "gradcos" in a:
-        row["gradcos"], row["surrogate_gap"] = a["gradcos"]["cosine"], a["gradcos"]["surrogate_gap"]
+    for name, measure in measure_table.MEASURES.items():
+        if name in a:
+            row.update(measure.columns_of(a[name], _DETAILS))
     if a:
         row["analysis_seconds"] = float(sum(r.get("wall_time", 0.0) for r in a.values()))
     row["converged"] = outcome.convergence["converged"] if outcome.convergence else None
@@ -824,7 +820,7 @@ def default_plots(grid: Mapping[str, Sequence[Any]], analyses: Sequence[str]) ->
     if not preferred and len(grid.get("optimizer", ())) > 1:
         preferred = ["optimizer"]
     out = [("test_acc", k) for k in preferred]
-    if preferred and "eigenvalues" in analyses:
+    if preferred and "lambda_max" in measure_table.resolve_all(analyses, "analysis"):
         out.append(("lambda_max", preferred[0]))
     return out
 

@@ -27,9 +27,6 @@ __all__ = ["TrainConfig", "TrainResult", "learning_rate", "SCHEDULES", "TRACKABL
            "AMP_DTYPES"]
 
 SCHEDULES = ("cosine", "constant")
-# What sharpscope.train.tracking can measure during training (here, so that validating a
-# configuration does not import the analyses).
-TRACKABLE = ("gradcos", "lambda_max", "trace", "m_sharpness")
 SEED_RANGE = (0, 2**63 - 1)  # what torch generators take
 # An epoch whose mean training loss exceeds this many times the chance-level cross-entropy
 # log(classes) has diverged (a run that learns stays below about 1x; 100x means logits off
@@ -150,9 +147,10 @@ class TrainConfig:
         if self.amp is not None and self.second_order:
             raise ConfigError("--second-order runs in float32 only (its double backward in reduced precision would "
                               "not be the second-order gradient); drop --amp")
-        unknown = sorted(set(self.track) - set(TRACKABLE))
+        from .tracking import trackable  # the table of measures, imported when validating
+        unknown = sorted(set(self.track) - set(trackable()))
         if unknown:
-            raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(TRACKABLE)}")
+            raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(trackable())}")
         if self.sync_bn and spec.perturbs and not self.sync_perturbation:
             raise ConfigError("--sync-bn needs --sync-perturbation: with one perturbation per rank, each rank's "
                               "pass at w + e_r would pool batch statistics of differently perturbed models")
@@ -238,6 +236,16 @@ _VIEWS = {
     "VARIANTS": lambda: {s.name: (s.cls, s.option_names) for s in registry.specs() if s.options},
     "M_SAM_OPTIMIZERS": lambda: tuple(s.name for s in registry.specs() if s.supports_m),
 }
+
+
+def _trackable() -> tuple[str, ...]:
+    """What sharpscope.train.tracking can measure, read from the table of measures (imported
+    when asked, so that importing the configuration does not import the analyses)."""
+    from .tracking import trackable
+    return tuple(trackable())
+
+
+_VIEWS["TRACKABLE"] = _trackable
 
 
 def __getattr__(name: str) -> Any:

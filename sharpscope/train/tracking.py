@@ -1,18 +1,21 @@
 """Curvature and SAM diagnostics tracked during training (``--track``).
 
 Every ``every`` epochs, on a fixed seeded subset of the training set (the labels trained
-on), the callback measures any of
+on), the callback measures any measure of :mod:`sharpscope.measure_table` that has a headline
+value and whose settings :data:`TRACK_SETTINGS` provides (:func:`trackable`), with the run's rho
+(0.05 for SGD) and the tracking seed; today
 
-- ``gradcos``: cosine between SAM's gradient and the full second-order one (rho = the run's
-  rho, or 0.05 for SGD), :func:`sharpscope.sharpness.sam_gradient_cosine`;
 - ``lambda_max``: the top Hessian eigenvalue (Lanczos, tol 1e-3), with the edge of stability
   of the epoch's last learning rate beside it (:func:`stability_threshold`; for SAM also
   :func:`sam_stability_threshold`, from the gradient norm on the same subset), under
   ``edge_of_stability`` and ``sam_edge_of_stability``;
 - ``trace``: the Hessian trace (Hutch++, 30 products);
-- ``m_sharpness``: m-sharpness with m = 16, 3 ascent steps at the same rho,
+- ``m_sharpness``: m-sharpness with m = 16, 3 ascent steps at the same rho;
+- ``gradcos``: cosine between SAM's gradient and the full second-order one,
+  :func:`sharpscope.sharpness.sam_gradient_cosine`,
 
-and adds them to the epoch's record in ``metrics.jsonl`` under those names. The analyses use
+and adds their headline values to the epoch's record in ``metrics.jsonl`` under those names
+(in the order asked; the Hessian ones, sharing one double-backward graph, first). The analyses use
 their own seeded generators and eval mode, so tracking changes neither the weights nor the
 random stream of training: a tracked run ends with the same weights as an untracked one.
 """
@@ -24,13 +27,31 @@ from typing import Any
 
 import torch.nn.functional as F
 
-from .. import hessian, sharpness
+from .. import measure_table
 from ..errors import ConfigError
 from ..objective import Objective
 from .callbacks import Callback, TrainState
-from .config import TRACKABLE
 
-__all__ = ["TRACKABLE", "TrackingCallback", "stability_threshold", "sam_stability_threshold"]
+__all__ = ["TRACKABLE", "TRACK_SETTINGS", "trackable", "TrackingCallback", "stability_threshold",
+           "sam_stability_threshold"]
+
+# The work tracking gives each measure, every tracked epoch: the top eigenvalue to tolerance
+# 1e-3, Hutch++ with 30 products, m-sharpness at m = 16 with 3 ascent steps. With the subset's
+# size, the tracking seed and the run's rho, these are the settings a trackable measure may read.
+TRACK_SETTINGS: dict[str, Any] = {"top_k": 1, "eig_tol": 1e-3, "trace_matvecs": 30, "m_values": [16], "m_steps": 3}
+
+
+def trackable() -> list[str]:
+    """The measures tracking can compute: those of the table with a headline value whose
+    settings are among :data:`TRACK_SETTINGS`, the subset's, and rho."""
+    have = [*TRACK_SETTINGS, *measure_table.SUBSET, "rho"]
+    return [n for n in measure_table.available(have) if measure_table.MEASURES[n].headline is not None]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TRACKABLE":  # as before: the names of trackable(), read from the table when asked
+        return tuple(trackable())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def stability_threshold(lr: float, momentum: float = 0.0) -> float:
@@ -65,9 +86,10 @@ class TrackingCallback(Callback):
     """Adds the chosen diagnostics to the metrics record every ``every`` epochs."""
 
     def __init__(self, keys: list[str], every: int = 1, samples: int = 512, rho: float = 0.05, seed: int = 0) -> None:
-        unknown = sorted(set(keys) - set(TRACKABLE))
+        known = trackable()
+        unknown = sorted(set(keys) - set(known))
         if unknown:
-            raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(TRACKABLE)}")
+            raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(known)}")
         if every < 1 or samples < 1:
             raise ConfigError("--track-every and --track-samples must be >= 1")
         self.keys, self.every, self.samples, self.rho, self.seed = list(keys), every, samples, rho, seed
@@ -80,19 +102,21 @@ class TrackingCallback(Callback):
 
     def measure(self, state: TrainState) -> dict[str, Any]:
         assert self.batches is not None
-        model, loss, out = state.model, F.cross_entropy, {}
-        obj = Objective(model, loss, self.batches)  # one double-backward graph for all three
-        if "gradcos" in self.keys:
-            out["gradcos"] = sharpness.sam_gradient_cosine(obj, rho=self.rho).cosine
-        if "lambda_max" in self.keys:
-            out["lambda_max"] = hessian.eigenvalues(obj, k=1, tol=1e-3, seed=self.seed).eigenvalues[0]
-            out.update(self._edges(state, obj))
-        if "trace" in self.keys:
-            out["trace"] = hessian.trace(obj, n_matvecs=30, seed=self.seed).trace
+        model, out = state.model, {}
+        settings = {**TRACK_SETTINGS, "samples": self.samples, "seed": self.seed, "rho": self.rho}
+        measures = [measure_table.MEASURES[k] for k in self.keys]
+        obj = Objective(model, F.cross_entropy, self.batches)  # one double-backward graph for the Hessian ones
+        for m in [m for m in measures if m.shares_objective]:
+            out[m.name] = m.headline(m.compute(model, self.batches, settings, obj))
+            if m.name == "lambda_max":
+                out.update(self._edges(state, obj))
         obj.release()
-        if "m_sharpness" in self.keys:
-            res = sharpness.m_sharpness(model, loss, self.batches, m=16, rho=self.rho, steps=3, seed=self.seed)
-            out["m_sharpness"] = res.results[0].mean
+        for m in [m for m in measures if not m.shares_objective]:
+            result = m.compute(model, self.batches, settings, None)
+            if result is None:  # nothing at these settings: m-sharpness at m = 16 on fewer examples
+                raise ConfigError(f"cannot track {m.name} on {sum(len(b[1]) for b in self.batches)} examples: "
+                                  "raise --track-samples")
+            out[m.name] = m.headline(result)
         return out
 
     def _edges(self, state: TrainState, obj: Objective) -> dict[str, float]:
