@@ -267,6 +267,6 @@ def test_ctrl_c_on_the_command_line_says_what_was_kept(cli, tmp_path, monkeypatc
         raise KeyboardInterrupt(f"{tmp_path}/sam/seed0 saved mid-run; rerun the same command to continue")
 
     monkeypatch.setattr(cmp, "run_compare", stopped)
-    code, _, err = cli(["compare", "--quick", "--out", str(tmp_path), "--no-progress"])
+    code, _, err = cli(["compare", "--profile", "quick", "--out", str(tmp_path), "--no-progress"])
     assert code == 130 and err.strip() == (f"sharpscope: interrupted: {tmp_path}/sam/seed0 saved mid-run; "
                                            "rerun the same command to continue")
