@@ -142,3 +142,45 @@ def test_new_names_reach_the_runs(cli, tmp_path, monkeypatch):
     assert list(config.grid) == ["optimizer", "rho", "lr", "nesterov"]  # the order run names had before
     assert config.grid["lr"] == [0.05, 0.1] and config.grid["nesterov"] == [True, False]
     assert config.base["device"] == "auto" and config.base["checkpoint_every"] == 2
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from sharpscope.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    train(TrainConfig(optimizer="sam", model="mlp", model_kwargs={"hidden": [16]}, n_train=200, epochs=1,
+                      batch_size=50, keep_snapshots=False), out)
+    return out
+
+
+@pytest.mark.parametrize("verb, old, new", [
+    ("sharpness", ["--measure", "worst", "--adaptive", "--m", "32", "--rho", "0.01", "--steps", "3", "--norm", "inf",
+                   "--eta", "0.1", "--restarts", "1", "--plot-dir"],
+     ["--measure", "worst", "--adaptive", "--m", "32", "--rho", "0.01", "--ascent-steps", "3", "--p", "inf",
+      "--adaptive-eta", "0.1", "--restarts", "1", "--out"]),
+    ("hessian", ["--top-k", "1", "--density", "--runs", "1", "--steps", "7", "--plot-dir"],
+     ["--top-k", "1", "--density", "--runs", "1", "--slq-steps", "7", "--out"]),
+])
+def test_old_and_new_spellings_give_the_same_numbers(cli, run, tmp_path, verb, old, new):
+    import json
+
+    reports = {}
+    for name, args in (("old", old), ("new", new)):
+        code, out, err = cli([verb, str(run), "--samples", "64", *args, str(tmp_path / name), "--json", "-",
+                              "--no-progress"])
+        assert code == 0, err
+        assert len(_notices(err)) == (sum(a in ("--steps", "--norm", "--eta", "--plot-dir") for a in old)
+                                      if name == "old" else 0)
+        reports[name] = _numbers(json.loads(out))
+    assert reports["old"] == reports["new"]
+
+
+def _numbers(obj: object) -> object:
+    """A report without what differs between two runs of one command: times, environment, figure paths."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items()
+                if k not in ("environment", "trained_in", "wall_time", "seconds", "figures")}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    return obj
