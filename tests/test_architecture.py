@@ -30,7 +30,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sharpscope"
 # nothing about networks or training; floor 0 what every module may import.
 LAYERS: dict[int, set[str]] = {
     0: {"errors", "_version"},
-    1: {"io", "checks", "cpu", "determinism", "distributed", "provenance", "stats", "plots", "plots_html"},
+    1: {"io", "checks", "cpu", "determinism", "distributed", "provenance", "stats", "plots", "plots_html",
+        "train_options"},  # torch-free: the CLI builds the training options from it
     2: {"batches", "data", "models", "linalg", "optim"},
     3: {"objective", "checkpoint"},
     4: {"curvature", "hessian", "landscape", "sharpness", "measures", "weight_spectra",

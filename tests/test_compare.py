@@ -212,7 +212,7 @@ def test_differences_are_marked_when_a_run_has_not_converged():
 
 @pytest.mark.parametrize("seeds,fragment", [("0", "count N"), ("1,1", "twice"), ("a", "count N"), ("-1", "count")])
 def test_bad_seeds(cli, tmp_path, seeds, fragment):
-    code, _, err = cli(["compare", "--quick", "--seeds", seeds, "--out", str(tmp_path), "--no-progress"])
+    code, _, err = cli(["compare", "--profile", "quick", "--seeds", seeds, "--out", str(tmp_path), "--no-progress"])
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
 
 
@@ -267,6 +267,6 @@ def test_ctrl_c_on_the_command_line_says_what_was_kept(cli, tmp_path, monkeypatc
         raise KeyboardInterrupt(f"{tmp_path}/sam/seed0 saved mid-run; rerun the same command to continue")
 
     monkeypatch.setattr(cmp, "run_compare", stopped)
-    code, _, err = cli(["compare", "--quick", "--out", str(tmp_path), "--no-progress"])
+    code, _, err = cli(["compare", "--profile", "quick", "--out", str(tmp_path), "--no-progress"])
     assert code == 130 and err.strip() == (f"sharpscope: interrupted: {tmp_path}/sam/seed0 saved mid-run; "
                                            "rerun the same command to continue")

@@ -34,7 +34,7 @@ def test_report_is_self_contained(compare_dir):
     assert page.count('class="figure"') == N_FIGURES
     assert not re.search(r"<script[^>]+src=", page)  # plotly.js inline: no CDN, nothing fetched
     assert "cdn.plot.ly" not in page.split("</script>", 1)[1]
-    assert "sharpscope compare --optimizers sgd,sam" in page and "This page: sharpscope" in page
+    assert "sharpscope compare --optimizer sgd,sam" in page and "This page: sharpscope" in page
     assert "Computed with: sharpscope" in page and "deterministic off" in page  # results.json's record
     assert "Paired differences to SGD" in page and page.count("<table>") >= 3
     assert (compare_dir / "report.html").stat().st_size < 8 * 2**20

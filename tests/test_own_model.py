@@ -228,7 +228,7 @@ def test_a_bad_factory_fails_before_any_folder_or_training_step(own_module, cli,
                                                                 fragment: str) -> None:
     name, marker, folder = own_module
     monkeypatch.syspath_prepend(str(folder))  # importable: what is checked is the factory itself
-    args = {"compare": ["compare", "--quick", "--seeds", "2"],
+    args = {"compare": ["compare", "--profile", "quick", "--seeds", "2"],
             "sweep": ["sweep", "--seeds", "2", "--profile", "quick"]}[verb]
     start = time.perf_counter()
     line = _one_line_error(*cli([*args, "--model", f"{name}:{attr}", "--data", "synthetic", "--epochs", "1",
@@ -279,7 +279,7 @@ def own_checkpoints(tmp_path_factory) -> dict[str, Path]:
 VERBS = {
     "hessian": (["hessian", "{ckpt}", "--top-k", "1", "--no-progress", "--json", "-"],
                 lambda d: d["eigenvalues"]["eigenvalues"]),
-    "sharpness": (["sharpness", "{ckpt}", "--m", "8", "--steps", "1", "--no-progress", "--json", "-"],
+    "sharpness": (["sharpness", "{ckpt}", "--m", "8", "--ascent-steps", "1", "--no-progress", "--json", "-"],
                   lambda d: [r["mean"] for r in d["results"]]),
     "gradcos": (["gradcos", "{ckpt}", "--json", "-"], lambda d: [d["cosine"], d["surrogate_gap"]]),
     "surface": (["surface", "{ckpt}", "--dim", "1", "--grid", "-1:1:3", "--no-progress", "--out", "{out}",

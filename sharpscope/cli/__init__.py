@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     except SharpscopeError as err:
         _fail(str(err))
     except MemoryError:
-        _fail("out of memory: ask for less (--samples, --batch-size, the grid, --runs or --steps)")
+        _fail("out of memory: ask for less (--samples, --batch-size, the grid, --runs or --slq-steps)")
     except OSError as err:
         _fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
     finally:

@@ -4,36 +4,34 @@ and a report with confidence intervals."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, TRUST_NAMED_FACTORY, apply_determinism, interrupt_says, parse_options
+from ._common import DETERMINISTIC, TRUST_NAMED_FACTORY, apply_determinism, interrupt_says
+from ._options import field_values, old_spelling, training_options
+from ..train_options import TRAIN_OPTIONS
 
 
 @app.command("compare")
+@training_options("compare")
 def compare_command(
     out: Path = typer.Option(Path("runs/compare"), "--out", help="Output folder (reused when rerun)."),
-    optimizers: str = typer.Option("sgd,sam", help="Comma-separated optimizers (see 'sharpscope train --help'); "
-                                   "the first, or sgd when listed, is the baseline of the paired differences."),
-    model: str = typer.Option("cnn", help="Model name (see 'sharpscope train --help')."),
-    model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE, repeatable."),
-    data: str = typer.Option("digits", help="Data set."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder or file of the data set."),
-    label_noise: float = typer.Option(0.0, "--label-noise", help="Fraction of noisy training labels, in [0, 1)."),
     rho: float = typer.Option(0.05, help="SAM radius (also the radius of m-sharpness and the gradient cosine)."),
     asam_rho: float = typer.Option(0.5, "--asam-rho", help="ASAM radius."),
-    m: Optional[int] = typer.Option(None, "--m", help="m-SAM: one perturbation per m examples."),
-    epochs: int = typer.Option(40, help="Epochs per run."),
     seeds: str = typer.Option("3", help="Seeds every optimizer is trained on (paired): a count N (seeds 0..N-1) "
                               "a comma-separated list, or a range A:B."),
-    quick: bool = typer.Option(False, "--quick", help="Tiny profile for tests and CI (well under a minute)."),
+    profile: str = typer.Option("default", "--profile", help="Work the training and the analyses get: quick (a "
+                                "tiny profile for tests and CI, well under a minute) or default."),
     html: bool = typer.Option(False, "--html", help="Also write OUT/report.html: one self-contained interactive "
                               "page (plotly, embedded: opens with no network); needs the html extra."),
     progress: bool = typer.Option(True, help="Show progress."),
     trust_factory: bool = TRUST_NAMED_FACTORY,
     deterministic: bool = DETERMINISTIC,
+    old_optimizers: Optional[str] = typer.Option(None, "--optimizers", hidden=True),
+    old_quick: bool = typer.Option(False, "--quick", hidden=True),
+    training: dict[str, Any] = None,  # type: ignore[assignment]  # the shared training options (cli._options)
 ) -> None:
     """Optimizers side by side over paired seeds: train, measure, summarize with 95 % CIs.
 
@@ -46,12 +44,16 @@ def compare_command(
     Your own model: --model mynets:build (./mynets.py, function build) is imported, called once
     and checked on the data before the first run trains.
 
+    Every training option of 'sharpscope train' applies to every run (but --seed: --seeds; --rho:
+    compare's own, with --asam-rho; the tracking: the profile's); --optimizer takes a list.
+
     Example: sharpscope compare --out runs/compare --label-noise 0.4 --rho 0.1 --seeds 5
     """
     apply_determinism(deterministic)
     from rich.console import Console
 
-    from ..experiments.compare import KEY_METRICS, CompareConfig, run_compare
+    from ..errors import ConfigError
+    from ..experiments.compare import KEY_METRICS, PROFILES, CompareConfig, run_compare
     from ..experiments.report import METRIC_NAMES
     from ..experiments.sweep import parse_seeds
     from ..experiments.verdicts import qualified_verdict
@@ -62,10 +64,18 @@ def compare_command(
         from ..plots_html import require_plotly
 
         require_plotly()
+    fields = field_values(training)
+    optimizers = old_spelling("compare", "--optimizers", "--optimizer", old_optimizers, fields.pop("optimizer"),
+                              "sgd,sam")
+    profile = old_spelling("compare", "--quick", "--profile quick", "quick" if old_quick else None, profile,
+                           "default")
+    if profile not in PROFILES:
+        raise ConfigError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    own = {k: fields.pop(k) for k in ("model", "model_kwargs", "data", "data_root", "label_noise", "m", "epochs",
+                                      "n_train")}
     config = CompareConfig(
-        optimizers=[o.strip() for o in optimizers.split(",") if o.strip()], model=model,
-        model_kwargs=parse_options(model_opt), data=data, data_root=data_root, label_noise=label_noise, rho=rho,
-        asam_rho=asam_rho, m=m, epochs=epochs, seeds=parse_seeds(seeds), quick=quick,
+        optimizers=[o.strip() for o in optimizers.split(",") if o.strip()], rho=rho, asam_rho=asam_rho,
+        seeds=parse_seeds(seeds), quick=profile == "quick", train_options=_given(fields), **own,
     )
     say = (lambda msg: console.print(f"[bold]compare[/]: {msg}", highlight=False)) if progress else (lambda msg: None)
     with interrupt_says("finished runs and analyses are kept; rerun the same command to continue"):
@@ -92,3 +102,9 @@ def compare_command(
 
         page = write_compare_html(out)
         print(f"interactive report: {page} ({page.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _given(fields: dict[str, Any]) -> dict[str, Any]:
+    """The training options that differ from TrainConfig's defaults (a comparison made before
+    compare took every training option keeps its settings, and its cache)."""
+    return {k: v for k, v in fields.items() if v != TRAIN_OPTIONS[k].default}

@@ -15,6 +15,7 @@ from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
     TRUST_FACTORY,
     console as rank0_console, finite, hvp_progress, load_for_analysis, seed_option, write_json)
+from ._options import old_spelling
 from ._results import JSON_SAVED, OVERWRITE, claim, figure_files, json_target, run_folder, saved
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ def hessian_command(
     trace_matvecs: int = typer.Option(99, "--trace-matvecs", min=3, help="HVPs for the trace estimate."),
     density: bool = typer.Option(False, "--density", help="Spectral density by stochastic Lanczos quadrature."),
     runs: int = typer.Option(10, min=1, help="SLQ runs (density)."),
-    steps: int = typer.Option(80, min=1, help="Lanczos steps per SLQ run (density)."),
+    steps: int = typer.Option(80, "--slq-steps", min=1, help="Lanczos steps per SLQ run (density)."),
     sigma_squared: float = typer.Option(1e-5, "--sigma-squared", callback=finite(above=0), help="Kernel variance factor (density)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Top eigenvalue and trace of each layer's block."),
     by: str = typer.Option("layer", help="Per-layer grouping: layer or block."),
@@ -114,7 +115,7 @@ def hessian_command(
                                        "'exact' (sum over classes, the default: sampled labels push the top "
                                        "eigenvalues up, +13-69 % with 1 label; the trace is unbiased)."),
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
-    plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
+    plot_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for figures (default: next to the checkpoint)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
     json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
@@ -122,6 +123,8 @@ def hessian_command(
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
     deterministic: bool = DETERMINISTIC,
+    old_steps: Optional[int] = typer.Option(None, "--steps", hidden=True, min=1),
+    old_plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", hidden=True),
 ) -> None:
     """Hessian spectrum of a checkpoint's loss (eval mode, whole data set or --samples).
 
@@ -139,6 +142,8 @@ def hessian_command(
     from .. import distributed as dist_utils
     from ..objective import Objective
 
+    steps = old_spelling("hessian", "--steps", "--slq-steps", old_steps, steps, 80)
+    plot_dir = old_spelling("hessian", "--plot-dir", "--out", old_plot_dir, plot_dir, None)
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
     stem = operator.replace("-", "_")  # hessian.json and hessian_*.png as before; ggn.json, ggn_*.png, ...
@@ -147,7 +152,7 @@ def hessian_command(
                + ([f"{stem}_eigenvalues"] if top_k > 0 else [])) if plot else []
     figure_folder = plot_dir or run_folder(checkpoint)
     outputs = claim([target, *figure_files(figure_folder, figures, pdf)], overwrite,
-                    "--json PATH (and --plot-dir DIR)", records=[target], folders=[figure_folder])
+                    "--json PATH (and --out DIR)", records=[target], folders=[figure_folder])
     ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
                                                (data, data_root))
     from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded

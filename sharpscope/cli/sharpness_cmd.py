@@ -12,6 +12,7 @@ from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
     TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option,
     write_json)
+from ._options import old_spelling
 from ._results import JSON_SAVED, OVERWRITE, Claim, claim, figure_files, json_target, run_folder, saved
 
 
@@ -24,13 +25,15 @@ def sharpness_command(
     measure: str = typer.Option("m-sharpness", "--measure", help="m-sharpness (the SAM paper's: fixed-step "
                                 "ascent from e = 0), worst (worst case by APGD-style ascent, Andriushchenko et "
                                 "al. 2023) or average (mean over random perturbations)."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Ascent steps (default 5 for m-sharpness, 20 for "
-                                        "worst; 1 = SAM's first-order maximizer under m-sharpness)."),
-    p: str = typer.Option("2", "--p", "--norm", help="The norm of the neighbourhood: 2 or inf."),
+    steps: Optional[int] = typer.Option(None, "--ascent-steps", min=1, help="Ascent steps (default 5 for "
+                                        "m-sharpness, 20 for worst; 1 = SAM's first-order maximizer under "
+                                        "m-sharpness)."),
+    p: str = typer.Option("2", "--p", help="The norm of the neighbourhood: 2 or inf (train's --p)."),
     adaptive: bool = typer.Option(False, "--adaptive", help="worst / average: scale-invariant neighbourhood "
                                   "||e / (|w| + eta)||_p <= rho."),
-    eta: float = typer.Option(0.0, callback=finite(at_least=0), help="--adaptive: the offset in |w| + eta "
-                              "(the reference uses 0)."),
+    eta: float = typer.Option(0.0, "--adaptive-eta", callback=finite(at_least=0), help="--adaptive: the offset "
+                              "in |w| + eta (default 0, as the reference; train's --eta, ASAM's offset, defaults "
+                              "to 0.01)."),
     draws: int = typer.Option(100, min=1, help="average: random perturbations per subset."),
     random_start: bool = typer.Option(False, "--random-start", help="worst: start the ascent at a random "
                                       "point of the boundary (default e = 0)."),
@@ -45,7 +48,7 @@ def sharpness_command(
     seed: int = seed_option("Seed of the subsets and of --samples."),
     gap: bool = typer.Option(True, help="Also report the surrogate gap L(w + e_hat) - L(w) for each rho."),
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
-    plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", help="Folder for figures (default: next to the checkpoint)."),
+    plot_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for figures (default: next to the checkpoint)."),
     pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
     json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
@@ -53,6 +56,10 @@ def sharpness_command(
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
     deterministic: bool = DETERMINISTIC,
+    old_steps: Optional[int] = typer.Option(None, "--steps", hidden=True, min=1),
+    old_norm: Optional[str] = typer.Option(None, "--norm", hidden=True),
+    old_eta: Optional[float] = typer.Option(None, "--eta", hidden=True, callback=finite(at_least=0)),
+    old_plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", hidden=True),
 ) -> None:
     """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1), with the surrogate gap; or
     worst-case / average-case sharpness, plain or adaptive (Andriushchenko et al. 2023).
@@ -61,8 +68,8 @@ def sharpness_command(
     (m-sharpness: fixed-step projected ascent; worst: APGD-style ascent, also the error
     increase), or of E_e L_b(w + e) - L_b(w) under random e (average).
 
-    Example: sharpscope sharpness runs/sam --m 1,4,16,64 --rho 0.05 --steps 5 --plot
-    Example: sharpscope sharpness runs/sam --measure worst --adaptive --norm inf --m 128 --rho 0.002
+    Example: sharpscope sharpness runs/sam --m 1,4,16,64 --rho 0.05 --ascent-steps 5 --plot
+    Example: sharpscope sharpness runs/sam --measure worst --adaptive --p inf --m 128 --rho 0.002
 
     The numbers are saved as <run>/analyses/m_sharpness.json (sharpness_worst.json,
     sharpness_average.json; --json PATH instead, --json - on stdout only); an earlier result
@@ -78,6 +85,10 @@ def sharpness_command(
     from .. import sharpness as sh
     from ..errors import ConfigError
 
+    steps = old_spelling("sharpness", "--steps", "--ascent-steps", old_steps, steps, None)
+    p = old_spelling("sharpness", "--norm", "--p", old_norm, p, "2")
+    eta = old_spelling("sharpness", "--eta", "--adaptive-eta", old_eta, eta, 0.0)
+    plot_dir = old_spelling("sharpness", "--plot-dir", "--out", old_plot_dir, plot_dir, None)
     console = rank0_console(stderr=True)
     if measure not in ("m-sharpness", "worst", "average"):
         raise ConfigError(f"--measure must be m-sharpness, worst or average, got {measure!r}")
@@ -95,7 +106,7 @@ def sharpness_command(
     figures = (["m_sharpness"] + (["m_sharpness_rho"] if len(rhos) > 1 else [])) \
         if plot and measure == "m-sharpness" else []
     outputs = claim([target, *figure_files(figure_folder, figures, pdf)], overwrite,
-                    "--json PATH (and --plot-dir DIR)", records=[target], folders=[figure_folder])
+                    "--json PATH (and --out DIR)", records=[target], folders=[figure_folder])
     ckpt, batches, context = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device,
                                                (data, data_root))
     n = sum(x.shape[0] for x, _ in batches)
@@ -222,6 +233,10 @@ def gradcos_command(
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
     deterministic: bool = DETERMINISTIC,
+    old_steps: Optional[int] = typer.Option(None, "--steps", hidden=True, min=1),
+    old_norm: Optional[str] = typer.Option(None, "--norm", hidden=True),
+    old_eta: Optional[float] = typer.Option(None, "--eta", hidden=True, callback=finite(at_least=0)),
+    old_plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", hidden=True),
 ) -> None:
     """Cosine between the first-order (SAM) and the full second-order SAM gradient.
 

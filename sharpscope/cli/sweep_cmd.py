@@ -9,35 +9,23 @@ from typing import Any, Optional
 import typer
 
 from ._app import app
-from ._common import (DETERMINISTIC, TRUST_NAMED_FACTORY, apply_determinism, interrupt_says, parse_options,
-                      print_correlations)
+from ._common import DETERMINISTIC, TRUST_NAMED_FACTORY, apply_determinism, interrupt_says, print_correlations
+from ._options import field_values, training_options
+from ..train_options import NOT_SWEPT, TRAIN_OPTIONS, flag_of
 
+# The grid's axes in the order sweep listed them before it took every training option: run
+# folder names and table columns keep it; the other options follow in TrainConfig's order.
+_GRID_ORDER = ("optimizer", "rho", "m", "p", "eta", "label_noise", "lr", "epochs", "batch_size", "weight_decay",
+               "momentum", "schedule", "warmup_epochs", "model", "data", "n_train")
 
 
 @app.command("sweep")
+@training_options("sweep")
 def sweep_command(
     out: Path = typer.Option(Path("runs/sweep"), "--out", help="Output folder (rerun: finished runs are reused)."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", "-o", help="Optimizers, e.g. sgd,sam (default)."),
-    rho: Optional[str] = typer.Option(None, help="SAM radii, e.g. 0.02,0.05,0.1 (SGD runs ignore them)."),
-    m: Optional[str] = typer.Option(None, "--m", help="m-SAM sizes, e.g. 4,16,64 ('none': plain SAM)."),
-    p: Optional[str] = typer.Option(None, "--p", help="SAM neighbourhood norms, e.g. 2,inf."),
-    eta: Optional[str] = typer.Option(None, help="ASAM offsets."),
-    label_noise: Optional[str] = typer.Option(None, "--label-noise", help="Noisy-label fractions, e.g. 0,0.2,0.4."),
-    lr: Optional[str] = typer.Option(None, help="Peak learning rates."),
-    epochs: Optional[str] = typer.Option(None, help="Epochs per run (default 40)."),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size", "-b", help="Mini-batch sizes."),
-    weight_decay: Optional[str] = typer.Option(None, "--weight-decay", "--wd", help="Weight decays."),
-    momentum: Optional[str] = typer.Option(None, help="SGD momenta."),
-    schedule: Optional[str] = typer.Option(None, help="Schedules: cosine, constant."),
-    warmup: Optional[str] = typer.Option(None, help="Warm-up lengths in epochs."),
-    model: Optional[str] = typer.Option(None, help="Models (see 'sharpscope train --help')."),
-    data: Optional[str] = typer.Option(None, help="Data sets (see 'sharpscope train --help')."),
-    n_train: Optional[str] = typer.Option(None, "--n-train", help="Training subset sizes."),
     vary: list[str] = typer.Option([], "--vary", help="Any other training option KEY=V1,V2 (e.g. nesterov=true,false), "
                                                       "repeatable."),
     seeds: str = typer.Option("3", help="A count N (seeds 0..N-1), a list 0,5,7 or a range A:B."),
-    model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE for every run, repeatable."),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder or file of the data set."),
     analyses: str = typer.Option("lambda_max,gradcos,m_sharpness",
                                  help="Per run, comma-separated measures: lambda_max, trace, density, m_sharpness, "
                                       "gradcos (with the surrogate gap), weights (data-free), or none. Old names "
@@ -64,8 +52,13 @@ def sweep_command(
     progress: bool = typer.Option(True, help="Print progress lines on stderr."),
     trust_factory: bool = TRUST_NAMED_FACTORY,
     deterministic: bool = DETERMINISTIC,
+    training: dict[str, Any] = None,  # type: ignore[assignment]  # the shared training options (cli._options)
 ) -> None:
     """Train the product of option lists over seeds, analyse every run, write one table.
+
+    Every training option of 'sharpscope train' takes a comma-separated list of values (the grid
+    is their product; --device, --data-root, --model-opt, --optimizer-opt, --checkpoint-every and
+    --sync-perturbation take one value for every run; --seeds replaces --seed).
 
     Options an optimizer does not use collapse: SGD is trained once per setting, not once per rho.
 
@@ -82,14 +75,17 @@ def sweep_command(
     from ..experiments import sweep
 
     formats = ("png", "pdf") if pdf else ("png",)
-    given = {"optimizer": optimizer, "rho": rho, "m": m, "p": p, "eta": eta, "label_noise": label_noise, "lr": lr,
-             "epochs": epochs, "batch_size": batch_size, "weight_decay": weight_decay, "momentum": momentum,
-             "schedule": schedule, "warmup_epochs": warmup, "model": model, "data": data, "n_train": n_train}
-    flags = {"warmup_epochs": "--warmup"}
     grid: dict[str, Any] = {}
-    for key, text in given.items():
-        if text is not None:
-            grid[key] = sweep.parse_values(key, text, flags.get(key, "--" + key.replace("_", "-")))
+    base: dict[str, Any] = {}
+    order = {key: i for i, key in enumerate(_GRID_ORDER)}  # run names and columns keep their order
+    for key, value in sorted(training.items(), key=lambda kv: order.get(kv[0], len(order))):
+        # the grid axes: comma lists; the rest: one value for every run
+        if key in NOT_SWEPT:
+            if value != TRAIN_OPTIONS[key].default and value != []:
+                base[key] = value
+        elif value is not None:
+            grid[key] = sweep.parse_values(key, value, flag_of(key))
+    base = field_values(base)
     for pair in vary:
         key, sep, values = pair.partition("=")
         name = key.strip().replace("-", "_")
@@ -113,11 +109,6 @@ def sweep_command(
         return
     if "optimizer" not in grid:
         grid = {"optimizer": ["sgd", "sam"], **grid}
-    base: dict[str, Any] = {}
-    if model_opt:
-        base["model_kwargs"] = parse_options(model_opt)
-    if data_root is not None:
-        base["data_root"] = data_root
     config = sweep.SweepConfig(grid=grid, seeds=seeds, base=base, analyses=analyses, profile=profile,
                                analysis_rho=analysis_rho, analysis_m=analysis_m)
 

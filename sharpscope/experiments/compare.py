@@ -59,6 +59,9 @@ KEY_METRICS = ("test_acc", "train_loss", "lambda_max", "lambda_ratio", "trace", 
 # A training loss or gradient norm this many times another optimizer's: curvature compared
 # between points that are not both minima (the report says so).
 NOT_A_MINIMUM_FACTOR = 10.0
+# TrainConfig fields a comparison sets itself (CompareConfig's own fields, the seed, the profile's tracking)
+_OWN_FIELDS = frozenset({"optimizer", "model", "model_kwargs", "data", "data_root", "label_noise", "n_train", "epochs",
+                         "rho", "m", "seed", "keep_snapshots", "track", "track_every", "track_samples"})
 
 
 @dataclass
@@ -79,10 +82,13 @@ class CompareConfig:
     n_train: int | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     quick: bool = False
+    # any other TrainConfig field, the same for every run (an optimizer gets those it reads:
+    # OptimizerSpec.uses); seed, rho, tracking and snapshots are the comparison's own
+    train_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.optimizers or len(set(self.optimizers)) != len(self.optimizers):
-            raise ConfigError(f"--optimizers must name distinct optimizers, got {self.optimizers}")
+            raise ConfigError(f"--optimizer must name distinct optimizers, got {self.optimizers}")
         unknown = [o for o in self.optimizers if registry.lookup(o) is None]
         if unknown:
             raise ConfigError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(registry.names())}")
@@ -94,6 +100,10 @@ class CompareConfig:
             self.n_train = self.n_train or 400
         for name in ("rho", "asam_rho"):  # both, even when one optimizer is not compared
             finite_float(name, getattr(self, name), at_least=0)
+        unread = [k for k in self.train_options.get("optimizer_options", {})
+                  if not any(k in registry.get(o).option_names for o in self.optimizers)]
+        if unread:
+            raise ConfigError(f"--optimizer-opt {unread[0]}: none of {', '.join(self.optimizers)} has that option")
         for optimizer in self.optimizers:  # every training option, before the first run starts
             for seed in self.seeds:
                 self.train_config(optimizer, seed)
@@ -114,10 +124,18 @@ class CompareConfig:
         return "sgd" if "sgd" in self.optimizers else self.optimizers[0]
 
     def train_config(self, optimizer: str, seed: int) -> TrainConfig:
-        perturbs = registry.get(optimizer).perturbs
+        spec = registry.get(optimizer)
+        perturbs = spec.perturbs
         rho = (self.asam_rho if optimizer == "asam" else self.rho) if perturbs else None
+        own = _OWN_FIELDS & set(self.train_options)
+        if own:
+            raise ConfigError(f"compare sets {', '.join(sorted(own))} itself; not a train_options entry")
+        extra = {k: v for k, v in self.train_options.items() if spec.uses(k)}
+        if "optimizer_options" in extra:  # each optimizer its own (__post_init__: each read by one)
+            extra["optimizer_options"] = {k: v for k, v in extra["optimizer_options"].items()
+                                          if k in spec.option_names}
         return TrainConfig(
-            optimizer=optimizer, model=self.model, model_kwargs=dict(self.model_kwargs), data=self.data,
+            **extra, optimizer=optimizer, model=self.model, model_kwargs=dict(self.model_kwargs), data=self.data,
             data_root=self.data_root, label_noise=self.label_noise, n_train=self.n_train, epochs=self.epochs,
             rho=rho, m=self.m if perturbs else None, seed=seed, keep_snapshots=False,
             track=["gradcos", "lambda_max"], track_every=self.settings.track_every,

@@ -33,13 +33,13 @@ def markdown_table(lines: list[str]) -> str:
 
 
 def _command(cfg: dict[str, Any]) -> str:
-    parts = ["sharpscope compare", f"--optimizers {','.join(cfg['optimizers'])}", f"--model {cfg['model']}",
+    parts = ["sharpscope compare", f"--optimizer {','.join(cfg['optimizers'])}", f"--model {cfg['model']}",
              f"--data {cfg['data']}", f"--epochs {cfg['epochs']}", f"--rho {cfg['rho']}",
              f"--seeds {','.join(map(str, cfg['seeds']))}"]
     parts += [f"--model-opt {k}={json.dumps(v)}" for k, v in cfg.get("model_kwargs", {}).items()]
     parts += [f"--label-noise {cfg['label_noise']}"] if cfg.get("label_noise") else []
     parts += [f"--m {cfg['m']}"] if cfg.get("m") else []
-    parts += ["--quick"] if cfg.get("quick") else []
+    parts += ["--profile quick"] if cfg.get("quick") else []
     return " ".join(parts) + " --html"
 
 

@@ -62,6 +62,7 @@ from ..models import is_factory
 from ..optim import registry
 from ..optim.registry import PERTURBATION_OPTIONS
 from ..train import Callback, TrainConfig, TrainState, check_model, train
+from ..train_options import NOT_SWEPT
 from .. import measure_table
 from .analyses import analyse_selected, analysis_names, analysis_settings
 from .correlate import DEFAULT_MIN_TRAIN_ACC, check_min_train_acc
@@ -85,8 +86,7 @@ _DETAILS = ("stderr",)
 
 # Fields that describe where or how a run is done rather than what is trained: fixed for a
 # whole sweep (``SweepConfig.base``), never a grid axis. The seed is the sweep's own axis.
-_NOT_SWEPT = {"seed", "device", "data_root", "model_kwargs", "optimizer_options", "checkpoint_every", "keep_snapshots", "track",
-              "track_every", "track_samples", "sync_perturbation"}
+_NOT_SWEPT = NOT_SWEPT
 # Short names in run folders; the other options appear under their own names.
 _ABBREVIATIONS = {"label_noise": "noise", "batch_size": "bs", "weight_decay": "wd", "warmup_epochs": "warmup",
                   "second_order": "so", "n_train": "ntrain", "momentum": "mom"}

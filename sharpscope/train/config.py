@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ..data import DataSpec
 from ..errors import ConfigError
 from ..optim import registry
 from ..optim.asam import ASAM_RULES
+from ..train_options import config_field
 
 # (also OPTIMIZERS, DEFAULT_RHO, VARIANTS, M_SAM_OPTIMIZERS: registry views, module __getattr__)
 __all__ = ["TrainConfig", "TrainResult", "learning_rate", "SCHEDULES", "TRACKABLE", "SEED_RANGE", "DIVERGED_FACTOR",
@@ -38,50 +39,51 @@ AMP_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bf
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (stored in every checkpoint)."""
+    """Everything that defines a training run (stored in every checkpoint). Each field's default,
+    command-line spelling and help are declared once, in :data:`sharpscope.train_options.TRAIN_OPTIONS`."""
 
-    optimizer: str = "sam"
-    model: str = "cnn"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    data: str = "digits"
-    data_root: str | None = None
-    label_noise: float = 0.0
-    n_train: int | None = None
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    rho: float | None = None  # None: the optimizer's default_rho (0.05; ASAM 0.5, Kwon et al.)
-    p: float = 2.0
-    eta: float = 0.01
-    asam_rule: str = "official"  # which parameters ASAM scales by |w| + eta (sharpscope.optim.asam)
-    optimizer_options: dict[str, Any] = field(default_factory=dict)  # its registry option_names
+    optimizer: str = config_field("optimizer")
+    model: str = config_field("model")
+    model_kwargs: dict[str, Any] = config_field("model_kwargs")
+    data: str = config_field("data")
+    data_root: str | None = config_field("data_root")
+    label_noise: float = config_field("label_noise")
+    n_train: int | None = config_field("n_train")
+    epochs: int = config_field("epochs")
+    batch_size: int = config_field("batch_size")
+    lr: float = config_field("lr")
+    momentum: float = config_field("momentum")
+    nesterov: bool = config_field("nesterov")
+    weight_decay: float = config_field("weight_decay")
+    schedule: str = config_field("schedule")
+    warmup_epochs: float = config_field("warmup_epochs")
+    rho: float | None = config_field("rho")  # None: the optimizer's default_rho (0.05; ASAM 0.5, Kwon et al.)
+    p: float = config_field("p")
+    eta: float = config_field("eta")
+    asam_rule: str = config_field("asam_rule")  # which parameters ASAM scales by |w| + eta (sharpscope.optim.asam)
+    optimizer_options: dict[str, Any] = config_field("optimizer_options")  # its registry option_names
     # in the training loss of both passes, so the metrics' train_loss is the smoothed loss; evaluation
     # (test_loss, and every analysis) uses plain cross-entropy
-    label_smoothing: float = 0.0
-    same_dropout_mask: bool = False  # the pass at w + e replays the dropout masks of the pass at w
-    perturbation_weight_decay: bool = False  # e from g + weight_decay * w (google-research/sam)
-    m: int | None = None
-    seed: int = 0
-    checkpoint_every: int = 1
-    keep_snapshots: bool = True
-    augment: bool | None = None  # None: random crop + flip for CIFAR, off otherwise
-    device: str = "cpu"
-    second_order: bool = False  # SAM with the full gradient of L(w + e_hat(w))
-    amp: str | None = None  # mixed precision: "bf16" (autocast) or "fp16" (autocast and a GradScaler)
-    channels_last: bool = False  # image models and inputs in channels-last memory format
-    compile: bool = False  # the training steps run a torch.compile'd model (evaluation stays eager)
-    sync_perturbation: bool = False  # several ranks: one perturbation from the global gradient
+    label_smoothing: float = config_field("label_smoothing")
+    same_dropout_mask: bool = config_field("same_dropout_mask")  # the pass at w + e replays the dropout masks of the pass at w
+    perturbation_weight_decay: bool = config_field("perturbation_weight_decay")  # e from g + weight_decay * w (google-research/sam)
+    m: int | None = config_field("m")
+    seed: int = config_field("seed")
+    checkpoint_every: int = config_field("checkpoint_every")
+    keep_snapshots: bool = config_field("keep_snapshots")
+    augment: bool | None = config_field("augment")  # None: random crop + flip for CIFAR, off otherwise
+    device: str = config_field("device")
+    second_order: bool = config_field("second_order")  # SAM with the full gradient of L(w + e_hat(w))
+    amp: str | None = config_field("amp")  # mixed precision: "bf16" (autocast) or "fp16" (autocast and a GradScaler)
+    channels_last: bool = config_field("channels_last")  # image models and inputs in channels-last memory format
+    compile: bool = config_field("compile")  # the training steps run a torch.compile'd model (evaluation stays eager)
+    sync_perturbation: bool = config_field("sync_perturbation")  # several ranks: one perturbation from the global gradient
     # several ranks: batch-norm statistics over the global batch (sharpscope.optim.sync_bn) in both
     # passes; with a perturbation it needs sync_perturbation (one perturbed model for all ranks)
-    sync_bn: bool = False
-    track: list[str] = field(default_factory=list)  # names from TRACKABLE
-    track_every: int = 1
-    track_samples: int = 512
+    sync_bn: bool = config_field("sync_bn")
+    track: list[str] = config_field("track")  # names from TRACKABLE
+    track_every: int = config_field("track_every")
+    track_samples: int = config_field("track_samples")
 
     def __post_init__(self) -> None:
         if self.data_root is not None:  # checkpoints must find the data from any working directory

@@ -1,0 +1,173 @@
+"""The training options of ``train``, ``compare`` and ``sweep``, generated from one table
+(:data:`sharpscope.train_options.TRAIN_OPTIONS`, also TrainConfig's field metadata), and the
+one-line notice of an option's old spelling.
+
+:func:`training_options` decorates a command: the command declares only its own options and a
+``training: dict`` parameter; the decorator adds one typer option per training field (same
+name, same help on every verb) and hands the command their values, by field name. Importing
+this module imports no torch: the table is torch-free and the optimizer registry writes its
+help texts only when the command is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any, Optional
+
+import typer
+from typer.models import OptionInfo
+
+from ..errors import ConfigError
+from ..train_options import NOT_SWEPT, TRAIN_OPTIONS, TrainOption
+
+__all__ = ["training_options", "shared_fields", "field_values", "old_spelling", "VERB_OWNED", "SWEEP_LIST_HELP",
+           "COMPARE_LIST_HELP"]
+
+# Training fields compare and sweep set themselves (field -> what sets it), so they do not
+# take them as training options: the seed is their paired axis, and the analysis profile sets
+# the tracking and the snapshots of the runs they make.
+VERB_OWNED = {"seed": "--seeds", "keep_snapshots": "off: only the final model is analysed",
+              "track": "the analysis profile", "track_every": "the analysis profile",
+              "track_samples": "the analysis profile"}
+# compare's --rho is its own (SAM radius of every perturbing optimizer but ASAM, which takes
+# --asam-rho, and the radius of m-sharpness and the gradient cosine).
+COMPARE_OWNED = {"rho": "--rho, --asam-rho (compare's own)"}
+SWEEP_LIST_HELP = " Sweep: a comma-separated list of values."
+COMPARE_LIST_HELP = " Compare: a comma-separated list; the first, or sgd when listed, is the baseline."
+
+_TYPES: dict[str, Any] = {"float": float, "int": int, "str": str, "bool": bool, "int?": Optional[int],
+                          "float?": Optional[float], "str?": Optional[str], "bool?": Optional[bool], "p": str,
+                          "pairs": list[str], "names": str}
+
+
+class _RegistryHelp(OptionInfo):
+    """An option whose help text is written from the optimizer registry when the command is
+    built (each run), so that every registered optimizer is listed, one defined after this
+    module was imported too."""
+
+    def __init__(self, option: OptionInfo, text: Callable[[Any], str], suffix: str = "") -> None:
+        self.__dict__.update(option.__dict__)
+        self._text = text
+        self._suffix = suffix
+
+    @property  # type: ignore[override]
+    def help(self) -> str:
+        from ..optim import registry
+
+        return self._text(registry.specs()) + self._suffix
+
+    @help.setter
+    def help(self, value: str | None) -> None:  # typer's __init__ sets it; the registry writes it
+        pass
+
+
+def _optimizer_help(specs: Any) -> str:
+    names = ", ".join(f"{s.name} ({s.summary})" if s.summary else s.name for s in specs)
+    return f"One of {names}."
+
+
+def _optimizer_opt_help(specs: Any) -> str:
+    options = "; ".join(f"{s.name} {', '.join(s.option_names)}" for s in specs if s.option_names)
+    return f"An optimizer's option KEY=VALUE, repeatable: {options} (defaults: sharpscope.optim)."
+
+
+def _rho_help(specs: Any) -> str:
+    sam = next((s.default_rho for s in specs if s.name == "sam"), 0.05)
+    others = "".join(f"; {s.name} {s.default_rho:g}" for s in specs if s.perturbs and s.default_rho != sam)
+    return f"SAM radius (default {sam:g}{others})."
+
+
+_REGISTRY_TEXTS = {"optimizer": _optimizer_help, "optimizer_opt": _optimizer_opt_help, "rho": _rho_help}
+
+
+def shared_fields(verb: str) -> list[str]:
+    """The TrainConfig fields ``verb`` (train, compare or sweep) takes as options."""
+    owned = {} if verb == "train" else {**VERB_OWNED, **(COMPARE_OWNED if verb == "compare" else {})}
+    return [name for name in TRAIN_OPTIONS if name not in owned]
+
+
+def _listed(verb: str, name: str) -> bool:
+    """Whether ``verb`` reads ``name`` as a comma-separated list (sweep's grid axes, compare's
+    optimizers)."""
+    return (verb == "sweep" and name not in NOT_SWEPT) or (verb == "compare" and name == "optimizer")
+
+
+def _parameter(verb: str, name: str) -> inspect.Parameter:
+    option: TrainOption = TRAIN_OPTIONS[name]
+    listed = _listed(verb, name)
+    suffix = (SWEEP_LIST_HELP if verb == "sweep" else COMPARE_LIST_HELP) if listed else ""
+    default = option.default
+    if listed:
+        annotation: Any = Optional[str]
+        default = "sgd,sam" if verb == "compare" else None
+    else:
+        annotation = _TYPES[option.kind]
+        if option.kind == "p":
+            default = "2" if default == 2.0 else str(default)
+        elif option.kind == "pairs":
+            default = []
+        elif option.kind == "names":
+            default = ",".join(default)
+    if option.registry_help is not None:
+        info: Any = _RegistryHelp(typer.Option(default, *option.flags), _REGISTRY_TEXTS[option.registry_help], suffix)
+    else:
+        info = typer.Option(default, *option.flags, help=option.help + suffix)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
+def training_options(verb: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a command that takes ``training: dict``: typer sees one option per field of
+    :func:`shared_fields` (``verb``) after the command's own, and the command gets their raw
+    command-line values by field name in ``training`` (:func:`field_values` reads them)."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+               else p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "training"]
+        generated = [_parameter(verb, name) for name in shared_fields(verb)]
+        names = {p.name for p in generated}
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            training = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+            return command(**kwargs, training=training)
+
+        params = generated + own if verb == "train" else own + generated
+        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return decorate
+
+
+def field_values(training: dict[str, Any]) -> dict[str, Any]:
+    """Command-line values (:func:`training_options`) -> TrainConfig field values: ``--p`` read
+    as a number or inf, KEY=VALUE pairs as a dict, ``--track`` split at commas."""
+    from ._common import parse_options, parse_p
+
+    out = {}
+    for name, value in training.items():
+        kind = TRAIN_OPTIONS[name].kind
+        if kind == "p" and isinstance(value, str):
+            value = parse_p(value)
+        elif kind == "pairs":
+            value = parse_options(list(value))
+        elif kind == "names" and isinstance(value, str):
+            value = [t.strip() for t in value.split(",") if t.strip()]
+        out[name] = value
+    return out
+
+
+def old_spelling(verb: str, old: str, new: str, old_value: Any, new_value: Any, new_default: Any) -> Any:
+    """The value of an option renamed from ``old`` to ``new`` on ``verb``: the old spelling's,
+    with a one-line notice on stderr, when it was given (refused beside the new one); else the
+    new one's."""
+    if old_value is None or old_value == []:
+        return new_value
+    if new_value != new_default:
+        raise ConfigError(f"{old} is the old spelling of {new}; give {new} only")
+    print(f"sharpscope: notice: {old} on {verb} is now {new}; the old spelling goes in the next release",
+          file=sys.stderr)
+    return old_value
