@@ -360,7 +360,7 @@ def build(width=64, classes=4):
 README_TRAINING = [
     "sharpscope train --model mynets:build --model-opt width=32 --data npz --data-root my.npz --epochs 10 "
     "--out runs/mine",
-    "sharpscope compare --model mynets:build --model-opt width=32 --data npz --data-root my.npz --quick --seeds 2 "
+    "sharpscope compare --model mynets:build --model-opt width=32 --data npz --data-root my.npz --profile quick --seeds 2 "
     "--out runs/mine-compare",
 ]
 README_ANALYSES = [
