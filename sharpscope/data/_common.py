@@ -30,4 +30,3 @@ def stream_generator(seed: int, stream: str) -> torch.Generator:
     """Return a fresh generator for an independent named random stream derived from ``seed``."""
     digest = hashlib.blake2b(f"{int(seed)}:{stream}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
-

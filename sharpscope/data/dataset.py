@@ -98,4 +98,3 @@ class Dataset:
             raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
         x, y = self.subset(split, samples, seed)
         return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-

@@ -27,7 +27,6 @@ class LabelNoise:
     flipped: torch.Tensor
 
 
-
 def add_label_noise(
     labels: torch.Tensor, num_classes: int, rate: float, seed: int
 ) -> tuple[torch.Tensor, LabelNoise]:
@@ -60,4 +59,3 @@ def add_label_noise(
     flipped = noisy != labels
     info = LabelNoise(rate=float(rate), seed=int(seed), n_flipped=int(flipped.sum()), flipped=flipped)
     return noisy, info
-

@@ -45,7 +45,6 @@ def load_raw(spec: DataSpec) -> RawData:
     return read_cifar(spec.name, root)
 
 
-
 def _split(raw: RawData, test_fraction: float, seed: int) -> RawData:
     """Split a data set without an official test set by a seeded permutation."""
     n = len(raw.x_train)
@@ -102,7 +101,6 @@ def _take(
         raise ConfigError(f"{what}={n} is larger than the {len(x)} available examples")
     idx = torch.randperm(len(x), generator=stream_generator(seed, stream))[:n].numpy()
     return x[idx], y[idx]
-
 
 
 def load_dataset(spec: DataSpec | str | Mapping[str, Any] | None = None, **overrides: Any) -> Dataset:

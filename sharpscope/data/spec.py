@@ -128,7 +128,6 @@ class DataSpec:
             raise ConfigError(f"synthetic_features must be >= 1, got {self.synthetic_features}")
 
 
-
 # The fields of a data spec that choose the training split (n_test and the root's spelling do not).
 _TRAIN_SPLIT_FIELDS = ("name", "seed", "test_fraction", "label_noise", "noise_seed", "n_train", "synthetic_size",
                        "synthetic_classes", "synthetic_features")
@@ -157,7 +156,6 @@ def spec_differences(a: Mapping[str, Any], b: Mapping[str, Any], *, root: bool =
     return out
 
 
-
 def analysis_data_spec(stored: Mapping[str, Any] | None, name: str | None = None, root: str | None = None,
                        where: str = "the checkpoint") -> DataSpec:
     """The data an analysis of a checkpoint loads: the spec it recorded (``stored``), or the one
@@ -182,4 +180,3 @@ def analysis_data_spec(stored: Mapping[str, Any] | None, name: str | None = None
         spec = DataSpec(name=str(name), root=given_root)
     spec.validate()
     return spec
-
