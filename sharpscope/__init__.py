@@ -32,9 +32,10 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E4
 
 # Submodules reachable as attributes of the package, imported on first access.
 # (tests/test_startup.py checks that every public module of the package is listed.)
-_SUBMODULES = ("batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism", "distributed",
-               "errors", "experiments", "hessian", "io", "landscape", "linalg", "measure_table", "measures", "models",
-               "objective", "optim", "plots", "plots_html", "provenance", "sharpness", "stats", "train", "train_options",
+_SUBMODULES = ("ascent", "batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism",
+               "distributed", "errors", "experiments", "hessian", "io", "landscape", "linalg", "measure_table", "measures",
+               "models", "objective", "optim", "plots", "plots_html", "provenance", "sharpness", "stats", "train",
+               "train_options",
                "weight_spectra")
 
 __all__ = [

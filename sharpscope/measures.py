@@ -37,38 +37,8 @@ Two rules shared with :mod:`sharpscope.sharpness` and :mod:`sharpscope.objective
   w, at any ascent point or at any noise draw (a NaN in the data, a pole of the loss inside the
   ball) raise :class:`~sharpscope.errors.NonFiniteLossError`, as the Hessian analyses do.
 
-The worst case is found by the reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020),
-run in u = e / T, where B is the ball or box ||u||_p <= rho: the step size starts at 2 rho;
-with dir the dual-norm direction of the gradient in u, T g (T g / ||T g||_2 for p = 2,
-sign(g) for p = inf),
-
-    z_{k+1} = Proj(u_k + eta_k dir),   u_{k+1} = 0.75 z_{k+1} + 0.25 u_{k-1},   e = T u,
-
-(the reference code's momentum; APGD's paper writes it with u_k, the code with u_{k-1}); at
-the checkpoints ceil(p_j K) of K steps (p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
-0.06)) the step is halved when fewer than 75 % of the steps since the last checkpoint raised
-the best loss, or when neither the step nor the best loss changed, and the ascent restarts
-from the best point. The value is the best loss over every point visited, the start
-included, so S_b >= 0. Plain sharpness (T = 1) and the adaptive box (p = inf) take exactly
-the reference's steps (tested against a re-implementation of its loop).
-
-Differences from the reference code, on purpose:
-
-- adaptive p = 2: the reference steps along T g / ||g|| and projects onto the ellipsoid in
-  Euclidean distance. At a fixed point of that pair T g is normal to the ellipsoid (along
-  e / T^2), while a maximum needs g itself normal to it (KKT), so it can stop short of the
-  maximum: 2.89 % below it on a quadratic (``tests/test_measures.py``). Here the step is the
-  gradient step in u (T g / ||T g||, ASAM's geometry) with the projection onto the ball in u,
-  whose fixed points are the KKT points;
-- at a step reduction the reference reloads the best weights for the next gradient but keeps
-  stepping from the current perturbation; here the ascent restarts from the best point
-  (perturbation, previous point and gradient), as APGD does;
-- its random start for p = 2 draws rho T N(0, 1) per element (norm about rho sqrt(n), far
-  outside B) and its first momentum step keeps a quarter of it, so the first iterate it scores
-  lies outside B; here the random start (``random_start=True``; the default is e = 0, the
-  reference's ``rand_init=False`` used in its evaluations) is a uniform point of the boundary;
-- each step costs one gradient, which also gives the loss at that point (the reference spends
-  a gradient and a forward pass).
+The worst case is found by the reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020):
+:mod:`sharpscope.ascent` states its steps and where they differ from the reference code.
 
 All functions use eval mode and never modify the model.
 """
@@ -84,58 +54,27 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad_and_value, vmap
 
 from . import distributed as dist_utils
+from .ascent import (MIN_UPDATE_RATIO, MOMENTUM, Setup, apgd_checkpoints, ascend_with_restarts,  # noqa: F401
+                     ascent_direction, group_generator, random_start, random_start_rows, require_finite, setup)
 from .batches import higher_order_attention, take
 from .checks import int_at_least
-from .errors import ConfigError, NonFiniteLossError, RestartsDisagreeWarning
+from .errors import ConfigError, RestartsDisagreeWarning
 from .objective import eval_mode
-from .sharpness import (dual_direction, flat_examples, project, rank_groups, seeded_generator, seeded_subsets,
-                        warn_zero_gradient)
+from .sharpness import rank_groups, seeded_subsets, warn_zero_gradient
 
 __all__ = ["worst_case_sharpness", "average_case_sharpness", "sharpness", "MEASURES", "MeasureValue",
            "MeasureResult", "ascent_direction", "apgd_checkpoints", "DEFAULT_RESTARTS", "RESTART_TOLERANCE",
            "MIN_SUBSETS_FOR_STDERR"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-MOMENTUM = 0.75           # the reference's (and APGD's) alpha
-MIN_UPDATE_RATIO = 0.75   # halve the step when fewer than this share of steps raised the best loss
 #: Restarts of the worst-case ascent per subset (e = 0 and seeded random points of the boundary).
 DEFAULT_RESTARTS = 4
 #: Relative spread (max - min) / max between restarts above which the worst case warns.
 RESTART_TOLERANCE = 0.01
 #: The fewest subsets for which a standard error over subsets is reported (4 degrees of freedom).
 MIN_SUBSETS_FOR_STDERR = 5
-
-
-# -- the geometry: pure functions on rows of flat vectors (G, n), in u = e / T -----------------------
-def ascent_direction(g: Tensor, p: float, scale: Tensor | None) -> Tensor:
-    """The ascent direction in u = e / T, where B is the ball or box ||u||_p <= rho: the dual-norm
-    direction of the gradient in u, T g (T g / ||T g||_2 for p = 2, sign(g) for p = inf); rows
-    of a zero gradient give zero."""
-    return dual_direction(g if scale is None else g * scale, p)
-
-
-def apgd_checkpoints(steps: int) -> list[int]:
-    """The iterations (0-based) after which APGD may halve its step: ceil(p_j * steps) for
-    p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), below ``steps``."""
-    p = [0.0, 0.22]
-    w = [0, math.ceil(steps * 0.22)]
-    while w[-1] < steps and w[-1] != w[-2]:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-        w.append(math.ceil(p[-1] * steps))
-    return w[1:]
-
-
-def random_start(shape: tuple[int, int], rho: float, p: float, gen: torch.Generator, dtype: torch.dtype,
-                 device: torch.device) -> Tensor:
-    """A uniform point of the boundary of {||u||_p <= rho} (u = e / T): a Gaussian rescaled to
-    norm rho (p = 2) or a uniformly random vertex rho sign(z) (p = inf)."""
-    z = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-    if p == math.inf:
-        return rho * torch.sign(z)
-    return z * (rho / z.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny))
 
 
 def noise(shape: tuple[int, int], rho: float, p: float, scale: Tensor | None, gen: torch.Generator,
@@ -197,48 +136,6 @@ class MeasureResult:
         return d
 
 
-# -- shared set-up ---------------------------------------------------------------------------------
-@dataclass
-class _Setup:
-    """The examples as one batch, the flat weights, and per-subset loss/error evaluators."""
-
-    examples: Any
-    n: int
-    w0: Tensor
-    scale: Tensor | None
-    value_and_grad: Callable[[Tensor, Any], tuple[Tensor, tuple[Tensor, Tensor]]]  # (grad, (loss, error))
-    value: Callable[[Tensor, Any], tuple[Tensor, Tensor]]
-
-
-def _setup(model: nn.Module, loss_fn: LossFn, data: Iterable, adaptive: bool, eta: float) -> _Setup:
-    flat = flat_examples(model, loss_fn, data)
-
-    def loss_and_error(w_flat: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
-        outputs, loss = flat.batch_loss.outputs_and_loss(flat.state(w_flat), batch)
-        return loss, _error_rate(outputs, batch, flat.batch_loss.takes_model, loss.detach())
-
-    bad = [nm for nm, t in [*zip(flat.names, flat.w0.split(flat.sizes)), *flat.buffers.items()]
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise NonFiniteLossError(f"the model's parameters or buffers hold NaN or infinite values ({', '.join(bad[:3])}"
-                                 f"{', ...' if len(bad) > 3 else ''}): there is nothing to analyse")
-    scale = (flat.w0.abs() + eta) if adaptive else None
-    value = vmap(lambda w, b: tuple(t.detach() for t in loss_and_error(w, b)), in_dims=(0, 0))
-    return _Setup(flat.examples, flat.n, flat.w0, scale,
-                  vmap(grad_and_value(loss_and_error, has_aux=True), in_dims=(0, 0)), value)
-
-
-def _error_rate(outputs: Any, batch: Any, takes_model: bool, like: Tensor) -> Tensor:
-    """The classification error of a batch (argmax of class scores against integer targets);
-    NaN when the outputs are not class scores."""
-    if takes_model or not isinstance(outputs, Tensor) or outputs.dim() != 2 or outputs.shape[1] < 2:
-        return torch.full_like(like, math.nan)
-    targets = batch[1]
-    if not isinstance(targets, Tensor) or targets.dtype.is_floating_point or targets.dim() != 1:
-        return torch.full_like(like, math.nan)
-    return (outputs.argmax(-1) != targets).to(like.dtype).mean()
-
-
 def _lists(m: int | Sequence[int], rho: float | Sequence[float], p: float, eta: float, count: int, what: str,
            max_subsets: int | None) -> tuple[list[int], list[float]]:
     """The m and rho lists of a measure's call, every option checked."""
@@ -282,99 +179,7 @@ def _summary(size: int, rho: float, loss: Tensor, err: Tensor) -> MeasureValue:
                         loss.tolist(), err.tolist(), stderr_note=note)
 
 
-def _group_generator(seed: int, *keys: int) -> torch.Generator:
-    """A generator for one (m, rho, group): the draws do not depend on how groups are shared out."""
-    return seeded_generator(seed, *keys)
-
-
 # -- worst case ----------------------------------------------------------------------------------
-def _require_finite(loss: Tensor, g: Tensor | None, where: str) -> None:
-    """One rule for non-finite values (as :mod:`sharpscope.objective`): a NaN or infinite loss
-    (or gradient) at any point a measure evaluates raises :class:`NonFiniteLossError`."""
-    ok = torch.isfinite(loss).all() if g is None else torch.isfinite(loss).all() & torch.isfinite(g).all()
-    if not bool(ok):  # one device sync per evaluation
-        raise NonFiniteLossError(f"the loss or its gradient is NaN or infinite {where}")
-
-
-def _apgd(s: _Setup, batch: Any, rows: int, rho: float, p: float, steps: int, start: Tensor | None,
-          base: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, int]:
-    """The ascent of the module docstring for ``rows`` subsets at once, in u = e / T, from u = 0
-    (``start`` None) or from ``start``; ``base`` = (gradient, loss, error) at u = 0, which is a
-    candidate too. Returns (best loss, error at the best point, gradients per subset)."""
-    w0 = s.w0.expand(rows, -1)
-
-    def at(u: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        g, (loss, err) = s.value_and_grad(w0 + (u if s.scale is None else u * s.scale), batch)
-        _require_finite(loss, g, f"at a point within rho = {rho:g} of the weights: the worst case is not finite")
-        return g, (loss, err)
-
-    g, (best_loss, best_err) = base[0].clone(), (base[1].clone(), base[2].clone())
-    u = torch.zeros_like(w0)
-    best_u, best_g, n_grad = u.clone(), g.clone(), 0
-    if start is not None:  # a random start: one more gradient, and the start is a candidate too
-        u = start
-        g, (loss, err) = at(u)
-        n_grad += 1
-        up = loss > best_loss
-        best_loss, best_err = torch.where(up, loss, best_loss), torch.where(up, err, best_err)
-        best_u, best_g = torch.where(up[:, None], u, best_u), torch.where(up[:, None], g, best_g)
-    u_prev = u.clone()
-    step = torch.full((rows,), 2.0 * rho, dtype=w0.dtype, device=w0.device)
-    prev_step, prev_best, updates, prev_cp = step.clone(), best_loss.clone(), torch.zeros_like(step), 0
-    checkpoints = set(apgd_checkpoints(steps))
-    for i in range(steps):
-        z = project(u + step[:, None] * ascent_direction(g, p, s.scale), rho, p)
-        u, u_prev = MOMENTUM * z + (1.0 - MOMENTUM) * u_prev, u
-        g, (loss, err) = at(u)
-        n_grad += 1
-        up = loss > best_loss
-        best_loss, best_err = torch.where(up, loss, best_loss), torch.where(up, err, best_err)
-        best_u, best_g = torch.where(up[:, None], u, best_u), torch.where(up[:, None], g, best_g)
-        updates += up.to(updates.dtype)
-        if i in checkpoints:
-            few = updates < MIN_UPDATE_RATIO * (i - prev_cp)
-            stalled = (prev_step == step) & (prev_best == best_loss)
-            prev_step, prev_best, prev_cp = step.clone(), best_loss.clone(), i
-            updates.zero_()
-            cut = few | stalled
-            step = torch.where(cut, step * 0.5, step)
-            u = torch.where(cut[:, None], best_u, u)
-            u_prev = torch.where(cut[:, None], best_u, u_prev)
-            g = torch.where(cut[:, None], best_g, g)
-    return best_loss, best_err, n_grad
-
-
-def _restarts(s: _Setup, batch: Any, rows: int, rho: float, p: float, steps: int, restarts: int,
-              random_first: bool, seed: int, keys: tuple[int, ...], zero_rows: list[int]
-              ) -> tuple[Tensor, Tensor, int, Tensor]:
-    """``restarts`` ascents (:func:`_apgd`) per subset: restart 0 from u = 0 (from a seeded random
-    point of the boundary when ``random_first``, or for the rows whose gradient at u = 0 is
-    exactly zero, counted in ``zero_rows``), restart r >= 1 from seeded random points of the
-    boundary. Returns (best loss increase, its error increase, gradients per subset, loss
-    increases (rows, restarts))."""
-    w0 = s.w0.expand(rows, -1)
-    g0, (loss0, err0) = s.value_and_grad(w0, batch)
-    _require_finite(loss0, g0, "at the weights themselves (NaN or infinite values in the data or the model?)")
-    zero = g0.norm(dim=-1) == 0
-    zero_rows.append(int(zero.sum()))
-    n_grad, per_restart, best_err = 1, [], torch.zeros_like(err0)
-    for r in range(restarts):
-        start = None
-        if r > 0 or random_first or bool(zero.any()):
-            start = random_start_rows(s, rows, rho, p, seed, *keys, *((r,) if r > 0 else ()))
-            if r == 0 and not random_first:
-                start = torch.where(zero[:, None], start, torch.zeros_like(start))
-        loss, err, k = _apgd(s, batch, rows, rho, p, steps, start, (g0, loss0, err0))
-        n_grad += k
-        if per_restart:
-            best_err = torch.where(loss > torch.stack(per_restart).amax(0), err, best_err)
-        else:
-            best_err = err
-        per_restart.append(loss)
-    values = (torch.stack(per_restart, dim=1) - loss0[:, None]).double()
-    return values.amax(1), (best_err - err0).double(), n_grad, values
-
-
 def worst_case_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable, m: int | Sequence[int] = 128,
     rho: float | Sequence[float] = 0.05, p: float = 2.0, adaptive: bool = False, eta: float = 0.0,
@@ -396,11 +201,11 @@ def worst_case_sharpness(
     ms, rhos = _lists(m, rho, p, eta, steps, "steps", max_subsets)
     int_at_least("restarts", restarts, 1)
     start_time = time.perf_counter()
-    s = _setup(model, loss_fn, data, adaptive, eta)
+    s = setup(model, loss_fn, data, adaptive, eta)
     zero_rows: list[int] = []
 
     def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int, Tensor]:
-        return _restarts(s, batch, rows, r, p, steps, restarts, random_start, seed, keys, zero_rows)
+        return ascend_with_restarts(s, batch, rows, r, p, steps, restarts, random_start, seed, keys, zero_rows)
 
     with eval_mode(model), higher_order_attention():
         results, n_grad, per_restart = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback,
@@ -436,7 +241,7 @@ def _warn_spread(results: Sequence[MeasureValue], restarts: int) -> None:
                       f"bound that more restarts or steps may raise", RestartsDisagreeWarning, stacklevel=3)
 
 
-def _over_subsets(s: _Setup, ms: Sequence[int], rhos: Sequence[float], seed: int, max_subsets: int | None,
+def _over_subsets(s: Setup, ms: Sequence[int], rhos: Sequence[float], seed: int, max_subsets: int | None,
                   group_examples: int, callback: Callable[[int], None] | None,
                   one_group: Callable[[Any, int, float, tuple[int, ...]], tuple[Tensor, ...]]
                   ) -> tuple[list[MeasureValue], int, list[Tensor | None]]:
@@ -469,12 +274,6 @@ def _over_subsets(s: _Setup, ms: Sequence[int], rhos: Sequence[float], seed: int
     return results, int(dist_utils.all_reduce_sum(torch.tensor(float(count), dtype=torch.float64)).item()), extras
 
 
-def random_start_rows(s: _Setup, rows: int, rho: float, p: float, seed: int, *keys: int) -> Tensor:
-    """Seeded random starts (:func:`random_start`, in u = e / T) for one group of subsets."""
-    gen = _group_generator(seed, *keys)
-    return random_start((rows, s.w0.numel()), rho, p, gen, s.w0.dtype, s.w0.device)
-
-
 # -- average case --------------------------------------------------------------------------------
 def average_case_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable, m: int | Sequence[int] = 128,
@@ -490,17 +289,17 @@ def average_case_sharpness(
     draw raises :class:`~sharpscope.errors.NonFiniteLossError`."""
     ms, rhos = _lists(m, rho, p, eta, samples, "samples", max_subsets)
     start_time = time.perf_counter()
-    s = _setup(model, loss_fn, data, adaptive, eta)
+    s = setup(model, loss_fn, data, adaptive, eta)
     def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int, Tensor]:
-        draw_gen = _group_generator(seed, *keys)
+        draw_gen = group_generator(seed, *keys)
         w0 = s.w0.expand(rows, -1)
         base_loss, base_err = s.value(w0, batch)
-        _require_finite(base_loss, None, "at the weights themselves (NaN or infinite values in the data or the model?)")
+        require_finite(base_loss, None, "at the weights themselves (NaN or infinite values in the data or the model?)")
         total_loss = torch.zeros(rows, dtype=torch.float64, device=w0.device)
         total_sq, total_err = torch.zeros_like(total_loss), torch.zeros_like(total_loss)
         for _ in range(samples):
             li, ei = s.value(w0 + noise(tuple(w0.shape), r, p, s.scale, draw_gen, w0.dtype, w0.device), batch)
-            _require_finite(li, None, f"at a noise draw of scale rho = {r:g}: the average case is not finite")
+            require_finite(li, None, f"at a noise draw of scale rho = {r:g}: the average case is not finite")
             d = li.double() - base_loss.double()
             total_loss += d
             total_sq += d * d

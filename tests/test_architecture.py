@@ -34,7 +34,7 @@ LAYERS: dict[int, set[str]] = {
         "train_options"},  # torch-free: the CLI builds the training options from it
     2: {"batches", "data", "models", "linalg", "optim"},
     3: {"objective", "checkpoint"},
-    4: {"curvature", "hessian", "landscape", "sharpness", "measures", "weight_spectra",
+    4: {"curvature", "hessian", "landscape", "sharpness", "measures", "ascent", "weight_spectra",
         "measure_table"},  # the table of measures declares the analyses above; train, experiments read it
     5: {"train"},
     6: {"experiments"},

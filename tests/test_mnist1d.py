@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from sharpscope import data as data_module
+from sharpscope.data import builtin as data_builtin
 from sharpscope.data import DATASETS, DataSpec, load_dataset, load_raw
 from sharpscope.models import build_model, make_model_spec
 from sharpscope.train import TrainConfig, train
 
 
 def _fresh(**spec) -> object:
-    data_module._MNIST1D_CACHE.clear()  # generate again, not from this process's cache
+    data_builtin._MNIST1D_CACHE.clear()  # generate again, not from this process's cache
     return load_dataset(DataSpec(name="mnist1d", **spec))
 
 

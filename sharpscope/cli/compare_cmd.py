@@ -53,10 +53,8 @@ def compare_command(
     from rich.console import Console
 
     from ..errors import ConfigError
-    from ..experiments.compare import KEY_METRICS, PROFILES, CompareConfig, run_compare
-    from ..experiments.report import METRIC_NAMES
+    from ..experiments.compare import PROFILES, CompareConfig, run_compare
     from ..experiments.sweep import parse_seeds
-    from ..experiments.verdicts import qualified_verdict
     from .progress import RichProgress
 
     console = Console(stderr=True)
@@ -81,7 +79,24 @@ def compare_command(
     with interrupt_says("finished runs and analyses are kept; rerun the same command to continue"):
         results = run_compare(config, out, say=say,
                               callbacks_for=lambda opt: [RichProgress(console, enabled=progress)])
-    n = len(config.seeds)
+    _print_summary(results, len(config.seeds))
+    for warning in results["warnings"]:
+        print(f"warning: {warning}")
+    print(f"report: {out / 'report.md'} ({results['wall_time']:.0f}s)")
+    if html:
+        from ..experiments.html_report import write_compare_html
+
+        page = write_compare_html(out)
+        print(f"interactive report: {page} ({page.stat().st_size / 2**20:.1f} MiB)")
+
+
+def _print_summary(results: dict[str, Any], n: int) -> None:
+    """One line per optimizer: each key metric's mean over the ``n`` seeds and, against the
+    baseline, the paired difference with its interval and verdict."""
+    from ..experiments.compare import KEY_METRICS
+    from ..experiments.report import METRIC_NAMES
+    from ..experiments.verdicts import qualified_verdict
+
     for opt, r in results["optimizers"].items():
         parts = []
         for metric in KEY_METRICS:
@@ -94,14 +109,6 @@ def compare_command(
                          f"{qualified_verdict(d['verdict'], bool(d.get('about_unconverged_runs')))})")
             parts.append(text)
         print(f"{opt.upper():>5} (mean of {n}): " + ", ".join(parts))
-    for warning in results["warnings"]:
-        print(f"warning: {warning}")
-    print(f"report: {out / 'report.md'} ({results['wall_time']:.0f}s)")
-    if html:
-        from ..experiments.html_report import write_compare_html
-
-        page = write_compare_html(out)
-        print(f"interactive report: {page} ({page.stat().st_size / 2**20:.1f} MiB)")
 
 
 def _given(fields: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,182 @@
+"""What a data set is: :class:`DataSpec` (everything needed to rebuild a :class:`Dataset`
+deterministically), the fields in which two specs choose different training splits, and the spec
+an analysis of a checkpoint loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sharpscope.errors import ConfigError, DataError
+
+from ._common import is_int, is_real
+from .readers import expected_files
+
+__all__ = ["DATASETS", "DataSpec", "spec_differences", "analysis_data_spec"]
+
+DATASETS: tuple[str, ...] = ("digits", "mnist1d", "synthetic", "npz", "mnist", "fashion-mnist", "cifar10", "cifar100")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Everything needed to (re)build a :class:`Dataset` deterministically.
+
+    ``root`` is a folder for ``mnist`` / ``fashion-mnist`` / ``cifar10`` / ``cifar100`` and an
+    ``.npz`` file path for ``npz``; it is ignored by ``digits``, ``mnist1d`` and ``synthetic``.
+    ``seed`` also generates ``mnist1d`` (and ``synthetic``); data sets with an official test split
+    (``mnist1d``, the file-backed ones given a test part) ignore ``test_fraction``.
+    """
+
+    name: str = "digits"
+    root: str | None = None
+    seed: int = 0
+    test_fraction: float = 0.2
+    label_noise: float = 0.0
+    noise_seed: int = 0
+    n_train: int | None = None
+    n_test: int | None = None
+    synthetic_size: int = 512
+    synthetic_classes: int = 4
+    synthetic_features: int = 16
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a plain JSON-able dict (values are only str / int / float / None)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or isinstance(value, str):
+                out[f.name] = value
+            elif f.name == "root":
+                out[f.name] = os.fspath(value)
+            elif is_int(value):
+                out[f.name] = int(value)
+            elif is_real(value):
+                out[f.name] = float(value)
+            else:
+                out[f.name] = value  # invalid; validate() reports it
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DataSpec:
+        """Build a spec from a dict (e.g. one made by :meth:`to_dict`) and validate it.
+
+        Unknown keys raise :class:`DataError`; missing keys take their defaults.
+        """
+        if not isinstance(d, Mapping):
+            raise DataError(f"data spec must be a dict, got {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(str(k) for k in d if k not in known)
+        if unknown:
+            raise DataError(f"unknown data spec key(s) {', '.join(unknown)}; known keys: {', '.join(known)}")
+        spec = cls(**dict(d))
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        """Check every field; raise :class:`DataError` or :class:`ConfigError` on the first problem.
+
+        Unknown name or a missing ``root`` for a file-backed data set -> DataError; wrongly typed or
+        out-of-range options (label_noise outside [0, 1), test_fraction outside (0, 1), ...) ->
+        ConfigError.
+        """
+        if not isinstance(self.name, str) or self.name not in DATASETS:
+            raise DataError(f"unknown dataset {self.name!r}; known: {', '.join(DATASETS)}")
+        self._validate_types()
+        if not 0.0 <= float(self.label_noise) < 1.0:
+            raise ConfigError(f"label_noise must be in [0, 1), got {self.label_noise}")
+        if not 0.0 < float(self.test_fraction) < 1.0:
+            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        for key in ("n_train", "n_test"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{key} must be None or >= 1, got {value}")
+        if self.name == "synthetic":
+            self._validate_synthetic()
+        if self.name in ("npz", "mnist", "fashion-mnist", "cifar10", "cifar100") and self.root is None:
+            what = "an .npz file path" if self.name == "npz" else "a folder"
+            raise DataError(
+                f"{self.name}: no root given; set root (--data-root) to {what} holding {expected_files(self.name)}"
+            )
+
+    def _validate_types(self) -> None:
+        """Raise ConfigError when a field has the wrong type."""
+        if self.root is not None and not isinstance(self.root, (str, os.PathLike)):
+            raise ConfigError(f"root must be a path string or None, got {type(self.root).__name__}")
+        for key in ("seed", "noise_seed", "synthetic_size", "synthetic_classes", "synthetic_features"):
+            if not is_int(getattr(self, key)):
+                raise ConfigError(f"{key} must be an integer, got {getattr(self, key)!r}")
+        for key in ("n_train", "n_test"):
+            value = getattr(self, key)
+            if value is not None and not is_int(value):
+                raise ConfigError(f"{key} must be an integer or None, got {value!r}")
+        for key in ("test_fraction", "label_noise"):
+            value = getattr(self, key)
+            if not is_real(value) or not math.isfinite(float(value)):
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+
+    def _validate_synthetic(self) -> None:
+        """Raise ConfigError for unusable synthetic sizes."""
+        if self.synthetic_size < 2:
+            raise ConfigError(f"synthetic_size must be >= 2, got {self.synthetic_size}")
+        if self.synthetic_classes < 2:
+            raise ConfigError(f"synthetic_classes must be >= 2, got {self.synthetic_classes}")
+        if self.synthetic_features < 1:
+            raise ConfigError(f"synthetic_features must be >= 1, got {self.synthetic_features}")
+
+
+# The fields of a data spec that choose the training split (n_test and the root's spelling do not).
+_TRAIN_SPLIT_FIELDS = ("name", "seed", "test_fraction", "label_noise", "noise_seed", "n_train", "synthetic_size",
+                       "synthetic_classes", "synthetic_features")
+
+
+def spec_differences(a: Mapping[str, Any], b: Mapping[str, Any], *, root: bool = True,
+                     names: tuple[str, str] = ("in a", "in b")) -> list[str]:
+    """The data-spec fields in which ``a`` and ``b`` (dicts of :meth:`DataSpec.to_dict`) choose
+    different training splits, as "seed 0 in a, 1 in b" phrases (``names`` say what the two
+    are); ``root`` (the file or folder) is
+    compared too unless ``root=False`` (when fingerprints compare the contents instead).
+    Missing fields take :class:`DataSpec`'s defaults."""
+    default = DataSpec().to_dict()
+    fields = _TRAIN_SPLIT_FIELDS + (("root",) if root else ())
+    value = {key: (a.get(key, default.get(key)), b.get(key, default.get(key))) for key in fields}
+    irrelevant = set()
+    if not any(value["label_noise"]):
+        irrelevant.add("noise_seed")  # no label noise: its seed draws nothing
+    if value["name"] != ("synthetic", "synthetic"):
+        irrelevant.update(k for k in fields if k.startswith("synthetic_"))
+    out = []
+    for key in (k for k in fields if k not in irrelevant):
+        va, vb = value[key]
+        if va != vb:
+            out.append(f"{key} {va!r} {names[0]}, {vb!r} {names[1]}")
+    return out
+
+
+def analysis_data_spec(stored: Mapping[str, Any] | None, name: str | None = None, root: str | None = None,
+                       where: str = "the checkpoint") -> DataSpec:
+    """The data an analysis of a checkpoint loads: the spec it recorded (``stored``), or the one
+    the user names instead (the CLI's ``--data`` / ``--data-root``).
+
+    - ``name`` other than the recorded one (or nothing recorded): that data set with its default
+      split and no label noise, at ``root``;
+    - ``name`` equal to the recorded one, or ``root`` alone: the recorded spec (its split seed,
+      subset and label noise) with ``root`` replaced, e.g. for files that moved.
+
+    :class:`DataError` when nothing is recorded and no ``name`` is given."""
+    given_root = None if root is None else os.path.abspath(os.path.expanduser(str(root)))
+    if not stored and name is None:
+        extra = " (--data-root alone replaces a recorded data set's root)" if root is not None else ""
+        raise DataError(f"{where} records no data set; name one with --data NAME [--data-root PATH]{extra}, or "
+                        "store it once with sharpscope.save_checkpoint(..., data_spec={'name': ..., 'root': ...})")
+    if stored and (name is None or name == stored.get("name")):
+        spec = DataSpec.from_dict(stored)
+        if given_root is not None:
+            spec = dataclasses.replace(spec, root=given_root)
+    else:
+        spec = DataSpec(name=str(name), root=given_root)
+    spec.validate()
+    return spec

@@ -1,0 +1,99 @@
+"""CIFAR ResNet of He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, Sec. 4.2
+(``resnet``; depth 6n+2, projection shortcuts = option B)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ._checks import check_bool, check_depth, check_int, image_shape
+from ._layers import conv3x3, init_weights, norm2d
+
+__all__ = ["BasicBlock", "CifarResNet", "build_resnet"]
+
+
+class BasicBlock(nn.Module):
+    """Post-activation residual block of He et al. 2016: conv-BN-ReLU-conv-BN, add, ReLU.
+
+    The shortcut is a 1x1 strided conv + BN (option B) when the shape changes.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, bn: bool = True) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_ch, out_ch, stride, bias=not bn)
+        self.bn1 = norm2d(out_ch, bn)
+        self.conv2 = conv3x3(out_ch, out_ch, 1, bias=not bn)
+        self.bn2 = norm2d(out_ch, bn)
+        self.relu = nn.ReLU()
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=not bn), norm2d(out_ch, bn)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """CIFAR ResNet of He et al., "Deep Residual Learning for Image Recognition" (2016), Sec. 4.2.
+
+    3x3 conv stem with ``width`` channels, three stages of n = (depth - 2) / 6 BasicBlocks
+    with widths ``width, 2*width, 4*width`` and strides 1, 2, 2, global average pooling and a
+    linear head.  Shortcuts that change shape are 1x1 conv + BN (option B), so ResNet-20 on
+    CIFAR-10 has 272,474 parameters (269,722 with the parameter-free option A).
+    ``bn=False`` replaces every BatchNorm by identity and gives the convs biases.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        depth: int = 20,
+        width: int = 16,
+        bn: bool = True,
+    ) -> None:
+        super().__init__()
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(
+            conv3x3(input_shape[0], width, bias=not bn), norm2d(width, bn), nn.ReLU()
+        )
+        stages: list[nn.Module] = []
+        in_ch = width
+        for i, stride in enumerate((1, 2, 2)):
+            out_ch = width * 2**i
+            blocks = []
+            for j in range(n):
+                blocks.append(BasicBlock(in_ch, out_ch, stride if j == 0 else 1, bn))
+                in_ch = out_ch
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pool(self.stages(self.stem(x)))
+        return self.fc(torch.flatten(out, 1))
+
+
+def build_resnet(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    depth: int = 20,
+    width: int = 16,
+    bn: bool = True,
+) -> CifarResNet:
+    """Build :class:`CifarResNet`; depth must be 6n+2."""
+    return CifarResNet(
+        image_shape("resnet", input_shape),
+        check_int("num_classes", num_classes),
+        check_depth("resnet", depth, offset=2, minimum=8),
+        check_int("resnet option 'width'", width),
+        check_bool("resnet option 'bn'", bn),
+    )
