@@ -250,6 +250,21 @@ def plot_eigen_curve(eigen: Any, random: Any, eigenvalue: float, slope: float, l
     return finish(fig, path, formats, return_figure)
 
 
+def _warn_path_off_grid(pts: np.ndarray, xs: Any, ys: Any) -> None:
+    """Warn when a path drawn over a grid leaves it: the loss shown around those points is not
+    known (the grid, say a --grid narrower than the trajectory, is smaller than the path)."""
+    if xs is None or ys is None:
+        return
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    off = ((pts[:, 0] < xs.min()) | (pts[:, 0] > xs.max()) | (pts[:, 1] < ys.min()) | (pts[:, 1] > ys.max()))
+    if off.any():
+        import warnings
+        warnings.warn(f"{int(off.sum())} of the path's {len(pts)} points lie off the grid (x in [{xs.min():.4g}, "
+                      f"{xs.max():.4g}], y in [{ys.min():.4g}, {ys.max():.4g}]; the path spans x in "
+                      f"[{pts[:, 0].min():.4g}, {pts[:, 0].max():.4g}], y in [{pts[:, 1].min():.4g}, "
+                      f"{pts[:, 1].max():.4g}]): widen the grid to see the loss there", UserWarning, stacklevel=3)
+
+
 def _draw_path(ax, result: Any, filled: bool, color: str) -> bool:
     raw = _opt(result, "path")
     if raw is None:
@@ -259,6 +274,7 @@ def _draw_path(ax, result: Any, filled: bool, color: str) -> bool:
         raise ValueError(f"path must have shape (E, 2), got {pts.shape}")
     if len(pts) == 0:
         return False
+    _warn_path_off_grid(pts, _opt(result, "xs"), _opt(result, "ys"))
     ax.plot(pts[:, 0], pts[:, 1], "-o", color="white" if filled else color, mec="black", mew=0.6,
             ms=4, lw=1.6, label="trajectory (per epoch)", zorder=4)
     ax.plot(pts[-1:, 0], pts[-1:, 1], ls="none", marker="*", ms=15, color=_PATH_STAR, mec="black",
@@ -395,6 +411,18 @@ def _colorbar(fig: Figure, mappable, norm, cmap, ax, metric: str, **kwargs):
     return cbar
 
 
+def _tick_chars(vmin: float, vmax: float, n: int = 5) -> int:
+    """Characters of the longest tick label on an axis over [vmin, vmax] with ``n`` round ticks
+    (decimals as the tick step needs): how far a 3-D axis label must stand off (a fixed pad
+    let the tick labels cover the z-label, read as "los")."""
+    from matplotlib.ticker import MaxNLocator
+
+    ticks = MaxNLocator(n).tick_values(vmin, vmax)
+    step = float(np.min(np.diff(ticks))) if len(ticks) > 1 else 1.0
+    decimals = max(0, -int(np.floor(np.log10(step)))) if step > 0 and np.isfinite(step) else 0
+    return max(len(f"{v:.{decimals}f}") for v in ticks)
+
+
 def plot_surface3d(results: Mapping[str, Any], path: str | Path, metric: str = "loss",
                    formats: Sequence[str] = ("png",), title: str | None = None, shared_scale: bool = True,
                    log: bool = False, return_figure: bool = False):
@@ -439,16 +467,17 @@ def plot_surface3d(results: Mapping[str, Any], path: str | Path, metric: str = "
         xlabel, ylabel = _axis_labels(res)
         ax.set_xlabel(xlabel, fontsize=9, labelpad=2)
         ax.set_ylabel(ylabel, fontsize=9, labelpad=2)
-        ax.set_zlabel(zlabel, fontsize=9, labelpad=2)
+        ax.set_zlabel(zlabel, fontsize=9, labelpad=2 + 1.2 * _tick_chars(norm.vmin, norm.vmax))  # clear of the ticks
+        ax.set_box_aspect(None, zoom=0.92)  # room inside the panel for the z-label
         ax.tick_params(labelsize=8, pad=0)
-        for axis in (ax.xaxis, ax.yaxis):
+        for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
             axis.set_major_locator(MaxNLocator(5))
         if label:
             ax.set_title(label, fontsize=12, color=COLORS.get(label.upper(), "black"))
         if not shared_scale:
-            _colorbar(fig, None, norm, cmap, ax, zlabel if log else metric, shrink=0.6, pad=0.1)
+            _colorbar(fig, None, norm, cmap, ax, zlabel if log else metric, shrink=0.6, pad=0.16)
     if shared_scale:
-        _colorbar(fig, None, shared, cmap, axes, zlabel if log else metric, shrink=0.6, pad=0.05)
+        _colorbar(fig, None, shared, cmap, axes, zlabel if log else metric, shrink=0.6, pad=0.12 / n)
     fig.suptitle(title or _default_title(items[0][1], metric), fontsize=13)
     return finish(fig, path, formats, return_figure)
 

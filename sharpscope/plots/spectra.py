@@ -37,20 +37,23 @@ def plot_density(densities: Mapping[str, Any], path: str | Path, log: bool = Fal
 def plot_eigenvalues(results: Mapping[str, Any], path: str | Path, formats: Sequence[str] = ("png",),
                      title: str | None = None) -> list[Path]:
     """Top Hessian eigenvalues per label, index 1 = largest, as markers joined by lines
-    (log y-axis when every value is positive; bars would mislead on a log axis). A label may
-    hold one result per seed: each seed thin, the mean with its 95 % band."""
+    (log y-axis when every value is positive and they span at least a decade -- less, and a log
+    axis shows a single tick label -- else linear; bars would mislead on a log axis). A label
+    may hold one result per seed: each seed thin, the mean with its 95 % band."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
-    all_positive = True
+    every: list[np.ndarray] = []
     for i, (label, res) in enumerate(results.items()):
         series = []
         for one in seed_runs(res):
             values = np.asarray(value_of(one, "eigenvalues"), dtype=float)
-            all_positive &= bool((values > 0).all())
+            every.append(values)
             series.append((np.arange(1, len(values) + 1).tolist(), values.tolist()))
         seed_lines(ax, series, color_of(label, i), label, marker="o", band_alpha=band_opacity(len(results)))
-    if all_positive:
-        ax.set_yscale("log")
+    values = np.concatenate(every) if every else np.array([])
+    values = values[np.isfinite(values)]
+    if values.size and (values > 0).all() and values.max() >= 10.0 * values.min():
+        ax.set_yscale("log")  # a decade or more; within one, a log axis would show one tick label
     ax.set_xlabel("eigenvalue index (1 = largest)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("Hessian eigenvalue")

@@ -63,6 +63,7 @@ def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequenc
     fig = Figure(figsize=(max(4.2 * len(keys), 6.4), 3.8))
     axes = np.atleast_1d(fig.subplots(1, len(keys)))
     for ax, key in zip(axes, keys):
+        edges = []
         for i, (label, value) in enumerate(runs.items()):
             series = []
             for records in seed_runs(value):
@@ -73,11 +74,12 @@ def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequenc
                 seed_lines(ax, series, color_of(label, i), label, marker="o", ms=3, band_alpha=band_opacity(len(runs)),
                             bounds=TRACK_BOUNDS.get(key))
                 if key == "lambda_max":
-                    _edge_lines(ax, seed_runs(value), color_of(label, i), label)
+                    edges += _edge_lines(ax, seed_runs(value), color_of(label, i), label)
         ax.set_xlabel("epoch")
         ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
         if key == "lambda_max":
+            _note_lines_off_the_axes(ax, edges)
             ax.legend(fontsize=7)
     axes[0].legend()
     if title:
@@ -89,23 +91,35 @@ def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequenc
 _EDGES = (("edge_of_stability", "--", "(2 + 2 beta) / lr"), ("sam_edge_of_stability", ":", "SAM's edge"))
 
 
-def _edge_lines(ax, seeds: Sequence[Sequence[Mapping[str, Any]]], color: str, label: str) -> None:
+def _edge_lines(ax, seeds: Sequence[Sequence[Mapping[str, Any]]], color: str, label: str) -> list[Any]:
     """The edges of stability recorded beside lambda_max (first seed's; the learning rate is the
     same on every seed, the gradient norm of SAM's edge nearly so), on a log axis whose top
     stops at 3x the largest lambda_max so that the edge's climb as lr -> 0 does not flatten
     the curves."""
     records = seeds[0]
     top = max((r["lambda_max"] for recs in seeds for r in recs if r.get("lambda_max") is not None), default=None)
-    drawn = False
+    lines = []
     for key, style, name in _EDGES:
         pts = [(r["epoch"], r[key]) for r in records if r.get(key) is not None and np.isfinite(r[key])]
         if pts:
-            ax.plot(*zip(*pts), ls=style, color=color, lw=1.2, label=f"{label}: {name}")
-            drawn = True
-    if drawn and top is not None and top > 0:
+            lines += ax.plot(*zip(*pts), ls=style, color=color, lw=1.2, label=f"{label}: {name}")
+    if lines and top is not None and top > 0:
         ax.set_yscale("log")
         low, high = ax.get_ylim()
         ax.set_ylim(low, max(min(high, 3.0 * top), top * 1.5))
+    return lines
+
+
+def _note_lines_off_the_axes(ax, lines: Sequence[Any]) -> None:
+    """A line whose every point lies above (below) the y-limits is invisible: its legend entry
+    says so, with the value it starts at, rather than promise a line that is not there."""
+    low, high = ax.get_ylim()
+    for line in lines:
+        y = np.asarray(line.get_ydata(), dtype=float)
+        y = y[np.isfinite(y)]
+        if y.size and ((y > high).all() or (y < low).all()):
+            where = "above" if (y > high).all() else "below"
+            line.set_label(f"{line.get_label()} ({where} the axes, from {y[0]:.3g})")
 
 
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
