@@ -90,6 +90,58 @@ def plot_paired_differences(differences: Mapping[str, Mapping[str, Any]], metric
 
 
 
+def _group_colors(groups: Mapping[str, Any]) -> list[str]:
+    """One colour per group: an optimizer's own (once), else the first free one of the cycle."""
+    colors: list[str] = []
+    for label in groups:
+        fixed = COLORS.get(label.upper())
+        free = [c for c in CYCLE if c not in colors and c not in COLORS.values()] or CYCLE
+        colors.append(fixed if fixed and fixed not in colors else free[0])
+    return colors
+
+
+def _draw_sweep_group(ax, label: str, per_seed: Mapping[Any, Mapping[Any, float | None]], color: str, numeric: bool,
+                      position: Any, summary: Any) -> list[float]:
+    """One group of :func:`plot_sweep` (its seeds, mean and band, or its reference level);
+    returns the finite values it holds (for the y-range)."""
+    shown = [v for points in per_seed.values() for v in points.values() if v is not None and np.isfinite(v)]
+    n_seeds = len(per_seed)
+    if all(set(points) <= {None} for points in per_seed.values()):  # a reference level
+        t = summary([v for points in per_seed.values() for v in points.values()
+                     if v is not None and np.isfinite(v)])
+        if t is None:
+            return shown
+        ax.axhline(t.mean, color=color, ls="--", lw=1.5, label=f"{label} (mean of {t.n})")
+        if np.isfinite(t.ci_low):
+            ax.axhspan(t.ci_low, t.ci_high, color=color, alpha=0.12, lw=0)
+        return shown
+    by_x: dict[Any, list[float]] = {}
+    for points in per_seed.values():
+        pts = sorted(((position(x), v) for x, v in points.items()
+                      if x is not None and v is not None and np.isfinite(v)), key=lambda p: p[0])
+        for (x, v) in pts:
+            by_x.setdefault(x, []).append(v)
+        if n_seeds > 1 and pts:  # categories are not joined: a line between them would mean nothing
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if numeric else "o", color=color, lw=0.7,
+                    ms=2.5, alpha=0.35)
+    xs = sorted(by_x)
+    if not xs:
+        return shown
+    summaries = [summary(by_x[x]) for x in xs]
+    name = label if n_seeds == 1 else f"{label} (mean of {n_seeds})"
+    band = [(x, t) for x, t in zip(xs, summaries) if np.isfinite(t.ci_low)]
+    if not numeric:  # categories: the mean with its interval as an error bar at each
+        err = [[t.mean - t.ci_low if np.isfinite(t.ci_low) else 0.0 for t in summaries],
+               [t.ci_high - t.mean if np.isfinite(t.ci_high) else 0.0 for t in summaries]]
+        ax.errorbar(xs, [t.mean for t in summaries], yerr=err, fmt="o", color=color, ms=5, capsize=4, label=name)
+        return shown
+    ax.plot(xs, [t.mean for t in summaries], "o-", color=color, lw=1.8, ms=4, label=name)
+    if band:
+        ax.fill_between([x for x, _ in band], [t.ci_low for _, t in band], [t.ci_high for _, t in band],
+                        color=color, alpha=0.18, lw=0)
+    return shown
+
+
 def plot_sweep(groups: Mapping[str, Mapping[Any, Mapping[Any, float | None]]], path: str | Path, *,
                xlabel: str, ylabel: str, formats: Sequence[str] = ("png",), title: str | None = None,
                confidence: float = 0.95) -> list[Path]:
@@ -122,48 +174,9 @@ def plot_sweep(groups: Mapping[str, Mapping[Any, Mapping[Any, float | None]]], p
     def summary(values: list[float]) -> Any:
         return stats.summarize(values, confidence) if values else None
 
-    colors: list[str] = []
-    for label in groups:
-        fixed = COLORS.get(label.upper())
-        free = [c for c in CYCLE if c not in colors and c not in COLORS.values()] or CYCLE
-        colors.append(fixed if fixed and fixed not in colors else free[0])
     shown: list[float] = []
-    for (label, per_seed), color in zip(groups.items(), colors):
-        shown += [v for points in per_seed.values() for v in points.values() if v is not None and np.isfinite(v)]
-        n_seeds = len(per_seed)
-        if all(set(points) <= {None} for points in per_seed.values()):  # a reference level
-            t = summary([v for points in per_seed.values() for v in points.values()
-                         if v is not None and np.isfinite(v)])
-            if t is None:
-                continue
-            ax.axhline(t.mean, color=color, ls="--", lw=1.5, label=f"{label} (mean of {t.n})")
-            if np.isfinite(t.ci_low):
-                ax.axhspan(t.ci_low, t.ci_high, color=color, alpha=0.12, lw=0)
-            continue
-        by_x: dict[Any, list[float]] = {}
-        for points in per_seed.values():
-            pts = sorted(((position(x), v) for x, v in points.items()
-                          if x is not None and v is not None and np.isfinite(v)), key=lambda p: p[0])
-            for (x, v) in pts:
-                by_x.setdefault(x, []).append(v)
-            if n_seeds > 1 and pts:  # categories are not joined: a line between them would mean nothing
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if numeric else "o", color=color, lw=0.7,
-                        ms=2.5, alpha=0.35)
-        xs = sorted(by_x)
-        if not xs:
-            continue
-        summaries = [summary(by_x[x]) for x in xs]
-        name = label if n_seeds == 1 else f"{label} (mean of {n_seeds})"
-        band = [(x, t) for x, t in zip(xs, summaries) if np.isfinite(t.ci_low)]
-        if not numeric:  # categories: the mean with its interval as an error bar at each
-            err = [[t.mean - t.ci_low if np.isfinite(t.ci_low) else 0.0 for t in summaries],
-                   [t.ci_high - t.mean if np.isfinite(t.ci_high) else 0.0 for t in summaries]]
-            ax.errorbar(xs, [t.mean for t in summaries], yerr=err, fmt="o", color=color, ms=5, capsize=4, label=name)
-            continue
-        ax.plot(xs, [t.mean for t in summaries], "o-", color=color, lw=1.8, ms=4, label=name)
-        if band:
-            ax.fill_between([x for x, _ in band], [t.ci_low for _, t in band], [t.ci_high for _, t in band],
-                            color=color, alpha=0.18, lw=0)
+    for (label, per_seed), color in zip(groups.items(), _group_colors(groups)):
+        shown += _draw_sweep_group(ax, label, per_seed, color, numeric, position, summary)
     from matplotlib.ticker import FixedLocator, NullLocator
     if numeric and xs_all and min(xs_all) > 0 and max(xs_all) >= 10 * min(xs_all):
         ax.set_xscale("log")
