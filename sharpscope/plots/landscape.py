@@ -9,143 +9,10 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._style import COLORS, CYCLE, color_of, finish, value_of
-
-# ---------------------------------------------------------------------------------------
-# Loss-landscape figures: 1-D curves, 2-D contours, 3-D surfaces, PCA trajectories.
-#
-# A surface result has ``xs`` (nx,), ``ys`` (ny,) or None, ``loss`` / ``accuracy`` of shape
-# (nx,) or (ny, nx) with ``loss[i, j]`` the value at (xs[j], ys[i]) -- the ``contour(X, Y, Z)``
-# convention with ``X, Y = np.meshgrid(xs, ys)``. Nothing here ever transposes: a 2-D array of
-# any other shape is an error.
-# ---------------------------------------------------------------------------------------
-
-_LANDSCAPE_CMAP = "viridis"
-_LOG_DECADES = 8  # log scales reach at most this many decades below the maximum
-_PATH_STAR = "#ffd700"
-
-
-def _opt(result: Any, key: str, default: Any = None) -> Any:
-    """Like ``_get`` but for optional fields: ``default`` when absent."""
-    if isinstance(result, Mapping):
-        return result.get(key, default)
-    return getattr(result, key, default)
-
-
-def _kind(result: Any) -> str:
-    return str(_opt(result, "kind") or "random")
-
-
-def _endpoint_names(result: Any) -> tuple[str, str]:
-    return str(_opt(result, "name_a") or "A"), str(_opt(result, "name_b") or "B")
-
-
-def _pc_label(result: Any, k: int) -> str:
-    ev = _opt(result, "explained_variance")
-    if ev is not None:
-        ev = np.asarray(ev, dtype=float).ravel()
-        if ev.size > k and np.isfinite(ev[k]):
-            return f"PC {k + 1} ({100.0 * ev[k]:.1f}%)"
-    return f"PC {k + 1}"
-
-
-def _eigen_label(result: Any, k: int) -> str:
-    values = (_opt(result, "options") or {}).get("eigenvalues") or []
-    return f"eigenvector {k + 1}" + (f" (lambda = {values[k]:.4g})" if len(values) > k else "")
-
-
-def _axis_labels(result: Any) -> tuple[str, str]:
-    kind = _kind(result)
-    if kind == "trajectory":
-        return _pc_label(result, 0), _pc_label(result, 1)
-    if kind == "hessian":
-        return _eigen_label(result, 0), _eigen_label(result, 1)
-    if kind == "interpolation":
-        a, b = _endpoint_names(result)
-        return f"alpha (0 = {a}, 1 = {b})", "direction 2"
-    return "direction 1", "direction 2"
-
-
-def _metric_label(metric: str) -> str:
-    return metric.replace("_", " ")
-
-
-def _default_title(result: Any, metric: str) -> str:
-    where = {"random": "random directions", "interpolation": "interpolation",
-             "trajectory": "PCA plane of the training trajectory",
-             "hessian": "top Hessian eigenvectors"}.get(_kind(result), _kind(result))
-    return f"{_metric_label(metric).capitalize()} landscape ({where})"
-
-
-def _values(result: Any, metric: str) -> Any:
-    """``metric``'s grid: a custom metric of ``result.metrics`` (``SurfaceResult``), else the field."""
-    custom = _opt(result, "metrics") or {}
-    return custom[metric] if metric in custom else value_of(result, metric)
-
-
-def _curve(result: Any, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    xs = np.asarray(value_of(result, "xs"), dtype=float).ravel()
-    values = np.asarray(_values(result, metric), dtype=float)
-    if _opt(result, "ys") is not None or values.shape != xs.shape:
-        raise ValueError(f"plot_curve needs 1-D results: {metric} of shape (nx,) = {xs.shape}, "
-                         f"got {values.shape} (use plot_contour for 2-D results)")
-    return xs, values
-
-
-def _surface(result: Any, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    xs = np.asarray(value_of(result, "xs"), dtype=float).ravel()
-    ys_raw = _opt(result, "ys")
-    if ys_raw is None:
-        raise ValueError("a 2-D plot needs a 2-D result (ys is None; use plot_curve)")
-    ys = np.asarray(ys_raw, dtype=float).ravel()
-    values = np.asarray(_values(result, metric), dtype=float)
-    if values.shape != (ys.size, xs.size):
-        raise ValueError(f"{metric} must have shape (len(ys), len(xs)) = ({ys.size}, {xs.size}), "
-                         f"got {values.shape}")
-    return xs, ys, values
-
-
-def _has_finite(result: Any, key: str) -> bool:
-    values = _opt(result, key)
-    if values is None:
-        return False
-    values = np.asarray(values, dtype=float)
-    return bool(np.isfinite(values).any())
-
-
-def _log_floor(values: np.ndarray) -> float | None:
-    """The positive floor of a log scale over ``values``: the smallest positive finite value,
-    but at most ``_LOG_DECADES`` decades below the largest. None when nothing is positive."""
-    values = values[np.isfinite(values) & (values > 0)]
-    if values.size == 0:
-        return None
-    return max(float(values.min()), float(values.max()) * 10.0 ** -_LOG_DECADES)
-
-
-def _scale(values: np.ndarray, n_levels: int, log: bool):
-    """(levels, norm, floor) covering the finite ``values``; geometric levels and a LogNorm
-    when ``log`` and there is something positive to show (``floor`` is then the value below
-    which data are clipped), otherwise linear levels (``floor`` None)."""
-    from matplotlib.colors import LogNorm, Normalize
-
-    n_levels = max(int(n_levels), 2)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return np.linspace(0.0, 1.0, n_levels), Normalize(0.0, 1.0), None
-    vmax = float(finite.max())
-    if log:
-        floor = _log_floor(finite)
-        if floor is not None and vmax > floor:
-            return np.geomspace(floor, vmax, n_levels), LogNorm(floor, vmax), floor
-    vmin = float(finite.min())
-    if not vmax > vmin:  # a constant surface still gets a (narrow) scale
-        pad = 0.05 * abs(vmin) or 0.5
-        vmin, vmax = vmin - pad, vmax + pad
-    return np.linspace(vmin, vmax, n_levels), Normalize(vmin, vmax), None
-
-
-def _clip(values: np.ndarray, floor: float | None) -> np.ndarray:
-    return values if floor is None else np.where(np.isfinite(values), np.maximum(values, floor), np.nan)
+from ._grids import (LANDSCAPE_CMAP, PATH_STAR, axis_labels, clip_to, colour_scale, curve_of,
+                     default_title, endpoint_names, has_finite, kind_of, log_floor, metric_label,
+                     opt_of, surface_of)
+from ._style import COLORS, CYCLE, color_of, finish
 
 
 def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss",
@@ -163,8 +30,8 @@ def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss
     if not results:
         raise ValueError("plot_curve needs at least one result")
     items = [(str(label), res) for label, res in results.items()]
-    curves = [(label, *_curve(res, metric)) for label, res in items]
-    with_acc = metric == "loss" and any(_has_finite(res, "accuracy") for _, res in items)
+    curves = [(label, *curve_of(res, metric)) for label, res in items]
+    with_acc = metric == "loss" and any(has_finite(res, "accuracy") for _, res in items)
 
     fig = Figure(figsize=(6.4, 6.0 if with_acc else 4.0), layout="constrained")
     if with_acc:
@@ -172,21 +39,21 @@ def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss
     else:
         ax, ax_acc = fig.subplots(), None
 
-    floor = _log_floor(np.concatenate([c[2].ravel() for c in curves])) if log else None
+    floor = log_floor(np.concatenate([c[2].ravel() for c in curves])) if log else None
     for i, (label, xs, values) in enumerate(curves):
         color = color_of(label, i)
-        ax.plot(xs, _clip(values, floor), color=color, lw=1.6, label=label or None)
-        if ax_acc is not None and _has_finite(items[i][1], "accuracy"):
-            ax_acc.plot(*_curve(items[i][1], "accuracy"), color=color, lw=1.6, label=label or None)
+        ax.plot(xs, clip_to(values, floor), color=color, lw=1.6, label=label or None)
+        if ax_acc is not None and has_finite(items[i][1], "accuracy"):
+            ax_acc.plot(*curve_of(items[i][1], "accuracy"), color=color, lw=1.6, label=label or None)
     if log and floor is not None:
         ax.set_yscale("log")
 
     first = items[0][1]
-    xlabel = _axis_labels(first)[0]
-    interp = [res for _, res in items if _kind(res) == "interpolation"]
+    xlabel = axis_labels(first)[0]
+    interp = [res for _, res in items if kind_of(res) == "interpolation"]
     if interp:
-        names_a = list(dict.fromkeys(_endpoint_names(r)[0] for r in interp))
-        names_b = list(dict.fromkeys(_endpoint_names(r)[1] for r in interp))
+        names_a = list(dict.fromkeys(endpoint_names(r)[0] for r in interp))
+        names_b = list(dict.fromkeys(endpoint_names(r)[1] for r in interp))
         name_a, name_b = " / ".join(names_a), " / ".join(names_b)
         xlabel = f"alpha (0 = {name_a}, 1 = {name_b})"
         for a in [ax] + ([ax_acc] if ax_acc is not None else []):
@@ -196,10 +63,10 @@ def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss
         top.set_xticks([0.0, 1.0], labels=[name_a, name_b])
         top.tick_params(length=0, labelsize=10)
 
-    ax.set_ylabel(_metric_label(metric) + (" (log scale)" if log and floor is not None else ""), fontsize=11)
-    default = ("linear interpolation" if interp else "the PCA plane" if _kind(first) == "trajectory" else
-               "the top Hessian eigenvector" if _kind(first) == "hessian" else "a random direction")
-    ax.set_title(title or f"{_metric_label(metric).capitalize()} along {default}", fontsize=12)
+    ax.set_ylabel(metric_label(metric) + (" (log scale)" if log and floor is not None else ""), fontsize=11)
+    default = ("linear interpolation" if interp else "the PCA plane" if kind_of(first) == "trajectory" else
+               "the top Hessian eigenvector" if kind_of(first) == "hessian" else "a random direction")
+    ax.set_title(title or f"{metric_label(metric).capitalize()} along {default}", fontsize=12)
     ax.grid(alpha=0.3)
     if any(label for label, _ in items):
         ax.legend(fontsize=10)
@@ -218,9 +85,9 @@ def plot_eigen_curve(eigen: Any, random: Any, eigenvalue: float, slope: float, l
     to norm 1, so equal coordinates are equal distances and the comparison is fair), over the
     same grid, with the second-order model L_0 + (g . v) t + lambda t^2 / 2 dashed. Accuracy
     below when finite. Returns the files written, or ``(files, figure)``."""
-    xs, le = _curve(eigen, "loss")
-    xr, lr = _curve(random, "loss")
-    with_acc = _has_finite(eigen, "accuracy") or _has_finite(random, "accuracy")
+    xs, le = curve_of(eigen, "loss")
+    xr, lr = curve_of(random, "loss")
+    with_acc = has_finite(eigen, "accuracy") or has_finite(random, "accuracy")
     fig = Figure(figsize=(6.4, 6.0 if with_acc else 4.0), layout="constrained")
     if with_acc:
         ax, ax_acc = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
@@ -242,8 +109,8 @@ def plot_eigen_curve(eigen: Any, random: Any, eigenvalue: float, slope: float, l
     ax.legend(fontsize=9)
     if ax_acc is not None:
         for res, color in ((eigen, c_eig), (random, c_rand)):
-            if _has_finite(res, "accuracy"):
-                ax_acc.plot(*_curve(res, "accuracy"), color=color, lw=1.6)
+            if has_finite(res, "accuracy"):
+                ax_acc.plot(*curve_of(res, "accuracy"), color=color, lw=1.6)
         ax_acc.set_ylabel("accuracy", fontsize=11)
         ax_acc.grid(alpha=0.3)
     (ax_acc or ax).set_xlabel("distance along the unit direction (parameter space)", fontsize=11)
@@ -266,7 +133,7 @@ def _warn_path_off_grid(pts: np.ndarray, xs: Any, ys: Any) -> None:
 
 
 def _draw_path(ax, result: Any, filled: bool, color: str) -> bool:
-    raw = _opt(result, "path")
+    raw = opt_of(result, "path")
     if raw is None:
         return False
     pts = np.asarray(raw, dtype=float)
@@ -274,10 +141,10 @@ def _draw_path(ax, result: Any, filled: bool, color: str) -> bool:
         raise ValueError(f"path must have shape (E, 2), got {pts.shape}")
     if len(pts) == 0:
         return False
-    _warn_path_off_grid(pts, _opt(result, "xs"), _opt(result, "ys"))
+    _warn_path_off_grid(pts, opt_of(result, "xs"), opt_of(result, "ys"))
     ax.plot(pts[:, 0], pts[:, 1], "-o", color="white" if filled else color, mec="black", mew=0.6,
             ms=4, lw=1.6, label="trajectory (per epoch)", zorder=4)
-    ax.plot(pts[-1:, 0], pts[-1:, 1], ls="none", marker="*", ms=15, color=_PATH_STAR, mec="black",
+    ax.plot(pts[-1:, 0], pts[-1:, 1], ls="none", marker="*", ms=15, color=PATH_STAR, mec="black",
             mew=0.8, label="final model", zorder=5)
     return True
 
@@ -285,7 +152,7 @@ def _draw_path(ax, result: Any, filled: bool, color: str) -> bool:
 def _draw_path3d(ax, result: Any, xs: np.ndarray, ys: np.ndarray, z: np.ndarray, color: str) -> bool:
     """A result's ``path`` (E, 2) on a 3-D surface view, at the height of the (bilinearly
     interpolated) grid values; points off the grid are left out."""
-    raw = _opt(result, "path")
+    raw = opt_of(result, "path")
     if raw is None:
         return False
     pts = np.asarray(raw, dtype=float)
@@ -300,7 +167,7 @@ def _draw_path3d(ax, result: Any, xs: np.ndarray, ys: np.ndarray, z: np.ndarray,
                                       fill_value=np.nan)(pts[:, ::-1])
     ax.plot(pts[:, 0], pts[:, 1], heights, "-o", color=color, mec="black", mew=0.5, ms=3, lw=1.6, zorder=10,
             label="trajectory (per epoch)")
-    ax.plot(pts[-1:, 0], pts[-1:, 1], heights[-1:], ls="none", marker="*", ms=12, color=_PATH_STAR, mec="black",
+    ax.plot(pts[-1:, 0], pts[-1:, 1], heights[-1:], ls="none", marker="*", ms=12, color=PATH_STAR, mec="black",
             mew=0.8, zorder=11)
     return True
 
@@ -315,7 +182,7 @@ def plot_contour(results: Mapping[str, Any], path: str | Path, metric: str = "lo
     them all: this is the SGD-vs-SAM comparison figure, and unequal scales would make the
     sharper minimum look as flat as the other. ``log_levels`` spaces the levels geometrically
     (loss surfaces span decades; values are clipped at a small positive floor, at most
-    ``_LOG_DECADES`` decades below the maximum); ``None`` means "geometric unless the metric is
+    ``LOG_DECADES`` decades below the maximum); ``None`` means "geometric unless the metric is
     accuracy". The centre (0, 0) is marked with a "+", and a result's ``path`` (E, 2), if any,
     is drawn over the contours with its last point highlighted (Li et al. 2018, Fig. 9). The
     aspect is equal when the x and y ranges have equal spans. NaN values are masked. Returns
@@ -323,23 +190,23 @@ def plot_contour(results: Mapping[str, Any], path: str | Path, metric: str = "lo
     """
     if not results:
         raise ValueError("plot_contour needs at least one result")
-    items = [(str(label), res, *_surface(res, metric)) for label, res in results.items()]
+    items = [(str(label), res, *surface_of(res, metric)) for label, res in results.items()]
     if log_levels is None:
         log_levels = metric != "accuracy"
     from matplotlib.patheffects import withStroke
     from matplotlib.ticker import MaxNLocator
 
-    cmap = _LANDSCAPE_CMAP
+    cmap = LANDSCAPE_CMAP
     n = len(items)
     fig = Figure(figsize=(4.2 * n + 1.2, 4.2), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
     if shared_scale:
-        shared = _scale(np.concatenate([z.ravel() for *_, z in items]), levels, log_levels)
+        shared = colour_scale(np.concatenate([z.ravel() for *_, z in items]), levels, log_levels)
 
     mappables = []
     for i, ((label, res, xs, ys, z), ax) in enumerate(zip(items, axes)):
-        lv, norm, floor = shared if shared_scale else _scale(z.ravel(), levels, log_levels)
-        data = np.ma.masked_invalid(_clip(z, floor))
+        lv, norm, floor = shared if shared_scale else colour_scale(z.ravel(), levels, log_levels)
+        data = np.ma.masked_invalid(clip_to(z, floor))
         X, Y = np.meshgrid(xs, ys)
         cs = None
         if data.count() > 0:
@@ -347,7 +214,7 @@ def plot_contour(results: Mapping[str, Any], path: str | Path, metric: str = "lo
             kwargs = {} if filled else {"linewidths": 1.0}
             cs = draw(X, Y, data, levels=lv, cmap=cmap, norm=norm, **kwargs)
         else:
-            ax.text(0.5, 0.5, f"no finite {_metric_label(metric)} values", transform=ax.transAxes,
+            ax.text(0.5, 0.5, f"no finite {metric_label(metric)} values", transform=ax.transAxes,
                     ha="center", va="center", fontsize=10, color="0.4")
             ax.set_xlim(xs.min(), xs.max())
             ax.set_ylim(ys.min(), ys.max())
@@ -358,7 +225,7 @@ def plot_contour(results: Mapping[str, Any], path: str | Path, metric: str = "lo
         has_path = _draw_path(ax, res, filled, color_of(label, i))
         if has_path:
             ax.legend(fontsize=8, loc="best", framealpha=0.85)
-        xlabel, ylabel = _axis_labels(res)
+        xlabel, ylabel = axis_labels(res)
         ax.set_xlabel(xlabel, fontsize=11)
         ax.set_ylabel(ylabel, fontsize=11)
         ax.xaxis.set_major_locator(MaxNLocator(5))
@@ -372,7 +239,7 @@ def plot_contour(results: Mapping[str, Any], path: str | Path, metric: str = "lo
     if shared_scale:
         cs = next((m for m, _ in mappables if m is not None), None)
         _colorbar(fig, cs, shared[1], cmap, list(axes), metric)
-    fig.suptitle(title or _default_title(items[0][1], metric), fontsize=13)
+    fig.suptitle(title or default_title(items[0][1], metric), fontsize=13)
     return finish(fig, path, formats, return_figure)
 
 
@@ -407,7 +274,7 @@ def _colorbar(fig: Figure, mappable, norm, cmap, ax, metric: str, **kwargs):
         span = norm.vmax - norm.vmin
         cbar.set_ticks(ticks[(ticks >= norm.vmin - 1e-9 * span) & (ticks <= norm.vmax + 1e-9 * span)])
     cbar.ax.tick_params(labelsize=10)
-    cbar.set_label(_metric_label(metric) + (" (log scale)" if isinstance(norm, LogNorm) else ""), fontsize=11)
+    cbar.set_label(metric_label(metric) + (" (log scale)" if isinstance(norm, LogNorm) else ""), fontsize=11)
     return cbar
 
 
@@ -437,20 +304,20 @@ def plot_surface3d(results: Mapping[str, Any], path: str | Path, metric: str = "
 
     if not results:
         raise ValueError("plot_surface3d needs at least one result")
-    items = [(str(label), res, *_surface(res, metric)) for label, res in results.items()]
-    zlabel = _metric_label(metric)
+    items = [(str(label), res, *surface_of(res, metric)) for label, res in results.items()]
+    zlabel = metric_label(metric)
     if log:
-        floor = _log_floor(np.concatenate([z.ravel() for *_, z in items]))
+        floor = log_floor(np.concatenate([z.ravel() for *_, z in items]))
         if floor is not None:
-            items = [(lb, r, xs, ys, np.log10(_clip(z, floor))) for lb, r, xs, ys, z in items]
+            items = [(lb, r, xs, ys, np.log10(clip_to(z, floor))) for lb, r, xs, ys, z in items]
             zlabel = f"log10 {zlabel}"
-    cmap = _LANDSCAPE_CMAP
+    cmap = LANDSCAPE_CMAP
     n = len(items)
     fig = Figure(figsize=(4.6 * n + 1.0, 4.4), layout="constrained")
     axes = [fig.add_subplot(1, n, k + 1, projection="3d") for k in range(n)]
 
     def zrange(values):
-        _, norm, _ = _scale(values, 2, False)
+        _, norm, _ = colour_scale(values, 2, False)
         return Normalize(norm.vmin, norm.vmax)
 
     if shared_scale:
@@ -464,7 +331,7 @@ def plot_surface3d(results: Mapping[str, Any], path: str | Path, metric: str = "
                             linewidth=0, antialiased=False)
         ax.set_zlim(norm.vmin, norm.vmax)
         _draw_path3d(ax, res, xs, ys, z, color_of(label, 0))
-        xlabel, ylabel = _axis_labels(res)
+        xlabel, ylabel = axis_labels(res)
         ax.set_xlabel(xlabel, fontsize=9, labelpad=2)
         ax.set_ylabel(ylabel, fontsize=9, labelpad=2)
         ax.set_zlabel(zlabel, fontsize=9, labelpad=2 + 1.2 * _tick_chars(norm.vmin, norm.vmax))  # clear of the ticks
@@ -478,7 +345,7 @@ def plot_surface3d(results: Mapping[str, Any], path: str | Path, metric: str = "
             _colorbar(fig, None, norm, cmap, ax, zlabel if log else metric, shrink=0.6, pad=0.16)
     if shared_scale:
         _colorbar(fig, None, shared, cmap, axes, zlabel if log else metric, shrink=0.6, pad=0.12 / n)
-    fig.suptitle(title or _default_title(items[0][1], metric), fontsize=13)
+    fig.suptitle(title or default_title(items[0][1], metric), fontsize=13)
     return finish(fig, path, formats, return_figure)
 
 
@@ -489,7 +356,7 @@ def plot_slices(result: Any, path: str | Path, metric: str = "loss", indices: Se
     third coordinates, side by side on one shared scale: by default at the smallest, the
     nearest-to-centre and the largest ``zs`` (``result.slice(k)`` for each index). ``contour_kwargs``
     go to :func:`plot_contour` (``filled``, ``levels``, ``log_levels``)."""
-    zs = _opt(result, "zs")
+    zs = opt_of(result, "zs")
     if zs is None:
         raise ValueError("plot_slices needs a 3-D result (with zs)")
     zs = np.asarray(zs, dtype=float)
@@ -497,7 +364,7 @@ def plot_slices(result: Any, path: str | Path, metric: str = "loss", indices: Se
         indices = sorted({0, int(np.argmin(np.abs(zs))), len(zs) - 1})
     panels = {f"direction 3 = {zs[k]:.3g}": result.slice(k) for k in indices}
     return plot_contour(panels, path, metric=metric, formats=formats, return_figure=return_figure,
-                        title=title or f"{_default_title(result.slice(indices[0]), metric)}: slices of a 3-D grid",
+                        title=title or f"{default_title(result.slice(indices[0]), metric)}: slices of a 3-D grid",
                         **contour_kwargs)
 
 
@@ -507,7 +374,7 @@ def plot_trajectory(result: Any, path: str | Path, formats: Sequence[str] = ("pn
     Fig. 9): ``plot_contour({label: result})`` with the result's ``path``, axes labelled with
     the explained variance of each component. ``contour_kwargs`` go to ``plot_contour``
     (``metric``, ``filled``, ``levels``, ``log_levels``)."""
-    if _opt(result, "path") is None:
+    if opt_of(result, "path") is None:
         raise ValueError("plot_trajectory needs a result with a path (E, 2)")
     return plot_contour({label: result}, path, formats=formats,
                         title=title or "Training trajectory in the PCA plane",
