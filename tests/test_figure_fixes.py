@@ -141,3 +141,35 @@ def test_every_public_name_of_the_old_module_is_still_there():
     assert [n for n in OLD_PUBLIC if not callable(getattr(plots, n, None)) and n != "COLORS"] == []
     assert set(plots.__all__) >= set(OLD_PUBLIC)
     assert all(getattr(old_html, n) is getattr(html, n) for n in html.__all__)
+
+
+def _result(dim: int, kind: str = "random", metric: bool = True):
+    from sharpscope.landscape import SurfaceResult
+
+    xs = np.linspace(-1, 1, 5)
+    ys = None if dim == 1 else np.linspace(-1, 1, 4)
+    zs = np.linspace(-1, 1, 3) if dim == 3 else None
+    shape = (5,) if dim == 1 else (4, 5) if dim == 2 else (3, 4, 5)
+    grid = np.meshgrid(*[a for a in (zs, ys, xs) if a is not None], indexing="ij")
+    loss = sum(g ** 2 for g in grid) + 0.5
+    path = np.array([[-0.5, 0.2], [0.0, 0.0]]) if kind == "trajectory" else None
+    return SurfaceResult(xs=xs, ys=ys, loss=loss.reshape(shape), accuracy=np.full(shape, 0.5), kind=kind,
+                         options={}, n_examples=8, wall_time=0.0, zs=zs, path=path,
+                         explained_variance=[0.7, 0.2] if path is not None else None,
+                         metrics={"m": loss.reshape(shape) - 1.0} if metric else {})
+
+
+@pytest.mark.parametrize("dim,kind", [(1, "random"), (2, "random"), (3, "random"), (2, "trajectory"),
+                                      (1, "interpolation")])
+def test_plot_result_writes_exactly_the_figures_a_command_claims(tmp_path, dim, kind):
+    written = plots.plot_result({"SAM": _result(dim, kind)}, tmp_path, "s", metrics=["m"])
+    assert sorted(p.name for p in written) == sorted(
+        f"{n}.png" for n in plots.figure_names("s", dim, kind == "trajectory", ["m"]))
+    assert all(p.is_file() for p in written)
+
+
+def test_plot_result_draws_the_eigenvector_beside_the_random_direction(tmp_path):
+    written = plots.plot_result({"SAM": _result(1, "hessian")}, tmp_path, "h", metrics=["m"],
+                                eigen=(_result(1), 2.0, 0.1, 0.5))
+    assert [p.name for p in written] == ["h.png", "h_m.png"] == [f"{n}.png" for n in plots.figure_names("h", 1,
+                                                                                                          metrics=["m"])]

@@ -54,6 +54,13 @@ def _figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console
     return [str(p) for p in written]
 
 
+def _figure_names(stem: str, dim: int, trajectory: bool, metrics: list[str]) -> list[str]:
+    """The figures --plot writes (:func:`sharpscope.plots.figure_names`), to claim before any work."""
+    from ..plots import figure_names
+
+    return figure_names(stem, dim, trajectory, metrics)
+
+
 def _metrics(specs: list[str] | None, trust: bool) -> dict:
     """``--metric [NAME=]package.module:function`` (repeatable) -> {name: fn}; imported only with --trust-factory."""
     from ..landscape.metrics import import_metric
@@ -119,16 +126,7 @@ def _claim_surface(folder: Path, dim: int, trajectory: bool, directions: str, me
     compare = directions == "hessian" and dim == 1
     files = [folder / f"{stem}.npz", folder / f"{stem}.json"] + ([folder / f"{stem}_random.npz"] if compare else [])
     if plot:
-        if trajectory:
-            figures = [stem, f"{stem}_3d"]
-        elif dim == 1:
-            figures = [stem]
-        elif dim == 3:
-            figures = [f"{stem}_slices"]
-        else:
-            figures = [f"{stem}_contour", f"{stem}_filled", f"{stem}_3d"]
-        figures += [f"{stem}_{name}" if dim == 1 else f"{stem}_{name}_contour" for name in metrics]
-        files += figure_files(folder, figures, pdf)
+        files += figure_files(folder, _figure_names(stem, dim, trajectory, metrics), pdf)
     extra = Path(json_out) if json_out not in (None, "-") else None
     return claim([*files, extra], overwrite, "--out DIR", records=[folder / f"{stem}.json", extra])
 
@@ -456,7 +454,7 @@ def interpolate_command(
     alphas = ls.parse_grid(grid)
     metric_fns = _metrics(metric, trust_factory)
     folder = out or (run_folder(checkpoint_a) / "interpolate")
-    figures = (["interpolation"] + [f"interpolation_{name}" for name in metric_fns]) if plot else []
+    figures = _figure_names("interpolation", 1, False, list(metric_fns)) if plot else []
     extra = Path(json_out) if json_out not in (None, "-") else None
     outputs = claim([folder / "interpolation.npz", folder / "interpolation.json", *figure_files(folder, figures, pdf),
                      extra], overwrite, "--out DIR", records=[folder / "interpolation.json", extra])

@@ -389,7 +389,8 @@ def plot_result(results: Mapping[str, Any], folder: str | Path, stem: str, forma
     contour and 3-D surface. ``eigen`` = (random result, eigenvalue, slope, centre loss) draws
     the top Hessian eigenvector beside a random direction (:func:`plot_eigen_curve`) instead,
     the one result being the eigenvector's. Then one figure per custom metric in ``metrics``:
-    a curve (1-D) or a contour plot with linear levels (a metric may be negative)."""
+    a curve (1-D), a contour plot (2-D) or slices (3-D), with linear levels (a metric may be
+    negative). :func:`figure_names` lists the files beforehand."""
     folder = Path(folder)
     first = next(iter(results.values()))
     written: list[Path] = []
@@ -411,7 +412,26 @@ def plot_result(results: Mapping[str, Any], folder: str | Path, stem: str, forma
     for name in metrics:
         if first.dim == 1:
             written += plot_curve(results, folder / f"{stem}_{name}", metric=name, formats=formats)
+        elif first.dim == 3:
+            written += plot_slices(first, folder / f"{stem}_{name}_slices", metric=name, log_levels=False,
+                                   formats=formats)
         else:
             written += plot_contour(results, folder / f"{stem}_{name}_contour", metric=name, log_levels=False,
                                     formats=formats)
     return written
+
+
+def figure_names(stem: str, dim: int, trajectory: bool = False, metrics: Sequence[str] = ()) -> list[str]:
+    """The names (without suffix) of the files :func:`plot_result` writes for a ``dim``-D result
+    (a trajectory's plane with ``trajectory``; the eigenvector-beside-random figure is 1-D):
+    known before any work, so that a command can claim them first."""
+    if dim == 1:
+        names = [stem]
+    elif dim == 3:
+        names = [f"{stem}_slices"]
+    elif trajectory:
+        names = [stem, f"{stem}_3d"]
+    else:
+        names = [f"{stem}_contour", f"{stem}_filled", f"{stem}_3d"]
+    kind = {1: "", 2: "_contour", 3: "_slices"}[dim]
+    return names + [f"{stem}_{name}{kind}" for name in metrics]
