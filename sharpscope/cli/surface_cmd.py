@@ -250,9 +250,8 @@ def surface_command(
     if plot:
         label = (ckpt.config or {}).get("optimizer", "model").upper()
         eig = plan.get("eig")
-        report["figures"] = _figures({label: result}, folder, stem, pdf, console, list(metric_fns), None
-                                     if random_result is None else (random_result, eig.eigenvalues[0], eig.slopes[0],
-                                                                    eig.loss))
+        eigen = None if random_result is None else (random_result, eig.eigenvalues[0], eig.slopes[0], eig.loss)
+        report["figures"] = _figures({label: result}, folder, stem, pdf, console, list(metric_fns), eigen)
     write_json(report, json_out, context)
     write_json(report, str(folder / f"{stem}.json"), context)
 
