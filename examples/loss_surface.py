@@ -4,7 +4,7 @@ Trains a small custom CNN on scikit-learn's digits with SAM (the one-call ``ss.s
 then:
 
 - draws two filter-normalized Gaussian directions (Li et al. 2018; biases and BatchNorm
-  parameters get zero) with ``sharpscope.landscape.random_direction``;
+  parameters get zero) with ``sharpscope.landscape.random_directions``;
 - evaluates the training loss and accuracy on an 11 x 9 grid, non-square on purpose:
   ``result.loss[i, j]`` is the value at ``(xs[j], ys[i])``, shape ``(len(ys), len(xs))``;
 - prints ``result.summary()`` (centre loss, loss increase at each radius, basin width),
@@ -73,8 +73,7 @@ def main(argv=None) -> None:
             ss.sam_step(model, F.cross_entropy, xb, yb, opt)  # both SAM passes + the BN policy
 
     batches = DataLoader(train_set, batch_size=512)  # every analysis below runs in eval mode
-    d1 = ls.random_direction(model, norm="filter", ignore="biasbn", seed=1)
-    d2 = ls.random_direction(model, norm="filter", ignore="biasbn", seed=2)
+    d1, d2 = ls.random_directions(model, 2, seed=1, norm="filter", ignore="biasbn")  # seeds 1 and 2
     xs, ys = np.linspace(-1, 1, 11), np.linspace(-0.8, 0.8, 9)
     result = ls.surface(model, F.cross_entropy, batches, [d1, d2], xs=xs, ys=ys)
     assert result.loss.shape == (len(ys), len(xs))

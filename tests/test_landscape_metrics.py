@@ -234,6 +234,19 @@ def test_cli_surface_with_metrics(run, metric_module, tmp_path, cli):
     assert (tmp_path / "surface_1d_sq_norm.png").stat().st_size > 0
 
 
+def test_cli_surface_3d_with_a_metric_draws_its_slices(run, metric_module, tmp_path, cli):
+    """--dim 3 --metric --plot drew the metric as a 2-D contour of a 3-D grid and failed after
+    the work; its figure is the metric's slices, and the summary (of the centre slice) has it."""
+    code, out, err = cli(["surface", str(run), "--dim", "3", "--grid", "-1:1:3", "--samples", "32", "--no-progress",
+                          "--metric", f"sq={metric_module}:sq_norm", "--trust-factory", "--plot", "--json", "-",
+                          "--out", str(tmp_path)])
+    assert code == 0, err
+    assert (tmp_path / "surface_3d_sq_slices.png").stat().st_size > 0
+    report = json.loads(out[out.index("{"):])
+    res = SurfaceResult.load(tmp_path / "surface_3d.npz")
+    assert report["summary"]["metrics"]["sq"]["centre"] == pytest.approx(res.metrics["sq"][1, 1, 1])
+
+
 def test_cli_interpolate_with_a_metric(run, metric_module, tmp_path, cli):
     code, out, err = cli(["interpolate", str(run), str(run), "--grid", "0:1:3", "--samples", "32", "--no-progress",
                           "--metric", f"{metric_module}:sq_norm", "--trust-factory", "--plot", "--json", "-",

@@ -141,7 +141,7 @@ def test_log_floor_limits_the_number_of_decades(tmp_path):
     r.loss[2, 3] = 1e-30
     _, fig = plots.plot_contour({"SGD": r}, tmp_path / "c", return_figure=True)
     (cs,) = contour_sets(fig.axes[0])
-    assert cs.levels[0] == pytest.approx(r.loss.max() * 10.0 ** -plots._LOG_DECADES)
+    assert cs.levels[0] == pytest.approx(r.loss.max() * 10.0 ** -plots._grids.LOG_DECADES)
 
 
 def test_nan_values_are_masked_everywhere(tmp_path):

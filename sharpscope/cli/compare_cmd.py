@@ -59,7 +59,7 @@ def compare_command(
 
     console = Console(stderr=True)
     if html:  # refuse before hours of training, not after
-        from ..plots_html import require_plotly
+        from ..plots.html import require_plotly
 
         require_plotly()
     fields = field_values(training)

@@ -56,7 +56,7 @@ def correlate_command(
     from ..provenance import unlike_runs_warning
 
     if html:  # refuse before measuring, not after
-        from ..plots_html import require_plotly
+        from ..plots.html import require_plotly
 
         require_plotly()
     apply_determinism(deterministic)

@@ -19,7 +19,7 @@ def report_command(
     Example: sharpscope report runs/compare
     """
     from ..experiments.html_report import write_report_html
-    from ..plots_html import require_plotly
+    from ..plots.html import require_plotly
 
     require_plotly()
     page = write_report_html(out)

@@ -42,26 +42,23 @@ def _grids(text: str, dim: int) -> tuple:
     return axes[0], (axes[1] if dim == 2 else None)
 
 
-def _figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console) -> list[str]:
+def _figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console, metrics: list[str],
+             eigen: tuple | None = None) -> list[str]:
+    """Every figure of the result(s) (:func:`sharpscope.plots.plot_result`), each file announced."""
     from .. import plots
 
-    formats = ("png", "pdf") if pdf else ("png",)
-    first = next(iter(results.values()))
-    written: list[Path] = []
-    if first.dim == 1:
-        written += plots.plot_curve(results, folder / stem, formats=formats)
-    elif first.dim == 3:
-        written += plots.plot_slices(first, folder / f"{stem}_slices", formats=formats)
-    elif first.kind == "trajectory":
-        written += plots.plot_trajectory(first, folder / stem, formats=formats)
-        written += plots.plot_surface3d(results, folder / f"{stem}_3d", formats=formats)
-    else:
-        written += plots.plot_contour(results, folder / f"{stem}_contour", formats=formats)
-        written += plots.plot_contour(results, folder / f"{stem}_filled", filled=True, formats=formats)
-        written += plots.plot_surface3d(results, folder / f"{stem}_3d", formats=formats)
+    written = plots.plot_result(results, folder, stem, formats=("png", "pdf") if pdf else ("png",), metrics=metrics,
+                                eigen=eigen)
     for p in written:
         console.print(f"wrote {p}", highlight=False)
     return [str(p) for p in written]
+
+
+def _figure_names(stem: str, dim: int, trajectory: bool, metrics: list[str]) -> list[str]:
+    """The figures --plot writes (:func:`sharpscope.plots.figure_names`), to claim before any work."""
+    from ..plots import figure_names
+
+    return figure_names(stem, dim, trajectory, metrics)
 
 
 def _metrics(specs: list[str] | None, trust: bool) -> dict:
@@ -77,40 +74,11 @@ def _metrics(specs: list[str] | None, trust: bool) -> dict:
     return out
 
 
-def _metric_figures(results: dict, names: list[str], folder: Path, stem: str, pdf: bool, console: Console) -> list[str]:
-    """One figure per custom metric: a curve (1-D) or contour plot (2-D, linear levels: a metric may be negative)."""
-    from .. import plots
-
-    formats = ("png", "pdf") if pdf else ("png",)
-    first = next(iter(results.values()))
-    written: list[Path] = []
-    for name in names:
-        if first.dim == 1:
-            written += plots.plot_curve(results, folder / f"{stem}_{name}", metric=name, formats=formats)
-        else:
-            written += plots.plot_contour(results, folder / f"{stem}_{name}_contour", metric=name, log_levels=False,
-                                          formats=formats)
-    for p in written:
-        console.print(f"wrote {p}", highlight=False)
-    return [str(p) for p in written]
-
-
 def _print_metrics(console: Console, summary: dict) -> None:
     for name, m in (summary.get("metrics") or {}).items():
         at_b = f", at B {_fmt(m['at_b'], '.5g')}" if "at_b" in m else ""
         console.print(f"metric {name}: centre {_fmt(m['centre'], '.5g')}, min {_fmt(m['min'], '.5g')}, "
                       f"max {_fmt(m['max'], '.5g')}{at_b}", highlight=False)
-
-
-def _eigen_figure(result: SurfaceResult, random_result: SurfaceResult, eig: Any, folder: Path, stem: str, pdf: bool,
-                  console: Console) -> list[str]:
-    from .. import plots
-
-    written = plots.plot_eigen_curve(result, random_result, eig.eigenvalues[0], eig.slopes[0], eig.loss,
-                                     folder / stem, formats=("png", "pdf") if pdf else ("png",))
-    for p in written:
-        console.print(f"wrote {p}", highlight=False)
-    return [str(p) for p in written]
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -158,16 +126,7 @@ def _claim_surface(folder: Path, dim: int, trajectory: bool, directions: str, me
     compare = directions == "hessian" and dim == 1
     files = [folder / f"{stem}.npz", folder / f"{stem}.json"] + ([folder / f"{stem}_random.npz"] if compare else [])
     if plot:
-        if trajectory:
-            figures = [stem, f"{stem}_3d"]
-        elif dim == 1:
-            figures = [stem]
-        elif dim == 3:
-            figures = [f"{stem}_slices"]
-        else:
-            figures = [f"{stem}_contour", f"{stem}_filled", f"{stem}_3d"]
-        figures += [f"{stem}_{name}" if dim == 1 else f"{stem}_{name}_contour" for name in metrics]
-        files += figure_files(folder, figures, pdf)
+        files += figure_files(folder, _figure_names(stem, dim, trajectory, metrics), pdf)
     extra = Path(json_out) if json_out not in (None, "-") else None
     return claim([*files, extra], overwrite, "--out DIR", records=[folder / f"{stem}.json", extra])
 
@@ -252,16 +211,56 @@ def surface_command(
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """
     apply_determinism(deterministic)
-    import warnings
-
-    import numpy as np
     import torch.nn.functional as F
 
     from .. import distributed as dist_utils
     from .. import landscape as ls
-    from ..landscape.directions import check_options
 
     console = rank0_console(stderr=True)
+    _check_surface_options(checkpoint, trajectory, path_run, dim, range_mode, directions_kind, dir_type, norm, ignore)
+    metric_fns = _metrics(metric, trust_factory)
+    radii_list = numbers(radii, float, "--radii", above=0)
+    axes = _surface_axes(grid, dim, trajectory is not None, range_mode)  # before any work
+    source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
+    folder = out or (run_folder(source) / "surface")
+    stem = surface_stem(dim, trajectory is not None, directions_kind)
+    outputs = _claim_surface(folder, dim, trajectory is not None, directions_kind, list(metric_fns), plot, pdf,
+                             json_out, overwrite)
+    ckpt, batches, context = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory,
+                                               device, (data, data_root))
+    options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path),
+               **({"metrics": list(metric)} if metric_fns else {})}
+    plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, seed, norm,
+                               ignore, dir_type, orthogonalize, progress, console)
+    axes = axes if axes is not None else plan["axes"]
+    if range_mode == "auto":
+        rng, axes = ls.auto_grid(ckpt.model, F.cross_entropy, batches, plan["directions"], axes, range_factor,
+                                 max_extent=range_max, chunk_size=batch_size)
+        for note in rng.warnings:
+            console.print(f"warning: {note}", highlight=False)
+        options["range_auto"] = rng.to_dict()
+        console.print("--range auto: extents " + ", ".join(f"{e:.4g}" for e in rng.extents)
+                      + f" (loss reaches {range_factor:g} x the centre loss {rng.centre_loss:.5g})", highlight=False)
+    result, random_result = _evaluate(ckpt.model, batches, plan, axes, options, folder, stem, batch_size, metric_fns,
+                                      progress, console)
+    if not dist_utils.is_main():  # the points were shared out; rank 0 writes
+        return
+    outputs.clear()
+    report = _write_surface(result, random_result, plan, folder, stem, radii_list, basin_delta, json_out, options, norm)
+    if plot:
+        label = (ckpt.config or {}).get("optimizer", "model").upper()
+        eig = plan.get("eig")
+        eigen = None if random_result is None else (random_result, eig.eigenvalues[0], eig.slopes[0], eig.loss)
+        report["figures"] = _figures({label: result}, folder, stem, pdf, console, list(metric_fns), eigen)
+    write_json(report, json_out, context)
+    write_json(report, str(folder / f"{stem}.json"), context)
+
+
+def _check_surface_options(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int,
+                           range_mode: str, directions_kind: str, dir_type: str, norm: str, ignore: str) -> None:
+    """Refuse (ConfigError) a surface's options that do not go together, before loading anything."""
+    from ..landscape.directions import check_options
+
     if (checkpoint is None) == (trajectory is None):
         raise ConfigError("give either a CHECKPOINT or --trajectory RUN_DIR")
     if dim not in (1, 2, 3):
@@ -277,140 +276,120 @@ def surface_command(
         raise ConfigError(f"--directions must be random or hessian, got {directions_kind!r}")
     if directions_kind == "hessian" and (trajectory is not None or dir_type != "weights"):
         raise ConfigError("--directions hessian spans parameters only: not with --trajectory or --dir-type states")
-    check_options(norm, ignore, dir_type)  # before loading anything
-    metric_fns = _metrics(metric, trust_factory)
-    radii_list = numbers(radii, float, "--radii", above=0)
-    if grid is None and (trajectory is None or range_mode == "auto"):
-        grid = ("-1:1:51" if dim == 1 else "-1:1:51,-1:1:51" if dim == 2 else "-1:1:21") if trajectory is None \
+    check_options(norm, ignore, dir_type)
+
+
+def _surface_axes(grid: str | None, dim: int, trajectory: bool, range_mode: str) -> list | None:
+    """The grid axes [xs, ys, zs] (None where a surface has fewer directions), or None: a
+    trajectory's grid, chosen from its path once the path is known."""
+    if grid is None and (not trajectory or range_mode == "auto"):
+        grid = ("-1:1:51" if dim == 1 else "-1:1:51,-1:1:51" if dim == 2 else "-1:1:21") if not trajectory \
             else "-1:1:31,-1:1:31"
-    axes = None if grid is None else _grids(grid, 2 if trajectory is not None else dim)  # before any work
-    if range_mode == "auto" and axes is not None and min(len(a) for a in axes if a is not None) < 2:
+    if grid is None:
+        return None
+    axes = list(_grids(grid, 2 if trajectory else dim))
+    if range_mode == "auto" and min(len(a) for a in axes if a is not None) < 2:
         raise ConfigError(f"--range auto spreads each direction's POINTS over [-extent, extent]: it needs POINTS "
                           f">= 2, got --grid {grid}")
-    zs = None
-    if axes is not None and len(axes) == 3:
-        zs, axes = axes[2], axes[:2]
-    source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
-    folder = out or (run_folder(source) / "surface")
-    outputs = _claim_surface(folder, dim, trajectory is not None, directions_kind, list(metric_fns), plot, pdf,
-                             json_out, overwrite)
-    ckpt, batches, context = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory,
-                                               device, (data, data_root))
-    model = ckpt.model
-    options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path)}
-    if metric_fns:
-        options["metrics"] = list(metric)
-    path = explained = path_residual = None
-    compare: list = []  # a random direction beside the top eigenvector (--directions hessian --dim 1)
+    return axes + [None] * (3 - len(axes))
+
+
+def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Path | None, path_run: Path | None,
+                        directions_kind: str, dim: int, seed: int, norm: str, ignore: str, dir_type: str,
+                        orthogonalize: bool, progress: bool, console: Console) -> dict:
+    """The directions of the surface (``directions``, ``kind``, the random ``compare`` direction
+    beside a Hessian one, the trajectory's ``explained`` variance, ``path`` and ``residual``,
+    and its default ``axes``); records what they were made of in ``options``."""
+    import torch.nn.functional as F
+
+    from .. import landscape as ls
+
+    plan: dict[str, Any] = {"compare": [], "explained": None, "path": None, "residual": None}
     if trajectory is not None:
         snaps = _snapshots(trajectory)
         traj = ls.trajectory_directions(model, snaps, ignore=ignore)
-        directions, explained, path, kind = traj.directions, traj.explained_variance, traj.path, "trajectory"
-        path_residual = ls.project_snapshots(snaps[-1], directions, snaps).residual
-        if axes is None:
-            lo, hi = path.min(0), path.max(0)
-            pad = 0.2 * (hi - lo) + 1e-6
-            axes = _grids(",".join(f"{lo[k] - pad[k]:.6g}:{hi[k] + pad[k]:.6g}:31" for k in range(2)), 2)
-        xs, ys = axes
+        plan.update(directions=traj.directions, explained=traj.explained_variance, path=traj.path, kind="trajectory",
+                    residual=ls.project_snapshots(snaps[-1], traj.directions, snaps).residual,
+                    axes=[*ls.trajectory_grid(traj.path), None])
         options.update({"trajectory": str(trajectory), "ignore": ignore, "snapshots": len(snaps)})
-        stem = "trajectory"
     elif directions_kind == "hessian":
-        xs, ys = axes
         with hvp_progress(console, progress) as bar:
             task = bar.add_task(f"top-{dim} Hessian eigenvectors", total=None)
             eig = ls.hessian_directions(model, F.cross_entropy, batches, k=dim, seed=seed,
                                         on_hvp=lambda n: bar.advance(task, n))
-        directions, kind, stem = eig.directions, "hessian", f"hessian_{dim}d"
+        plan.update(directions=eig.directions, kind="hessian", eig=eig)
         options.update({"directions": "hessian", "eigenvalues": eig.eigenvalues, "slopes": eig.slopes,
                         "residuals": eig.result.residuals, "converged": eig.result.converged,
                         "n_hvp": eig.result.n_hvp})
         if dim == 1:  # the comparison: a random direction of the same (unit) norm
             options.update({"random_norm": norm, "ignore": ignore})
-            compare = [ls.scale_to_norm(ls.random_direction(model, norm=norm, ignore=ignore, seed=seed), 1.0)]
+            plan["compare"] = [ls.scale_to_norm(ls.random_direction(model, norm=norm, ignore=ignore, seed=seed), 1.0)]
     else:
-        xs, ys = axes
-        directions = [ls.random_direction(model, norm=norm, ignore=ignore, seed=seed, dir_type=dir_type)]
-        if dim >= 2:
-            d2 = ls.random_direction(model, norm=norm, ignore=ignore, seed=seed + 1, dir_type=dir_type)
-            directions.append(ls.orthogonalize(d2, directions[0]) if orthogonalize else d2)
-        if dim == 3:
-            d3 = ls.random_direction(model, norm=norm, ignore=ignore, seed=seed + 2, dir_type=dir_type)
-            directions.append(ls.orthogonalize(ls.orthogonalize(d3, directions[0]), directions[1]) if orthogonalize
-                              else d3)
-        kind = "random"
+        plan.update(directions=ls.random_directions(model, dim, seed=seed, orthogonal=orthogonalize, norm=norm,
+                                                    ignore=ignore, dir_type=dir_type), kind="random")
         options.update({"norm": norm, "ignore": ignore, "orthogonalize": orthogonalize, "dir_type": dir_type})
-        stem = f"surface_{dim}d"
     if path_run is not None:
         snaps = _snapshots(path_run, minimum=1)
         centre = {**dict(model.named_buffers()), **dict(model.named_parameters())}
-        proj = ls.project_snapshots(centre, directions, snaps)
-        path, path_residual = proj.coords, proj.residual
+        proj = ls.project_snapshots(centre, plan["directions"], snaps)
+        plan.update(path=proj.coords, residual=proj.residual)
         options.update({"path_run": str(path_run), "path_snapshots": len(snaps)})
-    if range_mode == "auto":
-        with warnings.catch_warnings():  # printed below instead
-            warnings.simplefilter("ignore")
-            rng = ls.auto_range(model, F.cross_entropy, batches, directions, range_factor, max_extent=range_max,
-                                chunk_size=batch_size)
-        for note in rng.warnings:
-            console.print(f"warning: {note}", highlight=False)
-        xs = np.linspace(-rng.extents[0], rng.extents[0], len(xs))
-        if ys is not None:
-            ys = np.linspace(-rng.extents[1], rng.extents[1], len(ys))
-        if zs is not None:
-            zs = np.linspace(-rng.extents[2], rng.extents[2], len(zs))
-        options["range_auto"] = rng.to_dict()
-        console.print("--range auto: extents " + ", ".join(f"{e:.4g}" for e in rng.extents)
-                      + f" (loss reaches {range_factor:g} x the centre loss {rng.centre_loss:.5g})", highlight=False)
+    return plan
+
+
+def _evaluate(model: Any, batches: Any, plan: dict, axes: list, options: dict, folder: Path, stem: str,
+              batch_size: int | None, metric_fns: dict, progress: bool, console: Console) -> tuple:
+    """The surface over ``axes`` along the plan's directions, and the random comparison's (or None)."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    from .. import landscape as ls
+
+    xs, ys, zs = axes
+    compare = plan["compare"]
     n_points = len(xs) * (1 if ys is None else len(ys)) * (1 if zs is None else len(zs))
     with point_progress(console, progress) as bar:
-        task = bar.add_task(f"{kind} surface", total=n_points * (1 + len(compare)))
-        result = ls.surface(model, F.cross_entropy, batches, directions, xs, ys, kind=kind, options=options,
-                            chunk_size=batch_size, resume_path=folder / f"{stem}.partial.npz",
+        task = bar.add_task(f"{plan['kind']} surface", total=n_points * (1 + len(compare)))
+        result = ls.surface(model, F.cross_entropy, batches, plan["directions"], xs, ys, kind=plan["kind"],
+                            options=options, chunk_size=batch_size, resume_path=folder / f"{stem}.partial.npz",
                             on_point=lambda k, lv, av: bar.advance(task), zs=zs, metrics=metric_fns or None)
         random_result = None if not compare else ls.surface(
             model, F.cross_entropy, batches, compare, xs, ys, kind="random",
             options={**options, "directions": "random", "scaled_to_norm": 1.0}, chunk_size=batch_size,
             resume_path=folder / f"{stem}_random.partial.npz", on_point=lambda k, lv, av: bar.advance(task),
             metrics=metric_fns or None)
-    if not dist_utils.is_main():  # the points were shared out; rank 0 writes
-        return
-    result.explained_variance, result.path, result.path_residual = explained, path, path_residual
-    outputs.clear()
-    result.save(folder / f"{stem}.npz", directions)
+    result = dataclasses.replace(result, explained_variance=plan["explained"], path=plan["path"],
+                                 path_residual=plan["residual"])
+    return result, random_result
+
+
+def _write_surface(result: SurfaceResult, random_result: SurfaceResult | None, plan: dict, folder: Path, stem: str,
+                   radii: list[float], delta: float, json_out: str | None, options: dict, norm: str) -> dict:
+    """Save the surface(s) (npz), print their summaries and return the JSON report."""
+    result.save(folder / f"{stem}.npz", plan["directions"])
     (folder / f"{stem}.partial.npz").unlink(missing_ok=True)
     human = rank0_console(stderr=json_out == "-")
-    summary = _print_summary(human, result, radii_list, basin_delta)
+    summary = _print_summary(human, result, radii, delta)
     _print_metrics(human, summary)
+    explained, residual = plan["explained"], plan["residual"]
     if explained is not None:
         human.print(f"PCA explained variance: {explained[0]:.1%}, {explained[1]:.1%}", highlight=False)
-    if path_residual is not None:
-        human.print(f"path: {len(path_residual)} snapshots; distance to the plane (residual) "
-                    f"min {path_residual.min():.4g}, max {path_residual.max():.4g}, last {path_residual[-1]:.4g}",
-                    highlight=False)
-    report = result.to_dict(radii_list, basin_delta)
-    report["summary"] = summary
-    report["npz"] = str(folder / f"{stem}.npz")
-    if kind == "hessian":
+    if residual is not None:
+        human.print(f"path: {len(residual)} snapshots; distance to the plane (residual) "
+                    f"min {residual.min():.4g}, max {residual.max():.4g}, last {residual[-1]:.4g}", highlight=False)
+    report = {**result.to_dict(radii, delta), "summary": summary, "npz": str(folder / f"{stem}.npz")}
+    if plan["kind"] == "hessian":
         human.print("Hessian eigenvalues " + ", ".join(f"{v:.6g}" for v in options["eigenvalues"])
                     + f" ({options['n_hvp']} HVPs); the directions are unit eigenvectors", highlight=False)
     if random_result is not None:
-        random_result.save(folder / f"{stem}_random.npz", compare)
+        random_result.save(folder / f"{stem}_random.npz", plan["compare"])
         (folder / f"{stem}_random.partial.npz").unlink(missing_ok=True)
         human.print(f"random {norm}-normalized direction rescaled to unit norm, for comparison:", highlight=False)
-        report["random"] = {**random_result.to_dict(radii_list, basin_delta),
-                            "summary": _print_summary(human, random_result, radii_list, basin_delta),
+        report["random"] = {**random_result.to_dict(radii, delta),
+                            "summary": _print_summary(human, random_result, radii, delta),
                             "npz": str(folder / f"{stem}_random.npz")}
-    if plot:
-        label = (ckpt.config or {}).get("optimizer", "model").upper()
-        if random_result is not None:
-            report["figures"] = _eigen_figure(result, random_result, eig, folder, stem, pdf, console)
-        else:
-            report["figures"] = _figures({label: result}, folder, stem, pdf, console)
-        if metric_fns:
-            both = {label: result} if random_result is None else {"eigenvector": result, "random": random_result}
-            report["figures"] += _metric_figures(both, list(metric_fns), folder, stem, pdf, console)
-    write_json(report, json_out, context)
-    write_json(report, str(folder / f"{stem}.json"), context)
+    return report
 
 
 def _different_data(ckpt_a: Any, ckpt_b: Any, use_a_data: bool, split: str) -> list[str]:
@@ -474,7 +453,7 @@ def interpolate_command(
     alphas = ls.parse_grid(grid)
     metric_fns = _metrics(metric, trust_factory)
     folder = out or (run_folder(checkpoint_a) / "interpolate")
-    figures = (["interpolation"] + [f"interpolation_{name}" for name in metric_fns]) if plot else []
+    figures = _figure_names("interpolation", 1, False, list(metric_fns)) if plot else []
     extra = Path(json_out) if json_out not in (None, "-") else None
     outputs = claim([folder / "interpolation.npz", folder / "interpolation.json", *figure_files(folder, figures, pdf),
                      extra], overwrite, "--out DIR", records=[folder / "interpolation.json", extra])
@@ -507,9 +486,7 @@ def interpolate_command(
     report["summary"] = summary
     report["npz"] = str(folder / "interpolation.npz")
     if plot:
-        report["figures"] = _figures({f"{name_a} -> {name_b}": result}, folder, "interpolation", pdf, console)
-        if metric_fns:
-            report["figures"] += _metric_figures({f"{name_a} -> {name_b}": result}, list(metric_fns), folder,
-                                                 "interpolation", pdf, console)
+        report["figures"] = _figures({f"{name_a} -> {name_b}": result}, folder, "interpolation", pdf, console,
+                                     list(metric_fns))
     write_json(report, json_out, context)
     write_json(report, str(folder / "interpolation.json"), context)

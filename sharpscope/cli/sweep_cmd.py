@@ -95,7 +95,7 @@ def sweep_command(
             raise ConfigError(f"--vary {key}: that option is given twice")
         grid[name] = sweep.parse_values(name, values, f"--vary {key}")
     if html:  # refuse before training, not after
-        from ..plots_html import require_plotly
+        from ..plots.html import require_plotly
 
         require_plotly()
     wanted = [sweep.parse_plot(p_) for p_ in plot] or None

@@ -88,7 +88,7 @@ def _over_epochs(records: dict[str, dict[int, list[dict[str, Any]]]], key: str
 
 
 def _figures(out: Path, results: dict[str, Any]) -> list[Any]:
-    from .. import plots_html as ph
+    from ..plots import html as ph
     from ..landscape import SurfaceResult
 
     seeds, opts = results["config"]["seeds"], results["optimizers"]
@@ -129,7 +129,7 @@ def _figures(out: Path, results: dict[str, Any]) -> list[Any]:
 
 def write_compare_html(out_dir: str | Path) -> Path:
     """``OUT/report.html`` for the finished compare in ``out_dir`` (module docstring)."""
-    from .. import plots_html as ph
+    from ..plots import html as ph
 
     out = Path(out_dir)
     path = out / "results.json"
@@ -174,7 +174,7 @@ def write_correlate_html(out_dir: str | Path, rows: list[dict[str, Any]], table:
                          recorded: dict[str, Any] | None = None) -> Path:
     """``OUT/correlations.html``: the rank correlations and granulated coefficients as tables, and
     one interactive scatter per measure against the error gap (a run's options on hover)."""
-    from .. import plots_html as ph
+    from ..plots import html as ph
     from .correlate import generalization_gaps, select_runs
 
     out = Path(out_dir)
@@ -221,7 +221,7 @@ def write_sweep_html(out_dir: str | Path) -> Path:
     run's test accuracy (and lambda_max when analysed) against that option, one point per run
     and seed (its options on hover, one legend entry per optimizer), the summary table with its
     intervals (summary.csv), and the command's configuration and versions."""
-    from .. import plots_html as ph
+    from ..plots import html as ph
     from .sweep import RESULTS_KIND
 
     out = Path(out_dir)

@@ -3,13 +3,13 @@
 Hessian eigenvectors; topological summaries (minima, merge tree, persistence) of a grid."""
 
 from .directions import (DIR_TYPES, IGNORES, NORMS, Direction, normalize_direction, orthogonalize,
-                         random_direction, scale_to_norm, state_buffer_names)
-from .extent import AutoRange, PathProjection, auto_range, project_snapshots
+                         random_direction, random_directions, scale_to_norm, state_buffer_names)
+from .extent import AutoRange, PathProjection, auto_grid, auto_range, project_snapshots
 from .eigen import HessianDirections, eigenvector_directions, hessian_directions
 from .surface import SurfaceResult, interpolate, load_directions, parse_grid, surface
 from .metrics import MetricFn, import_metric
 from .topology import SurfaceTopology, surface_topology
-from .trajectory import TrajectoryDirections, trajectory_directions
+from .trajectory import TrajectoryDirections, trajectory_directions, trajectory_grid
 
 __all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "normalize_direction", "orthogonalize",
            "scale_to_norm", "state_buffer_names", "surface", "interpolate", "parse_grid", "load_directions",
@@ -17,6 +17,7 @@ __all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "no
            "hessian_directions", "eigenvector_directions", "HessianDirections",
            "SurfaceTopology", "surface_topology", "auto_range", "AutoRange", "project_snapshots",
            "PathProjection"]
+__all__ += ["random_directions", "auto_grid", "trajectory_grid"]
 __all__ += ["MetricFn", "import_metric"]  # custom per-batch metrics (sharpscope.landscape.metrics)
 
 

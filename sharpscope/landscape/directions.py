@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..objective import biasbn_names
 
-__all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "normalize_direction", "orthogonalize",
+__all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "random_directions", "normalize_direction", "orthogonalize",
            "difference", "dot", "norm", "zero_like", "scaled_sum", "scale_to_norm", "ignored_names",
            "state_buffer_names", "check_options"]
 
@@ -155,6 +155,25 @@ def random_direction(model: nn.Module, norm: str = "filter", ignore: str = "bias
     raw = {n: torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
            for n, t in _targets(model, dir_type).items()}
     return normalize_direction(raw, model, norm, ignore)
+
+
+def random_directions(model: nn.Module, k: int, seed: int = 0, orthogonal: bool = False, norm: str = "filter",
+                      ignore: str = "biasbn", dir_type: str = "weights") -> list[Direction]:
+    """``k`` seeded random directions (:func:`random_direction`), direction i drawn with seed
+    ``seed + i``. With ``orthogonal``, each is made orthogonal to the ones before it by
+    Gram-Schmidt in the flat parameter space (:func:`orthogonalize` against each earlier
+    direction in turn: d_i <- d_i - (d_i . d_j / d_j . d_j) d_j for j = 0, ..., i - 1), which
+    changes its norm; the first is left as drawn."""
+    if k < 1:
+        raise ConfigError(f"random_directions needs k >= 1, got {k}")
+    directions: list[Direction] = []
+    for i in range(k):
+        d = random_direction(model, norm=norm, ignore=ignore, seed=seed + i, dir_type=dir_type)
+        if orthogonal:
+            for earlier in directions:
+                d = orthogonalize(d, earlier)
+        directions.append(d)
+    return directions
 
 
 def scale_to_norm(direction: Direction, target: float = 1.0) -> Direction:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .directions import Direction
 
-__all__ = ["AutoRange", "auto_range", "PathProjection", "project_snapshots"]
+__all__ = ["AutoRange", "auto_range", "auto_grid", "PathProjection", "project_snapshots"]
 
 
 @dataclass
@@ -125,6 +125,20 @@ def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], da
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return AutoRange(extents, sides, reached, l0, float(factor), float(max_extent), count[0], notes)
+
+
+def auto_grid(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], data: Iterable[Any],
+              directions: Sequence[Direction], axes: Sequence[np.ndarray | None], factor: float = 2.0,
+              max_extent: float = 10.0, chunk_size: int | None = None) -> tuple[AutoRange, list[np.ndarray | None]]:
+    """:func:`auto_range` of ``directions`` and the grid it gives: axis k (None stays None)
+    becomes len(axes[k]) evenly spaced points over [-extent_k, extent_k]. The range's warnings
+    (a side capped at ``max_extent``) are returned in ``AutoRange.warnings`` rather than
+    issued, for the caller to show."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rng = auto_range(model, loss_fn, data, directions, factor, max_extent=max_extent, chunk_size=chunk_size)
+    return rng, [None if a is None else np.linspace(-rng.extents[k], rng.extents[k], len(a))
+                 for k, a in enumerate(axes)]
 
 
 @dataclass

@@ -236,12 +236,13 @@ class SurfaceResult:
         return 1 if self.ys is None else 2 if self.zs is None else 3
 
     def slice(self, k: int) -> SurfaceResult:
-        """The 2-D surface at the third coordinate ``zs[k]`` of a 3-D grid."""
+        """The 2-D surface at the third coordinate ``zs[k]`` of a 3-D grid (custom metrics too)."""
         if self.zs is None:
             raise ConfigError("slice() is for 3-D surfaces")
         return SurfaceResult(xs=self.xs, ys=self.ys, loss=self.loss[k], accuracy=self.accuracy[k], kind=self.kind,
                              options={**self.options, "slice_z": float(self.zs[k])}, n_examples=self.n_examples,
-                             wall_time=self.wall_time, path=self.path if self.zs[k] == 0 else None)
+                             wall_time=self.wall_time, path=self.path if self.zs[k] == 0 else None,
+                             metrics={name: values[k] for name, values in self.metrics.items()})
 
     def centre_slice(self) -> int:
         """Index of the slice of a 3-D grid nearest the centre (third coordinate 0)."""

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from .directions import Direction, ignored_names
 
-__all__ = ["TrajectoryDirections", "trajectory_directions"]
+__all__ = ["TrajectoryDirections", "trajectory_directions", "trajectory_grid"]
 
 
 @dataclass
@@ -70,3 +70,17 @@ def trajectory_directions(model: nn.Module, snapshots: Sequence[dict[str, Tensor
         directions.append({n: (parts[n].view(shapes[n]) if n in parts else torch.zeros(shapes[n], dtype=torch.float64))
                            .to(ref[n].dtype).to(ref[n].device) for n in shapes})
     return TrajectoryDirections(directions, [float(e) / total for e in evals[:n_components]], path)
+
+
+def trajectory_grid(path: np.ndarray, points: int = 31, margin: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """The default grid of a trajectory plane: per coordinate k, ``points`` evenly spaced values
+    over [lo_k - pad_k, hi_k + pad_k], with lo, hi the path's range and pad = margin (hi - lo)
+    + 1e-6; the ends are rounded to 6 significant digits (as the ``MIN:MAX:POINTS`` text the
+    grid is recorded as)."""
+    from .surface import parse_grid
+
+    path = np.asarray(path, dtype=np.float64)
+    lo, hi = path.min(0), path.max(0)
+    pad = margin * (hi - lo) + 1e-6
+    xs, ys = (parse_grid(f"{lo[k] - pad[k]:.6g}:{hi[k] + pad[k]:.6g}:{points}") for k in range(2))
+    return xs, ys
