@@ -127,7 +127,7 @@ def test_rerun_reuses_and_conflicting_settings_are_refused(compared, cli):
     assert code == 0 and "reusing the analyses of SGD, seed 2" in err and "(mean of 3)" in out
     after = json.loads((compared / "results.json").read_text())
     assert after["optimizers"]["sam"]["summary"] == before["optimizers"]["sam"]["summary"]
-    code, _, err = cli(["compare", "--quick", "--rho", "0.1", "--out", str(compared), "--no-progress"])
+    code, _, err = cli(["compare", "--profile", "quick", "--rho", "0.1", "--out", str(compared), "--no-progress"])
     assert code == 2 and "other settings" in err and len(err.strip().splitlines()) == 1
 
 

@@ -45,9 +45,9 @@ VERBS = {
                 ["--top-k", "2"], lambda r: len(r["eigenvalues"]["eigenvalues"])),
     "ggn": (["hessian", "--operator", "ggn", "--top-k", "1", "--samples", "40", "--no-progress"], "ggn.json",
             ["--samples", "30"], lambda r: r["n_examples"]),
-    "sharpness": (["sharpness", "--m", "8", "--steps", "1", "--samples", "40", "--no-progress"], "m_sharpness.json",
+    "sharpness": (["sharpness", "--m", "8", "--ascent-steps", "1", "--samples", "40", "--no-progress"], "m_sharpness.json",
                   ["--rho", "0.1"], lambda r: r["results"][0]["rho"]),
-    "worst": (["sharpness", "--measure", "worst", "--m", "8", "--steps", "1", "--samples", "40", "--no-progress"],
+    "worst": (["sharpness", "--measure", "worst", "--m", "8", "--ascent-steps", "1", "--samples", "40", "--no-progress"],
               "sharpness_worst.json", ["--rho", "0.1"], lambda r: r["results"][0]["rho"]),
     "gradcos": (["gradcos", "--samples", "40"], "gradcos.json", ["--rho", "0.1"], lambda r: r["rho"]),
     "weights": (["weights"], "weights.json", ["--deterministic"], lambda r: "checkpoint" in r),
@@ -105,8 +105,8 @@ def test_hessian_overwrite_removes_the_earlier_figures(run, cli):
 
 
 def test_sharpness_figures_are_claimed_too(run, cli, tmp_path):
-    args = ["sharpness", str(run), "--m", "8", "--steps", "1", "--samples", "40", "--no-progress", "--plot",
-            "--plot-dir", str(tmp_path / "figs")]
+    args = ["sharpness", str(run), "--m", "8", "--ascent-steps", "1", "--samples", "40", "--no-progress", "--plot",
+            "--out", str(tmp_path / "figs")]
     assert cli(args)[0] == 0
     _refused(*cli([*args, "--json", "-"])[::2], tmp_path / "figs" / "m_sharpness.png")
 
