@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from ..errors import ConfigError
-from ..objective import HVP_MODES
-from ._app import app
+from ._app import app, deferred_help
 from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
     TRUST_FACTORY,
@@ -80,6 +79,12 @@ def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, 
     return Objective(ckpt_b.model, F.cross_entropy, obj.batches, params=selection, hvp_mode=hvp_mode), label
 
 
+def _hvp_modes_help() -> str:
+    from ..objective import HVP_MODES  # torch: only when the help is shown
+
+    return f"One of {', '.join(HVP_MODES)}."
+
+
 @app.command("hessian")
 def hessian_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
@@ -106,7 +111,7 @@ def hessian_command(
     data_root: Optional[str] = DATA_ROOT,
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
     seed: int = seed_option("Seed of the subset, of the random start vectors and of the Fisher's labels."),
-    hvp_mode: str = typer.Option("auto", "--hvp-mode", help=f"One of {', '.join(HVP_MODES)}."),
+    hvp_mode: str = deferred_help(typer.Option("auto", "--hvp-mode"), _hvp_modes_help),
     operator: str = typer.Option("hessian", "--operator",
                                  help="Curvature matrix: hessian, ggn, fisher (true Fisher) or empirical-fisher."),
     fisher_samples: Optional[str] = typer.Option(

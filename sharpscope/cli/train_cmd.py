@@ -11,30 +11,23 @@ from typing import Any, Optional
 import typer
 from typer.models import OptionInfo
 
-from ._app import app
+from ._app import app, deferred_help
 from ._common import CHECK_LAUNCH_ENV, DETERMINISTIC, TRUST_FACTORY, apply_determinism, parse_options, parse_p
 
 __all__ = ["train_command", "parse_options", "parse_p"]
 
 
-class _RegistryHelp(OptionInfo):
-    """An option whose help text is written from the optimizer registry when the command is
-    built (each run), so that every registered optimizer is listed, one defined after this
-    module was imported too."""
+def _registry_help(option: OptionInfo, text: Callable[[Any], str]) -> OptionInfo:
+    """``option`` with a help text written from the optimizer registry when the help is shown,
+    so that every registered optimizer is listed, one defined after this module was imported
+    too; reading the registry imports the optimizers (torch), which a start must not pay."""
 
-    def __init__(self, option: OptionInfo, text: Callable[[Any], str]) -> None:
-        self.__dict__.update(option.__dict__)
-        self._text = text
-
-    @property  # type: ignore[override]
-    def help(self) -> str:
+    def write() -> str:
         from ..optim import registry
 
-        return self._text(registry.specs())
+        return text(registry.specs())
 
-    @help.setter
-    def help(self, value: str | None) -> None:  # typer's __init__ sets it; the registry writes it
-        pass
+    return deferred_help(option, write)
 
 
 def _optimizer_help(specs: Any) -> str:
@@ -56,8 +49,8 @@ def _rho_help(specs: Any) -> str:
 @app.command("train")
 def train_command(
     ctx: typer.Context,
-    optimizer: str = _RegistryHelp(typer.Option("sam", "--optimizer", "-o"), _optimizer_help),
-    optimizer_opt: list[str] = _RegistryHelp(typer.Option([], "--optimizer-opt"), _optimizer_opt_help),
+    optimizer: str = _registry_help(typer.Option("sam", "--optimizer", "-o"), _optimizer_help),
+    optimizer_opt: list[str] = _registry_help(typer.Option([], "--optimizer-opt"), _optimizer_opt_help),
     model: str = typer.Option("cnn", help="mlp, cnn, cnn1d (1-D signals: mnist1d), resnet, wrn, aliases like resnet20 / wrn16-4, "
                                           "or a factory 'package.module:function'."),
     model_opt: list[str] = typer.Option([], "--model-opt", help="Model option KEY=VALUE, repeatable "
@@ -75,7 +68,7 @@ def train_command(
     weight_decay: float = typer.Option(5e-4, "--weight-decay", "--wd", help="L2 weight decay."),
     schedule: str = typer.Option("cosine", help="cosine or constant."),
     warmup: float = typer.Option(0.0, help="Linear warm-up length in epochs."),
-    rho: Optional[float] = _RegistryHelp(typer.Option(None), _rho_help),
+    rho: Optional[float] = _registry_help(typer.Option(None), _rho_help),
     p: str = typer.Option("2", "--p", help="Norm of the SAM neighbourhood: 2 or inf (any p > 1)."),
     eta: float = typer.Option(0.01, help="ASAM's offset in T_w = |w| + eta."),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Label smoothing of the training loss "
