@@ -40,8 +40,9 @@ _LAZY_NAMES = {
 # Submodules reachable as attributes of the package, imported on first access.
 # (tests/test_startup.py checks that every public module of the package is listed.)
 _SUBMODULES = ("batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism", "distributed",
-               "errors", "experiments", "hessian", "io", "landscape", "linalg", "measures", "models", "objective", "optim",
-               "plots", "plots_html", "provenance", "sharpness", "stats", "train", "weight_spectra")
+               "errors", "experiments", "hessian", "io", "landscape", "linalg", "measure_table", "measures", "models",
+               "objective", "optim", "plots", "plots_html", "provenance", "sharpness", "stats", "train",
+               "weight_spectra")
 
 __all__ = [
     "__version__",
