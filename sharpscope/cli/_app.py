@@ -27,7 +27,13 @@ def deferred_help(option: OptionInfo, write: Callable[[], str]) -> OptionInfo:
 class SharpscopeCommand(TyperCommand):
     """Every verb's command: writes its :func:`deferred_help` texts when its help is formatted,
     and sets the thread count (``sharpscope --threads``) when it runs, not before its
-    ``--help`` (setting threads imports torch)."""
+    ``--help`` (setting threads imports torch). Its line in ``sharpscope --help`` is the first
+    paragraph of its help, whole (click would cut it at the first full stop or at the width)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.short_help is None and self.help:
+            self.short_help = " ".join(self.help.split("\n\n")[0].split())
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         for param in self.params:
@@ -57,6 +63,9 @@ app = _Typer(
     help="Sharpness and loss-landscape analysis around SAM: train SGD/SAM/ASAM models, then measure them.",
     add_completion=False,
     no_args_is_help=True,
+    # click's plain help: it wraps the help text and never cuts an option's name, where rich's
+    # table cut them at 80 columns ('--perturbation-wei…'); and it needs no rich at start-up
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
