@@ -24,6 +24,7 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
+    from rich.table import Table
 
     from ..checkpoint import Checkpoint
 
@@ -140,6 +141,14 @@ def console(stderr: bool = False) -> Console:
     from rich.console import Console
 
     return Console(stderr=stderr, quiet=not is_main())
+
+
+def folded(table: Table) -> Table:
+    """``table`` with every column folding what does not fit onto more lines, instead of
+    rich's default of cutting it ('alpha_w…', layer names, at 80 columns)."""
+    for column in table.columns:
+        column.overflow = "fold"
+    return table
 
 
 def finite(*, above: float | None = None, at_least: float | None = None, below: float | None = None

@@ -233,6 +233,7 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
     from rich.table import Table
 
     from ..curvature import title
+    from ._common import folded
 
     name, unit = title(operator), "HVPs" if operator == "hessian" else "products"
     out.print(f"[bold]{path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {split} examples"
@@ -244,7 +245,7 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
             table.add_column(col, justify="right")
         for i, (lam, res, ok) in enumerate(zip(r.eigenvalues, r.residuals, r.converged), 1):
             table.add_row(str(i), f"{lam:.6g}", f"{res:.2e}", "yes" if ok else "[red]no[/]")
-        out.print(table)
+        out.print(folded(table))
         if r.ratio is not None:
             out.print(f"lambda_1 / lambda_{len(r.eigenvalues)} = {r.ratio:.4g}")
     if "trace" in results:
@@ -270,7 +271,7 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
         for row in s.rows:
             table.add_row(row.name, f"{row.n_params:,}", f"{row.lambda_max:.5g}" + ("" if row.converged else "*"),
                           f"{row.trace:.5g}", f"{row.trace_stderr:.2g}")
-        out.print(table)
+        out.print(folded(table))
 
 
 def _figures(ckpt: Any, results: dict, plot_dir: Path | None, pdf: bool, console: Console,
