@@ -120,11 +120,15 @@ def write_json(obj: dict, where: str | None, context: AnalysisContext | None = N
 
 
 def progress_bar(console: Console, enabled: bool, unit: str) -> Progress:
-    """A progress bar counting ``unit`` (HVPs, grid points, ...)."""
+    """A progress bar counting ``unit`` (HVPs, grid points, ...), with the time elapsed and the
+    time left (an upper bound for a task added with ``cap=True``: see
+    :class:`~sharpscope.cli.progress.RemainingColumn`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .progress import RemainingColumn
+
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn(unit), TimeElapsedColumn(), console=console, transient=True,
+                    TextColumn(unit), TimeElapsedColumn(), RemainingColumn(), console=console, transient=True,
                     disable=not enabled or not is_main())
 
 
