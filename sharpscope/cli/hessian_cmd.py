@@ -224,8 +224,8 @@ def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
 
 def _compute(hs: Any, ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _Settings, curv: dict,
              console: Console, progress: bool) -> dict:
-    """Run the analyses under one progress bar, having said how many products they take and,
-    once the first few are timed, how long (:class:`~sharpscope.cli.progress.ProductPlan`)."""
+    """Run the analyses under one progress bar, saying how many products they take (after the
+    first) and, once the first few are timed, how long (:class:`~sharpscope.cli.progress.ProductPlan`)."""
     import torch.nn.functional as F
 
     from ..objective import parameter_groups
@@ -233,9 +233,9 @@ def _compute(hs: Any, ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: s
 
     unit = "HVPs" if curv["operator"] == "hessian" else "products"
     groups = len(parameter_groups(ckpt.model, by=o.by)) if o.per_layer else 0
-    plan = ProductPlan(lambda msg: console.print(msg, highlight=False), unit, _plan(obj, o, obj_b is not None))
-    plan.announce(f"then the per-{o.by} summary of {groups} blocks" if groups else
-                  "Lanczos stops once the eigenvalues converge" if o.top_k > 0 else "")
+    note = (f"then the per-{o.by} summary of {groups} blocks" if groups else
+            "Lanczos stops once the eigenvalues converge" if o.top_k > 0 else "")
+    plan = ProductPlan(lambda msg: console.print(msg, highlight=False), unit, _plan(obj, o, obj_b is not None), note)
     results: dict = {}
     with hvp_progress(console, progress) as bar:
         def track(target: Any, description: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -46,26 +46,28 @@ class RemainingColumn(ProgressColumn):
 
 @dataclass
 class ProductPlan:
-    """The products (HVPs) a command is about to compute, said before the first one
-    (:meth:`announce`); then, once ``sample`` products after the first have been timed (and
+    """The products (HVPs) a command computes, said when the first one is done (:meth:`done`;
+    not before, so that input refused by the first call says only its error), or earlier by
+    :meth:`announce`; then, once ``sample`` products after the first have been timed (and
     ``min_seconds`` have passed), the time all of them take at the measured rate, said once
-    when that is at least ``long_seconds`` (:meth:`done`). The first product is not timed: it
-    pays for building the graph.
+    when that is at least ``long_seconds``. The first product is not timed: it pays for
+    building the graph.
 
     ``parts`` maps a label to (count, exact): exact counts are what the part computes; the
-    others are caps it stops under (Lanczos)."""
+    others are caps it stops under (Lanczos). ``note`` ends the plan's line."""
 
     say: Callable[[str], None]
     unit: str
     parts: dict[str, tuple[int, bool]]
+    note: str = ""
     sample: int = 5
     min_seconds: float = 0.5
     long_seconds: float = 10.0
     now: Callable[[], float] = time.perf_counter
     _done: int = 0
     _first: tuple[int, float] | None = None
+    _announced: bool = False
     _said: bool = False
-    _extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def planned(self) -> int:
@@ -77,18 +79,21 @@ class ProductPlan:
         """Products the capped parts compute at most."""
         return sum(n for n, exact in self.parts.values() if not exact)
 
-    def announce(self, note: str = "") -> None:
-        """Say the plan: '899 HVPs planned, and at most 300 more (eigenvalues (LA): at most
-        300, ...; trace: 99; density: 800)'."""
-        if not self.parts:
+    def announce(self) -> None:
+        """Say the plan (once): '899 HVPs planned, and at most 300 more (eigenvalues (LA): at
+        most 300; trace (Hutch++): 99; density (...): 800)'."""
+        if self._announced or not self.parts:
             return
+        self._announced = True
         items = "; ".join(f"{label}: {'at most ' if not exact else ''}{n:,}" for label, (n, exact) in self.parts.items())
         more = f", and at most {self.capped:,} more" if self.capped else ""
         lead = f"{self.planned:,} {self.unit} planned{more}" if self.planned else f"at most {self.capped:,} {self.unit}"
-        self.say(f"{lead} ({items}{'; ' + note if note else ''})")
+        self.say(f"{lead} ({items}{'; ' + self.note if self.note else ''})")
 
     def done(self, n: int) -> None:
-        """Count ``n`` more products; say the estimate once the rate is known."""
+        """Count ``n`` more products; say the plan after the first, the estimate once the rate
+        is known."""
+        self.announce()
         self._done += n
         t = self.now()
         if self._first is None:
