@@ -36,7 +36,8 @@ def _cli(argv: list[str]) -> str:
 
 
 TORCH = "import torch"
-COMMANDS = {"--help": _cli(["--help"]), "info --help": _cli(["info", "--help"]), "train --help": _cli(["train", "--help"]),
+COMMANDS = {"--help": _cli(["--help"]), "info --help": _cli(["info", "--help"]),
+            "train --help": _cli(["train", "--help"]),
             "info": _cli(["info"]), "info missing.pt": _cli(["info", "/nonexistent/missing.pt"])}
 
 

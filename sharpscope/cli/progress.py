@@ -85,7 +85,7 @@ class ProductPlan:
         if self._announced or not self.parts:
             return
         self._announced = True
-        items = "; ".join(f"{label}: {'at most ' if not exact else ''}{n:,}" for label, (n, exact) in self.parts.items())
+        items = "; ".join(f"{label}: {'' if exact else 'at most '}{n:,}" for label, (n, exact) in self.parts.items())
         more = f", and at most {self.capped:,} more" if self.capped else ""
         lead = f"{self.planned:,} {self.unit} planned{more}" if self.planned else f"at most {self.capped:,} {self.unit}"
         self.say(f"{lead} ({items}{'; ' + self.note if self.note else ''})")
