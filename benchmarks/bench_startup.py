@@ -1,9 +1,11 @@
-"""CLI start-up cost: ``sharpscope info <missing file>`` against a bare ``import torch``.
+"""CLI start-up cost: ``sharpscope --help``, ``info`` and ``info <missing file>`` against a bare
+``import torch``.
 
-Runs both commands ``--rounds`` times, interleaved, each in a fresh interpreter, and prints
+Runs each command ``--rounds`` times, interleaved, each in a fresh interpreter, and prints
 the medians of wall time and of CPU time (user + system, from the child's rusage), and the
-difference: what sharpscope adds on top of torch before it can print an error. Also lists
-which heavy modules the failing command imported.
+difference from ``import torch``: what sharpscope adds on top of torch, or saves by not
+importing it. Also lists which heavy modules (torch among them) each command imported, the
+thread count the children ran with and the load average, since both move these numbers.
 
     python benchmarks/bench_startup.py --rounds 9
     # against another version of the package, in the same rounds:
@@ -21,12 +23,22 @@ import sys
 import tempfile
 import time
 
-HEAVY = ("matplotlib", "scipy", "sklearn", "sharpscope.experiments", "sharpscope.train", "sharpscope.plots")
+HEAVY = ("torch", "matplotlib", "scipy", "sklearn", "sharpscope.experiments", "sharpscope.train", "sharpscope.plots")
 
-INFO = ("import sys; from sharpscope.cli import main\n"
-        "try:\n    main(['info', '/nonexistent/missing.pt'])\nexcept SystemExit:\n    pass\n"
-        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.__stdout__)")
+
+def _cli(argv: list[str]) -> str:
+    """A fresh interpreter running ``sharpscope ARGV`` (its output discarded), then printing
+    the heavy modules it imported."""
+    return ("import contextlib, io, sys\nfrom sharpscope.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+            f"    try:\n        main({argv!r})\n    except SystemExit:\n        pass\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.__stdout__)")
+
+
 TORCH = "import torch"
+COMMANDS = {"--help": _cli(["--help"]), "info --help": _cli(["info", "--help"]),
+            "train --help": _cli(["train", "--help"]),
+            "info": _cli(["info"]), "info missing.pt": _cli(["info", "/nonexistent/missing.pt"])}
 
 
 def run(code: str, pythonpath: str | None = None) -> tuple[float, float, str]:
@@ -46,24 +58,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--baseline", help="folder holding another copy of the sharpscope package")
+    parser.add_argument("--only", nargs="*", choices=sorted(COMMANDS), help="time only these commands")
     args = parser.parse_args()
-    commands = {"import torch": (TORCH, None), "info missing.pt": (INFO, None)}
-    if args.baseline:
-        commands["info (baseline)"] = (INFO, args.baseline)
+    chosen = {k: v for k, v in COMMANDS.items() if not args.only or k in args.only}
+    commands: dict[str, tuple[str, str | None]] = {"import torch": (TORCH, None)}
+    for name, code in chosen.items():
+        commands[name] = (code, None)
+        if args.baseline:
+            commands[f"{name} (baseline)"] = (code, args.baseline)
     rows: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
     heavy: dict[str, str] = {}
+    load = os.getloadavg()
     run(TORCH)  # warm the file cache
     for _ in range(args.rounds):
         for name, (code, path) in commands.items():
             w, c, out = run(code, path)
             rows[name].append((w, c))
-            heavy[name] = out
+            heavy[name] = out.splitlines()[-1] if out else ""
     med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in rows.items()}
-    print(f"{'command':<18} {'wall s':>8} {'cpu s':>8} {'wall - torch':>13} {'cpu - torch':>12}"
+    print(f"{os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load average "
+          f"{load[0]:.2f} before / {os.getloadavg()[0]:.2f} after")
+    print(f"{'command':<26} {'wall s':>8} {'cpu s':>8} {'wall - torch':>13} {'cpu - torch':>12}"
           f"   (medians of {args.rounds})")
     for k, (w, c) in med.items():
         extra = "" if k == "import torch" else f" {w - med['import torch'][0]:13.3f} {c - med['import torch'][1]:12.3f}"
-        print(f"{k:<18} {w:8.3f} {c:8.3f}{extra}")
+        print(f"{k:<26} {w:8.3f} {c:8.3f}{extra}")
     for k, mods in heavy.items():
         if k != "import torch":
             print(f"heavy modules imported by '{k}': {mods or 'none'}")

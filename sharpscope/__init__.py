@@ -1,18 +1,19 @@
 """sharpscope: sharpness and loss-landscape analysis built around SAM (Foret et al., ICLR 2021).
 
-``import sharpscope`` loads only the optimizer, the checkpoint reader and the errors; the
-analysis submodules (``sharpscope.hessian``, ``.landscape``, ``.sharpness``, ``.plots``, ...)
-are imported on first attribute access (PEP 562), so ``ss.hessian.eigenvalues(...)`` works
-without an explicit ``import sharpscope.hessian`` and without slowing down the bare import.
+``import sharpscope`` loads only the version and the errors (no torch, so that ``sharpscope
+--help`` starts fast); the optimizers, the checkpoint functions and the analysis submodules
+(``sharpscope.hessian``, ``.landscape``, ``.sharpness``, ``.plots``, ...) are imported on first
+attribute access (PEP 562), so ``ss.SAM`` and ``ss.hessian.eigenvalues(...)`` work without an
+explicit import and without slowing down the bare import.
 """
 
 from __future__ import annotations
 
 import importlib
-from types import ModuleType
+from typing import Any
 
 from ._version import __version__  # the one source of the version (pyproject.toml reads it too)
-from .errors import (  # noqa: E402
+from .errors import (
     CheckpointError,
     ConfigError,
     DataChangedWarning,
@@ -26,9 +27,15 @@ from .errors import (  # noqa: E402
     UnconvergedWarning,
     ZeroGradientWarning,
 )
-from .batches import ModelLoss  # noqa: E402
-from .optim import GSAM, RSAM, SAM, WSAM, FriendlySAM, LookSAM, frozen_bn_stats, sam_step  # noqa: E402
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+
+# The package's torch-backed names, imported on first access like the submodules, so that
+# ``import sharpscope`` (and so ``sharpscope --help``) does not pay for importing torch.
+_LAZY_NAMES = {
+    "ModelLoss": "batches",
+    "SAM": "optim", "RSAM": "optim", "GSAM": "optim", "WSAM": "optim", "LookSAM": "optim", "FriendlySAM": "optim",
+    "sam_step": "optim", "frozen_bn_stats": "optim",
+    "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+}
 
 # Submodules reachable as attributes of the package, imported on first access.
 # (tests/test_startup.py checks that every public module of the package is listed.)
@@ -67,12 +74,17 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> ModuleType:
-    """Import a submodule on first access (``ss.hessian``); anything else is an AttributeError."""
+def __getattr__(name: str) -> Any:
+    """Import a submodule (``ss.hessian``) or a torch-backed name (``ss.SAM``) on first access;
+    anything else is an AttributeError."""
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")  # the import also binds it in globals()
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
+        globals()[name] = value  # later accesses skip this function
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_SUBMODULES))
+    return sorted(set(globals()) | set(_SUBMODULES) | set(_LAZY_NAMES))

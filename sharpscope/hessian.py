@@ -211,9 +211,26 @@ class DensityResult:
     def trace_estimate(self) -> float:
         return self.mean * self.n_params
 
+    @property
+    def trace_stderr(self) -> float | None:
+        """Standard error of :attr:`trace_estimate` over the runs, s / sqrt(R), with s the
+        sample standard deviation of the R runs' n sum_j tau_j theta_j; None with one run.
+
+        A run's quadrature integrates x -> x exactly: it is n q^T H q for the run's Rademacher
+        start q = z / sqrt(n), i.e. Hutchinson's z^T H z, independent over runs, of variance
+        2 (||H||_F^2 - sum_i H_ii^2). With SLQ's few runs this is a coarse by-product:
+        :func:`trace` (Hutch++) is the trace estimate to trust."""
+        runs = len(self.nodes)
+        if runs < 2:
+            return None
+        per_run = [self.n_params * sum(t * w for t, w in zip(ts, ws)) for ts, ws in zip(self.nodes, self.weights)]
+        mean = sum(per_run) / runs
+        return math.sqrt(sum((x - mean) ** 2 for x in per_run) / (runs - 1) / runs)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["trace_estimate"] = self.trace_estimate
+        d["trace_stderr"] = self.trace_stderr
         return d
 
 

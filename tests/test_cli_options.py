@@ -11,6 +11,7 @@ import pytest
 import typer
 
 from sharpscope.cli import app
+from sharpscope.cli._app import shown_help
 from sharpscope.cli._options import COMPARE_LIST_HELP, COMPARE_OWNED, SWEEP_LIST_HELP, VERB_OWNED
 from sharpscope.train import TrainConfig
 from sharpscope.train_options import TRAIN_OPTIONS
@@ -24,7 +25,7 @@ def _params(verb: str) -> dict[str, object]:
 
 def _visible_flags(verb: str) -> dict[str, str]:
     """flag -> help of every option ``verb`` shows in --help."""
-    return {opt: (p.help or "") for p in VERBS[verb].params if not getattr(p, "hidden", False)
+    return {opt: shown_help(p.help) for p in VERBS[verb].params if not getattr(p, "hidden", False)
             for opt in [*p.opts, *p.secondary_opts]}
 
 
@@ -42,7 +43,7 @@ def test_every_training_option_is_on_train_compare_and_sweep_with_the_same_help(
     option = TRAIN_OPTIONS[field]
     train = _params("train")[field]
     assert train.opts[0] == option.flags[0].split("/")[0]
-    base_help = train.help
+    base_help = shown_help(train.help)
     assert base_help and (option.help == base_help or option.registry_help)
     for verb, owned in (("compare", {**VERB_OWNED, **COMPARE_OWNED}), ("sweep", VERB_OWNED)):
         params = _params(verb)
@@ -51,7 +52,7 @@ def test_every_training_option_is_on_train_compare_and_sweep_with_the_same_help(
             continue
         p = params[field]
         assert p.opts == train.opts, (verb, field)
-        assert p.help in (base_help, base_help + SWEEP_LIST_HELP, base_help + COMPARE_LIST_HELP), (verb, field)
+        assert shown_help(p.help) in (base_help, base_help + SWEEP_LIST_HELP, base_help + COMPARE_LIST_HELP), (verb, field)
 
 
 def test_compare_and_sweep_take_the_options_they_lacked():

@@ -270,3 +270,44 @@ def test_ctrl_c_on_the_command_line_says_what_was_kept(cli, tmp_path, monkeypatc
     code, _, err = cli(["compare", "--profile", "quick", "--out", str(tmp_path), "--no-progress"])
     assert code == 130 and err.strip() == (f"sharpscope: interrupted: {tmp_path}/sam/seed0 saved mid-run; "
                                            "rerun the same command to continue")
+
+
+def test_progress_lines_and_bars_are_numbered(tmp_path, monkeypatch):
+    """compare says [i/N] on each run's lines, trains under a bar labelled '[i/N] OPT', and
+    analyses under the same numbers (seed-major)."""
+    import sharpscope.experiments.compare as cmp
+    from sharpscope.cli.compare_cmd import numbered_bars
+
+    bars: list[str] = []
+    monkeypatch.setattr(cmp, "_train_one", lambda cfg, out, callbacks: bars.extend(c.label for c in callbacks)
+                        or [{"step": 1}])
+    monkeypatch.setattr(cmp, "_analysis_data", lambda config, out, seed: ([], None, 0))
+    monkeypatch.setattr(cmp, "analyse_checkpoint", lambda path, *args, **kwargs: args[4]("lambda_max") or {})
+    config = cmp.CompareConfig(quick=True, optimizers=["sgd", "sam"], seeds=[0, 1])
+    said: list[str] = []
+    runs = cmp._train_all(config, tmp_path, said.append, numbered_bars(None, False, 4))
+    assert said == ["[1/4] training SGD, seed 0", "[2/4] training SAM, seed 0", "[3/4] training SGD, seed 1",
+                    "[4/4] training SAM, seed 1"]
+    assert bars == ["[1/4] SGD", "[2/4] SAM", "[3/4] SGD", "[4/4] SAM"]
+    for seed in (0, 1):
+        for opt in ("sgd", "sam"):
+            cmp.run_dir(tmp_path, opt, seed).mkdir(parents=True)
+    said.clear()
+    cmp._analyse_all(config, tmp_path, runs, said.append)
+    assert said == ["[1/4] SGD, seed 0: lambda_max", "[2/4] SAM, seed 0: lambda_max", "[3/4] SGD, seed 1: lambda_max",
+                    "[4/4] SAM, seed 1: lambda_max"]
+    said.clear()
+    cmp._analyse_all(config, tmp_path, runs, said.append)
+    assert said[3] == "[4/4] reusing the analyses of SAM, seed 1"
+
+
+def test_the_command_says_how_many_runs_first(cli, tmp_path, monkeypatch):
+    import sharpscope.experiments.compare as cmp
+
+    def stopped(config, out, say, callbacks_for):
+        raise KeyboardInterrupt("stopped")
+
+    monkeypatch.setattr(cmp, "run_compare", stopped)
+    code, _, err = cli(["compare", "--profile", "quick", "--seeds", "2", "--optimizer", "sgd,sam,asam", "--out", str(tmp_path)])
+    first = " ".join(err.split("sharpscope: interrupted")[0].split())
+    assert code == 130 and first.startswith("compare: 6 runs (3 optimizers x 2 seeds) of ")

@@ -5,6 +5,7 @@ this test process has long imported everything."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -78,3 +79,84 @@ def test_the_check_would_notice_a_heavy_import():
     """Guard against a vacuous pass: the same probe sees matplotlib once a verb's plots are loaded."""
     found = _fresh(f"import json, sys\nimport sharpscope.cli\nimport sharpscope.plots\nprint({LOADED})")
     assert "matplotlib" in found
+
+
+TORCH_LOADED = "json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+
+
+# (train, compare and sweep --help list the optimizer registry, which imports torch: those pay it)
+@pytest.mark.parametrize("argv", [["--help"], ["info", "--help"], ["sharpness", "--help"], ["surface", "--help"],
+                                  ["gradcos", "--help"]])
+def test_help_and_building_the_app_import_no_torch(argv):
+    """``sharpscope --help`` (and a verb's help that needs no torch-backed facts) starts without
+    importing torch (0.3 s instead of 1.3 s and more): the package's names, the option help from
+    the optimizer registry and the thread count are all imported or set on demand."""
+    found = _fresh(
+        "import contextlib, io, json, sys, typer\n"
+        "import sharpscope, sharpscope.cli\n"
+        "typer.main.get_command(sharpscope.cli.app)  # builds every verb's options\n"
+        f"built = {TORCH_LOADED}\n"
+        "out = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):\n"
+        "    try:\n"
+        f"        sharpscope.cli.main({argv!r})\n"
+        "    except SystemExit as e:\n"
+        "        code = e.code\n"
+        f"print(json.dumps({{'built': json.loads(built), 'after': json.loads({TORCH_LOADED}), 'code': code,\n"
+        "                  'out': out.getvalue()}))\n")
+    assert found["built"] == [] and found["after"] == []
+    assert found["code"] == 0 and "Usage: sharpscope" in found["out"]
+
+
+def test_the_check_would_notice_torch():
+    """Guard against a vacuous pass: a verb's help that needs the registry does import torch."""
+    found = _fresh("import contextlib, io, json, sys\nfrom sharpscope.cli import main\n"
+                   "with contextlib.redirect_stdout(io.StringIO()):\n"
+                   "    try:\n        main(['train', '--help'])\n    except SystemExit:\n        pass\n"
+                   f"print({TORCH_LOADED})")
+    assert "torch" in found
+
+
+def test_the_package_names_resolve_on_demand():
+    """``ss.SAM``, ``from sharpscope import load_checkpoint`` and ``import *`` work as before
+    though ``import sharpscope`` no longer imports torch."""
+    import sharpscope as ss
+    import sharpscope.checkpoint
+    import sharpscope.optim
+    from sharpscope import ModelLoss, load_checkpoint  # noqa: F401
+
+    assert ss.SAM is sharpscope.optim.SAM and ss.load_checkpoint is sharpscope.checkpoint.load_checkpoint
+    assert set(ss.__all__) <= set(dir(ss))
+    namespace: dict = {}
+    exec("from sharpscope import *", namespace)  # noqa: S102
+    assert {name for name in ss.__all__} <= set(namespace)
+    found = _fresh("import json, sys\nimport sharpscope\n"
+                   f"print(json.dumps({{'bare': {TORCH_LOADED}, 'sam': sharpscope.SAM.__module__}}))")
+    assert json.loads(found["bare"]) == [] and found["sam"] == "sharpscope.optim.sam"
+
+
+def test_help_written_when_shown_lists_the_registry_and_the_hvp_modes(cli):
+    """The option help that needs torch-backed facts is written when the help is shown: every
+    optimizer of the registry (the test's late-registered variant in test_optim_registry) and
+    every HVP mode, never the placeholder."""
+    from sharpscope.objective import HVP_MODES
+    from sharpscope.optim import registry
+
+    code, out, _ = cli(["train", "--help"])
+    text = " ".join(out.split())
+    assert code == 0 and "written when shown" not in text
+    assert all(spec.name in text for spec in registry.specs())
+    assert f"SAM radius (default {registry.get('sam').default_rho:g}" in text
+    code, out, _ = cli(["hessian", "--help"])
+    unwrapped = re.sub(r"(?<=\w)- +(?=\w)", "-", " ".join(out.split()))  # click wraps at hyphens too
+    assert code == 0 and f"One of {', '.join(HVP_MODES)}." in unwrapped
+
+
+def test_threads_are_set_when_the_verb_runs_not_for_its_help(cli):
+    import torch
+
+    torch.set_num_threads(2)
+    code, _, _ = cli(["--threads", "1", "info", "--help"])
+    assert code == 0 and torch.get_num_threads() == 2  # help: nothing set
+    code, out, _ = cli(["--threads", "1", "info", "--json", "-"])
+    assert code == 0 and json.loads(out)["threads"] == 1 and torch.get_num_threads() == 1

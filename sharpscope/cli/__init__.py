@@ -12,7 +12,6 @@ from typing import Any
 
 import typer
 
-from .. import distributed as dist_utils
 from ..errors import SharpscopeError
 from ._app import app
 from ._common import CHECK_LAUNCH_ENV
@@ -111,5 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
     finally:
         warnings.formatwarning = previous_format
-        dist_utils.finish(ok=sys.exc_info()[0] is None)
+        if "torch.distributed" in sys.modules:  # else no process group exists, and torch stays unloaded
+            from .. import distributed as dist_utils
+
+            dist_utils.finish(ok=sys.exc_info()[0] is None)
     sys.exit(code if isinstance(code, int) else 0)

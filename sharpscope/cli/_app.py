@@ -1,14 +1,77 @@
-"""The typer application object shared by the command modules."""
+"""The typer application object shared by the command modules, and option help texts
+written only when a command's help is shown (:func:`deferred_help`)."""
 
 from __future__ import annotations
 
-import typer
+from collections.abc import Callable
+from typing import Any
 
-app = typer.Typer(
+import typer
+from typer.core import TyperCommand
+from typer.models import OptionInfo
+
+# placeholder help text -> the function that writes the real one (see deferred_help)
+_DEFERRED: dict[str, Callable[[], str]] = {}
+
+
+def deferred_help(option: OptionInfo, write: Callable[[], str]) -> OptionInfo:
+    """``option`` with a help text that ``write()`` returns when the command's help is shown,
+    not when the command is built (which happens at every start, ``--help`` or ``info`` too).
+    For help that needs torch-backed facts: the optimizer registry, the HVP modes."""
+    key = f"(help of option {len(_DEFERRED) + 1}, written when shown)"
+    _DEFERRED[key] = write
+    option.help = key
+    return option
+
+
+def shown_help(text: str | None) -> str:
+    """The help text an option shows: a :func:`deferred_help` text written now, else ``text``."""
+    write = _DEFERRED.get(text or "")
+    return write() if write is not None else (text or "")
+
+
+class SharpscopeCommand(TyperCommand):
+    """Every verb's command: writes its :func:`deferred_help` texts when its help is formatted,
+    and sets the thread count (``sharpscope --threads``) when it runs, not before its
+    ``--help`` (setting threads imports torch). Its line in ``sharpscope --help`` is the first
+    paragraph of its help, whole (click would cut it at the first full stop or at the width)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.short_help is None and self.help:
+            self.short_help = " ".join(self.help.split("\n\n")[0].split())
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        for param in self.params:
+            write = _DEFERRED.get(getattr(param, "help", None) or "")
+            if write is not None:
+                param.help = write()  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)
+
+    def invoke(self, ctx: Any) -> Any:
+        from ..cpu import configure_threads
+
+        configure_threads(ctx.meta.get(_THREADS))
+        return super().invoke(ctx)
+
+
+class _Typer(typer.Typer):
+    """typer's app whose commands are :class:`SharpscopeCommand` unless they name another class."""
+
+    def command(self, *args: Any, cls: type[TyperCommand] | None = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or SharpscopeCommand, **kwargs)
+
+
+_THREADS = "sharpscope.threads"  # the key of --threads in the click context's meta (shared by subcommands)
+
+app = _Typer(
     name="sharpscope",
     help="Sharpness and loss-landscape analysis around SAM: train SGD/SAM/ASAM models, then measure them.",
     add_completion=False,
     no_args_is_help=True,
+    # click's plain help: it wraps the help text and never cuts an option's name, where rich's
+    # table cut them at 80 columns ('--perturbation-wei…'); and it needs no rich at start-up
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -16,14 +79,14 @@ app = typer.Typer(
 
 @app.callback()
 def _global_options(
+    ctx: typer.Context,
     threads: int = typer.Option(None, "--threads", help="torch threads for this process (default: the CPUs this "
                                                         "process may use, from its affinity mask and CFS quota; "
                                                         "or SHARPSCOPE_THREADS / OMP_NUM_THREADS)."),
 ) -> None:
     """Sharpness and loss-landscape analysis around SAM: train SGD/SAM/ASAM models, then measure them."""
-    from ..cpu import configure_threads
     from ..errors import ConfigError
 
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be a positive number, got {threads}")
-    configure_threads(threads)
+    ctx.meta[_THREADS] = threads  # applied when the verb runs (SharpscopeCommand.invoke)

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from .. import distributed as dist_utils
 from ..checks import float_problem
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
+    from rich.table import Table
 
     from ..checkpoint import Checkpoint
 
@@ -32,6 +32,17 @@ SEED_MAX = 2**63 - 1  # torch generators take seeds in [0, 2**63)
 # Set while `sharpscope train --nproc N` checks its input in the launching process: the train
 # command then validates (sharpscope.train.check_launch on N ranks) and returns without training.
 CHECK_LAUNCH_ENV = "SHARPSCOPE_CHECK_LAUNCH"
+
+
+def is_main() -> bool:
+    """Rank 0 of a torchrun process group, or a single process. Without torch.distributed
+    imported there is no process group (only :mod:`sharpscope.distributed` makes one): then
+    True, without importing torch, so that ``--help`` and ``info`` start fast."""
+    if "torch.distributed" not in sys.modules:
+        return True
+    from .. import distributed
+
+    return distributed.is_main()
 
 
 @dataclass
@@ -70,6 +81,7 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
     :class:`AnalysisContext` to hand to :func:`write_json`. Joins a torchrun process group
     first, if launched by torchrun: the analyses then split their work; the batches move to
     the model's device inside the analyses."""
+    from .. import distributed as dist_utils
     from ..checkpoint import checkpoint_data, load_checkpoint
     from ..data import analysis_data_spec
 
@@ -91,7 +103,7 @@ def write_json(obj: dict, where: str | None, context: AnalysisContext | None = N
     ``environment`` (this process: :func:`sharpscope.provenance.environment`) and, for an
     analysis of a checkpoint (``context`` from :func:`load_for_analysis`), ``trained_in``
     (the environment the checkpoint recorded)."""
-    if where is None or not dist_utils.is_main():
+    if where is None or not is_main():
         return
     from ..experiments.files import json_safe  # JSON has no NaN/Inf: written as null
     from ..provenance import environment
@@ -108,12 +120,16 @@ def write_json(obj: dict, where: str | None, context: AnalysisContext | None = N
 
 
 def progress_bar(console: Console, enabled: bool, unit: str) -> Progress:
-    """A progress bar counting ``unit`` (HVPs, grid points, ...)."""
+    """A progress bar counting ``unit`` (HVPs, grid points, ...), with the time elapsed and the
+    time left (an upper bound for a task added with ``cap=True``: see
+    :class:`~sharpscope.cli.progress.RemainingColumn`)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .progress import RemainingColumn
+
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn(unit), TimeElapsedColumn(), console=console, transient=True,
-                    disable=not enabled or not dist_utils.is_main())
+                    TextColumn(unit), TimeElapsedColumn(), RemainingColumn(), console=console, transient=True,
+                    disable=not enabled or not is_main())
 
 
 def hvp_progress(console: Console, enabled: bool) -> Progress:
@@ -128,7 +144,15 @@ def console(stderr: bool = False) -> Console:
     """A console that prints on rank 0 only."""
     from rich.console import Console
 
-    return Console(stderr=stderr, quiet=not dist_utils.is_main())
+    return Console(stderr=stderr, quiet=not is_main())
+
+
+def folded(table: Table) -> Table:
+    """``table`` with every column folding what does not fit onto more lines, instead of
+    rich's default of cutting it ('alpha_w…', layer names, at 80 columns)."""
+    for column in table.columns:
+        column.overflow = "fold"
+    return table
 
 
 def finite(*, above: float | None = None, at_least: float | None = None, below: float | None = None

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import typer
-from typer.models import OptionInfo
+from ._app import deferred_help
 
 from ..errors import ConfigError
 from ..train_options import NOT_SWEPT, TRAIN_OPTIONS, TrainOption
@@ -43,25 +43,17 @@ _TYPES: dict[str, Any] = {"float": float, "int": int, "str": str, "bool": bool, 
                           "pairs": list[str], "names": str}
 
 
-class _RegistryHelp(OptionInfo):
-    """An option whose help text is written from the optimizer registry when the command is
-    built (each run), so that every registered optimizer is listed, one defined after this
-    module was imported too."""
+def _registry_writer(text: Callable[[Any], str], suffix: str) -> Callable[[], str]:
+    """A help text written from the optimizer registry when the help is shown (so every
+    registered optimizer is listed, one defined after this module was imported too); reading
+    the registry imports the optimizers (torch), which a start must not pay."""
 
-    def __init__(self, option: OptionInfo, text: Callable[[Any], str], suffix: str = "") -> None:
-        self.__dict__.update(option.__dict__)
-        self._text = text
-        self._suffix = suffix
-
-    @property  # type: ignore[override]
-    def help(self) -> str:
+    def write() -> str:
         from ..optim import registry
 
-        return self._text(registry.specs()) + self._suffix
+        return text(registry.specs()) + suffix
 
-    @help.setter
-    def help(self, value: str | None) -> None:  # typer's __init__ sets it; the registry writes it
-        pass
+    return write
 
 
 def _optimizer_help(specs: Any) -> str:
@@ -112,7 +104,8 @@ def _parameter(verb: str, name: str) -> inspect.Parameter:
         elif option.kind == "names":
             default = ",".join(default)
     if option.registry_help is not None:
-        info: Any = _RegistryHelp(typer.Option(default, *option.flags), _REGISTRY_TEXTS[option.registry_help], suffix)
+        info: Any = deferred_help(typer.Option(default, *option.flags),
+                                  _registry_writer(_REGISTRY_TEXTS[option.registry_help], suffix))
     else:
         info = typer.Option(default, *option.flags, help=option.help + suffix)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import typer
 
-from .. import distributed as dist_utils
 from ..errors import ConfigError
+from ._common import is_main
 
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an earlier result at the same place (its JSON, data "
                          "and figures, stale ones included) instead of refusing.")
@@ -91,7 +91,7 @@ class Claim:
     def clear(self) -> list[Path]:
         """Remove the earlier result's files (rank 0; only with ``--overwrite``: without, the
         claim refused already). Returns what was removed."""
-        if not self.overwrite or not dist_utils.is_main():
+        if not self.overwrite or not is_main():
             return []
         removed = self.stale()
         for f in removed:

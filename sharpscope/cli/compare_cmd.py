@@ -3,6 +3,8 @@ and a report with confidence intervals."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,6 +14,15 @@ from ._app import app
 from ._common import DETERMINISTIC, TRUST_NAMED_FACTORY, apply_determinism, interrupt_says
 from ._options import field_values, old_spelling, training_options
 from ..train_options import TRAIN_OPTIONS
+
+
+def numbered_bars(console: Any, enabled: bool, total: int) -> Callable[[str], list]:
+    """``callbacks_for`` of :func:`~sharpscope.experiments.compare.run_compare`: each run's
+    training bar, labelled '[i/N] OPT' (it asks for the runs' callbacks in their order)."""
+    from .progress import RichProgress
+
+    count = itertools.count(1)
+    return lambda opt: [RichProgress(console, enabled=enabled, label=f"[{next(count)}/{total}] {opt.upper()}")]
 
 
 @app.command("compare")
@@ -55,7 +66,6 @@ def compare_command(
     from ..errors import ConfigError
     from ..experiments.compare import PROFILES, CompareConfig, run_compare
     from ..experiments.sweep import parse_seeds
-    from .progress import RichProgress
 
     console = Console(stderr=True)
     if html:  # refuse before hours of training, not after
@@ -76,9 +86,12 @@ def compare_command(
         seeds=parse_seeds(seeds), quick=profile == "quick", train_options=_given(fields), **own,
     )
     say = (lambda msg: console.print(f"[bold]compare[/]: {msg}", highlight=False)) if progress else (lambda msg: None)
+    total = len(config.optimizers) * len(config.seeds)
+    say(f"{total} runs ({len(config.optimizers)} optimizers x {len(config.seeds)} seeds) of "
+        f"{config.train_config(config.optimizers[0], config.seeds[0]).epochs} epochs, each then measured "
+        "(finished runs and analyses in --out are reused)")
     with interrupt_says("finished runs and analyses are kept; rerun the same command to continue"):
-        results = run_compare(config, out, say=say,
-                              callbacks_for=lambda opt: [RichProgress(console, enabled=progress)])
+        results = run_compare(config, out, say=say, callbacks_for=numbered_bars(console, progress, total))
     _print_summary(results, len(config.seeds))
     for warning in results["warnings"]:
         print(f"warning: {warning}")

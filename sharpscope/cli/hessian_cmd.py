@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from ..errors import ConfigError
-from ..objective import HVP_MODES
-from ._app import app
+from ._app import app, deferred_help
 from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
     TRUST_FACTORY,
@@ -81,6 +80,12 @@ def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, 
     return Objective(ckpt_b.model, F.cross_entropy, obj.batches, params=selection, hvp_mode=hvp_mode), label
 
 
+def _hvp_modes_help() -> str:
+    from ..objective import HVP_MODES  # torch: only when the help is shown
+
+    return f"One of {', '.join(HVP_MODES)}."
+
+
 @app.command("hessian")
 def hessian_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
@@ -107,7 +112,7 @@ def hessian_command(
     data_root: Optional[str] = DATA_ROOT,
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
     seed: int = seed_option("Seed of the subset, of the random start vectors and of the Fisher's labels."),
-    hvp_mode: str = typer.Option("auto", "--hvp-mode", help=f"One of {', '.join(HVP_MODES)}."),
+    hvp_mode: str = deferred_help(typer.Option("auto", "--hvp-mode"), _hvp_modes_help),
     operator: str = typer.Option("hessian", "--operator",
                                  help="Curvature matrix: hessian, ggn, fisher (true Fisher) or empirical-fisher."),
     fisher_samples: Optional[str] = typer.Option(
@@ -167,39 +172,14 @@ def hessian_command(
     if operator != "hessian":
         from .. import curvature
         curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)  # refuse an unfit loss or model now
-    results: dict = {}
-    with hvp_progress(console, progress) as bar:
-        def track(description: str, total: int | None):
-            task = bar.add_task(description, total=total)
-            obj.on_hvp = lambda n: bar.advance(task, n)
-
-        if top_k > 0:
-            track(f"eigenvalues ({which})", None)
-            results["eigenvalues"] = hs.eigenvalues(obj, k=top_k, which=which, tol=tol, max_iter=max_iter, seed=seed,
-                                                    return_vectors=obj_b is not None, **curv)
-        if obj_b is not None:
-            task = bar.add_task(f"eigenvalues of B ({which})", total=None)
-            obj_b.on_hvp = lambda n: bar.advance(task, n)
-            eig_b = hs.eigenvalues(obj_b, k=top_k, which=which, tol=tol, max_iter=max_iter, seed=seed,
-                                   return_vectors=True, **curv)
-            obj_b.release()
-            results["overlap"] = _Overlap(str(overlap_with), label_b,
-                                          hs.eigenspace_overlap(results["eigenvalues"], eig_b), eig_b)
-        if trace:
-            track("trace (Hutch++)", trace_matvecs)
-            results["trace"] = hs.trace(obj, n_matvecs=trace_matvecs, seed=seed, **curv)
-        if density:
-            track("density (SLQ)", runs * min(steps, obj.n))
-            results["density"] = hs.density(obj, n_runs=runs, n_steps=steps, sigma_squared=sigma_squared, seed=seed,
-                                            **curv)
-        obj.release()
-        if per_layer:
-            task = bar.add_task("per layer", total=None)
-            results["per_layer"] = hs.layer_summary(ckpt.model, F.cross_entropy, batches, by=by, seed=seed,
-                                                    hvp_mode=hvp_mode, callback=lambda name: bar.advance(task), **curv)
+    settings = _Settings(top_k, which, tol, max_iter, trace, trace_matvecs, density, runs, steps, sigma_squared,
+                         per_layer, by, seed, hvp_mode, overlap_with)
+    results = _compute(hs, ckpt, batches, obj, obj_b, label_b, settings, curv, console, progress)
     if not dist_utils.is_main():  # every rank took part in the products; rank 0 reports
         return
     report.update({k: v.to_dict() for k, v in results.items()})
+    if "density" in report:
+        report["density"]["trace_note"] = _TRACE_NOTE["trace" in results].format(runs=results["density"].n_runs)
     out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
     _print_results(out, ckpt.path, obj, split, which, results, operator)
     outputs.clear()
@@ -207,6 +187,104 @@ def hessian_command(
         report["figures"] = _figures(ckpt, results, plot_dir, pdf, console, operator)
     write_json(report, "-" if target is None else str(target), context)
     saved(target, console)
+
+
+@dataclass
+class _Settings:
+    """What ``hessian`` computes (its options)."""
+
+    top_k: int
+    which: str
+    tol: float
+    max_iter: int | None
+    trace: bool
+    trace_matvecs: int
+    density: bool
+    runs: int
+    steps: int
+    sigma_squared: float
+    per_layer: bool
+    by: str
+    seed: int
+    hvp_mode: str
+    overlap_with: Path | None
+
+
+def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
+    """The products each part computes (exact) or stops under (Lanczos: its step cap)."""
+    from ..linalg.lanczos import default_max_iter
+
+    cap = o.max_iter if o.max_iter is not None else default_max_iter(obj.n, max(o.top_k, 1))
+    parts: dict[str, tuple[int, bool]] = {}
+    if o.top_k > 0:
+        parts[f"eigenvalues ({o.which})"] = (cap, False)
+        if b:
+            parts[f"eigenvalues of B ({o.which})"] = (cap, False)
+    if o.trace:
+        parts["trace (Hutch++)"] = (o.trace_matvecs, True)
+    if o.density:
+        parts[f"density (SLQ, {o.runs} runs x {min(o.steps, obj.n)} steps)"] = (o.runs * min(o.steps, obj.n), True)
+    return parts
+
+
+def _compute(hs: Any, ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _Settings, curv: dict,
+             console: Console, progress: bool) -> dict:
+    """Run the analyses under one progress bar, saying how many products they take (after the
+    first) and, once the first few are timed, how long (:class:`~sharpscope.cli.progress.ProductPlan`)."""
+    import torch.nn.functional as F
+
+    from ..objective import parameter_groups
+    from .progress import ProductPlan
+
+    unit = "HVPs" if curv["operator"] == "hessian" else "products"
+    groups = len(parameter_groups(ckpt.model, by=o.by)) if o.per_layer else 0
+    note = (f"then the per-{o.by} summary of {groups} blocks" if groups else
+            "Lanczos stops once the eigenvalues converge" if o.top_k > 0 else "")
+    plan = ProductPlan(lambda msg: console.print(msg, highlight=False), unit, _plan(obj, o, obj_b is not None), note)
+    results: dict = {}
+    with hvp_progress(console, progress) as bar:
+        def track(target: Any, description: str) -> None:
+            total, exact = plan.parts[description]
+            task = bar.add_task(description, total=total, cap=not exact)
+
+            def advance(n: int) -> None:
+                bar.advance(task, n)
+                plan.done(n)
+            target.on_hvp = advance
+
+        def finish(description: str) -> None:  # a capped task that stopped early: drop its bar
+            for task in bar.tasks:
+                if task.description == description:
+                    bar.update(task.id, visible=False)
+
+        if o.top_k > 0:
+            track(obj, f"eigenvalues ({o.which})")
+            results["eigenvalues"] = hs.eigenvalues(obj, k=o.top_k, which=o.which, tol=o.tol, max_iter=o.max_iter,
+                                                    seed=o.seed, return_vectors=obj_b is not None, **curv)
+            finish(f"eigenvalues ({o.which})")
+        if obj_b is not None:
+            track(obj_b, f"eigenvalues of B ({o.which})")
+            eig_b = hs.eigenvalues(obj_b, k=o.top_k, which=o.which, tol=o.tol, max_iter=o.max_iter, seed=o.seed,
+                                   return_vectors=True, **curv)
+            finish(f"eigenvalues of B ({o.which})")
+            obj_b.release()
+            results["overlap"] = _Overlap(str(o.overlap_with), label_b,
+                                          hs.eigenspace_overlap(results["eigenvalues"], eig_b), eig_b)
+        if o.trace:
+            track(obj, "trace (Hutch++)")
+            results["trace"] = hs.trace(obj, n_matvecs=o.trace_matvecs, seed=o.seed, **curv)
+        if o.density:
+            name = next(k for k in plan.parts if k.startswith("density"))
+            track(obj, name)
+            results["density"] = hs.density(obj, n_runs=o.runs, n_steps=o.steps, sigma_squared=o.sigma_squared,
+                                            seed=o.seed, **curv)
+        obj.release()
+        if o.per_layer:
+            task = bar.add_task(f"per {o.by}", total=groups)
+            results["per_layer"] = hs.layer_summary(ckpt.model, F.cross_entropy, batches, by=o.by, seed=o.seed,
+                                                    hvp_mode=o.hvp_mode, callback=lambda name: bar.advance(task),
+                                                    **curv)
+    return results
 
 
 def _fisher_samples(operator: str, value: str | None) -> int | str:
@@ -228,11 +306,19 @@ def _fisher_samples(operator: str, value: str | None) -> int | str:
     return int(text)
 
 
+# which trace to trust, printed under the density's implied trace (and kept in the JSON)
+_TRACE_NOTE = {True: "the trace to trust is Hutch++'s above; SLQ's implied trace is a by-product of {runs} probe "
+                     "vectors",
+               False: "for the trace, trust --trace (Hutch++); SLQ's implied trace is a by-product of {runs} probe "
+                      "vectors"}
+
+
 def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, results: dict,
                    operator: str = "hessian") -> None:
     from rich.table import Table
 
     from ..curvature import title
+    from ._common import folded
 
     name, unit = title(operator), "HVPs" if operator == "hessian" else "products"
     out.print(f"[bold]{path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {split} examples"
@@ -244,7 +330,7 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
             table.add_column(col, justify="right")
         for i, (lam, res, ok) in enumerate(zip(r.eigenvalues, r.residuals, r.converged), 1):
             table.add_row(str(i), f"{lam:.6g}", f"{res:.2e}", "yes" if ok else "[red]no[/]")
-        out.print(table)
+        out.print(folded(table))
         if r.ratio is not None:
             out.print(f"lambda_1 / lambda_{len(r.eigenvalues)} = {r.ratio:.4g}")
     if "trace" in results:
@@ -253,9 +339,12 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
                   f"{t.wall_time:.1f}s)")
     if "density" in results:
         d = results["density"]
+        se = (f"+/- {d.trace_stderr:.2g} (standard error over {d.n_runs} runs)" if d.trace_stderr is not None
+              else "(standard error n/a with 1 run)")
         out.print(f"density: {d.n_runs} runs x {d.n_steps} steps, support [{min(map(min, d.nodes)):.4g}, "
                   f"{max(map(max, d.nodes)):.4g}], kernel sigma {d.sigma:.3g}, implied trace "
-                  f"{d.trace_estimate:.6g} ({d.n_hvp} {unit}, {d.wall_time:.1f}s)")
+                  f"{d.trace_estimate:.6g} {se} ({d.n_hvp} {unit}, {d.wall_time:.1f}s)")
+        out.print(_TRACE_NOTE["trace" in results].format(runs=d.n_runs), highlight=False)
     if "overlap" in results:
         o = results["overlap"]
         out.print(f"B = {o.path}: eigenvalues {', '.join(f'{v:.6g}' for v in o.b.eigenvalues)} "
@@ -270,7 +359,7 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
         for row in s.rows:
             table.add_row(row.name, f"{row.n_params:,}", f"{row.lambda_max:.5g}" + ("" if row.converged else "*"),
                           f"{row.trace:.5g}", f"{row.trace_stderr:.2g}")
-        out.print(table)
+        out.print(folded(table))
 
 
 def _figures(ckpt: Any, results: dict, plot_dir: Path | None, pdf: bool, console: Console,

@@ -56,6 +56,7 @@ def info_command(
     from rich.table import Table
 
     from ..provenance import describe, environment
+    from ._common import folded
 
     if checkpoint is None:
         here = environment()
@@ -67,7 +68,7 @@ def info_command(
         table = Table(title="this machine", show_header=False)
         for key, value in here.items():
             table.add_row(key, str(value))
-        Console().print(table)
+        Console().print(folded(table))
         return
     from ..checkpoint import read_checkpoint
 
@@ -97,4 +98,4 @@ def info_command(
     table.add_row("metadata", _dumps({k: v for k, v in summary["metadata"].items() if k != "environment"}))
     if summary["config"]:
         table.add_row("config", _dumps(summary["config"]))
-    Console().print(table)
+    Console().print(folded(table))

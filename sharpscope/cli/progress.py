@@ -1,21 +1,128 @@
-"""A rich progress bar and per-epoch summary lines for the training loop."""
+"""Progress on the command line: the training loop's bar and per-epoch lines, the time-left
+column every long bar shows, and the cost a command announces before its first product."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.text import Text
 
 from ..train import Callback, TrainState
+
+
+def clock(seconds: float) -> str:
+    """``seconds`` as H:MM:SS (rich's style), or M:SS under an hour."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` for a sentence: '40 s', '3.5 min', '2.1 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
+class RemainingColumn(ProgressColumn):
+    """Time left at the rate measured so far: 'N left'; '<= N left' for a task whose total is
+    only a cap (the field ``cap``: Lanczos stops once its eigenvalues converge, usually well
+    before the cap); '-:--' before a rate or without a total."""
+
+    max_refresh = 0.5
+
+    def render(self, task: Task) -> Text:
+        left = task.time_remaining
+        if left is None:
+            return Text("-:-- left", style="progress.remaining")
+        return Text(f"{'<= ' if task.fields.get('cap') else ''}{clock(left)} left", style="progress.remaining")
+
+
+@dataclass
+class ProductPlan:
+    """The products (HVPs) a command computes, said when the first one is done (:meth:`done`;
+    not before, so that input refused by the first call says only its error), or earlier by
+    :meth:`announce`; then, once ``sample`` products after the first have been timed (and
+    ``min_seconds`` have passed), the time all of them take at the measured rate, said once
+    when that is at least ``long_seconds``. The first product is not timed: it pays for
+    building the graph.
+
+    ``parts`` maps a label to (count, exact): exact counts are what the part computes; the
+    others are caps it stops under (Lanczos). ``note`` ends the plan's line."""
+
+    say: Callable[[str], None]
+    unit: str
+    parts: dict[str, tuple[int, bool]]
+    note: str = ""
+    sample: int = 5
+    min_seconds: float = 0.5
+    long_seconds: float = 10.0
+    now: Callable[[], float] = time.perf_counter
+    _done: int = 0
+    _first: tuple[int, float] | None = None
+    _announced: bool = False
+    _said: bool = False
+
+    @property
+    def planned(self) -> int:
+        """Products the exact parts compute."""
+        return sum(n for n, exact in self.parts.values() if exact)
+
+    @property
+    def capped(self) -> int:
+        """Products the capped parts compute at most."""
+        return sum(n for n, exact in self.parts.values() if not exact)
+
+    def announce(self) -> None:
+        """Say the plan (once): '899 HVPs planned, and at most 300 more (eigenvalues (LA): at
+        most 300; trace (Hutch++): 99; density (...): 800)'."""
+        if self._announced or not self.parts:
+            return
+        self._announced = True
+        items = "; ".join(f"{label}: {'' if exact else 'at most '}{n:,}" for label, (n, exact) in self.parts.items())
+        more = f", and at most {self.capped:,} more" if self.capped else ""
+        lead = f"{self.planned:,} {self.unit} planned{more}" if self.planned else f"at most {self.capped:,} {self.unit}"
+        self.say(f"{lead} ({items}{'; ' + self.note if self.note else ''})")
+
+    def done(self, n: int) -> None:
+        """Count ``n`` more products; say the plan after the first, the estimate once the rate
+        is known."""
+        self.announce()
+        self._done += n
+        t = self.now()
+        if self._first is None:
+            self._first = (self._done, t)
+            return
+        timed, elapsed = self._done - self._first[0], t - self._first[1]
+        if self._said or timed < self.sample or elapsed < self.min_seconds:
+            return
+        self._said = True
+        rate = timed / elapsed
+        low, high = self.planned / rate, (self.planned + self.capped) / rate
+        if high < self.long_seconds:
+            return
+        text = f"at the measured {rate:.3g} {self.unit}/s: "
+        if self.planned:
+            text += f"about {duration(low)} for the {self.planned:,} planned"
+            text += f", at most {duration(high)} with all {self.capped:,} more" if self.capped else ""
+        else:
+            text += f"at most {duration(high)} for {self.capped:,}"
+        self.say(text)
 
 
 class RichProgress(Callback):
     """Shows steps done over all epochs and prints one line per finished epoch."""
 
-    def __init__(self, console: Console | None = None, enabled: bool = True) -> None:
+    def __init__(self, console: Console | None = None, enabled: bool = True, label: str | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.enabled = enabled
+        self.label = label  # the bar's description; default: the optimizer's name
         self.progress: Progress | None = None
         self.task: Any = None
 
@@ -29,7 +136,7 @@ class RichProgress(Callback):
             console=self.console, transient=True,
         )
         self.progress.start()
-        self.task = self.progress.add_task(state.config.optimizer.upper(), total=total,
+        self.task = self.progress.add_task(self.label or state.config.optimizer.upper(), total=total,
                                            completed=state.step, status="")
 
     def on_step_end(self, state: TrainState) -> None:

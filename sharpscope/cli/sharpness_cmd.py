@@ -84,6 +84,7 @@ def sharpness_command(
     from .. import distributed as dist_utils
     from .. import sharpness as sh
     from ..errors import ConfigError
+    from ._common import folded
 
     steps = old_spelling("sharpness", "--steps", "--ascent-steps", old_steps, steps, None)
     p = old_spelling("sharpness", "--norm", "--p", old_norm, p, "2")
@@ -137,7 +138,7 @@ def sharpness_command(
         table.add_column(col, justify="right")
     for r in result.results:
         table.add_row(str(r.m), f"{r.rho:g}", f"{r.mean:.5g}", f"{r.stderr:.2g}", str(r.n_subsets))
-    out.print(table)
+    out.print(folded(table))
     if gaps is not None:
         report["surrogate_gap"] = gaps
         out.print("surrogate gap L(w + e_hat) - L(w): " + ", ".join(f"rho={r}: {v:.5g}" for r, v in gaps.items()),
@@ -171,6 +172,7 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
 
     from .. import distributed as dist_utils
     from .. import measures
+    from ._common import folded
 
     options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=seed, max_subsets=max_subsets)
     if measure == "worst":
@@ -204,7 +206,7 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
     for r in result.results:
         table.add_row(str(r.m), f"{r.rho:g}", f"{r.loss_increase:.5g}", se(r.loss_stderr),
                       f"{r.error_increase:.4g}", se(r.error_stderr), str(r.n_subsets))
-    out.print(table)
+    out.print(folded(table))
     for note in dict.fromkeys(r.stderr_note for r in result.results if r.stderr_note):
         out.print(f"s.e.: {note}", highlight=False)
     if measure == "average":

@@ -33,6 +33,7 @@ def weights_command(
 
     from ..checkpoint import load_checkpoint
     from ..weight_spectra import weight_spectra
+    from ._common import folded
 
     target = json_target(json_out, checkpoint, "weights")
     outputs = claim([target], overwrite, "--json PATH", records=[target])
@@ -46,7 +47,7 @@ def weights_command(
         table.add_row(layer.name, "x".join(map(str, layer.shape)), str(layer.n_evals), f"{layer.alpha:.3f}",
                       f"{layer.alpha_weighted:.3f}", f"{layer.log_norm:.3f}", f"{layer.log_spectral_norm:.3f}",
                       f"{layer.stable_rank:.3f}")
-    out.print(table)
+    out.print(folded(table))
     out.print("mean over layers: " + ", ".join(f"{k} {v:.4g}" for k, v in res.summary.items()), highlight=False)
     if res.skipped:
         out.print(f"skipped (fewer than 8 eigenvalues): {', '.join(res.skipped)}", highlight=False)

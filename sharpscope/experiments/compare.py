@@ -160,10 +160,10 @@ def _train_all(config: CompareConfig, out: Path, say: Callable[[str], None],
                callbacks_for: Callable[[str], list]) -> dict[str, dict[int, list[dict]]]:
     """Every optimizer on every seed (seed-major: a stopped compare has whole seeds done)."""
     runs: dict[str, dict[int, list[dict]]] = {opt: {} for opt in config.optimizers}
-    for seed in config.seeds:
-        for opt in config.optimizers:
-            say(f"training {opt.upper()}, seed {seed}")
-            runs[opt][seed] = _train_one(config.train_config(opt, seed), run_dir(out, opt, seed), callbacks_for(opt))
+    order = [(seed, opt) for seed in config.seeds for opt in config.optimizers]
+    for i, (seed, opt) in enumerate(order, 1):
+        say(f"[{i}/{len(order)}] training {opt.upper()}, seed {seed}")
+        runs[opt][seed] = _train_one(config.train_config(opt, seed), run_dir(out, opt, seed), callbacks_for(opt))
     return runs
 
 
@@ -187,25 +187,28 @@ def _analyse_all(config: CompareConfig, out: Path, runs: dict[str, dict[int, lis
     s = config.settings
     analyses: dict[str, dict[int, dict]] = {opt: {} for opt in config.optimizers}
     first: tuple[list, int] = ([], 0)
-    for seed in config.seeds:
+    total = len(config.seeds) * len(config.optimizers)
+    for si, seed in enumerate(config.seeds):
         batches, clean, n = _analysis_data(config, out, seed)
         if seed == config.seeds[0]:
             first = (batches, n)
         density = seed == config.seeds[0]
         key = json.dumps({"settings": asdict(s), "n": n, "rho": config.rho, "density": density,
                           "clean": clean is not None}, sort_keys=True)
-        for opt in config.optimizers:
+        for oi, opt in enumerate(config.optimizers):
+            at = f"[{si * len(config.optimizers) + oi + 1}/{total}]"  # as in _train_all
             folder, step = run_dir(out, opt, seed), runs[opt][seed][-1]["step"]
             cache = folder / "analysis.json"
             if cache.exists():
                 stored = json.loads(cache.read_text())
                 if stored.get("key") == key and stored.get("checkpoint_step") == step:
                     analyses[opt][seed] = _renamed(stored["analysis"])
-                    say(f"reusing the analyses of {opt.upper()}, seed {seed}")
+                    say(f"{at} reusing the analyses of {opt.upper()}, seed {seed}")
                     continue
             analyses[opt][seed] = {**analyse_checkpoint(
                 folder / "checkpoint.pt", batches, s, config.rho, seed,
-                lambda what, o=opt: say(f"{o.upper()}, seed {seed}: {what}"), density=density, clean_batches=clean,
+                lambda what, o=opt, at=at: say(f"{at} {o.upper()}, seed {seed}: {what}"), density=density,
+                clean_batches=clean,
                 allow_factory=config.factory),
                 "analysed_in": provenance.environment()}  # kept with the cache: a rerun reuses it
             write_json(cache, {"key": key, "checkpoint_step": step, "analysis": analyses[opt][seed]})
