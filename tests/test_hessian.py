@@ -239,7 +239,7 @@ def test_slq_implied_trace_standard_error_against_hutchinsons_variance():
 
 def test_cli_hessian_announces_its_products_and_says_which_trace_to_trust(trained, tmp_path, cli):
     code, out, err = cli(["hessian", str(trained["dir"]), "--top-k", "2", "--trace", "--trace-matvecs", "12",
-                          "--density", "--runs", "2", "--steps", "10", "--samples", "200",
+                          "--density", "--runs", "2", "--slq-steps", "10", "--samples", "200",
                           "--json", str(tmp_path / "h.json")])
     assert code == 0, err
     said, shown = " ".join(err.split()), " ".join(out.split())
@@ -251,7 +251,7 @@ def test_cli_hessian_announces_its_products_and_says_which_trace_to_trust(traine
                                       "(standard error over 2 runs)" in shown
     note = "the trace to trust is Hutch++'s above; SLQ's implied trace is a by-product of 2 probe vectors"
     assert note in shown and d["trace_note"] == note
-    code, out, err = cli(["hessian", str(trained["dir"]), "--top-k", "0", "--density", "--runs", "1", "--steps", "10",
+    code, out, err = cli(["hessian", str(trained["dir"]), "--top-k", "0", "--density", "--runs", "1", "--slq-steps", "10",
                           "--samples", "200", "--json", "-", "--no-progress"])
     assert code == 0, err
     said, report = " ".join(err.split()), json.loads(out[out.index("{"):])
