@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from torch.func import grad_and_value, vmap
 
 from .errors import NonFiniteLossError
+from .objective import require_finite_tensors
 from .sharpness import dual_direction, flat_examples, project, seeded_generator
 
 __all__ = ["MOMENTUM", "MIN_UPDATE_RATIO", "ascent_direction", "apgd_checkpoints", "random_start", "Setup", "setup",
@@ -107,11 +108,8 @@ def setup(model: nn.Module, loss_fn: LossFn, data: Iterable, adaptive: bool, eta
         outputs, loss = flat.batch_loss.outputs_and_loss(flat.state(w_flat), batch)
         return loss, _error_rate(outputs, batch, flat.batch_loss.takes_model, loss.detach())
 
-    bad = [nm for nm, t in [*zip(flat.names, flat.w0.split(flat.sizes)), *flat.buffers.items()]
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise NonFiniteLossError(f"the model's parameters or buffers hold NaN or infinite values ({', '.join(bad[:3])}"
-                                 f"{', ...' if len(bad) > 3 else ''}): there is nothing to analyse")
+    require_finite_tensors({**dict(zip(flat.names, flat.w0.split(flat.sizes))), **flat.buffers},
+                           "the model's parameters or buffers")
     scale = (flat.w0.abs() + eta) if adaptive else None
     value = vmap(lambda w, b: tuple(t.detach() for t in loss_and_error(w, b)), in_dims=(0, 0))
     return Setup(flat.examples, flat.n, flat.w0, scale,

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -116,11 +116,18 @@ def parameter_groups(model: nn.Module, by: str = "layer") -> dict[str, list[str]
     return groups
 
 
-def _check_finite(theta: dict[str, Tensor]) -> None:
-    bad = [n for n, t in theta.items() if not bool(torch.isfinite(t).all())]
+def require_finite_tensors(tensors: Mapping[str, Tensor], what: str) -> None:
+    """The one rule for non-finite weights in every analysis (Hessian, sharpness measures,
+    surfaces): NaN or infinite values in a floating-point tensor of ``tensors`` (name ->
+    tensor) raise NonFiniteLossError naming the first few; there is nothing to analyse."""
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
-        raise NonFiniteLossError(f"the model's parameters hold NaN or infinite values ({', '.join(bad[:3])}"
+        raise NonFiniteLossError(f"{what} hold NaN or infinite values ({', '.join(bad[:3])}"
                                  f"{', ...' if len(bad) > 3 else ''}): there is nothing to analyse")
+
+
+def _check_finite(theta: dict[str, Tensor]) -> None:
+    require_finite_tensors(theta, "the model's parameters")
 
 
 def require_finite(t: Tensor, what: str) -> Tensor:

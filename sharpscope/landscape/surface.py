@@ -46,7 +46,7 @@ from ..batches import BatchLoss, Prepared
 from ..io import atomic_write_bytes
 from ..checks import require_grid_memory
 from ..errors import ConfigError, NonFiniteLossError
-from ..objective import eval_mode
+from ..objective import eval_mode, require_finite_tensors
 from .directions import Direction, difference, state_buffer_names
 from .metrics import MetricCall, MetricFn, check_metrics, metric_value
 
@@ -556,7 +556,7 @@ def surface(
         if on_point is not None:
             on_point(k, lv, av)
 
-    require_finite_weights({**base, **base_buffers}, "the centre's weights")
+    require_finite_tensors({**base, **base_buffers}, "the centre's weights")
     first = done.copy()
     prepared = read_batches(model, loss_fn, data, cache, cache_bytes)
     new_loss, new_acc, *new_extra = evaluate_points(model, loss_fn, prepared, point, len(coords), chunk_size=chunk_size,
@@ -574,16 +574,6 @@ def surface(
     return SurfaceResult(xs=xs, ys=ys, loss=loss.reshape(shape), accuracy=acc.reshape(shape), kind=kind,
                          options=opts, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start, zs=zs,
                          metrics={name: values.reshape(shape) for name, values in extra.items()})
-
-
-def require_finite_weights(tensors: Mapping[str, Tensor], what: str) -> None:
-    """The non-finite rule every analysis follows (as :func:`sharpscope.sharpness.check_finite`):
-    NaN or infinite weights (or floating-point buffers) at a surface's centre or an
-    interpolation's endpoint raise :class:`NonFiniteLossError`; there is nothing to map."""
-    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        raise NonFiniteLossError(f"{what} holds NaN or infinite values ({', '.join(bad[:3])}"
-                                 f"{', ...' if len(bad) > 3 else ''}): there is nothing to map")
 
 
 def require_finite_reference(loss: np.ndarray, reference: int | None, what: str) -> None:
@@ -641,8 +631,8 @@ def interpolate(
         bufs = {n: (ba[n] + a * (bb[n].to(ba[n].device) - ba[n]) if ba[n].is_floating_point() else ba[n]) for n in ba}
         return params, bufs
 
-    require_finite_weights({**pa, **(ba if buffers == "interpolate" else {})}, f"{name_a}'s weights")
-    require_finite_weights({**pb, **(bb if buffers == "interpolate" else {})}, f"{name_b}'s weights")
+    require_finite_tensors({**pa, **(ba if buffers == "interpolate" else {})}, f"{name_a}'s weights")
+    require_finite_tensors({**pb, **(bb if buffers == "interpolate" else {})}, f"{name_b}'s weights")
     prepared = read_batches(model_a, loss_fn, data, cache, cache_bytes)
     loss, acc, *extra = evaluate_points(model_a, loss_fn, prepared, point, len(alphas), chunk_size=chunk_size,
                                         on_point=on_point, metrics=metric_fns or None)
