@@ -138,7 +138,7 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         return {"run": str(run_dir), "status": "unfinished", **_options(config), "trained_in": trained_in}
     return {"run": str(run_dir), "status": "finished", **_options(config), "trained_in": trained_in,
             **{k: metrics[-1].get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
-            "_step": int(progress.get("step", 0))}
+            "_step": int(progress.get("step", 0)), "_model_spec": raw.get("model_spec")}
 
 
 def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
@@ -150,6 +150,7 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
     names = measure_table.resolve_all(names)
     row = dict(run_row(run_dir) if row is None else row)
     step = row.pop("_step", 0)
+    row.pop("_model_spec", None)
     if row["status"] != "finished":
         return row
     cache_path = run_dir / _CACHE
@@ -229,7 +230,7 @@ def measure_runs(run_dirs: Sequence[Path], names: Sequence[str], s: MeasureSetti
                           "--min-train-acc (0 keeps every finished run)")
     for run_dir, row in zip(run_dirs, rows):
         if row["status"] == "finished":
-            _refuse_factory(run_dir, names, s, allow_factory)
+            _refuse_factory(run_dir, row, names, s, allow_factory)
     say(f"measuring {kept} of {len(rows)} runs" + (f" ({len(rows) - kept} unfinished or below --min-train-acc "
                                                    f"{min_train_acc:g} left out)" if kept < len(rows) else ""))
     out = []
@@ -238,23 +239,21 @@ def measure_runs(run_dirs: Sequence[Path], names: Sequence[str], s: MeasureSetti
             out.append(measure_run(run_dir, names, s, say, row=row, allow_factory=allow_factory))
         else:
             row.pop("_step", None)
+            row.pop("_model_spec", None)
             out.append(row)
     return out
 
 
-def _refuse_factory(run_dir: Path, names: Sequence[str], s: MeasureSettings, allow_factory: bool | str) -> None:
-    """CheckpointError when :func:`measure_run` would have to build the run's model (a
-    finished run with a measure not cached) and it is a factory ``allow_factory`` does not
-    allow (:func:`sharpscope.models.check_factory_allowed`; nothing is imported)."""
-    raw = read_checkpoint(run_dir / "checkpoint.pt")
-    progress = raw.get("progress") or {}
-    if not raw.get("metrics") or not progress.get("finished"):
-        return
+def _refuse_factory(run_dir: Path, row: dict[str, Any], names: Sequence[str], s: MeasureSettings,
+                    allow_factory: bool | str) -> None:
+    """CheckpointError when :func:`measure_run` would have to build the model of the finished
+    run ``row`` (:func:`run_row`: a measure not cached) and it is a factory ``allow_factory``
+    does not allow (:func:`sharpscope.models.check_factory_allowed`; nothing is imported)."""
     cache_path = run_dir / _CACHE
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    if all(_cache_key(n, s, int(progress.get("step", 0))) in cache for n in names):
+    if all(_cache_key(n, s, row["_step"]) in cache for n in names):
         return
     try:
-        check_factory_allowed(raw["model_spec"], allow_factory)
+        check_factory_allowed(row["_model_spec"], allow_factory)
     except ModelSpecError as err:
         raise CheckpointError(f"{run_dir}: {err}") from None
