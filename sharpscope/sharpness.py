@@ -56,8 +56,8 @@ from torch.func import vmap
 from . import distributed as dist_utils
 from .batches import BatchLoss, higher_order_attention, take, tensor_leaves
 from .checks import int_at_least
-from .errors import ConfigError, NonFiniteLossError, ZeroGradientWarning
-from .objective import Objective, eval_mode
+from .errors import ConfigError, ZeroGradientWarning
+from .objective import Objective, eval_mode, require_finite
 
 __all__ = ["m_sharpness", "MSharpness", "SharpnessResult", "surrogate_gap", "surrogate_gaps", "sam_gradient_cosine",
            "GradientCosine", "dual_direction", "project", "FlatExamples", "flat_examples", "seeded_subsets",
@@ -183,13 +183,6 @@ def random_directions(rows: int, n: int, p: float, gen: torch.Generator, like: T
     return torch.sign(z) if p == math.inf else z / z.norm(dim=-1, keepdim=True)
 
 
-def check_finite(t: Tensor, where: str) -> None:
-    """One rule for non-finite values in every analysis: a NaN or infinite loss, gradient or
-    weight raises :class:`~sharpscope.errors.NonFiniteLossError` naming where it was met."""
-    if not bool(torch.isfinite(t).all()):
-        raise NonFiniteLossError(f"{where} is NaN or infinite")
-
-
 def warn_zero_gradient(what: str, where: str, how: str) -> None:
     """:class:`~sharpscope.errors.ZeroGradientWarning`: the gradient at the weights is exactly
     zero ``where`` (on some subsets, on the data set), so ``what`` did ``how`` (module docstring)."""
@@ -236,7 +229,7 @@ def m_sharpness(
     start = time.perf_counter()
     flat = flat_examples(model, loss_fn, data)
     w0 = flat.w0
-    check_finite(w0, "a parameter of the model (nothing to analyse)")
+    require_finite(w0, "a parameter of the model")
 
     def subset_loss(w_flat: Tensor, batch: Any) -> Tensor:
         return flat.batch_loss(flat.state(w_flat), batch)
@@ -258,7 +251,7 @@ def m_sharpness(
                     best = torch.zeros(g_count, dtype=torch.float64, device=w0.device)
                     g, base = value_and_grad(w0.expand(g_count, -1), group)  # L_b(w) and its gradient
                     base = base.detach()
-                    check_finite(torch.cat([base[:, None], g], 1), "the loss or its gradient at the weights")
+                    require_finite(torch.cat([base[:, None], g], 1), "the loss or its gradient at the weights")
                     n_grad += g_count
                     zero = g.norm(dim=-1) == 0  # no ascent direction: the first step goes a seeded random way
                     if bool(zero.any()):
@@ -269,7 +262,7 @@ def m_sharpness(
                     for step in range(steps):
                         e = project(e + r * dual_direction(g, p), r, p)
                         g, val = value_and_grad(w0 + e, group)
-                        check_finite(torch.cat([val[:, None], g], 1).detach(),
+                        require_finite(torch.cat([val[:, None], g], 1).detach(),
                                      f"the loss or its gradient at a point within rho = {r:g} of the weights")
                         n_grad += g_count
                         best = torch.maximum(best, (val - base).double().detach())
