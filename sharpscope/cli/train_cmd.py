@@ -54,10 +54,6 @@ def train_command(
     allow_factory = True if trust_factory else (model if ":" in model else False)
     if resume and (out / "checkpoint.pt").exists():
         config = _resumed_config(ctx, out, fields)
-        # checked here: the resumed configuration carries the stored factory's name, which
-        # train() would take as named by the caller
-        from ..train import trusted_factory
-        trusted_factory(config, allow_factory, None, out / "checkpoint.pt")
     else:
         config = TrainConfig(**fields)
     launching = os.environ.get(CHECK_LAUNCH_ENV)

@@ -150,7 +150,8 @@ def run_dir(out: Path, optimizer: str, seed: int) -> Path:
 
 def _train_one(cfg: TrainConfig, out: Path, callbacks: list) -> list[dict]:
     refuse_other_settings(out, cfg.to_dict())
-    result = train(cfg, out, resume=True, callbacks=callbacks)
+    result = train(cfg, out, resume=True, callbacks=callbacks,  # the factory this comparison names
+                   allow_factory=cfg.model if is_factory(cfg.model) else False)
     if result.interrupted:  # Ctrl-C: the run is saved; stop here rather than analyse half a run
         raise KeyboardInterrupt(f"{out} saved mid-run; rerun the same command to continue")
     return result.metrics

@@ -607,7 +607,8 @@ def _run_task(task: _Task, emit: Callable[[str], None], stop: Any = None) -> Run
         resuming = (run_dir / "checkpoint.pt").exists()
         callbacks = [_Reporter(emit, prefix, stop), *task.callbacks]
         try:
-            result = train(spec.train_config(), run_dir, resume=True, callbacks=callbacks)
+            result = train(spec.train_config(), run_dir, resume=True, callbacks=callbacks,
+                           allow_factory=_named_factory(spec))
         except NonFiniteLossError as err:
             marker = json.dumps({"config": spec.config, "error": str(err)}, indent=2).encode()  # p = inf kept
             atomic_write_bytes(run_dir / "diverged.json", lambda fh: fh.write(marker))

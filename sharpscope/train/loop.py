@@ -205,10 +205,11 @@ def train(
     configuration (``config`` may then be None; a given one must agree with it, except for
     more epochs on a schedule that extends and for tracking options:
     :mod:`sharpscope.train.resume`); a finished run is returned as it is, or extended.
-    A custom model factory (``model="package.module:function"``) in the ``config`` you pass
-    is yours and runs; one that only the stored configuration names runs only when
-    ``allow_factory`` is True or that factory's name (:func:`trusted_factory`), else
-    :class:`ConfigError` before anything is imported: a run folder never chooses what code runs.
+    A custom model factory (``model="package.module:function"``) in the ``config`` of a new
+    run is yours and runs; a resumed run's factory (the stored one, whatever ``config`` is
+    passed) runs only when ``allow_factory`` is True or that factory's name
+    (:func:`trusted_factory`), else :class:`ConfigError` before anything is imported: a run
+    folder never chooses what code runs.
     Without ``resume``, an existing checkpoint in ``out_dir`` is an error, never
     overwritten. A NaN/Inf loss raises :class:`NonFiniteLossError` and leaves the last
     good checkpoint in place. Ctrl-C (or a callback setting ``state.stop_requested``)
@@ -216,11 +217,10 @@ def train(
     """
     t_start = time.perf_counter()
     out = Path(out_dir)
-    named = config.model if config is not None and is_factory(config.model) else None
     config, raw = _open(config, out, resume)
-    # a fresh run builds the caller's own configuration; a resume, the stored one
-    allowed = trusted_factory(config, allow_factory if raw is not None else config.model, named,
-                              out / "checkpoint.pt")
+    # a fresh run builds the caller's own configuration; a resume, the stored one, only as allowed
+    allowed = trusted_factory(config, allow_factory if raw is not None else config.model,
+                              where=out / "checkpoint.pt")
     run = _set_up(config, out, allowed, raw)
     resumed_from = None
     if raw is not None:
@@ -289,32 +289,29 @@ def check_launch(config: TrainConfig | None, out_dir: str | os.PathLike[str], re
     whether its model factory may run, and what it cannot do on ``world`` ranks. ``sharpscope
     train --nproc N`` runs it before it launches torchrun, so that bad input is one line and
     exit code 2, not N tracebacks."""
-    named = config.model if config is not None and is_factory(config.model) else None
     config, raw = _open(config, Path(out_dir), resume)
     if raw is not None:
-        trusted_factory(config, allow_factory, named, Path(out_dir) / "checkpoint.pt")
+        trusted_factory(config, allow_factory, where=Path(out_dir) / "checkpoint.pt")
     check_ranks(config, world)
 
 
-def trusted_factory(config: TrainConfig, allow_factory: bool | str, named: str | None = None,
-                    where: Path | None = None) -> bool | str:
+def trusted_factory(config: TrainConfig, allow_factory: bool | str, where: Path | None = None) -> bool | str:
     """What :func:`~sharpscope.models.build_model` may run for ``config`` (its
     ``allow_factory``): nothing to decide for a built-in model; for a factory, ``True`` when
-    ``allow_factory`` is True, else the factory's name when the user named it (``allow_factory``
-    or ``named``, e.g. the configuration they passed); a ConfigError when they named another
-    one or none (``where``: the checkpoint whose configuration names it)."""
+    ``allow_factory`` is True, else the factory's name when the caller named it
+    (``allow_factory``); a ConfigError when they named another one or none (``where``: the
+    checkpoint whose configuration names it)."""
     if not is_factory(config.model):
         return False
     if allow_factory is True:
         return True
     stored = factory_name(config.model)
-    given = [factory_name(n) for n in (allow_factory, named) if isinstance(n, str) and n]
+    given = factory_name(allow_factory) if isinstance(allow_factory, str) and allow_factory else None
     source = f"{where}: the run" if where is not None else "the run"
-    if given and any(g != stored for g in given):
-        other = next(g for g in given if g != stored)
-        raise ConfigError(f"{source} was trained with model factory {stored}, but --model names {other}; "
+    if given is not None and given != stored:
+        raise ConfigError(f"{source} was trained with model factory {stored}, but --model names {given}; "
                           f"give --model {stored} (or start a new run in another --out)")
-    if not given:
+    if given is None:
         raise ConfigError(f"{source} names the custom model factory {stored}, which would be imported and run "
                           f"as {stored}(**{config.model_kwargs!r}); name it with --model {stored} or pass "
                           "--trust-factory if you trust where the run came from")
