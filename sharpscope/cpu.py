@@ -26,15 +26,23 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 from .errors import ConfigError
 
 __all__ = ["available_cores", "cgroup_cpu_limit", "default_threads", "configure_threads", "chosen_threads",
-           "set_threads", "deterministic_threads", "worker_threads", "THREADS_ENV", "DETERMINISTIC_THREADS"]
+           "set_threads", "deterministic_threads", "worker_threads", "prepare_wait_policy", "THREADS_ENV",
+           "DETERMINISTIC_THREADS", "WAIT_POLICY", "WAIT_POLICY_VARIABLES"]
 
 THREADS_ENV = "SHARPSCOPE_THREADS"
 DETERMINISTIC_THREADS = 1  # the same on every machine; --threads N chooses another fixed count
+# How idle OpenMP threads wait, set for sharpscope's commands before torch loads its OpenMP
+# runtime (prepare_wait_policy): chosen by benchmarks/bench_neighbour.py (BENCHMARKS.md).
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+# The variables by which a user chooses the waiting themselves (libgomp, Intel's OpenMP).
+WAIT_POLICY_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
 def cgroup_cpu_limit(root: str | os.PathLike[str] = "/sys/fs/cgroup") -> float | None:
@@ -142,3 +150,21 @@ def worker_threads(jobs: int, threads: int | None = None, deterministic: bool = 
     """Threads for each of ``jobs`` worker processes: ``threads`` when given, else
     :data:`DETERMINISTIC_THREADS` for deterministic runs, else :func:`default_threads` (``jobs``)."""
     return threads or (DETERMINISTIC_THREADS if deterministic else default_threads(jobs))
+
+
+def prepare_wait_policy(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set :data:`WAIT_POLICY` in ``environ`` (default ``os.environ``) unless the user chose
+    how OpenMP threads wait (any of :data:`WAIT_POLICY_VARIABLES` set) or torch is already
+    imported (its OpenMP runtime read the environment when it loaded: too late). Returns what
+    it set ({} when nothing).
+
+    Why: torch's OpenMP runtime (libgomp) lets an idle thread spin about 300,000 times before
+    it sleeps. Alone on its cores that saves a wake-up; beside another busy process on too few
+    cores the spinning threads of both take the cores from the threads doing work, and a job
+    of 5.5 s took 61 s (issue 24; ``benchmarks/bench_neighbour.py``, BENCHMARKS.md).
+    Passive waiting gives the core up at once."""
+    env = os.environ if environ is None else environ
+    if "torch" in sys.modules or any(k in env for k in WAIT_POLICY_VARIABLES):
+        return {}
+    env.update(WAIT_POLICY)
+    return dict(WAIT_POLICY)

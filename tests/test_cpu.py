@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -90,3 +94,30 @@ def test_one_module_chooses_and_writes_the_thread_count(monkeypatch, restore_thr
         with pytest.raises(ConfigError, match="threads must be a positive number"):
             cpu.deterministic_threads(bad)
     assert torch.get_num_threads() == 2
+
+
+def test_wait_policy_is_set_before_torch_unless_the_user_chose(monkeypatch):
+    """Passive OpenMP waiting, set in the environment only before torch loads its runtime and
+    only when the user set none of the waiting variables (issue 24, item 7)."""
+    env: dict[str, str] = {}
+    assert cpu.prepare_wait_policy(env) == {}  # torch is imported in this process: too late
+    monkeypatch.delitem(sys.modules, "torch")
+    assert cpu.prepare_wait_policy(env) == cpu.WAIT_POLICY and env == cpu.WAIT_POLICY
+    for name in cpu.WAIT_POLICY_VARIABLES:
+        mine = {name: "42"}
+        assert cpu.prepare_wait_policy(mine) == {} and mine == {name: "42"}
+
+
+@pytest.mark.parametrize("user", [None, "ACTIVE"])
+def test_the_cli_sets_the_wait_policy_torch_reads(user):
+    """What the OpenMP runtime inside torch reports at load (OMP_DISPLAY_ENV) under the CLI:
+    sharpscope's policy, or the user's own."""
+    env = {k: v for k, v in os.environ.items() if k not in cpu.WAIT_POLICY_VARIABLES}
+    env["OMP_DISPLAY_ENV"] = "TRUE"
+    if user:
+        env["OMP_WAIT_POLICY"] = user
+    done = subprocess.run([sys.executable, "-m", "sharpscope", "--threads", "1", "hessian", "/nonexistent/x.pt"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    want = user or cpu.WAIT_POLICY["OMP_WAIT_POLICY"]
+    assert f"OMP_WAIT_POLICY = '{want}'" in done.stderr + done.stdout

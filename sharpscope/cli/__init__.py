@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     import warnings
 
+    from ..cpu import prepare_wait_policy
+
+    prepare_wait_policy()  # before torch loads its OpenMP runtime
+
     previous_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
     nproc, args = _launch_plan(list(sys.argv[1:] if argv is None else argv))
