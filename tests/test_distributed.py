@@ -165,11 +165,11 @@ def test_sync_bn_and_sync_perturbation_equal_single_process_sam_on_a_bn_model(tm
 
 
 def test_default_two_rank_bn_run_says_it_is_msam():
-    from sharpscope.train.loop import _per_rank_bn_note
-    note = _per_rank_bn_note(TrainConfig(**BASE), 2)
+    from sharpscope.train.launch import per_rank_bn_note
+    note = per_rank_bn_note(TrainConfig(**BASE), 2)
     assert "m-SAM with --m 20" in note and "ghost" not in note
-    assert "about 13.3" in _per_rank_bn_note(TrainConfig(**BASE), 3)
-    assert "ghost batch norm: SGD" in _per_rank_bn_note(TrainConfig(**{**BASE, "optimizer": "sgd"}), 2)
+    assert "about 13.3" in per_rank_bn_note(TrainConfig(**BASE), 3)
+    assert "ghost batch norm: SGD" in per_rank_bn_note(TrainConfig(**{**BASE, "optimizer": "sgd"}), 2)
 
 
 @pytest.mark.parametrize("optimizer", ["sam", "asam", "rsam"])

@@ -16,14 +16,12 @@ MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 
 # Still over the rule (other parts of issue 24 split them): take an entry out once it is under.
-KNOWN_LONG_MODULES = {"cli/surface_cmd.py", "experiments/sweep.py", "landscape/surface.py", "plots.py",
-                      "train/loop.py"}
+KNOWN_LONG_MODULES = {"cli/surface_cmd.py", "experiments/sweep.py", "plots.py"}
 KNOWN_LONG_FUNCTIONS = {"cli/correlate_cmd.py:correlate_command", "cli/hessian_cmd.py:hessian_command",
                         "cli/sharpness_cmd.py:sharpness_command", "cli/surface_cmd.py:surface_command",
                         "cli/surface_cmd.py:interpolate_command", "cli/sweep_cmd.py:sweep_command",
                         "cli/train_cmd.py:train_command", "experiments/sweep.py:run_sweep",
-                        "landscape/surface.py:evaluate_points", "landscape/surface.py:surface",
-                        "linalg/lanczos.py:lanczos", "optim/step.py:sam_step", "plots.py:plot_sweep"}
+                        "optim/step.py:sam_step", "plots.py:plot_sweep"}
 
 
 def _sources() -> dict[str, str]:
@@ -54,7 +52,7 @@ def test_the_checker_counts_lines_of_modules_and_functions():
     assert long_modules(sources) == {"big.py"} and long_functions(sources) == {"big.py:f"}
 
 
-@pytest.mark.parametrize("unit", ["data", "models", "measures", "ascent"])
+@pytest.mark.parametrize("unit", ["data", "models", "measures", "ascent", "train", "landscape", "linalg"])
 def test_the_split_units_meet_the_rule(unit):
     mine = {n: t for n, t in _sources().items() if n.split("/")[0].removesuffix(".py") == unit}
     assert mine and long_modules(mine) == set() and long_functions(mine) == set()
@@ -72,6 +70,11 @@ PUBLIC = {
                  "MeasureResult", "ascent_direction", "apgd_checkpoints", "DEFAULT_RESTARTS", "RESTART_TOLERANCE",
                  "MIN_SUBSETS_FOR_STDERR", "MOMENTUM", "MIN_UPDATE_RATIO", "random_start", "random_start_rows",
                  "noise"],
+    # split into siblings in their package (train/launch.py, train/epoch.py, landscape/surface_result.py)
+    "train.loop": ["train", "evaluate", "check_launch", "check_ranks", "check_model", "trusted_factory"],
+    "landscape.surface": ["SurfaceResult", "surface", "interpolate", "parse_grid", "evaluate_points",
+                          "load_directions", "read_batches", "require_finite_reference", "CHUNK_CANDIDATES"],
+    "linalg.lanczos": ["EigenResult", "lanczos", "tridiagonal_eigh", "default_max_iter"],
 }
 
 

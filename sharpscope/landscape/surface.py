@@ -23,6 +23,9 @@ buffers too, and the perturbed statistics are the ones eval mode uses (as Li et 
 
 Large grids are resumable: with ``resume_path`` the values computed so far are saved
 atomically every ``save_every`` points and reloaded when the same grid is asked again.
+
+The result, its summary and its ``.npz`` file: :mod:`sharpscope.landscape.surface_result`
+(:class:`SurfaceResult` and :func:`load_directions` are importable from here too).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ from ..errors import ConfigError, NonFiniteLossError
 from ..objective import eval_mode, require_finite_tensors
 from .directions import Direction, difference, state_buffer_names
 from .metrics import MetricCall, MetricFn, check_metrics, metric_value
+from .surface_result import SurfaceResult, load_directions
 
 __all__ = ["SurfaceResult", "surface", "interpolate", "parse_grid", "evaluate_points", "load_directions"]
 
@@ -119,63 +123,23 @@ def evaluate_points(
     distributed = dist_utils.is_distributed() if distributed is None else distributed
     first = next(iter(model.parameters()))
     prepared = data if isinstance(data, Prepared) else BatchLoss(model, loss_fn).read(data, first.device, first.dtype)
-    batch_loss, n_examples = prepared.loss, prepared.n_examples
     if channels_last is None:
         channels_last = first.device.type == "cpu" and _image_inputs(prepared)
     if channels_last and _image_inputs(prepared):
-        prepared = Prepared(batch_loss, [(x.contiguous(memory_format=torch.channels_last), y)
-                                         for x, y in prepared.batches], prepared.counts)
-    buffers = {n: b.detach() for n, b in model.named_buffers()}
+        prepared = Prepared(prepared.loss, [(x.contiguous(memory_format=torch.channels_last), y)
+                                            for x, y in prepared.batches], prepared.counts)
+    at = _PointEvaluator(prepared, calls, points, {n: b.detach() for n, b in model.named_buffers()}, channels_last,
+                         first.device)
     loss = np.full(n_points, np.nan)
     acc = np.full(n_points, np.nan)
     extra = {name: np.full(n_points, np.nan) for name in calls}
-
-    def state_at(k: int) -> dict[str, Tensor]:
-        params, bufs = points(k)
-        if channels_last:
-            params = {n: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
-                      for n, t in params.items()}
-        return {**buffers, **(bufs or {}), **params}
-
-    def run(state: dict[str, Tensor], batches: list[tuple[Any, int]]) -> tuple[float, float, dict[str, float]]:
-        total = torch.zeros((), dtype=torch.float64, device=first.device)
-        sums = {name: torch.zeros((), dtype=torch.float64, device=first.device) for name in calls}
-        wrapped = {f"model.{n}": t for n, t in state.items()} if calls else {}
-        correct = torch.zeros((), dtype=torch.long, device=first.device)
-        classify = not batch_loss.takes_model
-        for batch, count in batches:
-            out, value = batch_loss.outputs_and_loss(state, batch)
-            total += value.double() * count
-            for name, call in calls.items():
-                sums[name] += metric_value(name, functional_call(call, wrapped, (batch,))).to(first.device) * count
-            if classify and _class_indices(out, batch[1]):
-                correct += (out.argmax(1) == batch[1]).sum()
-            else:
-                classify = False
-        return (float(total) / n_examples, (float(correct) / n_examples if classify else math.nan),
-                {name: float(v) / n_examples for name, v in sums.items()})
-
     todo = [k for k in range(n_points) if done is None or not done[k]]
     if distributed:
         todo = todo[dist_utils.rank()::dist_utils.world_size()]
     with eval_mode(model), torch.inference_mode():
-        if chunk_size is None:
-            sizes = sorted({min(c, n_examples) for c in CHUNK_CANDIDATES}) if prepared.per_example() else [None]
-            if todo and len(sizes) > 1:
-                probe = state_at(todo[0])
-                timings = []
-                for size in sizes:
-                    batches = prepared.chunks(size)
-                    run(probe, batches)  # warm-up
-                    t0 = time.perf_counter()
-                    run(probe, batches)
-                    timings.append(time.perf_counter() - t0)
-                chunk_size = sizes[int(np.argmin(timings))]
-            else:
-                chunk_size = sizes[-1]
-        batches = prepared.chunks(chunk_size)
+        batches = prepared.chunks(_timed_chunk_size(at, todo) if chunk_size is None else chunk_size)
         for k in todo:
-            loss[k], acc[k], got = run(state_at(k), batches)
+            loss[k], acc[k], got = at.run(at.state_at(k), batches)
             for name, v in got.items():
                 extra[name][k] = v
             if on_metrics is not None and calls:
@@ -183,257 +147,89 @@ def evaluate_points(
             if on_point is not None:
                 on_point(k, loss[k], acc[k])
     if distributed:
-        mine = torch.zeros(3 + len(extra), n_points, dtype=torch.float64, device=first.device)
-        idx = torch.tensor(todo, dtype=torch.long, device=first.device)
-        mine[0, idx] = torch.as_tensor(loss[todo], dtype=torch.float64, device=first.device)
-        mine[1, idx] = torch.as_tensor(np.nan_to_num(acc[todo]), dtype=torch.float64, device=first.device)
-        mine[2, idx] = torch.as_tensor(np.isnan(acc[todo]).astype(float), device=first.device)
-        mine[2, idx] += 2.0  # marks "computed somewhere"
-        for row, values in enumerate(extra.values(), start=3):
-            mine[row, idx] = torch.as_tensor(values[todo], dtype=torch.float64, device=first.device)
-        total = dist_utils.all_reduce_sum(mine).cpu().numpy()
-        computed = total[2] >= 2.0
-        loss = np.where(computed, total[0], loss)
-        acc = np.where(computed, np.where(total[2] >= 3.0, np.nan, total[1]), acc)
-        extra = {name: np.where(computed, total[row], extra[name]) for row, name in enumerate(extra, start=3)}
+        loss, acc, extra = _all_ranks(loss, acc, extra, todo, first.device)
     return (loss, acc) if metrics is None else (loss, acc, extra)
 
 
-# --------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------
 @dataclass
-class SurfaceResult:
-    """Loss / accuracy on a 1-D (``ys is None``) or 2-D grid; ``loss[i, j]`` at (xs[j], ys[i]).
-    ``metrics``: each custom metric's grid ({name: array shaped like ``loss``})."""
+class _PointEvaluator:
+    """One grid point's model state and its mean loss, accuracy and metrics over the batches."""
 
-    xs: np.ndarray
-    ys: np.ndarray | None
-    loss: np.ndarray
-    accuracy: np.ndarray
-    kind: str  # "random" | "hessian" | "interpolation" | "plane" | "trajectory"
-    options: dict[str, Any]
-    n_examples: int
-    wall_time: float
-    explained_variance: list[float] | None = None
-    path: np.ndarray | None = None
-    name_a: str | None = None
-    name_b: str | None = None
-    path_residual: np.ndarray | None = None  # (E,): each path point's distance to the plane
-    zs: np.ndarray | None = None  # 3-D grids: loss[k, i, j] at (xs[j], ys[i], zs[k])
-    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    prepared: Prepared
+    calls: dict[str, MetricCall]
+    points: Callable[[int], tuple[dict[str, Tensor], dict[str, Tensor] | None]]
+    buffers: dict[str, Tensor]  # the model's own, for those a point leaves alone
+    channels_last: bool
+    device: torch.device
 
-    def values(self, metric: str) -> np.ndarray:
-        """The grid of ``metric``: "loss", "accuracy" or a custom metric's name."""
-        if metric in ("loss", "accuracy"):
-            return getattr(self, metric)
-        if metric not in self.metrics:
-            raise KeyError(f"no metric {metric!r} (have loss, accuracy{''.join(', ' + m for m in self.metrics)})")
-        return self.metrics[metric]
+    def state_at(self, k: int) -> dict[str, Tensor]:
+        """Buffers and parameters of point ``k`` (4-D parameters channels-last where the inputs are)."""
+        params, bufs = self.points(k)
+        if self.channels_last:
+            params = {n: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+                      for n, t in params.items()}
+        return {**self.buffers, **(bufs or {}), **params}
 
-    @property
-    def dim(self) -> int:
-        return 1 if self.ys is None else 2 if self.zs is None else 3
-
-    def slice(self, k: int) -> SurfaceResult:
-        """The 2-D surface at the third coordinate ``zs[k]`` of a 3-D grid (custom metrics too)."""
-        if self.zs is None:
-            raise ConfigError("slice() is for 3-D surfaces")
-        return SurfaceResult(xs=self.xs, ys=self.ys, loss=self.loss[k], accuracy=self.accuracy[k], kind=self.kind,
-                             options={**self.options, "slice_z": float(self.zs[k])}, n_examples=self.n_examples,
-                             wall_time=self.wall_time, path=self.path if self.zs[k] == 0 else None,
-                             metrics={name: values[k] for name, values in self.metrics.items()})
-
-    def centre_slice(self) -> int:
-        """Index of the slice of a 3-D grid nearest the centre (third coordinate 0)."""
-        return int(np.argmin(np.abs(self.zs)))
-
-    @property
-    def n_points(self) -> int:
-        return int(self.loss.size)
-
-    def value_at(self, x: float, y: float = 0.0, metric: str = "loss") -> float:
-        """Linear (1-D) or bilinear (2-D) interpolation of the grid; NaN outside it."""
-        z = self.values(metric)
-        if self.ys is None:
-            if len(self.xs) == 1:
-                return float(z[0]) if x == self.xs[0] else math.nan
-            if not self.xs[0] <= x <= self.xs[-1]:
-                return math.nan
-            return float(np.interp(x, self.xs, z))
-        if not (self.xs[0] <= x <= self.xs[-1] and self.ys[0] <= y <= self.ys[-1]):
-            return math.nan
-        if len(self.xs) < 2 or len(self.ys) < 2:
-            return math.nan
-        return float(self._interpolator(metric)((y, x)))
-
-    def _interpolator(self, metric: str) -> Any:
-        """Bilinear interpolator of a 2-D metric, built once per (metric, array)."""
-        from scipy.interpolate import RegularGridInterpolator
-        z = self.values(metric)
-        cache = self.__dict__.setdefault("_interpolators", {})  # not a field: never saved
-        if metric not in cache or cache[metric][0] is not z:
-            cache[metric] = (z, RegularGridInterpolator((self.ys, self.xs), z))
-        return cache[metric][1]
-
-    def summary(self, radii: Sequence[float] = (0.1, 0.25, 0.5, 1.0), delta: float = 0.1,
-                n_angles: int = 72) -> dict[str, Any]:
-        """Loss at the centre, mean loss increase at each radius, and the basin width.
-
-        1-D: increase at r = mean of L(-r), L(r) minus L(0); basin = the interval around 0
-        where L - L(0) <= delta (its width, and whether it reached the grid's edge).
-        2-D: increase at r = mean over ``n_angles`` points of the circle of radius r;
-        basin width = 2 x the mean over rays of the distance at which L - L(0) first
-        exceeds delta. Values that need points outside the grid are None.
-        For interpolation also the loss at alpha = 1 and the barrier
-        max_{alpha in [0,1]} L(alpha) - max(L(0), L(1)) of the piecewise-linear curve through
-        the grid: the max runs over the grid points inside [0, 1] and the curve's values at 0
-        and 1 themselves (interpolated where 0 or 1 is not a grid point, see
-        ``barrier_endpoints_on_grid``), so the barrier is >= 0 by construction (0: the loss
-        never rises above the higher endpoint).
-        3-D: the 2-D summary of the slice nearest z = 0 (``slice_z``), over all the points.
-        """
-        if self.dim == 3:
-            k = self.centre_slice()
-            return {**self.slice(k).summary(radii, delta, n_angles), "dim": 3, "n_points": self.n_points,
-                    "min_loss": _num(float(np.nanmin(self.loss))), "slice_z": float(self.zs[k])}
-        centre = self.value_at(0.0, 0.0)
-        out: dict[str, Any] = {"dim": self.dim, "kind": self.kind, "n_points": self.n_points,
-                               "n_examples": self.n_examples, "centre_loss": _num(centre),
-                               "centre_accuracy": _num(self.value_at(0.0, 0.0, "accuracy")),
-                               "min_loss": _num(float(np.nanmin(self.loss))), "basin_delta": delta}
-        increases = {}
-        for r in radii:
-            if self.dim == 1:
-                vals = [self.value_at(-r), self.value_at(r)]
+    def run(self, state: dict[str, Tensor], batches: list[tuple[Any, int]]) -> tuple[float, float, dict[str, float]]:
+        """Sum over the batches of loss x count (float64) / examples; accuracy NaN unless every
+        batch has class-index targets; each metric averaged as the loss is."""
+        batch_loss, n_examples, device = self.prepared.loss, self.prepared.n_examples, self.device
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        sums = {name: torch.zeros((), dtype=torch.float64, device=device) for name in self.calls}
+        wrapped = {f"model.{n}": t for n, t in state.items()} if self.calls else {}
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        classify = not batch_loss.takes_model
+        for batch, count in batches:
+            out, value = batch_loss.outputs_and_loss(state, batch)
+            total += value.double() * count
+            for name, call in self.calls.items():
+                sums[name] += metric_value(name, functional_call(call, wrapped, (batch,))).to(device) * count
+            if classify and _class_indices(out, batch[1]):
+                correct += (out.argmax(1) == batch[1]).sum()
             else:
-                angles = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
-                vals = [self.value_at(r * math.cos(t), r * math.sin(t)) for t in angles]
-            increases[str(r)] = None if any(math.isnan(v) for v in vals) else float(np.mean(vals) - centre)
-        out["loss_increase_at_radius"] = increases
-        widths, capped = [], 0
-        rays = [(1.0, 0.0), (-1.0, 0.0)] if self.dim == 1 else \
-            [(math.cos(t), math.sin(t)) for t in np.linspace(0, 2 * np.pi, n_angles, endpoint=False)]
-        for ux, uy in rays:
-            dist, hit = self._ray_crossing(ux, uy, centre + delta)
-            widths.append(dist)
-            capped += not hit
-        if self.dim == 1:
-            out["basin_width"] = _num(widths[0] + widths[1])
-        else:
-            out["basin_width"] = _num(2 * float(np.mean(widths)))
-        out["basin_reaches_grid_edge"] = capped > 0
-        if self.kind == "interpolation":
-            l1 = self.value_at(1.0)
-            inside = (self.xs >= 0) & (self.xs <= 1)
-            out["loss_at_b"] = _num(l1)
-            if not (math.isnan(l1) or math.isnan(centre)):
-                ends = max(centre, l1)
-                seg = self.loss[inside][np.isfinite(self.loss[inside])]
-                top = float(seg.max()) if seg.size else ends
-                out["barrier"] = max(top, ends) - ends
-                out["barrier_endpoints_on_grid"] = bool(np.isin([0.0, 1.0], self.xs).all())
-        if self.metrics:  # each custom metric at the centre (alpha = 0), its extremes (and at B)
-            out["metrics"] = {name: {"centre": _num(self.value_at(0.0, 0.0, name)),
-                                     "min": _num(float(np.nanmin(z))) if np.isfinite(z).any() else None,
-                                     "max": _num(float(np.nanmax(z))) if np.isfinite(z).any() else None,
-                                     **({"at_b": _num(self.value_at(1.0, 0.0, name))}
-                                        if self.kind == "interpolation" else {})}
-                              for name, z in self.metrics.items()}
-        return out
-
-    def _ray_crossing(self, ux: float, uy: float, level: float, steps: int = 400) -> tuple[float, bool]:
-        """Distance along the ray from the centre to where the loss first exceeds ``level``."""
-        if self.dim == 1:
-            reach = self.xs[-1] if ux > 0 else -self.xs[0]
-        else:
-            tx = (self.xs[-1] if ux > 0 else -self.xs[0]) / abs(ux) if abs(ux) > 1e-12 else math.inf
-            ty = (self.ys[-1] if uy > 0 else -self.ys[0]) / abs(uy) if abs(uy) > 1e-12 else math.inf
-            reach = min(tx, ty)
-        if not reach > 0:
-            return 0.0, False
-        prev_t, prev_v = 0.0, self.value_at(0.0, 0.0)
-        for t in np.linspace(0, reach, steps + 1)[1:]:
-            v = self.value_at(t * ux, t * uy)
-            if math.isnan(v):
-                break
-            if v > level:
-                frac = (level - prev_v) / (v - prev_v) if v != prev_v else 0.0
-                return float(prev_t + frac * (t - prev_t)), True
-            prev_t, prev_v = t, v
-        return float(prev_t), False
-
-    def topology(self, connectivity: str = "full", threshold: float = 0.0) -> Any:
-        """Minima, merge tree and saddle-minimum depths of the loss grid
-        (:func:`sharpscope.landscape.topology.surface_topology`; coordinates in array order, (y, x) in 2-D)."""
-        from .topology import surface_topology
-        return surface_topology(self.loss, axes=(self.xs,) if self.ys is None else (self.ys, self.xs) if self.zs is None
-                                else (self.zs, self.ys, self.xs),
-                                connectivity=connectivity, threshold=threshold)
-
-    def to_dict(self, radii: Sequence[float] = (0.1, 0.25, 0.5, 1.0), delta: float = 0.1) -> dict[str, Any]:
-        """JSON summary: the options, the grid axes and :meth:`summary` (arrays go in the npz); 2-D: also
-        ``topology`` (:meth:`topology`, default settings)."""
-        return {**({"topology": self.topology().to_dict()} if self.dim >= 2 else {}),"summary": self.summary(radii, delta), "options": self.options,
-                "xs": [float(v) for v in self.xs], "ys": None if self.ys is None else [float(v) for v in self.ys],
-                **({"zs": [float(v) for v in self.zs]} if self.zs is not None else {}),
-                "explained_variance": self.explained_variance, "wall_time": self.wall_time,
-                "points_per_second": self.n_points / self.wall_time if self.wall_time > 0 else None,
-                **({"name_a": self.name_a, "name_b": self.name_b} if self.kind == "interpolation" else {}),
-                **({"path": np.asarray(self.path).tolist()} if self.path is not None else {}),
-                **({"path_residual": [float(v) for v in self.path_residual]} if self.path_residual is not None else {})}
-
-    def save(self, path: str | Path, directions: Sequence[Direction] = ()) -> Path:
-        """Write an ``.npz`` (grid, values, options as JSON, directions as d{k}/{name})."""
-        arrays: dict[str, np.ndarray] = {"xs": self.xs, "loss": self.loss, "accuracy": self.accuracy,
-                                         "kind": np.array(self.kind), "n_examples": np.array(self.n_examples),
-                                         "options_json": np.array(json.dumps(self.options))}
-        if self.ys is not None:
-            arrays["ys"] = self.ys
-        if self.zs is not None:
-            arrays["zs"] = self.zs
-        if self.path is not None:
-            arrays["path"] = self.path
-        if self.path_residual is not None:
-            arrays["path_residual"] = np.asarray(self.path_residual)
-        for name, z in self.metrics.items():
-            arrays[f"metric/{name}"] = z
-        if self.explained_variance is not None:
-            arrays["explained_variance"] = np.asarray(self.explained_variance)
-        for k, d in enumerate(directions):
-            for name, t in d.items():
-                arrays[f"d{k}/{name}"] = t.detach().cpu().numpy()
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        return atomic_write_bytes(path, lambda fh: fh.write(buf.getvalue()))
-
-    @classmethod
-    def load(cls, path: str | Path) -> SurfaceResult:
-        """Read a file written by :meth:`save` (``allow_pickle=False``)."""
-        with np.load(path, allow_pickle=False) as z:
-            return cls(xs=z["xs"], ys=z["ys"] if "ys" in z else None, loss=z["loss"], accuracy=z["accuracy"],
-                       kind=str(z["kind"]), options=json.loads(str(z["options_json"])),
-                       n_examples=int(z["n_examples"]), wall_time=0.0,
-                       explained_variance=z["explained_variance"].tolist() if "explained_variance" in z else None,
-                       path=z["path"] if "path" in z else None,
-                       path_residual=z["path_residual"] if "path_residual" in z else None,
-                       zs=z["zs"] if "zs" in z else None,
-                       metrics={k.partition("/")[2]: z[k] for k in z.files if k.startswith("metric/")})
+                classify = False
+        return (float(total) / n_examples, (float(correct) / n_examples if classify else math.nan),
+                {name: float(v) / n_examples for name, v in sums.items()})
 
 
-def load_directions(path: str | Path) -> list[Direction]:
-    """The directions a :meth:`SurfaceResult.save` call stored (``d0/<name>``, ``d1/<name>``)."""
-    found: dict[int, Direction] = {}
-    with np.load(path, allow_pickle=False) as z:
-        for key in z.files:
-            head, _, name = key.partition("/")
-            if name and head.startswith("d") and head[1:].isdigit():
-                found.setdefault(int(head[1:]), {})[name] = torch.from_numpy(z[key])
-    return [found[k] for k in sorted(found)]
+def _timed_chunk_size(at: _PointEvaluator, todo: list[int]) -> int | None:
+    """The fastest of ``CHUNK_CANDIDATES`` (at most the number of examples) on the first point
+    to evaluate, each timed after a warm-up run; None (the batches as given) where the
+    examples cannot be joined and re-split."""
+    prepared = at.prepared
+    sizes = sorted({min(c, prepared.n_examples) for c in CHUNK_CANDIDATES}) if prepared.per_example() else [None]
+    if not (todo and len(sizes) > 1):
+        return sizes[-1]
+    probe = at.state_at(todo[0])
+    timings = []
+    for size in sizes:
+        batches = prepared.chunks(size)
+        at.run(probe, batches)  # warm-up
+        t0 = time.perf_counter()
+        at.run(probe, batches)
+        timings.append(time.perf_counter() - t0)
+    return sizes[int(np.argmin(timings))]
 
 
-def _num(x: float) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
+def _all_ranks(loss: np.ndarray, acc: np.ndarray, extra: dict[str, np.ndarray], todo: list[int],
+               device: torch.device) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Every rank's points (``todo`` on this one) on every rank, by one all-reduce of a
+    (3 + metrics, points) table: row 2 marks a computed point (+2) and an undefined accuracy (+1)."""
+    n_points = loss.shape[0]
+    mine = torch.zeros(3 + len(extra), n_points, dtype=torch.float64, device=device)
+    idx = torch.tensor(todo, dtype=torch.long, device=device)
+    mine[0, idx] = torch.as_tensor(loss[todo], dtype=torch.float64, device=device)
+    mine[1, idx] = torch.as_tensor(np.nan_to_num(acc[todo]), dtype=torch.float64, device=device)
+    mine[2, idx] = torch.as_tensor(np.isnan(acc[todo]).astype(float), device=device)
+    mine[2, idx] += 2.0  # marks "computed somewhere"
+    for row, values in enumerate(extra.values(), start=3):
+        mine[row, idx] = torch.as_tensor(values[todo], dtype=torch.float64, device=device)
+    total = dist_utils.all_reduce_sum(mine).cpu().numpy()
+    computed = total[2] >= 2.0
+    loss = np.where(computed, total[0], loss)
+    acc = np.where(computed, np.where(total[2] >= 3.0, np.nan, total[1]), acc)
+    extra = {name: np.where(computed, total[row], extra[name]) for row, name in enumerate(extra, start=3)}
+    return loss, acc, extra
 
 
 # --------------------------------------------------------------------------------------
@@ -486,15 +282,55 @@ def surface(
         raise ConfigError("a 3-D surface needs ys as well as zs")
     require_grid_memory(len(xs) * (1 if ys is None else len(ys)) * (1 if zs is None else len(zs)))
     start = time.perf_counter()
+    xs, ys, zs = _grid_axes(xs, ys, zs, len(directions))
+    moved = _moved_buffers(model, directions)  # state buffers along the directions
+    buffers = dict(model.named_buffers())
+    base = {n: (center[n] if center is not None else p).detach() for n, p in model.named_parameters()}
+    base_buffers = {n: (center[n] if center is not None and n in center else buffers[n]).detach() for n in moved}
+    coords = [(float(x), None if ys is None else float(y), None if zs is None else float(z))
+              for z in (zs if zs is not None else [0.0]) for y in (ys if ys is not None else [0.0]) for x in xs]
+
+    def point(k: int) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+        cx, cy, cz = coords[k]
+        return (_shifted(base, directions, cx, cy, cz),
+                _shifted(base_buffers, directions, cx, cy, cz) if moved else None)
+
+    opts = dict(options or {})
+    fingerprint = _fingerprint(opts, directions, xs, ys, zs, list(metric_fns)) if resume_path else ""
+    progress = _Progress.start(len(coords), list(metric_fns), resume_path, fingerprint, save_every, on_point)
+    require_finite_tensors({**base, **base_buffers}, "the centre's weights")
+    first = progress.done.copy()
+    prepared = read_batches(model, loss_fn, data, cache, cache_bytes)
+    progress.add(first, *evaluate_points(model, loss_fn, prepared, point, len(coords), chunk_size=chunk_size,
+                                         done=first, on_point=progress.record, metrics=metric_fns or None,
+                                         on_metrics=progress.record_metrics))
+    centre = next((k for k, c in enumerate(coords) if all(v in (None, 0.0) for v in c)), None)
+    require_finite_reference(progress.loss, centre, "the centre")
+    shape = (len(xs),) if ys is None else (len(ys), len(xs)) if zs is None else (len(zs), len(ys), len(xs))
+    return SurfaceResult(xs=xs, ys=ys, loss=progress.loss.reshape(shape), accuracy=progress.accuracy.reshape(shape),
+                         kind=kind, options=opts, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start,
+                         zs=zs, metrics={name: values.reshape(shape) for name, values in progress.extra.items()})
+
+
+def _grid_axes(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarray | None,
+               zs: Sequence[float] | np.ndarray | None, n_directions: int
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The grid's coordinates as float64 arrays, checked: non-empty, 1-D, one direction each."""
     xs = np.asarray(xs, dtype=np.float64)
     ys = None if ys is None else np.asarray(ys, dtype=np.float64)
     zs = None if zs is None else np.asarray(zs, dtype=np.float64)
     ndim = 1 if ys is None else 2 if zs is None else 3
-    if len(directions) != ndim:
-        raise ConfigError(f"a {ndim}-D surface needs {ndim} direction(s), got {len(directions)}")
+    if n_directions != ndim:
+        raise ConfigError(f"a {ndim}-D surface needs {ndim} direction(s), got {n_directions}")
     if xs.ndim != 1 or xs.size == 0 or (ys is not None and (ys.ndim != 1 or ys.size == 0)) or (
             zs is not None and (zs.ndim != 1 or zs.size == 0)):
         raise ConfigError("grid coordinates must be non-empty 1-D sequences")
+    return xs, ys, zs
+
+
+def _moved_buffers(model: nn.Module, directions: Sequence[Direction]) -> list[str]:
+    """The buffers the directions move (a states direction's), sorted; a ConfigError unless
+    every direction covers exactly the model's parameters plus such floating-point buffers."""
     names = [n for n, _ in model.named_parameters()]
     states = set(state_buffer_names(model))
     for d in directions:
@@ -502,78 +338,82 @@ def surface(
             raise ConfigError("a direction must cover exactly the model's parameters, plus for a states direction "
                               f"floating-point buffers (missing {sorted(set(names) - set(d))[:3]}, "
                               f"extra {sorted(set(d) - set(names) - states)[:3]})")
-    moved = sorted(set().union(*(set(d) for d in directions)) - set(names))  # state buffers along the directions
-    buffers = dict(model.named_buffers())
-    base = {n: (center[n] if center is not None else p).detach() for n, p in model.named_parameters()}
-    base_buffers = {n: (center[n] if center is not None and n in center else buffers[n]).detach() for n in moved}
-    ny = 1 if ys is None else len(ys)
-    coords = [(float(x), None if ys is None else float(y), None if zs is None else float(z))
-              for z in (zs if zs is not None else [0.0]) for y in (ys if ys is not None else [0.0]) for x in xs]
+    return sorted(set().union(*(set(d) for d in directions)) - set(names))
 
-    def shifted(start: dict[str, Tensor], cx: float, cy: float | None, cz: float | None = None) -> dict[str, Tensor]:
-        out = {}
-        for n, t in start.items():
-            v = t + cx * directions[0][n] if cx and n in directions[0] else t
-            if cy and n in directions[1]:
-                v = v + cy * directions[1][n]
-            if cz and n in directions[2]:
-                v = v + cz * directions[2][n]
-            out[n] = v
-        return out
 
-    def point(k: int) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
-        cx, cy, cz = coords[k]
-        return shifted(base, cx, cy, cz), (shifted(base_buffers, cx, cy, cz) if moved else None)
+def _shifted(start: dict[str, Tensor], directions: Sequence[Direction], cx: float, cy: float | None,
+             cz: float | None = None) -> dict[str, Tensor]:
+    """``start + cx d_1 + cy d_2 + cz d_3`` entry by entry (a zero or absent coordinate adds nothing)."""
+    out = {}
+    for n, t in start.items():
+        v = t + cx * directions[0][n] if cx and n in directions[0] else t
+        if cy and n in directions[1]:
+            v = v + cy * directions[1][n]
+        if cz and n in directions[2]:
+            v = v + cz * directions[2][n]
+        out[n] = v
+    return out
 
-    opts = dict(options or {})
-    loss = np.full(len(coords), np.nan)
-    acc = np.full(len(coords), np.nan)
-    done = np.zeros(len(coords), dtype=bool)
-    extra = {name: np.full(len(coords), np.nan) for name in metric_fns}
-    fingerprint = _fingerprint(opts, directions, xs, ys, zs, list(metric_fns)) if resume_path else ""
-    if resume_path and Path(resume_path).is_file():
-        with np.load(resume_path, allow_pickle=False) as z:
-            if str(z["fingerprint"]) == fingerprint and all(f"metric/{name}" in z.files for name in extra):
-                loss, acc, done = z["loss"].copy(), z["accuracy"].copy(), z["done"].copy()
-                extra = {name: z[f"metric/{name}"].copy() for name in extra}
 
-    def save_partial() -> None:
+@dataclass
+class _Progress:
+    """A grid's values so far (flat, in ``coords`` order) and which points are done; with a
+    ``path``, reloaded from there when the fingerprint matches and saved atomically (rank 0)
+    every ``save_every`` points and at the end."""
+
+    loss: np.ndarray
+    accuracy: np.ndarray
+    done: np.ndarray
+    extra: dict[str, np.ndarray]
+    path: str | Path | None
+    fingerprint: str
+    save_every: int
+    on_point: Callable[[int, float, float], None] | None
+
+    @classmethod
+    def start(cls, n: int, metric_names: list[str], path: str | Path | None, fingerprint: str, save_every: int,
+              on_point: Callable[[int, float, float], None] | None) -> _Progress:
+        """Nothing done, or what the file at ``path`` holds for the same grid and metrics."""
+        loss = np.full(n, np.nan)
+        acc = np.full(n, np.nan)
+        done = np.zeros(n, dtype=bool)
+        extra = {name: np.full(n, np.nan) for name in metric_names}
+        if path and Path(path).is_file():
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["fingerprint"]) == fingerprint and all(f"metric/{name}" in z.files for name in extra):
+                    loss, acc, done = z["loss"].copy(), z["accuracy"].copy(), z["done"].copy()
+                    extra = {name: z[f"metric/{name}"].copy() for name in extra}
+        return cls(loss, acc, done, extra, path, fingerprint, save_every, on_point)
+
+    def save(self) -> None:
         if not dist_utils.is_main():  # one writer; other ranks' points are recomputed on resume
             return
         buf = io.BytesIO()
-        np.savez(buf, loss=loss, accuracy=acc, done=done, fingerprint=np.array(fingerprint),
-                 **{f"metric/{name}": values for name, values in extra.items()})
-        atomic_write_bytes(resume_path, lambda fh: fh.write(buf.getvalue()))
+        np.savez(buf, loss=self.loss, accuracy=self.accuracy, done=self.done, fingerprint=np.array(self.fingerprint),
+                 **{f"metric/{name}": values for name, values in self.extra.items()})
+        atomic_write_bytes(self.path, lambda fh: fh.write(buf.getvalue()))
 
-    def record_metrics(k: int, got: dict[str, float]) -> None:
+    def record_metrics(self, k: int, got: dict[str, float]) -> None:
         for name, v in got.items():
-            extra[name][k] = v
+            self.extra[name][k] = v
 
-    def record(k: int, lv: float, av: float) -> None:
-        loss[k], acc[k], done[k] = lv, av, True
-        if resume_path and done.sum() % save_every == 0:
-            save_partial()
-        if on_point is not None:
-            on_point(k, lv, av)
+    def record(self, k: int, lv: float, av: float) -> None:
+        self.loss[k], self.accuracy[k], self.done[k] = lv, av, True
+        if self.path and self.done.sum() % self.save_every == 0:
+            self.save()
+        if self.on_point is not None:
+            self.on_point(k, lv, av)
 
-    require_finite_tensors({**base, **base_buffers}, "the centre's weights")
-    first = done.copy()
-    prepared = read_batches(model, loss_fn, data, cache, cache_bytes)
-    new_loss, new_acc, *new_extra = evaluate_points(model, loss_fn, prepared, point, len(coords), chunk_size=chunk_size,
-                                                    done=first, on_point=record, metrics=metric_fns or None,
-                                                    on_metrics=record_metrics)
-    fresh = ~first & ~np.isnan(new_loss)  # includes the points other ranks computed
-    loss[fresh], acc[fresh], done[fresh] = new_loss[fresh], new_acc[fresh], True
-    for name, values in (new_extra[0] if new_extra else {}).items():
-        extra[name][fresh] = values[fresh]
-    if resume_path:
-        save_partial()
-    centre = next((k for k, c in enumerate(coords) if all(v in (None, 0.0) for v in c)), None)
-    require_finite_reference(loss, centre, "the centre")
-    shape = (len(xs),) if ys is None else (ny, len(xs)) if zs is None else (len(zs), ny, len(xs))
-    return SurfaceResult(xs=xs, ys=ys, loss=loss.reshape(shape), accuracy=acc.reshape(shape), kind=kind,
-                         options=opts, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start, zs=zs,
-                         metrics={name: values.reshape(shape) for name, values in extra.items()})
+    def add(self, first: np.ndarray, loss: np.ndarray, acc: np.ndarray,
+            extra: dict[str, np.ndarray] | None = None) -> None:
+        """The values :func:`evaluate_points` returned for the points not done at ``first``
+        (including those other ranks computed); saved when there is a ``path``."""
+        fresh = ~first & ~np.isnan(loss)
+        self.loss[fresh], self.accuracy[fresh], self.done[fresh] = loss[fresh], acc[fresh], True
+        for name, values in (extra or {}).items():
+            self.extra[name][fresh] = values[fresh]
+        if self.path:
+            self.save()
 
 
 def require_finite_reference(loss: np.ndarray, reference: int | None, what: str) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import int_at_least
 from ..errors import ConfigError
 from .basis import Basis, breakdown_threshold, matvec_float64, random_unit, tridiagonal_eigh
 from .operator import SymmetricOperator
@@ -73,12 +74,6 @@ class DensityResult:
         return self.moment(1)
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def slq(op: SymmetricOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 0) -> tuple[Tensor, Tensor, int]:
     """Stochastic Lanczos quadrature nodes and weights (Ghorbani et al., ICML 2019, Sec. 3).
 
@@ -96,8 +91,8 @@ def slq(op: SymmetricOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 
     """
     if not isinstance(op, SymmetricOperator):
         raise ConfigError("slq expects a SymmetricOperator")
-    n_runs = _check_int("n_runs", n_runs, 1)
-    n_steps = _check_int("n_steps", n_steps, 1)
+    n_runs = int_at_least("n_runs", n_runs, 1)
+    n_steps = int_at_least("n_steps", n_steps, 1)
     n = op.n
     m = min(n_steps, n)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -165,7 +160,7 @@ def smooth_density(
         raise ConfigError("weights must be >= 0")
     if not (isinstance(sigma_squared, (int, float)) and math.isfinite(sigma_squared) and sigma_squared > 0):
         raise ConfigError(f"sigma_squared must be a finite number > 0, got {sigma_squared!r}")
-    grid_points = _check_int("grid_points", grid_points, 2)
+    grid_points = int_at_least("grid_points", grid_points, 2)
     if not (isinstance(n_sigma, (int, float)) and math.isfinite(n_sigma) and n_sigma >= 0):
         raise ConfigError(f"n_sigma must be a finite number >= 0, got {n_sigma!r}")
     if lambda_range is None:

@@ -55,11 +55,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import available_memory
+from ..checks import available_memory, int_at_least
 from ..errors import ConfigError, UnconvergedWarning
 from .basis import Basis, breakdown_threshold, matvec_float64, random_unit, tridiagonal_eigh
 from .operator import SymmetricOperator
@@ -141,12 +140,6 @@ def _sort_key(values: Tensor, which: str) -> Tensor:
     return values.abs()
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def default_max_iter(n: int, k: int, memory: float | None = None) -> int:
     """The default cap on Lanczos steps: ``min(n, max(300, 30k))``, lowered (never below the
     old default ``max(2k + 40, 10k)``) to what a float64 basis of n x steps fits into half of
@@ -164,6 +157,44 @@ def default_max_iter(n: int, k: int, memory: float | None = None) -> int:
     if memory is not None:
         steps = min(steps, max(2 * k + 40, 10 * k, int(memory / 2 / (8 * max(n, 1)))))
     return min(n, steps)
+
+
+def _check_arguments(op: SymmetricOperator, k: int, which: str, tol: float, max_iter: int | None,
+                     check_every: int, callback: Callable[[int, Tensor], None] | None) -> tuple[int, int, int]:
+    """:func:`lanczos`'s arguments checked (ConfigError); returns ``k``, ``max_iter`` (the default
+    or the given one capped at ``n``) and ``check_every`` as ints."""
+    if not isinstance(op, SymmetricOperator):
+        raise ConfigError("lanczos expects a SymmetricOperator")
+    n = op.n
+    k = int_at_least("k", k, 1)
+    if k > n:
+        raise ConfigError(f"k = {k} exceeds the dimension n = {n}")
+    if which not in _WHICH:
+        raise ConfigError(f"which must be one of {_WHICH}, got {which!r}")
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+        raise ConfigError(f"tol must be a finite number > 0, got {tol!r}")
+    check_every = int_at_least("check_every", check_every, 1)
+    if max_iter is None:
+        max_iter = default_max_iter(n, k)
+    else:
+        max_iter = int_at_least("max_iter", max_iter, 1)
+        if max_iter < k:
+            raise ConfigError(f"max_iter = {max_iter} is smaller than k = {k}")
+        max_iter = min(max_iter, n)
+    if callback is not None and not callable(callback):
+        raise ConfigError("callback must be callable")
+    return k, max_iter, check_every
+
+
+def _unit_start(v0: object, n: int, device: torch.device) -> Tensor:
+    """The given start vector as a float64 unit vector of ``n`` entries on ``device``."""
+    if not isinstance(v0, Tensor) or v0.numel() != n:
+        raise ConfigError(f"v0 must be a tensor with {n} entries")
+    q = v0.detach().reshape(n).to(device=device, dtype=torch.float64)
+    norm = float(torch.linalg.vector_norm(q))
+    if not (math.isfinite(norm) and norm > 0):
+        raise ConfigError("v0 must be finite and nonzero")
+    return q / norm
 
 
 def lanczos(
@@ -204,47 +235,44 @@ def lanczos(
         False) and the call warns (:class:`~sharpscope.errors.UnconvergedWarning`),
         never silently.
     """
-    if not isinstance(op, SymmetricOperator):
-        raise ConfigError("lanczos expects a SymmetricOperator")
-    n = op.n
-    k = _check_int("k", k, 1)
-    if k > n:
-        raise ConfigError(f"k = {k} exceeds the dimension n = {n}")
-    if which not in _WHICH:
-        raise ConfigError(f"which must be one of {_WHICH}, got {which!r}")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
-        raise ConfigError(f"tol must be a finite number > 0, got {tol!r}")
-    check_every = _check_int("check_every", check_every, 1)
-    if max_iter is None:
-        max_iter = default_max_iter(n, k)
-    else:
-        max_iter = _check_int("max_iter", max_iter, 1)
-        if max_iter < k:
-            raise ConfigError(f"max_iter = {max_iter} is smaller than k = {k}")
-        max_iter = min(max_iter, n)
-    if callback is not None and not callable(callback):
-        raise ConfigError("callback must be callable")
-
-    device = op.device
+    k, max_iter, check_every = _check_arguments(op, k, which, tol, max_iter, check_every, callback)
+    n, device = op.n, op.device
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    if v0 is not None:
-        if not isinstance(v0, Tensor) or v0.numel() != n:
-            raise ConfigError(f"v0 must be a tensor with {n} entries")
-        q = v0.detach().reshape(n).to(device=device, dtype=torch.float64)
-        norm = float(torch.linalg.vector_norm(q))
-        if not (math.isfinite(norm) and norm > 0):
-            raise ConfigError("v0 must be finite and nonzero")
-        q = q / norm
-    else:
-        q = random_unit(gen, n, device)
-
-    eps_op = torch.finfo(op.dtype).eps
+    q = random_unit(gen, n, device) if v0 is None else _unit_start(v0, n, device)
     start_count = op.n_matvecs
+    basis, blocks, state, it = _iterate(op, q, v0 is None, gen, k, which, tol, max_iter, check_every, callback)
+    vectors = _ritz_vectors(basis, blocks, state, k)
+    wanted = state.wanted
+    if not bool(state.converged[wanted].all()):
+        _warn_unconverged(state, wanted, k, it, max_iter, tol)
+    return EigenResult(
+        eigenvalues=state.values[wanted].clone(),
+        eigenvectors=vectors.to(op.dtype),
+        residuals=state.residuals[wanted].clone(),
+        converged=state.converged[wanted].clone(),
+        n_matvecs=op.n_matvecs - start_count,
+        n_iter=it,
+        tol=float(tol),
+        which=which,
+    )
+
+
+def _iterate(op: SymmetricOperator, q: Tensor, random_start: bool, gen: torch.Generator, k: int, which: str,
+             tol: float, max_iter: int, check_every: int,
+             callback: Callable[[int, Tensor], None] | None) -> tuple[Basis, list[_Block], _State, int]:
+    """The Lanczos steps from the unit vector ``q`` until the stopping rule (module docstring)
+    or ``max_iter``: the basis, its blocks, the last convergence check and the number of steps.
+
+    Step j appends ``q_j`` and orthogonalizes ``A q_j`` against the whole basis (CGS2):
+    ``alpha_j = q_j^T A q_j`` and ``beta_j = ||w||`` of the remainder ``w``, which is
+    ``q_{j+1} beta_j`` unless the block ends (breakdown, or all its pairs converged) and a
+    random vector orthogonal to the basis starts the next block (:func:`_restart_vector`)."""
+    n, device = op.n, op.device
+    eps_op = torch.finfo(op.dtype).eps
     basis = Basis(n, device, capacity=min(max_iter, max(2 * k + 20, 32)))
-    blocks = [_Block(start=0, random_start=v0 is None)]
+    blocks = [_Block(start=0, random_start=random_start)]
     anorm = 0.0
     it = 0
-
     while True:
         block = blocks[-1]
         basis.append(q)
@@ -267,53 +295,54 @@ def lanczos(
         state = _State.build(blocks, which, k, tol, math.sqrt(eps_op) * anorm, exhausted)
         if callback is not None:
             callback(it, state.values[state.wanted].clone())
-        if exhausted or last:
-            break
         # the current block is (numerically) invariant when beta ~ 0 or when every one of its
         # Ritz pairs has converged: its Krylov sequence has nothing more to say
         invariant = breakdown or state.block_converged
-        if state.enough:
-            if not invariant:
-                break
-            # an invariant block grown from a random vector holds every distinct eigenvalue left
-            # in the complement (with probability 1); copies of them may remain, which matters
-            # only if its leader ranks strictly ahead of the k-th wanted value
-            if block.random_start and not state.leader_ahead:
-                break
-        if invariant:
-            # close this block, continue with a random vector orthogonal to the whole basis
-            # (T becomes block diagonal; the dropped coupling beta is below the tolerance)
-            block.close()
-            r, _ = basis.orthogonalize(random_unit(gen, n, device))
-            rnorm = float(torch.linalg.vector_norm(r))
-            if rnorm <= 1e-8:  # numerically the basis already spans everything
-                state.converged[:] = True
-                break
-            q = r / rnorm
-            blocks.append(_Block(start=basis.size, random_start=True))
-        else:
+        if exhausted or last or _finished(state, block, invariant):
+            return basis, blocks, state, it
+        if not invariant:
             q = w / beta
+            continue
+        # close this block, continue with a random vector orthogonal to the whole basis
+        # (T becomes block diagonal; the dropped coupling beta is below the tolerance)
+        block.close()
+        q = _restart_vector(basis, gen)
+        if q is None:  # numerically the basis already spans everything
+            state.converged[:] = True
+            return basis, blocks, state, it
+        blocks.append(_Block(start=basis.size, random_start=True))
 
+
+def _finished(state: _State, block: _Block, invariant: bool) -> bool:
+    """The stopping rule at a check: every wanted pair and the current block's leader have
+    converged and, where the block is invariant, it grew from a random vector (it then holds
+    every distinct eigenvalue left in the complement, with probability 1; copies of them may
+    remain, which matters only if its leader ranks strictly ahead of the k-th wanted value)."""
+    if not state.enough:
+        return False
+    return not invariant or (block.random_start and not state.leader_ahead)
+
+
+def _restart_vector(basis: Basis, gen: torch.Generator) -> Tensor | None:
+    """A random unit vector orthogonal to the basis (CGS2), or None when the remainder is
+    below 1e-8: numerically the basis already spans everything."""
+    r, _ = basis.orthogonalize(random_unit(gen, basis.n, basis.device))
+    rnorm = float(torch.linalg.vector_norm(r))
+    if rnorm <= 1e-8:
+        return None
+    return r / rnorm
+
+
+def _ritz_vectors(basis: Basis, blocks: list[_Block], state: _State, k: int) -> Tensor:
+    """``(n, k)`` float64 Ritz vectors ``x = Q_block s`` of the wanted values, in their order."""
     Q = basis.Q
-    vectors = torch.empty(n, k, dtype=torch.float64, device=device)
+    vectors = torch.empty(basis.n, k, dtype=torch.float64, device=basis.device)
     for out_col, idx in enumerate(state.wanted.tolist()):
         blk = blocks[int(state.owner[idx])]
         _, S, _ = blk.ritz()
-        s = S[:, int(state.column[idx])].to(device)
+        s = S[:, int(state.column[idx])].to(basis.device)
         vectors[:, out_col] = Q[:, blk.start : blk.start + len(blk.alphas)] @ s
-    wanted = state.wanted
-    if not bool(state.converged[wanted].all()):
-        _warn_unconverged(state, wanted, k, it, max_iter, tol)
-    return EigenResult(
-        eigenvalues=state.values[wanted].clone(),
-        eigenvectors=vectors.to(op.dtype),
-        residuals=state.residuals[wanted].clone(),
-        converged=state.converged[wanted].clone(),
-        n_matvecs=op.n_matvecs - start_count,
-        n_iter=it,
-        tol=float(tol),
-        which=which,
-    )
+    return vectors
 
 
 def _warn_unconverged(state: _State, wanted: Tensor, k: int, steps: int, max_iter: int, tol: float) -> None:

@@ -19,10 +19,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import int_at_least
 from ..errors import ConfigError
 from .operator import SymmetricOperator
 
@@ -50,12 +50,6 @@ class TraceResult:
     n_matvecs: int
     method: str
     samples: Tensor
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _probes(gen: torch.Generator, n: int, b: int, distribution: str) -> Tensor:
@@ -121,8 +115,8 @@ def hutchinson(
     """
     if not isinstance(op, SymmetricOperator):
         raise ConfigError("hutchinson expects a SymmetricOperator")
-    m = _check_int("n_matvecs", n_matvecs, 1)
-    block_size = _check_int("block_size", block_size, 1)
+    m = int_at_least("n_matvecs", n_matvecs, 1)
+    block_size = int_at_least("block_size", block_size, 1)
     if distribution not in _DISTRIBUTIONS:
         raise ConfigError(f"distribution must be one of {_DISTRIBUTIONS}, got {distribution!r}")
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
@@ -137,7 +131,7 @@ def exact_trace(op: SymmetricOperator, block_size: int | None = None) -> TraceRe
     if not isinstance(op, SymmetricOperator):
         raise ConfigError("exact_trace expects a SymmetricOperator")
     if block_size is not None:
-        block_size = _check_int("block_size", block_size, 1)
+        block_size = int_at_least("block_size", block_size, 1)
     start = op.n_matvecs
     n = op.n
     step = n if block_size is None else block_size
@@ -181,9 +175,9 @@ def hutchpp(
     """
     if not isinstance(op, SymmetricOperator):
         raise ConfigError("hutchpp expects a SymmetricOperator")
-    m = _check_int("n_matvecs", n_matvecs, 3)
+    m = int_at_least("n_matvecs", n_matvecs, 3)
     if block_size is not None:
-        block_size = _check_int("block_size", block_size, 1)
+        block_size = int_at_least("block_size", block_size, 1)
     n = op.n
     if m >= n:
         return exact_trace(op, block_size)

@@ -9,6 +9,8 @@ The modules, each importing only those before it:
     state.py      what a run keeps across a restart: RNG state, metrics files; Ctrl-C
     resume.py     what a resumed run may change: options given again must equal the stored
                   ones; a larger epochs extends a run whose schedule allows it
+    launch.py     what train() refuses before it trains (folder, resume, factory, ranks, model fit)
+    epoch.py      an epoch's example order and augmentation from (seed, epoch); evaluate(); divergence
     loop.py       train(): the loop, in short steps (determinism and the files written: its docstring)
     tracking.py   diagnostics tracked during training (``--track``); the loop imports it
                   only when a run tracks something

@@ -12,6 +12,10 @@ Files written in ``out_dir``::
     metrics.jsonl            one JSON object per finished epoch
     checkpoints/epoch_NNNN.pt  model-only snapshots (epoch 0 = initialisation), for
                              trajectory analyses; off with keep_snapshots=False
+
+What it refuses before training: :mod:`sharpscope.train.launch`; the order, augmentation and
+evaluation of an epoch: :mod:`sharpscope.train.epoch` (``evaluate``, ``check_launch``, ``check_ranks``,
+``check_model`` and ``trusted_factory`` are importable from here too).
 """
 
 from __future__ import annotations
@@ -32,81 +36,19 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from .. import provenance
-from ..checkpoint import check_checkpoint_data, check_data_fits, read_checkpoint, save_checkpoint
+from ..checkpoint import check_checkpoint_data, check_data_fits, save_checkpoint
 from ..data import DataSpec, Dataset, load_dataset
-from ..errors import CheckpointError, ConfigError, NonFiniteLossError
-from ..models import build_model, factory_name, is_factory, make_factory_spec, make_model_spec
+from ..errors import ConfigError, NonFiniteLossError
+from ..models import build_model
 from ..optim import SAM, StepResult, bn_modules, convert_to_global_bn, registry, sam_step
 from .callbacks import Callback, TrainState
-from .config import AMP_DTYPES, DIVERGED_FACTOR, TrainConfig, TrainResult, learning_rate
-from .resume import resumed_config
+from .config import AMP_DTYPES, TrainConfig, TrainResult, learning_rate
+from .epoch import check_diverged, crop_and_flip, epoch_plan, evaluate
+from .launch import (check_fits, check_launch, check_model, check_ranks, model_spec_for, open_run, per_rank_bn_note,
+                     trusted_factory)
 from .state import append_metrics, rng_state, set_rng_state, sigint_requests_stop, write_metrics_file
 
 __all__ = ["train", "evaluate", "check_launch", "check_ranks", "check_model", "trusted_factory"]
-
-
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1))
-
-
-def _epoch_plan(data: Dataset, config: TrainConfig, epoch: int, augment: bool) -> dict[str, torch.Tensor]:
-    """The order of examples (and augmentation draws) of one epoch, reproducible from (seed, epoch)."""
-    n = data.x_train.shape[0]
-    gen = _epoch_generator(config.seed, epoch)
-    plan = {"order": torch.randperm(n, generator=gen)}
-    if augment:
-        plan["shift"] = torch.randint(-4, 5, (n, 2), generator=gen)
-        plan["flip"] = torch.rand(n, generator=gen) < 0.5
-    return plan
-
-
-def _augment(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Random crop with 4 pixels of zero padding and horizontal flip (He et al. 2016)."""
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (4, 4, 4, 4))
-    out = torch.empty_like(x)
-    for i in range(x.shape[0]):
-        dy, dx = int(shift[i, 0]) + 4, int(shift[i, 1]) + 4
-        out[i] = padded[i, :, dy:dy + h, dx:dx + w]
-    out[flip] = out[flip].flip(-1)
-    return out
-
-
-def _model_spec(config: TrainConfig, data: Dataset) -> dict:
-    if ":" in config.model:
-        return make_factory_spec(config.model, **config.model_kwargs)
-    return make_model_spec(config.model, data.input_shape, data.num_classes, **config.model_kwargs)
-
-
-def _check_fits(model: nn.Module, data: Dataset) -> None:
-    """One example through the model (eval mode, no grad, RNG untouched): a model that does
-    not fit the data fails here with one clear line instead of a traceback mid-training."""
-    device = next(model.parameters()).device
-    x = data.x_train[:1].to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            out = model(x)
-    except RuntimeError as err:
-        first = (str(err).splitlines() or ["?"])[0][:200]
-        raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}: {first}") from None
-    finally:
-        model.train(was_training)
-    if out.dim() != 2 or out.shape[1] != data.num_classes:
-        raise ConfigError(f"the model outputs shape {tuple(out.shape[1:])} per example; "
-                          f"{data.num_classes} class scores are needed")
-
-
-def _check_diverged(record: dict[str, Any], num_classes: int, kept: str) -> None:
-    """Stop a run whose epoch ended with a non-finite or exploded loss (before it is saved)."""
-    chance = math.log(max(num_classes, 2))
-    train_loss, test_loss = record["train_loss"], record["test_loss"]
-    if math.isfinite(train_loss) and math.isfinite(test_loss) and train_loss <= DIVERGED_FACTOR * chance:
-        return
-    raise NonFiniteLossError(
-        f"training diverged in epoch {record['epoch']} (lr {record['lr']:.4g}): mean train loss {train_loss:.4g}, "
-        f"test loss {test_loss:.4g}, chance level {chance:.3g}; not saved, {kept}; try a smaller --lr or --rho")
 
 
 @torch.no_grad()
@@ -121,25 +63,9 @@ def _average_bn_stats(model: nn.Module) -> None:
                 buf.copy_(dist_utils.all_reduce_sum(buf.clone()) / world)
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (eval mode) on (x, y); restores the mode."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for lo in range(0, x.shape[0], batch_size):
-        out = model(x[lo:lo + batch_size])
-        loss_sum += F.cross_entropy(out, y[lo:lo + batch_size], reduction="sum").item()
-        correct += (out.argmax(1) == y[lo:lo + batch_size]).sum().item()
-    model.train(was_training)
-    n = max(1, x.shape[0])
-    return loss_sum / n, correct / n
-
-
 _SUMS = ("loss", "correct", "loss_clean", "correct_clean", "perturbed_loss", "count", "perturbed_count", "skipped",
          "seconds")
 _LOCAL_SUMS = ("skipped", "seconds")  # the same on every rank (or this rank's own): not all-reduced
-
 
 
 @dataclass
@@ -217,7 +143,7 @@ def train(
     """
     t_start = time.perf_counter()
     out = Path(out_dir)
-    config, raw = _open(config, out, resume)
+    config, raw = open_run(config, out, resume)
     # a fresh run builds the caller's own configuration; a resume, the stored one, only as allowed
     allowed = trusted_factory(config, allow_factory if raw is not None else config.model,
                               where=out / "checkpoint.pt")
@@ -241,96 +167,6 @@ def train(
     return TrainResult(out, run.ckpt_path, run.metrics, interrupted, resumed_from, time.perf_counter() - t_start)
 
 
-# What is tracked during a run does not change what is trained: a configuration given with
-# ``resume`` may track otherwise (the stored tracking continues), as compare and sweep rely on.
-_TRACKING = ("track", "track_every", "track_samples")
-
-
-def _given(config: TrainConfig) -> dict[str, Any]:
-    """The options of a configuration passed with ``resume`` that must agree with the stored ones."""
-    return {k: v for k, v in config.to_dict().items() if k not in _TRACKING}
-
-
-def _open(config: TrainConfig | None, out: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """The configuration to run and, with ``resume``, the checkpoint it continues: the stored
-    configuration, which a given ``config`` must equal but for more epochs where the schedule
-    extends (:func:`sharpscope.train.resume.resumed_config`; tracking options aside); an
-    existing checkpoint is never overwritten."""
-    ckpt_path = out / "checkpoint.pt"
-    raw = None
-    if resume and ckpt_path.exists():
-        raw = read_checkpoint(ckpt_path)
-        if not raw.get("config") or raw.get("optimizer_state") is None:
-            raise CheckpointError(f"{ckpt_path}: has no training state to resume from")
-        stored = TrainConfig.from_dict(raw["config"])
-        config = stored if config is None else resumed_config(stored, _given(config))
-    elif ckpt_path.exists():
-        raise ConfigError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
-    if config is None:
-        raise ConfigError(f"nothing to resume in {out} and no configuration given")
-    config.validate()
-    return config, raw
-
-
-def check_ranks(config: TrainConfig, world: int) -> None:
-    """What ``config`` cannot do on ``world`` ranks (ConfigError)."""
-    if world > 1 and not registry.get(config.optimizer).supports_ranks:
-        raise ConfigError(f"--optimizer {config.optimizer} runs in a single process (its update combines both "
-                          "passes' gradients, which data-parallel SAM averages separately)")
-    if world > 1 and (config.m is not None or config.second_order):
-        raise ConfigError("with several ranks each rank already perturbs with its own gradient (m-SAM with "
-                          "m = per-rank batch); --m and --second-order need a single process")
-
-
-def check_launch(config: TrainConfig | None, out_dir: str | os.PathLike[str], resume: bool, world: int,
-                 allow_factory: bool | str = False) -> None:
-    """Everything :func:`train` would refuse before training, checked without training (and
-    without a process group): the folder, the configuration (or the one a resume continues),
-    whether its model factory may run, and what it cannot do on ``world`` ranks. ``sharpscope
-    train --nproc N`` runs it before it launches torchrun, so that bad input is one line and
-    exit code 2, not N tracebacks."""
-    config, raw = _open(config, Path(out_dir), resume)
-    if raw is not None:
-        trusted_factory(config, allow_factory, where=Path(out_dir) / "checkpoint.pt")
-    check_ranks(config, world)
-
-
-def trusted_factory(config: TrainConfig, allow_factory: bool | str, where: Path | None = None) -> bool | str:
-    """What :func:`~sharpscope.models.build_model` may run for ``config`` (its
-    ``allow_factory``): nothing to decide for a built-in model; for a factory, ``True`` when
-    ``allow_factory`` is True, else the factory's name when the caller named it
-    (``allow_factory``); a ConfigError when they named another one or none (``where``: the
-    checkpoint whose configuration names it)."""
-    if not is_factory(config.model):
-        return False
-    if allow_factory is True:
-        return True
-    stored = factory_name(config.model)
-    given = factory_name(allow_factory) if isinstance(allow_factory, str) and allow_factory else None
-    source = f"{where}: the run" if where is not None else "the run"
-    if given is not None and given != stored:
-        raise ConfigError(f"{source} was trained with model factory {stored}, but --model names {given}; "
-                          f"give --model {stored} (or start a new run in another --out)")
-    if given is None:
-        raise ConfigError(f"{source} names the custom model factory {stored}, which would be imported and run "
-                          f"as {stored}(**{config.model_kwargs!r}); name it with --model {stored} or pass "
-                          "--trust-factory if you trust where the run came from")
-    return stored
-
-
-def check_model(config: TrainConfig, allow_factory: bool | str | None = None) -> None:
-    """Build ``config``'s model once on its data and push one example through it, writing
-    nothing: a factory that cannot be imported, raises, returns no module or does not fit the
-    data fails here, before an experiment's first training step. ``allow_factory`` defaults
-    to the factory ``config`` names (the caller's own configuration)."""
-    config.validate()
-    data = load_dataset(config.data_spec())
-    allowed = trusted_factory(config, config.model if allow_factory is None else allow_factory)
-    with torch.random.fork_rng(devices=[]):
-        model = build_model(_model_spec(config, data), allow_factory=allowed)
-    _check_fits(model, data)
-
-
 def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str, raw: dict[str, Any] | None = None) -> _Run:
     """Device, data, model (initialised from the seed; resuming ``raw``, built from its stored
     spec; a factory only as ``allow_factory`` allows) and optimizer, checked against each
@@ -347,10 +183,10 @@ def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str, raw: dict
     if augment and len(data.input_shape) != 3:
         raise ConfigError("augmentation needs image data (C, H, W)")
     torch.manual_seed(config.seed)
-    model_spec = _model_spec(config, data) if raw is None else raw["model_spec"]
+    model_spec = model_spec_for(config, data) if raw is None else raw["model_spec"]
     model = build_model(model_spec, allow_factory=allow_factory).to(device)
     if raw is None:
-        _check_fits(model, data)
+        check_fits(model, data)
     elif main:
         check_checkpoint_data(model, raw.get("data_fingerprint"), data, out / "checkpoint.pt")
     else:
@@ -358,7 +194,7 @@ def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str, raw: dict
     if world > 1 and config.sync_bn:  # the same parameters and buffers: the state_dict is unchanged
         model = convert_to_global_bn(model)
     elif world > 1 and main and bn_modules(model):
-        warnings.warn(_per_rank_bn_note(config, world), stacklevel=3)
+        warnings.warn(per_rank_bn_note(config, world), stacklevel=3)
     channels_last = config.channels_last and len(data.input_shape) == 3
     if config.channels_last and not channels_last:
         raise ConfigError("--channels-last needs image data (C, H, W)")
@@ -376,21 +212,6 @@ def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str, raw: dict
     return _Run(config, out, device, world, rank, main, data, data_spec, model_spec, model, optimizer, scaler,
                 augment, channels_last, x_train, y_train, y_clean, x_test, y_test, state,
                 data_fingerprint=data.fingerprint() if main else None)
-
-
-def _per_rank_bn_note(config: TrainConfig, world: int) -> str:
-    """What a run on several ranks computes when its batch norm is rank-local (README,
-    'Running on several processes'); tests/test_sync_bn.py checks each statement."""
-    per_rank = f"about {config.batch_size / world:.3g}" if config.batch_size % world else str(config.batch_size // world)
-    if not registry.get(config.optimizer).perturbs:
-        what = f"ghost batch norm: {config.optimizer.upper()} with batch statistics per slice of that size"
-    elif config.sync_perturbation:
-        what = ("one perturbation from the global gradient with batch statistics per slice (ghost batch norm); "
-                "plain SAM over the global batch needs --sync-bn too")
-    else:
-        what = f"single-process m-SAM with --m {per_rank}"
-    return (f"{world} ranks, batch norm without --sync-bn: each rank normalizes with the statistics of its own "
-            f"{per_rank} examples of every batch; this computes {what}")
 
 
 def _resume(run: _Run, raw: dict[str, Any]) -> dict[str, int]:
@@ -430,8 +251,6 @@ def _start_fresh(run: _Run) -> None:
 def _prepare_model(run: _Run) -> None:
     """The DDP wrapper (several ranks), train mode, the compiled model and the loss of the steps."""
     if run.world > 1:
-        import warnings
-
         from torch.nn.parallel import DistributedDataParallel
         with warnings.catch_warnings():  # torch 2.13 deprecates it but advises keeping it for rank-local buffers
             warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
@@ -467,7 +286,7 @@ def _run_epochs(run: _Run, callbacks: Sequence[Callback]) -> bool:
 def _run_steps(run: _Run, callbacks: Sequence[Callback]) -> bool:
     """The remaining steps of the running epoch; True when a stop was requested before its end."""
     config, state = run.config, run.state
-    plan = _epoch_plan(run.data, config, state.epoch, run.augment)
+    plan = epoch_plan(run.data, config, state.epoch, run.augment)
     order = plan["order"].to(run.device)
     for b in range(state.batch_in_epoch, state.steps_per_epoch):
         t0 = time.perf_counter()
@@ -495,7 +314,7 @@ def _batch_inputs(run: _Run, plan: dict[str, torch.Tensor], idx: torch.Tensor) -
     xb = run.x_train[idx]
     if run.augment:
         cpu_idx = idx.cpu()
-        xb = _augment(xb, plan["shift"][cpu_idx].to(run.device), plan["flip"][cpu_idx].to(run.device))
+        xb = crop_and_flip(xb, plan["shift"][cpu_idx].to(run.device), plan["flip"][cpu_idx].to(run.device))
     if run.channels_last:
         xb = xb.contiguous(memory_format=torch.channels_last)
     return xb
@@ -593,7 +412,7 @@ def _end_epoch(run: _Run, record: dict[str, Any], callbacks: Sequence[Callback])
     """Check, count and record the finished epoch (callbacks may add to ``record``), checkpoint
     it when due; True when a stop was requested before the last epoch."""
     config, state = run.config, run.state
-    _check_diverged(record, run.data.num_classes, run.kept)
+    check_diverged(record, run.data.num_classes, run.kept)
     state.epoch += 1
     state.batch_in_epoch = 0
     run.sums = dict.fromkeys(_SUMS, 0.0)

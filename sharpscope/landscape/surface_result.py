@@ -1,0 +1,258 @@
+"""What a surface or interpolation computed: :class:`SurfaceResult`, a 1-, 2- or 3-D grid of loss,
+accuracy and custom metrics with its summary (centre loss, loss increase at a radius, basin
+width, interpolation barrier), its topology, and its ``.npz`` file (:meth:`SurfaceResult.save`,
+:meth:`SurfaceResult.load`, :func:`load_directions`). Arrays follow the matplotlib convention:
+``loss[i, j]`` is the value at ``(xs[j], ys[i])``."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from ..io import atomic_write_bytes
+from .directions import Direction
+
+__all__ = ["SurfaceResult", "load_directions"]
+
+
+@dataclass
+class SurfaceResult:
+    """Loss / accuracy on a 1-D (``ys is None``) or 2-D grid; ``loss[i, j]`` at (xs[j], ys[i]).
+    ``metrics``: each custom metric's grid ({name: array shaped like ``loss``})."""
+
+    xs: np.ndarray
+    ys: np.ndarray | None
+    loss: np.ndarray
+    accuracy: np.ndarray
+    kind: str  # "random" | "hessian" | "interpolation" | "plane" | "trajectory"
+    options: dict[str, Any]
+    n_examples: int
+    wall_time: float
+    explained_variance: list[float] | None = None
+    path: np.ndarray | None = None
+    name_a: str | None = None
+    name_b: str | None = None
+    path_residual: np.ndarray | None = None  # (E,): each path point's distance to the plane
+    zs: np.ndarray | None = None  # 3-D grids: loss[k, i, j] at (xs[j], ys[i], zs[k])
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def values(self, metric: str) -> np.ndarray:
+        """The grid of ``metric``: "loss", "accuracy" or a custom metric's name."""
+        if metric in ("loss", "accuracy"):
+            return getattr(self, metric)
+        if metric not in self.metrics:
+            raise KeyError(f"no metric {metric!r} (have loss, accuracy{''.join(', ' + m for m in self.metrics)})")
+        return self.metrics[metric]
+
+    @property
+    def dim(self) -> int:
+        return 1 if self.ys is None else 2 if self.zs is None else 3
+
+    def slice(self, k: int) -> SurfaceResult:
+        """The 2-D surface at the third coordinate ``zs[k]`` of a 3-D grid (custom metrics too)."""
+        if self.zs is None:
+            raise ConfigError("slice() is for 3-D surfaces")
+        return SurfaceResult(xs=self.xs, ys=self.ys, loss=self.loss[k], accuracy=self.accuracy[k], kind=self.kind,
+                             options={**self.options, "slice_z": float(self.zs[k])}, n_examples=self.n_examples,
+                             wall_time=self.wall_time, path=self.path if self.zs[k] == 0 else None,
+                             metrics={name: values[k] for name, values in self.metrics.items()})
+
+    def centre_slice(self) -> int:
+        """Index of the slice of a 3-D grid nearest the centre (third coordinate 0)."""
+        return int(np.argmin(np.abs(self.zs)))
+
+    @property
+    def n_points(self) -> int:
+        return int(self.loss.size)
+
+    def value_at(self, x: float, y: float = 0.0, metric: str = "loss") -> float:
+        """Linear (1-D) or bilinear (2-D) interpolation of the grid; NaN outside it."""
+        z = self.values(metric)
+        if self.ys is None:
+            if len(self.xs) == 1:
+                return float(z[0]) if x == self.xs[0] else math.nan
+            if not self.xs[0] <= x <= self.xs[-1]:
+                return math.nan
+            return float(np.interp(x, self.xs, z))
+        if not (self.xs[0] <= x <= self.xs[-1] and self.ys[0] <= y <= self.ys[-1]):
+            return math.nan
+        if len(self.xs) < 2 or len(self.ys) < 2:
+            return math.nan
+        return float(self._interpolator(metric)((y, x)))
+
+    def _interpolator(self, metric: str) -> Any:
+        """Bilinear interpolator of a 2-D metric, built once per (metric, array)."""
+        from scipy.interpolate import RegularGridInterpolator
+        z = self.values(metric)
+        cache = self.__dict__.setdefault("_interpolators", {})  # not a field: never saved
+        if metric not in cache or cache[metric][0] is not z:
+            cache[metric] = (z, RegularGridInterpolator((self.ys, self.xs), z))
+        return cache[metric][1]
+
+    def summary(self, radii: Sequence[float] = (0.1, 0.25, 0.5, 1.0), delta: float = 0.1,
+                n_angles: int = 72) -> dict[str, Any]:
+        """Loss at the centre, mean loss increase at each radius, and the basin width.
+
+        1-D: increase at r = mean of L(-r), L(r) minus L(0); basin = the interval around 0
+        where L - L(0) <= delta (its width, and whether it reached the grid's edge).
+        2-D: increase at r = mean over ``n_angles`` points of the circle of radius r;
+        basin width = 2 x the mean over rays of the distance at which L - L(0) first
+        exceeds delta. Values that need points outside the grid are None.
+        For interpolation also the loss at alpha = 1 and the barrier
+        max_{alpha in [0,1]} L(alpha) - max(L(0), L(1)) of the piecewise-linear curve through
+        the grid: the max runs over the grid points inside [0, 1] and the curve's values at 0
+        and 1 themselves (interpolated where 0 or 1 is not a grid point, see
+        ``barrier_endpoints_on_grid``), so the barrier is >= 0 by construction (0: the loss
+        never rises above the higher endpoint).
+        3-D: the 2-D summary of the slice nearest z = 0 (``slice_z``), over all the points.
+        """
+        if self.dim == 3:
+            k = self.centre_slice()
+            return {**self.slice(k).summary(radii, delta, n_angles), "dim": 3, "n_points": self.n_points,
+                    "min_loss": _num(float(np.nanmin(self.loss))), "slice_z": float(self.zs[k])}
+        centre = self.value_at(0.0, 0.0)
+        out: dict[str, Any] = {"dim": self.dim, "kind": self.kind, "n_points": self.n_points,
+                               "n_examples": self.n_examples, "centre_loss": _num(centre),
+                               "centre_accuracy": _num(self.value_at(0.0, 0.0, "accuracy")),
+                               "min_loss": _num(float(np.nanmin(self.loss))), "basin_delta": delta}
+        increases = {}
+        for r in radii:
+            if self.dim == 1:
+                vals = [self.value_at(-r), self.value_at(r)]
+            else:
+                angles = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
+                vals = [self.value_at(r * math.cos(t), r * math.sin(t)) for t in angles]
+            increases[str(r)] = None if any(math.isnan(v) for v in vals) else float(np.mean(vals) - centre)
+        out["loss_increase_at_radius"] = increases
+        widths, capped = [], 0
+        rays = [(1.0, 0.0), (-1.0, 0.0)] if self.dim == 1 else \
+            [(math.cos(t), math.sin(t)) for t in np.linspace(0, 2 * np.pi, n_angles, endpoint=False)]
+        for ux, uy in rays:
+            dist, hit = self._ray_crossing(ux, uy, centre + delta)
+            widths.append(dist)
+            capped += not hit
+        if self.dim == 1:
+            out["basin_width"] = _num(widths[0] + widths[1])
+        else:
+            out["basin_width"] = _num(2 * float(np.mean(widths)))
+        out["basin_reaches_grid_edge"] = capped > 0
+        if self.kind == "interpolation":
+            l1 = self.value_at(1.0)
+            inside = (self.xs >= 0) & (self.xs <= 1)
+            out["loss_at_b"] = _num(l1)
+            if not (math.isnan(l1) or math.isnan(centre)):
+                ends = max(centre, l1)
+                seg = self.loss[inside][np.isfinite(self.loss[inside])]
+                top = float(seg.max()) if seg.size else ends
+                out["barrier"] = max(top, ends) - ends
+                out["barrier_endpoints_on_grid"] = bool(np.isin([0.0, 1.0], self.xs).all())
+        if self.metrics:  # each custom metric at the centre (alpha = 0), its extremes (and at B)
+            out["metrics"] = {name: {"centre": _num(self.value_at(0.0, 0.0, name)),
+                                     "min": _num(float(np.nanmin(z))) if np.isfinite(z).any() else None,
+                                     "max": _num(float(np.nanmax(z))) if np.isfinite(z).any() else None,
+                                     **({"at_b": _num(self.value_at(1.0, 0.0, name))}
+                                        if self.kind == "interpolation" else {})}
+                              for name, z in self.metrics.items()}
+        return out
+
+    def _ray_crossing(self, ux: float, uy: float, level: float, steps: int = 400) -> tuple[float, bool]:
+        """Distance along the ray from the centre to where the loss first exceeds ``level``."""
+        if self.dim == 1:
+            reach = self.xs[-1] if ux > 0 else -self.xs[0]
+        else:
+            tx = (self.xs[-1] if ux > 0 else -self.xs[0]) / abs(ux) if abs(ux) > 1e-12 else math.inf
+            ty = (self.ys[-1] if uy > 0 else -self.ys[0]) / abs(uy) if abs(uy) > 1e-12 else math.inf
+            reach = min(tx, ty)
+        if not reach > 0:
+            return 0.0, False
+        prev_t, prev_v = 0.0, self.value_at(0.0, 0.0)
+        for t in np.linspace(0, reach, steps + 1)[1:]:
+            v = self.value_at(t * ux, t * uy)
+            if math.isnan(v):
+                break
+            if v > level:
+                frac = (level - prev_v) / (v - prev_v) if v != prev_v else 0.0
+                return float(prev_t + frac * (t - prev_t)), True
+            prev_t, prev_v = t, v
+        return float(prev_t), False
+
+    def topology(self, connectivity: str = "full", threshold: float = 0.0) -> Any:
+        """Minima, merge tree and saddle-minimum depths of the loss grid
+        (:func:`sharpscope.landscape.topology.surface_topology`; coordinates in array order, (y, x) in 2-D)."""
+        from .topology import surface_topology
+        return surface_topology(self.loss, axes=(self.xs,) if self.ys is None else (self.ys, self.xs) if self.zs is None
+                                else (self.zs, self.ys, self.xs),
+                                connectivity=connectivity, threshold=threshold)
+
+    def to_dict(self, radii: Sequence[float] = (0.1, 0.25, 0.5, 1.0), delta: float = 0.1) -> dict[str, Any]:
+        """JSON summary: the options, the grid axes and :meth:`summary` (arrays go in the npz); 2-D: also
+        ``topology`` (:meth:`topology`, default settings)."""
+        return {**({"topology": self.topology().to_dict()} if self.dim >= 2 else {}),"summary": self.summary(radii, delta), "options": self.options,
+                "xs": [float(v) for v in self.xs], "ys": None if self.ys is None else [float(v) for v in self.ys],
+                **({"zs": [float(v) for v in self.zs]} if self.zs is not None else {}),
+                "explained_variance": self.explained_variance, "wall_time": self.wall_time,
+                "points_per_second": self.n_points / self.wall_time if self.wall_time > 0 else None,
+                **({"name_a": self.name_a, "name_b": self.name_b} if self.kind == "interpolation" else {}),
+                **({"path": np.asarray(self.path).tolist()} if self.path is not None else {}),
+                **({"path_residual": [float(v) for v in self.path_residual]} if self.path_residual is not None else {})}
+
+    def save(self, path: str | Path, directions: Sequence[Direction] = ()) -> Path:
+        """Write an ``.npz`` (grid, values, options as JSON, directions as d{k}/{name})."""
+        arrays: dict[str, np.ndarray] = {"xs": self.xs, "loss": self.loss, "accuracy": self.accuracy,
+                                         "kind": np.array(self.kind), "n_examples": np.array(self.n_examples),
+                                         "options_json": np.array(json.dumps(self.options))}
+        if self.ys is not None:
+            arrays["ys"] = self.ys
+        if self.zs is not None:
+            arrays["zs"] = self.zs
+        if self.path is not None:
+            arrays["path"] = self.path
+        if self.path_residual is not None:
+            arrays["path_residual"] = np.asarray(self.path_residual)
+        for name, z in self.metrics.items():
+            arrays[f"metric/{name}"] = z
+        if self.explained_variance is not None:
+            arrays["explained_variance"] = np.asarray(self.explained_variance)
+        for k, d in enumerate(directions):
+            for name, t in d.items():
+                arrays[f"d{k}/{name}"] = t.detach().cpu().numpy()
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return atomic_write_bytes(path, lambda fh: fh.write(buf.getvalue()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> SurfaceResult:
+        """Read a file written by :meth:`save` (``allow_pickle=False``)."""
+        with np.load(path, allow_pickle=False) as z:
+            return cls(xs=z["xs"], ys=z["ys"] if "ys" in z else None, loss=z["loss"], accuracy=z["accuracy"],
+                       kind=str(z["kind"]), options=json.loads(str(z["options_json"])),
+                       n_examples=int(z["n_examples"]), wall_time=0.0,
+                       explained_variance=z["explained_variance"].tolist() if "explained_variance" in z else None,
+                       path=z["path"] if "path" in z else None,
+                       path_residual=z["path_residual"] if "path_residual" in z else None,
+                       zs=z["zs"] if "zs" in z else None,
+                       metrics={k.partition("/")[2]: z[k] for k in z.files if k.startswith("metric/")})
+
+
+def load_directions(path: str | Path) -> list[Direction]:
+    """The directions a :meth:`SurfaceResult.save` call stored (``d0/<name>``, ``d1/<name>``)."""
+    found: dict[int, Direction] = {}
+    with np.load(path, allow_pickle=False) as z:
+        for key in z.files:
+            head, _, name = key.partition("/")
+            if name and head.startswith("d") and head[1:].isdigit():
+                found.setdefault(int(head[1:]), {})[name] = torch.from_numpy(z[key])
+    return [found[k] for k in sorted(found)]
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)

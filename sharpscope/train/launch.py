@@ -1,0 +1,158 @@
+"""What :func:`~sharpscope.train.train` refuses before it trains, checked without training: the
+run folder and the configuration a resume continues (:func:`open_run`), the model factory a run
+may import (:func:`trusted_factory`), what a configuration cannot do on several ranks
+(:func:`check_ranks`), and whether the model fits the data (:func:`check_model`,
+:func:`check_fits`); ``sharpscope train --nproc N`` runs :func:`check_launch` before torchrun."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import read_checkpoint
+from ..data import Dataset, load_dataset
+from ..errors import CheckpointError, ConfigError
+from ..models import build_model, factory_name, is_factory, make_factory_spec, make_model_spec
+from ..optim import registry
+from .config import TrainConfig
+from .resume import resumed_config
+
+__all__ = ["open_run", "check_ranks", "check_launch", "trusted_factory", "check_model", "check_fits",
+           "model_spec_for", "per_rank_bn_note"]
+
+
+def model_spec_for(config: TrainConfig, data: Dataset) -> dict:
+    """The model spec a new run of ``config`` builds: the named factory's, else the built-in model
+    sized for ``data``'s inputs and classes."""
+    if ":" in config.model:
+        return make_factory_spec(config.model, **config.model_kwargs)
+    return make_model_spec(config.model, data.input_shape, data.num_classes, **config.model_kwargs)
+
+
+def check_fits(model: nn.Module, data: Dataset) -> None:
+    """One example through the model (eval mode, no grad, RNG untouched): a model that does
+    not fit the data fails here with one clear line instead of a traceback mid-training."""
+    device = next(model.parameters()).device
+    x = data.x_train[:1].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = model(x)
+    except RuntimeError as err:
+        first = (str(err).splitlines() or ["?"])[0][:200]
+        raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}: {first}") from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != data.num_classes:
+        raise ConfigError(f"the model outputs shape {tuple(out.shape[1:])} per example; "
+                          f"{data.num_classes} class scores are needed")
+
+
+# What is tracked during a run does not change what is trained: a configuration given with
+# ``resume`` may track otherwise (the stored tracking continues), as compare and sweep rely on.
+_TRACKING = ("track", "track_every", "track_samples")
+
+
+def _given(config: TrainConfig) -> dict[str, Any]:
+    """The options of a configuration passed with ``resume`` that must agree with the stored ones."""
+    return {k: v for k, v in config.to_dict().items() if k not in _TRACKING}
+
+
+def open_run(config: TrainConfig | None, out: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The configuration to run and, with ``resume``, the checkpoint it continues: the stored
+    configuration, which a given ``config`` must equal but for more epochs where the schedule
+    extends (:func:`sharpscope.train.resume.resumed_config`; tracking options aside); an
+    existing checkpoint is never overwritten."""
+    ckpt_path = out / "checkpoint.pt"
+    raw = None
+    if resume and ckpt_path.exists():
+        raw = read_checkpoint(ckpt_path)
+        if not raw.get("config") or raw.get("optimizer_state") is None:
+            raise CheckpointError(f"{ckpt_path}: has no training state to resume from")
+        stored = TrainConfig.from_dict(raw["config"])
+        config = stored if config is None else resumed_config(stored, _given(config))
+    elif ckpt_path.exists():
+        raise ConfigError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
+    if config is None:
+        raise ConfigError(f"nothing to resume in {out} and no configuration given")
+    config.validate()
+    return config, raw
+
+
+def check_ranks(config: TrainConfig, world: int) -> None:
+    """What ``config`` cannot do on ``world`` ranks (ConfigError)."""
+    if world > 1 and not registry.get(config.optimizer).supports_ranks:
+        raise ConfigError(f"--optimizer {config.optimizer} runs in a single process (its update combines both "
+                          "passes' gradients, which data-parallel SAM averages separately)")
+    if world > 1 and (config.m is not None or config.second_order):
+        raise ConfigError("with several ranks each rank already perturbs with its own gradient (m-SAM with "
+                          "m = per-rank batch); --m and --second-order need a single process")
+
+
+def check_launch(config: TrainConfig | None, out_dir: str | os.PathLike[str], resume: bool, world: int,
+                 allow_factory: bool | str = False) -> None:
+    """Everything :func:`train` would refuse before training, checked without training (and
+    without a process group): the folder, the configuration (or the one a resume continues),
+    whether its model factory may run, and what it cannot do on ``world`` ranks. ``sharpscope
+    train --nproc N`` runs it before it launches torchrun, so that bad input is one line and
+    exit code 2, not N tracebacks."""
+    config, raw = open_run(config, Path(out_dir), resume)
+    if raw is not None:
+        trusted_factory(config, allow_factory, where=Path(out_dir) / "checkpoint.pt")
+    check_ranks(config, world)
+
+
+def trusted_factory(config: TrainConfig, allow_factory: bool | str, where: Path | None = None) -> bool | str:
+    """What :func:`~sharpscope.models.build_model` may run for ``config`` (its
+    ``allow_factory``): nothing to decide for a built-in model; for a factory, ``True`` when
+    ``allow_factory`` is True, else the factory's name when the caller named it
+    (``allow_factory``); a ConfigError when they named another one or none (``where``: the
+    checkpoint whose configuration names it)."""
+    if not is_factory(config.model):
+        return False
+    if allow_factory is True:
+        return True
+    stored = factory_name(config.model)
+    given = factory_name(allow_factory) if isinstance(allow_factory, str) and allow_factory else None
+    source = f"{where}: the run" if where is not None else "the run"
+    if given is not None and given != stored:
+        raise ConfigError(f"{source} was trained with model factory {stored}, but --model names {given}; "
+                          f"give --model {stored} (or start a new run in another --out)")
+    if given is None:
+        raise ConfigError(f"{source} names the custom model factory {stored}, which would be imported and run "
+                          f"as {stored}(**{config.model_kwargs!r}); name it with --model {stored} or pass "
+                          "--trust-factory if you trust where the run came from")
+    return stored
+
+
+def check_model(config: TrainConfig, allow_factory: bool | str | None = None) -> None:
+    """Build ``config``'s model once on its data and push one example through it, writing
+    nothing: a factory that cannot be imported, raises, returns no module or does not fit the
+    data fails here, before an experiment's first training step. ``allow_factory`` defaults
+    to the factory ``config`` names (the caller's own configuration)."""
+    config.validate()
+    data = load_dataset(config.data_spec())
+    allowed = trusted_factory(config, config.model if allow_factory is None else allow_factory)
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(model_spec_for(config, data), allow_factory=allowed)
+    check_fits(model, data)
+
+
+def per_rank_bn_note(config: TrainConfig, world: int) -> str:
+    """What a run on several ranks computes when its batch norm is rank-local (README,
+    'Running on several processes'); tests/test_sync_bn.py checks each statement."""
+    per_rank = f"about {config.batch_size / world:.3g}" if config.batch_size % world else str(config.batch_size // world)
+    if not registry.get(config.optimizer).perturbs:
+        what = f"ghost batch norm: {config.optimizer.upper()} with batch statistics per slice of that size"
+    elif config.sync_perturbation:
+        what = ("one perturbation from the global gradient with batch statistics per slice (ghost batch norm); "
+                "plain SAM over the global batch needs --sync-bn too")
+    else:
+        what = f"single-process m-SAM with --m {per_rank}"
+    return (f"{world} ranks, batch norm without --sync-bn: each rank normalizes with the statistics of its own "
+            f"{per_rank} examples of every batch; this computes {what}")
