@@ -23,7 +23,7 @@ KNOWN_LONG_FUNCTIONS = {"cli/correlate_cmd.py:correlate_command", "cli/hessian_c
                         "cli/surface_cmd.py:interpolate_command", "cli/sweep_cmd.py:sweep_command",
                         "cli/train_cmd.py:train_command", "experiments/sweep.py:run_sweep",
                         "landscape/surface.py:evaluate_points", "landscape/surface.py:surface",
-                        "linalg/lanczos.py:lanczos", "optim/step.py:sam_step", "plots.py:plot_sweep"}
+                        "linalg/lanczos.py:lanczos", "plots.py:plot_sweep"}
 
 
 def _sources() -> dict[str, str]:
