@@ -227,11 +227,12 @@ def test_m_sam_under_accumulation_is_m_sam_and_never_vectorized():
 
 
 # -- batch norm, dropout, the gradient scaler, second order ---------------------------------------
-@pytest.mark.parametrize("name", ["sam", "rsam"])
-def test_batch_norm_statistics_are_updated_per_micro_batch_of_the_pass_at_w(name):
+@pytest.mark.parametrize("name,second_order", [("sam", False), ("rsam", False), ("sam", True)])
+def test_batch_norm_statistics_are_updated_per_micro_batch_of_the_pass_at_w(name, second_order):
     """Running statistics: one momentum update per micro-batch forward of the pass at w (at the
-    weights w, in order), none from the pass at w + e; num_batches_tracked grows by N. Without
-    accumulation the same rule gives the single update of the whole batch (as before)."""
+    weights w, in order), none from the pass at w + e (nor from second-order SAM's third pass);
+    num_batches_tracked grows by N. Without accumulation the same rule gives the single update
+    of the whole batch (as before)."""
     x, y = _data(10)
     for accumulate in (1, 2, 3):
         model = _model(bn=True)
@@ -240,7 +241,7 @@ def test_batch_norm_statistics_are_updated_per_micro_batch_of_the_pass_at_w(name
             for part in micro_slices(10, accumulate):
                 reference(x[part])
         opt = make_optimizer(TrainConfig(optimizer=name, lr=LR, weight_decay=WD), model)
-        sam_step(model, F.cross_entropy, x, y, opt, accumulate=accumulate)
+        sam_step(model, F.cross_entropy, x, y, opt, accumulate=accumulate, second_order=second_order)
         got, want = model[1], reference[1]
         assert int(got.num_batches_tracked) == accumulate
         assert torch.allclose(got.running_mean, want.running_mean, rtol=0, atol=1e-15)
@@ -281,10 +282,63 @@ def test_gradient_scaler_steps_and_updates_once_per_step():
     assert (_flat(model) - _flat(plain)).abs().max() < TOL
 
 
-def test_second_order_sam_is_not_accumulated():
+def _reference_second_order(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The weights after one second-order SAM step: the update's gradient is d/dw L(w + e_hat(w)),
+    e_hat(w) = rho g(w) / ||g(w)||, by autograd through e_hat on the flat weight vector."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [w.shape for w in model.parameters()]
+    sizes = [w.numel() for w in model.parameters()]
+    flat = _flat(model)
+
+    def loss(v: torch.Tensor) -> torch.Tensor:
+        params = {n: c.view(s) for n, c, s in zip(names, v.split(sizes), shapes)}
+        return F.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
+
+    def perturbed(v: torch.Tensor) -> torch.Tensor:
+        g = torch.func.grad(loss)(v)
+        return loss(v + RHO * g / g.norm())
+    return flat - LR * (torch.func.grad(perturbed)(flat) + WD * flat)
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_second_order_sam_accumulates_its_hessian_term(accumulate):
+    """Second-order SAM over 4 + 3 + 3 micro-batches (its H(w) u summed over them) against the
+    gradient of L(w + e_hat(w)) by autograd through e_hat, on the whole batch."""
     model, (x, y) = _model(), _data()
-    with pytest.raises(ConfigError, match="second-order"):
-        sam_step(model, F.cross_entropy, x, y, _sam(model), second_order=True, accumulate=2)
+    want = _reference_second_order(_model(), x, y)
+    sam_step(model, F.cross_entropy, x, y, _sam(model), second_order=True, accumulate=accumulate)
+    assert (_flat(model) - want).abs().max() < TOL
+    first_order = _model()
+    sam_step(first_order, F.cross_entropy, x, y, _sam(first_order))
+    assert (_flat(first_order) - want).abs().max() > 1e-6  # the Hessian term is there
+
+
+class _RecordedDropout(nn.Module):
+    """Dropout that keeps every mask it draws (one per forward), in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masks: list[torch.Tensor] = []
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        mask = (torch.rand(h.shape, dtype=h.dtype) < 0.5).to(h.dtype) * 2.0
+        self.masks.append(mask)
+        return h * mask
+
+
+def test_second_order_third_pass_replays_the_masks_of_the_pass_at_w():
+    """Accumulated second-order SAM takes H(w) u from a third forward at w per micro-batch: it
+    draws the dropout masks of that micro-batch's first forward (the full-batch step's double
+    backward reuses its one graph at w, masks included); the pass at w + e draws its own."""
+    torch.manual_seed(0)
+    drop = _RecordedDropout()
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), drop, nn.Linear(7, 3)).double()
+    x, y = _data()
+    sam_step(model, F.cross_entropy, x, y, _sam(model), second_order=True, accumulate=3)
+    first, at_e, third = drop.masks[0:3], drop.masks[3:6], drop.masks[6:9]
+    assert len(drop.masks) == 9
+    assert all(torch.equal(a, c) for a, c in zip(first, third))
+    assert not all(torch.equal(a, b) for a, b in zip(first, at_e))
 
 
 # -- training and the command line ----------------------------------------------------------------
@@ -307,7 +361,6 @@ def test_train_with_grad_accum_matches_the_full_batch_run(tmp_path):
     (dict(grad_accum=0), "--grad-accum must be >= 1"),
     (dict(grad_accum=-1), "--grad-accum must be >= 1"),
     (dict(grad_accum=33), "cannot split a batch of 32"),
-    (dict(grad_accum=2, second_order=True), "--second-order"),
     (dict(grad_accum=4, optimizer="sam", m=16), "--m 16 is larger than the micro-batches"),
 ])
 def test_train_config_refuses(options, fragment):

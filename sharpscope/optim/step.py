@@ -18,7 +18,8 @@ of the pass at w). With ``m < batch`` (m-SAM) the step is m-SAM's loop over the 
 unchanged: its passes already hold one chunk of ``m`` examples at a time, so the micro-batches
 add nothing (``m`` equal to the micro-batch size gives each micro-batch its own perturbation);
 it is never vectorized then (``vectorize=True`` is refused: ``vmap`` holds the whole batch).
-Second-order SAM is not accumulated (refused). Weight decay, the gradient scaler's unscale,
+Second-order SAM accumulates its Hessian-vector term too, from a third forward at w per
+micro-batch (the full-batch second-order step to float rounding). Weight decay, the gradient scaler's unscale,
 inf check and update, and every variant's state change happen once per step, in the one
 optimizer step after the last micro-batch.
 
@@ -80,11 +81,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..batches import higher_order_attention, leading_size
+from ..batches import concat, higher_order_attention, leading_size, take
 from ..errors import ConfigError
 from .bn import frozen_bn_stats
 from .msam import m_sam_loop, m_sam_vmapped, vmappable
-from .passes import Passes, check_accumulate
+from .passes import Passes, check_accumulate, micro_slices
 from .result import StepResult
 from .sam import SAM
 from .sync_bn import has_global_bn
@@ -132,6 +133,8 @@ def sam_step(
                    accumulate)
     if second_order:
         with higher_order_attention():
+            if accumulate > 1:
+                return _second_order_accumulated(model, loss_fn, inputs, targets, optimizer, m, accumulate)
             return _second_order_step(model, loss_fn, inputs, targets, optimizer, m)
     passes = Passes(model, loss_fn, _autocast(model, autocast), loss_scale, scaler, accumulate)
     optimizer.zero_grad(set_to_none=True)
@@ -164,9 +167,6 @@ def _check_options(model: nn.Module, optimizer: torch.optim.Optimizer, batch: in
         if autocast is not None or scaler is not None:
             raise ConfigError("second-order SAM does not run under mixed precision (its double backward would "
                               "be taken in reduced precision); train it in float32")
-        if accumulate != 1:
-            raise ConfigError("second-order SAM is not accumulated over micro-batches (its Hessian-vector term "
-                              "would need a third pass per micro-batch); use accumulate=1")
         return
     if (loss_scale != 1.0 or not sync_first_pass) and m is not None:
         raise ConfigError("loss_scale and sync_first_pass are for data-parallel SAM, not m-SAM")
@@ -256,12 +256,7 @@ def _second_order_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.
     Works on detached copies of the parameters through ``functional_call``, so nothing is
     modified in place while the double-backward graph is alive.
     """
-    if type(optimizer) is not SAM:
-        raise ConfigError("second-order SAM needs the SAM optimizer (its gradient term is that of SAM's e_hat(w))")
-    groups = optimizer.param_groups
-    if m is not None or any(g["adaptive"] or g["p"] != 2.0 for g in groups) or len({g["rho"] for g in groups}) > 1:
-        raise ConfigError("second-order SAM supports p = 2, one rho, no ASAM and no m-SAM")
-    rho = groups[0]["rho"]
+    rho = _second_order_rho(optimizer, m)
     named = [(n, w) for n, w in model.named_parameters() if w.requires_grad]
     names = [n for n, _ in named]
     leaves = [w.detach().requires_grad_(True) for _, w in named]
@@ -289,3 +284,65 @@ def _second_order_step(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.
             w.grad = a + b
     optimizer.base_step()
     return StepResult(loss.detach(), outputs.detach(), perturbed.detach())
+
+
+def _second_order_rho(optimizer: torch.optim.Optimizer, m: int | None) -> float:
+    """The radius of a second-order SAM step; :class:`ConfigError` for what it does not support."""
+    if type(optimizer) is not SAM:
+        raise ConfigError("second-order SAM needs the SAM optimizer (its gradient term is that of SAM's e_hat(w))")
+    groups = optimizer.param_groups
+    if m is not None or any(g["adaptive"] or g["p"] != 2.0 for g in groups) or len({g["rho"] for g in groups}) > 1:
+        raise ConfigError("second-order SAM supports p = 2, one rho, no ASAM and no m-SAM")
+    return groups[0]["rho"]
+
+
+def _second_order_accumulated(model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor], inputs: Any,
+                              targets: Any, optimizer: torch.optim.Optimizer, m: int | None,
+                              accumulate: int) -> StepResult:
+    """:func:`_second_order_step` over ``accumulate`` micro-batches (module docstring): g and
+    grad L(w + e) accumulated as in the first-order step, then the full batch's H(w) u as the
+    example-weighted sum of each micro-batch's, from a third forward at w per micro-batch that
+    replays the random numbers of its first (the same dropout masks) and leaves the batch-norm
+    statistics as the first left them. Three forwards per micro-batch instead of two."""
+    rho = _second_order_rho(optimizer, m)
+    named = [(n, w) for n, w in model.named_parameters() if w.requires_grad]
+    names, w0 = [n for n, _ in named], [w.detach() for _, w in named]
+    parts = micro_slices(leading_size(targets, "targets"), accumulate)
+    weights = [(s.stop - s.start) / parts[-1].stop for s in parts]
+
+    def micro(params: list[torch.Tensor], part: slice, graph: bool) -> tuple[Any, ...]:
+        leaves = [t.detach().requires_grad_(True) for t in params]
+        out = torch.func.functional_call(model, dict(zip(names, leaves)), (take(inputs, part),))
+        loss = loss_fn(out, take(targets, part))
+        return leaves, out, loss, torch.autograd.grad(loss, leaves, create_graph=graph)
+
+    g, g_sam = [torch.zeros_like(t) for t in w0], [torch.zeros_like(t) for t in w0]
+    rngs, outs, loss, perturbed = [], [], 0.0, 0.0
+    for part, weight in zip(parts, weights):
+        rngs.append(_rng_snapshot(model))
+        _, out, part_loss, grads = micro(w0, part, False)
+        torch._foreach_add_(g, list(grads), alpha=weight)
+        outs.append(out.detach())
+        loss = loss + part_loss.detach() * weight
+    gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in g]))
+    if gnorm == 0:  # no ascent direction: a plain step
+        for (_, w), t in zip(named, g):
+            w.grad = t
+        optimizer.base_step()
+        return StepResult(loss, concat(outs), loss)
+    shifted = [w + rho * t / gnorm for w, t in zip(w0, g)]
+    with frozen_bn_stats(model):
+        for part, weight in zip(parts, weights):
+            _, _, part_loss, grads = micro(shifted, part, False)
+            torch._foreach_add_(g_sam, list(grads), alpha=weight)
+            perturbed = perturbed + part_loss.detach() * weight
+        dot = sum((a * b).sum() for a, b in zip(g, g_sam)) / gnorm
+        u = [(rho / gnorm) * (b - a * (dot / gnorm)) for a, b in zip(g, g_sam)]
+        for part, weight, rng in zip(parts, weights, rngs):
+            with _replayed_rng(rng):
+                leaves, _, _, grads = micro(w0, part, True)
+            torch._foreach_add_(g_sam, list(torch.autograd.grad(grads, leaves, grad_outputs=u)), alpha=weight)
+    for (_, w), t in zip(named, g_sam):
+        w.grad = t
+    optimizer.base_step()
+    return StepResult(loss, concat(outs), perturbed)

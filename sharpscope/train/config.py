@@ -231,13 +231,11 @@ def _typed_variant_options(optimizer: str, options: dict[str, Any]) -> dict[str,
 
 
 def _check_accumulation(config: TrainConfig) -> None:
-    """What ``grad_accum`` > 1 does not combine with: second-order SAM (not accumulated), and m-SAM
-    chunks larger than a micro-batch (m-SAM's passes hold one chunk of m examples at a time, so
-    the micro-batches would not bound the memory: :mod:`sharpscope.optim.step`)."""
+    """What ``grad_accum`` > 1 does not combine with: m-SAM chunks larger than a micro-batch (m-SAM's
+    passes hold one chunk of m examples at a time, so the micro-batches would not bound the
+    memory: :mod:`sharpscope.optim.step`)."""
     if config.grad_accum == 1:
         return
-    if config.second_order:
-        raise ConfigError("--second-order is not accumulated over micro-batches; drop --grad-accum")
     micro = -(-config.batch_size // config.grad_accum)
     if config.m is not None and micro < config.m < config.batch_size:
         raise ConfigError(f"--m {config.m} is larger than the micro-batches of --grad-accum {config.grad_accum} "
