@@ -387,3 +387,26 @@ def test_cli_bad_grad_accum_is_one_line(cli, tmp_path, verb, value, fragment):
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("sharpscope: error: ") and fragment in lines[0], lines[0]
+
+
+# -- data-parallel ranks ------------------------------------------------------------------------
+def ranks_train(out: str, config: dict) -> None:
+    """One training run on this rank (module level: the spawned ranks import it by name)."""
+    train(TrainConfig(**config), out)
+
+
+@pytest.mark.slow
+def test_two_ranks_accumulate_to_global_batch_sam(tmp_path):
+    """Two gloo ranks, each splitting its half of the batch into 2 micro-batches (every one but
+    the last back-propagated under no_sync), with one perturbation from the all-reduced gradient:
+    global-batch SAM of one process without accumulation, to float32 rounding."""
+    import torch.distributed as dist
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    from _ranks import run_on_ranks
+    config = dict(optimizer="sam", model="mlp", model_kwargs={"hidden": [12]}, n_train=200, epochs=2, batch_size=40,
+                  lr=0.1, keep_snapshots=False, seed=3)
+    run_on_ranks(tmp_path, ranks_train, str(tmp_path / "ddp"), {**config, "sync_perturbation": True, "grad_accum": 2})
+    train(TrainConfig(**config), tmp_path / "one")
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model_state"] for d in ("ddp", "one"))
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) < 1e-5
