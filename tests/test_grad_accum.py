@@ -183,6 +183,29 @@ def test_plain_torch_optimizer_accumulates():
     assert (_flat(model_a) - _flat(model_b)).abs().max() < TOL
 
 
+class _DictModel(nn.Module):
+    """A model whose batch is a dict of tensors (Hugging Face style fields)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _model()
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(batch["features"] * batch["scale"])
+
+
+def test_pytree_batches_are_cut_into_micro_batches_too():
+    x, y = _data()
+    batch = {"features": x, "scale": torch.linspace(0.5, 1.5, 10, dtype=torch.float64)[:, None]}
+    runs = []
+    for accumulate in (1, 3):
+        model = _DictModel()
+        result = sam_step(model, F.cross_entropy, batch, y, _sam(model), accumulate=accumulate)
+        runs.append((_flat(model), result.outputs))
+    assert (runs[0][0] - runs[1][0]).abs().max() < TOL
+    assert (runs[0][1] - runs[1][1]).abs().max() < TOL
+
+
 # -- accumulate=1 is the step as it was ----------------------------------------------------------
 def test_accumulate_one_is_bit_identical_to_the_hand_driven_step():
     """accumulate=1 (the default) runs exactly the passes of a SAM step driven by hand (davda54's
