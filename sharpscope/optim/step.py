@@ -16,12 +16,12 @@ full-batch step to float rounding (for a model without batch norm in train mode,
 normalizes each micro-batch by itself; its running statistics get one update per micro-batch
 of the pass at w). With ``m < batch`` (m-SAM) the step is m-SAM's loop over the whole batch,
 unchanged: its passes already hold one chunk of ``m`` examples at a time, so the micro-batches
-add nothing (``m`` equal to the micro-batch size gives each micro-batch its own perturbation);
+add nothing (``m`` = B / N, N dividing B, gives each micro-batch its own perturbation);
 it is never vectorized then (``vectorize=True`` is refused: ``vmap`` holds the whole batch).
 Second-order SAM accumulates its Hessian-vector term too, from a third forward at w per
-micro-batch (the full-batch second-order step to float rounding). Weight decay, the gradient scaler's unscale,
-inf check and update, and every variant's state change happen once per step, in the one
-optimizer step after the last micro-batch.
+micro-batch (the full-batch second-order step to float rounding). Weight decay, the gradient
+scaler's unscale, inf check and update, and every variant's state change happen once per
+step, in the one optimizer step after the last micro-batch.
 
 A variant whose perturbation does not use the gradient at w (``perturbation_uses_gradient``
 false: :class:`~sharpscope.optim.RSAM`) gets a clean pass without backward: a forward at w
