@@ -60,6 +60,10 @@ TRAIN_OPTIONS: dict[str, TrainOption] = {
     "n_train": _o(None, "int?", "--n-train", help="Train on a seeded subset of this size."),
     "epochs": _o(40, "int", "--epochs", help="Number of epochs."),
     "batch_size": _o(64, "int", "--batch-size", "-b", help="Mini-batch size."),
+    "grad_accum": _o(1, "int", "--grad-accum", help="Gradient accumulation: run each batch (each rank's slice) "
+                     "as N micro-batches, both SAM passes accumulated and weighted by examples: the same step to "
+                     "float rounding with about 1/N of the activation memory; batch norm normalizes each "
+                     "micro-batch."),
     "lr": _o(0.1, "float", "--lr", help="Peak learning rate."),
     "momentum": _o(0.9, "float", "--momentum", help="SGD momentum."),
     "nesterov": _o(False, "bool", "--nesterov/--no-nesterov", help="Nesterov momentum."),

@@ -21,7 +21,7 @@ KNOWN_LONG_FUNCTIONS = {"cli/correlate_cmd.py:correlate_command", "cli/hessian_c
                         "cli/sharpness_cmd.py:sharpness_command", "cli/surface_cmd.py:surface_command",
                         "cli/surface_cmd.py:interpolate_command", "cli/sweep_cmd.py:sweep_command",
                         "cli/train_cmd.py:train_command", "experiments/sweep.py:run_sweep",
-                        "optim/step.py:sam_step", "plots.py:plot_sweep"}
+                        "plots.py:plot_sweep"}
 
 
 def _sources() -> dict[str, str]:

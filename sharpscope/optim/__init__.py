@@ -1,4 +1,5 @@
 """SAM and its training step, as torch optimizers (see :mod:`.sam`, :mod:`.bn`, :mod:`.step`;
+the step's passes, whole-batch or accumulated over micro-batches: :mod:`.passes`;
 variants over SAM's two steps: :mod:`.rsam`, :mod:`.gsam`, :mod:`.wsam`, :mod:`.looksam`,
 :mod:`.fsam`; the table of every optimizer a training run may name, built from
 their classes: :mod:`.registry`; batch norm over the global batch of every rank: :mod:`.sync_bn`)."""

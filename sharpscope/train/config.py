@@ -51,6 +51,7 @@ class TrainConfig:
     n_train: int | None = config_field("n_train")
     epochs: int = config_field("epochs")
     batch_size: int = config_field("batch_size")
+    grad_accum: int = config_field("grad_accum")  # micro-batches per batch (sharpscope.optim.passes)
     lr: float = config_field("lr")
     momentum: float = config_field("momentum")
     nesterov: bool = config_field("nesterov")
@@ -104,6 +105,9 @@ class TrainConfig:
             (0.0 <= self.label_noise < 1.0, f"label noise must be in [0, 1), got {self.label_noise}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"--grad-accum must be >= 1 micro-batch, got {self.grad_accum}"),
+            (self.grad_accum <= self.batch_size, f"--grad-accum {self.grad_accum} cannot split a batch of "
+             f"{self.batch_size} examples (at most one micro-batch per example)"),
             (math.isfinite(self.lr) and self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (0.0 <= self.momentum < 1.0, f"momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
@@ -139,6 +143,7 @@ class TrainConfig:
                 spec.build(self, nn.ParameterList([nn.Parameter(torch.zeros(1))]))
             except TypeError as err:
                 raise ConfigError(f"--optimizer-opt for {self.optimizer}: {err}") from None
+        _check_accumulation(self)
         if self.second_order and (not spec.supports_second_order or self.p != 2 or self.m is not None):
             raise ConfigError(f"--second-order needs --optimizer {_one_of('supports_second_order')} with p = 2 "
                               "and no m")
@@ -223,6 +228,18 @@ def _typed_variant_options(optimizer: str, options: dict[str, Any]) -> dict[str,
         if option.name in options and option.is_bool:
             options[option.name] = bool_option(f"--optimizer-opt {option.name} of {optimizer}", options[option.name])
     return options
+
+
+def _check_accumulation(config: TrainConfig) -> None:
+    """What ``grad_accum`` > 1 does not combine with: m-SAM chunks larger than a micro-batch (m-SAM's
+    passes hold one chunk of m examples at a time, so the micro-batches would not bound the
+    memory: :mod:`sharpscope.optim.step`)."""
+    if config.grad_accum == 1:
+        return
+    micro = -(-config.batch_size // config.grad_accum)
+    if config.m is not None and micro < config.m < config.batch_size:
+        raise ConfigError(f"--m {config.m} is larger than the micro-batches of --grad-accum {config.grad_accum} "
+                          f"({micro} examples): m-SAM holds one chunk of m examples at a time, so use --m <= {micro}")
 
 
 def _one_of(capability: str) -> str:

@@ -41,6 +41,7 @@ from ..data import DataSpec, Dataset, load_dataset
 from ..errors import ConfigError, NonFiniteLossError
 from ..models import build_model
 from ..optim import SAM, StepResult, bn_modules, convert_to_global_bn, registry, sam_step
+from ..optim.passes import micro_batch_count
 from .callbacks import Callback, TrainState
 from .config import AMP_DTYPES, TrainConfig, TrainResult, learning_rate
 from .epoch import check_diverged, crop_and_flip, epoch_plan, evaluate
@@ -327,7 +328,8 @@ def _step(run: _Run, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> t
     if run.ddp is None:
         result = sam_step(run.stepped, run.loss_fn, xb, yb, run.optimizer, m=config.m,
                           second_order=config.second_order, autocast=run.autocast, scaler=run.scaler,
-                          same_dropout_mask=config.same_dropout_mask)
+                          same_dropout_mask=config.same_dropout_mask,
+                          accumulate=micro_batch_count(config.grad_accum, idx.shape[0]))
         return result, idx
     # this rank's consecutive slice of the global batch
     part = torch.tensor_split(torch.arange(idx.shape[0], device=idx.device), run.world)[run.rank]
@@ -337,7 +339,8 @@ def _step(run: _Run, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> t
     # own gradient (m-SAM with m = per-rank batch); DDP averages the second pass, and
     # the scale n_rank * world / n_batch makes that average size-weighted
     result = sam_step(run.ddp, run.loss_fn, xb, yb, run.optimizer, loss_scale=scale,
-                      sync_first_pass=config.sync_perturbation, autocast=run.autocast, scaler=run.scaler)
+                      sync_first_pass=config.sync_perturbation, autocast=run.autocast, scaler=run.scaler,
+                      accumulate=micro_batch_count(config.grad_accum, idx.shape[0]))
     if not config.sync_bn:  # with --sync-bn every rank already holds the global statistics
         _average_bn_stats(run.model)
     return result, idx
