@@ -119,12 +119,12 @@ def evaluate_points(
     distributed = dist_utils.is_distributed() if distributed is None else distributed
     first = next(iter(model.parameters()))
     prepared = data if isinstance(data, Prepared) else BatchLoss(model, loss_fn).read(data, first.device, first.dtype)
-    batch_loss, n_examples = prepared.loss, prepared.n_examples
+    batch_loss, n_examples, total_weight = prepared.loss, prepared.n_examples, prepared.total_weight
     if channels_last is None:
         channels_last = first.device.type == "cpu" and _image_inputs(prepared)
     if channels_last and _image_inputs(prepared):
         prepared = Prepared(batch_loss, [(x.contiguous(memory_format=torch.channels_last), y)
-                                         for x, y in prepared.batches], prepared.counts)
+                                         for x, y in prepared.batches], prepared.counts, weights=prepared.weights)
     buffers = {n: b.detach() for n, b in model.named_buffers()}
     loss = np.full(n_points, np.nan)
     acc = np.full(n_points, np.nan)
@@ -144,6 +144,8 @@ def evaluate_points(
         correct = torch.zeros((), dtype=torch.long, device=first.device)
         classify = not batch_loss.takes_model
         for batch, count in batches:
+            if not count:  # nothing counted in the batch (every token label -100): it adds nothing
+                continue
             out, value = batch_loss.outputs_and_loss(state, batch)
             total += value.double() * count
             for name, call in calls.items():
@@ -152,8 +154,8 @@ def evaluate_points(
                 correct += (out.argmax(1) == batch[1]).sum()
             else:
                 classify = False
-        return (float(total) / n_examples, (float(correct) / n_examples if classify else math.nan),
-                {name: float(v) / n_examples for name, v in sums.items()})
+        return (float(total) / total_weight, (float(correct) / n_examples if classify else math.nan),
+                {name: float(v) / total_weight for name, v in sums.items()})
 
     todo = [k for k in range(n_points) if done is None or not done[k]]
     if distributed:
