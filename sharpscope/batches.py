@@ -156,10 +156,13 @@ class ModelLoss:
         weight: ``weight(batch)`` -> what ``fn``'s mean is taken over in the batch (its
             weight in the mean over batches, e.g. its number of counted tokens); default:
             the number of examples.
+        join: ``join(batches)`` -> one batch of every example, for analyses that split the
+            data into examples (m-sharpness) when the batches differ in a dimension other
+            than the first (e.g. padding token sequences to one length); default: none.
     """
 
     def __init__(self, fn: Callable[[nn.Module, Any], Tensor], count: Callable[[Any], int] | None = None,
-                 weight: Callable[[Any], int] | None = None) -> None:
+                 weight: Callable[[Any], int] | None = None, join: Callable[[list[Any]], Any] | None = None) -> None:
         if not callable(fn):
             raise ConfigError(f"ModelLoss needs a callable fn(model, batch), got {fn!r}")
         if weight is not None and not callable(weight):
@@ -167,6 +170,7 @@ class ModelLoss:
         self.fn = fn
         self.count = count
         self.weight = weight
+        self.join = join
 
     def __repr__(self) -> str:
         return f"ModelLoss({getattr(self.fn, '__name__', self.fn)!r})"
@@ -410,6 +414,9 @@ class Prepared:
     def joined(self) -> Any:
         """All examples as one batch (dim 0); a :class:`ConfigError` when they cannot be."""
         if not self.per_example():
+            join = self.loss.loss_fn.join if self.loss.takes_model else None  # type: ignore[union-attr]
+            if join is not None and not self.streamed:
+                return join(list(self.batches))  # type: ignore[arg-type]
             raise ConfigError("this analysis splits the data into examples along dim 0, but a batch holds a tensor "
                               "whose leading size is not its number of examples, or the batches differ in another "
                               "dimension (token sequences of different lengths: pad them to one length)")
