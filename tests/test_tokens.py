@@ -241,3 +241,20 @@ def test_per_example_refuses_ragged_joins_but_the_token_loss_pads():
     plain = ss.ModelLoss(lambda m, b: TokenLoss("causal").batch_loss(m, b))
     with pytest.raises(ConfigError, match="pad them"):
         BatchLoss(model, plain).read(data, torch.device("cpu"), torch.float64).joined()
+
+
+def test_interpolation_trace_and_density_use_the_token_mean():
+    model, data = _model(), _data()
+    torch.manual_seed(1)
+    other = TinyLM().double()
+    res = ss.landscape.interpolate(model, other, TokenLoss("causal"), data, [0.0, 0.25, 1.0])
+    a, b = dict(model.named_parameters()), dict(other.named_parameters())
+    mid = {n: 0.75 * a[n].detach() + 0.25 * b[n].detach() for n in a}
+    assert res.loss[1] == pytest.approx(float(_explicit(model, data, True, mid)[0].detach()), rel=1e-12)
+    assert res.loss[2] == pytest.approx(float(_explicit(other, data, True)[0].detach()), rel=1e-12)
+    obj = Objective(model, TokenLoss("causal"), data)
+    h = torch.stack([obj.hvp(e) for e in torch.eye(obj.n, dtype=torch.float64)], 1)
+    tr = ss.hessian.trace(model, TokenLoss("causal"), data, n_matvecs=obj.n * 3, method="hutch++", seed=0)
+    assert tr.trace == pytest.approx(float(torch.trace(h)), rel=0.05)
+    dens = ss.hessian.density(model, TokenLoss("causal"), data, n_runs=2, n_steps=20, seed=0)
+    assert dens.n_hvp > 0
