@@ -57,7 +57,7 @@ from torch.func import functional_call
 
 from .errors import ConfigError
 
-__all__ = ["ModelLoss", "OutputLoss", "count_tokens", "IGNORE_INDEX", "BatchLoss", "Prepared", "Streamed", "move", "concat", "take", "tensor_leaves",
+__all__ = ["ModelLoss", "OutputLoss", "count_tokens", "pad_join", "IGNORE_INDEX", "BatchLoss", "Prepared", "Streamed", "move", "concat", "take", "tensor_leaves",
            "higher_order_attention", "batch_bytes", "fingerprint", "DEFAULT_CACHE_BYTES"]
 
 LossFn = Callable[[Any, Any], Tensor]
@@ -186,6 +186,27 @@ def count_tokens(labels: Tensor, shift: bool) -> Tensor:
     return ((labels[..., 1:] if shift else labels) != IGNORE_INDEX).sum()
 
 
+def pad_join(batches: list[Any], labels_key: str = "labels") -> dict[str, Any]:
+    """Dict batches of token sequences of different lengths joined along dim 0, every tensor
+    of two or more dimensions first padded at the end of dim 1 to the longest length: the
+    labels with -100, every other field with 0 (an attention mask of 0: padding). Appended
+    padding is neither attended to nor counted, so each sequence's loss is unchanged (up to
+    float rounding of longer reductions)."""
+    if not batches or not all(isinstance(b, dict) for b in batches):
+        raise ConfigError("only dict batches of token sequences can be padded to one length")
+    if any(set(b) != set(batches[0]) for b in batches):
+        raise ConfigError("the dict batches hold different fields; they cannot be joined")
+    length = max(t.shape[1] for b in batches for t in b.values() if isinstance(t, Tensor) and t.dim() >= 2)
+
+    def pad(key: str, t: Any) -> Any:
+        if not isinstance(t, Tensor) or t.dim() < 2 or t.shape[1] == length:
+            return t
+        value = IGNORE_INDEX if key == labels_key else 0
+        return torch.nn.functional.pad(t.movedim(1, -1), (0, length - t.shape[1]), value=value).movedim(-1, 1)
+
+    return concat([{k: pad(k, v) for k, v in b.items()} for b in batches])
+
+
 def _causal_lm(model: nn.Module) -> bool:
     """Whether a Hugging Face model (or a peft wrapper of one) is a causal LM, whose loss
     shifts the labels by one position."""
@@ -211,7 +232,7 @@ class OutputLoss(ModelLoss):
             raise ConfigError(f"OutputLoss's per must be one of {', '.join(self.PER)}, got {per!r}")
         self.per = per
         self.shift = per == "causal" or (per == "auto" and _causal_lm(model))
-        super().__init__(self.output_loss, weight=self.count_weight)
+        super().__init__(self.output_loss, weight=self.count_weight, join=pad_join)
 
     @staticmethod
     def output_loss(model: nn.Module, batch: Any) -> Tensor:
@@ -270,7 +291,9 @@ class BatchLoss:
             return move(batch, device, dtype)
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ConfigError("data must yield (inputs, targets) pairs; for batches of another structure "
-                              "pass loss_fn=ModelLoss(fn) with fn(model, batch) -> loss")
+                              "pass loss_fn=ModelLoss(fn) with fn(model, batch) -> loss (dict batches of tokens: "
+                              "sharpscope.tokens.TokenLoss('causal' or 'masked'), or loss_fn=None for the model's "
+                              "own model(**batch).loss)")
         inputs, targets = batch
         return move(inputs, device, dtype), move(targets, device)
 

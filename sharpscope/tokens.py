@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .batches import IGNORE_INDEX, ModelLoss, concat, count_tokens
+from .batches import IGNORE_INDEX, ModelLoss, count_tokens, pad_join
 from .errors import ConfigError
 
 __all__ = ["TokenLoss", "TokenCrossEntropy", "token_cross_entropy", "logits_of", "pad_join", "count_tokens",
@@ -140,25 +140,3 @@ class TokenLoss(ModelLoss):
 
     def __repr__(self) -> str:
         return f"TokenLoss({self.kind!r})"
-
-
-def pad_join(batches: list[Any], labels_key: str = "labels") -> dict[str, Any]:
-    """Dict batches of token sequences of different lengths joined along dim 0, every tensor
-    of two or more dimensions first padded at the end of dim 1 to the longest length: the
-    labels with -100, every other field with 0 (an attention mask of 0: padding). Appended
-    padding is neither attended to nor counted, so each sequence's loss is unchanged (up to
-    float rounding of longer reductions)."""
-    if not batches or not all(isinstance(b, Mapping) for b in batches):
-        raise ConfigError("only dict batches of token sequences can be padded to one length")
-    if any(set(b) != set(batches[0]) for b in batches):
-        raise ConfigError("the dict batches hold different fields; they cannot be joined")
-    length = max(t.shape[1] for b in batches for t in b.values() if isinstance(t, Tensor) and t.dim() >= 2)
-
-    def pad(key: str, t: Any) -> Any:
-        if not isinstance(t, Tensor) or t.dim() < 2 or t.shape[1] == length:
-            return t
-        value = IGNORE_INDEX if key == labels_key else 0
-        return F.pad(t.movedim(1, -1), (0, length - t.shape[1]), value=value).movedim(-1, 1)
-
-    return concat([{k: pad(k, v) for k, v in b.items()} for b in batches])
-

@@ -191,3 +191,17 @@ def test_a_lora_gpt_is_analysed_over_its_trainable_parameters_with_its_own_loss(
     base = model.get_base_model()
     assert obj.loss() == pytest.approx(float(_token_mean(base, dict(base.named_parameters()), data).detach()),
                                        rel=1e-6)
+
+
+@needs_transformers
+def test_every_analysis_runs_on_a_gpt_with_its_own_loss():
+    """loss_fn=None (the model's own .loss) through the API entry points, ragged batches joined by padding."""
+    model, data = _gpt(), _data()
+    ref = Objective(model, TokenLoss("causal"), data)
+    top = ss.hessian.eigenvalues(model, None, data, k=1)
+    assert top.eigenvalues[0] == pytest.approx(ss.hessian.eigenvalues(ref, k=1).eigenvalues[0], rel=1e-4)
+    m = ss.sharpness.m_sharpness(model, None, data, m=4, rho=0.05, steps=2)
+    m_ref = ss.sharpness.m_sharpness(model, TokenLoss("causal"), data, m=4, rho=0.05, steps=2)
+    assert m.results[0].mean == pytest.approx(m_ref.results[0].mean, rel=1e-4)
+    cos = ss.sharpness.sam_gradient_cosine(model, None, data, rho=0.05)
+    assert cos.cosine == pytest.approx(ss.sharpness.sam_gradient_cosine(ref, rho=0.05).cosine, rel=1e-5)
