@@ -258,3 +258,29 @@ def test_interpolation_trace_and_density_use_the_token_mean():
     assert tr.trace == pytest.approx(float(torch.trace(h)), rel=0.05)
     dens = ss.hessian.density(model, TokenLoss("causal"), data, n_runs=2, n_steps=20, seed=0)
     assert dens.n_hvp > 0
+
+
+def test_the_embedded_text_and_nanogpt_bins_become_token_batches(tmp_path):
+    from pydoc_data.topics import topics
+
+    from sharpscope.data import read_token_bin, text_tokens, token_batches
+
+    train, val = text_tokens("train"), text_tokens("val")
+    raw = "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
+    assert len(train) + len(val) == len(raw) and bytes(train[:50].tolist()) == raw[:50]
+    assert int(train.max()) < 256 and len(train) == int(0.9 * len(raw))
+    batches = token_batches(train, block_size=16, batch_size=3, n_blocks=7, seed=1)
+    assert [b["input_ids"].shape for b in batches] == [(3, 16), (3, 16), (1, 16)]
+    assert all(torch.equal(b["labels"], b["input_ids"]) for b in batches)
+    again = token_batches(train, block_size=16, batch_size=3, n_blocks=7, seed=1)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))
+    np = pytest.importorskip("numpy")
+    ids = np.arange(100, dtype=np.uint16) * 600  # ids above 2**15: read unsigned
+    ids.tofile(tmp_path / "val.bin")
+    mapped = read_token_bin(tmp_path, "val")
+    blocks = token_batches(mapped, block_size=10, batch_size=4)
+    assert len(blocks) == 3 and int(blocks[-1]["input_ids"][-1, -1]) == 99 * 600
+    with pytest.raises(ss.DataError, match="train.bin not found"):
+        read_token_bin(tmp_path, "train")
+    with pytest.raises(ConfigError, match="block_size"):
+        token_batches(train, block_size=1)

@@ -205,3 +205,15 @@ def test_every_analysis_runs_on_a_gpt_with_its_own_loss():
     assert m.results[0].mean == pytest.approx(m_ref.results[0].mean, rel=1e-4)
     cos = ss.sharpness.sam_gradient_cosine(model, None, data, rho=0.05)
     assert cos.cosine == pytest.approx(ss.sharpness.sam_gradient_cosine(ref, rho=0.05).cosine, rel=1e-5)
+
+
+@needs_transformers
+def test_a_gpt_over_the_embedded_text_weighs_every_block_by_its_targets():
+    from sharpscope.data import BYTE_VOCAB, text_tokens, token_batches
+
+    torch.manual_seed(0)
+    model = build_model(make_model_spec("gpt", [16], BYTE_VOCAB, n_layer=1, n_embd=WIDTH))
+    batches = token_batches(text_tokens("val"), block_size=16, batch_size=4, n_blocks=6)
+    own = Objective(model, None, batches)
+    assert own.total_weight == 6 * 15  # a causal LM scores T - 1 next tokens per block
+    assert own.loss() == pytest.approx(Objective(model, TokenLoss("causal"), batches).loss(), rel=1e-6)
