@@ -7,8 +7,9 @@ batches (x_b, y_b) of weights w_b, W = sum_b w_b,
 
 with ``loss_fn`` returning the mean loss of a batch over what w_b counts (its n_b examples,
 or its counted tokens under a token loss, :mod:`sharpscope.tokens`), so L is the mean loss
-over the whole data set (every example, or every token) whatever the batching. :class:`Objective` gives L, its gradient and
-Hessian-vector products H v = d/dt grad L(theta + t v) |_{t=0}, on flat vectors.
+over the whole data set (every example, or every token) whatever the batching.
+:class:`Objective` gives L, its gradient and Hessian-vector products
+H v = d/dt grad L(theta + t v) |_{t=0}, on flat vectors.
 
 Everything is computed with ``torch.func.functional_call`` on detached copies of the
 parameters, in eval mode (BatchNorm uses its running statistics, dropout is off), over the

@@ -172,6 +172,8 @@ def test_pair_batches_with_a_token_cross_entropy_weigh_by_tokens():
 
     obj = Objective(Pairs(model), TokenCrossEntropy(shift=True), pairs)
     assert obj.loss() == pytest.approx(float(_explicit(model, data, True)[0].detach()), rel=1e-12)
+    with pytest.raises(ConfigError, match="weighted by tokens"):  # the GGN's per-example algebra does not hold
+        ss.hessian.eigenvalues(obj, k=1, operator="ggn")
 
 
 def test_a_batch_with_no_counted_token_adds_nothing_and_all_empty_is_refused():
