@@ -217,3 +217,18 @@ def test_a_gpt_over_the_embedded_text_weighs_every_block_by_its_targets():
     own = Objective(model, None, batches)
     assert own.total_weight == 6 * 15  # a causal LM scores T - 1 next tokens per block
     assert own.loss() == pytest.approx(Objective(model, TokenLoss("causal"), batches).loss(), rel=1e-6)
+
+
+@needs_transformers
+def test_a_gpt_on_sdpa_attention_gets_the_eager_curvature():
+    """attention="sdpa": the analyses run F.scaled_dot_product_attention on its math kernel, whose
+    every derivative exists, so the products equal the eager implementation's to rounding."""
+    eager, sdpa = _gpt(), _gpt(attention="sdpa")
+    assert sdpa.config._attn_implementation == "sdpa"
+    data = _data()
+    v = torch.randn(4464, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    for mode in ("forward-over-reverse", "reuse-graph"):
+        a = Objective(eager, TokenLoss("causal"), data, hvp_mode=mode)
+        b = Objective(sdpa, TokenLoss("causal"), data, hvp_mode=mode)
+        assert b.loss() == pytest.approx(a.loss(), rel=1e-12)
+        torch.testing.assert_close(b.hvp(v), a.hvp(v), rtol=1e-9, atol=1e-10)
