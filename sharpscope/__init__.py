@@ -31,7 +31,7 @@ from .errors import (
 # The package's torch-backed names, imported on first access like the submodules, so that
 # ``import sharpscope`` (and so ``sharpscope --help``) does not pay for importing torch.
 _LAZY_NAMES = {
-    "ModelLoss": "batches",
+    "ModelLoss": "batches", "OutputLoss": "batches", "TokenLoss": "tokens", "TokenCrossEntropy": "tokens",
     "SAM": "optim", "RSAM": "optim", "GSAM": "optim", "WSAM": "optim", "LookSAM": "optim", "FriendlySAM": "optim",
     "sam_step": "optim", "frozen_bn_stats": "optim",
     "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
@@ -41,7 +41,7 @@ _LAZY_NAMES = {
 # (tests/test_startup.py checks that every public module of the package is listed.)
 _SUBMODULES = ("ascent", "batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism",
                "distributed", "errors", "experiments", "hessian", "io", "landscape", "linalg", "measure_table", "measures",
-               "models", "objective", "optim", "plots", "plots_html", "provenance", "sharpness", "stats", "train",
+               "models", "objective", "optim", "plots", "plots_html", "provenance", "sharpness", "stats", "tokens", "train",
                "train_options",
                "weight_spectra")
 
@@ -71,6 +71,9 @@ __all__ = [
     "SampledFisherWarning",
     "ZeroGradientWarning",
     "ModelLoss",
+    "OutputLoss",
+    "TokenLoss",
+    "TokenCrossEntropy",
 ]
 
 

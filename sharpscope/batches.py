@@ -9,12 +9,19 @@ A batch is whatever the data yields. The loss of a batch is computed in one of t
 - :class:`ModelLoss` ``(fn)``: ``fn(model, batch)`` returns the mean loss of a batch of any
   structure (hessian-eigenthings' ``loss_fn(model, batch)`` convention); inside ``fn`` the
   model carries the parameters being evaluated, so ``fn`` may call it any way it likes
-  (``model(**batch)``, several outputs, an auxiliary loss, ...).
+  (``model(**batch)``, several outputs, an auxiliary loss, ...). ``loss_fn=None`` is
+  :class:`OutputLoss`: the model's own ``model(**batch).loss`` (a Hugging Face model given
+  dict batches with ``labels``), weighted by its counted tokens or examples.
+  :mod:`sharpscope.tokens` has causal- and masked-LM token losses over dict batches.
 
-Every analysis averages batch losses weighted by the number of examples n_b in the batch,
-L = sum_b (n_b / N) loss_b. n_b is the leading size of the first tensor of the targets
-(pair form) or of the batch (:class:`ModelLoss`), or what ``ModelLoss(fn, count=...)``
-returns for the batch.
+Every analysis averages batch losses weighted by the batch's weight w_b,
+L = sum_b (w_b / W) loss_b, W = sum_b w_b. The weight is what the loss is a mean over: the
+number of examples n_b in the batch for a per-example loss (the default), the number of
+counted tokens for a token-level loss (:mod:`sharpscope.tokens`), so that L is the mean over
+all tokens of the data, not the mean of per-batch means. n_b is the leading size of the
+first tensor of the targets (pair form) or of the batch (:class:`ModelLoss`), or what
+``ModelLoss(fn, count=...)`` returns for the batch; w_b is n_b unless ``ModelLoss(fn,
+weight=...)`` or, in the pair form, a ``loss_fn.batch_weight(targets)`` method says otherwise.
 
 Floating-point tensors of a batch are cast to the model's dtype when they are moved to its
 device (the pair form casts the inputs only, targets are moved as they are); other tensors
@@ -50,7 +57,7 @@ from torch.func import functional_call
 
 from .errors import ConfigError
 
-__all__ = ["ModelLoss", "BatchLoss", "Prepared", "Streamed", "move", "concat", "take", "tensor_leaves",
+__all__ = ["ModelLoss", "OutputLoss", "count_tokens", "pad_join", "IGNORE_INDEX", "BatchLoss", "Prepared", "Streamed", "move", "concat", "take", "tensor_leaves",
            "higher_order_attention", "batch_bytes", "fingerprint", "DEFAULT_CACHE_BYTES"]
 
 LossFn = Callable[[Any, Any], Tensor]
@@ -144,18 +151,110 @@ class ModelLoss:
     Args:
         fn: called with the model (carrying the parameters under evaluation) and a batch
             exactly as the data yields it (moved to the model's device).
-        count: ``count(batch)`` -> the number of examples in a batch (its weight in the
-            mean over batches); default: the leading size of the batch's first tensor.
+        count: ``count(batch)`` -> the number of examples in a batch; default: the leading
+            size of the batch's first tensor.
+        weight: ``weight(batch)`` -> what ``fn``'s mean is taken over in the batch (its
+            weight in the mean over batches, e.g. its number of counted tokens); default:
+            the number of examples.
+        join: ``join(batches)`` -> one batch of every example, for analyses that split the
+            data into examples (m-sharpness) when the batches differ in a dimension other
+            than the first (e.g. padding token sequences to one length); default: none.
     """
 
-    def __init__(self, fn: Callable[[nn.Module, Any], Tensor], count: Callable[[Any], int] | None = None) -> None:
+    def __init__(self, fn: Callable[[nn.Module, Any], Tensor], count: Callable[[Any], int] | None = None,
+                 weight: Callable[[Any], int] | None = None, join: Callable[[list[Any]], Any] | None = None) -> None:
         if not callable(fn):
             raise ConfigError(f"ModelLoss needs a callable fn(model, batch), got {fn!r}")
+        if weight is not None and not callable(weight):
+            raise ConfigError(f"ModelLoss's weight must be a callable weight(batch), got {weight!r}")
         self.fn = fn
         self.count = count
+        self.weight = weight
+        self.join = join
 
     def __repr__(self) -> str:
         return f"ModelLoss({getattr(self.fn, '__name__', self.fn)!r})"
+
+
+IGNORE_INDEX = -100  # a label that no loss counts (PyTorch's and Hugging Face's convention)
+
+
+def count_tokens(labels: Tensor, shift: bool) -> Tensor:
+    """The number of counted tokens of token labels (B, T): entries other than -100, after
+    dropping the first position when ``shift`` (a causal LM predicts token t + 1 at t, so the
+    first label is never a target). A 0-dim integer tensor."""
+    return ((labels[..., 1:] if shift else labels) != IGNORE_INDEX).sum()
+
+
+def pad_join(batches: list[Any], labels_key: str = "labels") -> dict[str, Any]:
+    """Dict batches of token sequences of different lengths joined along dim 0, every tensor
+    of two or more dimensions first padded at the end of dim 1 to the longest length: the
+    labels with -100, every other field with 0 (an attention mask of 0: padding). Appended
+    padding is neither attended to nor counted, so each sequence's loss is unchanged (up to
+    float rounding of longer reductions)."""
+    if not batches or not all(isinstance(b, dict) for b in batches):
+        raise ConfigError("only dict batches of token sequences can be padded to one length")
+    if any(set(b) != set(batches[0]) for b in batches):
+        raise ConfigError("the dict batches hold different fields; they cannot be joined")
+    length = max(t.shape[1] for b in batches for t in b.values() if isinstance(t, Tensor) and t.dim() >= 2)
+
+    def pad(key: str, t: Any) -> Any:
+        if not isinstance(t, Tensor) or t.dim() < 2 or t.shape[1] == length:
+            return t
+        value = IGNORE_INDEX if key == labels_key else 0
+        return torch.nn.functional.pad(t.movedim(1, -1), (0, length - t.shape[1]), value=value).movedim(-1, 1)
+
+    return concat([{k: pad(k, v) for k, v in b.items()} for b in batches])
+
+
+def _causal_lm(model: nn.Module) -> bool:
+    """Whether a Hugging Face model (or a peft wrapper of one) is a causal LM, whose loss
+    shifts the labels by one position."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    return type(base).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+class OutputLoss(ModelLoss):
+    """``model(**batch).loss`` as the model computes it (any Hugging Face ``PreTrainedModel``
+    given a batch with ``labels``), weighted by what that loss is a mean over.
+
+    ``per``: ``"causal"`` (the labels' counted tokens after the one-position shift of a causal
+    LM), ``"tokens"`` (counted tokens, no shift: masked LM, token classification, seq2seq),
+    ``"examples"`` (sequence classification), or ``"auto"``: examples for 1-D or floating
+    labels, else tokens, shifted when the model is a causal LM (class name ending in
+    ``ForCausalLM`` or ``LMHeadModel``, peft wrappers unwrapped).
+    """
+
+    PER = ("auto", "causal", "tokens", "examples")
+
+    def __init__(self, model: nn.Module, per: str = "auto") -> None:
+        if per not in self.PER:
+            raise ConfigError(f"OutputLoss's per must be one of {', '.join(self.PER)}, got {per!r}")
+        self.per = per
+        self.shift = per == "causal" or (per == "auto" and _causal_lm(model))
+        super().__init__(self.output_loss, weight=self.count_weight, join=pad_join)
+
+    @staticmethod
+    def output_loss(model: nn.Module, batch: Any) -> Tensor:
+        """``model(**batch).loss``; a ConfigError when the model computes none."""
+        if not isinstance(batch, dict) or "labels" not in batch:
+            raise ConfigError("the model's own loss needs dict batches with 'labels' (model(**batch).loss)")
+        loss = getattr(model(**batch), "loss", None)
+        if not isinstance(loss, Tensor):
+            raise ConfigError(f"{type(model).__name__}(**batch) returned no .loss tensor; pass a loss_fn")
+        return loss
+
+    def count_weight(self, batch: Any) -> int:
+        """The batch's number of counted tokens, or of examples (class docstring)."""
+        labels = batch["labels"] if isinstance(batch, dict) and "labels" in batch else None
+        if not isinstance(labels, Tensor):
+            raise ConfigError("the model's own loss needs dict batches with a 'labels' tensor")
+        if self.per == "examples" or (self.per == "auto" and (labels.dim() < 2 or labels.is_floating_point())):
+            return int(labels.shape[0])
+        return int(count_tokens(labels, self.shift))
+
+    def __repr__(self) -> str:
+        return f"OutputLoss(per={self.per!r}, shift={self.shift})"
 
 
 class _Call(nn.Module):
@@ -176,7 +275,9 @@ class BatchLoss:
     """The mean loss of one batch as a function of the model's state (parameters and
     buffers by name), for either convention (module docstring)."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn | ModelLoss) -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn | ModelLoss | None) -> None:
+        if loss_fn is None:  # the model's own loss, model(**batch).loss (Hugging Face)
+            loss_fn = OutputLoss(model)
         if not callable(loss_fn) and not isinstance(loss_fn, ModelLoss):
             raise ConfigError(f"loss_fn must be callable or a ModelLoss, got {loss_fn!r}")
         self.model = model
@@ -190,7 +291,9 @@ class BatchLoss:
             return move(batch, device, dtype)
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ConfigError("data must yield (inputs, targets) pairs; for batches of another structure "
-                              "pass loss_fn=ModelLoss(fn) with fn(model, batch) -> loss")
+                              "pass loss_fn=ModelLoss(fn) with fn(model, batch) -> loss (dict batches of tokens: "
+                              "sharpscope.tokens.TokenLoss('causal' or 'masked'), or loss_fn=None for the model's "
+                              "own model(**batch).loss)")
         inputs, targets = batch
         return move(inputs, device, dtype), move(targets, device)
 
@@ -205,6 +308,24 @@ class BatchLoss:
             raise ConfigError(f"a batch holds {n} examples")
         return n
 
+    def weight(self, batch: Any) -> int:
+        """The weight of a (prepared) batch in the mean over batches (module docstring): its
+        number of examples unless the loss says otherwise (token losses: counted tokens)."""
+        if self.takes_model:
+            weigh = self.loss_fn.weight  # type: ignore[union-attr]
+            if weigh is None:
+                return self.count(batch)
+            w = weigh(batch)
+        else:
+            weigh = getattr(self.loss_fn, "batch_weight", None)
+            if not callable(weigh):
+                return self.count(batch)
+            w = weigh(batch[1])
+        w = int(w)
+        if w < 0:
+            raise ConfigError(f"a batch has the negative weight {w}")
+        return w
+
     def read(self, data: Iterable[Any], device: torch.device, dtype: torch.dtype, cache: bool | str = "auto",
              cache_bytes: int | None = None) -> Prepared:
         """Every batch of ``data`` prepared, with its number of examples: kept on ``device``
@@ -216,10 +337,11 @@ class BatchLoss:
         if not (isinstance(budget, int) and budget >= 0):
             raise ConfigError(f"cache_bytes must be a non-negative number of bytes, got {cache_bytes!r}")
         kept: list[Any] | None = [] if cache is not False else None
-        counts, prints, size = [], [], 0
+        counts, weights, prints, size = [], [], [], 0
         for raw in data:
             batch = self.prepare(raw, device, dtype)
             counts.append(self.count(batch))
+            weights.append(self.weight(batch))
             prints.append(fingerprint(batch))
             size += batch_bytes(batch)
             if kept is not None:
@@ -228,12 +350,15 @@ class BatchLoss:
                     kept = None  # over the budget: drop what was kept and stream from here on
         if not counts:
             raise ConfigError("data holds no batches")
+        if not sum(weights):
+            raise ConfigError("the data holds nothing the loss counts (every batch has weight 0: no token "
+                              "with a label other than -100?)")
         if kept is not None:
-            return Prepared(self, kept, counts)
+            return Prepared(self, kept, counts, weights=weights)
         if iter(data) is data:  # type: ignore[comparison-overlap]
             raise ConfigError(f"the data ({size / 2**20:.0f} MiB of batches) would have to be streamed, but it is a "
                               "one-shot iterator that cannot be read again; pass a DataLoader or a list")
-        return Prepared(self, Streamed(self, data, device, dtype, prints), counts, streamed=True)
+        return Prepared(self, Streamed(self, data, device, dtype, prints), counts, streamed=True, weights=weights)
 
     def outputs_and_loss(self, state: dict[str, Tensor], batch: Any) -> tuple[Any, Tensor]:
         """(model outputs or None under ModelLoss, mean loss of the batch) at ``state``."""
@@ -275,51 +400,68 @@ class Streamed:
 
 @dataclass
 class Prepared:
-    """Batches on the model's device with their numbers of examples: a list, or
-    :class:`Streamed` (``streamed``) when they are read from the loader on every pass."""
+    """Batches on the model's device with their numbers of examples and their weights (module
+    docstring; the numbers of examples unless given): a list, or :class:`Streamed`
+    (``streamed``) when they are read from the loader on every pass."""
 
     loss: BatchLoss
     batches: list[Any] | Streamed
     counts: list[int]
     streamed: bool = False
+    weights: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights is None:
+            self.weights = list(self.counts)
 
     @property
     def n_examples(self) -> int:
         return sum(self.counts)
 
+    @property
+    def total_weight(self) -> int:
+        """W = sum_b w_b: the number of examples, or of counted tokens under a token loss."""
+        return sum(self.weights)  # type: ignore[arg-type]
+
     def per_example(self) -> bool:
-        """Whether every tensor of every batch holds the batch's examples along dim 0 (so
-        the examples can be joined and re-split); never for streamed batches, which are used
-        as the loader gives them."""
+        """Whether every tensor of every batch holds the batch's examples along dim 0 and the
+        batches agree in every other dimension (so the examples can be joined and re-split);
+        never for streamed batches, which are used as the loader gives them."""
         if self.streamed:
             return False
-        return all(t.dim() > 0 and t.shape[0] == n for b, n in zip(self.batches, self.counts)
-                   for t in tensor_leaves(b))
+        leaves = [tensor_leaves(b) for b in self.batches]
+        return (all(t.dim() > 0 and t.shape[0] == n for ts, n in zip(leaves, self.counts) for t in ts)
+                and all(len(ts) == len(leaves[0]) and all(t.shape[1:] == f.shape[1:] for t, f in zip(ts, leaves[0]))
+                        for ts in leaves))
 
     def joined(self) -> Any:
         """All examples as one batch (dim 0); a :class:`ConfigError` when they cannot be."""
         if not self.per_example():
+            join = self.loss.loss_fn.join if self.loss.takes_model else None  # type: ignore[union-attr]
+            if join is not None and not self.streamed:
+                return join(list(self.batches))  # type: ignore[arg-type]
             raise ConfigError("this analysis splits the data into examples along dim 0, but a batch holds a tensor "
-                              "whose leading size is not its number of examples")
+                              "whose leading size is not its number of examples, or the batches differ in another "
+                              "dimension (token sequences of different lengths: pad them to one length)")
         return self.batches[0] if len(self.batches) == 1 else concat(self.batches)
 
     def pairs(self) -> Iterable[tuple[Any, int]]:
-        """(batch, examples) for every batch as given; re-iterable (streamed: read again on
+        """(batch, weight) for every batch as given; re-iterable (streamed: read again on
         every iteration)."""
-        return _Pairs(self.batches, self.counts)
+        return _Pairs(self.batches, self.weights)  # type: ignore[arg-type]
 
     def chunks(self, size: int | None) -> Iterable[tuple[Any, int]]:
-        """(batch, examples) pairs of at most ``size`` examples each; the batches as given
+        """(batch, weight) pairs of at most ``size`` examples each; the batches as given
         when ``size`` is None or the examples cannot be re-split (always when streamed)."""
         if size is None or not self.per_example():
-            return self.pairs() if self.streamed else list(zip(self.batches, self.counts))
+            return self.pairs() if self.streamed else list(zip(self.batches, self.weights))  # type: ignore[arg-type]
         everything = self.joined()
         parts = [take(everything, slice(lo, lo + size)) for lo in range(0, self.n_examples, size)]
-        return [(part, self.loss.count(part)) for part in parts]
+        return [(part, self.loss.weight(part)) for part in parts]
 
 
 class _Pairs:
-    """Re-iterable (batch, count) pairs over batches that may be streamed."""
+    """Re-iterable (batch, weight) pairs over batches that may be streamed."""
 
     def __init__(self, batches: list[Any] | Streamed, counts: list[int]) -> None:
         self.batches, self.counts = batches, counts

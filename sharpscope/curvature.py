@@ -249,6 +249,9 @@ def _check_outputs(obj: Objective, kind: str, mc_samples: int | str = 1) -> None
     if obj.batch_loss.takes_model:
         raise ConfigError(f"the {name} needs the model's outputs, which a ModelLoss hides; pass "
                           "loss_fn(outputs, targets) instead")
+    if obj.total_weight != obj.n_examples:
+        raise ConfigError(f"the {name} is defined here for a loss averaged over examples; this one is weighted by "
+                          "tokens (use the Hessian)")
     inputs, targets = next(iter(obj.batches))
     with eval_mode(obj.model), higher_order_attention(), torch.no_grad():
         outputs = functional_call(obj.model, {**obj.fixed, **obj.theta}, (inputs,))

@@ -52,8 +52,9 @@ def _objective(model: nn.Module | Objective, loss_fn: LossFn | None, data: Itera
                params: Any, hvp_mode: str) -> Objective:
     if isinstance(model, Objective):
         return model
-    if loss_fn is None or data is None:
-        raise ConfigError("pass loss_fn and data (or an Objective)")
+    if data is None:
+        raise ConfigError("pass loss_fn and data (or an Objective); loss_fn=None is the model's own "
+                          "model(**batch).loss")
     return Objective(model, loss_fn, data, params=params, hvp_mode=hvp_mode)
 
 

@@ -1,13 +1,15 @@
 """A model, a loss and a data set as a function of (some of) the model's parameters.
 
 For parameters theta (a selection of the model's parameters, the rest held fixed) and data
-batches (x_b, y_b) of sizes n_b, N = sum_b n_b,
+batches (x_b, y_b) of weights w_b, W = sum_b w_b,
 
-    L(theta) = sum_b (n_b / N) * loss_fn(f(x_b; theta), y_b),
+    L(theta) = sum_b (w_b / W) * loss_fn(f(x_b; theta), y_b),
 
-with ``loss_fn`` returning the mean loss of a batch, so L is the mean loss over the whole
-data set whatever the batching. :class:`Objective` gives L, its gradient and
-Hessian-vector products H v = d/dt grad L(theta + t v) |_{t=0}, on flat vectors.
+with ``loss_fn`` returning the mean loss of a batch over what w_b counts (its n_b examples,
+or its counted tokens under a token loss, :mod:`sharpscope.tokens`), so L is the mean loss
+over the whole data set (every example, or every token) whatever the batching.
+:class:`Objective` gives L, its gradient and Hessian-vector products
+H v = d/dt grad L(theta + t v) |_{t=0}, on flat vectors.
 
 Everything is computed with ``torch.func.functional_call`` on detached copies of the
 parameters, in eval mode (BatchNorm uses its running statistics, dropout is off), over the
@@ -169,7 +171,9 @@ class Objective:
         model: any ``nn.Module``; evaluated at its current parameters, never modified.
         loss_fn: ``loss_fn(outputs, targets)`` -> mean loss of a batch, or
             :class:`sharpscope.batches.ModelLoss` ``(fn)`` with ``fn(model, batch)`` for
-            batches of any structure (see :mod:`sharpscope.batches`).
+            batches of any structure (see :mod:`sharpscope.batches`; token losses:
+            :mod:`sharpscope.tokens`), or None: the model's own ``model(**batch).loss``
+            (a Hugging Face model), weighted by its counted tokens.
         data: an iterable of batches (a ``DataLoader``, a list): ``(inputs, targets)``
             pairs, inputs being a tensor or a pytree of tensors (a dict, a tuple), or any
             structure under ``ModelLoss``. Every evaluation sees the same batches in the
@@ -201,8 +205,8 @@ class Objective:
         if hvp_mode not in HVP_MODES:
             raise ConfigError(f"hvp_mode must be one of {', '.join(HVP_MODES)}, got {hvp_mode!r}")
         self.model = model
-        self.loss_fn = loss_fn
         self.batch_loss = BatchLoss(model, loss_fn)
+        self.loss_fn = self.batch_loss.loss_fn  # None became the model's own loss (OutputLoss)
         self.names = select_parameters(model, params)
         all_params = dict(model.named_parameters())
         self.theta = {n: all_params[n].detach() for n in self.names}
@@ -218,11 +222,13 @@ class Objective:
         self.batches: list[Any] | Streamed = prepared.batches
         self.streamed = prepared.streamed
         self.n_examples = prepared.n_examples
-        self.weights = [c / self.n_examples for c in prepared.counts]
+        self.total_weight = prepared.total_weight  # W: examples, or counted tokens under a token loss
+        self.weights = [c / self.total_weight for c in prepared.weights]  # type: ignore[union-attr]
         # torch.distributed: every rank holds the same batches, evaluates its share (round
         # robin) and the sums are all-reduced, so every rank gets the single-process answer
         self.distributed = dist_utils.is_distributed() if distributed is None else bool(distributed)
         owned = dist_utils.shard(len(self.batches)) if self.distributed else range(len(self.batches))
+        owned = [i for i in owned if self.weights[i] > 0]  # a batch with nothing counted adds nothing
         self.owned_indices = list(owned)  # the positions of this rank's batches in ``batches``, as ``own`` yields them
         self.own: Iterable[tuple[float, Any]] = (
             _Owned(self.weights, self.batches, owned) if self.streamed

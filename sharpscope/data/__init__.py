@@ -21,8 +21,9 @@ The package's modules: :mod:`~sharpscope.data.spec` (:class:`DataSpec`),
 :mod:`~sharpscope.data.readers` (files on disk), :mod:`~sharpscope.data.builtin` (``digits``,
 ``mnist1d``, ``synthetic``), :mod:`~sharpscope.data.noise` (label noise),
 :mod:`~sharpscope.data.dataset` (:class:`Dataset`), :mod:`~sharpscope.data.fingerprints` and
-:mod:`~sharpscope.data.pipeline` (:func:`load_dataset`). Every public name is importable from
-``sharpscope.data`` itself.
+:mod:`~sharpscope.data.pipeline` (:func:`load_dataset`); :mod:`~sharpscope.data.text` (token
+sequences for the token losses: the standard library's pydoc help text as byte tokens, nanoGPT's
+``train.bin`` / ``val.bin``). Every public name is importable from ``sharpscope.data`` itself.
 """
 
 from .dataset import Dataset
@@ -31,6 +32,7 @@ from .noise import LabelNoise, add_label_noise
 from .pipeline import load_dataset, load_raw
 from .readers import RawData, read_idx
 from .spec import DATASETS, DataSpec, analysis_data_spec, spec_differences
+from .text import BYTE_VOCAB, read_token_bin, text_tokens, token_batches
 
 __all__ = [
     "DATASETS",
@@ -46,4 +48,8 @@ __all__ = [
     "fingerprint",
     "fingerprint_differences",
     "spec_differences",
+    "BYTE_VOCAB",
+    "text_tokens",
+    "read_token_bin",
+    "token_batches",
 ]

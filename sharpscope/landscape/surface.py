@@ -127,7 +127,7 @@ def evaluate_points(
         channels_last = first.device.type == "cpu" and _image_inputs(prepared)
     if channels_last and _image_inputs(prepared):
         prepared = Prepared(prepared.loss, [(x.contiguous(memory_format=torch.channels_last), y)
-                                            for x, y in prepared.batches], prepared.counts)
+                                            for x, y in prepared.batches], prepared.counts, weights=prepared.weights)
     at = _PointEvaluator(prepared, calls, points, {n: b.detach() for n, b in model.named_buffers()}, channels_last,
                          first.device)
     loss = np.full(n_points, np.nan)
@@ -171,15 +171,19 @@ class _PointEvaluator:
         return {**self.buffers, **(bufs or {}), **params}
 
     def run(self, state: dict[str, Tensor], batches: list[tuple[Any, int]]) -> tuple[float, float, dict[str, float]]:
-        """Sum over the batches of loss x count (float64) / examples; accuracy NaN unless every
-        batch has class-index targets; each metric averaged as the loss is."""
+        """Sum over the batches of loss x weight (float64) / total weight (examples, or counted
+        tokens under a token loss); accuracy NaN unless every batch has class-index targets;
+        each metric averaged as the loss is."""
         batch_loss, n_examples, device = self.prepared.loss, self.prepared.n_examples, self.device
+        total_weight = self.prepared.total_weight
         total = torch.zeros((), dtype=torch.float64, device=device)
         sums = {name: torch.zeros((), dtype=torch.float64, device=device) for name in self.calls}
         wrapped = {f"model.{n}": t for n, t in state.items()} if self.calls else {}
         correct = torch.zeros((), dtype=torch.long, device=device)
         classify = not batch_loss.takes_model
         for batch, count in batches:
+            if not count:  # nothing counted in the batch (every token label -100): it adds nothing
+                continue
             out, value = batch_loss.outputs_and_loss(state, batch)
             total += value.double() * count
             for name, call in self.calls.items():
@@ -188,8 +192,8 @@ class _PointEvaluator:
                 correct += (out.argmax(1) == batch[1]).sum()
             else:
                 classify = False
-        return (float(total) / n_examples, (float(correct) / n_examples if classify else math.nan),
-                {name: float(v) / n_examples for name, v in sums.items()})
+        return (float(total) / total_weight, (float(correct) / n_examples if classify else math.nan),
+                {name: float(v) / total_weight for name, v in sums.items()})
 
 
 def _timed_chunk_size(at: _PointEvaluator, todo: list[int]) -> int | None:

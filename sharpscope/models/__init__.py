@@ -32,6 +32,11 @@ also ``(D,)``, ``cnn1d`` only ``(L,)``):
 * ``wrn`` -- Wide ResNet of Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016
   (depth 6n+4, pre-activation blocks).
 
+* ``gpt`` -- a GPT-2-style causal language model, ``bert`` -- a BERT-style sequence
+  classifier: Hugging Face ``transformers`` models built from a config (nothing downloaded;
+  input shape (T,) of tokens; the ``transformers`` extra, imported only when one is built;
+  :mod:`~sharpscope.models.hf`).
+
 Aliases fix some options: ``resnet20`` is ``resnet`` with ``depth=20`` and ``wrn28-10`` is
 ``wrn`` with ``depth=28, widen_factor=10`` (any ``resnet<depth>`` / ``wrn<depth>-<k>`` parses).
 
@@ -45,12 +50,15 @@ public name is importable from ``sharpscope.models`` itself.
 from .cnn import Conv1dNet, SimpleCNN
 from .factory import check_factory_allowed, factory_name, import_callable, is_factory, make_factory_spec, parse_factory
 from .mlp import MLP
-from .registry import MODEL_NAMES, build_model, count_parameters, make_model_spec, parse_model_name
+from .hf import TransformersNotInstalled
+from .registry import MODEL_NAMES, TOKEN_MODEL_NAMES, build_model, count_parameters, make_model_spec, parse_model_name
 from .resnet import BasicBlock, CifarResNet
 from .wrn import WideBasicBlock, WideResNet
 
 __all__ = [
     "MODEL_NAMES",
+    "TOKEN_MODEL_NAMES",
+    "TransformersNotInstalled",
     "MLP",
     "SimpleCNN",
     "Conv1dNet",

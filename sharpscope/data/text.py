@@ -1,0 +1,92 @@
+"""Token sequences with nothing downloaded, as dict batches for the token losses
+(:mod:`sharpscope.tokens`) and Hugging Face models (:mod:`sharpscope.models.hf`).
+
+* :func:`text_tokens` -- an embedded corpus that ships with every CPython: the English help
+  text of the standard library's ``pydoc_data.topics`` (79 topics, about 0.47 MB), encoded as
+  UTF-8 bytes, so byte-level tokens with a vocabulary of 256. The first 90 % of the bytes are
+  the ``"train"`` split, the rest ``"val"`` (nanoGPT's ``prepare.py`` convention).
+* :func:`read_token_bin` -- nanoGPT's ``train.bin`` / ``val.bin``: uint16 token ids, read as a
+  memory map (nothing is loaded until used).
+* :func:`token_batches` -- consecutive non-overlapping blocks of ``block_size`` tokens (or a
+  seeded subset of them), as ``{"input_ids", "attention_mask", "labels"}`` batches with
+  ``labels = input_ids`` (a causal LM shifts them: ``block_size - 1`` targets per block).
+
+This is the data side only: ``sharpscope train --data text`` (the CLI and the training loop on
+token data) is not built yet.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sharpscope.errors import ConfigError, DataError
+
+from ._common import is_int, stream_generator
+
+__all__ = ["BYTE_VOCAB", "SPLITS", "text_tokens", "read_token_bin", "token_batches"]
+
+BYTE_VOCAB = 256
+SPLITS = ("train", "val")
+_TRAIN_FRACTION = 0.9
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+
+
+def text_tokens(split: str = "train") -> torch.Tensor:
+    """The embedded corpus (module docstring) as int64 byte tokens of ``split``."""
+    _check_split(split)
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as err:  # some distributions strip pydoc_data
+        raise DataError(f"the embedded text corpus needs the standard library's pydoc_data ({err})") from None
+    data = np.frombuffer("\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8"), dtype=np.uint8)
+    cut = int(len(data) * _TRAIN_FRACTION)
+    part = data[:cut] if split == "train" else data[cut:]
+    return torch.from_numpy(part.astype(np.int64))
+
+
+def read_token_bin(root: str | os.PathLike[str], split: str = "train") -> np.memmap:
+    """``root/<split>.bin`` (nanoGPT: uint16 token ids) as a read-only memory map."""
+    _check_split(split)
+    path = Path(os.fspath(root)).expanduser() / f"{split}.bin"
+    if not path.is_file():
+        raise DataError(f"token data: {path} not found (nanoGPT's prepare.py writes train.bin and val.bin of "
+                        "uint16 token ids; put them in that folder)")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def token_batches(tokens: torch.Tensor | np.ndarray, block_size: int, batch_size: int = 8,
+                  n_blocks: int | None = None, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Blocks of ``block_size`` tokens as dict batches of at most ``batch_size`` blocks.
+
+    Block i holds tokens [i T, (i + 1) T); all complete blocks in order, or ``n_blocks`` of
+    them drawn without replacement by a generator seeded with ``seed`` (kept in drawn order).
+    """
+    if not is_int(block_size) or block_size < 2:
+        raise ConfigError(f"block_size must be an integer >= 2, got {block_size!r}")
+    if not is_int(batch_size) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    total = len(tokens) // block_size
+    if total == 0:
+        raise DataError(f"{len(tokens)} tokens hold no block of {block_size}")
+    if n_blocks is None:
+        order = range(total)
+    elif not is_int(n_blocks) or not 1 <= n_blocks <= total:
+        raise ConfigError(f"n_blocks must be an integer in 1..{total}, got {n_blocks!r}")
+    else:
+        order = torch.randperm(total, generator=stream_generator(seed, "token_blocks"))[:n_blocks].tolist()
+    # only the chosen blocks are read (a memory-mapped file stays on disk otherwise)
+    def block(i: int) -> torch.Tensor:
+        part = tokens[i * block_size:(i + 1) * block_size]
+        return part.to(torch.int64) if isinstance(part, torch.Tensor) else torch.from_numpy(part.astype(np.int64))
+
+    blocks = torch.stack([block(i) for i in order])
+    return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()}
+            for b in blocks.split(int(batch_size))]

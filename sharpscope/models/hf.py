@@ -1,0 +1,95 @@
+"""Hugging Face ``transformers`` models built from a config, nothing downloaded (``gpt``, ``bert``).
+
+* ``gpt`` -- a GPT-2-style causal language model (``transformers.GPT2LMHeadModel``) over
+  token sequences of length T (``input_shape`` (T,): ``n_positions``) and a vocabulary of
+  ``num_classes`` tokens, sized by ``n_layer``, ``n_embd``, ``n_head``.
+* ``bert`` -- a BERT-style sequence classifier (``transformers.BertForSequenceClassification``)
+  of ``num_classes`` labels over token sequences of length T from a vocabulary of
+  ``vocab_size`` tokens, sized the same way.
+
+Both are the ``transformers`` classes themselves (their forward takes ``input_ids``,
+``attention_mask`` and ``labels`` and returns ``.logits`` and ``.loss``), with weights drawn
+from torch's global RNG (the same seed gives the same weights), dropout off by default and
+the ``eager`` attention implementation, whose every derivative exists (Hessian-vector
+products, second-order SAM); ``attention="sdpa"`` chooses ``F.scaled_dot_product_attention``
+(the analyses run it on its math kernel). ``transformers`` is an optional dependency (the
+``transformers`` extra): it is imported when such a model is built, never at
+``import sharpscope``; without it building one raises :class:`TransformersNotInstalled`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Sequence
+
+from torch import nn
+
+from sharpscope.errors import ConfigError, ModelSpecError
+
+from ._checks import check_input_shape, check_int, check_prob
+
+__all__ = ["build_gpt", "build_bert", "TransformersNotInstalled", "ATTENTION"]
+
+ATTENTION = ("eager", "sdpa")
+INSTALL = 'pip install "sharpscope[transformers]"'
+
+
+class TransformersNotInstalled(ModelSpecError, ConfigError):
+    """A Hugging Face model was asked for, but ``transformers`` is not installed."""
+
+
+def _transformers() -> Any:
+    """The ``transformers`` module, or :class:`TransformersNotInstalled` naming the extra."""
+    try:
+        return importlib.import_module("transformers")
+    except ImportError as err:
+        raise TransformersNotInstalled(f"this model is a Hugging Face transformers model, and transformers is not "
+                                       f"installed ({err}); install it with {INSTALL}") from None
+
+
+def _sequence_length(name: str, input_shape: Sequence[int]) -> int:
+    shape = check_input_shape(input_shape)
+    if len(shape) != 1:
+        raise ModelSpecError(f"{name} takes token sequences (input shape (T,), T tokens), got input shape "
+                             f"{tuple(shape)}")
+    return shape[0]
+
+
+def _sizes(n_layer: Any, n_embd: Any, n_head: Any, dropout: Any, attention: Any) -> tuple[int, int, int, float]:
+    layers, width, heads = check_int("n_layer", n_layer), check_int("n_embd", n_embd), check_int("n_head", n_head)
+    if width % heads:
+        raise ModelSpecError(f"n_embd ({width}) must be a multiple of n_head ({heads})")
+    if attention not in ATTENTION:
+        raise ModelSpecError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
+    return layers, width, heads, check_prob("dropout", dropout)
+
+
+def build_gpt(input_shape: Sequence[int], num_classes: int, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
+              dropout: float = 0.0, attention: str = "eager") -> nn.Module:
+    """A ``GPT2LMHeadModel`` from a ``GPT2Config``: context ``n_positions`` = T of
+    ``input_shape`` (T,), vocabulary ``num_classes``, MLP width 4 ``n_embd``, tied embeddings."""
+    length = _sequence_length("gpt", input_shape)
+    vocab = check_int("num_classes (the vocabulary size)", num_classes, 2)
+    layers, width, heads, p = _sizes(n_layer, n_embd, n_head, dropout, attention)
+    tf = _transformers()
+    config = tf.GPT2Config(vocab_size=vocab, n_positions=length, n_embd=width, n_layer=layers, n_head=heads,
+                           resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, bos_token_id=None, eos_token_id=None,
+                           attn_implementation=attention)
+    return tf.GPT2LMHeadModel(config)
+
+
+def build_bert(input_shape: Sequence[int], num_classes: int, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
+               vocab_size: int = 256, dropout: float = 0.0, attention: str = "eager") -> nn.Module:
+    """A ``BertForSequenceClassification`` from a ``BertConfig``: ``num_classes`` labels,
+    ``max_position_embeddings`` = T of ``input_shape`` (T,), token 0 the padding token,
+    intermediate width 4 ``n_embd``."""
+    length = _sequence_length("bert", input_shape)
+    classes = check_int("num_classes", num_classes, 2)
+    vocab = check_int("vocab_size", vocab_size, 2)
+    layers, width, heads, p = _sizes(n_layer, n_embd, n_head, dropout, attention)
+    tf = _transformers()
+    config = tf.BertConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
+                           intermediate_size=4 * width, max_position_embeddings=length, num_labels=classes,
+                           hidden_dropout_prob=p, attention_probs_dropout_prob=p, pad_token_id=0,
+                           attn_implementation=attention)
+    return tf.BertForSequenceClassification(config)
