@@ -18,8 +18,7 @@ MAX_FUNCTION_LINES = 80
 # Still over the rule (other parts of issue 24 split them): take an entry out once it is under.
 KNOWN_LONG_MODULES = {"cli/surface_cmd.py", "experiments/sweep.py", "landscape/surface.py", "plots.py",
                       "train/loop.py"}
-KNOWN_LONG_FUNCTIONS = {"cli/correlate_cmd.py:correlate_command", "cli/hessian_cmd.py:hessian_command",
-                        "cli/surface_cmd.py:surface_command",
+KNOWN_LONG_FUNCTIONS = {"cli/correlate_cmd.py:correlate_command",
                         "cli/surface_cmd.py:interpolate_command", "cli/sweep_cmd.py:sweep_command",
                         "cli/train_cmd.py:train_command", "experiments/sweep.py:run_sweep",
                         "landscape/surface.py:evaluate_points", "landscape/surface.py:surface",

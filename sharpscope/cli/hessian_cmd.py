@@ -13,7 +13,7 @@ from ._app import app, deferred_help
 from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
     TRUST_FACTORY,
-    console as rank0_console, finite, hvp_progress, load_for_analysis, seed_option)
+    console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, seed_option)
 from ._options import old_spelling
 from ._results import JSON_SAVED, OVERWRITE, announce, claim_analysis, save_report
 
@@ -142,8 +142,6 @@ def hessian_command(
     --json PATH instead, --json - on stdout only); an earlier result there is kept unless --overwrite.
     """
     apply_determinism(deterministic)
-    from .. import distributed as dist_utils
-
     steps = old_spelling("hessian", "--steps", "--slq-steps", old_steps, steps, 80)
     plot_dir = old_spelling("hessian", "--plot-dir", "--out", old_plot_dir, plot_dir, None)
     mc_samples = _fisher_samples(operator, fisher_samples)
@@ -158,14 +156,11 @@ def hessian_command(
                          per_layer, by, seed, hvp_mode, overlap_with)
     obj, obj_b, label_b, report = _objectives(ckpt, batches, split, params, settings, operator, mc_samples,
                                               trust_factory, context)
-    from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
-    curv = {"operator": operator, "mc_samples": mc_samples}
-    results = _compute(hs, ckpt, batches, obj, obj_b, label_b, settings, curv, console, progress)
-    if not dist_utils.is_main():  # every rank took part in the products; rank 0 reports
+    results = _compute(ckpt, batches, obj, obj_b, label_b, settings, {"operator": operator, "mc_samples": mc_samples},
+                       console, progress)
+    if not is_main():  # every rank took part in the products; rank 0 reports
         return
-    report.update({k: v.to_dict() for k, v in results.items()})
-    if "density" in report:
-        report["density"]["trace_note"] = _TRACE_NOTE["trace" in results].format(runs=results["density"].n_runs)
+    _add_results(report, results)
     _print_results(rank0_console(stderr=json_out == "-"), ckpt.path, obj, split, which, results, operator)
     outputs.clear()
     if plot:
@@ -232,12 +227,20 @@ def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
     return parts
 
 
-def _compute(hs: Any, ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _Settings, curv: dict,
+def _add_results(report: dict, results: dict) -> None:
+    """The results into the report, the density with the note on which trace to trust."""
+    report.update({k: v.to_dict() for k, v in results.items()})
+    if "density" in report:
+        report["density"]["trace_note"] = _TRACE_NOTE["trace" in results].format(runs=results["density"].n_runs)
+
+
+def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _Settings, curv: dict,
              console: Console, progress: bool) -> dict:
     """Run the analyses under one progress bar, saying how many products they take (after the
     first) and, once the first few are timed, how long (:class:`~sharpscope.cli.progress.ProductPlan`)."""
     import torch.nn.functional as F
 
+    from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
     from ..objective import parameter_groups
     from .progress import ProductPlan
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -10,10 +11,10 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
-    TRUST_FACTORY, console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, point_progress,
-    seed_option, write_json)
-from ._results import OVERWRITE, claim, figure_files, run_folder
+    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
+    TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, numbers,
+    point_progress, seed_option, write_json)
+from ._results import OVERWRITE, Claim, announce, claim, figure_files, run_folder
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,9 +50,7 @@ def _figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console
 
     written = plots.plot_result(results, folder, stem, formats=("png", "pdf") if pdf else ("png",), metrics=metrics,
                                 eigen=eigen)
-    for p in written:
-        console.print(f"wrote {p}", highlight=False)
-    return [str(p) for p in written]
+    return announce(written, console)
 
 
 def _figure_names(stem: str, dim: int, trajectory: bool, metrics: list[str]) -> list[str]:
@@ -211,49 +210,97 @@ def surface_command(
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """
     apply_determinism(deterministic)
-    import torch.nn.functional as F
-
-    from .. import distributed as dist_utils
-    from .. import landscape as ls
-
     console = rank0_console(stderr=True)
+    job = _surface_job(checkpoint, trajectory, path_run, dim, grid, range_mode, directions_kind, norm, ignore, dir_type,
+                       metric, trust_factory, radii, out, plot, pdf, json_out, overwrite)
+    ckpt, batches, context = load_for_analysis(job.source, split, samples, batch_size or 4096, seed, trust_factory,
+                                               device, (data, data_root))
+    options = job.options(split, samples, seed, ckpt.path, metric)
+    plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, seed, norm,
+                               ignore, dir_type, orthogonalize, progress, console)
+    axes = _range_axes(ckpt.model, batches, plan, job.axes, range_mode, range_factor, range_max, batch_size, options,
+                       console)
+    result, random_result = _evaluate(ckpt.model, batches, plan, axes, options, job.folder, job.stem, batch_size,
+                                      job.metric_fns, progress, console)
+    if is_main():  # the points were shared out; rank 0 writes
+        _save_surface(job, ckpt, result, random_result, plan, basin_delta, json_out, options, norm, plot, pdf,
+                      context, console)
+
+
+@dataclass
+class _SurfaceJob:
+    """What a surface's options decide before anything loads: the checkpoint it is taken
+    around, the custom metrics, the radii, the grid axes (None: the trajectory's own), where
+    its files go (``folder``/``stem``) and the claim on them."""
+
+    source: Path
+    metric_fns: dict
+    radii: list[float]
+    axes: list | None
+    folder: Path
+    stem: str
+    outputs: Claim
+
+    def options(self, split: str, samples: int | None, seed: int, checkpoint: Path, metric: list[str] | None
+                ) -> dict:
+        """The options the result records (added to by the directions and the range)."""
+        return {"split": split, "samples": samples, "seed": seed, "checkpoint": str(checkpoint),
+                **({"metrics": list(metric)} if self.metric_fns else {})}
+
+
+def _surface_job(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int, grid: str | None,
+                 range_mode: str, directions_kind: str, norm: str, ignore: str, dir_type: str,
+                 metric: list[str] | None, trust_factory: bool, radii: str, out: Path | None, plot: bool, pdf: bool,
+                 json_out: str | None, overwrite: bool) -> _SurfaceJob:
+    """Check a surface's options (one line and exit 2 if they do not go together) and claim its files."""
     _check_surface_options(checkpoint, trajectory, path_run, dim, range_mode, directions_kind, dir_type, norm, ignore)
     metric_fns = _metrics(metric, trust_factory)
     radii_list = numbers(radii, float, "--radii", above=0)
     axes = _surface_axes(grid, dim, trajectory is not None, range_mode)  # before any work
     source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
     folder = out or (run_folder(source) / "surface")
-    stem = surface_stem(dim, trajectory is not None, directions_kind)
     outputs = _claim_surface(folder, dim, trajectory is not None, directions_kind, list(metric_fns), plot, pdf,
                              json_out, overwrite)
-    ckpt, batches, context = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory,
-                                               device, (data, data_root))
-    options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path),
-               **({"metrics": list(metric)} if metric_fns else {})}
-    plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, seed, norm,
-                               ignore, dir_type, orthogonalize, progress, console)
+    return _SurfaceJob(source, metric_fns, radii_list, axes, folder,
+                       surface_stem(dim, trajectory is not None, directions_kind), outputs)
+
+
+def _range_axes(model: Any, batches: Any, plan: dict, axes: list | None, range_mode: str, factor: float,
+                max_extent: float, batch_size: int | None, options: dict, console: Console) -> list:
+    """The grid's axes: --grid's (or the trajectory's), or with --range auto the POINTS spread
+    over each direction's extent (:func:`sharpscope.landscape.auto_grid`), recorded in ``options``."""
+    import torch.nn.functional as F
+
+    from .. import landscape as ls
+
     axes = axes if axes is not None else plan["axes"]
-    if range_mode == "auto":
-        rng, axes = ls.auto_grid(ckpt.model, F.cross_entropy, batches, plan["directions"], axes, range_factor,
-                                 max_extent=range_max, chunk_size=batch_size)
-        for note in rng.warnings:
-            console.print(f"warning: {note}", highlight=False)
-        options["range_auto"] = rng.to_dict()
-        console.print("--range auto: extents " + ", ".join(f"{e:.4g}" for e in rng.extents)
-                      + f" (loss reaches {range_factor:g} x the centre loss {rng.centre_loss:.5g})", highlight=False)
-    result, random_result = _evaluate(ckpt.model, batches, plan, axes, options, folder, stem, batch_size, metric_fns,
-                                      progress, console)
-    if not dist_utils.is_main():  # the points were shared out; rank 0 writes
-        return
-    outputs.clear()
-    report = _write_surface(result, random_result, plan, folder, stem, radii_list, basin_delta, json_out, options, norm)
+    if range_mode != "auto":
+        return axes
+    rng, axes = ls.auto_grid(model, F.cross_entropy, batches, plan["directions"], axes, factor,
+                             max_extent=max_extent, chunk_size=batch_size)
+    for note in rng.warnings:
+        console.print(f"warning: {note}", highlight=False)
+    options["range_auto"] = rng.to_dict()
+    console.print("--range auto: extents " + ", ".join(f"{e:.4g}" for e in rng.extents)
+                  + f" (loss reaches {factor:g} x the centre loss {rng.centre_loss:.5g})", highlight=False)
+    return axes
+
+
+def _save_surface(job: _SurfaceJob, ckpt: Any, result: SurfaceResult, random_result: SurfaceResult | None,
+                  plan: dict, delta: float, json_out: str | None, options: dict, norm: str, plot: bool, pdf: bool,
+                  context: AnalysisContext, console: Console) -> None:
+    """Replace an earlier result (--overwrite), save the surface(s), print the summaries, draw
+    the figures (--plot) and write the JSON (<out>/<name>.json and --json)."""
+    job.outputs.clear()
+    report = _write_surface(result, random_result, plan, job.folder, job.stem, job.radii, delta, json_out, options,
+                            norm)
     if plot:
         label = (ckpt.config or {}).get("optimizer", "model").upper()
         eig = plan.get("eig")
         eigen = None if random_result is None else (random_result, eig.eigenvalues[0], eig.slopes[0], eig.loss)
-        report["figures"] = _figures({label: result}, folder, stem, pdf, console, list(metric_fns), eigen)
+        report["figures"] = _figures({label: result}, job.folder, job.stem, pdf, console, list(job.metric_fns), eigen)
     write_json(report, json_out, context)
-    write_json(report, str(folder / f"{stem}.json"), context)
+    write_json(report, str(job.folder / f"{job.stem}.json"), context)
 
 
 def _check_surface_options(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int,
