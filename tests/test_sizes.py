@@ -18,9 +18,7 @@ MAX_FUNCTION_LINES = 80
 # Still over the rule (other parts of issue 24 split them): take an entry out once it is under.
 KNOWN_LONG_MODULES = {"experiments/sweep.py", "landscape/surface.py", "plots.py",
                       "train/loop.py"}
-KNOWN_LONG_FUNCTIONS = {"cli/correlate_cmd.py:correlate_command",
-                        "cli/sweep_cmd.py:sweep_command",
-                        "cli/train_cmd.py:train_command", "experiments/sweep.py:run_sweep",
+KNOWN_LONG_FUNCTIONS = {"cli/train_cmd.py:train_command", "experiments/sweep.py:run_sweep",
                         "landscape/surface.py:evaluate_points", "landscape/surface.py:surface",
                         "linalg/lanczos.py:lanczos", "optim/step.py:sam_step", "plots.py:plot_sweep"}
 
