@@ -11,10 +11,9 @@ import typer
 from ..errors import ConfigError
 from ._app import app, deferred_help
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
-    TRUST_FACTORY,
-    console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, seed_option)
-from ._options import old_spelling
+    DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES,
+    SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, seed_option)
+from ._options import OLD_PLOT_DIR, OLD_STEPS, old_spelling
 from ._results import JSON_SAVED, OVERWRITE, announce, claim_analysis, save_report
 
 if TYPE_CHECKING:
@@ -120,16 +119,16 @@ def hessian_command(
                                        "'exact' (sum over classes, the default: sampled labels push the top "
                                        "eigenvalues up, +13-69 % with 1 label; the trace is unbiased)."),
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
-    plot_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for figures (default: next to the checkpoint)."),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
+    plot_dir: Optional[Path] = FIGURE_DIR,
+    pdf: bool = PDF,
     json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
     deterministic: bool = DETERMINISTIC,
-    old_steps: Optional[int] = typer.Option(None, "--steps", hidden=True, min=1),
-    old_plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", hidden=True),
+    old_steps: Optional[int] = OLD_STEPS,
+    old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
 ) -> None:
     """Hessian spectrum of a checkpoint's loss (eval mode, whole data set or --samples).
 

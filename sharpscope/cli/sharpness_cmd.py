@@ -9,9 +9,9 @@ import typer
 
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
-    TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option)
-from ._options import old_spelling
+    DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES,
+    SPLIT, TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option)
+from ._options import OLD_ETA, OLD_NORM, OLD_PLOT_DIR, OLD_STEPS, old_spelling
 from ._results import JSON_SAVED, OVERWRITE, Claim, announce, claim, claim_analysis, json_target, save_report
 
 
@@ -47,18 +47,18 @@ def sharpness_command(
     seed: int = seed_option("Seed of the subsets and of --samples."),
     gap: bool = typer.Option(True, help="Also report the surrogate gap L(w + e_hat) - L(w) for each rho."),
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
-    plot_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for figures (default: next to the checkpoint)."),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
+    plot_dir: Optional[Path] = FIGURE_DIR,
+    pdf: bool = PDF,
     json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
     deterministic: bool = DETERMINISTIC,
-    old_steps: Optional[int] = typer.Option(None, "--steps", hidden=True, min=1),
-    old_norm: Optional[str] = typer.Option(None, "--norm", hidden=True),
-    old_eta: Optional[float] = typer.Option(None, "--eta", hidden=True, callback=finite(at_least=0)),
-    old_plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", hidden=True),
+    old_steps: Optional[int] = OLD_STEPS,
+    old_norm: Optional[str] = OLD_NORM,
+    old_eta: Optional[float] = OLD_ETA,
+    old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
 ) -> None:
     """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1), with the surrogate gap; or
     worst-case / average-case sharpness, plain or adaptive (Andriushchenko et al. 2023).
@@ -268,10 +268,10 @@ def gradcos_command(
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
     deterministic: bool = DETERMINISTIC,
-    old_steps: Optional[int] = typer.Option(None, "--steps", hidden=True, min=1),
-    old_norm: Optional[str] = typer.Option(None, "--norm", hidden=True),
-    old_eta: Optional[float] = typer.Option(None, "--eta", hidden=True, callback=finite(at_least=0)),
-    old_plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", hidden=True),
+    old_steps: Optional[int] = OLD_STEPS,
+    old_norm: Optional[str] = OLD_NORM,
+    old_eta: Optional[float] = OLD_ETA,
+    old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
 ) -> None:
     """Cosine between the first-order (SAM) and the full second-order SAM gradient.
 

@@ -11,7 +11,7 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
+    DATA, DATA_ROOT, DETERMINISTIC, PDF, AnalysisContext, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
     TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, numbers,
     point_progress, seed_option, write_json)
 from ._landscape import BATCH_SIZE, METRIC, claim_files, custom_metrics, figures, print_metrics, print_summary
@@ -117,7 +117,7 @@ def surface_command(
     basin_delta: float = typer.Option(0.1, "--basin-delta", callback=finite(above=0), help="Basin = where the loss is within this of the centre."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <run>/surface)."),
     plot: bool = typer.Option(False, "--plot", help="Write figures (1-D curve; 2-D contour, filled contour, 3-D)."),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
+    pdf: bool = PDF,
     json_out: Optional[str] = JSON_OUT,
     overwrite: bool = OVERWRITE,
     progress: bool = PROGRESS,
