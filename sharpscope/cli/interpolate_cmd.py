@@ -105,6 +105,6 @@ def interpolate_command(
     report["npz"] = str(folder / "interpolation.npz")
     if plot:
         report["figures"] = figures({f"{name_a} -> {name_b}": result}, folder, "interpolation", pdf, console,
-                                     list(metric_fns))
+                                    list(metric_fns))
     write_json(report, json_out, context)
     write_json(report, str(folder / "interpolation.json"), context)

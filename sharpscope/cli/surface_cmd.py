@@ -57,7 +57,7 @@ def _claim_surface(folder: Path, dim: int, trajectory: bool, directions: str, me
     dim = 2 if trajectory else dim  # the PCA plane
     compare = directions == "hessian" and dim == 1
     return claim_files(folder, stem, dim, trajectory, metrics, [folder / f"{stem}_random.npz"] if compare else [],
-                        plot, pdf, json_out, overwrite)
+                       plot, pdf, json_out, overwrite)
 
 
 def _snapshots(run_dir: Path, minimum: int = 3) -> list[dict]:
