@@ -268,10 +268,6 @@ def gradcos_command(
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
     deterministic: bool = DETERMINISTIC,
-    old_steps: Optional[int] = OLD_STEPS,
-    old_norm: Optional[str] = OLD_NORM,
-    old_eta: Optional[float] = OLD_ETA,
-    old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
 ) -> None:
     """Cosine between the first-order (SAM) and the full second-order SAM gradient.
 
