@@ -33,8 +33,8 @@ from pathlib import Path
 from .errors import ConfigError
 
 __all__ = ["available_cores", "cgroup_cpu_limit", "default_threads", "configure_threads", "chosen_threads",
-           "set_threads", "deterministic_threads", "worker_threads", "prepare_wait_policy", "THREADS_ENV",
-           "DETERMINISTIC_THREADS", "WAIT_POLICY", "WAIT_POLICY_VARIABLES"]
+           "planned_threads", "set_threads", "deterministic_threads", "worker_threads", "prepare_wait_policy",
+           "THREADS_ENV", "DETERMINISTIC_THREADS", "WAIT_POLICY", "WAIT_POLICY_VARIABLES"]
 
 THREADS_ENV = "SHARPSCOPE_THREADS"
 DETERMINISTIC_THREADS = 1  # the same on every machine; --threads N chooses another fixed count
@@ -121,6 +121,27 @@ def configure_threads(threads: int | None = None, jobs: int = 1) -> int:
     if chosen is None and os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     return set_threads(chosen or default_threads(jobs))
+
+
+def planned_threads(threads: int | None = None, jobs: int = 1) -> int | None:
+    """The thread count :func:`configure_threads` (``threads``, ``jobs``) would leave torch with,
+    worked out without importing torch (``sharpscope info`` starts fast): ``threads``, else
+    ``SHARPSCOPE_THREADS``, else :func:`default_threads` when ``OMP_NUM_THREADS`` is unset.
+    When it is set, torch keeps its own count: that is ``OMP_NUM_THREADS`` itself when it is
+    one positive integer and ``MKL_NUM_THREADS`` is unset or the same (with MKL, torch takes
+    MKL's count, which reads ``MKL_NUM_THREADS`` first); otherwise None: only torch can say."""
+    _check_count(threads)
+    chosen = threads or _from_env()
+    if chosen is not None:
+        return chosen
+    omp = os.environ.get("OMP_NUM_THREADS")
+    if not omp:
+        return default_threads(jobs)
+    mkl = os.environ.get("MKL_NUM_THREADS")
+    text = omp.strip()
+    if text.isascii() and text.isdigit() and int(text) >= 1 and (not mkl or mkl.strip() == text):
+        return int(text)
+    return None
 
 
 def _check_count(threads: int | None) -> None:

@@ -12,17 +12,20 @@ by side runs that were not produced alike.
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 
-__all__ = ["environment", "of_model", "git_commit", "differences", "describe", "unlike_runs_warning", "recorded",
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["environment", "planned_environment", "cpu_capability_from_flags", "of_model", "git_commit", "differences", "describe", "unlike_runs_warning", "recorded",
            "COMPARABLE_FIELDS"]
 
 # The fields whose difference can change a result (another code version, or rounding): exactly
@@ -63,6 +66,8 @@ def _cpu_name() -> str:
 
 
 def _device_name(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
@@ -78,6 +83,7 @@ def environment(device: torch.device | str | None = None, dtype: torch.dtype | s
     parameters' dtype and the autocast dtype, torch's intra-op thread count, the number of
     ranks (from the process group unless given), and whether deterministic algorithms are on."""
     import numpy as np
+    import torch
 
     from . import distributed as dist_utils
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -99,6 +105,60 @@ def environment(device: torch.device | str | None = None, dtype: torch.dtype | s
         record["cuda_version"] = torch.version.cuda
         record["cudnn_version"] = torch.backends.cudnn.version()
     return record
+
+
+def cpu_capability_from_flags(flags: set[str]) -> str:
+    """The instruction set torch's CPU dispatcher picks on x86-64 from the CPU's feature flags
+    (as /proc/cpuinfo names them), by its rule (ATen's ``compute_cpu_capability``): AVX512 with
+    avx512vl, avx512bw, avx512dq and fma; else AVX2 with avx2 and fma; else DEFAULT."""
+    if {"avx512vl", "avx512bw", "avx512dq", "fma"} <= flags:
+        return "AVX512"
+    if {"avx2", "fma"} <= flags:
+        return "AVX2"
+    return "DEFAULT"
+
+
+def _cpu_flags() -> set[str] | None:
+    """The feature flags of this machine's first CPU in /proc/cpuinfo (None if unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def planned_environment(threads: int | None = None) -> dict[str, Any] | None:
+    """What :func:`environment` would record for a CPU float32 computation in this process once
+    :func:`sharpscope.cpu.configure_threads` (``threads``) has run, read without importing torch
+    (``sharpscope info`` starts in a fraction of torch's import time): torch's and numpy's
+    versions from their package metadata, the instruction set by torch's dispatch rule
+    (:func:`cpu_capability_from_flags`), the thread count by :func:`sharpscope.cpu.planned_threads`;
+    one rank and deterministic algorithms off, as in a process that has not asked for either.
+    None where a field cannot be read off that way (torch already imported, so settings may
+    have changed; not Linux on x86-64; ``ATEN_CPU_CAPABILITY`` set; a thread count only torch
+    can tell): then call :func:`environment`."""
+    from importlib import metadata
+
+    from .cpu import planned_threads
+
+    flags = _cpu_flags() if sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64") else None
+    count = planned_threads(threads)
+    if "torch" in sys.modules or flags is None or os.environ.get("ATEN_CPU_CAPABILITY") or count is None:
+        return None
+    try:
+        versions = metadata.version("torch"), metadata.version("numpy")
+    except metadata.PackageNotFoundError:
+        return None
+    commit, dirty = git_commit()
+    return {
+        "sharpscope_version": __version__, "git_commit": commit, "git_dirty": dirty,
+        "python_version": platform.python_version(), "torch_version": versions[0],
+        "numpy_version": versions[1], "platform": platform.platform(),
+        "device": "cpu", "device_name": _cpu_name(), "cpu_capability": cpu_capability_from_flags(flags),
+        "dtype": "float32", "autocast": None, "threads": count, "world_size": 1, "deterministic": False,
+    }
 
 
 def of_model(model: torch.nn.Module, **kwargs: Any) -> dict[str, Any]:

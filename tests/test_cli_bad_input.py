@@ -174,6 +174,9 @@ OPTION_CASES: list[tuple[list[str], str]] = [
     (["gradcos", "{run}", "--samples", "32", "--rho", "-1"], "--rho"),
     (["gradcos", "{run}", "--samples", "32", "--batch-size", "0"], "--batch-size"),
     (["gradcos", "{run}", "--samples", "-1"], "subset size"),
+    # gradcos never had --steps/--norm/--eta/--plot-dir (sharpness's old spellings): refused, not ignored
+    (["gradcos", "{run}", "--samples", "32", "--steps", "5"], "--steps"),
+    (["gradcos", "{run}", "--samples", "32", "--plot-dir", "{out}"], "--plot-dir"),
     # train
     (["train", *TINY_TRAIN, "--lr", "nan", "--out", "{out}"], "learning rate"),
     (["train", *TINY_TRAIN, "--lr", "-1", "--out", "{out}"], "learning rate"),

@@ -160,3 +160,67 @@ def test_threads_are_set_when_the_verb_runs_not_for_its_help(cli):
     assert code == 0 and torch.get_num_threads() == 2  # help: nothing set
     code, out, _ = cli(["--threads", "1", "info", "--json", "-"])
     assert code == 0 and json.loads(out)["threads"] == 1 and torch.get_num_threads() == 1
+
+
+THREADS_ENV = "SHARPSCOPE_THREADS"
+
+
+def _env(**changes: str | None) -> dict:
+    """This process's environment without the thread variables, then ``changes``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", THREADS_ENV)}
+    env.update({k: v for k, v in changes.items() if v is not None})
+    return env
+
+
+@pytest.mark.parametrize("env,argv,light", [
+    ({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, [], True),
+    ({}, [], True),                                          # sharpscope's default share of the cores
+    ({THREADS_ENV: "3"}, ["--threads", "2"], True),          # --threads wins over SHARPSCOPE_THREADS
+    ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"}, [], False),  # torch's own count: torch must say
+])
+def test_info_without_torch_records_what_environment_would(env, argv, light):
+    """``sharpscope info`` (no checkpoint) starts without importing torch where every field can
+    be read off without it, and prints the same record as :func:`provenance.environment` after
+    the thread count is configured (a fresh process that imports torch); where it cannot, it
+    imports torch and says the same."""
+    def fresh(code: str) -> dict:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              check=False, env=_env(**env))
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    info = fresh("import contextlib, io, json, sys\nfrom sharpscope.cli import main\nout = io.StringIO()\n"
+                 "with contextlib.redirect_stdout(out):\n"
+                 f"    try:\n        main({[*argv, 'info', '--json', '-']!r})\n    except SystemExit:\n        pass\n"
+                 f"print(json.dumps({{'record': json.loads(out.getvalue()), 'torch': {TORCH_LOADED}}}))")
+    threads = int(argv[1]) if argv else None
+    expected = fresh("import json\nfrom sharpscope.cpu import configure_threads\n"
+                     "from sharpscope.provenance import environment\n"
+                     f"configure_threads({threads!r})\nprint(json.dumps(environment()))")
+    assert (json.loads(info["torch"]) == []) == light
+    assert info["record"] == expected
+
+
+def test_the_dispatch_rule_and_the_planned_thread_count(monkeypatch):
+    """torch's x86 dispatch rule on feature flags, and the thread counts worked out without
+    torch (None where only torch can tell)."""
+    from sharpscope.cpu import default_threads, planned_threads
+    from sharpscope.provenance import cpu_capability_from_flags
+
+    assert cpu_capability_from_flags({"avx512vl", "avx512bw", "avx512dq", "fma", "avx2"}) == "AVX512"
+    assert cpu_capability_from_flags({"avx512vl", "avx512bw", "avx512f", "fma", "avx2"}) == "AVX2"  # no avx512dq
+    assert cpu_capability_from_flags({"avx2", "avx"}) == "DEFAULT" and cpu_capability_from_flags(set()) == "DEFAULT"
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", THREADS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert planned_threads() == default_threads() and planned_threads(5) == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert planned_threads() == 3 and planned_threads(2) == 2
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    assert planned_threads() is None
+    monkeypatch.setenv("OMP_NUM_THREADS", "2,1")
+    monkeypatch.delenv("MKL_NUM_THREADS")
+    assert planned_threads() is None
+    monkeypatch.setenv(THREADS_ENV, "4")
+    assert planned_threads() == 4

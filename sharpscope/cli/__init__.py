@@ -18,8 +18,9 @@ from ._common import CHECK_LAUNCH_ENV
 # Registers the commands. These modules import only typer and the option checks: what a
 # verb needs (torch.func, scipy, matplotlib, the trainer) is imported when it runs, so
 # 'sharpscope info missing.pt' fails fast (tests/test_startup.py keeps it so).
+# 'sharpscope --help' lists the verbs in the order they register here (interpolate after surface).
 from . import (compare_cmd, correlate_cmd, hessian_cmd, info_cmd, report_cmd, sharpness_cmd,  # noqa: F401,E402
-               surface_cmd, sweep_cmd, train_cmd, weights_cmd)
+               surface_cmd, interpolate_cmd, sweep_cmd, train_cmd, weights_cmd)
 
 __all__ = ["app", "main"]
 

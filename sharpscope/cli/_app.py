@@ -55,6 +55,20 @@ class SharpscopeCommand(TyperCommand):
         return super().invoke(ctx)
 
 
+class TorchOnDemandCommand(SharpscopeCommand):
+    """A verb that may finish without torch (``info``): it sets the thread count itself, with
+    :func:`sharpscope.cpu.configure_threads` (:func:`global_threads`), if and when it imports
+    torch, instead of on start (which imports torch)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        return TyperCommand.invoke(self, ctx)
+
+
+def global_threads(ctx: Any) -> int | None:
+    """``sharpscope --threads N``'s N for the verb running in ``ctx`` (None when not given)."""
+    return ctx.meta.get(_THREADS)
+
+
 class _Typer(typer.Typer):
     """typer's app whose commands are :class:`SharpscopeCommand` unless they name another class."""
 

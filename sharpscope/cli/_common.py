@@ -226,6 +226,8 @@ TRUST_FACTORY = typer.Option(False, "--trust-factory", help="Import and run the 
 # compare and sweep build only runs they make from their own --model: that factory is trusted.
 TRUST_NAMED_FACTORY = typer.Option(False, "--trust-factory", help="Implied: the factory named by --model is "
                                    "trusted for the runs this command makes (kept so the flag works on every verb).")
+PDF = typer.Option(False, "--pdf", help="Also write figures as PDF.")
+FIGURE_DIR = typer.Option(None, "--out", help="Folder for figures (default: next to the checkpoint).")
 DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (under torchrun, cuda is each process's own GPU).")
 DETERMINISTIC = typer.Option(False, "--deterministic", help="Deterministic algorithms and a fixed thread count "
                              "(sharpscope --threads N, else 1): the same command on the same machine and "

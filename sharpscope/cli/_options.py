@@ -22,9 +22,16 @@ from ._app import deferred_help
 
 from ..errors import ConfigError
 from ..train_options import NOT_SWEPT, TRAIN_OPTIONS, TrainOption
+from ._common import finite
 
 __all__ = ["training_options", "shared_fields", "field_values", "old_spelling", "VERB_OWNED", "SWEEP_LIST_HELP",
-           "COMPARE_LIST_HELP"]
+           "COMPARE_LIST_HELP", "OLD_STEPS", "OLD_NORM", "OLD_ETA", "OLD_PLOT_DIR"]
+
+# Old spellings the analysis verbs still take, hidden (:func:`old_spelling` reads them with a notice).
+OLD_STEPS = typer.Option(None, "--steps", hidden=True, min=1)
+OLD_NORM = typer.Option(None, "--norm", hidden=True)
+OLD_ETA = typer.Option(None, "--eta", hidden=True, callback=finite(at_least=0))
+OLD_PLOT_DIR = typer.Option(None, "--plot-dir", hidden=True)
 
 # Training fields compare and sweep set themselves (field -> what sets it), so they do not
 # take them as training options: the seed is their paired axis, and the analysis profile sets

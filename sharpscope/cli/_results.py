@@ -21,7 +21,7 @@ from pathlib import Path
 import typer
 
 from ..errors import ConfigError
-from ._common import is_main
+from ._common import AnalysisContext, is_main, write_json
 
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an earlier result at the same place (its JSON, data "
                          "and figures, stale ones included) instead of refusing.")
@@ -64,6 +64,32 @@ def saved(where: Path | None, console: object) -> None:
     """Say where the numbers were saved (nothing for stdout)."""
     if where is not None:
         console.print(f"saved {where}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
+
+
+def claim_analysis(checkpoint: Path, json_out: str | None, name: str, figures: list[str], plot_dir: Path | None,
+                   pdf: bool, overwrite: bool) -> tuple[Path | None, Path, Claim]:
+    """Claim what an analysis of ``checkpoint`` saved under ``<run>/analyses`` writes: its JSON
+    (:func:`json_target` of ``name``) and the ``figures`` (stems) in ``plot_dir`` (default: the
+    run folder). Returns (the JSON's path or None for stdout, the figures' folder, the claim)."""
+    target = json_target(json_out, checkpoint, name)
+    folder = plot_dir or run_folder(checkpoint)
+    outputs = claim([target, *figure_files(folder, figures, pdf)], overwrite, "--json PATH (and --out DIR)",
+                    records=[target], folders=[folder])
+    return target, folder, outputs
+
+
+def save_report(report: dict, target: Path | None, console: object, context: AnalysisContext | None = None) -> None:
+    """Write an analysis's JSON to ``target`` (None: stdout) and say where it was saved."""
+    write_json(report, "-" if target is None else str(target), context)
+    saved(target, console)
+
+
+def announce(written: Iterable[Path], console: object) -> list[str]:
+    """Say 'wrote FILE' for each figure written; their paths as strings, for the JSON."""
+    written = list(written)
+    for p in written:
+        console.print(f"wrote {p}", highlight=False)  # type: ignore[attr-defined]
+    return [str(p) for p in written]
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
+
 import typer
 
 from ._app import app
@@ -72,8 +75,7 @@ def correlate_command(
     kept, left_out = select_runs(rows, min_train_acc)
     hyper = varying_config_options(kept)
     out.mkdir(parents=True, exist_ok=True)
-    header = list(dict.fromkeys(k for r in rows for k in r))
-    write_csv(out / "rows.csv", header, rows)
+    write_csv(out / "rows.csv", list(dict.fromkeys(k for r in rows for k in r)), rows)
     table, files = report_correlations(rows, out, resamples=resamples, seed=seed, hyperparameters=hyper,
                                        min_train_acc=min_train_acc)
     print(f"{table.n_runs} runs correlated ({left_out['unfinished']} unfinished and {left_out['underfit']} below "
@@ -83,12 +85,16 @@ def correlate_command(
     if unlike:
         print(f"warning: {unlike_runs_warning(unlike)}")
     if html:
-        from dataclasses import asdict
-
-        from ..experiments.html_report import write_correlate_html
-
-        files.append(write_correlate_html(out, rows, table, "sharpscope " + " ".join(sys.argv[1:]),
-                                          {"measures": names, **asdict(settings), "min_train_acc": min_train_acc},
-                                          recorded=rows_environment(kept)))
+        files.append(_html(out, rows, table, {"measures": names, **asdict(settings), "min_train_acc": min_train_acc},
+                           rows_environment(kept)))
     for f in files:
         say(f"wrote {f}")
+
+
+def _html(out: Path, rows: list[dict], table: Any, settings: dict, recorded: dict) -> Path:
+    """--html: OUT/correlations.html, headed by the command line that made it."""
+    import sys
+
+    from ..experiments.html_report import write_correlate_html
+
+    return write_correlate_html(out, rows, table, "sharpscope " + " ".join(sys.argv[1:]), settings, recorded=recorded)

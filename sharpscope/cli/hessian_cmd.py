@@ -11,11 +11,10 @@ import typer
 from ..errors import ConfigError
 from ._app import app, deferred_help
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
-    TRUST_FACTORY,
-    console as rank0_console, finite, hvp_progress, load_for_analysis, seed_option, write_json)
-from ._options import old_spelling
-from ._results import JSON_SAVED, OVERWRITE, claim, figure_files, json_target, run_folder, saved
+    DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES,
+    SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, seed_option)
+from ._options import OLD_PLOT_DIR, OLD_STEPS, old_spelling
+from ._results import JSON_SAVED, OVERWRITE, announce, claim_analysis, save_report
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -120,16 +119,16 @@ def hessian_command(
                                        "'exact' (sum over classes, the default: sampled labels push the top "
                                        "eigenvalues up, +13-69 % with 1 label; the trace is unbiased)."),
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
-    plot_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for figures (default: next to the checkpoint)."),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
+    plot_dir: Optional[Path] = FIGURE_DIR,
+    pdf: bool = PDF,
     json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
     deterministic: bool = DETERMINISTIC,
-    old_steps: Optional[int] = typer.Option(None, "--steps", hidden=True, min=1),
-    old_plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", hidden=True),
+    old_steps: Optional[int] = OLD_STEPS,
+    old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
 ) -> None:
     """Hessian spectrum of a checkpoint's loss (eval mode, whole data set or --samples).
 
@@ -142,51 +141,51 @@ def hessian_command(
     --json PATH instead, --json - on stdout only); an earlier result there is kept unless --overwrite.
     """
     apply_determinism(deterministic)
-    import torch.nn.functional as F
-
-    from .. import distributed as dist_utils
-    from ..objective import Objective
-
     steps = old_spelling("hessian", "--steps", "--slq-steps", old_steps, steps, 80)
     plot_dir = old_spelling("hessian", "--plot-dir", "--out", old_plot_dir, plot_dir, None)
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
     stem = operator.replace("-", "_")  # hessian.json and hessian_*.png as before; ggn.json, ggn_*.png, ...
-    target = json_target(json_out, checkpoint, stem)
     figures = (([f"{stem}_density", f"{stem}_density_log"] if density else [])
                + ([f"{stem}_eigenvalues"] if top_k > 0 else [])) if plot else []
-    figure_folder = plot_dir or run_folder(checkpoint)
-    outputs = claim([target, *figure_files(figure_folder, figures, pdf)], overwrite,
-                    "--json PATH (and --out DIR)", records=[target], folders=[figure_folder])
+    target, _, outputs = claim_analysis(checkpoint, json_out, stem, figures, plot_dir, pdf, overwrite)
     ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
                                                (data, data_root))
-    from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
-    selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
-    obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=hvp_mode)
-    _preflight(obj.n, ckpt.model, trace, trace_matvecs, density, runs, steps, per_layer, by)
-    obj_b, label_b = _second(overlap_with, ckpt, obj, top_k, selection, hvp_mode, trust_factory, context)
-    report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,
-                    "n_params": obj.n, "params": params, "hvp_mode": obj.hvp_mode, "operator": operator,
-                    "fisher_samples": mc_samples if operator == "fisher" else None}
-    curv = {"operator": operator, "mc_samples": mc_samples}
-    if operator != "hessian":
-        from .. import curvature
-        curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)  # refuse an unfit loss or model now
     settings = _Settings(top_k, which, tol, max_iter, trace, trace_matvecs, density, runs, steps, sigma_squared,
                          per_layer, by, seed, hvp_mode, overlap_with)
-    results = _compute(hs, ckpt, batches, obj, obj_b, label_b, settings, curv, console, progress)
-    if not dist_utils.is_main():  # every rank took part in the products; rank 0 reports
+    obj, obj_b, label_b, report = _objectives(ckpt, batches, split, params, settings, operator, mc_samples,
+                                              trust_factory, context)
+    results = _compute(ckpt, batches, obj, obj_b, label_b, settings, {"operator": operator, "mc_samples": mc_samples},
+                       console, progress)
+    if not is_main():  # every rank took part in the products; rank 0 reports
         return
-    report.update({k: v.to_dict() for k, v in results.items()})
-    if "density" in report:
-        report["density"]["trace_note"] = _TRACE_NOTE["trace" in results].format(runs=results["density"].n_runs)
-    out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
-    _print_results(out, ckpt.path, obj, split, which, results, operator)
+    _add_results(report, results)
+    _print_results(rank0_console(stderr=json_out == "-"), ckpt.path, obj, split, which, results, operator)
     outputs.clear()
     if plot:
         report["figures"] = _figures(ckpt, results, plot_dir, pdf, console, operator)
-    write_json(report, "-" if target is None else str(target), context)
-    saved(target, console)
+    save_report(report, target, console, context)
+
+
+def _objectives(ckpt: Any, batches: list, split: str, params: str, o: _Settings, operator: str, mc_samples: int | str,
+                trust_factory: bool, context: AnalysisContext) -> tuple[Any, Any, str, dict]:
+    """The objective over ``--params``, B's for --overlap-with (or None) and its label, each
+    refused before the first product if it cannot be computed; and the report's first fields."""
+    import torch.nn.functional as F
+
+    from ..objective import Objective
+
+    selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
+    obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=o.hvp_mode)
+    _preflight(obj.n, ckpt.model, o.trace, o.trace_matvecs, o.density, o.runs, o.steps, o.per_layer, o.by)
+    obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, trust_factory, context)
+    report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,
+                    "n_params": obj.n, "params": params, "hvp_mode": obj.hvp_mode, "operator": operator,
+                    "fisher_samples": mc_samples if operator == "fisher" else None}
+    if operator != "hessian":
+        from .. import curvature
+        curvature.operator(obj, operator, mc_samples=mc_samples, seed=o.seed)  # refuse an unfit loss or model now
+    return obj, obj_b, label_b, report
 
 
 @dataclass
@@ -227,12 +226,20 @@ def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
     return parts
 
 
-def _compute(hs: Any, ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _Settings, curv: dict,
+def _add_results(report: dict, results: dict) -> None:
+    """The results into the report, the density with the note on which trace to trust."""
+    report.update({k: v.to_dict() for k, v in results.items()})
+    if "density" in report:
+        report["density"]["trace_note"] = _TRACE_NOTE["trace" in results].format(runs=results["density"].n_runs)
+
+
+def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _Settings, curv: dict,
              console: Console, progress: bool) -> dict:
     """Run the analyses under one progress bar, saying how many products they take (after the
     first) and, once the first few are timed, how long (:class:`~sharpscope.cli.progress.ProductPlan`)."""
     import torch.nn.functional as F
 
+    from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
     from ..objective import parameter_groups
     from .progress import ProductPlan
 
@@ -385,6 +392,4 @@ def _figures(ckpt: Any, results: dict, plot_dir: Path | None, pdf: bool, console
             both[results["overlap"].label] = results["overlap"].b
         written += plots.plot_eigenvalues(both, folder / f"{stem}_eigenvalues", formats=formats,
                                           title=titles.get("eigenvalues"))
-    for p in written:
-        console.print(f"wrote {p}", highlight=False)
-    return [str(p) for p in written]
+    return announce(written, console)

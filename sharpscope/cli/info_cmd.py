@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._app import app
+from ._app import TorchOnDemandCommand, app, global_threads
 
 
 def summarize(raw: dict, path: Path) -> dict:
@@ -43,8 +43,9 @@ def _dumps(value: object, indent: int | None = None) -> str:
     return json.dumps(value, indent=indent, default=_jsonable)
 
 
-@app.command("info")
+@app.command("info", cls=TorchOnDemandCommand)
 def info_command(
+    ctx: typer.Context,
     checkpoint: Optional[Path] = typer.Argument(None, help="A checkpoint file or a run folder (none: this "
                                                             "machine's environment)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Write the summary as JSON to PATH (- for stdout)."),
@@ -55,11 +56,16 @@ def info_command(
     from rich.console import Console
     from rich.table import Table
 
-    from ..provenance import describe, environment
+    from ..cpu import configure_threads
+    from ..provenance import describe, environment, planned_environment
     from ._common import folded
 
     if checkpoint is None:
-        here = environment()
+        # without torch where every field can be read off without it (the same record: tests/test_startup.py)
+        here = planned_environment(global_threads(ctx))
+        if here is None:
+            configure_threads(global_threads(ctx))
+            here = environment()
         if json_out == "-":
             print(_dumps(here, indent=2))
             return
@@ -72,6 +78,7 @@ def info_command(
         return
     from ..checkpoint import read_checkpoint
 
+    configure_threads(global_threads(ctx))
     raw = read_checkpoint(checkpoint)
     path = checkpoint / "checkpoint.pt" if checkpoint.is_dir() else checkpoint
     summary = summarize(raw, path)

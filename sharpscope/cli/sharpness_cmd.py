@@ -9,11 +9,10 @@ import typer
 
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
-    TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option,
-    write_json)
-from ._options import old_spelling
-from ._results import JSON_SAVED, OVERWRITE, Claim, claim, figure_files, json_target, run_folder, saved
+    DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES,
+    SPLIT, TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option)
+from ._options import OLD_ETA, OLD_NORM, OLD_PLOT_DIR, OLD_STEPS, old_spelling
+from ._results import JSON_SAVED, OVERWRITE, Claim, announce, claim, claim_analysis, json_target, save_report
 
 
 @app.command("sharpness")
@@ -48,18 +47,18 @@ def sharpness_command(
     seed: int = seed_option("Seed of the subsets and of --samples."),
     gap: bool = typer.Option(True, help="Also report the surrogate gap L(w + e_hat) - L(w) for each rho."),
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
-    plot_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for figures (default: next to the checkpoint)."),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
+    plot_dir: Optional[Path] = FIGURE_DIR,
+    pdf: bool = PDF,
     json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
     deterministic: bool = DETERMINISTIC,
-    old_steps: Optional[int] = typer.Option(None, "--steps", hidden=True, min=1),
-    old_norm: Optional[str] = typer.Option(None, "--norm", hidden=True),
-    old_eta: Optional[float] = typer.Option(None, "--eta", hidden=True, callback=finite(at_least=0)),
-    old_plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", hidden=True),
+    old_steps: Optional[int] = OLD_STEPS,
+    old_norm: Optional[str] = OLD_NORM,
+    old_eta: Optional[float] = OLD_ETA,
+    old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
 ) -> None:
     """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1), with the surrogate gap; or
     worst-case / average-case sharpness, plain or adaptive (Andriushchenko et al. 2023).
@@ -76,21 +75,52 @@ def sharpness_command(
     there is kept unless --overwrite.
     """
     apply_determinism(deterministic)
+    steps, p, eta, plot_dir = _new_spellings(old_steps, steps, old_norm, p, old_eta, eta, old_plot_dir, plot_dir)
+    console = rank0_console(stderr=True)
+    ms, rhos, p_value = _check_options(measure, adaptive, random_start, restarts, m, rho, p)
+    name, figures = _outputs(measure, plot, len(rhos) > 1)
+    target, figure_folder, outputs = claim_analysis(checkpoint, json_out, name, figures, plot_dir, pdf, overwrite)
+    ckpt, batches, context = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device,
+                                               (data, data_root))
+    total = sum(_subsets(batches, ms, max_subsets)) * len(rhos)
+    if measure != "m-sharpness":
+        _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start, seed,
+                        max_subsets, split, console, progress, total, json_out, outputs, target, restarts, context)
+        return
+    done = _m_sharpness(ckpt, batches, ms, rhos, 5 if steps is None else steps, p, p_value, seed, max_subsets, gap,
+                        split, console, progress, total, json_out)
+    if done is None:  # the subsets were shared out; rank 0 reports
+        return
+    report, result = done
+    outputs.clear()
+    if plot:
+        report["figures"] = _plot(ckpt, result, figure_folder, len(rhos) > 1, pdf, console)
+    save_report(report, target, console, context)
+
+
+def _new_spellings(old_steps: int | None, steps: int | None, old_norm: str | None, p: str, old_eta: float | None,
+                   eta: float, old_plot_dir: Path | None, plot_dir: Path | None) -> tuple:
+    """--ascent-steps, --p, --adaptive-eta and --out, from their old spellings when those were given."""
+    return (old_spelling("sharpness", "--steps", "--ascent-steps", old_steps, steps, None),
+            old_spelling("sharpness", "--norm", "--p", old_norm, p, "2"),
+            old_spelling("sharpness", "--eta", "--adaptive-eta", old_eta, eta, 0.0),
+            old_spelling("sharpness", "--plot-dir", "--out", old_plot_dir, plot_dir, None))
+
+
+def _outputs(measure: str, plot: bool, several_rhos: bool) -> tuple[str, list[str]]:
+    """The name of the measure's JSON and the figures it draws (m-sharpness with --plot only)."""
+    figures = (["m_sharpness"] + (["m_sharpness_rho"] if several_rhos else [])) \
+        if plot and measure == "m-sharpness" else []
+    return ("m_sharpness" if measure == "m-sharpness" else f"sharpness_{measure}"), figures
+
+
+def _check_options(measure: str, adaptive: bool, random_start: bool, restarts: int | None, m: str, rho: str,
+                   p: str) -> tuple[list[int], list[float], float]:
+    """Refuse options that do not fit ``--measure`` (before loading); the m values, the radii and p."""
     import math
 
-    import torch.nn.functional as F
-    from rich.table import Table
-
-    from .. import distributed as dist_utils
-    from .. import sharpness as sh
     from ..errors import ConfigError
-    from ._common import folded
 
-    steps = old_spelling("sharpness", "--steps", "--ascent-steps", old_steps, steps, None)
-    p = old_spelling("sharpness", "--norm", "--p", old_norm, p, "2")
-    eta = old_spelling("sharpness", "--eta", "--adaptive-eta", old_eta, eta, 0.0)
-    plot_dir = old_spelling("sharpness", "--plot-dir", "--out", old_plot_dir, plot_dir, None)
-    console = rank0_console(stderr=True)
     if measure not in ("m-sharpness", "worst", "average"):
         raise ConfigError(f"--measure must be m-sharpness, worst or average, got {measure!r}")
     if measure == "m-sharpness" and (adaptive or random_start):
@@ -102,32 +132,39 @@ def sharpness_command(
     p_value = parse_p(p)
     if p_value not in (2.0, math.inf):  # refused before loading (the library says the same)
         raise ConfigError(f"--p must be 2 or inf (m-sharpness supports p = 2 and p = inf), got {p!r}")
-    target = json_target(json_out, checkpoint, "m_sharpness" if measure == "m-sharpness" else f"sharpness_{measure}")
-    figure_folder = plot_dir or run_folder(checkpoint)
-    figures = (["m_sharpness"] + (["m_sharpness_rho"] if len(rhos) > 1 else [])) \
-        if plot and measure == "m-sharpness" else []
-    outputs = claim([target, *figure_files(figure_folder, figures, pdf)], overwrite,
-                    "--json PATH (and --out DIR)", records=[target], folders=[figure_folder])
-    ckpt, batches, context = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device,
-                                               (data, data_root))
+    return ms, rhos, p_value
+
+
+def _subsets(batches: list, ms: list[int], max_subsets: int | None) -> list[int]:
+    """The subsets measured per m (refused if an m exceeds the examples analysed)."""
+    from ..errors import ConfigError
+
     n = sum(x.shape[0] for x, _ in batches)
     if max(ms) > n:
         raise ConfigError(f"--m {max(ms)} is larger than the {n} examples analysed")
-    per_m = [min(n // size, max_subsets or n) for size in ms]
-    if measure != "m-sharpness":
-        _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start, seed,
-                        max_subsets, split, console, progress, sum(per_m) * len(rhos), json_out, outputs, target,
-                        restarts, context)
-        return
-    steps = 5 if steps is None else steps
+    return [min(n // size, max_subsets or n) for size in ms]
+
+
+def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], steps: int, p: str, p_value: float,
+                 seed: int, max_subsets: int | None, gap: bool, split: str, console: Any, progress: bool, total: int,
+                 json_out: str | None) -> tuple[dict, Any] | None:
+    """m-sharpness (and the surrogate gaps) under a progress bar, its table printed; the JSON
+    report and the result (for the figures), or None off rank 0."""
+    import torch.nn.functional as F
+    from rich.table import Table
+
+    from .. import distributed as dist_utils
+    from .. import sharpness as sh
+    from ._common import folded
+
     with progress_bar(console, progress, "subsets") as bar:
-        task = bar.add_task("m-sharpness", total=sum(per_m) * len(rhos))
+        task = bar.add_task("m-sharpness", total=total)
         result = sh.m_sharpness(ckpt.model, F.cross_entropy, batches, m=ms, rho=rhos, steps=steps, p=p_value,
                                 seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k))
     gaps = {str(r): v for r, v in sh.surrogate_gaps(ckpt.model, F.cross_entropy, batches, rhos=rhos,
                                                     p=p_value).items()} if gap else None
-    if not dist_utils.is_main():  # the subsets were shared out; rank 0 reports
-        return
+    if not dist_utils.is_main():
+        return None
     report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
     for r in report["results"]:
         r.pop("values")
@@ -143,22 +180,19 @@ def sharpness_command(
         report["surrogate_gap"] = gaps
         out.print("surrogate gap L(w + e_hat) - L(w): " + ", ".join(f"rho={r}: {v:.5g}" for r, v in gaps.items()),
                   highlight=False)
-    outputs.clear()
-    if plot:
-        from .. import plots
+    return report, result
 
-        folder = figure_folder
-        label = (ckpt.config or {}).get("optimizer", "model").upper()
-        formats = ("png", "pdf") if pdf else ("png",)
-        written = plots.plot_m_sharpness({label: result}, folder / "m_sharpness", formats=formats)
-        if len(rhos) > 1:
-            written += plots.plot_m_sharpness({label: result}, folder / "m_sharpness_rho", against="rho",
-                                              formats=formats)
-        report["figures"] = [str(f) for f in written]
-        for f in written:
-            console.print(f"wrote {f}", highlight=False)
-    write_json(report, "-" if target is None else str(target), context)
-    saved(target, console)
+
+def _plot(ckpt: Any, result: Any, folder: Path, against_rho: bool, pdf: bool, console: Any) -> list[str]:
+    """m-sharpness against m (and against rho when there are several)."""
+    from .. import plots
+
+    label = (ckpt.config or {}).get("optimizer", "model").upper()
+    formats = ("png", "pdf") if pdf else ("png",)
+    written = plots.plot_m_sharpness({label: result}, folder / "m_sharpness", formats=formats)
+    if against_rho:
+        written += plots.plot_m_sharpness({label: result}, folder / "m_sharpness_rho", against="rho", formats=formats)
+    return announce(written, console)
 
 
 def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos: list[float], p: float,
@@ -216,8 +250,7 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
         out.print(f"spread between the {result.restarts} restarts, (max - min) / max: " + ", ".join(
             f"m={r.m} rho={r.rho:g}: {100 * (r.restart_spread or 0.0):.2g} %" for r in result.results), highlight=False)
     outputs.clear()
-    write_json(report, "-" if target is None else str(target), context)
-    saved(target, console)
+    save_report(report, target, console, context)
 
 
 @app.command("gradcos")
@@ -235,10 +268,6 @@ def gradcos_command(
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
     deterministic: bool = DETERMINISTIC,
-    old_steps: Optional[int] = typer.Option(None, "--steps", hidden=True, min=1),
-    old_norm: Optional[str] = typer.Option(None, "--norm", hidden=True),
-    old_eta: Optional[float] = typer.Option(None, "--eta", hidden=True, callback=finite(at_least=0)),
-    old_plot_dir: Optional[Path] = typer.Option(None, "--plot-dir", hidden=True),
 ) -> None:
     """Cosine between the first-order (SAM) and the full second-order SAM gradient.
 
@@ -274,6 +303,5 @@ def gradcos_command(
     if not math.isfinite(res.cosine):
         raise ConfigError("the cosine is not finite")
     outputs.clear()
-    write_json({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, "-" if target is None else str(target),
-               context)
-    saved(target, rank0_console(stderr=True))
+    save_report({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, target, rank0_console(stderr=True),
+                context)

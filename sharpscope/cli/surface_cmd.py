@@ -1,7 +1,8 @@
-"""``sharpscope surface`` and ``sharpscope interpolate``: loss landscapes of checkpoints."""
+"""``sharpscope surface``: the loss landscape around a checkpoint or over a run's trajectory plane."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -10,10 +11,11 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
-    TRUST_FACTORY, console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, point_progress,
-    seed_option, write_json)
-from ._results import OVERWRITE, claim, figure_files, run_folder
+    DATA, DATA_ROOT, DETERMINISTIC, PDF, AnalysisContext, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
+    TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, numbers,
+    point_progress, seed_option, write_json)
+from ._landscape import BATCH_SIZE, METRIC, claim_files, custom_metrics, figures, print_metrics, print_summary
+from ._results import OVERWRITE, Claim, run_folder
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -42,76 +44,6 @@ def _grids(text: str, dim: int) -> tuple:
     return axes[0], (axes[1] if dim == 2 else None)
 
 
-def _figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console, metrics: list[str],
-             eigen: tuple | None = None) -> list[str]:
-    """Every figure of the result(s) (:func:`sharpscope.plots.plot_result`), each file announced."""
-    from .. import plots
-
-    written = plots.plot_result(results, folder, stem, formats=("png", "pdf") if pdf else ("png",), metrics=metrics,
-                                eigen=eigen)
-    for p in written:
-        console.print(f"wrote {p}", highlight=False)
-    return [str(p) for p in written]
-
-
-def _figure_names(stem: str, dim: int, trajectory: bool, metrics: list[str]) -> list[str]:
-    """The figures --plot writes (:func:`sharpscope.plots.figure_names`), to claim before any work."""
-    from ..plots import figure_names
-
-    return figure_names(stem, dim, trajectory, metrics)
-
-
-def _metrics(specs: list[str] | None, trust: bool) -> dict:
-    """``--metric [NAME=]package.module:function`` (repeatable) -> {name: fn}; imported only with --trust-factory."""
-    from ..landscape.metrics import import_metric
-
-    out: dict = {}
-    for spec in specs or []:
-        name, fn = import_metric(spec, allow_import=trust)
-        if name in out:
-            raise ConfigError(f"--metric {name} is given twice (name one of them: NAME=package.module:function)")
-        out[name] = fn
-    return out
-
-
-def _print_metrics(console: Console, summary: dict) -> None:
-    for name, m in (summary.get("metrics") or {}).items():
-        at_b = f", at B {_fmt(m['at_b'], '.5g')}" if "at_b" in m else ""
-        console.print(f"metric {name}: centre {_fmt(m['centre'], '.5g')}, min {_fmt(m['min'], '.5g')}, "
-                      f"max {_fmt(m['max'], '.5g')}{at_b}", highlight=False)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    """A summary value, or n/a where the grid could not give it (None: a NaN loss, a point off the grid)."""
-    return "n/a" if value is None else format(value, spec)
-
-
-def _print_summary(console: Console, result: SurfaceResult, radii: list[float], delta: float) -> dict:
-    s = result.summary(radii, delta)
-    console.print(f"{result.kind} surface, {result.dim}-D, {result.n_points} points over {result.n_examples} "
-                  f"examples in {result.wall_time:.1f}s ({result.n_points / max(result.wall_time, 1e-9):.1f} points/s)",
-                  highlight=False)
-    console.print(f"centre loss {_fmt(s['centre_loss'], '.5g')}, accuracy {_fmt(s['centre_accuracy'], '.4f')}",
-                  highlight=False)
-    inc = ", ".join(f"r={r}: {v:+.4g}" if v is not None else f"r={r}: outside grid"
-                    for r, v in s["loss_increase_at_radius"].items())
-    console.print(f"mean loss increase at radius: {inc}", highlight=False)
-    edge = " (reaches the grid edge: at least)" if s["basin_reaches_grid_edge"] else ""
-    console.print(f"basin width (loss within +{delta} of the centre): {_fmt(s['basin_width'], '.4g')}{edge}",
-                  highlight=False)
-    if result.dim == 3:
-        console.print(f"(the summary above is of the slice at direction 3 = {s['slice_z']:.4g})", highlight=False)
-    if result.dim >= 2:
-        t = result.topology().summary()
-        console.print(f"topology: {t['n_minima']} local minima ({t['n_minima_interior']} interior), mean saddle-minimum "
-                      f"depth {_fmt(t['mean_depth'], '.4g')}, max persistence {_fmt(t['max_persistence'], '.4g')}",
-                      highlight=False)
-    if "barrier" in s:
-        console.print(f"loss at B {_fmt(s['loss_at_b'], '.5g')}; barrier on [0, 1]: {_fmt(s['barrier'], '+.4g')}",
-                      highlight=False)
-    return s
-
-
 def surface_stem(dim: int, trajectory: bool, directions: str) -> str:
     """The name of a surface's files in its folder: trajectory, hessian_<dim>d or surface_<dim>d."""
     return "trajectory" if trajectory else f"hessian_{dim}d" if directions == "hessian" else f"surface_{dim}d"
@@ -124,11 +56,8 @@ def _claim_surface(folder: Path, dim: int, trajectory: bool, directions: str, me
     stem = surface_stem(dim, trajectory, directions)
     dim = 2 if trajectory else dim  # the PCA plane
     compare = directions == "hessian" and dim == 1
-    files = [folder / f"{stem}.npz", folder / f"{stem}.json"] + ([folder / f"{stem}_random.npz"] if compare else [])
-    if plot:
-        files += figure_files(folder, _figure_names(stem, dim, trajectory, metrics), pdf)
-    extra = Path(json_out) if json_out not in (None, "-") else None
-    return claim([*files, extra], overwrite, "--out DIR", records=[folder / f"{stem}.json", extra])
+    return claim_files(folder, stem, dim, trajectory, metrics, [folder / f"{stem}_random.npz"] if compare else [],
+                       plot, pdf, json_out, overwrite)
 
 
 def _snapshots(run_dir: Path, minimum: int = 3) -> list[dict]:
@@ -175,8 +104,7 @@ def surface_command(
     split: str = SPLIT,
     data: Optional[str] = DATA,
     data_root: Optional[str] = DATA_ROOT,
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Examples per forward pass "
-                                                                                 "(default: the fastest, timed)."),
+    batch_size: Optional[int] = BATCH_SIZE,
     range_mode: str = typer.Option("grid", "--range", help="grid (the MIN:MAX of --grid) or auto: each direction "
                                    "spans [-t, t], t the larger of the two distances (+ and -) at which the loss first "
                                    "reaches --range-factor x the centre loss (doubling from 0.05, then 6 bisections), "
@@ -189,15 +117,13 @@ def surface_command(
     basin_delta: float = typer.Option(0.1, "--basin-delta", callback=finite(above=0), help="Basin = where the loss is within this of the centre."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <run>/surface)."),
     plot: bool = typer.Option(False, "--plot", help="Write figures (1-D curve; 2-D contour, filled contour, 3-D)."),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write figures as PDF."),
+    pdf: bool = PDF,
     json_out: Optional[str] = JSON_OUT,
     overwrite: bool = OVERWRITE,
     progress: bool = PROGRESS,
     trust_factory: bool = TRUST_FACTORY,
     device: str = DEVICE,
-    metric: Optional[list[str]] = typer.Option(None, "--metric", help="[NAME=]package.module:function: a custom "
-                                               "metric fn(model, batch) -> scalar, evaluated next to the loss "
-                                               "(repeatable; needs --trust-factory)."),
+    metric: Optional[list[str]] = METRIC,
     deterministic: bool = DETERMINISTIC,
 ) -> None:
     """Loss surface around a checkpoint (random directions) or over a run's trajectory plane.
@@ -211,49 +137,97 @@ def surface_command(
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """
     apply_determinism(deterministic)
-    import torch.nn.functional as F
-
-    from .. import distributed as dist_utils
-    from .. import landscape as ls
-
     console = rank0_console(stderr=True)
+    job = _surface_job(checkpoint, trajectory, path_run, dim, grid, range_mode, directions_kind, norm, ignore, dir_type,
+                       metric, trust_factory, radii, out, plot, pdf, json_out, overwrite)
+    ckpt, batches, context = load_for_analysis(job.source, split, samples, batch_size or 4096, seed, trust_factory,
+                                               device, (data, data_root))
+    options = job.options(split, samples, seed, ckpt.path, metric)
+    plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, seed, norm,
+                               ignore, dir_type, orthogonalize, progress, console)
+    axes = _range_axes(ckpt.model, batches, plan, job.axes, range_mode, range_factor, range_max, batch_size, options,
+                       console)
+    result, random_result = _evaluate(ckpt.model, batches, plan, axes, options, job.folder, job.stem, batch_size,
+                                      job.metric_fns, progress, console)
+    if is_main():  # the points were shared out; rank 0 writes
+        _save_surface(job, ckpt, result, random_result, plan, basin_delta, json_out, options, norm, plot, pdf,
+                      context, console)
+
+
+@dataclass
+class _SurfaceJob:
+    """What a surface's options decide before anything loads: the checkpoint it is taken
+    around, the custom metrics, the radii, the grid axes (None: the trajectory's own), where
+    its files go (``folder``/``stem``) and the claim on them."""
+
+    source: Path
+    metric_fns: dict
+    radii: list[float]
+    axes: list | None
+    folder: Path
+    stem: str
+    outputs: Claim
+
+    def options(self, split: str, samples: int | None, seed: int, checkpoint: Path, metric: list[str] | None
+                ) -> dict:
+        """The options the result records (added to by the directions and the range)."""
+        return {"split": split, "samples": samples, "seed": seed, "checkpoint": str(checkpoint),
+                **({"metrics": list(metric)} if self.metric_fns else {})}
+
+
+def _surface_job(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int, grid: str | None,
+                 range_mode: str, directions_kind: str, norm: str, ignore: str, dir_type: str,
+                 metric: list[str] | None, trust_factory: bool, radii: str, out: Path | None, plot: bool, pdf: bool,
+                 json_out: str | None, overwrite: bool) -> _SurfaceJob:
+    """Check a surface's options (one line and exit 2 if they do not go together) and claim its files."""
     _check_surface_options(checkpoint, trajectory, path_run, dim, range_mode, directions_kind, dir_type, norm, ignore)
-    metric_fns = _metrics(metric, trust_factory)
+    metric_fns = custom_metrics(metric, trust_factory)
     radii_list = numbers(radii, float, "--radii", above=0)
     axes = _surface_axes(grid, dim, trajectory is not None, range_mode)  # before any work
     source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
     folder = out or (run_folder(source) / "surface")
-    stem = surface_stem(dim, trajectory is not None, directions_kind)
     outputs = _claim_surface(folder, dim, trajectory is not None, directions_kind, list(metric_fns), plot, pdf,
                              json_out, overwrite)
-    ckpt, batches, context = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory,
-                                               device, (data, data_root))
-    options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path),
-               **({"metrics": list(metric)} if metric_fns else {})}
-    plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, seed, norm,
-                               ignore, dir_type, orthogonalize, progress, console)
+    return _SurfaceJob(source, metric_fns, radii_list, axes, folder,
+                       surface_stem(dim, trajectory is not None, directions_kind), outputs)
+
+
+def _range_axes(model: Any, batches: Any, plan: dict, axes: list | None, range_mode: str, factor: float,
+                max_extent: float, batch_size: int | None, options: dict, console: Console) -> list:
+    """The grid's axes: --grid's (or the trajectory's), or with --range auto the POINTS spread
+    over each direction's extent (:func:`sharpscope.landscape.auto_grid`), recorded in ``options``."""
+    import torch.nn.functional as F
+
+    from .. import landscape as ls
+
     axes = axes if axes is not None else plan["axes"]
-    if range_mode == "auto":
-        rng, axes = ls.auto_grid(ckpt.model, F.cross_entropy, batches, plan["directions"], axes, range_factor,
-                                 max_extent=range_max, chunk_size=batch_size)
-        for note in rng.warnings:
-            console.print(f"warning: {note}", highlight=False)
-        options["range_auto"] = rng.to_dict()
-        console.print("--range auto: extents " + ", ".join(f"{e:.4g}" for e in rng.extents)
-                      + f" (loss reaches {range_factor:g} x the centre loss {rng.centre_loss:.5g})", highlight=False)
-    result, random_result = _evaluate(ckpt.model, batches, plan, axes, options, folder, stem, batch_size, metric_fns,
-                                      progress, console)
-    if not dist_utils.is_main():  # the points were shared out; rank 0 writes
-        return
-    outputs.clear()
-    report = _write_surface(result, random_result, plan, folder, stem, radii_list, basin_delta, json_out, options, norm)
+    if range_mode != "auto":
+        return axes
+    rng, axes = ls.auto_grid(model, F.cross_entropy, batches, plan["directions"], axes, factor,
+                             max_extent=max_extent, chunk_size=batch_size)
+    for note in rng.warnings:
+        console.print(f"warning: {note}", highlight=False)
+    options["range_auto"] = rng.to_dict()
+    console.print("--range auto: extents " + ", ".join(f"{e:.4g}" for e in rng.extents)
+                  + f" (loss reaches {factor:g} x the centre loss {rng.centre_loss:.5g})", highlight=False)
+    return axes
+
+
+def _save_surface(job: _SurfaceJob, ckpt: Any, result: SurfaceResult, random_result: SurfaceResult | None,
+                  plan: dict, delta: float, json_out: str | None, options: dict, norm: str, plot: bool, pdf: bool,
+                  context: AnalysisContext, console: Console) -> None:
+    """Replace an earlier result (--overwrite), save the surface(s), print the summaries, draw
+    the figures (--plot) and write the JSON (<out>/<name>.json and --json)."""
+    job.outputs.clear()
+    report = _write_surface(result, random_result, plan, job.folder, job.stem, job.radii, delta, json_out, options,
+                            norm)
     if plot:
         label = (ckpt.config or {}).get("optimizer", "model").upper()
         eig = plan.get("eig")
         eigen = None if random_result is None else (random_result, eig.eigenvalues[0], eig.slopes[0], eig.loss)
-        report["figures"] = _figures({label: result}, folder, stem, pdf, console, list(metric_fns), eigen)
+        report["figures"] = figures({label: result}, job.folder, job.stem, pdf, console, list(job.metric_fns), eigen)
     write_json(report, json_out, context)
-    write_json(report, str(folder / f"{stem}.json"), context)
+    write_json(report, str(job.folder / f"{job.stem}.json"), context)
 
 
 def _check_surface_options(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int,
@@ -370,8 +344,8 @@ def _write_surface(result: SurfaceResult, random_result: SurfaceResult | None, p
     result.save(folder / f"{stem}.npz", plan["directions"])
     (folder / f"{stem}.partial.npz").unlink(missing_ok=True)
     human = rank0_console(stderr=json_out == "-")
-    summary = _print_summary(human, result, radii, delta)
-    _print_metrics(human, summary)
+    summary = print_summary(human, result, radii, delta)
+    print_metrics(human, summary)
     explained, residual = plan["explained"], plan["residual"]
     if explained is not None:
         human.print(f"PCA explained variance: {explained[0]:.1%}, {explained[1]:.1%}", highlight=False)
@@ -387,106 +361,8 @@ def _write_surface(result: SurfaceResult, random_result: SurfaceResult | None, p
         (folder / f"{stem}_random.partial.npz").unlink(missing_ok=True)
         human.print(f"random {norm}-normalized direction rescaled to unit norm, for comparison:", highlight=False)
         report["random"] = {**random_result.to_dict(radii, delta),
-                            "summary": _print_summary(human, random_result, radii, delta),
+                            "summary": print_summary(human, random_result, radii, delta),
                             "npz": str(folder / f"{stem}_random.npz")}
     return report
 
 
-def _different_data(ckpt_a: Any, ckpt_b: Any, use_a_data: bool, split: str) -> list[str]:
-    """How A's and B's training data differ ([] if not): refused (ConfigError) unless
-    ``--use-a-data``, since every point is evaluated on A's data and "loss at B" would not be
-    B's training loss."""
-    from ..checkpoint import training_data_differences
-
-    diffs = training_data_differences(ckpt_a, ckpt_b)
-    if diffs and not use_a_data:
-        raise ConfigError(f"A and B were trained on different data ({'; '.join(diffs)}); both would be evaluated "
-                          f"on A's {split} data: pass --use-a-data to do so anyway")
-    return diffs
-
-
-@app.command("interpolate")
-def interpolate_command(
-    checkpoint_a: Path = typer.Argument(..., help="Model A (alpha = 0)."),
-    checkpoint_b: Path = typer.Argument(..., help="Model B (alpha = 1)."),
-    grid: str = typer.Option("-0.5:1.5:41", help="alpha grid MIN:MAX:POINTS."),
-    buffers: str = typer.Option("interpolate", help="BN statistics: interpolate between A and B, or keep A's."),
-    samples: Optional[int] = SAMPLES,
-    split: str = SPLIT,
-    data: Optional[str] = DATA,
-    data_root: Optional[str] = DATA_ROOT,
-    seed: int = seed_option("Seed of --samples."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Examples per forward pass "
-                                                                                 "(default: the fastest, timed)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: A's run folder /interpolate)."),
-    plot: bool = typer.Option(False, "--plot", help="Write the loss / accuracy curve."),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write the figure as PDF."),
-    json_out: Optional[str] = JSON_OUT,
-    progress: bool = PROGRESS,
-    trust_factory: bool = TRUST_FACTORY,
-    device: str = DEVICE,
-    metric: Optional[list[str]] = typer.Option(None, "--metric", help="[NAME=]package.module:function: a custom "
-                                               "metric fn(model, batch) -> scalar, evaluated next to the loss "
-                                               "(repeatable; needs --trust-factory)."),
-    overwrite: bool = OVERWRITE,
-    use_a_data: bool = typer.Option(False, "--use-a-data", help="Evaluate both models on A's data even when A and "
-                                    "B were trained on different data (another seed, label noise or data set; "
-                                    "refused without this option): the loss at B is then not B's training loss."),
-    deterministic: bool = DETERMINISTIC,
-) -> None:
-    """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
-
-    Both are evaluated on A's data (its --split); A and B trained on different data (their
-    recorded fingerprints or data specs differ) are refused unless --use-a-data. The result
-    (<out>/interpolation.npz, .json and figures) is never replaced unless --overwrite.
-
-    Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
-    """
-    apply_determinism(deterministic)
-    import torch.nn.functional as F
-
-    from .. import distributed as dist_utils
-    from .. import landscape as ls
-    from ..checkpoint import load_checkpoint
-
-    console = rank0_console(stderr=True)
-    alphas = ls.parse_grid(grid)
-    metric_fns = _metrics(metric, trust_factory)
-    folder = out or (run_folder(checkpoint_a) / "interpolate")
-    figures = _figure_names("interpolation", 1, False, list(metric_fns)) if plot else []
-    extra = Path(json_out) if json_out not in (None, "-") else None
-    outputs = claim([folder / "interpolation.npz", folder / "interpolation.json", *figure_files(folder, figures, pdf),
-                     extra], overwrite, "--out DIR", records=[folder / "interpolation.json", extra])
-    ckpt_a, batches, context = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed,
-                                                 trust_factory, device, (data, data_root))
-    ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory, map_location=next(ckpt_a.model.parameters()).device)
-    context.add(ckpt_b)
-    data_note = _different_data(ckpt_a, ckpt_b, use_a_data, split)
-    name_a = (ckpt_a.config or {}).get("optimizer", "A").upper()
-    name_b = (ckpt_b.config or {}).get("optimizer", "B").upper()
-    with point_progress(console, progress) as bar:
-        task = bar.add_task("interpolation", total=len(alphas))
-        result = ls.interpolate(ckpt_a.model, ckpt_b.model, F.cross_entropy, batches, alphas, buffers=buffers,
-                                chunk_size=batch_size, name_a=name_a, name_b=name_b,
-                                on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None)
-    if not dist_utils.is_main():
-        return
-    result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples,
-                           "data": "A's", "data_differences": data_note})
-    if data_note:
-        console.print(f"note: both evaluated on A's {split} data; B was trained on other data "
-                      f"({'; '.join(data_note)})", highlight=False)
-    if metric_fns:
-        result.options["metrics"] = list(metric)
-    outputs.clear()
-    result.save(folder / "interpolation.npz")
-    summary = _print_summary(rank0_console(stderr=json_out == "-"), result, [0.5], 0.1)
-    _print_metrics(rank0_console(stderr=json_out == "-"), summary)
-    report = result.to_dict((0.5,), 0.1)
-    report["summary"] = summary
-    report["npz"] = str(folder / "interpolation.npz")
-    if plot:
-        report["figures"] = _figures({f"{name_a} -> {name_b}": result}, folder, "interpolation", pdf, console,
-                                     list(metric_fns))
-    write_json(report, json_out, context)
-    write_json(report, str(folder / "interpolation.json"), context)

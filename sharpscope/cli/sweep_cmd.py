@@ -71,10 +71,43 @@ def sweep_command(
     Example: sharpscope sweep --out runs/sweep --rho 0.02,0.05,0.1 --label-noise 0,0.4 --epochs 10 --jobs 2
     """
     apply_determinism(deterministic)
-    from ..errors import ConfigError
     from ..experiments import sweep
 
     formats = ("png", "pdf") if pdf else ("png",)
+    grid, base = _grid(training, vary)
+    if html:  # refuse before training, not after
+        from ..plots.html import require_plotly
+
+        require_plotly()
+    wanted = [sweep.parse_plot(p_) for p_ in plot] or None
+    if replot:
+        _replot(out, grid, wanted, formats, correlate, min_train_acc, html)
+        return
+    if "optimizer" not in grid:
+        grid = {"optimizer": ["sgd", "sam"], **grid}
+    config = sweep.SweepConfig(grid=grid, seeds=seeds, base=base, analyses=analyses, profile=profile,
+                               analysis_rho=analysis_rho, analysis_m=analysis_m)
+
+    def say(msg: str) -> None:
+        print(f"sweep: {msg}", file=sys.stderr, flush=True)
+
+    with interrupt_says("finished runs and analyses are kept; rerun the same command to continue"):
+        from ..cpu import chosen_threads
+        result = sweep.run_sweep(config, out, jobs=jobs, plots=wanted, formats=formats,
+                                 say=say if progress else (lambda msg: None), correlate=correlate,
+                                 deterministic=deterministic, threads=chosen_threads() if deterministic else None,
+                                 min_train_acc=min_train_acc)
+    _print_summary(result)
+    _print_correlations(result, min_train_acc)
+    _html(out, html)
+
+
+def _grid(training: dict[str, Any], vary: list[str]) -> tuple[dict[str, list], dict[str, Any]]:
+    """The grid (option -> its values: the comma lists of the training options and of --vary)
+    and the options every run shares (those that take one value, where not the default)."""
+    from ..errors import ConfigError
+    from ..experiments import sweep
+
     grid: dict[str, Any] = {}
     base: dict[str, Any] = {}
     order = {key: i for i, key in enumerate(_GRID_ORDER)}  # run names and columns keep their order
@@ -94,34 +127,25 @@ def sweep_command(
         if name in grid:
             raise ConfigError(f"--vary {key}: that option is given twice")
         grid[name] = sweep.parse_values(name, values, f"--vary {key}")
-    if html:  # refuse before training, not after
-        from ..plots.html import require_plotly
+    return grid, base
 
-        require_plotly()
-    wanted = [sweep.parse_plot(p_) for p_ in plot] or None
-    if replot:
-        if grid:
-            raise ConfigError(f"--replot redraws the sweep in --out; it takes no grid options (got "
-                              f"--{next(iter(grid)).replace('_', '-')})")
-        for f in sweep.replot(out, wanted, formats, correlate=correlate, min_train_acc=min_train_acc):
-            print(f"wrote {f}")
-        _html(out, html)
-        return
-    if "optimizer" not in grid:
-        grid = {"optimizer": ["sgd", "sam"], **grid}
-    config = sweep.SweepConfig(grid=grid, seeds=seeds, base=base, analyses=analyses, profile=profile,
-                               analysis_rho=analysis_rho, analysis_m=analysis_m)
 
-    def say(msg: str) -> None:
-        print(f"sweep: {msg}", file=sys.stderr, flush=True)
+def _replot(out: Path, grid: dict, wanted: list | None, formats: tuple[str, ...], correlate: bool,
+            min_train_acc: float, html: bool) -> None:
+    """--replot: redraw the finished sweep's figures (no grid options)."""
+    from ..errors import ConfigError
+    from ..experiments import sweep
 
-    with interrupt_says("finished runs and analyses are kept; rerun the same command to continue"):
-        from ..cpu import chosen_threads
-        result = sweep.run_sweep(config, out, jobs=jobs, plots=wanted, formats=formats,
-                                 say=say if progress else (lambda msg: None), correlate=correlate,
-                                 deterministic=deterministic, threads=chosen_threads() if deterministic else None,
-                                 min_train_acc=min_train_acc)
-    _print_summary(result)
+    if grid:
+        raise ConfigError(f"--replot redraws the sweep in --out; it takes no grid options (got "
+                          f"--{next(iter(grid)).replace('_', '-')})")
+    for f in sweep.replot(out, wanted, formats, correlate=correlate, min_train_acc=min_train_acc):
+        print(f"wrote {f}")
+    _html(out, html)
+
+
+def _print_correlations(result: Any, min_train_acc: float) -> None:
+    """--correlate: how many runs were correlated and the correlations; then the sweep's warnings."""
     if result.correlations is not None:
         left = result.correlations.left_out
         print(f"{result.correlations.n_runs} runs correlated ({left['unfinished']} unfinished and {left['underfit']} "
@@ -129,7 +153,6 @@ def sweep_command(
         print_correlations(result.correlations)
     for warning in result.warnings:
         print(f"warning: {warning}")
-    _html(out, html)
 
 
 def _html(out: Path, wanted: bool) -> None:

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, apply_determinism, TRUST_FACTORY, console as rank0_console, write_json
-from ._results import JSON_SAVED, OVERWRITE, claim, json_target, saved
+from ._common import DETERMINISTIC, apply_determinism, TRUST_FACTORY, console as rank0_console
+from ._results import JSON_SAVED, OVERWRITE, claim, json_target, save_report
 
 
 @app.command("weights")
@@ -52,5 +52,4 @@ def weights_command(
     if res.skipped:
         out.print(f"skipped (fewer than 8 eigenvalues): {', '.join(res.skipped)}", highlight=False)
     outputs.clear()
-    write_json({"checkpoint": str(ckpt.path), **res.to_dict()}, "-" if target is None else str(target))
-    saved(target, rank0_console(stderr=True))
+    save_report({"checkpoint": str(ckpt.path), **res.to_dict()}, target, rank0_console(stderr=True))
