@@ -16,12 +16,12 @@ MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
 
 # Still over the rule (other parts of issue 24 split them): take an entry out once it is under.
-KNOWN_LONG_MODULES = {"cli/surface_cmd.py", "experiments/sweep.py", "landscape/surface.py", "plots.py",
+KNOWN_LONG_MODULES = {"cli/surface_cmd.py", "landscape/surface.py", "plots.py",
                       "train/loop.py"}
 KNOWN_LONG_FUNCTIONS = {"cli/correlate_cmd.py:correlate_command", "cli/hessian_cmd.py:hessian_command",
                         "cli/sharpness_cmd.py:sharpness_command", "cli/surface_cmd.py:surface_command",
                         "cli/surface_cmd.py:interpolate_command", "cli/sweep_cmd.py:sweep_command",
-                        "cli/train_cmd.py:train_command", "experiments/sweep.py:run_sweep",
+                        "cli/train_cmd.py:train_command",
                         "landscape/surface.py:evaluate_points", "landscape/surface.py:surface",
                         "linalg/lanczos.py:lanczos", "optim/step.py:sam_step", "plots.py:plot_sweep"}
 
