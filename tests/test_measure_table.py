@@ -148,13 +148,6 @@ def test_analyses_stored_under_old_names_are_reused(tmp_path):
     assert {k: again.rows[0][k] for k in keep} == {k: first.rows[0][k] for k in keep}
 
 
-def test_compare_reads_its_old_ratio_as_lambda_ratio():
-    from sharpscope.experiments.compare import _renamed
-    old = {"eigenvalues": {}, "lambda_max": 2.0, "ratio": 1.5, "trace": {}}
-    assert list(_renamed(old)) == ["eigenvalues", "lambda_max", "lambda_ratio", "trace"]
-    assert _renamed(old)["lambda_ratio"] == 1.5 and _renamed({"lambda_ratio": 1.0}) == {"lambda_ratio": 1.0}
-
-
 def test_tracking_reads_the_table_with_its_own_settings(tmp_path):
     """Tracking's numbers are the table's measures at tracking's settings (k = 1, tol 1e-3,
     30 products, m = 16, 3 steps): recomputed here from the final weights, they agree to the bit."""

@@ -71,13 +71,15 @@ def _finite(value: Any) -> bool:
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]], options: Sequence[str], metrics: Sequence[str],
-                   confidence: float = 0.95) -> list[dict[str, Any]]:
-    """Per setting (the rows' values of ``options``, seed excluded): the
-    :func:`sharpscope.stats.summarize` of every metric over its seeds (finite values only),
-    and for a non-SGD setting the :func:`sharpscope.stats.paired_difference` (setting - SGD)
-    against the SGD setting with the same non-perturbation options, over the seeds both have."""
-    from .. import stats
-
+                   confidence: float = 0.95, baseline: str = "sgd", every_seed: bool = False) -> list[dict[str, Any]]:
+    """THE summarizer of runs over seeds (``sweep`` and ``compare``). Per setting (the rows'
+    values of ``options``, seed excluded): the :func:`sharpscope.stats.summarize` of every
+    metric over its seeds (finite values only), and for a setting of another optimizer than
+    ``baseline`` the :func:`sharpscope.stats.paired_difference` (setting - baseline) against
+    the ``baseline`` setting with the same non-perturbation options, over the seeds both have
+    (``"vs_sgd"``), marked ``about_unconverged_runs`` when a run of the pair had not converged.
+    ``every_seed``: a metric some seed of the setting lacks is left out, and a difference
+    is taken only over metrics every seed of both settings has (else None)."""
     settings: dict[tuple, list[Mapping[str, Any]]] = {}
     for row in rows:
         settings.setdefault(tuple(row.get(o) for o in options), []).append(row)
@@ -85,31 +87,43 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], options: Sequence[str], me
     def baseline_key(key: tuple) -> tuple:
         return tuple(v for o, v in zip(options, key) if o != "optimizer" and o not in PERTURBATION_OPTIONS)
 
-    sgd = {baseline_key(k): rs for k, rs in settings.items() if dict(zip(options, k)).get("optimizer") == "sgd"}
+    bases = {baseline_key(k): rs for k, rs in settings.items() if dict(zip(options, k)).get("optimizer") == baseline}
     out = []
     for key, group in settings.items():
         opts = dict(zip(options, key))
         entry: dict[str, Any] = {"options": opts, "seeds": [r["seed"] for r in group],
                                  "failed": sum(r.get("status") == "diverged" for r in group),
                                  "unconverged": sum(r.get("converged") is False for r in group), "metrics": {}}
-        base = sgd.get(baseline_key(key)) if opts.get("optimizer") != "sgd" else None
+        base = bases.get(baseline_key(key)) if opts.get("optimizer") != baseline else None
         for metric in metrics:
-            bounds = METRIC_BOUNDS.get(metric)
-            values = [r.get(metric) for r in group if _finite(r.get(metric))]
-            item: dict[str, Any] = {"summary": stats.summarize(values, confidence, bounds).to_dict() if values
-                                    else None}
-            if base is not None:
-                mine = {r["seed"]: r.get(metric) for r in group}
-                theirs = {r["seed"]: r.get(metric) for r in base}
-                seeds = [s for s in mine if s in theirs and _finite(mine[s]) and _finite(theirs[s])]
-                item["vs_sgd"] = (stats.paired_difference([theirs[s] for s in seeds], [mine[s] for s in seeds],
-                                                          confidence, bounds).to_dict() if seeds else None)
-                if item["vs_sgd"] is not None:
-                    pair = [r for r in (*group, *base) if r["seed"] in seeds]
-                    item["vs_sgd"]["about_unconverged_runs"] = any(r.get("converged") is False for r in pair)
-            entry["metrics"][metric] = item
+            if every_seed and not all(_finite(r.get(metric)) for r in group):
+                continue
+            entry["metrics"][metric] = _metric_statistics(metric, group, base, confidence, every_seed)
         out.append(entry)
     return out
+
+
+def _metric_statistics(metric: str, group: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]] | None,
+                       confidence: float, every_seed: bool) -> dict[str, Any]:
+    """One metric of one setting (:func:`summarize_rows`): its summary over the setting's
+    rows and, given the baseline's rows, the paired difference to them."""
+    from .. import stats
+
+    bounds = METRIC_BOUNDS.get(metric)
+    values = [r.get(metric) for r in group if _finite(r.get(metric))]
+    item: dict[str, Any] = {"summary": stats.summarize(values, confidence, bounds).to_dict() if values else None}
+    if base is not None:
+        mine = {r["seed"]: r.get(metric) for r in group}
+        theirs = {r["seed"]: r.get(metric) for r in base}
+        seeds = [s for s in mine if s in theirs and _finite(mine[s]) and _finite(theirs[s])]
+        if every_seed and not (len(seeds) == len(mine) and all(_finite(v) for v in theirs.values())):
+            seeds = []
+        item["vs_sgd"] = (stats.paired_difference([theirs[s] for s in seeds], [mine[s] for s in seeds],
+                                                  confidence, bounds).to_dict() if seeds else None)
+        if item["vs_sgd"] is not None:
+            pair = [r for r in (*group, *base) if r["seed"] in seeds]
+            item["vs_sgd"]["about_unconverged_runs"] = any(r.get("converged") is False for r in pair)
+    return item
 
 
 _SUMMARY_FIELDS = ("n", "mean", "std", "ci_low", "ci_high")
