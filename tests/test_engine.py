@@ -17,7 +17,7 @@ from sharpscope import stats
 from sharpscope.errors import ConfigError
 from sharpscope.experiments import compare as cmp
 from sharpscope.experiments import engine
-from sharpscope.experiments.analyses import COMPARED, PROFILES, analyse_selected, compare_layout
+from sharpscope.experiments.analyses import COMPARED, PROFILES, analyse_selected
 from sharpscope.experiments.cache import SCHEMA, read_analyses
 from sharpscope.experiments.tables import summarize_rows
 

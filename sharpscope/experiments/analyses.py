@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
 from torch import nn
 
 from .. import measure_table
-from ..checkpoint import load_checkpoint
 from ..objective import Objective
 
-__all__ = ["AnalysisSettings", "PROFILES", "ANALYSES", "COMPARED", "compare_layout", "Variant", "VARIANTS", "analysis_names",
-           "analysis_settings", "analyse_selected", "analyse_variant", "analyse_checkpoint"]
+__all__ = ["AnalysisSettings", "PROFILES", "ANALYSES", "COMPARED", "Variant", "VARIANTS", "analysis_names",
+           "analysis_settings", "analyse_selected", "analyse_variant"]
 
 
 def __getattr__(name: str) -> Any:
@@ -115,35 +113,3 @@ def analyse_variant(model: nn.Module, batches: list, name: str, s: AnalysisSetti
     say(f"{variant.measure} on the {variant.labels} labels")
     measure = measure_table.MEASURES[variant.measure]
     return measure.compute(model, batches, {**analysis_settings(s, rho, seed), **variant.settings}, None)
-
-
-def compare_layout(res: Mapping[str, Any]) -> dict[str, Any]:
-    """The results of the measures compare runs (name -> result, as :func:`analyse_selected`
-    returns them) in compare's layout: the eigenvalues' result with lambda_max and
-    lambda_ratio beside it, the surrogate gap beside the gradient cosine; the density and the
-    top eigenvalue on the clean labels when present."""
-    eig = res["lambda_max"]
-    out: dict[str, Any] = {"eigenvalues": eig, "lambda_max": eig["eigenvalues"][0], "lambda_ratio": eig["ratio"],
-                           "trace": res["trace"], "gradcos": res["gradcos"],
-                           "surrogate_gap": res["gradcos"]["surrogate_gap"], "m_sharpness": res["m_sharpness"]}
-    if "density" in res:
-        out["density"] = res["density"]
-    if res.get("lambda_max_clean") is not None:  # a variant (VARIANTS): its top eigenvalue
-        out["lambda_max_clean"] = measure_table.MEASURES["lambda_max"].headline(res["lambda_max_clean"])
-    return out
-
-
-def analyse_checkpoint(ckpt_path: Path, batches: list, s: AnalysisSettings, rho: float, seed: int,
-                       say: Callable[[str], None] = lambda what: None, density: bool = True,
-                       clean_batches: list | None = None, allow_factory: bool | str = False) -> dict[str, Any]:
-    """The analyses of a checkpoint's final weights on ``batches`` that compare reports
-    (:func:`analyse_selected` of its measures, the density only when ``density``), in compare's layout,
-    and, given ``clean_batches`` (the same examples with their clean labels, under label
-    noise), lambda_max on the clean labels. ``allow_factory``: as for
-    :func:`~sharpscope.checkpoint.load_checkpoint`."""
-    model = load_checkpoint(ckpt_path, allow_factory=allow_factory).model
-    which = [a for a in COMPARED if density or a != "density"]
-    res = analyse_selected(model, batches, which, s, rho, seed, say)
-    if clean_batches is not None:
-        res["lambda_max_clean"] = analyse_variant(model, clean_batches, "lambda_max_clean", s, rho, seed, say)
-    return compare_layout(res)

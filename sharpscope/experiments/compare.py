@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
-from .. import landscape, plots, provenance, stats
+from .. import landscape, measure_table, plots, provenance, stats
 from ..checks import finite_float, int_at_least
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..data import DataSpec, load_dataset
@@ -50,7 +50,7 @@ from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
 from ..models import is_factory
 from ..optim import registry
 from ..train import TrainConfig, check_model
-from .analyses import COMPARED, PROFILES, AnalysisSettings, compare_layout
+from .analyses import COMPARED, PROFILES, AnalysisSettings
 from .engine import RunOutcome, RunTask, run_tasks
 from .files import write_json
 from .grid import RunSpec
@@ -195,6 +195,22 @@ def _run_all(config: CompareConfig, out: Path, say: Callable[[str], None], callb
         notes += [f"{opt.upper()} seed {seed}: {n}" for n in outcome.notes]
         by_run[opt][seed] = outcome
     return by_run, notes
+
+
+def _layout(res: Mapping[str, Any]) -> dict[str, Any]:
+    """The results of the measures compare runs (name -> result, as :func:`analyse_selected`
+    returns them) in compare's layout: the eigenvalues' result with lambda_max and
+    lambda_ratio beside it, the surrogate gap beside the gradient cosine; the density and the
+    top eigenvalue on the clean labels when present."""
+    eig = res["lambda_max"]
+    out: dict[str, Any] = {"eigenvalues": eig, "lambda_max": eig["eigenvalues"][0], "lambda_ratio": eig["ratio"],
+                           "trace": res["trace"], "gradcos": res["gradcos"],
+                           "surrogate_gap": res["gradcos"]["surrogate_gap"], "m_sharpness": res["m_sharpness"]}
+    if "density" in res:
+        out["density"] = res["density"]
+    if res.get("lambda_max_clean") is not None:  # a variant (VARIANTS): its top eigenvalue
+        out["lambda_max_clean"] = measure_table.MEASURES["lambda_max"].headline(res["lambda_max_clean"])
+    return out
 
 
 def _first_seed_data(config: CompareConfig, out: Path) -> tuple[list, int]:
@@ -385,7 +401,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     out.mkdir(parents=True, exist_ok=True)
     outcomes, notes = _run_all(config, out, say, callbacks_for)
     runs = {opt: {s: o.metrics for s, o in by_seed.items()} for opt, by_seed in outcomes.items()}
-    analyses = {opt: {s: {**compare_layout(o.analyses),
+    analyses = {opt: {s: {**_layout(o.analyses),
                           "analysed_in": o.analysis_environments[0] if o.analysis_environments else None}
                       for s, o in by_seed.items()} for opt, by_seed in outcomes.items()}
     batches, n = _first_seed_data(config, out)
