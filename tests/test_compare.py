@@ -126,7 +126,7 @@ def test_quick_runs_are_reported_unconverged_and_their_verdicts_say_so(compared)
 def test_rerun_reuses_and_conflicting_settings_are_refused(compared, cli):
     before = json.loads((compared / "results.json").read_text())
     code, out, err = cli(["compare", "--quick", "--out", str(compared)])
-    assert code == 0 and "reusing the analyses of SGD, seed 2" in err and "(mean of 3)" in out
+    assert code == 0 and "[5/6] SGD, seed 2: reused" in err and "(mean of 3)" in out
     after = json.loads((compared / "results.json").read_text())
     assert after["optimizers"]["sam"]["summary"] == before["optimizers"]["sam"]["summary"]
     code, _, err = cli(["compare", "--profile", "quick", "--rho", "0.1", "--out", str(compared), "--no-progress"])
