@@ -51,7 +51,7 @@ from ..models import is_factory
 from ..optim import registry
 from ..train import TrainConfig, check_model
 from .analyses import COMPARED, PROFILES, AnalysisSettings
-from .engine import RunOutcome, RunTask, run_tasks
+from .engine import RunOutcome, RunTask, analysis_subset, run_tasks
 from .files import write_json
 from .grid import RunSpec
 from .runs import refuse_other_settings
@@ -216,11 +216,8 @@ def _layout(res: Mapping[str, Any]) -> dict[str, Any]:
 def _first_seed_data(config: CompareConfig, out: Path) -> tuple[list, int]:
     """The first seed's analysis subset (the labels trained on) and its size: the examples
     the engine analysed, on which the surfaces and the interpolation are evaluated."""
-    seed = config.seeds[0]
-    raw = read_checkpoint(run_dir(out, config.optimizers[0], seed) / "checkpoint.pt")
-    data = load_dataset(DataSpec.from_dict(raw["data_spec"]))
-    n = min(config.settings.samples, data.x_train.shape[0])
-    return data.batches("train", n, 4096, seed), n
+    raw = read_checkpoint(run_dir(out, config.optimizers[0], config.seeds[0]) / "checkpoint.pt")
+    return analysis_subset(load_dataset(DataSpec.from_dict(raw["data_spec"])), config.settings.samples, config.seeds[0])
 
 
 def _landscapes(config: CompareConfig, out: Path, runs: dict[str, dict[int, list[dict]]], batches: list, n: int,

@@ -37,7 +37,8 @@ from .grid import RunSpec
 from .runs import refuse_other_settings
 from .verdicts import run_convergence
 
-__all__ = ["RunOutcome", "RunTask", "analysis_key", "check_models", "run_task", "run_tasks", "run_pool"]
+__all__ = ["RunOutcome", "RunTask", "analysis_key", "analysis_subset", "check_models", "run_task", "run_tasks",
+           "run_pool"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,32 +212,30 @@ def _train(task: RunTask, emit: Callable[[str], None], prefix: str, stop: Any) -
     return _outcome_from(spec, read_checkpoint(run_dir / "checkpoint.pt"), "resumed" if resuming else "trained")
 
 
-def _analysis_batches(task: RunTask, ckpt: Any, s: Any) -> tuple[list, Callable[[], list]]:
-    """The run's analysis subset (its first ``s.samples`` training examples in the order its
-    seed draws, with the labels trained on), and a function giving the same examples with
-    their clean labels (label noise)."""
+def analysis_subset(data: Any, samples: int, seed: int, labels: str = "trained") -> tuple[list, int]:
+    """The analysis subset of a run on ``data``: its first ``samples`` training examples (all
+    when fewer) in the order ``seed`` draws, in batches of 4096, with the labels trained on
+    (``labels="clean"``: the labels before label noise flipped some); and its size."""
     import dataclasses
 
-    from ..checkpoint import checkpoint_data
-
-    seed = task.spec.config["seed"]
-    data = checkpoint_data(ckpt)
-    n = min(s.samples, int(data.x_train.shape[0]))
-    return (data.batches("train", n, 4096, seed),
-            lambda: dataclasses.replace(data, y_train=data.y_train_clean).batches("train", n, 4096, seed))
+    n = min(samples, int(data.x_train.shape[0]))
+    if labels == "clean":
+        data = dataclasses.replace(data, y_train=data.y_train_clean)
+    return data.batches("train", n, 4096, seed), n
 
 
 def _analyse(task: RunTask, outcome: RunOutcome, stored: dict[str, Any], todo: list[str],
              emit: Callable[[str], None], prefix: str, stop: Any) -> bool:
     """Compute the analyses ``todo`` of the trained run, each stored in ``analysis.json`` as
     soon as it is done (an error or warnings stored with it); False when stopped."""
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import checkpoint_data, load_checkpoint
     from .analyses import AnalysisSettings
 
     s = AnalysisSettings(**task.settings)
     seed, step = task.spec.config["seed"], int(outcome.final.get("step", 0))
     ckpt = load_checkpoint(Path(task.run_dir) / "checkpoint.pt", allow_factory=_named_factory(task.spec))
-    batches, clean = _analysis_batches(task, ckpt, s)
+    data = checkpoint_data(ckpt)
+    batches = analysis_subset(data, s.samples, seed)[0]
     for name in todo:
         if stop is not None and stop.is_set():
             return False
@@ -245,7 +244,8 @@ def _analyse(task: RunTask, outcome: RunOutcome, stored: dict[str, Any], todo: l
             warnings.simplefilter("always")
             try:
                 if name in VARIANTS:
-                    entry["result"] = analyse_variant(ckpt.model, clean(), name, s, task.analysis_rho, seed,
+                    clean = analysis_subset(data, s.samples, seed, VARIANTS[name].labels)[0]
+                    entry["result"] = analyse_variant(ckpt.model, clean, name, s, task.analysis_rho, seed,
                                                       lambda what: emit(f"{prefix}: {what}"))
                 else:
                     entry["result"] = analyse_selected(ckpt.model, batches, [name], s, task.analysis_rho, seed,
