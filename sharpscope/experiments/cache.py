@@ -70,14 +70,14 @@ def read_analyses(run_dir: Path, seed: int) -> dict[str, Any]:
     version = cache.get("schema", 1)
     if not isinstance(version, int) or version > SCHEMA:
         raise ConfigError(f"{path} was written by a newer sharpscope (schema {version}; this one reads up to "
-                          f"{SCHEMA}); upgrade sharpscope or remove that file to recompute its analyses")
+                          f"{SCHEMA}); upgrade sharpscope, or remove that file to recompute its analyses")
     if "analyses" not in cache and {"key", "checkpoint_step", "analysis"} <= set(cache):
-        return _from_compare_layout(cache, seed)
+        return _from_compare_layout(cache, seed, path)
     stored = cache.get("analyses")
     return dict(stored) if isinstance(stored, dict) else {}
 
 
-def _from_compare_layout(cache: Mapping[str, Any], seed: int) -> dict[str, Any]:
+def _from_compare_layout(cache: Mapping[str, Any], seed: int, path: Path) -> dict[str, Any]:
     """Entries from compare's analysis.json before the one engine: its key held the settings,
     the analysis rho and the checkpoint's step, so each measure it stored gets the key it
     would get today, and is reused only when that equals the one asked. lambda_max on the
@@ -89,8 +89,8 @@ def _from_compare_layout(cache: Mapping[str, Any], seed: int) -> dict[str, Any]:
         s = AnalysisSettings(**old["settings"])
         rho, step, analysis = float(old["rho"]), int(cache["checkpoint_step"]), cache["analysis"]
     except (TypeError, ValueError, KeyError) as err:
-        raise ConfigError(f"cannot read analysis.json in compare's old layout ({err}); remove that file to "
-                          "recompute its analyses") from None
+        raise ConfigError(f"cannot read {path}, in compare's layout before sharpscope's run engine ({err!r}); "
+                          "remove that file to recompute its analyses (the training run is kept)") from None
     out = {}
     for name, old_name in _COMPARE_LAYOUT.items():
         if isinstance(analysis.get(old_name), dict):

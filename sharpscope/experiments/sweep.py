@@ -12,6 +12,7 @@ Layout of ``out_dir``::
     runs/<name>/              one training run (checkpoint.pt, metrics.jsonl), named from its
                               options, e.g. sam_rho0.05_m16_seed0 (a hash when too long)
     runs/<name>/analysis.json its analyses, each stored with the settings that made it
+                              (versioned: sharpscope.experiments.cache)
     runs/<name>/diverged.json a run whose loss diverged (not retrained when rerun)
     sweep.json                the sweep's configuration and its runs
     results.csv, .json        one row per run: options, seed, every metric
