@@ -17,6 +17,8 @@ FIGURES = ["training_curves.png", "density.png", "eigenvalues.png", "surfaces.pn
 PER_SEED = ["final", "scalars", "eigenvalues", "lambda_max", "lambda_ratio", "trace", "m_sharpness", "surrogate_gap",
             "gradcos", "gradcos_over_training"]
 SEEDS = [0, 1, 2]
+# a comparison of seconds: a small MLP on synthetic data, one epoch
+TINY = {"model": "mlp", "model_kwargs": {"hidden": [8]}, "data": "synthetic", "n_train": 200, "epochs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ def test_quick_runs_are_reported_unconverged_and_their_verdicts_say_so(compared)
 def test_rerun_reuses_and_conflicting_settings_are_refused(compared, cli):
     before = json.loads((compared / "results.json").read_text())
     code, out, err = cli(["compare", "--quick", "--out", str(compared)])
-    assert code == 0 and "reusing the analyses of SGD, seed 2" in err and "(mean of 3)" in out
+    assert code == 0 and "[5/6] SGD, seed 2: reused" in err and "(mean of 3)" in out
     after = json.loads((compared / "results.json").read_text())
     assert after["optimizers"]["sam"]["summary"] == before["optimizers"]["sam"]["summary"]
     code, _, err = cli(["compare", "--profile", "quick", "--rho", "0.1", "--out", str(compared), "--no-progress"])
@@ -272,33 +274,36 @@ def test_ctrl_c_on_the_command_line_says_what_was_kept(cli, tmp_path, monkeypatc
                                            "rerun the same command to continue")
 
 
-def test_progress_lines_and_bars_are_numbered(tmp_path, monkeypatch):
+def test_progress_lines_and_bars_are_numbered(tmp_path):
     """compare says [i/N] on each run's lines, trains under a bar labelled '[i/N] OPT', and
-    analyses under the same numbers (seed-major)."""
+    analyses under the same numbers (seed-major); a rerun reuses every run under its number."""
     import sharpscope.experiments.compare as cmp
     from sharpscope.cli.compare_cmd import numbered_bars
 
-    bars: list[str] = []
-    monkeypatch.setattr(cmp, "_train_one", lambda cfg, out, callbacks: bars.extend(c.label for c in callbacks)
-                        or [{"step": 1}])
-    monkeypatch.setattr(cmp, "_analysis_data", lambda config, out, seed: ([], None, 0))
-    monkeypatch.setattr(cmp, "analyse_checkpoint", lambda path, *args, **kwargs: args[4]("lambda_max") or {})
-    config = cmp.CompareConfig(quick=True, optimizers=["sgd", "sam"], seeds=[0, 1])
+    config = cmp.CompareConfig(quick=True, optimizers=["sgd", "sam"], seeds=[0, 1], **TINY)
+    bars = numbered_bars(None, False, 4)
+    labels: list[str] = []
+
+    def callbacks_for(opt):
+        made = bars(opt)
+        labels.extend(c.label for c in made)
+        return made
+
     said: list[str] = []
-    runs = cmp._train_all(config, tmp_path, said.append, numbered_bars(None, False, 4))
-    assert said == ["[1/4] training SGD, seed 0", "[2/4] training SAM, seed 0", "[3/4] training SGD, seed 1",
-                    "[4/4] training SAM, seed 1"]
-    assert bars == ["[1/4] SGD", "[2/4] SAM", "[3/4] SGD", "[4/4] SAM"]
-    for seed in (0, 1):
-        for opt in ("sgd", "sam"):
-            cmp.run_dir(tmp_path, opt, seed).mkdir(parents=True)
+    cmp._run_all(config, tmp_path, said.append, callbacks_for)
+    assert [m for m in said if "training" in m] == [
+        "[1/4] SGD, seed 0: training 1 epoch", "[2/4] SAM, seed 0: training 1 epoch",
+        "[3/4] SGD, seed 1: training 1 epoch", "[4/4] SAM, seed 1: training 1 epoch"]
+    assert labels == ["[1/4] SGD", "[2/4] SAM", "[3/4] SGD", "[4/4] SAM"]
+    assert [m for m in said if m.endswith(": lambda_max")] == [
+        "[1/4] SGD, seed 0: lambda_max", "[2/4] SAM, seed 0: lambda_max", "[3/4] SGD, seed 1: lambda_max",
+        "[4/4] SAM, seed 1: lambda_max"]
+    assert [m for m in said if m.endswith(": density")] == ["[1/4] SGD, seed 0: density",
+                                                            "[2/4] SAM, seed 0: density"]  # first seed only
     said.clear()
-    cmp._analyse_all(config, tmp_path, runs, said.append)
-    assert said == ["[1/4] SGD, seed 0: lambda_max", "[2/4] SAM, seed 0: lambda_max", "[3/4] SGD, seed 1: lambda_max",
-                    "[4/4] SAM, seed 1: lambda_max"]
-    said.clear()
-    cmp._analyse_all(config, tmp_path, runs, said.append)
-    assert said[3] == "[4/4] reusing the analyses of SAM, seed 1"
+    cmp._run_all(config, tmp_path, said.append, callbacks_for)
+    assert said == ["[1/4] SGD, seed 0: reused", "[2/4] SAM, seed 0: reused", "[3/4] SGD, seed 1: reused",
+                    "[4/4] SAM, seed 1: reused"]
 
 
 def test_the_command_says_how_many_runs_first(cli, tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from sharpscope import measure_table
 from sharpscope.errors import ConfigError
-from sharpscope.experiments import analyses, correlate, measure_runs as mr, sweep
+from sharpscope.experiments import analyses, correlate, engine, measure_runs as mr, sweep
 from sharpscope.experiments.analyses import PROFILES
 from sharpscope.experiments.sweep import SweepConfig, run_sweep
 from sharpscope.train import TrainConfig, train
@@ -109,11 +109,11 @@ def test_cache_keys_are_those_of_run_folders_made_before():
     """The keys sweep (analysis.json) and correlate (measures.json) store, for today's
     settings, equal the ones sharpscope wrote before the table (literals of that version)."""
     s = PROFILES["quick"]
-    assert sweep._analysis_key("lambda_max", s, 0.05, 3, 40) == {
+    assert engine.analysis_key("lambda_max", s, 0.05, 3, 40) == {
         "analysis": "lambda_max", "samples": 128, "seed": 3, "step": 40, "top_k": 5, "eig_tol": 1e-3}
-    assert sweep._analysis_key("m_sharpness", s, 0.1, 3, 40) == {
+    assert engine.analysis_key("m_sharpness", s, 0.1, 3, 40) == {
         "analysis": "m_sharpness", "samples": 128, "seed": 3, "step": 40, "m_values": [4, 16], "m_steps": 2, "rho": 0.1}
-    assert sweep._analysis_key("gradcos", s, 0.1, 3, 40) == {
+    assert engine.analysis_key("gradcos", s, 0.1, 3, 40) == {
         "analysis": "gradcos", "samples": 128, "seed": 3, "step": 40, "rho": 0.1}
     ms = mr.MeasureSettings()
     old = {"lambda_max": ["eig_tol"], "trace": ["trace_matvecs"], "m_sharpness": ["rho", "m_values", "m_steps"],
@@ -146,13 +146,6 @@ def test_analyses_stored_under_old_names_are_reused(tmp_path):
     assert [o.analysis_status for o in again.outcomes] == [{"lambda_max": "reused", "m_sharpness": "reused"}]
     keep = ("lambda_max", "lambda_ratio", "m_sharpness_m4", "m_sharpness_m16")
     assert {k: again.rows[0][k] for k in keep} == {k: first.rows[0][k] for k in keep}
-
-
-def test_compare_reads_its_old_ratio_as_lambda_ratio():
-    from sharpscope.experiments.compare import _renamed
-    old = {"eigenvalues": {}, "lambda_max": 2.0, "ratio": 1.5, "trace": {}}
-    assert list(_renamed(old)) == ["eigenvalues", "lambda_max", "lambda_ratio", "trace"]
-    assert _renamed(old)["lambda_ratio"] == 1.5 and _renamed({"lambda_ratio": 1.0}) == {"lambda_ratio": 1.0}
 
 
 def test_tracking_reads_the_table_with_its_own_settings(tmp_path):

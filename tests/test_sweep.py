@@ -341,7 +341,7 @@ def test_cli_end_to_end_and_replot(cli, tmp_path, one_thread):
     code, stdout, err = cli(["sweep", "--out", str(out), "--replot", "--plot", "lambda_max:optimizer"])
     assert code == 0 and (out / "figures" / "lambda_max_vs_optimizer.png").is_file(), err
     with pytest.MonkeyPatch.context() as mp:  # a rerun trains nothing
-        mp.setattr("sharpscope.experiments.sweep.train", lambda *a, **k: pytest.fail("trained again"))
+        mp.setattr("sharpscope.experiments.engine.train", lambda *a, **k: pytest.fail("trained again"))
         code, _, err = cli(["sweep", "--out", str(out), "--optimizer", "sgd,sam", "--rho", "0.05,0.1",
                             "--seeds", "2", *CLI_TINY, "--analyses", "lambda_max,gradcos"])
     assert code == 0, err

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
 from torch import nn
 
 from .. import measure_table
-from ..checkpoint import load_checkpoint
 from ..objective import Objective
 
-__all__ = ["AnalysisSettings", "PROFILES", "ANALYSES", "analysis_names", "analysis_settings", "analyse_selected",
-           "analyse_checkpoint"]
+__all__ = ["AnalysisSettings", "PROFILES", "ANALYSES", "COMPARED", "Variant", "VARIANTS", "analysis_names",
+           "analysis_settings", "analyse_selected", "analyse_variant"]
 
 
 def __getattr__(name: str) -> Any:
@@ -47,7 +45,23 @@ PROFILES = {
                               m_values=[4, 16], m_steps=2, surface_points=7, interpolation_points=11, track_every=1),
 }
 # What compare measures on every checkpoint (the density on the first seed only), in table order.
-_COMPARED = ("lambda_max", "trace", "density", "m_sharpness", "gradcos")
+COMPARED = ("lambda_max", "trace", "density", "m_sharpness", "gradcos")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A measure of :mod:`sharpscope.measure_table` computed on the analysis subset with other
+    labels (``"clean"``: the labels before label noise flipped some) and with some settings
+    overridden: its own cache entry and its own name, the measure itself declared once."""
+
+    measure: str
+    labels: str
+    settings: Mapping[str, Any]
+
+
+# lambda_max of the same examples with their clean labels (compare under label noise): the top
+# eigenvalue only.
+VARIANTS: dict[str, Variant] = {"lambda_max_clean": Variant("lambda_max", "clean", {"top_k": 1})}
 
 
 def analysis_names() -> list[str]:
@@ -91,27 +105,11 @@ def analyse_selected(model: nn.Module, batches: list, which: Sequence[str], s: A
     return out
 
 
-def analyse_checkpoint(ckpt_path: Path, batches: list, s: AnalysisSettings, rho: float, seed: int,
-                       say: Callable[[str], None] = lambda what: None, density: bool = True,
-                       clean_batches: list | None = None, allow_factory: bool | str = False) -> dict[str, Any]:
-    """The analyses of a checkpoint's final weights on ``batches`` that compare reports
-    (:func:`analyse_selected` of its measures, the density only when ``density``), in compare's layout,
-    and, given ``clean_batches`` (the same examples with their clean labels, under label
-    noise), lambda_max on the clean labels. ``allow_factory``: as for
-    :func:`~sharpscope.checkpoint.load_checkpoint`."""
-    model = load_checkpoint(ckpt_path, allow_factory=allow_factory).model
-    which = [a for a in _COMPARED if density or a != "density"]
-    res = analyse_selected(model, batches, which, s, rho, seed, say)
-    eig = res["lambda_max"]
-    values = eig["eigenvalues"]
-    out: dict[str, Any] = {"eigenvalues": eig, "lambda_max": values[0], "lambda_ratio": eig["ratio"],
-                           "trace": res["trace"], "gradcos": res["gradcos"],
-                           "surrogate_gap": res["gradcos"]["surrogate_gap"], "m_sharpness": res["m_sharpness"]}
-    if density:
-        out["density"] = res["density"]
-    if clean_batches is not None:
-        say("lambda_max on the clean labels")
-        top = measure_table.MEASURES["lambda_max"]  # the top eigenvalue only
-        out["lambda_max_clean"] = top.headline(top.compute(model, clean_batches,
-                                                           {**analysis_settings(s, rho, seed), "top_k": 1}, None))
-    return out
+def analyse_variant(model: nn.Module, batches: list, name: str, s: AnalysisSettings, rho: float, seed: int,
+                    say: Callable[[str], None] = lambda what: None) -> dict[str, Any] | None:
+    """The variant ``name`` of :data:`VARIANTS` of ``model`` on ``batches`` (the examples with
+    the variant's labels): its measure at the settings of ``s`` with the variant's overrides."""
+    variant = VARIANTS[name]
+    say(f"{variant.measure} on the {variant.labels} labels")
+    measure = measure_table.MEASURES[variant.measure]
+    return measure.compute(model, batches, {**analysis_settings(s, rho, seed), **variant.settings}, None)

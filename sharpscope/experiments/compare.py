@@ -20,15 +20,18 @@ gradient cosine, surrogate gap) run for every seed; the figure-only analyses (sp
 density, 2-D surfaces, interpolation) for the first seed only, which keeps the default
 three-seed run within six minutes on 2 CPU cores (BENCHMARKS.md).
 
-Everything is resumable: finished training runs and analyses found in ``out_dir`` are
-reused when they were made with the same settings, an interrupted run continues where it
-stopped, and a folder holding runs with other settings is refused rather than overwritten.
+A comparison is a list of runs on the run engine (:func:`sharpscope.experiments.engine.run_tasks`,
+the loop ``sweep`` uses): the same training, the same analysis cache (``analysis.json``,
+:mod:`sharpscope.experiments.cache`; a folder analysed by compare before the engine is read),
+the same summarizer (:func:`sharpscope.experiments.tables.summarize_rows`, paired with the
+baseline). Everything is resumable: finished training runs and analyses found in
+``out_dir`` are reused when they were made with the same settings, an interrupted run
+continues where it stopped, and a folder holding runs with other settings is refused rather
+than overwritten.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,17 +42,20 @@ from typing import Any
 import numpy as np
 import torch.nn.functional as F
 
-from .. import landscape, plots, provenance, stats
+from .. import landscape, measure_table, plots, provenance, stats
 from ..checks import finite_float, int_at_least
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..data import DataSpec, load_dataset
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
 from ..models import is_factory
 from ..optim import registry
-from ..train import TrainConfig, check_model, train
-from .analyses import PROFILES, AnalysisSettings, analyse_checkpoint
+from ..train import TrainConfig, check_model
+from .analyses import COMPARED, PROFILES, AnalysisSettings
+from .engine import RunOutcome, RunTask, analysis_subset, run_tasks
 from .files import write_json
+from .grid import RunSpec
 from .runs import refuse_other_settings
+from .tables import summarize_rows
 from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, run_convergence, unconverged_warning
 
 __all__ = ["CompareConfig", "run_compare", "run_dir", "run_scalars", "PROFILES", "KEY_METRICS"]
@@ -148,80 +154,70 @@ def run_dir(out: Path, optimizer: str, seed: int) -> Path:
     return out / optimizer / f"seed{seed}"
 
 
-def _train_one(cfg: TrainConfig, out: Path, callbacks: list) -> list[dict]:
-    refuse_other_settings(out, cfg.to_dict())
-    result = train(cfg, out, resume=True, callbacks=callbacks,  # the factory this comparison names
-                   allow_factory=cfg.model if is_factory(cfg.model) else False)
-    if result.interrupted:  # Ctrl-C: the run is saved; stop here rather than analyse half a run
-        raise KeyboardInterrupt(f"{out} saved mid-run; rerun the same command to continue")
-    return result.metrics
-
-
-def _train_all(config: CompareConfig, out: Path, say: Callable[[str], None],
-               callbacks_for: Callable[[str], list]) -> dict[str, dict[int, list[dict]]]:
-    """Every optimizer on every seed (seed-major: a stopped compare has whole seeds done)."""
-    runs: dict[str, dict[int, list[dict]]] = {opt: {} for opt in config.optimizers}
+def _tasks(config: CompareConfig, out: Path, callbacks_for: Callable[[str], list]) -> list[RunTask]:
+    """Every optimizer on every seed as the engine's runs, seed-major (a stopped compare has
+    whole seeds done), each in ``<out>/<optimizer>/seed<s>``: the measures of
+    :data:`~sharpscope.experiments.analyses.COMPARED` at the profile's settings and the
+    comparison's rho, the density on the first seed only, and lambda_max on the clean labels
+    under label noise."""
     order = [(seed, opt) for seed in config.seeds for opt in config.optimizers]
-    for i, (seed, opt) in enumerate(order, 1):
-        say(f"[{i}/{len(order)}] training {opt.upper()}, seed {seed}")
-        runs[opt][seed] = _train_one(config.train_config(opt, seed), run_dir(out, opt, seed), callbacks_for(opt))
-    return runs
+    settings = asdict(config.settings)
+    tasks = []
+    for i, (seed, opt) in enumerate(order):
+        cfg = config.train_config(opt, seed).to_dict()
+        spec = RunSpec(i, f"{opt}_seed{seed}", {"optimizer": opt, "seed": seed}, cfg, f"{opt.upper()}, seed {seed}")
+        analyses = [a for a in COMPARED if a != "density" or seed == config.seeds[0]]
+        analyses += ["lambda_max_clean"] if config.label_noise > 0 else []
+        tasks.append(RunTask(spec, str(run_dir(out, opt, seed)), analyses, settings, config.rho, len(order),
+                             callbacks_for(opt), epoch_lines=False))
+    return tasks
 
 
-def _analysis_data(config: CompareConfig, out: Path, seed: int) -> tuple[list, list | None, int]:
-    """The seed's analysis subset (the labels trained on), the same examples with clean
-    labels under label noise (else None), and its size."""
-    raw = read_checkpoint(run_dir(out, config.optimizers[0], seed) / "checkpoint.pt")
-    data = load_dataset(DataSpec.from_dict(raw["data_spec"]))
-    n = min(config.settings.samples, data.x_train.shape[0])
-    batches = data.batches("train", n, 4096, seed)
-    clean = None
-    if config.label_noise > 0:
-        clean = dataclasses.replace(data, y_train=data.y_train_clean).batches("train", n, 4096, seed)
-    return batches, clean, n
+def _run_all(config: CompareConfig, out: Path, say: Callable[[str], None], callbacks_for: Callable[[str], list]
+             ) -> tuple[dict[str, dict[int, RunOutcome]], list[str]]:
+    """Train and analyse every run on the engine (:func:`~sharpscope.experiments.engine.run_tasks`,
+    the runs and analyses in ``out`` reused): each run's outcome by optimizer and seed, and
+    the notes of the runs (analysis warnings). A diverged run or a failed analysis stops the
+    comparison: it has no numbers to compare."""
+    tasks = _tasks(config, out, callbacks_for)
+    outcomes = run_tasks(tasks, say=say)
+    by_run: dict[str, dict[int, RunOutcome]] = {opt: {} for opt in config.optimizers}
+    notes = []
+    for task, outcome in zip(tasks, outcomes):
+        opt, seed = task.spec.options["optimizer"], task.spec.options["seed"]
+        if outcome.status == "diverged":
+            raise NonFiniteLossError(f"{task.run_dir}: {' '.join(outcome.notes)}")
+        missing = [a for a in task.analyses if a not in outcome.analyses]
+        if missing:
+            failed = [n for n in outcome.notes if n.startswith(f"{missing[0]} failed")]
+            raise SharpscopeError(f"{task.run_dir}: {failed[0] if failed else missing[0] + ' gave no result'} "
+                                  "(remove its analysis.json to compute it again)")
+        notes += [f"{opt.upper()} seed {seed}: {n}" for n in outcome.notes]
+        by_run[opt][seed] = outcome
+    return by_run, notes
 
 
-def _analyse_all(config: CompareConfig, out: Path, runs: dict[str, dict[int, list[dict]]],
-                 say: Callable[[str], None]) -> tuple[dict[str, dict[int, dict]], list, int]:
-    """Analyses of every run (cached in its folder); the density on the first seed only.
-    Also returns the first seed's batches and their size (for the surfaces)."""
-    s = config.settings
-    analyses: dict[str, dict[int, dict]] = {opt: {} for opt in config.optimizers}
-    first: tuple[list, int] = ([], 0)
-    total = len(config.seeds) * len(config.optimizers)
-    for si, seed in enumerate(config.seeds):
-        batches, clean, n = _analysis_data(config, out, seed)
-        if seed == config.seeds[0]:
-            first = (batches, n)
-        density = seed == config.seeds[0]
-        key = json.dumps({"settings": asdict(s), "n": n, "rho": config.rho, "density": density,
-                          "clean": clean is not None}, sort_keys=True)
-        for oi, opt in enumerate(config.optimizers):
-            at = f"[{si * len(config.optimizers) + oi + 1}/{total}]"  # as in _train_all
-            folder, step = run_dir(out, opt, seed), runs[opt][seed][-1]["step"]
-            cache = folder / "analysis.json"
-            if cache.exists():
-                stored = json.loads(cache.read_text())
-                if stored.get("key") == key and stored.get("checkpoint_step") == step:
-                    analyses[opt][seed] = _renamed(stored["analysis"])
-                    say(f"{at} reusing the analyses of {opt.upper()}, seed {seed}")
-                    continue
-            analyses[opt][seed] = {**analyse_checkpoint(
-                folder / "checkpoint.pt", batches, s, config.rho, seed,
-                lambda what, o=opt, at=at: say(f"{at} {o.upper()}, seed {seed}: {what}"), density=density,
-                clean_batches=clean,
-                allow_factory=config.factory),
-                "analysed_in": provenance.environment()}  # kept with the cache: a rerun reuses it
-            write_json(cache, {"key": key, "checkpoint_step": step, "analysis": analyses[opt][seed]})
-    return analyses, first[0], first[1]
+def _layout(res: Mapping[str, Any]) -> dict[str, Any]:
+    """The results of the measures compare runs (name -> result, as :func:`analyse_selected`
+    returns them) in compare's layout: the eigenvalues' result with lambda_max and
+    lambda_ratio beside it, the surrogate gap beside the gradient cosine; the density and the
+    top eigenvalue on the clean labels when present."""
+    eig = res["lambda_max"]
+    out: dict[str, Any] = {"eigenvalues": eig, "lambda_max": eig["eigenvalues"][0], "lambda_ratio": eig["ratio"],
+                           "trace": res["trace"], "gradcos": res["gradcos"],
+                           "surrogate_gap": res["gradcos"]["surrogate_gap"], "m_sharpness": res["m_sharpness"]}
+    if "density" in res:
+        out["density"] = res["density"]
+    if res.get("lambda_max_clean") is not None:  # a variant (VARIANTS): its top eigenvalue
+        out["lambda_max_clean"] = measure_table.MEASURES["lambda_max"].headline(res["lambda_max_clean"])
+    return out
 
 
-def _renamed(analysis: dict[str, Any]) -> dict[str, Any]:
-    """A stored analysis with its quantities under today's names: ``ratio`` (kept by
-    sharpscope before the table of measures) is ``lambda_ratio``, in its place."""
-    if "ratio" not in analysis or "lambda_ratio" in analysis:
-        return analysis
-    return {("lambda_ratio" if k == "ratio" else k): v for k, v in analysis.items()}
+def _first_seed_data(config: CompareConfig, out: Path) -> tuple[list, int]:
+    """The first seed's analysis subset (the labels trained on) and its size: the examples
+    the engine analysed, on which the surfaces and the interpolation are evaluated."""
+    raw = read_checkpoint(run_dir(out, config.optimizers[0], config.seeds[0]) / "checkpoint.pt")
+    return analysis_subset(load_dataset(DataSpec.from_dict(raw["data_spec"])), config.settings.samples, config.seeds[0])
 
 
 def _landscapes(config: CompareConfig, out: Path, runs: dict[str, dict[int, list[dict]]], batches: list, n: int,
@@ -306,26 +302,20 @@ def gradcos_change(runs: Mapping[int, Sequence[Mapping[str, Any]]], seeds: Seque
 def _statistics(config: CompareConfig, scalars: dict[str, dict[int, dict[str, float]]],
                 converged: Mapping[str, Mapping[int, bool]] | None = None) -> dict[str, dict]:
     """Per optimizer: each metric's summary over seeds and, but for the baseline, its paired
-    difference to the baseline (on the metrics every seed of both has). Intervals of the
-    metrics in ``METRIC_BOUNDS`` are clipped to their range; a difference is marked
-    ``about_unconverged_runs`` when a run of either optimizer has not converged."""
+    difference to the baseline (on the metrics every seed of both has): the one summarizer
+    (:func:`~sharpscope.experiments.tables.summarize_rows`, ``every_seed``) over a row per
+    run. Intervals of the metrics in ``METRIC_BOUNDS`` are clipped to their range; a difference
+    is marked ``about_unconverged_runs`` when a run of either optimizer has not converged."""
+    rows = [{"optimizer": opt, "seed": s, **scalars[opt][s],
+             "converged": None if converged is None else bool(converged[opt][s])}
+            for opt in scalars for s in config.seeds]
+    metrics = sorted({m for per_seed in scalars.values() for values in per_seed.values() for m in values})
     out: dict[str, dict] = {}
-    base = scalars[config.baseline]
-    for opt, per_seed in scalars.items():
-        metrics = sorted(set.intersection(*(set(v) for v in per_seed.values())))
-        entry: dict[str, Any] = {"summary": {m: stats.summarize([per_seed[s][m] for s in config.seeds],
-                                                                bounds=METRIC_BOUNDS.get(m)).to_dict()
-                                             for m in metrics}}
+    for entry in summarize_rows(rows, ["optimizer"], metrics, baseline=config.baseline, every_seed=True):
+        opt, items = entry["options"]["optimizer"], entry["metrics"]
+        out[opt] = {"summary": {m: item["summary"] for m, item in items.items()}}
         if opt != config.baseline:
-            shared = [m for m in metrics if all(m in base[s] for s in config.seeds)]
-            unconverged = converged is not None and not all(converged[o][s] for o in (opt, config.baseline)
-                                                            for s in config.seeds)
-            entry["difference"] = {m: {**stats.paired_difference([base[s][m] for s in config.seeds],
-                                                                 [per_seed[s][m] for s in config.seeds],
-                                                                 bounds=METRIC_BOUNDS.get(m)).to_dict(),
-                                       "about_unconverged_runs": unconverged}
-                                   for m in shared}
-        out[opt] = entry
+            out[opt]["difference"] = {m: item["vs_sgd"] for m, item in items.items() if item["vs_sgd"] is not None}
     return out
 
 
@@ -406,8 +396,12 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
             refuse_other_settings(run_dir(out, opt, seed), config.train_config(opt, seed).to_dict())
     check_model(config.train_config(config.optimizers[0], config.seeds[0]))
     out.mkdir(parents=True, exist_ok=True)
-    runs = _train_all(config, out, say, callbacks_for)
-    analyses, batches, n = _analyse_all(config, out, runs, say)
+    outcomes, notes = _run_all(config, out, say, callbacks_for)
+    runs = {opt: {s: o.metrics for s, o in by_seed.items()} for opt, by_seed in outcomes.items()}
+    analyses = {opt: {s: {**_layout(o.analyses),
+                          "analysed_in": o.analysis_environments[0] if o.analysis_environments else None}
+                      for s, o in by_seed.items()} for opt, by_seed in outcomes.items()}
+    batches, n = _first_seed_data(config, out)
     surfaces, interp = _landscapes(config, out, runs, batches, n, say)
     scalars = {opt: {s: run_scalars(runs[opt][s][-1], analyses[opt][s], config.label_noise > 0)
                      for s in config.seeds} for opt in runs}
@@ -415,12 +409,11 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     statistics = _statistics(config, scalars, {opt: {s: converged["runs"][opt][str(s)]["converged"]
                                                      for s in config.seeds} for opt in config.optimizers})
     first = config.seeds[0]
-    trained_in = {opt: {s: provenance.recorded(read_checkpoint(run_dir(out, opt, s) / "checkpoint.pt").get("metadata")
-                                               or {}) for s in config.seeds} for opt in config.optimizers}
+    trained_in = {opt: {s: outcomes[opt][s].environments for s in config.seeds} for opt in config.optimizers}
     unlike = provenance.differences([env for by_seed in trained_in.values() for envs in by_seed.values()
                                      for env in envs])
-    unlike_analyses = provenance.differences([a.get("analysed_in") for by_seed in analyses.values()
-                                              for a in by_seed.values()])
+    unlike_analyses = provenance.differences([e for by_seed in outcomes.values() for o in by_seed.values()
+                                              for e in o.analysis_environments])
     results: dict[str, Any] = {"config": asdict(config), "settings": asdict(config.settings),
                                "baseline": config.baseline, "ci_method": CI_METHOD_TEXT,
                                "convergence": converged,
@@ -446,7 +439,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
         results["interpolation"] = {"seed": first, **interp.summary(), "alphas": interp.xs.tolist(),
                                     "loss": interp.loss.tolist(), "accuracy": interp.accuracy.tolist()}
     results["warnings"] = ([converged["warning"]] if converged["warning"] else []) + \
-        not_a_minimum_warnings(config, statistics)
+        not_a_minimum_warnings(config, statistics) + notes
     if unlike:
         results["warnings"].append(provenance.unlike_runs_warning(unlike))
     if unlike_analyses:

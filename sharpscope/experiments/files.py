@@ -13,7 +13,7 @@ from typing import Any
 
 from ..io import atomic_write_bytes
 
-__all__ = ["write_json", "json_safe", "write_csv", "csv_cell"]
+__all__ = ["write_json", "read_json", "json_safe", "write_csv", "csv_cell"]
 
 
 def json_safe(value: Any) -> Any:
@@ -56,3 +56,11 @@ def write_csv(path: Path, header: Sequence[str], records: Sequence[Mapping[str, 
         writer.writerow([csv_cell(r.get(h)) for h in header])
     data = buf.getvalue().encode()
     atomic_write_bytes(path, lambda fh: fh.write(data))
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value stored at ``path``; None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

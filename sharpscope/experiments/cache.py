@@ -1,0 +1,104 @@
+"""The one cache of analyses: ``<run>/analysis.json``, versioned.
+
+Layout (:data:`SCHEMA` 2)::
+
+    {"schema": 2, "analyses": {name: {"key": {...}, "result": {...}, "warnings": [...],
+                                      "environment": {...}, "error": "..." (a failed analysis)}}}
+
+An entry is reused when its key (:func:`analysis_key`: the measure's name, the checkpoint's
+step and the settings the measure reads) equals the one asked, else computed again. Read
+also: schema 1 (the same without "schema", written by sweeps before the one engine) and
+compare's layout before it (``{"key", "checkpoint_step", "analysis"}``), converted entry by
+entry under the keys its settings give. A newer schema is refused, naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import measure_table
+from ..errors import ConfigError
+from .analyses import VARIANTS, analysis_settings
+from .files import read_json, write_json
+
+__all__ = ["SCHEMA", "analysis_key", "stored_under_old_name", "read_analyses", "write_analyses"]
+
+# The version of analysis.json this code writes. 2: {"schema": 2, "analyses": {name: entry}}. Read
+# also: 1, the same without "schema" (sweeps before the one engine), and compare's layout before
+# it ({"key", "checkpoint_step", "analysis"}), converted entry by entry.
+SCHEMA = 2
+# compare's layout before the one engine: the measures it held, under the names it held them.
+_COMPARE_LAYOUT = {"lambda_max": "eigenvalues", "trace": "trace", "density": "density", "m_sharpness": "m_sharpness",
+                   "gradcos": "gradcos"}
+
+
+def analysis_key(name: str, s: Any, rho: float, seed: int, step: int) -> dict[str, Any]:
+    """The key an analysis is stored under in ``analysis.json``: its name, the checkpoint's
+    step and the settings the measure reads (the subset's size and seed among them); for a
+    variant (:data:`~sharpscope.experiments.analyses.VARIANTS`), the settings it overrides and
+    the labels it is measured on."""
+    variant = VARIANTS.get(name)
+    settings = analysis_settings(s, rho, seed)
+    if variant is None:
+        return {"analysis": name, **measure_table.MEASURES[name].key(settings), "step": step}
+    return {"analysis": name, **measure_table.MEASURES[variant.measure].key({**settings, **variant.settings}),
+            "labels": variant.labels, "step": step}
+
+
+def stored_under_old_name(stored: dict[str, Any], name: str, key: Mapping[str, Any]) -> None:
+    """Move an entry stored under an old name of measure ``name`` (e.g. "eigenvalues", before
+    the table of measures) to ``name`` when it was made with the same settings: a run folder
+    analysed before keeps its analyses."""
+    aliases = measure_table.MEASURES[name].aliases if name in measure_table.MEASURES else ()
+    for old in aliases:
+        entry = stored.get(old)
+        if name not in stored and isinstance(entry, dict) and entry.get("key") == {**key, "analysis": old}:
+            stored[name] = {**stored.pop(old), "key": dict(key)}
+
+
+def read_analyses(run_dir: Path, seed: int) -> dict[str, Any]:
+    """The analyses stored in ``run_dir/analysis.json`` (name -> entry), of any layout this
+    code reads (:data:`SCHEMA`); {} when there is none or it cannot be read (recomputed). A
+    newer schema is a ConfigError naming the file."""
+    path = run_dir / "analysis.json"
+    cache = read_json(path)
+    if not isinstance(cache, dict):
+        return {}
+    version = cache.get("schema", 1)
+    if not isinstance(version, int) or version > SCHEMA:
+        raise ConfigError(f"{path} was written by a newer sharpscope (schema {version}; this one reads up to "
+                          f"{SCHEMA}); upgrade sharpscope, or remove that file to recompute its analyses")
+    if "analyses" not in cache and {"key", "checkpoint_step", "analysis"} <= set(cache):
+        return _from_compare_layout(cache, seed, path)
+    stored = cache.get("analyses")
+    return dict(stored) if isinstance(stored, dict) else {}
+
+
+def _from_compare_layout(cache: Mapping[str, Any], seed: int, path: Path) -> dict[str, Any]:
+    """Entries from compare's analysis.json before the one engine: its key held the settings,
+    the analysis rho and the checkpoint's step, so each measure it stored gets the key it
+    would get today, and is reused only when that equals the one asked. lambda_max on the
+    clean labels was kept as one number, not a result: it is computed again."""
+    from .analyses import AnalysisSettings
+
+    try:
+        old = json.loads(cache["key"])
+        s = AnalysisSettings(**old["settings"])
+        rho, step, analysis = float(old["rho"]), int(cache["checkpoint_step"]), cache["analysis"]
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConfigError(f"cannot read {path}, in compare's layout before sharpscope's run engine ({err!r}); "
+                          "remove that file to recompute its analyses (the training run is kept)") from None
+    out = {}
+    for name, old_name in _COMPARE_LAYOUT.items():
+        if isinstance(analysis.get(old_name), dict):
+            out[name] = {"key": analysis_key(name, s, rho, seed, step), "result": analysis[old_name], "warnings": [],
+                         "environment": analysis.get("analysed_in")}
+    return out
+
+
+def write_analyses(run_dir: Path, stored: Mapping[str, Any]) -> None:
+    """``stored`` (name -> entry) into ``run_dir/analysis.json`` at today's :data:`SCHEMA`."""
+    write_json(run_dir / "analysis.json", {"schema": SCHEMA, "analyses": dict(stored)})
