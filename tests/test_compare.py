@@ -53,7 +53,8 @@ def test_every_output_file(compared):
 @pytest.mark.slow
 def test_every_results_key_and_the_statistics(compared):
     results = json.loads((compared / "results.json").read_text())
-    assert set(results) == {"config", "settings", "baseline", "ci_method", "optimizers", "interpolation", "warnings",
+    assert set(results) == {"schema", "config", "settings", "baseline", "ci_method", "optimizers", "interpolation",
+                            "warnings",
                             "figures", "wall_time", "environment", "environment_differences",
                             "analysis_environment_differences", "convergence"}
     # provenance: this process analysed; every run recorded what trained it, and they were alike

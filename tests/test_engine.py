@@ -159,3 +159,22 @@ def test_compare_statistics_are_the_summarizers():
     rows = [{"optimizer": "sgd", "seed": 0, "a": 1.0}, {"optimizer": "sgd", "seed": 1, "a": math.nan}]
     assert summarize_rows(rows, ["optimizer"], ["a"], every_seed=True)[0]["metrics"] == {}
     assert summarize_rows(rows, ["optimizer"], ["a"])[0]["metrics"]["a"]["summary"]["n"] == 1
+
+
+def test_results_json_carries_its_schema_and_a_newer_one_is_refused(tmp_path):
+    """compare's and sweep's results.json: written with RESULTS_SCHEMA, read without the field
+    (written before it), refused in one line when a newer sharpscope wrote it."""
+    import json
+
+    from sharpscope.errors import ConfigError
+    from sharpscope.experiments.files import RESULTS_SCHEMA, read_results
+    from sharpscope.experiments.html_report import write_report_html
+    from sharpscope.experiments.sweep import replot
+
+    (tmp_path / "results.json").write_text(json.dumps({"kind": "sharpscope sweep", "rows": []}))
+    assert read_results(tmp_path)["kind"] == "sharpscope sweep"  # no field: the first layout
+    (tmp_path / "results.json").write_text(json.dumps({"kind": "sharpscope sweep", "schema": RESULTS_SCHEMA + 1}))
+    for reader in (read_results, replot, write_report_html):
+        with pytest.raises(ConfigError, match=r"results schema .* newer than this sharpscope reads") as err:
+            reader(tmp_path)
+        assert "\n" not in str(err.value)

@@ -204,6 +204,7 @@ def test_tables_hold_every_option_and_metric(reference):
     # provenance: every row says what trained it; the runs were trained alike
     assert all(f"torch {torch.__version__}" in r["trained_in"] and r["analysed_in"] for r in reference.rows)
     assert stored["environment"]["torch_version"] == torch.__version__ and stored["environment_differences"] == {}
+    assert stored["schema"] == 1  # experiments.files.RESULTS_SCHEMA
     assert stored["rows"] == reference.rows and stored["metrics"] == reference.metrics
     for row, line in zip(reference.rows, table):
         for key, value in row.items():

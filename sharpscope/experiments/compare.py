@@ -52,7 +52,7 @@ from ..optim import registry
 from ..train import TrainConfig, check_model
 from .analyses import COMPARED, PROFILES, AnalysisSettings
 from .engine import RunOutcome, RunTask, analysis_subset, run_tasks
-from .files import write_json
+from .files import RESULTS_SCHEMA, write_json
 from .grid import RunSpec
 from .runs import refuse_other_settings
 from .tables import summarize_rows
@@ -448,6 +448,7 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     written = _figures(config, runs, analyses, surfaces, interp, statistics, out / "figures")
     results["figures"] = [str(p.relative_to(out)) for p in written]
     results["wall_time"] = time.perf_counter() - start
+    results = {"schema": RESULTS_SCHEMA, **results}
     write_json(out / "results.json", results)
     from .report import write_report
     write_report(results, out / "report.md")

@@ -11,9 +11,10 @@ from pathlib import Path
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..errors import ConfigError
 from ..io import atomic_write_bytes
 
-__all__ = ["write_json", "read_json", "json_safe", "write_csv", "csv_cell"]
+__all__ = ["write_json", "read_json", "read_results", "RESULTS_SCHEMA", "json_safe", "write_csv", "csv_cell"]
 
 
 def json_safe(value: Any) -> Any:
@@ -64,3 +65,19 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+# The layout of an experiment's results.json (compare's and sweep's): a file without the field
+# was written before it had one and is read as 1; a larger number is refused (read_results).
+RESULTS_SCHEMA = 1
+
+
+def read_results(out: Path) -> Any:
+    """``out/results.json`` as :func:`read_json` reads it; a :class:`ConfigError` in one line
+    when a newer sharpscope wrote it (its ``schema`` above :data:`RESULTS_SCHEMA`)."""
+    stored = read_json(out / "results.json")
+    version = stored.get("schema", 1) if isinstance(stored, dict) else 1
+    if not isinstance(version, int) or version > RESULTS_SCHEMA:
+        raise ConfigError(f"{out / 'results.json'} has results schema {version!r}, newer than this sharpscope reads "
+                          f"({RESULTS_SCHEMA}); upgrade sharpscope, or use another --out")
+    return stored

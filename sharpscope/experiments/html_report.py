@@ -17,6 +17,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import ConfigError
 from .compare import KEY_METRICS, run_dir
+from .files import read_results
 from ..io import atomic_write_bytes
 from .report import METRIC_NAMES, difference_table, gradcos_lines, summary_table, convergence_lines
 
@@ -135,7 +136,9 @@ def write_compare_html(out_dir: str | Path) -> Path:
     path = out / "results.json"
     if not path.exists():
         raise ConfigError(f"no finished compare in {out} (results.json missing)")
-    results = json.loads(path.read_text())
+    results = read_results(out)
+    if not isinstance(results, dict):
+        raise ConfigError(f"{path} is not a compare's results.json")
     if "optimizers" not in results or "config" not in results:
         raise ConfigError(f"{path} is not a compare's results.json")
     names = " vs ".join(o.upper() for o in results["optimizers"])
@@ -225,8 +228,7 @@ def write_sweep_html(out_dir: str | Path) -> Path:
     from .sweep import RESULTS_KIND
 
     out = Path(out_dir)
-    path = out / "results.json"
-    stored = json.loads(path.read_text()) if path.exists() else None
+    stored = read_results(out)
     if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
         raise ConfigError(f"no finished sweep in {out} (results.json missing or not a sweep's)")
     rows, options, grid = stored["rows"], stored["options"], stored["config"]["grid"]
@@ -260,6 +262,6 @@ def write_sweep_html(out_dir: str | Path) -> Path:
 
 def write_report_html(out_dir: str | Path) -> Path:
     """The interactive report of whatever finished experiment ``out_dir`` holds (compare or sweep)."""
-    path = Path(out_dir) / "results.json"
-    kind = json.loads(path.read_text()).get("kind") if path.exists() else None
+    stored = read_results(Path(out_dir))
+    kind = stored.get("kind") if isinstance(stored, dict) else None
     return write_sweep_html(out_dir) if kind == "sharpscope sweep" else write_compare_html(out_dir)

@@ -55,7 +55,7 @@ from .. import measure_table
 from .analyses import analyse_selected, analysis_names
 from .correlate import DEFAULT_MIN_TRAIN_ACC, check_min_train_acc
 from .engine import RunOutcome, RunTask, check_models, run_tasks
-from .files import read_json, write_json
+from .files import read_json, read_results, write_json
 from .grid import (PERTURBATION_OPTIONS, RunSpec, expand_grid, flag, option_name, parse_seeds, parse_values,
                    plain_option, show_value, sweepable_options, uses_option)
 from .runs import refuse_other_settings
@@ -259,7 +259,7 @@ def _check_out(out: Path) -> None:
     """Refuse a folder that holds something other than a sweep (a compare or a training run)."""
     results = out / "results.json"
     if results.exists():
-        stored = read_json(results)
+        stored = read_results(out)
         if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
             raise ConfigError(f"{out} holds a results.json that is not a sweep's; choose another --out")
     if (out / "checkpoint.pt").exists():
@@ -361,7 +361,7 @@ def replot(out_dir: str | os.PathLike[str], plots: Sequence[tuple[str, str] | st
     ``min_train_acc``)."""
     min_train_acc = check_min_train_acc(min_train_acc)
     out = Path(out_dir)
-    stored = read_json(out / "results.json")
+    stored = read_results(out)
     if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
         raise ConfigError(f"no finished sweep in {out} (results.json missing or not a sweep's)")
     options, metrics, rows = stored["options"], stored["metrics"], stored["rows"]

@@ -14,7 +14,7 @@ from .. import measure_table
 from ..optim.registry import PERTURBATION_OPTIONS
 from ..provenance import describe, environment
 from .engine import RunOutcome
-from .files import write_csv, write_json
+from .files import RESULTS_SCHEMA, write_csv, write_json
 from .grid import RunSpec
 from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, unconverged_warning
 
@@ -165,7 +165,8 @@ def write_tables(out: Path, config: Mapping[str, Any], rows: list[dict], summary
     header = ["run", "status", *options, *metrics, "converged", "trained_in", "analysed_in", "notes"]
     write_csv(out / "results.csv", header, rows)
     convergence = sweep_convergence(rows)
-    write_json(out / "results.json", {"kind": RESULTS_KIND, "config": dict(config), "options": options,
+    write_json(out / "results.json", {"kind": RESULTS_KIND, "schema": RESULTS_SCHEMA,
+                                       "config": dict(config), "options": options,
                                        "metrics": metrics, "rows": rows, "environment": environment(),
                                        "environment_differences": unlike,
                                        "analysis_environment_differences": unlike_analyses,
