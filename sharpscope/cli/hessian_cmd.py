@@ -11,9 +11,10 @@ import typer
 from ..errors import ConfigError
 from ._app import app, deferred_help
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
+    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PARAMS, PROGRESS, SAMPLES, SPLIT,
     TRUST_FACTORY,
-    console as rank0_console, finite, hvp_progress, load_for_analysis, seed_option, write_json)
+    console as rank0_console, finite, hvp_progress, load_for_analysis, objective_lines, objective_record,
+    parse_params, seed_option, write_json)
 from ._options import old_spelling
 from ._results import JSON_SAVED, OVERWRITE, claim, figure_files, json_target, run_folder, saved
 
@@ -102,8 +103,9 @@ def hessian_command(
     steps: int = typer.Option(80, "--slq-steps", min=1, help="Lanczos steps per SLQ run (density)."),
     sigma_squared: float = typer.Option(1e-5, "--sigma-squared", callback=finite(above=0), help="Kernel variance factor (density)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Top eigenvalue and trace of each layer's block."),
-    by: str = typer.Option("layer", help="Per-layer grouping: layer or block."),
-    params: str = typer.Option("all", help="Parameters: all, no-biasbn, or comma-separated glob patterns."),
+    by: str = typer.Option("layer", help="Per-layer grouping: layer, block (a transformer's numbered blocks) or "
+                           "kind (embeddings, attention, mlp, norm, head)."),
+    params: str = PARAMS,
     overlap_with: Optional[Path] = typer.Option(None, "--overlap-with", help="A second checkpoint: its top-k "
                                                 "eigenvalues too, and the overlap of the two top-k eigenspaces."),
     samples: Optional[int] = SAMPLES,
@@ -161,7 +163,7 @@ def hessian_command(
     ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
                                                (data, data_root))
     from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
-    selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
+    selection = parse_params(params)
     obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=hvp_mode)
     _preflight(obj.n, ckpt.model, trace, trace_matvecs, density, runs, steps, per_layer, by)
     obj_b, label_b = _second(overlap_with, ckpt, obj, top_k, selection, hvp_mode, trust_factory, context)
@@ -177,11 +179,14 @@ def hessian_command(
     results = _compute(hs, ckpt, batches, obj, obj_b, label_b, settings, curv, console, progress)
     if not dist_utils.is_main():  # every rank took part in the products; rank 0 reports
         return
-    report.update({k: v.to_dict() for k, v in results.items()})
+    notes = objective_record(obj, params)  # frozen parameters left out, the attention kernel
+    report.update({k: v for k, v in notes.items() if k not in report}, **{k: v.to_dict() for k, v in results.items()})
     if "density" in report:
         report["density"]["trace_note"] = _TRACE_NOTE["trace" in results].format(runs=results["density"].n_runs)
     out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
     _print_results(out, ckpt.path, obj, split, which, results, operator)
+    for line in objective_lines(notes):
+        out.print(line, highlight=False)
     outputs.clear()
     if plot:
         report["figures"] = _figures(ckpt, results, plot_dir, pdf, console, operator)
@@ -237,7 +242,9 @@ def _compute(hs: Any, ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: s
     from .progress import ProductPlan
 
     unit = "HVPs" if curv["operator"] == "hessian" else "products"
-    groups = len(parameter_groups(ckpt.model, by=o.by)) if o.per_layer else 0
+    chosen = set(obj.names)  # --params keeps the groups to its selection
+    groups = sum(any(n in chosen for n in v) for v in parameter_groups(ckpt.model, by=o.by).values()) \
+        if o.per_layer else 0
     note = (f"then the per-{o.by} summary of {groups} blocks" if groups else
             "Lanczos stops once the eigenvalues converge" if o.top_k > 0 else "")
     plan = ProductPlan(lambda msg: console.print(msg, highlight=False), unit, _plan(obj, o, obj_b is not None), note)
@@ -283,7 +290,7 @@ def _compute(hs: Any, ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: s
             task = bar.add_task(f"per {o.by}", total=groups)
             results["per_layer"] = hs.layer_summary(ckpt.model, F.cross_entropy, batches, by=o.by, seed=o.seed,
                                                     hvp_mode=o.hvp_mode, callback=lambda name: bar.advance(task),
-                                                    **curv)
+                                                    params=obj.names, **curv)
     return results
 
 

@@ -9,9 +9,9 @@ import typer
 
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES, SPLIT,
-    TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option,
-    write_json)
+    DATA, DATA_ROOT, DETERMINISTIC, AnalysisContext, apply_determinism, DEVICE, PARAMS, PROGRESS, SAMPLES, SPLIT,
+    TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, objective_lines, objective_record,
+    params_line, params_record, parse_p, parse_params, progress_bar, seed_option, write_json)
 from ._options import old_spelling
 from ._results import JSON_SAVED, OVERWRITE, Claim, claim, figure_files, json_target, run_folder, saved
 
@@ -46,6 +46,7 @@ def sharpness_command(
     data: Optional[str] = DATA,
     data_root: Optional[str] = DATA_ROOT,
     seed: int = seed_option("Seed of the subsets and of --samples."),
+    params: str = PARAMS,
     gap: bool = typer.Option(True, help="Also report the surrogate gap L(w + e_hat) - L(w) for each rho."),
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
     plot_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for figures (default: next to the checkpoint)."),
@@ -114,24 +115,28 @@ def sharpness_command(
     if max(ms) > n:
         raise ConfigError(f"--m {max(ms)} is larger than the {n} examples analysed")
     per_m = [min(n // size, max_subsets or n) for size in ms]
+    selection, chosen = parse_params(params), params_record(ckpt.model, params)
     if measure != "m-sharpness":
         _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start, seed,
                         max_subsets, split, console, progress, sum(per_m) * len(rhos), json_out, outputs, target,
-                        restarts, context)
+                        restarts, context, selection, chosen)
         return
     steps = 5 if steps is None else steps
     with progress_bar(console, progress, "subsets") as bar:
         task = bar.add_task("m-sharpness", total=sum(per_m) * len(rhos))
         result = sh.m_sharpness(ckpt.model, F.cross_entropy, batches, m=ms, rho=rhos, steps=steps, p=p_value,
-                                seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k))
+                                seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k),
+                                params=selection)
     gaps = {str(r): v for r, v in sh.surrogate_gaps(ckpt.model, F.cross_entropy, batches, rhos=rhos,
-                                                    p=p_value).items()} if gap else None
+                                                    p=p_value, params=selection).items()} if gap else None
     if not dist_utils.is_main():  # the subsets were shared out; rank 0 reports
         return
-    report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
+    report = {"checkpoint": str(ckpt.path), "split": split, **chosen, **result.to_dict()}
     for r in report["results"]:
         r.pop("values")
     out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
+    if params_line(chosen):
+        out.print(params_line(chosen), highlight=False)
     table = Table(title=f"m-sharpness ({steps} ascent steps, p = {p}; {result.n_examples} {split} examples, "
                         f"{result.wall_time:.1f}s)")
     for col in ("m", "rho", "m-sharpness", "+/- (s.e.)", "subsets"):
@@ -165,7 +170,8 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
                     adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool, seed: int,
                     max_subsets: int | None, split: str, console: Any, progress: bool, total: int,
                     json_out: str | None, outputs: Claim, target: Path | None, restarts: int | None = None,
-                    context: AnalysisContext | None = None) -> None:
+                    context: AnalysisContext | None = None, selection: Any = "all", chosen: dict | None = None
+                    ) -> None:
     """``--measure worst|average``: run it, print its table, write its JSON."""
     import torch.nn.functional as F
     from rich.table import Table
@@ -174,7 +180,8 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
     from .. import measures
     from ._common import folded
 
-    options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=seed, max_subsets=max_subsets)
+    options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=seed, max_subsets=max_subsets,
+                                   params=selection)
     if measure == "worst":
         options.update(steps=20 if steps is None else steps, random_start=random_start,
                        restarts=measures.DEFAULT_RESTARTS if restarts is None else restarts)
@@ -186,12 +193,14 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
                                     callback=lambda k: bar.advance(task, k), **options)
     if not dist_utils.is_main():
         return
-    report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
+    report = {"checkpoint": str(ckpt.path), "split": split, **(chosen or {}), **result.to_dict()}
     for r in report["results"]:
         r.pop("values")
         r.pop("error_values")
         r.pop("restart_values")
     out = rank0_console(stderr=json_out == "-")
+    if chosen:
+        out.print(params_line(chosen), highlight=False)
     how = (f"{result.steps} ascent steps x {result.restarts} restarts" if measure == "worst"
            else f"{result.steps} draws per subset")
     kind = ("adaptive " if adaptive else "") + f"{measure}-case"
@@ -229,6 +238,7 @@ def gradcos_command(
     data: Optional[str] = DATA,
     data_root: Optional[str] = DATA_ROOT,
     seed: int = seed_option("Seed of --samples."),
+    params: str = PARAMS,
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
     json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
@@ -257,13 +267,18 @@ def gradcos_command(
 
     from .. import sharpness as sh
     from ..errors import ConfigError
+    from ..objective import Objective
 
     target = json_target(json_out, checkpoint, "gradcos")
     outputs = claim([target], overwrite, "--json PATH", records=[target])
     ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
                                                (data, data_root))
-    res = sh.sam_gradient_cosine(ckpt.model, F.cross_entropy, batches, rho=rho)
+    obj = Objective(ckpt.model, F.cross_entropy, batches, params=parse_params(params))
+    res = sh.sam_gradient_cosine(obj, rho=rho)
+    notes = objective_record(obj, params)
     out = rank0_console(stderr=json_out == "-")
+    for line in objective_lines(notes):
+        out.print(line, highlight=False)
     out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)
     out.print(f"||grad L(w)|| = {res.gradient_norm:.4g}, ||SAM gradient|| = {res.sam_gradient_norm:.4g}, "
               f"||second-order term|| = {res.second_order_norm:.4g}, surrogate gap {res.surrogate_gap:.4g} "
@@ -274,6 +289,6 @@ def gradcos_command(
     if not math.isfinite(res.cosine):
         raise ConfigError("the cosine is not finite")
     outputs.clear()
-    write_json({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, "-" if target is None else str(target),
-               context)
+    write_json({"checkpoint": str(ckpt.path), "split": split, **notes, **res.to_dict()},
+               "-" if target is None else str(target), context)
     saved(target, rank0_console(stderr=True))

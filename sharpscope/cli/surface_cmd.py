@@ -10,9 +10,9 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
-    TRUST_FACTORY, console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, point_progress,
-    seed_option, write_json)
+    DATA, DATA_ROOT, DETERMINISTIC, apply_determinism, DEVICE, JSON_OUT, PARAMS, PROGRESS, SAMPLES, SPLIT,
+    TRUST_FACTORY, console as rank0_console, finite, hvp_progress, load_for_analysis, numbers, params_line,
+    params_record, parse_params, point_progress, seed_option, write_json)
 from ._results import OVERWRITE, claim, figure_files, run_folder
 
 if TYPE_CHECKING:
@@ -199,6 +199,7 @@ def surface_command(
                                                "metric fn(model, batch) -> scalar, evaluated next to the loss "
                                                "(repeatable; needs --trust-factory)."),
     deterministic: bool = DETERMINISTIC,
+    params: str = PARAMS,
 ) -> None:
     """Loss surface around a checkpoint (random directions) or over a run's trajectory plane.
 
@@ -229,7 +230,9 @@ def surface_command(
     ckpt, batches, context = load_for_analysis(source, split, samples, batch_size or 4096, seed, trust_factory,
                                                device, (data, data_root))
     options = {"split": split, "samples": samples, "seed": seed, "checkpoint": str(ckpt.path),
-               **({"metrics": list(metric)} if metric_fns else {})}
+               **({"metrics": list(metric)} if metric_fns else {}), **params_record(ckpt.model, params)}
+    if params_line(options):
+        console.print(params_line(options), highlight=False)
     plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, seed, norm,
                                ignore, dir_type, orthogonalize, progress, console)
     axes = axes if axes is not None else plan["axes"]
@@ -305,6 +308,9 @@ def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Pat
     from .. import landscape as ls
 
     plan: dict[str, Any] = {"compare": [], "explained": None, "path": None, "residual": None}
+    selection = parse_params(options.get("params", "all"))  # directions over these parameters only
+    if trajectory is not None and selection != "all":
+        raise ConfigError("--params applies to random and hessian directions, not to a --trajectory plane")
     if trajectory is not None:
         snaps = _snapshots(trajectory)
         traj = ls.trajectory_directions(model, snaps, ignore=ignore)
@@ -315,7 +321,7 @@ def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Pat
     elif directions_kind == "hessian":
         with hvp_progress(console, progress) as bar:
             task = bar.add_task(f"top-{dim} Hessian eigenvectors", total=None)
-            eig = ls.hessian_directions(model, F.cross_entropy, batches, k=dim, seed=seed,
+            eig = ls.hessian_directions(model, F.cross_entropy, batches, k=dim, seed=seed, params=selection,
                                         on_hvp=lambda n: bar.advance(task, n))
         plan.update(directions=eig.directions, kind="hessian", eig=eig)
         options.update({"directions": "hessian", "eigenvalues": eig.eigenvalues, "slopes": eig.slopes,
@@ -323,10 +329,11 @@ def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Pat
                         "n_hvp": eig.result.n_hvp})
         if dim == 1:  # the comparison: a random direction of the same (unit) norm
             options.update({"random_norm": norm, "ignore": ignore})
-            plan["compare"] = [ls.scale_to_norm(ls.random_direction(model, norm=norm, ignore=ignore, seed=seed), 1.0)]
+            plan["compare"] = [ls.scale_to_norm(ls.random_direction(model, norm=norm, ignore=ignore, seed=seed,
+                                                                    params=selection), 1.0)]
     else:
         plan.update(directions=ls.random_directions(model, dim, seed=seed, orthogonal=orthogonalize, norm=norm,
-                                                    ignore=ignore, dir_type=dir_type), kind="random")
+                                                    ignore=ignore, dir_type=dir_type, params=selection), kind="random")
         options.update({"norm": norm, "ignore": ignore, "orthogonalize": orthogonalize, "dir_type": dir_type})
     if path_run is not None:
         snaps = _snapshots(path_run, minimum=1)
@@ -433,6 +440,7 @@ def interpolate_command(
                                     "B were trained on different data (another seed, label noise or data set; "
                                     "refused without this option): the loss at B is then not B's training loss."),
     deterministic: bool = DETERMINISTIC,
+    params: str = PARAMS,
 ) -> None:
     """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
 
@@ -468,11 +476,14 @@ def interpolate_command(
         task = bar.add_task("interpolation", total=len(alphas))
         result = ls.interpolate(ckpt_a.model, ckpt_b.model, F.cross_entropy, batches, alphas, buffers=buffers,
                                 chunk_size=batch_size, name_a=name_a, name_b=name_b,
-                                on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None)
+                                on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None,
+                                params=parse_params(params))
     if not dist_utils.is_main():
         return
     result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples,
-                           "data": "A's", "data_differences": data_note})
+                           "data": "A's", "data_differences": data_note, **params_record(ckpt_a.model, params)})
+    if params_line(result.options):
+        console.print(params_line(result.options), highlight=False)
     if data_note:
         console.print(f"note: both evaluated on A's {split} data; B was trained on other data "
                       f"({'; '.join(data_note)})", highlight=False)
