@@ -75,3 +75,31 @@ def token_batches(n: int = 6, length: int = 6, batch: int = 4, vocab: int = 11, 
     g = torch.Generator().manual_seed(seed)
     seq = torch.randint(0, vocab, (n, length + 1), generator=g)
     return [(seq[i:i + batch, :-1], seq[i:i + batch, 1:]) for i in range(0, n, batch)]
+
+
+class AttentionClassifier(nn.Module):
+    """(B, features) -> class scores through one attention layer over the features as tokens
+    (each token: its value times a learned vector plus a position embedding), attention by
+    ``F.scaled_dot_product_attention``, mean pooling and a linear head. No LayerNorm, so that
+    ``torch.func.hessian`` of its loss is right in torch 2.13 (see tests/test_param_selection.py)."""
+
+    def __init__(self, features: int = 6, classes: int = 4, width: int = 4, heads: int = 2, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.value = nn.Parameter(torch.randn(width) * 0.5)
+        self.pos = nn.Parameter(torch.randn(features, width) * 0.5)
+        self.attn = Attention(width, heads)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x[..., None] * self.value + self.pos
+        b, t, c = h.shape
+        q, k, v = (z.view(b, t, self.attn.heads, c // self.attn.heads).transpose(1, 2)
+                   for z in self.attn.c_attn(h).split(c, -1))
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.head(torch.tanh(self.attn.c_proj(y.transpose(1, 2).reshape(b, t, c))).mean(1))
+
+
+def attention_classifier(**kwargs: int) -> nn.Module:
+    """Factory of :class:`AttentionClassifier` (a checkpoint's ``{"factory": "_tiny_gpt:attention_classifier"}``)."""
+    return AttentionClassifier(**kwargs)
