@@ -312,8 +312,9 @@ def params_record(model: Any, text: str) -> dict[str, Any]:
 
 
 def params_line(record: dict[str, Any]) -> str | None:
-    """One summary line of :func:`params_record` (None when it is empty)."""
-    if not record:
+    """One summary line of :func:`params_record` (None when it holds no choice: a record, or
+    options, without ``params``)."""
+    if "params" not in record:
         return None
     frozen = record["n_frozen_params"]
     return (f"parameters: {record['n_params']:,} ({record['params']})"
