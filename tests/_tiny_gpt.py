@@ -103,3 +103,12 @@ class AttentionClassifier(nn.Module):
 def attention_classifier(**kwargs: int) -> nn.Module:
     """Factory of :class:`AttentionClassifier` (a checkpoint's ``{"factory": "_tiny_gpt:attention_classifier"}``)."""
     return AttentionClassifier(**kwargs)
+
+
+def frozen_attention_classifier(**kwargs: int) -> nn.Module:
+    """:class:`AttentionClassifier` with its embedding (``value``, ``pos``) frozen, as a
+    fine-tuned model's base: ``requires_grad=False``."""
+    model = AttentionClassifier(**kwargs)
+    model.value.requires_grad_(False)
+    model.pos.requires_grad_(False)
+    return model

@@ -294,3 +294,28 @@ def test_interpolate_moves_only_the_selected_parameters(run, tmp_path, cli):
 
     loss = SurfaceResult.load(tmp_path / "i" / "interpolation.npz").loss
     assert float(loss[-1]) == pytest.approx(obj.loss(), rel=1e-6) and float(loss[-1]) != pytest.approx(float(loss[0]))
+
+
+@pytest.mark.parametrize("verb", ["hessian", "gradcos", "weights", "surface"])
+def test_frozen_parameters_are_left_out_and_said_so(tmp_path, cli, verb):
+    """A checkpoint whose model freezes some parameters (its factory sets requires_grad=False
+    on the 8 + 6 x 8 = 56 embedding entries): every verb leaves them out and says so."""
+    import numpy as np
+
+    import sharpscope as ss
+    from _tiny_gpt import frozen_attention_classifier
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", X=rng.normal(size=(24, 6)).astype(np.float32), y=rng.integers(0, 4, 24))
+    ckpt = ss.save_checkpoint(tmp_path / "m.pt", frozen_attention_classifier(width=8),
+                              model_spec={"factory": "_tiny_gpt:frozen_attention_classifier", "kwargs": {"width": 8}},
+                              data_spec={"name": "npz", "root": str(tmp_path / "d.npz")})
+    extra = {"hessian": ["--top-k", "1", "--no-progress"], "gradcos": [], "weights": [],
+             "surface": ["--dim", "1", "--grid", "-1:1:3", "--no-progress", "--out", str(tmp_path / "s")]}[verb]
+    code, out, err = cli([verb, str(ckpt), "--trust-factory", *extra, "--json", "-"])
+    assert code == 0, err
+    report = json.loads(out[out.index("{"):])
+    record = report.get("options", report)
+    n_all = sum(p.numel() for p in frozen_attention_classifier(width=8).parameters())
+    assert record["n_frozen_params"] == 56 and record["n_params"] == n_all - 56
+    assert "56 frozen (requires_grad=False) left out" in " ".join((err + out).split())
