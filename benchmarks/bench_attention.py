@@ -143,7 +143,8 @@ def objective_calls(model: GPT, x: torch.Tensor, y: torch.Tensor) -> dict[tuple[
     def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out.flatten(0, 1), target.flatten())
 
-    objs = {mode: Objective(model, loss_fn, [(x, y)], hvp_mode=mode) for mode in ("forward-over-reverse", "reuse-graph")}
+    objs = {mode: Objective(model, loss_fn, [(x, y)], hvp_mode=mode)
+            for mode in ("forward-over-reverse", "reuse-graph")}
     assert objs["reuse-graph"].attention_kernel() == "math"
     v = torch.randn(objs["reuse-graph"].n, generator=torch.Generator().manual_seed(2))
     return {("sharpscope", "gradient"): objs["reuse-graph"].value_and_grad,
@@ -197,7 +198,8 @@ def run_length(model: GPT, t: int, batch: int, repeats: int) -> None:
         cells = []
         for w in whats:
             v = times[name, w]
-            cells.append(f"{v * 1e3:10.1f} ms ({v / base:5.2f}x math grad)" if isinstance(v, float) else f"{v[:32]:>32s}")
+            cells.append(f"{v * 1e3:10.1f} ms ({v / base:5.2f}x math grad)" if isinstance(v, float)
+                         else f"{v[:32]:>32s}")
         print(f"{name:10s}" + "".join(f"{c:>34s}" for c in cells))
 
 

@@ -45,8 +45,8 @@ from .errors import ConfigError, NonFiniteLossError
 from .models.attention import attention_calls
 from .models.param_names import group_parameters
 
-__all__ = ["Objective", "select_parameters", "moved_parameters", "frozen_parameters", "parameter_groups", "biasbn_names", "eval_mode",
-           "HVP_MODES"]
+__all__ = ["Objective", "select_parameters", "moved_parameters", "frozen_parameters", "parameter_groups",
+           "biasbn_names", "eval_mode", "HVP_MODES"]
 
 HVP_MODES = ("auto", "forward-over-reverse", "reuse-graph")
 DEFAULT_BLOCK_BYTES = 512 * 2**20  # extra memory a block of batched HVPs may take (hvp_block_size)

@@ -83,7 +83,8 @@ def test_groups_of_nn_transformer_encoder_and_the_convnet_fallback():
     # a model without numbered transformer blocks: the outermost non-container module, as before
     from sharpscope.models import build_model
     resnet = build_model({"name": "resnet", "kwargs": {"depth": 8}, "input_shape": [3, 8, 8], "num_classes": 10})
-    assert list(parameter_groups(resnet, "block")) == ["stem.0", "stem.1", "stages.0.0", "stages.1.0", "stages.2.0", "fc"]
+    assert list(parameter_groups(resnet, "block")) == ["stem.0", "stem.1", "stages.0.0", "stages.1.0", "stages.2.0",
+                                                      "fc"]
     assert list(parameter_groups(resnet, "kind")) == ["conv", "norm", "head"]  # fc, outside any block: the head
 
 
