@@ -320,3 +320,28 @@ def test_frozen_parameters_are_left_out_and_said_so(tmp_path, cli, verb):
     n_all = sum(p.numel() for p in frozen_attention_classifier(width=8).parameters())
     assert record["n_frozen_params"] == 56 and record["n_params"] == n_all - 56
     assert "56 frozen (requires_grad=False) left out" in " ".join((err + out).split())
+
+
+def test_hessian_per_layer_by_kind_on_the_command_line(tmp_path, cli):
+    """``hessian --per-layer --by kind`` groups an attention model's parameters by kind, and
+    --params keeps the groups to the selection."""
+    import numpy as np
+
+    import sharpscope as ss
+    from _tiny_gpt import attention_classifier
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", X=rng.normal(size=(24, 6)).astype(np.float32), y=rng.integers(0, 4, 24))
+    ckpt = ss.save_checkpoint(tmp_path / "m.pt", attention_classifier(),
+                              model_spec={"factory": "_tiny_gpt:attention_classifier", "kwargs": {}},
+                              data_spec={"name": "npz", "root": str(tmp_path / "d.npz")})
+    base = ["hessian", str(ckpt), "--trust-factory", "--top-k", "0", "--per-layer", "--by", "kind", "--no-progress",
+            "--json", "-"]
+    code, out, err = cli(base)
+    assert code == 0, err
+    rows = json.loads(out)["per_layer"]["rows"]
+    assert [r["name"] for r in rows] == ["other", "attention", "head"]  # value/pos belong to the root module
+    assert [r["n_params"] for r in rows] == [4 + 24, 4 * 12 + 12 + 4 * 4 + 4, 4 * 4 + 4]
+    code, out, err = cli([*base, "--params", "attn.*"])
+    assert code == 0, err
+    assert [r["name"] for r in json.loads(out)["per_layer"]["rows"]] == ["attention"]
