@@ -101,8 +101,10 @@ class Setup:
     value: Callable[[Tensor, Any], tuple[Tensor, Tensor]]
 
 
-def setup(model: nn.Module, loss_fn: LossFn, data: Iterable, adaptive: bool, eta: float) -> Setup:
-    flat = flat_examples(model, loss_fn, data)
+def setup(model: nn.Module, loss_fn: LossFn, data: Iterable, adaptive: bool, eta: float,
+          params: Any = None) -> Setup:
+    """The per-subset evaluators over the parameters ``params`` selects (the rest fixed)."""
+    flat = flat_examples(model, loss_fn, data, params)
 
     def loss_and_error(w_flat: Tensor, batch: Any) -> tuple[Tensor, Tensor]:
         outputs, loss = flat.batch_loss.outputs_and_loss(flat.state(w_flat), batch)

@@ -10,8 +10,8 @@ Hessian-vector products (HVPs) it used and its wall time.
   (ICLR 2021, Sec. 4.2 / App. C.3) report for SGD vs SAM minima (lambda_max / lambda_5).
 - :func:`trace`: Hutch++ (Meyer et al. 2021) or Hutchinson, with a standard error.
 - :func:`density`: stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019).
-- :func:`layer_summary`: the top eigenvalue and trace of each layer's (or block's)
-  diagonal Hessian block.
+- :func:`layer_summary`: the top eigenvalue and trace of each layer's (block's, or kind's:
+  a transformer's attention, MLP, ...) diagonal Hessian block.
 
 Each takes ``operator`` (one of :data:`sharpscope.curvature.OPERATORS`: ``"hessian"``, the
 default, ``"ggn"``, ``"fisher"``, ``"empirical-fisher"``) to analyse that curvature matrix of
@@ -38,7 +38,7 @@ from .checks import (finite_float, int_at_least, parameter_count, require_lanczo
                      require_trace_memory)
 from .linalg.lanczos import default_max_iter
 from .errors import ConfigError
-from .objective import Objective, parameter_groups
+from .objective import Objective, parameter_groups, select_parameters
 
 __all__ = [
     "eigenvalues", "trace", "density", "layer_summary",
@@ -288,13 +288,20 @@ class LayerSummary:
 def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "layer", tol: float = 1e-3,
                   trace_matvecs: int = 30, seed: int = 0, hvp_mode: str = "auto",
                   callback: Callable[[str], None] | None = None, operator: str = "hessian",
-                  mc_samples: int | str = "exact") -> LayerSummary:
-    """Per layer (or block): lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++ (or the
+                  mc_samples: int | str = "exact", params: Any = None) -> LayerSummary:
+    """Per group of parameters: lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++ (or the
     diagonal blocks of another curvature ``operator``; the true Fisher's draw depends on the
-    seed and the batch only, so its blocks are those of one matrix)."""
+    seed and the batch only, so its blocks are those of one matrix). ``by``: ``"layer"`` (the
+    module owning the parameters), ``"block"`` (a transformer's numbered blocks, else the
+    outermost non-container modules) or ``"kind"`` (embeddings, attention, mlp, norm, head;
+    conv / linear / other otherwise): :func:`sharpscope.models.param_names.group_parameters`.
+    ``params`` keeps the groups to the parameters it selects (frozen ones are never in them)."""
     mc = curvature.check(operator, mc_samples)
     start = time.perf_counter()
     groups = parameter_groups(model, by=by)
+    if params is not None:
+        chosen = set(select_parameters(model, params))
+        groups = {k: kept for k, v in groups.items() if (kept := [n for n in v if n in chosen])}
     batches = Objective(model, loss_fn, data, hvp_mode=hvp_mode).batches  # read the data once
     rows = []
     for name, names in groups.items():

@@ -185,7 +185,7 @@ def worst_case_sharpness(
     rho: float | Sequence[float] = 0.05, p: float = 2.0, adaptive: bool = False, eta: float = 0.0,
     steps: int = 20, random_start: bool = False, seed: int = 0, max_subsets: int | None = None,
     group_examples: int = 256, callback: Callable[[int], None] | None = None,
-    restarts: int = DEFAULT_RESTARTS,
+    restarts: int = DEFAULT_RESTARTS, params: Any = None,
 ) -> MeasureResult:
     """max_{||e / T||_p <= rho} L_b(w + e) - L_b(w), averaged over subsets of m examples
     (module docstring), by ``steps`` steps of the APGD-style ascent, ``restarts`` times per
@@ -197,11 +197,12 @@ def worst_case_sharpness(
     that spread exceeds :data:`RESTART_TOLERANCE` (1 %). A subset whose gradient at w is exactly
     zero starts its e = 0 restart at a seeded random point instead
     (:class:`~sharpscope.errors.ZeroGradientWarning`). A NaN or infinite loss or gradient at w
-    or at any visited point raises :class:`~sharpscope.errors.NonFiniteLossError`."""
+    or at any visited point raises :class:`~sharpscope.errors.NonFiniteLossError`. ``params``
+    chooses the parameters e moves (:func:`sharpscope.objective.select_parameters`)."""
     ms, rhos = _lists(m, rho, p, eta, steps, "steps", max_subsets)
     int_at_least("restarts", restarts, 1)
     start_time = time.perf_counter()
-    s = setup(model, loss_fn, data, adaptive, eta)
+    s = setup(model, loss_fn, data, adaptive, eta, params)
     zero_rows: list[int] = []
 
     def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int, Tensor]:
@@ -279,17 +280,18 @@ def average_case_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable, m: int | Sequence[int] = 128,
     rho: float | Sequence[float] = 0.01, p: float = 2.0, adaptive: bool = False, eta: float = 0.0,
     samples: int = 100, seed: int = 0, max_subsets: int | None = None, group_examples: int = 256,
-    callback: Callable[[int], None] | None = None,
+    callback: Callable[[int], None] | None = None, params: Any = None,
 ) -> MeasureResult:
     """E_e[L_b(w + e)] - L_b(w) over ``samples`` draws of the reference's noise per subset
     (module docstring), averaged over subsets of m examples. The standard error is over subsets
     (each subset's value already averages ``samples`` draws), reported from
     :data:`MIN_SUBSETS_FOR_STDERR` subsets on; ``loss_mc_stderr`` is the Monte Carlo error of
     the mean from the draws alone (``samples`` >= 2). A NaN or infinite loss at w or at any
-    draw raises :class:`~sharpscope.errors.NonFiniteLossError`."""
+    draw raises :class:`~sharpscope.errors.NonFiniteLossError`. ``params`` chooses the
+    parameters the noise moves (:func:`sharpscope.objective.select_parameters`)."""
     ms, rhos = _lists(m, rho, p, eta, samples, "samples", max_subsets)
     start_time = time.perf_counter()
-    s = setup(model, loss_fn, data, adaptive, eta)
+    s = setup(model, loss_fn, data, adaptive, eta, params)
     def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int, Tensor]:
         draw_gen = group_generator(seed, *keys)
         w0 = s.w0.expand(rows, -1)

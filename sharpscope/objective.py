@@ -44,14 +44,16 @@ from torch.func import grad, grad_and_value, jvp, vmap
 from . import distributed as dist_utils
 from .batches import BatchLoss, Streamed, higher_order_attention
 from .errors import ConfigError, NonFiniteLossError
+from .models.attention import attention_calls
+from .models.param_names import group_parameters
 
-__all__ = ["Objective", "select_parameters", "parameter_groups", "biasbn_names", "eval_mode", "HVP_MODES"]
+__all__ = ["Objective", "select_parameters", "moved_parameters", "frozen_parameters", "parameter_groups",
+           "biasbn_names", "eval_mode", "HVP_MODES"]
 
 HVP_MODES = ("auto", "forward-over-reverse", "reuse-graph")
 DEFAULT_BLOCK_BYTES = 512 * 2**20  # extra memory a block of batched HVPs may take (hvp_block_size)
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def biasbn_names(model: nn.Module) -> set[str]:
@@ -65,15 +67,17 @@ def biasbn_names(model: nn.Module) -> set[str]:
     return names
 
 
-def select_parameters(model: nn.Module, params: Any = None) -> list[str]:
+def select_parameters(model: nn.Module, params: Any = None, include_frozen: bool = False) -> list[str]:
     """Names of the trainable parameters chosen by ``params``.
 
     ``None`` or ``"all"``: every parameter with ``requires_grad``; ``"no-biasbn"``: all but
     biases and normalization-layer parameters; a string or list of strings: glob patterns on
-    parameter names (``"stages.0.*"``, ``"fc.weight"``), a leading ``!`` excluding; a callable
-    ``(name, parameter) -> bool``. An empty selection is a :class:`ConfigError`.
+    parameter names (``"stages.0.*"``, ``"transformer.h.*.attn.*"``), a leading ``!``
+    excluding; a callable ``(name, parameter) -> bool``. Frozen parameters
+    (``requires_grad=False``: a LoRA model's base weights) are left out unless
+    ``include_frozen``. An empty selection is a :class:`ConfigError`.
     """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or include_frozen]
     if params is None or params == "all":
         chosen = [n for n, _ in named]
     elif params == "no-biasbn":
@@ -89,33 +93,33 @@ def select_parameters(model: nn.Module, params: Any = None) -> list[str]:
                   if (not include or any(fnmatch.fnmatchcase(n, pat) for pat in include))
                   and not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)]
     if not chosen:
+        frozen = len(frozen_parameters(model)) if not include_frozen else 0
         raise ConfigError(f"parameter selection {params!r} matches no trainable parameter; names look like "
-                          f"{', '.join(n for n, _ in named[:4])}")
+                          f"{', '.join(n for n, _ in named[:4])}"
+                          + (f" ({frozen} frozen tensors, requires_grad=False, are left out)" if frozen else ""))
     return chosen
 
 
+def moved_parameters(model: nn.Module, params: Any = None) -> list[str]:
+    """:func:`select_parameters` for the analyses that move weights without differentiating
+    twice (surfaces, interpolation, sharpness measures, weight spectra): the same rule, except
+    that a model with no trainable parameter at all (frozen for inference) has all of them."""
+    return select_parameters(model, params, include_frozen=not any(p.requires_grad for p in model.parameters()))
+
+
+def frozen_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters with ``requires_grad=False`` (a LoRA model's base weights),
+    which the analyses leave out by default."""
+    return [n for n, p in model.named_parameters() if not p.requires_grad]
+
+
 def parameter_groups(model: nn.Module, by: str = "layer") -> dict[str, list[str]]:
-    """Parameter names grouped per ``"layer"`` (the module that owns them) or per ``"block"``
-    (the outermost module below the root that is not a Sequential/ModuleList/ModuleDict, e.g.
-    a residual block), in model order."""
-    if by not in ("layer", "block"):
-        raise ConfigError(f"group by 'layer' or 'block', got {by!r}")
-    modules = dict(model.named_modules())
-    groups: dict[str, list[str]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        owner = name.rpartition(".")[0]
-        key = owner
-        if by == "block" and owner:
-            parts = owner.split(".")
-            for i in range(1, len(parts) + 1):
-                prefix = ".".join(parts[:i])
-                if not isinstance(modules[prefix], _CONTAINERS):
-                    key = prefix
-                    break
-        groups.setdefault(key or "(root)", []).append(name)
-    return groups
+    """Trainable parameter names grouped per ``"layer"`` (the module that owns them), per
+    ``"block"`` (a transformer's numbered blocks, ``transformer.h.3``; in a model without them the
+    outermost module below the root that is not a Sequential/ModuleList/ModuleDict, e.g. a
+    residual block) or per ``"kind"`` (embeddings, attention, mlp, norm, head; conv, linear,
+    other), in model order: :func:`sharpscope.models.param_names.group_parameters`."""
+    return group_parameters(model, by)
 
 
 def require_finite_tensors(tensors: Mapping[str, Tensor], what: str) -> None:
@@ -181,6 +185,9 @@ class Objective:
             than ``cache_bytes``, streamed from the loader on every pass and checked to be
             the same batches (:meth:`sharpscope.batches.BatchLoss.read`).
         params: which parameters theta holds (see :func:`select_parameters`).
+        include_frozen: let ``params`` choose parameters with ``requires_grad=False`` too; by
+            default they are held fixed, so a LoRA model is analysed over its adapters
+            (``frozen`` names them, ``n_frozen`` counts their entries).
         hvp_mode: one of ``HVP_MODES``.
         reuse_graph_max_examples: ``"auto"`` reuses the double-backward graph up to this
             many examples in total (never when streaming: the graph would hold every batch).
@@ -201,14 +208,17 @@ class Objective:
         distributed: bool | None = None,
         cache: bool | str = "auto",
         cache_bytes: int | None = None,
+        include_frozen: bool = False,
     ) -> None:
         if hvp_mode not in HVP_MODES:
             raise ConfigError(f"hvp_mode must be one of {', '.join(HVP_MODES)}, got {hvp_mode!r}")
         self.model = model
         self.batch_loss = BatchLoss(model, loss_fn)
         self.loss_fn = self.batch_loss.loss_fn  # None became the model's own loss (OutputLoss)
-        self.names = select_parameters(model, params)
+        self.names = select_parameters(model, params, include_frozen)
         all_params = dict(model.named_parameters())
+        self.frozen = [n for n in frozen_parameters(model) if n not in self.names]
+        self.n_frozen = sum(all_params[n].numel() for n in self.frozen)
         self.theta = {n: all_params[n].detach() for n in self.names}
         self.fixed = {n: p.detach() for n, p in all_params.items() if n not in self.theta}
         self.fixed.update({n: b.detach() for n, b in model.named_buffers()})
@@ -243,6 +253,7 @@ class Objective:
         self._graph: list[tuple[Tensor, ...]] | None = None
         self._graph_leaves: list[Tensor] | None = None
         self._activation_bytes: int | None = None
+        self._attention: str | None = None
         self.n_hvp = 0
         self.n_grad = 0
         self.on_hvp: Callable[[int], None] | None = None  # called with the number of products done
@@ -407,6 +418,20 @@ class Objective:
             for h in handles:
                 h.remove()
         return total
+
+    def attention_kernel(self) -> str | None:
+        """``"math"`` when the model calls ``F.scaled_dot_product_attention`` (directly or through
+        ``nn.MultiheadAttention``), whose derivatives here all run on its math kernel (exact
+        second derivatives, :mod:`sharpscope.models.attention`); None when it calls none. Found
+        once, by one forward pass of a batch with gradients on (as the derivatives see it: no
+        inference fast path)."""
+        if self._attention is None:
+            batch = next(b for _, b in self.own) if self.owned_indices else None
+            leaves = {n: t.clone().requires_grad_(True) for n, t in self.theta.items()}
+            with eval_mode(self.model), higher_order_attention(), torch.enable_grad():
+                calls = {} if batch is None else attention_calls(lambda: self._batch_loss(leaves, batch))
+            self._attention = "math" if calls else ""
+        return self._attention or None
 
     def release(self) -> None:
         """Drop the cached double-backward graph (reuse-graph mode)."""

@@ -57,7 +57,7 @@ from . import distributed as dist_utils
 from .batches import BatchLoss, higher_order_attention, take, tensor_leaves
 from .checks import int_at_least
 from .errors import ConfigError, ZeroGradientWarning
-from .objective import Objective, eval_mode, require_finite
+from .objective import Objective, eval_mode, moved_parameters, require_finite
 
 __all__ = ["m_sharpness", "MSharpness", "SharpnessResult", "surrogate_gap", "surrogate_gaps", "sam_gradient_cosine",
            "GradientCosine", "dual_direction", "project", "FlatExamples", "flat_examples", "seeded_subsets",
@@ -143,17 +143,21 @@ class FlatExamples:
         return {**self.buffers, **params}
 
 
-def flat_examples(model: nn.Module, loss_fn: LossFn, data: Iterable) -> FlatExamples:
-    """:class:`FlatExamples` of ``model`` on every example of ``data`` (read once, joined)."""
+def flat_examples(model: nn.Module, loss_fn: LossFn, data: Iterable, params: Any = None) -> FlatExamples:
+    """:class:`FlatExamples` of ``model`` on every example of ``data`` (read once, joined), over
+    the parameters ``params`` selects (:func:`sharpscope.objective.select_parameters`: by
+    default every trainable one); the others are held fixed beside the buffers."""
     first = next(iter(model.parameters()))
     batch_loss = BatchLoss(model, loss_fn)
     examples = batch_loss.read(data, first.device, first.dtype).joined()
     theta = dict(model.named_parameters())
-    names = list(theta)
+    names = moved_parameters(model, params)
+    chosen = set(names)
+    fixed = {nm: p.detach() for nm, p in theta.items() if nm not in chosen}
     return FlatExamples(batch_loss, examples, tensor_leaves(examples)[0].shape[0],
                         torch.cat([theta[nm].detach().reshape(-1) for nm in names]), names,
                         [theta[nm].shape for nm in names], [theta[nm].numel() for nm in names],
-                        {nm: b.detach() for nm, b in model.named_buffers()})
+                        {**fixed, **{nm: b.detach() for nm, b in model.named_buffers()}})
 
 
 def seeded_subsets(n: int, size: int, gen: torch.Generator, max_subsets: int | None,
@@ -203,8 +207,7 @@ def m_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]], m: int | Sequence[int] = 32,
     rho: float | Sequence[float] = 0.05, steps: int = 5, p: float = 2.0, seed: int = 0,
     max_subsets: int | None = None, group_examples: int = 512,
-    callback: Callable[[int], None] | None = None,
-) -> SharpnessResult:
+    callback: Callable[[int], None] | None = None, params: Any = None) -> SharpnessResult:
     """m-sharpness (module docstring) for each m in ``m`` and each rho in ``rho``.
 
     The subsets are consecutive slices of ``torch.randperm(n, generator=seed)`` over the
@@ -212,7 +215,8 @@ def m_sharpness(
     of batches) for reproducible subsets.
 
     ``max_subsets`` caps the number of subsets per m (a seeded choice); ``group_examples``
-    is about how many examples are processed per vectorized call.
+    is about how many examples are processed per vectorized call. ``params``: the parameters
+    perturbed (:func:`flat_examples`; frozen ones stay put), the rest fixed.
     """
     if max_subsets is not None:
         int_at_least("max_subsets", max_subsets, 1)
@@ -227,7 +231,7 @@ def m_sharpness(
     if p not in (2, 2.0, math.inf):
         raise ConfigError(f"m-sharpness supports p = 2 and p = inf, got {p}")
     start = time.perf_counter()
-    flat = flat_examples(model, loss_fn, data)
+    flat = flat_examples(model, loss_fn, data, params)
     w0 = flat.w0
     require_finite(w0, "a parameter of the model")
 
@@ -282,10 +286,11 @@ def m_sharpness(
 
 def surrogate_gaps(model: nn.Module | Objective, loss_fn: LossFn | None = None,
                    data: Iterable[tuple[Tensor, Tensor]] | None = None, rhos: Sequence[float] = (0.05,),
-                   p: float = 2.0) -> dict[float, float]:
+                   p: float = 2.0, params: Any = None) -> dict[float, float]:
     """rho -> L(w + e_hat) - L(w) on the whole data set, e_hat = rho * dual(grad L(w)) (SAM's
-    first-order maximizer: the quantity SAM's second pass sees); one gradient for all rho."""
-    obj = model if isinstance(model, Objective) else Objective(model, loss_fn, data)
+    first-order maximizer: the quantity SAM's second pass sees); one gradient for all rho.
+    ``params``: the parameters e_hat moves (:func:`sharpscope.objective.select_parameters`)."""
+    obj = model if isinstance(model, Objective) else Objective(model, loss_fn, data, params=params)
     loss_w, g = obj.value_and_grad()
     if not bool((g != 0).any()):
         warn_zero_gradient("surrogate gap", "on the data set", "SAM's e_hat and the surrogate gap are undefined "
@@ -297,9 +302,10 @@ def surrogate_gaps(model: nn.Module | Objective, loss_fn: LossFn | None = None,
 
 
 def surrogate_gap(model: nn.Module | Objective, loss_fn: LossFn | None = None,
-                  data: Iterable[tuple[Tensor, Tensor]] | None = None, rho: float = 0.05, p: float = 2.0) -> float:
+                  data: Iterable[tuple[Tensor, Tensor]] | None = None, rho: float = 0.05, p: float = 2.0,
+                  params: Any = None) -> float:
     """L(w + e_hat) - L(w) for one rho (see :func:`surrogate_gaps`)."""
-    return surrogate_gaps(model, loss_fn, data, rhos=(rho,), p=p)[float(rho)]
+    return surrogate_gaps(model, loss_fn, data, rhos=(rho,), p=p, params=params)[float(rho)]
 
 
 @dataclass

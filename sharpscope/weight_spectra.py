@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .objective import moved_parameters
 
 __all__ = ["LayerSpectrum", "WeightSpectra", "weight_spectra", "layer_eigenvalues", "fit_power_law",
            "SUMMARY_METRICS"]
@@ -146,11 +147,17 @@ def _layer(name: str, module: nn.Module, evals: np.ndarray) -> LayerSpectrum:
         stable_rank=total / lam_max if lam_max > 0 else math.nan)
 
 
-def weight_spectra(model: nn.Module) -> WeightSpectra:
+def weight_spectra(model: nn.Module, params: Any = None) -> WeightSpectra:
     """The weight-spectrum measures of every Linear and Conv2d layer of ``model`` (module
-    docstring); the model is read, never modified."""
+    docstring) whose weight ``params`` selects (:func:`sharpscope.objective.moved_parameters`:
+    glob patterns on parameter names etc.; None: every layer with a trainable weight, all of
+    them in a model with none); the model is read, never modified."""
+    chosen = None if params is None and all(p.requires_grad for p in model.parameters()) else \
+        set(moved_parameters(model, params))
     layers, skipped = [], []
     for name, module in model.named_modules():
+        if chosen is not None and (f"{name}.weight" if name else "weight") not in chosen:
+            continue
         evals = layer_eigenvalues(module)
         if evals is None:
             continue

@@ -278,3 +278,67 @@ def print_correlations(table: Any) -> None:
             print(f"{g['measure']} vs error gap: granulated Psi {g['Psi']:+.3f} ({parts})")
     for why in table.skipped:
         print(f"not correlated: {why}")
+
+
+# --params: which parameters an analysis works over, declared once for every analysis verb
+PARAMS = typer.Option("all", "--params", help="Parameters analysed: all (the trainable ones: a LoRA model's "
+                      "frozen base weights stay put), no-biasbn, or comma-separated glob patterns on parameter "
+                      "names ('transformer.h.*.attn.*'; a leading ! excludes).")
+
+
+def parse_params(text: str) -> Any:
+    """``--params`` as :func:`sharpscope.objective.select_parameters` takes it: ``"all"``,
+    ``"no-biasbn"`` or the list of glob patterns."""
+    if text in ("all", "no-biasbn"):
+        return text
+    patterns = [p.strip() for p in text.split(",") if p.strip()]
+    if not patterns:
+        raise ConfigError(f"--params needs all, no-biasbn or glob patterns, got {text!r}")
+    return patterns
+
+
+def params_record(model: Any, text: str) -> dict[str, Any]:
+    """What ``--params`` chose, for the JSON and the summary line (:func:`params_line`): empty
+    under the default ``all`` on a model without frozen parameters (nothing to say; the
+    records stay as they were), else ``params``, ``n_params`` (entries analysed) and
+    ``n_frozen_params`` (entries left out because ``requires_grad=False``)."""
+    from ..objective import frozen_parameters, moved_parameters
+
+    frozen = frozen_parameters(model)
+    if text == "all" and not frozen:
+        return {}
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    chosen = moved_parameters(model, parse_params(text))
+    return {"params": text, "n_params": sum(sizes[n] for n in chosen),
+            "n_frozen_params": sum(sizes[n] for n in frozen if n not in chosen)}
+
+
+def params_line(record: dict[str, Any]) -> str | None:
+    """One summary line of :func:`params_record` (None when it holds no choice: a record, or
+    options, without ``params``)."""
+    if "params" not in record:
+        return None
+    frozen = record["n_frozen_params"]
+    return (f"parameters: {record['n_params']:,} ({record['params']})"
+            + (f"; {frozen:,} frozen (requires_grad=False) left out" if frozen else ""))
+
+
+def objective_record(obj: Any, text: str) -> dict[str, Any]:
+    """:func:`params_record` of an :class:`~sharpscope.objective.Objective` (the verbs that take
+    derivatives), plus ``attention_kernel: "math"`` when the model calls
+    ``F.scaled_dot_product_attention``, whose derivatives ran on its math kernel."""
+    record: dict[str, Any] = {}
+    if text != "all" or obj.frozen:
+        record = {"params": text, "n_params": obj.n, "n_frozen_params": obj.n_frozen}
+    kernel = obj.attention_kernel()
+    if kernel is not None:
+        record["attention_kernel"] = kernel
+    return record
+
+
+def objective_lines(record: dict[str, Any]) -> list[str]:
+    """The summary lines of :func:`objective_record`: the parameters, the attention kernel."""
+    from ..models.attention import MATH_KERNEL_NOTE
+
+    lines = [params_line(record)] if "params" in record else []
+    return [*lines, MATH_KERNEL_NOTE] if "attention_kernel" in record else lines  # type: ignore[list-item]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
@@ -11,8 +12,9 @@ import typer
 from ..errors import ConfigError
 from ._app import app, deferred_help
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES,
-    SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, seed_option)
+    DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PARAMS, PROGRESS,
+    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis,
+    objective_lines, objective_record, parse_params, seed_option)
 from ._options import OLD_PLOT_DIR, OLD_STEPS, old_spelling
 from ._results import JSON_SAVED, OVERWRITE, announce, claim_analysis, save_report
 
@@ -101,8 +103,9 @@ def hessian_command(
     steps: int = typer.Option(80, "--slq-steps", min=1, help="Lanczos steps per SLQ run (density)."),
     sigma_squared: float = typer.Option(1e-5, "--sigma-squared", callback=finite(above=0), help="Kernel variance factor (density)."),
     per_layer: bool = typer.Option(False, "--per-layer", help="Top eigenvalue and trace of each layer's block."),
-    by: str = typer.Option("layer", help="Per-layer grouping: layer or block."),
-    params: str = typer.Option("all", help="Parameters: all, no-biasbn, or comma-separated glob patterns."),
+    by: str = typer.Option("layer", help="Per-layer grouping: layer, block (a transformer's numbered blocks) or "
+                           "kind (embeddings, attention, mlp, norm, head)."),
+    params: str = PARAMS,
     overlap_with: Optional[Path] = typer.Option(None, "--overlap-with", help="A second checkpoint: its top-k "
                                                 "eigenvalues too, and the overlap of the two top-k eigenspaces."),
     samples: Optional[int] = SAMPLES,
@@ -146,9 +149,8 @@ def hessian_command(
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
     stem = operator.replace("-", "_")  # hessian.json and hessian_*.png as before; ggn.json, ggn_*.png, ...
-    figures = (([f"{stem}_density", f"{stem}_density_log"] if density else [])
-               + ([f"{stem}_eigenvalues"] if top_k > 0 else [])) if plot else []
-    target, _, outputs = claim_analysis(checkpoint, json_out, stem, figures, plot_dir, pdf, overwrite)
+    target, _, outputs = claim_analysis(checkpoint, json_out, stem, _figure_names(stem, plot, density, top_k),
+                                        plot_dir, pdf, overwrite)
     ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
                                                (data, data_root))
     settings = _Settings(top_k, which, tol, max_iter, trace, trace_matvecs, density, runs, steps, sigma_squared,
@@ -159,12 +161,19 @@ def hessian_command(
                        console, progress)
     if not is_main():  # every rank took part in the products; rank 0 reports
         return
-    _add_results(report, results)
-    _print_results(rank0_console(stderr=json_out == "-"), ckpt.path, obj, split, which, results, operator)
+    _add_results(report, results, objective_record(obj, params))
+    _print_results(rank0_console(stderr=json_out == "-"), ckpt.path, obj, split, which, results, operator,
+                   objective_lines(objective_record(obj, params)))
     outputs.clear()
     if plot:
         report["figures"] = _figures(ckpt, results, plot_dir, pdf, console, operator)
     save_report(report, target, console, context)
+
+
+def _figure_names(stem: str, plot: bool, density: bool, top_k: int) -> list[str]:
+    """The figures ``--plot`` draws: the density (linear and log) and the top eigenvalues."""
+    return (([f"{stem}_density", f"{stem}_density_log"] if density else [])
+            + ([f"{stem}_eigenvalues"] if top_k > 0 else [])) if plot else []
 
 
 def _objectives(ckpt: Any, batches: list, split: str, params: str, o: _Settings, operator: str, mc_samples: int | str,
@@ -175,7 +184,7 @@ def _objectives(ckpt: Any, batches: list, split: str, params: str, o: _Settings,
 
     from ..objective import Objective
 
-    selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
+    selection = parse_params(params)
     obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=o.hvp_mode)
     _preflight(obj.n, ckpt.model, o.trace, o.trace_matvecs, o.density, o.runs, o.steps, o.per_layer, o.by)
     obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, trust_factory, context)
@@ -226,8 +235,10 @@ def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
     return parts
 
 
-def _add_results(report: dict, results: dict) -> None:
-    """The results into the report, the density with the note on which trace to trust."""
+def _add_results(report: dict, results: dict, notes: dict) -> None:
+    """The results into the report, the density with the note on which trace to trust, and the
+    objective's notes (frozen parameters left out, the attention kernel) not already there."""
+    report.update({k: v for k, v in notes.items() if k not in report})
     report.update({k: v.to_dict() for k, v in results.items()})
     if "density" in report:
         report["density"]["trace_note"] = _TRACE_NOTE["trace" in results].format(runs=results["density"].n_runs)
@@ -244,7 +255,9 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
     from .progress import ProductPlan
 
     unit = "HVPs" if curv["operator"] == "hessian" else "products"
-    groups = len(parameter_groups(ckpt.model, by=o.by)) if o.per_layer else 0
+    chosen = set(obj.names)  # --params keeps the groups to its selection
+    groups = sum(any(n in chosen for n in v) for v in parameter_groups(ckpt.model, by=o.by).values()) \
+        if o.per_layer else 0
     note = (f"then the per-{o.by} summary of {groups} blocks" if groups else
             "Lanczos stops once the eigenvalues converge" if o.top_k > 0 else "")
     plan = ProductPlan(lambda msg: console.print(msg, highlight=False), unit, _plan(obj, o, obj_b is not None), note)
@@ -290,7 +303,7 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
             task = bar.add_task(f"per {o.by}", total=groups)
             results["per_layer"] = hs.layer_summary(ckpt.model, F.cross_entropy, batches, by=o.by, seed=o.seed,
                                                     hvp_mode=o.hvp_mode, callback=lambda name: bar.advance(task),
-                                                    **curv)
+                                                    params=obj.names, **curv)
     return results
 
 
@@ -321,7 +334,9 @@ _TRACE_NOTE = {True: "the trace to trust is Hutch++'s above; SLQ's implied trace
 
 
 def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, results: dict,
-                   operator: str = "hessian") -> None:
+                   operator: str = "hessian", notes: Sequence[str] = ()) -> None:
+    """The results as tables and lines (on stderr under --json -), then ``notes`` (the
+    parameters chosen, frozen ones left out, the attention kernel)."""
     from rich.table import Table
 
     from ..curvature import title
@@ -367,6 +382,8 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
             table.add_row(row.name, f"{row.n_params:,}", f"{row.lambda_max:.5g}" + ("" if row.converged else "*"),
                           f"{row.trace:.5g}", f"{row.trace_stderr:.2g}")
         out.print(folded(table))
+    for line in notes:
+        out.print(line, highlight=False)
 
 
 def _figures(ckpt: Any, results: dict, plot_dir: Path | None, pdf: bool, console: Console,

@@ -9,9 +9,9 @@ import typer
 
 from ..errors import ConfigError
 from ._app import app
-from ._common import (DATA, DATA_ROOT, DETERMINISTIC, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
-                      apply_determinism, console as rank0_console, load_for_analysis, point_progress, seed_option,
-                      write_json)
+from ._common import (DATA, DATA_ROOT, DETERMINISTIC, DEVICE, JSON_OUT, PARAMS, PROGRESS, SAMPLES, SPLIT,
+                      TRUST_FACTORY, apply_determinism, console as rank0_console, load_for_analysis, params_line,
+                      params_record, parse_params, point_progress, seed_option, write_json)
 from ._landscape import BATCH_SIZE, METRIC, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import OVERWRITE, run_folder
 
@@ -54,6 +54,7 @@ def interpolate_command(
                                     "B were trained on different data (another seed, label noise or data set; "
                                     "refused without this option): the loss at B is then not B's training loss."),
     deterministic: bool = DETERMINISTIC,
+    params: str = PARAMS,
 ) -> None:
     """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
 
@@ -80,22 +81,23 @@ def interpolate_command(
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory, map_location=next(ckpt_a.model.parameters()).device)
     context.add(ckpt_b)
     data_note = _different_data(ckpt_a, ckpt_b, use_a_data, split)
-    name_a = (ckpt_a.config or {}).get("optimizer", "A").upper()
-    name_b = (ckpt_b.config or {}).get("optimizer", "B").upper()
+    name_a, name_b = ((c.config or {}).get("optimizer", ab).upper() for c, ab in ((ckpt_a, "A"), (ckpt_b, "B")))
     with point_progress(console, progress) as bar:
         task = bar.add_task("interpolation", total=len(alphas))
         result = ls.interpolate(ckpt_a.model, ckpt_b.model, F.cross_entropy, batches, alphas, buffers=buffers,
                                 chunk_size=batch_size, name_a=name_a, name_b=name_b,
-                                on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None)
+                                on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None,
+                                params=parse_params(params))
     if not dist_utils.is_main():
         return
     result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples,
-                           "data": "A's", "data_differences": data_note})
+                           "data": "A's", "data_differences": data_note, **params_record(ckpt_a.model, params),
+                           **({"metrics": list(metric)} if metric_fns else {})})
+    if params_line(result.options):
+        console.print(params_line(result.options), highlight=False)
     if data_note:
         console.print(f"note: both evaluated on A's {split} data; B was trained on other data "
                       f"({'; '.join(data_note)})", highlight=False)
-    if metric_fns:
-        result.options["metrics"] = list(metric)
     outputs.clear()
     result.save(folder / "interpolation.npz")
     summary = print_summary(rank0_console(stderr=json_out == "-"), result, [0.5], 0.1)

@@ -9,8 +9,9 @@ import typer
 
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES,
-    SPLIT, TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option)
+    DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PARAMS, PROGRESS,
+    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, objective_lines,
+    objective_record, params_line, params_record, parse_p, parse_params, progress_bar, seed_option)
 from ._options import OLD_ETA, OLD_NORM, OLD_PLOT_DIR, OLD_STEPS, old_spelling
 from ._results import JSON_SAVED, OVERWRITE, Claim, announce, claim, claim_analysis, json_target, save_report
 
@@ -45,6 +46,7 @@ def sharpness_command(
     data: Optional[str] = DATA,
     data_root: Optional[str] = DATA_ROOT,
     seed: int = seed_option("Seed of the subsets and of --samples."),
+    params: str = PARAMS,
     gap: bool = typer.Option(True, help="Also report the surrogate gap L(w + e_hat) - L(w) for each rho."),
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
     plot_dir: Optional[Path] = FIGURE_DIR,
@@ -82,13 +84,12 @@ def sharpness_command(
     target, figure_folder, outputs = claim_analysis(checkpoint, json_out, name, figures, plot_dir, pdf, overwrite)
     ckpt, batches, context = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device,
                                                (data, data_root))
-    total = sum(_subsets(batches, ms, max_subsets)) * len(rhos)
     if measure != "m-sharpness":
         _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start, seed,
-                        max_subsets, split, console, progress, total, json_out, outputs, target, restarts, context)
+                        max_subsets, split, console, progress, params, json_out, outputs, target, restarts, context)
         return
     done = _m_sharpness(ckpt, batches, ms, rhos, 5 if steps is None else steps, p, p_value, seed, max_subsets, gap,
-                        split, console, progress, total, json_out)
+                        split, console, progress, params, json_out)
     if done is None:  # the subsets were shared out; rank 0 reports
         return
     report, result = done
@@ -146,7 +147,7 @@ def _subsets(batches: list, ms: list[int], max_subsets: int | None) -> list[int]
 
 
 def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], steps: int, p: str, p_value: float,
-                 seed: int, max_subsets: int | None, gap: bool, split: str, console: Any, progress: bool, total: int,
+                 seed: int, max_subsets: int | None, gap: bool, split: str, console: Any, progress: bool, params: str,
                  json_out: str | None) -> tuple[dict, Any] | None:
     """m-sharpness (and the surrogate gaps) under a progress bar, its table printed; the JSON
     report and the result (for the figures), or None off rank 0."""
@@ -157,18 +158,23 @@ def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], ste
     from .. import sharpness as sh
     from ._common import folded
 
+    total = sum(_subsets(batches, ms, max_subsets)) * len(rhos)
+    selection, chosen = parse_params(params), params_record(ckpt.model, params)
     with progress_bar(console, progress, "subsets") as bar:
         task = bar.add_task("m-sharpness", total=total)
         result = sh.m_sharpness(ckpt.model, F.cross_entropy, batches, m=ms, rho=rhos, steps=steps, p=p_value,
-                                seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k))
+                                seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k),
+                                params=selection)
     gaps = {str(r): v for r, v in sh.surrogate_gaps(ckpt.model, F.cross_entropy, batches, rhos=rhos,
-                                                    p=p_value).items()} if gap else None
+                                                    p=p_value, params=selection).items()} if gap else None
     if not dist_utils.is_main():
         return None
-    report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
+    report = {"checkpoint": str(ckpt.path), "split": split, **chosen, **result.to_dict()}
     for r in report["results"]:
         r.pop("values")
     out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
+    if params_line(chosen):
+        out.print(params_line(chosen), highlight=False)
     table = Table(title=f"m-sharpness ({steps} ascent steps, p = {p}; {result.n_examples} {split} examples, "
                         f"{result.wall_time:.1f}s)")
     for col in ("m", "rho", "m-sharpness", "+/- (s.e.)", "subsets"):
@@ -197,7 +203,7 @@ def _plot(ckpt: Any, result: Any, folder: Path, against_rho: bool, pdf: bool, co
 
 def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos: list[float], p: float,
                     adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool, seed: int,
-                    max_subsets: int | None, split: str, console: Any, progress: bool, total: int,
+                    max_subsets: int | None, split: str, console: Any, progress: bool, params: str,
                     json_out: str | None, outputs: Claim, target: Path | None, restarts: int | None = None,
                     context: AnalysisContext | None = None) -> None:
     """``--measure worst|average``: run it, print its table, write its JSON."""
@@ -208,7 +214,10 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
     from .. import measures
     from ._common import folded
 
-    options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=seed, max_subsets=max_subsets)
+    total = sum(_subsets(batches, ms, max_subsets)) * len(rhos)
+    chosen = params_record(ckpt.model, params)
+    options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=seed, max_subsets=max_subsets,
+                                   params=parse_params(params))
     if measure == "worst":
         options.update(steps=20 if steps is None else steps, random_start=random_start,
                        restarts=measures.DEFAULT_RESTARTS if restarts is None else restarts)
@@ -220,12 +229,14 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
                                     callback=lambda k: bar.advance(task, k), **options)
     if not dist_utils.is_main():
         return
-    report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
+    report = {"checkpoint": str(ckpt.path), "split": split, **chosen, **result.to_dict()}
     for r in report["results"]:
         r.pop("values")
         r.pop("error_values")
         r.pop("restart_values")
     out = rank0_console(stderr=json_out == "-")
+    if params_line(chosen):
+        out.print(params_line(chosen), highlight=False)
     how = (f"{result.steps} ascent steps x {result.restarts} restarts" if measure == "worst"
            else f"{result.steps} draws per subset")
     kind = ("adaptive " if adaptive else "") + f"{measure}-case"
@@ -262,6 +273,7 @@ def gradcos_command(
     data: Optional[str] = DATA,
     data_root: Optional[str] = DATA_ROOT,
     seed: int = seed_option("Seed of --samples."),
+    params: str = PARAMS,
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
     json_out: Optional[str] = JSON_SAVED,
     overwrite: bool = OVERWRITE,
@@ -286,13 +298,18 @@ def gradcos_command(
 
     from .. import sharpness as sh
     from ..errors import ConfigError
+    from ..objective import Objective
 
     target = json_target(json_out, checkpoint, "gradcos")
     outputs = claim([target], overwrite, "--json PATH", records=[target])
     ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
                                                (data, data_root))
-    res = sh.sam_gradient_cosine(ckpt.model, F.cross_entropy, batches, rho=rho)
+    obj = Objective(ckpt.model, F.cross_entropy, batches, params=parse_params(params))
+    res = sh.sam_gradient_cosine(obj, rho=rho)
+    notes = objective_record(obj, params)
     out = rank0_console(stderr=json_out == "-")
+    for line in objective_lines(notes):
+        out.print(line, highlight=False)
     out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)
     out.print(f"||grad L(w)|| = {res.gradient_norm:.4g}, ||SAM gradient|| = {res.sam_gradient_norm:.4g}, "
               f"||second-order term|| = {res.second_order_norm:.4g}, surrogate gap {res.surrogate_gap:.4g} "
@@ -303,5 +320,5 @@ def gradcos_command(
     if not math.isfinite(res.cosine):
         raise ConfigError("the cosine is not finite")
     outputs.clear()
-    save_report({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, target, rank0_console(stderr=True),
-                context)
+    save_report({"checkpoint": str(ckpt.path), "split": split, **notes, **res.to_dict()}, target,
+                rank0_console(stderr=True), context)

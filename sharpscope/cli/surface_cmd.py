@@ -11,9 +11,9 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, PDF, AnalysisContext, apply_determinism, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT,
-    TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, numbers,
-    point_progress, seed_option, write_json)
+    DATA, DATA_ROOT, DETERMINISTIC, PDF, AnalysisContext, apply_determinism, DEVICE, JSON_OUT, PARAMS, PROGRESS,
+    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, numbers,
+    params_line, params_record, parse_params, point_progress, seed_option, write_json)
 from ._landscape import BATCH_SIZE, METRIC, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import OVERWRITE, Claim, run_folder
 
@@ -125,6 +125,7 @@ def surface_command(
     device: str = DEVICE,
     metric: Optional[list[str]] = METRIC,
     deterministic: bool = DETERMINISTIC,
+    params: str = PARAMS,
 ) -> None:
     """Loss surface around a checkpoint (random directions) or over a run's trajectory plane.
 
@@ -142,7 +143,7 @@ def surface_command(
                        metric, trust_factory, radii, out, plot, pdf, json_out, overwrite)
     ckpt, batches, context = load_for_analysis(job.source, split, samples, batch_size or 4096, seed, trust_factory,
                                                device, (data, data_root))
-    options = job.options(split, samples, seed, ckpt.path, metric)
+    options = {**job.options(split, samples, seed, ckpt.path, metric), **params_record(ckpt.model, params)}
     plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, seed, norm,
                                ignore, dir_type, orthogonalize, progress, console)
     axes = _range_axes(ckpt.model, batches, plan, job.axes, range_mode, range_factor, range_max, batch_size, options,
@@ -279,6 +280,11 @@ def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Pat
     from .. import landscape as ls
 
     plan: dict[str, Any] = {"compare": [], "explained": None, "path": None, "residual": None}
+    if params_line(options):
+        console.print(params_line(options), highlight=False)
+    selection = parse_params(options.get("params", "all"))  # directions over these parameters only
+    if trajectory is not None and selection != "all":
+        raise ConfigError("--params applies to random and hessian directions, not to a --trajectory plane")
     if trajectory is not None:
         snaps = _snapshots(trajectory)
         traj = ls.trajectory_directions(model, snaps, ignore=ignore)
@@ -289,7 +295,7 @@ def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Pat
     elif directions_kind == "hessian":
         with hvp_progress(console, progress) as bar:
             task = bar.add_task(f"top-{dim} Hessian eigenvectors", total=None)
-            eig = ls.hessian_directions(model, F.cross_entropy, batches, k=dim, seed=seed,
+            eig = ls.hessian_directions(model, F.cross_entropy, batches, k=dim, seed=seed, params=selection,
                                         on_hvp=lambda n: bar.advance(task, n))
         plan.update(directions=eig.directions, kind="hessian", eig=eig)
         options.update({"directions": "hessian", "eigenvalues": eig.eigenvalues, "slopes": eig.slopes,
@@ -297,10 +303,11 @@ def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Pat
                         "n_hvp": eig.result.n_hvp})
         if dim == 1:  # the comparison: a random direction of the same (unit) norm
             options.update({"random_norm": norm, "ignore": ignore})
-            plan["compare"] = [ls.scale_to_norm(ls.random_direction(model, norm=norm, ignore=ignore, seed=seed), 1.0)]
+            plan["compare"] = [ls.scale_to_norm(ls.random_direction(model, norm=norm, ignore=ignore, seed=seed,
+                                                                    params=selection), 1.0)]
     else:
         plan.update(directions=ls.random_directions(model, dim, seed=seed, orthogonal=orthogonalize, norm=norm,
-                                                    ignore=ignore, dir_type=dir_type), kind="random")
+                                                    ignore=ignore, dir_type=dir_type, params=selection), kind="random")
         options.update({"norm": norm, "ignore": ignore, "orthogonalize": orthogonalize, "dir_type": dir_type})
     if path_run is not None:
         snaps = _snapshots(path_run, minimum=1)

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, apply_determinism, TRUST_FACTORY, console as rank0_console
+from ._common import (DETERMINISTIC, PARAMS, apply_determinism, TRUST_FACTORY, console as rank0_console,
+                      params_line, params_record, parse_params)
 from ._results import JSON_SAVED, OVERWRITE, claim, json_target, save_report
 
 
@@ -19,6 +20,7 @@ def weights_command(
     overwrite: bool = OVERWRITE,
     trust_factory: bool = TRUST_FACTORY,
     deterministic: bool = DETERMINISTIC,
+    params: str = PARAMS,
 ) -> None:
     """Per layer: the power-law exponent alpha of the eigenvalues of W^T W (KS-chosen xmin),
     alpha-weighted, log Frobenius and spectral norms, stable rank; and their means. No data.
@@ -38,8 +40,11 @@ def weights_command(
     target = json_target(json_out, checkpoint, "weights")
     outputs = claim([target], overwrite, "--json PATH", records=[target])
     ckpt = load_checkpoint(checkpoint, allow_factory=trust_factory)
-    res = weight_spectra(ckpt.model)
+    res = weight_spectra(ckpt.model, None if params == "all" else parse_params(params))
+    chosen = params_record(ckpt.model, params)
     out = rank0_console(stderr=json_out == "-")
+    if params_line(chosen):
+        out.print(params_line(chosen), highlight=False)
     table = Table(title=f"Weight spectra of {ckpt.path} ({len(res.layers)} layers)")
     for col in ("layer", "shape", "evals", "alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
         table.add_column(col, justify="left" if col in ("layer", "shape") else "right")
@@ -52,4 +57,4 @@ def weights_command(
     if res.skipped:
         out.print(f"skipped (fewer than 8 eigenvalues): {', '.join(res.skipped)}", highlight=False)
     outputs.clear()
-    save_report({"checkpoint": str(ckpt.path), **res.to_dict()}, target, rank0_console(stderr=True))
+    save_report({"checkpoint": str(ckpt.path), **chosen, **res.to_dict()}, target, rank0_console(stderr=True))

@@ -3,7 +3,7 @@
 Hessian eigenvectors; topological summaries (minima, merge tree, persistence) of a grid."""
 
 from .directions import (DIR_TYPES, IGNORES, NORMS, Direction, normalize_direction, orthogonalize,
-                         random_direction, random_directions, scale_to_norm, state_buffer_names)
+                         random_direction, random_directions, restrict, scale_to_norm, state_buffer_names)
 from .extent import AutoRange, PathProjection, auto_grid, auto_range, project_snapshots
 from .eigen import HessianDirections, eigenvector_directions, hessian_directions
 from .surface import SurfaceResult, interpolate, load_directions, parse_grid, surface
@@ -18,6 +18,7 @@ __all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "no
            "SurfaceTopology", "surface_topology", "auto_range", "AutoRange", "project_snapshots",
            "PathProjection"]
 __all__ += ["random_directions", "auto_grid", "trajectory_grid"]
+__all__ += ["restrict"]  # a direction kept to the parameters chosen by name (zero elsewhere)
 __all__ += ["MetricFn", "import_metric"]  # custom per-batch metrics (sharpscope.landscape.metrics)
 
 

@@ -51,11 +51,11 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..objective import biasbn_names
+from ..objective import biasbn_names, moved_parameters
 
 __all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "random_directions", "normalize_direction", "orthogonalize",
            "difference", "dot", "norm", "zero_like", "scaled_sum", "scale_to_norm", "ignored_names",
-           "state_buffer_names", "check_options"]
+           "state_buffer_names", "check_options", "restrict"]
 
 Direction = dict[str, Tensor]
 NORMS = ("filter", "layer", "weight", "dfilter", "dlayer", "none")
@@ -145,30 +145,46 @@ def normalize_direction(direction: Direction, model: nn.Module, norm: str = "fil
     return out
 
 
+def restrict(direction: Direction, model: nn.Module, params: object = None) -> Direction:
+    """``direction`` with the entries of the parameters that ``params`` does not select set to
+    zero (:func:`sharpscope.objective.moved_parameters`: glob patterns, ``"no-biasbn"``, a
+    callable; None selects every trainable parameter, so a frozen one, ``requires_grad=False``
+    as a LoRA model's base weights, stays put, unless none is trainable). Buffer entries (a
+    "states" direction) are kept.
+    ``direction`` itself when every parameter is selected."""
+    chosen = set(moved_parameters(model, params))
+    drop = [n for n, _ in model.named_parameters() if n not in chosen and n in direction]
+    if not drop:
+        return direction
+    return {n: torch.zeros_like(d) if n in drop else d for n, d in direction.items()}
+
+
 def random_direction(model: nn.Module, norm: str = "filter", ignore: str = "biasbn", seed: int = 0,
-                     dir_type: str = "weights") -> Direction:
+                     dir_type: str = "weights", params: object = None) -> Direction:
     """A seeded Gaussian direction, normalized (Li et al. 2018; module docstring). Draws on the
     CPU with its own generator, so the same seed gives the same direction on any device.
-    ``dir_type="states"`` also covers the floating-point state buffers (BN statistics)."""
+    ``dir_type="states"`` also covers the floating-point state buffers (BN statistics).
+    ``params`` restricts it to some parameters (:func:`restrict`): the draw is the same, the
+    other parameters' entries are zero."""
     check_options(norm, ignore, dir_type)
     gen = torch.Generator().manual_seed(seed)
     raw = {n: torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
            for n, t in _targets(model, dir_type).items()}
-    return normalize_direction(raw, model, norm, ignore)
+    return restrict(normalize_direction(raw, model, norm, ignore), model, params)
 
 
 def random_directions(model: nn.Module, k: int, seed: int = 0, orthogonal: bool = False, norm: str = "filter",
-                      ignore: str = "biasbn", dir_type: str = "weights") -> list[Direction]:
+                      ignore: str = "biasbn", dir_type: str = "weights", params: object = None) -> list[Direction]:
     """``k`` seeded random directions (:func:`random_direction`), direction i drawn with seed
     ``seed + i``. With ``orthogonal``, each is made orthogonal to the ones before it by
     Gram-Schmidt in the flat parameter space (:func:`orthogonalize` against each earlier
     direction in turn: d_i <- d_i - (d_i . d_j / d_j . d_j) d_j for j = 0, ..., i - 1), which
-    changes its norm; the first is left as drawn."""
+    changes its norm; the first is left as drawn. ``params``: as in :func:`random_direction`."""
     if k < 1:
         raise ConfigError(f"random_directions needs k >= 1, got {k}")
     directions: list[Direction] = []
     for i in range(k):
-        d = random_direction(model, norm=norm, ignore=ignore, seed=seed + i, dir_type=dir_type)
+        d = random_direction(model, norm=norm, ignore=ignore, seed=seed + i, dir_type=dir_type, params=params)
         if orthogonal:
             for earlier in directions:
                 d = orthogonalize(d, earlier)

@@ -50,7 +50,7 @@ from ..io import atomic_write_bytes
 from ..checks import require_grid_memory
 from ..errors import ConfigError, NonFiniteLossError
 from ..objective import eval_mode, require_finite_tensors
-from .directions import Direction, difference, state_buffer_names
+from .directions import Direction, difference, restrict, state_buffer_names
 from .metrics import MetricCall, MetricFn, check_metrics, metric_value
 from .surface_result import SurfaceResult, load_directions
 
@@ -447,12 +447,15 @@ def interpolate(
     alphas: Sequence[float] | np.ndarray, *, buffers: str = "interpolate", chunk_size: int | None = None,
     name_a: str = "A", name_b: str = "B", on_point: Callable[[int, float, float], None] | None = None,
     cache: bool | str = "auto", cache_bytes: int | None = None, metrics: Mapping[str, MetricFn] | None = None,
+    params: object = None,
 ) -> SurfaceResult:
     """Loss and accuracy along theta(alpha) = (1 - alpha) theta_A + alpha theta_B
     (Goodfellow, Vinyals, Saxe 2015), alpha = 0 at A. ``buffers="interpolate"`` also
     interpolates floating-point buffers (BN running statistics); ``"keep"`` uses A's.
     ``cache``/``cache_bytes`` and ``metrics`` as in :func:`surface` (the metrics see model A's
-    module with theta(alpha) swapped in)."""
+    module with theta(alpha) swapped in). ``params`` chooses the parameters that move (glob
+    patterns etc., :func:`sharpscope.landscape.directions.restrict`; default every trainable
+    one): the others keep A's values."""
     metric_fns = check_metrics(metrics)
     require_grid_memory(len(alphas))
     if buffers not in ("interpolate", "keep"):
@@ -460,7 +463,7 @@ def interpolate(
     start = time.perf_counter()
     pa = {n: p.detach() for n, p in model_a.named_parameters()}
     pb = {n: p.detach() for n, p in model_b.named_parameters()}
-    direction = difference(pb, pa)
+    direction = restrict(difference(pb, pa), model_a, params)
     ba = {n: b.detach() for n, b in model_a.named_buffers()}
     bb = {n: b.detach() for n, b in model_b.named_buffers()}
     if buffers == "interpolate" and ba.keys() != bb.keys():

@@ -1,0 +1,118 @@
+"""What a parameter is, read off its name: the transformer block it sits in and its kind.
+
+Per-layer curvature (:func:`sharpscope.hessian.layer_summary`) groups parameters by these
+rules, which cover the names of GPT-2 (``transformer.wte`` / ``wpe``, ``transformer.h.N.attn``
+/ ``mlp`` / ``ln_1`` / ``ln_2``, ``transformer.ln_f``, ``lm_head``), BERT
+(``bert.embeddings.*``, ``bert.encoder.layer.N.attention`` / ``intermediate`` / ``output``,
+``bert.pooler``, ``classifier``), ViT, Llama-style models (``model.layers.N.self_attn`` /
+``mlp`` / ``input_layernorm``) and plain ``nn.TransformerEncoder`` (``layers.N.self_attn`` /
+``linear1`` / ``linear2`` / ``norm1`` / ``norm2``), and their LoRA versions (peft adds
+``base_model.model.`` in front and ``lora_A.default`` behind: the rules still apply).
+
+* **Block.** A parameter whose name holds ``<h|layer|layers|block|blocks>.<N>.`` belongs to
+  that numbered block (``transformer.h.3``, ``bert.encoder.layer.0``). A model with such names
+  is grouped into its blocks, and every parameter outside them into the module that owns it
+  (``transformer.wte``, ``transformer.ln_f``, ``lm_head``). Fallback, for a model with no such
+  name (every built-in convnet): the outermost module below the root that is not a
+  ``Sequential`` / ``ModuleList`` / ``ModuleDict`` (a residual block, a stem, a head), as before.
+* **Kind.** The first rule that claims a parameter, in this order: ``norm`` (owned by a
+  normalization layer, or a name part containing ``norm`` or starting with ``ln``),
+  ``embeddings`` (owned by ``nn.Embedding``, or a name part ``wte`` / ``wpe`` or containing
+  ``embed``), ``attention`` (owned by ``nn.MultiheadAttention``, or a name part containing
+  ``attn`` / ``attention``, or ``query`` / ``key`` / ``value`` / ``q_proj`` / ``k_proj`` /
+  ``v_proj`` / ``o_proj`` / ``qkv``), ``mlp`` (a name part ``mlp``, ``ffn``, ``feed_forward``,
+  ``intermediate``, ``fc1`` / ``fc2``, ``c_fc``, ``linear1`` / ``linear2``, ``gate_proj`` /
+  ``up_proj`` / ``down_proj``, or ``output`` inside a block: BERT's feed-forward output),
+  ``head`` (outside the blocks, a name part ``lm_head``, ``head``, ``classifier``, ``pooler``,
+  ``score``, ``fc``). Fallback: the owning module's type, ``conv`` (any ``nn.Conv*``),
+  ``linear`` (``nn.Linear``), else ``other``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from ..errors import ConfigError
+
+__all__ = ["GROUPINGS", "KINDS", "block_of", "kind_of", "group_parameters"]
+
+GROUPINGS = ("layer", "block", "kind")
+KINDS = ("embeddings", "attention", "mlp", "norm", "head", "conv", "linear", "other")
+
+_BLOCK = re.compile(r"^(.*?(?:^|\.)(?:h|layer|layers|block|blocks)\.\d+)\.")
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_ATTENTION_PARTS = {"query", "key", "value", "q_proj", "k_proj", "v_proj", "o_proj", "qkv", "c_attn"}
+_MLP_PARTS = {"mlp", "ffn", "feed_forward", "feedforward", "intermediate", "fc1", "fc2", "c_fc", "linear1",
+              "linear2", "gate_proj", "up_proj", "down_proj"}
+_HEAD_PARTS = {"lm_head", "head", "classifier", "pooler", "score", "fc"}
+
+
+def block_of(name: str) -> str | None:
+    """The numbered transformer block a parameter name sits in (``"transformer.h.3"``), or None."""
+    match = _BLOCK.match(name)
+    return match.group(1) if match else None
+
+
+def _owner(model: nn.Module, name: str) -> nn.Module | None:
+    owner = name.rpartition(".")[0]
+    try:
+        return model.get_submodule(owner) if owner else model
+    except AttributeError:
+        return None
+
+
+def kind_of(model: nn.Module, name: str) -> str:
+    """The kind of parameter ``name`` of ``model``: one of :data:`KINDS` (module docstring)."""
+    module = _owner(model, name)
+    parts = [p.lower() for p in name.split(".")[:-1]]
+    block = block_of(name)
+    if isinstance(module, _NORM_TYPES) or any("norm" in p or p.startswith("ln") for p in parts):
+        return "norm"
+    if isinstance(module, nn.Embedding) or any(p in ("wte", "wpe") or "embed" in p for p in parts):
+        return "embeddings"
+    if (isinstance(module, nn.MultiheadAttention)
+            or any("attn" in p or "attention" in p or p in _ATTENTION_PARTS for p in parts)):
+        return "attention"
+    if any(p in _MLP_PARTS for p in parts) or (block is not None and "output" in parts):
+        return "mlp"
+    if block is None and any(p in _HEAD_PARTS for p in parts):
+        return "head"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "conv"
+    return "linear" if isinstance(module, nn.Linear) else "other"
+
+
+def _outermost(modules: dict[str, nn.Module], owner: str) -> str:
+    """The outermost module below the root on the path to ``owner`` that is not a container."""
+    parts = owner.split(".")
+    for i in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:i])
+        if not isinstance(modules[prefix], _CONTAINERS):
+            return prefix
+    return owner
+
+
+def group_parameters(model: nn.Module, by: str = "layer") -> dict[str, list[str]]:
+    """Names of the trainable parameters (``requires_grad``) grouped ``by`` ``"layer"`` (the
+    module that owns them), ``"block"`` or ``"kind"`` (module docstring), in model order."""
+    if by not in GROUPINGS:
+        raise ConfigError(f"group by {', '.join(GROUPINGS)}; got {by!r}")
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    modules = dict(model.named_modules())
+    transformer = by == "block" and any(block_of(n) is not None for n in names)
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        owner = name.rpartition(".")[0]
+        if by == "kind":
+            key = kind_of(model, name)
+        elif transformer:
+            key = block_of(name) or owner
+        elif by == "block" and owner:
+            key = _outermost(modules, owner)
+        else:
+            key = owner
+        groups.setdefault(key or "(root)", []).append(name)
+    return groups
