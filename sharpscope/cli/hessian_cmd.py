@@ -10,6 +10,7 @@ import typer
 
 from ..errors import ConfigError
 from ._app import app, deferred_help
+from ._common import data_loss
 from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES,
     SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, seed_option)
@@ -54,7 +55,6 @@ def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, 
     have the same parameters and data set; B joins ``context`` (its training environment)."""
     if path is None:
         return None, ""
-    import torch.nn.functional as F
 
     from ..checkpoint import load_checkpoint
     from ..errors import ConfigError
@@ -76,7 +76,7 @@ def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, 
     label = (ckpt_b.config or {}).get("optimizer", "B").upper()
     label_a = (ckpt.config or {}).get("optimizer", "model").upper()
     label = f"{label} (B)" if label == label_a else label
-    return Objective(ckpt_b.model, F.cross_entropy, obj.batches, params=selection, hvp_mode=hvp_mode), label
+    return Objective(ckpt_b.model, data_loss(obj.batches), obj.batches, params=selection, hvp_mode=hvp_mode), label
 
 
 def _hvp_modes_help() -> str:
@@ -171,12 +171,11 @@ def _objectives(ckpt: Any, batches: list, split: str, params: str, o: _Settings,
                 trust_factory: bool, context: AnalysisContext) -> tuple[Any, Any, str, dict]:
     """The objective over ``--params``, B's for --overlap-with (or None) and its label, each
     refused before the first product if it cannot be computed; and the report's first fields."""
-    import torch.nn.functional as F
 
     from ..objective import Objective
 
     selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
-    obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=o.hvp_mode)
+    obj = Objective(ckpt.model, data_loss(batches), batches, params=selection, hvp_mode=o.hvp_mode)
     _preflight(obj.n, ckpt.model, o.trace, o.trace_matvecs, o.density, o.runs, o.steps, o.per_layer, o.by)
     obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, trust_factory, context)
     report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,
@@ -237,7 +236,6 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
              console: Console, progress: bool) -> dict:
     """Run the analyses under one progress bar, saying how many products they take (after the
     first) and, once the first few are timed, how long (:class:`~sharpscope.cli.progress.ProductPlan`)."""
-    import torch.nn.functional as F
 
     from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
     from ..objective import parameter_groups
@@ -288,7 +286,7 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
         obj.release()
         if o.per_layer:
             task = bar.add_task(f"per {o.by}", total=groups)
-            results["per_layer"] = hs.layer_summary(ckpt.model, F.cross_entropy, batches, by=o.by, seed=o.seed,
+            results["per_layer"] = hs.layer_summary(ckpt.model, data_loss(batches), batches, by=o.by, seed=o.seed,
                                                     hvp_mode=o.hvp_mode, callback=lambda name: bar.advance(task),
                                                     **curv)
     return results

@@ -9,6 +9,7 @@ import typer
 
 from ..errors import ConfigError
 from ._app import app
+from ._common import data_loss
 from ._common import (DATA, DATA_ROOT, DETERMINISTIC, DEVICE, JSON_OUT, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
                       apply_determinism, console as rank0_console, load_for_analysis, point_progress, seed_option,
                       write_json)
@@ -64,7 +65,6 @@ def interpolate_command(
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """
     apply_determinism(deterministic)
-    import torch.nn.functional as F
 
     from .. import distributed as dist_utils
     from .. import landscape as ls
@@ -84,7 +84,7 @@ def interpolate_command(
     name_b = (ckpt_b.config or {}).get("optimizer", "B").upper()
     with point_progress(console, progress) as bar:
         task = bar.add_task("interpolation", total=len(alphas))
-        result = ls.interpolate(ckpt_a.model, ckpt_b.model, F.cross_entropy, batches, alphas, buffers=buffers,
+        result = ls.interpolate(ckpt_a.model, ckpt_b.model, data_loss(batches), batches, alphas, buffers=buffers,
                                 chunk_size=batch_size, name_a=name_a, name_b=name_b,
                                 on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None)
     if not dist_utils.is_main():

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 
 from ._app import app
+from ._common import data_loss
 from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES,
     SPLIT, TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option)
@@ -150,7 +151,6 @@ def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], ste
                  json_out: str | None) -> tuple[dict, Any] | None:
     """m-sharpness (and the surrogate gaps) under a progress bar, its table printed; the JSON
     report and the result (for the figures), or None off rank 0."""
-    import torch.nn.functional as F
     from rich.table import Table
 
     from .. import distributed as dist_utils
@@ -159,9 +159,9 @@ def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], ste
 
     with progress_bar(console, progress, "subsets") as bar:
         task = bar.add_task("m-sharpness", total=total)
-        result = sh.m_sharpness(ckpt.model, F.cross_entropy, batches, m=ms, rho=rhos, steps=steps, p=p_value,
+        result = sh.m_sharpness(ckpt.model, data_loss(batches), batches, m=ms, rho=rhos, steps=steps, p=p_value,
                                 seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k))
-    gaps = {str(r): v for r, v in sh.surrogate_gaps(ckpt.model, F.cross_entropy, batches, rhos=rhos,
+    gaps = {str(r): v for r, v in sh.surrogate_gaps(ckpt.model, data_loss(batches), batches, rhos=rhos,
                                                     p=p_value).items()} if gap else None
     if not dist_utils.is_main():
         return None
@@ -201,7 +201,6 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
                     json_out: str | None, outputs: Claim, target: Path | None, restarts: int | None = None,
                     context: AnalysisContext | None = None) -> None:
     """``--measure worst|average``: run it, print its table, write its JSON."""
-    import torch.nn.functional as F
     from rich.table import Table
 
     from .. import distributed as dist_utils
@@ -216,7 +215,7 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
         options.update(samples=draws)
     with progress_bar(console, progress, "subsets") as bar:
         task = bar.add_task(f"{measure}-case sharpness", total=total)
-        result = measures.sharpness(ckpt.model, F.cross_entropy, batches, measure=measure,
+        result = measures.sharpness(ckpt.model, data_loss(batches), batches, measure=measure,
                                     callback=lambda k: bar.advance(task, k), **options)
     if not dist_utils.is_main():
         return
@@ -282,7 +281,6 @@ def gradcos_command(
     apply_determinism(deterministic)
     import math
 
-    import torch.nn.functional as F
 
     from .. import sharpness as sh
     from ..errors import ConfigError
@@ -291,7 +289,7 @@ def gradcos_command(
     outputs = claim([target], overwrite, "--json PATH", records=[target])
     ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
                                                (data, data_root))
-    res = sh.sam_gradient_cosine(ckpt.model, F.cross_entropy, batches, rho=rho)
+    res = sh.sam_gradient_cosine(ckpt.model, data_loss(batches), batches, rho=rho)
     out = rank0_console(stderr=json_out == "-")
     out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)
     out.print(f"||grad L(w)|| = {res.gradient_norm:.4g}, ||SAM gradient|| = {res.sam_gradient_norm:.4g}, "

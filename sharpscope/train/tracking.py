@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch.nn.functional as F
 
 from .. import measure_table
 from ..errors import ConfigError
@@ -105,7 +104,8 @@ class TrackingCallback(Callback):
         model, out = state.model, {}
         settings = {**TRACK_SETTINGS, "samples": self.samples, "seed": self.seed, "rho": self.rho}
         measures = [measure_table.MEASURES[k] for k in self.keys]
-        obj = Objective(model, F.cross_entropy, self.batches)  # one double-backward graph for the Hessian ones
+        # one double-backward graph for the Hessian ones; the data's loss (token data: per token)
+        obj = Objective(model, state.data.loss_fn, self.batches)
         for m in [m for m in measures if m.shares_objective]:
             out[m.name] = m.headline(m.compute(model, self.batches, settings, obj))
             if m.name == "lambda_max":
