@@ -161,3 +161,23 @@ def test_an_image_model_on_text_is_one_line_and_exit_2(cli, tmp_path):
     code, out, err = cli(["train", "--data", "text", "--model", "mlp", "--n-train", "8", "--epochs", "1",
                           "--out", str(tmp_path / "run")])
     assert code == 2 and "language model" in err and "Traceback" not in err
+
+
+@needs_transformers
+def test_nanogpt_tokens_train_from_the_cli_with_tracking_and_sam_over_adamw(cli, tmp_path):
+    """--data tokens end to end; tracking measures with the token loss, and reports no SGD edge
+    of stability for SAM over AdamW (that edge, (2 + 2 beta) / lr, is heavy-ball SGD's)."""
+    rng = np.random.default_rng(0)
+    rng.integers(0, 50, 600).astype(np.uint16).tofile(tmp_path / "train.bin")
+    rng.integers(0, 50, 200).astype(np.uint16).tofile(tmp_path / "val.bin")
+    opts = [x for k, v in GPT.items() for x in ("--model-opt", f"{k}={v}")]
+    code, out, err = cli(["train", "--data", "tokens", "--data-root", str(tmp_path), "--model", "gpt", *opts,
+                          "--block-size", "8", "--batch-size", "8", "--epochs", "1", "--optimizer", "sam",
+                          "--base-optimizer", "adamw", "--lr", "1e-3", "--track", "lambda_max,m_sharpness",
+                          "--track-samples", "16", "--no-snapshots", "--no-progress", "--out", str(tmp_path / "run")])
+    assert code in (0, None), err
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["lambda_max"] > 0 and "m_sharpness" in record and "edge_of_stability" not in record
+    assert record["test_ppl"] == pytest.approx(math.exp(record["test_loss"]))
+    spec = load_checkpoint(tmp_path / "run" / "checkpoint.pt").model_spec
+    assert spec["num_classes"] == 50 and spec["input_shape"] == [8]

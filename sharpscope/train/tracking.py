@@ -29,6 +29,7 @@ from typing import Any
 from .. import measure_table
 from ..errors import ConfigError
 from ..objective import Objective
+from ..optim import registry
 from .callbacks import Callback, TrainState
 
 __all__ = ["TRACKABLE", "TRACK_SETTINGS", "trackable", "TrackingCallback", "stability_threshold",
@@ -121,8 +122,12 @@ class TrackingCallback(Callback):
 
     def _edges(self, state: TrainState, obj: Objective) -> dict[str, float]:
         """The edge of stability at the last step's learning rate; for SAM (p = 2, whole-batch
-        perturbations) also its own, from ||grad L|| on the tracking subset (one gradient)."""
+        perturbations) also its own, from ||grad L|| on the tracking subset (one gradient).
+        None for AdamW, alone or as SAM's base (its edge is one of the preconditioned Hessian)."""
         config = state.config
+        base = config.base_optimizer if registry.get(config.optimizer).perturbs else config.optimizer
+        if base == "adamw":  # (2 + 2 beta) / lr is (heavy-ball) SGD's edge
+            return {}
         lr = float(state.optimizer.param_groups[0]["lr"])
         edges = {"edge_of_stability": stability_threshold(lr, config.momentum)}
         if config.optimizer == "sam" and config.p == 2 and config.m is None and config.effective_rho > 0:
