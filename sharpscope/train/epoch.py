@@ -18,7 +18,15 @@ from ..errors import NonFiniteLossError
 from ..tokens import logits_of
 from .config import DIVERGED_FACTOR, TrainConfig
 
-__all__ = ["epoch_plan", "crop_and_flip", "evaluate", "check_diverged", "LogitsOnly"]
+__all__ = ["epoch_plan", "crop_and_flip", "evaluate", "check_diverged", "LogitsOnly", "token_eval_batch"]
+
+_EVAL_LOGITS = 1 << 24  # float32 logits an evaluation batch of token data may hold (64 MiB)
+
+
+def token_eval_batch(batch_size: int, block_size: int, vocab: int) -> int:
+    """Blocks per evaluation batch of token data: as many as keep the logits (B, T, V) within
+    64 MiB of float32, at most 1024, and at least the training batch."""
+    return max(int(batch_size), min(1024, _EVAL_LOGITS // max(1, block_size * vocab)))
 
 
 class LogitsOnly(nn.Module):

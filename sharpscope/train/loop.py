@@ -44,7 +44,7 @@ from ..optim import SAM, StepResult, bn_modules, convert_to_global_bn, registry,
 from ..optim.passes import micro_batch_count
 from .callbacks import Callback, TrainState
 from .config import AMP_DTYPES, TrainConfig, TrainResult, learning_rate
-from .epoch import LogitsOnly, check_diverged, crop_and_flip, epoch_plan, evaluate
+from .epoch import LogitsOnly, check_diverged, crop_and_flip, epoch_plan, evaluate, token_eval_batch
 from .launch import (check_fits, check_launch, check_model, check_ranks, model_spec_for, open_run, per_rank_bn_note,
                      trusted_factory)
 from .state import append_metrics, rng_state, set_rng_state, sigint_requests_stop, write_metrics_file
@@ -401,8 +401,9 @@ def _epoch_record(run: _Run) -> dict[str, Any]:
     the test loss and accuracy."""
     run.sums = sums = _reduced_sums(run)
     count = max(1.0, sums["count"])
-    test_loss, test_acc = evaluate(run.model, run.x_test, run.y_test,
-                                   **({"batch_size": run.config.batch_size} if run.data.is_tokens else {}))
+    sizes = ({"batch_size": token_eval_batch(run.config.batch_size, run.x_test.shape[-1], run.data.num_classes)}
+             if run.data.is_tokens else {})
+    test_loss, test_acc = evaluate(run.model, run.x_test, run.y_test, **sizes)
     record = {
         "epoch": run.state.epoch + 1, "step": run.state.step, "lr": run.lr,
         "train_loss": sums["loss"] / count, "train_acc": sums["correct"] / count,
