@@ -181,3 +181,24 @@ def test_nanogpt_tokens_train_from_the_cli_with_tracking_and_sam_over_adamw(cli,
     assert record["test_ppl"] == pytest.approx(math.exp(record["test_loss"]))
     spec = load_checkpoint(tmp_path / "run" / "checkpoint.pt").model_spec
     assert spec["num_classes"] == 50 and spec["input_shape"] == [8]
+
+
+def ranks_train(out: str, config: dict) -> None:
+    """One training run on this rank (module level: the spawned ranks import it by name)."""
+    train(TrainConfig(**config), out)
+
+
+@needs_transformers
+@pytest.mark.slow
+def test_two_ranks_on_text_equal_one_process_global_batch_sam(tmp_path):
+    """Two gloo ranks training a GPT on text (DDP around the logits), one perturbation from the
+    all-reduced gradient: the one-process SAM run, to float32 rounding."""
+    import torch.distributed as dist
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    from _ranks import run_on_ranks
+    config = _config(epochs=1, sync_perturbation=True).to_dict()
+    run_on_ranks(tmp_path, ranks_train, str(tmp_path / "ddp"), config)
+    train(TrainConfig(**config), tmp_path / "one")
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model_state"] for d in ("ddp", "one"))
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) < 1e-5
