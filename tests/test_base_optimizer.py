@@ -118,3 +118,18 @@ def test_wsam_over_adamw_builds_and_steps():
     sam_step(model, F.cross_entropy, x, y, opt)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+def test_a_resumed_sam_over_adamw_run_equals_the_run_that_never_stopped(tmp_path):
+    """AdamW's moments (the base optimizer's state) travel in the checkpoint."""
+    from sharpscope.train import train
+    options = dict(optimizer="sam", base_optimizer="adamw", lr=1e-3, model="mlp", model_kwargs={"hidden": [8]},
+                   data="synthetic", n_train=64, batch_size=16, schedule="constant", keep_snapshots=False)
+    straight = train(TrainConfig(epochs=2, **options), tmp_path / "straight")
+    train(TrainConfig(epochs=1, **options), tmp_path / "resumed")
+    resumed = train(TrainConfig(epochs=2, **options), tmp_path / "resumed", resume=True)
+    a, b = (torch.load(r.checkpoint, weights_only=True) for r in (straight, resumed))
+    assert all(torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
+    assert set(a["optimizer_state"]["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    with pytest.raises(ConfigError):
+        train(TrainConfig(epochs=3, **{**options, "base_optimizer": "sgd"}), tmp_path / "resumed", resume=True)
