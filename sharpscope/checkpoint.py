@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ._version import __version__
-from .errors import CheckpointError, DataChangedWarning, DataMismatchError, ModelSpecError
+from .errors import CheckpointError, ConfigError, DataChangedWarning, DataMismatchError, ModelSpecError
 from .io import atomic_write_bytes as _atomic_write  # (not bound as a public name here: see __getattr__)
 
 FORMAT = "sharpscope-checkpoint"
@@ -348,7 +348,8 @@ def check_data_fits(model: nn.Module, data: Any, *, n: int = 8) -> int:
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    x = data.x_train[:n].to(device, dtype)
+    x = data.x_train[:n]
+    x = x.to(device, dtype) if x.is_floating_point() else x.to(device)  # token ids stay integers
     shape = tuple(data.x_train.shape[1:])
     was_training = model.training
     model.eval()
@@ -361,17 +362,32 @@ def check_data_fits(model: nn.Module, data: Any, *, n: int = 8) -> int:
                                 f"({type(err).__name__}: {first_line})") from None
     finally:
         model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != len(x):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataMismatchError(f"the data does not fit the model: {len(x)} inputs of shape {shape} give outputs "
-                                f"{got}, not ({len(x)}, K) class scores")
-    k = int(out.shape[1])
+    k = _class_scores(out, len(x), shape, tuple(data.y_train.shape[1:]))
     labels = [t for t in (data.y_train, data.y_train_clean, data.y_test) if t.numel()]
     top = max(int(t.max()) for t in labels) if labels else -1
     if top >= k:
         raise DataMismatchError(f"the data does not fit the model: it has labels up to {top} ({top + 1} classes) "
                                 f"but the model scores {k} classes")
     return k
+
+
+def _class_scores(out: Any, n: int, shape: tuple[int, ...], label_shape: tuple[int, ...]) -> int:
+    """K of outputs that score K classes per label: (n, K) for one label per example, logits
+    (n, T, K) (a tensor or ``outputs.logits``) for token labels (n, T); else DataMismatchError."""
+    if label_shape:  # token data: logits per position
+        from .tokens import logits_of
+
+        try:
+            out = logits_of(out)
+        except ConfigError:
+            pass
+    want = (n, *label_shape)
+    if not isinstance(out, torch.Tensor) or out.dim() != len(want) + 1 or tuple(out.shape[:-1]) != want:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        what = "class scores" if not label_shape else "logits over a vocabulary (a language model: --model gpt)"
+        raise DataMismatchError(f"the data does not fit the model: {n} inputs of shape {shape} give outputs "
+                                f"{got}, not ({', '.join(map(str, want))}, K) {what}")
+    return int(out.shape[-1])
 
 
 def _fingerprint_note(recorded: dict | None, data: Any) -> list[str]:

@@ -173,10 +173,15 @@ def is_column(key: str) -> bool:
 def _objective(model: Any, batches: list, objective: Any) -> Any:
     if objective is not None:
         return objective
-    import torch.nn.functional as F
-
     from .objective import Objective
-    return Objective(model, F.cross_entropy, batches)
+    return Objective(model, _loss(batches), batches)
+
+
+def _loss(batches: Sequence) -> Any:
+    """The loss of the batches' labels: cross-entropy, or the token-mean loss for token labels
+    (:func:`sharpscope.data.loss_for_labels`)."""
+    from .data import loss_for_labels
+    return loss_for_labels(batches[0][1])
 
 
 def _n_examples(batches: Sequence) -> int:
@@ -204,14 +209,12 @@ def _density(model: Any, batches: list, s: Mapping[str, Any], objective: Any) ->
 
 
 def _m_sharpness(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any] | None:
-    import torch.nn.functional as F
-
     from . import sharpness
     n = _n_examples(batches)
     ms = [m for m in s["m_values"] if m <= n]
     if not ms:
         return None
-    res = sharpness.m_sharpness(model, F.cross_entropy, batches, m=ms, rho=s["rho"], steps=s["m_steps"],
+    res = sharpness.m_sharpness(model, _loss(batches), batches, m=ms, rho=s["rho"], steps=s["m_steps"],
                                 seed=s["seed"]).to_dict()
     for r in res["results"]:
         r.pop("values")  # per-subset values: large, summarized by mean and stderr
@@ -227,12 +230,10 @@ def _sharpness_measure(name: str, kind: str, rho: str, **options: Any) -> Comput
     """Worst- or average-case sharpness (:func:`sharpscope.measures.sharpness`) on subsets of
     ``worst_m`` examples at the radius setting ``rho``: loss and error increase."""
     def compute(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
-        import torch.nn.functional as F
-
         from . import measures
         extra = ({"steps": s["worst_steps"], "restarts": s["worst_restarts"]} if kind == "worst"
                  else {"samples": s["average_draws"]})
-        r = measures.sharpness(model, F.cross_entropy, batches, measure=kind, m=min(s["worst_m"], _n_examples(batches)),
+        r = measures.sharpness(model, _loss(batches), batches, measure=kind, m=min(s["worst_m"], _n_examples(batches)),
                                rho=s[rho], seed=s["seed"], **extra, **options).results[0]
         return {"loss_increase": r.loss_increase, "error_increase": r.error_increase}
     compute.__name__ = f"_{name}"

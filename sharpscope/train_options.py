@@ -53,11 +53,14 @@ TRAIN_OPTIONS: dict[str, TrainOption] = {
     "model_kwargs": _o({}, "pairs", "--model-opt", help="Model option KEY=VALUE, repeatable "
                        "(e.g. --model-opt bn=true --model-opt width=32)."),
     "data": _o("digits", "str", "--data", help="digits, mnist1d, synthetic, npz, mnist, fashion-mnist, cifar10, "
-               "cifar100."),
-    "data_root": _o(None, "str?", "--data-root", help="Folder (mnist, cifar) or .npz file."),
+               "cifar100; token data for language models (--model gpt): text (the standard library's pydoc help "
+               "text as byte tokens, nothing downloaded) or tokens (nanoGPT's train.bin/val.bin in --data-root)."),
+    "data_root": _o(None, "str?", "--data-root", help="Folder (mnist, cifar, tokens) or .npz file."),
     "label_noise": _o(0.0, "float", "--label-noise", help="Fraction of training labels replaced by uniformly "
                       "random classes, in [0, 1)."),
-    "n_train": _o(None, "int?", "--n-train", help="Train on a seeded subset of this size."),
+    "n_train": _o(None, "int?", "--n-train", help="Train on a seeded subset of this size (token data: of blocks)."),
+    "block_size": _o(64, "int", "--block-size", help="Token data (text, tokens): the context length T; each example "
+                     "is a block of T tokens and its T next tokens (nanoGPT's x, y). Other data ignore it."),
     "epochs": _o(40, "int", "--epochs", help="Number of epochs."),
     "batch_size": _o(64, "int", "--batch-size", "-b", help="Mini-batch size."),
     "grad_accum": _o(1, "int", "--grad-accum", help="Gradient accumulation: run each batch (each rank's slice) "
@@ -65,9 +68,14 @@ TRAIN_OPTIONS: dict[str, TrainOption] = {
                      "float rounding with about 1/N of the activation memory; batch norm normalizes each "
                      "micro-batch."),
     "lr": _o(0.1, "float", "--lr", help="Peak learning rate."),
-    "momentum": _o(0.9, "float", "--momentum", help="SGD momentum."),
+    "momentum": _o(0.9, "float", "--momentum", help="SGD momentum (AdamW: beta1)."),
     "nesterov": _o(False, "bool", "--nesterov/--no-nesterov", help="Nesterov momentum."),
-    "weight_decay": _o(5e-4, "float", "--weight-decay", "--wd", help="L2 weight decay."),
+    "weight_decay": _o(5e-4, "float", "--weight-decay", "--wd", help="L2 weight decay (AdamW: decoupled)."),
+    "base_optimizer": _o("sgd", "str", "--base-optimizer", help="What SAM and its variants wrap, the update step "
+                         "from the gradient at w + e: sgd or adamw (SAM over AdamW; AdamW alone is --optimizer "
+                         "adamw)."),
+    "beta2": _o(0.999, "float", "--beta2", help="AdamW's second-moment decay (its beta1 is --momentum)."),
+    "adam_eps": _o(1e-8, "float", "--adam-eps", help="AdamW's epsilon."),
     "schedule": _o("cosine", "str", "--schedule", help="cosine or constant."),
     "warmup_epochs": _o(0.0, "float", "--warmup", help="Linear warm-up length in epochs."),
     # None: the optimizer's default_rho (0.05; ASAM 0.5, Kwon et al.)

@@ -281,7 +281,8 @@ def test_spec_validate_errors():
         DataSpec(n_train=0).validate()
     with pytest.raises(ConfigError, match="seed"):
         DataSpec.from_dict({"seed": "abc"})
-    assert set(DATASETS) == {"digits", "mnist1d", "synthetic", "npz", "mnist", "fashion-mnist", "cifar10", "cifar100"}
+    assert set(DATASETS) == {"digits", "mnist1d", "synthetic", "npz", "mnist", "fashion-mnist", "cifar10", "cifar100",
+                             "text", "tokens"}
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,8 @@ TINY = dict(model="mlp", model_kwargs={"hidden": [16]}, data="synthetic", n_trai
 def test_the_table_is_what_the_seven_places_declared_before():
     """The values OPTIMIZERS, DEFAULT_RHO, VARIANTS, M_SAM_OPTIMIZERS and sweep.uses_option held
     as literals before the registry, now read off the classes."""
-    assert st.OPTIMIZERS == ("sgd", "sam", "asam", "rsam", "gsam", "wsam", "looksam", "fsam")
-    assert st.DEFAULT_RHO == {"sgd": 0.0, "sam": 0.05, "asam": 0.5, "rsam": 0.05, "gsam": 0.05, "wsam": 0.05,
+    assert st.OPTIMIZERS == ("sgd", "adamw", "sam", "asam", "rsam", "gsam", "wsam", "looksam", "fsam")
+    assert st.DEFAULT_RHO == {"sgd": 0.0, "adamw": 0.0, "sam": 0.05, "asam": 0.5, "rsam": 0.05, "gsam": 0.05, "wsam": 0.05,
                               "looksam": 0.05, "fsam": 0.05}
     assert {k: v[1] for k, v in st.VARIANTS.items()} == {
         "gsam": ("alpha", "rho_min"), "wsam": ("gamma", "decouple"), "looksam": ("k", "alpha"),
@@ -39,7 +39,7 @@ def test_the_table_is_what_the_seven_places_declared_before():
     assert st.M_SAM_OPTIMIZERS == ("sam", "asam", "rsam")
     for spec in registry.specs():  # m-SAM, the scaler and ranks: stated once, on the class
         flags = (spec.supports_m, spec.supports_scaler, spec.supports_ranks)
-        assert flags == ((False,) * 3 if spec.name in st.VARIANTS else (spec.name != "sgd", True, True))
+        assert flags == ((False,) * 3 if spec.name in st.VARIANTS else (spec.perturbs, True, True))
         if spec.perturbs:  # what sam_step reads off an instance is the same flag
             opt = spec.cls(nn.Linear(2, 2).parameters(), torch.optim.SGD, lr=0.1)
             assert (opt.supports_m, opt.supports_scaler) == flags[:2]
@@ -60,7 +60,7 @@ def test_each_name_builds_its_class():
 
 
 def test_unknown_names_are_refused_with_the_choices():
-    with pytest.raises(ConfigError, match="unknown optimizer 'adam'; choose one of sgd, sam, asam"):
+    with pytest.raises(ConfigError, match="unknown optimizer 'adam'; choose one of sgd, adamw, sam, asam"):
         TrainConfig(optimizer="adam")
     with pytest.raises(ConfigError, match="unknown optimizer"):
         registry.get("adam")
@@ -174,7 +174,7 @@ def test_the_cli_lists_and_trains_a_variant_it_has_never_heard_of(tmp_path, cli,
     a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt").model.state_dict() for d in ("toy", "sam"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     code, _, err = cli(["train", "-o", "nosuchsam", "--out", str(tmp_path / "none")])
-    assert code == 2 and "choose one of sgd, sam, asam, rsam, gsam, wsam, looksam, fsam, toysam" in err
+    assert code == 2 and "choose one of sgd, adamw, sam, asam, rsam, gsam, wsam, looksam, fsam, toysam" in err
 
 
 def test_a_variant_in_its_own_module_is_found_without_an_import_line(tmp_path, monkeypatch):

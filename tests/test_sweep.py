@@ -74,12 +74,12 @@ def test_names_depend_on_the_run_only_so_other_grids_share_runs():
 def test_every_perturbation_optimizer_keeps_its_options():
     for opt in OPTIMIZERS:
         for option in PERTURBATION_OPTIONS:
-            expected = (opt != "sgd" and (option != "eta" or opt == "asam")
+            expected = (opt not in ("sgd", "adamw") and (option != "eta" or opt == "asam")
                         and (option != "m" or opt in ("sam", "asam", "rsam")))
             assert uses_option(opt, option) == expected
     assert uses_option("sgd", "label_noise") and uses_option("sgd", "lr")
     config = SweepConfig(grid={"optimizer": ",".join(OPTIMIZERS), "rho": "0.05,0.5"}, seeds=1, base=dict(BASE))
-    assert len(config.runs()) == 1 + 2 * (len(OPTIMIZERS) - 1)
+    assert len(config.runs()) == 2 + 2 * (len(OPTIMIZERS) - 2)  # sgd and adamw read no rho
     asam = SweepConfig(grid={"optimizer": "sam,asam", "eta": "0.01,0.1"}, seeds=1, base=dict(BASE)).runs()
     assert len(asam) == 1 + 2  # SAM ignores eta
     family = SweepConfig(grid={"optimizer": "sam,gsam,looksam", "m": "none,4"}, seeds=1, base=dict(BASE)).runs()

@@ -98,6 +98,15 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
     return ckpt, data.batches(split, samples, batch_size, seed), context
 
 
+def data_loss(batches: list) -> Callable[[Any, Any], Any]:
+    """The loss the analysis verbs score batches of a data set with
+    (:func:`sharpscope.data.loss_for_labels` of their labels): cross-entropy over classes, or
+    the token-mean cross-entropy for token data (``--data text`` / ``tokens``)."""
+    from ..data import loss_for_labels
+
+    return loss_for_labels(batches[0][1])
+
+
 def write_json(obj: dict, where: str | None, context: AnalysisContext | None = None) -> None:
     """Write ``obj`` to the path ``where`` ('-' for stdout); nothing when None. Adds
     ``environment`` (this process: :func:`sharpscope.provenance.environment`) and, for an

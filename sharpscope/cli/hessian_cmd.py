@@ -13,8 +13,8 @@ from ..errors import ConfigError
 from ._app import app, deferred_help
 from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PARAMS, PROGRESS,
-    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis,
-    objective_lines, objective_record, parse_params, seed_option)
+    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, data_loss, finite, hvp_progress, is_main,
+    load_for_analysis, objective_lines, objective_record, parse_params, seed_option)
 from ._options import OLD_PLOT_DIR, OLD_STEPS, old_spelling
 from ._results import JSON_SAVED, OVERWRITE, announce, claim_analysis, save_report
 
@@ -56,7 +56,6 @@ def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, 
     have the same parameters and data set; B joins ``context`` (its training environment)."""
     if path is None:
         return None, ""
-    import torch.nn.functional as F
 
     from ..checkpoint import load_checkpoint
     from ..errors import ConfigError
@@ -78,7 +77,7 @@ def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, 
     label = (ckpt_b.config or {}).get("optimizer", "B").upper()
     label_a = (ckpt.config or {}).get("optimizer", "model").upper()
     label = f"{label} (B)" if label == label_a else label
-    return Objective(ckpt_b.model, F.cross_entropy, obj.batches, params=selection, hvp_mode=hvp_mode), label
+    return Objective(ckpt_b.model, data_loss(obj.batches), obj.batches, params=selection, hvp_mode=hvp_mode), label
 
 
 def _hvp_modes_help() -> str:
@@ -180,12 +179,11 @@ def _objectives(ckpt: Any, batches: list, split: str, params: str, o: _Settings,
                 trust_factory: bool, context: AnalysisContext) -> tuple[Any, Any, str, dict]:
     """The objective over ``--params``, B's for --overlap-with (or None) and its label, each
     refused before the first product if it cannot be computed; and the report's first fields."""
-    import torch.nn.functional as F
 
     from ..objective import Objective
 
     selection = parse_params(params)
-    obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=o.hvp_mode)
+    obj = Objective(ckpt.model, data_loss(batches), batches, params=selection, hvp_mode=o.hvp_mode)
     _preflight(obj.n, ckpt.model, o.trace, o.trace_matvecs, o.density, o.runs, o.steps, o.per_layer, o.by)
     obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, trust_factory, context)
     report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,
@@ -248,7 +246,6 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
              console: Console, progress: bool) -> dict:
     """Run the analyses under one progress bar, saying how many products they take (after the
     first) and, once the first few are timed, how long (:class:`~sharpscope.cli.progress.ProductPlan`)."""
-    import torch.nn.functional as F
 
     from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
     from ..objective import parameter_groups
@@ -301,7 +298,7 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
         obj.release()
         if o.per_layer:
             task = bar.add_task(f"per {o.by}", total=groups)
-            results["per_layer"] = hs.layer_summary(ckpt.model, F.cross_entropy, batches, by=o.by, seed=o.seed,
+            results["per_layer"] = hs.layer_summary(ckpt.model, data_loss(batches), batches, by=o.by, seed=o.seed,
                                                     hvp_mode=o.hvp_mode, callback=lambda name: bar.advance(task),
                                                     params=obj.names, **curv)
     return results

@@ -9,9 +9,10 @@ import typer
 
 from ..errors import ConfigError
 from ._app import app
-from ._common import (DATA, DATA_ROOT, DETERMINISTIC, DEVICE, JSON_OUT, PARAMS, PROGRESS, SAMPLES, SPLIT,
-                      TRUST_FACTORY, apply_determinism, console as rank0_console, load_for_analysis, params_line,
-                      params_record, parse_params, point_progress, seed_option, write_json)
+from ._common import (
+    DATA, DATA_ROOT, DETERMINISTIC, DEVICE, JSON_OUT, PARAMS, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
+    apply_determinism, console as rank0_console, data_loss, load_for_analysis, params_line, params_record,
+    parse_params, point_progress, seed_option, write_json)
 from ._landscape import BATCH_SIZE, METRIC, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import OVERWRITE, run_folder
 
@@ -65,7 +66,6 @@ def interpolate_command(
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """
     apply_determinism(deterministic)
-    import torch.nn.functional as F
 
     from .. import distributed as dist_utils
     from .. import landscape as ls
@@ -84,7 +84,7 @@ def interpolate_command(
     name_a, name_b = ((c.config or {}).get("optimizer", ab).upper() for c, ab in ((ckpt_a, "A"), (ckpt_b, "B")))
     with point_progress(console, progress) as bar:
         task = bar.add_task("interpolation", total=len(alphas))
-        result = ls.interpolate(ckpt_a.model, ckpt_b.model, F.cross_entropy, batches, alphas, buffers=buffers,
+        result = ls.interpolate(ckpt_a.model, ckpt_b.model, data_loss(batches), batches, alphas, buffers=buffers,
                                 chunk_size=batch_size, name_a=name_a, name_b=name_b,
                                 on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None,
                                 params=parse_params(params))

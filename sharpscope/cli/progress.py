@@ -149,6 +149,8 @@ class RichProgress(Callback):
                 f"train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.3f}  "
                 f"test loss {metrics['test_loss']:.4f} acc {metrics['test_acc']:.3f}  "
                 f"lr {metrics['lr']:.4f}  {metrics['epoch_time']:.1f}s")
+        if "test_ppl" in metrics:  # token data: losses and accuracies per token
+            line += f"  (per token; test perplexity {metrics['test_ppl']:.2f})"
         if state.config.label_noise > 0:
             line += f"  (clean-label train acc {metrics['train_acc_clean']:.3f})"
         if self.progress is not None:

@@ -10,8 +10,8 @@ import typer
 from ._app import app
 from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PARAMS, PROGRESS,
-    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, objective_lines,
-    objective_record, params_line, params_record, parse_p, parse_params, progress_bar, seed_option)
+    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, data_loss, finite, load_for_analysis, numbers,
+    objective_lines, objective_record, params_line, params_record, parse_p, parse_params, progress_bar, seed_option)
 from ._options import OLD_ETA, OLD_NORM, OLD_PLOT_DIR, OLD_STEPS, old_spelling
 from ._results import JSON_SAVED, OVERWRITE, Claim, announce, claim, claim_analysis, json_target, save_report
 
@@ -151,7 +151,6 @@ def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], ste
                  json_out: str | None) -> tuple[dict, Any] | None:
     """m-sharpness (and the surrogate gaps) under a progress bar, its table printed; the JSON
     report and the result (for the figures), or None off rank 0."""
-    import torch.nn.functional as F
     from rich.table import Table
 
     from .. import distributed as dist_utils
@@ -162,10 +161,10 @@ def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], ste
     selection, chosen = parse_params(params), params_record(ckpt.model, params)
     with progress_bar(console, progress, "subsets") as bar:
         task = bar.add_task("m-sharpness", total=total)
-        result = sh.m_sharpness(ckpt.model, F.cross_entropy, batches, m=ms, rho=rhos, steps=steps, p=p_value,
+        result = sh.m_sharpness(ckpt.model, data_loss(batches), batches, m=ms, rho=rhos, steps=steps, p=p_value,
                                 seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k),
                                 params=selection)
-    gaps = {str(r): v for r, v in sh.surrogate_gaps(ckpt.model, F.cross_entropy, batches, rhos=rhos,
+    gaps = {str(r): v for r, v in sh.surrogate_gaps(ckpt.model, data_loss(batches), batches, rhos=rhos,
                                                     p=p_value, params=selection).items()} if gap else None
     if not dist_utils.is_main():
         return None
@@ -207,7 +206,6 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
                     json_out: str | None, outputs: Claim, target: Path | None, restarts: int | None = None,
                     context: AnalysisContext | None = None) -> None:
     """``--measure worst|average``: run it, print its table, write its JSON."""
-    import torch.nn.functional as F
     from rich.table import Table
 
     from .. import distributed as dist_utils
@@ -225,7 +223,7 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
         options.update(samples=draws)
     with progress_bar(console, progress, "subsets") as bar:
         task = bar.add_task(f"{measure}-case sharpness", total=total)
-        result = measures.sharpness(ckpt.model, F.cross_entropy, batches, measure=measure,
+        result = measures.sharpness(ckpt.model, data_loss(batches), batches, measure=measure,
                                     callback=lambda k: bar.advance(task, k), **options)
     if not dist_utils.is_main():
         return
@@ -294,7 +292,6 @@ def gradcos_command(
     apply_determinism(deterministic)
     import math
 
-    import torch.nn.functional as F
 
     from .. import sharpness as sh
     from ..errors import ConfigError
@@ -304,7 +301,7 @@ def gradcos_command(
     outputs = claim([target], overwrite, "--json PATH", records=[target])
     ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
                                                (data, data_root))
-    obj = Objective(ckpt.model, F.cross_entropy, batches, params=parse_params(params))
+    obj = Objective(ckpt.model, data_loss(batches), batches, params=parse_params(params))
     res = sh.sam_gradient_cosine(obj, rho=rho)
     notes = objective_record(obj, params)
     out = rank0_console(stderr=json_out == "-")

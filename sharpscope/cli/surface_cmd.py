@@ -12,8 +12,8 @@ from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
     DATA, DATA_ROOT, DETERMINISTIC, PDF, AnalysisContext, apply_determinism, DEVICE, JSON_OUT, PARAMS, PROGRESS,
-    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, finite, hvp_progress, is_main, load_for_analysis, numbers,
-    params_line, params_record, parse_params, point_progress, seed_option, write_json)
+    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, data_loss, finite, hvp_progress, is_main,
+    load_for_analysis, numbers, params_line, params_record, parse_params, point_progress, seed_option, write_json)
 from ._landscape import BATCH_SIZE, METRIC, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import OVERWRITE, Claim, run_folder
 
@@ -197,14 +197,13 @@ def _range_axes(model: Any, batches: Any, plan: dict, axes: list | None, range_m
                 max_extent: float, batch_size: int | None, options: dict, console: Console) -> list:
     """The grid's axes: --grid's (or the trajectory's), or with --range auto the POINTS spread
     over each direction's extent (:func:`sharpscope.landscape.auto_grid`), recorded in ``options``."""
-    import torch.nn.functional as F
 
     from .. import landscape as ls
 
     axes = axes if axes is not None else plan["axes"]
     if range_mode != "auto":
         return axes
-    rng, axes = ls.auto_grid(model, F.cross_entropy, batches, plan["directions"], axes, factor,
+    rng, axes = ls.auto_grid(model, data_loss(batches), batches, plan["directions"], axes, factor,
                              max_extent=max_extent, chunk_size=batch_size)
     for note in rng.warnings:
         console.print(f"warning: {note}", highlight=False)
@@ -275,7 +274,6 @@ def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Pat
     """The directions of the surface (``directions``, ``kind``, the random ``compare`` direction
     beside a Hessian one, the trajectory's ``explained`` variance, ``path`` and ``residual``,
     and its default ``axes``); records what they were made of in ``options``."""
-    import torch.nn.functional as F
 
     from .. import landscape as ls
 
@@ -295,7 +293,7 @@ def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Pat
     elif directions_kind == "hessian":
         with hvp_progress(console, progress) as bar:
             task = bar.add_task(f"top-{dim} Hessian eigenvectors", total=None)
-            eig = ls.hessian_directions(model, F.cross_entropy, batches, k=dim, seed=seed, params=selection,
+            eig = ls.hessian_directions(model, data_loss(batches), batches, k=dim, seed=seed, params=selection,
                                         on_hvp=lambda n: bar.advance(task, n))
         plan.update(directions=eig.directions, kind="hessian", eig=eig)
         options.update({"directions": "hessian", "eigenvalues": eig.eigenvalues, "slopes": eig.slopes,
@@ -323,7 +321,6 @@ def _evaluate(model: Any, batches: Any, plan: dict, axes: list, options: dict, f
     """The surface over ``axes`` along the plan's directions, and the random comparison's (or None)."""
     import dataclasses
 
-    import torch.nn.functional as F
 
     from .. import landscape as ls
 
@@ -332,11 +329,11 @@ def _evaluate(model: Any, batches: Any, plan: dict, axes: list, options: dict, f
     n_points = len(xs) * (1 if ys is None else len(ys)) * (1 if zs is None else len(zs))
     with point_progress(console, progress) as bar:
         task = bar.add_task(f"{plan['kind']} surface", total=n_points * (1 + len(compare)))
-        result = ls.surface(model, F.cross_entropy, batches, plan["directions"], xs, ys, kind=plan["kind"],
+        result = ls.surface(model, data_loss(batches), batches, plan["directions"], xs, ys, kind=plan["kind"],
                             options=options, chunk_size=batch_size, resume_path=folder / f"{stem}.partial.npz",
                             on_point=lambda k, lv, av: bar.advance(task), zs=zs, metrics=metric_fns or None)
         random_result = None if not compare else ls.surface(
-            model, F.cross_entropy, batches, compare, xs, ys, kind="random",
+            model, data_loss(batches), batches, compare, xs, ys, kind="random",
             options={**options, "directions": "random", "scaled_to_norm": 1.0}, chunk_size=batch_size,
             resume_path=folder / f"{stem}_random.partial.npz", on_point=lambda k, lv, av: bar.advance(task),
             metrics=metric_fns or None)

@@ -80,7 +80,9 @@ def train_command(
         label = (config.optimizer if config else "run").upper()
         for f in plots.plot_tracking({label: result.metrics}, tracked, out / "tracking"):
             console.print(f"wrote {f}", highlight=False)
-    print(f"done: test acc {final.get('test_acc', float('nan')):.4f}, "
+    per_token = (f"test loss {final['test_loss']:.4f} per token, perplexity {final['test_ppl']:.2f}, next-token "
+                 if "test_ppl" in final else "")
+    print(f"done: {per_token}test acc {final.get('test_acc', float('nan')):.4f}, "
           f"train loss {final.get('train_loss', float('nan')):.4f}, {result.wall_time:.1f}s -> {result.checkpoint}")
 
 

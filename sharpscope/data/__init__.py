@@ -23,22 +23,25 @@ The package's modules: :mod:`~sharpscope.data.spec` (:class:`DataSpec`),
 :mod:`~sharpscope.data.dataset` (:class:`Dataset`), :mod:`~sharpscope.data.fingerprints` and
 :mod:`~sharpscope.data.pipeline` (:func:`load_dataset`); :mod:`~sharpscope.data.text` (token
 sequences for the token losses: the standard library's pydoc help text as byte tokens, nanoGPT's
-``train.bin`` / ``val.bin``). Every public name is importable from ``sharpscope.data`` itself.
+``train.bin`` / ``val.bin``; ``--data text`` / ``--data tokens`` as data sets of token blocks).
+Every public name is importable from ``sharpscope.data`` itself.
 """
 
-from .dataset import Dataset
+from .dataset import Dataset, loss_for_labels
 from .fingerprints import FINGERPRINT_VERSION, fingerprint, fingerprint_differences  # noqa: F401
 from .noise import LabelNoise, add_label_noise
 from .pipeline import load_dataset, load_raw
 from .readers import RawData, read_idx
-from .spec import DATASETS, DataSpec, analysis_data_spec, spec_differences
-from .text import BYTE_VOCAB, read_token_bin, text_tokens, token_batches
+from .spec import DATASETS, TOKEN_DATASETS, DataSpec, analysis_data_spec, spec_differences
+from .text import BYTE_VOCAB, read_token_bin, text_tokens, token_batches, token_pairs
 
 __all__ = [
     "DATASETS",
+    "TOKEN_DATASETS",
     "DataSpec",
     "LabelNoise",
     "Dataset",
+    "loss_for_labels",
     "RawData",
     "load_dataset",
     "load_raw",
@@ -52,4 +55,5 @@ __all__ = [
     "text_tokens",
     "read_token_bin",
     "token_batches",
+    "token_pairs",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from sharpscope.errors import ConfigError
@@ -13,9 +15,21 @@ from sharpscope.errors import ConfigError
 from ._common import is_int, torch_seed
 from .fingerprints import fingerprint
 from .noise import LabelNoise
-from .spec import DataSpec
+from .spec import TOKEN_DATASETS, DataSpec
 
-__all__ = ["Dataset"]
+__all__ = ["Dataset", "loss_for_labels"]
+
+
+def loss_for_labels(labels: torch.Tensor) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """``loss_fn(outputs, labels)`` for labels like ``labels``: ``F.cross_entropy`` for one class
+    label per example (N,), :class:`~sharpscope.tokens.TokenCrossEntropy` (the mean over tokens of
+    the cross-entropy of the logits (N, T, V); labels already the next tokens, so no shift;
+    batches weighted by their tokens) for token labels (N, T)."""
+    if labels.dim() <= 1:
+        return F.cross_entropy
+    from ..tokens import TokenCrossEntropy
+
+    return TokenCrossEntropy(shift=False)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -30,6 +44,10 @@ class Dataset:
 
     ``y_train`` are the labels used for training (noisy when ``spec.label_noise > 0``);
     ``y_train_clean`` the original ones; ``y_test`` is always clean.
+
+    Token data (:attr:`is_tokens`: ``text``, ``tokens``): int64 inputs (N, T), blocks of T
+    tokens, and labels (N, T), the token after each (``num_classes`` is the vocabulary);
+    :attr:`loss_fn` is then the token-mean cross-entropy.
     """
 
     spec: DataSpec
@@ -40,6 +58,17 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     noise: LabelNoise
+
+    @property
+    def is_tokens(self) -> bool:
+        """Whether the examples are token blocks with next-token labels (``spec.name`` in TOKEN_DATASETS)."""
+        return self.spec.name in TOKEN_DATASETS
+
+    @property
+    def loss_fn(self) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+        """``loss_fn(outputs, labels)`` its batches are scored with (:func:`loss_for_labels`):
+        ``F.cross_entropy`` over the classes, or for token data the token-mean cross-entropy."""
+        return loss_for_labels(self.y_train)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

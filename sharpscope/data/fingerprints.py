@@ -26,14 +26,16 @@ def fingerprint(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None
     example), ``num_classes`` (K, the data set's; ``max(y) + 1`` when not given), ``class_counts``
     (how many labels equal each class 0..K-1) and the SHA-256 of the inputs as float32 and of the
     labels as int64 (C order, native byte order), the labels as trained on (after label noise).
+    Token data (labels (N, T), the next tokens): ``class_counts`` counts every label token,
+    and the inputs (token ids below 2^24) hash exactly as float32.
 
     Two splits with equal fingerprints hold the same examples in the same order, up to a hash
     collision. Hashing 50,000 CIFAR images (614 MB as float32) takes about 1.2 s on one core.
     """
     y = torch.as_tensor(y)
-    if y.ndim != 1 or len(y) != len(x):
+    if y.ndim < 1 or len(y) != len(x):
         raise DataError(f"labels of shape {tuple(y.shape)} do not match inputs of shape {tuple(x.shape)}")
-    y64 = y.to("cpu", torch.int64)
+    y64 = y.to("cpu", torch.int64).reshape(-1)
     k = int(num_classes) if num_classes is not None else (int(y64.max()) + 1 if y64.numel() else 0)
     if y64.numel() and (int(y64.min()) < 0 or int(y64.max()) >= k):
         raise DataError(f"labels must lie in 0..{k - 1}, got {int(y64.min())}..{int(y64.max())}")

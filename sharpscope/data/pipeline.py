@@ -18,9 +18,10 @@ from sharpscope.errors import ConfigError, DataError
 from ._common import stream_generator
 from .builtin import make_mnist1d, make_synthetic, read_digits
 from .dataset import Dataset
-from .noise import add_label_noise
+from .noise import LabelNoise, add_label_noise
 from .readers import RawData, read_cifar, read_mnist, read_npz
-from .spec import DataSpec
+from .spec import TOKEN_DATASETS, DataSpec
+from .text import pair_count, token_arrays, token_pairs
 
 __all__ = ["load_raw", "load_dataset"]
 
@@ -42,6 +43,8 @@ def load_raw(spec: DataSpec) -> RawData:
         return read_npz(root)
     if spec.name in ("mnist", "fashion-mnist"):
         return read_mnist(spec.name, root)
+    if spec.name in TOKEN_DATASETS:
+        raise DataError(f"{spec.name} is token data: load it with load_dataset (blocks of block_size tokens)")
     return read_cifar(spec.name, root)
 
 
@@ -124,6 +127,8 @@ def load_dataset(spec: DataSpec | str | Mapping[str, Any] | None = None, **overr
             raise DataError(f"unknown data spec key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
         spec = dataclasses.replace(spec, **overrides)
     spec.validate()
+    if spec.name in TOKEN_DATASETS:
+        return _load_tokens(spec)
 
     raw = load_raw(spec)
     if raw.x_test is None:
@@ -145,3 +150,28 @@ def load_dataset(spec: DataSpec | str | Mapping[str, Any] | None = None, **overr
         num_classes=raw.num_classes,
         noise=noise,
     )
+
+
+def _token_blocks(tokens: object, spec: DataSpec, n: int | None, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(x, y)`` blocks of one split (:func:`~.text.token_pairs`): all, in order, or ``n``
+    of them drawn as :func:`_take` draws examples (only those are read)."""
+    total = pair_count(len(tokens), spec.block_size)  # type: ignore[arg-type]
+    if n is None or total == 0:
+        return token_pairs(tokens, spec.block_size)  # type: ignore[arg-type]
+    if n > total:
+        raise ConfigError(f"{stream}={n} is larger than the {total} available blocks of {spec.block_size} tokens")
+    return token_pairs(tokens, spec.block_size,  # type: ignore[arg-type]
+                       torch.randperm(total, generator=stream_generator(spec.seed, stream))[:n])
+
+
+def _load_tokens(spec: DataSpec) -> Dataset:
+    """Token data (``text``, ``tokens``): train and test split into blocks of ``spec.block_size``
+    tokens with their next tokens as labels (nanoGPT's pairs); the vocabulary is the number of
+    classes; no label noise (the spec refuses it)."""
+    train, test, vocab = token_arrays(spec.name, spec.root)
+    x_train, y_train = _token_blocks(train, spec, spec.n_train, "n_train")
+    x_test, y_test = _token_blocks(test, spec, spec.n_test, "n_test")
+    noise = LabelNoise(rate=0.0, seed=int(spec.noise_seed), n_flipped=0,
+                       flipped=torch.zeros(y_train.shape, dtype=torch.bool))
+    return Dataset(spec=spec, x_train=x_train, y_train=y_train, y_train_clean=y_train, x_test=x_test, y_test=y_test,
+                   num_classes=vocab, noise=noise)

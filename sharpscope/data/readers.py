@@ -46,6 +46,8 @@ def expected_files(name: str) -> str:
         return ", ".join(_CIFAR100_FILES) + f" (directly or in {_CIFAR_SUBFOLDER['cifar100']}/)"
     if name == "npz":
         return _NPZ_EXPECTED
+    if name == "tokens":
+        return "train.bin, val.bin (uint16 token ids, as nanoGPT's prepare.py writes them)"
     return ""
 
 

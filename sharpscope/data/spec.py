@@ -16,9 +16,13 @@ from sharpscope.errors import ConfigError, DataError
 from ._common import is_int, is_real
 from .readers import expected_files
 
-__all__ = ["DATASETS", "DataSpec", "spec_differences", "analysis_data_spec"]
+__all__ = ["DATASETS", "TOKEN_DATASETS", "DataSpec", "spec_differences", "analysis_data_spec"]
 
-DATASETS: tuple[str, ...] = ("digits", "mnist1d", "synthetic", "npz", "mnist", "fashion-mnist", "cifar10", "cifar100")
+#: Token data for language models (:mod:`.text`): examples are blocks of ``block_size`` tokens.
+TOKEN_DATASETS: tuple[str, ...] = ("text", "tokens")
+DATASETS: tuple[str, ...] = ("digits", "mnist1d", "synthetic", "npz", "mnist", "fashion-mnist", "cifar10", "cifar100",
+                             *TOKEN_DATASETS)
+_FILE_BACKED = ("npz", "mnist", "fashion-mnist", "cifar10", "cifar100", "tokens")
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,9 @@ class DataSpec:
     ``root`` is a folder for ``mnist`` / ``fashion-mnist`` / ``cifar10`` / ``cifar100`` and an
     ``.npz`` file path for ``npz``; it is ignored by ``digits``, ``mnist1d`` and ``synthetic``.
     ``seed`` also generates ``mnist1d`` (and ``synthetic``); data sets with an official test split
-    (``mnist1d``, the file-backed ones given a test part) ignore ``test_fraction``.
+    (``mnist1d``, the file-backed ones given a test part, the token data) ignore ``test_fraction``.
+    Token data (``text``, ``tokens`` from a folder holding nanoGPT's ``train.bin`` / ``val.bin``)
+    are blocks of ``block_size`` tokens (:mod:`.text`), which the other data sets ignore.
     """
 
     name: str = "digits"
@@ -42,6 +48,7 @@ class DataSpec:
     synthetic_size: int = 512
     synthetic_classes: int = 4
     synthetic_features: int = 16
+    block_size: int = 64
 
     def to_dict(self) -> dict[str, Any]:
         """Return a plain JSON-able dict (values are only str / int / float / None)."""
@@ -96,7 +103,10 @@ class DataSpec:
                 raise ConfigError(f"{key} must be None or >= 1, got {value}")
         if self.name == "synthetic":
             self._validate_synthetic()
-        if self.name in ("npz", "mnist", "fashion-mnist", "cifar10", "cifar100") and self.root is None:
+        if self.name in TOKEN_DATASETS and (self.block_size < 1 or self.label_noise):
+            raise ConfigError(f"{self.name}: block_size must be >= 1 (got {self.block_size}) and label_noise 0 "
+                              f"(got {self.label_noise}: next tokens are not class labels)")
+        if self.name in _FILE_BACKED and self.root is None:
             what = "an .npz file path" if self.name == "npz" else "a folder"
             raise DataError(
                 f"{self.name}: no root given; set root (--data-root) to {what} holding {expected_files(self.name)}"
@@ -106,7 +116,7 @@ class DataSpec:
         """Raise ConfigError when a field has the wrong type."""
         if self.root is not None and not isinstance(self.root, (str, os.PathLike)):
             raise ConfigError(f"root must be a path string or None, got {type(self.root).__name__}")
-        for key in ("seed", "noise_seed", "synthetic_size", "synthetic_classes", "synthetic_features"):
+        for key in ("seed", "noise_seed", "synthetic_size", "synthetic_classes", "synthetic_features", "block_size"):
             if not is_int(getattr(self, key)):
                 raise ConfigError(f"{key} must be an integer, got {getattr(self, key)!r}")
         for key in ("n_train", "n_test"):
@@ -130,7 +140,7 @@ class DataSpec:
 
 # The fields of a data spec that choose the training split (n_test and the root's spelling do not).
 _TRAIN_SPLIT_FIELDS = ("name", "seed", "test_fraction", "label_noise", "noise_seed", "n_train", "synthetic_size",
-                       "synthetic_classes", "synthetic_features")
+                       "synthetic_classes", "synthetic_features", "block_size")
 
 
 def spec_differences(a: Mapping[str, Any], b: Mapping[str, Any], *, root: bool = True,
@@ -148,6 +158,8 @@ def spec_differences(a: Mapping[str, Any], b: Mapping[str, Any], *, root: bool =
         irrelevant.add("noise_seed")  # no label noise: its seed draws nothing
     if value["name"] != ("synthetic", "synthetic"):
         irrelevant.update(k for k in fields if k.startswith("synthetic_"))
+    if not any(name in TOKEN_DATASETS for name in value["name"]):
+        irrelevant.add("block_size")
     out = []
     for key in (k for k in fields if k not in irrelevant):
         va, vb = value[key]

@@ -11,8 +11,11 @@
   seeded subset of them), as ``{"input_ids", "attention_mask", "labels"}`` batches with
   ``labels = input_ids`` (a causal LM shifts them: ``block_size - 1`` targets per block).
 
-This is the data side only: ``sharpscope train --data text`` (the CLI and the training loop on
-token data) is not built yet.
+* :func:`token_pairs` -- the same blocks as nanoGPT's ``(x, y)`` pairs: x a block of T tokens,
+  y the T tokens that follow each (x shifted by one), for a model called as ``model(x)`` and
+  :class:`~sharpscope.tokens.TokenCrossEntropy` (no shift: y already holds the next tokens).
+  :func:`sharpscope.data.load_dataset` builds ``--data text`` / ``--data tokens`` from them
+  (:func:`token_arrays`): a :class:`~sharpscope.data.Dataset` whose examples are blocks.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from sharpscope.errors import ConfigError, DataError
 
 from ._common import is_int, stream_generator
 
-__all__ = ["BYTE_VOCAB", "SPLITS", "text_tokens", "read_token_bin", "token_batches"]
+__all__ = ["BYTE_VOCAB", "SPLITS", "text_tokens", "read_token_bin", "token_batches", "token_pairs", "token_arrays",
+           "pair_count"]
 
 BYTE_VOCAB = 256
 SPLITS = ("train", "val")
@@ -90,3 +94,44 @@ def token_batches(tokens: torch.Tensor | np.ndarray, block_size: int, batch_size
     blocks = torch.stack([block(i) for i in order])
     return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()}
             for b in blocks.split(int(batch_size))]
+
+
+def pair_count(n_tokens: int, block_size: int) -> int:
+    """How many ``(x, y)`` blocks ``n_tokens`` tokens hold: (n - 1) // T (each block needs the
+    token after it)."""
+    return max(0, (int(n_tokens) - 1) // int(block_size))
+
+
+def token_pairs(tokens: torch.Tensor | np.ndarray, block_size: int,
+                index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks i of ``tokens`` (all of them in order, or those of ``index``) as int64 ``(x, y)``:
+    x[i] = tokens[i T : (i + 1) T], y[i] = tokens[i T + 1 : (i + 1) T + 1] (nanoGPT's pairs,
+    non-overlapping, so every token but the first is a target once). Only the chosen blocks
+    are read from a memory map."""
+    if not is_int(block_size) or block_size < 1:
+        raise ConfigError(f"block_size must be an integer >= 1, got {block_size!r}")
+    total = pair_count(len(tokens), block_size)
+    if total == 0:
+        raise DataError(f"{len(tokens)} tokens hold no block of {block_size} and its next tokens")
+    starts = np.arange(total) if index is None else np.asarray(index, dtype=np.int64)
+    offsets = starts[:, None] * block_size + np.arange(block_size + 1)[None, :]
+    if isinstance(tokens, torch.Tensor):
+        window = tokens[torch.from_numpy(offsets)].to(torch.int64)
+    else:
+        window = torch.from_numpy(np.asarray(tokens[offsets]).astype(np.int64))
+    return window[:, :-1].contiguous(), window[:, 1:].contiguous()
+
+
+def token_arrays(name: str, root: str | os.PathLike[str] | None) -> tuple[object, object, int]:
+    """The train and test token sequences of token data set ``name`` and its vocabulary size:
+    ``text``, the embedded corpus (train / val, 256 byte values); ``tokens``, ``root``'s
+    ``train.bin`` / ``val.bin`` memory maps with vocabulary max(token id) + 1 over both files."""
+    if name == "text":
+        return text_tokens("train"), text_tokens("val"), BYTE_VOCAB
+    if root is None:
+        raise DataError("tokens: no root given; set --data-root to a folder holding train.bin and val.bin")
+    train, val = read_token_bin(root, "train"), read_token_bin(root, "val")
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(f"tokens: {'train' if len(train) == 0 else 'val'}.bin in {root} is empty")
+    vocab = int(max(int(train.max()), int(val.max()))) + 1
+    return train, val, max(vocab, 2)

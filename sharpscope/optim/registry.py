@@ -34,12 +34,15 @@ from typing import Any, ClassVar, Protocol
 from ..errors import ConfigError
 
 __all__ = ["Registered", "OptimizerSpec", "OptionSpec", "register", "unregister", "specs", "names", "get",
-           "lookup", "base_options", "import_package", "PERTURBATION_OPTIONS", "CAPABILITIES"]
+           "lookup", "base_options", "adamw_options", "base_optimizer", "import_package", "PERTURBATION_OPTIONS",
+           "CAPABILITIES", "BASE_OPTIMIZERS"]
 
 # The training options (TrainConfig fields) that only perturbation-based optimizers read.
 PERTURBATION_OPTIONS = ("rho", "p", "m", "eta", "second_order", "same_dropout_mask", "perturbation_weight_decay")
 # Capability flags: False for a class whose own body does not declare them.
 CAPABILITIES = ("supports_m", "supports_scaler", "supports_ranks", "supports_second_order")
+# What a SAM-family optimizer may wrap (``--base-optimizer``): its update step.
+BASE_OPTIMIZERS = ("sgd", "adamw")
 
 
 class RunOptions(Protocol):
@@ -50,6 +53,9 @@ class RunOptions(Protocol):
     momentum: float
     weight_decay: float
     nesterov: bool
+    base_optimizer: str
+    beta2: float
+    adam_eps: float
     p: float
     eta: float
     perturbation_weight_decay: bool
@@ -220,5 +226,26 @@ def get(name: str) -> OptimizerSpec:
 
 
 def base_options(config: RunOptions) -> dict[str, Any]:
-    """The keyword arguments of the base optimizer (``torch.optim.SGD``) a configuration names."""
+    """The keyword arguments of ``torch.optim.SGD`` a configuration names."""
     return dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov)
+
+
+def adamw_options(config: RunOptions) -> dict[str, Any]:
+    """The keyword arguments of ``torch.optim.AdamW`` a configuration names: ``lr``, betas
+    (``momentum``, ``beta2``), ``eps`` (``adam_eps``) and the decoupled ``weight_decay``
+    (Loshchilov & Hutter: w <- w - lr * wd * w beside the Adam step, not in the gradient)."""
+    return dict(lr=config.lr, betas=(config.momentum, config.beta2), eps=config.adam_eps,
+                weight_decay=config.weight_decay)
+
+
+def base_optimizer(config: RunOptions) -> tuple[type, dict[str, Any]]:
+    """The optimizer class a SAM-family optimizer wraps (``config.base_optimizer``: ``torch.optim.SGD``,
+    the default, or ``torch.optim.AdamW``) and its keyword arguments."""
+    import torch
+
+    name = getattr(config, "base_optimizer", "sgd")
+    if name == "sgd":
+        return torch.optim.SGD, base_options(config)
+    if name == "adamw":
+        return torch.optim.AdamW, adamw_options(config)
+    raise ConfigError(f"--base-optimizer must be one of {', '.join(BASE_OPTIMIZERS)}, got {name!r}")

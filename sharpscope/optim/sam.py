@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .registry import Registered, RunOptions, base_options, register
+from .registry import Registered, RunOptions, base_optimizer, register
 
 __all__ = ["SAM"]
 
@@ -240,11 +240,14 @@ class SAM(Registered, torch.optim.Optimizer):
     # -- the registry ----------------------------------------------------------------
     @classmethod
     def from_config(cls, config: RunOptions, model: Any) -> SAM:
-        """This optimizer around ``torch.optim.SGD`` as a training configuration names it:
-        :meth:`config_params` of ``model``, :meth:`config_kwargs`, the SGD options and the
-        configuration's ``optimizer_options``."""
-        return cls(cls.config_params(config, model), torch.optim.SGD, **cls.config_kwargs(config),
-                   **base_options(config), **config.optimizer_options)
+        """This optimizer around the base optimizer a training configuration names
+        (``base_optimizer``: ``torch.optim.SGD``, or ``torch.optim.AdamW``, whose update at w
+        then takes the gradient at w + e): :meth:`config_params` of ``model``,
+        :meth:`config_kwargs`, the base optimizer's options and the configuration's
+        ``optimizer_options``."""
+        base, options = base_optimizer(config)
+        return cls(cls.config_params(config, model), base, **cls.config_kwargs(config), **options,
+                   **config.optimizer_options)
 
     @classmethod
     def config_params(cls, config: RunOptions, model: Any) -> Any:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..checks import bool_option
-from ..data import DataSpec
+from ..data import TOKEN_DATASETS, DataSpec
 from ..errors import ConfigError
 from ..optim import registry
 from ..optim.asam import ASAM_RULES
@@ -49,6 +49,7 @@ class TrainConfig:
     data_root: str | None = config_field("data_root")
     label_noise: float = config_field("label_noise")
     n_train: int | None = config_field("n_train")
+    block_size: int = config_field("block_size")  # token data: context length (sharpscope.data.text)
     epochs: int = config_field("epochs")
     batch_size: int = config_field("batch_size")
     grad_accum: int = config_field("grad_accum")  # micro-batches per batch (sharpscope.optim.passes)
@@ -56,6 +57,9 @@ class TrainConfig:
     momentum: float = config_field("momentum")
     nesterov: bool = config_field("nesterov")
     weight_decay: float = config_field("weight_decay")
+    base_optimizer: str = config_field("base_optimizer")  # what SAM-family optimizers wrap (registry.BASE_OPTIMIZERS)
+    beta2: float = config_field("beta2")  # AdamW (alone or as the base): betas (momentum, beta2)
+    adam_eps: float = config_field("adam_eps")
     schedule: str = config_field("schedule")
     warmup_epochs: float = config_field("warmup_epochs")
     rho: float | None = config_field("rho")  # None: the optimizer's default_rho (0.05; ASAM 0.5, Kwon et al.)
@@ -144,6 +148,8 @@ class TrainConfig:
             except TypeError as err:
                 raise ConfigError(f"--optimizer-opt for {self.optimizer}: {err}") from None
         _check_accumulation(self)
+        _check_base_optimizer(self, spec)
+        _check_token_data(self)
         if self.second_order and (not spec.supports_second_order or self.p != 2 or self.m is not None):
             raise ConfigError(f"--second-order needs --optimizer {_one_of('supports_second_order')} with p = 2 "
                               "and no m")
@@ -179,8 +185,8 @@ class TrainConfig:
         return cls(**d)
 
     def data_spec(self) -> DataSpec:
-        return DataSpec(name=self.data, root=self.data_root, seed=self.seed,
-                        label_noise=self.label_noise, noise_seed=self.seed, n_train=self.n_train)
+        return DataSpec(name=self.data, root=self.data_root, seed=self.seed, label_noise=self.label_noise,
+                        noise_seed=self.seed, n_train=self.n_train, block_size=self.block_size)
 
 
 @dataclass
@@ -240,6 +246,36 @@ def _check_accumulation(config: TrainConfig) -> None:
     if config.m is not None and micro < config.m < config.batch_size:
         raise ConfigError(f"--m {config.m} is larger than the micro-batches of --grad-accum {config.grad_accum} "
                           f"({micro} examples): m-SAM holds one chunk of m examples at a time, so use --m <= {micro}")
+
+
+def _check_base_optimizer(config: TrainConfig, spec: registry.OptimizerSpec) -> None:
+    """``base_optimizer`` and AdamW's options: a known base, AdamW's betas in [0, 1) and eps > 0,
+    no Nesterov momentum for AdamW, and no base for an optimizer that wraps none (``sgd``)."""
+    if config.base_optimizer not in registry.BASE_OPTIMIZERS:
+        raise ConfigError(f"--base-optimizer must be one of {', '.join(registry.BASE_OPTIMIZERS)}, got "
+                          f"{config.base_optimizer!r}")
+    if not (math.isfinite(config.beta2) and 0.0 <= config.beta2 < 1.0):
+        raise ConfigError(f"--beta2 must be in [0, 1), got {config.beta2}")
+    if not (math.isfinite(config.adam_eps) and config.adam_eps > 0):
+        raise ConfigError(f"--adam-eps must be > 0, got {config.adam_eps}")
+    if not spec.perturbs and config.base_optimizer not in ("sgd", config.optimizer):
+        raise ConfigError(f"--base-optimizer {config.base_optimizer} is what SAM and its variants wrap; "
+                          f"--optimizer {config.optimizer} wraps none (AdamW alone: --optimizer adamw)")
+    adamw = config.optimizer == "adamw" or (spec.perturbs and config.base_optimizer == "adamw")
+    if adamw and config.nesterov:
+        raise ConfigError("--nesterov is SGD's; AdamW has no Nesterov momentum")
+
+
+def _check_token_data(config: TrainConfig) -> None:
+    """``block_size`` >= 1; token data (``--data text`` / ``tokens``) has no class labels to
+    corrupt or smooth."""
+    if config.block_size < 1:
+        raise ConfigError(f"--block-size must be >= 1 token, got {config.block_size}")
+    if config.data in TOKEN_DATASETS:
+        if config.label_noise:
+            raise ConfigError(f"--label-noise replaces class labels; --data {config.data} has next tokens, not labels")
+        if config.label_smoothing:
+            raise ConfigError(f"--label-smoothing is not implemented for the token loss of --data {config.data}")
 
 
 def _one_of(capability: str) -> str:

@@ -1,7 +1,8 @@
 """One epoch's data and its checks, apart from the loop that runs it: the order of the examples
 and the augmentation draws, reproducible from ``(seed, epoch)`` (:func:`epoch_plan`,
 :func:`crop_and_flip`), the test evaluation (:func:`evaluate`) and the divergence check of the
-epoch's record (:func:`check_diverged`)."""
+epoch's record (:func:`check_diverged`); :class:`LogitsOnly`, the model as the steps on token data
+run it."""
 
 from __future__ import annotations
 
@@ -14,9 +15,32 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import NonFiniteLossError
+from ..tokens import logits_of
 from .config import DIVERGED_FACTOR, TrainConfig
 
-__all__ = ["epoch_plan", "crop_and_flip", "evaluate", "check_diverged"]
+__all__ = ["epoch_plan", "crop_and_flip", "evaluate", "check_diverged", "LogitsOnly", "token_eval_batch"]
+
+_EVAL_LOGITS = 1 << 24  # float32 logits an evaluation batch of token data may hold (64 MiB)
+
+
+def token_eval_batch(batch_size: int, block_size: int, vocab: int) -> int:
+    """Blocks per evaluation batch of token data: as many as keep the logits (B, T, V) within
+    64 MiB of float32, at most 1024, and at least the training batch."""
+    return max(int(batch_size), min(1024, _EVAL_LOGITS // max(1, block_size * vocab)))
+
+
+class LogitsOnly(nn.Module):
+    """``model(x)``'s logits (``outputs.logits`` of a Hugging Face model) as a tensor, so that a
+    training step on token data joins, detaches and scores them as it does class scores; it
+    shares ``model``'s parameters and buffers (its ``state_dict`` keys gain ``model.``: save
+    ``model`` itself)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(x))
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -48,16 +72,20 @@ def crop_and_flip(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> t
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (eval mode) on (x, y); restores the mode."""
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) on (x, y); restores the mode.
+    Token labels y (N, T): the mean over the N T tokens of the next-token cross-entropy of the
+    logits (N, T, V), and the fraction of tokens predicted (argmax) right."""
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
     for lo in range(0, x.shape[0], batch_size):
         out = model(x[lo:lo + batch_size])
-        loss_sum += F.cross_entropy(out, y[lo:lo + batch_size], reduction="sum").item()
-        correct += (out.argmax(1) == y[lo:lo + batch_size]).sum().item()
+        out = logits_of(out) if y.dim() > 1 else out
+        yb = y[lo:lo + batch_size]
+        loss_sum += F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="sum").item()
+        correct += (out.argmax(-1) == yb).sum().item()
     model.train(was_training)
-    n = max(1, x.shape[0])
+    n = max(1, y.numel())
     return loss_sum / n, correct / n
 
 

@@ -45,12 +45,24 @@ def check_fits(model: nn.Module, data: Dataset) -> None:
             out = model(x)
     except RuntimeError as err:
         first = (str(err).splitlines() or ["?"])[0][:200]
-        raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}: {first}") from None
+        hint = f" (--data {data.spec.name} is token data: use a language model, --model gpt)" if data.is_tokens else ""
+        raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}{hint}: {first}") from None
     finally:
         model.train(was_training)
-    if out.dim() != 2 or out.shape[1] != data.num_classes:
+    if data.is_tokens:
+        _check_token_logits(out, data)
+    elif out.dim() != 2 or out.shape[1] != data.num_classes:
         raise ConfigError(f"the model outputs shape {tuple(out.shape[1:])} per example; "
                           f"{data.num_classes} class scores are needed")
+
+
+def _check_token_logits(out: Any, data: Dataset) -> None:
+    """Token data needs next-token logits (1, T, V) over the data's vocabulary V."""
+    logits = getattr(out, "logits", out)
+    shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[-1] != data.num_classes:
+        raise ConfigError(f"--data {data.spec.name} needs a language model giving next-token logits over its "
+                          f"{data.num_classes} tokens (--model gpt); the model outputs {shape}")
 
 
 # What is tracked during a run does not change what is trained: a configuration given with

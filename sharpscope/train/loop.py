@@ -44,7 +44,7 @@ from ..optim import SAM, StepResult, bn_modules, convert_to_global_bn, registry,
 from ..optim.passes import micro_batch_count
 from .callbacks import Callback, TrainState
 from .config import AMP_DTYPES, TrainConfig, TrainResult, learning_rate
-from .epoch import check_diverged, crop_and_flip, epoch_plan, evaluate
+from .epoch import LogitsOnly, check_diverged, crop_and_flip, epoch_plan, evaluate, token_eval_batch
 from .launch import (check_fits, check_launch, check_model, check_ranks, model_spec_for, open_run, per_rank_bn_note,
                      trusted_factory)
 from .state import append_metrics, rng_state, set_rng_state, sigint_requests_stop, write_metrics_file
@@ -250,16 +250,20 @@ def _start_fresh(run: _Run) -> None:
 
 
 def _prepare_model(run: _Run) -> None:
-    """The DDP wrapper (several ranks), train mode, the compiled model and the loss of the steps."""
+    """The DDP wrapper (several ranks), train mode, the compiled model and the loss of the steps
+    (token data: the token-mean loss of the logits, :class:`LogitsOnly`)."""
+    net = LogitsOnly(run.model) if run.data.is_tokens else run.model
     if run.world > 1:
         from torch.nn.parallel import DistributedDataParallel
         with warnings.catch_warnings():  # torch 2.13 deprecates it but advises keeping it for rank-local buffers
             warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
-            run.ddp = DistributedDataParallel(run.model, broadcast_buffers=False,
+            run.ddp = DistributedDataParallel(net, broadcast_buffers=False,
                                               device_ids=[run.device.index] if run.device.type == "cuda" else None)
     run.model.train()
-    run.stepped = torch.compile(run.model) if run.config.compile else run.model  # shares parameters and buffers
-    if run.config.label_smoothing:  # the same loss in both passes (and so in the gradient that sets e)
+    run.stepped = torch.compile(net) if run.config.compile else net  # shares parameters and buffers
+    if run.data.is_tokens:
+        run.loss_fn = run.data.loss_fn
+    elif run.config.label_smoothing:  # the same loss in both passes (and so in the gradient that sets e)
         run.loss_fn = functools.partial(F.cross_entropy, label_smoothing=run.config.label_smoothing)
 
 
@@ -370,12 +374,13 @@ def _check_step(run: _Run, result: StepResult) -> None:
 @torch.no_grad()
 def _add_step_sums(run: _Run, result: StepResult, idx: torch.Tensor) -> None:
     """The step's losses and accuracies (on the noisy and the clean labels) added to the
-    epoch's sums, with one host sync for all of them."""
-    sums, nb = run.sums, idx.shape[0]
+    epoch's sums, with one host sync for all of them; token data counts tokens, not examples."""
+    labels = run.y_train[idx]
+    sums, nb = run.sums, labels.numel()
     outputs = result.outputs.float() if run.autocast is not None else result.outputs
-    pred = outputs.argmax(1)
+    pred = outputs.argmax(-1)
     loss = result.loss.double()
-    correct = (pred == run.y_train[idx]).sum().double()
+    correct = (pred == labels).sum().double()
     if run.data.noise.n_flipped:
         loss_clean = F.cross_entropy(outputs, run.y_clean[idx]).double()
         correct_clean = (pred == run.y_clean[idx]).sum().double()
@@ -396,13 +401,17 @@ def _epoch_record(run: _Run) -> dict[str, Any]:
     the test loss and accuracy."""
     run.sums = sums = _reduced_sums(run)
     count = max(1.0, sums["count"])
-    test_loss, test_acc = evaluate(run.model, run.x_test, run.y_test)
+    sizes = ({"batch_size": token_eval_batch(run.config.batch_size, run.x_test.shape[-1], run.data.num_classes)}
+             if run.data.is_tokens else {})
+    test_loss, test_acc = evaluate(run.model, run.x_test, run.y_test, **sizes)
     record = {
         "epoch": run.state.epoch + 1, "step": run.state.step, "lr": run.lr,
         "train_loss": sums["loss"] / count, "train_acc": sums["correct"] / count,
         "train_loss_clean": sums["loss_clean"] / count, "train_acc_clean": sums["correct_clean"] / count,
         "test_loss": test_loss, "test_acc": test_acc, "epoch_time": sums["seconds"],
     }
+    if run.data.is_tokens:  # loss and accuracy per token; perplexity exp(token-mean loss)
+        record["test_ppl"] = math.exp(min(test_loss, 700.0))
     if isinstance(run.optimizer, SAM):  # over the steps not skipped (all of them in float32)
         record["perturbed_loss"] = sums["perturbed_loss"] / max(1.0, sums["perturbed_count"])
     if run.scaler is not None:

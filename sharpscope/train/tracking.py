@@ -25,11 +25,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch.nn.functional as F
 
 from .. import measure_table
 from ..errors import ConfigError
 from ..objective import Objective
+from ..optim import registry
 from .callbacks import Callback, TrainState
 
 __all__ = ["TRACKABLE", "TRACK_SETTINGS", "trackable", "TrackingCallback", "stability_threshold",
@@ -105,7 +105,8 @@ class TrackingCallback(Callback):
         model, out = state.model, {}
         settings = {**TRACK_SETTINGS, "samples": self.samples, "seed": self.seed, "rho": self.rho}
         measures = [measure_table.MEASURES[k] for k in self.keys]
-        obj = Objective(model, F.cross_entropy, self.batches)  # one double-backward graph for the Hessian ones
+        # one double-backward graph for the Hessian ones; the data's loss (token data: per token)
+        obj = Objective(model, state.data.loss_fn, self.batches)
         for m in [m for m in measures if m.shares_objective]:
             out[m.name] = m.headline(m.compute(model, self.batches, settings, obj))
             if m.name == "lambda_max":
@@ -121,8 +122,12 @@ class TrackingCallback(Callback):
 
     def _edges(self, state: TrainState, obj: Objective) -> dict[str, float]:
         """The edge of stability at the last step's learning rate; for SAM (p = 2, whole-batch
-        perturbations) also its own, from ||grad L|| on the tracking subset (one gradient)."""
+        perturbations) also its own, from ||grad L|| on the tracking subset (one gradient).
+        None for AdamW, alone or as SAM's base (its edge is one of the preconditioned Hessian)."""
         config = state.config
+        base = config.base_optimizer if registry.get(config.optimizer).perturbs else config.optimizer
+        if base == "adamw":  # (2 + 2 beta) / lr is (heavy-ball) SGD's edge
+            return {}
         lr = float(state.optimizer.param_groups[0]["lr"])
         edges = {"edge_of_stability": stability_threshold(lr, config.momentum)}
         if config.optimizer == "sam" and config.p == 2 and config.m is None and config.effective_rho > 0:
