@@ -6,10 +6,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import torch.nn.functional as F
 from torch import nn
 
 from .. import measure_table
+from ..data import loss_for_labels
 from ..objective import Objective
 
 __all__ = ["AnalysisSettings", "PROFILES", "ANALYSES", "COMPARED", "Variant", "VARIANTS", "analysis_names",
@@ -89,7 +89,7 @@ def analyse_selected(model: nn.Module, batches: list, which: Sequence[str], s: A
     measures = [measure_table.MEASURES[w] for w in which]
     shared = [m for m in measures if m.shares_objective]
     if shared:
-        obj = Objective(model, F.cross_entropy, batches)
+        obj = Objective(model, loss_for_labels(batches[0][1]), batches)  # tokens: the token mean
         try:
             for m in shared:
                 say(m.name)

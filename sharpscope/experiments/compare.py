@@ -40,12 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch.nn.functional as F
 
 from .. import landscape, measure_table, plots, provenance, stats
 from ..checks import finite_float, int_at_least
 from ..checkpoint import load_checkpoint, read_checkpoint
-from ..data import DataSpec, load_dataset
+from ..data import DataSpec, load_dataset, loss_for_labels
 from ..errors import ConfigError, NonFiniteLossError, SharpscopeError
 from ..models import is_factory
 from ..optim import registry
@@ -241,7 +240,7 @@ def _landscapes(config: CompareConfig, out: Path, runs: dict[str, dict[int, list
                 surfaces[opt] = previous
                 continue
         dirs = [landscape.random_direction(model, seed=seed), landscape.random_direction(model, seed=seed + 1)]
-        surfaces[opt] = landscape.surface(model, F.cross_entropy, batches, dirs, grid, grid, options=dict(options),
+        surfaces[opt] = landscape.surface(model, loss_for_labels(batches[0][1]), batches, dirs, grid, grid, options=dict(options),
                                           resume_path=folder / "surface.partial.npz")
         surfaces[opt].save(saved, dirs)
         (folder / "surface.partial.npz").unlink(missing_ok=True)
@@ -249,7 +248,7 @@ def _landscapes(config: CompareConfig, out: Path, runs: dict[str, dict[int, list
     if len(config.optimizers) >= 2:
         a, b = config.optimizers[0], config.optimizers[1]
         say(f"interpolating {a.upper()} -> {b.upper()}")
-        interp = landscape.interpolate(models[a], models[b], F.cross_entropy, batches,
+        interp = landscape.interpolate(models[a], models[b], loss_for_labels(batches[0][1]), batches,
                                        interpolation_alphas(s.interpolation_points), name_a=a.upper(),
                                        name_b=b.upper())
         interp.save(out / "interpolation.npz")
