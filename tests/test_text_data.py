@@ -202,3 +202,29 @@ def test_two_ranks_on_text_equal_one_process_global_batch_sam(tmp_path):
     train(TrainConfig(**config), tmp_path / "one")
     a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model_state"] for d in ("ddp", "one"))
     assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) < 1e-5
+
+
+@needs_transformers
+@pytest.mark.slow
+def test_compare_on_text_scores_every_analysis_with_the_token_mean(cli, tmp_path):
+    """``compare --data text --model gpt`` end to end (issue 25, item 3): the analyses, surfaces
+    and interpolation score with the token-mean loss; lambda_max of a run equals the top
+    eigenvalue of the same analysis subset under TokenCrossEntropy, computed here directly."""
+    from sharpscope import hessian
+    from sharpscope.experiments.analyses import PROFILES
+
+    out = tmp_path / "c"
+    opts = [x for k, v in GPT.items() for x in ("--model-opt", f"{k}={v}")]
+    code, _, err = cli(["compare", "--data", "text", "--model", "gpt", *opts, "--block-size", str(T), "--profile",
+                        "quick", "--seeds", "2", "--epochs", "1", "--n-train", "32", "--out", str(out), "--no-progress"])
+    assert code in (0, None), err
+    results = json.loads((out / "results.json").read_text())
+    seed0 = results["optimizers"]["sam"]["seeds"]["0"]
+    assert 0 <= seed0["final"]["test_acc"] <= 1 and math.isfinite(seed0["final"]["test_ppl"])
+    assert "interpolation" in results and math.isfinite(results["optimizers"]["sgd"]["surface"]["centre_loss"])
+    s = PROFILES["quick"]
+    ckpt = load_checkpoint(out / "sam" / "seed0" / "checkpoint.pt")
+    data = load_dataset(DataSpec.from_dict(ckpt.data_spec))
+    batches = data.batches("train", min(s.samples, data.x_train.shape[0]), 4096, 0)
+    direct = hessian.eigenvalues(ckpt.model, TokenCrossEntropy(shift=False), batches, k=s.top_k, tol=s.eig_tol, seed=0)
+    assert seed0["lambda_max"] == pytest.approx(direct.eigenvalues[0], rel=1e-6)
