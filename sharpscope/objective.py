@@ -25,15 +25,28 @@ Hessian-vector products (Pearlmutter 1994) are computed in one of two ways:
   single-batch trick, extended to many batches). Fastest per product, but it holds the
   double-backward graph of the whole data set in memory.
 
+- ``"finite-difference"``: central differences of two gradients along u = v / ||v|| with the
+  step t = (3 u_r (1 + ||theta||))^(1/3) (u_r the unit roundoff of the dtype) and an error of
+  about (t^2 / 2) ||H||_2 ||v||, ~1e-4 in float32 (:mod:`sharpscope.linalg.finite_difference`
+  derives both). Its gradients are ``backward()`` passes on the model's own parameters,
+  perturbed in place and restored bit for bit (:mod:`sharpscope.fd_hvp`): it works wherever a
+  gradient works (checkpointing, custom backwards, fused attention kernels).
+
 ``"auto"`` (the default) takes ``reuse-graph`` when the data set is small (at most
 ``reuse_graph_max_examples`` examples) and ``forward-over-reverse`` otherwise;
-``benchmarks/bench_hessian.py`` measures both.
+``benchmarks/bench_hessian.py`` measures both. When the first product fails because the
+model has no second derivative (:func:`sharpscope.fd_hvp.double_backward_unavailable`, or a
+``@once_differentiable`` backward in the graph, which an explicit ``"reuse-graph"`` refuses:
+its product would silently lack terms), it switches to ``"finite-difference"`` with a
+:class:`~sharpscope.errors.FiniteDifferenceWarning`; ``hvp_mode`` and ``hvp_fallback`` say
+so. Gradients fall back to ``backward()`` (exact) when ``torch.func`` cannot run the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -42,12 +55,15 @@ from torch import Tensor, nn
 from torch.func import grad, grad_and_value, jvp, vmap
 
 from . import distributed as dist_utils
+from . import fd_hvp
 from .batches import BatchLoss, Streamed, higher_order_attention
-from .errors import ConfigError, NonFiniteLossError
+from .errors import ConfigError, FiniteDifferenceWarning, NonFiniteLossError
+from .linalg.finite_difference import central_difference_step
 
 __all__ = ["Objective", "select_parameters", "parameter_groups", "biasbn_names", "eval_mode", "HVP_MODES"]
 
-HVP_MODES = ("auto", "forward-over-reverse", "reuse-graph")
+HVP_MODES = ("auto", "forward-over-reverse", "reuse-graph", "finite-difference")
+FINITE_DIFFERENCE = "finite-difference"
 DEFAULT_BLOCK_BYTES = 512 * 2**20  # extra memory a block of batched HVPs may take (hvp_block_size)
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
@@ -236,10 +252,15 @@ class Objective:
         if self.streamed and hvp_mode == "reuse-graph":
             raise ConfigError("hvp_mode='reuse-graph' keeps the graph of every batch, which streamed data cannot "
                               "afford; use 'forward-over-reverse' (or 'auto'), or cache=True")
+        requested_auto = hvp_mode == "auto"
         if hvp_mode == "auto":
             small = self.n_examples <= reuse_graph_max_examples and not self.streamed
             hvp_mode = "reuse-graph" if small else "forward-over-reverse"
         self.hvp_mode = hvp_mode
+        self.auto_mode = requested_auto
+        self.hvp_fallback: str | None = None  # why "auto" switched to finite differences
+        self._fd_step: float | None = None
+        self._grad_by_backward = False  # torch.func failed on this model: gradients by backward()
         self._graph: list[tuple[Tensor, ...]] | None = None
         self._graph_leaves: list[Tensor] | None = None
         self._activation_bytes: int | None = None
@@ -287,6 +308,22 @@ class Objective:
 
     def value_and_grad(self, theta: Tensor | None = None) -> tuple[float, Tensor]:
         """(L, grad L) in one pass over the data."""
+        packed = None
+        if self.hvp_mode != FINITE_DIFFERENCE and not self._grad_by_backward:
+            try:
+                packed = self._value_and_grad_func(theta)
+            except (RuntimeError, NotImplementedError) as err:  # torch.func cannot run this model:
+                if not fd_hvp.double_backward_unavailable(err):  # backward() computes the same gradient
+                    raise
+                self._grad_by_backward = True
+        if packed is None:
+            packed = self._value_and_grad_backward(theta)
+        self.n_grad += 1
+        packed = require_finite(self.reduce_over_ranks(packed), "the loss or its gradient")
+        return float(packed[-1]), packed[:-1]
+
+    def _value_and_grad_func(self, theta: Tensor | None) -> Tensor:
+        """[grad L, L] (flat) by ``torch.func``, summed over this rank's batches."""
         params = self.theta if theta is None else self.unflatten(theta)
         packed = torch.zeros(self.n + 1, device=self.device, dtype=self.dtype)  # [grad, loss]: one all-reduce
         with eval_mode(self.model), higher_order_attention():
@@ -294,20 +331,56 @@ class Objective:
                 g, value = grad_and_value(self._batch_loss)(params, batch)
                 packed[:-1].add_(self.flatten(g), alpha=w)
                 packed[-1] += w * value.detach()
-        self.n_grad += 1
-        packed = require_finite(self.reduce_over_ranks(packed), "the loss or its gradient")
-        return float(packed[-1]), packed[:-1]
+        return packed
+
+    def _value_and_grad_backward(self, theta: Tensor | None) -> Tensor:
+        """[grad L, L] (flat) by ``backward()`` on the model's own parameters (finite-difference mode)."""
+        with eval_mode(self.model):
+            return self._perturbed().value_and_grad(None if theta is None else theta.to(self.device, self.dtype))
+
+    def _perturbed(self) -> fd_hvp.PerturbedGradient:
+        return fd_hvp.PerturbedGradient(self.model, self.names, self._batch_loss, self.own, self.fixed)
+
+    def _fall_back(self, err: BaseException, why: str | None = None) -> None:
+        """Under ``"auto"``, switch to finite differences when ``err`` says the model has no
+        second derivative (module docstring), with a warning; otherwise re-raise ``err``."""
+        why = why or fd_hvp.double_backward_unavailable(err)
+        if not (self.auto_mode and why):
+            raise err
+        self.release()
+        self.hvp_mode, self.hvp_fallback = FINITE_DIFFERENCE, why
+        warnings.warn(f"hvp_mode='auto': double backward is unavailable here ({why}); using finite differences of "
+                      f"gradients (hvp_mode='finite-difference', relative error about "
+                      f"{self.finite_difference_error():.1e} of ||H|| ||v||)", FiniteDifferenceWarning, stacklevel=3)
+
+    def finite_difference_step(self) -> float:
+        """The step t of the finite-difference product along a unit vector (:mod:`sharpscope.linalg.finite_difference`)."""
+        if self._fd_step is None:
+            norm = float(self.parameters_vector().double().norm())
+            self._fd_step = central_difference_step(norm, self.dtype)
+        return self._fd_step
+
+    def finite_difference_error(self) -> float:
+        """The predicted error of a finite-difference product relative to ||H||_2 ||v||: t^2 / 2."""
+        return self.finite_difference_step() ** 2 / 2.0
 
     def hvp(self, v: Tensor) -> Tensor:
         """H v for a flat (n,) vector, or H V column by column for an (n, b) block."""
         if v.shape[0] != self.n or v.dim() not in (1, 2):
             raise ConfigError(f"vector of shape {tuple(v.shape)} does not match {self.n} parameters")
         cols = 1 if v.dim() == 1 else v.shape[1]
-        with eval_mode(self.model), higher_order_attention():
-            if self.hvp_mode == "reuse-graph":
-                out = self._hvp_reuse(v)
-            else:
-                out = self._hvp_forward_over_reverse(v)
+        if self.hvp_mode != FINITE_DIFFERENCE:
+            try:
+                with eval_mode(self.model), higher_order_attention():
+                    if self.hvp_mode == "reuse-graph":
+                        out = self._hvp_reuse(v)
+                    else:
+                        out = self._hvp_forward_over_reverse(v)
+            except (RuntimeError, NotImplementedError, fd_hvp.OnceDifferentiableError) as err:
+                self._fall_back(err, getattr(err, "why", None))
+        if self.hvp_mode == FINITE_DIFFERENCE:
+            with eval_mode(self.model):
+                out = self._perturbed().hvp(v.to(self.device, self.dtype), self.finite_difference_step())
         out = require_finite(self.reduce_over_ranks(out), "a Hessian-vector product")
         self.count_products(cols)
         return out
@@ -344,6 +417,8 @@ class Objective:
             for w, batch in self.own:
                 loss = self._batch_loss(params, batch) * w
                 graph.append(torch.autograd.grad(loss, leaves, create_graph=True))
+                if len(graph) == 1 and fd_hvp.cut_by_once_differentiable(graph[0]):
+                    raise fd_hvp.OnceDifferentiableError()
         self._graph, self._graph_leaves = graph, leaves
 
     def _hvp_reuse(self, v: Tensor) -> Tensor:
@@ -366,7 +441,7 @@ class Objective:
         extra memory near ``budget_bytes``; None (no limit) in reuse-graph mode, which multiplies
         one column at a time anyway; else :meth:`vmapped_block_size`.
         """
-        if self.hvp_mode == "reuse-graph":
+        if self.hvp_mode in ("reuse-graph", FINITE_DIFFERENCE):
             return None
         return self.vmapped_block_size(budget_bytes)
 
