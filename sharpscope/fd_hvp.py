@@ -108,7 +108,7 @@ class PerturbedGradient:
         loss: ``loss(state, batch)`` -> the mean loss of a batch, ``state`` the model's
             tensors by name (the objective's batch loss).
         own: (weight, batch) pairs, the weights summing to one over all ranks.
-        fixed: the other parameters and buffers by name (detached).
+        fixed: the buffers by name (and the other parameters, which the model's own replace).
     """
 
     def __init__(self, model: nn.Module, names: list[str], loss: Callable[[dict[str, Tensor], Any], Tensor],
@@ -156,7 +156,9 @@ class PerturbedGradient:
                 p.copy_(s if part is None else part.view_as(s) if absolute else s + part.view_as(s))
         n = sum(s.numel() for s in saved)
         packed = torch.zeros(n + 1, device=saved[0].device, dtype=saved[0].dtype)
-        state = {**self.fixed, **dict(zip(self.names, self.params))}
+        # every parameter as the model holds it (requires_grad as the user set it), as in training:
+        # a reentrant checkpoint yields no gradient when its inputs do not require grad
+        state = {**self.fixed, **dict(self.model.named_parameters())}
         for w, batch in self.own:
             for p in self.model.parameters():
                 p.grad = None

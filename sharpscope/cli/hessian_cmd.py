@@ -159,7 +159,7 @@ def hessian_command(
                        console, progress)
     if not is_main():  # every rank took part in the products; rank 0 reports
         return
-    _add_results(report, results)
+    _add_results(report, results, obj)
     _print_results(rank0_console(stderr=json_out == "-"), ckpt.path, obj, split, which, results, operator)
     outputs.clear()
     if plot:
@@ -226,8 +226,10 @@ def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
     return parts
 
 
-def _add_results(report: dict, results: dict) -> None:
-    """The results into the report, the density with the note on which trace to trust."""
+def _add_results(report: dict, results: dict, obj: Any) -> None:
+    """The results into the report, the density with the note on which trace to trust; the HVP
+    mode as it ran ("auto" may have switched to finite differences, and says why)."""
+    report["hvp_mode"], report["hvp_fallback"] = obj.hvp_mode, obj.hvp_fallback
     report.update({k: v.to_dict() for k, v in results.items()})
     if "density" in report:
         report["density"]["trace_note"] = _TRACE_NOTE["trace" in results].format(runs=results["density"].n_runs)
