@@ -66,13 +66,15 @@ def central_difference_error(w_norm: float, dtype: torch.dtype) -> float:
 def central_difference(grad_at: Callable[[Tensor], Tensor], v: Tensor, step: float) -> Tensor:
     """||v|| (g(w + t u) - g(w - t u)) / (2 t), u = v / ||v||, t = ``step``.
 
-    ``grad_at(d)`` returns the gradient at w + d (flat, like ``v``). A zero ``v`` gives zero
-    without evaluating anything. The norm and the scaling are taken in float64 and the
-    result is returned in ``v``'s dtype.
+    ``grad_at(d)`` returns a new tensor, the gradient at w + d (flat, like ``v``); the
+    difference is formed in place in it (no copy of parameter size beyond the two gradients).
+    A zero ``v`` gives zero without evaluating anything. The norm and the scale factors are
+    taken in float64 (Python floats), the arithmetic on vectors in ``v``'s dtype.
     """
     norm = float(v.double().norm())
     if norm == 0.0:
         return torch.zeros_like(v)
     d = v * (step / norm)
-    diff = grad_at(d) - grad_at(-d)
-    return (diff.double() * (norm / (2.0 * step))).to(v.dtype)
+    plus = grad_at(d)
+    d.neg_()
+    return plus.sub_(grad_at(d)).mul_(norm / (2.0 * step))
