@@ -79,7 +79,9 @@ def main() -> None:
                 raise SystemExit(done.stderr[-2000:])
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         full, chunked = rows
-        print(f"{op + ' (' + mode + ')':34s} {full['peak_mb']:9.0f} {chunked['peak_mb']:9.0f} "
+        label = f"gradient by {'backward()' if mode == 'finite-difference' else 'torch.func'}" if op == "grad" \
+            else f"HVP {mode}"
+        print(f"{label:34s} {full['peak_mb']:9.0f} {chunked['peak_mb']:9.0f} "
               f"{full['peak_mb'] / max(chunked['peak_mb'], 1e-9):6.2f} {full['wall_s']:10.2f} / {chunked['wall_s']:.2f}"
               f"   (|out| {full['norm']:.6g} vs {chunked['norm']:.6g})")
 
