@@ -30,7 +30,8 @@ Hessian-vector products (Pearlmutter 1994) are computed in one of two ways:
   about (t^2 / 2) ||H||_2 ||v||, ~1e-4 in float32 (:mod:`sharpscope.linalg.finite_difference`
   derives both). Its gradients are ``backward()`` passes on the model's own parameters,
   perturbed in place and restored bit for bit (:mod:`sharpscope.fd_hvp`): it works wherever a
-  gradient works (checkpointing, custom backwards, fused attention kernels).
+  gradient works (checkpointing, custom backwards, fused attention kernels). Smooth networks
+  only: ReLU kinks crossed by the step make errors of order one (measured there).
 
 ``"auto"`` (the default) takes ``reuse-graph`` when the data set is small (at most
 ``reuse_graph_max_examples`` examples) and ``forward-over-reverse`` otherwise;
@@ -351,7 +352,8 @@ class Objective:
         self.hvp_mode, self.hvp_fallback = FINITE_DIFFERENCE, why
         warnings.warn(f"hvp_mode='auto': double backward is unavailable here ({why}); using finite differences of "
                       f"gradients (hvp_mode='finite-difference', relative error about "
-                      f"{self.finite_difference_error():.1e} of ||H|| ||v||)", FiniteDifferenceWarning, stacklevel=3)
+                      f"{self.finite_difference_error():.1e} of ||H|| ||v|| for smooth activations; ReLU kinks "
+                      "make it far larger)", FiniteDifferenceWarning, stacklevel=3)
 
     def finite_difference_step(self) -> float:
         """The step t of the finite-difference product along a unit vector (:mod:`sharpscope.linalg.finite_difference`)."""

@@ -36,6 +36,16 @@ t^2 / 2 = 8e-5 in float32; t = 1.5e-5 and t^2 / 2 = 1.2e-10 in float64. The boun
 relative to ||H||_2 ||v||: a vector of small curvature (||H v|| << ||H|| ||v||) has a larger
 error relative to ||H v||. The map v -> D_t(v) is odd and positively homogeneous but only
 approximately linear, which Lanczos and Hutch++ tolerate at the level of (3).
+
+Measured (``tests/test_fd_hvp.py``; MLPs 64-256-10 on 256 digits, 26k parameters, ||w|| = 9.4):
+with tanh or GELU the error is 6e-6 of ||H|| ||v|| in float32 and 1e-11 in float64 at the
+step (2), within 3x of the best step of a scan over t * 10^(-2..2) and below the bound (3)
+(7.6e-5 and 1.1e-10). Smoothness is required: with ReLU (or max-pooling) the gradient jumps
+where a pre-activation crosses zero, a step t crosses such kinks for a number of units and
+examples proportional to t, each adding an error of order jump / t, so the error does not
+shrink with t: 0.23 of ||H|| ||v|| on the ReLU MLP in float32, 0.48 on a ReLU / max-pool CNN
+in float64, while the exact products give the Hessian of the smooth piece (the activation
+pattern held fixed). Finite differences are for smooth networks (transformers: GELU, SiLU).
 """
 
 from __future__ import annotations
