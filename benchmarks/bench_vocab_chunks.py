@@ -45,10 +45,13 @@ def one(op: str, mode: str, chunk: int, vocab: int, seq: int, batch: int, width:
     v = torch.randn(obj.n, generator=torch.Generator().manual_seed(1))
     obj.loss()  # touch the code paths once (lazy imports), without autograd
     before = psutil.Process().memory_info().rss
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     start = time.perf_counter()
     out = obj.grad() if op == "grad" else obj.hvp(v)
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if peak <= peak_before:  # the set-up peaked higher: the operation's own peak is not known
+        raise SystemExit(f"{op} {mode} chunk {chunk}: the set-up's peak RSS exceeds the operation's")
     return {"op": op, "mode": mode, "chunk": chunk, "peak_mb": (peak - before) / 2**20, "wall_s": wall,
             "n_params": obj.n, "norm": float(out.double().norm())}
 

@@ -356,7 +356,8 @@ class Objective:
                       "make it far larger)", FiniteDifferenceWarning, stacklevel=3)
 
     def finite_difference_step(self) -> float:
-        """The step t of the finite-difference product along a unit vector (:mod:`sharpscope.linalg.finite_difference`)."""
+        """The step t of a finite-difference product along a unit vector
+        (:mod:`sharpscope.linalg.finite_difference`)."""
         if self._fd_step is None:
             norm = float(self.parameters_vector().double().norm())
             self._fd_step = central_difference_step(norm, self.dtype)

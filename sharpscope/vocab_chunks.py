@@ -52,10 +52,10 @@ def _chunk_sum(h: Tensor, weight: Tensor, bias: Tensor | None, labels: Tensor) -
     return F.cross_entropy(F.linear(h, weight, bias), labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def _checkpointable(h: Tensor) -> bool:
-    """Whether ``torch.utils.checkpoint`` can run here: gradients recorded by ordinary autograd,
-    not under a ``torch.func`` transform (whose tensors are wrapped and refuse saved-tensor hooks)."""
-    return torch.is_grad_enabled() and h.requires_grad and not torch._C._functorch.is_functorch_wrapped_tensor(h)
+def _under_torch_func(h: Tensor) -> bool:
+    """Whether ``h`` is traced by a ``torch.func`` transform (its tensors are wrapped), which
+    refuses the saved-tensor hooks of ``torch.utils.checkpoint``."""
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(h))
 
 
 def chunked_token_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, shift: bool,
@@ -76,11 +76,14 @@ def chunked_token_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, 
         hidden, labels = hidden[..., :-1, :], labels[..., 1:]
     h = hidden.reshape(-1, hidden.shape[-1])
     y = labels.reshape(-1)
-    if not _checkpointable(h):  # chunks would keep as much (and more: one weight gradient each)
+    if _under_torch_func(h):  # chunks would keep as much (and more: one weight gradient each)
         total = _chunk_sum(h, weight, bias, y)
     else:
-        total = sum(checkpoint(_chunk_sum, h[lo:lo + chunk_tokens], weight, bias, y[lo:lo + chunk_tokens],
-                               use_reentrant=False) for lo in range(0, h.shape[0], chunk_tokens))
+        recorded = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+        parts = [(h[lo:lo + chunk_tokens], weight, bias, y[lo:lo + chunk_tokens])
+                 for lo in range(0, h.shape[0], chunk_tokens)]
+        total = sum(checkpoint(_chunk_sum, *part, use_reentrant=False) if recorded else _chunk_sum(*part)
+                    for part in parts)
     return total / count_tokens(labels, False).clamp(min=1).to(total.dtype)
 
 

@@ -58,6 +58,7 @@ def test_chunked_token_loss_gives_the_same_gradient_and_products(mode):
     v = torch.randn(a.n, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     (la, ga), (lb, gb) = a.value_and_grad(), b.value_and_grad()
     assert lb == pytest.approx(la, rel=1e-14) and torch.allclose(gb, ga, rtol=1e-12, atol=1e-16)
+    assert b.loss() == pytest.approx(a.loss(), rel=1e-14)  # no graph: chunks without checkpointing
     ha, hb = a.hvp(v), b.hvp(v)
     # exact modes: float rounding; finite differences: their rounding noise, u_r ||g|| / t ~ 1e-11 here
     tol = 1e-12 if mode != "finite-difference" else 1e-9
