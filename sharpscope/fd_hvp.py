@@ -36,7 +36,6 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .linalg.finite_difference import central_difference
 
 __all__ = ["PerturbedGradient", "double_backward_unavailable", "cut_by_once_differentiable", "OnceDifferentiableError"]
 
@@ -126,6 +125,8 @@ class PerturbedGradient:
     def hvp(self, v: Tensor, step: float) -> Tensor:
         """Central-difference products with step ``step`` of a flat (n,) vector or of each
         column of an (n, b) block (:func:`~sharpscope.linalg.finite_difference.central_difference`)."""
+        from .linalg.finite_difference import central_difference  # (the linalg package imports scipy)
+
         with self.session() as at:
             def grad_at(d: Tensor) -> Tensor:
                 return at(d)[1]

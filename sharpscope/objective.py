@@ -59,7 +59,6 @@ from . import distributed as dist_utils
 from . import fd_hvp
 from .batches import BatchLoss, Streamed, higher_order_attention
 from .errors import ConfigError, FiniteDifferenceWarning, NonFiniteLossError
-from .linalg.finite_difference import central_difference_step
 
 __all__ = ["Objective", "select_parameters", "parameter_groups", "biasbn_names", "eval_mode", "HVP_MODES"]
 
@@ -359,6 +358,8 @@ class Objective:
         """The step t of a finite-difference product along a unit vector
         (:mod:`sharpscope.linalg.finite_difference`)."""
         if self._fd_step is None:
+            from .linalg.finite_difference import central_difference_step  # (linalg imports scipy)
+
             norm = float(self.parameters_vector().double().norm())
             self._fd_step = central_difference_step(norm, self.dtype)
         return self._fd_step
