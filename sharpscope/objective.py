@@ -26,9 +26,9 @@ Hessian-vector products (Pearlmutter 1994) are computed in one of two ways:
   double-backward graph of the whole data set in memory.
 
 - ``"finite-difference"``: central differences of two gradients along u = v / ||v|| with the
-  step t = (3 u_r (1 + ||theta||))^(1/3) (u_r the unit roundoff of the dtype) and an error of
-  about (t^2 / 2) ||H||_2 ||v||, ~1e-4 in float32 (:mod:`sharpscope.linalg.finite_difference`
-  derives both). Its gradients are ``backward()`` passes on the model's own parameters,
+  step t = (3 u_r (1 + ||theta||) / 1000)^(1/3) (u_r the unit roundoff of the dtype) and an
+  error below (3/2) u_r (1 + ||theta||) ||H||_2 ||v|| / t, ~1e-3 in float32
+  (:mod:`sharpscope.linalg.finite_difference` derives and measures both). Its gradients are ``backward()`` passes on the model's own parameters,
   perturbed in place and restored bit for bit (:mod:`sharpscope.fd_hvp`): it works wherever a
   gradient works (checkpointing, custom backwards, fused attention kernels). Smooth networks
   only: ReLU kinks crossed by the step make errors of order one (measured there).
@@ -365,8 +365,10 @@ class Objective:
         return self._fd_step
 
     def finite_difference_error(self) -> float:
-        """The predicted error of a finite-difference product relative to ||H||_2 ||v||: t^2 / 2."""
-        return self.finite_difference_step() ** 2 / 2.0
+        """The predicted error bound of a finite-difference product relative to ||H||_2 ||v||."""
+        from .linalg.finite_difference import central_difference_error
+
+        return central_difference_error(float(self.parameters_vector().double().norm()), self.dtype)
 
     def hvp(self, v: Tensor) -> Tensor:
         """H v for a flat (n,) vector, or H V column by column for an (n, b) block."""
