@@ -22,6 +22,7 @@ from .errors import (
     ModelSpecError,
     NonFiniteLossError,
     RestartsDisagreeWarning,
+    FiniteDifferenceWarning,
     SampledFisherWarning,
     SharpscopeError,
     UnconvergedWarning,
@@ -32,6 +33,7 @@ from .errors import (
 # ``import sharpscope`` (and so ``sharpscope --help``) does not pay for importing torch.
 _LAZY_NAMES = {
     "ModelLoss": "batches", "OutputLoss": "batches", "TokenLoss": "tokens", "TokenCrossEntropy": "tokens",
+    "ChunkedTokenLoss": "vocab_chunks",
     "SAM": "optim", "RSAM": "optim", "GSAM": "optim", "WSAM": "optim", "LookSAM": "optim", "FriendlySAM": "optim",
     "sam_step": "optim", "frozen_bn_stats": "optim",
     "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
@@ -40,9 +42,9 @@ _LAZY_NAMES = {
 # Submodules reachable as attributes of the package, imported on first access.
 # (tests/test_startup.py checks that every public module of the package is listed.)
 _SUBMODULES = ("ascent", "batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism",
-               "distributed", "errors", "experiments", "hessian", "io", "landscape", "linalg", "measure_table", "measures",
+               "distributed", "errors", "experiments", "fd_hvp", "hessian", "io", "landscape", "linalg", "measure_table", "measures",
                "models", "objective", "optim", "plots", "plots_html", "provenance", "sharpness", "stats", "tokens", "train",
-               "train_options",
+               "train_options", "vocab_chunks",
                "weight_spectra")
 
 __all__ = [
@@ -74,6 +76,8 @@ __all__ = [
     "OutputLoss",
     "TokenLoss",
     "TokenCrossEntropy",
+    "ChunkedTokenLoss",
+    "FiniteDifferenceWarning",
 ]
 
 

@@ -60,6 +60,14 @@ class SampledFisherWarning(UserWarning):
     """The true Fisher estimated with a few sampled labels per example has an unbiased trace but
     overestimates its largest eigenvalues (E lambda_max(F_S) >= lambda_max(F), Jensen): use
     ``mc_samples="exact"`` (the default; the same cost per product) for eigenvalues and densities."""
+
+
+class FiniteDifferenceWarning(UserWarning):
+    """``hvp_mode="auto"`` found no second derivative (a checkpointed or custom backward) and
+    computes Hessian-vector products by central differences of gradients instead (relative
+    error about 1e-4 of ||H|| ||v|| in float32, :mod:`sharpscope.linalg.finite_difference`)."""
+
+
 class DataChangedWarning(UserWarning):
     """The data reloaded for a checkpoint differs from the training split recorded in its
     fingerprint (number of examples, input shape, classes, or the contents' hashes): the

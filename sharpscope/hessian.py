@@ -81,6 +81,7 @@ class EigenvaluesResult:
     eigenvectors: Tensor | None = field(default=None, repr=False)
     operator: str = "hessian"
     mc_samples: int | str | None = None
+    hvp_mode: str | None = None  # how the Hessian's products were computed (None for other operators)
     names: list[str] | None = field(default=None, repr=False)
     shapes: list[tuple[int, ...]] | None = field(default=None, repr=False)
 
@@ -143,8 +144,14 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
         n_iter=res.n_iter, wall_time=time.perf_counter() - start, n_params=obj.n, n_examples=obj.n_examples,
         eigenvectors=res.eigenvectors.T.contiguous().T if keep else None,  # columns contiguous: views
         names=list(obj.names) if keep else None, shapes=[tuple(s) for s in obj.shapes] if keep else None,
-        operator=operator, mc_samples=mc,
+        operator=operator, mc_samples=mc, hvp_mode=_mode(obj, operator),
     )
+
+
+def _mode(obj: Objective, operator: str) -> str | None:
+    """The objective's HVP mode once its products ran (``"auto"`` may have switched to finite
+    differences), for the Hessian; None for the other operators, which have one way."""
+    return obj.hvp_mode if operator == "hessian" else None
 
 
 @dataclass
@@ -160,6 +167,7 @@ class TraceResult:
     n_examples: int
     operator: str = "hessian"
     mc_samples: int | str | None = None
+    hvp_mode: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,7 +190,7 @@ def trace(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Ite
     res = fn(op, n_matvecs=n_matvecs, seed=seed, block_size=block if method == "hutch++" else (block or 1))
     return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method,
                        n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n,
-                       n_examples=obj.n_examples, operator=operator, mc_samples=mc)
+                       n_examples=obj.n_examples, operator=operator, mc_samples=mc, hvp_mode=_mode(obj, operator))
 
 
 @dataclass
@@ -202,6 +210,7 @@ class DensityResult:
     n_examples: int
     operator: str = "hessian"
     mc_samples: int | str | None = None
+    hvp_mode: str | None = None
 
     @property
     def mean(self) -> float:
@@ -255,7 +264,7 @@ def density(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: I
         grid=res.grid.tolist(), density=res.density.tolist(), nodes=res.nodes.tolist(),
         weights=res.weights.tolist(), sigma=float(res.sigma), n_runs=res.n_runs, n_steps=res.n_steps,
         n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n, n_examples=obj.n_examples,
-        operator=operator, mc_samples=mc,
+        operator=operator, mc_samples=mc, hvp_mode=_mode(obj, operator),
     )
 
 
@@ -280,6 +289,7 @@ class LayerSummary:
     wall_time: float
     operator: str = "hessian"
     mc_samples: int | str | None = None
+    hvp_mode: str | None = None  # the last block's mode (every block's, unless "auto" switched)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -303,7 +313,7 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
         chosen = set(select_parameters(model, params))
         groups = {k: kept for k, v in groups.items() if (kept := [n for n in v if n in chosen])}
     batches = Objective(model, loss_fn, data, hvp_mode=hvp_mode).batches  # read the data once
-    rows = []
+    rows, mode = [], None
     for name, names in groups.items():
         if callback is not None:
             callback(name)
@@ -314,7 +324,8 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
         rows.append(LayerRow(name, obj.n, top.eigenvalues[0], top.converged[0], tr.trace, tr.stderr,
                              top.n_hvp + tr.n_hvp))
         obj.release()
-    return LayerSummary(by, rows, sum(r.n_hvp for r in rows), time.perf_counter() - start, operator, mc)
+        mode = top.hvp_mode
+    return LayerSummary(by, rows, sum(r.n_hvp for r in rows), time.perf_counter() - start, operator, mc, mode)
 
 
 

@@ -25,15 +25,28 @@ Hessian-vector products (Pearlmutter 1994) are computed in one of two ways:
   single-batch trick, extended to many batches). Fastest per product, but it holds the
   double-backward graph of the whole data set in memory.
 
+- ``"finite-difference"``: central differences of two gradients along u = v / ||v|| with the
+  step t = (3 u_r (1 + ||theta||) / 1000)^(1/3) (u_r the unit roundoff of the dtype) and an
+  error below (3/2) u_r (1 + ||theta||) ||H||_2 ||v|| / t, ~1e-3 in float32
+  (:mod:`sharpscope.linalg.finite_difference` derives and measures both). Its gradients are ``backward()`` passes on the model's own parameters,
+  perturbed in place and restored bit for bit (:mod:`sharpscope.fd_hvp`): it works wherever a
+  gradient works (checkpointing, custom backwards, fused attention kernels). Smooth networks
+  only: ReLU kinks crossed by the step make errors of order one (measured there).
+
 ``"auto"`` (the default) takes ``reuse-graph`` when the data set is small (at most
 ``reuse_graph_max_examples`` examples) and ``forward-over-reverse`` otherwise;
-``benchmarks/bench_hessian.py`` measures both.
+``benchmarks/bench_hessian.py`` measures both. When the first product fails because the
+model has no second derivative (:func:`sharpscope.fd_hvp.double_backward_unavailable`, or a
+``@once_differentiable`` backward in the graph, which an explicit ``"reuse-graph"`` refuses:
+its product would silently lack terms), it switches to ``"finite-difference"`` with a
+:class:`~sharpscope.errors.FiniteDifferenceWarning`; ``hvp_mode`` and ``hvp_fallback`` say
+so. Gradients fall back to ``backward()`` (exact) when ``torch.func`` cannot run the model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -42,85 +55,19 @@ from torch import Tensor, nn
 from torch.func import grad, grad_and_value, jvp, vmap
 
 from . import distributed as dist_utils
+from . import fd_hvp
 from .batches import BatchLoss, Streamed, higher_order_attention
-from .errors import ConfigError, NonFiniteLossError
+from .errors import ConfigError, FiniteDifferenceWarning, NonFiniteLossError
 from .models.attention import attention_calls
-from .models.param_names import group_parameters
+from .models.param_names import (biasbn_names, frozen_parameters, moved_parameters, parameter_groups,  # noqa: F401
+                                  select_parameters)
 
 __all__ = ["Objective", "select_parameters", "moved_parameters", "frozen_parameters", "parameter_groups",
            "biasbn_names", "eval_mode", "HVP_MODES"]
 
-HVP_MODES = ("auto", "forward-over-reverse", "reuse-graph")
+HVP_MODES = ("auto", "forward-over-reverse", "reuse-graph", "finite-difference")
+FINITE_DIFFERENCE = "finite-difference"
 DEFAULT_BLOCK_BYTES = 512 * 2**20  # extra memory a block of batched HVPs may take (hvp_block_size)
-
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
-
-
-def biasbn_names(model: nn.Module) -> set[str]:
-    """Names of biases and of every parameter of a normalization layer."""
-    names = set()
-    for mod_name, module in model.named_modules():
-        for p_name, _ in module.named_parameters(recurse=False):
-            full = f"{mod_name}.{p_name}" if mod_name else p_name
-            if isinstance(module, _NORM_TYPES) or p_name == "bias":
-                names.add(full)
-    return names
-
-
-def select_parameters(model: nn.Module, params: Any = None, include_frozen: bool = False) -> list[str]:
-    """Names of the trainable parameters chosen by ``params``.
-
-    ``None`` or ``"all"``: every parameter with ``requires_grad``; ``"no-biasbn"``: all but
-    biases and normalization-layer parameters; a string or list of strings: glob patterns on
-    parameter names (``"stages.0.*"``, ``"transformer.h.*.attn.*"``), a leading ``!``
-    excluding; a callable ``(name, parameter) -> bool``. Frozen parameters
-    (``requires_grad=False``: a LoRA model's base weights) are left out unless
-    ``include_frozen``. An empty selection is a :class:`ConfigError`.
-    """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or include_frozen]
-    if params is None or params == "all":
-        chosen = [n for n, _ in named]
-    elif params == "no-biasbn":
-        skip = biasbn_names(model)
-        chosen = [n for n, _ in named if n not in skip]
-    elif callable(params):
-        chosen = [n for n, p in named if params(n, p)]
-    else:
-        patterns = [params] if isinstance(params, str) else list(params)
-        include = [p for p in patterns if not p.startswith("!")]
-        exclude = [p[1:] for p in patterns if p.startswith("!")]
-        chosen = [n for n, _ in named
-                  if (not include or any(fnmatch.fnmatchcase(n, pat) for pat in include))
-                  and not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)]
-    if not chosen:
-        frozen = len(frozen_parameters(model)) if not include_frozen else 0
-        raise ConfigError(f"parameter selection {params!r} matches no trainable parameter; names look like "
-                          f"{', '.join(n for n, _ in named[:4])}"
-                          + (f" ({frozen} frozen tensors, requires_grad=False, are left out)" if frozen else ""))
-    return chosen
-
-
-def moved_parameters(model: nn.Module, params: Any = None) -> list[str]:
-    """:func:`select_parameters` for the analyses that move weights without differentiating
-    twice (surfaces, interpolation, sharpness measures, weight spectra): the same rule, except
-    that a model with no trainable parameter at all (frozen for inference) has all of them."""
-    return select_parameters(model, params, include_frozen=not any(p.requires_grad for p in model.parameters()))
-
-
-def frozen_parameters(model: nn.Module) -> list[str]:
-    """Names of the parameters with ``requires_grad=False`` (a LoRA model's base weights),
-    which the analyses leave out by default."""
-    return [n for n, p in model.named_parameters() if not p.requires_grad]
-
-
-def parameter_groups(model: nn.Module, by: str = "layer") -> dict[str, list[str]]:
-    """Trainable parameter names grouped per ``"layer"`` (the module that owns them), per
-    ``"block"`` (a transformer's numbered blocks, ``transformer.h.3``; in a model without them the
-    outermost module below the root that is not a Sequential/ModuleList/ModuleDict, e.g. a
-    residual block) or per ``"kind"`` (embeddings, attention, mlp, norm, head; conv, linear,
-    other), in model order: :func:`sharpscope.models.param_names.group_parameters`."""
-    return group_parameters(model, by)
-
 
 def require_finite_tensors(tensors: Mapping[str, Tensor], what: str) -> None:
     """The one rule for non-finite weights in every analysis (Hessian, sharpness measures,
@@ -246,10 +193,15 @@ class Objective:
         if self.streamed and hvp_mode == "reuse-graph":
             raise ConfigError("hvp_mode='reuse-graph' keeps the graph of every batch, which streamed data cannot "
                               "afford; use 'forward-over-reverse' (or 'auto'), or cache=True")
+        requested_auto = hvp_mode == "auto"
         if hvp_mode == "auto":
             small = self.n_examples <= reuse_graph_max_examples and not self.streamed
             hvp_mode = "reuse-graph" if small else "forward-over-reverse"
         self.hvp_mode = hvp_mode
+        self.auto_mode = requested_auto
+        self.hvp_fallback: str | None = None  # why "auto" switched to finite differences
+        self._fd_step: float | None = None
+        self._grad_by_backward = False  # torch.func failed on this model: gradients by backward()
         self._graph: list[tuple[Tensor, ...]] | None = None
         self._graph_leaves: list[Tensor] | None = None
         self._activation_bytes: int | None = None
@@ -298,6 +250,22 @@ class Objective:
 
     def value_and_grad(self, theta: Tensor | None = None) -> tuple[float, Tensor]:
         """(L, grad L) in one pass over the data."""
+        packed = None
+        if self.hvp_mode != FINITE_DIFFERENCE and not self._grad_by_backward:
+            try:
+                packed = self._value_and_grad_func(theta)
+            except (RuntimeError, NotImplementedError) as err:  # torch.func cannot run this model:
+                if not fd_hvp.double_backward_unavailable(err):  # backward() computes the same gradient
+                    raise
+                self._grad_by_backward = True
+        if packed is None:
+            packed = self._value_and_grad_backward(theta)
+        self.n_grad += 1
+        packed = require_finite(self.reduce_over_ranks(packed), "the loss or its gradient")
+        return float(packed[-1]), packed[:-1]
+
+    def _value_and_grad_func(self, theta: Tensor | None) -> Tensor:
+        """[grad L, L] (flat) by ``torch.func``, summed over this rank's batches."""
         params = self.theta if theta is None else self.unflatten(theta)
         packed = torch.zeros(self.n + 1, device=self.device, dtype=self.dtype)  # [grad, loss]: one all-reduce
         with eval_mode(self.model), higher_order_attention():
@@ -305,20 +273,62 @@ class Objective:
                 g, value = grad_and_value(self._batch_loss)(params, batch)
                 packed[:-1].add_(self.flatten(g), alpha=w)
                 packed[-1] += w * value.detach()
-        self.n_grad += 1
-        packed = require_finite(self.reduce_over_ranks(packed), "the loss or its gradient")
-        return float(packed[-1]), packed[:-1]
+        return packed
+
+    def _value_and_grad_backward(self, theta: Tensor | None) -> Tensor:
+        """[grad L, L] (flat) by ``backward()`` on the model's own parameters (finite-difference mode)."""
+        with eval_mode(self.model):
+            return self._perturbed().value_and_grad(None if theta is None else theta.to(self.device, self.dtype))
+
+    def _perturbed(self) -> fd_hvp.PerturbedGradient:
+        return fd_hvp.PerturbedGradient(self.model, self.names, self._batch_loss, self.own, self.fixed)
+
+    def _fall_back(self, err: BaseException, why: str | None = None) -> None:
+        """Under ``"auto"``, switch to finite differences when ``err`` says the model has no
+        second derivative (module docstring), with a warning; otherwise re-raise ``err``."""
+        why = why or fd_hvp.double_backward_unavailable(err)
+        if not (self.auto_mode and why):
+            raise err
+        self.release()
+        self.hvp_mode, self.hvp_fallback = FINITE_DIFFERENCE, why
+        warnings.warn(f"hvp_mode='auto': double backward is unavailable here ({why}); using finite differences of "
+                      f"gradients (hvp_mode='finite-difference', relative error about "
+                      f"{self.finite_difference_error():.1e} of ||H|| ||v|| for smooth activations; ReLU kinks "
+                      "make it far larger)", FiniteDifferenceWarning, stacklevel=3)
+
+    def finite_difference_step(self) -> float:
+        """The step t of a finite-difference product along a unit vector
+        (:mod:`sharpscope.linalg.finite_difference`)."""
+        if self._fd_step is None:
+            from .linalg.finite_difference import central_difference_step  # (linalg imports scipy)
+
+            norm = float(self.parameters_vector().double().norm())
+            self._fd_step = central_difference_step(norm, self.dtype)
+        return self._fd_step
+
+    def finite_difference_error(self) -> float:
+        """The predicted error bound of a finite-difference product relative to ||H||_2 ||v||."""
+        from .linalg.finite_difference import central_difference_error
+
+        return central_difference_error(float(self.parameters_vector().double().norm()), self.dtype)
 
     def hvp(self, v: Tensor) -> Tensor:
         """H v for a flat (n,) vector, or H V column by column for an (n, b) block."""
         if v.shape[0] != self.n or v.dim() not in (1, 2):
             raise ConfigError(f"vector of shape {tuple(v.shape)} does not match {self.n} parameters")
         cols = 1 if v.dim() == 1 else v.shape[1]
-        with eval_mode(self.model), higher_order_attention():
-            if self.hvp_mode == "reuse-graph":
-                out = self._hvp_reuse(v)
-            else:
-                out = self._hvp_forward_over_reverse(v)
+        if self.hvp_mode != FINITE_DIFFERENCE:
+            try:
+                with eval_mode(self.model), higher_order_attention():
+                    if self.hvp_mode == "reuse-graph":
+                        out = self._hvp_reuse(v)
+                    else:
+                        out = self._hvp_forward_over_reverse(v)
+            except (RuntimeError, NotImplementedError, fd_hvp.OnceDifferentiableError) as err:
+                self._fall_back(err, getattr(err, "why", None))
+        if self.hvp_mode == FINITE_DIFFERENCE:
+            with eval_mode(self.model):
+                out = self._perturbed().hvp(v.to(self.device, self.dtype), self.finite_difference_step())
         out = require_finite(self.reduce_over_ranks(out), "a Hessian-vector product")
         self.count_products(cols)
         return out
@@ -355,6 +365,8 @@ class Objective:
             for w, batch in self.own:
                 loss = self._batch_loss(params, batch) * w
                 graph.append(torch.autograd.grad(loss, leaves, create_graph=True))
+                if len(graph) == 1 and fd_hvp.cut_by_once_differentiable(graph[0]):
+                    raise fd_hvp.OnceDifferentiableError()
         self._graph, self._graph_leaves = graph, leaves
 
     def _hvp_reuse(self, v: Tensor) -> Tensor:
@@ -377,7 +389,7 @@ class Objective:
         extra memory near ``budget_bytes``; None (no limit) in reuse-graph mode, which multiplies
         one column at a time anyway; else :meth:`vmapped_block_size`.
         """
-        if self.hvp_mode == "reuse-graph":
+        if self.hvp_mode in ("reuse-graph", FINITE_DIFFERENCE):
             return None
         return self.vmapped_block_size(budget_bytes)
 

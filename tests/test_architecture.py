@@ -32,8 +32,8 @@ LAYERS: dict[int, set[str]] = {
     0: {"errors", "_version"},
     1: {"io", "checks", "cpu", "determinism", "distributed", "provenance", "stats", "plots", "plots_html",
         "train_options"},  # torch-free: the CLI builds the training options from it
-    2: {"batches", "tokens", "data", "models", "linalg", "optim"},
-    3: {"objective", "checkpoint"},
+    2: {"batches", "tokens", "vocab_chunks", "data", "models", "linalg", "optim"},
+    3: {"objective", "checkpoint", "fd_hvp"},  # fd_hvp: gradients at perturbed weights (finite-difference HVPs)
     4: {"curvature", "hessian", "landscape", "sharpness", "measures", "ascent", "weight_spectra",
         "measure_table"},  # the table of measures declares the analyses above; train, experiments read it
     5: {"train"},

@@ -160,7 +160,7 @@ def hessian_command(
                        console, progress)
     if not is_main():  # every rank took part in the products; rank 0 reports
         return
-    _add_results(report, results, objective_record(obj, params))
+    _add_results(report, results, obj, objective_record(obj, params))
     _print_results(rank0_console(stderr=json_out == "-"), ckpt.path, obj, split, which, results, operator,
                    objective_lines(objective_record(obj, params)))
     outputs.clear()
@@ -233,9 +233,11 @@ def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
     return parts
 
 
-def _add_results(report: dict, results: dict, notes: dict) -> None:
-    """The results into the report, the density with the note on which trace to trust, and the
+def _add_results(report: dict, results: dict, obj: Any, notes: dict) -> None:
+    """The results into the report, the density with the note on which trace to trust; the HVP
+    mode as it ran ("auto" may have switched to finite differences, and says why); the
     objective's notes (frozen parameters left out, the attention kernel) not already there."""
+    report["hvp_mode"], report["hvp_fallback"] = obj.hvp_mode, obj.hvp_fallback
     report.update({k: v for k, v in notes.items() if k not in report})
     report.update({k: v.to_dict() for k, v in results.items()})
     if "density" in report:

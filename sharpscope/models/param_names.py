@@ -30,13 +30,16 @@ rules, which cover the names of GPT-2 (``transformer.wte`` / ``wpe``, ``transfor
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from typing import Any
 
 from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["GROUPINGS", "KINDS", "block_of", "kind_of", "group_parameters"]
+__all__ = ["GROUPINGS", "KINDS", "block_of", "kind_of", "group_parameters", "biasbn_names", "select_parameters",
+           "moved_parameters", "frozen_parameters", "parameter_groups"]
 
 GROUPINGS = ("layer", "block", "kind")
 KINDS = ("embeddings", "attention", "mlp", "norm", "head", "conv", "linear", "other")
@@ -116,3 +119,72 @@ def group_parameters(model: nn.Module, by: str = "layer") -> dict[str, list[str]
             key = owner
         groups.setdefault(key or "(root)", []).append(name)
     return groups
+
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+def biasbn_names(model: nn.Module) -> set[str]:
+    """Names of biases and of every parameter of a normalization layer."""
+    names = set()
+    for mod_name, module in model.named_modules():
+        for p_name, _ in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if isinstance(module, _NORM_TYPES) or p_name == "bias":
+                names.add(full)
+    return names
+
+
+def select_parameters(model: nn.Module, params: Any = None, include_frozen: bool = False) -> list[str]:
+    """Names of the trainable parameters chosen by ``params``.
+
+    ``None`` or ``"all"``: every parameter with ``requires_grad``; ``"no-biasbn"``: all but
+    biases and normalization-layer parameters; a string or list of strings: glob patterns on
+    parameter names (``"stages.0.*"``, ``"transformer.h.*.attn.*"``), a leading ``!``
+    excluding; a callable ``(name, parameter) -> bool``. Frozen parameters
+    (``requires_grad=False``: a LoRA model's base weights) are left out unless
+    ``include_frozen``. An empty selection is a :class:`ConfigError`.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or include_frozen]
+    if params is None or params == "all":
+        chosen = [n for n, _ in named]
+    elif params == "no-biasbn":
+        skip = biasbn_names(model)
+        chosen = [n for n, _ in named if n not in skip]
+    elif callable(params):
+        chosen = [n for n, p in named if params(n, p)]
+    else:
+        patterns = [params] if isinstance(params, str) else list(params)
+        include = [p for p in patterns if not p.startswith("!")]
+        exclude = [p[1:] for p in patterns if p.startswith("!")]
+        chosen = [n for n, _ in named
+                  if (not include or any(fnmatch.fnmatchcase(n, pat) for pat in include))
+                  and not any(fnmatch.fnmatchcase(n, pat) for pat in exclude)]
+    if not chosen:
+        frozen = len(frozen_parameters(model)) if not include_frozen else 0
+        raise ConfigError(f"parameter selection {params!r} matches no trainable parameter; names look like "
+                          f"{', '.join(n for n, _ in named[:4])}"
+                          + (f" ({frozen} frozen tensors, requires_grad=False, are left out)" if frozen else ""))
+    return chosen
+
+
+def moved_parameters(model: nn.Module, params: Any = None) -> list[str]:
+    """:func:`select_parameters` for the analyses that move weights without differentiating
+    twice (surfaces, interpolation, sharpness measures, weight spectra): the same rule, except
+    that a model with no trainable parameter at all (frozen for inference) has all of them."""
+    return select_parameters(model, params, include_frozen=not any(p.requires_grad for p in model.parameters()))
+
+
+def frozen_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters with ``requires_grad=False`` (a LoRA model's base weights),
+    which the analyses leave out by default."""
+    return [n for n, p in model.named_parameters() if not p.requires_grad]
+
+
+def parameter_groups(model: nn.Module, by: str = "layer") -> dict[str, list[str]]:
+    """Trainable parameter names grouped per ``"layer"`` (the module that owns them), per
+    ``"block"`` (a transformer's numbered blocks, ``transformer.h.3``; in a model without them the
+    outermost module below the root that is not a Sequential/ModuleList/ModuleDict, e.g. a
+    residual block) or per ``"kind"`` (embeddings, attention, mlp, norm, head; conv, linear,
+    other), in model order: :func:`sharpscope.models.param_names.group_parameters`."""
+    return group_parameters(model, by)

@@ -1,0 +1,173 @@
+"""Gradients at perturbed weights, for Hessian-vector products by finite differences.
+
+:class:`PerturbedGradient` computes grad L(theta + d) with an ordinary ``loss.backward()``
+on the model's *own* parameters, set in place to theta + d for the duration of the call,
+so it works wherever training's gradient works: ``torch.utils.checkpoint`` with
+``use_reentrant=True`` (which refuses ``torch.autograd.grad`` and ``torch.func``, and
+recomputes its forward pass from the module's attributes during the backward pass),
+non-reentrant checkpointing (saved-tensor hooks, refused by ``torch.func``), custom
+``autograd.Function`` s without a double backward or a ``jvp`` (``@once_differentiable``),
+fused attention kernels (the user's SDPA choice is left alone) and other wrappers.
+:func:`sharpscope.linalg.finite_difference.central_difference` turns two such gradients
+into a product (the step and its error bound are derived there).
+
+The weights are restored *exactly* afterwards: the selected parameters are copied once
+before the first perturbation and copied back from that copy (theta + d - d would drift by
+rounding), in a ``finally`` block; every parameter's ``.grad`` is saved and put back (a
+reentrant checkpoint accumulates into the ``.grad`` of parameters outside the selection
+too). The loss is evaluated as :class:`sharpscope.objective.Objective` evaluates it: same
+batches and weights, eval mode (batch norm on its running statistics, which a forward pass
+in eval mode leaves untouched; dropout off), the fixed parameters and buffers by name.
+
+:func:`double_backward_unavailable` recognizes the errors by which ``torch.func`` and a
+double backward say that a model has no second derivative (``hvp_mode="auto"`` falls back
+to finite differences on them); :func:`cut_by_once_differentiable` finds the marker a
+``@once_differentiable`` backward leaves in a ``create_graph=True`` gradient, through which
+``torch.autograd.grad`` silently drops the second-order terms instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+__all__ = ["PerturbedGradient", "double_backward_unavailable", "cut_by_once_differentiable", "OnceDifferentiableError"]
+
+# (fragment of the message, why): the errors that mean "no second derivative here"
+_NO_SECOND_DERIVATIVE = (
+    ("must override the setup_context staticmethod", "an autograd.Function without setup_context (e.g. "
+     "torch.utils.checkpoint with use_reentrant=True) cannot run under torch.func"),
+    ("don't yet support saved tensor hooks", "saved-tensor hooks (e.g. torch.utils.checkpoint with "
+     "use_reentrant=False) cannot run under torch.func"),
+    ("incompatible with .grad()", "torch.utils.checkpoint with use_reentrant=True refuses torch.autograd.grad"),
+    ("Checkpointing is not compatible with .grad()", "torch.utils.checkpoint with use_reentrant=True refuses "
+     "torch.autograd.grad"),
+    ("must implement the jvp function", "an autograd.Function has no jvp (forward-mode derivative)"),
+    ("differentiate twice a function that was marked with @once_differentiable",
+     "an autograd.Function's backward is @once_differentiable"),
+    ("derivative for", "an operation has no second derivative"),
+    ("double backward", "an operation has no double backward"),
+)
+
+
+class OnceDifferentiableError(ConfigError):
+    """A double-backward graph through a ``@once_differentiable`` backward (its product would
+    silently lack the second-order terms through it): refused by ``hvp_mode="reuse-graph"``."""
+
+    why = "an autograd.Function's backward is @once_differentiable (torch.autograd.grad would drop its terms)"
+
+    def __init__(self) -> None:
+        super().__init__(f"hvp_mode='reuse-graph' cannot differentiate this model twice: {self.why}; use "
+                         "hvp_mode='finite-difference' (or 'auto')")
+
+
+def double_backward_unavailable(err: BaseException) -> str | None:
+    """Why ``err`` (raised by a forward-over-reverse or double-backward product) means the
+    model has no usable second derivative; None for any other error."""
+    if not isinstance(err, (RuntimeError, NotImplementedError)):
+        return None
+    text = str(err)
+    if "derivative for" in text and "not implemented" not in text:
+        return None
+    for fragment, why in _NO_SECOND_DERIVATIVE:
+        if fragment in text:
+            return why
+    return None
+
+
+def cut_by_once_differentiable(grads: Iterable[Tensor]) -> bool:
+    """Whether the graph of ``create_graph=True`` gradients passes through the error node of
+    a ``@once_differentiable`` backward (whose double backward ``torch.autograd.grad``
+    prunes silently, giving a wrong product rather than an error)."""
+    stack = [g.grad_fn for g in grads if g.grad_fn is not None]
+    seen: set[Any] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node.name() == "torch::autograd::Error":
+            return True
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return False
+
+
+class PerturbedGradient:
+    """(L, grad L) at theta + d by ``backward()`` on the model's own parameters (module docstring).
+
+    Args:
+        model: the module whose parameters are perturbed in place (and restored).
+        names: the selected parameters, in the order of the flat vectors.
+        loss: ``loss(state, batch)`` -> the mean loss of a batch, ``state`` the model's
+            tensors by name (the objective's batch loss).
+        own: (weight, batch) pairs, the weights summing to one over all ranks.
+        fixed: the buffers by name (and the other parameters, which the model's own replace).
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], loss: Callable[[dict[str, Tensor], Any], Tensor],
+                 own: Iterable[tuple[float, Any]], fixed: dict[str, Tensor]) -> None:
+        self.model, self.names, self.loss, self.own, self.fixed = model, names, loss, own, fixed
+        named = dict(model.named_parameters())
+        self.params = [named[n] for n in names]
+
+    def value_and_grad(self, point: Tensor | None = None) -> Tensor:
+        """[grad L, L] (flat, n + 1) at the flat parameters ``point`` (None: the current ones)."""
+        with self.session() as at:
+            value, g = at(point, absolute=True)
+        return torch.cat([g, value.reshape(1)])
+
+    def hvp(self, v: Tensor, step: float) -> Tensor:
+        """Central-difference products with step ``step`` of a flat (n,) vector or of each
+        column of an (n, b) block (:func:`~sharpscope.linalg.finite_difference.central_difference`)."""
+        from .linalg.finite_difference import central_difference  # (the linalg package imports scipy)
+
+        with self.session() as at:
+            def grad_at(d: Tensor) -> Tensor:
+                return at(d)[1]
+            cols = [central_difference(grad_at, col, step) for col in ([v] if v.dim() == 1 else list(v.T))]
+        return cols[0] if v.dim() == 1 else torch.stack(cols, dim=1)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Callable[..., tuple[Tensor, Tensor]]]:
+        """A function ``at(d)`` -> (L, grad L) at theta + d (d flat, None for theta itself;
+        ``at(x, absolute=True)``: at the point x itself) valid inside the block; the
+        parameters and every ``.grad`` are restored bit for bit on exit."""
+        saved = [p.detach().clone() for p in self.params]
+        grads = [(p, p.grad) for p in self.model.parameters()]
+        try:
+            yield lambda d, absolute=False: self._at(saved, d, absolute)
+        finally:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved):
+                    p.copy_(s)
+            for p, g in grads:
+                p.grad = g
+
+    def _at(self, saved: list[Tensor], d: Tensor | None, absolute: bool) -> tuple[Tensor, Tensor]:
+        """Set the parameters to saved + d (or to d), then sum the weighted batch gradients."""
+        with torch.no_grad():
+            parts = [None] * len(saved) if d is None else d.split([s.numel() for s in saved])
+            for p, s, part in zip(self.params, saved, parts):
+                p.copy_(s if part is None else part.view_as(s) if absolute else s + part.view_as(s))
+        n = sum(s.numel() for s in saved)
+        packed = torch.zeros(n + 1, device=saved[0].device, dtype=saved[0].dtype)
+        # every parameter as the model holds it (requires_grad as the user set it), as in training:
+        # a reentrant checkpoint yields no gradient when its inputs do not require grad
+        state = {**self.fixed, **dict(self.model.named_parameters())}
+        for w, batch in self.own:
+            for p in self.model.parameters():
+                p.grad = None
+            with torch.enable_grad():
+                value = self.loss(state, batch)
+                value.backward()
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                              for p in self.params])
+            packed[:-1].add_(flat, alpha=w)
+            packed[-1] += w * value.detach()
+        return packed[-1], packed[:-1]
