@@ -8,14 +8,16 @@ from typing import Any, Optional
 import typer
 
 from ._app import app
-from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PROGRESS, SAMPLES,
-    SPLIT, TRUST_FACTORY, console as rank0_console, finite, load_for_analysis, numbers, parse_p, progress_bar, seed_option)
+from ._common import (AnalysisContext, console as rank0_console, finite, numbers, parse_p, progress_bar,
+                      seed_option)
+from ._inputs import Inputs, analysis_inputs
 from ._options import OLD_ETA, OLD_NORM, OLD_PLOT_DIR, OLD_STEPS, old_spelling
-from ._results import JSON_SAVED, OVERWRITE, Claim, announce, claim, claim_analysis, json_target, save_report
+from ._results import Claim, announce, claim, claim_analysis, json_target, save_report
 
 
 @app.command("sharpness")
+@analysis_inputs("samples", "split", "data", "data_root", "seed", "plot_dir", "pdf", "json_out", "overwrite", "progress",
+                 "trust_factory", "device", "deterministic", seed=seed_option("Seed of the subsets and of --samples."))
 def sharpness_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
     m: str = typer.Option("1,4,16,64", "--m", "--subset-sizes", help="Subset sizes, comma-separated "
@@ -40,25 +42,13 @@ def sharpness_command(
                                            "from e = 0 and from seeded random points of the boundary; the best is "
                                            "kept, a spread over 1 % warns (1 = the reference's single ascent)."),
     max_subsets: Optional[int] = typer.Option(None, "--max-subsets", min=1, help="Cap on subsets per m (seeded)."),
-    samples: Optional[int] = SAMPLES,
-    split: str = SPLIT,
-    data: Optional[str] = DATA,
-    data_root: Optional[str] = DATA_ROOT,
-    seed: int = seed_option("Seed of the subsets and of --samples."),
     gap: bool = typer.Option(True, help="Also report the surrogate gap L(w + e_hat) - L(w) for each rho."),
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
-    plot_dir: Optional[Path] = FIGURE_DIR,
-    pdf: bool = PDF,
-    json_out: Optional[str] = JSON_SAVED,
-    overwrite: bool = OVERWRITE,
-    progress: bool = PROGRESS,
-    trust_factory: bool = TRUST_FACTORY,
-    device: str = DEVICE,
-    deterministic: bool = DETERMINISTIC,
     old_steps: Optional[int] = OLD_STEPS,
     old_norm: Optional[str] = OLD_NORM,
     old_eta: Optional[float] = OLD_ETA,
     old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
+    inputs: Inputs = Inputs(),
 ) -> None:
     """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1), with the surrogate gap; or
     worst-case / average-case sharpness, plain or adaptive (Andriushchenko et al. 2023).
@@ -74,27 +64,28 @@ def sharpness_command(
     sharpness_average.json; --json PATH instead, --json - on stdout only); an earlier result
     there is kept unless --overwrite.
     """
-    apply_determinism(deterministic)
-    steps, p, eta, plot_dir = _new_spellings(old_steps, steps, old_norm, p, old_eta, eta, old_plot_dir, plot_dir)
+    steps, p, eta, plot_dir = _new_spellings(old_steps, steps, old_norm, p, old_eta, eta, old_plot_dir,
+                                             inputs.plot_dir)
     console = rank0_console(stderr=True)
     ms, rhos, p_value = _check_options(measure, adaptive, random_start, restarts, m, rho, p)
     name, figures = _outputs(measure, plot, len(rhos) > 1)
-    target, figure_folder, outputs = claim_analysis(checkpoint, json_out, name, figures, plot_dir, pdf, overwrite)
-    ckpt, batches, context = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device,
-                                               (data, data_root))
+    target, figure_folder, outputs = claim_analysis(checkpoint, inputs.json_out, name, figures, plot_dir, inputs.pdf,
+                                                    inputs.overwrite)
+    ckpt, batches, context = inputs.load(checkpoint, 4096)
     total = sum(_subsets(batches, ms, max_subsets)) * len(rhos)
     if measure != "m-sharpness":
-        _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start, seed,
-                        max_subsets, split, console, progress, total, json_out, outputs, target, restarts, context)
+        _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start,
+                        inputs.seed, max_subsets, inputs.split, console, inputs.progress, total, inputs.json_out,
+                        outputs, target, restarts, context)
         return
-    done = _m_sharpness(ckpt, batches, ms, rhos, 5 if steps is None else steps, p, p_value, seed, max_subsets, gap,
-                        split, console, progress, total, json_out)
+    done = _m_sharpness(ckpt, batches, ms, rhos, 5 if steps is None else steps, p, p_value, inputs.seed, max_subsets,
+                        gap, inputs.split, console, inputs.progress, total, inputs.json_out)
     if done is None:  # the subsets were shared out; rank 0 reports
         return
     report, result = done
     outputs.clear()
     if plot:
-        report["figures"] = _plot(ckpt, result, figure_folder, len(rhos) > 1, pdf, console)
+        report["figures"] = _plot(ckpt, result, figure_folder, len(rhos) > 1, inputs.pdf, console)
     save_report(report, target, console, context)
 
 
@@ -254,20 +245,13 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
 
 
 @app.command("gradcos")
+@analysis_inputs("samples", "split", "data", "data_root", "seed", "json_out", "overwrite", "trust_factory", "device",
+                 "deterministic")
 def gradcos_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
     rho: float = typer.Option(0.05, callback=finite(at_least=0), help="SAM radius."),
-    samples: Optional[int] = SAMPLES,
-    split: str = SPLIT,
-    data: Optional[str] = DATA,
-    data_root: Optional[str] = DATA_ROOT,
-    seed: int = seed_option("Seed of --samples."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
-    json_out: Optional[str] = JSON_SAVED,
-    overwrite: bool = OVERWRITE,
-    trust_factory: bool = TRUST_FACTORY,
-    device: str = DEVICE,
-    deterministic: bool = DETERMINISTIC,
+    inputs: Inputs = Inputs(),
 ) -> None:
     """Cosine between the first-order (SAM) and the full second-order SAM gradient.
 
@@ -279,7 +263,6 @@ def gradcos_command(
     The numbers are saved as <run>/analyses/gradcos.json (--json PATH instead, --json - on
     stdout only); an earlier result there is kept unless --overwrite.
     """
-    apply_determinism(deterministic)
     import math
 
     import torch.nn.functional as F
@@ -287,12 +270,11 @@ def gradcos_command(
     from .. import sharpness as sh
     from ..errors import ConfigError
 
-    target = json_target(json_out, checkpoint, "gradcos")
-    outputs = claim([target], overwrite, "--json PATH", records=[target])
-    ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
-                                               (data, data_root))
+    target = json_target(inputs.json_out, checkpoint, "gradcos")
+    outputs = claim([target], inputs.overwrite, "--json PATH", records=[target])
+    ckpt, batches, context = inputs.load(checkpoint, batch_size)
     res = sh.sam_gradient_cosine(ckpt.model, F.cross_entropy, batches, rho=rho)
-    out = rank0_console(stderr=json_out == "-")
+    out = rank0_console(stderr=inputs.json_out == "-")
     out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)
     out.print(f"||grad L(w)|| = {res.gradient_norm:.4g}, ||SAM gradient|| = {res.sam_gradient_norm:.4g}, "
               f"||second-order term|| = {res.second_order_norm:.4g}, surrogate gap {res.surrogate_gap:.4g} "
@@ -303,5 +285,5 @@ def gradcos_command(
     if not math.isfinite(res.cosine):
         raise ConfigError("the cosine is not finite")
     outputs.clear()
-    save_report({"checkpoint": str(ckpt.path), "split": split, **res.to_dict()}, target, rank0_console(stderr=True),
-                context)
+    save_report({"checkpoint": str(ckpt.path), "split": inputs.split, **res.to_dict()}, target,
+                rank0_console(stderr=True), context)

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
-
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, apply_determinism, TRUST_FACTORY, console as rank0_console
-from ._results import JSON_SAVED, OVERWRITE, claim, json_target, save_report
+from ._common import console as rank0_console
+from ._inputs import Inputs, analysis_inputs
+from ._results import claim, json_target, save_report
 
 
 @app.command("weights")
+@analysis_inputs("json_out", "overwrite", "trust_factory", "deterministic")
 def weights_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
-    json_out: Optional[str] = JSON_SAVED,
-    overwrite: bool = OVERWRITE,
-    trust_factory: bool = TRUST_FACTORY,
-    deterministic: bool = DETERMINISTIC,
+    inputs: Inputs = Inputs(),
 ) -> None:
     """Per layer: the power-law exponent alpha of the eigenvalues of W^T W (KS-chosen xmin),
     alpha-weighted, log Frobenius and spectral norms, stable rank; and their means. No data.
@@ -28,18 +25,17 @@ def weights_command(
     The numbers are saved as <run>/analyses/weights.json (--json PATH instead, --json - on
     stdout only); an earlier result there is kept unless --overwrite.
     """
-    apply_determinism(deterministic)
     from rich.table import Table
 
     from ..checkpoint import load_checkpoint
     from ..weight_spectra import weight_spectra
     from ._common import folded
 
-    target = json_target(json_out, checkpoint, "weights")
-    outputs = claim([target], overwrite, "--json PATH", records=[target])
-    ckpt = load_checkpoint(checkpoint, allow_factory=trust_factory)
+    target = json_target(inputs.json_out, checkpoint, "weights")
+    outputs = claim([target], inputs.overwrite, "--json PATH", records=[target])
+    ckpt = load_checkpoint(checkpoint, allow_factory=inputs.trust_factory)
     res = weight_spectra(ckpt.model)
-    out = rank0_console(stderr=json_out == "-")
+    out = rank0_console(stderr=inputs.json_out == "-")
     table = Table(title=f"Weight spectra of {ckpt.path} ({len(res.layers)} layers)")
     for col in ("layer", "shape", "evals", "alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
         table.add_column(col, justify="left" if col in ("layer", "shape") else "right")
