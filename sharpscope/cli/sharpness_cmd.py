@@ -16,8 +16,9 @@ from ._results import Claim, announce, claim, claim_analysis, json_target, save_
 
 
 @app.command("sharpness")
-@analysis_inputs("samples", "split", "data", "data_root", "seed", "plot_dir", "pdf", "json_out", "overwrite", "progress",
-                 "trust_factory", "device", "deterministic", seed=seed_option("Seed of the subsets and of --samples."))
+@analysis_inputs("samples", "split", "data", "data_root", "seed", "plot_dir", "pdf", "json_out", "overwrite",
+                 "progress", "trust_factory", "device", "deterministic",
+                 seed=seed_option("Seed of the subsets and of --samples."))
 def sharpness_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
     m: str = typer.Option("1,4,16,64", "--m", "--subset-sizes", help="Subset sizes, comma-separated "
