@@ -264,11 +264,6 @@ class SAM(Registered, torch.optim.Optimizer):
         return dict(rho=config.effective_rho, p=config.p, eta=config.eta,
                     perturbation_weight_decay=config.perturbation_weight_decay)
 
-    @property
-    def supports_m_and_scaler(self) -> bool:
-        """Both :attr:`supports_m` and :attr:`supports_scaler` (the name before the registry)."""
-        return self.supports_m and self.supports_scaler
-
     # -- the two steps -------------------------------------------------------------
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> torch.Tensor:
