@@ -11,7 +11,6 @@ the command runs and hands it the values as one :class:`Inputs`.
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Optional, get_type_hints
 from ._common import (DATA, DATA_ROOT, DETERMINISTIC, DEVICE, FIGURE_DIR, PDF, PROGRESS, SAMPLES, SPLIT,
                       TRUST_FACTORY, apply_determinism, load_for_analysis, seed_option)
 from ._landscape import METRIC
+from ._options import generated_options
 from ._results import JSON_SAVED, OVERWRITE
 
 if TYPE_CHECKING:
@@ -67,30 +67,25 @@ INPUTS: dict[str, tuple[Any, Any]] = {f.name: (get_type_hints(Inputs)[f.name], f
                                       for f in fields(Inputs)}
 
 
-def analysis_inputs(*names: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def analysis_inputs(*names: str, without: tuple[str, ...] = (),
+                    **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command that takes ``inputs: Inputs``: typer sees one option per field named in
-    ``names`` (in the fields' order, after the command's own options; a keyword in ``options``
-    replaces that field's option, e.g. ``seed`` with the verb's own help), ``--deterministic``
-    is applied first, and the command gets the values."""
-    unknown = [n for n in (*names, *options) if n not in INPUTS]
+    ``names`` (none named: every field but those ``without``), in the fields' order after the
+    command's own options; a keyword in ``options`` replaces that field's option (e.g. ``seed``
+    with the verb's own help). ``--deterministic`` is applied first; the command gets the values."""
+    names = names or tuple(name for name in INPUTS if name not in without)
+    unknown = [n for n in (*names, *without, *options) if n not in INPUTS]
     if unknown or not set(options) <= set(names):
         raise ValueError(f"unknown or undeclared shared inputs: {unknown or sorted(set(options) - set(names))}")
 
+    def inputs(values: dict[str, Any]) -> Inputs:
+        made = Inputs(**values)
+        apply_determinism(made.deterministic)
+        return made
+
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "inputs"]
         generated = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=INPUTS[name][0],
-                                       default=options.get(name, INPUTS[name][1]))
-                     for name in INPUTS if name in names]
-
-        @functools.wraps(command)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            inputs = Inputs(**{name: kwargs.pop(name) for name in names})
-            apply_determinism(inputs.deterministic)
-            return command(*args, **kwargs, inputs=inputs)
-
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated
-        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        run.__annotations__ = {p.name: p.annotation for p in params}
-        return run
+                                       default=options.get(name, INPUTS[name][1])) for name in INPUTS if name in names]
+        return generated_options(command, "inputs", generated, inputs)
 
     return decorate

@@ -85,8 +85,7 @@ def _hvp_modes_help() -> str:
 
 
 @app.command("hessian")
-@analysis_inputs("samples", "split", "data", "data_root", "seed", "plot_dir", "pdf", "json_out", "overwrite",
-                 "progress", "trust_factory", "device", "deterministic",
+@analysis_inputs(without=("metric",),
                  seed=seed_option("Seed of the subset, of the random start vectors and of the Fisher's labels."))
 def hessian_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),

@@ -29,8 +29,7 @@ def _different_data(ckpt_a: Any, ckpt_b: Any, use_a_data: bool, split: str) -> l
 
 
 @app.command("interpolate")
-@analysis_inputs("samples", "split", "data", "data_root", "seed", "pdf", "json_out", "overwrite", "progress", "trust_factory",
-                 "device", "metric", "deterministic", json_out=JSON_OUT,
+@analysis_inputs(without=("plot_dir",), json_out=JSON_OUT,
                  pdf=typer.Option(False, "--pdf", help="Also write the figure as PDF."))
 def interpolate_command(
     checkpoint_a: Path = typer.Argument(..., help="Model A (alpha = 0)."),

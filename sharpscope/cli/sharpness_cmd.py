@@ -16,9 +16,7 @@ from ._results import Claim, announce, claim, claim_analysis, json_target, save_
 
 
 @app.command("sharpness")
-@analysis_inputs("samples", "split", "data", "data_root", "seed", "plot_dir", "pdf", "json_out", "overwrite",
-                 "progress", "trust_factory", "device", "deterministic",
-                 seed=seed_option("Seed of the subsets and of --samples."))
+@analysis_inputs(without=("metric",), seed=seed_option("Seed of the subsets and of --samples."))
 def sharpness_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
     m: str = typer.Option("1,4,16,64", "--m", "--subset-sizes", help="Subset sizes, comma-separated "
@@ -246,8 +244,7 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
 
 
 @app.command("gradcos")
-@analysis_inputs("samples", "split", "data", "data_root", "seed", "json_out", "overwrite", "trust_factory", "device",
-                 "deterministic")
+@analysis_inputs(without=("plot_dir", "pdf", "progress", "metric"))
 def gradcos_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
     rho: float = typer.Option(0.05, callback=finite(at_least=0), help="SAM radius."),

@@ -75,8 +75,7 @@ def _snapshots(run_dir: Path, minimum: int = 3) -> list[dict]:
 
 
 @app.command("surface")
-@analysis_inputs("samples", "split", "data", "data_root", "seed", "pdf", "json_out", "overwrite", "progress", "trust_factory",
-                 "device", "metric", "deterministic", json_out=JSON_OUT,
+@analysis_inputs(without=("plot_dir",), json_out=JSON_OUT,
                  seed=seed_option("Seed of the directions (direction 2 uses seed + 1) and of --samples."))
 def surface_command(
     checkpoint: Optional[Path] = typer.Argument(None, help="A checkpoint file or run folder (not with --trajectory)."),
