@@ -141,22 +141,22 @@ def hessian_command(
     ckpt, batches, context = inputs.load(checkpoint, batch_size)
     settings = _Settings(top_k, which, tol, max_iter, trace, trace_matvecs, density, runs, steps, sigma_squared,
                          per_layer, by, inputs.seed, hvp_mode, overlap_with)
-    obj, obj_b, label_b, report = _objectives(ckpt, batches, inputs.split, params, settings, operator, mc_samples,
-                                              inputs.trust_factory, context)
+    obj, obj_b, label_b, report = _objectives(ckpt, batches, params, settings, operator, mc_samples, inputs, context)
     results = _compute(ckpt, batches, obj, obj_b, label_b, settings, {"operator": operator, "mc_samples": mc_samples},
                        console, inputs.progress)
     if not is_main():  # every rank took part in the products; rank 0 reports
         return
     _add_results(report, results)
-    _print_results(rank0_console(stderr=inputs.json_out == "-"), ckpt.path, obj, inputs.split, which, results, operator)
+    _print_results(rank0_console(stderr=inputs.json_out == "-"), ckpt.path, obj, inputs.split, which, results,
+                   operator)
     outputs.clear()
     if plot:
         report["figures"] = _figures(ckpt, results, plot_dir, inputs.pdf, console, operator)
     save_report(report, target, console, context)
 
 
-def _objectives(ckpt: Any, batches: list, split: str, params: str, o: _Settings, operator: str, mc_samples: int | str,
-                trust_factory: bool, context: AnalysisContext) -> tuple[Any, Any, str, dict]:
+def _objectives(ckpt: Any, batches: list, params: str, o: _Settings, operator: str, mc_samples: int | str,
+                inputs: Inputs, context: AnalysisContext) -> tuple[Any, Any, str, dict]:
     """The objective over ``--params``, B's for --overlap-with (or None) and its label, each
     refused before the first product if it cannot be computed; and the report's first fields."""
     import torch.nn.functional as F
@@ -166,8 +166,8 @@ def _objectives(ckpt: Any, batches: list, split: str, params: str, o: _Settings,
     selection = params if params in ("all", "no-biasbn") else [p.strip() for p in params.split(",") if p.strip()]
     obj = Objective(ckpt.model, F.cross_entropy, batches, params=selection, hvp_mode=o.hvp_mode)
     _preflight(obj.n, ckpt.model, o.trace, o.trace_matvecs, o.density, o.runs, o.steps, o.per_layer, o.by)
-    obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, trust_factory, context)
-    report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,
+    obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, inputs.trust_factory, context)
+    report: dict = {"checkpoint": str(ckpt.path), "split": inputs.split, "n_examples": obj.n_examples,
                     "n_params": obj.n, "params": params, "hvp_mode": obj.hvp_mode, "operator": operator,
                     "fisher_samples": mc_samples if operator == "fisher" else None}
     if operator != "hessian":

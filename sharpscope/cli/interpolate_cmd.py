@@ -62,8 +62,7 @@ def interpolate_command(
     alphas = ls.parse_grid(grid)
     metric_fns = custom_metrics(inputs.metric, inputs.trust_factory)
     folder = out or (run_folder(checkpoint_a) / "interpolate")
-    outputs = claim_files(folder, "interpolation", 1, False, list(metric_fns), [], plot, inputs.pdf, inputs.json_out,
-                          inputs.overwrite)
+    outputs = claim_files(folder, "interpolation", 1, False, list(metric_fns), [], plot, inputs)
     ckpt_a, batches, context = inputs.load(checkpoint_a, batch_size or 4096)
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=inputs.trust_factory,
                              map_location=next(ckpt_a.model.parameters()).device)

@@ -74,11 +74,10 @@ def sharpness_command(
     total = sum(_subsets(batches, ms, max_subsets)) * len(rhos)
     if measure != "m-sharpness":
         _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start,
-                        inputs.seed, max_subsets, inputs.split, console, inputs.progress, total, inputs.json_out,
-                        outputs, target, restarts, context)
+                        max_subsets, console, total, inputs, outputs, target, restarts, context)
         return
-    done = _m_sharpness(ckpt, batches, ms, rhos, 5 if steps is None else steps, p, p_value, inputs.seed, max_subsets,
-                        gap, inputs.split, console, inputs.progress, total, inputs.json_out)
+    done = _m_sharpness(ckpt, batches, ms, rhos, 5 if steps is None else steps, p, p_value, max_subsets, gap,
+                        console, total, inputs)
     if done is None:  # the subsets were shared out; rank 0 reports
         return
     report, result = done
@@ -136,8 +135,8 @@ def _subsets(batches: list, ms: list[int], max_subsets: int | None) -> list[int]
 
 
 def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], steps: int, p: str, p_value: float,
-                 seed: int, max_subsets: int | None, gap: bool, split: str, console: Any, progress: bool, total: int,
-                 json_out: str | None) -> tuple[dict, Any] | None:
+                 max_subsets: int | None, gap: bool, console: Any, total: int, inputs: Inputs
+                 ) -> tuple[dict, Any] | None:
     """m-sharpness (and the surrogate gaps) under a progress bar, its table printed; the JSON
     report and the result (for the figures), or None off rank 0."""
     import torch.nn.functional as F
@@ -147,19 +146,19 @@ def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], ste
     from .. import sharpness as sh
     from ._common import folded
 
-    with progress_bar(console, progress, "subsets") as bar:
+    with progress_bar(console, inputs.progress, "subsets") as bar:
         task = bar.add_task("m-sharpness", total=total)
         result = sh.m_sharpness(ckpt.model, F.cross_entropy, batches, m=ms, rho=rhos, steps=steps, p=p_value,
-                                seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k))
+                                seed=inputs.seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k))
     gaps = {str(r): v for r, v in sh.surrogate_gaps(ckpt.model, F.cross_entropy, batches, rhos=rhos,
                                                     p=p_value).items()} if gap else None
     if not dist_utils.is_main():
         return None
-    report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
+    report = {"checkpoint": str(ckpt.path), "split": inputs.split, **result.to_dict()}
     for r in report["results"]:
         r.pop("values")
-    out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
-    table = Table(title=f"m-sharpness ({steps} ascent steps, p = {p}; {result.n_examples} {split} examples, "
+    out = rank0_console(stderr=inputs.json_out == "-")  # keep stdout clean for --json -
+    table = Table(title=f"m-sharpness ({steps} ascent steps, p = {p}; {result.n_examples} {inputs.split} examples, "
                         f"{result.wall_time:.1f}s)")
     for col in ("m", "rho", "m-sharpness", "+/- (s.e.)", "subsets"):
         table.add_column(col, justify="right")
@@ -186,10 +185,9 @@ def _plot(ckpt: Any, result: Any, folder: Path, against_rho: bool, pdf: bool, co
 
 
 def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos: list[float], p: float,
-                    adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool, seed: int,
-                    max_subsets: int | None, split: str, console: Any, progress: bool, total: int,
-                    json_out: str | None, outputs: Claim, target: Path | None, restarts: int | None = None,
-                    context: AnalysisContext | None = None) -> None:
+                    adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool,
+                    max_subsets: int | None, console: Any, total: int, inputs: Inputs, outputs: Claim,
+                    target: Path | None, restarts: int | None = None, context: AnalysisContext | None = None) -> None:
     """``--measure worst|average``: run it, print its table, write its JSON."""
     import torch.nn.functional as F
     from rich.table import Table
@@ -198,30 +196,31 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
     from .. import measures
     from ._common import folded
 
-    options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=seed, max_subsets=max_subsets)
+    options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=inputs.seed,
+                                   max_subsets=max_subsets)
     if measure == "worst":
         options.update(steps=20 if steps is None else steps, random_start=random_start,
                        restarts=measures.DEFAULT_RESTARTS if restarts is None else restarts)
     else:
         options.update(samples=draws)
-    with progress_bar(console, progress, "subsets") as bar:
+    with progress_bar(console, inputs.progress, "subsets") as bar:
         task = bar.add_task(f"{measure}-case sharpness", total=total)
         result = measures.sharpness(ckpt.model, F.cross_entropy, batches, measure=measure,
                                     callback=lambda k: bar.advance(task, k), **options)
     if not dist_utils.is_main():
         return
-    report = {"checkpoint": str(ckpt.path), "split": split, **result.to_dict()}
+    report = {"checkpoint": str(ckpt.path), "split": inputs.split, **result.to_dict()}
     for r in report["results"]:
         r.pop("values")
         r.pop("error_values")
         r.pop("restart_values")
-    out = rank0_console(stderr=json_out == "-")
+    out = rank0_console(stderr=inputs.json_out == "-")
     how = (f"{result.steps} ascent steps x {result.restarts} restarts" if measure == "worst"
            else f"{result.steps} draws per subset")
     kind = ("adaptive " if adaptive else "") + f"{measure}-case"
     cost = (f"{result.n_gradients} gradients" if measure == "worst" else f"{result.n_forwards} forward passes")
     table = Table(title=f"{kind} sharpness ({how}, p = {'inf' if p == float('inf') else 2}; {result.n_examples} "
-                        f"{split} examples; {cost}, {result.wall_time:.1f}s)")
+                        f"{inputs.split} examples; {cost}, {result.wall_time:.1f}s)")
     for col in ("m", "rho", "loss increase", "+/- (s.e.)", "error increase", "+/- (s.e.)", "subsets"):
         table.add_column(col, justify="right")
     def se(v: float | None) -> str:

@@ -49,14 +49,14 @@ def surface_stem(dim: int, trajectory: bool, directions: str) -> str:
 
 
 def _claim_surface(folder: Path, dim: int, trajectory: bool, directions: str, metrics: list[str], plot: bool,
-                   pdf: bool, json_out: str | None, overwrite: bool) -> Any:
+                   inputs: Inputs) -> Any:
     """Claim the files a surface writes (its npz and JSON, the random comparison's npz, the
     figures with --plot, a --json PATH): refused if one exists, unless --overwrite."""
     stem = surface_stem(dim, trajectory, directions)
     dim = 2 if trajectory else dim  # the PCA plane
     compare = directions == "hessian" and dim == 1
     return claim_files(folder, stem, dim, trajectory, metrics, [folder / f"{stem}_random.npz"] if compare else [],
-                       plot, pdf, json_out, overwrite)
+                       plot, inputs)
 
 
 def _snapshots(run_dir: Path, minimum: int = 3) -> list[dict]:
@@ -127,10 +127,9 @@ def surface_command(
     """
     console = rank0_console(stderr=True)
     job = _surface_job(checkpoint, trajectory, path_run, dim, grid, range_mode, directions_kind, norm, ignore, dir_type,
-                       inputs.metric, inputs.trust_factory, radii, out, plot, inputs.pdf, inputs.json_out,
-                       inputs.overwrite)
+                       radii, out, plot, inputs)
     ckpt, batches, context = inputs.load(job.source, batch_size or 4096)
-    options = job.options(inputs.split, inputs.samples, inputs.seed, ckpt.path, inputs.metric)
+    options = job.options(inputs, ckpt.path)
     plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, inputs.seed,
                                norm, ignore, dir_type, orthogonalize, inputs.progress, console)
     axes = _range_axes(ckpt.model, batches, plan, job.axes, range_mode, range_factor, range_max, batch_size, options,
@@ -156,26 +155,23 @@ class _SurfaceJob:
     stem: str
     outputs: Claim
 
-    def options(self, split: str, samples: int | None, seed: int, checkpoint: Path, metric: list[str] | None
-                ) -> dict:
+    def options(self, inputs: Inputs, checkpoint: Path) -> dict:
         """The options the result records (added to by the directions and the range)."""
-        return {"split": split, "samples": samples, "seed": seed, "checkpoint": str(checkpoint),
-                **({"metrics": list(metric)} if self.metric_fns else {})}
+        return {"split": inputs.split, "samples": inputs.samples, "seed": inputs.seed, "checkpoint": str(checkpoint),
+                **({"metrics": list(inputs.metric)} if self.metric_fns else {})}
 
 
 def _surface_job(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int, grid: str | None,
-                 range_mode: str, directions_kind: str, norm: str, ignore: str, dir_type: str,
-                 metric: list[str] | None, trust_factory: bool, radii: str, out: Path | None, plot: bool, pdf: bool,
-                 json_out: str | None, overwrite: bool) -> _SurfaceJob:
+                 range_mode: str, directions_kind: str, norm: str, ignore: str, dir_type: str, radii: str,
+                 out: Path | None, plot: bool, inputs: Inputs) -> _SurfaceJob:
     """Check a surface's options (one line and exit 2 if they do not go together) and claim its files."""
     _check_surface_options(checkpoint, trajectory, path_run, dim, range_mode, directions_kind, dir_type, norm, ignore)
-    metric_fns = custom_metrics(metric, trust_factory)
+    metric_fns = custom_metrics(inputs.metric, inputs.trust_factory)
     radii_list = numbers(radii, float, "--radii", above=0)
     axes = _surface_axes(grid, dim, trajectory is not None, range_mode)  # before any work
     source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
     folder = out or (run_folder(source) / "surface")
-    outputs = _claim_surface(folder, dim, trajectory is not None, directions_kind, list(metric_fns), plot, pdf,
-                             json_out, overwrite)
+    outputs = _claim_surface(folder, dim, trajectory is not None, directions_kind, list(metric_fns), plot, inputs)
     return _SurfaceJob(source, metric_fns, radii_list, axes, folder,
                        surface_stem(dim, trajectory is not None, directions_kind), outputs)
 
