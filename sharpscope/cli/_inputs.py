@@ -17,17 +17,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, get_type_hints
 
-from ._common import (DATA, DATA_ROOT, DETERMINISTIC, DEVICE, FIGURE_DIR, PDF, PROGRESS, SAMPLES, SPLIT,
-                      TRUST_FACTORY, apply_determinism, load_for_analysis, seed_option)
+import typer
+
+from ._common import DETERMINISTIC, TRUST_FACTORY, apply_determinism, load_for_analysis, seed_option
 from ._landscape import METRIC
 from ._options import generated_options
-from ._results import JSON_SAVED, OVERWRITE
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
     from ._common import AnalysisContext
 
-__all__ = ["INPUTS", "Inputs", "analysis_inputs"]
+__all__ = ["INPUTS", "Inputs", "analysis_inputs", "JSON_OUT"]
+
+# --json of the verbs that write their result into a folder of their own (surface, interpolate).
+JSON_OUT = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout).")
 
 
 def _shared(option: Any) -> Any:
@@ -41,18 +44,26 @@ class Inputs:
     verb may give its own, e.g. the seed's help: :func:`analysis_inputs`); a field the verb
     does not take keeps its default here."""
 
-    samples: Optional[int] = _shared(SAMPLES)
-    split: str = _shared(SPLIT)
-    data: Optional[str] = _shared(DATA)
-    data_root: Optional[str] = _shared(DATA_ROOT)
+    samples: Optional[int] = _shared(typer.Option(None, help="Use a seeded subset of this many examples."))
+    split: str = _shared(typer.Option("train", help="train (the labels trained on) or test."))
+    data: Optional[str] = _shared(typer.Option(
+        None, "--data", help="Data set to analyse on instead of the one the checkpoint records (needed when it "
+        "records none): digits, mnist1d, synthetic, npz, mnist, fashion-mnist, cifar10, cifar100."))
+    data_root: Optional[str] = _shared(typer.Option(
+        None, "--data-root", help="Folder or .npz file of --data; alone, it replaces the root of the recorded data "
+        "set (e.g. files that moved)."))
     seed: int = _shared(seed_option("Seed of --samples."))
-    plot_dir: Optional[Path] = _shared(FIGURE_DIR)
-    pdf: bool = _shared(PDF)
-    json_out: Optional[str] = _shared(JSON_SAVED)
-    overwrite: bool = _shared(OVERWRITE)
-    progress: bool = _shared(PROGRESS)
+    plot_dir: Optional[Path] = _shared(typer.Option(None, "--out", help="Folder for figures (default: next to the "
+                                                                         "checkpoint)."))
+    pdf: bool = _shared(typer.Option(False, "--pdf", help="Also write figures as PDF."))
+    json_out: Optional[str] = _shared(typer.Option(None, "--json", help="Save the JSON to PATH instead of "
+                                                   "<run>/analyses/ (- for stdout only, nothing saved)."))
+    overwrite: bool = _shared(typer.Option(False, "--overwrite", help="Replace an earlier result at the same place "
+                                           "(its JSON, data and figures, stale ones included) instead of refusing."))
+    progress: bool = _shared(typer.Option(True, help="Show a progress bar."))
     trust_factory: bool = _shared(TRUST_FACTORY)
-    device: str = _shared(DEVICE)
+    device: str = _shared(typer.Option("cpu", help="cpu, cuda, cuda:N or auto (under torchrun, cuda is each "
+                                                   "process's own GPU)."))
     metric: Optional[list[str]] = _shared(METRIC)
     deterministic: bool = _shared(DETERMINISTIC)
 

@@ -9,8 +9,8 @@ import typer
 
 from ..errors import ConfigError
 from ._app import app
-from ._common import JSON_OUT, console as rank0_console, point_progress, write_json
-from ._inputs import Inputs, analysis_inputs
+from ._common import console as rank0_console, point_progress, write_json
+from ._inputs import JSON_OUT, Inputs, analysis_inputs
 from ._landscape import BATCH_SIZE, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import run_folder
 

@@ -10,9 +10,9 @@ import typer
 
 from ..errors import CheckpointError, ConfigError
 from ._app import app
-from ._common import (JSON_OUT, AnalysisContext, console as rank0_console, finite, hvp_progress, is_main, numbers,
+from ._common import (AnalysisContext, console as rank0_console, finite, hvp_progress, is_main, numbers,
                       point_progress, seed_option, write_json)
-from ._inputs import Inputs, analysis_inputs
+from ._inputs import JSON_OUT, Inputs, analysis_inputs
 from ._landscape import BATCH_SIZE, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import Claim, run_folder
 
