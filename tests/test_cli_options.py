@@ -185,3 +185,31 @@ def _numbers(obj: object) -> object:
     if isinstance(obj, list):
         return [_numbers(v) for v in obj]
     return obj
+
+
+ANALYSIS_VERBS = ("hessian", "sharpness", "gradcos", "surface", "interpolate", "weights", "correlate")
+# correlate measures a fixed subset (512 by default) of every run and says which run it measures.
+VERB_OWN_INPUTS = {"correlate": {"samples", "progress"}}
+
+
+@pytest.mark.parametrize("verb", ANALYSIS_VERBS)
+def test_analysis_verbs_declare_the_shared_inputs_once(verb):
+    """The inputs every analysis verb shares are generated from one table (cli/_inputs.py):
+    the command's own signature holds none of them, and each shared option has the table's
+    flag and help on every verb (the seed's help says what the verb seeds)."""
+    import inspect
+
+    from sharpscope.cli import _inputs
+
+    own = inspect.signature(inspect.unwrap(VERBS[verb].callback), follow_wrapped=False).parameters
+    assert set(own) & set(_inputs.INPUTS) == VERB_OWN_INPUTS.get(verb, set()), verb
+    assert "inputs" in own
+    params = _params(verb)
+    shared = [name for name in params if name in _inputs.INPUTS and name not in VERB_OWN_INPUTS.get(verb, ())]
+    assert shared == [name for name in _inputs.INPUTS if name in shared]  # the table's order, after the own
+    assert list(params)[-len(shared):] == shared
+    for name in shared:
+        table = _inputs.INPUTS[name][1]
+        if name not in ("seed", "json_out", "pdf"):  # a verb's own help (seed) or its kind of output
+            assert params[name].help == table.help and params[name].opts == list(table.param_decls or [f"--{name}"])
+

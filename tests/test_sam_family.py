@@ -485,3 +485,18 @@ def test_pytorch_optimizer_looksam_loop_takes_two_passes_on_every_step():
         closure()
         opt.step(closure)
     assert calls[0] == 20
+
+
+def test_every_variant_repr_names_its_class_and_options():
+    """One __repr__ (SAM's) for the family: the class, the base, rho, the variant's options, lr
+    (ASAM was shown as SAM before)."""
+    from sharpscope.optim import registry
+
+    model = torch.nn.Linear(3, 2)
+    expected = {"sam": "p=2.0, adaptive=False", "asam": "p=2.0, adaptive=True", "rsam": "p=2.0",
+                "gsam": "rho_min=0.0, alpha=0.4", "wsam": "gamma=0.9, decouple=True", "looksam": "k=5, alpha=0.7",
+                "fsam": "sigma=1.0, lambda=0.9"}
+    for spec in registry.specs():
+        if spec.name in expected:
+            opt = spec.cls(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.1)
+            assert repr(opt) == f"{spec.cls.__name__}(base=SGD, rho=0.1, {expected[spec.name]}, lr=0.1)"

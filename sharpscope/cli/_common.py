@@ -221,23 +221,12 @@ def seed_option(help_text: str) -> Any:
     return typer.Option(0, min=0, max=SEED_MAX, help=help_text)
 
 
-# Options every analysis command shares: one definition, one help text.
-SAMPLES = typer.Option(None, help="Use a seeded subset of this many examples.")
-SPLIT = typer.Option("train", help="train (the labels trained on) or test.")
-JSON_OUT = typer.Option(None, "--json", help="Write results as JSON to PATH (- for stdout).")
-PROGRESS = typer.Option(True, help="Show a progress bar.")
-DATA = typer.Option(None, "--data", help="Data set to analyse on instead of the one the checkpoint records (needed "
-                    "when it records none): digits, mnist1d, synthetic, npz, mnist, fashion-mnist, cifar10, cifar100.")
-DATA_ROOT = typer.Option(None, "--data-root", help="Folder or .npz file of --data; alone, it replaces the root of "
-                         "the recorded data set (e.g. files that moved).")
+# Options train, compare and sweep share with the analysis verbs (whose own are cli._inputs.Inputs').
 TRUST_FACTORY = typer.Option(False, "--trust-factory", help="Import and run the custom model factory a checkpoint "
                              "or run folder names, with its stored keyword arguments (only for files you trust).")
 # compare and sweep build only runs they make from their own --model: that factory is trusted.
 TRUST_NAMED_FACTORY = typer.Option(False, "--trust-factory", help="Implied: the factory named by --model is "
                                    "trusted for the runs this command makes (kept so the flag works on every verb).")
-PDF = typer.Option(False, "--pdf", help="Also write figures as PDF.")
-FIGURE_DIR = typer.Option(None, "--out", help="Folder for figures (default: next to the checkpoint).")
-DEVICE = typer.Option("cpu", help="cpu, cuda, cuda:N or auto (under torchrun, cuda is each process's own GPU).")
 DETERMINISTIC = typer.Option(False, "--deterministic", help="Deterministic algorithms and a fixed thread count "
                              "(sharpscope --threads N, else 1): the same command on the same machine and "
                              "software gives the same bits (docs/reproducibility.md).")

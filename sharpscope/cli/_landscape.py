@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ..landscape import SurfaceResult
+    from ._inputs import Inputs
 
 
 # Options both verbs take: one definition, one help text.
@@ -95,12 +96,12 @@ def print_summary(console: Console, result: SurfaceResult, radii: list[float], d
 
 
 def claim_files(folder: Path, stem: str, dim: int, trajectory: bool, metrics: list[str], more: list[Path],
-                 plot: bool, pdf: bool, json_out: str | None, overwrite: bool) -> Claim:
-    """Claim <folder>/<stem>.npz and .json, the files ``more``, the figures with --plot and a
-    --json PATH: refused if one exists, unless --overwrite."""
+                plot: bool, inputs: Inputs) -> Claim:
+    """Claim <folder>/<stem>.npz and .json, the files ``more``, the figures with --plot (and
+    --pdf) and a --json PATH: refused if one exists, unless --overwrite."""
     files = [folder / f"{stem}.npz", folder / f"{stem}.json", *more]
     if plot:
-        files += figure_files(folder, figure_names(stem, dim, trajectory, metrics), pdf)
-    extra = Path(json_out) if json_out not in (None, "-") else None
-    return claim([*files, extra], overwrite, "--out DIR", records=[folder / f"{stem}.json", extra])
+        files += figure_files(folder, figure_names(stem, dim, trajectory, metrics), inputs.pdf)
+    extra = Path(inputs.json_out) if inputs.json_out not in (None, "-") else None
+    return claim([*files, extra], inputs.overwrite, "--out DIR", records=[folder / f"{stem}.json", extra])
 

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..train_options import NOT_SWEPT, TRAIN_OPTIONS, TrainOption
 from ._common import finite
 
-__all__ = ["training_options", "shared_fields", "field_values", "old_spelling", "VERB_OWNED", "SWEEP_LIST_HELP",
+__all__ = ["training_options", "generated_options", "shared_fields", "field_values", "old_spelling", "VERB_OWNED", "SWEEP_LIST_HELP",
            "COMPARE_LIST_HELP", "OLD_STEPS", "OLD_NORM", "OLD_ETA", "OLD_PLOT_DIR"]
 
 # Old spellings the analysis verbs still take, hidden (:func:`old_spelling` reads them with a notice).
@@ -124,22 +124,30 @@ def training_options(verb: str) -> Callable[[Callable[..., Any]], Callable[..., 
     command-line values by field name in ``training`` (:func:`field_values` reads them)."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-               else p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "training"]
-        generated = [_parameter(verb, name) for name in shared_fields(verb)]
-        names = {p.name for p in generated}
-
-        @functools.wraps(command)
-        def run(**kwargs: Any) -> Any:
-            training = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
-            return command(**kwargs, training=training)
-
-        params = generated + own if verb == "train" else own + generated
-        run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-        run.__annotations__ = {p.name: p.annotation for p in params}
-        return run
+        return generated_options(command, "training", [_parameter(verb, name) for name in shared_fields(verb)],
+                                 dict, first=verb == "train")
 
     return decorate
+
+
+def generated_options(command: Callable[..., Any], bundle: str, generated: list[inspect.Parameter],
+                      make: Callable[[dict[str, Any]], Any], first: bool = False) -> Callable[..., Any]:
+    """``command`` as typer sees it with the options ``generated`` added after its own (before
+    them if ``first``); it gets their values as one argument ``bundle``: ``make`` of the
+    values by name (:func:`training_options`, :func:`sharpscope.cli._inputs.analysis_inputs`)."""
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+           else p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != bundle]
+    names = {p.name for p in generated}
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> Any:
+        values = make({name: kwargs.pop(name) for name in list(kwargs) if name in names})
+        return command(**kwargs, **{bundle: values})
+
+    params = generated + own if first else own + generated
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
 
 
 def field_values(training: dict[str, Any]) -> dict[str, Any]:

@@ -18,16 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import typer
-
 from ..errors import ConfigError
 from ._common import AnalysisContext, is_main, write_json
-
-OVERWRITE = typer.Option(False, "--overwrite", help="Replace an earlier result at the same place (its JSON, data "
-                         "and figures, stale ones included) instead of refusing.")
-
-JSON_SAVED = typer.Option(None, "--json", help="Save the JSON to PATH instead of <run>/analyses/ (- for stdout "
-                          "only, nothing saved).")
 
 # Only files of these kinds, listed by an earlier result in a folder this result writes to, are removed.
 _RESULT_SUFFIXES = (".json", ".npz", ".png", ".pdf")

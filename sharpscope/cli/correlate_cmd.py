@@ -9,11 +9,13 @@ from typing import Any
 import typer
 
 from ._app import app
-from ._common import (DETERMINISTIC, TRUST_FACTORY, apply_determinism, finite, interrupt_says, numbers,
-                      print_correlations, seed_option)
+from ._common import finite, interrupt_says, numbers, print_correlations, seed_option
+from ._inputs import Inputs, analysis_inputs
 
 
 @app.command("correlate")
+@analysis_inputs("seed", "trust_factory", "deterministic",
+                 seed=seed_option("Seed of the subset, the measures and the bootstrap."))
 def correlate_command(
     runs: list[Path] = typer.Argument(..., help="Run folders (holding checkpoint.pt), or folders holding runs "
                                       "(a sweep's or compare's --out)."),
@@ -38,10 +40,8 @@ def correlate_command(
     resamples: int = typer.Option(2000, min=100, help="Bootstrap resamples of every interval."),
     html: bool = typer.Option(False, "--html", help="Also write OUT/correlations.html: the tables and one "
                               "interactive scatter per measure (a run's options on hover), self-contained."),
-    seed: int = seed_option("Seed of the subset, the measures and the bootstrap."),
     progress: bool = typer.Option(True, help="Say which run and measure is computed."),
-    trust_factory: bool = TRUST_FACTORY,
-    deterministic: bool = DETERMINISTIC,
+    inputs: Inputs = Inputs(),
 ) -> None:
     """Measure every run (cached per run: a rerun computes only what is new) and rank-correlate
     each measure with the generalization gap (test - train error and loss) over the runs that
@@ -62,21 +62,21 @@ def correlate_command(
         from ..plots.html import require_plotly
 
         require_plotly()
-    apply_determinism(deterministic)
     names = [n.strip() for n in measures.split(",") if n.strip()]
-    settings = MeasureSettings(samples=samples, seed=seed, rho=rho, m_values=numbers(m, int, "--m", at_least=1),
+    settings = MeasureSettings(samples=samples, seed=inputs.seed, rho=rho,
+                               m_values=numbers(m, int, "--m", at_least=1),
                                worst_m=worst_m, adaptive_rho=adaptive_rho, average_rho=average_rho)
     found = find_runs(runs)
     say = (lambda msg: print(f"correlate: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     say(f"{len(found)} runs")
     with interrupt_says("measured runs are kept (measures.json in each run); rerun the same command to continue"):
         rows = measure_runs(found, names, settings, say, min_train_acc=min_train_acc, need=3,
-                            allow_factory=trust_factory)
+                            allow_factory=inputs.trust_factory)
     kept, left_out = select_runs(rows, min_train_acc)
     hyper = varying_config_options(kept)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "rows.csv", list(dict.fromkeys(k for r in rows for k in r)), rows)
-    table, files = report_correlations(rows, out, resamples=resamples, seed=seed, hyperparameters=hyper,
+    table, files = report_correlations(rows, out, resamples=resamples, seed=inputs.seed, hyperparameters=hyper,
                                        min_train_acc=min_train_acc)
     print(f"{table.n_runs} runs correlated ({left_out['unfinished']} unfinished and {left_out['underfit']} below "
           f"--min-train-acc {min_train_acc:g} left out); hyperparameters varying: {', '.join(hyper) or 'none'}")

@@ -12,11 +12,11 @@ import typer
 from ..errors import ConfigError
 from ._app import app, deferred_help
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PARAMS, PROGRESS,
-    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, data_loss, finite, hvp_progress, is_main,
-    load_for_analysis, objective_lines, objective_record, parse_params, seed_option)
+    AnalysisContext, console as rank0_console, data_loss, finite, hvp_progress, is_main, objective_lines,
+    objective_record, parse_params, seed_option)
+from ._inputs import Inputs, analysis_inputs
 from ._options import OLD_PLOT_DIR, OLD_STEPS, old_spelling
-from ._results import JSON_SAVED, OVERWRITE, announce, claim_analysis, save_report
+from ._results import announce, claim_analysis, save_report
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -87,6 +87,8 @@ def _hvp_modes_help() -> str:
 
 
 @app.command("hessian")
+@analysis_inputs(without=("metric",),
+                 seed=seed_option("Seed of the subset, of the random start vectors and of the Fisher's labels."))
 def hessian_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=0, help="Number of extreme eigenvalues (0: skip)."),
@@ -104,15 +106,9 @@ def hessian_command(
     per_layer: bool = typer.Option(False, "--per-layer", help="Top eigenvalue and trace of each layer's block."),
     by: str = typer.Option("layer", help="Per-layer grouping: layer, block (a transformer's numbered blocks) or "
                            "kind (embeddings, attention, mlp, norm, head)."),
-    params: str = PARAMS,
     overlap_with: Optional[Path] = typer.Option(None, "--overlap-with", help="A second checkpoint: its top-k "
                                                 "eigenvalues too, and the overlap of the two top-k eigenspaces."),
-    samples: Optional[int] = SAMPLES,
-    split: str = SPLIT,
-    data: Optional[str] = DATA,
-    data_root: Optional[str] = DATA_ROOT,
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
-    seed: int = seed_option("Seed of the subset, of the random start vectors and of the Fisher's labels."),
     hvp_mode: str = deferred_help(typer.Option("auto", "--hvp-mode"), _hvp_modes_help),
     operator: str = typer.Option("hessian", "--operator",
                                  help="Curvature matrix: hessian, ggn, fisher (true Fisher) or empirical-fisher."),
@@ -121,16 +117,9 @@ def hessian_command(
                                        "'exact' (sum over classes, the default: sampled labels push the top "
                                        "eigenvalues up, +13-69 % with 1 label; the trace is unbiased)."),
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
-    plot_dir: Optional[Path] = FIGURE_DIR,
-    pdf: bool = PDF,
-    json_out: Optional[str] = JSON_SAVED,
-    overwrite: bool = OVERWRITE,
-    progress: bool = PROGRESS,
-    trust_factory: bool = TRUST_FACTORY,
-    device: str = DEVICE,
-    deterministic: bool = DETERMINISTIC,
     old_steps: Optional[int] = OLD_STEPS,
     old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
+    inputs: Inputs = Inputs(),
 ) -> None:
     """Hessian spectrum of a checkpoint's loss (eval mode, whole data set or --samples).
 
@@ -142,30 +131,27 @@ def hessian_command(
     The numbers are saved as <run>/analyses/hessian.json (ggn.json, ... for other operators;
     --json PATH instead, --json - on stdout only); an earlier result there is kept unless --overwrite.
     """
-    apply_determinism(deterministic)
     steps = old_spelling("hessian", "--steps", "--slq-steps", old_steps, steps, 80)
-    plot_dir = old_spelling("hessian", "--plot-dir", "--out", old_plot_dir, plot_dir, None)
+    plot_dir = old_spelling("hessian", "--plot-dir", "--out", old_plot_dir, inputs.plot_dir, None)
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
     stem = operator.replace("-", "_")  # hessian.json and hessian_*.png as before; ggn.json, ggn_*.png, ...
-    target, _, outputs = claim_analysis(checkpoint, json_out, stem, _figure_names(stem, plot, density, top_k),
-                                        plot_dir, pdf, overwrite)
-    ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
-                                               (data, data_root))
+    target, _, outputs = claim_analysis(checkpoint, inputs.json_out, stem, _figure_names(stem, plot, density, top_k),
+                                        plot_dir, inputs.pdf, inputs.overwrite)
+    ckpt, batches, context = inputs.load(checkpoint, batch_size)
     settings = _Settings(top_k, which, tol, max_iter, trace, trace_matvecs, density, runs, steps, sigma_squared,
-                         per_layer, by, seed, hvp_mode, overlap_with)
-    obj, obj_b, label_b, report = _objectives(ckpt, batches, split, params, settings, operator, mc_samples,
-                                              trust_factory, context)
+                         per_layer, by, inputs.seed, hvp_mode, overlap_with)
+    obj, obj_b, label_b, report = _objectives(ckpt, batches, settings, operator, mc_samples, inputs, context)
     results = _compute(ckpt, batches, obj, obj_b, label_b, settings, {"operator": operator, "mc_samples": mc_samples},
-                       console, progress)
+                       console, inputs.progress)
     if not is_main():  # every rank took part in the products; rank 0 reports
         return
-    _add_results(report, results, obj, objective_record(obj, params))
-    _print_results(rank0_console(stderr=json_out == "-"), ckpt.path, obj, split, which, results, operator,
-                   objective_lines(objective_record(obj, params)))
+    _add_results(report, results, obj, objective_record(obj, inputs.params))
+    _print_results(rank0_console(stderr=inputs.json_out == "-"), ckpt.path, obj, inputs.split, which, results,
+                   operator, objective_lines(objective_record(obj, inputs.params)))
     outputs.clear()
     if plot:
-        report["figures"] = _figures(ckpt, results, plot_dir, pdf, console, operator)
+        report["figures"] = _figures(ckpt, results, plot_dir, inputs.pdf, console, operator)
     save_report(report, target, console, context)
 
 
@@ -175,19 +161,19 @@ def _figure_names(stem: str, plot: bool, density: bool, top_k: int) -> list[str]
             + ([f"{stem}_eigenvalues"] if top_k > 0 else [])) if plot else []
 
 
-def _objectives(ckpt: Any, batches: list, split: str, params: str, o: _Settings, operator: str, mc_samples: int | str,
-                trust_factory: bool, context: AnalysisContext) -> tuple[Any, Any, str, dict]:
+def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_samples: int | str,
+                inputs: Inputs, context: AnalysisContext) -> tuple[Any, Any, str, dict]:
     """The objective over ``--params``, B's for --overlap-with (or None) and its label, each
     refused before the first product if it cannot be computed; and the report's first fields."""
 
     from ..objective import Objective
 
-    selection = parse_params(params)
+    selection = parse_params(inputs.params)
     obj = Objective(ckpt.model, data_loss(batches), batches, params=selection, hvp_mode=o.hvp_mode)
     _preflight(obj.n, ckpt.model, o.trace, o.trace_matvecs, o.density, o.runs, o.steps, o.per_layer, o.by)
-    obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, trust_factory, context)
-    report: dict = {"checkpoint": str(ckpt.path), "split": split, "n_examples": obj.n_examples,
-                    "n_params": obj.n, "params": params, "hvp_mode": obj.hvp_mode, "operator": operator,
+    obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, inputs.trust_factory, context)
+    report: dict = {"checkpoint": str(ckpt.path), "split": inputs.split, "n_examples": obj.n_examples,
+                    "n_params": obj.n, "params": inputs.params, "hvp_mode": obj.hvp_mode, "operator": operator,
                     "fisher_samples": mc_samples if operator == "fisher" else None}
     if operator != "hessian":
         from .. import curvature

@@ -10,11 +10,10 @@ import typer
 from ..errors import ConfigError
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, DEVICE, JSON_OUT, PARAMS, PROGRESS, SAMPLES, SPLIT, TRUST_FACTORY,
-    apply_determinism, console as rank0_console, data_loss, load_for_analysis, params_line, params_record,
-    parse_params, point_progress, seed_option, write_json)
-from ._landscape import BATCH_SIZE, METRIC, claim_files, custom_metrics, figures, print_metrics, print_summary
-from ._results import OVERWRITE, run_folder
+    console as rank0_console, data_loss, params_line, params_record, parse_params, point_progress, write_json)
+from ._inputs import JSON_OUT, Inputs, analysis_inputs
+from ._landscape import BATCH_SIZE, claim_files, custom_metrics, figures, print_metrics, print_summary
+from ._results import run_folder
 
 
 def _different_data(ckpt_a: Any, ckpt_b: Any, use_a_data: bool, split: str) -> list[str]:
@@ -31,31 +30,20 @@ def _different_data(ckpt_a: Any, ckpt_b: Any, use_a_data: bool, split: str) -> l
 
 
 @app.command("interpolate")
+@analysis_inputs(without=("plot_dir",), json_out=JSON_OUT,
+                 pdf=typer.Option(False, "--pdf", help="Also write the figure as PDF."))
 def interpolate_command(
     checkpoint_a: Path = typer.Argument(..., help="Model A (alpha = 0)."),
     checkpoint_b: Path = typer.Argument(..., help="Model B (alpha = 1)."),
     grid: str = typer.Option("-0.5:1.5:41", help="alpha grid MIN:MAX:POINTS."),
     buffers: str = typer.Option("interpolate", help="BN statistics: interpolate between A and B, or keep A's."),
-    samples: Optional[int] = SAMPLES,
-    split: str = SPLIT,
-    data: Optional[str] = DATA,
-    data_root: Optional[str] = DATA_ROOT,
-    seed: int = seed_option("Seed of --samples."),
     batch_size: Optional[int] = BATCH_SIZE,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: A's run folder /interpolate)."),
     plot: bool = typer.Option(False, "--plot", help="Write the loss / accuracy curve."),
-    pdf: bool = typer.Option(False, "--pdf", help="Also write the figure as PDF."),
-    json_out: Optional[str] = JSON_OUT,
-    progress: bool = PROGRESS,
-    trust_factory: bool = TRUST_FACTORY,
-    device: str = DEVICE,
-    metric: Optional[list[str]] = METRIC,
-    overwrite: bool = OVERWRITE,
     use_a_data: bool = typer.Option(False, "--use-a-data", help="Evaluate both models on A's data even when A and "
                                     "B were trained on different data (another seed, label noise or data set; "
                                     "refused without this option): the loss at B is then not B's training loss."),
-    deterministic: bool = DETERMINISTIC,
-    params: str = PARAMS,
+    inputs: Inputs = Inputs(),
 ) -> None:
     """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
 
@@ -65,48 +53,47 @@ def interpolate_command(
 
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """
-    apply_determinism(deterministic)
-
     from .. import distributed as dist_utils
     from .. import landscape as ls
     from ..checkpoint import load_checkpoint
 
     console = rank0_console(stderr=True)
     alphas = ls.parse_grid(grid)
-    metric_fns = custom_metrics(metric, trust_factory)
+    metric_fns = custom_metrics(inputs.metric, inputs.trust_factory)
     folder = out or (run_folder(checkpoint_a) / "interpolate")
-    outputs = claim_files(folder, "interpolation", 1, False, list(metric_fns), [], plot, pdf, json_out, overwrite)
-    ckpt_a, batches, context = load_for_analysis(checkpoint_a, split, samples, batch_size or 4096, seed,
-                                                 trust_factory, device, (data, data_root))
-    ckpt_b = load_checkpoint(checkpoint_b, allow_factory=trust_factory, map_location=next(ckpt_a.model.parameters()).device)
+    outputs = claim_files(folder, "interpolation", 1, False, list(metric_fns), [], plot, inputs)
+    ckpt_a, batches, context = inputs.load(checkpoint_a, batch_size or 4096)
+    ckpt_b = load_checkpoint(checkpoint_b, allow_factory=inputs.trust_factory,
+                             map_location=next(ckpt_a.model.parameters()).device)
     context.add(ckpt_b)
-    data_note = _different_data(ckpt_a, ckpt_b, use_a_data, split)
+    data_note = _different_data(ckpt_a, ckpt_b, use_a_data, inputs.split)
     name_a, name_b = ((c.config or {}).get("optimizer", ab).upper() for c, ab in ((ckpt_a, "A"), (ckpt_b, "B")))
-    with point_progress(console, progress) as bar:
+    with point_progress(console, inputs.progress) as bar:
         task = bar.add_task("interpolation", total=len(alphas))
         result = ls.interpolate(ckpt_a.model, ckpt_b.model, data_loss(batches), batches, alphas, buffers=buffers,
                                 chunk_size=batch_size, name_a=name_a, name_b=name_b,
                                 on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None,
-                                params=parse_params(params))
+                                params=parse_params(inputs.params))
     if not dist_utils.is_main():
         return
-    result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": split, "samples": samples,
-                           "data": "A's", "data_differences": data_note, **params_record(ckpt_a.model, params),
-                           **({"metrics": list(metric)} if metric_fns else {})})
+    result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": inputs.split,
+                           "samples": inputs.samples, "data": "A's", "data_differences": data_note,
+                           **params_record(ckpt_a.model, inputs.params),
+                           **({"metrics": list(inputs.metric)} if metric_fns else {})})
     if params_line(result.options):
         console.print(params_line(result.options), highlight=False)
     if data_note:
-        console.print(f"note: both evaluated on A's {split} data; B was trained on other data "
+        console.print(f"note: both evaluated on A's {inputs.split} data; B was trained on other data "
                       f"({'; '.join(data_note)})", highlight=False)
     outputs.clear()
     result.save(folder / "interpolation.npz")
-    summary = print_summary(rank0_console(stderr=json_out == "-"), result, [0.5], 0.1)
-    print_metrics(rank0_console(stderr=json_out == "-"), summary)
+    summary = print_summary(rank0_console(stderr=inputs.json_out == "-"), result, [0.5], 0.1)
+    print_metrics(rank0_console(stderr=inputs.json_out == "-"), summary)
     report = result.to_dict((0.5,), 0.1)
     report["summary"] = summary
     report["npz"] = str(folder / "interpolation.npz")
     if plot:
-        report["figures"] = figures({f"{name_a} -> {name_b}": result}, folder, "interpolation", pdf, console,
+        report["figures"] = figures({f"{name_a} -> {name_b}": result}, folder, "interpolation", inputs.pdf, console,
                                     list(metric_fns))
-    write_json(report, json_out, context)
+    write_json(report, inputs.json_out, context)
     write_json(report, str(folder / "interpolation.json"), context)

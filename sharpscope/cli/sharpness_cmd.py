@@ -9,14 +9,15 @@ import typer
 
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, FIGURE_DIR, PDF, AnalysisContext, apply_determinism, DEVICE, PARAMS, PROGRESS,
-    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, data_loss, finite, load_for_analysis, numbers,
-    objective_lines, objective_record, params_line, params_record, parse_p, parse_params, progress_bar, seed_option)
+    AnalysisContext, console as rank0_console, data_loss, finite, numbers, objective_lines, objective_record,
+    params_line, params_record, parse_p, parse_params, progress_bar, seed_option)
+from ._inputs import Inputs, analysis_inputs
 from ._options import OLD_ETA, OLD_NORM, OLD_PLOT_DIR, OLD_STEPS, old_spelling
-from ._results import JSON_SAVED, OVERWRITE, Claim, announce, claim, claim_analysis, json_target, save_report
+from ._results import Claim, announce, claim, claim_analysis, json_target, save_report
 
 
 @app.command("sharpness")
+@analysis_inputs(without=("metric",), seed=seed_option("Seed of the subsets and of --samples."))
 def sharpness_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
     m: str = typer.Option("1,4,16,64", "--m", "--subset-sizes", help="Subset sizes, comma-separated "
@@ -41,26 +42,13 @@ def sharpness_command(
                                            "from e = 0 and from seeded random points of the boundary; the best is "
                                            "kept, a spread over 1 % warns (1 = the reference's single ascent)."),
     max_subsets: Optional[int] = typer.Option(None, "--max-subsets", min=1, help="Cap on subsets per m (seeded)."),
-    samples: Optional[int] = SAMPLES,
-    split: str = SPLIT,
-    data: Optional[str] = DATA,
-    data_root: Optional[str] = DATA_ROOT,
-    seed: int = seed_option("Seed of the subsets and of --samples."),
-    params: str = PARAMS,
     gap: bool = typer.Option(True, help="Also report the surrogate gap L(w + e_hat) - L(w) for each rho."),
     plot: bool = typer.Option(False, "--plot", help="Write m-sharpness against m (and against rho)."),
-    plot_dir: Optional[Path] = FIGURE_DIR,
-    pdf: bool = PDF,
-    json_out: Optional[str] = JSON_SAVED,
-    overwrite: bool = OVERWRITE,
-    progress: bool = PROGRESS,
-    trust_factory: bool = TRUST_FACTORY,
-    device: str = DEVICE,
-    deterministic: bool = DETERMINISTIC,
     old_steps: Optional[int] = OLD_STEPS,
     old_norm: Optional[str] = OLD_NORM,
     old_eta: Optional[float] = OLD_ETA,
     old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
+    inputs: Inputs = Inputs(),
 ) -> None:
     """m-sharpness of a checkpoint (Foret et al. 2021, Sec. 4.1), with the surrogate gap; or
     worst-case / average-case sharpness, plain or adaptive (Andriushchenko et al. 2023).
@@ -76,26 +64,26 @@ def sharpness_command(
     sharpness_average.json; --json PATH instead, --json - on stdout only); an earlier result
     there is kept unless --overwrite.
     """
-    apply_determinism(deterministic)
-    steps, p, eta, plot_dir = _new_spellings(old_steps, steps, old_norm, p, old_eta, eta, old_plot_dir, plot_dir)
+    steps, p, eta, plot_dir = _new_spellings(old_steps, steps, old_norm, p, old_eta, eta, old_plot_dir,
+                                             inputs.plot_dir)
     console = rank0_console(stderr=True)
     ms, rhos, p_value = _check_options(measure, adaptive, random_start, restarts, m, rho, p)
     name, figures = _outputs(measure, plot, len(rhos) > 1)
-    target, figure_folder, outputs = claim_analysis(checkpoint, json_out, name, figures, plot_dir, pdf, overwrite)
-    ckpt, batches, context = load_for_analysis(checkpoint, split, samples, 4096, seed, trust_factory, device,
-                                               (data, data_root))
+    target, figure_folder, outputs = claim_analysis(checkpoint, inputs.json_out, name, figures, plot_dir, inputs.pdf,
+                                                    inputs.overwrite)
+    ckpt, batches, context = inputs.load(checkpoint, 4096)
     if measure != "m-sharpness":
-        _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start, seed,
-                        max_subsets, split, console, progress, params, json_out, outputs, target, restarts, context)
+        _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start,
+                        max_subsets, console, inputs, outputs, target, restarts, context)
         return
-    done = _m_sharpness(ckpt, batches, ms, rhos, 5 if steps is None else steps, p, p_value, seed, max_subsets, gap,
-                        split, console, progress, params, json_out)
+    done = _m_sharpness(ckpt, batches, ms, rhos, 5 if steps is None else steps, p, p_value, max_subsets, gap,
+                        console, inputs)
     if done is None:  # the subsets were shared out; rank 0 reports
         return
     report, result = done
     outputs.clear()
     if plot:
-        report["figures"] = _plot(ckpt, result, figure_folder, len(rhos) > 1, pdf, console)
+        report["figures"] = _plot(ckpt, result, figure_folder, len(rhos) > 1, inputs.pdf, console)
     save_report(report, target, console, context)
 
 
@@ -147,8 +135,7 @@ def _subsets(batches: list, ms: list[int], max_subsets: int | None) -> list[int]
 
 
 def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], steps: int, p: str, p_value: float,
-                 seed: int, max_subsets: int | None, gap: bool, split: str, console: Any, progress: bool, params: str,
-                 json_out: str | None) -> tuple[dict, Any] | None:
+                 max_subsets: int | None, gap: bool, console: Any, inputs: Inputs) -> tuple[dict, Any] | None:
     """m-sharpness (and the surrogate gaps) under a progress bar, its table printed; the JSON
     report and the result (for the figures), or None off rank 0."""
     from rich.table import Table
@@ -158,23 +145,23 @@ def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], ste
     from ._common import folded
 
     total = sum(_subsets(batches, ms, max_subsets)) * len(rhos)
-    selection, chosen = parse_params(params), params_record(ckpt.model, params)
-    with progress_bar(console, progress, "subsets") as bar:
+    selection, chosen = parse_params(inputs.params), params_record(ckpt.model, inputs.params)
+    with progress_bar(console, inputs.progress, "subsets") as bar:
         task = bar.add_task("m-sharpness", total=total)
         result = sh.m_sharpness(ckpt.model, data_loss(batches), batches, m=ms, rho=rhos, steps=steps, p=p_value,
-                                seed=seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k),
+                                seed=inputs.seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k),
                                 params=selection)
     gaps = {str(r): v for r, v in sh.surrogate_gaps(ckpt.model, data_loss(batches), batches, rhos=rhos,
                                                     p=p_value, params=selection).items()} if gap else None
     if not dist_utils.is_main():
         return None
-    report = {"checkpoint": str(ckpt.path), "split": split, **chosen, **result.to_dict()}
+    report = {"checkpoint": str(ckpt.path), "split": inputs.split, **chosen, **result.to_dict()}
     for r in report["results"]:
         r.pop("values")
-    out = rank0_console(stderr=json_out == "-")  # keep stdout clean for --json -
+    out = rank0_console(stderr=inputs.json_out == "-")  # keep stdout clean for --json -
     if params_line(chosen):
         out.print(params_line(chosen), highlight=False)
-    table = Table(title=f"m-sharpness ({steps} ascent steps, p = {p}; {result.n_examples} {split} examples, "
+    table = Table(title=f"m-sharpness ({steps} ascent steps, p = {p}; {result.n_examples} {inputs.split} examples, "
                         f"{result.wall_time:.1f}s)")
     for col in ("m", "rho", "m-sharpness", "+/- (s.e.)", "subsets"):
         table.add_column(col, justify="right")
@@ -201,10 +188,9 @@ def _plot(ckpt: Any, result: Any, folder: Path, against_rho: bool, pdf: bool, co
 
 
 def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos: list[float], p: float,
-                    adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool, seed: int,
-                    max_subsets: int | None, split: str, console: Any, progress: bool, params: str,
-                    json_out: str | None, outputs: Claim, target: Path | None, restarts: int | None = None,
-                    context: AnalysisContext | None = None) -> None:
+                    adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool,
+                    max_subsets: int | None, console: Any, inputs: Inputs, outputs: Claim,
+                    target: Path | None, restarts: int | None = None, context: AnalysisContext | None = None) -> None:
     """``--measure worst|average``: run it, print its table, write its JSON."""
     from rich.table import Table
 
@@ -213,26 +199,26 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
     from ._common import folded
 
     total = sum(_subsets(batches, ms, max_subsets)) * len(rhos)
-    chosen = params_record(ckpt.model, params)
-    options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=seed, max_subsets=max_subsets,
-                                   params=parse_params(params))
+    chosen = params_record(ckpt.model, inputs.params)
+    options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=inputs.seed,
+                                   max_subsets=max_subsets, params=parse_params(inputs.params))
     if measure == "worst":
         options.update(steps=20 if steps is None else steps, random_start=random_start,
                        restarts=measures.DEFAULT_RESTARTS if restarts is None else restarts)
     else:
         options.update(samples=draws)
-    with progress_bar(console, progress, "subsets") as bar:
+    with progress_bar(console, inputs.progress, "subsets") as bar:
         task = bar.add_task(f"{measure}-case sharpness", total=total)
         result = measures.sharpness(ckpt.model, data_loss(batches), batches, measure=measure,
                                     callback=lambda k: bar.advance(task, k), **options)
     if not dist_utils.is_main():
         return
-    report = {"checkpoint": str(ckpt.path), "split": split, **chosen, **result.to_dict()}
+    report = {"checkpoint": str(ckpt.path), "split": inputs.split, **chosen, **result.to_dict()}
     for r in report["results"]:
         r.pop("values")
         r.pop("error_values")
         r.pop("restart_values")
-    out = rank0_console(stderr=json_out == "-")
+    out = rank0_console(stderr=inputs.json_out == "-")
     if params_line(chosen):
         out.print(params_line(chosen), highlight=False)
     how = (f"{result.steps} ascent steps x {result.restarts} restarts" if measure == "worst"
@@ -240,7 +226,7 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
     kind = ("adaptive " if adaptive else "") + f"{measure}-case"
     cost = (f"{result.n_gradients} gradients" if measure == "worst" else f"{result.n_forwards} forward passes")
     table = Table(title=f"{kind} sharpness ({how}, p = {'inf' if p == float('inf') else 2}; {result.n_examples} "
-                        f"{split} examples; {cost}, {result.wall_time:.1f}s)")
+                        f"{inputs.split} examples; {cost}, {result.wall_time:.1f}s)")
     for col in ("m", "rho", "loss increase", "+/- (s.e.)", "error increase", "+/- (s.e.)", "subsets"):
         table.add_column(col, justify="right")
     def se(v: float | None) -> str:
@@ -263,21 +249,12 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
 
 
 @app.command("gradcos")
+@analysis_inputs(without=("plot_dir", "pdf", "progress", "metric"))
 def gradcos_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
     rho: float = typer.Option(0.05, callback=finite(at_least=0), help="SAM radius."),
-    samples: Optional[int] = SAMPLES,
-    split: str = SPLIT,
-    data: Optional[str] = DATA,
-    data_root: Optional[str] = DATA_ROOT,
-    seed: int = seed_option("Seed of --samples."),
-    params: str = PARAMS,
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
-    json_out: Optional[str] = JSON_SAVED,
-    overwrite: bool = OVERWRITE,
-    trust_factory: bool = TRUST_FACTORY,
-    device: str = DEVICE,
-    deterministic: bool = DETERMINISTIC,
+    inputs: Inputs = Inputs(),
 ) -> None:
     """Cosine between the first-order (SAM) and the full second-order SAM gradient.
 
@@ -289,22 +266,19 @@ def gradcos_command(
     The numbers are saved as <run>/analyses/gradcos.json (--json PATH instead, --json - on
     stdout only); an earlier result there is kept unless --overwrite.
     """
-    apply_determinism(deterministic)
     import math
-
 
     from .. import sharpness as sh
     from ..errors import ConfigError
     from ..objective import Objective
 
-    target = json_target(json_out, checkpoint, "gradcos")
-    outputs = claim([target], overwrite, "--json PATH", records=[target])
-    ckpt, batches, context = load_for_analysis(checkpoint, split, samples, batch_size, seed, trust_factory, device,
-                                               (data, data_root))
-    obj = Objective(ckpt.model, data_loss(batches), batches, params=parse_params(params))
+    target = json_target(inputs.json_out, checkpoint, "gradcos")
+    outputs = claim([target], inputs.overwrite, "--json PATH", records=[target])
+    ckpt, batches, context = inputs.load(checkpoint, batch_size)
+    obj = Objective(ckpt.model, data_loss(batches), batches, params=parse_params(inputs.params))
     res = sh.sam_gradient_cosine(obj, rho=rho)
-    notes = objective_record(obj, params)
-    out = rank0_console(stderr=json_out == "-")
+    notes = objective_record(obj, inputs.params)
+    out = rank0_console(stderr=inputs.json_out == "-")
     for line in objective_lines(notes):
         out.print(line, highlight=False)
     out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)
@@ -317,5 +291,5 @@ def gradcos_command(
     if not math.isfinite(res.cosine):
         raise ConfigError("the cosine is not finite")
     outputs.clear()
-    save_report({"checkpoint": str(ckpt.path), "split": split, **notes, **res.to_dict()}, target,
+    save_report({"checkpoint": str(ckpt.path), "split": inputs.split, **notes, **res.to_dict()}, target,
                 rank0_console(stderr=True), context)

@@ -11,11 +11,11 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    DATA, DATA_ROOT, DETERMINISTIC, PDF, AnalysisContext, apply_determinism, DEVICE, JSON_OUT, PARAMS, PROGRESS,
-    SAMPLES, SPLIT, TRUST_FACTORY, console as rank0_console, data_loss, finite, hvp_progress, is_main,
-    load_for_analysis, numbers, params_line, params_record, parse_params, point_progress, seed_option, write_json)
-from ._landscape import BATCH_SIZE, METRIC, claim_files, custom_metrics, figures, print_metrics, print_summary
-from ._results import OVERWRITE, Claim, run_folder
+    AnalysisContext, console as rank0_console, data_loss, finite, hvp_progress, is_main, numbers, params_line,
+    params_record, parse_params, point_progress, seed_option, write_json)
+from ._inputs import JSON_OUT, Inputs, analysis_inputs
+from ._landscape import BATCH_SIZE, claim_files, custom_metrics, figures, print_metrics, print_summary
+from ._results import Claim, run_folder
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,14 +50,14 @@ def surface_stem(dim: int, trajectory: bool, directions: str) -> str:
 
 
 def _claim_surface(folder: Path, dim: int, trajectory: bool, directions: str, metrics: list[str], plot: bool,
-                   pdf: bool, json_out: str | None, overwrite: bool) -> Any:
+                   inputs: Inputs) -> Any:
     """Claim the files a surface writes (its npz and JSON, the random comparison's npz, the
     figures with --plot, a --json PATH): refused if one exists, unless --overwrite."""
     stem = surface_stem(dim, trajectory, directions)
     dim = 2 if trajectory else dim  # the PCA plane
     compare = directions == "hessian" and dim == 1
     return claim_files(folder, stem, dim, trajectory, metrics, [folder / f"{stem}_random.npz"] if compare else [],
-                       plot, pdf, json_out, overwrite)
+                       plot, inputs)
 
 
 def _snapshots(run_dir: Path, minimum: int = 3) -> list[dict]:
@@ -76,6 +76,8 @@ def _snapshots(run_dir: Path, minimum: int = 3) -> list[dict]:
 
 
 @app.command("surface")
+@analysis_inputs(without=("plot_dir",), json_out=JSON_OUT,
+                 seed=seed_option("Seed of the directions (direction 2 uses seed + 1) and of --samples."))
 def surface_command(
     checkpoint: Optional[Path] = typer.Argument(None, help="A checkpoint file or run folder (not with --trajectory)."),
     trajectory: Optional[Path] = typer.Option(None, "--trajectory", help="A run folder: PCA plane of its per-epoch "
@@ -99,11 +101,6 @@ def surface_command(
                                                                "statistics, used perturbed in eval mode)."),
     orthogonalize: bool = typer.Option(False, "--orthogonalize", help="Make direction 2 orthogonal to direction 1 "
                                                                      "(and direction 3 to both)."),
-    seed: int = seed_option("Seed of the directions (direction 2 uses seed + 1) and of --samples."),
-    samples: Optional[int] = SAMPLES,
-    split: str = SPLIT,
-    data: Optional[str] = DATA,
-    data_root: Optional[str] = DATA_ROOT,
     batch_size: Optional[int] = BATCH_SIZE,
     range_mode: str = typer.Option("grid", "--range", help="grid (the MIN:MAX of --grid) or auto: each direction "
                                    "spans [-t, t], t the larger of the two distances (+ and -) at which the loss first "
@@ -117,15 +114,7 @@ def surface_command(
     basin_delta: float = typer.Option(0.1, "--basin-delta", callback=finite(above=0), help="Basin = where the loss is within this of the centre."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <run>/surface)."),
     plot: bool = typer.Option(False, "--plot", help="Write figures (1-D curve; 2-D contour, filled contour, 3-D)."),
-    pdf: bool = PDF,
-    json_out: Optional[str] = JSON_OUT,
-    overwrite: bool = OVERWRITE,
-    progress: bool = PROGRESS,
-    trust_factory: bool = TRUST_FACTORY,
-    device: str = DEVICE,
-    metric: Optional[list[str]] = METRIC,
-    deterministic: bool = DETERMINISTIC,
-    params: str = PARAMS,
+    inputs: Inputs = Inputs(),
 ) -> None:
     """Loss surface around a checkpoint (random directions) or over a run's trajectory plane.
 
@@ -137,22 +126,20 @@ def surface_command(
 
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """
-    apply_determinism(deterministic)
     console = rank0_console(stderr=True)
     job = _surface_job(checkpoint, trajectory, path_run, dim, grid, range_mode, directions_kind, norm, ignore, dir_type,
-                       metric, trust_factory, radii, out, plot, pdf, json_out, overwrite)
-    ckpt, batches, context = load_for_analysis(job.source, split, samples, batch_size or 4096, seed, trust_factory,
-                                               device, (data, data_root))
-    options = {**job.options(split, samples, seed, ckpt.path, metric), **params_record(ckpt.model, params)}
-    plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, seed, norm,
-                               ignore, dir_type, orthogonalize, progress, console)
+                       radii, out, plot, inputs)
+    ckpt, batches, context = inputs.load(job.source, batch_size or 4096)
+    options = {**job.options(inputs, ckpt.path), **params_record(ckpt.model, inputs.params)}
+    plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, inputs.seed,
+                               norm, ignore, dir_type, orthogonalize, inputs.progress, console)
     axes = _range_axes(ckpt.model, batches, plan, job.axes, range_mode, range_factor, range_max, batch_size, options,
                        console)
     result, random_result = _evaluate(ckpt.model, batches, plan, axes, options, job.folder, job.stem, batch_size,
-                                      job.metric_fns, progress, console)
+                                      job.metric_fns, inputs.progress, console)
     if is_main():  # the points were shared out; rank 0 writes
-        _save_surface(job, ckpt, result, random_result, plan, basin_delta, json_out, options, norm, plot, pdf,
-                      context, console)
+        _save_surface(job, ckpt, result, random_result, plan, basin_delta, inputs.json_out, options, norm, plot,
+                      inputs.pdf, context, console)
 
 
 @dataclass
@@ -169,26 +156,23 @@ class _SurfaceJob:
     stem: str
     outputs: Claim
 
-    def options(self, split: str, samples: int | None, seed: int, checkpoint: Path, metric: list[str] | None
-                ) -> dict:
+    def options(self, inputs: Inputs, checkpoint: Path) -> dict:
         """The options the result records (added to by the directions and the range)."""
-        return {"split": split, "samples": samples, "seed": seed, "checkpoint": str(checkpoint),
-                **({"metrics": list(metric)} if self.metric_fns else {})}
+        return {"split": inputs.split, "samples": inputs.samples, "seed": inputs.seed, "checkpoint": str(checkpoint),
+                **({"metrics": list(inputs.metric)} if self.metric_fns else {})}
 
 
 def _surface_job(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int, grid: str | None,
-                 range_mode: str, directions_kind: str, norm: str, ignore: str, dir_type: str,
-                 metric: list[str] | None, trust_factory: bool, radii: str, out: Path | None, plot: bool, pdf: bool,
-                 json_out: str | None, overwrite: bool) -> _SurfaceJob:
+                 range_mode: str, directions_kind: str, norm: str, ignore: str, dir_type: str, radii: str,
+                 out: Path | None, plot: bool, inputs: Inputs) -> _SurfaceJob:
     """Check a surface's options (one line and exit 2 if they do not go together) and claim its files."""
     _check_surface_options(checkpoint, trajectory, path_run, dim, range_mode, directions_kind, dir_type, norm, ignore)
-    metric_fns = custom_metrics(metric, trust_factory)
+    metric_fns = custom_metrics(inputs.metric, inputs.trust_factory)
     radii_list = numbers(radii, float, "--radii", above=0)
     axes = _surface_axes(grid, dim, trajectory is not None, range_mode)  # before any work
     source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
     folder = out or (run_folder(source) / "surface")
-    outputs = _claim_surface(folder, dim, trajectory is not None, directions_kind, list(metric_fns), plot, pdf,
-                             json_out, overwrite)
+    outputs = _claim_surface(folder, dim, trajectory is not None, directions_kind, list(metric_fns), plot, inputs)
     return _SurfaceJob(source, metric_fns, radii_list, axes, folder,
                        surface_stem(dim, trajectory is not None, directions_kind), outputs)
 

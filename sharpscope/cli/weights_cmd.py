@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from ._app import app
-from ._common import (DETERMINISTIC, PARAMS, apply_determinism, TRUST_FACTORY, console as rank0_console,
-                      params_line, params_record, parse_params)
-from ._results import JSON_SAVED, OVERWRITE, claim, json_target, save_report
+from ._common import console as rank0_console, params_line, params_record, parse_params
+from ._inputs import Inputs, analysis_inputs
+from ._results import claim, json_target, save_report
 
 
 @app.command("weights")
+@analysis_inputs("params", "json_out", "overwrite", "trust_factory", "deterministic")
 def weights_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
-    json_out: Optional[str] = JSON_SAVED,
-    overwrite: bool = OVERWRITE,
-    trust_factory: bool = TRUST_FACTORY,
-    deterministic: bool = DETERMINISTIC,
-    params: str = PARAMS,
+    inputs: Inputs = Inputs(),
 ) -> None:
     """Per layer: the power-law exponent alpha of the eigenvalues of W^T W (KS-chosen xmin),
     alpha-weighted, log Frobenius and spectral norms, stable rank; and their means. No data.
@@ -30,19 +26,18 @@ def weights_command(
     The numbers are saved as <run>/analyses/weights.json (--json PATH instead, --json - on
     stdout only); an earlier result there is kept unless --overwrite.
     """
-    apply_determinism(deterministic)
     from rich.table import Table
 
     from ..checkpoint import load_checkpoint
     from ..weight_spectra import weight_spectra
     from ._common import folded
 
-    target = json_target(json_out, checkpoint, "weights")
-    outputs = claim([target], overwrite, "--json PATH", records=[target])
-    ckpt = load_checkpoint(checkpoint, allow_factory=trust_factory)
-    res = weight_spectra(ckpt.model, None if params == "all" else parse_params(params))
-    chosen = params_record(ckpt.model, params)
-    out = rank0_console(stderr=json_out == "-")
+    target = json_target(inputs.json_out, checkpoint, "weights")
+    outputs = claim([target], inputs.overwrite, "--json PATH", records=[target])
+    ckpt = load_checkpoint(checkpoint, allow_factory=inputs.trust_factory)
+    res = weight_spectra(ckpt.model, None if inputs.params == "all" else parse_params(inputs.params))
+    chosen = params_record(ckpt.model, inputs.params)
+    out = rank0_console(stderr=inputs.json_out == "-")
     if params_line(chosen):
         out.print(params_line(chosen), highlight=False)
     table = Table(title=f"Weight spectra of {ckpt.path} ({len(res.layers)} layers)")

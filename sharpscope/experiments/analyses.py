@@ -12,14 +12,8 @@ from .. import measure_table
 from ..data import loss_for_labels
 from ..objective import Objective
 
-__all__ = ["AnalysisSettings", "PROFILES", "ANALYSES", "COMPARED", "Variant", "VARIANTS", "analysis_names",
+__all__ = ["AnalysisSettings", "PROFILES", "COMPARED", "Variant", "VARIANTS", "analysis_names",
            "analysis_settings", "analyse_selected", "analyse_variant"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "ANALYSES":  # the names of analysis_names(), as before: read from the table when asked
-        return tuple(analysis_names())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass

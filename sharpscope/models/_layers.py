@@ -1,14 +1,14 @@
-"""Pieces shared by the built-in architectures: activations, 3x3 convs, optional BatchNorm
-and the weight initialisation."""
+"""Pieces shared by the built-in architectures: activations, 3x3 convs, optional BatchNorm,
+the three residual stages of the CIFAR ResNets and the weight initialisation."""
 
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "norm2d", "conv3x3", "init_weights"]
+__all__ = ["ACTIVATIONS", "norm2d", "conv3x3", "residual_stages", "init_weights"]
 
 ACTIVATIONS: Mapping[str, Callable[[], nn.Module]] = MappingProxyType(
     {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -21,6 +21,19 @@ def norm2d(channels: int, bn: bool) -> nn.Module:
 
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1, bias: bool = False) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=bias)
+
+
+def residual_stages(block: Callable[[int, int, int], nn.Module], in_ch: int, widths: Sequence[int],
+                    n: int) -> tuple[nn.Sequential, int]:
+    """Three stages of ``n`` residual blocks ``block(in_ch, out_ch, stride)`` of widths ``widths``
+    and strides 1, 2, 2 (the first block of a stage strides and widens, the others keep the
+    shape), built in order; and the channels they output."""
+    stages = []
+    for out_ch, stride in zip(widths, (1, 2, 2)):
+        stages.append(nn.Sequential(*[block(in_ch if j == 0 else out_ch, out_ch, stride if j == 0 else 1)
+                                      for j in range(n)]))
+        in_ch = out_ch
+    return nn.Sequential(*stages), in_ch
 
 
 def init_weights(model: nn.Module) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ._checks import check_bool, check_depth, check_int, image_shape
-from ._layers import conv3x3, init_weights, norm2d
+from ._layers import conv3x3, init_weights, norm2d, residual_stages
 
 __all__ = ["BasicBlock", "CifarResNet", "build_resnet"]
 
@@ -62,16 +62,8 @@ class CifarResNet(nn.Module):
         self.stem = nn.Sequential(
             conv3x3(input_shape[0], width, bias=not bn), norm2d(width, bn), nn.ReLU()
         )
-        stages: list[nn.Module] = []
-        in_ch = width
-        for i, stride in enumerate((1, 2, 2)):
-            out_ch = width * 2**i
-            blocks = []
-            for j in range(n):
-                blocks.append(BasicBlock(in_ch, out_ch, stride if j == 0 else 1, bn))
-                in_ch = out_ch
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
+        self.stages, in_ch = residual_stages(lambda i, o, stride: BasicBlock(i, o, stride, bn), width,
+                                             [width * 2**i for i in range(3)], n)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes)
         init_weights(self)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ._checks import check_bool, check_depth, check_int, check_prob, image_shape
-from ._layers import conv3x3, init_weights, norm2d
+from ._layers import conv3x3, init_weights, norm2d, residual_stages
 
 __all__ = ["WideBasicBlock", "WideResNet", "build_wrn"]
 
@@ -63,16 +63,8 @@ class WideResNet(nn.Module):
         super().__init__()
         n = (depth - 4) // 6
         self.stem = conv3x3(input_shape[0], 16, bias=not bn)
-        groups: list[nn.Module] = []
-        in_ch = 16
-        for i, stride in enumerate((1, 2, 2)):
-            out_ch = 16 * widen_factor * 2**i
-            blocks = []
-            for j in range(n):
-                blocks.append(WideBasicBlock(in_ch, out_ch, stride if j == 0 else 1, dropout, bn))
-                in_ch = out_ch
-            groups.append(nn.Sequential(*blocks))
-        self.groups = nn.Sequential(*groups)
+        self.groups, in_ch = residual_stages(lambda i, o, stride: WideBasicBlock(i, o, stride, dropout, bn), 16,
+                                             [16 * widen_factor * 2**i for i in range(3)], n)
         self.bn = norm2d(in_ch, bn)
         self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)

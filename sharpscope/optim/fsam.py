@@ -18,14 +18,13 @@ in float32 whatever the parameters' dtype; bounded in the tests.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
 from .registry import register
-from .sam import SAM, substituted_gradients
+from .sam import SAM, require_nonnegative, substituted_gradients
 
 __all__ = ["FriendlySAM"]
 
@@ -46,12 +45,11 @@ class FriendlySAM(SAM):
     summary = "Friendly SAM"
     option_names = ("sigma", "lmbda")
     _saved_state_keys = (_MOMENTUM,)
+    _shown = ("sigma", "lambda=lmbda")
 
     def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
                  sigma: float = 1.0, lmbda: float = 0.9, **kwargs: Any) -> None:
-        for name, value in (("sigma", sigma), ("lmbda", lmbda)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"Friendly SAM {name} must be a finite number >= 0, got {value!r}")
+        require_nonnegative("Friendly SAM ", sigma=sigma, lmbda=lmbda)
         if lmbda > 1:
             raise ConfigError(f"Friendly SAM lmbda must be in [0, 1], got {lmbda!r}")
         super().__init__(params, base_optimizer, rho=rho, **kwargs)
@@ -74,8 +72,3 @@ class FriendlySAM(SAM):
                 m.mul_(self.lmbda).add_(g, alpha=1.0 - self.lmbda)
         with substituted_gradients(params, directions):
             return super()._perturbation()
-
-    def __repr__(self) -> str:
-        g = self.param_groups[0]
-        return (f"FriendlySAM(base={type(self.base_optimizer).__name__}, rho={g['rho']}, sigma={self.sigma}, "
-                f"lambda={self.lmbda}, lr={g.get('lr')})")

@@ -26,14 +26,13 @@ restores the saved copy of w; their ``adaptive`` is ASAM with eta = 0 (|w|^2 g /
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError
 from .registry import RunOptions, register
-from .sam import SAM, flat_dot
+from .sam import SAM, flat_dot, require_nonnegative
 
 __all__ = ["GSAM"]
 
@@ -55,15 +54,14 @@ class GSAM(SAM):
     name = "gsam"
     option_names = ("alpha", "rho_min")
     keeps_clean_gradient = True
+    _shown = ("rho_min", "alpha")
 
     def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
                  rho_min: float = 0.0, alpha: float = 0.4, lr_max: float | None = None, lr_min: float = 0.0,
                  adaptive: bool = False, eta: float = 0.01, **kwargs: Any) -> None:
         super().__init__(params, base_optimizer, rho=rho, p=2.0, adaptive=adaptive, eta=eta, **kwargs)
         lr_max = self.param_groups[0]["lr"] if lr_max is None else lr_max
-        for name, value in (("alpha", alpha), ("rho_min", rho_min), ("lr_max", lr_max), ("lr_min", lr_min)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"GSAM {name} must be a finite number >= 0, got {value!r}")
+        require_nonnegative("GSAM ", alpha=alpha, rho_min=rho_min, lr_max=lr_max, lr_min=lr_min)
         if rho_min > rho:
             raise ConfigError(f"GSAM rho_min ({rho_min}) must not exceed rho ({rho})")
         self.alpha, self.rho_min, self.lr_max, self.lr_min = float(alpha), float(rho_min), float(lr_max), float(lr_min)
@@ -99,8 +97,3 @@ class GSAM(SAM):
         coef = float(flat_dot(clean, perturbed) / pp) if pp > 0 else 0.0
         for gp, g in zip(perturbed, clean):
             gp.add_(g - coef * gp, alpha=-self.alpha)
-
-    def __repr__(self) -> str:
-        g = self.param_groups[0]
-        return (f"GSAM(base={type(self.base_optimizer).__name__}, rho={g['rho']}, rho_min={self.rho_min}, "
-                f"alpha={self.alpha}, lr={g.get('lr')})")

@@ -35,7 +35,7 @@ import torch
 
 from ..errors import ConfigError
 from .registry import register
-from .sam import SAM, flat_dot
+from .sam import SAM, flat_dot, require_nonnegative
 
 __all__ = ["LookSAM"]
 
@@ -57,20 +57,20 @@ class LookSAM(SAM):
     option_names = ("k", "alpha")
     keeps_clean_gradient = True
     _saved_state_keys = (_GV,)
+    _shown = ("k", "alpha")
 
     def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
                  k: int = 5, alpha: float = 0.7, **kwargs: Any) -> None:
         if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
             raise ConfigError(f"LookSAM k must be an integer >= 1, got {k!r}")
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
-            raise ConfigError(f"LookSAM alpha must be a finite number >= 0, got {alpha!r}")
+        require_nonnegative("LookSAM ", alpha=alpha)
         super().__init__(params, base_optimizer, rho=rho, **kwargs)
         self.k, self.alpha = k, float(alpha)
         for group in self.param_groups:
             group.setdefault(_STEP, 0)
 
     def _params(self) -> list[torch.Tensor]:
-        return [w for g in self.param_groups for w in g["params"]]
+        return [w for _, w in self._each_param()]
 
     def perturbs_this_step(self) -> bool:
         """A full SAM step at every k-th step, and whenever there is no g_v to reuse yet."""
@@ -112,8 +112,3 @@ class LookSAM(SAM):
                     w.grad.add_(v, alpha=self.alpha * g_norm / gv_norm)
         for group in self.param_groups:
             group[_STEP] = group.get(_STEP, 0) + 1
-
-    def __repr__(self) -> str:
-        g = self.param_groups[0]
-        return (f"LookSAM(base={type(self.base_optimizer).__name__}, rho={g['rho']}, k={self.k}, "
-                f"alpha={self.alpha}, lr={g.get('lr')})")

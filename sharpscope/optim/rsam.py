@@ -61,6 +61,7 @@ class RSAM(SAM):
     supports_scaler = True
     supports_ranks = True
     perturbation_uses_gradient = False
+    _shown = ("p",)
 
     def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
                  p: float = 2.0, seed: int = 0, **kwargs: Any) -> None:
@@ -122,8 +123,3 @@ class RSAM(SAM):
             raise ConfigError(f"cannot restore the RSAM generator on {self.generator.device} (its state was "
                               f"saved on another kind of device?): {str(err).splitlines()[0]}") from None
         super().load_state_dict(state)
-
-    def __repr__(self) -> str:
-        g = self.param_groups[0]
-        return (f"RSAM(base={type(self.base_optimizer).__name__}, rho={g['rho']}, p={g['p']}, "
-                f"lr={g.get('lr')})")

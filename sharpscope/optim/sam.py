@@ -37,13 +37,18 @@ from .registry import Registered, RunOptions, base_optimizer, register
 __all__ = ["SAM"]
 
 
+def require_nonnegative(owner: str, **values: Any) -> None:
+    """Refuse (ConfigError naming ``owner`` and the option) any value that is not a finite number >= 0."""
+    for name, value in values.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{owner}{name} must be a finite number >= 0, got {value!r}")
+
+
 def _check_hyper(rho: float, p: float, eta: float) -> None:
-    if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho >= 0):
-        raise ConfigError(f"rho must be a finite number >= 0, got {rho!r}")
+    require_nonnegative("", rho=rho)
     if not (p == math.inf or (isinstance(p, (int, float)) and p > 1)):
         raise ConfigError(f"p must be > 1 or inf (2 and inf are the usual choices), got {p!r}")
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
-        raise ConfigError(f"eta must be a finite number >= 0, got {eta!r}")
+    require_nonnegative("", eta=eta)
 
 
 def dual_exponent(p: float) -> float:
@@ -196,6 +201,8 @@ class SAM(Registered, torch.optim.Optimizer):
     supports_second_order = True
     #: Per-parameter state entries (in ``self.state[w]``) that :meth:`state_dict` saves.
     _saved_state_keys: tuple[str, ...] = ()
+    #: What ``repr`` shows between rho and lr: a group key or attribute (``label=attribute`` renames).
+    _shown: tuple[str, ...] = ("p", "adaptive")
 
     def __init__(
         self,
@@ -260,11 +267,6 @@ class SAM(Registered, torch.optim.Optimizer):
         return dict(rho=config.effective_rho, p=config.p, eta=config.eta,
                     perturbation_weight_decay=config.perturbation_weight_decay)
 
-    @property
-    def supports_m_and_scaler(self) -> bool:
-        """Both :attr:`supports_m` and :attr:`supports_scaler` (the name before the registry)."""
-        return self.supports_m and self.supports_scaler
-
     # -- the two steps -------------------------------------------------------------
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> torch.Tensor:
@@ -276,10 +278,9 @@ class SAM(Registered, torch.optim.Optimizer):
         as for the same gradient stored densely.
         """
         if self.keeps_clean_gradient:
-            for group in self.param_groups:
-                for w in group["params"]:
-                    if w.grad is not None:
-                        self.state[w]["clean_grad"] = w.grad.detach().clone()
+            for _, w in self._each_param():
+                if w.grad is not None:
+                    self.state[w]["clean_grad"] = w.grad.detach().clone()
         with _weight_decayed_gradients(self.param_groups):
             norm, perturbations = self._perturbation()
         for params, e in perturbations:
@@ -329,14 +330,22 @@ class SAM(Registered, torch.optim.Optimizer):
     def _after_base_step(self) -> None:
         """Anything applied after the base optimizer's update (WSAM's decoupled sharpness step)."""
 
+    def _each_param(self) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+        """(group, w) for every parameter, in group order."""
+        return ((group, w) for group in self.param_groups for w in group["params"])
+
+    def _popped(self, key: str) -> Iterator[tuple[dict[str, Any], torch.Tensor, Any]]:
+        """(group, w, value) for every parameter whose state held ``key``, removing it."""
+        for group, w in self._each_param():
+            value = self.state[w].pop(key, None)
+            if value is not None:
+                yield group, w, value
+
     @torch.no_grad()
     def unperturb(self) -> None:
         """Put every parameter back to w exactly (the copy saved by :meth:`first_step`)."""
-        for group in self.param_groups:
-            for w in group["params"]:
-                old = self.state[w].pop("old_p", None)
-                if old is not None:
-                    w.copy_(old)
+        for _, w, old in self._popped("old_p"):
+            w.copy_(old)
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
@@ -345,9 +354,8 @@ class SAM(Registered, torch.optim.Optimizer):
         self._update_gradient()
         self.base_step()
         self._after_base_step()
-        for group in self.param_groups:
-            for w in group["params"]:
-                self.state[w].pop("clean_grad", None)
+        for _, w in self._each_param():
+            self.state[w].pop("clean_grad", None)
         if zero_grad:
             self.zero_grad()
 
@@ -394,7 +402,7 @@ class SAM(Registered, torch.optim.Optimizer):
     @torch.no_grad()
     def _scaled_second_step(self, grad_scale: torch.Tensor | None, found_inf: torch.Tensor) -> None:
         """The second step as ``GradScaler.step`` asks for it (see :meth:`step`)."""
-        if not any("old_p" in self.state[w] for g in self.param_groups for w in g["params"]):
+        if not any("old_p" in self.state[w] for _, w in self._each_param()):
             for name in ("found_inf", "grad_scale"):  # GradScaler removes them only when step() returns
                 self.__dict__.pop(name, None)
             raise ConfigError("scaler.step(sam) is SAM's second step: call sam.first_step() after the first scaled "
@@ -404,10 +412,9 @@ class SAM(Registered, torch.optim.Optimizer):
             return None
         if grad_scale is not None:  # the scaler did not unscale: divide here (sparse gradients too)
             inv = 1.0 / float(grad_scale)
-            for g in self.param_groups:
-                for w in g["params"]:
-                    if w.grad is not None:
-                        w.grad.mul_(inv)
+            for _, w in self._each_param():
+                if w.grad is not None:
+                    w.grad.mul_(inv)
         self.second_step()
         return None
 
@@ -436,7 +443,7 @@ class SAM(Registered, torch.optim.Optimizer):
         each of ``_saved_state_keys``, one entry per parameter in group order, None where unset)."""
         state = self.base_optimizer.state_dict()
         if self._saved_state_keys:
-            params = [w for g in self.param_groups for w in g["params"]]
+            params = [w for _, w in self._each_param()]
             state[_SAM_STATE_KEY] = {key: [self.state[w].get(key) for w in params] for key in self._saved_state_keys}
         return state
 
@@ -447,7 +454,7 @@ class SAM(Registered, torch.optim.Optimizer):
             raise ConfigError(f"this optimizer state has no {type(self).__name__} state (saved by another optimizer?)")
         self.base_optimizer.load_state_dict(state_dict)
         self.param_groups = self.base_optimizer.param_groups
-        params = [w for g in self.param_groups for w in g["params"]]
+        params = [w for _, w in self._each_param()]
         for key, values in (extra or {}).items():
             if len(values) != len(params):
                 raise ConfigError(f"saved {type(self).__name__} state has {len(values)} entries for {len(params)} "
@@ -457,6 +464,12 @@ class SAM(Registered, torch.optim.Optimizer):
                     self.state[w][key] = value.to(device=w.device, dtype=w.dtype)
 
     def __repr__(self) -> str:
+        """``Name(base=..., rho=..., <each of _shown: the attribute, else the first group's entry>, lr=...)``"""
         g = self.param_groups[0]
-        return (f"SAM(base={type(self.base_optimizer).__name__}, rho={g['rho']}, p={g['p']}, "
-                f"adaptive={g['adaptive']}, lr={g.get('lr')})")
+        shown = ""
+        for entry in self._shown:
+            label, _, key = entry.partition("=")
+            key = key or label
+            shown += f"{label}={getattr(self, key) if hasattr(self, key) else g[key]}, "
+        base = type(self.base_optimizer).__name__
+        return f"{type(self).__name__}(base={base}, rho={g['rho']}, {shown}lr={g.get('lr')})"

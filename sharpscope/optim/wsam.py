@@ -45,6 +45,7 @@ class WSAM(SAM):
     name = "wsam"
     option_names = ("gamma", "decouple")
     keeps_clean_gradient = True
+    _shown = ("gamma", "decouple")
 
     def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
                  gamma: float = 0.9, decouple: bool = True, **kwargs: Any) -> None:
@@ -77,13 +78,5 @@ class WSAM(SAM):
     @torch.no_grad()
     def _after_base_step(self) -> None:
         """The decoupled sharpness step w <- w - lr * alpha * (g_p - g)."""
-        for group in self.param_groups:
-            for w in group["params"]:
-                sharp = self.state[w].pop("sharpness_grad", None)
-                if sharp is not None:
-                    w.add_(sharp, alpha=-group["lr"] * self.alpha)
-
-    def __repr__(self) -> str:
-        g = self.param_groups[0]
-        return (f"WSAM(base={type(self.base_optimizer).__name__}, rho={g['rho']}, gamma={self.gamma}, "
-                f"decouple={self.decouple}, lr={g.get('lr')})")
+        for group, w, sharp in self._popped("sharpness_grad"):
+            w.add_(sharp, alpha=-group["lr"] * self.alpha)
