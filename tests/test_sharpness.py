@@ -338,3 +338,20 @@ def test_second_order_step_with_batchnorm_equals_autograd_through_e_hat():
     torch.testing.assert_close(model[1].running_mean, probe[1].running_mean, rtol=0, atol=0)
     torch.testing.assert_close(model[1].running_var, probe[1].running_var, rtol=0, atol=0)
     assert int(model[1].num_batches_tracked) == 1
+
+
+def test_a_float32_cosine_of_nearly_parallel_vectors_is_clipped_to_one():
+    """Two nearly parallel float32 vectors of 2 x 10^5 entries: the raw quotient reads
+    1 + 5.6e-6 (the dot product and the norms round apart), which a cosine never is and which
+    compare's bounded summary refused (a SAM-over-AdamW run's tracked gradcos on a GPT)."""
+    from sharpscope.sharpness import cosine
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200_000, generator=g) * torch.rand(200_000, generator=g)
+    b = a + 1e-4 * torch.randn(200_000, generator=g)
+    assert float((a @ b) / (a.norm() * b.norm())) > 1 + 1e-6  # the rounding the clip is for
+    assert cosine(a, b) == 1.0 and cosine(a, -b) == -1.0
+    exact = float((a.double() @ b.double()) / (a.double().norm() * b.double().norm()))
+    assert cosine(a, a + 0.5 * b.flip(0)) == pytest.approx(
+        float((a.double() @ (a + 0.5 * b.flip(0)).double()) / (a.double().norm() * (a + 0.5 * b.flip(0)).double().norm())),
+        abs=1e-5) and exact <= 1

@@ -180,6 +180,9 @@ def test_bounded_interval_is_clipped_to_the_range_against_a_hand_computed_answer
     # rounding above the bound (a float32 cosine of 1 + 1e-7) is kept in range, not refused
     r = stats.summarize([1 + 1e-7] * 3, bounds=(-1.0, 1.0))
     assert r.ci_low == r.ci_high == 1.0
+    # a float32 cosine of a GPT's gradients tracked before the clip: 1 + 8e-6 (compare on text)
+    r = stats.summarize([0.992032527923584, 0.9871338605880737, 1.0000079870224], bounds=(-1.0, 1.0))
+    assert r.ci_high == 1.0 and r.mean < 1
     with pytest.raises(ConfigError, match="outside their range"):
         stats.summarize([57.0, 60.0], bounds=(0.0, 1.0))  # percent, not a fraction
     with pytest.raises(ConfigError, match="bounds"):
