@@ -63,18 +63,19 @@ SMALL = dict(n_layer=2, n_embd=64, n_head=2)
 
 
 # -- shared helpers ------------------------------------------------------------------------
-def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Seconds per call of each function: one warm-up call each, then ``rounds`` rounds that
-    call every function once in turn (so load drifts hit all alike); the median per function."""
+def interleaved_medians(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, float]]:
+    """(wall seconds, process CPU seconds) per call of each function, medians: one warm-up call
+    each, then ``rounds`` rounds that call every function once in turn (so load drifts hit all
+    alike). On a shared machine the CPU time (every thread of this process) is the steadier one."""
     for fn in fns.values():
         fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[name].append((time.perf_counter() - t0, time.process_time() - c0))
+    return {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in times.items()}
 
 
 def random_tokens(vocab: int, batch: int, length: int, seed: int) -> Batch:
@@ -118,7 +119,7 @@ def gpt2_small() -> nn.Module:
     return model
 
 
-def step_costs(model: nn.Module, batch: Batch, rounds: int) -> dict[str, float]:
+def step_costs(model: nn.Module, batch: Batch, rounds: int) -> dict[str, tuple[float, float]]:
     """Median seconds of a gradient, HVPs in each mode, an SGD and a SAM step (module docstring)."""
     data = [batch]
     fo = Objective(model, None, data, hvp_mode="forward-over-reverse")
@@ -144,7 +145,7 @@ def step_costs(model: nn.Module, batch: Batch, rounds: int) -> dict[str, float]:
     return timed
 
 
-def train_steps(model: nn.Module, batch: Batch, rounds: int) -> dict[str, float]:
+def train_steps(model: nn.Module, batch: Batch, rounds: int) -> dict[str, tuple[float, float]]:
     """Median seconds of ``sam_step`` with SGD and with SAM (SGD base), train mode, own loss."""
     wrapped = OwnLoss(model).train()
     sgd = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
@@ -155,16 +156,17 @@ def train_steps(model: nn.Module, batch: Batch, rounds: int) -> dict[str, float]
         "SAM step": lambda: ss.sam_step(wrapped, own_loss_of_output, batch, labels, sam)}, rounds)
 
 
-def print_costs(timed: dict[str, float]) -> None:
+def print_costs(timed: dict[str, tuple[float, float]]) -> None:
     grad, sgd = timed["gradient"], timed["SGD step"]
-    print("| operation | s | ratio |\n|---|---:|---:|")
-    for name, t in timed.items():
+    print("| operation | wall s | ratio (wall) | CPU s | ratio (CPU) |\n|---|---:|---:|---:|---:|")
+    for name, (wall, cpu) in timed.items():
         unit, what = (sgd, "SGD") if "step" in name else (grad, "gradient")
-        print(f"| {name} | {t:.3f} | {t / unit:.2f}x {what} |")
-    best_hvp = min(timed["hvp forward-over-reverse"], timed["hvp reuse-graph, per product"]) / grad
-    sam = timed["SAM step"] / sgd
-    print(f"goals: best HVP {best_hvp:.2f}x a gradient (goal <= 2.0: {'met' if best_hvp <= 2.0 else 'MISSED'}); "
-          f"SAM {sam:.2f}x SGD (goal <= 2.05: {'met' if sam <= 2.05 else 'MISSED'})")
+        print(f"| {name} | {wall:.3f} | {wall / unit[0]:.2f}x {what} | {cpu:.3f} | {cpu / unit[1]:.2f}x {what} |")
+    for i, clock in enumerate(("wall", "CPU")):
+        hvp = min(timed["hvp forward-over-reverse"][i], timed["hvp reuse-graph, per product"][i]) / grad[i]
+        sam = timed["SAM step"][i] / sgd[i]
+        print(f"goals ({clock}): best HVP {hvp:.2f}x a gradient (goal <= 2.0: {'met' if hvp <= 2.0 else 'MISSED'}); "
+              f"SAM {sam:.2f}x SGD (goal <= 2.05: {'met' if sam <= 2.05 else 'MISSED'})")
 
 
 def profile_ops(model: nn.Module, batch: Batch, top: int) -> None:
@@ -305,10 +307,23 @@ class CountingOperator:
         return wrapped
 
 
-def eigenthings_runs(model: nn.Module, data: list[Batch],
-                     budget: int) -> list[tuple[str, float, Tensor, int, float, bool]]:
-    """(label, top eigenvalue, its vector, products, seconds, its own converged flag) for hessian-eigenthings'
-    Lanczos (defaults; and max_iter = ``budget``, which="LA") and power iteration (defaults)."""
+def median_run(run: Callable[[], Any], repeats: int) -> tuple[Any, float, float]:
+    """(the last result, median wall seconds, median process CPU seconds) of ``repeats`` calls
+    of a seeded (so repeatable) run."""
+    walls, cpus, out = [], [], None
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = run()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return out, statistics.median(walls), statistics.median(cpus)
+
+
+def eigenthings_runs(model: nn.Module, data: list[Batch], budget: int,
+                     repeats: int) -> list[tuple[str, float, Tensor, int, float, bool]]:
+    """(label, top eigenvalue, its vector, products, median wall and CPU seconds, its own converged flag) for
+    hessian-eigenthings' Lanczos (defaults; and max_iter = ``budget``, which="LA") and power
+    iteration (defaults), each on a fresh counted ``HessianOperator`` with ``hf_lm_loss()``."""
     import hessian_eigenthings as he
 
     out = []
@@ -318,14 +333,12 @@ def eigenthings_runs(model: nn.Module, data: list[Batch],
             "power_iteration_one, defaults (tol 1e-4)": lambda op: he.power_iteration_one(op, seed=0)}
     for label, run in runs.items():
         op = CountingOperator(he.HessianOperator(model, data, he.hf_lm_loss()))
-        t0 = time.perf_counter()
-        res = run(op)
-        seconds = time.perf_counter() - t0
+        res, wall, cpu = median_run(lambda: run(op), repeats)
+        n = op.counter["n"] // repeats
         if isinstance(res, tuple):  # power_iteration_one: (value, vector, residual, iterations, converged)
-            out.append((label, float(res[0]), res[1], op.counter["n"], seconds, bool(res[4])))
+            out.append((label, float(res[0]), res[1], n, wall, cpu, bool(res[4])))
         else:
-            out.append((label, float(res.eigenvalues[0]), res.eigenvectors[0], op.counter["n"], seconds,
-                        bool(res.converged[0])))
+            out.append((label, float(res.eigenvalues[0]), res.eigenvectors[0], n, wall, cpu, bool(res.converged[0])))
     return out
 
 
@@ -335,58 +348,69 @@ def product_error(hvp: Callable[[Tensor], Tensor], ref: ReferenceHessian, v: Ten
     return float((hvp(v).double() - exact).norm() / exact.norm())
 
 
-def differences(model: nn.Module, data: list[Batch]) -> None:
-    """The two ways hessian-eigenthings' product differs from the Hessian of the token mean,
-    each against the float64 reference: dropout left on, and batches of unequal token counts."""
+def differences(model: nn.Module, data: list[Batch], lam: float, budget: int) -> None:
+    """Two settings where hessian-eigenthings' operator is not the Hessian of the token mean,
+    against the float64 reference: batches of unequal token counts (it averages batch means)
+    and a model left in train mode with dropout (it does not switch to eval mode). One
+    product's relative error, and the top eigenvalue (sharpscope's defaults; the peer's Lanczos
+    with ``budget`` steps, which="LA") with its relative error."""
     import hessian_eigenthings as he
 
     v = torch.randn(count_parameters(model), generator=torch.Generator().manual_seed(3))
-    ragged = [data[0], {k: t[:1] for k, t in data[1].items()}]  # 4 x 63 and 1 x 63 targets
-    for label, batches in (("equal batches (2 x 4 blocks)", data), ("unequal batches (4 blocks, 1 block)", ragged)):
-        ref = ReferenceHessian(model, batches)
-        he_op = he.HessianOperator(model, batches, he.hf_lm_loss())
-        ss_obj = Objective(model, None, batches)
-        print(f"| {label} | {product_error(ss_obj.hvp, ref, v):.1e} | {product_error(he_op.matvec, ref, v):.1e} |")
     dropout = small_gpt(0, dropout=0.1)
     dropout.load_state_dict(model.state_dict())
-    dropout.train()  # as GPT2LMHeadModel(config) leaves it
-    ref = ReferenceHessian(dropout, data)  # eval mode inside: the deterministic loss
-    he_op = he.HessianOperator(dropout, data, he.hf_lm_loss())
-    ss_obj = Objective(dropout, None, data)
-    print(f"| dropout 0.1, model in train mode | {product_error(ss_obj.hvp, ref, v):.1e} | "
-          f"{product_error(he_op.matvec, ref, v):.1e} |")
+    dropout.train()  # as GPT2LMHeadModel(config) leaves it; the reference copies it in eval mode
+    ragged = [data[0], {k: t[:1] for k, t in data[1].items()}]  # 4 x 63 and 1 x 63 targets
+    print("\n| setting | sharpscope: HVP error | lambda_max (error) | hessian-eigenthings: HVP error | "
+          "lambda_max (error) |\n|---|---:|---:|---:|---:|")
+    for label, net, batches in (("equal batches (2 x 4 blocks)", model, data),
+                                ("unequal batches (4 blocks, 1 block)", model, ragged),
+                                ("dropout 0.1, model in train mode", dropout, data)):
+        ref = ReferenceHessian(net, batches)
+        exact = lam if batches is data else ref.top("LA")[0]
+        mine = ss.hessian.eigenvalues(net, None, batches, k=1).eigenvalues[0]
+        op = he.HessianOperator(net, batches, he.hf_lm_loss())
+        theirs = float(he.lanczos(op, k=1, max_iter=budget, which="LA", seed=0).eigenvalues[0])
+        print(f"| {label} (lambda_max {exact:.6g}) | {product_error(Objective(net, None, batches).hvp, ref, v):.1e} | "
+              f"{mine:.6g} ({abs(mine - exact) / abs(exact):.1e}) | {product_error(op.matvec, ref, v):.1e} | "
+              f"{theirs:.6g} ({abs(theirs - exact) / abs(exact):.1e}) |")
 
 
-def accuracy(train_steps_: int) -> None:
+def reference_line(ref: ReferenceHessian) -> tuple[float, str]:
+    """The float64 reference's lambda_max and a line describing it and its checks."""
+    t0 = time.perf_counter()
+    fd = ref.finite_difference_error(torch.randn(ref.n, generator=torch.Generator().manual_seed(2),
+                                                 dtype=torch.float64))
+    lam, _, res = ref.top("LA")
+    lam_lm, _, _ = ref.top("LM")
+    return lam, (f"float64 reference: lambda_max {lam:.8g} (ARPACK tol 1e-12, residual ||Hv - lv|| / |l| {res:.1e}); "
+                 f"largest |lambda| {lam_lm:.8g}; reference HVP vs central differences {fd:.1e}; "
+                 f"{ref.n_products} float64 products, {time.perf_counter() - t0:.1f} s")
+
+
+def accuracy(train_steps_: int, repeats: int) -> None:
     model, first, last = train_small_gpt(train_steps_)
     data = token_batches(text_tokens("val"), 64, batch_size=4, n_blocks=8, seed=1)
     print(f"\n## (b) top Hessian eigenvalue: 2-layer GPT, {count_parameters(model):,} parameters, trained "
           f"{train_steps_} AdamW steps (own loss {first:.3f} -> {last:.3f}); 8 validation blocks of 64 tokens "
-          f"in 2 batches\n{environment()}")
-    t0 = time.perf_counter()
+          f"in 2 batches; medians of {repeats} runs\n{environment()}")
     ref = ReferenceHessian(model, data)
-    fd = ref.finite_difference_error(torch.randn(ref.n, generator=torch.Generator().manual_seed(2),
-                                                 dtype=torch.float64))
-    lam, vec, res = ref.top("LA")
-    lam_lm, _, _ = ref.top("LM")
-    print(f"float64 reference: lambda_max {lam:.8g} (ARPACK tol 1e-12, residual ||Hv - lv|| / |l| {res:.1e}); "
-          f"largest |lambda| {lam_lm:.8g}; reference HVP vs central differences {fd:.1e}; "
-          f"{ref.n_products} float64 products, {time.perf_counter() - t0:.1f} s")
-    own = ss.hessian.eigenvalues(model, None, data, k=1, return_vectors=True)
-    tok = ss.hessian.eigenvalues(model, ss.TokenLoss("causal"), data, k=1, return_vectors=True)
-    print("\n| tool | lambda_max | rel. error | residual (float64) | HVPs | s | says converged |\n"
-          "|---|---:|---:|---:|---:|---:|---|")
-    for label, r in (("sharpscope, own loss (loss_fn=None)", own), ("sharpscope, TokenLoss('causal')", tok)):
-        value = r.eigenvalues[0]
+    lam, line = reference_line(ref)
+    print(line)
+    print("\n| tool | lambda_max | rel. error | residual (float64) | HVPs | wall s | CPU s | says converged |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---|")
+    budget = 0
+    for label, loss in (("sharpscope, own loss (loss_fn=None)", None), ("sharpscope, TokenLoss('causal')",
+                                                                         ss.TokenLoss("causal"))):
+        r, wall, cpu = median_run(lambda: ss.hessian.eigenvalues(model, loss, data, k=1, return_vectors=True), repeats)
+        value, budget = r.eigenvalues[0], max(budget, r.n_hvp)
         print(f"| {label} | {value:.6g} | {abs(value - lam) / abs(lam):.1e} | "
-              f"{relative_residual(ref.hvp, value, r.eigenvectors[:, 0]):.1e} | {r.n_hvp} | {r.wall_time:.2f} | "
+              f"{relative_residual(ref.hvp, value, r.eigenvectors[:, 0]):.1e} | {r.n_hvp} | {wall:.2f} | {cpu:.2f} | "
               f"{r.converged[0]} |")
-    for label, value, x, n, seconds, conv in eigenthings_runs(model, data, own.n_hvp):
+    for label, value, x, n, wall, cpu, conv in eigenthings_runs(model, data, budget, repeats):
         print(f"| hessian-eigenthings {label} | {value:.6g} | {abs(value - lam) / abs(lam):.1e} | "
-              f"{relative_residual(ref.hvp, value, x):.1e} | {n} | {seconds:.2f} | {conv} |")
-    print("\none product against the float64 reference H v (relative error):\n"
-          "| batches | sharpscope (own loss, float32) | hessian-eigenthings (float32) |\n|---|---:|---:|")
-    differences(model, data)
+              f"{relative_residual(ref.hvp, value, x):.1e} | {n} | {wall:.2f} | {cpu:.2f} | {conv} |")
+    differences(model, data, lam, budget)
 
 
 def main() -> None:
@@ -396,6 +420,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds of part (a) (medians)")
     ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each eigensolver in part (b) (median time)")
     ap.add_argument("--profile", action="store_true", help="top ops of each operation of part (a)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -408,7 +433,7 @@ def main() -> None:
         if args.profile:
             profile_ops(model, batch, top=10)
     if args.part in ("b", "all"):
-        accuracy(args.train_steps)
+        accuracy(args.train_steps, args.repeats)
 
 
 if __name__ == "__main__":
