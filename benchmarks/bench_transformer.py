@@ -320,7 +320,7 @@ def median_run(run: Callable[[], Any], repeats: int) -> tuple[Any, float, float]
 
 
 def eigenthings_runs(model: nn.Module, data: list[Batch], budget: int,
-                     repeats: int) -> list[tuple[str, float, Tensor, int, float, bool]]:
+                     repeats: int) -> list[tuple[str, float, Tensor, int, float, float, bool]]:
     """(label, top eigenvalue, its vector, products, median wall and CPU seconds, its own converged flag) for
     hessian-eigenthings' Lanczos (defaults; and max_iter = ``budget``, which="LA") and power
     iteration (defaults), each on a fresh counted ``HessianOperator`` with ``hf_lm_loss()``."""
