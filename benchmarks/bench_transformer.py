@@ -9,7 +9,8 @@ Part (a), cost. ``--size gpt2``: ``GPT2LMHeadModel`` from ``GPT2Config``'s defau
 n_embd 768, vocabulary 50,257, context 1,024, dropout 0.1, eager attention: 124,439,808
 parameters), random init (seed 0), one batch of 2 x 128 random tokens, the model's own loss
 ``model(**batch).loss``. ``--size small``: the 2-layer GPT of part (b) on the same batch shape
-(a quick run). Timed in interleaved rounds (medians), in one process:
+(a quick run). Timed in interleaved rounds (medians), in one process, by the wall clock and by
+the process's CPU time (all its threads; the steadier of the two on a shared machine):
 
 - one gradient: ``model(**batch).loss.backward()`` (eval mode) -- the unit of the HVP rows --
   and sharpscope's ``Objective.grad`` (``torch.func``);
@@ -17,7 +18,8 @@ parameters), random init (seed 0), one batch of 2 x 128 random tokens, the model
   forward-over-reverse (``jvp`` of ``grad``) and the reused double-backward graph (per
   product once the graph exists, and the first product, which builds it);
 - one SGD step and one SAM step (rho 0.05, SGD base) through ``sharpscope.sam_step`` in
-  train mode (dropout on), the model's own loss; SAM in units of SGD.
+  train mode (dropout on), the model's own loss; SAM in units of SGD; and one copy of the
+  parameters, the unit of SAM's passes over them beyond its two forward-backward passes.
 
 Goals: HVP at most 2.0x a gradient, SAM at most 2.05x SGD. ``--profile`` prints the top ops
 (self CPU time, torch.profiler) of each timed operation.
@@ -32,7 +34,7 @@ tol 1e-12) with its residual ||H v - lambda v|| / |lambda|. Measured against it,
 float32 model: sharpscope ``hessian.eigenvalues(model, None, data, k=1)`` (defaults), and
 hessian-eigenthings' ``HessianOperator`` with ``hf_lm_loss()`` under its ``lanczos`` (defaults:
 ``max_iter = 2k``, ``which = "LM"``; and with sharpscope's number of products) and
-``power_iteration_one`` (defaults); products counted, wall time. Then two differences checked
+``power_iteration_one`` (defaults); products counted, wall and CPU time (medians of ``--repeats``). Then two differences checked
 against the float64 reference: a model left in train mode (dropout 0.1, as
 ``GPT2LMHeadModel(config)`` leaves it) and batches of different token counts.
 """
