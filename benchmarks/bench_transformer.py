@@ -121,6 +121,9 @@ def gpt2_small() -> nn.Module:
     return model
 
 
+GRADIENT_BESIDE = "gradient, again (the unit of the next row)"
+
+
 def step_costs(model: nn.Module, batch: Batch, rounds: int) -> dict[str, tuple[float, float]]:
     """Median seconds of a gradient, HVPs in each mode, an SGD and a SAM step (module docstring)."""
     data = [batch]
@@ -140,8 +143,9 @@ def step_costs(model: nn.Module, batch: Batch, rounds: int) -> dict[str, tuple[f
 
     timed = interleaved_medians({"gradient": backward, "objective.grad": fo.grad, "hvp forward-over-reverse":
                                  lambda: fo.hvp(v), "hvp reuse-graph, first (builds graph)": first_reuse}, rounds)
-    rg.hvp(v)  # the graph exists from here on
-    timed.update(interleaved_medians({"hvp reuse-graph, per product": lambda: rg.hvp(v)}, rounds))
+    rg.hvp(v)  # the graph exists from here on: its products are timed beside a gradient of their own
+    timed.update(interleaved_medians({GRADIENT_BESIDE: backward, "hvp reuse-graph, per product": lambda: rg.hvp(v)},
+                                     rounds))
     rg.release()
     timed.update(train_steps(model, batch, rounds))
     return timed
@@ -167,9 +171,11 @@ def print_costs(timed: dict[str, tuple[float, float]]) -> None:
     print("| operation | wall s | ratio (wall) | CPU s | ratio (CPU) |\n|---|---:|---:|---:|---:|")
     for name, (wall, cpu) in timed.items():
         unit, what = (sgd, "SGD") if "step" in name or "copy" in name else (grad, "gradient")
+        unit = timed[GRADIENT_BESIDE] if "per product" in name else unit
         print(f"| {name} | {wall:.3f} | {wall / unit[0]:.2f}x {what} | {cpu:.3f} | {cpu / unit[1]:.2f}x {what} |")
     for i, clock in enumerate(("wall", "CPU")):
-        hvp = min(timed["hvp forward-over-reverse"][i], timed["hvp reuse-graph, per product"][i]) / grad[i]
+        hvp = min(timed["hvp forward-over-reverse"][i] / grad[i],
+                  timed["hvp reuse-graph, per product"][i] / timed[GRADIENT_BESIDE][i])
         sam = timed["SAM step"][i] / sgd[i]
         print(f"goals ({clock}): best HVP {hvp:.2f}x a gradient (goal <= 2.0: {'met' if hvp <= 2.0 else 'MISSED'}); "
               f"SAM {sam:.2f}x SGD (goal <= 2.05: {'met' if sam <= 2.05 else 'MISSED'})")
