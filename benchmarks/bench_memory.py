@@ -139,9 +139,8 @@ def measure(op: str, size: str, seq: int, batch: int, device: str, lanczos_iter:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def report(rows: list[dict]) -> None:
-    """One table per (size, sequence length): MiB, ratio to the gradient's peak, seconds."""
-    grad = rows[0].get("peak_mib") if rows and rows[0]["op"] == "grad" else None
+def report(rows: list[dict], grad: float | None) -> None:
+    """Rows of one (size, sequence length) table: MiB, ratio to the gradient's peak ``grad``, seconds."""
     for r in rows:
         if "error" in r:
             print(f"  {r['op']:26s} n/a: {r['error']}", flush=True)
@@ -182,12 +181,13 @@ def main() -> None:
         for seq in seqs:
             print(f"{size} ({'vocab %d, %d layers x %d wide, %d heads' % SIZES[size]}), batch {a.batch} x {seq}",
                   flush=True)
-            rows = []
-            for op in ops:
+            rows: list[dict] = []
+            for op in ops:  # printed as measured: a long run shows its rows so far
                 rows.append(measure(op, size, seq, a.batch, a.device, a.lanczos_iter, a.timeout))
-            if rows and "n_params" in rows[0]:
-                print(f"  {rows[0]['n_params']:,} parameters", flush=True)
-            report(rows)
+                if len(rows) == 1 and "n_params" in rows[0]:
+                    print(f"  {rows[0]['n_params']:,} parameters", flush=True)
+                grad = rows[0].get("peak_mib") if rows[0]["op"] == "grad" else None
+                report(rows[-1:], grad)
             everything += rows
     if a.json:
         with open(a.json, "w") as f:
