@@ -175,6 +175,6 @@ def test_results_json_carries_its_schema_and_a_newer_one_is_refused(tmp_path):
     assert read_results(tmp_path)["kind"] == "sharpscope sweep"  # no field: the first layout
     (tmp_path / "results.json").write_text(json.dumps({"kind": "sharpscope sweep", "schema": RESULTS_SCHEMA + 1}))
     for reader in (read_results, replot, write_report_html):
-        with pytest.raises(ConfigError, match=r"results schema .* newer than this sharpscope reads") as err:
+        with pytest.raises(ConfigError, match=r"newer sharpscope \(schema 2; this one reads up to 1\)") as err:
             reader(tmp_path)
         assert "\n" not in str(err.value)

@@ -146,9 +146,9 @@ def hessian_command(
                        console, inputs.progress)
     if not is_main():  # every rank took part in the products; rank 0 reports
         return
-    _add_results(report, results, obj, objective_record(obj, inputs.params))
+    notes = _add_results(report, results, obj, objective_record(obj, inputs.params))
     _print_results(rank0_console(stderr=inputs.json_out == "-"), ckpt.path, obj, inputs.split, which, results,
-                   operator, objective_lines(objective_record(obj, inputs.params)))
+                   operator, notes)
     outputs.clear()
     if plot:
         report["figures"] = _figures(ckpt, results, plot_dir, inputs.pdf, console, operator)
@@ -219,15 +219,17 @@ def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
     return parts
 
 
-def _add_results(report: dict, results: dict, obj: Any, notes: dict) -> None:
+def _add_results(report: dict, results: dict, obj: Any, notes: dict) -> list[str]:
     """The results into the report, the density with the note on which trace to trust; the HVP
     mode as it ran ("auto" may have switched to finite differences, and says why); the
-    objective's notes (frozen parameters left out, the attention kernel) not already there."""
+    objective's notes (frozen parameters left out, the attention kernel) not already there.
+    Returns the notes as the lines to print."""
     report["hvp_mode"], report["hvp_fallback"] = obj.hvp_mode, obj.hvp_fallback
     report.update({k: v for k, v in notes.items() if k not in report})
     report.update({k: v.to_dict() for k, v in results.items()})
     if "density" in report:
         report["density"]["trace_note"] = _TRACE_NOTE["trace" in results].format(runs=results["density"].n_runs)
+    return objective_lines(notes)
 
 
 def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _Settings, curv: dict,

@@ -22,7 +22,7 @@ from typing import Any
 from .. import measure_table
 from ..errors import ConfigError
 from .analyses import VARIANTS, analysis_settings
-from .files import read_json, write_json
+from .files import check_schema, read_json, write_json
 
 __all__ = ["SCHEMA", "analysis_key", "stored_under_old_name", "read_analyses", "write_analyses"]
 
@@ -67,10 +67,7 @@ def read_analyses(run_dir: Path, seed: int) -> dict[str, Any]:
     cache = read_json(path)
     if not isinstance(cache, dict):
         return {}
-    version = cache.get("schema", 1)
-    if not isinstance(version, int) or version > SCHEMA:
-        raise ConfigError(f"{path} was written by a newer sharpscope (schema {version}; this one reads up to "
-                          f"{SCHEMA}); upgrade sharpscope, or remove that file to recompute its analyses")
+    check_schema(cache, path, SCHEMA, "remove that file to recompute its analyses")
     if "analyses" not in cache and {"key", "checkpoint_step", "analysis"} <= set(cache):
         return _from_compare_layout(cache, seed, path)
     stored = cache.get("analyses")

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..io import atomic_write_bytes
 
-__all__ = ["write_json", "read_json", "read_results", "RESULTS_SCHEMA", "json_safe", "write_csv", "csv_cell"]
+__all__ = ["write_json", "read_json", "read_results", "check_schema", "RESULTS_SCHEMA", "json_safe", "write_csv", "csv_cell"]
 
 
 def json_safe(value: Any) -> Any:
@@ -72,12 +72,19 @@ def read_json(path: Path) -> Any:
 RESULTS_SCHEMA = 1
 
 
-def read_results(out: Path) -> Any:
-    """``out/results.json`` as :func:`read_json` reads it; a :class:`ConfigError` in one line
-    when a newer sharpscope wrote it (its ``schema`` above :data:`RESULTS_SCHEMA`)."""
-    stored = read_json(out / "results.json")
+def check_schema(stored: Any, path: Path, supported: int, remedy: str) -> None:
+    """A :class:`ConfigError` in one line when the JSON object ``stored`` (read from ``path``)
+    carries a ``schema`` this code does not read: not an int, or above ``supported``. A file
+    without the field is the first layout (1)."""
     version = stored.get("schema", 1) if isinstance(stored, dict) else 1
-    if not isinstance(version, int) or version > RESULTS_SCHEMA:
-        raise ConfigError(f"{out / 'results.json'} has results schema {version!r}, newer than this sharpscope reads "
-                          f"({RESULTS_SCHEMA}); upgrade sharpscope, or use another --out")
+    if not isinstance(version, int) or version > supported:
+        raise ConfigError(f"{path} was written by a newer sharpscope (schema {version!r}; this one reads up to "
+                          f"{supported}); upgrade sharpscope, or {remedy}")
+
+
+def read_results(out: Path) -> Any:
+    """``out/results.json`` as :func:`read_json` reads it, checked by :func:`check_schema`
+    against :data:`RESULTS_SCHEMA`."""
+    stored = read_json(out / "results.json")
+    check_schema(stored, out / "results.json", RESULTS_SCHEMA, "use another --out")
     return stored
