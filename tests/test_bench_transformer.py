@@ -6,9 +6,6 @@ hand, the interleaved timer's call counts and the product counter of the peer.""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,19 +17,12 @@ from sharpscope.models import build_model, make_model_spec  # noqa: E402
 from sharpscope.objective import Objective  # noqa: E402
 from sharpscope.tokens import TokenLoss  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from _benchmarks import load_benchmark  # noqa: E402
+
 VOCAB = 8
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_transformer", ROOT / "benchmarks" / "bench_transformer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_transformer"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bt = _load()
+bt = load_benchmark("bench_transformer")
 
 
 def _tiny() -> torch.nn.Module:

@@ -4,28 +4,18 @@ every number kept exactly (a changed number, even in the last bit, changes the d
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from _benchmarks import load_benchmark  # noqa: E402
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("result_digests", ROOT / "benchmarks" / "result_digests.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["result_digests"] = module
-    spec.loader.exec_module(module)
-    return module
 
-
-rd = _load()
+rd = load_benchmark("result_digests")
 
 RESULT = {"eigenvalues": {"eigenvalues": [0.5886086957408194, 0.5569550508628919], "wall_time": 1.66,
                           "n_hvp": 32, "converged": [True, True]},
