@@ -1,9 +1,6 @@
-"""Glue shared by the analysis commands: checkpoint + data -> model and batches, JSON output,
-and the option definitions and checks every command shares.
-
-Only cheap modules are imported here (this runs for every verb, even ``--help``); the
-data sets, rich's progress bars and everything heavier load when a command runs.
-"""
+"""Glue shared by the commands: checkpoint + data -> model and batches, JSON output, progress
+bars, tables and the option checks. Only cheap modules are imported here (this runs for every
+verb, even ``--help``); anything heavier loads when a command runs."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,15 +26,13 @@ if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
 
 SEED_MAX = 2**63 - 1  # torch generators take seeds in [0, 2**63)
-# Set while `sharpscope train --nproc N` checks its input in the launching process: the train
-# command then validates (sharpscope.train.check_launch on N ranks) and returns without training.
+# Set while `sharpscope train --nproc N` checks its input in the launching process (check, don't train).
 CHECK_LAUNCH_ENV = "SHARPSCOPE_CHECK_LAUNCH"
 
 
 def is_main() -> bool:
-    """Rank 0 of a torchrun process group, or a single process. Without torch.distributed
-    imported there is no process group (only :mod:`sharpscope.distributed` makes one): then
-    True, without importing torch, so that ``--help`` and ``info`` start fast."""
+    """Rank 0 of a torchrun process group, or a single process; True without importing torch
+    while torch.distributed is not loaded (no process group can exist), so ``--help`` starts fast."""
     if "torch.distributed" not in sys.modules:
         return True
     from .. import distributed
@@ -47,22 +42,19 @@ def is_main() -> bool:
 
 @dataclass
 class AnalysisContext:
-    """What an analysis command loaded, i.e. the provenance :func:`write_json` adds to its
-    JSON: the device and dtype the analysis ran in, and the environment each analysed
-    checkpoint recorded when it was trained (two for interpolate and ``--overlap-with``)."""
+    """The provenance :func:`write_json` adds to an analysis's JSON: the device and dtype it ran
+    in, and the environment each analysed checkpoint recorded when trained."""
 
     device: Any = None
     dtype: Any = None
     trained_in: list[dict | None] = field(default_factory=list)
 
     def add(self, ckpt: Checkpoint) -> None:
-        """Record another checkpoint this command analyses (interpolate's B): its environment
-        joins ``trained_in`` in the JSON."""
+        """Record another analysed checkpoint (interpolate's B, ``--overlap-with``)."""
         self.trained_in.append(ckpt.metadata.get("environment"))
 
     def provenance(self) -> dict[str, Any]:
-        """``environment`` (this process, on this device and dtype) and ``trained_in`` (one
-        checkpoint's recorded environment, or the list of them)."""
+        """``environment`` (this process) and ``trained_in`` (one recorded environment, or the list)."""
         from ..provenance import environment
 
         trained = self.trained_in
@@ -74,13 +66,10 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
                       trust_factory: bool, device: str = "cpu",
                       data_override: tuple[str | None, str | None] = (None, None)
                       ) -> tuple[Checkpoint, list, AnalysisContext]:
-    """The checkpoint's model (on ``device``), a fixed list of batches of its data set, or
-    of the one ``data_override`` = (``--data``, ``--data-root``) names instead
-    (:func:`sharpscope.data.analysis_data_spec`), checked against the model and the recorded
-    fingerprint (:func:`sharpscope.checkpoint.checkpoint_data`), and the
-    :class:`AnalysisContext` to hand to :func:`write_json`. Joins a torchrun process group
-    first, if launched by torchrun: the analyses then split their work; the batches move to
-    the model's device inside the analyses."""
+    """The checkpoint's model on ``device`` (joining a torchrun process group first, if any),
+    fixed batches of its data set or of ``data_override`` = (``--data``, ``--data-root``),
+    checked against the model and the recorded fingerprint
+    (:func:`sharpscope.checkpoint.checkpoint_data`), and the :class:`AnalysisContext`."""
     from .. import distributed as dist_utils
     from ..checkpoint import checkpoint_data, load_checkpoint
     from ..data import analysis_data_spec
@@ -93,25 +82,21 @@ def load_for_analysis(path: Path, split: str, samples: int | None, batch_size: i
     first = next(iter(ckpt.model.parameters()), None)
     context = AnalysisContext(device=target, dtype=first.dtype if first is not None else None)
     context.add(ckpt)
-    # refuses data that does not fit the model, warns if it changed since training
     data = checkpoint_data(ckpt, analysis_data_spec(ckpt.data_spec, *data_override, where=str(path)))
     return ckpt, data.batches(split, samples, batch_size, seed), context
 
 
 def data_loss(batches: list) -> Callable[[Any, Any], Any]:
-    """The loss the analysis verbs score batches of a data set with
-    (:func:`sharpscope.data.loss_for_labels` of their labels): cross-entropy over classes, or
-    the token-mean cross-entropy for token data (``--data text`` / ``tokens``)."""
+    """The loss for the batches' labels (:func:`sharpscope.data.loss_for_labels`): cross-entropy,
+    token-mean for token data."""
     from ..data import loss_for_labels
 
     return loss_for_labels(batches[0][1])
 
 
 def write_json(obj: dict, where: str | None, context: AnalysisContext | None = None) -> None:
-    """Write ``obj`` to the path ``where`` ('-' for stdout); nothing when None. Adds
-    ``environment`` (this process: :func:`sharpscope.provenance.environment`) and, for an
-    analysis of a checkpoint (``context`` from :func:`load_for_analysis`), ``trained_in``
-    (the environment the checkpoint recorded)."""
+    """Write ``obj`` (on rank 0) to the path ``where`` ('-': stdout; None: nothing), with
+    ``environment`` and, given ``context``, ``trained_in`` (:meth:`AnalysisContext.provenance`)."""
     if where is None or not is_main():
         return
     from ..experiments.files import json_safe  # JSON has no NaN/Inf: written as null
@@ -119,7 +104,6 @@ def write_json(obj: dict, where: str | None, context: AnalysisContext | None = N
 
     if "environment" not in obj:
         obj = {**obj, **(context.provenance() if context is not None else {"environment": environment(None, None)})}
-
     text = json.dumps(json_safe(obj), indent=2) + "\n"
     if where == "-":
         sys.stdout.write(text)
@@ -129,9 +113,8 @@ def write_json(obj: dict, where: str | None, context: AnalysisContext | None = N
 
 
 def progress_bar(console: Console, enabled: bool, unit: str) -> Progress:
-    """A progress bar counting ``unit`` (HVPs, grid points, ...), with the time elapsed and the
-    time left (an upper bound for a task added with ``cap=True``: see
-    :class:`~sharpscope.cli.progress.RemainingColumn`)."""
+    """A bar counting ``unit`` (HVPs, points, ...) with the time elapsed and left
+    (:class:`~sharpscope.cli.progress.RemainingColumn`), on rank 0 only."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .progress import RemainingColumn
@@ -139,14 +122,6 @@ def progress_bar(console: Console, enabled: bool, unit: str) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn(unit), TimeElapsedColumn(), RemainingColumn(), console=console, transient=True,
                     disable=not enabled or not is_main())
-
-
-def hvp_progress(console: Console, enabled: bool) -> Progress:
-    return progress_bar(console, enabled, "HVPs")
-
-
-def point_progress(console: Console, enabled: bool) -> Progress:
-    return progress_bar(console, enabled, "points")
 
 
 def console(stderr: bool = False) -> Console:
@@ -157,11 +132,22 @@ def console(stderr: bool = False) -> Console:
 
 
 def folded(table: Table) -> Table:
-    """``table`` with every column folding what does not fit onto more lines, instead of
-    rich's default of cutting it ('alpha_w…', layer names, at 80 columns)."""
+    """``table`` with every column folding what does not fit onto more lines (rich's default cuts it)."""
     for column in table.columns:
         column.overflow = "fold"
     return table
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], left: int = 0) -> Table:
+    """A :func:`folded` table, its first ``left`` columns left-aligned, the others right-aligned."""
+    from rich.table import Table
+
+    out = Table(title=title)
+    for i, column in enumerate(columns):
+        out.add_column(column, justify="left" if i < left else "right")
+    for row in rows:
+        out.add_row(*row)
+    return folded(out)
 
 
 def finite(*, above: float | None = None, at_least: float | None = None, below: float | None = None
@@ -241,16 +227,14 @@ def apply_determinism(on: bool) -> None:
 
 @contextlib.contextmanager
 def interrupt_says(default: str) -> Iterator[None]:
-    """Ctrl-C inside the block: one line saying what was kept (the interrupt's own message, or
-    ``default``) and exit code 130. typer 0.29 turns a KeyboardInterrupt raised in a command into
-    a silent exit 130, so the command has to say it itself."""
+    """Ctrl-C inside the block: one line saying what was kept (the interrupt's message, or
+    ``default``) and exit code 130 (typer would exit 130 silently)."""
     try:
         yield
     except KeyboardInterrupt as err:
         why = " ".join(str(err).split()) or default
         print(f"sharpscope: interrupted: {why}", file=sys.stderr)
         raise typer.Exit(130) from None
-
 
 
 def print_correlations(table: Any) -> None:
@@ -296,10 +280,9 @@ def parse_params(text: str) -> Any:
 
 
 def params_record(model: Any, text: str) -> dict[str, Any]:
-    """What ``--params`` chose, for the JSON and the summary line (:func:`params_line`): empty
-    under the default ``all`` on a model without frozen parameters (nothing to say; the
-    records stay as they were), else ``params``, ``n_params`` (entries analysed) and
-    ``n_frozen_params`` (entries left out because ``requires_grad=False``)."""
+    """What ``--params`` chose, for the JSON and :func:`print_notes`: ``params``, ``n_params``
+    (entries analysed) and ``n_frozen_params`` (``requires_grad=False`` entries left out); empty
+    under ``all`` on a model without frozen parameters."""
     from ..objective import frozen_parameters, moved_parameters
 
     frozen = frozen_parameters(model)
@@ -311,20 +294,9 @@ def params_record(model: Any, text: str) -> dict[str, Any]:
             "n_frozen_params": sum(sizes[n] for n in frozen if n not in chosen)}
 
 
-def params_line(record: dict[str, Any]) -> str | None:
-    """One summary line of :func:`params_record` (None when it holds no choice: a record, or
-    options, without ``params``)."""
-    if "params" not in record:
-        return None
-    frozen = record["n_frozen_params"]
-    return (f"parameters: {record['n_params']:,} ({record['params']})"
-            + (f"; {frozen:,} frozen (requires_grad=False) left out" if frozen else ""))
-
-
 def objective_record(obj: Any, text: str) -> dict[str, Any]:
-    """:func:`params_record` of an :class:`~sharpscope.objective.Objective` (the verbs that take
-    derivatives), plus ``attention_kernel: "math"`` when the model calls
-    ``F.scaled_dot_product_attention``, whose derivatives ran on its math kernel."""
+    """:func:`params_record` of an :class:`~sharpscope.objective.Objective`, plus
+    ``attention_kernel: "math"`` when its derivatives ran SDPA on the math kernel."""
     record: dict[str, Any] = {}
     if text != "all" or obj.frozen:
         record = {"params": text, "n_params": obj.n, "n_frozen_params": obj.n_frozen}
@@ -335,8 +307,20 @@ def objective_record(obj: Any, text: str) -> dict[str, Any]:
 
 
 def objective_lines(record: dict[str, Any]) -> list[str]:
-    """The summary lines of :func:`objective_record`: the parameters, the attention kernel."""
-    from ..models.attention import MATH_KERNEL_NOTE
+    """The summary lines of :func:`params_record` or :func:`objective_record`."""
+    lines = []
+    if "params" in record:
+        frozen = record["n_frozen_params"]
+        lines.append(f"parameters: {record['n_params']:,} ({record['params']})"
+                     + (f"; {frozen:,} frozen (requires_grad=False) left out" if frozen else ""))
+    if "attention_kernel" in record:
+        from ..models.attention import MATH_KERNEL_NOTE
 
-    lines = [params_line(record)] if "params" in record else []
-    return [*lines, MATH_KERNEL_NOTE] if "attention_kernel" in record else lines  # type: ignore[list-item]
+        lines.append(MATH_KERNEL_NOTE)
+    return lines
+
+
+def print_notes(out: Console, record: dict[str, Any]) -> None:
+    """Print :func:`objective_lines` of ``record``."""
+    for line in objective_lines(record):
+        out.print(line, highlight=False)

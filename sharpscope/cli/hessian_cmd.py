@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
@@ -12,29 +12,14 @@ import typer
 from ..errors import ConfigError
 from ._app import app, deferred_help
 from ._common import (
-    AnalysisContext, console as rank0_console, data_loss, finite, hvp_progress, is_main, objective_lines,
-    objective_record, parse_params, seed_option)
+    AnalysisContext, console as rank0_console, data_loss, finite, is_main, objective_lines, objective_record,
+    parse_params, progress_bar, seed_option, table)
 from ._inputs import Inputs, analysis_inputs
 from ._options import OLD_PLOT_DIR, OLD_STEPS, old_spelling
 from ._results import announce, claim_analysis, save_report
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-
-def _preflight(n: int, model: Any, trace: bool, trace_matvecs: int, density: bool, runs: int, steps: int,
-               per_layer: bool, by: str) -> None:
-    """Refuse, before the first product, a trace or density whose arrays would not fit and an
-    unknown per-layer grouping (the per-layer summary runs last)."""
-    from ..checks import require_lanczos_memory, require_trace_memory
-    from ..objective import parameter_groups
-
-    if trace:
-        require_trace_memory(n, trace_matvecs)
-    if density:
-        require_lanczos_memory(n, steps, runs)
-    if per_layer:
-        parameter_groups(model, by=by)
 
 
 @dataclass
@@ -52,13 +37,12 @@ class _Overlap:
 
 def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, hvp_mode: str,
             trust_factory: bool, context: AnalysisContext) -> tuple[Any, str]:
-    """--overlap-with: B's objective on A's batches, refused (before any product) unless A and B
-    have the same parameters and data set; B joins ``context`` (its training environment)."""
+    """--overlap-with: B's objective on A's batches and B's label, refused unless A and B have
+    the same parameters and data set; B joins ``context``."""
     if path is None:
         return None, ""
 
     from ..checkpoint import load_checkpoint
-    from ..errors import ConfigError
     from ..objective import Objective
 
     if top_k < 1:
@@ -135,7 +119,7 @@ def hessian_command(
     plot_dir = old_spelling("hessian", "--plot-dir", "--out", old_plot_dir, inputs.plot_dir, None)
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
-    stem = operator.replace("-", "_")  # hessian.json and hessian_*.png as before; ggn.json, ggn_*.png, ...
+    stem = operator.replace("-", "_")  # hessian.json, hessian_*.png; ggn.json, ggn_*.png, ...
     target, _, outputs = claim_analysis(checkpoint, inputs.json_out, stem, _figure_names(stem, plot, density, top_k),
                                         plot_dir, inputs.pdf, inputs.overwrite)
     ckpt, batches, context = inputs.load(checkpoint, batch_size)
@@ -161,26 +145,6 @@ def _figure_names(stem: str, plot: bool, density: bool, top_k: int) -> list[str]
             + ([f"{stem}_eigenvalues"] if top_k > 0 else [])) if plot else []
 
 
-def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_samples: int | str,
-                inputs: Inputs, context: AnalysisContext) -> tuple[Any, Any, str, dict]:
-    """The objective over ``--params``, B's for --overlap-with (or None) and its label, each
-    refused before the first product if it cannot be computed; and the report's first fields."""
-
-    from ..objective import Objective
-
-    selection = parse_params(inputs.params)
-    obj = Objective(ckpt.model, data_loss(batches), batches, params=selection, hvp_mode=o.hvp_mode)
-    _preflight(obj.n, ckpt.model, o.trace, o.trace_matvecs, o.density, o.runs, o.steps, o.per_layer, o.by)
-    obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, inputs.trust_factory, context)
-    report: dict = {"checkpoint": str(ckpt.path), "split": inputs.split, "n_examples": obj.n_examples,
-                    "n_params": obj.n, "params": inputs.params, "hvp_mode": obj.hvp_mode, "operator": operator,
-                    "fisher_samples": mc_samples if operator == "fisher" else None}
-    if operator != "hessian":
-        from .. import curvature
-        curvature.operator(obj, operator, mc_samples=mc_samples, seed=o.seed)  # refuse an unfit loss or model now
-    return obj, obj_b, label_b, report
-
-
 @dataclass
 class _Settings:
     """What ``hessian`` computes (its options)."""
@@ -202,6 +166,33 @@ class _Settings:
     overlap_with: Path | None
 
 
+def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_samples: int | str,
+                inputs: Inputs, context: AnalysisContext) -> tuple[Any, Any, str, dict]:
+    """The objective over ``--params``, B's (or None) and its label, and the report's first
+    fields; refuses, before the first product, what cannot be computed: a trace or density
+    whose arrays do not fit, an unknown grouping, an operator the loss or model does not fit."""
+    from ..checks import require_lanczos_memory, require_trace_memory
+    from ..objective import Objective, parameter_groups
+
+    selection = parse_params(inputs.params)
+    obj = Objective(ckpt.model, data_loss(batches), batches, params=selection, hvp_mode=o.hvp_mode)
+    if o.trace:
+        require_trace_memory(obj.n, o.trace_matvecs)
+    if o.density:
+        require_lanczos_memory(obj.n, o.steps, o.runs)
+    if o.per_layer:
+        parameter_groups(ckpt.model, by=o.by)
+    obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, inputs.trust_factory, context)
+    report: dict = {"checkpoint": str(ckpt.path), "split": inputs.split, "n_examples": obj.n_examples,
+                    "n_params": obj.n, "params": inputs.params, "hvp_mode": obj.hvp_mode, "operator": operator,
+                    "fisher_samples": mc_samples if operator == "fisher" else None}
+    if operator != "hessian":
+        from .. import curvature
+
+        curvature.operator(obj, operator, mc_samples=mc_samples, seed=o.seed)
+    return obj, obj_b, label_b, report
+
+
 def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
     """The products each part computes (exact) or stops under (Lanczos: its step cap)."""
     from ..linalg.lanczos import default_max_iter
@@ -220,23 +211,20 @@ def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
 
 
 def _add_results(report: dict, results: dict, obj: Any, notes: dict) -> list[str]:
-    """The results into the report, the density with the note on which trace to trust; the HVP
-    mode as it ran ("auto" may have switched to finite differences, and says why); the
-    objective's notes (frozen parameters left out, the attention kernel) not already there.
-    Returns the notes as the lines to print."""
+    """Add the results, the HVP mode as it ran (and why "auto" fell back), the density's trace
+    note and the objective's notes not already there to ``report``; returns the notes' lines."""
     report["hvp_mode"], report["hvp_fallback"] = obj.hvp_mode, obj.hvp_fallback
     report.update({k: v for k, v in notes.items() if k not in report})
     report.update({k: v.to_dict() for k, v in results.items()})
     if "density" in report:
-        report["density"]["trace_note"] = _TRACE_NOTE["trace" in results].format(runs=results["density"].n_runs)
+        report["density"]["trace_note"] = _trace_note("trace" in results, results["density"].n_runs)
     return objective_lines(notes)
 
 
 def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _Settings, curv: dict,
              console: Console, progress: bool) -> dict:
-    """Run the analyses under one progress bar, saying how many products they take (after the
-    first) and, once the first few are timed, how long (:class:`~sharpscope.cli.progress.ProductPlan`)."""
-
+    """Run the analyses under one progress bar, announcing their products and, once timed, how
+    long they take (:class:`~sharpscope.cli.progress.ProductPlan`)."""
     from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
     from ..objective import parameter_groups
     from .progress import ProductPlan
@@ -249,8 +237,8 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
             "Lanczos stops once the eigenvalues converge" if o.top_k > 0 else "")
     plan = ProductPlan(lambda msg: console.print(msg, highlight=False), unit, _plan(obj, o, obj_b is not None), note)
     results: dict = {}
-    with hvp_progress(console, progress) as bar:
-        def track(target: Any, description: str) -> None:
+    with progress_bar(console, progress, "HVPs") as bar:
+        def run(target: Any, description: str, analysis: Callable[..., Any], **kwargs: Any) -> Any:
             total, exact = plan.parts[description]
             task = bar.add_task(description, total=total, cap=not exact)
 
@@ -258,33 +246,25 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
                 bar.advance(task, n)
                 plan.done(n)
             target.on_hvp = advance
+            result = analysis(target, seed=o.seed, **kwargs, **curv)
+            if not exact:  # a capped task that stopped early: drop its bar
+                bar.update(task, visible=False)
+            return result
 
-        def finish(description: str) -> None:  # a capped task that stopped early: drop its bar
-            for task in bar.tasks:
-                if task.description == description:
-                    bar.update(task.id, visible=False)
-
+        eig = {"k": o.top_k, "which": o.which, "tol": o.tol, "max_iter": o.max_iter,
+               "return_vectors": obj_b is not None}
         if o.top_k > 0:
-            track(obj, f"eigenvalues ({o.which})")
-            results["eigenvalues"] = hs.eigenvalues(obj, k=o.top_k, which=o.which, tol=o.tol, max_iter=o.max_iter,
-                                                    seed=o.seed, return_vectors=obj_b is not None, **curv)
-            finish(f"eigenvalues ({o.which})")
+            results["eigenvalues"] = run(obj, f"eigenvalues ({o.which})", hs.eigenvalues, **eig)
         if obj_b is not None:
-            track(obj_b, f"eigenvalues of B ({o.which})")
-            eig_b = hs.eigenvalues(obj_b, k=o.top_k, which=o.which, tol=o.tol, max_iter=o.max_iter, seed=o.seed,
-                                   return_vectors=True, **curv)
-            finish(f"eigenvalues of B ({o.which})")
+            eig_b = run(obj_b, f"eigenvalues of B ({o.which})", hs.eigenvalues, **eig)
             obj_b.release()
             results["overlap"] = _Overlap(str(o.overlap_with), label_b,
                                           hs.eigenspace_overlap(results["eigenvalues"], eig_b), eig_b)
         if o.trace:
-            track(obj, "trace (Hutch++)")
-            results["trace"] = hs.trace(obj, n_matvecs=o.trace_matvecs, seed=o.seed, **curv)
+            results["trace"] = run(obj, "trace (Hutch++)", hs.trace, n_matvecs=o.trace_matvecs)
         if o.density:
-            name = next(k for k in plan.parts if k.startswith("density"))
-            track(obj, name)
-            results["density"] = hs.density(obj, n_runs=o.runs, n_steps=o.steps, sigma_squared=o.sigma_squared,
-                                            seed=o.seed, **curv)
+            results["density"] = run(obj, next(k for k in plan.parts if k.startswith("density")), hs.density,
+                                     n_runs=o.runs, n_steps=o.steps, sigma_squared=o.sigma_squared)
         obj.release()
         if o.per_layer:
             task = bar.add_task(f"per {o.by}", total=groups)
@@ -295,8 +275,8 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
 
 
 def _fisher_samples(operator: str, value: str | None) -> int | str:
-    """``--fisher-samples`` as an int >= 1 or 'exact' ('exact' when not given); refused with an
-    unknown ``--operator`` or with an operator other than fisher."""
+    """``--fisher-samples`` as an int >= 1 or 'exact' (the default); refused with an unknown
+    ``--operator`` or an operator other than fisher."""
     from ..curvature import OPERATORS
 
     if operator not in OPERATORS:
@@ -313,33 +293,26 @@ def _fisher_samples(operator: str, value: str | None) -> int | str:
     return int(text)
 
 
-# which trace to trust, printed under the density's implied trace (and kept in the JSON)
-_TRACE_NOTE = {True: "the trace to trust is Hutch++'s above; SLQ's implied trace is a by-product of {runs} probe "
-                     "vectors",
-               False: "for the trace, trust --trace (Hutch++); SLQ's implied trace is a by-product of {runs} probe "
-                      "vectors"}
+def _trace_note(hutch: bool, runs: int) -> str:
+    """Which trace to trust, printed under the density's implied trace (and kept in the JSON)."""
+    trust = "the trace to trust is Hutch++'s above" if hutch else "for the trace, trust --trace (Hutch++)"
+    return f"{trust}; SLQ's implied trace is a by-product of {runs} probe vectors"
 
 
 def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, results: dict,
                    operator: str = "hessian", notes: Sequence[str] = ()) -> None:
-    """The results as tables and lines (on stderr under --json -), then ``notes`` (the
-    parameters chosen, frozen ones left out, the attention kernel)."""
-    from rich.table import Table
-
+    """The results as tables and lines, then ``notes`` (parameters chosen, the attention kernel)."""
     from ..curvature import title
-    from ._common import folded
 
     name, unit = title(operator), "HVPs" if operator == "hessian" else "products"
     out.print(f"[bold]{path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {split} examples"
               + ("" if operator == "hessian" else f"; operator: {name}"))
     if "eigenvalues" in results:
         r = results["eigenvalues"]
-        table = Table(title=f"{name} eigenvalues ({which}; {r.n_hvp} {unit}, {r.wall_time:.1f}s)")
-        for col in ("#", "eigenvalue", "residual", "converged"):
-            table.add_column(col, justify="right")
-        for i, (lam, res, ok) in enumerate(zip(r.eigenvalues, r.residuals, r.converged), 1):
-            table.add_row(str(i), f"{lam:.6g}", f"{res:.2e}", "yes" if ok else "[red]no[/]")
-        out.print(folded(table))
+        out.print(table(f"{name} eigenvalues ({which}; {r.n_hvp} {unit}, {r.wall_time:.1f}s)",
+                        ("#", "eigenvalue", "residual", "converged"),
+                        ((str(i), f"{lam:.6g}", f"{res:.2e}", "yes" if ok else "[red]no[/]")
+                         for i, (lam, res, ok) in enumerate(zip(r.eigenvalues, r.residuals, r.converged), 1))))
         if r.ratio is not None:
             out.print(f"lambda_1 / lambda_{len(r.eigenvalues)} = {r.ratio:.4g}")
     if "trace" in results:
@@ -353,7 +326,7 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
         out.print(f"density: {d.n_runs} runs x {d.n_steps} steps, support [{min(map(min, d.nodes)):.4g}, "
                   f"{max(map(max, d.nodes)):.4g}], kernel sigma {d.sigma:.3g}, implied trace "
                   f"{d.trace_estimate:.6g} {se} ({d.n_hvp} {unit}, {d.wall_time:.1f}s)")
-        out.print(_TRACE_NOTE["trace" in results].format(runs=d.n_runs), highlight=False)
+        out.print(_trace_note("trace" in results, d.n_runs), highlight=False)
     if "overlap" in results:
         o = results["overlap"]
         out.print(f"B = {o.path}: eigenvalues {', '.join(f'{v:.6g}' for v in o.b.eigenvalues)} "
@@ -362,13 +335,10 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
                   "(1: same space, 0: orthogonal)", highlight=False)
     if "per_layer" in results:
         s = results["per_layer"]
-        table = Table(title=f"Per {s.by} ({s.n_hvp} {unit}, {s.wall_time:.1f}s)")
-        for col in (s.by, "params", "lambda_max", "trace", "+/-"):
-            table.add_column(col, justify="right" if col != s.by else "left")
-        for row in s.rows:
-            table.add_row(row.name, f"{row.n_params:,}", f"{row.lambda_max:.5g}" + ("" if row.converged else "*"),
-                          f"{row.trace:.5g}", f"{row.trace_stderr:.2g}")
-        out.print(folded(table))
+        out.print(table(f"Per {s.by} ({s.n_hvp} {unit}, {s.wall_time:.1f}s)",
+                        (s.by, "params", "lambda_max", "trace", "+/-"),
+                        ((row.name, f"{row.n_params:,}", f"{row.lambda_max:.5g}" + ("" if row.converged else "*"),
+                          f"{row.trace:.5g}", f"{row.trace_stderr:.2g}") for row in s.rows), left=1))
     for line in notes:
         out.print(line, highlight=False)
 
@@ -381,15 +351,14 @@ def _figures(ckpt: Any, results: dict, plot_dir: Path | None, pdf: bool, console
     folder = plot_dir or (ckpt.path.parent if ckpt.path.is_file() else ckpt.path)
     formats = ("png", "pdf") if pdf else ("png",)
     label = ckpt.config.get("optimizer", "model").upper() if ckpt.config else "model"
-    stem, name = operator.replace("-", "_"), title(operator)  # hessian_*.png as before; ggn_*.png, ...
+    stem, name = operator.replace("-", "_"), title(operator)
     titles = {} if operator == "hessian" else {"density": f"{name} spectral density (SLQ)",
                                                "eigenvalues": f"Top {name} eigenvalues"}
     written = []
     if "density" in results:
-        written += plots.plot_density({label: results["density"]}, folder / f"{stem}_density", formats=formats,
-                                      title=titles.get("density"))
-        written += plots.plot_density({label: results["density"]}, folder / f"{stem}_density_log", log=True,
-                                      formats=formats, title=titles.get("density"))
+        for suffix, log in (("", False), ("_log", True)):
+            written += plots.plot_density({label: results["density"]}, folder / f"{stem}_density{suffix}", log=log,
+                                          formats=formats, title=titles.get("density"))
     if "eigenvalues" in results:
         both = {label: results["eigenvalues"]}
         if "overlap" in results:

@@ -10,7 +10,7 @@ import typer
 from ..errors import ConfigError
 from ._app import app
 from ._common import (
-    console as rank0_console, data_loss, params_line, params_record, parse_params, point_progress, write_json)
+    console as rank0_console, data_loss, params_record, parse_params, print_notes, progress_bar, write_json)
 from ._inputs import JSON_OUT, Inputs, analysis_inputs
 from ._landscape import BATCH_SIZE, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import run_folder
@@ -68,7 +68,7 @@ def interpolate_command(
     context.add(ckpt_b)
     data_note = _different_data(ckpt_a, ckpt_b, use_a_data, inputs.split)
     name_a, name_b = ((c.config or {}).get("optimizer", ab).upper() for c, ab in ((ckpt_a, "A"), (ckpt_b, "B")))
-    with point_progress(console, inputs.progress) as bar:
+    with progress_bar(console, inputs.progress, "points") as bar:
         task = bar.add_task("interpolation", total=len(alphas))
         result = ls.interpolate(ckpt_a.model, ckpt_b.model, data_loss(batches), batches, alphas, buffers=buffers,
                                 chunk_size=batch_size, name_a=name_a, name_b=name_b,
@@ -80,8 +80,7 @@ def interpolate_command(
                            "samples": inputs.samples, "data": "A's", "data_differences": data_note,
                            **params_record(ckpt_a.model, inputs.params),
                            **({"metrics": list(inputs.metric)} if metric_fns else {})})
-    if params_line(result.options):
-        console.print(params_line(result.options), highlight=False)
+    print_notes(console, result.options)
     if data_note:
         console.print(f"note: both evaluated on A's {inputs.split} data; B was trained on other data "
                       f"({'; '.join(data_note)})", highlight=False)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from ..errors import ConfigError
 from ._app import app
 from ._common import (
-    AnalysisContext, console as rank0_console, data_loss, finite, numbers, objective_lines, objective_record,
-    params_line, params_record, parse_p, parse_params, progress_bar, seed_option)
+    console as rank0_console, data_loss, finite, is_main, numbers, objective_record, params_record, parse_p, parse_params,
+    print_notes, progress_bar, seed_option, table)
 from ._inputs import Inputs, analysis_inputs
 from ._options import OLD_ETA, OLD_NORM, OLD_PLOT_DIR, OLD_STEPS, old_spelling
-from ._results import Claim, announce, claim, claim_analysis, json_target, save_report
+from ._results import announce, claim, claim_analysis, json_target, save_report
 
 
 @app.command("sharpness")
@@ -64,52 +67,37 @@ def sharpness_command(
     sharpness_average.json; --json PATH instead, --json - on stdout only); an earlier result
     there is kept unless --overwrite.
     """
-    steps, p, eta, plot_dir = _new_spellings(old_steps, steps, old_norm, p, old_eta, eta, old_plot_dir,
-                                             inputs.plot_dir)
+    steps = old_spelling("sharpness", "--steps", "--ascent-steps", old_steps, steps, None)
+    p = old_spelling("sharpness", "--norm", "--p", old_norm, p, "2")
+    eta = old_spelling("sharpness", "--eta", "--adaptive-eta", old_eta, eta, 0.0)
+    plot_dir = old_spelling("sharpness", "--plot-dir", "--out", old_plot_dir, inputs.plot_dir, None)
     console = rank0_console(stderr=True)
     ms, rhos, p_value = _check_options(measure, adaptive, random_start, restarts, m, rho, p)
-    name, figures = _outputs(measure, plot, len(rhos) > 1)
-    target, figure_folder, outputs = claim_analysis(checkpoint, inputs.json_out, name, figures, plot_dir, inputs.pdf,
-                                                    inputs.overwrite)
+    m_sharpness = measure == "m-sharpness"
+    figures = (["m_sharpness"] + (["m_sharpness_rho"] if len(rhos) > 1 else [])) if plot and m_sharpness else []
+    target, figure_folder, outputs = claim_analysis(checkpoint, inputs.json_out,
+                                                    "m_sharpness" if m_sharpness else f"sharpness_{measure}",
+                                                    figures, plot_dir, inputs.pdf, inputs.overwrite)
     ckpt, batches, context = inputs.load(checkpoint, 4096)
-    if measure != "m-sharpness":
-        _report_measure(measure, ckpt, batches, ms, rhos, p_value, adaptive, eta, steps, draws, random_start,
-                        max_subsets, console, inputs, outputs, target, restarts, context)
-        return
-    done = _m_sharpness(ckpt, batches, ms, rhos, 5 if steps is None else steps, p, p_value, max_subsets, gap,
-                        console, inputs)
+    if m_sharpness:
+        done = _m_sharpness(ckpt, batches, ms, rhos, 5 if steps is None else steps, p, p_value, max_subsets, gap,
+                            console, inputs)
+    else:
+        options: dict[str, Any] = dict(m=ms, rho=rhos, p=p_value, adaptive=adaptive, eta=eta, seed=inputs.seed,
+                                       max_subsets=max_subsets, params=parse_params(inputs.params))
+        done = _measure(measure, ckpt, batches, options, steps, random_start, restarts, draws, console, inputs)
     if done is None:  # the subsets were shared out; rank 0 reports
         return
     report, result = done
     outputs.clear()
-    if plot:
+    if figures:
         report["figures"] = _plot(ckpt, result, figure_folder, len(rhos) > 1, inputs.pdf, console)
     save_report(report, target, console, context)
-
-
-def _new_spellings(old_steps: int | None, steps: int | None, old_norm: str | None, p: str, old_eta: float | None,
-                   eta: float, old_plot_dir: Path | None, plot_dir: Path | None) -> tuple:
-    """--ascent-steps, --p, --adaptive-eta and --out, from their old spellings when those were given."""
-    return (old_spelling("sharpness", "--steps", "--ascent-steps", old_steps, steps, None),
-            old_spelling("sharpness", "--norm", "--p", old_norm, p, "2"),
-            old_spelling("sharpness", "--eta", "--adaptive-eta", old_eta, eta, 0.0),
-            old_spelling("sharpness", "--plot-dir", "--out", old_plot_dir, plot_dir, None))
-
-
-def _outputs(measure: str, plot: bool, several_rhos: bool) -> tuple[str, list[str]]:
-    """The name of the measure's JSON and the figures it draws (m-sharpness with --plot only)."""
-    figures = (["m_sharpness"] + (["m_sharpness_rho"] if several_rhos else [])) \
-        if plot and measure == "m-sharpness" else []
-    return ("m_sharpness" if measure == "m-sharpness" else f"sharpness_{measure}"), figures
 
 
 def _check_options(measure: str, adaptive: bool, random_start: bool, restarts: int | None, m: str, rho: str,
                    p: str) -> tuple[list[int], list[float], float]:
     """Refuse options that do not fit ``--measure`` (before loading); the m values, the radii and p."""
-    import math
-
-    from ..errors import ConfigError
-
     if measure not in ("m-sharpness", "worst", "average"):
         raise ConfigError(f"--measure must be m-sharpness, worst or average, got {measure!r}")
     if measure == "m-sharpness" and (adaptive or random_start):
@@ -124,50 +112,50 @@ def _check_options(measure: str, adaptive: bool, random_start: bool, restarts: i
     return ms, rhos, p_value
 
 
-def _subsets(batches: list, ms: list[int], max_subsets: int | None) -> list[int]:
-    """The subsets measured per m (refused if an m exceeds the examples analysed)."""
-    from ..errors import ConfigError
-
+def _subset_run(label: str, batches: list, ms: list[int], rhos: list[float], max_subsets: int | None, console: Any,
+                progress: bool, compute: Callable[[Callable[[int], None]], Any]) -> Any:
+    """``compute(callback)`` under a bar of the subsets measured (refused if an m exceeds the
+    examples analysed)."""
     n = sum(x.shape[0] for x, _ in batches)
     if max(ms) > n:
         raise ConfigError(f"--m {max(ms)} is larger than the {n} examples analysed")
-    return [min(n // size, max_subsets or n) for size in ms]
+    with progress_bar(console, progress, "subsets") as bar:
+        task = bar.add_task(label, total=sum(min(n // size, max_subsets or n) for size in ms) * len(rhos))
+        return compute(lambda k: bar.advance(task, k))
+
+
+def _report(ckpt: Any, inputs: Inputs, result: Any, per_subset: tuple[str, ...]) -> tuple[dict, Any]:
+    """The JSON report (the ``per_subset`` values left out) and the console for the table, on
+    which the parameters line is printed."""
+    chosen = params_record(ckpt.model, inputs.params)
+    report = {"checkpoint": str(ckpt.path), "split": inputs.split, **chosen, **result.to_dict()}
+    for r in report["results"]:
+        for key in per_subset:
+            r.pop(key)
+    out = rank0_console(stderr=inputs.json_out == "-")  # keep stdout clean for --json -
+    print_notes(out, chosen)
+    return report, out
 
 
 def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], steps: int, p: str, p_value: float,
                  max_subsets: int | None, gap: bool, console: Any, inputs: Inputs) -> tuple[dict, Any] | None:
-    """m-sharpness (and the surrogate gaps) under a progress bar, its table printed; the JSON
-    report and the result (for the figures), or None off rank 0."""
-    from rich.table import Table
-
-    from .. import distributed as dist_utils
+    """m-sharpness (and the surrogate gaps), its table printed; the report and the result, or
+    None off rank 0."""
     from .. import sharpness as sh
-    from ._common import folded
 
-    total = sum(_subsets(batches, ms, max_subsets)) * len(rhos)
-    selection, chosen = parse_params(inputs.params), params_record(ckpt.model, inputs.params)
-    with progress_bar(console, inputs.progress, "subsets") as bar:
-        task = bar.add_task("m-sharpness", total=total)
-        result = sh.m_sharpness(ckpt.model, data_loss(batches), batches, m=ms, rho=rhos, steps=steps, p=p_value,
-                                seed=inputs.seed, max_subsets=max_subsets, callback=lambda k: bar.advance(task, k),
-                                params=selection)
+    selection = parse_params(inputs.params)
+    result = _subset_run("m-sharpness", batches, ms, rhos, max_subsets, console, inputs.progress, lambda callback: (
+        sh.m_sharpness(ckpt.model, data_loss(batches), batches, m=ms, rho=rhos, steps=steps, p=p_value,
+                       seed=inputs.seed, max_subsets=max_subsets, callback=callback, params=selection)))
     gaps = {str(r): v for r, v in sh.surrogate_gaps(ckpt.model, data_loss(batches), batches, rhos=rhos,
                                                     p=p_value, params=selection).items()} if gap else None
-    if not dist_utils.is_main():
+    if not is_main():
         return None
-    report = {"checkpoint": str(ckpt.path), "split": inputs.split, **chosen, **result.to_dict()}
-    for r in report["results"]:
-        r.pop("values")
-    out = rank0_console(stderr=inputs.json_out == "-")  # keep stdout clean for --json -
-    if params_line(chosen):
-        out.print(params_line(chosen), highlight=False)
-    table = Table(title=f"m-sharpness ({steps} ascent steps, p = {p}; {result.n_examples} {inputs.split} examples, "
-                        f"{result.wall_time:.1f}s)")
-    for col in ("m", "rho", "m-sharpness", "+/- (s.e.)", "subsets"):
-        table.add_column(col, justify="right")
-    for r in result.results:
-        table.add_row(str(r.m), f"{r.rho:g}", f"{r.mean:.5g}", f"{r.stderr:.2g}", str(r.n_subsets))
-    out.print(folded(table))
+    report, out = _report(ckpt, inputs, result, ("values",))
+    out.print(table(f"m-sharpness ({steps} ascent steps, p = {p}; {result.n_examples} {inputs.split} examples, "
+                    f"{result.wall_time:.1f}s)", ("m", "rho", "m-sharpness", "+/- (s.e.)", "subsets"),
+                    ((str(r.m), f"{r.rho:g}", f"{r.mean:.5g}", f"{r.stderr:.2g}", str(r.n_subsets))
+                     for r in result.results)))
     if gaps is not None:
         report["surrogate_gap"] = gaps
         out.print("surrogate gap L(w + e_hat) - L(w): " + ", ".join(f"rho={r}: {v:.5g}" for r, v in gaps.items()),
@@ -187,65 +175,46 @@ def _plot(ckpt: Any, result: Any, folder: Path, against_rho: bool, pdf: bool, co
     return announce(written, console)
 
 
-def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos: list[float], p: float,
-                    adaptive: bool, eta: float, steps: int | None, draws: int, random_start: bool,
-                    max_subsets: int | None, console: Any, inputs: Inputs, outputs: Claim,
-                    target: Path | None, restarts: int | None = None, context: AnalysisContext | None = None) -> None:
-    """``--measure worst|average``: run it, print its table, write its JSON."""
-    from rich.table import Table
+def _se(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2g}"
 
-    from .. import distributed as dist_utils
+
+def _measure(measure: str, ckpt: Any, batches: list, options: dict[str, Any], steps: int | None,
+             random_start: bool, restarts: int | None, draws: int, console: Any,
+             inputs: Inputs) -> tuple[dict, Any] | None:
+    """``--measure worst|average`` with ``options``, its table printed; the report and the
+    result, or None off rank 0."""
     from .. import measures
-    from ._common import folded
 
-    total = sum(_subsets(batches, ms, max_subsets)) * len(rhos)
-    chosen = params_record(ckpt.model, inputs.params)
-    options: dict[str, Any] = dict(m=ms, rho=rhos, p=p, adaptive=adaptive, eta=eta, seed=inputs.seed,
-                                   max_subsets=max_subsets, params=parse_params(inputs.params))
     if measure == "worst":
         options.update(steps=20 if steps is None else steps, random_start=random_start,
                        restarts=measures.DEFAULT_RESTARTS if restarts is None else restarts)
     else:
         options.update(samples=draws)
-    with progress_bar(console, inputs.progress, "subsets") as bar:
-        task = bar.add_task(f"{measure}-case sharpness", total=total)
-        result = measures.sharpness(ckpt.model, data_loss(batches), batches, measure=measure,
-                                    callback=lambda k: bar.advance(task, k), **options)
-    if not dist_utils.is_main():
-        return
-    report = {"checkpoint": str(ckpt.path), "split": inputs.split, **chosen, **result.to_dict()}
-    for r in report["results"]:
-        r.pop("values")
-        r.pop("error_values")
-        r.pop("restart_values")
-    out = rank0_console(stderr=inputs.json_out == "-")
-    if params_line(chosen):
-        out.print(params_line(chosen), highlight=False)
+    result = _subset_run(f"{measure}-case sharpness", batches, options["m"], options["rho"], options["max_subsets"],
+                         console, inputs.progress, lambda callback: measures.sharpness(
+                             ckpt.model, data_loss(batches), batches, measure=measure, callback=callback, **options))
+    if not is_main():
+        return None
+    report, out = _report(ckpt, inputs, result, ("values", "error_values", "restart_values"))
     how = (f"{result.steps} ascent steps x {result.restarts} restarts" if measure == "worst"
            else f"{result.steps} draws per subset")
-    kind = ("adaptive " if adaptive else "") + f"{measure}-case"
+    kind = ("adaptive " if options["adaptive"] else "") + f"{measure}-case"
     cost = (f"{result.n_gradients} gradients" if measure == "worst" else f"{result.n_forwards} forward passes")
-    table = Table(title=f"{kind} sharpness ({how}, p = {'inf' if p == float('inf') else 2}; {result.n_examples} "
-                        f"{inputs.split} examples; {cost}, {result.wall_time:.1f}s)")
-    for col in ("m", "rho", "loss increase", "+/- (s.e.)", "error increase", "+/- (s.e.)", "subsets"):
-        table.add_column(col, justify="right")
-    def se(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.2g}"
-
-    for r in result.results:
-        table.add_row(str(r.m), f"{r.rho:g}", f"{r.loss_increase:.5g}", se(r.loss_stderr),
-                      f"{r.error_increase:.4g}", se(r.error_stderr), str(r.n_subsets))
-    out.print(folded(table))
+    out.print(table(f"{kind} sharpness ({how}, p = {'inf' if options['p'] == float('inf') else 2}; "
+                    f"{result.n_examples} {inputs.split} examples; {cost}, {result.wall_time:.1f}s)",
+                    ("m", "rho", "loss increase", "+/- (s.e.)", "error increase", "+/- (s.e.)", "subsets"),
+                    ((str(r.m), f"{r.rho:g}", f"{r.loss_increase:.5g}", _se(r.loss_stderr), f"{r.error_increase:.4g}",
+                      _se(r.error_stderr), str(r.n_subsets)) for r in result.results)))
     for note in dict.fromkeys(r.stderr_note for r in result.results if r.stderr_note):
         out.print(f"s.e.: {note}", highlight=False)
     if measure == "average":
         out.print("Monte Carlo s.e. of the loss increase (the draws alone): " + ", ".join(
-            f"m={r.m} rho={r.rho:g}: {se(r.loss_mc_stderr)}" for r in result.results), highlight=False)
+            f"m={r.m} rho={r.rho:g}: {_se(r.loss_mc_stderr)}" for r in result.results), highlight=False)
     else:
         out.print(f"spread between the {result.restarts} restarts, (max - min) / max: " + ", ".join(
             f"m={r.m} rho={r.rho:g}: {100 * (r.restart_spread or 0.0):.2g} %" for r in result.results), highlight=False)
-    outputs.clear()
-    save_report(report, target, console, context)
+    return report, result
 
 
 @app.command("gradcos")
@@ -253,7 +222,8 @@ def _report_measure(measure: str, ckpt: Any, batches: list, ms: list[int], rhos:
 def gradcos_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file or a run folder."),
     rho: float = typer.Option(0.05, callback=finite(at_least=0), help="SAM radius."),
-    batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b", min=1,
+                                   help="Examples per batch (the result does not depend on it)."),
     inputs: Inputs = Inputs(),
 ) -> None:
     """Cosine between the first-order (SAM) and the full second-order SAM gradient.
@@ -266,10 +236,7 @@ def gradcos_command(
     The numbers are saved as <run>/analyses/gradcos.json (--json PATH instead, --json - on
     stdout only); an earlier result there is kept unless --overwrite.
     """
-    import math
-
     from .. import sharpness as sh
-    from ..errors import ConfigError
     from ..objective import Objective
 
     target = json_target(inputs.json_out, checkpoint, "gradcos")
@@ -279,8 +246,7 @@ def gradcos_command(
     res = sh.sam_gradient_cosine(obj, rho=rho)
     notes = objective_record(obj, inputs.params)
     out = rank0_console(stderr=inputs.json_out == "-")
-    for line in objective_lines(notes):
-        out.print(line, highlight=False)
+    print_notes(out, notes)
     out.print(f"rho {rho:g}: cos(SAM gradient, full gradient) = {res.cosine:.6f}", highlight=False)
     out.print(f"||grad L(w)|| = {res.gradient_norm:.4g}, ||SAM gradient|| = {res.sam_gradient_norm:.4g}, "
               f"||second-order term|| = {res.second_order_norm:.4g}, surrogate gap {res.surrogate_gap:.4g} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -11,8 +12,8 @@ import typer
 from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
-    AnalysisContext, console as rank0_console, data_loss, finite, hvp_progress, is_main, numbers, params_line,
-    params_record, parse_params, point_progress, seed_option, write_json)
+    AnalysisContext, console as rank0_console, data_loss, finite, is_main, numbers, params_record, parse_params,
+    print_notes, progress_bar, seed_option, write_json)
 from ._inputs import JSON_OUT, Inputs, analysis_inputs
 from ._landscape import BATCH_SIZE, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import Claim, run_folder
@@ -20,44 +21,34 @@ from ._results import Claim, run_folder
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ..landscape import SurfaceResult
 
-
-def _grids(text: str, dim: int) -> tuple:
-    """``--grid`` as (xs, ys) (ys None in 1-D), refused if it is malformed or would not fit in memory."""
+def _surface_axes(grid: str | None, dim: int, trajectory: bool, range_mode: str) -> list | None:
+    """``--grid`` (or the default) as the axes [xs, ys, zs] (None where a surface has fewer
+    directions), refused if malformed or too large for memory; None: a trajectory's grid, chosen
+    from its path once the path is known."""
     import numpy as np
 
     from .. import landscape as ls
     from ..checks import require_grid_memory
 
-    parts = [p for p in text.split(",") if p.strip()]
+    if grid is None and trajectory and range_mode != "auto":
+        return None
+    if grid is None:
+        grid = "-1:1:31,-1:1:31" if trajectory else {1: "-1:1:51", 2: "-1:1:51,-1:1:51"}.get(dim, "-1:1:21")
+    dim = 2 if trajectory else dim
+    parts = [p for p in grid.split(",") if p.strip()]
     if dim == 1 and len(parts) != 1:
-        raise ConfigError(f"--dim 1 takes one grid MIN:MAX:POINTS, got {text!r}")
+        raise ConfigError(f"--dim 1 takes one grid MIN:MAX:POINTS, got {grid!r}")
     if dim == 2 and len(parts) not in (1, 2):
-        raise ConfigError(f"--dim 2 takes one or two grids (x,y), got {text!r}")
+        raise ConfigError(f"--dim 2 takes one or two grids (x,y), got {grid!r}")
     if dim == 3 and len(parts) not in (1, 3):
-        raise ConfigError(f"--dim 3 takes one shared grid or three grids (x,y,z), got {text!r}")
+        raise ConfigError(f"--dim 3 takes one shared grid or three grids (x,y,z), got {grid!r}")
     axes = [ls.parse_grid(part) for part in (parts * dim if dim >= 2 and len(parts) == 1 else parts)]
     require_grid_memory(int(np.prod([len(a) for a in axes])))
-    if dim == 3:
-        return axes[0], axes[1], axes[2]
-    return axes[0], (axes[1] if dim == 2 else None)
-
-
-def surface_stem(dim: int, trajectory: bool, directions: str) -> str:
-    """The name of a surface's files in its folder: trajectory, hessian_<dim>d or surface_<dim>d."""
-    return "trajectory" if trajectory else f"hessian_{dim}d" if directions == "hessian" else f"surface_{dim}d"
-
-
-def _claim_surface(folder: Path, dim: int, trajectory: bool, directions: str, metrics: list[str], plot: bool,
-                   inputs: Inputs) -> Any:
-    """Claim the files a surface writes (its npz and JSON, the random comparison's npz, the
-    figures with --plot, a --json PATH): refused if one exists, unless --overwrite."""
-    stem = surface_stem(dim, trajectory, directions)
-    dim = 2 if trajectory else dim  # the PCA plane
-    compare = directions == "hessian" and dim == 1
-    return claim_files(folder, stem, dim, trajectory, metrics, [folder / f"{stem}_random.npz"] if compare else [],
-                       plot, inputs)
+    if range_mode == "auto" and min(len(a) for a in axes) < 2:
+        raise ConfigError(f"--range auto spreads each direction's POINTS over [-extent, extent]: it needs POINTS "
+                          f">= 2, got --grid {grid}")
+    return axes + [None] * (3 - len(axes))
 
 
 def _snapshots(run_dir: Path, minimum: int = 3) -> list[dict]:
@@ -83,8 +74,9 @@ def surface_command(
     trajectory: Optional[Path] = typer.Option(None, "--trajectory", help="A run folder: PCA plane of its per-epoch "
                                                                           "snapshots, centred on the last one."),
     path_run: Optional[Path] = typer.Option(None, "--path", help="A run folder: project its per-epoch snapshots "
-                                            "(checkpoints/epoch_*.pt) onto the plane of the directions (least squares), "
-                                            "report each one's residual distance and draw the path (--dim 2)."),
+                                            "(checkpoints/epoch_*.pt) onto the plane of the directions (least "
+                                            "squares), report each one's residual distance and draw the path "
+                                            "(--dim 2)."),
     dim: int = typer.Option(2, "--dim", help="1, 2 or 3 directions (3: a 3-D grid, stored whole, plotted as slices "
                                              "at the third coordinate's min, centre and max)."),
     grid: Optional[str] = typer.Option(None, help="MIN:MAX:POINTS[,MIN:MAX:POINTS[,...]], one per direction or "
@@ -111,7 +103,8 @@ def surface_command(
     range_max: float = typer.Option(10.0, "--range-max", callback=finite(above=0), help="--range auto: the largest "
                                     "extent (a side that never reaches the factor is capped here, with a warning)."),
     radii: str = typer.Option("0.1,0.25,0.5,1", help="Radii at which to report the mean loss increase."),
-    basin_delta: float = typer.Option(0.1, "--basin-delta", callback=finite(above=0), help="Basin = where the loss is within this of the centre."),
+    basin_delta: float = typer.Option(0.1, "--basin-delta", callback=finite(above=0),
+                                      help="Basin = where the loss is within this of the centre."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <run>/surface)."),
     plot: bool = typer.Option(False, "--plot", help="Write figures (1-D curve; 2-D contour, filled contour, 3-D)."),
     inputs: Inputs = Inputs(),
@@ -130,7 +123,9 @@ def surface_command(
     job = _surface_job(checkpoint, trajectory, path_run, dim, grid, range_mode, directions_kind, norm, ignore, dir_type,
                        radii, out, plot, inputs)
     ckpt, batches, context = inputs.load(job.source, batch_size or 4096)
-    options = {**job.options(inputs, ckpt.path), **params_record(ckpt.model, inputs.params)}
+    options = {"split": inputs.split, "samples": inputs.samples, "seed": inputs.seed, "checkpoint": str(ckpt.path),
+               **({"metrics": list(inputs.metric)} if job.metric_fns else {}),
+               **params_record(ckpt.model, inputs.params)}
     plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, inputs.seed,
                                norm, ignore, dir_type, orthogonalize, inputs.progress, console)
     axes = _range_axes(ckpt.model, batches, plan, job.axes, range_mode, range_factor, range_max, batch_size, options,
@@ -156,32 +151,29 @@ class _SurfaceJob:
     stem: str
     outputs: Claim
 
-    def options(self, inputs: Inputs, checkpoint: Path) -> dict:
-        """The options the result records (added to by the directions and the range)."""
-        return {"split": inputs.split, "samples": inputs.samples, "seed": inputs.seed, "checkpoint": str(checkpoint),
-                **({"metrics": list(inputs.metric)} if self.metric_fns else {})}
-
 
 def _surface_job(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int, grid: str | None,
                  range_mode: str, directions_kind: str, norm: str, ignore: str, dir_type: str, radii: str,
                  out: Path | None, plot: bool, inputs: Inputs) -> _SurfaceJob:
-    """Check a surface's options (one line and exit 2 if they do not go together) and claim its files."""
+    """Check a surface's options and claim its files: its npz and JSON (named trajectory,
+    hessian_<dim>d or surface_<dim>d), the random comparison's npz, the figures with --plot."""
     _check_surface_options(checkpoint, trajectory, path_run, dim, range_mode, directions_kind, dir_type, norm, ignore)
     metric_fns = custom_metrics(inputs.metric, inputs.trust_factory)
     radii_list = numbers(radii, float, "--radii", above=0)
     axes = _surface_axes(grid, dim, trajectory is not None, range_mode)  # before any work
     source = checkpoint if checkpoint is not None else trajectory / "checkpoint.pt"
     folder = out or (run_folder(source) / "surface")
-    outputs = _claim_surface(folder, dim, trajectory is not None, directions_kind, list(metric_fns), plot, inputs)
-    return _SurfaceJob(source, metric_fns, radii_list, axes, folder,
-                       surface_stem(dim, trajectory is not None, directions_kind), outputs)
+    stem = "trajectory" if trajectory else f"hessian_{dim}d" if directions_kind == "hessian" else f"surface_{dim}d"
+    compare = [folder / f"{stem}_random.npz"] if directions_kind == "hessian" and dim == 1 else []
+    outputs = claim_files(folder, stem, 2 if trajectory else dim, trajectory is not None, list(metric_fns), compare,
+                          plot, inputs)
+    return _SurfaceJob(source, metric_fns, radii_list, axes, folder, stem, outputs)
 
 
 def _range_axes(model: Any, batches: Any, plan: dict, axes: list | None, range_mode: str, factor: float,
                 max_extent: float, batch_size: int | None, options: dict, console: Console) -> list:
     """The grid's axes: --grid's (or the trajectory's), or with --range auto the POINTS spread
     over each direction's extent (:func:`sharpscope.landscape.auto_grid`), recorded in ``options``."""
-
     from .. import landscape as ls
 
     axes = axes if axes is not None else plan["axes"]
@@ -195,23 +187,6 @@ def _range_axes(model: Any, batches: Any, plan: dict, axes: list | None, range_m
     console.print("--range auto: extents " + ", ".join(f"{e:.4g}" for e in rng.extents)
                   + f" (loss reaches {factor:g} x the centre loss {rng.centre_loss:.5g})", highlight=False)
     return axes
-
-
-def _save_surface(job: _SurfaceJob, ckpt: Any, result: SurfaceResult, random_result: SurfaceResult | None,
-                  plan: dict, delta: float, json_out: str | None, options: dict, norm: str, plot: bool, pdf: bool,
-                  context: AnalysisContext, console: Console) -> None:
-    """Replace an earlier result (--overwrite), save the surface(s), print the summaries, draw
-    the figures (--plot) and write the JSON (<out>/<name>.json and --json)."""
-    job.outputs.clear()
-    report = _write_surface(result, random_result, plan, job.folder, job.stem, job.radii, delta, json_out, options,
-                            norm)
-    if plot:
-        label = (ckpt.config or {}).get("optimizer", "model").upper()
-        eig = plan.get("eig")
-        eigen = None if random_result is None else (random_result, eig.eigenvalues[0], eig.slopes[0], eig.loss)
-        report["figures"] = figures({label: result}, job.folder, job.stem, pdf, console, list(job.metric_fns), eigen)
-    write_json(report, json_out, context)
-    write_json(report, str(job.folder / f"{job.stem}.json"), context)
 
 
 def _check_surface_options(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int,
@@ -237,33 +212,16 @@ def _check_surface_options(checkpoint: Path | None, trajectory: Path | None, pat
     check_options(norm, ignore, dir_type)
 
 
-def _surface_axes(grid: str | None, dim: int, trajectory: bool, range_mode: str) -> list | None:
-    """The grid axes [xs, ys, zs] (None where a surface has fewer directions), or None: a
-    trajectory's grid, chosen from its path once the path is known."""
-    if grid is None and (not trajectory or range_mode == "auto"):
-        grid = ("-1:1:51" if dim == 1 else "-1:1:51,-1:1:51" if dim == 2 else "-1:1:21") if not trajectory \
-            else "-1:1:31,-1:1:31"
-    if grid is None:
-        return None
-    axes = list(_grids(grid, 2 if trajectory else dim))
-    if range_mode == "auto" and min(len(a) for a in axes if a is not None) < 2:
-        raise ConfigError(f"--range auto spreads each direction's POINTS over [-extent, extent]: it needs POINTS "
-                          f">= 2, got --grid {grid}")
-    return axes + [None] * (3 - len(axes))
-
-
 def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Path | None, path_run: Path | None,
                         directions_kind: str, dim: int, seed: int, norm: str, ignore: str, dir_type: str,
                         orthogonalize: bool, progress: bool, console: Console) -> dict:
-    """The directions of the surface (``directions``, ``kind``, the random ``compare`` direction
-    beside a Hessian one, the trajectory's ``explained`` variance, ``path`` and ``residual``,
-    and its default ``axes``); records what they were made of in ``options``."""
-
+    """The surface's ``directions`` and ``kind``, the random ``compare`` direction beside a 1-D
+    Hessian one, a trajectory's ``explained`` variance and default ``axes``, a projected path
+    and its ``residual``; what they were made of is recorded in ``options``."""
     from .. import landscape as ls
 
     plan: dict[str, Any] = {"compare": [], "explained": None, "path": None, "residual": None}
-    if params_line(options):
-        console.print(params_line(options), highlight=False)
+    print_notes(console, options)
     selection = parse_params(options.get("params", "all"))  # directions over these parameters only
     if trajectory is not None and selection != "all":
         raise ConfigError("--params applies to random and hessian directions, not to a --trajectory plane")
@@ -275,7 +233,7 @@ def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Pat
                     axes=[*ls.trajectory_grid(traj.path), None])
         options.update({"trajectory": str(trajectory), "ignore": ignore, "snapshots": len(snaps)})
     elif directions_kind == "hessian":
-        with hvp_progress(console, progress) as bar:
+        with progress_bar(console, progress, "HVPs") as bar:
             task = bar.add_task(f"top-{dim} Hessian eigenvectors", total=None)
             eig = ls.hessian_directions(model, data_loss(batches), batches, k=dim, seed=seed, params=selection,
                                         on_hvp=lambda n: bar.advance(task, n))
@@ -303,32 +261,33 @@ def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Pat
 def _evaluate(model: Any, batches: Any, plan: dict, axes: list, options: dict, folder: Path, stem: str,
               batch_size: int | None, metric_fns: dict, progress: bool, console: Console) -> tuple:
     """The surface over ``axes`` along the plan's directions, and the random comparison's (or None)."""
-    import dataclasses
-
-
     from .. import landscape as ls
 
     xs, ys, zs = axes
     compare = plan["compare"]
     n_points = len(xs) * (1 if ys is None else len(ys)) * (1 if zs is None else len(zs))
-    with point_progress(console, progress) as bar:
+    with progress_bar(console, progress, "points") as bar:
         task = bar.add_task(f"{plan['kind']} surface", total=n_points * (1 + len(compare)))
         result = ls.surface(model, data_loss(batches), batches, plan["directions"], xs, ys, kind=plan["kind"],
                             options=options, chunk_size=batch_size, resume_path=folder / f"{stem}.partial.npz",
-                            on_point=lambda k, lv, av: bar.advance(task), zs=zs, metrics=metric_fns or None)
+                            on_point=lambda *point: bar.advance(task), zs=zs, metrics=metric_fns or None)
         random_result = None if not compare else ls.surface(
             model, data_loss(batches), batches, compare, xs, ys, kind="random",
             options={**options, "directions": "random", "scaled_to_norm": 1.0}, chunk_size=batch_size,
-            resume_path=folder / f"{stem}_random.partial.npz", on_point=lambda k, lv, av: bar.advance(task),
+            resume_path=folder / f"{stem}_random.partial.npz", on_point=lambda *point: bar.advance(task),
             metrics=metric_fns or None)
     result = dataclasses.replace(result, explained_variance=plan["explained"], path=plan["path"],
                                  path_residual=plan["residual"])
     return result, random_result
 
 
-def _write_surface(result: SurfaceResult, random_result: SurfaceResult | None, plan: dict, folder: Path, stem: str,
-                   radii: list[float], delta: float, json_out: str | None, options: dict, norm: str) -> dict:
-    """Save the surface(s) (npz), print their summaries and return the JSON report."""
+def _save_surface(job: _SurfaceJob, ckpt: Any, result: Any, random_result: Any, plan: dict, delta: float,
+                  json_out: str | None, options: dict, norm: str, plot: bool, pdf: bool, context: AnalysisContext,
+                  console: Console) -> None:
+    """Replace an earlier result (--overwrite), save the surface(s) (npz), print their
+    summaries, draw the figures (--plot) and write the JSON (<out>/<name>.json and --json)."""
+    folder, stem, radii = job.folder, job.stem, job.radii
+    job.outputs.clear()
     result.save(folder / f"{stem}.npz", plan["directions"])
     (folder / f"{stem}.partial.npz").unlink(missing_ok=True)
     human = rank0_console(stderr=json_out == "-")
@@ -351,6 +310,10 @@ def _write_surface(result: SurfaceResult, random_result: SurfaceResult | None, p
         report["random"] = {**random_result.to_dict(radii, delta),
                             "summary": print_summary(human, random_result, radii, delta),
                             "npz": str(folder / f"{stem}_random.npz")}
-    return report
-
-
+    if plot:
+        label = (ckpt.config or {}).get("optimizer", "model").upper()
+        eig = plan.get("eig")
+        eigen = None if random_result is None else (random_result, eig.eigenvalues[0], eig.slopes[0], eig.loss)
+        report["figures"] = figures({label: result}, folder, stem, pdf, console, list(job.metric_fns), eigen)
+    write_json(report, json_out, context)
+    write_json(report, str(folder / f"{stem}.json"), context)

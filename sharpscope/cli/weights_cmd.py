@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ._app import app
-from ._common import console as rank0_console, params_line, params_record, parse_params
+from ._common import console as rank0_console, params_record, parse_params, print_notes, table
 from ._inputs import Inputs, analysis_inputs
 from ._results import claim, json_target, save_report
 
@@ -26,11 +26,8 @@ def weights_command(
     The numbers are saved as <run>/analyses/weights.json (--json PATH instead, --json - on
     stdout only); an earlier result there is kept unless --overwrite.
     """
-    from rich.table import Table
-
     from ..checkpoint import load_checkpoint
     from ..weight_spectra import weight_spectra
-    from ._common import folded
 
     target = json_target(inputs.json_out, checkpoint, "weights")
     outputs = claim([target], inputs.overwrite, "--json PATH", records=[target])
@@ -38,16 +35,14 @@ def weights_command(
     res = weight_spectra(ckpt.model, None if inputs.params == "all" else parse_params(inputs.params))
     chosen = params_record(ckpt.model, inputs.params)
     out = rank0_console(stderr=inputs.json_out == "-")
-    if params_line(chosen):
-        out.print(params_line(chosen), highlight=False)
-    table = Table(title=f"Weight spectra of {ckpt.path} ({len(res.layers)} layers)")
-    for col in ("layer", "shape", "evals", "alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "stable_rank"):
-        table.add_column(col, justify="left" if col in ("layer", "shape") else "right")
-    for layer in res.layers:
-        table.add_row(layer.name, "x".join(map(str, layer.shape)), str(layer.n_evals), f"{layer.alpha:.3f}",
-                      f"{layer.alpha_weighted:.3f}", f"{layer.log_norm:.3f}", f"{layer.log_spectral_norm:.3f}",
-                      f"{layer.stable_rank:.3f}")
-    out.print(folded(table))
+    print_notes(out, chosen)
+    out.print(table(f"Weight spectra of {ckpt.path} ({len(res.layers)} layers)",
+                    ("layer", "shape", "evals", "alpha", "alpha_weighted", "log_norm", "log_spectral_norm",
+                     "stable_rank"),
+                    ((layer.name, "x".join(map(str, layer.shape)), str(layer.n_evals),
+                      *(f"{v:.3f}" for v in (layer.alpha, layer.alpha_weighted, layer.log_norm,
+                                             layer.log_spectral_norm, layer.stable_rank))) for layer in res.layers),
+                    left=2))
     out.print("mean over layers: " + ", ".join(f"{k} {v:.4g}" for k, v in res.summary.items()), highlight=False)
     if res.skipped:
         out.print(f"skipped (fewer than 8 eigenvalues): {', '.join(res.skipped)}", highlight=False)
