@@ -1,5 +1,5 @@
-"""What the landscape verbs (``surface``, ``interpolate``) share: their options, the custom
-metrics, the summary they print, the files they claim and the figures they announce."""
+"""What the landscape verbs (``surface``, ``interpolate``) share: options, custom metrics, the
+printed summary, the files they claim and the figures they announce."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from ._inputs import Inputs
 
 
-# Options both verbs take: one definition, one help text.
 BATCH_SIZE = typer.Option(None, "--batch-size", "-b", min=1, help="Examples per forward pass (default: the fastest, "
                           "timed).")
 METRIC = typer.Option(None, "--metric", help="[NAME=]package.module:function: a custom metric fn(model, batch) -> "
@@ -35,13 +34,6 @@ def figures(results: dict, folder: Path, stem: str, pdf: bool, console: Console,
     return announce(written, console)
 
 
-def figure_names(stem: str, dim: int, trajectory: bool, metrics: list[str]) -> list[str]:
-    """The figures --plot writes (:func:`sharpscope.plots.figure_names`), to claim before any work."""
-    from .. import plots
-
-    return plots.figure_names(stem, dim, trajectory, metrics)
-
-
 def custom_metrics(specs: list[str] | None, trust: bool) -> dict:
     """``--metric [NAME=]package.module:function`` (repeatable) -> {name: fn}; imported only with --trust-factory."""
     from ..landscape.metrics import import_metric
@@ -55,6 +47,11 @@ def custom_metrics(specs: list[str] | None, trust: bool) -> dict:
     return out
 
 
+def fmt(value: Any, spec: str) -> str:
+    """A summary value, or n/a where the grid could not give it (None: a NaN loss, a point off the grid)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def print_metrics(console: Console, summary: dict) -> None:
     """The custom metrics' summary lines: at the centre, min, max (and at B)."""
     for name, m in (summary.get("metrics") or {}).items():
@@ -63,45 +60,39 @@ def print_metrics(console: Console, summary: dict) -> None:
                       f"max {fmt(m['max'], '.5g')}{at_b}", highlight=False)
 
 
-def fmt(value: Any, spec: str) -> str:
-    """A summary value, or n/a where the grid could not give it (None: a NaN loss, a point off the grid)."""
-    return "n/a" if value is None else format(value, spec)
-
-
 def print_summary(console: Console, result: SurfaceResult, radii: list[float], delta: float) -> dict:
     """Print a surface's (or interpolation's) summary and return it (:meth:`SurfaceResult.summary`)."""
     s = result.summary(radii, delta)
-    console.print(f"{result.kind} surface, {result.dim}-D, {result.n_points} points over {result.n_examples} "
-                  f"examples in {result.wall_time:.1f}s ({result.n_points / max(result.wall_time, 1e-9):.1f} points/s)",
-                  highlight=False)
-    console.print(f"centre loss {fmt(s['centre_loss'], '.5g')}, accuracy {fmt(s['centre_accuracy'], '.4f')}",
-                  highlight=False)
     inc = ", ".join(f"r={r}: {v:+.4g}" if v is not None else f"r={r}: outside grid"
                     for r, v in s["loss_increase_at_radius"].items())
-    console.print(f"mean loss increase at radius: {inc}", highlight=False)
     edge = " (reaches the grid edge: at least)" if s["basin_reaches_grid_edge"] else ""
-    console.print(f"basin width (loss within +{delta} of the centre): {fmt(s['basin_width'], '.4g')}{edge}",
-                  highlight=False)
+    lines = [f"{result.kind} surface, {result.dim}-D, {result.n_points} points over {result.n_examples} examples in "
+             f"{result.wall_time:.1f}s ({result.n_points / max(result.wall_time, 1e-9):.1f} points/s)",
+             f"centre loss {fmt(s['centre_loss'], '.5g')}, accuracy {fmt(s['centre_accuracy'], '.4f')}",
+             f"mean loss increase at radius: {inc}",
+             f"basin width (loss within +{delta} of the centre): {fmt(s['basin_width'], '.4g')}{edge}"]
     if result.dim == 3:
-        console.print(f"(the summary above is of the slice at direction 3 = {s['slice_z']:.4g})", highlight=False)
+        lines.append(f"(the summary above is of the slice at direction 3 = {s['slice_z']:.4g})")
     if result.dim >= 2:
         t = result.topology().summary()
-        console.print(f"topology: {t['n_minima']} local minima ({t['n_minima_interior']} interior), mean saddle-minimum "
-                      f"depth {fmt(t['mean_depth'], '.4g')}, max persistence {fmt(t['max_persistence'], '.4g')}",
-                      highlight=False)
+        lines.append(f"topology: {t['n_minima']} local minima ({t['n_minima_interior']} interior), mean "
+                     f"saddle-minimum depth {fmt(t['mean_depth'], '.4g')}, max persistence "
+                     f"{fmt(t['max_persistence'], '.4g')}")
     if "barrier" in s:
-        console.print(f"loss at B {fmt(s['loss_at_b'], '.5g')}; barrier on [0, 1]: {fmt(s['barrier'], '+.4g')}",
-                      highlight=False)
+        lines.append(f"loss at B {fmt(s['loss_at_b'], '.5g')}; barrier on [0, 1]: {fmt(s['barrier'], '+.4g')}")
+    for line in lines:
+        console.print(line, highlight=False)
     return s
 
 
 def claim_files(folder: Path, stem: str, dim: int, trajectory: bool, metrics: list[str], more: list[Path],
                 plot: bool, inputs: Inputs) -> Claim:
-    """Claim <folder>/<stem>.npz and .json, the files ``more``, the figures with --plot (and
-    --pdf) and a --json PATH: refused if one exists, unless --overwrite."""
+    """Claim <folder>/<stem>.npz and .json, the files ``more``, the figures with --plot
+    (:func:`sharpscope.plots.figure_names`) and a --json PATH: refused if one exists, unless --overwrite."""
     files = [folder / f"{stem}.npz", folder / f"{stem}.json", *more]
     if plot:
-        files += figure_files(folder, figure_names(stem, dim, trajectory, metrics), inputs.pdf)
+        from .. import plots
+
+        files += figure_files(folder, plots.figure_names(stem, dim, trajectory, metrics), inputs.pdf)
     extra = Path(inputs.json_out) if inputs.json_out not in (None, "-") else None
     return claim([*files, extra], inputs.overwrite, "--out DIR", records=[folder / f"{stem}.json", extra])
-

@@ -1,13 +1,8 @@
-"""Where an analysis command keeps its result, and the one rule that no result is replaced
-without being asked.
+"""Where an analysis command keeps its result, and the rule that no result is replaced unasked.
 
-Every analysis verb (hessian, surface, interpolate, sharpness, gradcos, weights) saves its
-numbers by default: ``hessian``, ``sharpness``, ``gradcos`` and ``weights`` as
-``<run>/analyses/<name>.json`` (``--json PATH`` instead, ``--json -`` on stdout only),
-``surface`` and ``interpolate`` in their output folder as before. Before any work, the
-command claims the files it will write (:func:`claim`): if one exists, it refuses with one
-line naming ``--overwrite``; with ``--overwrite`` it removes, just before writing, every file
-of the earlier result (the claimed ones, and the figures and data the earlier JSON lists in
+Before any work a command claims the files it will write (:func:`claim`): one that exists is
+refused with a line naming ``--overwrite``; with ``--overwrite``, just before writing, every
+file of the earlier result goes (the claimed ones, and the figures and data its JSON lists in
 the same folders), so no stale figure is left beside new numbers.
 """
 
@@ -30,21 +25,15 @@ def run_folder(checkpoint: Path) -> Path:
     return checkpoint if not checkpoint.is_file() else checkpoint.parent
 
 
-def analyses_folder(checkpoint: Path) -> Path:
-    """Where an analysis of ``checkpoint`` keeps its numbers by default: ``<run>/analyses`` for a
-    run folder or its ``checkpoint.pt``, ``<folder>/analyses/<file stem>`` for any other file
-    (a snapshot ``checkpoints/epoch_0003.pt``, a checkpoint of one's own)."""
-    if checkpoint.is_file() and checkpoint.name != "checkpoint.pt":
-        return checkpoint.parent / "analyses" / checkpoint.stem
-    return run_folder(checkpoint) / "analyses"
-
-
 def json_target(json_out: str | None, checkpoint: Path, name: str) -> Path | None:
-    """The file the command writes its JSON to: ``--json PATH``, none for ``--json -`` (stdout
-    only), else ``analyses_folder(checkpoint) / f"{name}.json"``."""
-    if json_out == "-":
-        return None
-    return Path(json_out) if json_out is not None else analyses_folder(checkpoint) / f"{name}.json"
+    """Where the JSON goes: ``--json PATH``, None for ``--json -`` (stdout only), else
+    ``<run>/analyses/<name>.json`` (``<folder>/analyses/<file stem>/`` for a checkpoint file
+    other than a run's ``checkpoint.pt``, e.g. a snapshot)."""
+    if json_out is not None:
+        return None if json_out == "-" else Path(json_out)
+    if checkpoint.is_file() and checkpoint.name != "checkpoint.pt":
+        return checkpoint.parent / "analyses" / checkpoint.stem / f"{name}.json"
+    return run_folder(checkpoint) / "analyses" / f"{name}.json"
 
 
 def figure_files(folder: Path, stems: Iterable[str], pdf: bool) -> list[Path]:
@@ -52,17 +41,10 @@ def figure_files(folder: Path, stems: Iterable[str], pdf: bool) -> list[Path]:
     return [folder / f"{stem}.{fmt}" for stem in stems for fmt in (("png", "pdf") if pdf else ("png",))]
 
 
-def saved(where: Path | None, console: object) -> None:
-    """Say where the numbers were saved (nothing for stdout)."""
-    if where is not None:
-        console.print(f"saved {where}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
-
-
 def claim_analysis(checkpoint: Path, json_out: str | None, name: str, figures: list[str], plot_dir: Path | None,
                    pdf: bool, overwrite: bool) -> tuple[Path | None, Path, Claim]:
-    """Claim what an analysis of ``checkpoint`` saved under ``<run>/analyses`` writes: its JSON
-    (:func:`json_target` of ``name``) and the ``figures`` (stems) in ``plot_dir`` (default: the
-    run folder). Returns (the JSON's path or None for stdout, the figures' folder, the claim)."""
+    """Claim an analysis's JSON (:func:`json_target`) and its ``figures`` (stems) in ``plot_dir``
+    (default: the run folder); returns (the JSON's path or None, the figures' folder, the claim)."""
     target = json_target(json_out, checkpoint, name)
     folder = plot_dir or run_folder(checkpoint)
     outputs = claim([target, *figure_files(folder, figures, pdf)], overwrite, "--json PATH (and --out DIR)",
@@ -73,7 +55,8 @@ def claim_analysis(checkpoint: Path, json_out: str | None, name: str, figures: l
 def save_report(report: dict, target: Path | None, console: object, context: AnalysisContext | None = None) -> None:
     """Write an analysis's JSON to ``target`` (None: stdout) and say where it was saved."""
     write_json(report, "-" if target is None else str(target), context)
-    saved(target, console)
+    if target is not None:
+        console.print(f"saved {target}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
 
 
 def announce(written: Iterable[Path], console: object) -> list[str]:
@@ -86,8 +69,8 @@ def announce(written: Iterable[Path], console: object) -> list[str]:
 
 @dataclass
 class Claim:
-    """The files an analysis will write, checked before it runs; :meth:`clear` removes the
-    earlier result (with ``--overwrite``) just before the new one is written."""
+    """The files an analysis will write; :meth:`clear` removes the earlier result (with
+    ``--overwrite``) just before the new one is written."""
 
     files: list[Path]
     overwrite: bool
@@ -95,8 +78,8 @@ class Claim:
     folders: list[Path] = field(default_factory=list)  # where else the earlier result may have files
 
     def stale(self) -> list[Path]:
-        """The earlier result's files: the claimed files that exist, and the figures and data
-        listed by an earlier JSON among them that lie in a folder this result writes to."""
+        """The claimed files that exist, and the files an earlier JSON among them lists in a
+        folder this result writes to."""
         folders = {f.parent.resolve() for f in self.files} | {f.resolve() for f in self.folders}
         out = [f for f in self.files if f.is_file()]
         for record in (r for r in self.records if r.is_file()):
@@ -107,8 +90,7 @@ class Claim:
         return out
 
     def clear(self) -> list[Path]:
-        """Remove the earlier result's files (rank 0; only with ``--overwrite``: without, the
-        claim refused already). Returns what was removed."""
+        """Remove (on rank 0, with ``--overwrite``) and return the earlier result's files."""
         if not self.overwrite or not is_main():
             return []
         removed = self.stale()
@@ -118,8 +100,8 @@ class Claim:
 
 
 def _listed_files(record: Path) -> list[Path]:
-    """The files an earlier result's JSON names: its ``figures`` and ``npz`` entries (and a
-    hessian-directions comparison's ``random.npz``); [] if it cannot be read."""
+    """The ``figures`` and ``npz`` an earlier result's JSON names (its ``random`` part's too);
+    [] if it cannot be read."""
     try:
         data = json.loads(record.read_text())
     except (OSError, ValueError):
@@ -136,11 +118,10 @@ def _listed_files(record: Path) -> list[Path]:
 
 def claim(files: Iterable[Path | None], overwrite: bool, elsewhere: str,
           records: Iterable[Path | None] = (), folders: Iterable[Path] = ()) -> Claim:
-    """Claim ``files`` (None entries skipped) for a new result: a :class:`ConfigError` naming
-    ``--overwrite`` when one holds an earlier result and ``overwrite`` is False. ``elsewhere``
-    says how to write the new result elsewhere instead (e.g. "--out DIR"); ``records`` are the
-    JSON files of an earlier result that may list more of its files, removed too where they
-    lie in the folders of ``files`` or in ``folders`` (where this analysis writes figures)."""
+    """Claim ``files`` (None skipped): a ConfigError naming ``--overwrite`` (and ``elsewhere``,
+    how to write the new result elsewhere) when one exists and not ``overwrite``. ``records``
+    are earlier results' JSON files whose listed files, in the folders of ``files`` or in
+    ``folders``, are removed too."""
     wanted = [Path(f) for f in files if f is not None]
     found = [f for f in wanted if f.exists()]
     if found and not overwrite:

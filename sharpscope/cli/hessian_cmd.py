@@ -120,8 +120,10 @@ def hessian_command(
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
     stem = operator.replace("-", "_")  # hessian.json, hessian_*.png; ggn.json, ggn_*.png, ...
-    target, _, outputs = claim_analysis(checkpoint, inputs.json_out, stem, _figure_names(stem, plot, density, top_k),
-                                        plot_dir, inputs.pdf, inputs.overwrite)
+    figures = (([f"{stem}_density", f"{stem}_density_log"] if density else [])
+               + ([f"{stem}_eigenvalues"] if top_k > 0 else [])) if plot else []
+    target, folder, outputs = claim_analysis(checkpoint, inputs.json_out, stem, figures, plot_dir, inputs.pdf,
+                                             inputs.overwrite)
     ckpt, batches, context = inputs.load(checkpoint, batch_size)
     settings = _Settings(top_k, which, tol, max_iter, trace, trace_matvecs, density, runs, steps, sigma_squared,
                          per_layer, by, inputs.seed, hvp_mode, overlap_with)
@@ -135,14 +137,8 @@ def hessian_command(
                    operator, notes)
     outputs.clear()
     if plot:
-        report["figures"] = _figures(ckpt, results, plot_dir, inputs.pdf, console, operator)
+        report["figures"] = _figures(ckpt, results, folder, inputs.pdf, console, operator)
     save_report(report, target, console, context)
-
-
-def _figure_names(stem: str, plot: bool, density: bool, top_k: int) -> list[str]:
-    """The figures ``--plot`` draws: the density (linear and log) and the top eigenvalues."""
-    return (([f"{stem}_density", f"{stem}_density_log"] if density else [])
-            + ([f"{stem}_eigenvalues"] if top_k > 0 else [])) if plot else []
 
 
 @dataclass
@@ -343,12 +339,10 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
         out.print(line, highlight=False)
 
 
-def _figures(ckpt: Any, results: dict, plot_dir: Path | None, pdf: bool, console: Console,
-             operator: str = "hessian") -> list[str]:
+def _figures(ckpt: Any, results: dict, folder: Path, pdf: bool, console: Console, operator: str) -> list[str]:
     from .. import plots
     from ..curvature import title
 
-    folder = plot_dir or (ckpt.path.parent if ckpt.path.is_file() else ckpt.path)
     formats = ("png", "pdf") if pdf else ("png",)
     label = ckpt.config.get("optimizer", "model").upper() if ckpt.config else "model"
     stem, name = operator.replace("-", "_"), title(operator)

@@ -1,5 +1,5 @@
-"""Progress on the command line: the training loop's bar and per-epoch lines, the time-left
-column every long bar shows, and the cost a command announces before its first product."""
+"""Progress on the command line: the training bar and per-epoch lines, the time-left column,
+and the cost a command announces before its first product."""
 
 from __future__ import annotations
 
@@ -31,9 +31,8 @@ def duration(seconds: float) -> str:
 
 
 class RemainingColumn(ProgressColumn):
-    """Time left at the rate measured so far: 'N left'; '<= N left' for a task whose total is
-    only a cap (the field ``cap``: Lanczos stops once its eigenvalues converge, usually well
-    before the cap); '-:--' before a rate or without a total."""
+    """Time left at the rate measured so far: 'N left'; '<= N left' for a task whose total is only
+    a cap (field ``cap``: Lanczos stops once converged); '-:--' before a rate or without a total."""
 
     max_refresh = 0.5
 
@@ -46,15 +45,11 @@ class RemainingColumn(ProgressColumn):
 
 @dataclass
 class ProductPlan:
-    """The products (HVPs) a command computes, said when the first one is done (:meth:`done`;
-    not before, so that input refused by the first call says only its error), or earlier by
-    :meth:`announce`; then, once ``sample`` products after the first have been timed (and
-    ``min_seconds`` have passed), the time all of them take at the measured rate, said once
-    when that is at least ``long_seconds``. The first product is not timed: it pays for
-    building the graph.
-
-    ``parts`` maps a label to (count, exact): exact counts are what the part computes; the
-    others are caps it stops under (Lanczos). ``note`` ends the plan's line."""
+    """The products (HVPs) a command computes, said after the first one (so that input refused
+    by the first call says only its error) or by :meth:`announce`; then, once ``sample``
+    products after the first (which builds the graph) have taken ``min_seconds``, the time all
+    take at the measured rate, said once if at least ``long_seconds``. ``parts`` maps a label to
+    (count, exact): an exact count is computed, an inexact one is a cap (Lanczos stops under it)."""
 
     say: Callable[[str], None]
     unit: str
@@ -69,30 +64,23 @@ class ProductPlan:
     _announced: bool = False
     _said: bool = False
 
-    @property
-    def planned(self) -> int:
-        """Products the exact parts compute."""
-        return sum(n for n, exact in self.parts.values() if exact)
-
-    @property
-    def capped(self) -> int:
-        """Products the capped parts compute at most."""
-        return sum(n for n, exact in self.parts.values() if not exact)
+    def _count(self, exact: bool) -> int:
+        return sum(n for n, is_exact in self.parts.values() if is_exact == exact)
 
     def announce(self) -> None:
-        """Say the plan (once): '899 HVPs planned, and at most 300 more (eigenvalues (LA): at
-        most 300; trace (Hutch++): 99; density (...): 800)'."""
+        """Say the plan once: '899 HVPs planned, and at most 300 more (eigenvalues (LA): at most
+        300; trace (Hutch++): 99; ...)'."""
         if self._announced or not self.parts:
             return
         self._announced = True
+        planned, capped = self._count(True), self._count(False)
         items = "; ".join(f"{label}: {'' if exact else 'at most '}{n:,}" for label, (n, exact) in self.parts.items())
-        more = f", and at most {self.capped:,} more" if self.capped else ""
-        lead = f"{self.planned:,} {self.unit} planned{more}" if self.planned else f"at most {self.capped:,} {self.unit}"
+        more = f", and at most {capped:,} more" if capped else ""
+        lead = f"{planned:,} {self.unit} planned{more}" if planned else f"at most {capped:,} {self.unit}"
         self.say(f"{lead} ({items}{'; ' + self.note if self.note else ''})")
 
     def done(self, n: int) -> None:
-        """Count ``n`` more products; say the plan after the first, the estimate once the rate
-        is known."""
+        """Count ``n`` more products; say the plan after the first, the estimate once the rate is known."""
         self.announce()
         self._done += n
         t = self.now()
@@ -104,15 +92,15 @@ class ProductPlan:
             return
         self._said = True
         rate = timed / elapsed
-        low, high = self.planned / rate, (self.planned + self.capped) / rate
-        if high < self.long_seconds:
+        planned, capped = self._count(True), self._count(False)
+        if (planned + capped) / rate < self.long_seconds:
             return
         text = f"at the measured {rate:.3g} {self.unit}/s: "
-        if self.planned:
-            text += f"about {duration(low)} for the {self.planned:,} planned"
-            text += f", at most {duration(high)} with all {self.capped:,} more" if self.capped else ""
+        if planned:
+            text += f"about {duration(planned / rate)} for the {planned:,} planned"
+            text += f", at most {duration((planned + capped) / rate)} with all {capped:,} more" if capped else ""
         else:
-            text += f"at most {duration(high)} for {self.capped:,}"
+            text += f"at most {duration(capped / rate)} for {capped:,}"
         self.say(text)
 
 
@@ -129,15 +117,12 @@ class RichProgress(Callback):
     def on_train_begin(self, state: TrainState) -> None:
         if not self.enabled:
             return
-        total = state.config.epochs * state.steps_per_epoch
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=self.console, transient=True,
-        )
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=self.console, transient=True)
         self.progress.start()
-        self.task = self.progress.add_task(self.label or state.config.optimizer.upper(), total=total,
-                                           completed=state.step, status="")
+        self.task = self.progress.add_task(self.label or state.config.optimizer.upper(), completed=state.step,
+                                           total=state.config.epochs * state.steps_per_epoch, status="")
 
     def on_step_end(self, state: TrainState) -> None:
         if self.progress is not None:
@@ -153,9 +138,7 @@ class RichProgress(Callback):
             line += f"  (per token; test perplexity {metrics['test_ppl']:.2f})"
         if state.config.label_noise > 0:
             line += f"  (clean-label train acc {metrics['train_acc_clean']:.3f})"
-        if self.progress is not None:
-            self.progress.console.print(line, highlight=False, soft_wrap=True)
-        elif self.enabled:
+        if self.enabled:  # the bar's console, which prints above the bar
             self.console.print(line, highlight=False, soft_wrap=True)
 
     def on_train_end(self, state: TrainState) -> None:

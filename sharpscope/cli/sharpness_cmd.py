@@ -12,8 +12,8 @@ import typer
 from ..errors import ConfigError
 from ._app import app
 from ._common import (
-    console as rank0_console, data_loss, finite, is_main, numbers, objective_record, params_record, parse_p, parse_params,
-    print_notes, progress_bar, seed_option, table)
+    console as rank0_console, data_loss, finite, is_main, numbers, objective_record, params_record, parse_p,
+    parse_params, print_notes, progress_bar, seed_option, table)
 from ._inputs import Inputs, analysis_inputs
 from ._options import OLD_ETA, OLD_NORM, OLD_PLOT_DIR, OLD_STEPS, old_spelling
 from ._results import announce, claim, claim_analysis, json_target, save_report
