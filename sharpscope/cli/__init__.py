@@ -1,9 +1,6 @@
-"""The ``sharpscope`` command line: one typer app, one thin module per verb.
-
-No maths here: every command parses options, calls a library function and prints.
-Any :class:`~sharpscope.errors.SharpscopeError` or usage error becomes one line on
-stderr and exit code 2; Ctrl-C exits with 130.
-"""
+"""The ``sharpscope`` command line: one typer app, one thin module per verb (options in, a
+library call, lines out). A :class:`~sharpscope.errors.SharpscopeError` or usage error is one
+line on stderr and exit code 2; Ctrl-C exits with 130."""
 
 from __future__ import annotations
 
@@ -15,17 +12,13 @@ import typer
 from ..errors import SharpscopeError
 from ._app import app
 from ._common import CHECK_LAUNCH_ENV
-# Registers the commands. These modules import only typer and the option checks: what a
-# verb needs (torch.func, scipy, matplotlib, the trainer) is imported when it runs, so
-# 'sharpscope info missing.pt' fails fast (tests/test_startup.py keeps it so).
-# 'sharpscope --help' lists the verbs in the order they register here (interpolate after surface).
+# Registers the verbs (in --help's order); what a verb needs beyond typer loads when it runs.
 from . import (compare_cmd, correlate_cmd, hessian_cmd, info_cmd, report_cmd, sharpness_cmd,  # noqa: F401,E402
                surface_cmd, interpolate_cmd, sweep_cmd, train_cmd, weights_cmd)
 
 __all__ = ["app", "main"]
 
-# Recent typer releases vendor click; older ones use the click package. Find the classes
-# through typer's public BadParameter either way.
+# click's classes through typer's BadParameter (recent typer releases vendor click).
 _CLICK_ERRORS = {c.__name__: c for c in typer.BadParameter.__mro__}
 _USAGE_ERROR: type[Exception] = _CLICK_ERRORS["UsageError"]
 _CLICK_EXCEPTION: type[Exception] = _CLICK_ERRORS["ClickException"]
@@ -39,22 +32,20 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _launch_plan(argv: list[str]) -> tuple[int, list[str]]:
     """For ``sharpscope [--threads N] train ... --nproc P ...``: (P, the arguments without
-    --nproc); (1, argv) for anything else. The global options may precede ``train``."""
+    --nproc); (1, argv) for anything else."""
     i = 0
     while i < len(argv) and argv[i].startswith("--threads"):
         i += 1 if "=" in argv[i] else 2
-    if i >= len(argv) or argv[i] != "train" or not any(a == "--nproc" or a.startswith("--nproc=") for a in argv):
+    if i >= len(argv) or argv[i] != "train":
         return 1, argv
-    rest, nproc, j = argv[:i + 1], "1", i + 1
-    while j < len(argv):
-        if argv[j] == "--nproc" and j + 1 < len(argv):
-            nproc, j = argv[j + 1], j + 2
-            continue
-        if argv[j].startswith("--nproc="):
-            nproc = argv[j].split("=", 1)[1]
+    rest, nproc, args = argv[:i + 1], "1", iter(argv[i + 1:])
+    for arg in args:
+        if arg.startswith("--nproc="):
+            nproc = arg.split("=", 1)[1]
+        elif arg == "--nproc" and (value := next(args, None)) is not None:
+            nproc = value
         else:
-            rest.append(argv[j])
-        j += 1
+            rest.append(arg)
     if not nproc.isdigit() or int(nproc) < 1:
         _fail(f"--nproc must be a positive integer, got {nproc!r}")
     return int(nproc), rest
@@ -87,16 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     from ..cpu import prepare_wait_policy
 
     prepare_wait_policy()  # before torch loads its OpenMP runtime
-
     previous_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
     nproc, args = _launch_plan(list(sys.argv[1:] if argv is None else argv))
     command = typer.main.get_command(app)
     try:
-        if nproc > 1:
-            code = _torchrun(command, nproc, args)
-        else:
-            code = command.main(args=args, prog_name="sharpscope", standalone_mode=False)
+        code = _torchrun(command, nproc, args) if nproc > 1 else \
+            command.main(args=args, prog_name="sharpscope", standalone_mode=False)
     except _USAGE_ERROR as err:
         ctx = getattr(err, "ctx", None)
         where = f" (see 'sharpscope {ctx.info_name} --help')" if ctx is not None and ctx.parent else ""

@@ -1,5 +1,5 @@
-"""The typer application object shared by the command modules, and option help texts
-written only when a command's help is shown (:func:`deferred_help`)."""
+"""The typer application shared by the command modules, and option help texts written only
+when a command's help is shown (:func:`deferred_help`)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import typer
 from typer.core import TyperCommand
 from typer.models import OptionInfo
 
-# placeholder help text -> the function that writes the real one (see deferred_help)
-_DEFERRED: dict[str, Callable[[], str]] = {}
+_DEFERRED: dict[str, Callable[[], str]] = {}  # placeholder help text -> what writes the real one
+_THREADS = "sharpscope.threads"  # the key of --threads in the click context's meta (shared by subcommands)
 
 
 def deferred_help(option: OptionInfo, write: Callable[[], str]) -> OptionInfo:
-    """``option`` with a help text that ``write()`` returns when the command's help is shown,
-    not when the command is built (which happens at every start, ``--help`` or ``info`` too).
-    For help that needs torch-backed facts: the optimizer registry, the HVP modes."""
+    """``option`` with the help text ``write()`` returns when the help is shown, not when the
+    command is built (at every start): for help from torch-backed facts (optimizers, HVP modes)."""
     key = f"(help of option {len(_DEFERRED) + 1}, written when shown)"
     _DEFERRED[key] = write
     option.help = key
@@ -31,10 +30,9 @@ def shown_help(text: str | None) -> str:
 
 
 class SharpscopeCommand(TyperCommand):
-    """Every verb's command: writes its :func:`deferred_help` texts when its help is formatted,
-    and sets the thread count (``sharpscope --threads``) when it runs, not before its
-    ``--help`` (setting threads imports torch). Its line in ``sharpscope --help`` is the first
-    paragraph of its help, whole (click would cut it at the first full stop or at the width)."""
+    """A verb: writes its :func:`deferred_help` texts when its help is formatted, sets the thread
+    count (``sharpscope --threads``; imports torch) when it runs, and shows the first paragraph
+    of its help whole in ``sharpscope --help`` (click cuts it at the first full stop)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -43,9 +41,8 @@ class SharpscopeCommand(TyperCommand):
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         for param in self.params:
-            write = _DEFERRED.get(getattr(param, "help", None) or "")
-            if write is not None:
-                param.help = write()  # type: ignore[attr-defined]
+            if getattr(param, "help", None) in _DEFERRED:
+                param.help = _DEFERRED[param.help]()  # type: ignore[attr-defined]
         super().format_help(ctx, formatter)
 
     def invoke(self, ctx: Any) -> Any:
@@ -56,9 +53,8 @@ class SharpscopeCommand(TyperCommand):
 
 
 class TorchOnDemandCommand(SharpscopeCommand):
-    """A verb that may finish without torch (``info``): it sets the thread count itself, with
-    :func:`sharpscope.cpu.configure_threads` (:func:`global_threads`), if and when it imports
-    torch, instead of on start (which imports torch)."""
+    """A verb that may finish without torch (``info``): it sets the thread count itself
+    (:func:`global_threads`) if it imports torch."""
 
     def invoke(self, ctx: Any) -> Any:
         return TyperCommand.invoke(self, ctx)
@@ -76,15 +72,13 @@ class _Typer(typer.Typer):
         return super().command(*args, cls=cls or SharpscopeCommand, **kwargs)
 
 
-_THREADS = "sharpscope.threads"  # the key of --threads in the click context's meta (shared by subcommands)
-
 app = _Typer(
     name="sharpscope",
     help="Sharpness and loss-landscape analysis around SAM: train SGD/SAM/ASAM models, then measure them.",
     add_completion=False,
     no_args_is_help=True,
-    # click's plain help: it wraps the help text and never cuts an option's name, where rich's
-    # table cut them at 80 columns ('--perturbation-wei…'); and it needs no rich at start-up
+    # click's plain help wraps the text and never cuts an option's name (rich's table did), and
+    # needs no rich at start-up
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
