@@ -1,13 +1,6 @@
-"""The inputs the analysis verbs share (which data, which seed and device, where results go),
-declared once as the fields of :class:`Inputs` and generated for each verb by
-:func:`analysis_inputs`, as :func:`sharpscope.cli._options.training_options` generates the
-training options.
-
-A verb's signature holds only its own options and an ``inputs: Inputs`` parameter; the
-decorator adds one typer option per shared input the verb takes (same name and help on every
-verb, after the verb's own, in the order of the fields), applies ``--deterministic`` before
-the command runs and hands it the values as one :class:`Inputs`.
-"""
+"""The inputs the analysis verbs share (data, seed, device, where results go), declared once
+as the fields of :class:`Inputs`; :func:`analysis_inputs` generates them as options after a
+verb's own, applies ``--deterministic`` and hands the verb one :class:`Inputs`."""
 
 from __future__ import annotations
 
@@ -34,15 +27,14 @@ JSON_OUT = typer.Option(None, "--json", help="Write results as JSON to PATH (- f
 
 
 def _shared(option: Any) -> Any:
-    """A field of :class:`Inputs`: the typer option's default, and the option in its metadata."""
+    """A field of :class:`Inputs`: the option's default, and the option in its metadata."""
     return field(default=option.default, metadata={"option": option})
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """The shared inputs, in the order a verb's help lists them, each with its typer option (a
-    verb may give its own, e.g. the seed's help: :func:`analysis_inputs`); a field the verb
-    does not take keeps its default here."""
+    """The shared inputs in the order of a verb's help, each with its typer option; a field the
+    verb does not take keeps its default."""
 
     samples: Optional[int] = _shared(typer.Option(None, help="Use a seeded subset of this many examples."))
     split: str = _shared(typer.Option("train", help="train (the labels trained on) or test."))
@@ -81,10 +73,9 @@ INPUTS: dict[str, tuple[Any, Any]] = {f.name: (get_type_hints(Inputs)[f.name], f
 
 def analysis_inputs(*names: str, without: tuple[str, ...] = (),
                     **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a command that takes ``inputs: Inputs``: typer sees one option per field named in
-    ``names`` (none named: every field but those ``without``), in the fields' order after the
-    command's own options; a keyword in ``options`` replaces that field's option (e.g. ``seed``
-    with the verb's own help). ``--deterministic`` is applied first; the command gets the values."""
+    """Decorate a command that takes ``inputs: Inputs`` with the options of the fields ``names``
+    (default: all but ``without``); a keyword in ``options`` replaces that field's option (e.g.
+    ``seed`` with the verb's own help)."""
     names = names or tuple(name for name in INPUTS if name not in without)
     unknown = [n for n in (*names, *without, *options) if n not in INPUTS]
     if unknown or not set(options) <= set(names):

@@ -1,13 +1,6 @@
 """The training options of ``train``, ``compare`` and ``sweep``, generated from one table
-(:data:`sharpscope.train_options.TRAIN_OPTIONS`, also TrainConfig's field metadata), and the
-one-line notice of an option's old spelling.
-
-:func:`training_options` decorates a command: the command declares only its own options and a
-``training: dict`` parameter; the decorator adds one typer option per training field (same
-name, same help on every verb) and hands the command their values, by field name. Importing
-this module imports no torch: the table is torch-free and the optimizer registry writes its
-help texts only when the command is built.
-"""
+(:data:`sharpscope.train_options.TRAIN_OPTIONS`: same name and help on every verb, no torch
+imported), and the notice of an option's old spelling."""
 
 from __future__ import annotations
 
@@ -21,11 +14,11 @@ import typer
 from ._app import deferred_help
 
 from ..errors import ConfigError
-from ..train_options import NOT_SWEPT, TRAIN_OPTIONS, TrainOption
-from ._common import finite
+from ..train_options import NOT_SWEPT, TRAIN_OPTIONS
+from ._common import finite, parse_options, parse_p
 
-__all__ = ["training_options", "generated_options", "shared_fields", "field_values", "old_spelling", "VERB_OWNED", "SWEEP_LIST_HELP",
-           "COMPARE_LIST_HELP", "OLD_STEPS", "OLD_NORM", "OLD_ETA", "OLD_PLOT_DIR"]
+__all__ = ["training_options", "generated_options", "shared_fields", "field_values", "old_spelling", "VERB_OWNED",
+           "SWEEP_LIST_HELP", "COMPARE_LIST_HELP", "OLD_STEPS", "OLD_NORM", "OLD_ETA", "OLD_PLOT_DIR"]
 
 # Old spellings the analysis verbs still take, hidden (:func:`old_spelling` reads them with a notice).
 OLD_STEPS = typer.Option(None, "--steps", hidden=True, min=1)
@@ -33,14 +26,12 @@ OLD_NORM = typer.Option(None, "--norm", hidden=True)
 OLD_ETA = typer.Option(None, "--eta", hidden=True, callback=finite(at_least=0))
 OLD_PLOT_DIR = typer.Option(None, "--plot-dir", hidden=True)
 
-# Training fields compare and sweep set themselves (field -> what sets it), so they do not
-# take them as training options: the seed is their paired axis, and the analysis profile sets
-# the tracking and the snapshots of the runs they make.
+# Training fields compare and sweep set themselves (field -> what sets it): the seed is their
+# paired axis; the analysis profile sets the tracking and the snapshots.
 VERB_OWNED = {"seed": "--seeds", "keep_snapshots": "off: only the final model is analysed",
               "track": "the analysis profile", "track_every": "the analysis profile",
               "track_samples": "the analysis profile"}
-# compare's --rho is its own (SAM radius of every perturbing optimizer but ASAM, which takes
-# --asam-rho, and the radius of m-sharpness and the gradient cosine).
+# compare's --rho is its own (every perturbing optimizer's but ASAM's, and the analyses' radius).
 COMPARE_OWNED = {"rho": "--rho, --asam-rho (compare's own)"}
 SWEEP_LIST_HELP = " Sweep: a comma-separated list of values."
 COMPARE_LIST_HELP = " Compare: a comma-separated list; the first, or sgd when listed, is the baseline."
@@ -48,38 +39,30 @@ COMPARE_LIST_HELP = " Compare: a comma-separated list; the first, or sgd when li
 _TYPES: dict[str, Any] = {"float": float, "int": int, "str": str, "bool": bool, "int?": Optional[int],
                           "float?": Optional[float], "str?": Optional[str], "bool?": Optional[bool], "p": str,
                           "pairs": list[str], "names": str}
+# the command line's default of the kinds it reads as text or a list
+_DEFAULTS: dict[str, Callable[[Any], Any]] = {"p": lambda d: "2" if d == 2.0 else str(d), "pairs": lambda d: [],
+                                              "names": ",".join}
 
 
-def _registry_writer(text: Callable[[Any], str], suffix: str) -> Callable[[], str]:
-    """A help text written from the optimizer registry when the help is shown (so every
-    registered optimizer is listed, one defined after this module was imported too); reading
-    the registry imports the optimizers (torch), which a start must not pay."""
+def _registry_help(kind: str, suffix: str) -> Callable[[], str]:
+    """The help text ``kind`` (optimizer, optimizer_opt, rho), written from the optimizer
+    registry when shown: every registered optimizer is listed, and a start does not import
+    the optimizers (torch)."""
 
     def write() -> str:
         from ..optim import registry
 
-        return text(registry.specs()) + suffix
+        specs = registry.specs()
+        if kind == "optimizer":
+            return f"One of {', '.join(f'{s.name} ({s.summary})' if s.summary else s.name for s in specs)}.{suffix}"
+        if kind == "optimizer_opt":
+            options = "; ".join(f"{s.name} {', '.join(s.option_names)}" for s in specs if s.option_names)
+            return f"An optimizer's option KEY=VALUE, repeatable: {options} (defaults: sharpscope.optim).{suffix}"
+        sam = next((s.default_rho for s in specs if s.name == "sam"), 0.05)
+        others = "".join(f"; {s.name} {s.default_rho:g}" for s in specs if s.perturbs and s.default_rho != sam)
+        return f"SAM radius (default {sam:g}{others}).{suffix}"
 
     return write
-
-
-def _optimizer_help(specs: Any) -> str:
-    names = ", ".join(f"{s.name} ({s.summary})" if s.summary else s.name for s in specs)
-    return f"One of {names}."
-
-
-def _optimizer_opt_help(specs: Any) -> str:
-    options = "; ".join(f"{s.name} {', '.join(s.option_names)}" for s in specs if s.option_names)
-    return f"An optimizer's option KEY=VALUE, repeatable: {options} (defaults: sharpscope.optim)."
-
-
-def _rho_help(specs: Any) -> str:
-    sam = next((s.default_rho for s in specs if s.name == "sam"), 0.05)
-    others = "".join(f"; {s.name} {s.default_rho:g}" for s in specs if s.perturbs and s.default_rho != sam)
-    return f"SAM radius (default {sam:g}{others})."
-
-
-_REGISTRY_TEXTS = {"optimizer": _optimizer_help, "optimizer_opt": _optimizer_opt_help, "rho": _rho_help}
 
 
 def shared_fields(verb: str) -> list[str]:
@@ -88,31 +71,20 @@ def shared_fields(verb: str) -> list[str]:
     return [name for name in TRAIN_OPTIONS if name not in owned]
 
 
-def _listed(verb: str, name: str) -> bool:
-    """Whether ``verb`` reads ``name`` as a comma-separated list (sweep's grid axes, compare's
-    optimizers)."""
-    return (verb == "sweep" and name not in NOT_SWEPT) or (verb == "compare" and name == "optimizer")
-
-
 def _parameter(verb: str, name: str) -> inspect.Parameter:
-    option: TrainOption = TRAIN_OPTIONS[name]
-    listed = _listed(verb, name)
+    """The option of training field ``name`` on ``verb``: a comma-separated list for sweep's grid
+    axes and compare's optimizers."""
+    option = TRAIN_OPTIONS[name]
+    listed = (verb == "sweep" and name not in NOT_SWEPT) or (verb == "compare" and name == "optimizer")
     suffix = (SWEEP_LIST_HELP if verb == "sweep" else COMPARE_LIST_HELP) if listed else ""
-    default = option.default
     if listed:
         annotation: Any = Optional[str]
         default = "sgd,sam" if verb == "compare" else None
     else:
         annotation = _TYPES[option.kind]
-        if option.kind == "p":
-            default = "2" if default == 2.0 else str(default)
-        elif option.kind == "pairs":
-            default = []
-        elif option.kind == "names":
-            default = ",".join(default)
+        default = _DEFAULTS.get(option.kind, lambda d: d)(option.default)
     if option.registry_help is not None:
-        info: Any = deferred_help(typer.Option(default, *option.flags),
-                                  _registry_writer(_REGISTRY_TEXTS[option.registry_help], suffix))
+        info: Any = deferred_help(typer.Option(default, *option.flags), _registry_help(option.registry_help, suffix))
     else:
         info = typer.Option(default, *option.flags, help=option.help + suffix)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
@@ -153,8 +125,6 @@ def generated_options(command: Callable[..., Any], bundle: str, generated: list[
 def field_values(training: dict[str, Any]) -> dict[str, Any]:
     """Command-line values (:func:`training_options`) -> TrainConfig field values: ``--p`` read
     as a number or inf, KEY=VALUE pairs as a dict, ``--track`` split at commas."""
-    from ._common import parse_options, parse_p
-
     out = {}
     for name, value in training.items():
         kind = TRAIN_OPTIONS[name].kind

@@ -57,52 +57,51 @@ def info_command(
     from rich.table import Table
 
     from ..cpu import configure_threads
-    from ..provenance import describe, environment, planned_environment
+    from ..provenance import environment, planned_environment
     from ._common import folded
 
-    if checkpoint is None:
-        # without torch where every field can be read off without it (the same record: tests/test_startup.py)
-        here = planned_environment(global_threads(ctx))
-        if here is None:
+    if checkpoint is None:  # without torch where every field can be read off without it (tests/test_startup.py)
+        summary = planned_environment(global_threads(ctx))
+        if summary is None:
             configure_threads(global_threads(ctx))
-            here = environment()
-        if json_out == "-":
-            print(_dumps(here, indent=2))
-            return
-        if json_out:
-            Path(json_out).write_text(_dumps(here, indent=2) + "\n")
-        table = Table(title="this machine", show_header=False)
-        for key, value in here.items():
-            table.add_row(key, str(value))
-        Console().print(folded(table))
-        return
-    from ..checkpoint import read_checkpoint
+            summary = environment()
+        title, rows = "this machine", [(key, str(value)) for key, value in summary.items()]
+    else:
+        from ..checkpoint import read_checkpoint
 
-    configure_threads(global_threads(ctx))
-    raw = read_checkpoint(checkpoint)
-    path = checkpoint / "checkpoint.pt" if checkpoint.is_dir() else checkpoint
-    summary = summarize(raw, path)
+        configure_threads(global_threads(ctx))
+        raw = read_checkpoint(checkpoint)
+        path = checkpoint / "checkpoint.pt" if checkpoint.is_dir() else checkpoint
+        summary = summarize(raw, path)
+        title, rows = str(path), _rows(summary)
     if json_out == "-":
         print(_dumps(summary, indent=2))
         return
     if json_out:
         Path(json_out).write_text(_dumps(summary, indent=2) + "\n")
-    table = Table(title=str(path), show_header=False)
-    for key in ("format_version", "sharpscope_version", "torch_version", "parameters", "bytes",
-                "has_optimizer_state"):
-        table.add_row(key, str(summary[key]))
-    table.add_row("written by", describe(summary["environment"]))
-    if summary["nonfinite_tensors"]:
-        table.add_row("[red]NaN/Inf in[/]", ", ".join(summary["nonfinite_tensors"]))
-    for key in ("model_spec", "data_spec", "progress", "last_metrics"):
-        table.add_row(key, _dumps(summary[key]))
-        if key == "data_spec" and summary["data_fingerprint"]:
-            fp = summary["data_fingerprint"]
-            shape = tuple(fp.get("input_shape") or [])
-            table.add_row("training split", f"{fp.get('n_examples')} examples of shape {shape}, {fp.get('num_classes')} "
-                          f"classes; SHA-256 inputs {str(fp.get('inputs_sha256'))[:12]}, "
-                          f"labels {str(fp.get('labels_sha256'))[:12]}")
-    table.add_row("metadata", _dumps({k: v for k, v in summary["metadata"].items() if k != "environment"}))
-    if summary["config"]:
-        table.add_row("config", _dumps(summary["config"]))
+    table = Table(title=title, show_header=False)
+    for row in rows:
+        table.add_row(*row)
     Console().print(folded(table))
+
+
+def _rows(summary: dict) -> list[tuple[str, str]]:
+    """The table of a checkpoint's :func:`summarize`."""
+    from ..provenance import describe
+
+    rows = [(key, str(summary[key])) for key in ("format_version", "sharpscope_version", "torch_version",
+                                                  "parameters", "bytes", "has_optimizer_state")]
+    rows.append(("written by", describe(summary["environment"])))
+    if summary["nonfinite_tensors"]:
+        rows.append(("[red]NaN/Inf in[/]", ", ".join(summary["nonfinite_tensors"])))
+    for key in ("model_spec", "data_spec", "progress", "last_metrics"):
+        rows.append((key, _dumps(summary[key])))
+        fp = summary["data_fingerprint"]
+        if key == "data_spec" and fp:
+            rows.append(("training split", f"{fp.get('n_examples')} examples of shape "
+                         f"{tuple(fp.get('input_shape') or [])}, {fp.get('num_classes')} classes; SHA-256 inputs "
+                         f"{str(fp.get('inputs_sha256'))[:12]}, labels {str(fp.get('labels_sha256'))[:12]}"))
+    rows.append(("metadata", _dumps({k: v for k, v in summary["metadata"].items() if k != "environment"})))
+    if summary["config"]:
+        rows.append(("config", _dumps(summary["config"])))
+    return rows
