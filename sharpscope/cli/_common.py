@@ -237,6 +237,19 @@ def interrupt_says(default: str) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+def require_html(wanted: bool) -> None:
+    """``--html``: refused now, before any training or measuring, without the html extra."""
+    if wanted:
+        from ..plots.html import require_plotly
+
+        require_plotly()
+
+
+def say_page(page: Path) -> None:
+    """Say where an interactive HTML report was written, and its size."""
+    print(f"interactive report: {page} ({page.stat().st_size / 2**20:.1f} MiB)")
+
+
 def print_correlations(table: Any) -> None:
     """Kendall's tau of each measure with the error gap, the m-sharpness comparisons and the
     granulated coefficients (one line each)."""

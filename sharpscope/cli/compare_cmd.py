@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, TRUST_NAMED_FACTORY, apply_determinism, interrupt_says
+from ._common import DETERMINISTIC, TRUST_NAMED_FACTORY, apply_determinism, interrupt_says, require_html, say_page
 from ._options import field_values, old_spelling, training_options
 from ..train_options import TRAIN_OPTIONS
 
@@ -68,10 +68,7 @@ def compare_command(
     from ..experiments.sweep import parse_seeds
 
     console = Console(stderr=True)
-    if html:  # refuse before hours of training, not after
-        from ..plots.html import require_plotly
-
-        require_plotly()
+    require_html(html)
     fields = field_values(training)
     optimizers = old_spelling("compare", "--optimizers", "--optimizer", old_optimizers, fields.pop("optimizer"),
                               "sgd,sam")
@@ -99,8 +96,7 @@ def compare_command(
     if html:
         from ..experiments.html_report import write_compare_html
 
-        page = write_compare_html(out)
-        print(f"interactive report: {page} ({page.stat().st_size / 2**20:.1f} MiB)")
+        say_page(write_compare_html(out))
 
 
 def _print_summary(results: dict[str, Any], n: int) -> None:

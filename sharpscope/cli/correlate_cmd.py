@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from ._app import app
-from ._common import finite, interrupt_says, numbers, print_correlations, seed_option
+from ._common import finite, interrupt_says, numbers, print_correlations, require_html, seed_option
 from ._inputs import Inputs, analysis_inputs
 
 
@@ -27,9 +27,10 @@ def correlate_command(
     samples: int = typer.Option(512, min=1, help="Seeded training subset every measure uses."),
     rho: float = typer.Option(0.05, callback=finite(at_least=0), help="Radius of m-sharpness, gradcos and worst "
                               "(p = 2)."),
-    adaptive_rho: float = typer.Option(0.002, "--adaptive-rho", callback=finite(at_least=0), help="Radius of worst_adaptive (p = inf) and "
-                                       "average_adaptive."),
-    average_rho: float = typer.Option(0.01, "--average-rho", callback=finite(at_least=0), help="Noise scale of average and average_adaptive."),
+    adaptive_rho: float = typer.Option(0.002, "--adaptive-rho", callback=finite(at_least=0),
+                                       help="Radius of worst_adaptive (p = inf) and average_adaptive."),
+    average_rho: float = typer.Option(0.01, "--average-rho", callback=finite(at_least=0),
+                                      help="Noise scale of average and average_adaptive."),
     m: str = typer.Option("16,128", "--m", help="m values of m_sharpness."),
     worst_m: int = typer.Option(128, "--worst-m", min=1, help="Examples per subset of the worst/average measures."),
     min_train_acc: float = typer.Option(0.99, "--min-train-acc", help="Correlate only runs that fit their "
@@ -51,17 +52,12 @@ def correlate_command(
 
     Example: sharpscope correlate runs/sweep --out runs/correlate --measures lambda_max,worst_adaptive
     """
-    import sys
-
     from ..experiments.correlate import report_correlations, rows_environment, select_runs
     from ..experiments.files import write_csv
     from ..experiments.measure_runs import MeasureSettings, find_runs, measure_runs, varying_config_options
     from ..provenance import unlike_runs_warning
 
-    if html:  # refuse before measuring, not after
-        from ..plots.html import require_plotly
-
-        require_plotly()
+    require_html(html)
     names = [n.strip() for n in measures.split(",") if n.strip()]
     settings = MeasureSettings(samples=samples, seed=inputs.seed, rho=rho,
                                m_values=numbers(m, int, "--m", at_least=1),
@@ -84,17 +80,11 @@ def correlate_command(
     unlike = rows_environment(kept)["environment_differences"]
     if unlike:
         print(f"warning: {unlike_runs_warning(unlike)}")
-    if html:
-        files.append(_html(out, rows, table, {"measures": names, **asdict(settings), "min_train_acc": min_train_acc},
-                           rows_environment(kept)))
+    if html:  # OUT/correlations.html, headed by the command line that made it
+        from ..experiments.html_report import write_correlate_html
+
+        files.append(write_correlate_html(out, rows, table, "sharpscope " + " ".join(sys.argv[1:]),
+                                          {"measures": names, **asdict(settings), "min_train_acc": min_train_acc},
+                                          recorded=rows_environment(kept)))
     for f in files:
         say(f"wrote {f}")
-
-
-def _html(out: Path, rows: list[dict], table: Any, settings: dict, recorded: dict) -> Path:
-    """--html: OUT/correlations.html, headed by the command line that made it."""
-    import sys
-
-    from ..experiments.html_report import write_correlate_html
-
-    return write_correlate_html(out, rows, table, "sharpscope " + " ".join(sys.argv[1:]), settings, recorded=recorded)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ._app import app
+from ._common import require_html, say_page
 
 
 @app.command("report")
@@ -19,8 +20,6 @@ def report_command(
     Example: sharpscope report runs/compare
     """
     from ..experiments.html_report import write_report_html
-    from ..plots.html import require_plotly
 
-    require_plotly()
-    page = write_report_html(out)
-    print(f"interactive report: {page} ({page.stat().st_size / 2**20:.1f} MiB)")
+    require_html(True)
+    say_page(write_report_html(out))

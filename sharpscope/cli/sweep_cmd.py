@@ -9,12 +9,12 @@ from typing import Any, Optional
 import typer
 
 from ._app import app
-from ._common import DETERMINISTIC, TRUST_NAMED_FACTORY, apply_determinism, interrupt_says, print_correlations
+from ._common import (
+    DETERMINISTIC, TRUST_NAMED_FACTORY, apply_determinism, interrupt_says, print_correlations, require_html, say_page)
 from ._options import field_values, training_options
 from ..train_options import NOT_SWEPT, TRAIN_OPTIONS, flag_of
 
-# The grid's axes in the order sweep listed them before it took every training option: run
-# folder names and table columns keep it; the other options follow in TrainConfig's order.
+# The order of the grid's axes in run folder names and table columns; other options follow in TrainConfig's.
 _GRID_ORDER = ("optimizer", "rho", "m", "p", "eta", "label_noise", "lr", "epochs", "batch_size", "weight_decay",
                "momentum", "schedule", "warmup_epochs", "model", "data", "n_train")
 
@@ -75,10 +75,7 @@ def sweep_command(
 
     formats = ("png", "pdf") if pdf else ("png",)
     grid, base = _grid(training, vary)
-    if html:  # refuse before training, not after
-        from ..plots.html import require_plotly
-
-        require_plotly()
+    require_html(html)
     wanted = [sweep.parse_plot(p_) for p_ in plot] or None
     if replot:
         _replot(out, grid, wanted, formats, correlate, min_train_acc, html)
@@ -98,7 +95,13 @@ def sweep_command(
                                  deterministic=deterministic, threads=chosen_threads() if deterministic else None,
                                  min_train_acc=min_train_acc)
     _print_summary(result)
-    _print_correlations(result, min_train_acc)
+    if result.correlations is not None:
+        left = result.correlations.left_out
+        print(f"{result.correlations.n_runs} runs correlated ({left['unfinished']} unfinished and {left['underfit']} "
+              f"below --min-train-acc {min_train_acc:g} left out)")
+        print_correlations(result.correlations)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
     _html(out, html)
 
 
@@ -144,23 +147,11 @@ def _replot(out: Path, grid: dict, wanted: list | None, formats: tuple[str, ...]
     _html(out, html)
 
 
-def _print_correlations(result: Any, min_train_acc: float) -> None:
-    """--correlate: how many runs were correlated and the correlations; then the sweep's warnings."""
-    if result.correlations is not None:
-        left = result.correlations.left_out
-        print(f"{result.correlations.n_runs} runs correlated ({left['unfinished']} unfinished and {left['underfit']} "
-              f"below --min-train-acc {min_train_acc:g} left out)")
-        print_correlations(result.correlations)
-    for warning in result.warnings:
-        print(f"warning: {warning}")
-
-
 def _html(out: Path, wanted: bool) -> None:
     if wanted:
         from ..experiments.html_report import write_sweep_html
 
-        page = write_sweep_html(out)
-        print(f"interactive report: {page} ({page.stat().st_size / 2**20:.1f} MiB)")
+        say_page(write_sweep_html(out))
 
 
 def _print_summary(result: Any) -> None:
@@ -172,8 +163,9 @@ def _print_summary(result: Any) -> None:
     varying = [o for o in options if len({repr(e["options"].get(o)) for e in result.summary}) > 1]
     for entry in result.summary:
         opts = entry["options"]
-        name = " ".join([str(opts.get("optimizer"))] + [f"{o}={_show(opts[o])}" for o in varying
-                                                         if o != "optimizer" and opts.get(o) is not None])
+        shown = [f"{o}={opts[o]:g}" if isinstance(opts[o], float) else f"{o}={opts[o]}"
+                 for o in varying if o != "optimizer" and opts.get(o) is not None]
+        name = " ".join([str(opts.get("optimizer")), *shown])
         parts = []
         for metric in ("test_acc", "lambda_max"):
             item = entry["metrics"].get(metric)
@@ -191,6 +183,3 @@ def _print_summary(result: Any) -> None:
     print(f"tables: {out / 'results.csv'}, {out / 'summary.csv'}; figures: "
           + (", ".join(str(f) for f in result.figures) or "none"))
 
-
-def _show(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -10,11 +10,8 @@ from typing import Any
 import typer
 
 from ._app import app
-from ._common import CHECK_LAUNCH_ENV, DETERMINISTIC, TRUST_FACTORY, apply_determinism, parse_options, parse_p
+from ._common import CHECK_LAUNCH_ENV, DETERMINISTIC, TRUST_FACTORY, apply_determinism
 from ._options import field_values, training_options
-
-__all__ = ["train_command", "parse_options", "parse_p"]
-
 
 @app.command("train")
 @training_options("train")
@@ -49,13 +46,9 @@ def train_command(
     fields = field_values(training)
     dist_utils.init_from_env(fields["device"])
     console = Console(stderr=True, quiet=not dist_utils.is_main())
-    model = fields["model"]
-    # a resumed run's stored factory runs only when named here (--model) or trusted
+    model = fields["model"]  # a resumed run's stored factory runs only when named here (--model) or trusted
     allow_factory = True if trust_factory else (model if ":" in model else False)
-    if resume and (out / "checkpoint.pt").exists():
-        config = _resumed_config(ctx, out, fields)
-    else:
-        config = TrainConfig(**fields)
+    config = _resumed_config(ctx, out, fields) if resume and (out / "checkpoint.pt").exists() else TrainConfig(**fields)
     launching = os.environ.get(CHECK_LAUNCH_ENV)
     if launching:  # `--nproc N` in the launching process: check, then torchrun trains
         from ..train import check_launch
@@ -76,10 +69,9 @@ def train_command(
     tracked = [k for k in trackable() if any(k in rec for rec in result.metrics)]
     if tracked:
         from .. import plots
+        from ._results import announce
 
-        label = (config.optimizer if config else "run").upper()
-        for f in plots.plot_tracking({label: result.metrics}, tracked, out / "tracking"):
-            console.print(f"wrote {f}", highlight=False)
+        announce(plots.plot_tracking({config.optimizer.upper(): result.metrics}, tracked, out / "tracking"), console)
     per_token = (f"test loss {final['test_loss']:.4f} per token, perplexity {final['test_ppl']:.2f}, next-token "
                  if "test_ppl" in final else "")
     print(f"done: {per_token}test acc {final.get('test_acc', float('nan')):.4f}, "
@@ -93,9 +85,6 @@ def _resumed_config(ctx: typer.Context, out: Path, fields: dict[str, Any]) -> An
     from ..train.resume import resumed_config, stored_run_config
 
     flags = {param.name: param.opts[0] for param in ctx.command.params}
-    given, names = {}, {}
-    for field, value in fields.items():
-        source = ctx.get_parameter_source(field)  # click's ParameterSource (typer 0.29 vendors its own click)
-        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
-            given[field], names[field] = value, flags[field]
-    return resumed_config(stored_run_config(out), given, names)
+    given = {field: value for field, value in fields.items()  # click's ParameterSource, by name (typer vendors click)
+             if getattr(ctx.get_parameter_source(field), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+    return resumed_config(stored_run_config(out), given, {field: flags[field] for field in given})
