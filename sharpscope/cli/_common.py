@@ -150,6 +150,13 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]], lef
     return folded(out)
 
 
+def refuse(*checks: tuple[bool, str]) -> None:
+    """A ConfigError with the message of the first (failed, message) check that failed."""
+    for failed, message in checks:
+        if failed:
+            raise ConfigError(message)
+
+
 def finite(*, above: float | None = None, at_least: float | None = None, below: float | None = None
            ) -> Callable[[Any], Any]:
     """A typer callback refusing NaN, infinities and values out of range (None passes)."""

@@ -80,7 +80,9 @@ def compare_command(
                                       "n_train")}
     config = CompareConfig(
         optimizers=[o.strip() for o in optimizers.split(",") if o.strip()], rho=rho, asam_rho=asam_rho,
-        seeds=parse_seeds(seeds), quick=profile == "quick", train_options=_given(fields), **own,
+        seeds=parse_seeds(seeds), quick=profile == "quick", **own,
+        # only the options that differ from TrainConfig's defaults (an older comparison keeps its cache)
+        train_options={k: v for k, v in fields.items() if v != TRAIN_OPTIONS[k].default},
     )
     say = (lambda msg: console.print(f"[bold]compare[/]: {msg}", highlight=False)) if progress else (lambda msg: None)
     total = len(config.optimizers) * len(config.seeds)
@@ -119,8 +121,3 @@ def _print_summary(results: dict[str, Any], n: int) -> None:
             parts.append(text)
         print(f"{opt.upper():>5} (mean of {n}): " + ", ".join(parts))
 
-
-def _given(fields: dict[str, Any]) -> dict[str, Any]:
-    """The training options that differ from TrainConfig's defaults (a comparison made before
-    compare took every training option keeps its settings, and its cache)."""
-    return {k: v for k, v in fields.items() if v != TRAIN_OPTIONS[k].default}

@@ -189,23 +189,6 @@ def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_sample
     return obj, obj_b, label_b, report
 
 
-def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
-    """The products each part computes (exact) or stops under (Lanczos: its step cap)."""
-    from ..linalg.lanczos import default_max_iter
-
-    cap = o.max_iter if o.max_iter is not None else default_max_iter(obj.n, max(o.top_k, 1))
-    parts: dict[str, tuple[int, bool]] = {}
-    if o.top_k > 0:
-        parts[f"eigenvalues ({o.which})"] = (cap, False)
-        if b:
-            parts[f"eigenvalues of B ({o.which})"] = (cap, False)
-    if o.trace:
-        parts["trace (Hutch++)"] = (o.trace_matvecs, True)
-    if o.density:
-        parts[f"density (SLQ, {o.runs} runs x {min(o.steps, obj.n)} steps)"] = (o.runs * min(o.steps, obj.n), True)
-    return parts
-
-
 def _add_results(report: dict, results: dict, obj: Any, notes: dict) -> list[str]:
     """Add the results, the HVP mode as it ran (and why "auto" fell back), the density's trace
     note and the objective's notes not already there to ``report``; returns the notes' lines."""
@@ -222,6 +205,7 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
     """Run the analyses under one progress bar, announcing their products and, once timed, how
     long they take (:class:`~sharpscope.cli.progress.ProductPlan`)."""
     from .. import hessian as hs  # (scipy, via linalg) once the checkpoint has loaded
+    from ..linalg.lanczos import default_max_iter
     from ..objective import parameter_groups
     from .progress import ProductPlan
 
@@ -231,7 +215,15 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
         if o.per_layer else 0
     note = (f"then the per-{o.by} summary of {groups} blocks" if groups else
             "Lanczos stops once the eigenvalues converge" if o.top_k > 0 else "")
-    plan = ProductPlan(lambda msg: console.print(msg, highlight=False), unit, _plan(obj, o, obj_b is not None), note)
+    cap = o.max_iter if o.max_iter is not None else default_max_iter(obj.n, max(o.top_k, 1))
+    parts = {f"eigenvalues ({o.which})": (cap, False)} if o.top_k > 0 else {}  # (products, exact) or a step cap
+    if obj_b is not None:
+        parts[f"eigenvalues of B ({o.which})"] = (cap, False)
+    if o.trace:
+        parts["trace (Hutch++)"] = (o.trace_matvecs, True)
+    if o.density:
+        parts[f"density (SLQ, {o.runs} runs x {min(o.steps, obj.n)} steps)"] = (o.runs * min(o.steps, obj.n), True)
+    plan = ProductPlan(lambda msg: console.print(msg, highlight=False), unit, parts, note)
     results: dict = {}
     with progress_bar(console, progress, "HVPs") as bar:
         def run(target: Any, description: str, analysis: Callable[..., Any], **kwargs: Any) -> Any:

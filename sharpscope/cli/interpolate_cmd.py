@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from ..errors import ConfigError
 from ._app import app
 from ._common import (
-    console as rank0_console, data_loss, params_record, parse_params, print_notes, progress_bar, write_json)
+    console as rank0_console, data_loss, is_main, params_record, parse_params, print_notes, progress_bar, write_json)
 from ._inputs import JSON_OUT, Inputs, analysis_inputs
 from ._landscape import BATCH_SIZE, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import run_folder
-
-
-def _different_data(ckpt_a: Any, ckpt_b: Any, use_a_data: bool, split: str) -> list[str]:
-    """How A's and B's training data differ ([] if not): refused (ConfigError) unless
-    ``--use-a-data``, since every point is evaluated on A's data and "loss at B" would not be
-    B's training loss."""
-    from ..checkpoint import training_data_differences
-
-    diffs = training_data_differences(ckpt_a, ckpt_b)
-    if diffs and not use_a_data:
-        raise ConfigError(f"A and B were trained on different data ({'; '.join(diffs)}); both would be evaluated "
-                          f"on A's {split} data: pass --use-a-data to do so anyway")
-    return diffs
 
 
 @app.command("interpolate")
@@ -53,9 +40,8 @@ def interpolate_command(
 
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """
-    from .. import distributed as dist_utils
     from .. import landscape as ls
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint, training_data_differences
 
     console = rank0_console(stderr=True)
     alphas = ls.parse_grid(grid)
@@ -66,7 +52,10 @@ def interpolate_command(
     ckpt_b = load_checkpoint(checkpoint_b, allow_factory=inputs.trust_factory,
                              map_location=next(ckpt_a.model.parameters()).device)
     context.add(ckpt_b)
-    data_note = _different_data(ckpt_a, ckpt_b, use_a_data, inputs.split)
+    data_note = training_data_differences(ckpt_a, ckpt_b)  # "loss at B" would not be B's training loss
+    if data_note and not use_a_data:
+        raise ConfigError(f"A and B were trained on different data ({'; '.join(data_note)}); both would be "
+                          f"evaluated on A's {inputs.split} data: pass --use-a-data to do so anyway")
     name_a, name_b = ((c.config or {}).get("optimizer", ab).upper() for c, ab in ((ckpt_a, "A"), (ckpt_b, "B")))
     with progress_bar(console, inputs.progress, "points") as bar:
         task = bar.add_task("interpolation", total=len(alphas))
@@ -74,7 +63,7 @@ def interpolate_command(
                                 chunk_size=batch_size, name_a=name_a, name_b=name_b,
                                 on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None,
                                 params=parse_params(inputs.params))
-    if not dist_utils.is_main():
+    if not is_main():  # the points were shared out; rank 0 writes
         return
     result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": inputs.split,
                            "samples": inputs.samples, "data": "A's", "data_differences": data_note,
@@ -86,11 +75,10 @@ def interpolate_command(
                       f"({'; '.join(data_note)})", highlight=False)
     outputs.clear()
     result.save(folder / "interpolation.npz")
-    summary = print_summary(rank0_console(stderr=inputs.json_out == "-"), result, [0.5], 0.1)
-    print_metrics(rank0_console(stderr=inputs.json_out == "-"), summary)
-    report = result.to_dict((0.5,), 0.1)
-    report["summary"] = summary
-    report["npz"] = str(folder / "interpolation.npz")
+    human = rank0_console(stderr=inputs.json_out == "-")
+    summary = print_summary(human, result, [0.5], 0.1)
+    print_metrics(human, summary)
+    report = {**result.to_dict((0.5,), 0.1), "summary": summary, "npz": str(folder / "interpolation.npz")}
     if plot:
         report["figures"] = figures({f"{name_a} -> {name_b}": result}, folder, "interpolation", inputs.pdf, console,
                                     list(metric_fns))

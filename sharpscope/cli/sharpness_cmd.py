@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ._app import app
 from ._common import (
     console as rank0_console, data_loss, finite, is_main, numbers, objective_record, params_record, parse_p,
-    parse_params, print_notes, progress_bar, seed_option, table)
+    parse_params, print_notes, progress_bar, refuse, seed_option, table)
 from ._inputs import Inputs, analysis_inputs
 from ._options import OLD_ETA, OLD_NORM, OLD_PLOT_DIR, OLD_STEPS, old_spelling
 from ._results import announce, claim, claim_analysis, json_target, save_report
@@ -90,20 +90,24 @@ def sharpness_command(
         return
     report, result = done
     outputs.clear()
-    if figures:
-        report["figures"] = _plot(ckpt, result, figure_folder, len(rhos) > 1, inputs.pdf, console)
+    if figures:  # m-sharpness against m (and against rho)
+        from .. import plots
+
+        label = (ckpt.config or {}).get("optimizer", "model").upper()
+        report["figures"] = announce([path for stem in figures for path in plots.plot_m_sharpness(
+            {label: result}, figure_folder / stem, against="rho" if stem.endswith("_rho") else "m",
+            formats=("png", "pdf") if inputs.pdf else ("png",))], console)
     save_report(report, target, console, context)
 
 
 def _check_options(measure: str, adaptive: bool, random_start: bool, restarts: int | None, m: str, rho: str,
                    p: str) -> tuple[list[int], list[float], float]:
     """Refuse options that do not fit ``--measure`` (before loading); the m values, the radii and p."""
-    if measure not in ("m-sharpness", "worst", "average"):
-        raise ConfigError(f"--measure must be m-sharpness, worst or average, got {measure!r}")
-    if measure == "m-sharpness" and (adaptive or random_start):
-        raise ConfigError("--adaptive and --random-start apply to --measure worst or average")
-    if measure != "worst" and restarts is not None:
-        raise ConfigError("--restarts applies to --measure worst")
+    refuse((measure not in ("m-sharpness", "worst", "average"),
+            f"--measure must be m-sharpness, worst or average, got {measure!r}"),
+           (measure == "m-sharpness" and (adaptive or random_start),
+            "--adaptive and --random-start apply to --measure worst or average"),
+           (measure != "worst" and restarts is not None, "--restarts applies to --measure worst"))
     ms = numbers(m, int, "--m", at_least=1)
     rhos = numbers(rho, float, "--rho", at_least=0)
     p_value = parse_p(p)
@@ -161,18 +165,6 @@ def _m_sharpness(ckpt: Any, batches: list, ms: list[int], rhos: list[float], ste
         out.print("surrogate gap L(w + e_hat) - L(w): " + ", ".join(f"rho={r}: {v:.5g}" for r, v in gaps.items()),
                   highlight=False)
     return report, result
-
-
-def _plot(ckpt: Any, result: Any, folder: Path, against_rho: bool, pdf: bool, console: Any) -> list[str]:
-    """m-sharpness against m (and against rho when there are several)."""
-    from .. import plots
-
-    label = (ckpt.config or {}).get("optimizer", "model").upper()
-    formats = ("png", "pdf") if pdf else ("png",)
-    written = plots.plot_m_sharpness({label: result}, folder / "m_sharpness", formats=formats)
-    if against_rho:
-        written += plots.plot_m_sharpness({label: result}, folder / "m_sharpness_rho", against="rho", formats=formats)
-    return announce(written, console)
 
 
 def _se(value: float | None) -> str:

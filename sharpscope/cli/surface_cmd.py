@@ -13,7 +13,7 @@ from ..errors import CheckpointError, ConfigError
 from ._app import app
 from ._common import (
     AnalysisContext, console as rank0_console, data_loss, finite, is_main, numbers, params_record, parse_params,
-    print_notes, progress_bar, seed_option, write_json)
+    print_notes, progress_bar, refuse, seed_option, write_json)
 from ._inputs import JSON_OUT, Inputs, analysis_inputs
 from ._landscape import BATCH_SIZE, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import Claim, run_folder
@@ -128,10 +128,8 @@ def surface_command(
                **params_record(ckpt.model, inputs.params)}
     plan = _surface_directions(ckpt.model, batches, options, trajectory, path_run, directions_kind, dim, inputs.seed,
                                norm, ignore, dir_type, orthogonalize, inputs.progress, console)
-    axes = _range_axes(ckpt.model, batches, plan, job.axes, range_mode, range_factor, range_max, batch_size, options,
-                       console)
-    result, random_result = _evaluate(ckpt.model, batches, plan, axes, options, job.folder, job.stem, batch_size,
-                                      job.metric_fns, inputs.progress, console)
+    result, random_result = _evaluate(ckpt.model, batches, plan, job, (range_mode, range_factor, range_max),
+                                      options, batch_size, inputs.progress, console)
     if is_main():  # the points were shared out; rank 0 writes
         _save_surface(job, ckpt, result, random_result, plan, basin_delta, inputs.json_out, options, norm, plot,
                       inputs.pdf, context, console)
@@ -155,9 +153,22 @@ class _SurfaceJob:
 def _surface_job(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int, grid: str | None,
                  range_mode: str, directions_kind: str, norm: str, ignore: str, dir_type: str, radii: str,
                  out: Path | None, plot: bool, inputs: Inputs) -> _SurfaceJob:
-    """Check a surface's options and claim its files: its npz and JSON (named trajectory,
-    hessian_<dim>d or surface_<dim>d), the random comparison's npz, the figures with --plot."""
-    _check_surface_options(checkpoint, trajectory, path_run, dim, range_mode, directions_kind, dir_type, norm, ignore)
+    """Refuse options that do not go together, before loading anything, and claim the files: the
+    npz and JSON (named trajectory, hessian_<dim>d or surface_<dim>d), the random comparison's
+    npz, the figures with --plot."""
+    from ..landscape.directions import check_options
+
+    refuse(((checkpoint is None) == (trajectory is None), "give either a CHECKPOINT or --trajectory RUN_DIR"),
+           (dim not in (1, 2, 3), f"--dim must be 1, 2 or 3, got {dim}"),
+           (dim == 3 and trajectory is not None, "--trajectory spans the 2-D PCA plane: not with --dim 3"),
+           (range_mode not in ("grid", "auto"), f"--range must be grid or auto, got {range_mode!r}"),
+           (path_run is not None and (trajectory is not None or dim != 2), "--path draws a run's snapshots on a 2-D "
+            "surface of chosen directions: with --dim 2, not with --trajectory (which draws its own path)"),
+           (directions_kind not in ("random", "hessian"),
+            f"--directions must be random or hessian, got {directions_kind!r}"),
+           (directions_kind == "hessian" and (trajectory is not None or dir_type != "weights"),
+            "--directions hessian spans parameters only: not with --trajectory or --dir-type states"))
+    check_options(norm, ignore, dir_type)
     metric_fns = custom_metrics(inputs.metric, inputs.trust_factory)
     radii_list = numbers(radii, float, "--radii", above=0)
     axes = _surface_axes(grid, dim, trajectory is not None, range_mode)  # before any work
@@ -168,48 +179,6 @@ def _surface_job(checkpoint: Path | None, trajectory: Path | None, path_run: Pat
     outputs = claim_files(folder, stem, 2 if trajectory else dim, trajectory is not None, list(metric_fns), compare,
                           plot, inputs)
     return _SurfaceJob(source, metric_fns, radii_list, axes, folder, stem, outputs)
-
-
-def _range_axes(model: Any, batches: Any, plan: dict, axes: list | None, range_mode: str, factor: float,
-                max_extent: float, batch_size: int | None, options: dict, console: Console) -> list:
-    """The grid's axes: --grid's (or the trajectory's), or with --range auto the POINTS spread
-    over each direction's extent (:func:`sharpscope.landscape.auto_grid`), recorded in ``options``."""
-    from .. import landscape as ls
-
-    axes = axes if axes is not None else plan["axes"]
-    if range_mode != "auto":
-        return axes
-    rng, axes = ls.auto_grid(model, data_loss(batches), batches, plan["directions"], axes, factor,
-                             max_extent=max_extent, chunk_size=batch_size)
-    for note in rng.warnings:
-        console.print(f"warning: {note}", highlight=False)
-    options["range_auto"] = rng.to_dict()
-    console.print("--range auto: extents " + ", ".join(f"{e:.4g}" for e in rng.extents)
-                  + f" (loss reaches {factor:g} x the centre loss {rng.centre_loss:.5g})", highlight=False)
-    return axes
-
-
-def _check_surface_options(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int,
-                           range_mode: str, directions_kind: str, dir_type: str, norm: str, ignore: str) -> None:
-    """Refuse (ConfigError) a surface's options that do not go together, before loading anything."""
-    from ..landscape.directions import check_options
-
-    if (checkpoint is None) == (trajectory is None):
-        raise ConfigError("give either a CHECKPOINT or --trajectory RUN_DIR")
-    if dim not in (1, 2, 3):
-        raise ConfigError(f"--dim must be 1, 2 or 3, got {dim}")
-    if dim == 3 and trajectory is not None:
-        raise ConfigError("--trajectory spans the 2-D PCA plane: not with --dim 3")
-    if range_mode not in ("grid", "auto"):
-        raise ConfigError(f"--range must be grid or auto, got {range_mode!r}")
-    if path_run is not None and (trajectory is not None or dim != 2):
-        raise ConfigError("--path draws a run's snapshots on a 2-D surface of chosen directions: with --dim 2, "
-                          "not with --trajectory (which draws its own path)")
-    if directions_kind not in ("random", "hessian"):
-        raise ConfigError(f"--directions must be random or hessian, got {directions_kind!r}")
-    if directions_kind == "hessian" and (trajectory is not None or dir_type != "weights"):
-        raise ConfigError("--directions hessian spans parameters only: not with --trajectory or --dir-type states")
-    check_options(norm, ignore, dir_type)
 
 
 def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Path | None, path_run: Path | None,
@@ -258,24 +227,36 @@ def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Pat
     return plan
 
 
-def _evaluate(model: Any, batches: Any, plan: dict, axes: list, options: dict, folder: Path, stem: str,
-              batch_size: int | None, metric_fns: dict, progress: bool, console: Console) -> tuple:
-    """The surface over ``axes`` along the plan's directions, and the random comparison's (or None)."""
+def _evaluate(model: Any, batches: Any, plan: dict, job: _SurfaceJob, auto: tuple[str, float, float], options: dict,
+              batch_size: int | None, progress: bool, console: Console) -> tuple:
+    """The surface along the plan's directions, and the random comparison's (or None), over the
+    grid of --grid (or the trajectory's); with ``auto`` = (--range auto, factor, largest
+    extent), its POINTS spread over each direction's extent (:func:`sharpscope.landscape.auto_grid`,
+    recorded in ``options``)."""
     from .. import landscape as ls
 
+    axes, (range_mode, factor, max_extent) = job.axes if job.axes is not None else plan["axes"], auto
+    if range_mode == "auto":
+        rng, axes = ls.auto_grid(model, data_loss(batches), batches, plan["directions"], axes, factor,
+                                 max_extent=max_extent, chunk_size=batch_size)
+        for note in rng.warnings:
+            console.print(f"warning: {note}", highlight=False)
+        options["range_auto"] = rng.to_dict()
+        console.print("--range auto: extents " + ", ".join(f"{e:.4g}" for e in rng.extents)
+                      + f" (loss reaches {factor:g} x the centre loss {rng.centre_loss:.5g})", highlight=False)
     xs, ys, zs = axes
-    compare = plan["compare"]
+    compare, metrics, partial = plan["compare"], job.metric_fns or None, job.folder / f"{job.stem}.partial.npz"
     n_points = len(xs) * (1 if ys is None else len(ys)) * (1 if zs is None else len(zs))
     with progress_bar(console, progress, "points") as bar:
         task = bar.add_task(f"{plan['kind']} surface", total=n_points * (1 + len(compare)))
         result = ls.surface(model, data_loss(batches), batches, plan["directions"], xs, ys, kind=plan["kind"],
-                            options=options, chunk_size=batch_size, resume_path=folder / f"{stem}.partial.npz",
-                            on_point=lambda *point: bar.advance(task), zs=zs, metrics=metric_fns or None)
+                            options=options, chunk_size=batch_size, resume_path=partial,
+                            on_point=lambda *point: bar.advance(task), zs=zs, metrics=metrics)
         random_result = None if not compare else ls.surface(
             model, data_loss(batches), batches, compare, xs, ys, kind="random",
             options={**options, "directions": "random", "scaled_to_norm": 1.0}, chunk_size=batch_size,
-            resume_path=folder / f"{stem}_random.partial.npz", on_point=lambda *point: bar.advance(task),
-            metrics=metric_fns or None)
+            resume_path=job.folder / f"{job.stem}_random.partial.npz", on_point=lambda *point: bar.advance(task),
+            metrics=metrics)
     result = dataclasses.replace(result, explained_variance=plan["explained"], path=plan["path"],
                                  path_residual=plan["residual"])
     return result, random_result
