@@ -46,9 +46,8 @@ def correlate_command(
 ) -> None:
     """Measure every run (cached per run: a rerun computes only what is new) and rank-correlate
     each measure with the generalization gap (test - train error and loss) over the runs that
-    fit their training labels (--min-train-acc): Kendall's tau and
-    Spearman's rho with bootstrap 95 % intervals, and Jiang et al.'s granulated tau for each
-    training option that varies over the runs.
+    fit their training labels (--min-train-acc): Kendall's tau and Spearman's rho with
+    bootstrap 95 % intervals, and Jiang et al.'s granulated tau per varying training option.
 
     Example: sharpscope correlate runs/sweep --out runs/correlate --measures lambda_max,worst_adaptive
     """

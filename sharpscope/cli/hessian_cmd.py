@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ._app import app, deferred_help
 from ._common import (
     AnalysisContext, console as rank0_console, data_loss, finite, is_main, objective_lines, objective_record,
-    parse_params, progress_bar, seed_option, table)
+    parse_params, progress_bar, refuse, seed_option, table)
 from ._inputs import Inputs, analysis_inputs
 from ._options import OLD_PLOT_DIR, OLD_STEPS, old_spelling
 from ._results import announce, claim_analysis, save_report
@@ -267,18 +267,13 @@ def _fisher_samples(operator: str, value: str | None) -> int | str:
     ``--operator`` or an operator other than fisher."""
     from ..curvature import OPERATORS
 
-    if operator not in OPERATORS:
-        raise ConfigError(f"--operator must be one of {', '.join(OPERATORS)}, got {operator!r}")
-    if value is None:
-        return "exact" if operator == "fisher" else 1
-    if operator != "fisher":
-        raise ConfigError(f"--fisher-samples applies to --operator fisher only, not {operator}")
-    text = value.strip()
-    if text == "exact":
-        return "exact"
-    if not (text.isascii() and text.isdigit() and int(text) >= 1):
-        raise ConfigError(f"--fisher-samples must be an integer >= 1 or 'exact', got {value!r}")
-    return int(text)
+    text = "exact" if value is None else value.strip()
+    refuse((operator not in OPERATORS, f"--operator must be one of {', '.join(OPERATORS)}, got {operator!r}"),
+           (value is not None and operator != "fisher",
+            f"--fisher-samples applies to --operator fisher only, not {operator}"),
+           (text != "exact" and not (text.isascii() and text.isdigit() and int(text) >= 1),
+            f"--fisher-samples must be an integer >= 1 or 'exact', got {value!r}"))
+    return 1 if operator != "fisher" else text if text == "exact" else int(text)
 
 
 def _trace_note(hutch: bool, runs: int) -> str:

@@ -34,9 +34,9 @@ def interpolate_command(
 ) -> None:
     """Loss and accuracy on the line (1 - alpha) A + alpha B between two checkpoints.
 
-    Both are evaluated on A's data (its --split); A and B trained on different data (their
-    recorded fingerprints or data specs differ) are refused unless --use-a-data. The result
-    (<out>/interpolation.npz, .json and figures) is never replaced unless --overwrite.
+    Both are evaluated on A's data (its --split); A and B trained on different data are refused
+    unless --use-a-data. The result (<out>/interpolation.npz, .json, figures) is replaced only
+    with --overwrite.
 
     Example: sharpscope interpolate runs/sgd runs/sam --grid -0.5:1.5:41 --plot
     """

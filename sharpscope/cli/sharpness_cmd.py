@@ -58,14 +58,11 @@ def sharpness_command(
 
     The mean over disjoint subsets of m examples of max_{||e|| <= rho} L_b(w + e) - L_b(w)
     (m-sharpness: fixed-step projected ascent; worst: APGD-style ascent, also the error
-    increase), or of E_e L_b(w + e) - L_b(w) under random e (average).
+    increase), or of E_e L_b(w + e) - L_b(w) under random e (average). Saved as
+    <run>/analyses/m_sharpness.json (sharpness_worst.json, sharpness_average.json).
 
     Example: sharpscope sharpness runs/sam --m 1,4,16,64 --rho 0.05 --ascent-steps 5 --plot
     Example: sharpscope sharpness runs/sam --measure worst --adaptive --p inf --m 128 --rho 0.002
-
-    The numbers are saved as <run>/analyses/m_sharpness.json (sharpness_worst.json,
-    sharpness_average.json; --json PATH instead, --json - on stdout only); an earlier result
-    there is kept unless --overwrite.
     """
     steps = old_spelling("sharpness", "--steps", "--ascent-steps", old_steps, steps, None)
     p = old_spelling("sharpness", "--norm", "--p", old_norm, p, "2")
@@ -221,12 +218,10 @@ def gradcos_command(
     """Cosine between the first-order (SAM) and the full second-order SAM gradient.
 
     SAM's gradient is grad L(w + e_hat); the full gradient of L(w + e_hat(w)) also keeps
-    (d e_hat / dw)^T grad L, at the cost of one Hessian-vector product (p = 2).
+    (d e_hat / dw)^T grad L, at the cost of one Hessian-vector product (p = 2). Saved as
+    <run>/analyses/gradcos.json.
 
     Example: sharpscope gradcos runs/sam --rho 0.05 --json -
-
-    The numbers are saved as <run>/analyses/gradcos.json (--json PATH instead, --json - on
-    stdout only); an earlier result there is kept unless --overwrite.
     """
     from .. import sharpness as sh
     from ..objective import Objective

@@ -114,8 +114,7 @@ def surface_command(
     Filter-normalized Gaussian directions (Li et al. 2018), the top Hessian eigenvectors with
     --directions hessian, or the PCA plane of the run's per-epoch snapshots with --trajectory.
     Resumable: rerun the same command. The result (<out>/<name>.npz, .json and figures) is
-    never replaced: a second surface with the same name is refused unless --overwrite (which
-    removes every file of the earlier one, stale figures included) or another --out.
+    replaced only with --overwrite.
 
     Example: sharpscope surface runs/sam --dim 2 --grid -1:1:51 --plot --json s.json
     """

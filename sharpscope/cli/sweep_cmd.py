@@ -58,15 +58,13 @@ def sweep_command(
 
     Every training option of 'sharpscope train' takes a comma-separated list of values (the grid
     is their product; --device, --data-root, --model-opt, --optimizer-opt, --checkpoint-every and
-    --sync-perturbation take one value for every run; --seeds replaces --seed).
+    --sync-perturbation take one value for every run; --seeds replaces --seed). Options an
+    optimizer does not use collapse: SGD is trained once per setting, not once per rho.
 
-    Options an optimizer does not use collapse: SGD is trained once per setting, not once per rho.
-
-    OUT/results.csv and .json: one row per run (its options, seed and every metric).
-
-    OUT/summary.csv and .json: per setting, mean, std and 95% CI over seeds, and the paired difference to SGD.
-
-    OUT/figures/METRIC_vs_OPTION.png (--plot). A rerun reuses finished runs and continues interrupted ones.
+    Writes OUT/results.csv and .json (one row per run: options, seed, every metric),
+    OUT/summary.csv and .json (per setting: mean, std and 95% CI over seeds, the paired
+    difference to SGD) and OUT/figures/METRIC_vs_OPTION.png. A rerun reuses finished runs and
+    continues interrupted ones.
 
     Example: sharpscope sweep --out runs/sweep --rho 0.02,0.05,0.1 --label-noise 0,0.4 --epochs 10 --jobs 2
     """
@@ -84,14 +82,10 @@ def sweep_command(
         grid = {"optimizer": ["sgd", "sam"], **grid}
     config = sweep.SweepConfig(grid=grid, seeds=seeds, base=base, analyses=analyses, profile=profile,
                                analysis_rho=analysis_rho, analysis_m=analysis_m)
-
-    def say(msg: str) -> None:
-        print(f"sweep: {msg}", file=sys.stderr, flush=True)
-
+    say = (lambda msg: print(f"sweep: {msg}", file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     with interrupt_says("finished runs and analyses are kept; rerun the same command to continue"):
         from ..cpu import chosen_threads
-        result = sweep.run_sweep(config, out, jobs=jobs, plots=wanted, formats=formats,
-                                 say=say if progress else (lambda msg: None), correlate=correlate,
+        result = sweep.run_sweep(config, out, jobs=jobs, plots=wanted, formats=formats, say=say, correlate=correlate,
                                  deterministic=deterministic, threads=chosen_threads() if deterministic else None,
                                  min_train_acc=min_train_acc)
     _print_summary(result)
@@ -115,8 +109,7 @@ def _grid(training: dict[str, Any], vary: list[str]) -> tuple[dict[str, list], d
     base: dict[str, Any] = {}
     order = {key: i for i, key in enumerate(_GRID_ORDER)}  # run names and columns keep their order
     for key, value in sorted(training.items(), key=lambda kv: order.get(kv[0], len(order))):
-        # the grid axes: comma lists; the rest: one value for every run
-        if key in NOT_SWEPT:
+        if key in NOT_SWEPT:  # one value for every run; the rest are the grid's comma lists
             if value != TRAIN_OPTIONS[key].default and value != []:
                 base[key] = value
         elif value is not None:

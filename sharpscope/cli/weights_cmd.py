@@ -20,11 +20,9 @@ def weights_command(
 ) -> None:
     """Per layer: the power-law exponent alpha of the eigenvalues of W^T W (KS-chosen xmin),
     alpha-weighted, log Frobenius and spectral norms, stable rank; and their means. No data.
+    Saved as <run>/analyses/weights.json.
 
     Example: sharpscope weights runs/sam --json -
-
-    The numbers are saved as <run>/analyses/weights.json (--json PATH instead, --json - on
-    stdout only); an earlier result there is kept unless --overwrite.
     """
     from ..checkpoint import load_checkpoint
     from ..weight_spectra import weight_spectra
