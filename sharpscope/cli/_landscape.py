@@ -75,9 +75,8 @@ def print_summary(console: Console, result: SurfaceResult, radii: list[float], d
         lines.append(f"(the summary above is of the slice at direction 3 = {s['slice_z']:.4g})")
     if result.dim >= 2:
         t = result.topology().summary()
-        lines.append(f"topology: {t['n_minima']} local minima ({t['n_minima_interior']} interior), mean "
-                     f"saddle-minimum depth {fmt(t['mean_depth'], '.4g')}, max persistence "
-                     f"{fmt(t['max_persistence'], '.4g')}")
+        lines.append(f"topology: {t['n_minima']} local minima ({t['n_minima_interior']} interior), mean saddle-minimum "
+                     f"depth {fmt(t['mean_depth'], '.4g')}, max persistence {fmt(t['max_persistence'], '.4g')}")
     if "barrier" in s:
         lines.append(f"loss at B {fmt(s['loss_at_b'], '.5g')}; barrier on [0, 1]: {fmt(s['barrier'], '+.4g')}")
     for line in lines:

@@ -29,15 +29,13 @@ def sharpness_command(
     measure: str = typer.Option("m-sharpness", "--measure", help="m-sharpness (the SAM paper's: fixed-step "
                                 "ascent from e = 0), worst (worst case by APGD-style ascent, Andriushchenko et "
                                 "al. 2023) or average (mean over random perturbations)."),
-    steps: Optional[int] = typer.Option(None, "--ascent-steps", min=1, help="Ascent steps (default 5 for "
-                                        "m-sharpness, 20 for worst; 1 = SAM's first-order maximizer under "
-                                        "m-sharpness)."),
+    steps: Optional[int] = typer.Option(None, "--ascent-steps", min=1, help="Ascent steps (default 5 for m-sharpness, "
+                                        "20 for worst; 1 = SAM's first-order maximizer under m-sharpness)."),
     p: str = typer.Option("2", "--p", help="The norm of the neighbourhood: 2 or inf (train's --p)."),
     adaptive: bool = typer.Option(False, "--adaptive", help="worst / average: scale-invariant neighbourhood "
                                   "||e / (|w| + eta)||_p <= rho."),
-    eta: float = typer.Option(0.0, "--adaptive-eta", callback=finite(at_least=0), help="--adaptive: the offset "
-                              "in |w| + eta (default 0, as the reference; train's --eta, ASAM's offset, defaults "
-                              "to 0.01)."),
+    eta: float = typer.Option(0.0, "--adaptive-eta", callback=finite(at_least=0), help="--adaptive: the offset in |w| "
+                              "+ eta (default 0, as the reference; train's --eta, ASAM's offset, defaults to 0.01)."),
     draws: int = typer.Option(100, min=1, help="average: random perturbations per subset."),
     random_start: bool = typer.Option(False, "--random-start", help="worst: start the ascent at a random "
                                       "point of the boundary (default e = 0)."),
