@@ -260,15 +260,11 @@ def say_page(page: Path) -> None:
 def print_correlations(table: Any) -> None:
     """Kendall's tau of each measure with the error gap, the m-sharpness comparisons and the
     granulated coefficients (one line each)."""
-    for e in table.entries:
-        if e["gap"] != "gap_error":
-            continue
+    for e in (e for e in table.entries if e["gap"] == "gap_error"):
         k = e["kendall"]
-        if not math.isfinite(k["estimate"]):
-            print(f"{e['measure']} vs error gap: tau undefined (n={e['n']})")
-            continue
-        print(f"{e['measure']} vs error gap: tau {k['estimate']:+.3f} [{k['ci_low']:+.3f}, {k['ci_high']:+.3f}] "
-              f"(n={e['n']}, p={k['p_value']:.2g})")
+        print(f"{e['measure']} vs error gap: " + (
+            f"tau {k['estimate']:+.3f} [{k['ci_low']:+.3f}, {k['ci_high']:+.3f}] (n={e['n']}, p={k['p_value']:.2g})"
+            if math.isfinite(k["estimate"]) else f"tau undefined (n={e['n']})"))
     for c in table.m_comparisons:
         if c["gap"] == "gap_error":
             d = c["kendall_difference"]
