@@ -234,7 +234,8 @@ def _evaluate(model: Any, batches: Any, plan: dict, job: _SurfaceJob, auto: tupl
     recorded in ``options``)."""
     from .. import landscape as ls
 
-    axes, (range_mode, factor, max_extent) = job.axes if job.axes is not None else plan["axes"], auto
+    range_mode, factor, max_extent = auto
+    axes = job.axes if job.axes is not None else plan["axes"]
     if range_mode == "auto":
         rng, axes = ls.auto_grid(model, data_loss(batches), batches, plan["directions"], axes, factor,
                                  max_extent=max_extent, chunk_size=batch_size)
