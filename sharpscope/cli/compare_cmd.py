@@ -52,6 +52,8 @@ def compare_command(
     reports each metric's mean, standard deviation and 95 % Student-t interval, and each
     optimizer's paired difference to the baseline with its interval and p-value, in
     OUT/report.md, OUT/results.json and OUT/figures/*.png; rerunning reuses what is done.
+    Your own model: --model mynets:build (./mynets.py, function build) is imported, called once
+    and checked on the data before the first run trains.
     Every training option of 'sharpscope train' applies to every run (but --seed: --seeds; --rho:
     compare's own, with --asam-rho; the tracking: the profile's); --optimizer takes a list.
 
