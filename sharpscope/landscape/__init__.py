@@ -16,10 +16,8 @@ __all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "no
            "SurfaceResult", "trajectory_directions", "TrajectoryDirections", "plane_directions",
            "hessian_directions", "eigenvector_directions", "HessianDirections",
            "SurfaceTopology", "surface_topology", "auto_range", "AutoRange", "project_snapshots",
-           "PathProjection"]
-__all__ += ["random_directions", "auto_grid", "trajectory_grid"]
-__all__ += ["restrict"]  # a direction kept to the parameters chosen by name (zero elsewhere)
-__all__ += ["MetricFn", "import_metric"]  # custom per-batch metrics (sharpscope.landscape.metrics)
+           "PathProjection", "random_directions", "auto_grid", "trajectory_grid", "restrict", "MetricFn",
+           "import_metric"]
 
 
 def plane_directions(model_a, model_b, model_c) -> list[Direction]:
