@@ -79,7 +79,8 @@ def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], da
                     for n in d if n not in params}
             return moved, (bufs or None)
         count[0] += 1
-        return float(evaluate_points(model, loss_fn, prepared, point, 1, chunk_size=chunk_size, distributed=False)[0][0])
+        values = evaluate_points(model, loss_fn, prepared, point, 1, chunk_size=chunk_size, distributed=False)
+        return float(values[0][0])
 
     l0 = loss_at(None, 0.0)
     if not (l0 > 0 and math.isfinite(l0)):

@@ -429,5 +429,6 @@ def interpolate(
                                         on_point=on_point, metrics=metric_fns or None)
     require_finite_reference(loss, next((k for k, a in enumerate(alphas) if a == 0.0), None), f"{name_a} (alpha = 0)")
     return SurfaceResult(xs=alphas, ys=None, loss=loss, accuracy=acc, kind="interpolation",
-                         options={"buffers": buffers}, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start,
-                         name_a=name_a, name_b=name_b, metrics=extra[0] if extra else {})
+                         options={"buffers": buffers}, n_examples=prepared.n_examples,
+                         wall_time=time.perf_counter() - start, name_a=name_a, name_b=name_b,
+                         metrics=extra[0] if extra else {})

@@ -1,20 +1,14 @@
-"""Hugging Face ``transformers`` models built from a config, nothing downloaded (``gpt``, ``bert``).
+"""Hugging Face ``transformers`` models built from a config, nothing downloaded: ``gpt``
+(``GPT2LMHeadModel``, a vocabulary of ``num_classes`` tokens) and ``bert``
+(``BertForSequenceClassification``, ``num_classes`` labels), over token sequences of length T
+(``input_shape`` (T,)), sized by ``n_layer``, ``n_embd``, ``n_head``.
 
-* ``gpt`` -- a GPT-2-style causal language model (``transformers.GPT2LMHeadModel``) over
-  token sequences of length T (``input_shape`` (T,): ``n_positions``) and a vocabulary of
-  ``num_classes`` tokens, sized by ``n_layer``, ``n_embd``, ``n_head``.
-* ``bert`` -- a BERT-style sequence classifier (``transformers.BertForSequenceClassification``)
-  of ``num_classes`` labels over token sequences of length T from a vocabulary of
-  ``vocab_size`` tokens, sized the same way.
-
-Both are the ``transformers`` classes themselves (their forward takes ``input_ids``,
-``attention_mask`` and ``labels`` and returns ``.logits`` and ``.loss``), with weights drawn
-from torch's global RNG (the same seed gives the same weights), dropout off by default and
-the ``eager`` attention implementation, whose every derivative exists (Hessian-vector
-products, second-order SAM); ``attention="sdpa"`` chooses ``F.scaled_dot_product_attention``
-(the analyses run it on its math kernel). ``transformers`` is an optional dependency (the
-``transformers`` extra): it is imported when such a model is built, never at
-``import sharpscope``; without it building one raises :class:`TransformersNotInstalled`.
+They are the ``transformers`` classes themselves, weights from torch's global RNG, dropout off by
+default and ``eager`` attention, whose every derivative exists (Hessian-vector products,
+second-order SAM); ``attention="sdpa"`` chooses ``F.scaled_dot_product_attention`` (run on its math
+kernel by the analyses). ``transformers`` (the extra) is imported only when such a model is built;
+without it, :class:`TransformersNotInstalled`. A builder takes ``(input_shape, num_classes, *,
+options)``: a new architecture is one more builder here and one entry in the registry.
 """
 
 from __future__ import annotations
@@ -48,6 +42,7 @@ def _transformers() -> Any:
 
 
 def _sequence_length(name: str, input_shape: Sequence[int]) -> int:
+    """T of a token model's input shape (T,)."""
     shape = check_input_shape(input_shape)
     if len(shape) != 1:
         raise ModelSpecError(f"{name} takes token sequences (input shape (T,), T tokens), got input shape "
@@ -56,6 +51,7 @@ def _sequence_length(name: str, input_shape: Sequence[int]) -> int:
 
 
 def _sizes(n_layer: Any, n_embd: Any, n_head: Any, dropout: Any, attention: Any) -> tuple[int, int, int, float]:
+    """The checked sizes, dropout and attention shared by every transformer builder."""
     layers, width, heads = check_int("n_layer", n_layer), check_int("n_embd", n_embd), check_int("n_head", n_head)
     if width % heads:
         raise ModelSpecError(f"n_embd ({width}) must be a multiple of n_head ({heads})")
