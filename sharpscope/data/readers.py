@@ -18,47 +18,32 @@ from sharpscope.errors import DataError
 
 __all__ = ["RawData", "read_idx", "expected_files", "read_mnist", "read_cifar", "read_npz"]
 
-_MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte")
 _CIFAR10_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
 _CIFAR100_FILES = ("train.bin", "test.bin")
 _CIFAR_SUBFOLDER = {"cifar10": "cifar-10-batches-bin", "cifar100": "cifar-100-binary"}
 _CIFAR_PIXELS = 3 * 32 * 32
 _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
-_NPZ_EXPECTED = (
-    "arrays X (N, D) | (N, H, W) | (N, C, H, W) and y (N,) with integer labels 0..K-1 "
-    "[optional X_test, y_test]"
-)
+_NPZ_EXPECTED = ("arrays X (N, D) | (N, H, W) | (N, C, H, W) and y (N,) with integer labels 0..K-1 "
+                 "[optional X_test, y_test]")
+_EXPECTED = {"mnist": ", ".join(f"{f}[.gz]" for f in _MNIST_FILES),
+             "cifar10": ", ".join(_CIFAR10_FILES) + " (directly or in cifar-10-batches-bin/)",
+             "cifar100": ", ".join(_CIFAR100_FILES) + " (directly or in cifar-100-binary/)", "npz": _NPZ_EXPECTED,
+             "tokens": "train.bin, val.bin (uint16 token ids, as nanoGPT's prepare.py writes them)"}
 
 
 def expected_files(name: str) -> str:
-    """Return a human-readable list of the files data set ``name`` expects in its root."""
-    if name in ("mnist", "fashion-mnist"):
-        return ", ".join(f"{f}[.gz]" for f in _MNIST_FILES)
-    if name == "cifar10":
-        return ", ".join(_CIFAR10_FILES) + f" (directly or in {_CIFAR_SUBFOLDER['cifar10']}/)"
-    if name == "cifar100":
-        return ", ".join(_CIFAR100_FILES) + f" (directly or in {_CIFAR_SUBFOLDER['cifar100']}/)"
-    if name == "npz":
-        return _NPZ_EXPECTED
-    if name == "tokens":
-        return "train.bin, val.bin (uint16 token ids, as nanoGPT's prepare.py writes them)"
-    return ""
+    """A human-readable list of the files data set ``name`` expects in its root ("" if none)."""
+    return _EXPECTED.get("mnist" if name == "fashion-mnist" else name, "")
 
 
 @dataclass
 class RawData:
-    """Arrays as stored on disk, before split, subsetting and normalization.
-
-    ``x_test`` / ``y_test`` are None when the data set has no official split.  ``scale`` is what
-    pixels are divided by to reach [0, 1] (255 for uint8 images); ``normalize`` is "none",
-    "scalar" (one mean/std over all train values) or "channel" (per-channel mean/std).
-    """
+    """Arrays as stored, before split, subsetting and normalization; ``x_test`` / ``y_test`` None
+    without an official split. Pixels are divided by ``scale`` to reach [0, 1]; ``normalize``:
+    "none", "scalar" (one mean/std over all train values) or "channel" (per-channel)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -70,7 +55,7 @@ class RawData:
 
 
 def _read_bytes(name: str, path: Path) -> bytes:
-    """Read a file (transparently gunzipping ``*.gz``); I/O problems -> DataError."""
+    """A file's bytes (``*.gz`` gunzipped); I/O problems -> DataError."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as fh:
@@ -81,21 +66,16 @@ def _read_bytes(name: str, path: Path) -> bytes:
 
 
 def read_idx(path: str | os.PathLike, expected_magic: int, name: str = "idx") -> np.ndarray:
-    """Parse an IDX file of unsigned bytes (optionally gzipped) into a uint8 array of its dims.
-
-    Checks the big-endian magic number (0x00000803 images, 0x00000801 labels), that the header
-    is complete and that the data length equals the product of the dims; otherwise DataError.
-    """
+    """An IDX file of unsigned bytes (optionally gzipped) as a uint8 array of its dims; DataError
+    unless the big-endian magic number (0x803 images, 0x801 labels), header and length agree."""
     path = Path(path)
     data = _read_bytes(name, path)
     if len(data) < 4:
         raise DataError(f"{name}: {path} is too short for an IDX header ({len(data)} bytes)")
     magic = int.from_bytes(data[:4], "big")
     if magic != expected_magic:
-        raise DataError(
-            f"{name}: {path} has magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
-            f"(IDX unsigned-byte {'images' if expected_magic == _IDX_IMAGES_MAGIC else 'labels'})"
-        )
+        raise DataError(f"{name}: {path} has magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+                        f"(IDX unsigned-byte {'images' if expected_magic == _IDX_IMAGES_MAGIC else 'labels'})")
     ndim = expected_magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -103,15 +83,12 @@ def read_idx(path: str | os.PathLike, expected_magic: int, name: str = "idx") ->
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = math.prod(dims)
     if len(data) - header != expected:
-        raise DataError(
-            f"{name}: {path} holds {len(data) - header} data bytes but its dims {dims} need {expected} "
-            "(truncated or corrupt file)"
-        )
+        raise DataError(f"{name}: {path} holds {len(data) - header} data bytes but its dims {dims} need {expected} "
+                        "(truncated or corrupt file)")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def _check_folder(name: str, root: Path) -> None:
-    """Raise DataError when ``root`` is not an existing folder."""
     if not root.exists():
         raise DataError(f"{name}: folder {root} does not exist; put {expected_files(name)} there")
     if not root.is_dir():
@@ -119,7 +96,7 @@ def _check_folder(name: str, root: Path) -> None:
 
 
 def _find_idx_file(name: str, root: Path, base: str) -> Path:
-    """Return ``root/base`` or ``root/base.gz``; DataError naming the expected files if neither exists."""
+    """``root/base`` or ``root/base.gz``; DataError naming the expected files if neither exists."""
     for candidate in (root / base, root / f"{base}.gz"):
         if candidate.is_file():
             return candidate
@@ -152,7 +129,7 @@ def read_mnist(name: str, root: Path) -> RawData:
 
 
 def _cifar_folder(name: str, root: Path, files: tuple[str, ...]) -> Path:
-    """Return the folder holding all CIFAR files: ``root`` or its official subfolder."""
+    """The folder holding all CIFAR files: ``root`` or its official subfolder."""
     _check_folder(name, root)
     sub = root / _CIFAR_SUBFOLDER[name]
     for folder in (root, sub):
@@ -160,10 +137,8 @@ def _cifar_folder(name: str, root: Path, files: tuple[str, ...]) -> Path:
             return folder
     folder = sub if sub.is_dir() and not any((root / f).is_file() for f in files) else root
     missing = [f for f in files if not (folder / f).is_file()]
-    raise DataError(
-        f"{name}: folder {folder} has no {', '.join(missing)} (also looked in {root if folder == sub else sub}); "
-        f"expected {expected_files(name)}"
-    )
+    raise DataError(f"{name}: folder {folder} has no {', '.join(missing)} (also looked in "
+                    f"{root if folder == sub else sub}); expected {expected_files(name)}")
 
 
 def _read_cifar_file(name: str, path: Path, label_bytes: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,10 +146,8 @@ def _read_cifar_file(name: str, path: Path, label_bytes: int, num_classes: int) 
     data = _read_bytes(name, path)
     record = label_bytes + _CIFAR_PIXELS
     if len(data) == 0 or len(data) % record:
-        raise DataError(
-            f"{name}: {path} has {len(data)} bytes, not a positive multiple of the {record}-byte record "
-            f"({label_bytes} label byte(s) + {_CIFAR_PIXELS} pixel bytes)"
-        )
+        raise DataError(f"{name}: {path} has {len(data)} bytes, not a positive multiple of the {record}-byte "
+                        f"record ({label_bytes} label byte(s) + {_CIFAR_PIXELS} pixel bytes)")
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, record)
     labels = records[:, label_bytes - 1].astype(np.int64)
     if labels.max() >= num_classes:
@@ -184,10 +157,7 @@ def _read_cifar_file(name: str, path: Path, label_bytes: int, num_classes: int) 
 
 def read_cifar(name: str, root: Path) -> RawData:
     """Read CIFAR-10 (5 train batches + test batch) or CIFAR-100 (fine labels) binary files."""
-    if name == "cifar10":
-        files, label_bytes, k = _CIFAR10_FILES, 1, 10
-    else:
-        files, label_bytes, k = _CIFAR100_FILES, 2, 100
+    files, label_bytes, k = (_CIFAR10_FILES, 1, 10) if name == "cifar10" else (_CIFAR100_FILES, 2, 100)
     folder = _cifar_folder(name, root, files)
     parts = [_read_cifar_file(name, folder / f, label_bytes, k) for f in files]
     train, (x_test, y_test) = parts[:-1], parts[-1]
@@ -197,7 +167,7 @@ def read_cifar(name: str, root: Path) -> RawData:
 
 
 def _npz_inputs(path: Path, key: str, x: np.ndarray) -> np.ndarray:
-    """Validate an npz input array and return it as (N, D) or (N, C, H, W)."""
+    """A checked npz input array as (N, D) or (N, C, H, W)."""
     if x.dtype.kind not in "iuf":
         raise DataError(f"npz: {path} array {key} has dtype {x.dtype}; expected real numbers")
     if x.ndim == 3:
@@ -210,7 +180,7 @@ def _npz_inputs(path: Path, key: str, x: np.ndarray) -> np.ndarray:
 
 
 def _npz_labels(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
-    """Validate an npz label array (1-D, integer, >= 0, length n) and return it as int64."""
+    """A checked npz label array (1-D, integer, >= 0, length n) as int64."""
     if y.dtype.kind not in "iu":
         raise DataError(f"npz: {path} array {key} has dtype {y.dtype}; expected integer labels 0..K-1")
     if y.ndim != 1 or len(y) != n:
@@ -221,7 +191,7 @@ def _npz_labels(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
 
 
 def _npz_arrays(path: Path, archive: Any) -> dict[str, np.ndarray]:
-    """Return X, y (and X_test, y_test if present) from an open archive; object arrays -> DataError."""
+    """X, y (and X_test, y_test if present) of an open archive; object arrays -> DataError."""
     keys = set(archive.files)
     missing = [k for k in ("X", "y") if k not in keys]
     if missing:
@@ -234,9 +204,8 @@ def _npz_arrays(path: Path, archive: Any) -> dict[str, np.ndarray]:
             try:
                 arrays[key] = archive[key]
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise DataError(
-                    f"npz: cannot read array {key} of {path} without unpickling ({exc}); expected {_NPZ_EXPECTED}"
-                ) from None
+                raise DataError(f"npz: cannot read array {key} of {path} without unpickling ({exc}); "
+                                f"expected {_NPZ_EXPECTED}") from None
     return arrays
 
 
