@@ -1,12 +1,9 @@
-"""Data sets for sharpscope, all offline: ``digits`` (scikit-learn's), ``mnist1d`` and ``synthetic``
-(generated), ``npz`` / ``mnist`` / ``fashion-mnist`` / ``cifar10`` / ``cifar100`` (files the user put
-on disk) and the token data ``text`` / ``tokens`` (:mod:`.text`). Nothing is ever downloaded.
-
-:func:`load_dataset` reads the raw arrays (:func:`load_raw`), splits train / test with
-``spec.seed`` where there is no official split, takes normalization statistics on the whole train
-part, draws the seeded ``n_train`` / ``n_test`` subsets, converts to float32 and normalizes, and
-applies symmetric label noise to the training labels (:func:`add_label_noise`). All randomness
-comes from private ``torch.Generator`` objects.
+"""Data sets for sharpscope, all offline (nothing is ever downloaded): ``digits``, ``mnist1d``,
+``synthetic``, files on disk (``npz``, ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``) and token
+data (``text``, ``tokens``). :func:`load_dataset` reads the raw arrays, splits train / test with
+``spec.seed`` where there is no official split, normalizes by train statistics, draws the seeded
+``n_train`` / ``n_test`` subsets and adds label noise to the training labels, all randomness from
+private ``torch.Generator`` objects.
 """
 
 from .dataset import Dataset, loss_for_labels

@@ -100,7 +100,6 @@ class Dataset:
     def batches(self, split: str = "train", samples: int | None = None, batch_size: int = 256,
                 seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """A fixed list of ``(x, y)`` batches of ``split`` (or of a seeded subset of ``samples``)."""
-        if not is_int(batch_size) or batch_size < 1:
-            raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+        _check_batch_size(batch_size)
         x, y = self.subset(split, samples, seed)
         return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]

@@ -29,12 +29,10 @@ __all__ = ["load_raw", "load_dataset"]
 def load_raw(spec: DataSpec) -> RawData:
     """The raw arrays of ``spec`` (image files as uint8 (N, C, H, W)), before split, subsets, normalization."""
     spec.validate()
-    if spec.name == "digits":
-        return read_digits()
-    if spec.name == "mnist1d":
-        return make_mnist1d(spec.seed)
-    if spec.name == "synthetic":
-        return make_synthetic(spec)
+    generated = {"digits": read_digits, "mnist1d": lambda: make_mnist1d(spec.seed),
+                 "synthetic": lambda: make_synthetic(spec)}
+    if spec.name in generated:
+        return generated[spec.name]()
     root = Path(os.fspath(spec.root)).expanduser()  # validate() guarantees root is set
     if spec.name == "npz":
         return read_npz(root)

@@ -102,17 +102,15 @@ class DataSpec:
     def _validate_types(self) -> None:
         if self.root is not None and not isinstance(self.root, (str, os.PathLike)):
             raise ConfigError(f"root must be a path string or None, got {type(self.root).__name__}")
-        for key in ("seed", "noise_seed", "synthetic_size", "synthetic_classes", "synthetic_features", "block_size"):
-            if not is_int(getattr(self, key)):
-                raise ConfigError(f"{key} must be an integer, got {getattr(self, key)!r}")
-        for key in ("n_train", "n_test"):
-            value = getattr(self, key)
-            if value is not None and not is_int(value):
-                raise ConfigError(f"{key} must be an integer or None, got {value!r}")
-        for key in ("test_fraction", "label_noise"):
-            value = getattr(self, key)
-            if not is_real(value) or not math.isfinite(float(value)):
-                raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        checks = {"an integer": (is_int, ("seed", "noise_seed", "synthetic_size", "synthetic_classes",
+                                          "synthetic_features", "block_size")),
+                  "an integer or None": (lambda v: v is None or is_int(v), ("n_train", "n_test")),
+                  "a finite number": (lambda v: is_real(v) and math.isfinite(float(v)),
+                                      ("test_fraction", "label_noise"))}
+        for what, (ok, keys) in checks.items():
+            bad = [key for key in keys if not ok(getattr(self, key))]
+            if bad:
+                raise ConfigError(f"{bad[0]} must be {what}, got {getattr(self, bad[0])!r}")
 
 
 # The fields of a data spec that choose the training split (n_test and the root's spelling do not).

@@ -1,11 +1,7 @@
-"""Token sequences with nothing downloaded, for the token losses (:mod:`sharpscope.tokens`) and
-Hugging Face models: :func:`text_tokens`, an embedded corpus (the standard library's
-``pydoc_data.topics`` help text as UTF-8 byte tokens, vocabulary 256; the first 90 % ``"train"``,
-the rest ``"val"``, nanoGPT's convention); :func:`read_token_bin`, nanoGPT's uint16 ``train.bin``
-/ ``val.bin`` as memory maps; :func:`token_batches`, blocks of ``block_size`` tokens as
-``{"input_ids", "attention_mask", "labels"}`` batches (``labels = input_ids``: a causal LM shifts
-them); :func:`token_pairs`, nanoGPT's ``(x, y)`` pairs, y the tokens after x, from which
-:func:`sharpscope.data.load_dataset` builds ``--data text`` / ``--data tokens``.
+"""Token sequences, nothing downloaded: :func:`text_tokens` (the standard library's ``pydoc_data``
+help text as UTF-8 byte tokens; 90 % ``"train"``, the rest ``"val"``), :func:`read_token_bin`
+(nanoGPT's uint16 ``train.bin`` / ``val.bin``), :func:`token_batches` (dict batches, ``labels =
+input_ids``) and :func:`token_pairs` (nanoGPT's ``(x, y)`` pairs, the data of ``--data text / tokens``).
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""Directions along the top Hessian eigenvectors (:func:`sharpscope.hessian.eigenvalues`, Lanczos).
-
-Each direction is a UNIT vector in the flat parameter space, not filter-normalized: rescaled
-filters would be neither orthogonal nor eigenvectors, and the model along them would lose its
-form L(theta_0 + t v) = L_0 + (g . v) t + (lambda / 2) t^2 + O(t^3). A coordinate t is thus a
-Euclidean distance (compare with a random direction through
-:func:`~sharpscope.landscape.directions.scale_to_norm`). Each sign is fixed so that the entry of
-largest magnitude is positive.
+"""Directions along the top Hessian eigenvectors (:func:`sharpscope.hessian.eigenvalues`): UNIT
+vectors, not filter-normalized, so they stay orthonormal eigenvectors and the loss along them is
+L_0 + (g . v) t + (lambda / 2) t^2 + O(t^3), t a Euclidean distance (compare a random direction
+through :func:`~.directions.scale_to_norm`); each sign makes the largest-magnitude entry positive.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Grid extents chosen from the loss (``--range auto``) and snapshots projected onto a plane.
 
-:func:`auto_range`: per direction d and sign s, t_s is the smallest t with L(centre + s t d) >=
-``factor`` L(centre) (a positive centre loss), bracketed by doubling t from ``start`` and refined
-by ``bisect`` bisection steps on the last interval (to within t / 2**(bisect + 1)); the extent is
-max(t_+, t_-), capped at ``max_extent`` with a warning where a side never reaches the factor.
-
-:func:`project_snapshots`: theta_e = centre + sum_k a_k d_k + r_e, with a = G^-1 D^T (theta_e -
-centre), G = D^T D (least squares in the flat space of the tensors the directions cover; the
-directions need not be orthogonal), and ``residual`` ||r_e||_2 (entries a direction leaves at
-zero count entirely in it).
+:func:`auto_range`: per direction d and sign s, the smallest t with L(centre + s t d) >= ``factor``
+L(centre), bracketed by doubling from ``start`` and refined by ``bisect`` bisections; the extent is
+max(t_+, t_-), capped (with a warning) at ``max_extent``. :func:`project_snapshots`: the least-squares
+coordinates a = (D^T D)^-1 D^T (theta_e - centre) and the residual ||theta_e - centre - D a||_2.
 """
 
 from __future__ import annotations

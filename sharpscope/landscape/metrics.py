@@ -1,10 +1,7 @@
-"""Custom per-batch metrics evaluated next to the loss on a landscape grid.
-
-A metric is ``fn(model, batch) -> tensor``, a real scalar: the mean over the batch's examples.
-At every grid point it is called once per batch (or chunk) with the user's module, the point's
-parameters and buffers swapped in by ``torch.func.functional_call`` (eval mode, inference mode,
-restored afterwards), and averaged as the loss is: sum_b (n_b / N) metric_b. Non-finite values
-are kept (as for the loss); a value that is not a real scalar is a :class:`ConfigError` naming it.
+"""Custom per-batch metrics ``fn(model, batch) -> real scalar`` (a mean over the batch's examples),
+evaluated next to the loss on a landscape grid with the point's state swapped in by
+``functional_call`` (eval and inference mode, restored afterwards) and averaged as the loss is,
+sum_b (n_b / N) metric_b; non-finite values are kept, a non-scalar is a :class:`ConfigError`.
 """
 
 from __future__ import annotations

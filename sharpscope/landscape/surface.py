@@ -1,13 +1,8 @@
-"""Loss and accuracy on 1-, 2- and 3-D grids of parameter-space displacements (Li et al. 2018).
-
-The value at grid point (i, j) is the mean loss over the data of the model with parameters
-theta_0 + x_j d_1 + y_i d_2, in eval mode; ``loss[i, j]`` is at ``(xs[j], ys[i])`` (the
-matplotlib convention). Points are evaluated one at a time through ``torch.func.functional_call``
-(the user's model is never touched), conv nets channels-last on the CPU, and the examples per
-forward pass picked by timing (:func:`evaluate_points`). Buffers are the centre model's except
-those a "states" direction covers, which move with the parameters as in Li et al.'s
-``set_states``. With ``resume_path`` a grid's progress is saved atomically every ``save_every``
-points and reloaded when the same grid is asked again. The result: :mod:`.surface_result`.
+"""Loss and accuracy on 1-, 2- and 3-D grids of parameter-space displacements (Li et al. 2018):
+``loss[i, j]`` is the mean loss, in eval mode, at theta_0 + xs[j] d_1 + ys[i] d_2. Points are
+evaluated one at a time by ``torch.func.functional_call`` (the user's model is untouched); buffers
+are the centre's except those a "states" direction moves (Li et al.'s ``set_states``). With
+``resume_path`` progress is saved atomically and resumed. The result: :mod:`.surface_result`.
 """
 
 from __future__ import annotations

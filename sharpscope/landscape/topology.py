@@ -1,16 +1,11 @@
-"""Topological summaries of a loss grid (1-, 2- or 3-D): 0-dimensional persistence of the sublevel
-sets {f <= t}, by union-find over the cells in increasing order. A component is born at a local
-minimum and dies at the saddle where it merges into an older one (the elder rule); death - birth
-is the saddle-minimum depth that landscaper (1.3.1) averages over its contour tree.
-
-Conventions (tested in ``tests/test_topology.py``): neighbours under ``connectivity`` ``"full"``
-(3**ndim - 1, diagonals included, so a diagonal valley is one valley) or ``"face"`` (2 ndim).
-Non-finite cells count as +inf (never in a sublevel set); every finite component keeps one
-essential minimum (death = inf, None in ``to_dict``). Cells are ordered by (value, flat index), so
-a plateau is one component represented by its first cell, equally old components are ranked by
-that cell, and the zero-persistence pairs ties produce are dropped. Minima on the grid's edge count
-(``n_minima_interior`` counts the others). Pairs with persistence <= ``threshold`` are ignored
-everywhere (pairs, merges, depths, minima count).
+"""Topological summaries of a 1-, 2- or 3-D loss grid: 0-dimensional persistence of the sublevel
+sets {f <= t} by union-find over the cells in increasing order. A component is born at a minimum
+and dies at the saddle where it merges into an older one (elder rule); death - birth is the
+saddle-minimum depth landscaper (1.3.1) averages. Conventions (``tests/test_topology.py``):
+``connectivity`` ``"full"`` (diagonals too, so a diagonal valley is one valley) or ``"face"``;
+non-finite cells are +inf (each finite component keeps an essential minimum, death inf); cells are
+ordered by (value, flat index), so a plateau is one component and ties give zero-persistence pairs,
+dropped; edge minima count; pairs with persistence <= ``threshold`` are ignored everywhere.
 """
 
 from __future__ import annotations

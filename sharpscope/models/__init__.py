@@ -1,21 +1,10 @@
-"""Model zoo and model specs: plain JSON dicts that rebuild a model from a checkpoint.
-
-* built-in: ``{"name": "cnn", "kwargs": {"bn": True}, "input_shape": [1, 8, 8], "num_classes": 10}``;
-* custom factory: ``{"factory": "package.module:function", "kwargs": {"width": 32}}``, where
-  ``function(**kwargs)`` returns an ``nn.Module``. A spec may come from a checkpoint made
-  elsewhere, so :func:`build_model` imports a factory only when the caller allows it:
-  ``allow_factory="package.module:function"`` (the one the user named, e.g. ``--model``) or
-  ``allow_factory=True`` (any: ``--trust-factory``); the current folder is on the path, as
-  for ``python -m``.
-
-Built-in architectures (input ``(C, H, W)``; ``mlp`` also ``(D,)``, ``cnn1d`` only ``(L,)``,
-``gpt`` / ``bert`` token sequences ``(T,)``): ``mlp``; ``cnn1d``, the MNIST-1D paper's convnet
-(Greydanus & Kobak; 5,210 parameters on 40 features, 10 classes); ``cnn``, a small VGG-style net
-(85,066 parameters on 8x8 digits); ``resnet``, He et al., CVPR 2016, Sec. 4.2 (depth 6n+2, option
-B shortcuts); ``wrn``, Zagoruyko & Komodakis, BMVC 2016 (depth 6n+4); ``gpt`` and ``bert``, Hugging
-Face models built from a config (:mod:`.hf`, the ``transformers`` extra). Aliases fix options:
-``resnet20`` is ``resnet`` with ``depth=20``, ``wrn28-10`` is ``wrn`` with ``depth=28,
-widen_factor=10`` (any ``resnet<depth>`` / ``wrn<depth>-<k>`` parses).
+"""Model zoo and model specs: plain JSON dicts that rebuild a model, either built-in
+(``{"name": "cnn", "kwargs": {"bn": True}, "input_shape": [1, 8, 8], "num_classes": 10}``; :mod:`.registry`)
+or a custom factory (``{"factory": "package.module:function", "kwargs": {...}}``, returning an
+``nn.Module``; run only when allowed, :mod:`.factory`). Built-in: ``mlp``, ``cnn1d`` (MNIST-1D's
+convnet), ``cnn`` (VGG-style), ``resnet`` (He et al. 2016, depth 6n+2), ``wrn`` (Zagoruyko &
+Komodakis 2016, depth 6n+4), and the Hugging Face ``gpt`` / ``bert`` (:mod:`.hf`); aliases such as
+``resnet20`` or ``wrn28-10`` fix options.
 """
 
 from .cnn import Conv1dNet, SimpleCNN

@@ -1,9 +1,6 @@
-"""Which attention a model computes through ``F.scaled_dot_product_attention`` (SDPA).
-
-Only SDPA's math kernel has every derivative; the fused kernels (CPU flash; CUDA flash,
-memory-efficient, cuDNN) have no double backward, so every derivative sharpscope takes runs under
-:func:`sharpscope.batches.higher_order_attention`, and :func:`attention_calls` tells the analyses
-whether a model calls SDPA at all.
+"""Which attention a model computes through ``F.scaled_dot_product_attention`` (SDPA): only SDPA's
+math kernel has a double backward, so derivatives run under
+:func:`sharpscope.batches.higher_order_attention` and :func:`attention_calls` says whether SDPA is used.
 """
 
 from __future__ import annotations

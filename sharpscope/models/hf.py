@@ -1,14 +1,9 @@
 """Hugging Face ``transformers`` models built from a config, nothing downloaded: ``gpt``
-(``GPT2LMHeadModel``, a vocabulary of ``num_classes`` tokens) and ``bert``
-(``BertForSequenceClassification``, ``num_classes`` labels), over token sequences of length T
-(``input_shape`` (T,)), sized by ``n_layer``, ``n_embd``, ``n_head``.
-
-They are the ``transformers`` classes themselves, weights from torch's global RNG, dropout off by
-default and ``eager`` attention, whose every derivative exists (Hessian-vector products,
-second-order SAM); ``attention="sdpa"`` chooses ``F.scaled_dot_product_attention`` (run on its math
-kernel by the analyses). ``transformers`` (the extra) is imported only when such a model is built;
-without it, :class:`TransformersNotInstalled`. A builder takes ``(input_shape, num_classes, *,
-options)``: a new architecture is one more builder here and one entry in the registry.
+(``GPT2LMHeadModel``, ``num_classes`` tokens) and ``bert`` (``BertForSequenceClassification``,
+``num_classes`` labels) over sequences of T tokens (``input_shape`` (T,)); weights from torch's
+global RNG, dropout off and ``eager`` attention (every derivative exists) by default. ``transformers``
+is imported only when one is built (else :class:`TransformersNotInstalled`). A new architecture is
+one more builder ``(input_shape, num_classes, *, options)`` here and one registry entry.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""What a parameter is, read off its name: the transformer block it sits in and its kind.
-
-The rules cover GPT-2, BERT, ViT, Llama-style models, ``nn.TransformerEncoder`` and their peft
-LoRA versions (``base_model.model.`` in front, ``lora_A.default`` behind).
-
-* **Block**: a name holding ``<h|layer|layers|block|blocks>.<N>.`` belongs to that numbered block;
-  in such a model every other parameter is grouped by its owning module. A model without them
-  (every built-in convnet): the outermost module below the root that is not a ``Sequential`` /
-  ``ModuleList`` / ``ModuleDict``.
-* **Kind**: the first rule that claims it: ``norm`` (a normalization layer, or a name part
-  containing ``norm`` or starting with ``ln``), ``embeddings`` (``nn.Embedding``, ``wte`` / ``wpe``
-  or a part containing ``embed``), ``attention`` (``nn.MultiheadAttention``, a part containing
-  ``attn`` / ``attention``, or one of ``_ATTENTION_PARTS``), ``mlp`` (one of ``_MLP_PARTS``, or
-  ``output`` inside a block: BERT's feed-forward output), ``head`` (outside the blocks, one of
-  ``_HEAD_PARTS``); else ``conv`` (``nn.Conv*``), ``linear`` (``nn.Linear``) or ``other``.
+"""What a parameter is, read off its name (GPT-2, BERT, ViT, Llama-style, ``nn.TransformerEncoder``
+names, and their peft LoRA versions): the transformer block it sits in, ``...<h|layer|layers|block|
+blocks>.<N>.`` (models without such names group by the outermost non-container module below the
+root), and its kind, the first that claims it of ``norm``, ``embeddings``, ``attention``, ``mlp``
+(also ``output`` inside a block: BERT's), ``head`` (outside the blocks), by module type or name part
+(the ``_*_PARTS`` tables); else ``conv``, ``linear`` or ``other``.
 """
 
 from __future__ import annotations

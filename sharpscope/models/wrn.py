@@ -65,4 +65,5 @@ def build_wrn(input_shape: Sequence[int], num_classes: int, *, depth: int = 16, 
     """Build :class:`WideResNet`; depth must be 6n+4."""
     return WideResNet(image_shape("wrn", input_shape), check_int("num_classes", num_classes),
                       check_depth("wrn", depth, offset=4, minimum=10),
-                      check_int("wrn option 'widen_factor'", widen_factor), check_prob("wrn option 'dropout'", dropout), check_bool("wrn option 'bn'", bn))
+                      check_int("wrn option 'widen_factor'", widen_factor), check_prob("wrn option 'dropout'", dropout),
+                      check_bool("wrn option 'bn'", bn))
