@@ -73,15 +73,10 @@ class SurfaceResult:
     def value_at(self, x: float, y: float = 0.0, metric: str = "loss") -> float:
         """Linear (1-D) or bilinear (2-D) interpolation of the grid; NaN outside it."""
         z = self.values(metric)
-        if self.ys is None:
-            if len(self.xs) == 1:
-                return float(z[0]) if x == self.xs[0] else math.nan
-            if not self.xs[0] <= x <= self.xs[-1]:
-                return math.nan
-            return float(np.interp(x, self.xs, z))
-        if not (self.xs[0] <= x <= self.xs[-1] and self.ys[0] <= y <= self.ys[-1]):
-            return math.nan
-        if len(self.xs) < 2 or len(self.ys) < 2:
+        if self.ys is None:  # np.interp of a one-point grid is its value
+            return float(np.interp(x, self.xs, z)) if self.xs[0] <= x <= self.xs[-1] else math.nan
+        inside = self.xs[0] <= x <= self.xs[-1] and self.ys[0] <= y <= self.ys[-1]
+        if not inside or len(self.xs) < 2 or len(self.ys) < 2:
             return math.nan
         return float(self._interpolator(metric)((y, x)))
 

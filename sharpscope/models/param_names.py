@@ -33,8 +33,7 @@ _HEAD_PARTS = {"lm_head", "head", "classifier", "pooler", "score", "fc"}
 
 def block_of(name: str) -> str | None:
     """The numbered transformer block a parameter name sits in (``"transformer.h.3"``), or None."""
-    match = _BLOCK.match(name)
-    return match.group(1) if match else None
+    return match.group(1) if (match := _BLOCK.match(name)) else None
 
 
 def _owner(model: nn.Module, name: str) -> nn.Module | None:
@@ -69,11 +68,8 @@ def kind_of(model: nn.Module, name: str) -> str:
 def _outermost(modules: dict[str, nn.Module], owner: str) -> str:
     """The outermost module below the root on the path to ``owner`` that is not a container."""
     parts = owner.split(".")
-    for i in range(1, len(parts) + 1):
-        prefix = ".".join(parts[:i])
-        if not isinstance(modules[prefix], _CONTAINERS):
-            return prefix
-    return owner
+    prefixes = (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return next((prefix for prefix in prefixes if not isinstance(modules[prefix], _CONTAINERS)), owner)
 
 
 def group_parameters(model: nn.Module, by: str = "layer") -> dict[str, list[str]]:
@@ -101,13 +97,9 @@ def group_parameters(model: nn.Module, by: str = "layer") -> dict[str, list[str]
 
 def biasbn_names(model: nn.Module) -> set[str]:
     """Names of biases and of every parameter of a normalization layer."""
-    names = set()
-    for mod_name, module in model.named_modules():
-        for p_name, _ in module.named_parameters(recurse=False):
-            full = f"{mod_name}.{p_name}" if mod_name else p_name
-            if isinstance(module, _NORM_TYPES) or p_name == "bias":
-                names.add(full)
-    return names
+    return {f"{mod_name}.{p_name}" if mod_name else p_name for mod_name, module in model.named_modules()
+            for p_name, _ in module.named_parameters(recurse=False)
+            if isinstance(module, _NORM_TYPES) or p_name == "bias"}
 
 
 def select_parameters(model: nn.Module, params: Any = None, include_frozen: bool = False) -> list[str]:

@@ -28,14 +28,16 @@ _BUILTIN_KEYS = ("name", "kwargs", "input_shape", "num_classes")
 #: Read-only registry: base model name -> builder(input_shape, num_classes, **options).
 _BUILDERS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     {"mlp": build_mlp, "cnn": build_cnn, "resnet": build_resnet, "wrn": build_wrn, "cnn1d": build_cnn1d,
-     "gpt": build_gpt, "bert": build_bert}
-)
+     "gpt": build_gpt, "bert": build_bert})
 
 #: The models over token sequences (Hugging Face transformers built from a config; input shape (T,)).
 TOKEN_MODEL_NAMES: tuple[str, ...] = ("gpt", "bert")
 
 MODEL_NAMES: tuple[str, ...] = (*_BUILDERS, "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "wrn16-4",
                                  "wrn16-8", "wrn28-10")
+
+#: Alias patterns: (regex, base name, the options its groups fix).
+_ALIASES = ((r"resnet-?(\d+)", "resnet", ("depth",)), (r"wrn-?(\d+)-(\d+)", "wrn", ("depth", "widen_factor")))
 
 
 def _options(base: str) -> dict[str, Any]:
@@ -52,12 +54,9 @@ def parse_model_name(name: str) -> tuple[str, dict]:
     key = name.strip().lower()
     if key in _BUILDERS:
         return key, {}
-    match = re.fullmatch(r"resnet-?(\d+)", key)
-    if match:
-        return "resnet", {"depth": int(match.group(1))}
-    match = re.fullmatch(r"wrn-?(\d+)-(\d+)", key)
-    if match:
-        return "wrn", {"depth": int(match.group(1)), "widen_factor": int(match.group(2))}
+    for pattern, base, keys in _ALIASES:
+        if match := re.fullmatch(pattern, key):
+            return base, {k: int(v) for k, v in zip(keys, match.groups())}
     raise ModelSpecError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)} "
                          "(or any resnet<depth>, wrn<depth>-<widen_factor>)")
 
