@@ -85,23 +85,12 @@ def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], da
     for k, d in enumerate(directions):
         pair, hits = [], []
         for sign in (1.0, -1.0):
-            lo, t, hit = 0.0, start, False
-            while True:
-                if loss_at(d, sign * t) >= target:
-                    hit = True
-                    break
-                if t >= max_extent:
-                    break
+            lo, t = 0.0, start
+            while not (hit := loss_at(d, sign * t) >= target) and t < max_extent:  # doubling
                 lo, t = t, min(2 * t, max_extent)
-            if hit:
-                hi = t
-                for _ in range(bisect):
-                    mid = 0.5 * (lo + hi)
-                    if loss_at(d, sign * mid) >= target:
-                        hi = mid
-                    else:
-                        lo = mid
-                t = hi
+            for _ in range(bisect if hit else 0):  # bisection of [lo, t], the loss reaching the target at t
+                mid = 0.5 * (lo + t)
+                lo, t = (lo, mid) if loss_at(d, sign * mid) >= target else (mid, t)
             pair.append(float(t))
             hits.append(hit)
             if not hit:

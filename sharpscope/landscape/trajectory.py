@@ -52,19 +52,14 @@ def trajectory_directions(model: nn.Module, snapshots: Sequence[dict[str, Tensor
     total = float(evals.sum())
     if total == 0:
         raise ConfigError("the snapshots are all identical: no trajectory to analyse")
-    comps = []
-    for k in range(n_components):
-        v = centred.T @ evecs[:, k]
-        comps.append(v / v.norm())
+    comps = [v / v.norm() for v in (centred.T @ evecs[:, k] for k in range(n_components))]
     path = torch.stack([rows @ c for c in comps], dim=1).numpy()
-    shapes = {n: p.shape for n, p in model.named_parameters()}
-    sizes = [shapes[n].numel() for n in names]
     ref = dict(model.named_parameters())
     directions = []
     for c in comps:
-        parts = dict(zip(names, c.split(sizes)))
-        directions.append({n: (parts[n].view(shapes[n]) if n in parts else torch.zeros(shapes[n], dtype=torch.float64))
-                           .to(ref[n].dtype).to(ref[n].device) for n in shapes})
+        parts = dict(zip(names, c.split([ref[n].numel() for n in names])))
+        directions.append({n: (parts[n].view(p.shape) if n in parts else torch.zeros(p.shape, dtype=torch.float64))
+                           .to(p.dtype).to(p.device) for n, p in ref.items()})
     return TrajectoryDirections(directions, [float(e) / total for e in evals[:n_components]], path)
 
 
