@@ -94,8 +94,7 @@ def evaluate_points(
                                             for x, y in prepared.batches], prepared.counts, weights=prepared.weights)
     at = _PointEvaluator(prepared, calls, points, {n: b.detach() for n, b in model.named_buffers()}, channels_last,
                          first.device)
-    loss = np.full(n_points, np.nan)
-    acc = np.full(n_points, np.nan)
+    loss, acc = np.full(n_points, np.nan), np.full(n_points, np.nan)
     extra = {name: np.full(n_points, np.nan) for name in calls}
     todo = [k for k in range(n_points) if done is None or not done[k]]
     if distributed:
@@ -298,12 +297,10 @@ def _shifted(start: dict[str, Tensor], directions: Sequence[Direction], cx: floa
     """``start + cx d_1 + cy d_2 + cz d_3`` entry by entry (a zero or absent coordinate adds nothing)."""
     out = {}
     for n, t in start.items():
-        v = t + cx * directions[0][n] if cx and n in directions[0] else t
-        if cy and n in directions[1]:
-            v = v + cy * directions[1][n]
-        if cz and n in directions[2]:
-            v = v + cz * directions[2][n]
-        out[n] = v
+        for c, d in zip((cx, cy, cz), directions):
+            if c and n in d:
+                t = t + c * d[n]
+        out[n] = t
     return out
 
 
@@ -325,9 +322,7 @@ class _Progress:
     def start(cls, n: int, metric_names: list[str], path: str | Path | None, fingerprint: str, save_every: int,
               on_point: Callable[[int, float, float], None] | None) -> _Progress:
         """Nothing done, or what the file at ``path`` holds for the same grid and metrics."""
-        loss = np.full(n, np.nan)
-        acc = np.full(n, np.nan)
-        done = np.zeros(n, dtype=bool)
+        loss, acc, done = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
         extra = {name: np.full(n, np.nan) for name in metric_names}
         if path and Path(path).is_file():
             with np.load(path, allow_pickle=False) as z:

@@ -112,8 +112,7 @@ class SurfaceResult:
             [(math.cos(t), math.sin(t)) for t in np.linspace(0, 2 * np.pi, n_angles, endpoint=False)]
         increases = {}
         for r in radii:
-            vals = [self.value_at(-r), self.value_at(r)] if self.dim == 1 else \
-                [self.value_at(r * ux, r * uy) for ux, uy in rays]
+            vals = [self.value_at(r * ux, r * uy) for ux, uy in rays]
             increases[str(r)] = None if any(math.isnan(v) for v in vals) else float(np.mean(vals) - centre)
         out["loss_increase_at_radius"] = increases
         crossings = [self._ray_crossing(ux, uy, centre + delta) for ux, uy in rays]

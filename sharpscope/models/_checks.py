@@ -93,9 +93,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def spec_kwargs(spec: Mapping[str, Any]) -> dict:
-    kwargs = spec.get("kwargs", {})
-    if kwargs is None:
-        return {}
+    kwargs = {} if spec.get("kwargs") is None else spec["kwargs"]
     if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
         raise ModelSpecError(f"model spec 'kwargs' must be a dict with string keys, got {kwargs!r}")
     return dict(kwargs)
