@@ -1,5 +1,4 @@
-"""The data sets that need no files: scikit-learn's bundled ``digits``, the generated
-``mnist1d`` and the seeded Gaussian-mixture ``synthetic``."""
+"""The data sets that need no files: ``digits`` (scikit-learn's), ``mnist1d`` and ``synthetic``."""
 
 from __future__ import annotations
 

@@ -37,9 +37,8 @@ def _check_batch_size(batch_size: int) -> None:
 
 @dataclass
 class Dataset:
-    """A loaded data set: float32 inputs, int64 labels (``y_train`` noisy under label noise,
-    ``y_train_clean`` and ``y_test`` clean) and its spec. Token data: int64 inputs (N, T) and
-    labels (N, T), the next tokens; ``num_classes`` is the vocabulary."""
+    """A loaded data set: float32 inputs (token data: int64 (N, T)), int64 labels (``y_train`` noisy under
+    label noise; token data: the next tokens, ``num_classes`` the vocabulary) and its spec."""
 
     spec: DataSpec
     x_train: torch.Tensor

@@ -21,10 +21,8 @@ def _sha256(t: torch.Tensor, dtype: torch.dtype) -> str:
 
 
 def fingerprint(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> dict[str, Any]:
-    """What identifies a training split (equal fingerprints: the same examples in the same order, up
-    to a hash collision): ``n_examples``, ``input_shape`` (one example's), ``num_classes`` (K;
-    ``max(y) + 1`` when not given), ``class_counts`` (every label token for token data) and the
-    SHA-256 of the inputs as float32 and the labels (as trained on) as int64, C order."""
+    """What identifies a training split: sizes, ``num_classes`` (default ``max(y) + 1``), ``class_counts``
+    (of every label token for token data) and the SHA-256 of the inputs as float32 and labels as int64."""
     y = torch.as_tensor(y)
     if y.ndim < 1 or len(y) != len(x):
         raise DataError(f"labels of shape {tuple(y.shape)} do not match inputs of shape {tuple(x.shape)}")

@@ -1,5 +1,4 @@
-"""The pipeline of :func:`load_dataset` (see :mod:`sharpscope.data`): raw arrays, split,
-normalization statistics, seeded subsets, float32 conversion, label noise."""
+"""The pipeline of :func:`load_dataset` (:mod:`sharpscope.data`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Readers of the data sets the user has put on disk: MNIST-format IDX files (``mnist``,
-``fashion-mnist``), the official CIFAR "binary version" (``cifar10``, ``cifar100``) and ``.npz``
-archives (``npz``, read without unpickling). Nothing is ever downloaded."""
+"""Readers of files the user put on disk: MNIST-format IDX files, the official CIFAR "binary version"
+and ``.npz`` archives (read without unpickling)."""
 
 from __future__ import annotations
 
@@ -41,8 +40,7 @@ def expected_files(name: str) -> str:
 
 @dataclass
 class RawData:
-    """Arrays as stored, before split, subsetting and normalization; ``x_test`` / ``y_test`` None
-    without an official split. Pixels are divided by ``scale`` to reach [0, 1]; ``normalize``:
+    """Arrays as stored (test None without an official split), pixels / ``scale`` in [0, 1], ``normalize``:
     "none", "scalar" (one mean/std over all train values) or "channel" (per-channel)."""
 
     x_train: np.ndarray

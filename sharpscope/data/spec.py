@@ -1,6 +1,5 @@
-"""What a data set is: :class:`DataSpec` (everything needed to rebuild a :class:`Dataset`
-deterministically), the fields in which two specs choose different training splits, and the spec
-an analysis of a checkpoint loads."""
+"""What a data set is (:class:`DataSpec`), how two specs' training splits differ, and the spec an
+analysis of a checkpoint loads."""
 
 from __future__ import annotations
 
@@ -27,12 +26,9 @@ _FILE_BACKED = ("npz", "mnist", "fashion-mnist", "cifar10", "cifar100", "tokens"
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Everything needed to (re)build a :class:`Dataset` deterministically.
-
-    ``root``: a folder (an ``.npz`` file for ``npz``) for the file-backed data sets. ``seed`` also
-    generates ``mnist1d`` and ``synthetic``; ``test_fraction`` applies only without an official
-    test split; ``block_size`` only to token data (``text``, ``tokens``; :mod:`.text`).
-    """
+    """Everything needed to (re)build a :class:`Dataset` deterministically: ``root`` a folder (an
+    ``.npz`` file for ``npz``); ``seed`` also generates ``mnist1d`` / ``synthetic``; ``test_fraction``
+    only without an official split; ``block_size`` only for token data."""
 
     name: str = "digits"
     root: str | None = None
@@ -120,9 +116,8 @@ _TRAIN_SPLIT_FIELDS = ("name", "seed", "test_fraction", "label_noise", "noise_se
 
 def spec_differences(a: Mapping[str, Any], b: Mapping[str, Any], *, root: bool = True,
                      names: tuple[str, str] = ("in a", "in b")) -> list[str]:
-    """The fields in which two :meth:`DataSpec.to_dict` dicts choose different training splits, as
-    "seed 0 in a, 1 in b" phrases; ``root`` compared unless ``root=False`` (fingerprints compare
-    the contents instead); missing fields take the defaults."""
+    """The fields (``root`` too unless ``root=False``) in which two :meth:`DataSpec.to_dict` dicts choose
+    different training splits, as "seed 0 in a, 1 in b" phrases; missing fields take the defaults."""
     default = DataSpec().to_dict()
     fields = _TRAIN_SPLIT_FIELDS + (("root",) if root else ())
     value = {key: (a.get(key, default.get(key)), b.get(key, default.get(key))) for key in fields}
@@ -133,12 +128,8 @@ def spec_differences(a: Mapping[str, Any], b: Mapping[str, Any], *, root: bool =
         irrelevant.update(k for k in fields if k.startswith("synthetic_"))
     if not any(name in TOKEN_DATASETS for name in value["name"]):
         irrelevant.add("block_size")
-    out = []
-    for key in (k for k in fields if k not in irrelevant):
-        va, vb = value[key]
-        if va != vb:
-            out.append(f"{key} {va!r} {names[0]}, {vb!r} {names[1]}")
-    return out
+    return [f"{key} {value[key][0]!r} {names[0]}, {value[key][1]!r} {names[1]}" for key in fields
+            if key not in irrelevant and value[key][0] != value[key][1]]
 
 
 def analysis_data_spec(stored: Mapping[str, Any] | None, name: str | None = None, root: str | None = None,

@@ -1,6 +1,5 @@
-"""Loss landscapes: directions, 1-D / 2-D surfaces, interpolation and trajectory PCA
-(Li et al., NeurIPS 2018; Goodfellow et al., ICLR 2015), and directions along the top
-Hessian eigenvectors; topological summaries (minima, merge tree, persistence) of a grid."""
+"""Loss landscapes (Li et al. 2018; Goodfellow et al. 2015): directions (random, Hessian, trajectory
+PCA), 1-, 2- and 3-D surfaces, interpolation, and their topology."""
 
 from .directions import (DIR_TYPES, IGNORES, NORMS, Direction, normalize_direction, orthogonalize,
                          random_direction, random_directions, restrict, scale_to_norm, state_buffer_names)

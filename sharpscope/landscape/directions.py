@@ -115,9 +115,8 @@ def normalize_direction(direction: Direction, model: nn.Module, norm: str = "fil
 
 
 def restrict(direction: Direction, model: nn.Module, params: object = None) -> Direction:
-    """``direction`` with zero on the parameters ``params`` does not select
-    (:func:`sharpscope.objective.moved_parameters`; None: every trainable one); buffer entries
-    kept; ``direction`` itself when every parameter is selected."""
+    """``direction`` (itself if all are selected) zero on the parameters ``params`` leaves out
+    (:func:`sharpscope.objective.moved_parameters`; None: every trainable one), buffers kept."""
     chosen = set(moved_parameters(model, params))
     drop = [n for n, _ in model.named_parameters() if n not in chosen and n in direction]
     if not drop:

@@ -74,14 +74,9 @@ def evaluate_points(
     on_point: Callable[[int, float, float], None] | None = None, distributed: bool | None = None,
     metrics: Mapping[str, MetricFn] | None = None, on_metrics: Callable[[int, dict[str, float]], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Mean loss and accuracy (argmax == class-index targets, else NaN) at ``n_points`` settings.
-
-    ``points(k)``: point k's parameters and buffers (None keeps the model's); ``done[k]`` True
-    skips it (NaN). ``chunk_size=None`` times ``CHUNK_CANDIDATES`` on the first point and keeps
-    the fastest. Distributed: points round robin over the ranks, values all-reduced.
-    ``metrics`` ({name: fn(model, batch)}) are averaged too and returned third;
-    ``on_metrics(k, values)`` is called before ``on_point``.
-    """
+    """Mean loss, accuracy (argmax == class-index targets, else NaN) and ``metrics`` (returned third)
+    at the ``n_points`` parameter settings ``points(k)`` (params, buffers or None) not ``done``;
+    ``chunk_size=None`` times ``CHUNK_CANDIDATES``; distributed: points round robin, all-reduced."""
     metric_fns = check_metrics(metrics)
     calls = {name: MetricCall(model, fn) for name, fn in metric_fns.items()}
     distributed = dist_utils.is_distributed() if distributed is None else distributed
@@ -223,14 +218,9 @@ def surface(
     cache_bytes: int | None = None, zs: Sequence[float] | np.ndarray | None = None,
     metrics: Mapping[str, MetricFn] | None = None,
 ) -> SurfaceResult:
-    """Loss and accuracy over the grid ``xs`` (x ``ys`` (x ``zs``)) along 1, 2 or 3 ``directions``.
-
-    ``center`` defaults to the model's parameters (and moved buffers). ``resume_path``: progress
-    saved every ``save_every`` points, resumed for the same grid, directions and options.
-    ``cache``/``cache_bytes``: :meth:`sharpscope.batches.BatchLoss.read`. A 3-D grid has
-    ``loss[k, i, j]`` at (xs[j], ys[i], zs[k]). ``metrics`` ({name: fn(model, batch)},
-    :mod:`.metrics`) land in ``result.metrics`` shaped like ``loss``.
-    """
+    """Loss, accuracy and ``metrics`` over the grid ``xs`` (x ``ys`` (x ``zs``)) along 1, 2 or 3
+    ``directions`` around ``center`` (default: the model's weights); ``loss[k, i, j]`` at (xs[j],
+    ys[i], zs[k]); ``resume_path`` saves progress every ``save_every`` points for a rerun."""
     metric_fns = check_metrics(metrics)
     if zs is not None and ys is None:
         raise ConfigError("a 3-D surface needs ys as well as zs")
@@ -387,9 +377,8 @@ def interpolate(
     cache: bool | str = "auto", cache_bytes: int | None = None, metrics: Mapping[str, MetricFn] | None = None,
     params: object = None,
 ) -> SurfaceResult:
-    """Loss and accuracy along theta(alpha) = (1 - alpha) theta_A + alpha theta_B (Goodfellow et
-    al. 2015). ``buffers="interpolate"`` also interpolates floating-point buffers, ``"keep"``
-    uses A's; ``params`` chooses the parameters that move (:func:`.directions.restrict`)."""
+    """Loss and accuracy along (1 - alpha) theta_A + alpha theta_B (Goodfellow et al. 2015), buffers
+    interpolated or A's (``"keep"``), ``params`` the parameters that move (:func:`.directions.restrict`)."""
     metric_fns = check_metrics(metrics)
     require_grid_memory(len(alphas))
     if buffers not in ("interpolate", "keep"):

@@ -91,14 +91,10 @@ class SurfaceResult:
 
     def summary(self, radii: Sequence[float] = (0.1, 0.25, 0.5, 1.0), delta: float = 0.1,
                 n_angles: int = 72) -> dict[str, Any]:
-        """Loss at the centre, mean loss increase at each radius, and the basin width.
-
-        Increase at r: mean of L(+-r) (1-D) or over ``n_angles`` points of the circle of radius r
-        (2-D), minus L(0). Basin width: where L - L(0) <= delta along the two rays (1-D), or 2 x
-        the mean over rays of where it first exceeds delta (2-D). None where the grid is too
-        small. Interpolation: the loss at alpha = 1 and the barrier max_{alpha in [0, 1]} L(alpha)
-        - max(L(0), L(1)) of the piecewise-linear curve (>= 0). 3-D: the slice nearest z = 0.
-        """
+        """Centre loss; increase at r: the mean of L over the rays (+-1 in 1-D, ``n_angles`` in 2-D) at
+        distance r, minus L(0); basin width: where L - L(0) first exceeds delta, summed over the two
+        1-D rays or 2 x the 2-D mean (None off the grid); interpolation: L(1) and the barrier
+        max_{[0, 1]} L - max(L(0), L(1)) >= 0; 3-D: the slice nearest z = 0."""
         if self.dim == 3:
             k = self.centre_slice()
             return {**self.slice(k).summary(radii, delta, n_angles), "dim": 3, "n_points": self.n_points,
@@ -160,16 +156,14 @@ class SurfaceResult:
         return float(prev_t), False
 
     def topology(self, connectivity: str = "full", threshold: float = 0.0) -> Any:
-        """Minima, merge tree and saddle-minimum depths of the loss grid
-        (:func:`sharpscope.landscape.topology.surface_topology`; coordinates in array order, (y, x) in 2-D)."""
+        """:func:`~sharpscope.landscape.topology.surface_topology` of the loss grid (array order: (y, x))."""
         from .topology import surface_topology
         return surface_topology(self.loss, axes=(self.xs,) if self.ys is None else (self.ys, self.xs) if self.zs is None
                                 else (self.zs, self.ys, self.xs),
                                 connectivity=connectivity, threshold=threshold)
 
     def to_dict(self, radii: Sequence[float] = (0.1, 0.25, 0.5, 1.0), delta: float = 0.1) -> dict[str, Any]:
-        """JSON summary: the options, the grid axes and :meth:`summary` (arrays go in the npz); 2-D: also
-        ``topology`` (:meth:`topology`, default settings)."""
+        """JSON summary: options, axes, :meth:`summary` and (2-D, 3-D) :meth:`topology`; arrays go in the npz."""
         return {**({"topology": self.topology().to_dict()} if self.dim >= 2 else {}),
                 "summary": self.summary(radii, delta), "options": self.options,
                 "xs": [float(v) for v in self.xs], "ys": None if self.ys is None else [float(v) for v in self.ys],

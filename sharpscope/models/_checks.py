@@ -1,5 +1,4 @@
-"""Checks of model specs and options shared by the modules of :mod:`sharpscope.models`: each
-raises :class:`~sharpscope.errors.ModelSpecError` with one line."""
+"""Checks of model specs and options, each raising a one-line :class:`~sharpscope.errors.ModelSpecError`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Pieces shared by the built-in architectures: activations, 3x3 convs, optional BatchNorm,
-the three residual stages of the CIFAR ResNets and the weight initialisation."""
+"""Pieces of the built-in architectures: activations, 3x3 convs, optional BN, residual stages, init."""
 
 from __future__ import annotations
 

@@ -17,9 +17,8 @@ __all__ = ["SimpleCNN", "Conv1dNet", "build_cnn", "build_cnn1d"]
 
 
 class SimpleCNN(nn.Module):
-    """``[Conv3x3(pad 1) -> (BatchNorm2d) -> ReLU] * len(channels) -> MaxPool2x2 -> flatten ->
-    Linear(hidden) -> ReLU -> (Dropout) -> Linear(num_classes)``, conv biases only without
-    BatchNorm; 85,066 parameters on (1, 8, 8) input with 10 classes."""
+    """``[Conv3x3 -> (BN) -> ReLU] * len(channels) -> MaxPool2x2 -> Linear(hidden) -> ReLU -> (Dropout) ->
+    Linear``, conv biases only without BN; 85,066 parameters on (1, 8, 8) input with 10 classes."""
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, channels: Sequence[int] = (32, 64),
                  hidden: int = 64, bn: bool = False, dropout: float = 0.0) -> None:
@@ -44,9 +43,8 @@ class SimpleCNN(nn.Module):
 
 
 class Conv1dNet(nn.Module):
-    """MNIST-1D's "CNN" baseline (Greydanus & Kobak 2020, ``ConvBase``): ``[Conv1d(kernel 5, then 3;
-    stride 2, padding 1) -> (BatchNorm1d) -> ReLU] * len(channels) -> flatten -> Linear``, input
-    ``(N, L)`` as one channel, PyTorch's default initialisation; 5,210 parameters on 40 features."""
+    """MNIST-1D's ``ConvBase`` (Greydanus & Kobak 2020): ``[Conv1d(kernel 5, then 3; stride 2, padding 1) ->
+    (BN) -> ReLU] * len(channels) -> Linear`` on ``(N, L)``, default init; 5,210 parameters on 40 features."""
 
     def __init__(self, length: int, num_classes: int, channels: Sequence[int] = (25, 25, 25),
                  bn: bool = False) -> None:

@@ -1,6 +1,5 @@
-"""Custom model factories (``package.module:function``): their names, their specs, importing
-them, and the rule that a spec read from a checkpoint never chooses what code runs (see
-:mod:`sharpscope.models`)."""
+"""Custom model factories (``package.module:function``): names, specs, importing them, and the rule
+that a spec read from a checkpoint never chooses what code runs."""
 
 from __future__ import annotations
 

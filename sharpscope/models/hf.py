@@ -71,9 +71,8 @@ def build_gpt(input_shape: Sequence[int], num_classes: int, *, n_layer: int = 2,
 
 def build_bert(input_shape: Sequence[int], num_classes: int, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
                vocab_size: int = 256, dropout: float = 0.0, attention: str = "eager") -> nn.Module:
-    """A ``BertForSequenceClassification`` from a ``BertConfig``: ``num_classes`` labels,
-    ``max_position_embeddings`` = T of ``input_shape`` (T,), token 0 the padding token,
-    intermediate width 4 ``n_embd``."""
+    """A ``BertForSequenceClassification``: ``num_classes`` labels, ``max_position_embeddings`` = T,
+    padding token 0, intermediate width 4 ``n_embd``."""
     length = _sequence_length("bert", input_shape)
     classes = check_int("num_classes", num_classes, 2)
     vocab = check_int("vocab_size", vocab_size, 2)

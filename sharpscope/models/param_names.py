@@ -103,11 +103,9 @@ def biasbn_names(model: nn.Module) -> set[str]:
 
 
 def select_parameters(model: nn.Module, params: Any = None, include_frozen: bool = False) -> list[str]:
-    """Names of the trainable parameters chosen by ``params``: ``None`` / ``"all"`` (every one),
-    ``"no-biasbn"`` (all but biases and normalization-layer parameters), glob patterns on names
-    (``"transformer.h.*.attn.*"``; a leading ``!`` excludes) or a callable ``(name, parameter) ->
-    bool``. Frozen parameters are left out unless ``include_frozen``; an empty selection is a
-    :class:`ConfigError`."""
+    """Trainable parameter names chosen by ``params``: ``None`` / ``"all"``, ``"no-biasbn"``, glob patterns
+    (a leading ``!`` excludes) or a callable ``(name, parameter) -> bool``; frozen ones only with
+    ``include_frozen``; an empty selection is a :class:`ConfigError`."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or include_frozen]
     if params is None or params == "all":
         chosen = [n for n, _ in named]

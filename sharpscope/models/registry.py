@@ -1,5 +1,4 @@
-"""The built-in architectures by name: aliases (``resnet20``, ``wrn28-10``), their options,
-model specs and :func:`build_model` (which hands factory specs to :mod:`.factory`)."""
+"""The built-in architectures by name and alias, their options, model specs and :func:`build_model`."""
 
 from __future__ import annotations
 
@@ -77,9 +76,8 @@ def _resolve(name: str, kwargs: Mapping[str, Any]) -> tuple[str, dict]:
 
 
 def make_model_spec(name: str, input_shape: Sequence[int], num_classes: int, **kwargs: Any) -> dict:
-    """A built-in model choice as a plain-dict spec, checked by a dry build on the ``meta`` device
-    (no memory, no RNG use), every option's default filled in (so a checkpoint rebuilds the same
-    architecture even if a default changes later)."""
+    """A built-in model as a plain-dict spec, checked by a dry build on the ``meta`` device, with every
+    default filled in (a checkpoint rebuilds the same architecture if a default changes)."""
     shape = check_input_shape(input_shape)
     classes = check_int("num_classes", num_classes)
     options = json_plain(kwargs, "model options")
@@ -93,9 +91,8 @@ def make_model_spec(name: str, input_shape: Sequence[int], num_classes: int, **k
 
 
 def build_model(spec: Mapping[str, Any], *, allow_factory: bool | str = False) -> nn.Module:
-    """A model from a spec dict (:mod:`sharpscope.models`), weights from torch's global RNG. A factory
-    runs only when ``allow_factory`` is ``True`` or its own ``"package.module:function"`` name;
-    otherwise, and for every problem with the spec, a one-line :class:`ModelSpecError`."""
+    """A model from a spec dict, weights from torch's global RNG; a factory runs only when
+    ``allow_factory`` is ``True`` or its own name, else (and for any bad spec) a :class:`ModelSpecError`."""
     if not isinstance(spec, Mapping):
         raise ModelSpecError(f"model spec must be a dict, got {type(spec).__name__}")
     if ("factory" in spec) == ("name" in spec):

@@ -36,10 +36,9 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """A 3x3 conv stem of ``width`` channels, three stages of n = (depth - 2) / 6 BasicBlocks of widths
-    ``width, 2 width, 4 width`` and strides 1, 2, 2, global average pooling and a linear head
-    (ResNet-20 on CIFAR-10: 272,474 parameters; 269,722 with option A). ``bn=False``: identity
-    for every BatchNorm, convs with biases."""
+    """A 3x3 conv stem of ``width`` channels, three stages of (depth - 2) / 6 BasicBlocks of widths
+    ``width, 2 width, 4 width``, average pooling, a linear head (ResNet-20 on CIFAR-10: 272,474
+    parameters); ``bn=False``: identity for every BatchNorm, convs with biases."""
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, depth: int = 20, width: int = 16,
                  bn: bool = True) -> None:

@@ -38,9 +38,8 @@ class WideBasicBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-d-k: a 3x3 conv stem of 16 channels, three groups of n = (depth - 4) / 6 blocks of widths
-    16k, 32k, 64k and strides 1, 2, 2, then BN-ReLU-average pool-linear (WRN-28-10 on CIFAR-10:
-    36,479,194 parameters). ``bn=False``: identity for every BatchNorm, convs with biases."""
+    """WRN-d-k: a 16-channel stem, three groups of (depth - 4) / 6 blocks of widths 16k, 32k, 64k, then
+    BN-ReLU-pool-linear (WRN-28-10: 36,479,194 parameters); ``bn=False``: no BN, convs with biases."""
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, depth: int = 16, widen_factor: int = 4,
                  dropout: float = 0.0, bn: bool = True) -> None:
