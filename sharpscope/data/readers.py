@@ -164,28 +164,30 @@ def read_cifar(name: str, root: Path) -> RawData:
     return RawData(x_train, y_train, x_test, y_test, num_classes=k, scale=255.0, normalize="channel")
 
 
-def _npz_inputs(path: Path, key: str, x: np.ndarray) -> np.ndarray:
-    """A checked npz input array as (N, D) or (N, C, H, W)."""
+def _npz_pair(path: Path, arrays: dict[str, np.ndarray], x_key: str, y_key: str,
+              shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Checked npz inputs as (N, D) or (N, C, H, W) (examples of ``shape`` if given) and int64 labels >= 0."""
+    x, y = arrays[x_key], arrays[y_key]
     if x.dtype.kind not in "iuf":
-        raise DataError(f"npz: {path} array {key} has dtype {x.dtype}; expected real numbers")
+        raise DataError(f"npz: {path} array {x_key} has dtype {x.dtype}; expected real numbers")
     if x.ndim == 3:
         x = x[:, None, :, :]
     if x.ndim not in (2, 4):
-        raise DataError(f"npz: {path} array {key} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W)")
+        raise DataError(f"npz: {path} array {x_key} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W)")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise DataError(f"npz: {path} array {key} contains NaN or infinite values")
-    return x
-
-
-def _npz_labels(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
-    """A checked npz label array (1-D, integer, >= 0, length n) as int64."""
+        raise DataError(f"npz: {path} array {x_key} contains NaN or infinite values")
+    if shape is not None and x.shape[1:] != shape:
+        raise DataError(f"npz: {path} {x_key} examples have shape {x.shape[1:]} but X has {shape}")
+    n = len(x)
     if y.dtype.kind not in "iu":
-        raise DataError(f"npz: {path} array {key} has dtype {y.dtype}; expected integer labels 0..K-1")
+        raise DataError(f"npz: {path} array {y_key} has dtype {y.dtype}; expected integer labels 0..K-1")
     if y.ndim != 1 or len(y) != n:
-        raise DataError(f"npz: {path} array {key} has shape {y.shape}; expected ({n},) to match the inputs")
+        raise DataError(f"npz: {path} array {y_key} has shape {y.shape}; expected ({n},) to match the inputs")
     if n and y.min() < 0:
-        raise DataError(f"npz: {path} array {key} has negative label {int(y.min())}; expected 0..K-1")
-    return y.astype(np.int64)
+        raise DataError(f"npz: {path} array {y_key} has negative label {int(y.min())}; expected 0..K-1")
+    if n == 0:
+        raise DataError(f"npz: {path} array {x_key} is empty")
+    return x, y.astype(np.int64)
 
 
 def _npz_arrays(path: Path, archive: Any) -> dict[str, np.ndarray]:
@@ -219,17 +221,7 @@ def read_npz(path: Path) -> RawData:
         raise DataError(f"npz: {path} is a single .npy array, not an .npz archive; expected {_NPZ_EXPECTED}")
     with archive:
         arrays = _npz_arrays(path, archive)
-    x = _npz_inputs(path, "X", arrays["X"])
-    y = _npz_labels(path, "y", arrays["y"], len(x))
-    if len(x) == 0:
-        raise DataError(f"npz: {path} array X is empty")
-    x_test = y_test = None
-    if "X_test" in arrays:
-        x_test = _npz_inputs(path, "X_test", arrays["X_test"])
-        if x_test.shape[1:] != x.shape[1:]:
-            raise DataError(f"npz: {path} X_test examples have shape {x_test.shape[1:]} but X has {x.shape[1:]}")
-        y_test = _npz_labels(path, "y_test", arrays["y_test"], len(x_test))
-        if len(x_test) == 0:
-            raise DataError(f"npz: {path} array X_test is empty")
+    x, y = _npz_pair(path, arrays, "X", "y")
+    x_test, y_test = _npz_pair(path, arrays, "X_test", "y_test", x.shape[1:]) if "X_test" in arrays else (None, None)
     k = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
     return RawData(x, y, x_test, y_test, num_classes=k)
