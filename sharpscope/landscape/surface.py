@@ -180,8 +180,7 @@ def _all_ranks(loss: np.ndarray, acc: np.ndarray, extra: dict[str, np.ndarray], 
     idx = torch.tensor(todo, dtype=torch.long, device=device)
     mine[0, idx] = torch.as_tensor(loss[todo], dtype=torch.float64, device=device)
     mine[1, idx] = torch.as_tensor(np.nan_to_num(acc[todo]), dtype=torch.float64, device=device)
-    mine[2, idx] = torch.as_tensor(np.isnan(acc[todo]).astype(float), device=device)
-    mine[2, idx] += 2.0
+    mine[2, idx] = torch.as_tensor(np.isnan(acc[todo]).astype(float) + 2.0, device=device)
     for row, values in enumerate(extra.values(), start=3):
         mine[row, idx] = torch.as_tensor(values[todo], dtype=torch.float64, device=device)
     total = dist_utils.all_reduce_sum(mine).cpu().numpy()
