@@ -64,19 +64,22 @@ def token_batches(tokens: torch.Tensor | np.ndarray, block_size: int, batch_size
     if total == 0:
         raise DataError(f"{len(tokens)} tokens hold no block of {block_size}")
     if n_blocks is None:
-        order = range(total)
+        order = np.arange(total)
     elif not is_int(n_blocks) or not 1 <= n_blocks <= total:
         raise ConfigError(f"n_blocks must be an integer in 1..{total}, got {n_blocks!r}")
     else:
-        order = torch.randperm(total, generator=stream_generator(seed, "token_blocks"))[:n_blocks].tolist()
-
-    def block(i: int) -> torch.Tensor:
-        part = tokens[i * block_size:(i + 1) * block_size]
-        return part.to(torch.int64) if isinstance(part, torch.Tensor) else torch.from_numpy(part.astype(np.int64))
-
-    blocks = torch.stack([block(i) for i in order])
+        order = torch.randperm(total, generator=stream_generator(seed, "token_blocks"))[:n_blocks].numpy()
+    blocks = _windows(tokens, order, block_size, block_size)
     return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()}
             for b in blocks.split(int(batch_size))]
+
+
+def _windows(tokens: torch.Tensor | np.ndarray, starts: object, block_size: int, width: int) -> torch.Tensor:
+    """int64 rows tokens[s T : s T + width] for the block indices s of ``starts`` (only those are read)."""
+    offsets = np.asarray(starts, dtype=np.int64)[:, None] * block_size + np.arange(width)[None, :]
+    if isinstance(tokens, torch.Tensor):
+        return tokens[torch.from_numpy(offsets)].to(torch.int64)
+    return torch.from_numpy(np.asarray(tokens[offsets]).astype(np.int64))
 
 
 def pair_count(n_tokens: int, block_size: int) -> int:
@@ -93,12 +96,7 @@ def token_pairs(tokens: torch.Tensor | np.ndarray, block_size: int,
     total = pair_count(len(tokens), block_size)
     if total == 0:
         raise DataError(f"{len(tokens)} tokens hold no block of {block_size} and its next tokens")
-    starts = np.arange(total) if index is None else np.asarray(index, dtype=np.int64)
-    offsets = starts[:, None] * block_size + np.arange(block_size + 1)[None, :]
-    if isinstance(tokens, torch.Tensor):
-        window = tokens[torch.from_numpy(offsets)].to(torch.int64)
-    else:
-        window = torch.from_numpy(np.asarray(tokens[offsets]).astype(np.int64))
+    window = _windows(tokens, np.arange(total) if index is None else index, block_size, block_size + 1)
     return window[:, :-1].contiguous(), window[:, 1:].contiguous()
 
 
