@@ -94,7 +94,7 @@ def _persistence(values: np.ndarray, connectivity: str) -> tuple[list[tuple[int,
             parent[c] = c
             births.append((c, values_l[c]))
             continue
-        elder = min(roots, key=lambda r: rank_l[r])
+        elder = min(roots, key=lambda r: rank_l[r])  # a root is its component's first cell: the elder ranks lowest
         for r in sorted(roots, key=lambda r: rank_l[r]):
             if r != elder:
                 merges.append((r, elder, c))
