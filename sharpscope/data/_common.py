@@ -12,12 +12,12 @@ __all__ = ["is_int", "is_real", "torch_seed", "stream_generator"]
 
 
 def is_int(value: Any) -> bool:
-    """Return True for a real integer (``bool`` excluded)."""
+    """A real integer (``bool`` excluded)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def is_real(value: Any) -> bool:
-    """Return True for a real number (int or float, ``bool`` excluded)."""
+    """A real number (int or float, ``bool`` excluded)."""
     return is_int(value) or isinstance(value, (float, np.floating))
 
 
@@ -27,6 +27,6 @@ def torch_seed(seed: int) -> int:
 
 
 def stream_generator(seed: int, stream: str) -> torch.Generator:
-    """Return a fresh generator for an independent named random stream derived from ``seed``."""
+    """A fresh generator for an independent named random stream derived from ``seed``."""
     digest = hashlib.blake2b(f"{int(seed)}:{stream}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little"))

@@ -1,5 +1,4 @@
-"""The data sets that need no files: scikit-learn's bundled ``digits``, the generated
-``mnist1d`` and the seeded Gaussian-mixture ``synthetic``."""
+"""The data sets that need no files: ``digits`` (scikit-learn's), ``mnist1d`` and ``synthetic``."""
 
 from __future__ import annotations
 
@@ -19,14 +18,13 @@ from .spec import DataSpec
 
 __all__ = ["read_digits", "make_mnist1d", "make_synthetic"]
 
-# Distance scale between synthetic cluster centres (in units of the unit-variance noise):
-# a linear model reaches roughly 85 % test accuracy, an MLP roughly 90 %.
+# Distance between synthetic cluster centres, in units of the unit-variance noise
 _SYNTHETIC_SEPARATION = 5.0
 _SYNTHETIC_SUBCLUSTERS = 2
 
 
 def read_digits() -> RawData:
-    """Return scikit-learn's bundled 8x8 digits as (1797, 1, 8, 8) values in 0..16."""
+    """scikit-learn's bundled 8x8 digits as (1797, 1, 8, 8) values in 0..16."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -35,27 +33,22 @@ def read_digits() -> RawData:
     return RawData(x, y, None, None, num_classes=10, scale=16.0, normalize="scalar")
 
 
-# MNIST-1D (Greydanus & Kobak, "Scaling down deep learning with MNIST-1D", ICML 2024): ten 1-D
-# digit templates padded, scaled, translated, sheared and noised into 40-point signals by the
-# mnist1d package's own generator. Generated in memory (about 1 s for the default 5,000 signals);
-# the last few seeds' arrays are kept for this process only.
+# MNIST-1D (Greydanus & Kobak, ICML 2024) from the mnist1d package's generator; the last few seeds' arrays kept
 _MNIST1D_CACHE: dict[int, RawData] = {}
 _MNIST1D_CACHE_SIZE = 4
 
 
 def _mnist1d_seed(seed: int) -> int:
-    """The numpy seed of ``mnist1d.make_dataset``: ``seed`` itself in [0, 2**32) (so seed 42 is the
-    package's default draw), a 32-bit hash of it otherwise."""
+    """The numpy seed of ``mnist1d.make_dataset``: ``seed`` in [0, 2**32) (42: the package's default
+    draw), a 32-bit hash of it otherwise."""
     if 0 <= seed < 2**32:
         return int(seed)
     return int.from_bytes(hashlib.blake2b(f"{int(seed)}:mnist1d".encode(), digest_size=4).digest(), "little")
 
 
 def make_mnist1d(seed: int) -> RawData:
-    """MNIST-1D with the package's default arguments (4,000 train / 1,000 test signals of 40
-    points, 10 balanced classes, already standardized by the generator) and numpy seed
-    :func:`_mnist1d_seed`. The generator seeds numpy's and Python's global RNGs; both are
-    restored afterwards, so loading the data leaves every global RNG as it was."""
+    """MNIST-1D with the package's default arguments (4,000 train / 1,000 test standardized signals of
+    40 points, 10 classes) and numpy seed :func:`_mnist1d_seed`; the global RNGs it seeds are restored."""
     key = _mnist1d_seed(seed)
     if key not in _MNIST1D_CACHE:
         try:
@@ -82,11 +75,8 @@ def make_mnist1d(seed: int) -> RawData:
 
 
 def make_synthetic(spec: DataSpec) -> RawData:
-    """Generate seeded Gaussian-mixture classification data: each class is 2 unit-variance clusters.
-
-    Cluster centres are drawn with a scale that puts centres about ``_SYNTHETIC_SEPARATION``
-    noise units apart, so classes are learnable but overlap (not linearly separable).
-    """
+    """Seeded Gaussian mixture: each class is 2 unit-variance clusters whose centres lie about
+    ``_SYNTHETIC_SEPARATION`` noise units apart (learnable, not linearly separable)."""
     n, k, d = spec.synthetic_size, spec.synthetic_classes, spec.synthetic_features
     gen = stream_generator(spec.seed, "synthetic")
     centres = torch.randn(k, _SYNTHETIC_SUBCLUSTERS, d, generator=gen) * (_SYNTHETIC_SEPARATION / math.sqrt(2 * d))

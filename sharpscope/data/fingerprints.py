@@ -16,22 +16,13 @@ FINGERPRINT_VERSION = 1
 
 
 def _sha256(t: torch.Tensor, dtype: torch.dtype) -> str:
-    """SHA-256 of the C-contiguous bytes of ``t`` as ``dtype`` on the CPU (hashed in place: no
-    copy of a tensor that is already so)."""
+    """SHA-256 of the C-contiguous bytes of ``t`` as ``dtype`` on the CPU."""
     return hashlib.sha256(t.detach().to("cpu", dtype).contiguous().numpy()).hexdigest()
 
 
 def fingerprint(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> dict[str, Any]:
-    """What identifies a training split: ``n_examples`` (N), ``input_shape`` (the shape of one
-    example), ``num_classes`` (K, the data set's; ``max(y) + 1`` when not given), ``class_counts``
-    (how many labels equal each class 0..K-1) and the SHA-256 of the inputs as float32 and of the
-    labels as int64 (C order, native byte order), the labels as trained on (after label noise).
-    Token data (labels (N, T), the next tokens): ``class_counts`` counts every label token,
-    and the inputs (token ids below 2^24) hash exactly as float32.
-
-    Two splits with equal fingerprints hold the same examples in the same order, up to a hash
-    collision. Hashing 50,000 CIFAR images (614 MB as float32) takes about 1.2 s on one core.
-    """
+    """What identifies a training split: sizes, ``num_classes`` (default ``max(y) + 1``), ``class_counts``
+    (of every label token for token data) and the SHA-256 of the inputs as float32 and labels as int64."""
     y = torch.as_tensor(y)
     if y.ndim < 1 or len(y) != len(x):
         raise DataError(f"labels of shape {tuple(y.shape)} do not match inputs of shape {tuple(x.shape)}")
@@ -39,20 +30,13 @@ def fingerprint(x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None
     k = int(num_classes) if num_classes is not None else (int(y64.max()) + 1 if y64.numel() else 0)
     if y64.numel() and (int(y64.min()) < 0 or int(y64.max()) >= k):
         raise DataError(f"labels must lie in 0..{k - 1}, got {int(y64.min())}..{int(y64.max())}")
-    return {
-        "version": FINGERPRINT_VERSION,
-        "n_examples": int(len(x)),
-        "input_shape": [int(d) for d in x.shape[1:]],
-        "num_classes": k,
-        "class_counts": torch.bincount(y64, minlength=k).tolist(),
-        "inputs_sha256": _sha256(torch.as_tensor(x), torch.float32),
-        "labels_sha256": _sha256(y64, torch.int64),
-    }
+    return {"version": FINGERPRINT_VERSION, "n_examples": int(len(x)), "input_shape": [int(d) for d in x.shape[1:]],
+            "num_classes": k, "class_counts": torch.bincount(y64, minlength=k).tolist(),
+            "inputs_sha256": _sha256(torch.as_tensor(x), torch.float32), "labels_sha256": _sha256(y64, torch.int64)}
 
 
 def _classes_difference(a: Mapping[str, Any], b: Mapping[str, Any], first: str, second: str) -> str | None:
-    """'3 classes recorded, 5 now', or where the number agrees the first class whose count
-    differs ('class 1: 27 examples recorded, 25 now'); None when both agree."""
+    """'3 classes recorded, 5 now', else the first class count that differs; None when both agree."""
     if a.get("num_classes") != b.get("num_classes"):
         return f"{a.get('num_classes')} classes {first}, {b.get('num_classes')} {second}"
     ca, cb = list(a.get("class_counts") or []), list(b.get("class_counts") or [])
@@ -66,11 +50,8 @@ def _classes_difference(a: Mapping[str, Any], b: Mapping[str, Any], first: str, 
 
 def fingerprint_differences(recorded: Mapping[str, Any], current: Mapping[str, Any],
                             names: tuple[str, str] = ("recorded", "now")) -> list[str]:
-    """What differs between two fingerprints (:func:`fingerprint`), one phrase each, the first
-    value first ("1200 examples recorded, 1437 now"; ``names`` say what the two are); [] when
-    they agree. A hash is named only where the sizes do not already explain it: the inputs'
-    where the number of examples and the input shape agree, the labels' where the number of
-    examples and the class counts agree."""
+    """What differs between two fingerprints, one phrase each ("1200 examples recorded, 1437 now");
+    a hash only where the sizes do not already explain it."""
     first, second = names
 
     def same(key: str) -> bool:

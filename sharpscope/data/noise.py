@@ -15,11 +15,7 @@ __all__ = ["LabelNoise", "add_label_noise"]
 
 @dataclass(frozen=True, eq=False)
 class LabelNoise:
-    """What :func:`add_label_noise` did to a label vector.
-
-    ``flipped`` is a bool mask over the training examples, True where the label changed;
-    ``n_flipped`` is its sum.  (``eq=False``: tensors have no single truth value.)
-    """
+    """What :func:`add_label_noise` did: ``flipped``, True where a label changed, and its sum."""
 
     rate: float
     seed: int
@@ -27,16 +23,9 @@ class LabelNoise:
     flipped: torch.Tensor
 
 
-def add_label_noise(
-    labels: torch.Tensor, num_classes: int, rate: float, seed: int
-) -> tuple[torch.Tensor, LabelNoise]:
-    """Apply symmetric label noise (Zhang et al. 2017; the SAM paper's noisy-label setting).
-
-    Exactly ``round(rate * N)`` examples, chosen at random, get a label drawn uniformly from all
-    ``num_classes`` classes (possibly their old one; ``n_flipped`` counts real changes).  Uses its
-    own ``torch.Generator`` seeded with ``seed``.  Returns a new int64 tensor and a
-    :class:`LabelNoise`; ``labels`` is not modified.  ``rate`` outside [0, 1) -> ConfigError.
-    """
+def add_label_noise(labels: torch.Tensor, num_classes: int, rate: float, seed: int) -> tuple[torch.Tensor, LabelNoise]:
+    """Exactly ``round(rate * N)`` random examples get a label drawn uniformly from all classes
+    (possibly their own), by a generator seeded with ``seed``; a new int64 tensor and the record."""
     if not is_real(rate) or not 0.0 <= float(rate) < 1.0:
         raise ConfigError(f"label noise rate must be in [0, 1), got {rate!r}")
     if not is_int(num_classes) or num_classes < 1:

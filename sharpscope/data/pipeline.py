@@ -1,5 +1,4 @@
-"""The pipeline of :func:`load_dataset` (see :mod:`sharpscope.data`): raw arrays, split,
-normalization statistics, seeded subsets, float32 conversion, label noise."""
+"""The pipeline of :func:`load_dataset` (:mod:`sharpscope.data`)."""
 
 from __future__ import annotations
 
@@ -27,17 +26,12 @@ __all__ = ["load_raw", "load_dataset"]
 
 
 def load_raw(spec: DataSpec) -> RawData:
-    """Read (or generate) the raw arrays of ``spec`` without splitting, subsetting or normalizing.
-
-    Image files come back as uint8 (N, C, H, W); ``x_test`` is None where there is no official split.
-    """
+    """The raw arrays of ``spec`` (image files as uint8 (N, C, H, W)), before split, subsets, normalization."""
     spec.validate()
-    if spec.name == "digits":
-        return read_digits()
-    if spec.name == "mnist1d":
-        return make_mnist1d(spec.seed)
-    if spec.name == "synthetic":
-        return make_synthetic(spec)
+    generated = {"digits": read_digits, "mnist1d": lambda: make_mnist1d(spec.seed),
+                 "synthetic": lambda: make_synthetic(spec)}
+    if spec.name in generated:
+        return generated[spec.name]()
     root = Path(os.fspath(spec.root)).expanduser()  # validate() guarantees root is set
     if spec.name == "npz":
         return read_npz(root)
@@ -49,23 +43,20 @@ def load_raw(spec: DataSpec) -> RawData:
 
 
 def _split(raw: RawData, test_fraction: float, seed: int) -> RawData:
-    """Split a data set without an official test set by a seeded permutation."""
+    """A train / test split by a seeded permutation (for data sets without an official one)."""
     n = len(raw.x_train)
     if n < 2:
         raise DataError(f"need at least 2 examples to make a train/test split, got {n}")
     n_test = min(max(round(n * test_fraction), 1), n - 1)
     perm = torch.randperm(n, generator=stream_generator(seed, "split")).numpy()
     test, train = perm[:n_test], perm[n_test:]
-    return dataclasses.replace(
-        raw, x_train=raw.x_train[train], y_train=raw.y_train[train], x_test=raw.x_train[test], y_test=raw.y_train[test]
-    )
+    return dataclasses.replace(raw, x_train=raw.x_train[train], y_train=raw.y_train[train], x_test=raw.x_train[test],
+                               y_test=raw.y_train[test])
 
 
 def _stats(x: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Return (mean, std) of ``x`` in float64: scalars, or per channel (axis 1) shaped for broadcasting.
-
-    uint8 data is summarized from value histograms, so no large temporary arrays are made.
-    """
+    """(mean, std) of ``x`` in float64, scalars or per channel (axis 1) shaped for broadcasting; uint8
+    data from value histograms (no large temporaries)."""
     channels = [x[:, c] for c in range(x.shape[1])] if per_channel else [x]
     means, stds = [], []
     for part in channels:
@@ -83,7 +74,7 @@ def _stats(x: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _to_float(x: np.ndarray, raw: RawData, stats: tuple[np.ndarray, np.ndarray] | None) -> torch.Tensor:
-    """Convert raw inputs to float32 ``x / scale`` and, if ``stats`` are given, standardize them."""
+    """Float32 ``x / scale``, standardized by ``stats`` if given."""
     out = x.astype(np.float32)  # always a fresh, writable copy
     if raw.scale != 1.0:
         out /= np.float32(raw.scale)
@@ -94,24 +85,19 @@ def _to_float(x: np.ndarray, raw: RawData, stats: tuple[np.ndarray, np.ndarray] 
     return torch.from_numpy(out)
 
 
-def _take(
-    x: np.ndarray, y: np.ndarray, n: int | None, seed: int, stream: str, what: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return the first ``n`` examples after a seeded shuffle (all of them, in order, if n is None)."""
+def _take(x: np.ndarray, y: np.ndarray, n: int | None, seed: int, stream: str) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` examples after a seeded shuffle (all of them, in order, if n is None)."""
     if n is None:
         return x, y
     if n > len(x):
-        raise ConfigError(f"{what}={n} is larger than the {len(x)} available examples")
+        raise ConfigError(f"{stream}={n} is larger than the {len(x)} available examples")
     idx = torch.randperm(len(x), generator=stream_generator(seed, stream))[:n].numpy()
     return x[idx], y[idx]
 
 
 def load_dataset(spec: DataSpec | str | Mapping[str, Any] | None = None, **overrides: Any) -> Dataset:
-    """Load a data set described by ``spec`` (default ``DataSpec()``) with field ``overrides`` applied.
-
-    ``spec`` may also be a data set name or a dict for :meth:`DataSpec.from_dict`.  Unknown
-    override keys -> DataError.  See the module docstring for the pipeline.
-    """
+    """The data set of ``spec`` (a :class:`DataSpec`, a name or a dict; default ``DataSpec()``) with
+    field ``overrides`` (unknown ones -> DataError), by the pipeline of :mod:`sharpscope.data`."""
     if spec is None:
         spec = DataSpec()
     elif isinstance(spec, str):
@@ -135,26 +121,17 @@ def load_dataset(spec: DataSpec | str | Mapping[str, Any] | None = None, **overr
         raw = _split(raw, float(spec.test_fraction), spec.seed)
     assert raw.x_test is not None and raw.y_test is not None
     stats = None if raw.normalize == "none" else _stats(raw.x_train, raw.normalize == "channel")
-    x_train, y_train = _take(raw.x_train, raw.y_train, spec.n_train, spec.seed, "n_train", "n_train")
-    x_test, y_test = _take(raw.x_test, raw.y_test, spec.n_test, spec.seed, "n_test", "n_test")
-
+    x_train, y_train = _take(raw.x_train, raw.y_train, spec.n_train, spec.seed, "n_train")
+    x_test, y_test = _take(raw.x_test, raw.y_test, spec.n_test, spec.seed, "n_test")
     y_clean = torch.from_numpy(np.array(y_train, dtype=np.int64))
     y_noisy, noise = add_label_noise(y_clean, raw.num_classes, float(spec.label_noise), spec.noise_seed)
-    return Dataset(
-        spec=spec,
-        x_train=_to_float(x_train, raw, stats),
-        y_train=y_noisy,
-        y_train_clean=y_clean,
-        x_test=_to_float(x_test, raw, stats),
-        y_test=torch.from_numpy(np.array(y_test, dtype=np.int64)),
-        num_classes=raw.num_classes,
-        noise=noise,
-    )
+    return Dataset(spec=spec, x_train=_to_float(x_train, raw, stats), y_train=y_noisy, y_train_clean=y_clean,
+                   x_test=_to_float(x_test, raw, stats), y_test=torch.from_numpy(np.array(y_test, dtype=np.int64)),
+                   num_classes=raw.num_classes, noise=noise)
 
 
 def _token_blocks(tokens: object, spec: DataSpec, n: int | None, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``(x, y)`` blocks of one split (:func:`~.text.token_pairs`): all, in order, or ``n``
-    of them drawn as :func:`_take` draws examples (only those are read)."""
+    """The ``(x, y)`` blocks of one split (:func:`~.text.token_pairs`): all, or ``n`` drawn as :func:`_take` does."""
     total = pair_count(len(tokens), spec.block_size)  # type: ignore[arg-type]
     if n is None or total == 0:
         return token_pairs(tokens, spec.block_size)  # type: ignore[arg-type]
@@ -165,9 +142,8 @@ def _token_blocks(tokens: object, spec: DataSpec, n: int | None, stream: str) ->
 
 
 def _load_tokens(spec: DataSpec) -> Dataset:
-    """Token data (``text``, ``tokens``): train and test split into blocks of ``spec.block_size``
-    tokens with their next tokens as labels (nanoGPT's pairs); the vocabulary is the number of
-    classes; no label noise (the spec refuses it)."""
+    """Token data: blocks of ``spec.block_size`` tokens labelled by their next tokens (nanoGPT's
+    pairs); the vocabulary is the number of classes; no label noise."""
     train, test, vocab = token_arrays(spec.name, spec.root)
     x_train, y_train = _token_blocks(train, spec, spec.n_train, "n_train")
     x_test, y_test = _token_blocks(test, spec, spec.n_test, "n_test")

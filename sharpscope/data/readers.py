@@ -1,6 +1,5 @@
-"""Readers of the data sets the user has put on disk: MNIST-format IDX files (``mnist``,
-``fashion-mnist``), the official CIFAR "binary version" (``cifar10``, ``cifar100``) and ``.npz``
-archives (``npz``, read without unpickling). Nothing is ever downloaded."""
+"""Readers of files the user put on disk: MNIST-format IDX files, the official CIFAR "binary version"
+and ``.npz`` archives (read without unpickling)."""
 
 from __future__ import annotations
 
@@ -18,47 +17,31 @@ from sharpscope.errors import DataError
 
 __all__ = ["RawData", "read_idx", "expected_files", "read_mnist", "read_cifar", "read_npz"]
 
-_MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte")
 _CIFAR10_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
 _CIFAR100_FILES = ("train.bin", "test.bin")
 _CIFAR_SUBFOLDER = {"cifar10": "cifar-10-batches-bin", "cifar100": "cifar-100-binary"}
 _CIFAR_PIXELS = 3 * 32 * 32
 _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
-_NPZ_EXPECTED = (
-    "arrays X (N, D) | (N, H, W) | (N, C, H, W) and y (N,) with integer labels 0..K-1 "
-    "[optional X_test, y_test]"
-)
+_NPZ_EXPECTED = ("arrays X (N, D) | (N, H, W) | (N, C, H, W) and y (N,) with integer labels 0..K-1 "
+                 "[optional X_test, y_test]")
+_EXPECTED = {"mnist": ", ".join(f"{f}[.gz]" for f in _MNIST_FILES),
+             "cifar10": ", ".join(_CIFAR10_FILES) + " (directly or in cifar-10-batches-bin/)",
+             "cifar100": ", ".join(_CIFAR100_FILES) + " (directly or in cifar-100-binary/)", "npz": _NPZ_EXPECTED,
+             "tokens": "train.bin, val.bin (uint16 token ids, as nanoGPT's prepare.py writes them)"}
 
 
 def expected_files(name: str) -> str:
-    """Return a human-readable list of the files data set ``name`` expects in its root."""
-    if name in ("mnist", "fashion-mnist"):
-        return ", ".join(f"{f}[.gz]" for f in _MNIST_FILES)
-    if name == "cifar10":
-        return ", ".join(_CIFAR10_FILES) + f" (directly or in {_CIFAR_SUBFOLDER['cifar10']}/)"
-    if name == "cifar100":
-        return ", ".join(_CIFAR100_FILES) + f" (directly or in {_CIFAR_SUBFOLDER['cifar100']}/)"
-    if name == "npz":
-        return _NPZ_EXPECTED
-    if name == "tokens":
-        return "train.bin, val.bin (uint16 token ids, as nanoGPT's prepare.py writes them)"
-    return ""
+    """A human-readable list of the files data set ``name`` expects in its root ("" if none)."""
+    return _EXPECTED.get("mnist" if name == "fashion-mnist" else name, "")
 
 
 @dataclass
 class RawData:
-    """Arrays as stored on disk, before split, subsetting and normalization.
-
-    ``x_test`` / ``y_test`` are None when the data set has no official split.  ``scale`` is what
-    pixels are divided by to reach [0, 1] (255 for uint8 images); ``normalize`` is "none",
-    "scalar" (one mean/std over all train values) or "channel" (per-channel mean/std).
-    """
+    """Arrays as stored (test None without an official split), pixels / ``scale`` in [0, 1], ``normalize``:
+    "none", "scalar" (one mean/std over all train values) or "channel" (per-channel)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -70,7 +53,7 @@ class RawData:
 
 
 def _read_bytes(name: str, path: Path) -> bytes:
-    """Read a file (transparently gunzipping ``*.gz``); I/O problems -> DataError."""
+    """A file's bytes (``*.gz`` gunzipped); I/O problems -> DataError."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as fh:
@@ -81,21 +64,16 @@ def _read_bytes(name: str, path: Path) -> bytes:
 
 
 def read_idx(path: str | os.PathLike, expected_magic: int, name: str = "idx") -> np.ndarray:
-    """Parse an IDX file of unsigned bytes (optionally gzipped) into a uint8 array of its dims.
-
-    Checks the big-endian magic number (0x00000803 images, 0x00000801 labels), that the header
-    is complete and that the data length equals the product of the dims; otherwise DataError.
-    """
+    """An IDX file of unsigned bytes (optionally gzipped) as a uint8 array of its dims; DataError
+    unless the big-endian magic number (0x803 images, 0x801 labels), header and length agree."""
     path = Path(path)
     data = _read_bytes(name, path)
     if len(data) < 4:
         raise DataError(f"{name}: {path} is too short for an IDX header ({len(data)} bytes)")
     magic = int.from_bytes(data[:4], "big")
     if magic != expected_magic:
-        raise DataError(
-            f"{name}: {path} has magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
-            f"(IDX unsigned-byte {'images' if expected_magic == _IDX_IMAGES_MAGIC else 'labels'})"
-        )
+        raise DataError(f"{name}: {path} has magic number 0x{magic:08x}, expected 0x{expected_magic:08x} "
+                        f"(IDX unsigned-byte {'images' if expected_magic == _IDX_IMAGES_MAGIC else 'labels'})")
     ndim = expected_magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -103,15 +81,12 @@ def read_idx(path: str | os.PathLike, expected_magic: int, name: str = "idx") ->
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = math.prod(dims)
     if len(data) - header != expected:
-        raise DataError(
-            f"{name}: {path} holds {len(data) - header} data bytes but its dims {dims} need {expected} "
-            "(truncated or corrupt file)"
-        )
+        raise DataError(f"{name}: {path} holds {len(data) - header} data bytes but its dims {dims} need {expected} "
+                        "(truncated or corrupt file)")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def _check_folder(name: str, root: Path) -> None:
-    """Raise DataError when ``root`` is not an existing folder."""
     if not root.exists():
         raise DataError(f"{name}: folder {root} does not exist; put {expected_files(name)} there")
     if not root.is_dir():
@@ -119,7 +94,7 @@ def _check_folder(name: str, root: Path) -> None:
 
 
 def _find_idx_file(name: str, root: Path, base: str) -> Path:
-    """Return ``root/base`` or ``root/base.gz``; DataError naming the expected files if neither exists."""
+    """``root/base`` or ``root/base.gz``; DataError naming the expected files if neither exists."""
     for candidate in (root / base, root / f"{base}.gz"):
         if candidate.is_file():
             return candidate
@@ -152,7 +127,7 @@ def read_mnist(name: str, root: Path) -> RawData:
 
 
 def _cifar_folder(name: str, root: Path, files: tuple[str, ...]) -> Path:
-    """Return the folder holding all CIFAR files: ``root`` or its official subfolder."""
+    """The folder holding all CIFAR files: ``root`` or its official subfolder."""
     _check_folder(name, root)
     sub = root / _CIFAR_SUBFOLDER[name]
     for folder in (root, sub):
@@ -160,10 +135,8 @@ def _cifar_folder(name: str, root: Path, files: tuple[str, ...]) -> Path:
             return folder
     folder = sub if sub.is_dir() and not any((root / f).is_file() for f in files) else root
     missing = [f for f in files if not (folder / f).is_file()]
-    raise DataError(
-        f"{name}: folder {folder} has no {', '.join(missing)} (also looked in {root if folder == sub else sub}); "
-        f"expected {expected_files(name)}"
-    )
+    raise DataError(f"{name}: folder {folder} has no {', '.join(missing)} (also looked in "
+                    f"{root if folder == sub else sub}); expected {expected_files(name)}")
 
 
 def _read_cifar_file(name: str, path: Path, label_bytes: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,10 +144,8 @@ def _read_cifar_file(name: str, path: Path, label_bytes: int, num_classes: int) 
     data = _read_bytes(name, path)
     record = label_bytes + _CIFAR_PIXELS
     if len(data) == 0 or len(data) % record:
-        raise DataError(
-            f"{name}: {path} has {len(data)} bytes, not a positive multiple of the {record}-byte record "
-            f"({label_bytes} label byte(s) + {_CIFAR_PIXELS} pixel bytes)"
-        )
+        raise DataError(f"{name}: {path} has {len(data)} bytes, not a positive multiple of the {record}-byte "
+                        f"record ({label_bytes} label byte(s) + {_CIFAR_PIXELS} pixel bytes)")
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, record)
     labels = records[:, label_bytes - 1].astype(np.int64)
     if labels.max() >= num_classes:
@@ -184,10 +155,7 @@ def _read_cifar_file(name: str, path: Path, label_bytes: int, num_classes: int) 
 
 def read_cifar(name: str, root: Path) -> RawData:
     """Read CIFAR-10 (5 train batches + test batch) or CIFAR-100 (fine labels) binary files."""
-    if name == "cifar10":
-        files, label_bytes, k = _CIFAR10_FILES, 1, 10
-    else:
-        files, label_bytes, k = _CIFAR100_FILES, 2, 100
+    files, label_bytes, k = (_CIFAR10_FILES, 1, 10) if name == "cifar10" else (_CIFAR100_FILES, 2, 100)
     folder = _cifar_folder(name, root, files)
     parts = [_read_cifar_file(name, folder / f, label_bytes, k) for f in files]
     train, (x_test, y_test) = parts[:-1], parts[-1]
@@ -196,32 +164,34 @@ def read_cifar(name: str, root: Path) -> RawData:
     return RawData(x_train, y_train, x_test, y_test, num_classes=k, scale=255.0, normalize="channel")
 
 
-def _npz_inputs(path: Path, key: str, x: np.ndarray) -> np.ndarray:
-    """Validate an npz input array and return it as (N, D) or (N, C, H, W)."""
+def _npz_pair(path: Path, arrays: dict[str, np.ndarray], x_key: str, y_key: str,
+              shape: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Checked npz inputs as (N, D) or (N, C, H, W) (examples of ``shape`` if given) and int64 labels >= 0."""
+    x, y = arrays[x_key], arrays[y_key]
     if x.dtype.kind not in "iuf":
-        raise DataError(f"npz: {path} array {key} has dtype {x.dtype}; expected real numbers")
+        raise DataError(f"npz: {path} array {x_key} has dtype {x.dtype}; expected real numbers")
     if x.ndim == 3:
         x = x[:, None, :, :]
     if x.ndim not in (2, 4):
-        raise DataError(f"npz: {path} array {key} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W)")
+        raise DataError(f"npz: {path} array {x_key} has shape {x.shape}; expected (N, D), (N, H, W) or (N, C, H, W)")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise DataError(f"npz: {path} array {key} contains NaN or infinite values")
-    return x
-
-
-def _npz_labels(path: Path, key: str, y: np.ndarray, n: int) -> np.ndarray:
-    """Validate an npz label array (1-D, integer, >= 0, length n) and return it as int64."""
+        raise DataError(f"npz: {path} array {x_key} contains NaN or infinite values")
+    if shape is not None and x.shape[1:] != shape:
+        raise DataError(f"npz: {path} {x_key} examples have shape {x.shape[1:]} but X has {shape}")
+    n = len(x)
     if y.dtype.kind not in "iu":
-        raise DataError(f"npz: {path} array {key} has dtype {y.dtype}; expected integer labels 0..K-1")
+        raise DataError(f"npz: {path} array {y_key} has dtype {y.dtype}; expected integer labels 0..K-1")
     if y.ndim != 1 or len(y) != n:
-        raise DataError(f"npz: {path} array {key} has shape {y.shape}; expected ({n},) to match the inputs")
+        raise DataError(f"npz: {path} array {y_key} has shape {y.shape}; expected ({n},) to match the inputs")
     if n and y.min() < 0:
-        raise DataError(f"npz: {path} array {key} has negative label {int(y.min())}; expected 0..K-1")
-    return y.astype(np.int64)
+        raise DataError(f"npz: {path} array {y_key} has negative label {int(y.min())}; expected 0..K-1")
+    if n == 0:
+        raise DataError(f"npz: {path} array {x_key} is empty")
+    return x, y.astype(np.int64)
 
 
 def _npz_arrays(path: Path, archive: Any) -> dict[str, np.ndarray]:
-    """Return X, y (and X_test, y_test if present) from an open archive; object arrays -> DataError."""
+    """X, y (and X_test, y_test if present) of an open archive; object arrays -> DataError."""
     keys = set(archive.files)
     missing = [k for k in ("X", "y") if k not in keys]
     if missing:
@@ -234,9 +204,8 @@ def _npz_arrays(path: Path, archive: Any) -> dict[str, np.ndarray]:
             try:
                 arrays[key] = archive[key]
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise DataError(
-                    f"npz: cannot read array {key} of {path} without unpickling ({exc}); expected {_NPZ_EXPECTED}"
-                ) from None
+                raise DataError(f"npz: cannot read array {key} of {path} without unpickling ({exc}); "
+                                f"expected {_NPZ_EXPECTED}") from None
     return arrays
 
 
@@ -252,17 +221,7 @@ def read_npz(path: Path) -> RawData:
         raise DataError(f"npz: {path} is a single .npy array, not an .npz archive; expected {_NPZ_EXPECTED}")
     with archive:
         arrays = _npz_arrays(path, archive)
-    x = _npz_inputs(path, "X", arrays["X"])
-    y = _npz_labels(path, "y", arrays["y"], len(x))
-    if len(x) == 0:
-        raise DataError(f"npz: {path} array X is empty")
-    x_test = y_test = None
-    if "X_test" in arrays:
-        x_test = _npz_inputs(path, "X_test", arrays["X_test"])
-        if x_test.shape[1:] != x.shape[1:]:
-            raise DataError(f"npz: {path} X_test examples have shape {x_test.shape[1:]} but X has {x.shape[1:]}")
-        y_test = _npz_labels(path, "y_test", arrays["y_test"], len(x_test))
-        if len(x_test) == 0:
-            raise DataError(f"npz: {path} array X_test is empty")
+    x, y = _npz_pair(path, arrays, "X", "y")
+    x_test, y_test = _npz_pair(path, arrays, "X_test", "y_test", x.shape[1:]) if "X_test" in arrays else (None, None)
     k = int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1
     return RawData(x, y, x_test, y_test, num_classes=k)

@@ -1,6 +1,5 @@
-"""What a data set is: :class:`DataSpec` (everything needed to rebuild a :class:`Dataset`
-deterministically), the fields in which two specs choose different training splits, and the spec
-an analysis of a checkpoint loads."""
+"""What a data set is (:class:`DataSpec`), how two specs' training splits differ, and the spec an
+analysis of a checkpoint loads."""
 
 from __future__ import annotations
 
@@ -27,15 +26,9 @@ _FILE_BACKED = ("npz", "mnist", "fashion-mnist", "cifar10", "cifar100", "tokens"
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Everything needed to (re)build a :class:`Dataset` deterministically.
-
-    ``root`` is a folder for ``mnist`` / ``fashion-mnist`` / ``cifar10`` / ``cifar100`` and an
-    ``.npz`` file path for ``npz``; it is ignored by ``digits``, ``mnist1d`` and ``synthetic``.
-    ``seed`` also generates ``mnist1d`` (and ``synthetic``); data sets with an official test split
-    (``mnist1d``, the file-backed ones given a test part, the token data) ignore ``test_fraction``.
-    Token data (``text``, ``tokens`` from a folder holding nanoGPT's ``train.bin`` / ``val.bin``)
-    are blocks of ``block_size`` tokens (:mod:`.text`), which the other data sets ignore.
-    """
+    """Everything needed to (re)build a :class:`Dataset` deterministically: ``root`` a folder (an
+    ``.npz`` file for ``npz``); ``seed`` also generates ``mnist1d`` / ``synthetic``; ``test_fraction``
+    only without an official split; ``block_size`` only for token data."""
 
     name: str = "digits"
     root: str | None = None
@@ -51,28 +44,22 @@ class DataSpec:
     block_size: int = 64
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a plain JSON-able dict (values are only str / int / float / None)."""
+        """A plain JSON-able dict (str / int / float / None; invalid values kept for validate())."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None or isinstance(value, str):
-                out[f.name] = value
-            elif f.name == "root":
-                out[f.name] = os.fspath(value)
+            if f.name == "root" and value is not None:
+                value = os.fspath(value)
             elif is_int(value):
-                out[f.name] = int(value)
+                value = int(value)
             elif is_real(value):
-                out[f.name] = float(value)
-            else:
-                out[f.name] = value  # invalid; validate() reports it
+                value = float(value)
+            out[f.name] = value
         return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataSpec:
-        """Build a spec from a dict (e.g. one made by :meth:`to_dict`) and validate it.
-
-        Unknown keys raise :class:`DataError`; missing keys take their defaults.
-        """
+        """A validated spec from a dict (:meth:`to_dict`'s); unknown keys -> DataError, missing ones default."""
         if not isinstance(d, Mapping):
             raise DataError(f"data spec must be a dict, got {type(d).__name__}")
         known = [f.name for f in dataclasses.fields(cls)]
@@ -84,12 +71,8 @@ class DataSpec:
         return spec
 
     def validate(self) -> None:
-        """Check every field; raise :class:`DataError` or :class:`ConfigError` on the first problem.
-
-        Unknown name or a missing ``root`` for a file-backed data set -> DataError; wrongly typed or
-        out-of-range options (label_noise outside [0, 1), test_fraction outside (0, 1), ...) ->
-        ConfigError.
-        """
+        """:class:`DataError` for an unknown name or a missing ``root``; :class:`ConfigError` for a
+        wrongly typed or out-of-range option."""
         if not isinstance(self.name, str) or self.name not in DATASETS:
             raise DataError(f"unknown dataset {self.name!r}; known: {', '.join(DATASETS)}")
         self._validate_types()
@@ -101,41 +84,29 @@ class DataSpec:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{key} must be None or >= 1, got {value}")
-        if self.name == "synthetic":
-            self._validate_synthetic()
+        for key, least in (("synthetic_size", 2), ("synthetic_classes", 2), ("synthetic_features", 1)):
+            if self.name == "synthetic" and getattr(self, key) < least:
+                raise ConfigError(f"{key} must be >= {least}, got {getattr(self, key)}")
         if self.name in TOKEN_DATASETS and (self.block_size < 1 or self.label_noise):
             raise ConfigError(f"{self.name}: block_size must be >= 1 (got {self.block_size}) and label_noise 0 "
                               f"(got {self.label_noise}: next tokens are not class labels)")
         if self.name in _FILE_BACKED and self.root is None:
             what = "an .npz file path" if self.name == "npz" else "a folder"
-            raise DataError(
-                f"{self.name}: no root given; set root (--data-root) to {what} holding {expected_files(self.name)}"
-            )
+            raise DataError(f"{self.name}: no root given; set root (--data-root) to {what} holding "
+                            f"{expected_files(self.name)}")
 
     def _validate_types(self) -> None:
-        """Raise ConfigError when a field has the wrong type."""
         if self.root is not None and not isinstance(self.root, (str, os.PathLike)):
             raise ConfigError(f"root must be a path string or None, got {type(self.root).__name__}")
-        for key in ("seed", "noise_seed", "synthetic_size", "synthetic_classes", "synthetic_features", "block_size"):
-            if not is_int(getattr(self, key)):
-                raise ConfigError(f"{key} must be an integer, got {getattr(self, key)!r}")
-        for key in ("n_train", "n_test"):
-            value = getattr(self, key)
-            if value is not None and not is_int(value):
-                raise ConfigError(f"{key} must be an integer or None, got {value!r}")
-        for key in ("test_fraction", "label_noise"):
-            value = getattr(self, key)
-            if not is_real(value) or not math.isfinite(float(value)):
-                raise ConfigError(f"{key} must be a finite number, got {value!r}")
-
-    def _validate_synthetic(self) -> None:
-        """Raise ConfigError for unusable synthetic sizes."""
-        if self.synthetic_size < 2:
-            raise ConfigError(f"synthetic_size must be >= 2, got {self.synthetic_size}")
-        if self.synthetic_classes < 2:
-            raise ConfigError(f"synthetic_classes must be >= 2, got {self.synthetic_classes}")
-        if self.synthetic_features < 1:
-            raise ConfigError(f"synthetic_features must be >= 1, got {self.synthetic_features}")
+        checks = {"an integer": (is_int, ("seed", "noise_seed", "synthetic_size", "synthetic_classes",
+                                          "synthetic_features", "block_size")),
+                  "an integer or None": (lambda v: v is None or is_int(v), ("n_train", "n_test")),
+                  "a finite number": (lambda v: is_real(v) and math.isfinite(float(v)),
+                                      ("test_fraction", "label_noise"))}
+        for what, (ok, keys) in checks.items():
+            bad = [key for key in keys if not ok(getattr(self, key))]
+            if bad:
+                raise ConfigError(f"{bad[0]} must be {what}, got {getattr(self, bad[0])!r}")
 
 
 # The fields of a data spec that choose the training split (n_test and the root's spelling do not).
@@ -145,11 +116,8 @@ _TRAIN_SPLIT_FIELDS = ("name", "seed", "test_fraction", "label_noise", "noise_se
 
 def spec_differences(a: Mapping[str, Any], b: Mapping[str, Any], *, root: bool = True,
                      names: tuple[str, str] = ("in a", "in b")) -> list[str]:
-    """The data-spec fields in which ``a`` and ``b`` (dicts of :meth:`DataSpec.to_dict`) choose
-    different training splits, as "seed 0 in a, 1 in b" phrases (``names`` say what the two
-    are); ``root`` (the file or folder) is
-    compared too unless ``root=False`` (when fingerprints compare the contents instead).
-    Missing fields take :class:`DataSpec`'s defaults."""
+    """The fields (``root`` too unless ``root=False``) in which two :meth:`DataSpec.to_dict` dicts choose
+    different training splits, as "seed 0 in a, 1 in b" phrases; missing fields take the defaults."""
     default = DataSpec().to_dict()
     fields = _TRAIN_SPLIT_FIELDS + (("root",) if root else ())
     value = {key: (a.get(key, default.get(key)), b.get(key, default.get(key))) for key in fields}
@@ -160,25 +128,15 @@ def spec_differences(a: Mapping[str, Any], b: Mapping[str, Any], *, root: bool =
         irrelevant.update(k for k in fields if k.startswith("synthetic_"))
     if not any(name in TOKEN_DATASETS for name in value["name"]):
         irrelevant.add("block_size")
-    out = []
-    for key in (k for k in fields if k not in irrelevant):
-        va, vb = value[key]
-        if va != vb:
-            out.append(f"{key} {va!r} {names[0]}, {vb!r} {names[1]}")
-    return out
+    return [f"{key} {value[key][0]!r} {names[0]}, {value[key][1]!r} {names[1]}" for key in fields
+            if key not in irrelevant and value[key][0] != value[key][1]]
 
 
 def analysis_data_spec(stored: Mapping[str, Any] | None, name: str | None = None, root: str | None = None,
                        where: str = "the checkpoint") -> DataSpec:
-    """The data an analysis of a checkpoint loads: the spec it recorded (``stored``), or the one
-    the user names instead (the CLI's ``--data`` / ``--data-root``).
-
-    - ``name`` other than the recorded one (or nothing recorded): that data set with its default
-      split and no label noise, at ``root``;
-    - ``name`` equal to the recorded one, or ``root`` alone: the recorded spec (its split seed,
-      subset and label noise) with ``root`` replaced, e.g. for files that moved.
-
-    :class:`DataError` when nothing is recorded and no ``name`` is given."""
+    """The data an analysis of a checkpoint loads: a ``name`` other than the recorded one, that data
+    set's defaults at ``root``; else the recorded spec (``stored``) with ``root`` replaced (files
+    that moved). :class:`DataError` when nothing is recorded and no ``name`` is given."""
     given_root = None if root is None else os.path.abspath(os.path.expanduser(str(root)))
     if not stored and name is None:
         extra = " (--data-root alone replaces a recorded data set's root)" if root is not None else ""

@@ -1,21 +1,7 @@
-"""Token sequences with nothing downloaded, as dict batches for the token losses
-(:mod:`sharpscope.tokens`) and Hugging Face models (:mod:`sharpscope.models.hf`).
-
-* :func:`text_tokens` -- an embedded corpus that ships with every CPython: the English help
-  text of the standard library's ``pydoc_data.topics`` (79 topics, about 0.47 MB), encoded as
-  UTF-8 bytes, so byte-level tokens with a vocabulary of 256. The first 90 % of the bytes are
-  the ``"train"`` split, the rest ``"val"`` (nanoGPT's ``prepare.py`` convention).
-* :func:`read_token_bin` -- nanoGPT's ``train.bin`` / ``val.bin``: uint16 token ids, read as a
-  memory map (nothing is loaded until used).
-* :func:`token_batches` -- consecutive non-overlapping blocks of ``block_size`` tokens (or a
-  seeded subset of them), as ``{"input_ids", "attention_mask", "labels"}`` batches with
-  ``labels = input_ids`` (a causal LM shifts them: ``block_size - 1`` targets per block).
-
-* :func:`token_pairs` -- the same blocks as nanoGPT's ``(x, y)`` pairs: x a block of T tokens,
-  y the T tokens that follow each (x shifted by one), for a model called as ``model(x)`` and
-  :class:`~sharpscope.tokens.TokenCrossEntropy` (no shift: y already holds the next tokens).
-  :func:`sharpscope.data.load_dataset` builds ``--data text`` / ``--data tokens`` from them
-  (:func:`token_arrays`): a :class:`~sharpscope.data.Dataset` whose examples are blocks.
+"""Token sequences, nothing downloaded: :func:`text_tokens` (the standard library's ``pydoc_data``
+help text as UTF-8 byte tokens; 90 % ``"train"``, the rest ``"val"``), :func:`read_token_bin`
+(nanoGPT's uint16 ``train.bin`` / ``val.bin``), :func:`token_batches` (dict batches, ``labels =
+input_ids``) and :func:`token_pairs` (nanoGPT's ``(x, y)`` pairs, the data of ``--data text / tokens``).
 """
 
 from __future__ import annotations
@@ -68,11 +54,8 @@ def read_token_bin(root: str | os.PathLike[str], split: str = "train") -> np.mem
 
 def token_batches(tokens: torch.Tensor | np.ndarray, block_size: int, batch_size: int = 8,
                   n_blocks: int | None = None, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    """Blocks of ``block_size`` tokens as dict batches of at most ``batch_size`` blocks.
-
-    Block i holds tokens [i T, (i + 1) T); all complete blocks in order, or ``n_blocks`` of
-    them drawn without replacement by a generator seeded with ``seed`` (kept in drawn order).
-    """
+    """Blocks [i T, (i + 1) T) of ``tokens`` as dict batches of at most ``batch_size`` blocks: all, in
+    order, or ``n_blocks`` drawn without replacement by a generator seeded with ``seed``."""
     if not is_int(block_size) or block_size < 2:
         raise ConfigError(f"block_size must be an integer >= 2, got {block_size!r}")
     if not is_int(batch_size) or batch_size < 1:
@@ -81,51 +64,45 @@ def token_batches(tokens: torch.Tensor | np.ndarray, block_size: int, batch_size
     if total == 0:
         raise DataError(f"{len(tokens)} tokens hold no block of {block_size}")
     if n_blocks is None:
-        order = range(total)
+        order = np.arange(total)
     elif not is_int(n_blocks) or not 1 <= n_blocks <= total:
         raise ConfigError(f"n_blocks must be an integer in 1..{total}, got {n_blocks!r}")
     else:
-        order = torch.randperm(total, generator=stream_generator(seed, "token_blocks"))[:n_blocks].tolist()
-    # only the chosen blocks are read (a memory-mapped file stays on disk otherwise)
-    def block(i: int) -> torch.Tensor:
-        part = tokens[i * block_size:(i + 1) * block_size]
-        return part.to(torch.int64) if isinstance(part, torch.Tensor) else torch.from_numpy(part.astype(np.int64))
-
-    blocks = torch.stack([block(i) for i in order])
+        order = torch.randperm(total, generator=stream_generator(seed, "token_blocks"))[:n_blocks].numpy()
+    blocks = _windows(tokens, order, block_size, block_size)
     return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()}
             for b in blocks.split(int(batch_size))]
 
 
+def _windows(tokens: torch.Tensor | np.ndarray, starts: object, block_size: int, width: int) -> torch.Tensor:
+    """int64 rows tokens[s T : s T + width] for the block indices s of ``starts`` (only those are read)."""
+    offsets = np.asarray(starts, dtype=np.int64)[:, None] * block_size + np.arange(width)[None, :]
+    if isinstance(tokens, torch.Tensor):
+        return tokens[torch.from_numpy(offsets)].to(torch.int64)
+    return torch.from_numpy(np.asarray(tokens[offsets]).astype(np.int64))
+
+
 def pair_count(n_tokens: int, block_size: int) -> int:
-    """How many ``(x, y)`` blocks ``n_tokens`` tokens hold: (n - 1) // T (each block needs the
-    token after it)."""
+    """How many ``(x, y)`` blocks ``n_tokens`` tokens hold: (n - 1) // T."""
     return max(0, (int(n_tokens) - 1) // int(block_size))
 
 
 def token_pairs(tokens: torch.Tensor | np.ndarray, block_size: int,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blocks i of ``tokens`` (all of them in order, or those of ``index``) as int64 ``(x, y)``:
-    x[i] = tokens[i T : (i + 1) T], y[i] = tokens[i T + 1 : (i + 1) T + 1] (nanoGPT's pairs,
-    non-overlapping, so every token but the first is a target once). Only the chosen blocks
-    are read from a memory map."""
+    """Blocks i of ``tokens`` (all, or those of ``index``; only those are read) as int64 ``(x, y)``:
+    x[i] = tokens[i T : (i + 1) T], y[i] = tokens[i T + 1 : (i + 1) T + 1] (nanoGPT's pairs)."""
     if not is_int(block_size) or block_size < 1:
         raise ConfigError(f"block_size must be an integer >= 1, got {block_size!r}")
     total = pair_count(len(tokens), block_size)
     if total == 0:
         raise DataError(f"{len(tokens)} tokens hold no block of {block_size} and its next tokens")
-    starts = np.arange(total) if index is None else np.asarray(index, dtype=np.int64)
-    offsets = starts[:, None] * block_size + np.arange(block_size + 1)[None, :]
-    if isinstance(tokens, torch.Tensor):
-        window = tokens[torch.from_numpy(offsets)].to(torch.int64)
-    else:
-        window = torch.from_numpy(np.asarray(tokens[offsets]).astype(np.int64))
+    window = _windows(tokens, np.arange(total) if index is None else index, block_size, block_size + 1)
     return window[:, :-1].contiguous(), window[:, 1:].contiguous()
 
 
 def token_arrays(name: str, root: str | os.PathLike[str] | None) -> tuple[object, object, int]:
-    """The train and test token sequences of token data set ``name`` and its vocabulary size:
-    ``text``, the embedded corpus (train / val, 256 byte values); ``tokens``, ``root``'s
-    ``train.bin`` / ``val.bin`` memory maps with vocabulary max(token id) + 1 over both files."""
+    """Train and test tokens of ``name`` and its vocabulary: ``text`` (256 byte values) or ``tokens``
+    (``root``'s ``train.bin`` / ``val.bin``, vocabulary max(token id) + 1)."""
     if name == "text":
         return text_tokens("train"), text_tokens("val"), BYTE_VOCAB
     if root is None:

@@ -1,6 +1,5 @@
-"""Loss landscapes: directions, 1-D / 2-D surfaces, interpolation and trajectory PCA
-(Li et al., NeurIPS 2018; Goodfellow et al., ICLR 2015), and directions along the top
-Hessian eigenvectors; topological summaries (minima, merge tree, persistence) of a grid."""
+"""Loss landscapes (Li et al. 2018; Goodfellow et al. 2015): directions (random, Hessian, trajectory
+PCA), 1-, 2- and 3-D surfaces, interpolation, and their topology."""
 
 from .directions import (DIR_TYPES, IGNORES, NORMS, Direction, normalize_direction, orthogonalize,
                          random_direction, random_directions, restrict, scale_to_norm, state_buffer_names)
@@ -16,10 +15,8 @@ __all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "no
            "SurfaceResult", "trajectory_directions", "TrajectoryDirections", "plane_directions",
            "hessian_directions", "eigenvector_directions", "HessianDirections",
            "SurfaceTopology", "surface_topology", "auto_range", "AutoRange", "project_snapshots",
-           "PathProjection"]
-__all__ += ["random_directions", "auto_grid", "trajectory_grid"]
-__all__ += ["restrict"]  # a direction kept to the parameters chosen by name (zero elsewhere)
-__all__ += ["MetricFn", "import_metric"]  # custom per-batch metrics (sharpscope.landscape.metrics)
+           "PathProjection", "random_directions", "auto_grid", "trajectory_grid", "restrict", "MetricFn",
+           "import_metric"]
 
 
 def plane_directions(model_a, model_b, model_c) -> list[Direction]:

@@ -1,22 +1,7 @@
-"""Directions along the top Hessian eigenvectors, for surfaces of the sharpest directions.
-
-:func:`hessian_directions` runs :func:`sharpscope.hessian.eigenvalues` (Lanczos, eval mode,
-the same mean loss the surface shows) and turns its Ritz vectors into directions (dicts over
-every parameter, zero on the parameters outside ``params``).
-
-Scale, a deliberate choice: each direction is a UNIT vector in the flat parameter space,
-not filter-normalized. The Ritz vectors are orthonormal eigenvectors of H; rescaling their
-filters to the weights' norms would make them neither orthogonal nor eigenvectors, and the
-second-order model of the loss along them would lose its simple form
-
-    L(theta_0 + t v) = L_0 + (g . v) t + (lambda / 2) t^2 + O(t^3),
-
-with g the gradient and lambda the eigenvalue. A grid coordinate t along an eigenvector is
-therefore a Euclidean distance in parameter space: to compare with a random direction,
-rescale that one to unit norm too (:func:`~sharpscope.landscape.directions.scale_to_norm`),
-which is what ``sharpscope surface --directions hessian --dim 1`` does. The sign of an
-eigenvector is arbitrary; it is fixed here so that the entry of largest magnitude is
-positive (reproducible runs).
+"""Directions along the top Hessian eigenvectors (:func:`sharpscope.hessian.eigenvalues`): UNIT
+vectors, not filter-normalized, so they stay orthonormal eigenvectors and the loss along them is
+L_0 + (g . v) t + (lambda / 2) t^2 + O(t^3), t a Euclidean distance (compare a random direction
+through :func:`~.directions.scale_to_norm`); each sign makes the largest-magnitude entry positive.
 """
 
 from __future__ import annotations
@@ -36,15 +21,8 @@ __all__ = ["HessianDirections", "hessian_directions", "eigenvector_directions"]
 
 @dataclass
 class HessianDirections:
-    """Top Hessian eigenvectors as directions, and the second-order model along each.
-
-    Attributes:
-        directions: unit, orthonormal directions over every parameter of the model.
-        eigenvalues: lambda_i of each direction.
-        slopes: g . v_i, the directional derivative of the loss at the centre.
-        loss: L_0, the loss at the centre (eval mode).
-        result: the :class:`sharpscope.hessian.EigenvaluesResult` (residuals, convergence, HVPs).
-    """
+    """Unit orthonormal eigenvector ``directions``, their ``eigenvalues`` lambda_i, ``slopes`` g . v_i,
+    the centre ``loss`` L_0 and the Lanczos ``result`` (:class:`sharpscope.hessian.EigenvaluesResult`)."""
 
     directions: list[Direction]
     eigenvalues: list[float]
@@ -62,10 +40,8 @@ class HessianDirections:
 
 
 def eigenvector_directions(model: nn.Module, result: Any) -> list[Direction]:
-    """The eigenvectors of an :class:`~sharpscope.hessian.EigenvaluesResult` (taken with
-    ``return_vectors=True`` on ``model``) as directions over every parameter of ``model``:
-    zero on parameters outside the Hessian's selection, sign fixed so that the entry of
-    largest magnitude is positive."""
+    """The eigenvectors of an ``EigenvaluesResult`` (``return_vectors=True``) as directions over
+    every parameter of ``model`` (zero outside the Hessian's selection; module docstring's sign)."""
     if result.eigenvectors is None:
         raise ConfigError("the result holds no eigenvectors: call eigenvalues(..., return_vectors=True)")
     params = dict(model.named_parameters())
@@ -85,11 +61,8 @@ def hessian_directions(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Ten
                        which: str = "LA", tol: float = 1e-4, max_iter: int | None = None, params: Any = None,
                        seed: int = 0, hvp_mode: str = "auto", callback: Callable | None = None,
                        on_hvp: Callable[[int], None] | None = None) -> HessianDirections:
-    """The ``k`` top (``which``) Hessian eigenvectors of the mean loss as unit directions
-    (module docstring), with their eigenvalues, slopes g . v and the centre loss.
-
-    Costs the Lanczos products of :func:`sharpscope.hessian.eigenvalues` and one gradient.
-    ``on_hvp(n)`` is told of every n products (progress bars)."""
+    """The ``k`` top (``which``) Hessian eigenvectors of the mean loss as unit directions, with
+    their eigenvalues, slopes and the centre loss (Lanczos and one gradient); ``on_hvp(n)``: progress."""
     from .. import hessian
     from ..objective import Objective
 

@@ -1,21 +1,9 @@
 """Grid extents chosen from the loss (``--range auto``) and snapshots projected onto a plane.
 
-The range rule (:func:`auto_range`): for each direction d and each sign s = +1, -1, the
-distance t_s is the smallest t at which the loss along the ray reaches ``factor`` times the
-centre loss, L(centre + s t d) >= factor * L(centre). It is bracketed by doubling t from
-``start`` (start, 2 start, 4 start, ...) and then refined by ``bisect`` bisection steps on the
-last doubling interval (so it is found to within t / 2**(bisect + 1), and to the doubling
-value itself with ``bisect=0``). The direction's extent is max(t_+, t_-), the grid being
-symmetric, [-extent, extent]. The search stops at ``max_extent``: a side whose loss never
-reaches the factor within it counts as ``max_extent`` and a warning says so (the extent is
-capped). The centre loss must be positive.
-
-The path on a plane (:func:`project_snapshots`): each snapshot theta_e is written as
-centre + sum_k a_k d_k + r_e with the coordinates a found by least squares in the flat
-parameter space (the directions need not be orthogonal: a = G^-1 D^T (theta_e - centre),
-G = D^T D), and r_e the part outside the plane; ``residual`` is ||r_e||_2 over every
-tensor the directions cover (parameters a direction leaves at zero, such as the biases
-under ``ignore="biasbn"``, count entirely in the residual).
+:func:`auto_range`: per direction d and sign s, the smallest t with L(centre + s t d) >= ``factor``
+L(centre), bracketed by doubling from ``start`` and refined by ``bisect`` bisections; the extent is
+max(t_+, t_-), capped (with a warning) at ``max_extent``. :func:`project_snapshots`: the least-squares
+coordinates a = (D^T D)^-1 D^T (theta_e - centre) and the residual ||theta_e - centre - D a||_2.
 """
 
 from __future__ import annotations
@@ -38,11 +26,10 @@ __all__ = ["AutoRange", "auto_range", "auto_grid", "PathProjection", "project_sn
 
 @dataclass
 class AutoRange:
-    """Per direction: the symmetric extent, the two one-sided distances and whether each side
-    reached the factor (False: capped at ``max_extent``)."""
+    """Per direction: the extent, the (t_plus, t_minus) distances and whether each side reached the factor."""
 
     extents: list[float]
-    sides: list[tuple[float, float]]  # (t_plus, t_minus)
+    sides: list[tuple[float, float]]
     reached: list[tuple[bool, bool]]
     centre_loss: float
     factor: float
@@ -87,7 +74,8 @@ def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], da
                     for n in d if n not in params}
             return moved, (bufs or None)
         count[0] += 1
-        return float(evaluate_points(model, loss_fn, prepared, point, 1, chunk_size=chunk_size, distributed=False)[0][0])
+        values = evaluate_points(model, loss_fn, prepared, point, 1, chunk_size=chunk_size, distributed=False)
+        return float(values[0][0])
 
     l0 = loss_at(None, 0.0)
     if not (l0 > 0 and math.isfinite(l0)):
@@ -97,31 +85,20 @@ def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], da
     for k, d in enumerate(directions):
         pair, hits = [], []
         for sign in (1.0, -1.0):
-            lo, t, hit = 0.0, start, False
-            while True:
-                if loss_at(d, sign * t) >= target:
-                    hit = True
-                    break
-                if t >= max_extent:
-                    break
+            lo, t = 0.0, start
+            while not (hit := loss_at(d, sign * t) >= target) and t < max_extent:  # doubling
                 lo, t = t, min(2 * t, max_extent)
-            if hit:
-                hi = t
-                for _ in range(bisect):
-                    mid = 0.5 * (lo + hi)
-                    if loss_at(d, sign * mid) >= target:
-                        hi = mid
-                    else:
-                        lo = mid
-                t = hi
+            for _ in range(bisect if hit else 0):  # bisection of [lo, t], the loss reaching the target at t
+                mid = 0.5 * (lo + t)
+                lo, t = (lo, mid) if loss_at(d, sign * mid) >= target else (mid, t)
             pair.append(float(t))
             hits.append(hit)
             if not hit:
                 notes.append(f"direction {k + 1}, {'+' if sign > 0 else '-'} side: the loss stays below "
                              f"{factor:g} x the centre loss up to the cap {max_extent:g}; the extent is capped")
         extents.append(max(pair))
-        sides.append((pair[0], pair[1]))
-        reached.append((hits[0], hits[1]))
+        sides.append(tuple(pair))
+        reached.append(tuple(hits))
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return AutoRange(extents, sides, reached, l0, float(factor), float(max_extent), count[0], notes)
@@ -130,10 +107,8 @@ def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], da
 def auto_grid(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], data: Iterable[Any],
               directions: Sequence[Direction], axes: Sequence[np.ndarray | None], factor: float = 2.0,
               max_extent: float = 10.0, chunk_size: int | None = None) -> tuple[AutoRange, list[np.ndarray | None]]:
-    """:func:`auto_range` of ``directions`` and the grid it gives: axis k (None stays None)
-    becomes len(axes[k]) evenly spaced points over [-extent_k, extent_k]. The range's warnings
-    (a side capped at ``max_extent``) are returned in ``AutoRange.warnings`` rather than
-    issued, for the caller to show."""
+    """:func:`auto_range` and its grid: axis k (None stays None) becomes len(axes[k]) points over
+    [-extent_k, extent_k]; the warnings are returned in ``AutoRange.warnings``, not issued."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rng = auto_range(model, loss_fn, data, directions, factor, max_extent=max_extent, chunk_size=chunk_size)
@@ -149,8 +124,7 @@ class PathProjection:
 
 def project_snapshots(center: dict[str, Tensor], directions: Sequence[Direction],
                       snapshots: Sequence[dict[str, Tensor]]) -> PathProjection:
-    """Coordinates and residual distances of ``snapshots`` on the plane centre + span(directions)
-    (least squares in the flat space of the tensors the directions cover; module docstring)."""
+    """Coordinates and residual distances of ``snapshots`` on the plane centre + span(directions)."""
     if not directions:
         raise ConfigError("project_snapshots needs at least one direction")
     names = sorted(directions[0])

@@ -1,26 +1,7 @@
-"""Custom per-batch metrics evaluated next to the loss on a landscape grid.
-
-A metric is ``fn(model, batch) -> tensor``: a scalar (one element, real dtype), the mean over
-the batch's examples, as the loss is. At every grid point it is called once per batch with
-
-- ``model``: the user's module with the point's parameters (and buffers) swapped in by
-  ``torch.func.functional_call`` for the duration of the call (the same mechanism
-  :class:`~sharpscope.batches.ModelLoss` uses): ``model(x)`` evaluates the perturbed network.
-  The module is in eval mode and the call runs under ``torch.inference_mode()`` (no grad); the
-  original parameters, buffers and train/eval flags are restored afterwards, so the user's
-  model is never left modified.
-- ``batch``: the batch the loss sees, on the model's device (the pair form ``(inputs,
-  targets)``, or the batch as yielded under ``ModelLoss``). When the examples are re-split into
-  chunks (``chunk_size``) ``fn`` sees the chunks, so a metric that is a mean over its batch's
-  examples gives the same value for any chunking (to rounding).
-
-Averaging over batches: sum_b (n_b / N) metric_b, n_b the examples of batch b (the loss's
-weights). Each metric costs its own forward passes (``fn`` calls the model itself).
-
-Non-finite values: as for the loss, a NaN or infinite value at a point is kept (NaN / inf in
-the grid, null in JSON, masked in plots): far from the minimum the network may overflow. A
-value that is not a real scalar (a non-tensor, a tensor of several elements, complex) is a
-:class:`~sharpscope.errors.ConfigError` naming the metric.
+"""Custom per-batch metrics ``fn(model, batch) -> real scalar`` (a mean over the batch's examples),
+evaluated next to the loss on a landscape grid with the point's state swapped in by
+``functional_call`` (eval and inference mode, restored afterwards) and averaged as the loss is,
+sum_b (n_b / N) metric_b; non-finite values are kept, a non-scalar is a :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -42,9 +23,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
 def check_metrics(metrics: Mapping[str, MetricFn] | None) -> dict[str, MetricFn]:
-    """``metrics`` as a dict, refused (ConfigError) if a name clashes with loss / accuracy, is
-    not a plain name (letters, digits, ``_``, ``-``; it names files and npz keys) or a value is
-    not callable."""
+    """``metrics`` as a dict; ConfigError for a name that clashes with loss / accuracy or is not
+    plain (it names files and npz keys), or a value that is not callable."""
     if metrics is None:
         return {}
     if not isinstance(metrics, Mapping):
@@ -78,8 +58,7 @@ def metric_value(name: str, value: Any) -> Tensor:
 
 
 class MetricCall(nn.Module):
-    """``fn(model, batch)`` as a module, so that ``functional_call`` swaps the model's state in
-    for the call (``state`` keys prefixed with ``model.``)."""
+    """``fn(model, batch)`` as a module, for ``functional_call`` (state keys prefixed ``model.``)."""
 
     def __init__(self, model: nn.Module, fn: MetricFn) -> None:
         super().__init__()
@@ -91,12 +70,8 @@ class MetricCall(nn.Module):
 
 
 def import_metric(spec: str, allow_import: bool = False) -> tuple[str, MetricFn]:
-    """``"package.module:function"`` or ``"name=package.module:function"`` -> (name, function).
-
-    The name defaults to the function's name. User code is imported only with
-    ``allow_import=True`` (the CLI's ``--trust-factory``, as for custom model factories);
-    otherwise, and for any import failure, a ConfigError.
-    """
+    """``"[name=]package.module:function"`` -> (name, function), imported only with
+    ``allow_import=True`` (``--trust-factory``); otherwise, and for any failure, a ConfigError."""
     from ..models import parse_factory, import_callable
 
     name, sep, path = spec.partition("=")

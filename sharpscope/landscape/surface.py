@@ -1,31 +1,8 @@
-"""Loss and accuracy on 1-D and 2-D grids of parameter-space displacements.
-
-For a centre theta_0, directions d_1 (, d_2) and grid coordinates (x_j, y_i), the value at
-grid point (i, j) is the mean loss over the data of the model with parameters
-theta_0 + x_j d_1 + y_i d_2, in eval mode (Li et al. 2018). Arrays follow the matplotlib
-convention: ``loss[i, j]`` is the value at ``(xs[j], ys[i])``, shape (len(ys), len(xs)),
-so non-square grids need no transposing.
-
-Evaluation never touches the user's model: parameters are passed to
-``torch.func.functional_call``. On the CPU, conv nets are evaluated in channels-last
-memory format (mkldnn runs these small convolutions faster that way), and the number of
-examples per forward pass is picked by timing (``evaluate_points``); see
-``benchmarks/bench_surface.py``. Evaluating many grid points at once with ``vmap``
-was measured slower than one at a time on the CPU (grouped convolutions), so points are
-evaluated one by one.
-
-Batch norm running statistics: every point uses the centre model's buffers, except those a
-direction covers (a "states" direction, :func:`~sharpscope.landscape.random_direction` with
-``dir_type="states"``): those move with the parameters, theta_0 + x d_1 + y d_2 for the
-buffers too, and the perturbed statistics are the ones eval mode uses (as Li et al.'s code,
-``set_states``). Interpolation between two checkpoints can interpolate them
-(``buffers="interpolate"``, the buffers being "states" in the sense of Li et al.'s code).
-
-Large grids are resumable: with ``resume_path`` the values computed so far are saved
-atomically every ``save_every`` points and reloaded when the same grid is asked again.
-
-The result, its summary and its ``.npz`` file: :mod:`sharpscope.landscape.surface_result`
-(:class:`SurfaceResult` and :func:`load_directions` are importable from here too).
+"""Loss and accuracy on 1-, 2- and 3-D grids of parameter-space displacements (Li et al. 2018):
+``loss[i, j]`` is the mean loss, in eval mode, at theta_0 + xs[j] d_1 + ys[i] d_2. Points are
+evaluated one at a time by ``torch.func.functional_call`` (the user's model is untouched); buffers
+are the centre's except those a "states" direction moves (Li et al.'s ``set_states``). With
+``resume_path`` progress is saved atomically and resumed. The result: :mod:`.surface_result`.
 """
 
 from __future__ import annotations
@@ -60,10 +37,7 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def parse_grid(text: str) -> np.ndarray:
-    """``"-1:1:51"`` -> 51 evenly spaced points from -1 to 1 (both included).
-
-    One point is a grid only where it is unambiguous: ``"a:a:1"`` is the point a (``"0:0:1"``
-    the centre alone); ``"-1:1:1"`` is refused, as linspace would silently keep MIN alone."""
+    """``"-1:1:51"`` -> 51 evenly spaced points from -1 to 1; one point only as ``"a:a:1"``."""
     parts = text.split(":")
     try:
         lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
@@ -78,9 +52,6 @@ def parse_grid(text: str) -> np.ndarray:
     return np.linspace(lo, hi, n)
 
 
-# --------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------
 CHUNK_CANDIDATES = (64, 256, 1024, 4096)
 
 
@@ -103,21 +74,9 @@ def evaluate_points(
     on_point: Callable[[int, float, float], None] | None = None, distributed: bool | None = None,
     metrics: Mapping[str, MetricFn] | None = None, on_metrics: Callable[[int, dict[str, float]], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Mean loss and accuracy at ``n_points`` parameter settings.
-
-    ``points(k)`` returns the parameters (and optionally buffers; None keeps the model's)
-    of point k. ``data`` holds batches in either loss convention of :mod:`sharpscope.batches`
-    (or is already :class:`~sharpscope.batches.Prepared`). Accuracy is the fraction of
-    argmax(outputs) == targets for class-index targets, NaN otherwise (and under ModelLoss). Points with ``done[k]`` True are skipped (their entries NaN).
-    The examples are fed in chunks of ``chunk_size``; ``None`` times the first point with
-    each of ``CHUNK_CANDIDATES`` and keeps the fastest for every point (small conv nets
-    prefer small chunks on the CPU, MLPs large ones; the values agree to rounding).
-    Under torch.distributed the points are split round robin over the ranks and the
-    values all-reduced, so every rank returns every value.
-    ``metrics`` ({name: fn(model, batch)}, :mod:`sharpscope.landscape.metrics`): their means
-    too, returned as a third element {name: values}; ``on_metrics(k, {name: value})`` is called
-    before ``on_point`` for each point.
-    """
+    """Mean loss, accuracy (argmax == class-index targets, else NaN) and ``metrics`` (returned third)
+    at the ``n_points`` parameter settings ``points(k)`` (params, buffers or None) not ``done``;
+    ``chunk_size=None`` times ``CHUNK_CANDIDATES``; distributed: points round robin, all-reduced."""
     metric_fns = check_metrics(metrics)
     calls = {name: MetricCall(model, fn) for name, fn in metric_fns.items()}
     distributed = dist_utils.is_distributed() if distributed is None else distributed
@@ -130,8 +89,7 @@ def evaluate_points(
                                             for x, y in prepared.batches], prepared.counts, weights=prepared.weights)
     at = _PointEvaluator(prepared, calls, points, {n: b.detach() for n, b in model.named_buffers()}, channels_last,
                          first.device)
-    loss = np.full(n_points, np.nan)
-    acc = np.full(n_points, np.nan)
+    loss, acc = np.full(n_points, np.nan), np.full(n_points, np.nan)
     extra = {name: np.full(n_points, np.nan) for name in calls}
     todo = [k for k in range(n_points) if done is None or not done[k]]
     if distributed:
@@ -153,7 +111,7 @@ def evaluate_points(
 
 @dataclass
 class _PointEvaluator:
-    """One grid point's model state and its mean loss, accuracy and metrics over the batches."""
+    """One grid point's model state and its mean loss, accuracy and metrics."""
 
     prepared: Prepared
     calls: dict[str, MetricCall]
@@ -171,9 +129,8 @@ class _PointEvaluator:
         return {**self.buffers, **(bufs or {}), **params}
 
     def run(self, state: dict[str, Tensor], batches: list[tuple[Any, int]]) -> tuple[float, float, dict[str, float]]:
-        """Sum over the batches of loss x weight (float64) / total weight (examples, or counted
-        tokens under a token loss); accuracy NaN unless every batch has class-index targets;
-        each metric averaged as the loss is."""
+        """sum_b loss_b w_b / sum_b w_b (float64; w: examples or counted tokens), metrics alike;
+        accuracy NaN unless every batch has class-index targets."""
         batch_loss, n_examples, device = self.prepared.loss, self.prepared.n_examples, self.device
         total_weight = self.prepared.total_weight
         total = torch.zeros((), dtype=torch.float64, device=device)
@@ -197,9 +154,8 @@ class _PointEvaluator:
 
 
 def _timed_chunk_size(at: _PointEvaluator, todo: list[int]) -> int | None:
-    """The fastest of ``CHUNK_CANDIDATES`` (at most the number of examples) on the first point
-    to evaluate, each timed after a warm-up run; None (the batches as given) where the
-    examples cannot be joined and re-split."""
+    """The fastest of ``CHUNK_CANDIDATES`` on the first point (after a warm-up); None where the
+    examples cannot be re-split."""
     prepared = at.prepared
     sizes = sorted({min(c, prepared.n_examples) for c in CHUNK_CANDIDATES}) if prepared.per_example() else [None]
     if not (todo and len(sizes) > 1):
@@ -217,15 +173,14 @@ def _timed_chunk_size(at: _PointEvaluator, todo: list[int]) -> int | None:
 
 def _all_ranks(loss: np.ndarray, acc: np.ndarray, extra: dict[str, np.ndarray], todo: list[int],
                device: torch.device) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Every rank's points (``todo`` on this one) on every rank, by one all-reduce of a
-    (3 + metrics, points) table: row 2 marks a computed point (+2) and an undefined accuracy (+1)."""
+    """Every rank's points on every rank by one all-reduce of a (3 + metrics, points) table;
+    row 2 marks a computed point (+2) and an undefined accuracy (+1)."""
     n_points = loss.shape[0]
     mine = torch.zeros(3 + len(extra), n_points, dtype=torch.float64, device=device)
     idx = torch.tensor(todo, dtype=torch.long, device=device)
     mine[0, idx] = torch.as_tensor(loss[todo], dtype=torch.float64, device=device)
     mine[1, idx] = torch.as_tensor(np.nan_to_num(acc[todo]), dtype=torch.float64, device=device)
-    mine[2, idx] = torch.as_tensor(np.isnan(acc[todo]).astype(float), device=device)
-    mine[2, idx] += 2.0  # marks "computed somewhere"
+    mine[2, idx] = torch.as_tensor(np.isnan(acc[todo]).astype(float) + 2.0, device=device)
     for row, values in enumerate(extra.values(), start=3):
         mine[row, idx] = torch.as_tensor(values[todo], dtype=torch.float64, device=device)
     total = dist_utils.all_reduce_sum(mine).cpu().numpy()
@@ -236,9 +191,6 @@ def _all_ranks(loss: np.ndarray, acc: np.ndarray, extra: dict[str, np.ndarray], 
     return loss, acc, extra
 
 
-# --------------------------------------------------------------------------------------
-# Drivers
-# --------------------------------------------------------------------------------------
 def _fingerprint(options: dict[str, Any], directions: Sequence[Direction], xs: np.ndarray,
                  ys: np.ndarray | None, zs: np.ndarray | None = None, metric_names: Sequence[str] = ()) -> str:
     h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
@@ -265,29 +217,16 @@ def surface(
     cache_bytes: int | None = None, zs: Sequence[float] | np.ndarray | None = None,
     metrics: Mapping[str, MetricFn] | None = None,
 ) -> SurfaceResult:
-    """Loss and accuracy over the grid ``xs`` (x ``ys`` (x ``zs``)) along ``directions`` (1, 2 or 3).
-
-    ``center`` defaults to the model's parameters (and, for the buffers a states direction
-    covers, its buffers). With ``resume_path``, progress is saved
-    there (atomically, every ``save_every`` points) and an interrupted call with the same
-    grid, directions and options continues where it stopped. ``cache``/``cache_bytes``: keep
-    the batches on the device or stream them (:meth:`sharpscope.batches.BatchLoss.read`;
-    streamed batches are used as the loader gives them, without re-chunking).
-    With ``zs`` (and ``ys``), a 3-D grid along three directions: ``loss[k, i, j]`` at
-    (xs[j], ys[i], zs[k]), shape (len(zs), len(ys), len(xs)); ``result.slice(k)`` is the 2-D
-    surface at zs[k].
-    ``metrics``: {name: fn(model, batch) -> scalar tensor}, each averaged over the batches as the
-    loss is and stored in ``result.metrics[name]`` (shaped like ``loss``; also in the npz and the
-    resume file); see :mod:`sharpscope.landscape.metrics` for how ``fn`` sees the perturbed model
-    and how non-finite values are kept.
-    """
+    """Loss, accuracy and ``metrics`` over the grid ``xs`` (x ``ys`` (x ``zs``)) along 1, 2 or 3
+    ``directions`` around ``center`` (default: the model's weights); ``loss[k, i, j]`` at (xs[j],
+    ys[i], zs[k]); ``resume_path`` saves progress every ``save_every`` points for a rerun."""
     metric_fns = check_metrics(metrics)
     if zs is not None and ys is None:
         raise ConfigError("a 3-D surface needs ys as well as zs")
     require_grid_memory(len(xs) * (1 if ys is None else len(ys)) * (1 if zs is None else len(zs)))
     start = time.perf_counter()
     xs, ys, zs = _grid_axes(xs, ys, zs, len(directions))
-    moved = _moved_buffers(model, directions)  # state buffers along the directions
+    moved = _moved_buffers(model, directions)
     buffers = dict(model.named_buffers())
     base = {n: (center[n] if center is not None else p).detach() for n, p in model.named_parameters()}
     base_buffers = {n: (center[n] if center is not None and n in center else buffers[n]).detach() for n in moved}
@@ -320,21 +259,18 @@ def _grid_axes(xs: Sequence[float] | np.ndarray, ys: Sequence[float] | np.ndarra
                zs: Sequence[float] | np.ndarray | None, n_directions: int
                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The grid's coordinates as float64 arrays, checked: non-empty, 1-D, one direction each."""
-    xs = np.asarray(xs, dtype=np.float64)
-    ys = None if ys is None else np.asarray(ys, dtype=np.float64)
-    zs = None if zs is None else np.asarray(zs, dtype=np.float64)
+    axes = [None if a is None else np.asarray(a, dtype=np.float64) for a in (xs, ys, zs)]
     ndim = 1 if ys is None else 2 if zs is None else 3
     if n_directions != ndim:
         raise ConfigError(f"a {ndim}-D surface needs {ndim} direction(s), got {n_directions}")
-    if xs.ndim != 1 or xs.size == 0 or (ys is not None and (ys.ndim != 1 or ys.size == 0)) or (
-            zs is not None and (zs.ndim != 1 or zs.size == 0)):
+    if any(a is not None and (a.ndim != 1 or a.size == 0) for a in axes):
         raise ConfigError("grid coordinates must be non-empty 1-D sequences")
-    return xs, ys, zs
+    return axes[0], axes[1], axes[2]
 
 
 def _moved_buffers(model: nn.Module, directions: Sequence[Direction]) -> list[str]:
-    """The buffers the directions move (a states direction's), sorted; a ConfigError unless
-    every direction covers exactly the model's parameters plus such floating-point buffers."""
+    """The buffers the directions move, sorted; a ConfigError unless every direction covers
+    exactly the model's parameters plus floating-point state buffers."""
     names = [n for n, _ in model.named_parameters()]
     states = set(state_buffer_names(model))
     for d in directions:
@@ -350,20 +286,17 @@ def _shifted(start: dict[str, Tensor], directions: Sequence[Direction], cx: floa
     """``start + cx d_1 + cy d_2 + cz d_3`` entry by entry (a zero or absent coordinate adds nothing)."""
     out = {}
     for n, t in start.items():
-        v = t + cx * directions[0][n] if cx and n in directions[0] else t
-        if cy and n in directions[1]:
-            v = v + cy * directions[1][n]
-        if cz and n in directions[2]:
-            v = v + cz * directions[2][n]
-        out[n] = v
+        for c, d in zip((cx, cy, cz), directions):
+            if c and n in d:
+                t = t + c * d[n]
+        out[n] = t
     return out
 
 
 @dataclass
 class _Progress:
-    """A grid's values so far (flat, in ``coords`` order) and which points are done; with a
-    ``path``, reloaded from there when the fingerprint matches and saved atomically (rank 0)
-    every ``save_every`` points and at the end."""
+    """A grid's values so far (flat) and which points are done; with a ``path``, reloaded when
+    the fingerprint matches and saved atomically (rank 0) every ``save_every`` points and at the end."""
 
     loss: np.ndarray
     accuracy: np.ndarray
@@ -378,9 +311,7 @@ class _Progress:
     def start(cls, n: int, metric_names: list[str], path: str | Path | None, fingerprint: str, save_every: int,
               on_point: Callable[[int, float, float], None] | None) -> _Progress:
         """Nothing done, or what the file at ``path`` holds for the same grid and metrics."""
-        loss = np.full(n, np.nan)
-        acc = np.full(n, np.nan)
-        done = np.zeros(n, dtype=bool)
+        loss, acc, done = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
         extra = {name: np.full(n, np.nan) for name in metric_names}
         if path and Path(path).is_file():
             with np.load(path, allow_pickle=False) as z:
@@ -410,8 +341,7 @@ class _Progress:
 
     def add(self, first: np.ndarray, loss: np.ndarray, acc: np.ndarray,
             extra: dict[str, np.ndarray] | None = None) -> None:
-        """The values :func:`evaluate_points` returned for the points not done at ``first``
-        (including those other ranks computed); saved when there is a ``path``."""
+        """The values :func:`evaluate_points` returned for the points not done at ``first``."""
         fresh = ~first & ~np.isnan(loss)
         self.loss[fresh], self.accuracy[fresh], self.done[fresh] = loss[fresh], acc[fresh], True
         for name, values in (extra or {}).items():
@@ -421,11 +351,8 @@ class _Progress:
 
 
 def require_finite_reference(loss: np.ndarray, reference: int | None, what: str) -> None:
-    """A non-finite loss at the reference point (the surface's centre, interpolation's A) when
-    it is on the grid, or at every point when it is not, raises :class:`NonFiniteLossError`
-    (NaN data, a loss undefined at the trained weights). Non-finite values elsewhere are kept:
-    they are what the landscape holds there (a loss that blows up far out), counted by
-    :func:`sharpscope.landscape.topology` as ``n_nonfinite``."""
+    """:class:`NonFiniteLossError` for a non-finite loss at the reference point (or at every point
+    when it is off the grid); non-finite values elsewhere are kept (the landscape blows up there)."""
     flat = np.asarray(loss, dtype=np.float64).ravel()
     if reference is not None and not math.isfinite(flat[reference]):
         raise NonFiniteLossError(f"the loss at {what} is {flat[reference]}: NaN in the data, or a loss undefined "
@@ -437,7 +364,7 @@ def require_finite_reference(loss: np.ndarray, reference: int | None, what: str)
 
 def read_batches(model: nn.Module, loss_fn: LossFn, data: Iterable[Any], cache: bool | str = "auto",
                  cache_bytes: int | None = None) -> Prepared:
-    """``data`` prepared for ``model``'s device and dtype by :meth:`BatchLoss.read` (kept or streamed per ``cache``)."""
+    """``data`` prepared for ``model``'s device and dtype by :meth:`BatchLoss.read`."""
     first = next(iter(model.parameters()))
     return BatchLoss(model, loss_fn).read(data, first.device, first.dtype, cache, cache_bytes)
 
@@ -449,13 +376,8 @@ def interpolate(
     cache: bool | str = "auto", cache_bytes: int | None = None, metrics: Mapping[str, MetricFn] | None = None,
     params: object = None,
 ) -> SurfaceResult:
-    """Loss and accuracy along theta(alpha) = (1 - alpha) theta_A + alpha theta_B
-    (Goodfellow, Vinyals, Saxe 2015), alpha = 0 at A. ``buffers="interpolate"`` also
-    interpolates floating-point buffers (BN running statistics); ``"keep"`` uses A's.
-    ``cache``/``cache_bytes`` and ``metrics`` as in :func:`surface` (the metrics see model A's
-    module with theta(alpha) swapped in). ``params`` chooses the parameters that move (glob
-    patterns etc., :func:`sharpscope.landscape.directions.restrict`; default every trainable
-    one): the others keep A's values."""
+    """Loss and accuracy along (1 - alpha) theta_A + alpha theta_B (Goodfellow et al. 2015), buffers
+    interpolated or A's (``"keep"``), ``params`` the parameters that move (:func:`.directions.restrict`)."""
     metric_fns = check_metrics(metrics)
     require_grid_memory(len(alphas))
     if buffers not in ("interpolate", "keep"):
@@ -485,5 +407,6 @@ def interpolate(
                                         on_point=on_point, metrics=metric_fns or None)
     require_finite_reference(loss, next((k for k, a in enumerate(alphas) if a == 0.0), None), f"{name_a} (alpha = 0)")
     return SurfaceResult(xs=alphas, ys=None, loss=loss, accuracy=acc, kind="interpolation",
-                         options={"buffers": buffers}, n_examples=prepared.n_examples, wall_time=time.perf_counter() - start,
-                         name_a=name_a, name_b=name_b, metrics=extra[0] if extra else {})
+                         options={"buffers": buffers}, n_examples=prepared.n_examples,
+                         wall_time=time.perf_counter() - start, name_a=name_a, name_b=name_b,
+                         metrics=extra[0] if extra else {})

@@ -1,8 +1,5 @@
-"""What a surface or interpolation computed: :class:`SurfaceResult`, a 1-, 2- or 3-D grid of loss,
-accuracy and custom metrics with its summary (centre loss, loss increase at a radius, basin
-width, interpolation barrier), its topology, and its ``.npz`` file (:meth:`SurfaceResult.save`,
-:meth:`SurfaceResult.load`, :func:`load_directions`). Arrays follow the matplotlib convention:
-``loss[i, j]`` is the value at ``(xs[j], ys[i])``."""
+"""What a surface or interpolation computed (:class:`SurfaceResult`): a 1-, 2- or 3-D grid of loss,
+accuracy and custom metrics, its summary, topology and ``.npz`` file; ``loss[i, j]`` is at ``(xs[j], ys[i])``."""
 
 from __future__ import annotations
 
@@ -26,14 +23,13 @@ __all__ = ["SurfaceResult", "load_directions"]
 
 @dataclass
 class SurfaceResult:
-    """Loss / accuracy on a 1-D (``ys is None``) or 2-D grid; ``loss[i, j]`` at (xs[j], ys[i]).
-    ``metrics``: each custom metric's grid ({name: array shaped like ``loss``})."""
+    """Loss / accuracy (and ``metrics``, {name: array shaped like ``loss``}) on a 1-, 2- or 3-D grid."""
 
     xs: np.ndarray
     ys: np.ndarray | None
     loss: np.ndarray
     accuracy: np.ndarray
-    kind: str  # "random" | "hessian" | "interpolation" | "plane" | "trajectory"
+    kind: str  # random, hessian, interpolation, plane or trajectory
     options: dict[str, Any]
     n_examples: int
     wall_time: float
@@ -77,15 +73,10 @@ class SurfaceResult:
     def value_at(self, x: float, y: float = 0.0, metric: str = "loss") -> float:
         """Linear (1-D) or bilinear (2-D) interpolation of the grid; NaN outside it."""
         z = self.values(metric)
-        if self.ys is None:
-            if len(self.xs) == 1:
-                return float(z[0]) if x == self.xs[0] else math.nan
-            if not self.xs[0] <= x <= self.xs[-1]:
-                return math.nan
-            return float(np.interp(x, self.xs, z))
-        if not (self.xs[0] <= x <= self.xs[-1] and self.ys[0] <= y <= self.ys[-1]):
-            return math.nan
-        if len(self.xs) < 2 or len(self.ys) < 2:
+        if self.ys is None:  # np.interp of a one-point grid is its value
+            return float(np.interp(x, self.xs, z)) if self.xs[0] <= x <= self.xs[-1] else math.nan
+        inside = self.xs[0] <= x <= self.xs[-1] and self.ys[0] <= y <= self.ys[-1]
+        if not inside or len(self.xs) < 2 or len(self.ys) < 2:
             return math.nan
         return float(self._interpolator(metric)((y, x)))
 
@@ -100,21 +91,10 @@ class SurfaceResult:
 
     def summary(self, radii: Sequence[float] = (0.1, 0.25, 0.5, 1.0), delta: float = 0.1,
                 n_angles: int = 72) -> dict[str, Any]:
-        """Loss at the centre, mean loss increase at each radius, and the basin width.
-
-        1-D: increase at r = mean of L(-r), L(r) minus L(0); basin = the interval around 0
-        where L - L(0) <= delta (its width, and whether it reached the grid's edge).
-        2-D: increase at r = mean over ``n_angles`` points of the circle of radius r;
-        basin width = 2 x the mean over rays of the distance at which L - L(0) first
-        exceeds delta. Values that need points outside the grid are None.
-        For interpolation also the loss at alpha = 1 and the barrier
-        max_{alpha in [0,1]} L(alpha) - max(L(0), L(1)) of the piecewise-linear curve through
-        the grid: the max runs over the grid points inside [0, 1] and the curve's values at 0
-        and 1 themselves (interpolated where 0 or 1 is not a grid point, see
-        ``barrier_endpoints_on_grid``), so the barrier is >= 0 by construction (0: the loss
-        never rises above the higher endpoint).
-        3-D: the 2-D summary of the slice nearest z = 0 (``slice_z``), over all the points.
-        """
+        """Centre loss; increase at r: the mean of L over the rays (+-1 in 1-D, ``n_angles`` in 2-D) at
+        distance r, minus L(0); basin width: where L - L(0) first exceeds delta, summed over the two
+        1-D rays or 2 x the 2-D mean (None off the grid); interpolation: L(1) and the barrier
+        max_{[0, 1]} L - max(L(0), L(1)) >= 0; 3-D: the slice nearest z = 0."""
         if self.dim == 3:
             k = self.centre_slice()
             return {**self.slice(k).summary(radii, delta, n_angles), "dim": 3, "n_points": self.n_points,
@@ -124,27 +104,17 @@ class SurfaceResult:
                                "n_examples": self.n_examples, "centre_loss": _num(centre),
                                "centre_accuracy": _num(self.value_at(0.0, 0.0, "accuracy")),
                                "min_loss": _num(float(np.nanmin(self.loss))), "basin_delta": delta}
-        increases = {}
-        for r in radii:
-            if self.dim == 1:
-                vals = [self.value_at(-r), self.value_at(r)]
-            else:
-                angles = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
-                vals = [self.value_at(r * math.cos(t), r * math.sin(t)) for t in angles]
-            increases[str(r)] = None if any(math.isnan(v) for v in vals) else float(np.mean(vals) - centre)
-        out["loss_increase_at_radius"] = increases
-        widths, capped = [], 0
         rays = [(1.0, 0.0), (-1.0, 0.0)] if self.dim == 1 else \
             [(math.cos(t), math.sin(t)) for t in np.linspace(0, 2 * np.pi, n_angles, endpoint=False)]
-        for ux, uy in rays:
-            dist, hit = self._ray_crossing(ux, uy, centre + delta)
-            widths.append(dist)
-            capped += not hit
-        if self.dim == 1:
-            out["basin_width"] = _num(widths[0] + widths[1])
-        else:
-            out["basin_width"] = _num(2 * float(np.mean(widths)))
-        out["basin_reaches_grid_edge"] = capped > 0
+        increases = {}
+        for r in radii:
+            vals = [self.value_at(r * ux, r * uy) for ux, uy in rays]
+            increases[str(r)] = None if any(math.isnan(v) for v in vals) else float(np.mean(vals) - centre)
+        out["loss_increase_at_radius"] = increases
+        crossings = [self._ray_crossing(ux, uy, centre + delta) for ux, uy in rays]
+        widths = [dist for dist, _ in crossings]
+        out["basin_width"] = _num(widths[0] + widths[1] if self.dim == 1 else 2 * float(np.mean(widths)))
+        out["basin_reaches_grid_edge"] = not all(hit for _, hit in crossings)
         if self.kind == "interpolation":
             l1 = self.value_at(1.0)
             inside = (self.xs >= 0) & (self.xs <= 1)
@@ -186,17 +156,16 @@ class SurfaceResult:
         return float(prev_t), False
 
     def topology(self, connectivity: str = "full", threshold: float = 0.0) -> Any:
-        """Minima, merge tree and saddle-minimum depths of the loss grid
-        (:func:`sharpscope.landscape.topology.surface_topology`; coordinates in array order, (y, x) in 2-D)."""
+        """:func:`~sharpscope.landscape.topology.surface_topology` of the loss grid (array order: (y, x))."""
         from .topology import surface_topology
         return surface_topology(self.loss, axes=(self.xs,) if self.ys is None else (self.ys, self.xs) if self.zs is None
                                 else (self.zs, self.ys, self.xs),
                                 connectivity=connectivity, threshold=threshold)
 
     def to_dict(self, radii: Sequence[float] = (0.1, 0.25, 0.5, 1.0), delta: float = 0.1) -> dict[str, Any]:
-        """JSON summary: the options, the grid axes and :meth:`summary` (arrays go in the npz); 2-D: also
-        ``topology`` (:meth:`topology`, default settings)."""
-        return {**({"topology": self.topology().to_dict()} if self.dim >= 2 else {}),"summary": self.summary(radii, delta), "options": self.options,
+        """JSON summary: options, axes, :meth:`summary` and (2-D, 3-D) :meth:`topology`; arrays go in the npz."""
+        return {**({"topology": self.topology().to_dict()} if self.dim >= 2 else {}),
+                "summary": self.summary(radii, delta), "options": self.options,
                 "xs": [float(v) for v in self.xs], "ys": None if self.ys is None else [float(v) for v in self.ys],
                 **({"zs": [float(v) for v in self.zs]} if self.zs is not None else {}),
                 "explained_variance": self.explained_variance, "wall_time": self.wall_time,
@@ -210,18 +179,10 @@ class SurfaceResult:
         arrays: dict[str, np.ndarray] = {"xs": self.xs, "loss": self.loss, "accuracy": self.accuracy,
                                          "kind": np.array(self.kind), "n_examples": np.array(self.n_examples),
                                          "options_json": np.array(json.dumps(self.options))}
-        if self.ys is not None:
-            arrays["ys"] = self.ys
-        if self.zs is not None:
-            arrays["zs"] = self.zs
-        if self.path is not None:
-            arrays["path"] = self.path
-        if self.path_residual is not None:
-            arrays["path_residual"] = np.asarray(self.path_residual)
-        for name, z in self.metrics.items():
-            arrays[f"metric/{name}"] = z
-        if self.explained_variance is not None:
-            arrays["explained_variance"] = np.asarray(self.explained_variance)
+        optional = {"ys": self.ys, "zs": self.zs, "path": self.path, "path_residual": self.path_residual,
+                    **{f"metric/{name}": z for name, z in self.metrics.items()},
+                    "explained_variance": self.explained_variance}
+        arrays.update({key: np.asarray(v) for key, v in optional.items() if v is not None})
         for k, d in enumerate(directions):
             for name, t in d.items():
                 arrays[f"d{k}/{name}"] = t.detach().cpu().numpy()
@@ -233,13 +194,11 @@ class SurfaceResult:
     def load(cls, path: str | Path) -> SurfaceResult:
         """Read a file written by :meth:`save` (``allow_pickle=False``)."""
         with np.load(path, allow_pickle=False) as z:
-            return cls(xs=z["xs"], ys=z["ys"] if "ys" in z else None, loss=z["loss"], accuracy=z["accuracy"],
-                       kind=str(z["kind"]), options=json.loads(str(z["options_json"])),
-                       n_examples=int(z["n_examples"]), wall_time=0.0,
-                       explained_variance=z["explained_variance"].tolist() if "explained_variance" in z else None,
-                       path=z["path"] if "path" in z else None,
-                       path_residual=z["path_residual"] if "path_residual" in z else None,
-                       zs=z["zs"] if "zs" in z else None,
+            found = {key: z[key] if key in z else None for key in ("ys", "zs", "path", "path_residual")}
+            variance = z["explained_variance"].tolist() if "explained_variance" in z else None
+            return cls(xs=z["xs"], loss=z["loss"], accuracy=z["accuracy"], kind=str(z["kind"]),
+                       options=json.loads(str(z["options_json"])), n_examples=int(z["n_examples"]), wall_time=0.0,
+                       explained_variance=variance, **found,
                        metrics={k.partition("/")[2]: z[k] for k in z.files if k.startswith("metric/")})
 
 

@@ -1,34 +1,11 @@
-"""Topological summaries of a loss surface sampled on a regular grid (1-D, 2-D or 3-D).
-
-0-dimensional persistence of the sublevel sets {f <= t}: as t rises, a component of the
-sublevel set is born at a local minimum and dies when it merges into an older component
-(the elder rule) at a saddle. The pairs (birth, death) = (loss at the minimum, loss at the
-saddle where its basin first touches a deeper one) give the merge tree and the saddle-minimum
-depths death - birth, the quantity landscaper (1.3.1) averages over its contour tree's
-saddle-minimum pairs. The computation is a union-find over the cells in increasing order.
-
-Conventions (all documented choices, tested in ``tests/test_topology.py``):
-
-- Cells are grid points; two cells are neighbours under ``connectivity``: ``"full"`` (the
-  default: 8 neighbours in 2-D, 26 in 3-D, diagonals included) or ``"face"`` (4 / 6). Full
-  connectivity is the default because a valley running diagonally across the grid is one
-  valley; with face neighbours it breaks into a checkerboard of spurious minima.
-- Non-finite cells (NaN, +/-inf) are treated as +inf: never in a sublevel set, never a
-  minimum or a saddle. They can split the grid; every connected component of the finite
-  cells then keeps one minimum that never dies (death = inf), the global minimum among them.
-- Ties: cells are ordered by (value, flat C-order index), a total order (simulation of
-  simplicity). A connected plateau of equal values forms one component at its level,
-  represented by its first cell in that order; zero-persistence pairs (death == birth),
-  which only ties produce, are dropped, so a flat-bottomed well counts as one minimum and
-  equal values give the same answer on every run. Among equally old components the
-  one with the lower representative index is the elder.
-- A local minimum is a connected set of equal-valued cells (a plateau, possibly one cell)
-  with no neighbour of lower value; minima on the edge of the grid count (the grid is the
-  domain), and ``n_minima_interior`` counts those whose representative cell is off the edge.
-- ``threshold``: pairs with persistence <= threshold are ignored (default 0: only the
-  zero-persistence pairs of ties), in the pairs, the merges, the depth statistics and the
-  minima count. The elder of a kept merge always has at least its persistence, so it is kept.
-- ``to_dict`` writes a death of inf (the essential minima) as None (JSON null).
+"""Topological summaries of a 1-, 2- or 3-D loss grid: 0-dimensional persistence of the sublevel
+sets {f <= t} by union-find over the cells in increasing order. A component is born at a minimum
+and dies at the saddle where it merges into an older one (elder rule); death - birth is the
+saddle-minimum depth landscaper (1.3.1) averages. Conventions (``tests/test_topology.py``):
+``connectivity`` ``"full"`` (diagonals too, so a diagonal valley is one valley) or ``"face"``;
+non-finite cells are +inf (each finite component keeps an essential minimum, death inf); cells are
+ordered by (value, flat index), so a plateau is one component and ties give zero-persistence pairs,
+dropped; edge minima count; pairs with persistence <= ``threshold`` are ignored everywhere.
 """
 
 from __future__ import annotations
@@ -73,10 +50,8 @@ class Merge:
 
 
 def _persistence(values: np.ndarray, connectivity: str) -> tuple[list[tuple[int, float]], list[tuple[int, int, int]]]:
-    """Union-find over the finite cells in (value, index) order.
-
-    Returns the births [(cell, value)] of every component (including zero-persistence ones)
-    and the merges [(child root, parent root, saddle cell)], cells as flat indices."""
+    """Union-find over the finite cells in (value, index) order: the births [(cell, value)] of every
+    component and the merges [(child root, parent root, saddle cell)], cells as flat indices."""
     z = np.asarray(values, dtype=np.float64)
     flat = z.ravel()
     finite = np.isfinite(flat)
@@ -119,8 +94,7 @@ def _persistence(values: np.ndarray, connectivity: str) -> tuple[list[tuple[int,
             parent[c] = c
             births.append((c, values_l[c]))
             continue
-        # the root of a component is its first cell in (value, index) order: the elder has the lowest rank
-        elder = min(roots, key=lambda r: rank_l[r])
+        elder = min(roots, key=lambda r: rank_l[r])  # a root is its component's first cell: the elder ranks lowest
         for r in sorted(roots, key=lambda r: rank_l[r]):
             if r != elder:
                 merges.append((r, elder, c))
@@ -159,9 +133,8 @@ class SurfaceTopology:
 
     def depth_summary(self) -> dict[str, Any]:
         d = np.asarray(self.depths, dtype=np.float64)
-        empty = d.size == 0
-        return {"n_pairs": int(d.size), "mean": None if empty else float(d.mean()),
-                "median": None if empty else float(np.median(d)), "max": None if empty else float(d.max()),
+        stats = {"mean": np.mean, "median": np.median, "max": np.max}
+        return {"n_pairs": int(d.size), **{k: None if d.size == 0 else float(f(d)) for k, f in stats.items()},
                 "total_persistence": float(d.sum())}
 
     def summary(self) -> dict[str, Any]:
@@ -175,8 +148,7 @@ class SurfaceTopology:
         return None if self.axes is None else [float(a[i]) for a, i in zip(self.axes, cell)]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly (Python ints, floats, lists; a death of inf is None). ``coords`` are the
-        grid coordinates of a cell in array-axis order (for a SurfaceResult: (y, x)), None without axes."""
+        """JSON-friendly (a death of inf is None); ``coords``: a cell's grid coordinates in array-axis order."""
         return {
             **self.summary(), "shape": list(self.shape), "connectivity": self.connectivity,
             "threshold": float(self.threshold), "n_nonfinite": self.n_nonfinite,
@@ -192,11 +164,8 @@ class SurfaceTopology:
 
 def surface_topology(values: np.ndarray, axes: Sequence[Sequence[float]] | None = None, connectivity: str = "full",
                      threshold: float = 0.0) -> SurfaceTopology:
-    """Local minima, merge tree and saddle-minimum depths of ``values`` on a regular grid.
-
-    ``values``: a 1-, 2- or 3-D array (non-finite cells count as +inf). ``axes``: optional grid
-    coordinates per array axis, for the ``coords`` in :meth:`SurfaceTopology.to_dict`.
-    ``threshold``: pairs with persistence <= threshold are ignored (>= 0)."""
+    """Local minima, merge tree and saddle-minimum depths of a 1-, 2- or 3-D grid ``values``;
+    ``axes``: optional coordinates per array axis (for ``coords`` in :meth:`SurfaceTopology.to_dict`)."""
     z = np.asarray(values, dtype=np.float64)
     if z.ndim not in (1, 2, 3):
         raise ValueError(f"values must be a 1-, 2- or 3-D grid, got shape {z.shape}")

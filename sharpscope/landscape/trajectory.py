@@ -1,12 +1,8 @@
-"""PCA directions of a training trajectory (Li et al. 2018, Sec. 7).
-
-Given the parameters theta_0, ..., theta_E of the per-epoch snapshots of one run, the centre
-is the final point theta_E and the rows of M are theta_e - theta_E. The two directions are
-the first two principal components of M (rows centred on their mean, as scikit-learn's PCA
-that the paper uses), as unit vectors; ``explained_variance`` is the fraction of the
-variance of the rows that each explains; ``path`` holds the coordinates (theta_e -
-theta_E) . d_k of every snapshot, so the path ends at (0, 0). Parameters ignored by
-``ignore="biasbn"`` are left out of the PCA (zero in the directions).
+"""PCA directions of a training trajectory (Li et al. 2018, Sec. 7): the centre is the last snapshot
+theta_E, the rows of M are theta_e - theta_E, the directions the first principal components of M
+(rows centred, as scikit-learn's PCA), unit vectors; ``explained_variance`` their variance fractions;
+``path`` the coordinates (theta_e - theta_E) . d_k, ending at (0, 0). Parameters ignored by
+``ignore="biasbn"`` are left out (zero in the directions).
 """
 
 from __future__ import annotations
@@ -33,8 +29,8 @@ class TrajectoryDirections:
 
 def trajectory_directions(model: nn.Module, snapshots: Sequence[dict[str, Tensor]],
                           ignore: str = "biasbn", n_components: int = 2) -> TrajectoryDirections:
-    """PCA directions of ``snapshots`` (parameter dicts in training order, the last one being
-    the centre) for the architecture of ``model`` (used only for names and the ignore rule)."""
+    """PCA directions of ``snapshots`` (parameter dicts in training order, the centre last);
+    ``model`` gives only the names and the ignore rule."""
     if len(snapshots) < n_components + 1:
         raise ConfigError(f"a trajectory needs at least {n_components + 1} snapshots, got {len(snapshots)}")
     skip = ignored_names(model, ignore)
@@ -56,27 +52,20 @@ def trajectory_directions(model: nn.Module, snapshots: Sequence[dict[str, Tensor
     total = float(evals.sum())
     if total == 0:
         raise ConfigError("the snapshots are all identical: no trajectory to analyse")
-    comps = []
-    for k in range(n_components):
-        v = centred.T @ evecs[:, k]
-        comps.append(v / v.norm())
+    comps = [v / v.norm() for v in (centred.T @ evecs[:, k] for k in range(n_components))]
     path = torch.stack([rows @ c for c in comps], dim=1).numpy()
-    shapes = {n: p.shape for n, p in model.named_parameters()}
-    sizes = [shapes[n].numel() for n in names]
     ref = dict(model.named_parameters())
     directions = []
     for c in comps:
-        parts = dict(zip(names, c.split(sizes)))
-        directions.append({n: (parts[n].view(shapes[n]) if n in parts else torch.zeros(shapes[n], dtype=torch.float64))
-                           .to(ref[n].dtype).to(ref[n].device) for n in shapes})
+        parts = dict(zip(names, c.split([ref[n].numel() for n in names])))
+        directions.append({n: (parts[n].view(p.shape) if n in parts else torch.zeros(p.shape, dtype=torch.float64))
+                           .to(p.dtype).to(p.device) for n, p in ref.items()})
     return TrajectoryDirections(directions, [float(e) / total for e in evals[:n_components]], path)
 
 
 def trajectory_grid(path: np.ndarray, points: int = 31, margin: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    """The default grid of a trajectory plane: per coordinate k, ``points`` evenly spaced values
-    over [lo_k - pad_k, hi_k + pad_k], with lo, hi the path's range and pad = margin (hi - lo)
-    + 1e-6; the ends are rounded to 6 significant digits (as the ``MIN:MAX:POINTS`` text the
-    grid is recorded as)."""
+    """Per coordinate k, ``points`` values over [lo_k - pad_k, hi_k + pad_k] (the path's range, pad =
+    margin (hi - lo) + 1e-6), ends rounded to 6 significant digits as the recorded ``MIN:MAX:POINTS``."""
     from .surface import parse_grid
 
     path = np.asarray(path, dtype=np.float64)

@@ -1,5 +1,4 @@
-"""Pieces shared by the built-in architectures: activations, 3x3 convs, optional BatchNorm,
-the three residual stages of the CIFAR ResNets and the weight initialisation."""
+"""Pieces of the built-in architectures: activations, 3x3 convs, optional BN, residual stages, init."""
 
 from __future__ import annotations
 
@@ -25,9 +24,8 @@ def conv3x3(in_ch: int, out_ch: int, stride: int = 1, bias: bool = False) -> nn.
 
 def residual_stages(block: Callable[[int, int, int], nn.Module], in_ch: int, widths: Sequence[int],
                     n: int) -> tuple[nn.Sequential, int]:
-    """Three stages of ``n`` residual blocks ``block(in_ch, out_ch, stride)`` of widths ``widths``
-    and strides 1, 2, 2 (the first block of a stage strides and widens, the others keep the
-    shape), built in order; and the channels they output."""
+    """Three stages of ``n`` blocks ``block(in_ch, out_ch, stride)`` of ``widths`` and strides 1, 2, 2
+    (the first block of a stage strides and widens), and the channels they output."""
     stages = []
     for out_ch, stride in zip(widths, (1, 2, 2)):
         stages.append(nn.Sequential(*[block(in_ch if j == 0 else out_ch, out_ch, stride if j == 0 else 1)
@@ -37,10 +35,7 @@ def residual_stages(block: Callable[[int, int, int], nn.Module], in_ch: int, wid
 
 
 def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal (fan_out, ReLU) convs with zero bias; BatchNorm weight 1, bias 0.
-
-    Linear layers keep PyTorch's default initialisation.
-    """
+    """Kaiming-normal (fan_out, ReLU) convs with zero bias; BatchNorm weight 1, bias 0; Linear as PyTorch's."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -1,14 +1,6 @@
-"""Which attention a model computes through ``F.scaled_dot_product_attention`` (SDPA).
-
-SDPA picks a kernel at run time. On CPU in torch 2.13 there are two: the math kernel (plain
-matmul/softmax ops: every derivative, forward-mode too, and ``vmap`` rules) and a fused flash
-kernel, which has a first derivative only: its double backward raises "derivative for
-aten::_scaled_dot_product_flash_attention_for_cpu_backward is not implemented" and its
-forward-mode derivative is missing (on CUDA the flash, memory-efficient and cuDNN kernels have
-no double backward either). Exact curvature (Hessian-vector products, second-order SAM) needs
-the math kernel, so every derivative sharpscope takes runs under
-:func:`sharpscope.batches.higher_order_attention`; :func:`attention_calls` finds out whether a
-model calls SDPA at all, so that the analyses can say so.
+"""Which attention a model computes through ``F.scaled_dot_product_attention`` (SDPA): only SDPA's
+math kernel has a double backward, so derivatives run under
+:func:`sharpscope.batches.higher_order_attention` and :func:`attention_calls` says whether SDPA is used.
 """
 
 from __future__ import annotations
@@ -25,8 +17,7 @@ __all__ = ["attention_calls", "MATH_KERNEL_NOTE"]
 MATH_KERNEL_NOTE = ("attention (F.scaled_dot_product_attention) on its math kernel: the fused kernels have no "
                     "second derivative")
 
-# nn.MultiheadAttention reaches SDPA inside F.multi_head_attention_forward, which a function
-# mode sees as one call (the mode is off while it handles a call): it counts as attention too
+# nn.MultiheadAttention reaches SDPA inside F.multi_head_attention_forward, one call to a function mode
 _ATTENTION = {F.scaled_dot_product_attention: "scaled_dot_product_attention",
               F.multi_head_attention_forward: "multi_head_attention_forward"}
 

@@ -17,22 +17,11 @@ __all__ = ["SimpleCNN", "Conv1dNet", "build_cnn", "build_cnn1d"]
 
 
 class SimpleCNN(nn.Module):
-    """Small VGG-style CNN.
+    """``[Conv3x3 -> (BN) -> ReLU] * len(channels) -> MaxPool2x2 -> Linear(hidden) -> ReLU -> (Dropout) ->
+    Linear``, conv biases only without BN; 85,066 parameters on (1, 8, 8) input with 10 classes."""
 
-    ``[Conv3x3(pad 1) -> (BatchNorm2d) -> ReLU] * len(channels) -> MaxPool2x2 -> flatten ->
-    Linear(hidden) -> ReLU -> (Dropout) -> Linear(num_classes)``.  Convs carry a bias only
-    without BatchNorm.  Defaults on (1, 8, 8) input with 10 classes: 85,066 parameters.
-    """
-
-    def __init__(
-        self,
-        input_shape: tuple[int, int, int],
-        num_classes: int,
-        channels: Sequence[int] = (32, 64),
-        hidden: int = 64,
-        bn: bool = False,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, channels: Sequence[int] = (32, 64),
+                 hidden: int = 64, bn: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         in_ch, height, width = input_shape
         layers: list[nn.Module] = []
@@ -54,14 +43,8 @@ class SimpleCNN(nn.Module):
 
 
 class Conv1dNet(nn.Module):
-    """1-D convnet for signals such as MNIST-1D (Greydanus & Kobak 2020, their "CNN" baseline).
-
-    ``[Conv1d(stride 2, padding 1) -> (BatchNorm1d) -> ReLU] * len(channels) -> flatten ->
-    Linear(num_classes)``; the first conv has kernel 5, the others kernel 3. Input ``(N, L)`` is
-    read as one channel. Convs carry a bias only without BatchNorm. PyTorch's default
-    initialisation, as in the paper. Defaults on 40 features with 10 classes: 5,210 parameters
-    (25 channels of length 19, 10, 5; the paper's ``ConvBase``).
-    """
+    """MNIST-1D's ``ConvBase`` (Greydanus & Kobak 2020): ``[Conv1d(kernel 5, then 3; stride 2, padding 1) ->
+    (BN) -> ReLU] * len(channels) -> Linear`` on ``(N, L)``, default init; 5,210 parameters on 40 features."""
 
     def __init__(self, length: int, num_classes: int, channels: Sequence[int] = (25, 25, 25),
                  bn: bool = False) -> None:
@@ -86,36 +69,20 @@ def _conv1d_length(length: int, n_convs: int) -> int:
     return length
 
 
-def build_cnn(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    channels: int | Sequence[int] = (32, 64),
-    hidden: int = 64,
-    bn: bool = False,
-    dropout: float = 0.0,
-) -> SimpleCNN:
+def build_cnn(input_shape: Sequence[int], num_classes: int, *, channels: int | Sequence[int] = (32, 64),
+              hidden: int = 64, bn: bool = False, dropout: float = 0.0) -> SimpleCNN:
     """Build :class:`SimpleCNN`; needs image input at least 2x2."""
     shape = image_shape("cnn", input_shape)
     if shape[1] < 2 or shape[2] < 2:
         raise ModelSpecError(f"model 'cnn' needs images of at least 2x2, got {list(shape)}")
-    return SimpleCNN(
-        shape,
-        check_int("num_classes", num_classes),
-        check_widths("cnn option 'channels'", channels, allow_empty=False),
-        check_int("cnn option 'hidden'", hidden),
-        check_bool("cnn option 'bn'", bn),
-        check_prob("cnn option 'dropout'", dropout),
-    )
+    return SimpleCNN(shape, check_int("num_classes", num_classes),
+                     check_widths("cnn option 'channels'", channels, allow_empty=False),
+                     check_int("cnn option 'hidden'", hidden), check_bool("cnn option 'bn'", bn),
+                     check_prob("cnn option 'dropout'", dropout))
 
 
-def build_cnn1d(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    channels: int | Sequence[int] = (25, 25, 25),
-    bn: bool = False,
-) -> Conv1dNet:
+def build_cnn1d(input_shape: Sequence[int], num_classes: int, *, channels: int | Sequence[int] = (25, 25, 25),
+                bn: bool = False) -> Conv1dNet:
     """Build :class:`Conv1dNet`; needs 1-D input (L,) long enough for its convs."""
     shape = check_input_shape(input_shape)
     if len(shape) != 1:

@@ -1,20 +1,9 @@
-"""Hugging Face ``transformers`` models built from a config, nothing downloaded (``gpt``, ``bert``).
-
-* ``gpt`` -- a GPT-2-style causal language model (``transformers.GPT2LMHeadModel``) over
-  token sequences of length T (``input_shape`` (T,): ``n_positions``) and a vocabulary of
-  ``num_classes`` tokens, sized by ``n_layer``, ``n_embd``, ``n_head``.
-* ``bert`` -- a BERT-style sequence classifier (``transformers.BertForSequenceClassification``)
-  of ``num_classes`` labels over token sequences of length T from a vocabulary of
-  ``vocab_size`` tokens, sized the same way.
-
-Both are the ``transformers`` classes themselves (their forward takes ``input_ids``,
-``attention_mask`` and ``labels`` and returns ``.logits`` and ``.loss``), with weights drawn
-from torch's global RNG (the same seed gives the same weights), dropout off by default and
-the ``eager`` attention implementation, whose every derivative exists (Hessian-vector
-products, second-order SAM); ``attention="sdpa"`` chooses ``F.scaled_dot_product_attention``
-(the analyses run it on its math kernel). ``transformers`` is an optional dependency (the
-``transformers`` extra): it is imported when such a model is built, never at
-``import sharpscope``; without it building one raises :class:`TransformersNotInstalled`.
+"""Hugging Face ``transformers`` models built from a config, nothing downloaded: ``gpt``
+(``GPT2LMHeadModel``, ``num_classes`` tokens) and ``bert`` (``BertForSequenceClassification``,
+``num_classes`` labels) over sequences of T tokens (``input_shape`` (T,)); weights from torch's
+global RNG, dropout off and ``eager`` attention (every derivative exists) by default. ``transformers``
+is imported only when one is built (else :class:`TransformersNotInstalled`). A new architecture is
+one more builder ``(input_shape, num_classes, *, options)`` here and one registry entry.
 """
 
 from __future__ import annotations
@@ -48,6 +37,7 @@ def _transformers() -> Any:
 
 
 def _sequence_length(name: str, input_shape: Sequence[int]) -> int:
+    """T of a token model's input shape (T,)."""
     shape = check_input_shape(input_shape)
     if len(shape) != 1:
         raise ModelSpecError(f"{name} takes token sequences (input shape (T,), T tokens), got input shape "
@@ -56,6 +46,7 @@ def _sequence_length(name: str, input_shape: Sequence[int]) -> int:
 
 
 def _sizes(n_layer: Any, n_embd: Any, n_head: Any, dropout: Any, attention: Any) -> tuple[int, int, int, float]:
+    """The checked sizes, dropout and attention shared by every transformer builder."""
     layers, width, heads = check_int("n_layer", n_layer), check_int("n_embd", n_embd), check_int("n_head", n_head)
     if width % heads:
         raise ModelSpecError(f"n_embd ({width}) must be a multiple of n_head ({heads})")
@@ -80,9 +71,8 @@ def build_gpt(input_shape: Sequence[int], num_classes: int, *, n_layer: int = 2,
 
 def build_bert(input_shape: Sequence[int], num_classes: int, *, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
                vocab_size: int = 256, dropout: float = 0.0, attention: str = "eager") -> nn.Module:
-    """A ``BertForSequenceClassification`` from a ``BertConfig``: ``num_classes`` labels,
-    ``max_position_embeddings`` = T of ``input_shape`` (T,), token 0 the padding token,
-    intermediate width 4 ``n_embd``."""
+    """A ``BertForSequenceClassification``: ``num_classes`` labels, ``max_position_embeddings`` = T,
+    padding token 0, intermediate width 4 ``n_embd``."""
     length = _sequence_length("bert", input_shape)
     classes = check_int("num_classes", num_classes, 2)
     vocab = check_int("vocab_size", vocab_size, 2)

@@ -17,19 +17,11 @@ __all__ = ["MLP", "build_mlp"]
 
 
 class MLP(nn.Module):
-    """Multi-layer perceptron: flatten -> [Linear -> (BatchNorm1d) -> act] * len(hidden) -> Linear.
+    """flatten -> [Linear -> (BatchNorm1d) -> act] * len(hidden) -> Linear; with ``bn=True`` the
+    hidden Linear layers have no bias (BatchNorm's shift replaces it)."""
 
-    With ``bn=True`` the hidden Linear layers have no bias (BatchNorm's shift replaces it).
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden: Sequence[int],
-        num_classes: int,
-        bn: bool = False,
-        activation: str = "relu",
-    ) -> None:
+    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int, bn: bool = False,
+                 activation: str = "relu") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_features
@@ -48,25 +40,12 @@ class MLP(nn.Module):
         return self.head(self.features(self.flatten(x)))
 
 
-def build_mlp(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    hidden: int | Sequence[int] = (128, 128),
-    bn: bool = False,
-    activation: str = "relu",
-) -> MLP:
+def build_mlp(input_shape: Sequence[int], num_classes: int, *, hidden: int | Sequence[int] = (128, 128),
+              bn: bool = False, activation: str = "relu") -> MLP:
     """Build :class:`MLP`; accepts vector (D,) or image (C, H, W) input."""
     shape = check_input_shape(input_shape)
     widths = check_widths("mlp option 'hidden'", hidden, allow_empty=True)
     if activation not in ACTIVATIONS:
-        raise ModelSpecError(
-            f"mlp option 'activation' must be one of {', '.join(ACTIVATIONS)}, got {activation!r}"
-        )
-    return MLP(
-        math.prod(shape),
-        widths,
-        check_int("num_classes", num_classes),
-        check_bool("mlp option 'bn'", bn),
-        activation,
-    )
+        raise ModelSpecError(f"mlp option 'activation' must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    return MLP(math.prod(shape), widths, check_int("num_classes", num_classes), check_bool("mlp option 'bn'", bn),
+               activation)

@@ -1,31 +1,9 @@
-"""What a parameter is, read off its name: the transformer block it sits in and its kind.
-
-Per-layer curvature (:func:`sharpscope.hessian.layer_summary`) groups parameters by these
-rules, which cover the names of GPT-2 (``transformer.wte`` / ``wpe``, ``transformer.h.N.attn``
-/ ``mlp`` / ``ln_1`` / ``ln_2``, ``transformer.ln_f``, ``lm_head``), BERT
-(``bert.embeddings.*``, ``bert.encoder.layer.N.attention`` / ``intermediate`` / ``output``,
-``bert.pooler``, ``classifier``), ViT, Llama-style models (``model.layers.N.self_attn`` /
-``mlp`` / ``input_layernorm``) and plain ``nn.TransformerEncoder`` (``layers.N.self_attn`` /
-``linear1`` / ``linear2`` / ``norm1`` / ``norm2``), and their LoRA versions (peft adds
-``base_model.model.`` in front and ``lora_A.default`` behind: the rules still apply).
-
-* **Block.** A parameter whose name holds ``<h|layer|layers|block|blocks>.<N>.`` belongs to
-  that numbered block (``transformer.h.3``, ``bert.encoder.layer.0``). A model with such names
-  is grouped into its blocks, and every parameter outside them into the module that owns it
-  (``transformer.wte``, ``transformer.ln_f``, ``lm_head``). Fallback, for a model with no such
-  name (every built-in convnet): the outermost module below the root that is not a
-  ``Sequential`` / ``ModuleList`` / ``ModuleDict`` (a residual block, a stem, a head), as before.
-* **Kind.** The first rule that claims a parameter, in this order: ``norm`` (owned by a
-  normalization layer, or a name part containing ``norm`` or starting with ``ln``),
-  ``embeddings`` (owned by ``nn.Embedding``, or a name part ``wte`` / ``wpe`` or containing
-  ``embed``), ``attention`` (owned by ``nn.MultiheadAttention``, or a name part containing
-  ``attn`` / ``attention``, or ``query`` / ``key`` / ``value`` / ``q_proj`` / ``k_proj`` /
-  ``v_proj`` / ``o_proj`` / ``qkv``), ``mlp`` (a name part ``mlp``, ``ffn``, ``feed_forward``,
-  ``intermediate``, ``fc1`` / ``fc2``, ``c_fc``, ``linear1`` / ``linear2``, ``gate_proj`` /
-  ``up_proj`` / ``down_proj``, or ``output`` inside a block: BERT's feed-forward output),
-  ``head`` (outside the blocks, a name part ``lm_head``, ``head``, ``classifier``, ``pooler``,
-  ``score``, ``fc``). Fallback: the owning module's type, ``conv`` (any ``nn.Conv*``),
-  ``linear`` (``nn.Linear``), else ``other``.
+"""What a parameter is, read off its name (GPT-2, BERT, ViT, Llama-style, ``nn.TransformerEncoder``
+names, and their peft LoRA versions): the transformer block it sits in, ``...<h|layer|layers|block|
+blocks>.<N>.`` (models without such names group by the outermost non-container module below the
+root), and its kind, the first that claims it of ``norm``, ``embeddings``, ``attention``, ``mlp``
+(also ``output`` inside a block: BERT's), ``head`` (outside the blocks), by module type or name part
+(the ``_*_PARTS`` tables); else ``conv``, ``linear`` or ``other``.
 """
 
 from __future__ import annotations
@@ -44,8 +22,8 @@ __all__ = ["GROUPINGS", "KINDS", "block_of", "kind_of", "group_parameters", "bia
 GROUPINGS = ("layer", "block", "kind")
 KINDS = ("embeddings", "attention", "mlp", "norm", "head", "conv", "linear", "other")
 
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _BLOCK = re.compile(r"^(.*?(?:^|\.)(?:h|layer|layers|block|blocks)\.\d+)\.")
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _ATTENTION_PARTS = {"query", "key", "value", "q_proj", "k_proj", "v_proj", "o_proj", "qkv", "c_attn"}
 _MLP_PARTS = {"mlp", "ffn", "feed_forward", "feedforward", "intermediate", "fc1", "fc2", "c_fc", "linear1",
@@ -55,8 +33,7 @@ _HEAD_PARTS = {"lm_head", "head", "classifier", "pooler", "score", "fc"}
 
 def block_of(name: str) -> str | None:
     """The numbered transformer block a parameter name sits in (``"transformer.h.3"``), or None."""
-    match = _BLOCK.match(name)
-    return match.group(1) if match else None
+    return match.group(1) if (match := _BLOCK.match(name)) else None
 
 
 def _owner(model: nn.Module, name: str) -> nn.Module | None:
@@ -91,16 +68,13 @@ def kind_of(model: nn.Module, name: str) -> str:
 def _outermost(modules: dict[str, nn.Module], owner: str) -> str:
     """The outermost module below the root on the path to ``owner`` that is not a container."""
     parts = owner.split(".")
-    for i in range(1, len(parts) + 1):
-        prefix = ".".join(parts[:i])
-        if not isinstance(modules[prefix], _CONTAINERS):
-            return prefix
-    return owner
+    prefixes = (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return next((prefix for prefix in prefixes if not isinstance(modules[prefix], _CONTAINERS)), owner)
 
 
 def group_parameters(model: nn.Module, by: str = "layer") -> dict[str, list[str]]:
-    """Names of the trainable parameters (``requires_grad``) grouped ``by`` ``"layer"`` (the
-    module that owns them), ``"block"`` or ``"kind"`` (module docstring), in model order."""
+    """Trainable parameter names grouped ``by`` ``"layer"`` (the owning module), ``"block"`` or
+    ``"kind"`` (module docstring), in model order."""
     if by not in GROUPINGS:
         raise ConfigError(f"group by {', '.join(GROUPINGS)}; got {by!r}")
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -121,30 +95,17 @@ def group_parameters(model: nn.Module, by: str = "layer") -> dict[str, list[str]
     return groups
 
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
-
-
 def biasbn_names(model: nn.Module) -> set[str]:
     """Names of biases and of every parameter of a normalization layer."""
-    names = set()
-    for mod_name, module in model.named_modules():
-        for p_name, _ in module.named_parameters(recurse=False):
-            full = f"{mod_name}.{p_name}" if mod_name else p_name
-            if isinstance(module, _NORM_TYPES) or p_name == "bias":
-                names.add(full)
-    return names
+    return {f"{mod_name}.{p_name}" if mod_name else p_name for mod_name, module in model.named_modules()
+            for p_name, _ in module.named_parameters(recurse=False)
+            if isinstance(module, _NORM_TYPES) or p_name == "bias"}
 
 
 def select_parameters(model: nn.Module, params: Any = None, include_frozen: bool = False) -> list[str]:
-    """Names of the trainable parameters chosen by ``params``.
-
-    ``None`` or ``"all"``: every parameter with ``requires_grad``; ``"no-biasbn"``: all but
-    biases and normalization-layer parameters; a string or list of strings: glob patterns on
-    parameter names (``"stages.0.*"``, ``"transformer.h.*.attn.*"``), a leading ``!``
-    excluding; a callable ``(name, parameter) -> bool``. Frozen parameters
-    (``requires_grad=False``: a LoRA model's base weights) are left out unless
-    ``include_frozen``. An empty selection is a :class:`ConfigError`.
-    """
+    """Trainable parameter names chosen by ``params``: ``None`` / ``"all"``, ``"no-biasbn"``, glob patterns
+    (a leading ``!`` excludes) or a callable ``(name, parameter) -> bool``; frozen ones only with
+    ``include_frozen``; an empty selection is a :class:`ConfigError`."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad or include_frozen]
     if params is None or params == "all":
         chosen = [n for n, _ in named]
@@ -169,22 +130,14 @@ def select_parameters(model: nn.Module, params: Any = None, include_frozen: bool
 
 
 def moved_parameters(model: nn.Module, params: Any = None) -> list[str]:
-    """:func:`select_parameters` for the analyses that move weights without differentiating
-    twice (surfaces, interpolation, sharpness measures, weight spectra): the same rule, except
-    that a model with no trainable parameter at all (frozen for inference) has all of them."""
+    """:func:`select_parameters` for the analyses that only move weights, except that a model with
+    no trainable parameter at all (frozen for inference) has all of them."""
     return select_parameters(model, params, include_frozen=not any(p.requires_grad for p in model.parameters()))
 
 
 def frozen_parameters(model: nn.Module) -> list[str]:
-    """Names of the parameters with ``requires_grad=False`` (a LoRA model's base weights),
-    which the analyses leave out by default."""
+    """Names of the parameters with ``requires_grad=False`` (a LoRA model's base weights)."""
     return [n for n, p in model.named_parameters() if not p.requires_grad]
 
 
-def parameter_groups(model: nn.Module, by: str = "layer") -> dict[str, list[str]]:
-    """Trainable parameter names grouped per ``"layer"`` (the module that owns them), per
-    ``"block"`` (a transformer's numbered blocks, ``transformer.h.3``; in a model without them the
-    outermost module below the root that is not a Sequential/ModuleList/ModuleDict, e.g. a
-    residual block) or per ``"kind"`` (embeddings, attention, mlp, norm, head; conv, linear,
-    other), in model order: :func:`sharpscope.models.param_names.group_parameters`."""
-    return group_parameters(model, by)
+parameter_groups = group_parameters  # the name sharpscope.objective and the README use

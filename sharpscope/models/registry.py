@@ -1,5 +1,4 @@
-"""The built-in architectures by name: aliases (``resnet20``, ``wrn28-10``), their options,
-model specs and :func:`build_model` (which hands factory specs to :mod:`.factory`)."""
+"""The built-in architectures by name and alias, their options, model specs and :func:`build_model`."""
 
 from __future__ import annotations
 
@@ -25,97 +24,60 @@ __all__ = ["MODEL_NAMES", "TOKEN_MODEL_NAMES", "parse_model_name", "make_model_s
 
 _BUILTIN_KEYS = ("name", "kwargs", "input_shape", "num_classes")
 
-
 #: Read-only registry: base model name -> builder(input_shape, num_classes, **options).
 _BUILDERS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     {"mlp": build_mlp, "cnn": build_cnn, "resnet": build_resnet, "wrn": build_wrn, "cnn1d": build_cnn1d,
-     "gpt": build_gpt, "bert": build_bert}
-)
+     "gpt": build_gpt, "bert": build_bert})
 
 #: The models over token sequences (Hugging Face transformers built from a config; input shape (T,)).
 TOKEN_MODEL_NAMES: tuple[str, ...] = ("gpt", "bert")
 
-MODEL_NAMES: tuple[str, ...] = (
-    *_BUILDERS,
-    "resnet20",
-    "resnet32",
-    "resnet44",
-    "resnet56",
-    "resnet110",
-    "wrn16-4",
-    "wrn16-8",
-    "wrn28-10",
-)
+MODEL_NAMES: tuple[str, ...] = (*_BUILDERS, "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "wrn16-4",
+                                 "wrn16-8", "wrn28-10")
+
+#: Alias patterns: (regex, base name, the options its groups fix).
+_ALIASES = ((r"resnet-?(\d+)", "resnet", ("depth",)), (r"wrn-?(\d+)-(\d+)", "wrn", ("depth", "widen_factor")))
 
 
-def _accepted_options(base: str) -> tuple[str, ...]:
+def _options(base: str) -> dict[str, Any]:
+    """The keyword-only options of ``base``'s builder and their defaults (``inspect.Parameter.empty`` if none)."""
     params = inspect.signature(_BUILDERS[base]).parameters.values()
-    return tuple(sorted(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY))
-
-
-def _default_options(base: str) -> dict[str, Any]:
-    params = inspect.signature(_BUILDERS[base]).parameters.values()
-    return {p.name: p.default for p in params
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
-
-
-# --------------------------------------------------------------------------- public API
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def parse_model_name(name: str) -> tuple[str, dict]:
-    """Split a model name into (base name, options fixed by the alias).
-
-    ``"cnn" -> ("cnn", {})``, ``"resnet32" -> ("resnet", {"depth": 32})``,
-    ``"wrn28-10" -> ("wrn", {"depth": 28, "widen_factor": 10})``.  Matching ignores case
-    and surrounding blanks.  Depth validity is checked when the model is built.
-    """
+    """(base name, options fixed by the alias): ``"resnet32" -> ("resnet", {"depth": 32})``,
+    ``"wrn28-10" -> ("wrn", {"depth": 28, "widen_factor": 10})``; case and blanks ignored."""
     if not isinstance(name, str):
         raise ModelSpecError(f"model name must be a string, got {name!r}")
     key = name.strip().lower()
     if key in _BUILDERS:
         return key, {}
-    match = re.fullmatch(r"resnet-?(\d+)", key)
-    if match:
-        return "resnet", {"depth": int(match.group(1))}
-    match = re.fullmatch(r"wrn-?(\d+)-(\d+)", key)
-    if match:
-        return "wrn", {"depth": int(match.group(1)), "widen_factor": int(match.group(2))}
-    raise ModelSpecError(
-        f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)} "
-        "(or any resnet<depth>, wrn<depth>-<widen_factor>)"
-    )
+    for pattern, base, keys in _ALIASES:
+        if match := re.fullmatch(pattern, key):
+            return base, {k: int(v) for k, v in zip(keys, match.groups())}
+    raise ModelSpecError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)} "
+                         "(or any resnet<depth>, wrn<depth>-<widen_factor>)")
 
 
 def _resolve(name: str, kwargs: Mapping[str, Any]) -> tuple[str, dict]:
     """Base name and full options (alias options merged in) after checking option names."""
     base, fixed = parse_model_name(name)
-    accepted = _accepted_options(base)
+    accepted = sorted(_options(base))
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ModelSpecError(
-            f"unknown option{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(repr(k) for k in unknown)} for model {name!r}; "
-            f"accepted: {', '.join(accepted)}"
-        )
+        raise ModelSpecError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)} "
+                             f"for model {name!r}; accepted: {', '.join(accepted)}")
     for key, value in fixed.items():
         if key in kwargs and kwargs[key] != value:
-            raise ModelSpecError(
-                f"model {name!r} fixes {key}={value}, but {key}={kwargs[key]!r} was given; "
-                f"use model {base!r} to choose {key} freely"
-            )
+            raise ModelSpecError(f"model {name!r} fixes {key}={value}, but {key}={kwargs[key]!r} was given; "
+                                 f"use model {base!r} to choose {key} freely")
     return base, {**kwargs, **fixed}
 
 
-def make_model_spec(
-    name: str, input_shape: Sequence[int], num_classes: int, **kwargs: Any
-) -> dict:
-    """Validate a built-in model choice and return it as a plain-dict spec.
-
-    The name, the option names and values, and their fit to ``input_shape`` are all
-    checked (by a dry build on the ``meta`` device: no memory, no use of the RNG).
-    The spec keeps the (normalised) name and every option, defaults filled in, so a
-    checkpoint rebuilds the same architecture even if a default changes later.
-    """
+def make_model_spec(name: str, input_shape: Sequence[int], num_classes: int, **kwargs: Any) -> dict:
+    """A built-in model as a plain-dict spec, checked by a dry build on the ``meta`` device, with every
+    default filled in (a checkpoint rebuilds the same architecture if a default changes)."""
     shape = check_input_shape(input_shape)
     classes = check_int("num_classes", num_classes)
     options = json_plain(kwargs, "model options")
@@ -123,20 +85,14 @@ def make_model_spec(
     key = name.strip().lower()
     with torch.device("meta"):
         _BUILDERS[base](shape, classes, **full)
-    resolved = json_plain({**_default_options(base), **full}, "model options")
+    defaults = {k: v for k, v in _options(base).items() if v is not inspect.Parameter.empty}
+    resolved = json_plain({**defaults, **full}, "model options")
     return {"name": key, "kwargs": resolved, "input_shape": list(shape), "num_classes": classes}
 
 
 def build_model(spec: Mapping[str, Any], *, allow_factory: bool | str = False) -> nn.Module:
-    """Build a model from a spec dict (see the module docstring).
-
-    Weights are drawn from torch's global RNG, so the same seed gives the same weights.
-    A factory spec is imported and called only when ``allow_factory`` allows it: ``True``
-    (any factory) or the factory's own ``"package.module:function"`` name (the one the user
-    named); otherwise :class:`ModelSpecError` is raised before anything is imported, so a
-    spec read from a checkpoint never chooses what code runs.  Every problem with the spec
-    raises :class:`ModelSpecError` with a one-line message.
-    """
+    """A model from a spec dict, weights from torch's global RNG; a factory runs only when
+    ``allow_factory`` is ``True`` or its own name, else (and for any bad spec) a :class:`ModelSpecError`."""
     if not isinstance(spec, Mapping):
         raise ModelSpecError(f"model spec must be a dict, got {type(spec).__name__}")
     if ("factory" in spec) == ("name" in spec):

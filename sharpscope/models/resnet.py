@@ -15,10 +15,8 @@ __all__ = ["BasicBlock", "CifarResNet", "build_resnet"]
 
 
 class BasicBlock(nn.Module):
-    """Post-activation residual block of He et al. 2016: conv-BN-ReLU-conv-BN, add, ReLU.
-
-    The shortcut is a 1x1 strided conv + BN (option B) when the shape changes.
-    """
+    """Post-activation block: conv-BN-ReLU-conv-BN, add, ReLU; a 1x1 strided conv + BN shortcut
+    (option B) when the shape changes."""
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, bn: bool = True) -> None:
         super().__init__()
@@ -29,9 +27,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_ch != out_ch:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=not bn), norm2d(out_ch, bn)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=not bn), norm2d(out_ch, bn))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -40,28 +36,15 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet of He et al., "Deep Residual Learning for Image Recognition" (2016), Sec. 4.2.
+    """A 3x3 conv stem of ``width`` channels, three stages of (depth - 2) / 6 BasicBlocks of widths
+    ``width, 2 width, 4 width``, average pooling, a linear head (ResNet-20 on CIFAR-10: 272,474
+    parameters); ``bn=False``: identity for every BatchNorm, convs with biases."""
 
-    3x3 conv stem with ``width`` channels, three stages of n = (depth - 2) / 6 BasicBlocks
-    with widths ``width, 2*width, 4*width`` and strides 1, 2, 2, global average pooling and a
-    linear head.  Shortcuts that change shape are 1x1 conv + BN (option B), so ResNet-20 on
-    CIFAR-10 has 272,474 parameters (269,722 with the parameter-free option A).
-    ``bn=False`` replaces every BatchNorm by identity and gives the convs biases.
-    """
-
-    def __init__(
-        self,
-        input_shape: tuple[int, int, int],
-        num_classes: int,
-        depth: int = 20,
-        width: int = 16,
-        bn: bool = True,
-    ) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, depth: int = 20, width: int = 16,
+                 bn: bool = True) -> None:
         super().__init__()
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(
-            conv3x3(input_shape[0], width, bias=not bn), norm2d(width, bn), nn.ReLU()
-        )
+        self.stem = nn.Sequential(conv3x3(input_shape[0], width, bias=not bn), norm2d(width, bn), nn.ReLU())
         self.stages, in_ch = residual_stages(lambda i, o, stride: BasicBlock(i, o, stride, bn), width,
                                              [width * 2**i for i in range(3)], n)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -73,19 +56,9 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(out, 1))
 
 
-def build_resnet(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    depth: int = 20,
-    width: int = 16,
-    bn: bool = True,
-) -> CifarResNet:
+def build_resnet(input_shape: Sequence[int], num_classes: int, *, depth: int = 20, width: int = 16,
+                 bn: bool = True) -> CifarResNet:
     """Build :class:`CifarResNet`; depth must be 6n+2."""
-    return CifarResNet(
-        image_shape("resnet", input_shape),
-        check_int("num_classes", num_classes),
-        check_depth("resnet", depth, offset=2, minimum=8),
-        check_int("resnet option 'width'", width),
-        check_bool("resnet option 'bn'", bn),
-    )
+    return CifarResNet(image_shape("resnet", input_shape), check_int("num_classes", num_classes),
+                       check_depth("resnet", depth, offset=2, minimum=8), check_int("resnet option 'width'", width),
+                       check_bool("resnet option 'bn'", bn))

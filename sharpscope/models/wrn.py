@@ -15,15 +15,10 @@ __all__ = ["WideBasicBlock", "WideResNet", "build_wrn"]
 
 
 class WideBasicBlock(nn.Module):
-    """Pre-activation wide block of Zagoruyko & Komodakis 2016.
+    """Pre-activation wide block: BN-ReLU-conv3x3(stride)-BN-ReLU-(Dropout)-conv3x3, added to the
+    input, or to a 1x1 strided conv of the pre-activated input when the shape changes."""
 
-    BN-ReLU-conv3x3(stride)-BN-ReLU-(Dropout)-conv3x3, added to the input, or to a 1x1
-    strided conv of the pre-activated input when the shape changes.
-    """
-
-    def __init__(
-        self, in_ch: int, out_ch: int, stride: int = 1, dropout: float = 0.0, bn: bool = True
-    ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dropout: float = 0.0, bn: bool = True) -> None:
         super().__init__()
         self.bn1 = norm2d(in_ch, bn)
         self.conv1 = conv3x3(in_ch, out_ch, stride, bias=not bn)
@@ -43,23 +38,11 @@ class WideBasicBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """Wide ResNet WRN-d-k of Zagoruyko & Komodakis, "Wide Residual Networks" (BMVC 2016).
+    """WRN-d-k: a 16-channel stem, three groups of (depth - 4) / 6 blocks of widths 16k, 32k, 64k, then
+    BN-ReLU-pool-linear (WRN-28-10: 36,479,194 parameters); ``bn=False``: no BN, convs with biases."""
 
-    3x3 conv stem with 16 channels, three groups of n = (depth - 4) / 6 pre-activation
-    blocks with widths 16k, 32k, 64k and strides 1, 2, 2, then BN-ReLU-average pool-linear.
-    WRN-28-10 on CIFAR-10 has 36,479,194 parameters.  ``bn=False`` replaces every
-    BatchNorm by identity and gives the convs biases.
-    """
-
-    def __init__(
-        self,
-        input_shape: tuple[int, int, int],
-        num_classes: int,
-        depth: int = 16,
-        widen_factor: int = 4,
-        dropout: float = 0.0,
-        bn: bool = True,
-    ) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, depth: int = 16, widen_factor: int = 4,
+                 dropout: float = 0.0, bn: bool = True) -> None:
         super().__init__()
         n = (depth - 4) // 6
         self.stem = conv3x3(input_shape[0], 16, bias=not bn)
@@ -76,21 +59,10 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-def build_wrn(
-    input_shape: Sequence[int],
-    num_classes: int,
-    *,
-    depth: int = 16,
-    widen_factor: int = 4,
-    dropout: float = 0.0,
-    bn: bool = True,
-) -> WideResNet:
+def build_wrn(input_shape: Sequence[int], num_classes: int, *, depth: int = 16, widen_factor: int = 4,
+              dropout: float = 0.0, bn: bool = True) -> WideResNet:
     """Build :class:`WideResNet`; depth must be 6n+4."""
-    return WideResNet(
-        image_shape("wrn", input_shape),
-        check_int("num_classes", num_classes),
-        check_depth("wrn", depth, offset=4, minimum=10),
-        check_int("wrn option 'widen_factor'", widen_factor),
-        check_prob("wrn option 'dropout'", dropout),
-        check_bool("wrn option 'bn'", bn),
-    )
+    return WideResNet(image_shape("wrn", input_shape), check_int("num_classes", num_classes),
+                      check_depth("wrn", depth, offset=4, minimum=10),
+                      check_int("wrn option 'widen_factor'", widen_factor), check_prob("wrn option 'dropout'", dropout),
+                      check_bool("wrn option 'bn'", bn))
