@@ -225,12 +225,10 @@ def write_sweep_html(out_dir: str | Path) -> Path:
     and seed (its options on hover, one legend entry per optimizer), the summary table with its
     intervals (summary.csv), and the command's configuration and versions."""
     from ..plots import html as ph
-    from .sweep import RESULTS_KIND
+    from .tables import read_sweep_results
 
     out = Path(out_dir)
-    stored = read_results(out)
-    if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
-        raise ConfigError(f"no finished sweep in {out} (results.json missing or not a sweep's)")
+    stored = read_sweep_results(out)
     rows, options, grid = stored["rows"], stored["options"], stored["config"]["grid"]
     varying = [o for o in options if o != "seed" and len(grid.get(o, ())) > 1]
     metrics = [m for m in ("test_acc", "lambda_max", "train_loss") if any(r.get(m) is not None for r in rows)]

@@ -14,12 +14,13 @@ from .. import measure_table
 from ..optim.registry import PERTURBATION_OPTIONS
 from ..provenance import describe, environment
 from .engine import RunOutcome
-from .files import RESULTS_SCHEMA, write_csv, write_json
+from ..errors import ConfigError
+from .files import RESULTS_SCHEMA, read_results, write_csv, write_json
 from .grid import RunSpec
 from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, unconverged_warning
 
 __all__ = ["RESULTS_KIND", "metric_names", "run_columns", "run_row", "varying_options", "summarize_rows",
-           "summary_records", "sweep_convergence", "write_tables"]
+           "summary_records", "sweep_convergence", "read_sweep_results", "write_tables"]
 
 _DETAILS = ("stderr",)  # the supporting columns a sweep's rows hold (the trace's standard error)
 _TRAIN_METRICS = ("train_loss", "train_acc", "train_loss_clean", "train_acc_clean", "test_loss", "test_acc",
@@ -152,6 +153,14 @@ def sweep_convergence(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     judged = sum(r.get("converged") is not None for r in rows)
     return {"definition": CONVERGENCE_DEFINITION, "unconverged": names,
             "warning": unconverged_warning(names, judged)}
+
+
+def read_sweep_results(out: Path) -> dict[str, Any]:
+    """A finished sweep's results.json, else ConfigError."""
+    stored = read_results(out)
+    if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
+        raise ConfigError(f"no finished sweep in {out} (results.json missing or not a sweep's)")
+    return stored
 
 
 def write_tables(out: Path, config: Mapping[str, Any], rows: list[dict], summary: list[dict], options: list[str],
