@@ -4,7 +4,6 @@ the convergence of the runs."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -17,7 +16,7 @@ from .engine import RunOutcome
 from ..errors import ConfigError
 from .files import RESULTS_SCHEMA, read_results, write_csv, write_json
 from .grid import RunSpec
-from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, unconverged_warning
+from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, finite_number, unconverged_warning
 
 __all__ = ["RESULTS_KIND", "metric_names", "run_columns", "run_row", "varying_options", "summarize_rows",
            "summary_records", "sweep_convergence", "read_sweep_results", "write_tables"]
@@ -71,10 +70,6 @@ def varying_options(rows: Sequence[Mapping[str, Any]], options: Sequence[str]) -
     return [o for o in options if o != "seed" and len({repr(r.get(o)) for r in rows}) > 1]
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def summarize_rows(rows: Sequence[Mapping[str, Any]], options: Sequence[str], metrics: Sequence[str],
                    confidence: float = 0.95, baseline: str = "sgd", every_seed: bool = False) -> list[dict[str, Any]]:
     """THE summarizer of runs over seeds (``sweep`` and ``compare``). Per setting (the rows'
@@ -99,7 +94,7 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], options: Sequence[str], me
                                  "unconverged": sum(r.get("converged") is False for r in group), "metrics": {}}
         base = bases.get(baseline_key(key)) if opts.get("optimizer") != baseline else None
         for metric in metrics:
-            if every_seed and not all(_finite(r.get(metric)) for r in group):
+            if every_seed and not all(finite_number(r.get(metric)) for r in group):
                 continue
             entry["metrics"][metric] = _metric_statistics(metric, group, base, confidence, every_seed)
         out.append(entry)
@@ -112,13 +107,13 @@ def _metric_statistics(metric: str, group: Sequence[Mapping[str, Any]], base: Se
     from .. import stats
 
     bounds = METRIC_BOUNDS.get(metric)
-    values = [r.get(metric) for r in group if _finite(r.get(metric))]
+    values = [r.get(metric) for r in group if finite_number(r.get(metric))]
     item: dict[str, Any] = {"summary": stats.summarize(values, confidence, bounds).to_dict() if values else None}
     if base is not None:
         mine = {r["seed"]: r.get(metric) for r in group}
         theirs = {r["seed"]: r.get(metric) for r in base}
-        seeds = [s for s in mine if s in theirs and _finite(mine[s]) and _finite(theirs[s])]
-        if every_seed and not (len(seeds) == len(mine) and all(_finite(v) for v in theirs.values())):
+        seeds = [s for s in mine if s in theirs and finite_number(mine[s]) and finite_number(theirs[s])]
+        if every_seed and not (len(seeds) == len(mine) and all(finite_number(v) for v in theirs.values())):
             seeds = []
         item["vs_sgd"] = (stats.paired_difference([theirs[s] for s in seeds], [mine[s] for s in seeds],
                                                   confidence, bounds).to_dict() if seeds else None)
