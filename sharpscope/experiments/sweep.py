@@ -31,7 +31,7 @@ from .. import measure_table
 from .analyses import analyse_selected, analysis_names
 from .correlate import DEFAULT_MIN_TRAIN_ACC, check_min_train_acc
 from .engine import RunOutcome, RunTask, check_models, run_tasks
-from .files import read_json, read_results, write_json
+from .files import read_results, write_json
 from .grid import (PERTURBATION_OPTIONS, RunSpec, expand_grid, flag, option_name, parse_seeds, parse_values,
                    plain_option, show_value, sweepable_options, uses_option)
 from .runs import refuse_other_settings

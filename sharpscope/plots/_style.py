@@ -38,6 +38,21 @@ def value_of(result: Any, key: str) -> Any:
     return result[key] if isinstance(result, Mapping) else getattr(result, key)
 
 
+def result_rows(result: Any) -> list[Mapping[str, Any]]:
+    """The ``results`` of an m-sharpness result as dicts (m, rho, mean, stderr)."""
+    return [r if isinstance(r, Mapping) else r.__dict__ for r in value_of(result, "results")]
+
+
+def m_axis(ax: Any, ms: Any) -> None:
+    """A log2 x-axis ticked at the m values ``ms``."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(ms)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("m (examples per perturbation)")
+
+
 def seed_runs(value: Any) -> list[Any]:
     """One run (a list of records, or a result) or several runs (a list of them, one per seed)."""
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
@@ -86,11 +101,9 @@ def seed_lines(ax, series: Sequence[tuple[Sequence[float], Sequence[float]]], co
     ax.fill_between(common, low, high, color=color, alpha=band_alpha, lw=0)
 
 
-
 def finish(fig: Figure, path: str | Path, formats: Sequence[str], return_figure: bool):
     written = save_figure(fig, path, formats)
     return (written, fig) if return_figure else written
-
 
 
 LINESTYLES = ["-", "--", ":", "-."]
