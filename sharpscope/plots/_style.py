@@ -1,6 +1,5 @@
 """The house style of every figure: colours per optimizer, seed lines with their confidence
-band, and writing a figure as PNG (plus PDF).
-"""
+band, and writing a figure as PNG (plus PDF)."""
 
 from __future__ import annotations
 
@@ -11,8 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-# one colour per optimizer (tab10), so that five on one figure stay apart and keep their colour
-# from figure to figure
+# one colour per optimizer (tab10), the same in every figure
 COLORS = {"SGD": "#d62728", "SAM": "#1f77b4", "ASAM": "#2ca02c", "RSAM": "#7f7f7f", "GSAM": "#9467bd",
           "WSAM": "#ff7f0e", "LOOKSAM": "#8c564b", "FSAM": "#17becf"}
 CYCLE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -68,17 +66,15 @@ TRACK_BOUNDS = {"gradcos": (-1.0, 1.0), "lambda_max": (-np.inf, np.inf), "trace"
 
 
 def band_opacity(n_labels: int) -> float:
-    """Opacity of each label's confidence band: fainter when many bands overlap, so that five
-    optimizers on one axis stay apart."""
+    """Opacity of each label's confidence band: fainter when many overlap."""
     return 0.18 if n_labels <= 3 else 0.5 / n_labels
 
 
 def seed_lines(ax, series: Sequence[tuple[Sequence[float], Sequence[float]]], color: str, label: str,
                 semilogy: bool = False, band_alpha: float = 0.18, bounds: tuple[float, float] | None = None,
                 **style: Any) -> None:
-    """Each seed's (x, y) as a thin line; with several seeds also their mean (bold) and its
-    95 % Student-t band at the x values every seed has (:func:`sharpscope.stats.summarize`),
-    drawn clipped to ``bounds`` (the values the metric can take, e.g. [0, 1] for accuracy)."""
+    """Each seed's (x, y) as a thin line; with several seeds also their mean (bold) and its 95 %
+    Student-t band at the x every seed has, clipped to ``bounds`` (the values the metric can take)."""
     from .. import stats
 
     plot = ax.semilogy if semilogy else ax.plot
