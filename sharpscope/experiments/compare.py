@@ -187,12 +187,6 @@ def _layout(res: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _first_seed_data(config: CompareConfig, out: Path) -> tuple[list, int]:
-    """The first seed's analysis subset and its size (the surfaces and interpolation use it)."""
-    raw = read_checkpoint(run_dir(out, config.optimizers[0], config.seeds[0]) / "checkpoint.pt")
-    return analysis_subset(load_dataset(DataSpec.from_dict(raw["data_spec"])), config.settings.samples, config.seeds[0])
-
-
 def _landscapes(config: CompareConfig, out: Path, runs: dict[str, dict[int, list[dict]]], batches: list, n: int,
                 say: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
     """2-D loss surfaces of every optimizer and the interpolation between the first two, on
@@ -375,7 +369,9 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     analyses = {opt: {s: {**_layout(o.analyses),
                           "analysed_in": o.analysis_environments[0] if o.analysis_environments else None}
                       for s, o in by_seed.items()} for opt, by_seed in outcomes.items()}
-    batches, n = _first_seed_data(config, out)
+    raw = read_checkpoint(run_dir(out, config.optimizers[0], config.seeds[0]) / "checkpoint.pt")  # the first seed's
+    batches, n = analysis_subset(load_dataset(DataSpec.from_dict(raw["data_spec"])), config.settings.samples,
+                                 config.seeds[0])  # subset: the surfaces and the interpolation use it
     surfaces, interp = _landscapes(config, out, runs, batches, n, say)
     scalars = {opt: {s: run_scalars(o.metrics[-1], o.analyses, config.label_noise > 0) for s, o in by_seed.items()}
                for opt, by_seed in outcomes.items()}

@@ -330,10 +330,6 @@ def _worker_run(task: RunTask) -> RunOutcome:
     return run_task(task, lambda msg: queue.put(msg), _WORKER["stop"])
 
 
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
 def run_pool(pending: list[RunTask], jobs: int, say: Callable[[str], None],
               record: Callable[[RunTask, RunOutcome], None], threads: int | None = None,
               deterministic: bool = False) -> None:
@@ -360,7 +356,8 @@ def run_pool(pending: list[RunTask], jobs: int, say: Callable[[str], None],
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
                                initargs=(threads, messages, stop, deterministic))
     # Workers start (on submit) with SIGINT ignored: a Ctrl-C while they import torch would kill them.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         futures = {pool.submit(_worker_run, task): task for task in pending}
     finally:

@@ -178,15 +178,11 @@ class RunSpec:
         return TrainConfig.from_dict(dict(self.config))
 
 
-def _defaults() -> dict[str, Any]:
-    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-
-
 def run_name(cfg: TrainConfig) -> str:
     """Folder name from the run's own configuration (never the grid around it): the optimizer,
     its rho, every sweepable option it reads that is not the default, the seed; hashed when too
     long or unfit for a file name."""
-    defaults = _defaults()
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     sweepable = list(sweepable_options())
     order = [o for o in _NAME_FIRST if o in sweepable] + [o for o in sweepable if o not in _NAME_FIRST]
     parts = [cfg.optimizer]

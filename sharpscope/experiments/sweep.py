@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -171,7 +172,7 @@ def _draw(rows: Sequence[Mapping[str, Any]], options: Sequence[str], plots_wante
 
     written: list[Path] = []
     for metric, option in plots_wanted:
-        others = [o for o in options if o not in (option, "seed") and len({_key(r.get(o)) for r in rows}) > 1]
+        others = [o for o in options if o not in (option, "seed") and len({json.dumps(r.get(o), default=str) for r in rows}) > 1]
         groups: dict[str, dict[Any, dict[Any, Any]]] = {}
         for r in rows:
             parts = [str(r.get("optimizer"))] if "optimizer" in others else []
@@ -183,10 +184,6 @@ def _draw(rows: Sequence[Mapping[str, Any]], options: Sequence[str], plots_wante
         written += plots.plot_sweep(groups, figures / f"{metric}_vs_{option}", xlabel=option.replace("_", " "),
                                     ylabel=metric.replace("_", " "), formats=formats)
     return written
-
-
-def _key(value: Any) -> str:
-    return json.dumps(value, default=str)
 
 
 @dataclass
@@ -208,10 +205,7 @@ class SweepResult:
     @property
     def counts(self) -> dict[str, int]:
         """How many runs were trained, resumed, reused, diverged."""
-        out: dict[str, int] = {}
-        for o in self.outcomes:
-            out[o.status] = out.get(o.status, 0) + 1
-        return out
+        return dict(Counter(o.status for o in self.outcomes))
 
     @property
     def analyses_computed(self) -> int:
