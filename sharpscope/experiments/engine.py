@@ -23,7 +23,7 @@ from ..io import atomic_write_bytes
 from ..models import is_factory
 from ..provenance import environment, recorded
 from ..train import Callback, TrainState, check_model, train
-from .analyses import VARIANTS, analyse_selected, analyse_variant
+from .analyses import VARIANTS, AnalysisSettings, analyse_selected, analyse_variant
 from .cache import analysis_key, read_analyses, stored_under_old_name, write_analyses
 from .files import read_json
 from .grid import RunSpec
@@ -96,9 +96,7 @@ class _Reporter(Callback):
 def _finished(run_dir: Path) -> dict[str, Any] | None:
     """The checkpoint's record if the run in ``run_dir`` finished, else None."""
     ckpt = run_dir / "checkpoint.pt"
-    if not ckpt.exists():
-        return None
-    raw = read_checkpoint(ckpt)
+    raw = read_checkpoint(ckpt) if ckpt.exists() else {}
     return raw if (raw.get("progress") or {}).get("finished") else None
 
 
@@ -112,7 +110,6 @@ def _outcome_from(spec: RunSpec, raw: dict[str, Any], status: str) -> RunOutcome
 
 def _cached_analyses(task: RunTask, step: int) -> tuple[dict[str, Any], list[str]]:
     """The stored analyses of the run, and the names still to compute."""
-    from .analyses import AnalysisSettings
     s = AnalysisSettings(**task.settings)
     seed = task.spec.config["seed"]
     stored = read_analyses(Path(task.run_dir), seed)
@@ -214,7 +211,6 @@ def _analyse(task: RunTask, outcome: RunOutcome, stored: dict[str, Any], todo: l
     """Compute the analyses ``todo``, each stored in ``analysis.json`` as soon as it is done
     (with its error or warnings); False when stopped."""
     from ..checkpoint import checkpoint_data, load_checkpoint
-    from .analyses import AnalysisSettings
 
     s = AnalysisSettings(**task.settings)
     seed, step = task.spec.config["seed"], int(outcome.final.get("step", 0))

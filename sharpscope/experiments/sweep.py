@@ -29,7 +29,7 @@ from ..optim import registry
 from ..provenance import differences, unlike_runs_warning
 from ..train import Callback, TrainConfig
 from .. import measure_table
-from .analyses import analyse_selected, analysis_names
+from .analyses import PROFILES, analyse_selected, analysis_names
 from .correlate import DEFAULT_MIN_TRAIN_ACC, check_min_train_acc
 from .engine import RunOutcome, RunTask, check_models, run_tasks
 from .files import read_results, write_json
@@ -105,13 +105,12 @@ class SweepConfig:
         if len(set(analyses)) != len(analyses):
             raise ConfigError(f"--analyses names an analysis twice: {', '.join(analyses)}")
         self.analyses = [a for a in known if a in analyses]
-        from .analyses import PROFILES
         if self.profile not in PROFILES:
             raise ConfigError(f"unknown profile {self.profile!r}; choose from {', '.join(PROFILES)}")
         self.analysis_rho = finite_float("--analysis-rho", self.analysis_rho, at_least=0)
         if self.analysis_m is not None:
             ms = parse_values("m", self.analysis_m, "--analysis-m")
-            if not ms or any(m is None or m < 1 for m in ms) or len(set(ms)) != len(ms):
+            if any(m is None or m < 1 for m in ms):  # parse_values refused empty lists and duplicates
                 raise ConfigError(f"--analysis-m expects distinct positive sizes, e.g. 1,4,16,64; got "
                                   f"{self.analysis_m!r}")
             self.analysis_m = sorted(ms)
@@ -119,7 +118,6 @@ class SweepConfig:
 
     def settings(self) -> Any:
         """The profile's AnalysisSettings, with ``analysis_m`` as its m values when given."""
-        from .analyses import PROFILES
         s = PROFILES[self.profile]
         return s if self.analysis_m is None else replace(s, m_values=list(self.analysis_m))
 
@@ -212,17 +210,6 @@ class SweepResult:
         return sum(v == "computed" for o in self.outcomes for v in o.analysis_status.values())
 
 
-def _check_out(out: Path) -> None:
-    """Refuse a folder that holds something other than a sweep."""
-    results = out / "results.json"
-    if results.exists():
-        stored = read_results(out)
-        if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
-            raise ConfigError(f"{out} holds a results.json that is not a sweep's; choose another --out")
-    if (out / "checkpoint.pt").exists():
-        raise ConfigError(f"{out} holds a training run; choose another --out")
-
-
 def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int = 1,
               plots: Sequence[tuple[str, str] | str] | None = None, formats: Sequence[str] = ("png",),
               say: Callable[[str], None] = lambda msg: None,
@@ -286,7 +273,11 @@ def _prepare(config: SweepConfig, out: Path, specs: Sequence[RunSpec], options: 
     if clash:  # a training option named like a metric would share its column
         raise ConfigError(f"grid option {clash[0]!r} has the name of a metric")
     wanted = _wanted(config.grid, config.analyses, plots, metrics, options)
-    _check_out(out)
+    stored = read_results(out) if (out / "results.json").exists() else {"kind": RESULTS_KIND}
+    if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
+        raise ConfigError(f"{out} holds a results.json that is not a sweep's; choose another --out")
+    if (out / "checkpoint.pt").exists():
+        raise ConfigError(f"{out} holds a training run; choose another --out")
     for spec in specs:  # every folder is checked before the first run trains
         refuse_other_settings(out / "runs" / spec.name, spec.config)
     check_models(specs)

@@ -32,6 +32,15 @@ def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = ("png",)
     return written
 
 
+def save_tight(fig: Figure, path: str | Path, formats: Sequence[str], title: str | None, **title_style: Any
+               ) -> list[Path]:
+    """:func:`save_figure` after the suptitle ``title`` (if any) and a tight layout."""
+    if title:
+        fig.suptitle(title, **title_style)
+    fig.tight_layout()
+    return save_figure(fig, path, formats)
+
+
 def value_of(result: Any, key: str) -> Any:
     return result[key] if isinstance(result, Mapping) else getattr(result, key)
 

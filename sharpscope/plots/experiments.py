@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._style import COLORS, CYCLE, LINESTYLES, color_of, m_axis, result_rows, save_figure
+from ._style import COLORS, CYCLE, LINESTYLES, color_of, m_axis, result_rows, save_figure, save_tight
 
 
 def plot_m_sharpness_seeds(results: Mapping[str, Sequence[Any]], path: str | Path,
@@ -76,10 +76,8 @@ def plot_paired_differences(differences: Mapping[str, Mapping[str, Any]], metric
         ax.set_xlim(-0.6, len(labels) - 0.4)
         ax.set_title(metric.replace("_", " "), fontsize=10)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(title or f"difference to {baseline} over paired seeds (mean, 95% CI; hollow: CI holds 0)",
-                 fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path, formats)
+    return save_tight(fig, path, formats, title or f"difference to {baseline} over paired seeds (mean, 95% CI; "
+                      "hollow: CI holds 0)", fontsize=10)
 
 
 def _group_colors(groups: Mapping[str, Any]) -> list[str]:
@@ -214,7 +212,4 @@ def plot_correlations(panels: Mapping[str, Mapping[str, Sequence[Any]]], path: s
         ax.set_visible(False)
     if len(groups) > 1:
         axes[0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path, formats)
+    return save_tight(fig, path, formats, title, fontsize=10)
