@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._style import (LINESTYLES, TRACK_BOUNDS, band_opacity, color_of, m_axis, result_rows, save_figure, save_tight,
-                     seed_lines, seed_runs)
+from ._style import (LINESTYLES, TRACK_BOUNDS, band_opacity, color_of, m_axis, result_rows, save_figure, seed_lines,
+                     seed_runs)
 
 
 def plot_m_sharpness(results: Mapping[str, Any], path: str | Path, against: str = "m",
@@ -72,7 +72,10 @@ def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequenc
             _note_lines_off_the_axes(ax, edges)
             ax.legend(fontsize=7)
     axes[0].legend()
-    return save_tight(fig, path, formats, title)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path, formats)
 
 
 _EDGES = (("edge_of_stability", "--", "(2 + 2 beta) / lr"), ("sam_edge_of_stability", ":", "SAM's edge"))
@@ -133,5 +136,8 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: 
         ax.grid(alpha=0.3)
     axes[2].legend(fontsize=8)
     axes[0].legend()
-    return save_tight(fig, path, formats, title)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return save_figure(fig, path, formats)
 
