@@ -150,12 +150,8 @@ def granulated_tau(rows: Sequence[Mapping[str, Any]], measure: str, gap: str, hy
             x = _number(row.get(measure))
             if x is not None and g is not None:
                 groups.setdefault(tuple(repr(row.get(k)) for k in others), []).append((x, g))
-        taus = []
-        for pairs in groups.values():
-            if len(pairs) >= 2:
-                tau = float(stats.kendall_tau_b(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])))
-                if math.isfinite(tau):
-                    taus.append(tau)
+        taus = [float(stats.kendall_tau_b(*map(np.array, zip(*pairs)))) for pairs in groups.values() if len(pairs) > 1]
+        taus = [t for t in taus if math.isfinite(t)]
         psi[theta] = sum(taus) / len(taus) if taus else None
         used[theta] = len(taus)
     defined = [v for v in psi.values() if v is not None]
@@ -184,15 +180,13 @@ def correlate_rows(rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | 
             if len(pairs) < 3:
                 table.skipped.append(f"{measure} vs {gap}: {len(pairs)} runs with both values (3 needed)")
                 continue
-            x, y = [p[0] for p in pairs], [p[1] for p in pairs]
+            x, y = map(list, zip(*pairs))
             table.entries.append({"measure": measure, "gap": gap, "n": len(pairs), **{
                 method: stats.rank_correlation(x, y, method, confidence, resamples, seed).to_dict()
                 for method in stats.CORRELATIONS}})
     if hyperparameters:
-        for measure in measures:
-            for gap in gaps:
-                table.granulated.append({"measure": measure, "gap": gap,
-                                         **granulated_tau(usable, measure, gap, hyperparameters)})
+        table.granulated = [{"measure": m, "gap": g, **granulated_tau(usable, m, g, hyperparameters)}
+                            for m in measures for g in gaps]
     m_cols = [m for m in measures if m.startswith(_M_PREFIX)]
     if len(m_cols) > 1:
         largest = max(m_cols, key=_m_of)
@@ -201,8 +195,7 @@ def correlate_rows(rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | 
                 pairs = _pairs(usable, row_gaps, small, largest, gap=gap)
                 if len(pairs) < 3:
                     continue
-                d = stats.correlation_difference([p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs],
-                                                 "kendall", confidence, resamples, seed)
+                d = stats.correlation_difference(*map(list, zip(*pairs)), "kendall", confidence, resamples, seed)
                 table.m_comparisons.append({"m": _m_of(small), "against_m": _m_of(largest), "gap": gap,
                                             "kendall_difference": d.to_dict()})
     return table
