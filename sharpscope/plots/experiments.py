@@ -96,8 +96,7 @@ def _draw_sweep_group(ax, label: str, per_seed: Mapping[Any, Mapping[Any, float 
     shown = [v for points in per_seed.values() for v in points.values() if v is not None and np.isfinite(v)]
     n_seeds = len(per_seed)
     if all(set(points) <= {None} for points in per_seed.values()):  # a reference level
-        t = summary([v for points in per_seed.values() for v in points.values()
-                     if v is not None and np.isfinite(v)])
+        t = summary(shown)
         if t is None:
             return shown
         ax.axhline(t.mean, color=color, ls="--", lw=1.5, label=f"{label} (mean of {t.n})")

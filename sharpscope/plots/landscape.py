@@ -357,38 +357,34 @@ def plot_trajectory(result: Any, path: str | Path, formats: Sequence[str] = ("pn
 
 def plot_result(results: Mapping[str, Any], folder: str | Path, stem: str, formats: Sequence[str] = ("png",),
                 metrics: Sequence[str] = (), eigen: tuple[Any, float, float, float] | None = None) -> list[Path]:
-    """Every figure a surface result calls for, in ``folder`` as ``stem``... (named beforehand by
-    :func:`figure_names`): a 1-D curve, a 3-D grid's slices, a trajectory and its 3-D surface,
+    """Every figure a surface result calls for, in ``folder`` under the names of
+    :func:`figure_names`: a 1-D curve, a 3-D grid's slices, a trajectory and its 3-D surface,
     or a 2-D contour, filled contour and 3-D surface; ``eigen`` = (random result, eigenvalue,
     slope, centre loss): :func:`plot_eigen_curve` instead. Then a curve, contour (linear
     levels) or slices per custom metric in ``metrics``."""
-    folder = Path(folder)
     first = next(iter(results.values()))
-    written: list[Path] = []
+    paths = [Path(folder) / name for name in figure_names(stem, first.dim, first.kind == "trajectory", metrics)]
     if eigen is not None:
         random, eigenvalue, slope, loss0 = eigen
-        written += plot_eigen_curve(first, random, eigenvalue, slope, loss0, folder / stem, formats=formats)
+        written = plot_eigen_curve(first, random, eigenvalue, slope, loss0, paths[0], formats=formats)
         results = {"eigenvector": first, "random": random}
     elif first.dim == 1:
-        written += plot_curve(results, folder / stem, formats=formats)
+        written = plot_curve(results, paths[0], formats=formats)
     elif first.dim == 3:
-        written += plot_slices(first, folder / f"{stem}_slices", formats=formats)
+        written = plot_slices(first, paths[0], formats=formats)
     elif first.kind == "trajectory":
-        written += plot_trajectory(first, folder / stem, formats=formats)
-        written += plot_surface3d(results, folder / f"{stem}_3d", formats=formats)
+        written = plot_trajectory(first, paths[0], formats=formats) + plot_surface3d(results, paths[1], formats=formats)
     else:
-        written += plot_contour(results, folder / f"{stem}_contour", formats=formats)
-        written += plot_contour(results, folder / f"{stem}_filled", filled=True, formats=formats)
-        written += plot_surface3d(results, folder / f"{stem}_3d", formats=formats)
-    for name in metrics:
+        written = (plot_contour(results, paths[0], formats=formats)
+                   + plot_contour(results, paths[1], filled=True, formats=formats)
+                   + plot_surface3d(results, paths[2], formats=formats))
+    for name, path in zip(metrics, paths[len(paths) - len(metrics):]):
         if first.dim == 1:
-            written += plot_curve(results, folder / f"{stem}_{name}", metric=name, formats=formats)
+            written += plot_curve(results, path, metric=name, formats=formats)
         elif first.dim == 3:
-            written += plot_slices(first, folder / f"{stem}_{name}_slices", metric=name, log_levels=False,
-                                   formats=formats)
+            written += plot_slices(first, path, metric=name, log_levels=False, formats=formats)
         else:
-            written += plot_contour(results, folder / f"{stem}_{name}_contour", metric=name, log_levels=False,
-                                    formats=formats)
+            written += plot_contour(results, path, metric=name, log_levels=False, formats=formats)
     return written
 
 
