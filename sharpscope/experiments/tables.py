@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import measure_table
+from ..errors import ConfigError
 from ..optim.registry import PERTURBATION_OPTIONS
 from ..provenance import describe, environment
 from .engine import RunOutcome
-from ..errors import ConfigError
 from .files import RESULTS_SCHEMA, read_results, write_csv, write_json
 from .grid import RunSpec
 from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, finite_number, unconverged_warning
