@@ -35,26 +35,19 @@ def endpoint_names(result: Any) -> tuple[str, str]:
     return str(opt_of(result, "name_a") or "A"), str(opt_of(result, "name_b") or "B")
 
 
-def pc_label(result: Any, k: int) -> str:
-    ev = opt_of(result, "explained_variance")
-    if ev is not None:
-        ev = np.asarray(ev, dtype=float).ravel()
-        if ev.size > k and np.isfinite(ev[k]):
-            return f"PC {k + 1} ({100.0 * ev[k]:.1f}%)"
-    return f"PC {k + 1}"
-
-
-def eigen_label(result: Any, k: int) -> str:
-    values = (opt_of(result, "options") or {}).get("eigenvalues") or []
-    return f"eigenvector {k + 1}" + (f" (lambda = {values[k]:.4g})" if len(values) > k else "")
-
-
 def axis_labels(result: Any) -> tuple[str, str]:
+    """A surface result's axis labels: principal components with their explained variance,
+    eigenvectors with their eigenvalue, the interpolation's alpha, or random directions."""
     kind = kind_of(result)
     if kind == "trajectory":
-        return pc_label(result, 0), pc_label(result, 1)
+        ev = opt_of(result, "explained_variance")
+        ev = np.asarray([] if ev is None else ev, dtype=float).ravel()
+        pcs = [f"PC {k + 1}" + (f" ({100.0 * ev[k]:.1f}%)" if ev.size > k and np.isfinite(ev[k]) else "") for k in (0, 1)]
+        return pcs[0], pcs[1]
     if kind == "hessian":
-        return eigen_label(result, 0), eigen_label(result, 1)
+        values = (opt_of(result, "options") or {}).get("eigenvalues") or []
+        eigs = [f"eigenvector {k + 1}" + (f" (lambda = {values[k]:.4g})" if len(values) > k else "") for k in (0, 1)]
+        return eigs[0], eigs[1]
     if kind == "interpolation":
         a, b = endpoint_names(result)
         return f"alpha (0 = {a}, 1 = {b})", "direction 2"
