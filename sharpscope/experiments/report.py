@@ -56,11 +56,8 @@ def summary_table(results: dict) -> list[str]:
     opts = list(results["optimizers"])
     lines = ["| metric | " + " | ".join(o.upper() for o in opts) + " |", "|---|" + "---|" * len(opts)]
     for m in metrics:
-        cells = []
-        for o in opts:
-            t = results["optimizers"][o]["summary"].get(m)
-            cells.append("n/a" if t is None else
-                         f"{_f(t['mean'])} +/- {_f(t['std'], '.2g')} [{_f(t['ci_low'])}, {_f(t['ci_high'])}]")
+        cells = ["n/a" if t is None else f"{_f(t['mean'])} +/- {_f(t['std'], '.2g')} [{_f(t['ci_low'])}, "
+                 f"{_f(t['ci_high'])}]" for t in (results["optimizers"][o]["summary"].get(m) for o in opts)]
         lines.append(f"| {_name(m)} | " + " | ".join(cells) + " |")
     return lines
 
