@@ -36,14 +36,11 @@ def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss
             ax_acc.plot(*curve_of(items[i][1], "accuracy"), color=color, lw=1.6, label=label or None)
     if log and floor is not None:
         ax.set_yscale("log")
-
     first = items[0][1]
     xlabel = axis_labels(first)[0]
     interp = [res for _, res in items if kind_of(res) == "interpolation"]
     if interp:
-        names_a = list(dict.fromkeys(endpoint_names(r)[0] for r in interp))
-        names_b = list(dict.fromkeys(endpoint_names(r)[1] for r in interp))
-        name_a, name_b = " / ".join(names_a), " / ".join(names_b)
+        name_a, name_b = (" / ".join(dict.fromkeys(endpoint_names(r)[k] for r in interp)) for k in (0, 1))
         xlabel = f"alpha (0 = {name_a}, 1 = {name_b})"
         for a in [ax] + ([ax_acc] if ax_acc is not None else []):
             for x0 in (0.0, 1.0):
@@ -51,7 +48,6 @@ def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss
         top = ax.secondary_xaxis("top")
         top.set_xticks([0.0, 1.0], labels=[name_a, name_b])
         top.tick_params(length=0, labelsize=10)
-
     ax.set_ylabel(metric_label(metric) + (" (log scale)" if log and floor is not None else ""), fontsize=11)
     default = ("linear interpolation" if interp else "the PCA plane" if kind_of(first) == "trajectory" else
                "the top Hessian eigenvector" if kind_of(first) == "hessian" else "a random direction")
