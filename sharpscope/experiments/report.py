@@ -98,7 +98,8 @@ def _first_seed_lines(results: dict) -> list[str]:
     lines = []
     for opt, r in results["optimizers"].items():
         surf, topo = r["surface"], r["surface"].get("topology")
-        minima = f", {topo['n_minima']} local minima, mean saddle-minimum depth {_f(topo['mean_depth'])}" if topo else ""
+        minima = (f", {topo['n_minima']} local minima, mean saddle-minimum depth {_f(topo['mean_depth'])}"
+                  if topo else "")
         lines.append(f"- {opt.upper()} (seed {surf['seed']}): loss surface centre {_f(surf['centre_loss'])}, mean "
                      f"increase at radius 0.5: {_f(surf['loss_increase_at_radius'].get('0.5'))}, basin width "
                      f"{_f(surf['basin_width'])}{minima}")

@@ -170,7 +170,8 @@ def _draw(rows: Sequence[Mapping[str, Any]], options: Sequence[str], plots_wante
 
     written: list[Path] = []
     for metric, option in plots_wanted:
-        others = [o for o in options if o not in (option, "seed") and len({json.dumps(r.get(o), default=str) for r in rows}) > 1]
+        others = [o for o in options
+                  if o not in (option, "seed") and len({json.dumps(r.get(o), default=str) for r in rows}) > 1]
         groups: dict[str, dict[Any, dict[Any, Any]]] = {}
         for r in rows:
             parts = [str(r.get("optimizer"))] if "optimizer" in others else []

@@ -42,7 +42,8 @@ def axis_labels(result: Any) -> tuple[str, str]:
     if kind == "trajectory":
         ev = opt_of(result, "explained_variance")
         ev = np.asarray([] if ev is None else ev, dtype=float).ravel()
-        pcs = [f"PC {k + 1}" + (f" ({100.0 * ev[k]:.1f}%)" if ev.size > k and np.isfinite(ev[k]) else "") for k in (0, 1)]
+        pcs = [f"PC {k + 1}" + (f" ({100.0 * ev[k]:.1f}%)" if ev.size > k and np.isfinite(ev[k]) else "")
+               for k in (0, 1)]
         return pcs[0], pcs[1]
     if kind == "hessian":
         values = (opt_of(result, "options") or {}).get("eigenvalues") or []
