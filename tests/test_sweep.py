@@ -398,3 +398,26 @@ def test_replot_and_out_refusals(cli, tmp_path):
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
     code, _, err = cli(["sweep", "--out", str(tmp_path / "run"), *CLI_TINY])
     assert code == 2 and "training run" in err, err
+
+
+def test_one_flattener_gives_the_rows_of_sweep_compare_and_correlate():
+    """tables.run_columns: the final metrics asked (None where missing), then every measure's
+    columns in table order (details only when asked); compare's scalars are the same columns,
+    less the density, with the gradient norm and lambda_max_clean, finite values only."""
+    from sharpscope.experiments.compare import run_scalars
+    from sharpscope.experiments.tables import run_columns
+
+    analyses = {"gradcos": {"cosine": 0.5, "surrogate_gap": 0.1, "gradient_norm": 2.0},
+                "trace": {"trace": 7.0, "stderr": 0.3}, "density": {"trace_estimate": 6.5},
+                "m_sharpness": {"results": [{"m": 4, "mean": 0.2}, {"m": 16, "mean": float("nan")}]},
+                "lambda_max": {"eigenvalues": [3.0, 1.0], "ratio": 3.0},
+                "lambda_max_clean": {"eigenvalues": [2.5]}}
+    final = {"test_acc": 0.9, "train_loss": 0.1, "epoch": 3}
+    row = run_columns(final, ("test_acc", "train_acc"), analyses, ("stderr",))
+    assert list(row) == ["test_acc", "train_acc", "lambda_max", "lambda_ratio", "trace", "trace_stderr",
+                         "density_trace", "m_sharpness_m4", "m_sharpness_m16", "gradcos", "surrogate_gap"]
+    assert row["train_acc"] is None and row["trace_stderr"] == 0.3 and row["density_trace"] == 6.5
+    assert "trace_stderr" not in run_columns(final, (), analyses)
+    assert run_scalars(final, analyses) == {"test_acc": 0.9, "train_loss": 0.1, "lambda_max": 3.0, "lambda_ratio": 3.0,
+                                            "trace": 7.0, "m_sharpness_m4": 0.2, "gradcos": 0.5,
+                                            "surrogate_gap": 0.1, "gradient_norm": 2.0, "lambda_max_clean": 2.5}

@@ -1,3 +1,1 @@
-"""Experiments: orchestration on top of training, the analyses, statistics and plots
-(``compare``: optimizers side by side over paired seeds; ``report``: report.md). Nothing
-below this package imports it."""
+"""Experiments: compare, sweep and correlate, on top of training, the analyses, statistics and plots."""

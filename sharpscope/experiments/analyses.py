@@ -44,24 +44,21 @@ COMPARED = ("lambda_max", "trace", "density", "m_sharpness", "gradcos")
 
 @dataclass(frozen=True)
 class Variant:
-    """A measure of :mod:`sharpscope.measure_table` computed on the analysis subset with other
-    labels (``"clean"``: the labels before label noise flipped some) and with some settings
-    overridden: its own cache entry and its own name, the measure itself declared once."""
+    """A measure computed with other labels (``"clean"``: before label noise) and some settings
+    overridden, under its own name and cache entry."""
 
     measure: str
     labels: str
     settings: Mapping[str, Any]
 
 
-# lambda_max of the same examples with their clean labels (compare under label noise): the top
-# eigenvalue only.
+# lambda_max of the same examples with their clean labels (compare under label noise).
 VARIANTS: dict[str, Variant] = {"lambda_max_clean": Variant("lambda_max", "clean", {"top_k": 1})}
 
 
 def analysis_names() -> list[str]:
-    """The measures of :mod:`sharpscope.measure_table` an experiment can run on a checkpoint
-    (those whose settings :class:`AnalysisSettings` provides, with the analysis rho and the
-    run's seed), in table order: the order they run and their columns appear."""
+    """The measures whose settings :class:`AnalysisSettings` provides (with rho and the seed), in
+    table order."""
     return measure_table.available([*(f.name for f in fields(AnalysisSettings)), "rho", "seed"])
 
 
@@ -72,12 +69,9 @@ def analysis_settings(s: AnalysisSettings, rho: float, seed: int) -> dict[str, A
 
 def analyse_selected(model: nn.Module, batches: list, which: Sequence[str], s: AnalysisSettings, rho: float,
                      seed: int, say: Callable[[str], None] = lambda what: None) -> dict[str, dict[str, Any]]:
-    """The measures named in ``which`` (canonical names of :func:`analysis_names`) of ``model``
-    on ``batches`` (cross-entropy; the Hessian measures share one Objective and run first), at
-    the work of ``s``: name -> result dict (each with its ``wall_time``). ``gradcos`` also
-    holds the surrogate gap at ``rho``; m-sharpness uses the m values of ``s`` that fit in the
-    examples (per-subset values dropped; no result when none fits); the density drops its
-    quadrature nodes and weights."""
+    """The measures ``which`` of ``model`` on ``batches`` at the work of ``s``: name -> result
+    (with its ``wall_time``; none for m-sharpness when no m fits). The Hessian measures share
+    one Objective and run first."""
     settings = analysis_settings(s, rho, seed)
     out: dict[str, dict[str, Any]] = {}
     measures = [measure_table.MEASURES[w] for w in which]
@@ -101,8 +95,7 @@ def analyse_selected(model: nn.Module, batches: list, which: Sequence[str], s: A
 
 def analyse_variant(model: nn.Module, batches: list, name: str, s: AnalysisSettings, rho: float, seed: int,
                     say: Callable[[str], None] = lambda what: None) -> dict[str, Any] | None:
-    """The variant ``name`` of :data:`VARIANTS` of ``model`` on ``batches`` (the examples with
-    the variant's labels): its measure at the settings of ``s`` with the variant's overrides."""
+    """The variant ``name`` of :data:`VARIANTS` on ``batches`` (with the variant's labels)."""
     variant = VARIANTS[name]
     say(f"{variant.measure} on the {variant.labels} labels")
     measure = measure_table.MEASURES[variant.measure]

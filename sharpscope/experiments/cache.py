@@ -1,15 +1,8 @@
-"""The one cache of analyses: ``<run>/analysis.json``, versioned.
-
-Layout (:data:`SCHEMA` 2)::
-
-    {"schema": 2, "analyses": {name: {"key": {...}, "result": {...}, "warnings": [...],
-                                      "environment": {...}, "error": "..." (a failed analysis)}}}
-
-An entry is reused when its key (:func:`analysis_key`: the measure's name, the checkpoint's
-step and the settings the measure reads) equals the one asked, else computed again. Read
-also: schema 1 (the same without "schema", written by sweeps before the one engine) and
-compare's layout before it (``{"key", "checkpoint_step", "analysis"}``), converted entry by
-entry under the keys its settings give. A newer schema is refused, naming the file.
+"""The one cache of analyses, ``<run>/analysis.json``: ``{"schema": 2, "analyses": {name: {"key",
+"result", "warnings", "environment", "error" (a failed analysis)}}}``. An entry is reused when its
+key (:func:`analysis_key`) equals the one asked. Read also: schema 1 (the same without "schema")
+and compare's older layout (``{"key", "checkpoint_step", "analysis"}``), converted entry by entry;
+a newer schema is refused, naming the file.
 """
 
 from __future__ import annotations
@@ -26,20 +19,15 @@ from .files import check_schema, read_json, write_json
 
 __all__ = ["SCHEMA", "analysis_key", "stored_under_old_name", "read_analyses", "write_analyses"]
 
-# The version of analysis.json this code writes. 2: {"schema": 2, "analyses": {name: entry}}. Read
-# also: 1, the same without "schema" (sweeps before the one engine), and compare's layout before
-# it ({"key", "checkpoint_step", "analysis"}), converted entry by entry.
-SCHEMA = 2
-# compare's layout before the one engine: the measures it held, under the names it held them.
+SCHEMA = 2  # the version of analysis.json this code writes
+# compare's older layout: the measures it held, under the names it held them.
 _COMPARE_LAYOUT = {"lambda_max": "eigenvalues", "trace": "trace", "density": "density", "m_sharpness": "m_sharpness",
                    "gradcos": "gradcos"}
 
 
 def analysis_key(name: str, s: Any, rho: float, seed: int, step: int) -> dict[str, Any]:
-    """The key an analysis is stored under in ``analysis.json``: its name, the checkpoint's
-    step and the settings the measure reads (the subset's size and seed among them); for a
-    variant (:data:`~sharpscope.experiments.analyses.VARIANTS`), the settings it overrides and
-    the labels it is measured on."""
+    """The key of an analysis: its name, the checkpoint's step and the settings its measure reads
+    (a variant's overrides applied, and its labels)."""
     variant = VARIANTS.get(name)
     settings = analysis_settings(s, rho, seed)
     if variant is None:
@@ -49,9 +37,8 @@ def analysis_key(name: str, s: Any, rho: float, seed: int, step: int) -> dict[st
 
 
 def stored_under_old_name(stored: dict[str, Any], name: str, key: Mapping[str, Any]) -> None:
-    """Move an entry stored under an old name of measure ``name`` (e.g. "eigenvalues", before
-    the table of measures) to ``name`` when it was made with the same settings: a run folder
-    analysed before keeps its analyses."""
+    """Move an entry stored under an old name of measure ``name`` (e.g. "eigenvalues") to
+    ``name`` when it was made with the same settings."""
     aliases = measure_table.MEASURES[name].aliases if name in measure_table.MEASURES else ()
     for old in aliases:
         entry = stored.get(old)
@@ -60,9 +47,8 @@ def stored_under_old_name(stored: dict[str, Any], name: str, key: Mapping[str, A
 
 
 def read_analyses(run_dir: Path, seed: int) -> dict[str, Any]:
-    """The analyses stored in ``run_dir/analysis.json`` (name -> entry), of any layout this
-    code reads (:data:`SCHEMA`); {} when there is none or it cannot be read (recomputed). A
-    newer schema is a ConfigError naming the file."""
+    """The analyses stored in ``run_dir/analysis.json`` (name -> entry); {} when there is none or
+    it cannot be read; ConfigError for a newer schema."""
     path = run_dir / "analysis.json"
     cache = read_json(path)
     if not isinstance(cache, dict):
@@ -75,10 +61,8 @@ def read_analyses(run_dir: Path, seed: int) -> dict[str, Any]:
 
 
 def _from_compare_layout(cache: Mapping[str, Any], seed: int, path: Path) -> dict[str, Any]:
-    """Entries from compare's analysis.json before the one engine: its key held the settings,
-    the analysis rho and the checkpoint's step, so each measure it stored gets the key it
-    would get today, and is reused only when that equals the one asked. lambda_max on the
-    clean labels was kept as one number, not a result: it is computed again."""
+    """Entries from compare's older analysis.json, each under the key its settings, rho and step
+    give today (lambda_max_clean, kept as a number, is computed again)."""
     from .analyses import AnalysisSettings
 
     try:

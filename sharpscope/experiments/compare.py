@@ -1,33 +1,16 @@
-"""Optimizers side by side over paired seeds: train each optimizer on the same seeds, run
-every analysis, summarize each metric with a 95 % confidence interval and each optimizer's
-paired difference to the baseline (SGD), draw the figures, write ``report.md`` and
-``results.json``.
+"""Optimizers side by side over paired seeds: train each optimizer on the same seeds, run every
+analysis, summarize each metric with a 95 % confidence interval and each optimizer's paired
+difference to the baseline (SGD), draw the figures, write ``report.md`` and ``results.json``.
 
-Pairing: for seed s every optimizer gets the same training split, the same flipped labels
-and the same initial weights (all are drawn from s), so the per-seed differences remove the
-variance the runs share (:mod:`sharpscope.stats`).
-
-Layout of ``out_dir``::
-
-    <optimizer>/seed<s>/          one training run (checkpoint.pt, metrics.jsonl, ...)
-    <optimizer>/seed<s>/analysis.json   its analyses (reused when rerun)
-    <optimizer>/seed<s>/surface_2d.npz  loss surface (first seed only)
-    figures/*.png                 every seed drawn thin, the mean with its 95 % band
-    report.md, results.json
-
-Work per seed: training and the scalar analyses (top eigenvalues, trace, m-sharpness,
-gradient cosine, surrogate gap) run for every seed; the figure-only analyses (spectral
-density, 2-D surfaces, interpolation) for the first seed only, which keeps the default
-three-seed run within six minutes on 2 CPU cores (BENCHMARKS.md).
-
-A comparison is a list of runs on the run engine (:func:`sharpscope.experiments.engine.run_tasks`,
-the loop ``sweep`` uses): the same training, the same analysis cache (``analysis.json``,
-:mod:`sharpscope.experiments.cache`; a folder analysed by compare before the engine is read),
-the same summarizer (:func:`sharpscope.experiments.tables.summarize_rows`, paired with the
-baseline). Everything is resumable: finished training runs and analyses found in
-``out_dir`` are reused when they were made with the same settings, an interrupted run
-continues where it stopped, and a folder holding runs with other settings is refused rather
-than overwritten.
+Pairing: for seed s every optimizer gets the same training split, label flips and initial
+weights, so the per-seed differences remove the variance the runs share (:mod:`sharpscope.stats`).
+The scalar analyses run on every seed, the figure-only ones (density, 2-D surfaces,
+interpolation) on the first. The runs go through the run engine
+(:func:`~sharpscope.experiments.engine.run_tasks`) and the one summarizer
+(:func:`~sharpscope.experiments.tables.summarize_rows`), so everything is resumable and a folder
+holding runs with other settings is refused. Layout of ``out_dir``: ``<optimizer>/seed<s>/``
+(a run, its ``analysis.json``; ``surface_2d.npz`` on the first seed), ``figures/*.png``,
+``report.md``, ``results.json``.
 """
 
 from __future__ import annotations
@@ -54,7 +37,7 @@ from .engine import RunOutcome, RunTask, analysis_subset, run_tasks
 from .files import RESULTS_SCHEMA, write_json
 from .grid import RunSpec
 from .runs import refuse_other_settings
-from .tables import summarize_rows
+from .tables import run_columns, summarize_rows
 from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, run_convergence, unconverged_warning
 
 __all__ = ["CompareConfig", "run_compare", "run_dir", "run_scalars", "PROFILES", "KEY_METRICS"]
@@ -71,8 +54,8 @@ _OWN_FIELDS = frozenset({"optimizer", "model", "model_kwargs", "data", "data_roo
 
 @dataclass
 class CompareConfig:
-    """What to compare (training options shared by every optimizer), on which seeds, and how
-    much to analyse. ``seeds``: the seeds every optimizer is trained on (paired)."""
+    """What to compare (training options shared by every optimizer), on which (paired) seeds,
+    and how much to analyse."""
 
     optimizers: list[str] = field(default_factory=lambda: ["sgd", "sam"])
     model: str = "cnn"
@@ -87,8 +70,7 @@ class CompareConfig:
     n_train: int | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     quick: bool = False
-    # any other TrainConfig field, the same for every run (an optimizer gets those it reads:
-    # OptimizerSpec.uses); seed, rho, tracking and snapshots are the comparison's own
+    # any other TrainConfig field, for every run (each optimizer gets those it reads)
     train_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -119,8 +101,7 @@ class CompareConfig:
 
     @property
     def factory(self) -> str | bool:
-        """What may be built from the runs' checkpoints: the model factory this comparison
-        names (its own runs are made from it), else nothing (``allow_factory``)."""
+        """``allow_factory`` for the runs' checkpoints: the model factory this comparison names."""
         return self.model if is_factory(self.model) else False
 
     @property
@@ -154,11 +135,9 @@ def run_dir(out: Path, optimizer: str, seed: int) -> Path:
 
 
 def _tasks(config: CompareConfig, out: Path, callbacks_for: Callable[[str], list]) -> list[RunTask]:
-    """Every optimizer on every seed as the engine's runs, seed-major (a stopped compare has
-    whole seeds done), each in ``<out>/<optimizer>/seed<s>``: the measures of
-    :data:`~sharpscope.experiments.analyses.COMPARED` at the profile's settings and the
-    comparison's rho, the density on the first seed only, and lambda_max on the clean labels
-    under label noise."""
+    """Every optimizer on every seed, seed-major: the measures of
+    :data:`~sharpscope.experiments.analyses.COMPARED` (the density on the first seed only), and
+    lambda_max on the clean labels under label noise."""
     order = [(seed, opt) for seed in config.seeds for opt in config.optimizers]
     settings = asdict(config.settings)
     tasks = []
@@ -174,10 +153,8 @@ def _tasks(config: CompareConfig, out: Path, callbacks_for: Callable[[str], list
 
 def _run_all(config: CompareConfig, out: Path, say: Callable[[str], None], callbacks_for: Callable[[str], list]
              ) -> tuple[dict[str, dict[int, RunOutcome]], list[str]]:
-    """Train and analyse every run on the engine (:func:`~sharpscope.experiments.engine.run_tasks`,
-    the runs and analyses in ``out`` reused): each run's outcome by optimizer and seed, and
-    the notes of the runs (analysis warnings). A diverged run or a failed analysis stops the
-    comparison: it has no numbers to compare."""
+    """Every run's outcome by optimizer and seed, and the runs' notes; a diverged run or a
+    failed analysis stops the comparison (NonFiniteLossError, SharpscopeError)."""
     tasks = _tasks(config, out, callbacks_for)
     outcomes = run_tasks(tasks, say=say)
     by_run: dict[str, dict[int, RunOutcome]] = {opt: {} for opt in config.optimizers}
@@ -197,10 +174,8 @@ def _run_all(config: CompareConfig, out: Path, say: Callable[[str], None], callb
 
 
 def _layout(res: Mapping[str, Any]) -> dict[str, Any]:
-    """The results of the measures compare runs (name -> result, as :func:`analyse_selected`
-    returns them) in compare's layout: the eigenvalues' result with lambda_max and
-    lambda_ratio beside it, the surrogate gap beside the gradient cosine; the density and the
-    top eigenvalue on the clean labels when present."""
+    """The measures' results (name -> result) in results.json's layout: the eigenvalues' result
+    with lambda_max and lambda_ratio beside it, the surrogate gap beside the gradient cosine."""
     eig = res["lambda_max"]
     out: dict[str, Any] = {"eigenvalues": eig, "lambda_max": eig["eigenvalues"][0], "lambda_ratio": eig["ratio"],
                            "trace": res["trace"], "gradcos": res["gradcos"],
@@ -212,17 +187,10 @@ def _layout(res: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _first_seed_data(config: CompareConfig, out: Path) -> tuple[list, int]:
-    """The first seed's analysis subset (the labels trained on) and its size: the examples
-    the engine analysed, on which the surfaces and the interpolation are evaluated."""
-    raw = read_checkpoint(run_dir(out, config.optimizers[0], config.seeds[0]) / "checkpoint.pt")
-    return analysis_subset(load_dataset(DataSpec.from_dict(raw["data_spec"])), config.settings.samples, config.seeds[0])
-
-
 def _landscapes(config: CompareConfig, out: Path, runs: dict[str, dict[int, list[dict]]], batches: list, n: int,
                 say: Callable[[str], None]) -> tuple[dict[str, Any], Any]:
     """2-D loss surfaces of every optimizer and the interpolation between the first two, on
-    the first seed (figures; their summaries are reported as the first seed's)."""
+    the first seed."""
     s, seed = config.settings, config.seeds[0]
     say("loss surfaces")
     models = {opt: load_checkpoint(run_dir(out, opt, seed) / "checkpoint.pt", allow_factory=config.factory).model
@@ -256,32 +224,27 @@ def _landscapes(config: CompareConfig, out: Path, runs: dict[str, dict[int, list
 
 
 def interpolation_alphas(points: int) -> np.ndarray:
-    """``points`` values evenly on [-0.5, 1.5], with 0 and 1 (the two minima) added where they
-    are not among them: the barrier is read at the endpoints, not interpolated to them."""
+    """``points`` values evenly on [-0.5, 1.5], with 0 and 1 (the minima) added: the barrier is
+    read at the endpoints, not interpolated to them."""
     return np.union1d(np.linspace(-0.5, 1.5, points), [0.0, 1.0])
 
 
-def run_scalars(final: dict[str, Any], analysis: dict[str, Any], label_noise: bool = False) -> dict[str, float]:
-    """The scalar metrics of one run: final training metrics (with the clean-label training
-    accuracy under label noise) and every scalar analysis."""
+def run_scalars(final: dict[str, Any], analyses: Mapping[str, Any], label_noise: bool = False) -> dict[str, float]:
+    """The finite scalar metrics of one run: :func:`~sharpscope.experiments.tables.run_columns`
+    of its final metrics (with the clean-label train accuracy under label noise) and its
+    analyses (name -> result; the density aside), the gradient norm and lambda_max_clean."""
     keys = ("test_acc", "test_loss", "train_loss", "train_acc") + (("train_acc_clean",) if label_noise else ())
-    values = {k: final[k] for k in keys if final.get(k) is not None}
-    values.update(lambda_max=analysis["lambda_max"], lambda_ratio=analysis["lambda_ratio"],
-                  trace=analysis["trace"]["trace"],
-                  surrogate_gap=analysis["surrogate_gap"], gradcos=analysis["gradcos"]["cosine"],
-                  gradient_norm=analysis["gradcos"]["gradient_norm"])
-    if "lambda_max_clean" in analysis:
-        values["lambda_max_clean"] = analysis["lambda_max_clean"]
-    for r in analysis["m_sharpness"]["results"]:
-        values[f"m_sharpness_m{r['m']}"] = r["mean"]
+    values = run_columns(final, keys, {k: v for k, v in analyses.items() if k != "density"})
+    values["gradient_norm"] = analyses["gradcos"]["gradient_norm"]
+    if analyses.get("lambda_max_clean") is not None:
+        values["lambda_max_clean"] = measure_table.MEASURES["lambda_max"].headline(analyses["lambda_max_clean"])
     return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
 
 
 def gradcos_change(runs: Mapping[int, Sequence[Mapping[str, Any]]], seeds: Sequence[int]) -> dict[str, Any] | None:
-    """The cosine between the first- and second-order SAM gradients (tracked during training)
-    at the first and the last tracked epoch over seeds, and the paired change late - early.
-    Foret et al. (Fig. 5) find it near 1 early and lower near convergence. None when a seed
-    has fewer than two finite tracked values."""
+    """The tracked cosine between the first- and second-order SAM gradients at the first and
+    last tracked epoch over seeds, and the paired change late - early (Foret et al., Fig. 5:
+    near 1 early, lower near convergence); None when a seed has fewer than two values."""
     early, late = [], []
     epochs: tuple[int, int] | None = None
     for seed in seeds:
@@ -301,10 +264,8 @@ def gradcos_change(runs: Mapping[int, Sequence[Mapping[str, Any]]], seeds: Seque
 def _statistics(config: CompareConfig, scalars: dict[str, dict[int, dict[str, float]]],
                 converged: Mapping[str, Mapping[int, bool]] | None = None) -> dict[str, dict]:
     """Per optimizer: each metric's summary over seeds and, but for the baseline, its paired
-    difference to the baseline (on the metrics every seed of both has): the one summarizer
-    (:func:`~sharpscope.experiments.tables.summarize_rows`, ``every_seed``) over a row per
-    run. Intervals of the metrics in ``METRIC_BOUNDS`` are clipped to their range; a difference
-    is marked ``about_unconverged_runs`` when a run of either optimizer has not converged."""
+    difference to the baseline: :func:`~sharpscope.experiments.tables.summarize_rows` with
+    ``every_seed`` over a row per run."""
     rows = [{"optimizer": opt, "seed": s, **scalars[opt][s],
              "converged": None if converged is None else bool(converged[opt][s])}
             for opt in scalars for s in config.seeds]
@@ -321,7 +282,7 @@ def _statistics(config: CompareConfig, scalars: dict[str, dict[int, dict[str, fl
 def convergence(config: CompareConfig, runs: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]]
                 ) -> dict[str, Any]:
     """Every run's :func:`~sharpscope.experiments.verdicts.run_convergence`, the definition,
-    the unconverged runs by name and the warning (None when every run converged)."""
+    the unconverged runs and the warning (None when every run converged)."""
     per_run = {opt: {seed: run_convergence(runs[opt][seed]) for seed in config.seeds} for opt in config.optimizers}
     names = [f"{opt.upper()} seed {seed}" for opt in config.optimizers for seed in config.seeds
              if not per_run[opt][seed]["converged"]]
@@ -331,8 +292,8 @@ def convergence(config: CompareConfig, runs: Mapping[str, Mapping[int, Sequence[
 
 
 def not_a_minimum_warnings(config: CompareConfig, statistics: dict[str, dict]) -> list[str]:
-    """Warn when curvature is compared between points that are not both minima: mean
-    training losses or gradient norms that differ by more than ``NOT_A_MINIMUM_FACTOR``."""
+    """Warnings for mean training losses or gradient norms that differ by more than
+    ``NOT_A_MINIMUM_FACTOR``: curvature compared between points that are not both minima."""
     notes = []
     base = statistics[config.baseline]["summary"]
     for opt, entry in statistics.items():
@@ -355,34 +316,42 @@ def not_a_minimum_warnings(config: CompareConfig, statistics: dict[str, dict]) -
 
 def _figures(config: CompareConfig, runs: dict, analyses: dict, surfaces: dict, interp: Any,
              statistics: dict, figures: Path) -> list[Path]:
-    labels = {opt: opt.upper() for opt in config.optimizers}
-    seeds = config.seeds
-    first = seeds[0]
-    written: list[Path] = []
-    written += plots.plot_training_curves({labels[o]: [runs[o][s] for s in seeds] for o in runs},
-                                          figures / "training_curves")
-    written += plots.plot_density({labels[o]: analyses[o][first]["density"] for o in analyses},
-                                  figures / "density", log=True, title=f"Hessian spectral density (SLQ, seed {first})")
-    written += plots.plot_eigenvalues({labels[o]: [analyses[o][s]["eigenvalues"] for s in seeds] for o in analyses},
-                                      figures / "eigenvalues")
-    written += plots.plot_contour({labels[o]: surfaces[o] for o in surfaces}, figures / "surfaces", filled=True)
-    written += plots.plot_surface3d({labels[o]: surfaces[o] for o in surfaces}, figures / "surfaces_3d")
+    seeds, first = config.seeds, config.seeds[0]
+
+    def per_seed(get: Callable[[str, int], Any]) -> dict[str, list]:
+        return {o.upper(): [get(o, s) for s in seeds] for o in config.optimizers}
+
+    curves = per_seed(lambda o, s: runs[o][s])
+    written = plots.plot_training_curves(curves, figures / "training_curves")
+    written += plots.plot_density({o.upper(): analyses[o][first]["density"] for o in analyses}, figures / "density",
+                                  log=True, title=f"Hessian spectral density (SLQ, seed {first})")
+    written += plots.plot_eigenvalues(per_seed(lambda o, s: analyses[o][s]["eigenvalues"]), figures / "eigenvalues")
+    written += plots.plot_contour({o.upper(): surfaces[o] for o in surfaces}, figures / "surfaces", filled=True)
+    written += plots.plot_surface3d({o.upper(): surfaces[o] for o in surfaces}, figures / "surfaces_3d")
     if interp is not None:
         written += plots.plot_curve({f"{interp.name_a} -> {interp.name_b}": interp}, figures / "interpolation")
-    written += plots.plot_m_sharpness_seeds({labels[o]: [analyses[o][s]["m_sharpness"] for s in seeds]
-                                             for o in analyses}, figures / "m_sharpness")
-    written += plots.plot_tracking({labels[o]: [runs[o][s] for s in seeds] for o in runs}, ["gradcos"],
-                                   figures / "gradcos",
+    written += plots.plot_m_sharpness_seeds(per_seed(lambda o, s: analyses[o][s]["m_sharpness"]),
+                                            figures / "m_sharpness")
+    written += plots.plot_tracking(curves, ["gradcos"], figures / "gradcos",
                                    title="cos(first-order, second-order SAM gradient) during training")
     if any("lambda_max" in r for o in runs for s in seeds for r in runs[o][s]):  # runs tracked before lack it
-        written += plots.plot_tracking({labels[o]: [runs[o][s] for s in seeds] for o in runs}, ["lambda_max"],
-                                       figures / "edge_of_stability",
+        written += plots.plot_tracking(curves, ["lambda_max"], figures / "edge_of_stability",
                                        title="lambda_max during training and the edge of stability")
-    diffs = {labels[o]: e["difference"] for o, e in statistics.items() if "difference" in e}
+    diffs = {o.upper(): e["difference"] for o, e in statistics.items() if "difference" in e}
     if diffs:
         written += plots.plot_paired_differences(diffs, KEY_METRICS, figures / "differences",
-                                                 baseline=labels[config.baseline])
+                                                 baseline=config.baseline.upper())
     return written
+
+
+def _seed_entry(outcome: RunOutcome, scalars: dict[str, float], analyses: dict[str, Any]) -> dict[str, Any]:
+    """One run in results.json: its final metrics, scalars, analyses, environment and what it tracked."""
+    recs = outcome.metrics
+    eos = ("epoch", "lr", "lambda_max", "edge_of_stability", "sam_edge_of_stability")
+    return {"final": recs[-1], "scalars": scalars, **analyses,
+            "trained_in": outcome.environments[-1] if outcome.environments else None,
+            "gradcos_over_training": [{"epoch": r["epoch"], "gradcos": r["gradcos"]} for r in recs if "gradcos" in r],
+            "lambda_max_over_training": [{k: r[k] for k in eos if k in r} for r in recs if "lambda_max" in r]}
 
 
 def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str], None] = lambda msg: None,
@@ -400,37 +369,27 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     analyses = {opt: {s: {**_layout(o.analyses),
                           "analysed_in": o.analysis_environments[0] if o.analysis_environments else None}
                       for s, o in by_seed.items()} for opt, by_seed in outcomes.items()}
-    batches, n = _first_seed_data(config, out)
+    raw = read_checkpoint(run_dir(out, config.optimizers[0], config.seeds[0]) / "checkpoint.pt")  # the first seed's
+    batches, n = analysis_subset(load_dataset(DataSpec.from_dict(raw["data_spec"])), config.settings.samples,
+                                 config.seeds[0])  # subset: the surfaces and the interpolation use it
     surfaces, interp = _landscapes(config, out, runs, batches, n, say)
-    scalars = {opt: {s: run_scalars(runs[opt][s][-1], analyses[opt][s], config.label_noise > 0)
-                     for s in config.seeds} for opt in runs}
+    scalars = {opt: {s: run_scalars(o.metrics[-1], o.analyses, config.label_noise > 0) for s, o in by_seed.items()}
+               for opt, by_seed in outcomes.items()}
     converged = convergence(config, runs)
     statistics = _statistics(config, scalars, {opt: {s: converged["runs"][opt][str(s)]["converged"]
                                                      for s in config.seeds} for opt in config.optimizers})
     first = config.seeds[0]
-    trained_in = {opt: {s: outcomes[opt][s].environments for s in config.seeds} for opt in config.optimizers}
-    unlike = provenance.differences([env for by_seed in trained_in.values() for envs in by_seed.values()
-                                     for env in envs])
-    unlike_analyses = provenance.differences([e for by_seed in outcomes.values() for o in by_seed.values()
-                                              for e in o.analysis_environments])
-    results: dict[str, Any] = {"config": asdict(config), "settings": asdict(config.settings),
-                               "baseline": config.baseline, "ci_method": CI_METHOD_TEXT,
-                               "convergence": converged,
+    every = [o for by_seed in outcomes.values() for o in by_seed.values()]
+    unlike = provenance.differences([e for o in every for e in o.environments])
+    unlike_analyses = provenance.differences([e for o in every for e in o.analysis_environments])
+    results: dict[str, Any] = {"schema": RESULTS_SCHEMA, "config": asdict(config), "settings": asdict(config.settings),
+                               "baseline": config.baseline, "ci_method": CI_METHOD_TEXT, "convergence": converged,
                                "environment": provenance.environment(), "environment_differences": unlike,
-                               "analysis_environment_differences": unlike_analyses,
-                               "optimizers": {}}
+                               "analysis_environment_differences": unlike_analyses, "optimizers": {}}
     for opt in config.optimizers:
         results["optimizers"][opt] = {
             **statistics[opt],
-            "seeds": {str(s): {"final": runs[opt][s][-1], "scalars": scalars[opt][s], **analyses[opt][s],
-                               "trained_in": trained_in[opt][s][-1] if trained_in[opt][s] else None,
-                               "gradcos_over_training": [{"epoch": r["epoch"], "gradcos": r["gradcos"]}
-                                                         for r in runs[opt][s] if "gradcos" in r],
-                               "lambda_max_over_training": [
-                                   {k: r[k] for k in ("epoch", "lr", "lambda_max", "edge_of_stability",
-                                                      "sam_edge_of_stability") if k in r}
-                                   for r in runs[opt][s] if "lambda_max" in r]}
-                      for s in config.seeds},
+            "seeds": {str(s): _seed_entry(outcomes[opt][s], scalars[opt][s], analyses[opt][s]) for s in config.seeds},
             "surface": {"seed": first, **surfaces[opt].summary(), "topology": surfaces[opt].topology().summary()},
             "gradcos_change": gradcos_change(runs[opt], config.seeds),
         }
@@ -447,7 +406,6 @@ def run_compare(config: CompareConfig, out_dir: str | Path, say: Callable[[str],
     written = _figures(config, runs, analyses, surfaces, interp, statistics, out / "figures")
     results["figures"] = [str(p.relative_to(out)) for p in written]
     results["wall_time"] = time.perf_counter() - start
-    results = {"schema": RESULTS_SCHEMA, **results}
     write_json(out / "results.json", results)
     from .report import write_report
     write_report(results, out / "report.md")

@@ -1,31 +1,20 @@
-"""Which sharpness measure tracks the generalization gap of a set of runs.
+"""Which sharpness measure tracks the generalization gap of a set of runs: the rank correlation,
+over trained models, between a measure and the gap (Jiang et al., ICLR 2020; Andriushchenko et
+al., ICML 2023; Foret et al., ICLR 2021, Fig. 3 for m-sharpness). Over the rows of runs:
 
-Jiang et al. (ICLR 2020, "Fantastic generalization measures") and Andriushchenko et al.
-(ICML 2023) judge a measure by the rank correlation, over many trained models, between the
-measure and the generalization gap. Foret et al. (ICLR 2021, Fig. 3) use the same test for
-m-sharpness: at small m it correlates better with the gap than at large m.
+- the gaps ``gap_error`` = train_acc - test_acc (test error - train error) and ``gap_loss`` =
+  test_loss - train_loss;
+- Kendall's tau-b and Spearman's rho of every measure column with each gap, with bootstrap
+  intervals over runs (:func:`sharpscope.stats.rank_correlation`);
+- tau(m, gap) - tau(largest m, gap) for every smaller m of m-sharpness, with a paired bootstrap
+  interval (:func:`sharpscope.stats.correlation_difference`);
+- Jiang et al.'s granulated Kendall coefficient (Sec. 6, Eq. 4-5): for each hyperparameter
+  theta_i that varies, psi_i = the mean over the groups of runs that agree on every other
+  hyperparameter (and the seed) of tau(measure, gap) within the group; Psi = the mean of the
+  psi_i. Groups under two runs, or with a tau undefined by ties, are left out.
 
-For the rows of a sweep (one per run) this module computes
-- the gaps: ``gap_error`` = test error - train error = train_acc - test_acc (the train
-  accuracy on the labels trained on), and ``gap_loss`` = test_loss - train_loss;
-- for every measure column present (lambda_max, lambda_ratio, trace, density_trace,
-  m_sharpness_m*, gradcos, surrogate_gap) Kendall's tau-b and Spearman's rho with each gap,
-  with bootstrap intervals over runs (:func:`sharpscope.stats.rank_correlation`);
-- for m-sharpness, tau(m, gap) - tau(largest m, gap) for every smaller m with a paired
-  bootstrap interval (:func:`sharpscope.stats.correlation_difference`): does a small m track
-  the gap better than the largest?
-- Jiang et al.'s granulated Kendall coefficient (their Sec. 6, Eq. 4-5) for each
-  hyperparameter theta_i that varies over the runs: psi_i is the mean, over the groups of runs
-  that agree on every other hyperparameter (and on the seed), of tau(measure, gap) within the
-  group, so it credits a measure only for the changes of theta_i it ranks correctly;
-  Psi = the mean of the psi_i. Groups with fewer than two runs, or a tau left undefined by
-  ties, are left out; each psi_i says over how many groups it is taken.
-
-Which runs are correlated (:func:`run_status`, one rule for ``sharpscope correlate`` and
-``sweep --correlate``): runs that finished and fit their training labels, final train accuracy
->= ``min_train_acc`` (default 0.99, the level Jiang et al. train to: a run stuck near chance
-has no gap to explain). Diverged or unfinished runs and the ones below that level are left out
-and counted; runs that lack a value are left out of the pairs that need it.
+Correlated are the runs that finished with final train accuracy >= ``min_train_acc`` (default
+0.99, the level Jiang et al. train to; :func:`run_status`); the others are counted.
 """
 
 from __future__ import annotations
@@ -41,6 +30,7 @@ import numpy as np
 from .. import measure_table, stats
 from ..errors import ConfigError
 from .files import write_csv, write_json
+from .verdicts import finite_number
 
 __all__ = ["GAPS", "MEASURES", "DEFAULT_MIN_TRAIN_ACC", "check_min_train_acc", "run_status", "select_runs",
            "CorrelationTable", "generalization_gaps", "measure_columns", "correlate_rows", "write_correlations",
@@ -60,8 +50,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _number(value: Any) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
+    return float(value) if finite_number(value) else None
 
 
 def check_min_train_acc(min_train_acc: float) -> float:
@@ -73,9 +62,8 @@ def check_min_train_acc(min_train_acc: float) -> float:
 
 
 def run_status(row: Mapping[str, Any], min_train_acc: float = DEFAULT_MIN_TRAIN_ACC) -> str:
-    """Whether a run's row is correlated: "unfinished" (diverged, interrupted, not finished),
-    "underfit" (final train accuracy below ``min_train_acc``, or none recorded while
-    ``min_train_acc > 0``) or "kept"."""
+    """Whether a run's row is correlated: "unfinished", "underfit" (final train accuracy below
+    ``min_train_acc`` or none recorded) or "kept"."""
     if row.get("status") in _NOT_FINISHED:
         return "unfinished"
     acc = _number(row.get("train_acc"))
@@ -86,8 +74,7 @@ def run_status(row: Mapping[str, Any], min_train_acc: float = DEFAULT_MIN_TRAIN_
 
 def select_runs(rows: Sequence[Mapping[str, Any]], min_train_acc: float = DEFAULT_MIN_TRAIN_ACC
                 ) -> tuple[list[Mapping[str, Any]], dict[str, int]]:
-    """The rows :func:`run_status` keeps, and how many were left out and why
-    (``{"unfinished": n, "underfit": n}``)."""
+    """The rows :func:`run_status` keeps, and ``{"unfinished": n, "underfit": n}`` left out."""
     min_train_acc = check_min_train_acc(min_train_acc)
     status = [run_status(r, min_train_acc) for r in rows]
     return ([r for r, st in zip(rows, status) if st == "kept"],
@@ -95,8 +82,7 @@ def select_runs(rows: Sequence[Mapping[str, Any]], min_train_acc: float = DEFAUL
 
 
 def generalization_gaps(row: Mapping[str, Any]) -> dict[str, float | None]:
-    """``gap_error`` (train_acc - test_acc) and ``gap_loss`` (test_loss - train_loss) of a
-    run's row; None where a value is missing or not finite."""
+    """``gap_error`` and ``gap_loss`` of a run's row; None where a value is missing or not finite."""
     tr_acc, te_acc = _number(row.get("train_acc")), _number(row.get("test_acc"))
     tr_loss, te_loss = _number(row.get("train_loss")), _number(row.get("test_loss"))
     return {"gap_error": tr_acc - te_acc if tr_acc is not None and te_acc is not None else None,
@@ -108,8 +94,8 @@ def _m_of(column: str) -> int:
 
 
 def measure_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The measure columns that hold a finite value in at least one row: the value columns of
-    :mod:`sharpscope.measure_table` first (in table order), then m-sharpness by increasing m."""
+    """The measure columns with a finite value in some row: the measure table's value columns
+    in table order, then m-sharpness by increasing m."""
     present = {k for r in rows for k, v in r.items() if _number(v) is not None}
     m_cols = sorted((k for k in present if k.startswith(_M_PREFIX) and k[len(_M_PREFIX):].isdigit()), key=_m_of)
     return [m for m in measure_table.correlated_columns() if m in present] + m_cols
@@ -117,12 +103,9 @@ def measure_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 @dataclass
 class CorrelationTable:
-    """Rank correlations of measures with the gaps over ``n_runs`` runs (module docstring).
-
-    ``entries``: one dict per (measure, gap) with ``n`` and the ``kendall`` and ``spearman``
-    :class:`~sharpscope.stats.RankCorrelation` dicts; ``m_comparisons``: one dict per smaller
-    m and gap with the tau difference to the largest m; ``skipped``: why a pair is missing;
-    ``left_out``: the runs :func:`select_runs` left out at ``min_train_acc``, by reason."""
+    """Rank correlations of measures with the gaps over ``n_runs`` runs (module docstring):
+    ``entries`` per (measure, gap) with ``n`` and the ``kendall`` and ``spearman`` dicts,
+    ``m_comparisons`` per smaller m and gap, ``skipped``: why a pair is missing."""
 
     n_runs: int
     entries: list[dict[str, Any]] = field(default_factory=list)
@@ -155,9 +138,8 @@ def _pairs(rows: Sequence[Mapping[str, Any]], gaps: Sequence[Mapping[str, Any]],
 
 def granulated_tau(rows: Sequence[Mapping[str, Any]], measure: str, gap: str, hyperparameters: Sequence[str],
                    group_keys: Sequence[str] = ("seed",)) -> dict[str, Any]:
-    """Jiang et al.'s granulated Kendall coefficient of ``measure`` against ``gap`` (module
-    docstring): ``{"psi": {theta: value or None}, "groups": {theta: groups used}, "Psi": mean}``.
-    Runs are grouped by every other hyperparameter and by ``group_keys``."""
+    """Jiang et al.'s granulated Kendall coefficient (module docstring): ``{"psi": {theta: value},
+    "groups": {theta: groups used}, "Psi": mean}``, runs grouped also by ``group_keys``."""
     gaps = [generalization_gaps(r)[gap] for r in rows]
     psi: dict[str, float | None] = {}
     used: dict[str, int] = {}
@@ -168,12 +150,8 @@ def granulated_tau(rows: Sequence[Mapping[str, Any]], measure: str, gap: str, hy
             x = _number(row.get(measure))
             if x is not None and g is not None:
                 groups.setdefault(tuple(repr(row.get(k)) for k in others), []).append((x, g))
-        taus = []
-        for pairs in groups.values():
-            if len(pairs) >= 2:
-                tau = float(stats.kendall_tau_b(np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])))
-                if math.isfinite(tau):
-                    taus.append(tau)
+        taus = [float(stats.kendall_tau_b(*map(np.array, zip(*pairs)))) for pairs in groups.values() if len(pairs) > 1]
+        taus = [t for t in taus if math.isfinite(t)]
         psi[theta] = sum(taus) / len(taus) if taus else None
         used[theta] = len(taus)
     defined = [v for v in psi.values() if v is not None]
@@ -184,11 +162,9 @@ def correlate_rows(rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | 
                    gaps: Sequence[str] = GAPS, confidence: float = 0.95, resamples: int = 2000,
                    seed: int = 0, hyperparameters: Sequence[str] = (),
                    min_train_acc: float = DEFAULT_MIN_TRAIN_ACC) -> CorrelationTable:
-    """The :class:`CorrelationTable` of the ``rows`` (one per run: a sweep's or correlate's)
-    that :func:`select_runs` keeps at ``min_train_acc``, for ``measures`` (default:
-    :func:`measure_columns`). Every interval uses ``resamples`` bootstrap resamples drawn from
-    ``seed``. ``hyperparameters``: the row keys that vary over the runs, for the granulated
-    coefficients (none: not computed)."""
+    """The :class:`CorrelationTable` of the rows :func:`select_runs` keeps, for ``measures``
+    (default :func:`measure_columns`), intervals from ``resamples`` bootstrap resamples drawn
+    from ``seed``; granulated coefficients over ``hyperparameters`` (none: not computed)."""
     usable, left_out = select_runs(rows, min_train_acc)
     measures = measure_columns(usable) if measures is None else list(measures)
     table = CorrelationTable(len(usable), confidence=confidence, resamples=resamples,
@@ -204,15 +180,13 @@ def correlate_rows(rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | 
             if len(pairs) < 3:
                 table.skipped.append(f"{measure} vs {gap}: {len(pairs)} runs with both values (3 needed)")
                 continue
-            x, y = [p[0] for p in pairs], [p[1] for p in pairs]
+            x, y = map(list, zip(*pairs))
             table.entries.append({"measure": measure, "gap": gap, "n": len(pairs), **{
                 method: stats.rank_correlation(x, y, method, confidence, resamples, seed).to_dict()
                 for method in stats.CORRELATIONS}})
     if hyperparameters:
-        for measure in measures:
-            for gap in gaps:
-                table.granulated.append({"measure": measure, "gap": gap,
-                                         **granulated_tau(usable, measure, gap, hyperparameters)})
+        table.granulated = [{"measure": m, "gap": g, **granulated_tau(usable, m, g, hyperparameters)}
+                            for m in measures for g in gaps]
     m_cols = [m for m in measures if m.startswith(_M_PREFIX)]
     if len(m_cols) > 1:
         largest = max(m_cols, key=_m_of)
@@ -221,17 +195,15 @@ def correlate_rows(rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | 
                 pairs = _pairs(usable, row_gaps, small, largest, gap=gap)
                 if len(pairs) < 3:
                     continue
-                d = stats.correlation_difference([p[0] for p in pairs], [p[1] for p in pairs], [p[2] for p in pairs],
-                                                 "kendall", confidence, resamples, seed)
+                d = stats.correlation_difference(*map(list, zip(*pairs)), "kendall", confidence, resamples, seed)
                 table.m_comparisons.append({"m": _m_of(small), "against_m": _m_of(largest), "gap": gap,
                                             "kendall_difference": d.to_dict()})
     return table
 
 
 def rows_environment(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """This process's environment, and the distinct ``trained_in`` (and ``measured_in`` /
-    ``analysed_in``) records of the rows where there is more than one: the runs were not
-    produced or measured alike (:mod:`sharpscope.provenance`)."""
+    """This process's environment, and the distinct ``trained_in``, ``measured_in`` and
+    ``analysed_in`` records of the rows where they differ."""
     from ..provenance import environment
     unlike = {}
     for column in ("trained_in", "measured_in", "analysed_in"):
@@ -243,9 +215,8 @@ def rows_environment(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def write_correlations(out_dir: str | Path, table: CorrelationTable,
                        extra: Mapping[str, Any] | None = None) -> list[Path]:
-    """``correlations.json`` (the table, and ``extra``: e.g. :func:`rows_environment`) and
-    ``correlations.csv`` (one row per measure and gap: tau and rho with their intervals and
-    p-values) in ``out_dir``."""
+    """``correlations.json`` (the table and ``extra``), ``correlations.csv`` (per measure and gap)
+    and ``granulated.csv`` in ``out_dir``."""
     out = Path(out_dir)
     write_json(out / "correlations.json", {**table.to_dict(), **(extra or {})})
     fields = ("estimate", "ci_low", "ci_high", "p_value")
@@ -273,8 +244,7 @@ def _note(entry: Mapping[str, Any]) -> str:
 
 def draw_correlations(rows: Sequence[Mapping[str, Any]], table: CorrelationTable, figures_dir: str | Path,
                       formats: Sequence[str] = ("png",), group_by: str = "optimizer") -> list[Path]:
-    """figures/correlations_GAP.png for each gap of ``table``: every measure against the gap,
-    one point per run coloured by ``group_by``, Kendall's tau with its interval per panel."""
+    """``correlations_GAP.png`` per gap: every measure against it, runs coloured by ``group_by``."""
     from .. import plots
 
     usable = select_runs(rows, table.min_train_acc)[0]
@@ -298,9 +268,8 @@ def draw_correlations(rows: Sequence[Mapping[str, Any]], table: CorrelationTable
 def report_correlations(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, formats: Sequence[str] = ("png",),
                         resamples: int = 2000, seed: int = 0, hyperparameters: Sequence[str] = (),
                         min_train_acc: float = DEFAULT_MIN_TRAIN_ACC) -> tuple[CorrelationTable, list[Path]]:
-    """:func:`correlate_rows` (the runs kept at ``min_train_acc``), then its tables in
-    ``out_dir`` and its figures in ``out_dir/figures``; returns the table and the files
-    written. The one path of ``sharpscope correlate`` and ``sweep --correlate``."""
+    """:func:`correlate_rows`, its tables in ``out_dir`` and figures in ``out_dir/figures``: the
+    table and the files written (``sharpscope correlate`` and ``sweep --correlate``)."""
     table = correlate_rows(rows, resamples=resamples, seed=seed, hyperparameters=hyperparameters,
                            min_train_acc=min_train_acc)
     files = write_correlations(out_dir, table, rows_environment(select_runs(rows, min_train_acc)[0]))

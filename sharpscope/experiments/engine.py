@@ -1,15 +1,8 @@
-"""The run engine: train (or resume, or reuse) each run of a list, then compute the analyses
-its folder does not hold yet; one loop for ``sweep`` and ``compare``.
-
-A run is a :class:`~sharpscope.experiments.grid.RunSpec` and a folder. Its analyses are
-cached in ``<folder>/analysis.json`` (:mod:`sharpscope.experiments.cache`): an entry is reused
-when its key (the measure's name, the checkpoint's step and the settings the measure reads)
-equals the one asked. A run whose loss diverged leaves ``diverged.json`` (not retrained when
-rerun).
-
-``jobs > 1`` trains that many runs at once in separate processes (spawned, so that no
-process inherits another's threads or locks). Ctrl-C (or a callback's ``stop_requested``)
-saves the running runs at their next step.
+"""The run engine of ``sweep`` and ``compare``: train (or resume, or reuse) each run (a
+:class:`~sharpscope.experiments.grid.RunSpec` and a folder), then compute the analyses its
+``analysis.json`` (:mod:`sharpscope.experiments.cache`) does not hold at the key asked. A run
+whose loss diverged leaves ``diverged.json`` (not retrained). ``jobs > 1`` trains runs in
+spawned processes (none inherits another's threads or locks); Ctrl-C saves the running runs.
 """
 
 from __future__ import annotations
@@ -30,7 +23,7 @@ from ..io import atomic_write_bytes
 from ..models import is_factory
 from ..provenance import environment, recorded
 from ..train import Callback, TrainState, check_model, train
-from .analyses import VARIANTS, analyse_selected, analyse_variant
+from .analyses import VARIANTS, AnalysisSettings, analyse_selected, analyse_variant
 from .cache import analysis_key, read_analyses, stored_under_old_name, write_analyses
 from .files import read_json
 from .grid import RunSpec
@@ -41,9 +34,6 @@ __all__ = ["RunOutcome", "RunTask", "analysis_key", "analysis_subset", "check_mo
            "run_pool"]
 
 
-# ---------------------------------------------------------------------------------------
-# One run (in this process or in a worker)
-# ---------------------------------------------------------------------------------------
 @dataclass
 class RunOutcome:
     """What became of one run."""
@@ -66,10 +56,9 @@ class RunOutcome:
 @dataclass
 class RunTask:
     """One run for :func:`run_tasks`: train ``spec`` into ``run_dir``, then the ``analyses``
-    (names of :func:`~sharpscope.experiments.analyses.analysis_names` or
-    :data:`~sharpscope.experiments.analyses.VARIANTS`) at ``settings`` (an AnalysisSettings as
-    a dict) and ``analysis_rho``. ``total``: the runs of the whole list (progress lines read
-    "[i/total] label"); ``epoch_lines``: a line per epoch (off where a bar shows them)."""
+    (measures or :data:`~sharpscope.experiments.analyses.VARIANTS`) at ``settings`` (an
+    AnalysisSettings as a dict). ``total``: the runs of the list ("[i/total] label");
+    ``epoch_lines``: a progress line per epoch."""
 
     spec: RunSpec
     run_dir: str
@@ -107,9 +96,7 @@ class _Reporter(Callback):
 def _finished(run_dir: Path) -> dict[str, Any] | None:
     """The checkpoint's record if the run in ``run_dir`` finished, else None."""
     ckpt = run_dir / "checkpoint.pt"
-    if not ckpt.exists():
-        return None
-    raw = read_checkpoint(ckpt)
+    raw = read_checkpoint(ckpt) if ckpt.exists() else {}
     return raw if (raw.get("progress") or {}).get("finished") else None
 
 
@@ -123,7 +110,6 @@ def _outcome_from(spec: RunSpec, raw: dict[str, Any], status: str) -> RunOutcome
 
 def _cached_analyses(task: RunTask, step: int) -> tuple[dict[str, Any], list[str]]:
     """The stored analyses of the run, and the names still to compute."""
-    from .analyses import AnalysisSettings
     s = AnalysisSettings(**task.settings)
     seed = task.spec.config["seed"]
     stored = read_analyses(Path(task.run_dir), seed)
@@ -131,8 +117,7 @@ def _cached_analyses(task: RunTask, step: int) -> tuple[dict[str, Any], list[str
     for name in task.analyses:
         key = analysis_key(name, s, task.analysis_rho, seed, step)
         stored_under_old_name(stored, name, key)
-        entry = stored.get(name)
-        if not (isinstance(entry, dict) and entry.get("key") == key):
+        if not (isinstance(stored.get(name), dict) and stored[name].get("key") == key):
             todo.append(name)
     return stored, todo
 
@@ -169,15 +154,14 @@ def _take_analyses(outcome: RunOutcome, stored: Mapping[str, Any], names: Sequen
 
 
 def _named_factory(spec: RunSpec) -> str | bool:
-    """The model factory the run's own configuration names (trusted: the user named it),
-    else False: a run folder never chooses what code runs."""
+    """The model factory the run's own configuration names, else False: a run folder never
+    chooses what code runs."""
     model = spec.config.get("model")
     return model if is_factory(model) else False
 
 
 def check_models(specs: Sequence[RunSpec]) -> None:
-    """Each model of the runs built once on its data (:func:`sharpscope.train.check_model`),
-    before the first folder is written or run trained."""
+    """:func:`sharpscope.train.check_model` once per distinct model and data of the runs."""
     seen = set()
     for spec in specs:
         c = spec.config
@@ -189,8 +173,7 @@ def check_models(specs: Sequence[RunSpec]) -> None:
 
 
 def _train(task: RunTask, emit: Callable[[str], None], prefix: str, stop: Any) -> RunOutcome:
-    """Train the run (or resume it, or read it when it finished before): its outcome, status
-    trained, resumed, reused, diverged (``diverged.json`` written) or interrupted."""
+    """Train, resume or reuse the run: its outcome (``diverged.json`` written when it diverged)."""
     spec, run_dir = task.spec, Path(task.run_dir)
     raw = _finished(run_dir)
     if raw is not None:
@@ -213,9 +196,8 @@ def _train(task: RunTask, emit: Callable[[str], None], prefix: str, stop: Any) -
 
 
 def analysis_subset(data: Any, samples: int, seed: int, labels: str = "trained") -> tuple[list, int]:
-    """The analysis subset of a run on ``data``: its first ``samples`` training examples (all
-    when fewer) in the order ``seed`` draws, in batches of 4096, with the labels trained on
-    (``labels="clean"``: the labels before label noise flipped some); and its size."""
+    """The first ``samples`` training examples (all when fewer) in the order ``seed`` draws, in
+    batches of 4096, with the labels trained on (``"clean"``: before label noise); and their number."""
     import dataclasses
 
     n = min(samples, int(data.x_train.shape[0]))
@@ -226,16 +208,16 @@ def analysis_subset(data: Any, samples: int, seed: int, labels: str = "trained")
 
 def _analyse(task: RunTask, outcome: RunOutcome, stored: dict[str, Any], todo: list[str],
              emit: Callable[[str], None], prefix: str, stop: Any) -> bool:
-    """Compute the analyses ``todo`` of the trained run, each stored in ``analysis.json`` as
-    soon as it is done (an error or warnings stored with it); False when stopped."""
+    """Compute the analyses ``todo``, each stored in ``analysis.json`` as soon as it is done
+    (with its error or warnings); False when stopped."""
     from ..checkpoint import checkpoint_data, load_checkpoint
-    from .analyses import AnalysisSettings
 
     s = AnalysisSettings(**task.settings)
     seed, step = task.spec.config["seed"], int(outcome.final.get("step", 0))
     ckpt = load_checkpoint(Path(task.run_dir) / "checkpoint.pt", allow_factory=_named_factory(task.spec))
     data = checkpoint_data(ckpt)
     batches = analysis_subset(data, s.samples, seed)[0]
+    say = lambda what: emit(f"{prefix}: {what}")  # noqa: E731
     for name in todo:
         if stop is not None and stop.is_set():
             return False
@@ -245,11 +227,10 @@ def _analyse(task: RunTask, outcome: RunOutcome, stored: dict[str, Any], todo: l
             try:
                 if name in VARIANTS:
                     clean = analysis_subset(data, s.samples, seed, VARIANTS[name].labels)[0]
-                    entry["result"] = analyse_variant(ckpt.model, clean, name, s, task.analysis_rho, seed,
-                                                      lambda what: emit(f"{prefix}: {what}"))
+                    entry["result"] = analyse_variant(ckpt.model, clean, name, s, task.analysis_rho, seed, say)
                 else:
                     entry["result"] = analyse_selected(ckpt.model, batches, [name], s, task.analysis_rho, seed,
-                                                       lambda what: emit(f"{prefix}: {what}")).get(name)
+                                                       say).get(name)
             except SharpscopeError as err:  # e.g. a zero gradient: stored and noted, the other runs go on
                 entry["error"] = " ".join(str(err).split())
                 emit(f"{prefix}: {name} failed: {entry['error']}")
@@ -291,12 +272,10 @@ def run_task(task: RunTask, emit: Callable[[str], None], stop: Any = None) -> Ru
 def run_tasks(tasks: Sequence[RunTask], *, jobs: int = 1, say: Callable[[str], None] = lambda msg: None,
               on_done: Callable[[RunSpec, RunOutcome], None] | None = None, threads: int | None = None,
               deterministic: bool = False) -> list[RunOutcome]:
-    """THE loop over runs (``sweep`` and ``compare``): every task's outcome, in the order of
-    ``tasks``. Runs that need no work (finished and analysed, or diverged before) are read
-    here, in order; the others run here (``jobs=1``) or on ``jobs`` spawned workers
-    (:func:`run_pool`). ``on_done(spec, outcome)`` is called here as each run completes. A run
-    stopped by Ctrl-C (or a callback's ``stop_requested``) is saved, and KeyboardInterrupt
-    raised; the same call again continues it and reuses the rest."""
+    """THE loop over runs (``sweep`` and ``compare``): every task's outcome, in order. Runs that
+    need no work are read here; the others run here (``jobs=1``) or on ``jobs`` spawned workers
+    (:func:`run_pool`); ``on_done(spec, outcome)`` is called here as each completes. A run
+    stopped by Ctrl-C is saved and KeyboardInterrupt raised; the same call again continues it."""
     outcomes: dict[int, RunOutcome] = {}
 
     def record(task: RunTask, outcome: RunOutcome) -> None:
@@ -337,8 +316,7 @@ def _init_worker(threads: int, queue: Any, stop: Any, deterministic: bool = Fals
         from ..determinism import enable_deterministic
         enable_deterministic(threads)
     set_threads(threads)
-    # Ctrl-C reaches every process of the terminal's group: the parent decides, the workers
-    # finish their step, save and return (the trainer's own handler does that while training).
+    # Ctrl-C reaches every process of the group: the parent decides, the workers save and return.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER.update(queue=queue, stop=stop)
 
@@ -346,10 +324,6 @@ def _init_worker(threads: int, queue: Any, stop: Any, deterministic: bool = Fals
 def _worker_run(task: RunTask) -> RunOutcome:
     queue = _WORKER["queue"]
     return run_task(task, lambda msg: queue.put(msg), _WORKER["stop"])
-
-
-def _main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 def run_pool(pending: list[RunTask], jobs: int, say: Callable[[str], None],
@@ -377,9 +351,9 @@ def run_pool(pending: list[RunTask], jobs: int, say: Callable[[str], None],
 
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx, initializer=_init_worker,
                                initargs=(threads, messages, stop, deterministic))
-    # The workers start (on submit) with SIGINT ignored, which a new interpreter keeps: a
-    # Ctrl-C while they import torch would otherwise kill them with a traceback each.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
+    # Workers start (on submit) with SIGINT ignored: a Ctrl-C while they import torch would kill them.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         futures = {pool.submit(_worker_run, task): task for task in pending}
     finally:
@@ -404,8 +378,7 @@ def run_pool(pending: list[RunTask], jobs: int, say: Callable[[str], None],
 
 
 def _stop_pool(pool: Any, stop: Any, waiting: set, drain: Callable[[], None]) -> None:
-    """Ask the running runs to save at their next step, drop the queued ones, wait for the
-    workers; a second Ctrl-C meanwhile ends them at once (the last checkpoints stay)."""
+    """Ask the running runs to save, drop the queued ones, wait; a second Ctrl-C ends them at once."""
     stop.set()
     for fut in waiting:
         fut.cancel()

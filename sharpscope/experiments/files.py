@@ -18,8 +18,7 @@ __all__ = ["write_json", "read_json", "read_results", "check_schema", "RESULTS_S
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats as None, tuples as lists, numpy scalars and arrays as
-    Python values (JSON has no NaN and no numpy)."""
+    """``value`` with non-finite floats as None, tuples as lists, numpy values as Python ones."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -67,15 +66,12 @@ def read_json(path: Path) -> Any:
         return None
 
 
-# The layout of an experiment's results.json (compare's and sweep's): a file without the field
-# was written before it had one and is read as 1; a larger number is refused (read_results).
-RESULTS_SCHEMA = 1
+RESULTS_SCHEMA = 1  # the layout of results.json (a file without the field is 1)
 
 
 def check_schema(stored: Any, path: Path, supported: int, remedy: str) -> None:
-    """A :class:`ConfigError` in one line when the JSON object ``stored`` (read from ``path``)
-    carries a ``schema`` this code does not read: not an int, or above ``supported``. A file
-    without the field is the first layout (1)."""
+    """ConfigError when ``stored`` (read from ``path``) has a ``schema`` that is not an int or
+    is above ``supported`` (none: 1)."""
     version = stored.get("schema", 1) if isinstance(stored, dict) else 1
     if not isinstance(version, int) or version > supported:
         raise ConfigError(f"{path} was written by a newer sharpscope (schema {version!r}; this one reads up to "
@@ -83,8 +79,7 @@ def check_schema(stored: Any, path: Path, supported: int, remedy: str) -> None:
 
 
 def read_results(out: Path) -> Any:
-    """``out/results.json`` as :func:`read_json` reads it, checked by :func:`check_schema`
-    against :data:`RESULTS_SCHEMA`."""
+    """``out/results.json`` (:func:`read_json`), its schema checked."""
     stored = read_json(out / "results.json")
     check_schema(stored, out / "results.json", RESULTS_SCHEMA, "use another --out")
     return stored

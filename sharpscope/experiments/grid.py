@@ -1,6 +1,5 @@
-"""The grid of a sweep: the options a sweep may vary, their values as typed on the command
-line, the runs of a grid (options an optimizer does not read collapse) and the folder name of
-each run, made from its own configuration."""
+"""The grid of a sweep: the options it may vary, their values as typed, its runs (options an
+optimizer does not read collapse) and each run's folder name, made from its own configuration."""
 
 from __future__ import annotations
 
@@ -24,25 +23,17 @@ from ..train_options import NOT_SWEPT
 __all__ = ["RunSpec", "uses_option", "sweepable_options", "option_name", "flag", "parse_values", "parse_seeds",
            "show_value", "plain_option", "run_name", "expand_grid", "PERTURBATION_OPTIONS"]
 
-# Fields that describe where or how a run is done rather than what is trained: fixed for a
-# whole sweep (``SweepConfig.base``), never a grid axis. The seed is the sweep's own axis.
-_NOT_SWEPT = NOT_SWEPT
 # Short names in run folders; the other options appear under their own names.
 _ABBREVIATIONS = {"label_noise": "noise", "batch_size": "bs", "weight_decay": "wd", "warmup_epochs": "warmup",
                   "second_order": "so", "n_train": "ntrain", "momentum": "mom"}
 _NAME_FIRST = ("rho", "m", "p", "eta", "second_order")
 _MAX_NAME = 80
+_BOOLS = dict.fromkeys(("true", "yes", "on", "1"), True) | dict.fromkeys(("false", "no", "off", "0"), False)
 
 
 def uses_option(optimizer: str, option: str) -> bool:
-    """Whether runs with ``optimizer`` read ``option`` (else it collapses in the grid): the
-    registry's answer (:meth:`sharpscope.optim.registry.OptimizerSpec.uses`).
-
-    SGD reads none of :data:`PERTURBATION_OPTIONS` (the perturbation options); ``eta``
-    (T_w = |w| + eta) is ASAM's own; ``m`` (m-SAM chunks) is read by SAM, ASAM and RSAM only
-    (GSAM, WSAM, LookSAM and Friendly SAM take whole batches); the SAM family reads the others
-    (``TrainConfig.validate`` refuses combinations that make no sense, e.g. the second-order
-    switch with ASAM)."""
+    """Whether runs with ``optimizer`` read ``option`` (else it collapses in the grid):
+    :meth:`sharpscope.optim.registry.OptimizerSpec.uses`."""
     return registry.get(optimizer).uses(option)
 
 
@@ -59,15 +50,11 @@ def _scalar_type(tp: Any) -> tuple[type, bool] | None:
 
 
 def sweepable_options() -> dict[str, tuple[type, bool]]:
-    """TrainConfig fields a sweep may list several values of: name -> (type, None allowed).
-    Every scalar field except the ones fixed for a sweep (device, data root, tracking, ...)."""
+    """TrainConfig's scalar fields a sweep may vary (not those fixed for a sweep, such as the
+    device): name -> (type, None allowed)."""
     hints = typing.get_type_hints(TrainConfig)
-    out = {}
-    for f in fields(TrainConfig):
-        kind = _scalar_type(hints[f.name]) if f.name not in _NOT_SWEPT else None
-        if kind is not None:
-            out[f.name] = kind
-    return out
+    kinds = {f.name: _scalar_type(hints[f.name]) for f in fields(TrainConfig) if f.name not in NOT_SWEPT}
+    return {name: kind for name, kind in kinds.items() if kind is not None}
 
 
 def option_name(option: str) -> str:
@@ -84,11 +71,7 @@ def _parse_one(option: str, text: str, kind: type, optional: bool, what: str) ->
         return None
     try:
         if kind is bool:
-            if low in ("true", "yes", "on", "1"):
-                return True
-            if low in ("false", "no", "off", "0"):
-                return False
-            raise ValueError
+            return _BOOLS[low]
         if kind is int:
             return int(text)
         if kind is float:
@@ -96,7 +79,7 @@ def _parse_one(option: str, text: str, kind: type, optional: bool, what: str) ->
             if math.isnan(value) or (value == -math.inf):
                 raise ValueError
             return value
-    except ValueError:
+    except (ValueError, KeyError):
         names = {bool: "true/false", int: "integers", float: "numbers"}
         extra = " or none" if optional else ""
         raise ConfigError(f"{what} takes comma-separated {names[kind]}{extra}, got {text!r}") from None
@@ -105,9 +88,8 @@ def _parse_one(option: str, text: str, kind: type, optional: bool, what: str) ->
 
 def parse_values(option: str, text: str | Sequence[Any], what: str | None = None) -> list[Any]:
     """The values of one grid option: ``"0.05,0.1"`` (or a list) -> ``[0.05, 0.1]``, typed as the
-    TrainConfig field (``inf`` for p, ``none`` for optional fields such as m). Unknown options,
-    empty lists, unparsable and duplicate values are a ConfigError; ranges are checked when the
-    runs are built (:func:`expand_grid`)."""
+    TrainConfig field (``inf``, ``none`` accepted); ConfigError for unknown options, empty lists,
+    unparsable or duplicate values (ranges are checked by :func:`expand_grid`)."""
     name = option_name(option)
     what = what or flag(name)
     options = sweepable_options()
@@ -128,11 +110,9 @@ def parse_values(option: str, text: str | Sequence[Any], what: str | None = None
             raise ConfigError(f"{what} takes {kind.__name__} values{' or None' if optional else ''}, got {v!r}")
     if kind is float:
         values = [None if v is None else float(v) for v in values]
-    seen: list[Any] = []
-    for v in values:
-        if v in seen:
+    for i, v in enumerate(values):
+        if v in values[:i]:
             raise ConfigError(f"{what} lists {show_value(v)} twice")
-        seen.append(v)
     return values
 
 
@@ -198,15 +178,11 @@ class RunSpec:
         return TrainConfig.from_dict(dict(self.config))
 
 
-def _defaults() -> dict[str, Any]:
-    return {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-
-
 def run_name(cfg: TrainConfig) -> str:
-    """Folder name from the run's own configuration (never from the grid around it): the
-    optimizer, its rho, every sweepable option that differs from TrainConfig's default, the
-    seed; a hash of that when it is too long or holds characters unfit for a file name."""
-    defaults = _defaults()
+    """Folder name from the run's own configuration (never the grid around it): the optimizer,
+    its rho, every sweepable option it reads that is not the default, the seed; hashed when too
+    long or unfit for a file name."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
     sweepable = list(sweepable_options())
     order = [o for o in _NAME_FIRST if o in sweepable] + [o for o in sweepable if o not in _NAME_FIRST]
     parts = [cfg.optimizer]
@@ -230,11 +206,9 @@ def run_name(cfg: TrainConfig) -> str:
 
 
 def expand_grid(config: Any) -> list[RunSpec]:
-    """The runs of a sweep, seeds outermost (every setting gets seed 0 before any gets seed 1),
-    options an optimizer does not read collapsed (one SGD run per setting, whatever the rho
-    list), duplicates removed. Every TrainConfig is built, so an invalid combination is
-    refused here, naming the run. ``config``: a :class:`~sharpscope.experiments.sweep.SweepConfig`
-    (its ``grid``, ``seeds`` and ``base``)."""
+    """The runs of a :class:`~sharpscope.experiments.sweep.SweepConfig`, seeds outermost, options
+    an optimizer does not read collapsed, duplicates removed; an invalid combination is refused
+    here, naming the run."""
     keys = list(config.grid)
     varying = [k for k in keys if len(config.grid[k]) > 1]
     runs: list[RunSpec] = []
@@ -247,9 +221,8 @@ def expand_grid(config: Any) -> list[RunSpec]:
             for option in PERTURBATION_OPTIONS:  # what an optimizer ignores takes the default
                 if not uses_option(optimizer, option):
                     kwargs.pop(option, None)
-            label_parts = [optimizer] + [f"{k}={show_value(chosen[k])}" for k in varying
-                                         if k != "optimizer" and uses_option(optimizer, k)] + [f"seed={seed}"]
-            label = " ".join(label_parts)
+            label = " ".join([optimizer] + [f"{k}={show_value(chosen[k])}" for k in varying
+                                            if k != "optimizer" and uses_option(optimizer, k)] + [f"seed={seed}"])
             try:
                 cfg = TrainConfig(**kwargs)
                 if registry.get(optimizer).perturbs:

@@ -1,8 +1,6 @@
-"""The offline interactive report of a finished ``compare`` (``compare --html``,
-``sharpscope report OUT``): one self-contained ``report.html`` built from what the folder
-holds (results.json, every run's metrics.jsonl, the first seed's surface_2d.npz and the
-interpolation), with the tables of report.md, every figure interactive, and the command,
-options and versions behind them."""
+"""Offline interactive reports (``--html``, ``sharpscope report OUT``): one self-contained HTML
+page built from what a finished compare, sweep or correlate folder holds, with the tables of
+report.md, every figure interactive, and the command, options and versions behind them."""
 
 from __future__ import annotations
 
@@ -45,8 +43,7 @@ def _command(cfg: dict[str, Any]) -> str:
 
 
 def _provenance(command: str, options: dict[str, Any], what: str, results: dict[str, Any]) -> str:
-    """The command, the environment results.json recorded (and whether the runs were trained
-    alike), this page's own versions, and every option."""
+    """The command, the environment recorded, this page's own versions, and every option."""
     import plotly
     import torch
 
@@ -66,7 +63,7 @@ def _provenance(command: str, options: dict[str, Any], what: str, results: dict[
 
 
 def _all_records(out: Path, results: dict[str, Any]) -> dict[str, dict[int, list[dict[str, Any]]]]:
-    """Every run's metrics.jsonl records, read once: {OPTIMIZER: {seed: records}}."""
+    """Every run's metrics.jsonl records: {OPTIMIZER: {seed: records}}."""
     records: dict[str, dict[int, list[dict[str, Any]]]] = {}
     for opt in results["optimizers"]:
         for seed in results["config"]["seeds"]:
@@ -137,9 +134,7 @@ def write_compare_html(out_dir: str | Path) -> Path:
     if not path.exists():
         raise ConfigError(f"no finished compare in {out} (results.json missing)")
     results = read_results(out)
-    if not isinstance(results, dict):
-        raise ConfigError(f"{path} is not a compare's results.json")
-    if "optimizers" not in results or "config" not in results:
+    if not (isinstance(results, dict) and "optimizers" in results and "config" in results):
         raise ConfigError(f"{path} is not a compare's results.json")
     names = " vs ".join(o.upper() for o in results["optimizers"])
     blocks: list[Any] = [f"<h1>{html.escape(names)}: sharpscope compare</h1>",
@@ -175,8 +170,7 @@ def _tau_cell(e: dict[str, Any], method: str = "kendall") -> str:
 def write_correlate_html(out_dir: str | Path, rows: list[dict[str, Any]], table: Any, command: str,
                          settings: dict[str, Any], group_by: str = "optimizer",
                          recorded: dict[str, Any] | None = None) -> Path:
-    """``OUT/correlations.html``: the rank correlations and granulated coefficients as tables, and
-    one interactive scatter per measure against the error gap (a run's options on hover)."""
+    """``OUT/correlations.html``: the correlation tables and a scatter per measure against the error gap."""
     from ..plots import html as ph
     from .correlate import generalization_gaps, select_runs
 
@@ -220,17 +214,13 @@ def _num(x: Any) -> str:
 
 
 def write_sweep_html(out_dir: str | Path) -> Path:
-    """``OUT/report.html`` for the finished sweep in ``out_dir``: for every swept option, each
-    run's test accuracy (and lambda_max when analysed) against that option, one point per run
-    and seed (its options on hover, one legend entry per optimizer), the summary table with its
-    intervals (summary.csv), and the command's configuration and versions."""
+    """``OUT/report.html`` of a finished sweep: each metric against every swept option (a point per
+    run, its options on hover), summary.csv, and the configuration and versions."""
     from ..plots import html as ph
-    from .sweep import RESULTS_KIND
+    from .tables import read_sweep_results
 
     out = Path(out_dir)
-    stored = read_results(out)
-    if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
-        raise ConfigError(f"no finished sweep in {out} (results.json missing or not a sweep's)")
+    stored = read_sweep_results(out)
     rows, options, grid = stored["rows"], stored["options"], stored["config"]["grid"]
     varying = [o for o in options if o != "seed" and len(grid.get(o, ())) > 1]
     metrics = [m for m in ("test_acc", "lambda_max", "train_loss") if any(r.get(m) is not None for r in rows)]

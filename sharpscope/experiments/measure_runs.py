@@ -1,26 +1,10 @@
 """Measures of finished runs, for ``sharpscope correlate``: every run folder's final checkpoint
 measured on the same seeded training subset (the labels trained on), one row per run with its
-training options, its final train/test metrics and the measures. Each run keeps what was
-measured in ``RUN/measures.json`` under a key naming the measure, its settings, the subset and
-the checkpoint's step, so a rerun (or another selection of measures, or another setting of one
-measure) computes only what is new, and a run trained further is measured again.
-
-The measures are those of :mod:`sharpscope.measure_table` whose settings :class:`MeasureSettings`
-provides (:func:`run_measures`; columns in parentheses):
-
-- ``lambda_max`` (lambda_max, lambda_ratio): top-5 Hessian eigenvalues (Lanczos);
-- ``trace`` (trace): Hutch++;
-- ``m_sharpness`` (m_sharpness_m<m>): the SAM paper's m-sharpness, fixed-step ascent;
-- ``gradcos`` (gradcos, surrogate_gap): the first- vs second-order SAM gradient at rho;
-- ``worst`` (worst): worst-case sharpness, APGD-style, p = 2 (sharpscope.measures);
-- ``worst_adaptive`` (worst_adaptive): adaptive worst case, p = inf, the measure that
-  correlated best in Andriushchenko et al. (ICML 2023) at their rho = 0.002 (the default here);
-- ``average`` / ``average_adaptive`` (average, average_adaptive): average case, p = 2;
-- ``weights`` (ww_alpha, ww_alpha_weighted, ww_log_norm, ww_log_spectral_norm, ww_log_alpha_norm,
-  ww_stable_rank): the data-free weight-spectrum measures' means over layers
-  (sharpscope.weight_spectra, after weightwatcher).
-
-Each ``worst*`` and ``average*`` measure also gives its error increase (column + ``_error``).
+training options, final train/test metrics and the measures: those of
+:mod:`sharpscope.measure_table` whose settings :class:`MeasureSettings` provides
+(:func:`run_measures`; worst_adaptive's rho 0.002 is Andriushchenko et al.'s, ICML 2023). Each run
+keeps them in ``RUN/measures.json`` under a key naming the measure, its settings and the
+checkpoint's step, so a rerun computes only what is new and a run trained further is measured again.
 """
 
 from __future__ import annotations
@@ -40,12 +24,13 @@ from ..provenance import describe, environment, recorded
 from ..errors import CheckpointError, ConfigError, ModelSpecError
 from ..models import check_factory_allowed
 from .files import write_json
+from .tables import run_columns
 
 __all__ = ["MeasureSettings", "RUN_MEASURES", "DEFAULT_MEASURES", "run_measures", "compute_measure", "find_runs",
            "run_row", "measure_run", "measure_runs", "varying_config_options"]
 
 _CACHE = "measures.json"
-# Config fields that say where or how a run was done, not what was trained: never a hyperparameter.
+# Config fields that say where or how a run was done: never a hyperparameter.
 _NOT_HYPERPARAMETERS = {"seed", "device", "data_root", "checkpoint_every", "keep_snapshots", "track", "track_every",
                         "track_samples", "compile", "channels_last",
                         "trained_in", "measured_in", "analysed_in"}  # provenance (warned about, not correlated)
@@ -53,8 +38,7 @@ _NOT_HYPERPARAMETERS = {"seed", "device", "data_root", "checkpoint_every", "keep
 
 @dataclass
 class MeasureSettings:
-    """How each measure is computed (a measure's cache key holds the settings it reads,
-    :attr:`sharpscope.measure_table.Measure.reads`)."""
+    """How each measure is computed (a cache key holds the settings its measure reads)."""
 
     samples: int = 512               # seeded training subset
     seed: int = 0
@@ -71,22 +55,18 @@ class MeasureSettings:
     average_draws: int = 50
 
 
-# Settings correlate fixes for every run (not in the cache key): the top 5 eigenvalues.
-_FIXED = {"top_k": 5}
-# The supporting columns correlate's rows hold beside each measure's value (worst*/average*:
-# the error increase).
-_DETAILS = ("error",)
+_FIXED = {"top_k": 5}  # fixed for every run (not in the cache key)
+_DETAILS = ("error",)  # the supporting columns of the rows (worst*/average*: the error increase)
 DEFAULT_MEASURES = ("lambda_max", "trace", "m_sharpness", "gradcos", "worst", "worst_adaptive", "average")
 
 
 def run_measures() -> list[str]:
-    """The measures of :mod:`sharpscope.measure_table` correlate can compute: those whose
-    settings :class:`MeasureSettings` provides (with the fixed top-k), in table order."""
+    """The measures whose settings :class:`MeasureSettings` provides (with the fixed top-k), in table order."""
     return measure_table.available([*(f.name for f in fields(MeasureSettings)), *_FIXED])
 
 
 def __getattr__(name: str) -> Any:
-    if name == "RUN_MEASURES":  # as before, name -> measure, read from the table when asked
+    if name == "RUN_MEASURES":  # name -> measure, read from the table when asked
         return {n: measure_table.MEASURES[n] for n in run_measures()}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -105,8 +85,7 @@ def compute_measure(name: str, model: nn.Module, batches: list, s: MeasureSettin
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
-    """Run folders (holding ``checkpoint.pt``) named in ``paths`` or found below them (a sweep's
-    or compare's output folder), sorted, each once."""
+    """Run folders (holding ``checkpoint.pt``) named in ``paths`` or found below them, sorted, each once."""
     found: list[Path] = []
     for p in map(Path, paths):
         if (p / "checkpoint.pt").is_file():
@@ -121,15 +100,19 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return unique
 
 
+def _read_cache(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / _CACHE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def _cache_key(name: str, s: MeasureSettings, step: int) -> str:
     return json.dumps({"measure": name, "settings": measure_table.MEASURES[name].key(_settings(s), _FIXED),
                        "step": step}, sort_keys=True)
 
 
 def run_row(run_dir: Path) -> dict[str, Any]:
-    """A run's row before measuring: its options (training configuration), where it was
-    trained, and status "finished" with its final train/test metrics, or "unfinished"
-    (diverged, interrupted) with nothing else."""
+    """A run's row before measuring: its options, where it was trained, and status "finished"
+    with :func:`~sharpscope.experiments.tables.run_columns` of its final metrics, or "unfinished"."""
     raw = read_checkpoint(run_dir / "checkpoint.pt")
     config, progress = raw.get("config") or {}, raw.get("progress") or {}
     metrics = raw.get("metrics") or []
@@ -137,26 +120,24 @@ def run_row(run_dir: Path) -> dict[str, Any]:
     if not metrics or not progress.get("finished"):  # diverged or interrupted: nothing to correlate
         return {"run": str(run_dir), "status": "unfinished", **_options(config), "trained_in": trained_in}
     return {"run": str(run_dir), "status": "finished", **_options(config), "trained_in": trained_in,
-            **{k: metrics[-1].get(k) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+            **run_columns(metrics[-1], ("train_loss", "train_acc", "test_loss", "test_acc"), {}),
             "_step": int(progress.get("step", 0)), "_model_spec": raw.get("model_spec")}
 
 
 def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
                 say: Callable[[str], None] = lambda what: None, row: dict[str, Any] | None = None,
                 allow_factory: bool | str = False) -> dict[str, Any]:
-    """One row: :func:`run_row` (or the ``row`` given) and, for a finished run, the measures
-    ``names`` (cached in ``run_dir/measures.json``, module docstring). ``allow_factory``: as for
-    :func:`~sharpscope.checkpoint.load_checkpoint`."""
+    """One row: :func:`run_row` (or ``row``) and, for a finished run, the measures ``names``
+    (cached in ``run_dir/measures.json``)."""
     names = measure_table.resolve_all(names)
     row = dict(run_row(run_dir) if row is None else row)
     step = row.pop("_step", 0)
     row.pop("_model_spec", None)
     if row["status"] != "finished":
         return row
-    cache_path = run_dir / _CACHE
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    cache = _read_cache(run_dir)
     model, batches = None, None
-    measured_in: list[str] = []
+    measured_in: dict[str, None] = {}
     for name in names:
         key = _cache_key(name, s, step)
         if key not in cache:
@@ -166,13 +147,11 @@ def measure_run(run_dir: Path, names: Sequence[str], s: MeasureSettings,
             start = time.perf_counter()
             cache[key] = {**compute_measure(name, model, batches, s), "seconds": time.perf_counter() - start,
                           "environment": environment()}  # what computed it: a rerun reuses it
-            write_json(cache_path, cache)  # after every measure: an interrupted run keeps what it did
+            write_json(run_dir / _CACHE, cache)  # after every measure: an interrupted run keeps what it did
         row.update({k: v for k, v in cache[key].items() if k not in ("seconds", "environment")})
         row[f"{name}_seconds"] = cache[key]["seconds"]
-        env = cache[key].get("environment")  # None: cached before sharpscope recorded it (skipped, like
-        where = describe(env) if env else None  # provenance.differences skips missing records)
-        if where and where not in measured_in:
-            measured_in.append(where)
+        if cache[key].get("environment"):  # None: cached before sharpscope recorded it (skipped)
+            measured_in[describe(cache[key]["environment"])] = None
     row["measured_in"] = " | ".join(measured_in) or None
     return row
 
@@ -186,13 +165,12 @@ def _model_and_batches(run_dir: Path, s: MeasureSettings, allow_factory: bool | 
 
 
 def _options(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The training options as row columns (dict values such as model_kwargs as sorted JSON)."""
+    """The training options as row columns (dicts and lists as sorted JSON)."""
     return {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in config.items()}
 
 
 def varying_config_options(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Training options that differ over the runs (seed and run mechanics aside): the
-    hyperparameters of the granulated correlation."""
+    """Training options that differ over the runs (seed and run mechanics aside)."""
     keys = dict.fromkeys(k for r in rows for k in r)
     skip = _NOT_HYPERPARAMETERS | {"run", "status", "train_loss", "train_acc", "test_loss", "test_acc"}
     return [k for k in keys if k not in skip and not k.endswith("_seconds") and k not in measure_table.MEASURES
@@ -202,12 +180,10 @@ def varying_config_options(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 def measure_runs(run_dirs: Sequence[Path], names: Sequence[str], s: MeasureSettings,
                  say: Callable[[str], None] = lambda what: None, min_train_acc: float = 0.0,
                  need: int = 0, allow_factory: bool | str = False) -> list[dict[str, Any]]:
-    """:func:`measure_run` for each run, in order, measuring only the runs
-    :func:`~sharpscope.experiments.correlate.run_status` keeps at ``min_train_acc`` (read from
-    each checkpoint first); the others' rows say "unfinished" or "underfit" and hold no
-    measure. Fewer than ``need`` kept runs (correlate: 3, a rank correlation's minimum) is
-    refused before anything is measured, and so is a kept run whose model is a custom factory
-    that ``allow_factory`` does not allow."""
+    """:func:`measure_run` for each run that :func:`~sharpscope.experiments.correlate.run_status`
+    keeps at ``min_train_acc`` (the others' rows say "unfinished" or "underfit"). Refused
+    (ConfigError, CheckpointError) before anything is measured: fewer than ``need`` kept runs, or
+    a kept run whose model is a factory ``allow_factory`` does not allow."""
     from .correlate import check_min_train_acc, run_status
 
     names = measure_table.resolve_all(names)
@@ -233,24 +209,15 @@ def measure_runs(run_dirs: Sequence[Path], names: Sequence[str], s: MeasureSetti
             _refuse_factory(run_dir, row, names, s, allow_factory)
     say(f"measuring {kept} of {len(rows)} runs" + (f" ({len(rows) - kept} unfinished or below --min-train-acc "
                                                    f"{min_train_acc:g} left out)" if kept < len(rows) else ""))
-    out = []
-    for run_dir, row in zip(run_dirs, rows):
-        if row["status"] == "finished":
-            out.append(measure_run(run_dir, names, s, say, row=row, allow_factory=allow_factory))
-        else:
-            row.pop("_step", None)
-            row.pop("_model_spec", None)
-            out.append(row)
-    return out
+    return [measure_run(run_dir, names, s, say, row=row, allow_factory=allow_factory)
+            for run_dir, row in zip(run_dirs, rows)]
 
 
 def _refuse_factory(run_dir: Path, row: dict[str, Any], names: Sequence[str], s: MeasureSettings,
                     allow_factory: bool | str) -> None:
-    """CheckpointError when :func:`measure_run` would have to build the model of the finished
-    run ``row`` (:func:`run_row`: a measure not cached) and it is a factory ``allow_factory``
-    does not allow (:func:`sharpscope.models.check_factory_allowed`; nothing is imported)."""
-    cache_path = run_dir / _CACHE
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    """CheckpointError when :func:`measure_run` would build the run's model (a measure not
+    cached) and it is a factory ``allow_factory`` does not allow (nothing is imported)."""
+    cache = _read_cache(run_dir)
     if all(_cache_key(n, s, row["_step"]) in cache for n in names):
         return
     try:

@@ -10,7 +10,7 @@ from ..io import atomic_write_bytes
 from ..provenance import describe, unlike_runs_warning
 from .verdicts import qualified_verdict
 
-__all__ = ["write_report", "summary_rows", "convergence_lines", "METRIC_NAMES"]
+__all__ = ["write_report", "convergence_lines", "METRIC_NAMES"]
 
 _FIGURES = [
     ("Paired differences to the baseline", "differences.png"),
@@ -50,26 +50,14 @@ def _order(metrics: set[str]) -> list[str]:
     return known + msh + sorted(metrics - set(known) - set(msh))
 
 
-def summary_rows(results: dict) -> list[dict[str, Any]]:
-    """One row per optimizer: each metric's mean over seeds and, but for the baseline, the
-    paired difference to the baseline with its interval, p-value and verdict."""
-    rows = []
-    for opt, r in results["optimizers"].items():
-        rows.append({"optimizer": opt.upper(), "summary": r["summary"], "difference": r.get("difference", {})})
-    return rows
-
-
 def summary_table(results: dict) -> list[str]:
     """Markdown rows: each metric's mean +/- std [95 % CI] per optimizer of a compare result."""
     metrics = _order(set().union(*(r["summary"] for r in results["optimizers"].values())))
     opts = list(results["optimizers"])
     lines = ["| metric | " + " | ".join(o.upper() for o in opts) + " |", "|---|" + "---|" * len(opts)]
     for m in metrics:
-        cells = []
-        for o in opts:
-            t = results["optimizers"][o]["summary"].get(m)
-            cells.append("n/a" if t is None else
-                         f"{_f(t['mean'])} +/- {_f(t['std'], '.2g')} [{_f(t['ci_low'])}, {_f(t['ci_high'])}]")
+        cells = ["n/a" if t is None else f"{_f(t['mean'])} +/- {_f(t['std'], '.2g')} [{_f(t['ci_low'])}, "
+                 f"{_f(t['ci_high'])}]" for t in (results["optimizers"][o]["summary"].get(m) for o in opts)]
         lines.append(f"| {_name(m)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -106,20 +94,15 @@ def gradcos_lines(results: dict) -> list[str]:
     return lines + [""]
 
 
-def _topology_text(topo: dict | None) -> str:
-    """", N local minima, mean saddle-minimum depth X" (empty for results written before topology existed)."""
-    if not topo:
-        return ""
-    return f", {topo['n_minima']} local minima, mean saddle-minimum depth {_f(topo['mean_depth'])}"
-
-
 def _first_seed_lines(results: dict) -> list[str]:
     lines = []
     for opt, r in results["optimizers"].items():
-        surf = r["surface"]
+        surf, topo = r["surface"], r["surface"].get("topology")
+        minima = (f", {topo['n_minima']} local minima, mean saddle-minimum depth {_f(topo['mean_depth'])}"
+                  if topo else "")
         lines.append(f"- {opt.upper()} (seed {surf['seed']}): loss surface centre {_f(surf['centre_loss'])}, mean "
                      f"increase at radius 0.5: {_f(surf['loss_increase_at_radius'].get('0.5'))}, basin width "
-                     f"{_f(surf['basin_width'])}" + _topology_text(surf.get("topology")))
+                     f"{_f(surf['basin_width'])}{minima}")
     if "interpolation" in results:
         it = results["interpolation"]
         lines.append(f"- interpolation (seed {it['seed']}): loss at the first minimum {_f(it['centre_loss'])}, at the "
@@ -128,8 +111,7 @@ def _first_seed_lines(results: dict) -> list[str]:
 
 
 def _environment_lines(results: dict) -> list[str]:
-    """What trained the runs and what analysed them (empty for results written before
-    sharpscope recorded its environment)."""
+    """What trained the runs and what analysed them (none recorded: nothing)."""
     if "environment" not in results:
         return []
     envs = [e.get("trained_in") for r in results["optimizers"].values() for e in r["seeds"].values()]
@@ -153,8 +135,7 @@ def _environment_lines(results: dict) -> list[str]:
 
 
 def convergence_lines(results: dict) -> list[str]:
-    """What "converged" means and which runs had not (empty for results written before
-    sharpscope judged convergence)."""
+    """What "converged" means and which runs had not (none judged: nothing)."""
     conv = results.get("convergence")
     if not conv:
         return []

@@ -16,9 +16,8 @@ __all__ = ["stored_config", "refuse_other_settings"]
 
 
 def stored_config(run_dir: Path) -> dict[str, Any] | None:
-    """The training configuration held in ``run_dir`` (its checkpoint, or the marker a
-    diverged sweep run leaves), through TrainConfig so that options added since it was saved
-    take their defaults; None for an empty folder."""
+    """The training configuration in ``run_dir`` (checkpoint or ``diverged.json``), through
+    TrainConfig so that newer options take their defaults; None for an empty folder."""
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists():
         return TrainConfig.from_dict(read_checkpoint(ckpt).get("config") or {}).to_dict()
@@ -28,15 +27,13 @@ def stored_config(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-# What is tracked during a run does not change what is trained (tracking leaves the weights and
-# the random stream alone, sharpscope.train.tracking): a run tracked otherwise is still the same run.
+# Tracking leaves the weights and the random stream alone: a run tracked otherwise is the same run.
 _MEASURED_ONLY = {"track", "track_every", "track_samples"}
 
 
 def refuse_other_settings(run_dir: Path, wanted: Mapping[str, Any]) -> None:
-    """A ConfigError naming the options in which the run ``run_dir`` holds differs from
-    ``wanted`` (a ``TrainConfig.to_dict()``), tracking options aside; nothing when the folder
-    is empty or agrees."""
+    """ConfigError naming the options (tracking aside) in which the run in ``run_dir`` differs
+    from ``wanted`` (a ``TrainConfig.to_dict()``)."""
     stored = stored_config(run_dir)
     if stored is None:
         return

@@ -1,39 +1,15 @@
-"""Sweeps: train the product of option lists over seeds, analyse every run, tabulate.
+"""Sweeps: train the product of :class:`~sharpscope.train.TrainConfig` option lists
+(``{"optimizer": ["sgd", "sam"], "rho": [0.05, 0.1]}``) over seeds, analyse every run, tabulate.
+Options an optimizer does not read collapse (SGD is trained once per remaining setting, not
+once per rho, and its rows leave them empty).
 
-A sweep is a grid of :class:`~sharpscope.train.TrainConfig` options (``{"optimizer":
-["sgd", "sam"], "rho": [0.05, 0.1], "label_noise": [0.0, 0.4]}``) times a list of seeds.
-Options an optimizer does not read collapse: SGD ignores rho, p, m, eta and the
-second-order switch, so it is trained once per remaining setting, not once per rho, and its
-rows leave those options empty. Every run gets its own folder, named from its options,
-and is analysed with a chosen set of analyses at one work profile.
-
-Layout of ``out_dir``::
-
-    runs/<name>/              one training run (checkpoint.pt, metrics.jsonl), named from its
-                              options, e.g. sam_rho0.05_m16_seed0 (a hash when too long)
-    runs/<name>/analysis.json its analyses, each stored with the settings that made it
-                              (versioned: sharpscope.experiments.cache)
-    runs/<name>/diverged.json a run whose loss diverged (not retrained when rerun)
-    sweep.json                the sweep's configuration and its runs
-    results.csv, .json        one row per run: options, seed, every metric
-    summary.csv, .json        per setting (options without seed): mean, std and Student-t CI
-                              of every metric, and the paired difference to the matching SGD
-                              setting (same other options, same seeds) with CI, p-value, verdict
-    figures/<metric>_vs_<option>.png
-
-Everything is resumable: a finished run is reused when its stored configuration equals the
-one asked (a folder holding other settings is refused), an interrupted run continues where
-it stopped (``train(..., resume=True)``: bit-for-bit the same weights), and an analysis is
-reused when its settings match. Several sweeps may share ``out_dir``: a run's folder name
-depends only on its own configuration, so a new grid reuses every run it has in common
-with an old one.
-
-``jobs > 1`` trains that many runs at once in separate processes (spawned, so that no
-process inherits another's threads or locks). Each worker uses ``max(1, cores // jobs)``
-intra-op threads: torch's default is one thread per core in every process, and two
-processes each running two threads on two cores oversubscribe them; on this project's
-2-core machines that took 2.5-3x the wall time of single-thread workers, and 11x while
-another process wanted the cores (BENCHMARKS.md, ``benchmarks/bench_sweep_jobs.py``).
+Layout of ``out_dir``: ``runs/<name>/`` (one run, named from its own configuration, e.g.
+sam_rho0.05_m16_seed0, with its ``analysis.json`` or ``diverged.json``), ``sweep.json``,
+``results.csv/.json`` (a row per run), ``summary.csv/.json`` (per setting: mean, std and
+Student-t CI of every metric and the paired difference to the matching SGD setting) and
+``figures/<metric>_vs_<option>.png``. Everything is resumable, and sweeps sharing ``out_dir``
+share the runs they have in common. ``jobs > 1`` workers use ``max(1, cores // jobs)`` threads
+each: one per core in every process oversubscribes the cores (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -41,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -52,15 +29,15 @@ from ..optim import registry
 from ..provenance import differences, unlike_runs_warning
 from ..train import Callback, TrainConfig
 from .. import measure_table
-from .analyses import analyse_selected, analysis_names
+from .analyses import PROFILES, analyse_selected, analysis_names
 from .correlate import DEFAULT_MIN_TRAIN_ACC, check_min_train_acc
 from .engine import RunOutcome, RunTask, check_models, run_tasks
-from .files import read_json, read_results, write_json
+from .files import read_results, write_json
 from .grid import (PERTURBATION_OPTIONS, RunSpec, expand_grid, flag, option_name, parse_seeds, parse_values,
                    plain_option, show_value, sweepable_options, uses_option)
 from .runs import refuse_other_settings
-from .tables import (RESULTS_KIND, metric_names, run_row, summarize_rows, sweep_convergence, varying_options,
-                     write_tables)
+from .tables import (RESULTS_KIND, metric_names, read_sweep_results, run_row, summarize_rows, sweep_convergence,
+                     varying_options, write_tables)
 
 __all__ = [
     "SweepConfig", "SweepResult", "RunSpec", "RunOutcome", "run_sweep", "replot", "expand_grid",
@@ -69,33 +46,24 @@ __all__ = [
     "varying_options", "sweep_convergence", "default_plots", "RESULTS_KIND",
 ]
 
-# The analyses a sweep can run on each finished run are the measures of sharpscope.measure_table
-# that AnalysisSettings provides (analyses.analysis_names). By default lambda_max (Lanczos),
-# the surrogate gap and the first-/second-order gradient cosine (one HVP), and m-sharpness:
-# the three quantities SAM papers report, at a fraction of the cost of the trace and the density.
+# The three quantities SAM papers report, at a fraction of the cost of the trace and the density.
 DEFAULT_ANALYSES = ("lambda_max", "gradcos", "m_sharpness")
 
 
 def __getattr__(name: str) -> Any:
-    if name == "ANALYSES":  # as before: the analyses a sweep can run, read from the table when asked
+    if name == "ANALYSES":  # the analyses a sweep can run, read from the table when asked
         return tuple(analysis_names())
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
 class SweepConfig:
-    """What a sweep trains and how it analyses each run.
-
-    ``grid`` maps TrainConfig field names (dashes allowed) to lists of values, or to comma
-    strings parsed by :func:`parse_values`; ``seeds`` is a list or a count N (seeds 0..N-1);
-    ``base`` holds TrainConfig fields every run shares (e.g. ``model_kwargs``, ``n_train``,
-    ``data_root``; snapshots are off unless ``keep_snapshots=True``). ``analyses`` are measures
-    of :func:`~sharpscope.experiments.analyses.analysis_names` (old names accepted with a
-    notice) at the work ``profile`` of :data:`sharpscope.experiments.analyses.PROFILES`;
-    m-sharpness and the gradient cosine use ``analysis_rho`` for every run, so that their
-    columns compare minima rather than probes of different sizes; ``analysis_m`` (a list or a
-    comma string of positive ints) replaces the profile's m values of m-sharpness.
-    """
+    """What a sweep trains and how it analyses each run. ``grid``: TrainConfig field -> values
+    (a list or a comma string, :func:`parse_values`); ``seeds``: a list or a count; ``base``:
+    fields every run shares (snapshots off unless asked). ``analyses`` (measures of
+    :func:`~sharpscope.experiments.analyses.analysis_names`) run at the ``profile``'s work, with
+    one ``analysis_rho`` for every run (the columns compare minima, not probes of different
+    sizes); ``analysis_m`` replaces the profile's m values."""
 
     grid: dict[str, Any] = field(default_factory=lambda: {"optimizer": ["sgd", "sam"]})
     seeds: Any = field(default_factory=lambda: [0])
@@ -137,22 +105,19 @@ class SweepConfig:
         if len(set(analyses)) != len(analyses):
             raise ConfigError(f"--analyses names an analysis twice: {', '.join(analyses)}")
         self.analyses = [a for a in known if a in analyses]
-        from .analyses import PROFILES
         if self.profile not in PROFILES:
             raise ConfigError(f"unknown profile {self.profile!r}; choose from {', '.join(PROFILES)}")
         self.analysis_rho = finite_float("--analysis-rho", self.analysis_rho, at_least=0)
         if self.analysis_m is not None:
             ms = parse_values("m", self.analysis_m, "--analysis-m")
-            if not ms or any(m is None or m < 1 for m in ms) or len(set(ms)) != len(ms):
+            if any(m is None or m < 1 for m in ms):  # parse_values refused empty lists and duplicates
                 raise ConfigError(f"--analysis-m expects distinct positive sizes, e.g. 1,4,16,64; got "
                                   f"{self.analysis_m!r}")
             self.analysis_m = sorted(ms)
         self.runs()  # every run's TrainConfig is valid before the first one trains
 
     def settings(self) -> Any:
-        """The :class:`~sharpscope.experiments.analyses.AnalysisSettings` of the profile (with
-        ``analysis_m`` as its m values when given)."""
-        from .analyses import PROFILES
+        """The profile's AnalysisSettings, with ``analysis_m`` as its m values when given."""
         s = PROFILES[self.profile]
         return s if self.analysis_m is None else replace(s, m_values=list(self.analysis_m))
 
@@ -165,11 +130,6 @@ class SweepConfig:
                 "profile": self.profile, "analysis_rho": self.analysis_rho, "analysis_m": self.analysis_m}
 
 
-
-
-# ---------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------
 def parse_plot(text: str) -> tuple[str, str]:
     """``"test_acc:rho"`` -> ("test_acc", "rho"): METRIC:OPTION."""
     metric, sep, option = text.partition(":")
@@ -178,12 +138,17 @@ def parse_plot(text: str) -> tuple[str, str]:
     return metric.strip().replace("-", "_"), option_name(option)
 
 
-def _check_plots(plots: Sequence[tuple[str, str]], metrics: Sequence[str], options: Sequence[str]) -> None:
-    for metric, option in plots:
+def _wanted(grid: Mapping[str, Sequence[Any]], analyses: Sequence[str], plots: Sequence[tuple[str, str] | str] | None,
+            metrics: Sequence[str], options: Sequence[str]) -> list[tuple[str, str]]:
+    """The METRIC:OPTION figures asked (None: :func:`default_plots`), each checked."""
+    wanted = default_plots(grid, analyses) if plots is None else \
+        [parse_plot(p) if isinstance(p, str) else (p[0], option_name(p[1])) for p in plots]
+    for metric, option in wanted:
         if metric not in metrics:
             raise ConfigError(f"--plot: no metric {metric!r} in this sweep; choose from {', '.join(metrics)}")
         if option not in options:
             raise ConfigError(f"--plot: {option!r} is not an option of this sweep; choose from {', '.join(options)}")
+    return wanted
 
 
 def default_plots(grid: Mapping[str, Sequence[Any]], analyses: Sequence[str]) -> list[tuple[str, str]]:
@@ -205,7 +170,8 @@ def _draw(rows: Sequence[Mapping[str, Any]], options: Sequence[str], plots_wante
 
     written: list[Path] = []
     for metric, option in plots_wanted:
-        others = [o for o in options if o not in (option, "seed") and len({_key(r.get(o)) for r in rows}) > 1]
+        others = [o for o in options
+                  if o not in (option, "seed") and len({json.dumps(r.get(o), default=str) for r in rows}) > 1]
         groups: dict[str, dict[Any, dict[Any, Any]]] = {}
         for r in rows:
             parts = [str(r.get("optimizer"))] if "optimizer" in others else []
@@ -219,13 +185,6 @@ def _draw(rows: Sequence[Mapping[str, Any]], options: Sequence[str], plots_wante
     return written
 
 
-def _key(value: Any) -> str:
-    return json.dumps(value, default=str)
-
-
-# ---------------------------------------------------------------------------------------
-# The sweep
-# ---------------------------------------------------------------------------------------
 @dataclass
 class SweepResult:
     """What :func:`run_sweep` did and wrote."""
@@ -245,25 +204,11 @@ class SweepResult:
     @property
     def counts(self) -> dict[str, int]:
         """How many runs were trained, resumed, reused, diverged."""
-        out: dict[str, int] = {}
-        for o in self.outcomes:
-            out[o.status] = out.get(o.status, 0) + 1
-        return out
+        return dict(Counter(o.status for o in self.outcomes))
 
     @property
     def analyses_computed(self) -> int:
         return sum(v == "computed" for o in self.outcomes for v in o.analysis_status.values())
-
-
-def _check_out(out: Path) -> None:
-    """Refuse a folder that holds something other than a sweep (a compare or a training run)."""
-    results = out / "results.json"
-    if results.exists():
-        stored = read_results(out)
-        if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
-            raise ConfigError(f"{out} holds a results.json that is not a sweep's; choose another --out")
-    if (out / "checkpoint.pt").exists():
-        raise ConfigError(f"{out} holds a training run; choose another --out")
 
 
 def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int = 1,
@@ -274,26 +219,14 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
               threads: int | None = None, correlate: bool = False, deterministic: bool = False,
               min_train_acc: float = DEFAULT_MIN_TRAIN_ACC) -> SweepResult:
     """Train every run of ``config`` into ``out_dir/runs``, analyse them, write the tables and
-    figures (module docstring); returns a :class:`SweepResult`.
-
-    ``jobs`` runs at once in spawned worker processes with ``max(1, cores // jobs)`` threads
-    each (``threads`` overrides that; runs that need no work are read here, without a
-    worker; ``jobs=1`` runs in this process with its own threads). ``plots``: METRIC:OPTION
-    pairs (strings or tuples); None draws :func:`default_plots`, ``[]`` none. ``say`` gets one
-    progress line at a time ("[3/24] sam rho=0.05 seed=0: training epoch 4/10 ...").
-    ``callbacks_for(spec)`` adds training callbacks to a run (pickled to the worker when
-    ``jobs > 1``); ``on_run_done(spec, outcome)`` is called here as each run completes.
-    ``correlate``: also the rank correlations of every measure with the generalization gap
-    over the runs that :func:`sharpscope.experiments.correlate.select_runs` keeps at
-    ``min_train_acc`` (:func:`~sharpscope.experiments.correlate.report_correlations`, the path
-    ``sharpscope correlate`` takes).
-    ``deterministic``: the workers run with :func:`sharpscope.determinism.enable_deterministic`
-    and ``threads`` (default 1, not a share of the cores, so the bits do not depend on ``jobs``);
-    with ``jobs=1`` the caller sets up this process (the CLI's ``--deterministic`` does).
-
-    Ctrl-C (or a callback's ``stop_requested``) saves the running runs at their next step and
-    raises KeyboardInterrupt; the same call again continues them and reuses the rest.
-    """
+    figures (module docstring); returns a :class:`SweepResult`. ``jobs``, ``threads``,
+    ``deterministic``: as :func:`~sharpscope.experiments.engine.run_tasks` (deterministic workers
+    use ``threads``, default 1, so the bits do not depend on ``jobs``; with ``jobs=1`` the caller
+    sets up this process). ``plots``: METRIC:OPTION pairs; None draws :func:`default_plots`.
+    ``callbacks_for(spec)``: training callbacks of a run (pickled to its worker).
+    ``correlate``: also :func:`~sharpscope.experiments.correlate.report_correlations` over the
+    runs kept at ``min_train_acc``. Ctrl-C saves the running runs and raises KeyboardInterrupt;
+    the same call again continues them."""
     start = time.perf_counter()
     jobs = int_at_least("--jobs", jobs, 1)
     min_train_acc = check_min_train_acc(min_train_acc)
@@ -335,15 +268,17 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike[str], *, jobs: int
 
 def _prepare(config: SweepConfig, out: Path, specs: Sequence[RunSpec], options: Sequence[str],
              metrics: Sequence[str], plots: Sequence[tuple[str, str] | str] | None) -> list[tuple[str, str]]:
-    """Every check before the first folder is written or run trained (the figures asked, the
-    output folder, every run folder, every model), then ``sweep.json``: the figures to draw."""
+    """Every check before the first folder is written or run trained, then ``sweep.json``: the
+    figures to draw."""
     clash = sorted(set(metrics) & set(options))
     if clash:  # a training option named like a metric would share its column
         raise ConfigError(f"grid option {clash[0]!r} has the name of a metric")
-    wanted = default_plots(config.grid, config.analyses) if plots is None else \
-        [parse_plot(p) if isinstance(p, str) else (p[0], option_name(p[1])) for p in plots]
-    _check_plots(wanted, metrics, options)
-    _check_out(out)
+    wanted = _wanted(config.grid, config.analyses, plots, metrics, options)
+    stored = read_results(out) if (out / "results.json").exists() else {"kind": RESULTS_KIND}
+    if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
+        raise ConfigError(f"{out} holds a results.json that is not a sweep's; choose another --out")
+    if (out / "checkpoint.pt").exists():
+        raise ConfigError(f"{out} holds a training run; choose another --out")
     for spec in specs:  # every folder is checked before the first run trains
         refuse_other_settings(out / "runs" / spec.name, spec.config)
     check_models(specs)
@@ -356,19 +291,13 @@ def _prepare(config: SweepConfig, out: Path, specs: Sequence[RunSpec], options: 
 def replot(out_dir: str | os.PathLike[str], plots: Sequence[tuple[str, str] | str] | None = None,
            formats: Sequence[str] = ("png",), correlate: bool = False,
            min_train_acc: float = DEFAULT_MIN_TRAIN_ACC) -> list[Path]:
-    """Redraw the figures of a finished sweep from ``out_dir/results.json`` (no training);
-    ``correlate``: also (re)compute its correlation tables and figures (runs kept at
-    ``min_train_acc``)."""
+    """Redraw the figures of a finished sweep from ``out_dir/results.json``; ``correlate``: also
+    its correlation tables and figures."""
     min_train_acc = check_min_train_acc(min_train_acc)
     out = Path(out_dir)
-    stored = read_results(out)
-    if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
-        raise ConfigError(f"no finished sweep in {out} (results.json missing or not a sweep's)")
+    stored = read_sweep_results(out)
     options, metrics, rows = stored["options"], stored["metrics"], stored["rows"]
-    grid = stored["config"]["grid"]
-    wanted = default_plots(grid, stored["config"]["analyses"]) if plots is None else \
-        [parse_plot(p) if isinstance(p, str) else (p[0], option_name(p[1])) for p in plots]
-    _check_plots(wanted, metrics, options)
+    wanted = _wanted(stored["config"]["grid"], stored["config"]["analyses"], plots, metrics, options)
     written = _draw(rows, options, wanted, out / "figures", formats)
     if correlate:
         written += _correlate(rows, options, out, formats, min_train_acc)[1]
@@ -377,8 +306,7 @@ def replot(out_dir: str | os.PathLike[str], plots: Sequence[tuple[str, str] | st
 
 def _correlate(rows: Sequence[Mapping[str, Any]], options: Sequence[str], out: Path, formats: Sequence[str],
                min_train_acc: float) -> tuple[Any, list[Path]]:
-    """The sweep's rank correlations over the runs kept at ``min_train_acc``; the granulated
-    coefficients vary the options that vary over those runs."""
+    """The sweep's rank correlations over the runs kept at ``min_train_acc``."""
     from .correlate import report_correlations, select_runs
     kept = select_runs(rows, min_train_acc)[0]
     return report_correlations(rows, out, formats, hyperparameters=varying_options(kept, options),

@@ -4,33 +4,31 @@ the convergence of the runs."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .. import measure_table
+from ..errors import ConfigError
 from ..optim.registry import PERTURBATION_OPTIONS
 from ..provenance import describe, environment
 from .engine import RunOutcome
-from .files import RESULTS_SCHEMA, write_csv, write_json
+from .files import RESULTS_SCHEMA, read_results, write_csv, write_json
 from .grid import RunSpec
-from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, unconverged_warning
+from .verdicts import CI_METHOD_TEXT, CONVERGENCE_DEFINITION, METRIC_BOUNDS, finite_number, unconverged_warning
 
-__all__ = ["RESULTS_KIND", "metric_names", "run_row", "varying_options", "summarize_rows", "summary_records",
-           "sweep_convergence", "write_tables"]
+__all__ = ["RESULTS_KIND", "metric_names", "run_columns", "run_row", "varying_options", "summarize_rows",
+           "summary_records", "sweep_convergence", "read_sweep_results", "write_tables"]
 
-# The supporting columns a sweep's rows hold beside each measure's values (the trace's standard error).
-_DETAILS = ("stderr",)
+_DETAILS = ("stderr",)  # the supporting columns a sweep's rows hold (the trace's standard error)
 _TRAIN_METRICS = ("train_loss", "train_acc", "train_loss_clean", "train_acc_clean", "test_loss", "test_acc",
                   "perturbed_loss")
 RESULTS_KIND = "sharpscope sweep"
 
 
 def metric_names(analyses: Sequence[str], settings: Any) -> list[str]:
-    """The metric columns a sweep with these analyses writes (m-sharpness: one per m of the
-    profile; fewer when a run has fewer examples than m)."""
+    """The metric columns a sweep with these analyses writes (m-sharpness: one per m of the profile)."""
     names = list(_TRAIN_METRICS) + ["epochs_done", "train_seconds"]
     chosen = measure_table.resolve_all(analyses, "analysis")
     for name in [n for n in measure_table.MEASURES if n in chosen]:
@@ -40,17 +38,24 @@ def metric_names(analyses: Sequence[str], settings: Any) -> list[str]:
     return names
 
 
-def run_row(spec: RunSpec, outcome: RunOutcome) -> dict[str, Any]:
-    f = outcome.final
-    row: dict[str, Any] = {"run": spec.name, "status": outcome.status, **spec.options}
-    for key in _TRAIN_METRICS:
-        row[key] = f.get(key)
-    row["epochs_done"] = outcome.epochs
-    row["train_seconds"] = outcome.train_seconds if outcome.epochs else None
-    a = outcome.analyses
+def run_columns(final: Mapping[str, Any], keys: Sequence[str], analyses: Mapping[str, Any],
+                details: Sequence[str] = ()) -> dict[str, Any]:
+    """THE flattener of a run into row columns (sweep, compare, correlate): the final epoch's
+    ``keys`` (None where missing), then the columns (with ``details``) of every measure of
+    :mod:`sharpscope.measure_table` in ``analyses`` (name -> result), in table order."""
+    row = {k: final.get(k) for k in keys}
     for name, measure in measure_table.MEASURES.items():
-        if name in a:
-            row.update(measure.columns_of(a[name], _DETAILS))
+        if name in analyses:
+            row.update(measure.columns_of(analyses[name], details))
+    return row
+
+
+def run_row(spec: RunSpec, outcome: RunOutcome) -> dict[str, Any]:
+    """A sweep's row: the run, its options, :func:`run_columns` and where it was made."""
+    a = outcome.analyses
+    row: dict[str, Any] = {"run": spec.name, "status": outcome.status, **spec.options,
+                           **run_columns(outcome.final, _TRAIN_METRICS, a, _DETAILS), "epochs_done": outcome.epochs,
+                           "train_seconds": outcome.train_seconds if outcome.epochs else None}
     if a:
         row["analysis_seconds"] = float(sum(r.get("wall_time", 0.0) for r in a.values()))
     row["converged"] = outcome.convergence["converged"] if outcome.convergence else None
@@ -61,25 +66,18 @@ def run_row(spec: RunSpec, outcome: RunOutcome) -> dict[str, Any]:
 
 
 def varying_options(rows: Sequence[Mapping[str, Any]], options: Sequence[str]) -> list[str]:
-    """The options (seed aside) that take more than one value over ``rows``: the
-    hyperparameters of the granulated correlations."""
+    """The options (seed aside) that take more than one value over ``rows``."""
     return [o for o in options if o != "seed" and len({repr(r.get(o)) for r in rows}) > 1]
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def summarize_rows(rows: Sequence[Mapping[str, Any]], options: Sequence[str], metrics: Sequence[str],
                    confidence: float = 0.95, baseline: str = "sgd", every_seed: bool = False) -> list[dict[str, Any]]:
     """THE summarizer of runs over seeds (``sweep`` and ``compare``). Per setting (the rows'
-    values of ``options``, seed excluded): the :func:`sharpscope.stats.summarize` of every
-    metric over its seeds (finite values only), and for a setting of another optimizer than
-    ``baseline`` the :func:`sharpscope.stats.paired_difference` (setting - baseline) against
-    the ``baseline`` setting with the same non-perturbation options, over the seeds both have
-    (``"vs_sgd"``), marked ``about_unconverged_runs`` when a run of the pair had not converged.
-    ``every_seed``: a metric some seed of the setting lacks is left out, and a difference
-    is taken only over metrics every seed of both settings has (else None)."""
+    values of ``options``): :func:`sharpscope.stats.summarize` of every metric's finite values
+    and, for another optimizer than ``baseline``, :func:`sharpscope.stats.paired_difference`
+    (setting - baseline) to the ``baseline`` setting with the same non-perturbation options
+    over the seeds both have (``"vs_sgd"``, marked ``about_unconverged_runs`` when a run of the
+    pair had not converged). ``every_seed``: only metrics every seed of both settings has."""
     settings: dict[tuple, list[Mapping[str, Any]]] = {}
     for row in rows:
         settings.setdefault(tuple(row.get(o) for o in options), []).append(row)
@@ -96,7 +94,7 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], options: Sequence[str], me
                                  "unconverged": sum(r.get("converged") is False for r in group), "metrics": {}}
         base = bases.get(baseline_key(key)) if opts.get("optimizer") != baseline else None
         for metric in metrics:
-            if every_seed and not all(_finite(r.get(metric)) for r in group):
+            if every_seed and not all(finite_number(r.get(metric)) for r in group):
                 continue
             entry["metrics"][metric] = _metric_statistics(metric, group, base, confidence, every_seed)
         out.append(entry)
@@ -105,18 +103,17 @@ def summarize_rows(rows: Sequence[Mapping[str, Any]], options: Sequence[str], me
 
 def _metric_statistics(metric: str, group: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]] | None,
                        confidence: float, every_seed: bool) -> dict[str, Any]:
-    """One metric of one setting (:func:`summarize_rows`): its summary over the setting's
-    rows and, given the baseline's rows, the paired difference to them."""
+    """One metric of one setting (:func:`summarize_rows`): its summary and the paired difference."""
     from .. import stats
 
     bounds = METRIC_BOUNDS.get(metric)
-    values = [r.get(metric) for r in group if _finite(r.get(metric))]
+    values = [r.get(metric) for r in group if finite_number(r.get(metric))]
     item: dict[str, Any] = {"summary": stats.summarize(values, confidence, bounds).to_dict() if values else None}
     if base is not None:
         mine = {r["seed"]: r.get(metric) for r in group}
         theirs = {r["seed"]: r.get(metric) for r in base}
-        seeds = [s for s in mine if s in theirs and _finite(mine[s]) and _finite(theirs[s])]
-        if every_seed and not (len(seeds) == len(mine) and all(_finite(v) for v in theirs.values())):
+        seeds = [s for s in mine if s in theirs and finite_number(mine[s]) and finite_number(theirs[s])]
+        if every_seed and not (len(seeds) == len(mine) and all(finite_number(v) for v in theirs.values())):
             seeds = []
         item["vs_sgd"] = (stats.paired_difference([theirs[s] for s in seeds], [mine[s] for s in seeds],
                                                   confidence, bounds).to_dict() if seeds else None)
@@ -127,37 +124,38 @@ def _metric_statistics(metric: str, group: Sequence[Mapping[str, Any]], base: Se
 
 
 _SUMMARY_FIELDS = ("n", "mean", "std", "ci_low", "ci_high")
-_DIFF_FIELDS = ("n", "mean", "std", "ci_low", "ci_high", "p_value", "verdict")
+_DIFF_COLUMNS = {k: f"diff_{k}" for k in _SUMMARY_FIELDS} | {"p_value": "p_value", "verdict": "verdict"}
 
 
 def summary_records(summary: Sequence[Mapping[str, Any]], options: Sequence[str]) -> tuple[list[str], list[dict]]:
-    """summary.csv: one record per setting and metric; ``unconverged`` counts the setting's
-    runs that had not converged, and ``verdict_about_unconverged_runs`` marks a verdict that
-    compares such runs (verdicts.py)."""
-    header = [*options, "metric", "unconverged", *_SUMMARY_FIELDS,
-              *(f"diff_{k}" if k not in ("p_value", "verdict") else k for k in _DIFF_FIELDS),
+    """summary.csv's header and records: one per setting and metric."""
+    header = [*options, "metric", "unconverged", *_SUMMARY_FIELDS, *_DIFF_COLUMNS.values(),
               "verdict_about_unconverged_runs"]
     records = []
     for entry in summary:
         for metric, item in entry["metrics"].items():
-            rec: dict[str, Any] = {**entry["options"], "metric": metric, "unconverged": entry.get("unconverged")}
-            for k in _SUMMARY_FIELDS:
-                rec[k] = (item["summary"] or {}).get(k)
-            diff = item.get("vs_sgd") or {}
-            for k in _DIFF_FIELDS:
-                rec[k if k in ("p_value", "verdict") else f"diff_{k}"] = diff.get(k)
-            rec["verdict_about_unconverged_runs"] = diff.get("about_unconverged_runs")
-            records.append(rec)
+            summ, diff = item["summary"] or {}, item.get("vs_sgd") or {}
+            records.append({**entry["options"], "metric": metric, "unconverged": entry.get("unconverged"),
+                            **{k: summ.get(k) for k in _SUMMARY_FIELDS},
+                            **{column: diff.get(k) for k, column in _DIFF_COLUMNS.items()},
+                            "verdict_about_unconverged_runs": diff.get("about_unconverged_runs")})
     return header, records
 
 
 def sweep_convergence(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The convergence definition, the runs (by name) that had not converged and the warning
-    (None when all converged; diverged runs are counted as failures elsewhere)."""
+    """The convergence definition, the runs that had not converged and the warning (None: all did)."""
     names = [str(r["run"]) for r in rows if r.get("converged") is False]
     judged = sum(r.get("converged") is not None for r in rows)
     return {"definition": CONVERGENCE_DEFINITION, "unconverged": names,
             "warning": unconverged_warning(names, judged)}
+
+
+def read_sweep_results(out: Path) -> dict[str, Any]:
+    """A finished sweep's results.json, else ConfigError."""
+    stored = read_results(out)
+    if not (isinstance(stored, dict) and stored.get("kind") == RESULTS_KIND):
+        raise ConfigError(f"no finished sweep in {out} (results.json missing or not a sweep's)")
+    return stored
 
 
 def write_tables(out: Path, config: Mapping[str, Any], rows: list[dict], summary: list[dict], options: list[str],
@@ -165,17 +163,14 @@ def write_tables(out: Path, config: Mapping[str, Any], rows: list[dict], summary
     header = ["run", "status", *options, *metrics, "converged", "trained_in", "analysed_in", "notes"]
     write_csv(out / "results.csv", header, rows)
     convergence = sweep_convergence(rows)
-    write_json(out / "results.json", {"kind": RESULTS_KIND, "schema": RESULTS_SCHEMA,
-                                       "config": dict(config), "options": options,
-                                       "metrics": metrics, "rows": rows, "environment": environment(),
-                                       "environment_differences": unlike,
-                                       "analysis_environment_differences": unlike_analyses,
-                                       "convergence": convergence,
+    write_json(out / "results.json", {"kind": RESULTS_KIND, "schema": RESULTS_SCHEMA, "config": dict(config),
+                                       "options": options, "metrics": metrics, "rows": rows,
+                                       "environment": environment(), "environment_differences": unlike,
+                                       "analysis_environment_differences": unlike_analyses, "convergence": convergence,
                                        "warnings": [convergence["warning"]] if convergence["warning"] else []})
     setting_options = [o for o in options if o != "seed"]
     s_header, s_records = summary_records(summary, setting_options)
     write_csv(out / "summary.csv", s_header, s_records)
     write_json(out / "summary.json", {"kind": RESULTS_KIND, "confidence": 0.95, "ci_method": CI_METHOD_TEXT,
                                        "difference": "setting - matching SGD setting, paired by seed",
-                                       "convergence": convergence, "options": setting_options,
-                                       "settings": summary})
+                                       "convergence": convergence, "options": setting_options, "settings": summary})

@@ -1,19 +1,12 @@
 """What a compare's or a sweep's verdicts may claim: the ranges of bounded metrics (their
 intervals are clipped to them) and whether a run had converged when it stopped.
 
-Convergence (:func:`run_convergence`). A run has *converged* when it fits its training labels,
-final train accuracy >= ``CONVERGED_TRAIN_ACC`` (0.99, the level Jiang et al. 2020 train to),
-or when its training loss has levelled off: its last ``k = max(1, ceil(E / 4))`` epochs (E the
-epochs recorded) brought less than ``STILL_FALLING`` (10 %) of the decrease since the first
-epoch's record, (L[E-k] - L[E]) / (L[1] - L[E]) < 0.1. Otherwise it was still learning its
-training set when it stopped: its test accuracy, curvature and sharpness describe a point on
-the way, not a minimum, and a verdict comparing such runs is about unconverged runs. The
-share of the total decrease, not a relative drop, is what tells a plateau from a stall: a run
-crawling from 1.10 to 1.07 at a tiny learning rate drops under 1 % per epoch yet made a third
-of its progress in its last epoch. Two epochs (k = 1, the share is 1) or a loss that did not
-fall are never levelled off. Train accuracy and loss are the means over the epoch's
-mini-batches on the labels trained on (metrics.jsonl). A run that fits noisy labels poorly but
-has levelled off (SAM under label noise) counts as converged.
+A run has *converged* (:func:`run_convergence`) when its final train accuracy is >=
+``CONVERGED_TRAIN_ACC`` (0.99, the level Jiang et al. 2020 train to) or its training loss has
+levelled off: its last ``k = max(1, ceil(E / 4))`` of E epochs brought less than
+``STILL_FALLING`` of the decrease since the first, (L[E-k] - L[E]) / (L[1] - L[E]) < 0.1 (the
+share of the total decrease tells a plateau from a slow crawl, which a relative drop does not).
+Otherwise its test accuracy, curvature and sharpness describe a point on the way to a minimum.
 """
 
 from __future__ import annotations
@@ -23,10 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["METRIC_BOUNDS", "CI_METHOD_TEXT", "CONVERGED_TRAIN_ACC", "STILL_FALLING", "CONVERGENCE_DEFINITION",
-           "run_convergence", "unconverged_warning", "qualified_verdict"]
+           "finite_number", "run_convergence", "unconverged_warning", "qualified_verdict"]
 
-# Metrics with a fixed range: their intervals are clipped to it (paired differences to
-# +/- its width), see sharpscope.stats.
+# Metrics with a fixed range: their intervals are clipped to it (paired differences to +/- its width).
 METRIC_BOUNDS: dict[str, tuple[float, float]] = {
     "test_acc": (0.0, 1.0), "train_acc": (0.0, 1.0), "train_acc_clean": (0.0, 1.0), "gradcos": (-1.0, 1.0),
 }
@@ -42,21 +34,21 @@ CONVERGENCE_DEFINITION = (
     "decrease since the first epoch); otherwise it was still learning its training set when it stopped")
 
 
-def _finite(x: Any) -> bool:
+def finite_number(x: Any) -> bool:
+    """Whether ``x`` is a finite int or float (not a bool)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def run_convergence(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Whether the run of these epoch records (metrics.jsonl) converged (module docstring):
-    ``{"converged", "train_acc", "late_share", "over_epochs", "reason"}``; ``late_share`` is
-    (L[E-k] - L[E]) / (L[1] - L[E]), the share of the loss decrease made in the last k epochs
-    (None with one epoch or a loss that did not fall)."""
-    recs = [r for r in records if _finite(r.get("train_loss"))]
+    """Whether the run of these epoch records converged (module docstring): ``{"converged",
+    "train_acc", "late_share", "over_epochs", "reason"}``, ``late_share`` None with one epoch
+    or a loss that did not fall."""
+    recs = [r for r in records if finite_number(r.get("train_loss"))]
     if not recs:
         return {"converged": False, "train_acc": None, "late_share": None, "over_epochs": 0,
                 "reason": "no finite training loss recorded"}
     acc = recs[-1].get("train_acc")
-    acc = float(acc) if _finite(acc) else None
+    acc = float(acc) if finite_number(acc) else None
     losses = [float(r["train_loss"]) for r in recs]
     k = max(1, math.ceil(len(losses) / 4))
     total = losses[0] - losses[-1]
@@ -79,8 +71,7 @@ def run_convergence(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def unconverged_warning(unconverged: Iterable[str], total: int) -> str | None:
-    """The warning for reports and summaries when any of ``total`` runs (named in
-    ``unconverged``) has not converged; None when all have."""
+    """The warning when any of ``total`` runs has not converged; None when all have."""
     names = list(unconverged)
     if not names:
         return None

@@ -1,13 +1,6 @@
-"""Every figure sharpscope draws, and nothing else draws.
-
-Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot global state, no
-display needed) and written as PNG, plus PDF when asked. Each function takes results
-keyed by a label (e.g. ``{"SGD": ..., "SAM": ...}``) so comparisons share one axis.
-
-The modules: :mod:`._style` (colours, seed bands, writing files), :mod:`.spectra`,
-:mod:`.landscape` (and :func:`plot_result`, every figure a surface result calls for),
-:mod:`.training`, :mod:`.experiments`; :mod:`.html` holds the interactive (plotly) figures
-of the HTML report.
+"""Every figure sharpscope draws, on ``matplotlib.figure.Figure`` (no pyplot state, no display),
+written as PNG (plus PDF when asked); results keyed by a label (``{"SGD": ..., "SAM": ...}``)
+share one axis. :mod:`.html` holds the interactive (plotly) figures of the HTML report.
 """
 
 from __future__ import annotations

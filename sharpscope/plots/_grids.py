@@ -1,5 +1,10 @@
 """What every landscape figure reads from a surface result: its grid and values, axis labels
-and titles, and the colour scale (linear, or log over at most LOG_DECADES decades)."""
+and titles, and the colour scale (linear, or log over at most LOG_DECADES decades).
+
+A surface result has ``xs`` (nx,), ``ys`` (ny,) or None, and ``loss`` / ``accuracy`` of shape
+(nx,) or (ny, nx), ``loss[i, j]`` at (xs[j], ys[i]) as in ``contour(*np.meshgrid(xs, ys), Z)``;
+nothing is ever transposed: another 2-D shape is an error.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +15,13 @@ import numpy as np
 
 from ._style import value_of
 
-# ---------------------------------------------------------------------------------------
-# Loss-landscape figures: 1-D curves, 2-D contours, 3-D surfaces, PCA trajectories.
-#
-# A surface result has ``xs`` (nx,), ``ys`` (ny,) or None, ``loss`` / ``accuracy`` of shape
-# (nx,) or (ny, nx) with ``loss[i, j]`` the value at (xs[j], ys[i]) -- the ``contour(X, Y, Z)``
-# convention with ``X, Y = np.meshgrid(xs, ys)``. Nothing here ever transposes: a 2-D array of
-# any other shape is an error.
-# ---------------------------------------------------------------------------------------
-
 LANDSCAPE_CMAP = "viridis"
 LOG_DECADES = 8  # log scales reach at most this many decades below the maximum
 PATH_STAR = "#ffd700"
 
 
 def opt_of(result: Any, key: str, default: Any = None) -> Any:
-    """Like ``_get`` but for optional fields: ``default`` when absent."""
+    """An optional field of a result (dict or object): ``default`` when absent."""
     if isinstance(result, Mapping):
         return result.get(key, default)
     return getattr(result, key, default)
@@ -39,26 +35,20 @@ def endpoint_names(result: Any) -> tuple[str, str]:
     return str(opt_of(result, "name_a") or "A"), str(opt_of(result, "name_b") or "B")
 
 
-def pc_label(result: Any, k: int) -> str:
-    ev = opt_of(result, "explained_variance")
-    if ev is not None:
-        ev = np.asarray(ev, dtype=float).ravel()
-        if ev.size > k and np.isfinite(ev[k]):
-            return f"PC {k + 1} ({100.0 * ev[k]:.1f}%)"
-    return f"PC {k + 1}"
-
-
-def eigen_label(result: Any, k: int) -> str:
-    values = (opt_of(result, "options") or {}).get("eigenvalues") or []
-    return f"eigenvector {k + 1}" + (f" (lambda = {values[k]:.4g})" if len(values) > k else "")
-
-
 def axis_labels(result: Any) -> tuple[str, str]:
+    """A surface result's axis labels: principal components with their explained variance,
+    eigenvectors with their eigenvalue, the interpolation's alpha, or random directions."""
     kind = kind_of(result)
     if kind == "trajectory":
-        return pc_label(result, 0), pc_label(result, 1)
+        ev = opt_of(result, "explained_variance")
+        ev = np.asarray([] if ev is None else ev, dtype=float).ravel()
+        pcs = [f"PC {k + 1}" + (f" ({100.0 * ev[k]:.1f}%)" if ev.size > k and np.isfinite(ev[k]) else "")
+               for k in (0, 1)]
+        return pcs[0], pcs[1]
     if kind == "hessian":
-        return eigen_label(result, 0), eigen_label(result, 1)
+        values = (opt_of(result, "options") or {}).get("eigenvalues") or []
+        eigs = [f"eigenvector {k + 1}" + (f" (lambda = {values[k]:.4g})" if len(values) > k else "") for k in (0, 1)]
+        return eigs[0], eigs[1]
     if kind == "interpolation":
         a, b = endpoint_names(result)
         return f"alpha (0 = {a}, 1 = {b})", "direction 2"
@@ -106,15 +96,11 @@ def surface_of(result: Any, metric: str) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def has_finite(result: Any, key: str) -> bool:
     values = opt_of(result, key)
-    if values is None:
-        return False
-    values = np.asarray(values, dtype=float)
-    return bool(np.isfinite(values).any())
+    return values is not None and bool(np.isfinite(np.asarray(values, dtype=float)).any())
 
 
 def log_floor(values: np.ndarray) -> float | None:
-    """The positive floor of a log scale over ``values``: the smallest positive finite value,
-    but at most ``LOG_DECADES`` decades below the largest. None when nothing is positive."""
+    """The smallest positive finite value, at most ``LOG_DECADES`` decades below the largest (None: none)."""
     values = values[np.isfinite(values) & (values > 0)]
     if values.size == 0:
         return None
@@ -122,9 +108,8 @@ def log_floor(values: np.ndarray) -> float | None:
 
 
 def colour_scale(values: np.ndarray, n_levels: int, log: bool):
-    """(levels, norm, floor) covering the finite ``values``; geometric levels and a LogNorm
-    when ``log`` and there is something positive to show (``floor`` is then the value below
-    which data are clipped), otherwise linear levels (``floor`` None)."""
+    """(levels, norm, floor) over the finite ``values``: geometric with a LogNorm when ``log`` and
+    something is positive (values below ``floor`` are clipped), else linear (``floor`` None)."""
     from matplotlib.colors import LogNorm, Normalize
 
     n_levels = max(int(n_levels), 2)

@@ -1,6 +1,5 @@
 """The house style of every figure: colours per optimizer, seed lines with their confidence
-band, and writing a figure as PNG (plus PDF).
-"""
+band, and writing a figure as PNG (plus PDF)."""
 
 from __future__ import annotations
 
@@ -11,8 +10,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-# one colour per optimizer (tab10), so that five on one figure stay apart and keep their colour
-# from figure to figure
+# one colour per optimizer (tab10), the same in every figure
 COLORS = {"SGD": "#d62728", "SAM": "#1f77b4", "ASAM": "#2ca02c", "RSAM": "#7f7f7f", "GSAM": "#9467bd",
           "WSAM": "#ff7f0e", "LOOKSAM": "#8c564b", "FSAM": "#17becf"}
 CYCLE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -34,8 +32,32 @@ def save_figure(fig: Figure, path: str | Path, formats: Sequence[str] = ("png",)
     return written
 
 
+def save_tight(fig: Figure, path: str | Path, formats: Sequence[str], title: str | None, **title_style: Any
+               ) -> list[Path]:
+    """:func:`save_figure` after the suptitle ``title`` (if any) and a tight layout."""
+    if title:
+        fig.suptitle(title, **title_style)
+    fig.tight_layout()
+    return save_figure(fig, path, formats)
+
+
 def value_of(result: Any, key: str) -> Any:
     return result[key] if isinstance(result, Mapping) else getattr(result, key)
+
+
+def result_rows(result: Any) -> list[Mapping[str, Any]]:
+    """The ``results`` of an m-sharpness result as dicts (m, rho, mean, stderr)."""
+    return [r if isinstance(r, Mapping) else r.__dict__ for r in value_of(result, "results")]
+
+
+def m_axis(ax: Any, ms: Any) -> None:
+    """A log2 x-axis ticked at the m values ``ms``."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(ms)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("m (examples per perturbation)")
 
 
 def seed_runs(value: Any) -> list[Any]:
@@ -53,17 +75,15 @@ TRACK_BOUNDS = {"gradcos": (-1.0, 1.0), "lambda_max": (-np.inf, np.inf), "trace"
 
 
 def band_opacity(n_labels: int) -> float:
-    """Opacity of each label's confidence band: fainter when many bands overlap, so that five
-    optimizers on one axis stay apart."""
+    """Opacity of each label's confidence band: fainter when many overlap."""
     return 0.18 if n_labels <= 3 else 0.5 / n_labels
 
 
 def seed_lines(ax, series: Sequence[tuple[Sequence[float], Sequence[float]]], color: str, label: str,
                 semilogy: bool = False, band_alpha: float = 0.18, bounds: tuple[float, float] | None = None,
                 **style: Any) -> None:
-    """Each seed's (x, y) as a thin line; with several seeds also their mean (bold) and its
-    95 % Student-t band at the x values every seed has (:func:`sharpscope.stats.summarize`),
-    drawn clipped to ``bounds`` (the values the metric can take, e.g. [0, 1] for accuracy)."""
+    """Each seed's (x, y) as a thin line; with several seeds also their mean (bold) and its 95 %
+    Student-t band at the x every seed has, clipped to ``bounds`` (the values the metric can take)."""
     from .. import stats
 
     plot = ax.semilogy if semilogy else ax.plot
@@ -86,11 +106,9 @@ def seed_lines(ax, series: Sequence[tuple[Sequence[float], Sequence[float]]], co
     ax.fill_between(common, low, high, color=color, alpha=band_alpha, lw=0)
 
 
-
 def finish(fig: Figure, path: str | Path, formats: Sequence[str], return_figure: bool):
     written = save_figure(fig, path, formats)
     return (written, fig) if return_figure else written
-
 
 
 LINESTYLES = ["-", "--", ":", "-."]

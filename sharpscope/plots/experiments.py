@@ -9,19 +9,20 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._style import COLORS, CYCLE, LINESTYLES, color_of, save_figure, value_of
+from ._style import COLORS, CYCLE, LINESTYLES, color_of, m_axis, result_rows, save_figure, save_tight
+
 
 def plot_m_sharpness_seeds(results: Mapping[str, Sequence[Any]], path: str | Path,
                            formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
-    """m-sharpness against m over seeds: each seed's mean over subsets as a point, the mean
-    over seeds with its 95 % Student-t interval as error bars (one line per label and rho)."""
+    """m-sharpness against m over seeds: each seed's value as a point, the mean over seeds with
+    its 95 % Student-t interval as error bars (one line per label and rho)."""
     from .. import stats
 
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
     ms_all: set[int] = set()
     for i, (label, per_seed) in enumerate(results.items()):
-        rows = [r if isinstance(r, Mapping) else r.__dict__ for res in per_seed for r in value_of(res, "results")]
+        rows = [r for res in per_seed for r in result_rows(res)]
         rhos = sorted({r["rho"] for r in rows})
         dodge = 2.0 ** (0.06 * (i - (len(results) - 1) / 2))  # labels side by side around each m (log axis)
         for j, rho in enumerate(rhos):
@@ -37,12 +38,7 @@ def plot_m_sharpness_seeds(results: Mapping[str, Sequence[Any]], path: str | Pat
             n = len(per_seed)
             ax.errorbar([m * dodge for m in ms], means, yerr=err, marker="o", capsize=3, color=color_of(label, i),
                         linestyle=LINESTYLES[j % len(LINESTYLES)], label=f"{name} (mean of {n}, 95% CI)")
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(sorted(ms_all)))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set_xlabel("m (examples per perturbation)")
+    m_axis(ax, ms_all)
     ax.set_ylabel("m-sharpness  max L_b(w+e) - L_b(w)")
     ax.set_title(title or "m-sharpness against m (points: seeds)")
     ax.grid(alpha=0.3)
@@ -53,9 +49,8 @@ def plot_m_sharpness_seeds(results: Mapping[str, Sequence[Any]], path: str | Pat
 def plot_paired_differences(differences: Mapping[str, Mapping[str, Any]], metrics: Sequence[str],
                             path: str | Path, baseline: str = "SGD", formats: Sequence[str] = ("png",),
                             title: str | None = None) -> list[Path]:
-    """Paired differences to ``baseline`` (``{label: {metric: PairedDifference dict}}``), one
-    panel per metric: the mean difference with its confidence interval per label, and a line
-    at zero; a difference whose interval holds zero is drawn hollow."""
+    """Paired differences to ``baseline`` (``{label: {metric: PairedDifference dict}}``), a panel
+    per metric: each label's mean with its interval, hollow when the interval holds zero."""
     metrics = [m for m in metrics if any(m in d for d in differences.values())]
     if not metrics:
         raise ValueError("none of the metrics has a paired difference")
@@ -81,13 +76,8 @@ def plot_paired_differences(differences: Mapping[str, Mapping[str, Any]], metric
         ax.set_xlim(-0.6, len(labels) - 0.4)
         ax.set_title(metric.replace("_", " "), fontsize=10)
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(title or f"difference to {baseline} over paired seeds (mean, 95% CI; hollow: CI holds 0)",
-                 fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path, formats)
-
-
-
+    return save_tight(fig, path, formats, title or f"difference to {baseline} over paired seeds (mean, 95% CI; "
+                      "hollow: CI holds 0)", fontsize=10)
 
 
 def _group_colors(groups: Mapping[str, Any]) -> list[str]:
@@ -102,13 +92,11 @@ def _group_colors(groups: Mapping[str, Any]) -> list[str]:
 
 def _draw_sweep_group(ax, label: str, per_seed: Mapping[Any, Mapping[Any, float | None]], color: str, numeric: bool,
                       position: Any, summary: Any) -> list[float]:
-    """One group of :func:`plot_sweep` (its seeds, mean and band, or its reference level);
-    returns the finite values it holds (for the y-range)."""
+    """One group of :func:`plot_sweep`; returns its finite values (for the y-range)."""
     shown = [v for points in per_seed.values() for v in points.values() if v is not None and np.isfinite(v)]
     n_seeds = len(per_seed)
     if all(set(points) <= {None} for points in per_seed.values()):  # a reference level
-        t = summary([v for points in per_seed.values() for v in points.values()
-                     if v is not None and np.isfinite(v)])
+        t = summary(shown)
         if t is None:
             return shown
         ax.axhline(t.mean, color=color, ls="--", lw=1.5, label=f"{label} (mean of {t.n})")
@@ -145,19 +133,11 @@ def _draw_sweep_group(ax, label: str, per_seed: Mapping[Any, Mapping[Any, float 
 def plot_sweep(groups: Mapping[str, Mapping[Any, Mapping[Any, float | None]]], path: str | Path, *,
                xlabel: str, ylabel: str, formats: Sequence[str] = ("png",), title: str | None = None,
                confidence: float = 0.95) -> list[Path]:
-    """A metric against one swept option, one line per group of the other options.
-
-    ``groups[label][seed] = {x: value}``. Each seed is a thin line with points; the mean over
-    the seeds that have a finite value at x is the bold line, with its Student-t confidence
-    band (:func:`sharpscope.stats.summarize`; no band with one seed). A group whose only x is
-    None (the option does not apply, e.g. SGD against rho) is a horizontal reference: its
-    mean dashed across the axis with its band. x values that are not all numbers are drawn
-    as categories in the order first met, with the seeds as points and the mean with its
-    interval as an error bar (no lines between categories); positive numbers spanning a decade or more get a
-    log axis ticked at the values swept. The y-axis spans the values with a margin of 60 %
-    of their range: the wide bands of two or three seeds run off it rather than flatten
-    every line. Each group has its own colour (SGD its usual one).
-    """
+    """A metric against one swept option, one line per group (``groups[label][seed] = {x: value}``):
+    each seed thin, the mean over seeds bold with its Student-t band. A group whose only x is
+    None (e.g. SGD against rho) is a dashed reference level with its band. Non-numeric x are
+    categories (points and error bars, no lines); positive x spanning a decade get a log axis.
+    The y-axis spans the values with a 60 % margin (a wide band of few seeds runs off it)."""
     from .. import stats
 
     xs_all: list[Any] = []
@@ -201,11 +181,8 @@ def plot_sweep(groups: Mapping[str, Mapping[Any, Mapping[Any, float | None]]], p
 def plot_correlations(panels: Mapping[str, Mapping[str, Sequence[Any]]], path: str | Path, *, ylabel: str,
                       notes: Mapping[str, str] | None = None, formats: Sequence[str] = ("png",),
                       title: str | None = None) -> list[Path]:
-    """One panel per measure: each run's measure (x) against its generalization gap (y),
-    coloured by its group (e.g. the optimizer). ``panels[measure]`` holds equal-length
-    lists ``x``, ``y`` and ``group``; ``notes[measure]`` is written in the panel's title
-    (e.g. "tau 0.41 [0.20, 0.60]"). Measures spanning two decades or more of positive
-    values get a log x-axis."""
+    """A panel per measure: each run's measure (``panels[measure]["x"]``) against its gap (``"y"``),
+    coloured by ``"group"``, ``notes[measure]`` in the title; a log x-axis over two decades."""
     names = list(panels)
     if not names:
         raise ValueError("plot_correlations: no measures to draw")
@@ -234,7 +211,4 @@ def plot_correlations(panels: Mapping[str, Mapping[str, Sequence[Any]]], path: s
         ax.set_visible(False)
     if len(groups) > 1:
         axes[0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path, formats)
+    return save_tight(fig, path, formats, title, fontsize=10)

@@ -1,10 +1,7 @@
-"""Interactive figures for the offline HTML report (plotly; the ``html`` extra).
-
-Every function returns a ``plotly.graph_objects.Figure``: one trace per optimizer and seed,
-grouped by optimizer in the legend (click an entry to hide that seed, double-click to isolate
-it), values on hover, 3-D surfaces rotatable. :func:`page` assembles figures and HTML blocks
-into one self-contained page: plotly.js is embedded once (no CDN, nothing fetched), so the
-file opens with no network. PNG/PDF (:mod:`sharpscope.plots`) stay the output for papers.
+"""Interactive figures for the offline HTML report (plotly; the ``html`` extra): each function
+returns a ``plotly.graph_objects.Figure`` (a trace per optimizer and seed, grouped by optimizer
+in the legend, values on hover); :func:`page` assembles them into one self-contained page with
+plotly.js embedded, so the file opens with no network.
 """
 
 from __future__ import annotations
@@ -31,8 +28,7 @@ def require_plotly() -> Any:
 
 
 def _color(label: str, i: int) -> str:
-    from ._style import COLORS  # the PNG figures' colour per optimizer, for the same reader
-
+    from ._style import COLORS  # the PNG figures' colour per optimizer
     return COLORS.get(label.upper(), _PALETTE[i % len(_PALETTE)])
 
 
@@ -68,8 +64,8 @@ def eigenvalue_lines(eigs: Mapping[str, Mapping[int, Sequence[float]]]) -> Any:
 
 def difference_bars(diffs: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str],
                     names: Mapping[str, str], baseline: str) -> Any:
-    """Paired differences to the baseline: per metric (one subplot each), each label's mean with
-    its confidence interval as an error bar; hover gives the interval, p-value and verdict."""
+    """Paired differences to the baseline, a subplot per metric: each label's mean with its
+    interval (p-value and verdict on hover)."""
     go = require_plotly()
     from plotly.subplots import make_subplots
 
@@ -115,8 +111,7 @@ def curve(xs: Sequence[float], ys: Sequence[float], title: str, xlabel: str, yla
 
 
 def scatter(points: Mapping[str, Sequence[tuple[float, float, str]]], title: str, xlabel: str, ylabel: str) -> Any:
-    """``{group: [(x, y, hover text), ...]}``: one marker trace per group (click to hide a
-    group), the text on hover (e.g. a run's name and options)."""
+    """``{group: [(x, y, hover text), ...]}``: a marker trace per group."""
     go = require_plotly()
     fig = go.Figure()
     for i, (group, pts) in enumerate(points.items()):
@@ -127,8 +122,7 @@ def scatter(points: Mapping[str, Sequence[tuple[float, float, str]]], title: str
 
 
 def page(title: str, blocks: Sequence[Any]) -> str:
-    """One self-contained HTML page: ``blocks`` are figures (rendered interactive) or HTML
-    strings (headings, tables, paragraphs), in order; plotly.js embedded once."""
+    """One self-contained HTML page of ``blocks``: figures or HTML strings, in order."""
     require_plotly()
     import plotly.offline
 

@@ -18,27 +18,16 @@ from ._style import COLORS, CYCLE, color_of, finish
 def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss",
                formats: Sequence[str] = ("png",), title: str | None = None, log: bool = False,
                return_figure: bool = False):
-    """1-D landscapes: one line per label of ``r.<metric>`` against ``r.xs`` (``metric``: loss,
-    accuracy, or a custom metric's name in ``r.metrics``; likewise in the 2-D plots).
-
-    For ``metric="loss"`` a second panel below shows the accuracy of every result that has a
-    finite one. ``log=True`` puts the metric on a log axis (values clipped at a small positive
-    floor). Interpolation results get dotted lines at alpha = 0 and 1, named after the
-    endpoints (``name_a`` / ``name_b`` when the result has them) on the top axis. NaN values
-    leave gaps. Returns the files written, or ``(files, figure)`` with ``return_figure``.
-    """
+    """1-D landscapes: one line per label of ``r.<metric>`` (loss, accuracy, or a custom metric
+    of ``r.metrics``; likewise in the 2-D plots) against ``r.xs``, with the accuracy in a panel
+    below for the loss. ``log``: a log axis (values clipped at a small positive floor).
+    Interpolations get dotted lines at alpha = 0 and 1, named after the endpoints on the top
+    axis. NaN values leave gaps. Returns the files written, or ``(files, figure)``."""
     if not results:
         raise ValueError("plot_curve needs at least one result")
     items = [(str(label), res) for label, res in results.items()]
     curves = [(label, *curve_of(res, metric)) for label, res in items]
-    with_acc = metric == "loss" and any(has_finite(res, "accuracy") for _, res in items)
-
-    fig = Figure(figsize=(6.4, 6.0 if with_acc else 4.0), layout="constrained")
-    if with_acc:
-        ax, ax_acc = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    else:
-        ax, ax_acc = fig.subplots(), None
-
+    fig, ax, ax_acc = _with_accuracy_panel(metric == "loss" and any(has_finite(res, "accuracy") for _, res in items))
     floor = log_floor(np.concatenate([c[2].ravel() for c in curves])) if log else None
     for i, (label, xs, values) in enumerate(curves):
         color = color_of(label, i)
@@ -47,14 +36,11 @@ def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss
             ax_acc.plot(*curve_of(items[i][1], "accuracy"), color=color, lw=1.6, label=label or None)
     if log and floor is not None:
         ax.set_yscale("log")
-
     first = items[0][1]
     xlabel = axis_labels(first)[0]
     interp = [res for _, res in items if kind_of(res) == "interpolation"]
     if interp:
-        names_a = list(dict.fromkeys(endpoint_names(r)[0] for r in interp))
-        names_b = list(dict.fromkeys(endpoint_names(r)[1] for r in interp))
-        name_a, name_b = " / ".join(names_a), " / ".join(names_b)
+        name_a, name_b = (" / ".join(dict.fromkeys(endpoint_names(r)[k] for r in interp)) for k in (0, 1))
         xlabel = f"alpha (0 = {name_a}, 1 = {name_b})"
         for a in [ax] + ([ax_acc] if ax_acc is not None else []):
             for x0 in (0.0, 1.0):
@@ -62,7 +48,6 @@ def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss
         top = ax.secondary_xaxis("top")
         top.set_xticks([0.0, 1.0], labels=[name_a, name_b])
         top.tick_params(length=0, labelsize=10)
-
     ax.set_ylabel(metric_label(metric) + (" (log scale)" if log and floor is not None else ""), fontsize=11)
     default = ("linear interpolation" if interp else "the PCA plane" if kind_of(first) == "trajectory" else
                "the top Hessian eigenvector" if kind_of(first) == "hessian" else "a random direction")
@@ -70,29 +55,34 @@ def plot_curve(results: Mapping[str, Any], path: str | Path, metric: str = "loss
     ax.grid(alpha=0.3)
     if any(label for label, _ in items):
         ax.legend(fontsize=10)
-    bottom = ax if ax_acc is None else ax_acc
+    _finish_accuracy_panel(ax, ax_acc, xlabel)
+    return finish(fig, path, formats, return_figure)
+
+
+def _with_accuracy_panel(with_acc: bool) -> tuple[Figure, Any, Any]:
+    """A figure with the metric's axes and, when ``with_acc``, an accuracy panel below (else None)."""
+    fig = Figure(figsize=(6.4, 6.0 if with_acc else 4.0), layout="constrained")
+    if with_acc:
+        return fig, *fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    return fig, fig.subplots(), None
+
+
+def _finish_accuracy_panel(ax: Any, ax_acc: Any, xlabel: str) -> None:
     if ax_acc is not None:
         ax_acc.set_ylabel("accuracy", fontsize=11)
         ax_acc.grid(alpha=0.3)
-    bottom.set_xlabel(xlabel, fontsize=11)
-    return finish(fig, path, formats, return_figure)
+    (ax_acc or ax).set_xlabel(xlabel, fontsize=11)
 
 
 def plot_eigen_curve(eigen: Any, random: Any, eigenvalue: float, slope: float, loss0: float, path: str | Path,
                      formats: Sequence[str] = ("png",), title: str | None = None, return_figure: bool = False):
-    """The loss along the top Hessian eigenvector next to the loss along a random direction,
-    both unit vectors in parameter space (the random one, filter-normalized or not, rescaled
-    to norm 1, so equal coordinates are equal distances and the comparison is fair), over the
-    same grid, with the second-order model L_0 + (g . v) t + lambda t^2 / 2 dashed. Accuracy
-    below when finite. Returns the files written, or ``(files, figure)``."""
+    """The loss along the top Hessian eigenvector beside the loss along a random direction, both
+    unit vectors in parameter space (equal coordinates are equal distances), with the
+    second-order model L_0 + (g . v) t + lambda t^2 / 2 dashed; accuracy below when finite.
+    Returns the files written, or ``(files, figure)``."""
     xs, le = curve_of(eigen, "loss")
     xr, lr = curve_of(random, "loss")
-    with_acc = has_finite(eigen, "accuracy") or has_finite(random, "accuracy")
-    fig = Figure(figsize=(6.4, 6.0 if with_acc else 4.0), layout="constrained")
-    if with_acc:
-        ax, ax_acc = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    else:
-        ax, ax_acc = fig.subplots(), None
+    fig, ax, ax_acc = _with_accuracy_panel(has_finite(eigen, "accuracy") or has_finite(random, "accuracy"))
     c_eig, c_rand = CYCLE[1], CYCLE[0]
     ax.plot(xs, le, color=c_eig, lw=1.8, label=f"top eigenvector (lambda = {eigenvalue:.4g})")
     ax.plot(xr, lr, color=c_rand, lw=1.8, label="random direction, rescaled to unit norm")
@@ -107,19 +97,15 @@ def plot_eigen_curve(eigen: Any, random: Any, eigenvalue: float, slope: float, l
     ax.set_title(title or "Loss along the top Hessian eigenvector and a random direction", fontsize=12)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
-    if ax_acc is not None:
-        for res, color in ((eigen, c_eig), (random, c_rand)):
-            if has_finite(res, "accuracy"):
-                ax_acc.plot(*curve_of(res, "accuracy"), color=color, lw=1.6)
-        ax_acc.set_ylabel("accuracy", fontsize=11)
-        ax_acc.grid(alpha=0.3)
-    (ax_acc or ax).set_xlabel("distance along the unit direction (parameter space)", fontsize=11)
+    for res, color in ((eigen, c_eig), (random, c_rand)):
+        if ax_acc is not None and has_finite(res, "accuracy"):
+            ax_acc.plot(*curve_of(res, "accuracy"), color=color, lw=1.6)
+    _finish_accuracy_panel(ax, ax_acc, "distance along the unit direction (parameter space)")
     return finish(fig, path, formats, return_figure)
 
 
 def _warn_path_off_grid(pts: np.ndarray, xs: Any, ys: Any) -> None:
-    """Warn when a path drawn over a grid leaves it: the loss shown around those points is not
-    known (the grid, say a --grid narrower than the trajectory, is smaller than the path)."""
+    """Warn when a path drawn over a grid leaves it: the loss around those points is not known."""
     if xs is None or ys is None:
         return
     xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
@@ -132,14 +118,20 @@ def _warn_path_off_grid(pts: np.ndarray, xs: Any, ys: Any) -> None:
                       f"{pts[:, 1].max():.4g}]): widen the grid to see the loss there", UserWarning, stacklevel=3)
 
 
-def _draw_path(ax, result: Any, filled: bool, color: str) -> bool:
+def _path(result: Any, strict: bool) -> np.ndarray | None:
+    """A result's ``path`` (E, 2), None when it has none (or, unless ``strict``, a bad shape)."""
     raw = opt_of(result, "path")
-    if raw is None:
-        return False
-    pts = np.asarray(raw, dtype=float)
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise ValueError(f"path must have shape (E, 2), got {pts.shape}")
-    if len(pts) == 0:
+    pts = None if raw is None else np.asarray(raw, dtype=float)
+    if pts is not None and (pts.ndim != 2 or pts.shape[1] != 2):
+        if strict:
+            raise ValueError(f"path must have shape (E, 2), got {pts.shape}")
+        return None
+    return pts if pts is not None and len(pts) else None
+
+
+def _draw_path(ax, result: Any, filled: bool, color: str) -> bool:
+    pts = _path(result, strict=True)
+    if pts is None:
         return False
     _warn_path_off_grid(pts, opt_of(result, "xs"), opt_of(result, "ys"))
     ax.plot(pts[:, 0], pts[:, 1], "-o", color="white" if filled else color, mec="black", mew=0.6,
@@ -150,19 +142,13 @@ def _draw_path(ax, result: Any, filled: bool, color: str) -> bool:
 
 
 def _draw_path3d(ax, result: Any, xs: np.ndarray, ys: np.ndarray, z: np.ndarray, color: str) -> bool:
-    """A result's ``path`` (E, 2) on a 3-D surface view, at the height of the (bilinearly
-    interpolated) grid values; points off the grid are left out."""
-    raw = opt_of(result, "path")
-    if raw is None:
-        return False
-    pts = np.asarray(raw, dtype=float)
-    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+    """A result's path on a 3-D surface, at the bilinearly interpolated height of the grid."""
+    pts = _path(result, strict=False)
+    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    if pts is None or len(xs) < 2 or len(ys) < 2:
         return False
     from scipy.interpolate import RegularGridInterpolator
 
-    xs, ys = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-    if len(xs) < 2 or len(ys) < 2:
-        return False
     heights = RegularGridInterpolator((ys, xs), np.asarray(z, dtype=float), bounds_error=False,
                                       fill_value=np.nan)(pts[:, ::-1])
     ax.plot(pts[:, 0], pts[:, 1], heights, "-o", color=color, mec="black", mew=0.5, ms=3, lw=1.6, zorder=10,
@@ -175,19 +161,13 @@ def _draw_path3d(ax, result: Any, xs: np.ndarray, ys: np.ndarray, z: np.ndarray,
 def plot_contour(results: Mapping[str, Any], path: str | Path, metric: str = "loss", filled: bool = False,
                  levels: int = 30, log_levels: bool | None = True, formats: Sequence[str] = ("png",),
                  title: str | None = None, shared_scale: bool = True, return_figure: bool = False):
-    """2-D landscapes as contour plots, one panel per label side by side.
-
-    With ``shared_scale`` (the default) every panel uses the same contour levels and the same
-    colour normalisation, computed from the union of all finite values, and one colorbar serves
-    them all: this is the SGD-vs-SAM comparison figure, and unequal scales would make the
-    sharper minimum look as flat as the other. ``log_levels`` spaces the levels geometrically
-    (loss surfaces span decades; values are clipped at a small positive floor, at most
-    ``LOG_DECADES`` decades below the maximum); ``None`` means "geometric unless the metric is
-    accuracy". The centre (0, 0) is marked with a "+", and a result's ``path`` (E, 2), if any,
-    is drawn over the contours with its last point highlighted (Li et al. 2018, Fig. 9). The
-    aspect is equal when the x and y ranges have equal spans. NaN values are masked. Returns
-    the files written, or ``(files, figure)`` with ``return_figure``.
-    """
+    """2-D landscapes as contour plots, one panel per label side by side. ``shared_scale``: the
+    same levels and colour normalisation (from the union of finite values) and one colorbar for
+    every panel, so that the sharper minimum does not look as flat as the other.
+    ``log_levels``: geometric levels (values clipped at most ``LOG_DECADES`` decades below the
+    maximum; None: unless the metric is accuracy). The centre is marked "+", a result's
+    ``path`` drawn over the contours (Li et al. 2018, Fig. 9); NaN values are masked. Returns
+    the files written, or ``(files, figure)``."""
     if not results:
         raise ValueError("plot_contour needs at least one result")
     items = [(str(label), res, *surface_of(res, metric)) for label, res in results.items()]
@@ -210,20 +190,18 @@ def plot_contour(results: Mapping[str, Any], path: str | Path, metric: str = "lo
         X, Y = np.meshgrid(xs, ys)
         cs = None
         if data.count() > 0:
-            draw = ax.contourf if filled else ax.contour
-            kwargs = {} if filled else {"linewidths": 1.0}
-            cs = draw(X, Y, data, levels=lv, cmap=cmap, norm=norm, **kwargs)
+            cs = (ax.contourf(X, Y, data, levels=lv, cmap=cmap, norm=norm) if filled else
+                  ax.contour(X, Y, data, levels=lv, cmap=cmap, norm=norm, linewidths=1.0))
         else:
             ax.text(0.5, 0.5, f"no finite {metric_label(metric)} values", transform=ax.transAxes,
                     ha="center", va="center", fontsize=10, color="0.4")
             ax.set_xlim(xs.min(), xs.max())
             ax.set_ylim(ys.min(), ys.max())
-        mappables.append((cs, norm))
+        mappables.append(cs)
         ax.plot([0.0], [0.0], ls="none", marker="+", ms=12, mew=2.0, color="white" if filled else "black",
                 label="centre", zorder=3,
                 path_effects=[withStroke(linewidth=3.5, foreground="black" if filled else "white")])
-        has_path = _draw_path(ax, res, filled, color_of(label, i))
-        if has_path:
+        if _draw_path(ax, res, filled, color_of(label, i)):
             ax.legend(fontsize=8, loc="best", framealpha=0.85)
         xlabel, ylabel = axis_labels(res)
         ax.set_xlabel(xlabel, fontsize=11)
@@ -237,16 +215,14 @@ def plot_contour(results: Mapping[str, Any], path: str | Path, metric: str = "lo
         if not shared_scale:
             _colorbar(fig, cs, norm, cmap, ax, metric)
     if shared_scale:
-        cs = next((m for m, _ in mappables if m is not None), None)
-        _colorbar(fig, cs, shared[1], cmap, list(axes), metric)
+        _colorbar(fig, next((m for m in mappables if m is not None), None), shared[1], cmap, list(axes), metric)
     fig.suptitle(title or default_title(items[0][1], metric), fontsize=13)
     return finish(fig, path, formats, return_figure)
 
 
 def _log_ticks(vmin: float, vmax: float) -> np.ndarray:
-    """Readable ticks for a log colorbar over [vmin, vmax]: decades when there are at least
-    three of them (thinned to at most eight), else 1-2-5 steps, else 1..9 steps, else a few
-    round linear values."""
+    """Ticks for a log colorbar: the first of decades, 1-2-5 or 1..9 steps that gives three or
+    more (at most eight), else a few round linear values."""
     lo, hi = int(np.floor(np.log10(vmin))), int(np.ceil(np.log10(vmax)))
     inside = lambda t: t[(t >= vmin * (1 - 1e-9)) & (t <= vmax * (1 + 1e-9))]  # noqa: E731
     for mantissas in ((1,), (1, 2, 5), tuple(range(1, 10))):
@@ -279,9 +255,8 @@ def _colorbar(fig: Figure, mappable, norm, cmap, ax, metric: str, **kwargs):
 
 
 def _tick_chars(vmin: float, vmax: float, n: int = 5) -> int:
-    """Characters of the longest tick label on an axis over [vmin, vmax] with ``n`` round ticks
-    (decimals as the tick step needs): how far a 3-D axis label must stand off (a fixed pad
-    let the tick labels cover the z-label, read as "los")."""
+    """Characters of the longest of ``n`` round tick labels over [vmin, vmax]: how far a 3-D
+    axis label must stand off its ticks."""
     from matplotlib.ticker import MaxNLocator
 
     ticks = MaxNLocator(n).tick_values(vmin, vmax)
@@ -293,12 +268,10 @@ def _tick_chars(vmin: float, vmax: float, n: int = 5) -> int:
 def plot_surface3d(results: Mapping[str, Any], path: str | Path, metric: str = "loss",
                    formats: Sequence[str] = ("png",), title: str | None = None, shared_scale: bool = True,
                    log: bool = False, return_figure: bool = False):
-    """2-D landscapes as 3-D surfaces, one panel per label. With ``shared_scale`` all panels share
-    the z range and the colour normalisation (from the union of finite values) and one colorbar.
-    ``log=True`` draws log10 of the metric (clipped at a small positive floor) -- the linear
-    view of a surface spanning decades is one spike. NaN values leave holes. A result's ``path``
-    (E, 2), if any, is drawn on the surface at the interpolated grid height. Returns the files
-    written, or ``(files, figure)`` with ``return_figure``."""
+    """2-D landscapes as 3-D surfaces, one panel per label (``shared_scale``: one z range, colour
+    normalisation and colorbar). ``log``: log10 of the metric (clipped at a positive floor).
+    NaN values leave holes; a result's ``path`` is drawn on the surface. Returns the files
+    written, or ``(files, figure)``."""
     from matplotlib.colors import Normalize
     from matplotlib.ticker import MaxNLocator
 
@@ -352,10 +325,9 @@ def plot_surface3d(results: Mapping[str, Any], path: str | Path, metric: str = "
 def plot_slices(result: Any, path: str | Path, metric: str = "loss", indices: Sequence[int] | None = None,
                 formats: Sequence[str] = ("png",), title: str | None = None, return_figure: bool = False,
                 **contour_kwargs):
-    """A 3-D grid (``loss[k, i, j]`` at (xs[j], ys[i], zs[k])) as 2-D contour panels at fixed
-    third coordinates, side by side on one shared scale: by default at the smallest, the
-    nearest-to-centre and the largest ``zs`` (``result.slice(k)`` for each index). ``contour_kwargs``
-    go to :func:`plot_contour` (``filled``, ``levels``, ``log_levels``)."""
+    """A 3-D grid (``loss[k, i, j]`` at (xs[j], ys[i], zs[k])) as contour panels of
+    ``result.slice(k)`` on one scale, by default at the smallest, nearest-to-centre and largest
+    ``zs``; ``contour_kwargs`` go to :func:`plot_contour`."""
     zs = opt_of(result, "zs")
     if zs is None:
         raise ValueError("plot_slices needs a 3-D result (with zs)")
@@ -370,10 +342,8 @@ def plot_slices(result: Any, path: str | Path, metric: str = "loss", indices: Se
 
 def plot_trajectory(result: Any, path: str | Path, formats: Sequence[str] = ("png",), title: str | None = None,
                     label: str = "", return_figure: bool = False, **contour_kwargs):
-    """The optimisation trajectory in the PCA plane over the loss contours (Li et al. 2018,
-    Fig. 9): ``plot_contour({label: result})`` with the result's ``path``, axes labelled with
-    the explained variance of each component. ``contour_kwargs`` go to ``plot_contour``
-    (``metric``, ``filled``, ``levels``, ``log_levels``)."""
+    """The training trajectory over the loss contours of its PCA plane (Li et al. 2018, Fig. 9):
+    :func:`plot_contour` of the result with its ``path``, ``contour_kwargs`` passed on."""
     if opt_of(result, "path") is None:
         raise ValueError("plot_trajectory needs a result with a path (E, 2)")
     return plot_contour({label: result}, path, formats=formats,
@@ -381,50 +351,42 @@ def plot_trajectory(result: Any, path: str | Path, formats: Sequence[str] = ("pn
                         return_figure=return_figure, **contour_kwargs)
 
 
-
 def plot_result(results: Mapping[str, Any], folder: str | Path, stem: str, formats: Sequence[str] = ("png",),
                 metrics: Sequence[str] = (), eigen: tuple[Any, float, float, float] | None = None) -> list[Path]:
-    """Every figure a surface result calls for, written into ``folder`` as ``stem``...: a 1-D
-    curve; a 3-D grid's slices; a trajectory's path and 3-D surface; a 2-D contour, filled
-    contour and 3-D surface. ``eigen`` = (random result, eigenvalue, slope, centre loss) draws
-    the top Hessian eigenvector beside a random direction (:func:`plot_eigen_curve`) instead,
-    the one result being the eigenvector's. Then one figure per custom metric in ``metrics``:
-    a curve (1-D), a contour plot (2-D) or slices (3-D), with linear levels (a metric may be
-    negative). :func:`figure_names` lists the files beforehand."""
-    folder = Path(folder)
+    """Every figure a surface result calls for, in ``folder`` under the names of
+    :func:`figure_names`: a 1-D curve, a 3-D grid's slices, a trajectory and its 3-D surface,
+    or a 2-D contour, filled contour and 3-D surface; ``eigen`` = (random result, eigenvalue,
+    slope, centre loss): :func:`plot_eigen_curve` instead. Then a curve, contour (linear
+    levels) or slices per custom metric in ``metrics``."""
     first = next(iter(results.values()))
-    written: list[Path] = []
+    paths = [Path(folder) / name for name in figure_names(stem, first.dim, first.kind == "trajectory", metrics)]
     if eigen is not None:
         random, eigenvalue, slope, loss0 = eigen
-        written += plot_eigen_curve(first, random, eigenvalue, slope, loss0, folder / stem, formats=formats)
+        written = plot_eigen_curve(first, random, eigenvalue, slope, loss0, paths[0], formats=formats)
         results = {"eigenvector": first, "random": random}
     elif first.dim == 1:
-        written += plot_curve(results, folder / stem, formats=formats)
+        written = plot_curve(results, paths[0], formats=formats)
     elif first.dim == 3:
-        written += plot_slices(first, folder / f"{stem}_slices", formats=formats)
+        written = plot_slices(first, paths[0], formats=formats)
     elif first.kind == "trajectory":
-        written += plot_trajectory(first, folder / stem, formats=formats)
-        written += plot_surface3d(results, folder / f"{stem}_3d", formats=formats)
+        written = plot_trajectory(first, paths[0], formats=formats) + plot_surface3d(results, paths[1], formats=formats)
     else:
-        written += plot_contour(results, folder / f"{stem}_contour", formats=formats)
-        written += plot_contour(results, folder / f"{stem}_filled", filled=True, formats=formats)
-        written += plot_surface3d(results, folder / f"{stem}_3d", formats=formats)
-    for name in metrics:
+        written = (plot_contour(results, paths[0], formats=formats)
+                   + plot_contour(results, paths[1], filled=True, formats=formats)
+                   + plot_surface3d(results, paths[2], formats=formats))
+    for name, path in zip(metrics, paths[len(paths) - len(metrics):]):
         if first.dim == 1:
-            written += plot_curve(results, folder / f"{stem}_{name}", metric=name, formats=formats)
+            written += plot_curve(results, path, metric=name, formats=formats)
         elif first.dim == 3:
-            written += plot_slices(first, folder / f"{stem}_{name}_slices", metric=name, log_levels=False,
-                                   formats=formats)
+            written += plot_slices(first, path, metric=name, log_levels=False, formats=formats)
         else:
-            written += plot_contour(results, folder / f"{stem}_{name}_contour", metric=name, log_levels=False,
-                                    formats=formats)
+            written += plot_contour(results, path, metric=name, log_levels=False, formats=formats)
     return written
 
 
 def figure_names(stem: str, dim: int, trajectory: bool = False, metrics: Sequence[str] = ()) -> list[str]:
-    """The names (without suffix) of the files :func:`plot_result` writes for a ``dim``-D result
-    (a trajectory's plane with ``trajectory``; the eigenvector-beside-random figure is 1-D):
-    known before any work, so that a command can claim them first."""
+    """The names (without suffix) of the files :func:`plot_result` writes for a ``dim``-D result,
+    known before any work so that a command can claim them first."""
     if dim == 1:
         names = [stem]
     elif dim == 3:

@@ -11,10 +11,10 @@ from matplotlib.figure import Figure
 
 from ._style import band_opacity, color_of, save_figure, seed_lines, seed_runs, value_of
 
+
 def plot_density(densities: Mapping[str, Any], path: str | Path, log: bool = False,
                  formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
-    """Hessian eigenvalue densities (SLQ), overlaid; ``log=True`` puts the density on a log
-    axis (the usual view: a bulk near zero and a few outliers many decades lower)."""
+    """Hessian eigenvalue densities (SLQ), overlaid; ``log``: a log density axis."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
     for i, (label, res) in enumerate(densities.items()):
@@ -36,10 +36,8 @@ def plot_density(densities: Mapping[str, Any], path: str | Path, log: bool = Fal
 
 def plot_eigenvalues(results: Mapping[str, Any], path: str | Path, formats: Sequence[str] = ("png",),
                      title: str | None = None) -> list[Path]:
-    """Top Hessian eigenvalues per label, index 1 = largest, as markers joined by lines
-    (log y-axis when every value is positive and they span at least a decade -- less, and a log
-    axis shows a single tick label -- else linear; bars would mislead on a log axis). A label
-    may hold one result per seed: each seed thin, the mean with its 95 % band."""
+    """Top Hessian eigenvalues per label against their index (log y-axis when all are positive
+    over a decade or more); a label may hold a result per seed (each thin, the mean with its band)."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
     every: list[np.ndarray] = []

@@ -9,22 +9,20 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._style import LINESTYLES, TRACK_BOUNDS, band_opacity, color_of, save_figure, seed_lines, seed_runs, value_of
-
+from ._style import (LINESTYLES, TRACK_BOUNDS, band_opacity, color_of, m_axis, result_rows, save_figure, seed_lines,
+                     seed_runs)
 
 
 def plot_m_sharpness(results: Mapping[str, Any], path: str | Path, against: str = "m",
                      formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
-    """m-sharpness with standard-error bars against m (log axis; one line per label and rho)
-    or against rho (one line per label and m). ``results`` hold ``.results`` lists of
-    objects with m, rho, mean, stderr (``sharpscope.sharpness.SharpnessResult``)."""
+    """m-sharpness (``SharpnessResult``s) with standard-error bars against m (log axis; a line
+    per label and rho) or against rho (a line per label and m)."""
     if against not in ("m", "rho"):
         raise ValueError("against must be 'm' or 'rho'")
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
     for i, (label, res) in enumerate(results.items()):
-        rows = value_of(res, "results")
-        rows = [r if isinstance(r, Mapping) else r.__dict__ for r in rows]
+        rows = result_rows(res)
         groups = sorted({r["rho" if against == "m" else "m"] for r in rows})
         for j, key in enumerate(groups):
             sel = sorted((r for r in rows if r["rho" if against == "m" else "m"] == key), key=lambda r: r[against])
@@ -35,14 +33,7 @@ def plot_m_sharpness(results: Mapping[str, Any], path: str | Path, against: str 
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, color=color_of(label, i),
                         linestyle=LINESTYLES[j % len(LINESTYLES)], label=name)
     if against == "m":
-        from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
-        ax.set_xscale("log", base=2)
-        ms = sorted({(r if isinstance(r, Mapping) else r.__dict__)["m"]
-                     for res in results.values() for r in value_of(res, "results")})
-        ax.xaxis.set_major_locator(FixedLocator(ms))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.set_xlabel("m (examples per perturbation)")
+        m_axis(ax, {r["m"] for res in results.values() for r in result_rows(res)})
     else:
         ax.set_xlabel("rho")
     ax.set_ylabel("m-sharpness  max L_b(w+e) - L_b(w)")
@@ -54,9 +45,8 @@ def plot_m_sharpness(results: Mapping[str, Any], path: str | Path, against: str 
 
 def plot_tracking(runs: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[str], path: str | Path,
                   formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
-    """Quantities tracked during training (``metrics.jsonl`` records with ``epoch`` and the
-    given keys), one panel per key, one line per run; a label may hold one run per seed
-    (each seed thin, the mean with its 95 % band)."""
+    """Quantities tracked during training (records with ``epoch`` and ``keys``), a panel per key,
+    a line per run; a label may hold a run per seed (each thin, the mean with its 95 % band)."""
     keys = [k for k in keys if any(k in rec for value in runs.values() for recs in seed_runs(value) for rec in recs)]
     if not keys:
         raise ValueError("none of the keys appear in the metrics")
@@ -92,10 +82,8 @@ _EDGES = (("edge_of_stability", "--", "(2 + 2 beta) / lr"), ("sam_edge_of_stabil
 
 
 def _edge_lines(ax, seeds: Sequence[Sequence[Mapping[str, Any]]], color: str, label: str) -> list[Any]:
-    """The edges of stability recorded beside lambda_max (first seed's; the learning rate is the
-    same on every seed, the gradient norm of SAM's edge nearly so), on a log axis whose top
-    stops at 3x the largest lambda_max so that the edge's climb as lr -> 0 does not flatten
-    the curves."""
+    """The edges of stability recorded beside lambda_max (the first seed's), on a log axis whose
+    top stops at 3x the largest lambda_max (the edge's climb as lr -> 0 would flatten the curves)."""
     records = seeds[0]
     top = max((r["lambda_max"] for recs in seeds for r in recs if r.get("lambda_max") is not None), default=None)
     lines = []
@@ -111,8 +99,7 @@ def _edge_lines(ax, seeds: Sequence[Sequence[Mapping[str, Any]]], color: str, la
 
 
 def _note_lines_off_the_axes(ax, lines: Sequence[Any]) -> None:
-    """A line whose every point lies above (below) the y-limits is invisible: its legend entry
-    says so, with the value it starts at, rather than promise a line that is not there."""
+    """Label a line that lies wholly above (below) the y-limits as such, with its first value."""
     low, high = ax.get_ylim()
     for line in lines:
         y = np.asarray(line.get_ydata(), dtype=float)
@@ -124,9 +111,8 @@ def _note_lines_off_the_axes(ax, lines: Sequence[Any]) -> None:
 
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path,
                          formats: Sequence[str] = ("png",), title: str | None = None) -> list[Path]:
-    """Train loss (log), test loss and test accuracy per epoch, one line per run; with label
-    noise also the training accuracy on the clean labels (dashed). A label may hold one run
-    per seed: each seed thin, the mean with its 95 % band."""
+    """Train loss (log), test loss and test accuracy per epoch, a line per run (with label noise
+    the clean-label train accuracy dashed); a label may hold a run per seed, as :func:`plot_tracking`."""
     fig = Figure(figsize=(13.0, 3.8))
     axes = fig.subplots(1, 3)
     band = band_opacity(len(runs))
