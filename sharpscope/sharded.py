@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from . import distributed as dist_utils
 from .batches import BatchLoss, fingerprint
+from .checks import available_memory
 from .errors import ConfigError, NonFiniteLossError
 from .hessian import EigenvaluesResult
 from .linalg import SymmetricOperator, lanczos
@@ -67,8 +68,8 @@ def shard_model(model: nn.Module, units: Iterable[nn.Module] = ()) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    if not dist_utils.is_distributed():
-        raise ConfigError("sharding needs a process group of 2 or more ranks (launch with torchrun, or "
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ConfigError("sharding needs a torch.distributed process group (launch with torchrun, or "
                           "'sharpscope hessian --nproc N')")
     first = next(model.parameters(), None)
     if first is None:
@@ -145,7 +146,7 @@ class ShardedHessian:
         self.model = model
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
-        self.local = [p.to_local() for p in self.params]  # views of FSDP's shards: perturbed in place
+        self.local = [p.to_local().detach() for p in self.params]  # views of FSDP's shards: perturbed in place
         self.device, self.dtype = self.local[0].device, self.local[0].dtype
         self.shapes = [tuple(p.shape) for p in self.params]
         self.n = sum(p.numel() for p in self.params)
@@ -156,7 +157,7 @@ class ShardedHessian:
         self.batches = list(prepared.batches)
         self.n_examples = prepared.n_examples
         self.weights = [w / prepared.total_weight for w in prepared.weights]  # type: ignore[union-attr]
-        _check_same_batches(self.batches)
+        _check_same_batches(self.batches, _collective_device(self.local[0]))
         theta_norm = self.layout.norm(torch.cat([t.detach().reshape(-1) for t in self.local]))
         self.theta_norm = theta_norm
         self.step = central_difference_step(theta_norm, self.dtype)
@@ -226,23 +227,26 @@ class ShardedHessian:
         return packed[-1], packed[:-1]
 
 
-def _check_same_batches(batches: list[Any]) -> None:
+def _check_same_batches(batches: list[Any], device: torch.device) -> None:
     """Every rank must hold the same batches (each evaluates all of them): refused otherwise."""
     mine = [fingerprint(b) for b in batches]
     theirs = dist_utils.broadcast_object(mine)
-    same = torch.tensor([float(mine == theirs)])
+    same = torch.tensor([float(mine == theirs)], device=device)
     if float(dist_utils.all_reduce_sum(same)) != dist_utils.world_size():
         raise ConfigError("the ranks hold different batches; a sharded analysis evaluates the same data on every rank")
 
 
-def _max_iter(local_n: int, k: int, max_iter: int | None) -> int | None:
-    """The step cap: the given one, or the default for the largest shard, the smallest over the
+def _max_iter(n: int, local_n: int, k: int, max_iter: int | None, device: torch.device) -> int | None:
+    """The step cap: the given one, or :func:`~sharpscope.linalg.lanczos.default_max_iter` for
+    ``n`` with the memory of a basis of this rank's ``local_n`` rows, the smallest over the
     ranks (free memory differs between ranks, and every rank must stop at the same step)."""
     if max_iter is not None:
         return max_iter
-    cap = torch.tensor([float(default_max_iter(max(local_n, 1), k))])
-    dist.all_reduce(cap, op=dist.ReduceOp.MIN)
-    return int(cap)
+    memory = available_memory()
+    cap = default_max_iter(n, k, None if memory is None else memory * n / max(local_n, 1))
+    least = torch.tensor([float(cap)], device=device)
+    dist.all_reduce(least, op=dist.ReduceOp.MIN)
+    return int(least)
 
 
 def sharded_eigenvalues(model: nn.Module | ShardedHessian, loss_fn: Any = None, data: Iterable[Any] | None = None,
@@ -263,8 +267,8 @@ def sharded_eigenvalues(model: nn.Module | ShardedHessian, loss_fn: Any = None, 
         model = ShardedHessian(model, loss_fn, data)
     h = model
     op = h.operator()
-    res = lanczos(op, k=k, which=which, tol=tol, max_iter=_max_iter(h.local_n, k, max_iter), seed=seed,
-                  callback=callback)
+    cap = _max_iter(h.n, h.local_n, k, max_iter, _collective_device(h.local[0]))
+    res = lanczos(op, k=k, which=which, tol=tol, max_iter=cap, seed=seed, callback=callback)
     return EigenvaluesResult(
         eigenvalues=res.eigenvalues.tolist(), residuals=res.residuals.tolist(), converged=res.converged.tolist(),
         which=which, tol=tol, n_hvp=res.n_matvecs, n_iter=res.n_iter, wall_time=time.perf_counter() - start,

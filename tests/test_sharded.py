@@ -1,0 +1,151 @@
+"""Hessian eigenvalues of a model sharded with FSDP2 ``fully_shard`` (sharpscope.sharded) on 2 CPU
+gloo ranks equal the one-process finite-difference result, and the exact Hessian's.
+
+Why the tolerances: every rank evaluates the same batches, so FSDP's reduce-scatter averages two
+identical gradients (g + g = 2g, halved: exact) and each product is the one-process product BIT
+FOR BIT (asserted below on a vector and on the gradient). What differs is only the order in which
+Lanczos adds its float64 inner products (each rank's partial sum, then the all-reduce): relative
+differences of ~1e-16 in alpha, beta and the vectors, which can flip the float32 rounding of an
+entry of a vector handed to a product (a change of at most u_r = 6e-8 of that entry). 1e-6 of
+lambda_max (16 u_r) bounds what that can move an eigenvalue; measured: 3e-16.
+
+Against the exact Hessian (float64 model, torch.autograd.functional.hessian), the finite
+differences carry their own error, at most ``error_bound`` * ||H|| per product
+(sharpscope.linalg.finite_difference, eq. 3: ~4e-11 here), which moves an eigenvalue by at most
+as much (Weyl); the test allows 10x that plus Lanczos' tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from _ranks import run_on_ranks
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+DEADLINE_S = 120.0  # the ranks of each test finish in ~10 s on a loaded 2-core machine
+
+
+def _mlp(dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 3)).to(dtype)
+
+
+def _batches(dtype: torch.dtype = torch.float32) -> list:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 6, generator=g, dtype=dtype)
+    y = torch.randint(0, 3, (50,), generator=g)
+    return [(x[i:i + 8], y[i:i + 8]) for i in range(0, 50, 8)]  # 7 uneven batches
+
+
+def _regression() -> tuple[nn.Module, list]:
+    """float64, a 1-row output layer (rank 1 holds none of its rows: an empty shard)."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 1)).double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(30, 1, generator=g, dtype=torch.float64)
+    return model, [(x[:16], y[:16]), (x[16:], y[16:])]
+
+
+def sharded_vs_one_process() -> dict:
+    """On each rank: the one-process finite-difference objective on a copy, then the same model
+    sharded; products, gradients and eigenvalues of both (rank 0's are returned)."""
+    from sharpscope import hessian as hs
+    from sharpscope.objective import Objective
+    from sharpscope.sharded import ShardedHessian, shard_model, sharded_eigenvalues
+
+    model, batches = _mlp(), _batches()
+    one = Objective(copy.deepcopy(model), F.cross_entropy, batches, hvp_mode="finite-difference", distributed=False)
+    ref = hs.eigenvalues(one, k=3, tol=1e-6)
+    h = ShardedHessian(shard_model(model), F.cross_entropy, batches)
+    v = torch.linspace(-1, 1, one.n)
+    value, grad = h.value_and_grad()
+    value_1, grad_1 = one.value_and_grad()
+    before = [t.clone() for t in h.local]
+    same_hvp = torch.equal(h.hvp(h.layout.take(v)), h.layout.take(one.hvp(v)))
+    res = sharded_eigenvalues(h, k=3, tol=1e-6)
+    flags = torch.tensor([float(same_hvp), float(torch.equal(grad, h.layout.take(grad_1))),
+                          float(all(torch.equal(a, b) for a, b in zip(before, h.local)))])
+    dist.all_reduce(flags)  # every rank's shard
+    return {"eigenvalues": res.eigenvalues, "reference": ref.eigenvalues, "flags": flags.tolist(),
+            "value": (value, value_1), "n": (h.n, one.n), "local_n": h.local_n, "n_hvp": (res.n_hvp, ref.n_hvp),
+            "converged": res.converged, "hvp_mode": res.hvp_mode}
+
+
+def sharded_float64_regression() -> dict:
+    from sharpscope.sharded import ShardedHessian, shard_model, sharded_eigenvalues
+
+    model, batches = _regression()
+    h = ShardedHessian(shard_model(model), F.mse_loss, batches)
+    res = sharded_eigenvalues(h, k=2, which="LA", tol=1e-10)
+    low = sharded_eigenvalues(h, k=1, which="SA", tol=1e-10)
+    return {"top": res.eigenvalues, "bottom": low.eigenvalues, "bound": h.error_bound, "local_n": h.local_n}
+
+
+def test_sharded_eigenvalues_on_two_ranks_equal_one_process(tmp_path):
+    out = run_on_ranks(tmp_path, sharded_vs_one_process, deadline_s=DEADLINE_S)
+    assert out["flags"] == [2.0, 2.0, 2.0]  # products and gradients bit for bit, weights restored, on both ranks
+    assert out["value"][0] == out["value"][1]
+    assert out["n"][0] == out["n"][1] == 103 and 0 < out["local_n"] < 103
+    assert all(out["converged"]) and out["hvp_mode"] == "finite-difference"
+    lam, ref = torch.tensor(out["eigenvalues"]), torch.tensor(out["reference"])
+    assert torch.allclose(lam, ref, rtol=0, atol=1e-6 * float(ref.abs().max())), (lam, ref)
+
+
+def test_sharded_eigenvalues_equal_the_exact_hessian(tmp_path):
+    out = run_on_ranks(tmp_path, sharded_float64_regression, deadline_s=DEADLINE_S)
+    model, batches = _regression()
+    params = dict(model.named_parameters())
+    names = list(params)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    w = [len(b[0]) / len(x) for b in batches]
+
+    def loss(*flat: torch.Tensor) -> torch.Tensor:
+        state = dict(zip(names, flat))
+        return sum(wi * F.mse_loss(torch.func.functional_call(model, state, (xb,)), yb)
+                   for wi, (xb, yb) in zip(w, batches))
+
+    blocks = torch.autograd.functional.hessian(loss, tuple(p.detach() for p in params.values()))
+    sizes = [p.numel() for p in params.values()]
+    H = torch.cat([torch.cat([blocks[i][j].reshape(sizes[i], sizes[j]) for j in range(len(sizes))], 1)
+                   for i in range(len(sizes))])
+    exact = torch.linalg.eigvalsh(H)
+    scale = float(exact.abs().max())
+    tol = 10 * out["bound"] * scale + 1e-9 * scale
+    assert out["local_n"] == 21  # rank 0: 3 of 5 rows of the first layer (3 x 4 + 3), 1 of 1 of the last (5 + 1)
+    assert abs(out["top"][0] - float(exact[-1])) <= tol and abs(out["top"][1] - float(exact[-2])) <= tol
+    assert abs(out["bottom"][0] - float(exact[0])) <= tol, (out, exact[:3])
+
+
+def refuse_unsharded_and_different_batches() -> list[str]:
+    from sharpscope.errors import ConfigError
+    from sharpscope.sharded import ShardedHessian, shard_model
+
+    messages = []
+    try:
+        ShardedHessian(_mlp(), F.cross_entropy, _batches())
+    except ConfigError as err:
+        messages.append(str(err))
+    batches = _batches()
+    if dist.get_rank() == 1:
+        batches = batches[::-1]
+    try:
+        ShardedHessian(shard_model(_mlp()), F.cross_entropy, batches)
+    except ConfigError as err:
+        messages.append(str(err))
+    return messages
+
+
+def test_an_unsharded_model_and_different_batches_are_refused(tmp_path):
+    messages = run_on_ranks(tmp_path, refuse_unsharded_and_different_batches, deadline_s=DEADLINE_S)
+    assert len(messages) == 2
+    assert "not sharded" in messages[0] and "fully_shard" in messages[0]
+    assert "different batches" in messages[1]
