@@ -149,3 +149,30 @@ def test_an_unsharded_model_and_different_batches_are_refused(tmp_path):
     assert len(messages) == 2
     assert "not sharded" in messages[0] and "fully_shard" in messages[0]
     assert "different batches" in messages[1]
+
+
+def one_rank_stuck(stuck: int) -> None:
+    """Rank ``stuck`` sleeps past the 3 s group timeout before the analysis' first collective."""
+    import os
+    import time
+
+    from sharpscope.distributed import naming_stuck_ranks
+    from sharpscope.sharded import ShardedHessian, shard_model
+
+    os.environ["SHARPSCOPE_DIST_TIMEOUT"] = "3"
+    model = shard_model(_mlp())
+    with naming_stuck_ranks():
+        if dist.get_rank() == stuck:
+            time.sleep(30)
+        ShardedHessian(model, F.cross_entropy, _batches())
+
+
+@pytest.mark.slow  # ~20 s: two interpreters, a 3 s timeout and a 3 s monitored barrier
+@pytest.mark.parametrize("stuck", [1, 0])
+def test_a_stuck_rank_is_named_by_the_one_that_waited(tmp_path, stuck):
+    import time
+    start = time.monotonic()
+    other = 1 - stuck
+    with pytest.raises(Exception, match=rf"rank {other} waited more than 3 s .*: rank\(s\) \[{stuck}\] did not arrive"):
+        run_on_ranks(tmp_path, one_rank_stuck, stuck, timeout_s=3.0, deadline_s=DEADLINE_S)
+    assert time.monotonic() - start < 60

@@ -39,11 +39,14 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _launch_plan(argv: list[str]) -> tuple[int, list[str]]:
     """For ``sharpscope [--threads N] train ... --nproc P ...``: (P, the arguments without
-    --nproc); (1, argv) for anything else. The global options may precede ``train``."""
+    --nproc); for ``hessian ... --nproc P`` (P > 1) the same with ``--shard`` added (each rank
+    shards the model, :mod:`sharpscope.cli.hessian_sharded`); (1, argv) for anything else. The
+    global options may precede the verb."""
     i = 0
     while i < len(argv) and argv[i].startswith("--threads"):
         i += 1 if "=" in argv[i] else 2
-    if i >= len(argv) or argv[i] != "train" or not any(a == "--nproc" or a.startswith("--nproc=") for a in argv):
+    if i >= len(argv) or argv[i] not in ("train", "hessian") or not any(a == "--nproc" or a.startswith("--nproc=")
+                                                                         for a in argv):
         return 1, argv
     rest, nproc, j = argv[:i + 1], "1", i + 1
     while j < len(argv):
@@ -57,6 +60,8 @@ def _launch_plan(argv: list[str]) -> tuple[int, list[str]]:
         j += 1
     if not nproc.isdigit() or int(nproc) < 1:
         _fail(f"--nproc must be a positive integer, got {nproc!r}")
+    if argv[i] == "hessian" and int(nproc) > 1:
+        rest.append("--shard")
     return int(nproc), rest
 
 
