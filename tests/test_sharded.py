@@ -176,3 +176,64 @@ def test_a_stuck_rank_is_named_by_the_one_that_waited(tmp_path, stuck):
     with pytest.raises(Exception, match=rf"rank {other} waited more than 3 s .*: rank\(s\) \[{stuck}\] did not arrive"):
         run_on_ranks(tmp_path, one_rank_stuck, stuck, timeout_s=3.0, deadline_s=DEADLINE_S)
     assert time.monotonic() - start < 60
+
+
+# --- sharpscope hessian --nproc N ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tanh MLP trained one epoch on 64 synthetic examples (finite differences want smooth
+    activations; with ReLU the sharded and one-process products would still agree bit for bit)."""
+    from sharpscope.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("sharded_run") / "run"
+    train(TrainConfig(data="synthetic", model="mlp", model_kwargs={"hidden": [8], "activation": "tanh"}, n_train=64,
+                      epochs=1, batch_size=32, keep_snapshots=False), out)
+    return out
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--operator", "ggn"], "--operator ggn"), (["--trace"], "--trace"), (["--density"], "--density"),
+    (["--per-layer"], "--per-layer"), (["--plot"], "--plot"), (["--params", "last"], "--params"),
+    (["--hvp-mode", "reuse-graph"], "--hvp-mode reuse-graph"), (["--top-k", "0"], "--top-k"),
+    (["--which", "XX"], "--which"), (["--overlap-with", "{run}"], "--overlap-with")])
+def test_hessian_nproc_refuses_what_it_does_not_compute_in_one_line(tiny_run, cli, extra, fragment):
+    import time
+    start = time.perf_counter()
+    code, _, err = cli(["hessian", str(tiny_run), "--nproc", "2", *[a.format(run=tiny_run) for a in extra]])
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("sharpscope: error: "), err
+    assert fragment in lines[0] and ("--nproc/--shard" in lines[0] or fragment == "--which")
+    assert time.perf_counter() - start < 10  # refused in the launching process: no torchrun
+
+
+def test_shard_outside_torchrun_is_refused(tiny_run, cli, tmp_path):
+    code, _, err = cli(["hessian", str(tiny_run), "--shard", "--samples", "16", "--no-progress", "--json",
+                        str(tmp_path / "h.json")])
+    assert code == 2 and "--nproc N" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.slow  # ~20 s: torchrun and two interpreters, then one more process
+def test_hessian_nproc_2_equals_one_process_finite_differences(tiny_run, tmp_path):
+    """`sharpscope hessian --nproc 2` as a user runs it: the same eigenvalues as one process with
+    --hvp-mode finite-difference, to float64 rounding (module docstring)."""
+    import json
+    import os
+    import sys
+
+    from _ranks import run_ranks_command
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["-m", "sharpscope", "hessian", str(tiny_run), "--top-k", "3", "--tol", "1e-6", "--no-progress"]
+    reports = {}
+    for name, extra in (("sharded", ["--nproc", "2"]), ("one", ["--hvp-mode", "finite-difference"])):
+        out = tmp_path / f"{name}.json"
+        proc = run_ranks_command([sys.executable, *common, *extra, "--json", str(out)], env=env, timeout=DEADLINE_S)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        reports[name] = json.loads(out.read_text())
+    sharded, one = reports["sharded"], reports["one"]
+    assert sharded["sharded"]["world_size"] == 2 and sharded["hvp_mode"] == one["hvp_mode"] == "finite-difference"
+    assert sharded["n_params"] == one["n_params"] and sharded["n_examples"] == one["n_examples"]
+    lam, ref = torch.tensor(sharded["eigenvalues"]["eigenvalues"]), torch.tensor(one["eigenvalues"]["eigenvalues"])
+    assert all(sharded["eigenvalues"]["converged"])
+    assert torch.allclose(lam, ref, rtol=0, atol=1e-6 * float(ref.abs().max())), (lam, ref)
