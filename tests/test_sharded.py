@@ -144,6 +144,33 @@ def refuse_unsharded_and_different_batches() -> list[str]:
     return messages
 
 
+def sharded_gpt_vs_one_process() -> dict:
+    """A GPT-2-style model (SDPA attention, GELU, layer norms, embeddings) with each block its own
+    FSDP unit: products bit for bit and eigenvalues equal to one process (float32)."""
+    from _tiny_gpt import TinyGPT, token_batches, token_loss
+    from sharpscope import hessian as hs
+    from sharpscope.objective import Objective
+    from sharpscope.sharded import ShardedHessian, shard_model, sharded_eigenvalues
+
+    model, batches = TinyGPT(), token_batches()
+    one = Objective(copy.deepcopy(model), token_loss, batches, hvp_mode="finite-difference", distributed=False)
+    ref = hs.eigenvalues(one, k=2, tol=1e-5)
+    h = ShardedHessian(shard_model(model, units=list(model.transformer["h"])), token_loss, batches)
+    v = torch.linspace(-1, 1, one.n)
+    same = torch.tensor([float(torch.equal(h.hvp(h.layout.take(v)), h.layout.take(one.hvp(v))))])
+    dist.all_reduce(same)
+    res = sharded_eigenvalues(h, k=2, tol=1e-5)
+    return {"eigenvalues": res.eigenvalues, "reference": ref.eigenvalues, "same": float(same), "n": h.n}
+
+
+@pytest.mark.slow  # ~15 s on a loaded 2-core machine
+def test_a_sharded_gpt_equals_one_process(tmp_path):
+    out = run_on_ranks(tmp_path, sharded_gpt_vs_one_process, deadline_s=DEADLINE_S)
+    assert out["same"] == 2.0  # every product bit for bit on both ranks
+    lam, ref = torch.tensor(out["eigenvalues"]), torch.tensor(out["reference"])
+    assert torch.allclose(lam, ref, rtol=0, atol=1e-6 * float(ref.abs().max())), (lam, ref)
+
+
 def test_an_unsharded_model_and_different_batches_are_refused(tmp_path):
     messages = run_on_ranks(tmp_path, refuse_unsharded_and_different_batches, deadline_s=DEADLINE_S)
     assert len(messages) == 2
@@ -237,3 +264,37 @@ def test_hessian_nproc_2_equals_one_process_finite_differences(tiny_run, tmp_pat
     lam, ref = torch.tensor(sharded["eigenvalues"]["eigenvalues"]), torch.tensor(one["eigenvalues"]["eigenvalues"])
     assert all(sharded["eigenvalues"]["converged"])
     assert torch.allclose(lam, ref, rtol=0, atol=1e-6 * float(ref.abs().max())), (lam, ref)
+
+
+
+# --- the GPU path (marked cuda: skipped without a GPU) ---------------------------------------
+
+def sharded_on_gpus() -> dict:
+    """float64 on each rank's GPU: the sharded eigenvalues and the one-process ones on the same GPU."""
+    from sharpscope import hessian as hs
+    from sharpscope.objective import Objective
+    from sharpscope.sharded import ShardedHessian, shard_model, sharded_eigenvalues
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    model = _mlp(torch.float64).to(device)
+    batches = [(x.to(device), y.to(device)) for x, y in _batches(torch.float64)]
+    ref = hs.eigenvalues(Objective(copy.deepcopy(model), F.cross_entropy, batches, hvp_mode="finite-difference",
+                                   distributed=False), k=3, tol=1e-8)
+    h = ShardedHessian(shard_model(model), F.cross_entropy, batches)
+    res = sharded_eigenvalues(h, k=3, tol=1e-8)
+    return {"eigenvalues": res.eigenvalues, "reference": ref.eigenvalues, "device": str(h.local[0].device),
+            "local_n": h.local_n, "n": h.n, "world": dist.get_world_size(), "backend": dist.get_backend()}
+
+
+@pytest.mark.cuda
+def test_sharded_eigenvalues_on_gpus_equal_one_process(tmp_path):
+    """NCCL on min(2, GPUs) ranks, one GPU each (one GPU: a world of one, FSDP and the layout on
+    CUDA all the same). float64, because GPU kernels may sum in another order on each call
+    (atomics): differences of ~1e-16 relative in a gradient, divided by the finite difference's
+    step (~1e-5 in float64), move a product by ~1e-11; 1e-8 of lambda_max leaves room."""
+    world = min(2, torch.cuda.device_count())
+    out = run_on_ranks(tmp_path, sharded_on_gpus, world=world, backend="nccl", deadline_s=300.0)
+    assert out["backend"] == "nccl" and out["world"] == world and out["device"].startswith("cuda")
+    assert (out["local_n"] < out["n"]) == (world > 1)
+    lam, ref = torch.tensor(out["eigenvalues"]), torch.tensor(out["reference"])
+    assert torch.allclose(lam, ref, rtol=0, atol=1e-8 * float(ref.abs().max())), (lam, ref)
