@@ -44,14 +44,14 @@ from . import distributed as dist_utils
 from .batches import BatchLoss, fingerprint
 from .checks import available_memory
 from .errors import ConfigError, NonFiniteLossError
-from .hessian import EigenvaluesResult
-from .linalg import SymmetricOperator, lanczos
+from .hessian import EigenvaluesResult, TraceResult
+from .linalg import SymmetricOperator, hutchinson, lanczos
 from .linalg.finite_difference import central_difference, central_difference_error, central_difference_step
 from .linalg.lanczos import default_max_iter
 from .linalg.layout import VectorLayout
 from .objective import eval_mode
 
-__all__ = ["shard_model", "ShardedHessian", "sharded_eigenvalues", "HVP_MODE"]
+__all__ = ["shard_model", "ShardedHessian", "sharded_eigenvalues", "sharded_trace", "HVP_MODE"]
 
 HVP_MODE = "finite-difference"  # the only product of a sharded model (module docstring)
 
@@ -273,3 +273,24 @@ def sharded_eigenvalues(model: nn.Module | ShardedHessian, loss_fn: Any = None, 
         eigenvalues=res.eigenvalues.tolist(), residuals=res.residuals.tolist(), converged=res.converged.tolist(),
         which=which, tol=tol, n_hvp=res.n_matvecs, n_iter=res.n_iter, wall_time=time.perf_counter() - start,
         n_params=h.n, n_examples=h.n_examples, hvp_mode=HVP_MODE)
+
+
+def sharded_trace(model: nn.Module | ShardedHessian, loss_fn: Any = None, data: Iterable[Any] | None = None,
+                  n_matvecs: int = 99, seed: int = 0) -> TraceResult:
+    """tr(H) of a sharded model's mean loss by Hutchinson's estimator with ``n_matvecs``
+    Rademacher probes (:func:`sharpscope.linalg.hutchinson`: each rank keeps its entries of the
+    probes, the quadratic forms are summed over the ranks), called on every rank. The probes are
+    those of one process with the same seed, so the estimate is the one-process Hutchinson
+    estimate (``sharpscope.hessian.trace(..., method="hutchinson")``) to rounding; Hutch++,
+    the one-process default, needs a QR factorization of sharded blocks (not implemented). Each
+    probe is drawn whole on every rank (8 n bytes at a time)."""
+    start = time.perf_counter()
+    if not isinstance(model, ShardedHessian):
+        if data is None:
+            raise ConfigError("pass loss_fn and data (or a ShardedHessian)")
+        model = ShardedHessian(model, loss_fn, data)
+    h = model
+    res = hutchinson(h.operator(), n_matvecs=n_matvecs, seed=seed)
+    return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method, n_hvp=res.n_matvecs,
+                       wall_time=time.perf_counter() - start, n_params=h.n, n_examples=h.n_examples,
+                       hvp_mode=HVP_MODE)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sharpscope.errors import ConfigError
-from sharpscope.linalg import SymmetricOperator, lanczos
+from sharpscope.linalg import SymmetricOperator, hutchinson, hutchpp, lanczos
 from sharpscope.linalg import layout as layout_mod
 from sharpscope.linalg.basis import random_unit
 from sharpscope.linalg.layout import VectorLayout
@@ -61,8 +61,8 @@ def test_the_shards_of_a_random_vector_make_one_unit_vector(monkeypatch, chunk, 
         assert torch.equal(a, whole)
 
 
-def _threaded_lanczos(A: torch.Tensor, pieces: list[list[tuple[int, int]]], **kw) -> list:
-    """Lanczos on each shard in its own thread, inner products summed over the threads."""
+def _threaded_lanczos(A: torch.Tensor, pieces: list[list[tuple[int, int]]], algorithm=lanczos, **kw) -> list:
+    """``algorithm`` (Lanczos) on each shard in its own thread, inner products summed over the threads."""
     world, n = len(pieces), A.shape[0]
     barrier = threading.Barrier(world)
     slots: list = [None] * world
@@ -89,7 +89,7 @@ def _threaded_lanczos(A: torch.Tensor, pieces: list[list[tuple[int, int]]], **kw
             barrier.wait()
             return out
 
-        results[r] = lanczos(SymmetricOperator(matvec, n, dtype=A.dtype, layout=lay), **kw)
+        results[r] = algorithm(SymmetricOperator(matvec, n, dtype=A.dtype, layout=lay), **kw)
 
     threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
     for t in threads:
@@ -125,3 +125,17 @@ def test_a_vector_of_the_wrong_local_length_is_refused():
         op.matvec(torch.ones(10, dtype=torch.float64))
     with pytest.raises(ConfigError, match="layout"):
         SymmetricOperator(lambda v: v, 10, layout=VectorLayout(9))
+
+
+def test_hutchinson_on_two_shards_equals_one_process_and_hutchpp_refuses_shards():
+    g = torch.Generator().manual_seed(5)
+    B = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    A = B + B.T
+    pieces = [[(0, 11)], [(11, 30)]]
+    one = hutchinson(SymmetricOperator.from_matrix(A), n_matvecs=7, seed=3, block_size=2)
+    for res in _threaded_lanczos(A, pieces, algorithm=hutchinson, n_matvecs=7, seed=3, block_size=2):
+        assert res.n_matvecs == 7 and abs(res.estimate - one.estimate) <= 1e-12 * float(A.abs().sum())
+        assert torch.allclose(res.samples, one.samples, rtol=1e-12, atol=1e-12)
+    sharded = SymmetricOperator(lambda v: v, 30, layout=VectorLayout(30, [(0, 11)], reduce=lambda t: t))
+    with pytest.raises(ConfigError, match="sharded"):
+        hutchpp(sharded, n_matvecs=9)

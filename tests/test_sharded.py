@@ -59,7 +59,7 @@ def sharded_vs_one_process() -> dict:
     sharded; products, gradients and eigenvalues of both (rank 0's are returned)."""
     from sharpscope import hessian as hs
     from sharpscope.objective import Objective
-    from sharpscope.sharded import ShardedHessian, shard_model, sharded_eigenvalues
+    from sharpscope.sharded import ShardedHessian, shard_model, sharded_eigenvalues, sharded_trace
 
     model, batches = _mlp(), _batches()
     one = Objective(copy.deepcopy(model), F.cross_entropy, batches, hvp_mode="finite-difference", distributed=False)
@@ -71,12 +71,14 @@ def sharded_vs_one_process() -> dict:
     before = [t.clone() for t in h.local]
     same_hvp = torch.equal(h.hvp(h.layout.take(v)), h.layout.take(one.hvp(v)))
     res = sharded_eigenvalues(h, k=3, tol=1e-6)
+    trace, trace_1 = sharded_trace(h, n_matvecs=6, seed=2), hs.trace(one, n_matvecs=6, seed=2, method="hutchinson")
     flags = torch.tensor([float(same_hvp), float(torch.equal(grad, h.layout.take(grad_1))),
                           float(all(torch.equal(a, b) for a, b in zip(before, h.local)))])
     dist.all_reduce(flags)  # every rank's shard
     return {"eigenvalues": res.eigenvalues, "reference": ref.eigenvalues, "flags": flags.tolist(),
             "value": (value, value_1), "n": (h.n, one.n), "local_n": h.local_n, "n_hvp": (res.n_hvp, ref.n_hvp),
-            "converged": res.converged, "hvp_mode": res.hvp_mode}
+            "converged": res.converged, "hvp_mode": res.hvp_mode,
+            "trace": (trace.trace, trace.stderr, trace.n_hvp), "trace_1": (trace_1.trace, trace_1.stderr, trace_1.n_hvp)}
 
 
 def sharded_float64_regression() -> dict:
@@ -97,6 +99,9 @@ def test_sharded_eigenvalues_on_two_ranks_equal_one_process(tmp_path):
     assert all(out["converged"]) and out["hvp_mode"] == "finite-difference"
     lam, ref = torch.tensor(out["eigenvalues"]), torch.tensor(out["reference"])
     assert torch.allclose(lam, ref, rtol=0, atol=1e-6 * float(ref.abs().max())), (lam, ref)
+    # Hutchinson: the same probes, each quadratic form summed over the ranks (float64 rounding)
+    assert out["trace"][2] == out["trace_1"][2] == 6
+    assert torch.allclose(torch.tensor(out["trace"][:2]), torch.tensor(out["trace_1"][:2]), rtol=1e-9, atol=0)
 
 
 def test_sharded_eigenvalues_equal_the_exact_hessian(tmp_path):
