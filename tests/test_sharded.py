@@ -225,7 +225,7 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("extra,fragment", [
-    (["--operator", "ggn"], "--operator ggn"), (["--trace"], "--trace"), (["--density"], "--density"),
+    (["--operator", "ggn"], "--operator ggn"), (["--density"], "--density"),
     (["--per-layer"], "--per-layer"), (["--plot"], "--plot"), (["--params", "last"], "--params"),
     (["--hvp-mode", "reuse-graph"], "--hvp-mode reuse-graph"), (["--top-k", "0"], "--top-k"),
     (["--which", "XX"], "--which"), (["--overlap-with", "{run}"], "--overlap-with")])
@@ -258,7 +258,8 @@ def test_hessian_nproc_2_equals_one_process_finite_differences(tiny_run, tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["-m", "sharpscope", "hessian", str(tiny_run), "--top-k", "3", "--tol", "1e-6", "--no-progress"]
     reports = {}
-    for name, extra in (("sharded", ["--nproc", "2"]), ("one", ["--hvp-mode", "finite-difference"])):
+    for name, extra in (("sharded", ["--nproc", "2", "--trace", "--trace-matvecs", "6"]),
+                        ("one", ["--hvp-mode", "finite-difference"])):
         out = tmp_path / f"{name}.json"
         proc = run_ranks_command([sys.executable, *common, *extra, "--json", str(out)], env=env, timeout=DEADLINE_S)
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -269,7 +270,7 @@ def test_hessian_nproc_2_equals_one_process_finite_differences(tiny_run, tmp_pat
     lam, ref = torch.tensor(sharded["eigenvalues"]["eigenvalues"]), torch.tensor(one["eigenvalues"]["eigenvalues"])
     assert all(sharded["eigenvalues"]["converged"])
     assert torch.allclose(lam, ref, rtol=0, atol=1e-6 * float(ref.abs().max())), (lam, ref)
-
+    assert sharded["trace"]["method"] == "hutchinson" and sharded["trace"]["n_hvp"] == 6
 
 
 # --- the GPU path (marked cuda: skipped without a GPU) ---------------------------------------

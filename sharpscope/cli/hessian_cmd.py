@@ -139,10 +139,10 @@ def hessian_command(
     steps = old_spelling("hessian", "--steps", "--slq-steps", old_steps, steps, 80)
     if shard:  # sharpscope.cli.hessian_sharded: the checks, or the analysis on torchrun's ranks
         from .hessian_sharded import run_sharded
-        given = {"--trace": trace, "--density": density, "--per-layer": per_layer, "--overlap-with": overlap_with,
-                 "--plot": plot, "--fisher-samples": fisher_samples}
+        given = {"--density": density, "--per-layer": per_layer, "--overlap-with": overlap_with, "--plot": plot,
+                 "--fisher-samples": fisher_samples}
         return run_sharded(checkpoint, inputs, batch_size, dict(k=top_k, which=which, tol=tol, max_iter=max_iter,
-                                                                 seed=inputs.seed), given, operator, hvp_mode)
+                           seed=inputs.seed), given, operator, hvp_mode, trace_matvecs if trace else None)
     plot_dir = old_spelling("hessian", "--plot-dir", "--out", old_plot_dir, inputs.plot_dir, None)
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)

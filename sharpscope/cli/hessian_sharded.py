@@ -1,5 +1,6 @@
-"""``sharpscope hessian --nproc N`` (and ``--shard`` under torchrun): the top eigenvalues of a
-checkpoint's model sharded over N processes with FSDP2 (:mod:`sharpscope.sharded`).
+"""``sharpscope hessian --nproc N`` (and ``--shard`` under torchrun): the top eigenvalues (and,
+with ``--trace``, Hutchinson's trace estimate) of a checkpoint's model sharded over N processes
+with FSDP2 (:mod:`sharpscope.sharded`).
 
 ``--nproc N`` in the launching process checks the options (one line and exit code 2 for what
 a sharded analysis does not do) and the output's place, then torchrun starts N ranks running
@@ -25,7 +26,6 @@ __all__ = ["run_sharded", "check_sharded"]
 
 # the hessian options a sharded analysis does not take, with why
 _NOT_SHARDED = {
-    "--trace": "Hutch++ needs a QR factorization of sharded blocks, not implemented",
     "--density": "stochastic Lanczos quadrature is not implemented on sharded vectors",
     "--per-layer": "per-layer blocks are not implemented on a sharded model",
     "--overlap-with": "the eigenvectors stay sharded (each rank holds its rows)",
@@ -57,9 +57,10 @@ def check_sharded(given: dict[str, Any], operator: str, hvp_mode: str, params: s
 
 
 def run_sharded(checkpoint: Path, inputs: Inputs, batch_size: int, lanczos: dict[str, Any], given: dict[str, Any],
-                operator: str, hvp_mode: str) -> None:
+                operator: str, hvp_mode: str, trace_matvecs: int | None = None) -> None:
     """The sharded analysis (module docstring): in the launching process (``--nproc N``) only
-    the checks; on torchrun's ranks the analysis. ``lanczos``: k, which, tol, max_iter, seed."""
+    the checks; on torchrun's ranks the analysis. ``lanczos``: k, which, tol, max_iter, seed;
+    ``trace_matvecs``: with ``--trace``, the Hutchinson probes (Hutch++ is not sharded)."""
     check_sharded(given, operator, hvp_mode, inputs.params, lanczos["k"], lanczos["which"])
     target, _, outputs = claim_analysis(checkpoint, inputs.json_out, "hessian", [], None, False, inputs.overwrite)
     if os.environ.get(CHECK_LAUNCH_ENV):  # `--nproc N` in the launching process: checked; torchrun computes
@@ -67,7 +68,7 @@ def run_sharded(checkpoint: Path, inputs: Inputs, batch_size: int, lanczos: dict
             raise ConfigError(f"{checkpoint}: no such checkpoint or run folder")
         return
     from .. import distributed as dist_utils
-    from ..sharded import ShardedHessian, shard_model, sharded_eigenvalues
+    from ..sharded import ShardedHessian, shard_model, sharded_eigenvalues, sharded_trace
 
     console = rank0_console(stderr=True)
     ckpt, batches, context = inputs.load(checkpoint, batch_size)  # joins the process group first
@@ -79,20 +80,23 @@ def run_sharded(checkpoint: Path, inputs: Inputs, batch_size: int, lanczos: dict
             task = bar.add_task(f"eigenvalues ({lanczos['which']}), {dist_utils.world_size()} shards", total=None)
             h.on_hvp = lambda n: bar.advance(task, n)
             result = sharded_eigenvalues(h, **lanczos)
+            if trace_matvecs:
+                bar.update(task, description=f"trace (Hutchinson), {dist_utils.world_size()} shards")
+            trace = sharded_trace(h, n_matvecs=trace_matvecs, seed=lanczos["seed"]) if trace_matvecs else None
     if not is_main():
         return
     report = {"checkpoint": str(ckpt.path), "split": inputs.split, "n_examples": h.n_examples, "n_params": h.n,
               "params": inputs.params, "hvp_mode": h.hvp_mode, "hvp_fallback": None, "operator": "hessian",
               "fisher_samples": None, "sharded": {"world_size": dist_utils.world_size(), "fsdp": "fully_shard",
                                                   "finite_difference_error_bound": h.error_bound},
-              "eigenvalues": result.to_dict()}
+              "eigenvalues": result.to_dict(), **({"trace": trace.to_dict()} if trace is not None else {})}
     _print(rank0_console(stderr=inputs.json_out == "-"), ckpt.path, result, inputs.split, dist_utils.world_size(),
-           h.error_bound)
+           h.error_bound, trace)
     outputs.clear()
     save_report(report, target, console, context)
 
 
-def _print(out: Any, path: Path, r: Any, split: str, world: int, bound: float) -> None:
+def _print(out: Any, path: Path, r: Any, split: str, world: int, bound: float, trace: Any) -> None:
     from rich.table import Table
 
     from ._common import folded
@@ -107,5 +111,8 @@ def _print(out: Any, path: Path, r: Any, split: str, world: int, bound: float) -
     out.print(folded(table))
     if r.ratio is not None:
         out.print(f"lambda_1 / lambda_{len(r.eigenvalues)} = {r.ratio:.4g}")
+    if trace is not None:
+        out.print(f"trace = {trace.trace:.6g} +/- {trace.stderr:.2g} (standard error; Hutchinson, {trace.n_hvp} HVPs, "
+                  f"{trace.wall_time:.1f}s; Hutch++ is not available on sharded vectors)")
     out.print(f"finite-difference products: error up to about {bound:.1e} of ||H|| ||v|| (smooth activations; ReLU "
               "kinks make it far larger)", highlight=False)
