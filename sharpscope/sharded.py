@@ -44,14 +44,14 @@ from . import distributed as dist_utils
 from .batches import BatchLoss, fingerprint
 from .checks import available_memory
 from .errors import ConfigError, NonFiniteLossError
-from .hessian import EigenvaluesResult, TraceResult
-from .linalg import SymmetricOperator, hutchinson, lanczos
+from .hessian import DensityResult, EigenvaluesResult, TraceResult
+from .linalg import SymmetricOperator, hutchinson, lanczos, spectral_density
 from .linalg.finite_difference import central_difference, central_difference_error, central_difference_step
 from .linalg.lanczos import default_max_iter
 from .linalg.layout import VectorLayout
 from .objective import eval_mode
 
-__all__ = ["shard_model", "ShardedHessian", "sharded_eigenvalues", "sharded_trace", "HVP_MODE"]
+__all__ = ["shard_model", "ShardedHessian", "sharded_eigenvalues", "sharded_trace", "sharded_density", "HVP_MODE"]
 
 HVP_MODE = "finite-difference"  # the only product of a sharded model (module docstring)
 
@@ -294,3 +294,24 @@ def sharded_trace(model: nn.Module | ShardedHessian, loss_fn: Any = None, data: 
     return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method, n_hvp=res.n_matvecs,
                        wall_time=time.perf_counter() - start, n_params=h.n, n_examples=h.n_examples,
                        hvp_mode=HVP_MODE)
+
+
+def sharded_density(model: nn.Module | ShardedHessian, loss_fn: Any = None, data: Iterable[Any] | None = None,
+                    n_runs: int = 10, n_steps: int = 80, sigma_squared: float = 1e-5, grid_points: int = 2000,
+                    seed: int = 0) -> DensityResult:
+    """The spectral density of a sharded model's Hessian by stochastic Lanczos quadrature
+    (:func:`sharpscope.linalg.spectral_density`, as :func:`sharpscope.hessian.density`), its
+    Lanczos vectors and Rademacher starts sharded like the parameters; called on every rank.
+    Equal to the one-process finite-difference density to float64 rounding (the same starts)."""
+    start = time.perf_counter()
+    if not isinstance(model, ShardedHessian):
+        if data is None:
+            raise ConfigError("pass loss_fn and data (or a ShardedHessian)")
+        model = ShardedHessian(model, loss_fn, data)
+    h = model
+    res = spectral_density(h.operator(), n_runs=n_runs, n_steps=n_steps, seed=seed, sigma_squared=sigma_squared,
+                           grid_points=grid_points)
+    return DensityResult(grid=res.grid.tolist(), density=res.density.tolist(), nodes=res.nodes.tolist(),
+                         weights=res.weights.tolist(), sigma=float(res.sigma), n_runs=res.n_runs, n_steps=res.n_steps,
+                         n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=h.n,
+                         n_examples=h.n_examples, hvp_mode=HVP_MODE)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sharpscope.errors import ConfigError
-from sharpscope.linalg import SymmetricOperator, hutchinson, hutchpp, lanczos
+from sharpscope.linalg import SymmetricOperator, hutchinson, hutchpp, lanczos, slq
 from sharpscope.linalg import layout as layout_mod
 from sharpscope.linalg.basis import random_unit
 from sharpscope.linalg.layout import VectorLayout
@@ -139,3 +139,14 @@ def test_hutchinson_on_two_shards_equals_one_process_and_hutchpp_refuses_shards(
     sharded = SymmetricOperator(lambda v: v, 30, layout=VectorLayout(30, [(0, 11)], reduce=lambda t: t))
     with pytest.raises(ConfigError, match="sharded"):
         hutchpp(sharded, n_matvecs=9)
+
+
+def test_slq_on_two_shards_equals_one_process():
+    g = torch.Generator().manual_seed(6)
+    B = torch.randn(30, 30, generator=g, dtype=torch.float64)
+    A = B + B.T
+    one = slq(SymmetricOperator.from_matrix(A), n_runs=2, n_steps=8, seed=2)
+    for nodes, weights, count in _threaded_lanczos(A, [[(0, 4), (20, 30)], [(4, 20)]], algorithm=slq, n_runs=2,
+                                                   n_steps=8, seed=2):
+        assert count == one[2] == 16
+        assert torch.allclose(nodes, one[0], rtol=1e-12, atol=1e-12) and torch.allclose(weights, one[1], atol=1e-12)

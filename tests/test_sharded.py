@@ -54,31 +54,37 @@ def _regression() -> tuple[nn.Module, list]:
     return model, [(x[:16], y[:16]), (x[16:], y[16:])]
 
 
-def sharded_vs_one_process() -> dict:
+def sharded_vs_one_process(spectra: bool = False) -> dict:
     """On each rank: the one-process finite-difference objective on a copy, then the same model
-    sharded; products, gradients and eigenvalues of both (rank 0's are returned)."""
+    sharded; products, gradients and eigenvalues of both (rank 0's are returned); with
+    ``spectra``, Hutchinson's trace and the SLQ density instead."""
     from sharpscope import hessian as hs
     from sharpscope.objective import Objective
-    from sharpscope.sharded import ShardedHessian, shard_model, sharded_eigenvalues, sharded_trace
+    from sharpscope.sharded import ShardedHessian, shard_model, sharded_density, sharded_eigenvalues, sharded_trace
 
     model, batches = _mlp(), _batches()
     one = Objective(copy.deepcopy(model), F.cross_entropy, batches, hvp_mode="finite-difference", distributed=False)
-    ref = hs.eigenvalues(one, k=3, tol=1e-6)
     h = ShardedHessian(shard_model(model), F.cross_entropy, batches)
+    if spectra:
+        trace, trace_1 = sharded_trace(h, n_matvecs=6, seed=2), hs.trace(one, n_matvecs=6, seed=2, method="hutchinson")
+        dens, dens_1 = sharded_density(h, n_runs=2, n_steps=6, seed=1), hs.density(one, n_runs=2, n_steps=6, seed=1)
+        return {"trace": (trace.trace, trace.stderr, trace.n_hvp), "trace_1": (trace_1.trace, trace_1.stderr,
+                                                                              trace_1.n_hvp),
+                "density": (dens.nodes, dens.weights, dens.n_hvp), "density_1": (dens_1.nodes, dens_1.weights,
+                                                                                dens_1.n_hvp)}
+    ref = hs.eigenvalues(one, k=3, tol=1e-6)
     v = torch.linspace(-1, 1, one.n)
     value, grad = h.value_and_grad()
     value_1, grad_1 = one.value_and_grad()
     before = [t.clone() for t in h.local]
     same_hvp = torch.equal(h.hvp(h.layout.take(v)), h.layout.take(one.hvp(v)))
     res = sharded_eigenvalues(h, k=3, tol=1e-6)
-    trace, trace_1 = sharded_trace(h, n_matvecs=6, seed=2), hs.trace(one, n_matvecs=6, seed=2, method="hutchinson")
     flags = torch.tensor([float(same_hvp), float(torch.equal(grad, h.layout.take(grad_1))),
                           float(all(torch.equal(a, b) for a, b in zip(before, h.local)))])
     dist.all_reduce(flags)  # every rank's shard
     return {"eigenvalues": res.eigenvalues, "reference": ref.eigenvalues, "flags": flags.tolist(),
             "value": (value, value_1), "n": (h.n, one.n), "local_n": h.local_n, "n_hvp": (res.n_hvp, ref.n_hvp),
-            "converged": res.converged, "hvp_mode": res.hvp_mode,
-            "trace": (trace.trace, trace.stderr, trace.n_hvp), "trace_1": (trace_1.trace, trace_1.stderr, trace_1.n_hvp)}
+            "converged": res.converged, "hvp_mode": res.hvp_mode}
 
 
 def sharded_float64_regression() -> dict:
@@ -99,9 +105,19 @@ def test_sharded_eigenvalues_on_two_ranks_equal_one_process(tmp_path):
     assert all(out["converged"]) and out["hvp_mode"] == "finite-difference"
     lam, ref = torch.tensor(out["eigenvalues"]), torch.tensor(out["reference"])
     assert torch.allclose(lam, ref, rtol=0, atol=1e-6 * float(ref.abs().max())), (lam, ref)
+
+
+@pytest.mark.slow  # ~20 s on a loaded 2-core machine
+def test_sharded_trace_and_density_on_two_ranks_equal_one_process(tmp_path):
+    out = run_on_ranks(tmp_path, sharded_vs_one_process, True, deadline_s=DEADLINE_S)
     # Hutchinson: the same probes, each quadratic form summed over the ranks (float64 rounding)
     assert out["trace"][2] == out["trace_1"][2] == 6
     assert torch.allclose(torch.tensor(out["trace"][:2]), torch.tensor(out["trace_1"][:2]), rtol=1e-9, atol=0)
+    # SLQ: the same Rademacher starts; nodes to 1e-6 of lambda_max as the eigenvalues, weights alike
+    assert out["density"][2] == out["density_1"][2] == 12
+    nodes, nodes_1 = torch.tensor(out["density"][0]), torch.tensor(out["density_1"][0])
+    assert torch.allclose(nodes, nodes_1, rtol=0, atol=1e-6 * float(nodes_1.abs().max()))
+    assert torch.allclose(torch.tensor(out["density"][1]), torch.tensor(out["density_1"][1]), rtol=0, atol=1e-6)
 
 
 def test_sharded_eigenvalues_equal_the_exact_hessian(tmp_path):
