@@ -241,7 +241,7 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("extra,fragment", [
-    (["--operator", "ggn"], "--operator ggn"), (["--density"], "--density"),
+    (["--operator", "ggn"], "--operator ggn"),
     (["--per-layer"], "--per-layer"), (["--plot"], "--plot"), (["--params", "last"], "--params"),
     (["--hvp-mode", "reuse-graph"], "--hvp-mode reuse-graph"), (["--top-k", "0"], "--top-k"),
     (["--which", "XX"], "--which"), (["--overlap-with", "{run}"], "--overlap-with")])
@@ -274,7 +274,8 @@ def test_hessian_nproc_2_equals_one_process_finite_differences(tiny_run, tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["-m", "sharpscope", "hessian", str(tiny_run), "--top-k", "3", "--tol", "1e-6", "--no-progress"]
     reports = {}
-    for name, extra in (("sharded", ["--nproc", "2", "--trace", "--trace-matvecs", "6"]),
+    for name, extra in (("sharded", ["--nproc", "2", "--trace", "--trace-matvecs", "6", "--density", "--runs", "1",
+                                     "--slq-steps", "5"]),
                         ("one", ["--hvp-mode", "finite-difference"])):
         out = tmp_path / f"{name}.json"
         proc = run_ranks_command([sys.executable, *common, *extra, "--json", str(out)], env=env, timeout=DEADLINE_S)
@@ -287,6 +288,7 @@ def test_hessian_nproc_2_equals_one_process_finite_differences(tiny_run, tmp_pat
     assert all(sharded["eigenvalues"]["converged"])
     assert torch.allclose(lam, ref, rtol=0, atol=1e-6 * float(ref.abs().max())), (lam, ref)
     assert sharded["trace"]["method"] == "hutchinson" and sharded["trace"]["n_hvp"] == 6
+    assert sharded["density"]["n_runs"] == 1 and sharded["density"]["n_hvp"] == 5
 
 
 # --- the GPU path (marked cuda: skipped without a GPU) ---------------------------------------

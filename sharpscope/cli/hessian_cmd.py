@@ -139,10 +139,12 @@ def hessian_command(
     steps = old_spelling("hessian", "--steps", "--slq-steps", old_steps, steps, 80)
     if shard:  # sharpscope.cli.hessian_sharded: the checks, or the analysis on torchrun's ranks
         from .hessian_sharded import run_sharded
-        given = {"--density": density, "--per-layer": per_layer, "--overlap-with": overlap_with, "--plot": plot,
+        given = {"--per-layer": per_layer, "--overlap-with": overlap_with, "--plot": plot,
                  "--fisher-samples": fisher_samples}
+        spectra = {"trace": dict(n_matvecs=trace_matvecs) if trace else None, "density": dict(
+            n_runs=runs, n_steps=steps, sigma_squared=sigma_squared) if density else None}
         return run_sharded(checkpoint, inputs, batch_size, dict(k=top_k, which=which, tol=tol, max_iter=max_iter,
-                           seed=inputs.seed), given, operator, hvp_mode, trace_matvecs if trace else None)
+                           seed=inputs.seed), given, operator, hvp_mode, spectra)
     plot_dir = old_spelling("hessian", "--plot-dir", "--out", old_plot_dir, inputs.plot_dir, None)
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
