@@ -1,4 +1,6 @@
-"""Hessian eigenvalues of a model sharded with FSDP2 ``fully_shard`` over the ranks of a process group.
+"""The Hessian of a model sharded with FSDP2 ``fully_shard`` over the ranks of a process group:
+its extreme eigenvalues (:func:`sharded_eigenvalues`, Lanczos), trace (:func:`sharded_trace`,
+Hutchinson) and spectral density (:func:`sharded_density`, SLQ).
 
 At 100 M+ parameters the parameters, their gradients and a Lanczos basis of m float64
 vectors (8 n m bytes: 15 GiB at 124 M parameters and 16 steps) do not fit one device.
