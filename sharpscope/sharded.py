@@ -103,10 +103,11 @@ def _pieces(params: list[Tensor], local: list[Tensor]) -> list[tuple[int, int]]:
     """The global index ranges of this rank's entries in the flat vector of all parameters
     (each parameter flattened row-major, in order): its rows of each, rank r's after those of
     the ranks before it (Shard(0) on a 1-D mesh), found with one all-gather of row counts."""
-    rows = torch.tensor([t.shape[0] if t.dim() else 0 for t in local], dtype=torch.int64)
-    counts = [torch.zeros_like(rows) for _ in range(dist_utils.world_size())]
-    dist.all_gather(counts, rows.to(_collective_device(local[0])))
-    before = sum((c.cpu() for c in counts[:dist_utils.rank()]), torch.zeros_like(rows))
+    rows = torch.tensor([t.shape[0] if t.dim() else 0 for t in local], dtype=torch.int64,
+                        device=_collective_device(local[0]))  # (NCCL gathers CUDA tensors only)
+    counts = [torch.zeros_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, rows)
+    before = sum((c.cpu() for c in counts[:dist.get_rank()]), torch.zeros(len(local), dtype=torch.int64))
     pieces, offset = [], 0
     for p, t, first_row in zip(params, local, before.tolist()):
         row = p.numel() // p.shape[0] if p.dim() else 1
