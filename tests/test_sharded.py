@@ -255,6 +255,16 @@ def test_hessian_nproc_refuses_what_it_does_not_compute_in_one_line(tiny_run, cl
     assert time.perf_counter() - start < 10  # refused in the launching process: no torchrun
 
 
+def test_hessian_nproc_launches_ranks_that_shard():
+    from sharpscope.cli import _launch_plan
+
+    assert _launch_plan(["--threads", "1", "hessian", "run", "--nproc", "2", "-k", "3"]) == (
+        2, ["--threads", "1", "hessian", "run", "-k", "3", "--shard"])
+    assert _launch_plan(["hessian", "run", "--nproc=4"]) == (4, ["hessian", "run", "--shard"])
+    assert _launch_plan(["hessian", "run", "--nproc", "1"]) == (1, ["hessian", "run"])  # one process: no sharding
+    assert _launch_plan(["hessian", "run"]) == (1, ["hessian", "run"])
+
+
 def test_shard_outside_torchrun_is_refused(tiny_run, cli, tmp_path):
     code, _, err = cli(["hessian", str(tiny_run), "--shard", "--samples", "16", "--no-progress", "--json",
                         str(tmp_path / "h.json")])
