@@ -43,7 +43,7 @@ _LAZY_NAMES = {
 # (tests/test_startup.py checks that every public module of the package is listed.)
 _SUBMODULES = ("ascent", "batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism",
                "distributed", "errors", "experiments", "fd_hvp", "hessian", "io", "landscape", "linalg", "measure_table", "measures",
-               "models", "objective", "optim", "plots", "plots_html", "provenance", "sharpness", "stats", "tokens", "train",
+               "models", "objective", "optim", "plots", "plots_html", "provenance", "sharded", "sharpness", "stats", "tokens", "train",
                "train_options", "vocab_chunks",
                "weight_spectra")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -15,9 +16,11 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .errors import SharpscopeError
+
 __all__ = ["init_from_env", "timeout_from_env", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S", "finish", "resolve_device",
            "is_distributed", "rank", "world_size", "is_main", "all_reduce_sum", "barrier", "shard", "main_first",
-           "broadcast_object"]
+           "broadcast_object", "naming_stuck_ranks", "StuckRanksError"]
 
 
 def is_distributed() -> bool:
@@ -133,3 +136,55 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
+
+
+class StuckRanksError(SharpscopeError, RuntimeError):
+    """A rank waited longer than the group's timeout (:func:`timeout_from_env`) in a
+    collective; the message names the rank(s) that did not arrive."""
+
+
+def _timed_out(err: BaseException) -> bool:
+    """Whether ``err`` is a collective's timeout (gloo: 'Timed out waiting ...'; NCCL's
+    watchdog: '... Timeout ...')."""
+    return isinstance(err, RuntimeError) and re.search(r"[Tt]imed out|[Tt]imeout", str(err)) is not None
+
+
+def _who_is_stuck(monitor: object, timeout: timedelta) -> str:
+    """Ask every rank to pass a monitored barrier on the side group ``monitor`` (its pairs
+    survive the main group's timeout, which closes the main group's): rank 0 hears from every
+    rank that arrives within ``timeout`` and torch names the others; another rank hears only
+    from rank 0, so its failure names rank 0."""
+    try:
+        dist.monitored_barrier(group=monitor, timeout=timeout, wait_all_ranks=True)  # type: ignore[arg-type]
+    except RuntimeError as err:
+        text = str(err)
+        many = re.search(r"Ranks? ([\d, ]+) failed to pass", text)
+        one = re.search(r"from rank (\d+)", text)
+        if many:
+            return f"rank(s) [{', '.join(many.group(1).replace(' ', '').split(','))}] did not arrive (stuck or gone)"
+        if one:
+            return f"rank(s) [{one.group(1)}] did not arrive (stuck or gone)"
+        return f"the others could not be reached ({text.splitlines()[0][:200] if text else type(err).__name__})"
+    return "every rank has arrived since (a slow rank, not a stuck one: raise the timeout)"
+
+
+@contextmanager
+def naming_stuck_ranks() -> Iterator[None]:
+    """Inside the block, a collective that times out raises :class:`StuckRanksError` saying
+    which rank waited, for how long, and which rank(s) did not arrive. Entering the block is
+    a collective (every rank joins a side gloo group for a ``dist.monitored_barrier``); a
+    no-op in one process. The naming waits up to the timeout again, for ranks that entered
+    the timed-out collective late but are not stuck."""
+    if not is_distributed():
+        yield
+        return
+    timeout = timeout_from_env()
+    monitor = dist.new_group(backend="gloo", timeout=timeout)
+    try:
+        yield
+    except RuntimeError as err:
+        if not _timed_out(err):
+            raise
+        who = _who_is_stuck(monitor, timeout)
+        raise StuckRanksError(f"rank {rank()} waited more than {timeout.total_seconds():g} s ({TIMEOUT_ENV}) for the "
+                              f"other ranks in a collective: {who}") from err

@@ -41,9 +41,11 @@ DEADLINE_S = 300.0
 
 
 def _worker(rank: int, world: int, init_file: str, fn: Callable[..., Any], args: tuple, out_file: str,
-            timeout_s: float) -> None:
+            timeout_s: float, backend: str = "gloo") -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout_s))
     try:
         result = fn(*args)
@@ -57,13 +59,13 @@ def _worker(rank: int, world: int, init_file: str, fn: Callable[..., Any], args:
 
 
 def run_on_ranks(tmp_path: Path, fn: Callable[..., Any], *args: Any, world: int = 2,
-                 timeout_s: float = COLLECTIVE_TIMEOUT_S, deadline_s: float = DEADLINE_S) -> Any:
-    """``fn(*args)`` on ``world`` ranks; returns rank 0's result. A rank that waits more than
-    ``timeout_s`` in a collective raises (and the others are stopped); after ``deadline_s`` the
-    ranks still running are killed and TimeoutError names them."""
+                 timeout_s: float = COLLECTIVE_TIMEOUT_S, deadline_s: float = DEADLINE_S, backend: str = "gloo") -> Any:
+    """``fn(*args)`` on ``world`` ranks (``backend`` "nccl": rank r on GPU r); returns rank 0's
+    result. A rank that waits more than ``timeout_s`` in a collective raises (and the others are
+    stopped); after ``deadline_s`` the ranks still running are killed and TimeoutError names them."""
     folder = Path(tempfile.mkdtemp(prefix=f"{fn.__name__}.", dir=tmp_path))  # new init file, new markers
     out_file = str(folder / "result.pt")
-    context = mp.start_processes(_worker, args=(world, str(folder / "init"), fn, args, out_file, timeout_s),
+    context = mp.start_processes(_worker, args=(world, str(folder / "init"), fn, args, out_file, timeout_s, backend),
                                  nprocs=world, join=False, start_method="spawn")
     deadline = time.monotonic() + deadline_s
     try:

@@ -35,7 +35,8 @@ LAYERS: dict[int, set[str]] = {
     2: {"batches", "tokens", "vocab_chunks", "data", "models", "linalg", "optim"},
     3: {"objective", "checkpoint", "fd_hvp"},  # fd_hvp: gradients at perturbed weights (finite-difference HVPs)
     4: {"curvature", "hessian", "landscape", "sharpness", "measures", "ascent", "weight_spectra",
-        "measure_table"},  # the table of measures declares the analyses above; train, experiments read it
+        "measure_table",  # the table of measures declares the analyses above; train, experiments read it
+        "sharded"},  # Hessian eigenvalues of an FSDP2-sharded model
     5: {"train"},
     6: {"experiments"},
     7: {"cli", "__main__", "<root>"},  # the package root re-exports the API and imports submodules lazily

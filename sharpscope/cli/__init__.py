@@ -32,11 +32,12 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _launch_plan(argv: list[str]) -> tuple[int, list[str]]:
     """For ``sharpscope [--threads N] train ... --nproc P ...``: (P, the arguments without
-    --nproc); (1, argv) for anything else."""
+    --nproc); for ``hessian ... --nproc P`` (P > 1) the same with ``--shard`` added (each rank
+    shards the model, :mod:`sharpscope.cli.hessian_sharded`); (1, argv) for anything else."""
     i = 0
     while i < len(argv) and argv[i].startswith("--threads"):
         i += 1 if "=" in argv[i] else 2
-    if i >= len(argv) or argv[i] != "train":
+    if i >= len(argv) or argv[i] not in ("train", "hessian"):
         return 1, argv
     rest, nproc, args = argv[:i + 1], "1", iter(argv[i + 1:])
     for arg in args:
@@ -48,6 +49,8 @@ def _launch_plan(argv: list[str]) -> tuple[int, list[str]]:
             rest.append(arg)
     if not nproc.isdigit() or int(nproc) < 1:
         _fail(f"--nproc must be a positive integer, got {nproc!r}")
+    if argv[i] == "hessian" and int(nproc) > 1:
+        rest.append("--shard")
     return int(nproc), rest
 
 

@@ -101,6 +101,11 @@ def hessian_command(
                                        "'exact' (sum over classes, the default: sampled labels push the top "
                                        "eigenvalues up, +13-69 % with 1 label; the trace is unbiased)."),
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Shard the model over N processes with torch's FSDP2 "
+                              "(launches torchrun; gloo on CPU, NCCL on GPU): each holds 1/N of the parameters and "
+                              "of the Lanczos vectors; top-k eigenvalues by finite differences."),
+    shard: bool = typer.Option(False, "--shard", help="Shard the model over the ranks of the torchrun that "
+                               "launched this command (what --nproc N does)."),
     old_steps: Optional[int] = OLD_STEPS,
     old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
     inputs: Inputs = Inputs(),
@@ -116,6 +121,14 @@ def hessian_command(
     --json PATH instead, --json - on stdout only); an earlier result there is kept unless --overwrite.
     """
     steps = old_spelling("hessian", "--steps", "--slq-steps", old_steps, steps, 80)
+    if shard:  # sharpscope.cli.hessian_sharded: the checks, or the analysis on torchrun's ranks
+        from .hessian_sharded import run_sharded
+        given = {"--per-layer": per_layer, "--overlap-with": overlap_with, "--plot": plot,
+                 "--fisher-samples": fisher_samples}
+        spectra = {"trace": dict(n_matvecs=trace_matvecs) if trace else None, "density": dict(
+            n_runs=runs, n_steps=steps, sigma_squared=sigma_squared) if density else None}
+        return run_sharded(checkpoint, inputs, batch_size, dict(k=top_k, which=which, tol=tol, max_iter=max_iter,
+                           seed=inputs.seed), given, operator, hvp_mode, spectra)
     plot_dir = old_spelling("hessian", "--plot-dir", "--out", old_plot_dir, inputs.plot_dir, None)
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)

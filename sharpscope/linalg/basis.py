@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from .layout import VectorLayout
 from .operator import SymmetricOperator
 
 __all__ = ["Basis", "matvec_float64", "breakdown_threshold", "random_unit", "tridiagonal_eigh"]
@@ -53,9 +54,13 @@ def tridiagonal_eigh(alpha: Tensor | np.ndarray, beta: Tensor | np.ndarray) -> t
 
 
 class Basis:
-    """A growing float64 orthonormal basis ``Q`` (n x size) with CGS2 orthogonalization."""
+    """A growing float64 orthonormal basis ``Q`` (n x size) with CGS2 orthogonalization; with a
+    sharded ``layout``, this process's ``layout.local_n`` rows of it (``n`` is then ignored),
+    the products ``Q^T w`` summed over the processes (:mod:`.layout`)."""
 
-    def __init__(self, n: int, device: torch.device, capacity: int) -> None:
+    def __init__(self, n: int, device: torch.device, capacity: int, layout: VectorLayout | None = None) -> None:
+        self.layout = VectorLayout.whole(n) if layout is None else layout
+        n = self.layout.local_n
         self.n = n
         self.device = device
         self.size = 0
@@ -78,9 +83,9 @@ class Basis:
         Q = self.Q
         if Q.shape[1] == 0:
             return w, torch.zeros(0, dtype=torch.float64, device=w.device)
-        h = Q.T @ w
+        h = self.layout.sum(Q.T @ w)
         w = w - Q @ h
-        h2 = Q.T @ w
+        h2 = self.layout.sum(Q.T @ w)
         w = w - Q @ h2
         return w, h + h2
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..checks import int_at_least
 from ..errors import ConfigError
-from .basis import Basis, breakdown_threshold, matvec_float64, random_unit, tridiagonal_eigh
+from .basis import Basis, breakdown_threshold, matvec_float64, tridiagonal_eigh
 from .operator import SymmetricOperator
 
 __all__ = ["DensityResult", "slq", "smooth_density", "spectral_density"]
@@ -100,8 +100,8 @@ def slq(op: SymmetricOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 
     nodes = torch.empty(n_runs, m, dtype=torch.float64)
     weights = torch.zeros(n_runs, m, dtype=torch.float64)
     for r in range(n_runs):
-        q = random_unit(gen, n, op.device, rademacher=True)
-        basis = Basis(n, op.device, capacity=m)
+        q = op.layout.random_unit(gen, op.device, rademacher=True)  # (this shard's entries, if sharded)
+        basis = Basis(n, op.device, capacity=m, layout=op.layout)
         alphas: list[float] = []
         betas: list[float] = []
         anorm = 0.0
@@ -109,7 +109,7 @@ def slq(op: SymmetricOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 
             basis.append(q)
             w, h = basis.orthogonalize(matvec_float64(op, q))
             alpha = float(h[-1])
-            beta = float(torch.linalg.vector_norm(w))
+            beta = basis.layout.norm(w)
             anorm = max(anorm, abs(alpha) + beta + (betas[-1] if betas else 0.0))
             alphas.append(alpha)
             if j == m - 1 or beta <= breakdown_threshold(op, anorm):

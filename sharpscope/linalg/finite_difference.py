@@ -75,15 +75,17 @@ def central_difference_error(w_norm: float, dtype: torch.dtype, kappa: float = C
     return 1.5 * unit_roundoff(dtype) * (1.0 + float(w_norm)) / central_difference_step(w_norm, dtype, kappa)
 
 
-def central_difference(grad_at: Callable[[Tensor], Tensor], v: Tensor, step: float) -> Tensor:
+def central_difference(grad_at: Callable[[Tensor], Tensor], v: Tensor, step: float,
+                       norm: Callable[[Tensor], float] | None = None) -> Tensor:
     """||v|| (g(w + t u) - g(w - t u)) / (2 t), u = v / ||v||, t = ``step``.
 
     ``grad_at(d)`` returns a new tensor, the gradient at w + d (flat, like ``v``); the
     difference is formed in place in it (no copy of parameter size beyond the two gradients).
     A zero ``v`` gives zero without evaluating anything. The norm and the scale factors are
-    taken in float64 (Python floats), the arithmetic on vectors in ``v``'s dtype.
+    taken in float64 (Python floats), the arithmetic on vectors in ``v``'s dtype. ``norm``:
+    ||v|| of a vector held in shards (``v`` this process's entries; :mod:`.layout`).
     """
-    norm = float(v.double().norm())
+    norm = float(v.double().norm()) if norm is None else norm(v)
     if norm == 0.0:
         return torch.zeros_like(v)
     d = v * (step / norm)

@@ -60,7 +60,7 @@ from torch import Tensor
 
 from ..checks import available_memory, int_at_least
 from ..errors import ConfigError, UnconvergedWarning
-from .basis import Basis, breakdown_threshold, matvec_float64, random_unit, tridiagonal_eigh
+from .basis import Basis, breakdown_threshold, matvec_float64, tridiagonal_eigh
 from .operator import SymmetricOperator
 
 __all__ = ["EigenResult", "lanczos", "tridiagonal_eigh"]
@@ -186,12 +186,13 @@ def _check_arguments(op: SymmetricOperator, k: int, which: str, tol: float, max_
     return k, max_iter, check_every
 
 
-def _unit_start(v0: object, n: int, device: torch.device) -> Tensor:
-    """The given start vector as a float64 unit vector of ``n`` entries on ``device``."""
+def _unit_start(v0: object, op: SymmetricOperator) -> Tensor:
+    """The given start vector (this process's entries of it) as a float64 unit vector on the operator's device."""
+    n = op.local_n
     if not isinstance(v0, Tensor) or v0.numel() != n:
         raise ConfigError(f"v0 must be a tensor with {n} entries")
-    q = v0.detach().reshape(n).to(device=device, dtype=torch.float64)
-    norm = float(torch.linalg.vector_norm(q))
+    q = v0.detach().reshape(n).to(device=op.device, dtype=torch.float64)
+    norm = op.layout.norm(q)
     if not (math.isfinite(norm) and norm > 0):
         raise ConfigError("v0 must be finite and nonzero")
     return q / norm
@@ -211,7 +212,9 @@ def lanczos(
     """The ``k`` extreme eigenpairs of a symmetric operator by Lanczos with full reorthogonalization.
 
     Args:
-        op: the operator; only ``op.matvec`` is used, once per step.
+        op: the operator; only ``op.matvec`` is used, once per step. With a sharded
+            ``op.layout`` (:mod:`.layout`) every vector, ``v0`` and the eigenvectors
+            included, is this process's entries of it, and inner products are reduced.
         k: how many eigenpairs.
         which: ``"LA"`` largest algebraic, ``"SA"`` smallest algebraic, ``"LM"`` largest
             magnitude.
@@ -238,7 +241,7 @@ def lanczos(
     k, max_iter, check_every = _check_arguments(op, k, which, tol, max_iter, check_every, callback)
     n, device = op.n, op.device
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    q = random_unit(gen, n, device) if v0 is None else _unit_start(v0, n, device)
+    q = op.layout.random_unit(gen, device) if v0 is None else _unit_start(v0, op)
     start_count = op.n_matvecs
     basis, blocks, state, it = _iterate(op, q, v0 is None, gen, k, which, tol, max_iter, check_every, callback)
     vectors = _ritz_vectors(basis, blocks, state, k)
@@ -269,7 +272,7 @@ def _iterate(op: SymmetricOperator, q: Tensor, random_start: bool, gen: torch.Ge
     random vector orthogonal to the basis starts the next block (:func:`_restart_vector`)."""
     n, device = op.n, op.device
     eps_op = torch.finfo(op.dtype).eps
-    basis = Basis(n, device, capacity=min(max_iter, max(2 * k + 20, 32)))
+    basis = Basis(n, device, capacity=min(max_iter, max(2 * k + 20, 32)), layout=op.layout)
     blocks = [_Block(start=0, random_start=random_start)]
     anorm = 0.0
     it = 0
@@ -279,7 +282,7 @@ def _iterate(op: SymmetricOperator, q: Tensor, random_start: bool, gen: torch.Ge
         it += 1
         w, h = basis.orthogonalize(matvec_float64(op, q))
         alpha = float(h[-1])
-        beta = float(torch.linalg.vector_norm(w))
+        beta = basis.layout.norm(w)
         prev_beta = block.betas[-1] if block.betas else 0.0
         block.alphas.append(alpha)
         block.betas.append(beta)
@@ -326,8 +329,8 @@ def _finished(state: _State, block: _Block, invariant: bool) -> bool:
 def _restart_vector(basis: Basis, gen: torch.Generator) -> Tensor | None:
     """A random unit vector orthogonal to the basis (CGS2), or None when the remainder is
     below 1e-8: numerically the basis already spans everything."""
-    r, _ = basis.orthogonalize(random_unit(gen, basis.n, basis.device))
-    rnorm = float(torch.linalg.vector_norm(r))
+    r, _ = basis.orthogonalize(basis.layout.random_unit(gen, basis.device))
+    rnorm = basis.layout.norm(r)
     if rnorm <= 1e-8:
         return None
     return r / rnorm

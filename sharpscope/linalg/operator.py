@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
+from .layout import VectorLayout
 
 __all__ = ["SymmetricOperator"]
 
@@ -32,6 +33,9 @@ class SymmetricOperator:
         device: where the products are computed.
         matmat: optional ``V -> A V`` for ``V`` of shape ``(n, b)`` (a batched HVP, or
             ``A @ V`` for an explicit matrix). Without it :meth:`matmat` loops over columns.
+        layout: where the vectors live (:class:`~.layout.VectorLayout`): by default whole,
+            ``(n,)``; sharded, ``matvec`` takes and returns this process's ``layout.local_n``
+            entries, and the algorithms reduce their inner products over the processes.
 
     ``n_matvecs`` counts vectors, not calls: a :meth:`matmat` with ``b`` columns adds ``b``.
     Symmetry is the caller's promise; nothing here checks it (except :meth:`from_matrix`).
@@ -45,6 +49,7 @@ class SymmetricOperator:
         dtype: torch.dtype = torch.float64,
         device: str | torch.device = "cpu",
         matmat: Callable[[Tensor], Tensor] | None = None,
+        layout: VectorLayout | None = None,
     ) -> None:
         if not callable(matvec):
             raise ConfigError("matvec must be callable")
@@ -60,6 +65,10 @@ class SymmetricOperator:
         self.dtype: torch.dtype = dtype
         self.device: torch.device = torch.device(device)
         self.n_matvecs: int = 0
+        if layout is not None and (not isinstance(layout, VectorLayout) or layout.n != n):
+            raise ConfigError(f"layout must be a VectorLayout of dimension {n}, got {layout!r}")
+        self.layout: VectorLayout = VectorLayout.whole(n) if layout is None else layout
+        self.local_n: int = self.layout.local_n  # the entries of a vector this process holds (n unless sharded)
 
     def __repr__(self) -> str:
         return (
@@ -73,24 +82,24 @@ class SymmetricOperator:
 
     def matvec(self, v: Tensor) -> Tensor:
         """``A v`` for ``v`` of shape ``(n,)``; ``v`` is cast to the operator's dtype/device first."""
-        if v.shape != (self.n,):
-            raise ConfigError(f"matvec expects a vector of shape ({self.n},), got {tuple(v.shape)}")
+        if v.shape != (self.local_n,):
+            raise ConfigError(f"matvec expects a vector of shape ({self.local_n},), got {tuple(v.shape)}")
         out = self._matvec(v.to(device=self.device, dtype=self.dtype))
         self.n_matvecs += 1
-        return out.reshape(self.n)
+        return out.reshape(self.local_n)
 
     def matmat(self, V: Tensor) -> Tensor:
         """``A V`` for ``V`` of shape ``(n, b)``; counts ``b`` products."""
-        if V.ndim != 2 or V.shape[0] != self.n:
-            raise ConfigError(f"matmat expects a matrix of shape ({self.n}, b), got {tuple(V.shape)}")
+        if V.ndim != 2 or V.shape[0] != self.local_n:
+            raise ConfigError(f"matmat expects a matrix of shape ({self.local_n}, b), got {tuple(V.shape)}")
         V = V.to(device=self.device, dtype=self.dtype)
         b = V.shape[1]
         if self._matmat is not None:
-            out = self._matmat(V).reshape(self.n, b)
+            out = self._matmat(V).reshape(self.local_n, b)
         elif b == 0:
             out = V.clone()
         else:
-            out = torch.stack([self._matvec(V[:, j]).reshape(self.n) for j in range(b)], dim=1)
+            out = torch.stack([self._matvec(V[:, j]).reshape(self.local_n) for j in range(b)], dim=1)
         self.n_matvecs += b
         return out
 

@@ -71,7 +71,7 @@ def _quad_forms(op: SymmetricOperator, make: Callable[[int], Tensor], b: int, bl
     for s in range(0, b, max(1, step)):
         Zb = make(min(step, b - s))
         AZ = op.matmat(Zb).to(device=Zb.device, dtype=torch.float64)
-        out[s : s + Zb.shape[1]] = (Zb * AZ).sum(dim=0).cpu()
+        out[s : s + Zb.shape[1]] = op.layout.sum((Zb * AZ).sum(dim=0)).cpu()  # over the shards, if sharded
     return out
 
 
@@ -121,7 +121,9 @@ def hutchinson(
         raise ConfigError(f"distribution must be one of {_DISTRIBUTIONS}, got {distribution!r}")
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     start = op.n_matvecs
-    samples = _quad_forms(op, lambda b: _probes(gen, op.n, b, distribution).to(op.device), m, block_size)
+    # sharded (op.layout): each shard keeps its entries of the same probes (drawn whole, a block at a time)
+    samples = _quad_forms(op, lambda b: op.layout.take(_probes(gen, op.n, b, distribution)).to(op.device), m,
+                          block_size)
     estimate, stderr = _mean_stderr(samples)
     return TraceResult(estimate, stderr, op.n_matvecs - start, "hutchinson", samples)
 
@@ -175,6 +177,9 @@ def hutchpp(
     """
     if not isinstance(op, SymmetricOperator):
         raise ConfigError("hutchpp expects a SymmetricOperator")
+    if op.layout.sharded:
+        raise ConfigError("hutchpp needs a QR factorization of the sketch, not implemented on sharded vectors; use "
+                          "hutchinson")
     m = int_at_least("n_matvecs", n_matvecs, 3)
     if block_size is not None:
         block_size = int_at_least("block_size", block_size, 1)
