@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ._common import CHECK_LAUNCH_ENV, console as rank0_console, data_loss, hvp_progress, is_main
+from ._common import CHECK_LAUNCH_ENV, console as rank0_console, data_loss, is_main, progress_bar
 from ._inputs import Inputs
 from ._results import claim_analysis, save_report
 
@@ -97,7 +97,7 @@ def _compute(h: Any, lanczos: dict[str, Any], spectra: dict[str, dict | None], c
     from ..sharded import sharded_density, sharded_eigenvalues, sharded_trace
 
     results: dict[str, Any] = {}
-    with hvp_progress(console, progress) as bar:
+    with progress_bar(console, progress, "HVPs") as bar:
         task = bar.add_task(f"eigenvalues ({lanczos['which']}), {world} shards", total=None)
         h.on_hvp = lambda n: bar.advance(task, n)
         results["eigenvalues"] = sharded_eigenvalues(h, **lanczos)
