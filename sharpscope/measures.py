@@ -2,45 +2,26 @@
 "A modern look at the relationship between sharpness and generalization"; reference code
 tml-epfl/sharpness-vs-generalization ``sharpness.py``).
 
-The examples are split (seeded shuffle) into disjoint subsets b of m examples, as for
-m-sharpness (:func:`sharpscope.sharpness.m_sharpness`). With the elementwise scale
-T = 1 (plain) or T = |w| + eta (adaptive; the reference uses eta = 0) and the set
+The examples are split into seeded disjoint subsets b of m examples, as for m-sharpness. With
+T = 1 (plain) or T = |w| + eta (adaptive) and B = {e : ||e / T||_p <= rho}, p = 2 or inf:
 
-    B = {e : ||e / T||_p <= rho},  p = 2 (a ball or an ellipsoid) or p = inf (a box),
+- worst case:   S_b = max_{e in B} L_b(w + e) - L_b(w), by the APGD-style ascent of
+  :mod:`sharpscope.ascent` (Croce & Hein, ICML 2020), ``restarts`` times per subset (e = 0,
+  then seeded uniform points of the boundary), keeping the best; every restart's value is kept
+  and a relative spread (max - min) / max above :data:`RESTART_TOLERANCE` warns
+  (:class:`~sharpscope.errors.RestartsDisagreeWarning`): the value is a lower bound;
+- average case: A_b = E_e[L_b(w + e)] - L_b(w), e = rho T z, z ~ N(0, 1) (p = 2) or U[-1, 1]
+  (p = inf), as the reference draws it,
 
-- worst-case:   S_b = max_{e in B} L_b(w + e) - L_b(w),
-- average-case: A_b = E_e [L_b(w + e)] - L_b(w), e = rho T z elementwise with z ~ N(0, 1)
-  (p = 2) or z ~ U[-1, 1] (p = inf), as the reference draws it,
+and the same for the error rate. Each is the mean over subsets, with the standard error over
+subsets from :data:`MIN_SUBSETS_FOR_STDERR` subsets on (fewer than 4 degrees of freedom can be
+off by orders of magnitude: None and ``stderr_note``); the average case also gives the Monte
+Carlo error sqrt(sum_b var_b / S) / k for k subsets of S draws.
 
-and the same for the error rate (the error at the worst-loss point; the mean error under the
-noise). Each measure is the mean over subsets, with its standard error over subsets where there
-are at least :data:`MIN_SUBSETS_FOR_STDERR` (5) subsets (None below, with ``stderr_note``: an
-estimate with fewer than 4 degrees of freedom can be off by orders of magnitude); the average
-case also gives the Monte Carlo standard error of the mean, sqrt(sum_b var_b / S) / k for k
-subsets of S draws with per-draw variances var_b, for any k.
-
-Restarts. The ascent finds local maxima: on a small MLP at full batch the single ascent from
-e = 0 stopped 1-8 % below the best of 16 starts after 100 steps, 5-40 % after 5-20 (issue 23
-reports 14-16 % and 4.7 %). Each subset therefore runs ``restarts`` ascents (default
-:data:`DEFAULT_RESTARTS` = 4: e = 0, or a random point with ``random_start``, then seeded
-uniform points of the boundary) and keeps the best; every restart's value is kept and a relative
-spread (max - min) / max above :data:`RESTART_TOLERANCE` (1 %) warns
-(:class:`~sharpscope.errors.RestartsDisagreeWarning`): the value is then a lower bound.
-
-Two rules shared with :mod:`sharpscope.sharpness` and :mod:`sharpscope.objective`:
-
-- zero gradient: where the gradient at w is exactly 0 (a minimum, a saddle, a zero-initialised
-  model) e = 0 has no ascent direction; the e = 0 restart starts from a seeded random point of
-  the boundary instead, with :class:`~sharpscope.errors.ZeroGradientWarning` (at a minimum the
-  value is then rho^2 lambda_max / 2, not 0);
-- non-finite values: NaN or infinite weights or buffers, or a NaN or infinite loss or gradient at
-  w, at any ascent point or at any noise draw (a NaN in the data, a pole of the loss inside the
-  ball) raise :class:`~sharpscope.errors.NonFiniteLossError`, as the Hessian analyses do.
-
-The worst case is found by the reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020):
-:mod:`sharpscope.ascent` states its steps and where they differ from the reference code.
-
-All functions use eval mode and never modify the model.
+Shared rules (:mod:`sharpscope.sharpness`): a zero gradient at w starts the e = 0 restart at a
+seeded random point of the boundary (:class:`~sharpscope.errors.ZeroGradientWarning`); a NaN or
+infinite weight, loss or gradient anywhere raises :class:`~sharpscope.errors.NonFiniteLossError`.
+Eval mode; the model is never modified.
 """
 
 from __future__ import annotations
@@ -62,7 +43,7 @@ from .batches import higher_order_attention, take
 from .checks import int_at_least
 from .errors import ConfigError, RestartsDisagreeWarning
 from .objective import eval_mode
-from .sharpness import rank_groups, seeded_subsets, warn_zero_gradient
+from .sharpness import checked_lists, rank_groups, seeded_subsets, warn_zero_gradient
 
 __all__ = ["worst_case_sharpness", "average_case_sharpness", "sharpness", "MEASURES", "MeasureValue",
            "MeasureResult", "ascent_direction", "apgd_checkpoints", "DEFAULT_RESTARTS", "RESTART_TOLERANCE",
@@ -136,36 +117,9 @@ class MeasureResult:
         return d
 
 
-def _lists(m: int | Sequence[int], rho: float | Sequence[float], p: float, eta: float, count: int, what: str,
-           max_subsets: int | None) -> tuple[list[int], list[float]]:
-    """The m and rho lists of a measure's call, every option checked."""
-    ms, rhos = ([m] if isinstance(m, int) else list(m)), ([rho] if isinstance(rho, (int, float)) else list(rho))
-    _check(ms, rhos, p, eta, count, what)
-    if max_subsets is not None:
-        int_at_least("max_subsets", max_subsets, 1)
-    return ms, rhos
-
-
-def _check(ms: Sequence[int], rhos: Sequence[float], p: float, eta: float, count: int, what: str) -> None:
-    if not ms or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in ms):
-        raise ConfigError(f"m must be positive integers, got {list(ms)!r}")
-    if not rhos or any(not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0) for r in rhos):
-        raise ConfigError(f"rho must be finite numbers >= 0, got {list(rhos)!r}")
-    if p not in (2, 2.0, math.inf):
-        raise ConfigError(f"sharpness measures support p = 2 and p = inf, got {p}")
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
-        raise ConfigError(f"eta must be a finite number >= 0, got {eta!r}")
-    int_at_least(what, count, 1)
-
-
 def _summary(size: int, rho: float, loss: Tensor, err: Tensor) -> MeasureValue:
-    """The all-reduced per-subset values -> mean and standard error over subsets.
-
-    The standard error over k subsets, s / sqrt(k) with s the sample standard deviation of the
-    per-subset values, is reported only for k >= :data:`MIN_SUBSETS_FOR_STDERR` (with fewer, s
-    has k - 1 < 4 degrees of freedom and can be off by orders of magnitude: with two subsets it
-    read 3.5e-8 where the Monte Carlo error alone was 6.3e-6); otherwise it is None and
-    ``stderr_note`` says why."""
+    """The all-reduced per-subset values -> mean and standard error s / sqrt(k) over k subsets
+    (None below :data:`MIN_SUBSETS_FOR_STDERR`, with ``stderr_note``)."""
     loss, err = dist_utils.all_reduce_sum(loss).cpu(), dist_utils.all_reduce_sum(err).cpu()
     k = loss.numel()
     enough = k >= MIN_SUBSETS_FOR_STDERR
@@ -187,19 +141,11 @@ def worst_case_sharpness(
     group_examples: int = 256, callback: Callable[[int], None] | None = None,
     restarts: int = DEFAULT_RESTARTS, params: Any = None,
 ) -> MeasureResult:
-    """max_{||e / T||_p <= rho} L_b(w + e) - L_b(w), averaged over subsets of m examples
-    (module docstring), by ``steps`` steps of the APGD-style ascent, ``restarts`` times per
-    subset: from e = 0 (a seeded random point of the boundary with ``random_start``) and from
-    ``restarts - 1`` seeded random points of the boundary; each subset keeps its best. The
-    ascent finds local maxima, so the value is a lower bound of the maximum: each result records
-    every restart's value (``restart_values``) and the largest relative spread between restarts
-    (``restart_spread``), and :class:`~sharpscope.errors.RestartsDisagreeWarning` is raised when
-    that spread exceeds :data:`RESTART_TOLERANCE` (1 %). A subset whose gradient at w is exactly
-    zero starts its e = 0 restart at a seeded random point instead
-    (:class:`~sharpscope.errors.ZeroGradientWarning`). A NaN or infinite loss or gradient at w
-    or at any visited point raises :class:`~sharpscope.errors.NonFiniteLossError`. ``params``
-    chooses the parameters e moves (:func:`sharpscope.objective.select_parameters`)."""
-    ms, rhos = _lists(m, rho, p, eta, steps, "steps", max_subsets)
+    """max_{||e / T||_p <= rho} L_b(w + e) - L_b(w) averaged over subsets of m examples (module
+    docstring): ``steps`` APGD steps, ``restarts`` times per subset, the first from e = 0 (or a
+    seeded random point with ``random_start``); results keep ``restart_values`` and
+    ``restart_spread``. ``params``: the parameters e moves."""
+    ms, rhos = checked_lists(m, rho, p, steps, "steps", max_subsets, "each sharpness measure", eta)
     int_at_least("restarts", restarts, 1)
     start_time = time.perf_counter()
     s = setup(model, loss_fn, data, adaptive, eta, params)
@@ -222,8 +168,7 @@ def worst_case_sharpness(
 
 
 def _record_restarts(res: MeasureValue, values: Tensor | None) -> None:
-    """Every restart's value per subset, (subsets, restarts), and the largest relative spread
-    (max - min) / max over the subsets whose best is positive."""
+    """Every restart's value per subset and the largest (max - min) / max over subsets with a positive best."""
     if values is None:
         return
     res.restart_values = values.tolist()
@@ -247,10 +192,8 @@ def _over_subsets(s: Setup, ms: Sequence[int], rhos: Sequence[float], seed: int,
                   one_group: Callable[[Any, int, float, tuple[int, ...]], tuple[Tensor, ...]]
                   ) -> tuple[list[MeasureValue], int, list[Tensor | None]]:
     """For each m and rho, ``one_group(batch, rows, rho, keys)`` -> (loss increases, error
-    increases, evaluations per subset[, a per-subset extra of shape (rows, ...)]) over this
-    rank's groups of subsets; the per-subset values (and extras) are all-reduced into one
-    :class:`MeasureValue` (and one (subsets, ...) tensor, None without extras) each. Returns
-    them and the total number of per-subset evaluations (all ranks)."""
+    increases, evaluations per subset[, a per-subset extra]) over this rank's groups, all-reduced
+    into :class:`MeasureValue` s (and extras, None without); also the evaluations on all ranks."""
     gen = torch.Generator().manual_seed(seed)
     results, extras, count = [], [], 0
     for size in ms:
@@ -282,14 +225,10 @@ def average_case_sharpness(
     samples: int = 100, seed: int = 0, max_subsets: int | None = None, group_examples: int = 256,
     callback: Callable[[int], None] | None = None, params: Any = None,
 ) -> MeasureResult:
-    """E_e[L_b(w + e)] - L_b(w) over ``samples`` draws of the reference's noise per subset
-    (module docstring), averaged over subsets of m examples. The standard error is over subsets
-    (each subset's value already averages ``samples`` draws), reported from
-    :data:`MIN_SUBSETS_FOR_STDERR` subsets on; ``loss_mc_stderr`` is the Monte Carlo error of
-    the mean from the draws alone (``samples`` >= 2). A NaN or infinite loss at w or at any
-    draw raises :class:`~sharpscope.errors.NonFiniteLossError`. ``params`` chooses the
-    parameters the noise moves (:func:`sharpscope.objective.select_parameters`)."""
-    ms, rhos = _lists(m, rho, p, eta, samples, "samples", max_subsets)
+    """E_e[L_b(w + e)] - L_b(w) over ``samples`` noise draws per subset, averaged over subsets of
+    m examples (module docstring); ``loss_mc_stderr``: the Monte Carlo error of the mean from
+    the draws alone (``samples`` >= 2). ``params``: the parameters the noise moves."""
+    ms, rhos = checked_lists(m, rho, p, samples, "samples", max_subsets, "each sharpness measure", eta)
     start_time = time.perf_counter()
     s = setup(model, loss_fn, data, adaptive, eta, params)
     def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int, Tensor]:

@@ -1,43 +1,22 @@
 """SAM's own diagnostics (Foret et al., ICLR 2021, Sec. 4.1 and App. C.4).
 
-m-sharpness. The data set is split (seeded shuffle) into disjoint subsets b of m examples
-(the last, incomplete one dropped) and, for each,
+m-sharpness: the data is split (seeded shuffle) into disjoint subsets b of m examples (the
+incomplete last one dropped) and S_b = max_{||e||_p <= rho} L_b(w + e) - L_b(w) is found by
+``steps`` of projected normalized ascent from e = 0, e <- Proj(e + rho dual(grad L_b(w + e)))
+(dual(g) = g / ||g||_2 for p = 2, sign(g) for p = inf; the first step is SAM's e_hat). Each
+subset keeps the best iterate, the start included (S_b >= 0); the result is the mean over
+subsets with its standard error. :mod:`sharpscope.measures` has the APGD-style worst case.
 
-    S_b = max_{||e||_p <= rho} L_b(w + e) - L_b(w),
+First- vs second-order SAM gradient: with e_hat(w) = rho g / ||g||, the gradient of
+L(w + e_hat(w)) is grad L|_{w + e_hat} + (d e_hat / dw)^T grad L|_{w + e_hat} with
+d e_hat / dw = (rho / ||g||) (I - g_hat g_hat^T) H(w); SAM drops the second term, which costs
+one HVP since (d e_hat / dw)^T v = H (rho / ||g||) (v - g_hat (g_hat . v)).
 
-found by ``steps`` of projected normalized gradient ascent started at e = 0:
-e <- Proj_{||.||_p <= rho}(e + rho * dual(grad L_b(w + e))), with dual(g) the dual-norm
-direction of g (g / ||g||_2 for p = 2, sign(g) for p = inf). The first step is exactly
-SAM's e_hat, and the value reported per subset is the best over the iterates and the start
-e = 0, so more steps never give less and no value is negative (a subset whose every ascent
-step lowers its loss reads 0). :mod:`sharpscope.measures` has the stronger APGD-style
-worst case, the average case and their adaptive versions. m-sharpness is the mean of S_b over subsets, with its standard
-error. Subsets of one size are processed together with ``torch.func.vmap``.
-
-First- vs second-order SAM gradient. With e_hat(w) = rho g / ||g|| (p = 2), the gradient
-of the SAM objective L(w + e_hat(w)) is
-
-    grad L|_{w + e_hat} + (d e_hat / dw)^T grad L|_{w + e_hat},
-    d e_hat / dw = (rho / ||g||) (I - g_hat g_hat^T) H(w),
-
-SAM drops the second term. ``sam_gradient_cosine`` returns the cosine between the SAM
-gradient and the full one and the norms of both terms; the second term costs one
-Hessian-vector product at w, since H is symmetric:
-(d e_hat / dw)^T v = H(w) (rho / ||g||) (v - g_hat (g_hat . v)).
-
-Zero gradient (one rule, shared with :mod:`sharpscope.measures`): where the gradient at w is
-exactly zero (a minimum, a saddle, a zero-initialised model) the ascent direction rho g / ||g||
-is undefined. m-sharpness, a maximum over the ball, then takes its first step along a seeded
-random direction (at a minimum it reads about rho^2 lambda_max / 2 instead of 0); the
-quantities defined through SAM's e_hat itself, the surrogate gap and the gradient cosine, are
-undefined and read NaN. Each warns :class:`~sharpscope.errors.ZeroGradientWarning`.
-
-Non-finite values: NaN or infinite weights, or a NaN or infinite loss or gradient at w or at any
-point visited, raise :class:`~sharpscope.errors.NonFiniteLossError` (as
-:class:`~sharpscope.objective.Objective` does for the surrogate gap and the cosine).
-
-All functions use eval mode (batch norm with running statistics) and never modify the
-model.
+Zero gradient at w (one rule with :mod:`sharpscope.measures`): m-sharpness takes its first
+step along a seeded random direction; the surrogate gap and the gradient cosine, defined by
+e_hat, read NaN; both warn :class:`~sharpscope.errors.ZeroGradientWarning`. A NaN or infinite
+weight, loss or gradient anywhere raises :class:`~sharpscope.errors.NonFiniteLossError`.
+Everything runs in eval mode and leaves the model unchanged.
 """
 
 from __future__ import annotations
@@ -70,18 +49,13 @@ def dual_direction(g: Tensor, p: float) -> Tensor:
     """argmax_{||e||_p <= 1} <e, g> along the last dimension (rows of a batch of flat vectors)."""
     if p == math.inf:
         return torch.sign(g)
-    if p == 2:
-        n = g.norm(dim=-1, keepdim=True)
-        return torch.where(n > 0, g / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
-    q = p / (p - 1)
-    t = torch.sign(g) * g.abs() ** (q - 1)
-    n = t.norm(p=p, dim=-1, keepdim=True)
+    t = g if p == 2 else torch.sign(g) * g.abs() ** (p / (p - 1) - 1)
+    n = t.norm(dim=-1, keepdim=True) if p == 2 else t.norm(p=p, dim=-1, keepdim=True)
     return torch.where(n > 0, t / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
 
 
 def project(e: Tensor, rho: float, p: float) -> Tensor:
-    """Euclidean-style projection onto {||e||_p <= rho}: clamp for p = inf, rescaling for p = 2
-    (the exact Euclidean projection in both cases)."""
+    """The Euclidean projection onto {||e||_p <= rho}: clamp for p = inf, rescaling for p = 2."""
     if p == math.inf:
         return e.clamp(-rho, rho)
     if p != 2:
@@ -124,9 +98,8 @@ class SharpnessResult:
 
 @dataclass
 class FlatExamples:
-    """The analysed examples joined into one batch, and the model's state as a function of its
-    parameters flattened into one vector ``w0`` (buffers fixed): what the per-subset measures
-    (m-sharpness, :mod:`sharpscope.measures`) vectorize over."""
+    """The examples as one batch and the model's state as a function of its flat parameters
+    ``w0`` (buffers fixed): what the per-subset measures vectorize over."""
 
     batch_loss: BatchLoss
     examples: Any
@@ -144,9 +117,8 @@ class FlatExamples:
 
 
 def flat_examples(model: nn.Module, loss_fn: LossFn, data: Iterable, params: Any = None) -> FlatExamples:
-    """:class:`FlatExamples` of ``model`` on every example of ``data`` (read once, joined), over
-    the parameters ``params`` selects (:func:`sharpscope.objective.select_parameters`: by
-    default every trainable one); the others are held fixed beside the buffers."""
+    """:class:`FlatExamples` of ``model`` on every example of ``data``, over the parameters
+    ``params`` selects (:func:`sharpscope.objective.select_parameters`), the others fixed."""
     first = next(iter(model.parameters()))
     batch_loss = BatchLoss(model, loss_fn)
     examples = batch_loss.read(data, first.device, first.dtype).joined()
@@ -158,6 +130,24 @@ def flat_examples(model: nn.Module, loss_fn: LossFn, data: Iterable, params: Any
                         torch.cat([theta[nm].detach().reshape(-1) for nm in names]), names,
                         [theta[nm].shape for nm in names], [theta[nm].numel() for nm in names],
                         {**fixed, **{nm: b.detach() for nm, b in model.named_buffers()}})
+
+
+def checked_lists(m: int | Sequence[int], rho: float | Sequence[float], p: float, count: int, what: str,
+                  max_subsets: int | None, name: str, eta: float = 0.0) -> tuple[list[int], list[float]]:
+    """The m and rho lists of a per-subset measure's call, every option checked (ConfigError)."""
+    ms, rhos = ([m] if isinstance(m, int) else list(m)), ([rho] if isinstance(rho, (int, float)) else list(rho))
+    if not ms or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in ms):
+        raise ConfigError(f"m must be positive integers, got {ms!r}")
+    if not rhos or any(not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0) for r in rhos):
+        raise ConfigError(f"rho must be finite numbers >= 0, got {rhos!r}")
+    if p not in (2, 2.0, math.inf):
+        raise ConfigError(f"{name} supports p = 2 and p = inf, got {p}")
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+        raise ConfigError(f"eta must be a finite number >= 0, got {eta!r}")
+    int_at_least(what, count, 1)
+    if max_subsets is not None:
+        int_at_least("max_subsets", max_subsets, 1)
+    return ms, rhos
 
 
 def seeded_subsets(n: int, size: int, gen: torch.Generator, max_subsets: int | None,
@@ -172,8 +162,8 @@ def seeded_subsets(n: int, size: int, gen: torch.Generator, max_subsets: int | N
 
 
 def seeded_generator(seed: int, *keys: int) -> torch.Generator:
-    """A CPU generator seeded by ``seed`` mixed with integer ``keys`` (e.g. m, rho index, first
-    subset of a group): draws that do not depend on how groups are shared out over ranks."""
+    """A CPU generator seeded by ``seed`` mixed with ``keys`` (m, rho index, first subset of a
+    group): draws independent of how groups are shared out over ranks."""
     mixed = seed
     for k in keys:
         mixed = (mixed * 1_000_003 + k * 7919 + 17) % (2**63 - 1)
@@ -181,15 +171,13 @@ def seeded_generator(seed: int, *keys: int) -> torch.Generator:
 
 
 def random_directions(rows: int, n: int, p: float, gen: torch.Generator, like: Tensor) -> Tensor:
-    """``rows`` seeded uniformly random unit directions of the p-norm (a normalized Gaussian for
-    p = 2, a random vertex sign(z) of the unit box for p = inf)."""
+    """``rows`` uniformly random unit directions of the p-norm (a normalized Gaussian, or sign(z))."""
     z = torch.randn((rows, n), generator=gen, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
     return torch.sign(z) if p == math.inf else z / z.norm(dim=-1, keepdim=True)
 
 
 def warn_zero_gradient(what: str, where: str, how: str) -> None:
-    """:class:`~sharpscope.errors.ZeroGradientWarning`: the gradient at the weights is exactly
-    zero ``where`` (on some subsets, on the data set), so ``what`` did ``how`` (module docstring)."""
+    """:class:`~sharpscope.errors.ZeroGradientWarning`: the gradient is zero ``where``, so ``what`` did ``how``."""
     warnings.warn(f"{what}: the gradient at the weights is exactly zero {where} (a minimum, a saddle or a "
                   f"zero-initialised model), so the ascent direction rho g / ||g|| is undefined; {how}",
                   ZeroGradientWarning, stacklevel=3)
@@ -197,7 +185,7 @@ def warn_zero_gradient(what: str, where: str, how: str) -> None:
 
 def rank_groups(subsets: Tensor, group_examples: int) -> list[Tensor]:
     """The row indices of this rank's groups of subsets (about ``group_examples`` examples per
-    vectorized call; groups dealt round robin over torch.distributed ranks, all in one process)."""
+    vectorized call, dealt round robin over ranks)."""
     per_call = max(1, group_examples // subsets.shape[1])
     starts = list(range(0, subsets.shape[0], per_call))[dist_utils.rank()::dist_utils.world_size()]
     return [torch.arange(lo, min(lo + per_call, subsets.shape[0])) for lo in starts]
@@ -208,28 +196,11 @@ def m_sharpness(
     rho: float | Sequence[float] = 0.05, steps: int = 5, p: float = 2.0, seed: int = 0,
     max_subsets: int | None = None, group_examples: int = 512,
     callback: Callable[[int], None] | None = None, params: Any = None) -> SharpnessResult:
-    """m-sharpness (module docstring) for each m in ``m`` and each rho in ``rho``.
-
-    The subsets are consecutive slices of ``torch.randperm(n, generator=seed)`` over the
-    examples in the order ``data`` yields them: pass an unshuffled iterable (or a fixed list
-    of batches) for reproducible subsets.
-
-    ``max_subsets`` caps the number of subsets per m (a seeded choice); ``group_examples``
-    is about how many examples are processed per vectorized call. ``params``: the parameters
-    perturbed (:func:`flat_examples`; frozen ones stay put), the rest fixed.
-    """
-    if max_subsets is not None:
-        int_at_least("max_subsets", max_subsets, 1)
-    ms = [m] if isinstance(m, int) else list(m)
-    rhos = [rho] if isinstance(rho, (int, float)) else list(rho)
-    if not ms or any(not isinstance(v, int) or v < 1 for v in ms):
-        raise ConfigError(f"m must be positive integers, got {m!r}")
-    if not rhos or any(not (math.isfinite(r) and r >= 0) for r in rhos):
-        raise ConfigError(f"rho must be >= 0, got {rho!r}")
-    if steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {steps}")
-    if p not in (2, 2.0, math.inf):
-        raise ConfigError(f"m-sharpness supports p = 2 and p = inf, got {p}")
+    """m-sharpness (module docstring) for each m in ``m`` and each rho in ``rho``. The subsets
+    slice ``torch.randperm(n, generator=seed)`` over the examples in the order ``data`` yields
+    them (unshuffled data gives reproducible subsets); ``max_subsets`` caps them per m;
+    ``group_examples``: about the examples per vectorized call; ``params``: those perturbed."""
+    ms, rhos = checked_lists(m, rho, p, steps, "steps", max_subsets, "m-sharpness")
     start = time.perf_counter()
     flat = flat_examples(model, loss_fn, data, params)
     w0 = flat.w0
@@ -287,9 +258,8 @@ def m_sharpness(
 def surrogate_gaps(model: nn.Module | Objective, loss_fn: LossFn | None = None,
                    data: Iterable[tuple[Tensor, Tensor]] | None = None, rhos: Sequence[float] = (0.05,),
                    p: float = 2.0, params: Any = None) -> dict[float, float]:
-    """rho -> L(w + e_hat) - L(w) on the whole data set, e_hat = rho * dual(grad L(w)) (SAM's
-    first-order maximizer: the quantity SAM's second pass sees); one gradient for all rho.
-    ``params``: the parameters e_hat moves (:func:`sharpscope.objective.select_parameters`)."""
+    """rho -> L(w + e_hat) - L(w) on the whole data, e_hat = rho dual(grad L(w)) (what SAM's
+    second pass sees); one gradient for all rho; ``params``: the parameters e_hat moves."""
     obj = model if isinstance(model, Objective) else Objective(model, loss_fn, data, params=params)
     loss_w, g = obj.value_and_grad()
     if not bool((g != 0).any()):
@@ -327,9 +297,8 @@ class GradientCosine:
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
-    """a . b / (||a|| ||b||), clipped to [-1, 1]: in float32 the dot product and the norms round
-    apart by about sqrt(n) eps, so two nearly parallel vectors of 10^5 entries read up to
-    1 + 6e-6 (tests/test_sharpness.py), which no cosine is."""
+    """a . b / (||a|| ||b||), clipped to [-1, 1] (in float32 the dot product and the norms round
+    apart by about sqrt(n) eps)."""
     value = float((a @ b) / (a.norm() * b.norm()).clamp_min(torch.finfo(b.dtype).tiny))
     return min(1.0, max(-1.0, value)) if math.isfinite(value) else value
 
