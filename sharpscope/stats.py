@@ -1,27 +1,18 @@
-"""Statistics of repeated runs: means with confidence intervals and paired comparisons.
+"""Statistics of repeated runs: means with confidence intervals and paired comparisons
+(numpy and scipy.stats only).
 
-Ground floor: numpy and scipy.stats only, nothing about networks or training.
-
-- :func:`summarize`: mean, sample standard deviation and the Student-t confidence interval
-  mean +/- t_{n-1, (1+c)/2} s / sqrt(n) of values from independent runs (seeds).
-- :func:`paired_difference`: for two settings run on the same seeds (same split, label
-  flips and initial weights per seed), the per-seed differences d_i = b_i - a_i, their
-  Student-t interval and the two-sided paired t-test p-value (``scipy.stats.ttest_rel``).
-  Pairing removes the between-seed variance that both settings share, which is why a
-  comparison is made on differences and never on two separate intervals.
-- Bounded quantities (an accuracy in [0, 1], a cosine in [-1, 1]): ``bounds=(lo, hi)``
-  intersects the t interval with [lo, hi] (a paired difference of two such values with
-  [lo - hi, hi - lo]). The mean lies in that range with certainty, so the intersection covers
-  it exactly as often as the t interval does (same coverage, never out of range), and a
-  verdict never changes (0 is inside the range). The method string then says "clipped to".
-- :func:`verdict`: "higher" / "lower" only when the interval of the difference excludes
-  zero; otherwise "no difference at this scale".
-- :func:`rank_correlation`: Kendall's tau-b or Spearman's rho between a measure and an
-  outcome over runs (e.g. a sharpness measure and the generalization gap, Jiang et al.,
-  ICLR 2020), with scipy's p-value and a percentile bootstrap interval over runs (pairs
-  resampled with replacement, seeded).
-- :func:`correlation_difference`: r(a, y) - r(b, y) for two measures of the same runs, with
-  a paired bootstrap interval (the same resampled runs for both): does a tracks y better?
+- :func:`summarize`: mean, sample standard deviation and the Student-t interval
+  mean +/- t_{n-1, (1+c)/2} s / sqrt(n) of independent runs (seeds).
+- :func:`paired_difference`: per-seed differences d_i = b_i - a_i of two settings run on the
+  same seeds, their t interval and the paired t-test p-value (``scipy.stats.ttest_rel``);
+  pairing removes the between-seed variance both settings share.
+- ``bounds=(lo, hi)`` for bounded values (an accuracy, a cosine) intersects the interval with
+  [lo, hi] (a difference: [lo - hi, hi - lo]); the mean lies there surely, so coverage and
+  verdicts are unchanged. The method string then says "clipped to".
+- :func:`verdict`: "higher" / "lower" only when the interval of the difference excludes 0.
+- :func:`rank_correlation`: Kendall's tau-b or Spearman's rho between a measure and an outcome
+  over runs (Jiang et al., ICLR 2020), scipy's p-value and a seeded percentile bootstrap interval.
+- :func:`correlation_difference`: r(a, y) - r(b, y) with a paired bootstrap interval.
 
 With one run there is no spread: standard deviations, intervals and p-values are NaN.
 """
@@ -50,22 +41,17 @@ def _values(values: Sequence[float], what: str) -> np.ndarray:
     return arr
 
 
-def _check_confidence(confidence: float) -> None:
+def _check(confidence: float, bounds: tuple[float, float] | None = None) -> None:
     if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
         raise ConfigError(f"confidence must be in (0, 1), got {confidence!r}")
-
-
-def _check_bounds(bounds: tuple[float, float] | None) -> None:
     if bounds is not None and not (len(bounds) == 2 and all(math.isfinite(b) for b in bounds)
                                    and bounds[0] < bounds[1]):
         raise ConfigError(f"bounds must be (low, high) with low < high, got {bounds!r}")
 
 
 def _check_in_range(arr: np.ndarray, bounds: tuple[float, float] | None, what: str) -> None:
-    """Refuse values outside ``bounds`` by more than float rounding, e.g. accuracies given in
-    percent. The rounding allowed is 1e-4 of the range: a float32 cosine of two nearly parallel
-    vectors of n entries reads up to about 1 + sqrt(n) eps (1 + 8e-6 measured for a small GPT's
-    gradients, which sharpscope's own cosine now clips but runs tracked before did not)."""
+    """Refuse values outside ``bounds`` by more than 1e-4 of the range (float rounding: a float32
+    cosine reads up to about 1 + sqrt(n) eps), e.g. accuracies given in percent."""
     if bounds is None:
         return
     slack = 1e-4 * (bounds[1] - bounds[0])
@@ -95,6 +81,13 @@ def _t_interval(mean: float, std: float, n: int, confidence: float) -> tuple[flo
     return mean - half, mean + half
 
 
+class _WithVerdict:
+    """``to_dict`` with the :func:`verdict` of the interval."""
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"verdict": verdict(self)}  # type: ignore[call-overload, arg-type]
+
+
 @dataclass(frozen=True)
 class Summary:
     """Mean, sample standard deviation (ddof 1) and confidence interval of ``n`` values."""
@@ -112,7 +105,7 @@ class Summary:
 
 
 @dataclass(frozen=True)
-class PairedDifference:
+class PairedDifference(_WithVerdict):
     """Per-seed differences b - a: their mean, standard deviation, confidence interval and
     the two-sided paired t-test p-value."""
 
@@ -125,18 +118,12 @@ class PairedDifference:
     confidence: float = 0.95
     method: str = f"paired {CI_METHOD}"
 
-    def to_dict(self) -> dict:
-        return asdict(self) | {"verdict": verdict(self)}
-
 
 def summarize(values: Sequence[float], confidence: float = 0.95,
               bounds: tuple[float, float] | None = None) -> Summary:
-    """Student-t summary of independent values (module docstring); NaN spread for one value.
-    ``bounds``: the range every value (so the mean) lies in; the interval is clipped to it.
-    Non-finite values, and values outside ``bounds``, are refused: a diverged run must be
-    reported, not averaged."""
-    _check_confidence(confidence)
-    _check_bounds(bounds)
+    """Student-t summary of independent values, the interval clipped to ``bounds``; non-finite
+    values and values outside ``bounds`` are refused (a diverged run is reported, not averaged)."""
+    _check(confidence, bounds)
     arr = _values(values, "summarize")
     if not np.isfinite(arr).all():
         raise ConfigError(f"summarize: non-finite values {arr.tolist()}")
@@ -150,10 +137,8 @@ def summarize(values: Sequence[float], confidence: float = 0.95,
 
 def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
                       bounds: tuple[float, float] | None = None) -> PairedDifference:
-    """b - a over paired runs (same seeds, in the same order). ``bounds``: the range of each
-    value; the difference then lies in [lo - hi, hi - lo] and its interval is clipped to that."""
-    _check_confidence(confidence)
-    _check_bounds(bounds)
+    """b - a over paired runs (same seeds, same order); ``bounds``: the range of each value."""
+    _check(confidence, bounds)
     xa, xb = _values(a, "paired_difference"), _values(b, "paired_difference")
     if xa.shape != xb.shape:
         raise ConfigError(f"paired_difference needs the same number of runs, got {xa.size} and {xb.size}")
@@ -175,8 +160,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
 
 
 def verdict(diff: PairedDifference | Summary | RankCorrelation | CorrelationDifference) -> str:
-    """"higher" or "lower" when the confidence interval excludes 0, else "no difference at
-    this scale" (also with a single run, whose interval is undefined)."""
+    """"higher" or "lower" when the interval excludes 0, else "no difference at this scale"."""
     if not (math.isfinite(diff.ci_low) and math.isfinite(diff.ci_high)):
         return "no difference at this scale"
     if diff.ci_low > 0:
@@ -186,9 +170,6 @@ def verdict(diff: PairedDifference | Summary | RankCorrelation | CorrelationDiff
     return "no difference at this scale"
 
 
-# ---------------------------------------------------------------------------------------
-# Rank correlations over runs
-# ---------------------------------------------------------------------------------------
 BOOTSTRAP_METHOD = "percentile bootstrap over runs"
 CORRELATIONS = ("kendall", "spearman")
 
@@ -222,10 +203,9 @@ _STATISTICS = {"kendall": kendall_tau_b, "spearman": spearman_rho}
 
 
 @dataclass(frozen=True)
-class RankCorrelation:
-    """A rank correlation of ``n`` runs, its two-sided p-value (no association) and its
-    bootstrap confidence interval (``resamples`` resamples of the runs; those where a
-    resampled column is constant are dropped)."""
+class RankCorrelation(_WithVerdict):
+    """A rank correlation of ``n`` runs, its two-sided p-value and its bootstrap interval
+    (``resamples`` kept: those with a constant resampled column are dropped)."""
 
     method: str
     n: int
@@ -237,12 +217,9 @@ class RankCorrelation:
     confidence: float = 0.95
     ci_method: str = BOOTSTRAP_METHOD
 
-    def to_dict(self) -> dict:
-        return asdict(self) | {"verdict": verdict(self)}
-
 
 @dataclass(frozen=True)
-class CorrelationDifference:
+class CorrelationDifference(_WithVerdict):
     """r(a, y) - r(b, y) over the same ``n`` runs with a paired bootstrap interval."""
 
     method: str
@@ -253,9 +230,6 @@ class CorrelationDifference:
     resamples: int
     confidence: float = 0.95
     ci_method: str = f"paired {BOOTSTRAP_METHOD}"
-
-    def to_dict(self) -> dict:
-        return asdict(self) | {"verdict": verdict(self)}
 
 
 def _columns(what: str, *cols: Sequence[float]) -> list[np.ndarray]:
@@ -297,9 +271,8 @@ def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, 
 
 def rank_correlation(x: Sequence[float], y: Sequence[float], method: str = "kendall", confidence: float = 0.95,
                      resamples: int = 2000, seed: int = 0) -> RankCorrelation:
-    """Kendall's tau-b (``method="kendall"``) or Spearman's rho between paired values over
-    runs, with scipy's two-sided p-value and a percentile bootstrap interval over runs."""
-    _check_confidence(confidence)
+    """Kendall's tau-b or Spearman's rho over runs, scipy's p-value and a bootstrap interval."""
+    _check(confidence)
     _check_method(method, resamples)
     xs, ys = _columns("rank_correlation", x, y)
     from scipy import stats
@@ -316,10 +289,9 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], method: str = "kend
 
 def correlation_difference(a: Sequence[float], b: Sequence[float], y: Sequence[float], method: str = "kendall",
                            confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> CorrelationDifference:
-    """r(a, y) - r(b, y) with a percentile interval from resampling the runs once for both
-    (the measures share the runs, so their estimates are correlated and must be resampled
-    together)."""
-    _check_confidence(confidence)
+    """r(a, y) - r(b, y), its percentile interval from resampling the runs once for both
+    (the estimates share the runs, so they are correlated)."""
+    _check(confidence)
     _check_method(method, resamples)
     xa, xb, ys = _columns("correlation_difference", a, b, y)
     fn = _STATISTICS[method]
