@@ -41,7 +41,6 @@ __all__ = ["ModelLoss", "OutputLoss", "count_tokens", "pad_join", "IGNORE_INDEX"
            "DEFAULT_CACHE_BYTES"]
 
 LossFn = Callable[[Any, Any], Tensor]
-
 DEFAULT_CACHE_BYTES = 1 << 30  # batches kept on the device up to this many bytes; more are streamed
 
 
@@ -73,11 +72,8 @@ def tensor_leaves(tree: Any) -> list[Tensor]:
 
 def move(tree: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
     """Every tensor of ``tree`` on ``device``; floating ones cast to ``dtype`` (when given)."""
-    def one(t: Any) -> Any:
-        if not isinstance(t, Tensor):
-            return t
-        return t.to(device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
-    return pytree.tree_map(one, tree)
+    return pytree.tree_map(lambda t: t.to(device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
+                           if isinstance(t, Tensor) else t, tree)
 
 
 def concat(trees: list[Any]) -> Any:
@@ -394,22 +390,18 @@ class Prepared:
                               "dimension (token sequences of different lengths: pad them to one length)")
         return self.batches[0] if len(self.batches) == 1 else concat(self.batches)
 
-    def pairs(self) -> Iterable[tuple[Any, int]]:
-        """Re-iterable (batch, weight) for every batch as given."""
-        return _Pairs(self.batches, self.weights)  # type: ignore[arg-type]
-
     def chunks(self, size: int | None) -> Iterable[tuple[Any, int]]:
-        """(batch, weight) pairs of at most ``size`` examples each; the batches as given when
-        ``size`` is None or the examples cannot be re-split."""
+        """Re-iterable (batch, weight) pairs of at most ``size`` examples each; the batches as given
+        when ``size`` is None or the examples cannot be re-split."""
         if size is None or not self.per_example():
-            return self.pairs() if self.streamed else list(zip(self.batches, self.weights))  # type: ignore[arg-type]
+            return _Pairs(self.batches, self.weights)  # type: ignore[arg-type]
         everything = self.joined()
         parts = [take(everything, slice(lo, lo + size)) for lo in range(0, self.n_examples, size)]
         return [(part, self.loss.weight(part)) for part in parts]
 
 
 class _Pairs:
-    """Re-iterable (batch, weight) pairs over batches that may be streamed."""
+    """Re-iterable (batch, weight) pairs of batches that may be streamed."""
 
     def __init__(self, batches: list[Any] | Streamed, counts: list[int]) -> None:
         self.batches, self.counts = batches, counts
