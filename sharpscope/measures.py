@@ -36,14 +36,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import distributed as dist_utils
-from .ascent import (MIN_UPDATE_RATIO, MOMENTUM, Setup, apgd_checkpoints, ascend_with_restarts,  # noqa: F401
+from .ascent import (MIN_UPDATE_RATIO, MOMENTUM, apgd_checkpoints, ascend_with_restarts,  # noqa: F401
                      ascent_direction, group_generator, random_start, random_start_rows, require_finite, setup)
-from .batches import higher_order_attention, take
+from .batches import higher_order_attention
 from .checks import int_at_least
 from .errors import ConfigError, RestartsDisagreeWarning
 from .objective import eval_mode
-from .sharpness import checked_lists, rank_groups, seeded_subsets, warn_zero_gradient
+from .sharpness import checked_lists, over_subsets, warn_zero_gradient
 
 __all__ = ["worst_case_sharpness", "average_case_sharpness", "sharpness", "MEASURES", "MeasureValue",
            "MeasureResult", "ascent_direction", "apgd_checkpoints", "DEFAULT_RESTARTS", "RESTART_TOLERANCE",
@@ -118,9 +117,8 @@ class MeasureResult:
 
 
 def _summary(size: int, rho: float, loss: Tensor, err: Tensor) -> MeasureValue:
-    """The all-reduced per-subset values -> mean and standard error s / sqrt(k) over k subsets
+    """Per-subset values (all ranks) -> mean and standard error s / sqrt(k) over k subsets
     (None below :data:`MIN_SUBSETS_FOR_STDERR`, with ``stderr_note``)."""
-    loss, err = dist_utils.all_reduce_sum(loss).cpu(), dist_utils.all_reduce_sum(err).cpu()
     k = loss.numel()
     enough = k >= MIN_SUBSETS_FOR_STDERR
 
@@ -151,13 +149,16 @@ def worst_case_sharpness(
     s = setup(model, loss_fn, data, adaptive, eta, params)
     zero_rows: list[int] = []
 
-    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int, Tensor]:
-        return ascend_with_restarts(s, batch, rows, r, p, steps, restarts, random_start, seed, keys, zero_rows)
+    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[int, Tensor, Tensor, Tensor]:
+        best, err, n, values = ascend_with_restarts(s, batch, rows, r, p, steps, restarts, random_start, seed, keys,
+                                                    zero_rows)
+        return n, best, err, values
 
     with eval_mode(model), higher_order_attention():
-        results, n_grad, per_restart = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback,
-                                                     one_group)
-    for res, values in zip(results, per_restart):
+        out, n_grad = over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group,
+                                   [(), (), (restarts,)])
+    results = [_summary(size, r, loss, err) for size, r, (loss, err, _) in out]
+    for res, (_, _, (_, _, values)) in zip(results, out):
         _record_restarts(res, values)
     if sum(zero_rows):
         warn_zero_gradient("worst-case sharpness", f"on {sum(zero_rows)} subset(s)", "their e = 0 restart started "
@@ -167,10 +168,8 @@ def worst_case_sharpness(
                          time.perf_counter() - start_time, restarts=restarts)
 
 
-def _record_restarts(res: MeasureValue, values: Tensor | None) -> None:
+def _record_restarts(res: MeasureValue, values: Tensor) -> None:
     """Every restart's value per subset and the largest (max - min) / max over subsets with a positive best."""
-    if values is None:
-        return
     res.restart_values = values.tolist()
     top, low = values.amax(1), values.amin(1)
     rel = torch.where(top > 0, (top - low) / top.clamp_min(torch.finfo(top.dtype).tiny), torch.zeros_like(top))
@@ -187,37 +186,6 @@ def _warn_spread(results: Sequence[MeasureValue], restarts: int) -> None:
                       f"bound that more restarts or steps may raise", RestartsDisagreeWarning, stacklevel=3)
 
 
-def _over_subsets(s: Setup, ms: Sequence[int], rhos: Sequence[float], seed: int, max_subsets: int | None,
-                  group_examples: int, callback: Callable[[int], None] | None,
-                  one_group: Callable[[Any, int, float, tuple[int, ...]], tuple[Tensor, ...]]
-                  ) -> tuple[list[MeasureValue], int, list[Tensor | None]]:
-    """For each m and rho, ``one_group(batch, rows, rho, keys)`` -> (loss increases, error
-    increases, evaluations per subset[, a per-subset extra]) over this rank's groups, all-reduced
-    into :class:`MeasureValue` s (and extras, None without); also the evaluations on all ranks."""
-    gen = torch.Generator().manual_seed(seed)
-    results, extras, count = [], [], 0
-    for size in ms:
-        subsets = seeded_subsets(s.n, size, gen, max_subsets, s.w0.device)
-        for j, r in enumerate(rhos):
-            loss = torch.zeros(subsets.shape[0], dtype=torch.float64, device=s.w0.device)
-            err, extra = torch.zeros_like(loss), None
-            for rows in rank_groups(subsets, group_examples):
-                batch = take(s.examples, subsets[rows.to(subsets.device)])
-                out = one_group(batch, len(rows), float(r), (size, j, int(rows[0])))
-                loss[rows], err[rows] = out[0], out[1]
-                if len(out) > 3:
-                    if extra is None:
-                        extra = torch.zeros((subsets.shape[0], *out[3].shape[1:]), dtype=torch.float64,
-                                            device=s.w0.device)
-                    extra[rows] = out[3].double()
-                count += int(out[2]) * len(rows)
-                if callback is not None:
-                    callback(len(rows))
-            results.append(_summary(size, float(r), loss, err))
-            extras.append(None if extra is None else dist_utils.all_reduce_sum(extra).cpu())
-    return results, int(dist_utils.all_reduce_sum(torch.tensor(float(count), dtype=torch.float64)).item()), extras
-
-
 # -- average case --------------------------------------------------------------------------------
 def average_case_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable, m: int | Sequence[int] = 128,
@@ -231,7 +199,7 @@ def average_case_sharpness(
     ms, rhos = checked_lists(m, rho, p, samples, "samples", max_subsets, "each sharpness measure", eta)
     start_time = time.perf_counter()
     s = setup(model, loss_fn, data, adaptive, eta, params)
-    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int, Tensor]:
+    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[int, Tensor, Tensor, Tensor]:
         draw_gen = group_generator(seed, *keys)
         w0 = s.w0.expand(rows, -1)
         base_loss, base_err = s.value(w0, batch)
@@ -248,14 +216,14 @@ def average_case_sharpness(
         mean = total_loss / samples
         var = ((total_sq - samples * mean * mean).clamp_min(0) / (samples - 1) / samples if samples > 1
                else torch.full_like(mean, math.nan))
-        return mean, total_err / samples - base_err.double(), samples + 1, var
+        return samples + 1, mean, total_err / samples - base_err.double(), var
 
     with eval_mode(model), torch.no_grad():
-        results, n_fwd, mc_vars = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group)
-    for res, var in zip(results, mc_vars):
+        out, n_fwd = over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group, [(), (), ()])
+    results = [_summary(size, r, loss, err) for size, r, (loss, err, _) in out]
+    for res, (_, _, (_, _, var)) in zip(results, out):
         # the Monte Carlo error of the mean over k subsets: sqrt(sum_b var_b) / k, var_b = s_b^2 / S
-        res.loss_mc_stderr = (float(var.sum().sqrt() / res.n_subsets)
-                              if var is not None and bool(torch.isfinite(var).all()) else None)
+        res.loss_mc_stderr = float(var.sum().sqrt() / res.n_subsets) if bool(torch.isfinite(var).all()) else None
     return MeasureResult("average", p, adaptive, eta, samples, False, seed, results, s.n, 0, n_fwd,
                          time.perf_counter() - start_time)
 

@@ -40,7 +40,7 @@ from .objective import Objective, eval_mode, moved_parameters, require_finite
 
 __all__ = ["m_sharpness", "MSharpness", "SharpnessResult", "surrogate_gap", "surrogate_gaps", "sam_gradient_cosine",
            "GradientCosine", "dual_direction", "project", "FlatExamples", "flat_examples", "seeded_subsets",
-           "rank_groups"]
+           "rank_groups", "over_subsets", "checked_lists"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -191,6 +191,33 @@ def rank_groups(subsets: Tensor, group_examples: int) -> list[Tensor]:
     return [torch.arange(lo, min(lo + per_call, subsets.shape[0])) for lo in starts]
 
 
+def over_subsets(flat: Any, ms: Sequence[int], rhos: Sequence[float], seed: int, max_subsets: int | None,
+                 group_examples: int, callback: Callable[[int], None] | None,
+                 one_group: Callable[[Any, int, float, tuple[int, ...]], tuple[Any, ...]],
+                 shapes: Sequence[tuple[int, ...]]) -> tuple[list[tuple[int, float, list[Tensor]]], int]:
+    """For each m and rho, ``one_group(batch, rows, rho, keys)`` -> (evaluations per subset, one
+    float tensor (rows, *shape) per entry of ``shapes``) over this rank's groups of the seeded
+    subsets of ``flat`` (its n, w0, examples). Returns [(m, rho, the tensors over all subsets,
+    all-reduced)] and the number of per-subset evaluations on all ranks."""
+    gen = torch.Generator().manual_seed(seed)
+    out, count = [], 0
+    for size in ms:
+        subsets = seeded_subsets(flat.n, size, gen, max_subsets, flat.w0.device)
+        for j, r in enumerate(rhos):
+            full = [torch.zeros((subsets.shape[0], *shape), dtype=torch.float64, device=flat.w0.device)
+                    for shape in shapes]
+            for rows in rank_groups(subsets, group_examples):
+                batch = take(flat.examples, subsets[rows.to(subsets.device)])
+                evaluations, *values = one_group(batch, len(rows), float(r), (size, j, int(rows[0])))
+                for whole, part in zip(full, values):
+                    whole[rows.to(whole.device)] = part.double()
+                count += int(evaluations) * len(rows)
+                if callback is not None:
+                    callback(len(rows))
+            out.append((size, float(r), [dist_utils.all_reduce_sum(whole).cpu() for whole in full]))
+    return out, int(dist_utils.all_reduce_sum(torch.tensor(float(count), dtype=torch.float64)).item())
+
+
 def m_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable[tuple[Tensor, Tensor]], m: int | Sequence[int] = 32,
     rho: float | Sequence[float] = 0.05, steps: int = 5, p: float = 2.0, seed: int = 0,
@@ -210,47 +237,34 @@ def m_sharpness(
         return flat.batch_loss(flat.state(w_flat), batch)
 
     value_and_grad = vmap(torch.func.grad_and_value(subset_loss), in_dims=(0, 0))
-    results: list[MSharpness] = []
-    n_grad, n_zero = 0, 0
-    gen = torch.Generator().manual_seed(seed)
+    zero_rows: list[int] = []
+
+    def one_group(group: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[int, Tensor]:
+        e = torch.zeros(rows, w0.numel(), dtype=w0.dtype, device=w0.device)
+        best = torch.zeros(rows, dtype=torch.float64, device=w0.device)  # e = 0 is in the ball: never below 0
+        g, base = value_and_grad(w0.expand(rows, -1), group)  # L_b(w) and its gradient
+        base = base.detach()
+        require_finite(torch.cat([base[:, None], g], 1), "the loss or its gradient at the weights")
+        zero = g.norm(dim=-1) == 0  # no ascent direction: the first step goes a seeded random way
+        zero_rows.append(int(zero.sum()))
+        if bool(zero.any()):
+            g = torch.where(zero[:, None], random_directions(rows, w0.numel(), p, seeded_generator(seed, *keys), g), g)
+        for _ in range(steps):
+            e = project(e + r * dual_direction(g, p), r, p)
+            g, val = value_and_grad(w0 + e, group)
+            require_finite(torch.cat([val[:, None], g], 1).detach(),
+                           f"the loss or its gradient at a point within rho = {r:g} of the weights")
+            best = torch.maximum(best, (val - base).double().detach())
+        return steps + 1, best
+
     with eval_mode(model), higher_order_attention():  # the math attention kernel has vmap rules
-        for size in ms:
-            subsets = seeded_subsets(flat.n, size, gen, max_subsets, w0.device)
-            for j, r in enumerate(rhos):
-                values = torch.zeros(subsets.shape[0], dtype=torch.float64, device=w0.device)
-                for rows in rank_groups(subsets, group_examples):
-                    group = take(flat.examples, subsets[rows.to(subsets.device)])
-                    g_count = len(rows)
-                    e = torch.zeros(g_count, w0.numel(), dtype=w0.dtype, device=w0.device)
-                    # the start e = 0 is a point of the ball: the maximum is never below 0
-                    best = torch.zeros(g_count, dtype=torch.float64, device=w0.device)
-                    g, base = value_and_grad(w0.expand(g_count, -1), group)  # L_b(w) and its gradient
-                    base = base.detach()
-                    require_finite(torch.cat([base[:, None], g], 1), "the loss or its gradient at the weights")
-                    n_grad += g_count
-                    zero = g.norm(dim=-1) == 0  # no ascent direction: the first step goes a seeded random way
-                    if bool(zero.any()):
-                        n_zero += int(zero.sum())
-                        gen_j = seeded_generator(seed, size, j, int(rows[0]))
-                        rand = random_directions(g_count, w0.numel(), p, gen_j, g)
-                        g = torch.where(zero[:, None], rand, g)
-                    for step in range(steps):
-                        e = project(e + r * dual_direction(g, p), r, p)
-                        g, val = value_and_grad(w0 + e, group)
-                        require_finite(torch.cat([val[:, None], g], 1).detach(),
-                                     f"the loss or its gradient at a point within rho = {r:g} of the weights")
-                        n_grad += g_count
-                        best = torch.maximum(best, (val - base).double().detach())
-                    values[rows.to(values.device)] = best
-                    if callback is not None:
-                        callback(g_count)
-                t = dist_utils.all_reduce_sum(values).cpu()
-                values = t.tolist()
-                se = float(t.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-                results.append(MSharpness(size, float(r), float(t.mean()), se, len(values), values))
-    n_grad = int(dist_utils.all_reduce_sum(torch.tensor(float(n_grad), dtype=torch.float64)).item())
-    if n_zero:
-        warn_zero_gradient("m-sharpness", f"on {n_zero} subset(s)", "their first step went in a seeded random "
+        out, n_grad = over_subsets(flat, ms, rhos, seed, max_subsets, group_examples, callback, one_group, [()])
+    results = []
+    for size, r, (t,) in out:
+        se = float(t.std(unbiased=True) / math.sqrt(t.numel())) if t.numel() > 1 else math.nan
+        results.append(MSharpness(size, r, float(t.mean()), se, t.numel(), t.tolist()))
+    if sum(zero_rows):
+        warn_zero_gradient("m-sharpness", f"on {sum(zero_rows)} subset(s)", "their first step went in a seeded random "
                            "direction instead")
     return SharpnessResult(p, steps, results, flat.n, n_grad, time.perf_counter() - start)
 
