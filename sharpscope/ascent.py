@@ -1,26 +1,22 @@
 """The worst case's ascent (:func:`sharpscope.measures.worst_case_sharpness`) and the flat set-up
 both measures of :mod:`sharpscope.measures` evaluate on.
 
-The reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020) in u = e / T over the ball or
-box ||u||_p <= rho: the step starts at 2 rho and, with dir the dual-norm direction of T g,
+The reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020) in u = e / T over
+||u||_p <= rho, with dir the dual-norm direction of T g and a first step of 2 rho:
 
-    z_{k+1} = Proj(u_k + eta_k dir),   u_{k+1} = 0.75 z_{k+1} + 0.25 u_{k-1},   e = T u
+    z_{k+1} = Proj(u_k + eta_k dir),   u_{k+1} = 0.75 z_{k+1} + 0.25 u_{k-1},   e = T u;
 
-(the reference code's momentum, with u_{k-1}); at the checkpoints ceil(p_j K) (p_1 = 0.22,
-p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)) the step is halved and the ascent restarts
-from the best point when fewer than 75 % of the steps since the last checkpoint raised the
-best loss, or neither step nor best loss changed. The value is the best loss over every point
-visited, the start included. Plain (T = 1) and the adaptive box take exactly the reference's
-steps. Deliberate differences from the reference code:
+at the checkpoints ceil(p_j K) (p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06))
+the step halves and the ascent restarts from the best point when under 75 % of the steps since
+the last one raised the best loss, or nothing changed. The value is the best loss visited,
+the start included. Deliberate differences from the reference code:
 
-- adaptive p = 2: it steps along T g / ||g|| and projects in Euclidean distance, whose fixed
-  points need not be KKT points (2.89 % short on a quadratic, ``tests/test_measures.py``);
-  here the step is T g / ||T g|| with the projection in u (ASAM's geometry);
-- at a step cut it keeps stepping from the current perturbation; here the ascent restarts from
-  the best point (perturbation, previous point, gradient), as APGD does;
-- its p = 2 random start (rho T N(0, 1), far outside B) is here a uniform point of the boundary
-  (``random_start=True``; the default e = 0 is its ``rand_init=False``);
-- one gradient per step also gives the loss there (the reference adds a forward pass).
+- adaptive p = 2: the step is T g / ||T g|| with the projection in u (ASAM's geometry), whose
+  fixed points are KKT points (the reference's T g / ||g|| stops 2.89 % short on a quadratic);
+- a step cut restarts from the best perturbation, previous point and gradient, as APGD does;
+- the p = 2 random start (``random_start=True``) is a uniform point of the boundary, not
+  rho T N(0, 1) far outside B;
+- one gradient per step also gives the loss there (no extra forward pass).
 """
 
 from __future__ import annotations

@@ -1,25 +1,21 @@
 """Batches of any structure, and the two loss conventions every analysis accepts.
 
-- ``loss_fn(outputs, targets)`` (e.g. ``F.cross_entropy``): batches are ``(inputs, targets)``
-  pairs and the model is called as ``model(inputs)``, ``inputs`` a tensor or any pytree.
-- :class:`ModelLoss` ``(fn)``: ``fn(model, batch)`` returns the mean loss of a batch of any
-  structure (hessian-eigenthings' convention); the model carries the parameters under
-  evaluation. ``loss_fn=None`` is :class:`OutputLoss`, the model's own ``model(**batch).loss``;
-  :mod:`sharpscope.tokens` has token losses over dict batches.
+- ``loss_fn(outputs, targets)`` (e.g. ``F.cross_entropy``): ``(inputs, targets)`` pairs and
+  ``model(inputs)``, ``inputs`` a tensor or any pytree.
+- :class:`ModelLoss` ``(fn)``: ``fn(model, batch)`` -> the mean loss of a batch of any
+  structure (hessian-eigenthings' convention). ``loss_fn=None`` is :class:`OutputLoss`,
+  ``model(**batch).loss``; :mod:`sharpscope.tokens` has token losses.
 
-Every analysis averages batch losses weighted by the batch's weight w_b,
-L = sum_b (w_b / W) loss_b, W = sum_b w_b: w_b is the number of examples n_b (the leading size
-of the first tensor of the targets, or of the batch under :class:`ModelLoss`, or
-``ModelLoss(count=...)``) unless ``ModelLoss(weight=...)`` or ``loss_fn.batch_weight(targets)``
-says otherwise (token losses: counted tokens, so L is the mean over all tokens). Floating
-tensors are cast to the model's dtype when moved to its device (pair form: inputs only).
+Analyses average batch losses by weight, L = sum_b (w_b / W) loss_b, W = sum_b w_b: w_b is the
+batch's examples (the leading size of its targets' or, under ModelLoss, its first tensor, or
+``count(batch)``) unless ``ModelLoss(weight=...)`` or ``loss_fn.batch_weight(targets)`` says
+otherwise (token losses: counted tokens). Floating inputs are cast to the model's dtype.
 
-Caching or streaming (:meth:`BatchLoss.read`): batches are kept on the device while they take
-at most ``cache_bytes`` (:data:`DEFAULT_CACHE_BYTES`), else the loader is read again on every
-pass, one batch on the device at a time (``cache=True`` / ``False`` forces either; the numbers
-agree to float rounding). A streamed pass whose batch :func:`fingerprint` differs from the
-first pass's (an unseeded shuffle, random augmentation) raises
-:class:`~sharpscope.errors.ConfigError`; a one-shot iterator that would have to stream is refused.
+:meth:`BatchLoss.read` keeps the batches on the device up to ``cache_bytes``
+(:data:`DEFAULT_CACHE_BYTES`), else streams them, reading the loader on every pass
+(``cache=True`` / ``False`` forces either). A streamed pass whose :func:`fingerprint` differs
+from the first (unseeded shuffle, augmentation) raises ConfigError; a one-shot iterator that
+would have to stream is refused.
 """
 
 from __future__ import annotations

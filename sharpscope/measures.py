@@ -2,26 +2,18 @@
 "A modern look at the relationship between sharpness and generalization"; reference code
 tml-epfl/sharpness-vs-generalization ``sharpness.py``).
 
-The examples are split into seeded disjoint subsets b of m examples, as for m-sharpness. With
-T = 1 (plain) or T = |w| + eta (adaptive) and B = {e : ||e / T||_p <= rho}, p = 2 or inf:
+On seeded disjoint subsets b of m examples, with T = 1 (plain) or |w| + eta (adaptive) and
+B = {e : ||e / T||_p <= rho}, p = 2 or inf:
 
-- worst case:   S_b = max_{e in B} L_b(w + e) - L_b(w), by the APGD-style ascent of
-  :mod:`sharpscope.ascent` (Croce & Hein, ICML 2020), ``restarts`` times per subset (e = 0,
-  then seeded uniform points of the boundary), keeping the best; every restart's value is kept
-  and a relative spread (max - min) / max above :data:`RESTART_TOLERANCE` warns
-  (:class:`~sharpscope.errors.RestartsDisagreeWarning`): the value is a lower bound;
-- average case: A_b = E_e[L_b(w + e)] - L_b(w), e = rho T z, z ~ N(0, 1) (p = 2) or U[-1, 1]
-  (p = inf), as the reference draws it,
+- worst case: S_b = max_{e in B} L_b(w + e) - L_b(w) by the APGD-style ascent of
+  :mod:`sharpscope.ascent`, ``restarts`` times per subset, keeping the best: a lower bound, so
+  a spread (max - min) / max above :data:`RESTART_TOLERANCE` warns (RestartsDisagreeWarning);
+- average case: A_b = E_e[L_b(w + e)] - L_b(w), e = rho T z, z ~ N(0, 1) (p = 2) or U[-1, 1];
 
-and the same for the error rate. Each is the mean over subsets, with the standard error over
-subsets from :data:`MIN_SUBSETS_FOR_STDERR` subsets on (fewer than 4 degrees of freedom can be
-off by orders of magnitude: None and ``stderr_note``); the average case also gives the Monte
-Carlo error sqrt(sum_b var_b / S) / k for k subsets of S draws.
-
-Shared rules (:mod:`sharpscope.sharpness`): a zero gradient at w starts the e = 0 restart at a
-seeded random point of the boundary (:class:`~sharpscope.errors.ZeroGradientWarning`); a NaN or
-infinite weight, loss or gradient anywhere raises :class:`~sharpscope.errors.NonFiniteLossError`.
-Eval mode; the model is never modified.
+and the same for the error rate, averaged over subsets, with the standard error over subsets
+from :data:`MIN_SUBSETS_FOR_STDERR` on (else None and ``stderr_note``) and, for the average
+case, the Monte Carlo error sqrt(sum_b var_b / S) / k. Zero gradients and non-finite values
+follow :mod:`sharpscope.sharpness`'s rules. Eval mode; the model is never modified.
 """
 
 from __future__ import annotations
@@ -69,7 +61,6 @@ def noise(shape: tuple[int, int], rho: float, p: float, scale: Tensor | None, ge
     return z if scale is None else z * scale
 
 
-# -- results -------------------------------------------------------------------------------------
 @dataclass
 class MeasureValue:
     """One measure at one (m, rho): the mean over subsets of the loss and error increases."""
@@ -131,7 +122,6 @@ def _summary(size: int, rho: float, loss: Tensor, err: Tensor) -> MeasureValue:
                         loss.tolist(), err.tolist(), stderr_note=note)
 
 
-# -- worst case ----------------------------------------------------------------------------------
 def worst_case_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable, m: int | Sequence[int] = 128,
     rho: float | Sequence[float] = 0.05, p: float = 2.0, adaptive: bool = False, eta: float = 0.0,
@@ -186,7 +176,6 @@ def _warn_spread(results: Sequence[MeasureValue], restarts: int) -> None:
                       f"bound that more restarts or steps may raise", RestartsDisagreeWarning, stacklevel=3)
 
 
-# -- average case --------------------------------------------------------------------------------
 def average_case_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable, m: int | Sequence[int] = 128,
     rho: float | Sequence[float] = 0.01, p: float = 2.0, adaptive: bool = False, eta: float = 0.0,

@@ -1,20 +1,18 @@
-"""Statistics of repeated runs: means with confidence intervals and paired comparisons
-(numpy and scipy.stats only).
+"""Statistics of repeated runs: means with confidence intervals and paired comparisons.
 
 - :func:`summarize`: mean, sample standard deviation and the Student-t interval
   mean +/- t_{n-1, (1+c)/2} s / sqrt(n) of independent runs (seeds).
-- :func:`paired_difference`: per-seed differences d_i = b_i - a_i of two settings run on the
-  same seeds, their t interval and the paired t-test p-value (``scipy.stats.ttest_rel``);
-  pairing removes the between-seed variance both settings share.
-- ``bounds=(lo, hi)`` for bounded values (an accuracy, a cosine) intersects the interval with
-  [lo, hi] (a difference: [lo - hi, hi - lo]); the mean lies there surely, so coverage and
-  verdicts are unchanged. The method string then says "clipped to".
-- :func:`verdict`: "higher" / "lower" only when the interval of the difference excludes 0.
-- :func:`rank_correlation`: Kendall's tau-b or Spearman's rho between a measure and an outcome
-  over runs (Jiang et al., ICLR 2020), scipy's p-value and a seeded percentile bootstrap interval.
-- :func:`correlation_difference`: r(a, y) - r(b, y) with a paired bootstrap interval.
+- :func:`paired_difference`: the per-seed differences b_i - a_i of two settings run on the
+  same seeds (pairing removes their shared between-seed variance), their t interval and the
+  paired t-test p-value (``scipy.stats.ttest_rel``).
+- ``bounds=(lo, hi)``: the interval intersected with [lo, hi] ([lo - hi, hi - lo] for a
+  difference), where the mean lies surely: coverage and verdicts unchanged.
+- :func:`verdict`: "higher" / "lower" only when the interval excludes 0.
+- :func:`rank_correlation`: Kendall's tau-b or Spearman's rho over runs (Jiang et al., ICLR
+  2020), scipy's p-value and a seeded percentile bootstrap interval;
+  :func:`correlation_difference`: r(a, y) - r(b, y) with a paired bootstrap interval.
 
-With one run there is no spread: standard deviations, intervals and p-values are NaN.
+With one run, standard deviations, intervals and p-values are NaN.
 """
 
 from __future__ import annotations
@@ -255,10 +253,8 @@ def _bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, resamples: int,
     chunks that keep the n x n sign matrices of Kendall's tau near 16 MB; NaNs dropped."""
     rng = np.random.default_rng(seed)
     chunk = max(1, 2_000_000 // (n * n))
-    out = []
-    for lo in range(0, resamples, chunk):
-        out.append(stat(rng.integers(0, n, size=(min(chunk, resamples - lo), n))))
-    values = np.concatenate(out)
+    values = np.concatenate([stat(rng.integers(0, n, size=(min(chunk, resamples - lo), n)))
+                             for lo in range(0, resamples, chunk)])
     return values[np.isfinite(values)]
 
 

@@ -1,25 +1,19 @@
 """Data-free weight-spectrum measures after weightwatcher (Martin & Mahoney, "Implicit
-self-regularization in deep neural networks", JMLR 2021; "Predicting trends in the quality of
-state-of-the-art neural networks without access to training or testing data", Nature
-Communications 2021; the weightwatcher 0.7.7 package's default rules, followed here).
+self-regularization in deep neural networks", JMLR 2021; Nature Communications 2021; the
+weightwatcher 0.7.7 package's default rules).
 
-Per ``nn.Linear`` / ``nn.Conv2d`` layer, the empirical spectral density (ESD): the eigenvalues
-lambda_i = sigma_i^2 of W^T W (biases aside). A Conv2d weight (out, in, kh, kw) gives kh * kw
-matrices W[:, :, i, j] whose eigenvalues are pooled, each halved (weightwatcher's default
-``conv2d_norm``, ``apply_normalize_Wmats``). Layers with fewer than 8 eigenvalues are skipped
-(``min_evals``). Per layer:
+Per ``nn.Linear`` / ``nn.Conv2d`` layer, the eigenvalues lambda_i = sigma_i^2 of W^T W (a conv
+weight: its kh * kw slices W[:, :, i, j] pooled, each halved, weightwatcher's ``conv2d_norm``);
+layers with fewer than 8 are skipped (``min_evals``). Per layer:
 
-- ``alpha``: the power-law exponent p(lambda) ~ lambda^-alpha of the tail of the eigenvalues
-  above 1e-5 (``thresh``): for each candidate xmin the maximum-likelihood
-  alpha = 1 + n / sum_i log(lambda_i / xmin), xmin minimizing the Kolmogorov-Smirnov distance D
-  (Clauset, Shalizi & Newman, SIAM Review 2009); below 20 eigenvalues, the bias-corrected
-  1 + (n - 1) / sum log(lambda / xmin) over tails of at least 8, xmin again by the smallest D
-  (what weightwatcher returns: ``WWFit.__init__`` overrides ``fit_powerlaw_smallN``'s choice);
+- ``alpha``: the power law p(lambda) ~ lambda^-alpha of the eigenvalues above 1e-5: for each
+  candidate xmin, alpha = 1 + n / sum_i log(lambda_i / xmin) (maximum likelihood), xmin
+  minimizing the Kolmogorov-Smirnov distance D (Clauset, Shalizi & Newman, SIAM Review 2009);
+  below 20 eigenvalues 1 + (n - 1) / sum log(lambda / xmin) over tails of at least 8, xmin by
+  the smallest D (what weightwatcher returns after ``WWFit.__init__``);
 - ``log_norm`` = log10 ||W||_F^2 = log10 sum lambda, ``log_spectral_norm`` = log10 lambda_max,
   ``alpha_weighted`` = alpha log10 lambda_max, ``log_alpha_norm`` = log10 sum lambda^alpha,
-  ``stable_rank`` = sum lambda / lambda_max.
-
-:func:`weight_spectra` also reports their means over layers. No data is needed.
+  ``stable_rank`` = sum lambda / lambda_max; and their means over layers.
 """
 
 from __future__ import annotations
