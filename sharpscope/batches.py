@@ -111,14 +111,10 @@ def higher_order_attention() -> Iterator[None]:
 class ModelLoss:
     """A loss that takes the model and a whole batch: ``fn(model, batch)`` -> mean loss.
 
-    Args:
-        fn: called with the model and a batch as the data yields it (on the model's device).
-        count: ``count(batch)`` -> its number of examples; default: the leading size of its
-            first tensor.
-        weight: ``weight(batch)`` -> what ``fn``'s mean is over (e.g. counted tokens): the
-            batch's weight in the mean over batches; default: the number of examples.
-        join: ``join(batches)`` -> one batch of every example, for analyses that split the data
-            into examples when batches differ beyond dim 0 (e.g. pad to one length).
+    ``fn`` gets the model and a batch as the data yields it (on the model's device);
+    ``count(batch)``: its examples (default: the leading size of its first tensor);
+    ``weight(batch)``: what ``fn``'s mean is over (default: the examples); ``join(batches)``:
+    one batch of every example, where batches differ beyond dim 0 (e.g. padded to one length).
     """
 
     def __init__(self, fn: Callable[[nn.Module, Any], Tensor], count: Callable[[Any], int] | None = None,
@@ -164,22 +160,11 @@ def pad_join(batches: list[Any], labels_key: str = "labels") -> dict[str, Any]:
     return concat([{k: pad(k, v) for k, v in b.items()} for b in batches])
 
 
-def _causal_lm(model: nn.Module) -> bool:
-    """Whether a Hugging Face model (peft wrappers unwrapped) is a causal LM (shifted labels)."""
-    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-    return type(base).__name__.endswith(("ForCausalLM", "LMHeadModel"))
-
-
 class OutputLoss(ModelLoss):
-    """``model(**batch).loss`` as the model computes it (any Hugging Face ``PreTrainedModel``
-    given a batch with ``labels``), weighted by what that loss is a mean over.
-
-    ``per``: ``"causal"`` (the labels' counted tokens after the one-position shift of a causal
-    LM), ``"tokens"`` (counted tokens, no shift: masked LM, token classification, seq2seq),
-    ``"examples"`` (sequence classification), or ``"auto"``: examples for 1-D or floating
-    labels, else tokens, shifted when the model is a causal LM (class name ending in
-    ``ForCausalLM`` or ``LMHeadModel``, peft wrappers unwrapped).
-    """
+    """``model(**batch).loss`` (a Hugging Face model given ``labels``), weighted by what it is a
+    mean over, ``per``: ``"causal"`` (counted tokens after a causal LM's shift), ``"tokens"``
+    (no shift), ``"examples"``, or ``"auto"``: examples for 1-D or floating labels, else tokens,
+    shifted for a ``*ForCausalLM`` / ``*LMHeadModel``."""
 
     PER = ("auto", "causal", "tokens", "examples")
 
@@ -187,7 +172,8 @@ class OutputLoss(ModelLoss):
         if per not in self.PER:
             raise ConfigError(f"OutputLoss's per must be one of {', '.join(self.PER)}, got {per!r}")
         self.per = per
-        self.shift = per == "causal" or (per == "auto" and _causal_lm(model))
+        base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model  # peft
+        self.shift = per == "causal" or (per == "auto" and type(base).__name__.endswith(("ForCausalLM", "LMHeadModel")))
         super().__init__(self.output_loss, weight=self.count_weight, join=pad_join)
 
     @staticmethod

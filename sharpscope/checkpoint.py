@@ -96,23 +96,15 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, model_spe
                     data: Any = None, data_fingerprint: dict | None = None, optimizer_state: dict | None = None,
                     config: dict | None = None, progress: dict | None = None, rng: dict | None = None,
                     metrics: list | None = None, partial: dict | None = None, **metadata: Any) -> Path:
-    """Write a checkpoint of ``model`` atomically; returns the path written.
+    """Write a checkpoint of ``model`` atomically (plain values only, else :class:`CheckpointError`
+    before a byte is written); returns the path. ``model_spec``: a model name or a factory
+    ``{"factory": "package.module:function", "kwargs": {...}}``; ``data_spec``: the data the
+    analyses load (else they need ``--data``); ``data``: the training data (a Dataset, whose spec
+    is the default ``data_spec``, or an ``(x, y)`` pair), whose fingerprint makes an analysis on
+    changed data warn. ``metadata["environment"]`` defaults to :func:`sharpscope.provenance.of_model`::
 
-    Every argument must hold plain values (module docstring), else :class:`CheckpointError`
-    before a byte is written. ``metadata["environment"]`` defaults to
-    :func:`sharpscope.provenance.of_model`. ``model_spec``: a built-in model name or a factory
-    ``{"factory": "package.module:function", "kwargs": {...}}`` (:mod:`sharpscope.models`).
-    ``data_spec`` (a :class:`sharpscope.data.DataSpec` dict) names the data the analyses load
-    (else they need ``--data``). ``data``: the training data, a :class:`sharpscope.data.Dataset`
-    (its spec is the default ``data_spec``) or an ``(x, y)`` pair; its fingerprint is recorded
-    so that an analysis on changed data warns (or pass ``data_fingerprint``). For the CLI::
-
-        import sharpscope as ss
-        model = mynets.build(width=64)          # ... trained by your own loop
-        ss.save_checkpoint("mine.pt", model,
-                           model_spec={"factory": "mynets:build", "kwargs": {"width": 64}},
-                           data_spec={"name": "npz", "root": "my.npz"})
-        # sharpscope hessian mine.pt --trust-factory --top-k 5
+        ss.save_checkpoint("mine.pt", model, model_spec={"factory": "mynets:build", "kwargs": {"width": 64}},
+                           data_spec={"name": "npz", "root": "my.npz"})  # sharpscope hessian mine.pt --trust-factory
     """
     if not isinstance(model_spec, dict) or not ({"name", "factory"} & model_spec.keys()):
         raise CheckpointError("model_spec must be a dict with a 'name' or a 'factory' key")
@@ -351,19 +343,13 @@ def check_fingerprint(recorded: dict | None, data: Any, where: str | os.PathLike
     """The differences between ``data``'s training split and a recorded fingerprint, each
     named in a :class:`DataChangedWarning` ([] without a fingerprint)."""
     diffs = _fingerprint_note(recorded, data)
+    spec = getattr(data, "spec", None)
+    what = ("given data" if spec is None  # 'npz from my.npz' / 'digits'
+            else f"{spec.name} from {spec.root}" if spec.root is not None else str(spec.name))
     if diffs:
-        warnings.warn(f"{where}: the data loaded for it ({_describe_data(data)}) differs from its training split: "
-                      f"{'; '.join(diffs)} "
+        warnings.warn(f"{where}: the data loaded for it ({what}) differs from its training split: {'; '.join(diffs)} "
                       "(analysed as loaded: on data the model was not trained on)", DataChangedWarning, stacklevel=2)
     return diffs
-
-
-def _describe_data(data: Any) -> str:
-    """'npz from my.npz' / 'digits'."""
-    spec = getattr(data, "spec", None)
-    if spec is None:
-        return "given data"
-    return f"{spec.name} from {spec.root}" if spec.root is not None else str(spec.name)
 
 
 def training_data_differences(a: Checkpoint, b: Checkpoint) -> list[str]:
