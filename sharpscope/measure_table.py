@@ -97,15 +97,11 @@ def register(measure: Measure) -> Measure:
     return measure
 
 
-def _old_names() -> dict[str, str]:
-    return {a: m.name for m in MEASURES.values() for a in m.aliases}
-
-
 def resolve(name: str, what: str = "measure") -> str:
     """The canonical name of ``name`` (stripped, lower case): an old name with a FutureWarning,
     an unknown one as it is (the place refuses it)."""
     name = name.strip().lower()
-    new = _old_names().get(name)
+    new = {a: m.name for m in MEASURES.values() for a in m.aliases}.get(name)
     if new is None:
         return name
     warnings.warn(f"{what} {name!r} is now called {new!r}; the old name works until the next release",
@@ -156,24 +152,16 @@ def _n_examples(batches: Sequence) -> int:
     return sum(int(b[1].shape[0]) for b in batches)
 
 
-def _lambda_max(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
-    from . import hessian
-    return hessian.eigenvalues(_objective(model, batches, objective), k=s["top_k"], tol=s["eig_tol"],
-                               seed=s["seed"]).to_dict()
-
-
-def _trace(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
-    from . import hessian
-    return hessian.trace(_objective(model, batches, objective), n_matvecs=s["trace_matvecs"], seed=s["seed"]).to_dict()
-
-
-def _density(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
-    from . import hessian
-    d = hessian.density(_objective(model, batches, objective), n_runs=s["density_runs"], n_steps=s["density_steps"],
-                        seed=s["seed"]).to_dict()
-    for bulky in ("nodes", "weights"):  # the quadrature: figures only, large
-        d.pop(bulky)
-    return d
+def _hessian(fn: str, drop: tuple[str, ...] = (), **keys: str) -> Compute:
+    """``sharpscope.hessian.<fn>`` on the (shared) objective, its options read from the settings
+    ``keys`` names; the result's ``drop`` keys (bulky, figures only) left out."""
+    def compute(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
+        from . import hessian
+        d = getattr(hessian, fn)(_objective(model, batches, objective), seed=s["seed"],
+                                 **{k: s[v] for k, v in keys.items()}).to_dict()
+        return {k: v for k, v in d.items() if k not in drop}
+    compute.__name__ = f"_{fn}"
+    return compute
 
 
 def _m_sharpness(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any] | None:
@@ -220,14 +208,16 @@ def _increase(name: str, kind: str, rho: str, reads: tuple[str, ...], summary: s
 
 
 for _m in (
-    Measure("lambda_max", _lambda_max, (*SUBSET, "top_k", "eig_tol"), ("lambda_max", "lambda_ratio"),
+    Measure("lambda_max", _hessian("eigenvalues", k="top_k", tol="eig_tol"), (*SUBSET, "top_k", "eig_tol"),
+            ("lambda_max", "lambda_ratio"),
             lambda r: {"lambda_max": r["eigenvalues"][0], "lambda_ratio": r.get("ratio")}, "HVP",
             "the top Hessian eigenvalues (Lanczos): lambda_max and lambda_1 / lambda_k",
             headline=lambda r: r["eigenvalues"][0], aliases=("eigenvalues", "eigs", "hessian"), shares_objective=True),
-    Measure("trace", _trace, (*SUBSET, "trace_matvecs"), ("trace",),
+    Measure("trace", _hessian("trace", n_matvecs="trace_matvecs"), (*SUBSET, "trace_matvecs"), ("trace",),
             lambda r: {"trace": r["trace"], "trace_stderr": r["stderr"]}, "HVP", "the Hessian trace (Hutch++)",
             headline=lambda r: r["trace"], details={"trace_stderr": "stderr"}, shares_objective=True),
-    Measure("density", _density, (*SUBSET, "density_runs", "density_steps"), ("density_trace",),
+    Measure("density", _hessian("density", ("nodes", "weights"), n_runs="density_runs", n_steps="density_steps"),
+            (*SUBSET, "density_runs", "density_steps"), ("density_trace",),
             lambda r: {"density_trace": r.get("trace_estimate")}, "HVP",
             "the Hessian spectral density (stochastic Lanczos quadrature) and the trace it implies",
             shares_objective=True),
