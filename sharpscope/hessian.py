@@ -37,14 +37,21 @@ __all__ = ["eigenvalues", "trace", "density", "layer_summary", "EigenvaluesResul
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def _objective(model: nn.Module | Objective, loss_fn: LossFn | None, data: Iterable | None,
-               params: Any, hvp_mode: str) -> Objective:
-    if isinstance(model, Objective):
-        return model
-    if data is None:
+def _operator(model: nn.Module | Objective, loss_fn: LossFn | None, data: Iterable | None, params: Any,
+              hvp_mode: str, operator: str, mc_samples: int | str, seed: int) -> tuple[Objective, Any]:
+    """The objective (``model`` when it is one) and its curvature ``operator``."""
+    if not isinstance(model, Objective) and data is None:
         raise ConfigError("pass loss_fn and data (or an Objective); loss_fn=None is the model's own "
                           "model(**batch).loss")
-    return Objective(model, loss_fn, data, params=params, hvp_mode=hvp_mode)
+    obj = model if isinstance(model, Objective) else Objective(model, loss_fn, data, params=params, hvp_mode=hvp_mode)
+    return obj, curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
+
+
+def _shared(obj: Objective, operator: str, mc: int | str | None, start: float) -> dict[str, Any]:
+    """The fields every result records; the HVP mode is the Hessian's once its products ran
+    (``"auto"`` may switch), None for the other operators."""
+    return {"wall_time": time.perf_counter() - start, "n_params": obj.n, "n_examples": obj.n_examples,
+            "operator": operator, "mc_samples": mc, "hvp_mode": obj.hvp_mode if operator == "hessian" else None}
 
 
 @dataclass
@@ -109,24 +116,16 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
     steps = max_iter if max_iter is not None else default_max_iter(n, int_at_least("k", k, 1))
     require_lanczos_memory(n, int_at_least("max_iter", steps, 1))
     start = time.perf_counter()
-    obj = _objective(model, loss_fn, data, params, hvp_mode)
-    op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
+    obj, op = _operator(model, loss_fn, data, params, hvp_mode, operator, mc_samples, seed)
     curvature.warn_sampled_fisher(operator, mc, "the top eigenvalues")
     res = linalg.lanczos(op, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, callback=callback)
     keep = return_vectors or return_eigenvectors
     return EigenvaluesResult(
         eigenvalues=[float(x) for x in res.eigenvalues], residuals=[float(x) for x in res.residuals],
-        converged=[bool(x) for x in res.converged], which=which, tol=tol, n_hvp=res.n_matvecs,
-        n_iter=res.n_iter, wall_time=time.perf_counter() - start, n_params=obj.n, n_examples=obj.n_examples,
+        converged=[bool(x) for x in res.converged], which=which, tol=tol, n_hvp=res.n_matvecs, n_iter=res.n_iter,
         eigenvectors=res.eigenvectors.T.contiguous().T if keep else None,  # columns contiguous: views
         names=list(obj.names) if keep else None, shapes=[tuple(s) for s in obj.shapes] if keep else None,
-        operator=operator, mc_samples=mc, hvp_mode=_mode(obj, operator),
-    )
-
-
-def _mode(obj: Objective, operator: str) -> str | None:
-    """The Hessian's HVP mode once its products ran (``"auto"`` may switch); None for other operators."""
-    return obj.hvp_mode if operator == "hessian" else None
+        **_shared(obj, operator, mc, start))
 
 
 @dataclass
@@ -158,14 +157,12 @@ def trace(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Ite
     if method not in ("hutch++", "hutchinson"):
         raise ConfigError(f"trace method must be 'hutch++' or 'hutchinson', got {method!r}")
     start = time.perf_counter()
-    obj = _objective(model, loss_fn, data, params, hvp_mode)
-    op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
+    obj, op = _operator(model, loss_fn, data, params, hvp_mode, operator, mc_samples, seed)
     fn = linalg.hutchpp if method == "hutch++" else linalg.hutchinson
     block = curvature.block_size(obj, operator)  # batched products in blocks whose memory stays within a budget
     res = fn(op, n_matvecs=n_matvecs, seed=seed, block_size=block if method == "hutch++" else (block or 1))
-    return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method,
-                       n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n,
-                       n_examples=obj.n_examples, operator=operator, mc_samples=mc, hvp_mode=_mode(obj, operator))
+    return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method, n_hvp=res.n_matvecs,
+                       **_shared(obj, operator, mc, start))
 
 
 @dataclass
@@ -225,17 +222,14 @@ def density(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: I
     finite_float("sigma_squared", sigma_squared, above=0)  # checked again only after the SLQ runs
     require_lanczos_memory(parameter_count(model), int_at_least("n_steps", n_steps, 1), int_at_least("n_runs", n_runs, 1))
     start = time.perf_counter()
-    obj = _objective(model, loss_fn, data, params, hvp_mode)
-    op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
+    obj, op = _operator(model, loss_fn, data, params, hvp_mode, operator, mc_samples, seed)
     curvature.warn_sampled_fisher(operator, mc, "the spectral density's upper edge and top eigenvalues")
     res = linalg.spectral_density(op, n_runs=n_runs, n_steps=n_steps, seed=seed,
                                   sigma_squared=sigma_squared, grid_points=grid_points)
     return DensityResult(
         grid=res.grid.tolist(), density=res.density.tolist(), nodes=res.nodes.tolist(),
         weights=res.weights.tolist(), sigma=float(res.sigma), n_runs=res.n_runs, n_steps=res.n_steps,
-        n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n, n_examples=obj.n_examples,
-        operator=operator, mc_samples=mc, hvp_mode=_mode(obj, operator),
-    )
+        n_hvp=res.n_matvecs, **_shared(obj, operator, mc, start))
 
 
 @dataclass
