@@ -62,23 +62,6 @@ def clipped_method(method: str, bounds: tuple[float, float] | None) -> str:
     return method if bounds is None else f"{method}, clipped to [{bounds[0]:g}, {bounds[1]:g}]"
 
 
-def _clip(low: float, high: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
-    """[low, high] intersected with ``bounds`` (NaN stays NaN)."""
-    if bounds is None or not (math.isfinite(low) and math.isfinite(high)):
-        return low, high
-    lo, hi = float(bounds[0]), float(bounds[1])
-    return min(max(low, lo), hi), max(min(high, hi), lo)
-
-
-def _t_interval(mean: float, std: float, n: int, confidence: float) -> tuple[float, float]:
-    if n < 2 or not math.isfinite(std):
-        return math.nan, math.nan
-    from scipy import stats
-
-    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
-    return mean - half, mean + half
-
-
 class _WithVerdict:
     """``to_dict`` with the :func:`verdict` of the interval."""
 
@@ -129,7 +112,15 @@ def summarize(values: Sequence[float], confidence: float = 0.95,
     n = int(arr.size)
     mean = float(arr.mean())
     std = float(arr.std(ddof=1)) if n > 1 else math.nan
-    low, high = _clip(*_t_interval(mean, std, n, confidence), bounds)
+    low = high = math.nan  # no spread from one value
+    if n > 1 and math.isfinite(std):
+        from scipy import stats
+
+        half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+        low, high = mean - half, mean + half
+    if bounds is not None and math.isfinite(low) and math.isfinite(high):  # the interval clipped to the range
+        lo, hi = float(bounds[0]), float(bounds[1])
+        low, high = min(max(low, lo), hi), max(min(high, hi), lo)
     return Summary(n, mean, std, low, high, confidence, clipped_method(CI_METHOD, bounds))
 
 
