@@ -62,16 +62,6 @@ def _cpu_name() -> str:
     return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _device_name(device: torch.device) -> str:
-    import torch
-
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        return _cpu_name()
-    return device.type
-
-
 def environment(device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
                 world_size: int | None = None, autocast: str | None = None) -> dict[str, Any]:
     """The record of this process: versions (sharpscope with its git commit, python, torch,
@@ -82,7 +72,9 @@ def environment(device: torch.device | str | None = None, dtype: torch.dtype | s
 
     from . import distributed as dist_utils
     device = torch.device(device) if device is not None else torch.device("cpu")
-    record = _record(str(torch.__version__), np.__version__, device=str(device), device_name=_device_name(device),
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda" and torch.cuda.is_available()
+            else _cpu_name() if device.type == "cpu" else device.type)
+    record = _record(str(torch.__version__), np.__version__, device=str(device), device_name=name,
                      cpu_capability=torch.backends.cpu.get_cpu_capability(),
                      dtype=str(dtype if dtype is not None else torch.get_default_dtype()).replace("torch.", ""),
                      autocast=autocast, threads=torch.get_num_threads(),
