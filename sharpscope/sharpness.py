@@ -170,12 +170,6 @@ def seeded_generator(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(mixed)
 
 
-def random_directions(rows: int, n: int, p: float, gen: torch.Generator, like: Tensor) -> Tensor:
-    """``rows`` uniformly random unit directions of the p-norm (a normalized Gaussian, or sign(z))."""
-    z = torch.randn((rows, n), generator=gen, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
-    return torch.sign(z) if p == math.inf else z / z.norm(dim=-1, keepdim=True)
-
-
 def warn_zero_gradient(what: str, where: str, how: str) -> None:
     """:class:`~sharpscope.errors.ZeroGradientWarning`: the gradient is zero ``where``, so ``what`` did ``how``."""
     warnings.warn(f"{what}: the gradient at the weights is exactly zero {where} (a minimum, a saddle or a "
@@ -247,8 +241,10 @@ def m_sharpness(
         require_finite(torch.cat([base[:, None], g], 1), "the loss or its gradient at the weights")
         zero = g.norm(dim=-1) == 0  # no ascent direction: the first step goes a seeded random way
         zero_rows.append(int(zero.sum()))
-        if bool(zero.any()):
-            g = torch.where(zero[:, None], random_directions(rows, w0.numel(), p, seeded_generator(seed, *keys), g), g)
+        if bool(zero.any()):  # a uniformly random unit direction of the p-norm instead
+            z = torch.randn((rows, w0.numel()), generator=seeded_generator(seed, *keys), dtype=torch.float64)
+            z = z.to(device=g.device, dtype=g.dtype)
+            g = torch.where(zero[:, None], torch.sign(z) if p == math.inf else z / z.norm(dim=-1, keepdim=True), g)
         for _ in range(steps):
             e = project(e + r * dual_direction(g, p), r, p)
             g, val = value_and_grad(w0 + e, group)
