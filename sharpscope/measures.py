@@ -53,10 +53,8 @@ def noise(shape: tuple[int, int], rho: float, p: float, scale: Tensor | None, ge
           dtype: torch.dtype, device: torch.device) -> Tensor:
     """The reference's average-case perturbation: rho T z with z ~ N(0, 1) (p = 2) or U[-1, 1]
     (p = inf), elementwise."""
-    if p == math.inf:
-        z = 2 * torch.rand(shape, generator=gen, dtype=torch.float64) - 1
-    else:
-        z = torch.randn(shape, generator=gen, dtype=torch.float64)
+    z = (2 * torch.rand(shape, generator=gen, dtype=torch.float64) - 1 if p == math.inf
+         else torch.randn(shape, generator=gen, dtype=torch.float64))
     z = z.to(device=device, dtype=dtype) * rho
     return z if scale is None else z * scale
 
@@ -97,9 +95,6 @@ class MeasureResult:
     n_forwards: int        # per-subset loss evaluations without a gradient (average case)
     wall_time: float
     restarts: int = 1      # worst case: ascents per subset (the best is kept)
-
-    def table(self) -> list[tuple[int, float, float, float, float, float]]:
-        return [(r.m, r.rho, r.loss_increase, r.loss_stderr, r.error_increase, r.error_stderr) for r in self.results]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

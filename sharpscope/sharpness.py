@@ -87,9 +87,6 @@ class SharpnessResult:
     n_gradients: int
     wall_time: float
 
-    def table(self) -> list[tuple[int, float, float, float]]:
-        return [(r.m, r.rho, r.mean, r.stderr) for r in self.results]
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["p"] = "inf" if self.p == math.inf else self.p
