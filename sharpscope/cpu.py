@@ -1,12 +1,9 @@
 """How many threads torch may use without oversubscribing the CPUs this process may run on.
 
-torch defaults to the machine's physical cores, too many when an affinity mask (``taskset``,
-Slurm, ``docker --cpuset-cpus``) or a CFS quota (``docker --cpus``, cgroup v2 ``cpu.max`` or
-v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``) allows fewer, or when processes share the CPUs
-(``sweep --jobs``); surplus threads spin and wait on each other (``benchmarks/bench_threads.py``).
-:func:`configure_threads` sets ``available_cores() // jobs`` unless the user chose a count
-(``--threads N``, ``SHARPSCOPE_THREADS`` or ``OMP_NUM_THREADS``). The thread policy lives here:
-:func:`set_threads` is sharpscope's one writer of torch's thread count.
+torch defaults to the machine's cores: too many under an affinity mask or a CFS quota
+(containers, Slurm) or when processes share the CPUs (``sweep --jobs``). :func:`configure_threads`
+sets ``available_cores() // jobs`` unless the user chose (``--threads``, ``SHARPSCOPE_THREADS``,
+``OMP_NUM_THREADS``); :func:`set_threads` is sharpscope's one writer of torch's thread count.
 """
 
 from __future__ import annotations

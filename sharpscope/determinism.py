@@ -1,12 +1,8 @@
-"""Bit-for-bit repeatable runs: deterministic algorithms and a machine-independent thread count.
-
-The same command on the same machine and software gives the same bits when every kernel is
-deterministic (``torch.use_deterministic_algorithms``; CUDA needs ``CUBLAS_WORKSPACE_CONFIG``
-and no cuDNN benchmarking) and the summation order is fixed, which on CPU means a fixed
-intra-op thread count (docs/reproducibility.md): under ``--deterministic`` it is the user's
-(``--threads`` / SHARPSCOPE_THREADS) or :data:`DETERMINISTIC_THREADS`, not a share of the
-cores. Instruction sets, devices and library versions still differ: :mod:`sharpscope.provenance`
-records them.
+"""Bit-for-bit repeatable runs: deterministic kernels (``torch.use_deterministic_algorithms``,
+``CUBLAS_WORKSPACE_CONFIG``, no cuDNN benchmarking) and a fixed summation order, which on CPU
+means a fixed thread count (docs/reproducibility.md): the user's or :data:`DETERMINISTIC_THREADS`,
+never a share of the cores. Instruction sets, devices and library versions still change the
+bits (:mod:`sharpscope.provenance` records them).
 """
 
 from __future__ import annotations

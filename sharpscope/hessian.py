@@ -1,17 +1,12 @@
-"""Hessian analyses of a model's loss: top eigenvalues, trace, spectral density, per layer.
+"""Hessian analyses of a model's loss by Hessian-vector products (HVPs) of
+:class:`sharpscope.objective.Objective` and :mod:`sharpscope.linalg`; the Hessian is never formed.
 
-Hessian-vector products (HVPs) of :class:`sharpscope.objective.Objective` (the mean loss over
-the data, eval mode) fed to :mod:`sharpscope.linalg`; the Hessian is never formed. Results
-record their HVP count (``n_hvp``) and wall time.
+- :func:`eigenvalues`: Lanczos, plus lambda_1 / lambda_k (Foret et al., ICLR 2021, App. C.3);
+- :func:`trace`: Hutch++ (Meyer et al. 2021) or Hutchinson, with a standard error;
+- :func:`density`: stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019);
+- :func:`layer_summary`: top eigenvalue and trace of each diagonal block.
 
-- :func:`eigenvalues`: Lanczos with full reorthogonalization, plus lambda_1 / lambda_k (Foret
-  et al., ICLR 2021, Sec. 4.2 / App. C.3: lambda_max / lambda_5).
-- :func:`trace`: Hutch++ (Meyer et al. 2021) or Hutchinson, with a standard error.
-- :func:`density`: stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019).
-- :func:`layer_summary`: top eigenvalue and trace of each diagonal block (layer, block, kind).
-
-``operator`` (:data:`sharpscope.curvature.OPERATORS`) analyses the GGN or a Fisher of the same
-loss instead; ``mc_samples`` and ``seed`` fix the true Fisher's draw (:mod:`sharpscope.curvature`).
+``operator`` (:mod:`sharpscope.curvature`) analyses the GGN or a Fisher instead.
 """
 
 from __future__ import annotations

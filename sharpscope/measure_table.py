@@ -1,13 +1,9 @@
 """The table of measures: every sharpness or curvature quantity of a trained model, declared once.
 
-A :class:`Measure` gives the quantity its one name (command line, JSON, CSV, figures), how to
-compute it from a model, ``(x, y)`` batches and settings, the settings it reads (exactly what
-its cache keys hold), the columns it writes and its cost unit. Training diagnostics
-(``train --track``), the analyses of ``sweep`` / ``compare`` and ``correlate`` read this table
-only, each offering the measures whose settings it provides and passing its own values
-(settings a place fixes are not in its cache keys). Adding a measure is one :func:`register`
-call. The maths lives in :mod:`sharpscope.hessian`, :mod:`sharpscope.sharpness`,
-:mod:`sharpscope.measures` and :mod:`sharpscope.weight_spectra`, imported when computed.
+A :class:`Measure` gives the quantity its one name, how to compute it from a model, ``(x, y)``
+batches and settings, the settings it reads (its cache key), its columns and its cost unit.
+``train --track``, ``sweep`` / ``compare`` and ``correlate`` offer the measures whose settings
+they provide, each with its own values; adding one is a :func:`register` call.
 """
 
 from __future__ import annotations

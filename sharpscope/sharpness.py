@@ -1,22 +1,17 @@
 """SAM's own diagnostics (Foret et al., ICLR 2021, Sec. 4.1 and App. C.4).
 
-m-sharpness: the data is split (seeded shuffle) into disjoint subsets b of m examples (the
-incomplete last one dropped) and S_b = max_{||e||_p <= rho} L_b(w + e) - L_b(w) is found by
-``steps`` of projected normalized ascent from e = 0, e <- Proj(e + rho dual(grad L_b(w + e)))
-(dual(g) = g / ||g||_2 for p = 2, sign(g) for p = inf; the first step is SAM's e_hat). Each
-subset keeps the best iterate, the start included (S_b >= 0); the result is the mean over
-subsets with its standard error. :mod:`sharpscope.measures` has the APGD-style worst case.
+m-sharpness: on seeded disjoint subsets b of m examples, S_b = max_{||e||_p <= rho}
+L_b(w + e) - L_b(w) by ``steps`` of projected normalized ascent from e = 0,
+e <- Proj(e + rho dual(grad L_b(w + e))) (the first step is SAM's e_hat), keeping the best
+iterate, the start included; the mean over subsets with its standard error.
 
-First- vs second-order SAM gradient: with e_hat(w) = rho g / ||g||, the gradient of
-L(w + e_hat(w)) is grad L|_{w + e_hat} + (d e_hat / dw)^T grad L|_{w + e_hat} with
-d e_hat / dw = (rho / ||g||) (I - g_hat g_hat^T) H(w); SAM drops the second term, which costs
-one HVP since (d e_hat / dw)^T v = H (rho / ||g||) (v - g_hat (g_hat . v)).
+First- vs second-order SAM gradient: with e_hat = rho g / ||g||, grad L(w + e_hat(w)) =
+grad L|_{w + e_hat} + (d e_hat / dw)^T grad L|_{w + e_hat}, d e_hat / dw = (rho / ||g||)
+(I - g_hat g_hat^T) H(w); SAM drops the second term, one HVP: H (rho / ||g||) (v - g_hat (g_hat . v)).
 
-Zero gradient at w (one rule with :mod:`sharpscope.measures`): m-sharpness takes its first
-step along a seeded random direction; the surrogate gap and the gradient cosine, defined by
-e_hat, read NaN; both warn :class:`~sharpscope.errors.ZeroGradientWarning`. A NaN or infinite
-weight, loss or gradient anywhere raises :class:`~sharpscope.errors.NonFiniteLossError`.
-Everything runs in eval mode and leaves the model unchanged.
+At a zero gradient m-sharpness steps first in a seeded random direction and the quantities
+defined by e_hat read NaN (:class:`~sharpscope.errors.ZeroGradientWarning`); non-finite values
+raise :class:`~sharpscope.errors.NonFiniteLossError`. Eval mode; the model is not modified.
 """
 
 from __future__ import annotations

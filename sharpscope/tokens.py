@@ -1,19 +1,10 @@
 """Token-level losses: causal- and masked-language-model cross-entropy averaged over tokens.
 
-For token labels y_{b,t} (-100: not counted) and logits z_{b,t} the loss of the data is
-L = sum_{b,t counted} CE(z_{b,t}, y_{b,t}) / (number of counted tokens); a causal LM scores its
-logits at t against the label at t + 1, a masked LM against the label at t. Batches hold
-different numbers of counted tokens, so every analysis weighs batch b's mean by its count w_b
-(:mod:`sharpscope.batches`), which gives L exactly.
-
-- :class:`TokenLoss` (``"causal"`` or ``"masked"``): a :class:`~sharpscope.batches.ModelLoss`
-  over Hugging Face style dict batches; the model is called as ``model(**fields)`` without
-  ``labels`` and its logits are scored (a causal batch without ``labels`` uses ``input_ids``,
-  padding set to -100).
-- :class:`TokenCrossEntropy`: for ``(inputs, labels)`` pairs and ``model(inputs)`` -> logits
-  (B, T, V) (nanoGPT's convention: labels already the next tokens, ``shift=False``).
-
-``loss_fn=None`` (:class:`~sharpscope.batches.OutputLoss`) weighs ``model(**batch).loss`` alike.
+L = sum_{b,t counted} CE(z_{b,t}, y_{b,t}) / (counted tokens), labels -100 not counted; a causal
+LM scores its logits at t against the label at t + 1. Each batch is weighted by its counted
+tokens (:mod:`sharpscope.batches`), which gives L exactly. :class:`TokenLoss` takes Hugging Face
+style dict batches and ``model(**fields)``; :class:`TokenCrossEntropy` takes ``(inputs, labels)``
+pairs and ``model(inputs)`` -> logits (B, T, V) (nanoGPT's convention: ``shift=False``).
 """
 
 from __future__ import annotations
