@@ -60,8 +60,7 @@ def apgd_checkpoints(steps: int) -> list[int]:
 
 def random_start(shape: tuple[int, int], rho: float, p: float, gen: torch.Generator, dtype: torch.dtype,
                  device: torch.device) -> Tensor:
-    """A uniform point of the boundary of {||u||_p <= rho}: a Gaussian rescaled to norm rho
-    (p = 2) or a random vertex rho sign(z) (p = inf)."""
+    """A uniform point of the boundary of {||u||_p <= rho} (a rescaled Gaussian, or rho sign(z))."""
     z = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
     if p == math.inf:
         return rho * torch.sign(z)

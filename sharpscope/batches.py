@@ -329,8 +329,7 @@ class Streamed:
 
 @dataclass
 class Prepared:
-    """Batches on the model's device (a list, or :class:`Streamed`) with their counts and weights
-    (default: the counts)."""
+    """Batches on the model's device (a list, or :class:`Streamed`), their counts and weights."""
 
     loss: BatchLoss
     batches: list[Any] | Streamed
@@ -373,8 +372,7 @@ class Prepared:
         return self.batches[0] if len(self.batches) == 1 else concat(self.batches)
 
     def chunks(self, size: int | None) -> Iterable[tuple[Any, int]]:
-        """Re-iterable (batch, weight) pairs of at most ``size`` examples each; the batches as given
-        when ``size`` is None or the examples cannot be re-split."""
+        """Re-iterable (batch, weight) pairs of at most ``size`` examples (if they can be re-split)."""
         if size is None or not self.per_example():
             return _Pairs(self.batches, self.weights)  # type: ignore[arg-type]
         everything = self.joined()

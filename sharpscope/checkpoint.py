@@ -70,9 +70,8 @@ _FIELD_TYPES: dict[str, tuple[type, bool]] = {
 _PROGRESS_COUNTERS = ("epoch", "step", "batch_in_epoch")
 
 def _to_plain(value: Any, where: str) -> Any:
-    """A copy of ``value`` that ``weights_only`` loading can read back: str/int/float subclasses
-    and numpy scalars become built-in types; anything but tensors, numbers, strings, None,
-    lists, tuples and dicts is refused."""
+    """A copy of ``value`` that ``weights_only`` loading reads back (subclasses and numpy scalars
+    become built-in types; anything but tensors, numbers, strings, None and containers is refused)."""
     if value is None or type(value) in (str, int, float, bool) or isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.generic):
@@ -139,8 +138,7 @@ def _data_record(data: Any, data_spec: dict | None, data_fingerprint: dict | Non
 
 
 def _describe_unpickling_error(err: Exception) -> str:
-    """A pickle naming a class or function is refused as unsafe; any other failure of the
-    weights-only unpickler (an unknown opcode, a bad stack) means the bytes are garbage."""
+    """Unsafe when the pickle names a class or function, else garbage bytes."""
     text = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     detail = next((ln for ln in text if "global" in ln.lower()), "")
     if not detail:  # torch wraps the unpickler's own words ("Unsupported operand 103") in advice
@@ -340,8 +338,7 @@ def _fingerprint_note(recorded: dict | None, data: Any) -> list[str]:
 
 
 def check_fingerprint(recorded: dict | None, data: Any, where: str | os.PathLike[str]) -> list[str]:
-    """The differences between ``data``'s training split and a recorded fingerprint, each
-    named in a :class:`DataChangedWarning` ([] without a fingerprint)."""
+    """How ``data``'s training split differs from a recorded fingerprint, in a :class:`DataChangedWarning`."""
     diffs = _fingerprint_note(recorded, data)
     spec = getattr(data, "spec", None)
     what = ("given data" if spec is None  # 'npz from my.npz' / 'digits'
@@ -370,8 +367,7 @@ def training_data_differences(a: Checkpoint, b: Checkpoint) -> list[str]:
 
 
 def check_checkpoint_data(model: nn.Module, recorded: dict | None, data: Any, where: str | os.PathLike[str]) -> None:
-    """:func:`check_data_fits` (its error names ``where`` and how the data changed), then
-    :func:`check_fingerprint`."""
+    """:func:`check_data_fits` (naming ``where`` and how the data changed), :func:`check_fingerprint`."""
     try:
         check_data_fits(model, data)
     except DataMismatchError as err:

@@ -90,9 +90,8 @@ def chosen_threads() -> int | None:
 
 
 def configure_threads(threads: int | None = None, jobs: int = 1) -> int:
-    """Set torch's intra-op thread count and return it: ``threads`` when given, else
-    ``SHARPSCOPE_THREADS``, else torch's own choice when ``OMP_NUM_THREADS`` is set, else
-    :func:`default_threads` (``jobs``)."""
+    """Set and return torch's thread count: ``threads``, ``SHARPSCOPE_THREADS``, torch's own when
+    ``OMP_NUM_THREADS`` is set, else :func:`default_threads`."""
     import torch
 
     _check_count(threads)

@@ -69,8 +69,7 @@ def check_mc_samples(mc_samples: object) -> int | str:
 
 
 def check(kind: str, mc_samples: object = "exact") -> int | str | None:
-    """``kind`` and ``mc_samples`` checked before any work; returns the ``mc_samples`` a
-    result records (None unless ``kind`` is the true Fisher)."""
+    """``kind`` and ``mc_samples`` checked; the ``mc_samples`` a result records (None but for the Fisher)."""
     if kind not in OPERATORS:
         raise ConfigError(f"operator must be one of {', '.join(OPERATORS)}, got {kind!r}")
     return check_mc_samples(mc_samples) if kind == "fisher" else None
@@ -113,8 +112,7 @@ def warn_sampled_fisher(kind: str, mc_samples: int | str | None, what: str) -> N
 
 
 def block_size(objective: Objective, kind: str = "hessian") -> int | None:
-    """Columns per batched product within the objective's memory budget (the operators other
-    than the Hessian are always vmapped: :meth:`Objective.vmapped_block_size`)."""
+    """Columns per batched product within the objective's memory budget."""
     return objective.hvp_block_size() if kind == "hessian" else objective.vmapped_block_size()
 
 
@@ -227,8 +225,8 @@ def _check_outputs(obj: Objective, kind: str, mc_samples: int | str = 1) -> None
 
 
 def _check_cross_entropy(obj: Objective, outputs: Tensor, targets: Any) -> None:
-    """The true Fisher is defined here for class logits (n, C) under the cross-entropy only:
-    ``loss_fn`` must equal ``F.cross_entropy`` at the outputs and at the outputs reversed."""
+    """Refuse a true Fisher unless ``loss_fn`` is ``F.cross_entropy`` of class logits (n, C)
+    (compared at the outputs and at the outputs reversed)."""
     refusal = ("the true Fisher is defined here for class logits of shape (examples, classes) with the "
                "cross-entropy loss (-log softmax); use --operator ggn or empirical-fisher for other losses")
     if outputs.dim() != 2 or outputs.shape[1] < 2:

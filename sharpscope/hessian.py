@@ -43,8 +43,7 @@ def _operator(model: nn.Module | Objective, loss_fn: LossFn | None, data: Iterab
 
 
 def _shared(obj: Objective, operator: str, mc: int | str | None, start: float) -> dict[str, Any]:
-    """The fields every result records; the HVP mode is the Hessian's once its products ran
-    (``"auto"`` may switch), None for the other operators."""
+    """The fields every result records (the HVP mode once the products ran: "auto" may switch)."""
     return {"wall_time": time.perf_counter() - start, "n_params": obj.n, "n_examples": obj.n_examples,
             "operator": operator, "mc_samples": mc, "hvp_mode": obj.hvp_mode if operator == "hessian" else None}
 
@@ -145,8 +144,7 @@ class TraceResult:
 def trace(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
           n_matvecs: int = 99, method: str = "hutch++", params: Any = None, seed: int = 0,
           hvp_mode: str = "auto", operator: str = "hessian", mc_samples: int | str = "exact") -> TraceResult:
-    """Estimate tr(H) (or the trace of another curvature ``operator``) with ``n_matvecs``
-    products by Hutch++ (default) or Hutchinson."""
+    """tr(H) (or of another ``operator``) from ``n_matvecs`` products by Hutch++ or Hutchinson."""
     mc = curvature.check(operator, mc_samples)
     require_trace_memory(parameter_count(model), int_at_least("n_matvecs", n_matvecs, 1))
     if method not in ("hutch++", "hutchinson"):
@@ -190,9 +188,8 @@ class DensityResult:
 
     @property
     def trace_stderr(self) -> float | None:
-        """s / sqrt(R) over the R runs' n sum_j tau_j theta_j (None for one run): each is
-        Hutchinson's z^T H z for the run's Rademacher start, since the quadrature integrates
-        x -> x exactly. Coarse: :func:`trace` (Hutch++) is the estimate to trust."""
+        """s / sqrt(R) over the R runs' n sum_j tau_j theta_j, each Hutchinson's z^T H z of its
+        Rademacher start (None for one run; coarse: :func:`trace` is the estimate to trust)."""
         runs = len(self.nodes)
         if runs < 2:
             return None
@@ -258,10 +255,8 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
                   trace_matvecs: int = 30, seed: int = 0, hvp_mode: str = "auto",
                   callback: Callable[[str], None] | None = None, operator: str = "hessian",
                   mc_samples: int | str = "exact", params: Any = None) -> LayerSummary:
-    """Per group of parameters (``by``: "layer", "block" or "kind",
-    :func:`sharpscope.models.param_names.group_parameters`; restricted to ``params``):
-    lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++, of the Hessian or another ``operator``
-    (the true Fisher's draw depends on seed and batch only: the blocks are of one matrix)."""
+    """lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++ per group of ``params`` (``by``: "layer",
+    "block" or "kind", :func:`sharpscope.models.param_names.group_parameters`), of any ``operator``."""
     mc = curvature.check(operator, mc_samples)
     start = time.perf_counter()
     groups = parameter_groups(model, by=by)

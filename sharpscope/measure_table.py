@@ -94,8 +94,7 @@ def register(measure: Measure) -> Measure:
 
 
 def resolve(name: str, what: str = "measure") -> str:
-    """The canonical name of ``name`` (stripped, lower case): an old name with a FutureWarning,
-    an unknown one as it is (the place refuses it)."""
+    """The canonical name of ``name`` (an old name with a FutureWarning; an unknown one as it is)."""
     name = name.strip().lower()
     new = {a: m.name for m in MEASURES.values() for a in m.aliases}.get(name)
     if new is None:
@@ -149,8 +148,7 @@ def _n_examples(batches: Sequence) -> int:
 
 
 def _hessian(fn: str, drop: tuple[str, ...] = (), **keys: str) -> Compute:
-    """``sharpscope.hessian.<fn>`` on the (shared) objective, its options read from the settings
-    ``keys`` names; the result's ``drop`` keys (bulky, figures only) left out."""
+    """``sharpscope.hessian.<fn>``, its options from the settings ``keys`` names, less ``drop``."""
     def compute(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
         from . import hessian
         d = getattr(hessian, fn)(_objective(model, batches, objective), seed=s["seed"],

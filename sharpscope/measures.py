@@ -51,8 +51,7 @@ MIN_SUBSETS_FOR_STDERR = 5
 
 def noise(shape: tuple[int, int], rho: float, p: float, scale: Tensor | None, gen: torch.Generator,
           dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The reference's average-case perturbation: rho T z with z ~ N(0, 1) (p = 2) or U[-1, 1]
-    (p = inf), elementwise."""
+    """The reference's average-case perturbation rho T z, z ~ N(0, 1) (p = 2) or U[-1, 1] (p = inf)."""
     z = (2 * torch.rand(shape, generator=gen, dtype=torch.float64) - 1 if p == math.inf
          else torch.randn(shape, generator=gen, dtype=torch.float64))
     z = z.to(device=device, dtype=dtype) * rho

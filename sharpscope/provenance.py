@@ -33,8 +33,7 @@ COMPARABLE_FIELDS = ("sharpscope_version", "git_commit", "git_dirty", "torch_ver
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> tuple[str | None, bool | None]:
-    """(commit, tracked files modified) of the checkout sharpscope runs from; (None, None) for an
-    installed copy or without git."""
+    """(commit, tracked files modified) of sharpscope's checkout; (None, None) without one."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None, None
@@ -95,9 +94,8 @@ def _record(torch_version: str, numpy_version: str, **rest: Any) -> dict[str, An
 
 
 def cpu_capability_from_flags(flags: set[str]) -> str:
-    """The instruction set torch's CPU dispatcher picks on x86-64 from the CPU's feature flags
-    (as /proc/cpuinfo names them), by its rule (ATen's ``compute_cpu_capability``): AVX512 with
-    avx512vl, avx512bw, avx512dq and fma; else AVX2 with avx2 and fma; else DEFAULT."""
+    """The instruction set torch picks on x86-64 from /proc/cpuinfo's flags, by ATen's
+    ``compute_cpu_capability`` rule."""
     if {"avx512vl", "avx512bw", "avx512dq", "fma"} <= flags:
         return "AVX512"
     if {"avx2", "fma"} <= flags:
@@ -141,8 +139,7 @@ def of_model(model: torch.nn.Module, **kwargs: Any) -> dict[str, Any]:
 
 def differences(records: Sequence[Mapping[str, Any] | None],
                 fields: Sequence[str] = COMPARABLE_FIELDS) -> dict[str, list[Any]]:
-    """The ``fields`` that take more than one value over ``records`` (None records skipped), each
-    with its distinct values in order of appearance."""
+    """The ``fields`` that take several values over ``records`` (None skipped), with those values."""
     values = {f: list(dict.fromkeys(r.get(f) for r in records if r is not None)) for f in fields}
     return {f: v for f, v in values.items() if len(v) > 1}
 

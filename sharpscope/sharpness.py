@@ -90,8 +90,7 @@ class SharpnessResult:
 
 @dataclass
 class FlatExamples:
-    """The examples as one batch and the model's state as a function of its flat parameters
-    ``w0`` (buffers fixed): what the per-subset measures vectorize over."""
+    """The examples as one batch and the model's state as a function of its flat parameters ``w0``."""
 
     batch_loss: BatchLoss
     examples: Any
@@ -144,8 +143,7 @@ def checked_lists(m: int | Sequence[int], rho: float | Sequence[float], p: float
 
 def seeded_subsets(n: int, size: int, gen: torch.Generator, max_subsets: int | None,
                    device: torch.device) -> Tensor:
-    """Disjoint subsets of ``size`` examples, (k, size): consecutive slices of a seeded shuffle
-    of the n examples (the incomplete last one dropped), the first ``max_subsets`` of them."""
+    """(k, size) disjoint subsets: slices of a seeded shuffle of the n examples, at most ``max_subsets``."""
     if size > n:
         raise ConfigError(f"m = {size} is larger than the {n} examples")
     order = torch.randperm(n, generator=gen)[: (n // size) * size].to(device)
@@ -154,8 +152,7 @@ def seeded_subsets(n: int, size: int, gen: torch.Generator, max_subsets: int | N
 
 
 def seeded_generator(seed: int, *keys: int) -> torch.Generator:
-    """A CPU generator seeded by ``seed`` mixed with ``keys`` (m, rho index, first subset of a
-    group): draws independent of how groups are shared out over ranks."""
+    """A CPU generator seeded by ``seed`` and ``keys`` (m, rho index, first subset of a group)."""
     mixed = seed
     for k in keys:
         mixed = (mixed * 1_000_003 + k * 7919 + 17) % (2**63 - 1)
@@ -170,8 +167,7 @@ def warn_zero_gradient(what: str, where: str, how: str) -> None:
 
 
 def rank_groups(subsets: Tensor, group_examples: int) -> list[Tensor]:
-    """The row indices of this rank's groups of subsets (about ``group_examples`` examples per
-    vectorized call, dealt round robin over ranks)."""
+    """This rank's groups of subset rows, about ``group_examples`` examples each, dealt round robin."""
     per_call = max(1, group_examples // subsets.shape[1])
     starts = list(range(0, subsets.shape[0], per_call))[dist_utils.rank()::dist_utils.world_size()]
     return [torch.arange(lo, min(lo + per_call, subsets.shape[0])) for lo in starts]
@@ -299,8 +295,7 @@ class GradientCosine:
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
-    """a . b / (||a|| ||b||), clipped to [-1, 1] (in float32 the dot product and the norms round
-    apart by about sqrt(n) eps)."""
+    """a . b / (||a|| ||b||), clipped to [-1, 1] (float32 rounding reaches about sqrt(n) eps)."""
     value = float((a @ b) / (a.norm() * b.norm()).clamp_min(torch.finfo(b.dtype).tiny))
     return min(1.0, max(-1.0, value)) if math.isfinite(value) else value
 

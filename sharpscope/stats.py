@@ -87,8 +87,7 @@ class Summary:
 
 @dataclass(frozen=True)
 class PairedDifference(_WithVerdict):
-    """Per-seed differences b - a: their mean, standard deviation, confidence interval and
-    the two-sided paired t-test p-value."""
+    """Per-seed differences b - a: mean, standard deviation, interval and paired t-test p-value."""
 
     n: int
     mean: float
@@ -164,10 +163,9 @@ CORRELATIONS = ("kendall", "spearman")
 
 
 def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Kendall's tau-b of each row pair of ``x`` and ``y`` (shape (..., n)):
-    sum_ij s_x s_y / sqrt(sum_ij s_x^2 sum_ij s_y^2) with s_x = sign(x_i - x_j), the form
-    that counts tied pairs as scipy.stats.kendalltau (variant 'b') does. NaN where one row
-    is constant."""
+    """Kendall's tau-b of each row pair of ``x`` and ``y`` (..., n): sum_ij s_x s_y /
+    sqrt(sum_ij s_x^2 sum_ij s_y^2), s_x = sign(x_i - x_j) (ties as scipy.stats.kendalltau);
+    NaN where a row is constant."""
     sx = np.sign(x[..., :, None] - x[..., None, :])
     sy = np.sign(y[..., :, None] - y[..., None, :])
     num = (sx * sy).sum(axis=(-2, -1))
@@ -276,8 +274,7 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], method: str = "kend
 
 def correlation_difference(a: Sequence[float], b: Sequence[float], y: Sequence[float], method: str = "kendall",
                            confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> CorrelationDifference:
-    """r(a, y) - r(b, y), its percentile interval from resampling the runs once for both
-    (the estimates share the runs, so they are correlated)."""
+    """r(a, y) - r(b, y), its interval from resampling the (shared) runs once for both."""
     _check(confidence)
     _check_method(method, resamples)
     xa, xb, ys = _columns("correlation_difference", a, b, y)

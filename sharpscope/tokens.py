@@ -52,8 +52,7 @@ def token_cross_entropy(logits: Tensor, labels: Tensor, shift: bool) -> Tensor:
 
 
 class TokenCrossEntropy:
-    """``loss_fn(outputs, labels)``: the token-mean cross-entropy, weighted by
-    ``batch_weight(labels)``, the counted tokens."""
+    """``loss_fn(outputs, labels)``: the token-mean cross-entropy, weighted by its counted tokens."""
 
     def __init__(self, shift: bool = False) -> None:
         self.shift = bool(shift)
@@ -69,8 +68,7 @@ class TokenCrossEntropy:
 
 
 class TokenLoss(ModelLoss):
-    """Causal (labels shifted) or masked LM cross-entropy over dict batches whose labels are
-    ``batch[labels_key]``, averaged over tokens."""
+    """Causal (shifted) or masked LM token-mean cross-entropy of dict batches' ``labels_key``."""
 
     def __init__(self, kind: str = "causal", labels_key: str = "labels") -> None:
         if kind not in KINDS:

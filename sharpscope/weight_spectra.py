@@ -128,9 +128,8 @@ def _layer(name: str, module: nn.Module, evals: np.ndarray) -> LayerSpectrum:
 
 
 def weight_spectra(model: nn.Module, params: Any = None) -> WeightSpectra:
-    """The measures of every Linear and Conv2d layer of ``model`` whose weight ``params`` selects
-    (:func:`sharpscope.objective.moved_parameters`; None: every layer, or every trainable one
-    when some are frozen); the model is not modified."""
+    """The measures of every Linear and Conv2d layer whose weight ``params`` selects
+    (:func:`sharpscope.objective.moved_parameters`; None: every trainable one, all if none is)."""
     chosen = None if params is None and all(p.requires_grad for p in model.parameters()) else \
         set(moved_parameters(model, params))
     layers, skipped = [], []
