@@ -1,21 +1,14 @@
-"""Batches of any structure, and the two loss conventions every analysis accepts.
+"""Batches of any structure under two loss conventions: ``loss_fn(outputs, targets)`` over
+``(inputs, targets)`` pairs (``model(inputs)``, inputs any pytree), or :class:`ModelLoss`
+``fn(model, batch)`` (hessian-eigenthings' convention; ``loss_fn=None``: :class:`OutputLoss`).
 
-- ``loss_fn(outputs, targets)`` (e.g. ``F.cross_entropy``): ``(inputs, targets)`` pairs and
-  ``model(inputs)``, ``inputs`` a tensor or any pytree.
-- :class:`ModelLoss` ``(fn)``: ``fn(model, batch)`` -> the mean loss of a batch of any
-  structure (hessian-eigenthings' convention). ``loss_fn=None`` is :class:`OutputLoss`,
-  ``model(**batch).loss``; :mod:`sharpscope.tokens` has token losses.
-
-Analyses average batch losses by weight, L = sum_b (w_b / W) loss_b, W = sum_b w_b: w_b is the
-batch's examples (the leading size of its targets' or, under ModelLoss, its first tensor, or
-``count(batch)``) unless ``ModelLoss(weight=...)`` or ``loss_fn.batch_weight(targets)`` says
+Analyses average batch losses by weight, L = sum_b (w_b / W) loss_b, W = sum_b w_b, w_b the
+batch's examples unless ``ModelLoss(weight=...)`` or ``loss_fn.batch_weight(targets)`` says
 otherwise (token losses: counted tokens). Floating inputs are cast to the model's dtype.
-
 :meth:`BatchLoss.read` keeps the batches on the device up to ``cache_bytes``
-(:data:`DEFAULT_CACHE_BYTES`), else streams them, reading the loader on every pass
-(``cache=True`` / ``False`` forces either). A streamed pass whose :func:`fingerprint` differs
-from the first (unseeded shuffle, augmentation) raises ConfigError; a one-shot iterator that
-would have to stream is refused.
+(:data:`DEFAULT_CACHE_BYTES`), else streams them, reading the loader on every pass; a pass
+whose :func:`fingerprint` differs from the first (unseeded shuffle, augmentation) raises
+ConfigError, and a one-shot iterator that would have to stream is refused.
 """
 
 from __future__ import annotations

@@ -274,12 +274,10 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool | str =
         raise CheckpointError(f"{path}: weights do not fit the model spec: {first}") from None
     model.to(map_location)
     model.eval()
-    return Checkpoint(
-        path=Path(path), model=model, model_spec=raw["model_spec"], data_spec=raw.get("data_spec"),
-        config=raw.get("config"), progress=raw.get("progress") or {}, metrics=raw.get("metrics") or [],
-        metadata=raw.get("metadata") or {}, optimizer_state=raw.get("optimizer_state"),
-        rng=raw.get("rng"), partial=raw.get("partial"), raw=raw, data_fingerprint=raw.get("data_fingerprint"),
-    )
+    plain = ("model_spec", "data_spec", "config", "optimizer_state", "rng", "partial", "data_fingerprint")
+    return Checkpoint(path=Path(path), model=model, progress=raw.get("progress") or {},
+                      metrics=raw.get("metrics") or [], metadata=raw.get("metadata") or {}, raw=raw,
+                      **{k: raw.get(k) for k in plain})
 
 
 def check_data_fits(model: nn.Module, data: Any, *, n: int = 8) -> int:

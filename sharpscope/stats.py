@@ -1,18 +1,10 @@
-"""Statistics of repeated runs: means with confidence intervals and paired comparisons.
-
-- :func:`summarize`: mean, sample standard deviation and the Student-t interval
-  mean +/- t_{n-1, (1+c)/2} s / sqrt(n) of independent runs (seeds).
-- :func:`paired_difference`: the per-seed differences b_i - a_i of two settings run on the
-  same seeds (pairing removes their shared between-seed variance), their t interval and the
-  paired t-test p-value (``scipy.stats.ttest_rel``).
-- ``bounds=(lo, hi)``: the interval intersected with [lo, hi] ([lo - hi, hi - lo] for a
-  difference), where the mean lies surely: coverage and verdicts unchanged.
-- :func:`verdict`: "higher" / "lower" only when the interval excludes 0.
-- :func:`rank_correlation`: Kendall's tau-b or Spearman's rho over runs (Jiang et al., ICLR
-  2020), scipy's p-value and a seeded percentile bootstrap interval;
-  :func:`correlation_difference`: r(a, y) - r(b, y) with a paired bootstrap interval.
-
-With one run, standard deviations, intervals and p-values are NaN.
+"""Statistics of repeated runs (seeds): Student-t intervals mean +/- t_{n-1, (1+c)/2} s / sqrt(n)
+(:func:`summarize`), paired differences b_i - a_i of two settings on the same seeds, which
+removes their shared between-seed variance, with the paired t-test (:func:`paired_difference`),
+and rank correlations over runs (Kendall's tau-b, Spearman's rho; Jiang et al., ICLR 2020)
+with seeded percentile bootstrap intervals. ``bounds=(lo, hi)`` intersects an interval with the
+range the mean surely lies in (coverage and verdicts unchanged). :func:`verdict` says "higher" /
+"lower" only when the interval excludes 0. With one run, spreads, intervals and p-values are NaN.
 """
 
 from __future__ import annotations
