@@ -229,21 +229,20 @@ def _check_method(method: str, resamples: int) -> None:
         raise ConfigError(f"resamples must be an integer in [100, 1e6], got {resamples!r}")
 
 
-def _bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, resamples: int, seed: int) -> np.ndarray:
-    """``stat(idx)`` for ``resamples`` index rows drawn with replacement from range(n), in
-    chunks that keep the n x n sign matrices of Kendall's tau near 16 MB; NaNs dropped."""
+def _bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, resamples: int, seed: int,
+               confidence: float) -> tuple[float, float, int]:
+    """The percentile interval of ``stat(idx)`` over ``resamples`` index rows drawn with
+    replacement from range(n) (in chunks that keep Kendall's n x n sign matrices near 16 MB),
+    NaNs dropped, and the number of resamples kept."""
     rng = np.random.default_rng(seed)
     chunk = max(1, 2_000_000 // (n * n))
     values = np.concatenate([stat(rng.integers(0, n, size=(min(chunk, resamples - lo), n)))
                              for lo in range(0, resamples, chunk)])
-    return values[np.isfinite(values)]
-
-
-def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
     if values.size == 0:
-        return math.nan, math.nan
+        return math.nan, math.nan, 0
     low, high = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(low), float(high)
+    return float(low), float(high), int(values.size)
 
 
 def rank_correlation(x: Sequence[float], y: Sequence[float], method: str = "kendall", confidence: float = 0.95,
@@ -259,9 +258,8 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], method: str = "kend
     p = math.nan  # a constant column has no correlation to test
     if math.isfinite(estimate):
         p = float((stats.kendalltau if method == "kendall" else stats.spearmanr)(xs, ys).pvalue)
-    boot = _bootstrap(lambda idx: fn(xs[idx], ys[idx]), xs.size, resamples, seed)
-    low, high = _percentile_interval(boot, confidence)
-    return RankCorrelation(method, int(xs.size), estimate, low, high, p, int(boot.size), confidence)
+    low, high, kept = _bootstrap(lambda idx: fn(xs[idx], ys[idx]), xs.size, resamples, seed, confidence)
+    return RankCorrelation(method, int(xs.size), estimate, low, high, p, kept, confidence)
 
 
 def correlation_difference(a: Sequence[float], b: Sequence[float], y: Sequence[float], method: str = "kendall",
@@ -272,6 +270,6 @@ def correlation_difference(a: Sequence[float], b: Sequence[float], y: Sequence[f
     xa, xb, ys = _columns("correlation_difference", a, b, y)
     fn = _STATISTICS[method]
     estimate = float(fn(xa, ys) - fn(xb, ys))
-    boot = _bootstrap(lambda idx: fn(xa[idx], ys[idx]) - fn(xb[idx], ys[idx]), ys.size, resamples, seed)
-    low, high = _percentile_interval(boot, confidence)
-    return CorrelationDifference(method, int(ys.size), estimate, low, high, int(boot.size), confidence)
+    low, high, kept = _bootstrap(lambda idx: fn(xa[idx], ys[idx]) - fn(xb[idx], ys[idx]), ys.size, resamples, seed,
+                                 confidence)
+    return CorrelationDifference(method, int(ys.size), estimate, low, high, kept, confidence)

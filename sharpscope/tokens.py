@@ -27,11 +27,9 @@ KINDS = ("causal", "masked")
 
 def logits_of(outputs: Any) -> Tensor:
     """The logits of a model's outputs: the tensor itself, ``outputs.logits`` or ``outputs["logits"]``."""
-    if isinstance(outputs, Tensor):
-        return outputs
+    logits = outputs if isinstance(outputs, Tensor) else getattr(outputs, "logits", None)
     if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), Tensor):
-        return outputs["logits"]
-    logits = getattr(outputs, "logits", None)
+        logits = outputs["logits"]
     if isinstance(logits, Tensor):
         return logits
     raise ConfigError(f"a token loss needs logits (a tensor or outputs.logits), the model returned "
