@@ -1,27 +1,19 @@
 """Safe checkpoint files: atomic writes, ``weights_only`` loads, rebuilt models.
 
-A checkpoint is one ``.pt`` file holding only tensors and plain containers (dict, list,
-tuple, str, int, float, bool, None), so ``torch.load(path, weights_only=True)`` reads it
-and nothing is ever unpickled beyond that allow-list. Layout (format version 1)::
+A checkpoint is one ``.pt`` file of tensors and plain containers only, so
+``torch.load(path, weights_only=True)`` reads it and nothing else is ever unpickled; writes are
+atomic (:func:`sharpscope.io.atomic_write_bytes`). Layout (format version 1)::
 
-    format            "sharpscope-checkpoint"
-    format_version    1
+    format, format_version               "sharpscope-checkpoint", 1
     sharpscope_version, torch_version
-    model_spec        dict (see sharpscope.models): registry name or factory
-    model_state       the model's state_dict
-    optimizer_state   the optimizer's state_dict (SAM: the base optimizer's) or None
-    data_spec         dict (see sharpscope.data.DataSpec.to_dict) or None
-    data_fingerprint  dict (sharpscope.data.fingerprint of the training split) or None
-    config            training configuration dict or None
-    progress          {"epoch": completed epochs, "step": optimizer steps,
-                       "batch_in_epoch": batches done in the running epoch, "finished": bool}
-    rng               {"torch": ByteTensor, "cuda": [ByteTensor, ...]} or None
-    metrics           list of per-epoch metric dicts
-    partial           running sums of an interrupted epoch (or None)
-    metadata          anything else the caller passed (plain values only), and
-                      "environment": what wrote the checkpoint (sharpscope.provenance)
-
-Writes are atomic (:func:`sharpscope.io.atomic_write_bytes`).
+    model_spec, model_state              registry name or factory (sharpscope.models); state_dict
+    optimizer_state                      the (SAM: base) optimizer's state_dict or None
+    data_spec, data_fingerprint          sharpscope.data dicts, or None
+    config                               training configuration dict or None
+    progress                             {"epoch", "step", "batch_in_epoch": counts, "finished": bool}
+    rng                                  {"torch": ByteTensor, "cuda": [ByteTensor, ...]} or None
+    metrics, partial                     per-epoch metric dicts; an interrupted epoch's sums or None
+    metadata                             plain values, with "environment" (sharpscope.provenance)
 """
 
 from __future__ import annotations

@@ -158,7 +158,8 @@ def _empirical_fisher_middle(obj: Objective) -> Middle:
     def middle(outputs: Tensor, batch: Any, index: int, w: float) -> Callable[[Tensor], Tensor]:
         n_b = _examples(obj, outputs, w, "the empirical Fisher")
         r = grad(lambda out: obj.loss_fn(out, batch[1]))(outputs) * n_b
-        return lambda u: r * _rowdot(r, u) / obj.n_examples
+        rows = (r.shape[0], *([1] * (r.dim() - 1)))  # per-example dot products r_n . u_n broadcast against r
+        return lambda u: r * (r * u).reshape(r.shape[0], -1).sum(1).reshape(rows) / obj.n_examples
     return middle
 
 
@@ -185,11 +186,6 @@ def sample_labels(p: Tensor, samples: int, seed: int, index: int) -> Tensor:
     gen = torch.Generator().manual_seed(int(state) >> 1)  # torch seeds are < 2**63
     probs = p.detach().to("cpu", torch.float64)
     return torch.multinomial(probs, samples, replacement=True, generator=gen).to(p.device)
-
-
-def _rowdot(r: Tensor, u: Tensor) -> Tensor:
-    """The per-example dot products r_n . u_n, shaped to broadcast against r."""
-    return (r * u).reshape(r.shape[0], -1).sum(1).reshape(r.shape[0], *([1] * (r.dim() - 1)))
 
 
 def _examples(obj: Objective, outputs: Tensor, w: float, what: str) -> int:

@@ -30,16 +30,13 @@ Compute = Callable[[Any, list, Mapping[str, Any], Any], "dict[str, Any] | None"]
 
 @dataclass(frozen=True)
 class Measure:
-    """One quantity of a trained model.
-
-    ``compute(model, batches, settings, objective)`` -> a JSON-friendly dict, or None when the
-    settings leave nothing to compute; ``objective``: a shared
-    :class:`~sharpscope.objective.Objective` (one double-backward graph, for those that
-    ``shares_objective``) or None. ``reads``: the settings it reads. ``columns``: the value
-    columns of a row (correlated and summarized); ``column_prefix``: a family ``prefix<m>``
-    that depends on the settings; ``details``: supporting columns -> kind (``stderr``,
-    ``error``). ``row``: result -> columns. ``headline``: the number tracking writes (None: not
-    trackable). ``cost``: a :data:`COST_UNITS` unit. ``aliases``: old names (with a notice)."""
+    """One quantity of a trained model. ``compute(model, batches, settings, objective)`` -> a
+    JSON-friendly dict (None: nothing to compute), ``objective`` a shared
+    :class:`~sharpscope.objective.Objective` (for those that ``shares_objective``) or None.
+    ``reads``: its settings; ``columns``: its value columns (correlated, summarized);
+    ``column_prefix``: a family ``prefix<m>``; ``details``: supporting column -> kind
+    (``stderr``, ``error``); ``row``: result -> columns; ``headline``: what tracking writes (None:
+    not trackable); ``cost``: a :data:`COST_UNITS` unit; ``aliases``: old names."""
 
     name: str
     compute: Compute

@@ -16,13 +16,10 @@ __all__ = ["TrainOption", "TRAIN_OPTIONS", "NOT_SWEPT", "config_field", "flag_of
 
 @dataclass(frozen=True)
 class TrainOption:
-    """One TrainConfig field on the command line.
-
-    ``kind``: ``float``, ``int``, ``str``, ``bool`` (a flag), ``int?`` / ``float?`` / ``str?`` /
-    ``bool?`` (None allowed), ``p`` (a number or inf), ``pairs`` (repeatable KEY=VALUE into a
-    dict), ``names`` (a comma-separated list). ``flags``: its spellings, the first its name
-    (``--a/--no-a`` for a switch). ``registry_help``: a help text written from the optimizer
-    registry instead (``optimizer``, ``optimizer_opt``, ``rho``)."""
+    """One TrainConfig field on the command line. ``kind``: ``float``, ``int``, ``str``, ``bool``
+    (a flag), ``int?`` etc. (None allowed), ``p`` (a number or inf), ``pairs`` (repeatable
+    KEY=VALUE into a dict), ``names`` (comma-separated). ``flags``: its spellings, the first its
+    name (``--a/--no-a``: a switch). ``registry_help``: help written from the optimizer registry."""
 
     default: Any
     kind: str

@@ -44,8 +44,7 @@ def layer_eigenvalues(module: nn.Module) -> np.ndarray | None:
         mats = [module.weight.detach().double()]
     elif isinstance(module, nn.Conv2d):
         w = module.weight.detach().double()
-        kh, kw = w.shape[2], w.shape[3]
-        mats = [w[:, :, i, j] * math.sqrt(0.5) for i in range(kh) for j in range(kw)]
+        mats = [w[:, :, i, j] * math.sqrt(0.5) for i in range(w.shape[2]) for j in range(w.shape[3])]
     else:
         return None
     sv = torch.cat([torch.linalg.svdvals(m.cpu()) for m in mats])
