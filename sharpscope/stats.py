@@ -211,7 +211,13 @@ class CorrelationDifference(_WithVerdict):
     ci_method: str = f"paired {BOOTSTRAP_METHOD}"
 
 
-def _columns(what: str, *cols: Sequence[float]) -> list[np.ndarray]:
+def _columns(what: str, method: str, resamples: int, confidence: float, *cols: Sequence[float]) -> list[np.ndarray]:
+    """The columns of a rank correlation, every option checked."""
+    _check(confidence)
+    if method not in _STATISTICS:
+        raise ConfigError(f"unknown correlation {method!r}; choose from {', '.join(CORRELATIONS)}")
+    if not (isinstance(resamples, int) and 100 <= resamples <= 1_000_000):
+        raise ConfigError(f"resamples must be an integer in [100, 1e6], got {resamples!r}")
     arrs = [_values(c, what) for c in cols]
     if len({a.size for a in arrs}) != 1:
         raise ConfigError(f"{what}: the columns have different lengths {[a.size for a in arrs]}")
@@ -220,13 +226,6 @@ def _columns(what: str, *cols: Sequence[float]) -> list[np.ndarray]:
     if arrs[0].size < 3:
         raise ConfigError(f"{what}: a rank correlation needs at least 3 runs, got {arrs[0].size}")
     return arrs
-
-
-def _check_method(method: str, resamples: int) -> None:
-    if method not in _STATISTICS:
-        raise ConfigError(f"unknown correlation {method!r}; choose from {', '.join(CORRELATIONS)}")
-    if not (isinstance(resamples, int) and 100 <= resamples <= 1_000_000):
-        raise ConfigError(f"resamples must be an integer in [100, 1e6], got {resamples!r}")
 
 
 def _bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, resamples: int, seed: int,
@@ -248,9 +247,7 @@ def _bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, resamples: int,
 def rank_correlation(x: Sequence[float], y: Sequence[float], method: str = "kendall", confidence: float = 0.95,
                      resamples: int = 2000, seed: int = 0) -> RankCorrelation:
     """Kendall's tau-b or Spearman's rho over runs, scipy's p-value and a bootstrap interval."""
-    _check(confidence)
-    _check_method(method, resamples)
-    xs, ys = _columns("rank_correlation", x, y)
+    xs, ys = _columns("rank_correlation", method, resamples, confidence, x, y)
     from scipy import stats
 
     fn = _STATISTICS[method]
@@ -265,9 +262,7 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], method: str = "kend
 def correlation_difference(a: Sequence[float], b: Sequence[float], y: Sequence[float], method: str = "kendall",
                            confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> CorrelationDifference:
     """r(a, y) - r(b, y), its interval from resampling the (shared) runs once for both."""
-    _check(confidence)
-    _check_method(method, resamples)
-    xa, xb, ys = _columns("correlation_difference", a, b, y)
+    xa, xb, ys = _columns("correlation_difference", method, resamples, confidence, a, b, y)
     fn = _STATISTICS[method]
     estimate = float(fn(xa, ys) - fn(xb, ys))
     low, high, kept = _bootstrap(lambda idx: fn(xa[idx], ys[idx]) - fn(xb[idx], ys[idx]), ys.size, resamples, seed,
