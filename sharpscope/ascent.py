@@ -2,21 +2,16 @@
 both measures of :mod:`sharpscope.measures` evaluate on.
 
 The reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020) in u = e / T over
-||u||_p <= rho, with dir the dual-norm direction of T g and a first step of 2 rho:
-
-    z_{k+1} = Proj(u_k + eta_k dir),   u_{k+1} = 0.75 z_{k+1} + 0.25 u_{k-1},   e = T u;
-
-at the checkpoints ceil(p_j K) (p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06))
-the step halves and the ascent restarts from the best point when under 75 % of the steps since
-the last one raised the best loss, or nothing changed. The value is the best loss visited,
-the start included. Deliberate differences from the reference code:
-
-- adaptive p = 2: the step is T g / ||T g|| with the projection in u (ASAM's geometry), whose
-  fixed points are KKT points (the reference's T g / ||g|| stops 2.89 % short on a quadratic);
-- a step cut restarts from the best perturbation, previous point and gradient, as APGD does;
-- the p = 2 random start (``random_start=True``) is a uniform point of the boundary, not
-  rho T N(0, 1) far outside B;
-- one gradient per step also gives the loss there (no extra forward pass).
+||u||_p <= rho, dir the dual-norm direction of T g, first step 2 rho:
+z_{k+1} = Proj(u_k + eta_k dir), u_{k+1} = 0.75 z_{k+1} + 0.25 u_{k-1}, e = T u; at the
+checkpoints ceil(p_j K) (p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)) the step
+halves and the ascent restarts from the best point when under 75 % of the steps since the last
+raised the best loss, or nothing changed. The value is the best loss visited, the start
+included. On purpose unlike the reference code: adaptive p = 2 steps along T g / ||T g|| and
+projects in u (ASAM's geometry: its fixed points are KKT points; the reference's stops 2.89 %
+short on a quadratic); a step cut restarts from the best perturbation, previous point and
+gradient, as APGD does; the p = 2 random start is a uniform point of the boundary, not
+rho T N(0, 1) far outside; one gradient per step also gives the loss.
 """
 
 from __future__ import annotations

@@ -1,27 +1,21 @@
-"""Curvature operators beside the Hessian: the GGN, the true Fisher and the empirical Fisher.
-
-Each is a :class:`sharpscope.linalg.SymmetricOperator` on the parameters an
-:class:`~sharpscope.objective.Objective` selects (its batches, weights, eval mode and
-all-reduce), so Lanczos, Hutch++ and SLQ use them unchanged; :func:`operator` picks one.
-With N examples, outputs f_n, losses l_n = l(f_n, y_n), J_n = d f_n / d theta and w_n = 1/N:
+"""Curvature operators beside the Hessian: the GGN, the true Fisher and the empirical Fisher, as
+:class:`sharpscope.linalg.SymmetricOperator` s on an :class:`~sharpscope.objective.Objective`'s
+parameters (its batches, weights, eval mode, all-reduce). With N examples, outputs f_n,
+losses l_n, J_n = d f_n / d theta and w_n = 1/N:
 
 - GGN (Schraudolph 2002; Martens 2020, "New insights and perspectives on the natural gradient
   method", JMLR 21, Sec. 8): G = sum_n w_n J_n^T H_n J_n, H_n = d^2 l_n / d f_n^2, per batch
-  w_b J_b^T (d^2 loss_b / d F_b^2) J_b, w_b = n_b / N. PSD for a loss convex in f.
-- true Fisher (Martens 2020, Sec. 5; Kunstner, Balles & Hennig, "Limitations of the empirical
-  Fisher approximation", NeurIPS 2019): F = sum_n w_n J_n^T E_{y ~ p}[r r^T] J_n,
-  r = softmax(f_n) - e_y, for class logits under the cross-entropy only. ``mc_samples="exact"``
-  uses E_y[r r^T] = diag(p) - p p^T (F = GGN here, Martens 2020, Sec. 9.2); ``mc_samples=S``
-  draws S labels per example seeded by (seed, batch index): one fixed PSD matrix on any rank
-  count, its per-layer operators exact diagonal blocks. Its trace is unbiased but
-  E lambda_max(F_S) >= lambda_max(F): sampled eigenvalues warn (SampledFisherWarning).
-- empirical Fisher (Kunstner et al. 2019, Eq. 3): F_emp = sum_n w_n g_n g_n^T,
-  g_n = J_n^T r_n, r_n = d l_n / d f_n = n_b times the batch-mean loss's gradient in row n
-  (``loss_fn`` must be a mean over examples along dim 0).
+  w_b J_b^T (d^2 loss_b / d F_b^2) J_b, w_b = n_b / N; PSD for a loss convex in f.
+- true Fisher (Martens 2020, Sec. 5; Kunstner, Balles & Hennig, NeurIPS 2019):
+  F = sum_n w_n J_n^T E_{y ~ p}[r r^T] J_n, r = softmax(f_n) - e_y, cross-entropy of class
+  logits only. ``mc_samples="exact"``: E_y[r r^T] = diag(p) - p p^T (F = GGN, Martens Sec. 9.2);
+  ``mc_samples=S``: S labels per example seeded by (seed, batch index), one fixed PSD matrix on
+  any rank count, unbiased in trace but E lambda_max(F_S) >= lambda_max(F) (SampledFisherWarning).
+- empirical Fisher (Kunstner et al. 2019, Eq. 3): sum_n w_n g_n g_n^T, g_n = J_n^T r_n,
+  r_n = d l_n / d f_n = n_b times the batch-mean loss's gradient in row n (a per-example mean).
 
-Every product is v -> J v (forward mode) -> M J v -> J^T M J v (reverse mode), vmapped over
-an (n, b) block; curvlinops' operators with ``reduction="mean"`` use the same 1/N. The outputs
-must be one floating tensor: a :class:`~sharpscope.batches.ModelLoss` is refused.
+Products go v -> J v (forward mode) -> M J v -> J^T M J v (reverse mode), vmapped over (n, b)
+blocks, normalized as curvlinops' with ``reduction="mean"``; a ModelLoss (no outputs) is refused.
 """
 
 from __future__ import annotations

@@ -142,32 +142,22 @@ def worst_case_sharpness(
         out, n_grad = over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group,
                                    [(), (), (restarts,)])
     results = [_summary(size, r, loss, err) for size, r, (loss, err, _) in out]
-    for res, (_, _, (_, _, values)) in zip(results, out):
-        _record_restarts(res, values)
+    for res, (_, _, (_, _, values)) in zip(results, out):  # the largest (max - min) / max over restarts
+        res.restart_values = values.tolist()
+        top, low = values.amax(1), values.amin(1)
+        rel = torch.where(top > 0, (top - low) / top.clamp_min(torch.finfo(top.dtype).tiny), torch.zeros_like(top))
+        res.restart_spread = float(rel.max())
     if sum(zero_rows):
         warn_zero_gradient("worst-case sharpness", f"on {sum(zero_rows)} subset(s)", "their e = 0 restart started "
                            "from a seeded random point of the boundary instead")
-    _warn_spread(results, restarts)
-    return MeasureResult("worst", p, adaptive, eta, steps, random_start, seed, results, s.n, n_grad, 0,
-                         time.perf_counter() - start_time, restarts=restarts)
-
-
-def _record_restarts(res: MeasureValue, values: Tensor) -> None:
-    """Every restart's value per subset and the largest (max - min) / max over subsets with a positive best."""
-    res.restart_values = values.tolist()
-    top, low = values.amax(1), values.amin(1)
-    rel = torch.where(top > 0, (top - low) / top.clamp_min(torch.finfo(top.dtype).tiny), torch.zeros_like(top))
-    res.restart_spread = float(rel.max())
-
-
-def _warn_spread(results: Sequence[MeasureValue], restarts: int) -> None:
-    worst = [r for r in results if r.restart_spread is not None and r.restart_spread > RESTART_TOLERANCE]
-    if worst:
-        r = max(worst, key=lambda v: v.restart_spread or 0.0)
+    r = max(results, key=lambda v: v.restart_spread or 0.0)
+    if (r.restart_spread or 0.0) > RESTART_TOLERANCE:
         warnings.warn(f"worst-case sharpness: the {restarts} restarts of the ascent disagree by up to "
                       f"{100 * (r.restart_spread or 0.0):.1f} % (m = {r.m}, rho = {r.rho:g}; margin "
                       f"{100 * RESTART_TOLERANCE:g} %): the ascent stops at local maxima, so the value is a lower "
-                      f"bound that more restarts or steps may raise", RestartsDisagreeWarning, stacklevel=3)
+                      f"bound that more restarts or steps may raise", RestartsDisagreeWarning, stacklevel=2)
+    return MeasureResult("worst", p, adaptive, eta, steps, random_start, seed, results, s.n, n_grad, 0,
+                         time.perf_counter() - start_time, restarts=restarts)
 
 
 def average_case_sharpness(
