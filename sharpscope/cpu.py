@@ -34,14 +34,11 @@ def cgroup_cpu_limit(root: str | os.PathLike[str] = "/sys/fs/cgroup") -> float |
     base = Path(root)
     try:
         text = (base / "cpu.max").read_text().split()
-    except OSError:
-        text = []
-    if len(text) == 2 and text[0] == "max":
-        return None
-    try:
+        if len(text) == 2 and text[0] == "max":
+            return None
         if len(text) == 2 and float(text[1]) > 0:
             return float(text[0]) / float(text[1])
-    except ValueError:  # unreadable: try cgroup v1
+    except (OSError, ValueError):  # unreadable: try cgroup v1
         pass
     try:
         quota = float((base / "cpu" / "cpu.cfs_quota_us").read_text())
