@@ -24,12 +24,11 @@ _LAZY_NAMES = {
     "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
 }
 
-# Submodules reachable as attributes of the package, imported on first access.
-# (tests/test_startup.py checks that every public module of the package is listed.)
+# Submodules reachable as attributes, imported on first access (tests/test_startup.py checks the list).
 _SUBMODULES = ("ascent", "batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism",
-               "distributed", "errors", "experiments", "fd_hvp", "hessian", "io", "landscape", "linalg", "measure_table",
-               "measures", "models", "objective", "optim", "plots", "plots_html", "provenance", "sharpness", "stats",
-               "tokens", "train", "train_options", "vocab_chunks", "weight_spectra")
+               "distributed", "errors", "experiments", "fd_hvp", "hessian", "io", "landscape", "linalg",
+               "measure_table", "measures", "models", "objective", "optim", "plots", "plots_html", "provenance",
+               "sharpness", "stats", "tokens", "train", "train_options", "vocab_chunks", "weight_spectra")
 
 __all__ = [
     "__version__", "SAM", "RSAM", "GSAM", "WSAM", "LookSAM", "FriendlySAM", "sam_step", "frozen_bn_stats",

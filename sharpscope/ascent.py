@@ -164,10 +164,9 @@ def apgd(s: Setup, batch: Any, rows: int, rho: float, p: float, steps: int, star
 def ascend_with_restarts(s: Setup, batch: Any, rows: int, rho: float, p: float, steps: int, restarts: int,
               random_first: bool, seed: int, keys: tuple[int, ...], zero_rows: list[int]
               ) -> tuple[Tensor, Tensor, int, Tensor]:
-    """``restarts`` ascents (:func:`apgd`) per subset: restart 0 from u = 0 (a seeded random point
-    of the boundary when ``random_first`` or for rows of zero gradient, counted in
-    ``zero_rows``), the others from seeded random points. Returns (best loss increase, its
-    error increase, gradients per subset, loss increases (rows, restarts))."""
+    """``restarts`` ascents (:func:`apgd`) per subset, the first from u = 0 (a seeded random point
+    when ``random_first`` or at a zero gradient, counted in ``zero_rows``), the others from seeded
+    random points: (best loss increase, its error increase, gradients per subset, every increase)."""
     w0 = s.w0.expand(rows, -1)
     g0, (loss0, err0) = s.value_and_grad(w0, batch)
     require_finite(loss0, g0, "at the weights themselves (NaN or infinite values in the data or the model?)")

@@ -145,10 +145,9 @@ def worker_threads(jobs: int, threads: int | None = None, deterministic: bool = 
 
 
 def prepare_wait_policy(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Set :data:`WAIT_POLICY` in ``environ`` (default ``os.environ``) unless the user chose one
-    (:data:`WAIT_POLICY_VARIABLES`) or torch, whose OpenMP runtime reads it on load, is imported;
-    returns what it set. libgomp's idle threads spin about 300,000 times before sleeping, taking
-    the cores of a busy neighbour's threads; passive waiting yields them at once."""
+    """Set :data:`WAIT_POLICY` in ``environ`` unless the user chose (:data:`WAIT_POLICY_VARIABLES`) or
+    torch is imported (its OpenMP runtime read it on load); returns what it set. libgomp's idle
+    threads spin before sleeping, taking a busy neighbour's cores; passive ones yield at once."""
     env = os.environ if environ is None else environ
     if "torch" in sys.modules or any(k in env for k in WAIT_POLICY_VARIABLES):
         return {}

@@ -29,8 +29,7 @@ class CheckpointError(SharpscopeError):
 
 
 class NonFiniteLossError(SharpscopeError, FloatingPointError):
-    """A NaN or infinite loss in training (the last good checkpoint is kept), or non-finite
-    weights, loss or Hessian-vector product in an analysis."""
+    """A NaN or infinite loss, weight or HVP (training keeps the last good checkpoint)."""
 
 
 class UnconvergedWarning(UserWarning):
@@ -38,8 +37,7 @@ class UnconvergedWarning(UserWarning):
 
 
 class ZeroGradientWarning(UserWarning):
-    """The gradient is exactly zero, so rho g / ||g|| is undefined: maxima over the ball start
-    from a seeded random point of the boundary; quantities defined by SAM's e_hat read NaN."""
+    """A zero gradient: maxima start from a seeded random point; quantities of SAM's e_hat read NaN."""
 
 
 class RestartsDisagreeWarning(UserWarning):
@@ -47,13 +45,11 @@ class RestartsDisagreeWarning(UserWarning):
 
 
 class SampledFisherWarning(UserWarning):
-    """A sampled Fisher overestimates its top eigenvalues (E lambda_max(F_S) >= lambda_max(F),
-    Jensen); ``mc_samples="exact"`` costs the same per product."""
+    """A sampled Fisher overestimates its top eigenvalues (E lambda_max(F_S) >= lambda_max(F))."""
 
 
 class FiniteDifferenceWarning(UserWarning):
-    """``hvp_mode="auto"`` found no second derivative and uses central differences of gradients
-    (:mod:`sharpscope.linalg.finite_difference`)."""
+    """``hvp_mode="auto"`` found no second derivative and uses finite differences of gradients."""
 
 
 class DataChangedWarning(UserWarning):

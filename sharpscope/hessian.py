@@ -50,9 +50,8 @@ def _shared(obj: Objective, operator: str, mc: int | str | None, start: float) -
 
 @dataclass
 class EigenvaluesResult:
-    """Extreme eigenvalues of the Hessian of the mean loss, with residuals ||H v - lambda v||.
-    With ``return_vectors``: ``eigenvectors`` (n, k), unit Ritz vectors by column, over the
-    parameters ``names`` of shapes ``shapes`` (:meth:`vector_views`)."""
+    """Extreme eigenvalues with residuals ||H v - lambda v||; with ``return_vectors``, the unit Ritz
+    vectors (n, k) by column over the parameters ``names`` of ``shapes`` (:meth:`vector_views`)."""
 
     eigenvalues: list[float]
     residuals: list[float]
@@ -99,12 +98,10 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
                 return_eigenvectors: bool = False, callback: Callable | None = None,
                 operator: str = "hessian", mc_samples: int | str = "exact",
                 return_vectors: bool = False) -> EigenvaluesResult:
-    """The k extreme eigenvalues (``which``: LA largest, SA smallest, LM largest |.|) of the
-    Hessian or another curvature ``operator``. Converged: ||H x - theta x|| <= tol |theta|; the
-    eigenvalue error is then <= residual^2 / gap (Parlett, The Symmetric Eigenvalue Problem,
-    11.7). ``return_vectors`` (old name ``return_eigenvectors``) keeps the Ritz vectors at no
-    extra product; their angle to the true ones is <= residual / gap (Davis-Kahan), their sign
-    arbitrary."""
+    """The k extreme eigenvalues (``which``: LA, SA or LM) of the Hessian or another ``operator``.
+    Converged: ||H x - theta x|| <= tol |theta|, so the error is <= residual^2 / gap (Parlett, The
+    Symmetric Eigenvalue Problem, 11.7). ``return_vectors`` (or ``return_eigenvectors``) keeps the
+    Ritz vectors, within angle residual / gap of the true ones (Davis-Kahan), sign arbitrary."""
     mc = curvature.check(operator, mc_samples)
     n = parameter_count(model)  # refuse a Krylov basis (n x steps) that cannot fit, before any product
     steps = max_iter if max_iter is not None else default_max_iter(n, int_at_least("k", k, 1))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .weight_spectra import SUMMARY_METRICS
+from .weight_spectra import SUMMARY_METRICS, weight_spectra
 
 __all__ = ["Measure", "MEASURES", "COST_UNITS", "SUBSET", "register", "resolve", "resolve_all",
            "available", "all_columns", "correlated_columns", "is_column"]
@@ -186,11 +186,6 @@ def _sharpness_measure(name: str, kind: str, rho: str, **options: Any) -> Comput
     return compute
 
 
-def _weights(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
-    from .weight_spectra import weight_spectra  # data-free: the batches are not used
-    return dict(weight_spectra(model).summary)
-
-
 def _increase(name: str, kind: str, rho: str, reads: tuple[str, ...], summary: str, cost: str,
               **options: Any) -> Measure:
     return Measure(name, _sharpness_measure(name, kind, rho, **options), (*SUBSET, rho, *reads), (name,),
@@ -229,7 +224,8 @@ for _m in (
               "average-case sharpness, p = 2", "forward"),
     _increase("average_adaptive", "average", "average_rho", ("worst_m", "average_draws"),
               "adaptive average-case sharpness", "forward", adaptive=True),
-    Measure("weights", _weights, (), tuple(f"ww_{k}" for k in SUMMARY_METRICS),
+    Measure("weights", lambda model, batches, s, objective: dict(weight_spectra(model).summary),  # data-free
+            (), tuple(f"ww_{k}" for k in SUMMARY_METRICS),
             lambda r: {f"ww_{k}": v for k, v in r.items()}, "none",
             "data-free weight-spectrum measures, means over layers (after weightwatcher)"),
 ):

@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["environment", "planned_environment", "cpu_capability_from_flags", "of_model", "git_commit", "differences",
            "describe", "unlike_runs_warning", "recorded", "COMPARABLE_FIELDS"]
 
-# The fields whose difference can change a result: exactly those :func:`describe` prints (the
-# python version and the platform are recorded but do not make two runs unlike).
+# The fields that can change a result, as :func:`describe` prints them (not python or platform).
 COMPARABLE_FIELDS = ("sharpscope_version", "git_commit", "git_dirty", "torch_version", "numpy_version", "device",
                      "device_name", "cpu_capability", "dtype", "autocast", "threads", "world_size", "deterministic")
 
@@ -63,9 +62,8 @@ def _cpu_name() -> str:
 
 def environment(device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
                 world_size: int | None = None, autocast: str | None = None) -> dict[str, Any]:
-    """The record of this process: versions (sharpscope with its git commit, python, torch,
-    numpy), the device and its name, the CPU instruction set torch dispatches to, the dtype and
-    autocast dtype, torch's thread count, the ranks and whether deterministic algorithms are on."""
+    """The record of this process: versions (with sharpscope's git commit), device and its name,
+    CPU instruction set, dtype and autocast, threads, ranks and deterministic algorithms."""
     import numpy as np
     import torch
 
@@ -104,12 +102,10 @@ def cpu_capability_from_flags(flags: set[str]) -> str:
 
 
 def planned_environment(threads: int | None = None) -> dict[str, Any] | None:
-    """What :func:`environment` would record for a CPU float32 computation once
-    :func:`sharpscope.cpu.configure_threads` (``threads``) has run, without importing torch
-    (``sharpscope info`` stays fast): versions from package metadata, the instruction set by
-    :func:`cpu_capability_from_flags`, threads by :func:`sharpscope.cpu.planned_threads`, one
-    rank, deterministic off. None where that cannot be told (torch imported, not Linux x86-64,
-    ``ATEN_CPU_CAPABILITY`` set, a thread count only torch knows)."""
+    """What :func:`environment` would record for a CPU float32 run after
+    :func:`sharpscope.cpu.configure_threads` (``threads``), without importing torch (``sharpscope
+    info`` stays fast); None where only torch can tell (torch imported, not Linux x86-64,
+    ``ATEN_CPU_CAPABILITY`` set, a thread count torch chooses)."""
     from importlib import metadata
 
     from .cpu import planned_threads
