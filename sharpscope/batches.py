@@ -92,9 +92,8 @@ def leading_size(tree: Any, what: str) -> int:
 
 @contextlib.contextmanager
 def higher_order_attention() -> Iterator[None]:
-    """``F.scaled_dot_product_attention`` restricted to its math kernel inside the block: the
-    fused kernels have neither a forward-mode derivative nor a double backward (HVPs and
-    second-order SAM fail with them), and the math kernel has ``vmap`` batching rules."""
+    """SDPA restricted to its math kernel in the block: the fused kernels have no forward-mode
+    derivative or double backward (HVPs, second-order SAM); the math kernel has ``vmap`` rules."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel([SDPBackend.MATH]):
@@ -135,9 +134,8 @@ def count_tokens(labels: Tensor, shift: bool) -> Tensor:
 
 
 def pad_join(batches: list[Any], labels_key: str = "labels") -> dict[str, Any]:
-    """Dict batches of token sequences joined along dim 0, every tensor of 2+ dims padded at the
-    end of dim 1 to the longest length (labels with -100, other fields with 0, i.e. an attention
-    mask of 0), so each sequence's loss is unchanged up to rounding."""
+    """Dict batches of token sequences joined along dim 0, 2+ dim tensors padded at the end of dim 1
+    (labels with -100, other fields with 0: masked), so each sequence's loss is unchanged."""
     if not batches or not all(isinstance(b, dict) for b in batches):
         raise ConfigError("only dict batches of token sequences can be padded to one length")
     if any(set(b) != set(batches[0]) for b in batches):

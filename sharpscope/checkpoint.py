@@ -243,10 +243,8 @@ class Checkpoint:
 
 def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool | str = False,
                     map_location: str | torch.device = "cpu", allow_nonfinite: bool = False) -> Checkpoint:
-    """Load a checkpoint and rebuild its model. A custom factory is only imported when
-    ``allow_factory`` allows it (True: any, the CLI's ``--trust-factory``; a name: that one),
-    so a foreign checkpoint runs no code on load. NaN or Inf weights are refused unless
-    ``allow_nonfinite``."""
+    """Load a checkpoint and rebuild its model; a factory is imported only if ``allow_factory`` (True:
+    any, ``--trust-factory``; a name: that one), NaN or Inf weights only with ``allow_nonfinite``."""
     from .models import build_model
 
     raw = read_checkpoint(path)
@@ -340,9 +338,8 @@ def check_fingerprint(recorded: dict | None, data: Any, where: str | os.PathLike
 
 
 def training_data_differences(a: Checkpoint, b: Checkpoint) -> list[str]:
-    """How the training splits of two checkpoints differ ("seed 0 for A, 1 for B"; [] when they
-    agree or cannot be compared): fingerprints (when both have one) decide whether, the spec
-    fields that choose the split say how (else the fingerprints); without them, the specs alone."""
+    """How two checkpoints' training splits differ ("seed 0 for A, 1 for B"; []): fingerprints,
+    when both have one, decide whether, the spec fields (else the fingerprints) say how."""
     from .data import fingerprint_differences, spec_differences
 
     names = ("for A", "for B")

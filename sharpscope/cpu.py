@@ -101,9 +101,8 @@ def configure_threads(threads: int | None = None, jobs: int = 1) -> int:
 
 
 def planned_threads(threads: int | None = None, jobs: int = 1) -> int | None:
-    """The thread count :func:`configure_threads` would leave torch with, without importing torch.
-    With ``OMP_NUM_THREADS`` set torch keeps its own count: that value when it is one positive
-    integer and ``MKL_NUM_THREADS`` (read first by MKL) is unset or equal, else None."""
+    """:func:`configure_threads`' count without importing torch; with ``OMP_NUM_THREADS`` set, its
+    value if one positive integer and ``MKL_NUM_THREADS`` (MKL reads it first) is unset or equal."""
     _check_count(threads)
     chosen = threads or _from_env()
     if chosen is not None:

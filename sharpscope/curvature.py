@@ -71,9 +71,8 @@ def check(kind: str, mc_samples: object = "exact") -> int | str | None:
 
 def operator(objective: Objective, kind: str = "hessian", *, mc_samples: int | str = "exact",
              seed: int = 0) -> SymmetricOperator:
-    """The curvature operator ``kind`` (:data:`OPERATORS`) of ``objective``'s mean loss;
-    ``mc_samples`` and ``seed`` apply to the true Fisher only. Products are counted in
-    ``objective.n_hvp``; a non-finite one raises :class:`~sharpscope.errors.NonFiniteLossError`."""
+    """The curvature operator ``kind`` of ``objective``'s mean loss (``mc_samples``, ``seed``: the
+    Fisher's); products count in ``objective.n_hvp``, a non-finite one raises NonFiniteLossError."""
     from .linalg import SymmetricOperator  # (scipy) when an operator is built, not when the CLI starts
 
     check(kind, mc_samples)
@@ -173,9 +172,8 @@ def _fisher_middle(obj: Objective, mc_samples: int | str, seed: int) -> Middle:
 
 
 def sample_labels(p: Tensor, samples: int, seed: int, index: int) -> Tensor:
-    """``samples`` labels per row of the probabilities ``p`` (n, C), drawn on the CPU in float64
-    by a generator seeded with SeedSequence([seed, index]): the same for a batch on every call
-    and any number of ranks."""
+    """``samples`` labels per row of ``p`` (n, C), drawn on the CPU in float64 seeded by
+    SeedSequence([seed, index]): the same for a batch on every call and any rank count."""
     state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
     gen = torch.Generator().manual_seed(int(state) >> 1)  # torch seeds are < 2**63
     probs = p.detach().to("cpu", torch.float64)

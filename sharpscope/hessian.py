@@ -291,9 +291,8 @@ class EigenspaceOverlap:
 
 
 def eigenspace_overlap(a: EigenvaluesResult, b: EigenvaluesResult) -> EigenspaceOverlap:
-    """Overlap ||V_a^T V_b||_F^2 / k in [0, 1] of the eigenspaces of two :func:`eigenvalues`
-    results with ``return_vectors=True`` (Gur-Ari, Roberts & Dyer, "Gradient Descent Happens in
-    a Tiny Subspace", 2018): 1 the same space, 0 orthogonal. ConfigError for other parameters."""
+    """Overlap ||V_a^T V_b||_F^2 / k in [0, 1] of two :func:`eigenvalues` results' vectors (Gur-Ari,
+    Roberts & Dyer, "Gradient Descent Happens in a Tiny Subspace", 2018): 1 the same space."""
     for name, r in (("first", a), ("second", b)):
         if r.eigenvectors is None or r.names is None or r.shapes is None:
             raise ConfigError(f"the {name} result holds no eigenvectors: call eigenvalues(..., return_vectors=True)")

@@ -177,10 +177,9 @@ def over_subsets(flat: Any, ms: Sequence[int], rhos: Sequence[float], seed: int,
                  group_examples: int, callback: Callable[[int], None] | None,
                  one_group: Callable[[Any, int, float, tuple[int, ...]], tuple[Any, ...]],
                  shapes: Sequence[tuple[int, ...]]) -> tuple[list[tuple[int, float, list[Tensor]]], int]:
-    """For each m and rho, ``one_group(batch, rows, rho, keys)`` -> (evaluations per subset, one
-    float tensor (rows, *shape) per entry of ``shapes``) over this rank's groups of the seeded
-    subsets of ``flat`` (its n, w0, examples). Returns [(m, rho, the tensors over all subsets,
-    all-reduced)] and the number of per-subset evaluations on all ranks."""
+    """``one_group(batch, rows, rho, keys)`` -> (evaluations per subset, a (rows, *shape) tensor per
+    ``shapes``) over this rank's groups of ``flat``'s seeded subsets, for each m and rho. Returns
+    [(m, rho, the tensors of all subsets, all-reduced)] and the evaluations on all ranks."""
     gen = torch.Generator().manual_seed(seed)
     out, count = [], 0
     for size in ms:
@@ -205,10 +204,9 @@ def m_sharpness(
     rho: float | Sequence[float] = 0.05, steps: int = 5, p: float = 2.0, seed: int = 0,
     max_subsets: int | None = None, group_examples: int = 512,
     callback: Callable[[int], None] | None = None, params: Any = None) -> SharpnessResult:
-    """m-sharpness (module docstring) for each m in ``m`` and each rho in ``rho``. The subsets
-    slice ``torch.randperm(n, generator=seed)`` over the examples in the order ``data`` yields
-    them (unshuffled data gives reproducible subsets); ``max_subsets`` caps them per m;
-    ``group_examples``: about the examples per vectorized call; ``params``: those perturbed."""
+    """m-sharpness for each m and rho, on subsets slicing ``torch.randperm(n, generator=seed)`` over
+    the examples in ``data``'s order (at most ``max_subsets`` per m), about ``group_examples``
+    examples per vectorized call, perturbing ``params``."""
     ms, rhos = checked_lists(m, rho, p, steps, "steps", max_subsets, "m-sharpness")
     start = time.perf_counter()
     flat = flat_examples(model, loss_fn, data, params)

@@ -40,8 +40,7 @@ def _check(confidence: float, bounds: tuple[float, float] | None = None) -> None
 
 
 def _check_in_range(arr: np.ndarray, bounds: tuple[float, float] | None, what: str) -> None:
-    """Refuse values outside ``bounds`` by more than 1e-4 of the range (float rounding: a float32
-    cosine reads up to about 1 + sqrt(n) eps), e.g. accuracies given in percent."""
+    """Refuse values outside ``bounds`` by over 1e-4 of the range (float32 rounding), e.g. percentages."""
     if bounds is None:
         return
     slack = 1e-4 * (bounds[1] - bounds[0])
