@@ -93,10 +93,9 @@ def setup(model: nn.Module, loss_fn: LossFn, data: Iterable, adaptive: bool, eta
 
 def _error_rate(outputs: Any, batch: Any, takes_model: bool, like: Tensor) -> Tensor:
     """The classification error of a batch (argmax against integer targets); NaN without class scores."""
-    if takes_model or not isinstance(outputs, Tensor) or outputs.dim() != 2 or outputs.shape[1] < 2:
-        return torch.full_like(like, math.nan)
-    targets = batch[1]
-    if not isinstance(targets, Tensor) or targets.dtype.is_floating_point or targets.dim() != 1:
+    targets = None if takes_model else batch[1]
+    if (not isinstance(outputs, Tensor) or outputs.dim() != 2 or outputs.shape[1] < 2 or not isinstance(targets, Tensor)
+            or targets.dtype.is_floating_point or targets.dim() != 1):
         return torch.full_like(like, math.nan)
     return (outputs.argmax(-1) != targets).to(like.dtype).mean()
 

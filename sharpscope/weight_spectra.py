@@ -112,20 +112,6 @@ class WeightSpectra:
         return {"layers": [asdict(layer) for layer in self.layers], "skipped": self.skipped, "summary": self.summary}
 
 
-def _layer(name: str, module: nn.Module, evals: np.ndarray) -> LayerSpectrum:
-    fit_evals = evals[evals > EVALS_THRESH]
-    alpha, xmin, d = fit_power_law(fit_evals) if len(fit_evals) >= 2 else (math.nan, math.nan, math.nan)
-    lam_max, total = float(evals.max()), float(evals.sum())
-    log_spec = math.log10(lam_max) if lam_max > 0 else -math.inf
-    return LayerSpectrum(
-        name=name, kind="linear" if isinstance(module, nn.Linear) else "conv2d",
-        shape=list(module.weight.shape), n_evals=len(evals), lambda_max=lam_max, alpha=alpha, xmin=xmin,
-        ks_distance=d, alpha_weighted=alpha * log_spec, log_norm=math.log10(total) if total > 0 else -math.inf,
-        log_spectral_norm=log_spec,
-        log_alpha_norm=math.log10(float(np.sum(evals ** alpha))) if math.isfinite(alpha) else math.nan,
-        stable_rank=total / lam_max if lam_max > 0 else math.nan)
-
-
 def weight_spectra(model: nn.Module, params: Any = None) -> WeightSpectra:
     """The measures of every Linear and Conv2d layer whose weight ``params`` selects
     (:func:`sharpscope.objective.moved_parameters`; None: every trainable one, all if none is)."""
@@ -141,7 +127,17 @@ def weight_spectra(model: nn.Module, params: Any = None) -> WeightSpectra:
         if len(evals) < MIN_EVALS:
             skipped.append(name)
             continue
-        layers.append(_layer(name, module, evals))
+        fit_evals = evals[evals > EVALS_THRESH]
+        alpha, xmin, d = fit_power_law(fit_evals) if len(fit_evals) >= 2 else (math.nan, math.nan, math.nan)
+        lam_max, total = float(evals.max()), float(evals.sum())
+        log_spec = math.log10(lam_max) if lam_max > 0 else -math.inf
+        layers.append(LayerSpectrum(
+            name=name, kind="linear" if isinstance(module, nn.Linear) else "conv2d", shape=list(module.weight.shape),
+            n_evals=len(evals), lambda_max=lam_max, alpha=alpha, xmin=xmin, ks_distance=d,
+            alpha_weighted=alpha * log_spec, log_norm=math.log10(total) if total > 0 else -math.inf,
+            log_spectral_norm=log_spec,
+            log_alpha_norm=math.log10(float(np.sum(evals ** alpha))) if math.isfinite(alpha) else math.nan,
+            stable_rank=total / lam_max if lam_max > 0 else math.nan))
     if not layers:
         raise ConfigError("the model has no Linear or Conv2d layer with at least 8 eigenvalues to analyse")
     return WeightSpectra(layers, skipped)
