@@ -101,13 +101,10 @@ def higher_order_attention() -> Iterator[None]:
 
 
 class ModelLoss:
-    """A loss that takes the model and a whole batch: ``fn(model, batch)`` -> mean loss.
-
-    ``fn`` gets the model and a batch as the data yields it (on the model's device);
-    ``count(batch)``: its examples (default: the leading size of its first tensor);
-    ``weight(batch)``: what ``fn``'s mean is over (default: the examples); ``join(batches)``:
-    one batch of every example, where batches differ beyond dim 0 (e.g. padded to one length).
-    """
+    """``fn(model, batch)`` -> the mean loss of a batch as the data yields it (on the model's
+    device). ``count(batch)``: its examples (default: its first tensor's leading size);
+    ``weight(batch)``: what the mean is over (default: the examples); ``join(batches)``: one
+    batch of every example, where batches differ beyond dim 0 (e.g. padded to one length)."""
 
     def __init__(self, fn: Callable[[nn.Module, Any], Tensor], count: Callable[[Any], int] | None = None,
                  weight: Callable[[Any], int] | None = None, join: Callable[[list[Any]], Any] | None = None) -> None:

@@ -271,9 +271,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool | str =
 
 
 def check_data_fits(model: nn.Module, data: Any, *, n: int = 8) -> int:
-    """K, the classes ``model`` scores; :class:`DataMismatchError` unless the first ``n`` training
-    inputs of ``data`` (a :class:`sharpscope.data.Dataset`) go through it (eval mode, no grad,
-    RNG untouched) to ``(n, K)`` scores and every label of ``data`` is below K."""
+    """K, the classes ``model`` scores on the first ``n`` training inputs of ``data`` (eval, no grad,
+    RNG untouched); :class:`DataMismatchError` unless they give (n, K) and every label is below K."""
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -365,8 +364,7 @@ def check_checkpoint_data(model: nn.Module, recorded: dict | None, data: Any, wh
 
 
 def checkpoint_data(ckpt: Checkpoint, spec: Any = None) -> Any:
-    """``spec`` (a DataSpec or dict; default the checkpoint's) loaded and checked against ``ckpt``
-    (:func:`check_checkpoint_data`); a :class:`CheckpointError` when there is no spec."""
+    """``spec`` (default the checkpoint's; CheckpointError without) loaded and checked against ``ckpt``."""
     from .data import DataSpec, load_dataset
 
     spec = spec if spec is not None else ckpt.data_spec

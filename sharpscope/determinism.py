@@ -1,9 +1,6 @@
-"""Bit-for-bit repeatable runs: deterministic kernels (``torch.use_deterministic_algorithms``,
-``CUBLAS_WORKSPACE_CONFIG``, no cuDNN benchmarking) and a fixed summation order, which on CPU
-means a fixed thread count (docs/reproducibility.md): the user's or :data:`DETERMINISTIC_THREADS`,
-never a share of the cores. Instruction sets, devices and library versions still change the
-bits (:mod:`sharpscope.provenance` records them).
-"""
+"""Bit-for-bit repeatable runs (docs/reproducibility.md): deterministic kernels and, on CPU, a
+fixed thread count (the user's or :data:`DETERMINISTIC_THREADS`) for a fixed summation order;
+instruction sets, devices and library versions still differ (:mod:`sharpscope.provenance`)."""
 
 from __future__ import annotations
 

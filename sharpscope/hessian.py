@@ -185,8 +185,7 @@ class DensityResult:
 
     @property
     def trace_stderr(self) -> float | None:
-        """s / sqrt(R) over the R runs' n sum_j tau_j theta_j, each Hutchinson's z^T H z of its
-        Rademacher start (None for one run; coarse: :func:`trace` is the estimate to trust)."""
+        """s / sqrt(R) over the R runs' n sum_j tau_j theta_j (Hutchinson's z^T H z); None for one run."""
         runs = len(self.nodes)
         if runs < 2:
             return None

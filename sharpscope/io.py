@@ -1,7 +1,5 @@
-"""Atomic file writes: a file is either the old one or the complete new one, never half written
-(a temp file in the target's folder, fsync'ed, renamed over it with ``os.replace``, then the
-folder fsync'ed so that the rename survives a crash).
-"""
+"""Atomic file writes (a temp file in the target's folder, fsync'ed, ``os.replace``'d over it, the
+folder fsync'ed): a file is either the old one or the complete new one, never half written."""
 
 from __future__ import annotations
 

@@ -30,9 +30,8 @@ Compute = Callable[[Any, list, Mapping[str, Any], Any], "dict[str, Any] | None"]
 
 @dataclass(frozen=True)
 class Measure:
-    """One quantity of a trained model. ``compute(model, batches, settings, objective)`` -> a
-    JSON-friendly dict (None: nothing to compute), ``objective`` a shared
-    :class:`~sharpscope.objective.Objective` (for those that ``shares_objective``) or None.
+    """One quantity of a trained model. ``compute(model, batches, settings, objective)`` -> a JSON
+    dict (None: nothing to compute), ``objective`` shared if ``shares_objective``, else None.
     ``reads``: its settings; ``columns``: its value columns (correlated, summarized);
     ``column_prefix``: a family ``prefix<m>``; ``details``: supporting column -> kind
     (``stderr``, ``error``); ``row``: result -> columns; ``headline``: what tracking writes (None:

@@ -1,9 +1,7 @@
 """Worst-case and average-case sharpness, plain or adaptive (Andriushchenko et al., ICML 2023,
 "A modern look at the relationship between sharpness and generalization"; reference code
-tml-epfl/sharpness-vs-generalization ``sharpness.py``).
-
-On seeded disjoint subsets b of m examples, with T = 1 (plain) or |w| + eta (adaptive) and
-B = {e : ||e / T||_p <= rho}, p = 2 or inf:
+tml-epfl/sharpness-vs-generalization ``sharpness.py``), on seeded disjoint subsets b of m
+examples, with T = 1 (plain) or |w| + eta (adaptive) and B = {e : ||e / T||_p <= rho}, p = 2 or inf:
 
 - worst case: S_b = max_{e in B} L_b(w + e) - L_b(w) by the APGD-style ascent of
   :mod:`sharpscope.ascent`, ``restarts`` times per subset, keeping the best: a lower bound, so
@@ -12,8 +10,8 @@ B = {e : ||e / T||_p <= rho}, p = 2 or inf:
 
 and the same for the error rate, averaged over subsets, with the standard error over subsets
 from :data:`MIN_SUBSETS_FOR_STDERR` on (else None and ``stderr_note``) and, for the average
-case, the Monte Carlo error sqrt(sum_b var_b / S) / k. Zero gradients and non-finite values
-follow :mod:`sharpscope.sharpness`'s rules. Eval mode; the model is never modified.
+case, the Monte Carlo error sqrt(sum_b var_b / S) / k. Zero gradients, non-finite values and
+eval mode as in :mod:`sharpscope.sharpness`.
 """
 
 from __future__ import annotations

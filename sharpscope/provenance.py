@@ -165,8 +165,7 @@ def unlike_runs_warning(unlike: Mapping[str, Sequence[Any]]) -> str:
 
 
 def recorded(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every environment a checkpoint's run was trained in, oldest first: its ``environments``
-    history (appended when a resume changes a :data:`COMPARABLE_FIELDS`), else its ``environment``."""
+    """The environments a checkpoint's run was trained in, oldest first (``environments``, else ``environment``)."""
     history = metadata.get("environments")
     if isinstance(history, list) and history:
         return [dict(h) for h in history]
