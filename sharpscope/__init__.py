@@ -1,10 +1,8 @@
 """sharpscope: sharpness and loss-landscape analysis built around SAM (Foret et al., ICLR 2021).
 
-``import sharpscope`` loads only the version and the errors (no torch, so that ``sharpscope
---help`` starts fast); the optimizers, the checkpoint functions and the analysis submodules
-(``sharpscope.hessian``, ``.landscape``, ``.sharpness``, ``.plots``, ...) are imported on first
-attribute access (PEP 562), so ``ss.SAM`` and ``ss.hessian.eigenvalues(...)`` work without an
-explicit import and without slowing down the bare import.
+``import sharpscope`` loads only the version and the errors (no torch: ``sharpscope --help``
+starts fast); the torch-backed names and the submodules are imported on first attribute
+access (PEP 562), so ``ss.SAM`` and ``ss.hessian.eigenvalues(...)`` need no explicit import.
 """
 
 from __future__ import annotations
@@ -13,24 +11,11 @@ import importlib
 from typing import Any
 
 from ._version import __version__  # the one source of the version (pyproject.toml reads it too)
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DataChangedWarning,
-    DataError,
-    DataMismatchError,
-    ModelSpecError,
-    NonFiniteLossError,
-    RestartsDisagreeWarning,
-    FiniteDifferenceWarning,
-    SampledFisherWarning,
-    SharpscopeError,
-    UnconvergedWarning,
-    ZeroGradientWarning,
-)
+from .errors import (CheckpointError, ConfigError, DataChangedWarning, DataError, DataMismatchError,
+                     FiniteDifferenceWarning, ModelSpecError, NonFiniteLossError, RestartsDisagreeWarning,
+                     SampledFisherWarning, SharpscopeError, UnconvergedWarning, ZeroGradientWarning)
 
-# The package's torch-backed names, imported on first access like the submodules, so that
-# ``import sharpscope`` (and so ``sharpscope --help``) does not pay for importing torch.
+# The package's torch-backed names, imported on first access.
 _LAZY_NAMES = {
     "ModelLoss": "batches", "OutputLoss": "batches", "TokenLoss": "tokens", "TokenCrossEntropy": "tokens",
     "ChunkedTokenLoss": "vocab_chunks",
@@ -39,45 +24,18 @@ _LAZY_NAMES = {
     "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
 }
 
-# Submodules reachable as attributes of the package, imported on first access.
-# (tests/test_startup.py checks that every public module of the package is listed.)
+# Submodules reachable as attributes, imported on first access (tests/test_startup.py checks the list).
 _SUBMODULES = ("ascent", "batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism",
-               "distributed", "errors", "experiments", "fd_hvp", "hessian", "io", "landscape", "linalg", "measure_table", "measures",
-               "models", "objective", "optim", "plots", "plots_html", "provenance", "sharded", "sharpness", "stats", "tokens", "train",
-               "train_options", "vocab_chunks",
-               "weight_spectra")
+               "distributed", "errors", "experiments", "fd_hvp", "hessian", "io", "landscape", "linalg",
+               "measure_table", "measures", "models", "objective", "optim", "plots", "plots_html", "provenance",
+               "sharded", "sharpness", "stats", "tokens", "train", "train_options", "vocab_chunks", "weight_spectra")
 
 __all__ = [
-    "__version__",
-    "SAM",
-    "RSAM",
-    "GSAM",
-    "WSAM",
-    "LookSAM",
-    "FriendlySAM",
-    "sam_step",
-    "frozen_bn_stats",
-    "save_checkpoint",
-    "load_checkpoint",
-    "Checkpoint",
-    "SharpscopeError",
-    "ConfigError",
-    "DataError",
-    "DataMismatchError",
-    "DataChangedWarning",
-    "ModelSpecError",
-    "CheckpointError",
-    "NonFiniteLossError",
-    "UnconvergedWarning",
-    "RestartsDisagreeWarning",
-    "SampledFisherWarning",
-    "ZeroGradientWarning",
-    "ModelLoss",
-    "OutputLoss",
-    "TokenLoss",
-    "TokenCrossEntropy",
-    "ChunkedTokenLoss",
-    "FiniteDifferenceWarning",
+    "__version__", "SAM", "RSAM", "GSAM", "WSAM", "LookSAM", "FriendlySAM", "sam_step", "frozen_bn_stats",
+    "save_checkpoint", "load_checkpoint", "Checkpoint", "SharpscopeError", "ConfigError", "DataError",
+    "DataMismatchError", "DataChangedWarning", "ModelSpecError", "CheckpointError", "NonFiniteLossError",
+    "UnconvergedWarning", "RestartsDisagreeWarning", "SampledFisherWarning", "ZeroGradientWarning", "ModelLoss",
+    "OutputLoss", "TokenLoss", "TokenCrossEntropy", "ChunkedTokenLoss", "FiniteDifferenceWarning",
 ]
 
 

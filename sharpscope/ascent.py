@@ -1,39 +1,17 @@
-"""The worst case's projected-gradient ascent (:func:`sharpscope.measures.worst_case_sharpness`),
-and the flat set-up both measures of :mod:`sharpscope.measures` evaluate on (the examples as one
-batch, the flat weights, per-subset loss and error).
+"""The worst case's ascent (:func:`sharpscope.measures.worst_case_sharpness`) and the flat set-up
+both measures of :mod:`sharpscope.measures` evaluate on.
 
-The worst case is found by the reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020),
-run in u = e / T, where B is the ball or box ||u||_p <= rho: the step size starts at 2 rho;
-with dir the dual-norm direction of the gradient in u, T g (T g / ||T g||_2 for p = 2,
-sign(g) for p = inf),
-
-    z_{k+1} = Proj(u_k + eta_k dir),   u_{k+1} = 0.75 z_{k+1} + 0.25 u_{k-1},   e = T u,
-
-(the reference code's momentum; APGD's paper writes it with u_k, the code with u_{k-1}); at
-the checkpoints ceil(p_j K) of K steps (p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
-0.06)) the step is halved when fewer than 75 % of the steps since the last checkpoint raised
-the best loss, or when neither the step nor the best loss changed, and the ascent restarts
-from the best point. The value is the best loss over every point visited, the start
-included, so S_b >= 0. Plain sharpness (T = 1) and the adaptive box (p = inf) take exactly
-the reference's steps (tested against a re-implementation of its loop).
-
-Differences from the reference code, on purpose:
-
-- adaptive p = 2: the reference steps along T g / ||g|| and projects onto the ellipsoid in
-  Euclidean distance. At a fixed point of that pair T g is normal to the ellipsoid (along
-  e / T^2), while a maximum needs g itself normal to it (KKT), so it can stop short of the
-  maximum: 2.89 % below it on a quadratic (``tests/test_measures.py``). Here the step is the
-  gradient step in u (T g / ||T g||, ASAM's geometry) with the projection onto the ball in u,
-  whose fixed points are the KKT points;
-- at a step reduction the reference reloads the best weights for the next gradient but keeps
-  stepping from the current perturbation; here the ascent restarts from the best point
-  (perturbation, previous point and gradient), as APGD does;
-- its random start for p = 2 draws rho T N(0, 1) per element (norm about rho sqrt(n), far
-  outside B) and its first momentum step keeps a quarter of it, so the first iterate it scores
-  lies outside B; here the random start (``random_start=True``; the default is e = 0, the
-  reference's ``rand_init=False`` used in its evaluations) is a uniform point of the boundary;
-- each step costs one gradient, which also gives the loss at that point (the reference spends
-  a gradient and a forward pass).
+The reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020) in u = e / T over
+||u||_p <= rho, dir the dual-norm direction of T g, first step 2 rho:
+z_{k+1} = Proj(u_k + eta_k dir), u_{k+1} = 0.75 z_{k+1} + 0.25 u_{k-1}, e = T u; at the
+checkpoints ceil(p_j K) (p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)) the step
+halves and the ascent restarts from the best point when under 75 % of the steps since the last
+raised the best loss, or nothing changed. The value is the best loss visited, the start
+included. On purpose unlike the reference code: adaptive p = 2 steps along T g / ||T g|| and
+projects in u (ASAM's geometry: its fixed points are KKT points; the reference's stops 2.89 %
+short on a quadratic); a step cut restarts from the best perturbation, previous point and
+gradient, as APGD does; the p = 2 random start is a uniform point of the boundary, not
+rho T N(0, 1) far outside; one gradient per step also gives the loss.
 """
 
 from __future__ import annotations
@@ -59,17 +37,14 @@ MOMENTUM = 0.75           # the reference's (and APGD's) alpha
 MIN_UPDATE_RATIO = 0.75   # halve the step when fewer than this share of steps raised the best loss
 
 
-# -- the geometry: pure functions on rows of flat vectors (G, n), in u = e / T -----------------------
 def ascent_direction(g: Tensor, p: float, scale: Tensor | None) -> Tensor:
-    """The ascent direction in u = e / T, where B is the ball or box ||u||_p <= rho: the dual-norm
-    direction of the gradient in u, T g (T g / ||T g||_2 for p = 2, sign(g) for p = inf); rows
-    of a zero gradient give zero."""
+    """The dual-norm direction of the gradient in u = e / T, T g (T g / ||T g||_2 for p = 2,
+    sign(g) for p = inf); zero for a zero gradient."""
     return dual_direction(g if scale is None else g * scale, p)
 
 
 def apgd_checkpoints(steps: int) -> list[int]:
-    """The iterations (0-based) after which APGD may halve its step: ceil(p_j * steps) for
-    p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), below ``steps``."""
+    """The iterations (0-based) after which APGD may halve its step (module docstring)."""
     p = [0.0, 0.22]
     w = [0, math.ceil(steps * 0.22)]
     while w[-1] < steps and w[-1] != w[-2]:
@@ -80,15 +55,13 @@ def apgd_checkpoints(steps: int) -> list[int]:
 
 def random_start(shape: tuple[int, int], rho: float, p: float, gen: torch.Generator, dtype: torch.dtype,
                  device: torch.device) -> Tensor:
-    """A uniform point of the boundary of {||u||_p <= rho} (u = e / T): a Gaussian rescaled to
-    norm rho (p = 2) or a uniformly random vertex rho sign(z) (p = inf)."""
+    """A uniform point of the boundary of {||u||_p <= rho} (a rescaled Gaussian, or rho sign(z))."""
     z = torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
     if p == math.inf:
         return rho * torch.sign(z)
     return z * (rho / z.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny))
 
 
-# -- shared set-up ---------------------------------------------------------------------------------
 @dataclass
 class Setup:
     """The examples as one batch, the flat weights, and per-subset loss/error evaluators."""
@@ -119,25 +92,19 @@ def setup(model: nn.Module, loss_fn: LossFn, data: Iterable, adaptive: bool, eta
 
 
 def _error_rate(outputs: Any, batch: Any, takes_model: bool, like: Tensor) -> Tensor:
-    """The classification error of a batch (argmax of class scores against integer targets);
-    NaN when the outputs are not class scores."""
-    if takes_model or not isinstance(outputs, Tensor) or outputs.dim() != 2 or outputs.shape[1] < 2:
-        return torch.full_like(like, math.nan)
-    targets = batch[1]
-    if not isinstance(targets, Tensor) or targets.dtype.is_floating_point or targets.dim() != 1:
+    """The classification error of a batch (argmax against integer targets); NaN without class scores."""
+    targets = None if takes_model else batch[1]
+    if (not isinstance(outputs, Tensor) or outputs.dim() != 2 or outputs.shape[1] < 2 or not isinstance(targets, Tensor)
+            or targets.dtype.is_floating_point or targets.dim() != 1):
         return torch.full_like(like, math.nan)
     return (outputs.argmax(-1) != targets).to(like.dtype).mean()
 
 
-def group_generator(seed: int, *keys: int) -> torch.Generator:
-    """A generator for one (m, rho, group): the draws do not depend on how groups are shared out."""
-    return seeded_generator(seed, *keys)
+group_generator = seeded_generator  # one (m, rho, group)'s draws, however groups are shared out
 
 
-# -- the ascent ----------------------------------------------------------------------------------
 def require_finite(loss: Tensor, g: Tensor | None, where: str) -> None:
-    """One rule for non-finite values (as :mod:`sharpscope.objective`): a NaN or infinite loss
-    (or gradient) at any point a measure evaluates raises :class:`NonFiniteLossError`."""
+    """:class:`NonFiniteLossError` for a NaN or infinite loss (or gradient) ``where``."""
     ok = torch.isfinite(loss).all() if g is None else torch.isfinite(loss).all() & torch.isfinite(g).all()
     if not bool(ok):  # one device sync per evaluation
         raise NonFiniteLossError(f"the loss or its gradient is NaN or infinite {where}")
@@ -145,9 +112,8 @@ def require_finite(loss: Tensor, g: Tensor | None, where: str) -> None:
 
 def apgd(s: Setup, batch: Any, rows: int, rho: float, p: float, steps: int, start: Tensor | None,
           base: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, int]:
-    """The ascent of the module docstring for ``rows`` subsets at once, in u = e / T, from u = 0
-    (``start`` None) or from ``start``; ``base`` = (gradient, loss, error) at u = 0, which is a
-    candidate too. Returns (best loss, error at the best point, gradients per subset)."""
+    """The ascent (module docstring) for ``rows`` subsets at once from u = 0 or ``start``; ``base``
+    = (gradient, loss, error) at u = 0. Returns (best loss, its error, gradients per subset)."""
     w0 = s.w0.expand(rows, -1)
 
     def at(u: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -158,13 +124,19 @@ def apgd(s: Setup, batch: Any, rows: int, rho: float, p: float, steps: int, star
     g, (best_loss, best_err) = base[0].clone(), (base[1].clone(), base[2].clone())
     u = torch.zeros_like(w0)
     best_u, best_g, n_grad = u.clone(), g.clone(), 0
-    if start is not None:  # a random start: one more gradient, and the start is a candidate too
-        u = start
-        g, (loss, err) = at(u)
-        n_grad += 1
+
+    def keep_best(loss: Tensor, err: Tensor) -> Tensor:
+        nonlocal best_loss, best_err, best_u, best_g
         up = loss > best_loss
         best_loss, best_err = torch.where(up, loss, best_loss), torch.where(up, err, best_err)
         best_u, best_g = torch.where(up[:, None], u, best_u), torch.where(up[:, None], g, best_g)
+        return up
+
+    if start is not None:  # a random start: one more gradient, and a candidate too
+        u = start
+        g, (loss, err) = at(u)
+        n_grad += 1
+        keep_best(loss, err)
     u_prev = u.clone()
     step = torch.full((rows,), 2.0 * rho, dtype=w0.dtype, device=w0.device)
     prev_step, prev_best, updates, prev_cp = step.clone(), best_loss.clone(), torch.zeros_like(step), 0
@@ -174,10 +146,7 @@ def apgd(s: Setup, batch: Any, rows: int, rho: float, p: float, steps: int, star
         u, u_prev = MOMENTUM * z + (1.0 - MOMENTUM) * u_prev, u
         g, (loss, err) = at(u)
         n_grad += 1
-        up = loss > best_loss
-        best_loss, best_err = torch.where(up, loss, best_loss), torch.where(up, err, best_err)
-        best_u, best_g = torch.where(up[:, None], u, best_u), torch.where(up[:, None], g, best_g)
-        updates += up.to(updates.dtype)
+        updates += keep_best(loss, err).to(updates.dtype)
         if i in checkpoints:
             few = updates < MIN_UPDATE_RATIO * (i - prev_cp)
             stalled = (prev_step == step) & (prev_best == best_loss)
@@ -194,11 +163,9 @@ def apgd(s: Setup, batch: Any, rows: int, rho: float, p: float, steps: int, star
 def ascend_with_restarts(s: Setup, batch: Any, rows: int, rho: float, p: float, steps: int, restarts: int,
               random_first: bool, seed: int, keys: tuple[int, ...], zero_rows: list[int]
               ) -> tuple[Tensor, Tensor, int, Tensor]:
-    """``restarts`` ascents (:func:`apgd`) per subset: restart 0 from u = 0 (from a seeded random
-    point of the boundary when ``random_first``, or for the rows whose gradient at u = 0 is
-    exactly zero, counted in ``zero_rows``), restart r >= 1 from seeded random points of the
-    boundary. Returns (best loss increase, its error increase, gradients per subset, loss
-    increases (rows, restarts))."""
+    """``restarts`` ascents (:func:`apgd`) per subset, the first from u = 0 (a seeded random point
+    when ``random_first`` or at a zero gradient, counted in ``zero_rows``), the others from seeded
+    random points: (best loss increase, its error increase, gradients per subset, every increase)."""
     w0 = s.w0.expand(rows, -1)
     g0, (loss0, err0) = s.value_and_grad(w0, batch)
     require_finite(loss0, g0, "at the weights themselves (NaN or infinite values in the data or the model?)")

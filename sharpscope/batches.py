@@ -1,46 +1,14 @@
-"""Batches of any structure, and the two loss conventions every analysis accepts.
+"""Batches of any structure under two loss conventions: ``loss_fn(outputs, targets)`` over
+``(inputs, targets)`` pairs (``model(inputs)``, inputs any pytree), or :class:`ModelLoss`
+``fn(model, batch)`` (hessian-eigenthings' convention; ``loss_fn=None``: :class:`OutputLoss`).
 
-A batch is whatever the data yields. The loss of a batch is computed in one of two ways:
-
-- ``loss_fn(outputs, targets)`` (the default, as ``F.cross_entropy``): each batch is a pair
-  ``(inputs, targets)``; the model is called as ``model(inputs)``, ``inputs`` being a tensor
-  or any pytree of tensors (a dict of Hugging Face style fields, a tuple, ...), passed as
-  one argument.
-- :class:`ModelLoss` ``(fn)``: ``fn(model, batch)`` returns the mean loss of a batch of any
-  structure (hessian-eigenthings' ``loss_fn(model, batch)`` convention); inside ``fn`` the
-  model carries the parameters being evaluated, so ``fn`` may call it any way it likes
-  (``model(**batch)``, several outputs, an auxiliary loss, ...). ``loss_fn=None`` is
-  :class:`OutputLoss`: the model's own ``model(**batch).loss`` (a Hugging Face model given
-  dict batches with ``labels``), weighted by its counted tokens or examples.
-  :mod:`sharpscope.tokens` has causal- and masked-LM token losses over dict batches.
-
-Every analysis averages batch losses weighted by the batch's weight w_b,
-L = sum_b (w_b / W) loss_b, W = sum_b w_b. The weight is what the loss is a mean over: the
-number of examples n_b in the batch for a per-example loss (the default), the number of
-counted tokens for a token-level loss (:mod:`sharpscope.tokens`), so that L is the mean over
-all tokens of the data, not the mean of per-batch means. n_b is the leading size of the
-first tensor of the targets (pair form) or of the batch (:class:`ModelLoss`), or what
-``ModelLoss(fn, count=...)`` returns for the batch; w_b is n_b unless ``ModelLoss(fn,
-weight=...)`` or, in the pair form, a ``loss_fn.batch_weight(targets)`` method says otherwise.
-
-Floating-point tensors of a batch are cast to the model's dtype when they are moved to its
-device (the pair form casts the inputs only, targets are moved as they are); other tensors
-only move. Pytrees are those of ``torch.utils._pytree`` (tuple, list, dict, namedtuple,
-OrderedDict), the structure ``torch.func`` itself uses.
-
-Caching or streaming (:meth:`BatchLoss.read`). An analysis passes over the data many times
-(Lanczos: one pass per Hessian-vector product). By default the batches are read once, moved
-to the model's device and kept there, as long as they take at most ``cache_bytes``
-(:data:`DEFAULT_CACHE_BYTES`, 1 GiB of batch tensors, the bytes of the moved tensors
-counted); data that takes more is streamed: the loader is iterated again on every pass and
-each batch is moved to the device when it is used, so the device holds one batch at a time.
-``cache=True`` always caches, ``cache=False`` always streams. Both see the same batches in
-the same order, so the numbers agree to float rounding. A streamed loader must yield the same
-batches on every pass: the first pass records each batch's fingerprint (its shapes and the
-float64 sum and sum of squares of every tensor) and a later pass that differs (a
-``DataLoader(shuffle=True)`` without a seeded generator, random augmentation) raises
-:class:`~sharpscope.errors.ConfigError` rather than mixing two data sets. A one-shot
-iterator (a generator) cannot be read twice and is refused when it would have to stream.
+Analyses average batch losses by weight, L = sum_b (w_b / W) loss_b, W = sum_b w_b, w_b the
+batch's examples unless ``ModelLoss(weight=...)`` or ``loss_fn.batch_weight(targets)`` says
+otherwise (token losses: counted tokens). Floating inputs are cast to the model's dtype.
+:meth:`BatchLoss.read` keeps the batches on the device up to ``cache_bytes``
+(:data:`DEFAULT_CACHE_BYTES`), else streams them, reading the loader on every pass; a pass
+whose :func:`fingerprint` differs from the first (unseeded shuffle, augmentation) raises
+ConfigError, and a one-shot iterator that would have to stream is refused.
 """
 
 from __future__ import annotations
@@ -57,11 +25,11 @@ from torch.func import functional_call
 
 from .errors import ConfigError
 
-__all__ = ["ModelLoss", "OutputLoss", "count_tokens", "pad_join", "IGNORE_INDEX", "BatchLoss", "Prepared", "Streamed", "move", "concat", "take", "tensor_leaves",
-           "higher_order_attention", "batch_bytes", "fingerprint", "DEFAULT_CACHE_BYTES"]
+__all__ = ["ModelLoss", "OutputLoss", "count_tokens", "pad_join", "IGNORE_INDEX", "BatchLoss", "Prepared", "Streamed",
+           "move", "concat", "take", "tensor_leaves", "higher_order_attention", "batch_bytes", "fingerprint",
+           "DEFAULT_CACHE_BYTES"]
 
 LossFn = Callable[[Any, Any], Tensor]
-
 DEFAULT_CACHE_BYTES = 1 << 30  # batches kept on the device up to this many bytes; more are streamed
 
 
@@ -71,10 +39,8 @@ def batch_bytes(tree: Any) -> int:
 
 
 def fingerprint(tree: Any) -> tuple:
-    """Shapes, dtypes and, for every tensor of a batch, the float64 sum, sum of squares and
-    position-weighted sum sum_i (i + 1) * sum(t[i]) over its leading dimension: equal for the
-    same batch read twice; different (but for a collision of all three) for other examples,
-    examples in another order or labels moved between examples."""
+    """Shapes, dtypes and, per tensor, the float64 sum, sum of squares and sum_i (i + 1) sum(t[i])
+    over dim 0: equal for the same batch read twice, different for other or reordered examples."""
     leaves = tensor_leaves(tree)
     sums = []
     for t in leaves:
@@ -95,11 +61,8 @@ def tensor_leaves(tree: Any) -> list[Tensor]:
 
 def move(tree: Any, device: torch.device, dtype: torch.dtype | None = None) -> Any:
     """Every tensor of ``tree`` on ``device``; floating ones cast to ``dtype`` (when given)."""
-    def one(t: Any) -> Any:
-        if not isinstance(t, Tensor):
-            return t
-        return t.to(device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
-    return pytree.tree_map(one, tree)
+    return pytree.tree_map(lambda t: t.to(device, dtype if dtype is not None and t.is_floating_point() else t.dtype)
+                           if isinstance(t, Tensor) else t, tree)
 
 
 def concat(trees: list[Any]) -> Any:
@@ -129,16 +92,8 @@ def leading_size(tree: Any, what: str) -> int:
 
 @contextlib.contextmanager
 def higher_order_attention() -> Iterator[None]:
-    """``F.scaled_dot_product_attention`` restricted to its math kernel inside the block.
-
-    The fused kernels (flash, memory-efficient, the CPU flash kernel) have neither a
-    forward-mode derivative nor a double backward, so forward-over-reverse HVPs, reused
-    double-backward graphs and second-order SAM fail on any model that uses them
-    (``nn.TransformerEncoderLayer``, most modern attention); the math kernel computes the
-    same function with every derivative and has batching rules for ``vmap`` (the fused CPU
-    kernel falls back to a slow per-example loop there). Outside the block the user's choice
-    stands.
-    """
+    """SDPA restricted to its math kernel in the block: the fused kernels have no forward-mode
+    derivative or double backward (HVPs, second-order SAM); the math kernel has ``vmap`` rules."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     with sdpa_kernel([SDPBackend.MATH]):
@@ -146,20 +101,10 @@ def higher_order_attention() -> Iterator[None]:
 
 
 class ModelLoss:
-    """A loss that takes the model and a whole batch: ``fn(model, batch)`` -> mean loss.
-
-    Args:
-        fn: called with the model (carrying the parameters under evaluation) and a batch
-            exactly as the data yields it (moved to the model's device).
-        count: ``count(batch)`` -> the number of examples in a batch; default: the leading
-            size of the batch's first tensor.
-        weight: ``weight(batch)`` -> what ``fn``'s mean is taken over in the batch (its
-            weight in the mean over batches, e.g. its number of counted tokens); default:
-            the number of examples.
-        join: ``join(batches)`` -> one batch of every example, for analyses that split the
-            data into examples (m-sharpness) when the batches differ in a dimension other
-            than the first (e.g. padding token sequences to one length); default: none.
-    """
+    """``fn(model, batch)`` -> the mean loss of a batch as the data yields it (on the model's
+    device). ``count(batch)``: its examples (default: its first tensor's leading size);
+    ``weight(batch)``: what the mean is over (default: the examples); ``join(batches)``: one
+    batch of every example, where batches differ beyond dim 0 (e.g. padded to one length)."""
 
     def __init__(self, fn: Callable[[nn.Module, Any], Tensor], count: Callable[[Any], int] | None = None,
                  weight: Callable[[Any], int] | None = None, join: Callable[[list[Any]], Any] | None = None) -> None:
@@ -180,18 +125,14 @@ IGNORE_INDEX = -100  # a label that no loss counts (PyTorch's and Hugging Face's
 
 
 def count_tokens(labels: Tensor, shift: bool) -> Tensor:
-    """The number of counted tokens of token labels (B, T): entries other than -100, after
-    dropping the first position when ``shift`` (a causal LM predicts token t + 1 at t, so the
-    first label is never a target). A 0-dim integer tensor."""
+    """The number of labels other than -100 in (B, T), the first position dropped when ``shift``
+    (a causal LM's first label is never a target); a 0-dim integer tensor."""
     return ((labels[..., 1:] if shift else labels) != IGNORE_INDEX).sum()
 
 
 def pad_join(batches: list[Any], labels_key: str = "labels") -> dict[str, Any]:
-    """Dict batches of token sequences of different lengths joined along dim 0, every tensor
-    of two or more dimensions first padded at the end of dim 1 to the longest length: the
-    labels with -100, every other field with 0 (an attention mask of 0: padding). Appended
-    padding is neither attended to nor counted, so each sequence's loss is unchanged (up to
-    float rounding of longer reductions)."""
+    """Dict batches of token sequences joined along dim 0, 2+ dim tensors padded at the end of dim 1
+    (labels with -100, other fields with 0: masked), so each sequence's loss is unchanged."""
     if not batches or not all(isinstance(b, dict) for b in batches):
         raise ConfigError("only dict batches of token sequences can be padded to one length")
     if any(set(b) != set(batches[0]) for b in batches):
@@ -207,23 +148,11 @@ def pad_join(batches: list[Any], labels_key: str = "labels") -> dict[str, Any]:
     return concat([{k: pad(k, v) for k, v in b.items()} for b in batches])
 
 
-def _causal_lm(model: nn.Module) -> bool:
-    """Whether a Hugging Face model (or a peft wrapper of one) is a causal LM, whose loss
-    shifts the labels by one position."""
-    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-    return type(base).__name__.endswith(("ForCausalLM", "LMHeadModel"))
-
-
 class OutputLoss(ModelLoss):
-    """``model(**batch).loss`` as the model computes it (any Hugging Face ``PreTrainedModel``
-    given a batch with ``labels``), weighted by what that loss is a mean over.
-
-    ``per``: ``"causal"`` (the labels' counted tokens after the one-position shift of a causal
-    LM), ``"tokens"`` (counted tokens, no shift: masked LM, token classification, seq2seq),
-    ``"examples"`` (sequence classification), or ``"auto"``: examples for 1-D or floating
-    labels, else tokens, shifted when the model is a causal LM (class name ending in
-    ``ForCausalLM`` or ``LMHeadModel``, peft wrappers unwrapped).
-    """
+    """``model(**batch).loss`` (a Hugging Face model given ``labels``), weighted by what it is a
+    mean over, ``per``: ``"causal"`` (counted tokens after a causal LM's shift), ``"tokens"``
+    (no shift), ``"examples"``, or ``"auto"``: examples for 1-D or floating labels, else tokens,
+    shifted for a ``*ForCausalLM`` / ``*LMHeadModel``."""
 
     PER = ("auto", "causal", "tokens", "examples")
 
@@ -231,7 +160,8 @@ class OutputLoss(ModelLoss):
         if per not in self.PER:
             raise ConfigError(f"OutputLoss's per must be one of {', '.join(self.PER)}, got {per!r}")
         self.per = per
-        self.shift = per == "causal" or (per == "auto" and _causal_lm(model))
+        base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model  # peft
+        self.shift = per == "causal" or (per == "auto" and type(base).__name__.endswith(("ForCausalLM", "LMHeadModel")))
         super().__init__(self.output_loss, weight=self.count_weight, join=pad_join)
 
     @staticmethod
@@ -258,9 +188,7 @@ class OutputLoss(ModelLoss):
 
 
 class _Call(nn.Module):
-    """``fn(model, batch)`` as a module, so that ``functional_call`` can swap the model's
-    parameters for the duration of the call (the public way to run arbitrary code on a
-    reparametrized module)."""
+    """``fn(model, batch)`` as a module, so that ``functional_call`` can swap its parameters."""
 
     def __init__(self, model: nn.Module, fn: Callable[[nn.Module, Any], Tensor]) -> None:
         super().__init__()
@@ -272,8 +200,7 @@ class _Call(nn.Module):
 
 
 class BatchLoss:
-    """The mean loss of one batch as a function of the model's state (parameters and
-    buffers by name), for either convention (module docstring)."""
+    """The mean loss of one batch as a function of the model's state (either convention)."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn | ModelLoss | None) -> None:
         if loss_fn is None:  # the model's own loss, model(**batch).loss (Hugging Face)
@@ -309,28 +236,19 @@ class BatchLoss:
         return n
 
     def weight(self, batch: Any) -> int:
-        """The weight of a (prepared) batch in the mean over batches (module docstring): its
-        number of examples unless the loss says otherwise (token losses: counted tokens)."""
-        if self.takes_model:
-            weigh = self.loss_fn.weight  # type: ignore[union-attr]
-            if weigh is None:
-                return self.count(batch)
-            w = weigh(batch)
-        else:
-            weigh = getattr(self.loss_fn, "batch_weight", None)
-            if not callable(weigh):
-                return self.count(batch)
-            w = weigh(batch[1])
-        w = int(w)
+        """The weight of a (prepared) batch in the mean over batches (module docstring)."""
+        weigh = self.loss_fn.weight if self.takes_model else getattr(self.loss_fn, "batch_weight", None)  # type: ignore
+        if not callable(weigh):
+            return self.count(batch)
+        w = int(weigh(batch if self.takes_model else batch[1]))
         if w < 0:
             raise ConfigError(f"a batch has the negative weight {w}")
         return w
 
     def read(self, data: Iterable[Any], device: torch.device, dtype: torch.dtype, cache: bool | str = "auto",
              cache_bytes: int | None = None) -> Prepared:
-        """Every batch of ``data`` prepared, with its number of examples: kept on ``device``
-        or streamed (module docstring: ``cache`` is "auto", True or False; ``cache_bytes``
-        the budget of "auto", default :data:`DEFAULT_CACHE_BYTES`). One pass over ``data``."""
+        """Every batch of ``data`` prepared, with its count and weight, kept on ``device`` or
+        streamed (module docstring; ``cache``: "auto", True or False). One pass over ``data``."""
         if cache not in ("auto", True, False):
             raise ConfigError(f"cache must be 'auto', True or False, got {cache!r}")
         budget = DEFAULT_CACHE_BYTES if cache_bytes is None else cache_bytes
@@ -374,8 +292,7 @@ class BatchLoss:
 
 
 class Streamed:
-    """The batches of a loader read again on every iteration and moved to the device one at
-    a time; each is checked against the fingerprint of the first pass (module docstring)."""
+    """A loader's batches read again on every iteration, each checked against its first-pass fingerprint."""
 
     def __init__(self, loss: BatchLoss, data: Iterable[Any], device: torch.device, dtype: torch.dtype,
                  prints: list[tuple]) -> None:
@@ -400,9 +317,7 @@ class Streamed:
 
 @dataclass
 class Prepared:
-    """Batches on the model's device with their numbers of examples and their weights (module
-    docstring; the numbers of examples unless given): a list, or :class:`Streamed`
-    (``streamed``) when they are read from the loader on every pass."""
+    """Batches on the model's device (a list, or :class:`Streamed`), their counts and weights."""
 
     loss: BatchLoss
     batches: list[Any] | Streamed
@@ -424,9 +339,8 @@ class Prepared:
         return sum(self.weights)  # type: ignore[arg-type]
 
     def per_example(self) -> bool:
-        """Whether every tensor of every batch holds the batch's examples along dim 0 and the
-        batches agree in every other dimension (so the examples can be joined and re-split);
-        never for streamed batches, which are used as the loader gives them."""
+        """Whether every tensor holds its batch's examples along dim 0 and the batches agree in
+        every other dimension (so examples can be joined and re-split); never when streamed."""
         if self.streamed:
             return False
         leaves = [tensor_leaves(b) for b in self.batches]
@@ -445,23 +359,17 @@ class Prepared:
                               "dimension (token sequences of different lengths: pad them to one length)")
         return self.batches[0] if len(self.batches) == 1 else concat(self.batches)
 
-    def pairs(self) -> Iterable[tuple[Any, int]]:
-        """(batch, weight) for every batch as given; re-iterable (streamed: read again on
-        every iteration)."""
-        return _Pairs(self.batches, self.weights)  # type: ignore[arg-type]
-
     def chunks(self, size: int | None) -> Iterable[tuple[Any, int]]:
-        """(batch, weight) pairs of at most ``size`` examples each; the batches as given
-        when ``size`` is None or the examples cannot be re-split (always when streamed)."""
+        """Re-iterable (batch, weight) pairs of at most ``size`` examples (if they can be re-split)."""
         if size is None or not self.per_example():
-            return self.pairs() if self.streamed else list(zip(self.batches, self.weights))  # type: ignore[arg-type]
+            return _Pairs(self.batches, self.weights)  # type: ignore[arg-type]
         everything = self.joined()
         parts = [take(everything, slice(lo, lo + size)) for lo in range(0, self.n_examples, size)]
         return [(part, self.loss.weight(part)) for part in parts]
 
 
 class _Pairs:
-    """Re-iterable (batch, weight) pairs over batches that may be streamed."""
+    """Re-iterable (batch, weight) pairs of batches that may be streamed."""
 
     def __init__(self, batches: list[Any] | Streamed, counts: list[int]) -> None:
         self.batches, self.counts = batches, counts

@@ -1,29 +1,19 @@
 """Safe checkpoint files: atomic writes, ``weights_only`` loads, rebuilt models.
 
-A checkpoint is one ``.pt`` file holding only tensors and plain containers (dict, list,
-tuple, str, int, float, bool, None), so ``torch.load(path, weights_only=True)`` reads it
-and nothing is ever unpickled beyond that allow-list. Layout (format version 1)::
+A checkpoint is one ``.pt`` file of tensors and plain containers only, so
+``torch.load(path, weights_only=True)`` reads it and nothing else is ever unpickled; writes are
+atomic (:func:`sharpscope.io.atomic_write_bytes`). Layout (format version 1)::
 
-    format            "sharpscope-checkpoint"
-    format_version    1
+    format, format_version               "sharpscope-checkpoint", 1
     sharpscope_version, torch_version
-    model_spec        dict (see sharpscope.models): registry name or factory
-    model_state       the model's state_dict
-    optimizer_state   the optimizer's state_dict (SAM: the base optimizer's) or None
-    data_spec         dict (see sharpscope.data.DataSpec.to_dict) or None
-    data_fingerprint  dict (see sharpscope.data.fingerprint: the training split's size, input
-                      shape, classes and SHA-256 hashes) or None (absent in older checkpoints)
-    config            training configuration dict or None
-    progress          {"epoch": completed epochs, "step": optimizer steps,
-                       "batch_in_epoch": batches done in the running epoch, "finished": bool}
-    rng               {"torch": ByteTensor, "cuda": [ByteTensor, ...]} or None
-    metrics           list of per-epoch metric dicts
-    partial           running sums of an interrupted epoch (or None)
-    metadata          anything else the caller passed (plain values only), and
-                      "environment": what wrote the checkpoint (sharpscope.provenance)
-
-Writes go to a temporary file in the same folder, are fsync'ed, then renamed over the
-target, so a crash leaves either the old file or the new one, never a torn file.
+    model_spec, model_state              registry name or factory (sharpscope.models); state_dict
+    optimizer_state                      the (SAM: base) optimizer's state_dict or None
+    data_spec, data_fingerprint          sharpscope.data dicts, or None
+    config                               training configuration dict or None
+    progress                             {"epoch", "step", "batch_in_epoch": counts, "finished": bool}
+    rng                                  {"torch": ByteTensor, "cuda": [ByteTensor, ...]} or None
+    metrics, partial                     per-epoch metric dicts; an interrupted epoch's sums or None
+    metadata                             plain values, with "environment" (sharpscope.provenance)
 """
 
 from __future__ import annotations
@@ -55,7 +45,7 @@ _MOVED = {"atomic_write_bytes": "sharpscope.io"}  # old spelling -> where the na
 
 
 def __getattr__(name: str) -> Any:
-    """``checkpoint.atomic_write_bytes`` (moved to :mod:`sharpscope.io`) keeps working, with a notice."""
+    """Moved names (:data:`_MOVED`) keep working, with a DeprecationWarning."""
     if name in _MOVED:
         warnings.warn(f"sharpscope.checkpoint.{name} moved to {_MOVED[name]}.{name}; import it from there",
                       DeprecationWarning, stacklevel=2)
@@ -63,7 +53,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# The fields a reader relies on, and the types they must have (None allowed where noted).
+# The fields a reader relies on: their types, and whether None is allowed.
 _FIELD_TYPES: dict[str, tuple[type, bool]] = {
     "model_spec": (dict, False), "model_state": (dict, False), "optimizer_state": (dict, True),
     "data_spec": (dict, True), "data_fingerprint": (dict, True), "config": (dict, True), "progress": (dict, True),
@@ -72,12 +62,8 @@ _FIELD_TYPES: dict[str, tuple[type, bool]] = {
 _PROGRESS_COUNTERS = ("epoch", "step", "batch_in_epoch")
 
 def _to_plain(value: Any, where: str) -> Any:
-    """A copy of ``value`` that ``weights_only`` loading can read back.
-
-    str/int/float subclasses (e.g. ``torch.__version__``) and numpy scalars become the
-    built-in types; anything that is not a tensor, number, string, None, list, tuple or
-    dict is refused.
-    """
+    """A copy of ``value`` that ``weights_only`` loading reads back (subclasses and numpy scalars
+    become built-in types; anything but tensors, numbers, strings, None and containers is refused)."""
     if value is None or type(value) in (str, int, float, bool) or isinstance(value, torch.Tensor):
         return value
     if isinstance(value, np.generic):
@@ -86,13 +72,10 @@ def _to_plain(value: Any, where: str) -> Any:
         if isinstance(value, plain):
             return plain(value)
     if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, (str, int)):
-                raise CheckpointError(f"{where}: key {k!r} is not a str or int")
-            key = str(k) if isinstance(k, str) else int(k)
-            out[key] = _to_plain(v, f"{where}.{k}")
-        return out
+        bad = [k for k in value if not isinstance(k, (str, int))]
+        if bad:
+            raise CheckpointError(f"{where}: key {bad[0]!r} is not a str or int")
+        return {(str(k) if isinstance(k, str) else int(k)): _to_plain(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         items = [_to_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if isinstance(value, list) else tuple(items)
@@ -100,46 +83,19 @@ def _to_plain(value: Any, where: str) -> Any:
                           "(only tensors, numbers, strings, None, lists and dicts)")
 
 
-def save_checkpoint(
-    path: str | os.PathLike[str],
-    model: nn.Module,
-    *,
-    model_spec: dict,
-    data_spec: dict | None = None,
-    data: Any = None,
-    data_fingerprint: dict | None = None,
-    optimizer_state: dict | None = None,
-    config: dict | None = None,
-    progress: dict | None = None,
-    rng: dict | None = None,
-    metrics: list | None = None,
-    partial: dict | None = None,
-    **metadata: Any,
-) -> Path:
-    """Write a checkpoint of ``model`` atomically; returns the path written.
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, model_spec: dict, data_spec: dict | None = None,
+                    data: Any = None, data_fingerprint: dict | None = None, optimizer_state: dict | None = None,
+                    config: dict | None = None, progress: dict | None = None, rng: dict | None = None,
+                    metrics: list | None = None, partial: dict | None = None, **metadata: Any) -> Path:
+    """Write a checkpoint of ``model`` atomically (plain values only, else :class:`CheckpointError`
+    before a byte is written); returns the path. ``model_spec``: a model name or a factory
+    ``{"factory": "package.module:function", "kwargs": {...}}``; ``data_spec``: the data the
+    analyses load (else they need ``--data``); ``data``: the training data (a Dataset, whose spec
+    is the default ``data_spec``, or an ``(x, y)`` pair), whose fingerprint makes an analysis on
+    changed data warn. ``metadata["environment"]`` defaults to :func:`sharpscope.provenance.of_model`::
 
-    Every argument must hold plain values (see the module docstring); anything else is
-    refused with :class:`CheckpointError` before a byte is written. ``metadata["environment"]``
-    records what wrote it (:func:`sharpscope.provenance.of_model`: versions, device, dtype,
-    threads, ranks, deterministic mode) unless the caller passes its own.
-
-    ``model_spec`` says how to rebuild the model (:mod:`sharpscope.models`): a built-in name
-    or your own factory ``{"factory": "package.module:function", "kwargs": {...}}``.
-    ``data_spec`` (:meth:`sharpscope.data.DataSpec.to_dict`, or a dict of its fields; missing
-    fields take their defaults) names the data the analyses load; without it every analysis
-    verb needs ``--data``. ``data`` is the data the model was trained on: a
-    :class:`sharpscope.data.Dataset` (its training split; its spec becomes ``data_spec`` when
-    none is given) or an ``(x, y)`` pair of training inputs and labels. Its fingerprint
-    (:func:`sharpscope.data.fingerprint`) is recorded, so that an analysis that reloads the
-    data warns when it has changed; ``data_fingerprint`` passes a fingerprint computed before
-    instead. A model trained by your own code, for the CLI::
-
-        import sharpscope as ss
-        model = mynets.build(width=64)          # ... trained by your own loop
-        ss.save_checkpoint("mine.pt", model,
-                           model_spec={"factory": "mynets:build", "kwargs": {"width": 64}},
-                           data_spec={"name": "npz", "root": "my.npz"})
-        # sharpscope hessian mine.pt --trust-factory --top-k 5
+        ss.save_checkpoint("mine.pt", model, model_spec={"factory": "mynets:build", "kwargs": {"width": 64}},
+                           data_spec={"name": "npz", "root": "my.npz"})  # sharpscope hessian mine.pt --trust-factory
     """
     if not isinstance(model_spec, dict) or not ({"name", "factory"} & model_spec.keys()):
         raise CheckpointError("model_spec must be a dict with a 'name' or a 'factory' key")
@@ -149,30 +105,18 @@ def save_checkpoint(
         from .provenance import of_model
         metadata = {**metadata, "environment": of_model(model)}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "sharpscope_version": __version__,
-        "torch_version": torch.__version__,
-        "model_spec": model_spec,
-        "model_state": state,
-        "optimizer_state": optimizer_state,
-        "data_spec": data_spec,
-        "data_fingerprint": data_fingerprint,
-        "config": config,
-        "progress": progress,  # None for a model saved outside the trainer
-        "rng": rng,
-        "metrics": metrics or [],
-        "partial": partial,
+    payload = _to_plain({
+        "format": FORMAT, "format_version": FORMAT_VERSION, "sharpscope_version": __version__,
+        "torch_version": torch.__version__, "model_spec": model_spec, "model_state": state,
+        "optimizer_state": optimizer_state, "data_spec": data_spec, "data_fingerprint": data_fingerprint,
+        "config": config, "progress": progress, "rng": rng, "metrics": metrics or [], "partial": partial,
         "metadata": metadata,
-    }
-    payload = _to_plain(payload, "checkpoint")
+    }, "checkpoint")
     return _atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def _data_record(data: Any, data_spec: dict | None, data_fingerprint: dict | None) -> tuple[dict | None, dict]:
-    """``save_checkpoint(data=...)``: the data spec (a Dataset's own when none is given) and
-    the fingerprint of the training split."""
+    """``save_checkpoint(data=...)``: the data spec and the training split's fingerprint."""
     from .data import Dataset, fingerprint
 
     if data_fingerprint is not None:
@@ -186,8 +130,7 @@ def _data_record(data: Any, data_spec: dict | None, data_fingerprint: dict | Non
 
 
 def _describe_unpickling_error(err: Exception) -> str:
-    """A pickle naming a class or function is refused as unsafe; any other failure of the
-    weights-only unpickler (an unknown opcode, a bad stack) means the bytes are garbage."""
+    """Unsafe when the pickle names a class or function, else garbage bytes."""
     text = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     detail = next((ln for ln in text if "global" in ln.lower()), "")
     if not detail:  # torch wraps the unpickler's own words ("Unsupported operand 103") in advice
@@ -232,7 +175,7 @@ def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
 
 
 def _wrap_hint(raw: Any) -> str:
-    """How to make a sharpscope checkpoint of what a foreign file holds (one line)."""
+    """How to make a sharpscope checkpoint of a foreign file (one line)."""
     tensors = isinstance(raw, dict) and bool(raw) and all(isinstance(v, torch.Tensor) for v in raw.values())
     nested = isinstance(raw, dict) and any(k in raw for k in ("state_dict", "model_state_dict", "model"))
     what = "a bare state_dict" if tensors else "a training checkpoint of other code" if nested else "this file"
@@ -242,19 +185,15 @@ def _wrap_hint(raw: Any) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate the raw checkpoint dict with ``weights_only=True``.
-
-    Raises :class:`CheckpointError` for a missing, empty, truncated, foreign or unsafe file.
-    """
+    """The raw checkpoint dict, read with ``weights_only=True`` and validated; a
+    :class:`CheckpointError` for a missing, empty, truncated, foreign or unsafe file."""
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"{p}: no such checkpoint file")
     if p.is_dir():
-        candidate = p / "checkpoint.pt"
-        if candidate.is_file():
-            p = candidate
-        else:
+        if not (p / "checkpoint.pt").is_file():
             raise CheckpointError(f"{p}: is a folder without checkpoint.pt")
+        p = p / "checkpoint.pt"
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p}: empty file, not a checkpoint")
     try:
@@ -304,14 +243,8 @@ class Checkpoint:
 
 def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool | str = False,
                     map_location: str | torch.device = "cpu", allow_nonfinite: bool = False) -> Checkpoint:
-    """Load a checkpoint and rebuild its model.
-
-    A model built by a custom factory (``"package.module:function"``) is only imported
-    when ``allow_factory`` allows it (``True``: any factory, the CLI's ``--trust-factory``;
-    a factory's name: that one only): a checkpoint from elsewhere must not run code on load.
-    Weights or buffers holding NaN or Inf are refused (every analysis of such a model is
-    meaningless) unless ``allow_nonfinite=True``.
-    """
+    """Load a checkpoint and rebuild its model; a factory is imported only if ``allow_factory`` (True:
+    any, ``--trust-factory``; a name: that one), NaN or Inf weights only with ``allow_nonfinite``."""
     from .models import build_model
 
     raw = read_checkpoint(path)
@@ -331,20 +264,15 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool | str =
         raise CheckpointError(f"{path}: weights do not fit the model spec: {first}") from None
     model.to(map_location)
     model.eval()
-    return Checkpoint(
-        path=Path(path), model=model, model_spec=raw["model_spec"], data_spec=raw.get("data_spec"),
-        config=raw.get("config"), progress=raw.get("progress") or {}, metrics=raw.get("metrics") or [],
-        metadata=raw.get("metadata") or {}, optimizer_state=raw.get("optimizer_state"),
-        rng=raw.get("rng"), partial=raw.get("partial"), raw=raw, data_fingerprint=raw.get("data_fingerprint"),
-    )
+    plain = ("model_spec", "data_spec", "config", "optimizer_state", "rng", "partial", "data_fingerprint")
+    return Checkpoint(path=Path(path), model=model, progress=raw.get("progress") or {},
+                      metrics=raw.get("metrics") or [], metadata=raw.get("metadata") or {}, raw=raw,
+                      **{k: raw.get(k) for k in plain})
 
 
 def check_data_fits(model: nn.Module, data: Any, *, n: int = 8) -> int:
-    """Refuse data that ``model`` cannot be evaluated on, with :class:`DataMismatchError`: the
-    first ``n`` training inputs (cast to the model's device and dtype, eval mode, no grad, the
-    RNG untouched) must go through the model, which must give ``(n, K)`` class scores, and every
-    label of ``data`` (a :class:`sharpscope.data.Dataset`; train labels clean and noisy, test
-    labels) must be below K. Returns K."""
+    """K, the classes ``model`` scores on the first ``n`` training inputs of ``data`` (eval, no grad,
+    RNG untouched); :class:`DataMismatchError` unless they give (n, K) and every label is below K."""
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -372,8 +300,7 @@ def check_data_fits(model: nn.Module, data: Any, *, n: int = 8) -> int:
 
 
 def _class_scores(out: Any, n: int, shape: tuple[int, ...], label_shape: tuple[int, ...]) -> int:
-    """K of outputs that score K classes per label: (n, K) for one label per example, logits
-    (n, T, K) (a tensor or ``outputs.logits``) for token labels (n, T); else DataMismatchError."""
+    """K of outputs (n, K), or logits (n, T, K) for token labels (n, T); else DataMismatchError."""
     if label_shape:  # token data: logits per position
         from .tokens import logits_of
 
@@ -391,41 +318,27 @@ def _class_scores(out: Any, n: int, shape: tuple[int, ...], label_shape: tuple[i
 
 
 def _fingerprint_note(recorded: dict | None, data: Any) -> list[str]:
-    """The differences between a recorded fingerprint and ``data``'s training split ([] when
-    nothing was recorded)."""
+    """How ``data``'s training split differs from a recorded fingerprint ([] without one)."""
     from .data import fingerprint_differences
 
     return fingerprint_differences(recorded, data.fingerprint()) if recorded else []
 
 
 def check_fingerprint(recorded: dict | None, data: Any, where: str | os.PathLike[str]) -> list[str]:
-    """Compare the training split of ``data`` (a :class:`sharpscope.data.Dataset`) with the
-    fingerprint a checkpoint recorded; warn (:class:`DataChangedWarning`) naming what differs
-    and return the differences. A checkpoint without a fingerprint (older ones, or saved
-    without ``data``) is not compared: []."""
+    """How ``data``'s training split differs from a recorded fingerprint, in a :class:`DataChangedWarning`."""
     diffs = _fingerprint_note(recorded, data)
+    spec = getattr(data, "spec", None)
+    what = ("given data" if spec is None  # 'npz from my.npz' / 'digits'
+            else f"{spec.name} from {spec.root}" if spec.root is not None else str(spec.name))
     if diffs:
-        warnings.warn(f"{where}: the data loaded for it ({_describe_data(data)}) differs from its training split: "
-                      f"{'; '.join(diffs)} "
+        warnings.warn(f"{where}: the data loaded for it ({what}) differs from its training split: {'; '.join(diffs)} "
                       "(analysed as loaded: on data the model was not trained on)", DataChangedWarning, stacklevel=2)
     return diffs
 
 
-def _describe_data(data: Any) -> str:
-    """'npz from my.npz' / 'digits' (what a Dataset was loaded from)."""
-    spec = getattr(data, "spec", None)
-    if spec is None:
-        return "given data"
-    return f"{spec.name} from {spec.root}" if spec.root is not None else str(spec.name)
-
-
 def training_data_differences(a: Checkpoint, b: Checkpoint) -> list[str]:
-    """How the training splits of two checkpoints differ ("seed 0 for A, 1 for B" phrases; []
-    when they agree or cannot be compared). With a fingerprint in both, the fingerprints decide
-    whether they differ (the same file may lie under another path) and the data-spec fields
-    that choose the split say how (:func:`sharpscope.data.spec_differences`), or, where the
-    specs agree (a file rewritten between the runs), the fingerprints do; without, the spec
-    fields alone, the root included."""
+    """How two checkpoints' training splits differ ("seed 0 for A, 1 for B"; []): fingerprints,
+    when both have one, decide whether, the spec fields (else the fingerprints) say how."""
     from .data import fingerprint_differences, spec_differences
 
     names = ("for A", "for B")
@@ -440,8 +353,7 @@ def training_data_differences(a: Checkpoint, b: Checkpoint) -> list[str]:
 
 
 def check_checkpoint_data(model: nn.Module, recorded: dict | None, data: Any, where: str | os.PathLike[str]) -> None:
-    """:func:`check_data_fits` (its error names ``where`` and, when the checkpoint recorded a
-    fingerprint, how the data changed), then :func:`check_fingerprint`."""
+    """:func:`check_data_fits` (naming ``where`` and how the data changed), :func:`check_fingerprint`."""
     try:
         check_data_fits(model, data)
     except DataMismatchError as err:
@@ -452,11 +364,7 @@ def check_checkpoint_data(model: nn.Module, recorded: dict | None, data: Any, wh
 
 
 def checkpoint_data(ckpt: Checkpoint, spec: Any = None) -> Any:
-    """The data set to analyse ``ckpt`` on: ``spec`` (a DataSpec or dict; default the one the
-    checkpoint records) loaded, refused with :class:`DataMismatchError` if it does not fit the
-    model (:func:`check_data_fits`), and compared with the recorded fingerprint
-    (:func:`check_fingerprint`: a warning naming what differs). A checkpoint recording no data
-    set and given no ``spec`` is a :class:`CheckpointError`."""
+    """``spec`` (default the checkpoint's; CheckpointError without) loaded and checked against ``ckpt``."""
     from .data import DataSpec, load_dataset
 
     spec = spec if spec is not None else ckpt.data_spec

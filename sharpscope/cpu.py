@@ -1,25 +1,9 @@
 """How many threads torch may use without oversubscribing the CPUs this process may run on.
 
-torch's default intra-op thread count is the number of physical cores of the machine. Two
-things make that too many:
-
-- a container or job scheduler gives the process fewer CPUs than the machine has: a CPU
-  affinity mask (``taskset``, Slurm, ``docker --cpuset-cpus``) or a CFS quota
-  (``docker --cpus``, Kubernetes limits; cgroup v2 ``cpu.max`` or v1
-  ``cpu.cfs_quota_us / cpu.cfs_period_us``);
-- several processes share the CPUs (``sweep --jobs``): each should get its share.
-
-Threads beyond the CPUs available spin and wait on each other; on 2 cores, two processes
-with 2 threads each ran 3-35x slower than one (``benchmarks/bench_threads.py`` measures
-it). :func:`available_cores` reads the affinity mask and the quota; :func:`configure_threads`
-sets torch's thread count to ``available_cores() // jobs`` unless the user chose one
-(``sharpscope --threads N``, or the environment variables ``SHARPSCOPE_THREADS`` or
-``OMP_NUM_THREADS``, which torch itself reads).
-
-This module owns the thread policy: :func:`set_threads` is the one place in sharpscope that
-writes torch's thread count, and the choices (:func:`configure_threads` for a command,
-:func:`deterministic_threads` under ``--deterministic``, :func:`worker_threads` for the
-worker processes of ``sweep --jobs``) are made here.
+torch defaults to the machine's cores: too many under an affinity mask or a CFS quota
+(containers, Slurm) or when processes share the CPUs (``sweep --jobs``). :func:`configure_threads`
+sets ``available_cores() // jobs`` unless the user chose (``--threads``, ``SHARPSCOPE_THREADS``,
+``OMP_NUM_THREADS``); :func:`set_threads` is sharpscope's one writer of torch's thread count.
 """
 
 from __future__ import annotations
@@ -38,28 +22,23 @@ __all__ = ["available_cores", "cgroup_cpu_limit", "default_threads", "configure_
 
 THREADS_ENV = "SHARPSCOPE_THREADS"
 DETERMINISTIC_THREADS = 1  # the same on every machine; --threads N chooses another fixed count
-# How idle OpenMP threads wait, set for sharpscope's commands before torch loads its OpenMP
-# runtime (prepare_wait_policy): chosen by benchmarks/bench_neighbour.py (BENCHMARKS.md).
+# How idle OpenMP threads wait in sharpscope's commands (prepare_wait_policy; bench_neighbour.py).
 WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
 # The variables by which a user chooses the waiting themselves (libgomp, Intel's OpenMP).
 WAIT_POLICY_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
 def cgroup_cpu_limit(root: str | os.PathLike[str] = "/sys/fs/cgroup") -> float | None:
-    """The CPUs a CFS quota allows (quota / period), or None without a quota: cgroup v2's
-    ``cpu.max`` ("max 100000" or "200000 100000"), else v1's ``cpu/cpu.cfs_quota_us`` (-1:
-    none) over ``cpu/cpu.cfs_period_us``."""
+    """The CPUs a CFS quota allows (quota / period), or None without one: cgroup v2's ``cpu.max``
+    ("max 100000" or "200000 100000"), else v1's ``cpu.cfs_quota_us`` (-1: none) / ``cpu.cfs_period_us``."""
     base = Path(root)
     try:
         text = (base / "cpu.max").read_text().split()
-    except OSError:
-        text = []
-    if len(text) == 2 and text[0] == "max":
-        return None
-    try:
+        if len(text) == 2 and text[0] == "max":
+            return None
         if len(text) == 2 and float(text[1]) > 0:
             return float(text[0]) / float(text[1])
-    except ValueError:  # unreadable: try cgroup v1
+    except (OSError, ValueError):  # unreadable: try cgroup v1
         pass
     try:
         quota = float((base / "cpu" / "cpu.cfs_quota_us").read_text())
@@ -103,15 +82,13 @@ _CHOSEN: dict[str, int] = {}  # the thread count the user asked for in this proc
 
 
 def chosen_threads() -> int | None:
-    """The thread count the user chose: ``--threads`` (through :func:`configure_threads`) or
-    ``SHARPSCOPE_THREADS``; None when torch's default or a derived share is in use."""
+    """The thread count the user chose (``--threads`` or ``SHARPSCOPE_THREADS``), else None."""
     return _CHOSEN.get("threads") or _from_env()
 
 
 def configure_threads(threads: int | None = None, jobs: int = 1) -> int:
-    """Set torch's intra-op thread count and return it: ``threads`` when given, else
-    ``SHARPSCOPE_THREADS``, else torch's own choice when ``OMP_NUM_THREADS`` is set, else
-    :func:`default_threads` (``jobs``)."""
+    """Set and return torch's thread count: ``threads``, ``SHARPSCOPE_THREADS``, torch's own when
+    ``OMP_NUM_THREADS`` is set, else :func:`default_threads`."""
     import torch
 
     _check_count(threads)
@@ -124,12 +101,8 @@ def configure_threads(threads: int | None = None, jobs: int = 1) -> int:
 
 
 def planned_threads(threads: int | None = None, jobs: int = 1) -> int | None:
-    """The thread count :func:`configure_threads` (``threads``, ``jobs``) would leave torch with,
-    worked out without importing torch (``sharpscope info`` starts fast): ``threads``, else
-    ``SHARPSCOPE_THREADS``, else :func:`default_threads` when ``OMP_NUM_THREADS`` is unset.
-    When it is set, torch keeps its own count: that is ``OMP_NUM_THREADS`` itself when it is
-    one positive integer and ``MKL_NUM_THREADS`` is unset or the same (with MKL, torch takes
-    MKL's count, which reads ``MKL_NUM_THREADS`` first); otherwise None: only torch can say."""
+    """:func:`configure_threads`' count without importing torch; with ``OMP_NUM_THREADS`` set, its
+    value if one positive integer and ``MKL_NUM_THREADS`` (MKL reads it first) is unset or equal."""
     _check_count(threads)
     chosen = threads or _from_env()
     if chosen is not None:
@@ -150,8 +123,7 @@ def _check_count(threads: int | None) -> None:
 
 
 def set_threads(threads: int) -> int:
-    """Set torch's intra-op thread count to ``threads`` (a no-op when it already is) and return
-    it: the one writer of the thread count in sharpscope."""
+    """Set torch's intra-op thread count to ``threads`` (a no-op when it already is); returns it."""
     import torch
 
     _check_count(threads)
@@ -161,29 +133,20 @@ def set_threads(threads: int) -> int:
 
 
 def deterministic_threads(threads: int | None = None) -> int:
-    """The thread count of a ``--deterministic`` run: ``threads``, else the user's choice
-    (:func:`chosen_threads`), else :data:`DETERMINISTIC_THREADS`, never a share of the cores."""
+    """A ``--deterministic`` run's threads: ``threads``, the user's choice or :data:`DETERMINISTIC_THREADS`."""
     _check_count(threads)
     return threads or chosen_threads() or DETERMINISTIC_THREADS
 
 
 def worker_threads(jobs: int, threads: int | None = None, deterministic: bool = False) -> int:
-    """Threads for each of ``jobs`` worker processes: ``threads`` when given, else
-    :data:`DETERMINISTIC_THREADS` for deterministic runs, else :func:`default_threads` (``jobs``)."""
+    """Threads for each of ``jobs`` worker processes (``sweep --jobs``)."""
     return threads or (DETERMINISTIC_THREADS if deterministic else default_threads(jobs))
 
 
 def prepare_wait_policy(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """Set :data:`WAIT_POLICY` in ``environ`` (default ``os.environ``) unless the user chose
-    how OpenMP threads wait (any of :data:`WAIT_POLICY_VARIABLES` set) or torch is already
-    imported (its OpenMP runtime read the environment when it loaded: too late). Returns what
-    it set ({} when nothing).
-
-    Why: torch's OpenMP runtime (libgomp) lets an idle thread spin about 300,000 times before
-    it sleeps. Alone on its cores that saves a wake-up; beside another busy process on too few
-    cores the spinning threads of both take the cores from the threads doing work, and a job
-    of 5.5 s took 61 s (issue 24; ``benchmarks/bench_neighbour.py``, BENCHMARKS.md).
-    Passive waiting gives the core up at once."""
+    """Set :data:`WAIT_POLICY` in ``environ`` unless the user chose (:data:`WAIT_POLICY_VARIABLES`) or
+    torch is imported (its OpenMP runtime read it on load); returns what it set. libgomp's idle
+    threads spin before sleeping, taking a busy neighbour's cores; passive ones yield at once."""
     env = os.environ if environ is None else environ
     if "torch" in sys.modules or any(k in env for k in WAIT_POLICY_VARIABLES):
         return {}

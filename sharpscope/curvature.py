@@ -1,59 +1,21 @@
-"""Curvature operators beside the Hessian: the GGN, the true Fisher and the empirical Fisher.
+"""Curvature operators beside the Hessian: the GGN, the true Fisher and the empirical Fisher, as
+:class:`sharpscope.linalg.SymmetricOperator` s on an :class:`~sharpscope.objective.Objective`'s
+parameters (its batches, weights, eval mode, all-reduce). With N examples, outputs f_n,
+losses l_n, J_n = d f_n / d theta and w_n = 1/N:
 
-Every operator is a :class:`sharpscope.linalg.SymmetricOperator` on the parameters theta
-selected by an :class:`~sharpscope.objective.Objective`, so the algorithms of
-:mod:`sharpscope.linalg` (Lanczos, Hutchinson / Hutch++, SLQ) and the analyses of
-:mod:`sharpscope.hessian` use them unchanged; :func:`operator` picks one by name from
-:data:`OPERATORS`. They reuse the objective's data handling: its batches (cached or
-streamed), their weights, eval mode, and the all-reduce under ``torch.distributed``.
+- GGN (Schraudolph 2002; Martens 2020, "New insights and perspectives on the natural gradient
+  method", JMLR 21, Sec. 8): G = sum_n w_n J_n^T H_n J_n, H_n = d^2 l_n / d f_n^2, per batch
+  w_b J_b^T (d^2 loss_b / d F_b^2) J_b, w_b = n_b / N; PSD for a loss convex in f.
+- true Fisher (Martens 2020, Sec. 5; Kunstner, Balles & Hennig, NeurIPS 2019):
+  F = sum_n w_n J_n^T E_{y ~ p}[r r^T] J_n, r = softmax(f_n) - e_y, cross-entropy of class
+  logits only. ``mc_samples="exact"``: E_y[r r^T] = diag(p) - p p^T (F = GGN, Martens Sec. 9.2);
+  ``mc_samples=S``: S labels per example seeded by (seed, batch index), one fixed PSD matrix on
+  any rank count, unbiased in trace but E lambda_max(F_S) >= lambda_max(F) (SampledFisherWarning).
+- empirical Fisher (Kunstner et al. 2019, Eq. 3): sum_n w_n g_n g_n^T, g_n = J_n^T r_n,
+  r_n = d l_n / d f_n = n_b times the batch-mean loss's gradient in row n (a per-example mean).
 
-Convention. For N examples (x_n, y_n), network outputs f_n = f(x_n; theta), the per-example
-loss l_n = l(f_n, y_n), J_n = d f_n / d theta and w_n = 1/N, the objective is the mean loss
-L = sum_n w_n l_n, whose Hessian is :meth:`Objective.hvp`'s. With the same w_n:
-
-- GGN (Schraudolph 2002; Martens 2020, "New insights and perspectives on the natural
-  gradient method", JMLR 21, Sec. 8): G = sum_n w_n J_n^T H_n J_n, H_n = d^2 l_n / d f_n^2.
-  Computed per batch b as w_b J_b^T (d^2 loss_b / d F_b^2) J_b with F_b the batch's outputs
-  and w_b = n_b / N, which is the sum above when ``loss_fn`` is the mean of per-example
-  losses, and the GGN of the batch loss for any ``loss_fn`` of the outputs. PSD when the loss
-  is convex in the outputs (cross-entropy, squared error).
-- true Fisher (Martens 2020, Sec. 5; Kunstner, Balles & Hennig 2019, "Limitations of the
-  empirical Fisher approximation", NeurIPS): F = sum_n w_n E_{y ~ p(y|x_n)} [g_n(y) g_n(y)^T],
-  g_n(y) = grad_theta -log p(y | x_n), for class logits f_n and p = softmax(f_n), i.e. for
-  ``loss_fn`` the cross-entropy. g_n(y) = J_n^T r_n(y), r_n(y) = softmax(f_n) - e_y, so
-  F = sum_n w_n J_n^T E_y[r r^T] J_n. ``mc_samples=S`` estimates the expectation with S
-  labels per example drawn from p with a ``torch.Generator`` seeded by (seed, batch index):
-  the draw is the same in every product, so the operator is one fixed PSD matrix (an
-  unbiased estimate of F), the same on every rank count, and the per-layer operators built
-  with the same seed are exact diagonal blocks of the full one. ``mc_samples="exact"`` takes
-  the expectation over all C classes weighted by p, E_y[r r^T] = diag(p) - p p^T (the
-  enumeration sum_c p_c (p - e_c)(p - e_c)^T in closed form, O(C) per example), which is
-  the Hessian of the cross-entropy in the logits: the exact Fisher equals the GGN here
-  (Martens 2020, Sec. 9.2). Refused (ConfigError) for any other loss or output shape.
-  ``"exact"`` is the default: it costs the same per product as one sampled label, and the
-  sampled operator, although an unbiased estimate of F (its trace is unbiased), overestimates
-  the top of its spectrum, E lambda_max(F_S) >= lambda_max(F) by convexity of lambda_max:
-  measured on a 5-class MLP (8-16-5, 128 examples, 100 seeds) lambda_max +13.4 % (+-0.9) with
-  S = 1, +2.5 % with S = 4, +0.7 % with S = 16 (about 1/S), the trace within +-0.4 %; issue 23
-  measured +69 % on an MLP and +14 % on a CNN with S = 1. Eigenvalues and densities of a
-  sampled Fisher warn (:class:`~sharpscope.errors.SampledFisherWarning`).
-- empirical Fisher: F_emp = sum_n w_n g_n g_n^T with g_n = grad_theta l_n at the true label
-  (Kunstner et al. 2019, Eq. 3): J_n^T r_n r_n^T J_n with r_n = d l_n / d f_n. r_n is
-  n_b times the gradient of the batch's mean loss in row n of the outputs, so ``loss_fn``
-  must be the mean over examples of per-example losses and the outputs must have the
-  examples along dim 0.
-
-Every product goes through output space, v -> J v (forward mode) -> M J v -> J^T M J v
-(reverse mode), never forming a per-example gradient or a Jacobian; an (n, b) block of
-vectors shares the primal passes through ``vmap``. Cost per product: about one forward, one
-forward-mode and one backward pass over the data, as a forward-over-reverse HVP.
-
-Other libraries: curvlinops' ``GGNLinearOperator``, ``EFLinearOperator`` and
-``FisherMCLinearOperator`` with ``loss_func`` of ``reduction="mean"`` use the same 1/N
-normalization over the whole data set (with ``reduction="sum"`` theirs are N times ours);
-hessian-eigenthings has the Hessian only and averages per-batch products unweighted, which
-is this convention when the batches are of equal size. The outputs must be one floating
-tensor; a :class:`~sharpscope.batches.ModelLoss` hides them and is refused.
+Products go v -> J v (forward mode) -> M J v -> J^T M J v (reverse mode), vmapped over (n, b)
+blocks, normalized as curvlinops' with ``reduction="mean"``; a ModelLoss (no outputs) is refused.
 """
 
 from __future__ import annotations
@@ -101,8 +63,7 @@ def check_mc_samples(mc_samples: object) -> int | str:
 
 
 def check(kind: str, mc_samples: object = "exact") -> int | str | None:
-    """``kind`` and ``mc_samples`` checked before any work; returns the ``mc_samples`` a
-    result records (None unless ``kind`` is the true Fisher)."""
+    """``kind`` and ``mc_samples`` checked; the ``mc_samples`` a result records (None but for the Fisher)."""
     if kind not in OPERATORS:
         raise ConfigError(f"operator must be one of {', '.join(OPERATORS)}, got {kind!r}")
     return check_mc_samples(mc_samples) if kind == "fisher" else None
@@ -110,13 +71,8 @@ def check(kind: str, mc_samples: object = "exact") -> int | str | None:
 
 def operator(objective: Objective, kind: str = "hessian", *, mc_samples: int | str = "exact",
              seed: int = 0) -> SymmetricOperator:
-    """The curvature operator ``kind`` (one of :data:`OPERATORS`) of ``objective``'s mean loss.
-
-    ``mc_samples`` (labels per example, or ``"exact"``) and ``seed`` apply to the true
-    Fisher only (module docstring). Products are counted by the returned operator and in
-    ``objective.n_hvp``; a NaN or infinite product raises
-    :class:`~sharpscope.errors.NonFiniteLossError`, as :meth:`Objective.hvp` does.
-    """
+    """The curvature operator ``kind`` of ``objective``'s mean loss (``mc_samples``, ``seed``: the
+    Fisher's); products count in ``objective.n_hvp``, a non-finite one raises NonFiniteLossError."""
     from .linalg import SymmetricOperator  # (scipy) when an operator is built, not when the CLI starts
 
     check(kind, mc_samples)
@@ -140,8 +96,7 @@ def operator(objective: Objective, kind: str = "hessian", *, mc_samples: int | s
 
 
 def warn_sampled_fisher(kind: str, mc_samples: int | str | None, what: str) -> None:
-    """:class:`~sharpscope.errors.SampledFisherWarning` when ``what`` (top eigenvalues, a
-    spectral density) is computed from a Fisher with sampled labels (module docstring)."""
+    """:class:`~sharpscope.errors.SampledFisherWarning` when ``what`` comes from a sampled Fisher."""
     if kind == "fisher" and mc_samples != "exact":
         warnings.warn(f"{what} of the sampled Fisher (mc_samples={mc_samples} label(s) per example) are biased "
                       "upward: E lambda_max(F_S) >= lambda_max(F) (+13 % at S = 1, +2.5 % at S = 4 on a small MLP, "
@@ -150,9 +105,7 @@ def warn_sampled_fisher(kind: str, mc_samples: int | str | None, what: str) -> N
 
 
 def block_size(objective: Objective, kind: str = "hessian") -> int | None:
-    """Columns per batched product that keep its extra memory near the objective's budget
-    (:meth:`Objective.hvp_block_size`); the operators here are always vmapped over columns
-    (:meth:`Objective.vmapped_block_size`), whatever the objective's ``hvp_mode``."""
+    """Columns per batched product within the objective's memory budget."""
     return objective.hvp_block_size() if kind == "hessian" else objective.vmapped_block_size()
 
 
@@ -198,7 +151,8 @@ def _empirical_fisher_middle(obj: Objective) -> Middle:
     def middle(outputs: Tensor, batch: Any, index: int, w: float) -> Callable[[Tensor], Tensor]:
         n_b = _examples(obj, outputs, w, "the empirical Fisher")
         r = grad(lambda out: obj.loss_fn(out, batch[1]))(outputs) * n_b
-        return lambda u: r * _rowdot(r, u) / obj.n_examples
+        rows = (r.shape[0], *([1] * (r.dim() - 1)))  # per-example dot products r_n . u_n broadcast against r
+        return lambda u: r * (r * u).reshape(r.shape[0], -1).sum(1).reshape(rows) / obj.n_examples
     return middle
 
 
@@ -218,19 +172,12 @@ def _fisher_middle(obj: Objective, mc_samples: int | str, seed: int) -> Middle:
 
 
 def sample_labels(p: Tensor, samples: int, seed: int, index: int) -> Tensor:
-    """``samples`` labels per row of the probabilities ``p`` (n, C), drawn on the CPU in
-    float64 by a generator seeded with (seed, index) through NumPy's SeedSequence: the
-    same labels for the same batch on every call and on any number of ranks (on another
-    device too, unless p differs there by rounding at a sampling boundary)."""
+    """``samples`` labels per row of ``p`` (n, C), drawn on the CPU in float64 seeded by
+    SeedSequence([seed, index]): the same for a batch on every call and any rank count."""
     state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
     gen = torch.Generator().manual_seed(int(state) >> 1)  # torch seeds are < 2**63
     probs = p.detach().to("cpu", torch.float64)
     return torch.multinomial(probs, samples, replacement=True, generator=gen).to(p.device)
-
-
-def _rowdot(r: Tensor, u: Tensor) -> Tensor:
-    """The per-example dot products r_n . u_n, shaped to broadcast against r."""
-    return (r * u).reshape(r.shape[0], -1).sum(1).reshape(r.shape[0], *([1] * (r.dim() - 1)))
 
 
 def _examples(obj: Objective, outputs: Tensor, w: float, what: str) -> int:
@@ -243,8 +190,7 @@ def _examples(obj: Objective, outputs: Tensor, w: float, what: str) -> int:
 
 
 def _check_outputs(obj: Objective, kind: str, mc_samples: int | str = 1) -> None:
-    """Refuse, before any product, a loss or model output the operator is not defined for
-    (checked on the first batch: one forward pass)."""
+    """Refuse, before any product, a loss or output the operator is not defined for (one forward)."""
     name = title(kind)
     if obj.batch_loss.takes_model:
         raise ConfigError(f"the {name} needs the model's outputs, which a ModelLoss hides; pass "
@@ -267,8 +213,8 @@ def _check_outputs(obj: Objective, kind: str, mc_samples: int | str = 1) -> None
 
 
 def _check_cross_entropy(obj: Objective, outputs: Tensor, targets: Any) -> None:
-    """The true Fisher is defined here for class logits (n, C) under the cross-entropy only:
-    ``loss_fn`` must equal ``F.cross_entropy`` at the outputs and at the outputs reversed."""
+    """Refuse a true Fisher unless ``loss_fn`` is ``F.cross_entropy`` of class logits (n, C)
+    (compared at the outputs and at the outputs reversed)."""
     refusal = ("the true Fisher is defined here for class logits of shape (examples, classes) with the "
                "cross-entropy loss (-log softmax); use --operator ggn or empirical-fisher for other losses")
     if outputs.dim() != 2 or outputs.shape[1] < 2:

@@ -1,8 +1,5 @@
-"""Exceptions raised by sharpscope.
-
-Every error a user can cause with bad input derives from :class:`SharpscopeError`; the
-CLI turns any of them into one line on stderr and exit code 2.
-"""
+"""Exceptions raised by sharpscope: every error bad input can cause derives from
+:class:`SharpscopeError`, which the CLI turns into one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -20,8 +17,7 @@ class DataError(SharpscopeError, ValueError):
 
 
 class DataMismatchError(DataError):
-    """The data does not fit the model it is to be analysed (or trained) with: labels the
-    model has no class score for, or inputs of a shape the model rejects."""
+    """The data does not fit the model: labels it has no class score for, or inputs it rejects."""
 
 
 class ModelSpecError(SharpscopeError, ValueError):
@@ -33,42 +29,28 @@ class CheckpointError(SharpscopeError):
 
 
 class NonFiniteLossError(SharpscopeError, FloatingPointError):
-    """Training met a NaN or infinite loss (the last good checkpoint is kept), or an analysis
-    met non-finite weights, a non-finite loss or Hessian-vector product."""
+    """A NaN or infinite loss, weight or HVP (training keeps the last good checkpoint)."""
 
 
 class UnconvergedWarning(UserWarning):
-    """An iterative method stopped at its cap before reaching the requested tolerance; its
-    result is reported with per-value convergence flags and may be far off."""
+    """An iterative method stopped at its cap short of its tolerance (see its convergence flags)."""
 
 
 class ZeroGradientWarning(UserWarning):
-    """The gradient is exactly zero (a minimum, a saddle, a zero-initialised model), so the
-    ascent direction rho g / ||g|| is undefined. One rule everywhere: the maxima over the ball
-    (worst case, m-sharpness) start their ascent from a seeded random point of the boundary
-    instead of e = 0; the quantities defined by SAM's e_hat = rho g / ||g|| itself (surrogate
-    gap, SAM gradient cosine) are undefined there and read NaN. Either way this warning says so."""
+    """A zero gradient: maxima start from a seeded random point; quantities of SAM's e_hat read NaN."""
 
 
 class RestartsDisagreeWarning(UserWarning):
-    """The restarts of the worst-case ascent reached maxima that differ by more than the stated
-    relative margin: the ascent finds local maxima, and the reported best is a lower bound on
-    the true maximum that more restarts or steps may raise."""
+    """The worst-case ascent's restarts disagree beyond the stated margin: the best is a lower bound."""
 
 
 class SampledFisherWarning(UserWarning):
-    """The true Fisher estimated with a few sampled labels per example has an unbiased trace but
-    overestimates its largest eigenvalues (E lambda_max(F_S) >= lambda_max(F), Jensen): use
-    ``mc_samples="exact"`` (the default; the same cost per product) for eigenvalues and densities."""
+    """A sampled Fisher overestimates its top eigenvalues (E lambda_max(F_S) >= lambda_max(F))."""
 
 
 class FiniteDifferenceWarning(UserWarning):
-    """``hvp_mode="auto"`` found no second derivative (a checkpointed or custom backward) and
-    computes Hessian-vector products by central differences of gradients instead (relative
-    error about 1e-4 of ||H|| ||v|| in float32, :mod:`sharpscope.linalg.finite_difference`)."""
+    """``hvp_mode="auto"`` found no second derivative and uses finite differences of gradients."""
 
 
 class DataChangedWarning(UserWarning):
-    """The data reloaded for a checkpoint differs from the training split recorded in its
-    fingerprint (number of examples, input shape, classes, or the contents' hashes): the
-    analysis measures the model on data it was not trained on."""
+    """The data reloaded for a checkpoint differs from its recorded training-split fingerprint."""

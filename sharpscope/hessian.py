@@ -1,26 +1,12 @@
-"""Hessian analyses of a model's loss: top eigenvalues, trace, spectral density, per layer.
+"""Hessian analyses of a model's loss by Hessian-vector products (HVPs) of
+:class:`sharpscope.objective.Objective` and :mod:`sharpscope.linalg`; the Hessian is never formed.
 
-All of them use Hessian-vector products of :class:`sharpscope.objective.Objective` (the
-mean loss over the whole data set, eval mode) and the generic algorithms of
-:mod:`sharpscope.linalg`; the Hessian is never formed. Every result records the number of
-Hessian-vector products (HVPs) it used and its wall time.
+- :func:`eigenvalues`: Lanczos, plus lambda_1 / lambda_k (Foret et al., ICLR 2021, App. C.3);
+- :func:`trace`: Hutch++ (Meyer et al. 2021) or Hutchinson, with a standard error;
+- :func:`density`: stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019);
+- :func:`layer_summary`: top eigenvalue and trace of each diagonal block.
 
-- :func:`eigenvalues`: Lanczos with full reorthogonalization (Ritz residuals and a
-  converged flag per eigenvalue), plus the ratio lambda_1 / lambda_k that Foret et al.
-  (ICLR 2021, Sec. 4.2 / App. C.3) report for SGD vs SAM minima (lambda_max / lambda_5).
-- :func:`trace`: Hutch++ (Meyer et al. 2021) or Hutchinson, with a standard error.
-- :func:`density`: stochastic Lanczos quadrature (Ghorbani, Krishnan, Xiao, ICML 2019).
-- :func:`layer_summary`: the top eigenvalue and trace of each layer's (block's, or kind's:
-  a transformer's attention, MLP, ...) diagonal Hessian block.
-
-Each takes ``operator`` (one of :data:`sharpscope.curvature.OPERATORS`: ``"hessian"``, the
-default, ``"ggn"``, ``"fisher"``, ``"empirical-fisher"``) to analyse that curvature matrix of
-the same mean loss instead, through the same algorithms; ``mc_samples`` (``"exact"``, the
-default, or labels per example) and ``seed`` fix the true Fisher's Monte-Carlo draw
-(:mod:`sharpscope.curvature`). Sampled labels leave the trace unbiased but push lambda_max up
-(+13 % with one label per example on a small MLP): eigenvalues and densities of a sampled
-Fisher warn.
-The results record the operator, and ``n_hvp`` counts its products.
+``operator`` (:mod:`sharpscope.curvature`) analyses the GGN or a Fisher instead.
 """
 
 from __future__ import annotations
@@ -40,33 +26,32 @@ from .linalg.lanczos import default_max_iter
 from .errors import ConfigError
 from .objective import Objective, parameter_groups, select_parameters
 
-__all__ = [
-    "eigenvalues", "trace", "density", "layer_summary",
-    "EigenvaluesResult", "TraceResult", "DensityResult", "LayerSummary", "LayerRow",
-]
+__all__ = ["eigenvalues", "trace", "density", "layer_summary", "EigenvaluesResult", "TraceResult", "DensityResult",
+           "LayerSummary", "LayerRow", "eigenspace_overlap", "EigenspaceOverlap"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def _objective(model: nn.Module | Objective, loss_fn: LossFn | None, data: Iterable | None,
-               params: Any, hvp_mode: str) -> Objective:
-    if isinstance(model, Objective):
-        return model
-    if data is None:
+def _operator(model: nn.Module | Objective, loss_fn: LossFn | None, data: Iterable | None, params: Any,
+              hvp_mode: str, operator: str, mc_samples: int | str, seed: int) -> tuple[Objective, Any]:
+    """The objective (``model`` when it is one) and its curvature ``operator``."""
+    if not isinstance(model, Objective) and data is None:
         raise ConfigError("pass loss_fn and data (or an Objective); loss_fn=None is the model's own "
                           "model(**batch).loss")
-    return Objective(model, loss_fn, data, params=params, hvp_mode=hvp_mode)
+    obj = model if isinstance(model, Objective) else Objective(model, loss_fn, data, params=params, hvp_mode=hvp_mode)
+    return obj, curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
+
+
+def _shared(obj: Objective, operator: str, mc: int | str | None, start: float) -> dict[str, Any]:
+    """The fields every result records (the HVP mode once the products ran: "auto" may switch)."""
+    return {"wall_time": time.perf_counter() - start, "n_params": obj.n, "n_examples": obj.n_examples,
+            "operator": operator, "mc_samples": mc, "hvp_mode": obj.hvp_mode if operator == "hessian" else None}
 
 
 @dataclass
 class EigenvaluesResult:
-    """Extreme eigenvalues of the Hessian of the mean loss.
-
-    With ``return_vectors``: ``eigenvectors`` is the flat ``(n, k)`` tensor of unit Ritz
-    vectors (column j goes with ``eigenvalues[j]``; the objective's dtype and device), laid
-    out over the parameters ``names`` of shapes ``shapes``; :meth:`vector_views` gives each as
-    ``{name: tensor shaped like the parameter}``. ``residuals`` are ||H v - lambda v|| per pair.
-    """
+    """Extreme eigenvalues with residuals ||H v - lambda v||; with ``return_vectors``, the unit Ritz
+    vectors (n, k) by column over the parameters ``names`` of ``shapes`` (:meth:`vector_views`)."""
 
     eigenvalues: list[float]
     residuals: list[float]
@@ -86,8 +71,7 @@ class EigenvaluesResult:
     shapes: list[tuple[int, ...]] | None = field(default=None, repr=False)
 
     def vector_views(self) -> list[dict[str, Tensor]]:
-        """Each eigenvector as ``{parameter name: view shaped like the parameter}`` (views of
-        ``eigenvectors``: no copy; the columns are stored contiguously)."""
+        """Each eigenvector as ``{parameter name: view shaped like the parameter}`` (no copy)."""
         if self.eigenvectors is None or self.names is None or self.shapes is None:
             raise ConfigError("no eigenvectors: call eigenvalues(..., return_vectors=True)")
         sizes = [math.prod(s) for s in self.shapes]
@@ -114,44 +98,25 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
                 return_eigenvectors: bool = False, callback: Callable | None = None,
                 operator: str = "hessian", mc_samples: int | str = "exact",
                 return_vectors: bool = False) -> EigenvaluesResult:
-    """The k extreme Hessian eigenvalues (``which``: LA largest, SA smallest, LM largest |.|),
-    or those of another curvature ``operator`` (module docstring). The GGN (of a loss convex in
-    the outputs) and both Fishers are PSD: their ``which="SA"`` values are >= 0 up to the
-    Lanczos tolerance and rounding.
-
-    Converged means a relative Ritz residual ||H x - theta x|| <= tol |theta|; the eigenvalue
-    error is then at most residual^2 / gap (Parlett, The Symmetric Eigenvalue Problem, 11.7).
-
-    ``return_vectors`` (or its older name ``return_eigenvectors``) keeps the Ritz vectors,
-    which Lanczos forms anyway (no extra product): flat in ``eigenvectors`` and per parameter
-    through :meth:`EigenvaluesResult.vector_views`. A vector's angle to the true eigenvector is
-    at most residual / gap (Davis-Kahan sin theta), so it is accurate only for an eigenvalue
-    well separated from the rest of the spectrum; its sign is arbitrary.
-    """
+    """The k extreme eigenvalues (``which``: LA, SA or LM) of the Hessian or another ``operator``.
+    Converged: ||H x - theta x|| <= tol |theta|, so the error is <= residual^2 / gap (Parlett, The
+    Symmetric Eigenvalue Problem, 11.7). ``return_vectors`` (or ``return_eigenvectors``) keeps the
+    Ritz vectors, within angle residual / gap of the true ones (Davis-Kahan), sign arbitrary."""
     mc = curvature.check(operator, mc_samples)
     n = parameter_count(model)  # refuse a Krylov basis (n x steps) that cannot fit, before any product
     steps = max_iter if max_iter is not None else default_max_iter(n, int_at_least("k", k, 1))
     require_lanczos_memory(n, int_at_least("max_iter", steps, 1))
     start = time.perf_counter()
-    obj = _objective(model, loss_fn, data, params, hvp_mode)
-    op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
+    obj, op = _operator(model, loss_fn, data, params, hvp_mode, operator, mc_samples, seed)
     curvature.warn_sampled_fisher(operator, mc, "the top eigenvalues")
     res = linalg.lanczos(op, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, callback=callback)
     keep = return_vectors or return_eigenvectors
     return EigenvaluesResult(
         eigenvalues=[float(x) for x in res.eigenvalues], residuals=[float(x) for x in res.residuals],
-        converged=[bool(x) for x in res.converged], which=which, tol=tol, n_hvp=res.n_matvecs,
-        n_iter=res.n_iter, wall_time=time.perf_counter() - start, n_params=obj.n, n_examples=obj.n_examples,
+        converged=[bool(x) for x in res.converged], which=which, tol=tol, n_hvp=res.n_matvecs, n_iter=res.n_iter,
         eigenvectors=res.eigenvectors.T.contiguous().T if keep else None,  # columns contiguous: views
         names=list(obj.names) if keep else None, shapes=[tuple(s) for s in obj.shapes] if keep else None,
-        operator=operator, mc_samples=mc, hvp_mode=_mode(obj, operator),
-    )
-
-
-def _mode(obj: Objective, operator: str) -> str | None:
-    """The objective's HVP mode once its products ran (``"auto"`` may have switched to finite
-    differences), for the Hessian; None for the other operators, which have one way."""
-    return obj.hvp_mode if operator == "hessian" else None
+        **_shared(obj, operator, mc, start))
 
 
 @dataclass
@@ -176,21 +141,18 @@ class TraceResult:
 def trace(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
           n_matvecs: int = 99, method: str = "hutch++", params: Any = None, seed: int = 0,
           hvp_mode: str = "auto", operator: str = "hessian", mc_samples: int | str = "exact") -> TraceResult:
-    """Estimate tr(H) (or the trace of another curvature ``operator``) with ``n_matvecs``
-    products by Hutch++ (default) or Hutchinson."""
+    """tr(H) (or of another ``operator``) from ``n_matvecs`` products by Hutch++ or Hutchinson."""
     mc = curvature.check(operator, mc_samples)
     require_trace_memory(parameter_count(model), int_at_least("n_matvecs", n_matvecs, 1))
     if method not in ("hutch++", "hutchinson"):
         raise ConfigError(f"trace method must be 'hutch++' or 'hutchinson', got {method!r}")
     start = time.perf_counter()
-    obj = _objective(model, loss_fn, data, params, hvp_mode)
-    op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
+    obj, op = _operator(model, loss_fn, data, params, hvp_mode, operator, mc_samples, seed)
     fn = linalg.hutchpp if method == "hutch++" else linalg.hutchinson
     block = curvature.block_size(obj, operator)  # batched products in blocks whose memory stays within a budget
     res = fn(op, n_matvecs=n_matvecs, seed=seed, block_size=block if method == "hutch++" else (block or 1))
-    return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method,
-                       n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n,
-                       n_examples=obj.n_examples, operator=operator, mc_samples=mc, hvp_mode=_mode(obj, operator))
+    return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method, n_hvp=res.n_matvecs,
+                       **_shared(obj, operator, mc, start))
 
 
 @dataclass
@@ -223,13 +185,7 @@ class DensityResult:
 
     @property
     def trace_stderr(self) -> float | None:
-        """Standard error of :attr:`trace_estimate` over the runs, s / sqrt(R), with s the
-        sample standard deviation of the R runs' n sum_j tau_j theta_j; None with one run.
-
-        A run's quadrature integrates x -> x exactly: it is n q^T H q for the run's Rademacher
-        start q = z / sqrt(n), i.e. Hutchinson's z^T H z, independent over runs, of variance
-        2 (||H||_F^2 - sum_i H_ii^2). With SLQ's few runs this is a coarse by-product:
-        :func:`trace` (Hutch++) is the trace estimate to trust."""
+        """s / sqrt(R) over the R runs' n sum_j tau_j theta_j (Hutchinson's z^T H z); None for one run."""
         runs = len(self.nodes)
         if runs < 2:
             return None
@@ -248,24 +204,20 @@ def density(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: I
             n_runs: int = 10, n_steps: int = 80, sigma_squared: float = 1e-5, grid_points: int = 2000,
             params: Any = None, seed: int = 0, hvp_mode: str = "auto", operator: str = "hessian",
             mc_samples: int | str = "exact") -> DensityResult:
-    """Spectral density by SLQ: ``n_runs`` Lanczos runs of ``n_steps`` steps each, Gaussian
-    kernel of variance sigma_squared * max(1, lambda_max - lambda_min) (Ghorbani et al. 2019);
-    of the Hessian or of another curvature ``operator``."""
+    """Spectral density by SLQ: ``n_runs`` Lanczos runs of ``n_steps`` steps, Gaussian kernel of
+    variance sigma_squared * max(1, lambda_max - lambda_min) (Ghorbani et al. 2019)."""
     mc = curvature.check(operator, mc_samples)
     finite_float("sigma_squared", sigma_squared, above=0)  # checked again only after the SLQ runs
     require_lanczos_memory(parameter_count(model), int_at_least("n_steps", n_steps, 1), int_at_least("n_runs", n_runs, 1))
     start = time.perf_counter()
-    obj = _objective(model, loss_fn, data, params, hvp_mode)
-    op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
+    obj, op = _operator(model, loss_fn, data, params, hvp_mode, operator, mc_samples, seed)
     curvature.warn_sampled_fisher(operator, mc, "the spectral density's upper edge and top eigenvalues")
     res = linalg.spectral_density(op, n_runs=n_runs, n_steps=n_steps, seed=seed,
                                   sigma_squared=sigma_squared, grid_points=grid_points)
     return DensityResult(
         grid=res.grid.tolist(), density=res.density.tolist(), nodes=res.nodes.tolist(),
         weights=res.weights.tolist(), sigma=float(res.sigma), n_runs=res.n_runs, n_steps=res.n_steps,
-        n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n, n_examples=obj.n_examples,
-        operator=operator, mc_samples=mc, hvp_mode=_mode(obj, operator),
-    )
+        n_hvp=res.n_matvecs, **_shared(obj, operator, mc, start))
 
 
 @dataclass
@@ -299,13 +251,8 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
                   trace_matvecs: int = 30, seed: int = 0, hvp_mode: str = "auto",
                   callback: Callable[[str], None] | None = None, operator: str = "hessian",
                   mc_samples: int | str = "exact", params: Any = None) -> LayerSummary:
-    """Per group of parameters: lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++ (or the
-    diagonal blocks of another curvature ``operator``; the true Fisher's draw depends on the
-    seed and the batch only, so its blocks are those of one matrix). ``by``: ``"layer"`` (the
-    module owning the parameters), ``"block"`` (a transformer's numbered blocks, else the
-    outermost non-container modules) or ``"kind"`` (embeddings, attention, mlp, norm, head;
-    conv / linear / other otherwise): :func:`sharpscope.models.param_names.group_parameters`.
-    ``params`` keeps the groups to the parameters it selects (frozen ones are never in them)."""
+    """lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++ per group of ``params`` (``by``: "layer",
+    "block" or "kind", :func:`sharpscope.models.param_names.group_parameters`), of any ``operator``."""
     mc = curvature.check(operator, mc_samples)
     start = time.perf_counter()
     groups = parameter_groups(model, by=by)
@@ -329,12 +276,6 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
 
 
 
-# ------------------------------------------------------------------------------------------
-# Overlap of the top eigenspaces of two checkpoints
-# ------------------------------------------------------------------------------------------
-__all__ += ["eigenspace_overlap", "EigenspaceOverlap"]
-
-
 @dataclass
 class EigenspaceOverlap:
     """Overlap of two eigenspaces, tr(P_a P_b) / k (:func:`sharpscope.linalg.subspace_overlap`)."""
@@ -349,11 +290,8 @@ class EigenspaceOverlap:
 
 
 def eigenspace_overlap(a: EigenvaluesResult, b: EigenvaluesResult) -> EigenspaceOverlap:
-    """Overlap ||V_a^T V_b||_F^2 / k in [0, 1] of the eigenspaces of two :func:`eigenvalues`
-    results taken with ``return_vectors=True`` (e.g. the top-k of two checkpoints), after
-    Gur-Ari, Roberts & Dyer, "Gradient Descent Happens in a Tiny Subspace" (2018). 1: the same
-    space, 0: orthogonal; independent of the signs and of any rotation of the vectors within a
-    space. Results over different parameters (names or shapes) are a :class:`ConfigError`."""
+    """Overlap ||V_a^T V_b||_F^2 / k in [0, 1] of two :func:`eigenvalues` results' vectors (Gur-Ari,
+    Roberts & Dyer, "Gradient Descent Happens in a Tiny Subspace", 2018): 1 the same space."""
     for name, r in (("first", a), ("second", b)):
         if r.eigenvectors is None or r.names is None or r.shapes is None:
             raise ConfigError(f"the {name} result holds no eigenvectors: call eigenvalues(..., return_vectors=True)")

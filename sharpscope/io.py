@@ -1,10 +1,5 @@
-"""Atomic file writes: a file is either the old one or the complete new one, never half written.
-
-The writer fills a temp file in the target's own folder (so the rename stays on one file
-system), the data is fsync'ed, the temp file is renamed over the target (``os.replace`` is
-atomic on POSIX and Windows) and the folder is fsync'ed so the rename itself survives a
-crash. Checkpoints, metrics files, tables, reports and surface caches all go through here.
-"""
+"""Atomic file writes (a temp file in the target's folder, fsync'ed, ``os.replace``'d over it, the
+folder fsync'ed): a file is either the old one or the complete new one, never half written."""
 
 from __future__ import annotations
 
@@ -18,16 +13,12 @@ __all__ = ["atomic_write_bytes"]
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # not every file system can fsync a folder
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], writer: Any) -> Path:

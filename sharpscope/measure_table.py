@@ -1,30 +1,9 @@
-"""The table of measures: every sharpness or curvature quantity sharpscope computes of a trained
-model, declared once.
+"""The table of measures: every sharpness or curvature quantity of a trained model, declared once.
 
-A :class:`Measure` names the quantity (its one canonical name, used on the command line, in
-JSON, CSV and figures), says how to compute it from a model, a list of ``(x, y)`` batches
-(cross-entropy, the mean over the examples) and a mapping of settings, which settings it reads
-(so a cache key holds exactly those: changing another setting reuses the result), which
-columns it writes into a table row, and its cost unit. The places that measure read this
-table and nothing else:
-
-- training diagnostics (``train --track``, :mod:`sharpscope.train.tracking`): the measures with
-  a headline value whose settings tracking provides;
-- the analyses of ``sweep`` and ``compare`` (:mod:`sharpscope.experiments.analyses`): the
-  measures whose settings :class:`~sharpscope.experiments.analyses.AnalysisSettings` (with
-  the analysis rho and the run's seed) provides;
-- ``correlate`` (:mod:`sharpscope.experiments.measure_runs`): those whose settings
-  :class:`~sharpscope.experiments.measure_runs.MeasureSettings` provides.
-
-Each place passes its own values (tracking: Lanczos tolerance 1e-3 and 30 Hutch++ products;
-correlate: the top 5 eigenvalues), so the numbers each place computes are its own; what is
-shared is the declaration. Settings a place fixes (passes as constants) are not part of its
-cache keys. Adding a measure is one :func:`register` call (or one entry in :data:`MEASURES`
-below); every place then offers it where its settings are provided.
-
-The maths lives in :mod:`sharpscope.hessian`, :mod:`sharpscope.sharpness`,
-:mod:`sharpscope.measures` and :mod:`sharpscope.weight_spectra`, imported when a measure is
-computed.
+A :class:`Measure` gives the quantity its one name, how to compute it from a model, ``(x, y)``
+batches and settings, the settings it reads (its cache key), its columns and its cost unit.
+``train --track``, ``sweep`` / ``compare`` and ``correlate`` offer the measures whose settings
+they provide, each with its own values; adding one is a :func:`register` call.
 """
 
 from __future__ import annotations
@@ -36,13 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .weight_spectra import SUMMARY_METRICS
+from .weight_spectra import SUMMARY_METRICS, weight_spectra
 
 __all__ = ["Measure", "MEASURES", "COST_UNITS", "SUBSET", "register", "resolve", "resolve_all",
            "available", "all_columns", "correlated_columns", "is_column"]
 
-# What one unit of a measure's cost is: a Hessian-vector product (a double backward), a
-# gradient (one backward), a forward pass, or nothing that touches data.
+# What one unit of a measure's cost is (an HVP is a double backward; "none": touches no data).
 COST_UNITS = ("HVP", "gradient", "forward", "none")
 # The settings that pick the seeded training subset a data measure is computed on.
 SUBSET = ("samples", "seed")
@@ -52,21 +30,12 @@ Compute = Callable[[Any, list, Mapping[str, Any], Any], "dict[str, Any] | None"]
 
 @dataclass(frozen=True)
 class Measure:
-    """One quantity of a trained model.
-
-    ``compute(model, batches, settings, objective)`` returns the result as a JSON-friendly dict
-    (None when the settings leave nothing to compute, e.g. every m larger than the subset);
-    ``objective`` is a shared :class:`~sharpscope.objective.Objective` on the same model and
-    batches (one double-backward graph for several Hessian measures) or None (the measure
-    builds its own). ``reads``: the settings ``compute`` reads, the subset's included.
-    ``columns``: the value columns it writes into a row (the ones correlated with the
-    generalization gap and summarized); ``column_prefix``: a family of value columns named
-    ``prefix<m>`` whose members depend on the settings (m-sharpness). ``details``: supporting
-    columns (not correlated), column -> kind (``stderr``, ``error``); each place says which
-    kinds it writes. ``headline``: the one number tracking writes under the measure's name (None:
-    not trackable). ``row``: the result's columns. ``cost``: its unit of work (:data:`COST_UNITS`).
-    ``summary``: one line saying what it is. ``aliases``: old names, accepted with a one-line
-    notice. ``shares_objective``: it runs on the shared double-backward graph."""
+    """One quantity of a trained model. ``compute(model, batches, settings, objective)`` -> a JSON
+    dict (None: nothing to compute), ``objective`` shared if ``shares_objective``, else None.
+    ``reads``: its settings; ``columns``: its value columns (correlated, summarized);
+    ``column_prefix``: a family ``prefix<m>``; ``details``: supporting column -> kind
+    (``stderr``, ``error``); ``row``: result -> columns; ``headline``: what tracking writes (None:
+    not trackable); ``cost``: a :data:`COST_UNITS` unit; ``aliases``: old names."""
 
     name: str
     compute: Compute
@@ -86,15 +55,13 @@ class Measure:
             raise ConfigError(f"measure {self.name!r}: cost unit {self.cost!r} is not one of {', '.join(COST_UNITS)}")
 
     def columns_of(self, result: Mapping[str, Any] | None, details: Collection[str] = ()) -> dict[str, Any]:
-        """The row columns of ``result``: the value columns and the details of the kinds in
-        ``details``, in the order :attr:`row` gives them; nothing for no result."""
+        """The value columns of ``result`` and its details of the kinds in ``details``."""
         if result is None:
             return {}
         return {k: v for k, v in self.row(result).items() if self.details.get(k) is None or self.details[k] in details}
 
     def column_names(self, settings: Mapping[str, Any], details: Collection[str] = ()) -> list[str]:
-        """The columns a result at ``settings`` will have (for a table's header, before any
-        result): the prefix family at the m values that fit in the subset."""
+        """The columns a result at ``settings`` will have (a header, before any result)."""
         if self.column_prefix is not None:
             return [f"{self.column_prefix}{m}" for m in settings["m_values"] if m <= settings["samples"]]
         shown = [d for d, kind in self.details.items() if kind in details]
@@ -105,8 +72,7 @@ class Measure:
         return out + [d for d in shown if d not in out]
 
     def key(self, settings: Mapping[str, Any], fixed: Collection[str] = ()) -> dict[str, Any]:
-        """The settings this measure reads, less those a place ``fixed`` (constants of that
-        place): the part of a cache key that depends on the settings."""
+        """The settings this measure reads, less those a place ``fixed``: its cache key part."""
         return {k: settings[k] for k in self.reads if k not in fixed}
 
 
@@ -114,8 +80,7 @@ MEASURES: dict[str, Measure] = {}
 
 
 def register(measure: Measure) -> Measure:
-    """Add ``measure`` to the table (after the others); ConfigError if its name or an alias is
-    taken."""
+    """Add ``measure`` to the table; ConfigError if its name or an alias is taken."""
     taken = {n for m in MEASURES.values() for n in (m.name, *m.aliases)}
     clash = [n for n in (measure.name, *measure.aliases) if n in taken]
     if clash:
@@ -124,16 +89,10 @@ def register(measure: Measure) -> Measure:
     return measure
 
 
-def _old_names() -> dict[str, str]:
-    return {a: m.name for m in MEASURES.values() for a in m.aliases}
-
-
 def resolve(name: str, what: str = "measure") -> str:
-    """The canonical name of ``name`` (stripped, lower case); an old name is accepted with a
-    one-line notice (a FutureWarning); an unknown name is returned as it is (the place refuses
-    it with its own list)."""
+    """The canonical name of ``name`` (an old name with a FutureWarning; an unknown one as it is)."""
     name = name.strip().lower()
-    new = _old_names().get(name)
+    new = {a: m.name for m in MEASURES.values() for a in m.aliases}.get(name)
     if new is None:
         return name
     warnings.warn(f"{what} {name!r} is now called {new!r}; the old name works until the next release",
@@ -167,9 +126,6 @@ def is_column(key: str) -> bool:
                                        for m in MEASURES.values())
 
 
-# ---------------------------------------------------------------------------------------
-# The measures
-# ---------------------------------------------------------------------------------------
 def _objective(model: Any, batches: list, objective: Any) -> Any:
     if objective is not None:
         return objective
@@ -178,8 +134,7 @@ def _objective(model: Any, batches: list, objective: Any) -> Any:
 
 
 def _loss(batches: Sequence) -> Any:
-    """The loss of the batches' labels: cross-entropy, or the token-mean loss for token labels
-    (:func:`sharpscope.data.loss_for_labels`)."""
+    """The loss of the batches' labels (:func:`sharpscope.data.loss_for_labels`)."""
     from .data import loss_for_labels
     return loss_for_labels(batches[0][1])
 
@@ -188,24 +143,15 @@ def _n_examples(batches: Sequence) -> int:
     return sum(int(b[1].shape[0]) for b in batches)
 
 
-def _lambda_max(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
-    from . import hessian
-    return hessian.eigenvalues(_objective(model, batches, objective), k=s["top_k"], tol=s["eig_tol"],
-                               seed=s["seed"]).to_dict()
-
-
-def _trace(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
-    from . import hessian
-    return hessian.trace(_objective(model, batches, objective), n_matvecs=s["trace_matvecs"], seed=s["seed"]).to_dict()
-
-
-def _density(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
-    from . import hessian
-    d = hessian.density(_objective(model, batches, objective), n_runs=s["density_runs"], n_steps=s["density_steps"],
-                        seed=s["seed"]).to_dict()
-    for bulky in ("nodes", "weights"):  # the quadrature: figures only, large
-        d.pop(bulky)
-    return d
+def _hessian(fn: str, drop: tuple[str, ...] = (), **keys: str) -> Compute:
+    """``sharpscope.hessian.<fn>``, its options from the settings ``keys`` names, less ``drop``."""
+    def compute(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
+        from . import hessian
+        d = getattr(hessian, fn)(_objective(model, batches, objective), seed=s["seed"],
+                                 **{k: s[v] for k, v in keys.items()}).to_dict()
+        return {k: v for k, v in d.items() if k not in drop}
+    compute.__name__ = f"_{fn}"
+    return compute
 
 
 def _m_sharpness(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any] | None:
@@ -227,8 +173,7 @@ def _gradcos(model: Any, batches: list, s: Mapping[str, Any], objective: Any) ->
 
 
 def _sharpness_measure(name: str, kind: str, rho: str, **options: Any) -> Compute:
-    """Worst- or average-case sharpness (:func:`sharpscope.measures.sharpness`) on subsets of
-    ``worst_m`` examples at the radius setting ``rho``: loss and error increase."""
+    """Worst- or average-case sharpness on subsets of ``worst_m`` examples at the radius ``rho``."""
     def compute(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
         from . import measures
         extra = ({"steps": s["worst_steps"], "restarts": s["worst_restarts"]} if kind == "worst"
@@ -240,30 +185,24 @@ def _sharpness_measure(name: str, kind: str, rho: str, **options: Any) -> Comput
     return compute
 
 
-def _weights(model: Any, batches: list, s: Mapping[str, Any], objective: Any) -> dict[str, Any]:
-    from .weight_spectra import weight_spectra  # data-free: the batches are not used
-    return dict(weight_spectra(model).summary)
-
-
-def _increase_row(name: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-    return lambda r: {name: r["loss_increase"], f"{name}_error": r["error_increase"]}
-
-
 def _increase(name: str, kind: str, rho: str, reads: tuple[str, ...], summary: str, cost: str,
               **options: Any) -> Measure:
     return Measure(name, _sharpness_measure(name, kind, rho, **options), (*SUBSET, rho, *reads), (name,),
-                   _increase_row(name), cost, summary, details={f"{name}_error": "error"})
+                   lambda r: {name: r["loss_increase"], f"{name}_error": r["error_increase"]}, cost, summary,
+                   details={f"{name}_error": "error"})
 
 
 for _m in (
-    Measure("lambda_max", _lambda_max, (*SUBSET, "top_k", "eig_tol"), ("lambda_max", "lambda_ratio"),
+    Measure("lambda_max", _hessian("eigenvalues", k="top_k", tol="eig_tol"), (*SUBSET, "top_k", "eig_tol"),
+            ("lambda_max", "lambda_ratio"),
             lambda r: {"lambda_max": r["eigenvalues"][0], "lambda_ratio": r.get("ratio")}, "HVP",
             "the top Hessian eigenvalues (Lanczos): lambda_max and lambda_1 / lambda_k",
             headline=lambda r: r["eigenvalues"][0], aliases=("eigenvalues", "eigs", "hessian"), shares_objective=True),
-    Measure("trace", _trace, (*SUBSET, "trace_matvecs"), ("trace",),
+    Measure("trace", _hessian("trace", n_matvecs="trace_matvecs"), (*SUBSET, "trace_matvecs"), ("trace",),
             lambda r: {"trace": r["trace"], "trace_stderr": r["stderr"]}, "HVP", "the Hessian trace (Hutch++)",
             headline=lambda r: r["trace"], details={"trace_stderr": "stderr"}, shares_objective=True),
-    Measure("density", _density, (*SUBSET, "density_runs", "density_steps"), ("density_trace",),
+    Measure("density", _hessian("density", ("nodes", "weights"), n_runs="density_runs", n_steps="density_steps"),
+            (*SUBSET, "density_runs", "density_steps"), ("density_trace",),
             lambda r: {"density_trace": r.get("trace_estimate")}, "HVP",
             "the Hessian spectral density (stochastic Lanczos quadrature) and the trace it implies",
             shares_objective=True),
@@ -284,7 +223,8 @@ for _m in (
               "average-case sharpness, p = 2", "forward"),
     _increase("average_adaptive", "average", "average_rho", ("worst_m", "average_draws"),
               "adaptive average-case sharpness", "forward", adaptive=True),
-    Measure("weights", _weights, (), tuple(f"ww_{k}" for k in SUMMARY_METRICS),
+    Measure("weights", lambda model, batches, s, objective: dict(weight_spectra(model).summary),  # data-free
+            (), tuple(f"ww_{k}" for k in SUMMARY_METRICS),
             lambda r: {f"ww_{k}": v for k, v in r.items()}, "none",
             "data-free weight-spectrum measures, means over layers (after weightwatcher)"),
 ):

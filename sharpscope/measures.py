@@ -1,46 +1,17 @@
 """Worst-case and average-case sharpness, plain or adaptive (Andriushchenko et al., ICML 2023,
 "A modern look at the relationship between sharpness and generalization"; reference code
-tml-epfl/sharpness-vs-generalization ``sharpness.py``).
+tml-epfl/sharpness-vs-generalization ``sharpness.py``), on seeded disjoint subsets b of m
+examples, with T = 1 (plain) or |w| + eta (adaptive) and B = {e : ||e / T||_p <= rho}, p = 2 or inf:
 
-The examples are split (seeded shuffle) into disjoint subsets b of m examples, as for
-m-sharpness (:func:`sharpscope.sharpness.m_sharpness`). With the elementwise scale
-T = 1 (plain) or T = |w| + eta (adaptive; the reference uses eta = 0) and the set
+- worst case: S_b = max_{e in B} L_b(w + e) - L_b(w) by the APGD-style ascent of
+  :mod:`sharpscope.ascent`, ``restarts`` times per subset, keeping the best: a lower bound, so
+  a spread (max - min) / max above :data:`RESTART_TOLERANCE` warns (RestartsDisagreeWarning);
+- average case: A_b = E_e[L_b(w + e)] - L_b(w), e = rho T z, z ~ N(0, 1) (p = 2) or U[-1, 1];
 
-    B = {e : ||e / T||_p <= rho},  p = 2 (a ball or an ellipsoid) or p = inf (a box),
-
-- worst-case:   S_b = max_{e in B} L_b(w + e) - L_b(w),
-- average-case: A_b = E_e [L_b(w + e)] - L_b(w), e = rho T z elementwise with z ~ N(0, 1)
-  (p = 2) or z ~ U[-1, 1] (p = inf), as the reference draws it,
-
-and the same for the error rate (the error at the worst-loss point; the mean error under the
-noise). Each measure is the mean over subsets, with its standard error over subsets where there
-are at least :data:`MIN_SUBSETS_FOR_STDERR` (5) subsets (None below, with ``stderr_note``: an
-estimate with fewer than 4 degrees of freedom can be off by orders of magnitude); the average
-case also gives the Monte Carlo standard error of the mean, sqrt(sum_b var_b / S) / k for k
-subsets of S draws with per-draw variances var_b, for any k.
-
-Restarts. The ascent finds local maxima: on a small MLP at full batch the single ascent from
-e = 0 stopped 1-8 % below the best of 16 starts after 100 steps, 5-40 % after 5-20 (issue 23
-reports 14-16 % and 4.7 %). Each subset therefore runs ``restarts`` ascents (default
-:data:`DEFAULT_RESTARTS` = 4: e = 0, or a random point with ``random_start``, then seeded
-uniform points of the boundary) and keeps the best; every restart's value is kept and a relative
-spread (max - min) / max above :data:`RESTART_TOLERANCE` (1 %) warns
-(:class:`~sharpscope.errors.RestartsDisagreeWarning`): the value is then a lower bound.
-
-Two rules shared with :mod:`sharpscope.sharpness` and :mod:`sharpscope.objective`:
-
-- zero gradient: where the gradient at w is exactly 0 (a minimum, a saddle, a zero-initialised
-  model) e = 0 has no ascent direction; the e = 0 restart starts from a seeded random point of
-  the boundary instead, with :class:`~sharpscope.errors.ZeroGradientWarning` (at a minimum the
-  value is then rho^2 lambda_max / 2, not 0);
-- non-finite values: NaN or infinite weights or buffers, or a NaN or infinite loss or gradient at
-  w, at any ascent point or at any noise draw (a NaN in the data, a pole of the loss inside the
-  ball) raise :class:`~sharpscope.errors.NonFiniteLossError`, as the Hessian analyses do.
-
-The worst case is found by the reference's Auto-PGD-style ascent (Croce & Hein, ICML 2020):
-:mod:`sharpscope.ascent` states its steps and where they differ from the reference code.
-
-All functions use eval mode and never modify the model.
+and the same for the error rate, averaged over subsets, with the standard error over subsets
+from :data:`MIN_SUBSETS_FOR_STDERR` on (else None and ``stderr_note``) and, for the average
+case, the Monte Carlo error sqrt(sum_b var_b / S) / k. Zero gradients, non-finite values and
+eval mode as in :mod:`sharpscope.sharpness`.
 """
 
 from __future__ import annotations
@@ -55,14 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import distributed as dist_utils
-from .ascent import (MIN_UPDATE_RATIO, MOMENTUM, Setup, apgd_checkpoints, ascend_with_restarts,  # noqa: F401
+from .ascent import (MIN_UPDATE_RATIO, MOMENTUM, apgd_checkpoints, ascend_with_restarts,  # noqa: F401
                      ascent_direction, group_generator, random_start, random_start_rows, require_finite, setup)
-from .batches import higher_order_attention, take
+from .batches import higher_order_attention
 from .checks import int_at_least
 from .errors import ConfigError, RestartsDisagreeWarning
 from .objective import eval_mode
-from .sharpness import rank_groups, seeded_subsets, warn_zero_gradient
+from .sharpness import checked_lists, over_subsets, warn_zero_gradient
 
 __all__ = ["worst_case_sharpness", "average_case_sharpness", "sharpness", "MEASURES", "MeasureValue",
            "MeasureResult", "ascent_direction", "apgd_checkpoints", "DEFAULT_RESTARTS", "RESTART_TOLERANCE",
@@ -79,17 +49,13 @@ MIN_SUBSETS_FOR_STDERR = 5
 
 def noise(shape: tuple[int, int], rho: float, p: float, scale: Tensor | None, gen: torch.Generator,
           dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The reference's average-case perturbation: rho T z with z ~ N(0, 1) (p = 2) or U[-1, 1]
-    (p = inf), elementwise."""
-    if p == math.inf:
-        z = 2 * torch.rand(shape, generator=gen, dtype=torch.float64) - 1
-    else:
-        z = torch.randn(shape, generator=gen, dtype=torch.float64)
+    """The reference's average-case perturbation rho T z, z ~ N(0, 1) (p = 2) or U[-1, 1] (p = inf)."""
+    z = (2 * torch.rand(shape, generator=gen, dtype=torch.float64) - 1 if p == math.inf
+         else torch.randn(shape, generator=gen, dtype=torch.float64))
     z = z.to(device=device, dtype=dtype) * rho
     return z if scale is None else z * scale
 
 
-# -- results -------------------------------------------------------------------------------------
 @dataclass
 class MeasureValue:
     """One measure at one (m, rho): the mean over subsets of the loss and error increases."""
@@ -127,46 +93,15 @@ class MeasureResult:
     wall_time: float
     restarts: int = 1      # worst case: ascents per subset (the best is kept)
 
-    def table(self) -> list[tuple[int, float, float, float, float, float]]:
-        return [(r.m, r.rho, r.loss_increase, r.loss_stderr, r.error_increase, r.error_stderr) for r in self.results]
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["p"] = "inf" if self.p == math.inf else self.p
         return d
 
 
-def _lists(m: int | Sequence[int], rho: float | Sequence[float], p: float, eta: float, count: int, what: str,
-           max_subsets: int | None) -> tuple[list[int], list[float]]:
-    """The m and rho lists of a measure's call, every option checked."""
-    ms, rhos = ([m] if isinstance(m, int) else list(m)), ([rho] if isinstance(rho, (int, float)) else list(rho))
-    _check(ms, rhos, p, eta, count, what)
-    if max_subsets is not None:
-        int_at_least("max_subsets", max_subsets, 1)
-    return ms, rhos
-
-
-def _check(ms: Sequence[int], rhos: Sequence[float], p: float, eta: float, count: int, what: str) -> None:
-    if not ms or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in ms):
-        raise ConfigError(f"m must be positive integers, got {list(ms)!r}")
-    if not rhos or any(not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0) for r in rhos):
-        raise ConfigError(f"rho must be finite numbers >= 0, got {list(rhos)!r}")
-    if p not in (2, 2.0, math.inf):
-        raise ConfigError(f"sharpness measures support p = 2 and p = inf, got {p}")
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
-        raise ConfigError(f"eta must be a finite number >= 0, got {eta!r}")
-    int_at_least(what, count, 1)
-
-
 def _summary(size: int, rho: float, loss: Tensor, err: Tensor) -> MeasureValue:
-    """The all-reduced per-subset values -> mean and standard error over subsets.
-
-    The standard error over k subsets, s / sqrt(k) with s the sample standard deviation of the
-    per-subset values, is reported only for k >= :data:`MIN_SUBSETS_FOR_STDERR` (with fewer, s
-    has k - 1 < 4 degrees of freedom and can be off by orders of magnitude: with two subsets it
-    read 3.5e-8 where the Monte Carlo error alone was 6.3e-6); otherwise it is None and
-    ``stderr_note`` says why."""
-    loss, err = dist_utils.all_reduce_sum(loss).cpu(), dist_utils.all_reduce_sum(err).cpu()
+    """Per-subset values (all ranks) -> mean and standard error s / sqrt(k) over k subsets
+    (None below :data:`MIN_SUBSETS_FOR_STDERR`, with ``stderr_note``)."""
     k = loss.numel()
     enough = k >= MIN_SUBSETS_FOR_STDERR
 
@@ -179,7 +114,6 @@ def _summary(size: int, rho: float, loss: Tensor, err: Tensor) -> MeasureValue:
                         loss.tolist(), err.tolist(), stderr_note=note)
 
 
-# -- worst case ----------------------------------------------------------------------------------
 def worst_case_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable, m: int | Sequence[int] = 128,
     rho: float | Sequence[float] = 0.05, p: float = 2.0, adaptive: bool = False, eta: float = 0.0,
@@ -187,112 +121,56 @@ def worst_case_sharpness(
     group_examples: int = 256, callback: Callable[[int], None] | None = None,
     restarts: int = DEFAULT_RESTARTS, params: Any = None,
 ) -> MeasureResult:
-    """max_{||e / T||_p <= rho} L_b(w + e) - L_b(w), averaged over subsets of m examples
-    (module docstring), by ``steps`` steps of the APGD-style ascent, ``restarts`` times per
-    subset: from e = 0 (a seeded random point of the boundary with ``random_start``) and from
-    ``restarts - 1`` seeded random points of the boundary; each subset keeps its best. The
-    ascent finds local maxima, so the value is a lower bound of the maximum: each result records
-    every restart's value (``restart_values``) and the largest relative spread between restarts
-    (``restart_spread``), and :class:`~sharpscope.errors.RestartsDisagreeWarning` is raised when
-    that spread exceeds :data:`RESTART_TOLERANCE` (1 %). A subset whose gradient at w is exactly
-    zero starts its e = 0 restart at a seeded random point instead
-    (:class:`~sharpscope.errors.ZeroGradientWarning`). A NaN or infinite loss or gradient at w
-    or at any visited point raises :class:`~sharpscope.errors.NonFiniteLossError`. ``params``
-    chooses the parameters e moves (:func:`sharpscope.objective.select_parameters`)."""
-    ms, rhos = _lists(m, rho, p, eta, steps, "steps", max_subsets)
+    """max_{||e / T||_p <= rho} L_b(w + e) - L_b(w) averaged over subsets of m examples (module
+    docstring): ``steps`` APGD steps, ``restarts`` times per subset, the first from e = 0 (or a
+    seeded random point with ``random_start``); results keep ``restart_values`` and
+    ``restart_spread``. ``params``: the parameters e moves."""
+    ms, rhos = checked_lists(m, rho, p, steps, "steps", max_subsets, "each sharpness measure", eta)
     int_at_least("restarts", restarts, 1)
     start_time = time.perf_counter()
     s = setup(model, loss_fn, data, adaptive, eta, params)
     zero_rows: list[int] = []
 
-    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int, Tensor]:
-        return ascend_with_restarts(s, batch, rows, r, p, steps, restarts, random_start, seed, keys, zero_rows)
+    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[int, Tensor, Tensor, Tensor]:
+        best, err, n, values = ascend_with_restarts(s, batch, rows, r, p, steps, restarts, random_start, seed, keys,
+                                                    zero_rows)
+        return n, best, err, values
 
     with eval_mode(model), higher_order_attention():
-        results, n_grad, per_restart = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback,
-                                                     one_group)
-    for res, values in zip(results, per_restart):
-        _record_restarts(res, values)
+        out, n_grad = over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group,
+                                   [(), (), (restarts,)])
+    results = [_summary(size, r, loss, err) for size, r, (loss, err, _) in out]
+    for res, (_, _, (_, _, values)) in zip(results, out):  # the largest (max - min) / max over restarts
+        res.restart_values = values.tolist()
+        top, low = values.amax(1), values.amin(1)
+        rel = torch.where(top > 0, (top - low) / top.clamp_min(torch.finfo(top.dtype).tiny), torch.zeros_like(top))
+        res.restart_spread = float(rel.max())
     if sum(zero_rows):
         warn_zero_gradient("worst-case sharpness", f"on {sum(zero_rows)} subset(s)", "their e = 0 restart started "
                            "from a seeded random point of the boundary instead")
-    _warn_spread(results, restarts)
+    r = max(results, key=lambda v: v.restart_spread or 0.0)
+    if (r.restart_spread or 0.0) > RESTART_TOLERANCE:
+        warnings.warn(f"worst-case sharpness: the {restarts} restarts of the ascent disagree by up to "
+                      f"{100 * (r.restart_spread or 0.0):.1f} % (m = {r.m}, rho = {r.rho:g}; margin "
+                      f"{100 * RESTART_TOLERANCE:g} %): the ascent stops at local maxima, so the value is a lower "
+                      f"bound that more restarts or steps may raise", RestartsDisagreeWarning, stacklevel=2)
     return MeasureResult("worst", p, adaptive, eta, steps, random_start, seed, results, s.n, n_grad, 0,
                          time.perf_counter() - start_time, restarts=restarts)
 
 
-def _record_restarts(res: MeasureValue, values: Tensor | None) -> None:
-    """Every restart's value per subset, (subsets, restarts), and the largest relative spread
-    (max - min) / max over the subsets whose best is positive."""
-    if values is None:
-        return
-    res.restart_values = values.tolist()
-    top, low = values.amax(1), values.amin(1)
-    rel = torch.where(top > 0, (top - low) / top.clamp_min(torch.finfo(top.dtype).tiny), torch.zeros_like(top))
-    res.restart_spread = float(rel.max())
-
-
-def _warn_spread(results: Sequence[MeasureValue], restarts: int) -> None:
-    worst = [r for r in results if r.restart_spread is not None and r.restart_spread > RESTART_TOLERANCE]
-    if worst:
-        r = max(worst, key=lambda v: v.restart_spread or 0.0)
-        warnings.warn(f"worst-case sharpness: the {restarts} restarts of the ascent disagree by up to "
-                      f"{100 * (r.restart_spread or 0.0):.1f} % (m = {r.m}, rho = {r.rho:g}; margin "
-                      f"{100 * RESTART_TOLERANCE:g} %): the ascent stops at local maxima, so the value is a lower "
-                      f"bound that more restarts or steps may raise", RestartsDisagreeWarning, stacklevel=3)
-
-
-def _over_subsets(s: Setup, ms: Sequence[int], rhos: Sequence[float], seed: int, max_subsets: int | None,
-                  group_examples: int, callback: Callable[[int], None] | None,
-                  one_group: Callable[[Any, int, float, tuple[int, ...]], tuple[Tensor, ...]]
-                  ) -> tuple[list[MeasureValue], int, list[Tensor | None]]:
-    """For each m and rho, ``one_group(batch, rows, rho, keys)`` -> (loss increases, error
-    increases, evaluations per subset[, a per-subset extra of shape (rows, ...)]) over this
-    rank's groups of subsets; the per-subset values (and extras) are all-reduced into one
-    :class:`MeasureValue` (and one (subsets, ...) tensor, None without extras) each. Returns
-    them and the total number of per-subset evaluations (all ranks)."""
-    gen = torch.Generator().manual_seed(seed)
-    results, extras, count = [], [], 0
-    for size in ms:
-        subsets = seeded_subsets(s.n, size, gen, max_subsets, s.w0.device)
-        for j, r in enumerate(rhos):
-            loss = torch.zeros(subsets.shape[0], dtype=torch.float64, device=s.w0.device)
-            err, extra = torch.zeros_like(loss), None
-            for rows in rank_groups(subsets, group_examples):
-                batch = take(s.examples, subsets[rows.to(subsets.device)])
-                out = one_group(batch, len(rows), float(r), (size, j, int(rows[0])))
-                loss[rows], err[rows] = out[0], out[1]
-                if len(out) > 3:
-                    if extra is None:
-                        extra = torch.zeros((subsets.shape[0], *out[3].shape[1:]), dtype=torch.float64,
-                                            device=s.w0.device)
-                    extra[rows] = out[3].double()
-                count += int(out[2]) * len(rows)
-                if callback is not None:
-                    callback(len(rows))
-            results.append(_summary(size, float(r), loss, err))
-            extras.append(None if extra is None else dist_utils.all_reduce_sum(extra).cpu())
-    return results, int(dist_utils.all_reduce_sum(torch.tensor(float(count), dtype=torch.float64)).item()), extras
-
-
-# -- average case --------------------------------------------------------------------------------
 def average_case_sharpness(
     model: nn.Module, loss_fn: LossFn, data: Iterable, m: int | Sequence[int] = 128,
     rho: float | Sequence[float] = 0.01, p: float = 2.0, adaptive: bool = False, eta: float = 0.0,
     samples: int = 100, seed: int = 0, max_subsets: int | None = None, group_examples: int = 256,
     callback: Callable[[int], None] | None = None, params: Any = None,
 ) -> MeasureResult:
-    """E_e[L_b(w + e)] - L_b(w) over ``samples`` draws of the reference's noise per subset
-    (module docstring), averaged over subsets of m examples. The standard error is over subsets
-    (each subset's value already averages ``samples`` draws), reported from
-    :data:`MIN_SUBSETS_FOR_STDERR` subsets on; ``loss_mc_stderr`` is the Monte Carlo error of
-    the mean from the draws alone (``samples`` >= 2). A NaN or infinite loss at w or at any
-    draw raises :class:`~sharpscope.errors.NonFiniteLossError`. ``params`` chooses the
-    parameters the noise moves (:func:`sharpscope.objective.select_parameters`)."""
-    ms, rhos = _lists(m, rho, p, eta, samples, "samples", max_subsets)
+    """E_e[L_b(w + e)] - L_b(w) over ``samples`` noise draws per subset, averaged over subsets of
+    m examples (module docstring); ``loss_mc_stderr``: the Monte Carlo error of the mean from
+    the draws alone (``samples`` >= 2). ``params``: the parameters the noise moves."""
+    ms, rhos = checked_lists(m, rho, p, samples, "samples", max_subsets, "each sharpness measure", eta)
     start_time = time.perf_counter()
     s = setup(model, loss_fn, data, adaptive, eta, params)
-    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[Tensor, Tensor, int, Tensor]:
+    def one_group(batch: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[int, Tensor, Tensor, Tensor]:
         draw_gen = group_generator(seed, *keys)
         w0 = s.w0.expand(rows, -1)
         base_loss, base_err = s.value(w0, batch)
@@ -309,14 +187,14 @@ def average_case_sharpness(
         mean = total_loss / samples
         var = ((total_sq - samples * mean * mean).clamp_min(0) / (samples - 1) / samples if samples > 1
                else torch.full_like(mean, math.nan))
-        return mean, total_err / samples - base_err.double(), samples + 1, var
+        return samples + 1, mean, total_err / samples - base_err.double(), var
 
     with eval_mode(model), torch.no_grad():
-        results, n_fwd, mc_vars = _over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group)
-    for res, var in zip(results, mc_vars):
+        out, n_fwd = over_subsets(s, ms, rhos, seed, max_subsets, group_examples, callback, one_group, [(), (), ()])
+    results = [_summary(size, r, loss, err) for size, r, (loss, err, _) in out]
+    for res, (_, _, (_, _, var)) in zip(results, out):
         # the Monte Carlo error of the mean over k subsets: sqrt(sum_b var_b) / k, var_b = s_b^2 / S
-        res.loss_mc_stderr = (float(var.sum().sqrt() / res.n_subsets)
-                              if var is not None and bool(torch.isfinite(var).all()) else None)
+        res.loss_mc_stderr = float(var.sum().sqrt() / res.n_subsets) if bool(torch.isfinite(var).all()) else None
     return MeasureResult("average", p, adaptive, eta, samples, False, seed, results, s.n, 0, n_fwd,
                          time.perf_counter() - start_time)
 

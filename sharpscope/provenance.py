@@ -1,12 +1,9 @@
 """What produced a number: the software, the device and the settings that change float rounding.
 
-Results differ across thread counts, devices, CPU instruction sets and torch versions by
-float rounding (summation order changes; docs/reproducibility.md measures how much against
-the seed-to-seed spread). :func:`environment` records all of it, and every result sharpscope
-writes carries it: checkpoint metadata (``metadata["environment"]``), ``results.json`` of
-compare and sweep, sweep rows, the analyses' JSON and the reports. :func:`differences`
-says in which fields several records disagree, so that a report can warn when it puts side
-by side runs that were not produced alike.
+Thread counts, devices, CPU instruction sets and library versions change results by float
+rounding (docs/reproducibility.md). :func:`environment` records them for every result
+sharpscope writes (checkpoint metadata, results.json, sweep rows, analysis JSON, reports);
+:func:`differences` names the fields in which records disagree, so that reports can warn.
 """
 
 from __future__ import annotations
@@ -25,22 +22,17 @@ from ._version import __version__
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["environment", "planned_environment", "cpu_capability_from_flags", "of_model", "git_commit", "differences", "describe", "unlike_runs_warning", "recorded",
-           "COMPARABLE_FIELDS"]
+__all__ = ["environment", "planned_environment", "cpu_capability_from_flags", "of_model", "git_commit", "differences",
+           "describe", "unlike_runs_warning", "recorded", "COMPARABLE_FIELDS"]
 
-# The fields whose difference can change a result (another code version, or rounding): exactly
-# the fields :func:`describe` prints, so two records are unlike when their descriptions differ
-# (correlate compares the descriptions its rows hold). The python version and the platform
-# string are recorded but do not make two runs unlike.
+# The fields that can change a result, as :func:`describe` prints them (not python or platform).
 COMPARABLE_FIELDS = ("sharpscope_version", "git_commit", "git_dirty", "torch_version", "numpy_version", "device",
                      "device_name", "cpu_capability", "dtype", "autocast", "threads", "world_size", "deterministic")
 
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout sharpscope runs from; (None, None) for an installed copy
-    (no ``.git`` beside the package) or when git is unavailable. ``dirty``: tracked files differ
-    from the commit."""
+    """(commit, tracked files modified) of sharpscope's checkout; (None, None) without one."""
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None, None
@@ -54,63 +46,54 @@ def git_commit() -> tuple[str | None, bool | None]:
     return commit or None, bool(status.strip())
 
 
-@functools.lru_cache(maxsize=1)
-def _cpu_name() -> str:
+@functools.lru_cache(maxsize=4)
+def _cpuinfo(key: str) -> str | None:
+    """The value of ``key`` for the first CPU in /proc/cpuinfo (None if unreadable)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith(key)), None)
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        return None
 
 
-def _device_name(device: torch.device) -> str:
-    import torch
-
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu":
-        return _cpu_name()
-    return device.type
+def _cpu_name() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def environment(device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
                 world_size: int | None = None, autocast: str | None = None) -> dict[str, Any]:
-    """The record of this process: versions (sharpscope and its git commit when run from a
-    checkout, python, torch, numpy), the device and its name (the CPU model, or the GPU's),
-    the CPU instruction set torch dispatches to (``cpu_capability``: AVX2, AVX512...), the
-    parameters' dtype and the autocast dtype, torch's intra-op thread count, the number of
-    ranks (from the process group unless given), and whether deterministic algorithms are on."""
+    """The record of this process: versions (with sharpscope's git commit), device and its name,
+    CPU instruction set, dtype and autocast, threads, ranks and deterministic algorithms."""
     import numpy as np
     import torch
 
     from . import distributed as dist_utils
     device = torch.device(device) if device is not None else torch.device("cpu")
-    commit, dirty = git_commit()
-    record: dict[str, Any] = {
-        "sharpscope_version": __version__, "git_commit": commit, "git_dirty": dirty,
-        "python_version": platform.python_version(), "torch_version": str(torch.__version__),
-        "numpy_version": np.__version__, "platform": platform.platform(),
-        "device": str(device), "device_name": _device_name(device),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "dtype": str(dtype).replace("torch.", "") if dtype is not None else str(torch.get_default_dtype()).replace(
-            "torch.", ""),
-        "autocast": autocast,
-        "threads": torch.get_num_threads(),
-        "world_size": dist_utils.world_size() if world_size is None else int(world_size),
-        "deterministic": torch.are_deterministic_algorithms_enabled(),
-    }
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda" and torch.cuda.is_available()
+            else _cpu_name() if device.type == "cpu" else device.type)
+    record = _record(str(torch.__version__), np.__version__, device=str(device), device_name=name,
+                     cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                     dtype=str(dtype if dtype is not None else torch.get_default_dtype()).replace("torch.", ""),
+                     autocast=autocast, threads=torch.get_num_threads(),
+                     world_size=dist_utils.world_size() if world_size is None else int(world_size),
+                     deterministic=torch.are_deterministic_algorithms_enabled())
     if device.type == "cuda":
         record["cuda_version"] = torch.version.cuda
         record["cudnn_version"] = torch.backends.cudnn.version()
     return record
 
 
+def _record(torch_version: str, numpy_version: str, **rest: Any) -> dict[str, Any]:
+    """The versions every record starts with, then ``rest`` (device ... deterministic) in order."""
+    commit, dirty = git_commit()
+    return {"sharpscope_version": __version__, "git_commit": commit, "git_dirty": dirty,
+            "python_version": platform.python_version(), "torch_version": torch_version,
+            "numpy_version": numpy_version, "platform": platform.platform(), **rest}
+
+
 def cpu_capability_from_flags(flags: set[str]) -> str:
-    """The instruction set torch's CPU dispatcher picks on x86-64 from the CPU's feature flags
-    (as /proc/cpuinfo names them), by its rule (ATen's ``compute_cpu_capability``): AVX512 with
-    avx512vl, avx512bw, avx512dq and fma; else AVX2 with avx2 and fma; else DEFAULT."""
+    """The instruction set torch picks on x86-64 from /proc/cpuinfo's flags, by ATen's
+    ``compute_cpu_capability`` rule."""
     if {"avx512vl", "avx512bw", "avx512dq", "fma"} <= flags:
         return "AVX512"
     if {"avx2", "fma"} <= flags:
@@ -118,32 +101,17 @@ def cpu_capability_from_flags(flags: set[str]) -> str:
     return "DEFAULT"
 
 
-def _cpu_flags() -> set[str] | None:
-    """The feature flags of this machine's first CPU in /proc/cpuinfo (None if unreadable)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
 def planned_environment(threads: int | None = None) -> dict[str, Any] | None:
-    """What :func:`environment` would record for a CPU float32 computation in this process once
-    :func:`sharpscope.cpu.configure_threads` (``threads``) has run, read without importing torch
-    (``sharpscope info`` starts in a fraction of torch's import time): torch's and numpy's
-    versions from their package metadata, the instruction set by torch's dispatch rule
-    (:func:`cpu_capability_from_flags`), the thread count by :func:`sharpscope.cpu.planned_threads`;
-    one rank and deterministic algorithms off, as in a process that has not asked for either.
-    None where a field cannot be read off that way (torch already imported, so settings may
-    have changed; not Linux on x86-64; ``ATEN_CPU_CAPABILITY`` set; a thread count only torch
-    can tell): then call :func:`environment`."""
+    """What :func:`environment` would record for a CPU float32 run after
+    :func:`sharpscope.cpu.configure_threads` (``threads``), without importing torch (``sharpscope
+    info`` stays fast); None where only torch can tell (torch imported, not Linux x86-64,
+    ``ATEN_CPU_CAPABILITY`` set, a thread count torch chooses)."""
     from importlib import metadata
 
     from .cpu import planned_threads
 
-    flags = _cpu_flags() if sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64") else None
+    text = _cpuinfo("flags") if sys.platform == "linux" and platform.machine() in ("x86_64", "AMD64") else None
+    flags = set(text.split()) if text is not None else None
     count = planned_threads(threads)
     if "torch" in sys.modules or flags is None or os.environ.get("ATEN_CPU_CAPABILITY") or count is None:
         return None
@@ -151,14 +119,8 @@ def planned_environment(threads: int | None = None) -> dict[str, Any] | None:
         versions = metadata.version("torch"), metadata.version("numpy")
     except metadata.PackageNotFoundError:
         return None
-    commit, dirty = git_commit()
-    return {
-        "sharpscope_version": __version__, "git_commit": commit, "git_dirty": dirty,
-        "python_version": platform.python_version(), "torch_version": versions[0],
-        "numpy_version": versions[1], "platform": platform.platform(),
-        "device": "cpu", "device_name": _cpu_name(), "cpu_capability": cpu_capability_from_flags(flags),
-        "dtype": "float32", "autocast": None, "threads": count, "world_size": 1, "deterministic": False,
-    }
+    return _record(*versions, device="cpu", device_name=_cpu_name(), cpu_capability=cpu_capability_from_flags(flags),
+                   dtype="float32", autocast=None, threads=count, world_size=1, deterministic=False)
 
 
 def of_model(model: torch.nn.Module, **kwargs: Any) -> dict[str, Any]:
@@ -173,18 +135,9 @@ def of_model(model: torch.nn.Module, **kwargs: Any) -> dict[str, Any]:
 
 def differences(records: Sequence[Mapping[str, Any] | None],
                 fields: Sequence[str] = COMPARABLE_FIELDS) -> dict[str, list[Any]]:
-    """The fields (of ``fields``) that take more than one value over ``records`` (missing
-    records, e.g. checkpoints written before provenance was recorded, are skipped), each with
-    its distinct values in order of appearance."""
-    found: dict[str, list[Any]] = {}
-    for field in fields:
-        values: list[Any] = []
-        for record in records:
-            if record is not None and record.get(field) not in values:
-                values.append(record.get(field))
-        if len(values) > 1:
-            found[field] = values
-    return found
+    """The ``fields`` that take several values over ``records`` (None skipped), with those values."""
+    values = {f: list(dict.fromkeys(r.get(f) for r in records if r is not None)) for f in fields}
+    return {f: v for f, v in values.items() if len(v) > 1}
 
 
 def describe(record: Mapping[str, Any] | None) -> str:
@@ -212,10 +165,7 @@ def unlike_runs_warning(unlike: Mapping[str, Sequence[Any]]) -> str:
 
 
 def recorded(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every environment a checkpoint's run was trained in, oldest first: its ``environments``
-    history (the trainer appends a record whenever a resume changes one of
-    :data:`COMPARABLE_FIELDS`), else its single ``environment``, else none (written before
-    sharpscope recorded it)."""
+    """The environments a checkpoint's run was trained in, oldest first (``environments``, else ``environment``)."""
     history = metadata.get("environments")
     if isinstance(history, list) and history:
         return [dict(h) for h in history]

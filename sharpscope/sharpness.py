@@ -1,43 +1,17 @@
 """SAM's own diagnostics (Foret et al., ICLR 2021, Sec. 4.1 and App. C.4).
 
-m-sharpness. The data set is split (seeded shuffle) into disjoint subsets b of m examples
-(the last, incomplete one dropped) and, for each,
+m-sharpness: on seeded disjoint subsets b of m examples, S_b = max_{||e||_p <= rho}
+L_b(w + e) - L_b(w) by ``steps`` of projected normalized ascent from e = 0,
+e <- Proj(e + rho dual(grad L_b(w + e))) (the first step is SAM's e_hat), keeping the best
+iterate, the start included; the mean over subsets with its standard error.
 
-    S_b = max_{||e||_p <= rho} L_b(w + e) - L_b(w),
+First- vs second-order SAM gradient: with e_hat = rho g / ||g||, grad L(w + e_hat(w)) =
+grad L|_{w + e_hat} + (d e_hat / dw)^T grad L|_{w + e_hat}, d e_hat / dw = (rho / ||g||)
+(I - g_hat g_hat^T) H(w); SAM drops the second term, one HVP: H (rho / ||g||) (v - g_hat (g_hat . v)).
 
-found by ``steps`` of projected normalized gradient ascent started at e = 0:
-e <- Proj_{||.||_p <= rho}(e + rho * dual(grad L_b(w + e))), with dual(g) the dual-norm
-direction of g (g / ||g||_2 for p = 2, sign(g) for p = inf). The first step is exactly
-SAM's e_hat, and the value reported per subset is the best over the iterates and the start
-e = 0, so more steps never give less and no value is negative (a subset whose every ascent
-step lowers its loss reads 0). :mod:`sharpscope.measures` has the stronger APGD-style
-worst case, the average case and their adaptive versions. m-sharpness is the mean of S_b over subsets, with its standard
-error. Subsets of one size are processed together with ``torch.func.vmap``.
-
-First- vs second-order SAM gradient. With e_hat(w) = rho g / ||g|| (p = 2), the gradient
-of the SAM objective L(w + e_hat(w)) is
-
-    grad L|_{w + e_hat} + (d e_hat / dw)^T grad L|_{w + e_hat},
-    d e_hat / dw = (rho / ||g||) (I - g_hat g_hat^T) H(w),
-
-SAM drops the second term. ``sam_gradient_cosine`` returns the cosine between the SAM
-gradient and the full one and the norms of both terms; the second term costs one
-Hessian-vector product at w, since H is symmetric:
-(d e_hat / dw)^T v = H(w) (rho / ||g||) (v - g_hat (g_hat . v)).
-
-Zero gradient (one rule, shared with :mod:`sharpscope.measures`): where the gradient at w is
-exactly zero (a minimum, a saddle, a zero-initialised model) the ascent direction rho g / ||g||
-is undefined. m-sharpness, a maximum over the ball, then takes its first step along a seeded
-random direction (at a minimum it reads about rho^2 lambda_max / 2 instead of 0); the
-quantities defined through SAM's e_hat itself, the surrogate gap and the gradient cosine, are
-undefined and read NaN. Each warns :class:`~sharpscope.errors.ZeroGradientWarning`.
-
-Non-finite values: NaN or infinite weights, or a NaN or infinite loss or gradient at w or at any
-point visited, raise :class:`~sharpscope.errors.NonFiniteLossError` (as
-:class:`~sharpscope.objective.Objective` does for the surrogate gap and the cosine).
-
-All functions use eval mode (batch norm with running statistics) and never modify the
-model.
+At a zero gradient m-sharpness steps first in a seeded random direction and the quantities
+defined by e_hat read NaN (:class:`~sharpscope.errors.ZeroGradientWarning`); non-finite values
+raise :class:`~sharpscope.errors.NonFiniteLossError`. Eval mode; the model is not modified.
 """
 
 from __future__ import annotations
@@ -61,7 +35,7 @@ from .objective import Objective, eval_mode, moved_parameters, require_finite
 
 __all__ = ["m_sharpness", "MSharpness", "SharpnessResult", "surrogate_gap", "surrogate_gaps", "sam_gradient_cosine",
            "GradientCosine", "dual_direction", "project", "FlatExamples", "flat_examples", "seeded_subsets",
-           "rank_groups"]
+           "rank_groups", "over_subsets", "checked_lists"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -70,18 +44,13 @@ def dual_direction(g: Tensor, p: float) -> Tensor:
     """argmax_{||e||_p <= 1} <e, g> along the last dimension (rows of a batch of flat vectors)."""
     if p == math.inf:
         return torch.sign(g)
-    if p == 2:
-        n = g.norm(dim=-1, keepdim=True)
-        return torch.where(n > 0, g / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
-    q = p / (p - 1)
-    t = torch.sign(g) * g.abs() ** (q - 1)
-    n = t.norm(p=p, dim=-1, keepdim=True)
+    t = g if p == 2 else torch.sign(g) * g.abs() ** (p / (p - 1) - 1)
+    n = t.norm(dim=-1, keepdim=True) if p == 2 else t.norm(p=p, dim=-1, keepdim=True)
     return torch.where(n > 0, t / n.clamp_min(torch.finfo(g.dtype).tiny), torch.zeros_like(g))
 
 
 def project(e: Tensor, rho: float, p: float) -> Tensor:
-    """Euclidean-style projection onto {||e||_p <= rho}: clamp for p = inf, rescaling for p = 2
-    (the exact Euclidean projection in both cases)."""
+    """The Euclidean projection onto {||e||_p <= rho}: clamp for p = inf, rescaling for p = 2."""
     if p == math.inf:
         return e.clamp(-rho, rho)
     if p != 2:
@@ -113,9 +82,6 @@ class SharpnessResult:
     n_gradients: int
     wall_time: float
 
-    def table(self) -> list[tuple[int, float, float, float]]:
-        return [(r.m, r.rho, r.mean, r.stderr) for r in self.results]
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["p"] = "inf" if self.p == math.inf else self.p
@@ -124,9 +90,7 @@ class SharpnessResult:
 
 @dataclass
 class FlatExamples:
-    """The analysed examples joined into one batch, and the model's state as a function of its
-    parameters flattened into one vector ``w0`` (buffers fixed): what the per-subset measures
-    (m-sharpness, :mod:`sharpscope.measures`) vectorize over."""
+    """The examples as one batch and the model's state as a function of its flat parameters ``w0``."""
 
     batch_loss: BatchLoss
     examples: Any
@@ -144,9 +108,8 @@ class FlatExamples:
 
 
 def flat_examples(model: nn.Module, loss_fn: LossFn, data: Iterable, params: Any = None) -> FlatExamples:
-    """:class:`FlatExamples` of ``model`` on every example of ``data`` (read once, joined), over
-    the parameters ``params`` selects (:func:`sharpscope.objective.select_parameters`: by
-    default every trainable one); the others are held fixed beside the buffers."""
+    """:class:`FlatExamples` of ``model`` on every example of ``data``, over the parameters
+    ``params`` selects (:func:`sharpscope.objective.select_parameters`), the others fixed."""
     first = next(iter(model.parameters()))
     batch_loss = BatchLoss(model, loss_fn)
     examples = batch_loss.read(data, first.device, first.dtype).joined()
@@ -160,10 +123,27 @@ def flat_examples(model: nn.Module, loss_fn: LossFn, data: Iterable, params: Any
                         {**fixed, **{nm: b.detach() for nm, b in model.named_buffers()}})
 
 
+def checked_lists(m: int | Sequence[int], rho: float | Sequence[float], p: float, count: int, what: str,
+                  max_subsets: int | None, name: str, eta: float = 0.0) -> tuple[list[int], list[float]]:
+    """The m and rho lists of a per-subset measure's call, every option checked (ConfigError)."""
+    ms, rhos = ([m] if isinstance(m, int) else list(m)), ([rho] if isinstance(rho, (int, float)) else list(rho))
+    if not ms or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in ms):
+        raise ConfigError(f"m must be positive integers, got {ms!r}")
+    if not rhos or any(not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0) for r in rhos):
+        raise ConfigError(f"rho must be finite numbers >= 0, got {rhos!r}")
+    if p not in (2, 2.0, math.inf):
+        raise ConfigError(f"{name} supports p = 2 and p = inf, got {p}")
+    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+        raise ConfigError(f"eta must be a finite number >= 0, got {eta!r}")
+    int_at_least(what, count, 1)
+    if max_subsets is not None:
+        int_at_least("max_subsets", max_subsets, 1)
+    return ms, rhos
+
+
 def seeded_subsets(n: int, size: int, gen: torch.Generator, max_subsets: int | None,
                    device: torch.device) -> Tensor:
-    """Disjoint subsets of ``size`` examples, (k, size): consecutive slices of a seeded shuffle
-    of the n examples (the incomplete last one dropped), the first ``max_subsets`` of them."""
+    """(k, size) disjoint subsets: slices of a seeded shuffle of the n examples, at most ``max_subsets``."""
     if size > n:
         raise ConfigError(f"m = {size} is larger than the {n} examples")
     order = torch.randperm(n, generator=gen)[: (n // size) * size].to(device)
@@ -172,35 +152,51 @@ def seeded_subsets(n: int, size: int, gen: torch.Generator, max_subsets: int | N
 
 
 def seeded_generator(seed: int, *keys: int) -> torch.Generator:
-    """A CPU generator seeded by ``seed`` mixed with integer ``keys`` (e.g. m, rho index, first
-    subset of a group): draws that do not depend on how groups are shared out over ranks."""
+    """A CPU generator seeded by ``seed`` and ``keys`` (m, rho index, first subset of a group)."""
     mixed = seed
     for k in keys:
         mixed = (mixed * 1_000_003 + k * 7919 + 17) % (2**63 - 1)
     return torch.Generator().manual_seed(mixed)
 
 
-def random_directions(rows: int, n: int, p: float, gen: torch.Generator, like: Tensor) -> Tensor:
-    """``rows`` seeded uniformly random unit directions of the p-norm (a normalized Gaussian for
-    p = 2, a random vertex sign(z) of the unit box for p = inf)."""
-    z = torch.randn((rows, n), generator=gen, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
-    return torch.sign(z) if p == math.inf else z / z.norm(dim=-1, keepdim=True)
-
-
 def warn_zero_gradient(what: str, where: str, how: str) -> None:
-    """:class:`~sharpscope.errors.ZeroGradientWarning`: the gradient at the weights is exactly
-    zero ``where`` (on some subsets, on the data set), so ``what`` did ``how`` (module docstring)."""
+    """:class:`~sharpscope.errors.ZeroGradientWarning`: the gradient is zero ``where``, so ``what`` did ``how``."""
     warnings.warn(f"{what}: the gradient at the weights is exactly zero {where} (a minimum, a saddle or a "
                   f"zero-initialised model), so the ascent direction rho g / ||g|| is undefined; {how}",
                   ZeroGradientWarning, stacklevel=3)
 
 
 def rank_groups(subsets: Tensor, group_examples: int) -> list[Tensor]:
-    """The row indices of this rank's groups of subsets (about ``group_examples`` examples per
-    vectorized call; groups dealt round robin over torch.distributed ranks, all in one process)."""
+    """This rank's groups of subset rows, about ``group_examples`` examples each, dealt round robin."""
     per_call = max(1, group_examples // subsets.shape[1])
     starts = list(range(0, subsets.shape[0], per_call))[dist_utils.rank()::dist_utils.world_size()]
     return [torch.arange(lo, min(lo + per_call, subsets.shape[0])) for lo in starts]
+
+
+def over_subsets(flat: Any, ms: Sequence[int], rhos: Sequence[float], seed: int, max_subsets: int | None,
+                 group_examples: int, callback: Callable[[int], None] | None,
+                 one_group: Callable[[Any, int, float, tuple[int, ...]], tuple[Any, ...]],
+                 shapes: Sequence[tuple[int, ...]]) -> tuple[list[tuple[int, float, list[Tensor]]], int]:
+    """``one_group(batch, rows, rho, keys)`` -> (evaluations per subset, a (rows, *shape) tensor per
+    ``shapes``) over this rank's groups of ``flat``'s seeded subsets, for each m and rho. Returns
+    [(m, rho, the tensors of all subsets, all-reduced)] and the evaluations on all ranks."""
+    gen = torch.Generator().manual_seed(seed)
+    out, count = [], 0
+    for size in ms:
+        subsets = seeded_subsets(flat.n, size, gen, max_subsets, flat.w0.device)
+        for j, r in enumerate(rhos):
+            full = [torch.zeros((subsets.shape[0], *shape), dtype=torch.float64, device=flat.w0.device)
+                    for shape in shapes]
+            for rows in rank_groups(subsets, group_examples):
+                batch = take(flat.examples, subsets[rows.to(subsets.device)])
+                evaluations, *values = one_group(batch, len(rows), float(r), (size, j, int(rows[0])))
+                for whole, part in zip(full, values):
+                    whole[rows.to(whole.device)] = part.double()
+                count += int(evaluations) * len(rows)
+                if callback is not None:
+                    callback(len(rows))
+            out.append((size, float(r), [dist_utils.all_reduce_sum(whole).cpu() for whole in full]))
+    return out, int(dist_utils.all_reduce_sum(torch.tensor(float(count), dtype=torch.float64)).item())
 
 
 def m_sharpness(
@@ -208,28 +204,10 @@ def m_sharpness(
     rho: float | Sequence[float] = 0.05, steps: int = 5, p: float = 2.0, seed: int = 0,
     max_subsets: int | None = None, group_examples: int = 512,
     callback: Callable[[int], None] | None = None, params: Any = None) -> SharpnessResult:
-    """m-sharpness (module docstring) for each m in ``m`` and each rho in ``rho``.
-
-    The subsets are consecutive slices of ``torch.randperm(n, generator=seed)`` over the
-    examples in the order ``data`` yields them: pass an unshuffled iterable (or a fixed list
-    of batches) for reproducible subsets.
-
-    ``max_subsets`` caps the number of subsets per m (a seeded choice); ``group_examples``
-    is about how many examples are processed per vectorized call. ``params``: the parameters
-    perturbed (:func:`flat_examples`; frozen ones stay put), the rest fixed.
-    """
-    if max_subsets is not None:
-        int_at_least("max_subsets", max_subsets, 1)
-    ms = [m] if isinstance(m, int) else list(m)
-    rhos = [rho] if isinstance(rho, (int, float)) else list(rho)
-    if not ms or any(not isinstance(v, int) or v < 1 for v in ms):
-        raise ConfigError(f"m must be positive integers, got {m!r}")
-    if not rhos or any(not (math.isfinite(r) and r >= 0) for r in rhos):
-        raise ConfigError(f"rho must be >= 0, got {rho!r}")
-    if steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {steps}")
-    if p not in (2, 2.0, math.inf):
-        raise ConfigError(f"m-sharpness supports p = 2 and p = inf, got {p}")
+    """m-sharpness for each m and rho, on subsets slicing ``torch.randperm(n, generator=seed)`` over
+    the examples in ``data``'s order (at most ``max_subsets`` per m), about ``group_examples``
+    examples per vectorized call, perturbing ``params``."""
+    ms, rhos = checked_lists(m, rho, p, steps, "steps", max_subsets, "m-sharpness")
     start = time.perf_counter()
     flat = flat_examples(model, loss_fn, data, params)
     w0 = flat.w0
@@ -239,47 +217,36 @@ def m_sharpness(
         return flat.batch_loss(flat.state(w_flat), batch)
 
     value_and_grad = vmap(torch.func.grad_and_value(subset_loss), in_dims=(0, 0))
-    results: list[MSharpness] = []
-    n_grad, n_zero = 0, 0
-    gen = torch.Generator().manual_seed(seed)
+    zero_rows: list[int] = []
+
+    def one_group(group: Any, rows: int, r: float, keys: tuple[int, ...]) -> tuple[int, Tensor]:
+        e = torch.zeros(rows, w0.numel(), dtype=w0.dtype, device=w0.device)
+        best = torch.zeros(rows, dtype=torch.float64, device=w0.device)  # e = 0 is in the ball: never below 0
+        g, base = value_and_grad(w0.expand(rows, -1), group)  # L_b(w) and its gradient
+        base = base.detach()
+        require_finite(torch.cat([base[:, None], g], 1), "the loss or its gradient at the weights")
+        zero = g.norm(dim=-1) == 0  # no ascent direction: the first step goes a seeded random way
+        zero_rows.append(int(zero.sum()))
+        if bool(zero.any()):  # a uniformly random unit direction of the p-norm instead
+            z = torch.randn((rows, w0.numel()), generator=seeded_generator(seed, *keys), dtype=torch.float64)
+            z = z.to(device=g.device, dtype=g.dtype)
+            g = torch.where(zero[:, None], torch.sign(z) if p == math.inf else z / z.norm(dim=-1, keepdim=True), g)
+        for _ in range(steps):
+            e = project(e + r * dual_direction(g, p), r, p)
+            g, val = value_and_grad(w0 + e, group)
+            require_finite(torch.cat([val[:, None], g], 1).detach(),
+                           f"the loss or its gradient at a point within rho = {r:g} of the weights")
+            best = torch.maximum(best, (val - base).double().detach())
+        return steps + 1, best
+
     with eval_mode(model), higher_order_attention():  # the math attention kernel has vmap rules
-        for size in ms:
-            subsets = seeded_subsets(flat.n, size, gen, max_subsets, w0.device)
-            for j, r in enumerate(rhos):
-                values = torch.zeros(subsets.shape[0], dtype=torch.float64, device=w0.device)
-                for rows in rank_groups(subsets, group_examples):
-                    group = take(flat.examples, subsets[rows.to(subsets.device)])
-                    g_count = len(rows)
-                    e = torch.zeros(g_count, w0.numel(), dtype=w0.dtype, device=w0.device)
-                    # the start e = 0 is a point of the ball: the maximum is never below 0
-                    best = torch.zeros(g_count, dtype=torch.float64, device=w0.device)
-                    g, base = value_and_grad(w0.expand(g_count, -1), group)  # L_b(w) and its gradient
-                    base = base.detach()
-                    require_finite(torch.cat([base[:, None], g], 1), "the loss or its gradient at the weights")
-                    n_grad += g_count
-                    zero = g.norm(dim=-1) == 0  # no ascent direction: the first step goes a seeded random way
-                    if bool(zero.any()):
-                        n_zero += int(zero.sum())
-                        gen_j = seeded_generator(seed, size, j, int(rows[0]))
-                        rand = random_directions(g_count, w0.numel(), p, gen_j, g)
-                        g = torch.where(zero[:, None], rand, g)
-                    for step in range(steps):
-                        e = project(e + r * dual_direction(g, p), r, p)
-                        g, val = value_and_grad(w0 + e, group)
-                        require_finite(torch.cat([val[:, None], g], 1).detach(),
-                                     f"the loss or its gradient at a point within rho = {r:g} of the weights")
-                        n_grad += g_count
-                        best = torch.maximum(best, (val - base).double().detach())
-                    values[rows.to(values.device)] = best
-                    if callback is not None:
-                        callback(g_count)
-                t = dist_utils.all_reduce_sum(values).cpu()
-                values = t.tolist()
-                se = float(t.std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-                results.append(MSharpness(size, float(r), float(t.mean()), se, len(values), values))
-    n_grad = int(dist_utils.all_reduce_sum(torch.tensor(float(n_grad), dtype=torch.float64)).item())
-    if n_zero:
-        warn_zero_gradient("m-sharpness", f"on {n_zero} subset(s)", "their first step went in a seeded random "
+        out, n_grad = over_subsets(flat, ms, rhos, seed, max_subsets, group_examples, callback, one_group, [()])
+    results = []
+    for size, r, (t,) in out:
+        se = float(t.std(unbiased=True) / math.sqrt(t.numel())) if t.numel() > 1 else math.nan
+        results.append(MSharpness(size, r, float(t.mean()), se, t.numel(), t.tolist()))
+    if sum(zero_rows):
+        warn_zero_gradient("m-sharpness", f"on {sum(zero_rows)} subset(s)", "their first step went in a seeded random "
                            "direction instead")
     return SharpnessResult(p, steps, results, flat.n, n_grad, time.perf_counter() - start)
 
@@ -287,9 +254,8 @@ def m_sharpness(
 def surrogate_gaps(model: nn.Module | Objective, loss_fn: LossFn | None = None,
                    data: Iterable[tuple[Tensor, Tensor]] | None = None, rhos: Sequence[float] = (0.05,),
                    p: float = 2.0, params: Any = None) -> dict[float, float]:
-    """rho -> L(w + e_hat) - L(w) on the whole data set, e_hat = rho * dual(grad L(w)) (SAM's
-    first-order maximizer: the quantity SAM's second pass sees); one gradient for all rho.
-    ``params``: the parameters e_hat moves (:func:`sharpscope.objective.select_parameters`)."""
+    """rho -> L(w + e_hat) - L(w) on the whole data, e_hat = rho dual(grad L(w)) (what SAM's
+    second pass sees); one gradient for all rho; ``params``: the parameters e_hat moves."""
     obj = model if isinstance(model, Objective) else Objective(model, loss_fn, data, params=params)
     loss_w, g = obj.value_and_grad()
     if not bool((g != 0).any()):
@@ -327,9 +293,7 @@ class GradientCosine:
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
-    """a . b / (||a|| ||b||), clipped to [-1, 1]: in float32 the dot product and the norms round
-    apart by about sqrt(n) eps, so two nearly parallel vectors of 10^5 entries read up to
-    1 + 6e-6 (tests/test_sharpness.py), which no cosine is."""
+    """a . b / (||a|| ||b||), clipped to [-1, 1] (float32 rounding reaches about sqrt(n) eps)."""
     value = float((a @ b) / (a.norm() * b.norm()).clamp_min(torch.finfo(b.dtype).tiny))
     return min(1.0, max(-1.0, value)) if math.isfinite(value) else value
 

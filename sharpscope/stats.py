@@ -1,29 +1,10 @@
-"""Statistics of repeated runs: means with confidence intervals and paired comparisons.
-
-Ground floor: numpy and scipy.stats only, nothing about networks or training.
-
-- :func:`summarize`: mean, sample standard deviation and the Student-t confidence interval
-  mean +/- t_{n-1, (1+c)/2} s / sqrt(n) of values from independent runs (seeds).
-- :func:`paired_difference`: for two settings run on the same seeds (same split, label
-  flips and initial weights per seed), the per-seed differences d_i = b_i - a_i, their
-  Student-t interval and the two-sided paired t-test p-value (``scipy.stats.ttest_rel``).
-  Pairing removes the between-seed variance that both settings share, which is why a
-  comparison is made on differences and never on two separate intervals.
-- Bounded quantities (an accuracy in [0, 1], a cosine in [-1, 1]): ``bounds=(lo, hi)``
-  intersects the t interval with [lo, hi] (a paired difference of two such values with
-  [lo - hi, hi - lo]). The mean lies in that range with certainty, so the intersection covers
-  it exactly as often as the t interval does (same coverage, never out of range), and a
-  verdict never changes (0 is inside the range). The method string then says "clipped to".
-- :func:`verdict`: "higher" / "lower" only when the interval of the difference excludes
-  zero; otherwise "no difference at this scale".
-- :func:`rank_correlation`: Kendall's tau-b or Spearman's rho between a measure and an
-  outcome over runs (e.g. a sharpness measure and the generalization gap, Jiang et al.,
-  ICLR 2020), with scipy's p-value and a percentile bootstrap interval over runs (pairs
-  resampled with replacement, seeded).
-- :func:`correlation_difference`: r(a, y) - r(b, y) for two measures of the same runs, with
-  a paired bootstrap interval (the same resampled runs for both): does a tracks y better?
-
-With one run there is no spread: standard deviations, intervals and p-values are NaN.
+"""Statistics of repeated runs (seeds): Student-t intervals mean +/- t_{n-1, (1+c)/2} s / sqrt(n)
+(:func:`summarize`), paired differences b_i - a_i of two settings on the same seeds, which
+removes their shared between-seed variance, with the paired t-test (:func:`paired_difference`),
+and rank correlations over runs (Kendall's tau-b, Spearman's rho; Jiang et al., ICLR 2020)
+with seeded percentile bootstrap intervals. ``bounds=(lo, hi)`` intersects an interval with the
+range the mean surely lies in (coverage and verdicts unchanged). :func:`verdict` says "higher" /
+"lower" only when the interval excludes 0. With one run, spreads, intervals and p-values are NaN.
 """
 
 from __future__ import annotations
@@ -50,22 +31,16 @@ def _values(values: Sequence[float], what: str) -> np.ndarray:
     return arr
 
 
-def _check_confidence(confidence: float) -> None:
+def _check(confidence: float, bounds: tuple[float, float] | None = None) -> None:
     if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
         raise ConfigError(f"confidence must be in (0, 1), got {confidence!r}")
-
-
-def _check_bounds(bounds: tuple[float, float] | None) -> None:
     if bounds is not None and not (len(bounds) == 2 and all(math.isfinite(b) for b in bounds)
                                    and bounds[0] < bounds[1]):
         raise ConfigError(f"bounds must be (low, high) with low < high, got {bounds!r}")
 
 
 def _check_in_range(arr: np.ndarray, bounds: tuple[float, float] | None, what: str) -> None:
-    """Refuse values outside ``bounds`` by more than float rounding, e.g. accuracies given in
-    percent. The rounding allowed is 1e-4 of the range: a float32 cosine of two nearly parallel
-    vectors of n entries reads up to about 1 + sqrt(n) eps (1 + 8e-6 measured for a small GPT's
-    gradients, which sharpscope's own cosine now clips but runs tracked before did not)."""
+    """Refuse values outside ``bounds`` by over 1e-4 of the range (float32 rounding), e.g. percentages."""
     if bounds is None:
         return
     slack = 1e-4 * (bounds[1] - bounds[0])
@@ -78,21 +53,11 @@ def clipped_method(method: str, bounds: tuple[float, float] | None) -> str:
     return method if bounds is None else f"{method}, clipped to [{bounds[0]:g}, {bounds[1]:g}]"
 
 
-def _clip(low: float, high: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
-    """[low, high] intersected with ``bounds`` (NaN stays NaN)."""
-    if bounds is None or not (math.isfinite(low) and math.isfinite(high)):
-        return low, high
-    lo, hi = float(bounds[0]), float(bounds[1])
-    return min(max(low, lo), hi), max(min(high, hi), lo)
+class _WithVerdict:
+    """``to_dict`` with the :func:`verdict` of the interval."""
 
-
-def _t_interval(mean: float, std: float, n: int, confidence: float) -> tuple[float, float]:
-    if n < 2 or not math.isfinite(std):
-        return math.nan, math.nan
-    from scipy import stats
-
-    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
-    return mean - half, mean + half
+    def to_dict(self) -> dict:
+        return asdict(self) | {"verdict": verdict(self)}  # type: ignore[call-overload, arg-type]
 
 
 @dataclass(frozen=True)
@@ -112,9 +77,8 @@ class Summary:
 
 
 @dataclass(frozen=True)
-class PairedDifference:
-    """Per-seed differences b - a: their mean, standard deviation, confidence interval and
-    the two-sided paired t-test p-value."""
+class PairedDifference(_WithVerdict):
+    """Per-seed differences b - a: mean, standard deviation, interval and paired t-test p-value."""
 
     n: int
     mean: float
@@ -125,18 +89,12 @@ class PairedDifference:
     confidence: float = 0.95
     method: str = f"paired {CI_METHOD}"
 
-    def to_dict(self) -> dict:
-        return asdict(self) | {"verdict": verdict(self)}
-
 
 def summarize(values: Sequence[float], confidence: float = 0.95,
               bounds: tuple[float, float] | None = None) -> Summary:
-    """Student-t summary of independent values (module docstring); NaN spread for one value.
-    ``bounds``: the range every value (so the mean) lies in; the interval is clipped to it.
-    Non-finite values, and values outside ``bounds``, are refused: a diverged run must be
-    reported, not averaged."""
-    _check_confidence(confidence)
-    _check_bounds(bounds)
+    """Student-t summary of independent values, the interval clipped to ``bounds``; non-finite
+    values and values outside ``bounds`` are refused (a diverged run is reported, not averaged)."""
+    _check(confidence, bounds)
     arr = _values(values, "summarize")
     if not np.isfinite(arr).all():
         raise ConfigError(f"summarize: non-finite values {arr.tolist()}")
@@ -144,16 +102,22 @@ def summarize(values: Sequence[float], confidence: float = 0.95,
     n = int(arr.size)
     mean = float(arr.mean())
     std = float(arr.std(ddof=1)) if n > 1 else math.nan
-    low, high = _clip(*_t_interval(mean, std, n, confidence), bounds)
+    low = high = math.nan  # no spread from one value
+    if n > 1 and math.isfinite(std):
+        from scipy import stats
+
+        half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+        low, high = mean - half, mean + half
+    if bounds is not None and math.isfinite(low) and math.isfinite(high):  # the interval clipped to the range
+        lo, hi = float(bounds[0]), float(bounds[1])
+        low, high = min(max(low, lo), hi), max(min(high, hi), lo)
     return Summary(n, mean, std, low, high, confidence, clipped_method(CI_METHOD, bounds))
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
                       bounds: tuple[float, float] | None = None) -> PairedDifference:
-    """b - a over paired runs (same seeds, in the same order). ``bounds``: the range of each
-    value; the difference then lies in [lo - hi, hi - lo] and its interval is clipped to that."""
-    _check_confidence(confidence)
-    _check_bounds(bounds)
+    """b - a over paired runs (same seeds, same order); ``bounds``: the range of each value."""
+    _check(confidence, bounds)
     xa, xb = _values(a, "paired_difference"), _values(b, "paired_difference")
     if xa.shape != xb.shape:
         raise ConfigError(f"paired_difference needs the same number of runs, got {xa.size} and {xb.size}")
@@ -175,8 +139,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
 
 
 def verdict(diff: PairedDifference | Summary | RankCorrelation | CorrelationDifference) -> str:
-    """"higher" or "lower" when the confidence interval excludes 0, else "no difference at
-    this scale" (also with a single run, whose interval is undefined)."""
+    """"higher" or "lower" when the interval excludes 0, else "no difference at this scale"."""
     if not (math.isfinite(diff.ci_low) and math.isfinite(diff.ci_high)):
         return "no difference at this scale"
     if diff.ci_low > 0:
@@ -186,18 +149,14 @@ def verdict(diff: PairedDifference | Summary | RankCorrelation | CorrelationDiff
     return "no difference at this scale"
 
 
-# ---------------------------------------------------------------------------------------
-# Rank correlations over runs
-# ---------------------------------------------------------------------------------------
 BOOTSTRAP_METHOD = "percentile bootstrap over runs"
 CORRELATIONS = ("kendall", "spearman")
 
 
 def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Kendall's tau-b of each row pair of ``x`` and ``y`` (shape (..., n)):
-    sum_ij s_x s_y / sqrt(sum_ij s_x^2 sum_ij s_y^2) with s_x = sign(x_i - x_j), the form
-    that counts tied pairs as scipy.stats.kendalltau (variant 'b') does. NaN where one row
-    is constant."""
+    """Kendall's tau-b of each row pair of ``x`` and ``y`` (..., n): sum_ij s_x s_y /
+    sqrt(sum_ij s_x^2 sum_ij s_y^2), s_x = sign(x_i - x_j) (ties as scipy.stats.kendalltau);
+    NaN where a row is constant."""
     sx = np.sign(x[..., :, None] - x[..., None, :])
     sy = np.sign(y[..., :, None] - y[..., None, :])
     num = (sx * sy).sum(axis=(-2, -1))
@@ -222,10 +181,9 @@ _STATISTICS = {"kendall": kendall_tau_b, "spearman": spearman_rho}
 
 
 @dataclass(frozen=True)
-class RankCorrelation:
-    """A rank correlation of ``n`` runs, its two-sided p-value (no association) and its
-    bootstrap confidence interval (``resamples`` resamples of the runs; those where a
-    resampled column is constant are dropped)."""
+class RankCorrelation(_WithVerdict):
+    """A rank correlation of ``n`` runs, its two-sided p-value and its bootstrap interval
+    (``resamples`` kept: those with a constant resampled column are dropped)."""
 
     method: str
     n: int
@@ -237,12 +195,9 @@ class RankCorrelation:
     confidence: float = 0.95
     ci_method: str = BOOTSTRAP_METHOD
 
-    def to_dict(self) -> dict:
-        return asdict(self) | {"verdict": verdict(self)}
-
 
 @dataclass(frozen=True)
-class CorrelationDifference:
+class CorrelationDifference(_WithVerdict):
     """r(a, y) - r(b, y) over the same ``n`` runs with a paired bootstrap interval."""
 
     method: str
@@ -254,11 +209,14 @@ class CorrelationDifference:
     confidence: float = 0.95
     ci_method: str = f"paired {BOOTSTRAP_METHOD}"
 
-    def to_dict(self) -> dict:
-        return asdict(self) | {"verdict": verdict(self)}
 
-
-def _columns(what: str, *cols: Sequence[float]) -> list[np.ndarray]:
+def _columns(what: str, method: str, resamples: int, confidence: float, *cols: Sequence[float]) -> list[np.ndarray]:
+    """The columns of a rank correlation, every option checked."""
+    _check(confidence)
+    if method not in _STATISTICS:
+        raise ConfigError(f"unknown correlation {method!r}; choose from {', '.join(CORRELATIONS)}")
+    if not (isinstance(resamples, int) and 100 <= resamples <= 1_000_000):
+        raise ConfigError(f"resamples must be an integer in [100, 1e6], got {resamples!r}")
     arrs = [_values(c, what) for c in cols]
     if len({a.size for a in arrs}) != 1:
         raise ConfigError(f"{what}: the columns have different lengths {[a.size for a in arrs]}")
@@ -269,39 +227,26 @@ def _columns(what: str, *cols: Sequence[float]) -> list[np.ndarray]:
     return arrs
 
 
-def _check_method(method: str, resamples: int) -> None:
-    if method not in _STATISTICS:
-        raise ConfigError(f"unknown correlation {method!r}; choose from {', '.join(CORRELATIONS)}")
-    if not (isinstance(resamples, int) and 100 <= resamples <= 1_000_000):
-        raise ConfigError(f"resamples must be an integer in [100, 1e6], got {resamples!r}")
-
-
-def _bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, resamples: int, seed: int) -> np.ndarray:
-    """``stat(idx)`` for ``resamples`` index rows drawn with replacement from range(n), in
-    chunks that keep the n x n sign matrices of Kendall's tau near 16 MB; NaNs dropped."""
+def _bootstrap(stat: Callable[[np.ndarray], np.ndarray], n: int, resamples: int, seed: int,
+               confidence: float) -> tuple[float, float, int]:
+    """The percentile interval of ``stat(idx)`` over ``resamples`` index rows drawn with
+    replacement from range(n) (in chunks that keep Kendall's n x n sign matrices near 16 MB),
+    NaNs dropped, and the number of resamples kept."""
     rng = np.random.default_rng(seed)
     chunk = max(1, 2_000_000 // (n * n))
-    out = []
-    for lo in range(0, resamples, chunk):
-        out.append(stat(rng.integers(0, n, size=(min(chunk, resamples - lo), n))))
-    values = np.concatenate(out)
-    return values[np.isfinite(values)]
-
-
-def _percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    values = np.concatenate([stat(rng.integers(0, n, size=(min(chunk, resamples - lo), n)))
+                             for lo in range(0, resamples, chunk)])
+    values = values[np.isfinite(values)]
     if values.size == 0:
-        return math.nan, math.nan
+        return math.nan, math.nan, 0
     low, high = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(low), float(high)
+    return float(low), float(high), int(values.size)
 
 
 def rank_correlation(x: Sequence[float], y: Sequence[float], method: str = "kendall", confidence: float = 0.95,
                      resamples: int = 2000, seed: int = 0) -> RankCorrelation:
-    """Kendall's tau-b (``method="kendall"``) or Spearman's rho between paired values over
-    runs, with scipy's two-sided p-value and a percentile bootstrap interval over runs."""
-    _check_confidence(confidence)
-    _check_method(method, resamples)
-    xs, ys = _columns("rank_correlation", x, y)
+    """Kendall's tau-b or Spearman's rho over runs, scipy's p-value and a bootstrap interval."""
+    xs, ys = _columns("rank_correlation", method, resamples, confidence, x, y)
     from scipy import stats
 
     fn = _STATISTICS[method]
@@ -309,21 +254,16 @@ def rank_correlation(x: Sequence[float], y: Sequence[float], method: str = "kend
     p = math.nan  # a constant column has no correlation to test
     if math.isfinite(estimate):
         p = float((stats.kendalltau if method == "kendall" else stats.spearmanr)(xs, ys).pvalue)
-    boot = _bootstrap(lambda idx: fn(xs[idx], ys[idx]), xs.size, resamples, seed)
-    low, high = _percentile_interval(boot, confidence)
-    return RankCorrelation(method, int(xs.size), estimate, low, high, p, int(boot.size), confidence)
+    low, high, kept = _bootstrap(lambda idx: fn(xs[idx], ys[idx]), xs.size, resamples, seed, confidence)
+    return RankCorrelation(method, int(xs.size), estimate, low, high, p, kept, confidence)
 
 
 def correlation_difference(a: Sequence[float], b: Sequence[float], y: Sequence[float], method: str = "kendall",
                            confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> CorrelationDifference:
-    """r(a, y) - r(b, y) with a percentile interval from resampling the runs once for both
-    (the measures share the runs, so their estimates are correlated and must be resampled
-    together)."""
-    _check_confidence(confidence)
-    _check_method(method, resamples)
-    xa, xb, ys = _columns("correlation_difference", a, b, y)
+    """r(a, y) - r(b, y), its interval from resampling the (shared) runs once for both."""
+    xa, xb, ys = _columns("correlation_difference", method, resamples, confidence, a, b, y)
     fn = _STATISTICS[method]
     estimate = float(fn(xa, ys) - fn(xb, ys))
-    boot = _bootstrap(lambda idx: fn(xa[idx], ys[idx]) - fn(xb[idx], ys[idx]), ys.size, resamples, seed)
-    low, high = _percentile_interval(boot, confidence)
-    return CorrelationDifference(method, int(ys.size), estimate, low, high, int(boot.size), confidence)
+    low, high, kept = _bootstrap(lambda idx: fn(xa[idx], ys[idx]) - fn(xb[idx], ys[idx]), ys.size, resamples, seed,
+                                 confidence)
+    return CorrelationDifference(method, int(ys.size), estimate, low, high, kept, confidence)

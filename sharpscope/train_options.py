@@ -1,10 +1,8 @@
 """Every training option declared once: its default, its command-line spelling and its help.
 
-:class:`sharpscope.train.TrainConfig` takes each field's default and metadata from
-:data:`TRAIN_OPTIONS` (:func:`config_field`), and the command line generates the training
-options of ``train``, ``compare`` and ``sweep`` from the same table
-(:mod:`sharpscope.cli._options`). This module imports nothing heavy (no torch), so building
-the command line stays cheap.
+:class:`sharpscope.train.TrainConfig` (:func:`config_field`) and the training options of
+``train``, ``compare`` and ``sweep`` (:mod:`sharpscope.cli._options`) are generated from
+:data:`TRAIN_OPTIONS`. No torch here: building the command line stays cheap.
 """
 
 from __future__ import annotations
@@ -18,14 +16,10 @@ __all__ = ["TrainOption", "TRAIN_OPTIONS", "NOT_SWEPT", "config_field", "flag_of
 
 @dataclass(frozen=True)
 class TrainOption:
-    """One TrainConfig field on the command line.
-
-    ``kind``: how the command line reads it: ``float``, ``int``, ``str``, ``bool`` (a flag),
-    ``int?`` / ``float?`` / ``str?`` / ``bool?`` (None allowed: the default), ``p`` (a number or
-    inf), ``pairs`` (repeatable KEY=VALUE into a dict), ``names`` (a comma-separated list).
-    ``flags``: the option's spellings (the first is its name; ``--a/--no-a`` for a switch).
-    ``help``: its help text; ``registry_help`` names a text written from the optimizer registry
-    when the command is built instead (``optimizer``, ``optimizer_opt``, ``rho``)."""
+    """One TrainConfig field on the command line. ``kind``: ``float``, ``int``, ``str``, ``bool``
+    (a flag), ``int?`` etc. (None allowed), ``p`` (a number or inf), ``pairs`` (repeatable
+    KEY=VALUE into a dict), ``names`` (comma-separated). ``flags``: its spellings, the first its
+    name (``--a/--no-a``: a switch). ``registry_help``: help written from the optimizer registry."""
 
     default: Any
     kind: str
@@ -118,15 +112,13 @@ TRAIN_OPTIONS: dict[str, TrainOption] = {
     "track_samples": _o(512, "int", "--track-samples", help="Seeded training subset used for tracking."),
 }
 
-# Fields that describe where or how a run is done rather than what is trained: one value for a
-# whole sweep, never a grid axis (sharpscope.experiments.sweep). The seed is a sweep's own axis.
+# Where or how a run is done, not what is trained: never a sweep's grid axis (the seed is its own).
 NOT_SWEPT = frozenset({"seed", "device", "data_root", "model_kwargs", "optimizer_options", "checkpoint_every",
                        "keep_snapshots", "track", "track_every", "track_samples", "sync_perturbation"})
 
 
 def config_field(name: str) -> Any:
-    """The dataclass field of TrainConfig's ``name``: its default from :data:`TRAIN_OPTIONS`,
-    and the table entry as its metadata (``metadata["cli"]``)."""
+    """TrainConfig's dataclass field ``name``: its default, and the entry as ``metadata["cli"]``."""
     option = TRAIN_OPTIONS[name]
     if option.factory is not None:
         return dataclasses.field(default_factory=option.factory, metadata={"cli": option})
