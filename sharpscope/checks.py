@@ -16,12 +16,15 @@ from .errors import ConfigError
 __all__ = ["bool_option", "BOOL_WORDS",
            "int_at_least", "finite_float", "float_problem", "available_memory", "require_memory",
            "require_grid_memory", "require_lanczos_memory", "require_trace_memory", "parameter_count",
-           "GRID_POINT_BYTES"]
+           "GRID_POINT_BYTES", "size_text", "GIB"]
 
 # Memory one grid point of a surface or interpolation costs while it is evaluated: loss,
 # accuracy and done flags, its coordinates and its place in the work list (measured about
 # 215-240 bytes per point on 1-D and 2-D grids of 200,000 points, CPython 3.11).
 GRID_POINT_BYTES = 256
+
+# One unit of the ``--memory GB`` budgets (and the API's ``memory_gb``): 2^30 bytes.
+GIB = 1 << 30
 
 
 # How an option's true/false may be written (case aside); anything else is refused.
@@ -94,7 +97,8 @@ def available_memory() -> int | None:
         return None
 
 
-def _size(n_bytes: float) -> str:
+def size_text(n_bytes: float) -> str:
+    """``n_bytes`` in words: bytes, KiB, MiB, GiB, ... (powers of 1024)."""
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n_bytes < 1024 or unit == "PiB":
             return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
@@ -106,8 +110,8 @@ def require_memory(n_bytes: float, what: str) -> None:
     """Refuse work whose arrays would need more than the memory available now."""
     available = available_memory()
     if available is not None and n_bytes > available:
-        raise ConfigError(f"{what} would need about {_size(n_bytes)} of memory, more than the "
-                          f"{_size(available)} available")
+        raise ConfigError(f"{what} would need about {size_text(n_bytes)} of memory, more than the "
+                          f"{size_text(available)} available")
 
 
 def require_grid_memory(n_points: int) -> None:
