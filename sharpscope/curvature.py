@@ -149,11 +149,12 @@ def warn_sampled_fisher(kind: str, mc_samples: int | str | None, what: str) -> N
                       "the same cost per product", SampledFisherWarning, stacklevel=3)
 
 
-def block_size(objective: Objective, kind: str = "hessian") -> int | None:
-    """Columns per batched product that keep its extra memory near the objective's budget
-    (:meth:`Objective.hvp_block_size`); the operators here are always vmapped over columns
-    (:meth:`Objective.vmapped_block_size`), whatever the objective's ``hvp_mode``."""
-    return objective.hvp_block_size() if kind == "hessian" else objective.vmapped_block_size()
+def block_size(objective: Objective, kind: str = "hessian", budget_bytes: int | None = None) -> int | None:
+    """Columns per batched product that keep its extra memory near ``budget_bytes`` (default: the
+    objective's, :meth:`Objective.hvp_block_size`); the operators here are always vmapped over
+    columns (:meth:`Objective.vmapped_block_size`), whatever the objective's ``hvp_mode``."""
+    budget = {} if budget_bytes is None else {"budget_bytes": budget_bytes}
+    return objective.hvp_block_size(**budget) if kind == "hessian" else objective.vmapped_block_size(**budget)
 
 
 def _product(obj: Objective, middle: Middle, v: Tensor, what: str) -> Tensor:

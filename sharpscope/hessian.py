@@ -34,8 +34,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from . import curvature, linalg
-from .checks import (finite_float, int_at_least, parameter_count, require_lanczos_memory,
+from .checks import (GIB, finite_float, int_at_least, parameter_count, require_lanczos_memory,
                      require_trace_memory)
+from .linalg.budget import parse_basis_dtype, plan_basis
 from .linalg.lanczos import default_max_iter
 from .errors import ConfigError
 from .objective import Objective, parameter_groups, select_parameters
@@ -46,6 +47,16 @@ __all__ = [
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _budget(memory_gb: float | None) -> float | None:
+    """``memory_gb`` (GiB, 2^30 bytes) in bytes, checked; None without a budget."""
+    return None if memory_gb is None else finite_float("memory_gb", memory_gb, above=0) * GIB
+
+
+def _dtype(model: nn.Module | Objective) -> Any:
+    """The dtype the products compute in: the objective's, or the model's first parameter's."""
+    return model.dtype if isinstance(model, Objective) else next(model.parameters()).dtype
 
 
 def _objective(model: nn.Module | Objective, loss_fn: LossFn | None, data: Iterable | None,
@@ -113,7 +124,8 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
                 params: Any = None, seed: int = 0, hvp_mode: str = "auto",
                 return_eigenvectors: bool = False, callback: Callable | None = None,
                 operator: str = "hessian", mc_samples: int | str = "exact",
-                return_vectors: bool = False) -> EigenvaluesResult:
+                return_vectors: bool = False, memory_gb: float | None = None,
+                basis_dtype: str | None = None) -> EigenvaluesResult:
     """The k extreme Hessian eigenvalues (``which``: LA largest, SA smallest, LM largest |.|),
     or those of another curvature ``operator`` (module docstring). The GGN (of a loss convex in
     the outputs) and both Fishers are PSD: their ``which="SA"`` values are >= 0 up to the
@@ -127,17 +139,28 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
     through :meth:`EigenvaluesResult.vector_views`. A vector's angle to the true eigenvector is
     at most residual / gap (Davis-Kahan sin theta), so it is accurate only for an eigenvalue
     well separated from the rest of the spectrum; its sign is arbitrary.
+
+    ``memory_gb`` bounds what Lanczos holds (its basis, working and Ritz vectors; not the model
+    nor a product's graph): the basis is stored in float64, float32 or bfloat16 and, if need be,
+    Lanczos restarts thickly (:mod:`sharpscope.linalg.budget`); a budget that cannot hold even
+    ``k + 2`` bfloat16 vectors raises :class:`~sharpscope.errors.MemoryBudgetError` before any
+    product. ``basis_dtype`` (``"float64"``, ``"float32"``, ``"bfloat16"``) fixes the basis's dtype.
     """
     mc = curvature.check(operator, mc_samples)
-    n = parameter_count(model)  # refuse a Krylov basis (n x steps) that cannot fit, before any product
-    steps = max_iter if max_iter is not None else default_max_iter(n, int_at_least("k", k, 1))
-    require_lanczos_memory(n, int_at_least("max_iter", steps, 1))
+    keep = return_vectors or return_eigenvectors
+    n, budget = parameter_count(model), _budget(memory_gb)  # refuse a basis that cannot fit, before any product
+    k = int_at_least("k", k, 1)
+    if budget is None:
+        require_lanczos_memory(n, int_at_least("max_iter", max_iter if max_iter is not None else default_max_iter(n, k), 1))
+    else:
+        steps = int_at_least("max_iter", max_iter, 1) if max_iter is not None else max(300, 30 * k)
+        plan_basis(n, steps, budget, _dtype(model), k=k, dtype=parse_basis_dtype(basis_dtype), vectors=keep)
     start = time.perf_counter()
     obj = _objective(model, loss_fn, data, params, hvp_mode)
     op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
     curvature.warn_sampled_fisher(operator, mc, "the top eigenvalues")
-    res = linalg.lanczos(op, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, callback=callback)
-    keep = return_vectors or return_eigenvectors
+    res = linalg.lanczos(op, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, callback=callback,
+                         vectors=keep, memory_bytes=budget, basis_dtype=basis_dtype)
     return EigenvaluesResult(
         eigenvalues=[float(x) for x in res.eigenvalues], residuals=[float(x) for x in res.residuals],
         converged=[bool(x) for x in res.converged], which=which, tol=tol, n_hvp=res.n_matvecs,
@@ -175,18 +198,23 @@ class TraceResult:
 
 def trace(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
           n_matvecs: int = 99, method: str = "hutch++", params: Any = None, seed: int = 0,
-          hvp_mode: str = "auto", operator: str = "hessian", mc_samples: int | str = "exact") -> TraceResult:
+          hvp_mode: str = "auto", operator: str = "hessian", mc_samples: int | str = "exact",
+          memory_gb: float | None = None) -> TraceResult:
     """Estimate tr(H) (or the trace of another curvature ``operator``) with ``n_matvecs``
-    products by Hutch++ (default) or Hutchinson."""
+    products by Hutch++ (default) or Hutchinson. ``memory_gb``: refuse
+    (:class:`~sharpscope.errors.MemoryBudgetError`) probe blocks that would not fit in it, and
+    multiply the products in blocks sized from what is left of it."""
     mc = curvature.check(operator, mc_samples)
-    require_trace_memory(parameter_count(model), int_at_least("n_matvecs", n_matvecs, 1))
+    budget = _budget(memory_gb)
+    held = require_trace_memory(parameter_count(model), int_at_least("n_matvecs", n_matvecs, 1), budget)
     if method not in ("hutch++", "hutchinson"):
         raise ConfigError(f"trace method must be 'hutch++' or 'hutchinson', got {method!r}")
     start = time.perf_counter()
     obj = _objective(model, loss_fn, data, params, hvp_mode)
     op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
     fn = linalg.hutchpp if method == "hutch++" else linalg.hutchinson
-    block = curvature.block_size(obj, operator)  # batched products in blocks whose memory stays within a budget
+    # batched products in blocks whose memory stays within a budget (what memory_gb leaves)
+    block = curvature.block_size(obj, operator, None if budget is None else max(1, int(budget - held)))
     res = fn(op, n_matvecs=n_matvecs, seed=seed, block_size=block if method == "hutch++" else (block or 1))
     return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method,
                        n_hvp=res.n_matvecs, wall_time=time.perf_counter() - start, n_params=obj.n,
@@ -247,19 +275,28 @@ class DensityResult:
 def density(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
             n_runs: int = 10, n_steps: int = 80, sigma_squared: float = 1e-5, grid_points: int = 2000,
             params: Any = None, seed: int = 0, hvp_mode: str = "auto", operator: str = "hessian",
-            mc_samples: int | str = "exact") -> DensityResult:
+            mc_samples: int | str = "exact", memory_gb: float | None = None,
+            basis_dtype: str | None = None) -> DensityResult:
     """Spectral density by SLQ: ``n_runs`` Lanczos runs of ``n_steps`` steps each, Gaussian
     kernel of variance sigma_squared * max(1, lambda_max - lambda_min) (Ghorbani et al. 2019);
-    of the Hessian or of another curvature ``operator``."""
+    of the Hessian or of another curvature ``operator``. The runs hold one basis at a time;
+    ``memory_gb`` stores it in the finest dtype that fits (float64, float32, bfloat16), else
+    raises :class:`~sharpscope.errors.MemoryBudgetError` before any product."""
     mc = curvature.check(operator, mc_samples)
     finite_float("sigma_squared", sigma_squared, above=0)  # checked again only after the SLQ runs
-    require_lanczos_memory(parameter_count(model), int_at_least("n_steps", n_steps, 1), int_at_least("n_runs", n_runs, 1))
+    n, budget = parameter_count(model), _budget(memory_gb)
+    steps, runs = int_at_least("n_steps", n_steps, 1), int_at_least("n_runs", n_runs, 1)
+    if budget is None:
+        require_lanczos_memory(n, steps, runs)
+    else:
+        plan_basis(n, steps, budget, _dtype(model), dtype=parse_basis_dtype(basis_dtype),
+                   what=f"an SLQ run of {min(steps, n):,} steps")
     start = time.perf_counter()
     obj = _objective(model, loss_fn, data, params, hvp_mode)
     op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
     curvature.warn_sampled_fisher(operator, mc, "the spectral density's upper edge and top eigenvalues")
-    res = linalg.spectral_density(op, n_runs=n_runs, n_steps=n_steps, seed=seed,
-                                  sigma_squared=sigma_squared, grid_points=grid_points)
+    res = linalg.spectral_density(op, n_runs=n_runs, n_steps=n_steps, seed=seed, sigma_squared=sigma_squared,
+                                  grid_points=grid_points, memory_bytes=budget, basis_dtype=basis_dtype)
     return DensityResult(
         grid=res.grid.tolist(), density=res.density.tolist(), nodes=res.nodes.tolist(),
         weights=res.weights.tolist(), sigma=float(res.sigma), n_runs=res.n_runs, n_steps=res.n_steps,
@@ -298,14 +335,15 @@ class LayerSummary:
 def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "layer", tol: float = 1e-3,
                   trace_matvecs: int = 30, seed: int = 0, hvp_mode: str = "auto",
                   callback: Callable[[str], None] | None = None, operator: str = "hessian",
-                  mc_samples: int | str = "exact", params: Any = None) -> LayerSummary:
+                  mc_samples: int | str = "exact", params: Any = None, memory_gb: float | None = None) -> LayerSummary:
     """Per group of parameters: lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++ (or the
     diagonal blocks of another curvature ``operator``; the true Fisher's draw depends on the
     seed and the batch only, so its blocks are those of one matrix). ``by``: ``"layer"`` (the
     module owning the parameters), ``"block"`` (a transformer's numbered blocks, else the
     outermost non-container modules) or ``"kind"`` (embeddings, attention, mlp, norm, head;
     conv / linear / other otherwise): :func:`sharpscope.models.param_names.group_parameters`.
-    ``params`` keeps the groups to the parameters it selects (frozen ones are never in them)."""
+    ``params`` keeps the groups to the parameters it selects (frozen ones are never in them);
+    ``memory_gb`` bounds each block's Lanczos and trace (:func:`eigenvalues`, :func:`trace`)."""
     mc = curvature.check(operator, mc_samples)
     start = time.perf_counter()
     groups = parameter_groups(model, by=by)
@@ -318,9 +356,9 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
         if callback is not None:
             callback(name)
         obj = Objective(model, loss_fn, batches, params=names, hvp_mode=hvp_mode)
-        top = eigenvalues(obj, k=1, tol=tol, seed=seed, operator=operator, mc_samples=mc_samples)
+        top = eigenvalues(obj, k=1, tol=tol, seed=seed, operator=operator, mc_samples=mc_samples, memory_gb=memory_gb)
         tr = trace(obj, n_matvecs=min(trace_matvecs, max(3, obj.n)), seed=seed, operator=operator,
-                   mc_samples=mc_samples)
+                   mc_samples=mc_samples, memory_gb=memory_gb)
         rows.append(LayerRow(name, obj.n, top.eigenvalues[0], top.converged[0], tr.trace, tr.stderr,
                              top.n_hvp + tr.n_hvp))
         obj.release()

@@ -23,15 +23,19 @@ if TYPE_CHECKING:
 
 
 def _preflight(n: int, model: Any, trace: bool, trace_matvecs: int, density: bool, runs: int, steps: int,
-               per_layer: bool, by: str) -> None:
-    """Refuse, before the first product, a trace or density whose arrays would not fit and an
-    unknown per-layer grouping (the per-layer summary runs last)."""
-    from ..checks import require_lanczos_memory, require_trace_memory
+               per_layer: bool, by: str, memory: float | None = None) -> None:
+    """Refuse, before the first product, a trace or density whose arrays would not fit (in
+    --memory GB when given) and an unknown per-layer grouping (the per-layer summary runs last)."""
+    from ..checks import GIB, require_lanczos_memory, require_trace_memory
+    from ..linalg.budget import plan_basis
     from ..objective import parameter_groups
 
     if trace:
-        require_trace_memory(n, trace_matvecs)
-    if density:
+        require_trace_memory(n, trace_matvecs, None if memory is None else memory * GIB)
+    if density and memory is not None:
+        dtype = next(model.parameters()).dtype
+        plan_basis(n, steps, memory * GIB, dtype, what=f"an SLQ run of {min(steps, n):,} steps")
+    elif density:
         require_lanczos_memory(n, steps, runs)
     if per_layer:
         parameter_groups(model, by=by)
@@ -117,6 +121,11 @@ def hessian_command(
                                        "'exact' (sum over classes, the default: sampled labels push the top "
                                        "eigenvalues up, +13-69 % with 1 label; the trace is unbiased)."),
     plot: bool = typer.Option(False, "--plot", help="Write the density (linear and log) and eigenvalue figures."),
+    memory: Optional[float] = typer.Option(
+        None, "--memory", callback=finite(above=0),
+        help="GB (2^30 bytes) the analyses may hold besides the model and a product: the Lanczos basis in "
+             "float64, float32 or bfloat16 (thick restarts if need be), SLQ's, Hutch++'s blocks; refused "
+             "before the first product, saying what it would need, if even the least does not fit."),
     old_steps: Optional[int] = OLD_STEPS,
     old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
     inputs: Inputs = Inputs(),
@@ -140,10 +149,10 @@ def hessian_command(
                                         plot_dir, inputs.pdf, inputs.overwrite)
     ckpt, batches, context = inputs.load(checkpoint, batch_size)
     settings = _Settings(top_k, which, tol, max_iter, trace, trace_matvecs, density, runs, steps, sigma_squared,
-                         per_layer, by, inputs.seed, hvp_mode, overlap_with)
+                         per_layer, by, inputs.seed, hvp_mode, overlap_with, memory)
     obj, obj_b, label_b, report = _objectives(ckpt, batches, settings, operator, mc_samples, inputs, context)
-    results = _compute(ckpt, batches, obj, obj_b, label_b, settings, {"operator": operator, "mc_samples": mc_samples},
-                       console, inputs.progress)
+    results = _compute(ckpt, batches, obj, obj_b, label_b, settings,
+                       {"operator": operator, "mc_samples": mc_samples, "memory_gb": memory}, console, inputs.progress)
     if not is_main():  # every rank took part in the products; rank 0 reports
         return
     notes = _add_results(report, results, obj, objective_record(obj, inputs.params))
@@ -170,7 +179,7 @@ def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_sample
 
     selection = parse_params(inputs.params)
     obj = Objective(ckpt.model, data_loss(batches), batches, params=selection, hvp_mode=o.hvp_mode)
-    _preflight(obj.n, ckpt.model, o.trace, o.trace_matvecs, o.density, o.runs, o.steps, o.per_layer, o.by)
+    _preflight(obj.n, ckpt.model, o.trace, o.trace_matvecs, o.density, o.runs, o.steps, o.per_layer, o.by, o.memory)
     obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, inputs.trust_factory, context)
     report: dict = {"checkpoint": str(ckpt.path), "split": inputs.split, "n_examples": obj.n_examples,
                     "n_params": obj.n, "params": inputs.params, "hvp_mode": obj.hvp_mode, "operator": operator,
@@ -200,13 +209,16 @@ class _Settings:
     seed: int
     hvp_mode: str
     overlap_with: Path | None
+    memory: float | None = None
 
 
 def _plan(obj: Any, o: _Settings, b: bool) -> dict[str, tuple[int, bool]]:
     """The products each part computes (exact) or stops under (Lanczos: its step cap)."""
     from ..linalg.lanczos import default_max_iter
 
-    cap = o.max_iter if o.max_iter is not None else default_max_iter(obj.n, max(o.top_k, 1))
+    k = max(o.top_k, 1)
+    cap = o.max_iter if o.max_iter is not None else (
+        min(obj.n, max(300, 30 * k)) if o.memory is not None else default_max_iter(obj.n, k))  # --memory restarts
     parts: dict[str, tuple[int, bool]] = {}
     if o.top_k > 0:
         parts[f"eigenvalues ({o.which})"] = (cap, False)

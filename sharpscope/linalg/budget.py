@@ -9,7 +9,8 @@ parameters one float64 vector is 0.99 GB, so 30 steps need 30 GB. Within a budge
                          + n * bytes(op dtype)           its cast, when the operator computes in another dtype
                          4 * n * 8 for a float64 basis   (today's float64 steps also hold two temporaries)
     Ritz vectors         k * n * bytes(op dtype)         only when the eigenvectors are asked for
-    chunk buffers        2 * 32 MiB                      a low-precision basis is read in chunks of rows
+    chunk buffers        2 * min(n, rows) * c * bytes(work)   a lower-precision basis is read in chunks of
+                                                         about 32 MiB
 
 (``work`` = :func:`~sharpscope.linalg.basis.work_dtype`). The model and its products' own
 graph are outside the budget: they cost the same whatever the analysis holds.
@@ -46,7 +47,7 @@ __all__ = ["BASIS_DTYPES", "BasisPlan", "parse_basis_dtype", "plan_basis"]
 
 BASIS_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
-_CHUNKS = 2 * (32 << 20)
+_CHUNK = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -81,17 +82,24 @@ def plan_basis(n: int, steps: int, memory_bytes: float, op_dtype: torch.dtype, *
     counts the ``k`` Ritz vectors returned. Raises :class:`MemoryBudgetError` when nothing fits."""
     steps = min(steps, n)
 
-    def fixed(dt: torch.dtype) -> int:
+    def held(dt: torch.dtype, c: int) -> int:
         work = work_dtype(dt, op_dtype)
-        held = 4 * n * 8 if dt == torch.float64 else 2 * n * _bytes(work) + _CHUNKS
-        held += n * _bytes(op_dtype) if work != op_dtype else 0
-        return held + ((k or 0) * n * _bytes(op_dtype) if vectors else 0)
+        if dt == torch.float64:
+            vecs = 4 * n * 8
+        else:  # two chunks of rows cast to the working dtype (Basis._rows)
+            chunk = min(n, max(1024, _CHUNK // (c * _bytes(work)))) * c * _bytes(work)
+            vecs = 2 * n * _bytes(work) + 2 * chunk
+        vecs += n * _bytes(op_dtype) if work != op_dtype else 0
+        return vecs + ((k or 0) * n * _bytes(op_dtype) if vectors else 0) + n * c * _bytes(dt)
 
     def columns(dt: torch.dtype) -> int:
-        return max(0, int((memory_bytes - fixed(dt)) // (n * _bytes(dt))))
+        c = min(steps, int(memory_bytes // (n * _bytes(dt))))
+        while c > 0 and held(dt, c) > memory_bytes:
+            c -= 1
+        return c
 
     def plan(dt: torch.dtype, c: int) -> BasisPlan:
-        return BasisPlan(dt, c, c < steps, work_dtype(dt, op_dtype), fixed(dt) + n * c * _bytes(dt))
+        return BasisPlan(dt, c, c < steps, work_dtype(dt, op_dtype), held(dt, c))
 
     f64, f32, b16 = BASIS_DTYPES.values()
     least = steps if k is None else min(steps, k + 2)
@@ -103,7 +111,7 @@ def plan_basis(n: int, steps: int, memory_bytes: float, op_dtype: torch.dtype, *
         if columns(dt) >= wanted:
             return plan(dt, min(steps, columns(dt)))
     smallest = dtype or b16
-    need = fixed(smallest) + n * least * _bytes(smallest)
-    held = f"a basis of {least:,} {str(smallest).removeprefix('torch.')} vectors and the working vectors"
-    raise MemoryBudgetError(f"{what} over {n:,} parameters needs at least {size_text(need)} ({held}), "
+    need = held(smallest, least)
+    what_held = f"a basis of {least:,} {str(smallest).removeprefix('torch.')} vectors and the working vectors"
+    raise MemoryBudgetError(f"{what} over {n:,} parameters needs at least {size_text(need)} ({what_held}), "
                             f"more than the memory budget of {size_text(memory_bytes)}")
