@@ -23,7 +23,10 @@ Design choices, all because one product may cost two gradient evaluations of a n
   done twice - "twice is enough", Giraud, Langou & Rozloznik 2005) in float64. It costs
   O(n m) flops per step, negligible next to an HVP, and keeps (*) valid, avoids ghost
   copies of converged eigenvalues and makes ``m <= n`` steps exhaust the space exactly.
-* The basis is float64 even when the operator computes in float32 (cast in and out).
+* The basis is float64 even when the operator computes in float32 (cast in and out), unless
+  it is asked for in float32 or bfloat16, or a memory budget needs them; such a basis, and
+  one the budget cannot hold whole, run in :mod:`~sharpscope.linalg.restart` (thick restarts,
+  Rayleigh-Ritz with the stored basis's Gram matrix).
 * Convergence is checked on the small ``T_m`` (cheap), every ``check_every`` steps.
 
 Invariant subspaces (``beta ~ 0``: few distinct eigenvalues, a rank-deficient matrix, or a
@@ -231,16 +234,11 @@ def lanczos(
         callback: ``callback(iteration, ritz_values)`` at each check, the wanted Ritz
             values ordered by ``which`` (for progress bars).
         vectors: form the Ritz vectors (an ``n x k`` matrix); False leaves them out.
-        memory_bytes: a budget for the basis, the working vectors and the Ritz vectors
-            (:mod:`~sharpscope.linalg.budget`): the basis is stored in the finest dtype that
-            holds every step, else Lanczos restarts thickly with the basis the budget holds
-            (:mod:`~sharpscope.linalg.restart`); :class:`~sharpscope.errors.MemoryBudgetError`
-            before any product when even ``k + 2`` bfloat16 vectors do not fit. None (the
-            default): a float64 basis that grows as needed.
-        basis_dtype: store the basis in ``"float64"`` (default), ``"float32"`` or
-            ``"bfloat16"`` (working vectors in float32 or finer, :func:`~sharpscope.linalg.basis.work_dtype`).
-        basis_device: keep the basis there (e.g. ``"cpu"`` for an operator on a GPU; default
-            the operator's device); it is read in chunks of rows.
+        memory_bytes: a budget for the basis, working and Ritz vectors: the plan of
+            :func:`~sharpscope.linalg.budget.plan_basis` (dtype, thick restarts) or its
+            :class:`~sharpscope.errors.MemoryBudgetError` before any product.
+        basis_dtype, basis_device: store the basis in ``"float64"`` (default), ``"float32"``
+            or ``"bfloat16"``, there (e.g. ``"cpu"`` for an operator on a GPU).
 
     Returns:
         An :class:`EigenResult`. Unconverged pairs are reported as such (``converged``
@@ -251,21 +249,12 @@ def lanczos(
         memory_bytes = finite_float("memory_bytes", memory_bytes, above=0)
     k, max_iter, check_every = _check_arguments(op, k, which, tol, max_iter, check_every, callback,
                                                 memory_bytes is not None)
-    dtype = parse_basis_dtype(basis_dtype)
+    basis, limit = _basis(op, k, max_iter, memory_bytes, basis_dtype, basis_device, vectors)
     n, device = op.n, op.device
-    store = device if basis_device is None else torch.device(basis_device)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     q = random_unit(gen, n, device) if v0 is None else _unit_start(v0, n, device)
     start_count = op.n_matvecs
-    if memory_bytes is None:
-        dtype = dtype or torch.float64
-        limit, fixed = max_iter, False
-    else:
-        plan = plan_basis(n, max_iter, memory_bytes, op.dtype, k=k, dtype=dtype, vectors=vectors)
-        dtype, limit, fixed = plan.dtype, plan.capacity, True
-    capacity = limit if fixed else min(max_iter, max(2 * k + 20, 32))
-    basis = Basis(n, store, capacity, dtype, work_dtype(dtype, op.dtype), fixed=fixed, work_device=device)
-    if limit < max_iter or dtype != torch.float64:  # the rounding of a coarser basis is tracked there
+    if limit < max_iter or basis.dtype != torch.float64:  # the rounding of a coarser basis is tracked there
         values, ritz, residuals, converged, it = thick_restart_lanczos(
             op, q, basis, limit, gen, k, which, tol, max_iter, check_every, callback, vectors)
         return EigenResult(values, ritz, residuals, converged, op.n_matvecs - start_count, it, float(tol), which)
@@ -284,6 +273,22 @@ def lanczos(
         tol=float(tol),
         which=which,
     )
+
+
+def _basis(op: SymmetricOperator, k: int, max_iter: int, memory_bytes: float | None, basis_dtype: object,
+           basis_device: str | torch.device | None, vectors: bool) -> tuple[Basis, int]:
+    """The empty basis of :func:`lanczos` and the number of vectors it may hold before a thick
+    restart: ``max_iter`` (growing as needed) without a budget, else the plan's fixed size."""
+    dtype = parse_basis_dtype(basis_dtype)
+    store = op.device if basis_device is None else torch.device(basis_device)
+    if memory_bytes is None:
+        dtype = dtype or torch.float64
+        limit, fixed = max_iter, False
+    else:
+        plan = plan_basis(op.n, max_iter, memory_bytes, op.dtype, k=k, dtype=dtype, vectors=vectors)
+        dtype, limit, fixed = plan.dtype, plan.capacity, True
+    capacity = limit if fixed else min(max_iter, max(2 * k + 20, 32))
+    return Basis(op.n, store, capacity, dtype, work_dtype(dtype, op.dtype), fixed=fixed, work_device=op.device), limit
 
 
 def _iterate(op: SymmetricOperator, basis: Basis, q: Tensor, random_start: bool, gen: torch.Generator, k: int,

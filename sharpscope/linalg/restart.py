@@ -47,54 +47,26 @@ def thick_restart_lanczos(op: SymmetricOperator, q: Tensor, basis: Basis, limit:
     ``basis``, restarting whenever it holds ``limit`` vectors; stops when the ``k`` wanted Ritz
     pairs have a relative residual <= ``tol`` (as :func:`~sharpscope.linalg.lanczos.lanczos`)
     or after ``max_iter`` products (warning). Returns values, unit Ritz vectors (op dtype, or
-    None), residuals, converged flags (all ordered by ``which``) and the products spent.
-
-    A basis stored in a lower precision than its working vectors holds each vector rounded:
-    ``q_s = q + e``. The product is taken with the stored ``q_s`` (the basis and the products
-    agree), but the exact remainder the previous step left was ``beta q``, so column ``j`` of
-    ``A Q - Q H`` gains ``-beta_{j-1} e_j`` outside the last one; a restart's rounding ``e_i``
-    of a kept Ritz vector adds at most ``2 ||A|| ||e_i||`` (and the first vector after a
-    restart, ``f / ||f||``, spreads its rounding over the kept columns as ``s``). The norms are
-    known exactly, so the residual reported is ``sqrt((||f|| y_m)^2 + sum_j (d_j y_j)^2)`` with
-    these defects ``d_j`` of the columns (0 for float64; the sum of squares treats the rounding
-    errors as uncorrelated)."""
+    None), residuals, converged flags (all ordered by ``which``) and the products spent."""
     n = op.n
     keep = min(limit - 2, k + (limit - k) // 2)
-    H = torch.zeros(limit, limit, dtype=torch.float64)
-    G = torch.eye(limit, dtype=torch.float64)  # Q^T Q of the stored basis (I for float64)
-    defects = torch.zeros(limit, dtype=torch.float64)
+    proj = _Projection(limit)
     eps_op = torch.finfo(op.dtype).eps
-    source = torch.zeros(limit, dtype=torch.float64)  # the columns the remainder beta q came from
     anorm, it, restarts, beta = 0.0, 0, 0, 0.0
     q = q.to(device=op.device, dtype=basis.work)
     while True:
-        stored = basis.append(q)
-        j = basis.size - 1
-        rounded = stored is not q
-        if rounded and beta > 0:  # the stored vector's rounding, against the remainder it came from
-            defects.copy_((defects**2 + (beta * float(torch.linalg.vector_norm(q.sub_(stored))) * source) ** 2).sqrt())
-        del q  # two working vectors during the product: the stored vector and the product
-        if rounded:
-            g = basis.project(stored).double().cpu()
-            G[: j + 1, j] = g
-            G[j, : j + 1] = g
-        w, h = basis.orthogonalize(matvec_work(op, stored))
+        w, h = proj.step(op, basis, q, beta)
+        del q  # two working vectors during the next product: the stored vector and the product
         it += 1
-        h = h.cpu()
-        H[: j + 1, j] = h
-        H[j, : j + 1] = h
         beta = float(torch.linalg.vector_norm(w))
         anorm = max(anorm, float(h.abs().sum()) + beta)  # Gershgorin bound on ||H||, estimates ||A||
         m = basis.size
         breakdown = beta <= breakdown_threshold(op, anorm)
         full, last, exhausted = m == limit, it >= max_iter, m == n
-        source.zero_()
-        source[j] = 1.0
         if not (full or last or exhausted or breakdown or (it >= k and (it - k) % check_every == 0)):
             q = w.div_(beta)
             continue
-        theta, Y = _ritz(H[:m, :m], G[:m, :m])
-        residuals = ((beta * Y[m - 1]) ** 2 + ((defects[:m, None] * Y) ** 2).sum(dim=0)).sqrt()
+        theta, Y, residuals = proj.ritz(m, beta)
         tiny = max(math.sqrt(eps_op) * anorm, torch.finfo(torch.float64).tiny)
         converged = (residuals <= tol * theta.abs().clamp_min(tiny)) | exhausted
         order = torch.sort(wanted_key(theta, which), descending=True, stable=True).indices
@@ -104,21 +76,7 @@ def thick_restart_lanczos(op: SymmetricOperator, q: Tensor, basis: Basis, limit:
         if (m >= k and bool(converged[wanted].all())) or last or exhausted:
             break
         if full:  # compress onto the most wanted Ritz vectors: H becomes diag(theta_l) + the coupling to come
-            kept, kept_theta = Y[:, order[:keep]], theta[order[:keep]]
-            carried = ((defects[:m, None] * kept) ** 2).sum(dim=0)
-            C, D, c, rounding = basis.rotate(kept, w)
-            defects.zero_()
-            defects[:keep] = (carried + (2 * anorm * rounding) ** 2).sqrt()
-            # Q_s = QY + E with A QY = QY Theta + w s^T: to first order in E
-            # Q_s^T A Q_s = Theta + C Theta + Theta C^T + c s^T + s c^T and Q_s^T Q_s = I + C + C^T + D
-            s = kept[m - 1]
-            H.zero_()
-            G.copy_(torch.eye(limit, dtype=torch.float64))
-            H[:keep, :keep] = torch.diag(kept_theta) + C * kept_theta + (C * kept_theta).T + torch.outer(c, s) \
-                + torch.outer(s, c)
-            G[:keep, :keep] += C + C.T + D
-            source.zero_()
-            source[:keep] = kept[m - 1]  # A Q_l = Q_l Theta_l + f s^T
+            proj.compress(basis, Y[:, order[:keep]], theta[order[:keep]], w, anorm)
             restarts += 1
         if breakdown:  # an invariant subspace: go on with a random vector orthogonal to the basis
             r, _ = basis.orthogonalize(random_unit(gen, n, op.device).to(basis.work))
@@ -136,6 +94,71 @@ def thick_restart_lanczos(op: SymmetricOperator, q: Tensor, basis: Basis, limit:
     if not bool(converged[wanted].all()):
         _warn(theta[wanted], residuals[wanted], converged[wanted], k, it, limit, restarts, tol)
     return theta[wanted].clone(), out, residuals[wanted].clone(), converged[wanted].clone(), it
+
+
+class _Projection:
+    """The projected matrix ``H = Q^T A Q``, the Gram matrix ``G = Q^T Q`` of the stored basis
+    (I for float64) and the rounding defects of its columns, at most ``limit`` of them.
+
+    A basis stored in a lower precision than its working vectors holds each vector rounded:
+    ``q_s = q + e``. The product is taken with the stored ``q_s`` (the basis and the products
+    agree), but the exact remainder the previous step left was ``beta q``, so the column(s) it
+    came from (``source``) gain ``-beta e`` in ``A Q - Q G^{-1} H``; a restart's rounding
+    ``e_i`` of a kept Ritz vector adds at most ``2 ||A|| ||e_i||``. The norms are known
+    exactly, so the residual reported is ``sqrt((||f|| y_m)^2 + sum_j (d_j y_j)^2)`` with these
+    defects ``d_j`` (0 for float64; the sum of squares treats the rounding errors as uncorrelated).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.H = torch.zeros(limit, limit, dtype=torch.float64)
+        self.G = torch.eye(limit, dtype=torch.float64)
+        self.defects = torch.zeros(limit, dtype=torch.float64)
+        self.source = torch.zeros(limit, dtype=torch.float64)  # the columns the remainder beta q came from
+
+    def step(self, op: SymmetricOperator, basis: Basis, q: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+        """Append ``q`` (the remainder ``beta q`` of the last step normalized), multiply the
+        stored vector and orthogonalize: the new remainder and ``h = Q^T A q_s`` (CPU)."""
+        stored = basis.append(q)
+        j = basis.size - 1
+        if stored is not q:
+            if beta > 0:  # the stored vector's rounding, against the remainder it came from
+                d = beta * float(torch.linalg.vector_norm(q.sub_(stored)))
+                self.defects.copy_((self.defects**2 + (d * self.source) ** 2).sqrt())
+            g = basis.project(stored).double().cpu()
+            self.G[: j + 1, j] = g
+            self.G[j, : j + 1] = g
+        w, h = basis.orthogonalize(matvec_work(op, stored))
+        h = h.cpu()
+        self.H[: j + 1, j] = h
+        self.H[j, : j + 1] = h
+        self.source.zero_()
+        self.source[j] = 1.0
+        return w, h
+
+    def ritz(self, m: int, beta: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Ritz values (ascending), ``G``-orthonormal coefficient vectors and residual bounds."""
+        theta, Y = _ritz(self.H[:m, :m], self.G[:m, :m])
+        return theta, Y, ((beta * Y[m - 1]) ** 2 + ((self.defects[:m, None] * Y) ** 2).sum(dim=0)).sqrt()
+
+    def compress(self, basis: Basis, kept: Tensor, kept_theta: Tensor, w: Tensor, anorm: float) -> None:
+        """The thick restart, in place: ``Q <- Q Y_l``, and ``H``, ``G``, the defects and the
+        source of the next vector for the kept columns. The storage rounds ``Q_s = QY + E`` and,
+        with ``A QY = QY Theta + w s^T``, to first order in ``E``:
+        ``Q_s^T A Q_s = Theta + C Theta + Theta C^T + c s^T + s c^T`` and
+        ``Q_s^T Q_s = I + C + C^T + D`` (``C, D, c`` from :meth:`Basis.rotate`)."""
+        m, keep = basis.size, kept.shape[1]
+        carried = ((self.defects[:m, None] * kept) ** 2).sum(dim=0)
+        C, D, c, rounding = basis.rotate(kept, w)
+        self.defects.zero_()
+        self.defects[:keep] = (carried + (2 * anorm * rounding) ** 2).sqrt()
+        s = kept[m - 1]
+        CT = C * kept_theta
+        self.H.zero_()
+        self.H[:keep, :keep] = torch.diag(kept_theta) + CT + CT.T + torch.outer(c, s) + torch.outer(s, c)
+        self.G.copy_(torch.eye(self.G.shape[0], dtype=torch.float64))
+        self.G[:keep, :keep] += C + C.T + D
+        self.source.zero_()
+        self.source[:keep] = s  # A Q_l = Q_l Theta_l + f s^T
 
 
 def _ritz(H: Tensor, G: Tensor) -> tuple[Tensor, Tensor]:
