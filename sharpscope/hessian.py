@@ -151,7 +151,8 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
     n, budget = parameter_count(model), _budget(memory_gb)  # refuse a basis that cannot fit, before any product
     k = int_at_least("k", k, 1)
     if budget is None:
-        require_lanczos_memory(n, int_at_least("max_iter", max_iter if max_iter is not None else default_max_iter(n, k), 1))
+        steps = max_iter if max_iter is not None else default_max_iter(n, k)
+        require_lanczos_memory(n, int_at_least("max_iter", steps, 1))
     else:
         steps = int_at_least("max_iter", max_iter, 1) if max_iter is not None else max(300, 30 * k)
         plan_basis(n, steps, budget, _dtype(model), k=k, dtype=parse_basis_dtype(basis_dtype), vectors=keep)
