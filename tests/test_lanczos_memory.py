@@ -193,3 +193,19 @@ def test_hessian_density_and_trace_within_a_budget(mlp):
         warnings.simplefilter("error")
         tr = sh.trace(model, F.cross_entropy, data, n_matvecs=30, memory_gb=0.01)
     assert tr.trace == sh.trace(model, F.cross_entropy, data, n_matvecs=30).trace
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_basis_on_the_cpu_for_an_operator_on_the_gpu(dtype):
+    """The basis kept on the CPU (read in chunks of rows) for products on the GPU: the same
+    top 5 as a basis on the operator's device, within the dtype's accuracy (tests above)."""
+    _, A = dct()
+    op = SymmetricOperator.from_matrix(A.cuda())
+    tol = 1e-2 if dtype == "bfloat16" else 1e-6
+    res = lanczos(op, k=5, tol=tol, basis_dtype=dtype, basis_device="cpu")
+    assert res.all_converged and res.eigenvectors.device.type == "cpu"
+    check_ritz_pairs(res, A, 1e-5 if dtype == "bfloat16" else 1e-12)
+    nodes, weights, _ = slq(op, n_runs=1, n_steps=20, basis_dtype=dtype, basis_device="cpu")
+    ref_nodes, ref_weights, _ = slq(SymmetricOperator.from_matrix(A), n_runs=1, n_steps=20)
+    assert abs(float((nodes * weights).sum() - (ref_nodes * ref_weights).sum())) <= 1e-2

@@ -223,14 +223,18 @@ def spectral_density(
     seed: int = 0,
     sigma_squared: float = 1e-5,
     grid_points: int = 10_000,
-    **basis: object,
+    *,
+    memory_bytes: float | None = None,
+    basis_dtype: torch.dtype | str | None = None,
+    basis_device: str | torch.device | None = None,
 ) -> DensityResult:
     """SLQ spectral density of ``op``: :func:`slq` then :func:`smooth_density`.
 
     Costs ``n_runs * min(n_steps, n)`` products (fewer if a run meets an invariant subspace).
-    ``basis``: :func:`slq`'s ``memory_bytes``, ``basis_dtype``, ``basis_device``.
+    ``memory_bytes``, ``basis_dtype``, ``basis_device``: the basis, as in :func:`slq`.
     """
-    nodes, weights, used = slq(op, n_runs=n_runs, n_steps=n_steps, seed=seed, **basis)  # type: ignore[arg-type]
+    nodes, weights, used = slq(op, n_runs=n_runs, n_steps=n_steps, seed=seed, memory_bytes=memory_bytes,
+                               basis_dtype=basis_dtype, basis_device=basis_device)
     grid, density, s = smooth_density(nodes, weights, sigma_squared=sigma_squared, grid_points=grid_points)
     return DensityResult(
         grid=grid,
