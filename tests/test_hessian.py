@@ -271,7 +271,7 @@ def test_cli_hessian_memory_budget(trained, cli):
     code, out, err = cli(args)
     assert code == 0, err
     ref = json.loads(out[out.index("{"):])["eigenvalues"]
-    code, out, err = cli([*args, "--memory", "0.0002"])
+    code, out, err = cli([*args, "--memory", "0.0006"])
     assert code == 0, err
     got = json.loads(out[out.index("{"):])["eigenvalues"]
     assert all(got["converged"]) and got["n_hvp"] > 10

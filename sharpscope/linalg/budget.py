@@ -6,11 +6,12 @@ parameters one float64 vector is 0.99 GB, so 30 steps need 30 GB. Within a budge
 
     basis                n * c * bytes(dtype)            c columns, dtype float64 / float32 / bfloat16
     working vectors      2 * n * bytes(work)             the vector multiplied and the product
+                         + n * bytes(dtype)              (coarser basis) a column's copy as it is stored
                          + n * bytes(op dtype)           its cast, when the operator computes in another dtype
                          4 * n * 8 for a float64 basis   (today's float64 steps also hold two temporaries)
     Ritz vectors         k * n * bytes(op dtype)         only when the eigenvectors are asked for
-    chunk buffers        2 * min(n, rows) * c * bytes(work)   a lower-precision basis is read in chunks of
-                                                         about 32 MiB
+    chunk buffers        3 * min(n, rows) * (c + 1) * 8  a lower-precision basis is read in chunks of
+                                                         about 8 MiB, cast to float64
 
 (``work`` = :func:`~sharpscope.linalg.basis.work_dtype`). The model and its products' own
 graph are outside the budget: they cost the same whatever the analysis holds.
@@ -41,13 +42,11 @@ import torch
 
 from ..checks import size_text
 from ..errors import ConfigError, MemoryBudgetError
-from .basis import work_dtype
+from .basis import CHUNK_BYTES, work_dtype
 
 __all__ = ["BASIS_DTYPES", "BasisPlan", "parse_basis_dtype", "plan_basis"]
 
 BASIS_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
-
-_CHUNK = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -86,9 +85,9 @@ def plan_basis(n: int, steps: int, memory_bytes: float, op_dtype: torch.dtype, *
         work = work_dtype(dt, op_dtype)
         if dt == torch.float64:
             vecs = 4 * n * 8
-        else:  # two chunks of rows cast to the working dtype (Basis._rows)
-            chunk = min(n, max(1024, _CHUNK // (c * _bytes(work)))) * c * _bytes(work)
-            vecs = 2 * n * _bytes(work) + 2 * chunk
+        else:  # chunks of rows cast to float64 or to the working dtype, a few alive at once
+            chunk = min(n, max(1024, CHUNK_BYTES // (c * 8))) * (c + 1) * 8
+            vecs = 2 * n * _bytes(work) + 3 * chunk + n * _bytes(dt)  # and a column's copy as it is stored
         vecs += n * _bytes(op_dtype) if work != op_dtype else 0
         return vecs + ((k or 0) * n * _bytes(op_dtype) if vectors else 0) + n * c * _bytes(dt)
 

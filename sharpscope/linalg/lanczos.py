@@ -252,12 +252,13 @@ def lanczos(
     basis, limit = _basis(op, k, max_iter, memory_bytes, basis_dtype, basis_device, vectors)
     n, device = op.n, op.device
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    q = random_unit(gen, n, device) if v0 is None else _unit_start(v0, n, device)
     start_count = op.n_matvecs
     if limit < max_iter or basis.dtype != torch.float64:  # the rounding of a coarser basis is tracked there
         values, ritz, residuals, converged, it = thick_restart_lanczos(
-            op, q, basis, limit, gen, k, which, tol, max_iter, check_every, callback, vectors)
+            op, lambda: random_unit(gen, n, device) if v0 is None else _unit_start(v0, n, device), basis, limit, gen,
+            k, which, tol, max_iter, check_every, callback, vectors)
         return EigenResult(values, ritz, residuals, converged, op.n_matvecs - start_count, it, float(tol), which)
+    q = random_unit(gen, n, device) if v0 is None else _unit_start(v0, n, device)
     blocks, state, it = _iterate(op, basis, q.to(basis.work), v0 is None, gen, k, which, tol, max_iter,
                                  check_every, callback)
     wanted = state.wanted

@@ -39,12 +39,12 @@ from .operator import SymmetricOperator
 __all__ = ["thick_restart_lanczos"]
 
 
-def thick_restart_lanczos(op: SymmetricOperator, q: Tensor, basis: Basis, limit: int, gen: torch.Generator, k: int,
-                          which: str, tol: float, max_iter: int, check_every: int,
+def thick_restart_lanczos(op: SymmetricOperator, start: Callable[[], Tensor], basis: Basis, limit: int,
+                          gen: torch.Generator, k: int, which: str, tol: float, max_iter: int, check_every: int,
                           callback: Callable[[int, Tensor], None] | None,
                           vectors: bool) -> tuple[Tensor, Tensor | None, Tensor, Tensor, int]:
-    """Thick-restart Lanczos (module docstring) from the unit vector ``q`` in the empty
-    ``basis``, restarting whenever it holds ``limit`` vectors; stops when the ``k`` wanted Ritz
+    """Thick-restart Lanczos (module docstring) from the unit vector ``start()`` (drawn here,
+    so no caller holds a copy) in the empty ``basis``, restarting whenever it holds ``limit`` vectors; stops when the ``k`` wanted Ritz
     pairs have a relative residual <= ``tol`` (as :func:`~sharpscope.linalg.lanczos.lanczos`)
     or after ``max_iter`` products (warning). Returns values, unit Ritz vectors (op dtype, or
     None), residuals, converged flags (all ordered by ``which``) and the products spent."""
@@ -53,10 +53,12 @@ def thick_restart_lanczos(op: SymmetricOperator, q: Tensor, basis: Basis, limit:
     proj = _Projection(limit)
     eps_op = torch.finfo(op.dtype).eps
     anorm, it, restarts, beta = 0.0, 0, 0, 0.0
-    q = q.to(device=op.device, dtype=basis.work)
+    q = start().to(device=op.device, dtype=basis.work)
     while True:
-        w, h = proj.step(op, basis, q, beta)
-        del q  # two working vectors during the next product: the stored vector and the product
+        stored = proj.append(basis, q, beta)
+        del q  # two working vectors during the product: the stored vector and the product
+        w, h = proj.multiply(op, basis, stored)
+        del stored
         it += 1
         beta = float(torch.linalg.vector_norm(w))
         anorm = max(anorm, float(h.abs().sum()) + beta)  # Gershgorin bound on ||H||, estimates ||A||
@@ -115,9 +117,9 @@ class _Projection:
         self.defects = torch.zeros(limit, dtype=torch.float64)
         self.source = torch.zeros(limit, dtype=torch.float64)  # the columns the remainder beta q came from
 
-    def step(self, op: SymmetricOperator, basis: Basis, q: Tensor, beta: float) -> tuple[Tensor, Tensor]:
-        """Append ``q`` (the remainder ``beta q`` of the last step normalized), multiply the
-        stored vector and orthogonalize: the new remainder and ``h = Q^T A q_s`` (CPU)."""
+    def append(self, basis: Basis, q: Tensor, beta: float) -> Tensor:
+        """Append ``q`` (the remainder ``beta q`` of the last step normalized; overwritten) and
+        return it as stored, with its rounding's defect and its column of ``G``."""
         stored = basis.append(q)
         j = basis.size - 1
         if stored is not q:
@@ -127,6 +129,12 @@ class _Projection:
             g = basis.project(stored).double().cpu()
             self.G[: j + 1, j] = g
             self.G[j, : j + 1] = g
+        return stored
+
+    def multiply(self, op: SymmetricOperator, basis: Basis, stored: Tensor) -> tuple[Tensor, Tensor]:
+        """The product of the last stored vector, orthogonalized: the new remainder and its
+        column ``h = Q^T A q_s`` of ``H`` (CPU)."""
+        j = basis.size - 1
         w, h = basis.orthogonalize(matvec_work(op, stored))
         h = h.cpu()
         self.H[: j + 1, j] = h
