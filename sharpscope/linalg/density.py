@@ -116,10 +116,10 @@ def slq(op: SymmetricOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 
     nodes = torch.empty(n_runs, m, dtype=torch.float64)
     weights = torch.zeros(n_runs, m, dtype=torch.float64)
     for r in range(n_runs):
-        q = random_unit(gen, n, op.device, rademacher=True)
         basis = Basis(n, store, m, dtype, work_dtype(dtype, op.dtype), fixed=memory_bytes is not None,
                       work_device=op.device)
-        alphas, betas = _run(op, basis, q.to(basis.work), m)
+        # the start vector is passed without a name here, so that only _run holds it
+        alphas, betas = _run(op, basis, random_unit(gen, n, op.device, rademacher=True).to(basis.work), m)
         del basis  # before the next run's basis is allocated
         theta, S = tridiagonal_eigh(torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64))
         d = theta.numel()
