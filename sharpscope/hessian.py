@@ -125,7 +125,7 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
                 return_eigenvectors: bool = False, callback: Callable | None = None,
                 operator: str = "hessian", mc_samples: int | str = "exact",
                 return_vectors: bool = False, memory_gb: float | None = None,
-                basis_dtype: str | None = None) -> EigenvaluesResult:
+                basis_dtype: str | None = None, basis_device: Any = None) -> EigenvaluesResult:
     """The k extreme Hessian eigenvalues (``which``: LA largest, SA smallest, LM largest |.|),
     or those of another curvature ``operator`` (module docstring). The GGN (of a loss convex in
     the outputs) and both Fishers are PSD: their ``which="SA"`` values are >= 0 up to the
@@ -144,7 +144,8 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
     nor a product's graph): the basis is stored in float64, float32 or bfloat16 and, if need be,
     Lanczos restarts thickly (:mod:`sharpscope.linalg.budget`); a budget that cannot hold even
     ``k + 2`` bfloat16 vectors raises :class:`~sharpscope.errors.MemoryBudgetError` before any
-    product. ``basis_dtype`` (``"float64"``, ``"float32"``, ``"bfloat16"``) fixes the basis's dtype.
+    product. ``basis_dtype`` (``"float64"``, ``"float32"``, ``"bfloat16"``) fixes the basis's dtype,
+    ``basis_device`` where it is kept (e.g. ``"cpu"`` for a model on a GPU).
     """
     mc = curvature.check(operator, mc_samples)
     keep = return_vectors or return_eigenvectors
@@ -161,7 +162,7 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
     op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
     curvature.warn_sampled_fisher(operator, mc, "the top eigenvalues")
     res = linalg.lanczos(op, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, callback=callback,
-                         vectors=keep, memory_bytes=budget, basis_dtype=basis_dtype)
+                         vectors=keep, memory_bytes=budget, basis_dtype=basis_dtype, basis_device=basis_device)
     return EigenvaluesResult(
         eigenvalues=[float(x) for x in res.eigenvalues], residuals=[float(x) for x in res.residuals],
         converged=[bool(x) for x in res.converged], which=which, tol=tol, n_hvp=res.n_matvecs,
@@ -277,12 +278,13 @@ def density(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: I
             n_runs: int = 10, n_steps: int = 80, sigma_squared: float = 1e-5, grid_points: int = 2000,
             params: Any = None, seed: int = 0, hvp_mode: str = "auto", operator: str = "hessian",
             mc_samples: int | str = "exact", memory_gb: float | None = None,
-            basis_dtype: str | None = None) -> DensityResult:
+            basis_dtype: str | None = None, basis_device: Any = None) -> DensityResult:
     """Spectral density by SLQ: ``n_runs`` Lanczos runs of ``n_steps`` steps each, Gaussian
     kernel of variance sigma_squared * max(1, lambda_max - lambda_min) (Ghorbani et al. 2019);
     of the Hessian or of another curvature ``operator``. The runs hold one basis at a time;
     ``memory_gb`` stores it in the finest dtype that fits (float64, float32, bfloat16), else
-    raises :class:`~sharpscope.errors.MemoryBudgetError` before any product."""
+    raises :class:`~sharpscope.errors.MemoryBudgetError` before any product; ``basis_dtype``,
+    ``basis_device`` as in :func:`eigenvalues`."""
     mc = curvature.check(operator, mc_samples)
     finite_float("sigma_squared", sigma_squared, above=0)  # checked again only after the SLQ runs
     n, budget = parameter_count(model), _budget(memory_gb)
@@ -297,7 +299,8 @@ def density(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: I
     op = curvature.operator(obj, operator, mc_samples=mc_samples, seed=seed)
     curvature.warn_sampled_fisher(operator, mc, "the spectral density's upper edge and top eigenvalues")
     res = linalg.spectral_density(op, n_runs=n_runs, n_steps=n_steps, seed=seed, sigma_squared=sigma_squared,
-                                  grid_points=grid_points, memory_bytes=budget, basis_dtype=basis_dtype)
+                                  grid_points=grid_points, memory_bytes=budget, basis_dtype=basis_dtype,
+                                  basis_device=basis_device)
     return DensityResult(
         grid=res.grid.tolist(), density=res.density.tolist(), nodes=res.nodes.tolist(),
         weights=res.weights.tolist(), sigma=float(res.sigma), n_runs=res.n_runs, n_steps=res.n_steps,
