@@ -12,7 +12,7 @@ from typing import Any
 
 from ._version import __version__  # the one source of the version (pyproject.toml reads it too)
 from .errors import (CheckpointError, ConfigError, DataChangedWarning, DataError, DataMismatchError,
-                     FiniteDifferenceWarning, ModelSpecError, NonFiniteLossError, RestartsDisagreeWarning,
+                     FiniteDifferenceWarning, MemoryBudgetError, ModelSpecError, NonFiniteLossError, RestartsDisagreeWarning,
                      SampledFisherWarning, SharpscopeError, UnconvergedWarning, ZeroGradientWarning)
 
 # The package's torch-backed names, imported on first access.
@@ -33,7 +33,7 @@ _SUBMODULES = ("ascent", "batches", "checkpoint", "checks", "cli", "cpu", "curva
 __all__ = [
     "__version__", "SAM", "RSAM", "GSAM", "WSAM", "LookSAM", "FriendlySAM", "sam_step", "frozen_bn_stats",
     "save_checkpoint", "load_checkpoint", "Checkpoint", "SharpscopeError", "ConfigError", "DataError",
-    "DataMismatchError", "DataChangedWarning", "ModelSpecError", "CheckpointError", "NonFiniteLossError",
+    "DataMismatchError", "MemoryBudgetError", "DataChangedWarning", "ModelSpecError", "CheckpointError", "NonFiniteLossError",
     "UnconvergedWarning", "RestartsDisagreeWarning", "SampledFisherWarning", "ZeroGradientWarning", "ModelLoss",
     "OutputLoss", "TokenLoss", "TokenCrossEntropy", "ChunkedTokenLoss", "FiniteDifferenceWarning",
 ]

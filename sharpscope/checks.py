@@ -11,17 +11,20 @@ import math
 import numbers
 import os
 
-from .errors import ConfigError
+from .errors import ConfigError, MemoryBudgetError
 
 __all__ = ["bool_option", "BOOL_WORDS",
            "int_at_least", "finite_float", "float_problem", "available_memory", "require_memory",
            "require_grid_memory", "require_lanczos_memory", "require_trace_memory", "parameter_count",
-           "GRID_POINT_BYTES"]
+           "GRID_POINT_BYTES", "size_text", "GIB"]
 
 # Memory one grid point of a surface or interpolation costs while it is evaluated: loss,
 # accuracy and done flags, its coordinates and its place in the work list (measured about
 # 215-240 bytes per point on 1-D and 2-D grids of 200,000 points, CPython 3.11).
 GRID_POINT_BYTES = 256
+
+# One unit of the ``--memory GB`` budgets (and the API's ``memory_gb``): 2^30 bytes.
+GIB = 1 << 30
 
 
 # How an option's true/false may be written (case aside); anything else is refused.
@@ -94,7 +97,8 @@ def available_memory() -> int | None:
         return None
 
 
-def _size(n_bytes: float) -> str:
+def size_text(n_bytes: float) -> str:
+    """``n_bytes`` in words: bytes, KiB, MiB, GiB, ... (powers of 1024)."""
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n_bytes < 1024 or unit == "PiB":
             return f"{n_bytes:.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
@@ -102,12 +106,19 @@ def _size(n_bytes: float) -> str:
     raise AssertionError("unreachable")
 
 
-def require_memory(n_bytes: float, what: str) -> None:
-    """Refuse work whose arrays would need more than the memory available now."""
+def require_memory(n_bytes: float, what: str, budget: float | None = None) -> None:
+    """Refuse work whose arrays would need more than the memory available now
+    (:class:`ConfigError`) or, when given, more than the ``budget`` in bytes
+    (:class:`~sharpscope.errors.MemoryBudgetError`)."""
+    if budget is not None:
+        if n_bytes > budget:
+            raise MemoryBudgetError(f"{what} would need about {size_text(n_bytes)} of memory, more than the "
+                                    f"memory budget of {size_text(budget)}")
+        return
     available = available_memory()
     if available is not None and n_bytes > available:
-        raise ConfigError(f"{what} would need about {_size(n_bytes)} of memory, more than the "
-                          f"{_size(available)} available")
+        raise ConfigError(f"{what} would need about {size_text(n_bytes)} of memory, more than the "
+                          f"{size_text(available)} available")
 
 
 def require_grid_memory(n_points: int) -> None:
@@ -121,8 +132,11 @@ def require_lanczos_memory(n: int, n_steps: int, n_runs: int = 1) -> None:
     require_memory(8.0 * m * (n + 2 * n_runs), f"{n_runs:,} Lanczos run(s) of {m:,} steps over {n:,} parameters")
 
 
-def require_trace_memory(n: int, n_matvecs: int) -> None:
+def require_trace_memory(n: int, n_matvecs: int, budget: float | None = None) -> float:
     """Refuse a trace estimate whose probe blocks (n x matvecs, float64, a few of them; the
-    exact trace when matvecs >= n: two n x n blocks) would not fit."""
+    exact trace when matvecs >= n: two n x n blocks) would not fit in the memory available or
+    in the ``budget`` (bytes); returns the bytes they need."""
     m = min(n_matvecs, n)
-    require_memory(16.0 * n * m, f"a trace estimate with {m:,} Hessian-vector products over {n:,} parameters")
+    need = 16.0 * n * m
+    require_memory(need, f"a trace estimate with {m:,} Hessian-vector products over {n:,} parameters", budget)
+    return need

@@ -104,9 +104,10 @@ def warn_sampled_fisher(kind: str, mc_samples: int | str | None, what: str) -> N
                       "the same cost per product", SampledFisherWarning, stacklevel=3)
 
 
-def block_size(objective: Objective, kind: str = "hessian") -> int | None:
-    """Columns per batched product within the objective's memory budget."""
-    return objective.hvp_block_size() if kind == "hessian" else objective.vmapped_block_size()
+def block_size(objective: Objective, kind: str = "hessian", budget_bytes: int | None = None) -> int | None:
+    """Columns per batched product within ``budget_bytes`` (default: the objective's budget)."""
+    budget = {} if budget_bytes is None else {"budget_bytes": budget_bytes}
+    return objective.hvp_block_size(**budget) if kind == "hessian" else objective.vmapped_block_size(**budget)
 
 
 def _product(obj: Objective, middle: Middle, v: Tensor, what: str) -> Tensor:

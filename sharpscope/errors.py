@@ -12,6 +12,11 @@ class ConfigError(SharpscopeError, ValueError):
     """An option is out of range or inconsistent (rho < 0, label noise outside [0, 1), ...)."""
 
 
+class MemoryBudgetError(ConfigError):
+    """An analysis would not fit in the memory budget it was given (``memory_gb``, ``--memory``):
+    raised before its first product, saying what the smallest plan would need."""
+
+
 class DataError(SharpscopeError, ValueError):
     """A data set is unknown, missing, or its files are malformed."""
 

@@ -20,8 +20,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from . import curvature, linalg
-from .checks import (finite_float, int_at_least, parameter_count, require_lanczos_memory,
+from .checks import (GIB, finite_float, int_at_least, parameter_count, require_lanczos_memory,
                      require_trace_memory)
+from .linalg.budget import parse_basis_dtype, plan_basis
 from .linalg.lanczos import default_max_iter
 from .errors import ConfigError
 from .objective import Objective, parameter_groups, select_parameters
@@ -30,6 +31,16 @@ __all__ = ["eigenvalues", "trace", "density", "layer_summary", "EigenvaluesResul
            "LayerSummary", "LayerRow", "eigenspace_overlap", "EigenspaceOverlap"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _budget(memory_gb: float | None) -> float | None:
+    """``memory_gb`` (GiB, 2^30 bytes) in bytes, checked; None without a budget."""
+    return None if memory_gb is None else finite_float("memory_gb", memory_gb, above=0) * GIB
+
+
+def _dtype(model: nn.Module | Objective) -> Any:
+    """The dtype the products compute in: the objective's, or the model's first parameter's."""
+    return model.dtype if isinstance(model, Objective) else next(model.parameters()).dtype
 
 
 def _operator(model: nn.Module | Objective, loss_fn: LossFn | None, data: Iterable | None, params: Any,
@@ -97,20 +108,33 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
                 params: Any = None, seed: int = 0, hvp_mode: str = "auto",
                 return_eigenvectors: bool = False, callback: Callable | None = None,
                 operator: str = "hessian", mc_samples: int | str = "exact",
-                return_vectors: bool = False) -> EigenvaluesResult:
+                return_vectors: bool = False, memory_gb: float | None = None,
+                basis_dtype: str | None = None, basis_device: Any = None) -> EigenvaluesResult:
     """The k extreme eigenvalues (``which``: LA, SA or LM) of the Hessian or another ``operator``.
     Converged: ||H x - theta x|| <= tol |theta|, so the error is <= residual^2 / gap (Parlett, The
     Symmetric Eigenvalue Problem, 11.7). ``return_vectors`` (or ``return_eigenvectors``) keeps the
-    Ritz vectors, within angle residual / gap of the true ones (Davis-Kahan), sign arbitrary."""
+    Ritz vectors, within angle residual / gap of the true ones (Davis-Kahan), sign arbitrary.
+
+    ``memory_gb`` bounds what Lanczos holds (basis, working and Ritz vectors; not the model nor a
+    product's graph): the basis is stored in float64, float32 or bfloat16 and, if need be, Lanczos
+    restarts thickly (:mod:`sharpscope.linalg.budget`); a budget that cannot hold ``k + 2`` bfloat16
+    vectors raises :class:`~sharpscope.errors.MemoryBudgetError` before any product. ``basis_dtype``
+    fixes the basis's dtype, ``basis_device`` where it is kept (e.g. ``"cpu"`` for a model on a GPU)."""
     mc = curvature.check(operator, mc_samples)
-    n = parameter_count(model)  # refuse a Krylov basis (n x steps) that cannot fit, before any product
-    steps = max_iter if max_iter is not None else default_max_iter(n, int_at_least("k", k, 1))
-    require_lanczos_memory(n, int_at_least("max_iter", steps, 1))
+    keep = return_vectors or return_eigenvectors
+    n, budget = parameter_count(model), _budget(memory_gb)  # refuse a basis that cannot fit, before any product
+    k = int_at_least("k", k, 1)
+    if budget is None:
+        steps = max_iter if max_iter is not None else default_max_iter(n, k)
+        require_lanczos_memory(n, int_at_least("max_iter", steps, 1))
+    else:
+        steps = int_at_least("max_iter", max_iter, 1) if max_iter is not None else max(300, 30 * k)
+        plan_basis(n, steps, budget, _dtype(model), k=k, dtype=parse_basis_dtype(basis_dtype), vectors=keep)
     start = time.perf_counter()
     obj, op = _operator(model, loss_fn, data, params, hvp_mode, operator, mc_samples, seed)
     curvature.warn_sampled_fisher(operator, mc, "the top eigenvalues")
-    res = linalg.lanczos(op, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, callback=callback)
-    keep = return_vectors or return_eigenvectors
+    res = linalg.lanczos(op, k=k, which=which, tol=tol, max_iter=max_iter, seed=seed, callback=callback,
+                         vectors=keep, memory_bytes=budget, basis_dtype=basis_dtype, basis_device=basis_device)
     return EigenvaluesResult(
         eigenvalues=[float(x) for x in res.eigenvalues], residuals=[float(x) for x in res.residuals],
         converged=[bool(x) for x in res.converged], which=which, tol=tol, n_hvp=res.n_matvecs, n_iter=res.n_iter,
@@ -140,16 +164,21 @@ class TraceResult:
 
 def trace(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
           n_matvecs: int = 99, method: str = "hutch++", params: Any = None, seed: int = 0,
-          hvp_mode: str = "auto", operator: str = "hessian", mc_samples: int | str = "exact") -> TraceResult:
-    """tr(H) (or of another ``operator``) from ``n_matvecs`` products by Hutch++ or Hutchinson."""
+          hvp_mode: str = "auto", operator: str = "hessian", mc_samples: int | str = "exact",
+          memory_gb: float | None = None) -> TraceResult:
+    """tr(H) (or of another ``operator``) from ``n_matvecs`` products by Hutch++ or Hutchinson.
+    ``memory_gb``: refuse (:class:`~sharpscope.errors.MemoryBudgetError`) probe blocks that would not
+    fit in it, and multiply the products in blocks sized from what is left of it."""
     mc = curvature.check(operator, mc_samples)
-    require_trace_memory(parameter_count(model), int_at_least("n_matvecs", n_matvecs, 1))
+    budget = _budget(memory_gb)
+    held = require_trace_memory(parameter_count(model), int_at_least("n_matvecs", n_matvecs, 1), budget)
     if method not in ("hutch++", "hutchinson"):
         raise ConfigError(f"trace method must be 'hutch++' or 'hutchinson', got {method!r}")
     start = time.perf_counter()
     obj, op = _operator(model, loss_fn, data, params, hvp_mode, operator, mc_samples, seed)
     fn = linalg.hutchpp if method == "hutch++" else linalg.hutchinson
-    block = curvature.block_size(obj, operator)  # batched products in blocks whose memory stays within a budget
+    # batched products in blocks whose memory stays within a budget (what memory_gb leaves)
+    block = curvature.block_size(obj, operator, None if budget is None else max(1, int(budget - held)))
     res = fn(op, n_matvecs=n_matvecs, seed=seed, block_size=block if method == "hutch++" else (block or 1))
     return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method, n_hvp=res.n_matvecs,
                        **_shared(obj, operator, mc, start))
@@ -203,17 +232,28 @@ class DensityResult:
 def density(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: Iterable | None = None,
             n_runs: int = 10, n_steps: int = 80, sigma_squared: float = 1e-5, grid_points: int = 2000,
             params: Any = None, seed: int = 0, hvp_mode: str = "auto", operator: str = "hessian",
-            mc_samples: int | str = "exact") -> DensityResult:
+            mc_samples: int | str = "exact", memory_gb: float | None = None,
+            basis_dtype: str | None = None, basis_device: Any = None) -> DensityResult:
     """Spectral density by SLQ: ``n_runs`` Lanczos runs of ``n_steps`` steps, Gaussian kernel of
-    variance sigma_squared * max(1, lambda_max - lambda_min) (Ghorbani et al. 2019)."""
+    variance sigma_squared * max(1, lambda_max - lambda_min) (Ghorbani et al. 2019). The runs hold
+    one basis at a time; ``memory_gb`` stores it in the finest dtype that fits (float64, float32,
+    bfloat16), else raises :class:`~sharpscope.errors.MemoryBudgetError` before any product;
+    ``basis_dtype``, ``basis_device`` as in :func:`eigenvalues`."""
     mc = curvature.check(operator, mc_samples)
     finite_float("sigma_squared", sigma_squared, above=0)  # checked again only after the SLQ runs
-    require_lanczos_memory(parameter_count(model), int_at_least("n_steps", n_steps, 1), int_at_least("n_runs", n_runs, 1))
+    n, budget = parameter_count(model), _budget(memory_gb)
+    steps, runs = int_at_least("n_steps", n_steps, 1), int_at_least("n_runs", n_runs, 1)
+    if budget is None:
+        require_lanczos_memory(n, steps, runs)
+    else:
+        plan_basis(n, steps, budget, _dtype(model), dtype=parse_basis_dtype(basis_dtype),
+                   what=f"an SLQ run of {min(steps, n):,} steps")
     start = time.perf_counter()
     obj, op = _operator(model, loss_fn, data, params, hvp_mode, operator, mc_samples, seed)
     curvature.warn_sampled_fisher(operator, mc, "the spectral density's upper edge and top eigenvalues")
-    res = linalg.spectral_density(op, n_runs=n_runs, n_steps=n_steps, seed=seed,
-                                  sigma_squared=sigma_squared, grid_points=grid_points)
+    res = linalg.spectral_density(op, n_runs=n_runs, n_steps=n_steps, seed=seed, sigma_squared=sigma_squared,
+                                  grid_points=grid_points, memory_bytes=budget, basis_dtype=basis_dtype,
+                                  basis_device=basis_device)
     return DensityResult(
         grid=res.grid.tolist(), density=res.density.tolist(), nodes=res.nodes.tolist(),
         weights=res.weights.tolist(), sigma=float(res.sigma), n_runs=res.n_runs, n_steps=res.n_steps,
@@ -250,9 +290,11 @@ class LayerSummary:
 def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "layer", tol: float = 1e-3,
                   trace_matvecs: int = 30, seed: int = 0, hvp_mode: str = "auto",
                   callback: Callable[[str], None] | None = None, operator: str = "hessian",
-                  mc_samples: int | str = "exact", params: Any = None) -> LayerSummary:
+                  mc_samples: int | str = "exact", params: Any = None,
+                  memory_gb: float | None = None) -> LayerSummary:
     """lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++ per group of ``params`` (``by``: "layer",
-    "block" or "kind", :func:`sharpscope.models.param_names.group_parameters`), of any ``operator``."""
+    "block" or "kind", :func:`sharpscope.models.param_names.group_parameters`), of any ``operator``;
+    ``memory_gb`` bounds each block's Lanczos and trace (:func:`eigenvalues`, :func:`trace`)."""
     mc = curvature.check(operator, mc_samples)
     start = time.perf_counter()
     groups = parameter_groups(model, by=by)
@@ -265,9 +307,9 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
         if callback is not None:
             callback(name)
         obj = Objective(model, loss_fn, batches, params=names, hvp_mode=hvp_mode)
-        top = eigenvalues(obj, k=1, tol=tol, seed=seed, operator=operator, mc_samples=mc_samples)
+        top = eigenvalues(obj, k=1, tol=tol, seed=seed, operator=operator, mc_samples=mc_samples, memory_gb=memory_gb)
         tr = trace(obj, n_matvecs=min(trace_matvecs, max(3, obj.n)), seed=seed, operator=operator,
-                   mc_samples=mc_samples)
+                   mc_samples=mc_samples, memory_gb=memory_gb)
         rows.append(LayerRow(name, obj.n, top.eigenvalues[0], top.converged[0], tr.trace, tr.stderr,
                              top.n_hvp + tr.n_hvp))
         obj.release()

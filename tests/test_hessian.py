@@ -257,3 +257,22 @@ def test_cli_hessian_announces_its_products_and_says_which_trace_to_trust(traine
     said, report = " ".join(err.split()), json.loads(out[out.index("{"):])
     assert report["density"]["trace_stderr"] is None and "(standard error n/a with 1 run)" in said
     assert "for the trace, trust --trace (Hutch++)" in said and said.startswith("10 HVPs planned (density")
+
+
+def test_cli_hessian_memory_budget(trained, cli):
+    """--memory GB: refused in one line (exit 2) with what it would need, before any product;
+    within a budget that holds only a few float32 vectors, the top 3 of a thick-restarted
+    Lanczos match the default run's (both converged to tol 1e-4: errors ~ residual^2 / gap)."""
+    args = ["hessian", str(trained["dir"]), "--top-k", "3", "--samples", "300", "--json", "-", "--no-progress"]
+    code, _, err = cli([*args, "--memory", "1e-6"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "needs at least" in err and "budget" in err
+    code, _, err = cli([*args, "--memory", "-1"])
+    assert code == 2
+    code, out, err = cli(args)
+    assert code == 0, err
+    ref = json.loads(out[out.index("{"):])["eigenvalues"]
+    code, out, err = cli([*args, "--memory", "0.0006"])
+    assert code == 0, err
+    got = json.loads(out[out.index("{"):])["eigenvalues"]
+    assert all(got["converged"]) and got["n_hvp"] > 10
+    assert max(abs(a - b) / abs(b) for a, b in zip(got["eigenvalues"], ref["eigenvalues"])) <= 1e-5

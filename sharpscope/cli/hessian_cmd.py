@@ -106,6 +106,11 @@ def hessian_command(
                               "of the Lanczos vectors; top-k eigenvalues by finite differences."),
     shard: bool = typer.Option(False, "--shard", help="Shard the model over the ranks of the torchrun that "
                                "launched this command (what --nproc N does)."),
+    memory: Optional[float] = typer.Option(
+        None, "--memory", callback=finite(above=0),
+        help="GB (2^30 bytes) the analyses may hold besides the model and a product: the Lanczos basis in "
+             "float64, float32 or bfloat16 (thick restarts if need be), SLQ's, Hutch++'s blocks; refused "
+             "before the first product, saying what it would need, if even the least does not fit."),
     old_steps: Optional[int] = OLD_STEPS,
     old_plot_dir: Optional[Path] = OLD_PLOT_DIR,
     inputs: Inputs = Inputs(),
@@ -115,34 +120,28 @@ def hessian_command(
     Example: sharpscope hessian runs/sam --top-k 5 --trace --density --plot --json h.json
 
     With --overlap-with B: the overlap ||V_A^T V_B||_F^2 / k of the top-k eigenspaces of the two
-    checkpoints on the same data (Gur-Ari et al. 2018), e.g. two epochs of one run.
-
-    The numbers are saved as <run>/analyses/hessian.json (ggn.json, ... for other operators;
-    --json PATH instead, --json - on stdout only); an earlier result there is kept unless --overwrite.
+    checkpoints on the same data (Gur-Ari et al. 2018), e.g. two epochs of one run. The numbers are
+    saved as <run>/analyses/hessian.json (ggn.json, ... for other operators).
     """
     steps = old_spelling("hessian", "--steps", "--slq-steps", old_steps, steps, 80)
     if shard:  # sharpscope.cli.hessian_sharded: the checks, or the analysis on torchrun's ranks
         from .hessian_sharded import run_sharded
         given = {"--per-layer": per_layer, "--overlap-with": overlap_with, "--plot": plot,
-                 "--fisher-samples": fisher_samples}
+                 "--fisher-samples": fisher_samples, "--memory": memory}
         spectra = {"trace": dict(n_matvecs=trace_matvecs) if trace else None, "density": dict(
             n_runs=runs, n_steps=steps, sigma_squared=sigma_squared) if density else None}
-        return run_sharded(checkpoint, inputs, batch_size, dict(k=top_k, which=which, tol=tol, max_iter=max_iter,
-                           seed=inputs.seed), given, operator, hvp_mode, spectra)
+        lanczos = dict(k=top_k, which=which, tol=tol, max_iter=max_iter, seed=inputs.seed)
+        return run_sharded(checkpoint, inputs, batch_size, lanczos, given, operator, hvp_mode, spectra)
     plot_dir = old_spelling("hessian", "--plot-dir", "--out", old_plot_dir, inputs.plot_dir, None)
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
-    stem = operator.replace("-", "_")  # hessian.json, hessian_*.png; ggn.json, ggn_*.png, ...
-    figures = (([f"{stem}_density", f"{stem}_density_log"] if density else [])
-               + ([f"{stem}_eigenvalues"] if top_k > 0 else [])) if plot else []
-    target, folder, outputs = claim_analysis(checkpoint, inputs.json_out, stem, figures, plot_dir, inputs.pdf,
-                                             inputs.overwrite)
+    target, folder, outputs = _claim(checkpoint, inputs, operator, plot and density, plot and top_k > 0, plot_dir)
     ckpt, batches, context = inputs.load(checkpoint, batch_size)
     settings = _Settings(top_k, which, tol, max_iter, trace, trace_matvecs, density, runs, steps, sigma_squared,
-                         per_layer, by, inputs.seed, hvp_mode, overlap_with)
+                         per_layer, by, inputs.seed, hvp_mode, overlap_with, memory)
     obj, obj_b, label_b, report = _objectives(ckpt, batches, settings, operator, mc_samples, inputs, context)
-    results = _compute(ckpt, batches, obj, obj_b, label_b, settings, {"operator": operator, "mc_samples": mc_samples},
-                       console, inputs.progress)
+    curv = {"operator": operator, "mc_samples": mc_samples, "memory_gb": memory}
+    results = _compute(ckpt, batches, obj, obj_b, label_b, settings, curv, console, inputs.progress)
     if not is_main():  # every rank took part in the products; rank 0 reports
         return
     notes = _add_results(report, results, obj, objective_record(obj, inputs.params))
@@ -152,6 +151,15 @@ def hessian_command(
     if plot:
         report["figures"] = _figures(ckpt, results, folder, inputs.pdf, console, operator)
     save_report(report, target, console, context)
+
+
+def _claim(checkpoint: Path, inputs: Inputs, operator: str, density_figures: bool, eigenvalue_figure: bool,
+           plot_dir: Path | None) -> tuple[Path | None, Path, Any]:
+    """Claim the report (hessian.json; ggn.json, ... for other operators) and the figures drawn."""
+    stem = operator.replace("-", "_")
+    figures = ([f"{stem}_density", f"{stem}_density_log"] if density_figures else []) + (
+        [f"{stem}_eigenvalues"] if eigenvalue_figure else [])
+    return claim_analysis(checkpoint, inputs.json_out, stem, figures, plot_dir, inputs.pdf, inputs.overwrite)
 
 
 @dataclass
@@ -173,6 +181,7 @@ class _Settings:
     seed: int
     hvp_mode: str
     overlap_with: Path | None
+    memory: float | None = None
 
 
 def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_samples: int | str,
@@ -180,14 +189,18 @@ def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_sample
     """The objective over ``--params``, B's (or None) and its label, and the report's first
     fields; refuses, before the first product, what cannot be computed: a trace or density
     whose arrays do not fit, an unknown grouping, an operator the loss or model does not fit."""
-    from ..checks import require_lanczos_memory, require_trace_memory
+    from ..checks import GIB, require_lanczos_memory, require_trace_memory
+    from ..linalg.budget import plan_basis
     from ..objective import Objective, parameter_groups
 
     selection = parse_params(inputs.params)
     obj = Objective(ckpt.model, data_loss(batches), batches, params=selection, hvp_mode=o.hvp_mode)
+    budget = None if o.memory is None else o.memory * GIB  # --memory: within it, or refused now
     if o.trace:
-        require_trace_memory(obj.n, o.trace_matvecs)
-    if o.density:
+        require_trace_memory(obj.n, o.trace_matvecs, budget)
+    if o.density and budget is not None:
+        plan_basis(obj.n, o.steps, budget, obj.dtype, what=f"an SLQ run of {min(o.steps, obj.n):,} steps")
+    elif o.density:
         require_lanczos_memory(obj.n, o.steps, o.runs)
     if o.per_layer:
         parameter_groups(ckpt.model, by=o.by)
@@ -228,7 +241,9 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
         if o.per_layer else 0
     note = (f"then the per-{o.by} summary of {groups} blocks" if groups else
             "Lanczos stops once the eigenvalues converge" if o.top_k > 0 else "")
-    cap = o.max_iter if o.max_iter is not None else default_max_iter(obj.n, max(o.top_k, 1))
+    k = max(o.top_k, 1)  # the step cap (--memory restarts thickly, so its cap is not memory's)
+    cap = o.max_iter if o.max_iter is not None else (
+        min(obj.n, max(300, 30 * k)) if o.memory is not None else default_max_iter(obj.n, k))
     parts = {f"eigenvalues ({o.which})": (cap, False)} if o.top_k > 0 else {}  # (products, exact) or a step cap
     if obj_b is not None:
         parts[f"eigenvalues of B ({o.which})"] = (cap, False)

@@ -30,6 +30,7 @@ _NOT_SHARDED = {
     "--overlap-with": "the eigenvectors stay sharded (each rank holds its rows)",
     "--plot": "no figures from a sharded analysis (the JSON holds the eigenvalues)",
     "--fisher-samples": "it applies to --operator fisher only",
+    "--memory": "the sharded Lanczos basis is float64 and its shards are 1/N of the one-process basis",
 }
 
 

@@ -9,8 +9,10 @@ products, which dominate the cost; orthogonalization and small eigenproblems are
 * :func:`hutchinson`, :func:`hutchpp` - stochastic trace estimates with standard errors.
 * :func:`slq`, :func:`smooth_density`, :func:`spectral_density` - spectral density by
   stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao, ICML 2019).
-* :mod:`.basis` - the pieces Lanczos and SLQ share (:class:`~.basis.Basis`, CGS2 in float64;
-  random unit start vectors; :func:`tridiagonal_eigh`).
+* :mod:`.basis` - the pieces Lanczos and SLQ share (:class:`~.basis.Basis`, CGS2, stored in
+  float64, float32 or bfloat16; random unit start vectors; :func:`tridiagonal_eigh`).
+* :mod:`.budget`, :mod:`.restart` - a basis planned within a memory budget, and thick-restart
+  Lanczos for a basis that cannot hold every step.
 * :func:`subspace_overlap` - overlap of two subspaces (e.g. top eigenspaces), tr(P1 P2) / k.
 """
 

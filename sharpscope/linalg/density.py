@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checks import int_at_least
+from ..checks import finite_float, int_at_least
 from ..errors import ConfigError
-from .basis import Basis, breakdown_threshold, matvec_float64, tridiagonal_eigh
+from .basis import Basis, breakdown_threshold, matvec_work, tridiagonal_eigh, work_dtype
+from .budget import parse_basis_dtype, plan_basis
 from .operator import SymmetricOperator
 
 __all__ = ["DensityResult", "slq", "smooth_density", "spectral_density"]
@@ -74,7 +75,9 @@ class DensityResult:
         return self.moment(1)
 
 
-def slq(op: SymmetricOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 0) -> tuple[Tensor, Tensor, int]:
+def slq(op: SymmetricOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 0, *,
+        memory_bytes: float | None = None, basis_dtype: torch.dtype | str | None = None,
+        basis_device: str | torch.device | None = None) -> tuple[Tensor, Tensor, int]:
     """Stochastic Lanczos quadrature nodes and weights (Ghorbani et al., ICML 2019, Sec. 3).
 
     For each run: a Rademacher start vector normalized, ``m = min(n_steps, n)`` Lanczos
@@ -84,6 +87,13 @@ def slq(op: SymmetricOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 
     If a run meets an invariant subspace after ``d < m`` steps, its spectral measure is
     exactly captured by ``d`` nodes; the remaining ``m - d`` slots repeat the first node with
     weight 0 (so the output stays rectangular and the density is unaffected).
+
+    The runs go one after the other, one basis held at a time. ``basis_dtype`` /
+    ``basis_device`` store it as :func:`~sharpscope.linalg.lanczos.lanczos` does;
+    ``memory_bytes`` picks the finest dtype whose ``m``-vector basis fits
+    (:func:`~sharpscope.linalg.budget.plan_basis`; SLQ cannot restart: its quadrature needs
+    every step) and raises :class:`~sharpscope.errors.MemoryBudgetError` before any product
+    when not even a bfloat16 one does.
 
     Returns:
         ``(nodes, weights, n_matvecs)`` with ``nodes`` and ``weights`` float64 of shape
@@ -95,33 +105,50 @@ def slq(op: SymmetricOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 
     n_steps = int_at_least("n_steps", n_steps, 1)
     n = op.n
     m = min(n_steps, n)
+    dtype = parse_basis_dtype(basis_dtype)
+    if memory_bytes is not None:
+        memory_bytes = finite_float("memory_bytes", memory_bytes, above=0)
+        dtype = plan_basis(n, m, memory_bytes, op.dtype, dtype=dtype, what=f"an SLQ run of {m:,} steps").dtype
+    dtype = dtype or torch.float64
+    if op.layout.sharded and (memory_bytes is not None or dtype != torch.float64):
+        raise ConfigError("a memory budget or a basis dtype other than float64 is not supported for a sharded operator")
+    store = op.device if basis_device is None else torch.device(basis_device)
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     start = op.n_matvecs
     nodes = torch.empty(n_runs, m, dtype=torch.float64)
     weights = torch.zeros(n_runs, m, dtype=torch.float64)
     for r in range(n_runs):
-        q = op.layout.random_unit(gen, op.device, rademacher=True)  # (this shard's entries, if sharded)
-        basis = Basis(n, op.device, capacity=m, layout=op.layout)
-        alphas: list[float] = []
-        betas: list[float] = []
-        anorm = 0.0
-        for j in range(m):
-            basis.append(q)
-            w, h = basis.orthogonalize(matvec_float64(op, q))
-            alpha = float(h[-1])
-            beta = basis.layout.norm(w)
-            anorm = max(anorm, abs(alpha) + beta + (betas[-1] if betas else 0.0))
-            alphas.append(alpha)
-            if j == m - 1 or beta <= breakdown_threshold(op, anorm):
-                break
-            betas.append(beta)
-            q = w / beta
+        basis = Basis(n, store, m, dtype, work_dtype(dtype, op.dtype), fixed=memory_bytes is not None,
+                      work_device=op.device, layout=op.layout)
+        # the start vector (this shard's entries, if sharded) is passed without a name, so that only _run holds it
+        alphas, betas = _run(op, basis, op.layout.random_unit(gen, op.device, rademacher=True).to(basis.work), m)
+        del basis  # before the next run's basis is allocated
         theta, S = tridiagonal_eigh(torch.tensor(alphas, dtype=torch.float64), torch.tensor(betas, dtype=torch.float64))
         d = theta.numel()
         nodes[r, :d] = theta
         nodes[r, d:] = theta[0]
         weights[r, :d] = S[0, :] ** 2
     return nodes, weights, op.n_matvecs - start
+
+
+def _run(op: SymmetricOperator, basis: Basis, q: Tensor, m: int) -> tuple[list[float], list[float]]:
+    """One SLQ run's ``alpha`` and ``beta``: ``m`` Lanczos steps from ``q`` with full
+    reorthogonalization, fewer when ``beta`` reaches the breakdown threshold."""
+    alphas: list[float] = []
+    betas: list[float] = []
+    anorm = 0.0
+    for j in range(m):
+        q = basis.append(q)
+        w, h = basis.orthogonalize(matvec_work(op, q))
+        alpha = float(h[-1])
+        beta = basis.layout.norm(w)
+        anorm = max(anorm, abs(alpha) + beta + (betas[-1] if betas else 0.0))
+        alphas.append(alpha)
+        if j == m - 1 or beta <= breakdown_threshold(op, anorm):
+            break
+        betas.append(beta)
+        q = w / beta
+    return alphas, betas
 
 
 def smooth_density(
@@ -198,12 +225,18 @@ def spectral_density(
     seed: int = 0,
     sigma_squared: float = 1e-5,
     grid_points: int = 10_000,
+    *,
+    memory_bytes: float | None = None,
+    basis_dtype: torch.dtype | str | None = None,
+    basis_device: str | torch.device | None = None,
 ) -> DensityResult:
     """SLQ spectral density of ``op``: :func:`slq` then :func:`smooth_density`.
 
     Costs ``n_runs * min(n_steps, n)`` products (fewer if a run meets an invariant subspace).
+    ``memory_bytes``, ``basis_dtype``, ``basis_device``: the basis, as in :func:`slq`.
     """
-    nodes, weights, used = slq(op, n_runs=n_runs, n_steps=n_steps, seed=seed)
+    nodes, weights, used = slq(op, n_runs=n_runs, n_steps=n_steps, seed=seed, memory_bytes=memory_bytes,
+                               basis_dtype=basis_dtype, basis_device=basis_device)
     grid, density, s = smooth_density(nodes, weights, sigma_squared=sigma_squared, grid_points=grid_points)
     return DensityResult(
         grid=grid,

@@ -23,7 +23,10 @@ Design choices, all because one product may cost two gradient evaluations of a n
   done twice - "twice is enough", Giraud, Langou & Rozloznik 2005) in float64. It costs
   O(n m) flops per step, negligible next to an HVP, and keeps (*) valid, avoids ghost
   copies of converged eigenvalues and makes ``m <= n`` steps exhaust the space exactly.
-* The basis is float64 even when the operator computes in float32 (cast in and out).
+* The basis is float64 even when the operator computes in float32 (cast in and out), unless
+  it is asked for in float32 or bfloat16, or a memory budget needs them; such a basis, and
+  one the budget cannot hold whole, run in :mod:`~sharpscope.linalg.restart` (thick restarts,
+  Rayleigh-Ritz with the stored basis's Gram matrix).
 * Convergence is checked on the small ``T_m`` (cheap), every ``check_every`` steps.
 
 Invariant subspaces (``beta ~ 0``: few distinct eigenvalues, a rank-deficient matrix, or a
@@ -58,9 +61,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..checks import available_memory, int_at_least
+from ..checks import available_memory, finite_float, int_at_least
 from ..errors import ConfigError, UnconvergedWarning
-from .basis import Basis, breakdown_threshold, matvec_float64, tridiagonal_eigh
+from .basis import Basis, breakdown_threshold, matvec_work, random_unit, tridiagonal_eigh, wanted_key, work_dtype
+from .budget import parse_basis_dtype, plan_basis
+from .restart import thick_restart_lanczos
 from .operator import SymmetricOperator
 
 __all__ = ["EigenResult", "lanczos", "tridiagonal_eigh"]
@@ -80,7 +85,8 @@ class EigenResult:
     Attributes:
         eigenvalues: ``(k,)`` float64, ordered by ``which``: ``"LA"`` descending,
             ``"SA"`` ascending, ``"LM"`` by ``|lambda|`` descending.
-        eigenvectors: ``(n, k)`` unit Ritz vectors (operator dtype), columns matching.
+        eigenvectors: ``(n, k)`` unit Ritz vectors (operator dtype), columns matching; None
+            when ``vectors=False`` (they are then never formed).
         residuals: ``(k,)`` the Lanczos estimates ``beta_m |s_last|`` of
             ``||A x - theta x||`` (exact in exact arithmetic; with full
             reorthogonalization they match the true residual down to rounding level).
@@ -95,7 +101,7 @@ class EigenResult:
     """
 
     eigenvalues: Tensor
-    eigenvectors: Tensor
+    eigenvectors: Tensor | None
     residuals: Tensor
     converged: Tensor
     n_matvecs: int
@@ -131,15 +137,6 @@ class _Block:
         self.cache = self.ritz()
 
 
-def _sort_key(values: Tensor, which: str) -> Tensor:
-    """A key that is larger for the more wanted value."""
-    if which == "LA":
-        return values
-    if which == "SA":
-        return -values
-    return values.abs()
-
-
 def default_max_iter(n: int, k: int, memory: float | None = None) -> int:
     """The default cap on Lanczos steps: ``min(n, max(300, 30k))``, lowered (never below the
     old default ``max(2k + 40, 10k)``) to what a float64 basis of n x steps fits into half of
@@ -160,9 +157,11 @@ def default_max_iter(n: int, k: int, memory: float | None = None) -> int:
 
 
 def _check_arguments(op: SymmetricOperator, k: int, which: str, tol: float, max_iter: int | None,
-                     check_every: int, callback: Callable[[int, Tensor], None] | None) -> tuple[int, int, int]:
+                     check_every: int, callback: Callable[[int, Tensor], None] | None,
+                     budget: bool = False) -> tuple[int, int, int]:
     """:func:`lanczos`'s arguments checked (ConfigError); returns ``k``, ``max_iter`` (the default
-    or the given one capped at ``n``) and ``check_every`` as ints."""
+    or the given one capped at ``n``; within a memory ``budget`` the default is not lowered to
+    what a float64 basis fits: the plan restarts instead) and ``check_every`` as ints."""
     if not isinstance(op, SymmetricOperator):
         raise ConfigError("lanczos expects a SymmetricOperator")
     n = op.n
@@ -175,7 +174,7 @@ def _check_arguments(op: SymmetricOperator, k: int, which: str, tol: float, max_
         raise ConfigError(f"tol must be a finite number > 0, got {tol!r}")
     check_every = int_at_least("check_every", check_every, 1)
     if max_iter is None:
-        max_iter = default_max_iter(n, k)
+        max_iter = min(n, max(300, 30 * k)) if budget else default_max_iter(n, k)
     else:
         max_iter = int_at_least("max_iter", max_iter, 1)
         if max_iter < k:
@@ -208,6 +207,11 @@ def lanczos(
     v0: Tensor | None = None,
     check_every: int = 1,
     callback: Callable[[int, Tensor], None] | None = None,
+    *,
+    vectors: bool = True,
+    memory_bytes: float | None = None,
+    basis_dtype: torch.dtype | str | None = None,
+    basis_device: str | torch.device | None = None,
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator by Lanczos with full reorthogonalization.
 
@@ -232,25 +236,40 @@ def lanczos(
             ``k`` on; always at a breakdown and at the last step).
         callback: ``callback(iteration, ritz_values)`` at each check, the wanted Ritz
             values ordered by ``which`` (for progress bars).
+        vectors: form the Ritz vectors (an ``n x k`` matrix); False leaves them out.
+        memory_bytes: a budget for the basis, working and Ritz vectors: the plan of
+            :func:`~sharpscope.linalg.budget.plan_basis` (dtype, thick restarts) or its
+            :class:`~sharpscope.errors.MemoryBudgetError` before any product.
+        basis_dtype, basis_device: store the basis in ``"float64"`` (default), ``"float32"``
+            or ``"bfloat16"``, there (e.g. ``"cpu"`` for an operator on a GPU).
 
     Returns:
         An :class:`EigenResult`. Unconverged pairs are reported as such (``converged``
         False) and the call warns (:class:`~sharpscope.errors.UnconvergedWarning`),
         never silently.
     """
-    k, max_iter, check_every = _check_arguments(op, k, which, tol, max_iter, check_every, callback)
+    if memory_bytes is not None:
+        memory_bytes = finite_float("memory_bytes", memory_bytes, above=0)
+    k, max_iter, check_every = _check_arguments(op, k, which, tol, max_iter, check_every, callback,
+                                                memory_bytes is not None)
+    basis, limit = _basis(op, k, max_iter, memory_bytes, basis_dtype, basis_device, vectors)
     n, device = op.n, op.device
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    q = op.layout.random_unit(gen, device) if v0 is None else _unit_start(v0, op)
     start_count = op.n_matvecs
-    basis, blocks, state, it = _iterate(op, q, v0 is None, gen, k, which, tol, max_iter, check_every, callback)
-    vectors = _ritz_vectors(basis, blocks, state, k)
+    if limit < max_iter or basis.dtype != torch.float64:  # the rounding of a coarser basis is tracked there
+        values, ritz, residuals, converged, it = thick_restart_lanczos(
+            op, lambda: op.layout.random_unit(gen, device) if v0 is None else _unit_start(v0, op), basis, limit, gen,
+            k, which, tol, max_iter, check_every, callback, vectors)
+        return EigenResult(values, ritz, residuals, converged, op.n_matvecs - start_count, it, float(tol), which)
+    q = op.layout.random_unit(gen, device) if v0 is None else _unit_start(v0, op)
+    blocks, state, it = _iterate(op, basis, q.to(basis.work), v0 is None, gen, k, which, tol, max_iter,
+                                 check_every, callback)
     wanted = state.wanted
     if not bool(state.converged[wanted].all()):
         _warn_unconverged(state, wanted, k, it, max_iter, tol)
     return EigenResult(
         eigenvalues=state.values[wanted].clone(),
-        eigenvectors=vectors.to(op.dtype),
+        eigenvectors=_ritz_vectors(basis, blocks, state, k, op.dtype) if vectors else None,
         residuals=state.residuals[wanted].clone(),
         converged=state.converged[wanted].clone(),
         n_matvecs=op.n_matvecs - start_count,
@@ -260,11 +279,31 @@ def lanczos(
     )
 
 
-def _iterate(op: SymmetricOperator, q: Tensor, random_start: bool, gen: torch.Generator, k: int, which: str,
-             tol: float, max_iter: int, check_every: int,
-             callback: Callable[[int, Tensor], None] | None) -> tuple[Basis, list[_Block], _State, int]:
-    """The Lanczos steps from the unit vector ``q`` until the stopping rule (module docstring)
-    or ``max_iter``: the basis, its blocks, the last convergence check and the number of steps.
+def _basis(op: SymmetricOperator, k: int, max_iter: int, memory_bytes: float | None, basis_dtype: object,
+           basis_device: str | torch.device | None, vectors: bool) -> tuple[Basis, int]:
+    """The empty basis of :func:`lanczos` and the number of vectors it may hold before a thick
+    restart: ``max_iter`` (growing as needed) without a budget, else the plan's fixed size."""
+    dtype = parse_basis_dtype(basis_dtype)
+    if op.layout.sharded and (memory_bytes is not None or dtype not in (None, torch.float64)):
+        raise ConfigError("a memory budget or a basis dtype other than float64 is not supported for a sharded operator")
+    store = op.device if basis_device is None else torch.device(basis_device)
+    if memory_bytes is None:
+        dtype = dtype or torch.float64
+        limit, fixed = max_iter, False
+    else:
+        plan = plan_basis(op.n, max_iter, memory_bytes, op.dtype, k=k, dtype=dtype, vectors=vectors)
+        dtype, limit, fixed = plan.dtype, plan.capacity, True
+    capacity = limit if fixed else min(max_iter, max(2 * k + 20, 32))
+    return Basis(op.n, store, capacity, dtype, work_dtype(dtype, op.dtype), fixed=fixed, work_device=op.device,
+                 layout=op.layout), limit
+
+
+def _iterate(op: SymmetricOperator, basis: Basis, q: Tensor, random_start: bool, gen: torch.Generator, k: int,
+             which: str, tol: float, max_iter: int, check_every: int,
+             callback: Callable[[int, Tensor], None] | None) -> tuple[list[_Block], _State, int]:
+    """The Lanczos steps from the unit vector ``q`` into the empty ``basis`` until the stopping
+    rule (module docstring) or ``max_iter``: the blocks, the last convergence check and the
+    number of steps.
 
     Step j appends ``q_j`` and orthogonalizes ``A q_j`` against the whole basis (CGS2):
     ``alpha_j = q_j^T A q_j`` and ``beta_j = ||w||`` of the remainder ``w``, which is
@@ -272,15 +311,14 @@ def _iterate(op: SymmetricOperator, q: Tensor, random_start: bool, gen: torch.Ge
     random vector orthogonal to the basis starts the next block (:func:`_restart_vector`)."""
     n, device = op.n, op.device
     eps_op = torch.finfo(op.dtype).eps
-    basis = Basis(n, device, capacity=min(max_iter, max(2 * k + 20, 32)), layout=op.layout)
     blocks = [_Block(start=0, random_start=random_start)]
     anorm = 0.0
     it = 0
     while True:
         block = blocks[-1]
-        basis.append(q)
+        q = basis.append(q)
         it += 1
-        w, h = basis.orthogonalize(matvec_float64(op, q))
+        w, h = basis.orthogonalize(matvec_work(op, q))
         alpha = float(h[-1])
         beta = basis.layout.norm(w)
         prev_beta = block.betas[-1] if block.betas else 0.0
@@ -302,17 +340,17 @@ def _iterate(op: SymmetricOperator, q: Tensor, random_start: bool, gen: torch.Ge
         # Ritz pairs has converged: its Krylov sequence has nothing more to say
         invariant = breakdown or state.block_converged
         if exhausted or last or _finished(state, block, invariant):
-            return basis, blocks, state, it
+            return blocks, state, it
         if not invariant:
             q = w / beta
             continue
         # close this block, continue with a random vector orthogonal to the whole basis
         # (T becomes block diagonal; the dropped coupling beta is below the tolerance)
         block.close()
-        q = _restart_vector(basis, gen)
+        q = _restart_vector(basis, gen, device)
         if q is None:  # numerically the basis already spans everything
             state.converged[:] = True
-            return basis, blocks, state, it
+            return blocks, state, it
         blocks.append(_Block(start=basis.size, random_start=True))
 
 
@@ -326,25 +364,31 @@ def _finished(state: _State, block: _Block, invariant: bool) -> bool:
     return not invariant or (block.random_start and not state.leader_ahead)
 
 
-def _restart_vector(basis: Basis, gen: torch.Generator) -> Tensor | None:
+def _restart_vector(basis: Basis, gen: torch.Generator, device: torch.device) -> Tensor | None:
     """A random unit vector orthogonal to the basis (CGS2), or None when the remainder is
     below 1e-8: numerically the basis already spans everything."""
-    r, _ = basis.orthogonalize(basis.layout.random_unit(gen, basis.device))
+    r, _ = basis.orthogonalize(basis.layout.random_unit(gen, device).to(basis.work))
     rnorm = basis.layout.norm(r)
     if rnorm <= 1e-8:
         return None
     return r / rnorm
 
 
-def _ritz_vectors(basis: Basis, blocks: list[_Block], state: _State, k: int) -> Tensor:
-    """``(n, k)`` float64 Ritz vectors ``x = Q_block s`` of the wanted values, in their order."""
-    Q = basis.Q
-    vectors = torch.empty(basis.n, k, dtype=torch.float64, device=basis.device)
+def _ritz_vectors(basis: Basis, blocks: list[_Block], state: _State, k: int, dtype: torch.dtype) -> Tensor:
+    """``(n, k)`` Ritz vectors ``x = Q_block s`` of the wanted values, in their order, formed one
+    column at a time in the working dtype and stored in ``dtype`` (no ``n x k`` float64 matrix)."""
+    vectors = torch.empty(basis.n, k, dtype=dtype, device=basis.device)
     for out_col, idx in enumerate(state.wanted.tolist()):
         blk = blocks[int(state.owner[idx])]
         _, S, _ = blk.ritz()
-        s = S[:, int(state.column[idx])].to(basis.device)
-        vectors[:, out_col] = Q[:, blk.start : blk.start + len(blk.alphas)] @ s
+        s = S[:, int(state.column[idx])]
+        if basis.dtype == torch.float64:
+            vectors[:, out_col] = basis.Q[:, blk.start : blk.start + len(blk.alphas)] @ s.to(basis.device)
+        else:  # the block's coefficients in a column of the whole basis, read in chunks of rows
+            y = torch.zeros(basis.size, 1, dtype=torch.float64)
+            y[blk.start : blk.start + len(blk.alphas), 0] = s
+            vectors[:, out_col : out_col + 1] = basis.combine(y, torch.empty(basis.n, 1, dtype=basis.work,
+                                                                              device=basis.device))
     return vectors
 
 
@@ -379,7 +423,7 @@ class _State:
         converged = residuals <= tol * torch.clamp(values.abs(), min=tiny)
         if exhausted:  # Krylov space = whole space: the Ritz values are the eigenvalues
             converged = torch.ones_like(converged)
-        key = _sort_key(values, which)
+        key = wanted_key(values, which)
         wanted = torch.sort(key, descending=True, stable=True).indices[:k]
         current = torch.nonzero(owner == len(blocks) - 1).reshape(-1)
         leader = current[torch.argmax(key[current])]

@@ -1,0 +1,227 @@
+"""Lanczos and SLQ within a memory budget (issue 26, item 2): a basis stored in float32 or
+bfloat16, thick restarts, Ritz vectors only when asked for, refusals before any product.
+
+Known spectra: ``diag(lam)`` (sparse eigenvectors: the bfloat16 rounding of a Ritz vector is
+nearly parallel to it) and ``C^T diag(lam) C`` with ``C`` the orthonormal DCT-II (dense
+eigenvectors: the rounding is spread over every coordinate), n = 2,000, in float64.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import sharpscope.hessian as sh
+from sharpscope.errors import ConfigError, MemoryBudgetError, UnconvergedWarning
+from sharpscope.linalg import SymmetricOperator
+from sharpscope.linalg.budget import plan_basis
+from sharpscope.linalg.density import slq
+from sharpscope.linalg.lanczos import lanczos
+
+N = 2000
+LAM = torch.cat([torch.tensor([10.0, 9.0, 8.5, 8.0, 7.6]), torch.linspace(-1.0, 5.0, N - 5, dtype=torch.float64)])
+TOP = torch.sort(LAM, descending=True).values[:5]
+
+
+def diagonal() -> tuple[SymmetricOperator, torch.Tensor]:
+    return SymmetricOperator.from_matrix(torch.diag(LAM)), torch.diag(LAM)
+
+
+def dct() -> tuple[SymmetricOperator, torch.Tensor]:
+    """``C^T diag(lam) C`` by two fast transforms; the dense matrix for the true residuals."""
+    lam = LAM.numpy()
+
+    def mv(v: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(scipy.fft.idct(lam * scipy.fft.dct(v.numpy(), norm="ortho"), norm="ortho"))
+
+    C = torch.from_numpy(scipy.fft.dct(np.eye(N), norm="ortho", axis=0))
+    return SymmetricOperator(mv, N, dtype=torch.float64), C.T @ torch.diag(LAM) @ C
+
+
+GAP = 0.4  # the smallest gap around the top 5 (8 - 7.6)
+
+
+def budget(columns: int, dtype: str) -> float:
+    """Bytes that hold ``columns`` basis vectors of ``dtype`` for a float64 operator of size N
+    (:func:`~sharpscope.linalg.budget.plan_basis`: float64 keeps 4 working vectors; a coarser
+    basis 2 float64 ones, 3 chunks of rows that are, at this n, the whole basis and one more
+    column in float64, and one column of its own dtype)."""
+    if dtype == "float64":
+        return 4 * N * 8 + columns * N * 8 + 100
+    size = 4 if dtype == "float32" else 2
+    return 2 * N * 8 + 3 * N * (columns + 1) * 8 + N * size + columns * N * size + 100
+
+
+def check_ritz_pairs(res, A, floor: float) -> None:
+    """Every reported residual bounds the true one (up to 1.5x: the rounding terms are summed as
+    uncorrelated), and every eigenvalue is within Kato-Temple's residual^2 / gap of the truth
+    (Parlett, Thm 11.7.1), plus ``floor`` (relative) for the Rayleigh quotient's own rounding."""
+    x = res.eigenvectors
+    true = (A @ x - x * res.eigenvalues).norm(dim=0)
+    assert bool((true <= 1.5 * res.residuals + 1e-12).all()), (true, res.residuals)
+    err = (res.eigenvalues - TOP).abs()
+    assert bool((err <= true**2 / GAP + floor * TOP).all()), (err, true)
+
+
+@pytest.mark.parametrize("make", [diagonal, dct])
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-6), ("bfloat16", 1e-2)])
+def test_coarse_bases_converge_on_known_spectra(make, dtype, tol):
+    """float32 storage (unit roundoff u = 6e-8) reaches tol 1e-6; bfloat16 (u = 3.9e-3) certifies
+    residuals only near u ||A||, so tol 1e-2. The eigenvalues are Rayleigh quotients of the
+    stored basis (Gram-matrix Rayleigh-Ritz); measured with every step stored, float32 gives the
+    float64 values to 4e-13 and bfloat16 to 3e-7 relative (/work/notes/h34-readme.md)."""
+    op, A = make()
+    res = lanczos(op, k=5, tol=tol, basis_dtype=dtype)
+    assert res.all_converged
+    check_ritz_pairs(res, A, 1e-12 if dtype == "float32" else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_thick_restart_within_a_small_basis(dtype):
+    """A budget of about 16 basis vectors: Lanczos restarts (more products than columns) and
+    still converges to the known top 5; float64 / float32 as accurately as a full basis."""
+    op, A = dct()
+    tol = 1e-2 if dtype == "bfloat16" else 1e-6
+    memory = budget(16, dtype) + 5 * N * 8  # and the 5 Ritz vectors
+    plan = plan_basis(N, 300, memory, torch.float64, k=5, dtype=getattr(torch, dtype), vectors=True)
+    assert plan.restart and plan.capacity == 16 and plan.bytes <= memory
+    res = lanczos(op, k=5, tol=tol, memory_bytes=memory, basis_dtype=dtype)
+    assert res.all_converged and res.n_matvecs > 16
+    check_ritz_pairs(res, A, 1e-12 if dtype != "bfloat16" else 1e-5)
+
+
+def test_thick_restart_warns_when_capped():
+    op, _ = dct()
+    with pytest.warns(UnconvergedWarning, match="thick-restart"):
+        res = lanczos(op, k=5, tol=1e-10, max_iter=40, memory_bytes=budget(12, "float32") + 5 * N * 8,
+                      basis_dtype="float32")
+    assert not res.all_converged and res.n_matvecs == 40
+
+
+def test_ritz_vectors_only_when_asked():
+    op, _ = diagonal()
+    with_vectors = lanczos(op, k=3, tol=1e-8)
+    without = lanczos(op, k=3, tol=1e-8, vectors=False)
+    assert without.eigenvectors is None and with_vectors.eigenvectors.shape == (N, 3)
+    assert torch.equal(without.eigenvalues, with_vectors.eigenvalues)
+
+
+def test_plan_prefers_the_finest_dtype_that_holds_every_step():
+    """n = 1e6 float32 parameters, 100 steps: float64 every step needs 836 MB (4 working vectors
+    + the basis); float32 437 MB (2 working vectors, 3 chunks of 8 MiB, a column, the basis);
+    bfloat16 235 MB; thick restarts: 20 float32 columns 118 MB, 7 of them 69 MB, 7 bfloat16 53 MB."""
+    f64, f32, b16 = torch.float64, torch.float32, torch.bfloat16
+    n, steps = 1_000_000, 100
+    expected = [(1e9, f64, 100), (5e8, f32, 100), (2e8, f32, 40), (0.8e8, f32, 10), (0.6e8, b16, 11)]
+    for memory, dtype, columns in expected:
+        p = plan_basis(n, steps, memory, f32, k=5)
+        assert (p.dtype, p.capacity, p.restart) == (dtype, columns, columns < steps) and p.bytes <= memory
+    assert plan_basis(n, steps, 3e8, f32).dtype == b16  # SLQ: every step, here in bfloat16
+    with pytest.raises(MemoryBudgetError, match=r"needs at least 50\.3 MiB \(a basis of 7 bfloat16"):
+        plan_basis(n, steps, 0.5e8, f32, k=5)
+    with pytest.raises(MemoryBudgetError, match="SLQ run"):
+        plan_basis(n, steps, 2e8, f32, what="an SLQ run")
+
+
+def test_a_budget_too_small_is_refused_before_any_product():
+    op, _ = diagonal()
+    with pytest.raises(MemoryBudgetError, match=r"needs at least [\d.]+ KiB \(a basis of 7 bfloat16"):
+        lanczos(op, k=5, memory_bytes=10_000)
+    with pytest.raises(MemoryBudgetError):
+        slq(op, n_runs=2, n_steps=50, memory_bytes=10_000)
+    assert op.n_matvecs == 0
+    assert issubclass(MemoryBudgetError, ConfigError)  # the CLI's exit 2
+    with pytest.raises(ConfigError, match="basis dtype"):
+        lanczos(op, k=1, basis_dtype="float16")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_slq_with_a_coarse_basis(dtype):
+    """SLQ's nodes from a float32 / bfloat16 basis against float64's: the quadrature moments
+    (what a density is made of) agree to about the storage's rounding."""
+    op, _ = dct()
+    ref_nodes, ref_weights, _ = slq(op, n_runs=2, n_steps=30, seed=1)
+    nodes, weights, used = slq(op, n_runs=2, n_steps=30, seed=1, basis_dtype=dtype)
+    assert used == 60
+    for p in (1, 2, 3):
+        ref = (ref_nodes**p * ref_weights).sum(dim=1)
+        got = (nodes**p * weights).sum(dim=1)
+        assert float(((got - ref).abs() / ref.abs()).max()) <= (1e-6 if dtype == "float32" else 2e-2)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 40), nn.Tanh(), nn.Linear(40, 5))
+    x, y = torch.randn(200, 20), torch.randint(0, 5, (200,))
+    return model, [(x[:100], y[:100]), (x[100:], y[100:])]
+
+
+def test_hessian_eigenvalues_within_a_budget(mlp):
+    """A float32 MLP (1,045 parameters) within 270 kB: thick restarts in float32 give the top 5
+    of the default float64 run to 1e-6 (tol 1e-6: residual^2 / gap far below)."""
+    model, data = mlp
+    ref = sh.eigenvalues(model, F.cross_entropy, data, k=5, tol=1e-6)
+    got = sh.eigenvalues(model, F.cross_entropy, data, k=5, tol=1e-6, memory_gb=270e3 / 2**30)
+    assert all(got.converged) and got.n_hvp > ref.n_hvp
+    assert max(abs(a - b) / abs(b) for a, b in zip(got.eigenvalues, ref.eigenvalues)) <= 1e-6
+
+
+def test_hessian_refusals_name_what_they_need(mlp):
+    model, data = mlp
+    with pytest.raises(MemoryBudgetError, match="Lanczos over 1,045 parameters needs at least"):
+        sh.eigenvalues(model, F.cross_entropy, data, k=5, memory_gb=1e-6)
+    with pytest.raises(MemoryBudgetError, match="trace estimate with 99"):
+        sh.trace(model, F.cross_entropy, data, memory_gb=1e-5)
+    with pytest.raises(MemoryBudgetError, match="SLQ run of 80 steps"):
+        sh.density(model, F.cross_entropy, data, memory_gb=1e-5)
+    with pytest.raises(ConfigError, match="memory_gb"):
+        sh.eigenvalues(model, F.cross_entropy, data, memory_gb=-1)
+
+
+def test_hessian_density_and_trace_within_a_budget(mlp):
+    model, data = mlp
+    ref = sh.density(model, F.cross_entropy, data, n_runs=2, n_steps=30)
+    got = sh.density(model, F.cross_entropy, data, n_runs=2, n_steps=30, memory_gb=1e6 / 2**30,
+                     basis_dtype="float32")
+    assert abs(got.mean - ref.mean) <= 1e-5 * abs(ref.mean)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tr = sh.trace(model, F.cross_entropy, data, n_matvecs=30, memory_gb=0.01)
+    assert tr.trace == sh.trace(model, F.cross_entropy, data, n_matvecs=30).trace
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16"])
+def test_basis_on_the_cpu_for_an_operator_on_the_gpu(dtype):
+    """The basis kept on the CPU (read in chunks of rows) for products on the GPU: the same
+    top 5 as a basis on the operator's device, within the dtype's accuracy (tests above)."""
+    _, A = dct()
+    op = SymmetricOperator.from_matrix(A.cuda())
+    tol = 1e-2 if dtype == "bfloat16" else 1e-6
+    res = lanczos(op, k=5, tol=tol, basis_dtype=dtype, basis_device="cpu")
+    assert res.all_converged and res.eigenvectors.device.type == "cpu"
+    check_ritz_pairs(res, A, 1e-5 if dtype == "bfloat16" else 1e-12)
+    nodes, weights, _ = slq(op, n_runs=1, n_steps=20, basis_dtype=dtype, basis_device="cpu")
+    ref_nodes, ref_weights, _ = slq(SymmetricOperator.from_matrix(A), n_runs=1, n_steps=20)
+    assert abs(float((nodes * weights).sum() - (ref_nodes * ref_weights).sum())) <= 1e-2
+
+
+def test_hessian_basis_dtype_and_device_options(mlp):
+    """The API's basis options reach Lanczos and SLQ: a float32 basis kept on the CPU gives the
+    default's top 3 to 1e-6 and the density's mean to 1e-6 (float32 storage: tables above)."""
+    model, data = mlp
+    ref = sh.eigenvalues(model, F.cross_entropy, data, k=3, tol=1e-6)
+    got = sh.eigenvalues(model, F.cross_entropy, data, k=3, tol=1e-6, basis_dtype="float32", basis_device="cpu")
+    assert max(abs(a - b) / abs(b) for a, b in zip(got.eigenvalues, ref.eigenvalues)) <= 1e-6
+    dens = sh.density(model, F.cross_entropy, data, n_runs=1, n_steps=20, basis_dtype="bfloat16", basis_device="cpu")
+    dref = sh.density(model, F.cross_entropy, data, n_runs=1, n_steps=20)
+    assert abs(dens.mean - dref.mean) <= 1e-2 * abs(dref.mean)
+    with pytest.raises(ConfigError, match="basis dtype"):
+        sh.density(model, F.cross_entropy, data, basis_dtype="int8")
