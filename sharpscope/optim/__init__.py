@@ -1,9 +1,6 @@
-"""SAM and its training step, as torch optimizers (see :mod:`.sam`, :mod:`.bn`, :mod:`.step`;
-the step's passes, whole-batch or accumulated over micro-batches: :mod:`.passes`;
-AdamW alone and as SAM's base optimizer: :mod:`.adamw`;
-variants over SAM's two steps: :mod:`.rsam`, :mod:`.gsam`, :mod:`.wsam`, :mod:`.looksam`,
-:mod:`.fsam`; the table of every optimizer a training run may name, built from
-their classes: :mod:`.registry`; batch norm over the global batch of every rank: :mod:`.sync_bn`)."""
+"""SAM, its variants and its training step as torch optimizers: :mod:`.sam` (SAM / ASAM), :mod:`.step`
+and :mod:`.passes` (the step), :mod:`.bn`, the variants (:mod:`.rsam`, :mod:`.gsam`, :mod:`.wsam`,
+:mod:`.looksam`, :mod:`.fsam`), :mod:`.registry` (every optimizer a run may name), :mod:`.sync_bn`."""
 
 from __future__ import annotations
 

@@ -1,13 +1,8 @@
-"""AdamW under its registry name: the adaptive baseline beside SGD, and what SAM-family
-optimizers wrap with ``--base-optimizer adamw`` (SAM over AdamW).
+"""AdamW under its registry name: the adaptive baseline, and SAM's base with ``--base-optimizer adamw``.
 
-:class:`AdamW` is ``torch.optim.AdamW`` (Loshchilov & Hutter, ICLR 2019) unchanged: with
-gradient g, m <- b1 m + (1 - b1) g, v <- b2 v + (1 - b2) g^2, and
-w <- w (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), the weight decay
-decoupled from the gradient. A training configuration sets b1 = ``momentum`` (default 0.9),
-b2 = ``beta2`` (0.999), eps = ``adam_eps`` (1e-8) and wd = ``weight_decay``
-(:func:`.registry.adamw_options`). Like SGD it reads none of the perturbation options, runs
-under fp16's gradient scaler and on several ranks, not per m-SAM chunk.
+``torch.optim.AdamW`` (Loshchilov & Hutter, ICLR 2019) unchanged: m <- b1 m + (1 - b1) g,
+v <- b2 v + (1 - b2) g^2, w <- w (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps);
+b1 = ``momentum``, b2 = ``beta2``, eps = ``adam_eps``, wd = ``weight_decay`` (:func:`.registry.adamw_options`).
 """
 
 from __future__ import annotations

@@ -1,19 +1,15 @@
 """Friendly SAM (F-SAM; Li et al., CVPR 2024, "Friendly Sharpness-Aware Minimization").
 
-F-SAM argues that the full-gradient component of SAM's perturbation does not help
-generalization, and perturbs along the batch gradient minus an exponential moving average
-of past batch gradients (an estimate of the full gradient):
+F-SAM perturbs along the batch gradient minus an exponential moving average of past batch
+gradients (an estimate of the full gradient, whose component does not help generalization):
 
     d_t = g_t - sigma m_{t-1},    m_t = lambda m_{t-1} + (1 - lambda) g_t,    m_1 = g_1,
     e_t = SAM's perturbation of d_t (rho d_t / ||d_t||; ASAM's with ``adaptive``),
 
-and updates with grad L(w + e_t) as SAM does. The first step (no average yet) is SAM's.
-
-Defaults: sigma = 1, lambda = 0.9 (the official code's class defaults, nblt/F-SAM
-``utils.py``; its CIFAR-100 script uses lambda = 0.95 and rho = 0.2), rho = 0.05. The moving
-average is in :meth:`state_dict`. pytorch-optimizer 4.1 and the official code divide by
-||d|| + 1e-12 where this returns a zero e for a zero d, and pytorch-optimizer computes ||d||
-in float32 whatever the parameters' dtype; bounded in the tests.
+and updates with grad L(w + e_t) as SAM does; the first step is SAM's. Defaults: sigma = 1,
+lambda = 0.9 (nblt/F-SAM ``utils.py``), rho = 0.05. The moving average is in
+:meth:`state_dict`. pytorch-optimizer 4.1 and the official code divide by ||d|| + 1e-12 (here a
+zero d gives e = 0), pytorch-optimizer with a float32 norm; bounded in the tests.
 """
 
 from __future__ import annotations

@@ -6,22 +6,16 @@ part along g_p and the rest, g_perp = g - (<g, g_p> / ||g_p||^2) g_p, and update
     d = g_p - alpha * g_perp,
 
 a descent on the perturbed loss plus an ascent on L(w) orthogonal to g_p, which lowers the
-surrogate gap L(w + e) - L(w) (about rho^2 lambda_max / 2 at a minimum) without changing the
-perturbed loss to first order. The radius follows the learning rate (the paper's rho schedule,
-the official ``ProportionScheduler``):
+surrogate gap L(w + e) - L(w) without changing the perturbed loss to first order. The radius
+follows the learning rate (the official ``ProportionScheduler``), read at each step:
 
-    rho_t = rho_min + (rho_max - rho_min) (lr_t - lr_min) / (lr_max - lr_min),
+    rho_t = rho_min + (rho_max - rho_min) (lr_t - lr_min) / (lr_max - lr_min).
 
-read from the group's current ``lr`` at each step, so any learning-rate schedule drives it.
-
-Defaults: rho_max = ``rho`` = 0.05 (SAM's), rho_min = 0 (rho proportional to the learning
-rate) and alpha = 0.4 (pytorch-optimizer 4.1's default; the paper tunes rho_max, rho_min and
-alpha per model). Differences from the official PyTorch code (juntang-zhuang/GSAM) and from
-pytorch-optimizer 4.1, both bounded in the tests: pytorch-optimizer computes the norm that
-scales e in float32 whatever the parameters' dtype; they divide by ||g|| + 1e-12 where this
-returns a zero e for a zero gradient, sum the decomposition's inner product in the
-parameters' dtype where this uses float64, and return to w by subtracting e where this
-restores the saved copy of w; their ``adaptive`` is ASAM with eta = 0 (|w|^2 g / ||w g||).
+Defaults: rho_max = ``rho`` = 0.05, rho_min = 0, alpha = 0.4 (pytorch-optimizer 4.1's). The
+official code (juntang-zhuang/GSAM) and pytorch-optimizer 4.1 divide by ||g|| + 1e-12 (here a
+zero gradient gives e = 0), take the inner product in the parameters' dtype (here float64),
+return to w by subtracting e (here the saved copy) and use eta = 0 for ``adaptive``;
+pytorch-optimizer scales e with a float32 norm. Bounded in the tests.
 """
 
 from __future__ import annotations
@@ -68,7 +62,7 @@ class GSAM(SAM):
 
     @classmethod
     def config_kwargs(cls, config: RunOptions) -> dict[str, Any]:
-        """SAM's, without p (the decomposition is Euclidean: :meth:`check_config`)."""
+        """SAM's, without p (Euclidean only)."""
         kwargs = super().config_kwargs(config)
         del kwargs["p"]
         return kwargs
@@ -79,7 +73,7 @@ class GSAM(SAM):
             raise ConfigError("GSAM's gradient decomposition is Euclidean: it needs p = 2")
 
     def _radius(self, group: dict[str, Any]) -> float:
-        """rho_t from the group's current learning rate (module docstring), at least 0."""
+        """rho_t from the group's current learning rate, at least 0."""
         if self.lr_max <= self.lr_min:
             return group["rho"]
         t = (group["lr"] - self.lr_min) / (self.lr_max - self.lr_min)

@@ -10,20 +10,12 @@ The k - 1 steps in between take one forward-backward at w and update with
 
     g + alpha (||g|| / ||g_v||) g_v,
 
-reusing g_v's direction at the current gradient's scale: about (k + 1) / k passes per step
-against SAM's 2. Norms and inner products are global, over every parameter, as in the paper.
-
-Defaults: k = 5 and alpha = 0.7 (the paper's); rho = 0.05 (SAM's). pytorch-optimizer 4.1
-differs in three ways (measured in the tests): it takes the norms, cosine and g_v per
-parameter tensor instead of over the whole model (equal only for a one-tensor model), its
-``step`` runs the closure at w again on the steps in between (two passes on every step,
-so it is not cheaper than SAM), and its defaults are k = 10 and rho = 0.1. The step counter and
-g_v are in :meth:`state_dict`, so a resumed run continues the cycle.
-
-Driven by hand, a step is ``first_step`` / backward at w + e / ``second_step`` only where
-:meth:`LookSAM.perturbs_this_step` is true; elsewhere ``second_step`` follows the backward at w
-directly (``first_step`` raises there rather than run SAM's full step).
-
+about (k + 1) / k passes per step against SAM's 2. Norms and inner products are global, as in
+the paper. Defaults: k = 5, alpha = 0.7 (the paper's), rho = 0.05. pytorch-optimizer 4.1 takes
+the norms per parameter tensor, runs the closure at w again on the steps in between and
+defaults to k = 10, rho = 0.1 (measured in the tests). The step counter and g_v are in
+:meth:`state_dict`. By hand, ``first_step`` / backward at w + e / ``second_step`` only where
+:meth:`LookSAM.perturbs_this_step`; elsewhere ``second_step`` right after the backward at w.
 """
 
 from __future__ import annotations
@@ -79,11 +71,8 @@ class LookSAM(SAM):
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> torch.Tensor:
-        """SAM's first step on a full step. On a step that reuses g_v (:meth:`perturbs_this_step`
-        false) there is no perturbation: it raises, leaving the weights and gradients as they
-        are, so that the two-step recipe cannot silently run plain SAM (a full step every step,
-        two passes each). After the backward at w, call :meth:`second_step` directly on such a
-        step, or drive LookSAM with ``step(closure)`` or :func:`~sharpscope.optim.sam_step`."""
+        """SAM's first step on a full step; on a step that reuses g_v it raises (nothing changed),
+        so that the two-step recipe cannot silently run plain SAM."""
         if not self.perturbs_this_step():
             step = self.param_groups[0].get(_STEP, 0)
             raise ConfigError(

@@ -1,29 +1,17 @@
 """The forward and backward passes of one training step, over the whole batch or accumulated
-over micro-batches (gradient accumulation).
+over micro-batches (``sam_step(..., accumulate=N)``, ``train --grad-accum N``).
 
-Gradient accumulation (``sam_step(..., accumulate=N)``, ``train --grad-accum N``). A batch of
-B examples is cut into N consecutive micro-batches k of n_k examples (the sizes of
-``torch.tensor_split``: they differ by at most one, sum to B). With mean losses L_k,
+A batch of B examples is cut into N consecutive micro-batches of n_k examples (the sizes of
+``torch.tensor_split``). With mean losses L_k,
 
     L(w) = sum_k (n_k / B) L_k(w),    grad L(w) = sum_k (n_k / B) grad L_k(w),
 
-so back-propagating (n_k / B) L_k on each micro-batch leaves the full batch's gradient in
-``.grad`` (weighted by examples, so unequal micro-batches are averaged correctly) while only one
-micro-batch's activations are alive at a time. SAM's step accumulates both of its passes this
-way: the gradient at w over every micro-batch, then the perturbation e from that gradient, then
-the gradient at w + e over every micro-batch; the update is the full-batch SAM step up to the
-order in which float sums are taken. Every hook of the SAM base (:mod:`.sam`) sees only the
-gradients in ``.grad``, never the batch, so each variant built on them (ASAM, RSAM, GSAM, WSAM,
-LookSAM, Friendly SAM) gets the accumulated gradient where it would get the full-batch one.
-
-Batch norm in train mode normalizes each micro-batch with its own statistics, so a model with
-batch norm computes a different function than on the whole batch (as with any gradient
-accumulation); its running statistics are updated once per micro-batch forward of the pass at
-w (N momentum updates, ``num_batches_tracked`` grows by N), and the pass at w + e leaves them as
-they were (:func:`~sharpscope.optim.frozen_bn_stats`, as without accumulation).
-
-Data-parallel models (``no_sync``): every micro-batch but the last is back-propagated under
-``model.no_sync()``, so the ranks all-reduce the accumulated gradient once per pass.
+so back-propagating (n_k / B) L_k on each leaves the full batch's gradient in ``.grad`` with one
+micro-batch's activations alive at a time. SAM accumulates both passes this way (e from the
+accumulated gradient at w), so every variant's hooks, which see only ``.grad``, get the
+full-batch gradient. Batch norm in train mode normalizes each micro-batch by itself; its running
+statistics get one update per micro-batch of the pass at w. A data-parallel model back-propagates
+every micro-batch but the last under ``model.no_sync()`` (one all-reduce per pass).
 """
 
 from __future__ import annotations
@@ -51,24 +39,20 @@ def check_accumulate(accumulate: Any, batch: int) -> None:
 
 
 def micro_batch_count(requested: int, batch: int) -> int:
-    """The micro-batches a training step of ``batch`` examples uses when ``requested`` are asked
-    for: ``requested``, or one per example for a batch smaller than that (an epoch's last)."""
+    """The micro-batches of a step of ``batch`` examples: ``requested``, at most one per example."""
     return min(requested, batch)
 
 
 def micro_slices(batch: int, n: int) -> list[slice]:
-    """``n`` consecutive slices covering ``range(batch)``, the first ``batch % n`` one longer
-    (the split of ``torch.tensor_split``)."""
+    """``n`` consecutive slices covering ``range(batch)`` (``torch.tensor_split``'s sizes)."""
     size, extra = divmod(batch, n)
-    bounds = [0]
-    for k in range(n):
-        bounds.append(bounds[-1] + size + (k < extra))
+    bounds = [k * size + min(k, extra) for k in range(n + 1)]
     return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 class Passes:
-    """How one step runs a forward and a backward pass: autocast, the data-parallel loss scale,
-    the gradient scaler, and accumulation over ``accumulate`` micro-batches (module docstring)."""
+    """How one step runs its passes: autocast, the data-parallel loss scale, the gradient scaler
+    and ``accumulate`` micro-batches."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor], amp: Any,
                  loss_scale: float = 1.0, scaler: torch.amp.GradScaler | None = None, accumulate: int = 1) -> None:
@@ -87,8 +71,8 @@ class Passes:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
     def forward_backward(self, inputs: Any, targets: Any) -> tuple[Any, torch.Tensor]:
-        """One pass: the gradient of the batch's mean loss added to ``.grad``; returns the outputs
-        and the mean loss (accumulated: the outputs joined, the example-weighted mean loss)."""
+        """One pass: the gradient of the batch's mean loss added to ``.grad``; returns the (joined)
+        outputs and the (example-weighted) mean loss."""
         if self.accumulate == 1:
             outputs, loss = self.forward(inputs, targets)
             self.backward(loss)
@@ -106,9 +90,7 @@ class Passes:
         return concat(outs), total
 
     def clean_forward(self, inputs: Any, targets: Any) -> tuple[Any, torch.Tensor]:
-        """The pass at w of a variant whose perturbation needs no gradient (RSAM): forwards in the
-        model's own mode without a graph, for the running BatchNorm statistics (updated exactly as
-        SAM's clean pass updates them) and the loss and outputs reported at w."""
+        """The pass at w without a graph (RSAM): BatchNorm statistics and the outputs and loss at w."""
         with self.amp, torch.no_grad():
             if self.accumulate == 1:
                 outputs = self.model(inputs)
@@ -124,6 +106,6 @@ class Passes:
         return micro_slices(batch, self.accumulate)
 
     def _no_sync(self) -> Any:
-        """``model.no_sync()`` for a data-parallel model (no all-reduce of this micro-batch), else nothing."""
+        """``model.no_sync()`` for a data-parallel model, else nothing."""
         no_sync = getattr(self.model, "no_sync", None)
         return no_sync() if callable(no_sync) else contextlib.nullcontext()

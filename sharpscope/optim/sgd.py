@@ -1,9 +1,4 @@
-"""SGD under its registry name: the baseline every SAM-family optimizer is compared with.
-
-:class:`SGD` is ``torch.optim.SGD`` (momentum, Nesterov, weight decay) unchanged; it only adds
-the registry facts (:mod:`.registry`): no perturbation, so it reads none of the perturbation
-options; it runs under fp16's gradient scaler and on several ranks, not per m-SAM chunk.
-"""
+"""SGD under its registry name: the baseline, ``torch.optim.SGD`` plus the registry facts."""
 
 from __future__ import annotations
 

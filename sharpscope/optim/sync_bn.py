@@ -1,31 +1,20 @@
 """Batch norm over the global batch of every rank, built from all-reduces (any backend, CPU too).
 
-In data-parallel training each rank sees a slice of the global batch, and an ordinary
-BatchNorm layer normalizes with that slice's statistics. :class:`GlobalBatchNorm`
-normalizes with the statistics of the whole global batch instead, as one process holding
-the whole batch would. Each rank computes its slice's per-channel mean m_r and sum of
-squared deviations M2_r over its n_r values per channel (batch x spatial size); one
-all-gather brings every rank's (m_r, M2_r, n_r), and the global statistics follow from
-Chan, Golub & LeVeque's pairwise combination (1979):
+:class:`GlobalBatchNorm` normalizes with the statistics of the whole global batch, as one
+process holding it would. Each rank computes its slice's per-channel mean m_r and sum of squared
+deviations M2_r over its n_r values; one all-gather brings every rank's (m_r, M2_r, n_r), and
+Chan, Golub & LeVeque's pairwise combination (1979) gives
 
     N = sum_r n_r,   mean = sum_r n_r m_r / N,
     var = (sum_r M2_r + sum_r n_r (m_r - mean)^2) / N,
 
-which keeps the digits that the one-pass E[x^2] - E[x]^2 loses when |mean| >> std. The
-all-gather is an autograd function whose backward sums over ranks the gradients reaching
-the gathered statistics and returns each rank its own row: each rank's backward includes
-the other ranks' losses' dependence on the shared statistics, so summed over ranks (what
-DistributedDataParallel does, up to its 1/world) the gradients are those of the
-global-batch loss. One collective per layer in the forward and one in the backward, as in
-``torch.nn.SyncBatchNorm``. The running statistics get the same update on every rank
-(momentum, or the cumulative average when ``momentum=None``; the running variance is the
-unbiased N/(N-1) var, as in ``torch.nn.BatchNorm``).
-
-Why not ``torch.nn.SyncBatchNorm``: its training forward refuses CPU tensors ("SyncBatchNorm
-expected input tensor to be on GPU", torch 2.13), so it cannot run on gloo. This layer
-runs on every device and backend; on GPUs torch's fused kernels would be faster (not
-measured here). In eval mode, or outside a process group of more than one rank, it is
-``F.batch_norm`` with the running statistics, exactly like the layer it replaced.
+without the cancellation of E[x^2] - E[x]^2 when |mean| >> std. The all-gather's backward sums
+over ranks the gradients reaching the gathered statistics and returns each rank its own row,
+so the gradients summed over ranks (DDP, up to its 1/world) are those of the global-batch
+loss. The running statistics get the same update on every rank (``torch.nn.BatchNorm``'s
+rule, unbiased N/(N-1) var). ``torch.nn.SyncBatchNorm`` refuses CPU tensors in training
+(torch 2.13), so it cannot run on gloo. In eval mode, or without a process group of several
+ranks, this is ``F.batch_norm`` with the running statistics.
 """
 
 from __future__ import annotations
@@ -42,9 +31,7 @@ __all__ = ["GlobalBatchNorm", "convert_to_global_bn", "has_global_bn"]
 
 
 class _GatherOverRanks(torch.autograd.Function):
-    """y = stack of every rank's x (the same on every rank). Its backward sums over ranks the
-    gradients that reach y (each rank's loss depends on every rank's x) and routes row r to
-    rank r: dL/dx_r = sum_r' dL_r'/dy[r]."""
+    """y = stack of every rank's x; backward: dL/dx_r = sum_r' dL_r'/dy[r] (module docstring)."""
 
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -65,9 +52,8 @@ def _reduce_dims(x: torch.Tensor) -> list[int]:
 
 
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """A BatchNorm layer (1-, 2- or 3-d input: (N, C, ...)) whose training-mode statistics
-    are those of the global batch over all ranks (module docstring). Same parameters,
-    buffers and ``state_dict`` keys as ``nn.BatchNorm*d``, so checkpoints load either way."""
+    """A BatchNorm layer (input (N, C, ...)) whose training statistics are the global batch's
+    (module docstring); the parameters, buffers and ``state_dict`` keys of ``nn.BatchNorm*d``."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -109,8 +95,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
-        """torch.nn.BatchNorm's rule: EMA with ``momentum`` (cumulative average when None) of the
-        batch mean and of the unbiased batch variance."""
+        """torch.nn.BatchNorm's rule: EMA with ``momentum`` (None: cumulative average)."""
         assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
         self.num_batches_tracked.add_(1)
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
@@ -120,10 +105,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def convert_to_global_bn(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.BatchNorm1d/2d/3d`` (and ``SyncBatchNorm``) in ``module`` by a
-    :class:`GlobalBatchNorm` that shares its parameters and buffers (so the optimizer's
-    references and the ``state_dict`` stay valid). In place for children; returns the
-    (possibly new) root, like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``."""
+    """Replace every BatchNorm layer in ``module`` by a :class:`GlobalBatchNorm` sharing its
+    parameters and buffers; in place for children, returns the (possibly new) root."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                               module.track_running_stats)

@@ -1,20 +1,17 @@
 """WSAM: Weighted SAM (Yue et al., KDD 2023, "Sharpness-Aware Minimization Revisited:
 Weighted Sharpness as a Regularization Term").
 
-WSAM minimizes L(w) + gamma / (1 - gamma) [L(w + e) - L(w)], the loss plus a weighted
-sharpness term (gamma = 1/2 gives SAM's objective). With g = grad L(w), g_p = grad L(w + e)
-(SAM's e) and alpha = gamma / (1 - gamma), its gradient is g + alpha (g_p - g).
+WSAM minimizes L(w) + gamma / (1 - gamma) [L(w + e) - L(w)] (gamma = 1/2: SAM's objective).
+With g = grad L(w), g_p = grad L(w + e) (SAM's e; ASAM's with ``adaptive``) and
+alpha = gamma / (1 - gamma), its gradient is g + alpha (g_p - g):
 
-- ``decouple=True`` (the default): the base optimizer updates with g alone (its momentum
-  and weight decay see only the loss), then the sharpness term is applied apart, like
-  AdamW's weight decay: w <- w - lr * alpha * (g_p - g);
+- ``decouple=True`` (default): the base optimizer updates with g alone, then
+  w <- w - lr * alpha * (g_p - g), apart like AdamW's weight decay;
 - ``decouple=False``: the base optimizer updates with g + alpha (g_p - g).
 
-Defaults: gamma = 0.9 and decouple = True (pytorch-optimizer 4.1's, which follows the
-authors' code; the paper tunes gamma per task), rho = 0.05 (SAM's). The perturbation is
-SAM's (ASAM's with ``adaptive``). pytorch-optimizer 4.1 computes the norm that scales e in
-float32 whatever the parameters' dtype and divides by ||g|| + 1e-12 where this returns a
-zero e for a zero gradient; its ``adaptive`` is ASAM with eta = 0. Bounded in the tests.
+Defaults: gamma = 0.9, decouple = True (pytorch-optimizer 4.1's, after the authors' code),
+rho = 0.05. pytorch-optimizer scales e with a float32 norm and divides by ||g|| + 1e-12 (here
+a zero gradient gives e = 0); its ``adaptive`` has eta = 0. Bounded in the tests.
 """
 
 from __future__ import annotations
@@ -38,8 +35,7 @@ class WSAM(SAM):
     Args:
         params, base_optimizer, rho, p, adaptive, eta, **kwargs: as for :class:`SAM`.
         gamma: sharpness weight in [0, 1); the update weighs g_p - g by gamma / (1 - gamma).
-        decouple: apply the sharpness term after the base optimizer's update (default) or
-            inside the gradient it sees.
+        decouple: apply the sharpness term after the base optimizer's update, not in its gradient.
     """
 
     name = "wsam"
@@ -62,8 +58,7 @@ class WSAM(SAM):
 
     @torch.no_grad()
     def _update_gradient(self) -> None:
-        """decouple: keep g_p - g for :meth:`_after_base_step` and hand g to the base optimizer;
-        else grad <- g + alpha (g_p - g). g is zero where there was no gradient at w."""
+        """decouple: keep g_p - g for :meth:`_after_base_step`, grad <- g; else grad <- g + alpha (g_p - g)."""
         for group in self.param_groups:
             for w in group["params"]:
                 if w.grad is None:
