@@ -1,8 +1,6 @@
 """What defines a training run: :class:`TrainConfig` (validated, stored in every checkpoint),
-:class:`TrainResult`, the learning-rate schedule, the optimizer a configuration names, and the
-names one may choose (schedules, what may be tracked, AMP dtypes). The optimizers, their
-defaults, options and capabilities are the registry's (:mod:`sharpscope.optim.registry`);
-``OPTIMIZERS``, ``DEFAULT_RHO``, ``VARIANTS`` and ``M_SAM_OPTIMIZERS`` are views of it."""
+:class:`TrainResult`, the learning-rate schedule and the names one may choose; ``OPTIMIZERS``,
+``DEFAULT_RHO``, ``VARIANTS`` and ``M_SAM_OPTIMIZERS`` are views of :mod:`sharpscope.optim.registry`."""
 
 from __future__ import annotations
 
@@ -29,9 +27,7 @@ __all__ = ["TrainConfig", "TrainResult", "learning_rate", "SCHEDULES", "TRACKABL
 
 SCHEDULES = ("cosine", "constant")
 SEED_RANGE = (0, 2**63 - 1)  # what torch generators take
-# An epoch whose mean training loss exceeds this many times the chance-level cross-entropy
-# log(classes) has diverged (a run that learns stays below about 1x; 100x means logits off
-# by hundreds), even while every number is still finite.
+# An epoch whose mean training loss exceeds this many times log(classes) (chance) has diverged.
 DIVERGED_FACTOR = 100.0
 # --amp: the autocast dtype of each choice (None: float32 throughout)
 AMP_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,8 +35,8 @@ AMP_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bf
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (stored in every checkpoint). Each field's default,
-    command-line spelling and help are declared once, in :data:`sharpscope.train_options.TRAIN_OPTIONS`."""
+    """Everything that defines a training run; each field's default, flag and help are in
+    :data:`sharpscope.train_options.TRAIN_OPTIONS`."""
 
     optimizer: str = config_field("optimizer")
     model: str = config_field("model")
@@ -49,44 +45,40 @@ class TrainConfig:
     data_root: str | None = config_field("data_root")
     label_noise: float = config_field("label_noise")
     n_train: int | None = config_field("n_train")
-    block_size: int = config_field("block_size")  # token data: context length (sharpscope.data.text)
+    block_size: int = config_field("block_size")
     epochs: int = config_field("epochs")
     batch_size: int = config_field("batch_size")
-    grad_accum: int = config_field("grad_accum")  # micro-batches per batch (sharpscope.optim.passes)
+    grad_accum: int = config_field("grad_accum")
     lr: float = config_field("lr")
     momentum: float = config_field("momentum")
     nesterov: bool = config_field("nesterov")
     weight_decay: float = config_field("weight_decay")
-    base_optimizer: str = config_field("base_optimizer")  # what SAM-family optimizers wrap (registry.BASE_OPTIMIZERS)
-    beta2: float = config_field("beta2")  # AdamW (alone or as the base): betas (momentum, beta2)
+    base_optimizer: str = config_field("base_optimizer")
+    beta2: float = config_field("beta2")
     adam_eps: float = config_field("adam_eps")
     schedule: str = config_field("schedule")
     warmup_epochs: float = config_field("warmup_epochs")
-    rho: float | None = config_field("rho")  # None: the optimizer's default_rho (0.05; ASAM 0.5, Kwon et al.)
+    rho: float | None = config_field("rho")  # None: the optimizer's default_rho
     p: float = config_field("p")
     eta: float = config_field("eta")
-    asam_rule: str = config_field("asam_rule")  # which parameters ASAM scales by |w| + eta (sharpscope.optim.asam)
-    optimizer_options: dict[str, Any] = config_field("optimizer_options")  # its registry option_names
-    # in the training loss of both passes, so the metrics' train_loss is the smoothed loss; evaluation
-    # (test_loss, and every analysis) uses plain cross-entropy
-    label_smoothing: float = config_field("label_smoothing")
-    same_dropout_mask: bool = config_field("same_dropout_mask")  # the pass at w + e replays the dropout masks of the pass at w
-    perturbation_weight_decay: bool = config_field("perturbation_weight_decay")  # e from g + weight_decay * w (google-research/sam)
+    asam_rule: str = config_field("asam_rule")
+    optimizer_options: dict[str, Any] = config_field("optimizer_options")
+    label_smoothing: float = config_field("label_smoothing")  # training loss only (train_loss is smoothed)
+    same_dropout_mask: bool = config_field("same_dropout_mask")
+    perturbation_weight_decay: bool = config_field("perturbation_weight_decay")
     m: int | None = config_field("m")
     seed: int = config_field("seed")
     checkpoint_every: int = config_field("checkpoint_every")
     keep_snapshots: bool = config_field("keep_snapshots")
     augment: bool | None = config_field("augment")  # None: random crop + flip for CIFAR, off otherwise
     device: str = config_field("device")
-    second_order: bool = config_field("second_order")  # SAM with the full gradient of L(w + e_hat(w))
-    amp: str | None = config_field("amp")  # mixed precision: "bf16" (autocast) or "fp16" (autocast and a GradScaler)
-    channels_last: bool = config_field("channels_last")  # image models and inputs in channels-last memory format
-    compile: bool = config_field("compile")  # the training steps run a torch.compile'd model (evaluation stays eager)
-    sync_perturbation: bool = config_field("sync_perturbation")  # several ranks: one perturbation from the global gradient
-    # several ranks: batch-norm statistics over the global batch (sharpscope.optim.sync_bn) in both
-    # passes; with a perturbation it needs sync_perturbation (one perturbed model for all ranks)
+    second_order: bool = config_field("second_order")
+    amp: str | None = config_field("amp")  # "bf16" (autocast) or "fp16" (autocast and a GradScaler)
+    channels_last: bool = config_field("channels_last")
+    compile: bool = config_field("compile")  # the training steps only (evaluation stays eager)
+    sync_perturbation: bool = config_field("sync_perturbation")
     sync_bn: bool = config_field("sync_bn")
-    track: list[str] = config_field("track")  # names from TRACKABLE
+    track: list[str] = config_field("track")
     track_every: int = config_field("track_every")
     track_samples: int = config_field("track_samples")
 
@@ -125,6 +117,15 @@ class TrainConfig:
             (self.checkpoint_every >= 1, f"checkpoint interval must be >= 1, got {self.checkpoint_every}"),
             (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"),
              f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}"),
+            (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
+             f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (not (self.same_dropout_mask and self.m is not None),
+             "--same-dropout-mask applies to whole-batch SAM steps, not m-SAM chunks"),
+            (self.asam_rule in ASAM_RULES, f"--asam-rule must be one of {', '.join(ASAM_RULES)}, got {self.asam_rule!r}"),
+            (self.amp in AMP_DTYPES, f"--amp must be bf16 or fp16, got {self.amp!r}"),
+            (self.amp is None or not self.second_order, "--second-order runs in float32 only (its double backward in "
+             "reduced precision would not be the second-order gradient); drop --amp"),
+            (self.track_every >= 1 and self.track_samples >= 1, "track interval and track samples must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -138,10 +139,6 @@ class TrainConfig:
         if unknown_opts:
             raise ConfigError(f"--optimizer {self.optimizer} has no option {unknown_opts[0]!r}"
                               + (f"; its options: {', '.join(allowed)}" if allowed else ""))
-        if not (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0):
-            raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.same_dropout_mask and self.m is not None:
-            raise ConfigError("--same-dropout-mask applies to whole-batch SAM steps, not m-SAM chunks")
         if spec.options:  # the option values, on a stand-in parameter (no random draw)
             try:
                 spec.build(self, nn.ParameterList([nn.Parameter(torch.zeros(1))]))
@@ -153,13 +150,6 @@ class TrainConfig:
         if self.second_order and (not spec.supports_second_order or self.p != 2 or self.m is not None):
             raise ConfigError(f"--second-order needs --optimizer {_one_of('supports_second_order')} with p = 2 "
                               "and no m")
-        if self.asam_rule not in ASAM_RULES:
-            raise ConfigError(f"--asam-rule must be one of {', '.join(ASAM_RULES)}, got {self.asam_rule!r}")
-        if self.amp not in AMP_DTYPES:
-            raise ConfigError(f"--amp must be bf16 or fp16, got {self.amp!r}")
-        if self.amp is not None and self.second_order:
-            raise ConfigError("--second-order runs in float32 only (its double backward in reduced precision would "
-                              "not be the second-order gradient); drop --amp")
         from .tracking import trackable  # the table of measures, imported when validating
         unknown = sorted(set(self.track) - set(trackable()))
         if unknown:
@@ -168,8 +158,6 @@ class TrainConfig:
             raise ConfigError("--sync-bn needs --sync-perturbation: with one perturbation per rank, each rank's "
                               "pass at w + e_r would pool batch statistics of differently perturbed models")
         spec.check(self)  # the optimizer class's own rules (e.g. GSAM: p = 2)
-        if self.track_every < 1 or self.track_samples < 1:
-            raise ConfigError("track interval and track samples must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -206,10 +194,8 @@ class TrainResult:
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Learning rate at optimizer step ``step`` (0-based): linear warm-up then cosine or constant.
-
-    cosine: lr * (1 + cos(pi * t)) / 2 with t the fraction of post-warm-up steps done.
-    """
+    """Learning rate at optimizer step ``step`` (0-based): linear warm-up, then constant or cosine
+    lr (1 + cos(pi t)) / 2 with t the fraction of post-warm-up steps done."""
     total = config.epochs * steps_per_epoch
     warm = int(round(config.warmup_epochs * steps_per_epoch))
     if step < warm:
@@ -226,9 +212,8 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 
 
 def _typed_variant_options(optimizer: str, options: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer's options with its boolean ones (annotated ``bool`` in its class) read strictly
-    (:func:`sharpscope.checks.bool_option`: ``decouple=no`` is False, ``decouple=maybe`` is
-    refused); the other options are checked by the class itself."""
+    """An optimizer's options with its ``bool`` ones read strictly (:func:`sharpscope.checks.bool_option`);
+    the class checks the others."""
     spec = registry.lookup(optimizer)
     for option in spec.options if spec is not None else ():
         if option.name in options and option.is_bool:
@@ -237,9 +222,7 @@ def _typed_variant_options(optimizer: str, options: dict[str, Any]) -> dict[str,
 
 
 def _check_accumulation(config: TrainConfig) -> None:
-    """What ``grad_accum`` > 1 does not combine with: m-SAM chunks larger than a micro-batch (m-SAM's
-    passes hold one chunk of m examples at a time, so the micro-batches would not bound the
-    memory: :mod:`sharpscope.optim.step`)."""
+    """``grad_accum`` > 1 refuses m-SAM chunks larger than a micro-batch (they would not bound the memory)."""
     if config.grad_accum == 1:
         return
     micro = -(-config.batch_size // config.grad_accum)
@@ -249,8 +232,8 @@ def _check_accumulation(config: TrainConfig) -> None:
 
 
 def _check_base_optimizer(config: TrainConfig, spec: registry.OptimizerSpec) -> None:
-    """``base_optimizer`` and AdamW's options: a known base, AdamW's betas in [0, 1) and eps > 0,
-    no Nesterov momentum for AdamW, and no base for an optimizer that wraps none (``sgd``)."""
+    """A known ``base_optimizer`` (only for an optimizer that wraps one), AdamW's beta2 and eps, no
+    Nesterov for AdamW."""
     if config.base_optimizer not in registry.BASE_OPTIMIZERS:
         raise ConfigError(f"--base-optimizer must be one of {', '.join(registry.BASE_OPTIMIZERS)}, got "
                           f"{config.base_optimizer!r}")
@@ -267,8 +250,7 @@ def _check_base_optimizer(config: TrainConfig, spec: registry.OptimizerSpec) -> 
 
 
 def _check_token_data(config: TrainConfig) -> None:
-    """``block_size`` >= 1; token data (``--data text`` / ``tokens``) has no class labels to
-    corrupt or smooth."""
+    """``block_size`` >= 1; token data has no class labels to corrupt or smooth."""
     if config.block_size < 1:
         raise ConfigError(f"--block-size must be >= 1 token, got {config.block_size}")
     if config.data in TOKEN_DATASETS:
@@ -284,7 +266,7 @@ def _one_of(capability: str) -> str:
     return named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}"
 
 
-# Views of the registry under the names they had before it (each read builds them afresh).
+# Views of the registry (each read builds them afresh).
 _VIEWS = {
     "OPTIMIZERS": lambda: registry.names(),
     "DEFAULT_RHO": lambda: {s.name: s.default_rho for s in registry.specs()},
@@ -294,8 +276,7 @@ _VIEWS = {
 
 
 def _trackable() -> tuple[str, ...]:
-    """What sharpscope.train.tracking can measure, read from the table of measures (imported
-    when asked, so that importing the configuration does not import the analyses)."""
+    """What :mod:`.tracking` can measure (imported when asked: not the analyses at import)."""
     from .tracking import trackable
     return tuple(trackable())
 
