@@ -1,11 +1,9 @@
 """A symmetric linear operator known only through its products, with a product counter.
 
-The algorithms of :mod:`sharpscope.linalg` never see a matrix: they are handed a
-:class:`SymmetricOperator` whose ``matvec`` may be a Hessian-vector product costing about
-two gradient evaluations. The operator counts every vector it multiplies
-(``n_matvecs``), so each algorithm can report exactly what it spent and tests can check
-that the reported cost is the real one (the design of f-dangel/curvlinops: algorithms
-separate from models, every algorithm testable against an explicit matrix).
+The algorithms of :mod:`sharpscope.linalg` see only a :class:`SymmetricOperator` (e.g. a
+Hessian-vector product), which counts every vector it multiplies, so each algorithm reports
+exactly what it spent (the design of f-dangel/curvlinops: algorithms separate from models,
+testable against an explicit matrix).
 """
 
 from __future__ import annotations
@@ -21,31 +19,14 @@ __all__ = ["SymmetricOperator"]
 
 
 class SymmetricOperator:
-    """A symmetric ``n x n`` linear operator given by its products; counts products.
+    """A symmetric ``n x n`` linear operator given by ``matvec`` (``v -> A v``, ``v`` already cast
+    to ``dtype`` / ``device``) and optionally ``matmat`` (``V -> A V`` for ``V`` (n, b); else a
+    loop over columns). ``n_matvecs`` counts vectors, not calls. Symmetry is the caller's
+    promise (checked only by :meth:`from_matrix`); float32 products are fine (the algorithms
+    keep float64 bases)."""
 
-    Args:
-        matvec: ``v -> A v`` for a vector of shape ``(n,)``. It receives ``v`` already cast
-            to ``dtype`` / ``device``; its output is reshaped to ``(n,)``.
-        n: the dimension.
-        dtype: the floating dtype the products are computed in (``float32`` HVPs are fine:
-            the algorithms keep their own bases in float64 and cast in and out).
-        device: where the products are computed.
-        matmat: optional ``V -> A V`` for ``V`` of shape ``(n, b)`` (a batched HVP, or
-            ``A @ V`` for an explicit matrix). Without it :meth:`matmat` loops over columns.
-
-    ``n_matvecs`` counts vectors, not calls: a :meth:`matmat` with ``b`` columns adds ``b``.
-    Symmetry is the caller's promise; nothing here checks it (except :meth:`from_matrix`).
-    """
-
-    def __init__(
-        self,
-        matvec: Callable[[Tensor], Tensor],
-        n: int,
-        *,
-        dtype: torch.dtype = torch.float64,
-        device: str | torch.device = "cpu",
-        matmat: Callable[[Tensor], Tensor] | None = None,
-    ) -> None:
+    def __init__(self, matvec: Callable[[Tensor], Tensor], n: int, *, dtype: torch.dtype = torch.float64,
+                 device: str | torch.device = "cpu", matmat: Callable[[Tensor], Tensor] | None = None) -> None:
         if not callable(matvec):
             raise ConfigError("matvec must be callable")
         if matmat is not None and not callable(matmat):
@@ -62,10 +43,7 @@ class SymmetricOperator:
         self.n_matvecs: int = 0
 
     def __repr__(self) -> str:
-        return (
-            f"SymmetricOperator(n={self.n}, dtype={self.dtype}, device={self.device}, "
-            f"n_matvecs={self.n_matvecs})"
-        )
+        return f"SymmetricOperator(n={self.n}, dtype={self.dtype}, device={self.device}, n_matvecs={self.n_matvecs})"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -99,12 +77,8 @@ class SymmetricOperator:
 
     @classmethod
     def from_matrix(cls, A: Tensor) -> SymmetricOperator:
-        """The operator of an explicit symmetric matrix (tests, small problems).
-
-        Dtype and device are those of ``A``. ``A`` must be square, floating and symmetric
-        up to ``sqrt(eps) * max|A|`` (products such as ``Q diag(lam) Q^T`` are symmetric
-        only to rounding).
-        """
+        """The operator of an explicit matrix ``A`` (its dtype and device): square, floating, finite and
+        symmetric up to ``sqrt(eps) * max|A|`` (``Q diag(lam) Q^T`` is symmetric only to rounding)."""
         if not isinstance(A, Tensor) or A.ndim != 2 or A.shape[0] != A.shape[1]:
             raise ConfigError("from_matrix expects a square 2-D tensor")
         if not A.dtype.is_floating_point:

@@ -1,8 +1,7 @@
-"""What :func:`~sharpscope.train.train` refuses before it trains, checked without training: the
-run folder and the configuration a resume continues (:func:`open_run`), the model factory a run
-may import (:func:`trusted_factory`), what a configuration cannot do on several ranks
-(:func:`check_ranks`), and whether the model fits the data (:func:`check_model`,
-:func:`check_fits`); ``sharpscope train --nproc N`` runs :func:`check_launch` before torchrun."""
+"""What :func:`~sharpscope.train.train` refuses before it trains, checked without training: the run
+folder and resumed configuration (:func:`open_run`), the model factory it may import
+(:func:`trusted_factory`), several ranks (:func:`check_ranks`) and the model's fit to the data
+(:func:`check_model`, :func:`check_fits`); ``train --nproc N`` runs :func:`check_launch` first."""
 
 from __future__ import annotations
 
@@ -26,16 +25,14 @@ __all__ = ["open_run", "check_ranks", "check_launch", "trusted_factory", "check_
 
 
 def model_spec_for(config: TrainConfig, data: Dataset) -> dict:
-    """The model spec a new run of ``config`` builds: the named factory's, else the built-in model
-    sized for ``data``'s inputs and classes."""
+    """The model spec a new run builds: the named factory's, else the built-in model sized for ``data``."""
     if ":" in config.model:
         return make_factory_spec(config.model, **config.model_kwargs)
     return make_model_spec(config.model, data.input_shape, data.num_classes, **config.model_kwargs)
 
 
 def check_fits(model: nn.Module, data: Dataset) -> None:
-    """One example through the model (eval mode, no grad, RNG untouched): a model that does
-    not fit the data fails here with one clear line instead of a traceback mid-training."""
+    """One example through the model (eval mode, no grad, RNG untouched): a misfit is one clear line."""
     device = next(model.parameters()).device
     x = data.x_train[:1].to(device)
     was_training = model.training
@@ -65,8 +62,7 @@ def _check_token_logits(out: Any, data: Dataset) -> None:
                           f"{data.num_classes} tokens (--model gpt); the model outputs {shape}")
 
 
-# What is tracked during a run does not change what is trained: a configuration given with
-# ``resume`` may track otherwise (the stored tracking continues), as compare and sweep rely on.
+# Tracking does not change what is trained: a resume may give other tracking options (ignored).
 _TRACKING = ("track", "track_every", "track_samples")
 
 
@@ -76,10 +72,8 @@ def _given(config: TrainConfig) -> dict[str, Any]:
 
 
 def open_run(config: TrainConfig | None, out: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """The configuration to run and, with ``resume``, the checkpoint it continues: the stored
-    configuration, which a given ``config`` must equal but for more epochs where the schedule
-    extends (:func:`sharpscope.train.resume.resumed_config`; tracking options aside); an
-    existing checkpoint is never overwritten."""
+    """The configuration to run and, with ``resume``, the checkpoint it continues (a given ``config``
+    must agree with the stored one: :func:`.resume.resumed_config`); never overwrites a checkpoint."""
     ckpt_path = out / "checkpoint.pt"
     raw = None
     if resume and ckpt_path.exists():
@@ -108,11 +102,8 @@ def check_ranks(config: TrainConfig, world: int) -> None:
 
 def check_launch(config: TrainConfig | None, out_dir: str | os.PathLike[str], resume: bool, world: int,
                  allow_factory: bool | str = False) -> None:
-    """Everything :func:`train` would refuse before training, checked without training (and
-    without a process group): the folder, the configuration (or the one a resume continues),
-    whether its model factory may run, and what it cannot do on ``world`` ranks. ``sharpscope
-    train --nproc N`` runs it before it launches torchrun, so that bad input is one line and
-    exit code 2, not N tracebacks."""
+    """What :func:`train` would refuse (folder, configuration, factory, ranks), without training or a
+    process group: ``train --nproc N`` runs it before torchrun (one line, not N tracebacks)."""
     config, raw = open_run(config, Path(out_dir), resume)
     if raw is not None:
         trusted_factory(config, allow_factory, where=Path(out_dir) / "checkpoint.pt")
@@ -120,11 +111,9 @@ def check_launch(config: TrainConfig | None, out_dir: str | os.PathLike[str], re
 
 
 def trusted_factory(config: TrainConfig, allow_factory: bool | str, where: Path | None = None) -> bool | str:
-    """What :func:`~sharpscope.models.build_model` may run for ``config`` (its
-    ``allow_factory``): nothing to decide for a built-in model; for a factory, ``True`` when
-    ``allow_factory`` is True, else the factory's name when the caller named it
-    (``allow_factory``); a ConfigError when they named another one or none (``where``: the
-    checkpoint whose configuration names it)."""
+    """``build_model``'s ``allow_factory`` for ``config``: False for a built-in model; True when
+    ``allow_factory`` is; the factory's name when ``allow_factory`` names it; else ConfigError
+    (``where``: the checkpoint that names it)."""
     if not is_factory(config.model):
         return False
     if allow_factory is True:
@@ -143,10 +132,8 @@ def trusted_factory(config: TrainConfig, allow_factory: bool | str, where: Path 
 
 
 def check_model(config: TrainConfig, allow_factory: bool | str | None = None) -> None:
-    """Build ``config``'s model once on its data and push one example through it, writing
-    nothing: a factory that cannot be imported, raises, returns no module or does not fit the
-    data fails here, before an experiment's first training step. ``allow_factory`` defaults
-    to the factory ``config`` names (the caller's own configuration)."""
+    """Build ``config``'s model on its data and push one example through it, writing nothing
+    (``allow_factory``: by default the factory ``config`` names)."""
     config.validate()
     data = load_dataset(config.data_spec())
     allowed = trusted_factory(config, config.model if allow_factory is None else allow_factory)
@@ -156,8 +143,7 @@ def check_model(config: TrainConfig, allow_factory: bool | str | None = None) ->
 
 
 def per_rank_bn_note(config: TrainConfig, world: int) -> str:
-    """What a run on several ranks computes when its batch norm is rank-local (README,
-    'Running on several processes'); tests/test_sync_bn.py checks each statement."""
+    """What a run on several ranks computes with rank-local batch norm (tests/test_sync_bn.py checks it)."""
     per_rank = f"about {config.batch_size / world:.3g}" if config.batch_size % world else str(config.batch_size // world)
     if not registry.get(config.optimizer).perturbs:
         what = f"ghost batch norm: {config.optimizer.upper()} with batch statistics per slice of that size"

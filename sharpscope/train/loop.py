@@ -47,11 +47,9 @@ __all__ = ["train", "evaluate", "check_launch", "check_ranks", "check_model", "t
 def _average_bn_stats(model: nn.Module) -> None:
     """Running statistics averaged over ranks, as single-process m-SAM stores them."""
     world = dist_utils.world_size()
-    for bn in bn_modules(model):
-        for name in ("running_mean", "running_var"):
-            buf = getattr(bn, name, None)
-            if buf is not None:
-                buf.copy_(dist_utils.all_reduce_sum(buf.clone()) / world)
+    for bn in bn_modules(model):  # they track running statistics
+        for buf in (bn.running_mean, bn.running_var):
+            buf.copy_(dist_utils.all_reduce_sum(buf.clone()) / world)
 
 
 _SUMS = ("loss", "correct", "loss_clean", "correct_clean", "perturbed_loss", "count", "perturbed_count", "skipped",

@@ -1,25 +1,13 @@
 """What a resumed run may change: nothing that defines it, except more epochs where the
 learning-rate schedule extends.
 
-A resumed run continues the stored :class:`~sharpscope.train.TrainConfig`. Options given
-again are compared with the stored ones by their effect (``rho=None`` is the optimizer's
-default radius, ``augment=None`` is "on for CIFAR", a variant's options with its defaults
-filled in, ``data_root`` as an absolute path); any that differ are refused, all named in one
-line, never silently ignored.
-
-``epochs`` larger than the stored value extends the run where that is well defined, i.e.
-where the first ``E`` epochs of an ``E'``-epoch run are the ``E``-epoch run itself:
-
-- ``constant`` (with or without warm-up: the warm-up lasts ``warmup_epochs``, whatever the
-  total): lr(step) does not depend on the total, so training ``E`` epochs and extending to
-  ``E'`` gives the weights of ``E'`` epochs trained straight (the example order of epoch e
-  comes from (seed, e), the optimizer state and the RNG are in the checkpoint);
-- ``cosine``: lr(step) = lr (1 + cos(pi t)) / 2 with t the fraction of the *total* steps
-  done, so the steps already taken followed a schedule that ends at ``E``; no ``E'``-epoch
-  run starts that way, and the extension is refused.
-
-Fewer epochs than stored are refused (a run is never shortened; its snapshots in
-``checkpoints/`` hold the earlier epochs).
+Options given again are compared with the stored ones by their effect (``rho=None`` is the
+optimizer's default, ``augment=None`` "on for CIFAR", a variant's options with defaults filled
+in, ``data_root`` absolute); any that differ are refused, all named in one line. A larger
+``epochs`` extends a run whose first ``E`` epochs are those of an ``E'``-epoch run: a
+``constant`` schedule (warm-up included: its length is ``warmup_epochs``), whose lr(step) does
+not depend on the total, not ``cosine``, whose t is the fraction of the *total* steps done.
+Fewer epochs are refused (the snapshots in ``checkpoints/`` hold the earlier ones).
 """
 
 from __future__ import annotations
@@ -42,8 +30,7 @@ EXTENDABLE_SCHEDULES = ("constant",)
 
 
 def stored_run_config(out_dir: str | os.PathLike[str]) -> TrainConfig | None:
-    """The configuration of the run a ``--resume`` in ``out_dir`` continues; None when the
-    folder holds no checkpoint (a new run starts there)."""
+    """The configuration a ``--resume`` in ``out_dir`` continues; None without a checkpoint."""
     ckpt = Path(out_dir) / "checkpoint.pt"
     if not ckpt.exists():
         return None
@@ -51,8 +38,7 @@ def stored_run_config(out_dir: str | os.PathLike[str]) -> TrainConfig | None:
 
 
 def _effective(config: Mapping[str, Any], name: str) -> Any:
-    """The value of option ``name`` in the configuration ``config`` (field -> value) by its
-    effect on training (module docstring)."""
+    """The value of option ``name`` of ``config`` (field -> value) by its effect (module docstring)."""
     value = config.get(name)
     if name == "rho":
         spec = registry.lookup(config.get("optimizer", ""))
@@ -76,8 +62,7 @@ def _with_variant_defaults(optimizer: str, options: dict[str, Any]) -> dict[str,
 
 
 def resume_conflicts(stored: TrainConfig, given: Mapping[str, Any]) -> list[str]:
-    """The fields of ``given`` (TrainConfig field -> value) whose effect differs from the
-    stored configuration's, ``epochs`` aside (see :func:`resumed_config`), in field order."""
+    """The fields of ``given`` whose effect differs from the stored one's (``epochs`` aside), in order."""
     unknown = sorted(set(given) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
@@ -107,14 +92,9 @@ def _show(value: Any) -> str:
 
 def resumed_config(stored: TrainConfig, given: Mapping[str, Any], names: Mapping[str, str] | None = None
                    ) -> TrainConfig:
-    """The configuration a resumed run continues with: ``stored``, with ``epochs`` from
-    ``given`` where the run extends to it (module docstring).
-
-    ``given`` holds the options the user gave again (TrainConfig field -> value); every one
-    whose effect differs from the stored value, and an ``epochs`` the run cannot be continued
-    to, is refused by one :class:`ConfigError` naming them all (``names`` maps a field to what
-    to call it, e.g. its command-line flag; default: the field's name).
-    """
+    """``stored``, with ``epochs`` from ``given`` (the options given again) where the run extends;
+    one :class:`ConfigError` names every option whose effect differs and a refused ``epochs``
+    (``names``: what to call a field, e.g. its flag)."""
     def call(field: str) -> str:
         return (names or {}).get(field, field)
 
