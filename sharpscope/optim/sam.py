@@ -74,13 +74,11 @@ def _scaled_gradients(params: list[torch.Tensor], adaptive: bool,
 def _add_entries(params: list[torch.Tensor], entries: list[torch.Tensor]) -> None:
     """w += e, e dense or on the entries of w's sparse gradient (:func:`_gradient_entries`; values
     shaped like w cover every row in order, so they are added densely)."""
-    sparse = [e.shape != w.shape for w, e in zip(params, entries)]
-    if not any(sparse):
-        torch._foreach_add_(params, entries)
-        return
-    torch._foreach_add_([w for w, s in zip(params, sparse) if not s], [e for e, s in zip(entries, sparse) if not s])
-    for w, e, s in zip(params, entries, sparse):
-        if s:
+    dense = [(w, e) for w, e in zip(params, entries) if e.shape == w.shape]
+    if dense:
+        torch._foreach_add_([w for w, _ in dense], [e for _, e in dense])
+    for w, e in zip(params, entries):
+        if e.shape != w.shape:
             w.add_(torch.sparse_coo_tensor(w.grad._indices(), e, w.shape, is_coalesced=True, check_invariants=False))
 
 
