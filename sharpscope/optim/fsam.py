@@ -29,13 +29,8 @@ _MOMENTUM = "fsam_momentum"
 
 @register
 class FriendlySAM(SAM):
-    """SAM perturbing along g - sigma * (moving average of g) (module docstring).
-
-    Args:
-        params, base_optimizer, rho, p, adaptive, eta, **kwargs: as for :class:`SAM`.
-        sigma: how much of the moving average is removed from g.
-        lmbda: the moving average's decay (lambda).
-    """
+    """SAM perturbing along g - ``sigma`` m, m the moving average of g with decay ``lmbda`` (module
+    docstring); the other arguments as for :class:`SAM`."""
 
     name = "fsam"
     summary = "Friendly SAM"

@@ -33,17 +33,8 @@ __all__ = ["GSAM"]
 
 @register
 class GSAM(SAM):
-    """SAM with GSAM's update direction and learning-rate-following radius (module docstring).
-
-    Args:
-        params, base_optimizer, adaptive, eta, **kwargs: as for :class:`SAM` (p = 2 only: the
-            decomposition is Euclidean).
-        rho: rho_max, the radius at the largest learning rate.
-        rho_min: the radius at ``lr_min``.
-        alpha: weight of the orthogonal ascent component.
-        lr_max: the learning rate that maps to ``rho``; default: the base optimizer's ``lr``.
-        lr_min: the learning rate that maps to ``rho_min``.
-    """
+    """SAM with GSAM's direction (``alpha``: the weight of g_perp) and radius, ``rho`` at ``lr_max``
+    (default: the base optimizer's ``lr``) and ``rho_min`` at ``lr_min`` (module docstring); p = 2."""
 
     name = "gsam"
     option_names = ("alpha", "rho_min")

@@ -37,13 +37,8 @@ _GV = "looksam_gv"
 
 @register
 class LookSAM(SAM):
-    """SAM every ``k`` steps, its reused orthogonal component in between (module docstring).
-
-    Args:
-        params, base_optimizer, rho, p, adaptive, eta, **kwargs: as for :class:`SAM`.
-        k: steps per cycle (the first of each is a full SAM step).
-        alpha: weight of the reused component.
-    """
+    """SAM every ``k`` steps, its orthogonal component reused with weight ``alpha`` in between (module
+    docstring); the other arguments as for :class:`SAM`."""
 
     name = "looksam"
     option_names = ("k", "alpha")

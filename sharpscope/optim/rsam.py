@@ -39,13 +39,8 @@ def stream_seed(seed: int, stream: str) -> int:
 
 @register
 class RSAM(SAM):
-    """SAM with a random perturbation of norm ``rho`` (see the module docstring).
-
-    Args:
-        params, base_optimizer, rho, p, **kwargs: as for :class:`SAM` (no ``adaptive``: the
-            direction is isotropic).
-        seed: seed of the optimizer's generator (not the model's: it would replay its draws).
-    """
+    """SAM with a random perturbation of norm ``rho`` (module docstring), drawn by a generator seeded
+    with ``seed`` (not the model's seed: it would replay its draws); no ``adaptive`` (isotropic)."""
 
     name = "rsam"
     summary = "SAM's step at a random e of norm rho: the control for SAM's ascent direction"

@@ -138,19 +138,14 @@ def _weight_decayed_gradients(groups: list[dict[str, Any]]) -> contextlib.Abstra
 
 @register
 class SAM(Registered, torch.optim.Optimizer):
-    """SAM / ASAM around any base optimizer.
+    """SAM / ASAM around a ``base_optimizer`` class (``**kwargs`` are its options).
 
     Args:
-        params: parameters or parameter groups (groups may override ``rho``, ``p``,
-            ``adaptive`` and ``eta``, e.g. to exempt biases from ASAM's scaling).
-        base_optimizer: a ``torch.optim.Optimizer`` class, e.g. ``torch.optim.SGD``.
-        rho: radius of the neighbourhood (``rho = 0`` is exactly the base optimizer).
-        p: the norm of the neighbourhood, any p > 1 or ``math.inf``.
-        adaptive: ASAM's scale-invariant neighbourhood with ``T_w = |w| + eta``.
-        eta: ASAM's offset (Kwon et al. use 0.01).
+        params: parameters or groups (a group may override ``rho``, ``p``, ``adaptive``, ``eta``).
+        rho: radius of the neighbourhood (0: exactly the base optimizer); ``p`` > 1 or ``math.inf``.
+        adaptive: ASAM's neighbourhood with ``T_w = |w| + eta`` (Kwon et al.: eta = 0.01).
         perturbation_weight_decay: set e from g + weight_decay * w, as google-research/sam
             does; the default (davda54/sam) sets e from g, the weight decay in the update only.
-        **kwargs: passed to the base optimizer (lr, momentum, weight_decay, ...).
 
     Either ``first_step`` after the backward at w and ``second_step`` after the backward at
     w + e, or ``opt.step(closure)`` (closure: forward and backward, returns the loss; runs both

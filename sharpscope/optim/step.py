@@ -1,50 +1,37 @@
 """One training step, :func:`sam_step`: SAM's two passes (plain, m-SAM, data-parallel, accumulated
 over micro-batches) and second-order SAM. Its options:
 
-``m`` (m-SAM, Foret et al. Sec. 4.1 / App. C.3): each chunk of ``m`` consecutive examples gets
-its own e_k from its own gradient; the chunks' gradients at w + e_k are averaged weighted by
-size (:mod:`.msam`). ``m = None`` or ``m >= batch`` is plain SAM. BatchNorm's running statistics
-come from the clean pass only (with m-SAM: the mean of the per-chunk updates).
+``m``: m-SAM (Foret et al. Sec. 4.1 / App. C.3, :mod:`.msam`); ``None`` or ``m >= batch`` is
+plain SAM. BatchNorm's running statistics come from the clean pass only.
 
-``accumulate`` (:mod:`.passes`): both passes run over that many micro-batches, each
-back-propagating its example-weighted share of the mean loss: the full-batch step to float
-rounding (batch norm in train mode aside, which normalizes each micro-batch by itself; its
-running statistics get one update per micro-batch of the pass at w). m-SAM with ``m < batch``
-is its loop unchanged (its passes already hold one chunk at a time; never vectorized).
-Second-order SAM accumulates its Hessian-vector term from a third forward at w per
-micro-batch. Weight decay, the scaler and every variant's state act once, after the last one.
+``accumulate``: both passes over that many micro-batches (:mod:`.passes`), the full-batch step to
+float rounding (batch norm in train mode aside); weight decay, the scaler and a variant's state
+act once, after the last. m-SAM's loop is unchanged (never vectorized); second-order SAM takes
+its Hessian-vector term from a third forward at w per micro-batch.
 
-A variant with ``perturbation_uses_gradient`` false (RSAM) gets a clean pass without backward
-(a forward at w under ``no_grad``), then one forward-backward at w + e; a variant that does not
-perturb this step (:meth:`SAM.perturbs_this_step` false: LookSAM) one pass at w and its
-:meth:`SAM.second_step`. Variants without ``supports_m`` / ``supports_scaler`` refuse ``m`` /
-``scaler``.
+A variant with ``perturbation_uses_gradient`` false (RSAM) gets a forward at w under ``no_grad``
+then one forward-backward at w + e; one that does not perturb this step
+(:meth:`SAM.perturbs_this_step` false: LookSAM) one pass at w and :meth:`SAM.second_step`.
+Variants without ``supports_m`` / ``supports_scaler`` refuse ``m`` / ``scaler``.
 
-``second_order`` (p = 2, not adaptive, no m): the update uses the full gradient of
-L(w + e_hat(w)), SAM's gradient plus (d e_hat / dw)^T grad L|_{w + e_hat}
-(:func:`sharpscope.sharpness.sam_gradient_cosine`), at the cost of one double backward.
+``second_order`` (p = 2, not adaptive, no m): the full gradient of L(w + e_hat(w)), SAM's plus
+(d e_hat / dw)^T grad L|_{w + e_hat} (:func:`sharpscope.sharpness.sam_gradient_cosine`).
 
-``autocast`` (bfloat16 or float16) runs every forward under ``torch.autocast``; weights,
-gradients, e and optimizer state keep the parameters' dtype. ``scaler`` (a ``GradScaler``)
-scales every back-propagated loss; e is invariant to the scale; the update's gradient is
-unscaled, and an inf or NaN from either pass sends the weights back to w without an update
-(``skipped``); ``scaler.update()`` is called here. Not with second-order SAM.
+``autocast`` (bfloat16 or float16) runs every forward under ``torch.autocast``; ``scaler`` (a
+``GradScaler``) scales every back-propagated loss (e is scale-invariant), unscales the update's
+gradient and on an inf or NaN from either pass leaves the weights at w (``skipped``), then calls
+``scaler.update()``. Neither with second-order SAM.
 
-``vectorize`` (m-SAM): all chunks at once with ``torch.func.vmap`` (:func:`.msam.m_sam_vmapped`,
-the same step to float rounding); ``None`` whenever :func:`.msam.vmappable`, ``False`` never,
-``True`` refuses a step it cannot vectorize.
+``vectorize`` (m-SAM): all chunks at once through ``vmap`` (:func:`.msam.m_sam_vmapped`); ``None``
+whenever :func:`.msam.vmappable`, ``False`` never, ``True`` or refuse.
 
-``same_dropout_mask``: the pass at w + e replays the generator state of the pass at w (the
-same dropout masks, as google-research/sam's one dropout key); by default each pass draws its
-own (davda54/sam).
+``same_dropout_mask``: the pass at w + e replays the generator state of the pass at w (the same
+dropout masks, as google-research/sam); by default each pass draws its own (davda54/sam).
 
-``inputs``: a tensor or pytree, passed to the model as one argument; ``targets``: a tensor (or
-pytree) whose leading size is the batch size.
-
-DistributedDataParallel: ``loss_scale`` multiplies the back-propagated losses (not the reported
-ones); ``sync_first_pass=False`` runs the first pass under ``model.no_sync()`` (each rank
-perturbs with its own gradient), which :class:`~.sync_bn.GlobalBatchNorm` refuses (the pass at
-w + e must pool the statistics of one model).
+``inputs``: a tensor or pytree passed as one argument; ``targets``: leading size = batch size.
+DistributedDataParallel: ``loss_scale`` multiplies the back-propagated losses;
+``sync_first_pass=False`` runs the first pass under ``model.no_sync()`` (per-rank e), which
+:class:`~.sync_bn.GlobalBatchNorm` refuses (the pass at w + e must pool one model's statistics).
 """
 
 from __future__ import annotations

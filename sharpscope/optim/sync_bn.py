@@ -47,10 +47,6 @@ class _GatherOverRanks(torch.autograd.Function):
         return total[ctx.rank]
 
 
-def _reduce_dims(x: torch.Tensor) -> list[int]:
-    return [0, *range(2, x.dim())]
-
-
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """A BatchNorm layer (input (N, C, ...)) whose training statistics are the global batch's
     (module docstring); the parameters, buffers and ``state_dict`` keys of ``nn.BatchNorm*d``."""
@@ -63,7 +59,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(input)
         if not (self.training and dist_utils.is_distributed()):
             return super().forward(input)
-        dims = _reduce_dims(input)
+        dims = [0, *range(2, input.dim())]
         x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
         channels, local_count = x.shape[1], x.numel() // x.shape[1]
         shape = [1, -1] + [1] * (x.dim() - 2)

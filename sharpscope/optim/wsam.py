@@ -30,13 +30,8 @@ __all__ = ["WSAM"]
 
 @register
 class WSAM(SAM):
-    """SAM with WSAM's weighted sharpness (module docstring).
-
-    Args:
-        params, base_optimizer, rho, p, adaptive, eta, **kwargs: as for :class:`SAM`.
-        gamma: sharpness weight in [0, 1); the update weighs g_p - g by gamma / (1 - gamma).
-        decouple: apply the sharpness term after the base optimizer's update, not in its gradient.
-    """
+    """SAM with WSAM's weighted sharpness (module docstring): ``gamma`` in [0, 1) weighs g_p - g by
+    gamma / (1 - gamma), ``decouple`` applies it after the base optimizer's update; the rest as SAM's."""
 
     name = "wsam"
     option_names = ("gamma", "decouple")

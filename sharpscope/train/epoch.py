@@ -38,14 +38,10 @@ class LogitsOnly(nn.Module):
         return logits_of(self.model(x))
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1))
-
-
 def epoch_plan(data: Dataset, config: TrainConfig, epoch: int, augment: bool) -> dict[str, torch.Tensor]:
     """The order of examples (and augmentation draws) of one epoch, reproducible from (seed, epoch)."""
     n = data.x_train.shape[0]
-    gen = _epoch_generator(config.seed, epoch)
+    gen = torch.Generator().manual_seed((config.seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1))
     plan = {"order": torch.randperm(n, generator=gen)}
     if augment:
         plan["shift"] = torch.randint(-4, 5, (n, 2), generator=gen)

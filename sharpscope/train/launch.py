@@ -66,11 +66,6 @@ def _check_token_logits(out: Any, data: Dataset) -> None:
 _TRACKING = ("track", "track_every", "track_samples")
 
 
-def _given(config: TrainConfig) -> dict[str, Any]:
-    """The options of a configuration passed with ``resume`` that must agree with the stored ones."""
-    return {k: v for k, v in config.to_dict().items() if k not in _TRACKING}
-
-
 def open_run(config: TrainConfig | None, out: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The configuration to run and, with ``resume``, the checkpoint it continues (a given ``config``
     must agree with the stored one: :func:`.resume.resumed_config`); never overwrites a checkpoint."""
@@ -81,7 +76,8 @@ def open_run(config: TrainConfig | None, out: Path, resume: bool) -> tuple[Train
         if not raw.get("config") or raw.get("optimizer_state") is None:
             raise CheckpointError(f"{ckpt_path}: has no training state to resume from")
         stored = TrainConfig.from_dict(raw["config"])
-        config = stored if config is None else resumed_config(stored, _given(config))
+        given = None if config is None else {k: v for k, v in config.to_dict().items() if k not in _TRACKING}
+        config = stored if given is None else resumed_config(stored, given)
     elif ckpt_path.exists():
         raise ConfigError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
     if config is None:

@@ -39,26 +39,19 @@ def stored_run_config(out_dir: str | os.PathLike[str]) -> TrainConfig | None:
 
 def _effective(config: Mapping[str, Any], name: str) -> Any:
     """The value of option ``name`` of ``config`` (field -> value) by its effect (module docstring)."""
-    value = config.get(name)
+    value, spec = config.get(name), registry.lookup(config.get("optimizer", ""))
     if name == "rho":
-        spec = registry.lookup(config.get("optimizer", ""))
         return (spec.default_rho if spec is not None else 0.0) if value is None else float(value)
     if name == "augment":
         return config.get("data") in ("cifar10", "cifar100") if value is None else bool(value)
     if name == "data_root" and value is not None:
         return os.path.abspath(os.path.expanduser(str(value)))
     if name == "optimizer_options":
-        return _with_variant_defaults(config.get("optimizer", ""), dict(value or {}))
+        return {**(spec.defaults() if spec is not None else {}), **(value or {})}
     if name in ("p", "lr", "momentum", "weight_decay", "eta", "label_noise", "label_smoothing",
                 "warmup_epochs") and value is not None:
         return float(value)
     return value
-
-
-def _with_variant_defaults(optimizer: str, options: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer's options with the defaults of its class's keyword arguments filled in."""
-    spec = registry.lookup(optimizer)
-    return options if spec is None else {**spec.defaults(), **options}
 
 
 def resume_conflicts(stored: TrainConfig, given: Mapping[str, Any]) -> list[str]:

@@ -14,15 +14,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
 from .. import measure_table
 from ..errors import ConfigError
 from ..objective import Objective
 from ..optim import registry
 from .callbacks import Callback, TrainState
 
-__all__ = ["TRACKABLE", "TRACK_SETTINGS", "trackable", "TrackingCallback", "stability_threshold",
-           "sam_stability_threshold"]
+__all__ = ["TRACK_SETTINGS", "trackable", "TrackingCallback", "stability_threshold", "sam_stability_threshold"]
 
 # The settings of every tracked measure (besides the subset, the tracking seed and rho).
 TRACK_SETTINGS: dict[str, Any] = {"top_k": 1, "eig_tol": 1e-3, "trace_matvecs": 30, "m_values": [16], "m_steps": 3}
@@ -32,12 +30,6 @@ def trackable() -> list[str]:
     """The measures of the table with a headline value whose settings tracking provides."""
     have = [*TRACK_SETTINGS, *measure_table.SUBSET, "rho"]
     return [n for n in measure_table.available(have) if measure_table.MEASURES[n].headline is not None]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "TRACKABLE":
-        return tuple(trackable())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def stability_threshold(lr: float, momentum: float = 0.0) -> float:
