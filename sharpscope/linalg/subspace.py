@@ -1,15 +1,11 @@
 """How much two subspaces overlap, e.g. the top-k Hessian eigenspaces of two checkpoints.
 
-For the spans of ``V1`` (n x k1) and ``V2`` (n x k2), with orthonormal bases Q1, Q2 and
-projectors P1 = Q1 Q1^T, P2 = Q2 Q2^T,
+With orthonormal bases Q1, Q2 (QR in float64) of the spans of ``V1`` (n x k1), ``V2`` (n x k2),
 
-    overlap = tr(P1 P2) / k = ||Q1^T Q2||_F^2 / k = (1/k) sum_i cos^2(phi_i),    k = min(k1, k2),
+    overlap = ||Q1^T Q2||_F^2 / k = (1/k) sum_i cos^2(phi_i),    k = min(k1, k2),
 
-the mean squared cosine of the principal angles: 1 when the smaller space lies in the larger,
-0 when orthogonal, symmetric, basis-independent. Gur-Ari, Roberts & Dyer, "Gradient Descent
-Happens in a Tiny Subspace" (arXiv:1812.04754, 2018) use it for two rank-k eigenspaces; for
-different dimensions we divide by the smaller. The bases are orthonormalized here (QR in
-float64); a rank-deficient one is refused.
+the mean squared cosine of the principal angles (tr(P1 P2) / k, Gur-Ari, Roberts & Dyer,
+arXiv:1812.04754): 1 when the smaller space lies in the larger, 0 when orthogonal.
 """
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ and :mod:`.passes` (the step), :mod:`.bn`, the variants (:mod:`.rsam`, :mod:`.gs
 from __future__ import annotations
 
 # The registered optimizers, in the order the registry lists them (sharpscope train --help).
-from .sgd import SGD
-from .adamw import AdamW
+from .baselines import SGD, AdamW
 from .sam import SAM
 from .asam import ASAM, asam_groups
 from .rsam import RSAM

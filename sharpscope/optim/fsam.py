@@ -1,15 +1,14 @@
 """Friendly SAM (F-SAM; Li et al., CVPR 2024, "Friendly Sharpness-Aware Minimization").
 
-F-SAM perturbs along the batch gradient minus an exponential moving average of past batch
-gradients (an estimate of the full gradient, whose component does not help generalization):
+F-SAM perturbs along the batch gradient minus a moving average of past ones (the full-gradient
+component does not help generalization):
 
     d_t = g_t - sigma m_{t-1},    m_t = lambda m_{t-1} + (1 - lambda) g_t,    m_1 = g_1,
-    e_t = SAM's perturbation of d_t (rho d_t / ||d_t||; ASAM's with ``adaptive``),
+    e_t = SAM's perturbation of d_t,
 
-and updates with grad L(w + e_t) as SAM does; the first step is SAM's. Defaults: sigma = 1,
-lambda = 0.9 (nblt/F-SAM ``utils.py``), rho = 0.05. The moving average is in
-:meth:`state_dict`. pytorch-optimizer 4.1 and the official code divide by ||d|| + 1e-12 (here a
-zero d gives e = 0), pytorch-optimizer with a float32 norm; bounded in the tests.
+then updates with grad L(w + e_t). Defaults: sigma = 1, lambda = 0.9 (nblt/F-SAM ``utils.py``),
+rho = 0.05. m is in :meth:`state_dict`. The reference codes' ||d|| + 1e-12 (and float32 norm)
+are bounded in the tests.
 """
 
 from __future__ import annotations

@@ -1,21 +1,20 @@
 """GSAM: Surrogate Gap Guided SAM (Zhuang et al., ICLR 2022, Algorithm 1).
 
-With g = grad L(w) and g_p = grad L(w + e) (SAM's e, radius rho_t), GSAM splits g into its
-part along g_p and the rest, g_perp = g - (<g, g_p> / ||g_p||^2) g_p, and updates with
+With g = grad L(w), g_p = grad L(w + e) (SAM's e, radius rho_t) and
+g_perp = g - (<g, g_p> / ||g_p||^2) g_p, GSAM updates with
 
     d = g_p - alpha * g_perp,
 
-a descent on the perturbed loss plus an ascent on L(w) orthogonal to g_p, which lowers the
-surrogate gap L(w + e) - L(w) without changing the perturbed loss to first order. The radius
-follows the learning rate (the official ``ProportionScheduler``), read at each step:
+an ascent on L(w) orthogonal to g_p that lowers the surrogate gap L(w + e) - L(w) without
+changing the perturbed loss to first order. The radius follows the learning rate at each step
+(the official ``ProportionScheduler``):
 
     rho_t = rho_min + (rho_max - rho_min) (lr_t - lr_min) / (lr_max - lr_min).
 
-Defaults: rho_max = ``rho`` = 0.05, rho_min = 0, alpha = 0.4 (pytorch-optimizer 4.1's). The
-official code (juntang-zhuang/GSAM) and pytorch-optimizer 4.1 divide by ||g|| + 1e-12 (here a
-zero gradient gives e = 0), take the inner product in the parameters' dtype (here float64),
-return to w by subtracting e (here the saved copy) and use eta = 0 for ``adaptive``;
-pytorch-optimizer scales e with a float32 norm. Bounded in the tests.
+Defaults: rho_max = ``rho`` = 0.05, rho_min = 0, alpha = 0.4 (pytorch-optimizer 4.1). The
+official code (juntang-zhuang/GSAM) and pytorch-optimizer differ in rounding details (||g|| +
+1e-12, a float32 norm, the inner product in the parameters' dtype, w restored by subtracting e;
+eta = 0 for ``adaptive``), bounded in the tests.
 """
 
 from __future__ import annotations

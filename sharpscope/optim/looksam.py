@@ -1,20 +1,15 @@
 """LookSAM (Liu et al., CVPR 2022, "Towards Efficient and Scalable Sharpness-Aware
 Minimization", Algorithm 1).
 
-Every k-th step is a full SAM step: with g = grad L(w) and g_s = grad L(w + e), the update
-uses g_s, and LookSAM keeps the part of g_s orthogonal to g,
+Every k-th step is SAM's (g = grad L(w), g_s = grad L(w + e), update with g_s) and keeps
 
-    g_v = g_s - (<g_s, g> / ||g||^2) g          (= g_s - ||g_s|| cos(g, g_s) g / ||g||).
+    g_v = g_s - (<g_s, g> / ||g||^2) g;
 
-The k - 1 steps in between take one forward-backward at w and update with
-
-    g + alpha (||g|| / ||g_v||) g_v,
-
-about (k + 1) / k passes per step against SAM's 2. Norms and inner products are global, as in
-the paper. Defaults: k = 5, alpha = 0.7 (the paper's), rho = 0.05. pytorch-optimizer 4.1 takes
-the norms per parameter tensor, runs the closure at w again on the steps in between and
-defaults to k = 10, rho = 0.1 (measured in the tests). The step counter and g_v are in
-:meth:`state_dict`. By hand, ``first_step`` / backward at w + e / ``second_step`` only where
+the k - 1 steps in between take one pass at w and update with g + alpha (||g|| / ||g_v||) g_v:
+about (k + 1) / k passes per step. Norms are global, as in the paper. Defaults: k = 5,
+alpha = 0.7 (the paper's), rho = 0.05. pytorch-optimizer 4.1 takes per-tensor norms, runs the
+pass at w twice and defaults to k = 10, rho = 0.1 (measured in the tests). The step counter and
+g_v are in :meth:`state_dict`. By hand, ``first_step`` only where
 :meth:`LookSAM.perturbs_this_step`; elsewhere ``second_step`` right after the backward at w.
 """
 

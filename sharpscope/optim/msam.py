@@ -2,18 +2,13 @@
 
 For a batch of B examples in chunks k of n_k <= m examples with losses L_k,
 
-    g_k = grad L_k(w),   e_k = SAM's perturbation of g_k (rho, p, ASAM's T_w),
+    g_k = grad L_k(w),   e_k = SAM's perturbation of g_k,
     update gradient = sum_k (n_k / B) grad L_k(w + e_k).
 
-BatchNorm (train mode): each chunk's clean pass normalizes with its own statistics; the stored
-running statistics are the mean of the per-chunk updates from the same start (what averaging
-per-device buffers gives); the passes at w + e_k update nothing.
-
-:func:`m_sam_loop` takes one chunk at a time (any batch, variant, sparse gradients, mixed
-precision); :func:`m_sam_vmapped` all at once, ``torch.func.vmap`` over ``grad`` of a
-``functional_call`` (BatchNorm updates on per-chunk buffer copies, averaged). They agree to
-float rounding except for dropout (masks drawn in another order) and parameters the loss does
-not use (a zero gradient instead of none, so weight decay still moves them).
+BatchNorm's running statistics become the mean of the per-chunk updates of the clean passes
+(what averaging per-device buffers gives). :func:`m_sam_loop` takes one chunk at a time (any
+batch, variant, sparse gradients, mixed precision); :func:`m_sam_vmapped` all at once through
+``vmap``, equal to float rounding but for dropout masks and unused parameters (zero gradient).
 """
 
 from __future__ import annotations
@@ -27,7 +22,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..batches import leading_size, take
 from .bn import bn_restore, bn_snapshot, bn_modules, frozen_bn_stats
-from .result import StepResult
+from .passes import StepResult
 from .asam import ASAM
 from .sam import SAM, dual_exponent
 

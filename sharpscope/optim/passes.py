@@ -1,23 +1,19 @@
-"""The forward and backward passes of one training step, over the whole batch or accumulated
-over micro-batches (``sam_step(..., accumulate=N)``, ``train --grad-accum N``).
-
-A batch of B examples is cut into N consecutive micro-batches of n_k examples (the sizes of
-``torch.tensor_split``). With mean losses L_k,
+"""The forward and backward passes of one training step, whole or accumulated over N
+micro-batches (``sam_step(..., accumulate=N)``) of n_k examples (``torch.tensor_split``'s sizes):
 
     L(w) = sum_k (n_k / B) L_k(w),    grad L(w) = sum_k (n_k / B) grad L_k(w),
 
-so back-propagating (n_k / B) L_k on each leaves the full batch's gradient in ``.grad`` with one
-micro-batch's activations alive at a time. SAM accumulates both passes this way (e from the
-accumulated gradient at w), so every variant's hooks, which see only ``.grad``, get the
-full-batch gradient. Batch norm in train mode normalizes each micro-batch by itself; its running
-statistics get one update per micro-batch of the pass at w. A data-parallel model back-propagates
-every micro-batch but the last under ``model.no_sync()`` (one all-reduce per pass).
+so back-propagating (n_k / B) L_k on each leaves the full batch's gradient in ``.grad``, one
+micro-batch's activations alive at a time; SAM's hooks see only ``.grad``. Batch norm in train
+mode normalizes each micro-batch by itself. A data-parallel model back-propagates every
+micro-batch but the last under ``model.no_sync()``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,7 +22,17 @@ from torch import nn
 from ..batches import concat, leading_size, take
 from ..errors import ConfigError
 
-__all__ = ["Passes", "micro_slices", "check_accumulate", "micro_batch_count"]
+__all__ = ["Passes", "StepResult", "micro_slices", "check_accumulate", "micro_batch_count"]
+
+
+@dataclass
+class StepResult:
+    """What one training step saw at the unperturbed weights (for metrics)."""
+
+    loss: torch.Tensor      # mean loss of the batch at w (0-dim, detached)
+    outputs: torch.Tensor   # model outputs at w (detached)
+    perturbed_loss: torch.Tensor | None  # mean loss at w + e (SAM only)
+    skipped: bool = False   # mixed precision: an inf/NaN gradient, the weights left at w, no update
 
 
 def check_accumulate(accumulate: Any, batch: int) -> None:

@@ -1,18 +1,14 @@
 """Random-perturbation SAM (RSAM): the control for SAM's ascent direction.
 
-The update is SAM's, w <- w - lr * grad L(w + e), but e is SAM's dual-norm rule applied to a
-Gaussian vector z drawn independently of the gradient,
+SAM's update w <- w - lr grad L(w + e), with e SAM's dual-norm rule applied to a Gaussian z
+drawn independently of the gradient,
 
     e = rho * sign(z) |z|^(q-1) / ||z||_q^(q-1),   z ~ N(0, I),   1/p + 1/q = 1,
 
-so ||e||_p = rho exactly (p = 2: a uniform point of the rho-sphere; p = inf: a uniform corner
-of the l_inf ball). The norm is global over every trainable parameter (a group's ``rho`` scales
-its share), and every parameter with ``requires_grad`` is perturbed, gradient or not.
-
-The draws come from the optimizer's own ``torch.Generator`` (seeded with ``seed``, on the first
-parameter's device), whose state is in ``state_dict()``: a resumed run continues bit for bit,
-and data-parallel ranks seeded alike draw the same e. As e ignores the gradient at w,
-:func:`sharpscope.optim.sam_step` runs the clean pass without a backward.
+so ||e||_p = rho (p = 2: uniform on the rho-sphere; p = inf: a uniform corner of the l_inf
+ball), the norm global over every parameter with ``requires_grad``. The optimizer's own
+generator (seeded with ``seed``, on the first parameter's device) is in ``state_dict()``: a
+resumed run continues bit for bit, and ranks seeded alike draw the same e.
 """
 
 from __future__ import annotations

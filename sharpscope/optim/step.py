@@ -47,8 +47,7 @@ from ..batches import concat, higher_order_attention, leading_size, take
 from ..errors import ConfigError
 from .bn import frozen_bn_stats
 from .msam import m_sam_loop, m_sam_vmapped, vmappable
-from .passes import Passes, check_accumulate, micro_slices
-from .result import StepResult
+from .passes import Passes, StepResult, check_accumulate, micro_slices
 from .sam import SAM
 from .sync_bn import has_global_bn
 

@@ -1,20 +1,15 @@
-"""Batch norm over the global batch of every rank, built from all-reduces (any backend, CPU too).
+"""Batch norm over the global batch of every rank, built from all-reduces (any backend, CPU too;
+``torch.nn.SyncBatchNorm`` refuses CPU tensors in training).
 
-:class:`GlobalBatchNorm` normalizes with the statistics of the whole global batch, as one
-process holding it would. Each rank computes its slice's per-channel mean m_r and sum of squared
-deviations M2_r over its n_r values; one all-gather brings every rank's (m_r, M2_r, n_r), and
-Chan, Golub & LeVeque's pairwise combination (1979) gives
+Each rank computes its slice's per-channel mean m_r and sum of squared deviations M2_r over n_r
+values; one all-gather brings every rank's, combined as Chan, Golub & LeVeque (1979):
 
     N = sum_r n_r,   mean = sum_r n_r m_r / N,
-    var = (sum_r M2_r + sum_r n_r (m_r - mean)^2) / N,
+    var = (sum_r M2_r + sum_r n_r (m_r - mean)^2) / N.
 
-without the cancellation of E[x^2] - E[x]^2 when |mean| >> std. The all-gather's backward sums
-over ranks the gradients reaching the gathered statistics and returns each rank its own row,
-so the gradients summed over ranks (DDP, up to its 1/world) are those of the global-batch
-loss. The running statistics get the same update on every rank (``torch.nn.BatchNorm``'s
-rule, unbiased N/(N-1) var). ``torch.nn.SyncBatchNorm`` refuses CPU tensors in training
-(torch 2.13), so it cannot run on gloo. In eval mode, or without a process group of several
-ranks, this is ``F.batch_norm`` with the running statistics.
+The gather's backward sums over ranks the gradients reaching the statistics, so the gradients
+summed over ranks are the global-batch loss's. Running statistics: ``torch.nn.BatchNorm``'s rule
+on every rank. In eval mode, or on one rank, this is ``F.batch_norm``.
 """
 
 from __future__ import annotations

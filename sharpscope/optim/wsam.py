@@ -1,17 +1,13 @@
 """WSAM: Weighted SAM (Yue et al., KDD 2023, "Sharpness-Aware Minimization Revisited:
 Weighted Sharpness as a Regularization Term").
 
-WSAM minimizes L(w) + gamma / (1 - gamma) [L(w + e) - L(w)] (gamma = 1/2: SAM's objective).
-With g = grad L(w), g_p = grad L(w + e) (SAM's e; ASAM's with ``adaptive``) and
-alpha = gamma / (1 - gamma), its gradient is g + alpha (g_p - g):
-
-- ``decouple=True`` (default): the base optimizer updates with g alone, then
-  w <- w - lr * alpha * (g_p - g), apart like AdamW's weight decay;
-- ``decouple=False``: the base optimizer updates with g + alpha (g_p - g).
-
-Defaults: gamma = 0.9, decouple = True (pytorch-optimizer 4.1's, after the authors' code),
-rho = 0.05. pytorch-optimizer scales e with a float32 norm and divides by ||g|| + 1e-12 (here
-a zero gradient gives e = 0); its ``adaptive`` has eta = 0. Bounded in the tests.
+WSAM minimizes L(w) + gamma / (1 - gamma) [L(w + e) - L(w)] (gamma = 1/2: SAM). With
+g = grad L(w), g_p = grad L(w + e) and alpha = gamma / (1 - gamma) its gradient is
+g + alpha (g_p - g): with ``decouple`` (default) the base optimizer updates with g, then
+w <- w - lr alpha (g_p - g) apart (like AdamW's weight decay); else it updates with the sum.
+Defaults: gamma = 0.9, decouple (pytorch-optimizer 4.1's, after the authors' code), rho = 0.05;
+pytorch-optimizer's rounding details (a float32 norm, ||g|| + 1e-12, eta = 0) are bounded in
+the tests.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-"""What a resumed run may change: nothing that defines it, except more epochs where the
-learning-rate schedule extends.
-
-Options given again are compared with the stored ones by their effect (``rho=None`` is the
-optimizer's default, ``augment=None`` "on for CIFAR", a variant's options with defaults filled
-in, ``data_root`` absolute); any that differ are refused, all named in one line. A larger
-``epochs`` extends a run whose first ``E`` epochs are those of an ``E'``-epoch run: a
-``constant`` schedule (warm-up included: its length is ``warmup_epochs``), whose lr(step) does
-not depend on the total, not ``cosine``, whose t is the fraction of the *total* steps done.
-Fewer epochs are refused (the snapshots in ``checkpoints/`` hold the earlier ones).
+"""What a resumed run may change: nothing that defines it, except more epochs where the schedule
+extends. Options given again are compared by their effect (``rho=None`` is the default radius,
+``augment=None`` "on for CIFAR", a variant's defaults filled in, ``data_root`` absolute); all
+that differ are refused in one line. More epochs extend a ``constant`` schedule (lr(step) does
+not depend on the total), not ``cosine`` (t is the fraction of the *total* steps); fewer are refused.
 """
 
 from __future__ import annotations
