@@ -96,6 +96,7 @@ class TrainConfig:
         spec = registry.get(self.optimizer)  # an unknown name: ConfigError listing the choices
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        micro = -(-self.batch_size // max(1, self.grad_accum))  # examples per micro-batch
         checks = [
             (self.rho is None or (math.isfinite(self.rho) and self.rho >= 0), f"rho must be >= 0, got {self.rho}"),
             (0.0 <= self.label_noise < 1.0, f"label noise must be in [0, 1), got {self.label_noise}"),
@@ -126,6 +127,23 @@ class TrainConfig:
             (self.amp is None or not self.second_order, "--second-order runs in float32 only (its double backward in "
              "reduced precision would not be the second-order gradient); drop --amp"),
             (self.track_every >= 1 and self.track_samples >= 1, "track interval and track samples must be >= 1"),
+            (self.grad_accum == 1 or self.m is None or not micro < self.m < self.batch_size,
+             f"--m {self.m} is larger than the micro-batches of --grad-accum {self.grad_accum} ({micro} examples): "
+             f"m-SAM holds one chunk of m examples at a time, so use --m <= {micro}"),
+            (self.base_optimizer in registry.BASE_OPTIMIZERS, f"--base-optimizer must be one of "
+             f"{', '.join(registry.BASE_OPTIMIZERS)}, got {self.base_optimizer!r}"),
+            (math.isfinite(self.beta2) and 0.0 <= self.beta2 < 1.0, f"--beta2 must be in [0, 1), got {self.beta2}"),
+            (math.isfinite(self.adam_eps) and self.adam_eps > 0, f"--adam-eps must be > 0, got {self.adam_eps}"),
+            (spec.perturbs or self.base_optimizer in ("sgd", self.optimizer),
+             f"--base-optimizer {self.base_optimizer} is what SAM and its variants wrap; --optimizer "
+             f"{self.optimizer} wraps none (AdamW alone: --optimizer adamw)"),
+            (not (self.nesterov and (self.optimizer == "adamw" or spec.perturbs and self.base_optimizer == "adamw")),
+             "--nesterov is SGD's; AdamW has no Nesterov momentum"),
+            (self.block_size >= 1, f"--block-size must be >= 1 token, got {self.block_size}"),
+            (not (self.data in TOKEN_DATASETS and self.label_noise),
+             f"--label-noise replaces class labels; --data {self.data} has next tokens, not labels"),
+            (not (self.data in TOKEN_DATASETS and self.label_smoothing),
+             f"--label-smoothing is not implemented for the token loss of --data {self.data}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -144,9 +162,6 @@ class TrainConfig:
                 spec.build(self, nn.ParameterList([nn.Parameter(torch.zeros(1))]))
             except TypeError as err:
                 raise ConfigError(f"--optimizer-opt for {self.optimizer}: {err}") from None
-        _check_accumulation(self)
-        _check_base_optimizer(self, spec)
-        _check_token_data(self)
         if self.second_order and (not spec.supports_second_order or self.p != 2 or self.m is not None):
             raise ConfigError(f"--second-order needs --optimizer {_one_of('supports_second_order')} with p = 2 "
                               "and no m")
@@ -219,45 +234,6 @@ def _typed_variant_options(optimizer: str, options: dict[str, Any]) -> dict[str,
         if option.name in options and option.is_bool:
             options[option.name] = bool_option(f"--optimizer-opt {option.name} of {optimizer}", options[option.name])
     return options
-
-
-def _check_accumulation(config: TrainConfig) -> None:
-    """``grad_accum`` > 1 refuses m-SAM chunks larger than a micro-batch (they would not bound the memory)."""
-    if config.grad_accum == 1:
-        return
-    micro = -(-config.batch_size // config.grad_accum)
-    if config.m is not None and micro < config.m < config.batch_size:
-        raise ConfigError(f"--m {config.m} is larger than the micro-batches of --grad-accum {config.grad_accum} "
-                          f"({micro} examples): m-SAM holds one chunk of m examples at a time, so use --m <= {micro}")
-
-
-def _check_base_optimizer(config: TrainConfig, spec: registry.OptimizerSpec) -> None:
-    """A known ``base_optimizer`` (only for an optimizer that wraps one), AdamW's beta2 and eps, no
-    Nesterov for AdamW."""
-    if config.base_optimizer not in registry.BASE_OPTIMIZERS:
-        raise ConfigError(f"--base-optimizer must be one of {', '.join(registry.BASE_OPTIMIZERS)}, got "
-                          f"{config.base_optimizer!r}")
-    if not (math.isfinite(config.beta2) and 0.0 <= config.beta2 < 1.0):
-        raise ConfigError(f"--beta2 must be in [0, 1), got {config.beta2}")
-    if not (math.isfinite(config.adam_eps) and config.adam_eps > 0):
-        raise ConfigError(f"--adam-eps must be > 0, got {config.adam_eps}")
-    if not spec.perturbs and config.base_optimizer not in ("sgd", config.optimizer):
-        raise ConfigError(f"--base-optimizer {config.base_optimizer} is what SAM and its variants wrap; "
-                          f"--optimizer {config.optimizer} wraps none (AdamW alone: --optimizer adamw)")
-    adamw = config.optimizer == "adamw" or (spec.perturbs and config.base_optimizer == "adamw")
-    if adamw and config.nesterov:
-        raise ConfigError("--nesterov is SGD's; AdamW has no Nesterov momentum")
-
-
-def _check_token_data(config: TrainConfig) -> None:
-    """``block_size`` >= 1; token data has no class labels to corrupt or smooth."""
-    if config.block_size < 1:
-        raise ConfigError(f"--block-size must be >= 1 token, got {config.block_size}")
-    if config.data in TOKEN_DATASETS:
-        if config.label_noise:
-            raise ConfigError(f"--label-noise replaces class labels; --data {config.data} has next tokens, not labels")
-        if config.label_smoothing:
-            raise ConfigError(f"--label-smoothing is not implemented for the token loss of --data {config.data}")
 
 
 def _one_of(capability: str) -> str:
