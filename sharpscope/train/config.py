@@ -96,8 +96,39 @@ class TrainConfig:
         spec = registry.get(self.optimizer)  # an unknown name: ConfigError listing the choices
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        for ok, message in self._rules(spec):
+            if not ok:
+                raise ConfigError(message)
+        if self.m is not None and not spec.supports_m:
+            raise ConfigError(f"m (m-SAM) needs --optimizer {_one_of('supports_m')}, not {self.optimizer}")
+        if self.amp == "fp16" and not spec.supports_scaler:
+            raise ConfigError(f"--optimizer {self.optimizer} does not run under fp16's gradient scaler; use --amp bf16")
+        allowed = spec.option_names
+        unknown_opts = sorted(set(self.optimizer_options) - set(allowed))
+        if unknown_opts:
+            raise ConfigError(f"--optimizer {self.optimizer} has no option {unknown_opts[0]!r}"
+                              + (f"; its options: {', '.join(allowed)}" if allowed else ""))
+        if spec.options:  # the option values, on a stand-in parameter (no random draw)
+            try:
+                spec.build(self, nn.ParameterList([nn.Parameter(torch.zeros(1))]))
+            except TypeError as err:
+                raise ConfigError(f"--optimizer-opt for {self.optimizer}: {err}") from None
+        if self.second_order and (not spec.supports_second_order or self.p != 2 or self.m is not None):
+            raise ConfigError(f"--second-order needs --optimizer {_one_of('supports_second_order')} with p = 2 "
+                              "and no m")
+        from .tracking import trackable  # the table of measures, imported when validating
+        unknown = sorted(set(self.track) - set(trackable()))
+        if unknown:
+            raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(trackable())}")
+        if self.sync_bn and spec.perturbs and not self.sync_perturbation:
+            raise ConfigError("--sync-bn needs --sync-perturbation: with one perturbation per rank, each rank's "
+                              "pass at w + e_r would pool batch statistics of differently perturbed models")
+        spec.check(self)  # the optimizer class's own rules (e.g. GSAM: p = 2)
+
+    def _rules(self, spec: registry.OptimizerSpec) -> list[tuple[bool, str]]:
+        """(holds, what to say when it does not) for each of :meth:`validate`'s simple rules."""
         micro = -(-self.batch_size // max(1, self.grad_accum))  # examples per micro-batch
-        checks = [
+        return [
             (self.rho is None or (math.isfinite(self.rho) and self.rho >= 0), f"rho must be >= 0, got {self.rho}"),
             (0.0 <= self.label_noise < 1.0, f"label noise must be in [0, 1), got {self.label_noise}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
@@ -145,34 +176,6 @@ class TrainConfig:
             (not (self.data in TOKEN_DATASETS and self.label_smoothing),
              f"--label-smoothing is not implemented for the token loss of --data {self.data}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        if self.m is not None and not spec.supports_m:
-            raise ConfigError(f"m (m-SAM) needs --optimizer {_one_of('supports_m')}, not {self.optimizer}")
-        if self.amp == "fp16" and not spec.supports_scaler:
-            raise ConfigError(f"--optimizer {self.optimizer} does not run under fp16's gradient scaler; use --amp bf16")
-        allowed = spec.option_names
-        unknown_opts = sorted(set(self.optimizer_options) - set(allowed))
-        if unknown_opts:
-            raise ConfigError(f"--optimizer {self.optimizer} has no option {unknown_opts[0]!r}"
-                              + (f"; its options: {', '.join(allowed)}" if allowed else ""))
-        if spec.options:  # the option values, on a stand-in parameter (no random draw)
-            try:
-                spec.build(self, nn.ParameterList([nn.Parameter(torch.zeros(1))]))
-            except TypeError as err:
-                raise ConfigError(f"--optimizer-opt for {self.optimizer}: {err}") from None
-        if self.second_order and (not spec.supports_second_order or self.p != 2 or self.m is not None):
-            raise ConfigError(f"--second-order needs --optimizer {_one_of('supports_second_order')} with p = 2 "
-                              "and no m")
-        from .tracking import trackable  # the table of measures, imported when validating
-        unknown = sorted(set(self.track) - set(trackable()))
-        if unknown:
-            raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(trackable())}")
-        if self.sync_bn and spec.perturbs and not self.sync_perturbation:
-            raise ConfigError("--sync-bn needs --sync-perturbation: with one perturbation per rank, each rank's "
-                              "pass at w + e_r would pool batch statistics of differently perturbed models")
-        spec.check(self)  # the optimizer class's own rules (e.g. GSAM: p = 2)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
