@@ -76,35 +76,26 @@ class Passes:
         loss = loss * self.loss_scale if self.loss_scale != 1.0 else loss
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def forward_backward(self, inputs: Any, targets: Any) -> tuple[Any, torch.Tensor]:
-        """One pass: the gradient of the batch's mean loss added to ``.grad``; returns the (joined)
-        outputs and the (example-weighted) mean loss."""
-        if self.accumulate == 1:
-            outputs, loss = self.forward(inputs, targets)
-            self.backward(loss)
-            return outputs, loss
-        slices = self._slices(targets)
-        batch = slices[-1].stop
-        outs, total = [], None
-        for k, part in enumerate(slices):
-            out, loss = self.forward(take(inputs, part), take(targets, part))
-            weight = (part.stop - part.start) / batch
-            with self._no_sync() if k < len(slices) - 1 else contextlib.nullcontext():
-                self.backward(loss * weight)
-            outs.append(out.detach())
-            total = loss.detach() * weight if total is None else total + loss.detach() * weight
-        return concat(outs), total
-
-    def clean_forward(self, inputs: Any, targets: Any) -> tuple[Any, torch.Tensor]:
-        """The pass at w without a graph (RSAM): BatchNorm statistics and the outputs and loss at w."""
-        with self.amp, torch.no_grad():
+    def forward_backward(self, inputs: Any, targets: Any, backward: bool = True) -> tuple[Any, torch.Tensor]:
+        """One pass: the gradient of the batch's mean loss added to ``.grad`` (``backward=False``: no
+        graph, RSAM's pass at w); returns the (joined) outputs and the (example-weighted) mean loss."""
+        with contextlib.nullcontext() if backward else torch.no_grad():
             if self.accumulate == 1:
-                outputs = self.model(inputs)
-                return outputs, self.loss_fn(outputs, targets)
+                outputs, loss = self.forward(inputs, targets)
+                if backward:
+                    self.backward(loss)
+                return outputs, loss
             slices = self._slices(targets)
-            parts = [self.forward(take(inputs, s), take(targets, s)) for s in slices]
-            weights = [(s.stop - s.start) / slices[-1].stop for s in slices]
-            return concat([o for o, _ in parts]), sum(loss * w for (_, loss), w in zip(parts, weights))
+            outs, total = [], None
+            for k, part in enumerate(slices):
+                out, loss = self.forward(take(inputs, part), take(targets, part))
+                weight = (part.stop - part.start) / slices[-1].stop
+                if backward:
+                    with self._no_sync() if k < len(slices) - 1 else contextlib.nullcontext():
+                        self.backward(loss * weight)
+                outs.append(out.detach())
+                total = loss.detach() * weight if total is None else total + loss.detach() * weight
+            return concat(outs), total
 
     def _slices(self, targets: Any) -> list[slice]:
         batch = leading_size(targets, "targets")

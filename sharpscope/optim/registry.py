@@ -122,12 +122,6 @@ class OptimizerSpec:
             return True
         return self.supports_m if option == "m" else option in self.reads
 
-    def build(self, config: RunOptions, model: Any) -> Any:
-        return self.cls.from_config(config, model)
-
-    def check(self, config: RunOptions) -> None:
-        self.cls.check_config(config)
-
 
 _TABLE: dict[str, OptimizerSpec] = {}
 _discovered = False

@@ -145,7 +145,7 @@ def _whole_batch_step(passes: Passes, inputs: Any, targets: Any, optimizer: SAM,
         with (contextlib.nullcontext() if sync_first_pass else model.no_sync()):
             outputs, loss = passes.forward_backward(inputs, targets)
     else:
-        outputs, loss = passes.clean_forward(inputs, targets)
+        outputs, loss = passes.forward_backward(inputs, targets, backward=False)
     if uses_gradient and not optimizer.perturbs_this_step():  # one pass: the update from the gradient at w
         optimizer.second_step()
         return StepResult(loss.detach(), outputs.detach(), None)

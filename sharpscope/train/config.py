@@ -110,7 +110,7 @@ class TrainConfig:
                               + (f"; its options: {', '.join(allowed)}" if allowed else ""))
         if spec.options:  # the option values, on a stand-in parameter (no random draw)
             try:
-                spec.build(self, nn.ParameterList([nn.Parameter(torch.zeros(1))]))
+                spec.cls.from_config(self, nn.ParameterList([nn.Parameter(torch.zeros(1))]))
             except TypeError as err:
                 raise ConfigError(f"--optimizer-opt for {self.optimizer}: {err}") from None
         if self.second_order and (not spec.supports_second_order or self.p != 2 or self.m is not None):
@@ -123,7 +123,7 @@ class TrainConfig:
         if self.sync_bn and spec.perturbs and not self.sync_perturbation:
             raise ConfigError("--sync-bn needs --sync-perturbation: with one perturbation per rank, each rank's "
                               "pass at w + e_r would pool batch statistics of differently perturbed models")
-        spec.check(self)  # the optimizer class's own rules (e.g. GSAM: p = 2)
+        spec.cls.check_config(self)  # the optimizer class's own rules (e.g. GSAM: p = 2)
 
     def _rules(self, spec: registry.OptimizerSpec) -> list[tuple[bool, str]]:
         """(holds, what to say when it does not) for each of :meth:`validate`'s simple rules."""
@@ -226,7 +226,7 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer ``config`` names, over ``model``'s parameters (its registry class builds it)."""
-    return registry.get(config.optimizer).build(config, model)
+    return registry.get(config.optimizer).cls.from_config(config, model)
 
 
 def _typed_variant_options(optimizer: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from ..models import build_model
 from ..optim import SAM, StepResult, bn_modules, convert_to_global_bn, registry, sam_step
 from ..optim.passes import micro_batch_count
 from .callbacks import Callback, TrainState
-from .config import AMP_DTYPES, TrainConfig, TrainResult, learning_rate
+from .config import AMP_DTYPES, TrainConfig, TrainResult, learning_rate, make_optimizer
 from .epoch import LogitsOnly, check_diverged, crop_and_flip, epoch_plan, evaluate, token_eval_batch
 from .launch import (check_fits, check_launch, check_model, check_ranks, model_spec_for, open_run, per_rank_bn_note,
                      trusted_factory)
@@ -181,7 +181,7 @@ def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str, raw: dict
         raise ConfigError("--channels-last needs image data (C, H, W)")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = registry.get(config.optimizer).build(config, model)
+    optimizer = make_optimizer(config, model)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     if channels_last:
