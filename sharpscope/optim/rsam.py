@@ -83,10 +83,8 @@ class RSAM(SAM):
         q = dual_exponent(groups[0][0]["p"])
         parts = [torch.stack(torch._foreach_norm(zs, q)).pow(q).sum() for zs in z]
         znorm = torch.stack([t.to(parts[0].device) for t in parts]).sum().pow(1.0 / q)
-        out = []
-        for (group, params), zs in zip(groups, z):
-            out.append((params, dual_vector(zs, znorm.to(zs[0].device), group["rho"], group["p"])))
-        return znorm, out
+        return znorm, [(params, dual_vector(zs, znorm.to(zs[0].device), group["rho"], group["p"]))
+                       for (group, params), zs in zip(groups, z)]
 
     def state_dict(self) -> dict[str, Any]:
         """SAM's state dict plus the generator's state (key ``rsam_generator``)."""
