@@ -1,30 +1,23 @@
 """Hessian-vector products by central differences of a gradient map, and their step.
 
 For a smooth L with gradient g and v = ||v|| u (||u|| = 1), the central difference with step t,
-
-    D_t(v) = ||v|| (g(w + t u) - g(w - t u)) / (2 t),
-
-equals H v up to truncation (the even Taylor terms cancel: g(w + t u) - g(w - t u) =
-2 t H u + (t^3 / 3) D^3 g(w)[u, u, u] + ...) and rounding:
+D_t(v) = ||v|| (g(w + t u) - g(w - t u)) / (2 t), equals H v up to truncation (the even Taylor
+terms cancel) and rounding:
 
     ||D_t(v) - H v|| / ||v||  <=  t^2 M / 6  +  B / t,                               (1)
 
-M a bound on ||D^3 g [u, u, u]|| near w, B = u_r ||H|| (1 + ||w||) the rounding of one gradient
-difference (the points w +- t u on the float grid, and the gradients), u_r the unit roundoff.
-The best t is (3 B / M)^(1/3); with M = kappa ||H||,
+M bounding ||D^3 g [u, u, u]|| near w, B = u_r ||H|| (1 + ||w||) the rounding of one gradient
+difference (u_r the unit roundoff). The best t is (3 B / M)^(1/3); with M = kappa ||H||,
 
     t = (3 u_r (1 + ||w||) / kappa)^(1/3),                                           (2)
     ||D_t(v) - H v|| <~ (3 / 2) u_r (1 + ||w||) ||H||_2 ||v|| / t.                    (3)
 
-kappa = 1 is the usual scale assumption (the central-difference form of NITSOL's step: Knoll &
-Keyes, J. Comput. Phys. 193, 2004, Sec. 2.2, eq. 12; Pernice & Walker, SIAM J. Sci. Comput. 19,
-1998; Nocedal & Wright, "Numerical Optimization", 2nd ed., Sec. 8.1, eqs. 8.5-8.7). Networks
-break it along their top curvature directions, concentrated on few parameters, hence the
-default kappa = 10^3 (:data:`CURVATURE_SCALE`; measurements: BENCHMARKS.md). The bound (3) is
-relative to ||H||_2 ||v||; v -> D_t(v) is only approximately linear, which Lanczos and Hutch++
-tolerate at the level of (3). Smoothness is required: ReLU or max-pooling kinks add errors of
-order jump / t that do not shrink with t, so finite differences are for smooth networks
-(GELU, SiLU: transformers).
+kappa = 1 is the usual assumption (NITSOL's step in central-difference form: Knoll & Keyes, J.
+Comput. Phys. 193, 2004, Sec. 2.2, eq. 12; Nocedal & Wright, 2nd ed., Sec. 8.1, eqs. 8.5-8.7);
+networks break it along their top curvature directions, hence kappa = 10^3
+(:data:`CURVATURE_SCALE`; measurements in BENCHMARKS.md). v -> D_t(v) is linear only to the
+level of (3), which Lanczos and Hutch++ tolerate. ReLU or max-pooling kinks add errors of order
+jump / t that do not shrink with t: finite differences are for smooth networks (GELU, SiLU).
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""Training with SGD and the SAM family to resumable checkpoints and a metrics log.
-
-Modules, each importing only those before it: ``config`` (TrainConfig, the schedule, the names
-one may choose; registry views), ``callbacks``, ``state`` (RNG, metrics files, Ctrl-C),
-``resume`` (what a resumed run may change), ``launch`` (what train() refuses before training),
-``epoch`` (example order, augmentation, evaluate), ``loop`` (train()) and ``tracking``
-(``--track``, imported only when a run tracks something).
+"""Training with SGD and the SAM family to resumable checkpoints and a metrics log: ``config``,
+``callbacks``, ``state`` (RNG, metrics files, Ctrl-C), ``resume``, ``launch`` (what train()
+refuses), ``epoch``, ``loop`` (train()) and ``tracking`` (``--track``), each importing only those before it.
 """
 
 from __future__ import annotations

@@ -211,10 +211,9 @@ def _resume(run: _Run, raw: dict[str, Any]) -> dict[str, int]:
         run.sums.update({"perturbed_count": partial.get("count", 0.0), **partial})
     set_rng_state(raw.get("rng"), run.device)
     run.environments = provenance.recorded(raw.get("metadata") or {})
-    resumed_from = {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
     if run.main:
         write_metrics_file(run.out / "metrics.jsonl", run.metrics)
-    return resumed_from
+    return {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
 
 
 def _start_fresh(run: _Run) -> None:
@@ -356,14 +355,13 @@ def _add_step_sums(run: _Run, result: StepResult, idx: torch.Tensor) -> None:
         correct_clean = (pred == run.y_clean[idx]).sum().double()
     else:  # clean labels are the training labels
         loss_clean, correct_clean = loss, correct
-    perturbed = (result.perturbed_loss.double() if result.perturbed_loss is not None and
-                 not result.skipped else loss * 0)
+    counted = result.perturbed_loss is not None and not result.skipped  # not LookSAM's one-pass steps
+    perturbed = result.perturbed_loss.double() if counted else loss * 0
     values = torch.stack([loss * nb, correct, loss_clean * nb, correct_clean, perturbed * nb]).tolist()
     for key, value in zip(_SUMS, values):
         sums[key] += value
     sums["count"] += nb
-    # steps with a perturbed pass (not skipped by the scaler, not LookSAM's one-pass steps)
-    sums["perturbed_count"] += 0 if result.skipped or result.perturbed_loss is None else nb
+    sums["perturbed_count"] += nb if counted else 0
 
 
 def _epoch_record(run: _Run) -> dict[str, Any]:
