@@ -85,7 +85,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.data_root is not None:  # checkpoints must find the data from any working directory
             self.data_root = os.path.abspath(os.path.expanduser(str(self.data_root)))
-        self.optimizer_options = _typed_variant_options(self.optimizer, dict(self.optimizer_options))
+        # its bool options read strictly (decouple=no is False, decouple=maybe refused); the class checks the rest
+        spec, options = registry.lookup(self.optimizer), dict(self.optimizer_options)
+        for option in spec.options if spec is not None else ():
+            if option.name in options and option.is_bool:
+                options[option.name] = bool_option(f"--optimizer-opt {option.name} of {self.optimizer}",
+                                                   options[option.name])
+        self.optimizer_options = options
         self.validate()
 
     @property
@@ -227,16 +233,6 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer ``config`` names, over ``model``'s parameters (its registry class builds it)."""
     return registry.get(config.optimizer).cls.from_config(config, model)
-
-
-def _typed_variant_options(optimizer: str, options: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer's options with its ``bool`` ones read strictly (:func:`sharpscope.checks.bool_option`);
-    the class checks the others."""
-    spec = registry.lookup(optimizer)
-    for option in spec.options if spec is not None else ():
-        if option.name in options and option.is_bool:
-            options[option.name] = bool_option(f"--optimizer-opt {option.name} of {optimizer}", options[option.name])
-    return options
 
 
 def _one_of(capability: str) -> str:

@@ -46,20 +46,15 @@ def check_fits(model: nn.Module, data: Dataset) -> None:
         raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}{hint}: {first}") from None
     finally:
         model.train(was_training)
-    if data.is_tokens:
-        _check_token_logits(out, data)
-    elif out.dim() != 2 or out.shape[1] != data.num_classes:
-        raise ConfigError(f"the model outputs shape {tuple(out.shape[1:])} per example; "
-                          f"{data.num_classes} class scores are needed")
-
-
-def _check_token_logits(out: Any, data: Dataset) -> None:
-    """Token data needs next-token logits (1, T, V) over the data's vocabulary V."""
-    logits = getattr(out, "logits", out)
-    shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[-1] != data.num_classes:
+    logits = getattr(out, "logits", out)  # token data: next-token logits (1, T, V) over the vocabulary V
+    if data.is_tokens and (not isinstance(logits, torch.Tensor) or logits.dim() != 3
+                           or logits.shape[-1] != data.num_classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
         raise ConfigError(f"--data {data.spec.name} needs a language model giving next-token logits over its "
                           f"{data.num_classes} tokens (--model gpt); the model outputs {shape}")
+    if not data.is_tokens and (out.dim() != 2 or out.shape[1] != data.num_classes):
+        raise ConfigError(f"the model outputs shape {tuple(out.shape[1:])} per example; "
+                          f"{data.num_classes} class scores are needed")
 
 
 # Tracking does not change what is trained: a resume may give other tracking options (ignored).

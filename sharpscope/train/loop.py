@@ -136,10 +136,17 @@ def train(
         resumed_from = _resume(run, raw)
         if raw["progress"].get("finished") and run.state.epoch >= config.epochs:  # else: extended
             return TrainResult(out, run.ckpt_path, run.metrics, False, resumed_from, time.perf_counter() - t_start)
-    elif run.main:
-        _start_fresh(run)
+    elif run.main:  # the folder, an empty metrics file, the snapshot of the initialisation
+        out.mkdir(parents=True, exist_ok=True)
+        write_metrics_file(out / "metrics.jsonl", [])
+        if config.keep_snapshots:
+            _save_snapshot(run, finished=False)
     _prepare_model(run)
-    callbacks = _with_tracking(config, callbacks)
+    if config.track:  # the tracking callback first
+        from .tracking import TrackingCallback
+        rho = config.effective_rho if registry.get(config.optimizer).perturbs else registry.get("sam").default_rho
+        callbacks = [TrackingCallback(config.track, config.track_every, config.track_samples, rho, config.seed),
+                     *callbacks]
     for cb in callbacks:
         cb.on_train_begin(run.state)
     with sigint_requests_stop(run.state):
@@ -216,14 +223,6 @@ def _resume(run: _Run, raw: dict[str, Any]) -> dict[str, int]:
     return {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
 
 
-def _start_fresh(run: _Run) -> None:
-    """The output folder, an empty metrics file and the snapshot of the initialisation (rank 0)."""
-    run.out.mkdir(parents=True, exist_ok=True)
-    write_metrics_file(run.out / "metrics.jsonl", [])
-    if run.config.keep_snapshots:
-        _save_snapshot(run, finished=False)
-
-
 def _prepare_model(run: _Run) -> None:
     """The DDP wrapper (several ranks), train mode, the compiled model and the steps' loss."""
     net = LogitsOnly(run.model) if run.data.is_tokens else run.model
@@ -239,15 +238,6 @@ def _prepare_model(run: _Run) -> None:
         run.loss_fn = run.data.loss_fn
     elif run.config.label_smoothing:  # the same loss in both passes (and so in the gradient that sets e)
         run.loss_fn = functools.partial(F.cross_entropy, label_smoothing=run.config.label_smoothing)
-
-
-def _with_tracking(config: TrainConfig, callbacks: Sequence[Callback]) -> Sequence[Callback]:
-    """The callbacks, after the tracking one when ``config.track`` names something."""
-    if not config.track:
-        return callbacks
-    from .tracking import TrackingCallback
-    rho = config.effective_rho if registry.get(config.optimizer).perturbs else registry.get("sam").default_rho
-    return [TrackingCallback(config.track, config.track_every, config.track_samples, rho, config.seed), *callbacks]
 
 
 def _run_epochs(run: _Run, callbacks: Sequence[Callback]) -> bool:
@@ -270,7 +260,12 @@ def _run_steps(run: _Run, callbacks: Sequence[Callback]) -> bool:
     for b in range(state.batch_in_epoch, state.steps_per_epoch):
         t0 = time.perf_counter()
         idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-        xb = _batch_inputs(run, plan, idx)
+        xb = run.x_train[idx]
+        if run.augment:
+            cpu_idx = idx.cpu()
+            xb = crop_and_flip(xb, plan["shift"][cpu_idx].to(run.device), plan["flip"][cpu_idx].to(run.device))
+        if run.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         run.lr = learning_rate(config, state.step, state.steps_per_epoch)
         for group in run.optimizer.param_groups:
             group["lr"] = run.lr
@@ -286,17 +281,6 @@ def _run_steps(run: _Run, callbacks: Sequence[Callback]) -> bool:
         if state.stop_requested and state.batch_in_epoch < state.steps_per_epoch:
             return True
     return False
-
-
-def _batch_inputs(run: _Run, plan: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-    """The inputs of the examples ``idx``, augmented as planned, in the memory format."""
-    xb = run.x_train[idx]
-    if run.augment:
-        cpu_idx = idx.cpu()
-        xb = crop_and_flip(xb, plan["shift"][cpu_idx].to(run.device), plan["flip"][cpu_idx].to(run.device))
-    if run.channels_last:
-        xb = xb.contiguous(memory_format=torch.channels_last)
-    return xb
 
 
 def _step(run: _Run, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> tuple[StepResult, torch.Tensor]:
