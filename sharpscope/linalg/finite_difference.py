@@ -29,7 +29,8 @@ from torch import Tensor
 
 CURVATURE_SCALE = 1e3  # kappa of eq. (2): the fourth derivative taken as kappa ||H|| (module docstring)
 
-__all__ = ["CURVATURE_SCALE", "unit_roundoff", "central_difference_step", "central_difference_error", "central_difference"]
+__all__ = ["CURVATURE_SCALE", "unit_roundoff", "central_difference_step", "central_difference_error",
+           "central_difference"]
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:

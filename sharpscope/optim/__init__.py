@@ -18,6 +18,6 @@ from .step import StepResult, sam_step
 from .sync_bn import GlobalBatchNorm, convert_to_global_bn, has_global_bn
 from . import registry
 
-__all__ = ["SGD", "AdamW", "SAM", "ASAM", "RSAM", "GSAM", "WSAM", "LookSAM", "FriendlySAM", "sam_step", "frozen_bn_stats",
-           "bn_modules", "StepResult", "asam_groups", "registry",
-           "GlobalBatchNorm", "convert_to_global_bn", "has_global_bn"]
+__all__ = ["SGD", "AdamW", "SAM", "ASAM", "RSAM", "GSAM", "WSAM", "LookSAM", "FriendlySAM", "sam_step",
+           "frozen_bn_stats", "bn_modules", "StepResult", "asam_groups", "registry", "GlobalBatchNorm",
+           "convert_to_global_bn", "has_global_bn"]

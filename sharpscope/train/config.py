@@ -159,7 +159,8 @@ class TrainConfig:
              f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (not (self.same_dropout_mask and self.m is not None),
              "--same-dropout-mask applies to whole-batch SAM steps, not m-SAM chunks"),
-            (self.asam_rule in ASAM_RULES, f"--asam-rule must be one of {', '.join(ASAM_RULES)}, got {self.asam_rule!r}"),
+            (self.asam_rule in ASAM_RULES,
+             f"--asam-rule must be one of {', '.join(ASAM_RULES)}, got {self.asam_rule!r}"),
             (self.amp in AMP_DTYPES, f"--amp must be bf16 or fp16, got {self.amp!r}"),
             (self.amp is None or not self.second_order, "--second-order runs in float32 only (its double backward in "
              "reduced precision would not be the second-order gradient); drop --amp"),

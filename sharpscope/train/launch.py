@@ -43,7 +43,8 @@ def check_fits(model: nn.Module, data: Dataset) -> None:
     except RuntimeError as err:
         first = (str(err).splitlines() or ["?"])[0][:200]
         hint = f" (--data {data.spec.name} is token data: use a language model, --model gpt)" if data.is_tokens else ""
-        raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}{hint}: {first}") from None
+        raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}{hint}: "
+                          f"{first}") from None
     finally:
         model.train(was_training)
     logits = getattr(out, "logits", out)  # token data: next-token logits (1, T, V) over the vocabulary V
@@ -135,7 +136,8 @@ def check_model(config: TrainConfig, allow_factory: bool | str | None = None) ->
 
 def per_rank_bn_note(config: TrainConfig, world: int) -> str:
     """What a run on several ranks computes with rank-local batch norm (tests/test_sync_bn.py checks it)."""
-    per_rank = f"about {config.batch_size / world:.3g}" if config.batch_size % world else str(config.batch_size // world)
+    per_rank = (f"about {config.batch_size / world:.3g}" if config.batch_size % world
+                else str(config.batch_size // world))
     if not registry.get(config.optimizer).perturbs:
         what = f"ghost batch norm: {config.optimizer.upper()} with batch statistics per slice of that size"
     elif config.sync_perturbation:
