@@ -147,11 +147,9 @@ class SAM(Registered, torch.optim.Optimizer):
         perturbation_weight_decay: set e from g + weight_decay * w, as google-research/sam
             does; the default (davda54/sam) sets e from g, the weight decay in the update only.
 
-    Either ``first_step`` after the backward at w and ``second_step`` after the backward at
-    w + e, or ``opt.step(closure)`` (closure: forward and backward, returns the loss; runs both
-    passes and returns the loss at w). A variant that does not perturb on every step
-    (:class:`LookSAM`) takes ``second_step`` straight after the backward at w where
-    :meth:`perturbs_this_step` is false. The perturbation norm is global over every parameter.
+    ``first_step`` after the backward at w, ``second_step`` after the backward at w + e (right after
+    the one at w where :meth:`perturbs_this_step` is false), or ``step(closure)``: both passes, returns
+    the loss at w. The perturbation norm is global over every parameter.
     """
 
     #: False: :func:`sam_step` skips the backward at w (the perturbation ignores the gradient).
