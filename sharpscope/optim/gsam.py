@@ -53,9 +53,7 @@ class GSAM(SAM):
     @classmethod
     def config_kwargs(cls, config: RunOptions) -> dict[str, Any]:
         """SAM's, without p (Euclidean only)."""
-        kwargs = super().config_kwargs(config)
-        del kwargs["p"]
-        return kwargs
+        return {k: v for k, v in super().config_kwargs(config).items() if k != "p"}
 
     @classmethod
     def check_config(cls, config: RunOptions) -> None:

@@ -51,12 +51,9 @@ class LookSAM(SAM):
         for group in self.param_groups:
             group.setdefault(_STEP, 0)
 
-    def _params(self) -> list[torch.Tensor]:
-        return [w for _, w in self._each_param()]
-
     def perturbs_this_step(self) -> bool:
         """A full SAM step at every k-th step, and whenever there is no g_v to reuse yet."""
-        has_gv = any(_GV in self.state[w] for w in self._params())
+        has_gv = any(_GV in self.state[w] for _, w in self._each_param())
         return self.param_groups[0].get(_STEP, 0) % self.k == 0 or not has_gv
 
     @torch.no_grad()
@@ -73,7 +70,7 @@ class LookSAM(SAM):
 
     @torch.no_grad()
     def _update_gradient(self) -> None:
-        params = [w for w in self._params() if w.grad is not None]
+        params = [w for _, w in self._each_param() if w.grad is not None]
         full = any("clean_grad" in self.state[w] for w in params)
         if full:  # grad = g_s; keep g_v = g_s - (<g_s, g> / ||g||^2) g
             clean = [self._clean_gradient(w) for w in params]

@@ -50,16 +50,13 @@ class WSAM(SAM):
     @torch.no_grad()
     def _update_gradient(self) -> None:
         """decouple: keep g_p - g for :meth:`_after_base_step`, grad <- g; else grad <- g + alpha (g_p - g)."""
-        for group in self.param_groups:
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                clean = self._clean_gradient(w)
-                if self.decouple:
-                    self.state[w]["sharpness_grad"] = w.grad - clean
-                    w.grad.copy_(clean)
-                else:
-                    w.grad.sub_(clean).mul_(self.alpha).add_(clean)
+        for w in (w for _, w in self._each_param() if w.grad is not None):
+            clean = self._clean_gradient(w)
+            if self.decouple:
+                self.state[w]["sharpness_grad"] = w.grad - clean
+                w.grad.copy_(clean)
+            else:
+                w.grad.sub_(clean).mul_(self.alpha).add_(clean)
 
     @torch.no_grad()
     def _after_base_step(self) -> None:

@@ -83,16 +83,13 @@ def resumed_config(stored: TrainConfig, given: Mapping[str, Any], names: Mapping
     """``stored``, with ``epochs`` from ``given`` (the options given again) where the run extends;
     one :class:`ConfigError` names every option whose effect differs and a refused ``epochs``
     (``names``: what to call a field, e.g. its flag)."""
-    def call(field: str) -> str:
-        return (names or {}).get(field, field)
-
-    old = stored.to_dict()
-    problems = [f"{call(f)} {_show(given[f])} (the run's: {_show(_effective(old, f))})"
+    label, old = (names or {}).get, stored.to_dict()
+    problems = [f"{label(f, f)} {_show(given[f])} (the run's: {_show(_effective(old, f))})"
                 for f in resume_conflicts(stored, given)]
     epochs = int(given.get("epochs", stored.epochs))
     why = _epochs_problem(stored, epochs)
     if why is not None:
-        problems.append(f"{call('epochs')} {epochs} ({why})")
+        problems.append(f"{label('epochs', 'epochs')} {epochs} ({why})")
     if problems:
         raise ConfigError(f"a resumed run keeps its stored options; these differ: {'; '.join(problems)}. Drop them "
                           "to continue the run as it was, or train a new run in another folder")
