@@ -1,8 +1,5 @@
-"""What Lanczos and stochastic Lanczos quadrature share: a growing float64 orthonormal basis
-(classical Gram-Schmidt done twice, "twice is enough", Giraud, Langou & Rozloznik 2005), one
-product in float64, the breakdown threshold, random unit start vectors and the
-eigen-decomposition of their tridiagonal ``T_m``.
-"""
+"""What Lanczos and stochastic Lanczos quadrature share: a float64 orthonormal basis (classical
+Gram-Schmidt twice, Giraud, Langou & Rozloznik 2005), breakdown threshold, start vectors, eigh of T_m."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""A symmetric linear operator known only through its products, with a product counter.
-
-The algorithms of :mod:`sharpscope.linalg` see only a :class:`SymmetricOperator` (e.g. a
-Hessian-vector product), which counts every vector it multiplies, so each algorithm reports
-exactly what it spent (the design of f-dangel/curvlinops: algorithms separate from models,
-testable against an explicit matrix).
-"""
+"""A symmetric linear operator known only through its products, counting every vector it multiplies
+(the design of f-dangel/curvlinops: algorithms separate from models, testable on explicit matrices)."""
 
 from __future__ import annotations
 

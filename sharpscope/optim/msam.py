@@ -111,14 +111,8 @@ def chunk_perturbations(optimizer: SAM, named: list[tuple[str, torch.Tensor]],
     group_of = {id(w): g for g in optimizer.param_groups for w in g["params"]}
     p = optimizer.param_groups[0]["p"]
     q = dual_exponent(p)
-    t, scales = {}, {}
-    for name, w in named:
-        group = group_of[id(w)]
-        g = grads[name]
-        if group["adaptive"]:
-            scales[name] = w.detach().abs() + group["eta"]
-            g = g * scales[name]
-        t[name] = g
+    scales = {n: w.detach().abs() + group_of[id(w)]["eta"] for n, w in named if group_of[id(w)]["adaptive"]}
+    t = {n: grads[n] * scales[n] if n in scales else grads[n] for n, _ in named}
     k = next(iter(t.values())).shape[0]
     flat = [x.reshape(k, -1) for x in t.values()]
     if q == 1.0:

@@ -1,13 +1,11 @@
 """The optimizer registry: every name ``--optimizer`` takes, built from the classes.
 
-Each trainable optimizer is one class decorated with :func:`register` that states its facts as
-class attributes (:class:`Registered` lists them with their defaults): ``name`` (required, in
-its own body), ``default_rho``, ``summary`` (CLI help), ``option_names`` (its ``__init__``
-keyword arguments that ``--optimizer-opt KEY=VALUE`` sets, typed from the signature),
-``perturbs`` and ``reads`` (the :data:`PERTURBATION_OPTIONS` it reads besides ``m``), the
-:data:`CAPABILITIES` (each False unless the class body itself declares it), ``from_config``
-and ``check_config`` (its own rules on a configuration). The table keeps definition order;
-:func:`specs` imports every module of the package first, so a new module needs no import line.
+A trainable optimizer is one class decorated with :func:`register`, stating as class attributes
+the facts :class:`Registered` lists with their defaults: ``name`` (in its own body), ``option_names``
+(``__init__`` keywords ``--optimizer-opt`` sets), ``perturbs`` and ``reads`` (the
+:data:`PERTURBATION_OPTIONS` it reads besides ``m``), the :data:`CAPABILITIES` (False unless its
+own body declares them), ``from_config`` and ``check_config``. :func:`specs` imports every module
+of the package first, so a new module needs no import line.
 """
 
 from __future__ import annotations
