@@ -1,14 +1,9 @@
-"""Stochastic trace estimation: Hutchinson and Hutch++.
-
-Hutchinson (1989): for probes z with E[z z^T] = I (Rademacher or Gaussian), E[z^T A z] = tr(A),
-so tr(A) ~ (1/m) sum_i z_i^T A z_i with standard error std_i(z_i^T A z_i) / sqrt(m); the
-variance is 2 sum_{i != j} A_ij^2 for Rademacher probes (exact on a diagonal) and 2 ||A||_F^2
-for Gaussian ones.
-
-Hutch++ (Meyer, Musco, Musco & Woodruff, SOSA 2021, Alg. 1) spends a third of the budget on a
-sketch Q = orth(A S) of the dominant range, takes tr(Q^T A Q) exactly and runs Hutchinson on the
-deflated (I - QQ^T) A (I - QQ^T): for a fast-decaying spectrum the error drops from
-O(1/sqrt(m)) to O(1/m).
+"""Stochastic trace estimation. Hutchinson (1989): for probes with E[z z^T] = I, E[z^T A z] = tr(A),
+so tr(A) ~ (1/m) sum_i z_i^T A z_i, standard error std_i(z_i^T A z_i) / sqrt(m); the variance is
+2 sum_{i != j} A_ij^2 for Rademacher probes (exact on a diagonal), 2 ||A||_F^2 for Gaussian ones.
+Hutch++ (Meyer, Musco, Musco & Woodruff, SOSA 2021, Alg. 1) takes tr(Q^T A Q) exactly on a
+sketch Q = orth(A S) of the dominant range and runs Hutchinson on the deflated rest: error
+O(1/m) instead of O(1/sqrt(m)) for a fast-decaying spectrum.
 """
 
 from __future__ import annotations

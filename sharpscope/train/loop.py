@@ -1,12 +1,10 @@
 """The training loop: SGD / SAM / ASAM / RSAM to resumable checkpoints and a metrics log.
 
-Determinism: the model is initialised from ``seed``, epoch ``e``'s example order (and crop/flip
-draws) come from ``(seed, e)``, and the global torch RNG (dropout) is in every checkpoint, so a
-run stopped at any step boundary and resumed ends bit for bit where an uninterrupted run ends
-(CPU). Files in ``out_dir``: ``checkpoint.pt`` (the latest full checkpoint), ``metrics.jsonl``
-(one JSON object per epoch) and ``checkpoints/epoch_NNNN.pt`` (model-only snapshots, epoch 0 =
-the initialisation; off with ``keep_snapshots=False``). What it refuses before training:
-:mod:`.launch`; an epoch's order, augmentation and evaluation: :mod:`.epoch`.
+The model comes from ``seed``, epoch ``e``'s order and crop/flip draws from ``(seed, e)``, and the
+torch RNG is in every checkpoint: a run stopped at a step boundary and resumed ends bit for bit as
+one that never stopped (CPU). ``out_dir`` gets ``checkpoint.pt`` (the latest full checkpoint),
+``metrics.jsonl`` (one line per epoch) and ``checkpoints/epoch_NNNN.pt`` (model-only snapshots,
+0 = the initialisation; off with ``keep_snapshots=False``).
 """
 
 from __future__ import annotations

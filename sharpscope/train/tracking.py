@@ -1,12 +1,8 @@
-"""Curvature and SAM diagnostics tracked during training (``--track``).
-
-Every ``every`` epochs, on a fixed seeded subset of the training set, the callback measures each
-chosen measure of :mod:`sharpscope.measure_table` that has a headline value and whose settings
-:data:`TRACK_SETTINGS` provides (:func:`trackable`: ``lambda_max`` with the edges of stability
-beside it, ``trace``, ``m_sharpness``, ``gradcos``), with the run's rho (0.05 for SGD), and adds
-the headline values to the epoch's record (the Hessian ones, sharing one double-backward graph,
-first). The analyses use their own seeded generators and eval mode: tracking changes neither
-the weights nor the training's random stream.
+"""Curvature and SAM diagnostics tracked during training (``--track``): every ``every`` epochs, on a
+fixed seeded subset of the training set, each chosen measure of :mod:`sharpscope.measure_table`
+that tracking can set up (:func:`trackable`) at the run's rho (0.05 for SGD), its headline value
+added to the epoch's record (``lambda_max`` with the edges of stability beside it). The analyses
+use their own seeded generators and eval mode: tracking changes neither weights nor random stream.
 """
 
 from __future__ import annotations
