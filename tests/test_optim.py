@@ -335,6 +335,20 @@ def test_sparse_gradients_step_like_the_same_gradients_stored_densely(options):
     assert torch.equal(sparse.emb.weight[12:], _Bag(sparse=True).emb.weight[12:])  # untouched rows stay put
 
 
+def test_a_group_holding_only_a_sparse_gradient_steps_like_dense():
+    # The embedding in a group of its own: every e of that group is on sparse entries.
+    idx = torch.randint(0, 12, (16, 5), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (16,), generator=torch.Generator().manual_seed(1))
+    models = _Bag(sparse=True), _Bag(sparse=False)
+    opts = [SAM([{"params": [m.emb.weight]}, {"params": list(m.head.parameters())}], torch.optim.SGD, rho=0.1,
+                lr=0.1) for m in models]
+    for _ in range(2):
+        for model, opt in zip(models, opts):
+            sam_step(model, F.cross_entropy, idx, y, opt)
+    for u, v in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(u, v, rtol=1e-14, atol=1e-15)
+
+
 def test_groups_added_later_are_validated_and_get_sams_defaults():
     # Issue 10.5
     w, v, u = (nn.Parameter(torch.ones(2)) for _ in range(3))

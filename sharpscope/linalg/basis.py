@@ -1,12 +1,6 @@
-"""The pieces Lanczos and stochastic Lanczos quadrature share: a growing orthonormal basis,
-one product in float64, the breakdown threshold, random unit start vectors, and the
-eigen-decomposition of the tridiagonal ``T_m`` they both build.
-
-By default everything is float64 on the operator's device (the operator may compute in
-float32: see :func:`matvec_work`); :class:`Basis` may also be stored in float32 or bfloat16,
-or on another device, to fit a memory budget. Orthogonalization is classical Gram-Schmidt done twice ("twice is
-enough", Giraud, Langou & Rozloznik 2005).
-"""
+"""What Lanczos and stochastic Lanczos quadrature share: an orthonormal basis (classical
+Gram-Schmidt twice, Giraud, Langou & Rozloznik 2005) stored in float64 (default), float32 or
+bfloat16 on any device, breakdown threshold, start vectors, eigh of T_m."""
 
 from __future__ import annotations
 
@@ -24,19 +18,9 @@ __all__ = ["Basis", "matvec_work", "work_dtype", "breakdown_threshold", "random_
 
 
 def tridiagonal_eigh(alpha: Tensor | np.ndarray, beta: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
-    """Eigen-decomposition of the symmetric tridiagonal ``T = tridiag(beta, alpha, beta)``.
-
-    Args:
-        alpha: the ``m`` diagonal entries.
-        beta: the ``m - 1`` off-diagonal entries.
-
-    Returns:
-        ``(values, vectors)`` in float64 on the CPU: ``values`` ascending, shape ``(m,)``;
-        ``vectors`` of shape ``(m, m)`` with orthonormal columns, ``T = V diag(values) V^T``.
-
-    LAPACK's tridiagonal solver (``scipy.linalg.eigh_tridiagonal``) is used, falling back
-    to a dense ``torch.linalg.eigh`` should it fail to converge.
-    """
+    """``(values, vectors)`` of ``T = tridiag(beta, alpha, beta)`` (``m`` diagonal, ``m - 1``
+    off-diagonal entries), float64 on the CPU: values ascending, ``T = V diag(values) V^T``.
+    LAPACK's ``scipy.linalg.eigh_tridiagonal``, else a dense ``torch.linalg.eigh``."""
     a = np.asarray(torch.as_tensor(alpha).detach().cpu().double().numpy(), dtype=np.float64).reshape(-1)
     b = np.asarray(torch.as_tensor(beta).detach().cpu().double().numpy(), dtype=np.float64).reshape(-1)
     m = a.shape[0]

@@ -1,12 +1,5 @@
-"""A symmetric linear operator known only through its products, with a product counter.
-
-The algorithms of :mod:`sharpscope.linalg` never see a matrix: they are handed a
-:class:`SymmetricOperator` whose ``matvec`` may be a Hessian-vector product costing about
-two gradient evaluations. The operator counts every vector it multiplies
-(``n_matvecs``), so each algorithm can report exactly what it spent and tests can check
-that the reported cost is the real one (the design of f-dangel/curvlinops: algorithms
-separate from models, every algorithm testable against an explicit matrix).
-"""
+"""A symmetric linear operator known only through its products, counting every vector it multiplies
+(the design of f-dangel/curvlinops: algorithms separate from models, testable on explicit matrices)."""
 
 from __future__ import annotations
 
@@ -22,35 +15,17 @@ __all__ = ["SymmetricOperator"]
 
 
 class SymmetricOperator:
-    """A symmetric ``n x n`` linear operator given by its products; counts products.
+    """A symmetric ``n x n`` linear operator given by ``matvec`` (``v -> A v``, ``v`` already cast
+    to ``dtype`` / ``device``) and optionally ``matmat`` (``V -> A V`` for ``V`` (n, b); else a
+    loop over columns). ``n_matvecs`` counts vectors, not calls. Symmetry is the caller's
+    promise (checked only by :meth:`from_matrix`); float32 products are fine (the algorithms
+    keep float64 bases). ``layout`` (:class:`~.layout.VectorLayout`): whole by default; sharded,
+    ``matvec`` takes and returns this process's ``layout.local_n`` entries and the algorithms
+    reduce their inner products over the processes."""
 
-    Args:
-        matvec: ``v -> A v`` for a vector of shape ``(n,)``. It receives ``v`` already cast
-            to ``dtype`` / ``device``; its output is reshaped to ``(n,)``.
-        n: the dimension.
-        dtype: the floating dtype the products are computed in (``float32`` HVPs are fine:
-            the algorithms keep their own bases in float64 and cast in and out).
-        device: where the products are computed.
-        matmat: optional ``V -> A V`` for ``V`` of shape ``(n, b)`` (a batched HVP, or
-            ``A @ V`` for an explicit matrix). Without it :meth:`matmat` loops over columns.
-        layout: where the vectors live (:class:`~.layout.VectorLayout`): by default whole,
-            ``(n,)``; sharded, ``matvec`` takes and returns this process's ``layout.local_n``
-            entries, and the algorithms reduce their inner products over the processes.
-
-    ``n_matvecs`` counts vectors, not calls: a :meth:`matmat` with ``b`` columns adds ``b``.
-    Symmetry is the caller's promise; nothing here checks it (except :meth:`from_matrix`).
-    """
-
-    def __init__(
-        self,
-        matvec: Callable[[Tensor], Tensor],
-        n: int,
-        *,
-        dtype: torch.dtype = torch.float64,
-        device: str | torch.device = "cpu",
-        matmat: Callable[[Tensor], Tensor] | None = None,
-        layout: VectorLayout | None = None,
-    ) -> None:
+    def __init__(self, matvec: Callable[[Tensor], Tensor], n: int, *, dtype: torch.dtype = torch.float64,
+                 device: str | torch.device = "cpu", matmat: Callable[[Tensor], Tensor] | None = None,
+                 layout: VectorLayout | None = None) -> None:
         if not callable(matvec):
             raise ConfigError("matvec must be callable")
         if matmat is not None and not callable(matmat):
@@ -71,10 +46,7 @@ class SymmetricOperator:
         self.local_n: int = self.layout.local_n  # the entries of a vector this process holds (n unless sharded)
 
     def __repr__(self) -> str:
-        return (
-            f"SymmetricOperator(n={self.n}, dtype={self.dtype}, device={self.device}, "
-            f"n_matvecs={self.n_matvecs})"
-        )
+        return f"SymmetricOperator(n={self.n}, dtype={self.dtype}, device={self.device}, n_matvecs={self.n_matvecs})"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -108,12 +80,8 @@ class SymmetricOperator:
 
     @classmethod
     def from_matrix(cls, A: Tensor) -> SymmetricOperator:
-        """The operator of an explicit symmetric matrix (tests, small problems).
-
-        Dtype and device are those of ``A``. ``A`` must be square, floating and symmetric
-        up to ``sqrt(eps) * max|A|`` (products such as ``Q diag(lam) Q^T`` are symmetric
-        only to rounding).
-        """
+        """The operator of an explicit matrix ``A`` (its dtype and device): square, floating, finite and
+        symmetric up to ``sqrt(eps) * max|A|`` (``Q diag(lam) Q^T`` is symmetric only to rounding)."""
         if not isinstance(A, Tensor) or A.ndim != 2 or A.shape[0] != A.shape[1]:
             raise ConfigError("from_matrix expects a square 2-D tensor")
         if not A.dtype.is_floating_point:

@@ -1,21 +1,11 @@
 """How much two subspaces overlap, e.g. the top-k Hessian eigenspaces of two checkpoints.
 
-For subspaces spanned by the columns of ``V1`` (n x k1) and ``V2`` (n x k2), with orthonormal
-bases ``Q1``, ``Q2`` and orthogonal projectors ``P1 = Q1 Q1^T``, ``P2 = Q2 Q2^T``:
+With orthonormal bases Q1, Q2 (QR in float64) of the spans of ``V1`` (n x k1), ``V2`` (n x k2),
 
-    overlap = tr(P1 P2) / k = ||Q1^T Q2||_F^2 / k = (1/k) sum_i cos^2(phi_i),    k = min(k1, k2),
+    overlap = ||Q1^T Q2||_F^2 / k = (1/k) sum_i cos^2(phi_i),    k = min(k1, k2),
 
-the mean squared cosine of the principal angles phi_i between the spaces. It is 1 when the
-smaller space lies in the larger, 0 when they are orthogonal, symmetric in its arguments and
-depends on the spaces only (not on the bases: sign flips, rotations within a space).
-Gur-Ari, Roberts & Dyer, "Gradient Descent Happens in a Tiny Subspace" (arXiv:1812.04754,
-2018) compare the top-k Hessian eigenspaces of one network at two times of training by this
-normalized trace of the product of the two projectors (both of rank k). For spaces of
-different dimensions we divide by the smaller one (our choice: 1 when one space contains
-the other).
-
-The bases are orthonormalized here (QR in float64), so any basis of each space may be
-passed, not only orthonormal eigenvectors; a rank-deficient one is refused.
+the mean squared cosine of the principal angles (tr(P1 P2) / k, Gur-Ari, Roberts & Dyer,
+arXiv:1812.04754): 1 when the smaller space lies in the larger, 0 when orthogonal.
 """
 
 from __future__ import annotations

@@ -1,16 +1,9 @@
-"""Stochastic trace estimation: Hutchinson and Hutch++.
-
-Hutchinson (1989): for probes ``z`` with ``E[z z^T] = I`` (Rademacher or Gaussian),
-``E[z^T A z] = tr(A)``, so ``tr(A) ~ (1/m) sum_i z_i^T A z_i`` with standard error
-``std_i(z_i^T A z_i) / sqrt(m)``. For Rademacher probes the variance is
-``2 sum_{i != j} A_ij^2`` (the diagonal is estimated exactly, so a diagonal matrix costs
-one product); for Gaussian probes it is ``2 ||A||_F^2``.
-
-Hutch++ (Meyer, Musco, Musco & Woodruff, SOSA 2021, Alg. 1) spends a third of the budget
-on a sketch ``Q = orth(A S)`` of the dominant range, computes ``tr(Q^T A Q)`` exactly and
-runs Hutchinson only on the deflated remainder ``(I - QQ^T) A (I - QQ^T)``. For a
-spectrum that decays fast (Hessians of trained networks) the remainder is small and the
-error drops from ``O(1/sqrt(m))`` to ``O(1/m)``.
+"""Stochastic trace estimation. Hutchinson (1989): for probes with E[z z^T] = I, E[z^T A z] = tr(A),
+so tr(A) ~ (1/m) sum_i z_i^T A z_i, standard error std_i(z_i^T A z_i) / sqrt(m); the variance is
+2 sum_{i != j} A_ij^2 for Rademacher probes (exact on a diagonal), 2 ||A||_F^2 for Gaussian ones.
+Hutch++ (Meyer, Musco, Musco & Woodruff, SOSA 2021, Alg. 1) takes tr(Q^T A Q) exactly on a
+sketch Q = orth(A S) of the dominant range and runs Hutchinson on the deflated rest: error
+O(1/m) instead of O(1/sqrt(m)) for a fast-decaying spectrum.
 """
 
 from __future__ import annotations
@@ -33,17 +26,9 @@ _DISTRIBUTIONS = ("rademacher", "gaussian")
 
 @dataclass
 class TraceResult:
-    """A trace estimate.
-
-    Attributes:
-        estimate: the estimate of ``tr(A)``.
-        stderr: its standard error (``0.0`` when exact; ``nan`` when a single probe
-            leaves the spread unknown).
-        n_matvecs: products spent.
-        method: ``"hutchinson"``, ``"hutch++"`` or ``"exact"``.
-        samples: float64 per-probe estimates of the full trace that the stderr came from
-            (their mean is ``estimate``); empty for ``"exact"``.
-    """
+    """A trace estimate: ``estimate`` of tr(A), its ``stderr`` (0 when exact, nan from one probe),
+    the ``n_matvecs`` spent, the ``method`` (``"hutchinson"``, ``"hutch++"``, ``"exact"``) and the
+    float64 per-probe full-trace ``samples`` whose mean is ``estimate`` (empty when exact)."""
 
     estimate: float
     stderr: float
@@ -53,8 +38,7 @@ class TraceResult:
 
 
 def _probes(gen: torch.Generator, n: int, b: int, distribution: str) -> Tensor:
-    """``(n, b)`` float64 probes on the CPU with ``E[z z^T] = I``, drawn one column at a time
-    (so the probes do not depend on how they are later blocked)."""
+    """``(n, b)`` float64 CPU probes with ``E[z z^T] = I``, drawn column by column (blocking-independent)."""
     if b == 0:
         return torch.zeros(n, 0, dtype=torch.float64)
     if distribution == "rademacher":
@@ -64,8 +48,7 @@ def _probes(gen: torch.Generator, n: int, b: int, distribution: str) -> Tensor:
 
 
 def _quad_forms(op: SymmetricOperator, make: Callable[[int], Tensor], b: int, block_size: int | None) -> Tensor:
-    """``z_i^T A z_i`` (float64) for ``b`` probes produced ``make(count)`` at a time, in column
-    blocks of ``block_size`` (all at once for ``None``): only one block of probes is held."""
+    """``z_i^T A z_i`` (float64) for ``b`` probes made ``make(count)`` at a time, ``block_size`` per block."""
     step = b if block_size is None else block_size
     out = torch.empty(b, dtype=torch.float64)
     for s in range(0, b, max(1, step)):
@@ -76,7 +59,7 @@ def _quad_forms(op: SymmetricOperator, make: Callable[[int], Tensor], b: int, bl
 
 
 def _products(op: SymmetricOperator, Z: Tensor, block_size: int | None) -> Tensor:
-    """``A Z`` in float64, using ``op.matmat`` in column blocks of ``block_size``."""
+    """``A Z`` in float64, ``block_size`` columns per ``op.matmat``."""
     b = Z.shape[1]
     step = b if block_size is None else block_size
     parts = [
@@ -93,26 +76,11 @@ def _mean_stderr(samples: Tensor) -> tuple[float, float]:
     return mean, float(samples.std(correction=1)) / math.sqrt(m)
 
 
-def hutchinson(
-    op: SymmetricOperator,
-    n_matvecs: int = 100,
-    seed: int = 0,
-    distribution: str = "rademacher",
-    block_size: int = 1,
-) -> TraceResult:
-    """Hutchinson's estimator ``tr(A) ~ (1/m) sum_i z_i^T A z_i`` (Hutchinson 1989).
-
-    Args:
-        op: the operator.
-        n_matvecs: number of probes ``m`` (= products).
-        seed: seeds a ``torch.Generator`` for the probes.
-        distribution: ``"rademacher"`` (lower variance; exact on diagonal matrices) or
-            ``"gaussian"``.
-        block_size: probes multiplied per ``op.matmat`` call.
-
-    Returns:
-        A :class:`TraceResult` with ``stderr = sample std / sqrt(m)`` (``nan`` for m = 1).
-    """
+def hutchinson(op: SymmetricOperator, n_matvecs: int = 100, seed: int = 0, distribution: str = "rademacher",
+               block_size: int = 1) -> TraceResult:
+    """Hutchinson's estimator (module docstring) with ``n_matvecs`` probes of ``distribution``
+    (``"rademacher"`` or ``"gaussian"``) seeded by ``seed``, ``block_size`` per ``op.matmat``;
+    ``stderr`` = sample std / sqrt(m) (nan for m = 1)."""
     if not isinstance(op, SymmetricOperator):
         raise ConfigError("hutchinson expects a SymmetricOperator")
     m = int_at_least("n_matvecs", n_matvecs, 1)
@@ -147,33 +115,18 @@ def exact_trace(op: SymmetricOperator, block_size: int | None = None) -> TraceRe
     return TraceResult(total, 0.0, op.n_matvecs - start, "exact", torch.zeros(0, dtype=torch.float64))
 
 
-def hutchpp(
-    op: SymmetricOperator,
-    n_matvecs: int = 99,
-    seed: int = 0,
-    block_size: int | None = None,
-) -> TraceResult:
-    """Hutch++ (Meyer, Musco, Musco & Woodruff, SOSA 2021, Alg. 1).
-
-    With ``m`` products and ``k = m // 3``:
+def hutchpp(op: SymmetricOperator, n_matvecs: int = 99, seed: int = 0, block_size: int | None = None) -> TraceResult:
+    """Hutch++ (Meyer, Musco, Musco & Woodruff, SOSA 2021, Alg. 1) with ``m = n_matvecs >= 3``
+    products, ``k = m // 3``:
 
     1. ``S`` (n x k) Rademacher, ``Q = orth(A S)``                          (k products)
     2. ``t_Q = tr(Q^T A Q)``, exact given ``Q``                              (k products)
     3. ``G`` (n x (m - 2k)) Rademacher, ``G' = (I - QQ^T) G``,
        ``estimate = t_Q + mean_i g'_i^T A g'_i``                            (m - 2k products)
 
-    ``stderr`` is the standard error of the residual Hutchinson part (step 3); ``samples``
-    holds ``t_Q + g'_i^T A g'_i``, one full-trace estimate per residual probe. With a
-    single residual probe (m = 3) the stderr is ``nan``.
-
-    If ``n_matvecs >= n`` the exact trace costs no more (``n`` unit vectors) and is
-    returned instead (method ``"exact"``, stderr 0, ``n`` products).
-
-    Args:
-        op: the operator.
-        n_matvecs: the budget ``m >= 3``.
-        seed: seeds the probes.
-        block_size: columns per ``op.matmat`` call; ``None`` multiplies each phase at once.
+    ``stderr`` is that of step 3 (nan for m = 3); ``samples`` are ``t_Q + g'_i^T A g'_i``. For
+    ``m >= n`` the exact trace is returned (``n`` products). ``block_size``: columns per
+    ``op.matmat`` (None: each phase at once).
     """
     if not isinstance(op, SymmetricOperator):
         raise ConfigError("hutchpp expects a SymmetricOperator")

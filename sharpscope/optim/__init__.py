@@ -1,15 +1,11 @@
-"""SAM and its training step, as torch optimizers (see :mod:`.sam`, :mod:`.bn`, :mod:`.step`;
-the step's passes, whole-batch or accumulated over micro-batches: :mod:`.passes`;
-AdamW alone and as SAM's base optimizer: :mod:`.adamw`;
-variants over SAM's two steps: :mod:`.rsam`, :mod:`.gsam`, :mod:`.wsam`, :mod:`.looksam`,
-:mod:`.fsam`; the table of every optimizer a training run may name, built from
-their classes: :mod:`.registry`; batch norm over the global batch of every rank: :mod:`.sync_bn`)."""
+"""SAM, its variants and its training step as torch optimizers: :mod:`.sam` (SAM / ASAM), :mod:`.step`
+and :mod:`.passes` (the step), :mod:`.bn`, the variants (:mod:`.rsam`, :mod:`.gsam`, :mod:`.wsam`,
+:mod:`.looksam`, :mod:`.fsam`), :mod:`.registry` (every optimizer a run may name), :mod:`.sync_bn`."""
 
 from __future__ import annotations
 
 # The registered optimizers, in the order the registry lists them (sharpscope train --help).
-from .sgd import SGD
-from .adamw import AdamW
+from .baselines import SGD, AdamW
 from .sam import SAM
 from .asam import ASAM, asam_groups
 from .rsam import RSAM
@@ -22,6 +18,6 @@ from .step import StepResult, sam_step
 from .sync_bn import GlobalBatchNorm, convert_to_global_bn, has_global_bn
 from . import registry
 
-__all__ = ["SGD", "AdamW", "SAM", "ASAM", "RSAM", "GSAM", "WSAM", "LookSAM", "FriendlySAM", "sam_step", "frozen_bn_stats",
-           "bn_modules", "StepResult", "asam_groups", "registry",
-           "GlobalBatchNorm", "convert_to_global_bn", "has_global_bn"]
+__all__ = ["SGD", "AdamW", "SAM", "ASAM", "RSAM", "GSAM", "WSAM", "LookSAM", "FriendlySAM", "sam_step",
+           "frozen_bn_stats", "bn_modules", "StepResult", "asam_groups", "registry", "GlobalBatchNorm",
+           "convert_to_global_bn", "has_global_bn"]

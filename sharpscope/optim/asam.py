@@ -1,19 +1,12 @@
 """ASAM's parameter groups: which parameters get the adaptive scale T_w = |w| + eta.
 
-Kwon et al. (ICML 2021, "ASAM: Adaptive Sharpness-Aware Minimization") perturb within the
-ellipsoid ||T_w^-1 e||_p <= rho, which for p = 2 gives e = rho T_w^2 g / ||T_w g||. Their
-official code (SamsungLabs/ASAM, ``asam.py``, ``ascent_step``) applies T_w only to
-parameters whose name contains ``weight`` (convolution and linear weights, and batch-norm
-scales, which are named ``weight`` too); biases keep T = 1, and the norm ||T g|| runs over all
-of them. The paper's rho = 0.5 was tuned with that rule.
-
-- ``rule="official"`` (the default of ``--optimizer asam``): that rule;
-- ``rule="all"``: every parameter scaled (sharpscope's rule before it followed the official
-  code, kept for runs made with it).
-
-The groups go straight into :class:`~sharpscope.optim.SAM` (one global norm over the groups,
-each with its own T); :class:`ASAM` is SAM with every parameter adaptive by default, registered
-as ``asam`` (rho 0.5, the training configuration's ``eta`` and ``asam_rule``).
+Kwon et al. (ICML 2021, "ASAM: Adaptive Sharpness-Aware Minimization") perturb within
+||T_w^-1 e||_p <= rho (p = 2: e = rho T_w^2 g / ||T_w g||). Their code (SamsungLabs/ASAM,
+``asam.py``, ``ascent_step``) scales only parameters whose name contains ``weight`` (batch-norm
+scales too); biases keep T = 1, and the norm runs over all of them. ``rule="official"`` (the
+default of ``--optimizer asam``) is that rule; ``rule="all"`` scales every parameter (kept for
+runs made with it). :class:`ASAM` is SAM, every parameter adaptive by default, registered as
+``asam`` (rho 0.5).
 """
 
 from __future__ import annotations
@@ -47,12 +40,8 @@ def asam_groups(model: nn.Module, eta: float = 0.01, rule: str = "official") -> 
 
 @register
 class ASAM(SAM):
-    """ASAM (Kwon et al.): :class:`SAM` with ``adaptive=True`` and rho = 0.5 by default.
-
-    Its steps are SAM's own (nothing is overridden), so it takes m-SAM chunks (vectorized like
-    SAM's), a ``GradScaler`` and several ranks; a training configuration builds it on
-    :func:`asam_groups` of the model under its ``asam_rule``.
-    """
+    """ASAM (Kwon et al.): :class:`SAM` with ``adaptive=True`` and rho = 0.5 by default (SAM's own
+    steps); a training configuration builds it on :func:`asam_groups` under its ``asam_rule``."""
 
     name = "asam"
     default_rho = 0.5

@@ -33,17 +33,9 @@ def bn_restore(bns: list[nn.Module], snapshot: list[dict[str, torch.Tensor]]) ->
 
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
-    """Inside this block BatchNorm layers normalize with batch statistics as usual, but
-    their running statistics (mean, var, num_batches_tracked) are the same after it.
-
-    Nothing is written in place: for the duration of the block each BatchNorm buffer is
-    replaced by a copy (which the forward passes inside update), and the untouched originals
-    are put back on exit. Autograd graphs that saved the buffers therefore stay valid, so
-    ``backward()`` may run inside the block or after it (``with frozen_bn_stats(m),
-    torch.autocast(...): loss = ...`` then ``loss.backward()``), and so may a
-    double-backward graph built before the block (second-order SAM). Code that holds
-    references to the buffer tensors sees them unchanged throughout.
-    """
+    """BatchNorm's running statistics are the same after this block (batch statistics as usual
+    inside). Each buffer is replaced by a copy inside and the untouched original put back, so
+    graphs that saved the buffers stay valid (backward inside or after the block)."""
     bns = bn_modules(model)
     originals = [dict(m._buffers) for m in bns]
     for m, bufs in zip(bns, originals):

@@ -1,19 +1,14 @@
 """Friendly SAM (F-SAM; Li et al., CVPR 2024, "Friendly Sharpness-Aware Minimization").
 
-F-SAM argues that the full-gradient component of SAM's perturbation does not help
-generalization, and perturbs along the batch gradient minus an exponential moving average
-of past batch gradients (an estimate of the full gradient):
+F-SAM perturbs along the batch gradient minus a moving average of past ones (the full-gradient
+component does not help generalization):
 
     d_t = g_t - sigma m_{t-1},    m_t = lambda m_{t-1} + (1 - lambda) g_t,    m_1 = g_1,
-    e_t = SAM's perturbation of d_t (rho d_t / ||d_t||; ASAM's with ``adaptive``),
+    e_t = SAM's perturbation of d_t,
 
-and updates with grad L(w + e_t) as SAM does. The first step (no average yet) is SAM's.
-
-Defaults: sigma = 1, lambda = 0.9 (the official code's class defaults, nblt/F-SAM
-``utils.py``; its CIFAR-100 script uses lambda = 0.95 and rho = 0.2), rho = 0.05. The moving
-average is in :meth:`state_dict`. pytorch-optimizer 4.1 and the official code divide by
-||d|| + 1e-12 where this returns a zero e for a zero d, and pytorch-optimizer computes ||d||
-in float32 whatever the parameters' dtype; bounded in the tests.
+then updates with grad L(w + e_t). Defaults: sigma = 1, lambda = 0.9 (nblt/F-SAM ``utils.py``),
+rho = 0.05. m is in :meth:`state_dict`. The reference codes' ||d|| + 1e-12 (and float32 norm)
+are bounded in the tests.
 """
 
 from __future__ import annotations
@@ -33,13 +28,8 @@ _MOMENTUM = "fsam_momentum"
 
 @register
 class FriendlySAM(SAM):
-    """SAM perturbing along g - sigma * (moving average of g) (module docstring).
-
-    Args:
-        params, base_optimizer, rho, p, adaptive, eta, **kwargs: as for :class:`SAM`.
-        sigma: how much of the moving average is removed from g.
-        lmbda: the moving average's decay (lambda).
-    """
+    """SAM perturbing along g - ``sigma`` m, m the moving average of g with decay ``lmbda`` (module
+    docstring); the other arguments as for :class:`SAM`."""
 
     name = "fsam"
     summary = "Friendly SAM"

@@ -1,27 +1,20 @@
 """GSAM: Surrogate Gap Guided SAM (Zhuang et al., ICLR 2022, Algorithm 1).
 
-With g = grad L(w) and g_p = grad L(w + e) (SAM's e, radius rho_t), GSAM splits g into its
-part along g_p and the rest, g_perp = g - (<g, g_p> / ||g_p||^2) g_p, and updates with
+With g = grad L(w), g_p = grad L(w + e) (SAM's e, radius rho_t) and
+g_perp = g - (<g, g_p> / ||g_p||^2) g_p, GSAM updates with
 
     d = g_p - alpha * g_perp,
 
-a descent on the perturbed loss plus an ascent on L(w) orthogonal to g_p, which lowers the
-surrogate gap L(w + e) - L(w) (about rho^2 lambda_max / 2 at a minimum) without changing the
-perturbed loss to first order. The radius follows the learning rate (the paper's rho schedule,
-the official ``ProportionScheduler``):
+an ascent on L(w) orthogonal to g_p that lowers the surrogate gap L(w + e) - L(w) without
+changing the perturbed loss to first order. The radius follows the learning rate at each step
+(the official ``ProportionScheduler``):
 
-    rho_t = rho_min + (rho_max - rho_min) (lr_t - lr_min) / (lr_max - lr_min),
+    rho_t = rho_min + (rho_max - rho_min) (lr_t - lr_min) / (lr_max - lr_min).
 
-read from the group's current ``lr`` at each step, so any learning-rate schedule drives it.
-
-Defaults: rho_max = ``rho`` = 0.05 (SAM's), rho_min = 0 (rho proportional to the learning
-rate) and alpha = 0.4 (pytorch-optimizer 4.1's default; the paper tunes rho_max, rho_min and
-alpha per model). Differences from the official PyTorch code (juntang-zhuang/GSAM) and from
-pytorch-optimizer 4.1, both bounded in the tests: pytorch-optimizer computes the norm that
-scales e in float32 whatever the parameters' dtype; they divide by ||g|| + 1e-12 where this
-returns a zero e for a zero gradient, sum the decomposition's inner product in the
-parameters' dtype where this uses float64, and return to w by subtracting e where this
-restores the saved copy of w; their ``adaptive`` is ASAM with eta = 0 (|w|^2 g / ||w g||).
+Defaults: rho_max = ``rho`` = 0.05, rho_min = 0, alpha = 0.4 (pytorch-optimizer 4.1). The
+official code (juntang-zhuang/GSAM) and pytorch-optimizer differ in rounding details (||g|| +
+1e-12, a float32 norm, the inner product in the parameters' dtype, w restored by subtracting e;
+eta = 0 for ``adaptive``), bounded in the tests.
 """
 
 from __future__ import annotations
@@ -39,17 +32,8 @@ __all__ = ["GSAM"]
 
 @register
 class GSAM(SAM):
-    """SAM with GSAM's update direction and learning-rate-following radius (module docstring).
-
-    Args:
-        params, base_optimizer, adaptive, eta, **kwargs: as for :class:`SAM` (p = 2 only: the
-            decomposition is Euclidean).
-        rho: rho_max, the radius at the largest learning rate.
-        rho_min: the radius at ``lr_min``.
-        alpha: weight of the orthogonal ascent component.
-        lr_max: the learning rate that maps to ``rho``; default: the base optimizer's ``lr``.
-        lr_min: the learning rate that maps to ``rho_min``.
-    """
+    """SAM with GSAM's direction (``alpha``: the weight of g_perp) and radius, ``rho`` at ``lr_max``
+    (default: the base optimizer's ``lr``) and ``rho_min`` at ``lr_min`` (module docstring); p = 2."""
 
     name = "gsam"
     option_names = ("alpha", "rho_min")
@@ -68,10 +52,8 @@ class GSAM(SAM):
 
     @classmethod
     def config_kwargs(cls, config: RunOptions) -> dict[str, Any]:
-        """SAM's, without p (the decomposition is Euclidean: :meth:`check_config`)."""
-        kwargs = super().config_kwargs(config)
-        del kwargs["p"]
-        return kwargs
+        """SAM's, without p (Euclidean only)."""
+        return {k: v for k, v in super().config_kwargs(config).items() if k != "p"}
 
     @classmethod
     def check_config(cls, config: RunOptions) -> None:
@@ -79,7 +61,7 @@ class GSAM(SAM):
             raise ConfigError("GSAM's gradient decomposition is Euclidean: it needs p = 2")
 
     def _radius(self, group: dict[str, Any]) -> float:
-        """rho_t from the group's current learning rate (module docstring), at least 0."""
+        """rho_t from the group's current learning rate, at least 0."""
         if self.lr_max <= self.lr_min:
             return group["rho"]
         t = (group["lr"] - self.lr_min) / (self.lr_max - self.lr_min)

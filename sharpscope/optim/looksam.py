@@ -1,29 +1,16 @@
 """LookSAM (Liu et al., CVPR 2022, "Towards Efficient and Scalable Sharpness-Aware
 Minimization", Algorithm 1).
 
-Every k-th step is a full SAM step: with g = grad L(w) and g_s = grad L(w + e), the update
-uses g_s, and LookSAM keeps the part of g_s orthogonal to g,
+Every k-th step is SAM's (g = grad L(w), g_s = grad L(w + e), update with g_s) and keeps
 
-    g_v = g_s - (<g_s, g> / ||g||^2) g          (= g_s - ||g_s|| cos(g, g_s) g / ||g||).
+    g_v = g_s - (<g_s, g> / ||g||^2) g;
 
-The k - 1 steps in between take one forward-backward at w and update with
-
-    g + alpha (||g|| / ||g_v||) g_v,
-
-reusing g_v's direction at the current gradient's scale: about (k + 1) / k passes per step
-against SAM's 2. Norms and inner products are global, over every parameter, as in the paper.
-
-Defaults: k = 5 and alpha = 0.7 (the paper's); rho = 0.05 (SAM's). pytorch-optimizer 4.1
-differs in three ways (measured in the tests): it takes the norms, cosine and g_v per
-parameter tensor instead of over the whole model (equal only for a one-tensor model), its
-``step`` runs the closure at w again on the steps in between (two passes on every step,
-so it is not cheaper than SAM), and its defaults are k = 10 and rho = 0.1. The step counter and
-g_v are in :meth:`state_dict`, so a resumed run continues the cycle.
-
-Driven by hand, a step is ``first_step`` / backward at w + e / ``second_step`` only where
-:meth:`LookSAM.perturbs_this_step` is true; elsewhere ``second_step`` follows the backward at w
-directly (``first_step`` raises there rather than run SAM's full step).
-
+the k - 1 steps in between take one pass at w and update with g + alpha (||g|| / ||g_v||) g_v:
+about (k + 1) / k passes per step. Norms are global, as in the paper. Defaults: k = 5,
+alpha = 0.7 (the paper's), rho = 0.05. pytorch-optimizer 4.1 takes per-tensor norms, runs the
+pass at w twice and defaults to k = 10, rho = 0.1 (measured in the tests). The step counter and
+g_v are in :meth:`state_dict`. By hand, ``first_step`` only where
+:meth:`LookSAM.perturbs_this_step`; elsewhere ``second_step`` right after the backward at w.
 """
 
 from __future__ import annotations
@@ -45,13 +32,8 @@ _GV = "looksam_gv"
 
 @register
 class LookSAM(SAM):
-    """SAM every ``k`` steps, its reused orthogonal component in between (module docstring).
-
-    Args:
-        params, base_optimizer, rho, p, adaptive, eta, **kwargs: as for :class:`SAM`.
-        k: steps per cycle (the first of each is a full SAM step).
-        alpha: weight of the reused component.
-    """
+    """SAM every ``k`` steps, its orthogonal component reused with weight ``alpha`` in between (module
+    docstring); the other arguments as for :class:`SAM`."""
 
     name = "looksam"
     option_names = ("k", "alpha")
@@ -69,21 +51,15 @@ class LookSAM(SAM):
         for group in self.param_groups:
             group.setdefault(_STEP, 0)
 
-    def _params(self) -> list[torch.Tensor]:
-        return [w for _, w in self._each_param()]
-
     def perturbs_this_step(self) -> bool:
         """A full SAM step at every k-th step, and whenever there is no g_v to reuse yet."""
-        has_gv = any(_GV in self.state[w] for w in self._params())
+        has_gv = any(_GV in self.state[w] for _, w in self._each_param())
         return self.param_groups[0].get(_STEP, 0) % self.k == 0 or not has_gv
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> torch.Tensor:
-        """SAM's first step on a full step. On a step that reuses g_v (:meth:`perturbs_this_step`
-        false) there is no perturbation: it raises, leaving the weights and gradients as they
-        are, so that the two-step recipe cannot silently run plain SAM (a full step every step,
-        two passes each). After the backward at w, call :meth:`second_step` directly on such a
-        step, or drive LookSAM with ``step(closure)`` or :func:`~sharpscope.optim.sam_step`."""
+        """SAM's first step on a full step; on a step that reuses g_v it raises (nothing changed),
+        so that the two-step recipe cannot silently run plain SAM."""
         if not self.perturbs_this_step():
             step = self.param_groups[0].get(_STEP, 0)
             raise ConfigError(
@@ -94,7 +70,7 @@ class LookSAM(SAM):
 
     @torch.no_grad()
     def _update_gradient(self) -> None:
-        params = [w for w in self._params() if w.grad is not None]
+        params = [w for _, w in self._each_param() if w.grad is not None]
         full = any("clean_grad" in self.state[w] for w in params)
         if full:  # grad = g_s; keep g_v = g_s - (<g_s, g> / ||g||^2) g
             clean = [self._clean_gradient(w) for w in params]

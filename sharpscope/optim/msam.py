@@ -1,25 +1,14 @@
 """m-SAM: one perturbation per chunk of m examples (Foret et al., Sec. 4.1 / App. C.3).
 
-For a batch of B examples in chunks k of m (the last may be smaller), with chunk losses L_k,
+For a batch of B examples in chunks k of n_k <= m examples with losses L_k,
 
-    g_k = grad L_k(w),   e_k = SAM's perturbation of g_k (rho, p, ASAM's T_w),
+    g_k = grad L_k(w),   e_k = SAM's perturbation of g_k,
     update gradient = sum_k (n_k / B) grad L_k(w + e_k).
 
-BatchNorm (train mode): each chunk's clean pass normalizes with its own batch statistics, and
-the stored running statistics are the mean of the per-chunk updates from the same start
-(what averaging per-device buffers gives); the pass at w + e_k updates nothing.
-
-Two implementations of the same step:
-
-- :func:`m_sam_loop`: one chunk at a time on the model itself (any batch structure, any SAM
-  variant, sparse gradients, mixed precision);
-- :func:`m_sam_vmapped`: every chunk at once, ``torch.func.vmap`` over the chunks of
-  ``grad`` of a ``functional_call`` (per-chunk gradients at w, per-chunk perturbed weights,
-  per-chunk gradients at w + e_k, in two vectorized calls). The running statistics are
-  updated on per-chunk copies of the buffers inside ``vmap`` and averaged. Equal to the loop
-  to float rounding (tests), but for dropout, whose masks are drawn per chunk in another
-  order (``randomness="different"``), and for parameters the loss does not use, which get a
-  zero gradient instead of none (so weight decay still moves them).
+BatchNorm's running statistics become the mean of the per-chunk updates of the clean passes
+(what averaging per-device buffers gives). :func:`m_sam_loop` takes one chunk at a time (any
+batch, variant, sparse gradients, mixed precision); :func:`m_sam_vmapped` all at once through
+``vmap``, equal to float rounding but for dropout masks and unused parameters (zero gradient).
 """
 
 from __future__ import annotations
@@ -33,7 +22,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..batches import leading_size, take
 from .bn import bn_restore, bn_snapshot, bn_modules, frozen_bn_stats
-from .result import StepResult
+from .passes import StepResult
 from .asam import ASAM
 from .sam import SAM, dual_exponent
 
@@ -44,9 +33,7 @@ def m_sam_loop(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor],
                 targets: Any, optimizer: SAM, m: int, batch: int,
                 forward: Callable[[Any, Any], tuple[Any, torch.Tensor]],
                 scaler: torch.amp.GradScaler | None) -> StepResult:
-    """m-SAM one chunk at a time (see :func:`~sharpscope.optim.step.sam_step`): a clean pass,
-    a perturbation and a pass at w + e_k per chunk of ``m`` examples, gradients averaged by
-    chunk size, BatchNorm statistics the mean of the per-chunk updates."""
+    """m-SAM one chunk at a time (module docstring)."""
     uses_gradient = optimizer.perturbation_uses_gradient
     params = [w for g in optimizer.param_groups for w in g["params"] if w.requires_grad]
     grad_sum: list[torch.Tensor | None] = [None] * len(params)
@@ -104,12 +91,10 @@ def m_sam_loop(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor],
     return StepResult(torch.stack(losses).sum(), torch.cat(outs), torch.stack(perturbed_losses).sum(), skipped)
 
 
-
 def vmappable(model: nn.Module, inputs: Any, targets: Any, optimizer: torch.optim.Optimizer, m: int, batch: int,
               autocast: torch.dtype | None, scaler: Any) -> bool:
     """Whether :func:`m_sam_vmapped` can take this step: m divides the batch, tensor inputs and
-    targets, SAM's or ASAM's own perturbation rule (not a variant's), no mixed precision, no
-    module that makes sparse gradients, not a ``torch.compile`` wrapper."""
+    targets, SAM's or ASAM's own rule, no mixed precision, no sparse gradients, not compiled."""
     sparse = any(getattr(mod, "sparse", False) for mod in model.modules()
                  if isinstance(mod, (nn.Embedding, nn.EmbeddingBag)))
     compiled = hasattr(model, "_orig_mod")  # torch.compile's wrapper: vmap does not go through dynamo
@@ -120,22 +105,14 @@ def vmappable(model: nn.Module, inputs: Any, targets: Any, optimizer: torch.opti
 
 def chunk_perturbations(optimizer: SAM, named: list[tuple[str, torch.Tensor]],
                         grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """SAM's perturbation (:meth:`SAM._perturbation`) of K gradients at once: ``grads[name]``
-    holds the K chunks' gradients of parameter ``name`` along dim 0; returns e with the same
-    layout. e = rho dual(T g) * T, dual(t) = sign(t) |t|^(q-1) / ||t||_q^(q-1) with the norm
-    per chunk over every parameter (p = 2: t / ||t||_2; p = inf: sign(t)); T = |w| + eta
-    for ASAM groups, else 1."""
+    """SAM's perturbation of K gradients at once (``grads[name]``: parameter ``name``'s K chunk
+    gradients along dim 0; e in the same layout): e = rho T sign(t) |t|^(q-1) / ||t||_q^(q-1),
+    t = T g, the norm per chunk over every parameter; T = |w| + eta for ASAM groups, else 1."""
     group_of = {id(w): g for g in optimizer.param_groups for w in g["params"]}
     p = optimizer.param_groups[0]["p"]
     q = dual_exponent(p)
-    t, scales = {}, {}
-    for name, w in named:
-        group = group_of[id(w)]
-        g = grads[name]
-        if group["adaptive"]:
-            scales[name] = w.detach().abs() + group["eta"]
-            g = g * scales[name]
-        t[name] = g
+    scales = {n: w.detach().abs() + group_of[id(w)]["eta"] for n, w in named if group_of[id(w)]["adaptive"]}
+    t = {n: grads[n] * scales[n] if n in scales else grads[n] for n, _ in named}
     k = next(iter(t.values())).shape[0]
     flat = [x.reshape(k, -1) for x in t.values()]
     if q == 1.0:
@@ -159,8 +136,7 @@ def chunk_perturbations(optimizer: SAM, named: list[tuple[str, torch.Tensor]],
 
 def m_sam_vmapped(model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                   inputs: torch.Tensor, targets: torch.Tensor, optimizer: SAM, m: int) -> Any:
-    """The m-SAM step of :func:`m_sam_loop` with every chunk at once (module docstring);
-    needs :func:`vmappable`."""
+    """:func:`m_sam_loop`'s step with every chunk at once (needs :func:`vmappable`)."""
     batch = inputs.shape[0]
     k = batch // m
     named = [(n, w) for n, w in model.named_parameters() if w.requires_grad]

@@ -1,35 +1,19 @@
-"""The forward and backward passes of one training step, over the whole batch or accumulated
-over micro-batches (gradient accumulation).
-
-Gradient accumulation (``sam_step(..., accumulate=N)``, ``train --grad-accum N``). A batch of
-B examples is cut into N consecutive micro-batches k of n_k examples (the sizes of
-``torch.tensor_split``: they differ by at most one, sum to B). With mean losses L_k,
+"""The forward and backward passes of one training step, whole or accumulated over N
+micro-batches (``sam_step(..., accumulate=N)``) of n_k examples (``torch.tensor_split``'s sizes):
 
     L(w) = sum_k (n_k / B) L_k(w),    grad L(w) = sum_k (n_k / B) grad L_k(w),
 
-so back-propagating (n_k / B) L_k on each micro-batch leaves the full batch's gradient in
-``.grad`` (weighted by examples, so unequal micro-batches are averaged correctly) while only one
-micro-batch's activations are alive at a time. SAM's step accumulates both of its passes this
-way: the gradient at w over every micro-batch, then the perturbation e from that gradient, then
-the gradient at w + e over every micro-batch; the update is the full-batch SAM step up to the
-order in which float sums are taken. Every hook of the SAM base (:mod:`.sam`) sees only the
-gradients in ``.grad``, never the batch, so each variant built on them (ASAM, RSAM, GSAM, WSAM,
-LookSAM, Friendly SAM) gets the accumulated gradient where it would get the full-batch one.
-
-Batch norm in train mode normalizes each micro-batch with its own statistics, so a model with
-batch norm computes a different function than on the whole batch (as with any gradient
-accumulation); its running statistics are updated once per micro-batch forward of the pass at
-w (N momentum updates, ``num_batches_tracked`` grows by N), and the pass at w + e leaves them as
-they were (:func:`~sharpscope.optim.frozen_bn_stats`, as without accumulation).
-
-Data-parallel models (``no_sync``): every micro-batch but the last is back-propagated under
-``model.no_sync()``, so the ranks all-reduce the accumulated gradient once per pass.
+so back-propagating (n_k / B) L_k on each leaves the full batch's gradient in ``.grad``, one
+micro-batch's activations alive at a time; SAM's hooks see only ``.grad``. Batch norm in train
+mode normalizes each micro-batch by itself. A data-parallel model back-propagates every
+micro-batch but the last under ``model.no_sync()``.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,7 +22,17 @@ from torch import nn
 from ..batches import concat, leading_size, take
 from ..errors import ConfigError
 
-__all__ = ["Passes", "micro_slices", "check_accumulate", "micro_batch_count"]
+__all__ = ["Passes", "StepResult", "micro_slices", "check_accumulate", "micro_batch_count"]
+
+
+@dataclass
+class StepResult:
+    """What one training step saw at the unperturbed weights (for metrics)."""
+
+    loss: torch.Tensor      # mean loss of the batch at w (0-dim, detached)
+    outputs: torch.Tensor   # model outputs at w (detached)
+    perturbed_loss: torch.Tensor | None  # mean loss at w + e (SAM only)
+    skipped: bool = False   # mixed precision: an inf/NaN gradient, the weights left at w, no update
 
 
 def check_accumulate(accumulate: Any, batch: int) -> None:
@@ -51,24 +45,20 @@ def check_accumulate(accumulate: Any, batch: int) -> None:
 
 
 def micro_batch_count(requested: int, batch: int) -> int:
-    """The micro-batches a training step of ``batch`` examples uses when ``requested`` are asked
-    for: ``requested``, or one per example for a batch smaller than that (an epoch's last)."""
+    """The micro-batches of a step of ``batch`` examples: ``requested``, at most one per example."""
     return min(requested, batch)
 
 
 def micro_slices(batch: int, n: int) -> list[slice]:
-    """``n`` consecutive slices covering ``range(batch)``, the first ``batch % n`` one longer
-    (the split of ``torch.tensor_split``)."""
+    """``n`` consecutive slices covering ``range(batch)`` (``torch.tensor_split``'s sizes)."""
     size, extra = divmod(batch, n)
-    bounds = [0]
-    for k in range(n):
-        bounds.append(bounds[-1] + size + (k < extra))
+    bounds = [k * size + min(k, extra) for k in range(n + 1)]
     return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 class Passes:
-    """How one step runs a forward and a backward pass: autocast, the data-parallel loss scale,
-    the gradient scaler, and accumulation over ``accumulate`` micro-batches (module docstring)."""
+    """How one step runs its passes: autocast, the data-parallel loss scale, the gradient scaler
+    and ``accumulate`` micro-batches."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor], amp: Any,
                  loss_scale: float = 1.0, scaler: torch.amp.GradScaler | None = None, accumulate: int = 1) -> None:
@@ -86,37 +76,26 @@ class Passes:
         loss = loss * self.loss_scale if self.loss_scale != 1.0 else loss
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
 
-    def forward_backward(self, inputs: Any, targets: Any) -> tuple[Any, torch.Tensor]:
-        """One pass: the gradient of the batch's mean loss added to ``.grad``; returns the outputs
-        and the mean loss (accumulated: the outputs joined, the example-weighted mean loss)."""
-        if self.accumulate == 1:
-            outputs, loss = self.forward(inputs, targets)
-            self.backward(loss)
-            return outputs, loss
-        slices = self._slices(targets)
-        batch = slices[-1].stop
-        outs, total = [], None
-        for k, part in enumerate(slices):
-            out, loss = self.forward(take(inputs, part), take(targets, part))
-            weight = (part.stop - part.start) / batch
-            with self._no_sync() if k < len(slices) - 1 else contextlib.nullcontext():
-                self.backward(loss * weight)
-            outs.append(out.detach())
-            total = loss.detach() * weight if total is None else total + loss.detach() * weight
-        return concat(outs), total
-
-    def clean_forward(self, inputs: Any, targets: Any) -> tuple[Any, torch.Tensor]:
-        """The pass at w of a variant whose perturbation needs no gradient (RSAM): forwards in the
-        model's own mode without a graph, for the running BatchNorm statistics (updated exactly as
-        SAM's clean pass updates them) and the loss and outputs reported at w."""
-        with self.amp, torch.no_grad():
+    def forward_backward(self, inputs: Any, targets: Any, backward: bool = True) -> tuple[Any, torch.Tensor]:
+        """One pass: the gradient of the batch's mean loss added to ``.grad`` (``backward=False``: no
+        graph, RSAM's pass at w); returns the (joined) outputs and the (example-weighted) mean loss."""
+        with contextlib.nullcontext() if backward else torch.no_grad():
             if self.accumulate == 1:
-                outputs = self.model(inputs)
-                return outputs, self.loss_fn(outputs, targets)
+                outputs, loss = self.forward(inputs, targets)
+                if backward:
+                    self.backward(loss)
+                return outputs, loss
             slices = self._slices(targets)
-            parts = [self.forward(take(inputs, s), take(targets, s)) for s in slices]
-            weights = [(s.stop - s.start) / slices[-1].stop for s in slices]
-            return concat([o for o, _ in parts]), sum(loss * w for (_, loss), w in zip(parts, weights))
+            outs, total = [], None
+            for k, part in enumerate(slices):
+                out, loss = self.forward(take(inputs, part), take(targets, part))
+                weight = (part.stop - part.start) / slices[-1].stop
+                if backward:
+                    with self._no_sync() if k < len(slices) - 1 else contextlib.nullcontext():
+                        self.backward(loss * weight)
+                outs.append(out.detach())
+                total = loss.detach() * weight if total is None else total + loss.detach() * weight
+            return concat(outs), total
 
     def _slices(self, targets: Any) -> list[slice]:
         batch = leading_size(targets, "targets")
@@ -124,6 +103,6 @@ class Passes:
         return micro_slices(batch, self.accumulate)
 
     def _no_sync(self) -> Any:
-        """``model.no_sync()`` for a data-parallel model (no all-reduce of this micro-batch), else nothing."""
+        """``model.no_sync()`` for a data-parallel model, else nothing."""
         no_sync = getattr(self.model, "no_sync", None)
         return no_sync() if callable(no_sync) else contextlib.nullcontext()

@@ -1,26 +1,11 @@
 """The optimizer registry: every name ``--optimizer`` takes, built from the classes.
 
-Each trainable optimizer is one class that states its registry facts as class attributes
-(:class:`Registered` lists them with their defaults) and is decorated with :func:`register`:
-
-- ``name``: what ``TrainConfig.optimizer`` / ``--optimizer`` call it (required, in the class body);
-- ``default_rho``: the radius when ``rho`` is left out; ``summary``: a few words for the CLI help;
-- ``option_names``: its own keyword arguments that ``--optimizer-opt KEY=VALUE`` sets; their
-  types and defaults are read from the class's ``__init__`` signature;
-- ``perturbs`` (a SAM-family step) and ``reads``: the training options of
-  :data:`PERTURBATION_OPTIONS` it reads besides ``m`` (a sweep collapses the others);
-- capabilities, each False unless the class body itself declares it (a subclass that changes
-  SAM's steps states again what it supports): ``supports_m`` (steps per m-SAM chunk),
-  ``supports_scaler`` (fp16's ``GradScaler``), ``supports_ranks`` (data-parallel ranks),
-  ``supports_second_order`` (``--second-order``);
-- ``from_config(config, model)``: the optimizer a training configuration names, and
-  ``check_config(config)``: the class's own rules on a configuration (raise ``ConfigError``).
-
-The table lists the classes in the order they are defined (:mod:`sharpscope.optim` imports its
-own in the order of ``sharpscope train --help``); a module added to the package is found
-without being listed anywhere (:func:`specs` imports every module of ``sharpscope.optim``).
-Everything that asks what an optimizer is or can do reads this table: ``TrainConfig``, the
-training loop, resume, ``sweep``, ``compare`` and the CLI help.
+A trainable optimizer is one class decorated with :func:`register`, stating as class attributes
+the facts :class:`Registered` lists with their defaults: ``name`` (in its own body), ``option_names``
+(``__init__`` keywords ``--optimizer-opt`` sets), ``perturbs`` and ``reads`` (the
+:data:`PERTURBATION_OPTIONS` it reads besides ``m``), the :data:`CAPABILITIES` (False unless its
+own body declares them), ``from_config`` and ``check_config``. :func:`specs` imports every module
+of the package first, so a new module needs no import line.
 """
 
 from __future__ import annotations
@@ -37,17 +22,16 @@ __all__ = ["Registered", "OptimizerSpec", "OptionSpec", "register", "unregister"
            "lookup", "base_options", "adamw_options", "base_optimizer", "import_package", "PERTURBATION_OPTIONS",
            "CAPABILITIES", "BASE_OPTIMIZERS"]
 
-# The training options (TrainConfig fields) that only perturbation-based optimizers read.
+# The training options that only perturbation-based optimizers read.
 PERTURBATION_OPTIONS = ("rho", "p", "m", "eta", "second_order", "same_dropout_mask", "perturbation_weight_decay")
-# Capability flags: False for a class whose own body does not declare them.
+# m-SAM chunks, fp16's GradScaler, data-parallel ranks, --second-order.
 CAPABILITIES = ("supports_m", "supports_scaler", "supports_ranks", "supports_second_order")
-# What a SAM-family optimizer may wrap (``--base-optimizer``): its update step.
+# What a SAM-family optimizer may wrap (``--base-optimizer``).
 BASE_OPTIMIZERS = ("sgd", "adamw")
 
 
 class RunOptions(Protocol):
-    """What :meth:`Registered.from_config` reads of a training configuration
-    (:class:`sharpscope.train.TrainConfig`)."""
+    """What :meth:`Registered.from_config` reads of a :class:`sharpscope.train.TrainConfig`."""
 
     lr: float
     momentum: float
@@ -69,7 +53,7 @@ class RunOptions(Protocol):
 
 
 class Registered:
-    """The registry facts an optimizer class declares (module docstring), with their defaults."""
+    """The registry facts an optimizer class declares (module docstring) and their defaults."""
 
     name: ClassVar[str] = ""
     default_rho: ClassVar[float] = 0.0
@@ -130,17 +114,11 @@ class OptimizerSpec:
         return {o.name: o.default for o in self.options if o.default is not inspect.Parameter.empty}
 
     def uses(self, option: str) -> bool:
-        """Whether runs with this optimizer read training option ``option``: every option outside
-        :data:`PERTURBATION_OPTIONS`; of those, ``m`` when it runs m-SAM, the others when in ``reads``."""
+        """Whether its runs read training option ``option`` (of :data:`PERTURBATION_OPTIONS`: ``m``
+        when it runs m-SAM, the others when in ``reads``)."""
         if option not in PERTURBATION_OPTIONS:
             return True
         return self.supports_m if option == "m" else option in self.reads
-
-    def build(self, config: RunOptions, model: Any) -> Any:
-        return self.cls.from_config(config, model)
-
-    def check(self, config: RunOptions) -> None:
-        self.cls.check_config(config)
 
 
 _TABLE: dict[str, OptimizerSpec] = {}
@@ -148,8 +126,7 @@ _discovered = False
 
 
 def _options(cls: type) -> tuple[OptionSpec, ...]:
-    """``cls.option_names`` typed from ``cls.__init__``'s signature (annotations evaluated where
-    they can be)."""
+    """``cls.option_names`` typed from ``cls.__init__``'s signature."""
     try:
         params = inspect.signature(cls.__init__, eval_str=True).parameters
     except (NameError, TypeError, SyntaxError):
@@ -161,8 +138,7 @@ def _options(cls: type) -> tuple[OptionSpec, ...]:
 
 
 def register(cls: type) -> type:
-    """Class decorator: add ``cls`` to the registry under ``cls.name`` (module docstring).
-    Capabilities its body does not declare are set to False on it."""
+    """Class decorator: add ``cls`` to the registry under ``cls.name`` (module docstring)."""
     name = cls.__dict__.get("name")
     if not isinstance(name, str) or not name or name != name.strip().lower() or "," in name:
         raise TypeError(f"{cls.__name__} needs its own lowercase registry name (class attribute 'name')")
@@ -171,11 +147,8 @@ def register(cls: type) -> type:
     for flag in CAPABILITIES:
         if flag not in cls.__dict__:
             setattr(cls, flag, False)
-    _TABLE[name] = OptimizerSpec(
-        name=name, cls=cls, default_rho=float(cls.default_rho), summary=cls.summary, options=_options(cls),
-        perturbs=bool(cls.perturbs), reads=frozenset(cls.reads), supports_m=cls.supports_m,
-        supports_scaler=cls.supports_scaler, supports_ranks=cls.supports_ranks,
-        supports_second_order=cls.supports_second_order)
+    _TABLE[name] = OptimizerSpec(name, cls, float(cls.default_rho), cls.summary, _options(cls), bool(cls.perturbs),
+                                 frozenset(cls.reads), *(getattr(cls, flag) for flag in CAPABILITIES))
     return cls
 
 
@@ -185,16 +158,14 @@ def unregister(name: str) -> None:
 
 
 def import_package(package_name: str) -> None:
-    """Import every module of package ``package_name`` (alphabetically), so that each class
-    registered in one of them is in the table."""
+    """Import every module of package ``package_name`` (alphabetically), registering its classes."""
     package = importlib.import_module(package_name)
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
         importlib.import_module(f"{package.__name__}.{info.name}")
 
 
 def _discover() -> None:
-    """Import every module of :mod:`sharpscope.optim` once (a variant's own file needs no import
-    line anywhere)."""
+    """Import every module of :mod:`sharpscope.optim` once."""
     global _discovered
     if not _discovered:
         _discovered = True
@@ -231,16 +202,14 @@ def base_options(config: RunOptions) -> dict[str, Any]:
 
 
 def adamw_options(config: RunOptions) -> dict[str, Any]:
-    """The keyword arguments of ``torch.optim.AdamW`` a configuration names: ``lr``, betas
-    (``momentum``, ``beta2``), ``eps`` (``adam_eps``) and the decoupled ``weight_decay``
-    (Loshchilov & Hutter: w <- w - lr * wd * w beside the Adam step, not in the gradient)."""
+    """The keyword arguments of ``torch.optim.AdamW`` a configuration names: betas (``momentum``,
+    ``beta2``), ``eps`` (``adam_eps``), the decoupled ``weight_decay`` (Loshchilov & Hutter)."""
     return dict(lr=config.lr, betas=(config.momentum, config.beta2), eps=config.adam_eps,
                 weight_decay=config.weight_decay)
 
 
 def base_optimizer(config: RunOptions) -> tuple[type, dict[str, Any]]:
-    """The optimizer class a SAM-family optimizer wraps (``config.base_optimizer``: ``torch.optim.SGD``,
-    the default, or ``torch.optim.AdamW``) and its keyword arguments."""
+    """The optimizer class a SAM-family optimizer wraps (``config.base_optimizer``) and its kwargs."""
     import torch
 
     name = getattr(config, "base_optimizer", "sgd")

@@ -1,24 +1,14 @@
 """Random-perturbation SAM (RSAM): the control for SAM's ascent direction.
 
-The update is SAM's, w <- w - lr * grad L(w + e), but e is a random direction of norm rho,
-drawn independently of the gradient: SAM's dual-norm rule applied to a Gaussian vector z
-instead of the gradient g,
+SAM's update w <- w - lr grad L(w + e), with e SAM's dual-norm rule applied to a Gaussian z
+drawn independently of the gradient,
 
     e = rho * sign(z) |z|^(q-1) / ||z||_q^(q-1),   z ~ N(0, I),   1/p + 1/q = 1,
 
-so ||e||_p = rho exactly. For p = 2 this is e = rho z / ||z||_2, a uniformly random point
-of the rho-sphere; for p = inf it is e = rho sign(z), a uniformly random corner of the
-l_inf ball (where SAM's own p = inf step lands too: rho sign(g)). Like SAM's, the norm is
-global over every trainable parameter (a parameter group's ``rho`` scales its share), and
-every parameter with ``requires_grad`` is perturbed, whether or not it has a gradient.
-
-The draws come from a ``torch.Generator`` owned by the optimizer, seeded with ``seed``, on
-the device of the first parameter (so CPU and CUDA draw different numbers); its state is in
-``state_dict()`` so a resumed run continues bit for bit. Data-parallel ranks seeded alike draw the
-same e (one perturbation for the global batch, whatever ``sync_first_pass`` says, and rank 0's
-checkpointed generator state is every rank's state). Since e does not depend on the
-gradient at w, :func:`sharpscope.optim.sam_step` runs the clean pass at w without a backward
-(a forward under ``no_grad``, for the running BatchNorm statistics and the reported loss).
+so ||e||_p = rho (p = 2: uniform on the rho-sphere; p = inf: a uniform corner of the l_inf
+ball), the norm global over every parameter with ``requires_grad``. The optimizer's own
+generator (seeded with ``seed``, on the first parameter's device) is in ``state_dict()``: a
+resumed run continues bit for bit, and ranks seeded alike draw the same e.
 """
 
 from __future__ import annotations
@@ -38,22 +28,15 @@ _STATE_KEY = "rsam_generator"
 
 
 def stream_seed(seed: int, stream: str) -> int:
-    """A 63-bit seed for the named random stream ``stream`` of run ``seed`` (independent of the
-    other streams drawn from ``seed``)."""
+    """A 63-bit seed for the random stream ``stream`` of run ``seed``, independent of its others."""
     digest = hashlib.blake2b(f"{int(seed)}:{stream}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
 @register
 class RSAM(SAM):
-    """SAM with a random perturbation of norm ``rho`` (see the module docstring).
-
-    Args:
-        params, base_optimizer, rho, p, **kwargs: as for :class:`SAM` (no ``adaptive``: the
-            direction is isotropic).
-        seed: seed of the optimizer's generator (use a stream of its own, not the seed that
-            initialised the model: the same seed would replay the initialisation's draws).
-    """
+    """SAM with a random perturbation of norm ``rho`` (module docstring), drawn by a generator seeded
+    with ``seed`` (not the model's seed: it would replay its draws); no ``adaptive`` (isotropic)."""
 
     name = "rsam"
     summary = "SAM's step at a random e of norm rho: the control for SAM's ascent direction"
@@ -75,8 +58,7 @@ class RSAM(SAM):
 
     @classmethod
     def config_kwargs(cls, config: RunOptions) -> dict[str, Any]:
-        """rho and p, and the seed of the run's ``rsam`` stream (:func:`stream_seed`): seeding
-        with the run's seed would replay the draws of the model's initialisation."""
+        """rho, p and the seed of the run's ``rsam`` stream (:func:`stream_seed`)."""
         return dict(rho=config.effective_rho, p=config.p, seed=stream_seed(config.seed, "rsam"))
 
     @classmethod
@@ -101,13 +83,11 @@ class RSAM(SAM):
         q = dual_exponent(groups[0][0]["p"])
         parts = [torch.stack(torch._foreach_norm(zs, q)).pow(q).sum() for zs in z]
         znorm = torch.stack([t.to(parts[0].device) for t in parts]).sum().pow(1.0 / q)
-        out = []
-        for (group, params), zs in zip(groups, z):
-            out.append((params, dual_vector(zs, znorm.to(zs[0].device), group["rho"], group["p"])))
-        return znorm, out
+        return znorm, [(params, dual_vector(zs, znorm.to(zs[0].device), group["rho"], group["p"]))
+                       for (group, params), zs in zip(groups, z)]
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict plus the generator's state (key ``rsam_generator``)."""
+        """SAM's state dict plus the generator's state (key ``rsam_generator``)."""
         state = super().state_dict()
         state[_STATE_KEY] = self.generator.get_state()
         return state

@@ -8,18 +8,14 @@ maximum is replaced by its first-order solution, the dual-norm vector of the gra
 (p = 2: e_hat = rho g / ||g||_2;  p = inf: e_hat = rho sign(g)), and the update uses
 grad L evaluated at w + e_hat (the second-order term d e_hat / dw is dropped).
 
-ASAM (Kwon et al., ICML 2021, Eq. 8-9) measures the neighbourhood with the normalization
-operator T_w = |w| + eta: e = T_w e' where e' is the dual-norm solution above for the
-gradient T_w g. For p = 2 this is e = rho T_w^2 g / ||T_w g||_2.
+ASAM (Kwon et al., ICML 2021, Eq. 8-9) measures the neighbourhood with T_w = |w| + eta:
+e = T_w e' with e' the dual-norm solution above for the gradient T_w g
+(p = 2: e = rho T_w^2 g / ||T_w g||_2).
 
-:class:`SAM` wraps any ``torch.optim`` class and shares its ``param_groups`` (the design
-of davda54/sam), but its ``state_dict`` is the base optimizer's (momentum buffers
-included), so a resumed run loses nothing.
-
-Batch normalization policy (the official implementation's rule): the running statistics
-come from the clean first pass only. :func:`sam_step` enforces it by restoring every
-BatchNorm buffer after the second pass; when driving :class:`SAM` by hand, wrap the
-second forward pass in :func:`frozen_bn_stats`.
+:class:`SAM` wraps any ``torch.optim`` class and shares its ``param_groups`` (davda54/sam);
+its ``state_dict`` is the base optimizer's. Batch norm (the official rule): running statistics
+come from the clean pass only (:func:`sam_step` does it; by hand, wrap the second forward
+pass in :func:`frozen_bn_stats`).
 """
 
 from __future__ import annotations
@@ -57,8 +53,7 @@ def dual_exponent(p: float) -> float:
 
 
 def _gradient_entries(w: torch.Tensor) -> torch.Tensor:
-    """The stored entries of ``w.grad``: the tensor itself when dense; the values of the
-    coalesced gradient when sparse (its other entries are zero and add nothing to a norm)."""
+    """``w.grad`` when dense; the values of the coalesced gradient when sparse."""
     g = w.grad
     if g.is_sparse:
         w.grad = g = g.coalesce()
@@ -77,16 +72,13 @@ def _scaled_gradients(params: list[torch.Tensor], adaptive: bool,
 
 
 def _add_entries(params: list[torch.Tensor], entries: list[torch.Tensor]) -> None:
-    """w += e, with e dense (shaped like w) or given on the stored entries of w's sparse gradient
-    (see :func:`_gradient_entries`). Values shaped like w itself are added densely: coalesced
-    entries that many cover every row of w in order, so the two adds are the same."""
-    sparse = [e.shape != w.shape for w, e in zip(params, entries)]
-    if not any(sparse):
-        torch._foreach_add_(params, entries)
-        return
-    torch._foreach_add_([w for w, s in zip(params, sparse) if not s], [e for e, s in zip(entries, sparse) if not s])
-    for w, e, s in zip(params, entries, sparse):
-        if s:
+    """w += e, e dense or on the entries of w's sparse gradient (:func:`_gradient_entries`; values
+    shaped like w cover every row in order, so they are added densely)."""
+    dense = [(w, e) for w, e in zip(params, entries) if e.shape == w.shape]
+    if dense:
+        torch._foreach_add_([w for w, _ in dense], [e for _, e in dense])
+    for w, e in zip(params, entries):
+        if e.shape != w.shape:
             w.add_(torch.sparse_coo_tensor(w.grad._indices(), e, w.shape, is_coalesced=True, check_invariants=False))
 
 
@@ -118,7 +110,7 @@ def flat_dot(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> torch.Tensor:
 
 @contextlib.contextmanager
 def substituted_gradients(params: list[torch.Tensor], grads: list[torch.Tensor]) -> Iterator[None]:
-    """``w.grad = g`` for the duration of the block (the original gradients are put back)."""
+    """``w.grad = g`` inside the block; the original gradients are put back."""
     saved = [w.grad for w in params]
     for w, g in zip(params, grads):
         w.grad = g
@@ -130,9 +122,8 @@ def substituted_gradients(params: list[torch.Tensor], grads: list[torch.Tensor])
 
 
 def _weight_decayed_gradients(groups: list[dict[str, Any]]) -> contextlib.AbstractContextManager[None]:
-    """For groups with ``perturbation_weight_decay``: g + weight_decay * w in place of g while
-    the perturbation is computed (google-research/sam ``flax_training.py`` adds the L2 term to
-    the loss whose gradient sets e); other groups unchanged."""
+    """g + weight_decay * w in place of g for the groups with ``perturbation_weight_decay``
+    (google-research/sam ``flax_training.py``: the L2 term is in the loss whose gradient sets e)."""
     params, grads = [], []
     for group in groups:
         wd = group.get("weight_decay", 0.0)
@@ -147,74 +138,41 @@ def _weight_decayed_gradients(groups: list[dict[str, Any]]) -> contextlib.Abstra
 
 @register
 class SAM(Registered, torch.optim.Optimizer):
-    """SAM / ASAM around any base optimizer.
+    """SAM / ASAM around a ``base_optimizer`` class (``**kwargs`` are its options).
 
     Args:
-        params: parameters or parameter groups (groups may override ``rho``, ``p``,
-            ``adaptive`` and ``eta``, e.g. to exempt biases from ASAM's scaling).
-        base_optimizer: a ``torch.optim.Optimizer`` class, e.g. ``torch.optim.SGD``.
-        rho: radius of the neighbourhood (``rho = 0`` is exactly the base optimizer).
-        p: the norm of the neighbourhood, any p > 1 or ``math.inf``.
-        adaptive: ASAM's scale-invariant neighbourhood with ``T_w = |w| + eta``.
-        eta: ASAM's offset (Kwon et al. use 0.01).
-        perturbation_weight_decay: set e from g + weight_decay * w, the gradient of the loss
-            plus its L2 term, as the official implementation does (google-research/sam
-            ``flax_training.py`` puts the L2 term in the loss it differentiates for e); the
-            default sets e from the loss's own gradient (davda54/sam), the base optimizer
-            applying the weight decay to the update only.
-        **kwargs: passed to the base optimizer (lr, momentum, weight_decay, ...).
+        params: parameters or groups (a group may override ``rho``, ``p``, ``adaptive``, ``eta``).
+        rho: radius of the neighbourhood (0: exactly the base optimizer); ``p`` > 1 or ``math.inf``.
+        adaptive: ASAM's neighbourhood with ``T_w = |w| + eta`` (Kwon et al.: eta = 0.01).
+        perturbation_weight_decay: set e from g + weight_decay * w, as google-research/sam
+            does; the default (davda54/sam) sets e from g, the weight decay in the update only.
 
-    Use either the two steps by hand::
-
-        loss_fn(model(x), y).backward(); opt.first_step(zero_grad=True)
-        loss_fn(model(x), y).backward(); opt.second_step(zero_grad=True)
-
-    or ``opt.step(closure)`` where ``closure`` runs forward and backward and returns the
-    loss. By hand, a variant that does not perturb on every step (:class:`LookSAM`) takes
-    ``first_step`` and the pass at w + e only where :meth:`perturbs_this_step` is true, and
-    ``second_step`` straight after the backward at w otherwise (its ``first_step`` raises there). Unlike davda54/sam, ``step`` runs the first pass too (as every closure-taking
-    torch optimizer does) and returns the loss at the unperturbed weights.
-
-    The perturbation norm is global: one norm over every parameter with a gradient.
+    ``first_step`` after the backward at w, ``second_step`` after the backward at w + e (right after
+    the one at w where :meth:`perturbs_this_step` is false), or ``step(closure)``: both passes, returns
+    the loss at w. The perturbation norm is global over every parameter.
     """
 
-    #: Whether the perturbation needs the gradient at w (:func:`sam_step` skips the first
-    #: backward pass of a variant that sets this to False).
+    #: False: :func:`sam_step` skips the backward at w (the perturbation ignores the gradient).
     perturbation_uses_gradient = True
-    #: Whether :meth:`first_step` keeps the gradient at w (``state[w]["clean_grad"]``) for
-    #: :meth:`_update_gradient` (GSAM, WSAM, LookSAM combine it with the gradient at w + e).
+    #: :meth:`first_step` keeps the gradient at w (``state[w]["clean_grad"]``) for :meth:`_update_gradient`.
     keeps_clean_gradient = False
-    # Registry facts (sharpscope.optim.registry): a registered subclass states its own ``name``,
-    # and each capability it has in its own body (undeclared ones are False for it).
+    # Registry facts (sharpscope.optim.registry; a subclass re-declares the capabilities it keeps).
     name = "sam"
     default_rho = 0.05
     perturbs = True
-    #: The perturbation options of a training configuration it reads (``m``: ``supports_m``).
     reads = frozenset({"rho", "p", "second_order", "same_dropout_mask", "perturbation_weight_decay"})
-    #: Whether the two steps can run per m-SAM chunk, under a ``GradScaler`` and on several
-    #: data-parallel ranks (a variant's extra state is not chunk-wise, a kept gradient would be
-    #: the scaled one, and data-parallel SAM averages the two passes' gradients separately).
     supports_m = True
     supports_scaler = True
     supports_ranks = True
-    #: Whether ``sam_step(..., second_order=True)`` takes its full gradient (SAM's e_hat only).
     supports_second_order = True
     #: Per-parameter state entries (in ``self.state[w]``) that :meth:`state_dict` saves.
     _saved_state_keys: tuple[str, ...] = ()
     #: What ``repr`` shows between rho and lr: a group key or attribute (``label=attribute`` renames).
     _shown: tuple[str, ...] = ("p", "adaptive")
 
-    def __init__(
-        self,
-        params: Any,
-        base_optimizer: type[torch.optim.Optimizer],
-        rho: float = 0.05,
-        p: float = 2.0,
-        adaptive: bool = False,
-        eta: float = 0.01,
-        perturbation_weight_decay: bool = False,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, params: Any, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05, p: float = 2.0,
+                 adaptive: bool = False, eta: float = 0.01, perturbation_weight_decay: bool = False,
+                 **kwargs: Any) -> None:
         _check_hyper(rho, p, eta)
         for name, flag in (("adaptive", adaptive), ("perturbation_weight_decay", perturbation_weight_decay)):
             if not isinstance(flag, bool):  # bool("no") is True: only a real bool is taken
@@ -229,8 +187,7 @@ class SAM(Registered, torch.optim.Optimizer):
         self.defaults.update(self.base_optimizer.defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (SAM's options checked as in ``__init__``; after construction the group
-        goes to the base optimizer, whose ``param_groups`` SAM shares, so it gets its defaults)."""
+        """Add a group (SAM's options checked; after ``__init__`` it goes to the base optimizer)."""
         base = self.__dict__.get("base_optimizer")
         group = dict(param_group)
         for key in ("rho", "p", "adaptive", "eta", "perturbation_weight_decay"):
@@ -244,14 +201,10 @@ class SAM(Registered, torch.optim.Optimizer):
         else:
             base.add_param_group(group)
 
-    # -- the registry ----------------------------------------------------------------
     @classmethod
     def from_config(cls, config: RunOptions, model: Any) -> SAM:
-        """This optimizer around the base optimizer a training configuration names
-        (``base_optimizer``: ``torch.optim.SGD``, or ``torch.optim.AdamW``, whose update at w
-        then takes the gradient at w + e): :meth:`config_params` of ``model``,
-        :meth:`config_kwargs`, the base optimizer's options and the configuration's
-        ``optimizer_options``."""
+        """This optimizer around the configuration's base optimizer (SGD or AdamW), on
+        :meth:`config_params`, with :meth:`config_kwargs` and ``optimizer_options``."""
         base, options = base_optimizer(config)
         return cls(cls.config_params(config, model), base, **cls.config_kwargs(config), **options,
                    **config.optimizer_options)
@@ -267,16 +220,10 @@ class SAM(Registered, torch.optim.Optimizer):
         return dict(rho=config.effective_rho, p=config.p, eta=config.eta,
                     perturbation_weight_decay=config.perturbation_weight_decay)
 
-    # -- the two steps -------------------------------------------------------------
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> torch.Tensor:
-        """Move every parameter to w + e (:meth:`_perturbation`) and remember w. Returns the
-        norm that scaled e (SAM: ||T g||_q).
-
-        A zero gradient gives e_hat = 0 (no NaN). Sparse gradients (``nn.Embedding(sparse=True)``)
-        give a sparse e_hat: its entries are those of the gradient, the rest are zero, exactly
-        as for the same gradient stored densely.
-        """
+        """Move every parameter to w + e (:meth:`_perturbation`), remembering w; returns the norm
+        that scaled e (SAM: ||T g||_q). A zero gradient gives e = 0; a sparse one a sparse e."""
         if self.keeps_clean_gradient:
             for _, w in self._each_param():
                 if w.grad is not None:
@@ -292,9 +239,8 @@ class SAM(Registered, torch.optim.Optimizer):
         return norm
 
     def _perturbation(self) -> tuple[torch.Tensor, list[tuple[list[torch.Tensor], list[torch.Tensor]]]]:
-        """The perturbation rule, the one method a variant overrides: ``(norm, [(params, e), ...])``
-        with one pair per non-empty parameter group, e dense or on the entries of a sparse
-        gradient. SAM / ASAM: the dual-norm vector of T g, with norm = ||T g||_q."""
+        """The perturbation rule a variant overrides: ``(norm, [(params, e), ...])``, one pair per
+        non-empty group. SAM / ASAM: the dual-norm vector of T g, norm = ||T g||_q."""
         qnorm = self._dual_norm()
         out = []
         for group in self.param_groups:
@@ -309,18 +255,16 @@ class SAM(Registered, torch.optim.Optimizer):
         return qnorm, out
 
     def _radius(self, group: dict[str, Any]) -> float:
-        """The radius of this step's neighbourhood for ``group`` (SAM: its ``rho``; GSAM: a
-        value that follows the learning rate)."""
+        """This step's radius for ``group`` (SAM: its ``rho``; GSAM follows the learning rate)."""
         return group["rho"]
 
     def perturbs_this_step(self) -> bool:
-        """Whether this step perturbs (two passes) or updates from the gradient at w alone (one
-        pass: LookSAM between its full steps). :func:`sam_step` and :meth:`step` ask it."""
+        """Whether this step perturbs (two passes) or updates from the gradient at w (LookSAM)."""
         return True
 
     def _update_gradient(self) -> None:
-        """Turn ``.grad`` (the gradient at w + e, or at w on a step that did not perturb) into
-        the update's gradient, after the weights are back at w (SAM: unchanged)."""
+        """Turn ``.grad`` (at w + e, or at w on a step that did not perturb) into the update's
+        gradient, the weights back at w (SAM: unchanged)."""
 
     def _clean_gradient(self, w: torch.Tensor) -> torch.Tensor:
         """The gradient at w kept by :meth:`first_step` (zeros where ``w`` had none then)."""
@@ -365,20 +309,16 @@ class SAM(Registered, torch.optim.Optimizer):
         self.base_optimizer.step()
         self._opt_called = True  # tells torch LR schedulers that this optimizer has stepped
 
-    # GradScaler.step(sam) calls step() itself (with ``grad_scale`` and ``found_inf`` set)
-    # instead of skipping it on an inf, so SAM can always put the weights back to w.
+    # GradScaler.step(sam) then calls step() itself (``grad_scale``, ``found_inf`` set), even on an inf
     _step_supports_amp_scaling = True
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
         """One full SAM update; ``closure`` computes forward + backward and returns the loss.
 
-        Under mixed precision, ``scaler.step(sam)`` (a ``torch.amp.GradScaler``) is SAM's
-        second step: after ``scaler.scale(loss).backward()`` at w, :meth:`first_step` (the
-        perturbation is invariant to the gradient's scale, so the scaled gradient gives the
-        same e) and ``scaler.scale(perturbed_loss).backward()`` at w + e, it unscales the
-        gradient and calls :meth:`second_step`, or, when the scaler found an inf or NaN in
-        it, puts the weights back to w and skips the update; then call ``scaler.update()``.
-        Without a closure outside a scaler it raises, after putting the weights back to w.
+        ``scaler.step(sam)`` (a ``GradScaler``, after the scaled backward at w, :meth:`first_step`
+        (e is invariant to the gradient's scale) and the scaled backward at w + e) is the second
+        step: it unscales and calls :meth:`second_step`, or on an inf/NaN goes back to w without
+        an update. Without a closure outside a scaler it raises, after going back to w.
         """
         found_inf = getattr(self, "found_inf", None)
         if closure is None and found_inf is not None:
@@ -418,7 +358,6 @@ class SAM(Registered, torch.optim.Optimizer):
         self.second_step()
         return None
 
-    # -- helpers ---------------------------------------------------------------------
     def _dual_norm(self) -> torch.Tensor:
         """||T g||_q over all parameters with gradients (q = p / (p - 1); inf -> 1-norm)."""
         parts = []
@@ -438,9 +377,8 @@ class SAM(Registered, torch.optim.Optimizer):
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's state dict (its param_groups carry rho, p, adaptive, eta and a
-        variant's options), plus a variant's own per-parameter state (key ``sam_state``: for
-        each of ``_saved_state_keys``, one entry per parameter in group order, None where unset)."""
+        """The base optimizer's state dict (its groups carry SAM's options), plus under ``sam_state``
+        each of ``_saved_state_keys``: one entry per parameter in group order, None where unset."""
         state = self.base_optimizer.state_dict()
         if self._saved_state_keys:
             params = [w for _, w in self._each_param()]
@@ -467,9 +405,7 @@ class SAM(Registered, torch.optim.Optimizer):
         """``Name(base=..., rho=..., <each of _shown: the attribute, else the first group's entry>, lr=...)``"""
         g = self.param_groups[0]
         shown = ""
-        for entry in self._shown:
-            label, _, key = entry.partition("=")
-            key = key or label
-            shown += f"{label}={getattr(self, key) if hasattr(self, key) else g[key]}, "
+        for label, _, key in (entry.partition("=") for entry in self._shown):
+            shown += f"{label}={getattr(self, key or label, g.get(key or label))}, "
         base = type(self.base_optimizer).__name__
         return f"{type(self).__name__}(base={base}, rho={g['rho']}, {shown}lr={g.get('lr')})"

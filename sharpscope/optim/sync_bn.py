@@ -1,31 +1,15 @@
-"""Batch norm over the global batch of every rank, built from all-reduces (any backend, CPU too).
+"""Batch norm over the global batch of every rank, built from all-reduces (any backend, CPU too;
+``torch.nn.SyncBatchNorm`` refuses CPU tensors in training).
 
-In data-parallel training each rank sees a slice of the global batch, and an ordinary
-BatchNorm layer normalizes with that slice's statistics. :class:`GlobalBatchNorm`
-normalizes with the statistics of the whole global batch instead, as one process holding
-the whole batch would. Each rank computes its slice's per-channel mean m_r and sum of
-squared deviations M2_r over its n_r values per channel (batch x spatial size); one
-all-gather brings every rank's (m_r, M2_r, n_r), and the global statistics follow from
-Chan, Golub & LeVeque's pairwise combination (1979):
+Each rank computes its slice's per-channel mean m_r and sum of squared deviations M2_r over n_r
+values; one all-gather brings every rank's, combined as Chan, Golub & LeVeque (1979):
 
     N = sum_r n_r,   mean = sum_r n_r m_r / N,
-    var = (sum_r M2_r + sum_r n_r (m_r - mean)^2) / N,
+    var = (sum_r M2_r + sum_r n_r (m_r - mean)^2) / N.
 
-which keeps the digits that the one-pass E[x^2] - E[x]^2 loses when |mean| >> std. The
-all-gather is an autograd function whose backward sums over ranks the gradients reaching
-the gathered statistics and returns each rank its own row: each rank's backward includes
-the other ranks' losses' dependence on the shared statistics, so summed over ranks (what
-DistributedDataParallel does, up to its 1/world) the gradients are those of the
-global-batch loss. One collective per layer in the forward and one in the backward, as in
-``torch.nn.SyncBatchNorm``. The running statistics get the same update on every rank
-(momentum, or the cumulative average when ``momentum=None``; the running variance is the
-unbiased N/(N-1) var, as in ``torch.nn.BatchNorm``).
-
-Why not ``torch.nn.SyncBatchNorm``: its training forward refuses CPU tensors ("SyncBatchNorm
-expected input tensor to be on GPU", torch 2.13), so it cannot run on gloo. This layer
-runs on every device and backend; on GPUs torch's fused kernels would be faster (not
-measured here). In eval mode, or outside a process group of more than one rank, it is
-``F.batch_norm`` with the running statistics, exactly like the layer it replaced.
+The gather's backward sums over ranks the gradients reaching the statistics, so the gradients
+summed over ranks are the global-batch loss's. Running statistics: ``torch.nn.BatchNorm``'s rule
+on every rank. In eval mode, or on one rank, this is ``F.batch_norm``.
 """
 
 from __future__ import annotations
@@ -42,9 +26,7 @@ __all__ = ["GlobalBatchNorm", "convert_to_global_bn", "has_global_bn"]
 
 
 class _GatherOverRanks(torch.autograd.Function):
-    """y = stack of every rank's x (the same on every rank). Its backward sums over ranks the
-    gradients that reach y (each rank's loss depends on every rank's x) and routes row r to
-    rank r: dL/dx_r = sum_r' dL_r'/dy[r]."""
+    """y = stack of every rank's x; backward: dL/dx_r = sum_r' dL_r'/dy[r] (module docstring)."""
 
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -60,14 +42,9 @@ class _GatherOverRanks(torch.autograd.Function):
         return total[ctx.rank]
 
 
-def _reduce_dims(x: torch.Tensor) -> list[int]:
-    return [0, *range(2, x.dim())]
-
-
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """A BatchNorm layer (1-, 2- or 3-d input: (N, C, ...)) whose training-mode statistics
-    are those of the global batch over all ranks (module docstring). Same parameters,
-    buffers and ``state_dict`` keys as ``nn.BatchNorm*d``, so checkpoints load either way."""
+    """A BatchNorm layer (input (N, C, ...)) whose training statistics are the global batch's
+    (module docstring); the parameters, buffers and ``state_dict`` keys of ``nn.BatchNorm*d``."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
@@ -77,7 +54,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         self._check_input_dim(input)
         if not (self.training and dist_utils.is_distributed()):
             return super().forward(input)
-        dims = _reduce_dims(input)
+        dims = [0, *range(2, input.dim())]
         x = input.float() if input.dtype in (torch.float16, torch.bfloat16) else input
         channels, local_count = x.shape[1], x.numel() // x.shape[1]
         shape = [1, -1] + [1] * (x.dim() - 2)
@@ -109,8 +86,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
-        """torch.nn.BatchNorm's rule: EMA with ``momentum`` (cumulative average when None) of the
-        batch mean and of the unbiased batch variance."""
+        """torch.nn.BatchNorm's rule: EMA with ``momentum`` (None: cumulative average)."""
         assert self.num_batches_tracked is not None and self.running_mean is not None and self.running_var is not None
         self.num_batches_tracked.add_(1)
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
@@ -120,10 +96,8 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def convert_to_global_bn(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.BatchNorm1d/2d/3d`` (and ``SyncBatchNorm``) in ``module`` by a
-    :class:`GlobalBatchNorm` that shares its parameters and buffers (so the optimizer's
-    references and the ``state_dict`` stay valid). In place for children; returns the
-    (possibly new) root, like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``."""
+    """Replace every BatchNorm layer in ``module`` by a :class:`GlobalBatchNorm` sharing its
+    parameters and buffers; in place for children, returns the (possibly new) root."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
         new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                               module.track_running_stats)

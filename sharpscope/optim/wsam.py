@@ -1,20 +1,13 @@
 """WSAM: Weighted SAM (Yue et al., KDD 2023, "Sharpness-Aware Minimization Revisited:
 Weighted Sharpness as a Regularization Term").
 
-WSAM minimizes L(w) + gamma / (1 - gamma) [L(w + e) - L(w)], the loss plus a weighted
-sharpness term (gamma = 1/2 gives SAM's objective). With g = grad L(w), g_p = grad L(w + e)
-(SAM's e) and alpha = gamma / (1 - gamma), its gradient is g + alpha (g_p - g).
-
-- ``decouple=True`` (the default): the base optimizer updates with g alone (its momentum
-  and weight decay see only the loss), then the sharpness term is applied apart, like
-  AdamW's weight decay: w <- w - lr * alpha * (g_p - g);
-- ``decouple=False``: the base optimizer updates with g + alpha (g_p - g).
-
-Defaults: gamma = 0.9 and decouple = True (pytorch-optimizer 4.1's, which follows the
-authors' code; the paper tunes gamma per task), rho = 0.05 (SAM's). The perturbation is
-SAM's (ASAM's with ``adaptive``). pytorch-optimizer 4.1 computes the norm that scales e in
-float32 whatever the parameters' dtype and divides by ||g|| + 1e-12 where this returns a
-zero e for a zero gradient; its ``adaptive`` is ASAM with eta = 0. Bounded in the tests.
+WSAM minimizes L(w) + gamma / (1 - gamma) [L(w + e) - L(w)] (gamma = 1/2: SAM). With
+g = grad L(w), g_p = grad L(w + e) and alpha = gamma / (1 - gamma) its gradient is
+g + alpha (g_p - g): with ``decouple`` (default) the base optimizer updates with g, then
+w <- w - lr alpha (g_p - g) apart (like AdamW's weight decay); else it updates with the sum.
+Defaults: gamma = 0.9, decouple (pytorch-optimizer 4.1's, after the authors' code), rho = 0.05;
+pytorch-optimizer's rounding details (a float32 norm, ||g|| + 1e-12, eta = 0) are bounded in
+the tests.
 """
 
 from __future__ import annotations
@@ -33,14 +26,8 @@ __all__ = ["WSAM"]
 
 @register
 class WSAM(SAM):
-    """SAM with WSAM's weighted sharpness (module docstring).
-
-    Args:
-        params, base_optimizer, rho, p, adaptive, eta, **kwargs: as for :class:`SAM`.
-        gamma: sharpness weight in [0, 1); the update weighs g_p - g by gamma / (1 - gamma).
-        decouple: apply the sharpness term after the base optimizer's update (default) or
-            inside the gradient it sees.
-    """
+    """SAM with WSAM's weighted sharpness (module docstring): ``gamma`` in [0, 1) weighs g_p - g by
+    gamma / (1 - gamma), ``decouple`` applies it after the base optimizer's update; the rest as SAM's."""
 
     name = "wsam"
     option_names = ("gamma", "decouple")
@@ -62,18 +49,14 @@ class WSAM(SAM):
 
     @torch.no_grad()
     def _update_gradient(self) -> None:
-        """decouple: keep g_p - g for :meth:`_after_base_step` and hand g to the base optimizer;
-        else grad <- g + alpha (g_p - g). g is zero where there was no gradient at w."""
-        for group in self.param_groups:
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                clean = self._clean_gradient(w)
-                if self.decouple:
-                    self.state[w]["sharpness_grad"] = w.grad - clean
-                    w.grad.copy_(clean)
-                else:
-                    w.grad.sub_(clean).mul_(self.alpha).add_(clean)
+        """decouple: keep g_p - g for :meth:`_after_base_step`, grad <- g; else grad <- g + alpha (g_p - g)."""
+        for w in (w for _, w in self._each_param() if w.grad is not None):
+            clean = self._clean_gradient(w)
+            if self.decouple:
+                self.state[w]["sharpness_grad"] = w.grad - clean
+                w.grad.copy_(clean)
+            else:
+                w.grad.sub_(clean).mul_(self.alpha).add_(clean)
 
     @torch.no_grad()
     def _after_base_step(self) -> None:

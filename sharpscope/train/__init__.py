@@ -1,19 +1,6 @@
-"""Training with SGD and the SAM family to resumable checkpoints and a metrics log.
-
-The modules, each importing only those before it:
-
-    config.py     TrainConfig, TrainResult, the learning-rate schedule, the optimizer a
-                  configuration names, and the names one may choose (TRACKABLE, SCHEDULES, ...;
-                  OPTIMIZERS, VARIANTS, DEFAULT_RHO, M_SAM_OPTIMIZERS: views of sharpscope.optim.registry)
-    callbacks.py  Callback and the TrainState callbacks see
-    state.py      what a run keeps across a restart: RNG state, metrics files; Ctrl-C
-    resume.py     what a resumed run may change: options given again must equal the stored
-                  ones; a larger epochs extends a run whose schedule allows it
-    launch.py     what train() refuses before it trains (folder, resume, factory, ranks, model fit)
-    epoch.py      an epoch's example order and augmentation from (seed, epoch); evaluate(); divergence
-    loop.py       train(): the loop, in short steps (determinism and the files written: its docstring)
-    tracking.py   diagnostics tracked during training (``--track``); the loop imports it
-                  only when a run tracks something
+"""Training with SGD and the SAM family to resumable checkpoints and a metrics log: ``config``,
+``callbacks``, ``state`` (RNG, metrics files, Ctrl-C), ``resume``, ``launch`` (what train()
+refuses), ``epoch``, ``loop`` (train()) and ``tracking`` (``--track``), each importing only those before it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """What defines a training run: :class:`TrainConfig` (validated, stored in every checkpoint),
-:class:`TrainResult`, the learning-rate schedule, the optimizer a configuration names, and the
-names one may choose (schedules, what may be tracked, AMP dtypes). The optimizers, their
-defaults, options and capabilities are the registry's (:mod:`sharpscope.optim.registry`);
-``OPTIMIZERS``, ``DEFAULT_RHO``, ``VARIANTS`` and ``M_SAM_OPTIMIZERS`` are views of it."""
+:class:`TrainResult`, the learning-rate schedule and the names one may choose; ``OPTIMIZERS``,
+``DEFAULT_RHO``, ``VARIANTS`` and ``M_SAM_OPTIMIZERS`` are views of :mod:`sharpscope.optim.registry`."""
 
 from __future__ import annotations
 
@@ -29,9 +27,7 @@ __all__ = ["TrainConfig", "TrainResult", "learning_rate", "SCHEDULES", "TRACKABL
 
 SCHEDULES = ("cosine", "constant")
 SEED_RANGE = (0, 2**63 - 1)  # what torch generators take
-# An epoch whose mean training loss exceeds this many times the chance-level cross-entropy
-# log(classes) has diverged (a run that learns stays below about 1x; 100x means logits off
-# by hundreds), even while every number is still finite.
+# An epoch whose mean training loss exceeds this many times log(classes) (chance) has diverged.
 DIVERGED_FACTOR = 100.0
 # --amp: the autocast dtype of each choice (None: float32 throughout)
 AMP_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,8 +35,8 @@ AMP_DTYPES: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bf
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (stored in every checkpoint). Each field's default,
-    command-line spelling and help are declared once, in :data:`sharpscope.train_options.TRAIN_OPTIONS`."""
+    """Everything that defines a training run; each field's default, flag and help are in
+    :data:`sharpscope.train_options.TRAIN_OPTIONS`."""
 
     optimizer: str = config_field("optimizer")
     model: str = config_field("model")
@@ -49,51 +45,53 @@ class TrainConfig:
     data_root: str | None = config_field("data_root")
     label_noise: float = config_field("label_noise")
     n_train: int | None = config_field("n_train")
-    block_size: int = config_field("block_size")  # token data: context length (sharpscope.data.text)
+    block_size: int = config_field("block_size")
     epochs: int = config_field("epochs")
     batch_size: int = config_field("batch_size")
-    grad_accum: int = config_field("grad_accum")  # micro-batches per batch (sharpscope.optim.passes)
+    grad_accum: int = config_field("grad_accum")
     lr: float = config_field("lr")
     momentum: float = config_field("momentum")
     nesterov: bool = config_field("nesterov")
     weight_decay: float = config_field("weight_decay")
-    base_optimizer: str = config_field("base_optimizer")  # what SAM-family optimizers wrap (registry.BASE_OPTIMIZERS)
-    beta2: float = config_field("beta2")  # AdamW (alone or as the base): betas (momentum, beta2)
+    base_optimizer: str = config_field("base_optimizer")
+    beta2: float = config_field("beta2")
     adam_eps: float = config_field("adam_eps")
     schedule: str = config_field("schedule")
     warmup_epochs: float = config_field("warmup_epochs")
-    rho: float | None = config_field("rho")  # None: the optimizer's default_rho (0.05; ASAM 0.5, Kwon et al.)
+    rho: float | None = config_field("rho")  # None: the optimizer's default_rho
     p: float = config_field("p")
     eta: float = config_field("eta")
-    asam_rule: str = config_field("asam_rule")  # which parameters ASAM scales by |w| + eta (sharpscope.optim.asam)
-    optimizer_options: dict[str, Any] = config_field("optimizer_options")  # its registry option_names
-    # in the training loss of both passes, so the metrics' train_loss is the smoothed loss; evaluation
-    # (test_loss, and every analysis) uses plain cross-entropy
-    label_smoothing: float = config_field("label_smoothing")
-    same_dropout_mask: bool = config_field("same_dropout_mask")  # the pass at w + e replays the dropout masks of the pass at w
-    perturbation_weight_decay: bool = config_field("perturbation_weight_decay")  # e from g + weight_decay * w (google-research/sam)
+    asam_rule: str = config_field("asam_rule")
+    optimizer_options: dict[str, Any] = config_field("optimizer_options")
+    label_smoothing: float = config_field("label_smoothing")  # training loss only (train_loss is smoothed)
+    same_dropout_mask: bool = config_field("same_dropout_mask")
+    perturbation_weight_decay: bool = config_field("perturbation_weight_decay")
     m: int | None = config_field("m")
     seed: int = config_field("seed")
     checkpoint_every: int = config_field("checkpoint_every")
     keep_snapshots: bool = config_field("keep_snapshots")
     augment: bool | None = config_field("augment")  # None: random crop + flip for CIFAR, off otherwise
     device: str = config_field("device")
-    second_order: bool = config_field("second_order")  # SAM with the full gradient of L(w + e_hat(w))
-    amp: str | None = config_field("amp")  # mixed precision: "bf16" (autocast) or "fp16" (autocast and a GradScaler)
-    channels_last: bool = config_field("channels_last")  # image models and inputs in channels-last memory format
-    compile: bool = config_field("compile")  # the training steps run a torch.compile'd model (evaluation stays eager)
-    sync_perturbation: bool = config_field("sync_perturbation")  # several ranks: one perturbation from the global gradient
-    # several ranks: batch-norm statistics over the global batch (sharpscope.optim.sync_bn) in both
-    # passes; with a perturbation it needs sync_perturbation (one perturbed model for all ranks)
+    second_order: bool = config_field("second_order")
+    amp: str | None = config_field("amp")  # "bf16" (autocast) or "fp16" (autocast and a GradScaler)
+    channels_last: bool = config_field("channels_last")
+    compile: bool = config_field("compile")  # the training steps only (evaluation stays eager)
+    sync_perturbation: bool = config_field("sync_perturbation")
     sync_bn: bool = config_field("sync_bn")
-    track: list[str] = config_field("track")  # names from TRACKABLE
+    track: list[str] = config_field("track")
     track_every: int = config_field("track_every")
     track_samples: int = config_field("track_samples")
 
     def __post_init__(self) -> None:
         if self.data_root is not None:  # checkpoints must find the data from any working directory
             self.data_root = os.path.abspath(os.path.expanduser(str(self.data_root)))
-        self.optimizer_options = _typed_variant_options(self.optimizer, dict(self.optimizer_options))
+        # its bool options read strictly (decouple=no is False, decouple=maybe refused); the class checks the rest
+        spec, options = registry.lookup(self.optimizer), dict(self.optimizer_options)
+        for option in spec.options if spec is not None else ():
+            if option.name in options and option.is_bool:
+                options[option.name] = bool_option(f"--optimizer-opt {option.name} of {self.optimizer}",
+                                                   options[option.name])
+        self.optimizer_options = options
         self.validate()
 
     @property
@@ -104,7 +102,39 @@ class TrainConfig:
         spec = registry.get(self.optimizer)  # an unknown name: ConfigError listing the choices
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        checks = [
+        for ok, message in self._rules(spec):
+            if not ok:
+                raise ConfigError(message)
+        if self.m is not None and not spec.supports_m:
+            raise ConfigError(f"m (m-SAM) needs --optimizer {_one_of('supports_m')}, not {self.optimizer}")
+        if self.amp == "fp16" and not spec.supports_scaler:
+            raise ConfigError(f"--optimizer {self.optimizer} does not run under fp16's gradient scaler; use --amp bf16")
+        allowed = spec.option_names
+        unknown_opts = sorted(set(self.optimizer_options) - set(allowed))
+        if unknown_opts:
+            raise ConfigError(f"--optimizer {self.optimizer} has no option {unknown_opts[0]!r}"
+                              + (f"; its options: {', '.join(allowed)}" if allowed else ""))
+        if spec.options:  # the option values, on a stand-in parameter (no random draw)
+            try:
+                spec.cls.from_config(self, nn.ParameterList([nn.Parameter(torch.zeros(1))]))
+            except TypeError as err:
+                raise ConfigError(f"--optimizer-opt for {self.optimizer}: {err}") from None
+        if self.second_order and (not spec.supports_second_order or self.p != 2 or self.m is not None):
+            raise ConfigError(f"--second-order needs --optimizer {_one_of('supports_second_order')} with p = 2 "
+                              "and no m")
+        from .tracking import trackable  # the table of measures, imported when validating
+        unknown = sorted(set(self.track) - set(trackable()))
+        if unknown:
+            raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(trackable())}")
+        if self.sync_bn and spec.perturbs and not self.sync_perturbation:
+            raise ConfigError("--sync-bn needs --sync-perturbation: with one perturbation per rank, each rank's "
+                              "pass at w + e_r would pool batch statistics of differently perturbed models")
+        spec.cls.check_config(self)  # the optimizer class's own rules (e.g. GSAM: p = 2)
+
+    def _rules(self, spec: registry.OptimizerSpec) -> list[tuple[bool, str]]:
+        """(holds, what to say when it does not) for each of :meth:`validate`'s simple rules."""
+        micro = -(-self.batch_size // max(1, self.grad_accum))  # examples per micro-batch
+        return [
             (self.rho is None or (math.isfinite(self.rho) and self.rho >= 0), f"rho must be >= 0, got {self.rho}"),
             (0.0 <= self.label_noise < 1.0, f"label noise must be in [0, 1), got {self.label_noise}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
@@ -125,51 +155,34 @@ class TrainConfig:
             (self.checkpoint_every >= 1, f"checkpoint interval must be >= 1, got {self.checkpoint_every}"),
             (self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"),
              f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}"),
+            (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
+             f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (not (self.same_dropout_mask and self.m is not None),
+             "--same-dropout-mask applies to whole-batch SAM steps, not m-SAM chunks"),
+            (self.asam_rule in ASAM_RULES,
+             f"--asam-rule must be one of {', '.join(ASAM_RULES)}, got {self.asam_rule!r}"),
+            (self.amp in AMP_DTYPES, f"--amp must be bf16 or fp16, got {self.amp!r}"),
+            (self.amp is None or not self.second_order, "--second-order runs in float32 only (its double backward in "
+             "reduced precision would not be the second-order gradient); drop --amp"),
+            (self.track_every >= 1 and self.track_samples >= 1, "track interval and track samples must be >= 1"),
+            (self.grad_accum == 1 or self.m is None or not micro < self.m < self.batch_size,
+             f"--m {self.m} is larger than the micro-batches of --grad-accum {self.grad_accum} ({micro} examples): "
+             f"m-SAM holds one chunk of m examples at a time, so use --m <= {micro}"),
+            (self.base_optimizer in registry.BASE_OPTIMIZERS, f"--base-optimizer must be one of "
+             f"{', '.join(registry.BASE_OPTIMIZERS)}, got {self.base_optimizer!r}"),
+            (math.isfinite(self.beta2) and 0.0 <= self.beta2 < 1.0, f"--beta2 must be in [0, 1), got {self.beta2}"),
+            (math.isfinite(self.adam_eps) and self.adam_eps > 0, f"--adam-eps must be > 0, got {self.adam_eps}"),
+            (spec.perturbs or self.base_optimizer in ("sgd", self.optimizer),
+             f"--base-optimizer {self.base_optimizer} is what SAM and its variants wrap; --optimizer "
+             f"{self.optimizer} wraps none (AdamW alone: --optimizer adamw)"),
+            (not (self.nesterov and (self.optimizer == "adamw" or spec.perturbs and self.base_optimizer == "adamw")),
+             "--nesterov is SGD's; AdamW has no Nesterov momentum"),
+            (self.block_size >= 1, f"--block-size must be >= 1 token, got {self.block_size}"),
+            (not (self.data in TOKEN_DATASETS and self.label_noise),
+             f"--label-noise replaces class labels; --data {self.data} has next tokens, not labels"),
+            (not (self.data in TOKEN_DATASETS and self.label_smoothing),
+             f"--label-smoothing is not implemented for the token loss of --data {self.data}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        if self.m is not None and not spec.supports_m:
-            raise ConfigError(f"m (m-SAM) needs --optimizer {_one_of('supports_m')}, not {self.optimizer}")
-        if self.amp == "fp16" and not spec.supports_scaler:
-            raise ConfigError(f"--optimizer {self.optimizer} does not run under fp16's gradient scaler; use --amp bf16")
-        allowed = spec.option_names
-        unknown_opts = sorted(set(self.optimizer_options) - set(allowed))
-        if unknown_opts:
-            raise ConfigError(f"--optimizer {self.optimizer} has no option {unknown_opts[0]!r}"
-                              + (f"; its options: {', '.join(allowed)}" if allowed else ""))
-        if not (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0):
-            raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.same_dropout_mask and self.m is not None:
-            raise ConfigError("--same-dropout-mask applies to whole-batch SAM steps, not m-SAM chunks")
-        if spec.options:  # the option values, on a stand-in parameter (no random draw)
-            try:
-                spec.build(self, nn.ParameterList([nn.Parameter(torch.zeros(1))]))
-            except TypeError as err:
-                raise ConfigError(f"--optimizer-opt for {self.optimizer}: {err}") from None
-        _check_accumulation(self)
-        _check_base_optimizer(self, spec)
-        _check_token_data(self)
-        if self.second_order and (not spec.supports_second_order or self.p != 2 or self.m is not None):
-            raise ConfigError(f"--second-order needs --optimizer {_one_of('supports_second_order')} with p = 2 "
-                              "and no m")
-        if self.asam_rule not in ASAM_RULES:
-            raise ConfigError(f"--asam-rule must be one of {', '.join(ASAM_RULES)}, got {self.asam_rule!r}")
-        if self.amp not in AMP_DTYPES:
-            raise ConfigError(f"--amp must be bf16 or fp16, got {self.amp!r}")
-        if self.amp is not None and self.second_order:
-            raise ConfigError("--second-order runs in float32 only (its double backward in reduced precision would "
-                              "not be the second-order gradient); drop --amp")
-        from .tracking import trackable  # the table of measures, imported when validating
-        unknown = sorted(set(self.track) - set(trackable()))
-        if unknown:
-            raise ConfigError(f"cannot track {', '.join(unknown)}; choose from {', '.join(trackable())}")
-        if self.sync_bn and spec.perturbs and not self.sync_perturbation:
-            raise ConfigError("--sync-bn needs --sync-perturbation: with one perturbation per rank, each rank's "
-                              "pass at w + e_r would pool batch statistics of differently perturbed models")
-        spec.check(self)  # the optimizer class's own rules (e.g. GSAM: p = 2)
-        if self.track_every < 1 or self.track_samples < 1:
-            raise ConfigError("track interval and track samples must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -206,10 +219,8 @@ class TrainResult:
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Learning rate at optimizer step ``step`` (0-based): linear warm-up then cosine or constant.
-
-    cosine: lr * (1 + cos(pi * t)) / 2 with t the fraction of post-warm-up steps done.
-    """
+    """Learning rate at optimizer step ``step`` (0-based): linear warm-up, then constant or cosine
+    lr (1 + cos(pi t)) / 2 with t the fraction of post-warm-up steps done."""
     total = config.epochs * steps_per_epoch
     warm = int(round(config.warmup_epochs * steps_per_epoch))
     if step < warm:
@@ -222,60 +233,7 @@ def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer ``config`` names, over ``model``'s parameters (its registry class builds it)."""
-    return registry.get(config.optimizer).build(config, model)
-
-
-def _typed_variant_options(optimizer: str, options: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer's options with its boolean ones (annotated ``bool`` in its class) read strictly
-    (:func:`sharpscope.checks.bool_option`: ``decouple=no`` is False, ``decouple=maybe`` is
-    refused); the other options are checked by the class itself."""
-    spec = registry.lookup(optimizer)
-    for option in spec.options if spec is not None else ():
-        if option.name in options and option.is_bool:
-            options[option.name] = bool_option(f"--optimizer-opt {option.name} of {optimizer}", options[option.name])
-    return options
-
-
-def _check_accumulation(config: TrainConfig) -> None:
-    """What ``grad_accum`` > 1 does not combine with: m-SAM chunks larger than a micro-batch (m-SAM's
-    passes hold one chunk of m examples at a time, so the micro-batches would not bound the
-    memory: :mod:`sharpscope.optim.step`)."""
-    if config.grad_accum == 1:
-        return
-    micro = -(-config.batch_size // config.grad_accum)
-    if config.m is not None and micro < config.m < config.batch_size:
-        raise ConfigError(f"--m {config.m} is larger than the micro-batches of --grad-accum {config.grad_accum} "
-                          f"({micro} examples): m-SAM holds one chunk of m examples at a time, so use --m <= {micro}")
-
-
-def _check_base_optimizer(config: TrainConfig, spec: registry.OptimizerSpec) -> None:
-    """``base_optimizer`` and AdamW's options: a known base, AdamW's betas in [0, 1) and eps > 0,
-    no Nesterov momentum for AdamW, and no base for an optimizer that wraps none (``sgd``)."""
-    if config.base_optimizer not in registry.BASE_OPTIMIZERS:
-        raise ConfigError(f"--base-optimizer must be one of {', '.join(registry.BASE_OPTIMIZERS)}, got "
-                          f"{config.base_optimizer!r}")
-    if not (math.isfinite(config.beta2) and 0.0 <= config.beta2 < 1.0):
-        raise ConfigError(f"--beta2 must be in [0, 1), got {config.beta2}")
-    if not (math.isfinite(config.adam_eps) and config.adam_eps > 0):
-        raise ConfigError(f"--adam-eps must be > 0, got {config.adam_eps}")
-    if not spec.perturbs and config.base_optimizer not in ("sgd", config.optimizer):
-        raise ConfigError(f"--base-optimizer {config.base_optimizer} is what SAM and its variants wrap; "
-                          f"--optimizer {config.optimizer} wraps none (AdamW alone: --optimizer adamw)")
-    adamw = config.optimizer == "adamw" or (spec.perturbs and config.base_optimizer == "adamw")
-    if adamw and config.nesterov:
-        raise ConfigError("--nesterov is SGD's; AdamW has no Nesterov momentum")
-
-
-def _check_token_data(config: TrainConfig) -> None:
-    """``block_size`` >= 1; token data (``--data text`` / ``tokens``) has no class labels to
-    corrupt or smooth."""
-    if config.block_size < 1:
-        raise ConfigError(f"--block-size must be >= 1 token, got {config.block_size}")
-    if config.data in TOKEN_DATASETS:
-        if config.label_noise:
-            raise ConfigError(f"--label-noise replaces class labels; --data {config.data} has next tokens, not labels")
-        if config.label_smoothing:
-            raise ConfigError(f"--label-smoothing is not implemented for the token loss of --data {config.data}")
+    return registry.get(config.optimizer).cls.from_config(config, model)
 
 
 def _one_of(capability: str) -> str:
@@ -284,7 +242,7 @@ def _one_of(capability: str) -> str:
     return named[0] if len(named) == 1 else f"{', '.join(named[:-1])} or {named[-1]}"
 
 
-# Views of the registry under the names they had before it (each read builds them afresh).
+# Views of the registry (each read builds them afresh).
 _VIEWS = {
     "OPTIMIZERS": lambda: registry.names(),
     "DEFAULT_RHO": lambda: {s.name: s.default_rho for s in registry.specs()},
@@ -294,8 +252,7 @@ _VIEWS = {
 
 
 def _trackable() -> tuple[str, ...]:
-    """What sharpscope.train.tracking can measure, read from the table of measures (imported
-    when asked, so that importing the configuration does not import the analyses)."""
+    """What :mod:`.tracking` can measure (imported when asked: not the analyses at import)."""
     from .tracking import trackable
     return tuple(trackable())
 

@@ -1,8 +1,6 @@
-"""One epoch's data and its checks, apart from the loop that runs it: the order of the examples
-and the augmentation draws, reproducible from ``(seed, epoch)`` (:func:`epoch_plan`,
-:func:`crop_and_flip`), the test evaluation (:func:`evaluate`) and the divergence check of the
-epoch's record (:func:`check_diverged`); :class:`LogitsOnly`, the model as the steps on token data
-run it."""
+"""One epoch's data and checks: the example order and augmentation from ``(seed, epoch)``
+(:func:`epoch_plan`, :func:`crop_and_flip`), :func:`evaluate`, :func:`check_diverged`, and
+:class:`LogitsOnly`, the model as the steps on token data run it."""
 
 from __future__ import annotations
 
@@ -24,16 +22,13 @@ _EVAL_LOGITS = 1 << 24  # float32 logits an evaluation batch of token data may h
 
 
 def token_eval_batch(batch_size: int, block_size: int, vocab: int) -> int:
-    """Blocks per evaluation batch of token data: as many as keep the logits (B, T, V) within
-    64 MiB of float32, at most 1024, and at least the training batch."""
+    """Blocks per evaluation batch of token data: logits within 64 MiB, at most 1024, at least the batch."""
     return max(int(batch_size), min(1024, _EVAL_LOGITS // max(1, block_size * vocab)))
 
 
 class LogitsOnly(nn.Module):
-    """``model(x)``'s logits (``outputs.logits`` of a Hugging Face model) as a tensor, so that a
-    training step on token data joins, detaches and scores them as it does class scores; it
-    shares ``model``'s parameters and buffers (its ``state_dict`` keys gain ``model.``: save
-    ``model`` itself)."""
+    """``model(x)``'s logits as a tensor (a Hugging Face model's ``outputs.logits``), sharing its
+    parameters (its ``state_dict`` keys gain ``model.``: save ``model`` itself)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -43,14 +38,10 @@ class LogitsOnly(nn.Module):
         return logits_of(self.model(x))
 
 
-def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1))
-
-
 def epoch_plan(data: Dataset, config: TrainConfig, epoch: int, augment: bool) -> dict[str, torch.Tensor]:
     """The order of examples (and augmentation draws) of one epoch, reproducible from (seed, epoch)."""
     n = data.x_train.shape[0]
-    gen = _epoch_generator(config.seed, epoch)
+    gen = torch.Generator().manual_seed((config.seed * 1_000_003 + epoch * 7919 + 17) % (2**63 - 1))
     plan = {"order": torch.randperm(n, generator=gen)}
     if augment:
         plan["shift"] = torch.randint(-4, 5, (n, 2), generator=gen)
@@ -72,9 +63,8 @@ def crop_and_flip(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> t
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` (eval mode) on (x, y); restores the mode.
-    Token labels y (N, T): the mean over the N T tokens of the next-token cross-entropy of the
-    logits (N, T, V), and the fraction of tokens predicted (argmax) right."""
+    """Mean cross-entropy and accuracy of ``model`` (eval mode) on (x, y), per token for token
+    labels y (N, T); restores the mode."""
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0

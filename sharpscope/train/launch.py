@@ -1,8 +1,7 @@
-"""What :func:`~sharpscope.train.train` refuses before it trains, checked without training: the
-run folder and the configuration a resume continues (:func:`open_run`), the model factory a run
-may import (:func:`trusted_factory`), what a configuration cannot do on several ranks
-(:func:`check_ranks`), and whether the model fits the data (:func:`check_model`,
-:func:`check_fits`); ``sharpscope train --nproc N`` runs :func:`check_launch` before torchrun."""
+"""What :func:`~sharpscope.train.train` refuses before it trains, checked without training: the run
+folder and resumed configuration (:func:`open_run`), the model factory it may import
+(:func:`trusted_factory`), several ranks (:func:`check_ranks`) and the model's fit to the data
+(:func:`check_model`, :func:`check_fits`); ``train --nproc N`` runs :func:`check_launch` first."""
 
 from __future__ import annotations
 
@@ -26,16 +25,14 @@ __all__ = ["open_run", "check_ranks", "check_launch", "trusted_factory", "check_
 
 
 def model_spec_for(config: TrainConfig, data: Dataset) -> dict:
-    """The model spec a new run of ``config`` builds: the named factory's, else the built-in model
-    sized for ``data``'s inputs and classes."""
+    """The model spec a new run builds: the named factory's, else the built-in model sized for ``data``."""
     if ":" in config.model:
         return make_factory_spec(config.model, **config.model_kwargs)
     return make_model_spec(config.model, data.input_shape, data.num_classes, **config.model_kwargs)
 
 
 def check_fits(model: nn.Module, data: Dataset) -> None:
-    """One example through the model (eval mode, no grad, RNG untouched): a model that does
-    not fit the data fails here with one clear line instead of a traceback mid-training."""
+    """One example through the model (eval mode, no grad, RNG untouched): a misfit is one clear line."""
     device = next(model.parameters()).device
     x = data.x_train[:1].to(device)
     was_training = model.training
@@ -46,40 +43,28 @@ def check_fits(model: nn.Module, data: Dataset) -> None:
     except RuntimeError as err:
         first = (str(err).splitlines() or ["?"])[0][:200]
         hint = f" (--data {data.spec.name} is token data: use a language model, --model gpt)" if data.is_tokens else ""
-        raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}{hint}: {first}") from None
+        raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}{hint}: "
+                          f"{first}") from None
     finally:
         model.train(was_training)
-    if data.is_tokens:
-        _check_token_logits(out, data)
-    elif out.dim() != 2 or out.shape[1] != data.num_classes:
+    logits = getattr(out, "logits", out)  # token data: next-token logits (1, T, V) over the vocabulary V
+    if data.is_tokens and (not isinstance(logits, torch.Tensor) or logits.dim() != 3
+                           or logits.shape[-1] != data.num_classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"--data {data.spec.name} needs a language model giving next-token logits over its "
+                          f"{data.num_classes} tokens (--model gpt); the model outputs {shape}")
+    if not data.is_tokens and (out.dim() != 2 or out.shape[1] != data.num_classes):
         raise ConfigError(f"the model outputs shape {tuple(out.shape[1:])} per example; "
                           f"{data.num_classes} class scores are needed")
 
 
-def _check_token_logits(out: Any, data: Dataset) -> None:
-    """Token data needs next-token logits (1, T, V) over the data's vocabulary V."""
-    logits = getattr(out, "logits", out)
-    shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or logits.shape[-1] != data.num_classes:
-        raise ConfigError(f"--data {data.spec.name} needs a language model giving next-token logits over its "
-                          f"{data.num_classes} tokens (--model gpt); the model outputs {shape}")
-
-
-# What is tracked during a run does not change what is trained: a configuration given with
-# ``resume`` may track otherwise (the stored tracking continues), as compare and sweep rely on.
+# Tracking does not change what is trained: a resume may give other tracking options (ignored).
 _TRACKING = ("track", "track_every", "track_samples")
 
 
-def _given(config: TrainConfig) -> dict[str, Any]:
-    """The options of a configuration passed with ``resume`` that must agree with the stored ones."""
-    return {k: v for k, v in config.to_dict().items() if k not in _TRACKING}
-
-
 def open_run(config: TrainConfig | None, out: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """The configuration to run and, with ``resume``, the checkpoint it continues: the stored
-    configuration, which a given ``config`` must equal but for more epochs where the schedule
-    extends (:func:`sharpscope.train.resume.resumed_config`; tracking options aside); an
-    existing checkpoint is never overwritten."""
+    """The configuration to run and, with ``resume``, the checkpoint it continues (a given ``config``
+    must agree with the stored one: :func:`.resume.resumed_config`); never overwrites a checkpoint."""
     ckpt_path = out / "checkpoint.pt"
     raw = None
     if resume and ckpt_path.exists():
@@ -87,7 +72,8 @@ def open_run(config: TrainConfig | None, out: Path, resume: bool) -> tuple[Train
         if not raw.get("config") or raw.get("optimizer_state") is None:
             raise CheckpointError(f"{ckpt_path}: has no training state to resume from")
         stored = TrainConfig.from_dict(raw["config"])
-        config = stored if config is None else resumed_config(stored, _given(config))
+        given = None if config is None else {k: v for k, v in config.to_dict().items() if k not in _TRACKING}
+        config = stored if given is None else resumed_config(stored, given)
     elif ckpt_path.exists():
         raise ConfigError(f"{ckpt_path} exists; pass --resume to continue it or choose another --out")
     if config is None:
@@ -108,11 +94,8 @@ def check_ranks(config: TrainConfig, world: int) -> None:
 
 def check_launch(config: TrainConfig | None, out_dir: str | os.PathLike[str], resume: bool, world: int,
                  allow_factory: bool | str = False) -> None:
-    """Everything :func:`train` would refuse before training, checked without training (and
-    without a process group): the folder, the configuration (or the one a resume continues),
-    whether its model factory may run, and what it cannot do on ``world`` ranks. ``sharpscope
-    train --nproc N`` runs it before it launches torchrun, so that bad input is one line and
-    exit code 2, not N tracebacks."""
+    """What :func:`train` would refuse (folder, configuration, factory, ranks), without training or a
+    process group: ``train --nproc N`` runs it before torchrun (one line, not N tracebacks)."""
     config, raw = open_run(config, Path(out_dir), resume)
     if raw is not None:
         trusted_factory(config, allow_factory, where=Path(out_dir) / "checkpoint.pt")
@@ -120,11 +103,9 @@ def check_launch(config: TrainConfig | None, out_dir: str | os.PathLike[str], re
 
 
 def trusted_factory(config: TrainConfig, allow_factory: bool | str, where: Path | None = None) -> bool | str:
-    """What :func:`~sharpscope.models.build_model` may run for ``config`` (its
-    ``allow_factory``): nothing to decide for a built-in model; for a factory, ``True`` when
-    ``allow_factory`` is True, else the factory's name when the caller named it
-    (``allow_factory``); a ConfigError when they named another one or none (``where``: the
-    checkpoint whose configuration names it)."""
+    """``build_model``'s ``allow_factory`` for ``config``: False for a built-in model; True when
+    ``allow_factory`` is; the factory's name when ``allow_factory`` names it; else ConfigError
+    (``where``: the checkpoint that names it)."""
     if not is_factory(config.model):
         return False
     if allow_factory is True:
@@ -143,10 +124,8 @@ def trusted_factory(config: TrainConfig, allow_factory: bool | str, where: Path 
 
 
 def check_model(config: TrainConfig, allow_factory: bool | str | None = None) -> None:
-    """Build ``config``'s model once on its data and push one example through it, writing
-    nothing: a factory that cannot be imported, raises, returns no module or does not fit the
-    data fails here, before an experiment's first training step. ``allow_factory`` defaults
-    to the factory ``config`` names (the caller's own configuration)."""
+    """Build ``config``'s model on its data and push one example through it, writing nothing
+    (``allow_factory``: by default the factory ``config`` names)."""
     config.validate()
     data = load_dataset(config.data_spec())
     allowed = trusted_factory(config, config.model if allow_factory is None else allow_factory)
@@ -156,9 +135,9 @@ def check_model(config: TrainConfig, allow_factory: bool | str | None = None) ->
 
 
 def per_rank_bn_note(config: TrainConfig, world: int) -> str:
-    """What a run on several ranks computes when its batch norm is rank-local (README,
-    'Running on several processes'); tests/test_sync_bn.py checks each statement."""
-    per_rank = f"about {config.batch_size / world:.3g}" if config.batch_size % world else str(config.batch_size // world)
+    """What a run on several ranks computes with rank-local batch norm (tests/test_sync_bn.py checks it)."""
+    per_rank = (f"about {config.batch_size / world:.3g}" if config.batch_size % world
+                else str(config.batch_size // world))
     if not registry.get(config.optimizer).perturbs:
         what = f"ghost batch norm: {config.optimizer.upper()} with batch statistics per slice of that size"
     elif config.sync_perturbation:

@@ -1,21 +1,10 @@
 """The training loop: SGD / SAM / ASAM / RSAM to resumable checkpoints and a metrics log.
 
-Determinism: the model is initialised from ``seed``; the order of the examples in epoch
-``e`` (and the crop/flip augmentation, when on) comes from a generator seeded with
-``(seed, e)``; the global torch RNG (dropout) is saved in every checkpoint. A run stopped
-at any step boundary and resumed therefore produces bit-for-bit the same weights on CPU
-as a run that never stopped.
-
-Files written in ``out_dir``::
-
-    checkpoint.pt            the latest full checkpoint (model, optimizer, RNG, metrics)
-    metrics.jsonl            one JSON object per finished epoch
-    checkpoints/epoch_NNNN.pt  model-only snapshots (epoch 0 = initialisation), for
-                             trajectory analyses; off with keep_snapshots=False
-
-What it refuses before training: :mod:`sharpscope.train.launch`; the order, augmentation and
-evaluation of an epoch: :mod:`sharpscope.train.epoch` (``evaluate``, ``check_launch``, ``check_ranks``,
-``check_model`` and ``trusted_factory`` are importable from here too).
+The model comes from ``seed``, epoch ``e``'s order and crop/flip draws from ``(seed, e)``, and the
+torch RNG is in every checkpoint: a run stopped at a step boundary and resumed ends bit for bit as
+one that never stopped (CPU). ``out_dir`` gets ``checkpoint.pt`` (the latest full checkpoint),
+``metrics.jsonl`` (one line per epoch) and ``checkpoints/epoch_NNNN.pt`` (model-only snapshots,
+0 = the initialisation; off with ``keep_snapshots=False``).
 """
 
 from __future__ import annotations
@@ -43,7 +32,7 @@ from ..models import build_model
 from ..optim import SAM, StepResult, bn_modules, convert_to_global_bn, registry, sam_step
 from ..optim.passes import micro_batch_count
 from .callbacks import Callback, TrainState
-from .config import AMP_DTYPES, TrainConfig, TrainResult, learning_rate
+from .config import AMP_DTYPES, TrainConfig, TrainResult, learning_rate, make_optimizer
 from .epoch import LogitsOnly, check_diverged, crop_and_flip, epoch_plan, evaluate, token_eval_batch
 from .launch import (check_fits, check_launch, check_model, check_ranks, model_spec_for, open_run, per_rank_bn_note,
                      trusted_factory)
@@ -54,14 +43,11 @@ __all__ = ["train", "evaluate", "check_launch", "check_ranks", "check_model", "t
 
 @torch.no_grad()
 def _average_bn_stats(model: nn.Module) -> None:
-    """Running statistics averaged over ranks: what single-process m-SAM stores (the mean
-    of the per-chunk updates); DDP itself leaves them rank-local (broadcast_buffers=False)."""
+    """Running statistics averaged over ranks, as single-process m-SAM stores them."""
     world = dist_utils.world_size()
-    for bn in bn_modules(model):
-        for name in ("running_mean", "running_var"):
-            buf = getattr(bn, name, None)
-            if buf is not None:
-                buf.copy_(dist_utils.all_reduce_sum(buf.clone()) / world)
+    for bn in bn_modules(model):  # they track running statistics
+        for buf in (bn.running_mean, bn.running_var):
+            buf.copy_(dist_utils.all_reduce_sum(buf.clone()) / world)
 
 
 _SUMS = ("loss", "correct", "loss_clean", "correct_clean", "perturbed_loss", "count", "perturbed_count", "skipped",
@@ -71,8 +57,8 @@ _LOCAL_SUMS = ("skipped", "seconds")  # the same on every rank (or this rank's o
 
 @dataclass
 class _Run:
-    """One call of :func:`train`: what its steps share. Set up once; ``metrics``, ``sums`` (this
-    epoch's running totals, _SUMS) and ``lr`` (the last step's learning rate) change as it goes."""
+    """What the steps of one :func:`train` call share; ``metrics``, ``sums`` (this epoch's totals)
+    and ``lr`` (the last step's) change as it goes."""
 
     config: TrainConfig
     out: Path
@@ -96,12 +82,12 @@ class _Run:
     state: TrainState
     metrics: list[dict[str, Any]] = field(default_factory=list)
     sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_SUMS, 0.0))
-    ddp: nn.Module | None = None  # the DistributedDataParallel wrapper, with several ranks
-    stepped: nn.Module | None = None  # what the steps run: the model or its torch.compile'd wrapper
+    ddp: nn.Module | None = None  # the DistributedDataParallel wrapper (several ranks)
+    stepped: nn.Module | None = None  # the model or its torch.compile'd wrapper
     loss_fn: Callable[..., torch.Tensor] = F.cross_entropy
     lr: float | None = None
-    environments: list[dict[str, Any]] = field(default_factory=list)  # what trained it, one record per change
-    data_fingerprint: dict[str, Any] | None = None  # of the training split (rank 0), recorded in every checkpoint
+    environments: list[dict[str, Any]] = field(default_factory=list)  # what trained it, one per change
+    data_fingerprint: dict[str, Any] | None = None  # of the training split (rank 0)
 
     @property
     def ckpt_path(self) -> Path:
@@ -128,19 +114,13 @@ def train(
 ) -> TrainResult:
     """Train a model as ``config`` says, checkpointing to ``out_dir``.
 
-    ``resume=True`` continues from ``out_dir/checkpoint.pt`` with the stored
-    configuration (``config`` may then be None; a given one must agree with it, except for
-    more epochs on a schedule that extends and for tracking options:
-    :mod:`sharpscope.train.resume`); a finished run is returned as it is, or extended.
-    A custom model factory (``model="package.module:function"``) in the ``config`` of a new
-    run is yours and runs; a resumed run's factory (the stored one, whatever ``config`` is
-    passed) runs only when ``allow_factory`` is True or that factory's name
-    (:func:`trusted_factory`), else :class:`ConfigError` before anything is imported: a run
-    folder never chooses what code runs.
-    Without ``resume``, an existing checkpoint in ``out_dir`` is an error, never
-    overwritten. A NaN/Inf loss raises :class:`NonFiniteLossError` and leaves the last
-    good checkpoint in place. Ctrl-C (or a callback setting ``state.stop_requested``)
-    saves a checkpoint at the next step boundary and returns with ``interrupted=True``.
+    ``resume=True`` continues ``out_dir/checkpoint.pt`` with its stored configuration (a given
+    ``config`` must agree with it: :mod:`.resume`); a finished run is returned, or extended. A
+    resumed run's model factory runs only when ``allow_factory`` is True or names it
+    (:func:`trusted_factory`), else :class:`ConfigError` before any import. Without ``resume`` an
+    existing checkpoint is an error. A NaN/Inf loss raises :class:`NonFiniteLossError`, keeping
+    the last good checkpoint. Ctrl-C (or ``state.stop_requested``) saves at the next step
+    boundary and returns with ``interrupted=True``.
     """
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -154,10 +134,17 @@ def train(
         resumed_from = _resume(run, raw)
         if raw["progress"].get("finished") and run.state.epoch >= config.epochs:  # else: extended
             return TrainResult(out, run.ckpt_path, run.metrics, False, resumed_from, time.perf_counter() - t_start)
-    elif run.main:
-        _start_fresh(run)
+    elif run.main:  # the folder, an empty metrics file, the snapshot of the initialisation
+        out.mkdir(parents=True, exist_ok=True)
+        write_metrics_file(out / "metrics.jsonl", [])
+        if config.keep_snapshots:
+            _save_snapshot(run, finished=False)
     _prepare_model(run)
-    callbacks = _with_tracking(config, callbacks)
+    if config.track:  # the tracking callback first
+        from .tracking import TrackingCallback
+        rho = config.effective_rho if registry.get(config.optimizer).perturbs else registry.get("sam").default_rho
+        callbacks = [TrackingCallback(config.track, config.track_every, config.track_samples, rho, config.seed),
+                     *callbacks]
     for cb in callbacks:
         cb.on_train_begin(run.state)
     with sigint_requests_stop(run.state):
@@ -169,10 +156,8 @@ def train(
 
 
 def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str, raw: dict[str, Any] | None = None) -> _Run:
-    """Device, data, model (initialised from the seed; resuming ``raw``, built from its stored
-    spec; a factory only as ``allow_factory`` allows) and optimizer, checked against each
-    other. Resuming, data that no longer fits the stored model is a DataMismatchError and data
-    that differs from the recorded fingerprint a DataChangedWarning (rank 0)."""
+    """Device, data, model (from the seed, or ``raw``'s stored spec) and optimizer, checked against
+    each other (resuming: DataMismatchError / DataChangedWarning for changed data)."""
     device = dist_utils.resolve_device(config.device)
     world, rank, main = dist_utils.world_size(), dist_utils.rank(), dist_utils.is_main()
     check_ranks(config, world)
@@ -201,7 +186,7 @@ def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str, raw: dict
         raise ConfigError("--channels-last needs image data (C, H, W)")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = registry.get(config.optimizer).build(config, model)
+    optimizer = make_optimizer(config, model)
     scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     if channels_last:
@@ -216,8 +201,7 @@ def _set_up(config: TrainConfig, out: Path, allow_factory: bool | str, raw: dict
 
 
 def _resume(run: _Run, raw: dict[str, Any]) -> dict[str, int]:
-    """Weights, optimizer, scaler, progress, metrics, this epoch's sums and the RNG from the
-    checkpoint; returns where the run resumes."""
+    """Restore the run from the checkpoint ``raw``; returns where it resumes."""
     state = run.state
     run.model.load_state_dict(raw["model_state"])
     run.optimizer.load_state_dict(raw["optimizer_state"])
@@ -228,30 +212,17 @@ def _resume(run: _Run, raw: dict[str, Any]) -> dict[str, int]:
     state.epoch, state.step, state.batch_in_epoch = prog["epoch"], prog["step"], prog["batch_in_epoch"]
     run.metrics = list(raw.get("metrics") or [])
     if run.main:  # the saved sums are global (all ranks'); the other ranks restart theirs at 0
-        partial = raw.get("partial") or {}
-        run.sums.update(partial)
-        run.sums.setdefault("perturbed_count", 0.0)
-        if partial and "perturbed_count" not in partial:  # saved before AMP: every step counted
-            run.sums["perturbed_count"] = partial.get("count", 0.0)
+        partial = raw.get("partial") or {}  # without perturbed_count (saved before AMP): every step counted
+        run.sums.update({"perturbed_count": partial.get("count", 0.0), **partial})
     set_rng_state(raw.get("rng"), run.device)
     run.environments = provenance.recorded(raw.get("metadata") or {})
-    resumed_from = {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
     if run.main:
         write_metrics_file(run.out / "metrics.jsonl", run.metrics)
-    return resumed_from
-
-
-def _start_fresh(run: _Run) -> None:
-    """The output folder, an empty metrics file and the snapshot of the initialisation (rank 0)."""
-    run.out.mkdir(parents=True, exist_ok=True)
-    write_metrics_file(run.out / "metrics.jsonl", [])
-    if run.config.keep_snapshots:
-        _save_snapshot(run, finished=False)
+    return {"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch}
 
 
 def _prepare_model(run: _Run) -> None:
-    """The DDP wrapper (several ranks), train mode, the compiled model and the loss of the steps
-    (token data: the token-mean loss of the logits, :class:`LogitsOnly`)."""
+    """The DDP wrapper (several ranks), train mode, the compiled model and the steps' loss."""
     net = LogitsOnly(run.model) if run.data.is_tokens else run.model
     if run.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -265,15 +236,6 @@ def _prepare_model(run: _Run) -> None:
         run.loss_fn = run.data.loss_fn
     elif run.config.label_smoothing:  # the same loss in both passes (and so in the gradient that sets e)
         run.loss_fn = functools.partial(F.cross_entropy, label_smoothing=run.config.label_smoothing)
-
-
-def _with_tracking(config: TrainConfig, callbacks: Sequence[Callback]) -> Sequence[Callback]:
-    """The callbacks, preceded by the tracking one when ``config.track`` names something."""
-    if not config.track:
-        return callbacks
-    from .tracking import TrackingCallback
-    rho = config.effective_rho if registry.get(config.optimizer).perturbs else registry.get("sam").default_rho
-    return [TrackingCallback(config.track, config.track_every, config.track_samples, rho, config.seed), *callbacks]
 
 
 def _run_epochs(run: _Run, callbacks: Sequence[Callback]) -> bool:
@@ -296,7 +258,12 @@ def _run_steps(run: _Run, callbacks: Sequence[Callback]) -> bool:
     for b in range(state.batch_in_epoch, state.steps_per_epoch):
         t0 = time.perf_counter()
         idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-        xb = _batch_inputs(run, plan, idx)
+        xb = run.x_train[idx]
+        if run.augment:
+            cpu_idx = idx.cpu()
+            xb = crop_and_flip(xb, plan["shift"][cpu_idx].to(run.device), plan["flip"][cpu_idx].to(run.device))
+        if run.channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         run.lr = learning_rate(config, state.step, state.steps_per_epoch)
         for group in run.optimizer.param_groups:
             group["lr"] = run.lr
@@ -314,34 +281,18 @@ def _run_steps(run: _Run, callbacks: Sequence[Callback]) -> bool:
     return False
 
 
-def _batch_inputs(run: _Run, plan: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-    """The inputs of the examples ``idx``: augmented as the epoch's plan says, in the memory format."""
-    xb = run.x_train[idx]
-    if run.augment:
-        cpu_idx = idx.cpu()
-        xb = crop_and_flip(xb, plan["shift"][cpu_idx].to(run.device), plan["flip"][cpu_idx].to(run.device))
-    if run.channels_last:
-        xb = xb.contiguous(memory_format=torch.channels_last)
-    return xb
-
-
 def _step(run: _Run, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> tuple[StepResult, torch.Tensor]:
-    """One optimizer step on the batch; with several ranks on this rank's part of it, whose
-    indices are returned with the result."""
+    """One optimizer step on the batch (several ranks: on this rank's part, whose indices are returned)."""
     config = run.config
     if run.ddp is None:
-        result = sam_step(run.stepped, run.loss_fn, xb, yb, run.optimizer, m=config.m,
-                          second_order=config.second_order, autocast=run.autocast, scaler=run.scaler,
-                          same_dropout_mask=config.same_dropout_mask,
-                          accumulate=micro_batch_count(config.grad_accum, idx.shape[0]))
-        return result, idx
-    # this rank's consecutive slice of the global batch
+        return sam_step(run.stepped, run.loss_fn, xb, yb, run.optimizer, m=config.m, second_order=config.second_order,
+                        autocast=run.autocast, scaler=run.scaler, same_dropout_mask=config.same_dropout_mask,
+                        accumulate=micro_batch_count(config.grad_accum, idx.shape[0])), idx
     part = torch.tensor_split(torch.arange(idx.shape[0], device=idx.device), run.world)[run.rank]
     scale = part.shape[0] * run.world / idx.shape[0]
     idx, xb, yb = idx[part], xb[part], yb[part]
-    # first pass under no_sync unless --sync-perturbation: each rank perturbs with its
-    # own gradient (m-SAM with m = per-rank batch); DDP averages the second pass, and
-    # the scale n_rank * world / n_batch makes that average size-weighted
+    # unless --sync-perturbation each rank perturbs with its own gradient (m-SAM with m = per-rank
+    # batch); DDP averages the second pass, size-weighted by the scale n_rank * world / n_batch
     result = sam_step(run.ddp, run.loss_fn, xb, yb, run.optimizer, loss_scale=scale,
                       sync_first_pass=config.sync_perturbation, autocast=run.autocast, scaler=run.scaler,
                       accumulate=micro_batch_count(config.grad_accum, idx.shape[0]))
@@ -373,8 +324,8 @@ def _check_step(run: _Run, result: StepResult) -> None:
 
 @torch.no_grad()
 def _add_step_sums(run: _Run, result: StepResult, idx: torch.Tensor) -> None:
-    """The step's losses and accuracies (on the noisy and the clean labels) added to the
-    epoch's sums, with one host sync for all of them; token data counts tokens, not examples."""
+    """The step's losses and accuracies (noisy and clean labels) added to the epoch's sums with one
+    host sync; token data counts tokens."""
     labels = run.y_train[idx]
     sums, nb = run.sums, labels.numel()
     outputs = result.outputs.float() if run.autocast is not None else result.outputs
@@ -386,19 +337,17 @@ def _add_step_sums(run: _Run, result: StepResult, idx: torch.Tensor) -> None:
         correct_clean = (pred == run.y_clean[idx]).sum().double()
     else:  # clean labels are the training labels
         loss_clean, correct_clean = loss, correct
-    perturbed = (result.perturbed_loss.double() if result.perturbed_loss is not None and
-                 not result.skipped else loss * 0)
+    counted = result.perturbed_loss is not None and not result.skipped  # not LookSAM's one-pass steps
+    perturbed = result.perturbed_loss.double() if counted else loss * 0
     values = torch.stack([loss * nb, correct, loss_clean * nb, correct_clean, perturbed * nb]).tolist()
     for key, value in zip(_SUMS, values):
         sums[key] += value
     sums["count"] += nb
-    # steps with a perturbed pass (not skipped by the scaler, not LookSAM's one-pass steps)
-    sums["perturbed_count"] += 0 if result.skipped or result.perturbed_loss is None else nb
+    sums["perturbed_count"] += nb if counted else 0
 
 
 def _epoch_record(run: _Run) -> dict[str, Any]:
-    """The finished epoch's line of metrics.jsonl: the means of its sums (over all ranks) and
-    the test loss and accuracy."""
+    """The finished epoch's line of metrics.jsonl: its means over all ranks and the test metrics."""
     run.sums = sums = _reduced_sums(run)
     count = max(1.0, sums["count"])
     sizes = ({"batch_size": token_eval_batch(run.config.batch_size, run.x_test.shape[-1], run.data.num_classes)}
@@ -421,8 +370,8 @@ def _epoch_record(run: _Run) -> dict[str, Any]:
 
 
 def _end_epoch(run: _Run, record: dict[str, Any], callbacks: Sequence[Callback]) -> bool:
-    """Check, count and record the finished epoch (callbacks may add to ``record``), checkpoint
-    it when due; True when a stop was requested before the last epoch."""
+    """Check, count, record and (when due) checkpoint the finished epoch; True when a stop was
+    requested before the last epoch."""
     config, state = run.config, run.state
     check_diverged(record, run.data.num_classes, run.kept)
     state.epoch += 1
@@ -442,8 +391,7 @@ def _end_epoch(run: _Run, record: dict[str, Any], callbacks: Sequence[Callback])
 
 
 def _save(run: _Run, finished: bool) -> None:
-    """The full checkpoint (refused for non-finite weights). Every rank takes part (the sums
-    are all-reduced, the checks agree); rank 0 writes."""
+    """The full checkpoint (refused for non-finite weights); every rank takes part, rank 0 writes."""
     state = run.state
     partial = dict(_reduced_sums(run)) if state.batch_in_epoch else None
     if not all(torch.isfinite(t).all() for t in run.model.state_dict().values() if t.is_floating_point()):
@@ -454,29 +402,28 @@ def _save(run: _Run, finished: bool) -> None:
     here = provenance.of_model(run.model, autocast=run.config.amp)
     if not run.environments or provenance.differences([run.environments[-1], here]):
         run.environments.append(here)  # a resume on another machine, thread count, torch...
-    save_checkpoint(
-        run.ckpt_path, run.model, model_spec=run.model_spec, data_spec=run.data_spec.to_dict(),
-        data_fingerprint=run.data_fingerprint, optimizer_state=run.optimizer.state_dict(), config=run.config.to_dict(),
-        progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": state.batch_in_epoch,
-                  "finished": finished},
-        rng=rng_state(run.device), metrics=run.metrics, partial=partial, world_size=run.world,
-        scaler_state=run.scaler.state_dict() if run.scaler is not None else None,
-        environment=here, environments=run.environments,
-    )
+    save_checkpoint(run.ckpt_path, run.model, **_identity(run, state.batch_in_epoch, finished),
+                    optimizer_state=run.optimizer.state_dict(), rng=rng_state(run.device), metrics=run.metrics,
+                    partial=partial, world_size=run.world, environment=here, environments=run.environments,
+                    scaler_state=run.scaler.state_dict() if run.scaler is not None else None)
 
 
 def _save_snapshot(run: _Run, finished: bool) -> None:
-    """The model-only snapshot ``checkpoints/epoch_NNNN.pt`` of the completed epochs (0: the
-    initialisation)."""
+    """The model-only snapshot ``checkpoints/epoch_NNNN.pt`` (0: the initialisation)."""
+    save_checkpoint(run.out / "checkpoints" / f"epoch_{run.state.epoch:04d}.pt", run.model,
+                    **_identity(run, 0, finished))
+
+
+def _identity(run: _Run, batch_in_epoch: int, finished: bool) -> dict[str, Any]:
+    """What every checkpoint of the run records: its specs, data fingerprint, configuration, progress."""
     state = run.state
-    save_checkpoint(run.out / "checkpoints" / f"epoch_{state.epoch:04d}.pt", run.model,
-                    model_spec=run.model_spec, data_spec=run.data_spec.to_dict(),
-                    data_fingerprint=run.data_fingerprint, config=run.config.to_dict(),
-                    progress={"epoch": state.epoch, "step": state.step, "batch_in_epoch": 0, "finished": finished})
+    return dict(model_spec=run.model_spec, data_spec=run.data_spec.to_dict(), data_fingerprint=run.data_fingerprint,
+                config=run.config.to_dict(), progress={"epoch": state.epoch, "step": state.step,
+                                                        "batch_in_epoch": batch_in_epoch, "finished": finished})
 
 
 def _reduced_sums(run: _Run) -> dict[str, float]:
-    """The epoch's sums over all ranks (this rank's own timing and skip counts)."""
+    """The epoch's sums over all ranks (timing and skip counts: this rank's)."""
     if run.world == 1:
         return run.sums
     reduced = [k for k in _SUMS if k not in _LOCAL_SUMS]

@@ -1,25 +1,8 @@
-"""What a resumed run may change: nothing that defines it, except more epochs where the
-learning-rate schedule extends.
-
-A resumed run continues the stored :class:`~sharpscope.train.TrainConfig`. Options given
-again are compared with the stored ones by their effect (``rho=None`` is the optimizer's
-default radius, ``augment=None`` is "on for CIFAR", a variant's options with its defaults
-filled in, ``data_root`` as an absolute path); any that differ are refused, all named in one
-line, never silently ignored.
-
-``epochs`` larger than the stored value extends the run where that is well defined, i.e.
-where the first ``E`` epochs of an ``E'``-epoch run are the ``E``-epoch run itself:
-
-- ``constant`` (with or without warm-up: the warm-up lasts ``warmup_epochs``, whatever the
-  total): lr(step) does not depend on the total, so training ``E`` epochs and extending to
-  ``E'`` gives the weights of ``E'`` epochs trained straight (the example order of epoch e
-  comes from (seed, e), the optimizer state and the RNG are in the checkpoint);
-- ``cosine``: lr(step) = lr (1 + cos(pi t)) / 2 with t the fraction of the *total* steps
-  done, so the steps already taken followed a schedule that ends at ``E``; no ``E'``-epoch
-  run starts that way, and the extension is refused.
-
-Fewer epochs than stored are refused (a run is never shortened; its snapshots in
-``checkpoints/`` hold the earlier epochs).
+"""What a resumed run may change: nothing that defines it, except more epochs where the schedule
+extends. Options given again are compared by their effect (``rho=None`` is the default radius,
+``augment=None`` "on for CIFAR", a variant's defaults filled in, ``data_root`` absolute); all
+that differ are refused in one line. More epochs extend a ``constant`` schedule (lr(step) does
+not depend on the total), not ``cosine`` (t is the fraction of the *total* steps); fewer are refused.
 """
 
 from __future__ import annotations
@@ -42,8 +25,7 @@ EXTENDABLE_SCHEDULES = ("constant",)
 
 
 def stored_run_config(out_dir: str | os.PathLike[str]) -> TrainConfig | None:
-    """The configuration of the run a ``--resume`` in ``out_dir`` continues; None when the
-    folder holds no checkpoint (a new run starts there)."""
+    """The configuration a ``--resume`` in ``out_dir`` continues; None without a checkpoint."""
     ckpt = Path(out_dir) / "checkpoint.pt"
     if not ckpt.exists():
         return None
@@ -51,33 +33,24 @@ def stored_run_config(out_dir: str | os.PathLike[str]) -> TrainConfig | None:
 
 
 def _effective(config: Mapping[str, Any], name: str) -> Any:
-    """The value of option ``name`` in the configuration ``config`` (field -> value) by its
-    effect on training (module docstring)."""
-    value = config.get(name)
+    """The value of option ``name`` of ``config`` (field -> value) by its effect (module docstring)."""
+    value, spec = config.get(name), registry.lookup(config.get("optimizer", ""))
     if name == "rho":
-        spec = registry.lookup(config.get("optimizer", ""))
         return (spec.default_rho if spec is not None else 0.0) if value is None else float(value)
     if name == "augment":
         return config.get("data") in ("cifar10", "cifar100") if value is None else bool(value)
     if name == "data_root" and value is not None:
         return os.path.abspath(os.path.expanduser(str(value)))
     if name == "optimizer_options":
-        return _with_variant_defaults(config.get("optimizer", ""), dict(value or {}))
+        return {**(spec.defaults() if spec is not None else {}), **(value or {})}
     if name in ("p", "lr", "momentum", "weight_decay", "eta", "label_noise", "label_smoothing",
                 "warmup_epochs") and value is not None:
         return float(value)
     return value
 
 
-def _with_variant_defaults(optimizer: str, options: dict[str, Any]) -> dict[str, Any]:
-    """An optimizer's options with the defaults of its class's keyword arguments filled in."""
-    spec = registry.lookup(optimizer)
-    return options if spec is None else {**spec.defaults(), **options}
-
-
 def resume_conflicts(stored: TrainConfig, given: Mapping[str, Any]) -> list[str]:
-    """The fields of ``given`` (TrainConfig field -> value) whose effect differs from the
-    stored configuration's, ``epochs`` aside (see :func:`resumed_config`), in field order."""
+    """The fields of ``given`` whose effect differs from the stored one's (``epochs`` aside), in order."""
     unknown = sorted(set(given) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
@@ -107,24 +80,16 @@ def _show(value: Any) -> str:
 
 def resumed_config(stored: TrainConfig, given: Mapping[str, Any], names: Mapping[str, str] | None = None
                    ) -> TrainConfig:
-    """The configuration a resumed run continues with: ``stored``, with ``epochs`` from
-    ``given`` where the run extends to it (module docstring).
-
-    ``given`` holds the options the user gave again (TrainConfig field -> value); every one
-    whose effect differs from the stored value, and an ``epochs`` the run cannot be continued
-    to, is refused by one :class:`ConfigError` naming them all (``names`` maps a field to what
-    to call it, e.g. its command-line flag; default: the field's name).
-    """
-    def call(field: str) -> str:
-        return (names or {}).get(field, field)
-
-    old = stored.to_dict()
-    problems = [f"{call(f)} {_show(given[f])} (the run's: {_show(_effective(old, f))})"
+    """``stored``, with ``epochs`` from ``given`` (the options given again) where the run extends;
+    one :class:`ConfigError` names every option whose effect differs and a refused ``epochs``
+    (``names``: what to call a field, e.g. its flag)."""
+    label, old = (names or {}).get, stored.to_dict()
+    problems = [f"{label(f, f)} {_show(given[f])} (the run's: {_show(_effective(old, f))})"
                 for f in resume_conflicts(stored, given)]
     epochs = int(given.get("epochs", stored.epochs))
     why = _epochs_problem(stored, epochs)
     if why is not None:
-        problems.append(f"{call('epochs')} {epochs} ({why})")
+        problems.append(f"{label('epochs', 'epochs')} {epochs} ({why})")
     if problems:
         raise ConfigError(f"a resumed run keeps its stored options; these differ: {'; '.join(problems)}. Drop them "
                           "to continue the run as it was, or train a new run in another folder")

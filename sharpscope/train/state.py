@@ -1,5 +1,4 @@
-"""What a run keeps between steps and across a restart: the RNG state saved in checkpoints,
-the metrics files, and Ctrl-C turned into a request to stop at the next step boundary."""
+"""What a run keeps across a restart: the RNG state, the metrics files; Ctrl-C as a stop request."""
 
 from __future__ import annotations
 

@@ -1,23 +1,8 @@
-"""Curvature and SAM diagnostics tracked during training (``--track``).
-
-Every ``every`` epochs, on a fixed seeded subset of the training set (the labels trained
-on), the callback measures any measure of :mod:`sharpscope.measure_table` that has a headline
-value and whose settings :data:`TRACK_SETTINGS` provides (:func:`trackable`), with the run's rho
-(0.05 for SGD) and the tracking seed; today
-
-- ``lambda_max``: the top Hessian eigenvalue (Lanczos, tol 1e-3), with the edge of stability
-  of the epoch's last learning rate beside it (:func:`stability_threshold`; for SAM also
-  :func:`sam_stability_threshold`, from the gradient norm on the same subset), under
-  ``edge_of_stability`` and ``sam_edge_of_stability``;
-- ``trace``: the Hessian trace (Hutch++, 30 products);
-- ``m_sharpness``: m-sharpness with m = 16, 3 ascent steps at the same rho;
-- ``gradcos``: cosine between SAM's gradient and the full second-order one,
-  :func:`sharpscope.sharpness.sam_gradient_cosine`,
-
-and adds their headline values to the epoch's record in ``metrics.jsonl`` under those names
-(in the order asked; the Hessian ones, sharing one double-backward graph, first). The analyses use
-their own seeded generators and eval mode, so tracking changes neither the weights nor the
-random stream of training: a tracked run ends with the same weights as an untracked one.
+"""Curvature and SAM diagnostics tracked during training (``--track``): every ``every`` epochs, on a
+fixed seeded subset of the training set, each chosen measure of :mod:`sharpscope.measure_table`
+that tracking can set up (:func:`trackable`) at the run's rho (0.05 for SGD), its headline value
+added to the epoch's record (``lambda_max`` with the edges of stability beside it). The analyses
+use their own seeded generators and eval mode: tracking changes neither weights nor random stream.
 """
 
 from __future__ import annotations
@@ -25,55 +10,38 @@ from __future__ import annotations
 import math
 from typing import Any
 
-
 from .. import measure_table
 from ..errors import ConfigError
 from ..objective import Objective
 from ..optim import registry
 from .callbacks import Callback, TrainState
 
-__all__ = ["TRACKABLE", "TRACK_SETTINGS", "trackable", "TrackingCallback", "stability_threshold",
-           "sam_stability_threshold"]
+__all__ = ["TRACK_SETTINGS", "trackable", "TrackingCallback", "stability_threshold", "sam_stability_threshold"]
 
-# The work tracking gives each measure, every tracked epoch: the top eigenvalue to tolerance
-# 1e-3, Hutch++ with 30 products, m-sharpness at m = 16 with 3 ascent steps. With the subset's
-# size, the tracking seed and the run's rho, these are the settings a trackable measure may read.
+# The settings of every tracked measure (besides the subset, the tracking seed and rho).
 TRACK_SETTINGS: dict[str, Any] = {"top_k": 1, "eig_tol": 1e-3, "trace_matvecs": 30, "m_values": [16], "m_steps": 3}
 
 
 def trackable() -> list[str]:
-    """The measures tracking can compute: those of the table with a headline value whose
-    settings are among :data:`TRACK_SETTINGS`, the subset's, and rho."""
+    """The measures of the table with a headline value whose settings tracking provides."""
     have = [*TRACK_SETTINGS, *measure_table.SUBSET, "rho"]
     return [n for n in measure_table.available(have) if measure_table.MEASURES[n].headline is not None]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "TRACKABLE":  # as before: the names of trackable(), read from the table when asked
-        return tuple(trackable())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def stability_threshold(lr: float, momentum: float = 0.0) -> float:
-    """The edge of stability of gradient descent with heavy-ball momentum beta on a quadratic:
-    it diverges along an eigenvector whose eigenvalue exceeds (2 + 2 beta) / lr (2 / lr without
-    momentum). Full-batch training drives lambda_max up to it and hovers there (Cohen et al.,
-    ICLR 2021, "Gradient descent on neural networks typically occurs at the edge of
-    stability", Sec. 3 and App. for momentum)."""
+    """(2 + 2 beta) / lr: gradient descent with heavy-ball momentum beta diverges along eigenvalues
+    above it; full-batch training drives lambda_max up to it (Cohen et al., ICLR 2021, Sec. 3 and App.)."""
     return (2.0 + 2.0 * momentum) / lr
 
 
 def sam_stability_threshold(lr: float, rho: float, grad_norm: float, momentum: float = 0.0) -> float:
-    """SAM's edge of stability (Long & Bartlett, 2023, "Sharpness-Aware Minimization and the
-    Edge of Stability"): SAM with e = rho g / ||g|| multiplies the gradient along an eigenvector
-    of eigenvalue lambda by lambda (1 + rho lambda / ||g||), so it is stable while
+    """SAM's edge of stability (Long & Bartlett, 2023): SAM with e = rho g / ||g|| is stable while
     lr lambda (1 + rho lambda / ||g||) <= 2 + 2 beta, i.e. up to
 
-        lambda = ||g|| / (2 rho) (sqrt(1 + 4 rho (2 + 2 beta) / (lr ||g||)) - 1),
+        lambda = ||g|| / (2 rho) (sqrt(1 + 4 rho (2 + 2 beta) / (lr ||g||)) - 1)
 
-    their threshold for beta = 0 (the momentum factor is carried over from
-    :func:`stability_threshold` by the same argument). It lies below (2 + 2 beta) / lr and
-    tends to it as rho -> 0; 0 for a zero gradient."""
+    (their threshold for beta = 0, momentum carried over as in :func:`stability_threshold`);
+    0 for a zero gradient."""
     if rho == 0:
         return stability_threshold(lr, momentum)
     if grad_norm <= 0:
@@ -121,9 +89,8 @@ class TrackingCallback(Callback):
         return out
 
     def _edges(self, state: TrainState, obj: Objective) -> dict[str, float]:
-        """The edge of stability at the last step's learning rate; for SAM (p = 2, whole-batch
-        perturbations) also its own, from ||grad L|| on the tracking subset (one gradient).
-        None for AdamW, alone or as SAM's base (its edge is one of the preconditioned Hessian)."""
+        """The edge of stability at the last learning rate; for SAM (p = 2, no m) also its own, from
+        ||grad L|| on the subset. None for AdamW (its edge is the preconditioned Hessian's)."""
         config = state.config
         base = config.base_optimizer if registry.get(config.optimizer).perturbs else config.optimizer
         if base == "adamw":  # (2 + 2 beta) / lr is (heavy-ball) SGD's edge
