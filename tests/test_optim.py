@@ -411,3 +411,64 @@ def test_asam_runs_saved_before_the_official_rule_keep_their_rule():
     assert TrainConfig(optimizer="asam").asam_rule == "official"
     with pytest.raises(ConfigError, match="asam-rule"):
         TrainConfig(optimizer="asam", asam_rule="bias")
+
+
+def _two_sam_steps(zero_grad_first: bool, adaptive: bool = False) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.1, adaptive=adaptive, lr=0.1, momentum=0.9)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    for _ in range(2):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        if zero_grad_first:
+            opt.first_step(zero_grad=True)
+        else:
+            opt.first_step()
+            opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.second_step(zero_grad=True)
+    return [w.detach().clone() for w in model.parameters()]
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_sam_forming_e_in_the_gradient_buffers_gives_the_same_steps(adaptive):
+    """first_step(zero_grad=True) scales the discarded gradients in place into e, and reuses the
+    previous step's copy of w: bit for bit the steps of first_step() + zero_grad()."""
+    for a, b in zip(_two_sam_steps(True, adaptive), _two_sam_steps(False, adaptive)):
+        assert torch.equal(a, b)
+
+
+def test_sam_keeps_the_gradient_when_first_step_does_not_zero_it():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    before = [w.grad.clone() for w in model.parameters()]
+    opt.first_step()
+    assert all(torch.equal(w.grad, g) for w, g in zip(model.parameters(), before))
+    opt.unperturb()
+
+
+def test_sam_reuses_its_copy_of_w_and_not_one_of_another_dtype():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
+    x = torch.randn(8, 4, dtype=torch.float64)
+
+    def step() -> torch.Tensor:
+        model(x.to(model.weight.dtype)).pow(2).mean().backward()
+        opt.first_step(zero_grad=True)
+        kept = opt.state[model.weight]["old_p"]
+        model(x.to(model.weight.dtype)).pow(2).mean().backward()
+        opt.second_step(zero_grad=True)
+        return kept
+
+    first = step()
+    assert step() is first  # the same buffer, copied into
+    model.double()  # the parameters change dtype in place: a float32 copy must not hold float64 w
+    w = model.weight.detach().clone()
+    model(x).pow(2).mean().backward()
+    opt.first_step(zero_grad=True)
+    assert opt.state[model.weight]["old_p"].dtype == torch.float64
+    opt.unperturb()
+    assert torch.equal(model.weight.detach(), w)

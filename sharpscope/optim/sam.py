@@ -82,9 +82,11 @@ def _add_entries(params: list[torch.Tensor], entries: list[torch.Tensor]) -> Non
             w.add_(torch.sparse_coo_tensor(w.grad._indices(), e, w.shape, is_coalesced=True, check_invariants=False))
 
 
-def dual_vector(t: list[torch.Tensor], qnorm: torch.Tensor, rho: float, p: float) -> list[torch.Tensor]:
+def dual_vector(t: list[torch.Tensor], qnorm: torch.Tensor, rho: float, p: float,
+                in_place: bool = False) -> list[torch.Tensor]:
     """rho * sign(t) |t|^(q-1) / ||t||_q^(q-1): the maximizer of <e, t> over ||e||_p <= rho, given
-    ||t||_q (global, over every group) as ``qnorm``; zero where ``qnorm`` is 0 (p = inf: rho sign(t))."""
+    ||t||_q (global, over every group) as ``qnorm``; zero where ``qnorm`` is 0 (p = inf: rho sign(t)).
+    ``in_place``: for p = 2, scale ``t`` itself and return it (no parameter-sized allocation)."""
     if p == math.inf:
         e = [torch.sign(x) for x in t]
         torch._foreach_mul_(e, rho)
@@ -93,6 +95,9 @@ def dual_vector(t: list[torch.Tensor], qnorm: torch.Tensor, rho: float, p: float
     # (||t||_q^q)^(1/p) = ||t||_q^(q-1)
     denom = qnorm ** (q - 1.0)
     factor = torch.where(denom > 0, rho / denom, torch.zeros_like(denom))
+    if p == 2.0 and in_place:
+        torch._foreach_mul_(t, factor)
+        return t
     if p == 2.0:
         return torch._foreach_mul(t, factor)
     return [torch.sign(x) * torch.abs(x) ** (q - 1.0) * factor for x in t]
@@ -154,6 +159,9 @@ class SAM(Registered, torch.optim.Optimizer):
 
     #: False: :func:`sam_step` skips the backward at w (the perturbation ignores the gradient).
     perturbation_uses_gradient = True
+    #: Set by :meth:`first_step(zero_grad=True) <first_step>` while e is formed: the gradients
+    #: are discarded after it, so :meth:`_perturbation` may scale them in place.
+    _disposable_grads = False
     #: :meth:`first_step` keeps the gradient at w (``state[w]["clean_grad"]``) for :meth:`_update_gradient`.
     keeps_clean_gradient = False
     # Registry facts (sharpscope.optim.registry; a subclass re-declares the capabilities it keeps).
@@ -228,11 +236,17 @@ class SAM(Registered, torch.optim.Optimizer):
             for _, w in self._each_param():
                 if w.grad is not None:
                     self.state[w]["clean_grad"] = w.grad.detach().clone()
-        with _weight_decayed_gradients(self.param_groups):
-            norm, perturbations = self._perturbation()
+        self._disposable_grads = zero_grad  # e may then be formed in the gradients' own buffers
+        try:
+            with _weight_decayed_gradients(self.param_groups):
+                norm, perturbations = self._perturbation()
+        finally:
+            self._disposable_grads = False
         for params, e in perturbations:
-            for w in params:
-                self.state[w]["old_p"] = w.detach().clone()
+            for w in params:  # w, kept in the buffer of the previous step's copy when there is one
+                spare = self._spare().pop(w, None)
+                fits = spare is not None and (spare.shape, spare.dtype, spare.device) == (w.shape, w.dtype, w.device)
+                self.state[w]["old_p"] = spare.copy_(w) if fits else w.detach().clone()
             _add_entries(params, e)
         if zero_grad:
             self.zero_grad()
@@ -248,11 +262,19 @@ class SAM(Registered, torch.optim.Optimizer):
             if not params:
                 continue
             tg, scales = _scaled_gradients(params, group["adaptive"], group["eta"])
-            e = dual_vector(tg, qnorm, self._radius(group), group["p"])
+            # in place in T g when it is a temporary (ASAM) or the gradients are discarded after the step
+            in_place = group["adaptive"] or self._disposable_grads
+            e = dual_vector(tg, qnorm, self._radius(group), group["p"], in_place=in_place)
             if group["adaptive"]:
                 torch._foreach_mul_(e, scales)
             out.append((params, e))
         return qnorm, out
+
+    def _spare(self) -> dict[torch.Tensor, torch.Tensor]:
+        """The copies of w that :meth:`unperturb` no longer needs, by parameter: the next
+        :meth:`first_step` copies w into them instead of allocating (one copy of the parameters
+        stays allocated between steps; the peak, during the pass at w + e, is unchanged)."""
+        return self.__dict__.setdefault("_spare_copies", {})
 
     def _radius(self, group: dict[str, Any]) -> float:
         """This step's radius for ``group`` (SAM: its ``rho``; GSAM follows the learning rate)."""
@@ -290,6 +312,7 @@ class SAM(Registered, torch.optim.Optimizer):
         """Put every parameter back to w exactly (the copy saved by :meth:`first_step`)."""
         for _, w, old in self._popped("old_p"):
             w.copy_(old)
+            self._spare()[w] = old  # reused by the next first_step (no parameter-sized allocation)
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
