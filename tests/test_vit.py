@@ -106,6 +106,11 @@ def test_vit_is_hugging_faces_classifier_counted_by_hand():
         out = a(x.reshape(x.shape[0], *shape))
         assert out.shape == (x.shape[0], CLASSES)
         torch.testing.assert_close(out, hf(pixel_values=x).logits, rtol=0, atol=0)
+    torch.manual_seed(7)
+    ours = build_model(make_model_spec("vit", [1, 8, 8], 10))
+    torch.manual_seed(7)
+    theirs = transformers.ViTForImageClassification(ours.config)  # the same draws from the same seed
+    assert all(torch.equal(p, theirs.state_dict()[n]) for n, p in ours.state_dict().items())
     d = 64  # the defaults: patch 4, 2 layers of width 64, MLP 256; digits: 4 patches + [CLS]
     layer = 2 * 2 * d + 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
     embeddings = d + 5 * d + (16 * d + d)  # [CLS], positions, the patch projection (a 4x4 conv)
