@@ -43,7 +43,9 @@ def _o(default: Any, kind: str, *flags: str, help: str = "", registry_help: str 
 TRAIN_OPTIONS: dict[str, TrainOption] = {
     "optimizer": _o("sam", "str", "--optimizer", "-o", registry_help="optimizer"),
     "model": _o("cnn", "str", "--model", help="mlp, cnn, cnn1d (1-D signals: mnist1d), resnet, wrn, aliases like "
-                "resnet20 / wrn16-4, or a factory 'package.module:function'."),
+                "resnet20 / wrn16-4; Hugging Face transformers built from a config (pip install "
+                "\"sharpscope[transformers]\"): gpt (token data), bert, vit (images, or 1-D signals such as "
+                "mnist1d); or a factory 'package.module:function'."),
     "model_kwargs": _o({}, "pairs", "--model-opt", help="Model option KEY=VALUE, repeatable "
                        "(e.g. --model-opt bn=true --model-opt width=32)."),
     "data": _o("digits", "str", "--data", help="digits, mnist1d, synthetic, npz, mnist, fashion-mnist, cifar10, "

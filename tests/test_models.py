@@ -65,8 +65,8 @@ def test_parse_model_name_unknown(name: str) -> None:
 
 
 @pytest.mark.parametrize("shape", IMAGE_SHAPES)
-@pytest.mark.parametrize("name", [n for n in MODEL_NAMES if n not in ("cnn1d", "gpt", "bert")])  # cnn1d: 1-D signals
-# only, below; gpt and bert: token sequences, tests/test_transformers.py
+@pytest.mark.parametrize("name", [n for n in MODEL_NAMES if n not in ("cnn1d", "gpt", "bert", "vit")])  # cnn1d: 1-D
+# signals only, below; gpt and bert: token sequences, tests/test_transformers.py; vit (transformers): tests/test_vit.py
 def test_every_name_builds_and_runs(name: str, shape: tuple[int, ...]) -> None:
     model = build_model(make_model_spec(name, shape, 10))
     assert _forward(model, shape).shape == (3, 10)

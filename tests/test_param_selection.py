@@ -25,7 +25,7 @@ from _tiny_gpt import TinyGPT, token_batches, token_loss
 from sharpscope import ConfigError
 from sharpscope.hessian import eigenvalues, layer_summary, trace
 from sharpscope.landscape import random_direction
-from sharpscope.models.param_names import block_of, kind_of
+from sharpscope.models.param_names import biasbn_names, block_of, kind_of
 from sharpscope.objective import Objective, parameter_groups, select_parameters
 from sharpscope.sharpness import m_sharpness, surrogate_gap
 
@@ -86,6 +86,15 @@ def test_groups_of_nn_transformer_encoder_and_the_convnet_fallback():
     assert list(parameter_groups(resnet, "block")) == ["stem.0", "stem.1", "stages.0.0", "stages.1.0", "stages.2.0",
                                                       "fc"]
     assert list(parameter_groups(resnet, "kind")) == ["conv", "norm", "head"]  # fc, outside any block: the head
+
+
+def test_rmsnorm_is_a_normalization_layer_as_layernorm_is():
+    """By module type, whatever its name: RMSNorm's weight is a norm parameter (kind, no-biasbn)."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.RMSNorm(4), nn.LayerNorm(4), nn.Linear(4, 2))
+    assert [kind_of(model, n) for n, _ in model.named_parameters()] == ["linear", "linear", "norm", "norm", "norm",
+                                                                       "linear", "linear"]
+    assert biasbn_names(model) == {"0.bias", "1.weight", "2.weight", "2.bias", "3.bias"}
+    assert select_parameters(model, "no-biasbn") == ["0.weight", "3.weight"]
 
 
 def test_groups_of_hugging_face_gpt2_bert_and_a_lora_model():

@@ -3,7 +3,7 @@
 or a custom factory (``{"factory": "package.module:function", "kwargs": {...}}``, returning an
 ``nn.Module``; run only when allowed, :mod:`.factory`). Built-in: ``mlp``, ``cnn1d`` (MNIST-1D's
 convnet), ``cnn`` (VGG-style), ``resnet`` (He et al. 2016, depth 6n+2), ``wrn`` (Zagoruyko &
-Komodakis 2016, depth 6n+4), and the Hugging Face ``gpt`` / ``bert`` (:mod:`.hf`); aliases such as
+Komodakis 2016, depth 6n+4), and the Hugging Face ``gpt`` / ``bert`` / ``vit`` (:mod:`.hf`); aliases such as
 ``resnet20`` or ``wrn28-10`` fix options.
 """
 

@@ -22,7 +22,7 @@ __all__ = ["GROUPINGS", "KINDS", "block_of", "kind_of", "group_parameters", "bia
 GROUPINGS = ("layer", "block", "kind")
 KINDS = ("embeddings", "attention", "mlp", "norm", "head", "conv", "linear", "other")
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm)
 _BLOCK = re.compile(r"^(.*?(?:^|\.)(?:h|layer|layers|block|blocks)\.\d+)\.")
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _ATTENTION_PARTS = {"query", "key", "value", "q_proj", "k_proj", "v_proj", "o_proj", "qkv", "c_attn"}

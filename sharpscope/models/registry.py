@@ -15,7 +15,7 @@ from sharpscope.errors import ModelSpecError
 from ._checks import check_input_shape, check_int, check_keys, json_plain, spec_kwargs
 from .cnn import build_cnn, build_cnn1d
 from .factory import build_from_factory
-from .hf import build_bert, build_gpt
+from .hf import build_bert, build_gpt, build_vit
 from .mlp import build_mlp
 from .resnet import build_resnet
 from .wrn import build_wrn
@@ -27,7 +27,7 @@ _BUILTIN_KEYS = ("name", "kwargs", "input_shape", "num_classes")
 #: Read-only registry: base model name -> builder(input_shape, num_classes, **options).
 _BUILDERS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     {"mlp": build_mlp, "cnn": build_cnn, "resnet": build_resnet, "wrn": build_wrn, "cnn1d": build_cnn1d,
-     "gpt": build_gpt, "bert": build_bert})
+     "gpt": build_gpt, "bert": build_bert, "vit": build_vit})
 
 #: The models over token sequences (Hugging Face transformers built from a config; input shape (T,)).
 TOKEN_MODEL_NAMES: tuple[str, ...] = ("gpt", "bert")
