@@ -53,7 +53,10 @@ Other libraries: curvlinops' ``GGNLinearOperator``, ``EFLinearOperator`` and
 normalization over the whole data set (with ``reduction="sum"`` theirs are N times ours);
 hessian-eigenthings has the Hessian only and averages per-batch products unweighted, which
 is this convention when the batches are of equal size. The outputs must be one floating
-tensor; a :class:`~sharpscope.batches.ModelLoss` hides them and is refused.
+tensor; a :class:`~sharpscope.batches.ModelLoss` hides them and is refused, except the GGN of
+a token loss (:class:`~sharpscope.tokens.TokenLoss`, chunked or not), which
+:class:`sharpscope.vocab_chunks.TokenGGN` splits into outputs and the loss's Hessian in them
+(batches weighted by their counted tokens, so only the GGN, not the Fishers, takes token weights).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ from .batches import higher_order_attention
 from .checks import require_memory
 from .errors import ConfigError, SampledFisherWarning
 from .objective import Objective, require_finite, eval_mode
+from .vocab_chunks import TokenGGN
 
 if TYPE_CHECKING:
     from .linalg import SymmetricOperator
@@ -123,7 +127,10 @@ def operator(objective: Objective, kind: str = "hessian", *, mc_samples: int | s
     if kind == "hessian":
         return objective.operator()
     middle: Middle
-    if kind == "ggn":
+    tokens = TokenGGN.of(objective.model, objective.loss_fn) if kind == "ggn" else None
+    if tokens is not None:  # a token loss: its logits (or, chunked, the output layer's inputs) as outputs
+        middle = tokens.middle
+    elif kind == "ggn":
         middle = _ggn_middle(objective)
     elif kind == "empirical-fisher":
         middle = _empirical_fisher_middle(objective)
@@ -134,7 +141,8 @@ def operator(objective: Objective, kind: str = "hessian", *, mc_samples: int | s
     _check_outputs(objective, kind, mc_samples)
 
     def product(v: Tensor) -> Tensor:
-        return _product(objective, middle, v, f"a product of the {title(kind)}")
+        extra = () if tokens is None else (tokens.outputs,)
+        return _product(objective, middle, v, f"a product of the {title(kind)}", *extra)
 
     return SymmetricOperator(product, objective.n, dtype=objective.dtype, device=objective.device, matmat=product)
 
@@ -156,18 +164,21 @@ def block_size(objective: Objective, kind: str = "hessian") -> int | None:
     return objective.hvp_block_size() if kind == "hessian" else objective.vmapped_block_size()
 
 
-def _product(obj: Objective, middle: Middle, v: Tensor, what: str) -> Tensor:
-    """sum over batches of J_b^T M_b J_b v, for a flat (n,) vector or an (n, b) block."""
+def _product(obj: Objective, middle: Middle, v: Tensor, what: str,
+             outputs_of: Callable[[dict[str, Tensor], Any], Any] | None = None) -> Tensor:
+    """sum over batches of J_b^T M_b J_b v, for a flat (n,) vector or an (n, b) block; the
+    outputs F_b are the model's on the inputs of (inputs, targets) batches, or
+    ``outputs_of(state, batch)``."""
     if v.shape[0] != obj.n or v.dim() not in (1, 2):
         raise ConfigError(f"vector of shape {tuple(v.shape)} does not match {obj.n} parameters")
     tangents = obj.unflatten(v)
     out = torch.zeros(v.shape, device=obj.device, dtype=obj.dtype)
     with eval_mode(obj.model), higher_order_attention():
         for index, (w, batch) in zip(obj.owned_indices, obj.own):
-            inputs = batch[0]
-
-            def f(theta: dict[str, Tensor]) -> Tensor:
-                return functional_call(obj.model, {**obj.fixed, **theta}, (inputs,))
+            def f(theta: dict[str, Tensor], batch: Any = batch) -> Any:
+                if outputs_of is not None:
+                    return outputs_of({**obj.fixed, **theta}, batch)
+                return functional_call(obj.model, {**obj.fixed, **theta}, (batch[0],))
 
             outputs, pullback = vjp(f, obj.theta)
             m = middle(outputs, batch, index, w)
@@ -246,10 +257,12 @@ def _check_outputs(obj: Objective, kind: str, mc_samples: int | str = 1) -> None
     """Refuse, before any product, a loss or model output the operator is not defined for
     (checked on the first batch: one forward pass)."""
     name = title(kind)
+    if kind == "ggn" and TokenGGN.of(obj.model, obj.loss_fn) is not None:
+        return  # a token loss's GGN (sharpscope.vocab_chunks.TokenGGN)
     if obj.batch_loss.takes_model:
         raise ConfigError(f"the {name} needs the model's outputs, which a ModelLoss hides; pass "
                           "loss_fn(outputs, targets) instead")
-    if obj.total_weight != obj.n_examples:
+    if obj.total_weight != obj.n_examples and kind != "ggn":  # w_b J_b^T M_b J_b: any batch weights
         raise ConfigError(f"the {name} is defined here for a loss averaged over examples; this one is weighted by "
                           "tokens (use the Hessian)")
     inputs, targets = next(iter(obj.batches))

@@ -31,18 +31,19 @@ or cap their logits after it are not supported).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from .batches import IGNORE_INDEX
 from .errors import ConfigError
-from .tokens import TokenLoss
+from .tokens import TokenLoss, logits_of
 
-__all__ = ["chunked_token_cross_entropy", "ChunkedTokenLoss", "DEFAULT_CHUNK_TOKENS"]
+__all__ = ["chunked_token_cross_entropy", "ChunkedTokenLoss", "TokenGGN", "DEFAULT_CHUNK_TOKENS"]
 
 DEFAULT_CHUNK_TOKENS = 64  # logits of 64 x 50,257 floats: 12 MiB in float32
 
@@ -154,13 +155,11 @@ class _HeadLoss(torch.autograd.Function):
         return sum((x * t).sum() for x, t in zip(_head_grad(h, weight, bias, labels, ctx.chunk), tangents))
 
 
-def _counted_rows(hidden: Tensor, labels: Tensor, shift: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(hidden states (N, d), labels (N,)) of the N counted tokens, and their number (a tensor)."""
-    if shift:
-        hidden, labels = hidden[..., :-1, :], labels[..., 1:]
-    y = labels.reshape(-1)
-    keep = (y != IGNORE_INDEX).nonzero().squeeze(1)
-    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep), y.index_select(0, keep), keep.numel()
+def _counted_rows(hidden: Tensor, labels: Tensor, shift: bool) -> tuple[Tensor, Tensor, int]:
+    """(hidden states (N, d), labels (N,)) of the N counted tokens, and N."""
+    keep = _kept(labels, shift)
+    y = (labels[..., 1:] if shift else labels).reshape(-1)
+    return _flat_rows(hidden, shift).index_select(0, keep), y.index_select(0, keep), keep.numel()
 
 
 def chunked_token_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, shift: bool,
@@ -194,17 +193,134 @@ class ChunkedTokenLoss(TokenLoss):
         super().__init__(kind, labels_key)
         self.chunk_tokens = chunk_tokens
 
-    def batch_loss(self, model: nn.Module, batch: Any) -> Tensor:
-        """The token-mean cross-entropy of the model's hidden states through its output layer."""
-        labels = self.labels(batch)
-        fields = {k: v for k, v in batch.items() if k != self.labels_key}
+    def parts(self, model: nn.Module) -> tuple[nn.Module, nn.Linear]:
+        """(the model's body, which gives the hidden states first, its output layer)."""
         base = getattr(model, "base_model", None)
         head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
         if base is None or base is model or not isinstance(head, nn.Linear):
             raise ConfigError(f"ChunkedTokenLoss needs a Hugging Face LM with a base_model and a Linear output layer "
                               f"(get_output_embeddings()); {type(model).__name__} has none")
+        return base, head
+
+    def batch_loss(self, model: nn.Module, batch: Any) -> Tensor:
+        """The token-mean cross-entropy of the model's hidden states through its output layer."""
+        labels = self.labels(batch)
+        fields = {k: v for k, v in batch.items() if k != self.labels_key}
+        base, head = self.parts(model)
         hidden = base(**fields)[0]
         return chunked_token_cross_entropy(hidden, head.weight, labels, self.shift, self.chunk_tokens, head.bias)
 
     def __repr__(self) -> str:
         return f"ChunkedTokenLoss({self.kind!r}, chunk_tokens={self.chunk_tokens})"
+
+
+def _head_ggn(h: Tensor, weight: Tensor, bias: Tensor, labels: Tensor, chunk: int,
+              dh: Tensor, dw: Tensor, db: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """J^T H_CE J (dh, dW, db) for the logits Z = h W^T + b of the rows, a chunk at a time: with
+    dZ = dh W^T + h dW^T + db (J applied) and dR = P * dZ - P rowsum(P * dZ) (H_CE = diag(p) - p p^T
+    per row), J^T dR = (dR W, dR^T h, sum_t dr_t). (The Hessian, :func:`_head_hessian`, adds the
+    terms of R = P - E, which the GGN drops.)"""
+    oh, ow, ob = [], torch.zeros_like(weight), torch.zeros_like(bias)
+    for rows, p, _ in _chunks(h, weight, bias, labels, chunk):
+        pdz = p * (F.linear(dh[rows], weight, db) + h[rows] @ dw.T)
+        dr = pdz - p * pdz.sum(-1, keepdim=True)
+        oh.append(dr @ weight)
+        ow = ow + dr.T @ h[rows]
+        ob = ob + dr.sum(0)
+    return (torch.cat(oh) if oh else torch.zeros_like(h)), ow, ob
+
+
+class _Outputs(nn.Module):
+    """``fn(model, batch)`` as a module, for ``functional_call`` to run it at other parameters."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, Any], Any]) -> None:
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, batch: Any) -> Any:
+        return self.fn(self.model, batch)
+
+
+class TokenGGN:
+    """The generalized Gauss-Newton matrix of a token loss (:class:`~sharpscope.tokens.TokenLoss`,
+    :class:`ChunkedTokenLoss`) split for :mod:`sharpscope.curvature`: the outputs of a batch as a
+    function of the parameters, and the Hessian of the batch's loss in those outputs.
+
+    For logits z_t of the counted tokens t and J_t = dz_t / dtheta, the token-mean loss over the
+    data (:mod:`sharpscope.tokens`, W counted tokens in all) has the GGN
+    (Schraudolph 2002; Martens 2020, Sec. 8)
+
+        G = (1 / W) sum_{t counted} J_t^T (diag(p_t) - p_t p_t^T) J_t,   p_t = softmax(z_t),
+
+    which :mod:`sharpscope.curvature` computes batch by batch as w_b J_b^T M_b J_b with w_b
+    the batch's share of the counted tokens and M_b the Hessian of the batch's token mean in
+    its outputs (1 / (its counted tokens) times diag(p) - p p^T per counted token, 0 elsewhere).
+    Under :class:`~sharpscope.tokens.TokenLoss` the outputs are the logits (B, T, V). Under
+    :class:`ChunkedTokenLoss` they are (hidden states, W, b) of the output layer, the logits
+    z = W h + b are formed inside M a chunk of tokens at a time (:func:`_head_ggn`), so a product
+    never holds the logits (or their tangents) of every token at once.
+    """
+
+    def __init__(self, model: nn.Module, loss: TokenLoss) -> None:
+        self.loss = loss
+        self.chunked = isinstance(loss, ChunkedTokenLoss)
+        self.module = _Outputs(model, self._outputs)
+
+    @staticmethod
+    def of(model: nn.Module, loss: Any) -> TokenGGN | None:
+        """The split of ``loss`` when it is a token loss, else None."""
+        return TokenGGN(model, loss) if isinstance(loss, TokenLoss) else None
+
+    def _outputs(self, model: nn.Module, batch: Any) -> Any:
+        fields = {k: v for k, v in batch.items() if k != self.loss.labels_key}
+        if not self.chunked:
+            return logits_of(model(**fields))
+        base, head = self.loss.parts(model)  # type: ignore[attr-defined]
+        bias = head.bias if head.bias is not None else head.weight.new_zeros(head.weight.shape[0])
+        return base(**fields)[0], head.weight, bias
+
+    def outputs(self, state: dict[str, Tensor], batch: Any) -> Any:
+        """The batch's outputs with the model's parameters and buffers ``state`` (by name)."""
+        return functional_call(self.module, {f"model.{k}": v for k, v in state.items()}, (batch,))
+
+    def middle(self, outputs: Any, batch: Any, index: int, w: float) -> Callable[[Any], Any]:
+        """u -> w M u, M the Hessian of the batch's token-mean loss in its outputs (class docstring)."""
+        labels = self.loss.labels(batch)
+        if self.chunked:
+            hidden, weight, bias = outputs
+            h, y, count = _counted_rows(hidden, labels, self.loss.shift)
+            keep, scale = _kept(labels, self.loss.shift), w / max(count, 1)
+
+            def chunked(u: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+                dh = _flat_rows(u[0], self.loss.shift).index_select(0, keep)
+                oh, ow, ob = _head_ggn(h, weight, bias, y, self.loss.chunk_tokens, dh, u[1], u[2])  # type: ignore
+                return _placed(oh * scale, keep, u[0], self.loss.shift), ow * scale, ob * scale
+            return chunked
+        logits, y = (outputs[..., :-1, :], labels[..., 1:]) if self.loss.shift else (outputs, labels)
+        counted = (y != IGNORE_INDEX).unsqueeze(-1)
+        p = torch.softmax(logits, dim=-1)
+        scale = w / max(int(counted.sum()), 1)
+
+        def full(u: Tensor) -> Tensor:
+            pu = p * (u[..., :-1, :] if self.loss.shift else u)
+            out = (pu - p * pu.sum(-1, keepdim=True)) * counted * scale
+            return F.pad(out, (0, 0, 0, 1)) if self.loss.shift else out
+        return full
+
+
+def _flat_rows(x: Tensor, shift: bool) -> Tensor:
+    """(..., T, d) -> the rows (N, d) the loss scores (without the last position when ``shift``)."""
+    return (x[..., :-1, :] if shift else x).reshape(-1, x.shape[-1])
+
+
+def _kept(labels: Tensor, shift: bool) -> Tensor:
+    """The positions, among :func:`_flat_rows`' rows, of the counted tokens."""
+    return ((labels[..., 1:] if shift else labels).reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)
+
+
+def _placed(rows: Tensor, keep: Tensor, like: Tensor, shift: bool) -> Tensor:
+    """The counted rows (N, d) put back at their positions in a zero tensor shaped as ``like``."""
+    scored = like[..., :-1, :] if shift else like
+    flat = rows.new_zeros(scored.reshape(-1, like.shape[-1]).shape).index_add(0, keep, rows)
+    out = flat.reshape(scored.shape)
+    return F.pad(out, (0, 0, 0, 1)) if shift else out

@@ -82,3 +82,42 @@ def test_chunked_token_loss_refuses_what_it_cannot_chunk():
 
     with pytest.raises(ConfigError, match="base_model"):
         Objective(Bare(), ChunkedTokenLoss("causal"), _data()).loss()
+
+
+def _explicit_ggn_times(model, data, vecs):
+    """(1 / W) sum_t J_t^T (diag(p_t) - p_t p_t^T) J_t vecs over the counted tokens, from the full
+    Jacobian of the logits (torch.func.jacrev), independent of sharpscope.curvature."""
+    from torch.func import functional_call, jacrev
+
+    names = [n for n, _ in model.named_parameters()]
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    total, count = 0.0, 0
+    for batch in data:
+        def logits(th, batch=batch):
+            return functional_call(model, th, (), {"input_ids": batch["input_ids"]}).logits[:, :-1]
+
+        z = logits(theta).reshape(-1, V)
+        jac = jacrev(logits)(theta)
+        J = torch.cat([jac[n].reshape(z.shape[0], V, -1) for n in names], dim=2)  # (tokens, V, n)
+        y = batch["labels"][:, 1:].reshape(-1)
+        for t in (y != -100).nonzero().squeeze(1):
+            p = torch.softmax(z[t], -1)
+            total = total + J[t].T @ ((torch.diag(p) - torch.outer(p, p)) @ (J[t] @ vecs))
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("loss", [TokenLoss("causal"), ChunkedTokenLoss("causal", chunk_tokens=4)])
+def test_token_ggn_equals_the_explicit_ggn_over_counted_tokens(loss):
+    """Ragged, padded batches (-100 labels): the GGN weighted by tokens, chunked or not, to float rounding."""
+    from sharpscope import curvature
+
+    model = _gpt()
+    with torch.no_grad():
+        model.transformer.wpe.weight.normal_()  # non-trivial J through the position embeddings too
+    obj = Objective(model, loss, _data())
+    op = curvature.operator(obj, "ggn")
+    V2 = torch.randn(obj.n, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    want, got = _explicit_ggn_times(model, _data(), V2), op.matmat(V2)
+    assert float((got - want).norm() / want.norm()) < 1e-12
+    assert torch.allclose(op.matvec(V2[:, 0]), got[:, 0], rtol=1e-12, atol=1e-15)
