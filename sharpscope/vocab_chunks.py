@@ -56,7 +56,22 @@ def _chunks(h: Tensor, weight: Tensor, bias: Tensor, labels: Tensor, chunk: int
         rows = slice(lo, lo + chunk)
         p = torch.softmax(F.linear(h[rows], weight, bias), dim=-1)
         y = labels[rows].unsqueeze(1)
-        yield rows, p, p.scatter_add(1, y, torch.full(y.shape, -1.0, dtype=p.dtype, device=p.device))
+        r = p.scatter_add(1, y, torch.full(y.shape, -1.0, dtype=p.dtype, device=p.device))
+        yield rows, p, r
+        del p, r  # before the next chunk's: the callers drop theirs too (one chunk alive at a time)
+
+
+def _under_torch_func(x: Tensor) -> bool:
+    """Whether ``x`` is traced by a ``torch.func`` transform (wrapped, e.g. batched by ``vmap``)."""
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
+
+
+def _add_product(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """acc + a^T b: in place (no temporary of acc's size) where nothing records or transforms it,
+    out of place under autograd or a ``torch.func`` transform (whose wrapped tensors may be batched)."""
+    recorded = torch.is_grad_enabled() and any(x.requires_grad for x in (acc, a, b))
+    plain = not recorded and not any(_under_torch_func(x) for x in (acc, a, b))
+    return acc.addmm_(a.T, b) if plain else acc + a.T @ b
 
 
 def _head_sum(h: Tensor, weight: Tensor, bias: Tensor, labels: Tensor, chunk: int) -> Tensor:
@@ -71,10 +86,11 @@ def _head_sum(h: Tensor, weight: Tensor, bias: Tensor, labels: Tensor, chunk: in
 def _head_grad(h: Tensor, weight: Tensor, bias: Tensor, labels: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
     """(dS/dh, dS/dW, dS/db) of S (:func:`_head_sum`): (R W, R^T h, sum_t r_t), R = P - E."""
     gh, gw, gb = [], torch.zeros_like(weight), torch.zeros_like(bias)
-    for rows, _, r in _chunks(h, weight, bias, labels, chunk):
+    for rows, p, r in _chunks(h, weight, bias, labels, chunk):
         gh.append(r @ weight)
-        gw = gw + r.T @ h[rows]
+        gw = _add_product(gw, r, h[rows])
         gb = gb + r.sum(0)
+        del p, r
     return (torch.cat(gh) if gh else torch.zeros_like(h)), gw, gb
 
 
@@ -89,8 +105,9 @@ def _head_hessian(h: Tensor, weight: Tensor, bias: Tensor, labels: Tensor, chunk
         pdz = p * (F.linear(dh[rows], weight, db) + h[rows] @ dw.T)
         dr = pdz - p * pdz.sum(-1, keepdim=True)
         oh.append(dr @ weight + r @ dw)
-        ow = ow + dr.T @ h[rows] + r.T @ dh[rows]
+        ow = _add_product(_add_product(ow, dr, h[rows]), r, dh[rows])
         ob = ob + dr.sum(0)
+        del p, r, pdz, dr
     return (torch.cat(oh) if oh else torch.zeros_like(h)), ow, ob
 
 
@@ -146,7 +163,9 @@ class _HeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple:
         grads = _HeadGrad.apply(*ctx.saved_tensors, ctx.chunk)
-        return (*(g * x for x in grads), None, None)
+        if torch.is_grad_enabled() or any(_under_torch_func(x) for x in (g, *grads)):
+            return (*(g * x for x in grads), None, None)
+        return (*(x.mul_(g) for x in grads), None, None)  # a first derivative only: no copy of dS/dW
 
     @staticmethod
     def jvp(ctx: Any, th: Tensor, tw: Tensor, tb: Tensor, *_: Any) -> Tensor:
@@ -225,8 +244,9 @@ def _head_ggn(h: Tensor, weight: Tensor, bias: Tensor, labels: Tensor, chunk: in
         pdz = p * (F.linear(dh[rows], weight, db) + h[rows] @ dw.T)
         dr = pdz - p * pdz.sum(-1, keepdim=True)
         oh.append(dr @ weight)
-        ow = ow + dr.T @ h[rows]
+        ow = _add_product(ow, dr, h[rows])
         ob = ob + dr.sum(0)
+        del p, pdz, dr
     return (torch.cat(oh) if oh else torch.zeros_like(h)), ow, ob
 
 
