@@ -1,4 +1,5 @@
-"""Token cross-entropy over a large vocabulary, its logits formed a chunk of tokens at a time.
+"""Token cross-entropy over a large vocabulary, its logits formed a chunk of tokens at a time,
+in the loss, the gradient, both exact Hessian-vector products and the GGN product.
 
 For hidden states h_t (the language model's last layer, d wide) and an output layer
 (W, b) of V rows, the token loss of a batch is
@@ -7,21 +8,31 @@ For hidden states h_t (the language model's last layer, d wide) and an output la
 
 the same number :func:`sharpscope.tokens.token_cross_entropy` computes from the model's
 logits. Formed at once, the logits of T tokens take T V floats, and autograd keeps more of
-that size (the log-softmax output; a double backward or a forward-mode tangent adds more):
-at V = 50,257 they dominate a small model's memory. Here the tokens are split into chunks of
-``chunk_tokens``; each chunk's logits are formed, scored and summed, and under ordinary
-autograd (a gradient, and the finite-difference HVP, which is two gradients) each chunk runs
-under ``torch.utils.checkpoint`` (non-reentrant), which keeps only the chunk's inputs and
-recomputes its logits in the backward pass, so at most one chunk's logits (and their
-gradient) are alive at a time. The sum over chunks is the same sum (equal to float rounding
-of the different summation order).
+that size (the softmax; a double backward or a forward-mode tangent adds more): at
+V = 50,257 they dominate a small model's memory. Here the counted tokens are split into
+chunks of ``chunk_tokens`` and the output layer with the cross-entropy is one
+``torch.autograd.Function`` of (h, W, b) whose every derivative is computed a chunk at a time
+from h, W and b alone (no logits are saved; each chunk's are formed again when needed). With
+R = P - E (softmax minus one-hot labels) and, along a direction (dh, dW, db),
+dZ = dh W^T + h dW^T + db and dR = P * dZ - P rowsum(P * dZ) (the cross-entropy's Hessian
+diag(p) - p p^T, row by row), chunk by chunk:
 
-Under ``torch.func`` transforms (the exact forward-over-reverse HVP, ``torch.func`` gradients)
-checkpointing is not supported (saved-tensor hooks), and chunks without it would keep every
-chunk's saved tensors (and a weight gradient per chunk): the logits are then formed at once,
-as unchunked, so the exact HVP's peak is not reduced; the memory saving is the gradient's and
-the finite-difference HVP's (measured in ``benchmarks/bench_vocab_chunks.py``). The GGN
-refuses token-weighted losses (:mod:`sharpscope.curvature`), so it is not chunked here.
+- the gradient of S = sum_t CE is (R W, R^T h, sum_t r_t) (:func:`_head_grad`);
+- its derivative, the Hessian of S applied to the direction, is
+  (dR W + R dW, dR^T h + R^T dh, sum_t dr_t) (:func:`_head_hessian`). It is symmetric, so the
+  gradient's own Function (:class:`_HeadGrad`) gives it both as its backward (the
+  ``reuse-graph`` HVP, a double backward) and as its forward-mode derivative (the
+  ``forward-over-reverse`` HVP under ``torch.func``, vmapped by ``generate_vmap_rule``), and
+  it is built from differentiable operations, so higher derivatives are exact too;
+- the GGN drops the terms of R: (dR W, dR^T h, sum_t dr_t) (:func:`_head_ggn`, used by
+  :class:`TokenGGN` for :mod:`sharpscope.curvature`'s ``"ggn"``).
+
+The model's body is differentiated by autograd as usual; at most one chunk's logits (and a
+few tensors of their size) are alive at a time, and the kept double-backward graph of
+``reuse-graph`` holds h, W and b, not the logits. The sums over chunks equal the unchunked
+sums to the float rounding of the different summation order (tests/test_vocab_chunks.py, in
+float64 against the unchunked products and an explicit GGN). Peak memory with and without,
+at V = 50,257: ``benchmarks/bench_vocab_chunks.py``.
 
 :class:`ChunkedTokenLoss` is :class:`sharpscope.tokens.TokenLoss` computed this way for a
 Hugging Face model: the hidden states from ``model.base_model(**fields)`` and the output
