@@ -221,3 +221,40 @@ def test_the_chunked_head_is_twice_differentiable_in_every_input():
     for a, c in zip(hvps(full), hvps(chunked)):
         for x, z in zip(a, c):
             assert torch.allclose(x, z, rtol=1e-12, atol=1e-14)
+
+
+class _BiasedLM(torch.nn.Module):
+    """A Hugging Face-shaped LM (base_model, get_output_embeddings) whose output layer has a bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.base_model = _Body()
+        self.lm_head = torch.nn.Linear(8, V)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def forward(self, input_ids, **_):
+        return self.lm_head(self.base_model(input_ids)[0])
+
+
+class _Body(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.mix = torch.nn.Embedding(V, 8), torch.nn.Linear(8, 8)
+
+    def forward(self, input_ids, **_):
+        return (torch.tanh(self.mix(self.emb(input_ids))),)
+
+
+@pytest.mark.parametrize("what", ["forward-over-reverse", "reuse-graph", "ggn"])
+def test_an_output_layer_with_a_bias_is_chunked_exactly(what):
+    from sharpscope import curvature
+
+    out = []
+    for loss in (TokenLoss("masked"), ChunkedTokenLoss("masked", chunk_tokens=4)):
+        obj = Objective(_BiasedLM().double(), loss, _data(), hvp_mode="reuse-graph" if what == "ggn" else what)
+        v = torch.randn(obj.n, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+        out.append(curvature.operator(obj, "ggn").matmat(v) if what == "ggn" else obj.hvp(v))
+    assert float((out[0] - out[1]).norm() / out[0].norm()) < 1e-12
