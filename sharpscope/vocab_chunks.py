@@ -123,6 +123,7 @@ def _head_hessian(h: Tensor, weight: Tensor, bias: Tensor, labels: Tensor, chunk
 
 
 def _zeros_for(tangents: tuple[Tensor | None, ...], like: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The tangents (or cotangents), a zero tensor shaped as ``like`` for each one autograd left None."""
     return tuple(torch.zeros_like(x) if t is None else t for t, x in zip(tangents, like))
 
 
@@ -157,7 +158,8 @@ class _HeadGrad(torch.autograd.Function):
 
 class _HeadLoss(torch.autograd.Function):
     """(h, W, b) -> S = sum_t CE(W h_t + b, y_t), chunked, with a gradient (:class:`_HeadGrad`)
-    that is itself differentiable, so no derivative of any order keeps the logits of all rows."""
+    that is itself differentiable: neither a gradient nor a Hessian-vector product keeps the
+    logits of all rows (a third derivative is exact but records every chunk of the second)."""
 
     generate_vmap_rule = True
 
