@@ -15,7 +15,10 @@ losses l_n, J_n = d f_n / d theta and w_n = 1/N:
   r_n = d l_n / d f_n = n_b times the batch-mean loss's gradient in row n (a per-example mean).
 
 Products go v -> J v (forward mode) -> M J v -> J^T M J v (reverse mode), vmapped over (n, b)
-blocks, normalized as curvlinops' with ``reduction="mean"``; a ModelLoss (no outputs) is refused.
+blocks, normalized as curvlinops' with ``reduction="mean"``. A ModelLoss (no outputs) is refused,
+except the GGN of a token loss (:class:`~sharpscope.tokens.TokenLoss`, chunked or not), which
+:class:`sharpscope.vocab_chunks.TokenGGN` splits into outputs and the loss's Hessian in them
+(batches weighted by their counted tokens; only the GGN, not the Fishers, takes token weights).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from .batches import higher_order_attention
 from .checks import require_memory
 from .errors import ConfigError, SampledFisherWarning
 from .objective import Objective, require_finite, eval_mode
+from .vocab_chunks import TokenGGN
 
 if TYPE_CHECKING:
     from .linalg import SymmetricOperator
@@ -79,7 +83,10 @@ def operator(objective: Objective, kind: str = "hessian", *, mc_samples: int | s
     if kind == "hessian":
         return objective.operator()
     middle: Middle
-    if kind == "ggn":
+    tokens = TokenGGN.of(objective.model, objective.loss_fn) if kind == "ggn" else None
+    if tokens is not None:  # a token loss: its logits (or, chunked, the output layer's inputs) as outputs
+        middle = tokens.middle
+    elif kind == "ggn":
         middle = _ggn_middle(objective)
     elif kind == "empirical-fisher":
         middle = _empirical_fisher_middle(objective)
@@ -90,7 +97,8 @@ def operator(objective: Objective, kind: str = "hessian", *, mc_samples: int | s
     _check_outputs(objective, kind, mc_samples)
 
     def product(v: Tensor) -> Tensor:
-        return _product(objective, middle, v, f"a product of the {title(kind)}")
+        extra = () if tokens is None else (tokens.outputs,)
+        return _product(objective, middle, v, f"a product of the {title(kind)}", *extra)
 
     return SymmetricOperator(product, objective.n, dtype=objective.dtype, device=objective.device, matmat=product)
 
@@ -110,18 +118,21 @@ def block_size(objective: Objective, kind: str = "hessian", budget_bytes: int | 
     return objective.hvp_block_size(**budget) if kind == "hessian" else objective.vmapped_block_size(**budget)
 
 
-def _product(obj: Objective, middle: Middle, v: Tensor, what: str) -> Tensor:
-    """sum over batches of J_b^T M_b J_b v, for a flat (n,) vector or an (n, b) block."""
+def _product(obj: Objective, middle: Middle, v: Tensor, what: str,
+             outputs_of: Callable[[dict[str, Tensor], Any], Any] | None = None) -> Tensor:
+    """sum over batches of J_b^T M_b J_b v, for a flat (n,) vector or an (n, b) block; the
+    outputs F_b are the model's on the inputs of (inputs, targets) batches, or
+    ``outputs_of(state, batch)``."""
     if v.shape[0] != obj.n or v.dim() not in (1, 2):
         raise ConfigError(f"vector of shape {tuple(v.shape)} does not match {obj.n} parameters")
     tangents = obj.unflatten(v)
     out = torch.zeros(v.shape, device=obj.device, dtype=obj.dtype)
     with eval_mode(obj.model), higher_order_attention():
         for index, (w, batch) in zip(obj.owned_indices, obj.own):
-            inputs = batch[0]
-
-            def f(theta: dict[str, Tensor]) -> Tensor:
-                return functional_call(obj.model, {**obj.fixed, **theta}, (inputs,))
+            def f(theta: dict[str, Tensor], batch: Any = batch) -> Any:
+                if outputs_of is not None:
+                    return outputs_of({**obj.fixed, **theta}, batch)
+                return functional_call(obj.model, {**obj.fixed, **theta}, (batch[0],))
 
             outputs, pullback = vjp(f, obj.theta)
             m = middle(outputs, batch, index, w)
@@ -193,10 +204,12 @@ def _examples(obj: Objective, outputs: Tensor, w: float, what: str) -> int:
 def _check_outputs(obj: Objective, kind: str, mc_samples: int | str = 1) -> None:
     """Refuse, before any product, a loss or output the operator is not defined for (one forward)."""
     name = title(kind)
+    if kind == "ggn" and TokenGGN.of(obj.model, obj.loss_fn) is not None:
+        return  # a token loss's GGN (sharpscope.vocab_chunks.TokenGGN)
     if obj.batch_loss.takes_model:
         raise ConfigError(f"the {name} needs the model's outputs, which a ModelLoss hides; pass "
                           "loss_fn(outputs, targets) instead")
-    if obj.total_weight != obj.n_examples:
+    if obj.total_weight != obj.n_examples and kind != "ggn":  # w_b J_b^T M_b J_b: any batch weights
         raise ConfigError(f"the {name} is defined here for a loss averaged over examples; this one is weighted by "
                           "tokens (use the Hessian)")
     inputs, targets = next(iter(obj.batches))

@@ -172,8 +172,13 @@ def test_pair_batches_with_a_token_cross_entropy_weigh_by_tokens():
 
     obj = Objective(Pairs(model), TokenCrossEntropy(shift=True), pairs)
     assert obj.loss() == pytest.approx(float(_explicit(model, data, True)[0].detach()), rel=1e-12)
-    with pytest.raises(ConfigError, match="weighted by tokens"):  # the GGN's per-example algebra does not hold
-        ss.hessian.eigenvalues(obj, k=1, operator="ggn")
+    with pytest.raises(ConfigError, match="weighted by tokens"):  # the Fisher's per-example algebra does not hold
+        ss.hessian.eigenvalues(obj, k=1, operator="fisher")
+    # the GGN's batch weights hold for any weighting: the same GGN as the dict batches' (vocab_chunks.TokenGGN)
+    v = torch.randn(obj.n, dtype=obj.dtype, generator=torch.Generator().manual_seed(0))
+    dicts = Objective(model, TokenLoss("causal"), data)
+    torch.testing.assert_close(ss.curvature.operator(obj, "ggn").matvec(v),
+                               ss.curvature.operator(dicts, "ggn").matvec(v), rtol=1e-10, atol=1e-12)
 
 
 def test_a_batch_with_no_counted_token_adds_nothing_and_all_empty_is_refused():
