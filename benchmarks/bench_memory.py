@@ -66,7 +66,8 @@ def _setup(size: str, seq: int, batch: int, device: str) -> tuple[Any, Any, list
     return model, causal_cross_entropy, [(ids, ids)]
 
 
-def _operation(op: str, model: Any, loss_fn: Callable, data: list, lanczos_iter: int) -> Callable[[], Any]:
+def _operation(op: str, model: Any, loss_fn: Callable, data: list, lanczos_iter: int,
+               lanczos: tuple[float | None, float] = (None, 1e-3)) -> Callable[[], Any]:
     """Build the objects ``op`` needs (outside the measurement) and return the call to measure."""
     import torch
 
@@ -95,20 +96,22 @@ def _operation(op: str, model: Any, loss_fn: Callable, data: list, lanczos_iter:
         ggn = curvature.operator(obj, "ggn")
         return lambda: ggn.matvec(v)
     if op == "lanczos-top5":
-        return lambda: hessian.eigenvalues(obj, k=5, max_iter=lanczos_iter, tol=1e-3)
+        memory_gb, tol = lanczos  # --lanczos-memory GB (None: no budget), --lanczos-tol
+        return lambda: hessian.eigenvalues(obj, k=5, max_iter=lanczos_iter, tol=tol, memory_gb=memory_gb)
     if op == "hutch++":
         return lambda: hessian.trace(obj, n_matvecs=6)
     raise ValueError(f"unknown operation {op!r}")
 
 
-def one(op: str, size: str, seq: int, batch: int, device: str, lanczos_iter: int) -> dict:
+def one(op: str, size: str, seq: int, batch: int, device: str, lanczos_iter: int,
+        lanczos: tuple[float | None, float] = (None, 1e-3)) -> dict:
     """Set up, then measure one operation in this process."""
     import torch
 
     from sharpscope.models import count_parameters
 
     model, loss_fn, data = _setup(size, seq, batch, device)
-    call = _operation(op, model, loss_fn, data, lanczos_iter)
+    call = _operation(op, model, loss_fn, data, lanczos_iter, lanczos)
     if device == "cuda":  # pragma: no cover - cuda
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -125,10 +128,11 @@ def one(op: str, size: str, seq: int, batch: int, device: str, lanczos_iter: int
     return row
 
 
-def measure(op: str, size: str, seq: int, batch: int, device: str, lanczos_iter: int, timeout: float) -> dict:
+def measure(op: str, size: str, seq: int, batch: int, device: str, lanczos_iter: int, timeout: float,
+            lanczos_args: tuple[str, ...] = ()) -> dict:
     """:func:`one` in a fresh subprocess; an error row (with its last line) if it fails."""
     cmd = [sys.executable, os.path.abspath(__file__), "--one", op, "--sizes", size, "--seqs", str(seq),
-           "--batch", str(batch), "--device", device, "--lanczos-iter", str(lanczos_iter)]
+           "--batch", str(batch), "--device", device, "--lanczos-iter", str(lanczos_iter), *lanczos_args]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=measuring_env())
     except subprocess.TimeoutExpired:
@@ -159,6 +163,8 @@ def main() -> None:
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--lanczos-iter", type=int, default=30, help="Lanczos steps (basis vectors held) at most")
+    ap.add_argument("--lanczos-memory", type=float, help="memory_gb of the Lanczos top-5 (default: no budget)")
+    ap.add_argument("--lanczos-tol", type=float, default=1e-3, help="tol of the Lanczos top-5")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement")
     ap.add_argument("--json", help="also write the rows to this file")
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -171,19 +177,22 @@ def main() -> None:
         print(f"bench_memory: unknown size or operation {bad} (or batch < 2)", file=sys.stderr)
         raise SystemExit(2)
     if a.one:
-        print(json.dumps(one(a.one, sizes[0], seqs[0], a.batch, a.device, a.lanczos_iter)))
+        print(json.dumps(one(a.one, sizes[0], seqs[0], a.batch, a.device, a.lanczos_iter,
+                             (a.lanczos_memory, a.lanczos_tol))))
         return
     print(f"peak memory above the set-up ({'RSS' if a.device == 'cpu' else 'CUDA max allocated'}), "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     everything = []
+    lanczos_args = ("--lanczos-tol", str(a.lanczos_tol)) + (
+        ("--lanczos-memory", str(a.lanczos_memory)) if a.lanczos_memory is not None else ())
     for size in sizes:
         for seq in seqs:
             print(f"{size} ({'vocab %d, %d layers x %d wide, %d heads' % SIZES[size]}), batch {a.batch} x {seq}",
                   flush=True)
             rows: list[dict] = []
             for op in ops:  # printed as measured: a long run shows its rows so far
-                rows.append(measure(op, size, seq, a.batch, a.device, a.lanczos_iter, a.timeout))
+                rows.append(measure(op, size, seq, a.batch, a.device, a.lanczos_iter, a.timeout, lanczos_args))
                 if len(rows) == 1 and "n_params" in rows[0]:
                     print(f"  {rows[0]['n_params']:,} parameters", flush=True)
                 grad = rows[0].get("peak_mib") if rows[0]["op"] == "grad" else None
