@@ -4,11 +4,13 @@ GPT, sharpscope side by side with hessian-eigenthings 1.0 (issue 25, "Goals").
     pip install --no-deps "hessian-eigenthings==1.0.0a5"   # benchmark only, never a dependency
     python benchmarks/bench_transformer.py --threads 2              # part (a) on a small GPT + part (b)
     python benchmarks/bench_transformer.py --threads 2 --size gpt2  # part (a) on 124 M parameters
+    python benchmarks/bench_transformer.py --threads 1 --part a --size gpt2 --layers 2 --profile  # quicker
 
 Part (a), cost. ``--size gpt2``: ``GPT2LMHeadModel`` from ``GPT2Config``'s defaults (12 layers,
 n_embd 768, vocabulary 50,257, context 1,024, dropout 0.1, eager attention: 124,439,808
 parameters), random init (seed 0), one batch of 2 x 128 random tokens, the model's own loss
-``model(**batch).loss``. ``--size small``: the 2-layer GPT of part (b) on the same batch shape
+``model(**batch).loss``; ``--layers N`` keeps N of its 12 blocks (same widths and vocabulary: a
+quicker look). ``--size small``: the 2-layer GPT of part (b) on the same batch shape
 (a quick run). Timed in interleaved rounds (medians), in one process, by the wall clock and by
 the process's CPU time (all its threads; the steadier of the two on a shared machine):
 
@@ -16,7 +18,9 @@ the process's CPU time (all its threads; the steadier of the two on a shared mac
   and sharpscope's ``Objective.grad`` (``torch.func``);
 - one HVP with each of sharpscope's modes (``Objective(..., hvp_mode=...)``):
   forward-over-reverse (``jvp`` of ``grad``) and the reused double-backward graph (per
-  product once the graph exists, and the first product, which builds it);
+  product once the graph exists, and the first product, which builds it), and, beside the
+  per-product row, the floor of that formulation: ``torch.autograd.grad`` through a gradient
+  graph built here, its result left in per-parameter pieces (:func:`autograd_product`);
 - one SGD step and one SAM step (rho 0.05, SGD base) through ``sharpscope.sam_step`` in
   train mode (dropout on), the model's own loss; SAM in units of SGD; and one copy of the
   parameters, the unit of SAM's passes over them beyond its two forward-backward passes.
@@ -113,11 +117,12 @@ def environment() -> str:
 
 
 # -- part (a): step costs --------------------------------------------------------------------
-def gpt2_small() -> nn.Module:
-    """GPT2LMHeadModel(GPT2Config()) through sharpscope's ``gpt`` builder: GPT2Config's defaults."""
+def gpt2_small(n_layer: int = 12) -> nn.Module:
+    """GPT2LMHeadModel(GPT2Config()) through sharpscope's ``gpt`` builder: GPT2Config's defaults
+    (``n_layer`` fewer blocks for a quicker look at the same widths and vocabulary)."""
     torch.manual_seed(0)
-    model = build_model(make_model_spec("gpt", [1024], 50257, n_layer=12, n_embd=768, n_head=12, dropout=0.1))
-    assert count_parameters(model) == GPT2_SMALL_PARAMS, count_parameters(model)
+    model = build_model(make_model_spec("gpt", [1024], 50257, n_layer=n_layer, n_embd=768, n_head=12, dropout=0.1))
+    assert n_layer != 12 or count_parameters(model) == GPT2_SMALL_PARAMS, count_parameters(model)
     return model
 
 
@@ -144,11 +149,32 @@ def step_costs(model: nn.Module, batch: Batch, rounds: int) -> dict[str, tuple[f
     timed = interleaved_medians({"gradient": backward, "objective.grad": fo.grad, "hvp forward-over-reverse":
                                  lambda: fo.hvp(v), "hvp reuse-graph, first (builds graph)": first_reuse}, rounds)
     rg.hvp(v)  # the graph exists from here on: its products are timed beside a gradient of their own
-    timed.update(interleaved_medians({GRADIENT_BESIDE: backward, "hvp reuse-graph, per product": lambda: rg.hvp(v)},
-                                     rounds))
+    floor = autograd_product(model, batch, v)
+    timed.update(interleaved_medians({GRADIENT_BESIDE: backward, "hvp reuse-graph, per product": lambda: rg.hvp(v),
+                                      FLOOR: floor}, rounds))
+    del floor
     rg.release()
     timed.update(train_steps(model, batch, rounds))
     return timed
+
+
+FLOOR = "hvp reuse-graph, per product: autograd's backward alone (no flat vector, no check)"
+
+
+def autograd_product(model: nn.Module, batch: Batch, v: Tensor) -> Callable[[], tuple[Tensor, ...]]:
+    """The floor of the reused-graph product, built here independently of sharpscope: the
+    gradient of the model's own loss (eval mode) at copies of its parameters with
+    ``create_graph=True`` once, then each call one ``torch.autograd.grad`` of it with ``v``'s
+    pieces as ``grad_outputs`` (d(g . v)/d theta = H v), returned per parameter as autograd
+    gives it: no flat vector gathered, no finiteness check, no sum over batches."""
+    named = dict(model.named_parameters())
+    leaves = [p.detach().clone().requires_grad_(True) for p in named.values()]
+    params = dict(zip(named, leaves))
+    model.eval()
+    with torch.enable_grad():
+        g = torch.autograd.grad(torch.func.functional_call(model, params, (), batch).loss, leaves, create_graph=True)
+    parts = [c.view_as(p) for c, p in zip(v.split([p.numel() for p in leaves]), leaves)]
+    return lambda: torch.autograd.grad(g, leaves, grad_outputs=parts, retain_graph=True)
 
 
 def train_steps(model: nn.Module, batch: Batch, rounds: int) -> dict[str, tuple[float, float]]:
@@ -200,7 +226,7 @@ def profile_ops(model: nn.Module, batch: Batch, top: int) -> None:
         model.zero_grad(set_to_none=True)
 
     ops = {"gradient": backward, "hvp forward-over-reverse": lambda: fo.hvp(v),
-           "hvp reuse-graph": lambda: rg.hvp(v),
+           "hvp reuse-graph": lambda: rg.hvp(v), "hvp reuse-graph, autograd alone": autograd_product(model, batch, v),
            "SGD step": lambda: ss.sam_step(wrapped.train(), own_loss_of_output, batch, batch["labels"], sgd),
            "SAM step": lambda: ss.sam_step(wrapped.train(), own_loss_of_output, batch, batch["labels"], sam)}
     for name, fn in ops.items():
@@ -429,6 +455,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", choices=("small", "gpt2"), default="small", help="part (a)'s model")
     ap.add_argument("--part", choices=("a", "b", "all"), default="all")
+    ap.add_argument("--layers", type=int, default=12, help="blocks of --size gpt2 (12: GPT-2 small)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds of part (a) (medians)")
     ap.add_argument("--train-steps", type=int, default=300)
@@ -437,7 +464,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.part in ("a", "all"):
-        model = gpt2_small() if args.size == "gpt2" else small_gpt(0, context=128)
+        model = gpt2_small(args.layers) if args.size == "gpt2" else small_gpt(0, context=128)
         batch = random_tokens(model.config.vocab_size, 2, 128, seed=0)
         print(f"## (a) step costs: {type(model).__name__}, {count_parameters(model):,} parameters, batch 2 x 128 "
               f"tokens, own loss\n{environment()}")
