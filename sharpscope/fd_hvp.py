@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 
-__all__ = ["PerturbedGradient", "double_backward_unavailable", "cut_by_once_differentiable", "OnceDifferentiableError"]
+__all__ = ["PerturbedGradient", "double_backward_unavailable", "cut_by_once_differentiable", "OnceDifferentiableError",
+           "restoring"]
 
 # (fragment of the message, why): the errors that mean "no second derivative here"
 _NO_SECOND_DERIVATIVE = (
@@ -55,6 +56,21 @@ _NO_SECOND_DERIVATIVE = (
     ("double backward", "an operation has no double backward"),
 )
 
+
+@contextlib.contextmanager
+def restoring(tensors: list[Tensor], model: nn.Module) -> Iterator[list[Tensor]]:
+    """Copies of ``tensors`` (yielded); on exit the tensors and every ``.grad`` of ``model``'s
+    parameters are restored bit for bit."""
+    saved = [t.detach().clone() for t in tensors]
+    grads = [(p, p.grad) for p in model.parameters()]
+    try:
+        yield saved
+    finally:
+        with torch.no_grad():
+            for t, s in zip(tensors, saved):
+                t.copy_(s)
+        for p, g in grads:
+            p.grad = g
 
 class OnceDifferentiableError(ConfigError):
     """A double-backward graph through a ``@once_differentiable`` backward (its product would
@@ -138,16 +154,8 @@ class PerturbedGradient:
         """A function ``at(d)`` -> (L, grad L) at theta + d (d flat, None for theta itself;
         ``at(x, absolute=True)``: at the point x itself) valid inside the block; the
         parameters and every ``.grad`` are restored bit for bit on exit."""
-        saved = [p.detach().clone() for p in self.params]
-        grads = [(p, p.grad) for p in self.model.parameters()]
-        try:
+        with restoring(self.params, self.model) as saved:
             yield lambda d, absolute=False: self._at(saved, d, absolute)
-        finally:
-            with torch.no_grad():
-                for p, s in zip(self.params, saved):
-                    p.copy_(s)
-            for p, g in grads:
-                p.grad = g
 
     def _at(self, saved: list[Tensor], d: Tensor | None, absolute: bool) -> tuple[Tensor, Tensor]:
         """Set the parameters to saved + d (or to d), then sum the weighted batch gradients."""

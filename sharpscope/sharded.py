@@ -47,6 +47,7 @@ from . import distributed as dist_utils
 from .batches import BatchLoss, fingerprint
 from .checks import available_memory
 from .errors import ConfigError, NonFiniteLossError
+from .fd_hvp import restoring
 from .hessian import DensityResult, EigenvaluesResult, TraceResult
 from .linalg import SymmetricOperator, hutchinson, lanczos, spectral_density
 from .linalg.finite_difference import central_difference, central_difference_error, central_difference_step
@@ -199,16 +200,8 @@ class ShardedHessian:
     def _session(self) -> Iterator[Callable[[Tensor | None], tuple[Tensor, Tensor]]]:
         """``at(d)`` -> (L, shard of grad L) at theta + d (d this rank's entries; None: theta);
         the shards and every ``.grad`` restored bit for bit on exit."""
-        saved = [t.detach().clone() for t in self.local]
-        grads = [(p, p.grad) for p in self.model.parameters()]
-        try:
+        with restoring(self.local, self.model) as saved:
             yield lambda d: self._at(saved, d)
-        finally:
-            with torch.no_grad():
-                for t, s in zip(self.local, saved):
-                    t.copy_(s)
-            for p, g in grads:
-                p.grad = g
 
     def _at(self, saved: list[Tensor], d: Tensor | None) -> tuple[Tensor, Tensor]:
         """Set the shards to saved + d, then sum the weighted batch gradients (FSDP's
@@ -253,6 +246,15 @@ def _max_iter(n: int, local_n: int, k: int, max_iter: int | None, device: torch.
     return int(least)
 
 
+def _hessian_of(model: nn.Module | ShardedHessian, loss_fn: Any, data: Iterable[Any] | None) -> ShardedHessian:
+    """``model`` when it is a :class:`ShardedHessian`, else the one of ``model``, ``loss_fn`` and ``data``."""
+    if isinstance(model, ShardedHessian):
+        return model
+    if data is None:
+        raise ConfigError("pass loss_fn and data (or a ShardedHessian)")
+    return ShardedHessian(model, loss_fn, data)
+
+
 def sharded_eigenvalues(model: nn.Module | ShardedHessian, loss_fn: Any = None, data: Iterable[Any] | None = None,
                         k: int = 5, which: str = "LA", tol: float = 1e-4, max_iter: int | None = None,
                         seed: int = 0, callback: Callable | None = None) -> EigenvaluesResult:
@@ -265,11 +267,7 @@ def sharded_eigenvalues(model: nn.Module | ShardedHessian, loss_fn: Any = None, 
     in float64 at ||theta|| = 10; :mod:`sharpscope.linalg.finite_difference`) on top of Lanczos'
     tolerance. The eigenvectors are not returned (each rank holds only its rows of them)."""
     start = time.perf_counter()
-    if not isinstance(model, ShardedHessian):
-        if data is None:
-            raise ConfigError("pass loss_fn and data (or a ShardedHessian)")
-        model = ShardedHessian(model, loss_fn, data)
-    h = model
+    h = _hessian_of(model, loss_fn, data)
     op = h.operator()
     cap = _max_iter(h.n, h.local_n, k, max_iter, _collective_device(h.local[0]))
     res = lanczos(op, k=k, which=which, tol=tol, max_iter=cap, seed=seed, callback=callback)
@@ -289,11 +287,7 @@ def sharded_trace(model: nn.Module | ShardedHessian, loss_fn: Any = None, data: 
     the one-process default, needs a QR factorization of sharded blocks (not implemented). Each
     probe is drawn whole on every rank (8 n bytes at a time)."""
     start = time.perf_counter()
-    if not isinstance(model, ShardedHessian):
-        if data is None:
-            raise ConfigError("pass loss_fn and data (or a ShardedHessian)")
-        model = ShardedHessian(model, loss_fn, data)
-    h = model
+    h = _hessian_of(model, loss_fn, data)
     res = hutchinson(h.operator(), n_matvecs=n_matvecs, seed=seed)
     return TraceResult(trace=float(res.estimate), stderr=float(res.stderr), method=res.method, n_hvp=res.n_matvecs,
                        wall_time=time.perf_counter() - start, n_params=h.n, n_examples=h.n_examples,
@@ -308,11 +302,7 @@ def sharded_density(model: nn.Module | ShardedHessian, loss_fn: Any = None, data
     Lanczos vectors and Rademacher starts sharded like the parameters; called on every rank.
     Equal to the one-process finite-difference density to float64 rounding (the same starts)."""
     start = time.perf_counter()
-    if not isinstance(model, ShardedHessian):
-        if data is None:
-            raise ConfigError("pass loss_fn and data (or a ShardedHessian)")
-        model = ShardedHessian(model, loss_fn, data)
-    h = model
+    h = _hessian_of(model, loss_fn, data)
     res = spectral_density(h.operator(), n_runs=n_runs, n_steps=n_steps, seed=seed, sigma_squared=sigma_squared,
                            grid_points=grid_points)
     return DensityResult(grid=res.grid.tolist(), density=res.density.tolist(), nodes=res.nodes.tolist(),

@@ -127,22 +127,27 @@ def _zeros_for(tangents: tuple[Tensor | None, ...], like: tuple[Tensor, ...]) ->
     return tuple(torch.zeros_like(x) if t is None else t for t, x in zip(tangents, like))
 
 
-class _HeadGrad(torch.autograd.Function):
-    """(h, W, b) -> the gradient of S (:func:`_head_grad`); its derivative, backward and forward
-    mode alike, is the (symmetric) Hessian of S, :func:`_head_hessian`, itself made of
-    differentiable chunked operations."""
+class _ChunkedHead(torch.autograd.Function):
+    """What both head functions share: (h, W, b, labels, chunk) saved for backward and for
+    forward mode, and vmap rules generated (torch.func's HVPs batch them)."""
 
     generate_vmap_rule = True
-
-    @staticmethod
-    def forward(h: Tensor, weight: Tensor, bias: Tensor, labels: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
-        return _head_grad(h, weight, bias, labels, chunk)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
         h, weight, bias, labels, ctx.chunk = inputs
         ctx.save_for_backward(h, weight, bias, labels)
         ctx.save_for_forward(h, weight, bias, labels)
+
+
+class _HeadGrad(_ChunkedHead):
+    """(h, W, b) -> the gradient of S (:func:`_head_grad`); its derivative, backward and forward
+    mode alike, is the (symmetric) Hessian of S, :func:`_head_hessian`, itself made of
+    differentiable chunked operations."""
+
+    @staticmethod
+    def forward(h: Tensor, weight: Tensor, bias: Tensor, labels: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+        return _head_grad(h, weight, bias, labels, chunk)
 
     @staticmethod
     def backward(ctx: Any, gh: Tensor, gw: Tensor, gb: Tensor) -> tuple:
@@ -156,22 +161,14 @@ class _HeadGrad(torch.autograd.Function):
         return _head_hessian(h, weight, bias, labels, ctx.chunk, *_zeros_for((th, tw, tb), (h, weight, bias)))
 
 
-class _HeadLoss(torch.autograd.Function):
+class _HeadLoss(_ChunkedHead):
     """(h, W, b) -> S = sum_t CE(W h_t + b, y_t), chunked, with a gradient (:class:`_HeadGrad`)
     that is itself differentiable: neither a gradient nor a Hessian-vector product keeps the
     logits of all rows (a third derivative is exact but records every chunk of the second)."""
 
-    generate_vmap_rule = True
-
     @staticmethod
     def forward(h: Tensor, weight: Tensor, bias: Tensor, labels: Tensor, chunk: int) -> Tensor:
         return _head_sum(h, weight, bias, labels, chunk)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        h, weight, bias, labels, ctx.chunk = inputs
-        ctx.save_for_backward(h, weight, bias, labels)
-        ctx.save_for_forward(h, weight, bias, labels)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple:
