@@ -15,7 +15,7 @@ from torch import nn
 
 from sharpscope.checks import GIB
 from sharpscope.errors import ConfigError, MemoryBudgetError
-from sharpscope.landscape import SurfaceResult, interpolate, random_direction, surface
+from sharpscope.landscape import SurfaceResult, auto_range, interpolate, random_direction, surface
 from sharpscope.landscape.budget import LivePeak, fitting_chunks, state_bytes
 from sharpscope.landscape.surface import CHUNK_CANDIDATES, point_chunks, point_plan
 from sharpscope.train import TrainConfig, train
@@ -176,3 +176,16 @@ def test_cli_memory(run_dir, tmp_path, cli):
         assert code == 0, err
         losses.append(SurfaceResult.load(folder / "surface_1d.npz").loss)
     assert np.array_equal(losses[0], losses[1])
+
+
+def test_auto_range_within_a_budget():
+    """--range auto's evaluations use the largest chunk (at most 1,024) that fits: the same
+    extents as without a budget at that chunk; a budget that holds no point is refused."""
+    model, data = mlp(), batches()
+    memory = _budget_for(point_plan(model, F.cross_entropy, data, 1.0), 50.5)
+    dirs = [random_direction(model, seed=1)]
+    got = auto_range(model, F.cross_entropy, data, dirs, 1.5, memory_gb=memory)
+    ref = auto_range(model, F.cross_entropy, data, dirs, 1.5, chunk_size=50)
+    assert got.extents == ref.extents and got.centre_loss == ref.centre_loss
+    with pytest.raises(MemoryBudgetError, match="needs at least"):
+        auto_range(model, F.cross_entropy, data, dirs, 1.5, memory_gb=1e-6)
