@@ -99,8 +99,8 @@ def test_budgeted_surface_equals_the_unbudgeted_one_at_its_chunk(examples, chunk
 def test_a_budget_too_small_is_refused_before_the_first_point():
     model, data, seen = mlp(), batches(), []
     dirs = [random_direction(model, seed=1)]
-    with pytest.raises(MemoryBudgetError, match=r"a grid point over 1,669 parameters needs at least .* \(a copy of "
-                                                r"the parameters and buffers, .*more than the memory budget of"):
+    with pytest.raises(MemoryBudgetError, match=r"a grid point over 1,669 parameters needs at least .* \(its "
+                                                r"parameters and buffers as they are shifted, .*more than the memory budget"):
         surface(model, F.cross_entropy, data, dirs, [0.0, 1.0], memory_gb=1e-6, on_point=lambda *p: seen.append(p))
     with pytest.raises(MemoryBudgetError, match="needs at least"):
         interpolate(model, mlp(seed=3), F.cross_entropy, data, [0.0, 1.0], memory_gb=1e-6,

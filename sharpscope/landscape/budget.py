@@ -140,9 +140,9 @@ class PointPlan:
             acts = f"the activations of its largest batch, {size_text(self.fixed)}"
         fits = self.largest() if self.splittable else 0
         return MemoryBudgetError(
-            f"{what} over {self.n_parameters:,} parameters needs at least {size_text(self.need(size or 1))} (a copy "
-            f"of the parameters and buffers, {size_text(self.state)}, and {acts}), more than the memory budget of "
-            f"{size_text(self.budget)}" + (f"; chunks of at most {fits:,} examples fit" if fits else ""))
+            f"{what} over {self.n_parameters:,} parameters needs at least {size_text(self.need(size or 1))} (its "
+            f"parameters and buffers as they are shifted, {size_text(self.state)}, and {acts}), more than the memory "
+            f"budget of {size_text(self.budget)}" + (f"; chunks of at most {fits:,} examples fit" if fits else ""))
 
 
 def plan_point(model: nn.Module, measure: Callable[[int | None], float], n_examples: int,
