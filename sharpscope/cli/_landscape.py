@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ..errors import ConfigError
+from ._common import finite
 from ._results import Claim, announce, claim, figure_files
 
 if TYPE_CHECKING:
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 
 BATCH_SIZE = typer.Option(None, "--batch-size", "-b", min=1, help="Examples per forward pass (default: the fastest, "
                           "timed).")
+MEMORY = typer.Option(None, "--memory", callback=finite(above=0), help="GB (2^30 bytes) a grid point may hold besides "
+                      "the model, its directions and the data: a copy of the parameters and one chunk's activations "
+                      "(measured on a few examples); the chunk (--batch-size) is chosen to fit, or the command is "
+                      "refused before the first point, saying what it would need.")
 METRIC = typer.Option(None, "--metric", help="[NAME=]package.module:function: a custom metric fn(model, batch) -> "
                       "scalar, evaluated next to the loss (repeatable; needs --trust-factory).")
 

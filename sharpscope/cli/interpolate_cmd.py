@@ -12,7 +12,7 @@ from ._app import app
 from ._common import (
     console as rank0_console, data_loss, is_main, params_record, parse_params, print_notes, progress_bar, write_json)
 from ._inputs import JSON_OUT, Inputs, analysis_inputs
-from ._landscape import BATCH_SIZE, claim_files, custom_metrics, figures, print_metrics, print_summary
+from ._landscape import BATCH_SIZE, MEMORY, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import run_folder
 
 
@@ -25,6 +25,7 @@ def interpolate_command(
     grid: str = typer.Option("-0.5:1.5:41", help="alpha grid MIN:MAX:POINTS."),
     buffers: str = typer.Option("interpolate", help="BN statistics: interpolate between A and B, or keep A's."),
     batch_size: Optional[int] = BATCH_SIZE,
+    memory: Optional[float] = MEMORY,
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: A's run folder /interpolate)."),
     plot: bool = typer.Option(False, "--plot", help="Write the loss / accuracy curve."),
     use_a_data: bool = typer.Option(False, "--use-a-data", help="Evaluate both models on A's data even when A and "
@@ -62,7 +63,7 @@ def interpolate_command(
         result = ls.interpolate(ckpt_a.model, ckpt_b.model, data_loss(batches), batches, alphas, buffers=buffers,
                                 chunk_size=batch_size, name_a=name_a, name_b=name_b,
                                 on_point=lambda k, lv, av: bar.advance(task), metrics=metric_fns or None,
-                                params=parse_params(inputs.params))
+                                params=parse_params(inputs.params), memory_gb=memory)
     if not is_main():  # the points were shared out; rank 0 writes
         return
     result.options.update({"a": str(ckpt_a.path), "b": str(ckpt_b.path), "split": inputs.split,

@@ -15,7 +15,7 @@ from ._common import (
     AnalysisContext, console as rank0_console, data_loss, finite, is_main, numbers, params_record, parse_params,
     print_notes, progress_bar, refuse, seed_option, write_json)
 from ._inputs import JSON_OUT, Inputs, analysis_inputs
-from ._landscape import BATCH_SIZE, claim_files, custom_metrics, figures, print_metrics, print_summary
+from ._landscape import BATCH_SIZE, MEMORY, claim_files, custom_metrics, figures, print_metrics, print_summary
 from ._results import Claim, run_folder
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ def surface_command(
     orthogonalize: bool = typer.Option(False, "--orthogonalize", help="Make direction 2 orthogonal to direction 1 "
                                                                      "(and direction 3 to both)."),
     batch_size: Optional[int] = BATCH_SIZE,
+    memory: Optional[float] = MEMORY,
     range_mode: str = typer.Option("grid", "--range", help="grid (the MIN:MAX of --grid) or auto: each direction "
                                    "spans [-t, t], t the larger of the two distances (+ and -) at which the loss first "
                                    "reaches --range-factor x the centre loss (doubling from 0.05, then 6 bisections), "
@@ -120,8 +121,11 @@ def surface_command(
     """
     console = rank0_console(stderr=True)
     job = _surface_job(checkpoint, trajectory, path_run, dim, grid, range_mode, directions_kind, norm, ignore, dir_type,
-                       radii, out, plot, inputs)
+                       radii, out, plot, inputs, memory)
     ckpt, batches, context = inputs.load(job.source, batch_size or 4096)
+    if memory is not None:  # a point that cannot fit is refused before the directions are computed
+        from ..landscape.surface import point_chunks
+        point_chunks(ckpt.model, data_loss(batches), batches, memory, batch_size)
     options = {"split": inputs.split, "samples": inputs.samples, "seed": inputs.seed, "checkpoint": str(ckpt.path),
                **({"metrics": list(inputs.metric)} if job.metric_fns else {}),
                **params_record(ckpt.model, inputs.params)}
@@ -138,7 +142,7 @@ def surface_command(
 class _SurfaceJob:
     """What a surface's options decide before anything loads: the checkpoint it is taken
     around, the custom metrics, the radii, the grid axes (None: the trajectory's own), where
-    its files go (``folder``/``stem``) and the claim on them."""
+    its files go (``folder``/``stem``), the claim on them and the --memory budget (GB, or None)."""
 
     source: Path
     metric_fns: dict
@@ -147,11 +151,12 @@ class _SurfaceJob:
     folder: Path
     stem: str
     outputs: Claim
+    memory_gb: float | None = None
 
 
 def _surface_job(checkpoint: Path | None, trajectory: Path | None, path_run: Path | None, dim: int, grid: str | None,
                  range_mode: str, directions_kind: str, norm: str, ignore: str, dir_type: str, radii: str,
-                 out: Path | None, plot: bool, inputs: Inputs) -> _SurfaceJob:
+                 out: Path | None, plot: bool, inputs: Inputs, memory: float | None = None) -> _SurfaceJob:
     """Refuse options that do not go together, before loading anything, and claim the files: the
     npz and JSON (named trajectory, hessian_<dim>d or surface_<dim>d), the random comparison's
     npz, the figures with --plot."""
@@ -177,7 +182,7 @@ def _surface_job(checkpoint: Path | None, trajectory: Path | None, path_run: Pat
     compare = [folder / f"{stem}_random.npz"] if directions_kind == "hessian" and dim == 1 else []
     outputs = claim_files(folder, stem, 2 if trajectory else dim, trajectory is not None, list(metric_fns), compare,
                           plot, inputs)
-    return _SurfaceJob(source, metric_fns, radii_list, axes, folder, stem, outputs)
+    return _SurfaceJob(source, metric_fns, radii_list, axes, folder, stem, outputs, memory)
 
 
 def _surface_directions(model: Any, batches: Any, options: dict, trajectory: Path | None, path_run: Path | None,
@@ -238,7 +243,7 @@ def _evaluate(model: Any, batches: Any, plan: dict, job: _SurfaceJob, auto: tupl
     axes = job.axes if job.axes is not None else plan["axes"]
     if range_mode == "auto":
         rng, axes = ls.auto_grid(model, data_loss(batches), batches, plan["directions"], axes, factor,
-                                 max_extent=max_extent, chunk_size=batch_size)
+                                 max_extent=max_extent, chunk_size=batch_size, memory_gb=job.memory_gb)
         for note in rng.warnings:
             console.print(f"warning: {note}", highlight=False)
         options["range_auto"] = rng.to_dict()
@@ -251,12 +256,12 @@ def _evaluate(model: Any, batches: Any, plan: dict, job: _SurfaceJob, auto: tupl
         task = bar.add_task(f"{plan['kind']} surface", total=n_points * (1 + len(compare)))
         result = ls.surface(model, data_loss(batches), batches, plan["directions"], xs, ys, kind=plan["kind"],
                             options=options, chunk_size=batch_size, resume_path=partial,
-                            on_point=lambda *point: bar.advance(task), zs=zs, metrics=metrics)
+                            on_point=lambda *point: bar.advance(task), zs=zs, metrics=metrics, memory_gb=job.memory_gb)
         random_result = None if not compare else ls.surface(
             model, data_loss(batches), batches, compare, xs, ys, kind="random",
             options={**options, "directions": "random", "scaled_to_norm": 1.0}, chunk_size=batch_size,
             resume_path=job.folder / f"{job.stem}_random.partial.npz", on_point=lambda *point: bar.advance(task),
-            metrics=metrics)
+            metrics=metrics, memory_gb=job.memory_gb)
     result = dataclasses.replace(result, explained_variance=plan["explained"], path=plan["path"],
                                  path_residual=plan["residual"])
     return result, random_result

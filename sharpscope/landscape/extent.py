@@ -48,9 +48,10 @@ class AutoRange:
 def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], data: Iterable[Any],
                directions: Sequence[Direction], factor: float = 2.0, *, start: float = 0.05,
                max_extent: float = 10.0, bisect: int = 6, center: dict[str, Tensor] | None = None,
-               chunk_size: int | None = None) -> AutoRange:
-    """Extent per direction where the loss has risen to ``factor`` x the centre loss (module docstring)."""
-    from .surface import read_batches, evaluate_points
+               chunk_size: int | None = None, memory_gb: float | None = None) -> AutoRange:
+    """Extent per direction where the loss has risen to ``factor`` x the centre loss (module docstring);
+    ``memory_gb``: each point within it (the largest chunk of at most 1,024 examples that fits, :mod:`.budget`)."""
+    from .surface import evaluate_points, point_chunks, read_batches
 
     if not (factor > 1 and math.isfinite(factor)):
         raise ConfigError(f"the range factor must be a finite number > 1, got {factor!r}")
@@ -61,6 +62,10 @@ def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], da
     params = {n: (center[n] if center is not None and n in center else p).detach() for n, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
     prepared = read_batches(model, loss_fn, data)
+    if memory_gb is not None:  # refused here, before the first point, if none fits
+        fits = point_chunks(model, loss_fn, prepared, memory_gb, chunk_size)
+        chunk_size = chunk_size if chunk_size is not None else max((s for s in fits if s is not None and s <= 1024),
+                                                                   default=fits[0])
     if chunk_size is None and prepared.per_example():
         chunk_size = min(1024, prepared.n_examples)
     count = [0]
@@ -106,12 +111,14 @@ def auto_range(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], da
 
 def auto_grid(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], data: Iterable[Any],
               directions: Sequence[Direction], axes: Sequence[np.ndarray | None], factor: float = 2.0,
-              max_extent: float = 10.0, chunk_size: int | None = None) -> tuple[AutoRange, list[np.ndarray | None]]:
+              max_extent: float = 10.0, chunk_size: int | None = None, memory_gb: float | None = None
+              ) -> tuple[AutoRange, list[np.ndarray | None]]:
     """:func:`auto_range` and its grid: axis k (None stays None) becomes len(axes[k]) points over
     [-extent_k, extent_k]; the warnings are returned in ``AutoRange.warnings``, not issued."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rng = auto_range(model, loss_fn, data, directions, factor, max_extent=max_extent, chunk_size=chunk_size)
+        rng = auto_range(model, loss_fn, data, directions, factor, max_extent=max_extent, chunk_size=chunk_size,
+                         memory_gb=memory_gb)
     return rng, [None if a is None else np.linspace(-rng.extents[k], rng.extents[k], len(a))
                  for k, a in enumerate(axes)]
 

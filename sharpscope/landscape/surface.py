@@ -2,7 +2,8 @@
 ``loss[i, j]`` is the mean loss, in eval mode, at theta_0 + xs[j] d_1 + ys[i] d_2. Points are
 evaluated one at a time by ``torch.func.functional_call`` (the user's model is untouched); buffers
 are the centre's except those a "states" direction moves (Li et al.'s ``set_states``). With
-``resume_path`` progress is saved atomically and resumed. The result: :mod:`.surface_result`.
+``resume_path`` progress is saved atomically and resumed; with ``memory_gb`` a point and its chunk of
+examples stay within a budget (:mod:`.budget`). The result: :mod:`.surface_result`.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 from .. import distributed as dist_utils
-from ..batches import BatchLoss, Prepared
+from ..batches import BatchLoss, Prepared, concat, take, tensor_leaves
 from ..io import atomic_write_bytes
 from ..checks import require_grid_memory
 from ..errors import ConfigError, NonFiniteLossError
 from ..objective import eval_mode, require_finite_tensors
+from .budget import LivePeak, PointPlan, budget_bytes, fitting_chunks, plan_point
 from .directions import Direction, difference, restrict, state_buffer_names
 from .metrics import MetricCall, MetricFn, check_metrics, metric_value
 from .surface_result import SurfaceResult, load_directions
 
-__all__ = ["SurfaceResult", "surface", "interpolate", "parse_grid", "evaluate_points", "load_directions"]
+__all__ = ["SurfaceResult", "surface", "interpolate", "parse_grid", "evaluate_points", "load_directions",
+           "point_chunks", "point_plan"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -73,29 +76,31 @@ def evaluate_points(
     chunk_size: int | None = None, channels_last: bool | None = None, done: np.ndarray | None = None,
     on_point: Callable[[int, float, float], None] | None = None, distributed: bool | None = None,
     metrics: Mapping[str, MetricFn] | None = None, on_metrics: Callable[[int, dict[str, float]], None] | None = None,
+    memory_gb: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Mean loss, accuracy (argmax == class-index targets, else NaN) and ``metrics`` (returned third)
     at the ``n_points`` parameter settings ``points(k)`` (params, buffers or None) not ``done``;
-    ``chunk_size=None`` times ``CHUNK_CANDIDATES``; distributed: points round robin, all-reduced."""
+    ``chunk_size=None`` times ``CHUNK_CANDIDATES``; distributed: points round robin, all-reduced.
+    ``memory_gb``: one point's state and one chunk's activations within it (:mod:`.budget`), the
+    chunk among those that fit, or a :class:`~sharpscope.errors.MemoryBudgetError` before the first point."""
     metric_fns = check_metrics(metrics)
+    budget = budget_bytes(memory_gb)
     calls = {name: MetricCall(model, fn) for name, fn in metric_fns.items()}
     distributed = dist_utils.is_distributed() if distributed is None else distributed
     first = next(iter(model.parameters()))
-    prepared = data if isinstance(data, Prepared) else BatchLoss(model, loss_fn).read(data, first.device, first.dtype)
-    if channels_last is None:
-        channels_last = first.device.type == "cpu" and _image_inputs(prepared)
-    if channels_last and _image_inputs(prepared):
-        prepared = Prepared(prepared.loss, [(x.contiguous(memory_format=torch.channels_last), y)
-                                            for x, y in prepared.batches], prepared.counts, weights=prepared.weights)
-    at = _PointEvaluator(prepared, calls, points, {n: b.detach() for n, b in model.named_buffers()}, channels_last,
-                         first.device)
+    at = _evaluator(model, loss_fn, data, calls, points, channels_last)
+    prepared = at.prepared
     loss, acc = np.full(n_points, np.nan), np.full(n_points, np.nan)
     extra = {name: np.full(n_points, np.nan) for name in calls}
     todo = [k for k in range(n_points) if done is None or not done[k]]
     if distributed:
         todo = todo[dist_utils.rank()::dist_utils.world_size()]
     with eval_mode(model), torch.inference_mode():
-        batches = prepared.chunks(_timed_chunk_size(at, todo) if chunk_size is None else chunk_size)
+        if budget is None:
+            batches = prepared.chunks(_timed_chunk_size(at, todo) if chunk_size is None else chunk_size)
+        else:  # the chunks that fit (refused here, before the first point, if none does)
+            fits = fitting_chunks(_point_plan(model, at, budget), CHUNK_CANDIDATES, chunk_size)
+            batches = prepared.chunks(_timed_chunk_size(at, todo, fits))
         for k in todo:
             loss[k], acc[k], got = at.run(at.state_at(k), batches)
             for name, v in got.items():
@@ -107,6 +112,66 @@ def evaluate_points(
     if distributed:
         loss, acc, extra = _all_ranks(loss, acc, extra, todo, first.device)
     return (loss, acc) if metrics is None else (loss, acc, extra)
+
+
+def point_plan(model: nn.Module, loss_fn: LossFn, data: Iterable[Any] | Prepared, memory_gb: float) -> PointPlan:
+    """What one grid point of ``model`` on ``data`` holds, measured (:func:`.budget.plan_point`),
+    within ``memory_gb``."""
+    at = _evaluator(model, loss_fn, data, {}, lambda k: ({}, None), None)
+    with eval_mode(model), torch.inference_mode():
+        return _point_plan(model, at, budget_bytes(memory_gb))
+
+
+def point_chunks(model: nn.Module, loss_fn: LossFn, data: Iterable[Any] | Prepared, memory_gb: float,
+                 chunk_size: int | None = None) -> list[int | None]:
+    """The examples per chunk (None: the batches as given) with which one grid point fits in
+    ``memory_gb`` (:func:`.budget.fitting_chunks`): ``chunk_size`` if it fits, else the
+    ``CHUNK_CANDIDATES`` that fit, else the largest size that does; a
+    :class:`~sharpscope.errors.MemoryBudgetError` if none."""
+    return fitting_chunks(point_plan(model, loss_fn, data, memory_gb), CHUNK_CANDIDATES, chunk_size)
+
+
+def _point_plan(model: nn.Module, at: _PointEvaluator, budget: float) -> PointPlan:
+    """:func:`.budget.plan_point` from forwards (loss, metrics, accuracy) at the model's own
+    weights on the first examples, measured by :class:`.budget.LivePeak`."""
+    prepared = at.prepared
+    splittable = prepared.per_example()
+    state = at.state_of({n: p.detach() for n, p in model.named_parameters()})
+
+    def measure(size: int | None) -> float:
+        scale = 1.0
+        if size is not None:  # the first ``size`` examples
+            first, held = [], 0
+            for batch, count in zip(prepared.batches, prepared.counts):
+                first, held = first + [batch], held + count
+                if held >= size:
+                    break
+            batch = take(concat(first), slice(0, size))
+        elif prepared.streamed:  # the first batch, scaled to the largest count
+            batch = next(iter(prepared.batches))
+            scale = max(prepared.counts) / max(prepared.counts[0], 1)
+        else:  # the largest batch, whole
+            batch = max(prepared.batches, key=lambda b: sum(t.numel() for t in tensor_leaves(b)))
+        with LivePeak() as peak:
+            at.run(state, [(batch, 1)])
+        return peak.peak * scale
+
+    return plan_point(model, measure, prepared.n_examples, splittable, budget, at.channels_last)
+
+
+def _evaluator(model: nn.Module, loss_fn: LossFn, data: Iterable[Any] | Prepared, calls: dict[str, MetricCall],
+               points: Callable[[int], tuple[dict[str, Tensor], dict[str, Tensor] | None]],
+               channels_last: bool | None) -> _PointEvaluator:
+    """The points' evaluator on ``data`` read for the model (image inputs channels-last on CPU by default)."""
+    first = next(iter(model.parameters()))
+    prepared = data if isinstance(data, Prepared) else BatchLoss(model, loss_fn).read(data, first.device, first.dtype)
+    if channels_last is None:
+        channels_last = first.device.type == "cpu" and _image_inputs(prepared)
+    if channels_last and _image_inputs(prepared):
+        prepared = Prepared(prepared.loss, [(x.contiguous(memory_format=torch.channels_last), y)
+                                            for x, y in prepared.batches], prepared.counts, weights=prepared.weights)
+    return _PointEvaluator(prepared, calls, points, {n: b.detach() for n, b in model.named_buffers()}, channels_last,
+                           first.device)
 
 
 @dataclass
@@ -123,6 +188,10 @@ class _PointEvaluator:
     def state_at(self, k: int) -> dict[str, Tensor]:
         """Buffers and parameters of point ``k`` (4-D parameters channels-last where the inputs are)."""
         params, bufs = self.points(k)
+        return self.state_of(params, bufs)
+
+    def state_of(self, params: dict[str, Tensor], bufs: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The state with these parameters and buffers (the model's own for the others)."""
         if self.channels_last:
             params = {n: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
                       for n, t in params.items()}
@@ -153,11 +222,12 @@ class _PointEvaluator:
                 {name: float(v) / total_weight for name, v in sums.items()})
 
 
-def _timed_chunk_size(at: _PointEvaluator, todo: list[int]) -> int | None:
-    """The fastest of ``CHUNK_CANDIDATES`` on the first point (after a warm-up); None where the
-    examples cannot be re-split."""
+def _timed_chunk_size(at: _PointEvaluator, todo: list[int], sizes: list[int | None] | None = None) -> int | None:
+    """The fastest of ``sizes`` (default ``CHUNK_CANDIDATES``) on the first point (after a warm-up);
+    None where the examples cannot be re-split."""
     prepared = at.prepared
-    sizes = sorted({min(c, prepared.n_examples) for c in CHUNK_CANDIDATES}) if prepared.per_example() else [None]
+    if sizes is None:
+        sizes = sorted({min(c, prepared.n_examples) for c in CHUNK_CANDIDATES}) if prepared.per_example() else [None]
     if not (todo and len(sizes) > 1):
         return sizes[-1]
     probe = at.state_at(todo[0])
@@ -215,12 +285,14 @@ def surface(
     chunk_size: int | None = None, resume_path: str | Path | None = None, save_every: int = 100,
     on_point: Callable[[int, float, float], None] | None = None, cache: bool | str = "auto",
     cache_bytes: int | None = None, zs: Sequence[float] | np.ndarray | None = None,
-    metrics: Mapping[str, MetricFn] | None = None,
+    metrics: Mapping[str, MetricFn] | None = None, memory_gb: float | None = None,
 ) -> SurfaceResult:
     """Loss, accuracy and ``metrics`` over the grid ``xs`` (x ``ys`` (x ``zs``)) along 1, 2 or 3
     ``directions`` around ``center`` (default: the model's weights); ``loss[k, i, j]`` at (xs[j],
-    ys[i], zs[k]); ``resume_path`` saves progress every ``save_every`` points for a rerun."""
+    ys[i], zs[k]); ``resume_path`` saves progress every ``save_every`` points for a rerun; ``memory_gb``
+    bounds what a point holds (:func:`evaluate_points`, :mod:`.budget`)."""
     metric_fns = check_metrics(metrics)
+    budget_bytes(memory_gb)  # a bad budget refused before anything loads
     if zs is not None and ys is None:
         raise ConfigError("a 3-D surface needs ys as well as zs")
     require_grid_memory(len(xs) * (1 if ys is None else len(ys)) * (1 if zs is None else len(zs)))
@@ -246,7 +318,7 @@ def surface(
     prepared = read_batches(model, loss_fn, data, cache, cache_bytes)
     progress.add(first, *evaluate_points(model, loss_fn, prepared, point, len(coords), chunk_size=chunk_size,
                                          done=first, on_point=progress.record, metrics=metric_fns or None,
-                                         on_metrics=progress.record_metrics))
+                                         on_metrics=progress.record_metrics, memory_gb=memory_gb))
     centre = next((k for k, c in enumerate(coords) if all(v in (None, 0.0) for v in c)), None)
     require_finite_reference(progress.loss, centre, "the centre")
     shape = (len(xs),) if ys is None else (len(ys), len(xs)) if zs is None else (len(zs), len(ys), len(xs))
@@ -374,12 +446,14 @@ def interpolate(
     alphas: Sequence[float] | np.ndarray, *, buffers: str = "interpolate", chunk_size: int | None = None,
     name_a: str = "A", name_b: str = "B", on_point: Callable[[int, float, float], None] | None = None,
     cache: bool | str = "auto", cache_bytes: int | None = None, metrics: Mapping[str, MetricFn] | None = None,
-    params: object = None,
+    params: object = None, memory_gb: float | None = None,
 ) -> SurfaceResult:
     """Loss and accuracy along (1 - alpha) theta_A + alpha theta_B (Goodfellow et al. 2015), buffers
-    interpolated or A's (``"keep"``), ``params`` the parameters that move (:func:`.directions.restrict`)."""
+    interpolated or A's (``"keep"``), ``params`` the parameters that move (:func:`.directions.restrict`);
+    ``memory_gb`` bounds what a point holds (:func:`evaluate_points`, :mod:`.budget`)."""
     metric_fns = check_metrics(metrics)
     require_grid_memory(len(alphas))
+    budget_bytes(memory_gb)  # a bad budget refused before anything loads
     if buffers not in ("interpolate", "keep"):
         raise ConfigError(f"buffers must be 'interpolate' or 'keep', got {buffers!r}")
     start = time.perf_counter()
@@ -404,7 +478,7 @@ def interpolate(
     require_finite_tensors({**pb, **(bb if buffers == "interpolate" else {})}, f"{name_b}'s weights")
     prepared = read_batches(model_a, loss_fn, data, cache, cache_bytes)
     loss, acc, *extra = evaluate_points(model_a, loss_fn, prepared, point, len(alphas), chunk_size=chunk_size,
-                                        on_point=on_point, metrics=metric_fns or None)
+                                        on_point=on_point, metrics=metric_fns or None, memory_gb=memory_gb)
     require_finite_reference(loss, next((k for k, a in enumerate(alphas) if a == 0.0), None), f"{name_a} (alpha = 0)")
     return SurfaceResult(xs=alphas, ys=None, loss=loss, accuracy=acc, kind="interpolation",
                          options={"buffers": buffers}, n_examples=prepared.n_examples,
