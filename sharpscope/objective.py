@@ -395,7 +395,8 @@ class Objective:
                 else:
                     for a, b in zip(total, hv):
                         a.add_(b)
-            cols.append(self.flatten(total))
+            # a rank given none of the batches contributes zeros to the all-reduced product
+            cols.append(self.flatten(total) if total else torch.zeros_like(vec))
         return cols[0] if v.dim() == 1 else torch.stack(cols, dim=1)
 
     def hvp_block_size(self, budget_bytes: int = DEFAULT_BLOCK_BYTES) -> int | None:
