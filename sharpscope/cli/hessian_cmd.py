@@ -145,8 +145,9 @@ def hessian_command(
     if not is_main():  # every rank took part in the products; rank 0 reports
         return
     notes = _add_results(report, results, obj, objective_record(obj, inputs.params))
-    _print_results(rank0_console(stderr=inputs.json_out == "-"), ckpt.path, obj, inputs.split, which, results,
-                   operator, notes)
+    print_results(rank0_console(stderr=inputs.json_out == "-"),
+                  f"[bold]{ckpt.path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {inputs.split} examples", which,
+                  results, operator, notes)
     outputs.clear()
     if plot:
         report["figures"] = _figures(ckpt, results, folder, inputs.pdf, console, operator)
@@ -310,14 +311,14 @@ def _trace_note(hutch: bool, runs: int) -> str:
     return f"{trust}; SLQ's implied trace is a by-product of {runs} probe vectors"
 
 
-def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, results: dict,
-                   operator: str = "hessian", notes: Sequence[str] = ()) -> None:
-    """The results as tables and lines, then ``notes`` (parameters chosen, the attention kernel)."""
+def print_results(out: Console, header: str, which: str, results: dict, operator: str = "hessian",
+                  notes: Sequence[str] = (), trace_note: bool = True) -> None:
+    """``header``, the results as tables and lines, then ``notes`` (parameters chosen, the attention
+    kernel, ...); ``trace_note``: say under the density which trace to trust (Hutch++'s)."""
     from ..curvature import title
 
     name, unit = title(operator), "HVPs" if operator == "hessian" else "products"
-    out.print(f"[bold]{path}[/]: {obj.n:,} parameters, {obj.n_examples:,} {split} examples"
-              + ("" if operator == "hessian" else f"; operator: {name}"))
+    out.print(header + ("" if operator == "hessian" else f"; operator: {name}"))
     if "eigenvalues" in results:
         r = results["eigenvalues"]
         out.print(table(f"{name} eigenvalues ({which}; {r.n_hvp} {unit}, {r.wall_time:.1f}s)",
@@ -337,7 +338,8 @@ def _print_results(out: Console, path: Path, obj: Any, split: str, which: str, r
         out.print(f"density: {d.n_runs} runs x {d.n_steps} steps, support [{min(map(min, d.nodes)):.4g}, "
                   f"{max(map(max, d.nodes)):.4g}], kernel sigma {d.sigma:.3g}, implied trace "
                   f"{d.trace_estimate:.6g} {se} ({d.n_hvp} {unit}, {d.wall_time:.1f}s)")
-        out.print(_trace_note("trace" in results, d.n_runs), highlight=False)
+        if trace_note:
+            out.print(_trace_note("trace" in results, d.n_runs), highlight=False)
     if "overlap" in results:
         o = results["overlap"]
         out.print(f"B = {o.path}: eigenvalues {', '.join(f'{v:.6g}' for v in o.b.eigenvalues)} "

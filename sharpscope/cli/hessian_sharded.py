@@ -111,29 +111,14 @@ def _compute(h: Any, lanczos: dict[str, Any], spectra: dict[str, dict | None], c
 
 
 def _print(out: Any, path: Path, results: dict[str, Any], split: str, world: int, bound: float) -> None:
-    from rich.table import Table
-
-    from ._common import folded
+    """hessian's printout (:func:`~sharpscope.cli.hessian_cmd.print_results`) with the sharding said."""
+    from .hessian_cmd import print_results
 
     r = results["eigenvalues"]
-    out.print(f"[bold]{path}[/]: {r.n_params:,} parameters sharded over {world} processes, {r.n_examples:,} "
-              f"{split} examples")
-    table = Table(title=f"Hessian eigenvalues ({r.which}; {r.n_hvp} HVPs by finite differences, {r.wall_time:.1f}s)")
-    for col in ("#", "eigenvalue", "residual", "converged"):
-        table.add_column(col, justify="right")
-    for i, (lam, res, ok) in enumerate(zip(r.eigenvalues, r.residuals, r.converged), 1):
-        table.add_row(str(i), f"{lam:.6g}", f"{res:.2e}", "yes" if ok else "[red]no[/]")
-    out.print(folded(table))
-    if r.ratio is not None:
-        out.print(f"lambda_1 / lambda_{len(r.eigenvalues)} = {r.ratio:.4g}")
+    header = (f"[bold]{path}[/]: {r.n_params:,} parameters sharded over {world} processes, "
+              f"{r.n_examples:,} {split} examples")
+    notes = [f"products by finite differences: error up to about {bound:.1e} of ||H|| ||v|| (smooth activations; "
+             "ReLU kinks make it far larger)"]
     if "trace" in results:
-        t = results["trace"]
-        out.print(f"trace = {t.trace:.6g} +/- {t.stderr:.2g} (standard error; Hutchinson, {t.n_hvp} HVPs, "
-                  f"{t.wall_time:.1f}s; Hutch++ is not available on sharded vectors)")
-    if "density" in results:
-        d = results["density"]
-        out.print(f"density: {d.n_runs} runs x {d.n_steps} steps, support [{min(map(min, d.nodes)):.4g}, "
-                  f"{max(map(max, d.nodes)):.4g}], kernel sigma {d.sigma:.3g}, implied trace {d.trace_estimate:.6g} "
-                  f"({d.n_hvp} HVPs, {d.wall_time:.1f}s)")
-    out.print(f"finite-difference products: error up to about {bound:.1e} of ||H|| ||v|| (smooth activations; ReLU "
-              "kinks make it far larger)", highlight=False)
+        notes.append("the trace is Hutchinson's: Hutch++ is not available on sharded vectors")
+    print_results(out, header, r.which, results, notes=notes, trace_note=False)
