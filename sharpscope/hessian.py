@@ -128,7 +128,7 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
         steps = max_iter if max_iter is not None else default_max_iter(n, k)
         require_lanczos_memory(n, int_at_least("max_iter", steps, 1))
     else:
-        steps = int_at_least("max_iter", max_iter, 1) if max_iter is not None else max(300, 30 * k)
+        steps = int_at_least("max_iter", max_iter, 1) if max_iter is not None else default_max_iter(n, k, budgeted=True)
         plan_basis(n, steps, budget, _dtype(model), k=k, dtype=parse_basis_dtype(basis_dtype), vectors=keep)
     start = time.perf_counter()
     obj, op = _operator(model, loss_fn, data, params, hvp_mode, operator, mc_samples, seed)

@@ -242,9 +242,8 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
         if o.per_layer else 0
     note = (f"then the per-{o.by} summary of {groups} blocks" if groups else
             "Lanczos stops once the eigenvalues converge" if o.top_k > 0 else "")
-    k = max(o.top_k, 1)  # the step cap (--memory restarts thickly, so its cap is not memory's)
-    cap = o.max_iter if o.max_iter is not None else (
-        min(obj.n, max(300, 30 * k)) if o.memory is not None else default_max_iter(obj.n, k))
+    cap = o.max_iter if o.max_iter is not None else default_max_iter(obj.n, max(o.top_k, 1),
+                                                                      budgeted=o.memory is not None)
     parts = {f"eigenvalues ({o.which})": (cap, False)} if o.top_k > 0 else {}  # (products, exact) or a step cap
     if obj_b is not None:
         parts[f"eigenvalues of B ({o.which})"] = (cap, False)

@@ -137,10 +137,11 @@ class _Block:
         self.cache = self.ritz()
 
 
-def default_max_iter(n: int, k: int, memory: float | None = None) -> int:
+def default_max_iter(n: int, k: int, memory: float | None = None, budgeted: bool = False) -> int:
     """The default cap on Lanczos steps: ``min(n, max(300, 30k))``, lowered (never below the
     old default ``max(2k + 40, 10k)``) to what a float64 basis of n x steps fits into half of
-    ``memory`` bytes (default: the memory available now).
+    ``memory`` bytes (default: the memory available now); not lowered when ``budgeted`` (a
+    memory budget: its plan restarts thickly instead).
 
     A generous cap, because the run stops as soon as the wanted pairs converge: on the
     2,410-parameter digits MLP of the tests, the top 1 / 5 converge after 11 / 18 products,
@@ -148,9 +149,11 @@ def default_max_iter(n: int, k: int, memory: float | None = None) -> int:
     stopped them short: 60 % errors). The cap only bounds a run that does not converge, and
     that run warns (:class:`~sharpscope.errors.UnconvergedWarning`).
     """
+    steps = max(300, 30 * k)
+    if budgeted:
+        return min(n, steps)
     if memory is None:
         memory = available_memory()
-    steps = max(300, 30 * k)
     if memory is not None:
         steps = min(steps, max(2 * k + 40, 10 * k, int(memory / 2 / (8 * max(n, 1)))))
     return min(n, steps)
@@ -174,7 +177,7 @@ def _check_arguments(op: SymmetricOperator, k: int, which: str, tol: float, max_
         raise ConfigError(f"tol must be a finite number > 0, got {tol!r}")
     check_every = int_at_least("check_every", check_every, 1)
     if max_iter is None:
-        max_iter = min(n, max(300, 30 * k)) if budget else default_max_iter(n, k)
+        max_iter = default_max_iter(n, k, budgeted=budget)
     else:
         max_iter = int_at_least("max_iter", max_iter, 1)
         if max_iter < k:
