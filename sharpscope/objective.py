@@ -73,7 +73,7 @@ def require_finite_tensors(tensors: Mapping[str, Tensor], what: str) -> None:
     """The one rule for non-finite weights in every analysis (Hessian, sharpness measures,
     surfaces): NaN or infinite values in a floating-point tensor of ``tensors`` (name ->
     tensor) raise NonFiniteLossError naming the first few; there is nothing to analyse."""
-    bad = [n for n, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = [n for n, t in tensors.items() if t.is_floating_point() and not all_finite(t)]
     if bad:
         raise NonFiniteLossError(f"{what} hold NaN or infinite values ({', '.join(bad[:3])}"
                                  f"{', ...' if len(bad) > 3 else ''}): there is nothing to analyse")
@@ -83,17 +83,17 @@ def _check_finite(theta: dict[str, Tensor]) -> None:
     require_finite_tensors(theta, "the model's parameters")
 
 
-def require_finite(t: Tensor, what: str) -> Tensor:
-    """``t`` itself when every entry is finite; otherwise NonFiniteLossError naming ``what``.
+def all_finite(t: Tensor) -> bool:
+    """Whether every entry of ``t`` is finite, in one pass when it is: a NaN or infinite entry
+    makes the sum NaN or infinite (IEEE 754 propagates both through addition), so a finite sum
+    proves every entry finite; only a non-finite sum (a bad entry, or finite entries whose sum
+    overflows) pays the entrywise check, which ``torch.isfinite(t).all()`` makes in five passes."""
+    return (t.is_floating_point() and bool(torch.isfinite(t.sum()))) or bool(torch.isfinite(t).all())
 
-    One pass over ``t``: a NaN or infinite entry makes the sum NaN or infinite (IEEE 754
-    propagates both through addition), so a finite sum proves every entry finite; only a
-    non-finite sum (a bad entry, or finite entries whose sum overflows) pays the entrywise
-    check, which ``torch.isfinite(t).all()`` makes in five passes (eq, abs, ne, and, all).
-    """
-    if t.is_floating_point() and bool(torch.isfinite(t.sum())):
-        return t
-    if not bool(torch.isfinite(t).all()):
+
+def require_finite(t: Tensor, what: str) -> Tensor:
+    """``t`` itself when every entry is finite (:func:`all_finite`); otherwise NonFiniteLossError naming ``what``."""
+    if not all_finite(t):
         raise NonFiniteLossError(f"{what} is NaN or infinite at these weights on this data")
     return t
 

@@ -53,7 +53,7 @@ from .linalg import SymmetricOperator, hutchinson, lanczos, spectral_density
 from .linalg.finite_difference import central_difference, central_difference_error, central_difference_step
 from .linalg.lanczos import default_max_iter
 from .linalg.layout import VectorLayout
-from .objective import eval_mode
+from .objective import all_finite, eval_mode
 
 __all__ = ["shard_model", "ShardedHessian", "sharded_eigenvalues", "sharded_trace", "sharded_density", "HVP_MODE"]
 
@@ -184,7 +184,7 @@ class ShardedHessian:
         with eval_mode(self.model), self._session() as at:
             out = central_difference(lambda d: at(d)[1], v.to(self.device, self.dtype), self.step,
                                      norm=self.layout.norm)
-        bad = self.layout.sum(torch.tensor([float(not bool(torch.isfinite(out).all()))], device=self.device))
+        bad = self.layout.sum(torch.tensor([float(not all_finite(out))], device=self.device))
         if float(bad) > 0:  # decided on every rank alike (else one rank would leave the others waiting)
             raise NonFiniteLossError("a Hessian-vector product is not finite (on some rank's shard)")
         self.n_hvp += 1

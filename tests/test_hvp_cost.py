@@ -97,3 +97,15 @@ def test_require_finite_makes_one_pass_and_still_names_bad_entries():
     assert torch.isinf(big.sum()) and require_finite(big, "x") is big
     with pytest.raises(NonFiniteLossError):
         require_finite(torch.tensor([float("inf"), -float("inf")]), "x")  # a NaN sum
+
+
+def test_all_finite_takes_a_finite_sum_as_proof_and_checks_entries_when_the_sum_overflows():
+    from sharpscope.objective import all_finite
+
+    big = torch.full((4,), 3e38)  # finite entries whose float32 sum overflows to inf
+    assert torch.isinf(big.sum()) and all_finite(big)
+    assert all_finite(torch.ones(5)) and all_finite(torch.arange(3))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.ones(5)
+        t[2] = bad
+        assert not all_finite(t)
