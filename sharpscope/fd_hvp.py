@@ -29,6 +29,7 @@ to finite differences on them); :func:`cut_by_once_differentiable` finds the mar
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -38,7 +39,8 @@ from torch import Tensor, nn
 from .errors import ConfigError
 
 __all__ = ["PerturbedGradient", "double_backward_unavailable", "cut_by_once_differentiable", "OnceDifferentiableError",
-           "restoring"]
+           "restoring", "grads_restored",
+           "gradient_difference", "gather_scaled"]
 
 # (fragment of the message, why): the errors that mean "no second derivative here"
 _NO_SECOND_DERIVATIVE = (
@@ -58,19 +60,28 @@ _NO_SECOND_DERIVATIVE = (
 
 
 @contextlib.contextmanager
+def grads_restored(model: nn.Module) -> Iterator[None]:
+    """On exit, every parameter of ``model`` has its ``.grad`` of the entry back (the object itself)."""
+    grads = [(p, p.grad) for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for p, g in grads:
+            p.grad = g
+
+
+@contextlib.contextmanager
 def restoring(tensors: list[Tensor], model: nn.Module) -> Iterator[list[Tensor]]:
     """Copies of ``tensors`` (yielded); on exit the tensors and every ``.grad`` of ``model``'s
     parameters are restored bit for bit."""
     saved = [t.detach().clone() for t in tensors]
-    grads = [(p, p.grad) for p in model.parameters()]
-    try:
-        yield saved
-    finally:
-        with torch.no_grad():
-            for t, s in zip(tensors, saved):
-                t.copy_(s)
-        for p, g in grads:
-            p.grad = g
+    with grads_restored(model):
+        try:
+            yield saved
+        finally:
+            with torch.no_grad():
+                for t, s in zip(tensors, saved):
+                    t.copy_(s)
 
 class OnceDifferentiableError(ConfigError):
     """A double-backward graph through a ``@once_differentiable`` backward (its product would
@@ -114,6 +125,36 @@ def cut_by_once_differentiable(grads: Iterable[Tensor]) -> bool:
     return False
 
 
+def gradient_difference(model: nn.Module, shift: Callable[[float], None], loss: Callable[[Any], Tensor],
+                        own: Iterable[tuple[float, Any]], alpha: float) -> None:
+    """Leave g(theta + alpha v) - g(theta - alpha v) in the ``.grad`` of ``model``'s parameters,
+    g = sum_b w_b grad L_b over ``own``'s (w_b, batch) pairs (iterated twice: a list, not an
+    iterator); ``shift(a)`` puts the selected
+    parameters at theta + a v (no grad mode). The first backward passes (seeded with w_b) leave
+    g+ in the ``.grad`` s, the second ones (seeded with -w_b: a negation, exact) accumulate
+    -g- into them in place, so each entry of g+ - g- is rounded once, as a subtraction of two
+    gathered gradients rounds it, without either ever being gathered."""
+    for p in model.parameters():
+        p.grad = None
+    for sign in (1.0, -1.0):
+        with torch.no_grad():
+            shift(sign * alpha)
+        for w, batch in own:
+            with torch.enable_grad():
+                value = loss(batch)
+                value.backward(torch.full_like(value, sign * w))
+
+
+def gather_scaled(grads: list[Tensor | None], sizes: list[int], scale: float, out: Tensor) -> Tensor:
+    """``out`` (flat) = ``scale`` times the gradients in order, of ``sizes`` entries (zeros for a None)."""
+    for g, part in zip(grads, out.split(sizes)):
+        if g is None:
+            part.zero_()
+        else:
+            torch.mul(g.reshape(-1), scale, out=part)
+    return out
+
+
 class PerturbedGradient:
     """(L, grad L) at theta + d by ``backward()`` on the model's own parameters (module docstring).
 
@@ -140,14 +181,54 @@ class PerturbedGradient:
 
     def hvp(self, v: Tensor, step: float) -> Tensor:
         """Central-difference products with step ``step`` of a flat (n,) vector or of each
-        column of an (n, b) block (:func:`~sharpscope.linalg.finite_difference.central_difference`)."""
+        column of an (n, b) block (:func:`~sharpscope.linalg.finite_difference.central_difference`).
+
+        When the selected parameters are plain tensors of ``v``'s dtype and device (the usual
+        case), each product is :meth:`_difference`'s: the same arithmetic as two gathered
+        gradients subtracted, with a third of the passes over the weights and gradients."""
         from .linalg.finite_difference import central_difference  # (the linalg package imports scipy)
 
-        with self.session() as at:
-            def grad_at(d: Tensor) -> Tensor:
-                return at(d)[1]
-            cols = [central_difference(grad_at, col, step) for col in ([v] if v.dim() == 1 else list(v.T))]
+        columns = [v] if v.dim() == 1 else list(v.T)
+        if all(p.dtype == v.dtype and p.device == v.device and type(p.data) is Tensor for p in self.params):
+            with grads_restored(self.model):
+                cols = [self._difference(col.contiguous(), step) for col in columns]
+        else:  # mixed dtypes or devices, tensor subclasses: gathered gradients
+            with self.session() as at:
+                def grad_at(d: Tensor) -> Tensor:
+                    return at(d)[1]
+                cols = [central_difference(grad_at, col, step) for col in columns]
         return cols[0] if v.dim() == 1 else torch.stack(cols, dim=1)
+
+    def _difference(self, v: Tensor, step: float) -> Tensor:
+        """||v|| (g(theta + t u) - g(theta - t u)) / (2 t), u = v / ||v|| (zero for a zero ``v``).
+
+        The weights are never written: each selected parameter's ``.data`` points, for one
+        pass, at theta +- t u computed into one shared buffer, and back at its own storage
+        afterwards (so theta is restored bit for bit without a copy);
+        :func:`gradient_difference` leaves g+ - g- in the ``.grad`` s, and one pass gathers
+        and scales it into the same buffer."""
+        from .linalg.layout import sum_of_squares  # (the linalg package imports scipy)
+
+        norm = math.sqrt(float(sum_of_squares(v)))
+        if norm == 0.0:
+            return torch.zeros_like(v)
+        originals = [p.data for p in self.params]
+        sizes = [o.numel() for o in originals]
+        flat = torch.empty_like(v)  # theta +- t u, then the product (a fresh buffer is paged in once)
+        shifted = [x.view_as(o) for x, o in zip(flat.split(sizes), originals)]
+        state = {**self.fixed, **dict(self.model.named_parameters())}
+
+        def shift(alpha: float) -> None:
+            for o, part, x, p in zip(originals, v.split(sizes), shifted, self.params):
+                torch.add(o, part.view_as(o), alpha=alpha, out=x)
+                p.data = x
+
+        try:
+            gradient_difference(self.model, shift, lambda batch: self.loss(state, batch), self.own, step / norm)
+        finally:
+            for p, o in zip(self.params, originals):
+                p.data = o
+        return gather_scaled([p.grad for p in self.params], sizes, norm / (2.0 * step), flat)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Callable[..., tuple[Tensor, Tensor]]]:

@@ -47,10 +47,10 @@ from . import distributed as dist_utils
 from .batches import BatchLoss, fingerprint
 from .checks import available_memory
 from .errors import ConfigError, NonFiniteLossError
-from .fd_hvp import restoring
+from .fd_hvp import gather_scaled, gradient_difference, restoring
 from .hessian import DensityResult, EigenvaluesResult, TraceResult
 from .linalg import SymmetricOperator, hutchinson, lanczos, spectral_density
-from .linalg.finite_difference import central_difference, central_difference_error, central_difference_step
+from .linalg.finite_difference import central_difference_error, central_difference_step
 from .linalg.lanczos import default_max_iter
 from .linalg.layout import VectorLayout
 from .objective import all_finite, eval_mode
@@ -181,9 +181,8 @@ class ShardedHessian:
         """This rank's entries of H v, for this rank's entries ``v`` (``local_n``) of v."""
         if v.shape != (self.local_n,):
             raise ConfigError(f"vector of shape {tuple(v.shape)} does not match this rank's {self.local_n} entries")
-        with eval_mode(self.model), self._session() as at:
-            out = central_difference(lambda d: at(d)[1], v.to(self.device, self.dtype), self.step,
-                                     norm=self.layout.norm)
+        with eval_mode(self.model):
+            out = self._difference(v.to(self.device, self.dtype))
         bad = self.layout.sum(torch.tensor([float(not all_finite(out))], device=self.device))
         if float(bad) > 0:  # decided on every rank alike (else one rank would leave the others waiting)
             raise NonFiniteLossError("a Hessian-vector product is not finite (on some rank's shard)")
@@ -195,6 +194,24 @@ class ShardedHessian:
     def operator(self) -> SymmetricOperator:
         """The Hessian as an operator on this rank's entries (its layout reduces over the ranks)."""
         return SymmetricOperator(self.hvp, self.n, dtype=self.dtype, device=self.device, layout=self.layout)
+
+    def _difference(self, v: Tensor) -> Tensor:
+        """This rank's entries of ||v|| (g(theta + t u) - g(theta - t u)) / (2 t), u = v / ||v||:
+        the one-process product's arithmetic (:meth:`sharpscope.fd_hvp.PerturbedGradient.hvp`),
+        the shards set in place to theta +- t u and restored from a copy."""
+        norm = self.layout.norm(v)
+        if norm == 0.0:
+            return torch.zeros_like(v)
+        sizes = [t.numel() for t in self.local]
+        with restoring(self.local, self.model) as saved:
+            def shift(alpha: float) -> None:
+                for t, s, part in zip(self.local, saved, v.split(sizes)):
+                    torch.add(s, part.view_as(s), alpha=alpha, out=t)
+
+            gradient_difference(self.model, shift, lambda batch: self.batch_loss({}, batch),
+                                list(zip(self.weights, self.batches)), self.step / norm)
+            grads = [None if p.grad is None else p.grad.to_local() for p in self.params]
+            return gather_scaled(grads, sizes, norm / (2.0 * self.step), torch.empty_like(v))
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Callable[[Tensor | None], tuple[Tensor, Tensor]]]:

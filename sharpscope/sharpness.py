@@ -31,6 +31,7 @@ from . import distributed as dist_utils
 from .batches import BatchLoss, higher_order_attention, take, tensor_leaves
 from .checks import int_at_least
 from .errors import ConfigError, ZeroGradientWarning
+from .linalg.layout import SMALL_REDUCTION, large_inner, large_norm
 from .objective import Objective, eval_mode, moved_parameters, require_finite
 
 __all__ = ["m_sharpness", "MSharpness", "SharpnessResult", "surrogate_gap", "surrogate_gaps", "sam_gradient_cosine",
@@ -293,7 +294,11 @@ class GradientCosine:
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
-    """a . b / (||a|| ||b||), clipped to [-1, 1] (float32 rounding reaches about sqrt(n) eps)."""
+    """a . b / (||a|| ||b||), clipped to [-1, 1] (float32 rounding reaches about sqrt(n) eps); the
+    sums of long vectors in float64 blocks (:func:`~sharpscope.linalg.layout.large_inner`)."""
+    if a.numel() > SMALL_REDUCTION:
+        value = large_inner(a, b) / max(large_norm(a) * large_norm(b), torch.finfo(b.dtype).tiny)
+        return min(1.0, max(-1.0, value)) if math.isfinite(value) else value
     value = float((a @ b) / (a.norm() * b.norm()).clamp_min(torch.finfo(b.dtype).tiny))
     return min(1.0, max(-1.0, value)) if math.isfinite(value) else value
 
@@ -309,7 +314,7 @@ def sam_gradient_cosine(model: nn.Module | Objective, loss_fn: LossFn | None = N
     n_hvp0 = obj.n_hvp
     w = obj.parameters_vector()
     loss_w, g = obj.value_and_grad()
-    gn = g.norm()
+    gn = g.new_tensor(large_norm(g))
     if gn == 0:
         warn_zero_gradient("SAM gradient cosine", "on the data set", "SAM's e_hat, its gradient and the cosine are "
                            "undefined and read NaN")
@@ -317,9 +322,9 @@ def sam_gradient_cosine(model: nn.Module | Objective, loss_fn: LossFn | None = N
         return GradientCosine(rho, nan, nan, nan, nan, 0.0, nan, obj.n_hvp - n_hvp0, time.perf_counter() - start)
     g_hat = g / gn
     loss_e, g_sam = obj.value_and_grad(w + rho * g_hat)
-    u = (rho / gn) * (g_sam - g_hat * (g_hat @ g_sam))
+    u = (rho / gn) * (g_sam - g_hat * large_inner(g_hat, g_sam))
     second = obj.hvp(u)
     full = g_sam + second
     cos = cosine(g_sam, full)
-    return GradientCosine(rho, cos, float(g_sam.norm()), float(second.norm()), float(full.norm()), float(gn),
+    return GradientCosine(rho, cos, large_norm(g_sam), large_norm(second), large_norm(full), large_norm(g),
                           loss_e - loss_w, obj.n_hvp - n_hvp0, time.perf_counter() - start)

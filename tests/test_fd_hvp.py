@@ -229,6 +229,7 @@ def test_weights_and_grads_restored_exactly_after_100_products():
     for p in net.parameters():
         p.grad = torch.full_like(p, 7.0)
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    storage = {n: p.data_ptr() for n, p in net.named_parameters()}
     grads = {n: p.grad for n, p in net.named_parameters()}
     obj = Objective(net, F.cross_entropy, _data(torch.float32), params="b.*", hvp_mode="finite-difference")
     g = torch.Generator().manual_seed(5)
@@ -238,7 +239,7 @@ def test_weights_and_grads_restored_exactly_after_100_products():
     obj.value_and_grad(obj.parameters_vector() + 0.1)
     assert obj.n_hvp == 100
     for n, p in net.named_parameters():
-        assert torch.equal(p.detach(), before[n]), n
+        assert torch.equal(p.detach(), before[n]) and p.data_ptr() == storage[n], n  # its own storage back
         assert p.grad is grads[n] and bool((p.grad == 7.0).all()) and p.requires_grad
 
 
@@ -280,3 +281,21 @@ def test_cli_hessian_hvp_mode_finite_difference(tmp_path, cli):
     assert fd["eigenvalues"]["hvp_mode"] == "finite-difference"
     assert fd["eigenvalues"]["eigenvalues"] == pytest.approx(reports["forward-over-reverse"]["eigenvalues"]["eigenvalues"],
                                                              rel=1e-3)
+
+
+def test_gathered_gradients_path_agrees_with_the_in_place_one():
+    """A vector of another dtype than the parameters takes the gathered-gradient path
+    (central_difference over PerturbedGradient.session); both are the same central difference."""
+    from sharpscope.fd_hvp import PerturbedGradient
+
+    obj = Objective(_net("plain", torch.float32), F.cross_entropy, _data(torch.float32), hvp_mode="finite-difference")
+    pg = PerturbedGradient(obj.model, obj.names, obj._batch_loss, obj.own, obj.fixed)
+    v = torch.randn(obj.n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    step = obj.finite_difference_step()
+    in_place, gathered = pg.hvp(v.float(), step).double(), pg.hvp(v, step).double()
+    H = _explicit_hessian()
+    scale = float(torch.linalg.matrix_norm(H, 2)) * float(v.norm())
+    for product in (in_place, gathered):
+        assert float((product - H @ v).norm()) < obj.finite_difference_error() * scale
+    # the same gradients and step: they differ only by rounding (float32 gradients, / 2t)
+    assert float((in_place - gathered).norm()) < obj.finite_difference_error() * scale

@@ -150,3 +150,18 @@ def test_slq_on_two_shards_equals_one_process():
                                                    n_steps=8, seed=2):
         assert count == one[2] == 16
         assert torch.allclose(nodes, one[0], rtol=1e-12, atol=1e-12) and torch.allclose(weights, one[1], atol=1e-12)
+
+
+def test_sum_of_squares_is_accurate_at_millions_of_entries():
+    """float32 vectors of 2^23 + 5 entries: the float64 sum of squares to ~1e-7 (a plain float32
+    vector_norm of this size was measured 2e-4 off on CPU, torch 2.13), a tail below a block
+    included; a whole layout's norm uses it for anything but float64."""
+    from sharpscope.linalg.layout import NORM_BLOCK, sum_of_squares
+
+    g = torch.Generator().manual_seed(0)
+    for v in (torch.randn(2**23 + 5, generator=g), torch.full((2**23 + 5,), 0.1), torch.randn(NORM_BLOCK - 3, generator=g)):
+        exact = float(v.double().square().sum())
+        assert abs(float(sum_of_squares(v)) / exact - 1) < 1e-6
+        assert abs(VectorLayout.whole(len(v)).norm(v) / exact**0.5 - 1) < 1e-6
+    w = torch.randn(1000, dtype=torch.float64, generator=g)
+    assert float(sum_of_squares(w)) == float(w.square().sum())

@@ -22,10 +22,13 @@ jump / t that do not shrink with t: finite differences are for smooth networks (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from .layout import sum_of_squares
 
 CURVATURE_SCALE = 1e3  # kappa of eq. (2): the fourth derivative taken as kappa ||H|| (module docstring)
 
@@ -54,7 +57,7 @@ def central_difference(grad_at: Callable[[Tensor], Tensor], v: Tensor, step: flo
     a new flat tensor, the gradient at w + d (the difference is formed in place in it). Zero for
     a zero ``v``; the scale factors in float64, the vector arithmetic in ``v``'s dtype. ``norm``:
     ||v|| of a vector held in shards (``v`` this process's entries; :mod:`.layout`)."""
-    norm = float(v.double().norm()) if norm is None else norm(v)
+    norm = math.sqrt(float(sum_of_squares(v))) if norm is None else norm(v)
     if norm == 0.0:
         return torch.zeros_like(v)
     d = v * (step / norm)

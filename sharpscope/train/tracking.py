@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import measure_table
 from ..errors import ConfigError
+from ..linalg.layout import large_norm
 from ..objective import Objective
 from ..optim import registry
 from .callbacks import Callback, TrainState
@@ -98,7 +99,7 @@ class TrackingCallback(Callback):
         lr = float(state.optimizer.param_groups[0]["lr"])
         edges = {"edge_of_stability": stability_threshold(lr, config.momentum)}
         if config.optimizer == "sam" and config.p == 2 and config.m is None and config.effective_rho > 0:
-            grad_norm = float(obj.grad().norm())
+            grad_norm = large_norm(obj.grad())
             edges["sam_edge_of_stability"] = sam_stability_threshold(lr, config.effective_rho, grad_norm,
                                                                      config.momentum)
         return edges
