@@ -26,7 +26,7 @@ from ..models import check_factory_allowed
 from .files import write_json
 from .tables import run_columns
 
-__all__ = ["MeasureSettings", "DEFAULT_MEASURES", "run_measures", "compute_measure", "find_runs",
+__all__ = ["MeasureSettings", "run_measures", "compute_measure", "find_runs",
            "run_row", "measure_run", "measure_runs", "varying_config_options"]
 
 _CACHE = "measures.json"
@@ -57,7 +57,6 @@ class MeasureSettings:
 
 _FIXED = {"top_k": 5}  # fixed for every run (not in the cache key)
 _DETAILS = ("error",)  # the supporting columns of the rows (worst*/average*: the error increase)
-DEFAULT_MEASURES = ("lambda_max", "trace", "m_sharpness", "gradcos", "worst", "worst_adaptive", "average")
 
 
 def run_measures() -> list[str]:
