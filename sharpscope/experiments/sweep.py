@@ -77,9 +77,8 @@ class SweepConfig:
         base = {option_name(k): v for k, v in self.base.items()}
         if "optimizer" not in grid:  # every row says which optimizer trained it
             grid = {"optimizer": parse_values("optimizer", [base.pop("optimizer", TrainConfig.optimizer)]), **grid}
-        unknown = [o for o in grid["optimizer"] if registry.lookup(o) is None]
-        if unknown:
-            raise ConfigError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(registry.names())}")
+        for name in grid["optimizer"]:
+            registry.get(name)  # an unknown name: ConfigError listing the choices
         self.grid = grid
         self.seeds = parse_seeds(self.seeds)
         known = {f.name for f in fields(TrainConfig)}
