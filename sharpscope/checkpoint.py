@@ -273,23 +273,21 @@ def load_checkpoint(path: str | os.PathLike[str], *, allow_factory: bool | str =
 def check_data_fits(model: nn.Module, data: Any, *, n: int = 8) -> int:
     """K, the classes ``model`` scores on the first ``n`` training inputs of ``data`` (eval, no grad,
     RNG untouched); :class:`DataMismatchError` unless they give (n, K) and every label is below K."""
+    from .objective import eval_mode
+
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     x = data.x_train[:n]
     x = x.to(device, dtype) if x.is_floating_point() else x.to(device)  # token ids stay integers
     shape = tuple(data.x_train.shape[1:])
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = model(x)
     except Exception as err:  # a model of the user's may raise anything on inputs it does not take
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise DataMismatchError(f"the data does not fit the model: it rejects inputs of shape {shape} "
                                 f"({type(err).__name__}: {first_line})") from None
-    finally:
-        model.train(was_training)
     k = _class_scores(out, len(x), shape, tuple(data.y_train.shape[1:]))
     labels = [t for t in (data.y_train, data.y_train_clean, data.y_test) if t.numel()]
     top = max(int(t.max()) for t in labels) if labels else -1

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from typing import TypeGuard
 
 from .errors import ConfigError, MemoryBudgetError
 
 __all__ = ["bool_option", "BOOL_WORDS",
-           "int_at_least", "finite_float", "float_problem", "available_memory", "require_memory",
+           "is_int", "int_at_least", "finite_float", "float_problem", "available_memory", "require_memory",
            "require_grid_memory", "require_lanczos_memory", "require_trace_memory", "parameter_count",
            "GRID_POINT_BYTES", "size_text", "GIB"]
 
@@ -44,9 +45,14 @@ def bool_option(name: str, value: object) -> bool:
     raise ConfigError(f"{name} must be true or false (or yes/no, on/off, 1/0), got {value!r}")
 
 
+def is_int(value: object) -> TypeGuard[numbers.Integral]:
+    """A whole number: Python's or NumPy's integers (``bool`` and ``numpy.bool_`` excluded)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def int_at_least(name: str, value: object, minimum: int) -> int:
     """``value`` as an int, refused unless it is an integer >= ``minimum`` (bools are not ints)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from .errors import SharpscopeError
 
 __all__ = ["init_from_env", "timeout_from_env", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S", "finish", "resolve_device",
-           "is_distributed", "rank", "world_size", "is_main", "all_reduce_sum", "barrier", "shard", "main_first",
+           "is_distributed", "rank", "world_size", "is_main", "all_reduce_sum", "barrier", "shard",
            "broadcast_object", "naming_stuck_ranks", "StuckRanksError"]
 
 
@@ -101,18 +101,6 @@ def broadcast_object(obj: object) -> object:
 def shard(n: int) -> range:
     """The indices 0..n-1 this rank owns (round robin: rank, rank + world, ...)."""
     return range(rank(), n, world_size())
-
-
-@contextmanager
-def main_first() -> Iterator[bool]:
-    """Rank 0 runs the block first (e.g. writes a file), the others after it; yields is_main()."""
-    if not is_main():
-        barrier()
-    try:
-        yield is_main()
-    finally:
-        if is_main():
-            barrier()
 
 
 def finish(ok: bool = True) -> None:

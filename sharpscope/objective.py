@@ -69,6 +69,7 @@ HVP_MODES = ("auto", "forward-over-reverse", "reuse-graph", "finite-difference")
 FINITE_DIFFERENCE = "finite-difference"
 DEFAULT_BLOCK_BYTES = 512 * 2**20  # extra memory a block of batched HVPs may take (hvp_block_size)
 
+
 def require_finite_tensors(tensors: Mapping[str, Tensor], what: str) -> None:
     """The one rule for non-finite weights in every analysis (Hessian, sharpness measures,
     surfaces): NaN or infinite values in a floating-point tensor of ``tensors`` (name ->
@@ -77,10 +78,6 @@ def require_finite_tensors(tensors: Mapping[str, Tensor], what: str) -> None:
     if bad:
         raise NonFiniteLossError(f"{what} hold NaN or infinite values ({', '.join(bad[:3])}"
                                  f"{', ...' if len(bad) > 3 else ''}): there is nothing to analyse")
-
-
-def _check_finite(theta: dict[str, Tensor]) -> None:
-    require_finite_tensors(theta, "the model's parameters")
 
 
 def all_finite(t: Tensor) -> bool:
@@ -182,7 +179,7 @@ class Objective:
         self.shapes = [self.theta[n].shape for n in self.names]
         self.sizes = [self.theta[n].numel() for n in self.names]
         self.n = sum(self.sizes)
-        _check_finite(self.theta)
+        require_finite_tensors(self.theta, "the model's parameters")
         prepared = self.batch_loss.read(data, self.device, self.dtype, cache, cache_bytes)
         self.batches: list[Any] | Streamed = prepared.batches
         self.streamed = prepared.streamed

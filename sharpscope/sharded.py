@@ -123,10 +123,6 @@ def _collective_device(t: Tensor) -> torch.device:
     return t.device if t.device.type == "cuda" else torch.device("cpu")
 
 
-def _all_reduce(t: Tensor) -> Tensor:
-    return dist_utils.all_reduce_sum(t)
-
-
 class ShardedHessian:
     """Finite-difference Hessian-vector products of the mean loss of an FSDP2-sharded model,
     on this rank's shard of each vector (module docstring).
@@ -155,7 +151,7 @@ class ShardedHessian:
         self.device, self.dtype = self.local[0].device, self.local[0].dtype
         self.shapes = [tuple(p.shape) for p in self.params]
         self.n = sum(p.numel() for p in self.params)
-        self.layout = VectorLayout(self.n, _pieces(self.params, self.local), reduce=_all_reduce)
+        self.layout = VectorLayout(self.n, _pieces(self.params, self.local), reduce=dist_utils.all_reduce_sum)
         self.local_n = self.layout.local_n
         self.batch_loss = BatchLoss(model, loss_fn)
         prepared = self.batch_loss.read(data, self.device, self.dtype, cache=True)

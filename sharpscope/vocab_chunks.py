@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .batches import IGNORE_INDEX
+from .checks import int_at_least
 from .errors import ConfigError
 from .tokens import TokenLoss, logits_of
 
@@ -200,8 +201,7 @@ def chunked_token_cross_entropy(hidden: Tensor, weight: Tensor, labels: Tensor, 
     (V, d); with ``shift`` the states at t are scored against the label at t + 1. A batch with
     no counted token gives 0.
     """
-    if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-        raise ConfigError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
+    chunk_tokens = int_at_least("chunk_tokens", chunk_tokens, 1)
     if hidden.dim() < 2 or hidden.shape[:-1] != labels.shape:
         raise ConfigError(f"hidden states (..., T, d) need labels (..., T); got {tuple(hidden.shape)} and "
                           f"{tuple(labels.shape)}")
@@ -217,10 +217,8 @@ class ChunkedTokenLoss(TokenLoss):
 
     def __init__(self, kind: str = "causal", chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                  labels_key: str = "labels") -> None:
-        if isinstance(chunk_tokens, bool) or not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-            raise ConfigError(f"chunk_tokens must be an integer >= 1, got {chunk_tokens!r}")
         super().__init__(kind, labels_key)
-        self.chunk_tokens = chunk_tokens
+        self.chunk_tokens = int_at_least("chunk_tokens", chunk_tokens, 1)
 
     def parts(self, model: nn.Module) -> tuple[nn.Module, nn.Linear]:
         """(the model's body, which gives the hidden states first, its output layer)."""

@@ -44,9 +44,8 @@ def toy():
 def test_a_measure_declared_once_is_offered_by_every_place(toy, tmp_path):
     """Adding a measure touches one file: registered in this test, it is an analysis of sweep,
     a measure of correlate, trackable, and its column is correlated with the gap."""
-    assert "toy_loss" in analyses.analysis_names() and "toy_loss" in sweep.ANALYSES
-    assert "toy_loss" in mr.run_measures() and "toy_loss" in mr.RUN_MEASURES
-    assert "toy_loss" in tracking.trackable() and "toy_loss" in correlate.MEASURES
+    assert "toy_loss" in analyses.analysis_names() and "toy_loss" in mr.run_measures()
+    assert "toy_loss" in tracking.trackable() and "toy_loss" in correlate.measure_columns([{"toy_loss": 1.0}])
     config = SweepConfig(grid={"optimizer": ["sgd"]}, seeds=1, base=dict(TINY), profile="quick", analyses="toy_loss")
     assert "toy_loss" in sweep.metric_names(config.analyses, config.settings())
     result = run_sweep(config, tmp_path / "sweep", plots=[])

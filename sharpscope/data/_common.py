@@ -8,12 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["is_int", "is_real", "torch_seed", "stream_generator"]
+from sharpscope.checks import is_int
 
-
-def is_int(value: Any) -> bool:
-    """A real integer (``bool`` excluded)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+__all__ = ["is_real", "torch_seed", "stream_generator"]
 
 
 def is_real(value: Any) -> bool:

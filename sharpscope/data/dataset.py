@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from sharpscope.checks import is_int
 from sharpscope.errors import ConfigError
 
-from ._common import is_int, torch_seed
+from ._common import torch_seed
 from .fingerprints import fingerprint
 from .noise import LabelNoise
 from .spec import TOKEN_DATASETS, DataSpec

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from sharpscope.checks import is_int
 from sharpscope.errors import ConfigError, DataError
 
-from ._common import is_int, is_real, torch_seed
+from ._common import is_real, torch_seed
 
 __all__ = ["LabelNoise", "add_label_noise"]
 

@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sharpscope.checks import is_int
 from sharpscope.errors import ConfigError, DataError
 
-from ._common import is_int, is_real
+from ._common import is_real
 from .readers import expected_files
 
 __all__ = ["DATASETS", "TOKEN_DATASETS", "DataSpec", "spec_differences", "analysis_data_spec"]

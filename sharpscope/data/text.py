@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sharpscope.checks import int_at_least, is_int
 from sharpscope.errors import ConfigError, DataError
 
-from ._common import is_int, stream_generator
+from ._common import stream_generator
 
 __all__ = ["BYTE_VOCAB", "SPLITS", "text_tokens", "read_token_bin", "token_batches", "token_pairs", "token_arrays",
            "pair_count"]
@@ -56,8 +57,7 @@ def token_batches(tokens: torch.Tensor | np.ndarray, block_size: int, batch_size
                   n_blocks: int | None = None, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """Blocks [i T, (i + 1) T) of ``tokens`` as dict batches of at most ``batch_size`` blocks: all, in
     order, or ``n_blocks`` drawn without replacement by a generator seeded with ``seed``."""
-    if not is_int(block_size) or block_size < 2:
-        raise ConfigError(f"block_size must be an integer >= 2, got {block_size!r}")
+    block_size = int_at_least("block_size", block_size, 2)
     if not is_int(batch_size) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     total = len(tokens) // block_size
@@ -91,8 +91,7 @@ def token_pairs(tokens: torch.Tensor | np.ndarray, block_size: int,
                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Blocks i of ``tokens`` (all, or those of ``index``; only those are read) as int64 ``(x, y)``:
     x[i] = tokens[i T : (i + 1) T], y[i] = tokens[i T + 1 : (i + 1) T + 1] (nanoGPT's pairs)."""
-    if not is_int(block_size) or block_size < 1:
-        raise ConfigError(f"block_size must be an integer >= 1, got {block_size!r}")
+    block_size = int_at_least("block_size", block_size, 1)
     total = pair_count(len(tokens), block_size)
     if total == 0:
         raise DataError(f"{len(tokens)} tokens hold no block of {block_size} and its next tokens")

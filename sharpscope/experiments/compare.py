@@ -76,9 +76,8 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if not self.optimizers or len(set(self.optimizers)) != len(self.optimizers):
             raise ConfigError(f"--optimizer must name distinct optimizers, got {self.optimizers}")
-        unknown = [o for o in self.optimizers if registry.lookup(o) is None]
-        if unknown:
-            raise ConfigError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(registry.names())}")
+        for name in self.optimizers:
+            registry.get(name)  # an unknown name: ConfigError listing the choices
         self.seeds = [int_at_least("seed", s, 0) for s in self.seeds]
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"--seeds must name distinct seeds (or a count >= 1), got {self.seeds}")

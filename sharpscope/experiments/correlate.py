@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from .files import write_csv, write_json
 from .verdicts import finite_number
 
-__all__ = ["GAPS", "MEASURES", "DEFAULT_MIN_TRAIN_ACC", "check_min_train_acc", "run_status", "select_runs",
+__all__ = ["GAPS", "DEFAULT_MIN_TRAIN_ACC", "check_min_train_acc", "run_status", "select_runs",
            "CorrelationTable", "generalization_gaps", "measure_columns", "correlate_rows", "write_correlations",
            "draw_correlations", "report_correlations"]
 
@@ -41,12 +41,6 @@ _M_PREFIX = "m_sharpness_m"
 DEFAULT_MIN_TRAIN_ACC = 0.99
 _NOT_FINISHED = ("diverged", "unfinished", "interrupted")
 _KIND = "sharpscope correlations"
-
-
-def __getattr__(name: str) -> Any:
-    if name == "MEASURES":  # the columns of rows that are sharpness or curvature measures, in the order reported
-        return measure_table.correlated_columns()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _number(value: Any) -> float | None:

@@ -26,7 +26,7 @@ from ..models import check_factory_allowed
 from .files import write_json
 from .tables import run_columns
 
-__all__ = ["MeasureSettings", "RUN_MEASURES", "DEFAULT_MEASURES", "run_measures", "compute_measure", "find_runs",
+__all__ = ["MeasureSettings", "run_measures", "compute_measure", "find_runs",
            "run_row", "measure_run", "measure_runs", "varying_config_options"]
 
 _CACHE = "measures.json"
@@ -57,18 +57,11 @@ class MeasureSettings:
 
 _FIXED = {"top_k": 5}  # fixed for every run (not in the cache key)
 _DETAILS = ("error",)  # the supporting columns of the rows (worst*/average*: the error increase)
-DEFAULT_MEASURES = ("lambda_max", "trace", "m_sharpness", "gradcos", "worst", "worst_adaptive", "average")
 
 
 def run_measures() -> list[str]:
     """The measures whose settings :class:`MeasureSettings` provides (with the fixed top-k), in table order."""
     return measure_table.available([*(f.name for f in fields(MeasureSettings)), *_FIXED])
-
-
-def __getattr__(name: str) -> Any:
-    if name == "RUN_MEASURES":  # name -> measure, read from the table when asked
-        return {n: measure_table.MEASURES[n] for n in run_measures()}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _settings(s: MeasureSettings) -> dict[str, Any]:

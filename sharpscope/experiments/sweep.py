@@ -42,18 +42,12 @@ from .tables import (RESULTS_KIND, metric_names, read_sweep_results, run_row, su
 __all__ = [
     "SweepConfig", "SweepResult", "RunSpec", "RunOutcome", "run_sweep", "replot", "expand_grid",
     "sweepable_options", "uses_option", "parse_values", "parse_seeds", "parse_plot", "metric_names",
-    "analyse_selected", "summarize_rows", "ANALYSES", "DEFAULT_ANALYSES", "PERTURBATION_OPTIONS",
+    "analyse_selected", "summarize_rows", "DEFAULT_ANALYSES", "PERTURBATION_OPTIONS",
     "varying_options", "sweep_convergence", "default_plots", "RESULTS_KIND",
 ]
 
 # The three quantities SAM papers report, at a fraction of the cost of the trace and the density.
 DEFAULT_ANALYSES = ("lambda_max", "gradcos", "m_sharpness")
-
-
-def __getattr__(name: str) -> Any:
-    if name == "ANALYSES":  # the analyses a sweep can run, read from the table when asked
-        return tuple(analysis_names())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -83,9 +77,8 @@ class SweepConfig:
         base = {option_name(k): v for k, v in self.base.items()}
         if "optimizer" not in grid:  # every row says which optimizer trained it
             grid = {"optimizer": parse_values("optimizer", [base.pop("optimizer", TrainConfig.optimizer)]), **grid}
-        unknown = [o for o in grid["optimizer"] if registry.lookup(o) is None]
-        if unknown:
-            raise ConfigError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(registry.names())}")
+        for name in grid["optimizer"]:
+            registry.get(name)  # an unknown name: ConfigError listing the choices
         self.grid = grid
         self.seeds = parse_seeds(self.seeds)
         known = {f.name for f in fields(TrainConfig)}

@@ -20,8 +20,6 @@ BN running statistics are 1-D, so they move only under ``ignore="none"`` (varian
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 

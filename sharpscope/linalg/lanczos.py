@@ -63,7 +63,7 @@ from torch import Tensor
 
 from ..checks import available_memory, finite_float, int_at_least
 from ..errors import ConfigError, UnconvergedWarning
-from .basis import Basis, breakdown_threshold, matvec_work, random_unit, tridiagonal_eigh, wanted_key, work_dtype
+from .basis import Basis, breakdown_threshold, matvec_work, tridiagonal_eigh, wanted_key, work_dtype
 from .budget import parse_basis_dtype, plan_basis
 from .restart import thick_restart_lanczos
 from .operator import SymmetricOperator
@@ -256,7 +256,7 @@ def lanczos(
     k, max_iter, check_every = _check_arguments(op, k, which, tol, max_iter, check_every, callback,
                                                 memory_bytes is not None)
     basis, limit = _basis(op, k, max_iter, memory_bytes, basis_dtype, basis_device, vectors)
-    n, device = op.n, op.device
+    device = op.device
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     start_count = op.n_matvecs
     if limit < max_iter or basis.dtype != torch.float64:  # the rounding of a coarser basis is tracked there

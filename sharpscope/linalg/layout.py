@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..checks import int_at_least
 from ..errors import ConfigError
 
 __all__ = ["VectorLayout", "RANDOM_CHUNK", "NORM_BLOCK", "sum_of_squares", "large_norm", "large_inner",
@@ -93,9 +94,7 @@ class VectorLayout:
 
     def __init__(self, n: int, pieces: Sequence[tuple[int, int]] | None = None,
                  reduce: Callable[[Tensor], Tensor] | None = None) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"n must be a positive int, got {n!r}")
-        self.n = n
+        self.n = n = int_at_least("n", n, 1)
         self.sharded = pieces is not None
         self.pieces = [(0, n)] if pieces is None else [(int(a), int(b)) for a, b in pieces]
         last = 0

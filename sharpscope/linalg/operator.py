@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..checks import int_at_least
 from ..errors import ConfigError
 from .layout import VectorLayout
 
@@ -30,8 +31,7 @@ class SymmetricOperator:
             raise ConfigError("matvec must be callable")
         if matmat is not None and not callable(matmat):
             raise ConfigError("matmat must be callable or None")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(f"n must be a positive int, got {n!r}")
+        n = int_at_least("n", n, 1)
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ConfigError(f"dtype must be a floating torch dtype, got {dtype!r}")
         self._matvec = matvec

@@ -11,11 +11,11 @@ from .cnn import Conv1dNet, SimpleCNN
 from .factory import check_factory_allowed, factory_name, import_callable, is_factory, make_factory_spec, parse_factory
 from .mlp import MLP
 from .hf import TransformersNotInstalled
-from .registry import MODEL_NAMES, TOKEN_MODEL_NAMES, build_model, count_parameters, make_model_spec, parse_model_name
+from .registry import MODEL_NAMES, build_model, count_parameters, make_model_spec, parse_model_name
 from .resnet import BasicBlock, CifarResNet
 from .wrn import WideBasicBlock, WideResNet
 
-__all__ = ["MODEL_NAMES", "TOKEN_MODEL_NAMES", "TransformersNotInstalled", "MLP", "SimpleCNN", "Conv1dNet",
+__all__ = ["MODEL_NAMES", "TransformersNotInstalled", "MLP", "SimpleCNN", "Conv1dNet",
            "BasicBlock", "CifarResNet", "WideBasicBlock", "WideResNet", "build_model", "check_factory_allowed",
            "count_parameters", "factory_name", "is_factory", "make_factory_spec", "make_model_spec",
            "parse_model_name", "parse_factory", "import_callable"]

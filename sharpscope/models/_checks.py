@@ -6,14 +6,11 @@ import math
 import numbers
 from typing import Any, Mapping, Sequence
 
+from sharpscope.checks import is_int
 from sharpscope.errors import ModelSpecError
 
-__all__ = ["is_int", "check_int", "check_bool", "check_prob", "check_widths", "check_input_shape", "image_shape",
+__all__ = ["check_int", "check_bool", "check_prob", "check_widths", "check_input_shape", "image_shape",
            "check_depth", "json_plain", "one_line", "spec_kwargs", "check_keys"]
-
-
-def is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_int(what: str, value: Any, minimum: int = 1) -> int:

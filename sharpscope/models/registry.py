@@ -20,7 +20,7 @@ from .mlp import build_mlp
 from .resnet import build_resnet
 from .wrn import build_wrn
 
-__all__ = ["MODEL_NAMES", "TOKEN_MODEL_NAMES", "parse_model_name", "make_model_spec", "build_model", "count_parameters"]
+__all__ = ["MODEL_NAMES", "parse_model_name", "make_model_spec", "build_model", "count_parameters"]
 
 _BUILTIN_KEYS = ("name", "kwargs", "input_shape", "num_classes")
 
@@ -28,9 +28,6 @@ _BUILTIN_KEYS = ("name", "kwargs", "input_shape", "num_classes")
 _BUILDERS: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     {"mlp": build_mlp, "cnn": build_cnn, "resnet": build_resnet, "wrn": build_wrn, "cnn1d": build_cnn1d,
      "gpt": build_gpt, "bert": build_bert, "vit": build_vit})
-
-#: The models over token sequences (Hugging Face transformers built from a config; input shape (T,)).
-TOKEN_MODEL_NAMES: tuple[str, ...] = ("gpt", "bert")
 
 MODEL_NAMES: tuple[str, ...] = (*_BUILDERS, "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "wrn16-4",
                                  "wrn16-8", "wrn28-10")

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import NonFiniteLossError
+from ..objective import eval_mode
 from ..tokens import logits_of
 from .config import DIVERGED_FACTOR, TrainConfig
 
@@ -65,16 +66,14 @@ def crop_and_flip(x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> t
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` (eval mode) on (x, y), per token for token
     labels y (N, T); restores the mode."""
-    was_training = model.training
-    model.eval()
     loss_sum, correct = 0.0, 0
-    for lo in range(0, x.shape[0], batch_size):
-        out = model(x[lo:lo + batch_size])
-        out = logits_of(out) if y.dim() > 1 else out
-        yb = y[lo:lo + batch_size]
-        loss_sum += F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="sum").item()
-        correct += (out.argmax(-1) == yb).sum().item()
-    model.train(was_training)
+    with eval_mode(model):
+        for lo in range(0, x.shape[0], batch_size):
+            out = model(x[lo:lo + batch_size])
+            out = logits_of(out) if y.dim() > 1 else out
+            yb = y[lo:lo + batch_size]
+            loss_sum += F.cross_entropy(out.reshape(-1, out.shape[-1]), yb.reshape(-1), reduction="sum").item()
+            correct += (out.argmax(-1) == yb).sum().item()
     n = max(1, y.numel())
     return loss_sum / n, correct / n
 

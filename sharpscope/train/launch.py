@@ -16,6 +16,7 @@ from ..checkpoint import read_checkpoint
 from ..data import Dataset, load_dataset
 from ..errors import CheckpointError, ConfigError
 from ..models import build_model, factory_name, is_factory, make_factory_spec, make_model_spec
+from ..objective import eval_mode
 from ..optim import registry
 from .config import TrainConfig
 from .resume import resumed_config
@@ -35,18 +36,14 @@ def check_fits(model: nn.Module, data: Dataset) -> None:
     """One example through the model (eval mode, no grad, RNG untouched): a misfit is one clear line."""
     device = next(model.parameters()).device
     x = data.x_train[:1].to(device)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
             out = model(x)
     except RuntimeError as err:
         first = (str(err).splitlines() or ["?"])[0][:200]
         hint = f" (--data {data.spec.name} is token data: use a language model, --model gpt)" if data.is_tokens else ""
         raise ConfigError(f"the model does not accept inputs of shape {tuple(data.input_shape)}{hint}: "
                           f"{first}") from None
-    finally:
-        model.train(was_training)
     logits = getattr(out, "logits", out)  # token data: next-token logits (1, T, V) over the vocabulary V
     if data.is_tokens and (not isinstance(logits, torch.Tensor) or logits.dim() != 3
                            or logits.shape[-1] != data.num_classes):
