@@ -1,23 +1,27 @@
 """Gradients at perturbed weights, for Hessian-vector products by finite differences.
 
 :class:`PerturbedGradient` computes grad L(theta + d) with an ordinary ``loss.backward()``
-on the model's *own* parameters, set in place to theta + d for the duration of the call,
-so it works wherever training's gradient works: ``torch.utils.checkpoint`` with
-``use_reentrant=True`` (which refuses ``torch.autograd.grad`` and ``torch.func``, and
-recomputes its forward pass from the module's attributes during the backward pass),
-non-reentrant checkpointing (saved-tensor hooks, refused by ``torch.func``), custom
-``autograd.Function`` s without a double backward or a ``jvp`` (``@once_differentiable``),
-fused attention kernels (the user's SDPA choice is left alone) and other wrappers.
-:func:`sharpscope.linalg.finite_difference.central_difference` turns two such gradients
-into a product (the step and its error bound are derived there).
+on the model's *own* parameters, at theta + d for the duration of the call, so it works
+wherever training's gradient works: ``torch.utils.checkpoint`` with ``use_reentrant=True``
+(which refuses ``torch.autograd.grad`` and ``torch.func``, and recomputes its forward pass
+from the module's attributes during the backward pass), non-reentrant checkpointing
+(saved-tensor hooks, refused by ``torch.func``), custom ``autograd.Function`` s without a
+double backward or a ``jvp`` (``@once_differentiable``), fused attention kernels (the user's
+SDPA choice is left alone) and other wrappers. A product is the central difference
+||v|| (g(theta + t u) - g(theta - t u)) / (2 t) (the step and its error bound:
+:mod:`sharpscope.linalg.finite_difference`), formed by :func:`gradient_difference` without
+either gradient ever being gathered into a flat vector.
 
-The weights are restored *exactly* afterwards: the selected parameters are copied once
-before the first perturbation and copied back from that copy (theta + d - d would drift by
-rounding), in a ``finally`` block; every parameter's ``.grad`` is saved and put back (a
-reentrant checkpoint accumulates into the ``.grad`` of parameters outside the selection
-too). The loss is evaluated as :class:`sharpscope.objective.Objective` evaluates it: same
-batches and weights, eval mode (batch norm on its running statistics, which a forward pass
-in eval mode leaves untouched; dropout off), the fixed parameters and buffers by name.
+The weights are restored *exactly* afterwards. For plain parameters of the vector's dtype
+and device, each ``.data`` points at theta + t u (then theta - t u) in one shared buffer
+during the passes and at its own untouched storage again after them, in a ``finally``
+block; otherwise (mixed dtypes, tensor subclasses, the gradient at a given point) the
+selected parameters are copied once and copied back from that copy (theta + d - d would
+drift by rounding). Every parameter's ``.grad`` is saved and put back (a reentrant
+checkpoint accumulates into the ``.grad`` of parameters outside the selection too). The loss
+is evaluated as :class:`sharpscope.objective.Objective` evaluates it: same batches and
+weights, eval mode (batch norm on its running statistics, which a forward pass in eval mode
+leaves untouched; dropout off), the fixed parameters and buffers by name.
 
 :func:`double_backward_unavailable` recognizes the errors by which ``torch.func`` and a
 double backward say that a model has no second derivative (``hvp_mode="auto"`` falls back

@@ -28,9 +28,9 @@ Hessian-vector products (Pearlmutter 1994) are computed in one of two ways:
 - ``"finite-difference"``: central differences of two gradients along u = v / ||v|| with the
   step t = (3 u_r (1 + ||theta||) / 1000)^(1/3) (u_r the unit roundoff of the dtype) and an
   error below (3/2) u_r (1 + ||theta||) ||H||_2 ||v|| / t, ~1e-3 in float32
-  (:mod:`sharpscope.linalg.finite_difference` derives and measures both). Its gradients are ``backward()`` passes on the model's own parameters,
-  perturbed in place and restored bit for bit (:mod:`sharpscope.fd_hvp`): it works wherever a
-  gradient works (checkpointing, custom backwards, fused attention kernels). Smooth networks
+  (:mod:`sharpscope.linalg.finite_difference` derives and measures both). Its gradients are
+  ``backward()`` passes on the model's own parameters at the perturbed weights, restored bit
+  for bit (:mod:`sharpscope.fd_hvp`): it works wherever a gradient works (checkpointing, custom backwards, fused attention kernels). Smooth networks
   only: ReLU kinks crossed by the step make errors of order one (measured there).
 
 ``"auto"`` (the default) takes ``reuse-graph`` when the data set is small (at most
