@@ -28,7 +28,7 @@ _LAZY_NAMES = {
 _SUBMODULES = ("ascent", "batches", "checkpoint", "checks", "cli", "cpu", "curvature", "data", "determinism",
                "distributed", "errors", "experiments", "fd_hvp", "hessian", "io", "landscape", "linalg",
                "measure_table", "measures", "models", "objective", "optim", "plots", "plots_html", "provenance",
-               "sharded", "sharpness", "stats", "tokens", "train", "train_options", "vocab_chunks", "weight_spectra")
+               "reductions", "sharded", "sharpness", "stats", "tokens", "train", "train_options", "vocab_chunks", "weight_spectra")
 
 __all__ = [
     "__version__", "SAM", "RSAM", "GSAM", "WSAM", "LookSAM", "FriendlySAM", "sam_step", "frozen_bn_stats",

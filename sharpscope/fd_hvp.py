@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .reductions import sum_of_squares
 
 __all__ = ["PerturbedGradient", "double_backward_unavailable", "cut_by_once_differentiable", "OnceDifferentiableError",
            "restoring", "grads_restored",
@@ -211,8 +212,6 @@ class PerturbedGradient:
         afterwards (so theta is restored bit for bit without a copy);
         :func:`gradient_difference` leaves g+ - g- in the ``.grad`` s, and one pass gathers
         and scales it into the same buffer."""
-        from .linalg.layout import sum_of_squares  # (the linalg package imports scipy)
-
         norm = math.sqrt(float(sum_of_squares(v)))
         if norm == 0.0:
             return torch.zeros_like(v)

@@ -31,8 +31,8 @@ from . import distributed as dist_utils
 from .batches import BatchLoss, higher_order_attention, take, tensor_leaves
 from .checks import int_at_least
 from .errors import ConfigError, ZeroGradientWarning
-from .linalg.layout import SMALL_REDUCTION, large_inner, large_norm
 from .objective import Objective, eval_mode, moved_parameters, require_finite
+from .reductions import SMALL_REDUCTION, large_inner, large_norm
 
 __all__ = ["m_sharpness", "MSharpness", "SharpnessResult", "surrogate_gap", "surrogate_gaps", "sam_gradient_cosine",
            "GradientCosine", "dual_direction", "project", "FlatExamples", "flat_examples", "seeded_subsets",

@@ -31,7 +31,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sharpscope"
 LAYERS: dict[int, set[str]] = {
     0: {"errors", "_version"},
     1: {"io", "checks", "cpu", "determinism", "distributed", "provenance", "stats", "plots", "plots_html",
-        "train_options"},  # torch-free: the CLI builds the training options from it
+        "train_options", "reductions"},  # torch-free: the CLI builds the training options from it
     2: {"batches", "tokens", "vocab_chunks", "data", "models", "linalg", "optim"},
     3: {"objective", "checkpoint", "fd_hvp"},  # fd_hvp: gradients at perturbed weights (finite-difference HVPs)
     4: {"curvature", "hessian", "landscape", "sharpness", "measures", "ascent", "weight_spectra",

@@ -156,7 +156,7 @@ def test_sum_of_squares_is_accurate_at_millions_of_entries():
     """float32 vectors of 2^23 + 5 entries: the float64 sum of squares to ~1e-7 (a plain float32
     vector_norm of this size was measured 2e-4 off on CPU, torch 2.13), a tail below a block
     included; a whole layout's norm uses it for anything but float64."""
-    from sharpscope.linalg.layout import NORM_BLOCK, sum_of_squares
+    from sharpscope.reductions import NORM_BLOCK, sum_of_squares
 
     g = torch.Generator().manual_seed(0)
     for v in (torch.randn(2**23 + 5, generator=g), torch.full((2**23 + 5,), 0.1), torch.randn(NORM_BLOCK - 3, generator=g)):

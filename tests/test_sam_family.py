@@ -500,3 +500,17 @@ def test_every_variant_repr_names_its_class_and_options():
         if spec.name in expected:
             opt = spec.cls(model.parameters(), torch.optim.SGD, lr=0.1, rho=0.1)
             assert repr(opt) == f"{spec.cls.__name__}(base=SGD, rho=0.1, {expected[spec.name]}, lr=0.1)"
+
+
+def test_sam_radius_is_exact_for_a_parameter_of_millions_of_entries():
+    """||e||_2 = rho for a 2^21-entry parameter (sharpscope.reductions: float64 block sums);
+    torch's whole float32 norm of such a gradient errs ~2e-5, which a test at 1e-6 would see."""
+    from sharpscope.optim import SAM
+
+    w = torch.nn.Parameter(torch.zeros(2**21))
+    w.grad = torch.full((2**21,), 0.1) + torch.rand(2**21, generator=torch.Generator().manual_seed(0)) * 1e-3
+    opt = SAM([w], torch.optim.SGD, rho=0.05, lr=0.1)
+    opt.first_step()
+    assert abs(float(w.detach().double().norm()) / 0.05 - 1) < 1e-6
+    opt.unperturb()
+    assert not w.detach().any()

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .layout import sum_of_squares
+from ..reductions import sum_of_squares
 
 CURVATURE_SCALE = 1e3  # kappa of eq. (2): the fourth derivative taken as kappa ||H|| (module docstring)
 

@@ -24,7 +24,6 @@ Nothing here communicates by itself: ``reduce`` is the caller's (e.g. an all-red
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -32,54 +31,14 @@ from torch import Tensor
 
 from ..checks import int_at_least
 from ..errors import ConfigError
+from ..reductions import sum_of_squares
 
-__all__ = ["VectorLayout", "RANDOM_CHUNK", "NORM_BLOCK", "sum_of_squares", "large_norm", "large_inner",
-           "SMALL_REDUCTION"]
+__all__ = ["VectorLayout", "RANDOM_CHUNK"]
 
 # a sharded layout draws its global random vector in chunks of this many entries (128 MiB of
 # float64 at a time): for n up to RANDOM_CHUNK it is bit for bit the whole layout's vector
 RANDOM_CHUNK = 2**24
 
-# entries per block of :func:`sum_of_squares`: a float32 norm of 256 entries errs below 2e-7 even
-# for a constant vector (the worst case: no rounding cancels; 2e-5 with 2^14-entry blocks, measured)
-NORM_BLOCK = 2**8
-
-
-def sum_of_squares(w: Tensor) -> Tensor:
-    """sum_i w_i^2 of any tensor as a float64 scalar, accurate at any size, without a float64
-    copy of ``w``. torch 2.13's CPU ``vector_norm`` (and ``Tensor.norm``, ``dot``) of a float32
-    vector accumulates without cascading, so its relative error grows with n: measured
-    9e-6 at 10^6 entries, 3.7e-4 at 10^7 and 1.3e-2 at 124 M (GPT-2 small's size). Here each
-    block of :data:`NORM_BLOCK` entries gets a float32 norm (error below 2e-7), and the blocks'
-    squares are summed in float64; a float64 ``w`` is squared and summed as it is."""
-    flat = w.reshape(-1)
-    if flat.dtype == torch.float64:
-        return flat.square().sum()
-    m = flat.numel() // NORM_BLOCK * NORM_BLOCK
-    blocks = torch.linalg.vector_norm(flat[:m].view(-1, NORM_BLOCK), dim=1).double().square().sum()
-    return blocks + flat[m:].double().square().sum()
-
-
-
-# up to this many entries torch's own float32 norm (error below 1e-5, measured) and dot product (below
-# 1e-6) are kept, so every model of sharpscope's zoo (at most 0.85 M parameters) keeps its numbers
-SMALL_REDUCTION = 2**20
-
-
-def large_norm(w: Tensor) -> float:
-    """||w||: torch's own for up to :data:`SMALL_REDUCTION` entries, else from :func:`sum_of_squares`."""
-    return float(w.norm()) if w.numel() <= SMALL_REDUCTION else math.sqrt(float(sum_of_squares(w)))
-
-
-def large_inner(a: Tensor, b: Tensor) -> float:
-    """a . b of two flat vectors: torch's own for up to :data:`SMALL_REDUCTION` entries, else
-    float32 dot products of :data:`NORM_BLOCK`-entry blocks summed in float64 (a whole float32
-    ``dot`` of 124 M entries was measured 6e-4 off on CPU)."""
-    if a.numel() <= SMALL_REDUCTION or a.dtype == torch.float64:
-        return float(a @ b)
-    m = a.numel() // NORM_BLOCK * NORM_BLOCK
-    blocks = torch.linalg.vecdot(a[:m].view(-1, NORM_BLOCK), b[:m].view(-1, NORM_BLOCK)).double().sum()
-    return float(blocks + a[m:].double() @ b[m:].double())
 
 class VectorLayout:
     """The entries of an ``n``-vector this process holds (module docstring).

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .. import reductions
 from .registry import Registered, RunOptions, base_optimizer, register
 
 __all__ = ["SAM"]
@@ -390,7 +391,8 @@ class SAM(Registered, torch.optim.Optimizer):
             if not params:
                 continue
             tg, _ = _scaled_gradients(params, group["adaptive"], group["eta"])
-            norms = torch._foreach_norm(tg, q)
+            # p = 2: tensors of over 2^20 entries summed in float64 blocks (float32's own sum drifts)
+            norms = reductions.norms(tg) if q == 2.0 else torch._foreach_norm(tg, q)
             parts.append(torch.stack(norms).pow(q).sum())
         if not parts:
             return torch.zeros(())

@@ -12,9 +12,9 @@ from typing import Any
 
 from .. import measure_table
 from ..errors import ConfigError
-from ..linalg.layout import large_norm
 from ..objective import Objective
 from ..optim import registry
+from ..reductions import large_norm
 from .callbacks import Callback, TrainState
 
 __all__ = ["TRACK_SETTINGS", "trackable", "TrackingCallback", "stability_threshold", "sam_stability_threshold"]

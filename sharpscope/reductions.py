@@ -1,0 +1,66 @@
+"""Sums over millions of entries that stay accurate: norms and inner products of long vectors.
+
+torch 2.13's CPU ``vector_norm`` (and ``Tensor.norm``, ``dot``, ``@`` of two vectors) of a
+float32 tensor accumulates without cascading, so its relative error grows with the length:
+measured 9e-6 at 10^6 entries, 3.7e-4 at 10^7 and 1.3e-2 at 124 M (GPT-2 small's size; the
+dot product 6e-4 there), while ``sum`` cascades. Here blocks of :data:`NORM_BLOCK` entries
+get float32 norms or dot products and the blocks are summed in float64: one pass, no float64
+copy of the vector. Up to :data:`SMALL_REDUCTION` entries torch's own reduction is kept, so
+every model of sharpscope's zoo (at most 0.85 M parameters) keeps its numbers bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["NORM_BLOCK", "SMALL_REDUCTION", "sum_of_squares", "large_norm", "large_inner", "norms"]
+
+# entries per block of :func:`sum_of_squares`: a float32 norm of 256 entries errs below 2e-7 even
+# for a constant vector (the worst case: no rounding cancels; 2e-5 with 2^14-entry blocks, measured)
+NORM_BLOCK = 2**8
+
+
+def sum_of_squares(w: Tensor) -> Tensor:
+    """sum_i w_i^2 of any tensor as a float64 scalar, accurate at any size (module docstring): the
+    float32 norms of blocks of :data:`NORM_BLOCK` entries (error below 2e-7), squared and summed
+    in float64; a float64 ``w`` is squared and summed as it is."""
+    flat = w.reshape(-1)
+    if flat.dtype == torch.float64:
+        return flat.square().sum()
+    m = flat.numel() // NORM_BLOCK * NORM_BLOCK
+    blocks = torch.linalg.vector_norm(flat[:m].view(-1, NORM_BLOCK), dim=1).double().square().sum()
+    return blocks + flat[m:].double().square().sum()
+
+
+
+# up to this many entries torch's own float32 norm (error below 1e-5, measured) and dot product (below
+# 1e-6) are kept, so every model of sharpscope's zoo (at most 0.85 M parameters) keeps its numbers
+SMALL_REDUCTION = 2**20
+
+
+def large_norm(w: Tensor) -> float:
+    """||w||: torch's own for up to :data:`SMALL_REDUCTION` entries, else from :func:`sum_of_squares`."""
+    return float(w.norm()) if w.numel() <= SMALL_REDUCTION else math.sqrt(float(sum_of_squares(w)))
+
+
+def norms(tensors: list[Tensor]) -> list[Tensor]:
+    """The 2-norm of each tensor, 0-dim in its dtype: ``torch._foreach_norm`` for those of up to
+    :data:`SMALL_REDUCTION` entries, :func:`sum_of_squares` for the larger ones."""
+    small = [t for t in tensors if t.numel() <= SMALL_REDUCTION]
+    small_norms = iter(torch._foreach_norm(small, 2) if small else ())
+    return [next(small_norms) if t.numel() <= SMALL_REDUCTION else sum_of_squares(t).sqrt().to(t.dtype)
+            for t in tensors]
+
+
+def large_inner(a: Tensor, b: Tensor) -> float:
+    """a . b of two flat vectors: torch's own for up to :data:`SMALL_REDUCTION` entries, else
+    float32 dot products of :data:`NORM_BLOCK`-entry blocks summed in float64 (a whole float32
+    ``dot`` of 124 M entries was measured 6e-4 off on CPU)."""
+    if a.numel() <= SMALL_REDUCTION or a.dtype == torch.float64:
+        return float(a @ b)
+    m = a.numel() // NORM_BLOCK * NORM_BLOCK
+    blocks = torch.linalg.vecdot(a[:m].view(-1, NORM_BLOCK), b[:m].view(-1, NORM_BLOCK)).double().sum()
+    return float(blocks + a[m:].double() @ b[m:].double())
