@@ -4,6 +4,8 @@ bfloat16 on any device, breakdown threshold, start vectors, eigh of T_m."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import scipy.linalg
 import torch
@@ -126,12 +128,19 @@ class Basis:
 
     def _chunks(self, cols: int, dtype: torch.dtype) -> list[slice]:
         step = self._rows(cols, dtype)
-        return [slice(a, a + step) for a in range(0, self.n, step)]
+        return [slice(a, min(a + step, self.n)) for a in range(0, self.n, step)]
 
-    def _columns(self, rows: slice, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """``Q[rows]^T`` (size x chunk) cast to ``dtype`` on ``device`` (a view where nothing changes)."""
-        part = self._Q[rows, : self.size].T if self._plain else self._T[: self.size, rows]
-        return part.to(device=device, dtype=dtype)
+    def _parts(self, cols: int, dtype: torch.dtype, device: torch.device) -> Iterator[tuple[slice, Tensor]]:
+        """Each chunk of entries and its ``Q[rows]^T`` (size x chunk, contiguous) cast to
+        ``dtype`` on ``device``, copied into one buffer reused across the chunks (one allocation
+        per pass: with glibc returning freed blocks over 64 KiB to the system, as the memory
+        benchmarks run it, a fresh chunk each time cost a page fault per 4 KiB, 3-4x the pass)."""
+        chunks = self._chunks(cols, dtype)
+        buffer = torch.empty(self.size * (chunks[0].stop - chunks[0].start), dtype=dtype, device=device)
+        for rows in chunks:
+            part = buffer[: self.size * (rows.stop - rows.start)].view(self.size, -1)
+            part.copy_(self._Q[rows, : self.size].T if self._plain else self._T[: self.size, rows])
+            yield rows, part
 
     def project(self, *w: Tensor) -> Tensor:
         """``Q^T w`` in float64 on ``w``'s device (one pass over the basis in chunks), ``(size,)``
@@ -140,18 +149,22 @@ class Basis:
         a whole float32 dot), so each chunk is cast to float64 and the sums run in float64."""
         device = w[0].device
         h = torch.zeros(self.size, len(w), dtype=torch.float64, device=device)
-        for rows in self._chunks(self.size, torch.float64):
-            part = self._columns(rows, device, torch.float64)
-            for i, v in enumerate(w):
-                h[:, i] += part @ v[rows].double()
+        vectors = None
+        for rows, part in self._parts(self.size, torch.float64, device):
+            if vectors is None:
+                vectors = torch.empty(len(w), part.shape[1], dtype=torch.float64, device=device)
+            v = vectors[:, : part.shape[1]]
+            for i, x in enumerate(w):
+                v[i].copy_(x[rows])
+            h.addmm_(part, v.T)
         h = self.layout.sum(h)
         return h[:, 0] if len(w) == 1 else h
 
     def subtract(self, w: Tensor, h: Tensor) -> None:
         """``w -= Q h`` in place (chunks; ``h`` float64, applied in the working dtype)."""
         hw = h.to(device=w.device, dtype=self.work)
-        for rows in self._chunks(self.size, self.work):
-            w[rows] -= hw @ self._columns(rows, w.device, self.work)
+        for rows, part in self._parts(self.size, self.work, w.device):
+            w[rows].addmv_(part.T, hw, alpha=-1)
 
     def _subtract_project(self, w: Tensor, h: Tensor) -> tuple[Tensor, float]:
         """``w -= Q h`` in place (as :meth:`subtract`) and, in the same pass over the basis,
@@ -163,22 +176,22 @@ class Basis:
         hw = h.to(device=w.device, dtype=self.work)
         h2 = torch.zeros(self.size, dtype=torch.float64, device=w.device)
         squares = torch.zeros((), dtype=torch.float64, device=w.device)
-        for rows in self._chunks(self.size, self.work):
-            part = self._columns(rows, w.device, self.work)
+        for rows, part in self._parts(self.size, self.work, w.device):
             piece = w[rows]
-            piece -= hw @ part
+            piece.addmv_(part.T, hw, alpha=-1)
             h2 += (part @ piece).double()
-            squares += (piece @ piece).double()
+            squares += torch.dot(piece, piece).double()
         return self.layout.sum(h2), float(self.layout.sum(squares)) ** 0.5
 
     def combine(self, Y: Tensor, out: Tensor) -> Tensor:
         """``out = Q Y`` for a float64 ``(size, c)`` matrix ``Y`` (chunks of rows; ``out`` any dtype)."""
         Yw = Y.to(device=out.device, dtype=self.work)
-        for rows in self._chunks(self.size + Y.shape[1], self.work):
-            if self._plain:
+        if self._plain:
+            for rows in self._chunks(self.size + Y.shape[1], self.work):
                 out[rows] = self._Q[rows, : self.size].to(device=out.device, dtype=self.work) @ Yw
-            else:
-                out[rows] = self._columns(rows, out.device, self.work).T @ Yw
+            return out
+        for rows, part in self._parts(self.size + Y.shape[1], self.work, out.device):
+            out[rows] = part.T @ Yw
         return out
 
     def rotate(self, Y: Tensor, f: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -192,16 +205,21 @@ class Basis:
             return self._rotate_plain(Y)
         l = Y.shape[1]
         Yt = Y.T.to(device=self.device, dtype=self.work)
-        C, D = torch.zeros(l, l, dtype=torch.float64), torch.zeros(l, l, dtype=torch.float64)
-        c = torch.zeros(l, dtype=torch.float64)
-        for rows in self._chunks(self.size + l, self.work):
-            exact = Yt @ self._columns(rows, self.device, self.work)
+        sums = torch.zeros(l, 2 * l + 1, dtype=torch.float64, device=self.device)  # C, D and c side by side
+        buffers: list[Tensor] = []
+        for rows, part in self._parts(self.size + l, self.work, self.device):
+            if not buffers:
+                buffers = [torch.empty(l * part.shape[1], dtype=self.work, device=self.device) for _ in range(2)]
+            exact, E = (b[: l * part.shape[1]].view(l, -1) for b in buffers)
+            torch.mm(Yt, part, out=exact)
             self._T[:l, rows] = exact
-            E = self._T[:l, rows].to(self.work) - exact
-            C += (E @ exact.T).double().cpu()
-            D += (E @ E.T).double().cpu()
-            c += (E @ f[rows].to(device=self.device, dtype=self.work)).double().cpu()
+            E.copy_(self._T[:l, rows]).sub_(exact)
+            sums[:, :l] += (E @ exact.T).double()
+            sums[:, l : 2 * l] += (E @ E.T).double()
+            sums[:, 2 * l] += (E @ f[rows].to(device=self.device, dtype=self.work)).double()
         self.size = l
+        sums = sums.cpu()
+        C, D, c = sums[:, :l].clone(), sums[:, l : 2 * l].clone(), sums[:, 2 * l].clone()
         return C, D, c, D.diagonal().clamp_min(0).sqrt()
 
     def _rotate_plain(self, Y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
