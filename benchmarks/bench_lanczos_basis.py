@@ -6,8 +6,10 @@ shuffled) stands in for a Hessian: its product costs one pass over n entries, so
 a step is the basis's work (appending, Gram-Schmidt, restarts). ``lanczos(..., memory_bytes=)``
 plans the basis as for a model of ``n`` parameters (default: a 4 GiB budget scaled with n, as
 ``--memory 4`` plans it for GPT-2 small's 124,439,808). Prints one JSON line: the plan, the
-steps and restarts, seconds in total / in products / in the basis (per step), peak RSS
-(VmHWM) and the relative errors of the top k against the known eigenvalues.
+steps and restarts, seconds in total and in products, the rest per step (the basis's work:
+appending, Gram-Schmidt, restarts, and the small Rayleigh-Ritz problems), peak RSS (VmHWM)
+and the relative errors of the top k against the known eigenvalues. Prefix
+``MALLOC_MMAP_THRESHOLD_=65536`` to run it with the allocator settings of bench_memory.py.
 
     PYTHONPATH=. python benchmarks/bench_lanczos_basis.py --n 124439808 --threads 1
     PYTHONPATH=. python benchmarks/bench_lanczos_basis.py --n 20000000 --threads 1
@@ -38,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=GPT2_SMALL, help="operator size (default: GPT-2 small's parameters)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (set before any work)")
-    ap.add_argument("--memory-gb", type=float, help="memory budget (default: 4 GiB * n / 124,439,808 and 32 MiB for chunks of rows)")
-    ap.add_argument("--basis-dtype", default=None, help="float32 / bfloat16 (default: the budget's plan)")
+    ap.add_argument("--memory-gb", type=float,
+                    help="memory budget (default: 4 GiB * n / 124,439,808 and 32 MiB for chunks of rows)")
+    ap.add_argument("--basis-dtype", default=None, choices=("float64", "float32", "bfloat16"),
+                    help="the basis's dtype (default: the budget's plan)")
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--tol", type=float, default=1e-2)
     ap.add_argument("--max-iter", type=int, default=None)
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = [abs(float(v) - t) / t for v, t in zip(res.eigenvalues, TOP)]
     print(json.dumps({
         "n": n, "threads": a.threads, "memory_gib": round(memory / 2**30, 3), "tol": a.tol,
-        "basis": str(plan.dtype).removeprefix("torch."), "columns": plan.capacity, "plan_gib": round(plan.bytes / 2**30, 3),
+        "basis": str(plan.dtype).removeprefix("torch."), "columns": plan.capacity,
+        "plan_gib": round(plan.bytes / 2**30, 3),
         "steps": steps, "restarts": len(restarts),
         "converged": res.all_converged, "seconds": round(total, 2), "matvec_seconds": round(spent["matvec"], 2),
         "basis_seconds_per_step": round((total - spent["matvec"]) / max(1, steps), 3),

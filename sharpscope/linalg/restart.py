@@ -11,8 +11,9 @@ eigenvalue problems", SIMAX 22, 2000; Stathopoulos, Saad & Wu, SISC 19, 1998): w
 so the run goes on from ``q_{l+1} = f / ||f||`` and the projected matrix becomes an arrow
 (``Theta_l`` bordered by ``||f|| s``). It is mathematically the implicitly restarted Lanczos
 method with exact shifts (ARPACK) and keeps the convergence of the kept Ritz vectors.
-Here every step is fully reorthogonalized (CGS2) and the whole column ``h = Q^T A q`` of the
-projected matrix ``H = Q^T A Q`` is kept, so the arrow (and, after an invariant subspace, the
+Here every step is fully reorthogonalized (CGS2; a coarser basis's second pass only where the
+first cancelled, :meth:`~sharpscope.linalg.basis.Basis.orthogonalize`) and the whole column
+``h = Q^T A q`` of the projected matrix ``H = Q^T A Q`` is kept, so the arrow (and, after an invariant subspace, the
 block-diagonal) structure needs no bookkeeping: the Ritz pairs are those of the dense
 symmetric ``H`` (at most ``c x c``), with residual ``||A Q y - theta Q y|| = ||f|| |y_m|``.
 
