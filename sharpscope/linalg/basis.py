@@ -63,8 +63,9 @@ class Basis:
     and float32. The float64 basis of the default analyses is an ``n x capacity`` matrix used
     whole. Any other (a coarser dtype, or another device than the working vectors') stores
     ``Q^T`` (``capacity x n``: each basis vector contiguous, so appending one writes ``n``
-    consecutive entries) and is read in chunks of entries cast to float64, so no full-size
-    temporary is made and each pass over the basis reads it once (see :meth:`orthogonalize`).
+    consecutive entries) and is read in chunks of entries cast to float64 (the projections
+    Rayleigh-Ritz uses) or to the working dtype (subtractions), so no full-size temporary is
+    made and each pass over the basis reads it once (see :meth:`orthogonalize`).
     :meth:`append` returns the vector as stored: the algorithm multiplies the rounded vector it
     keeps, so the basis and the products stay consistent (the rounding shows only as a loss of
     orthogonality of about ``eps(dtype) / sqrt(n)`` per pair; measured in /work/notes/h34-readme.md).
