@@ -1,8 +1,11 @@
 """What Lanczos and stochastic Lanczos quadrature share: an orthonormal basis (classical
-Gram-Schmidt twice, Giraud, Langou & Rozloznik 2005) stored in float64 (default), float32 or
-bfloat16 on any device, breakdown threshold, start vectors, eigh of T_m."""
+Gram-Schmidt twice, Giraud, Langou & Rozloznik 2005; a lower-precision basis's second pass only
+where the first cancelled, Daniel, Gragg, Kaufman & Stewart 1976) stored in float64 (default),
+float32 or bfloat16 on any device, breakdown threshold, start vectors, eigh of T_m."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.linalg
@@ -39,8 +42,16 @@ def tridiagonal_eigh(alpha: Tensor | np.ndarray, beta: Tensor | np.ndarray) -> t
     return values_t.contiguous(), vectors_t.contiguous()
 
 
-# A lower-precision basis is read in chunks of rows of about this many bytes in the working dtype.
-CHUNK_BYTES = 8 << 20
+# The plain float64 path reads its basis (rotations, Ritz vectors) in chunks of rows of about this
+# many bytes; a lower-precision basis is read in chunks of entries of about CHUNK_BYTES in float64,
+# small enough to stay in a core's L2 cache while it is subtracted and projected (measured at
+# n = 2e7, 10 bfloat16 columns, 1 thread: a step's passes took 0.38 s in 1 MiB chunks, 0.43 s in
+# 4 MiB ones and 0.48 s in 256 KiB ones).
+PLAIN_CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 1 << 20
+# Daniel, Gragg, Kaufman & Stewart (1976): a second Gram-Schmidt pass only when the first left
+# less than this fraction of the vector's norm (the cancellation that amplifies its rounding).
+DGKS = 2**-0.5
 
 
 class Basis:
@@ -49,11 +60,15 @@ class Basis:
 
     The working vectors (the product, the vector being orthogonalized) are in
     :func:`work_dtype`: float64 for a float64 basis, else the finer of the operator's dtype
-    and float32. A lower-precision basis (float32, bfloat16) is read in chunks of rows cast
-    to the working dtype, so no full-size temporary is made, and :meth:`append` returns the
-    vector as stored: the algorithm multiplies the rounded vector it keeps, so the basis and
-    the products stay consistent (the rounding shows only as a loss of orthogonality of
-    about ``eps(dtype) / sqrt(n)`` per pair; measured in /work/notes/h34-readme.md).
+    and float32. The float64 basis of the default analyses is an ``n x capacity`` matrix used
+    whole. Any other (a coarser dtype, or another device than the working vectors') stores
+    ``Q^T`` (``capacity x n``: each basis vector contiguous, so appending one writes ``n``
+    consecutive entries) and is read in chunks of entries cast to float64 (the projections
+    Rayleigh-Ritz uses) or to the working dtype (subtractions), so no full-size temporary is
+    made and each pass over the basis reads it once (see :meth:`orthogonalize`).
+    :meth:`append` returns the vector as stored: the algorithm multiplies the rounded vector it
+    keeps, so the basis and the products stay consistent (the rounding shows only as a loss of
+    orthogonality of about ``eps(dtype) / sqrt(n)`` per pair; measured in /work/notes/h34-readme.md).
 
     ``fixed=True`` allocates ``capacity`` columns once and never grows (a memory budget):
     appending beyond it is a bug of the caller. With a sharded ``layout`` (float64 only), this
@@ -72,61 +87,120 @@ class Basis:
         self.work = work
         self.fixed = fixed
         self.size = 0
-        self._Q = torch.empty(n, max(1, capacity), dtype=dtype, device=device)
         # the plain float64 path of the default analyses, kept operation for operation
         self._plain = dtype == work == torch.float64 and (work_device is None or torch.device(work_device) == device)
+        if self._plain:
+            self._Q = torch.empty(n, max(1, capacity), dtype=dtype, device=device)
+        else:  # Q^T: a basis vector per row
+            self._T = torch.empty(max(1, capacity), n, dtype=dtype, device=device)
 
     @property
     def Q(self) -> Tensor:
-        return self._Q[:, : self.size]
+        return self._Q[:, : self.size] if self._plain else self._T[: self.size].T
 
     @property
     def capacity(self) -> int:
-        return self._Q.shape[1]
+        return self._Q.shape[1] if self._plain else self._T.shape[0]
 
     def append(self, q: Tensor) -> Tensor:
         """Store ``q`` as the next column; returns it as stored (``q`` itself for float64)."""
-        if self.size == self._Q.shape[1]:
+        if self.size == self.capacity:
             if self.fixed:
                 raise RuntimeError(f"the basis is full ({self.size} columns)")
-            grown = torch.empty(self.n, 2 * self._Q.shape[1], dtype=self.dtype, device=self.device)
-            grown[:, : self.size] = self._Q[:, : self.size]
-            self._Q = grown
-        self._Q[:, self.size] = q
-        self.size += 1
+            if self._plain:
+                grown = torch.empty(self.n, 2 * self._Q.shape[1], dtype=self.dtype, device=self.device)
+                grown[:, : self.size] = self._Q[:, : self.size]
+                self._Q = grown
+            else:
+                grown = torch.empty(2 * self._T.shape[0], self.n, dtype=self.dtype, device=self.device)
+                grown[: self.size] = self._T[: self.size]
+                self._T = grown
         if self._plain:
+            self._Q[:, self.size] = q
+            self.size += 1
             return q
-        return self._Q[:, self.size - 1].to(device=q.device, dtype=self.work)
+        self._T[self.size] = q
+        self.size += 1
+        return self._T[self.size - 1].to(device=q.device, dtype=self.work)
 
     def _rows(self, cols: int, dtype: torch.dtype | None = None) -> int:
-        """Rows per chunk so a chunk cast to ``dtype`` (the working dtype) stays near :data:`CHUNK_BYTES`."""
-        return max(1024, CHUNK_BYTES // max(1, cols * torch.finfo(dtype or self.work).bits // 8))
+        """Entries per chunk so ``cols`` columns of a chunk cast to ``dtype`` (default the
+        working dtype) take about :data:`CHUNK_BYTES` (:data:`PLAIN_CHUNK_BYTES` for float64)."""
+        budget = PLAIN_CHUNK_BYTES if self._plain else CHUNK_BYTES
+        return max(1024, budget // max(1, cols * torch.finfo(dtype or self.work).bits // 8))
 
-    def project(self, w: Tensor) -> Tensor:
-        """``Q^T w`` in float64 on ``w``'s device (chunks of rows): a float32 dot product over
-        millions of entries would lose digits (measured: 8e-4 relative Ritz-value errors at
-        n = 400,000), so each chunk is cast to float64 and the sums run in float64."""
-        size = self.size
-        h = torch.zeros(size, dtype=torch.float64, device=w.device)
-        step = self._rows(size, torch.float64)
-        for a in range(0, self.n, step):
-            h += self._Q[a : a + step, :size].to(device=w.device, dtype=torch.float64).T @ w[a : a + step].double()
-        return self.layout.sum(h)
+    def _chunks(self, cols: int, dtype: torch.dtype) -> list[slice]:
+        step = self._rows(cols, dtype)
+        return [slice(a, min(a + step, self.n)) for a in range(0, self.n, step)]
+
+    def _parts(self, cols: int, dtype: torch.dtype, device: torch.device) -> Iterator[tuple[slice, Tensor]]:
+        """Each chunk of entries and its ``Q[rows]^T`` (size x chunk, contiguous) cast to
+        ``dtype`` on ``device``, copied into one buffer reused across the chunks (one allocation
+        per pass: with glibc returning freed blocks over 64 KiB to the system, as the memory
+        benchmarks run it, a fresh chunk each time cost a page fault per 4 KiB, 3-4x the pass)."""
+        chunks = self._chunks(cols, dtype)
+        buffer = torch.empty(self.size * (chunks[0].stop - chunks[0].start), dtype=dtype, device=device)
+        for rows in chunks:
+            part = buffer[: self.size * (rows.stop - rows.start)].view(self.size, -1)
+            part.copy_(self._Q[rows, : self.size].T if self._plain else self._T[: self.size, rows])
+            yield rows, part
+
+    def project(self, *w: Tensor) -> Tensor:
+        """``Q^T w`` in float64 on ``w``'s device (one pass over the basis in chunks), ``(size,)``
+        for one vector, ``(size, len(w))`` for several: a float32 dot product over millions of
+        entries would lose digits (measured: 8e-4 relative Ritz-value errors at n = 400,000 with
+        a whole float32 dot), so each chunk is cast to float64 and the sums run in float64."""
+        h, _ = self._project(w)
+        return h[:, 0] if len(w) == 1 else h
+
+    def _project(self, w: tuple[Tensor, ...]) -> tuple[Tensor, float]:
+        """:meth:`project` (``(size, len(w))``) and, from the same pass, ``||w[0]||``."""
+        device = w[0].device
+        h = torch.zeros(self.size, len(w), dtype=torch.float64, device=device)
+        squares = torch.zeros((), dtype=torch.float64, device=device)
+        vectors = None
+        for rows, part in self._parts(self.size, torch.float64, device):
+            if vectors is None:
+                vectors = torch.empty(len(w), part.shape[1], dtype=torch.float64, device=device)
+            v = vectors[:, : part.shape[1]]
+            for i, x in enumerate(w):
+                v[i].copy_(x[rows])
+            h.addmm_(part, v.T)
+            squares += torch.dot(v[0], v[0])
+        return self.layout.sum(h), float(self.layout.sum(squares)) ** 0.5
 
     def subtract(self, w: Tensor, h: Tensor) -> None:
-        """``w -= Q h`` in place (chunks of rows; ``h`` float64, applied in the working dtype)."""
-        size = self.size
-        step = self._rows(size)
-        hw = h.to(self.work)
-        for a in range(0, self.n, step):
-            w[a : a + step] -= self._Q[a : a + step, :size].to(device=w.device, dtype=self.work) @ hw
+        """``w -= Q h`` in place (chunks; ``h`` float64, applied in the working dtype)."""
+        hw = h.to(device=w.device, dtype=self.work)
+        for rows, part in self._parts(self.size, self.work, w.device):
+            w[rows].addmv_(part.T, hw, alpha=-1)
+
+    def _subtract_project(self, w: Tensor, h: Tensor) -> tuple[Tensor, float]:
+        """``w -= Q h`` in place (as :meth:`subtract`) and, in the same pass over the basis,
+        ``Q^T w`` and ``||w||`` of the result, each chunk's dot products in the working dtype and
+        their sums in float64. Only the second Gram-Schmidt pass uses them: its coefficients
+        remove what the first left, so their relative error (a float32 dot of ``m`` entries
+        errs by at most ``m u ||q|| ||w||``, typically ``sqrt(m) u``) only sets how nearly
+        orthogonal the remainder ends, and the Gram matrix of the stored basis records that."""
+        hw = h.to(device=w.device, dtype=self.work)
+        h2 = torch.zeros(self.size, dtype=torch.float64, device=w.device)
+        squares = torch.zeros((), dtype=torch.float64, device=w.device)
+        for rows, part in self._parts(self.size, self.work, w.device):
+            piece = w[rows]
+            piece.addmv_(part.T, hw, alpha=-1)
+            h2 += (part @ piece).double()
+            squares += torch.dot(piece, piece).double()
+        return self.layout.sum(h2), float(self.layout.sum(squares)) ** 0.5
 
     def combine(self, Y: Tensor, out: Tensor) -> Tensor:
         """``out = Q Y`` for a float64 ``(size, c)`` matrix ``Y`` (chunks of rows; ``out`` any dtype)."""
         Yw = Y.to(device=out.device, dtype=self.work)
-        step = self._rows(self.size + Y.shape[1])
-        for a in range(0, self.n, step):
-            out[a : a + step] = self._Q[a : a + step, : self.size].to(device=out.device, dtype=self.work) @ Yw
+        if self._plain:
+            for rows in self._chunks(self.size + Y.shape[1], self.work):
+                out[rows] = self._Q[rows, : self.size].to(device=out.device, dtype=self.work) @ Yw
+            return out
+        for rows, part in self._parts(self.size + Y.shape[1], self.work, out.device):
+            out[rows] = part.T @ Yw
         return out
 
     def rotate(self, Y: Tensor, f: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -136,42 +210,66 @@ class Basis:
         ``Q_s = Q Y + E``; returned (float64, CPU) so the caller can correct its projections:
         ``C = E^T Q Y``, ``D = E^T E``, ``c = E^T f`` for the vector ``f`` and the norms of
         the columns of ``E`` (all zero for a float64 basis)."""
+        if self._plain:
+            return self._rotate_plain(Y)
         l = Y.shape[1]
-        dtype = torch.float64 if self._plain else self.work
-        Yw = Y.to(device=self.device, dtype=dtype)
-        step = self._rows(self.size + l)
-        C, D = torch.zeros(l, l, dtype=torch.float64), torch.zeros(l, l, dtype=torch.float64)
-        c = torch.zeros(l, dtype=torch.float64)
-        for a in range(0, self.n, step):
-            exact = self._Q[a : a + step, : self.size].to(dtype=dtype) @ Yw
-            self._Q[a : a + step, :l] = exact
-            if not self._plain:
-                E = self._Q[a : a + step, :l].to(dtype) - exact
-                C += (E.T @ exact).double().cpu()
-                D += (E.T @ E).double().cpu()
-                c += (E.T @ f[a : a + step].to(device=self.device, dtype=dtype)).double().cpu()
+        Yt = Y.T.to(device=self.device, dtype=self.work)
+        sums = torch.zeros(l, 2 * l + 1, dtype=torch.float64, device=self.device)  # C, D and c side by side
+        buffers: list[Tensor] = []
+        for rows, part in self._parts(self.size + l, self.work, self.device):
+            if not buffers:
+                buffers = [torch.empty(l * part.shape[1], dtype=self.work, device=self.device) for _ in range(2)]
+            exact, E = (b[: l * part.shape[1]].view(l, -1) for b in buffers)
+            torch.mm(Yt, part, out=exact)
+            self._T[:l, rows] = exact
+            E.copy_(self._T[:l, rows]).sub_(exact)
+            sums[:, :l] += (E @ exact.T).double()
+            sums[:, l : 2 * l] += (E @ E.T).double()
+            sums[:, 2 * l] += (E @ f[rows].to(device=self.device, dtype=self.work)).double()
         self.size = l
+        sums = sums.cpu()
+        C, D, c = sums[:, :l].clone(), sums[:, l : 2 * l].clone(), sums[:, 2 * l].clone()
         return C, D, c, D.diagonal().clamp_min(0).sqrt()
 
-    def orthogonalize(self, w: Tensor) -> tuple[Tensor, Tensor]:
+    def _rotate_plain(self, Y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`rotate` of the plain float64 basis (exact storage: no rounding terms)."""
+        l = Y.shape[1]
+        Yw = Y.to(device=self.device, dtype=torch.float64)
+        step = self._rows(self.size + l)
+        for a in range(0, self.n, step):
+            self._Q[a : a + step, :l] = self._Q[a : a + step, : self.size].to(dtype=torch.float64) @ Yw
+        self.size = l
+        zeros = torch.zeros(l, l, dtype=torch.float64)
+        return zeros, zeros.clone(), torch.zeros(l, dtype=torch.float64), torch.zeros(l, dtype=torch.float64)
+
+    def orthogonalize(self, w: Tensor, x: Tensor | None = None) -> tuple[Tensor, ...]:
         """``w - Q Q^T w`` by classical Gram-Schmidt done twice; returns it and ``Q^T w_original``
-        (float64). For a float64 basis the second pass's coefficients are added to the first
-        (they correct its rounding); a lower-precision basis is orthonormal only to its
-        rounding (``Q^T Q = G != I``), so the first pass's ``Q^T w``, exactly the projection the
-        Rayleigh-Ritz matrix ``Q^T A Q`` needs, is returned, and ``w`` is updated in place."""
+        (float64), and ``Q^T x`` when a vector ``x`` is given (from the same pass).
+
+        For a float64 basis the second pass's coefficients are added to the first (they correct
+        its rounding). A lower-precision basis is orthonormal only to its rounding (``Q^T Q = G
+        != I``), so the first pass's ``Q^T w``, exactly the projection the Rayleigh-Ritz matrix
+        ``Q^T A Q`` needs, is returned, and ``w`` is updated in place in at most three passes
+        over the basis: ``h = Q^T w`` (and ``Q^T x``); ``w -= Q h`` fused with ``h2 = Q^T w`` and
+        ``||w||``; ``w -= Q h2`` only if the first pass cancelled more than ``1 - 1/sqrt(2)`` of
+        ``||w||`` (DGKS, Daniel, Gragg, Kaufman & Stewart 1976: otherwise the first pass's
+        rounding, ``O(u ||w||)``, is already ``O(u)`` of what is left, and its remainder
+        ``Q^T w = (I - G) h`` is at the basis's own loss of orthogonality, which ``G`` records)."""
         if self.size == 0:
-            return w, torch.zeros(0, dtype=torch.float64, device=w.device)
+            empty = torch.zeros(0, dtype=torch.float64, device=w.device)
+            return (w, empty) if x is None else (w, empty, empty)
         if not self._plain:
-            h = self.project(w)
-            self.subtract(w, h)
-            self.subtract(w, self.project(w))
-            return w, h
+            both, before = self._project((w,) if x is None else (w, x))
+            h2, after = self._subtract_project(w, both[:, 0])
+            if after < DGKS * before:
+                self.subtract(w, h2)
+            return (w, both[:, 0]) if x is None else (w, both[:, 0], both[:, 1])
         Q = self.Q
         h = self.layout.sum(Q.T @ w)
         w = w - Q @ h
         h2 = self.layout.sum(Q.T @ w)
         w = w - Q @ h2
-        return w, h + h2
+        return (w, h + h2) if x is None else (w, h + h2, self.layout.sum(Q.T @ x))
 
 
 def work_dtype(storage: torch.dtype, op_dtype: torch.dtype) -> torch.dtype:

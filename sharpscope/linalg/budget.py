@@ -11,7 +11,7 @@ parameters one float64 vector is 0.99 GB, so 30 steps need 30 GB. Within a budge
                          4 * n * 8 for a float64 basis   (today's float64 steps also hold two temporaries)
     Ritz vectors         k * n * bytes(op dtype)         only when the eigenvectors are asked for
     chunk buffers        3 * min(n, rows) * (c + 1) * 8  a lower-precision basis is read in chunks of
-                                                         about 8 MiB, cast to float64
+                                                         about 1 MiB, cast to float64
 
 (``work`` = :func:`~sharpscope.linalg.basis.work_dtype`). The model and its products' own
 graph are outside the budget: they cost the same whatever the analysis holds.

@@ -11,8 +11,9 @@ eigenvalue problems", SIMAX 22, 2000; Stathopoulos, Saad & Wu, SISC 19, 1998): w
 so the run goes on from ``q_{l+1} = f / ||f||`` and the projected matrix becomes an arrow
 (``Theta_l`` bordered by ``||f|| s``). It is mathematically the implicitly restarted Lanczos
 method with exact shifts (ARPACK) and keeps the convergence of the kept Ritz vectors.
-Here every step is fully reorthogonalized (CGS2) and the whole column ``h = Q^T A q`` of the
-projected matrix ``H = Q^T A Q`` is kept, so the arrow (and, after an invariant subspace, the
+Here every step is fully reorthogonalized (CGS2; a coarser basis's second pass only where the
+first cancelled, :meth:`~sharpscope.linalg.basis.Basis.orthogonalize`) and the whole column
+``h = Q^T A q`` of the projected matrix ``H = Q^T A Q`` is kept, so the arrow (and, after an invariant subspace, the
 block-diagonal) structure needs no bookkeeping: the Ritz pairs are those of the dense
 symmetric ``H`` (at most ``c x c``), with residual ``||A Q y - theta Q y|| = ||f|| |y_m|``.
 
@@ -116,26 +117,31 @@ class _Projection:
         self.G = torch.eye(limit, dtype=torch.float64)
         self.defects = torch.zeros(limit, dtype=torch.float64)
         self.source = torch.zeros(limit, dtype=torch.float64)  # the columns the remainder beta q came from
+        self.rounded = False  # the last vector appended was rounded by the storage
 
     def append(self, basis: Basis, q: Tensor, beta: float) -> Tensor:
         """Append ``q`` (the remainder ``beta q`` of the last step normalized; overwritten) and
-        return it as stored, with its rounding's defect and its column of ``G``."""
+        return it as stored, with its rounding's defect (its column of ``G`` comes with the
+        product, from the same pass over the basis: :meth:`multiply`)."""
         stored = basis.append(q)
-        j = basis.size - 1
-        if stored is not q:
-            if beta > 0:  # the stored vector's rounding, against the remainder it came from
-                d = beta * float(torch.linalg.vector_norm(q.sub_(stored)))
-                self.defects.copy_((self.defects**2 + (d * self.source) ** 2).sqrt())
-            g = basis.project(stored).double().cpu()
-            self.G[: j + 1, j] = g
-            self.G[j, : j + 1] = g
+        self.rounded = stored is not q
+        if self.rounded and beta > 0:  # the stored vector's rounding, against the remainder it came from
+            d = beta * float(torch.linalg.vector_norm(q.sub_(stored)))
+            self.defects.copy_((self.defects**2 + (d * self.source) ** 2).sqrt())
         return stored
 
     def multiply(self, op: SymmetricOperator, basis: Basis, stored: Tensor) -> tuple[Tensor, Tensor]:
         """The product of the last stored vector, orthogonalized: the new remainder and its
-        column ``h = Q^T A q_s`` of ``H`` (CPU)."""
+        column ``h = Q^T A q_s`` of ``H`` (CPU); for a rounded basis also its column
+        ``Q^T q_s`` of ``G``, projected in the same pass as the product."""
         j = basis.size - 1
-        w, h = basis.orthogonalize(matvec_work(op, stored))
+        if self.rounded:
+            w, h, g = basis.orthogonalize(matvec_work(op, stored), stored)
+            g = g.double().cpu()
+            self.G[: j + 1, j] = g
+            self.G[j, : j + 1] = g
+        else:
+            w, h = basis.orthogonalize(matvec_work(op, stored))
         h = h.cpu()
         self.H[: j + 1, j] = h
         self.H[j, : j + 1] = h
