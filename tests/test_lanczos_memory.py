@@ -226,3 +226,25 @@ def test_hessian_basis_dtype_and_device_options(mlp):
     assert abs(dens.mean - dref.mean) <= 1e-2 * abs(dref.mean)
     with pytest.raises(ConfigError, match="basis dtype"):
         sh.density(model, F.cross_entropy, data, basis_dtype="int8")
+
+
+def test_a_float32_thick_restart_at_millions_of_entries_normalizes_in_float64():
+    """n = 3 M, a float32 operator C^T diag(10, 9, 8, bulk in [0, 1]) C (C the orthonormal DCT:
+    eigenvectors spread over every entry) and a float32 basis within a budget that restarts:
+    the Ritz vectors' norms are float64 sums (sharpscope.reductions), so they come back of
+    norm 1 to 1e-6; torch's float32 column norms (vector_norm(dim=0)) err 1.3e-3 at this size."""
+    n = 3_000_000
+    lam = torch.rand(n, generator=torch.Generator().manual_seed(0)).numpy()
+    lam[:3] = [10.0, 9.0, 8.0]
+
+    def mv(v: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(scipy.fft.idct(lam * scipy.fft.dct(v.numpy(), norm="ortho"), norm="ortho"))
+
+    op = SymmetricOperator(mv, n, dtype=torch.float32)
+    memory = 4 * n * 4 + 4 * n * 8
+    assert plan_basis(n, 300, memory, torch.float32, k=2, dtype=torch.float32, vectors=True).capacity == 6
+    res = lanczos(op, k=2, tol=1e-5, memory_bytes=memory, basis_dtype="float32")
+    assert res.all_converged and res.n_matvecs > 6  # restarted
+    assert torch.allclose(res.eigenvalues.double(), torch.tensor([10.0, 9.0], dtype=torch.float64), rtol=1e-5)
+    norms = res.eigenvectors.double().norm(dim=0)
+    assert bool(((norms - 1).abs() < 1e-6).all()), norms

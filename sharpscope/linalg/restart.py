@@ -61,7 +61,7 @@ def thick_restart_lanczos(op: SymmetricOperator, start: Callable[[], Tensor], ba
         w, h = proj.multiply(op, basis, stored)
         del stored
         it += 1
-        beta = float(torch.linalg.vector_norm(w))
+        beta = basis.layout.norm(w)  # float64 sums for a float32 w (sharpscope.reductions)
         anorm = max(anorm, float(h.abs().sum()) + beta)  # Gershgorin bound on ||H||, estimates ||A||
         m = basis.size
         breakdown = beta <= breakdown_threshold(op, anorm)
@@ -83,7 +83,7 @@ def thick_restart_lanczos(op: SymmetricOperator, start: Callable[[], Tensor], ba
             restarts += 1
         if breakdown:  # an invariant subspace: go on with a random vector orthogonal to the basis
             r, _ = basis.orthogonalize(random_unit(gen, n, op.device).to(basis.work))
-            rnorm = float(torch.linalg.vector_norm(r))
+            rnorm = basis.layout.norm(r)
             if rnorm <= 1e-8:
                 converged[:] = True
                 break
@@ -93,7 +93,9 @@ def thick_restart_lanczos(op: SymmetricOperator, start: Callable[[], Tensor], ba
     out = None
     if vectors:
         out = basis.combine(Y[:, wanted], torch.empty(n, min(k, m), dtype=basis.work, device=op.device))
-        out = (out / torch.linalg.vector_norm(out, dim=0)).to(op.dtype)
+        scale = torch.tensor([basis.layout.norm(out[:, j]) for j in range(out.shape[1])], dtype=out.dtype,
+                             device=out.device) if out.dtype != torch.float64 else torch.linalg.vector_norm(out, dim=0)
+        out = (out / scale).to(op.dtype)
     if not bool(converged[wanted].all()):
         _warn(theta[wanted], residuals[wanted], converged[wanted], k, it, limit, restarts, tol)
     return theta[wanted].clone(), out, residuals[wanted].clone(), converged[wanted].clone(), it
@@ -126,7 +128,7 @@ class _Projection:
         stored = basis.append(q)
         self.rounded = stored is not q
         if self.rounded and beta > 0:  # the stored vector's rounding, against the remainder it came from
-            d = beta * float(torch.linalg.vector_norm(q.sub_(stored)))
+            d = beta * basis.layout.norm(q.sub_(stored))
             self.defects.copy_((self.defects**2 + (d * self.source) ** 2).sqrt())
         return stored
 
