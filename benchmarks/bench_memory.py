@@ -124,7 +124,8 @@ def one(op: str, size: str, seq: int, batch: int, device: str, lanczos_iter: int
     row = {"op": op, "size": size, "seq": seq, "batch": batch, "n_params": count_parameters(model),
            "peak_mib": peak / 2**20, "wall_s": wall, "threads": torch.get_num_threads()}
     if op == "lanczos-top5":
-        row.update(n_hvp=out.n_hvp, converged=sum(out.converged))
+        row.update(n_hvp=out.n_hvp, converged=int(sum(out.converged)), eigenvalues=[float(x) for x in out.eigenvalues],
+                   residuals=[float(x) for x in out.residuals])
     return row
 
 
@@ -151,6 +152,9 @@ def report(rows: list[dict], grad: float | None) -> None:
             continue
         ratio = f"{r['peak_mib'] / grad:6.2f}x" if grad else "     -"
         extra = f"  ({r['n_hvp']} HVPs, {r['converged']}/5 converged)" if "n_hvp" in r else ""
+        if "eigenvalues" in r:
+            extra += "\n      eigenvalues " + ", ".join(f"{x:.5g}" for x in r["eigenvalues"]) + "; residuals " + \
+                ", ".join(f"{x:.1e}" for x in r["residuals"])
         print(f"  {r['op']:26s} {r['peak_mib']:10.1f} MiB {ratio} {r['wall_s']:8.2f} s{extra}", flush=True)
 
 
