@@ -31,10 +31,15 @@ def sum_of_squares(w: Tensor) -> Tensor:
     if flat.dtype == torch.float64:
         return flat.square().sum()
     m = flat.numel() // NORM_BLOCK * NORM_BLOCK
-    blocks = torch.linalg.vector_norm(flat[:m].view(-1, NORM_BLOCK), dim=1).double().square().sum()
+    blocks = torch.linalg.vector_norm(_blocks(flat, m), dim=1).double().square().sum()
     return blocks + flat[m:].double().square().sum()
 
 
+def _blocks(flat: Tensor, m: int) -> Tensor:
+    """The first ``m`` entries as rows of :data:`NORM_BLOCK`, in float32 at least (a bfloat16
+    block norm would be rounded to 8 bits)."""
+    rows = flat[:m].view(-1, NORM_BLOCK)
+    return rows.float() if rows.dtype in (torch.float16, torch.bfloat16) else rows
 
 # up to this many entries torch's own float32 norm (error below 1e-5, measured) and dot product (below
 # 1e-6) are kept, so every model of sharpscope's zoo (at most 0.85 M parameters) keeps its numbers
@@ -62,5 +67,5 @@ def large_inner(a: Tensor, b: Tensor) -> float:
     if a.numel() <= SMALL_REDUCTION or a.dtype == torch.float64:
         return float(a @ b)
     m = a.numel() // NORM_BLOCK * NORM_BLOCK
-    blocks = torch.linalg.vecdot(a[:m].view(-1, NORM_BLOCK), b[:m].view(-1, NORM_BLOCK)).double().sum()
+    blocks = torch.linalg.vecdot(_blocks(a, m), _blocks(b, m)).double().sum()
     return float(blocks + a[m:].double() @ b[m:].double())

@@ -165,3 +165,5 @@ def test_sum_of_squares_is_accurate_at_millions_of_entries():
         assert abs(VectorLayout.whole(len(v)).norm(v) / exact**0.5 - 1) < 1e-6
     w = torch.randn(1000, dtype=torch.float64, generator=g)
     assert float(sum_of_squares(w)) == float(w.square().sum())
+    b = torch.randn(2**20 + 7, generator=g).bfloat16()  # block norms in float32, not rounded to bfloat16
+    assert abs(float(sum_of_squares(b)) / float(b.double().square().sum()) - 1) < 1e-6
