@@ -33,7 +33,6 @@ to finite differences on them); :func:`cut_by_once_differentiable` finds the mar
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -41,7 +40,6 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .reductions import sum_of_squares
 
 __all__ = ["PerturbedGradient", "double_backward_unavailable", "cut_by_once_differentiable", "OnceDifferentiableError",
            "restoring", "grads_restored",
@@ -151,12 +149,15 @@ def gradient_difference(model: nn.Module, shift: Callable[[float], None], loss: 
 
 
 def gather_scaled(grads: list[Tensor | None], sizes: list[int], scale: float, out: Tensor) -> Tensor:
-    """``out`` (flat) = ``scale`` times the gradients in order, of ``sizes`` entries (zeros for a None)."""
+    """``out`` (flat) = ``scale`` times the gradients in order, of ``sizes`` entries (zeros for a
+    None); one fused pass where a gradient has ``out``'s dtype and device."""
     for g, part in zip(grads, out.split(sizes)):
         if g is None:
             part.zero_()
-        else:
+        elif g.dtype == out.dtype and g.device == out.device:
             torch.mul(g.reshape(-1), scale, out=part)
+        else:
+            part.copy_(g.reshape(-1)).mul_(scale)
     return out
 
 
@@ -186,52 +187,52 @@ class PerturbedGradient:
 
     def hvp(self, v: Tensor, step: float) -> Tensor:
         """Central-difference products with step ``step`` of a flat (n,) vector or of each
-        column of an (n, b) block (:func:`~sharpscope.linalg.finite_difference.central_difference`).
-
-        When the selected parameters are plain tensors of ``v``'s dtype and device (the usual
-        case), each product is :meth:`_difference`'s: the same arithmetic as two gathered
-        gradients subtracted, with a third of the passes over the weights and gradients."""
+        column of an (n, b) block (:func:`~sharpscope.linalg.finite_difference.central_difference`
+        over :meth:`_difference`)."""
         from .linalg.finite_difference import central_difference  # (the linalg package imports scipy)
 
-        columns = [v] if v.dim() == 1 else list(v.T)
-        if all(p.dtype == v.dtype and p.device == v.device and type(p.data) is Tensor for p in self.params):
-            with grads_restored(self.model):
-                cols = [self._difference(col.contiguous(), step) for col in columns]
-        else:  # mixed dtypes or devices, tensor subclasses: gathered gradients
-            with self.session() as at:
-                def grad_at(d: Tensor) -> Tensor:
-                    return at(d)[1]
-                cols = [central_difference(grad_at, col, step) for col in columns]
+        with grads_restored(self.model):
+            cols = [central_difference(lambda alpha, scale: self._difference(col, alpha, scale), col, step)
+                    for col in [c.contiguous() for c in ([v] if v.dim() == 1 else v.T)]]
         return cols[0] if v.dim() == 1 else torch.stack(cols, dim=1)
 
-    def _difference(self, v: Tensor, step: float) -> Tensor:
-        """||v|| (g(theta + t u) - g(theta - t u)) / (2 t), u = v / ||v|| (zero for a zero ``v``).
+    def _difference(self, v: Tensor, alpha: float, scale: float) -> Tensor:
+        """scale (g(theta + alpha v) - g(theta - alpha v)) (:func:`gradient_difference`), flat.
 
-        The weights are never written: each selected parameter's ``.data`` points, for one
-        pass, at theta +- t u computed into one shared buffer, and back at its own storage
-        afterwards (so theta is restored bit for bit without a copy);
-        :func:`gradient_difference` leaves g+ - g- in the ``.grad`` s, and one pass gathers
-        and scales it into the same buffer."""
-        norm = math.sqrt(float(sum_of_squares(v)))
-        if norm == 0.0:
-            return torch.zeros_like(v)
-        originals = [p.data for p in self.params]
-        sizes = [o.numel() for o in originals]
-        flat = torch.empty_like(v)  # theta +- t u, then the product (a fresh buffer is paged in once)
-        shifted = [x.view_as(o) for x, o in zip(flat.split(sizes), originals)]
+        Plain parameters of ``v``'s dtype and device are never written: each ``.data`` points,
+        for one pass, at theta +- alpha v computed into one buffer and back at its own storage
+        afterwards (theta restored bit for bit without a copy), and the product is gathered
+        into that buffer (already paged in). Others (mixed dtypes or devices, tensor
+        subclasses) are set in place from a copy and copied back."""
+        sizes = [p.numel() for p in self.params]
+        out = torch.empty_like(v)
         state = {**self.fixed, **dict(self.model.named_parameters())}
 
-        def shift(alpha: float) -> None:
-            for o, part, x, p in zip(originals, v.split(sizes), shifted, self.params):
-                torch.add(o, part.view_as(o), alpha=alpha, out=x)
-                p.data = x
+        def loss(batch: Any) -> Tensor:
+            return self.loss(state, batch)
 
-        try:
-            gradient_difference(self.model, shift, lambda batch: self.loss(state, batch), self.own, step / norm)
-        finally:
-            for p, o in zip(self.params, originals):
-                p.data = o
-        return gather_scaled([p.grad for p in self.params], sizes, norm / (2.0 * step), flat)
+        if all(p.dtype == v.dtype and p.device == v.device and type(p.data) is Tensor for p in self.params):
+            originals = [p.data for p in self.params]
+            shifted = [x.view_as(o) for x, o in zip(out.split(sizes), originals)]
+
+            def shift(a: float) -> None:
+                for o, part, x, p in zip(originals, v.split(sizes), shifted, self.params):
+                    torch.add(o, part.view_as(o), alpha=a, out=x)
+                    p.data = x
+
+            try:
+                gradient_difference(self.model, shift, loss, self.own, alpha)
+            finally:
+                for p, o in zip(self.params, originals):
+                    p.data = o
+            return gather_scaled([p.grad for p in self.params], sizes, scale, out)
+        with restoring(self.params, self.model) as saved:
+            def shift_copy(a: float) -> None:
+                for p, s, part in zip(self.params, saved, v.split(sizes)):
+                    p.copy_(s + a * part.view_as(s).to(s))
+
+            gradient_difference(self.model, shift_copy, loss, self.own, alpha)
+            return gather_scaled([p.grad for p in self.params], sizes, scale, out)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Callable[..., tuple[Tensor, Tensor]]]:

@@ -50,7 +50,7 @@ from .errors import ConfigError, NonFiniteLossError
 from .fd_hvp import gather_scaled, gradient_difference, restoring
 from .hessian import DensityResult, EigenvaluesResult, TraceResult
 from .linalg import SymmetricOperator, hutchinson, lanczos, spectral_density
-from .linalg.finite_difference import central_difference_error, central_difference_step
+from .linalg.finite_difference import central_difference, central_difference_error, central_difference_step
 from .linalg.lanczos import default_max_iter
 from .linalg.layout import VectorLayout
 from .objective import all_finite, eval_mode
@@ -177,8 +177,10 @@ class ShardedHessian:
         """This rank's entries of H v, for this rank's entries ``v`` (``local_n``) of v."""
         if v.shape != (self.local_n,):
             raise ConfigError(f"vector of shape {tuple(v.shape)} does not match this rank's {self.local_n} entries")
+        v = v.to(self.device, self.dtype)
         with eval_mode(self.model):
-            out = self._difference(v.to(self.device, self.dtype))
+            out = central_difference(lambda alpha, scale: self._difference(v, alpha, scale), v, self.step,
+                                     norm=self.layout.norm)
         bad = self.layout.sum(torch.tensor([float(not all_finite(out))], device=self.device))
         if float(bad) > 0:  # decided on every rank alike (else one rank would leave the others waiting)
             raise NonFiniteLossError("a Hessian-vector product is not finite (on some rank's shard)")
@@ -191,23 +193,20 @@ class ShardedHessian:
         """The Hessian as an operator on this rank's entries (its layout reduces over the ranks)."""
         return SymmetricOperator(self.hvp, self.n, dtype=self.dtype, device=self.device, layout=self.layout)
 
-    def _difference(self, v: Tensor) -> Tensor:
-        """This rank's entries of ||v|| (g(theta + t u) - g(theta - t u)) / (2 t), u = v / ||v||:
-        the one-process product's arithmetic (:meth:`sharpscope.fd_hvp.PerturbedGradient.hvp`),
-        the shards set in place to theta +- t u and restored from a copy."""
-        norm = self.layout.norm(v)
-        if norm == 0.0:
-            return torch.zeros_like(v)
+    def _difference(self, v: Tensor, alpha: float, scale: float) -> Tensor:
+        """This rank's entries of scale (g(theta + alpha v) - g(theta - alpha v)): the one-process
+        product's arithmetic (:meth:`sharpscope.fd_hvp.PerturbedGradient.hvp`), the shards set in
+        place to theta +- alpha v and restored from a copy."""
         sizes = [t.numel() for t in self.local]
         with restoring(self.local, self.model) as saved:
-            def shift(alpha: float) -> None:
+            def shift(a: float) -> None:
                 for t, s, part in zip(self.local, saved, v.split(sizes)):
-                    torch.add(s, part.view_as(s), alpha=alpha, out=t)
+                    torch.add(s, part.view_as(s), alpha=a, out=t)
 
             gradient_difference(self.model, shift, lambda batch: self.batch_loss({}, batch),
-                                list(zip(self.weights, self.batches)), self.step / norm)
+                                list(zip(self.weights, self.batches)), alpha)
             grads = [None if p.grad is None else p.grad.to_local() for p in self.params]
-            return gather_scaled(grads, sizes, norm / (2.0 * self.step), torch.empty_like(v))
+            return gather_scaled(grads, sizes, scale, torch.empty_like(v))
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Callable[[Tensor | None], tuple[Tensor, Tensor]]]:

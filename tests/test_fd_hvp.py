@@ -146,13 +146,17 @@ def test_central_difference_on_a_known_function():
             x = wd + d
             return a.to(dtype) * x**3 / 3 + A.to(dtype) @ x
 
+        def difference(alpha, scale, v=v.to(dtype)):
+            return (grad_at(alpha * v) - grad_at(-alpha * v)) * scale
+
         t = fdm.central_difference_step(float(w.norm()), dtype)
         assert t == pytest.approx((3 * torch.finfo(dtype).eps / 2 * (1 + float(w.norm())) / 1000) ** (1 / 3))
-        got = fdm.central_difference(grad_at, v.to(dtype), t).double()
+        got = fdm.central_difference(difference, v.to(dtype), t).double()
         err = float((got - H @ v).norm() / (torch.linalg.matrix_norm(H, 2) * v.norm()))
         assert err < fdm.central_difference_error(float(w.norm()), dtype), (dtype, err)
-        assert torch.equal(fdm.central_difference(grad_at, -v.to(dtype), t), -got.to(dtype))
-        assert not fdm.central_difference(lambda d: 1 / 0, torch.zeros(n, dtype=dtype), t).any()
+        assert torch.equal(fdm.central_difference(lambda al, sc: difference(al, sc, -v.to(dtype)), -v.to(dtype), t),
+                           -got.to(dtype))
+        assert not fdm.central_difference(lambda al, sc: 1 / 0, torch.zeros(n, dtype=dtype), t).any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -283,9 +287,9 @@ def test_cli_hessian_hvp_mode_finite_difference(tmp_path, cli):
                                                              rel=1e-3)
 
 
-def test_gathered_gradients_path_agrees_with_the_in_place_one():
-    """A vector of another dtype than the parameters takes the gathered-gradient path
-    (central_difference over PerturbedGradient.session); both are the same central difference."""
+def test_the_copying_path_agrees_with_the_data_pointing_one():
+    """A vector of another dtype than the parameters takes the path that sets the parameters in
+    place from a copy (PerturbedGradient._difference); both are the same central difference."""
     from sharpscope.fd_hvp import PerturbedGradient
 
     obj = Objective(_net("plain", torch.float32), F.cross_entropy, _data(torch.float32), hvp_mode="finite-difference")
@@ -299,3 +303,4 @@ def test_gathered_gradients_path_agrees_with_the_in_place_one():
         assert float((product - H @ v).norm()) < obj.finite_difference_error() * scale
     # the same gradients and step: they differ only by rounding (float32 gradients, / 2t)
     assert float((in_place - gathered).norm()) < obj.finite_difference_error() * scale
+

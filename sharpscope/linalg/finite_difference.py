@@ -51,16 +51,15 @@ def central_difference_error(w_norm: float, dtype: torch.dtype, kappa: float = C
     return 1.5 * unit_roundoff(dtype) * (1.0 + float(w_norm)) / central_difference_step(w_norm, dtype, kappa)
 
 
-def central_difference(grad_at: Callable[[Tensor], Tensor], v: Tensor, step: float,
+def central_difference(difference: Callable[[float, float], Tensor], v: Tensor, step: float,
                        norm: Callable[[Tensor], float] | None = None) -> Tensor:
-    """||v|| (g(w + t u) - g(w - t u)) / (2 t), u = v / ||v||, t = ``step``; ``grad_at(d)`` returns
-    a new flat tensor, the gradient at w + d (the difference is formed in place in it). Zero for
-    a zero ``v``; the scale factors in float64, the vector arithmetic in ``v``'s dtype. ``norm``:
-    ||v|| of a vector held in shards (``v`` this process's entries; :mod:`.layout`)."""
+    """||v|| (g(w + t u) - g(w - t u)) / (2 t), u = v / ||v||, t = ``step``: ``difference(alpha,
+    scale)`` returns scale (g(w + alpha v) - g(w - alpha v)) as a new flat tensor, called with
+    alpha = t / ||v|| and scale = ||v|| / (2 t) (float64 scalars; the vector arithmetic is the
+    caller's). Zero for a zero ``v``, without calling it. ``norm``: ||v|| of a vector held in
+    shards (``v`` this process's entries; :mod:`.layout`); by default float64 block sums
+    (:func:`sharpscope.reductions.sum_of_squares`)."""
     norm = math.sqrt(float(sum_of_squares(v))) if norm is None else norm(v)
     if norm == 0.0:
         return torch.zeros_like(v)
-    d = v * (step / norm)
-    plus = grad_at(d)
-    d.neg_()
-    return plus.sub_(grad_at(d)).mul_(norm / (2.0 * step))
+    return difference(step / norm, norm / (2.0 * step))
