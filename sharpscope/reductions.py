@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["NORM_BLOCK", "SMALL_REDUCTION", "sum_of_squares", "large_norm", "large_inner", "norms"]
+__all__ = ["NORM_BLOCK", "SMALL_REDUCTION", "sum_of_squares", "norm", "large_norm", "large_inner", "norms"]
 
 # entries per block of :func:`sum_of_squares`: a float32 norm of 256 entries errs below 2e-7 even
 # for a constant vector (the worst case: no rounding cancels; 2e-5 with 2^14-entry blocks, measured)
@@ -46,18 +46,22 @@ def _blocks(flat: Tensor, m: int) -> Tensor:
 SMALL_REDUCTION = 2**20
 
 
+def norm(w: Tensor) -> Tensor:
+    """||w|| as a 0-dim tensor of ``w``'s dtype: torch's own for up to :data:`SMALL_REDUCTION`
+    entries, else from :func:`sum_of_squares`."""
+    return torch.linalg.vector_norm(w) if w.numel() <= SMALL_REDUCTION else sum_of_squares(w).sqrt().to(w.dtype)
+
+
 def large_norm(w: Tensor) -> float:
-    """||w||: torch's own for up to :data:`SMALL_REDUCTION` entries, else from :func:`sum_of_squares`."""
-    return float(w.norm()) if w.numel() <= SMALL_REDUCTION else math.sqrt(float(sum_of_squares(w)))
+    """:func:`norm` as a float."""
+    return float(norm(w))
 
 
 def norms(tensors: list[Tensor]) -> list[Tensor]:
-    """The 2-norm of each tensor, 0-dim in its dtype: ``torch._foreach_norm`` for those of up to
-    :data:`SMALL_REDUCTION` entries, :func:`sum_of_squares` for the larger ones."""
+    """:func:`norm` of each tensor, the small ones in one ``torch._foreach_norm``."""
     small = [t for t in tensors if t.numel() <= SMALL_REDUCTION]
     small_norms = iter(torch._foreach_norm(small, 2) if small else ())
-    return [next(small_norms) if t.numel() <= SMALL_REDUCTION else sum_of_squares(t).sqrt().to(t.dtype)
-            for t in tensors]
+    return [next(small_norms) if t.numel() <= SMALL_REDUCTION else norm(t) for t in tensors]
 
 
 def large_inner(a: Tensor, b: Tensor) -> float:

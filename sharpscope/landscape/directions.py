@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..objective import biasbn_names, moved_parameters
-from ..reductions import SMALL_REDUCTION, large_norm
+from .. import reductions
 
 __all__ = ["Direction", "NORMS", "IGNORES", "DIR_TYPES", "random_direction", "random_directions",
            "normalize_direction", "orthogonalize", "difference", "dot", "norm", "scale_to_norm", "ignored_names",
@@ -71,11 +71,6 @@ def ignored_names(model: nn.Module, ignore: str, dir_type: str = "weights") -> s
     return biasbn_names(model) | {n for n, t in _targets(model, dir_type).items() if t.dim() <= 1}
 
 
-def _norm(t: Tensor) -> Tensor:
-    """||t|| (0-dim); a tensor of over 2^20 entries by float64 block sums (:mod:`sharpscope.reductions`)."""
-    return t.norm() if t.numel() <= SMALL_REDUCTION else t.new_tensor(large_norm(t))
-
-
 def _normalize_tensor(d: Tensor, w: Tensor, norm: str) -> Tensor:
     """One tensor of at least two dimensions, normalized in place by ``norm`` (module docstring)."""
     if norm == "weight":
@@ -85,8 +80,8 @@ def _normalize_tensor(d: Tensor, w: Tensor, norm: str) -> Tensor:
         scale = (w.reshape(w.shape[0], -1).norm(dim=1) if norm == "filter" else torch.ones_like(dn)) / dn
         return d.mul_(scale.view(-1, *([1] * (d.dim() - 1))))
     if norm in ("layer", "dlayer"):
-        dn, top = _norm(d), (_norm(w) if norm == "layer" else None)
-        top = torch.ones_like(dn) if top is None else top
+        dn = reductions.norm(d)
+        top = reductions.norm(w) if norm == "layer" else torch.ones_like(dn)
         return d.mul_(torch.where(dn > 0, top / dn, torch.zeros_like(dn)))  # zero d: zero, not NaN
     return d  # "none"
 

@@ -45,7 +45,7 @@ from torch import nn
 
 from ..batches import concat, higher_order_attention, leading_size, take
 from ..errors import ConfigError
-from ..reductions import SMALL_REDUCTION, sum_of_squares
+from .. import reductions
 from .bn import frozen_bn_stats
 from .msam import m_sam_loop, m_sam_vmapped, vmappable
 from .passes import Passes, StepResult, check_accumulate, micro_slices
@@ -229,8 +229,7 @@ def _second_order_step(model: nn.Module, loss_fn: Callable[[Any, Any], torch.Ten
         torch._foreach_add_(g, [t.detach() for t in grads], alpha=weight)
         outs.append(out.detach())
         loss = loss + part_loss.detach() * weight
-    gnorm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) if t.numel() <= SMALL_REDUCTION
-                                                  else sum_of_squares(t).sqrt().to(t.dtype) for t in g]))
+    gnorm = torch.linalg.vector_norm(torch.stack([reductions.norm(t) for t in g]))
     if gnorm == 0:  # no ascent direction: a plain step
         for (_, w), t in zip(named, g):
             w.grad = t
