@@ -295,11 +295,12 @@ class GradientCosine:
 
 def cosine(a: Tensor, b: Tensor) -> float:
     """a . b / (||a|| ||b||), clipped to [-1, 1] (float32 rounding reaches about sqrt(n) eps); the
-    sums of long vectors in float64 blocks (:func:`~sharpscope.linalg.layout.large_inner`)."""
+    sums of vectors over 2^20 entries in float64 blocks (:mod:`sharpscope.reductions`)."""
+    tiny = torch.finfo(b.dtype).tiny
     if a.numel() > SMALL_REDUCTION:
-        value = large_inner(a, b) / max(large_norm(a) * large_norm(b), torch.finfo(b.dtype).tiny)
-        return min(1.0, max(-1.0, value)) if math.isfinite(value) else value
-    value = float((a @ b) / (a.norm() * b.norm()).clamp_min(torch.finfo(b.dtype).tiny))
+        value = large_inner(a, b) / max(large_norm(a) * large_norm(b), tiny)
+    else:
+        value = float((a @ b) / (a.norm() * b.norm()).clamp_min(tiny))
     return min(1.0, max(-1.0, value)) if math.isfinite(value) else value
 
 

@@ -359,7 +359,7 @@ def test_a_float32_cosine_of_nearly_parallel_vectors_is_clipped_to_one():
 
 def test_a_cosine_of_long_float32_vectors_sums_in_float64():
     """Above 2^20 entries the dot product and the norms are float64 sums of float32 blocks
-    (linalg.layout.large_inner / large_norm): two nearly parallel vectors of 1.5 M entries get
+    (sharpscope.reductions.large_inner / large_norm): two nearly parallel vectors of 1.5 M entries get
     the float64 cosine to 1e-7 (torch's whole float32 dot product and norms err ~1e-5 here)."""
     from sharpscope.sharpness import cosine
 
