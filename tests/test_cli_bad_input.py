@@ -17,7 +17,9 @@ import torch
 
 from sharpscope import checks
 from sharpscope.errors import CheckpointError, ConfigError
-from sharpscope.train import TrainConfig, train
+from sharpscope.train import TrainConfig
+
+from _runs import tiny_run
 
 TINY_TRAIN = ["--data", "synthetic", "--model", "mlp", "--model-opt", "hidden=[8]", "--n-train", "64",
               "--epochs", "1", "--batch-size", "32", "--no-progress", "--no-snapshots"]
@@ -63,8 +65,7 @@ def _broken(raw: dict, folder: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad_input")
-    train(TrainConfig(optimizer="sam", model="mlp", model_kwargs={"hidden": [8]}, data="synthetic", n_train=64,
-                      epochs=1, batch_size=32), root / "run")
+    tiny_run(root / "run", optimizer="sam")
     raw = torch.load(root / "run" / "checkpoint.pt", weights_only=True)
     return {"run": root / "run", "root": root, **_broken(raw, root)}
 

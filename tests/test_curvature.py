@@ -33,6 +33,8 @@ from sharpscope.batches import ModelLoss
 from sharpscope.errors import ConfigError, NonFiniteLossError
 from sharpscope.objective import Objective, parameter_groups
 
+from _runs import tiny_run
+
 N, C = 13, 4
 SIZES = (6, 4, 3)
 
@@ -362,10 +364,7 @@ def test_agrees_with_curvlinops(setting, kind):
 
 
 def test_cli_operator_in_report_and_summary(tmp_path, cli):
-    from sharpscope.train import TrainConfig, train
-
-    train(TrainConfig(optimizer="sgd", model="mlp", model_kwargs={"hidden": [8]}, data="synthetic", n_train=64,
-                      epochs=1, batch_size=32, keep_snapshots=False), tmp_path / "run")
+    tiny_run(tmp_path / "run", keep_snapshots=False)
     reports = {}
     for op, extra in (("ggn", []), ("fisher", ["--fisher-samples", "exact"]), ("empirical-fisher", [])):
         code, out, err = cli(["hessian", str(tmp_path / "run"), "--operator", op, *extra, "--top-k", "2", "--trace",

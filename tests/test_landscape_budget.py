@@ -18,7 +18,8 @@ from sharpscope.errors import ConfigError, MemoryBudgetError
 from sharpscope.landscape import SurfaceResult, auto_range, interpolate, random_direction, surface
 from sharpscope.landscape.budget import LivePeak, fitting_chunks, state_bytes
 from sharpscope.landscape.surface import CHUNK_CANDIDATES, point_chunks, point_plan
-from sharpscope.train import TrainConfig, train
+
+from _runs import tiny_run
 
 D, H, C, N = 20, 64, 5, 300
 
@@ -152,9 +153,7 @@ def test_what_a_budgeted_surface_holds_stays_within_the_budget():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("budget_cli")
-    train(TrainConfig(optimizer="sgd", model="mlp", model_kwargs={"hidden": [8]}, data="synthetic", n_train=64,
-                      epochs=1, batch_size=32), root / "run")
-    return root / "run"
+    return tiny_run(root / "run")
 
 
 def test_cli_memory(run_dir, tmp_path, cli):

@@ -18,6 +18,7 @@ from sharpscope.landscape import SurfaceResult, import_metric, interpolate, rand
 from sharpscope.models import build_model, make_model_spec
 
 from _quadratic import LinearRegression, regression_data
+from _runs import tiny_run
 
 
 def _regression():
@@ -209,11 +210,8 @@ def test_import_metric(metric_module):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from sharpscope.train import TrainConfig, train
     root = tmp_path_factory.mktemp("metric_run")
-    train(TrainConfig(optimizer="sgd", model="mlp", model_kwargs={"hidden": [8]}, data="synthetic", n_train=64,
-                      epochs=1, batch_size=32), root / "run")
-    return root / "run"
+    return tiny_run(root / "run")
 
 
 def test_cli_surface_with_metrics(run, metric_module, tmp_path, cli):

@@ -30,6 +30,8 @@ from sharpscope.errors import CheckpointError, ConfigError, DataError, ModelSpec
 from sharpscope.models import build_model, check_factory_allowed, make_factory_spec, make_model_spec
 from sharpscope.train import TrainConfig, train
 
+from _runs import tiny_run
+
 TINY = ["--data", "synthetic", "--n-train", "64", "--epochs", "1", "--batch-size", "32", "--no-progress",
         "--no-snapshots"]
 
@@ -88,8 +90,7 @@ def _tampered_run(folder: Path, factory: str, kwargs: dict) -> Path:
     """A finished run folder (tiny built-in MLP) whose stored configuration and model spec were
     edited to name ``factory`` with ``kwargs``: a run folder someone sent you."""
     run = folder / "sent_run"
-    train(TrainConfig(optimizer="sgd", model="mlp", model_kwargs={"hidden": [8]}, data="synthetic", n_train=64,
-                      epochs=1, batch_size=32, keep_snapshots=False), run)
+    tiny_run(run, keep_snapshots=False)
     raw = torch.load(run / "checkpoint.pt", weights_only=True)
     raw["config"]["model"], raw["config"]["model_kwargs"] = factory, dict(kwargs)
     raw["model_spec"] = {"factory": factory, "kwargs": dict(kwargs)}
@@ -170,10 +171,8 @@ def test_a_fresh_run_trusts_the_factory_it_names_and_resume_without_it_is_refuse
 def test_correlate_refuses_a_factory_run_before_measuring_any(own_module, cli) -> None:
     name, marker, folder = own_module
     runs = folder / "runs"
-    train(TrainConfig(optimizer="sgd", model="mlp", model_kwargs={"hidden": [8]}, data="synthetic", n_train=64,
-                      epochs=1, batch_size=32, keep_snapshots=False), runs / "a_builtin")
-    train(TrainConfig(optimizer="sgd", model="mlp", model_kwargs={"hidden": [8]}, data="synthetic", n_train=64,
-                      epochs=1, batch_size=32, keep_snapshots=False, seed=1), runs / "c_builtin")  # correlate needs 3
+    tiny_run(runs / "a_builtin", keep_snapshots=False)
+    tiny_run(runs / "c_builtin", keep_snapshots=False, seed=1)  # correlate needs 3
     train(TrainConfig(optimizer="sgd", model=f"{name}:build", data="synthetic", n_train=64, epochs=1,
                       batch_size=32, keep_snapshots=False), runs / "b_factory")
     marker.unlink()
