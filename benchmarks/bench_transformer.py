@@ -185,7 +185,7 @@ def autograd_product(model: nn.Module, batch: Batch, v: Tensor) -> Callable[[], 
 
 def train_steps(model: nn.Module, batch: Batch, rounds: int) -> dict[str, tuple[float, float]]:
     """Median seconds of ``sam_step`` with SGD and with SAM (SGD base), train mode, own loss, and
-    of one copy of the parameters (SAM's steps make about four passes over them beyond SGD's)."""
+    of one copy of the parameters (the unit of SAM's few passes over them beyond SGD's)."""
     wrapped = OwnLoss(model).train()
     sgd = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
     sam = ss.SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=1e-5, momentum=0.9)
@@ -194,7 +194,7 @@ def train_steps(model: nn.Module, batch: Batch, rounds: int) -> dict[str, tuple[
     return interleaved_medians({
         "SGD step": lambda: ss.sam_step(wrapped, own_loss_of_output, batch, labels, sgd),
         "SAM step": lambda: ss.sam_step(wrapped, own_loss_of_output, batch, labels, sam),
-        # SAM's floor beyond two passes: it keeps w (a copy), forms e and adds it, and copies w back
+        # the unit of SAM's passes over the parameters beyond its two forward-backward passes
         "one copy of the parameters (clone)": lambda: [w.detach().clone() for w in params]}, rounds)
 
 

@@ -449,26 +449,130 @@ def test_sam_keeps_the_gradient_when_first_step_does_not_zero_it():
     opt.unperturb()
 
 
-def test_sam_reuses_its_copy_of_w_and_not_one_of_another_dtype():
+def test_sam_reuses_its_buffer_of_w_plus_e_and_not_one_of_another_dtype():
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
+    own = model.weight.data_ptr()
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
     x = torch.randn(8, 4, dtype=torch.float64)
 
-    def step() -> torch.Tensor:
+    def step() -> int:
         model(x.to(model.weight.dtype)).pow(2).mean().backward()
         opt.first_step(zero_grad=True)
-        kept = opt.state[model.weight]["old_p"]
+        at_w_plus_e = model.weight.data_ptr()
         model(x.to(model.weight.dtype)).pow(2).mean().backward()
         opt.second_step(zero_grad=True)
-        return kept
+        assert model.weight.data_ptr() == own  # back at its own storage
+        return at_w_plus_e
 
     first = step()
-    assert step() is first  # the same buffer, copied into
-    model.double()  # the parameters change dtype in place: a float32 copy must not hold float64 w
+    assert first != own and step() == first  # the same buffer, written into
+    model.double()  # the parameters change dtype in place: a float32 buffer must not hold float64 w + e
+    own = model.weight.data_ptr()
     w = model.weight.detach().clone()
     model(x).pow(2).mean().backward()
     opt.first_step(zero_grad=True)
-    assert opt.state[model.weight]["old_p"].dtype == torch.float64
+    assert model.weight.dtype == torch.float64 and model.weight.data_ptr() not in (own, first)
     opt.unperturb()
-    assert torch.equal(model.weight.detach(), w)
+    assert torch.equal(model.weight.detach(), w) and model.weight.data_ptr() == own
+
+
+def test_sam_never_writes_a_plain_parameter_s_own_storage():
+    """w + e lives in SAM's buffer; w's storage holds w, bit for bit, all through the step."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    storage = [w.data for w in model.parameters()]
+    before = [w.detach().clone() for w in model.parameters()]
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    grads = [w.grad.clone() for w in model.parameters()]
+    opt.first_step()
+    norm = torch.sqrt(sum((g * g).sum() for g in grads))
+    for w, s, b, g in zip(model.parameters(), storage, before, grads):
+        assert torch.equal(s, b)  # untouched
+        assert torch.equal(w.detach(), b + g * (0.5 / norm))
+    opt.unperturb()
+    assert all(w.data_ptr() == s.data_ptr() and torch.equal(w.detach(), b)
+               for w, s, b in zip(model.parameters(), storage, before))
+
+
+def _sam_steps_on(flat: bool) -> list[torch.Tensor]:
+    """Three SAM steps on a small MLP; ``flat``: its parameters are views into one buffer, and a
+    hook points them at those views before every forward, as FSDP1 does."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    owners = [(m, n, w) for m in model for n, w in list(m.named_parameters(recurse=False))]
+    buffer = torch.cat([w.detach().reshape(-1) for _, _, w in owners])
+    if flat:
+        views, offset = [], 0
+        for module, name, w in owners:
+            views.append(buffer[offset:offset + w.numel()].view_as(w))
+            setattr(module, name, torch.nn.Parameter(views[-1]))
+            offset += w.numel()
+
+        def unshard(*_: object) -> None:  # FSDP1 points each parameter at its view before forward
+            for (module, name, _w), view in zip(owners, views):
+                getattr(module, name).data = view
+
+        model.register_forward_pre_hook(unshard)
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.3, lr=0.1, momentum=0.9)
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    for _ in range(3):
+        sam_step(model, F.mse_loss, x, y, opt)
+    shared = {w.untyped_storage().data_ptr() for w in model.parameters()}
+    assert (shared == {buffer.untyped_storage().data_ptr()}) == flat  # still views into the buffer
+    return [w.detach().clone() for w in model.parameters()]
+
+
+def test_sam_on_views_into_one_flat_buffer_moves_them_in_place_with_the_same_numbers():
+    """Parameters that are views into a flat buffer (FSDP1's layout) are perturbed in place from a
+    copy, not re-pointed (the buffer would not see w + e); the steps are bit for bit the same."""
+    assert all(torch.equal(a, b) for a, b in zip(_sam_steps_on(False), _sam_steps_on(True)))
+
+
+def test_sam_repointing_and_copying_give_the_same_steps_bit_for_bit():
+    def run(repoint: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        opt = SAM(model.parameters(), torch.optim.SGD, rho=0.3, lr=0.1, momentum=0.9)
+        opt.repoint_parameters = repoint
+        x, y = torch.randn(16, 4), torch.randn(16, 2)
+        for _ in range(4):
+            sam_step(model, F.mse_loss, x, y, opt)
+        return [w.detach().clone() for w in model.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(True), run(False)))
+
+
+def test_sam_moves_parameters_that_share_one_storage_together_in_place():
+    """Manual weight tying (two Parameters over one storage): both are moved in place, so the model
+    at w + e is still tied (w + e_1 + e_2 in the shared storage), as before re-pointing existed."""
+    torch.manual_seed(0)
+    first = torch.nn.Linear(3, 3, bias=False)
+    second = torch.nn.Linear(3, 3, bias=False)
+    second.weight = torch.nn.Parameter(first.weight.data)  # one storage, two Parameters
+    opt = SAM([first.weight, second.weight], torch.optim.SGD, rho=0.5, lr=0.1)
+    w = first.weight.detach().clone()
+    second(torch.tanh(first(torch.randn(5, 3)))).pow(2).sum().backward()
+    g1, g2 = first.weight.grad.clone(), second.weight.grad.clone()
+    opt.first_step()
+    scale = 0.5 / torch.sqrt((g1 * g1).sum() + (g2 * g2).sum())
+    assert first.weight.data_ptr() == second.weight.data_ptr()
+    assert torch.allclose(first.weight.detach(), w + scale * g1 + scale * g2, atol=1e-7)
+    opt.unperturb()
+    assert torch.equal(first.weight.detach(), w) and torch.equal(second.weight.detach(), w)
+
+
+def test_sam_on_a_compiled_model_sees_w_plus_e():
+    """torch.compile takes the parameters as graph inputs: re-pointed ``.data`` reaches the graph
+    (aot_eager: the same arithmetic as eager, so the steps are bit for bit eager's)."""
+    def run(compiled: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        opt = SAM(model.parameters(), torch.optim.SGD, rho=0.3, lr=0.1, momentum=0.9)
+        x, y = torch.randn(16, 4), torch.randn(16, 2)
+        for _ in range(3):
+            sam_step(torch.compile(model, backend="aot_eager") if compiled else model, F.mse_loss, x, y, opt)
+        return [w.detach().clone() for w in model.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))

@@ -72,6 +72,24 @@ def _scaled_gradients(params: list[torch.Tensor], adaptive: bool,
     return torch._foreach_mul(grads, scales), scales
 
 
+def _owns_storage(w: torch.Tensor) -> bool:
+    """A plain tensor (no subclass) that is all of its storage (not a view into a flat buffer
+    such as FSDP1's): pointing its ``.data`` elsewhere for a while hides nothing."""
+    data = w.data
+    return (type(data) is torch.Tensor and data.layout == torch.strided and data.storage_offset() == 0
+            and data.untyped_storage().nbytes() == data.numel() * data.element_size())
+
+
+def _tied_storages(params: list[torch.Tensor]) -> set[int]:
+    """The storages (by address) that more than one of ``params`` lives in."""
+    seen: set[int] = set()
+    tied = set()
+    for w in params:
+        address = w.untyped_storage().data_ptr()
+        (tied if address in seen else seen).add(address)
+    return tied
+
+
 def _add_entries(params: list[torch.Tensor], entries: list[torch.Tensor]) -> None:
     """w += e, e dense or on the entries of w's sparse gradient (:func:`_gradient_entries`; values
     shaped like w cover every row in order, so they are added densely)."""
@@ -163,6 +181,13 @@ class SAM(Registered, torch.optim.Optimizer):
     #: Set by :meth:`first_step(zero_grad=True) <first_step>` while e is formed: the gradients
     #: are discarded after it, so :meth:`_perturbation` may scale them in place.
     _disposable_grads = False
+    #: True: :meth:`first_step` computes w + e into a buffer of SAM's and points a plain parameter's
+    #: ``.data`` there, so w itself is never written (one pass less each way than copying w and
+    #: copying it back; see :meth:`_move` for the parameters that are still copied). Set it False
+    #: on an instance whose parameters' storage must stay put, e.g. a CUDA graph captured by hand
+    #: around the forward pass would keep reading w (torch.compile's CUDA graphs re-record, or
+    #: run without graphs past a limit: slower, not wrong).
+    repoint_parameters = True
     #: :meth:`first_step` keeps the gradient at w (``state[w]["clean_grad"]``) for :meth:`_update_gradient`.
     keeps_clean_gradient = False
     # Registry facts (sharpscope.optim.registry; a subclass re-declares the capabilities it keeps).
@@ -243,12 +268,10 @@ class SAM(Registered, torch.optim.Optimizer):
                 norm, perturbations = self._perturbation()
         finally:
             self._disposable_grads = False
+        every = [w for params, _ in perturbations for w in params]
+        tied = _tied_storages(every) if self.repoint_parameters else set()
         for params, e in perturbations:
-            for w in params:  # w, kept in the buffer of the previous step's copy when there is one
-                spare = self._spare().pop(w, None)
-                fits = spare is not None and (spare.shape, spare.dtype, spare.device) == (w.shape, w.dtype, w.device)
-                self.state[w]["old_p"] = spare.copy_(w) if fits else w.detach().clone()
-            _add_entries(params, e)
+            self._move(params, e, tied)
         if zero_grad:
             self.zero_grad()
         return norm
@@ -271,11 +294,38 @@ class SAM(Registered, torch.optim.Optimizer):
             out.append((params, e))
         return qnorm, out
 
+    def _move(self, params: list[torch.Tensor], e: list[torch.Tensor], tied: set[int]) -> None:
+        """w -> w + e, remembering w exactly. A plain dense parameter is never written: w + e is
+        computed into a spare buffer and ``w.data`` points there until :meth:`unperturb` points it
+        back at its own storage (no copy either way). Others are copied and moved in place: tensor
+        subclasses (FSDP2's DTensor), views into a larger buffer (FSDP1), parameters sharing
+        storage with another (manual weight tying: ``tied``, storages seen twice), sparse e, and
+        all when :attr:`repoint_parameters` is False."""
+        in_place = []
+        for w, x in zip(params, e):
+            spare = self._spare().pop(w, None)
+            layout = (w.shape, w.stride(), w.dtype, w.device)
+            fits = spare is not None and (spare.shape, spare.stride(), spare.dtype, spare.device) == layout
+            if self.repoint_parameters and x.shape == w.shape and _owns_storage(w) \
+                    and w.untyped_storage().data_ptr() not in tied:
+                self.state[w]["own_data"] = w.data
+                w.data = torch.add(w.data, x, out=spare if fits else torch.empty_like(w))
+            else:
+                self.state[w]["old_p"] = spare.copy_(w) if fits else w.detach().clone()
+                in_place.append((w, x))
+        if in_place:
+            _add_entries([w for w, _ in in_place], [x for _, x in in_place])
+
     def _spare(self) -> dict[torch.Tensor, torch.Tensor]:
-        """The copies of w that :meth:`unperturb` no longer needs, by parameter: the next
-        :meth:`first_step` copies w into them instead of allocating (one copy of the parameters
-        stays allocated between steps; the peak, during the pass at w + e, is unchanged)."""
+        """Buffers :meth:`unperturb` no longer needs (the one that held w + e, or the copy of w),
+        by parameter: the next :meth:`first_step` writes into them instead of allocating (one
+        parameter-sized buffer stays allocated between steps; the peak, during the pass at w + e,
+        is unchanged)."""
         return self.__dict__.setdefault("_spare_copies", {})
+
+    def perturbed(self) -> bool:
+        """Whether the parameters are at w + e (after :meth:`first_step`, before :meth:`unperturb`)."""
+        return any("own_data" in self.state[w] or "old_p" in self.state[w] for _, w in self._each_param())
 
     def _radius(self, group: dict[str, Any]) -> float:
         """This step's radius for ``group`` (SAM: its ``rho``; GSAM follows the learning rate)."""
@@ -310,10 +360,14 @@ class SAM(Registered, torch.optim.Optimizer):
 
     @torch.no_grad()
     def unperturb(self) -> None:
-        """Put every parameter back to w exactly (the copy saved by :meth:`first_step`)."""
+        """Put every parameter back to w exactly: ``.data`` back at its own storage, or the copy
+        saved by :meth:`first_step` copied back."""
+        for _, w, own in self._popped("own_data"):
+            self._spare()[w] = w.data  # w + e's buffer, reused by the next first_step
+            w.data = own
         for _, w, old in self._popped("old_p"):
             w.copy_(old)
-            self._spare()[w] = old  # reused by the next first_step (no parameter-sized allocation)
+            self._spare()[w] = old
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = False) -> None:
@@ -366,7 +420,7 @@ class SAM(Registered, torch.optim.Optimizer):
     @torch.no_grad()
     def _scaled_second_step(self, grad_scale: torch.Tensor | None, found_inf: torch.Tensor) -> None:
         """The second step as ``GradScaler.step`` asks for it (see :meth:`step`)."""
-        if not any("old_p" in self.state[w] for _, w in self._each_param()):
+        if not self.perturbed():
             for name in ("found_inf", "grad_scale"):  # GradScaler removes them only when step() returns
                 self.__dict__.pop(name, None)
             raise ConfigError("scaler.step(sam) is SAM's second step: call sam.first_step() after the first scaled "
