@@ -576,3 +576,16 @@ def test_sam_on_a_compiled_model_sees_w_plus_e():
         return [w.detach().clone() for w in model.parameters()]
 
     assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
+
+
+def test_sam_refuses_a_second_first_step_at_w_plus_e_and_keeps_w():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    w = model.weight.detach().clone()
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.5, lr=0.1)
+    model(torch.randn(8, 4)).pow(2).mean().backward()
+    opt.first_step()
+    with pytest.raises(ConfigError, match="second_step"):
+        opt.first_step()
+    opt.unperturb()
+    assert torch.equal(model.weight.detach(), w)

@@ -257,7 +257,10 @@ class SAM(Registered, torch.optim.Optimizer):
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> torch.Tensor:
         """Move every parameter to w + e (:meth:`_perturbation`), remembering w; returns the norm
-        that scaled e (SAM: ||T g||_q). A zero gradient gives e = 0; a sparse one a sparse e."""
+        that scaled e (SAM: ||T g||_q). A zero gradient gives e = 0; a sparse one a sparse e.
+        Raises :class:`ConfigError` at w + e already (w would be lost)."""
+        if self.perturbed():
+            raise ConfigError("first_step() at w + e: call second_step() (or unperturb()) before the next first_step()")
         if self.keeps_clean_gradient:
             for _, w in self._each_param():
                 if w.grad is not None:
