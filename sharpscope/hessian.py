@@ -116,8 +116,8 @@ def eigenvalues(model: nn.Module | Objective, loss_fn: LossFn | None = None, dat
     Ritz vectors, within angle residual / gap of the true ones (Davis-Kahan), sign arbitrary.
 
     ``memory_gb`` bounds what Lanczos holds (basis, working and Ritz vectors; not the model nor a
-    product's graph): the basis is stored in float64, float32 or bfloat16 and, if need be, Lanczos
-    restarts thickly (:mod:`sharpscope.linalg.budget`); a budget that cannot hold ``k + 2`` bfloat16
+    product's graph): the basis is stored in float64, float32 or float16 and, if need be, Lanczos
+    restarts thickly (:mod:`sharpscope.linalg.budget`); a budget that cannot hold ``k + 2`` float16
     vectors raises :class:`~sharpscope.errors.MemoryBudgetError` before any product. ``basis_dtype``
     fixes the basis's dtype, ``basis_device`` where it is kept (e.g. ``"cpu"`` for a model on a GPU)."""
     mc = curvature.check(operator, mc_samples)
@@ -237,7 +237,7 @@ def density(model: nn.Module | Objective, loss_fn: LossFn | None = None, data: I
     """Spectral density by SLQ: ``n_runs`` Lanczos runs of ``n_steps`` steps, Gaussian kernel of
     variance sigma_squared * max(1, lambda_max - lambda_min) (Ghorbani et al. 2019). The runs hold
     one basis at a time; ``memory_gb`` stores it in the finest dtype that fits (float64, float32,
-    bfloat16), else raises :class:`~sharpscope.errors.MemoryBudgetError` before any product;
+    float16), else raises :class:`~sharpscope.errors.MemoryBudgetError` before any product;
     ``basis_dtype``, ``basis_device`` as in :func:`eigenvalues`."""
     mc = curvature.check(operator, mc_samples)
     finite_float("sigma_squared", sigma_squared, above=0)  # checked again only after the SLQ runs

@@ -109,7 +109,7 @@ def hessian_command(
     memory: Optional[float] = typer.Option(
         None, "--memory", callback=finite(above=0),
         help="GB (2^30 bytes) the analyses may hold besides the model and a product: the Lanczos basis in "
-             "float64, float32 or bfloat16 (thick restarts if need be), SLQ's, Hutch++'s blocks; refused "
+             "float64, float32 or float16 (thick restarts if need be), SLQ's, Hutch++'s blocks; refused "
              "before the first product, saying what it would need, if even the least does not fit."),
     old_steps: Optional[int] = OLD_STEPS,
     old_plot_dir: Optional[Path] = OLD_PLOT_DIR,

@@ -3,7 +3,7 @@
 :func:`lanczos` (extreme eigenpairs), :func:`hutchinson` / :func:`hutchpp` (traces with standard
 errors), :func:`slq` / :func:`smooth_density` / :func:`spectral_density` (spectral density by
 stochastic Lanczos quadrature, Ghorbani, Krishnan & Xiao, ICML 2019), :mod:`.basis` (what
-Lanczos and SLQ share: CGS2 in a float64, float32 or bfloat16 basis), :mod:`.budget` /
+Lanczos and SLQ share: CGS2 in a float64, float32, float16 or bfloat16 basis), :mod:`.budget` /
 :mod:`.restart` (a basis planned within a memory budget; thick-restart Lanczos), :mod:`.layout`
 (vectors whole or sharded over processes) and :func:`subspace_overlap` (tr(P1 P2) / k). Nothing
 here knows about neural networks.

@@ -1,9 +1,12 @@
 """What Lanczos and stochastic Lanczos quadrature share: an orthonormal basis (classical
 Gram-Schmidt twice, Giraud, Langou & Rozloznik 2005; a lower-precision basis's second pass only
 where the first cancelled, Daniel, Gragg, Kaufman & Stewart 1976) stored in float64 (default),
-float32 or bfloat16 on any device, breakdown threshold, start vectors, eigh of T_m."""
+float32, float16 (scaled, :func:`storage_scale`) or bfloat16 on any device, breakdown
+threshold, start vectors, eigh of T_m."""
 
 from __future__ import annotations
+
+import math
 
 from collections.abc import Iterator
 
@@ -17,7 +20,19 @@ from .layout import VectorLayout
 from .operator import SymmetricOperator
 
 __all__ = ["Basis", "matvec_work", "work_dtype", "breakdown_threshold", "random_unit",
-           "tridiagonal_eigh", "wanted_key", "CHUNK_BYTES"]
+           "tridiagonal_eigh", "wanted_key", "storage_scale", "CHUNK_BYTES"]
+
+
+def storage_scale(dtype: torch.dtype, n: int) -> float:
+    """The power of two a basis vector is multiplied by as it is stored in ``dtype`` (divided by
+    as it is read: both exact). float16 keeps 11 significant bits (bfloat16 8) but only from
+    6.1e-5 up to 65504, and the entries of a unit vector of ``n`` entries are about
+    1 / sqrt(n) (9e-5 at 124 M, at the edge of the range): stored times 2^floor(log2 sqrt(n))
+    (at most 2^14, so even an entry of 1 fits) they are about 1, normal float16 numbers.
+    1 for every other dtype."""
+    if dtype != torch.float16:
+        return 1.0
+    return 2.0 ** min(14, max(0, math.floor(0.5 * math.log2(max(1, n)))))
 
 
 def tridiagonal_eigh(alpha: Tensor | np.ndarray, beta: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
@@ -87,6 +102,7 @@ class Basis:
         self.work = work
         self.fixed = fixed
         self.size = 0
+        self.scale = storage_scale(dtype, self.layout.n)
         # the plain float64 path of the default analyses, kept operation for operation
         self._plain = dtype == work == torch.float64 and (work_device is None or torch.device(work_device) == device)
         if self._plain:
@@ -119,9 +135,23 @@ class Basis:
             self._Q[:, self.size] = q
             self.size += 1
             return q
-        self._T[self.size] = q
+        self._store(self._T[self.size], q)
         self.size += 1
-        return self._T[self.size - 1].to(device=q.device, dtype=self.work)
+        stored = self._T[self.size - 1].to(device=q.device, dtype=self.work)
+        return stored.mul_(1.0 / self.scale) if self.scale != 1.0 else stored
+
+    def _store(self, target: Tensor, values: Tensor) -> None:
+        """``target`` (rows of ``Q^T``) = ``values`` (unit vectors, or a chunk of them) times
+        :attr:`scale`, rounded to the basis's dtype; a whole vector is scaled a chunk at a time
+        before the cast (no full-size temporary; float16 never sees the unscaled entries)."""
+        if self.scale == 1.0:
+            target.copy_(values)
+        elif values.dim() == 2:
+            target.copy_(values * self.scale)
+        else:
+            step = CHUNK_BYTES // 4
+            for a in range(0, values.shape[0], step):
+                target[a : a + step] = values[a : a + step].to(self.work) * self.scale
 
     def _rows(self, cols: int, dtype: torch.dtype | None = None) -> int:
         """Entries per chunk so ``cols`` columns of a chunk cast to ``dtype`` (default the
@@ -143,6 +173,8 @@ class Basis:
         for rows in chunks:
             part = buffer[: self.size * (rows.stop - rows.start)].view(self.size, -1)
             part.copy_(self._Q[rows, : self.size].T if self._plain else self._T[: self.size, rows])
+            if self.scale != 1.0:
+                part.mul_(1.0 / self.scale)
             yield rows, part
 
     def project(self, *w: Tensor) -> Tensor:
@@ -221,8 +253,8 @@ class Basis:
                 buffers = [torch.empty(l * part.shape[1], dtype=self.work, device=self.device) for _ in range(2)]
             exact, E = (b[: l * part.shape[1]].view(l, -1) for b in buffers)
             torch.mm(Yt, part, out=exact)
-            self._T[:l, rows] = exact
-            E.copy_(self._T[:l, rows]).sub_(exact)
+            self._store(self._T[:l, rows], exact)
+            E.copy_(self._T[:l, rows]).mul_(1.0 / self.scale).sub_(exact)
             sums[:, :l] += (E @ exact.T).double()
             sums[:, l : 2 * l] += (E @ E.T).double()
             sums[:, 2 * l] += (E @ f[rows].to(device=self.device, dtype=self.work)).double()

@@ -93,7 +93,7 @@ def slq(op: SymmetricOperator, n_runs: int = 10, n_steps: int = 80, seed: int = 
     ``memory_bytes`` picks the finest dtype whose ``m``-vector basis fits
     (:func:`~sharpscope.linalg.budget.plan_basis`; SLQ cannot restart: its quadrature needs
     every step) and raises :class:`~sharpscope.errors.MemoryBudgetError` before any product
-    when not even a bfloat16 one does.
+    when not even a float16 one does.
 
     Returns:
         ``(nodes, weights, n_matvecs)`` with ``nodes`` and ``weights`` float64 of shape

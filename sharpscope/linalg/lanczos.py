@@ -24,7 +24,7 @@ Design choices, all because one product may cost two gradient evaluations of a n
   O(n m) flops per step, negligible next to an HVP, and keeps (*) valid, avoids ghost
   copies of converged eigenvalues and makes ``m <= n`` steps exhaust the space exactly.
 * The basis is float64 even when the operator computes in float32 (cast in and out), unless
-  it is asked for in float32 or bfloat16, or a memory budget needs them; such a basis, and
+  it is asked for in float32, float16 or bfloat16, or a memory budget needs them; such a basis, and
   one the budget cannot hold whole, run in :mod:`~sharpscope.linalg.restart` (thick restarts,
   Rayleigh-Ritz with the stored basis's Gram matrix).
 * Convergence is checked on the small ``T_m`` (cheap), every ``check_every`` steps.
@@ -243,8 +243,8 @@ def lanczos(
         memory_bytes: a budget for the basis, working and Ritz vectors: the plan of
             :func:`~sharpscope.linalg.budget.plan_basis` (dtype, thick restarts) or its
             :class:`~sharpscope.errors.MemoryBudgetError` before any product.
-        basis_dtype, basis_device: store the basis in ``"float64"`` (default), ``"float32"``
-            or ``"bfloat16"``, there (e.g. ``"cpu"`` for an operator on a GPU).
+        basis_dtype, basis_device: store the basis in ``"float64"`` (default), ``"float32"``,
+            ``"float16"`` or ``"bfloat16"``, there (e.g. ``"cpu"`` for an operator on a GPU).
 
     Returns:
         An :class:`EigenResult`. Unconverged pairs are reported as such (``converged``
