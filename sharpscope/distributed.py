@@ -103,12 +103,15 @@ def shard(n: int) -> range:
     return range(rank(), n, world_size())
 
 
-def finish(ok: bool = True) -> None:
-    """Leave the process group (after a barrier when every rank finished normally)."""
+def finish(ok: bool = True) -> bool:
+    """Leave the process group (after a barrier when every rank finished normally); returns
+    whether there was one."""
     if dist.is_available() and dist.is_initialized():
         if ok:
             dist.barrier()
         dist.destroy_process_group()
+        return True
+    return False
 
 
 def resolve_device(name: str) -> torch.device:
