@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
 
             left_group = dist_utils.finish(ok=sys.exc_info()[0] is None)
     code = code if isinstance(code, int) else 0
-    if left_group:  # a rank that finished: every file is written (finish's barrier) and flushed here
+    if left_group and argv is None:  # a torchrun rank of the console script that finished: every file
+        # is written (finish's barrier) and flushed here
         sys.stdout.flush()
         sys.stderr.flush()
         # skip the interpreter's teardown, where a C++ thread of torch's finished group aborted

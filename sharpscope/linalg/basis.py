@@ -7,7 +7,6 @@ threshold, start vectors, eigh of T_m."""
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator
 
 import numpy as np
