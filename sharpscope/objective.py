@@ -57,6 +57,7 @@ from torch.func import grad, grad_and_value, jvp, vmap
 from . import distributed as dist_utils
 from . import fd_hvp
 from .batches import BatchLoss, Streamed, higher_order_attention
+from .checks import finite_float
 from .errors import ConfigError, FiniteDifferenceWarning, NonFiniteLossError
 from .models.attention import attention_calls
 from .models.param_names import (biasbn_names, frozen_parameters, moved_parameters, parameter_groups,  # noqa: F401
@@ -147,6 +148,11 @@ class Objective:
             (keep) or ``False`` (stream).
         cache_bytes: the budget of ``"auto"``; default
             :data:`sharpscope.batches.DEFAULT_CACHE_BYTES` (1 GiB).
+        fd_step: the step t of finite-difference products along a unit vector; default
+            :meth:`finite_difference_step`'s rule. Rounding errs as 1 / t and truncation as
+            t^2: a random direction (Hutchinson's probes) gains from a larger t, a top
+            eigenvector from a smaller one (``benchmarks/bench_fd_step.py``: at GPT-2 small,
+            16 t0 gives 2.8e-4 on a random direction, t0 / 4 gives 6.7e-4 on a top one).
     """
 
     def __init__(
@@ -161,6 +167,7 @@ class Objective:
         cache: bool | str = "auto",
         cache_bytes: int | None = None,
         include_frozen: bool = False,
+        fd_step: float | None = None,
     ) -> None:
         if hvp_mode not in HVP_MODES:
             raise ConfigError(f"hvp_mode must be one of {', '.join(HVP_MODES)}, got {hvp_mode!r}")
@@ -205,7 +212,7 @@ class Objective:
         self.hvp_mode = hvp_mode
         self.auto_mode = requested_auto
         self.hvp_fallback: str | None = None  # why "auto" switched to finite differences
-        self._fd_step: float | None = None
+        self._fd_step = None if fd_step is None else finite_float("fd_step", fd_step, above=0.0)
         self._grad_by_backward = False  # torch.func failed on this model: gradients by backward()
         self._graph: list[tuple[Tensor, ...]] | None = None
         self._graph_leaves: list[Tensor] | None = None
@@ -302,8 +309,8 @@ class Objective:
                       "make it far larger)", FiniteDifferenceWarning, stacklevel=3)
 
     def finite_difference_step(self) -> float:
-        """The step t of a finite-difference product along a unit vector
-        (:mod:`sharpscope.linalg.finite_difference`)."""
+        """The step t of a finite-difference product along a unit vector: ``fd_step``, else eq. (2)
+        of :mod:`sharpscope.linalg.finite_difference` from ||theta|| and the float precision."""
         if self._fd_step is None:
             from .linalg.finite_difference import central_difference_step  # (linalg imports scipy)
 
@@ -315,7 +322,8 @@ class Objective:
         """The predicted error bound of a finite-difference product relative to ||H||_2 ||v||."""
         from .linalg.finite_difference import central_difference_error
 
-        return central_difference_error(float(self.parameters_vector().double().norm()), self.dtype)
+        return central_difference_error(float(self.parameters_vector().double().norm()), self.dtype,
+                                        step=self.finite_difference_step())
 
     def hvp(self, v: Tensor) -> Tensor:
         """H v for a flat (n,) vector, or H V column by column for an (n, b) block."""

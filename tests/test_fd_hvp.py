@@ -304,3 +304,32 @@ def test_the_copying_path_agrees_with_the_data_pointing_one():
     # the same gradients and step: they differ only by rounding (float32 gradients, / 2t)
     assert float((in_place - gathered).norm()) < obj.finite_difference_error() * scale
 
+
+
+def test_a_chosen_step_is_used_and_its_bound_follows_it():
+    """``fd_step``: the products are those of that step (the default step given explicitly gives
+    the default products bit for bit), each within eq. (1)'s bound at that step, kappa t^2 / 6 +
+    u_r (1 + ||w||) / t, which the objective reports; a larger step in float32 cuts the rounding
+    a random direction sees. Bad steps are refused."""
+    H = _explicit_hessian()
+    norm_h = float(torch.linalg.matrix_norm(H, 2))
+    default = Objective(_net("plain", torch.float32), F.cross_entropy, _data(torch.float32), hvp_mode="finite-difference")
+    t0 = default.finite_difference_step()
+    v = torch.randn(default.n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    errors = {}
+    for scale in (1.0, 4.0, 0.25):
+        obj = Objective(_net("plain", torch.float32), F.cross_entropy, _data(torch.float32),
+                        hvp_mode="finite-difference", fd_step=scale * t0)
+        assert obj.finite_difference_step() == scale * t0
+        w_norm = float(obj.parameters_vector().double().norm())
+        bound = fdm.central_difference_error(w_norm, torch.float32, step=scale * t0)
+        assert obj.finite_difference_error() == pytest.approx(bound, rel=1e-12)
+        if scale == 1.0:
+            assert bound == pytest.approx(default.finite_difference_error(), rel=1e-12)
+            assert torch.equal(obj.hvp(v.float()), default.hvp(v.float()))
+        errors[scale] = float((_fd(obj, v) - H @ v).norm() / (norm_h * v.norm()))
+        assert errors[scale] < bound, (scale, errors[scale], bound)
+    assert errors[4.0] < errors[1.0] < errors[0.25]  # this random direction: rounding-dominated
+    for bad in (0.0, -1e-3, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="fd_step"):
+            Objective(_net("plain", torch.float32), F.cross_entropy, _data(torch.float32), fd_step=bad)

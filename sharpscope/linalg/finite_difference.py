@@ -46,9 +46,13 @@ def central_difference_step(w_norm: float, dtype: torch.dtype, kappa: float = CU
     return (3.0 * unit_roundoff(dtype) * (1.0 + float(w_norm)) / kappa) ** (1.0 / 3.0)
 
 
-def central_difference_error(w_norm: float, dtype: torch.dtype, kappa: float = CURVATURE_SCALE) -> float:
-    """The predicted error of a product relative to ||H||_2 ||v||: (3/2) u_r (1 + ||w||) / t (eq. 3)."""
-    return 1.5 * unit_roundoff(dtype) * (1.0 + float(w_norm)) / central_difference_step(w_norm, dtype, kappa)
+def central_difference_error(w_norm: float, dtype: torch.dtype, kappa: float = CURVATURE_SCALE,
+                             step: float | None = None) -> float:
+    """The predicted error of a product relative to ||H||_2 ||v||: eq. (1) with M = kappa ||H||,
+    kappa t^2 / 6 + u_r (1 + ||w||) / t, at ``step`` t (default eq. 2's, where it is eq. 3's
+    (3/2) u_r (1 + ||w||) / t)."""
+    t = central_difference_step(w_norm, dtype, kappa) if step is None else float(step)
+    return kappa * t * t / 6.0 + unit_roundoff(dtype) * (1.0 + float(w_norm)) / t
 
 
 def central_difference(difference: Callable[[float, float], Tensor], v: Tensor, step: float,
