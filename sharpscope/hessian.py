@@ -291,10 +291,11 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
                   trace_matvecs: int = 30, seed: int = 0, hvp_mode: str = "auto",
                   callback: Callable[[str], None] | None = None, operator: str = "hessian",
                   mc_samples: int | str = "exact", params: Any = None,
-                  memory_gb: float | None = None) -> LayerSummary:
+                  memory_gb: float | None = None, fd_step: float | None = None) -> LayerSummary:
     """lambda_max(H_ll) by Lanczos and tr(H_ll) by Hutch++ per group of ``params`` (``by``: "layer",
     "block" or "kind", :func:`sharpscope.models.param_names.group_parameters`), of any ``operator``;
-    ``memory_gb`` bounds each block's Lanczos and trace (:func:`eigenvalues`, :func:`trace`)."""
+    ``memory_gb`` bounds each block's Lanczos and trace (:func:`eigenvalues`, :func:`trace`); ``fd_step``
+    as :class:`~sharpscope.objective.Objective`'s."""
     mc = curvature.check(operator, mc_samples)
     start = time.perf_counter()
     groups = parameter_groups(model, by=by)
@@ -306,7 +307,7 @@ def layer_summary(model: nn.Module, loss_fn: LossFn, data: Iterable, by: str = "
     for name, names in groups.items():
         if callback is not None:
             callback(name)
-        obj = Objective(model, loss_fn, batches, params=names, hvp_mode=hvp_mode)
+        obj = Objective(model, loss_fn, batches, params=names, hvp_mode=hvp_mode, fd_step=fd_step)
         top = eigenvalues(obj, k=1, tol=tol, seed=seed, operator=operator, mc_samples=mc_samples, memory_gb=memory_gb)
         tr = trace(obj, n_matvecs=min(trace_matvecs, max(3, obj.n)), seed=seed, operator=operator,
                    mc_samples=mc_samples, memory_gb=memory_gb)

@@ -287,6 +287,34 @@ def test_cli_hessian_hvp_mode_finite_difference(tmp_path, cli):
                                                              rel=1e-3)
 
 
+def test_cli_hessian_fd_step(tmp_path, cli):
+    """The report gives the step the products took; --fd-step with that step gives the same
+    eigenvalue bit for bit and with 10x that step another one (so it reaches the products); it is
+    refused with an exact mode and with --nproc/--shard."""
+    from sharpscope.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(optimizer="sgd", model="mlp", model_kwargs={"hidden": [16], "activation": "tanh"}, epochs=2,
+                      keep_snapshots=False), run)
+
+    def top(*step: str) -> dict:
+        code, out, err = cli(["hessian", str(run), "--top-k", "1", "--samples", "256", "--hvp-mode",
+                              "finite-difference", *step, "--json", "-", "--no-progress"])
+        assert code == 0, err
+        return json.loads(out[out.index("{"):])
+
+    default = top()
+    t0 = default["fd_step"]
+    same, larger = top("--fd-step", repr(t0)), top("--fd-step", repr(10 * t0))
+    assert same["fd_step"] == t0 and same["eigenvalues"]["eigenvalues"] == default["eigenvalues"]["eigenvalues"]
+    assert larger["fd_step"] == 10 * t0
+    assert larger["eigenvalues"]["eigenvalues"] != default["eigenvalues"]["eigenvalues"]
+    assert larger["eigenvalues"]["eigenvalues"] == pytest.approx(default["eigenvalues"]["eigenvalues"], rel=1e-2)
+    for extra in (["--hvp-mode", "reuse-graph"], ["--shard"]):
+        code, _, err = cli(["hessian", str(run), "--fd-step", "0.01", *extra, "--no-progress"])
+        assert code == 2 and "--fd-step" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_the_copying_path_agrees_with_the_data_pointing_one():
     """A vector of another dtype than the parameters takes the path that sets the parameters in
     place from a copy (PerturbedGradient._difference); both are the same central difference."""

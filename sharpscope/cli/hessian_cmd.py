@@ -35,7 +35,7 @@ class _Overlap:
         return {"with": self.path, **self.result.to_dict(), "eigenvalues_b": self.b.to_dict()}
 
 
-def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, hvp_mode: str,
+def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, o: _Settings,
             trust_factory: bool, context: AnalysisContext) -> tuple[Any, str]:
     """--overlap-with: B's objective on A's batches and B's label, refused unless A and B have
     the same parameters and data set; B joins ``context``."""
@@ -61,7 +61,13 @@ def _second(path: Path | None, ckpt: Any, obj: Any, top_k: int, selection: Any, 
     label = (ckpt_b.config or {}).get("optimizer", "B").upper()
     label_a = (ckpt.config or {}).get("optimizer", "model").upper()
     label = f"{label} (B)" if label == label_a else label
-    return Objective(ckpt_b.model, data_loss(obj.batches), obj.batches, params=selection, hvp_mode=hvp_mode), label
+    return Objective(ckpt_b.model, data_loss(obj.batches), obj.batches, params=selection, hvp_mode=o.hvp_mode,
+                     fd_step=o.fd_step), label
+
+
+_FD_STEP_HELP = ("Step t of finite-difference products along a unit vector (--hvp-mode finite-difference, or auto "
+                 "when it falls back); default from ||theta|| and the float precision. Rounding errs as 1/t, "
+                 "truncation as t^2: larger for random probes (--trace, --density), smaller for top eigenvectors.")
 
 
 def _hvp_modes_help() -> str:
@@ -94,6 +100,7 @@ def hessian_command(
                                                 "eigenvalues too, and the overlap of the two top-k eigenspaces."),
     batch_size: int = typer.Option(256, "--batch-size", "-b", min=1, help="Examples per batch (the result does not depend on it)."),
     hvp_mode: str = deferred_help(typer.Option("auto", "--hvp-mode"), _hvp_modes_help),
+    fd_step: Optional[float] = typer.Option(None, "--fd-step", callback=finite(above=0), help=_FD_STEP_HELP),
     operator: str = typer.Option("hessian", "--operator",
                                  help="Curvature matrix: hessian, ggn, fisher (true Fisher) or empirical-fisher."),
     fisher_samples: Optional[str] = typer.Option(
@@ -127,18 +134,18 @@ def hessian_command(
     if shard:  # sharpscope.cli.hessian_sharded: the checks, or the analysis on torchrun's ranks
         from .hessian_sharded import run_sharded
         given = {"--per-layer": per_layer, "--overlap-with": overlap_with, "--plot": plot,
-                 "--fisher-samples": fisher_samples, "--memory": memory}
+                 "--fisher-samples": fisher_samples, "--memory": memory, "--fd-step": fd_step}
         spectra = {"trace": dict(n_matvecs=trace_matvecs) if trace else None, "density": dict(
             n_runs=runs, n_steps=steps, sigma_squared=sigma_squared) if density else None}
-        lanczos = dict(k=top_k, which=which, tol=tol, max_iter=max_iter, seed=inputs.seed)
-        return run_sharded(checkpoint, inputs, batch_size, lanczos, given, operator, hvp_mode, spectra)
+        return run_sharded(checkpoint, inputs, batch_size, dict(k=top_k, which=which, tol=tol, max_iter=max_iter,
+                                                                seed=inputs.seed), given, operator, hvp_mode, spectra)
     plot_dir = old_spelling("hessian", "--plot-dir", "--out", old_plot_dir, inputs.plot_dir, None)
     mc_samples = _fisher_samples(operator, fisher_samples)
     console = rank0_console(stderr=True)
     target, folder, outputs = _claim(checkpoint, inputs, operator, plot and density, plot and top_k > 0, plot_dir)
     ckpt, batches, context = inputs.load(checkpoint, batch_size)
     settings = _Settings(top_k, which, tol, max_iter, trace, trace_matvecs, density, runs, steps, sigma_squared,
-                         per_layer, by, inputs.seed, hvp_mode, overlap_with, memory)
+                         per_layer, by, inputs.seed, hvp_mode, overlap_with, memory, fd_step)
     obj, obj_b, label_b, report = _objectives(ckpt, batches, settings, operator, mc_samples, inputs, context)
     curv = {"operator": operator, "mc_samples": mc_samples, "memory_gb": memory}
     results = _compute(ckpt, batches, obj, obj_b, label_b, settings, curv, console, inputs.progress)
@@ -183,6 +190,7 @@ class _Settings:
     hvp_mode: str
     overlap_with: Path | None
     memory: float | None = None
+    fd_step: float | None = None
 
 
 def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_samples: int | str,
@@ -195,7 +203,10 @@ def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_sample
     from ..objective import Objective, parameter_groups
 
     selection = parse_params(inputs.params)
-    obj = Objective(ckpt.model, data_loss(batches), batches, params=selection, hvp_mode=o.hvp_mode)
+    if o.fd_step is not None and o.hvp_mode not in ("auto", "finite-difference"):
+        raise ConfigError(f"--fd-step is the finite-difference step: use it with --hvp-mode finite-difference or "
+                          f"auto, not {o.hvp_mode}")
+    obj = Objective(ckpt.model, data_loss(batches), batches, params=selection, hvp_mode=o.hvp_mode, fd_step=o.fd_step)
     budget = None if o.memory is None else o.memory * GIB  # --memory: within it, or refused now
     if o.trace:
         require_trace_memory(obj.n, o.trace_matvecs, budget)
@@ -205,7 +216,7 @@ def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_sample
         require_lanczos_memory(obj.n, o.steps, o.runs)
     if o.per_layer:
         parameter_groups(ckpt.model, by=o.by)
-    obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o.hvp_mode, inputs.trust_factory, context)
+    obj_b, label_b = _second(o.overlap_with, ckpt, obj, o.top_k, selection, o, inputs.trust_factory, context)
     report: dict = {"checkpoint": str(ckpt.path), "split": inputs.split, "n_examples": obj.n_examples,
                     "n_params": obj.n, "params": inputs.params, "hvp_mode": obj.hvp_mode, "operator": operator,
                     "fisher_samples": mc_samples if operator == "fisher" else None}
@@ -217,9 +228,12 @@ def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_sample
 
 
 def _add_results(report: dict, results: dict, obj: Any, notes: dict) -> list[str]:
-    """Add the results, the HVP mode as it ran (and why "auto" fell back), the density's trace
-    note and the objective's notes not already there to ``report``; returns the notes' lines."""
+    """Add the results, the HVP mode as it ran (and why "auto" fell back, and the step of a
+    finite-difference product), the density's trace note and the objective's notes not already
+    there to ``report``; returns the notes' lines."""
     report["hvp_mode"], report["hvp_fallback"] = obj.hvp_mode, obj.hvp_fallback
+    if obj.hvp_mode == "finite-difference":  # the step the products took (--fd-step, or the default rule's)
+        report["fd_step"] = obj.finite_difference_step()
     report.update({k: v for k, v in notes.items() if k not in report})
     report.update({k: v.to_dict() for k, v in results.items()})
     if "density" in report:
@@ -285,7 +299,8 @@ def _compute(ckpt: Any, batches: list, obj: Any, obj_b: Any, label_b: str, o: _S
         if o.per_layer:
             task = bar.add_task(f"per {o.by}", total=groups)
             results["per_layer"] = hs.layer_summary(ckpt.model, data_loss(batches), batches, by=o.by, seed=o.seed,
-                                                    hvp_mode=o.hvp_mode, callback=lambda name: bar.advance(task),
+                                                    hvp_mode=o.hvp_mode, fd_step=o.fd_step,
+                                                    callback=lambda name: bar.advance(task),
                                                     params=obj.names, **curv)
     return results
 

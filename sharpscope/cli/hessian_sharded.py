@@ -31,6 +31,7 @@ _NOT_SHARDED = {
     "--plot": "no figures from a sharded analysis (the JSON holds the eigenvalues)",
     "--fisher-samples": "it applies to --operator fisher only",
     "--memory": "the sharded Lanczos basis is float64 and its shards are 1/N of the one-process basis",
+    "--fd-step": "the sharded product takes its step from the default rule",
 }
 
 
