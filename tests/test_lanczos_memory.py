@@ -70,10 +70,11 @@ def check_ritz_pairs(res, A, floor: float) -> None:
 
 
 @pytest.mark.parametrize("make", [diagonal, dct])
-@pytest.mark.parametrize("dtype,tol", [("float32", 1e-6), ("float16", 1e-3), ("bfloat16", 1e-2)])
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-6), ("float16", 1e-4), ("bfloat16", 1e-2)])
 def test_coarse_bases_converge_on_known_spectra(make, dtype, tol):
     """float32 storage (unit roundoff u = 6e-8) reaches tol 1e-6; bfloat16 (u = 3.9e-3) certifies
-    residuals only near u ||A||, so tol 1e-2; float16 (u = 4.9e-4, scaled into its range) 1e-3.
+    residuals only near u ||A||, so tol 1e-2; float16 (u = 4.9e-4, scaled into its range) 1e-4
+    (measured with every step stored: float16 certifies 1e-4 and not 1e-5, bfloat16 1e-3 and not 1e-4).
     The eigenvalues are Rayleigh quotients of the
     stored basis (Gram-matrix Rayleigh-Ritz); measured with every step stored, float32 gives the
     float64 values to 4e-13 and bfloat16 to 3e-7 relative (/work/notes/h34-readme.md)."""
