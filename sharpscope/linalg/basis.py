@@ -176,16 +176,11 @@ class Basis:
                 part.mul_(1.0 / self.scale)
             yield rows, part
 
-    def project(self, *w: Tensor) -> Tensor:
-        """``Q^T w`` in float64 on ``w``'s device (one pass over the basis in chunks), ``(size,)``
-        for one vector, ``(size, len(w))`` for several: a float32 dot product over millions of
-        entries would lose digits (measured: 8e-4 relative Ritz-value errors at n = 400,000 with
-        a whole float32 dot), so each chunk is cast to float64 and the sums run in float64."""
-        h, _ = self._project(w)
-        return h[:, 0] if len(w) == 1 else h
-
     def _project(self, w: tuple[Tensor, ...]) -> tuple[Tensor, float]:
-        """:meth:`project` (``(size, len(w))``) and, from the same pass, ``||w[0]||``."""
+        """``Q^T w`` for each vector of ``w``, ``(size, len(w))`` float64 on their device, and, from
+        the same pass over the basis (in chunks), ``||w[0]||``: a float32 dot product over millions
+        of entries would lose digits (measured: 8e-4 relative Ritz-value errors at n = 400,000 with
+        a whole float32 dot), so each chunk is cast to float64 and the sums run in float64."""
         device = w[0].device
         h = torch.zeros(self.size, len(w), dtype=torch.float64, device=device)
         squares = torch.zeros((), dtype=torch.float64, device=device)

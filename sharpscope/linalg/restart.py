@@ -93,9 +93,7 @@ def thick_restart_lanczos(op: SymmetricOperator, start: Callable[[], Tensor], ba
     out = None
     if vectors:
         out = basis.combine(Y[:, wanted], torch.empty(n, min(k, m), dtype=basis.work, device=op.device))
-        scale = torch.tensor([basis.layout.norm(out[:, j]) for j in range(out.shape[1])], dtype=out.dtype,
-                             device=out.device) if out.dtype != torch.float64 else torch.linalg.vector_norm(out, dim=0)
-        out = (out / scale).to(op.dtype)
+        out = (out / out.new_tensor([basis.layout.norm(column) for column in out.T])).to(op.dtype)
     if not bool(converged[wanted].all()):
         _warn(theta[wanted], residuals[wanted], converged[wanted], k, it, limit, restarts, tol)
     return theta[wanted].clone(), out, residuals[wanted].clone(), converged[wanted].clone(), it
