@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
+from .optim.sam import owns_storage
 
 __all__ = ["PerturbedGradient", "double_backward_unavailable", "cut_by_once_differentiable", "OnceDifferentiableError",
            "restoring", "grads_restored",
@@ -203,7 +204,8 @@ class PerturbedGradient:
         for one pass, at theta +- alpha v computed into one buffer and back at its own storage
         afterwards (theta restored bit for bit without a copy), and the product is gathered
         into that buffer (already paged in). Others (mixed dtypes or devices, tensor
-        subclasses) are set in place from a copy and copied back."""
+        subclasses, views into a flat buffer: :func:`~sharpscope.optim.sam.owns_storage`) are
+        set in place from a copy and copied back."""
         sizes = [p.numel() for p in self.params]
         out = torch.empty_like(v)
         state = {**self.fixed, **dict(self.model.named_parameters())}
@@ -211,7 +213,7 @@ class PerturbedGradient:
         def loss(batch: Any) -> Tensor:
             return self.loss(state, batch)
 
-        if all(p.dtype == v.dtype and p.device == v.device and type(p.data) is Tensor for p in self.params):
+        if all(p.dtype == v.dtype and p.device == v.device and owns_storage(p) for p in self.params):
             originals = [p.data for p in self.params]
             shifted = [x.view_as(o) for x, o in zip(out.split(sizes), originals)]
 

@@ -361,3 +361,37 @@ def test_a_chosen_step_is_used_and_its_bound_follows_it():
     for bad in (0.0, -1e-3, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="fd_step"):
             Objective(_net("plain", torch.float32), F.cross_entropy, _data(torch.float32), fd_step=bad)
+
+
+def _flat_net(dtype=torch.float64) -> nn.Module:
+    """_net() with its parameters as views into one flat buffer and a forward pre-hook that points
+    each parameter at its view before every forward, as FSDP1's unsharding does."""
+    net = _net("plain", dtype)
+    owners = [(m, n) for m in net.modules() for n, _ in m.named_parameters(recurse=False)]
+    flat = torch.cat([getattr(m, n).detach().reshape(-1) for m, n in owners])
+    views, offset = [], 0
+    for m, n in owners:
+        p = getattr(m, n)
+        views.append(flat[offset:offset + p.numel()].view_as(p))
+        setattr(m, n, nn.Parameter(views[-1]))
+        offset += p.numel()
+
+    def unshard(*_):
+        for (m, n), view in zip(owners, views):
+            getattr(m, n).data = view
+
+    net.register_forward_pre_hook(unshard)
+    return net
+
+
+def test_parameters_that_are_views_into_a_flat_buffer_are_moved_in_place():
+    """A product on parameters that are views into one flat buffer (re-pointed at their views
+    before every forward, as FSDP1 does) is the plain model's: they are shifted in place through
+    the buffer, not re-pointed (the hook would undo that and leave g+ = g-, a zero product)."""
+    H = _explicit_hessian()
+    v = torch.randn(H.shape[0], generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    plain = Objective(_net(), F.cross_entropy, _data(), hvp_mode="finite-difference")
+    flat = Objective(_flat_net(), F.cross_entropy, _data(), hvp_mode="finite-difference")
+    got, want = _fd(flat, v), _fd(plain, v)
+    assert float((got - H @ v).norm() / (H @ v).norm()) < 1e-6
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-12)

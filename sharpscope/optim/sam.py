@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from .. import reductions
 from .registry import Registered, RunOptions, base_optimizer, register
 
-__all__ = ["SAM"]
+__all__ = ["SAM", "owns_storage"]
 
 
 def require_nonnegative(owner: str, **values: Any) -> None:
@@ -72,9 +72,11 @@ def _scaled_gradients(params: list[torch.Tensor], adaptive: bool,
     return torch._foreach_mul(grads, scales), scales
 
 
-def _owns_storage(w: torch.Tensor) -> bool:
+def owns_storage(w: torch.Tensor) -> bool:
     """A plain tensor (no subclass) that is all of its storage (not a view into a flat buffer
-    such as FSDP1's): pointing its ``.data`` elsewhere for a while hides nothing."""
+    such as FSDP1's, whose hooks point the parameter back at its view before every forward):
+    pointing its ``.data`` at another buffer for a while hides nothing. SAM's step and the
+    finite-difference product (:mod:`sharpscope.fd_hvp`) re-point only such parameters."""
     data = w.data
     return (type(data) is torch.Tensor and data.layout == torch.strided and data.storage_offset() == 0
             and data.untyped_storage().nbytes() == data.numel() * data.element_size())
@@ -309,7 +311,7 @@ class SAM(Registered, torch.optim.Optimizer):
             spare = self._spare().pop(w, None)
             layout = (w.shape, w.stride(), w.dtype, w.device)
             fits = spare is not None and (spare.shape, spare.stride(), spare.dtype, spare.device) == layout
-            if self.repoint_parameters and x.shape == w.shape and _owns_storage(w) \
+            if self.repoint_parameters and x.shape == w.shape and owns_storage(w) \
                     and w.untyped_storage().data_ptr() not in tied:
                 self.state[w]["own_data"] = w.data
                 w.data = torch.add(w.data, x, out=spare if fits else torch.empty_like(w))
