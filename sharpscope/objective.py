@@ -171,6 +171,9 @@ class Objective:
     ) -> None:
         if hvp_mode not in HVP_MODES:
             raise ConfigError(f"hvp_mode must be one of {', '.join(HVP_MODES)}, got {hvp_mode!r}")
+        if fd_step is not None and hvp_mode not in ("auto", FINITE_DIFFERENCE):
+            raise ConfigError(f"fd_step (--fd-step) is the step of finite-difference products: give it with "
+                              f"hvp_mode 'finite-difference' or 'auto', not {hvp_mode!r}")
         self.model = model
         self.batch_loss = BatchLoss(model, loss_fn)
         self.loss_fn = self.batch_loss.loss_fn  # None became the model's own loss (OutputLoss)

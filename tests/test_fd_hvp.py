@@ -361,6 +361,9 @@ def test_a_chosen_step_is_used_and_its_bound_follows_it():
     for bad in (0.0, -1e-3, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="fd_step"):
             Objective(_net("plain", torch.float32), F.cross_entropy, _data(torch.float32), fd_step=bad)
+    for exact in ("reuse-graph", "forward-over-reverse"):  # a step that would be ignored is refused
+        with pytest.raises(ConfigError, match="fd_step"):
+            Objective(_net("plain", torch.float32), F.cross_entropy, _data(torch.float32), hvp_mode=exact, fd_step=t0)
 
 
 def _flat_net(dtype=torch.float64) -> nn.Module:

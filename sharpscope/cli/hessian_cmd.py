@@ -203,9 +203,6 @@ def _objectives(ckpt: Any, batches: list, o: _Settings, operator: str, mc_sample
     from ..objective import Objective, parameter_groups
 
     selection = parse_params(inputs.params)
-    if o.fd_step is not None and o.hvp_mode not in ("auto", "finite-difference"):
-        raise ConfigError(f"--fd-step is the finite-difference step: use it with --hvp-mode finite-difference or "
-                          f"auto, not {o.hvp_mode}")
     obj = Objective(ckpt.model, data_loss(batches), batches, params=selection, hvp_mode=o.hvp_mode, fd_step=o.fd_step)
     budget = None if o.memory is None else o.memory * GIB  # --memory: within it, or refused now
     if o.trace:
