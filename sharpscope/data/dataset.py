@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from sharpscope.checks import is_int
+from sharpscope.checks import int_at_least, is_int
 from sharpscope.errors import ConfigError
 
 from ._common import torch_seed
@@ -32,8 +32,7 @@ def loss_for_labels(labels: torch.Tensor) -> Callable[[Any, torch.Tensor], torch
 
 
 def _check_batch_size(batch_size: int) -> None:
-    if not is_int(batch_size) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    int_at_least("batch_size", batch_size, 1)
 
 
 @dataclass

@@ -58,8 +58,7 @@ def token_batches(tokens: torch.Tensor | np.ndarray, block_size: int, batch_size
     """Blocks [i T, (i + 1) T) of ``tokens`` as dict batches of at most ``batch_size`` blocks: all, in
     order, or ``n_blocks`` drawn without replacement by a generator seeded with ``seed``."""
     block_size = int_at_least("block_size", block_size, 2)
-    if not is_int(batch_size) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = int_at_least("batch_size", batch_size, 1)
     total = len(tokens) // block_size
     if total == 0:
         raise DataError(f"{len(tokens)} tokens hold no block of {block_size}")
