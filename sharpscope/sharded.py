@@ -47,7 +47,7 @@ from . import distributed as dist_utils
 from .batches import BatchLoss, fingerprint
 from .checks import available_memory
 from .errors import ConfigError, NonFiniteLossError
-from .fd_hvp import gather_scaled, gradient_difference, restoring
+from .fd_hvp import gather_scaled, gradient_difference, restoring, shift_in_place
 from .hessian import DensityResult, EigenvaluesResult, TraceResult
 from .linalg import SymmetricOperator, hutchinson, lanczos, spectral_density
 from .linalg.finite_difference import central_difference, central_difference_error, central_difference_step
@@ -197,16 +197,11 @@ class ShardedHessian:
         """This rank's entries of scale (g(theta + alpha v) - g(theta - alpha v)): the one-process
         product's arithmetic (:meth:`sharpscope.fd_hvp.PerturbedGradient.hvp`), the shards set in
         place to theta +- alpha v and restored from a copy."""
-        sizes = [t.numel() for t in self.local]
         with restoring(self.local, self.model) as saved:
-            def shift(a: float) -> None:
-                for t, s, part in zip(self.local, saved, v.split(sizes)):
-                    torch.add(s, part.view_as(s), alpha=a, out=t)
-
-            gradient_difference(self.model, shift, lambda batch: self.batch_loss({}, batch),
-                                list(zip(self.weights, self.batches)), alpha)
+            gradient_difference(self.model, shift_in_place(self.local, saved, v),
+                                lambda batch: self.batch_loss({}, batch), list(zip(self.weights, self.batches)), alpha)
             grads = [None if p.grad is None else p.grad.to_local() for p in self.params]
-            return gather_scaled(grads, sizes, scale, torch.empty_like(v))
+            return gather_scaled(grads, [t.numel() for t in self.local], scale, torch.empty_like(v))
 
     @contextlib.contextmanager
     def _session(self) -> Iterator[Callable[[Tensor | None], tuple[Tensor, Tensor]]]:
