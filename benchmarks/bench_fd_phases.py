@@ -11,7 +11,8 @@ theta + t u (into one buffer the parameters point at), a forward and a backward 
 shift to theta - t u, a forward and a backward seeded with -1 that accumulates into the first
 gradient, and one pass that gathers and scales the difference into the flat result. Each phase
 is timed by wrapping the functions sharpscope calls (``fd_hvp.gradient_difference`` is
-re-implemented here with timers, step for step; ``gather_scaled`` and the norm wrapped), beside
+re-implemented here with timers, step for step, and checked to give sharpscope's product bit for
+bit before anything is timed; ``gather_scaled`` and the norm wrapped), beside
 a plain gradient (forward and backward timed apart), in interleaved rounds; medians printed.
 """
 
@@ -78,13 +79,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    finite_difference.sum_of_squares = timed("norm of v (float64 block sums)", finite_difference.sum_of_squares)
-    fd_hvp.gather_scaled = timed("gather and scale into the flat result", fd_hvp.gather_scaled)
-    fd_hvp.gradient_difference = gradient_difference
     model = gpt2_small(args.layers).eval()
     batch = random_tokens(50257, 2, 128, 0)
     objective = Objective(model, None, [batch], hvp_mode="finite-difference")
     v = torch.randn(objective.n, generator=torch.Generator().manual_seed(1))
+    untimed = objective.hvp(v)  # sharpscope's own product, before the timers go in
+    finite_difference.sum_of_squares = timed("norm of v (float64 block sums)", finite_difference.sum_of_squares)
+    fd_hvp.gather_scaled = timed("gather and scale into the flat result", fd_hvp.gather_scaled)
+    fd_hvp.gradient_difference = gradient_difference
+    if not torch.equal(objective.hvp(v), untimed):  # the timed copy must be the same computation
+        raise SystemExit("bench_fd_phases.gradient_difference no longer matches sharpscope.fd_hvp's: update it")
+    TIMES.clear()
+    del untimed
 
     def gradient() -> None:
         model.zero_grad(set_to_none=True)
