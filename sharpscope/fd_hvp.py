@@ -195,9 +195,14 @@ class PerturbedGradient:
         self.params = [named[n] for n in names]
 
     def value_and_grad(self, point: Tensor | None = None) -> Tensor:
-        """[grad L, L] (flat, n + 1) at the flat parameters ``point`` (None: the current ones)."""
-        with self.session() as at:
-            value, g = at(point, absolute=True)
+        """[grad L, L] (flat, n + 1) at the flat parameters ``point`` (None: the current ones);
+        the parameters (set in place to ``point``) and every ``.grad`` are restored bit for bit."""
+        with restoring(self.params, self.model):
+            if point is not None:
+                with torch.no_grad():
+                    for p, part in zip(self.params, point.split([p.numel() for p in self.params])):
+                        p.copy_(part.view_as(p))
+            value, g = self._gradient()
         return torch.cat([g, value.reshape(1)])
 
     def hvp(self, v: Tensor, step: float) -> Tensor:
@@ -246,22 +251,10 @@ class PerturbedGradient:
             gradient_difference(self.model, shift_in_place(self.params, saved, v), loss, self.own, alpha)
             return gather_scaled([p.grad for p in self.params], sizes, scale, out)
 
-    @contextlib.contextmanager
-    def session(self) -> Iterator[Callable[..., tuple[Tensor, Tensor]]]:
-        """A function ``at(d)`` -> (L, grad L) at theta + d (d flat, None for theta itself;
-        ``at(x, absolute=True)``: at the point x itself) valid inside the block; the
-        parameters and every ``.grad`` are restored bit for bit on exit."""
-        with restoring(self.params, self.model) as saved:
-            yield lambda d, absolute=False: self._at(saved, d, absolute)
-
-    def _at(self, saved: list[Tensor], d: Tensor | None, absolute: bool) -> tuple[Tensor, Tensor]:
-        """Set the parameters to saved + d (or to d), then sum the weighted batch gradients."""
-        with torch.no_grad():
-            parts = [None] * len(saved) if d is None else d.split([s.numel() for s in saved])
-            for p, s, part in zip(self.params, saved, parts):
-                p.copy_(s if part is None else part.view_as(s) if absolute else s + part.view_as(s))
-        n = sum(s.numel() for s in saved)
-        packed = torch.zeros(n + 1, device=saved[0].device, dtype=saved[0].dtype)
+    def _gradient(self) -> tuple[Tensor, Tensor]:
+        """(L, grad L) at the parameters as they are: the weighted batch gradients summed."""
+        n = sum(p.numel() for p in self.params)
+        packed = torch.zeros(n + 1, device=self.params[0].device, dtype=self.params[0].dtype)
         # every parameter as the model holds it (requires_grad as the user set it), as in training:
         # a reentrant checkpoint yields no gradient when its inputs do not require grad
         state = {**self.fixed, **dict(self.model.named_parameters())}

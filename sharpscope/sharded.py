@@ -34,9 +34,8 @@ is sharded is memory, not arithmetic: the cost per product is that of one proces
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -47,7 +46,7 @@ from . import distributed as dist_utils
 from .batches import BatchLoss, fingerprint
 from .checks import available_memory
 from .errors import ConfigError, NonFiniteLossError
-from .fd_hvp import gather_scaled, gradient_difference, restoring, shift_in_place
+from .fd_hvp import gather_scaled, gradient_difference, grads_restored, restoring, shift_in_place
 from .hessian import DensityResult, EigenvaluesResult, TraceResult
 from .linalg import SymmetricOperator, hutchinson, lanczos, spectral_density
 from .linalg.finite_difference import central_difference, central_difference_error, central_difference_step
@@ -168,10 +167,22 @@ class ShardedHessian:
         self.on_hvp: Callable[[int], None] | None = None
 
     def value_and_grad(self) -> tuple[float, Tensor]:
-        """(L, this rank's shard of grad L) at the current parameters."""
-        with eval_mode(self.model), self._session() as at:
-            value, grad = at(None)
-        return float(value), grad
+        """(L, this rank's shard of grad L) at the current parameters, every ``.grad`` restored:
+        the weighted batch gradients summed (FSDP's reduce-scatter averages the ranks' identical
+        gradients into each shard)."""
+        packed = torch.zeros(self.local_n + 1, device=self.device, dtype=self.dtype)
+        with eval_mode(self.model), grads_restored(self.model):
+            for w, batch in zip(self.weights, self.batches):
+                for p in self.model.parameters():
+                    p.grad = None
+                with torch.enable_grad():
+                    value = self.batch_loss({}, batch)
+                    value.backward()
+                flat = torch.cat([(p.grad.to_local() if p.grad is not None else torch.zeros_like(t)).reshape(-1)
+                                  for p, t in zip(self.params, self.local)])
+                packed[:-1].add_(flat, alpha=w)
+                packed[-1] += w * value.detach()
+        return float(packed[-1]), packed[:-1]
 
     def hvp(self, v: Tensor) -> Tensor:
         """This rank's entries of H v, for this rank's entries ``v`` (``local_n``) of v."""
@@ -203,32 +214,6 @@ class ShardedHessian:
             grads = [None if p.grad is None else p.grad.to_local() for p in self.params]
             return gather_scaled(grads, [t.numel() for t in self.local], scale, torch.empty_like(v))
 
-    @contextlib.contextmanager
-    def _session(self) -> Iterator[Callable[[Tensor | None], tuple[Tensor, Tensor]]]:
-        """``at(d)`` -> (L, shard of grad L) at theta + d (d this rank's entries; None: theta);
-        the shards and every ``.grad`` restored bit for bit on exit."""
-        with restoring(self.local, self.model) as saved:
-            yield lambda d: self._at(saved, d)
-
-    def _at(self, saved: list[Tensor], d: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Set the shards to saved + d, then sum the weighted batch gradients (FSDP's
-        reduce-scatter averages the ranks' identical gradients into each shard)."""
-        with torch.no_grad():
-            parts = [None] * len(saved) if d is None else d.split([s.numel() for s in saved])
-            for t, s, part in zip(self.local, saved, parts):
-                t.copy_(s if part is None else s + part.view_as(s))
-        packed = torch.zeros(self.local_n + 1, device=self.device, dtype=self.dtype)
-        for w, batch in zip(self.weights, self.batches):
-            for p in self.model.parameters():
-                p.grad = None
-            with torch.enable_grad():
-                value = self.batch_loss({}, batch)
-                value.backward()
-            flat = torch.cat([(p.grad.to_local() if p.grad is not None else torch.zeros_like(t)).reshape(-1)
-                              for p, t in zip(self.params, self.local)])
-            packed[:-1].add_(flat, alpha=w)
-            packed[-1] += w * value.detach()
-        return packed[-1], packed[:-1]
 
 
 def _check_same_batches(batches: list[Any], device: torch.device) -> None:
